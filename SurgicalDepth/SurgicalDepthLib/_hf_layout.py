@@ -1,0 +1,225 @@
+"""Pure key/config conversion between the official Depth Anything layout and Hugging Face transformers'
+``DepthAnythingForDepthEstimation`` layout.
+
+Facts from transformers ``models/depth_anything/convert_depth_anything_to_hf.py`` and ``modeling_dinov2.py``:
+q/k/v are split, fusion stages are stored in reverse (``refinenet4`` is ``neck.fusion_stage.layers.0``), backbone out
+indices are 1-based (hidden state 0 is the embedding output), DINOv2 LayerScale is ``lambda1``, the giant SwiGLU is
+``weights_in``/``weights_out``. Files on the Hub and ``save_pretrained`` use the names
+``attention.attention.{query,key,value}`` / ``attention.output.dense``; transformers ≥5 names the same tensors
+``attention.{q,k,v,o}_proj`` in memory — both are read, the file names are written.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import torch
+
+from .configs import ENCODERS, ModelConfig, make_config
+
+_BACKBONE_RENAMES = [  # official (without "pretrained.") -> HF (without "backbone.")
+    ("cls_token", "embeddings.cls_token"),
+    ("mask_token", "embeddings.mask_token"),
+    ("pos_embed", "embeddings.position_embeddings"),
+    ("patch_embed.proj.weight", "embeddings.patch_embeddings.projection.weight"),
+    ("patch_embed.proj.bias", "embeddings.patch_embeddings.projection.bias"),
+    ("norm.weight", "layernorm.weight"),
+    ("norm.bias", "layernorm.bias"),
+]
+_BLOCK_RENAMES = [  # inside blocks.N (official) / encoder.layer.N (HF)
+    ("norm1.", "norm1."), ("norm2.", "norm2."),
+    ("attn.proj.", "attention.output.dense."),
+    ("ls1.gamma", "layer_scale1.lambda1"), ("ls2.gamma", "layer_scale2.lambda1"),
+    ("mlp.fc1.", "mlp.fc1."), ("mlp.fc2.", "mlp.fc2."),
+    ("mlp.w12.", "mlp.weights_in."), ("mlp.w3.", "mlp.weights_out."),
+]
+_RCU = [("resConfUnit1.conv1", "residual_layer1.convolution1"), ("resConfUnit1.conv2", "residual_layer1.convolution2"),
+        ("resConfUnit2.conv1", "residual_layer2.convolution1"), ("resConfUnit2.conv2", "residual_layer2.convolution2"),
+        ("out_conv", "projection")]
+_HEAD = [("scratch.output_conv1", "head.conv1"), ("scratch.output_conv2.0", "head.conv2"),
+         ("scratch.output_conv2.2", "head.conv3")]
+
+
+def _head_map() -> dict[str, str]:
+    """Decoder key prefixes: official (after ``depth_head.``) -> HF."""
+    m: dict[str, str] = {}
+    for i in range(4):
+        m[f"projects.{i}"] = f"neck.reassemble_stage.layers.{i}.projection"
+        if i != 2:
+            m[f"resize_layers.{i}"] = f"neck.reassemble_stage.layers.{i}.resize"
+        m[f"scratch.layer{i + 1}_rn"] = f"neck.convs.{i}"
+        for a, b in _RCU:
+            m[f"scratch.refinenet{i + 1}.{a}"] = f"neck.fusion_stage.layers.{3 - i}.{b}"
+    for a, b in _HEAD:
+        m[a] = b
+    return m
+
+
+_HEAD_MAP = _head_map()
+_HEAD_MAP_INV = {v: k for k, v in _HEAD_MAP.items()}
+
+
+def _rename_prefix(key: str, table: dict[str, str]) -> str | None:
+    prefix, _, leaf = key.rpartition(".")
+    return f"{table[prefix]}.{leaf}" if prefix in table else None
+
+
+def official_to_hf_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Official ``pretrained.*``/``depth_head.*`` state dict -> HF keys (q/k/v split). Unknown keys raise."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.startswith("pretrained."):
+            k = key[len("pretrained."):]
+            hit = dict(_BACKBONE_RENAMES).get(k)
+            if hit is not None:
+                out[f"backbone.{hit}"] = value
+                continue
+            m = re.fullmatch(r"blocks\.(\d+)\.(.+)", k)
+            if m is None:
+                raise KeyError(f"no Hugging Face name for official key {key!r}")
+            n, rest = m.groups()
+            base = f"backbone.encoder.layer.{n}."
+            if rest.startswith("attn.qkv."):
+                leaf = rest.rsplit(".", 1)[1]
+                q, kk, v = value.chunk(3, dim=0)
+                out[base + f"attention.attention.query.{leaf}"] = q.clone()
+                out[base + f"attention.attention.key.{leaf}"] = kk.clone()
+                out[base + f"attention.attention.value.{leaf}"] = v.clone()
+                continue
+            for a, b in _BLOCK_RENAMES:
+                if rest.startswith(a):
+                    out[base + b + rest[len(a):]] = value
+                    break
+            else:
+                raise KeyError(f"no Hugging Face name for official key {key!r}")
+        elif key.startswith("depth_head."):
+            hit = _rename_prefix(key[len("depth_head."):], _HEAD_MAP)
+            if hit is None:
+                raise KeyError(f"no Hugging Face name for official key {key!r}")
+            out[hit] = value
+        else:
+            raise KeyError(f"official key {key!r} is neither pretrained.* nor depth_head.*")
+    return out
+
+
+def hf_to_official_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """HF ``DepthAnythingForDepthEstimation`` state dict -> official keys (q/k/v fused). Unknown keys raise."""
+    back = {v: k for k, v in _BACKBONE_RENAMES}
+    out: dict[str, torch.Tensor] = {}
+    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    for key, value in state.items():
+        if key.startswith("backbone."):
+            k = key[len("backbone."):]
+            if k in back:
+                out[f"pretrained.{back[k]}"] = value
+                continue
+            m = re.fullmatch(r"encoder\.layer\.(\d+)\.(.+)", k)
+            if m is None:
+                raise KeyError(f"no official name for Hugging Face key {key!r}")
+            n, rest = m.groups()
+            m2 = re.fullmatch(r"attention\.(?:attention\.)?(query|key|value|q_proj|k_proj|v_proj)\.(weight|bias)", rest)
+            if m2:
+                part = {"q_proj": "query", "k_proj": "key", "v_proj": "value"}.get(m2.group(1), m2.group(1))
+                qkv.setdefault((n, m2.group(2)), {})[part] = value
+                continue
+            rest = rest.replace("attention.o_proj.", "attention.output.dense.")
+            for a, b in _BLOCK_RENAMES:
+                if rest.startswith(b):
+                    out[f"pretrained.blocks.{n}.{a}{rest[len(b):]}"] = value
+                    break
+            else:
+                raise KeyError(f"no official name for Hugging Face key {key!r}")
+        else:
+            hit = _rename_prefix(key, _HEAD_MAP_INV)
+            if hit is None:
+                raise KeyError(f"no official name for Hugging Face key {key!r}")
+            out[f"depth_head.{hit}"] = value
+    for (n, leaf), parts in qkv.items():
+        missing = {"query", "key", "value"} - set(parts)
+        if missing:
+            raise KeyError(f"layer {n} attention {leaf}: missing {sorted(missing)} in the Hugging Face state dict")
+        out[f"pretrained.blocks.{n}.attn.qkv.{leaf}"] = torch.cat([parts["query"], parts["key"], parts["value"]], 0)
+    return out
+
+
+def _encoder_for_width(width: int) -> str:
+    for name, spec in ENCODERS.items():
+        if spec.embed_dim == width:
+            return name
+    raise ValueError(f"no DINOv2 encoder has width {width}; known widths "
+                     f"{ {n: s.embed_dim for n, s in ENCODERS.items()} }")
+
+
+def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
+    """``config.json`` of a DepthAnythingForDepthEstimation folder -> :class:`ModelConfig`."""
+    if cfg.get("model_type") != "depth_anything":
+        raise ValueError(f"config.json model_type is {cfg.get('model_type')!r}, expected 'depth_anything'")
+    bb = cfg.get("backbone_config") or {}
+    if bb.get("model_type", "dinov2") != "dinov2":
+        raise ValueError(f"backbone_config.model_type is {bb.get('model_type')!r}, expected 'dinov2'")
+    encoder = _encoder_for_width(int(bb.get("hidden_size", 768)))
+    spec = ENCODERS[encoder]
+    if int(bb.get("num_hidden_layers", 12)) != spec.depth:
+        raise ValueError(f"backbone_config.num_hidden_layers={bb.get('num_hidden_layers', 12)} does not match "
+                         f"{encoder} (depth {spec.depth})")
+    if "out_indices" in bb:
+        layers = tuple(int(i) - 1 for i in bb["out_indices"])
+    elif "out_features" in bb:
+        layers = tuple(int(str(f).replace("stage", "")) - 1 for f in bb["out_features"])
+    else:
+        raise ValueError("backbone_config has neither out_indices nor out_features")
+    version = next((v for v in ("v2", "v1") if make_config(encoder, v).intermediate_layers == layers), None)
+    if version is None:
+        raise ValueError(f"backbone out_indices {[i + 1 for i in layers]} match neither Depth Anything V1 "
+                         f"{[i + 1 for i in make_config(encoder, 'v1').intermediate_layers]} nor V2 "
+                         f"{[i + 1 for i in make_config(encoder, 'v2').intermediate_layers]}")
+    head = cfg.get("depth_estimation_type", "relative")
+    max_depth = cfg.get("max_depth")
+    if head == "relative":
+        if max_depth not in (None, 1, 1.0):
+            raise ValueError(f"relative model with max_depth={max_depth} (HF multiplies the output by it); "
+                             "expected 1")
+        max_depth = None
+    if tuple(cfg.get("reassemble_factors", (4, 2, 1, 0.5))) != (4, 2, 1, 0.5):
+        raise ValueError(f"reassemble_factors {cfg.get('reassemble_factors')} != [4, 2, 1, 0.5]")
+    if int(cfg.get("head_hidden_size", 32)) != 32:
+        raise ValueError(f"head_hidden_size {cfg.get('head_hidden_size')} != 32")
+    return make_config(encoder, version, head, float(max_depth) if max_depth is not None else None,
+                       features=int(cfg.get("fusion_hidden_size", 64)),
+                       out_channels=tuple(int(c) for c in cfg.get("neck_hidden_sizes", (48, 96, 192, 384))),
+                       patch_size=int(cfg.get("patch_size", 14)),
+                       pretrain_size=int(bb.get("image_size", 518)))
+
+
+def config_to_hf(config: ModelConfig) -> dict[str, Any]:
+    """:class:`ModelConfig` -> a ``config.json`` dict that transformers loads as DepthAnythingForDepthEstimation."""
+    spec = config.spec
+    out_indices = [i + 1 for i in config.intermediate_layers]
+    return {
+        "architectures": ["DepthAnythingForDepthEstimation"],
+        "model_type": "depth_anything",
+        "backbone_config": {
+            "model_type": "dinov2",
+            "hidden_size": spec.embed_dim,
+            "num_hidden_layers": spec.depth,
+            "num_attention_heads": spec.num_heads,
+            "mlp_ratio": 4,
+            "use_swiglu_ffn": spec.ffn == "swiglu",
+            "image_size": config.pretrain_size,
+            "patch_size": config.patch_size,
+            "layer_norm_eps": 1e-6,
+            "out_indices": out_indices,
+            "out_features": [f"stage{i}" for i in out_indices],
+            "apply_layernorm": True,
+            "reshape_hidden_states": False,
+        },
+        "patch_size": config.patch_size,
+        "reassemble_hidden_size": spec.embed_dim,
+        "reassemble_factors": [4, 2, 1, 0.5],
+        "neck_hidden_sizes": list(config.out_channels),
+        "fusion_hidden_size": config.features,
+        "head_in_index": -1,
+        "head_hidden_size": 32,
+        "depth_estimation_type": config.head,
+        "max_depth": config.max_depth if config.head == "metric" else 1,
+    }

@@ -1,0 +1,249 @@
+"""Reading and writing Depth Anything checkpoints: official ``.pth`` state dicts, Hugging Face folders
+(``config.json`` + ``model.safetensors``) and this project's own checkpoints (safetensors + config metadata).
+
+Every ``torch.load`` runs with ``weights_only=True``: a pickle that would execute code is refused.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._atomic import atomic_path
+from ._hf_layout import config_from_hf, config_to_hf, hf_to_official_state, official_to_hf_state
+from .configs import ENCODERS, ModelConfig, make_config
+
+PROJECT_FORMAT = "surgical-depth"
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable Depth Anything checkpoint; the message names the file and the problem."""
+
+
+# -- raw reading ------------------------------------------------------------------------------------------------
+def _torch_load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types (UnpicklingError, RuntimeError, EOFError...)
+        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if re.search(r"Unsupported global|unsupported GLOBAL|is blocked", str(exc)):
+            raise CheckpointError(
+                f"{path}: refused to load — the file contains pickled objects that are not plain tensors "
+                f"(torch.load weights_only=True): {text}") from exc
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(f"{path}: not a PyTorch checkpoint (not a zip archive; truncated or another "
+                                  f"format): {text}") from exc
+        raise CheckpointError(f"{path}: cannot read the checkpoint (truncated or corrupt?): {text}") from exc
+
+
+def _safetensors_load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+            return {k: f.get_tensor(k) for k in f.keys()}, meta
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or another format): {exc}") from exc
+
+
+def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """The state dict inside a loaded ``.pth``: plain, or under ``model``/``state_dict``; ``module.`` stripped."""
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: does not hold a state dict of tensors (got {type(obj).__name__})")
+    if all(k.startswith("module.") for k in obj):
+        obj = {k[len("module."):]: v for k, v in obj.items()}
+    return obj
+
+
+# -- architecture inference ---------------------------------------------------------------------------------------
+def _version_from_name(name: str) -> str | None:
+    n = name.lower().replace("-", "_")
+    if re.search(r"depth_anything_v2|(^|[^a-z])v2([^a-z0-9]|$)", n):
+        return "v2"
+    if re.search(r"depth_anything_vit[stblg]14|depth_anything_v1|(^|[^a-z])v1([^a-z0-9]|$)", n):
+        return "v1"
+    return None
+
+
+def infer_config(state: dict[str, torch.Tensor], *, version: str | None = None, name: str = "",
+                 head: str | None = None, max_depth: float | None = None) -> ModelConfig:
+    """Architecture of an official-layout state dict, from its tensor shapes.
+
+    The encoder and decoder widths come from the shapes; V1 vs V2 (same shapes, different decoder blocks) from
+    ``version``, else from ``name`` (e.g. ``depth_anything_v2_vits.pth`` / ``depth_anything_vits14.pth``). Relative
+    vs metric heads also have equal shapes: ``head`` (default ``"metric"`` when ``max_depth`` is given or the name
+    says "metric", else ``"relative"``). Ambiguity is an error.
+    """
+    try:
+        width = state["pretrained.cls_token"].shape[-1]
+        n_blocks = 1 + max(int(m.group(1)) for k in state
+                           if (m := re.match(r"pretrained\.blocks\.(\d+)\.", k)))
+        features = state["depth_head.scratch.refinenet1.out_conv.weight"].shape[0]
+        out_channels = tuple(int(state[f"depth_head.projects.{i}.weight"].shape[0]) for i in range(4))
+        patch = int(state["pretrained.patch_embed.proj.weight"].shape[-1])
+        grid = int(round((state["pretrained.pos_embed"].shape[1] - 1) ** 0.5))
+    except (KeyError, ValueError) as exc:
+        raise CheckpointError(f"{name or 'state dict'}: not a Depth Anything checkpoint "
+                              f"(missing {exc}; expected pretrained.* and depth_head.* keys)") from None
+    encoder = next((e for e, s in ENCODERS.items() if s.embed_dim == width and s.depth == n_blocks), None)
+    if encoder is None:
+        raise CheckpointError(f"{name}: encoder of width {width} with {n_blocks} blocks is not a known DINOv2 size")
+    version = version or _version_from_name(Path(name).name if name else "")
+    if version is None:
+        raise CheckpointError(
+            f"{name}: cannot tell Depth Anything V1 from V2 (same shapes, different decoder blocks); pass "
+            "version='v1' or version='v2' (CLI: --version), or use the official file name")
+    if head is None:
+        head = "metric" if (max_depth is not None or "metric" in name.lower()) else "relative"
+    if head == "metric" and max_depth is None:
+        lname = name.lower()
+        max_depth = 20.0 if "hypersim" in lname else 80.0 if "vkitti" in lname else None
+        if max_depth is None:
+            raise CheckpointError(f"{name}: metric model without max_depth; pass max_depth=")
+    return make_config(encoder, version, head, max_depth, features=int(features), out_channels=out_channels,
+                       patch_size=patch, pretrain_size=grid * patch)
+
+
+# -- loading ----------------------------------------------------------------------------------------------------
+def load_state_dict_file(path: str | os.PathLike, **hints: Any) -> tuple[dict[str, torch.Tensor], ModelConfig]:
+    """Read any supported checkpoint into ``(official-layout state dict, ModelConfig)``.
+
+    Args:
+        path: an official ``.pth``, a project checkpoint (``.safetensors`` with config metadata, or a training
+            ``.pt``), or a Hugging Face folder.
+        hints: ``version``, ``head``, ``max_depth`` — used when the file does not say.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if path.is_dir():
+        return _load_hf_folder(path)
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file")
+    if path.suffix == ".safetensors":
+        state, meta = _safetensors_load(path)
+        if meta.get("format") == PROJECT_FORMAT:
+            return state, ModelConfig.from_dict(json.loads(meta["config"]))
+        if "config" in meta:
+            raise CheckpointError(f"{path}: metadata format {meta.get('format')!r}, expected {PROJECT_FORMAT!r}")
+        return state, infer_config(state, name=str(path), **hints)
+    obj = _torch_load(path)
+    if isinstance(obj, dict) and obj.get("format") == PROJECT_FORMAT + "-train":
+        state = _unwrap(obj.get("model"), path)
+        return state, ModelConfig.from_dict(json.loads(obj["model_config"]))
+    state = _unwrap(obj, path)
+    return state, infer_config(state, name=str(path), **hints)
+
+
+def _load_hf_folder(folder: Path) -> tuple[dict[str, torch.Tensor], ModelConfig]:
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{folder}: not a Hugging Face model folder (no config.json)")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{cfg_path}: invalid JSON ({exc})") from exc
+    try:
+        config = config_from_hf(cfg)
+    except ValueError as exc:
+        raise CheckpointError(f"{cfg_path}: {exc}") from exc
+    weights = folder / "model.safetensors"
+    if weights.is_file():
+        state, _ = _safetensors_load(weights)
+    elif (folder / "pytorch_model.bin").is_file():
+        weights = folder / "pytorch_model.bin"
+        state = _unwrap(_torch_load(weights), weights)
+    else:
+        raise FileNotFoundError(f"{folder}: no model.safetensors or pytorch_model.bin")
+    try:
+        return hf_to_official_state(state), config
+    except KeyError as exc:
+        raise CheckpointError(f"{weights}: {exc.args[0]}") from None
+
+
+def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Strict check before loading: missing/unexpected keys and shape mismatches, first offenders named."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in own if k in state and state[k].shape != own[k].shape]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing keys (first: {', '.join(missing[:5])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:5])})")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatches (first: {'; '.join(mismatched[:3])})")
+    if problems:
+        raise CheckpointError(f"{source}: does not match {model.config.encoder} {model.config.version}: "
+                              + "; ".join(problems))
+
+
+# -- saving -----------------------------------------------------------------------------------------------------
+def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+
+
+def save_official(path: str | os.PathLike, model: torch.nn.Module) -> Path:
+    """Write the official ``.pth`` layout (a plain state dict: ``pretrained.*``, ``depth_head.*``)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(_cpu_state(model), tmp)
+    return path
+
+
+def save_huggingface(folder: str | os.PathLike, model: torch.nn.Module) -> Path:
+    """Write a Hugging Face folder (``config.json`` + ``model.safetensors``) loadable by transformers."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = official_to_hf_state(_cpu_state(model))
+    with atomic_path(folder / "model.safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
+    with atomic_path(folder / "config.json") as tmp:
+        tmp.write_text(json.dumps(config_to_hf(model.config), indent=2))
+    return folder
+
+
+def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, extra: dict[str, str] | None = None,
+                    dtype: torch.dtype | None = None) -> Path:
+    """Write a project checkpoint: safetensors with ``{"format": "surgical-depth", "config": <json>}`` metadata.
+
+    Args:
+        dtype: optionally store floating tensors in another dtype (e.g. ``torch.float16`` for shipping).
+        extra: more string metadata (model card fields, training recipe).
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    state = _cpu_state(model)
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    meta = {"format": PROJECT_FORMAT, "config": json.dumps(model.config.to_dict())}
+    meta.update(extra or {})
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+    return path
+
+
+def official_to_hf(state: dict[str, torch.Tensor], config: ModelConfig) -> tuple[dict[str, torch.Tensor], dict]:
+    """Official state dict + config -> (HF state dict, HF ``config.json`` dict)."""
+    return official_to_hf_state(state), config_to_hf(config)
+
+
+def hf_to_official(state: dict[str, torch.Tensor], hf_config: dict) -> tuple[dict[str, torch.Tensor], ModelConfig]:
+    """HF state dict + ``config.json`` dict -> (official state dict, ModelConfig)."""
+    return hf_to_official_state(state), config_from_hf(hf_config)

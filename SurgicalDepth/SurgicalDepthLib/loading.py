@@ -1,0 +1,106 @@
+"""``load_model``: one entry point for every model source, resolving device and precision once."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoints import check_state_dict, load_state_dict_file
+from .configs import MODEL_CONFIGS, get_model_config
+from .model import DepthModel
+from .weights import WEIGHTS, cached_path
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL_FILE = "surgical-depth-default.safetensors"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+
+
+def default_model_path() -> Path:
+    """The shipped default model: ``Resources/Models/`` of the extension (source tree, editable install, Slicer)."""
+    here = Path(__file__).resolve().parent
+    candidates = [here.parents[1] / "Resources" / "Models" / DEFAULT_MODEL_FILE,  # repo: SurgicalDepth/<Lib>
+                  here.parent / "Resources" / "Models" / DEFAULT_MODEL_FILE]      # Slicer install: module dir
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"the default model {DEFAULT_MODEL_FILE} was not found in "
+                            f"{', '.join(str(p.parent) for p in candidates)}")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> cuda, then mps, then cpu. An unavailable explicit device is an error."""
+    if isinstance(device, torch.device):
+        return device
+    if device not in DEVICES and not str(device).startswith("cuda:"):
+        raise ValueError(f"device={device!r} is not one of {DEVICES} (or cuda:N)")
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} requested but CUDA is not available")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device='mps' requested but MPS is not available")
+    return torch.device(device)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto`` -> bf16 on CUDA GPUs that support it, else fp16 on GPU; fp32 on CPU."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not one of {PRECISIONS}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "mps":
+        return "fp16"
+    return "fp32"
+
+
+def load_model(source: str | os.PathLike = "default", *, device: str | torch.device = "auto",
+               precision: str = "auto", **hints: Any) -> DepthModel:
+    """Load a Depth Anything model in eval mode on ``device``.
+
+    Args:
+        source: ``"default"`` (shipped model); a registry name (``depth-anything-v2-small|base|large``,
+            ``depth-anything-v1-small|base|large``, ... read from the weight cache, see ``surgical-depth
+            download``); ``"random:<registry name>"`` (random initialisation, for training from scratch and tests);
+            a path to an official ``.pth``, a project checkpoint, or a Hugging Face folder.
+        device: ``auto|cpu|cuda|cuda:N|mps``.
+        precision: ``auto|fp32|fp16|bf16`` (used by ``infer_*`` through autocast).
+        hints: ``version="v1"|"v2"``, ``head="relative"|"metric"``, ``max_depth=`` for files that do not say.
+    """
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    src = str(source)
+    if src.startswith("random:"):
+        model = DepthModel(get_model_config(src[len("random:"):]))
+        model.source = src
+    else:
+        if src == "default":
+            path = default_model_path()
+        elif src in WEIGHTS:
+            path = cached_path(src)
+            hints.setdefault("version", MODEL_CONFIGS[src].version)
+            hints.setdefault("head", MODEL_CONFIGS[src].head)
+            if MODEL_CONFIGS[src].max_depth is not None:
+                hints.setdefault("max_depth", MODEL_CONFIGS[src].max_depth)
+        elif src in MODEL_CONFIGS:
+            raise FileNotFoundError(f"{src!r} has no downloadable weights; use 'random:{src}' for a random init")
+        else:
+            path = Path(src).expanduser()
+        state, config = load_state_dict_file(path, **hints)
+        model = DepthModel(config)
+        check_state_dict(model, state, str(path))
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
+        model.source = str(path)
+    model.precision = prec
+    log.debug("loaded %s (%s %s) on %s, %s", model.source, model.config.encoder, model.config.version, dev, prec)
+    return model.to(dev).eval()

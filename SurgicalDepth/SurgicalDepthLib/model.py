@@ -1,0 +1,106 @@
+"""``DepthModel``: Depth Anything (V1/V2, relative or metric) = DINOv2 encoder + DPT decoder."""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .configs import ModelConfig
+from .dpt import DPTHead
+from .encoder import DinoV2Encoder
+from .preprocess import check_rgb, official_input_size, preprocess
+
+
+class DepthModel(nn.Module):
+    """Depth Anything. State-dict keys are the official ones: ``pretrained.*`` (encoder), ``depth_head.*``.
+
+    ``forward`` is the computation of the official ``DepthAnythingV2.forward`` (and of V1, whose decoder reads the
+    last four blocks). ``precision`` (``fp32|fp16|bf16``) is used by ``infer_*`` through autocast; the device is
+    wherever the parameters are (chosen once by :func:`~SurgicalDepthLib.loading.load_model`).
+    """
+
+    def __init__(self, config: ModelConfig, precision: str = "fp32"):
+        super().__init__()
+        self.config = config
+        self.pretrained = DinoV2Encoder(config)
+        self.depth_head = DPTHead(config.spec.embed_dim, config.features, config.out_channels, head=config.head)
+        self.precision = precision
+        self.source = "random init"
+
+    @property
+    def output_kind(self) -> str:
+        """``"disparity"`` (relative models: larger = nearer, affine-invariant) or ``"depth"`` (metric)."""
+        return self.config.output_kind
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: ``x`` normalised ``[B, 3, h, w]``, h and w multiples of 14. Returns ``[B, h, w]``."""
+        B, C, H, W = x.shape
+        if C != 3:
+            raise ValueError(f"expected [B, 3, H, W] input, got shape {tuple(x.shape)}")
+        p = self.config.patch_size
+        features = self.pretrained.intermediate(x, self.config.intermediate_layers)
+        out = self.depth_head(features, H // p, W // p)
+        if self.config.head == "metric":
+            out = out * self.config.max_depth
+        else:
+            out = F.relu(out)
+        return out.squeeze(1)
+
+    # -- inference on numpy frames -------------------------------------------------------------------------------
+    def _autocast(self):
+        dev = self.device.type
+        if self.precision == "fp32" or dev not in ("cuda", "mps", "cpu"):
+            return torch.autocast(device_type="cpu", enabled=False)
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        return torch.autocast(device_type=dev, dtype=dtype)
+
+    @torch.inference_mode()
+    def _predict(self, batch: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+        x = torch.from_numpy(batch).to(self.device, non_blocking=True)
+        with self._autocast():
+            pred = self(x)
+        pred = F.interpolate(pred[:, None].float(), size=out_hw, mode="bilinear", align_corners=True)[:, 0]
+        return pred.cpu().numpy().astype(np.float32, copy=False)
+
+    def infer_image(self, rgb: np.ndarray, input_size: int = 518) -> np.ndarray:
+        """One RGB uint8 ``[H, W, 3]`` frame → float32 ``[H, W]`` (disparity or depth, see ``output_kind``)."""
+        check_rgb(rgb)
+        x = preprocess(rgb, input_size, self.config.mean, self.config.std, self.config.patch_size)
+        return self._predict(x[None], rgb.shape[:2])[0]
+
+    def iter_batches(self, frames: Iterable[np.ndarray], input_size: int = 518,
+                     batch_size: int = 4) -> Iterator[np.ndarray]:
+        """Stream predictions ``[n, H, W]`` for successive groups of equally sized frames (constant memory)."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        group: list[np.ndarray] = []
+        size: tuple[int, int] | None = None
+        for i, rgb in enumerate(frames):
+            check_rgb(rgb, f"frame {i}")
+            if size is None:
+                size = rgb.shape[:2]
+            elif rgb.shape[:2] != size:
+                raise ValueError(f"frame {i} has size {rgb.shape[:2]}, expected {size} like the first frame")
+            group.append(preprocess(rgb, input_size, self.config.mean, self.config.std, self.config.patch_size))
+            if len(group) == batch_size:
+                yield self._predict(np.stack(group), size)
+                group = []
+        if group:
+            yield self._predict(np.stack(group), size)
+
+    def infer_batch(self, frames: Sequence[np.ndarray] | np.ndarray, input_size: int = 518,
+                    batch_size: int = 4) -> np.ndarray:
+        """RGB uint8 frames (a sequence of ``[H, W, 3]`` or an ``[N, H, W, 3]`` array) → float32 ``[N, H, W]``."""
+        if len(frames) == 0:
+            raise ValueError("frames is empty")
+        return np.concatenate(list(self.iter_batches(frames, input_size, batch_size)), axis=0)
+
+    def input_size_for(self, height: int, width: int, input_size: int = 518) -> tuple[int, int]:
+        return official_input_size(height, width, input_size, self.config.patch_size)

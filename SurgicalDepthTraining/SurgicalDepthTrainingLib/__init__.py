@@ -1,0 +1,50 @@
+"""SurgicalDepthTrainingLib: synthetic surgical scenes, dataset loaders, losses, metrics, training, evaluation.
+
+``import SurgicalDepthTrainingLib as sdt``. Depends on SurgicalDepthLib, never the reverse. Submodules are imported
+on first attribute access (PEP 562).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    # synthetic scenes
+    "SceneGenerator": "synthetic",
+    "SceneConfig": "synthetic",
+    "render_clip": "synthetic",
+    "write_synthetic": "synthetic",
+    "ORGANS": "synthetic",
+    # datasets
+    "open_dataset": "datasets",
+    "DATASETS": "datasets",
+    "list_datasets": "datasets",
+    # metrics and losses
+    "depth_metrics": "metrics",
+    "compute_errors": "metrics",
+    "l1_loss": "losses",
+    "silog_loss": "losses",
+    "ssi_loss": "losses",
+    # training and evaluation
+    "TrainConfig": "training",
+    "train": "training",
+    "evaluate": "evaluation",
+    "write_report": "reports",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _EXPORTS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'SurgicalDepthTrainingLib' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module_name}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

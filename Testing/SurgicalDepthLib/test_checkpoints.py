@@ -1,0 +1,165 @@
+"""Official / HF / project checkpoint layouts: bit-exact round trips, architecture inference and bad files."""
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+
+import pytest
+import torch
+
+import SurgicalDepthLib as sd
+from SurgicalDepthLib.checkpoints import CheckpointError, infer_config
+from SurgicalDepthLib.configs import make_config
+from SurgicalDepthLib.model import DepthModel
+
+
+def _random_model(encoder="vitt", version="v2", **kw) -> DepthModel:
+    torch.manual_seed(0)
+    model = DepthModel(make_config(encoder, version, **kw)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    return model
+
+
+def _assert_same_state(a: torch.nn.Module, b: torch.nn.Module) -> None:
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_official_round_trip(tmp_path, version):
+    model = _random_model(version=version)
+    path = tmp_path / f"depth_anything_{version}_vitt.pth"
+    sd.save_official(path, model)
+    raw = torch.load(path, weights_only=True)
+    assert all(k.startswith(("pretrained.", "depth_head.")) for k in raw)
+    assert "pretrained.mask_token" in raw and "depth_head.scratch.refinenet4.out_conv.weight" in raw
+    loaded = sd.load_model(path, device="cpu", version=version)
+    assert loaded.config == model.config
+    _assert_same_state(model, loaded)
+
+
+def test_official_to_hf_to_official_bit_exact():
+    model = _random_model("vitg")  # giant: SwiGLU keys w12/w3 <-> weights_in/weights_out
+    state = model.state_dict()
+    hf_state, hf_cfg = sd.official_to_hf(state, model.config)
+    assert any(".mlp.weights_in." in k for k in hf_state)
+    back, cfg = sd.hf_to_official(hf_state, hf_cfg)
+    assert cfg == model.config
+    assert set(back) == set(state)
+    for k in state:
+        assert torch.equal(back[k], state[k]), k
+
+
+def test_project_checkpoint_round_trip_and_fp16(tmp_path):
+    model = _random_model(head="metric", max_depth=150.0)
+    sd.save_checkpoint(tmp_path / "m.safetensors", model, extra={"note": "test"})
+    loaded = sd.load_model(tmp_path / "m.safetensors", device="cpu")
+    assert loaded.config == model.config and loaded.output_kind == "depth"
+    _assert_same_state(model, loaded)
+    sd.save_checkpoint(tmp_path / "h.safetensors", model, dtype=torch.float16)
+    half = sd.load_model(tmp_path / "h.safetensors", device="cpu")
+    for k, v in model.state_dict().items():
+        assert torch.equal(half.state_dict()[k], v.half().float()), k
+
+
+def test_version_from_official_file_names():
+    state = _random_model("vits").state_dict()
+    assert infer_config(state, name="depth_anything_v2_vits.pth").version == "v2"
+    assert infer_config(state, name="depth_anything_vits14.pth").version == "v1"
+    assert infer_config(state, name="weights.pth", version="v1").intermediate_layers == (8, 9, 10, 11)
+    cfg = infer_config(state, name="depth_anything_v2_metric_hypersim_vits.pth")
+    assert (cfg.head, cfg.max_depth) == ("metric", 20.0)
+    with pytest.raises(CheckpointError, match="cannot tell Depth Anything V1 from V2"):
+        infer_config(state, name="my_weights.pth")
+
+
+def test_architecture_inferred_from_shapes(tmp_path):
+    for encoder in ("vits", "vitb"):
+        state = DepthModel(make_config(encoder)).state_dict()
+        cfg = infer_config(state, version="v2")
+        assert cfg == make_config(encoder, "v2")
+
+
+def test_not_a_checkpoint(tmp_path):
+    path = tmp_path / "x.pth"
+    path.write_bytes(os.urandom(1000))
+    with pytest.raises(CheckpointError, match=r"x\.pth.*not a PyTorch checkpoint"):
+        sd.load_model(path, version="v2")
+
+
+def test_truncated_checkpoint(tmp_path):
+    path = tmp_path / "depth_anything_v2_vitt.pth"
+    sd.save_official(path, _random_model())
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="depth_anything_v2_vitt.pth"):
+        sd.load_model(path)
+    st = tmp_path / "t.safetensors"
+    sd.save_checkpoint(st, _random_model())
+    st.write_bytes(st.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match=r"t\.safetensors.*not a readable safetensors"):
+        sd.load_model(st)
+
+
+def test_unexpected_missing_and_mismatched_keys(tmp_path):
+    state = _random_model().state_dict()
+    extra = dict(state, **{"depth_head.bogus.weight": torch.zeros(1)})
+    torch.save(extra, tmp_path / "depth_anything_v2_a.pth")
+    with pytest.raises(CheckpointError, match=r"depth_anything_v2_a\.pth.*unexpected keys \(first: depth_head\.bogus"):
+        sd.load_model(tmp_path / "depth_anything_v2_a.pth")
+    missing = {k: v for k, v in state.items() if k != "pretrained.blocks.3.attn.qkv.bias"}
+    torch.save(missing, tmp_path / "depth_anything_v2_b.pth")
+    with pytest.raises(CheckpointError, match=r"missing keys \(first: pretrained\.blocks\.3\.attn\.qkv\.bias"):
+        sd.load_model(tmp_path / "depth_anything_v2_b.pth")
+    bad = dict(state)
+    bad["depth_head.scratch.output_conv1.weight"] = torch.zeros(3, 3, 3, 3)
+    torch.save(bad, tmp_path / "depth_anything_v2_c.pth")
+    with pytest.raises(CheckpointError, match=r"shape mismatches \(first: depth_head\.scratch\.output_conv1\.weight"):
+        sd.load_model(tmp_path / "depth_anything_v2_c.pth")
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "depth_anything_v2_d.pth")
+    with pytest.raises(CheckpointError, match="not a Depth Anything checkpoint"):
+        sd.load_model(tmp_path / "depth_anything_v2_d.pth")
+
+
+class _Exploit:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_is_refused(tmp_path):
+    marker = tmp_path / "pwned"
+    path = tmp_path / "depth_anything_v2_evil.pth"
+    state = _random_model().state_dict()
+    state["payload"] = _Exploit(marker)
+    torch.save(state, path)
+    assert zipfile.is_zipfile(path)
+    with pytest.raises(CheckpointError, match=r"refused to load.*weights_only"):
+        sd.load_model(path)
+    assert not marker.exists()
+    legacy = tmp_path / "legacy.pth"  # plain (non-zip) pickle stream
+    legacy.write_bytes(pickle.dumps(_Exploit(marker)))
+    with pytest.raises(CheckpointError):
+        sd.load_model(legacy, version="v2")
+    assert not marker.exists()
+
+
+def test_hf_folder_errors(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "bert"}')
+    with pytest.raises(CheckpointError, match=r"config\.json: .*model_type is 'bert'"):
+        sd.load_model(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        sd.load_model(tmp_path / "nope.pth")
+
+
+def test_registry_name_needs_download(tmp_path, monkeypatch):
+    monkeypatch.setattr("SurgicalDepthLib.weights.cache_dir", lambda root=None: tmp_path)
+    with pytest.raises(FileNotFoundError, match="surgical-depth download depth-anything-v2-small"):
+        sd.load_model("depth-anything-v2-small")
