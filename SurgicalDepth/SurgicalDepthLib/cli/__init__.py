@@ -13,7 +13,7 @@ import logging
 import sys
 from importlib.metadata import entry_points
 
-_CORE_COMMANDS = ("download",)
+_CORE_COMMANDS = ("predict", "reconstruct", "download")
 
 
 class CliError(Exception):

@@ -1,0 +1,266 @@
+"""``surgical-depth predict``: images, folders or videos → per-frame depth maps (+ colour maps, videos, sequences).
+
+Outputs (in ``--output``):
+
+- an image ``name.png`` (alone, in a folder or a glob): ``name_depth.<fmt>`` (+ ``name_color.png``);
+- a video ``clip.mp4`` (or a folder/glob with ``--video``): ``clip/000000.<fmt>`` per frame, numbered by the source
+  frame index (+ ``clip/000000_color.png``), and with ``--colormap`` also ``clip_depth.mp4`` (input | colour-mapped
+  depth side by side, red = near, blue = far) and ``clip_depth.seq.nrrd`` (Slicer volume sequence).
+
+Relative models write disparity (larger = nearer), metric models depth; see :mod:`SurgicalDepthLib.depth_io`
+for the formats. Frames stream through decode → inference → writing in constant memory.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .._atomic import atomic_path
+from ..colormap import colorize, robust_range, to_disparity
+from ..depth_io import DepthSequenceWriter, save_depth
+from ..temporal import TemporalAligner
+from ..video import IMAGE_SUFFIXES, FrameReader, is_video_file, list_images, open_frames, read_image
+from . import CliError
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("npy", "png", "nrrd", "tiff")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("predict", help="images, folders or videos -> depth maps",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="image files, image folders, glob patterns (quote them) or video files")
+    p.add_argument("--output", "-o", required=True, type=Path, help="output folder (created if missing)")
+    p.add_argument("--model", default="default",
+                   help="model: 'default', a registry name, a .pth/.safetensors file or a Hugging Face folder")
+    p.add_argument("--format", choices=FORMATS, default="npy",
+                   help="depth file format: npy/tiff/nrrd float32, png uint16 with the scale in a text chunk")
+    p.add_argument("--colormap", action="store_true",
+                   help="also write colour PNGs (red = near, blue = far); for videos also a side-by-side mp4 "
+                        "and a 4D NRRD sequence for 3D Slicer")
+    p.add_argument("--input-size", type=int, default=518,
+                   help="network input: both sides at least this many pixels (multiple of 14)")
+    p.add_argument("--batch-size", type=int, default=4, help="frames per inference batch")
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps (auto: cuda, then mps, then cpu)")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
+                   help="inference precision (auto: half precision on GPU, fp32 on CPU)")
+    p.add_argument("--temporal", action="store_true",
+                   help="for videos: stabilise the per-frame relative depth over time (robust scale+shift)")
+    p.add_argument("--video", action="store_true",
+                   help="treat each image folder or glob as the frames of one video (sequence outputs, --temporal)")
+    p.add_argument("--stride", type=int, default=1, help="for videos: use every N-th frame")
+    p.add_argument("--max-frames", type=int, default=None, help="for videos: stop after this many frames")
+    p.set_defaults(func=run)
+
+
+# -- helpers -----------------------------------------------------------------------------------------------------
+def _write_rgb_png(path: Path, rgb: np.ndarray) -> None:
+    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError(f"could not encode colour PNG {path}")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.tobytes())
+
+
+def _is_glob(text: str) -> bool:
+    return any(c in text for c in "*?[") and not Path(text).exists()
+
+
+def _sequence_name(text: str) -> str:
+    path = Path(text)
+    if _is_glob(text):
+        parts = [p for p in path.parts if not any(c in p for c in "*?[")]
+        return Path(*parts).name if parts else "frames"
+    return path.stem if path.is_file() else path.name
+
+
+def _plan(args: argparse.Namespace) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Split the inputs into independent images and sequences ``(source, name)``; check they exist."""
+    images: list[Path] = []
+    sequences: list[tuple[str, str]] = []
+    for text in args.inputs:
+        path = Path(text)
+        if _is_glob(text):
+            if args.video:
+                sequences.append((text, _sequence_name(text)))
+            else:
+                images.extend(open_frames(text).files or [])
+        elif not path.exists():
+            raise FileNotFoundError(f"input {path} does not exist")
+        elif path.is_dir():
+            if args.video:
+                sequences.append((text, path.name))
+            else:
+                found = list_images(path)
+                if not found:
+                    raise ValueError(f"folder {path} contains no image files ({', '.join(IMAGE_SUFFIXES)})")
+                images.extend(found)
+        elif is_video_file(path):
+            sequences.append((text, path.stem))
+        elif path.suffix.lower() in IMAGE_SUFFIXES:
+            images.append(path)
+        else:
+            raise ValueError(f"input {path}: unsupported suffix {path.suffix!r}; expected an image "
+                             f"({', '.join(IMAGE_SUFFIXES)}), a video, a folder or a glob")
+    seen: dict[str, Path] = {}
+    for p in images:
+        if p.stem in seen and seen[p.stem] != p:
+            raise CliError(f"inputs {seen[p.stem]} and {p} would both write {p.stem}_depth.*; rename one")
+        seen[p.stem] = p
+    names = [n for _, n in sequences]
+    dupes = sorted({n for n in names if names.count(n) > 1} | (set(names) & {p.stem for p in images}))
+    if dupes:
+        raise CliError(f"several inputs would write outputs named {dupes}; rename or predict them separately")
+    return images, sequences
+
+
+class _Stabiliser:
+    """Temporal alignment in disparity space for either kind of model output."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self.aligner = TemporalAligner()
+
+    def __call__(self, pred: np.ndarray) -> np.ndarray:
+        if self.kind == "disparity":
+            return self.aligner.update(pred)
+        valid = np.isfinite(pred) & (pred > 0)
+        disparity = np.where(valid, 1.0 / np.where(valid, pred, 1.0), np.nan).astype(np.float32)
+        aligned = self.aligner.update(disparity, valid)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(valid & (aligned > 0), 1.0 / aligned, 0.0).astype(np.float32)
+
+
+def _colour_range(pred: np.ndarray, kind: str) -> tuple[float | None, float | None]:
+    """Robust colour limits of one map, or ``(None, None)`` (colorize's own default) when nothing is valid."""
+    if not to_disparity(pred, kind)[1].any():
+        return None, None
+    return robust_range(pred, kind)
+
+
+def _progress(total: int | None, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="frame", dynamic_ncols=True, leave=True)
+
+
+# -- the two kinds of job ----------------------------------------------------------------------------------------
+def _predict_images(model, images: list[Path], args: argparse.Namespace, ext: str) -> int:
+    kind = model.output_kind
+    written = 0
+    with _progress(len(images), "images") as bar:
+        start = 0
+        while start < len(images):
+            first = read_image(images[start])
+            group, frames = [images[start]], [first]
+            # batch consecutive images of the same size (a batch is one tensor)
+            while len(group) < args.batch_size and start + len(group) < len(images):
+                rgb = read_image(images[start + len(group)])
+                if rgb.shape != first.shape:
+                    break
+                group.append(images[start + len(group)])
+                frames.append(rgb)
+            preds = model.infer_batch(frames, args.input_size, args.batch_size)
+            for path, pred in zip(group, preds):
+                save_depth(args.output / f"{path.stem}_depth{ext}", pred, unit=kind)
+                if args.colormap:
+                    _write_rgb_png(args.output / f"{path.stem}_color.png", colorize(pred, kind))
+                written += 1
+            bar.update(len(group))
+            start += len(group)
+    return written
+
+
+def _predict_sequence(model, source: str, name: str, args: argparse.Namespace, ext: str) -> int:
+    stop = None if args.max_frames is None else args.max_frames * args.stride
+    reader: FrameReader = open_frames(source, stop=stop, stride=args.stride, prefetch=2 * args.batch_size)
+    kind = model.output_kind
+    out_dir = args.output / name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    source_fps = reader.fps
+    if source_fps is None:
+        source_fps = 25.0
+        if args.colormap:
+            log.info("%s has no frame rate (image frames): writing its video and sequence at 25 frames/s", source)
+    fps = source_fps / args.stride
+    stabilise = _Stabiliser(kind) if args.temporal else None
+    fixed_range = args.temporal or kind == "depth"  # raw relative frames flicker: give each its own range
+    pending: deque[tuple[int, np.ndarray]] = deque()
+
+    def frames() -> Iterator[np.ndarray]:
+        for index, rgb in zip(reader.indices, reader):
+            pending.append((index, rgb))
+            yield rgb
+
+    count = 0
+    with contextlib.ExitStack() as stack, _progress(reader.frame_count, name) as bar:
+        stack.callback(reader.close)
+        writer = seq = None
+        if args.colormap:
+            h, w = reader.size
+            tmp = stack.enter_context(atomic_path(args.output / f"{name}_depth.mp4"))
+            writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (2 * w, h))
+            if not writer.isOpened():
+                raise OSError(f"OpenCV cannot write mp4v video {args.output / f'{name}_depth.mp4'}")
+            stack.callback(writer.release)  # runs before atomic_path renames the file
+            seq = stack.enter_context(DepthSequenceWriter(args.output / f"{name}_depth.seq.nrrd", fps=fps,
+                                                          unit=kind))
+        vrange = None
+        for batch in model.iter_batches(frames(), args.input_size, args.batch_size):
+            for pred in batch:
+                index, rgb = pending.popleft()
+                if stabilise is not None:
+                    pred = stabilise(pred)
+                save_depth(out_dir / f"{index:06d}{ext}", pred, unit=kind)
+                if args.colormap:
+                    if vrange is None or not fixed_range:
+                        vrange = _colour_range(pred, kind)
+                    color = colorize(pred, kind, *vrange)
+                    _write_rgb_png(out_dir / f"{index:06d}_color.png", color)
+                    writer.write(cv2.cvtColor(np.hstack([rgb, color]), cv2.COLOR_RGB2BGR))
+                    seq.append(pred, index / source_fps)
+                count += 1
+                bar.update(1)
+    extra = f", {name}_depth.mp4 and {name}_depth.seq.nrrd" if args.colormap else ""
+    print(f"{source}: {count} frames -> {out_dir}{extra}")
+    return count
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..loading import load_model  # lazy: torch import only when the command runs
+
+    for name in ("batch_size", "stride", "input_size"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise ValueError(f"--max-frames must be >= 1, got {args.max_frames}")
+    if args.input_size % 14:
+        raise ValueError(f"--input-size must be a multiple of 14, got {args.input_size}")
+    images, sequences = _plan(args)
+    args.output.mkdir(parents=True, exist_ok=True)
+    ext = "." + args.format
+    model = load_model(args.model, device=args.device, precision=args.precision)
+    print(f"model: {model.source} ({model.config.encoder} {model.config.version}, {model.output_kind}) "
+          f"on {model.device} {model.precision}")
+    if args.temporal and not sequences:
+        log.warning("--temporal applies to videos (or folders with --video); no video input was given")
+    started = time.perf_counter()
+    total = 0
+    if images:
+        total += _predict_images(model, images, args, ext)
+    for source, name in sequences:
+        total += _predict_sequence(model, source, name, args, ext)
+    elapsed = time.perf_counter() - started
+    print(f"wrote {total} {model.output_kind} maps ({args.format}) to {args.output} "
+          f"in {elapsed:.1f} s ({total / max(elapsed, 1e-9):.2f} frames/s)")
+    return 0

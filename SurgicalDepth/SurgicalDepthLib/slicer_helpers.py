@@ -1,0 +1,313 @@
+"""Pure-Python helpers of the Surgical Depth Slicer module (no ``slicer``/``qt``/``ctk``/``mrml`` imports).
+
+Camera frame → Slicer world (RAS, mm)
+-------------------------------------
+The project's camera frame is OpenCV's: x right, y down, z forward (see ``camera.py``). Slicer's world frame is RAS
+(x = Right, y = Anterior, z = Superior). We map::
+
+    R = -x      (image right  -> patient Left)
+    A = -z      (viewing ray  -> Posterior)
+    S = -y      (image down   -> Inferior)
+
+i.e. ``ras = CAMERA_TO_RAS @ cam`` with ``CAMERA_TO_RAS = [[-1, 0, 0], [0, 0, -1], [0, -1, 0]]``, a proper rotation
+(det +1, so handedness and triangle winding survive). Why this one: Slicer's default 3D view looks from Anterior
+towards Posterior with Superior up and the patient's Left on the screen's right, so with this mapping the default
+3D view looks along the endoscope (image right on screen right, image up on screen up), and the frame/depth
+volumes (``image_ijk_to_ras``) lie in a coronal plane that the Green slice view shows upright.
+
+Camera-to-world poses (camera convention, 4×4) become ``T_ras = C @ pose @ C⁻¹`` with ``C`` the homogeneous
+``CAMERA_TO_RAS``: a model whose points are ``C @ p_cam`` and that observes ``T_ras`` lands at ``C @ pose @ p_cam``,
+the RAS position of the world point.
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: 3×3 rotation from the camera frame (x right, y down, z forward) to RAS; see the module docstring.
+CAMERA_TO_RAS = np.array([[-1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, -1.0, 0.0]])
+
+#: What the "Model" selector of the module may hold.
+MODEL_CHOICES = ("default", "file", "registry")
+DEVICE_CHOICES = ("auto", "cuda", "mps", "cpu")
+
+
+def camera_to_ras_matrix() -> np.ndarray:
+    """Homogeneous 4×4 float64 form of :data:`CAMERA_TO_RAS`."""
+    m = np.eye(4)
+    m[:3, :3] = CAMERA_TO_RAS
+    return m
+
+
+def camera_to_ras(points: np.ndarray) -> np.ndarray:
+    """Points ``[N, 3]`` in the camera frame (any unit) → ``float32 [N, 3]`` in RAS (same unit; mm in Slicer)."""
+    pts = np.asarray(points)
+    if pts.ndim != 2 or pts.shape[1] != 3:
+        raise ValueError(f"points must be [N, 3], got shape {pts.shape}")
+    return np.ascontiguousarray(pts.astype(np.float64) @ CAMERA_TO_RAS.T, dtype=np.float32)
+
+
+def pose_to_ras(pose: np.ndarray) -> np.ndarray:
+    """Camera-to-world pose (camera convention, 4×4) → the equivalent 4×4 float64 transform in RAS."""
+    p = np.asarray(pose, dtype=np.float64)
+    if p.shape != (4, 4):
+        raise ValueError(f"pose must be a 4x4 matrix, got shape {p.shape}")
+    c = camera_to_ras_matrix()
+    return c @ p @ c.T  # C is orthonormal: C⁻¹ = Cᵀ
+
+
+def image_ijk_to_ras(width: int, height: int, spacing: float = 1.0) -> np.ndarray:
+    """4×4 ``ijkToRAS`` of a one-slice volume holding a ``height × width`` frame (array ``[1, H, W]``).
+
+    Voxel (i, j, k) = pixel (u, v) of slice k. The pixel grid is laid out like the camera frame mapped through
+    :data:`CAMERA_TO_RAS` (u → Left, v → Inferior, slice axis → Posterior), centred on the RAS origin, with
+    ``spacing`` mm per pixel, so the frame shows upright in the coronal (Green) view.
+    """
+    if int(width) < 1 or int(height) < 1:
+        raise ValueError(f"width and height must be >= 1, got {width}x{height}")
+    if not (spacing > 0 and math.isfinite(spacing)):
+        raise ValueError(f"spacing must be a positive number of mm, got {spacing!r}")
+    m = np.eye(4)
+    m[:3, :3] = CAMERA_TO_RAS * float(spacing)
+    centre = np.array([(int(width) - 1) / 2.0, (int(height) - 1) / 2.0, 0.0]) * float(spacing)
+    m[:3, 3] = -CAMERA_TO_RAS @ centre
+    return m
+
+
+def intrinsics_from_fields(fx: float, fy: float, cx: float, cy: float, width: int, height: int) -> Any:
+    """``SurgicalDepthLib.Intrinsics`` from the GUI fields, or None when all four are 0 ("unknown").
+
+    ``fx, fy, cx, cy`` are pixels of a ``width × height`` frame. Some but not all zero is an error naming them.
+    """
+    from .camera import Intrinsics
+
+    values = {"fx": fx, "fy": fy, "cx": cx, "cy": cy}
+    zero = [k for k, v in values.items() if float(v) == 0.0]
+    if len(zero) == 4:
+        return None
+    if zero:
+        raise ValueError(f"camera intrinsics: {', '.join(zero)} = 0 while the others are set; give all four "
+                         f"(pixels of the {width}x{height} frame) or leave all four at 0 for unknown")
+    return Intrinsics(float(fx), float(fy), float(cx), float(cy), int(width), int(height))
+
+
+def model_source(choice: str, path: str = "", registry_name: str = "") -> str:
+    """The ``sd.load_model`` source for the GUI's model choice (``default`` | ``file`` | ``registry``)."""
+    if choice == "default":
+        return "default"
+    if choice == "file":
+        if not str(path).strip() or str(path).strip() == ".":
+            raise ValueError("model: 'file' was chosen but no checkpoint path was given")
+        return str(path).strip()
+    if choice == "registry":
+        if not registry_name.strip():
+            raise ValueError("model: 'registry' was chosen but no registry name was given "
+                             "(e.g. depth-anything-v2-small)")
+        return registry_name.strip()
+    raise ValueError(f"model choice must be one of {MODEL_CHOICES}, got {choice!r}")
+
+
+def sequence_index_values(n_frames: int, fps: float | None) -> list[str]:
+    """Index values (strings, as ``vtkMRMLSequenceNode`` stores them) of ``n_frames`` frames.
+
+    With a known ``fps`` > 0: the frame time in seconds with enough decimals to stay unique and sortable
+    (``"0.000", "0.040", ...``); otherwise the frame number (``"0", "1", ...``).
+    """
+    if n_frames < 0:
+        raise ValueError(f"n_frames must be >= 0, got {n_frames}")
+    if fps is None or not (fps > 0 and math.isfinite(fps)):
+        return [str(i) for i in range(n_frames)]
+    decimals = max(3, math.ceil(math.log10(fps)) + 1)
+    return [f"{i / fps:.{decimals}f}" for i in range(n_frames)]
+
+
+def chunks(n_items: int, chunk_size: int) -> Iterator[range]:
+    """``range`` objects covering ``0..n_items-1`` in pieces of at most ``chunk_size``."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    for start in range(0, max(0, n_items), chunk_size):
+        yield range(start, min(start + chunk_size, n_items))
+
+
+def depth_display_range(depths: Iterable[np.ndarray], low: float = 2.0, high: float = 98.0) -> tuple[float, float]:
+    """Robust (percentile ``low``, ``high``) range of the finite positive values of the depth maps, for
+    window/level and colour-table ranges. Raises ValueError when there is no such value."""
+    values = [d[np.isfinite(d) & (d > 0)].ravel() for d in (np.asarray(x, dtype=np.float32) for x in depths)]
+    flat = np.concatenate(values) if values else np.empty(0, np.float32)
+    if flat.size == 0:
+        raise ValueError("depth_display_range: no finite positive depth value")
+    lo, hi = np.percentile(flat, [low, high])
+    if hi <= lo:
+        hi = lo + max(abs(float(lo)) * 1e-3, 1e-6)
+    return float(lo), float(hi)
+
+
+def parse_requirements(text: str) -> list[str]:
+    """Requirement lines of a ``requirements.txt`` text (comments, blank lines and pip options dropped)."""
+    out = []
+    for line in text.splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line and not line.startswith("-"):
+            out.append(line)
+    return out
+
+
+def missing_requirements(requirements: Iterable[str],
+                         version_of: Callable[[str], str] | None = None) -> list[str]:
+    """The requirement strings that the running Python does not satisfy (absent or wrong version).
+
+    ``version_of(name)`` returns an installed distribution's version or raises
+    ``importlib.metadata.PackageNotFoundError``; default ``importlib.metadata.version``.
+    """
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    version_of = version_of or metadata.version
+    missing = []
+    for text in requirements:
+        req = Requirement(text)
+        if req.marker is not None and not req.marker.evaluate():
+            continue
+        try:
+            installed = version_of(req.name)
+        except metadata.PackageNotFoundError:
+            missing.append(text)
+            continue
+        if req.specifier and not req.specifier.contains(installed, prereleases=True):
+            missing.append(text)
+    return missing
+
+
+def torch_requirement(requirements: Iterable[str]) -> str | None:
+    """The ``torch`` line of a requirement list (installed through SlicerPyTorch when available), or None."""
+    from packaging.requirements import Requirement
+
+    for text in requirements:
+        if Requirement(text).name.lower() == "torch":
+            return text
+    return None
+
+
+def format_bytes(n: int) -> str:
+    """``1536 -> '1.5 KiB'`` for progress labels."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def resolve_intrinsics(width: int, height: int, intrinsics: Any = None, calibration: str = "",
+                       fields: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)) -> Any:
+    """Intrinsics for a ``width × height`` frame, from the first source given: ``intrinsics``
+    (``Intrinsics``, rescaled if calibrated at another size), a ``calibration`` file, the GUI ``fields``
+    ``(fx, fy, cx, cy)`` in pixels (all 0 = unknown), else a 70° horizontal field of view (logged warning)."""
+    from .camera import Intrinsics
+
+    if intrinsics is None and calibration and str(calibration) != ".":
+        intrinsics = Intrinsics.from_file(calibration, width, height)
+    if intrinsics is None:
+        intrinsics = intrinsics_from_fields(*fields, width, height)
+    if intrinsics is None:
+        intrinsics = Intrinsics.from_fov(width, height)
+    if intrinsics.size == (width, height):
+        return intrinsics
+    if abs(intrinsics.width / intrinsics.height - width / height) > 0.01 * width / height:
+        raise ValueError(f"intrinsics are for {intrinsics.width}x{intrinsics.height}, whose aspect ratio differs "
+                         f"from the {width}x{height} frames")
+    return intrinsics.scaled(width, height)
+
+
+def predict_depth_mm(model: Any, frames: list[np.ndarray], input_size: int, near_mm: float, far_mm: float,
+                     chunk_size: int = 4, progress: Callable[[int], bool] | None = None) -> list[np.ndarray]:
+    """Depth in mm (float32 ``[H, W]``, 0 = invalid) of RGB uint8 frames, ``chunk_size`` frames per batch.
+
+    A relative model's disparity is mapped into ``[near_mm, far_mm]`` (``disparity_to_depth(depth_range=...)``);
+    a metric model's output is used as is. ``progress(n_done)`` is called after every chunk; returning False
+    stops early (the depths of the finished chunks are returned).
+    """
+    from .alignment import disparity_to_depth
+
+    if not 0 < near_mm < far_mm:
+        raise ValueError(f"need 0 < near_mm < far_mm, got near_mm={near_mm!r}, far_mm={far_mm!r}")
+    depths: list[np.ndarray] = []
+    for part in chunks(len(frames), chunk_size):
+        for pred in model.infer_batch([frames[i] for i in part], input_size=input_size):
+            depth = disparity_to_depth(pred, depth_range=(near_mm, far_mm)) \
+                if model.output_kind == "disparity" else pred
+            depths.append(np.nan_to_num(depth, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32))
+        if progress is not None and not progress(len(depths)):
+            break
+    return depths
+
+
+def polydata_to_ras(polydata: Any) -> Any:
+    """Rotate a camera-frame ``vtkPolyData`` (points and the "Normals" point array) into RAS in place."""
+    from vtkmodules.util.numpy_support import numpy_to_vtk, vtk_to_numpy
+
+    points = polydata.GetPoints()
+    if points is not None and points.GetNumberOfPoints():
+        points.SetData(numpy_to_vtk(camera_to_ras(vtk_to_numpy(points.GetData())), deep=True))
+    normals = polydata.GetPointData().GetArray("Normals")
+    if normals is not None:
+        rotated = numpy_to_vtk(camera_to_ras(vtk_to_numpy(normals)), deep=True)
+        rotated.SetName("Normals")
+        polydata.GetPointData().RemoveArray("Normals")
+        polydata.GetPointData().SetNormals(rotated)
+    return polydata
+
+
+def rgb_from_volume_array(array: np.ndarray, name: str = "volume") -> np.ndarray:
+    """RGB uint8 ``[H, W, 3]`` (a copy) from the ``[1, H, W, C>=3]`` array of a one-slice vector volume."""
+    arr = np.asarray(array)
+    if arr.ndim != 4 or arr.shape[0] != 1 or arr.shape[3] < 3:
+        raise ValueError(f"{name}: expected a one-slice RGB vector volume [1, H, W, 3], got shape {arr.shape}")
+    return np.ascontiguousarray(arr[0, :, :, :3], dtype=np.uint8)
+
+
+@dataclass
+class SurgicalDepthNodes:
+    """MRML nodes created by one ``SurgicalDepthLogic.process`` run (Slicer objects, typed ``Any`` here).
+
+    ``browser``: vtkMRMLSequenceBrowserNode playing all sequences in sync; sequences (vtkMRMLSequenceNode) of
+    ``frames`` (RGB vtkMRMLVectorVolumeNode), ``depth`` (vtkMRMLScalarVolumeNode, mm), ``points`` (point-cloud
+    vtkMRMLModelNode), ``meshes`` (per-frame depth mesh), ``poses`` (vtkMRMLLinearTransformNode, camera-to-world
+    in RAS; only when fused); ``fused``: vtkMRMLModelNode of the TSDF surface; ``proxies``: the browser's proxy
+    node of each sequence, by the same keys; ``frameCount``: frames processed.
+    """
+
+    browser: Any = None
+    frames: Any = None
+    depth: Any = None
+    points: Any = None
+    meshes: Any = None
+    poses: Any = None
+    fused: Any = None
+    proxies: dict = field(default_factory=dict)
+    frameCount: int = 0
+
+
+def weights_cached(name: str) -> bool:
+    """Whether the official weights ``name`` are in the local cache (downloading needs the user's consent)."""
+    from .weights import cached_path
+
+    try:
+        cached_path(name, verify=False)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def path_or_none(path: Any) -> str | None:
+    """A GUI path value as ``str``, or None when unset (parameterNodeWrapper's empty ``Path()`` is ``"."``)."""
+    text = "" if path is None else str(path).strip()
+    return None if text in ("", ".") else text

@@ -1,0 +1,199 @@
+"""Temporal stabilisation of per-frame relative depth (disparity) predicted independently for each video frame.
+
+A relative model's output is defined only up to an unknown scale and shift per frame (affine-invariant disparity,
+MiDaS/Depth Anything), and that affine transform jumps from frame to frame: the video "flickers". The
+:class:`TemporalAligner` keeps a running reference disparity map (an exponential moving average of the aligned
+frames), fits each new frame to it with a robust scale+shift (trimmed least squares, as in MiDaS' scale-and-shift
+alignment, Ranftl et al. 2020, with outlier trimming for moving or occluded regions), and returns the aligned frame.
+
+Why the EMA runs over the reference map and not over the fitted scale/shift: the per-frame scale/shift *is* the
+flicker to remove, so smoothing it would put the flicker back; smoothing the reference instead averages away the
+per-pixel noise that a single previous frame would pass on to the next fit. Because scale and shift are free, the
+affine frame of the output would be the first frame's arbitrary one; instead the output is expressed in the running
+mean of all frames' affine frames (the mean of the inverse fitted transforms), which converges after a few frames.
+A relative model carries no absolute scale, so a real global approach of the camera cannot be told from scale
+flicker; only the relative structure is tracked.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def robust_scale_shift(source: np.ndarray, target: np.ndarray, valid: np.ndarray | None = None, *,
+                    trim: float = 0.2, iterations: int = 3, max_samples: int = 40000) -> tuple[float, float]:
+    """Robust ``(s, b)`` minimising ``sum (s * source + b - target)^2`` over the inlier pixels.
+
+    Trimmed least squares: fit on all valid pixels, then ``iterations - 1`` times refit on the ``1 - trim``
+    fraction with the smallest absolute residuals. At most ``max_samples`` pixels (a regular subsample) are used.
+
+    Args:
+        source, target: float ``[H, W]`` (or any equal shapes).
+        valid: bool, same shape; True = usable pixel (non-finite pixels are always excluded).
+    Returns:
+        ``(scale, shift)`` as floats; ``(1, 0)`` when fewer than 2 distinct valid samples exist.
+    """
+    source = np.asarray(source, dtype=np.float64)
+    target = np.asarray(target, dtype=np.float64)
+    if source.shape != target.shape:
+        raise ValueError(f"source has shape {source.shape}, target {target.shape}; expected equal shapes")
+    if not 0.0 <= trim < 1.0:
+        raise ValueError(f"trim must be in [0, 1), got {trim}")
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    ok = np.isfinite(source) & np.isfinite(target)
+    if valid is not None:
+        if valid.shape != source.shape:
+            raise ValueError(f"valid has shape {valid.shape}, expected {source.shape}")
+        ok &= valid
+    idx = np.flatnonzero(ok)
+    if idx.size > max_samples:
+        idx = idx[:: int(np.ceil(idx.size / max_samples))]
+    x, y = source.ravel()[idx], target.ravel()[idx]
+    if x.size < 2 or np.ptp(x) == 0:
+        return 1.0, 0.0
+    keep = np.ones(x.size, bool)
+    scale, shift = 1.0, 0.0
+    for it in range(iterations):
+        xs, ys = x[keep], y[keep]
+        xm, ym = xs.mean(), ys.mean()
+        var = ((xs - xm) ** 2).sum()
+        if var == 0:
+            break
+        scale = float(((xs - xm) * (ys - ym)).sum() / var)
+        shift = float(ym - scale * xm)
+        if it + 1 < iterations and trim > 0:
+            residual = np.abs(scale * x + shift - y)
+            keep = residual <= np.quantile(residual, 1.0 - trim)
+    return scale, shift
+
+
+class TemporalAligner:
+    """Stateful per-frame alignment of relative disparity to a running reference (see the module docstring).
+
+    Args:
+        momentum: EMA weight of the old reference, ``ref = momentum * ref + (1 - momentum) * aligned``
+            (0 = the previous aligned frame only). Higher = smoother but slower to follow scene changes.
+        trim: fraction of the largest residuals dropped in each refit (moving tools, occlusions, specularities).
+        iterations: trimmed least-squares passes.
+    Attributes:
+        scales, shifts: per frame, the total transform applied (``output = scale * disparity + shift``).
+    """
+
+    def __init__(self, momentum: float = 0.3, trim: float = 0.2, iterations: int = 3):
+        if not 0.0 <= momentum < 1.0:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
+        self.momentum = momentum
+        self.trim = trim
+        self.iterations = iterations
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the reference (start of a new clip)."""
+        self._reference: np.ndarray | None = None
+        self._ref_valid: np.ndarray | None = None
+        self._n = 0
+        self._last = (1.0, 0.0)
+        self._anchor_scale = 0.0
+        self._anchor_shift = 0.0
+        self.scales: list[float] = []
+        self.shifts: list[float] = []
+
+    def update(self, disparity: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """Align one frame.
+
+        Args:
+            disparity: float ``[H, W]`` relative disparity (larger = nearer) of the next frame.
+            valid: optional bool ``[H, W]``; non-finite pixels are invalid anyway.
+        Returns:
+            float32 ``[H, W]`` aligned disparity ``s * disparity + b``.
+        """
+        disparity = np.asarray(disparity, dtype=np.float32)
+        if disparity.ndim != 2:
+            raise ValueError(f"disparity must be [H, W], got shape {disparity.shape}")
+        ok = np.isfinite(disparity)
+        if valid is not None:
+            if valid.shape != disparity.shape:
+                raise ValueError(f"valid has shape {valid.shape}, expected {disparity.shape}")
+            ok &= valid
+        if self._reference is not None and self._reference.shape != disparity.shape:
+            raise ValueError(f"frame has shape {disparity.shape} but the clip so far is {self._reference.shape}; "
+                             "call reset() between clips")
+        if self._reference is None:
+            scale, shift = 1.0, 0.0
+        else:
+            scale, shift = robust_scale_shift(disparity, self._reference, ok & self._ref_valid, trim=self.trim,
+                                           iterations=self.iterations)
+            if not scale > 0:  # degenerate frame (flat or no overlap): keep the previous frame's transform
+                log.warning("frame %d: scale+shift fit failed (scale=%g); reusing the previous transform",
+                            len(self.scales), scale)
+                scale, shift = self._last
+        self._last = (scale, shift)
+        aligned = (scale * disparity + shift).astype(np.float32)
+        self._update_reference(aligned, ok)
+        # running mean of the inverse transforms (reference -> each raw frame): the output's affine frame is the
+        # average of the raw frames' instead of frame 0's arbitrary one
+        self._n += 1
+        self._anchor_scale += (1.0 / scale - self._anchor_scale) / self._n
+        self._anchor_shift += (-shift / scale - self._anchor_shift) / self._n
+        total_scale = self._anchor_scale * scale
+        total_shift = self._anchor_scale * shift + self._anchor_shift
+        self.scales.append(total_scale)
+        self.shifts.append(total_shift)
+        return (total_scale * disparity + total_shift).astype(np.float32)
+
+    __call__ = update
+
+    def _update_reference(self, aligned: np.ndarray, ok: np.ndarray) -> None:
+        if self._reference is None:
+            self._reference = np.where(ok, aligned, 0).astype(np.float32)
+            self._ref_valid = ok.copy()
+            return
+        both = ok & self._ref_valid
+        m = np.float32(self.momentum)
+        self._reference[both] = m * self._reference[both] + (1 - m) * aligned[both]
+        new = ok & ~self._ref_valid
+        self._reference[new] = aligned[new]
+        self._ref_valid |= ok
+
+
+def flicker(depths: np.ndarray | Iterable[np.ndarray],
+            valid: np.ndarray | Iterable[np.ndarray] | None = None) -> float:
+    """Relative temporal flicker: mean over consecutive frame pairs of
+    ``mean|d[t+1] - d[t]| / mean((d[t+1] + d[t]) / 2)``.
+
+    Normalising by the pair's mean level makes the number independent of the global scale (so a method cannot
+    lower it by shrinking its output). Pixels are used where both frames are finite, > 0 and ``valid``.
+
+    Args:
+        depths: float ``[N, H, W]`` (or N maps ``[H, W]``), N ≥ 2, depth or disparity of one unit.
+        valid: optional bool ``[N, H, W]``.
+    Returns:
+        the flicker as a fraction (0 = perfectly steady).
+    """
+    maps = [np.asarray(d, dtype=np.float64) for d in depths]
+    masks = [None] * len(maps) if valid is None else [np.asarray(v, bool) for v in valid]
+    if len(maps) < 2:
+        raise ValueError(f"flicker needs at least 2 frames, got {len(maps)}")
+    if len(masks) != len(maps):
+        raise ValueError(f"valid has {len(masks)} frames, depths {len(maps)}")
+    values = []
+    for t in range(len(maps) - 1):
+        a, b = maps[t], maps[t + 1]
+        if a.shape != b.shape:
+            raise ValueError(f"frame {t + 1} has shape {b.shape}, frame {t} {a.shape}")
+        ok = np.isfinite(a) & np.isfinite(b) & (a > 0) & (b > 0)
+        for m in (masks[t], masks[t + 1]):
+            if m is not None:
+                ok &= m
+        if not ok.any():
+            continue
+        level = 0.5 * (a[ok] + b[ok]).mean()
+        values.append(np.abs(b[ok] - a[ok]).mean() / level)
+    if not values:
+        raise ValueError("no frame pair has valid pixels in common")
+    return float(np.mean(values))

@@ -1,0 +1,283 @@
+"""Streaming RGB frame readers: video files (OpenCV ``VideoCapture``), image folders, glob patterns, single images.
+
+Frames are decoded one at a time (memory does not depend on the clip length). OpenCV decodes to BGR; every frame
+returned here is **RGB** uint8 ``[H, W, 3]``. An optional prefetch thread decodes ahead into a bounded queue so that
+decoding overlaps inference.
+"""
+from __future__ import annotations
+
+import glob as _glob
+import logging
+import os
+import queue
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+_GLOB_CHARS = re.compile(r"[*?\[]")
+
+
+class VideoDecodeError(ValueError):
+    """A video stopped decoding before its last frame. Raised after the decodable frames were yielded.
+
+    Attributes:
+        path: the video file.
+        frame_index: index (in the source video) of the first frame that could not be decoded.
+    """
+
+    def __init__(self, path: Path, frame_index: int, expected: int):
+        super().__init__(f"{path}: decoding stopped at frame {frame_index} of {expected} "
+                         "(file truncated or corrupt); the frames before it were read")
+        self.path = path
+        self.frame_index = frame_index
+
+
+def natural_key(name: str) -> list:
+    """Sort key that orders ``frame2`` before ``frame10`` (digit runs compare as numbers)."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+
+
+def is_video_file(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files (``IMAGE_SUFFIXES``) directly inside ``folder``, in natural name order."""
+    folder = Path(folder)
+    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(files, key=lambda p: natural_key(p.name))
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Read one image file as RGB uint8 ``[H, W, 3]`` (grey images are expanded, alpha is dropped)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image {path} does not exist")
+    # imdecode on bytes instead of imread: works with non-ASCII paths on Windows too
+    bgr = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f"cannot decode image {path}: not a readable {path.suffix or 'image'} file")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+class FrameReader:
+    """Iterable over RGB uint8 ``[H, W, 3]`` frames of one source (use :func:`open_frames`).
+
+    Attributes:
+        path: the source as given (file, folder or glob pattern).
+        kind: ``"video"`` or ``"images"``.
+        fps: frames per second of the video (``None`` for images).
+        frame_count: number of frames this reader yields (after ``start``/``stop``/``stride``); for videos it
+            comes from the container and is exact for mp4/mov/avi written by common tools.
+        size: ``(height, width)`` of the frames.
+        files: image files in order (``None`` for videos).
+        indices: source frame indices that are yielded, in order (``range``).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, start: int = 0, stop: int | None = None, stride: int = 1,
+                 prefetch: int = 0):
+        for name, value in (("start", start), ("stride", stride), ("prefetch", prefetch)):
+            if not isinstance(value, int) or value < (1 if name == "stride" else 0):
+                raise ValueError(f"{name} must be an integer >= {1 if name == 'stride' else 0}, got {value!r}")
+        if stop is not None and (not isinstance(stop, int) or stop < 0):
+            raise ValueError(f"stop must be None or an integer >= 0, got {stop!r}")
+        self.path = str(path)
+        self.prefetch = prefetch
+        self._stop_event = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.files: list[Path] | None = None
+        self.fps: float | None = None
+        source_count = self._open(Path(path))
+        end = source_count if stop is None else min(stop, source_count)
+        self.indices = range(start, max(start, end), stride)
+        self.frame_count = len(self.indices)
+        self._source_count = source_count
+
+    # -- opening -------------------------------------------------------------------------------------------------
+    def _open(self, path: Path) -> int:
+        text = str(path)
+        if _GLOB_CHARS.search(text) and not path.exists():
+            files = sorted((Path(p) for p in _glob.glob(text)
+                            if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_SUFFIXES),
+                           key=lambda p: natural_key(str(p)))
+            if not files:
+                raise FileNotFoundError(f"glob pattern {text!r} matches no image files ({', '.join(IMAGE_SUFFIXES)})")
+            return self._open_images(files)
+        if not path.exists():
+            raise FileNotFoundError(f"input {path} does not exist")
+        if path.is_dir():
+            files = list_images(path)
+            if not files:
+                raise ValueError(f"folder {path} contains no image files ({', '.join(IMAGE_SUFFIXES)})")
+            return self._open_images(files)
+        suffix = path.suffix.lower()
+        if suffix in IMAGE_SUFFIXES:
+            return self._open_images([path])
+        if suffix in VIDEO_SUFFIXES:
+            return self._open_video(path)
+        raise ValueError(f"input {path} has an unsupported suffix {suffix!r}; expected a video "
+                         f"({', '.join(VIDEO_SUFFIXES)}), an image ({', '.join(IMAGE_SUFFIXES)}), a folder or a glob")
+
+    def _open_images(self, files: list[Path]) -> int:
+        self.kind = "images"
+        self.files = files
+        first = read_image(files[0])
+        self.size = first.shape[:2]
+        return len(files)
+
+    def _open_video(self, path: Path) -> int:
+        self.kind = "video"
+        capture = cv2.VideoCapture(str(path))
+        if not capture.isOpened():
+            capture.release()
+            raise ValueError(f"cannot open video {path}: unreadable, corrupt, or its codec is not supported by "
+                             "OpenCV's FFmpeg backend")
+        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+        height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        fps = float(capture.get(cv2.CAP_PROP_FPS))
+        capture.release()
+        if count <= 0 or width <= 0 or height <= 0:
+            raise ValueError(f"cannot read video {path}: the container reports {count} frames of {width}x{height}")
+        self.fps = fps if fps > 0 else None
+        self.size = (height, width)
+        return count
+
+    # -- decoding ------------------------------------------------------------------------------------------------
+    def _iter_images(self) -> Iterator[np.ndarray]:
+        files = self.files or []
+        for i in self.indices:
+            if self._stop_event.is_set():
+                return
+            rgb = read_image(files[i])
+            if rgb.shape[:2] != self.size:
+                raise ValueError(f"{files[i]} is {rgb.shape[0]}x{rgb.shape[1]} (HxW) but {files[0]} is "
+                                 f"{self.size[0]}x{self.size[1]}; all frames of a sequence must have the same size")
+            yield rgb
+
+    def _iter_video(self) -> Iterator[np.ndarray]:
+        path = Path(self.path)
+        capture = cv2.VideoCapture(str(path))
+        try:
+            if not capture.isOpened():
+                raise ValueError(f"cannot open video {path}")
+            wanted = iter(self.indices)
+            target = next(wanted, None)
+            index = 0
+            # grab() every frame and retrieve() only the wanted ones: exact frame positions, unlike seeking
+            while target is not None and not self._stop_event.is_set():
+                if not capture.grab():
+                    break
+                if index == target:
+                    ok, bgr = capture.retrieve()
+                    if not ok or bgr is None:
+                        break
+                    yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                    target = next(wanted, None)
+                index += 1
+            if target is not None and not self._stop_event.is_set():
+                missing = self._source_count - index
+                # some containers (mkv, webm, raw streams) only estimate the frame count from the duration:
+                # a shortfall of a couple of frames at the very end is not treated as corruption
+                if missing > max(2, self._source_count // 100):
+                    raise VideoDecodeError(path, index, self._source_count)
+                log.warning("%s: the container announced %d frames but decoding ended after %d",
+                            path, self._source_count, index)
+        finally:
+            capture.release()
+
+    def _frames(self) -> Iterator[np.ndarray]:
+        return self._iter_video() if self.kind == "video" else self._iter_images()
+
+    def _prefetched(self) -> Iterator[np.ndarray]:
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        done = object()
+        stop = self._stop_event
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def worker() -> None:
+            try:
+                for frame in self._frames():
+                    if not put(frame):
+                        return
+                put(done)
+            except BaseException as exc:  # forwarded to the consumer thread and re-raised there
+                put(exc)
+
+        thread = threading.Thread(target=worker, name=f"FrameReader({self.path})", daemon=True)
+        self._thread = thread
+        thread.start()
+        try:
+            while True:
+                item = q.get()
+                if item is done:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            thread.join()
+            self._thread = None
+            stop.clear()
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return self._prefetched() if self.prefetch > 0 else self._frames()
+
+    def __len__(self) -> int:
+        return self.frame_count
+
+    def close(self) -> None:
+        """Stop a running prefetch thread (frames already decoded are dropped)."""
+        self._stop_event.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self._stop_event.clear()
+
+    def __enter__(self) -> "FrameReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"FrameReader({self.path!r}, kind={self.kind!r}, frames={self.frame_count}, "
+                f"size={self.size}, fps={self.fps})")
+
+
+def open_frames(path: str | os.PathLike, *, start: int = 0, stop: int | None = None, stride: int = 1,
+                prefetch: int = 0) -> FrameReader:
+    """Open a video file, an image folder, a glob pattern or one image as a stream of RGB uint8 frames.
+
+    Args:
+        path: ``.mp4/.avi/.mov/.mkv/...`` video, a folder of ``.png/.jpg/.jpeg/.bmp/.tif/.tiff`` images (natural
+            name order: ``2.png`` before ``10.png``), a glob such as ``"clip/*.png"``, or one image file.
+        start, stop, stride: which source frames to yield (``range(start, stop, stride)``).
+        prefetch: if > 0, decode up to this many frames ahead in a background thread.
+    Returns:
+        :class:`FrameReader`; iterate it (more than once if wanted) to get ``[H, W, 3]`` uint8 RGB frames.
+    Raises:
+        FileNotFoundError: missing path / glob matching nothing. ValueError: empty folder, unsupported suffix,
+        unreadable video; during iteration, frames of different sizes (naming the file) and
+        :class:`VideoDecodeError` when a video breaks off before its last frame (more than
+        ``max(2, 1 %)`` of the announced frames missing; a smaller shortfall at the end is only logged, as
+        some containers estimate their frame count).
+    """
+    return FrameReader(path, start=start, stop=stop, stride=stride, prefetch=prefetch)

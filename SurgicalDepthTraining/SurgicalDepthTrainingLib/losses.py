@@ -1,0 +1,138 @@
+"""Training losses for depth fine-tuning (torch, batched, masked).
+
+All losses take ``pred`` and ``target`` float ``[B, H, W]`` and ``valid`` bool ``[B, H, W]``, compute one value
+per image over its valid pixels and return the mean over the images that have at least one (two for
+``ssi_loss``) valid pixel. A batch without any such image is an error (it would give a NaN gradient).
+
+Targets for a relative model (disparity output, ``output_kind == "disparity"``) are ground-truth *inverse depth*
+``1 / depth``; see each loss for how the unknown scale is handled.
+"""
+from __future__ import annotations
+
+import torch
+
+_EPS = 1e-6
+
+
+def _check(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    if pred.ndim != 3:
+        raise ValueError(f"pred must be [B, H, W], got shape {tuple(pred.shape)}")
+    if target.shape != pred.shape or valid.shape != pred.shape:
+        raise ValueError(f"pred {tuple(pred.shape)}, target {tuple(target.shape)} and valid "
+                         f"{tuple(valid.shape)} must have the same shape")
+    return valid.to(torch.bool) & torch.isfinite(target)
+
+
+def _per_image_mean(values: torch.Tensor, keep: torch.Tensor, name: str) -> torch.Tensor:
+    if not bool(keep.any()):
+        raise ValueError(f"{name}: no image in the batch has enough valid pixels")
+    return values[keep].mean()
+
+
+def masked_median(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Per-image median of ``x`` over ``valid``: ``[B, H, W]`` -> ``[B]`` (NaN for images without valid pixels).
+
+    The lower median (torch convention); gradients flow to the median element.
+    """
+    flat = torch.where(valid, x, torch.full_like(x, float("nan"))).flatten(1)
+    return torch.nanmedian(flat, dim=1).values
+
+
+def l1_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *,
+            normalize: bool = True) -> torch.Tensor:
+    """L1 loss on ground truth (the paper's fine-tuning loss), per image: ``mean_valid |p̂ - ĝ|``.
+
+    Depth normalisation for a relative model: the model predicts disparity of unknown scale, and the target is
+    the ground-truth inverse depth ``1/depth``. With ``normalize=True`` (default) both are divided by their own
+    per-image median over the valid pixels, ``p̂ = p / median(p)``, ``ĝ = g / median(g)``, as in monodepth2's
+    median scaling. This makes L1 meaningful across scenes whose depth ranges differ (mm vs cm, close-up vs
+    overview) and keeps the pretrained model's output scale (no loss is spent on re-learning a global
+    constant), while the loss still penalises every relative-depth error. ``normalize=False`` is plain L1 in
+    the given units (metric heads: depth in the head's unit).
+
+    Args:
+        pred: float ``[B, H, W]`` model output. target: float ``[B, H, W]``. valid: bool ``[B, H, W]``.
+    Returns:
+        scalar tensor.
+    """
+    valid = _check(pred, target, valid)
+    if normalize:
+        # images without valid pixels get median 1 (NaN there would poison the gradient through torch.where)
+        mp = torch.nan_to_num(masked_median(pred, valid), nan=1.0).clamp_min(_EPS)[:, None, None]
+        mt = torch.nan_to_num(masked_median(target, valid), nan=1.0).clamp_min(_EPS)[:, None, None]
+        pred, target = pred / mp, target / mt
+    err = torch.where(valid, (pred - target).abs(), torch.zeros_like(pred)).flatten(1).sum(1)
+    n = valid.flatten(1).sum(1)
+    return _per_image_mean(err / n.clamp_min(1), n > 0, "l1_loss")
+
+
+def silog_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *,
+               lambd: float = 0.5) -> torch.Tensor:
+    """Scale-invariant log loss (Eigen et al. 2014), the variant of Depth-Anything-V2 ``metric_depth/util/loss.py``:
+    with ``e = log(target) - log(pred)`` over the valid pixels, ``sqrt(mean(e²) - λ·mean(e)²)``, λ = 0.5.
+
+    Computed per image, then averaged (DA-V2 pools the whole batch). Because ``log(1/x) = -log(x)``, the value
+    is the same for depth and for inverse depth, so it serves both heads (relative: pred = disparity, target =
+    1/depth). ``pred`` is clamped to ``>= 1e-6`` before the log (a ReLU head outputs zeros).
+    """
+    valid = _check(pred, target, valid) & (target > 0)
+    e = torch.log(target.clamp_min(_EPS)) - torch.log(pred.clamp_min(_EPS))
+    e = torch.where(valid, e, torch.zeros_like(e)).flatten(1)
+    n = valid.flatten(1).sum(1)
+    nn_ = n.clamp_min(1)
+    mean = e.sum(1) / nn_
+    var = (e ** 2).sum(1) / nn_ - lambd * mean ** 2
+    return _per_image_mean(torch.sqrt(var.clamp_min(1e-12)), n > 0, "silog_loss")
+
+
+def fit_scale_shift(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image least squares ``(s, t) = argmin Σ_valid (s·pred + t - target)²`` (MiDaS, Ranftl et al. 2020,
+    eq. 4; closed form of MiDaS ``compute_scale_and_shift``). Returns ``s, t`` of shape ``[B]``; images whose
+    system is singular (< 2 distinct valid values) get ``s = t = 0``."""
+    m = valid.to(pred.dtype)
+    a00 = (m * pred * pred).flatten(1).sum(1)
+    a01 = (m * pred).flatten(1).sum(1)
+    a11 = m.flatten(1).sum(1)
+    b0 = (m * pred * target).flatten(1).sum(1)
+    b1 = (m * target).flatten(1).sum(1)
+    det = a00 * a11 - a01 * a01
+    ok = det.abs() > 1e-12
+    safe = torch.where(ok, det, torch.ones_like(det))
+    s = torch.where(ok, (a11 * b0 - a01 * b1) / safe, torch.zeros_like(det))
+    t = torch.where(ok, (-a01 * b0 + a00 * b1) / safe, torch.zeros_like(det))
+    return s, t
+
+
+def _gradient_loss(residual: torch.Tensor, valid: torch.Tensor, scales: int) -> torch.Tensor:
+    """MiDaS gradient-matching term (eq. 11): ``Σ_k mean_valid(|∂x R_k| + |∂y R_k|)`` on 2^k-subsampled residuals."""
+    total = residual.new_zeros(residual.shape[0])
+    for k in range(scales):
+        step = 2 ** k
+        r, m = residual[:, ::step, ::step], valid[:, ::step, ::step].to(residual.dtype)
+        gx = (r[:, :, 1:] - r[:, :, :-1]).abs() * m[:, :, 1:] * m[:, :, :-1]
+        gy = (r[:, 1:] - r[:, :-1]).abs() * m[:, 1:] * m[:, :-1]
+        total = total + (gx.flatten(1).sum(1) + gy.flatten(1).sum(1)) / m.flatten(1).sum(1).clamp_min(1)
+    return total
+
+
+def ssi_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *,
+             gradient_weight: float = 0.0, scales: int = 4) -> torch.Tensor:
+    """Scale-and-shift-invariant loss (MiDaS, Ranftl et al. 2020): align ``pred`` to ``target`` per image by
+    least squares (:func:`fit_scale_shift`), then ``mean_valid |s·pred + t - target|``; plus optionally
+    ``gradient_weight · Σ_k mean(|∇R_k|)`` (multi-scale gradient matching of the residual ``R``, eq. 11).
+
+    For a relative model ``pred`` is the disparity and ``target`` the inverse depth (disparity space, as MiDaS).
+    Gradients flow through ``s`` and ``t``.
+    """
+    valid = _check(pred, target, valid)
+    target = torch.where(valid, target, torch.zeros_like(target))
+    s, t = fit_scale_shift(pred, target, valid)
+    residual = s[:, None, None] * pred + t[:, None, None] - target
+    n = valid.flatten(1).sum(1)
+    loss = torch.where(valid, residual.abs(), torch.zeros_like(residual)).flatten(1).sum(1) / n.clamp_min(1)
+    if gradient_weight:
+        loss = loss + gradient_weight * _gradient_loss(residual, valid, scales)
+    return _per_image_mean(loss, n > 1, "ssi_loss")
+
+
+LOSSES = {"l1": l1_loss, "silog": silog_loss, "ssi": ssi_loss}

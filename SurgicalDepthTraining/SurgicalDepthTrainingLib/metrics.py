@@ -1,0 +1,146 @@
+"""Depth error metrics and the one evaluation protocol (pure numpy).
+
+Metric definitions: monodepth2 ``evaluate_depth.py`` ``compute_errors`` (Godard et al. 2019), after Eigen et al.
+2014: over the N valid pixels,
+
+- ``abs_rel = mean(|gt - pred| / gt)``, ``sq_rel = mean((gt - pred)² / gt)``
+- ``rmse = sqrt(mean((gt - pred)²))``, ``rmse_log = sqrt(mean((log gt - log pred)²))``
+- ``a1, a2, a3 = mean(max(gt/pred, pred/gt) < 1.25^k)`` for k = 1, 2, 3 (δ < 1.25, 1.25², 1.25³).
+
+Protocol of :func:`depth_metrics`, in monodepth2's order: range mask, per-image alignment (median scaling =
+the paper's Eq. 1 ``pred · median(gt) / median(pred)``), clamp to the range, errors. Alignment math is the one in
+:mod:`SurgicalDepthLib.alignment` (not repeated here).
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+from SurgicalDepthLib.alignment import fit_scale_shift
+
+logger = logging.getLogger(__name__)
+
+METRIC_KEYS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
+ALIGNMENTS = ("median", "scale_shift", "none")
+PRED_KINDS = ("depth", "disparity")
+# Smallest inverse depth allowed after a scale-and-shift fit when no max_depth bounds it (depth <= 1e8 units).
+_MIN_INV_DEPTH = 1e-8
+
+
+def compute_errors(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """monodepth2 ``compute_errors`` on matching 1-D arrays of valid depths (both > 0, same unit).
+
+    Args:
+        gt, pred: float ``[N]`` (any shape, flattened), N >= 1, all values finite and > 0.
+    Returns:
+        ``{"abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3"}`` as Python floats.
+    """
+    gt = np.asarray(gt, dtype=np.float64).ravel()
+    pred = np.asarray(pred, dtype=np.float64).ravel()
+    if gt.shape != pred.shape:
+        raise ValueError(f"gt shape {gt.shape} does not match pred shape {pred.shape}")
+    if gt.size == 0:
+        raise ValueError("compute_errors: no pixels (gt and pred are empty)")
+    if not (np.all(np.isfinite(gt)) and np.all(gt > 0) and np.all(np.isfinite(pred)) and np.all(pred > 0)):
+        raise ValueError("compute_errors: gt and pred must be finite and > 0 (mask invalid pixels first)")
+    thresh = np.maximum(gt / pred, pred / gt)
+    diff = gt - pred
+    log_diff = np.log(gt) - np.log(pred)
+    return {
+        "abs_rel": float(np.mean(np.abs(diff) / gt)),
+        "sq_rel": float(np.mean(diff ** 2 / gt)),
+        "rmse": float(np.sqrt(np.mean(diff ** 2))),
+        "rmse_log": float(np.sqrt(np.mean(log_diff ** 2))),
+        "a1": float(np.mean(thresh < 1.25)),
+        "a2": float(np.mean(thresh < 1.25 ** 2)),
+        "a3": float(np.mean(thresh < 1.25 ** 3)),
+    }
+
+
+def _valid_mask(pred: np.ndarray, gt: np.ndarray, mask: Any, min_depth: float | None,
+                max_depth: float | None, pred_must_be_positive: bool) -> np.ndarray:
+    with np.errstate(invalid="ignore"):
+        valid = np.isfinite(gt) & (gt > 0) & np.isfinite(pred)
+        if pred_must_be_positive:
+            valid &= pred > 0
+        if min_depth is not None:
+            valid &= gt > min_depth
+        if max_depth is not None:
+            valid &= gt < max_depth
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.shape != gt.shape:
+            raise ValueError(f"mask shape {mask.shape} does not match gt shape {gt.shape}")
+        valid &= mask.astype(bool, copy=False)
+    return valid
+
+
+def depth_metrics(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = None, *,
+                  alignment: str = "median", pred_kind: str = "depth", min_depth: float | None = None,
+                  max_depth: float | None = None) -> dict[str, float]:
+    """Errors of one predicted map against ground truth, after per-image alignment.
+
+    Args:
+        pred: float ``[H, W]``: depth (``pred_kind="depth"``) or a relative model's raw disparity
+            (``pred_kind="disparity"``: larger = nearer, affine-invariant).
+        gt: float ``[H, W]`` ground-truth depth (mm where metric); non-finite or <= 0 = invalid.
+        mask: optional bool ``[H, W]``, True = evaluate.
+        alignment:
+            ``"median"``: disparity is first inverted (``1/d``; ``d <= 0`` invalid), then
+            ``pred · median(gt) / median(pred)`` over the valid pixels (monodepth2; the paper's Eq. 1);
+            ``"scale_shift"``: least squares in disparity space, ``s·x + t ≈ 1/gt`` with ``x`` = the disparity
+            (or ``1/pred`` for depth), then inverted; the fitted inverse depth is clamped to
+            ``>= 1/max_depth`` (or ``1e-8``) so every pixel gets a positive depth;
+            ``"none"``: metric prediction used as is (a disparity is only inverted).
+        min_depth, max_depth: evaluation range in gt's unit: pixels with gt outside ``(min_depth, max_depth)``
+            are ignored, and aligned predictions are clamped to ``[min_depth, max_depth]`` (monodepth2).
+    Returns:
+        the :data:`METRIC_KEYS` plus ``scale``, ``shift`` (the fitted alignment; shift is in inverse-depth units
+        for scale_shift, 0 otherwise) and ``n_valid`` (pixels evaluated). Pixels where ``pred`` is non-finite,
+        or <= 0 where it must be inverted or ratio-scaled, are not evaluated.
+    Raises:
+        ValueError: unknown ``alignment``/``pred_kind``, shape mismatch (both shapes quoted), bad range, or no
+            valid pixel.
+    """
+    if alignment not in ALIGNMENTS:
+        raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
+    if pred_kind not in PRED_KINDS:
+        raise ValueError(f"pred_kind must be one of {PRED_KINDS}, got {pred_kind!r}")
+    pred = np.asarray(pred, dtype=np.float64)
+    gt = np.asarray(gt, dtype=np.float64)
+    if pred.shape != gt.shape:
+        raise ValueError(f"pred shape {pred.shape} does not match gt shape {gt.shape}")
+    if min_depth is not None and max_depth is not None and not min_depth < max_depth:
+        raise ValueError(f"need min_depth < max_depth, got min_depth={min_depth}, max_depth={max_depth}")
+    positive = not (alignment == "scale_shift" and pred_kind == "disparity")
+    valid = _valid_mask(pred, gt, mask, min_depth, max_depth, positive)
+    n_valid = int(valid.sum())
+    if n_valid == 0:
+        raise ValueError(f"depth_metrics: no valid pixel (gt finite, > 0, inside ({min_depth}, {max_depth}), "
+                         f"inside mask, with a usable prediction) among {gt.size}")
+    p, g = pred[valid], gt[valid]
+    scale, shift = 1.0, 0.0
+    if alignment == "scale_shift":
+        x = p if pred_kind == "disparity" else 1.0 / p
+        scale, shift = fit_scale_shift(x, 1.0 / g, mode="scale_shift")
+        floor = 1.0 / max_depth if max_depth is not None else _MIN_INV_DEPTH
+        p = 1.0 / np.maximum(scale * x + shift, floor)
+    else:
+        if pred_kind == "disparity":
+            p = 1.0 / p
+        if alignment == "median":
+            scale, _ = fit_scale_shift(p, g, mode="median")
+            p = p * scale
+    if min_depth is not None or max_depth is not None:
+        p = np.clip(p, min_depth, max_depth)
+    errors: dict[str, float] = compute_errors(g, p)
+    errors.update(scale=float(scale), shift=float(shift), n_valid=n_valid)
+    return errors
+
+
+def mean_metrics(per_image: list[dict[str, float]]) -> dict[str, float]:
+    """Mean of each :data:`METRIC_KEYS` entry over images (monodepth2 averages per-image errors)."""
+    if not per_image:
+        raise ValueError("mean_metrics: no per-image metrics to average")
+    return {k: float(np.mean([m[k] for m in per_image])) for k in METRIC_KEYS}

@@ -1,0 +1,83 @@
+"""``SceneConfig``: every setting of the procedural scene renderer, as one frozen, JSON-serialisable record."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+ORGANS: tuple[str, ...] = ("colon", "stomach", "small_intestine", "surgical_field")
+
+
+@dataclass(frozen=True)
+class SceneConfig:
+    """Settings of one synthetic scene. Geometry, colours and lighting are drawn from ``seed`` (domain randomisation).
+
+    Attributes:
+        organ: one of ``ORGANS``.
+        height, width: image size in pixels.
+        fov_deg: horizontal field of view across the image width, degrees (fisheye: the corners see more).
+        seed: seed of every random choice (geometry, textures, lighting, trajectory, noise).
+        fisheye: render through an OpenCV fisheye lens (``Intrinsics.distortion = {"model": "fisheye", ...}``).
+        randomize: draw colours, light power, texture scale and specularity from ``seed``; False keeps the
+            nominal values (useful for tests and figures).
+        noise: standard deviation of the sensor noise, fraction of full scale (0 = none).
+        blur: motion blur length in pixels (0 = none).
+        smoke: surgical smoke density in [0, 1] (0 = none).
+        blood: blood tint strength in [0, 1] (0 = none).
+        specular: multiplier of the specular reflectance (0 = matte).
+        vignetting: darkening of the image corners in [0, 1].
+        max_depth_mm: rays longer than this in z are invalid (and rendered dark); at most 655.35 (uint16 PNG range).
+        speed_mm: camera advance per frame along the trajectory, mm.
+        length_mm: length of the organ model along its centreline, mm.
+    """
+
+    organ: str = "colon"
+    height: int = 256
+    width: int = 320
+    fov_deg: float = 100.0
+    seed: int = 0
+    fisheye: bool = False
+    randomize: bool = True
+    noise: float = 0.01
+    blur: float = 0.0
+    smoke: float = 0.0
+    blood: float = 0.0
+    specular: float = 1.0
+    vignetting: float = 0.4
+    max_depth_mm: float = 300.0
+    speed_mm: float = 2.0
+    length_mm: float = 700.0
+
+    def __post_init__(self) -> None:
+        if self.organ not in ORGANS:
+            raise ValueError(f"SceneConfig.organ must be one of {ORGANS}, got {self.organ!r}")
+        for name in ("height", "width"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 8:
+                raise ValueError(f"SceneConfig.{name} must be an int >= 8, got {value!r}")
+        limit = 170.0 if self.fisheye else 150.0
+        if not 10.0 <= self.fov_deg <= limit:
+            raise ValueError(f"SceneConfig.fov_deg must be in [10, {limit}] (fisheye={self.fisheye}), "
+                             f"got {self.fov_deg!r}")
+        for name in ("noise", "blur", "specular", "speed_mm"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"SceneConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("smoke", "blood", "vignetting"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"SceneConfig.{name} must be in [0, 1], got {getattr(self, name)!r}")
+        if not 1.0 <= self.max_depth_mm <= 655.35:
+            raise ValueError(f"SceneConfig.max_depth_mm must be in [1, 655.35], got {self.max_depth_mm!r}")
+        if self.length_mm < 2.0 * self.max_depth_mm:
+            raise ValueError(f"SceneConfig.length_mm must be >= 2 * max_depth_mm = {2 * self.max_depth_mm}, "
+                             f"got {self.length_mm!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SceneConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"SceneConfig.from_dict: unknown fields {unknown}, expected a subset of {sorted(known)}")
+        return cls(**data)

@@ -1,0 +1,119 @@
+"""Procedural noise and tissue albedo tables (pure functions of a seeded generator).
+
+Noise is band-limited Gaussian noise made by filtering white noise in the Fourier domain, so every table is
+periodic in both axes (a tube's angular axis wraps without a seam). Vessels are the zero crossings of such noise
+("ridged noise", Musgrave 1994: ``1 - |n|``), which form connected, branching curves like submucosal vessels.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def band_noise(rng: np.random.Generator, shape: tuple[int, int], spacing: tuple[float, float],
+               wavelength_mm: float) -> np.ndarray:
+    """Smooth periodic Gaussian noise with features about ``wavelength_mm`` wide, zero mean, unit std.
+
+    Args:
+        shape: table size (rows, cols).
+        spacing: sample spacing (row, col) in mm.
+        wavelength_mm: feature size (standard deviation of the Gaussian low-pass in space is wavelength / 4).
+    Returns:
+        float32 [rows, cols].
+    """
+    if wavelength_mm <= 0:
+        raise ValueError(f"wavelength_mm must be > 0, got {wavelength_mm!r}")
+    rows, cols = shape
+    sigma = wavelength_mm / 4.0
+    # the Gaussian low-pass is separable: draw random spectrum coefficients only where the gain is not
+    # negligible, inverse-transform the few non-zero columns along the rows, then every row along the columns
+    gain_r = np.exp(-2.0 * (np.pi * sigma * np.fft.fftfreq(rows, d=spacing[0])) ** 2)
+    gain_c = np.exp(-2.0 * (np.pi * sigma * np.fft.rfftfreq(cols, d=spacing[1])) ** 2)
+    keep_r = np.flatnonzero(gain_r > 1e-4)
+    n_c = max(int(np.count_nonzero(gain_c > 1e-4)), 1)
+    coeff = rng.standard_normal((len(keep_r), n_c, 2))
+    spectrum = np.zeros((rows, n_c), np.complex128)
+    spectrum[keep_r] = (coeff[..., 0] + 1j * coeff[..., 1]) * gain_r[keep_r, None] * gain_c[None, :n_c]
+    partial = np.fft.ifft(spectrum, axis=0)
+    full = np.zeros((rows, cols // 2 + 1), np.complex128)
+    full[:, :n_c] = partial
+    field = np.fft.irfft(full, n=cols, axis=1)
+    field -= field.mean()
+    std = field.std()
+    return (field / std if std > 0 else field).astype(np.float32)
+
+
+def fractal_noise(rng: np.random.Generator, shape: tuple[int, int], spacing: tuple[float, float],
+                  wavelength_mm: float, octaves: int = 4, gain: float = 0.5) -> np.ndarray:
+    """Sum of ``octaves`` band noises, each half the wavelength and ``gain`` times the amplitude; unit std."""
+    total = np.zeros(shape, np.float32)
+    for k in range(octaves):
+        total += gain ** k * band_noise(rng, shape, spacing, wavelength_mm / 2 ** k)
+    return total / total.std()
+
+
+def vessel_mask(rng: np.random.Generator, shape: tuple[int, int], spacing: tuple[float, float],
+                wavelength_mm: float, width: float) -> np.ndarray:
+    """Thin connected curves in [0, 1] (1 on a vessel): a smooth step on ``1 - |noise|`` of warped noise."""
+    n = band_noise(rng, shape, spacing, wavelength_mm)
+    n += 0.35 * band_noise(rng, shape, spacing, wavelength_mm / 3.0)
+    ridge = 1.0 - np.abs(n)
+    edge0 = 1.0 - width
+    t = np.clip((ridge - edge0) / max(width, 1e-6), 0.0, 1.0)
+    return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
+
+
+def mucosa_albedo(rng: np.random.Generator, shape: tuple[int, int], spacing: tuple[float, float],
+                  base_rgb: np.ndarray, vessel_rgb: np.ndarray, scale: float = 1.0, vessels: float = 1.0,
+                  speckle: float = 0.0) -> np.ndarray:
+    """Linear-RGB albedo table of mucosa: mottled base colour, large and small vessels, optional villous speckle.
+
+    Args:
+        base_rgb, vessel_rgb: float [3] linear RGB in [0, 1].
+        scale: texture scale multiplier (1 = nominal feature sizes of ~10 mm mottling, ~6 mm vessel mesh).
+        vessels: vessel visibility in [0, 1].
+        speckle: strength of fine (~0.6 mm) bright/dark villus speckle.
+    Returns:
+        float32 [rows, cols, 3].
+    """
+    base = np.asarray(base_rgb, np.float32)
+    vcol = np.asarray(vessel_rgb, np.float32)
+    mottle = fractal_noise(rng, shape, spacing, 12.0 * scale, octaves=3)
+    hue = band_noise(rng, shape, spacing, 20.0 * scale)
+    albedo = base[None, None, :] * (1.0 + 0.12 * mottle[..., None])
+    albedo[..., 2] *= 1.0 + 0.10 * hue
+    albedo[..., 1] *= 1.0 - 0.08 * hue
+    big = vessel_mask(rng, shape, spacing, 9.0 * scale, 0.06) * vessels
+    small = vessel_mask(rng, shape, spacing, 3.5 * scale, 0.05) * (0.5 * vessels)
+    v = np.clip(big + small, 0.0, 1.0)[..., None]
+    albedo = albedo * (1.0 - 0.7 * v) + vcol[None, None, :] * (0.7 * v)
+    if speckle > 0:
+        fine = band_noise(rng, shape, spacing, 0.6 * scale)
+        albedo *= 1.0 + speckle * 0.25 * fine[..., None]
+    return np.clip(albedo, 0.0, 1.0).astype(np.float32)
+
+
+def sample_bilinear(table: np.ndarray, u: np.ndarray, v: np.ndarray, wrap_v: bool = True) -> np.ndarray:
+    """Bilinear lookup of ``table[rows, cols, ...]`` at fractional indices ``u`` (rows, clamped) and ``v`` (cols).
+
+    ``v`` wraps around when ``wrap_v`` (periodic angular axis), else it is clamped.
+    Returns ``table.dtype`` [N, ...].
+    """
+    rows, cols = table.shape[:2]
+    flat = table.reshape(rows * cols, -1)
+    u = np.clip(u, 0.0, rows - 1.001)
+    i0 = u.astype(np.int64)
+    fu = (u - i0).astype(table.dtype)[:, None]
+    if wrap_v:
+        v = np.mod(v, cols)
+        j0 = v.astype(np.int64) % cols
+        j1 = (j0 + 1) % cols
+    else:
+        v = np.clip(v, 0.0, cols - 1.001)
+        j0 = v.astype(np.int64)
+        j1 = j0 + 1
+    fv = (v - np.floor(v)).astype(table.dtype)[:, None]
+    r0, r1 = i0 * cols, (i0 + 1) * cols
+    top = flat[r0 + j0] * (1 - fv) + flat[r0 + j1] * fv
+    bottom = flat[r1 + j0] * (1 - fv) + flat[r1 + j1] * fv
+    out = top * (1 - fu) + bottom * fu
+    return out.reshape((len(out),) + table.shape[2:])

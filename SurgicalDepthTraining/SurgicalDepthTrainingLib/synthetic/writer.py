@@ -1,0 +1,97 @@
+"""Write rendered frames in the ``synthetic`` on-disk layout (read by the ``synthetic`` dataset loader).
+
+```
+<root>/meta.json  intrinsics.json  poses.txt  rgb/000000.png ...  depth/000000.png ...
+```
+``depth/*.png`` are uint16 with ``depth_mm = value * 0.01``; 0 = invalid (also depth beyond 655.35 mm).
+The whole folder is built under a temporary name and renamed at the end, so an interrupted run leaves nothing.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from SurgicalDepthLib._atomic import atomic_dir, atomic_path
+from SurgicalDepthLib.camera import Intrinsics
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "surgical-depth-synthetic"
+VERSION = 1
+DEPTH_SCALE_MM = 0.01
+DEPTH_ENCODING = "uint16 png, depth_mm = value * 0.01, 0 = invalid"
+
+
+def encode_depth(depth: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """float depth in mm [H, W] + validity -> uint16 [H, W] (``round(depth / 0.01)``, 0 = invalid/out of range)."""
+    value = np.round(np.where(valid, depth, 0.0) / DEPTH_SCALE_MM)
+    value = np.where((value > 0) & (value <= 65535), value, 0)
+    return value.astype(np.uint16)
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), array):
+            raise OSError(f"cv2.imwrite failed for {path}")
+
+
+def _write_text(path: Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_synthetic(frames: Iterable[dict], root: str | os.PathLike, meta: dict) -> Path:
+    """Write ``frames`` (dicts with ``image``, ``depth``, ``valid``, ``intrinsics``, ``pose``) to ``root``.
+
+    Args:
+        frames: frame dicts as returned by ``render_clip`` (may be a lazy iterator); all share one intrinsics.
+        root: output folder; must not exist yet (it appears only when everything is written).
+        meta: at least ``organ``, ``seed``, ``generator`` (the ``SceneConfig`` as a dict).
+    Returns:
+        ``root`` as a Path.
+    """
+    root = Path(root)
+    for key in ("organ", "seed", "generator"):
+        if key not in meta:
+            raise ValueError(f"meta must contain {key!r}; got keys {sorted(meta)}")
+    with atomic_dir(root) as tmp:
+        (tmp / "rgb").mkdir()
+        (tmp / "depth").mkdir()
+        intrinsics: Intrinsics | None = None
+        pose_lines = ["# frame_index m00 m01 m02 m03 m10 ... m33 (4x4 camera-to-world, row-major, mm)"]
+        count = 0
+        for i, frame in enumerate(frames):
+            image, depth, valid = frame["image"], frame["depth"], frame["valid"]
+            if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+                raise ValueError(f"frame {i}: image must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
+            if depth.shape != image.shape[:2] or valid.shape != image.shape[:2]:
+                raise ValueError(f"frame {i}: depth {depth.shape} and valid {valid.shape} must be "
+                                 f"{image.shape[:2]}")
+            if intrinsics is None:
+                intrinsics = frame["intrinsics"]
+            elif frame["intrinsics"] != intrinsics:
+                raise ValueError(f"frame {i}: intrinsics {frame['intrinsics']} differ from frame 0's {intrinsics}")
+            pose = np.asarray(frame["pose"], np.float64)
+            if pose.shape != (4, 4):
+                raise ValueError(f"frame {i}: pose must be 4x4, got {pose.shape}")
+            _write_png(tmp / "rgb" / f"{i:06d}.png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            _write_png(tmp / "depth" / f"{i:06d}.png", encode_depth(depth, valid))
+            pose_lines.append(f"{i} " + " ".join(repr(float(x)) for x in pose.reshape(-1)))
+            count += 1
+        if intrinsics is None:
+            raise ValueError("frames is empty: nothing to write")
+        _write_text(tmp / "poses.txt", "\n".join(pose_lines) + "\n")
+        intr = {k: getattr(intrinsics, k) for k in ("fx", "fy", "cx", "cy", "width", "height", "distortion")}
+        _write_text(tmp / "intrinsics.json", json.dumps(intr, indent=2) + "\n")
+        full = {"format": FORMAT, "version": VERSION, "organ": meta["organ"], "seed": meta["seed"],
+                "frames": count, "depth_scale_mm": DEPTH_SCALE_MM, "depth_encoding": DEPTH_ENCODING,
+                "generator": meta["generator"]}
+        _write_text(tmp / "meta.json", json.dumps(full, indent=2) + "\n")
+    logger.debug("wrote %d synthetic frames to %s", count, root)
+    return root

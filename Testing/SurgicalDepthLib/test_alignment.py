@@ -1,0 +1,105 @@
+"""align_scale / fit_scale_shift / disparity_to_depth against closed-form references."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from SurgicalDepthLib.alignment import align_scale, disparity_to_depth, fit_scale_shift
+
+
+@pytest.fixture
+def depth() -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.uniform(20.0, 150.0, (60, 80))
+
+
+def test_median_scaling(depth):
+    pred = depth / 7.3
+    out = align_scale(pred, depth)
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, depth, rtol=1e-6)
+    s, t = fit_scale_shift(pred, depth, mode="median")
+    assert s == pytest.approx(np.median(depth) / np.median(pred)) and t == 0.0
+
+
+def test_scale_shift_least_squares(depth):
+    pred = (depth - 11.0) / 2.5
+    noisy = pred + np.random.default_rng(1).normal(0, 0.2, pred.shape)
+    s, t = fit_scale_shift(noisy, depth, mode="scale_shift")
+    A = np.column_stack([noisy.ravel(), np.ones(noisy.size)])
+    ref_s, ref_t = np.linalg.lstsq(A, depth.ravel(), rcond=None)[0]  # independent reference
+    assert (s, t) == (pytest.approx(ref_s, rel=1e-9), pytest.approx(ref_t, rel=1e-9))
+    np.testing.assert_allclose(align_scale(pred, depth, mode="scale_shift"), depth, rtol=1e-5)
+
+
+def test_mask_and_invalid_pixels_are_ignored(depth):
+    pred = depth / 2.0
+    ref = depth.copy()
+    ref[:10] = np.nan
+    ref[10:20] = 0.0
+    pred[20:30] = np.inf
+    corrupt = pred.copy()
+    corrupt[30:] = 1e6  # masked out below
+    mask = np.zeros(depth.shape, bool)
+    mask[:30] = True
+    mask[30:40] = False
+    mask[40:] = True
+    corrupt[40:] = pred[40:]
+    out = align_scale(corrupt, ref, mask=mask)
+    np.testing.assert_allclose(out[40:], depth[40:], rtol=1e-6)
+    with pytest.raises(ValueError, match="no pixel is finite and > 0"):
+        align_scale(pred, ref, mask=np.zeros(depth.shape, bool))
+    with pytest.raises(ValueError, match=r"reference shape \(2, 2\) does not match pred shape \(60, 80\)"):
+        align_scale(pred, np.ones((2, 2)))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        align_scale(pred, depth, mode="mean")
+    with pytest.raises(ValueError, match="pred is constant"):
+        align_scale(np.ones_like(depth), depth, mode="scale_shift")
+
+
+def test_disparity_from_reference_scale_shift(depth):
+    disparity = 3.0 * (1.0 / depth) * 1000 - 2.5  # affine in inverse depth: 1/z = (d + 2.5) / 3000
+    out = disparity_to_depth(disparity, reference=depth, mode="scale_shift")
+    assert out.dtype == np.float32
+    np.testing.assert_allclose(out, depth, rtol=1e-5)
+    # a shifted disparity whose inverse depth turns non-positive is NaN, not a negative depth
+    d2 = disparity.copy()
+    d2[0, 0] = -100.0
+    out2 = disparity_to_depth(d2, reference=depth, mode="scale_shift", mask=d2 > -50)
+    assert np.isnan(out2[0, 0]) and np.isfinite(out2[1:]).all()
+
+
+def test_disparity_from_reference_median(depth):
+    disparity = 500.0 / depth
+    out = disparity_to_depth(disparity, reference=depth, mode="median")
+    np.testing.assert_allclose(out, depth, rtol=1e-5)
+    disparity[0, :2] = [0.0, -1.0]
+    assert np.isnan(disparity_to_depth(disparity, reference=depth)[0, :2]).all()
+
+
+def test_disparity_from_depth_range(depth):
+    inv = 1.0 / depth
+    disparity = 7.0 * inv + 0.01  # any affine disparity
+    near, far = depth.min(), depth.max()
+    out = disparity_to_depth(disparity, depth_range=(near, far))
+    np.testing.assert_allclose(out, depth, rtol=1e-5)
+    assert out.min() == pytest.approx(near, rel=1e-6) and out.max() == pytest.approx(far, rel=1e-6)
+    # robust percentiles: values beyond the band are clipped into [near, far]
+    robust = disparity_to_depth(disparity, depth_range=(30.0, 100.0), percentiles=(5, 95))
+    assert np.nanmin(robust) == pytest.approx(30.0) and np.nanmax(robust) == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="0 < near < far"):
+        disparity_to_depth(disparity, depth_range=(10.0, 5.0))
+    with pytest.raises(ValueError, match="disparity is constant"):
+        disparity_to_depth(np.ones((4, 4)), depth_range=(10.0, 50.0))
+
+
+def test_disparity_explicit_scale_and_argument_rules(depth):
+    disparity = 1000.0 / depth - 1.0
+    np.testing.assert_allclose(disparity_to_depth(disparity, scale=1e-3, shift=1e-3), depth, rtol=1e-6)
+    nan_in = disparity.copy()
+    nan_in[5, 5] = np.nan
+    assert np.isnan(disparity_to_depth(nan_in, scale=1e-3, shift=1e-3)[5, 5])
+    with pytest.raises(ValueError, match="exactly one of depth_range, reference or scale; got none"):
+        disparity_to_depth(disparity)
+    with pytest.raises(ValueError, match=r"got \['depth_range', 'scale'\]"):
+        disparity_to_depth(disparity, depth_range=(1, 2), scale=1.0)

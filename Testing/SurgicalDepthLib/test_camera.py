@@ -1,0 +1,177 @@
+"""Intrinsics: distortion round trips against cv2.projectPoints, file formats, scaling, defaults."""
+from __future__ import annotations
+
+import json
+import logging
+
+import cv2
+import numpy as np
+import pytest
+
+from SurgicalDepthLib.camera import Intrinsics, distort_normalized, parse_intrinsics, pixel_rays
+
+OPENCV_DIST = {"model": "opencv", "coeffs": [-0.28, 0.09, 0.0012, -0.0009, -0.012]}
+FISHEYE_DIST = {"model": "fisheye", "coeffs": [0.08, -0.02, 0.004, -0.0006]}
+
+
+def _project(intr: Intrinsics, pts: np.ndarray) -> np.ndarray:
+    """Pixel coordinates of camera-frame points [N, 3] with OpenCV's own projection."""
+    zero = np.zeros(3)
+    if intr.distortion is None:
+        img, _ = cv2.projectPoints(pts, zero, zero, intr.K, None)
+    elif intr.distortion["model"] == "fisheye":
+        img, _ = cv2.fisheye.projectPoints(pts.reshape(-1, 1, 3), zero, zero, intr.K, intr.dist_coeffs)
+    else:
+        img, _ = cv2.projectPoints(pts, zero, zero, intr.K, intr.dist_coeffs)
+    return img.reshape(-1, 2)
+
+
+@pytest.mark.parametrize("dist", [None, OPENCV_DIST, FISHEYE_DIST], ids=["pinhole", "opencv", "fisheye"])
+def test_rays_invert_opencv_projection(dist):
+    intr = Intrinsics(420.0, 410.0, 161.3, 118.7, 320, 240, dist)
+    rays = intr.undistorted_rays()
+    assert rays.shape == (240, 320, 2)
+    # every pixel's ray, projected back by OpenCV, lands on that pixel centre
+    z = np.linspace(20.0, 150.0, rays[..., 0].size)
+    pts = np.concatenate([rays.reshape(-1, 2) * z[:, None], z[:, None]], axis=1)
+    uv = _project(intr, pts)
+    u, v = np.meshgrid(np.arange(320.0), np.arange(240.0))
+    np.testing.assert_allclose(uv, np.stack([u.ravel(), v.ravel()], 1), atol=1e-6)
+
+
+@pytest.mark.parametrize("dist", [OPENCV_DIST, FISHEYE_DIST, {"model": "opencv", "coeffs":
+                                  [-0.2, 0.05, 0.001, 0.002, 0.01, 0.02, -0.01, 0.003, 1e-3, -1e-3, 2e-3, 5e-4]}])
+def test_distort_normalized_matches_opencv(dist):
+    intr = Intrinsics(300.0, 300.0, 100.0, 80.0, 200, 160, dist)
+    rng = np.random.default_rng(1)
+    xy = rng.uniform(-0.4, 0.4, (500, 2))
+    uv = _project(intr, np.concatenate([xy, np.ones((500, 1))], 1))
+    xd, yd = distort_normalized(xy[:, 0], xy[:, 1], intr.distortion)
+    np.testing.assert_allclose(np.stack([xd * intr.fx + intr.cx, yd * intr.fy + intr.cy], 1), uv, atol=1e-8)
+    torch = pytest.importorskip("torch")
+    xt, yt = distort_normalized(torch.from_numpy(xy[:, 0]), torch.from_numpy(xy[:, 1]), intr.distortion)
+    np.testing.assert_allclose(xt.numpy(), xd, atol=1e-12)
+    np.testing.assert_allclose(yt.numpy(), yd, atol=1e-12)
+
+
+def test_scaled_is_consistent_with_resizing():
+    intr = Intrinsics(500.0, 480.0, 330.0, 250.0, 640, 480, OPENCV_DIST)
+    half = intr.scaled(320, 240)
+    assert (half.width, half.height, half.distortion) == (320, 240, intr.distortion)
+    # a 3D point projects to pixel p at full size and to (p + 0.5) / 2 - 0.5 at half size (pixel-centre rule)
+    X = np.array([[12.0, -7.0, 90.0]])
+    np.testing.assert_allclose(_project(half, X), (_project(intr, X) + 0.5) / 2 - 0.5, atol=1e-9)
+    back = half.scaled(640, 480)
+    for f in ("fx", "fy", "cx", "cy"):
+        assert getattr(back, f) == pytest.approx(getattr(intr, f), abs=1e-12)
+
+
+def test_dict_round_trip_and_K_form():
+    intr = Intrinsics(500.0, 480.0, 330.0, 250.0, 640, 480, FISHEYE_DIST)
+    assert Intrinsics.from_dict(json.loads(json.dumps(intr.to_dict()))) == intr
+    k_form = {"K": intr.K.tolist(), "dist": FISHEYE_DIST, "width": 640, "height": 480}
+    assert Intrinsics.from_dict(k_form) == intr
+    plain = Intrinsics.from_dict({"K": intr.K.tolist(), "dist": [0.1, 0.01, 0, 0], "width": 640, "height": 480})
+    assert plain.distortion == {"model": "opencv", "coeffs": [0.1, 0.01, 0.0, 0.0]}
+
+
+def test_from_file_json(tmp_path):
+    intr = Intrinsics(500.0, 480.0, 330.0, 250.0, 640, 480, OPENCV_DIST)
+    p = tmp_path / "cam.json"
+    p.write_text(json.dumps(intr.to_dict()))
+    assert Intrinsics.from_file(p) == intr
+    p2 = tmp_path / "k.json"
+    p2.write_text(json.dumps({"K": intr.K.tolist(), "dist": OPENCV_DIST["coeffs"], "width": 640, "height": 480}))
+    assert Intrinsics.from_file(p2) == intr
+    with pytest.raises(ValueError, match="are for 640x480, but 320x240 was given"):
+        Intrinsics.from_file(p, 320, 240)
+
+
+def test_from_file_opencv_filestorage(tmp_path):
+    intr = Intrinsics(500.0, 480.0, 330.0, 250.0, 640, 480, OPENCV_DIST)
+    for suffix in (".yaml", ".xml"):
+        p = tmp_path / f"calib{suffix}"
+        fs = cv2.FileStorage(str(p), cv2.FILE_STORAGE_WRITE)
+        fs.write("image_width", 640)
+        fs.write("image_height", 480)
+        fs.write("camera_matrix", intr.K)
+        fs.write("distortion_coefficients", np.asarray(OPENCV_DIST["coeffs"]).reshape(1, -1))
+        fs.release()
+        got = Intrinsics.from_file(p)
+        assert got.size == (640, 480) and got.distortion["model"] == "opencv"
+        np.testing.assert_allclose(got.K, intr.K)
+        np.testing.assert_allclose(got.dist_coeffs, OPENCV_DIST["coeffs"])
+
+
+def test_from_file_ros_yaml_fisheye(tmp_path):
+    p = tmp_path / "ost.yaml"
+    p.write_text("image_width: 320\nimage_height: 240\ncamera_name: scope\n"
+                 "camera_matrix:\n  rows: 3\n  cols: 3\n  data: [210.0, 0.0, 160.5, 0.0, 205.0, 119.0, 0.0, 0.0, 1.0]\n"
+                 "distortion_model: equidistant\n"
+                 "distortion_coefficients:\n  rows: 1\n  cols: 4\n  data: [0.08, -0.02, 0.004, -0.0006]\n")
+    got = Intrinsics.from_file(p)
+    assert got == Intrinsics(210.0, 205.0, 160.5, 119.0, 320, 240, FISHEYE_DIST)
+
+
+def test_from_file_text_matrix(tmp_path):
+    p = tmp_path / "camera_intrinsics.txt"
+    p.write_text("156.0418,0,178.5604\n0,155.7529,181.8043\n0,0,1\n")  # EndoSLAM layout
+    got = Intrinsics.from_file(p, 320, 320)
+    assert (got.fx, got.fy, got.cx, got.cy, got.width, got.height) == (156.0418, 155.7529, 178.5604, 181.8043,
+                                                                       320, 320)
+    with pytest.raises(ValueError, match="holds no image size; pass width and height"):
+        Intrinsics.from_file(p)
+    bad = tmp_path / "bad.txt"
+    bad.write_text("1 2 3")
+    with pytest.raises(ValueError, match="expected 9 numbers .* got 3"):
+        Intrinsics.from_file(bad, 10, 10)
+    with pytest.raises(FileNotFoundError, match="intrinsics file not found"):
+        Intrinsics.from_file(tmp_path / "missing.json")
+
+
+def test_from_fov_default_warns(caplog):
+    with caplog.at_level(logging.WARNING, logger="SurgicalDepthLib.camera"):
+        intr = Intrinsics.from_fov(640, 480)
+    assert "no camera intrinsics given" in caplog.text
+    assert intr.cx == 319.5 and intr.cy == 239.5 and intr.fx == intr.fy
+    # the left and right image borders (pixel edges) lie at ±35° for the default 70° FOV
+    assert np.degrees(np.arctan((intr.width / 2) / intr.fx)) == pytest.approx(35.0)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="SurgicalDepthLib.camera"):
+        Intrinsics.from_fov(640, 480, fov_deg=90)
+    assert caplog.text == ""
+
+
+def test_parse_intrinsics(tmp_path):
+    assert parse_intrinsics("500,490,320,240", 640, 480) == Intrinsics(500, 490, 320, 240, 640, 480)
+    p = tmp_path / "cam.json"
+    p.write_text(json.dumps(Intrinsics(1000.0, 1000.0, 639.5, 479.5, 1280, 960).to_dict()))
+    half = parse_intrinsics(str(p), 640, 480)
+    assert (half.fx, half.cx, half.cy) == (500.0, 319.5, 239.5)
+    with pytest.raises(ValueError, match="aspect ratio"):
+        parse_intrinsics(p, 640, 640)
+    with pytest.raises(FileNotFoundError, match="neither 'fx,fy,cx,cy' nor an existing file"):
+        parse_intrinsics("nope.json", 640, 480)
+    txt = tmp_path / "K.txt"
+    txt.write_text("500 0 320 0 500 240 0 0 1")
+    assert parse_intrinsics(txt, 640, 480).fx == 500.0
+
+
+@pytest.mark.parametrize("kwargs, msg", [
+    (dict(fx=0.0), r"Intrinsics.fx must be > 0, got 0.0"),
+    (dict(width=0), r"Intrinsics size must be positive integers, got 0x480"),
+    (dict(cx=float("nan")), r"Intrinsics.cx must be a finite number"),
+    (dict(distortion={"model": "kb", "coeffs": [0, 0, 0, 0]}), r"must be one of \('opencv', 'fisheye'\), got 'kb'"),
+    (dict(distortion={"model": "fisheye", "coeffs": [0.1, 0.2]}), r"'fisheye' takes 4 coefficients, got 2"),
+])
+def test_invalid_intrinsics(kwargs, msg):
+    args = dict(fx=500.0, fy=500.0, cx=320.0, cy=240.0, width=640, height=480) | kwargs
+    with pytest.raises(ValueError, match=msg):
+        Intrinsics(**args)
+
+
+def test_pixel_rays_pinhole_closed_form():
+    intr = Intrinsics(100.0, 50.0, 2.0, 1.0, 5, 3)
+    rays = pixel_rays(intr)
+    np.testing.assert_array_equal(rays[1, :, 0], (np.arange(5) - 2.0) / 100.0)
+    np.testing.assert_array_equal(rays[:, 3, 1], (np.arange(3) - 1.0) / 50.0)

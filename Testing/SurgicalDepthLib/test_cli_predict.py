@@ -1,0 +1,160 @@
+"""``surgical-depth predict`` end to end on real files: images, folders, mp4 video, formats and colour outputs."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from SurgicalDepthLib.cli import CliError, predict
+from SurgicalDepthLib.configs import get_model_config
+from SurgicalDepthLib.depth_io import load_depth, load_depth_sequence_nrrd
+from SurgicalDepthLib.model import DepthModel
+from SurgicalDepthLib.video import open_frames
+
+SIZE = 70  # network input side (multiple of 14): keeps the tiny model fast on CPU
+
+
+def tiny_model(seed: int = 0) -> DepthModel:
+    """``surgical-depth-tiny`` with random weights that give a non-constant, positive output."""
+    torch.manual_seed(seed)
+    model = DepthModel(get_model_config("surgical-depth-tiny")).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                p.copy_(1 + 0.1 * torch.randn_like(p))
+            else:
+                p.add_(0.05 * torch.randn_like(p))
+        model.depth_head.scratch.output_conv2[2].bias.fill_(1.0)
+    return model
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    from SurgicalDepthLib.checkpoints import save_checkpoint
+
+    return save_checkpoint(tmp_path_factory.mktemp("model") / "tiny.safetensors", tiny_model())
+
+
+@pytest.fixture(scope="module")
+def model(checkpoint) -> DepthModel:
+    from SurgicalDepthLib.loading import load_model
+
+    return load_model(checkpoint, device="cpu")
+
+
+def run_predict(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser()
+    predict.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["predict", *argv])
+    return args.func(args)
+
+
+def textured(h: int, w: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (max(h // 8, 2), max(w // 8, 2), 3), dtype=np.uint8)
+    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def write_clip(path: Path, n: int, h: int = 48, w: int = 64) -> list[np.ndarray]:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 20.0, (w, h))
+    frames = [np.roll(textured(h, w, 0), 3 * i, axis=1) for i in range(n)]
+    for rgb in frames:
+        writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return frames
+
+
+def test_images_and_folder(tmp_path, checkpoint, model, capsys):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    images = {"b2": textured(40, 56, 1), "b10": textured(40, 56, 2), "c": textured(30, 30, 3)}
+    for name, rgb in images.items():
+        cv2.imwrite(str(folder / f"{name}.png"), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    single = tmp_path / "single.jpg"
+    cv2.imwrite(str(single), cv2.cvtColor(textured(33, 47, 4), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 100])
+    out = tmp_path / "out"
+    assert run_predict([str(folder), str(single), "--output", str(out), "--model", str(checkpoint),
+                        "--input-size", str(SIZE), "--colormap", "--batch-size", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert str(checkpoint) in printed and str(out) in printed
+    for name, rgb in images.items():
+        depth = load_depth(out / f"{name}_depth.npy")
+        # same numbers as the Python API on the same frame
+        np.testing.assert_allclose(depth, model.infer_image(rgb, SIZE), rtol=1e-5, atol=1e-5)
+        color = cv2.imread(str(out / f"{name}_color.png"))
+        assert color.shape == rgb.shape
+    assert load_depth(out / "single_depth.npy").shape == (33, 47)
+    assert len(list(out.iterdir())) == 8
+
+
+def test_video_with_colormap_temporal_and_stride(tmp_path, checkpoint, model):
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip, 7)
+    decoded = list(open_frames(clip))
+    out = tmp_path / "out"
+    assert run_predict([str(clip), "--output", str(out), "--model", str(checkpoint), "--input-size", str(SIZE),
+                        "--format", "png", "--colormap", "--temporal", "--stride", "2", "--batch-size", "3"]) == 0
+    frames_dir = out / "clip"
+    names = sorted(p.name for p in frames_dir.iterdir())
+    assert names == ["000000.png", "000000_color.png", "000002.png", "000002_color.png", "000004.png",
+                     "000004_color.png", "000006.png", "000006_color.png"]
+    maps = [load_depth(frames_dir / f"{i:06d}.png") for i in (0, 2, 4, 6)]
+    assert all(m.shape == (48, 64) for m in maps)
+    # first frame: the aligner's identity transform, so the PNG holds the raw prediction (up to the PNG step)
+    raw0 = model.infer_image(decoded[0], SIZE)
+    assert np.abs(maps[0] - raw0).max() <= raw0.max() / 65535 + 1e-5
+    # Slicer sequence: same maps, times in seconds at the source fps
+    seq, times = load_depth_sequence_nrrd(out / "clip_depth.seq.nrrd")
+    assert seq.shape == (4, 48, 64)
+    np.testing.assert_allclose(times, [0, 0.1, 0.2, 0.3])
+    for m, s in zip(maps, seq):
+        assert np.abs(m - s).max() <= s.max() / 65535 + 1e-5
+    # side-by-side video: input | depth colours, half the frame rate
+    video = open_frames(out / "clip_depth.mp4")
+    assert video.frame_count == 4 and video.size == (48, 128) and video.fps == pytest.approx(10.0)
+    first = next(iter(video))
+    assert np.abs(first[:, :64].astype(int) - decoded[0].astype(int)).mean() < 12
+    assert not any(p.name.startswith(".") for p in out.rglob("*"))  # no temporaries left
+
+
+def test_max_frames_and_video_folder(tmp_path, checkpoint):
+    folder = tmp_path / "seq"
+    folder.mkdir()
+    for i in range(5):
+        cv2.imwrite(str(folder / f"f{i}.png"), textured(28, 42, i))
+    out = tmp_path / "out"
+    assert run_predict([str(folder), "--video", "--max-frames", "3", "--output", str(out), "--model",
+                        str(checkpoint), "--input-size", str(SIZE), "--format", "tiff"]) == 0
+    assert sorted(p.name for p in (out / "seq").iterdir()) == ["000000.tiff", "000001.tiff", "000002.tiff"]
+
+
+def test_errors(tmp_path, checkpoint):
+    common = ["--output", str(tmp_path / "out"), "--model", str(checkpoint), "--input-size", str(SIZE)]
+    with pytest.raises(FileNotFoundError, match="nothere.mp4"):
+        run_predict([str(tmp_path / "nothere.mp4"), *common])
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="unsupported suffix"):
+        run_predict([str(tmp_path / "notes.txt"), *common])
+    for sub in ("a", "b"):
+        (tmp_path / sub).mkdir()
+        cv2.imwrite(str(tmp_path / sub / "same.png"), textured(20, 20, 0))
+    with pytest.raises(CliError, match="both write same_depth"):
+        run_predict([str(tmp_path / "a"), str(tmp_path / "b"), *common])
+    with pytest.raises(ValueError, match="multiple of 14"):
+        run_predict([str(tmp_path / "a"), "--output", str(tmp_path / "o"), "--input-size", "100"])
+
+
+def test_registered_in_main_cli(tmp_path, checkpoint):
+    from SurgicalDepthLib import cli
+
+    if "predict" not in cli._CORE_COMMANDS:
+        pytest.skip("predict is not yet registered in SurgicalDepthLib.cli._CORE_COMMANDS")
+    cv2.imwrite(str(tmp_path / "x.png"), textured(20, 30, 0))
+    assert cli.main(["predict", str(tmp_path / "x.png"), "--output", str(tmp_path / "o"), "--model",
+                     str(checkpoint), "--input-size", str(SIZE)]) == 0
+    assert (tmp_path / "o" / "x_depth.npy").is_file()
+    assert cli.main(["predict", str(tmp_path / "missing.png"), "--output", str(tmp_path / "o")]) == 2

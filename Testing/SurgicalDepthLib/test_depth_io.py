@@ -1,0 +1,136 @@
+"""Depth files: exact float round trips, the documented uint16 PNG scale rule, Slicer sequence NRRD."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from SurgicalDepthLib.depth_io import (PNG_TEXT_KEY, DepthSequenceWriter, load_depth, load_depth_sequence_nrrd,
+                                       read_nrrd_header, save_depth, save_depth_sequence_nrrd)
+
+
+@pytest.fixture
+def depth(rng) -> np.ndarray:
+    return rng.uniform(20.0, 180.0, (30, 41)).astype(np.float32)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".tiff", ".tif", ".nrrd"])
+def test_float_formats_exact(tmp_path, depth, suffix):
+    path = save_depth(tmp_path / f"d{suffix}", depth)
+    back = load_depth(path)
+    assert back.dtype == np.float32 and back.shape == depth.shape
+    np.testing.assert_array_equal(back, depth)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"d{suffix}"]  # no temporary left behind
+
+
+def test_float_formats_read_by_other_tools(tmp_path, depth):
+    save_depth(tmp_path / "d.tiff", depth)
+    np.testing.assert_array_equal(cv2.imread(str(tmp_path / "d.tiff"), cv2.IMREAD_UNCHANGED), depth)
+    save_depth(tmp_path / "d.nrrd", depth, spacing=(0.5, 0.25))
+    image = sitk.ReadImage(str(tmp_path / "d.nrrd"))
+    assert image.GetSize() == (41, 30) and image.GetSpacing() == (0.5, 0.25)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), depth)
+    save_depth(tmp_path / "d.npy", depth)
+    np.testing.assert_array_equal(np.load(tmp_path / "d.npy"), depth)
+
+
+def test_png_documented_scale_rule(tmp_path, depth):
+    path = save_depth(tmp_path / "d.png", depth, unit="mm")
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    assert raw.dtype == np.uint16
+    scale = float(depth.max()) / 65535  # default: the largest depth uses the full range
+    np.testing.assert_array_equal(raw, np.round(depth.astype(np.float64) / scale).astype(np.uint16))
+    assert raw.max() == 65535
+    back = load_depth(path)
+    np.testing.assert_allclose(back, raw * scale, rtol=1e-6)
+    assert np.abs(back - depth).max() <= scale / 2 + 1e-4
+    # the text chunk is a valid PNG tEXt chunk (CRC checked by an independent reader)
+    PIL = pytest.importorskip("PIL.Image")
+    meta = json.loads(PIL.open(path).text[PNG_TEXT_KEY])
+    assert meta == {"scale": pytest.approx(scale), "unit": "mm"}
+
+
+def test_png_explicit_scale_invalid_pixels_and_overflow(tmp_path):
+    d = np.array([[0.0, 1.0, 2.5], [np.nan, np.inf, -3.0], [65.535, 0.0004, 7.0]], np.float32)
+    path = save_depth(tmp_path / "d.png", d, scale=0.001)
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(raw, [[0, 1000, 2500], [0, 0, 0], [65535, 0, 7000]])
+    np.testing.assert_allclose(load_depth(path), [[0, 1, 2.5], [0, 0, 0], [65.535, 0, 7]], atol=1e-6)
+    with pytest.raises(ValueError, match="does not fit uint16"):
+        save_depth(tmp_path / "big.png", d * 10, scale=0.001)
+    assert not (tmp_path / "big.png").exists()
+    # a 16-bit PNG from another tool has no scale chunk: the caller must say
+    cv2.imwrite(str(tmp_path / "other.png"), raw)
+    with pytest.raises(ValueError, match="no 'SurgicalDepth' text chunk"):
+        load_depth(tmp_path / "other.png")
+    np.testing.assert_allclose(load_depth(tmp_path / "other.png", scale=0.001), load_depth(path))
+    # all-invalid map: scale 1, all zero
+    np.testing.assert_array_equal(load_depth(save_depth(tmp_path / "z.png", np.zeros((2, 2)))), 0)
+
+
+def test_bad_arguments(tmp_path, depth):
+    with pytest.raises(ValueError, match="suffix '.jpg'"):
+        save_depth(tmp_path / "d.jpg", depth)
+    with pytest.raises(ValueError, match=r"2D map \[H, W\], got shape \(2, 30, 41\)"):
+        save_depth(tmp_path / "d.npy", np.stack([depth, depth]))
+    with pytest.raises(ValueError, match="scale applies to .png only"):
+        save_depth(tmp_path / "d.npy", depth, scale=0.1)
+    with pytest.raises(FileNotFoundError, match="missing.npy"):
+        load_depth(tmp_path / "missing.npy")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        save_depth(tmp_path / "no" / "d.npy", depth)
+
+
+def test_sequence_nrrd_slicer_layout(tmp_path, rng):
+    depths = rng.uniform(1, 5, (5, 12, 17)).astype(np.float32)
+    path = save_depth_sequence_nrrd(tmp_path / "clip.seq.nrrd", depths, spacing=(0.5, 0.5), fps=10.0, unit="mm")
+    fields, offset = read_nrrd_header(path)
+    assert fields["dimension"] == "4" and fields["sizes"] == "17 12 1 5"
+    assert fields["kinds"] == "domain domain domain list"
+    assert fields["space directions"].endswith("none")
+    assert fields["axis 3 index type"] == "numeric" and fields["axis 3 index values"] == "0 0.1 0.2 0.3 0.4"
+    assert fields["DataNodeClassName"] == "vtkMRMLScalarVolumeNode" and fields["labels"].endswith('"time"')
+    assert path.stat().st_size == offset + depths.nbytes  # raw float32, time axis slowest
+    back, values = load_depth_sequence_nrrd(path)
+    np.testing.assert_array_equal(back, depths)
+    np.testing.assert_allclose(values, [0, 0.1, 0.2, 0.3, 0.4])
+    # independent reader: ITK reads the list axis as 5 components per voxel of a 17x12x1 volume
+    image = sitk.ReadImage(str(path))
+    assert image.GetSize() == (17, 12, 1) and image.GetNumberOfComponentsPerPixel() == 5
+    assert image.GetSpacing()[:2] == (0.5, 0.5)
+    np.testing.assert_array_equal(np.moveaxis(sitk.GetArrayFromImage(image)[0], -1, 0), depths)
+
+
+def test_sequence_streams_from_iterator_and_is_atomic(tmp_path, rng):
+    frames = [rng.uniform(1, 5, (6, 7)).astype(np.float32) for _ in range(4)]
+    consumed = []
+
+    def gen():
+        for i, f in enumerate(frames):
+            consumed.append(i)
+            yield f
+
+    path = save_depth_sequence_nrrd(tmp_path / "s.seq.nrrd", gen())
+    back, values = load_depth_sequence_nrrd(path, mmap=False)
+    np.testing.assert_array_equal(back, np.stack(frames))
+    np.testing.assert_array_equal(values, [0, 1, 2, 3])
+    # frames go to disk as they come: the raw data grows with each append
+    writer = DepthSequenceWriter(tmp_path / "w.seq.nrrd")
+    writer.append(frames[0])
+    writer._raw.flush()
+    assert writer._raw_path.stat().st_size == frames[0].nbytes
+    with pytest.raises(ValueError, match=r"frame 1 has shape \(3, 3\), expected \(6, 7\)"):
+        writer.append(np.ones((3, 3), np.float32))
+    writer.abort()
+    # an exception inside the with block leaves nothing behind
+    with pytest.raises(RuntimeError):
+        with DepthSequenceWriter(tmp_path / "x.seq.nrrd") as w:
+            w.append(frames[0])
+            raise RuntimeError("interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.seq.nrrd"]
+    with pytest.raises(ValueError, match="no frames"):
+        save_depth_sequence_nrrd(tmp_path / "e.seq.nrrd", iter([]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.seq.nrrd"]

@@ -1,0 +1,104 @@
+"""Temporal stabilisation on a synthetic flickering sequence with exact ground truth."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from SurgicalDepthLib.temporal import TemporalAligner, robust_scale_shift, flicker
+
+
+def scene(n: int = 40, h: int = 48, w: int = 64, seed: int = 0):
+    """A smoothly moving analytic surface (depth in mm) and a 'relative model' output for it: per-frame random
+    affine scale/shift of the true disparity plus 1 % noise — the flicker of per-frame predictions."""
+    rng = np.random.default_rng(seed)
+    v, u = np.mgrid[0:h, 0:w].astype(np.float64)
+    gts, preds = [], []
+    for t in range(n):
+        z = 60 + 15 * np.sin(u / 12 + 0.08 * t) * np.cos(v / 10 - 0.05 * t) + 0.3 * u
+        disparity = 1.0 / z
+        s, b = rng.uniform(0.6, 1.6), rng.uniform(-0.2, 0.2) * disparity.mean()
+        gts.append(z)
+        preds.append((s * disparity + b + rng.normal(0, 0.01 * disparity.mean(), z.shape)).astype(np.float32))
+    return gts, preds
+
+
+def abs_rel_median(disparity: np.ndarray, gt: np.ndarray) -> float:
+    """AbsRel of 1/disparity after per-frame median scaling (monodepth2 protocol), on positive predictions."""
+    ok = disparity > 0
+    depth = 1.0 / disparity[ok]
+    depth = depth * np.median(gt[ok]) / np.median(depth)
+    return float(np.mean(np.abs(depth - gt[ok]) / gt[ok]))
+
+
+def test_stabilisation_reduces_flicker_without_losing_accuracy():
+    gts, preds = scene()
+    aligner = TemporalAligner()
+    aligned = [aligner.update(p) for p in preds]
+    raw_flicker = flicker([1 / p for p in preds])
+    stable_flicker = flicker([1 / a for a in aligned])
+    true_flicker = flicker(gts)
+    assert stable_flicker < 0.2 * raw_flicker
+    assert stable_flicker < 4 * true_flicker  # what remains is mostly the real motion
+    raw_err = np.mean([abs_rel_median(p, g) for p, g in zip(preds, gts)])
+    stable_err = np.mean([abs_rel_median(a, g) for a, g in zip(aligned, gts)])
+    assert stable_err <= raw_err
+    assert len(aligner.scales) == len(aligner.shifts) == len(preds)
+
+
+def test_robust_scale_shift_exact_and_robust(rng):
+    x = rng.uniform(0, 1, (40, 50))
+    y = 2.5 * x - 0.3
+    assert robust_scale_shift(x, y) == pytest.approx((2.5, -0.3))
+    y_out = y.copy()
+    y_out[:8] += rng.uniform(5, 10, (8, 50))  # 16 % gross outliers (a tool in front of the tissue)
+    s, b = robust_scale_shift(x, y_out, trim=0.2, iterations=4)
+    assert (s, b) == pytest.approx((2.5, -0.3), abs=1e-9)
+    s_plain, _ = robust_scale_shift(x, y_out, trim=0.0)
+    assert abs(s_plain - 2.5) > 0.1  # plain least squares is pulled away
+    valid = np.zeros(x.shape, bool)
+    valid[8:] = True
+    assert robust_scale_shift(x, y_out, valid, trim=0.0) == pytest.approx((2.5, -0.3))
+    assert robust_scale_shift(np.ones((3, 3)), y[:3, :3]) == (1.0, 0.0)  # degenerate: identity
+    with pytest.raises(ValueError, match="trim"):
+        robust_scale_shift(x, y, trim=1.0)
+
+
+def test_aligner_removes_pure_affine_flicker_exactly(rng):
+    base = rng.uniform(0.5, 1.0, (20, 30)).astype(np.float32)
+    transforms = np.array([(1.0, 0.0), (2.0, 0.1), (0.5, -0.2), (1.5, 0.05), (1.2, 0.0)])
+    aligner = TemporalAligner(momentum=0.5, trim=0.0)
+    outs = [aligner.update(s * base + b) for s, b in transforms]
+    # frame k comes out in the mean affine frame of frames 0..k: (mean s) * base + (mean b), whatever its own
+    for k, out in enumerate(outs):
+        s_mean, b_mean = transforms[: k + 1].mean(axis=0)
+        np.testing.assert_allclose(out, s_mean * base + b_mean, rtol=1e-4, atol=1e-5)
+    raw = [s * base + b for s, b in transforms]
+    assert flicker(outs) < 0.3 * flicker(raw)
+
+
+def test_aligner_validity_reset_and_errors():
+    aligner = TemporalAligner()
+    a = np.full((4, 5), 2.0, np.float32)
+    a[0, 0] = np.nan
+    out = aligner.update(a)
+    assert np.isnan(out[0, 0]) and out[1, 1] == pytest.approx(2.0)
+    with pytest.raises(ValueError, match=r"shape \(3, 3\).*reset\(\)"):
+        aligner.update(np.ones((3, 3), np.float32))
+    aligner.reset()
+    assert aligner.update(np.ones((3, 3), np.float32)).shape == (3, 3)
+    with pytest.raises(ValueError, match="momentum"):
+        TemporalAligner(momentum=1.0)
+
+
+def test_flicker_definition():
+    d = np.full((3, 4, 4), 10.0)
+    assert flicker(d) == 0.0
+    d[1] = 12.0  # 10 -> 12 -> 10: |2| / 11 twice
+    assert flicker(d) == pytest.approx(2 / 11)
+    assert flicker(5 * d) == pytest.approx(2 / 11)  # scale-free
+    valid = np.ones(d.shape, bool)
+    d[1, 0, 0] = 1000.0
+    valid[1, 0, 0] = False
+    assert flicker(d, valid) == pytest.approx(2 / 11)
+    with pytest.raises(ValueError, match="at least 2"):
+        flicker(d[:1])

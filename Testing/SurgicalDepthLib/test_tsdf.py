@@ -1,0 +1,170 @@
+"""TSDFVolume: fusion of exact depth of an analytic scene (spheres before a plane) from several known poses."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy.spatial import cKDTree
+from vtkmodules.util.numpy_support import vtk_to_numpy
+
+from SurgicalDepthLib.camera import Intrinsics
+from SurgicalDepthLib.geometry import backproject, check_rigid, transform_points
+from SurgicalDepthLib.tsdf import TSDFVolume
+
+SPHERES = [((0.0, 0.0, 80.0), 20.0), ((25.0, -15.0, 95.0), 12.0)]  # (centre, radius) mm, world frame
+PLANE_Z = 120.0
+CAM = Intrinsics(150.0, 155.0, 79.6, 60.35, 160, 120)
+VOXEL = 1.0
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Small tensors: intra-op threads only add contention on shared CI cores (restored afterwards)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def rigid(rx_deg: float, ry_deg: float, t) -> np.ndarray:
+    ax, ay = np.radians([rx_deg, ry_deg])
+    Rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    Ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = Ry @ Rx, t
+    return T
+
+
+POSES = [rigid(a, b, (tx, ty, 0.0)) for a, b, tx, ty in
+         [(0, 0, 0, 0), (5, 0, 0, -6), (-5, 0, 0, 6), (0, 5, -6, 0), (0, -5, 6, 0)]]
+
+
+def scene(intr: Intrinsics, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact z-depth [H, W] mm and colours (sphere 1 red, sphere 2 green, plane blue)."""
+    r = intr.undistorted_rays()
+    d = np.concatenate([r, np.ones(r.shape[:2] + (1,))], -1) @ pose[:3, :3].T  # unit camera-z rays, world
+    o = pose[:3, 3]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        best = (PLANE_Z - o[2]) / d[..., 2]
+    rgb = np.zeros(best.shape + (3,), np.uint8)
+    rgb[..., 2] = 255
+    for i, (c, rad) in enumerate(SPHERES):
+        oc = o - np.asarray(c)
+        a, b = np.einsum("hwk,hwk->hw", d, d), 2 * d @ oc
+        disc = b * b - 4 * a * (oc @ oc - rad * rad)
+        with np.errstate(invalid="ignore"):
+            s = (-b - np.sqrt(disc)) / (2 * a)
+        hit = (disc >= 0) & (s > 0) & (s < best)
+        best[hit] = s[hit]
+        rgb[hit] = [(255, 0, 0), (0, 255, 0)][i]
+    return best.astype(np.float32), rgb
+
+
+def true_distance(p: np.ndarray) -> np.ndarray:
+    """Distance of world points to the nearest scene surface."""
+    return np.min([np.abs(p[:, 2] - PLANE_Z)] + [np.abs(np.linalg.norm(p - c, axis=1) - r) for c, r in SPHERES], 0)
+
+
+def fuse(intr: Intrinsics, bounds=None, device="cpu") -> tuple[TSDFVolume, np.ndarray]:
+    vol = TSDFVolume(VOXEL, 4 * VOXEL, bounds, device=device)
+    truth = []
+    for pose in POSES:
+        depth, rgb = scene(intr, pose)
+        vol.integrate(depth, rgb, intr, pose)
+        truth.append(transform_points(backproject(depth, intr).astype(np.float64), pose))
+    return vol, np.concatenate(truth)
+
+
+def check_mesh(mesh, truth: np.ndarray) -> None:
+    pts = vtk_to_numpy(mesh.GetPoints().GetData()).astype(np.float64)
+    to_surface = true_distance(pts)
+    to_mesh, _ = cKDTree(pts).query(truth)
+    chamfer = to_surface.mean() + to_mesh.mean()
+    assert chamfer <= VOXEL, f"symmetric Chamfer {chamfer:.3f} mm > one voxel"
+    assert to_surface.max() <= 1.5 * VOXEL  # no spurious walls at the border of the observed region
+    # normals face free space: on the plane, towards the cameras (−z)
+    normals = vtk_to_numpy(mesh.GetPointData().GetNormals())
+    on_plane = np.abs(pts[:, 2] - PLANE_Z) < 0.05
+    np.testing.assert_allclose(np.median(normals[on_plane], axis=0), [0, 0, -1], atol=1e-3)
+    # interpolated colours follow the surfaces
+    rgb = vtk_to_numpy(mesh.GetPointData().GetArray("RGB"))
+    interior1 = np.abs(np.linalg.norm(pts - SPHERES[0][0], axis=1) - SPHERES[0][1]) < 0.1
+    assert np.median(rgb[interior1], axis=0).tolist() == [255, 0, 0]
+    assert np.median(rgb[on_plane], axis=0).tolist() == [0, 0, 255]
+    tris = vtk_to_numpy(mesh.GetPolys().GetConnectivityArray())
+    assert tris.size and tris.max() < len(pts)
+
+
+def test_sparse_fusion_matches_true_surface():
+    vol, truth = fuse(CAM)
+    assert vol.n_frames == 5 and 0 < vol.n_blocks < 3000
+    check_mesh(vol.extract_mesh(), truth)
+
+
+def test_dense_fusion_matches_true_surface():
+    bounds = ((-60.0, -50.0, 50.0), (60.0, 50.0, 126.0))
+    vol, truth = fuse(CAM, bounds)
+    inside = (truth[:, 0] > -58) & (truth[:, 0] < 58) & (truth[:, 1] > -48) & (truth[:, 1] < 48)
+    check_mesh(vol.extract_mesh(), truth[inside])
+
+
+def test_fusion_with_lens_distortion():
+    intr = Intrinsics(CAM.fx, CAM.fy, CAM.cx, CAM.cy, CAM.width, CAM.height,
+                      {"model": "opencv", "coeffs": [-0.2, 0.05, 0.001, -0.001, 0.0]})
+    vol, truth = fuse(intr)
+    check_mesh(vol.extract_mesh(), truth)
+
+
+def test_invalid_depth_is_ignored():
+    depth, rgb = scene(CAM, POSES[0])
+    depth[:10] = np.nan
+    depth[10:20] = -1.0
+    depth[20:30] = np.inf
+    vol = TSDFVolume(VOXEL, 4 * VOXEL)
+    vol.integrate(depth, rgb, CAM, POSES[0])
+    pts = vtk_to_numpy(vol.extract_mesh().GetPoints().GetData()).astype(np.float64)
+    assert true_distance(pts).max() <= VOXEL
+
+
+@pytest.mark.parametrize("pose, msg", [
+    (np.diag([1.0, 1.0, 1.0, 2.0]), r"last row must be \[0, 0, 0, 1\]"),
+    (np.diag([1.1, 1.0, 1.0, 1.0]), r"R\^T R differs from identity"),
+    (np.diag([-1.0, 1.0, 1.0, 1.0]), r"det\(R\) = -1, expected 1"),
+    (np.eye(3), r"must be a 4x4 camera-to-world matrix, got shape \(3, 3\)"),
+])
+def test_non_rigid_pose_is_rejected(pose, msg):
+    depth, rgb = scene(CAM, np.eye(4))
+    with pytest.raises(ValueError, match=msg):
+        TSDFVolume(VOXEL, 4 * VOXEL).integrate(depth, rgb, CAM, pose)
+    with pytest.raises(ValueError, match=msg):
+        check_rigid(pose)
+
+
+def test_input_errors():
+    depth, rgb = scene(CAM, np.eye(4))
+    vol = TSDFVolume(VOXEL, 4 * VOXEL)
+    with pytest.raises(ValueError, match=r"depth shape \(120, 159\) does not match the intrinsics size 120x160"):
+        vol.integrate(depth[:, 1:], None, CAM, np.eye(4))
+    with pytest.raises(ValueError, match=r"rgb must be \[H, W, 3\]"):
+        vol.integrate(depth, rgb[1:], CAM, np.eye(4))
+    with pytest.raises(ValueError, match="integrate at least one frame first"):
+        vol.extract_mesh()
+    with pytest.raises(ValueError, match="truncation must be >= voxel_size"):
+        TSDFVolume(2.0, 1.0)
+    with pytest.raises(ValueError, match="bounds must be"):
+        TSDFVolume(1.0, 4.0, bounds=((0, 0, 0), (0, 1, 1)))
+    with pytest.raises(ValueError, match="more than max_voxels"):
+        TSDFVolume(0.01, 0.04, bounds=((0, 0, 0), (100, 100, 100)))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    cpu, truth = fuse(CAM)
+    gpu, _ = fuse(CAM, device="cuda")
+    t_cpu, w_cpu, _, o_cpu = cpu.to_grid()
+    t_gpu, w_gpu, _, o_gpu = gpu.to_grid()
+    np.testing.assert_array_equal(o_cpu, o_gpu)
+    np.testing.assert_array_equal(w_cpu, w_gpu)
+    np.testing.assert_allclose(t_cpu, t_gpu, atol=1e-4)
+    check_mesh(gpu.extract_mesh(), truth)

@@ -1,0 +1,229 @@
+"""Frame readers on real files: mp4 written by OpenCV, image folders, globs, broken inputs, streaming memory."""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from SurgicalDepthLib.colormap import colorize
+from SurgicalDepthLib.video import FrameReader, VideoDecodeError, natural_key, open_frames
+
+SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples"
+RED, BLUE = 200, 30
+
+
+def frame_for(i: int, h: int = 48, w: int = 64) -> np.ndarray:
+    """RGB frame: flat (R high, G mid, B low) top half; the bottom 16 rows encode ``i`` in 8 binary cells of
+    8 px (white = 1), robust to lossy codecs."""
+    rgb = np.empty((h, w, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = RED, 100, BLUE
+    for bit in range(8):
+        rgb[h - 16:, 8 * bit:8 * bit + 8] = 255 if (i >> bit) & 1 else 0
+    return rgb
+
+
+def decode_index(rgb: np.ndarray) -> int:
+    h = rgb.shape[0]
+    return sum(1 << bit for bit in range(8) if rgb[h - 14:h - 2, 8 * bit + 2:8 * bit + 6].mean() > 128)
+
+
+def top_half(rgb: np.ndarray) -> np.ndarray:
+    return rgb[2:rgb.shape[0] // 2 - 2, 2:-2]
+
+
+def write_clip(path: Path, n: int, h: int = 48, w: int = 64, fps: float = 25.0) -> Path:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    assert writer.isOpened()
+    for i in range(n):
+        writer.write(cv2.cvtColor(frame_for(i % 256, h, w), cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+def _boxes(buf: bytes | bytearray, start: int, end: int):
+    i = start
+    while i < end:
+        size = int.from_bytes(buf[i:i + 4], "big")
+        yield bytes(buf[i + 4:i + 8]), i, size
+        i += size
+
+
+def faststart(data: bytes) -> bytes:
+    """Move the mp4 ``moov`` box before ``mdat`` (as streaming encoders do), shifting the ``stco`` chunk offsets,
+    so that a truncated file still opens and decodes its first frames."""
+    top = {typ: (i, size) for typ, i, size in _boxes(data, 0, len(data))}
+    mi, msize = top[b"moov"]
+    moov = bytearray(data[mi:mi + msize])
+
+    def patch(start: int, end: int) -> None:
+        for typ, i, size in _boxes(moov, start, end):
+            if typ in (b"trak", b"mdia", b"minf", b"stbl"):
+                patch(i + 8, i + size)
+            elif typ == b"stco":
+                for k in range(int.from_bytes(moov[i + 12:i + 16], "big")):
+                    p = i + 16 + 4 * k
+                    moov[p:p + 4] = (int.from_bytes(moov[p:p + 4], "big") + msize).to_bytes(4, "big")
+            elif typ == b"co64":
+                raise NotImplementedError("co64 offsets")
+
+    patch(8, len(moov))
+    fi, fsize = top[b"ftyp"]
+    rest = data[fi + fsize:mi] + data[mi + msize:]
+    return data[fi:fi + fsize] + bytes(moov) + rest
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    return write_clip(tmp_path_factory.mktemp("clip") / "clip.mp4", 30)
+
+
+def test_mp4_frames_count_order_and_rgb(clip):
+    reader = open_frames(clip)
+    assert isinstance(reader, FrameReader) and reader.kind == "video"
+    assert reader.frame_count == len(reader) == 30
+    assert reader.fps == pytest.approx(25.0)
+    assert reader.size == (48, 64)
+    frames = list(reader)
+    assert len(frames) == 30
+    for i, rgb in enumerate(frames):
+        assert rgb.dtype == np.uint8 and rgb.shape == (48, 64, 3)
+        assert decode_index(rgb) == i
+        # RGB order, not OpenCV's BGR; mp4v keeps flat colours within a few levels
+        top = top_half(rgb)
+        assert abs(float(top[..., 0].mean()) - RED) < 8 and abs(float(top[..., 2].mean()) - BLUE) < 8
+    assert len(list(reader)) == 30  # iterable more than once
+
+
+def test_start_stop_stride(clip):
+    reader = open_frames(clip, start=3, stop=20, stride=4)
+    assert list(reader.indices) == [3, 7, 11, 15, 19] and reader.frame_count == 5
+    assert [decode_index(f) for f in reader] == [3, 7, 11, 15, 19]
+    assert open_frames(clip, start=40).frame_count == 0
+    with pytest.raises(ValueError, match="stride"):
+        open_frames(clip, stride=0)
+
+
+def test_prefetch_same_frames_and_close(clip):
+    plain = list(open_frames(clip))
+    with open_frames(clip, prefetch=3) as reader:
+        fetched = list(reader)
+    assert len(fetched) == len(plain) and all(np.array_equal(a, b) for a, b in zip(plain, fetched))
+    # stopping early: breaking out of the loop and closing ends the decoder thread
+    reader = open_frames(clip, prefetch=2)
+    before = threading.active_count()
+    for k, _ in enumerate(reader):
+        if k == 2:
+            break
+    reader.close()
+    assert threading.active_count() <= before
+
+
+def test_image_folder_natural_order_and_glob(tmp_path):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in (10, 2, 1, 33, 3):
+        cv2.imwrite(str(folder / f"frame_{i}.png"), cv2.cvtColor(frame_for(i), cv2.COLOR_RGB2BGR))
+    (folder / "notes.txt").write_text("not an image")
+    reader = open_frames(folder)
+    assert reader.kind == "images" and reader.fps is None and reader.size == (48, 64)
+    assert [p.name for p in reader.files] == ["frame_1.png", "frame_2.png", "frame_3.png", "frame_10.png",
+                                              "frame_33.png"]
+    frames = list(reader)
+    assert [decode_index(f) for f in frames] == [1, 2, 3, 10, 33]
+    assert frames[0][0, 0, 0] == RED and frames[0][0, 0, 2] == BLUE  # PNG is lossless: exact RGB
+    globbed = open_frames(str(folder / "frame_?.png"))
+    assert [decode_index(f) for f in globbed] == [1, 2, 3]
+    single = open_frames(folder / "frame_10.png")
+    assert single.frame_count == 1 and decode_index(next(iter(single))) == 10
+    assert natural_key("a10") > natural_key("a9")
+
+
+def test_errors(tmp_path, clip):
+    with pytest.raises(FileNotFoundError, match="missing.mp4"):
+        open_frames(tmp_path / "missing.mp4")
+    with pytest.raises(FileNotFoundError, match="matches no image"):
+        open_frames(str(tmp_path / "*.png"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no image files"):
+        open_frames(empty)
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    with pytest.raises(ValueError, match="junk.mp4"):
+        open_frames(junk)
+    # a truncated mp4 whose index sits at the end cannot be opened at all: clear error naming it
+    cut = tmp_path / "cut_at_end.mp4"
+    cut.write_bytes(clip.read_bytes()[: clip.stat().st_size // 2])
+    with pytest.raises(ValueError, match="cut_at_end.mp4"):
+        open_frames(cut)
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="unsupported suffix '.txt'"):
+        open_frames(tmp_path / "notes.txt")
+
+
+def test_mixed_sizes_in_folder(tmp_path):
+    for name, (h, w) in {"a1.png": (48, 64), "a2.png": (48, 64), "a3.png": (40, 64), "a4.png": (20, 20)}.items():
+        cv2.imwrite(str(tmp_path / name), frame_for(0, h, w))
+    reader = open_frames(tmp_path)
+    got = []
+    with pytest.raises(ValueError, match=r"a3\.png is 40x64 .*a1\.png is 48x64"):
+        for rgb in reader:
+            got.append(rgb)
+    assert len(got) == 2
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_truncated_clip_yields_good_frames_then_error(tmp_path, prefetch):
+    full = tmp_path / "full.mp4"
+    write_clip(full, 40)
+    data = faststart(full.read_bytes())
+    whole = tmp_path / "streamable.mp4"
+    whole.write_bytes(data)
+    assert len(list(open_frames(whole))) == 40  # the relocation itself is valid
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(data[: len(data) * 8 // 10])
+    reader = open_frames(broken, prefetch=prefetch)
+    assert reader.frame_count == 40  # the container still announces all frames
+    got = []
+    with pytest.raises(VideoDecodeError, match="broken.mp4.*stopped at frame") as info:
+        for rgb in reader:
+            got.append(rgb)
+    assert 5 < len(got) < 40
+    assert info.value.frame_index == len(got)
+    # the last frame before the cut may be partly concealed by the decoder; all earlier ones are intact
+    assert [decode_index(f) for f in got[:-1]] == list(range(len(got) - 1))
+
+
+def _rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    pytest.skip("no /proc/self/status VmRSS on this platform")
+
+
+def test_streaming_memory_independent_of_length(tmp_path):
+    # 1000 frames of 192x192 RGB = 110 MB if they were kept: a leak would exceed the 50 MB bound
+    path = write_clip(tmp_path / "long.mp4", 1000, 192, 192)
+    rss = {}
+    with open_frames(path, prefetch=4) as reader:
+        for i, rgb in enumerate(reader):
+            colorize(rgb[..., 0].astype(np.float32) + 1.0)  # decode + colour map, results dropped
+            if i + 1 in (100, 1000):
+                rss[i + 1] = _rss_mb()
+    assert set(rss) == {100, 1000}
+    assert rss[1000] - rss[100] < 50.0, rss
+
+
+def test_real_clip_if_available():
+    path = SAMPLES / "real" / "video" / "laparoscopy_endo.mp4"
+    if not path.is_file():
+        pytest.skip(f"real clip not available ({path})")
+    reader = open_frames(path, stride=100)
+    assert reader.size == (720, 1280) and reader.fps == pytest.approx(25.0) and reader.frame_count == 3
+    frames = list(reader)
+    assert len(frames) == 3 and all(f.shape == (720, 1280, 3) for f in frames)
+    # laparoscopic tissue is reddish: RGB order means channel 0 dominates channel 2
+    assert frames[0][..., 0].mean() > frames[0][..., 2].mean()

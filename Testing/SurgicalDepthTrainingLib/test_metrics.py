@@ -1,0 +1,113 @@
+"""metrics: monodepth2 compute_errors against an independent numpy reference, and the alignment protocol."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from SurgicalDepthTrainingLib.metrics import METRIC_KEYS, compute_errors, depth_metrics, mean_metrics
+
+
+def reference_errors(gt, pred):
+    """Independent transcription of monodepth2 evaluate_depth.compute_errors (loop-free numpy, float64)."""
+    out = {}
+    ratios = np.stack([gt / pred, pred / gt]).max(0)
+    for i, name in enumerate(("a1", "a2", "a3")):
+        out[name] = (ratios < 1.25 ** (i + 1)).mean()
+    out["rmse"] = np.sqrt(((gt - pred) ** 2).mean())
+    out["rmse_log"] = np.sqrt(((np.log(gt) - np.log(pred)) ** 2).mean())
+    out["abs_rel"] = (np.abs(gt - pred) / gt).mean()
+    out["sq_rel"] = (((gt - pred) ** 2) / gt).mean()
+    return out
+
+
+def scene(rng, h=24, w=32):
+    gt = rng.uniform(5.0, 120.0, (h, w))
+    gt[0, :5] = 0.0  # invalid ground truth
+    gt[1, 1] = np.nan
+    return gt
+
+
+def test_compute_errors_matches_reference():
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        gt = rng.uniform(0.5, 80, 500)
+        pred = gt * rng.lognormal(0, 0.3, 500)
+        got, ref = compute_errors(gt, pred), reference_errors(gt, pred)
+        assert set(got) == set(METRIC_KEYS)
+        for k in METRIC_KEYS:
+            assert got[k] == pytest.approx(ref[k], rel=1e-12)
+
+
+def test_median_scaling_of_proportional_depth_is_exact():
+    gt = scene(np.random.default_rng(1))
+    m = depth_metrics(gt * 0.037, gt)
+    assert m["abs_rel"] == pytest.approx(0, abs=1e-12) and m["a1"] == 1.0 and m["rmse"] < 1e-9
+    assert m["scale"] == pytest.approx(1 / 0.037)
+    assert m["n_valid"] == gt.size - 6
+
+
+def test_median_scaling_equals_reference_protocol():
+    rng = np.random.default_rng(2)
+    gt = scene(rng)
+    pred = np.abs(gt * rng.lognormal(0, 0.2, gt.shape)) + 1
+    mask = rng.random(gt.shape) > 0.2
+    m = depth_metrics(pred, gt, mask, min_depth=10, max_depth=100)
+    with np.errstate(invalid="ignore"):
+        valid = mask & np.isfinite(gt) & (gt > 10) & (gt < 100)
+    g, p = gt[valid], pred[valid]
+    p = np.clip(p * np.median(g) / np.median(p), 10, 100)
+    ref = reference_errors(g, p)
+    for k in METRIC_KEYS:
+        assert m[k] == pytest.approx(ref[k], rel=1e-10)
+
+
+def test_disparity_is_inverted_before_median_scaling():
+    gt = scene(np.random.default_rng(3))
+    disp = 250.0 / gt
+    disp[2, 2] = 0.0  # zero disparity: cannot be inverted, excluded
+    m = depth_metrics(disp, gt, pred_kind="disparity")
+    assert m["abs_rel"] == pytest.approx(0, abs=1e-12) and m["a1"] == 1.0
+    assert m["n_valid"] == gt.size - 7
+
+
+def test_scale_shift_recovers_affine_disparity_exactly():
+    gt = scene(np.random.default_rng(4))
+    disp = 3.5 * (1.0 / gt) - 0.01  # affine in inverse depth, some values negative: still fitted
+    m = depth_metrics(disp, gt, alignment="scale_shift", pred_kind="disparity")
+    assert m["abs_rel"] == pytest.approx(0, abs=1e-9) and m["a1"] == 1.0
+    assert m["scale"] == pytest.approx(1 / 3.5) and m["shift"] == pytest.approx(0.01 / 3.5)
+    # a depth prediction is fitted on its inverse
+    m = depth_metrics(1.0 / (2.0 / gt + 0.003), gt, alignment="scale_shift")
+    assert m["abs_rel"] == pytest.approx(0, abs=1e-9)
+
+
+def test_none_alignment_and_clamping():
+    gt = np.full((4, 4), 50.0)
+    m = depth_metrics(np.full((4, 4), 40.0), gt, alignment="none")
+    assert m["abs_rel"] == pytest.approx(0.2) and m["scale"] == 1.0
+    m = depth_metrics(np.full((4, 4), 400.0), gt, alignment="none", max_depth=60)
+    assert m["abs_rel"] == pytest.approx(10 / 50)  # clamped to 60
+    m = depth_metrics(np.full((4, 4), 1 / 40.0), gt, alignment="none", pred_kind="disparity")
+    assert m["abs_rel"] == pytest.approx(0.2)
+
+
+def test_errors():
+    gt = np.ones((4, 5))
+    with pytest.raises(ValueError, match=r"\(4, 4\).*\(4, 5\)"):
+        depth_metrics(np.ones((4, 4)), gt)
+    with pytest.raises(ValueError, match="no valid pixel"):
+        depth_metrics(np.ones((4, 5)), gt, min_depth=2)
+    with pytest.raises(ValueError, match="no valid pixel"):
+        depth_metrics(np.ones((4, 5)), gt, np.zeros((4, 5), bool))
+    with pytest.raises(ValueError, match="alignment"):
+        depth_metrics(gt, gt, alignment="mean")
+    with pytest.raises(ValueError, match="pred_kind"):
+        depth_metrics(gt, gt, pred_kind="inverse")
+    with pytest.raises(ValueError, match="mask shape"):
+        depth_metrics(gt, gt, np.ones((5, 4), bool))
+
+
+def test_mean_metrics():
+    per = [dict(zip(METRIC_KEYS, range(7))), dict(zip(METRIC_KEYS, range(2, 9)))]
+    assert mean_metrics(per)["abs_rel"] == 1.0 and mean_metrics(per)["a3"] == 7.0
+    with pytest.raises(ValueError):
+        mean_metrics([])

@@ -1,0 +1,144 @@
+"""End-to-end video depth throughput: ``surgical-depth predict`` vs a plain Hugging Face pipeline loop.
+
+Both sides load the same random-weight Hugging Face folder (``config.json`` + ``model.safetensors`` +
+``preprocessor_config.json`` of the official Depth Anything processor: keep aspect ratio, lower bound
+``input_size``, multiple of 14, bicubic, ImageNet mean/std) and process the same frames of one video:
+
+- ours: ``predict VIDEO --format npy`` (decode in a prefetch thread, batched inference, one ``.npy`` per frame);
+- HF: ``cv2.VideoCapture`` → PIL image → ``pipeline("depth-estimation")`` → ``predicted_depth`` → ``np.save``.
+
+Timings include decoding, inference and writing, not model loading. Rounds alternate (ours, HF, ours, HF...)
+so machine load hits both alike; the median round is reported. Usage:
+``python Testing/benchmarks/bench_video.py [--video PATH] [--frames 16] [--size small] [--input-size 518]``
+(default video: ``../shared/samples/real/video/laparoscopy_endo.mp4`` beside the checkout, else a synthetic clip).
+"""
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+SAMPLE = Path(__file__).resolve().parents[2].parent / "shared" / "samples" / "real" / "video" / "laparoscopy_endo.mp4"
+DIMS = {"tiny": (192, 3, [24, 48, 96, 192], 64), "small": (384, 6, [48, 96, 192, 384], 64),
+        "base": (768, 12, [96, 192, 384, 768], 128)}
+
+
+def build_hf_folder(size: str, folder: Path, input_size: int) -> None:
+    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
+
+    hidden, heads, neck, fusion = DIMS[size]
+    backbone = Dinov2Config(hidden_size=hidden, num_attention_heads=heads, num_hidden_layers=12, image_size=518,
+                            patch_size=14, out_indices=[3, 6, 9, 12], reshape_hidden_states=False)
+    cfg = DepthAnythingConfig(backbone_config=backbone, neck_hidden_sizes=neck, fusion_hidden_size=fusion,
+                              reassemble_hidden_size=hidden)
+    torch.manual_seed(0)
+    model = DepthAnythingForDepthEstimation(cfg).eval()
+    with torch.no_grad():
+        model.head.conv3.bias.fill_(0.5)  # non-zero output after the final ReLU
+    model.save_pretrained(folder)
+    # the official Depth Anything preprocessor_config.json (depth-anything/Depth-Anything-V2-Small-hf)
+    DPTImageProcessor(do_resize=True, size={"height": input_size, "width": input_size}, keep_aspect_ratio=True,
+                      ensure_multiple_of=14, resample=3, do_rescale=True, rescale_factor=1 / 255,
+                      do_normalize=True, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+                      do_pad=False).save_pretrained(folder)
+
+
+def synthetic_clip(path: Path, n: int, h: int = 720, w: int = 1280) -> Path:
+    rng = np.random.default_rng(0)
+    base = cv2.resize(rng.integers(0, 256, (h // 16, w // 16, 3), dtype=np.uint8), (w, h))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25.0, (w, h))
+    for i in range(n):
+        writer.write(np.roll(base, 4 * i, axis=1))
+    writer.release()
+    return path
+
+
+def run_ours(video: Path, folder: Path, out: Path, frames: int, input_size: int, batch: int) -> float:
+    from SurgicalDepthLib.cli import predict
+
+    parser = argparse.ArgumentParser()
+    predict.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["predict", str(video), "--output", str(out), "--model", str(folder), "--format",
+                              "npy", "--device", "cpu", "--precision", "fp32", "--input-size", str(input_size),
+                              "--batch-size", str(batch), "--max-frames", str(frames)])
+    # time the per-frame work only: load the model first (predict.run would load it again; use a cached loader)
+    from SurgicalDepthLib import loading
+
+    model = loading.load_model(folder, device="cpu", precision="fp32")
+    original = loading.load_model
+    loading.load_model = lambda *a, **k: model
+    try:
+        t0 = time.perf_counter()
+        predict.run(args)
+        return time.perf_counter() - t0
+    finally:
+        loading.load_model = original
+
+
+def run_hf(pipe, video: Path, out: Path, frames: int) -> float:
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    capture = cv2.VideoCapture(str(video))
+    for i in range(frames):
+        ok, bgr = capture.read()
+        if not ok:
+            raise RuntimeError(f"{video}: frame {i} could not be read")
+        result = pipe(Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
+        np.save(out / f"{i:06d}.npy", result["predicted_depth"].squeeze().cpu().numpy().astype(np.float32))
+    capture.release()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--video", type=Path, default=None, help="video file (default: the real sample clip)")
+    ap.add_argument("--frames", type=int, default=16, help="frames per timed run")
+    ap.add_argument("--size", default="small", choices=sorted(DIMS), help="model size (random weights)")
+    ap.add_argument("--input-size", type=int, default=518, help="network input lower bound (multiple of 14)")
+    ap.add_argument("--batch-size", type=int, default=4, help="batch size for ours")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating timed rounds")
+    args = ap.parse_args()
+
+    from transformers import pipeline
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        video = args.video or (SAMPLE if SAMPLE.is_file() else synthetic_clip(tmp / "clip.mp4", args.frames))
+        folder = tmp / "hf"
+        build_hf_folder(args.size, folder, args.input_size)
+        pipe = pipeline("depth-estimation", model=str(folder), device="cpu")
+        run_hf(pipe, video, tmp / "warm_hf", 2)
+        run_ours(video, folder, tmp / "warm_ours", 2, args.input_size, args.batch_size)
+        ours_t, hf_t = [], []
+        for r in range(args.rounds):
+            ours_t.append(run_ours(video, folder, tmp / f"ours{r}", args.frames, args.input_size, args.batch_size))
+            hf_t.append(run_hf(pipe, video, tmp / f"hf{r}", args.frames))
+        name = Path(video).stem
+        a = np.load(tmp / "ours0" / name / "000000.npy")
+        b = np.load(tmp / "hf0" / "000000.npy")
+        diff = float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12)) if a.shape == b.shape else float("nan")
+        h, w = cv2.VideoCapture(str(video)).read()[1].shape[:2]
+
+    ours_fps = args.frames / statistics.median(ours_t)
+    hf_fps = args.frames / statistics.median(hf_t)
+    print(f"\nvideo {Path(video).name} {w}x{h}, {args.frames} frames, DA-V2 {args.size} (random weights), input "
+          f"{args.input_size}, CPU {platform.processor() or platform.machine()} x{torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}\n")
+    print("| pipeline | frames/s (median of %d) | speed-up |" % args.rounds)
+    print("|---|---|---|")
+    print(f"| HF `pipeline('depth-estimation')` loop | {hf_fps:.2f} | 1.00x |")
+    print(f"| `surgical-depth predict` (batch {args.batch_size}) | {ours_fps:.2f} | {ours_fps / hf_fps:.2f}x |")
+    print(f"\nmax |ours - HF| / max|HF| on frame 0: {diff:.2e} (shapes {a.shape} vs {b.shape})")
+
+
+if __name__ == "__main__":
+    main()

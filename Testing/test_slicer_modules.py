@@ -1,0 +1,345 @@
+"""Static checks of the 3D Slicer extension files (3D Slicer itself is not needed).
+
+Slicer's API is checked against name lists taken from Slicer's sources (``Testing/slicer_api/``: the public
+functions of ``Base/Python/slicer/util.py`` and the vtkMRML classes with a header), the .ui files against the code
+that uses them and the parameter nodes they bind to, and the CMake lists against the tree.
+"""
+from __future__ import annotations
+
+import ast
+import importlib.util
+import py_compile
+import re
+import struct
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+API = Path(__file__).resolve().parent / "slicer_api"
+MODULES = ("SurgicalDepth", "SurgicalDepthTraining")
+MODULE_FILES = [REPO / m / f"{m}.py" for m in MODULES]
+LIB_DIRS = [REPO / m / f"{m}Lib" for m in MODULES]
+UTIL_NAMES = set(API.joinpath("slicer_util_names.txt").read_text().split())
+MRML_CLASSES = {ln.strip() for ln in API.joinpath("slicer_mrml_classes.txt").read_text().splitlines()
+                if ln.strip() and not ln.startswith("#")}
+# parameterNodeWrapper GUI connectors (Base/Python/slicer/parameterNodeWrapper/guiConnectors.py): widget -> type
+CONNECTORS = {"QComboBox": {"str"}, "QSpinBox": {"int"}, "QDoubleSpinBox": {"float"}, "QCheckBox": {"bool"},
+              "QLineEdit": {"str"}, "ctkPathLineEdit": {"Path"}, "qMRMLNodeComboBox": {"node"}}
+SLICER_MODULES = ("slicer", "qt", "ctk", "mrml", "vtkSlicer", "qSlicer", "qMRML")
+
+
+def _tree(path: Path) -> ast.Module:
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+def _dotted(node: ast.AST) -> str | None:
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if isinstance(node, ast.Name):
+        return ".".join([node.id, *reversed(parts)])
+    return None
+
+
+def _parameter_fields(tree: ast.Module) -> dict[str, ast.expr]:
+    """Annotated fields of the ``@parameterNodeWrapper`` class: name -> annotation."""
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and any(getattr(d, "id", None) == "parameterNodeWrapper"
+                                                  for d in node.decorator_list):
+            return {s.target.id: s.annotation for s in node.body if isinstance(s, ast.AnnAssign)}
+    raise AssertionError("no @parameterNodeWrapper class")
+
+
+def _base_type(annotation: ast.expr) -> str:
+    """``Annotated[int, ...]`` -> ``int``; ``vtkMRMLFooNode`` -> ``node``; ``Path`` -> ``Path``."""
+    if isinstance(annotation, ast.Subscript) and getattr(annotation.value, "id", None) == "Annotated":
+        annotation = annotation.slice.elts[0]
+    name = annotation.id if isinstance(annotation, ast.Name) else ast.unparse(annotation)
+    return "node" if name.startswith("vtkMRML") else name
+
+
+def _constants(tree: ast.Module) -> dict[str, object]:
+    """Module-level ``NAME = <literal>`` assignments."""
+    out = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            try:
+                out[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError:
+                pass
+    return out
+
+
+def _choices(annotation: ast.expr, constants: dict | None = None) -> list | None:
+    """The values of a ``Choice(...)`` annotation: a literal list, a module constant, or ``list(CONSTANT)``."""
+    if isinstance(annotation, ast.Subscript) and getattr(annotation.value, "id", None) == "Annotated":
+        for extra in annotation.slice.elts[1:]:
+            if isinstance(extra, ast.Call) and getattr(extra.func, "id", None) == "Choice":
+                arg = extra.args[0]
+                if isinstance(arg, ast.Call) and getattr(arg.func, "id", None) == "list":
+                    arg = arg.args[0]
+                if isinstance(arg, ast.Name):
+                    return list((constants or {})[arg.id])
+                return list(ast.literal_eval(arg))
+    return None
+
+
+def _ui_widgets(module: str) -> dict[str, ET.Element]:
+    root = ET.parse(REPO / module / "Resources" / "UI" / f"{module}.ui").getroot()
+    widgets: dict[str, ET.Element] = {}
+    for w in root.iter("widget"):
+        name = w.get("name")
+        assert name not in widgets, f"{module}.ui: duplicate widget name {name!r}"
+        widgets[name] = w
+    return widgets
+
+
+def _prop(widget: ET.Element, name: str) -> ET.Element | None:
+    for p in widget.findall("property"):
+        if p.get("name") == name:
+            return p
+    return None
+
+
+@pytest.mark.parametrize("path", MODULE_FILES + [d / "slicer_helpers.py" for d in LIB_DIRS],
+                         ids=lambda p: p.name if "helpers" not in p.name else p.parent.name + "/slicer_helpers.py")
+def test_files_compile(path, tmp_path):
+    py_compile.compile(str(path), cfile=str(tmp_path / "out.pyc"), doraise=True)
+
+
+@pytest.mark.parametrize("path", MODULE_FILES, ids=lambda p: p.name)
+def test_module_files_are_small(path):
+    n = len(path.read_text().splitlines())
+    assert n < 400, f"{path.name} has {n} lines; the style guide keeps Slicer modules under 400"
+
+
+@pytest.mark.parametrize("path", MODULE_FILES, ids=lambda p: p.name)
+def test_slicer_util_names_exist(path):
+    tree = _tree(path)
+    used = set()
+    for node in ast.walk(tree):
+        dotted = _dotted(node) if isinstance(node, ast.Attribute) else None
+        if dotted and dotted.startswith("slicer.util."):
+            used.add(dotted.split(".")[2])
+        if isinstance(node, ast.ImportFrom) and node.module == "slicer.util":
+            used |= {a.name for a in node.names}
+    public_classes = {"VTKObservationMixin", "NodeModify", "RenderBlocker", "WaitCursor", "MessageDialog"}
+    unknown = sorted(used - UTIL_NAMES - public_classes)
+    assert used, "no slicer.util use found (parser broken?)"
+    assert not unknown, f"{path.name}: slicer.util has no {unknown}"
+
+
+@pytest.mark.parametrize("path", MODULE_FILES, ids=lambda p: p.name)
+def test_mrml_class_names_exist(path):
+    tree = _tree(path)
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            names |= set(re.findall(r"\bvtkMRML\w+", node.value))
+        elif isinstance(node, ast.Attribute) and node.attr.startswith("vtkMRML"):
+            names.add(node.attr)
+        elif isinstance(node, ast.Name) and node.id.startswith("vtkMRML"):
+            names.add(node.id)
+        elif isinstance(node, ast.ImportFrom) and node.module == "slicer":
+            names |= {a.name for a in node.names if a.name.startswith("vtkMRML")}
+    # colour-node IDs are "<class><table name>" (e.g. vtkMRMLColorTableNodeRainbow): check the class part
+    color_ids = {n for n in names if n.startswith("vtkMRMLColorTableNode") and n != "vtkMRMLColorTableNode"}
+    assert "vtkMRMLColorTableNode" in MRML_CLASSES
+    unknown = sorted(names - color_ids - MRML_CLASSES)
+    assert not unknown, f"{path.name}: unknown MRML classes {unknown}"
+
+
+def test_depth_color_table_is_a_default_slicer_table():
+    tree = _tree(REPO / "SurgicalDepth" / "SurgicalDepth.py")
+    ids = [n.value.value for n in tree.body if isinstance(n, ast.Assign)
+           and getattr(n.targets[0], "id", "") == "DEPTH_COLOR_NODE_ID"]
+    # default tables are created by vtkMRMLColorLogic as "vtkMRMLColorTableNode" + type name
+    assert ids in (["vtkMRMLColorTableNodeRainbow"], ["vtkMRMLColorTableNodeReverseRainbow"])
+
+
+@pytest.mark.parametrize("lib", LIB_DIRS, ids=lambda p: p.name)
+def test_lib_packages_never_import_slicer(lib):
+    offenders = []
+    for path in sorted(lib.rglob("*.py")):
+        for node in ast.walk(_tree(path)):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                names = [node.module or ""]
+            offenders += [f"{path.relative_to(REPO)}: {n}" for n in names if n.split(".")[0] in SLICER_MODULES]
+    assert not offenders, f"Slicer-free packages import Slicer modules: {offenders}"
+
+
+@pytest.mark.parametrize("path", MODULE_FILES, ids=lambda p: p.name)
+def test_heavy_imports_are_lazy(path):
+    allowed = {"contextlib", "json", "shutil", "sys", "pathlib", "typing", "dataclasses", "qt", "ctk", "vtk", "slicer"}
+    top = set()
+    for node in _tree(path).body:
+        if isinstance(node, ast.Import):
+            top |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            top.add((node.module or "").split(".")[0])
+    assert top <= allowed, f"{path.name}: module-level imports {sorted(top - allowed)} must be lazy (in Logic)"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_ui_is_qt_designer_xml(module):
+    root = ET.parse(REPO / module / "Resources" / "UI" / f"{module}.ui").getroot()
+    assert root.tag == "ui" and root.get("version") == "4.0"
+    assert root.findtext("class") == module
+    top = root.find("widget")
+    assert top is not None and top.get("class") == "qMRMLWidget" and top.get("name") == module
+    declared = {c.findtext("class") for c in root.iter("customwidget")}
+    used = {w.get("class") for w in root.iter("widget")}
+    assert {c for c in used if not c.startswith("Q")} <= declared, "custom widget classes must be declared"
+    for conn in root.iter("connection"):
+        assert conn.findtext("sender") == module
+        assert conn.findtext("receiver") in {w.get("name") for w in root.iter("widget")}
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_ui_names_match_code(module):
+    path = REPO / module / f"{module}.py"
+    widgets = _ui_widgets(module)
+    used = {n.attr for n in ast.walk(_tree(path))
+            if isinstance(n, ast.Attribute) and _dotted(n.value) == "self.ui"}
+    assert used, "no self.ui.<name> use found"
+    missing = sorted(used - set(widgets))
+    assert not missing, f"{module}.py uses widgets missing from {module}.ui: {missing}"
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_ui_parameter_bindings_match_parameter_node(module):
+    tree = _tree(REPO / module / f"{module}.py")
+    fields, constants = _parameter_fields(tree), _constants(tree)
+    bound = {}
+    for name, w in _ui_widgets(module).items():
+        p = _prop(w, "SlicerParameterName")
+        if p is not None:
+            bound[p.findtext("string")] = w
+    assert set(bound) == set(fields), (f"{module}: parameter fields without widget {sorted(set(fields) - set(bound))}"
+                                       f", widgets bound to no field {sorted(set(bound) - set(fields))}")
+    for field, widget in bound.items():
+        kind = _base_type(fields[field])
+        assert kind in CONNECTORS[widget.get("class")], \
+            f"{module}.{field}: a {kind} cannot bind to {widget.get('class')} (parameterNodeWrapper connectors)"
+        if widget.get("class") == "QComboBox":
+            assert _choices(fields[field], constants), f"{module}.{field}: QComboBox binding needs a Choice annotation"
+        if widget.get("class") == "qMRMLNodeComboBox":
+            node_types = [s.text for s in _prop(widget, "nodeTypes").iter("string")]
+            assert node_types == [ast.unparse(fields[field])], f"{module}.{field}: nodeTypes {node_types}"
+
+
+def test_registry_choices_equal_weights_registry():
+    sd = pytest.importorskip("SurgicalDepthLib")
+    tree = _tree(REPO / "SurgicalDepth" / "SurgicalDepth.py")
+    names = [ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+             and getattr(n.targets[0], "id", "") == "REGISTRY_NAMES"]
+    assert names and list(names[0]) == list(sd.WEIGHTS)
+
+
+def test_dataset_choices_equal_helper_list():
+    from SurgicalDepthTrainingLib.slicer_helpers import DATASET_NAMES
+
+    tree = _tree(REPO / "SurgicalDepthTraining" / "SurgicalDepthTraining.py")
+    names = [ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
+             and getattr(n.targets[0], "id", "") == "DATASET_NAMES"]
+    assert names and tuple(names[0]) == DATASET_NAMES
+
+
+def test_choices_match_helper_constants():
+    from SurgicalDepthLib.slicer_helpers import DEVICE_CHOICES, MODEL_CHOICES
+    from SurgicalDepthTrainingLib.slicer_helpers import ALIGNMENTS, DATASET_NAMES, LOSSES
+
+    sd_fields = _parameter_fields(_tree(REPO / "SurgicalDepth" / "SurgicalDepth.py"))
+    assert tuple(_choices(sd_fields["device"])) == DEVICE_CHOICES
+    assert tuple(_choices(sd_fields["modelChoice"])) == MODEL_CHOICES
+    tr_tree = _tree(REPO / "SurgicalDepthTraining" / "SurgicalDepthTraining.py")
+    tr_fields = _parameter_fields(tr_tree)
+    assert tuple(_choices(tr_fields["dataset"], _constants(tr_tree))) == DATASET_NAMES
+    assert set(_choices(tr_fields["loss"])) == set(LOSSES)
+    assert tuple(_choices(tr_fields["alignment"])) == ALIGNMENTS
+
+
+def _load_updater():
+    spec = importlib.util.spec_from_file_location("update_cmake_lists", REPO / "Testing" / "update_cmake_lists.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_cmake_lists_every_lib_file(module):
+    text = (REPO / module / "CMakeLists.txt").read_text()
+    listed = set(re.findall(r"\$\{MODULE_NAME\}Lib/\S+\.py", text))
+    expected = set(_load_updater().lib_scripts(module, REPO))
+    missing, extra = sorted(expected - listed), sorted(listed - expected)
+    assert not missing and not extra, (f"{module}/CMakeLists.txt is stale (missing {missing}, extra {extra}); "
+                                       f"run: python Testing/update_cmake_lists.py")
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_cmake_module_structure(module):
+    text = (REPO / module / "CMakeLists.txt").read_text()
+    assert f"set(MODULE_NAME {module})" in text
+    assert "${MODULE_NAME}.py" in text and "slicerMacroBuildScriptedModule(" in text
+    assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
+    for resource in re.findall(r"^\s+(Resources/\S+)$", text, re.M):
+        assert (REPO / module / resource.replace("${MODULE_NAME}", module)).is_file(), resource
+
+
+def test_cmake_extension_structure():
+    text = (REPO / "CMakeLists.txt").read_text()
+    assert re.search(r"^project\(SurgicalDepth\)", text, re.M)
+    for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS"):
+        assert re.search(rf'^set\(EXTENSION_{key} "[^"]+"\)', text, re.M), key
+    assert 'set(EXTENSION_DEPENDS "NA")' in text
+    for module in MODULES:
+        assert f"add_subdirectory({module})" in text
+    order = [text.index(s) for s in ("find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})",
+                                      "add_subdirectory(SurgicalDepth)", "## NEXT_MODULE",
+                                      "include(${Slicer_EXTENSION_GENERATE_CONFIG})",
+                                      "include(${Slicer_EXTENSION_CPACK})")]
+    assert order == sorted(order)
+
+
+def test_update_cmake_lists_roundtrip(tmp_path):
+    updater = _load_updater()
+    lib = tmp_path / "Demo" / "DemoLib"
+    (lib / "sub").mkdir(parents=True)
+    for name in ("__init__.py", "b.py", "sub/__init__.py", "sub/a.py"):
+        (lib / name).write_text("")
+    (lib / "__pycache__").mkdir()
+    (lib / "__pycache__" / "x.py").write_text("")
+    entries = updater.lib_scripts("Demo", tmp_path)
+    assert entries == ["${MODULE_NAME}Lib/__init__.py", "${MODULE_NAME}Lib/b.py", "${MODULE_NAME}Lib/sub/__init__.py",
+                       "${MODULE_NAME}Lib/sub/a.py"]
+    text = f"set(X\n  a.py\n{updater.BEGIN}\n  old.py\n{updater.END}\n  )\n"
+    out = updater.render(text, entries, Path("x"))
+    assert "old.py" not in out and out.count("${MODULE_NAME}Lib/") == 4 and out.endswith(f"{updater.END}\n  )\n")
+    with pytest.raises(ValueError, match="markers"):
+        updater.render("set(X)\n", entries, Path("x"))
+
+
+@pytest.mark.parametrize("icon", ["SurgicalDepth/Resources/Icons/SurgicalDepth.png",
+                                  "SurgicalDepthTraining/Resources/Icons/SurgicalDepthTraining.png",
+                                  "Resources/Icons/SurgicalDepth.png"])
+def test_icons_are_128_png(icon):
+    data = (REPO / icon).read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+    assert struct.unpack(">II", data[16:24]) == (128, 128)
+
+
+def test_requirements_parse_and_leave_slicer_packages_alone():
+    from packaging.requirements import Requirement
+
+    from SurgicalDepthLib.slicer_helpers import parse_requirements
+
+    reqs = parse_requirements((REPO / "SurgicalDepth" / "Resources" / "requirements.txt").read_text())
+    names = {Requirement(r).name.lower() for r in reqs}
+    assert "torch" in names
+    assert not names & {"numpy", "vtk", "simpleitk"}, "packages bundled with Slicer must not be reinstalled"
