@@ -1,6 +1,6 @@
 """Surgical Depth Training: fine-tune and evaluate depth models from 3D Slicer.
 
-Training runs as a separate process (``surgical-depth train`` through ``PythonSlicer -m SurgicalDepthLib.cli``, or
+Training runs as a separate process (``surgical-depth train`` through ``PythonSlicer -m SurgicalDepthTrainingLib``, or
 ``torchrun`` for several GPUs) driven by ``qt.QProcess``: a crash or a CUDA out-of-memory error cannot take Slicer
 down, the GUI stays responsive, and progress is read from the process output and the history CSV. All training
 code is in the Slicer-free ``SurgicalDepthTrainingLib``; this file only builds commands and shows results.

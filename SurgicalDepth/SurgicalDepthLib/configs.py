@@ -70,6 +70,10 @@ class ModelConfig:
         intermediate_layers: 0-based block indices read by the decoder.
         patch_size, pretrain_size: 14 and 518 (position-embedding grid 37×37) for every official model.
         mean, std: input normalisation (ImageNet).
+        input_size: the inference input size the weights were made for (lower bound of both sides, ×14); 518 for
+            every official model. ``infer_image(rgb)`` uses it when no size is given.
+        metric_unit: unit of a metric head's output: ``"m"`` for the official metric models, ``"mm"`` for
+            metric models trained by this project on millimetre ground truth.
     """
 
     encoder: str
@@ -83,6 +87,8 @@ class ModelConfig:
     pretrain_size: int = 518
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    input_size: int = 518
+    metric_unit: str = "m"
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:
@@ -93,6 +99,10 @@ class ModelConfig:
             raise ValueError(f"head={self.head!r} is not one of {HEADS}")
         if self.head == "metric" and not (self.max_depth and self.max_depth > 0):
             raise ValueError(f"a metric head needs max_depth > 0, got {self.max_depth!r}")
+        if self.input_size <= 0 or self.input_size % self.patch_size:
+            raise ValueError(f"input_size={self.input_size} must be a positive multiple of {self.patch_size}")
+        if self.metric_unit not in ("m", "mm"):
+            raise ValueError(f"metric_unit={self.metric_unit!r} is not one of ('m', 'mm')")
         depth = ENCODERS[self.encoder].depth
         if len(self.intermediate_layers) != 4 or not all(0 <= i < depth for i in self.intermediate_layers):
             raise ValueError(

@@ -36,6 +36,11 @@ class DepthModel(nn.Module):
         return self.config.output_kind
 
     @property
+    def depth_unit(self) -> str:
+        """``"relative"`` for disparity models, else the metric head's unit (``"m"`` or ``"mm"``)."""
+        return "relative" if self.config.head == "relative" else self.config.metric_unit
+
+    @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
@@ -69,15 +74,20 @@ class DepthModel(nn.Module):
         pred = F.interpolate(pred[:, None].float(), size=out_hw, mode="bilinear", align_corners=True)[:, 0]
         return pred.cpu().numpy().astype(np.float32, copy=False)
 
-    def infer_image(self, rgb: np.ndarray, input_size: int = 518) -> np.ndarray:
-        """One RGB uint8 ``[H, W, 3]`` frame → float32 ``[H, W]`` (disparity or depth, see ``output_kind``)."""
+    def infer_image(self, rgb: np.ndarray, input_size: int | None = None) -> np.ndarray:
+        """One RGB uint8 ``[H, W, 3]`` frame → float32 ``[H, W]`` (disparity or depth, see ``output_kind``).
+
+        ``input_size``: lower bound of both network input sides (×14); default ``config.input_size`` (518 for
+        the official models)."""
         check_rgb(rgb)
+        input_size = input_size or self.config.input_size
         x = preprocess(rgb, input_size, self.config.mean, self.config.std, self.config.patch_size)
         return self._predict(x[None], rgb.shape[:2])[0]
 
-    def iter_batches(self, frames: Iterable[np.ndarray], input_size: int = 518,
+    def iter_batches(self, frames: Iterable[np.ndarray], input_size: int | None = None,
                      batch_size: int = 4) -> Iterator[np.ndarray]:
         """Stream predictions ``[n, H, W]`` for successive groups of equally sized frames (constant memory)."""
+        input_size = input_size or self.config.input_size
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         group: list[np.ndarray] = []
@@ -95,12 +105,12 @@ class DepthModel(nn.Module):
         if group:
             yield self._predict(np.stack(group), size)
 
-    def infer_batch(self, frames: Sequence[np.ndarray] | np.ndarray, input_size: int = 518,
+    def infer_batch(self, frames: Sequence[np.ndarray] | np.ndarray, input_size: int | None = None,
                     batch_size: int = 4) -> np.ndarray:
         """RGB uint8 frames (a sequence of ``[H, W, 3]`` or an ``[N, H, W, 3]`` array) → float32 ``[N, H, W]``."""
         if len(frames) == 0:
             raise ValueError("frames is empty")
         return np.concatenate(list(self.iter_batches(frames, input_size, batch_size)), axis=0)
 
-    def input_size_for(self, height: int, width: int, input_size: int = 518) -> tuple[int, int]:
-        return official_input_size(height, width, input_size, self.config.patch_size)
+    def input_size_for(self, height: int, width: int, input_size: int | None = None) -> tuple[int, int]:
+        return official_input_size(height, width, input_size or self.config.input_size, self.config.patch_size)

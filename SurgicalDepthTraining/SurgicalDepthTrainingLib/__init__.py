@@ -17,13 +17,17 @@ _EXPORTS: dict[str, str] = {
     "render_clip": "synthetic",
     "write_synthetic": "synthetic",
     "ORGANS": "synthetic",
+    "contact_sheet": "synthetic",
     # datasets
     "open_dataset": "datasets",
     "DATASETS": "datasets",
     "list_datasets": "datasets",
+    "collate_samples": "datasets",
     # metrics and losses
     "depth_metrics": "metrics",
     "compute_errors": "metrics",
+    "align_prediction": "metrics",
+    "mean_metrics": "metrics",
     "l1_loss": "losses",
     "silog_loss": "losses",
     "ssi_loss": "losses",
@@ -31,7 +35,13 @@ _EXPORTS: dict[str, str] = {
     "TrainConfig": "training",
     "train": "training",
     "evaluate": "evaluation",
+    "evaluate_predictions": "evaluation",
     "write_report": "reports",
+    "read_report": "reports",
+    "markdown_table": "reports",
+    "qualitative_figure": "reports",
+    "run_demo": "demo",
+    "DemoConfig": "demo",
 }
 
 __all__ = sorted(_EXPORTS)

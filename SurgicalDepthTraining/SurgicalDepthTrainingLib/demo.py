@@ -30,7 +30,7 @@ class DemoConfig:
     height: int = 256
     width: int = 320
     seed: int = 7
-    input_size: int = 266
+    input_size: int | None = None  # None: the model's own (config.input_size)
     voxel_mm: float = 1.0
     device: str = "auto"
 

@@ -38,17 +38,26 @@ def masked_median(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return torch.nanmedian(flat, dim=1).values
 
 
+def masked_mean(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Per-image mean of ``x`` over ``valid``: ``[B, H, W]`` -> ``[B]`` (0 for images without valid pixels)."""
+    total = torch.where(valid, x, torch.zeros_like(x)).flatten(1).sum(1)
+    return total / valid.flatten(1).sum(1).clamp_min(1)
+
+
 def l1_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *,
             normalize: bool = True) -> torch.Tensor:
     """L1 loss on ground truth (the paper's fine-tuning loss), per image: ``mean_valid |p̂ - ĝ|``.
 
     Depth normalisation for a relative model: the model predicts disparity of unknown scale, and the target is
     the ground-truth inverse depth ``1/depth``. With ``normalize=True`` (default) both are divided by their own
-    per-image median over the valid pixels, ``p̂ = p / median(p)``, ``ĝ = g / median(g)``, as in monodepth2's
-    median scaling. This makes L1 meaningful across scenes whose depth ranges differ (mm vs cm, close-up vs
-    overview) and keeps the pretrained model's output scale (no loss is spent on re-learning a global
-    constant), while the loss still penalises every relative-depth error. ``normalize=False`` is plain L1 in
-    the given units (metric heads: depth in the head's unit).
+    per-image mean over the valid pixels, ``p̂ = p / mean(p)``, ``ĝ = g / mean(g)``. This makes L1 meaningful
+    across scenes whose depth ranges differ (mm vs cm, close-up vs overview) and keeps the pretrained model's
+    output scale (no loss is spent on re-learning a global constant), while the loss still penalises every
+    relative-depth error; the result is scale- but not shift-invariant, so ``1 / prediction`` is depth up to one
+    factor — what median scaling assumes. The mean, not the median, is the normaliser because a ReLU head can
+    output 0 on more than half of the pixels (the far lumen): a median of 0 makes every other pixel's error
+    explode and training collapses to an all-zero output with no gradient (observed when training from scratch).
+    ``normalize=False`` is plain L1 in the given units (metric heads: depth in the head's unit).
 
     Args:
         pred: float ``[B, H, W]`` model output. target: float ``[B, H, W]``. valid: bool ``[B, H, W]``.
@@ -57,9 +66,8 @@ def l1_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *,
     """
     valid = _check(pred, target, valid)
     if normalize:
-        # images without valid pixels get median 1 (NaN there would poison the gradient through torch.where)
-        mp = torch.nan_to_num(masked_median(pred, valid), nan=1.0).clamp_min(_EPS)[:, None, None]
-        mt = torch.nan_to_num(masked_median(target, valid), nan=1.0).clamp_min(_EPS)[:, None, None]
+        mp = masked_mean(pred, valid).clamp_min(_EPS)[:, None, None]
+        mt = masked_mean(target, valid).clamp_min(_EPS)[:, None, None]
         pred, target = pred / mp, target / mt
     err = torch.where(valid, (pred - target).abs(), torch.zeros_like(pred)).flatten(1).sum(1)
     n = valid.flatten(1).sum(1)
@@ -85,7 +93,8 @@ def silog_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *,
     return _per_image_mean(torch.sqrt(var.clamp_min(1e-12)), n > 0, "silog_loss")
 
 
-def fit_scale_shift(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def fit_scale_shift(pred: torch.Tensor, target: torch.Tensor,
+                    valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image least squares ``(s, t) = argmin Σ_valid (s·pred + t - target)²`` (MiDaS, Ranftl et al. 2020,
     eq. 4; closed form of MiDaS ``compute_scale_and_shift``). Returns ``s, t`` of shape ``[B]``; images whose
     system is singular (< 2 distinct valid values) get ``s = t = 0``."""
@@ -104,7 +113,7 @@ def fit_scale_shift(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tenso
 
 
 def _gradient_loss(residual: torch.Tensor, valid: torch.Tensor, scales: int) -> torch.Tensor:
-    """MiDaS gradient-matching term (eq. 11): ``Σ_k mean_valid(|∂x R_k| + |∂y R_k|)`` on 2^k-subsampled residuals."""
+    """MiDaS gradient-matching term (eq. 11): ``Σ_k mean_valid(|∂x R_k| + |∂y R_k|)``, residuals subsampled 2^k."""
     total = residual.new_zeros(residual.shape[0])
     for k in range(scales):
         step = 2 ** k

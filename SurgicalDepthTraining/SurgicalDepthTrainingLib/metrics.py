@@ -76,6 +76,48 @@ def _valid_mask(pred: np.ndarray, gt: np.ndarray, mask: Any, min_depth: float | 
     return valid
 
 
+def align_prediction(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = None, *,
+                     alignment: str = "median", pred_kind: str = "depth", min_depth: float | None = None,
+                     max_depth: float | None = None) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Steps 1-3 of the protocol (range mask, alignment fitted on the valid pixels, clamp): see
+    :func:`depth_metrics` for the arguments.
+
+    Returns:
+        ``(depth float64 [H, W] in gt's unit — every pixel transformed, NaN where the prediction cannot be
+        converted —, valid bool [H, W] — the pixels evaluated —, scale, shift)``.
+    """
+    if alignment not in ALIGNMENTS:
+        raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
+    if pred_kind not in PRED_KINDS:
+        raise ValueError(f"pred_kind must be one of {PRED_KINDS}, got {pred_kind!r}")
+    pred = np.asarray(pred, dtype=np.float64)
+    gt = np.asarray(gt, dtype=np.float64)
+    if pred.shape != gt.shape:
+        raise ValueError(f"pred shape {pred.shape} does not match gt shape {gt.shape}")
+    if min_depth is not None and max_depth is not None and not min_depth < max_depth:
+        raise ValueError(f"need min_depth < max_depth, got min_depth={min_depth}, max_depth={max_depth}")
+    positive = not (alignment == "scale_shift" and pred_kind == "disparity")
+    valid = _valid_mask(pred, gt, mask, min_depth, max_depth, positive)
+    if not valid.any():
+        raise ValueError(f"depth_metrics: no valid pixel (gt finite, > 0, inside ({min_depth}, {max_depth}), "
+                         f"inside mask, with a usable prediction) among {gt.size}")
+    scale, shift = 1.0, 0.0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if alignment == "scale_shift":
+            x = pred if pred_kind == "disparity" else np.where(pred > 0, 1.0 / pred, np.nan)
+            scale, shift = fit_scale_shift(x, 1.0 / gt, valid, mode="scale_shift")
+            floor = 1.0 / max_depth if max_depth is not None else _MIN_INV_DEPTH
+            depth = 1.0 / np.maximum(scale * x + shift, floor)
+        else:
+            depth = np.where(pred > 0, 1.0 / pred, np.nan) if pred_kind == "disparity" else pred.copy()
+            if alignment == "median":
+                scale, _ = fit_scale_shift(depth, gt, valid, mode="median")
+                depth = depth * scale
+    if min_depth is not None or max_depth is not None:
+        depth = np.clip(depth, min_depth, max_depth)
+    return depth, valid, float(scale), float(shift)
+
+
 def depth_metrics(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = None, *,
                   alignment: str = "median", pred_kind: str = "depth", min_depth: float | None = None,
                   max_depth: float | None = None) -> dict[str, float]:
@@ -103,39 +145,10 @@ def depth_metrics(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = No
         ValueError: unknown ``alignment``/``pred_kind``, shape mismatch (both shapes quoted), bad range, or no
             valid pixel.
     """
-    if alignment not in ALIGNMENTS:
-        raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}")
-    if pred_kind not in PRED_KINDS:
-        raise ValueError(f"pred_kind must be one of {PRED_KINDS}, got {pred_kind!r}")
-    pred = np.asarray(pred, dtype=np.float64)
-    gt = np.asarray(gt, dtype=np.float64)
-    if pred.shape != gt.shape:
-        raise ValueError(f"pred shape {pred.shape} does not match gt shape {gt.shape}")
-    if min_depth is not None and max_depth is not None and not min_depth < max_depth:
-        raise ValueError(f"need min_depth < max_depth, got min_depth={min_depth}, max_depth={max_depth}")
-    positive = not (alignment == "scale_shift" and pred_kind == "disparity")
-    valid = _valid_mask(pred, gt, mask, min_depth, max_depth, positive)
-    n_valid = int(valid.sum())
-    if n_valid == 0:
-        raise ValueError(f"depth_metrics: no valid pixel (gt finite, > 0, inside ({min_depth}, {max_depth}), "
-                         f"inside mask, with a usable prediction) among {gt.size}")
-    p, g = pred[valid], gt[valid]
-    scale, shift = 1.0, 0.0
-    if alignment == "scale_shift":
-        x = p if pred_kind == "disparity" else 1.0 / p
-        scale, shift = fit_scale_shift(x, 1.0 / g, mode="scale_shift")
-        floor = 1.0 / max_depth if max_depth is not None else _MIN_INV_DEPTH
-        p = 1.0 / np.maximum(scale * x + shift, floor)
-    else:
-        if pred_kind == "disparity":
-            p = 1.0 / p
-        if alignment == "median":
-            scale, _ = fit_scale_shift(p, g, mode="median")
-            p = p * scale
-    if min_depth is not None or max_depth is not None:
-        p = np.clip(p, min_depth, max_depth)
-    errors: dict[str, float] = compute_errors(g, p)
-    errors.update(scale=float(scale), shift=float(shift), n_valid=n_valid)
+    depth, valid, scale, shift = align_prediction(pred, gt, mask, alignment=alignment, pred_kind=pred_kind,
+                                                  min_depth=min_depth, max_depth=max_depth)
+    errors: dict[str, float] = compute_errors(np.asarray(gt, dtype=np.float64)[valid], depth[valid])
+    errors.update(scale=scale, shift=shift, n_valid=int(valid.sum()))
     return errors
 
 

@@ -61,3 +61,53 @@ def render_training_set(root: str | Path, n_clips: int, frames_per_clip: int = 8
         if progress is not None:
             progress(i + 1)
     return folders
+
+
+# -- the default model ------------------------------------------------------------------------------------------
+DEFAULT_RECIPE = dict(
+    n_clips=240, frames_per_clip=8, data_seed=0,
+    train=dict(dataset="synthetic", model="random:surgical-depth-tiny", loss="l1", lr=2e-4, decoder_lr_mult=3.0,
+               weight_decay=0.05, batch_size=16, max_steps=2400, input_size=(126, 168), val_fraction=0.05,
+               warmup_steps=100, clip_grad_norm=1.0, head_bias=1.0, augment=True, seed=0, log_every=100,
+               save_every=200, max_depth=300.0),
+    inference_input_size=168,
+)
+
+
+def train_default_model(output: str | Path, *, resume: bool = False, max_steps: int | None = None,
+                        n_clips: int | None = None, device: str = "auto") -> Path:
+    """Reproduce the shipped default model: render the training set (``output/data``), train
+    (``output/run``), export the best weights as fp16 safetensors with a model card.
+
+    ``max_steps`` and ``n_clips`` shorten the run (tests); the shipped weights use :data:`DEFAULT_RECIPE`
+    unchanged.
+    Returns the exported ``output/surgical-depth-default.safetensors``.
+    """
+    import dataclasses
+    import json
+
+    import torch
+
+    from SurgicalDepthLib.checkpoints import save_checkpoint
+    from SurgicalDepthLib.loading import load_model
+
+    from .training import TrainConfig, train
+
+    output = Path(output)
+    recipe = DEFAULT_RECIPE
+    data = output / "data"
+    log.info("rendering %d training clips into %s", recipe["n_clips"], data)
+    render_training_set(data, n_clips or recipe["n_clips"], recipe["frames_per_clip"], recipe["data_seed"])
+    options = dict(recipe["train"], root=str(data), output=str(output / "run"), device=device)
+    if max_steps is not None:
+        options.update(max_steps=max_steps, warmup_steps=min(options["warmup_steps"], max(1, max_steps // 10)))
+    best = train(TrainConfig(**options), resume=resume)
+    model = load_model(best, device="cpu")
+    model.config = dataclasses.replace(model.config, input_size=recipe["inference_input_size"])
+    target = output / "surgical-depth-default.safetensors"
+    card = {"name": "surgical-depth-default", "recipe": json.dumps(recipe, default=list),
+            "training_data": "procedural synthetic scenes only (colon, stomach, small intestine, surgical field)",
+            "output": "relative depth: disparity (larger = nearer), affine-invariant; no metric scale",
+            "license": "Apache-2.0"}
+    save_checkpoint(target, model, extra=card, dtype=torch.float16)
+    return target

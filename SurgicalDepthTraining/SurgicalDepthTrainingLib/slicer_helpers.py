@@ -25,7 +25,7 @@ DATASET_NAMES = ("synthetic", "colondepth", "endoslam", "c3vd", "simcol3d", "sca
 LOSSES = ("ssi", "silog", "l1")
 ALIGNMENTS = ("median", "scale_shift", "none")
 METRIC_KEYS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
-CLI_MODULE = "SurgicalDepthLib.cli"
+CLI_MODULE = "SurgicalDepthTrainingLib"  # python -m: full CLI, no installed entry point needed (Slicer)
 
 _EPOCH = re.compile(r"\bepoch\s*[:=]?\s*(\d+)\s*/\s*(\d+)", re.IGNORECASE)
 _STEP = re.compile(r"\b(?:step|iter|batch)\s*[:=]?\s*(\d+)\s*/\s*(\d+)", re.IGNORECASE)

@@ -62,7 +62,8 @@ def test_median_scaling_equals_reference_protocol():
 
 def test_disparity_is_inverted_before_median_scaling():
     gt = scene(np.random.default_rng(3))
-    disp = 250.0 / gt
+    with np.errstate(divide="ignore"):
+        disp = 250.0 / gt
     disp[2, 2] = 0.0  # zero disparity: cannot be inverted, excluded
     m = depth_metrics(disp, gt, pred_kind="disparity")
     assert m["abs_rel"] == pytest.approx(0, abs=1e-12) and m["a1"] == 1.0
@@ -71,12 +72,15 @@ def test_disparity_is_inverted_before_median_scaling():
 
 def test_scale_shift_recovers_affine_disparity_exactly():
     gt = scene(np.random.default_rng(4))
-    disp = 3.5 * (1.0 / gt) - 0.01  # affine in inverse depth, some values negative: still fitted
+    with np.errstate(divide="ignore"):
+        inv = 1.0 / gt
+    disp = 3.5 * inv - 0.05  # affine in inverse depth, negative beyond 70 mm: still fitted
+    assert (disp < 0).any()
     m = depth_metrics(disp, gt, alignment="scale_shift", pred_kind="disparity")
     assert m["abs_rel"] == pytest.approx(0, abs=1e-9) and m["a1"] == 1.0
-    assert m["scale"] == pytest.approx(1 / 3.5) and m["shift"] == pytest.approx(0.01 / 3.5)
+    assert m["scale"] == pytest.approx(1 / 3.5) and m["shift"] == pytest.approx(0.05 / 3.5)
     # a depth prediction is fitted on its inverse
-    m = depth_metrics(1.0 / (2.0 / gt + 0.003), gt, alignment="scale_shift")
+    m = depth_metrics(1.0 / (2.0 * inv + 0.003), gt, alignment="scale_shift")
     assert m["abs_rel"] == pytest.approx(0, abs=1e-9)
 
 

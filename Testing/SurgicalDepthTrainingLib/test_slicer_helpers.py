@@ -28,7 +28,7 @@ def test_train_recipe_validation():
 
 def test_train_command_single_process():
     cmd = sh.train_command("/slicer/bin/PythonSlicer", _recipe(lr=1e-5, batch_size=8, epochs=3, input_size=266))
-    assert cmd == ["/slicer/bin/PythonSlicer", "-m", "SurgicalDepthLib.cli", "train", "--dataset", "c3vd",
+    assert cmd == ["/slicer/bin/PythonSlicer", "-m", "SurgicalDepthTrainingLib", "train", "--dataset", "c3vd",
                    "--root", "/data/c3vd", "--output", "/runs/a", "--model", "default", "--loss", "ssi",
                    "--lr", "1e-05", "--batch-size", "8", "--epochs", "3", "--input-size", "266"]
 
@@ -36,7 +36,7 @@ def test_train_command_single_process():
 def test_train_command_options_and_torchrun():
     cmd = sh.train_command("py", _recipe(lora_rank=8, freeze_encoder=True), n_gpus=4, resume=True)
     assert cmd[:7] == ["py", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "-m",
-                       "SurgicalDepthLib.cli"]
+                       "SurgicalDepthTrainingLib"]
     assert cmd[7] == "train"
     assert cmd[cmd.index("--lora") + 1] == "8" and "--freeze-encoder" in cmd and cmd[-1] == "--resume"
     assert "--lora" not in sh.train_command("py", _recipe())
@@ -46,10 +46,10 @@ def test_train_command_options_and_torchrun():
 
 def test_synth_and_evaluate_commands():
     assert sh.synth_command("py", "/d", frames=12, seed=3, organ="colon") == [
-        "py", "-m", "SurgicalDepthLib.cli", "synth", "--output", "/d", "--frames", "12", "--seed", "3",
+        "py", "-m", "SurgicalDepthTrainingLib", "synth", "--output", "/d", "--frames", "12", "--seed", "3",
         "--organ", "colon"]
     assert sh.evaluate_command("py", "scared", "/s", "m.pth", "/o/r.json", "scale_shift") == [
-        "py", "-m", "SurgicalDepthLib.cli", "evaluate", "--dataset", "scared", "--root", "/s", "--model", "m.pth",
+        "py", "-m", "SurgicalDepthTrainingLib", "evaluate", "--dataset", "scared", "--root", "/s", "--model", "m.pth",
         "--alignment", "scale_shift", "--output", "/o/r.json"]
     with pytest.raises(ValueError, match="alignment"):
         sh.evaluate_command("py", "scared", "/s", "m", "/o.json", "mean")
@@ -59,13 +59,12 @@ def test_synth_and_evaluate_commands():
 
 @pytest.mark.parametrize("which", ["train", "synth", "evaluate"])
 def test_commands_parse_with_the_real_cli(which):
-    """The argv the panel builds must be accepted by ``surgical-depth`` (skipped until the command exists)."""
+    """The argv the panel builds must be accepted by ``surgical-depth``."""
     from SurgicalDepthLib.cli import build_parser
 
     parser = build_parser()
     commands = parser._subparsers._group_actions[0].choices  # argparse keeps sub-parsers here
-    if which not in commands:
-        pytest.skip(f"surgical-depth {which} is not registered yet")
+    assert which in commands
     argv = {"train": sh.train_command("py", _recipe(lora_rank=4, freeze_encoder=True)),
             "synth": sh.synth_command("py", "/d", frames=4, seed=1),
             "evaluate": sh.evaluate_command("py", "c3vd", "/s", "default", "/o.json")}[which]
@@ -139,8 +138,4 @@ def test_last_lines():
 def test_dataset_names_equal_the_dataset_registry():
     import SurgicalDepthTrainingLib as sdt
 
-    try:
-        names = set(sdt.list_datasets())
-    except ModuleNotFoundError:
-        pytest.skip("SurgicalDepthTrainingLib.datasets is not available yet")
-    assert set(sh.DATASET_NAMES) == names
+    assert set(sh.DATASET_NAMES) == set(sdt.list_datasets())

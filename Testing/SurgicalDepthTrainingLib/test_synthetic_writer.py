@@ -41,7 +41,7 @@ def test_round_trip(tmp_path):
         raw = cv2.imread(str(root / "depth" / f"{i:06d}.png"), cv2.IMREAD_UNCHANGED)
         assert raw.dtype == np.uint16 and raw.shape == f["depth"].shape
         np.testing.assert_array_equal(raw > 0, f["valid"])
-        assert np.abs(raw[f["valid"]] * 0.01 - f["depth"][f["valid"]]).max() <= 0.005 + 1e-6
+        assert np.abs(raw[f["valid"]] * 0.01 - f["depth"][f["valid"]].astype(np.float64)).max() <= 0.005 + 1e-6
     assert not list(tmp_path.glob(".*")), "temporary files left behind"
 
 

@@ -20,7 +20,20 @@ class CliError(Exception):
     """An error the user can fix; printed as one line, exit code 2."""
 
 
-def build_parser() -> argparse.ArgumentParser:
+def input_size_arg(text: str) -> int:
+    """argparse type of ``--input-size``: a positive multiple of 14."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 14 or value % 14:
+        raise argparse.ArgumentTypeError(f"must be a positive multiple of 14, got {value}")
+    return value
+
+
+def build_parser(extra: tuple = ()) -> argparse.ArgumentParser:
+    """The full parser. ``extra``: more ``register(subparsers)`` functions (used by ``python -m
+    SurgicalDepthTrainingLib``, which works without an installed entry point, e.g. inside 3D Slicer)."""
     parser = argparse.ArgumentParser(
         prog="surgical-depth",
         description="Monocular depth for surgical video (Depth Anything V1/V2) and 3D reconstruction.",
@@ -29,13 +42,18 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in _CORE_COMMANDS:
         importlib.import_module(f"{__name__}.{name}").register(subparsers)
+    registrars = list(extra)
     for ep in sorted(entry_points(group="surgical_depth.commands"), key=lambda e: e.name):
-        ep.load()(subparsers)
+        func = ep.load()
+        if func not in registrars:
+            registrars.append(func)
+    for register in registrars:
+        register(subparsers)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, extra: tuple = ()) -> int:
+    parser = build_parser(extra)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     try:

@@ -28,7 +28,7 @@ from ..colormap import colorize, robust_range, to_disparity
 from ..depth_io import DepthSequenceWriter, save_depth
 from ..temporal import TemporalAligner
 from ..video import IMAGE_SUFFIXES, FrameReader, is_video_file, list_images, open_frames, read_image
-from . import CliError
+from . import CliError, input_size_arg
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--colormap", action="store_true",
                    help="also write colour PNGs (red = near, blue = far); for videos also a side-by-side mp4 "
                         "and a 4D NRRD sequence for 3D Slicer")
-    p.add_argument("--input-size", type=int, default=518,
-                   help="network input: both sides at least this many pixels (multiple of 14)")
+    p.add_argument("--input-size", type=input_size_arg, default=None,
+                   help="network input lower bound, multiple of 14 (default: the model's own, 518 for official models)")
     p.add_argument("--batch-size", type=int, default=4, help="frames per inference batch")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps (auto: cuda, then mps, then cpu)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
@@ -239,13 +239,11 @@ def _predict_sequence(model, source: str, name: str, args: argparse.Namespace, e
 def run(args: argparse.Namespace) -> int:
     from ..loading import load_model  # lazy: torch import only when the command runs
 
-    for name in ("batch_size", "stride", "input_size"):
+    for name in ("batch_size", "stride"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.max_frames is not None and args.max_frames < 1:
         raise ValueError(f"--max-frames must be >= 1, got {args.max_frames}")
-    if args.input_size % 14:
-        raise ValueError(f"--input-size must be a multiple of 14, got {args.input_size}")
     images, sequences = _plan(args)
     args.output.mkdir(parents=True, exist_ok=True)
     ext = "." + args.format

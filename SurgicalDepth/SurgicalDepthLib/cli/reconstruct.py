@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .._atomic import atomic_path
-from . import CliError
+from . import CliError, input_size_arg
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,8 @@ def register(subparsers) -> None:
     p.add_argument("--every", type=int, default=1, help="write per-frame outputs for every N-th frame only")
     p.add_argument("--stride", type=int, default=1, help="use every N-th source frame")
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
-    p.add_argument("--input-size", type=int, default=518, help="network input lower bound (multiple of 14)")
+    p.add_argument("--input-size", type=input_size_arg, default=None,
+                   help="network input lower bound, multiple of 14 (default: the model's own, 518 for official models)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
     p.add_argument("--format", default="ply", choices=["ply", "vtp", "vtk", "stl", "obj"],
                    help="file format of clouds and meshes")
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from ..camera import parse_intrinsics
     from ..icp import PoseTracker
 
-    for name in ("every", "stride", "input_size"):
+    for name in ("every", "stride"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     near, far = args.depth_range

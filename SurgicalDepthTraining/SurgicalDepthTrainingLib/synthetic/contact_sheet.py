@@ -1,6 +1,10 @@
 """Contact sheet of synthetic frames: per organ a row of RGB frames above their colour-mapped depth.
 
 Depth is shown as normalised inverse depth through OpenCV's JET map, so near is red and far is blue.
+The README figure is made with::
+
+    python -c "from SurgicalDepthTrainingLib.synthetic import contact_sheet; \
+               contact_sheet('Resources/Figures/synthetic_contact_sheet.png')"
 """
 from __future__ import annotations
 
@@ -62,14 +66,3 @@ def contact_sheet(path: str | os.PathLike, organs: Sequence[str] = ORGANS, colum
             raise OSError(f"cv2.imwrite failed for {path}")
     return path
 
-
-if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Render the synthetic-scene contact sheet PNG.")
-    parser.add_argument("output", type=Path, help="output PNG path")
-    parser.add_argument("--columns", type=int, default=4, help="seeds per organ")
-    parser.add_argument("--fisheye", action="store_true", help="render through a fisheye lens (fov 140)")
-    ns = parser.parse_args()
-    extra = {"fisheye": True, "fov_deg": 140.0} if ns.fisheye else {}
-    print(contact_sheet(ns.output, columns=ns.columns, **extra))

@@ -19,7 +19,7 @@ from .config import SceneConfig
 from .organs import build_scene
 from .raycast import camera_rays, cast, rotate
 from .scenes import Scene, TubeSurface
-from .shading import expose, normals_from_points, shade
+from .shading import expose, normals_from_points, shade, vignette_map
 from .trajectory import field_trajectory, tube_trajectory
 
 logger = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ class SceneGenerator:
         self.scene: Scene = build_scene(config)
         self.intrinsics = make_intrinsics(config, np.random.default_rng([config.seed, 31]))
         self._dirs, self._lens = camera_rays(self.intrinsics)
+        self._vignette = vignette_map(config.height, config.width, config.vignetting)
 
     @property
     def rays(self) -> tuple[np.ndarray, np.ndarray]:
@@ -136,7 +137,7 @@ class SceneGenerator:
             shininess[tool & valid] = np.where(metal, 40.0, 25.0)
         mat = scene.material
         radiance = shade(albedo, normals, self._dirs, length, valid, specular, shininess, mat["ambient"])
-        image = expose(radiance, valid, mat["exposure"], mat["gamma"], cfg.vignetting, mat["saturation"])
+        image = expose(radiance, valid, mat["exposure"], mat["gamma"], self._vignette, mat["saturation"])
         rng = np.random.default_rng([cfg.seed, 211, index])
         image = effects.add_smoke(image, np.where(valid, depth, 0.0), valid, cfg.smoke, rng)
         image = effects.add_blood(image, cfg.blood, rng)

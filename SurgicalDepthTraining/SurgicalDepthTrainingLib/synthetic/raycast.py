@@ -165,7 +165,8 @@ def trace(field: Field, lipschitz: float, origin: np.ndarray, dirs: np.ndarray, 
         t_max: largest ray length searched, mm: a scalar or float [N] per ray.
         min_step: smallest march step, mm (features thinner than this along a ray may be stepped over).
         min_step_per_mm: the smallest step grows by this much per mm of ray length (cone tracing: about half a
-            pixel footprint, so far, sub-pixel features cost no extra steps).
+            pixel footprint, so far, sub-pixel features cost no extra steps). Both minimums double every 15
+            iterations after the 30th, for the few rays that graze a wall for a long stretch.
         tol: bracket width at which refinement stops, mm.
         t_start: float [N] ray lengths known to be in free space before the first hit (e.g. from
             ``march_bound``); default 0.
@@ -189,10 +190,13 @@ def trace(field: Field, lipschitz: float, origin: np.ndarray, dirs: np.ndarray, 
     ids = np.arange(n)  # working set, compacted as rays finish
     brackets_idx, brackets = [], []
     evaluations = 0
-    for _ in range(max_iter):
+    for it in range(max_iter):
         if ids.size == 0:
             break
         evaluations += ids.size
+        if it >= 30 and it % 15 == 0:
+            # the last few rays graze the wall (|F| stays small); longer minimum steps end the costly tail
+            floor0, floor_k = 2 * floor0, 2 * floor_k
         t_new = np.minimum(t + np.maximum(-f * inv_l, floor0 + floor_k * t), t_end)
         f_new = field(o32 + d * t_new[:, None])
         crossed = f_new >= 0
@@ -235,10 +239,12 @@ def cast(surface, pose: np.ndarray, dirs: np.ndarray, lens: np.ndarray, max_dept
          min_step_per_mm: float = 0.0, coarse: int = 4) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Exact geometry of a camera at ``pose`` looking at ``surface`` (and an optional closed-form ``instrument``).
 
-    Coarse-to-fine: every ``coarse``-th pixel is traced from the camera first; every pixel then starts its own
-    sphere tracing at 92 % of the nearest hit among the surrounding coarse rays (a guess that is verified: a
-    start found inside tissue falls back to tracing from the camera), so most rays need only a few steps.
-    ``coarse=1`` traces every ray from the camera.
+    Coarse-to-fine: every ``coarse``-th pixel is traced from the camera first. Where the four enclosing coarse
+    hits agree within 10 %, a pixel brackets its hit in [0.96, 1.04] x their bilinear interpolation (two field
+    evaluations) and refines it; every other pixel sphere-traces from 92 % of the nearest surrounding coarse hit
+    (verified to be in free space, else from the camera). Only slivers narrower than the coarse spacing seen at
+    grazing incidence can be stepped over (tested: < 0.5 % of pixels differ from full tracing). ``coarse=1``
+    traces every ray from the camera.
 
     Args:
         surface: object with ``field``, ``lipschitz``, ``bound``, ``envelope_lipschitz`` (``TubeSurface``,
@@ -269,7 +275,7 @@ def cast(surface, pose: np.ndarray, dirs: np.ndarray, lens: np.ndarray, max_dept
         t_c = np.zeros(sub_lens.shape)  # outside the lens: 0, so neighbours start at the camera
         t_c[sub_lens] = np.minimum(_first_hits(surface, origin, world[sub][sub_lens], t_max[sub][sub_lens],
                                                min_step_per_mm), t_max[sub][sub_lens])
-        hit_c = t_c < t_max[sub]
+        hit_c = sub_lens & (t_c < t_max[sub])
         # bilinear guess from the four enclosing coarse rays where they all hit and agree within 10 %
         ci = np.searchsorted(rows, np.arange(h), side="right") - 1
         cj = np.searchsorted(cols, np.arange(w), side="right") - 1

@@ -73,7 +73,15 @@ def shade(albedo: np.ndarray, normals: np.ndarray, dirs: np.ndarray, ray_length:
     return radiance.astype(np.float32)
 
 
-def expose(radiance: np.ndarray, valid: np.ndarray, exposure: float, gamma: float, vignetting: float,
+def vignette_map(height: int, width: int, strength: float) -> np.ndarray:
+    """Multiplier ``1 - strength * (r / r_corner)²`` (r from the image centre), float32 [H, W]."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    r2 = ((xx - (width - 1) / 2) ** 2 + (yy - (height - 1) / 2) ** 2) / (
+        ((width - 1) / 2) ** 2 + ((height - 1) / 2) ** 2)
+    return (1.0 - strength * r2).astype(np.float32)
+
+
+def expose(radiance: np.ndarray, valid: np.ndarray, exposure: float, gamma: float, vignette: np.ndarray,
            saturation: float = 1.0, percentile: float = 90.0) -> np.ndarray:
     """Auto-exposure, vignetting, highlight roll-off and gamma: linear radiance -> display values in [0, 1].
 
@@ -82,18 +90,15 @@ def expose(radiance: np.ndarray, valid: np.ndarray, exposure: float, gamma: floa
         valid: bool [H, W] pixels used for the exposure statistic.
         exposure: the ``percentile`` of the luminance of valid pixels is mapped to this value.
         gamma: display gamma (2.2 ≈ sRGB).
-        vignetting: darkening at the image corners, ``1 - vignetting * (r / r_corner)^2``.
+        vignette: float [H, W] multiplier for the corner darkening (``vignette_map``).
         saturation: colour gain around the grey value after gamma (endoscope processors boost reds).
     Returns:
         float32 [H, W, 3] in [0, 1].
     """
-    h, w = radiance.shape[:2]
     peak = radiance.max(axis=-1)  # the brightest channel saturates first: expose on it to keep colours
     ref = float(np.percentile(peak[valid], percentile)) if valid.any() else 1.0
     x = radiance * (exposure / max(ref, 1e-9))
-    yy, xx = np.mgrid[0:h, 0:w]
-    r2 = ((xx - (w - 1) / 2) ** 2 + (yy - (h - 1) / 2) ** 2) / (((w - 1) / 2) ** 2 + ((h - 1) / 2) ** 2)
-    x *= (1.0 - vignetting * r2)[..., None]
+    x *= vignette[..., None]
     # soft shoulder above the knee so specular highlights saturate smoothly, like a sensor's knee
     knee = 0.8
     over = np.maximum(x - knee, 0.0)

@@ -30,7 +30,7 @@ DEPTH_ENCODING = "uint16 png, depth_mm = value * 0.01, 0 = invalid"
 
 def encode_depth(depth: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """float depth in mm [H, W] + validity -> uint16 [H, W] (``round(depth / 0.01)``, 0 = invalid/out of range)."""
-    value = np.round(np.where(valid, depth, 0.0) / DEPTH_SCALE_MM)
+    value = np.round(np.where(valid, depth, 0.0).astype(np.float64) / DEPTH_SCALE_MM)
     value = np.where((value > 0) & (value <= 65535), value, 0)
     return value.astype(np.uint16)
 

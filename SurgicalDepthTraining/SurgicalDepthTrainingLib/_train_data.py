@@ -1,0 +1,123 @@
+"""Training data: sample dicts -> fixed-size normalised tensors, with seeded augmentation.
+
+Every random choice of a sample (crop, flip, colour jitter) comes from ``np.random.default_rng([seed, epoch,
+index])``, so a sample's augmentation does not depend on worker processes, batch order or on whether the run
+was interrupted and resumed.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+
+def round_to_multiple(size: int, multiple: int = 14) -> int:
+    """Nearest multiple of ``multiple`` (halves round up), at least ``multiple``: 256 -> 252, 386 -> 392."""
+    if size < 1:
+        raise ValueError(f"input size must be >= 1, got {size}")
+    return max(multiple, int(size / multiple + 0.5) * multiple)
+
+
+def _color_jitter(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """Brightness, contrast and saturation factors in ``[1 - strength, 1 + strength]``; float32 RGB in [0, 1]."""
+    b, c, s = rng.uniform(1 - strength, 1 + strength, 3)
+    image = image * b
+    mean = image.mean()
+    image = (image - mean) * c + mean
+    gray = image @ np.array([0.299, 0.587, 0.114], np.float32)
+    image = (image - gray[..., None]) * s + gray[..., None]
+    return np.clip(image, 0.0, 1.0).astype(np.float32)
+
+
+class DepthTransform:
+    """Resize (keep aspect, cover the target), crop to ``size``, optional augmentation, ImageNet normalisation.
+
+    Input: a sample dict (``image`` uint8 [H, W, 3] RGB, ``depth`` float32 [H, W], ``valid`` bool [H, W];
+    ``depth``/``valid`` optional for unlabeled data). Output: ``image`` float32 [3, h, w] normalised,
+    ``depth`` float32 [h, w] (0 where invalid), ``valid`` bool [h, w]; with ``strong=True`` also
+    ``image_strong`` (the same crop with strong colour distortion, for semi-supervised students).
+    Depth and validity are resized with nearest neighbour so invalid pixels never blend into valid ones.
+    Crops are random when ``train`` (else centred); ``augment`` adds a horizontal flip (p = 0.5) and colour
+    jitter (±0.2).
+    """
+
+    def __init__(self, size: tuple[int, int], mean: Sequence[float], std: Sequence[float], *, train: bool,
+                 augment: bool, strong: bool = False) -> None:
+        self.size = (int(size[0]), int(size[1]))
+        self.mean = np.asarray(mean, np.float32)
+        self.std = np.asarray(std, np.float32)
+        self.train, self.augment, self.strong = train, augment, strong
+
+    def _normalise(self, image: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(((image - self.mean) / self.std).transpose(2, 0, 1).copy())
+
+    def __call__(self, sample: dict[str, Any], rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        image = np.asarray(sample["image"])
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(f"sample 'image' must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
+        H, W = image.shape[:2]
+        th, tw = self.size
+        scale = max(th / H, tw / W)
+        rh, rw = max(th, round(H * scale)), max(tw, round(W * scale))
+        y0 = int(rng.integers(0, rh - th + 1)) if self.train else (rh - th) // 2
+        x0 = int(rng.integers(0, rw - tw + 1)) if self.train else (rw - tw) // 2
+        flip = self.augment and rng.random() < 0.5
+        img = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_CUBIC)[y0:y0 + th, x0:x0 + tw]
+        img = img.astype(np.float32) / 255.0
+        out: dict[str, torch.Tensor] = {}
+        if "depth" in sample and sample["depth"] is not None:
+            depth = np.asarray(sample["depth"], np.float32)
+            valid = np.asarray(sample.get("valid", np.ones(depth.shape, bool)), bool)
+            if depth.shape != (H, W) or valid.shape != (H, W):
+                raise ValueError(f"sample depth {depth.shape} / valid {valid.shape} must match image {(H, W)}")
+            valid = valid & np.isfinite(depth) & (depth > 0)
+            depth = cv2.resize(np.where(valid, depth, 0), (rw, rh), interpolation=cv2.INTER_NEAREST)
+            valid = cv2.resize(valid.astype(np.uint8), (rw, rh), interpolation=cv2.INTER_NEAREST) > 0
+            depth, valid = depth[y0:y0 + th, x0:x0 + tw], valid[y0:y0 + th, x0:x0 + tw]
+            if flip:
+                depth, valid = depth[:, ::-1], valid[:, ::-1]
+            out["depth"] = torch.from_numpy(np.ascontiguousarray(depth))
+            out["valid"] = torch.from_numpy(np.ascontiguousarray(valid))
+        if flip:
+            img = img[:, ::-1]
+        base = _color_jitter(img, rng, 0.2) if self.augment else img
+        out["image"] = self._normalise(base)
+        if self.strong:  # Depth Anything's strong perturbation: heavy colour distortion + Gaussian blur
+            strong = _color_jitter(img, rng, 0.5)
+            if rng.random() < 0.5:
+                strong = cv2.GaussianBlur(strong, (0, 0), float(rng.uniform(0.1, 2.0)))
+            out["image_strong"] = self._normalise(strong)
+        return out
+
+
+class TransformedDataset(Dataset):
+    """``base[i]`` through ``transform`` with the generator ``default_rng([seed, epoch, i])``; set ``epoch``
+    before building each epoch's ``DataLoader``."""
+
+    def __init__(self, base: Dataset, transform: DepthTransform, seed: int, indices: Sequence[int] | None = None):
+        self.base, self.transform, self.seed = base, transform, int(seed)
+        self.indices = list(range(len(base))) if indices is None else list(indices)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        index = self.indices[i]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        return self.transform(self.base[index], rng)
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded random split of ``range(n)`` into ``(train, val)``, val with ``round(n·fraction)`` (>= 1) items."""
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    if n < 2:
+        raise ValueError(f"need >= 2 samples to split off a validation set, got {n}")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = min(n - 1, max(1, round(n * val_fraction)))
+    return sorted(perm[n_val:].tolist()), sorted(perm[:n_val].tolist())

@@ -1,0 +1,127 @@
+"""One epoch of optimisation and one validation pass (plain functions used by :func:`.training.train`)."""
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .losses import l1_loss, silog_loss, ssi_loss
+from .metrics import depth_metrics, mean_metrics
+from .semi import SemiTerm, capture_features
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainState:
+    """Progress counters, saved in every checkpoint. ``step`` counts optimizer steps over the whole run."""
+
+    epoch: int = 0
+    step: int = 0
+    step_in_epoch: int = 0
+    best_abs_rel: float = float("inf")
+    losses: list[float] = field(default_factory=list)
+
+
+def depth_target(batch: dict[str, torch.Tensor], output_kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(target, valid)`` for the model's output: inverse depth ``1/depth`` for a disparity (relative)
+    head, depth in the dataset's unit for a metric head; invalid pixels hold 0."""
+    depth, valid = batch["depth"].float(), batch["valid"].bool() & (batch["depth"] > 0)
+    if output_kind == "disparity":
+        return torch.where(valid, 1.0 / depth.clamp_min(1e-6), torch.zeros_like(depth)), valid
+    return torch.where(valid, depth, torch.zeros_like(depth)), valid
+
+
+def supervised_loss(pred: torch.Tensor, batch: dict[str, torch.Tensor], loss: str,
+                    output_kind: str) -> torch.Tensor:
+    """The configured loss (``l1|silog|ssi``) of ``pred [B, h, w]`` against the batch's ground truth.
+    L1 is mean-normalised for disparity heads (see :func:`.losses.l1_loss`), plain for metric heads."""
+    target, valid = depth_target(batch, output_kind)
+    pred = pred.float()
+    if loss == "l1":
+        return l1_loss(pred, target, valid, normalize=output_kind == "disparity")
+    if loss == "silog":
+        return silog_loss(pred, target, valid)
+    if loss == "ssi":
+        return ssi_loss(pred, target, valid)
+    raise ValueError(f"loss must be one of l1, silog, ssi; got {loss!r}")
+
+
+def train_one_epoch(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], optimizer: torch.optim.Optimizer,
+                    scheduler: Any, state: TrainState, *, loss: str, output_kind: str, grad_accum: int,
+                    device: torch.device, amp_dtype: torch.dtype | None, last_step: int,
+                    semi: SemiTerm | None = None, clip_grad_norm: float | None = None,
+                    on_step: Callable[[TrainState], bool] | None = None) -> bool:
+    """Optimise over ``batches`` (micro-batches; ``grad_accum`` of them make one optimizer step).
+
+    Args:
+        model: the (possibly DDP-wrapped) model in train mode.
+        semi: optional semi-supervised term: its unlabeled batch joins the last micro-batch of every optimizer
+            step (one student forward, as DDP requires).
+        last_step: stop once ``state.step`` reaches it.
+        clip_grad_norm: clip the global gradient norm before each optimizer step (None: no clipping).
+        on_step: called after every optimizer step; returning True stops the epoch early.
+    Returns:
+        True if training must stop (``last_step`` reached or ``on_step`` asked to stop).
+    """
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    micro = 0
+    running = 0.0
+    for batch in batches:
+        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        amp = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
+        extra = semi.prepare(state.step) if semi is not None and micro == grad_accum - 1 else None
+        n = batch["image"].shape[0]
+        x = batch["image"] if extra is None else torch.cat([batch["image"], extra.student_in])
+        with amp, capture_features(semi.core) if extra is not None else contextlib.nullcontext() as features:
+            out = model(x)
+            value = supervised_loss(out[:n], batch, loss, output_kind)
+            if extra is not None:
+                value = value + semi.loss(out[n:], features[-1][n:], extra)
+        (value / grad_accum).backward()
+        running += float(value.detach()) / grad_accum
+        micro += 1
+        if micro < grad_accum:
+            continue
+        if clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], clip_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        micro = 0
+        state.step += 1
+        state.step_in_epoch += 1
+        state.losses.append(running)
+        running = 0.0
+        if not np.isfinite(state.losses[-1]):
+            raise FloatingPointError(f"training loss is {state.losses[-1]} at step {state.step}")
+        stop = on_step(state) if on_step is not None else False
+        if state.step >= last_step or stop:
+            return True
+    return False
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], *, output_kind: str,
+             device: torch.device, min_depth: float | None = None,
+             max_depth: float | None = None) -> dict[str, float]:
+    """Validation: per-image metrics at the training resolution (median alignment, the protocol of
+    :func:`.metrics.depth_metrics`), averaged over images. ``model`` is the unwrapped model."""
+    was_training = model.training
+    model.eval()
+    per_image = []
+    for batch in batches:
+        pred = model(batch["image"].to(device)).float().cpu().numpy()
+        depth, valid = batch["depth"].numpy(), batch["valid"].numpy()
+        for p, d, v in zip(pred, depth, valid):
+            per_image.append(depth_metrics(p, d, v, alignment="median", pred_kind=output_kind,
+                                           min_depth=min_depth, max_depth=max_depth))
+    model.train(was_training)
+    return mean_metrics(per_image)

@@ -1,0 +1,85 @@
+"""``surgical-depth evaluate``: metrics of a model on a dataset -> JSON report (+ optional table and figure)."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("evaluate", help="measure a depth model on a dataset (JSON metrics report)",
+                              description="Predict every image of a dataset and compute AbsRel, SqRel, RMSE, "
+                                          "RMSE log and delta accuracies per image after per-image alignment "
+                                          "(monodepth2 protocol); the report holds their means and the "
+                                          "per-image values.")
+    p.add_argument("--dataset", required=True, help="dataset loader name (e.g. c3vd, scared, synthetic, folder)")
+    p.add_argument("--root", required=True, type=Path, help="dataset root folder (or one of its sequences)")
+    p.add_argument("--model", default="default",
+                   help="model: 'default', a registry name, a checkpoint file or a Hugging Face folder")
+    p.add_argument("--alignment", choices=("median", "scale_shift", "none"), default="median",
+                   help="per-image alignment before measuring (default median; 'none' for metric models)")
+    p.add_argument("--output", required=True, type=Path, help="report file (.json)")
+    p.add_argument("--split", default=None, help="dataset split (loader-specific; default everything found)")
+    p.add_argument("--input-size", type=int, default=518, help="model input size (default 518)")
+    p.add_argument("--min-depth", type=float, default=None,
+                   help="evaluation range lower bound in the dataset's unit (default: the dataset's)")
+    p.add_argument("--max-depth", type=float, default=None,
+                   help="evaluation range upper bound in the dataset's unit (default: the dataset's)")
+    p.add_argument("--batch-size", type=int, default=1, help="images predicted together (default 1)")
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps (default auto)")
+    p.add_argument("--table", type=Path, default=None, help="also write a Markdown table (.md) of the result")
+    p.add_argument("--figure", type=Path, default=None,
+                   help="also write a PNG of RGB | ground truth | prediction for up to 4 images")
+    p.set_defaults(func=run)
+
+
+def _figure_rows(model, dataset, report: dict, input_size: int, n: int = 4) -> list[dict]:
+    import numpy as np
+
+    from SurgicalDepthTrainingLib.metrics import align_prediction
+
+    lo, hi = report["eval_range"]
+    rows = []
+    for i in np.unique(np.linspace(0, len(dataset) - 1, min(n, len(dataset))).round().astype(int)):
+        sample = dataset[int(i)]
+        pred = model.infer_image(sample["image"], input_size)
+        depth, _, _, _ = align_prediction(pred, sample["depth"], sample.get("valid"),
+                                          alignment=report["alignment"], pred_kind=model.output_kind,
+                                          min_depth=lo, max_depth=hi)
+        rows.append({"image": sample["image"], "gt": sample["depth"], "pred": depth, "valid": sample.get("valid"),
+                     "name": Path(str(sample.get("name", i))).name})
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    import SurgicalDepthLib as sd
+
+    from SurgicalDepthTrainingLib.datasets import open_dataset
+    from SurgicalDepthTrainingLib.evaluation import evaluate
+    from SurgicalDepthTrainingLib.reports import markdown_table, qualitative_figure, write_report, write_table
+
+    for flag, path, suffix in (("--output", args.output, ".json"), ("--table", args.table, ".md"),
+                               ("--figure", args.figure, ".png")):
+        if path is not None and path.suffix.lower() != suffix:
+            raise ValueError(f"{flag} must be a {suffix} file, got {path}")
+        if path is not None and not path.parent.is_dir():
+            raise FileNotFoundError(f"{flag} folder {path.parent} does not exist")
+    dataset = open_dataset(args.dataset, args.root, args.split)
+    model = sd.load_model(args.model, device=args.device)
+    report = evaluate(model, dataset, alignment=args.alignment, input_size=args.input_size,
+                      min_depth=args.min_depth, max_depth=args.max_depth, batch_size=args.batch_size)
+    report["dataset"] = args.dataset
+    report["root"] = str(args.root)
+    report["model"] = args.model
+    rows = _figure_rows(model, dataset, report, args.input_size) if args.figure is not None else None
+    write_report(report, args.output)
+    if args.table is not None:
+        write_table(markdown_table({Path(args.model).name: [report]}), args.table)
+    if rows is not None:
+        qualitative_figure(rows, args.figure)
+    m = report["metrics"]
+    print(f"{args.dataset}: {report['n_images']} images, AbsRel {m['abs_rel']:.4f}, delta1 {m['a1']:.4f} "
+          f"-> {args.output}")
+    return 0

@@ -1,0 +1,94 @@
+"""``surgical-depth train``: fine-tune a depth model (resumable; launch with torchrun for several GPUs)."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="fine-tune a depth model on a dataset (resumable, torchrun-ready)",
+                              description="Fine-tune Depth Anything on RGB + depth data. Writes last.pt (resume "
+                                          "point), best.safetensors (best validation AbsRel, loadable with "
+                                          "--model), train_config.json and log.csv into --output. For DDP: "
+                                          "torchrun --nproc_per_node N -m SurgicalDepthLib.cli train ...")
+    p.add_argument("--recipe", choices=("default",), default=None,
+                   help="'default' reproduces the shipped default model from scratch: renders its synthetic "
+                        "training set into OUTPUT/data, trains, exports OUTPUT/surgical-depth-default.safetensors "
+                        "(other data/model/recipe flags are ignored)")
+    p.add_argument("--dataset", default=None, help="dataset loader name (e.g. synthetic, c3vd, scared, folder)")
+    p.add_argument("--root", default=None, type=Path, help="dataset root folder")
+    p.add_argument("--output", required=True, type=Path, help="output folder of the run")
+    p.add_argument("--split", default=None, help="training split (loader-specific; default everything found)")
+    p.add_argument("--val-split", default=None,
+                   help="validation split (default: hold out --val-fraction of the training data)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="held-out validation fraction (default 0.1)")
+    p.add_argument("--model", default="random:surgical-depth-tiny",
+                   help="start weights: a registry name, checkpoint, HF folder or random:<name> "
+                        "(default random:surgical-depth-tiny)")
+    p.add_argument("--loss", choices=("l1", "silog", "ssi"), default="l1", help="training loss (default l1)")
+    p.add_argument("--lora", type=int, default=0, metavar="RANK",
+                   help="LoRA rank on attention qkv, encoder otherwise frozen (default 0 = full fine-tuning)")
+    p.add_argument("--freeze-encoder", action="store_true", help="train the decoder only")
+    p.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
+    p.add_argument("--max-steps", type=int, default=None, help="optimizer steps; overrides --epochs")
+    p.add_argument("--batch-size", type=int, default=16, help="images per process per micro-batch (default 16)")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
+    p.add_argument("--lr", type=float, default=3e-5, help="encoder learning rate (default 3e-5)")
+    p.add_argument("--decoder-lr-mult", type=float, default=10.0, help="decoder lr multiplier (default 10)")
+    p.add_argument("--input-size", type=int, nargs="+", default=[256, 386], metavar="N",
+                   help="training crop H W (or one value for a square), rounded to multiples of 14 "
+                        "(default 256 386 -> 252 x 392)")
+    p.add_argument("--no-augment", action="store_true", help="disable flip and colour jitter")
+    p.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
+                   help="bf16 mixed precision (default auto: on for CUDA GPUs with bf16)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--num-workers", type=int, default=0, help="data loader worker processes (default 0)")
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps (default auto)")
+    p.add_argument("--min-depth", type=float, default=None, help="validation range lower bound (dataset unit)")
+    p.add_argument("--max-depth", type=float, default=None, help="validation range upper bound (dataset unit)")
+    p.add_argument("--unlabeled-dataset", default=None,
+                   help="semi-supervised: loader name of unlabeled frames (teacher pseudo-labels)")
+    p.add_argument("--unlabeled-root", default=None, help="semi-supervised: root of the unlabeled frames")
+    p.add_argument("--teacher", default=None, help="semi-supervised: teacher model (default: the start model)")
+    p.add_argument("--save-every", type=int, default=0, help="also checkpoint every N steps (default: epochs)")
+    p.add_argument("--log-every", type=int, default=0, help="also log a CSV row every N steps")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output from last.pt")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from SurgicalDepthTrainingLib.training import TrainConfig, train
+
+    if args.recipe == "default":
+        from SurgicalDepthTrainingLib.recipes import train_default_model
+
+        path = train_default_model(args.output, resume=args.resume, max_steps=args.max_steps, device=args.device)
+        print(f"default model: {path}")
+        return 0
+    if args.dataset is None or args.root is None:
+        raise ValueError("--dataset and --root are required (unless --recipe is given)")
+    if len(args.input_size) not in (1, 2):
+        raise ValueError(f"--input-size takes H W or one value, got {args.input_size}")
+    size = tuple(args.input_size) * (2 if len(args.input_size) == 1 else 1)
+    if not args.root.exists():
+        raise FileNotFoundError(f"--root {args.root} does not exist")
+    model = args.model
+    if not model.startswith("random:") and ("/" in model or "\\" in model or Path(model).suffix) \
+            and not Path(model).exists():
+        raise FileNotFoundError(f"--model {model} does not exist")
+    config = TrainConfig(
+        dataset=args.dataset, root=str(args.root), split=args.split, val_split=args.val_split,
+        val_fraction=args.val_fraction, model=model, loss=args.loss, lr=args.lr,
+        decoder_lr_mult=args.decoder_lr_mult, batch_size=args.batch_size, grad_accum=args.grad_accum,
+        epochs=args.epochs, max_steps=args.max_steps, input_size=size, freeze_encoder=args.freeze_encoder,
+        lora_rank=args.lora, augment=not args.no_augment, amp={"auto": None, "on": True, "off": False}[args.amp],
+        seed=args.seed, num_workers=args.num_workers, device=args.device, output=str(args.output),
+        min_depth=args.min_depth, max_depth=args.max_depth, unlabeled_dataset=args.unlabeled_dataset,
+        unlabeled_root=args.unlabeled_root, teacher=args.teacher, save_every=args.save_every,
+        log_every=args.log_every)
+    best = train(config, resume=args.resume)
+    print(f"best model: {best}")
+    return 0

@@ -1,0 +1,140 @@
+"""Evaluation of a depth model on a dataset: per-image metrics (the protocol of :mod:`.metrics`) -> report dict.
+
+The report (architecture.md, "Evaluation report")::
+
+    {"dataset", "root", "model", "alignment", "pred_kind", "n_images", "depth_range": [min, max],
+     "eval_range": [min_depth, max_depth], "input_size", "metrics": {mean of per-image values},
+     "per_image": [{"name", "abs_rel", ..., "scale", "shift", "n_valid"}], "notes"}
+
+``metrics`` is the mean of the per-image values (monodepth2 / SCARED protocol); ``depth_range`` is the range of
+the ground truth over the evaluated pixels.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+from .metrics import METRIC_KEYS, align_prediction, compute_errors, mean_metrics
+
+logger = logging.getLogger(__name__)
+
+_NOTES = {
+    ("median", "disparity"): "relative disparity inverted (1/d, d <= 0 not evaluated), then per-image median "
+                             "scaling pred * median(gt) / median(pred)",
+    ("median", "depth"): "per-image median scaling pred * median(gt) / median(pred)",
+    ("scale_shift", "disparity"): "per-image least-squares scale and shift of the disparity to 1/gt, then inverted",
+    ("scale_shift", "depth"): "per-image least-squares scale and shift of 1/pred to 1/gt, then inverted",
+    ("none", "disparity"): "disparity inverted, no scaling",
+    ("none", "depth"): "metric prediction used as is",
+}
+
+
+def evaluate_predictions(samples: Iterable[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]], *,
+                         alignment: str = "median", pred_kind: str = "depth", min_depth: float | None = None,
+                         max_depth: float | None = None) -> dict[str, Any]:
+    """The report body for given predictions.
+
+    Args:
+        samples: ``(name, pred [H, W], gt depth [H, W], valid bool [H, W] or None)`` per image.
+        alignment, pred_kind, min_depth, max_depth: see :func:`~.metrics.depth_metrics`.
+    Returns:
+        ``{"alignment", "pred_kind", "n_images", "depth_range", "eval_range", "metrics", "per_image", "notes"}``.
+    Raises:
+        ValueError: no samples; an image without valid pixels (its name is quoted).
+    """
+    per_image: list[dict[str, Any]] = []
+    lo, hi = np.inf, -np.inf
+    for name, pred, gt, valid in samples:
+        try:
+            depth, used, scale, shift = align_prediction(pred, gt, valid, alignment=alignment,
+                                                         pred_kind=pred_kind, min_depth=min_depth,
+                                                         max_depth=max_depth)
+        except ValueError as exc:
+            raise ValueError(f"image {name!r}: {exc}") from exc
+        g = np.asarray(gt, dtype=np.float64)[used]
+        m = {**compute_errors(g, depth[used]), "scale": scale, "shift": shift, "n_valid": int(used.sum())}
+        lo, hi = min(lo, float(g.min())), max(hi, float(g.max()))
+        per_image.append({"name": str(name), **m})
+    if not per_image:
+        raise ValueError("evaluate: no images to evaluate")
+    return {
+        "alignment": alignment,
+        "pred_kind": pred_kind,
+        "n_images": len(per_image),
+        "depth_range": [lo, hi],
+        "eval_range": [min_depth, max_depth],
+        "metrics": mean_metrics(per_image),
+        "per_image": per_image,
+        "notes": _NOTES[(alignment, pred_kind)] + "; metrics are means of per-image values",
+    }
+
+
+def _predictions(model: Any, dataset: Any, input_size: int, batch_size: int,
+                 progress: bool) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]]:
+    from tqdm import tqdm
+
+    indices = tqdm(range(len(dataset)), desc="evaluate", unit="image", disable=not progress)
+    group: list[dict[str, Any]] = []
+
+    def flush() -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]]:
+        frames = [s["image"] for s in group]
+        if len({f.shape for f in frames}) == 1:
+            preds = model.infer_batch(frames, input_size, batch_size=len(frames))
+        else:
+            preds = [model.infer_image(f, input_size) for f in frames]
+        for sample, pred in zip(group, preds):
+            yield str(sample.get("name", "")), pred, sample["depth"], sample.get("valid")
+        group.clear()
+
+    for i in indices:
+        group.append(dataset[i])
+        if len(group) == batch_size:
+            yield from flush()
+    if group:
+        yield from flush()
+
+
+def evaluate(model: Any, dataset: Any, *, alignment: str = "median", input_size: int = 518,
+             min_depth: float | None = None, max_depth: float | None = None, batch_size: int = 1,
+             progress: bool = True) -> dict[str, Any]:
+    """Predict every image of ``dataset`` with ``model`` and measure it against the ground truth.
+
+    Args:
+        model: a :class:`SurgicalDepthLib.DepthModel` (``infer_image``/``infer_batch``, ``output_kind``).
+        dataset: a dataset of sample dicts (``image`` uint8 [H, W, 3] RGB, ``depth`` float32 [H, W],
+            ``valid`` bool [H, W], ``name``), e.g. from ``open_dataset``.
+        alignment: ``median|scale_shift|none`` (see :func:`~.metrics.depth_metrics`).
+        input_size: the model's input size (short side, multiple of 14 after the official resize).
+        min_depth, max_depth: evaluation range in the dataset's unit; default the dataset's own ``min_depth`` /
+            ``max_depth`` attributes when it has them.
+        batch_size: images predicted together (equal sizes only; mixed sizes fall back to one by one).
+        progress: show a tqdm bar.
+    Returns:
+        the report dict (module docstring).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if len(dataset) == 0:
+        raise ValueError("evaluate: the dataset is empty")
+    min_depth = getattr(dataset, "min_depth", None) if min_depth is None else min_depth
+    max_depth = getattr(dataset, "max_depth", None) if max_depth is None else max_depth
+    body = evaluate_predictions(_predictions(model, dataset, input_size, batch_size, progress),
+                                alignment=alignment, pred_kind=model.output_kind, min_depth=min_depth,
+                                max_depth=max_depth)
+    report = {
+        "dataset": str(getattr(dataset, "name", type(dataset).__name__)),
+        "root": str(getattr(dataset, "root", "")),
+        "model": str(getattr(model, "source", type(model).__name__)),
+        "input_size": int(input_size),
+        **body,
+    }
+    m = report["metrics"]
+    logger.info("%s: AbsRel %.4f, delta1 %.4f over %d images", report["dataset"], m["abs_rel"], m["a1"],
+                report["n_images"])
+    return report
+
+
+__all__ = ["METRIC_KEYS", "evaluate", "evaluate_predictions"]

@@ -1,0 +1,400 @@
+"""Fine-tuning Depth Anything on surgical depth data: ``TrainConfig`` and ``train(config) -> best checkpoint``.
+
+Plain functions (``build_model``, ``build_optimizer``, ``train_one_epoch``, ``evaluate``, ``save_checkpoint``).
+Output folder::
+
+    train_config.json   the TrainConfig (also inside every checkpoint)
+    last.pt             training checkpoint (model, optimizer, scheduler, RNG states, counters) for --resume
+    best.safetensors    best model by validation AbsRel (project format: ``load_model(path)``), best.json beside
+    log.csv             epoch, step, loss, val_abs_rel, val_a1, lr
+
+Determinism: data order comes from ``DistributedSampler(seed=config.seed)`` and each sample's augmentation from
+``default_rng([seed, epoch, index])``; a run stopped and resumed from ``last.pt`` continues with exactly the
+optimizer, scheduler and data of an uninterrupted run (bit-identical on CPU). Launch with ``torchrun`` for DDP.
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from SurgicalDepthLib._atomic import atomic_path
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+from ._train_data import DepthTransform, TransformedDataset, round_to_multiple, split_indices
+from ._train_loop import TrainState, evaluate, train_one_epoch
+from .checkpointing import export_model, load_checkpoint, save_checkpoint, set_rng_state
+from .distributed import DistInfo, barrier, cleanup_distributed, setup_distributed
+from .lora import add_lora
+from .semi import SemiTerm, build_teacher
+
+logger = logging.getLogger(__name__)
+
+LOSS_NAMES = ("l1", "silog", "ssi")
+_UNUSED_PREFIXES = ("pretrained.mask_token", "depth_head.scratch.refinenet4.resConfUnit1.")
+_LOSS_WINDOW = 20  # the CSV's loss column: mean of the last 20 optimizer steps
+# Fields that may differ when resuming (they do not change the computation up to the stop point).
+_RESUMABLE_CHANGES = {"epochs", "max_steps", "num_workers", "save_every", "log_every", "output", "device"}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Fine-tuning settings (saved as JSON beside each checkpoint).
+
+    Attributes:
+        dataset, root, split: training data (``open_dataset(dataset, root, split)``); ``val_split`` opens the
+            validation data the same way, else ``val_fraction`` of the training data is held out (seeded).
+        model: start weights, any ``load_model`` source (``random:surgical-depth-tiny`` trains from scratch).
+        loss: ``l1`` (the paper's; mean-normalised inverse depth for relative heads), ``silog`` or ``ssi``.
+        lr: encoder learning rate (paper: 3e-5); the decoder uses ``lr * decoder_lr_mult`` (Depth Anything: 10).
+            Poly decay ``(1 - step/total)^0.9`` (DA-V2 ``metric_depth/train.py``), AdamW.
+        batch_size, grad_accum: per-process micro-batch and micro-batches per optimizer step.
+        epochs, max_steps: length; ``max_steps`` (optimizer steps) overrides ``epochs`` when set.
+        input_size: (h, w) requested, each rounded to the nearest multiple of 14 (ties up) because the ViT
+            needs whole 14-pixel patches: the paper's 256×386 becomes 252×392 (see ``effective_input_size``).
+        freeze_encoder: train the decoder only. lora_rank: > 0 adds rank-r LoRA to every attention qkv and
+            freezes the rest of the encoder (merged into plain weights on export); lora_alpha: LoRA α (default r).
+        augment: horizontal flip + colour jitter on training samples.
+        amp: mixed precision (bf16 autocast); None = on for CUDA GPUs with bf16, off otherwise.
+        min_depth, max_depth: validation range (dataset unit); None = the dataset's own.
+        unlabeled_dataset, unlabeled_root, teacher, unlabeled_weight, feature_weight, cutmix_prob: semi-supervised
+            Depth Anything recipe (see :mod:`.semi`); off while ``unlabeled_dataset`` is None.
+        save_every, log_every: checkpoint / CSV row every N optimizer steps (0 = epoch ends only).
+        warmup_steps: linear learning-rate warm-up before the poly decay (0 = none, the fine-tuning default;
+            training from scratch needs it).
+        clip_grad_norm: clip the global gradient norm to this value (None = no clipping).
+        head_bias: for ``random:`` models, initial bias of the last convolution (None = PyTorch's default).
+    """
+
+    dataset: str = "synthetic"
+    root: str = ""
+    split: str | None = None
+    val_split: str | None = None
+    val_fraction: float = 0.1
+    model: str = "random:surgical-depth-tiny"
+    loss: str = "l1"
+    lr: float = 3e-5
+    decoder_lr_mult: float = 10.0
+    weight_decay: float = 0.01
+    batch_size: int = 16
+    grad_accum: int = 1
+    epochs: int = 10
+    max_steps: int | None = None
+    input_size: tuple[int, int] = (256, 386)
+    freeze_encoder: bool = False
+    lora_rank: int = 0
+    lora_alpha: float | None = None
+    augment: bool = True
+    amp: bool | None = None
+    seed: int = 0
+    num_workers: int = 0
+    device: str = "auto"
+    output: str = "runs/train"
+    min_depth: float | None = None
+    max_depth: float | None = None
+    unlabeled_dataset: str | None = None
+    unlabeled_root: str | None = None
+    teacher: str | None = None
+    unlabeled_weight: float = 1.0
+    feature_weight: float = 1.0
+    cutmix_prob: float = 0.5
+    save_every: int = 0
+    log_every: int = 0
+    warmup_steps: int = 0
+    clip_grad_norm: float | None = None
+    head_bias: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSS_NAMES:
+            raise ValueError(f"loss must be one of {LOSS_NAMES}, got {self.loss!r}")
+        for name in ("batch_size", "grad_accum", "epochs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")
+        if not (self.lr > 0 and self.decoder_lr_mult > 0):
+            raise ValueError(f"lr and decoder_lr_mult must be > 0, got {self.lr}, {self.decoder_lr_mult}")
+        if self.lora_rank < 0:
+            raise ValueError(f"lora_rank must be >= 0, got {self.lora_rank}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
+            raise ValueError(f"clip_grad_norm must be > 0 or None, got {self.clip_grad_norm}")
+        if len(self.input_size) != 2 or min(self.input_size) < 1:
+            raise ValueError(f"input_size must be (height, width) >= 1, got {self.input_size!r}")
+        object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
+
+    @property
+    def effective_input_size(self) -> tuple[int, int]:
+        return round_to_multiple(self.input_size[0]), round_to_multiple(self.input_size[1])
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        data = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown}")
+        return cls(**data)
+
+
+def build_model(config: TrainConfig, device: torch.device) -> torch.nn.Module:
+    """Load ``config.model`` (any ``load_model`` source) for training, add LoRA / freeze as configured.
+
+    Random initialisation and LoRA factors are drawn from ``torch.manual_seed(config.seed)``.
+    """
+    from SurgicalDepthLib.loading import load_model
+
+    torch.manual_seed(config.seed)
+    model = load_model(config.model, device="cpu", precision="fp32")
+    if config.model.startswith("random:") and config.head_bias is not None:
+        # from scratch: start the final ReLU in its active range, else the output can die at 0 for every pixel
+        with torch.no_grad():
+            model.depth_head.scratch.output_conv2[2].bias.fill_(config.head_bias)
+    # Parameters the forward never uses (kept for exact official state dicts): the DINOv2 mask token and the
+    # first residual unit of DPT's refinenet4, which receives one input. Freezing them changes nothing in a
+    # single process (they never get a gradient) and lets DDP run without find_unused_parameters.
+    for name in _UNUSED_PREFIXES:
+        for pname, p in model.named_parameters():
+            if pname.startswith(name):
+                p.requires_grad_(False)
+    if config.freeze_encoder or config.lora_rank:
+        for p in model.pretrained.parameters():
+            p.requires_grad_(False)
+    if config.lora_rank:
+        add_lora(model, config.lora_rank, config.lora_alpha)
+    return model.to(device).train()
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with two parameter groups: encoder (``lr``) and decoder (``lr * decoder_lr_mult``); frozen
+    parameters are left out."""
+    encoder = [p for p in model.pretrained.parameters() if p.requires_grad]
+    decoder = [p for p in model.depth_head.parameters() if p.requires_grad]
+    groups = [{"params": decoder, "lr": config.lr * config.decoder_lr_mult, "name": "decoder"}]
+    if encoder:
+        groups.insert(0, {"params": encoder, "lr": config.lr, "name": "encoder"})
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _poly(total: int, warmup: int = 0):
+    """LR factor: linear warm-up over ``warmup`` steps, then poly decay ``(1 - step/total)^0.9``."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, 1.0 - step / total) ** 0.9
+    return factor
+
+
+def _open(name: str, root: str, split: str | None) -> Dataset:
+    from .datasets import open_dataset
+
+    return open_dataset(name, root, split)
+
+
+def _datasets(config: TrainConfig, train_data: Dataset | None,
+              val_data: Dataset | None) -> tuple[Dataset, list[int], Dataset, list[int]]:
+    if train_data is None:
+        train_data = _open(config.dataset, config.root, config.split)
+        if config.val_split is not None:
+            val_data = _open(config.dataset, config.root, config.val_split)
+    if val_data is not None:
+        return train_data, list(range(len(train_data))), val_data, list(range(len(val_data)))
+    train_idx, val_idx = split_indices(len(train_data), config.val_fraction, config.seed)
+    return train_data, train_idx, train_data, val_idx
+
+
+def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["epoch", "step", "loss", "val_abs_rel", "val_a1", "lr"])
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_path(path) as tmp:
+        tmp.write_text(buf.getvalue())
+
+
+def _read_log(path: Path, up_to_step: int) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return [row for row in csv.DictReader(f) if int(row["step"]) <= up_to_step]
+
+
+def _check_resume(saved: TrainConfig, config: TrainConfig) -> None:
+    diff = [f.name for f in dataclasses.fields(TrainConfig)
+            if getattr(saved, f.name) != getattr(config, f.name) and f.name not in _RESUMABLE_CHANGES]
+    if diff:
+        raise ValueError(f"cannot resume: the configuration differs from the checkpoint's in {diff}")
+
+
+def _resolve_device(config: TrainConfig, dist_info: DistInfo) -> torch.device:
+    from SurgicalDepthLib.loading import resolve_device
+
+    if dist_info.enabled and torch.cuda.is_available():
+        torch.cuda.set_device(dist_info.local_rank)
+        return torch.device("cuda", dist_info.local_rank)
+    return resolve_device(config.device)
+
+
+def train(config: TrainConfig, *, train_data: Dataset | None = None, val_data: Dataset | None = None,
+          unlabeled_data: Dataset | None = None, resume: bool = False,
+          stop_after_steps: int | None = None) -> Path:
+    """Fine-tune as configured and return the best checkpoint (``best.safetensors`` in ``config.output``).
+
+    Args:
+        train_data, val_data, unlabeled_data: datasets of sample dicts to use instead of opening
+            ``config.dataset`` / ``config.unlabeled_dataset`` (``val_data`` None: ``val_fraction`` held out).
+        resume: continue from ``config.output/last.pt`` (same configuration apart from length/logging).
+        stop_after_steps: stop (after checkpointing) once this many optimizer steps are done in total, as if
+            the run had been killed there; ``resume=True`` later continues it exactly.
+    Raises:
+        FileExistsError: ``output`` already holds a run and ``resume`` is False.
+    """
+    out = Path(config.output)
+    dist_info = setup_distributed()
+    try:
+        return _train(config, out, dist_info, train_data, val_data, unlabeled_data, resume, stop_after_steps)
+    finally:
+        cleanup_distributed(dist_info)
+
+
+def _train(config, out, dist_info, train_data, val_data, unlabeled_data, resume, stop_after_steps) -> Path:
+    from tqdm import tqdm
+
+    last_path, best_path, log_path = out / "last.pt", out / "best.safetensors", out / "log.csv"
+    if resume and not last_path.is_file():
+        raise FileNotFoundError(f"cannot resume: {last_path} does not exist")
+    if not resume and last_path.exists():
+        raise FileExistsError(f"{out} already holds a training run; pass resume=True (--resume) or a new folder")
+    device = _resolve_device(config, dist_info)
+    train_data, train_idx, val_data, val_idx = _datasets(config, train_data, val_data)
+    model = build_model(config, device)
+    kind, mean, std = model.output_kind, model.config.mean, model.config.std
+    size = config.effective_input_size
+    train_set = TransformedDataset(train_data, DepthTransform(size, mean, std, train=True, augment=config.augment),
+                                   config.seed, train_idx)
+    val_set = TransformedDataset(val_data, DepthTransform(size, mean, std, train=False, augment=False),
+                                 config.seed, val_idx)
+    sampler = DistributedSampler(train_set, num_replicas=dist_info.world_size, rank=dist_info.rank,
+                                 shuffle=True, seed=config.seed, drop_last=False)
+    micro = config.batch_size * config.grad_accum
+    steps_per_epoch = sampler.num_samples // micro
+    if steps_per_epoch < 1:
+        raise ValueError(f"{len(train_set)} training samples over {dist_info.world_size} process(es) are fewer "
+                         f"than batch_size × grad_accum = {micro}")
+    total = config.max_steps or config.epochs * steps_per_epoch
+    epochs = math.ceil(total / steps_per_epoch)
+    optimizer = build_optimizer(model, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _poly(total, config.warmup_steps))
+    state = TrainState()
+    # the teacher is built from the start weights, before any resumed state is loaded
+    semi = config.unlabeled_dataset is not None or unlabeled_data is not None
+    teacher = build_teacher(config.teacher, model, device) if semi else None
+    if resume:
+        ckpt = load_checkpoint(last_path)
+        _check_resume(TrainConfig.from_json(ckpt["config"]), config)
+        model.load_state_dict(ckpt.get("train_state", ckpt["model"]))
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        state = TrainState(ckpt["epoch"], ckpt["step"], ckpt["step_in_epoch"], ckpt["best_abs_rel"],
+                           list(ckpt["recent_losses"]))
+        set_rng_state(ckpt["rng"])
+        logger.info("resumed %s at epoch %d, step %d", last_path, state.epoch, state.step)
+        if state.step >= total:
+            logger.info("%s: the run already finished (%d of %d steps)", last_path, state.step, total)
+            return best_path
+    core = model
+    if dist_info.enabled:
+        model = torch.nn.parallel.DistributedDataParallel(
+            core, device_ids=[device.index] if device.type == "cuda" else None)
+    amp = config.amp if config.amp is not None else (device.type == "cuda" and torch.cuda.is_bf16_supported())
+    amp_dtype = torch.bfloat16 if amp else None
+    if teacher is not None and unlabeled_data is None:
+        unlabeled_data = _open(config.unlabeled_dataset, config.unlabeled_root or config.root, None)
+    semi_term = None if teacher is None else SemiTerm(config, core, teacher, unlabeled_data, size, device)
+    rows = _read_log(log_path, state.step) if dist_info.is_main else []
+    config_json = config.to_json()
+    if dist_info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out / "train_config.json") as tmp:
+            tmp.write_text(config_json)
+    last_step = min(total, stop_after_steps) if stop_after_steps else total
+    range_kw = {k: getattr(config, k) if getattr(config, k) is not None else getattr(val_data, k, None)
+                for k in ("min_depth", "max_depth")}
+
+    def checkpoint() -> None:
+        if dist_info.is_main:
+            save_checkpoint(last_path, core, optimizer, scheduler, config_json=config_json, epoch=state.epoch,
+                            step=state.step, step_in_epoch=state.step_in_epoch, best_abs_rel=state.best_abs_rel,
+                            recent_losses=state.losses[-_LOSS_WINDOW:])
+            _write_log(log_path, rows)
+
+    def validate() -> None:
+        if dist_info.is_main:
+            metrics = evaluate(core, DataLoader(val_set, batch_size=config.batch_size,
+                                                num_workers=config.num_workers),
+                               output_kind=kind, device=device, **range_kw)
+            rows.append(dict(epoch=state.epoch, step=state.step, loss=_recent(state),
+                             val_abs_rel=metrics["abs_rel"], val_a1=metrics["a1"], lr=scheduler.get_last_lr()[0]))
+            if metrics["abs_rel"] < state.best_abs_rel:
+                state.best_abs_rel = metrics["abs_rel"]
+                export_model(best_path, core, {"train_config": config_json, "val_abs_rel": str(metrics["abs_rel"]),
+                                               "step": str(state.step)})
+                with atomic_path(out / "best.json") as tmp:
+                    tmp.write_text(json.dumps({"step": state.step, "epoch": state.epoch, "val": metrics,
+                                               "config": json.loads(config_json)}, indent=2))
+            logger.info("step %d: val AbsRel %.4f, delta1 %.4f", state.step, metrics["abs_rel"], metrics["a1"])
+        barrier(dist_info)
+
+    bar = tqdm(total=total, initial=state.step, desc="train", unit="step", disable=not dist_info.is_main)
+
+    def on_step(s: TrainState) -> bool:
+        bar.update(1)
+        bar.set_postfix(loss=f"{s.losses[-1]:.4f}")
+        if config.log_every and s.step % config.log_every == 0 and dist_info.is_main:
+            rows.append(dict(epoch=s.epoch, step=s.step, loss=_recent(s), val_abs_rel="", val_a1="",
+                             lr=scheduler.get_last_lr()[0]))
+        if config.save_every and s.step % config.save_every == 0 and s.step < last_step:
+            checkpoint()
+        return False
+
+    if state.step == 0:  # the start weights' score: the baseline the run must beat
+        validate()
+    stopped = state.step >= last_step
+    while not stopped and state.epoch < epochs:
+        sampler.set_epoch(state.epoch)
+        train_set.epoch = state.epoch
+        order = list(iter(sampler))[:steps_per_epoch * micro][state.step_in_epoch * micro:]
+        loader = DataLoader(Subset(train_set, order), batch_size=config.batch_size, shuffle=False,
+                            num_workers=config.num_workers)
+        stopped = train_one_epoch(model, loader, optimizer, scheduler, state, loss=config.loss, output_kind=kind,
+                                  grad_accum=config.grad_accum, device=device, amp_dtype=amp_dtype,
+                                  clip_grad_norm=config.clip_grad_norm,
+                                  last_step=last_step, semi=semi_term, on_step=on_step)
+        if state.step_in_epoch >= steps_per_epoch:
+            state.epoch, state.step_in_epoch = state.epoch + 1, 0
+            if state.step < total:  # the final validation follows below
+                validate()
+        if stopped or state.step >= total:
+            break
+    bar.close()
+    if state.step >= total:
+        validate()
+    checkpoint()
+    barrier(dist_info)
+    return best_path
+
+
+def _recent(state: TrainState) -> float:
+    return float(np.mean(state.losses[-_LOSS_WINDOW:])) if state.losses else float("nan")

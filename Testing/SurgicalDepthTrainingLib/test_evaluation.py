@@ -1,0 +1,146 @@
+"""evaluation + reports + the evaluate CLI: exact answers on known predictions, a real tiny model end to end."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from SurgicalDepthLib.cli import main
+from SurgicalDepthLib.model import DepthModel
+from SurgicalDepthLib.configs import make_config
+from SurgicalDepthTrainingLib.evaluation import evaluate, evaluate_predictions
+from SurgicalDepthTrainingLib.metrics import METRIC_KEYS, depth_metrics
+from SurgicalDepthTrainingLib.reports import markdown_table, qualitative_figure, read_report, write_report
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two OpenMP threads on a shared 2-core machine are far slower than one for these tiny models."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def plane(seed, h=42, w=56):
+    """Tilted plane, exact z-depth in mm, brightness falling with depth; a ring of invalid pixels."""
+    rng = np.random.default_rng(seed)
+    v, u = np.mgrid[0:h, 0:w].astype(np.float64)
+    depth = 40 + rng.uniform(-0.4, 0.4) * (u - w / 2) + rng.uniform(-0.4, 0.4) * (v - h / 2)
+    depth = np.maximum(depth, 15.0)
+    shade = np.clip(255 * 25 / depth, 0, 255)
+    image = np.stack([shade, shade * 0.6, shade * 0.5], -1).astype(np.uint8)
+    valid = np.ones((h, w), bool)
+    valid[:2] = False
+    return {"image": image, "depth": depth.astype(np.float32), "valid": valid, "name": f"plane_{seed:03d}.png"}
+
+
+class Planes(torch.utils.data.Dataset):
+    name, root, min_depth, max_depth = "planes", "in-memory", 1e-3, 150.0
+
+    def __init__(self, n):
+        self.items = [plane(i) for i in range(n)]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def test_evaluate_predictions_proportional_gives_zero_error():
+    samples = [plane(i) for i in range(3)]
+    report = evaluate_predictions([(s["name"], s["depth"] * 7.5, s["depth"], s["valid"]) for s in samples])
+    assert report["n_images"] == 3 and report["metrics"]["abs_rel"] == pytest.approx(0, abs=1e-7)
+    assert report["metrics"]["a1"] == 1.0
+    disp = [(s["name"], 3.0 / s["depth"], s["depth"], s["valid"]) for s in samples]
+    for alignment in ("median", "scale_shift"):
+        r = evaluate_predictions(disp, alignment=alignment, pred_kind="disparity")
+        assert r["metrics"]["abs_rel"] == pytest.approx(0, abs=1e-6) and "invert" in r["notes"]
+    gt_lo = min(float(s["depth"][s["valid"]].min()) for s in samples)
+    assert report["depth_range"][0] == pytest.approx(gt_lo)
+
+
+def test_evaluate_predictions_mean_is_mean_of_per_image():
+    rng = np.random.default_rng(0)
+    samples = [plane(i) for i in range(4)]
+    pairs = [(s["name"], s["depth"] * rng.lognormal(0, 0.2, s["depth"].shape), s["depth"], s["valid"])
+             for s in samples]
+    report = evaluate_predictions(pairs, min_depth=1, max_depth=100)
+    for k in METRIC_KEYS:
+        per = [depth_metrics(p, g, v, min_depth=1, max_depth=100)[k] for _, p, g, v in pairs]
+        assert report["metrics"][k] == pytest.approx(np.mean(per))
+    with pytest.raises(ValueError, match="plane_000"):
+        evaluate_predictions([(samples[0]["name"], samples[0]["depth"], samples[0]["depth"],
+                               np.zeros_like(samples[0]["valid"]))])
+
+
+def test_evaluate_real_tiny_model_report_structure(tmp_path):
+    torch.manual_seed(0)
+    model = DepthModel(make_config("vitt")).eval()
+    report = evaluate(model, Planes(3), input_size=56, batch_size=2, progress=False)
+    assert report["n_images"] == 3 and report["dataset"] == "planes" and report["pred_kind"] == "disparity"
+    assert set(METRIC_KEYS) <= set(report["metrics"]) and len(report["per_image"]) == 3
+    assert report["eval_range"] == [1e-3, 150.0]
+    assert all(np.isfinite(v) for v in report["metrics"].values())
+    path = write_report(report, tmp_path / "r.json")
+    assert read_report(path) == json.loads(json.dumps(report))
+    table = markdown_table({"tiny": [report], "other": [dict(report, dataset="c3vd")]})
+    lines = table.splitlines()
+    assert lines[0] == "| Model | Metric | planes | c3vd |" and len(lines) == 6
+    assert lines[2].startswith("| tiny | AbsRel") and lines[2].endswith("| – |")
+
+
+def test_qualitative_figure(tmp_path):
+    s = plane(1)
+    rows = [{"image": s["image"], "gt": s["depth"], "pred": s["depth"] * 1.1, "valid": s["valid"], "name": "a"}] * 2
+    path = qualitative_figure(rows, tmp_path / "fig.png")
+    img = cv2.imread(str(path))
+    assert img.shape == (2 * 240, 3 * 320, 3)
+    # red = near: the nearest ground-truth pixel is redder than the farthest
+    gt_tile = cv2.resize(img[:240, 320:640], (56, 42), interpolation=cv2.INTER_NEAREST)[..., ::-1].astype(int)
+    d = np.where(s["valid"], s["depth"], np.nan)
+    near, far = np.unravel_index(np.nanargmin(d), d.shape), np.unravel_index(np.nanargmax(d), d.shape)
+    assert gt_tile[near][0] > gt_tile[near][2] and gt_tile[far][2] > gt_tile[far][0]
+    with pytest.raises(ValueError, match="PNG"):
+        qualitative_figure(rows, tmp_path / "fig.jpg")
+
+
+def write_folder_dataset(root, n=2):
+    (root / "rgb").mkdir(parents=True)
+    (root / "depth").mkdir()
+    for i in range(n):
+        s = plane(i)
+        cv2.imwrite(str(root / "rgb" / f"{i:03d}.png"), s["image"][..., ::-1])
+        np.save(root / "depth" / f"{i:03d}.npy", np.where(s["valid"], s["depth"], 0).astype(np.float32))
+
+
+def test_cli_evaluate_end_to_end(tmp_path, capsys):
+    from SurgicalDepthLib.checkpoints import save_checkpoint
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "tiny.safetensors", DepthModel(make_config("vitt")))
+    write_folder_dataset(tmp_path / "data")
+    out = tmp_path / "report.json"
+    rc = main(["evaluate", "--dataset", "folder", "--root", str(tmp_path / "data"), "--model", str(ckpt),
+               "--output", str(out), "--input-size", "56", "--device", "cpu", "--table", str(tmp_path / "t.md"),
+               "--figure", str(tmp_path / "f.png"), "--alignment", "scale_shift"])
+    assert rc == 0, capsys.readouterr().err
+    report = read_report(out)
+    assert report["n_images"] == 2 and report["alignment"] == "scale_shift" and report["dataset"] == "folder"
+    assert (tmp_path / "t.md").read_text().startswith("| Model |") and (tmp_path / "f.png").is_file()
+
+
+@pytest.mark.parametrize("bad", ["dataset", "root", "model"])
+def test_cli_evaluate_bad_input_leaves_no_report(tmp_path, capsys, bad):
+    write_folder_dataset(tmp_path / "data", 1)
+    args = {"dataset": "folder", "root": str(tmp_path / "data"), "model": "random:surgical-depth-tiny"}
+    args[bad] = {"dataset": "nosuch", "root": str(tmp_path / "missing"), "model": str(tmp_path / "no.pth")}[bad]
+    out = tmp_path / "r.json"
+    rc = main(["evaluate", "--dataset", args["dataset"], "--root", args["root"], "--model", args["model"],
+               "--output", str(out), "--input-size", "56", "--device", "cpu"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "error" in err
+    assert list(tmp_path.glob("*.json")) == [] and list(tmp_path.glob(".*")) == []

@@ -1,0 +1,237 @@
+"""training: learning on analytic scenes, exact kill-and-resume, DDP (gloo, 2 processes), LoRA, semi-supervised."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def plane_sample(seed: int, h: int = 64, w: int = 64) -> dict:
+    """A textured tilted plane with exact z-depth (mm); brightness falls with depth (inverse square)."""
+    rng = np.random.default_rng(seed)
+    v, u = np.mgrid[0:h, 0:w].astype(np.float64)
+    gx, gy = rng.uniform(-0.6, 0.6, 2)
+    depth = np.clip(30 + gx * (u - w / 2) + gy * (v - h / 2) + rng.uniform(-5, 5), 8, 80)
+    texture = 0.8 + 0.2 * np.sin(u * rng.uniform(0.3, 0.9) + rng.uniform(0, 6)) * np.cos(v * rng.uniform(0.3, 0.9))
+    shade = np.clip((20 / depth) ** 2 * texture, 0, 1)
+    tint = rng.uniform(0.6, 1.0, 3) * np.array([1.0, 0.55, 0.5])
+    image = (255 * shade[..., None] * tint).astype(np.uint8)
+    return {"image": image, "depth": depth.astype(np.float32), "valid": np.ones((h, w), bool),
+            "name": f"plane_{seed}"}
+
+
+class Planes(torch.utils.data.Dataset):
+    """In-test dataset of analytic scenes (rendered on the fly)."""
+
+    name, root, min_depth, max_depth = "planes", "analytic", 1.0, 100.0
+
+    def __init__(self, n: int, offset: int = 0):
+        self.n, self.offset = n, offset
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return plane_sample(self.offset + i)
+
+
+import copy  # noqa: E402
+import csv  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import cv2  # noqa: E402
+import pytest  # noqa: E402
+from SurgicalDepthLib.configs import make_config  # noqa: E402
+from SurgicalDepthLib.loading import load_model  # noqa: E402
+from SurgicalDepthLib.model import DepthModel  # noqa: E402
+from SurgicalDepthTrainingLib.checkpointing import load_checkpoint  # noqa: E402
+from SurgicalDepthTrainingLib.lora import add_lora, merge_lora  # noqa: E402
+from SurgicalDepthTrainingLib.semi import semi_supervised_loss  # noqa: E402
+from SurgicalDepthTrainingLib.training import TrainConfig, train  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two OpenMP threads on a shared 2-core machine are ~50x slower than one for these tiny models."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny(tmp_path: Path, name: str = "run", **overrides) -> TrainConfig:
+    values = dict(output=str(tmp_path / name), input_size=(56, 56), batch_size=2, max_steps=6, lr=3e-5,
+                  augment=True, seed=3)
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def read_log(folder: Path) -> list[dict]:
+    with (folder / "log.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_config_rounding_and_json():
+    config = TrainConfig()
+    assert config.input_size == (256, 386) and config.effective_input_size == (252, 392)
+    assert config.lr == 3e-5 and config.decoder_lr_mult == 10 and config.batch_size == 16
+    assert TrainConfig.from_json(config.to_json()) == config
+    with pytest.raises(ValueError, match="loss"):
+        TrainConfig(loss="l2")
+    with pytest.raises(ValueError, match="unknown"):
+        TrainConfig.from_json('{"lr_typo": 1}')
+
+
+@pytest.mark.slow
+def test_training_lowers_validation_absrel(tmp_path):
+    config = tiny(tmp_path, max_steps=120, batch_size=4)
+    best = train(config, train_data=Planes(48), val_data=Planes(8, offset=1000))
+    rows = read_log(tmp_path / "run")
+    initial, final = float(rows[0]["val_abs_rel"]), min(float(r["val_abs_rel"]) for r in rows[1:])
+    assert rows[0]["step"] == "0" and rows[-1]["step"] == "120"
+    assert final < 0.7 * initial, (initial, final)
+    model = load_model(best, device="cpu")  # the exported best model loads as a plain project checkpoint
+    assert model.output_kind == "disparity"
+
+
+@pytest.mark.parametrize("extra", [{}, {"lora_rank": 2, "grad_accum": 2, "loss": "ssi"}])
+def test_kill_and_resume_gives_identical_weights(tmp_path, extra):
+    data, val = Planes(8), Planes(2, offset=50)
+    train(tiny(tmp_path, "straight", **extra), train_data=data, val_data=val)
+    resumed = tiny(tmp_path, "resumed", **extra)
+    train(resumed, train_data=data, val_data=val, stop_after_steps=3)
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["step"] == 3
+    with pytest.raises(FileExistsError):
+        train(resumed, train_data=data, val_data=val)
+    train(resumed, train_data=data, val_data=val, resume=True)
+    a, b = load_checkpoint(tmp_path / "straight" / "last.pt"), load_checkpoint(tmp_path / "resumed" / "last.pt")
+    assert a["step"] == b["step"] == 6
+    for key in ("model", "train_state") if extra else ("model",):
+        assert a[key].keys() == b[key].keys()
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key])
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
+    assert read_log(tmp_path / "straight") == read_log(tmp_path / "resumed")
+    with pytest.raises(ValueError, match="differs"):
+        train(tiny(tmp_path, "resumed", **{**extra, "lr": 1e-3}), train_data=data, val_data=val, resume=True)
+
+
+def test_lora_merge_equals_unmerged_forward(tmp_path):
+    torch.manual_seed(0)
+    model = DepthModel(make_config("vitt")).eval()
+    with torch.no_grad():  # random init scales attention by LayerScale 1e-5: make it matter, as trained weights do
+        for block in model.pretrained.blocks:
+            block.ls1.gamma.fill_(1.0)
+    x = torch.randn(2, 3, 56, 70)
+    reference = model(x)
+    assert add_lora(model, rank=4, alpha=8) == 12
+    assert torch.allclose(model(x), reference)  # B = 0 at init: the pretrained function
+    for name, p in model.named_parameters():
+        if "lora_b" in name:
+            torch.nn.init.normal_(p, std=0.05)
+    with torch.no_grad():
+        adapted = model(x)
+        assert not torch.allclose(adapted, reference, atol=1e-4)
+        assert merge_lora(model) == 12
+        assert set(model.state_dict()) == set(DepthModel(make_config("vitt")).state_dict())
+        assert torch.allclose(model(x), adapted, atol=1e-5, rtol=1e-4)
+
+
+def test_semi_supervised_loss_finite_and_decreasing():
+    torch.manual_seed(0)
+    teacher = DepthModel(make_config("vitt")).eval().requires_grad_(False)
+    student = copy.deepcopy(teacher).train().requires_grad_(True)
+    with torch.no_grad():  # a student that disagrees with its teacher
+        for p in student.depth_head.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    images = torch.stack([torch.from_numpy(plane_sample(i, 56, 56)["image"]).permute(2, 0, 1) for i in range(4)])
+    clean = (images.float() / 255 - 0.45) / 0.225
+    batch = {"image": clean, "image_strong": clean * 1.3 + 0.1}
+    optimizer = torch.optim.Adam(student.parameters(), lr=1e-4)
+    values = []
+    for _ in range(6):
+        loss, parts = semi_supervised_loss(student, teacher, batch, torch.Generator().manual_seed(1),
+                                           cutmix_prob=1.0)
+        assert torch.isfinite(loss) and parts["feature"] >= 0
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        values.append(loss.item())
+    assert values[-1] < values[0]
+
+
+def test_train_with_unlabeled_data_runs(tmp_path):
+    config = tiny(tmp_path, max_steps=2, unlabeled_weight=0.5)
+    best = train(config, train_data=Planes(4), val_data=Planes(2, offset=9), unlabeled_data=Planes(3, offset=20))
+    assert best.is_file() and all(r["val_abs_rel"] for r in read_log(tmp_path / "run"))
+
+
+def write_folder(root: Path, n: int) -> Path:
+    (root / "rgb").mkdir(parents=True)
+    (root / "depth").mkdir()
+    for i in range(n):
+        s = plane_sample(i, 60, 60)
+        cv2.imwrite(str(root / "rgb" / f"{i:03d}.png"), s["image"][..., ::-1])
+        np.save(root / "depth" / f"{i:03d}.npy", s["depth"])
+    return root
+
+
+def test_cli_train_bad_root_is_one_line_error(tmp_path, capsys):
+    from SurgicalDepthLib.cli import main
+
+    rc = main(["train", "--dataset", "folder", "--root", str(tmp_path / "nope"), "--output", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and "nope" in err and not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_matches_single_process(tmp_path):
+    """torchrun, 2 CPU processes (gloo), batch 1 each == one process with batch 1 and 2 accumulated micro-batches
+    (the same samples per step, gradients averaged the same way). (A batch of 2 differs by float rounding only,
+    which Adam's ~lr·sign(g) first steps amplify for near-zero gradients, so it is not the reference.)"""
+    root = write_folder(tmp_path / "data", 10)
+    common = ["train", "--dataset", "folder", "--root", str(root), "--input-size", "56", "--max-steps", "3",
+              "--device", "cpu", "--seed", "1", "--no-augment", "--batch-size", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "SurgicalDepthLib.cli", *common, "--output", str(tmp_path / "ddp")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    config = TrainConfig(dataset="folder", root=str(root), input_size=(56, 56), max_steps=3, device="cpu", seed=1,
+                         augment=False, batch_size=1, grad_accum=2, output=str(tmp_path / "single"))
+    train(config)
+    a, b = load_checkpoint(tmp_path / "ddp" / "last.pt"), load_checkpoint(tmp_path / "single" / "last.pt")
+    assert a["step"] == b["step"] == 3
+    assert max(float((a["model"][k] - b["model"][k]).abs().max()) for k in a["model"]) < 1e-6
+    torch.manual_seed(1)
+    start = DepthModel(make_config("vitt")).state_dict()
+    assert max(float((b["model"][k] - start[k]).abs().max()) for k in start) > 1e-4  # it did train
+    assert (tmp_path / "ddp" / "best.safetensors").is_file() and len(read_log(tmp_path / "ddp")) == 2
+
+
+def test_transform_crop_keeps_depth_exact_and_rounding():
+    from SurgicalDepthTrainingLib._train_data import DepthTransform, round_to_multiple
+
+    assert [round_to_multiple(v) for v in (256, 386, 518, 20, 21, 1)] == [252, 392, 518, 14, 28, 14]
+    sample = plane_sample(0, 64, 64)
+    sample["valid"][10:20, 10:20] = False
+    out = DepthTransform((56, 56), (0.5,) * 3, (0.25,) * 3, train=True, augment=True)(sample,
+                                                                                      np.random.default_rng(0))
+    assert out["image"].shape == (3, 56, 56) and out["depth"].shape == out["valid"].shape == (56, 56)
+    d = out["depth"][out["valid"]].numpy()
+    assert (d > 0).all() and np.isin(d, sample["depth"]).all()  # nearest neighbour: no blended depths
+    assert (~out["valid"]).sum() > 0 and (out["depth"][~out["valid"]] == 0).all()
+
+
+def test_rng_state_round_trip():
+    import random
+
+    from SurgicalDepthTrainingLib.checkpointing import rng_state, set_rng_state
+
+    state = rng_state()
+    a = (torch.rand(3), np.random.rand(3), random.random())
+    set_rng_state(state)
+    b = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
