@@ -53,7 +53,7 @@ class SurgicalDepthParameterNode:
     modelPath: Path
     registryName: Annotated[str, Choice(list(REGISTRY_NAMES))] = "depth-anything-v2-small"
     device: Annotated[str, Choice(["auto", "cuda", "mps", "cpu"])] = "auto"
-    inputSize: Annotated[int, WithinRange(14, 2044)] = 518
+    inputSize: Annotated[int, WithinRange(0, 2044)] = 0  # 0 = the model's own (518 for official models)
     calibrationPath: Path
     fx: float = 0.0
     fy: float = 0.0
@@ -235,7 +235,7 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
                             voxelMm=p.voxelMm, progress=progress, currentOnly=not allFrames)
 
     def process(self, videoPath=None, model: str = "default", *, browser=None, volume=None, maxFrames: int = 0,
-                currentOnly: bool = False, device: str = "auto", inputSize: int = 518, intrinsics=None,
+                currentOnly: bool = False, device: str = "auto", inputSize: int = 0, intrinsics=None,
                 calibration: Optional[str] = None, fx: float = 0.0, fy: float = 0.0, cx: float = 0.0, cy: float = 0.0,
                 nearMm: float = 10.0, farMm: float = 150.0, pointCloud: bool = True, colorByDepth: bool = False,
                 depthMesh: bool = True, fuse: bool = False, voxelMm: float = 1.0, chunkSize: int = 4,

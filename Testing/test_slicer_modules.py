@@ -234,6 +234,26 @@ def test_ui_parameter_bindings_match_parameter_node(module):
             assert node_types == [ast.unparse(fields[field])], f"{module}.{field}: nodeTypes {node_types}"
 
 
+@pytest.mark.parametrize("module", MODULES)
+def test_spin_box_ranges_cover_parameter_ranges(module):
+    """A QSpinBox without explicit limits clamps to 0..99 in Qt: every spin box declares its range, and it equals
+    the parameter's WithinRange (when annotated) and contains the parameter's default value."""
+    source = (REPO / module / f"{module}.py").read_text()
+    for name, w in _ui_widgets(module).items():
+        if w.get("class") not in ("QSpinBox", "QDoubleSpinBox"):
+            continue
+        lo, hi = (_prop(w, k) for k in ("minimum", "maximum"))
+        assert lo is not None and hi is not None, f"{module}.ui {name}: no minimum/maximum"
+        lo, hi = float(lo[0].text), float(hi[0].text)
+        field = _prop(w, "SlicerParameterName").findtext("string")
+        m = re.search(rf"^\s+{field}: Annotated\[\w+, WithinRange\(([-\d.e]+), ([-\d.e]+)\)\](?: = ([-\d.e]+))?",
+                      source, re.M)
+        if m:
+            assert (lo, hi) == (float(m.group(1)), float(m.group(2))), f"{module}.ui {name}: range vs WithinRange"
+            if m.group(3) is not None:
+                assert lo <= float(m.group(3)) <= hi, f"{module}.{field}: default outside the spin box range"
+
+
 def test_registry_choices_equal_weights_registry():
     sd = pytest.importorskip("SurgicalDepthLib")
     tree = _tree(REPO / "SurgicalDepth" / "SurgicalDepth.py")

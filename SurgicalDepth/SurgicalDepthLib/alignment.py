@@ -159,3 +159,26 @@ def disparity_to_depth(disparity: np.ndarray, *, depth_range: tuple[float, float
     if n_bad:
         logger.debug("disparity_to_depth: %d of %d pixels have undefined depth (NaN)", n_bad, depth.size)
     return depth.astype(np.float32)
+
+
+def prediction_to_mm(pred: np.ndarray, output_kind: str, unit: str,
+                     depth_range_mm: tuple[float, float] = (5.0, 120.0),
+                     percentiles: tuple[float, float] = (2.0, 98.0)) -> np.ndarray:
+    """A model's raw output as depth in millimetres (float32, NaN where undefined).
+
+    Args:
+        pred: float ``[H, W]`` model output.
+        output_kind: ``"disparity"`` (relative model) or ``"depth"`` (metric model); see ``DepthModel.output_kind``.
+        unit: ``DepthModel.depth_unit`` — ``"relative"``, ``"m"`` (official metric models) or ``"mm"``.
+        depth_range_mm: for relative models, the depth of the nearest / farthest tissue: the disparity
+            percentiles map to it linearly in inverse depth (:func:`disparity_to_depth`); an explicit assumption.
+    """
+    if output_kind == "disparity":
+        return disparity_to_depth(pred, depth_range=depth_range_mm, percentiles=percentiles)
+    if output_kind != "depth":
+        raise ValueError(f"output_kind must be 'disparity' or 'depth', got {output_kind!r}")
+    factors = {"m": 1000.0, "mm": 1.0}
+    if unit not in factors:
+        raise ValueError(f"a metric model's unit must be one of {sorted(factors)}, got {unit!r}")
+    depth = _as_float("pred", pred) * factors[unit]
+    return np.where(depth > 0, depth, np.nan).astype(np.float32)

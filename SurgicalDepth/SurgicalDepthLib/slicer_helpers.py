@@ -227,23 +227,23 @@ def resolve_intrinsics(width: int, height: int, intrinsics: Any = None, calibrat
     return intrinsics.scaled(width, height)
 
 
-def predict_depth_mm(model: Any, frames: list[np.ndarray], input_size: int, near_mm: float, far_mm: float,
+def predict_depth_mm(model: Any, frames: list[np.ndarray], input_size: int | None, near_mm: float, far_mm: float,
                      chunk_size: int = 4, progress: Callable[[int], bool] | None = None) -> list[np.ndarray]:
     """Depth in mm (float32 ``[H, W]``, 0 = invalid) of RGB uint8 frames, ``chunk_size`` frames per batch.
 
-    A relative model's disparity is mapped into ``[near_mm, far_mm]`` (``disparity_to_depth(depth_range=...)``);
-    a metric model's output is used as is. ``progress(n_done)`` is called after every chunk; returning False
+    A relative model's disparity is mapped into ``[near_mm, far_mm]``; a metric model's output is converted from
+    its unit to mm (:func:`~SurgicalDepthLib.alignment.prediction_to_mm`). ``input_size`` None or 0: the model's
+    own. ``progress(n_done)`` is called after every chunk; returning False
     stops early (the depths of the finished chunks are returned).
     """
-    from .alignment import disparity_to_depth
+    from .alignment import prediction_to_mm
 
     if not 0 < near_mm < far_mm:
         raise ValueError(f"need 0 < near_mm < far_mm, got near_mm={near_mm!r}, far_mm={far_mm!r}")
     depths: list[np.ndarray] = []
     for part in chunks(len(frames), chunk_size):
-        for pred in model.infer_batch([frames[i] for i in part], input_size=input_size):
-            depth = disparity_to_depth(pred, depth_range=(near_mm, far_mm)) \
-                if model.output_kind == "disparity" else pred
+        for pred in model.infer_batch([frames[i] for i in part], input_size=input_size or None):
+            depth = prediction_to_mm(pred, model.output_kind, model.depth_unit, (near_mm, far_mm))
             depths.append(np.nan_to_num(depth, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32))
         if progress is not None and not progress(len(depths)):
             break

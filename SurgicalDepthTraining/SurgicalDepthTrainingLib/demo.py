@@ -43,13 +43,6 @@ class DemoResult:
     seconds: float = 0.0
 
 
-def _label(img: np.ndarray, text: str) -> np.ndarray:
-    out = img.copy()
-    cv2.rectangle(out, (0, 0), (out.shape[1], 22), (0, 0, 0), -1)
-    cv2.putText(out, text, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
-    return out
-
-
 def _error_map(pred_mm: np.ndarray, gt_mm: np.ndarray, valid: np.ndarray, cap: float = 0.5) -> np.ndarray:
     """Absolute relative error |p - g| / g, black (0) → white (≥ cap), invalid pixels dark red."""
     err = np.zeros(gt_mm.shape, np.float32)
@@ -108,7 +101,8 @@ def run_demo(config: DemoConfig, progress=None) -> DemoResult:
     import SurgicalDepthLib as sd
     from SurgicalDepthLib._atomic import atomic_path
 
-    from .metrics import depth_metrics
+    from .evaluation import evaluate_predictions
+    from .reports import label_tile
     from .synthetic import render_clip
 
     t0 = time.perf_counter()
@@ -125,16 +119,16 @@ def run_demo(config: DemoConfig, progress=None) -> DemoResult:
         if progress is not None:
             progress(i + 1, len(clip))
 
-    per_frame, depths_mm = [], []
+    body = evaluate_predictions(((f["name"], p, f["depth"], f["valid"]) for f, p in zip(clip, preds)),
+                                alignment="median", pred_kind=kind)
+    depths_mm = []
     for frame, pred in zip(clip, preds):
-        per_frame.append(depth_metrics(pred, frame["depth"], frame["valid"], alignment="median", pred_kind=kind))
         if kind == "disparity":
             depth_mm = sd.disparity_to_depth(pred, reference=frame["depth"], mask=frame["valid"], mode="scale_shift")
         else:
             depth_mm = pred
         depths_mm.append(np.nan_to_num(depth_mm, nan=0.0).astype(np.float32))
-    keys = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
-    mean = {k: float(np.mean([m[k] for m in per_frame])) for k in keys}
+    mean = {k: float(v) for k, v in body["metrics"].items()}
 
     intr = clip[0]["intrinsics"]
     cloud = sd.to_polydata(sd.backproject(depths_mm[0], intr, mask=clip[0]["valid"]),
@@ -147,7 +141,7 @@ def run_demo(config: DemoConfig, progress=None) -> DemoResult:
     files["fused_mesh"] = sd.save_mesh(out / "fused_mesh.ply", mesh)
 
     # depth video: input | colour-mapped prediction (red = near, blue = far), one colour range for the clip
-    vrange = sd.colormap.robust_range(np.stack(preds), kind) if hasattr(sd, "colormap") else None
+    vrange = sd.robust_range(np.stack(preds), kind)
     video = out / "depth_video.mp4"
     with atomic_path(video) as tmp:
         writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (2 * config.width, config.height))
@@ -155,7 +149,7 @@ def run_demo(config: DemoConfig, progress=None) -> DemoResult:
             raise OSError(f"OpenCV cannot write mp4v video {video}")
         try:
             for frame, pred in zip(clip, preds):
-                color = sd.colorize(pred, kind, *vrange) if vrange else sd.colorize(pred, kind)
+                color = sd.colorize(pred, kind, *vrange)
                 writer.write(cv2.cvtColor(np.hstack([frame["image"], color]), cv2.COLOR_RGB2BGR))
         finally:
             writer.release()
@@ -164,13 +158,13 @@ def run_demo(config: DemoConfig, progress=None) -> DemoResult:
     f0 = clip[0]
     gt_vis = sd.colorize(f0["depth"], "depth", mask=f0["valid"])
     near, far = np.percentile(f0["depth"][f0["valid"]], [2, 98])
-    panels = [_label(f0["image"], "input frame"),
-              _label(gt_vis, "ground truth"),
-              _label(sd.colorize(depths_mm[0], "depth", near, far, mask=f0["valid"]), f"prediction ({kind})"),
-              _label(_error_map(depths_mm[0], f0["depth"], f0["valid"]), "abs. rel. error (0-0.5)")]
+    panels = [label_tile(f0["image"], "input frame"),
+              label_tile(gt_vis, "ground truth"),
+              label_tile(sd.colorize(depths_mm[0], "depth", near, far, mask=f0["valid"]), f"prediction ({kind})"),
+              label_tile(_error_map(depths_mm[0], f0["depth"], f0["valid"]), "abs. rel. error (0-0.5)")]
     try:
         view = render_mesh_view(mesh, (config.height, config.width))
-        panels.append(_label(view, "fused surface (VTK)"))
+        panels.append(label_tile(view, "fused surface (VTK)"))
     except Exception as exc:  # no OpenGL context on this machine: the summary keeps the other panels
         log.warning("3D view not rendered (VTK off-screen rendering failed: %s)", exc)
     summary = np.hstack(panels)
@@ -180,11 +174,10 @@ def run_demo(config: DemoConfig, progress=None) -> DemoResult:
 
     report = {"model": model.source, "model_config": model.config.to_dict(), "output_kind": kind,
               "organ": config.organ, "frames": config.frames, "size": [config.height, config.width],
-              "input_size": config.input_size, "alignment": "median (per frame)",
-              "notes": ("disparity inverted, then median-scaled to the ground truth for the metrics; scale+shift "
-                        "fitted in disparity space for the 3D outputs (demo only: it has ground truth)"
-                        if kind == "disparity" else "metric depth, no alignment for the 3D outputs"),
-              "metrics": mean, "per_frame": [{"name": f["name"], **m} for f, m in zip(clip, per_frame)],
+              "input_size": config.input_size or model.config.input_size, "alignment": body["alignment"],
+              "notes": body["notes"] + ("; 3D outputs: scale+shift fitted in disparity space to the ground truth "
+                                        "(demo only: it has ground truth)" if kind == "disparity" else ""),
+              "metrics": mean, "per_frame": body["per_image"],
               "poses": "exact camera poses of the renderer"}
     with atomic_path(out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(report, indent=2, default=float))

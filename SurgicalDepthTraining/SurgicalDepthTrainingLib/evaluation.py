@@ -72,7 +72,7 @@ def evaluate_predictions(samples: Iterable[tuple[str, np.ndarray, np.ndarray, np
     }
 
 
-def _predictions(model: Any, dataset: Any, input_size: int, batch_size: int,
+def _predictions(model: Any, dataset: Any, input_size: int | None, batch_size: int,
                  progress: bool) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]]:
     from tqdm import tqdm
 
@@ -97,7 +97,7 @@ def _predictions(model: Any, dataset: Any, input_size: int, batch_size: int,
         yield from flush()
 
 
-def evaluate(model: Any, dataset: Any, *, alignment: str = "median", input_size: int = 518,
+def evaluate(model: Any, dataset: Any, *, alignment: str = "median", input_size: int | None = None,
              min_depth: float | None = None, max_depth: float | None = None, batch_size: int = 1,
              progress: bool = True) -> dict[str, Any]:
     """Predict every image of ``dataset`` with ``model`` and measure it against the ground truth.
@@ -107,7 +107,8 @@ def evaluate(model: Any, dataset: Any, *, alignment: str = "median", input_size:
         dataset: a dataset of sample dicts (``image`` uint8 [H, W, 3] RGB, ``depth`` float32 [H, W],
             ``valid`` bool [H, W], ``name``), e.g. from ``open_dataset``.
         alignment: ``median|scale_shift|none`` (see :func:`~.metrics.depth_metrics`).
-        input_size: the model's input size (short side, multiple of 14 after the official resize).
+        input_size: network input lower bound (×14, official resize); default the model's own
+            (``config.input_size``: 518 for the official models).
         min_depth, max_depth: evaluation range in the dataset's unit; default the dataset's own ``min_depth`` /
             ``max_depth`` attributes when it has them.
         batch_size: images predicted together (equal sizes only; mixed sizes fall back to one by one).
@@ -128,7 +129,7 @@ def evaluate(model: Any, dataset: Any, *, alignment: str = "median", input_size:
         "dataset": str(getattr(dataset, "name", type(dataset).__name__)),
         "root": str(getattr(dataset, "root", "")),
         "model": str(getattr(model, "source", type(model).__name__)),
-        "input_size": int(input_size),
+        "input_size": int(input_size or model.config.input_size),
         **body,
     }
     m = report["metrics"]

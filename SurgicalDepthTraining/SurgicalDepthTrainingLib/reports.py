@@ -58,8 +58,8 @@ def read_report(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def markdown_table(reports_by_model: Mapping[str, Iterable[Mapping[str, Any]]], digits: int = 3) -> str:
-    """Markdown table laid out like the paper's Table 1: one column per dataset, two rows per model
-    (AbsRel ↓ and δ1 ↑); a model without a report for a dataset shows "–".
+    """Markdown table laid out like the paper's Table 1: one column per dataset (and split, e.g. the EndoSLAM
+    organs), two rows per model (AbsRel ↓ and δ1 ↑); a model without a report for a dataset shows "–".
 
     Args:
         reports_by_model: ``{model label: [report, ...]}`` (reports as returned by ``evaluate``).
@@ -69,7 +69,7 @@ def markdown_table(reports_by_model: Mapping[str, Iterable[Mapping[str, Any]]], 
     for model, reports in reports_by_model.items():
         cells[model] = {}
         for report in reports:
-            name = str(report["dataset"])
+            name = str(report["dataset"]) + (f" {report['split']}" if report.get("split") else "")
             if name not in datasets:
                 datasets.append(name)
             cells[model][name] = report["metrics"]
@@ -93,7 +93,8 @@ def write_table(text: str, path: str | os.PathLike) -> Path:
     return path
 
 
-def _label(tile: np.ndarray, text: str) -> np.ndarray:
+def label_tile(tile: np.ndarray, text: str) -> np.ndarray:
+    """A copy of RGB uint8 ``tile`` with ``text`` written in its top-left corner (white on a black outline)."""
     import cv2
 
     out = tile.copy()
@@ -132,7 +133,7 @@ def qualitative_figure(rows: Sequence[Mapping[str, Any]], path: str | os.PathLik
         h = max(1, round(gt.shape[0] * width / gt.shape[1]))
         panels = [(image, "RGB"), (colorize(gt, "depth", vmin, vmax, mask=valid), "ground truth"),
                   (colorize(pred, "depth", vmin, vmax), "prediction")]
-        resized = [_label(cv2.resize(np.ascontiguousarray(p), (width, h), interpolation=cv2.INTER_AREA),
+        resized = [label_tile(cv2.resize(np.ascontiguousarray(p), (width, h), interpolation=cv2.INTER_AREA),
                           label if j else f"{label} {row.get('name', '')}"[:40]) for j, (p, label) in enumerate(panels)]
         tiles.append(np.concatenate(resized, axis=1))
     grid = np.concatenate(tiles, axis=0)

@@ -44,15 +44,32 @@ def test_official_round_trip(tmp_path, version):
 
 
 def test_official_to_hf_to_official_bit_exact():
-    model = _random_model("vitg")  # giant: SwiGLU keys w12/w3 <-> weights_in/weights_out
+    model = _random_model("vits")
     state = model.state_dict()
     hf_state, hf_cfg = sd.official_to_hf(state, model.config)
-    assert any(".mlp.weights_in." in k for k in hf_state)
+    assert "backbone.encoder.layer.3.attention.attention.query.weight" in hf_state
+    assert "neck.fusion_stage.layers.0.projection.weight" in hf_state  # refinenet4 comes first in HF
     back, cfg = sd.hf_to_official(hf_state, hf_cfg)
     assert cfg == model.config
     assert set(back) == set(state)
     for k in state:
         assert torch.equal(back[k], state[k]), k
+
+
+def test_giant_swiglu_keys_and_shapes():
+    """ViT-g's fused SwiGLU keeps the official names (w12/w3) and maps to HF's weights_in/weights_out."""
+    from timm.models.vision_transformer import Block
+
+    from SurgicalDepthLib._hf_layout import hf_to_official_state, official_to_hf_state
+    from SurgicalDepthLib.encoder import SwiGLUFFNFused
+
+    block = Block(1536, 24, mlp_ratio=4.0, init_values=1e-5, mlp_layer=SwiGLUFFNFused)
+    assert block.mlp.w12.weight.shape == (8192, 1536) and block.mlp.w3.weight.shape == (1536, 4096)
+    state = {f"pretrained.blocks.0.{k}": v for k, v in block.state_dict().items()}
+    hf = official_to_hf_state(state)
+    assert hf["backbone.encoder.layer.0.mlp.weights_in.weight"] is state["pretrained.blocks.0.mlp.w12.weight"]
+    back = hf_to_official_state(hf)
+    assert set(back) == set(state) and all(torch.equal(back[k], state[k]) for k in state)
 
 
 def test_project_checkpoint_round_trip_and_fp16(tmp_path):

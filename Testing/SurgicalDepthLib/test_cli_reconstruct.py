@@ -21,7 +21,8 @@ def clip(tmp_path_factory):
     (root / "rgb").mkdir()
     for i, f in enumerate(frames):
         cv2.imwrite(str(root / "rgb" / f"{i:03d}.png"), cv2.cvtColor(f["image"], cv2.COLOR_RGB2BGR))
-    lines = ["# index then 16 numbers"] + [f"{i} " + " ".join(map(repr, f["pose"].ravel())) for i, f in enumerate(frames)]
+    lines = ["# index then 16 numbers"] + [f"{i} " + " ".join(f"{v:.17g}" for v in f["pose"].ravel())
+                                          for i, f in enumerate(frames)]
     (root / "poses.txt").write_text("\n".join(lines) + "\n")
     k = frames[0]["intrinsics"]
     return root, frames, f"{k.fx},{k.fy},{k.cx},{k.cy}"

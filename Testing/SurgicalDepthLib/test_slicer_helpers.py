@@ -183,10 +183,13 @@ def test_predict_depth_mm_maps_disparity_into_range():
     assert calls == [2, 3] and len(depths) == 3
     for frame, depth in zip(frames, depths):
         assert depth.shape == (28, 42) and depth.dtype == np.float32
-        if model.output_kind == "disparity":
-            expected = sd.disparity_to_depth(model.infer_image(frame, 28), depth_range=(5.0, 80.0))
-            # batched vs single-image inference differ by float32 rounding only
-            assert np.allclose(depth, np.nan_to_num(expected, nan=0.0), rtol=1e-4, atol=1e-4)
+        # relative model: disparity percentiles 2/98 mapped linearly in inverse depth onto [5, 80] mm
+        assert model.output_kind == "disparity"
+        expected = sd.disparity_to_depth(model.infer_image(frame, 28), depth_range=(5.0, 80.0),
+                                         percentiles=(2.0, 98.0))
+        # batched vs single-image inference differ by float32 rounding only
+        assert np.allclose(depth, np.nan_to_num(expected, nan=0.0), rtol=1e-4, atol=1e-4)
+        assert depth.min() >= 5.0 - 1e-4 and depth.max() <= 80.0 + 1e-4
     stopped = sh.predict_depth_mm(model, frames, 28, 5.0, 80.0, chunk_size=1, progress=lambda n: False)
     assert len(stopped) == 1
     with pytest.raises(ValueError, match="near_mm < far_mm"):

@@ -71,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     import SurgicalDepthLib as sd
+    from ..alignment import prediction_to_mm
     from ..camera import parse_intrinsics
     from ..icp import PoseTracker
 
@@ -99,10 +100,7 @@ def run(args: argparse.Namespace) -> int:
     with contextlib.closing(reader), tqdm(total=reader.frame_count or None, unit="frame") as bar:
         for index, rgb in zip(reader.indices, reader):
             pred = model.infer_image(rgb, args.input_size)
-            if model.output_kind == "disparity":
-                depth = sd.disparity_to_depth(pred, depth_range=(near, far), percentiles=(2.0, 98.0))
-            else:
-                depth = pred
+            depth = prediction_to_mm(pred, model.output_kind, model.depth_unit, (near, far))
             valid = np.isfinite(depth) & (depth > 0)
             if count % args.every == 0:
                 cloud = sd.to_polydata(sd.backproject(depth, intr, mask=valid), colors=rgb[valid],
@@ -127,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
             "unit": "mm", "intrinsics": intr.to_dict(),
             "depth_scale": (f"disparity mapped linearly in inverse depth to [{near}, {far}] mm "
                             "(2nd/98th percentiles per frame)" if model.output_kind == "disparity"
-                            else "metric model output")}
+                            else f"metric model output ({model.depth_unit}), converted to mm")}
     if volume is not None:
         mesh_path = sd.save_mesh(args.output / f"fused_mesh{ext}", volume.extract_mesh())
         with atomic_path(args.output / "poses.txt") as tmp:

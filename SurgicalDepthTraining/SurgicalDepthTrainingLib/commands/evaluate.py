@@ -5,6 +5,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from SurgicalDepthLib.cli import input_size_arg
+
 logger = logging.getLogger(__name__)
 
 
@@ -22,20 +24,25 @@ def register(subparsers) -> None:
                    help="per-image alignment before measuring (default median; 'none' for metric models)")
     p.add_argument("--output", required=True, type=Path, help="report file (.json)")
     p.add_argument("--split", default=None, help="dataset split (loader-specific; default everything found)")
-    p.add_argument("--input-size", type=int, default=518, help="model input size (default 518)")
+    p.add_argument("--input-size", type=input_size_arg, default=None,
+                   help="network input lower bound, multiple of 14 (default: the model's own, 518 for official models)")
     p.add_argument("--min-depth", type=float, default=None,
                    help="evaluation range lower bound in the dataset's unit (default: the dataset's)")
     p.add_argument("--max-depth", type=float, default=None,
                    help="evaluation range upper bound in the dataset's unit (default: the dataset's)")
     p.add_argument("--batch-size", type=int, default=1, help="images predicted together (default 1)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps (default auto)")
-    p.add_argument("--table", type=Path, default=None, help="also write a Markdown table (.md) of the result")
+    p.add_argument("--table", type=Path, default=None,
+                   help="also write a Markdown table (.md) in the layout of the paper's Table 1 (datasets as "
+                        "columns, AbsRel and delta1 rows per model)")
+    p.add_argument("--table-reports", type=Path, nargs="+", default=(), metavar="JSON",
+                   help="earlier reports (other datasets/splits/models) to include in --table")
     p.add_argument("--figure", type=Path, default=None,
                    help="also write a PNG of RGB | ground truth | prediction for up to 4 images")
     p.set_defaults(func=run)
 
 
-def _figure_rows(model, dataset, report: dict, input_size: int, n: int = 4) -> list[dict]:
+def _figure_rows(model, dataset, report: dict, input_size: int | None, n: int = 4) -> list[dict]:
     import numpy as np
 
     from SurgicalDepthTrainingLib.metrics import align_prediction
@@ -58,7 +65,12 @@ def run(args: argparse.Namespace) -> int:
 
     from SurgicalDepthTrainingLib.datasets import open_dataset
     from SurgicalDepthTrainingLib.evaluation import evaluate
-    from SurgicalDepthTrainingLib.reports import markdown_table, qualitative_figure, write_report, write_table
+    from SurgicalDepthTrainingLib.reports import (markdown_table, qualitative_figure, read_report, write_report,
+                                                  write_table)
+
+    for path in args.table_reports:
+        if not path.is_file():
+            raise FileNotFoundError(f"--table-reports {path} does not exist")
 
     for flag, path, suffix in (("--output", args.output, ".json"), ("--table", args.table, ".md"),
                                ("--figure", args.figure, ".png")):
@@ -73,10 +85,14 @@ def run(args: argparse.Namespace) -> int:
     report["dataset"] = args.dataset
     report["root"] = str(args.root)
     report["model"] = args.model
+    report["split"] = args.split
     rows = _figure_rows(model, dataset, report, args.input_size) if args.figure is not None else None
     write_report(report, args.output)
     if args.table is not None:
-        write_table(markdown_table({Path(args.model).name: [report]}), args.table)
+        by_model: dict[str, list[dict]] = {}
+        for earlier in [read_report(p) for p in args.table_reports] + [report]:
+            by_model.setdefault(Path(str(earlier.get("model", "?"))).name, []).append(earlier)
+        write_table(markdown_table(by_model), args.table)
     if rows is not None:
         qualitative_figure(rows, args.figure)
     m = report["metrics"]
