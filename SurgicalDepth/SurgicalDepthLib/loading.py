@@ -11,11 +11,13 @@ import torch
 from .checkpoints import check_state_dict, load_state_dict_file
 from .configs import MODEL_CONFIGS, get_model_config
 from .model import DepthModel
-from .weights import WEIGHTS, cached_path
+from .weights import WEIGHTS, cached_path, sha256_file
 
 log = logging.getLogger(__name__)
 
 DEFAULT_MODEL_FILE = "surgical-depth-default.safetensors"
+# SHA256 of the shipped default model (Resources/Models/MODEL_CARD.md); verified on every load of "default".
+DEFAULT_MODEL_SHA256 = "PENDING"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
@@ -86,6 +88,10 @@ def load_model(source: str | os.PathLike = "default", *, device: str | torch.dev
     else:
         if src == "default":
             path = default_model_path()
+            digest = sha256_file(path)
+            if digest != DEFAULT_MODEL_SHA256:
+                raise ValueError(f"{path}: SHA256 {digest} is not the registered {DEFAULT_MODEL_SHA256} of the "
+                                 "shipped default model (file modified or corrupt)")
         elif src in WEIGHTS:
             path = cached_path(src)
             hints.setdefault("version", MODEL_CONFIGS[src].version)

@@ -103,7 +103,7 @@ def run_demo(config: DemoConfig, progress=None) -> DemoResult:
 
     from .evaluation import evaluate_predictions
     from .reports import label_tile
-    from .synthetic import render_clip
+    from .synthetic import SceneConfig, render_clip
 
     t0 = time.perf_counter()
     out = Path(config.output)
@@ -119,8 +119,9 @@ def run_demo(config: DemoConfig, progress=None) -> DemoResult:
         if progress is not None:
             progress(i + 1, len(clip))
 
+    cap = float(SceneConfig().max_depth_mm)  # the renderer's depth range: farther pixels are invalid
     body = evaluate_predictions(((f["name"], p, f["depth"], f["valid"]) for f, p in zip(clip, preds)),
-                                alignment="median", pred_kind=kind)
+                                alignment="median", pred_kind=kind, max_depth=cap)
     depths_mm = []
     for frame, pred in zip(clip, preds):
         if kind == "disparity":

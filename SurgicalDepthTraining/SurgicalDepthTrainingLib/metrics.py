@@ -96,7 +96,9 @@ def align_prediction(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None =
         raise ValueError(f"pred shape {pred.shape} does not match gt shape {gt.shape}")
     if min_depth is not None and max_depth is not None and not min_depth < max_depth:
         raise ValueError(f"need min_depth < max_depth, got min_depth={min_depth}, max_depth={max_depth}")
-    positive = not (alignment == "scale_shift" and pred_kind == "disparity")
+    # A disparity <= 0 means "infinitely far": with a depth cap it is evaluated as the cap (monodepth2 clamps
+    # predictions to the cap), so a model cannot hide failures behind zeros; without a cap it cannot be scored.
+    positive = not (pred_kind == "disparity" and (alignment == "scale_shift" or max_depth is not None))
     valid = _valid_mask(pred, gt, mask, min_depth, max_depth, positive)
     if not valid.any():
         raise ValueError(f"depth_metrics: no valid pixel (gt finite, > 0, inside ({min_depth}, {max_depth}), "
@@ -109,7 +111,7 @@ def align_prediction(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None =
             floor = 1.0 / max_depth if max_depth is not None else _MIN_INV_DEPTH
             depth = 1.0 / np.maximum(scale * x + shift, floor)
         else:
-            depth = np.where(pred > 0, 1.0 / pred, np.nan) if pred_kind == "disparity" else pred.copy()
+            depth = np.where(pred > 0, 1.0 / pred, np.inf) if pred_kind == "disparity" else pred.copy()
             if alignment == "median":
                 scale, _ = fit_scale_shift(depth, gt, valid, mode="median")
                 depth = depth * scale
@@ -139,8 +141,9 @@ def depth_metrics(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = No
             are ignored, and aligned predictions are clamped to ``[min_depth, max_depth]`` (monodepth2).
     Returns:
         the :data:`METRIC_KEYS` plus ``scale``, ``shift`` (the fitted alignment; shift is in inverse-depth units
-        for scale_shift, 0 otherwise) and ``n_valid`` (pixels evaluated). Pixels where ``pred`` is non-finite,
-        or <= 0 where it must be inverted or ratio-scaled, are not evaluated.
+        for scale_shift, 0 otherwise) and ``n_valid`` (pixels evaluated). Pixels where ``pred`` is non-finite are
+        not evaluated; a disparity <= 0 (infinitely far) is evaluated as ``max_depth`` when a cap is given and
+        left out otherwise; a depth <= 0 is left out.
     Raises:
         ValueError: unknown ``alignment``/``pred_kind``, shape mismatch (both shapes quoted), bad range, or no
             valid pixel.

@@ -115,3 +115,16 @@ def test_mean_metrics():
     assert mean_metrics(per)["abs_rel"] == 1.0 and mean_metrics(per)["a3"] == 7.0
     with pytest.raises(ValueError):
         mean_metrics([])
+
+
+def test_zero_disparity_counts_as_the_cap_not_as_missing():
+    from SurgicalDepthTrainingLib.metrics import depth_metrics
+
+    gt = np.full((4, 5), 10.0)
+    disp = np.full((4, 5), 0.1)  # 1/disp = 10 = gt: perfect ...
+    disp[0, :2] = 0.0  # ... except two pixels the model calls infinitely far
+    capped = depth_metrics(disp, gt, alignment="median", pred_kind="disparity", max_depth=100.0)
+    assert capped["n_valid"] == 20
+    assert capped["abs_rel"] == pytest.approx(2 * (100.0 - 10.0) / 10.0 / 20)  # scored at the 100 mm cap
+    uncapped = depth_metrics(disp, gt, alignment="median", pred_kind="disparity")
+    assert uncapped["n_valid"] == 18 and uncapped["abs_rel"] == pytest.approx(0.0)

@@ -36,7 +36,9 @@ def evaluate_sets(model, samples: Path | None) -> dict[str, dict[str, dict]]:
     out: dict[str, dict[str, dict]] = {}
     for name, items in sets.items():
         preds = [model.infer_image(s["image"]) for s in items]
-        cap = 200.0 if name.startswith("SimCol3D") else 300.0 if name.startswith("synthetic") else None
+        # depth caps: SimCol3D's encoded range (200 mm), the renderer's (300 mm), and for EndoSLAM's relative
+        # depth (1 / 8-bit value, so <= 1) just above 1: predictions beyond the data's range are clamped to it
+        cap = 200.0 if name.startswith("SimCol3D") else 300.0 if name.startswith("synthetic") else 1.0 + 1e-6
         out[name] = {}
         for alignment in ("median", "scale_shift"):
             body = sdt.evaluate_predictions(((s["name"], p, s["depth"], s["valid"]) for s, p in zip(items, preds)),

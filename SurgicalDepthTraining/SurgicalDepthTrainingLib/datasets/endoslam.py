@@ -129,6 +129,9 @@ class EndoSLAM(DepthDataset):
 
     def load(self, pair: Pair) -> dict:
         sample = super().load(pair)
+        # the black corners outside the capsule's octagonal field of view carry depth values too: not valid
+        sample["valid"] = sample["valid"] & ~outside_field_of_view(sample["image"])
+        sample["depth"] = np.where(sample["valid"], sample["depth"], 0).astype(np.float32)
         sample["disparity"] = np.where(sample["valid"], self._read_value(pair.depth), 0).astype(np.float32)
         return sample
 
@@ -149,3 +152,15 @@ def _find_calibration(seq: Path) -> Intrinsics | None:
                 # EndoSLAM's cam.txt holds K for the 320 x 320 UnityCam renders.
                 return Intrinsics.from_file(f, width=320, height=320)
     return None
+
+
+def outside_field_of_view(rgb: np.ndarray, threshold: int = 5) -> np.ndarray:
+    """bool ``[H, W]``: the near-black region connected to the image border (the masked corners of an endoscope
+    image). Dark tissue inside the field of view (the far lumen) does not touch the border and is kept."""
+    import cv2
+
+    dark = (np.asarray(rgb).max(axis=2) <= threshold).astype(np.uint8)
+    _, labels = cv2.connectedComponents(dark, connectivity=4)
+    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    border = border[border > 0]
+    return np.isin(labels, border)

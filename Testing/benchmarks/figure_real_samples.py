@@ -1,0 +1,50 @@
+"""README figure: the default model on real colonoscopy frames (Kvasir-SEG / HyperKvasir, CC BY 4.0).
+
+Writes ``Resources/Figures/real_colonoscopy.png``: each row is an input frame and its predicted relative depth
+(red = near, blue = far); the black area outside the endoscope's field of view is masked. Images are read from
+../shared/samples/real/images (not redistributed here beyond this derived figure, which credits its source).
+Usage: ``python Testing/benchmarks/figure_real_samples.py [--model SRC]``.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+FILES = ("kseg_cju0qkwl35piu0993l0dewei2.jpg", "kseg_cju0qx73cjw570799j4n5cjze.jpg",
+         "kseg_cju0roawvklrq0799vmjorwfv.jpg")
+
+
+def main() -> None:
+    import SurgicalDepthLib as sd
+    from SurgicalDepthLib._atomic import atomic_path
+    from SurgicalDepthTrainingLib.reports import label_tile
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--model", default="default", help="model source")
+    ap.add_argument("--images", type=Path, default=REPO.parent / "shared" / "samples" / "real" / "images",
+                    help="folder with the Kvasir-SEG frames")
+    ap.add_argument("--output", type=Path, default=REPO / "Resources" / "Figures" / "real_colonoscopy.png",
+                    help="figure file")
+    args = ap.parse_args()
+    model = sd.load_model(args.model, device="cpu")
+    rows = []
+    for name in FILES:
+        rgb = sd.read_image(args.images / name)
+        rgb = cv2.resize(rgb, (320, round(320 * rgb.shape[0] / rgb.shape[1])), interpolation=cv2.INTER_AREA)
+        fov = cv2.erode((rgb.max(axis=2) > 20).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+        disp = model.infer_image(rgb)
+        color = sd.colorize(disp, "disparity", mask=fov)
+        rows.append(np.hstack([label_tile(rgb, "Kvasir-SEG frame"), label_tile(color, "predicted depth")]))
+    width = max(r.shape[1] for r in rows)
+    figure = np.vstack([np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0))) for r in rows])
+    with atomic_path(args.output) as tmp:
+        cv2.imwrite(str(tmp), cv2.cvtColor(figure, cv2.COLOR_RGB2BGR))
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
