@@ -44,14 +44,21 @@ class TSDFVolume:
         bounds: ``((xmin, ymin, zmin), (xmax, ymax, zmax))`` world box for a dense grid, or None for sparse
             8³ blocks allocated where depth lands.
         device: torch device for the volume and the integration arithmetic (``"cuda"`` runs it on the GPU).
-        max_voxels: refuse dense grids larger than this (memory: 20 bytes per voxel).
+        max_voxels: refuse dense grids larger than this (memory: 20 bytes per voxel); for a sparse volume,
+            the grid that mesh extraction fills over the allocated blocks' bounding box.
+        max_depth: depth beyond this (same unit) is not integrated (like Open3D's ``depth_trunc``): a few far
+            outliers would otherwise allocate blocks far away and blow up the extraction grid. None = no limit.
 
     Both layouts store 8³-voxel blocks (a dense volume is a pre-allocated block grid) holding running sums
     Σ tsdf, Σ colour and the weight (observation count); values are divided out on extraction.
     """
 
     def __init__(self, voxel_size: float, truncation: float, bounds: Any = None, device: str | torch.device = "cpu",
-                 max_voxels: int = 1 << 27) -> None:
+                 max_voxels: int = 1 << 27, max_depth: float | None = None) -> None:
+        if max_depth is not None and not (max_depth > 0 and math.isfinite(max_depth)):
+            raise ValueError(f"max_depth must be a positive number or None, got {max_depth!r}")
+        self.max_depth = max_depth
+        self.max_voxels = int(max_voxels)
         if not (isinstance(voxel_size, (int, float)) and voxel_size > 0 and math.isfinite(voxel_size)):
             raise ValueError(f"voxel_size must be a positive number, got {voxel_size!r}")
         if not (isinstance(truncation, (int, float)) and truncation >= voxel_size and math.isfinite(truncation)):
@@ -108,7 +115,10 @@ class TSDFVolume:
         pose = check_rigid(pose)
         dev = self.device
         d = torch.as_tensor(np.ascontiguousarray(depth, dtype=np.float32)).to(dev)
-        d = torch.where(torch.isfinite(d) & (d > 0), d, torch.zeros((), device=dev))
+        keep = torch.isfinite(d) & (d > 0)
+        if self.max_depth is not None:
+            keep &= d <= self.max_depth
+        d = torch.where(keep, d, torch.zeros((), device=dev))
         col = None
         if rgb is not None:  # planar [3, H·W + 1] with a black sentinel pixel at the end
             col = torch.zeros((3, depth.size + 1), device=dev)
@@ -260,6 +270,10 @@ class TSDFVolume:
             bc = _decode(self._keys)
             bmin = bc.min(0).values
             dims = ((bc.max(0).values - bmin + 1) * BLOCK).tolist()
+            if int(np.prod(dims)) > self.max_voxels:
+                raise ValueError(f"the fused blocks span a grid of {dims} = {int(np.prod(dims))} voxels, more than "
+                                 f"max_voxels={self.max_voxels}: far outlier depths? pass max_depth= or a larger "
+                                 "voxel_size")
             origin = (bmin * BLOCK).cpu().numpy().astype(np.float64) * self.voxel_size
         vox = ((bc - bmin)[:, None, :] * BLOCK + self._local_offsets()[None]).reshape(-1, 3).cpu().numpy()
         w = self._weight[slots].reshape(-1)

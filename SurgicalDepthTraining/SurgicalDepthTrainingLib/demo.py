@@ -76,20 +76,19 @@ def render_mesh_view(polydata, size: tuple[int, int]) -> np.ndarray:
     window.AddRenderer(renderer)
     window.SetSize(w, h)
     camera = renderer.GetActiveCamera()
-    camera.SetPosition(0, -60, -80)  # camera frame: y down, z forward -> look along +z from above/behind
-    camera.SetFocalPoint(0, 0, 40)
+    bounds = polydata.GetBounds()
+    centre = [(bounds[2 * i] + bounds[2 * i + 1]) / 2 for i in range(3)]
+    size = max(bounds[1] - bounds[0], bounds[3] - bounds[2], bounds[5] - bounds[4])
+    camera.SetFocalPoint(*centre)  # oblique view from the side and above (camera frame: y down, z forward)
+    camera.SetPosition(centre[0] - 0.9 * size, centre[1] - 0.6 * size, centre[2] - 0.5 * size)
     camera.SetViewUp(0, -1, 0)
-    renderer.ResetCamera()
-    camera.Zoom(1.3)
-    warnings = vtk.vtkObject.GetGlobalWarningDisplay()
-    vtk.vtkObject.GlobalWarningDisplayOff()  # no X server: VTK warns, then renders through EGL/OSMesa
-    try:
-        window.Render()
-        grab = vtk.vtkWindowToImageFilter()
-        grab.SetInput(window)
-        grab.Update()
-    finally:
-        vtk.vtkObject.SetGlobalWarningDisplay(warnings)
+    renderer.ResetCameraClippingRange()
+    # without an X server VTK logs a warning, then renders through EGL/OSMesa: keep that line off the console
+    vtk.vtkLogger.SetStderrVerbosity(vtk.vtkLogger.VERBOSITY_ERROR)
+    window.Render()
+    grab = vtk.vtkWindowToImageFilter()
+    grab.SetInput(window)
+    grab.Update()
     image = grab.GetOutput()
     arr = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(h, w, -1)[..., :3]
     window.Finalize()
@@ -128,14 +127,15 @@ def run_demo(config: DemoConfig, progress=None) -> DemoResult:
             depth_mm = sd.disparity_to_depth(pred, reference=frame["depth"], mask=frame["valid"], mode="scale_shift")
         else:
             depth_mm = pred
-        depths_mm.append(np.nan_to_num(depth_mm, nan=0.0).astype(np.float32))
+        depth_mm = np.nan_to_num(depth_mm, nan=0.0, posinf=0.0)
+        depths_mm.append(np.where(depth_mm <= cap, depth_mm, 0.0).astype(np.float32))  # beyond the scene: invalid
     mean = {k: float(v) for k, v in body["metrics"].items()}
 
     intr = clip[0]["intrinsics"]
     cloud = sd.to_polydata(sd.backproject(depths_mm[0], intr, mask=clip[0]["valid"]),
                            colors=clip[0]["image"][clip[0]["valid"] & (depths_mm[0] > 0)])
     files["point_cloud"] = sd.save_points(out / "frame000_points.ply", cloud)
-    volume = sd.TSDFVolume(voxel_size=config.voxel_mm, truncation=4 * config.voxel_mm)
+    volume = sd.TSDFVolume(voxel_size=config.voxel_mm, truncation=4 * config.voxel_mm, max_depth=cap)
     for frame, depth_mm in zip(clip, depths_mm):
         volume.integrate(depth_mm, frame["image"], frame["intrinsics"], frame["pose"])
     mesh = volume.extract_mesh()
@@ -161,7 +161,7 @@ def run_demo(config: DemoConfig, progress=None) -> DemoResult:
     near, far = np.percentile(f0["depth"][f0["valid"]], [2, 98])
     panels = [label_tile(f0["image"], "input frame"),
               label_tile(gt_vis, "ground truth"),
-              label_tile(sd.colorize(depths_mm[0], "depth", near, far, mask=f0["valid"]), f"prediction ({kind})"),
+              label_tile(sd.colorize(depths_mm[0], "depth", near, far, mask=f0["valid"]), "prediction (aligned, mm)"),
               label_tile(_error_map(depths_mm[0], f0["depth"], f0["valid"]), "abs. rel. error (0-0.5)")]
     try:
         view = render_mesh_view(mesh, (config.height, config.width))

@@ -113,7 +113,9 @@ def align_prediction(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None =
         else:
             depth = np.where(pred > 0, 1.0 / pred, np.inf) if pred_kind == "disparity" else pred.copy()
             if alignment == "median":
-                scale, _ = fit_scale_shift(depth, gt, valid, mode="median")
+                if np.isfinite(depth[valid]).any():
+                    scale, _ = fit_scale_shift(depth, gt, valid, mode="median")
+                # else: every valid pixel is predicted infinitely far; nothing to scale, the cap scores them
                 depth = depth * scale
     if min_depth is not None or max_depth is not None:
         depth = np.clip(depth, min_depth, max_depth)

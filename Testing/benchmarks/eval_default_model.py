@@ -30,9 +30,9 @@ def evaluate_sets(model, samples: Path | None) -> dict[str, dict[str, dict]]:
     for organ in sdt.ORGANS:
         sets[f"synthetic {organ}"] = list(synthetic_pairs(organ))
     if samples is not None and samples.is_dir():
-        sets["SimCol3D (real sample)"] = [sdt.open_dataset("simcol3d", samples / "simcol3d")[i] for i in range(10)]
+        sets["SimCol3D sample"] = [sdt.open_dataset("simcol3d", samples / "simcol3d")[i] for i in range(10)]
         ds = sdt.open_dataset("endoslam", samples / "endoslam")
-        sets["EndoSLAM stomach (real sample)"] = [ds[i] for i in range(len(ds))]
+        sets["EndoSLAM stomach sample"] = [ds[i] for i in range(len(ds))]
     out: dict[str, dict[str, dict]] = {}
     for name, items in sets.items():
         preds = [model.infer_image(s["image"]) for s in items]

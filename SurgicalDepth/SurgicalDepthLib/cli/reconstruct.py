@@ -92,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     print(f"model: {model.source} ({model.output_kind}) on {model.device}; intrinsics fx={intr.fx:.1f} "
           f"fy={intr.fy:.1f} cx={intr.cx:.1f} cy={intr.cy:.1f} for {width}x{height}")
-    volume = sd.TSDFVolume(args.voxel_size, 4 * args.voxel_size, device=model.device.type) if args.fuse else None
+    volume = sd.TSDFVolume(args.voxel_size, 4 * args.voxel_size, device=model.device.type,
+                           max_depth=far if model.output_kind == "disparity" else None) if args.fuse else None
     tracker = PoseTracker(intr) if args.fuse and poses is None else None
     used_poses: list[np.ndarray] = []
     ext = "." + args.format
