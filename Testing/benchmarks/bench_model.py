@@ -49,7 +49,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"], help="weights/activations")
-    ap.add_argument("--channels-last", action="store_true", help="channels-last memory format for ours")
+    ap.add_argument("--contiguous", action="store_true",
+                    help="convert ours back to contiguous weights (load_model uses channels-last)")
     ap.add_argument("--compile", action="store_true", help="torch.compile ours")
     args = ap.parse_args()
 
@@ -64,8 +65,8 @@ def main() -> None:
         build_hf_folder(args.size, folder)
         hf = DepthAnythingForDepthEstimation.from_pretrained(folder).eval().to(dev, dtype)
         ours = sd.load_model(folder, device=args.device, precision="fp32").to(dtype)
-    if args.channels_last:
-        ours = ours.to(memory_format=torch.channels_last)
+    if args.contiguous:
+        ours = ours.to(memory_format=torch.contiguous_format)
     fwd = torch.compile(ours) if args.compile else ours
     x = torch.randn(args.batch, 3, *args.hw, device=dev, dtype=dtype)
 
