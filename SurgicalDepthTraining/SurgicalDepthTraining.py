@@ -47,9 +47,9 @@ class SurgicalDepthTrainingParameterNode:
     datasetRoot: Path
     synthFrames: Annotated[int, WithinRange(1, 100000)] = 64
     baseModel: str = "default"
-    loss: Annotated[str, Choice(["ssi", "silog", "l1"])] = "ssi"
-    learningRate: Annotated[float, WithinRange(1e-8, 1.0), Decimals(8)] = 5e-6
-    batchSize: Annotated[int, WithinRange(1, 1024)] = 4
+    loss: Annotated[str, Choice(["l1", "silog", "ssi"])] = "l1"  # the paper's recipe: L1, AdamW 3e-5, batch 16
+    learningRate: Annotated[float, WithinRange(1e-8, 1.0), Decimals(8)] = 3e-5
+    batchSize: Annotated[int, WithinRange(1, 1024)] = 16
     epochs: Annotated[int, WithinRange(1, 10000)] = 10
     inputSize: Annotated[int, WithinRange(14, 2044)] = 518
     loraRank: Annotated[int, WithinRange(0, 512)] = 0

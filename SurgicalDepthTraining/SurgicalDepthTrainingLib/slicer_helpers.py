@@ -40,9 +40,9 @@ class TrainRecipe:
     root: str
     output: str
     model: str = "default"
-    loss: str = "ssi"
-    lr: float = 5e-6
-    batch_size: int = 4
+    loss: str = "l1"
+    lr: float = 3e-5
+    batch_size: int = 16
     epochs: int = 10
     input_size: int = 518
     lora_rank: int = 0

@@ -29,7 +29,7 @@ def test_train_recipe_validation():
 def test_train_command_single_process():
     cmd = sh.train_command("/slicer/bin/PythonSlicer", _recipe(lr=1e-5, batch_size=8, epochs=3, input_size=266))
     assert cmd == ["/slicer/bin/PythonSlicer", "-m", "SurgicalDepthTrainingLib", "train", "--dataset", "c3vd",
-                   "--root", "/data/c3vd", "--output", "/runs/a", "--model", "default", "--loss", "ssi",
+                   "--root", "/data/c3vd", "--output", "/runs/a", "--model", "default", "--loss", "l1",
                    "--lr", "1e-05", "--batch-size", "8", "--epochs", "3", "--input-size", "266"]
 
 
