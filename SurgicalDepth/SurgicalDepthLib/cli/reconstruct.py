@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .._atomic import atomic_path
+from ..pose_io import format_pose_file, read_pose_file
 from . import CliError, input_size_arg
 
 log = logging.getLogger(__name__)
@@ -48,20 +49,7 @@ def register(subparsers) -> None:
 
 def read_poses(path: Path) -> list[np.ndarray]:
     """Poses file → list of float64 4×4 camera-to-world matrices (rigidity is checked when integrating)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"poses file {path} does not exist")
-    poses = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        try:
-            values = [float(v) for v in line.replace(",", " ").split()]
-        except ValueError:
-            raise ValueError(f"{path}:{n}: expected numbers, got {line[:60]!r}") from None
-        if len(values) not in (16, 17):
-            raise ValueError(f"{path}:{n}: expected 16 numbers (or an index and 16), got {len(values)}")
-        poses.append(np.asarray(values[-16:], dtype=np.float64).reshape(4, 4))
+    poses = [matrix for _, matrix in read_pose_file(path)]
     if not poses:
         raise ValueError(f"poses file {path} holds no pose")
     return poses
@@ -130,8 +118,7 @@ def run(args: argparse.Namespace) -> int:
     if volume is not None:
         mesh_path = sd.save_mesh(args.output / f"fused_mesh{ext}", volume.extract_mesh())
         with atomic_path(args.output / "poses.txt") as tmp:
-            tmp.write_text("# frame m00 ... m33 (camera-to-world, row-major, mm)\n" + "".join(
-                f"{i} " + " ".join(f"{v:.9g}" for v in p.ravel()) + "\n" for i, p in enumerate(used_poses)))
+            tmp.write_text(format_pose_file(used_poses))
         meta["poses"] = (f"given ({args.poses})" if poses is not None
                          else "estimated by frame-to-frame point-to-plane ICP (robust, Huber); drift accumulates")
         meta["voxel_size_mm"] = args.voxel_size

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from SurgicalDepthLib.camera import Intrinsics
+from SurgicalDepthLib.pose_io import read_pose_file
 
 from ._base import DatasetError, DepthDataset, Pair, find_dirs, select_split, sorted_files, uint16_linear
 
@@ -47,23 +48,19 @@ def read_meta(seq: Path) -> dict:
 
 
 def read_poses(path: Path) -> dict[int, np.ndarray]:
-    """``{frame_index: 4x4 float64}`` from a ``poses.txt`` ('#' comment lines, then index + 16 numbers)."""
+    """``{frame_index: 4x4 float64}`` from a ``poses.txt`` (:mod:`SurgicalDepthLib.pose_io` format; the index is
+    required here and the last matrix row must be 0 0 0 1)."""
+    try:
+        entries = read_pose_file(path)
+    except ValueError as exc:
+        raise DatasetError(str(exc)) from None
     poses: dict[int, np.ndarray] = {}
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
-        text = line.strip()
-        if not text or text.startswith("#"):
-            continue
-        parts = text.split()
-        if len(parts) != 17:
-            raise DatasetError(f"{path} line {n}: expected a frame index and 16 numbers, got {len(parts)} fields")
-        try:
-            idx = int(parts[0])
-            m = np.asarray([float(p) for p in parts[1:]], dtype=np.float64).reshape(4, 4)
-        except ValueError as exc:
-            raise DatasetError(f"{path} line {n}: not numeric ({exc})") from exc
+    for index, m in entries:
+        if index is None:
+            raise DatasetError(f"{path}: every pose line needs a frame index before its 16 numbers")
         if not np.allclose(m[3], [0, 0, 0, 1]):
-            raise DatasetError(f"{path} line {n}: last matrix row must be 0 0 0 1, got {m[3].tolist()}")
-        poses[idx] = m
+            raise DatasetError(f"{path}: pose of frame {index}: last matrix row must be 0 0 0 1, got {m[3].tolist()}")
+        poses[index] = m
     return poses
 
 

@@ -19,6 +19,7 @@ import numpy as np
 
 from SurgicalDepthLib._atomic import atomic_dir, atomic_path
 from SurgicalDepthLib.camera import Intrinsics
+from SurgicalDepthLib.pose_io import POSE_FILE_HEADER, format_pose_line
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def write_synthetic(frames: Iterable[dict], root: str | os.PathLike, meta: dict)
         (tmp / "rgb").mkdir()
         (tmp / "depth").mkdir()
         intrinsics: Intrinsics | None = None
-        pose_lines = ["# frame_index m00 m01 m02 m03 m10 ... m33 (4x4 camera-to-world, row-major, mm)"]
+        pose_lines = [POSE_FILE_HEADER]
         count = 0
         for i, frame in enumerate(frames):
             image, depth, valid = frame["image"], frame["depth"], frame["valid"]
@@ -77,12 +78,9 @@ def write_synthetic(frames: Iterable[dict], root: str | os.PathLike, meta: dict)
                 intrinsics = frame["intrinsics"]
             elif frame["intrinsics"] != intrinsics:
                 raise ValueError(f"frame {i}: intrinsics {frame['intrinsics']} differ from frame 0's {intrinsics}")
-            pose = np.asarray(frame["pose"], np.float64)
-            if pose.shape != (4, 4):
-                raise ValueError(f"frame {i}: pose must be 4x4, got {pose.shape}")
+            pose_lines.append(format_pose_line(i, frame["pose"]))  # checks the 4x4 shape
             _write_png(tmp / "rgb" / f"{i:06d}.png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
             _write_png(tmp / "depth" / f"{i:06d}.png", encode_depth(depth, valid))
-            pose_lines.append(f"{i} " + " ".join(repr(float(x)) for x in pose.reshape(-1)))
             count += 1
         if intrinsics is None:
             raise ValueError("frames is empty: nothing to write")

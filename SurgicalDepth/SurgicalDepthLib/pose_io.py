@@ -1,0 +1,54 @@
+"""Camera-pose text files: one line per frame, an optional frame index then the 16 numbers of the 4×4
+camera-to-world matrix, row-major; ``#`` starts a comment. Written by ``surgical-depth synth`` (the ``synthetic``
+layout's ``poses.txt``) and ``surgical-depth reconstruct``, read by both and by ``--poses``."""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+POSE_FILE_HEADER = "# frame_index m00 m01 m02 m03 m10 ... m33 (4x4 camera-to-world, row-major, mm)"
+
+
+def format_pose_line(index: int, pose: np.ndarray) -> str:
+    """One line: the index and the 16 values at full precision (``repr`` round-trips float64 exactly)."""
+    pose = np.asarray(pose, dtype=np.float64)
+    if pose.shape != (4, 4):
+        raise ValueError(f"pose {index} must be 4x4, got shape {pose.shape}")
+    return f"{int(index)} " + " ".join(repr(float(x)) for x in pose.ravel())
+
+
+def format_pose_file(poses: Iterable[np.ndarray], indices: Iterable[int] | None = None) -> str:
+    """The whole file's text: header, then one :func:`format_pose_line` per pose (indices default 0, 1, ...)."""
+    poses = list(poses)
+    indices = range(len(poses)) if indices is None else list(indices)
+    return "\n".join([POSE_FILE_HEADER] + [format_pose_line(i, p) for i, p in zip(indices, poses)]) + "\n"
+
+
+def read_pose_file(path: str | os.PathLike) -> list[tuple[int | None, np.ndarray]]:
+    """``[(index or None, float64 [4, 4]), ...]`` in file order. Rigidity is not checked here.
+
+    Raises:
+        FileNotFoundError: no such file. ValueError: a line that is not 16 (or index + 16) numbers, naming
+            the file and line.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"poses file {path} does not exist")
+    poses: list[tuple[int | None, np.ndarray]] = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        fields = text.replace(",", " ").split()
+        if len(fields) not in (16, 17):
+            raise ValueError(f"{path}:{n}: expected 16 numbers (or an index and 16), got {len(fields)}")
+        try:
+            index = int(fields[0]) if len(fields) == 17 else None
+            matrix = np.asarray([float(v) for v in fields[-16:]], dtype=np.float64).reshape(4, 4)
+        except ValueError:
+            raise ValueError(f"{path}:{n}: expected numbers, got {text[:60]!r}") from None
+        poses.append((index, matrix))
+    return poses
