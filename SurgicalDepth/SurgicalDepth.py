@@ -53,6 +53,7 @@ class SurgicalDepthParameterNode:
     modelPath: Path
     registryName: Annotated[str, Choice(list(REGISTRY_NAMES))] = "depth-anything-v2-small"
     device: Annotated[str, Choice(["auto", "cuda", "mps", "cpu"])] = "auto"
+    precision: Annotated[str, Choice(["auto", "fp32", "fp16", "bf16"])] = "auto"
     inputSize: Annotated[int, WithinRange(0, 2044)] = 0  # 0 = the model's own (518 for official models)
     calibrationPath: Path
     fx: float = 0.0
@@ -155,15 +156,16 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
         for requirement in missing:  # one string per call: what pip_install accepts before Slicer 5.12
             slicer.util.pip_install(requirement)
 
-    def loadModel(self, source: str = "default", device: str = "auto", askDownload: bool = True):
+    def loadModel(self, source: str = "default", device: str = "auto", askDownload: bool = True,
+                  precision: str = "auto"):
         """``sd.load_model``, cached; official weights not on disk are downloaded only after the user agrees."""
         self.setupPythonRequirements(askConfirmation=True)
         import SurgicalDepthLib as sd
-        key = (str(source), str(device))
+        key = (str(source), str(device), str(precision))
         if key not in self._models:
             if source in sd.WEIGHTS:
                 self._downloadIfNeeded(source, askDownload)
-            self._models[key] = sd.load_model(source, device=device)
+            self._models[key] = sd.load_model(source, device=device, precision=precision)
         return self._models[key]
 
     def _downloadIfNeeded(self, name: str, ask: bool) -> None:
@@ -229,17 +231,18 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
         inputs = {"video": dict(videoPath=path_or_none(p.videoPath), maxFrames=p.maxFrames),
                   "sequence": dict(browser=p.inputBrowser), "volume": dict(volume=p.inputVolume)}[p.inputMode]
         return self.process(**inputs, model=model_source(p.modelChoice, str(p.modelPath), p.registryName),
-                            device=p.device, inputSize=p.inputSize, calibration=path_or_none(p.calibrationPath),
-                            fx=p.fx, fy=p.fy, cx=p.cx, cy=p.cy, nearMm=p.nearMm, farMm=p.farMm, pointCloud=p.pointCloud,
-                            colorByDepth=p.colorByDepth, depthMesh=p.depthMesh, fuse=p.fuse and allFrames,
-                            voxelMm=p.voxelMm, progress=progress, currentOnly=not allFrames)
+                            device=p.device, precision=p.precision, inputSize=p.inputSize,
+                            calibration=path_or_none(p.calibrationPath), fx=p.fx, fy=p.fy, cx=p.cx, cy=p.cy,
+                            nearMm=p.nearMm, farMm=p.farMm, pointCloud=p.pointCloud, colorByDepth=p.colorByDepth,
+                            depthMesh=p.depthMesh, fuse=p.fuse and allFrames, voxelMm=p.voxelMm, progress=progress,
+                            currentOnly=not allFrames)
 
     def process(self, videoPath=None, model: str = "default", *, browser=None, volume=None, maxFrames: int = 0,
-                currentOnly: bool = False, device: str = "auto", inputSize: int = 0, intrinsics=None,
-                calibration: Optional[str] = None, fx: float = 0.0, fy: float = 0.0, cx: float = 0.0, cy: float = 0.0,
-                nearMm: float = 10.0, farMm: float = 150.0, pointCloud: bool = True, colorByDepth: bool = False,
-                depthMesh: bool = True, fuse: bool = False, voxelMm: float = 1.0, chunkSize: int = 4,
-                progress: Optional[Callable] = None):
+                currentOnly: bool = False, device: str = "auto", precision: str = "auto", inputSize: int = 0,
+                intrinsics=None, calibration: Optional[str] = None, fx: float = 0.0, fy: float = 0.0,
+                cx: float = 0.0, cy: float = 0.0, nearMm: float = 10.0, farMm: float = 150.0,
+                pointCloud: bool = True, colorByDepth: bool = False, depthMesh: bool = True, fuse: bool = False,
+                voxelMm: float = 1.0, chunkSize: int = 4, progress: Optional[Callable] = None):
         """Depth of a video file / image folder (``videoPath``), a sequence ``browser`` or one RGB ``volume``;
         returns a ``SurgicalDepthNodes`` record of the created nodes (``SurgicalDepthLib.slicer_helpers``).
 
@@ -250,7 +253,7 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
         thread, and one chunk of inference is short, so the GUI stays responsive without worker threads.
         """
         progress = progress or (lambda fraction, text: True)
-        net = self.loadModel(model, device)
+        net = self.loadModel(model, device, precision=precision)
         import SurgicalDepthLib as sd
         from SurgicalDepthLib.slicer_helpers import (SurgicalDepthNodes, depth_display_range, polydata_to_ras,
                                                      predict_depth_mm, resolve_intrinsics)

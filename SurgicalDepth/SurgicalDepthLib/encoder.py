@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
+from .attention import SelfAttention
 from .configs import ModelConfig
 
 
@@ -82,6 +83,8 @@ class DinoV2Encoder(VisionTransformer):
             depth=spec.depth, num_heads=spec.num_heads, init_values=1e-5, num_classes=0,
             dynamic_img_size=True, **kwargs,
         )
+        for block in self.blocks:  # same parameters, attention computed by SurgicalDepthLib.attention
+            block.attn = SelfAttention.from_timm(block.attn)
         # Present in official and HF checkpoints (unused for inference); kept so loading is strict and exact.
         self.mask_token = nn.Parameter(torch.zeros(1, spec.embed_dim))
         self.patch_size = config.patch_size

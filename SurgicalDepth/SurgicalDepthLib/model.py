@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .background import prefetch
 from .configs import ModelConfig
 from .dpt import DPTHead
 from .encoder import DinoV2Encoder
@@ -67,12 +68,19 @@ class DepthModel(nn.Module):
         return torch.autocast(device_type=dev, dtype=dtype)
 
     @torch.inference_mode()
-    def _predict(self, batch: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
-        x = torch.from_numpy(batch).to(self.device, non_blocking=True)
+    def _launch(self, batch: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
+        """Normalised ``[n, 3, h, w]`` (host) → float32 ``[n, H, W]`` on the device; asynchronous on GPUs."""
+        x = batch.to(self.device, non_blocking=True)
         with self._autocast():
             pred = self(x)
-        pred = F.interpolate(pred[:, None].float(), size=out_hw, mode="bilinear", align_corners=True)[:, 0]
+        return F.interpolate(pred[:, None].float(), size=out_hw, mode="bilinear", align_corners=True)[:, 0]
+
+    @staticmethod
+    def _fetch(pred: torch.Tensor) -> np.ndarray:
         return pred.cpu().numpy().astype(np.float32, copy=False)
+
+    def _predict(self, batch: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
+        return self._fetch(self._launch(torch.from_numpy(batch), out_hw))
 
     def infer_image(self, rgb: np.ndarray, input_size: int | None = None) -> np.ndarray:
         """One RGB uint8 ``[H, W, 3]`` frame → float32 ``[H, W]`` (disparity or depth, see ``output_kind``).
@@ -84,26 +92,73 @@ class DepthModel(nn.Module):
         x = preprocess(rgb, input_size, self.config.mean, self.config.std, self.config.patch_size)
         return self._predict(x[None], rgb.shape[:2])[0]
 
+    def _input_batches(self, frames: Iterable[np.ndarray], input_size: int,
+                       batch_size: int) -> Iterator[tuple[torch.Tensor, tuple[int, int]]]:
+        """Check, preprocess and stack frames: ``([n, 3, h, w] float32 tensor, (H, W))`` per batch. When the
+        frame source fails, the frames read before the failure are still yielded, then the error is raised."""
+        pin = self.device.type == "cuda"
+
+        def stack(group: list[np.ndarray]) -> torch.Tensor:
+            batch = torch.from_numpy(np.stack(group))
+            return batch.pin_memory() if pin else batch
+
+        group: list[np.ndarray] = []
+        size: tuple[int, int] | None = None
+        try:
+            for i, rgb in enumerate(frames):
+                check_rgb(rgb, f"frame {i}")
+                if size is None:
+                    size = rgb.shape[:2]
+                elif rgb.shape[:2] != size:
+                    raise ValueError(f"frame {i} has size {rgb.shape[:2]}, expected {size} like the first frame")
+                group.append(preprocess(rgb, input_size, self.config.mean, self.config.std,
+                                        self.config.patch_size))
+                if len(group) == batch_size:
+                    yield stack(group), size
+                    group = []
+        except Exception:
+            if group:
+                yield stack(group), size
+            raise
+        if group:
+            yield stack(group), size
+
     def iter_batches(self, frames: Iterable[np.ndarray], input_size: int | None = None,
-                     batch_size: int = 4) -> Iterator[np.ndarray]:
-        """Stream predictions ``[n, H, W]`` for successive groups of equally sized frames (constant memory)."""
+                     batch_size: int = 4, prefetch_batches: int = 2) -> Iterator[np.ndarray]:
+        """Stream predictions ``[n, H, W]`` for successive groups of equally sized frames (constant memory).
+
+        Decoding (``frames`` is iterated in a background thread) and preprocessing run up to
+        ``prefetch_batches`` batches ahead of inference (0: everything in the calling thread); on a GPU the next
+        batch is queued before the previous result is copied back. If ``frames`` raises, the predictions of the
+        frames read before are yielded first."""
         input_size = input_size or self.config.input_size
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        group: list[np.ndarray] = []
-        size: tuple[int, int] | None = None
-        for i, rgb in enumerate(frames):
-            check_rgb(rgb, f"frame {i}")
-            if size is None:
-                size = rgb.shape[:2]
-            elif rgb.shape[:2] != size:
-                raise ValueError(f"frame {i} has size {rgb.shape[:2]}, expected {size} like the first frame")
-            group.append(preprocess(rgb, input_size, self.config.mean, self.config.std, self.config.patch_size))
-            if len(group) == batch_size:
-                yield self._predict(np.stack(group), size)
-                group = []
-        if group:
-            yield self._predict(np.stack(group), size)
+        if prefetch_batches < 0:
+            raise ValueError(f"prefetch_batches must be >= 0, got {prefetch_batches}")
+        batches = self._input_batches(frames, input_size, batch_size)
+        if prefetch_batches:
+            batches = prefetch(batches, prefetch_batches, "DepthModel.preprocess")
+        overlap = self.device.type != "cpu"  # CPU inference is synchronous: nothing to overlap
+        in_flight: torch.Tensor | None = None
+        while True:
+            try:
+                batch, size = next(batches)
+            except StopIteration:
+                break
+            except Exception:
+                if in_flight is not None:
+                    yield self._fetch(in_flight)
+                raise
+            pred = self._launch(batch, size)
+            if not overlap:
+                yield self._fetch(pred)
+                continue
+            if in_flight is not None:
+                yield self._fetch(in_flight)
+            in_flight = pred
+        if in_flight is not None:
+            yield self._fetch(in_flight)
 
     def infer_batch(self, frames: Sequence[np.ndarray] | np.ndarray, input_size: int | None = None,
                     batch_size: int = 4) -> np.ndarray:

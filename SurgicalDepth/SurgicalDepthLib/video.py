@@ -9,7 +9,6 @@ from __future__ import annotations
 import glob as _glob
 import logging
 import os
-import queue
 import re
 import threading
 from collections.abc import Iterator
@@ -17,6 +16,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+
+from .background import prefetch
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,6 @@ class FrameReader:
         self.path = str(path)
         self.prefetch = prefetch
         self._stop_event = threading.Event()
-        self._thread: threading.Thread | None = None
         self.files: list[Path] | None = None
         self.fps: float | None = None
         source_count = self._open(Path(path))
@@ -152,10 +152,10 @@ class FrameReader:
         return count
 
     # -- decoding ------------------------------------------------------------------------------------------------
-    def _iter_images(self) -> Iterator[np.ndarray]:
+    def _iter_images(self, stop: threading.Event) -> Iterator[np.ndarray]:
         files = self.files or []
         for i in self.indices:
-            if self._stop_event.is_set():
+            if stop.is_set():
                 return
             rgb = read_image(files[i])
             if rgb.shape[:2] != self.size:
@@ -163,7 +163,7 @@ class FrameReader:
                                  f"{self.size[0]}x{self.size[1]}; all frames of a sequence must have the same size")
             yield rgb
 
-    def _iter_video(self) -> Iterator[np.ndarray]:
+    def _iter_video(self, stop: threading.Event) -> Iterator[np.ndarray]:
         path = Path(self.path)
         capture = cv2.VideoCapture(str(path))
         try:
@@ -173,7 +173,7 @@ class FrameReader:
             target = next(wanted, None)
             index = 0
             # grab() every frame and retrieve() only the wanted ones: exact frame positions, unlike seeking
-            while target is not None and not self._stop_event.is_set():
+            while target is not None and not stop.is_set():
                 if not capture.grab():
                     break
                 if index == target:
@@ -183,7 +183,7 @@ class FrameReader:
                     yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
                     target = next(wanted, None)
                 index += 1
-            if target is not None and not self._stop_event.is_set():
+            if target is not None and not stop.is_set():
                 missing = self._source_count - index
                 # some containers (mkv, webm, raw streams) only estimate the frame count from the duration:
                 # a shortfall of a couple of frames at the very end is not treated as corruption
@@ -194,51 +194,15 @@ class FrameReader:
         finally:
             capture.release()
 
-    def _frames(self) -> Iterator[np.ndarray]:
-        return self._iter_video() if self.kind == "video" else self._iter_images()
-
-    def _prefetched(self) -> Iterator[np.ndarray]:
-        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
-        done = object()
-        stop = self._stop_event
-
-        def put(item) -> bool:
-            while not stop.is_set():
-                try:
-                    q.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        def worker() -> None:
-            try:
-                for frame in self._frames():
-                    if not put(frame):
-                        return
-                put(done)
-            except BaseException as exc:  # forwarded to the consumer thread and re-raised there
-                put(exc)
-
-        thread = threading.Thread(target=worker, name=f"FrameReader({self.path})", daemon=True)
-        self._thread = thread
-        thread.start()
-        try:
-            while True:
-                item = q.get()
-                if item is done:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            stop.set()
-            thread.join()
-            self._thread = None
-            stop.clear()
+    def _frames(self, stop: threading.Event) -> Iterator[np.ndarray]:
+        return self._iter_video(stop) if self.kind == "video" else self._iter_images(stop)
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        return self._prefetched() if self.prefetch > 0 else self._frames()
+        self._stop_event = threading.Event()  # one per iteration: close() ends only the running one
+        frames = self._frames(self._stop_event)
+        if self.prefetch > 0:
+            return prefetch(frames, self.prefetch, f"FrameReader({self.path})", self._stop_event)
+        return frames
 
     def __len__(self) -> int:
         return self.frame_count
@@ -246,10 +210,6 @@ class FrameReader:
     def close(self) -> None:
         """Stop a running prefetch thread (frames already decoded are dropped)."""
         self._stop_event.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
-        self._stop_event.clear()
 
     def __enter__(self) -> "FrameReader":
         return self

@@ -4,12 +4,15 @@ Both sides load the same random-weight Hugging Face folder (``config.json`` + ``
 ``preprocessor_config.json`` of the official Depth Anything processor: keep aspect ratio, lower bound
 ``input_size``, multiple of 14, bicubic, ImageNet mean/std) and process the same frames of one video:
 
-- ours: ``predict VIDEO --format npy`` (decode in a prefetch thread, batched inference, one ``.npy`` per frame);
-- HF: ``cv2.VideoCapture`` → PIL image → ``pipeline("depth-estimation")`` → ``predicted_depth`` → ``np.save``.
+- ours: ``predict VIDEO --format npy`` (decode and preprocessing in background threads, batched inference,
+  one ``.npy`` per frame written by a writer thread), in each of ``--precisions``;
+- HF: ``cv2.VideoCapture`` → PIL image → ``pipeline("depth-estimation")`` → ``predicted_depth`` → ``np.save``,
+  in fp32 (the reference row).
 
-Timings include decoding, inference and writing, not model loading. Rounds alternate (ours, HF, ours, HF...)
-so machine load hits both alike; the median round is reported. Usage:
-``python Testing/benchmarks/bench_video.py [--video PATH] [--frames 16] [--size small] [--input-size 518]``
+Timings include decoding, inference and writing, not model loading. Rounds alternate over all variants so
+machine load hits them alike; the median round is reported. Usage:
+``python Testing/benchmarks/bench_video.py [--video PATH] [--frames 16] [--size small] [--input-size 518]
+[--precisions fp32 bf16]``
 (default video: ``../shared/samples/real/video/laparoscopy_endo.mp4`` beside the checkout, else a synthetic clip).
 """
 from __future__ import annotations
@@ -60,18 +63,19 @@ def synthetic_clip(path: Path, n: int, h: int = 720, w: int = 1280) -> Path:
     return path
 
 
-def run_ours(video: Path, folder: Path, out: Path, frames: int, input_size: int, batch: int) -> float:
+def run_ours(video: Path, folder: Path, out: Path, frames: int, input_size: int, batch: int,
+             precision: str = "fp32") -> float:
     from SurgicalDepthLib.cli import predict
 
     parser = argparse.ArgumentParser()
     predict.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["predict", str(video), "--output", str(out), "--model", str(folder), "--format",
-                              "npy", "--device", "cpu", "--precision", "fp32", "--input-size", str(input_size),
+                              "npy", "--device", "cpu", "--precision", precision, "--input-size", str(input_size),
                               "--batch-size", str(batch), "--max-frames", str(frames)])
     # time the per-frame work only: load the model first (predict.run would load it again; use a cached loader)
     from SurgicalDepthLib import loading
 
-    model = loading.load_model(folder, device="cpu", precision="fp32")
+    model = loading.load_model(folder, device="cpu", precision=precision)
     original = loading.load_model
     loading.load_model = lambda *a, **k: model
     try:
@@ -93,7 +97,7 @@ def run_hf(pipe, video: Path, out: Path, frames: int) -> float:
         if not ok:
             raise RuntimeError(f"{video}: frame {i} could not be read")
         result = pipe(Image.fromarray(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)))
-        np.save(out / f"{i:06d}.npy", result["predicted_depth"].squeeze().cpu().numpy().astype(np.float32))
+        np.save(out / f"{i:06d}.npy", result["predicted_depth"].squeeze().float().cpu().numpy())
     capture.release()
     return time.perf_counter() - t0
 
@@ -106,6 +110,8 @@ def main() -> None:
     ap.add_argument("--input-size", type=int, default=518, help="network input lower bound (multiple of 14)")
     ap.add_argument("--batch-size", type=int, default=4, help="batch size for ours")
     ap.add_argument("--rounds", type=int, default=3, help="alternating timed rounds")
+    ap.add_argument("--precisions", nargs="+", default=["fp32"], choices=("fp32", "bf16"),
+                    help="precisions of ours to time (bf16: autocast + chunked bf16 attention on CPU)")
     args = ap.parse_args()
 
     from transformers import pipeline
@@ -115,29 +121,35 @@ def main() -> None:
         video = args.video or (SAMPLE if SAMPLE.is_file() else synthetic_clip(tmp / "clip.mp4", args.frames))
         folder = tmp / "hf"
         build_hf_folder(args.size, folder, args.input_size)
+        # fp32 only: the pipeline's postprocess fails on bfloat16 outputs ("Got unsupported ScalarType BFloat16",
+        # transformers 5.24); bench_model.py compares the bf16 forward passes
         pipe = pipeline("depth-estimation", model=str(folder), device="cpu")
-        run_hf(pipe, video, tmp / "warm_hf", 2)
-        run_ours(video, folder, tmp / "warm_ours", 2, args.input_size, args.batch_size)
-        ours_t, hf_t = [], []
+        runs = {"HF `pipeline('depth-estimation')` loop, fp32": lambda out: run_hf(pipe, video, out, args.frames)}
+        for p in args.precisions:
+            runs[f"`surgical-depth predict` (batch {args.batch_size}), {p}"] = (
+                lambda out, p=p: run_ours(video, folder, out, args.frames, args.input_size, args.batch_size, p))
+        for name, run in runs.items():  # warm-up
+            run(tmp / "warm")
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        outputs: dict[str, Path] = {}
         for r in range(args.rounds):
-            ours_t.append(run_ours(video, folder, tmp / f"ours{r}", args.frames, args.input_size, args.batch_size))
-            hf_t.append(run_hf(pipe, video, tmp / f"hf{r}", args.frames))
-        name = Path(video).stem
-        a = np.load(tmp / "ours0" / name / "000000.npy")
-        b = np.load(tmp / "hf0" / "000000.npy")
-        diff = float(np.abs(a - b).max() / max(np.abs(b).max(), 1e-12)) if a.shape == b.shape else float("nan")
+            for i, (name, run) in enumerate(runs.items()):
+                outputs[name] = tmp / f"run{i}_{r}"
+                times[name].append(run(outputs[name]))
+        names = list(runs)
+        first = {n: np.load(next(outputs[n].rglob("000000.npy"))) for n in names}
+        ref = first[names[0]]
+        diffs = {n: float(np.abs(first[n] - ref).max() / max(np.abs(ref).max(), 1e-12)) for n in names}
         h, w = cv2.VideoCapture(str(video)).read()[1].shape[:2]
 
-    ours_fps = args.frames / statistics.median(ours_t)
-    hf_fps = args.frames / statistics.median(hf_t)
+    fps = {n: args.frames / statistics.median(times[n]) for n in names}
     print(f"\nvideo {Path(video).name} {w}x{h}, {args.frames} frames, DA-V2 {args.size} (random weights), input "
           f"{args.input_size}, CPU {platform.processor() or platform.machine()} x{torch.get_num_threads()} threads, "
           f"torch {torch.__version__}\n")
-    print("| pipeline | frames/s (median of %d) | speed-up |" % args.rounds)
-    print("|---|---|---|")
-    print(f"| HF `pipeline('depth-estimation')` loop | {hf_fps:.2f} | 1.00x |")
-    print(f"| `surgical-depth predict` (batch {args.batch_size}) | {ours_fps:.2f} | {ours_fps / hf_fps:.2f}x |")
-    print(f"\nmax |ours - HF| / max|HF| on frame 0: {diff:.2e} (shapes {a.shape} vs {b.shape})")
+    print(f"| pipeline | frames/s (median of {args.rounds}) | speed-up vs first row | max diff to first row, frame 0 |")
+    print("|---|---|---|---|")
+    for n in names:
+        print(f"| {n} | {fps[n]:.2f} | {fps[n] / fps[names[0]]:.2f}x | {diffs[n]:.1e} |")
 
 
 if __name__ == "__main__":
