@@ -12,7 +12,7 @@ from .background import prefetch
 from .configs import ModelConfig
 from .dpt import DPTHead
 from .encoder import DinoV2Encoder
-from .preprocess import check_rgb, official_input_size, preprocess
+from .preprocess import check_rgb, official_input_size, preprocess, preprocess_on_device
 
 
 class DepthModel(nn.Module):
@@ -68,9 +68,13 @@ class DepthModel(nn.Module):
         return torch.autocast(device_type=dev, dtype=dtype)
 
     @torch.inference_mode()
-    def _launch(self, batch: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
-        """Normalised ``[n, 3, h, w]`` (host) → float32 ``[n, H, W]`` on the device; asynchronous on GPUs."""
+    def _launch(self, batch: torch.Tensor, out_hw: tuple[int, int], input_size: int | None = None) -> torch.Tensor:
+        """Host batch → float32 ``[n, H, W]`` on the device; asynchronous on GPUs. ``batch``: normalised
+        ``[n, 3, h, w]``, or raw uint8 ``[n, H, W, 3]`` frames (then ``input_size`` is needed) preprocessed on
+        the device."""
         x = batch.to(self.device, non_blocking=True)
+        if x.dtype == torch.uint8:
+            x = preprocess_on_device(x, input_size, self.config.mean, self.config.std, self.config.patch_size)
         with self._autocast():
             pred = self(x)
         return F.interpolate(pred[:, None].float(), size=out_hw, mode="bilinear", align_corners=True)[:, 0]
@@ -94,8 +98,11 @@ class DepthModel(nn.Module):
 
     def _input_batches(self, frames: Iterable[np.ndarray], input_size: int,
                        batch_size: int) -> Iterator[tuple[torch.Tensor, tuple[int, int]]]:
-        """Check, preprocess and stack frames: ``([n, 3, h, w] float32 tensor, (H, W))`` per batch. When the
-        frame source fails, the frames read before the failure are still yielded, then the error is raised."""
+        """Check, preprocess and stack frames: ``([n, 3, h, w] float32 tensor, (H, W))`` per batch, or on a GPU
+        the raw ``[n, H, W, 3]`` uint8 frames in pinned memory (preprocessed on the device: no host float
+        conversion and resize of large frames). When the frame source fails, the frames read before the
+        failure are still yielded, then the error is raised."""
+        gpu = self.device.type in ("cuda", "mps")
         pin = self.device.type == "cuda"
 
         def stack(group: list[np.ndarray]) -> torch.Tensor:
@@ -111,8 +118,8 @@ class DepthModel(nn.Module):
                     size = rgb.shape[:2]
                 elif rgb.shape[:2] != size:
                     raise ValueError(f"frame {i} has size {rgb.shape[:2]}, expected {size} like the first frame")
-                group.append(preprocess(rgb, input_size, self.config.mean, self.config.std,
-                                        self.config.patch_size))
+                group.append(rgb if gpu else preprocess(rgb, input_size, self.config.mean, self.config.std,
+                                                        self.config.patch_size))
                 if len(group) == batch_size:
                     yield stack(group), size
                     group = []
@@ -150,7 +157,7 @@ class DepthModel(nn.Module):
                 if in_flight is not None:
                     yield self._fetch(in_flight)
                 raise
-            pred = self._launch(batch, size)
+            pred = self._launch(batch, size, input_size)
             if not overlap:
                 yield self._fetch(pred)
                 continue

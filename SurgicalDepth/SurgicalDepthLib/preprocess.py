@@ -1,11 +1,13 @@
 """Official Depth Anything input preprocessing (Depth-Anything-V2 ``dpt.py::image2tensor`` with
 ``util/transform.py``): RGB/255, resize keeping the aspect ratio so both sides are ≥ ``input_size`` and multiples
-of 14 ("lower_bound"), OpenCV bicubic, ImageNet mean/std, HWC → CHW float32.
+of 14 ("lower_bound"), OpenCV bicubic, ImageNet mean/std, HWC → CHW float32; on a GPU the same steps run on
+the device (:func:`preprocess_on_device`).
 """
 from __future__ import annotations
 
 import cv2
 import numpy as np
+import torch
 
 from .configs import IMAGENET_MEAN, IMAGENET_STD
 
@@ -56,3 +58,26 @@ def preprocess(rgb: np.ndarray, input_size: int = 518, mean=IMAGENET_MEAN, std=I
     image -= np.asarray(mean, dtype=np.float32)
     image /= np.asarray(std, dtype=np.float32)
     return np.ascontiguousarray(image.transpose(2, 0, 1))
+
+
+def preprocess_on_device(frames: torch.Tensor, input_size: int = 518, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                         multiple: int = 14) -> torch.Tensor:
+    """:func:`preprocess` for a batch already on its device (a GPU), so the host only decodes and uploads uint8.
+
+    Same steps in torch: /255, bicubic resize (PyTorch's and OpenCV's INTER_CUBIC are the same Keys kernel,
+    a = -0.75, half-pixel centres, clamped borders; they differ by ≤ 2e-4 of the [0, 1] range — OpenCV's kernel
+    weights are rounded — i.e. < 0.06 grey levels), ImageNet mean/std.
+
+    Args:
+        frames: uint8 ``[N, H, W, 3]`` RGB on any device.
+    Returns:
+        float32 ``[N, 3, h, w]`` on the same device, h and w from :func:`official_input_size`.
+    """
+    if frames.dtype != torch.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be uint8 [N, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
+    h, w = official_input_size(frames.shape[1], frames.shape[2], input_size, multiple)
+    x = frames.permute(0, 3, 1, 2).float().mul_(1.0 / 255.0)
+    x = torch.nn.functional.interpolate(x, size=(h, w), mode="bicubic", align_corners=False)
+    m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return x.sub_(m).div_(s).contiguous()

@@ -93,3 +93,29 @@ def test_infer_image_keeps_input_size_and_matches_forward(rng):
     assert np.allclose(batch[0], out, atol=1e-5)
     with pytest.raises(ValueError, match=r"frame 1 has size \(30, 90\)"):
         model.infer_batch([rgb, rgb[:30]], input_size=70)
+
+
+@pytest.mark.parametrize("hw", [(97, 171), (720, 1280), (256, 320)])
+def test_device_preprocessing_matches_the_official_one(rng, hw):
+    """The GPU path (torch bicubic on uint8 frames) against the official OpenCV path, run here on the CPU."""
+    from SurgicalDepthLib.preprocess import preprocess_on_device
+
+    frames = rng.integers(0, 256, size=(2, *hw, 3), dtype=np.uint8)
+    ours = preprocess_on_device(torch.from_numpy(frames), 518).numpy()
+    for frame, x in zip(frames, ours):
+        ref = _reference(frame)
+        assert x.shape == ref.shape
+        # 2e-4 of [0, 1] (OpenCV's rounded kernel weights) divided by the smallest ImageNet std
+        assert np.abs(x - ref).max() < 2e-4 / 0.224
+    with pytest.raises(ValueError, match="uint8"):
+        preprocess_on_device(torch.zeros(1, 8, 8, 3), 518)
+
+
+def test_uint8_batches_give_the_same_prediction_as_host_preprocessing(rng):
+    torch.manual_seed(0)  # a random init whose (ReLU) output is not constant
+    model = sd.load_model("random:surgical-depth-tiny", device="cpu")
+    frames = rng.integers(0, 256, size=(2, 60, 80, 3), dtype=np.uint8)
+    host = model._fetch(model._launch(torch.from_numpy(np.stack([preprocess(f, 56) for f in frames])), (60, 80)))
+    device = model._fetch(model._launch(torch.from_numpy(frames), (60, 80), input_size=56))
+    assert np.ptp(host) > 0
+    assert np.abs(device - host).max() <= 1e-3 * max(np.abs(host).max(), 1e-6)

@@ -64,18 +64,18 @@ def synthetic_clip(path: Path, n: int, h: int = 720, w: int = 1280) -> Path:
 
 
 def run_ours(video: Path, folder: Path, out: Path, frames: int, input_size: int, batch: int,
-             precision: str = "fp32") -> float:
+             precision: str = "fp32", device: str = "cpu") -> float:
     from SurgicalDepthLib.cli import predict
 
     parser = argparse.ArgumentParser()
     predict.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["predict", str(video), "--output", str(out), "--model", str(folder), "--format",
-                              "npy", "--device", "cpu", "--precision", precision, "--input-size", str(input_size),
+                              "npy", "--device", device, "--precision", precision, "--input-size", str(input_size),
                               "--batch-size", str(batch), "--max-frames", str(frames)])
     # time the per-frame work only: load the model first (predict.run would load it again; use a cached loader)
     from SurgicalDepthLib import loading
 
-    model = loading.load_model(folder, device="cpu", precision=precision)
+    model = loading.load_model(folder, device=device, precision=precision)
     original = loading.load_model
     loading.load_model = lambda *a, **k: model
     try:
@@ -110,24 +110,32 @@ def main() -> None:
     ap.add_argument("--input-size", type=int, default=518, help="network input lower bound (multiple of 14)")
     ap.add_argument("--batch-size", type=int, default=4, help="batch size for ours")
     ap.add_argument("--rounds", type=int, default=3, help="alternating timed rounds")
-    ap.add_argument("--precisions", nargs="+", default=["fp32"], choices=("fp32", "bf16"),
-                    help="precisions of ours to time (bf16: autocast + chunked bf16 attention on CPU)")
+    ap.add_argument("--precisions", nargs="+", default=["fp32"], choices=("fp32", "fp16", "bf16"),
+                    help="precisions of ours to time (bf16 on CPU: autocast + chunked bf16 attention)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (both pipelines)")
+    ap.add_argument("--synthetic", default=None, metavar="HxW",
+                    help="time a generated clip of this size (e.g. 1080x1920) instead of a video file")
     args = ap.parse_args()
 
     from transformers import pipeline
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        video = args.video or (SAMPLE if SAMPLE.is_file() else synthetic_clip(tmp / "clip.mp4", args.frames))
+        if args.synthetic or not (args.video or SAMPLE.is_file()):
+            h, w = map(int, (args.synthetic or "720x1280").lower().split("x"))
+            video = synthetic_clip(tmp / "clip.mp4", args.frames, h, w)
+        else:
+            video = args.video or SAMPLE
         folder = tmp / "hf"
         build_hf_folder(args.size, folder, args.input_size)
         # fp32 only: the pipeline's postprocess fails on bfloat16 outputs ("Got unsupported ScalarType BFloat16",
         # transformers 5.24); bench_model.py compares the bf16 forward passes
-        pipe = pipeline("depth-estimation", model=str(folder), device="cpu")
+        pipe = pipeline("depth-estimation", model=str(folder), device=args.device)
         runs = {"HF `pipeline('depth-estimation')` loop, fp32": lambda out: run_hf(pipe, video, out, args.frames)}
         for p in args.precisions:
             runs[f"`surgical-depth predict` (batch {args.batch_size}), {p}"] = (
-                lambda out, p=p: run_ours(video, folder, out, args.frames, args.input_size, args.batch_size, p))
+                lambda out, p=p: run_ours(video, folder, out, args.frames, args.input_size, args.batch_size, p,
+                                          args.device))
         for name, run in runs.items():  # warm-up
             run(tmp / "warm")
         times: dict[str, list[float]] = {name: [] for name in runs}
@@ -143,9 +151,10 @@ def main() -> None:
         h, w = cv2.VideoCapture(str(video)).read()[1].shape[:2]
 
     fps = {n: args.frames / statistics.median(times[n]) for n in names}
+    gpu = f", {torch.cuda.get_device_name()}" if args.device.startswith("cuda") else ""
+    cpu = f"CPU {platform.processor() or platform.machine()} x{torch.get_num_threads()} threads{gpu}"
     print(f"\nvideo {Path(video).name} {w}x{h}, {args.frames} frames, DA-V2 {args.size} (random weights), input "
-          f"{args.input_size}, CPU {platform.processor() or platform.machine()} x{torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}\n")
+          f"{args.input_size}, {args.device} ({cpu}), torch {torch.__version__}\n")
     print(f"| pipeline | frames/s (median of {args.rounds}) | speed-up vs first row | max diff to first row, frame 0 |")
     print("|---|---|---|---|")
     for n in names:
