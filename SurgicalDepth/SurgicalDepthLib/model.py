@@ -98,16 +98,15 @@ class DepthModel(nn.Module):
 
     def _input_batches(self, frames: Iterable[np.ndarray], input_size: int,
                        batch_size: int) -> Iterator[tuple[torch.Tensor, tuple[int, int]]]:
-        """Check, preprocess and stack frames: ``([n, 3, h, w] float32 tensor, (H, W))`` per batch, or on a GPU
+        """Check, preprocess and stack frames: ``([n, 3, h, w] float32 tensor, (H, W))`` per batch, or on CUDA
         the raw ``[n, H, W, 3]`` uint8 frames in pinned memory (preprocessed on the device: no host float
         conversion and resize of large frames). When the frame source fails, the frames read before the
         failure are still yielded, then the error is raised."""
-        gpu = self.device.type in ("cuda", "mps")
-        pin = self.device.type == "cuda"
+        cuda = self.device.type == "cuda"  # MPS keeps the host path: its bicubic support varies by release
 
         def stack(group: list[np.ndarray]) -> torch.Tensor:
             batch = torch.from_numpy(np.stack(group))
-            return batch.pin_memory() if pin else batch
+            return batch.pin_memory() if cuda else batch
 
         group: list[np.ndarray] = []
         size: tuple[int, int] | None = None
@@ -118,8 +117,8 @@ class DepthModel(nn.Module):
                     size = rgb.shape[:2]
                 elif rgb.shape[:2] != size:
                     raise ValueError(f"frame {i} has size {rgb.shape[:2]}, expected {size} like the first frame")
-                group.append(rgb if gpu else preprocess(rgb, input_size, self.config.mean, self.config.std,
-                                                        self.config.patch_size))
+                group.append(rgb if cuda else preprocess(rgb, input_size, self.config.mean, self.config.std,
+                                                         self.config.patch_size))
                 if len(group) == batch_size:
                     yield stack(group), size
                     group = []
