@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from SurgicalDepthTrainingLib.synthetic import effects
-from SurgicalDepthTrainingLib.synthetic.shading import expose, normals_from_points, shade, vignette_map
-from SurgicalDepthTrainingLib.synthetic.textures import band_noise, sample_bilinear
+from SurgicalDepthTrainingLib.synthetic.shading import (expose, expose_planes, lighting, normals_from_points, shade,
+                                                        vignette_map)
+from SurgicalDepthTrainingLib.synthetic.textures import band_noise, channel_planes, sample_bilinear, sample_planes
 
 
 def test_band_noise_is_periodic_unit_and_seeded():
@@ -26,6 +27,16 @@ def test_sample_bilinear_exact_on_linear_table():
     u, v = np.array([0.25, 4.5, 8.9]), np.array([1.5, 0.0, 5.75])
     out = sample_bilinear(table, u, v, wrap_v=False)
     np.testing.assert_allclose(out, np.stack([2 * u + 3 * v, u - v], -1))
+
+
+def test_sample_planes_equals_sample_bilinear():
+    table = np.random.default_rng(2).random((40, 30, 3)).astype(np.float32)
+    u = np.array([0.0, 3.25, 17.9, 38.99, 45.0, -2.0])
+    v = np.array([0.0, 29.5, -0.25, 61.3, 12.0, 29.999])  # wraps both ways
+    for wrap in (True, False):
+        ref = sample_bilinear(table, u, v, wrap_v=wrap)
+        planes = sample_planes(channel_planes(table), 40, 30, u, v, wrap_v=wrap)
+        np.testing.assert_array_equal(np.stack(planes, -1), ref)
 
 
 def test_normals_of_a_plane_face_the_camera():
@@ -51,6 +62,12 @@ def test_inverse_square_falloff_and_exposure():
     assert rad[0, 0, 0] == pytest.approx(4 * rad[0, 1, 0])  # 1/d^2
     out = expose(rad, valid, 0.5, 1.0, np.ones((1, 2), np.float32), percentile=100.0)
     assert out[0, 0, 0] == pytest.approx(0.5) and out[0, 1, 0] == pytest.approx(0.125)
+    planes = expose_planes([rad[..., k] for k in range(3)], valid, 0.5, 1.0, np.ones((1, 2), np.float32),
+                           percentile=100.0)
+    np.testing.assert_array_equal(np.stack(planes, -1), out)
+    diffuse, spec = lighting(np.ones((1, 2)), np.array([[10.0, 20.0]]), np.array([[True, False]]), 0.5, 10.0, 0.0)
+    assert diffuse[0, 0] == pytest.approx(1.0) and spec[0, 0] == pytest.approx(0.5)  # facing, 10 mm: 1
+    assert diffuse[0, 1] == 0 and spec[0, 1] == 0  # invalid
     vig = vignette_map(5, 7, 0.4)
     assert vig[2, 3] == pytest.approx(1.0) and vig[0, 0] == pytest.approx(0.6)
 

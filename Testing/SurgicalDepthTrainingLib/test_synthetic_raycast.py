@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from SurgicalDepthLib.camera import Intrinsics
-from SurgicalDepthTrainingLib.synthetic.raycast import camera_rays, cast, fisheye_theta, trace
+from SurgicalDepthTrainingLib.synthetic.raycast import camera_rays, cast, fisheye_theta, rotate, trace
+from SurgicalDepthTrainingLib.synthetic.roots import illinois, ray_points
 from SurgicalDepthTrainingLib.synthetic.scenes import (HeightfieldSurface, Instrument, TubeSurface,
                                                        envelope_lipschitz, heightfield_lipschitz, slope_envelope,
                                                        tube_lipschitz)
@@ -118,3 +119,27 @@ def test_origin_inside_surface_is_rejected():
     surface = _cylinder(10.0)
     with pytest.raises(ValueError, match="inside the surface"):
         trace(surface.field, surface.lipschitz, np.array([0.0, 12.0, 0.0]), np.array([[0.0, 0.0, 1.0]]), 100.0)
+
+
+def test_illinois_pins_roots_in_their_brackets():
+    # F = |p|^2 - 100 along rays from the origin: the root is at t = 10 for every unit direction
+    def field(p):
+        return (p * p).sum(axis=1) - 100.0
+
+    rng = np.random.default_rng(7)
+    dirs = rng.normal(size=(500, 3))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    lo, hi = rng.uniform(0.0, 9.9, 500), rng.uniform(10.1, 60.0, 500)
+    origin = np.zeros(3)
+    dirs_t = np.ascontiguousarray(dirs.T)
+    t = illinois(field, origin, dirs_t, lo, hi, lo ** 2 - 100, hi ** 2 - 100, tol=1e-9)
+    np.testing.assert_allclose(t, 10.0, rtol=1e-9)
+    pts = ray_points(origin, dirs_t, t)
+    assert pts.shape == (500, 3) and np.abs(field(pts)).max() < 1e-7
+
+
+def test_rotate_is_a_matrix_product():
+    rot = _rotation(0.3, -1.1, 2.0)
+    v = np.random.default_rng(0).normal(size=(4, 5, 3))
+    np.testing.assert_allclose(rotate(rot, v), v @ rot.T, atol=1e-14)
+    assert rotate(rot, np.zeros((0, 3))).shape == (0, 3)

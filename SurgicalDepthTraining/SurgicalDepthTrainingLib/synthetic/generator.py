@@ -10,6 +10,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
 from SurgicalDepthLib.camera import Intrinsics
@@ -19,7 +20,7 @@ from .config import SceneConfig
 from .organs import build_scene
 from .raycast import camera_rays, cast, rotate
 from .scenes import Scene, TubeSurface
-from .shading import expose, normals_from_points, shade, vignette_map
+from .shading import expose_planes, lighting, normal_planes, vignette_map
 from .trajectory import field_trajectory, tube_trajectory
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,10 @@ class SceneGenerator:
         self.scene: Scene = build_scene(config)
         self.intrinsics = make_intrinsics(config, np.random.default_rng([config.seed, 31]))
         self._dirs, self._lens = camera_rays(self.intrinsics)
+        # per-camera constants of the shading: float32 ray planes, vignette, the pixels outside the lens
+        self._dir_planes = tuple(np.ascontiguousarray(self._dirs[..., k], np.float32) for k in range(3))
         self._vignette = vignette_map(config.height, config.width, config.vignetting)
+        self._outside = ~self._lens
 
     @property
     def rays(self) -> tuple[np.ndarray, np.ndarray]:
@@ -120,30 +124,41 @@ class SceneGenerator:
         depth, length, tool = self.geometry(pose)
         valid = np.isfinite(depth) & (depth > 0) & (depth <= cfg.max_depth_mm)
         rot, origin = pose[:3, :3], pose[:3, 3]
-        points_cam = self._dirs * np.where(valid, length, 0.0)[..., None]
-        normals = normals_from_points(points_cam, valid)
-        h, w = valid.shape
-        albedo = np.zeros((h, w, 3), np.float32)
-        specular = np.full((h, w), scene.material["specular"], np.float32)
-        shininess = np.full((h, w), scene.material["shininess"], np.float32)
-        tissue = valid & ~tool
-        world = rotate(rot, points_cam[tissue]) + origin
-        albedo[tissue] = scene.tissue_albedo(world)
-        if tool.any() and scene.instrument is not None:
-            tool_pts = rotate(rot, points_cam[tool & valid]) + origin
-            metal = scene.instrument.axial(tool_pts) < _INSTRUMENT_TIP_MM
-            albedo[tool & valid] = np.where(metal[:, None], 0.3, 0.04).astype(np.float32)
-            specular[tool & valid] = np.where(metal, 1.0, 0.4)
-            shininess[tool & valid] = np.where(metal, 40.0, 25.0)
+        length = np.where(valid, length, 0.0)
+        points_cam = self._dirs * length[..., None]
+        nx, ny, nz = normal_planes(points_cam, valid)
+        dx, dy, dz = self._dir_planes
+        cos = nx * dx
+        cos += ny * dy
+        cos += nz * dz
+        np.negative(cos, out=cos)  # -n·d: Lambert cosine (clipped in ``lighting``)
         mat = scene.material
-        radiance = shade(albedo, normals, self._dirs, length, valid, specular, shininess, mat["ambient"])
-        image = expose(radiance, valid, mat["exposure"], mat["gamma"], self._vignette, mat["saturation"])
+        specular, shininess = mat["specular"], mat["shininess"]
+        # albedo as R, G, B planes ([H * W] each): tissue texture, instrument metal / shaft
+        albedo = [np.zeros(valid.size, np.float32) for _ in range(3)]
+        tissue = np.flatnonzero(valid & ~tool)
+        world = rotate(rot, points_cam.reshape(-1, 3).take(tissue, axis=0)) + origin
+        for plane, values in zip(albedo, scene.tissue_albedo_planes(world)):
+            plane[tissue] = values
+        if tool.any() and scene.instrument is not None:
+            on_tool = tool & valid
+            metal = scene.instrument.axial(rotate(rot, points_cam[on_tool]) + origin) < _INSTRUMENT_TIP_MM
+            for plane in albedo:
+                plane[np.flatnonzero(on_tool)] = np.where(metal, 0.3, 0.04)
+            specular = np.full(valid.shape, specular, np.float32)
+            shininess = np.full(valid.shape, shininess, np.float32)
+            specular[on_tool] = np.where(metal, 1.0, 0.4)
+            shininess[on_tool] = np.where(metal, 40.0, 25.0)
+        diffuse, spec = lighting(cos, length, valid, specular, shininess, mat["ambient"])
+        radiance = [a.reshape(valid.shape) * diffuse + spec for a in albedo]
+        image = cv2.merge(expose_planes(radiance, valid, mat["exposure"], mat["gamma"], self._vignette,
+                                        mat["saturation"]))
         rng = np.random.default_rng([cfg.seed, 211, index])
         image = effects.add_smoke(image, np.where(valid, depth, 0.0), valid, cfg.smoke, rng)
         image = effects.add_blood(image, cfg.blood, rng)
         image = effects.motion_blur(image, cfg.blur, blur_angle)
         image = effects.sensor_noise(image, cfg.noise, rng)
-        image[~self._lens] = 0.0
+        image[self._outside] = 0.0
         return Frame(image=np.round(image * 255.0).astype(np.uint8),
                      depth=np.where(valid, depth, 0.0).astype(np.float32), valid=valid,
                      intrinsics=self.intrinsics, pose=np.array(pose, np.float64),

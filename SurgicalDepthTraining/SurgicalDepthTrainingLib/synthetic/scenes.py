@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .textures import sample_bilinear
+from .raycast import rotate
+from .textures import channel_planes, sample_planes
 
 
 def _lerp_rows(table: np.ndarray, start: float, step: float, x: np.ndarray) -> np.ndarray:
@@ -29,10 +30,20 @@ def _lerp_rows(table: np.ndarray, start: float, step: float, x: np.ndarray) -> n
 
 
 def _row_index(x: np.ndarray, start: float, step: float, rows: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row ``i0`` (int64 [N]) and fraction (float [N]) of ``x`` on the grid ``start + k * step``, clamped."""
-    idx = np.clip((x - x.dtype.type(start)) * x.dtype.type(1.0 / step), 0.0, rows - 1.001)
+    """Row ``i0`` (int64 [N]) and fraction (float64 [N]) of ``x: float64 [N]`` on the grid ``start + k * step``,
+    clamped to the rows 0 .. ``rows - 1``."""
+    idx = x - start
+    idx *= 1.0 / step
+    np.maximum(idx, 0.0, out=idx)
+    np.minimum(idx, rows - 1.001, out=idx)
     i0 = idx.astype(np.int64)
-    return i0, idx - i0
+    idx -= i0
+    return i0, idx
+
+
+def _points64(p: np.ndarray) -> np.ndarray:
+    """``p`` as float64 (the fields evaluate in float64; float32 marching points are converted exactly)."""
+    return np.asarray(p, np.float64)
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,59 +69,76 @@ class TubeSurface:
     envelope_lipschitz: float
 
     def __post_init__(self) -> None:
-        # lookup tables laid out for few gathers: value and slope per row; relief padded with its first column
-        # so the angular neighbour of the last column needs no wrap-around
-        k = len(self.axis)
-        ext = np.concatenate([self.axis, self.envelope[:, None]], axis=1)
-        slope = np.diff(ext, axis=0, append=ext[-1:])
-        padded = np.concatenate([self.relief, self.relief[:, :1]], axis=1)
-        if self.relief.shape[0] != k or self.envelope.shape != (k,):
+        # lookup tables for few, cache-friendly 1-D gathers (``take``): per row, value + 1j * slope of a(z), b(z),
+        # E(z) ([3, K] complex); the wall radius W = R + D as pairs W[i, j] + 1j * (W[i, j + 1] - W[i, j]) with the
+        # periodic column M = column 0 appended ([K, M + 1] complex), so the bilinear W is two gathers (R is linear
+        # in z within a row interval, so folding it into the bilinear table leaves the surface unchanged)
+        k, m = self.relief.shape
+        if len(self.axis) != k or self.envelope.shape != (k,):
             raise ValueError(f"TubeSurface tables disagree: axis {self.axis.shape}, relief {self.relief.shape}, "
                              f"envelope {self.envelope.shape}")
-        rows = np.ascontiguousarray(np.concatenate([ext, slope], axis=1))
-        flat = np.ascontiguousarray(padded).reshape(-1)
-        # float64 tables for exact refinement, float32 copies for fast marching
-        object.__setattr__(self, "_tables", {np.dtype(np.float64): (rows, flat),
-                                             np.dtype(np.float32): (rows.astype(np.float32),
-                                                                    flat.astype(np.float32))})
+        ext = np.concatenate([self.axis[:, :2], self.envelope[:, None]], axis=1).astype(np.float64)
+        slope = np.diff(ext, axis=0, append=ext[-1:])
+        wall = np.asarray(self.axis[:, 2:3], np.float64) + np.asarray(self.relief, np.float64)
+        wall = np.concatenate([wall, wall[:, :2]], axis=1)
+        object.__setattr__(self, "_lines", np.ascontiguousarray((ext + 1j * slope).T))
+        object.__setattr__(self, "_wall", (wall[:, :-1] + 1j * np.diff(wall, axis=1)).reshape(-1))
 
-    def _local(self, p: np.ndarray, use_envelope: bool = False
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Cross-section offsets ``dx, dy``, radius ``R`` (or envelope ``E``) and the z row index / fraction."""
+    def _offsets(self, p: np.ndarray, line: int = -1
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """Cross-section offsets ``dx = x - a(z)``, ``dy = y - b(z)``, the z row index / fraction and (``line=2``)
+        the envelope ``E(z)``; ``p``: float64 [N, 3]."""
         i0, fz = _row_index(p[:, 2], self.z0, self.dz, len(self.axis))
-        rows = self._tables[p.dtype][0][i0]
-        a = rows[:, 0] + rows[:, 4] * fz
-        b = rows[:, 1] + rows[:, 5] * fz
-        c = 3 if use_envelope else 2
-        r = rows[:, c] + rows[:, c + 4] * fz
-        return p[:, 0] - a, p[:, 1] - b, r, i0, fz
+        a, b = self._lines[0].take(i0), self._lines[1].take(i0)
+        dx = p[:, 0] - (a.real + a.imag * fz)
+        dy = p[:, 1] - (b.real + b.imag * fz)
+        extra = None
+        if line >= 0:
+            e = self._lines[line].take(i0)
+            extra = e.real + e.imag * fz
+        return dx, dy, i0, fz, extra
 
     def field(self, p: np.ndarray) -> np.ndarray:
-        """``F(p)`` for points ``p: float [N, 3]`` mm; negative inside the lumen. Returns float [N]."""
-        dx, dy, radius, i0, fz = self._local(p)
+        """``F(p)`` for points ``p: float [N, 3]`` mm; negative inside the lumen. Returns float64 [N]."""
+        p = _points64(p)
+        dx, dy, i0, fz, _ = self._offsets(p)
         m = self.relief.shape[1]
-        # the angle only indexes the relief table: float32 atan2 (5x faster) moves D by < 1e-6 mm
-        theta = np.arctan2(dy.astype(np.float32), dx.astype(np.float32)).astype(dx.dtype)
-        v = (theta + dx.dtype.type(np.pi)) * dx.dtype.type(m / (2 * np.pi))
-        j0 = np.minimum(v.astype(np.int64), m - 1)
-        fv = v - j0
-        flat = i0 * (m + 1) + j0
-        tab = self._tables[p.dtype][1]
-        d00, d01 = tab[flat], tab[flat + 1]
-        d10, d11 = tab[flat + (m + 1)], tab[flat + (m + 2)]
-        top = d00 + (d01 - d00) * fv
-        d = top + (d10 + (d11 - d10) * fv - top) * fz
-        return np.sqrt(dx * dx + dy * dy) - radius - d
+        # the angle only indexes the relief table: float32 atan2 (5x faster) moves D by < 1e-6 mm; v in [0, M]
+        theta = np.arctan2(dy.astype(np.float32), dx.astype(np.float32))
+        v = np.add(theta, np.pi, dtype=np.float64)
+        v *= m / (2 * np.pi)
+        j0 = v.astype(np.int64)
+        v -= j0
+        flat = i0 * (m + 1)
+        flat += j0
+        near = self._wall.take(flat)  # row i0: W[i0, j0] + 1j * (W[i0, j0 + 1] - W[i0, j0])
+        flat += m + 1
+        far = self._wall.take(flat)  # row i0 + 1
+        top = near.real + near.imag * v
+        wall = far.real + far.imag * v
+        wall -= top
+        wall *= fz
+        wall += top
+        out = dx * dx
+        out += dy * dy
+        np.sqrt(out, out=out)
+        out -= wall
+        return out
 
     def bound(self, p: np.ndarray) -> np.ndarray:
-        """Upper bound ``ρ - E(z) >= F(p)`` (so ``bound < 0`` means free space), float [N]."""
-        dx, dy, env, _, _ = self._local(p, use_envelope=True)
-        return np.sqrt(dx * dx + dy * dy) - env
+        """Upper bound ``ρ - E(z) >= F(p)`` (so ``bound < 0`` means free space), float64 [N]."""
+        dx, dy, _, _, env = self._offsets(_points64(p), line=2)
+        out = dx * dx
+        out += dy * dy
+        np.sqrt(out, out=out)
+        out -= env
+        return out
 
     def surface_coords(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Texture coordinates (z in mm, θ in radians) of points ``p: float [N, 3]``."""
-        dx, dy, _, _, _ = self._local(p)
-        return p[:, 2], np.arctan2(dy.astype(np.float32), dx.astype(np.float32)).astype(dx.dtype)
+        """Texture coordinates (z in mm, θ in radians) of points ``p: float [N, 3]``; float64 [N] each."""
+        p = _points64(p)
+        dx, dy, _, _, _ = self._offsets(p)
+        return p[:, 2], np.arctan2(dy.astype(np.float32), dx.astype(np.float32)).astype(np.float64)
 
     def centreline(self, z: np.ndarray) -> np.ndarray:
         """Centreline points ``c(z)``: float64 [N, 3] mm."""
@@ -183,8 +211,10 @@ class HeightfieldSurface:
     envelope_lipschitz: float = 1.0
 
     def __post_init__(self) -> None:
-        flat = np.ascontiguousarray(self.height, np.float64).reshape(-1)
-        object.__setattr__(self, "_tables", {np.dtype(np.float64): flat, np.dtype(np.float32): flat.astype(np.float32)})
+        # pairs H[i, j] + 1j * (H[i, j + 1] - H[i, j]): the bilinear H is two 1-D gathers (``take``)
+        height = np.asarray(self.height, np.float64)
+        pad = np.concatenate([height, height[:, -1:]], axis=1)
+        object.__setattr__(self, "_pairs", (height + 1j * np.diff(pad, axis=1)).reshape(-1))
         object.__setattr__(self, "_nearest", float(self.height.min()) - 0.05)
 
     def bound(self, p: np.ndarray) -> np.ndarray:
@@ -192,15 +222,22 @@ class HeightfieldSurface:
         return p[:, 2] - p.dtype.type(self._nearest)
 
     def field(self, p: np.ndarray) -> np.ndarray:
-        """``F(p) = z - H(x, y)`` for ``p: float [N, 3]`` mm. Returns float [N]."""
+        """``F(p) = z - H(x, y)`` for ``p: float [N, 3]`` mm. Returns float64 [N]."""
+        p = _points64(p)
         ny, nx = self.height.shape
         i0, fy = _row_index(p[:, 1], self.y0, self.step, ny)
         j0, fx = _row_index(p[:, 0], self.x0, self.step, nx)
-        tab = self._tables[p.dtype]
-        flat = i0 * nx + j0
-        h00, h01, h10, h11 = tab[flat], tab[flat + 1], tab[flat + nx], tab[flat + nx + 1]
-        top = h00 + (h01 - h00) * fx
-        return p[:, 2] - (top + (h10 + (h11 - h10) * fx - top) * fy)
+        flat = i0 * nx
+        flat += j0
+        near = self._pairs.take(flat)  # row i0, columns (j0, j0 + 1)
+        flat += nx
+        far = self._pairs.take(flat)  # row i0 + 1
+        top = near.real + near.imag * fx
+        h = far.real + far.imag * fx
+        h -= top
+        h *= fy
+        h += top
+        return p[:, 2] - h
 
     def surface_coords(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Texture coordinates (y, x) in mm."""
@@ -233,31 +270,34 @@ class Instrument:
         Returns:
             float64 [N] ray length in mm.
         """
-        u = self.direction
-        w = origin - self.tip
-        wu = w @ u
-        du = dirs @ u
-        dperp = dirs - du[:, None] * u
-        wperp = w - wu * u
-        a = np.einsum("ij,ij->i", dperp, dperp)
-        b = 2.0 * (dperp @ wperp)
-        c = wperp @ wperp - self.radius ** 2
-        disc = b * b - 4 * a * c
+        # ray components in the instrument frame (shaft axis u, e1, e2 across it): one 3x3 transform of all rays
+        u = np.asarray(self.direction, np.float64)
+        e1 = np.cross(u, (1.0, 0.0, 0.0) if abs(u[0]) < 0.9 else (0.0, 1.0, 0.0))
+        e1 /= np.linalg.norm(e1)
+        frame = np.stack([u, e1, np.cross(u, e1)])
+        comps = rotate(frame, dirs)
+        du, d1, d2 = comps[:, 0], comps[:, 1], comps[:, 2]
+        wu, w1, w2 = frame @ (np.asarray(origin, np.float64) - self.tip)
+        r2 = self.radius ** 2
+        # shaft: |w_perp + t d_perp| = r, nearer root, within 0 <= s <= length along the axis
+        a = d1 * d1 + d2 * d2
+        b = 2.0 * (d1 * w1 + d2 * w2)
+        disc = b * b - 4 * a * (w1 * w1 + w2 * w2 - r2)
         t_cyl = np.full(len(dirs), np.inf)
-        ok = (disc >= 0) & (a > 1e-12)
+        ok = np.flatnonzero((disc >= 0) & (a > 1e-12))
         t = (-b[ok] - np.sqrt(disc[ok])) / (2 * a[ok])
         s = wu + t * du[ok]
         good = (t > 0) & (s >= 0) & (s <= self.length)
-        t_cyl[np.flatnonzero(ok)[good]] = t[good]
+        t_cyl[ok[good]] = t[good]
         # hemispherical tip: sphere of the same radius at the tip centre, the half with s <= 0
-        wd = dirs @ w
-        disc_s = wd ** 2 - (w @ w - self.radius ** 2)
+        wd = du * wu + d1 * w1 + d2 * w2
+        disc_s = wd * wd - (wu * wu + w1 * w1 + w2 * w2 - r2)
         t_sph = np.full(len(dirs), np.inf)
-        ok = disc_s >= 0
+        ok = np.flatnonzero(disc_s >= 0)
         t = -wd[ok] - np.sqrt(disc_s[ok])
         s = wu + t * du[ok]
         good = (t > 0) & (s <= 0)
-        t_sph[np.flatnonzero(ok)[good]] = t[good]
+        t_sph[ok[good]] = t[good]
         return np.minimum(t_cyl, t_sph)
 
     def distance(self, p: np.ndarray) -> np.ndarray:
@@ -298,8 +338,16 @@ class Scene:
     instrument: Instrument | None = None
     params: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_albedo_planes", channel_planes(np.asarray(self.albedo, np.float32)))
+
+    def tissue_albedo_planes(self, p: np.ndarray) -> list[np.ndarray]:
+        """Albedo of tissue points ``p: float [N, 3]`` as R, G, B float32 [N] arrays (linear RGB)."""
+        s, w = self.surface.surface_coords(p)
+        rows, cols = self.albedo.shape[:2]
+        return sample_planes(self._albedo_planes, rows, cols, (s - self.tex_origin[0]) / self.tex_step[0],
+                             (w - self.tex_origin[1]) / self.tex_step[1], wrap_v=self.tex_wrap)
+
     def tissue_albedo(self, p: np.ndarray) -> np.ndarray:
         """Albedo (linear RGB, float32 [N, 3]) of tissue points ``p: float [N, 3]``."""
-        s, w = self.surface.surface_coords(p)
-        return sample_bilinear(self.albedo, (s - self.tex_origin[0]) / self.tex_step[0],
-                               (w - self.tex_origin[1]) / self.tex_step[1], wrap_v=self.tex_wrap)
+        return np.stack(self.tissue_albedo_planes(p), axis=-1)

@@ -92,6 +92,37 @@ def mucosa_albedo(rng: np.random.Generator, shape: tuple[int, int], spacing: tup
     return np.clip(albedo, 0.0, 1.0).astype(np.float32)
 
 
+def _bilinear_cells(rows: int, cols: int, u: np.ndarray, v: np.ndarray, wrap_v: bool, dtype: np.dtype
+                    ) -> tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray]:
+    """Flat indices of the four texels around fractional indices ``(u, v)`` (int64 [N] each: (i, j), (i, j + 1),
+    (i + 1, j), (i + 1, j + 1)) and the fractions ``fu, fv`` (``dtype`` [N, 1]); see ``sample_bilinear``."""
+    u = np.clip(u, 0.0, rows - 1.001)
+    i0 = u.astype(np.int64)
+    fu = (u - i0).astype(dtype)[:, None]
+    if wrap_v:
+        if v.size and not (v.min() >= 0 and v.max() < cols):  # (np.mod is slow: skip it when nothing wraps)
+            v = np.mod(v, cols)
+        j0 = v.astype(np.int64) % cols
+        j1 = j0 + 1
+        j1[j1 == cols] = 0
+    else:
+        v = np.clip(v, 0.0, cols - 1.001)
+        j0 = v.astype(np.int64)
+        j1 = j0 + 1
+    fv = (v - np.floor(v)).astype(dtype)[:, None]
+    r0 = i0 * cols
+    r1 = r0 + cols
+    return (r0 + j0, r0 + j1, r1 + j0, r1 + j1), fu, fv
+
+
+def _blend(c00: np.ndarray, c01: np.ndarray, c10: np.ndarray, c11: np.ndarray, fu: np.ndarray, fv: np.ndarray
+           ) -> np.ndarray:
+    gv = 1 - fv
+    top = c00 * gv + c01 * fv
+    bottom = c10 * gv + c11 * fv
+    return top * (1 - fu) + bottom * fu
+
+
 def sample_bilinear(table: np.ndarray, u: np.ndarray, v: np.ndarray, wrap_v: bool = True) -> np.ndarray:
     """Bilinear lookup of ``table[rows, cols, ...]`` at fractional indices ``u`` (rows, clamped) and ``v`` (cols).
 
@@ -100,20 +131,24 @@ def sample_bilinear(table: np.ndarray, u: np.ndarray, v: np.ndarray, wrap_v: boo
     """
     rows, cols = table.shape[:2]
     flat = table.reshape(rows * cols, -1)
-    u = np.clip(u, 0.0, rows - 1.001)
-    i0 = u.astype(np.int64)
-    fu = (u - i0).astype(table.dtype)[:, None]
-    if wrap_v:
-        v = np.mod(v, cols)
-        j0 = v.astype(np.int64) % cols
-        j1 = (j0 + 1) % cols
-    else:
-        v = np.clip(v, 0.0, cols - 1.001)
-        j0 = v.astype(np.int64)
-        j1 = j0 + 1
-    fv = (v - np.floor(v)).astype(table.dtype)[:, None]
-    r0, r1 = i0 * cols, (i0 + 1) * cols
-    top = flat[r0 + j0] * (1 - fv) + flat[r0 + j1] * fv
-    bottom = flat[r1 + j0] * (1 - fv) + flat[r1 + j1] * fv
-    out = top * (1 - fu) + bottom * fu
+    cells, fu, fv = _bilinear_cells(rows, cols, u, v, wrap_v, table.dtype)
+    # ``take`` along axis 0 gathers whole texels several times faster than fancy indexing
+    out = _blend(*(flat.take(c, axis=0) for c in cells), fu, fv)
     return out.reshape((len(out),) + table.shape[2:])
+
+
+def channel_planes(table: np.ndarray) -> tuple[np.ndarray, ...]:
+    """float [rows, cols, C] -> C contiguous float [rows * cols] planes for ``sample_planes``."""
+    rows, cols = table.shape[:2]
+    return tuple(np.ascontiguousarray(table[..., k]).reshape(rows * cols) for k in range(table.shape[2]))
+
+
+def sample_planes(planes: tuple[np.ndarray, ...], rows: int, cols: int, u: np.ndarray, v: np.ndarray,
+                  wrap_v: bool = True) -> list[np.ndarray]:
+    """``sample_bilinear`` of a table split by ``channel_planes`` (shape rows x cols): one [N] array per channel,
+    the same values. Gathering single channels and blending [N] arrays avoids numpy's slow broadcasting over a
+    short channel axis (about 3x faster for RGB)."""
+    dtype = planes[0].dtype
+    cells, fu, fv = _bilinear_cells(rows, cols, u, v, wrap_v, dtype)
+    fu, fv = fu[:, 0], fv[:, 0]
+    return [_blend(*(plane.take(c) for c in cells), fu, fv) for plane in planes]
