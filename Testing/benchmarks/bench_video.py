@@ -71,7 +71,7 @@ def run_ours(video: Path, folder: Path, out: Path, frames: int, input_size: int,
     predict.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["predict", str(video), "--output", str(out), "--model", str(folder), "--format",
                               "npy", "--device", device, "--precision", precision, "--input-size", str(input_size),
-                              "--batch-size", str(batch), "--max-frames", str(frames)])
+                              *(["--batch-size", str(batch)] if batch else []), "--max-frames", str(frames)])
     # time the per-frame work only: load the model first (predict.run would load it again; use a cached loader)
     from SurgicalDepthLib import loading
 
@@ -108,7 +108,7 @@ def main() -> None:
     ap.add_argument("--frames", type=int, default=16, help="frames per timed run")
     ap.add_argument("--size", default="small", choices=sorted(DIMS), help="model size (random weights)")
     ap.add_argument("--input-size", type=int, default=518, help="network input lower bound (multiple of 14)")
-    ap.add_argument("--batch-size", type=int, default=4, help="batch size for ours")
+    ap.add_argument("--batch-size", type=int, default=None, help="batch size for ours (default: predict's own)")
     ap.add_argument("--rounds", type=int, default=3, help="alternating timed rounds")
     ap.add_argument("--precisions", nargs="+", default=["fp32"], choices=("fp32", "fp16", "bf16"),
                     help="precisions of ours to time (bf16 on CPU: autocast + chunked bf16 attention)")
@@ -133,7 +133,7 @@ def main() -> None:
         pipe = pipeline("depth-estimation", model=str(folder), device=args.device)
         runs = {"HF `pipeline('depth-estimation')` loop, fp32": lambda out: run_hf(pipe, video, out, args.frames)}
         for p in args.precisions:
-            runs[f"`surgical-depth predict` (batch {args.batch_size}), {p}"] = (
+            runs[f"`surgical-depth predict` (batch {args.batch_size or 'default'}), {p}"] = (
                 lambda out, p=p: run_ours(video, folder, out, args.frames, args.input_size, args.batch_size, p,
                                           args.device))
         for name, run in runs.items():  # warm-up

@@ -52,7 +52,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "and a 4D NRRD sequence for 3D Slicer")
     p.add_argument("--input-size", type=input_size_arg, default=None,
                    help="network input lower bound, multiple of 14 (default: the model's own, 518 for official models)")
-    p.add_argument("--batch-size", type=int, default=4, help="frames per inference batch")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="frames per inference batch (default: 1 on CPU, 4 on a GPU)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps (auto: cuda, then mps, then cpu)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
                    help="inference precision (auto: half precision on GPU, fp32 on CPU; bf16 on a CPU with "
@@ -250,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
     from ..loading import load_model  # lazy: torch import only when the command runs
 
     for name in ("batch_size", "stride"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.max_frames is not None and args.max_frames < 1:
         raise ValueError(f"--max-frames must be >= 1, got {args.max_frames}")
@@ -258,6 +259,7 @@ def run(args: argparse.Namespace) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     ext = "." + args.format
     model = load_model(args.model, device=args.device, precision=args.precision)
+    args.batch_size = args.batch_size or model.default_batch_size
     print(f"model: {model.source} ({model.config.encoder} {model.config.version}, {model.output_kind}) "
           f"on {model.device} {model.precision}")
     if args.temporal and not sequences:
