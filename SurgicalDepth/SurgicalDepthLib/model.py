@@ -155,24 +155,27 @@ class DepthModel(nn.Module):
             batches = prefetch(batches, prefetch_batches, "DepthModel.preprocess")
         overlap = self.device.type != "cpu"  # CPU inference is synchronous: nothing to overlap
         in_flight: torch.Tensor | None = None
-        while True:
-            try:
-                batch, size = next(batches)
-            except StopIteration:
-                break
-            except Exception:
+        try:
+            while True:
+                try:
+                    batch, size = next(batches)
+                except StopIteration:
+                    break
+                except Exception:
+                    if in_flight is not None:
+                        yield self._fetch(in_flight)
+                    raise
+                pred = self._launch(batch, size, input_size)
+                if not overlap:
+                    yield self._fetch(pred)
+                    continue
                 if in_flight is not None:
                     yield self._fetch(in_flight)
-                raise
-            pred = self._launch(batch, size, input_size)
-            if not overlap:
-                yield self._fetch(pred)
-                continue
+                in_flight = pred
             if in_flight is not None:
                 yield self._fetch(in_flight)
-            in_flight = pred
-        if in_flight is not None:
-            yield self._fetch(in_flight)
+        finally:
+            batches.close()  # stops the prefetch thread when the consumer stops early
 
     def infer_batch(self, frames: Sequence[np.ndarray] | np.ndarray, input_size: int | None = None,
                     batch_size: int | None = None) -> np.ndarray:

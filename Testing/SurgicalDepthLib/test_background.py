@@ -139,3 +139,25 @@ def test_iter_batches_yields_frames_read_before_a_source_error(prefetch_batches)
             got.extend(batch)
     assert len(got) == 5  # the full batch of 4 and the partial batch of 1
     np.testing.assert_allclose(np.stack(got), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_iter_batches_stops_its_threads_when_the_consumer_stops_early():
+    import torch
+
+    from SurgicalDepthLib import load_model
+
+    torch.manual_seed(0)
+    model = load_model("random:surgical-depth-tiny", device="cpu")
+    produced = []
+
+    def endless():
+        rng = np.random.default_rng(1)
+        while True:
+            produced.append(1)
+            yield rng.integers(0, 256, (30, 40, 3), dtype=np.uint8)
+
+    batches = model.iter_batches(endless(), 28, 2, prefetch_batches=2)
+    assert next(batches).shape == (2, 30, 40)
+    batches.close()
+    assert _threads("DepthModel.preprocess") == 0
+    assert len(produced) <= 2 * (1 + 2 + 2)  # the batch used, the queue, and at most one batch in progress
