@@ -12,6 +12,7 @@ import torch
 assert torch.cuda.is_available(), "no CUDA device"
 print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name(), torch.cuda.is_bf16_supported())
 EOF
+[ "${PIPESTATUS[0]}" -eq 0 ] || exit 1
 # CUDA paths: TSDF on the GPU, fp16/bf16 inference, training step with AMP
 python3 -m pytest -q -x Testing/SurgicalDepthLib/test_tsdf.py Testing/SurgicalDepthLib/test_default_model.py \
     Testing/SurgicalDepthLib/test_cli_predict.py 2>&1 | tail -n 5 | tee "$out/tests.txt"
