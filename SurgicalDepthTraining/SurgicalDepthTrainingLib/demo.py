@@ -71,27 +71,32 @@ def render_mesh_view(polydata, size: tuple[int, int]) -> np.ndarray:
     renderer = vtk.vtkRenderer()
     renderer.AddActor(actor)
     renderer.SetBackground(0.08, 0.08, 0.12)
-    window = vtk.vtkRenderWindow()
-    window.SetOffScreenRendering(1)
-    window.AddRenderer(renderer)
-    window.SetSize(w, h)
-    camera = renderer.GetActiveCamera()
-    bounds = polydata.GetBounds()
-    centre = [(bounds[2 * i] + bounds[2 * i + 1]) / 2 for i in range(3)]
-    size = max(bounds[1] - bounds[0], bounds[3] - bounds[2], bounds[5] - bounds[4])
-    camera.SetFocalPoint(*centre)  # oblique view from the side and above (camera frame: y down, z forward)
-    camera.SetPosition(centre[0] - 0.9 * size, centre[1] - 0.6 * size, centre[2] - 0.5 * size)
-    camera.SetViewUp(0, -1, 0)
-    renderer.ResetCameraClippingRange()
-    # without an X server VTK logs a warning, then renders through EGL/OSMesa: keep that line off the console
+    # without an X server VTK logs a warning when the window is made, then renders through EGL/OSMesa: keep that
+    # line off the console (vtkLogger's stderr level is process-wide; it is put back afterwards)
+    verbosity = vtk.vtkLogger.GetCurrentVerbosityCutoff()
     vtk.vtkLogger.SetStderrVerbosity(vtk.vtkLogger.VERBOSITY_ERROR)
-    window.Render()
-    grab = vtk.vtkWindowToImageFilter()
-    grab.SetInput(window)
-    grab.Update()
-    image = grab.GetOutput()
-    arr = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(h, w, -1)[..., :3]
-    window.Finalize()
+    try:
+        window = vtk.vtkRenderWindow()
+        window.SetOffScreenRendering(1)
+        window.AddRenderer(renderer)
+        window.SetSize(w, h)
+        camera = renderer.GetActiveCamera()
+        bounds = polydata.GetBounds()
+        centre = [(bounds[2 * i] + bounds[2 * i + 1]) / 2 for i in range(3)]
+        size = max(bounds[1] - bounds[0], bounds[3] - bounds[2], bounds[5] - bounds[4])
+        camera.SetFocalPoint(*centre)  # oblique view from the side and above (camera frame: y down, z forward)
+        camera.SetPosition(centre[0] - 0.9 * size, centre[1] - 0.6 * size, centre[2] - 0.5 * size)
+        camera.SetViewUp(0, -1, 0)
+        renderer.ResetCameraClippingRange()
+        window.Render()
+        grab = vtk.vtkWindowToImageFilter()
+        grab.SetInput(window)
+        grab.Update()
+        image = grab.GetOutput()
+        arr = vtk_to_numpy(image.GetPointData().GetScalars()).reshape(h, w, -1)[..., :3]
+        window.Finalize()
+    finally:
+        vtk.vtkLogger.SetStderrVerbosity(verbosity)
     return np.ascontiguousarray(arr[::-1])  # VTK images start at the bottom row
 
 
