@@ -30,9 +30,108 @@ _KEY_OFF = 1 << (_KEY_BITS - 1)
 
 
 def _decode(keys: torch.Tensor) -> torch.Tensor:
-    """Block coordinates int64 [n, 3] from hash keys [n]."""
+    """Block coordinates int64 [n, 3] from hash keys [n] (inverse of ``_encode``)."""
     mask = (1 << _KEY_BITS) - 1
     return torch.stack([(keys >> (2 * _KEY_BITS)) & mask, (keys >> _KEY_BITS) & mask, keys & mask], 1) - _KEY_OFF
+
+
+def _tile_max(img: torch.Tensor, s: int) -> torch.Tensor:
+    """Maximum of ``img`` [H, W] over s×s tiles → [ceil(H/s), ceil(W/s)] (the last row/column of tiles is clipped
+    to the image), as two 1-D max-pools."""
+    import torch.nn.functional as F
+
+    rows = F.max_pool1d(img[None], s, ceil_mode=True)[0]  # [H, tw]
+    return F.max_pool1d(rows.T.contiguous()[None], s, ceil_mode=True)[0].T.contiguous()
+
+
+def _encode(bc: torch.Tensor) -> torch.Tensor:
+    """Hash keys int64 [n] of block coordinates int64 [n, 3] (each in [−2^20, 2^20)); key order is lexicographic
+    coordinate order. Inverse of ``_decode``."""
+    b = bc + _KEY_OFF
+    return (b[:, 0] << (2 * _KEY_BITS)) | (b[:, 1] << _KEY_BITS) | b[:, 2]
+
+
+def _unique_block_keys(bc: torch.Tensor) -> torch.Tensor:
+    """Sorted unique keys (``_encode``) of block coordinates given as planes [3, n] (n > 0, with duplicates) of
+    integral float32 values (floored coordinates).
+
+    Marks the blocks in an occupancy grid over their bounding box when that box is small (at most 16 cells per
+    coordinate given, or 2^16 cells), which is faster than sorting the keys; ``torch.unique`` otherwise.
+    """
+    lo, hi = bc.amin(1), bc.amax(1)
+    ext = (hi - lo + 1).tolist()
+    n_cells = math.prod(ext) if all(math.isfinite(e) for e in ext) else math.inf
+    if n_cells > max(16 * bc.shape[1], 1 << 16) or n_cells >= 1 << 24:
+        return torch.unique(_encode(bc.T.long()))
+    ext, n_cells = [int(e) for e in ext], int(n_cells)
+    plane = ext[1] * ext[2]
+    # cell index (x·ext_y + y)·ext_z + z in float32: products and sums are integers below 2^24, hence exact
+    rel = bc - lo[:, None]
+    cell = rel[0].mul(plane).add_(rel[1], alpha=ext[2]).add_(rel[2]).long()
+    occupied = torch.zeros(n_cells, dtype=torch.bool, device=bc.device).index_fill_(0, cell, True)
+    cell = occupied.nonzero()[:, 0]  # ascending = lexicographic (x, y, z) order = key order
+    return _encode(torch.stack([cell // plane, cell % plane // ext[2], cell % ext[2]], 1) + lo.long())
+
+
+def _valid_depth(depth: torch.Tensor, max_depth: float | None) -> torch.Tensor:
+    """``depth`` float32 [H, W] with 0 where it carries no information: NaN, ±inf, ``<= 0`` or ``> max_depth``
+    (when not None); valid values are returned unchanged (a new tensor)."""
+    d = torch.nan_to_num(depth, nan=0.0, posinf=0.0, neginf=0.0).clamp_(min=0.0)
+    if max_depth is not None:
+        d.mul_(torch.le(d, max_depth, out=torch.empty_like(d)))
+    return d
+
+
+def _padded(img: torch.Tensor) -> torch.Tensor:
+    """Image [H, W] with a one-pixel zero border, flattened to [(H + 2)·(W + 2)]."""
+    out = img.new_zeros((img.shape[0] + 2, img.shape[1] + 2))
+    out[1:-1, 1:-1] = img
+    return out.view(-1)
+
+
+def _pixel_index_(u: torch.Tensor, v: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Flat index into a ``_padded`` image of size ``width × height`` of the pixel containing (u, v).
+
+    Args:
+        u, v: float32 pixel-edge coordinates (same shape; pixel (i, j) covers u ∈ [i, i + 1), v ∈ [j, j + 1));
+            no NaN. Both are overwritten (used as scratch).
+    Returns:
+        int32 (int64 for images over 2^24 pixels) tensor of u's shape: ``(j + 1)·(width + 2) + i + 1`` inside the
+        image, an index into the zero border outside it.
+    """
+    u.floor_().clamp_(-1, width)
+    v.floor_().clamp_(-1, height)
+    if (height + 2) * (width + 2) <= 1 << 24:  # float arithmetic on these integers is exact
+        return u.add_(v, alpha=width + 2).add_(width + 3).to(torch.int32)
+    return (v.long() + 1) * (width + 2) + u.long() + 1
+
+
+def _band_weight(sdf: torch.Tensor, z: torch.Tensor, truncation: float,
+                 scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """Observation weight (float32 1 or 0, new tensor of sdf's shape) of voxels at camera depth ``z`` with
+    projective signed distance ``sdf = depth − z``: 1 where the voxel is at most ``truncation`` behind the surface
+    (``sdf >= −truncation``) and the depth sample is valid (``sdf + z > 0``; missing depth reads 0).
+    ``scratch``: optional buffer of sdf's shape, overwritten, to save an allocation."""
+    w = torch.ge(sdf, -truncation, out=torch.empty_like(sdf))
+    valid = torch.add(sdf, z, out=scratch)
+    return w.mul_(torch.gt(valid, 0.0, out=valid))
+
+
+def _pack_rgb(rgb: torch.Tensor) -> torch.Tensor:
+    """uint8 colours [..., 3] → float32 [...] holding ``r·65536 + g·256 + b`` exactly (an integer below 2^24)."""
+    c = rgb.to(torch.float32)
+    return torch.add(c[..., 2], c[..., 1], alpha=256).add_(c[..., 0], alpha=65536)
+
+
+def _unpack_rgb_(planes: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``_pack_rgb``, in place: float32 planes [3, ...] whose plane 2 holds packed colours on entry
+    (planes 0 and 1 are overwritten) → (r, g, b) planes in 0–255 (a packed 0 gives black). Returns ``planes``."""
+    packed = planes[2]
+    r = torch.mul(packed, 1.0 / 65536, out=planes[0]).floor_()
+    packed.add_(r, alpha=-65536)  # g·256 + b, exact
+    g = torch.mul(packed, 1.0 / 256, out=planes[1]).floor_()
+    packed.add_(g, alpha=-256)
+    return planes
 
 
 class TSDFVolume:
@@ -67,7 +166,7 @@ class TSDFVolume:
         self.truncation = float(truncation)
         self.device = torch.device(device)
         self.n_frames = 0
-        self._rays_cache: dict[tuple, tuple[torch.Tensor, float]] = {}  # rays of the last camera used
+        self._rays_cache: dict[tuple, dict] = {}  # see _camera
         self._n_blocks = 0
         self.bounds = None
         self._origin = np.zeros(3)
@@ -90,7 +189,7 @@ class TSDFVolume:
         self._slots = torch.empty(0, dtype=torch.int64, device=self.device)
         self._tsdf = torch.zeros((self._n_blocks, BLOCK ** 3), device=self.device)  # Σ tsdf
         self._weight = torch.zeros((self._n_blocks, BLOCK ** 3), device=self.device)
-        self._color = torch.zeros((self._n_blocks, 3, BLOCK ** 3), device=self.device)  # Σ colour, planar
+        self._color = torch.zeros((3, self._n_blocks, BLOCK ** 3), device=self.device)  # Σ colour, planar
 
     # ------------------------------------------------------------------ integration
     def integrate(self, depth: np.ndarray, rgb: np.ndarray | None, intrinsics: Intrinsics, pose: Any) -> None:
@@ -114,23 +213,16 @@ class TSDFVolume:
                 raise ValueError(f"rgb must be [H, W, 3] = {depth.shape + (3,)}, got shape {rgb.shape}")
         pose = check_rigid(pose)
         dev = self.device
-        d = torch.as_tensor(np.ascontiguousarray(depth, dtype=np.float32)).to(dev)
-        keep = torch.isfinite(d) & (d > 0)
-        if self.max_depth is not None:
-            keep &= d <= self.max_depth
-        d = torch.where(keep, d, torch.zeros((), device=dev))
-        col = None
-        if rgb is not None:  # planar [3, H·W + 1] with a black sentinel pixel at the end
-            col = torch.zeros((3, depth.size + 1), device=dev)
-            col[:, :-1] = torch.as_tensor(np.ascontiguousarray(rgb)).to(dev).reshape(-1, 3).T
+        d = _valid_depth(torch.as_tensor(np.ascontiguousarray(depth, dtype=np.float32)).to(dev), self.max_depth)
         R = torch.as_tensor(pose[:3, :3], dtype=torch.float32, device=dev)
         t = torch.as_tensor(pose[:3, 3], dtype=torch.float32, device=dev)
         self.n_frames += 1
-        if not bool((d > 0).any()):
+        d_max = float(d.max())
+        if not d_max > 0:
             logger.warning("TSDFVolume.integrate: frame has no valid depth; nothing fused")
             return
         origin = torch.as_tensor(self._origin, dtype=torch.float32, device=dev)
-        keys = self._touched_blocks(d, intrinsics, R, t, origin)
+        keys = self._touched_blocks(d, d_max, intrinsics, R, t, origin)
         bc = _decode(keys)
         if self.bounds is None:
             slots = self._slots_for(keys)
@@ -141,53 +233,66 @@ class TSDFVolume:
             slots = (bc[:, 0] * nb[1] + bc[:, 1]) * nb[2] + bc[:, 2]
             if slots.numel() == 0:
                 return
-        # camera-frame voxel centres, one contiguous [nb, 512] plane per axis: R^T (p - t) = block part + local part
+        # camera-frame voxel centres [3, nb, 512], one contiguous plane per axis: R^T (p - t) = block + local part
         cam_block = ((bc * BLOCK).float() * self.voxel_size + (origin - t)) @ R
         cam_local = (self._local_offsets().float() * self.voxel_size) @ R
-        X, Y, Z = (cam_block[:, k, None] + cam_local[None, :, k] for k in range(3))
-        obs, upd, pix = self._observe(X, Y, Z, d, intrinsics)
+        xyz = torch.add(cam_block.T[:, :, None], cam_local.T[:, None, :],
+                        out=torch.empty((3, bc.shape[0], BLOCK ** 3), device=dev))
+        pix = self._pixel_of_(xyz, intrinsics, bool(cam_block[:, 2].min() + cam_local[:, 2].min() <= 1e-9))
+        # xyz[0] and xyz[1] are free now: they hold the per-voxel terms below, then the colour planes
+        X, Y, Z = xyz
+        sdf = torch.index_select(_padded(d), 0, pix, out=X.view(-1)).view_as(Z).sub_(Z)
+        w = _band_weight(sdf, Z, self.truncation, scratch=Y)  # 1 = observed: tsdf and colour join the average
         # running sums; slots are unique, so index_add_ is a plain scatter-add
-        self._tsdf.index_add_(0, slots, torch.where(upd, obs, torch.zeros((), device=dev)))
-        self._weight.index_add_(0, slots, upd.float())
-        if col is not None:
-            pix = torch.where(upd, pix, torch.full((), d.numel(), dtype=torch.long, device=dev))  # → sentinel
-            self._color.index_add_(0, slots, torch.stack([col[k].take(pix) for k in range(3)], 1))
+        self._tsdf.index_add_(0, slots, sdf.mul_(1.0 / self.truncation).clamp_(max=1.0).mul_(w))
+        self._weight.index_add_(0, slots, w)
+        if rgb is not None:
+            colour = torch.as_tensor(np.ascontiguousarray(rgb)).to(dev)
+            if colour.dtype == torch.uint8:  # one gather of the packed colour
+                torch.index_select(_padded(_pack_rgb(colour)), 0, pix, out=Z.view(-1))
+                Z.mul_(w)  # unobserved voxels add black
+                planes = _unpack_rgb_(xyz)
+            else:  # other dtypes (not documented, but accepted): one gather per channel
+                for k in range(3):
+                    torch.index_select(_padded(colour[..., k].float()), 0, pix, out=xyz[k].view(-1))
+                planes = torch.where(w > 0, xyz, 0.0)
+            self._color.index_add_(1, slots, planes)
 
-    def _observe(self, X: torch.Tensor, Y: torch.Tensor, Z: torch.Tensor, depth: torch.Tensor,
-                 intr: Intrinsics) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Truncated projective SDF of voxels at camera coordinates (X, Y, Z) (same shape).
-
-        Returns ``(tsdf ∈ [−1, 1], update mask, flat pixel index)``; voxels outside the image, without valid depth,
-        or more than ``truncation`` behind the surface are not updated.
-        """
-        H, W = depth.shape
-        front = Z > 1e-9
-        inv_z = 1.0 / torch.where(front, Z, torch.ones((), device=Z.device))
-        x, y = X * inv_z, Y * inv_z
+    def _pixel_of_(self, xyz: torch.Tensor, intr: Intrinsics, behind: bool) -> torch.Tensor:
+        """Flat index [n] into the ``_padded`` image of the pixel that each voxel centre at camera coordinates
+        ``xyz`` [3, ...] (volume unit) projects into; voxels outside the image, at ``z <= 1e-9`` (checked only when
+        ``behind`` says that some may be) or outside the field of view of a distorted camera get a border pixel.
+        ``xyz[0]`` and ``xyz[1]`` are overwritten (used as scratch)."""
+        X, Y, Z = xyz
+        inv_z = Z.reciprocal()
+        x, y = X.mul_(inv_z), Y.mul_(inv_z)
+        out = Z <= 1e-9 if behind else None
         if intr.distortion is not None:
             # the distortion polynomial is only valid (monotonic) over the image's own field of view
-            front &= x * x + y * y <= self._max_r2(intr)
+            wide = ~(x * x + y * y <= self._max_r2(intr))
+            out = wide if out is None else out | wide
             x, y = distort_normalized(x, y, intr.distortion)
-        u = x * intr.fx + (intr.cx + 0.5)  # +0.5: truncation below rounds to the nearest pixel centre
-        v = y * intr.fy + (intr.cy + 0.5)
-        inside = front & (u >= 0) & (u < W) & (v >= 0) & (v < H)
-        pix = torch.where(inside, v.long() * W + u.long(), torch.zeros((), dtype=torch.long, device=Z.device))
-        sdf = depth.take(pix) - Z
-        upd = inside & (sdf >= -self.truncation) & (sdf + Z > 0)
-        return (sdf * (1.0 / self.truncation)).clamp_(max=1.0), upd, pix
+        u = x.mul_(intr.fx).add_(intr.cx + 0.5)  # +0.5: flooring below rounds to the nearest pixel centre
+        v = y.mul_(intr.fy).add_(intr.cy + 0.5)
+        if out is not None:  # (NaN or inf there): the border pixel (−1, −1)
+            u.masked_fill_(out, -1.0)
+            v.masked_fill_(out, -1.0)
+        return _pixel_index_(u, v, intr.width, intr.height).view(-1)
 
-    def _rays(self, intr: Intrinsics) -> torch.Tensor:
+    def _camera(self, intr: Intrinsics) -> dict:
+        """Cached per camera (the last one used): its pixel rays ``"rays"`` [H, W, 2], ``"max_r2"`` (largest
+        x² + y² of a ray, slightly widened) and ``"tiles"`` (see ``_tile_rays``)."""
         key = (intr.fx, intr.fy, intr.cx, intr.cy, intr.width, intr.height, repr(intr.distortion))
         if key not in self._rays_cache:
             rays = torch.as_tensor(pixel_rays(intr), dtype=torch.float32).to(self.device)
-            self._rays_cache = {key: (rays, float((rays ** 2).sum(-1).max()) * 1.0001)}
-        return self._rays_cache[key][0]
+            self._rays_cache = {key: {"rays": rays, "max_r2": float((rays ** 2).sum(-1).max()) * 1.0001,
+                                      "tiles": {}}}
+        return self._rays_cache[key]
 
     def _max_r2(self, intr: Intrinsics) -> float:
-        self._rays(intr)
-        return next(iter(self._rays_cache.values()))[1]
+        return self._camera(intr)["max_r2"]
 
-    def _touched_blocks(self, d: torch.Tensor, intr: Intrinsics, R: torch.Tensor, t: torch.Tensor,
+    def _touched_blocks(self, d: torch.Tensor, d_max: float, intr: Intrinsics, R: torch.Tensor, t: torch.Tensor,
                         origin: torch.Tensor) -> torch.Tensor:
         """Sorted unique keys of the 8³ blocks (voxel-index frame relative to ``origin``) that the truncation band
         ``[depth − truncation, depth + truncation]`` of the valid pixels passes through.
@@ -195,27 +300,40 @@ class TSDFVolume:
         The image is split into tiles whose footprint is at most half a block wide; along each tile's centre ray,
         points from (min depth − truncation) to (max depth + truncation) are sampled every half block, so the
         samples form a grid finer than the blocks over the band.
-        """
-        import torch.nn.functional as F
 
-        H, W = d.shape
+        Args:
+            d: float32 depth [H, W], 0 where invalid; ``d_max``: its maximum (> 0).
+        """
         block_len = BLOCK * self.voxel_size
-        s = max(1, int(0.5 * block_len * min(intr.fx, intr.fy) / float(d.max())))
-        inf = torch.full((), float("inf"), device=d.device)
-        dmin = -F.max_pool2d(-torch.where(d > 0, d, inf)[None, None], s, ceil_mode=True)[0, 0]
-        dmax = F.max_pool2d(d[None, None], s, ceil_mode=True)[0, 0]
+        s = max(1, int(0.5 * block_len * min(intr.fx, intr.fy) / d_max))
+        big = torch.finfo(torch.float32).max  # invalid pixels: larger than any depth for the tile minimum
+        dmin = _tile_max(torch.add(d, torch.eq(d, 0.0, out=torch.empty_like(d)), alpha=big).neg_(), s).neg_().view(-1)
+        dmax = _tile_max(d, s).view(-1)
         ok = dmax > 0
-        vc = (torch.arange(dmax.shape[0], device=d.device) * s + (s - 1) // 2).clamp(max=H - 1)
-        uc = (torch.arange(dmax.shape[1], device=d.device) * s + (s - 1) // 2).clamp(max=W - 1)
-        r = self._rays(intr)[vc][:, uc][ok]
-        dirs = torch.cat([r, torch.ones_like(r[:, :1])], 1)
+        dirs, step = self._tile_rays(intr, s)
+        dirs, step = dirs[ok], step[ok]
         z0, z1 = dmin[ok] - self.truncation, dmax[ok] + self.truncation
-        step = 0.5 * block_len / torch.linalg.vector_norm(dirs, dim=1)
         n_steps = int(torch.ceil(((z1 - z0) / step).max())) + 1
         zs = torch.minimum(z0[:, None] + torch.arange(n_steps, device=d.device)[None] * step[:, None], z1[:, None])
         p = (dirs[:, None, :] * zs[..., None]).reshape(-1, 3) @ R.T + (t - origin)
-        b = torch.floor(p / block_len + 0.5 / BLOCK).long() + _KEY_OFF
-        return torch.unique((b[:, 0] << (2 * _KEY_BITS)) | (b[:, 1] << _KEY_BITS) | b[:, 2])
+        return _unique_block_keys(p.T.contiguous().div_(block_len).add_(0.5 / BLOCK).floor_())
+
+    def _tile_rays(self, intr: Intrinsics, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rays ``(x, y, 1)`` [th·tw, 3] through the centre pixels of the s×s tiles (row-major, the last tiles
+        clipped to the image) and the depth step [th·tw] that advances them by half a block; cached per camera."""
+        camera = self._camera(intr)
+        tiles = camera["tiles"]
+        if s not in tiles:
+            rays = camera["rays"]
+            H, W = rays.shape[:2]
+            vc = (torch.arange(-(-H // s), device=self.device) * s + (s - 1) // 2).clamp(max=H - 1)
+            uc = (torch.arange(-(-W // s), device=self.device) * s + (s - 1) // 2).clamp(max=W - 1)
+            r = rays[vc][:, uc].reshape(-1, 2)
+            dirs = torch.cat([r, torch.ones_like(r[:, :1])], 1)
+            if len(tiles) >= 8:  # tile sizes follow the frames' depth range; keep a few
+                tiles.clear()
+            tiles[s] = (dirs, 0.5 * (BLOCK * self.voxel_size) / torch.linalg.vector_norm(dirs, dim=1))
+        return tiles[s]
 
     def _local_offsets(self) -> torch.Tensor:
         r = torch.arange(BLOCK, device=self.device)
@@ -234,11 +352,9 @@ class TSDFVolume:
         if n_new:
             need = self._n_blocks + n_new
             if need > self._tsdf.shape[0]:
-                grow = max(need, 2 * self._tsdf.shape[0]) - self._tsdf.shape[0]
-                dev = self.device
-                self._tsdf = torch.cat([self._tsdf, torch.zeros((grow, BLOCK ** 3), device=dev)])
-                self._weight = torch.cat([self._weight, torch.zeros((grow, BLOCK ** 3), device=dev)])
-                self._color = torch.cat([self._color, torch.zeros((grow, 3, BLOCK ** 3), device=dev)])
+                self._reserve(2 * need)
+            for buf in (self._tsdf, self._weight, self._color.transpose(0, 1)):
+                buf[self._n_blocks:need].zero_()
             new_slots = torch.arange(self._n_blocks, need, device=self.device)
             slots[~found] = new_slots
             self._n_blocks = need
@@ -246,6 +362,15 @@ class TSDFVolume:
             order = torch.argsort(all_keys)
             self._keys, self._slots = all_keys[order], torch.cat([self._slots, new_slots])[order]
         return slots
+
+    def _reserve(self, capacity: int) -> None:
+        """Grow the block pool (sparse mode) to ``capacity`` blocks; rows past the allocated ones are left
+        uninitialised and zeroed when they are handed out."""
+        n, dev = self._n_blocks, self.device
+        tsdf, weight = (torch.empty((capacity, BLOCK ** 3), device=dev) for _ in range(2))
+        color = torch.empty((3, capacity, BLOCK ** 3), device=dev)
+        tsdf[:n], weight[:n], color[:, :n] = self._tsdf[:n], self._weight[:n], self._color[:, :n]
+        self._tsdf, self._weight, self._color = tsdf, weight, color
 
     @property
     def n_blocks(self) -> int:
@@ -284,7 +409,7 @@ class TSDFVolume:
         ix = (vox[:, 0], vox[:, 1], vox[:, 2])
         tsdf[ix] = torch.where(w > 0, self._tsdf[slots].reshape(-1) * inv_w, 1.0).cpu().numpy()
         weight[ix] = w.cpu().numpy()
-        color[ix] = (self._color[slots].transpose(1, 2).reshape(-1, 3) * inv_w[:, None]).cpu().numpy()
+        color[ix] = (self._color[:, slots].reshape(3, -1).T * inv_w[:, None]).cpu().numpy()
         if self.bounds is not None:
             crop = tuple(slice(0, n) for n in self._dims)
             tsdf, weight, color = tsdf[crop], weight[crop], color[crop]

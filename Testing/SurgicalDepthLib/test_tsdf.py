@@ -9,6 +9,7 @@ from vtkmodules.util.numpy_support import vtk_to_numpy
 
 from SurgicalDepthLib.camera import Intrinsics
 from SurgicalDepthLib.geometry import backproject, check_rigid, transform_points
+from SurgicalDepthLib import tsdf as tsdf_mod
 from SurgicalDepthLib.tsdf import TSDFVolume
 
 SPHERES = [((0.0, 0.0, 80.0), 20.0), ((25.0, -15.0, 95.0), 12.0)]  # (centre, radius) mm, world frame
@@ -168,3 +169,111 @@ def test_cuda_matches_cpu():
     np.testing.assert_array_equal(w_cpu, w_gpu)
     np.testing.assert_allclose(t_cpu, t_gpu, atol=1e-4)
     check_mesh(gpu.extract_mesh(), truth)
+
+
+# ---------------------------------------------------------------- helpers of the vectorised integration
+def test_valid_depth_zeroes_invalid_pixels_only():
+    d = torch.tensor([[1.5, np.nan, np.inf, -np.inf], [-2.0, 0.0, 120.0, 80.0]])
+    np.testing.assert_array_equal(tsdf_mod._valid_depth(d, None).numpy(), [[1.5, 0, 0, 0], [0, 0, 120.0, 80.0]])
+    np.testing.assert_array_equal(tsdf_mod._valid_depth(d, 100.0).numpy(), [[1.5, 0, 0, 0], [0, 0, 0, 80.0]])
+    assert torch.isnan(d[0, 1])  # input untouched
+
+
+def test_pixel_index_matches_floor_and_bounds_check():
+    rng = np.random.default_rng(1)
+    for width, height in [(7, 5), (5000, 4000)]:  # the second exceeds 2^24 padded pixels: int64 arithmetic
+        edges = [-1.5, -1.0, -1e-7, 0.0, 1e-7, 0.5, 1.0, width - 1e-3, width, width + 0.5, 1e9, -1e9,
+                 np.inf, -np.inf]
+        u = np.concatenate([rng.uniform(-3, width + 3, 500), edges, np.full(len(edges), 2.0)]).astype(np.float32)
+        v = np.concatenate([rng.uniform(-3, height + 3, 500), np.full(len(edges), 1.0),
+                            [e * height / width if np.isfinite(e) else e for e in edges]]).astype(np.float32)
+        idx = tsdf_mod._pixel_index_(torch.from_numpy(u.copy()), torch.from_numpy(v.copy()), width, height)
+        assert idx.dtype == (torch.int32 if width < 1000 else torch.int64)
+        inside = (u >= 0) & (u < width) & (v >= 0) & (v < height)
+        with np.errstate(invalid="ignore"):
+            expect = (np.floor(v.astype(np.float64)) + 1) * (width + 2) + np.floor(u.astype(np.float64)) + 1
+        np.testing.assert_array_equal(idx.numpy()[inside], expect[inside])
+        i, j = idx.numpy() % (width + 2), idx.numpy() // (width + 2)  # outside: a border pixel of the padded image
+        assert ((i == 0) | (i == width + 1) | (j == 0) | (j == height + 1))[~inside].all()
+        assert (j[~inside] >= 0).all() and (j[~inside] <= height + 1).all()
+
+
+def test_padded_image_has_zero_border():
+    img = torch.arange(1.0, 13.0).reshape(3, 4)
+    pad = tsdf_mod._padded(img).reshape(5, 6)
+    assert torch.equal(pad[1:-1, 1:-1], img) and pad.sum() == img.sum()
+
+
+def test_band_weight_matches_boolean_rule():
+    z = torch.tensor([50.0, 50.0, 50.0, 50.0, 3.0, 50.0])
+    depth = torch.tensor([60.0, 46.0, 45.9, 0.0, 0.0, 1e-30])  # in front, at -truncation, behind it, no depth
+    sdf = depth - z
+    w = tsdf_mod._band_weight(sdf, z, 4.0)
+    expect = ((sdf >= -4.0) & (sdf + z > 0)).float()
+    assert torch.equal(w, expect) and w.tolist() == [1, 1, 0, 0, 0, 0]
+    scratch = torch.empty_like(sdf)
+    assert torch.equal(tsdf_mod._band_weight(sdf, z, 4.0, scratch=scratch), expect)
+
+
+def test_rgb_packing_round_trip():
+    rng = np.random.default_rng(2)
+    rgb = np.concatenate([rng.integers(0, 256, (4000, 3)), [[0, 0, 0], [255, 255, 255], [255, 0, 1], [0, 255, 0]]])
+    packed = tsdf_mod._pack_rgb(torch.as_tensor(rgb.astype(np.uint8)))
+    np.testing.assert_array_equal(packed.numpy().astype(np.int64), rgb[:, 0] * 65536 + rgb[:, 1] * 256 + rgb[:, 2])
+    planes = torch.empty((3,) + packed.shape)
+    planes[2] = packed
+    np.testing.assert_array_equal(tsdf_mod._unpack_rgb_(planes).numpy(), rgb.T)
+
+
+@pytest.mark.parametrize("shape, s", [((480, 640), 17), ((120, 160), 1), ((37, 53), 8), ((5, 4), 9)])
+def test_tile_max_matches_max_pool(shape, s):
+    img = torch.rand(shape) - 0.2
+    ref = torch.nn.functional.max_pool2d(img[None, None], s, ceil_mode=True)[0, 0]
+    assert torch.equal(tsdf_mod._tile_max(img, s), ref)
+
+
+@pytest.mark.parametrize("spread", [3, 10_000])  # occupancy grid / torch.unique fallback
+def test_unique_block_keys(spread):
+    bc = torch.from_numpy(np.random.default_rng(3).integers(-spread, spread, (3, 5000))).float()
+    keys = tsdf_mod._unique_block_keys(bc)
+    expect = torch.unique(tsdf_mod._encode(bc.T.long()))
+    assert torch.equal(keys, expect)
+    assert torch.equal(tsdf_mod._decode(keys), torch.unique(bc.T.long(), dim=0))  # sorted lexicographically
+
+
+def test_band_through_the_camera_centre():
+    """Depth closer than the truncation: blocks reach behind the camera (z <= 0), where nothing may be fused."""
+    depth = np.full((CAM.height, CAM.width), 2.0, np.float32)
+    depth[:, :40] = 0.5
+    vol = TSDFVolume(VOXEL, 4 * VOXEL)
+    vol.integrate(depth, None, CAM, np.eye(4))
+    tsdf, weight, _, origin = vol.to_grid()
+    z = origin[2] + np.arange(tsdf.shape[2]) * VOXEL
+    assert weight[..., z <= 0].max() == 0 and weight[..., (z > 0) & (z < 2)].max() == 1
+    assert origin[2] < -2 * VOXEL
+
+
+def test_block_pool_growth_hands_out_cleared_blocks():
+    poses = POSES[:3]
+    ref = TSDFVolume(VOXEL, 4 * VOXEL)
+    vol = TSDFVolume(VOXEL, 4 * VOXEL)
+    for k, pose in enumerate(poses):
+        depth, rgb = scene(CAM, pose)
+        ref.integrate(depth, rgb, CAM, pose)
+        vol.integrate(depth, rgb, CAM, pose)
+        n = vol._n_blocks
+        assert vol._tsdf.shape[0] > n  # spare capacity: poison it, new blocks must start from zero anyway
+        vol._tsdf[n:], vol._weight[n:], vol._color[:, n:] = np.nan, np.nan, np.nan
+    for a, b in zip(ref.to_grid(), vol.to_grid()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_colour_of_other_dtypes_is_averaged_like_uint8():
+    depth, rgb = scene(CAM, POSES[0])
+    grids = []
+    for colour in (rgb, rgb.astype(np.float64) / 255.0):
+        vol = TSDFVolume(VOXEL, 4 * VOXEL)
+        vol.integrate(depth, colour, CAM, POSES[0])
+        grids.append(vol.to_grid())
+    np.testing.assert_array_equal(grids[0][1], grids[1][1])
+    np.testing.assert_allclose(grids[1][2] * 255.0, grids[0][2], atol=1e-3)
