@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps (auto: cuda, then mps, then cpu)")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
                    help="inference precision (auto: half precision on GPU, fp32 on CPU; bf16 on a CPU with "
-                        "AVX512-BF16 or AMX is ~1.4-1.8x faster than fp32, on other CPUs slower)")
+                        "AVX512-BF16 or AMX is ~1.4-1.9x faster than fp32, on other CPUs slower)")
     p.add_argument("--temporal", action="store_true",
                    help="for videos: stabilise the per-frame relative depth over time (robust scale+shift)")
     p.add_argument("--video", action="store_true",
