@@ -46,6 +46,27 @@ def _points64(p: np.ndarray) -> np.ndarray:
     return np.asarray(p, np.float64)
 
 
+def _bilerp_packed(pairs: np.ndarray, flat: np.ndarray, stride: int, f_col: np.ndarray,
+                   f_row: np.ndarray) -> np.ndarray:
+    """Bilinear lookup in a table packed as ``value + 1j * (next column's value - value)`` (complex [R * stride]).
+
+    Args:
+        flat: int64 [N] flat index of the cell's top-left entry (overwritten); stride: entries per table row;
+        f_col, f_row: float64 [N] fractions along the columns and rows.
+    Returns:
+        float64 [N] interpolated values.
+    """
+    near = pairs.take(flat)  # row i0, columns (j0, j0 + 1)
+    flat += stride
+    far = pairs.take(flat)  # row i0 + 1
+    top = near.real + near.imag * f_col
+    out = far.real + far.imag * f_col
+    out -= top
+    out *= f_row
+    out += top
+    return out
+
+
 @dataclass(frozen=True, eq=False)
 class TubeSurface:
     """Lumen wall around a centreline running along world +z.
@@ -111,14 +132,7 @@ class TubeSurface:
         v -= j0
         flat = i0 * (m + 1)
         flat += j0
-        near = self._wall.take(flat)  # row i0: W[i0, j0] + 1j * (W[i0, j0 + 1] - W[i0, j0])
-        flat += m + 1
-        far = self._wall.take(flat)  # row i0 + 1
-        top = near.real + near.imag * v
-        wall = far.real + far.imag * v
-        wall -= top
-        wall *= fz
-        wall += top
+        wall = _bilerp_packed(self._wall, flat, m + 1, v, fz)
         out = dx * dx
         out += dy * dy
         np.sqrt(out, out=out)
@@ -229,15 +243,7 @@ class HeightfieldSurface:
         j0, fx = _row_index(p[:, 0], self.x0, self.step, nx)
         flat = i0 * nx
         flat += j0
-        near = self._pairs.take(flat)  # row i0, columns (j0, j0 + 1)
-        flat += nx
-        far = self._pairs.take(flat)  # row i0 + 1
-        top = near.real + near.imag * fx
-        h = far.real + far.imag * fx
-        h -= top
-        h *= fy
-        h += top
-        return p[:, 2] - h
+        return p[:, 2] - _bilerp_packed(self._pairs, flat, nx, fx, fy)
 
     def surface_coords(self, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Texture coordinates (y, x) in mm."""
