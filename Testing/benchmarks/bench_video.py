@@ -11,8 +11,8 @@ Both sides load the same random-weight Hugging Face folder (``config.json`` + ``
 
 Timings include decoding, inference and writing, not model loading. Rounds alternate over all variants so
 machine load hits them alike; the median round is reported. Usage:
-``python Testing/benchmarks/bench_video.py [--video PATH] [--frames 16] [--size small] [--input-size 518]
-[--precisions fp32 bf16]``
+``python Testing/benchmarks/bench_video.py [--video PATH | --synthetic 1080x1920] [--frames 16] [--size small]
+[--input-size 518] [--precisions fp32 bf16] [--device cpu|cuda]``
 (default video: ``../shared/samples/real/video/laparoscopy_endo.mp4`` beside the checkout, else a synthetic clip).
 """
 from __future__ import annotations
