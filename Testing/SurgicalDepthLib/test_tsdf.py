@@ -1,11 +1,12 @@
 """TSDFVolume: fusion of exact depth of an analytic scene (spheres before a plane) from several known poses."""
 from __future__ import annotations
 
+import importlib.util
+
 import numpy as np
 import pytest
 import torch
 from scipy.spatial import cKDTree
-from vtkmodules.util.numpy_support import vtk_to_numpy
 
 from SurgicalDepthLib.camera import Intrinsics
 from SurgicalDepthLib.geometry import backproject, check_rigid, transform_points
@@ -77,6 +78,8 @@ def fuse(intr: Intrinsics, bounds=None, device="cpu") -> tuple[TSDFVolume, np.nd
 
 
 def check_mesh(mesh, truth: np.ndarray) -> None:
+    from vtkmodules.util.numpy_support import vtk_to_numpy
+
     pts = vtk_to_numpy(mesh.GetPoints().GetData()).astype(np.float64)
     to_surface = true_distance(pts)
     to_mesh, _ = cKDTree(pts).query(truth)
@@ -123,6 +126,8 @@ def test_invalid_depth_is_ignored():
     depth[20:30] = np.inf
     vol = TSDFVolume(VOXEL, 4 * VOXEL)
     vol.integrate(depth, rgb, CAM, POSES[0])
+    from vtkmodules.util.numpy_support import vtk_to_numpy
+
     pts = vtk_to_numpy(vol.extract_mesh().GetPoints().GetData()).astype(np.float64)
     assert true_distance(pts).max() <= VOXEL
 
@@ -168,7 +173,8 @@ def test_cuda_matches_cpu():
     np.testing.assert_array_equal(o_cpu, o_gpu)
     np.testing.assert_array_equal(w_cpu, w_gpu)
     np.testing.assert_allclose(t_cpu, t_gpu, atol=1e-4)
-    check_mesh(gpu.extract_mesh(), truth)
+    if importlib.util.find_spec("vtkmodules") is not None:  # GPU images without VTK still check the grids
+        check_mesh(gpu.extract_mesh(), truth)
 
 
 # ---------------------------------------------------------------- helpers of the vectorised integration
