@@ -21,6 +21,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from .alignment import fit_scale_shift
+
 log = logging.getLogger(__name__)
 
 
@@ -59,13 +61,10 @@ def robust_scale_shift(source: np.ndarray, target: np.ndarray, valid: np.ndarray
     keep = np.ones(x.size, bool)
     scale, shift = 1.0, 0.0
     for it in range(iterations):
-        xs, ys = x[keep], y[keep]
-        xm, ym = xs.mean(), ys.mean()
-        var = ((xs - xm) ** 2).sum()
-        if var == 0:
+        try:  # plain least squares on the current inliers
+            scale, shift = fit_scale_shift(x[keep], y[keep], mode="scale_shift")
+        except ValueError:  # the inliers became degenerate (constant source): keep the last fit
             break
-        scale = float(((xs - xm) * (ys - ym)).sum() / var)
-        shift = float(ym - scale * xm)
         if it + 1 < iterations and trim > 0:
             residual = np.abs(scale * x + shift - y)
             keep = residual <= np.quantile(residual, 1.0 - trim)
