@@ -66,6 +66,22 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "fp32"
 
 
+#: private torch.cpu probes (present in torch >= 2.3) of the instructions that make half precision fast on CPU
+_CPU_HALF_PROBES = {"bf16": ("_is_avx512_bf16_supported", "_is_amx_tile_supported"),
+                    "fp16": ("_is_amx_fp16_supported",)}
+
+
+def cpu_computes_natively(precision: str) -> bool | None:
+    """Whether this CPU has instructions for ``precision`` (bf16: AVX512-BF16 or AMX; fp16: AMX-FP16; fp32:
+    always); None where this torch cannot tell. Without them, half precision is emulated and slower than fp32."""
+    if precision == "fp32":
+        return True
+    probes = [getattr(torch.cpu, name, None) for name in _CPU_HALF_PROBES[precision]]
+    if not any(probes):
+        return None
+    return any(bool(probe()) for probe in probes if probe is not None)
+
+
 def load_model(source: str | os.PathLike = "default", *, device: str | torch.device = "auto",
                precision: str = "auto", **hints: Any) -> DepthModel:
     """Load a Depth Anything model in eval mode on ``device``.
@@ -108,6 +124,9 @@ def load_model(source: str | os.PathLike = "default", *, device: str | torch.dev
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)
         model.source = str(path)
     model.precision = prec
+    if dev.type == "cpu" and cpu_computes_natively(prec) is False:
+        log.warning("precision=%s: this CPU has no %s instructions, so it is emulated and slower than fp32", prec,
+                    "AVX512-BF16/AMX" if prec == "bf16" else "AMX-FP16")
     log.debug("loaded %s (%s %s) on %s, %s", model.source, model.config.encoder, model.config.version, dev, prec)
     # channels-last convolution weights: the DPT decoder's convolutions run ~10 % faster (oneDNN on CPU, cuDNN
     # on GPU); linear layers and the state-dict values are unaffected (checkpoints are saved contiguous)

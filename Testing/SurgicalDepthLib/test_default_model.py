@@ -70,3 +70,21 @@ def test_bfloat16_on_cpu_keeps_the_accuracy(frames):
     assert np.median(rel) < 0.01
     assert not np.array_equal(a, b)  # it really ran in bfloat16
     assert abs(_abs_rel(bf16, frames) - _abs_rel(fp32, frames)) < 0.005
+
+
+def test_emulated_half_precision_on_cpu_is_reported(monkeypatch, caplog):
+    import torch
+
+    from SurgicalDepthLib.loading import cpu_computes_natively
+
+    assert cpu_computes_natively("fp32") is True
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):  # a CPU without bf16 instructions
+        monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
+    assert cpu_computes_natively("bf16") is False
+    with caplog.at_level("WARNING", logger="SurgicalDepthLib.loading"):
+        sd.load_model("random:surgical-depth-tiny", device="cpu", precision="bf16")
+    assert "AVX512-BF16/AMX" in caplog.text and "slower than fp32" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="SurgicalDepthLib.loading"):
+        sd.load_model("random:surgical-depth-tiny", device="cpu", precision="fp32")
+    assert caplog.text == ""
