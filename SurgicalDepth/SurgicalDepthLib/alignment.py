@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from .geometry import restrict_to_mask
+
 logger = logging.getLogger(__name__)
 
 ALIGN_MODES = ("median", "scale_shift")
@@ -40,12 +42,7 @@ def _fit_pixels(pred: np.ndarray, reference: np.ndarray | None, mask: Any, posit
             ok &= pred > 0
             if reference is not None:
                 ok &= reference > 0
-    if mask is not None:
-        mask = np.asarray(mask)
-        if mask.shape != pred.shape:
-            raise ValueError(f"mask shape {mask.shape} does not match pred shape {pred.shape}")
-        ok &= mask.astype(bool, copy=False)
-    return ok
+    return restrict_to_mask(ok, mask, "pred")
 
 
 def fit_scale_shift(pred: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = None,

@@ -30,16 +30,23 @@ def _check_depth(depth: Any, intrinsics: Intrinsics, name: str = "depth") -> np.
     return depth
 
 
+def restrict_to_mask(valid: np.ndarray, mask: Any, name: str) -> np.ndarray:
+    """``valid &= mask`` for an optional ``mask`` (any array of ``valid``'s shape, read as bool); returns ``valid``.
+
+    ``name`` is the array whose shape ``valid`` has, for the error when ``mask``'s shape differs."""
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.shape != valid.shape:
+            raise ValueError(f"mask shape {mask.shape} does not match {name} shape {valid.shape}")
+        valid &= mask.astype(bool, copy=False)
+    return valid
+
+
 def valid_depth_mask(depth: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
     """bool ``[H, W]``: finite, ``> 0`` and (when given) inside ``mask``."""
     with np.errstate(invalid="ignore"):
         valid = np.isfinite(depth) & (depth > 0)
-    if mask is not None:
-        mask = np.asarray(mask)
-        if mask.shape != depth.shape:
-            raise ValueError(f"mask shape {mask.shape} does not match depth shape {depth.shape}")
-        valid &= mask.astype(bool, copy=False)
-    return valid
+    return restrict_to_mask(valid, mask, "depth")
 
 
 def backproject(depth: np.ndarray, intrinsics: Intrinsics, mask: np.ndarray | None = None) -> np.ndarray:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 from SurgicalDepthLib.alignment import fit_scale_shift
+from SurgicalDepthLib.geometry import restrict_to_mask
 
 logger = logging.getLogger(__name__)
 
@@ -68,12 +69,7 @@ def _valid_mask(pred: np.ndarray, gt: np.ndarray, mask: Any, min_depth: float | 
             valid &= gt > min_depth
         if max_depth is not None:
             valid &= gt < max_depth
-    if mask is not None:
-        mask = np.asarray(mask)
-        if mask.shape != gt.shape:
-            raise ValueError(f"mask shape {mask.shape} does not match gt shape {gt.shape}")
-        valid &= mask.astype(bool, copy=False)
-    return valid
+    return restrict_to_mask(valid, mask, "gt")
 
 
 def align_prediction(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = None, *,
