@@ -14,6 +14,15 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def check_fields(cls: type, data: dict[str, Any], what: str) -> None:
+    """Raise ``ValueError`` naming the keys of ``data`` that are not fields of the dataclass ``cls`` (a config
+    read from a file with a typo or from a newer version must not be silently half-applied)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} fields {unknown}; expected a subset of {sorted(known)}")
+
+
 @dataclass(frozen=True)
 class EncoderSpec:
     """DINOv2 ViT dimensions. ``ffn`` is ``"mlp"`` (fc1/fc2, GELU) or ``"swiglu"`` (DINOv2 giant)."""
@@ -121,10 +130,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown model config fields {unknown}; expected a subset of {sorted(known)}")
+        check_fields(cls, data, "model config")
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
         return cls(**values)
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from SurgicalDepthLib._atomic import atomic_path
+from SurgicalDepthLib.configs import check_fields
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from ._train_data import DepthTransform, TransformedDataset, round_to_multiple, split_indices
@@ -142,10 +143,7 @@ class TrainConfig:
     @classmethod
     def from_json(cls, text: str) -> "TrainConfig":
         data = json.loads(text)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields {unknown}")
+        check_fields(cls, data, "TrainConfig")
         return cls(**data)
 
 

@@ -5,6 +5,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from SurgicalDepthLib.configs import check_fields
+
 ORGANS: tuple[str, ...] = ("colon", "stomach", "small_intestine", "surgical_field")
 
 
@@ -76,8 +78,5 @@ class SceneConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SceneConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"SceneConfig.from_dict: unknown fields {unknown}, expected a subset of {sorted(known)}")
+        check_fields(cls, data, "SceneConfig")
         return cls(**data)
