@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ._atomic import atomic_path
 from .background import prefetch
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,21 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     if bgr is None:
         raise ValueError(f"cannot decode image {path}: not a readable {path.suffix or 'image'} file")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def write_image(path: str | os.PathLike, rgb: np.ndarray) -> Path:
+    """Write RGB uint8 ``[H, W, 3]`` as an image file whose format follows the suffix (``.png``, ``.jpg``, ...),
+    atomically (temporary name, then rename; no half-written file is left). Returns the path."""
+    path = Path(path)
+    try:
+        ok, buf = cv2.imencode(path.suffix or ".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
+    except cv2.error:  # unknown extension
+        ok = False
+    if not ok:
+        raise ValueError(f"could not encode {path}: OpenCV cannot write {path.suffix or 'this'} images")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.tobytes())
+    return path
 
 
 class FrameReader:

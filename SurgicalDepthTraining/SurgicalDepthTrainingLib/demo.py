@@ -104,6 +104,7 @@ def run_demo(config: DemoConfig, progress=None) -> DemoResult:
     """Render, predict, reconstruct and measure; write everything into ``config.output``."""
     import SurgicalDepthLib as sd
     from SurgicalDepthLib._atomic import atomic_path
+    from SurgicalDepthLib.video import write_image
 
     from .evaluation import evaluate_predictions
     from .reports import label_tile
@@ -174,9 +175,7 @@ def run_demo(config: DemoConfig, progress=None) -> DemoResult:
     except Exception as exc:  # no OpenGL context on this machine: the summary keeps the other panels
         log.warning("3D view not rendered (VTK off-screen rendering failed: %s)", exc)
     summary = np.hstack(panels)
-    with atomic_path(out / "summary.png") as tmp:
-        cv2.imwrite(str(tmp), cv2.cvtColor(summary, cv2.COLOR_RGB2BGR))
-    files["summary"] = out / "summary.png"
+    files["summary"] = write_image(out / "summary.png", summary)
 
     report = {"model": model.source, "model_config": model.config.to_dict(), "output_kind": kind,
               "organ": config.organ, "frames": config.frames, "size": [config.height, config.width],

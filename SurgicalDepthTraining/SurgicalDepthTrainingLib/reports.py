@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 from SurgicalDepthLib._atomic import atomic_path
+from SurgicalDepthLib.video import write_image
 
 TABLE_ROWS = (("abs_rel", "AbsRel ↓"), ("a1", "δ1 ↑"))
 
@@ -138,7 +139,4 @@ def qualitative_figure(rows: Sequence[Mapping[str, Any]], path: str | os.PathLik
                           label if j else f"{label} {row.get('name', '')}"[:40]) for j, (p, label) in enumerate(panels)]
         tiles.append(np.concatenate(resized, axis=1))
     grid = np.concatenate(tiles, axis=0)
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), cv2.cvtColor(grid, cv2.COLOR_RGB2BGR)):
-            raise OSError(f"could not write {path}")
-    return path
+    return write_image(path, grid)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from SurgicalDepthLib.colormap import colorize
-from SurgicalDepthLib.video import FrameReader, VideoDecodeError, natural_key, open_frames
+from SurgicalDepthLib.video import (FrameReader, VideoDecodeError, natural_key, open_frames, read_image,
+                                    write_image)
 
 SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples"
 RED, BLUE = 200, 30
@@ -227,3 +228,14 @@ def test_real_clip_if_available():
     assert len(frames) == 3 and all(f.shape == (720, 1280, 3) for f in frames)
     # laparoscopic tissue is reddish: RGB order means channel 0 dominates channel 2
     assert frames[0][..., 0].mean() > frames[0][..., 2].mean()
+
+
+def test_write_image_round_trips_rgb_and_leaves_nothing_on_failure(tmp_path):
+    rgb = np.zeros((6, 9, 3), np.uint8)
+    rgb[..., 0] = 200  # red
+    rgb[2:4, 3:7] = (10, 120, 250)
+    out = write_image(tmp_path / "x.png", rgb)
+    np.testing.assert_array_equal(read_image(out), rgb)  # lossless, RGB order kept
+    with pytest.raises(ValueError, match=r"could not encode .*x\.nosuchformat"):
+        write_image(tmp_path / "x.nosuchformat", rgb)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]

@@ -29,7 +29,8 @@ from ..background import BackgroundCalls
 from ..colormap import colorize, robust_range, to_disparity
 from ..depth_io import DepthSequenceWriter, save_depth
 from ..temporal import TemporalAligner
-from ..video import IMAGE_SUFFIXES, FrameReader, is_video_file, list_images, open_frames, read_image
+from ..video import (IMAGE_SUFFIXES, FrameReader, is_video_file, list_images, open_frames, read_image,
+                     write_image)
 from . import CliError, input_size_arg
 
 log = logging.getLogger(__name__)
@@ -68,14 +69,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------
-def _write_rgb_png(path: Path, rgb: np.ndarray) -> None:
-    ok, buf = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    if not ok:
-        raise ValueError(f"could not encode colour PNG {path}")
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.tobytes())
-
-
 def _is_glob(text: str) -> bool:
     return any(c in text for c in "*?[") and not Path(text).exists()
 
@@ -178,7 +171,7 @@ def _predict_images(model, images: list[Path], args: argparse.Namespace, ext: st
             for path, pred in zip(group, preds):
                 save_depth(args.output / f"{path.stem}_depth{ext}", pred, unit=kind)
                 if args.colormap:
-                    _write_rgb_png(args.output / f"{path.stem}_color.png", colorize(pred, kind))
+                    write_image(args.output / f"{path.stem}_color.png", colorize(pred, kind))
                 written += 1
             bar.update(len(group))
             start += len(group)
@@ -230,7 +223,7 @@ def _predict_sequence(model, source: str, name: str, args: argparse.Namespace, e
                 if vrange is None or not fixed_range:
                     vrange = _colour_range(pred, kind)
                 color = colorize(pred, kind, *vrange)
-                _write_rgb_png(out_dir / f"{index:06d}_color.png", color)
+                write_image(out_dir / f"{index:06d}_color.png", color)
                 writer.write(cv2.cvtColor(np.hstack([rgb, color]), cv2.COLOR_RGB2BGR))
                 seq.append(pred, index / source_fps)
             bar.update(1)

@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from SurgicalDepthLib._atomic import atomic_path
+from SurgicalDepthLib.video import write_image
 
 from .config import ORGANS
 from .generator import render_clip
@@ -61,8 +61,5 @@ def contact_sheet(path: str | os.PathLike, organs: Sequence[str] = ORGANS, colum
         rows.append(np.concatenate([label, rgb, dep], axis=0))
     sheet = np.concatenate(rows, axis=0)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), cv2.cvtColor(sheet, cv2.COLOR_RGB2BGR)):
-            raise OSError(f"cv2.imwrite failed for {path}")
-    return path
+    return write_image(path, sheet)
 
