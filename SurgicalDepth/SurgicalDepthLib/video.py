@@ -74,8 +74,9 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray) -> Path:
     """Write RGB uint8 ``[H, W, 3]`` as an image file whose format follows the suffix (``.png``, ``.jpg``, ...),
     atomically (temporary name, then rename; no half-written file is left). Returns the path."""
     path = Path(path)
+    bgr = cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR)
     try:
-        ok, buf = cv2.imencode(path.suffix or ".png", cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR))
+        ok, buf = cv2.imencode(path.suffix or ".png", bgr)
     except cv2.error:  # unknown extension
         ok = False
     if not ok:
