@@ -1,10 +1,15 @@
-"""Shared pytest fixtures. ``SAMPLES`` is ../shared/samples beside the checkout (tests using it skip when absent)."""
+"""Shared pytest fixtures and the import path of the test-support modules. ``SAMPLES`` is ../shared/samples beside the checkout (tests using it skip when absent)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# test-support modules (Testing/support/analytic_scene.py) are imported by name; with --import-mode=importlib
+# pytest puts no test folder on sys.path itself. Only that folder: Testing/ itself would shadow the packages.
+sys.path.insert(0, str(Path(__file__).resolve().parent / "support"))
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO.parent / "shared" / "samples"

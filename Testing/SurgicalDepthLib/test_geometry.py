@@ -16,37 +16,13 @@ from SurgicalDepthLib.camera import Intrinsics
 from SurgicalDepthLib.geometry import (backproject, depth_to_mesh, remove_outliers, to_polydata,
                                        transform_points, voxel_downsample)
 
-SPHERES = [((0.0, 0.0, 80.0), 20.0), ((25.0, -15.0, 95.0), 12.0)]  # (centre mm, radius mm), world frame
-PLANE = (np.array([0.0, 0.0, 1.0]), 120.0)  # n·p = d
-
-
-def rays_for(intr: Intrinsics) -> np.ndarray:
-    if intr.distortion is None:  # closed form, independent of the library
-        u, v = np.meshgrid(np.arange(intr.width), np.arange(intr.height))
-        return np.stack([(u - intr.cx) / intr.fx, (v - intr.cy) / intr.fy], -1)
-    return intr.undistorted_rays()
+from analytic_scene import PLANE_Z, SPHERES, rigid, trace
 
 
 def scene_depth(intr: Intrinsics, pose: np.ndarray = np.eye(4)) -> tuple[np.ndarray, np.ndarray]:
-    """Exact z-depth [H, W] (mm) and surface label (0 plane, 1.. spheres) for a camera at ``pose`` (cam→world)."""
-    r = rays_for(intr)
-    d_cam = np.concatenate([r, np.ones(r.shape[:2] + (1,))], -1)
-    R, o = pose[:3, :3], pose[:3, 3]
-    d = d_cam @ R.T  # world direction with unit camera-z, so the ray parameter s equals z-depth
-    n, dp = PLANE
-    with np.errstate(divide="ignore", invalid="ignore"):
-        best = (dp - n @ o) / (d @ n)
-    best[~(best > 0)] = np.inf
-    label = np.zeros(best.shape, np.int64)
-    for i, (c, rad) in enumerate(SPHERES, 1):
-        oc = o - np.asarray(c)
-        a = np.einsum("hwk,hwk->hw", d, d)
-        b = 2 * d @ oc
-        disc = b * b - 4 * a * (oc @ oc - rad * rad)
-        with np.errstate(invalid="ignore"):
-            s = (-b - np.sqrt(disc)) / (2 * a)
-        hit = (disc >= 0) & (s > 0) & (s < best)
-        best[hit], label[hit] = s[hit], i
+    """Exact z-depth [H, W] (mm, NaN where nothing is hit) and surface label (0 plane, 1.. spheres) for a camera
+    at ``pose`` (cam→world)."""
+    best, label = trace(intr, pose)
     best[~np.isfinite(best)] = np.nan
     return best, label
 
@@ -54,20 +30,11 @@ def scene_depth(intr: Intrinsics, pose: np.ndarray = np.eye(4)) -> tuple[np.ndar
 def surface_residual(points_world: np.ndarray, labels: np.ndarray) -> np.ndarray:
     res = np.empty(len(points_world))
     on_plane = labels == 0
-    res[on_plane] = points_world[on_plane] @ PLANE[0] - PLANE[1]
+    res[on_plane] = points_world[on_plane, 2] - PLANE_Z
     for i, (c, rad) in enumerate(SPHERES, 1):
         sel = labels == i
         res[sel] = np.linalg.norm(points_world[sel] - np.asarray(c), axis=1) - rad
     return np.abs(res)
-
-
-def rigid(rx_deg: float, ry_deg: float, t) -> np.ndarray:
-    ax, ay = np.radians([rx_deg, ry_deg])
-    Rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
-    Ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
-    T = np.eye(4)
-    T[:3, :3], T[:3, 3] = Ry @ Rx, t
-    return T
 
 
 CAM = Intrinsics(300.0, 310.0, 159.2, 121.7, 320, 240)

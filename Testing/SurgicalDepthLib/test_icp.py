@@ -8,36 +8,14 @@ from SurgicalDepthLib.camera import Intrinsics
 from SurgicalDepthLib.geometry import backproject
 from SurgicalDepthLib.icp import estimate_normals, estimate_poses, icp
 
-SPHERES = [((0.0, 0.0, 80.0), 20.0), ((25.0, -15.0, 95.0), 12.0)]  # (centre, radius) mm, world frame
-PLANE_Z = 120.0
+from analytic_scene import PLANE_Z, SPHERES, rigid, trace
+
 CAM = Intrinsics(150.0, 155.0, 79.6, 60.35, 160, 120)
 
 
-def rigid(rx_deg: float, ry_deg: float, rz_deg: float, t) -> np.ndarray:
-    ax, ay, az = np.radians([rx_deg, ry_deg, rz_deg])
-    Rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
-    Ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
-    Rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
-    T = np.eye(4)
-    T[:3, :3], T[:3, 3] = Rz @ Ry @ Rx, t
-    return T
-
-
 def scene_depth(pose: np.ndarray) -> np.ndarray:
-    """Exact z-depth [H, W] (mm) of the scene for camera-to-world ``pose`` (closed-form ray intersections)."""
-    u, v = np.meshgrid(np.arange(CAM.width), np.arange(CAM.height))
-    d = np.stack([(u - CAM.cx) / CAM.fx, (v - CAM.cy) / CAM.fy, np.ones(u.shape)], -1) @ pose[:3, :3].T
-    o = pose[:3, 3]
-    best = (PLANE_Z - o[2]) / d[..., 2]
-    for c, rad in SPHERES:
-        oc = o - np.asarray(c)
-        a, b = np.einsum("hwk,hwk->hw", d, d), 2 * d @ oc
-        disc = b * b - 4 * a * (oc @ oc - rad * rad)
-        with np.errstate(invalid="ignore"):
-            s = (-b - np.sqrt(disc)) / (2 * a)
-        hit = (disc >= 0) & (s > 0) & (s < best)
-        best[hit] = s[hit]
-    return best
+    """Exact z-depth [H, W] (mm) of the scene for camera-to-world ``pose``."""
+    return trace(CAM, pose)[0]
 
 
 def motion_errors(T: np.ndarray, T_true: np.ndarray) -> tuple[float, float]:
@@ -48,7 +26,7 @@ def motion_errors(T: np.ndarray, T_true: np.ndarray) -> tuple[float, float]:
 
 
 POSE_A = np.eye(4)
-POSE_B = rigid(2.0, -3.0, 4.0, (4.0, -3.0, 2.5))
+POSE_B = rigid(2.0, -3.0, (4.0, -3.0, 2.5), 4.0)
 
 
 @pytest.mark.parametrize("loss", ["huber", "tukey"])
@@ -87,7 +65,7 @@ def test_normals_of_plane_and_sphere():
 
 
 def test_estimate_poses_chains_frames():
-    steps = [rigid(1.0 * k, -1.5 * k, 0.5 * k, (2.0 * k, -1.0 * k, 1.5 * k)) for k in range(4)]
+    steps = [rigid(1.0 * k, -1.5 * k, (2.0 * k, -1.0 * k, 1.5 * k), 0.5 * k) for k in range(4)]
     poses, info = estimate_poses([scene_depth(P) for P in steps], CAM, stride=2)
     assert len(poses) == 4 and np.array_equal(poses[0], np.eye(4))
     assert "frame-to-frame" in info["method"] and "identity" in info["method"]

@@ -13,8 +13,8 @@ from SurgicalDepthLib.geometry import backproject, check_rigid, transform_points
 from SurgicalDepthLib import tsdf as tsdf_mod
 from SurgicalDepthLib.tsdf import TSDFVolume
 
-SPHERES = [((0.0, 0.0, 80.0), 20.0), ((25.0, -15.0, 95.0), 12.0)]  # (centre, radius) mm, world frame
-PLANE_Z = 120.0
+from analytic_scene import PLANE_Z, SPHERES, rigid, trace, true_distance
+
 CAM = Intrinsics(150.0, 155.0, 79.6, 60.35, 160, 120)
 VOXEL = 1.0
 
@@ -28,43 +28,15 @@ def _one_torch_thread():
     torch.set_num_threads(n)
 
 
-def rigid(rx_deg: float, ry_deg: float, t) -> np.ndarray:
-    ax, ay = np.radians([rx_deg, ry_deg])
-    Rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
-    Ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
-    T = np.eye(4)
-    T[:3, :3], T[:3, 3] = Ry @ Rx, t
-    return T
-
-
 POSES = [rigid(a, b, (tx, ty, 0.0)) for a, b, tx, ty in
          [(0, 0, 0, 0), (5, 0, 0, -6), (-5, 0, 0, 6), (0, 5, -6, 0), (0, -5, 6, 0)]]
 
 
 def scene(intr: Intrinsics, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Exact z-depth [H, W] mm and colours (sphere 1 red, sphere 2 green, plane blue)."""
-    r = intr.undistorted_rays()
-    d = np.concatenate([r, np.ones(r.shape[:2] + (1,))], -1) @ pose[:3, :3].T  # unit camera-z rays, world
-    o = pose[:3, 3]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        best = (PLANE_Z - o[2]) / d[..., 2]
-    rgb = np.zeros(best.shape + (3,), np.uint8)
-    rgb[..., 2] = 255
-    for i, (c, rad) in enumerate(SPHERES):
-        oc = o - np.asarray(c)
-        a, b = np.einsum("hwk,hwk->hw", d, d), 2 * d @ oc
-        disc = b * b - 4 * a * (oc @ oc - rad * rad)
-        with np.errstate(invalid="ignore"):
-            s = (-b - np.sqrt(disc)) / (2 * a)
-        hit = (disc >= 0) & (s > 0) & (s < best)
-        best[hit] = s[hit]
-        rgb[hit] = [(255, 0, 0), (0, 255, 0)][i]
-    return best.astype(np.float32), rgb
-
-
-def true_distance(p: np.ndarray) -> np.ndarray:
-    """Distance of world points to the nearest scene surface."""
-    return np.min([np.abs(p[:, 2] - PLANE_Z)] + [np.abs(np.linalg.norm(p - c, axis=1) - r) for c, r in SPHERES], 0)
+    """Exact z-depth float32 [H, W] mm and colours (sphere 1 red, sphere 2 green, plane blue)."""
+    depth, label = trace(intr, pose)
+    rgb = np.array([(0, 0, 255), (255, 0, 0), (0, 255, 0)], np.uint8)[label]
+    return depth.astype(np.float32), rgb
 
 
 def fuse(intr: Intrinsics, bounds=None, device="cpu") -> tuple[TSDFVolume, np.ndarray]:

@@ -17,42 +17,25 @@ import argparse
 import os
 import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+from analytic_scene import rigid, trace  # noqa: E402  (the tests' exact scene)
 
 BOUNDS = ((-60.0, -50.0, 45.0), (60.0, 50.0, 125.0))  # mm, dense-volume box around the scene
 
 
-def rigid(rx_deg: float, ry_deg: float, t) -> np.ndarray:
-    ax, ay = np.radians([rx_deg, ry_deg])
-    Rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
-    Ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
-    T = np.eye(4)
-    T[:3, :3], T[:3, 3] = Ry @ Rx, t
-    return T
-
-
 def scene(intr, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Exact z-depth float32 [H, W] mm (0 where nothing is hit) and a colour image."""
-    u, v = np.meshgrid(np.arange(intr.width), np.arange(intr.height))
-    d = np.stack([(u - intr.cx) / intr.fx, (v - intr.cy) / intr.fy, np.ones(u.shape)], -1) @ pose[:3, :3].T
-    o = pose[:3, 3]
-    best = (120.0 - o[2]) / d[..., 2]
-    rgb = np.zeros(best.shape + (3,), np.uint8)
-    rgb[..., 2] = 200
-    for i, (c, rad) in enumerate([((0.0, 0.0, 80.0), 20.0), ((25.0, -15.0, 95.0), 12.0)]):
-        oc = o - np.asarray(c)
-        a, b = np.einsum("hwk,hwk->hw", d, d), 2 * d @ oc
-        disc = b * b - 4 * a * (oc @ oc - rad * rad)
-        with np.errstate(invalid="ignore"):
-            s = (-b - np.sqrt(disc)) / (2 * a)
-        hit = (disc >= 0) & (s > 0) & (s < best)
-        best[hit] = s[hit]
-        rgb[hit] = [(220, 60, 60), (60, 220, 60)][i]
-    best[(u % 97 == 0) & (v % 89 == 0)] = 0.0  # a few invalid pixels
-    return best.astype(np.float32), rgb
+    """Exact z-depth float32 [H, W] mm (0 where nothing is hit, and at a few pixels) and a colour image."""
+    depth, label = trace(intr, pose)
+    rgb = np.array([(0, 0, 200), (220, 60, 60), (60, 220, 60)], np.uint8)[label]
+    depth[~np.isfinite(depth)] = 0.0
+    depth[::89, ::97] = 0.0  # a few invalid pixels
+    return depth.astype(np.float32), rgb
 
 
 def timeit(fn, repeat: int) -> float:

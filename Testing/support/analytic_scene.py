@@ -1,0 +1,58 @@
+"""Exact ground truth for the geometry tests and benchmarks: two spheres before a plane, seen from known poses.
+
+z-depth per pixel comes in closed form from the ray–sphere and ray–plane intersections, so back-projected
+points, fused surfaces and estimated poses can be checked against the true scene. Imported by the tests (this
+folder is put on ``sys.path`` by Testing/conftest.py) and by Testing/benchmarks/bench_geometry.py.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+SPHERES = [((0.0, 0.0, 80.0), 20.0), ((25.0, -15.0, 95.0), 12.0)]  # (centre, radius) mm, world frame
+PLANE_Z = 120.0  # the plane z = 120 mm, world frame
+
+
+def rigid(rx_deg: float, ry_deg: float, t, rz_deg: float = 0.0) -> np.ndarray:
+    """Camera-to-world 4×4 with rotation ``Rz @ Ry @ Rx`` (degrees) and translation ``t`` (mm)."""
+    ax, ay, az = np.radians([rx_deg, ry_deg, rz_deg])
+    Rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    Ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    Rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = Rz @ Ry @ Rx, t
+    return T
+
+
+def camera_rays(intr) -> np.ndarray:
+    """Unit-z ray directions ``[H, W, 2]`` = (x/z, y/z): closed form for a pinhole camera (independent of the
+    library), the library's undistortion for a distorted one."""
+    if intr.distortion is None:
+        u, v = np.meshgrid(np.arange(intr.width), np.arange(intr.height))
+        return np.stack([(u - intr.cx) / intr.fx, (v - intr.cy) / intr.fy], -1)
+    return intr.undistorted_rays()
+
+
+def trace(intr, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact z-depth float64 ``[H, W]`` mm (``inf`` where no surface is hit in front of the camera) and the surface
+    label int64 ``[H, W]`` (0 plane or nothing, ``i`` = ``SPHERES[i - 1]``) for a camera at ``pose`` (cam→world)."""
+    r = camera_rays(intr)
+    d = np.concatenate([r, np.ones(r.shape[:2] + (1,))], -1) @ pose[:3, :3].T  # world rays with unit camera z:
+    o = pose[:3, 3]  # the ray parameter equals the z-depth
+    with np.errstate(divide="ignore", invalid="ignore"):
+        best = (PLANE_Z - o[2]) / d[..., 2]
+    best[~(best > 0)] = np.inf
+    label = np.zeros(best.shape, np.int64)
+    for i, (c, rad) in enumerate(SPHERES, 1):
+        oc = o - np.asarray(c)
+        a, b = np.einsum("hwk,hwk->hw", d, d), 2 * d @ oc
+        disc = b * b - 4 * a * (oc @ oc - rad * rad)
+        with np.errstate(invalid="ignore"):
+            s = (-b - np.sqrt(disc)) / (2 * a)
+        hit = (disc >= 0) & (s > 0) & (s < best)
+        best[hit], label[hit] = s[hit], i
+    return best, label
+
+
+def true_distance(p: np.ndarray) -> np.ndarray:
+    """Distance of world points ``[N, 3]`` (mm) to the nearest scene surface."""
+    return np.min([np.abs(p[:, 2] - PLANE_Z)] + [np.abs(np.linalg.norm(p - c, axis=1) - r) for c, r in SPHERES], 0)
