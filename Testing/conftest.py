@@ -25,3 +25,15 @@ def samples_dir() -> Path:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread for tests of tiny models and volumes: OpenMP threads on a shared 2-core CI machine only
+    add contention (up to ~50x slower measured); the previous count is restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

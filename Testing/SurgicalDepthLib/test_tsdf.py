@@ -19,13 +19,7 @@ CAM = Intrinsics(150.0, 155.0, 79.6, 60.35, 160, 120)
 VOXEL = 1.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Small tensors: intra-op threads only add contention on shared CI cores (restored afterwards)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see Testing/conftest.py
 
 
 POSES = [rigid(a, b, (tx, ty, 0.0)) for a, b, tx, ty in

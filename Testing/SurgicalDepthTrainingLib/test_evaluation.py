@@ -15,13 +15,7 @@ from SurgicalDepthTrainingLib.metrics import METRIC_KEYS, depth_metrics
 from SurgicalDepthTrainingLib.reports import markdown_table, qualitative_figure, read_report, write_report
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two OpenMP threads on a shared 2-core machine are far slower than one for these tiny models."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see Testing/conftest.py
 
 
 def plane(seed, h=42, w=56):

@@ -52,13 +52,7 @@ from SurgicalDepthTrainingLib.semi import semi_supervised_loss  # noqa: E402
 from SurgicalDepthTrainingLib.training import TrainConfig, train  # noqa: E402
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two OpenMP threads on a shared 2-core machine are ~50x slower than one for these tiny models."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see Testing/conftest.py
 
 
 def tiny(tmp_path: Path, name: str = "run", **overrides) -> TrainConfig:
