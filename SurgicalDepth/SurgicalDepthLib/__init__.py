@@ -52,7 +52,12 @@ _EXPORTS: dict[str, str] = {
     "TSDFVolume": "tsdf",
     "icp": "icp",
     "estimate_poses": "icp",
-    # video and export
+    # stream and video
+    "depth_stream": "stream",
+    "DepthFrame": "stream",
+    "OutputKind": "depth_kind",
+    "SavedPredictions": "saved_predictions",
+    "ProgressReporter": "progress",
     "open_frames": "video",
     "FrameReader": "video",
     "VideoDecodeError": "video",

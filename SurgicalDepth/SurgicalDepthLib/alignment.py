@@ -21,6 +21,9 @@ from .geometry import restrict_to_mask
 logger = logging.getLogger(__name__)
 
 ALIGN_MODES = ("median", "scale_shift")
+#: (near, far) mm that a relative model's disparity is mapped to when nothing else is known: the CLI, the
+#: stream and the Slicer module share it (typical endoscopic working distances).
+DEFAULT_DEPTH_RANGE_MM = (5.0, 120.0)
 
 
 def _as_float(name: str, value: Any) -> np.ndarray:
@@ -159,7 +162,7 @@ def disparity_to_depth(disparity: np.ndarray, *, depth_range: tuple[float, float
 
 
 def prediction_to_mm(pred: np.ndarray, output_kind: str, unit: str,
-                     depth_range_mm: tuple[float, float] = (5.0, 120.0),
+                     depth_range_mm: tuple[float, float] = DEFAULT_DEPTH_RANGE_MM,
                      percentiles: tuple[float, float] = (2.0, 98.0)) -> np.ndarray:
     """A model's raw output as depth in millimetres (float32, NaN where undefined).
 

@@ -101,7 +101,7 @@ def test_video_with_colormap_temporal_and_stride(tmp_path, checkpoint, model):
     frames_dir = out / "clip"
     names = sorted(p.name for p in frames_dir.iterdir())
     assert names == ["000000.png", "000000_color.png", "000002.png", "000002_color.png", "000004.png",
-                     "000004_color.png", "000006.png", "000006_color.png"]
+                     "000004_color.png", "000006.png", "000006_color.png", "predictions.json"]
     maps = [load_depth(frames_dir / f"{i:06d}.png") for i in (0, 2, 4, 6)]
     assert all(m.shape == (48, 64) for m in maps)
     # first frame: the aligner's identity transform, so the PNG holds the raw prediction (up to the PNG step)
@@ -129,7 +129,8 @@ def test_max_frames_and_video_folder(tmp_path, checkpoint):
     out = tmp_path / "out"
     assert run_predict([str(folder), "--video", "--max-frames", "3", "--output", str(out), "--model",
                         str(checkpoint), "--input-size", str(SIZE), "--format", "tiff"]) == 0
-    assert sorted(p.name for p in (out / "seq").iterdir()) == ["000000.tiff", "000001.tiff", "000002.tiff"]
+    assert sorted(p.name for p in (out / "seq").iterdir()) == ["000000.tiff", "000001.tiff", "000002.tiff",
+                                                                 "predictions.json"]
 
 
 def test_errors(tmp_path, capsys, checkpoint):

@@ -4,20 +4,35 @@ installed packages (``SurgicalDepthTrainingLib``) contribute through the ``surgi
 Each command module exposes ``register(subparsers)`` which adds its parser and sets ``func`` (called with the
 parsed namespace, returns an exit code). Errors a user can fix (bad paths, shapes, formats) are raised as
 ``ValueError``/``TypeError``/``FileNotFoundError``/``OSError``/``CliError`` and printed as one line.
+
+Every command takes ``--progress bar|jsonl|none`` (:mod:`SurgicalDepthLib.progress`); the command finds its
+reporter in ``args.progress_reporter``. With ``jsonl``, stdout carries only the JSON lines: everything else the
+command prints goes to stderr, and the run ends with a ``done`` or ``error`` event.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import sys
 from importlib.metadata import entry_points
+
+from ..progress import PROGRESS_MODES, ProgressReporter
 
 _CORE_COMMANDS = ("predict", "reconstruct", "download")
 
 
 class CliError(Exception):
     """An error the user can fix; printed as one line, exit code 2."""
+
+
+def progress_of(args: argparse.Namespace) -> ProgressReporter:
+    """The run's progress reporter (set by :func:`main`; a tqdm bar when a command is called without it)."""
+    reporter = getattr(args, "progress_reporter", None)
+    if reporter is None:
+        reporter = args.progress_reporter = ProgressReporter(getattr(args, "progress", "bar"))
+    return reporter
 
 
 def input_size_arg(text: str) -> int:
@@ -49,6 +64,10 @@ def build_parser(extra: tuple = ()) -> argparse.ArgumentParser:
             registrars.append(func)
     for register in registrars:
         register(subparsers)
+    for command in subparsers.choices.values():
+        command.add_argument("--progress", choices=PROGRESS_MODES, default="bar",
+                             help="progress display: bar (tqdm on stderr), jsonl (one JSON object per stdout "
+                                  "line, for programs), none")
     return parser
 
 
@@ -56,16 +75,30 @@ def main(argv: list[str] | None = None, extra: tuple = ()) -> int:
     parser = build_parser(extra)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    reporter = args.progress_reporter = ProgressReporter(args.progress, sys.stdout)
+    # jsonl: stdout is the JSON channel; the command's own messages go to stderr
+    quiet = contextlib.redirect_stdout(sys.stderr) if args.progress == "jsonl" else contextlib.nullcontext()
     try:
-        return int(args.func(args) or 0)
+        with quiet:
+            code = int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("surgical-depth: interrupted", file=sys.stderr)
+        reporter.error("interrupted")
         return 130
     except (CliError, ValueError, TypeError, FileNotFoundError, FileExistsError, OSError) as exc:
+        reporter.error(str(exc))
         if args.verbose:
             raise
         print(f"surgical-depth {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:
+        reporter.error(f"{type(exc).__name__}: {exc}")
+        raise
+    if code == 0:
+        reporter.done(**getattr(args, "result", {}))
+    else:
+        reporter.error(f"exit code {code}")
+    return code
 
 
 if __name__ == "__main__":

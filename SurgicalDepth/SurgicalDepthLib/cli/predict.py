@@ -17,7 +17,6 @@ import argparse
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,10 +27,11 @@ from .._atomic import atomic_path
 from ..background import BackgroundCalls
 from ..colormap import colorize, robust_range, to_disparity
 from ..depth_io import DepthSequenceWriter, save_depth
-from ..temporal import TemporalAligner
+from ..saved_predictions import write_manifest
+from ..stream import DepthFrame, depth_stream
 from ..video import (IMAGE_SUFFIXES, FrameReader, is_video_file, list_images, open_frames, read_image,
                      write_image)
-from . import CliError, input_size_arg
+from . import CliError, input_size_arg, progress_of
 
 log = logging.getLogger(__name__)
 
@@ -121,23 +121,6 @@ def _plan(args: argparse.Namespace) -> tuple[list[Path], list[tuple[str, str]]]:
     return images, sequences
 
 
-class _Stabiliser:
-    """Temporal alignment in disparity space for either kind of model output."""
-
-    def __init__(self, kind: str):
-        self.kind = kind
-        self.aligner = TemporalAligner()
-
-    def __call__(self, pred: np.ndarray) -> np.ndarray:
-        if self.kind == "disparity":
-            return self.aligner.update(pred)
-        valid = np.isfinite(pred) & (pred > 0)
-        disparity = np.where(valid, 1.0 / np.where(valid, pred, 1.0), np.nan).astype(np.float32)
-        aligned = self.aligner.update(disparity, valid)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.where(valid & (aligned > 0), 1.0 / aligned, 0.0).astype(np.float32)
-
-
 def _colour_range(pred: np.ndarray, kind: str) -> tuple[float | None, float | None]:
     """Robust colour limits of one map, or ``(None, None)`` (colorize's own default) when nothing is valid."""
     if not to_disparity(pred, kind)[1].any():
@@ -145,42 +128,43 @@ def _colour_range(pred: np.ndarray, kind: str) -> tuple[float | None, float | No
     return robust_range(pred, kind)
 
 
-def _progress(total: int | None, desc: str):
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="frame", dynamic_ncols=True, leave=True)
-
-
 # -- the two kinds of job ----------------------------------------------------------------------------------------
-def _predict_images(model, images: list[Path], args: argparse.Namespace, ext: str) -> int:
+def _same_size_groups(images: list[Path], batch_size: int) -> Iterator[tuple[list[Path], list[np.ndarray]]]:
+    """Consecutive images of one size, at most ``batch_size`` per group (a batch is one tensor)."""
+    group: list[Path] = []
+    frames: list[np.ndarray] = []
+    for path in images:
+        rgb = read_image(path)
+        if frames and (rgb.shape != frames[0].shape or len(frames) == batch_size):
+            yield group, frames
+            group, frames = [], []
+        group.append(path)
+        frames.append(rgb)
+    if frames:
+        yield group, frames
+
+
+def _predict_images(model, images: list[Path], args: argparse.Namespace, ext: str, bar) -> int:
     kind = model.output_kind
     written = 0
-    with _progress(len(images), "images") as bar:
-        start = 0
-        while start < len(images):
-            first = read_image(images[start])
-            group, frames = [images[start]], [first]
-            # batch consecutive images of the same size (a batch is one tensor)
-            while len(group) < args.batch_size and start + len(group) < len(images):
-                rgb = read_image(images[start + len(group)])
-                if rgb.shape != first.shape:
-                    break
-                group.append(images[start + len(group)])
-                frames.append(rgb)
-            preds = model.infer_batch(frames, args.input_size, args.batch_size)
-            for path, pred in zip(group, preds):
-                save_depth(args.output / f"{path.stem}_depth{ext}", pred, unit=kind)
-                if args.colormap:
-                    write_image(args.output / f"{path.stem}_color.png", colorize(pred, kind))
-                written += 1
-            bar.update(len(group))
-            start += len(group)
+    for group, frames in _same_size_groups(images, args.batch_size):
+        for path, frame in zip(group, depth_stream(model, frames, batch_size=args.batch_size,
+                                                   input_size=args.input_size)):
+            save_depth(args.output / f"{path.stem}_depth{ext}", frame.prediction, unit=kind)
+            if args.colormap:
+                write_image(args.output / f"{path.stem}_color.png", colorize(frame.prediction, kind))
+            written += 1
+            bar.update(1)
     return written
 
 
-def _predict_sequence(model, source: str, name: str, args: argparse.Namespace, ext: str) -> int:
+def _open_sequence(source: str, args: argparse.Namespace) -> FrameReader:
     stop = None if args.max_frames is None else args.max_frames * args.stride
-    reader: FrameReader = open_frames(source, stop=stop, stride=args.stride, prefetch=2 * args.batch_size)
+    return open_frames(source, stop=stop, stride=args.stride, prefetch=2 * (args.batch_size or 1))
+
+
+def _predict_sequence(model, source: str, name: str, args: argparse.Namespace, ext: str, bar) -> int:
+    reader = _open_sequence(source, args)
     kind = model.output_kind
     out_dir = args.output / name
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -190,17 +174,9 @@ def _predict_sequence(model, source: str, name: str, args: argparse.Namespace, e
         if args.colormap:
             log.info("%s has no frame rate (image frames): writing its video and sequence at 25 frames/s", source)
     fps = source_fps / args.stride
-    stabilise = _Stabiliser(kind) if args.temporal else None
     fixed_range = args.temporal or kind == "depth"  # raw relative frames flicker: give each its own range
-    pending: deque[tuple[int, np.ndarray]] = deque()
-
-    def frames() -> Iterator[np.ndarray]:
-        for index, rgb in zip(reader.indices, reader):
-            pending.append((index, rgb))
-            yield rgb
-
     count = 0
-    with contextlib.ExitStack() as stack, _progress(reader.frame_count, name) as bar:
+    with contextlib.ExitStack() as stack:
         stack.callback(reader.close)
         writer = seq = None
         if args.colormap:
@@ -214,27 +190,26 @@ def _predict_sequence(model, source: str, name: str, args: argparse.Namespace, e
                                                           unit=kind))
         vrange = None
 
-        def emit(index: int, rgb: np.ndarray, pred: np.ndarray) -> None:  # in the writer thread, in order
+        def emit(frame: DepthFrame) -> None:  # in the writer thread, in order
             nonlocal vrange
-            if stabilise is not None:
-                pred = stabilise(pred)
-            save_depth(out_dir / f"{index:06d}{ext}", pred, unit=kind)
+            save_depth(out_dir / f"{frame.index:06d}{ext}", frame.prediction, unit=kind)
             if args.colormap:
                 if vrange is None or not fixed_range:
-                    vrange = _colour_range(pred, kind)
-                color = colorize(pred, kind, *vrange)
-                write_image(out_dir / f"{index:06d}_color.png", color)
-                writer.write(cv2.cvtColor(np.hstack([rgb, color]), cv2.COLOR_RGB2BGR))
-                seq.append(pred, index / source_fps)
+                    vrange = _colour_range(frame.prediction, kind)
+                color = colorize(frame.prediction, kind, *vrange)
+                write_image(out_dir / f"{frame.index:06d}_color.png", color)
+                writer.write(cv2.cvtColor(np.hstack([frame.rgb, color]), cv2.COLOR_RGB2BGR))
+                seq.append(frame.prediction, frame.index / source_fps)
             bar.update(1)
 
         # entered last, so it is closed (all writes done, or skipped after an error) before the files above
         calls = stack.enter_context(BackgroundCalls(depth=2 * args.batch_size, name=f"write {name}"))
-        for batch in model.iter_batches(frames(), args.input_size, args.batch_size):
-            for pred in batch:
-                calls.submit(emit, *pending.popleft(), pred)
-                count += 1
+        for frame in depth_stream(model, reader, batch_size=args.batch_size, temporal=args.temporal,
+                                  input_size=args.input_size):
+            calls.submit(emit, frame)
+            count += 1
         calls.close()
+    write_manifest(out_dir, model=model, file_format=args.format, size=reader.size, source=source)
     extra = f", {name}_depth.mp4 and {name}_depth.seq.nrrd" if args.colormap else ""
     print(f"{source}: {count} frames -> {out_dir}{extra}")
     return count
@@ -259,10 +234,13 @@ def run(args: argparse.Namespace) -> int:
         log.warning("--temporal applies to videos (or folders with --video); no video input was given")
     started = time.perf_counter()
     total = 0
-    if images:
-        total += _predict_images(model, images, args, ext)
-    for source, name in sequences:
-        total += _predict_sequence(model, source, name, args, ext)
+    n_frames = len(images) + sum(len(_open_sequence(source, args)) for source, _ in sequences)
+    with progress_of(args).stage("predict", n_frames) as bar:
+        if images:
+            total += _predict_images(model, images, args, ext, bar)
+        for source, name in sequences:
+            total += _predict_sequence(model, source, name, args, ext, bar)
+    args.result = {"frames": total, "output": str(args.output)}
     elapsed = time.perf_counter() - started
     print(f"wrote {total} {model.output_kind} maps ({args.format}) to {args.output} "
           f"in {elapsed:.1f} s ({total / max(elapsed, 1e-9):.2f} frames/s)")

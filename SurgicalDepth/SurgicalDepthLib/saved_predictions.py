@@ -1,0 +1,77 @@
+"""Predictions that ``surgical-depth predict`` wrote, read back as a depth source for :func:`depth_stream`.
+
+``predict`` writes, for each video (or image folder given with ``--video``), a folder ``OUT/<name>/`` holding one
+map per frame, ``<source index:06d>.<format>``, and the manifest :data:`MANIFEST_NAME`::
+
+    {"model": "...", "output_kind": "disparity" | "depth", "depth_unit": "relative" | "m" | "mm",
+     "format": "npy" | "png" | "nrrd" | "tiff", "size": [H, W], "input": "..."}
+
+``reconstruct --depth OUT/<name>`` then builds geometry from these maps instead of running the model again.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._atomic import atomic_path
+from .depth_io import load_depth
+from .depth_kind import OutputKind
+
+MANIFEST_NAME = "predictions.json"
+
+
+def write_manifest(folder: str | os.PathLike, *, model: Any, file_format: str, size: tuple[int, int],
+                   source: str) -> Path:
+    """Write the manifest of a prediction folder (atomically); ``model`` gives source, kind and unit."""
+    data = {"model": str(getattr(model, "source", model)), "output_kind": str(OutputKind.parse(model.output_kind).value),
+            "depth_unit": model.depth_unit, "format": file_format, "size": [int(size[0]), int(size[1])],
+            "input": str(source)}
+    path = Path(folder) / MANIFEST_NAME
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2))
+    return path
+
+
+class SavedPredictions:
+    """A prediction folder written by ``predict``: has the model attributes :func:`depth_stream` reads
+    (``output_kind``, ``depth_unit``, ``source``) and yields stored maps instead of running a network."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+        manifest = self.folder / MANIFEST_NAME
+        if not manifest.is_file():
+            raise FileNotFoundError(f"{self.folder} is not a prediction folder of 'surgical-depth predict' "
+                                    f"(no {MANIFEST_NAME}); predict the video first, or folders with --video")
+        try:
+            data = json.loads(manifest.read_text())
+            self.output_kind = OutputKind.parse(data["output_kind"]).value
+            self.depth_unit = str(data["depth_unit"])
+            self.format = str(data["format"])
+            self.size = (int(data["size"][0]), int(data["size"][1]))
+        except (KeyError, TypeError, IndexError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{manifest}: not a valid prediction manifest ({exc})") from None
+        self.source = str(data.get("model", self.folder))
+        self.default_batch_size = 1
+
+    def path(self, index: int) -> Path:
+        return self.folder / f"{int(index):06d}.{self.format}"
+
+    def predictions(self, items: Iterator[tuple[int, np.ndarray]]) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """``(index, rgb, stored map)`` for each ``(index, rgb)``; a missing map or a size mismatch is an error
+        naming the file."""
+        for index, rgb in items:
+            path = self.path(index)
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} does not exist: {self.folder} has no prediction for frame {index}")
+            pred = load_depth(path)
+            if self.format == "png":  # PNG stores invalid values as 0
+                pred[pred == 0] = np.nan
+            if pred.shape != rgb.shape[:2]:
+                raise ValueError(f"{path} is {pred.shape[0]}x{pred.shape[1]} but frame {index} is "
+                                 f"{rgb.shape[0]}x{rgb.shape[1]}")
+            yield index, rgb, pred

@@ -1,0 +1,197 @@
+"""``sd.depth_stream``: the one frames → depth loop of ``predict``, ``reconstruct``, the stream service and Slicer.
+
+Frames are decoded in a background thread, batched and predicted by the model (:meth:`DepthModel.iter_batches`:
+preprocessing ahead of inference, GPU upload overlapped), and come out one :class:`DepthFrame` at a time, in
+order, in constant memory. Writing results is the caller's (``predict`` writes in a background thread).
+
+Depth in millimetres (``DepthFrame.depth_mm``):
+
+- relative models predict disparity with no scale: each frame's disparity percentiles 2 and 98 map to
+  ``depth_range`` = (near, far) mm linearly in inverse depth (:func:`alignment.prediction_to_mm`). With
+  ``temporal=True`` the disparity is first stabilised over time (:class:`temporal.TemporalAligner`) and the mapping
+  is fixed by the first frame, so depth does not flicker with each frame's own range;
+- metric models' output is converted from the model's unit to mm;
+- invalid pixels are NaN, never 0.
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .alignment import DEFAULT_DEPTH_RANGE_MM, disparity_to_depth, prediction_to_mm
+from .depth_kind import OutputKind, invert
+from .temporal import TemporalAligner
+from .video import FrameReader, open_frames
+
+log = logging.getLogger(__name__)
+
+#: Disparity percentiles mapped to (near, far) for relative models.
+RANGE_PERCENTILES = (2.0, 98.0)
+#: Threads converting predictions to mm while the model works on the next frames (numpy releases the GIL): the
+#: conversion of a 1080p frame takes ~70 ms on one core, longer than a GPU forward pass.
+DEPTH_WORKERS = min(4, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class DepthFrame:
+    """One frame of :func:`depth_stream`.
+
+    Attributes:
+        index: the frame's index in its source (kept under ``start``/``stride``).
+        rgb: uint8 ``[H, W, 3]`` RGB input frame.
+        prediction: float32 ``[H, W]``, the model's output (``output_kind`` of the model: disparity or depth in
+            the model's unit); with ``temporal=True`` after the temporal scale+shift alignment.
+        depth_mm: float32 ``[H, W]`` depth in mm along the optical axis, NaN where invalid (never 0).
+    """
+
+    index: int
+    rgb: np.ndarray
+    prediction: np.ndarray
+    depth_mm: np.ndarray
+
+    @property
+    def valid(self) -> np.ndarray:
+        """bool ``[H, W]``: pixels with a depth."""
+        return np.isfinite(self.depth_mm)
+
+
+def _indexed_frames(frames: Any, start: int, stride: int, max_frames: int | None,
+                    prefetch: int) -> tuple[Iterator[tuple[int, np.ndarray]], FrameReader | None]:
+    """``(source index, rgb)`` pairs of the selected frames, and the reader to close (None for iterables)."""
+    stop = None if max_frames is None else start + max_frames * stride
+    if isinstance(frames, (str, os.PathLike)):
+        reader = open_frames(frames, start=start, stop=stop, stride=stride, prefetch=prefetch)
+        return zip(reader.indices, reader), reader
+    if isinstance(frames, FrameReader):  # already opened: select among the frames it yields
+        pairs: Iterable = zip(frames.indices, frames)
+        return itertools.islice(pairs, start, stop, stride), frames
+    if isinstance(frames, np.ndarray) and frames.ndim == 3:
+        frames = [frames]  # one image
+    return itertools.islice(enumerate(frames), start, stop, stride), None
+
+
+def _predictions(model: Any, items: Iterator[tuple[int, np.ndarray]], input_size: int | None,
+                 batch_size: int | None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+    """``(index, rgb, prediction)`` in order: ``model.predictions(items)`` when the source has stored
+    predictions (:class:`~SurgicalDepthLib.saved_predictions.SavedPredictions`), else batched inference."""
+    if hasattr(model, "predictions"):
+        yield from model.predictions(items)
+        return
+    pending: deque[tuple[int, np.ndarray]] = deque()
+
+    def rgbs() -> Iterator[np.ndarray]:
+        for index, rgb in items:
+            pending.append((index, rgb))
+            yield rgb
+
+    for batch in model.iter_batches(rgbs(), input_size, batch_size):
+        for pred in batch:
+            index, rgb = pending.popleft()
+            yield index, rgb, pred
+
+
+def _depth_mm(pred: np.ndarray, kind: OutputKind, unit: str, near_far: tuple[float, float],
+              index: int) -> np.ndarray:
+    """:func:`prediction_to_mm`, except that a frame with no disparity range (blank, all invalid) gets an
+    all-NaN depth and a warning instead of ending the stream."""
+    if kind is OutputKind.DISPARITY:
+        ok = np.isfinite(pred)
+        lo, hi = np.percentile(pred[ok], RANGE_PERCENTILES) if ok.any() else (0.0, 0.0)
+        if not hi > lo:
+            log.warning("frame %d: the predicted disparity has no range (blank frame?); its depth is left "
+                        "undefined (NaN)", index)
+            return np.full(pred.shape, np.nan, np.float32)
+    return prediction_to_mm(pred, kind.value, unit, near_far, RANGE_PERCENTILES)
+
+
+class _TemporalDepth:
+    """Temporal stabilisation in disparity space and a depth mapping fixed by the first frame."""
+
+    def __init__(self, kind: OutputKind, unit: str, depth_range: tuple[float, float]):
+        self.kind, self.unit, self.depth_range = kind, unit, depth_range
+        self.aligner = TemporalAligner()
+        self.scale_shift: tuple[float, float] | None = None
+
+    def __call__(self, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.kind is OutputKind.DEPTH:
+            aligned = invert(self.aligner.update(invert(pred)))
+            return aligned, prediction_to_mm(aligned, self.kind.value, self.unit)
+        aligned = self.aligner.update(pred)
+        if self.scale_shift is None:
+            ok = np.isfinite(aligned)
+            lo, hi = np.percentile(aligned[ok], RANGE_PERCENTILES) if ok.any() else (0.0, 0.0)
+            if not hi > lo:  # a flat first frame: no range to fix yet
+                return aligned, np.full(aligned.shape, np.nan, np.float32)
+            near, far = self.depth_range
+            scale = (1.0 / near - 1.0 / far) / (hi - lo)  # lo -> 1/far, hi -> 1/near (inverse depth)
+            self.scale_shift = (scale, 1.0 / far - scale * lo)
+        return aligned, disparity_to_depth(aligned, scale=self.scale_shift[0], shift=self.scale_shift[1])
+
+
+def depth_stream(model: Any, frames: Any, *, depth_range: tuple[float, float] | None = None, start: int = 0,
+                 stride: int = 1, max_frames: int | None = None, batch_size: int | None = None,
+                 temporal: bool = False, input_size: int | None = None) -> Iterator[DepthFrame]:
+    """Predict depth frame by frame (see the module docstring for the depth conventions).
+
+    Args:
+        model: a :class:`DepthModel` (or an object with its inference API: ``iter_batches``, ``output_kind``,
+            ``depth_unit``), or stored predictions (:class:`~SurgicalDepthLib.saved_predictions.SavedPredictions`).
+        frames: anything :func:`open_frames` takes (video, image folder, glob, image), an opened
+            :class:`FrameReader`, or an iterable of RGB uint8 ``[H, W, 3]`` arrays.
+        depth_range: (near, far) mm for relative models; default :data:`alignment.DEFAULT_DEPTH_RANGE_MM`.
+        start, stride, max_frames: use source frames ``start, start + stride, ...``, at most ``max_frames``.
+        batch_size: frames per forward pass (default: the model's, 1 on CPU and 4 on a GPU).
+        temporal: stabilise relative depth over time (videos).
+        input_size: network input lower bound (multiple of 14; default the model's own).
+    Yields:
+        :class:`DepthFrame` in source order. Closing the generator stops decoding.
+    Raises:
+        ValueError: bad arguments (before anything is decoded); decoding errors after the frames before them.
+    """
+    if not isinstance(start, int) or start < 0:
+        raise ValueError(f"start must be an integer >= 0, got {start!r}")
+    if not isinstance(stride, int) or stride < 1:
+        raise ValueError(f"stride must be an integer >= 1, got {stride!r}")
+    if max_frames is not None and (not isinstance(max_frames, int) or max_frames < 1):
+        raise ValueError(f"max_frames must be None or an integer >= 1, got {max_frames!r}")
+    near_far = tuple(float(v) for v in (depth_range or DEFAULT_DEPTH_RANGE_MM))
+    if len(near_far) != 2 or not 0 < near_far[0] < near_far[1] or not np.isfinite(near_far[1]):
+        raise ValueError(f"depth_range must be (near, far) mm with 0 < near < far, got {depth_range!r}")
+    kind = OutputKind.parse(model.output_kind)
+    items, reader = _indexed_frames(frames, start, stride, max_frames,
+                                    prefetch=2 * (batch_size or getattr(model, "default_batch_size", 1)))
+    stabilise = _TemporalDepth(kind, model.depth_unit, near_far) if temporal else None
+
+    def finish(index: int, rgb: np.ndarray, pred: np.ndarray) -> DepthFrame:
+        if stabilise is not None:
+            pred, depth = stabilise(pred)
+        else:
+            depth = _depth_mm(pred, kind, model.depth_unit, near_far, index)
+        return DepthFrame(int(index), rgb, np.asarray(pred, np.float32), depth)
+
+    # temporal alignment is sequential: one worker keeps the frame order of its state
+    workers = 1 if temporal else DEPTH_WORKERS
+    pending: deque[Future] = deque()
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="depth_stream") as pool:
+            try:
+                for item in _predictions(model, items, input_size, batch_size):
+                    pending.append(pool.submit(finish, *item))
+                    if len(pending) > workers:
+                        yield pending.popleft().result()
+                while pending:
+                    yield pending.popleft().result()
+            finally:
+                for future in pending:
+                    future.cancel()
+    finally:
+        if reader is not None:
+            reader.close()
