@@ -11,7 +11,8 @@ Depth in millimetres (``DepthFrame.depth_mm``):
   ``temporal=True`` the disparity is first stabilised over time (:class:`temporal.TemporalAligner`) and the mapping
   is fixed by the first frame, so depth does not flicker with each frame's own range;
 - metric models' output is converted from the model's unit to mm;
-- invalid pixels are NaN, never 0.
+- invalid pixels are NaN, never 0;
+- it is computed when ``depth_mm`` is first read (``predict`` writes only the prediction and never pays for it).
 """
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ import itertools
 import logging
 import os
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from functools import cached_property, partial
 from typing import Any
 
 import numpy as np
@@ -35,9 +36,6 @@ log = logging.getLogger(__name__)
 
 #: Disparity percentiles mapped to (near, far) for relative models.
 RANGE_PERCENTILES = (2.0, 98.0)
-#: Threads converting predictions to mm while the model works on the next frames (numpy releases the GIL): the
-#: conversion of a 1080p frame takes ~70 ms on one core, longer than a GPU forward pass.
-DEPTH_WORKERS = min(4, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -49,13 +47,20 @@ class DepthFrame:
         rgb: uint8 ``[H, W, 3]`` RGB input frame.
         prediction: float32 ``[H, W]``, the model's output (``output_kind`` of the model: disparity or depth in
             the model's unit); with ``temporal=True`` after the temporal scale+shift alignment.
-        depth_mm: float32 ``[H, W]`` depth in mm along the optical axis, NaN where invalid (never 0).
+        depth_mm: float32 ``[H, W]`` depth in mm along the optical axis, NaN where invalid (never 0). Computed
+            on first access (a 1080p frame takes ~70 ms on one core, longer than a GPU forward pass, and callers
+            that write only the prediction never pay for it), then kept.
+        to_depth_mm: the conversion ``prediction -> depth_mm`` used (the stream's depth range and mapping).
     """
 
     index: int
     rgb: np.ndarray
     prediction: np.ndarray
-    depth_mm: np.ndarray
+    to_depth_mm: Callable[[np.ndarray], np.ndarray] = field(repr=False, compare=False)
+
+    @cached_property
+    def depth_mm(self) -> np.ndarray:
+        return self.to_depth_mm(self.prediction)
 
     @property
     def valid(self) -> np.ndarray:
@@ -98,8 +103,8 @@ def _predictions(model: Any, items: Iterator[tuple[int, np.ndarray]], input_size
             yield index, rgb, pred
 
 
-def _depth_mm(pred: np.ndarray, kind: OutputKind, unit: str, near_far: tuple[float, float],
-              index: int) -> np.ndarray:
+def _depth_mm(kind: OutputKind, unit: str, near_far: tuple[float, float], index: int,
+              pred: np.ndarray) -> np.ndarray:
     """:func:`prediction_to_mm`, except that a frame with no disparity range (blank, all invalid) gets an
     all-NaN depth and a warning instead of ending the stream."""
     if kind is OutputKind.DISPARITY:
@@ -120,20 +125,21 @@ class _TemporalDepth:
         self.aligner = TemporalAligner()
         self.scale_shift: tuple[float, float] | None = None
 
-    def __call__(self, pred: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, pred: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+        """Aligned prediction of the next frame and its conversion to mm."""
         if self.kind is OutputKind.DEPTH:
             aligned = invert(self.aligner.update(invert(pred)))
-            return aligned, prediction_to_mm(aligned, self.kind.value, self.unit)
+            return aligned, partial(prediction_to_mm, output_kind=self.kind.value, unit=self.unit)
         aligned = self.aligner.update(pred)
         if self.scale_shift is None:
             ok = np.isfinite(aligned)
             lo, hi = np.percentile(aligned[ok], RANGE_PERCENTILES) if ok.any() else (0.0, 0.0)
             if not hi > lo:  # a flat first frame: no range to fix yet
-                return aligned, np.full(aligned.shape, np.nan, np.float32)
+                return aligned, lambda p: np.full(p.shape, np.nan, np.float32)
             near, far = self.depth_range
             scale = (1.0 / near - 1.0 / far) / (hi - lo)  # lo -> 1/far, hi -> 1/near (inverse depth)
             self.scale_shift = (scale, 1.0 / far - scale * lo)
-        return aligned, disparity_to_depth(aligned, scale=self.scale_shift[0], shift=self.scale_shift[1])
+        return aligned, partial(disparity_to_depth, scale=self.scale_shift[0], shift=self.scale_shift[1])
 
 
 def depth_stream(model: Any, frames: Any, *, depth_range: tuple[float, float] | None = None, start: int = 0,
@@ -169,29 +175,13 @@ def depth_stream(model: Any, frames: Any, *, depth_range: tuple[float, float] | 
     items, reader = _indexed_frames(frames, start, stride, max_frames,
                                     prefetch=2 * (batch_size or getattr(model, "default_batch_size", 1)))
     stabilise = _TemporalDepth(kind, model.depth_unit, near_far) if temporal else None
-
-    def finish(index: int, rgb: np.ndarray, pred: np.ndarray) -> DepthFrame:
-        if stabilise is not None:
-            pred, depth = stabilise(pred)
-        else:
-            depth = _depth_mm(pred, kind, model.depth_unit, near_far, index)
-        return DepthFrame(int(index), rgb, np.asarray(pred, np.float32), depth)
-
-    # temporal alignment is sequential: one worker keeps the frame order of its state
-    workers = 1 if temporal else DEPTH_WORKERS
-    pending: deque[Future] = deque()
     try:
-        with ThreadPoolExecutor(workers, thread_name_prefix="depth_stream") as pool:
-            try:
-                for item in _predictions(model, items, input_size, batch_size):
-                    pending.append(pool.submit(finish, *item))
-                    if len(pending) > workers:
-                        yield pending.popleft().result()
-                while pending:
-                    yield pending.popleft().result()
-            finally:
-                for future in pending:
-                    future.cancel()
+        for index, rgb, pred in _predictions(model, items, input_size, batch_size):
+            if stabilise is not None:
+                pred, to_mm = stabilise(pred)
+            else:
+                to_mm = partial(_depth_mm, kind, model.depth_unit, near_far, int(index))
+            yield DepthFrame(int(index), rgb, np.asarray(pred, np.float32), to_mm)
     finally:
         if reader is not None:
             reader.close()

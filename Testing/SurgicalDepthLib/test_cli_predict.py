@@ -7,29 +7,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-import torch
+from tiny_model import textured, tiny_model, write_clip
 
 from SurgicalDepthLib.cli import CliError, predict
-from SurgicalDepthLib.configs import get_model_config
 from SurgicalDepthLib.depth_io import load_depth, load_depth_sequence_nrrd
 from SurgicalDepthLib.model import DepthModel
 from SurgicalDepthLib.video import open_frames
 
 SIZE = 70  # network input side (multiple of 14): keeps the tiny model fast on CPU
-
-
-def tiny_model(seed: int = 0) -> DepthModel:
-    """``surgical-depth-tiny`` with random weights that give a non-constant, positive output."""
-    torch.manual_seed(seed)
-    model = DepthModel(get_model_config("surgical-depth-tiny")).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.1 * torch.randn_like(p))
-            else:
-                p.add_(0.05 * torch.randn_like(p))
-        model.depth_head.scratch.output_conv2[2].bias.fill_(1.0)
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -51,21 +36,6 @@ def run_predict(argv: list[str]) -> int:
     predict.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["predict", *argv])
     return args.func(args)
-
-
-def textured(h: int, w: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 256, (max(h // 8, 2), max(w // 8, 2), 3), dtype=np.uint8)
-    return cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
-
-
-def write_clip(path: Path, n: int, h: int = 48, w: int = 64) -> list[np.ndarray]:
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 20.0, (w, h))
-    frames = [np.roll(textured(h, w, 0), 3 * i, axis=1) for i in range(n)]
-    for rgb in frames:
-        writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    writer.release()
-    return frames
 
 
 def test_images_and_folder(tmp_path, checkpoint, model, capsys):

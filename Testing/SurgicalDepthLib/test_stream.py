@@ -1,0 +1,186 @@
+"""``sd.depth_stream``: the one frames → depth loop, checked frame by frame against ``infer_image`` and
+``disparity_to_depth`` on real files (an mp4 clip, an image folder, stored predictions)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiny_model import textured, tiny_model, write_clip
+
+import SurgicalDepthLib as sd
+from SurgicalDepthLib.alignment import DEFAULT_DEPTH_RANGE_MM, disparity_to_depth
+from SurgicalDepthLib.saved_predictions import MANIFEST_NAME, SavedPredictions
+from SurgicalDepthLib.stream import RANGE_PERCENTILES
+
+SIZE = 70
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(3)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> tuple[Path, list[np.ndarray]]:
+    path = tmp_path_factory.mktemp("clip") / "clip.mp4"
+    write_clip(path, 7)
+    return path, list(sd.open_frames(path))
+
+
+def test_video_frames_match_infer_image_and_disparity_to_depth(model, clip, one_torch_thread):
+    """Catches: a prediction paired with the wrong frame under batching/threads, source indices lost under
+    start/stride, a depth mapping other than disparity_to_depth with the shared default range."""
+    path, decoded = clip
+    frames = list(sd.depth_stream(model, path, start=1, stride=2, max_frames=3, batch_size=2, input_size=SIZE))
+    assert [f.index for f in frames] == [1, 3, 5]
+    for f in frames:
+        np.testing.assert_array_equal(f.rgb, decoded[f.index])
+        expected = model.infer_image(decoded[f.index], SIZE)
+        np.testing.assert_allclose(f.prediction, expected, rtol=1e-5, atol=1e-5)  # batched vs single: float rounding
+        ref = disparity_to_depth(f.prediction, depth_range=DEFAULT_DEPTH_RANGE_MM, percentiles=RANGE_PERCENTILES)
+        np.testing.assert_array_equal(f.depth_mm, ref)
+        assert f.depth_mm.dtype == np.float32 and f.prediction.dtype == np.float32
+        assert np.nanmin(f.depth_mm) >= DEFAULT_DEPTH_RANGE_MM[0] - 1e-4
+        assert np.nanmax(f.depth_mm) <= DEFAULT_DEPTH_RANGE_MM[1] + 1e-3
+        assert f.valid.all()
+
+
+def test_iterable_of_arrays_keeps_order_and_depth_range(model, one_torch_thread):
+    """Catches: frames reordered by the depth worker threads, a depth_range argument ignored."""
+    frames = [textured(30, 44, seed) for seed in range(7)]
+    out = list(sd.depth_stream(model, iter(frames), batch_size=3, input_size=SIZE, depth_range=(20.0, 60.0)))
+    assert [f.index for f in out] == list(range(7))
+    for f in out:
+        assert f.rgb is frames[f.index]
+        np.testing.assert_allclose(f.prediction, model.infer_image(frames[f.index], SIZE), rtol=1e-5, atol=1e-5)  # batched vs single: float rounding
+        assert 20.0 - 1e-4 <= np.nanmin(f.depth_mm) and np.nanmax(f.depth_mm) <= 60.0 + 1e-3
+
+
+def test_metric_model_depth_is_its_output_in_mm(one_torch_thread):
+    """Catches: a metric model's output rescaled into a depth range like a relative one, or converted twice."""
+    metric = tiny_model(1, head="metric")
+    rgb = textured(28, 42, 5)
+    (frame,) = sd.depth_stream(metric, [rgb], input_size=SIZE, depth_range=(1.0, 2.0))
+    np.testing.assert_allclose(frame.depth_mm, metric.infer_image(rgb, SIZE), rtol=1e-5)
+    assert frame.depth_mm.max() > 2.0  # not squeezed into depth_range
+
+
+def test_temporal_uses_one_depth_mapping_for_the_clip(model, clip, one_torch_thread):
+    """Catches: temporal mode re-normalising each frame's depth to its own range (the flicker it must remove)."""
+    path, _ = clip
+    frames = list(sd.depth_stream(model, path, temporal=True, input_size=SIZE))
+    coefficients = []
+    for f in frames:  # 1/depth = s * prediction + t wherever depth is defined
+        ok = f.valid
+        s, t = np.polyfit(f.prediction[ok].astype(np.float64), 1.0 / f.depth_mm[ok].astype(np.float64), 1)
+        coefficients.append((s, t))
+    np.testing.assert_allclose(coefficients, [coefficients[0]] * len(frames), rtol=1e-4, atol=1e-9)
+
+
+def _saved(folder: Path, maps: list[np.ndarray], kind: str = "disparity") -> SavedPredictions:
+    folder.mkdir()
+    for i, m in enumerate(maps):
+        sd.save_depth(folder / f"{i:06d}.npy", m)
+    (folder / MANIFEST_NAME).write_text(json.dumps({"model": "test", "output_kind": kind, "depth_unit": "relative",
+                                                    "format": "npy", "size": list(maps[0].shape)}))
+    return SavedPredictions(folder)
+
+
+def test_blank_frame_gives_nan_depth_and_the_stream_goes_on(tmp_path):
+    """Catches: a frame with no disparity range (blank screen) ending a whole clip with an error, or its depth
+    written as 0 (drawn as nearest)."""
+    varied = np.linspace(1, 2, 12, dtype=np.float32).reshape(3, 4)
+    saved = _saved(tmp_path / "p", [varied, np.full((3, 4), 0.5, np.float32), varied])
+    rgbs = [np.zeros((3, 4, 3), np.uint8)] * 3
+    out = list(sd.depth_stream(saved, rgbs))
+    assert [f.index for f in out] == [0, 1, 2]
+    assert np.isnan(out[1].depth_mm).all() and not out[1].valid.any()
+    assert out[0].valid.all() and out[2].valid.all()
+
+
+def test_saved_predictions_errors_name_the_file(tmp_path):
+    """Catches: a missing or mismatched stored map silently skipped or paired with the wrong frame."""
+    saved = _saved(tmp_path / "p", [np.ones((3, 4), np.float32)])
+    with pytest.raises(FileNotFoundError, match="000001.npy"):
+        list(sd.depth_stream(saved, [np.zeros((3, 4, 3), np.uint8)] * 2))
+    with pytest.raises(ValueError, match="000000.npy is 3x4"):
+        list(sd.depth_stream(saved, [np.zeros((5, 4, 3), np.uint8)]))
+    with pytest.raises(FileNotFoundError, match=MANIFEST_NAME):
+        SavedPredictions(tmp_path)
+
+
+@pytest.mark.parametrize("kwargs, name", [({"stride": 0}, "stride"), ({"start": -1}, "start"),
+                                          ({"max_frames": 0}, "max_frames"), ({"depth_range": (5, 5)}, "depth_range")])
+def test_bad_arguments_fail_before_decoding(model, kwargs, name):
+    """Catches: bad arguments accepted (an endless or empty stream) or reported only after decoding started."""
+    def never():
+        raise AssertionError("decoding started")
+        yield
+
+    with pytest.raises(ValueError, match=name):
+        next(sd.depth_stream(model, never(), **kwargs))
+
+
+def _cli(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "SurgicalDepthLib.cli", *argv], capture_output=True, text=True,
+                          timeout=300)
+
+
+def _events(stdout: str) -> list[dict]:
+    lines = stdout.splitlines()
+    assert lines, "no output"
+    return [json.loads(line) for line in lines]  # every stdout line is one JSON object
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, model) -> Path:
+    from SurgicalDepthLib.checkpoints import save_checkpoint
+
+    return save_checkpoint(tmp_path_factory.mktemp("model") / "tiny.safetensors", model)
+
+
+def test_predict_then_reconstruct_from_saved_depth(tmp_path, clip, checkpoint):
+    """Catches: --progress jsonl mixing human text into stdout or skipping frames, predict's folder unreadable by
+    reconstruct --depth, and reconstruct --depth giving other geometry than running the model again."""
+    path, _ = clip
+    result = _cli("predict", str(path), "--output", str(tmp_path / "pred"), "--model", str(checkpoint),
+                  "--input-size", str(SIZE), "--stride", "2", "--device", "cpu", "--progress", "jsonl")
+    assert result.returncode == 0, result.stderr
+    events = _events(result.stdout)
+    progress = [e for e in events if e["event"] == "progress"]
+    assert [e["step"] for e in progress] == [0, 1, 2, 3, 4] and {e["total"] for e in progress} == {4}
+    assert {e["stage"] for e in progress} == {"predict"}
+    assert events[-1] == {"event": "done", "frames": 4, "output": str(tmp_path / "pred")}
+    assert "frames" in result.stderr  # the human summary went to stderr
+
+    common = ["--intrinsics", "40,40,31.5,23.5", "--stride", "2", "--progress", "jsonl"]
+    again = _cli("reconstruct", str(path), "--output", str(tmp_path / "model"), "--model", str(checkpoint),
+                 "--input-size", str(SIZE), "--device", "cpu", *common)
+    saved = _cli("reconstruct", str(path), "--output", str(tmp_path / "saved"), "--depth",
+                 str(tmp_path / "pred" / "clip"), *common)
+    assert again.returncode == 0 and saved.returncode == 0, again.stderr + saved.stderr
+    assert _events(saved.stdout)[-1]["event"] == "done"
+    for index in (0, 2, 4, 6):
+        a = sd.load_mesh(tmp_path / "model" / f"points_{index:06d}.ply")
+        b = sd.load_mesh(tmp_path / "saved" / f"points_{index:06d}.ply")
+        assert a.GetNumberOfPoints() == b.GetNumberOfPoints() == 48 * 64
+        pa = np.array([a.GetPoint(i) for i in range(0, 48 * 64, 37)])
+        pb = np.array([b.GetPoint(i) for i in range(0, 48 * 64, 37)])
+        np.testing.assert_allclose(pa, pb, rtol=1e-4, atol=1e-4)
+    meta = json.loads((tmp_path / "saved" / "reconstruction.json").read_text())
+    assert meta["depth"] == str(tmp_path / "pred" / "clip") and meta["frames"] == 4
+
+
+def test_jsonl_error_event_and_exit_code(tmp_path):
+    """Catches: a failing command under --progress jsonl ending without an error event (the Slicer panel would
+    wait forever) or with a traceback."""
+    result = _cli("reconstruct", str(tmp_path / "missing.mp4"), "--output", str(tmp_path / "o"),
+                  "--progress", "jsonl")
+    assert result.returncode == 2
+    event = _events(result.stdout)[-1]
+    assert event["event"] == "error" and "missing.mp4" in event["message"]
+    assert "Traceback" not in result.stderr
