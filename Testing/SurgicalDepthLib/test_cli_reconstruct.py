@@ -71,3 +71,35 @@ def test_reconstruct_bad_input(tmp_path, clip, capsys):
     assert "0 < NEAR < FAR" in capsys.readouterr().err
     assert main(["reconstruct", str(tmp_path / "missing"), "--output", str(out)]) == 2
     assert not out.exists()
+
+
+def test_stride_takes_the_pose_of_each_source_frame(tmp_path, clip):
+    """Catches: --stride 2 --poses fusing frames 0 and 2 with the poses of lines 0 and 1 (the index column
+    ignored), and the written poses file numbering frames by position instead of source index."""
+    root, frames, intr = clip
+    out = tmp_path / "stride"
+    assert main(["reconstruct", str(root / "rgb"), "--output", str(out), "--intrinsics", intr, "--fuse",
+                 "--poses", str(root / "poses.txt"), "--stride", "2", "--voxel-size", "2", "--input-size", "70",
+                 "--device", "cpu"]) == 0
+    used = read_poses(out / "poses.txt")
+    assert sorted(used) == [0, 2]
+    np.testing.assert_allclose(used[2], frames[2]["pose"], rtol=0, atol=1e-6)
+
+
+def test_saved_depth_blank_frame_is_skipped(tmp_path, clip):
+    """Catches: one blank frame (no depth) ending the whole reconstruction with 'no valid depth pixels'."""
+    from SurgicalDepthLib.saved_predictions import MANIFEST_NAME
+
+    root, _, intr = clip
+    depth_dir = tmp_path / "pred"
+    depth_dir.mkdir()
+    ramp = np.linspace(1.0, 2.0, 56 * 70, dtype=np.float32).reshape(56, 70)
+    for i, m in enumerate([ramp, np.ones((56, 70), np.float32), ramp]):
+        np.save(depth_dir / f"{i:06d}.npy", m)
+    (depth_dir / MANIFEST_NAME).write_text(json.dumps({"model": "test", "output_kind": "disparity",
+                                                       "depth_unit": "relative", "format": "npy", "size": [56, 70]}))
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(root / "rgb"), "--output", str(out), "--intrinsics", intr, "--depth",
+                 str(depth_dir), "--fuse", "--voxel-size", "2"]) == 0
+    assert sorted(p.name for p in out.glob("points_*.ply")) == ["points_000000.ply", "points_000002.ply"]
+    assert sorted(read_poses(out / "poses.txt")) == [0, 2]

@@ -132,7 +132,12 @@ def run(args: argparse.Namespace) -> int:
         for frame in sd.depth_stream(source, reader, depth_range=(near, far), batch_size=args.batch_size,
                                      temporal=args.temporal, input_size=args.input_size):
             depth, valid = frame.depth_mm, frame.valid
-            if count % args.every == 0:
+            count += 1
+            bar.update(1)
+            if not valid.any():
+                log.warning("frame %d has no valid depth (blank?): skipped", frame.index)
+                continue
+            if (count - 1) % args.every == 0:
                 cloud = sd.to_polydata(sd.backproject(depth, intr, mask=valid), colors=frame.rgb[valid],
                                        scalars=depth[valid])
                 sd.save_points(args.output / f"points_{frame.index:06d}{ext}", cloud)
@@ -145,8 +150,6 @@ def run(args: argparse.Namespace) -> int:
                 volume.integrate(depth0, frame.rgb, intr, pose)
                 used_poses.append(pose)
                 used_indices.append(frame.index)
-            count += 1
-            bar.update(1)
     if count == 0:
         raise CliError(f"{args.input}: no frames")
     meta = {"input": str(args.input), "model": source.source, "output_kind": source.output_kind, "frames": count,
