@@ -11,7 +11,9 @@ from collections.abc import Iterable
 import cv2
 import numpy as np
 
-KINDS = ("depth", "disparity")
+from .depth_kind import OutputKind, invert
+
+KINDS = tuple(k.value for k in OutputKind)
 DEFAULT_PERCENTILES = (2.0, 98.0)
 # Turbo's two ends are nearly black (48,18,59 and 122,4,3); using indices 20..230 keeps far clearly blue
 # (66,75,181), near clearly red (195,37,3) and both distinct from the black of invalid pixels.
@@ -39,20 +41,14 @@ def to_disparity(values: np.ndarray, kind: str = "depth",
     values = np.asarray(values)
     if values.ndim != 2:
         raise ValueError(f"depth_or_disparity must be a 2D map [H, W], got shape {values.shape}")
-    values = values.astype(np.float32, copy=False)
-    valid = np.isfinite(values)
-    if kind == "depth":
-        valid &= values > 0
+    disparity = invert(values) if kind == "depth" else values.astype(np.float32)  # a copy either way
+    valid = np.isfinite(disparity)
     if mask is not None:
         mask = np.asarray(mask)
         if mask.shape != values.shape:
             raise ValueError(f"mask has shape {mask.shape}, expected {values.shape} like the map")
         valid &= mask.astype(bool)
-    disparity = np.zeros(values.shape, np.float32)
-    if kind == "depth":
-        disparity[valid] = 1.0 / values[valid]
-    else:
-        disparity[valid] = values[valid]
+    disparity[~valid] = 0.0
     return disparity, valid
 
 

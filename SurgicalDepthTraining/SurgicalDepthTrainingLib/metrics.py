@@ -18,13 +18,14 @@ from typing import Any
 
 import numpy as np
 from SurgicalDepthLib.alignment import fit_scale_shift
+from SurgicalDepthLib.depth_kind import OutputKind
 from SurgicalDepthLib.geometry import restrict_to_mask
 
 logger = logging.getLogger(__name__)
 
 METRIC_KEYS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
 ALIGNMENTS = ("median", "scale_shift", "none")
-PRED_KINDS = ("depth", "disparity")
+PRED_KINDS = tuple(k.value for k in OutputKind)  # ("disparity", "depth")
 # Smallest inverse depth allowed after a scale-and-shift fit when no max_depth bounds it (depth <= 1e8 units).
 _MIN_INV_DEPTH = 1e-8
 
