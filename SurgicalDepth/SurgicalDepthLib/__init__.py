@@ -57,6 +57,7 @@ _EXPORTS: dict[str, str] = {
     "DepthFrame": "stream",
     "OutputKind": "depth_kind",
     "SavedPredictions": "saved_predictions",
+    "detect_fov_mask": "fov",
     "ProgressReporter": "progress",
     "open_frames": "video",
     "FrameReader": "video",

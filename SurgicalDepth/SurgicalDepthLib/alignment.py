@@ -163,7 +163,7 @@ def disparity_to_depth(disparity: np.ndarray, *, depth_range: tuple[float, float
 
 def prediction_to_mm(pred: np.ndarray, output_kind: str, unit: str,
                      depth_range_mm: tuple[float, float] = DEFAULT_DEPTH_RANGE_MM,
-                     percentiles: tuple[float, float] = (2.0, 98.0)) -> np.ndarray:
+                     percentiles: tuple[float, float] = (2.0, 98.0), mask: np.ndarray | None = None) -> np.ndarray:
     """A model's raw output as depth in millimetres (float32, NaN where undefined).
 
     Args:
@@ -172,13 +172,19 @@ def prediction_to_mm(pred: np.ndarray, output_kind: str, unit: str,
         unit: ``DepthModel.depth_unit`` — ``"relative"``, ``"m"`` (official metric models) or ``"mm"``.
         depth_range_mm: for relative models, the depth of the nearest / farthest tissue: the disparity
             percentiles map to it linearly in inverse depth (:func:`disparity_to_depth`); an explicit assumption.
+        mask: optional bool ``[H, W]`` of the pixels that show tissue (the scope's field of view): the
+            percentiles are taken there, and the depth outside is NaN.
     """
     if output_kind == "disparity":
-        return disparity_to_depth(pred, depth_range=depth_range_mm, percentiles=percentiles)
-    if output_kind != "depth":
+        depth = disparity_to_depth(pred, depth_range=depth_range_mm, percentiles=percentiles, mask=mask)
+    elif output_kind != "depth":
         raise ValueError(f"output_kind must be 'disparity' or 'depth', got {output_kind!r}")
-    factors = {"m": 1000.0, "mm": 1.0}
-    if unit not in factors:
-        raise ValueError(f"a metric model's unit must be one of {sorted(factors)}, got {unit!r}")
-    depth = _as_float("pred", pred) * factors[unit]
-    return np.where(depth > 0, depth, np.nan).astype(np.float32)
+    else:
+        factors = {"m": 1000.0, "mm": 1.0}
+        if unit not in factors:
+            raise ValueError(f"a metric model's unit must be one of {sorted(factors)}, got {unit!r}")
+        depth = _as_float("pred", pred) * factors[unit]
+        depth = np.where(depth > 0, depth, np.nan).astype(np.float32)
+    if mask is not None:
+        depth[~restrict_to_mask(np.ones(depth.shape, bool), mask, "pred")] = np.nan
+    return depth

@@ -11,7 +11,8 @@ Depth in millimetres (``DepthFrame.depth_mm``):
   ``temporal=True`` the disparity is first stabilised over time (:class:`temporal.TemporalAligner`) and the mapping
   is fixed by the first frame, so depth does not flicker with each frame's own range;
 - metric models' output is converted from the model's unit to mm;
-- invalid pixels are NaN, never 0;
+- invalid pixels are NaN, never 0: pixels outside the scope's field of view (``fov_mask``, by default detected
+  from the first frames, :mod:`SurgicalDepthLib.fov`) are invalid, and the percentiles above are taken inside it;
 - it is computed when ``depth_mm`` is first read (``predict`` writes only the prediction and never pays for it).
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ import numpy as np
 
 from .alignment import DEFAULT_DEPTH_RANGE_MM, disparity_to_depth, prediction_to_mm
 from .depth_kind import OutputKind, invert
+from .fov import FOV_FRAMES, check_fov_mask, detect_fov_mask
 from .temporal import TemporalAligner
 from .video import FrameReader, open_frames
 
@@ -51,12 +53,15 @@ class DepthFrame:
             on first access (a 1080p frame takes ~70 ms on one core, longer than a GPU forward pass, and callers
             that write only the prediction never pay for it), then kept.
         to_depth_mm: the conversion ``prediction -> depth_mm`` used (the stream's depth range and mapping).
+        fov_mask: bool ``[H, W]``, True inside the scope's field of view (one array for the whole stream), or
+            None when every pixel shows tissue.
     """
 
     index: int
     rgb: np.ndarray
     prediction: np.ndarray
     to_depth_mm: Callable[[np.ndarray], np.ndarray] = field(repr=False, compare=False)
+    fov_mask: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @cached_property
     def depth_mm(self) -> np.ndarray:
@@ -103,48 +108,77 @@ def _predictions(model: Any, items: Iterator[tuple[int, np.ndarray]], input_size
             yield index, rgb, pred
 
 
-def _depth_mm(kind: OutputKind, unit: str, near_far: tuple[float, float], index: int,
+def _depth_mm(kind: OutputKind, unit: str, near_far: tuple[float, float], fov: np.ndarray | None, index: int,
               pred: np.ndarray) -> np.ndarray:
-    """:func:`prediction_to_mm`, except that a frame with no disparity range (blank, all invalid) gets an
-    all-NaN depth and a warning instead of ending the stream."""
+    """:func:`prediction_to_mm` inside ``fov``, except that a frame with no disparity range (blank, all invalid)
+    gets an all-NaN depth and a warning instead of ending the stream."""
     if kind is OutputKind.DISPARITY:
-        ok = np.isfinite(pred)
+        ok = np.isfinite(pred) if fov is None else np.isfinite(pred) & fov
         lo, hi = np.percentile(pred[ok], RANGE_PERCENTILES) if ok.any() else (0.0, 0.0)
         if not hi > lo:
             log.warning("frame %d: the predicted disparity has no range (blank frame?); its depth is left "
                         "undefined (NaN)", index)
             return np.full(pred.shape, np.nan, np.float32)
-    return prediction_to_mm(pred, kind.value, unit, near_far, RANGE_PERCENTILES)
+    return prediction_to_mm(pred, kind.value, unit, near_far, RANGE_PERCENTILES, mask=fov)
+
+
+def _outside_nan(depth: np.ndarray, fov: np.ndarray | None) -> np.ndarray:
+    if fov is not None:
+        depth[~fov] = np.nan
+    return depth
 
 
 class _TemporalDepth:
     """Temporal stabilisation in disparity space and a depth mapping fixed by the first frame."""
 
-    def __init__(self, kind: OutputKind, unit: str, depth_range: tuple[float, float]):
-        self.kind, self.unit, self.depth_range = kind, unit, depth_range
+    def __init__(self, kind: OutputKind, unit: str, depth_range: tuple[float, float], fov: np.ndarray | None):
+        self.kind, self.unit, self.depth_range, self.fov = kind, unit, depth_range, fov
         self.aligner = TemporalAligner()
         self.scale_shift: tuple[float, float] | None = None
 
     def __call__(self, pred: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
         """Aligned prediction of the next frame and its conversion to mm."""
         if self.kind is OutputKind.DEPTH:
-            aligned = invert(self.aligner.update(invert(pred)))
-            return aligned, partial(prediction_to_mm, output_kind=self.kind.value, unit=self.unit)
-        aligned = self.aligner.update(pred)
+            aligned = invert(self.aligner.update(invert(pred), self.fov))
+            return aligned, partial(prediction_to_mm, output_kind=self.kind.value, unit=self.unit, mask=self.fov)
+        aligned = self.aligner.update(pred, self.fov)
         if self.scale_shift is None:
-            ok = np.isfinite(aligned)
+            ok = np.isfinite(aligned) if self.fov is None else np.isfinite(aligned) & self.fov
             lo, hi = np.percentile(aligned[ok], RANGE_PERCENTILES) if ok.any() else (0.0, 0.0)
             if not hi > lo:  # a flat first frame: no range to fix yet
                 return aligned, lambda p: np.full(p.shape, np.nan, np.float32)
             near, far = self.depth_range
             scale = (1.0 / near - 1.0 / far) / (hi - lo)  # lo -> 1/far, hi -> 1/near (inverse depth)
             self.scale_shift = (scale, 1.0 / far - scale * lo)
-        return aligned, partial(disparity_to_depth, scale=self.scale_shift[0], shift=self.scale_shift[1])
+        convert = partial(disparity_to_depth, scale=self.scale_shift[0], shift=self.scale_shift[1])
+        return aligned, lambda p: _outside_nan(convert(p), self.fov)
+
+
+def _field_of_view(fov_mask: Any, items: Iterator[tuple[int, np.ndarray]]
+                   ) -> tuple[np.ndarray | None, Iterator[tuple[int, np.ndarray]]]:
+    """The stream's field of view (``"auto"``: detected from the first frames, which are put back in front of
+    ``items``) and the items to iterate."""
+    if fov_mask is None:
+        return None, items
+    head = list(itertools.islice(items, FOV_FRAMES))
+    items = itertools.chain(head, items)
+    if not head:
+        return None, items
+    shape = head[0][1].shape[:2]
+    if isinstance(fov_mask, str):
+        if fov_mask != "auto":
+            raise ValueError(f"fov_mask must be 'auto', None or a bool [H, W] array, got {fov_mask!r}")
+        mask = detect_fov_mask([rgb for _, rgb in head if rgb.shape[:2] == shape])
+        if mask is not None:
+            log.info("field of view detected: %.1f %% of the %dx%d frame", 100 * mask.mean(), shape[1], shape[0])
+        return mask, items
+    return check_fov_mask(fov_mask, shape), items
 
 
 def depth_stream(model: Any, frames: Any, *, depth_range: tuple[float, float] | None = None, start: int = 0,
                  stride: int = 1, max_frames: int | None = None, batch_size: int | None = None,
-                 temporal: bool = False, input_size: int | None = None) -> Iterator[DepthFrame]:
+                 temporal: bool = False, input_size: int | None = None,
+                 fov_mask: str | np.ndarray | None = "auto") -> Iterator[DepthFrame]:
     """Predict depth frame by frame (see the module docstring for the depth conventions).
 
     Args:
@@ -157,6 +191,8 @@ def depth_stream(model: Any, frames: Any, *, depth_range: tuple[float, float] | 
         batch_size: frames per forward pass (default: the model's, 1 on CPU and 4 on a GPU).
         temporal: stabilise relative depth over time (videos).
         input_size: network input lower bound (multiple of 14; default the model's own).
+        fov_mask: the scope's field of view: ``"auto"`` detects it from the first :data:`fov.FOV_FRAMES` frames
+            (None when they have no black border), a bool ``[H, W]`` array gives it, None turns it off.
     Yields:
         :class:`DepthFrame` in source order. Closing the generator stops decoding.
     Raises:
@@ -174,14 +210,15 @@ def depth_stream(model: Any, frames: Any, *, depth_range: tuple[float, float] | 
     kind = OutputKind.parse(model.output_kind)
     items, reader = _indexed_frames(frames, start, stride, max_frames,
                                     prefetch=2 * (batch_size or getattr(model, "default_batch_size", 1)))
-    stabilise = _TemporalDepth(kind, model.depth_unit, near_far) if temporal else None
     try:
+        fov, items = _field_of_view(fov_mask, items)
+        stabilise = _TemporalDepth(kind, model.depth_unit, near_far, fov) if temporal else None
         for index, rgb, pred in _predictions(model, items, input_size, batch_size):
             if stabilise is not None:
                 pred, to_mm = stabilise(pred)
             else:
-                to_mm = partial(_depth_mm, kind, model.depth_unit, near_far, int(index))
-            yield DepthFrame(int(index), rgb, np.asarray(pred, np.float32), to_mm)
+                to_mm = partial(_depth_mm, kind, model.depth_unit, near_far, fov, int(index))
+            yield DepthFrame(int(index), rgb, np.asarray(pred, np.float32), to_mm, fov)
     finally:
         if reader is not None:
             reader.close()

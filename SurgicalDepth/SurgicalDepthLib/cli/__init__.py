@@ -46,6 +46,23 @@ def input_size_arg(text: str) -> int:
     return value
 
 
+def fov_mask_arg(text: str):
+    """argparse type of ``--fov-mask``: ``auto``, ``none`` or a mask image (nonzero = inside the field of view)."""
+    if text.lower() in ("auto", "none"):
+        return None if text.lower() == "none" else "auto"
+    from ..fov import read_fov_mask
+
+    try:
+        return read_fov_mask(text)
+    except FileNotFoundError:
+        raise argparse.ArgumentTypeError(f"expected 'auto', 'none' or a readable mask image, got {text!r}") from None
+
+
+FOV_MASK_HELP = ("the scope's field of view: 'auto' (default: found from the first frames; black borders and the "
+                 "overlay text on them get no depth), 'none' (every pixel is tissue) or a mask image "
+                 "(nonzero = tissue); the mask used is written as fov_mask.png")
+
+
 def build_parser(extra: tuple = ()) -> argparse.ArgumentParser:
     """The full parser. ``extra``: more ``register(subparsers)`` functions (used by ``python -m
     SurgicalDepthTrainingLib``, which works without an installed entry point, e.g. inside 3D Slicer)."""

@@ -5,7 +5,11 @@ Outputs (in ``--output``):
 - an image ``name.png`` (alone, in a folder or a glob): ``name_depth.<fmt>`` (+ ``name_color.png``);
 - a video ``clip.mp4`` (or a folder/glob with ``--video``): ``clip/000000.<fmt>`` per frame, numbered by the source
   frame index (+ ``clip/000000_color.png``), and with ``--colormap`` also ``clip_depth.mp4`` (input | colour-mapped
-  depth side by side, red = near, blue = far) and ``clip_depth.seq.nrrd`` (Slicer volume sequence).
+  depth side by side, red = near, blue = far) and ``clip_depth.seq.nrrd`` (Slicer volume sequence);
+  ``clip/predictions.json`` describes the maps for ``reconstruct --depth``.
+
+Pixels outside the scope's field of view (``--fov-mask``, found automatically from the first frames) are NaN in the
+maps (0 in PNG) and black in colour maps; the mask is written as ``clip/fov_mask.png`` (``name_fov.png`` for images).
 
 Relative models write disparity (larger = nearer), metric models depth; see :mod:`SurgicalDepthLib.depth_io`
 for the formats. Frames stream through decode + preprocessing → inference → writing, each in its own thread with
@@ -27,11 +31,12 @@ from .._atomic import atomic_path
 from ..background import BackgroundCalls
 from ..colormap import colorize, robust_range, to_disparity
 from ..depth_io import DepthSequenceWriter, save_depth
+from ..fov import write_fov_mask
 from ..saved_predictions import write_manifest
 from ..stream import DepthFrame, depth_stream
 from ..video import (IMAGE_SUFFIXES, FrameReader, is_video_file, list_images, open_frames, read_image,
                      write_image)
-from . import CliError, input_size_arg, progress_of
+from . import FOV_MASK_HELP, CliError, fov_mask_arg, input_size_arg, progress_of
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="treat each image folder or glob as the frames of one video (sequence outputs, --temporal)")
     p.add_argument("--stride", type=int, default=1, help="for videos: use every N-th frame")
     p.add_argument("--max-frames", type=int, default=None, help="for videos: stop after this many frames")
+    p.add_argument("--fov-mask", type=fov_mask_arg, default="auto", metavar="auto|none|FILE", help=FOV_MASK_HELP)
     p.set_defaults(func=run)
 
 
@@ -121,6 +127,22 @@ def _plan(args: argparse.Namespace) -> tuple[list[Path], list[tuple[str, str]]]:
     return images, sequences
 
 
+def _in_fov(frame: DepthFrame) -> np.ndarray:
+    """The frame's prediction with NaN outside the field of view (written maps hold no depth for the border)."""
+    if frame.fov_mask is None:
+        return frame.prediction
+    pred = frame.prediction.copy()
+    pred[~frame.fov_mask] = np.nan
+    return pred
+
+
+def _write_fov(path: Path, frame: DepthFrame, written: set) -> None:
+    """Write the frame's field-of-view mask (255 = tissue) once per output file."""
+    if frame.fov_mask is not None and path not in written:
+        write_fov_mask(path, frame.fov_mask)
+        written.add(path)
+
+
 def _colour_range(pred: np.ndarray, kind: str) -> tuple[float | None, float | None]:
     """Robust colour limits of one map, or ``(None, None)`` (colorize's own default) when nothing is valid."""
     if not to_disparity(pred, kind)[1].any():
@@ -147,12 +169,15 @@ def _same_size_groups(images: list[Path], batch_size: int) -> Iterator[tuple[lis
 def _predict_images(model, images: list[Path], args: argparse.Namespace, ext: str, bar) -> int:
     kind = model.output_kind
     written = 0
+    masks: set = set()
     for group, frames in _same_size_groups(images, args.batch_size):
         for path, frame in zip(group, depth_stream(model, frames, batch_size=args.batch_size,
-                                                   input_size=args.input_size)):
-            save_depth(args.output / f"{path.stem}_depth{ext}", frame.prediction, unit=kind)
+                                                   input_size=args.input_size, fov_mask=args.fov_mask)):
+            pred = _in_fov(frame)
+            save_depth(args.output / f"{path.stem}_depth{ext}", pred, unit=kind)
             if args.colormap:
-                write_image(args.output / f"{path.stem}_color.png", colorize(frame.prediction, kind))
+                write_image(args.output / f"{path.stem}_color.png", colorize(pred, kind))
+            _write_fov(args.output / f"{path.stem}_fov.png", frame, masks)
             written += 1
             bar.update(1)
     return written
@@ -190,22 +215,26 @@ def _predict_sequence(model, source: str, name: str, args: argparse.Namespace, e
                                                           unit=kind))
         vrange = None
 
+        masks: set = set()
+
         def emit(frame: DepthFrame) -> None:  # in the writer thread, in order
             nonlocal vrange
-            save_depth(out_dir / f"{frame.index:06d}{ext}", frame.prediction, unit=kind)
+            pred = _in_fov(frame)
+            save_depth(out_dir / f"{frame.index:06d}{ext}", pred, unit=kind)
+            _write_fov(out_dir / "fov_mask.png", frame, masks)
             if args.colormap:
                 if vrange is None or not fixed_range:
-                    vrange = _colour_range(frame.prediction, kind)
-                color = colorize(frame.prediction, kind, *vrange)
+                    vrange = _colour_range(pred, kind)
+                color = colorize(pred, kind, *vrange)
                 write_image(out_dir / f"{frame.index:06d}_color.png", color)
                 writer.write(cv2.cvtColor(np.hstack([frame.rgb, color]), cv2.COLOR_RGB2BGR))
-                seq.append(frame.prediction, frame.index / source_fps)
+                seq.append(pred, frame.index / source_fps)
             bar.update(1)
 
         # entered last, so it is closed (all writes done, or skipped after an error) before the files above
         calls = stack.enter_context(BackgroundCalls(depth=2 * args.batch_size, name=f"write {name}"))
         for frame in depth_stream(model, reader, batch_size=args.batch_size, temporal=args.temporal,
-                                  input_size=args.input_size):
+                                  input_size=args.input_size, fov_mask=args.fov_mask):
             calls.submit(emit, frame)
             count += 1
         calls.close()

@@ -22,7 +22,8 @@ from ..alignment import DEFAULT_DEPTH_RANGE_MM
 from ..camera import DEFAULT_FOV_DEG
 from ..pose_io import format_pose_file, read_pose_file
 from ..saved_predictions import SavedPredictions
-from . import CliError, input_size_arg, progress_of
+from ..fov import write_fov_mask
+from . import FOV_MASK_HELP, CliError, fov_mask_arg, input_size_arg, progress_of
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ def register(subparsers) -> None:
                    help="inference precision (auto: half precision on GPU, fp32 on CPU)")
     p.add_argument("--format", default="ply", choices=["ply", "vtp", "vtk", "stl", "obj"],
                    help="file format of clouds and meshes")
+    p.add_argument("--fov-mask", type=fov_mask_arg, default="auto", metavar="auto|none|FILE", help=FOV_MASK_HELP)
     p.set_defaults(func=run)
 
 
@@ -130,7 +132,9 @@ def run(args: argparse.Namespace) -> int:
     count = 0
     with contextlib.closing(reader), progress_of(args).stage("reconstruct", reader.frame_count) as bar:
         for frame in sd.depth_stream(source, reader, depth_range=(near, far), batch_size=args.batch_size,
-                                     temporal=args.temporal, input_size=args.input_size):
+                                     temporal=args.temporal, input_size=args.input_size, fov_mask=args.fov_mask):
+            if count == 0 and frame.fov_mask is not None:
+                write_fov_mask(args.output / "fov_mask.png", frame.fov_mask)
             depth, valid = frame.depth_mm, frame.valid
             count += 1
             bar.update(1)

@@ -1,0 +1,134 @@
+"""The scope's field of view: the part of an endoscopic frame that shows tissue.
+
+Endoscopes and laparoscopes record a circular, octagonal or rectangular image inside a black frame, often with
+text overlays (date, patient data, scope settings) printed on that frame. Outside the field of view there is no
+tissue, so no depth. :func:`detect_fov_mask` finds it from the first frames of a clip:
+
+1. per pixel, the brightest value over the frames and colour channels (a frame border is dark in every frame;
+   tissue in shadow is not dark for long while the scope moves);
+2. "dark" = at most ``dark_level`` (0–255): the border of real scopes reads 0–10 after video compression;
+3. the dark pixels connected to the image edge are the border candidates; the rest, opened with a small kernel
+   (cuts thin overlay text off), has one main component: the field of view is its convex hull (circles,
+   octagons and rectangles are convex; the hull also keeps a dark lumen that touches the rim inside), less the
+   border pixels that are black rather than dark (blanked overlay boxes inside the hull), shrunk by ``margin`` of
+   the short side (the dim, blurred rim);
+4. it is accepted only when it leaves out at least ``min_outside`` of the image and what it leaves out is dark
+   (``min_dark_outside``: overlay text is a small part of a border) — otherwise the frames have no scope border
+   and every pixel counts (None).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+#: Frames read from the start of a clip to find its field of view.
+FOV_FRAMES = 8
+
+
+def _check_frames(frames: Iterable[np.ndarray]) -> list[np.ndarray]:
+    out = [np.asarray(f) for f in frames]
+    if not out:
+        raise ValueError("detect_fov_mask: no frame given")
+    for i, f in enumerate(out):
+        if f.dtype != np.uint8 or f.ndim != 3 or f.shape[2] != 3:
+            raise ValueError(f"frame {i}: expected RGB uint8 [H, W, 3], got {f.dtype} {f.shape}")
+        if f.shape != out[0].shape:
+            raise ValueError(f"frame {i} has shape {f.shape}, expected {out[0].shape} like the first frame")
+    return out
+
+
+def _edge_connected(mask: np.ndarray) -> np.ndarray:
+    """bool ``[H, W]``: the True pixels of ``mask`` 8-connected to the image edge."""
+    n, labels = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return np.zeros(mask.shape, bool)
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    edge = edge[edge != 0]
+    return np.isin(labels, edge)
+
+
+def _main_component_hull(inside: np.ndarray, open_px: int) -> np.ndarray:
+    """Convex hull (filled, bool) of the largest 8-connected component of ``inside`` after an opening."""
+    candidate = inside.astype(np.uint8)
+    if open_px > 0:
+        kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * open_px + 1, 2 * open_px + 1))
+        candidate = cv2.morphologyEx(candidate, cv2.MORPH_OPEN, kernel)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(candidate, connectivity=8)
+    if n <= 1:
+        return np.zeros(inside.shape, bool)
+    main = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    contours, _ = cv2.findContours((labels == main).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    hull = cv2.convexHull(np.concatenate(contours))
+    filled = np.zeros(inside.shape, np.uint8)
+    cv2.fillConvexPoly(filled, hull, 1)
+    return filled.astype(bool)
+
+
+def detect_fov_mask(frames: Iterable[np.ndarray], *, dark_level: int = 20, margin: float = 0.005,
+                    min_outside: float = 0.005, min_dark_outside: float = 0.9) -> np.ndarray | None:
+    """Field of view of a scope from one or more RGB frames (see the module docstring).
+
+    Args:
+        frames: RGB uint8 ``[H, W, 3]`` frames of one clip (the first :data:`FOV_FRAMES` are enough).
+        dark_level: brightest value (0–255, any channel) a border pixel may have.
+        margin: the field of view is eroded by this fraction of the short image side (at least 1 pixel).
+        min_outside: smallest fraction of the image a border must cover to count.
+        min_dark_outside: fraction of the pixels outside the field of view that must be dark.
+    Returns:
+        bool ``[H, W]`` (True = tissue), or None when the frames have no scope border.
+    """
+    rgbs = _check_frames(frames)
+    peak = np.max([f.max(axis=2) for f in rgbs], axis=0)
+    dark = peak <= dark_level
+    border = _edge_connected(dark)
+    if border.mean() < min_outside:
+        return None
+    short = min(peak.shape)
+    fov = _main_component_hull(~border, open_px=max(1, round(0.01 * short)))
+    # blanked overlay boxes cut into the hull: border pixels that are black, not just dark (a dark lumen at the
+    # rim is dim tissue, rarely this black in every frame)
+    fov &= ~(border & (peak <= dark_level // 4))
+    erode = max(1, round(margin * short))
+    fov = cv2.erode(fov.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE,
+                                                                    (2 * erode + 1, 2 * erode + 1))).astype(bool)
+    outside = ~fov
+    if not fov.any() or outside.mean() < min_outside or dark[outside].mean() < min_dark_outside:
+        return None
+    return fov
+
+
+def check_fov_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """An explicit field-of-view mask as bool ``[H, W]`` (nonzero = tissue); ValueError on a shape mismatch."""
+    m = np.asarray(mask)
+    if m.ndim == 3 and m.shape[2] in (1, 3, 4):  # a mask image read as colour
+        m = m[..., 0]
+    if m.shape != tuple(shape):
+        raise ValueError(f"fov_mask has shape {m.shape}, expected {tuple(shape)} like the frames")
+    if not m.any():
+        raise ValueError("fov_mask is empty: no pixel is inside the field of view")
+    return m.astype(bool)
+
+
+def write_fov_mask(path: str | os.PathLike, mask: np.ndarray) -> Path:
+    """Save a field-of-view mask as an 8-bit PNG (255 = tissue, 0 = outside), atomically."""
+    from ._atomic import atomic_path
+
+    path = Path(path)
+    ok, buf = cv2.imencode(".png", np.where(np.asarray(mask, bool), 255, 0).astype(np.uint8))
+    if not ok:
+        raise ValueError(f"could not encode the field-of-view mask for {path}")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.tobytes())
+    return path
+
+
+def read_fov_mask(path: str | os.PathLike) -> np.ndarray:
+    """A mask image (any 8/16-bit PNG, JPEG, ...; nonzero = tissue) as bool ``[H, W]``."""
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        raise FileNotFoundError(f"field-of-view mask {path} does not exist or is not an image")
+    return mask > 0

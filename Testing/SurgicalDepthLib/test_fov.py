@@ -1,0 +1,169 @@
+"""The scope's field of view: detection on frames with exact circular, octagonal and rectangular borders (text
+overlays on the black frame, a dark lumen at the rim), and its effect on ``depth_stream`` by default."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from tiny_model import tiny_model
+
+import SurgicalDepthLib as sd
+from SurgicalDepthLib.fov import detect_fov_mask
+
+H, W = 120, 160
+
+
+def tissue(seed: int) -> np.ndarray:
+    """Smooth reddish texture, never darker than 45 (tissue under the scope's light)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(45, 256, (H // 10, W // 10, 3)).astype(np.uint8)
+    small[..., 2] //= 2  # less blue: tissue colours
+    return cv2.resize(small, (W, H), interpolation=cv2.INTER_CUBIC).clip(45, 255).astype(np.uint8)
+
+
+def shape_mask(shape: str) -> np.ndarray:
+    """Exact field of view (bool [H, W]) of each border shape."""
+    mask = np.zeros((H, W), np.uint8)
+    if shape == "circle":  # cut by the top and bottom edges, as on many 16:9 laparoscopes
+        cv2.circle(mask, (W // 2, H // 2), 64, 1, -1)
+    elif shape == "octagon":
+        c = 30
+        pts = np.array([[c + 20, 4], [W - c - 20, 4], [W - 20, c], [W - 20, H - c], [W - c - 20, H - 5],
+                        [c + 20, H - 5], [20, H - c], [20, c]], np.int32)
+        cv2.fillConvexPoly(mask, pts, 1)
+    else:
+        mask[10:H - 10, 24:W - 24] = 1
+    return mask.astype(bool)
+
+
+def scope_frame(shape: str, seed: int, lumen: bool = True) -> np.ndarray:
+    """Tissue inside the field of view; outside: black with compression-like noise (0-8) and white overlay text;
+    optionally a dark lumen (15-30) touching the rim inside the field of view."""
+    rng = np.random.default_rng(100 + seed)
+    inside = shape_mask(shape)
+    frame = tissue(seed)
+    if lumen:
+        yy, xx = np.mgrid[:H, :W]
+        blob = (yy - H // 2) ** 2 + (xx - W // 2 - 45) ** 2 < 18 ** 2
+        frame[blob & inside] = rng.integers(15, 31, (int((blob & inside).sum()), 1))
+    frame[~inside] = rng.integers(0, 9, (int((~inside).sum()), 3))
+    overlay = np.zeros((H, W), np.uint8)
+    cv2.putText(overlay, "12/03", (1, 12), cv2.FONT_HERSHEY_PLAIN, 0.7, 1, 1)
+    cv2.putText(overlay, "CVP:1", (1, H - 3), cv2.FONT_HERSHEY_PLAIN, 0.7, 1, 1)
+    frame[(overlay > 0) & ~inside] = 230
+    return frame
+
+
+@pytest.mark.parametrize("shape", ["circle", "octagon", "rectangle"])
+def test_detects_each_border_shape(shape):
+    """Catches: overlay text or a dark lumen at the rim taken for tissue / border, and shapes other than the
+    circle missed."""
+    truth = shape_mask(shape)
+    mask = detect_fov_mask([scope_frame(shape, s) for s in range(3)])
+    assert mask is not None
+    assert (~mask[~truth]).mean() >= 0.99  # outside: nearly all excluded (text included)
+    assert mask[truth].mean() >= 0.95      # inside: at most the thin rim margin lost
+    single = detect_fov_mask([scope_frame(shape, 7)])  # one image is enough
+    assert single is not None and (single == mask).mean() > 0.98
+
+
+@pytest.mark.parametrize("shape", ["circle", "octagon", "rectangle"])
+def test_depth_stream_masks_the_border_by_default(shape, one_torch_thread):
+    """The issue's acceptance rule: by default, >= 95 % of the pixels outside the field of view are NaN and
+    >= 95 % of those inside are finite. Catches: the border predicted as tissue, the mask applied to the wrong
+    frames, depth ranges stretched by border pixels."""
+    truth = shape_mask(shape)
+    frames = [scope_frame(shape, s) for s in range(4)]
+    for frame in sd.depth_stream(tiny_model(2), frames, input_size=70):
+        finite = np.isfinite(frame.depth_mm)
+        assert (~finite[~truth]).mean() >= 0.95
+        assert finite[truth].mean() >= 0.95
+        assert frame.fov_mask is not None and frame.valid.sum() == (frame.fov_mask & finite).sum()
+        inside = frame.depth_mm[frame.fov_mask]
+        assert inside.min() == pytest.approx(5.0, abs=1e-3) or inside.min() >= 5.0  # range from tissue only
+
+
+def test_no_border_gives_no_mask():
+    """Catches: ordinary frames (no scope border; dark tissue in a corner that moves) losing pixels."""
+    frames = []
+    for s in range(4):
+        f = tissue(s)
+        f[: 30, 40 * s: 40 * s + 40] = 10  # a shadow on the edge that moves with the scope
+        frames.append(f)
+    assert detect_fov_mask(frames) is None
+    assert detect_fov_mask([tissue(9)]) is None
+
+
+def test_explicit_mask_and_off(one_torch_thread):
+    """Catches: an explicit mask ignored or not checked, fov_mask=None still masking."""
+    frames = [scope_frame("circle", 1)]
+    model = tiny_model(2)
+    given = np.zeros((H, W), bool)
+    given[20:100, 40:120] = True
+    (frame,) = sd.depth_stream(model, frames, input_size=70, fov_mask=given)
+    np.testing.assert_array_equal(np.isfinite(frame.depth_mm), given)
+    (frame,) = sd.depth_stream(model, frames, input_size=70, fov_mask=None)
+    assert np.isfinite(frame.depth_mm).all() and frame.fov_mask is None
+    with pytest.raises(ValueError, match="fov_mask has shape"):
+        next(sd.depth_stream(model, frames, fov_mask=np.ones((5, 5), bool)))
+    with pytest.raises(ValueError, match="fov_mask must be"):
+        next(sd.depth_stream(model, frames, fov_mask="circle"))
+
+
+def test_real_samples(samples_dir):
+    """Real frames (qualitative samples): the scope border of Kvasir (octagon + text) and of the laparoscopy
+    clip (circle on 16:9) is found; the centre is tissue, the corners are not."""
+    paths = sorted((samples_dir / "real" / "images").glob("kseg_*.jpg"))
+    video = samples_dir / "real" / "video" / "laparoscopy_endo.mp4"
+    if not paths or not video.is_file():
+        pytest.skip("real samples missing")
+    masks = [detect_fov_mask([sd.read_image(p)]) for p in paths]
+    masks.append(detect_fov_mask(list(sd.open_frames(video, stop=8))))
+    for mask in masks:
+        assert mask is not None and 0.7 < mask.mean() < 0.95
+        h, w = mask.shape
+        assert mask[h // 2, w // 2] and not mask[0, 0] and not mask[-1, -1] and not mask[0, -1]
+
+
+@pytest.fixture(scope="module")
+def scope_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("scope") / "frames"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), cv2.cvtColor(scope_frame("octagon", i), cv2.COLOR_RGB2BGR))
+    checkpoint = sd.save_checkpoint(tmp_path_factory.mktemp("model") / "tiny.safetensors", tiny_model(2))
+    return folder, checkpoint
+
+
+def test_cli_predict_and_reconstruct_use_the_field_of_view(tmp_path, scope_folder, one_torch_thread):
+    """Catches: the CLI not passing --fov-mask on (border written as depth / as points), the mask not written
+    beside the outputs, 'none' and a mask file ignored."""
+    from SurgicalDepthLib.cli import main
+    from SurgicalDepthLib.fov import read_fov_mask, write_fov_mask
+
+    folder, checkpoint = scope_folder
+    truth = shape_mask("octagon")
+    common = ["--model", str(checkpoint), "--input-size", "70", "--device", "cpu"]
+    assert main(["predict", str(folder), "--video", "--output", str(tmp_path / "p"), *common]) == 0
+    written = sd.load_depth(tmp_path / "p" / "frames" / "000001.npy")
+    mask = read_fov_mask(tmp_path / "p" / "frames" / "fov_mask.png")
+    np.testing.assert_array_equal(np.isfinite(written), mask)
+    assert (~mask[~truth]).mean() >= 0.99 and mask[truth].mean() >= 0.95
+
+    assert main(["predict", str(folder), "--video", "--output", str(tmp_path / "off"), "--fov-mask", "none",
+                 *common]) == 0
+    assert np.isfinite(sd.load_depth(tmp_path / "off" / "frames" / "000001.npy")).all()
+    assert not (tmp_path / "off" / "frames" / "fov_mask.png").exists()
+
+    given = np.zeros((H, W), bool)
+    given[30:90, 50:110] = True
+    write_fov_mask(tmp_path / "given.png", given)
+    intr = ["--intrinsics", "100,100,79.5,59.5"]
+    assert main(["reconstruct", str(folder), "--output", str(tmp_path / "r"), "--fov-mask",
+                 str(tmp_path / "given.png"), *intr, *common]) == 0
+    assert sd.load_mesh(tmp_path / "r" / "points_000000.ply").GetNumberOfPoints() == given.sum()
+    np.testing.assert_array_equal(read_fov_mask(tmp_path / "r" / "fov_mask.png"), given)
+    with pytest.raises(SystemExit) as exit_info:  # argparse: one-line usage error, exit 2
+        main(["reconstruct", str(folder), "--output", str(tmp_path / "r2"), "--fov-mask",
+              str(tmp_path / "missing.png"), *intr, *common])
+    assert exit_info.value.code == 2 and not (tmp_path / "r2").exists()
