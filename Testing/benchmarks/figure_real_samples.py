@@ -1,7 +1,8 @@
 """README figure: the default model on real colonoscopy frames (Kvasir-SEG / HyperKvasir, CC BY 4.0).
 
-Writes ``Resources/Figures/real_colonoscopy.png``: each row is an input frame and its predicted relative depth
-(red = near, blue = far); the black area outside the endoscope's field of view is masked. Images are read from
+Writes ``Resources/Figures/real_colonoscopy.png``: each row is an input frame, the scope's field of view found by
+``sd.detect_fov_mask`` (outside tinted blue: black frame, overlay text, blanked boxes) and the depth predicted by
+``sd.depth_stream`` with its default ``fov_mask="auto"`` (red = near, blue = far; black = no depth). Images are read from
 ../shared/samples/real/images (not redistributed here beyond this derived figure, which credits its source).
 Usage: ``python Testing/benchmarks/figure_real_samples.py [--model SRC]``.
 """
@@ -35,10 +36,13 @@ def main() -> None:
     for name in FILES:
         rgb = sd.read_image(args.images / name)
         rgb = cv2.resize(rgb, (320, round(320 * rgb.shape[0] / rgb.shape[1])), interpolation=cv2.INTER_AREA)
-        fov = cv2.erode((rgb.max(axis=2) > 20).astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-        disp = model.infer_image(rgb)
-        color = sd.colorize(disp, "disparity", mask=fov)
-        rows.append(np.hstack([label_tile(rgb, "Kvasir-SEG frame"), label_tile(color, "predicted depth")]))
+        (frame,) = sd.depth_stream(model, [rgb])
+        fov = frame.fov_mask if frame.fov_mask is not None else np.ones(rgb.shape[:2], bool)
+        tinted = rgb.copy()
+        tinted[~fov] = (0.35 * tinted[~fov] + 0.65 * np.array([40, 90, 255])).astype(np.uint8)
+        color = sd.colorize(frame.depth_mm, "depth", mask=frame.valid)
+        rows.append(np.hstack([label_tile(rgb, "Kvasir-SEG frame"), label_tile(tinted, "field of view (auto)"),
+                               label_tile(color, "predicted depth")]))
     width = max(r.shape[1] for r in rows)
     figure = np.vstack([np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0))) for r in rows])
     with atomic_path(args.output) as tmp:
