@@ -1,7 +1,7 @@
 """Predictions that ``surgical-depth predict`` wrote, read back as a depth source for :func:`depth_stream`.
 
 ``predict`` writes, for each video (or image folder given with ``--video``), a folder ``OUT/<name>/`` holding one
-map per frame, ``<source index:06d>.<format>``, and the manifest :data:`MANIFEST_NAME`::
+map per frame, ``<source index:06d>.<format>``, and the description :data:`INFO_NAME`::
 
     {"model": "...", "output_kind": "disparity" | "depth", "depth_unit": "relative" | "m" | "mm",
      "format": "npy" | "png" | "nrrd" | "tiff", "size": [H, W], "input": "..."}
@@ -22,16 +22,17 @@ from ._atomic import atomic_path
 from .depth_io import load_depth
 from .depth_kind import OutputKind
 
-MANIFEST_NAME = "predictions.json"
+INFO_NAME = "predictions.json"
 
 
-def write_manifest(folder: str | os.PathLike, *, model: Any, file_format: str, size: tuple[int, int],
-                   source: str) -> Path:
-    """Write the manifest of a prediction folder (atomically); ``model`` gives source, kind and unit."""
+def write_info(path: str | os.PathLike, *, model: Any, file_format: str, size: tuple[int, int],
+               source: str) -> Path:
+    """Write the description :data:`INFO_NAME` of a prediction folder to ``path`` (atomically); ``model`` gives
+    source, kind and unit."""
     data = {"model": str(getattr(model, "source", model)), "output_kind": str(OutputKind.parse(model.output_kind).value),
             "depth_unit": model.depth_unit, "format": file_format, "size": [int(size[0]), int(size[1])],
             "input": str(source)}
-    path = Path(folder) / MANIFEST_NAME
+    path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2))
     return path
@@ -43,18 +44,18 @@ class SavedPredictions:
 
     def __init__(self, folder: str | os.PathLike):
         self.folder = Path(folder)
-        manifest = self.folder / MANIFEST_NAME
-        if not manifest.is_file():
+        info = self.folder / INFO_NAME
+        if not info.is_file():
             raise FileNotFoundError(f"{self.folder} is not a prediction folder of 'surgical-depth predict' "
-                                    f"(no {MANIFEST_NAME}); predict the video first, or folders with --video")
+                                    f"(no {INFO_NAME}); predict the video first, or folders with --video")
         try:
-            data = json.loads(manifest.read_text())
+            data = json.loads(info.read_text())
             self.output_kind = OutputKind.parse(data["output_kind"]).value
             self.depth_unit = str(data["depth_unit"])
             self.format = str(data["format"])
             self.size = (int(data["size"][0]), int(data["size"][1]))
         except (KeyError, TypeError, IndexError, json.JSONDecodeError) as exc:
-            raise ValueError(f"{manifest}: not a valid prediction manifest ({exc})") from None
+            raise ValueError(f"{info}: not a valid prediction description ({exc})") from None
         self.source = str(data.get("model", self.folder))
         self.default_batch_size = 1
 

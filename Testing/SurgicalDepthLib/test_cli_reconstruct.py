@@ -88,7 +88,7 @@ def test_stride_takes_the_pose_of_each_source_frame(tmp_path, clip):
 
 def test_saved_depth_blank_frame_is_skipped(tmp_path, clip):
     """Catches: one blank frame (no depth) ending the whole reconstruction with 'no valid depth pixels'."""
-    from SurgicalDepthLib.saved_predictions import MANIFEST_NAME
+    from SurgicalDepthLib.saved_predictions import INFO_NAME
 
     root, _, intr = clip
     depth_dir = tmp_path / "pred"
@@ -96,7 +96,7 @@ def test_saved_depth_blank_frame_is_skipped(tmp_path, clip):
     ramp = np.linspace(1.0, 2.0, 56 * 70, dtype=np.float32).reshape(56, 70)
     for i, m in enumerate([ramp, np.ones((56, 70), np.float32), ramp]):
         np.save(depth_dir / f"{i:06d}.npy", m)
-    (depth_dir / MANIFEST_NAME).write_text(json.dumps({"model": "test", "output_kind": "disparity",
+    (depth_dir / INFO_NAME).write_text(json.dumps({"model": "test", "output_kind": "disparity",
                                                        "depth_unit": "relative", "format": "npy", "size": [56, 70]}))
     out = tmp_path / "out"
     assert main(["reconstruct", str(root / "rgb"), "--output", str(out), "--intrinsics", intr, "--depth",

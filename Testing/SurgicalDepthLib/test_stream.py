@@ -13,7 +13,7 @@ from tiny_model import textured, tiny_model, write_clip
 
 import SurgicalDepthLib as sd
 from SurgicalDepthLib.alignment import DEFAULT_DEPTH_RANGE_MM, disparity_to_depth
-from SurgicalDepthLib.saved_predictions import MANIFEST_NAME, SavedPredictions
+from SurgicalDepthLib.saved_predictions import INFO_NAME, SavedPredictions
 from SurgicalDepthLib.stream import RANGE_PERCENTILES
 
 SIZE = 70
@@ -85,7 +85,7 @@ def _saved(folder: Path, maps: list[np.ndarray], kind: str = "disparity") -> Sav
     folder.mkdir()
     for i, m in enumerate(maps):
         sd.save_depth(folder / f"{i:06d}.npy", m)
-    (folder / MANIFEST_NAME).write_text(json.dumps({"model": "test", "output_kind": kind, "depth_unit": "relative",
+    (folder / INFO_NAME).write_text(json.dumps({"model": "test", "output_kind": kind, "depth_unit": "relative",
                                                     "format": "npy", "size": list(maps[0].shape)}))
     return SavedPredictions(folder)
 
@@ -109,7 +109,7 @@ def test_saved_predictions_errors_name_the_file(tmp_path):
         list(sd.depth_stream(saved, [np.zeros((3, 4, 3), np.uint8)] * 2))
     with pytest.raises(ValueError, match="000000.npy is 3x4"):
         list(sd.depth_stream(saved, [np.zeros((5, 4, 3), np.uint8)]))
-    with pytest.raises(FileNotFoundError, match=MANIFEST_NAME):
+    with pytest.raises(FileNotFoundError, match=INFO_NAME):
         SavedPredictions(tmp_path)
 
 

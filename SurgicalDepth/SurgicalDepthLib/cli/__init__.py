@@ -20,7 +20,7 @@ from importlib.metadata import entry_points
 
 from ..progress import PROGRESS_MODES, ProgressReporter
 
-_CORE_COMMANDS = ("predict", "reconstruct", "download")
+_CORE_COMMANDS = ("predict", "reconstruct", "download", "stream")
 
 
 class CliError(Exception):
@@ -61,6 +61,10 @@ def fov_mask_arg(text: str):
 FOV_MASK_HELP = ("the scope's field of view: 'auto' (default: found from the first frames; black borders and the "
                  "overlay text on them get no depth), 'none' (every pixel is tissue) or a mask image "
                  "(nonzero = tissue); the mask used is written as fov_mask.png")
+
+
+OVERWRITE_HELP = ("replace the outputs of an earlier run in the output folder (exactly the files its manifest "
+                  "lists); without it such a folder is refused. Files no run wrote are never overwritten")
 
 
 def build_parser(extra: tuple = ()) -> argparse.ArgumentParser:

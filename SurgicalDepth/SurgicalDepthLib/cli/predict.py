@@ -32,11 +32,12 @@ from ..background import BackgroundCalls
 from ..colormap import colorize, robust_range, to_disparity
 from ..depth_io import DepthSequenceWriter, save_depth
 from ..fov import write_fov_mask
-from ..saved_predictions import write_manifest
+from ..run_folder import RunFolder
+from ..saved_predictions import INFO_NAME, write_info
 from ..stream import DepthFrame, depth_stream
 from ..video import (IMAGE_SUFFIXES, FrameReader, is_video_file, list_images, open_frames, read_image,
                      write_image)
-from . import FOV_MASK_HELP, CliError, fov_mask_arg, input_size_arg, progress_of
+from . import FOV_MASK_HELP, OVERWRITE_HELP, CliError, fov_mask_arg, input_size_arg, progress_of
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--stride", type=int, default=1, help="for videos: use every N-th frame")
     p.add_argument("--max-frames", type=int, default=None, help="for videos: stop after this many frames")
     p.add_argument("--fov-mask", type=fov_mask_arg, default="auto", metavar="auto|none|FILE", help=FOV_MASK_HELP)
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=run)
 
 
@@ -136,11 +138,11 @@ def _in_fov(frame: DepthFrame) -> np.ndarray:
     return pred
 
 
-def _write_fov(path: Path, frame: DepthFrame, written: set) -> None:
+def _write_fov(out: RunFolder, relative: str, frame: DepthFrame, written: set) -> None:
     """Write the frame's field-of-view mask (255 = tissue) once per output file."""
-    if frame.fov_mask is not None and path not in written:
-        write_fov_mask(path, frame.fov_mask)
-        written.add(path)
+    if frame.fov_mask is not None and relative not in written:
+        write_fov_mask(out.path(relative), frame.fov_mask)
+        written.add(relative)
 
 
 def _colour_range(pred: np.ndarray, kind: str) -> tuple[float | None, float | None]:
@@ -166,7 +168,7 @@ def _same_size_groups(images: list[Path], batch_size: int) -> Iterator[tuple[lis
         yield group, frames
 
 
-def _predict_images(model, images: list[Path], args: argparse.Namespace, ext: str, bar) -> int:
+def _predict_images(model, images: list[Path], args: argparse.Namespace, ext: str, out: RunFolder, bar) -> int:
     kind = model.output_kind
     written = 0
     masks: set = set()
@@ -174,10 +176,10 @@ def _predict_images(model, images: list[Path], args: argparse.Namespace, ext: st
         for path, frame in zip(group, depth_stream(model, frames, batch_size=args.batch_size,
                                                    input_size=args.input_size, fov_mask=args.fov_mask)):
             pred = _in_fov(frame)
-            save_depth(args.output / f"{path.stem}_depth{ext}", pred, unit=kind)
+            save_depth(out.path(f"{path.stem}_depth{ext}"), pred, unit=kind)
             if args.colormap:
-                write_image(args.output / f"{path.stem}_color.png", colorize(pred, kind))
-            _write_fov(args.output / f"{path.stem}_fov.png", frame, masks)
+                write_image(out.path(f"{path.stem}_color.png"), colorize(pred, kind))
+            _write_fov(out, f"{path.stem}_fov.png", frame, masks)
             written += 1
             bar.update(1)
     return written
@@ -188,11 +190,10 @@ def _open_sequence(source: str, args: argparse.Namespace) -> FrameReader:
     return open_frames(source, stop=stop, stride=args.stride, prefetch=2 * (args.batch_size or 1))
 
 
-def _predict_sequence(model, source: str, name: str, args: argparse.Namespace, ext: str, bar) -> int:
+def _predict_sequence(model, source: str, name: str, args: argparse.Namespace, ext: str, out: RunFolder,
+                      bar) -> int:
     reader = _open_sequence(source, args)
     kind = model.output_kind
-    out_dir = args.output / name
-    out_dir.mkdir(parents=True, exist_ok=True)
     source_fps = reader.fps
     if source_fps is None:
         source_fps = 25.0
@@ -206,13 +207,13 @@ def _predict_sequence(model, source: str, name: str, args: argparse.Namespace, e
         writer = seq = None
         if args.colormap:
             h, w = reader.size
-            tmp = stack.enter_context(atomic_path(args.output / f"{name}_depth.mp4"))
+            video = out.path(f"{name}_depth.mp4")
+            tmp = stack.enter_context(atomic_path(video))
             writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (2 * w, h))
             if not writer.isOpened():
-                raise OSError(f"OpenCV cannot write mp4v video {args.output / f'{name}_depth.mp4'}")
+                raise OSError(f"OpenCV cannot write mp4v video {video}")
             stack.callback(writer.release)  # runs before atomic_path renames the file
-            seq = stack.enter_context(DepthSequenceWriter(args.output / f"{name}_depth.seq.nrrd", fps=fps,
-                                                          unit=kind))
+            seq = stack.enter_context(DepthSequenceWriter(out.path(f"{name}_depth.seq.nrrd"), fps=fps, unit=kind))
         vrange = None
 
         masks: set = set()
@@ -220,13 +221,13 @@ def _predict_sequence(model, source: str, name: str, args: argparse.Namespace, e
         def emit(frame: DepthFrame) -> None:  # in the writer thread, in order
             nonlocal vrange
             pred = _in_fov(frame)
-            save_depth(out_dir / f"{frame.index:06d}{ext}", pred, unit=kind)
-            _write_fov(out_dir / "fov_mask.png", frame, masks)
+            save_depth(out.path(f"{name}/{frame.index:06d}{ext}"), pred, unit=kind)
+            _write_fov(out, f"{name}/fov_mask.png", frame, masks)
             if args.colormap:
                 if vrange is None or not fixed_range:
                     vrange = _colour_range(pred, kind)
                 color = colorize(pred, kind, *vrange)
-                write_image(out_dir / f"{frame.index:06d}_color.png", color)
+                write_image(out.path(f"{name}/{frame.index:06d}_color.png"), color)
                 writer.write(cv2.cvtColor(np.hstack([frame.rgb, color]), cv2.COLOR_RGB2BGR))
                 seq.append(pred, frame.index / source_fps)
             bar.update(1)
@@ -238,9 +239,10 @@ def _predict_sequence(model, source: str, name: str, args: argparse.Namespace, e
             calls.submit(emit, frame)
             count += 1
         calls.close()
-    write_manifest(out_dir, model=model, file_format=args.format, size=reader.size, source=source)
+    write_info(out.path(f"{name}/{INFO_NAME}"), model=model, file_format=args.format, size=reader.size,
+               source=source)
     extra = f", {name}_depth.mp4 and {name}_depth.seq.nrrd" if args.colormap else ""
-    print(f"{source}: {count} frames -> {out_dir}{extra}")
+    print(f"{source}: {count} frames -> {args.output / name}{extra}")
     return count
 
 
@@ -252,23 +254,27 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.max_frames is not None and args.max_frames < 1:
         raise ValueError(f"--max-frames must be >= 1, got {args.max_frames}")
-    images, sequences = _plan(args)
-    args.output.mkdir(parents=True, exist_ok=True)
-    ext = "." + args.format
-    model = load_model(args.model, device=args.device, precision=args.precision)
-    args.batch_size = args.batch_size or model.default_batch_size
-    print(f"model: {model.source} ({model.config.encoder} {model.config.version}, {model.output_kind}) "
-          f"on {model.device} {model.precision}")
-    if args.temporal and not sequences:
-        log.warning("--temporal applies to videos (or folders with --video); no video input was given")
-    started = time.perf_counter()
-    total = 0
-    n_frames = len(images) + sum(len(_open_sequence(source, args)) for source, _ in sequences)
-    with progress_of(args).stage("predict", n_frames) as bar:
-        if images:
-            total += _predict_images(model, images, args, ext, bar)
-        for source, name in sequences:
-            total += _predict_sequence(model, source, name, args, ext, bar)
+    explicit = [Path(text) for text in args.inputs if Path(text).is_file()]
+    with RunFolder(args.output, "predict", inputs=explicit, overwrite=args.overwrite) as out:
+        images, sequences = _plan(args)  # after an --overwrite cleared the earlier run: its outputs are no inputs
+        out.protect(images)
+        for source, _ in sequences:
+            out.protect([source] if Path(source).is_file() else _open_sequence(source, args).files or [])
+        ext = "." + args.format
+        model = load_model(args.model, device=args.device, precision=args.precision)
+        args.batch_size = args.batch_size or model.default_batch_size
+        print(f"model: {model.source} ({model.config.encoder} {model.config.version}, {model.output_kind}) "
+              f"on {model.device} {model.precision}")
+        if args.temporal and not sequences:
+            log.warning("--temporal applies to videos (or folders with --video); no video input was given")
+        started = time.perf_counter()
+        total = 0
+        n_frames = len(images) + sum(len(_open_sequence(source, args)) for source, _ in sequences)
+        with progress_of(args).stage("predict", n_frames) as bar:
+            if images:
+                total += _predict_images(model, images, args, ext, out, bar)
+            for source, name in sequences:
+                total += _predict_sequence(model, source, name, args, ext, out, bar)
     args.result = {"frames": total, "output": str(args.output)}
     elapsed = time.perf_counter() - started
     print(f"wrote {total} {model.output_kind} maps ({args.format}) to {args.output} "

@@ -21,9 +21,10 @@ from .._atomic import atomic_path
 from ..alignment import DEFAULT_DEPTH_RANGE_MM
 from ..camera import DEFAULT_FOV_DEG
 from ..pose_io import format_pose_file, read_pose_file
+from ..run_folder import RunFolder
 from ..saved_predictions import SavedPredictions
 from ..fov import write_fov_mask
-from . import FOV_MASK_HELP, CliError, fov_mask_arg, input_size_arg, progress_of
+from . import FOV_MASK_HELP, OVERWRITE_HELP, CliError, fov_mask_arg, input_size_arg, progress_of
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ def register(subparsers) -> None:
     p.add_argument("--format", default="ply", choices=["ply", "vtp", "vtk", "stl", "obj"],
                    help="file format of clouds and meshes")
     p.add_argument("--fov-mask", type=fov_mask_arg, default="auto", metavar="auto|none|FILE", help=FOV_MASK_HELP)
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=run)
 
 
@@ -102,13 +104,33 @@ def _depth_source(args: argparse.Namespace) -> Any:
     return load_model(args.model, device=args.device, precision=args.precision)
 
 
-def run(args: argparse.Namespace) -> int:
+class _Fusion:
+    """TSDF fusion of the frames with given poses (by source frame index) or frame-to-frame ICP poses."""
+
+    def __init__(self, args: argparse.Namespace, intr: Any, poses: dict[int, np.ndarray] | None, source: Any):
+        import SurgicalDepthLib as sd
+        from ..icp import PoseTracker
+
+        device = getattr(source, "device", None)
+        far = args.depth_range[1] if source.output_kind == "disparity" else None
+        self.volume = sd.TSDFVolume(args.voxel_size, 4 * args.voxel_size, device=device.type if device else "cpu",
+                                    max_depth=far)
+        self.intr, self.poses = intr, poses
+        self.tracker = PoseTracker(intr) if poses is None else None
+        self.used: dict[int, np.ndarray] = {}
+
+    def add(self, frame: Any) -> None:
+        depth0 = np.where(frame.valid, frame.depth_mm, 0.0)  # the tracker and the TSDF read 0 as "no depth"
+        pose = self.poses[frame.index] if self.poses is not None else self.tracker.update(depth0)
+        self.volume.integrate(depth0, frame.rgb, self.intr, pose)
+        self.used[frame.index] = pose
+
+
+def _open_input(args: argparse.Namespace) -> tuple[Any, Any, dict[int, np.ndarray] | None]:
+    """The frame reader, the intrinsics for its size and the given poses (every selected frame must have one)."""
     import SurgicalDepthLib as sd
     from ..camera import parse_intrinsics
-    from ..icp import PoseTracker
 
-    _check_args(args)
-    near, far = args.depth_range
     poses = read_poses(args.poses) if args.poses is not None else None
     stop = None if args.max_frames is None else args.max_frames * args.stride
     reader = sd.open_frames(args.input, stop=stop, stride=args.stride, prefetch=2)
@@ -118,65 +140,78 @@ def run(args: argparse.Namespace) -> int:
         missing = [i for i in reader.indices if i not in poses]
         if missing:
             raise ValueError(f"{args.poses} has no pose for frame(s) {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-    source = _depth_source(args)
-    args.output.mkdir(parents=True, exist_ok=True)
-    device = getattr(source, "device", None)
-    print(f"depth: {source.source} ({source.output_kind}){f' on {device}' if device else ''}; intrinsics "
-          f"fx={intr.fx:.1f} fy={intr.fy:.1f} cx={intr.cx:.1f} cy={intr.cy:.1f} for {width}x{height}")
-    volume = sd.TSDFVolume(args.voxel_size, 4 * args.voxel_size, device=device.type if device else "cpu",
-                           max_depth=far if source.output_kind == "disparity" else None) if args.fuse else None
-    tracker = PoseTracker(intr) if args.fuse and poses is None else None
-    used_poses: list[np.ndarray] = []
-    used_indices: list[int] = []
+    return reader, intr, poses
+
+
+def _write_frame(out: RunFolder, args: argparse.Namespace, frame: Any, intr: Any) -> None:
+    import SurgicalDepthLib as sd
+
     ext = "." + args.format
-    count = 0
-    with contextlib.closing(reader), progress_of(args).stage("reconstruct", reader.frame_count) as bar:
-        for frame in sd.depth_stream(source, reader, depth_range=(near, far), batch_size=args.batch_size,
-                                     temporal=args.temporal, input_size=args.input_size, fov_mask=args.fov_mask):
-            if count == 0 and frame.fov_mask is not None:
-                write_fov_mask(args.output / "fov_mask.png", frame.fov_mask)
-            depth, valid = frame.depth_mm, frame.valid
-            count += 1
-            bar.update(1)
-            if not valid.any():
-                log.warning("frame %d has no valid depth (blank?): skipped", frame.index)
-                continue
-            if (count - 1) % args.every == 0:
-                cloud = sd.to_polydata(sd.backproject(depth, intr, mask=valid), colors=frame.rgb[valid],
-                                       scalars=depth[valid])
-                sd.save_points(args.output / f"points_{frame.index:06d}{ext}", cloud)
-                if args.mesh:
-                    sd.save_mesh(args.output / f"mesh_{frame.index:06d}{ext}",
-                                 sd.depth_to_mesh(depth, intr, rgb=frame.rgb))
-            if volume is not None:
-                depth0 = np.where(valid, depth, 0.0)  # the tracker and the TSDF read 0 as "no depth"
-                pose = poses[frame.index] if poses is not None else tracker.update(depth0)
-                volume.integrate(depth0, frame.rgb, intr, pose)
-                used_poses.append(pose)
-                used_indices.append(frame.index)
-    if count == 0:
-        raise CliError(f"{args.input}: no frames")
+    depth, valid = frame.depth_mm, frame.valid
+    cloud = sd.to_polydata(sd.backproject(depth, intr, mask=valid), colors=frame.rgb[valid], scalars=depth[valid])
+    sd.save_points(out.path(f"points_{frame.index:06d}{ext}"), cloud)
+    if args.mesh:
+        sd.save_mesh(out.path(f"mesh_{frame.index:06d}{ext}"), sd.depth_to_mesh(depth, intr, rgb=frame.rgb))
+
+
+def _summary(args: argparse.Namespace, source: Any, intr: Any, count: int) -> dict:
+    near, far = args.depth_range
+    if source.output_kind == "disparity":
+        how = ("(2nd/98th percentiles of the first frame, then temporally aligned)" if args.temporal
+               else "(2nd/98th percentiles per frame)")
+        scale = f"disparity mapped linearly in inverse depth to [{near}, {far}] mm {how}"
+    else:
+        scale = f"metric model output ({source.depth_unit}), converted to mm"
     meta = {"input": str(args.input), "model": source.source, "output_kind": source.output_kind, "frames": count,
-            "unit": "mm", "intrinsics": intr.to_dict(),
-            "depth_scale": (f"disparity mapped linearly in inverse depth to [{near}, {far}] mm "
-                            + ("(2nd/98th percentiles of the first frame, then temporally aligned)" if args.temporal
-                               else "(2nd/98th percentiles per frame)")
-                            if source.output_kind == "disparity"
-                            else f"metric model output ({source.depth_unit}), converted to mm")}
+            "unit": "mm", "intrinsics": intr.to_dict(), "depth_scale": scale}
     if args.depth is not None:
         meta["depth"] = str(args.depth)
-    if volume is not None:
-        with progress_of(args).stage("mesh", 1, unit="mesh") as bar:
-            mesh_path = sd.save_mesh(args.output / f"fused_mesh{ext}", volume.extract_mesh())
-            bar.update(1)
-        with atomic_path(args.output / "poses.txt") as tmp:
-            tmp.write_text(format_pose_file(used_poses, used_indices))
-        meta["poses"] = (f"given ({args.poses})" if poses is not None
-                         else "estimated by frame-to-frame point-to-plane ICP (robust, Huber); drift accumulates")
-        meta["voxel_size_mm"] = args.voxel_size
-        print(f"fused mesh: {mesh_path} ({meta['poses']})")
-    with atomic_path(args.output / "reconstruction.json") as tmp:
-        tmp.write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def run(args: argparse.Namespace) -> int:
+    import SurgicalDepthLib as sd
+
+    _check_args(args)
+    inputs = [p for p in (Path(args.input), args.poses, args.depth) if p is not None and Path(p).is_file()]
+    with RunFolder(args.output, "reconstruct", inputs=inputs, overwrite=args.overwrite) as out:
+        reader, intr, poses = _open_input(args)
+        out.protect(reader.files or [])
+        source = _depth_source(args)
+        print(f"depth: {source.source} ({source.output_kind}); intrinsics fx={intr.fx:.1f} fy={intr.fy:.1f} "
+              f"cx={intr.cx:.1f} cy={intr.cy:.1f} for {intr.width}x{intr.height}")
+        fusion = _Fusion(args, intr, poses, source) if args.fuse else None
+        count = 0
+        with contextlib.closing(reader), progress_of(args).stage("reconstruct", reader.frame_count) as bar:
+            for frame in sd.depth_stream(source, reader, depth_range=tuple(args.depth_range),
+                                         batch_size=args.batch_size, temporal=args.temporal,
+                                         input_size=args.input_size, fov_mask=args.fov_mask):
+                if count == 0 and frame.fov_mask is not None:
+                    write_fov_mask(out.path("fov_mask.png"), frame.fov_mask)
+                count += 1
+                bar.update(1)
+                if not frame.valid.any():
+                    log.warning("frame %d has no valid depth (blank?): skipped", frame.index)
+                    continue
+                if (count - 1) % args.every == 0:
+                    _write_frame(out, args, frame, intr)
+                if fusion is not None:
+                    fusion.add(frame)
+        if count == 0:
+            raise CliError(f"{args.input}: no frames")
+        meta = _summary(args, source, intr, count)
+        if fusion is not None:
+            with progress_of(args).stage("mesh", 1, unit="mesh") as bar:
+                mesh_path = sd.save_mesh(out.path(f"fused_mesh.{args.format}"), fusion.volume.extract_mesh())
+                bar.update(1)
+            with atomic_path(out.path("poses.txt")) as tmp:
+                tmp.write_text(format_pose_file(fusion.used.values(), fusion.used.keys()))
+            meta["poses"] = (f"given ({args.poses})" if poses is not None
+                             else "estimated by frame-to-frame point-to-plane ICP (robust, Huber); drift accumulates")
+            meta["voxel_size_mm"] = args.voxel_size
+            print(f"fused mesh: {mesh_path} ({meta['poses']})")
+        with atomic_path(out.path("reconstruction.json")) as tmp:
+            tmp.write_text(json.dumps(meta, indent=2))
     args.result = {"frames": count, "output": str(args.output)}
     print(f"{count} frames -> {args.output}")
     return 0
