@@ -1,9 +1,9 @@
 """Surgical Depth Training: fine-tune and evaluate depth models from 3D Slicer.
 
-Training runs as a separate process (``surgical-depth train`` through ``PythonSlicer -m SurgicalDepthTrainingLib``, or
+Training runs as a separate process (``PythonSlicer -m SurgicalDepthTrainingLib train --progress jsonl``, or
 ``torchrun`` for several GPUs) driven by ``qt.QProcess``: a crash or a CUDA out-of-memory error cannot take Slicer
-down, the GUI stays responsive, and progress is read from the process output and the history CSV. All training
-code is in the Slicer-free ``SurgicalDepthTrainingLib``; this file only builds commands and shows results.
+down and the GUI stays responsive. Progress comes from the JSON lines on its stdout, the loss / AbsRel history from
+the run's ``log.csv``. The training code is in the Slicer-free ``SurgicalDepthTrainingLib``.
 """
 import json
 import shutil
@@ -15,14 +15,23 @@ import qt
 import slicer
 from slicer.i18n import tr as _
 from slicer.i18n import translate
-from slicer.parameterNodeWrapper import Choice, Decimals, WithinRange, parameterNodeWrapper
+from slicer.parameterNodeWrapper import Choice, Decimals, SingleStep, WithinRange, parameterNodeWrapper
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
 
-#: must equal ``SurgicalDepthTrainingLib.slicer_helpers.DATASET_NAMES`` (checked by the pytest suite)
+# Slicer builds the parameter node when it loads this file, before torch (which the registries import) may be
+# installed: the choices and defaults below are literals, and the pytest suite checks them against the registries
+# (datasets, losses.LOSSES, metrics.ALIGNMENTS, SurgicalDepthLib.WEIGHTS) and TrainConfig's defaults.
 DATASET_NAMES = ["synthetic", "colondepth", "endoslam", "c3vd", "simcol3d", "scared", "hamlyn", "servct", "liit",
                  "folder"]
+LOSS_NAMES = ["l1", "silog", "ssi"]
+ALIGNMENTS = ["median", "scale_shift", "none"]
+#: base model: the shipped default, a registry name (weights in the local cache), or "file" (baseModelFile)
+BASE_MODELS = ["default", "depth-anything-v2-small", "depth-anything-v2-base", "depth-anything-v2-large",
+               "depth-anything-v1-small", "depth-anything-v1-base", "depth-anything-v1-large",
+               "depth-anything-v2-metric-hypersim-small", "depth-anything-v2-metric-vkitti-small", "file"]
+KILL_GRACE_MS = 5000  # cancel: terminate(), then kill() if still running (Windows console processes ignore SIGTERM)
 
 
 class SurgicalDepthTraining(ScriptedLoadableModule):
@@ -33,11 +42,10 @@ class SurgicalDepthTraining(ScriptedLoadableModule):
         self.parent.dependencies = ["SurgicalDepth"]
         self.parent.contributors = ["SurgicalDepth contributors"]
         self.parent.helpText = _(
-            "Fine-tune Depth Anything models on surgical datasets (or a generated synthetic one) and evaluate them. "
-            "Training runs as a separate process (surgical-depth train); progress, the metrics table, the loss / "
-            "AbsRel plot and the qualitative figure are shown here.<br>Python console: "
-            "<code>logic = slicer.util.getModuleLogic('SurgicalDepthTraining'); "
-            "logic.showResults('/path/to/output')</code>.")
+            "Fine-tune Depth Anything models on surgical datasets (or a generated synthetic one) and evaluate them in "
+            "a separate process (surgical-depth train / evaluate); shows progress, metrics, the loss / AbsRel plot and "
+            "the qualitative figure.<br>Python console: <code>slicer.util.getModuleLogic('SurgicalDepthTraining')"
+            ".showResults('/path/to/output')</code>.")
         self.parent.acknowledgementText = _("Uses SurgicalDepthTrainingLib (pip package surgical-depth).")
 
 
@@ -46,17 +54,20 @@ class SurgicalDepthTrainingParameterNode:
     dataset: Annotated[str, Choice(DATASET_NAMES)] = "synthetic"
     datasetRoot: Path
     synthFrames: Annotated[int, WithinRange(1, 100000)] = 64
-    baseModel: str = "default"
-    loss: Annotated[str, Choice(["l1", "silog", "ssi"])] = "l1"  # the paper's recipe: L1, AdamW 3e-5, batch 16
-    learningRate: Annotated[float, WithinRange(1e-8, 1.0), Decimals(8)] = 3e-5
+    baseModel: Annotated[str, Choice(BASE_MODELS)] = "default"
+    baseModelFile: Path
+    # TrainConfig's defaults (the paper's recipe: L1, AdamW 3e-5, batch 16; 256 x 386 rounded to multiples of 14)
+    loss: Annotated[str, Choice(LOSS_NAMES)] = "l1"
+    learningRate: Annotated[float, WithinRange(1e-6, 1.0), Decimals(6), SingleStep(1e-5)] = 3e-5
     batchSize: Annotated[int, WithinRange(1, 1024)] = 16
     epochs: Annotated[int, WithinRange(1, 10000)] = 10
-    inputSize: Annotated[int, WithinRange(14, 2044)] = 518
+    inputHeight: Annotated[int, WithinRange(14, 2044), SingleStep(14)] = 252
+    inputWidth: Annotated[int, WithinRange(14, 2044), SingleStep(14)] = 392
     loraRank: Annotated[int, WithinRange(0, 512)] = 0
     freezeEncoder: bool = False
     gpus: Annotated[int, WithinRange(1, 64)] = 1
     outputFolder: Path
-    alignment: Annotated[str, Choice(["median", "scale_shift", "none"])] = "median"
+    alignment: Annotated[str, Choice(ALIGNMENTS)] = "median"
 
 
 class SurgicalDepthTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -74,11 +85,15 @@ class SurgicalDepthTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         self.logic = SurgicalDepthTrainingLogic()
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        self.ui.synthButton.connect("clicked(bool)", self.onSynth)
-        self.ui.trainButton.connect("clicked(bool)", self.onTrain)
-        self.ui.evaluateButton.connect("clicked(bool)", self.onEvaluate)
+        self.ui.synthButton.connect("clicked(bool)", lambda: self._run(_("Synthetic data"), self.logic.startSynth))
+        self.ui.trainButton.connect("clicked(bool)", lambda: self._run(_("Training"), self.logic.startTraining, lambda:
+                                    self.showResults(str(self._parameterNode.outputFolder))))
+        self.ui.evaluateButton.connect("clicked(bool)", lambda: self._run(
+            _("Evaluation"), self.logic.startEvaluation, lambda: self.showResults(None, **self.logic.outputs)))
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
         self.ui.showResultsButton.connect("clicked(bool)", self.onShowResults)
+        self.ui.baseModelComboBox.connect("currentTextChanged(QString)",
+                                          lambda text: self.ui.baseModelFileLineEdit.setEnabled(text == "file"))
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
@@ -117,52 +132,41 @@ class SurgicalDepthTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMi
         if running:
             self.ui.progressBar.value = 0
 
-    def _onLine(self, line: str) -> None:
-        from SurgicalDepthTrainingLib.slicer_helpers import parse_progress_line, progress_percent
-        progress = parse_progress_line(line)
-        if progress is not None:
-            self.ui.progressBar.value = progress_percent(progress)
-            self.ui.statusLabel.text = line.strip()[:160]
+    def _onProgress(self, tracker) -> None:  # overall percentage; stage, step/total, loss, AbsRel
+        self.ui.progressBar.value = tracker.percent
+        self.ui.statusLabel.text = tracker.status()
 
     def _onFinished(self, what: str, after: Optional[Callable] = None) -> Callable:
-        def finished(exitCode: int, lines: list) -> None:
-            self._setRunning(False, _("{what} finished (exit code {code}).").format(what=what, code=exitCode))
-            if exitCode != 0:
-                slicer.util.errorDisplay(_("{what} failed.").format(what=what), detailedText="\n".join(lines))
-            elif after is not None:
-                with slicer.util.tryWithErrorDisplay(_("Could not show the results.")):
-                    after()
+        def finished(outcome: str) -> None:  # "finished", "failed" or "cancelled" (never reported as a failure)
+            from SurgicalDepthTrainingLib.slicer_helpers import finish_text
+            self._setRunning(False, finish_text(what, outcome, self.logic.tracker, self.logic.exitCode))
+            if outcome == "failed":
+                slicer.util.errorDisplay(self.ui.statusLabel.text, detailedText="\n".join(self.logic.log))
+            elif outcome == "finished":
+                self.ui.progressBar.value = 100
+                if after is not None:
+                    with slicer.util.tryWithErrorDisplay(_("Could not show the results.")):
+                        after()
         return finished
 
-    def onSynth(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Could not start the synthetic data generation."), waitCursor=True):
-            self.logic.startSynth(self._parameterNode, self._onLine, self._onFinished(_("Synthetic data")))
-            self._setRunning(True, _("Generating synthetic data..."))
-
-    def onTrain(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Could not start training."), waitCursor=True):
-            p = self._parameterNode
-            self.logic.startTraining(p, self._onLine, self._onFinished(
-                _("Training"), lambda: self.showResults(str(p.outputFolder))))
-            self._setRunning(True, _("Training..."))
-
-    def onEvaluate(self) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Could not start the evaluation."), waitCursor=True):
-            p = self._parameterNode
-            report = self.logic.startEvaluation(p, self._onLine, self._onFinished(
-                _("Evaluation"), lambda: self.showResults(str(p.outputFolder), report)))
-            self._setRunning(True, _("Evaluating..."))
+    def _run(self, what: str, start: Callable, after: Optional[Callable] = None) -> None:
+        """Start a process with ``start(parameterNode, onProgress, onFinished)``; ``after()`` when it succeeds."""
+        with slicer.util.tryWithErrorDisplay(_("Could not start: {what}.").format(what=what), waitCursor=True):
+            start(self._parameterNode, self._onProgress, self._onFinished(what, after))
+            self._setRunning(True, _("{what}: starting...").format(what=what))
 
     def onCancel(self) -> None:
-        self.logic.cancel()
-        self._setRunning(False, _("Cancelled."))
+        self.logic.cancel()  # returns at once; the process's finished signal reports "Cancelled."
+        self.ui.cancelButton.enabled = False
+        self.ui.statusLabel.text = _("Cancelling...")
 
     def onShowResults(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Could not show the results."), waitCursor=True):
-            self.showResults(str(self._parameterNode.outputFolder))
+            folder = str(self._parameterNode.outputFolder)
+            self.showResults(folder, str(Path(folder) / "evaluation.json"))
 
-    def showResults(self, folder: str, report: Optional[str] = None) -> None:
-        nodes = self.logic.showResults(folder, report)
+    def showResults(self, folder: Optional[str], report: Optional[str] = None, figure: Optional[str] = None) -> None:
+        nodes = self.logic.showResults(folder, report, figure)
         rows = nodes.get("metrics", [])
         self.ui.metricsTable.setRowCount(len(rows))
         for i, (name, value) in enumerate(rows):
@@ -175,8 +179,10 @@ class SurgicalDepthTrainingLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self._process = None
-        self._lines: list = []
+        self._process, self._cancelled = None, False
+        self.log: list = []  # last stderr lines of the current / last process (messages, warnings, the error)
+        self.tracker = self.exitCode = None  # its ProgressTracker (stdout JSON lines) and exit code
+        self.outputs: dict = {}  # files the last evaluation writes: {"report": JSON, "figure": PNG}
 
     def getParameterNode(self):
         return SurgicalDepthTrainingParameterNode(super().getParameterNode())
@@ -189,70 +195,82 @@ class SurgicalDepthTrainingLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def _folder(path, what: str) -> str:
         from SurgicalDepthLib.slicer_helpers import path_or_none
-        folder = path_or_none(path)
-        if folder is None:
+        if path_or_none(path) is None:
             raise ValueError(f"{what}: no folder chosen")
-        return folder
+        return path_or_none(path)
+
+    @staticmethod
+    def _requirements() -> None:  # torch & co.: the commands are checked against the registries, which import them
+        slicer.util.getModuleLogic("SurgicalDepth").setupPythonRequirements(askConfirmation=True)
 
     def recipe(self, p):
-        from SurgicalDepthTrainingLib.slicer_helpers import TrainRecipe
+        from SurgicalDepthTrainingLib.slicer_helpers import TrainRecipe, base_model_source
         return TrainRecipe(dataset=p.dataset, root=self._folder(p.datasetRoot, "dataset folder"),
-                           output=self._folder(p.outputFolder, "output folder"), model=p.baseModel.strip() or "default",
-                           loss=p.loss, lr=p.learningRate, batch_size=p.batchSize, epochs=p.epochs,
-                           input_size=p.inputSize, lora_rank=p.loraRank, freeze_encoder=p.freezeEncoder)
+                           output=self._folder(p.outputFolder, "output folder"),
+                           model=base_model_source(p.baseModel, p.baseModelFile), loss=p.loss, lr=p.learningRate,
+                           batch_size=p.batchSize, epochs=p.epochs, input_size=(p.inputHeight, p.inputWidth),
+                           lora_rank=p.loraRank, freeze_encoder=p.freezeEncoder)
 
-    def startSynth(self, p, onLine=None, onFinished=None):
+    def startSynth(self, p, onProgress=None, onFinished=None):
+        self._requirements()
         from SurgicalDepthTrainingLib.slicer_helpers import synth_command
-        root = self._folder(p.datasetRoot, "dataset folder")
-        return self.start(synth_command(self.pythonExecutable(), root, frames=p.synthFrames), onLine, onFinished)
+        return self.start(synth_command(self.pythonExecutable(), self._folder(p.datasetRoot, "dataset folder"),
+                                        frames=p.synthFrames), onProgress, onFinished)
 
-    def startTraining(self, p, onLine=None, onFinished=None):
+    def startTraining(self, p, onProgress=None, onFinished=None):
+        self._requirements()
         from SurgicalDepthTrainingLib.slicer_helpers import train_command
-        args = train_command(self.pythonExecutable(), self.recipe(p), n_gpus=p.gpus)
-        return self.start(args, onLine, onFinished)
+        return self.start(train_command(self.pythonExecutable(), self.recipe(p), n_gpus=p.gpus), onProgress, onFinished)
 
-    def startEvaluation(self, p, onLine=None, onFinished=None) -> str:
-        """Starts ``surgical-depth evaluate``; returns the path of the JSON report it will write."""
-        from SurgicalDepthTrainingLib.slicer_helpers import evaluate_command
-        report = str(Path(self._folder(p.outputFolder, "output folder")) / "evaluation.json")
-        args = evaluate_command(self.pythonExecutable(), p.dataset, self._folder(p.datasetRoot, "dataset folder"),
-                                p.baseModel.strip() or "default", report, p.alignment)
-        self.start(args, onLine, onFinished)
-        return report
+    def startEvaluation(self, p, onProgress=None, onFinished=None) -> dict:
+        """Starts ``surgical-depth evaluate``; returns (and keeps in ``outputs``) the files it writes: ``{"report":
+        JSON, "figure": qualitative PNG}`` in the output folder."""
+        self._requirements()
+        from SurgicalDepthTrainingLib.slicer_helpers import base_model_source, evaluate_command
+        out = Path(self._folder(p.outputFolder, "output folder"))
+        out.mkdir(parents=True, exist_ok=True)
+        self.outputs = {"report": str(out / "evaluation.json"), "figure": str(out / "qualitative.png")}
+        self.start(evaluate_command(self.pythonExecutable(), p.dataset, self._folder(p.datasetRoot, "dataset folder"),
+                                    base_model_source(p.baseModel, p.baseModelFile), self.outputs["report"],
+                                    p.alignment, figure=self.outputs["figure"]), onProgress, onFinished)
+        return self.outputs
 
-    def start(self, args: list, onLine: Optional[Callable] = None, onFinished: Optional[Callable] = None):
-        """Run ``args`` as a ``qt.QProcess`` with both Lib packages on ``PYTHONPATH``; ``onLine(text)`` gets each
-        output line, ``onFinished(exitCode, lastLines)`` the end. Returns the process (its signals arrive on the
-        main thread, so the callbacks may touch MRML and the GUI)."""
-        from SurgicalDepthTrainingLib.slicer_helpers import pythonpath_with
-        if self.isRunning():
-            raise RuntimeError("a surgical-depth process is already running; cancel it first")
-        slicer.util.getModuleLogic("SurgicalDepth").setupPythonRequirements(askConfirmation=True)
+    def start(self, args: list, onProgress: Optional[Callable] = None, onFinished: Optional[Callable] = None):
+        """Run ``args`` (a ``--progress jsonl`` command line) as a ``qt.QProcess`` with both Lib packages on
+        ``PYTHONPATH``: stdout lines feed ``self.tracker`` (then ``onProgress(tracker)``), stderr lines ``self.log``;
+        ``onFinished(outcome)`` gets "finished", "failed" or "cancelled". Signals arrive on the main thread."""
+        from SurgicalDepthTrainingLib.slicer_helpers import (LineBuffer, ProgressTracker, command_name,
+                                                             pythonpath_with, run_outcome)
+        if self._process is not None:
+            raise RuntimeError("a surgical-depth process is still running; cancel it first")
         import SurgicalDepthLib
         import SurgicalDepthTrainingLib
         libDirs = [Path(m.__file__).resolve().parent.parent for m in (SurgicalDepthLib, SurgicalDepthTrainingLib)]
         env = qt.QProcessEnvironment.systemEnvironment()
         env.insert("PYTHONPATH", pythonpath_with(libDirs, env.value("PYTHONPATH")))
         env.insert("PYTHONUNBUFFERED", "1")  # progress lines arrive as they are printed
-        process, self._lines, pending = qt.QProcess(), [], [""]
+        process, out, err = qt.QProcess(), LineBuffer(), LineBuffer(carriage_return=True)
+        self.tracker, self.log, self._cancelled, self.exitCode = ProgressTracker(command_name(args)), [], False, None
         process.setProcessEnvironment(env)
-        process.setProcessChannelMode(qt.QProcess.MergedChannels)
 
-        def readOutput():
-            text = pending[0] + process.readAllStandardOutput().data().decode("utf-8", "replace")
-            *lines, pending[0] = text.replace("\r", "\n").split("\n")
-            for line in filter(None, lines):
-                self._lines = (self._lines + [line])[-200:]
-                if onLine is not None:
-                    onLine(line)
+        def readOutput(final: bool = False):
+            for line in out.feed(process.readAllStandardOutput().data().decode("utf-8", "replace"), final):
+                if self.tracker.feed(line) is not None and onProgress is not None:
+                    onProgress(self.tracker)
+
+        def readErrors(final: bool = False):
+            lines = err.feed(process.readAllStandardError().data().decode("utf-8", "replace"), final)
+            self.log = (self.log + [ln for ln in lines if ln.strip()])[-200:]
 
         def finished(exitCode, exitStatus):
-            readOutput()
-            self._process = None
+            readOutput(final=True)
+            readErrors(final=True)
+            self._process, self.exitCode = None, int(exitCode)
             if onFinished is not None:
-                onFinished(int(exitCode), list(self._lines))
+                onFinished(run_outcome(int(exitCode), exitStatus == qt.QProcess.CrashExit, self._cancelled))
 
         process.connect("readyReadStandardOutput()", readOutput)
+        process.connect("readyReadStandardError()", readErrors)
         process.connect("finished(int,QProcess::ExitStatus)", finished)
         process.start(args[0], args[1:])
         if not process.waitForStarted(10000):
@@ -260,90 +278,89 @@ class SurgicalDepthTrainingLogic(ScriptedLoadableModuleLogic):
         self._process = process
         return process
 
-    def isRunning(self) -> bool:
-        return self._process is not None
-
     def wait(self, timeoutSec: float = 3600.0) -> int:
-        """Block until the running process ends (console and tests); returns its exit code."""
+        """Block until the running process ends (Python console and tests only: it freezes the GUI); returns its
+        exit code. On timeout the process is killed and TimeoutError raised."""
         process = self._process
         if process is None:
             raise RuntimeError("no surgical-depth process is running")
         if not process.waitForFinished(int(timeoutSec * 1000)):
-            self.cancel()
+            self._cancelled = True
+            process.kill()
+            process.waitForFinished(KILL_GRACE_MS)
+            slicer.app.processEvents()
             raise TimeoutError(f"the process did not finish within {timeoutSec} s")
         slicer.app.processEvents()  # deliver the finished() signal
         return process.exitCode()
 
     def cancel(self) -> None:
-        """Stop the running process: SIGTERM (torchrun forwards it to its workers), then kill after 5 s."""
+        """Stop the running process without blocking the GUI: terminate() (SIGTERM; torchrun forwards it to its
+        workers), then kill() after KILL_GRACE_MS if it still runs. Its finished signal reports "cancelled"."""
         process = self._process
         if process is None:
             return
+        self._cancelled = True
         process.terminate()
-        if not process.waitForFinished(5000):
-            process.kill()
-            process.waitForFinished(5000)
-        self._process = None
+        qt.QTimer.singleShot(KILL_GRACE_MS, lambda: process.state() == qt.QProcess.NotRunning or process.kill())
 
-    def showResults(self, folder: str, report: Optional[str] = None) -> dict:
-        """Load a training/evaluation output folder: metrics of ``report`` (JSON of ``surgical-depth evaluate``)
-        as a vtkMRMLTableNode (and ``"metrics"`` rows for the panel), the per-epoch history CSV as a plot of loss
-        and AbsRel, and the qualitative figure PNG as an image volume. Returns the created nodes by kind."""
+    def showResults(self, folder: Optional[str], report: Optional[str] = None, figure: Optional[str] = None) -> dict:
+        """Show the metrics of ``report`` (evaluation JSON) as a vtkMRMLTableNode (and ``"metrics"`` rows), ``log.csv``
+        of ``folder`` as a loss / AbsRel plot, ``figure`` (else ``folder``'s newest PNG) as an image. Returns nodes."""
         from SurgicalDepthTrainingLib.slicer_helpers import find_figure, find_history, metric_rows
         nodes: dict = {}
         if report and Path(report).is_file():
             rows = metric_rows(json.loads(Path(report).read_text()))
             nodes["metrics"] = rows
             nodes["metricsTable"] = self._metricsTable(rows)
-        history = find_history(folder)
+        history = find_history(folder) if folder else None
         if history is not None:
             nodes.update(self.plotHistory(history))
-        figure = find_figure(folder)
+        figure = figure if figure and Path(figure).is_file() else (find_figure(folder) if folder else None)
         if figure is not None:
             nodes["figure"] = slicer.util.loadVolume(str(figure), {"singleFile": True, "show": False})
+            if not slicer.app.commandOptions().noMainWindow:
+                slicer.util.setSliceViewerLayers(background=nodes["figure"], fit=True)
         if not nodes:
-            raise FileNotFoundError(f"no evaluation report, history CSV or figure found in {folder}")
+            raise FileNotFoundError(f"no evaluation report, log.csv or figure found in {folder or report}")
         return nodes
 
     @staticmethod
     def _metricsTable(rows):
         table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "SurgicalDepth metrics")
-        for i, name in enumerate(("metric", "value")):
-            column = table.AddColumn()
-            column.SetName(name)
-            for j, row in enumerate(rows):
-                if i == 0:
-                    table.AddEmptyRow()
-                table.SetCellText(j, i, row[i])
+        for name in ("metric", "value"):
+            table.AddColumn().SetName(name)
+        for j, row in enumerate(rows):
+            table.AddEmptyRow()
+            for i, text in enumerate(row):
+                table.SetCellText(j, i, text)
         return table
 
     def plotHistory(self, csvPath) -> dict:
-        """Per-epoch history CSV → vtkMRMLTableNode + one vtkMRMLPlotSeriesNode per loss/AbsRel column in a
-        vtkMRMLPlotChartNode (shown in the layout when there is a main window)."""
+        """Training ``log.csv`` → per loss / AbsRel column a vtkMRMLTableNode of its (step, value) rows that have a
+        value and a vtkMRMLPlotSeriesNode, in one vtkMRMLPlotChartNode (shown when there is a main window)."""
         import numpy as np
-        from SurgicalDepthTrainingLib.slicer_helpers import plot_columns, read_history_csv
-        history = read_history_csv(csvPath)
-        x, ys = plot_columns(history)
-        if not ys:
-            raise ValueError(f"{csvPath}: no loss or abs_rel column to plot; columns: {sorted(history)}")
-        names = ([x] if x else []) + ys
-        table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "SurgicalDepth training history")
-        slicer.util.updateTableFromArray(table, [np.asarray(history[n], dtype=np.float64) for n in names], names)
+        from SurgicalDepthTrainingLib.slicer_helpers import plot_series, read_history_csv
+        series = plot_series(read_history_csv(csvPath))
+        if not series:
+            raise ValueError(f"{csvPath}: no loss or abs_rel values to plot")
         chart = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotChartNode", "SurgicalDepth training")
-        chart.SetXAxisTitle(x or "row")
-        series = []
-        for name in ys:
+        chart.SetXAxisTitle(series[0][1])
+        nodes = {"chart": chart, "tables": [], "series": []}
+        for name, x, xs, ys in series:
+            table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", f"SurgicalDepth {name}")
+            slicer.util.updateTableFromArray(table, [np.asarray(xs, np.float64), np.asarray(ys, np.float64)], [x, name])
             s = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", name)
             s.SetAndObserveTableNodeID(table.GetID())
-            s.SetXColumnName(x or "")
+            s.SetXColumnName(x)
             s.SetYColumnName(name)
             s.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
             s.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle)
             chart.AddAndObservePlotSeriesNodeID(s.GetID())
-            series.append(s)
+            nodes["tables"] += [table]
+            nodes["series"] += [s]
         if not slicer.app.commandOptions().noMainWindow:
             slicer.modules.plots.logic().ShowChartInLayout(chart)
-        return {"historyTable": table, "chart": chart, "series": series}
+        return nodes
 
 
 class SurgicalDepthTrainingTest(ScriptedLoadableModuleTest):
@@ -359,23 +376,24 @@ class SurgicalDepthTrainingTest(ScriptedLoadableModuleTest):
 
     def test_history_plot(self):
         folder = Path(slicer.util.tempDirectory("SurgicalDepthTrainingTest"))
-        (folder / "history.csv").write_text("epoch,train_loss,val_abs_rel\n1,0.5,0.30\n2,0.4,0.25\n3,0.3,0.20\n")
-        nodes = SurgicalDepthTrainingLogic().showResults(str(folder))
-        self.assertEqual(nodes["chart"].GetNumberOfPlotSeriesNodes(), 2)
-        self.assertEqual(nodes["historyTable"].GetNumberOfRows(), 3)
-        self.assertAlmostEqual(float(slicer.util.arrayFromTableColumn(nodes["historyTable"], "val_abs_rel")[2]), 0.2)
+        (folder / "log.csv").write_text("epoch,step,loss,val_abs_rel,val_a1,lr\n0,0,nan,0.30,0.5,3e-05\n"
+                                        "0,50,0.4,,,2e-05\n1,100,0.3,0.20,0.7,1e-05\n")
+        loss, absRel = SurgicalDepthTrainingLogic().showResults(str(folder))["tables"]
+        self.assertEqual((loss.GetNumberOfRows(), absRel.GetNumberOfRows()), (2, 2))  # NaN / empty cells dropped
+        self.assertAlmostEqual(float(slicer.util.arrayFromTableColumn(absRel, "step")[1]), 100.0)
 
     def test_evaluate_synthetic(self):
         import SurgicalDepthTrainingLib as sdt
         root = Path(slicer.util.tempDirectory("SurgicalDepthTrainingData"))
         sdt.write_synthetic(sdt.render_clip("colon", n_frames=3, seed=2, height=56, width=70), root / "seq_0000",
                             {"organ": "colon", "seed": 2, "generator": {"organ": "colon", "seed": 2}})
-        p = SurgicalDepthTrainingLogic().getParameterNode()
+        logic, outcomes = SurgicalDepthTrainingLogic(), []
+        p = logic.getParameterNode()
         p.dataset, p.datasetRoot, p.outputFolder = "synthetic", root, root / "out"
-        (root / "out").mkdir(exist_ok=True)
-        logic, done = SurgicalDepthTrainingLogic(), []
-        report = logic.startEvaluation(p, onFinished=lambda code, lines: done.append((code, lines)))
+        paths = logic.startEvaluation(p, onFinished=outcomes.append)
         self.assertEqual(logic.wait(600), 0)
-        nodes = logic.showResults(str(root / "out"), report)
+        self.assertEqual((outcomes, logic.tracker.percent), (["finished"], 100))
+        nodes = logic.showResults(None, **paths)
         self.assertEqual([name for name, _value in nodes["metrics"]][:3], ["abs_rel", "sq_rel", "rmse"])
         self.assertEqual(nodes["metricsTable"].GetNumberOfRows(), len(nodes["metrics"]))
+        self.assertIsNotNone(nodes["figure"].GetImageData())

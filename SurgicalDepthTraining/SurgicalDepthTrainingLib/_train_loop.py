@@ -17,6 +17,8 @@ from .semi import SemiTerm, capture_features
 
 logger = logging.getLogger(__name__)
 
+LOSS_WINDOW = 20  # log.csv's loss column and the resume state: the last 20 optimizer steps
+
 
 @dataclass
 class TrainState:
@@ -27,6 +29,21 @@ class TrainState:
     step_in_epoch: int = 0
     best_abs_rel: float = float("inf")
     losses: list[float] = field(default_factory=list)
+
+
+def poly_schedule(total: int, warmup: int = 0) -> Callable[[int], float]:
+    """LR factor of optimizer step ``step``: linear warm-up over ``warmup`` steps, then the poly decay
+    ``(1 - step/total)^0.9`` of DA-V2's ``metric_depth/train.py``."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, 1.0 - step / total) ** 0.9
+    return factor
+
+
+def recent_loss(losses: list[float]) -> float:
+    """Mean loss of the last :data:`LOSS_WINDOW` optimizer steps (NaN before the first step)."""
+    return float(np.mean(losses[-LOSS_WINDOW:])) if losses else float("nan")
 
 
 def depth_target(batch: dict[str, torch.Tensor], output_kind: str) -> tuple[torch.Tensor, torch.Tensor]:

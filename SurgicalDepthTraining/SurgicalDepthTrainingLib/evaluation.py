@@ -12,10 +12,11 @@ the ground truth over the evaluated pixels.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
+from SurgicalDepthLib.progress import ProgressReporter, Stage
 
 from .metrics import METRIC_KEYS, align_prediction, compute_errors, mean_metrics
 
@@ -34,12 +35,14 @@ _NOTES = {
 
 def evaluate_predictions(samples: Iterable[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]], *,
                          alignment: str = "median", pred_kind: str = "depth", min_depth: float | None = None,
-                         max_depth: float | None = None) -> dict[str, Any]:
+                         max_depth: float | None = None,
+                         on_image: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """The report body for given predictions.
 
     Args:
         samples: ``(name, pred [H, W], gt depth [H, W], valid bool [H, W] or None)`` per image.
         alignment, pred_kind, min_depth, max_depth: see :func:`~.metrics.depth_metrics`.
+        on_image: called with each image's ``per_image`` record as soon as it is measured.
     Returns:
         ``{"alignment", "pred_kind", "n_images", "depth_range", "eval_range", "metrics", "per_image", "notes"}``.
     Raises:
@@ -58,6 +61,8 @@ def evaluate_predictions(samples: Iterable[tuple[str, np.ndarray, np.ndarray, np
         m = {**compute_errors(g, depth[used]), "scale": scale, "shift": shift, "n_valid": int(used.sum())}
         lo, hi = min(lo, float(g.min())), max(hi, float(g.max()))
         per_image.append({"name": str(name), **m})
+        if on_image is not None:
+            on_image(per_image[-1])
     if not per_image:
         raise ValueError("evaluate: no images to evaluate")
     return {
@@ -72,11 +77,8 @@ def evaluate_predictions(samples: Iterable[tuple[str, np.ndarray, np.ndarray, np
     }
 
 
-def _predictions(model: Any, dataset: Any, input_size: int | None, batch_size: int,
-                 progress: bool) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]]:
-    from tqdm import tqdm
-
-    indices = tqdm(range(len(dataset)), desc="evaluate", unit="image", disable=not progress)
+def _predictions(model: Any, dataset: Any, input_size: int | None,
+                 batch_size: int) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]]:
     group: list[dict[str, Any]] = []
 
     def flush() -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]]:
@@ -89,7 +91,7 @@ def _predictions(model: Any, dataset: Any, input_size: int | None, batch_size: i
             yield str(sample.get("name", "")), pred, sample["depth"], sample.get("valid")
         group.clear()
 
-    for i in indices:
+    for i in range(len(dataset)):
         group.append(dataset[i])
         if len(group) == batch_size:
             yield from flush()
@@ -97,9 +99,23 @@ def _predictions(model: Any, dataset: Any, input_size: int | None, batch_size: i
         yield from flush()
 
 
+def _stage_updates(stage: Stage) -> Callable[[dict[str, Any]], None]:
+    """``on_image`` callback: one update of ``stage`` per measured image, carrying the running means of AbsRel
+    and δ1 (``abs_rel``, ``a1``) so a progress display can show the score so far."""
+    sums = {"abs_rel": 0.0, "a1": 0.0}
+    count = [0]
+
+    def on_image(record: dict[str, Any]) -> None:
+        count[0] += 1
+        for key in sums:
+            sums[key] += record[key]
+        stage.update(1, **{key: total / count[0] for key, total in sums.items()})
+    return on_image
+
+
 def evaluate(model: Any, dataset: Any, *, alignment: str = "median", input_size: int | None = None,
              min_depth: float | None = None, max_depth: float | None = None, batch_size: int = 1,
-             progress: bool = True) -> dict[str, Any]:
+             progress: ProgressReporter | None = None) -> dict[str, Any]:
     """Predict every image of ``dataset`` with ``model`` and measure it against the ground truth.
 
     Args:
@@ -112,7 +128,8 @@ def evaluate(model: Any, dataset: Any, *, alignment: str = "median", input_size:
         min_depth, max_depth: evaluation range in the dataset's unit; default the dataset's own ``min_depth`` /
             ``max_depth`` attributes when it has them.
         batch_size: images predicted together (equal sizes only; mixed sizes fall back to one by one).
-        progress: show a tqdm bar.
+        progress: where the stage ``"evaluate"`` goes (None = a tqdm bar): one update per image, with the
+            running means ``abs_rel`` and ``a1``.
     Returns:
         the report dict (module docstring).
     """
@@ -122,9 +139,11 @@ def evaluate(model: Any, dataset: Any, *, alignment: str = "median", input_size:
         raise ValueError("evaluate: the dataset is empty")
     min_depth = getattr(dataset, "min_depth", None) if min_depth is None else min_depth
     max_depth = getattr(dataset, "max_depth", None) if max_depth is None else max_depth
-    body = evaluate_predictions(_predictions(model, dataset, input_size, batch_size, progress),
-                                alignment=alignment, pred_kind=model.output_kind, min_depth=min_depth,
-                                max_depth=max_depth)
+    reporter = progress if progress is not None else ProgressReporter("bar")
+    with reporter.stage("evaluate", len(dataset), unit="image") as stage:
+        body = evaluate_predictions(_predictions(model, dataset, input_size, batch_size), alignment=alignment,
+                                    pred_kind=model.output_kind, min_depth=min_depth, max_depth=max_depth,
+                                    on_image=_stage_updates(stage))
     report = {
         "dataset": str(getattr(dataset, "name", type(dataset).__name__)),
         "root": str(getattr(dataset, "root", "")),

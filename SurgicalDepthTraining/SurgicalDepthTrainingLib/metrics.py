@@ -60,12 +60,18 @@ def compute_errors(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     }
 
 
-def _valid_mask(pred: np.ndarray, gt: np.ndarray, mask: Any, min_depth: float | None,
-                max_depth: float | None, pred_must_be_positive: bool) -> np.ndarray:
+def _usable(pred: np.ndarray, pred_must_be_positive: bool) -> np.ndarray:
+    """bool: predictions that can be aligned (finite, and > 0 where the protocol needs it)."""
     with np.errstate(invalid="ignore"):
-        valid = np.isfinite(gt) & (gt > 0) & np.isfinite(pred)
-        if pred_must_be_positive:
-            valid &= pred > 0
+        ok = np.isfinite(pred)
+        return ok & (pred > 0) if pred_must_be_positive else ok
+
+
+def _valid_mask(gt: np.ndarray, mask: Any, min_depth: float | None, max_depth: float | None) -> np.ndarray:
+    """bool: pixels to evaluate — ground truth finite, > 0, inside the range and the mask (whatever the
+    prediction there: a broken prediction is scored, not skipped)."""
+    with np.errstate(invalid="ignore"):
+        valid = np.isfinite(gt) & (gt > 0)
         if min_depth is not None:
             valid &= gt > min_depth
         if max_depth is not None:
@@ -96,7 +102,13 @@ def align_prediction(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None =
     # A disparity <= 0 means "infinitely far": with a depth cap it is evaluated as the cap (monodepth2 clamps
     # predictions to the cap), so a model cannot hide failures behind zeros; without a cap it cannot be scored.
     positive = not (pred_kind == "disparity" and (alignment == "scale_shift" or max_depth is not None))
-    valid = _valid_mask(pred, gt, mask, min_depth, max_depth, positive)
+    evaluated = _valid_mask(gt, mask, min_depth, max_depth)
+    usable = _usable(pred, positive)
+    broken = evaluated & ~usable
+    if broken.any() and max_depth is None:
+        raise ValueError(f"depth_metrics: {int(broken.sum())} of {int(evaluated.sum())} predicted values inside the "
+                         "evaluated pixels are non-finite or <= 0; give max_depth to score them at the depth cap")
+    valid = evaluated & usable  # the alignment is fitted on these
     if not valid.any():
         raise ValueError(f"depth_metrics: no valid pixel (gt finite, > 0, inside ({min_depth}, {max_depth}), "
                          f"inside mask, with a usable prediction) among {gt.size}")
@@ -116,7 +128,8 @@ def align_prediction(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None =
                 depth = depth * scale
     if min_depth is not None or max_depth is not None:
         depth = np.clip(depth, min_depth, max_depth)
-    return depth, valid, float(scale), float(shift)
+    depth[broken] = max_depth  # broken predictions score as the cap (monodepth2 clamps to it), never skipped
+    return depth, evaluated, float(scale), float(shift)
 
 
 def depth_metrics(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = None, *,
@@ -140,17 +153,21 @@ def depth_metrics(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = No
             are ignored, and aligned predictions are clamped to ``[min_depth, max_depth]`` (monodepth2).
     Returns:
         the :data:`METRIC_KEYS` plus ``scale``, ``shift`` (the fitted alignment; shift is in inverse-depth units
-        for scale_shift, 0 otherwise) and ``n_valid`` (pixels evaluated). Pixels where ``pred`` is non-finite are
-        not evaluated; a disparity <= 0 (infinitely far) is evaluated as ``max_depth`` when a cap is given and
-        left out otherwise; a depth <= 0 is left out.
+        for scale_shift, 0 otherwise), ``n_valid`` (pixels evaluated) and ``n_broken`` (evaluated pixels whose
+        prediction is non-finite or <= 0). Every pixel with valid ground truth is evaluated: the alignment is
+        fitted on the usable predictions, and a broken one (non-finite, a depth <= 0, a disparity <= 0 =
+        infinitely far) is scored as ``max_depth``, as monodepth2 clamps predictions to the cap.
     Raises:
-        ValueError: unknown ``alignment``/``pred_kind``, shape mismatch (both shapes quoted), bad range, or no
-            valid pixel.
+        ValueError: unknown ``alignment``/``pred_kind``, shape mismatch (both shapes quoted), bad range, no
+            valid pixel, or broken predictions without a ``max_depth`` to score them.
     """
     depth, valid, scale, shift = align_prediction(pred, gt, mask, alignment=alignment, pred_kind=pred_kind,
                                                   min_depth=min_depth, max_depth=max_depth)
     errors: dict[str, float] = compute_errors(np.asarray(gt, dtype=np.float64)[valid], depth[valid])
-    errors.update(scale=scale, shift=shift, n_valid=int(valid.sum()))
+    raw = np.asarray(pred, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        n_broken = int((valid & ~(np.isfinite(raw) & (raw > 0))).sum())
+    errors.update(scale=scale, shift=shift, n_valid=int(valid.sum()), n_broken=n_broken)
     return errors
 
 

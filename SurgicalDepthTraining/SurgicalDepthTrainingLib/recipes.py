@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from SurgicalDepthLib.progress import ProgressReporter
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +76,14 @@ DEFAULT_RECIPE = dict(
 
 
 def train_default_model(output: str | Path, *, resume: bool = False, max_steps: int | None = None,
-                        n_clips: int | None = None, device: str = "auto") -> Path:
+                        n_clips: int | None = None, device: str = "auto",
+                        progress: ProgressReporter | None = None) -> Path:
     """Reproduce the shipped default model: render the training set (``output/data``), train
     (``output/run``), export the best weights as fp16 safetensors with a model card.
 
     ``max_steps`` and ``n_clips`` shorten the run (tests); the shipped weights use :data:`DEFAULT_RECIPE`
-    unchanged.
+    unchanged. ``progress`` (None = tqdm bars) gets the stages ``"render"`` (one update per clip) and
+    ``"train"`` (see :func:`.training.train`).
     Returns the exported ``output/surgical-depth-default.safetensors``.
     """
     import dataclasses
@@ -96,12 +99,16 @@ def train_default_model(output: str | Path, *, resume: bool = False, max_steps: 
     output = Path(output)
     recipe = DEFAULT_RECIPE
     data = output / "data"
-    log.info("rendering %d training clips into %s", recipe["n_clips"], data)
-    render_training_set(data, n_clips or recipe["n_clips"], recipe["frames_per_clip"], recipe["data_seed"])
+    reporter = progress if progress is not None else ProgressReporter("bar")
+    n = n_clips or recipe["n_clips"]
+    log.info("rendering %d training clips into %s", n, data)
+    with reporter.stage("render", n, unit="clip") as stage:
+        render_training_set(data, n, recipe["frames_per_clip"], recipe["data_seed"],
+                            progress=lambda done: stage.update(done - stage.step))
     options = dict(recipe["train"], root=str(data), output=str(output / "run"), device=device)
     if max_steps is not None:
         options.update(max_steps=max_steps, warmup_steps=min(options["warmup_steps"], max(1, max_steps // 10)))
-    best = train(TrainConfig(**options), resume=resume)
+    best = train(TrainConfig(**options), resume=resume, progress=reporter)
     model = load_model(best, device="cpu")
     model.config = dataclasses.replace(model.config, input_size=recipe["inference_input_size"])
     target = output / "surgical-depth-default.safetensors"

@@ -24,24 +24,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from SurgicalDepthLib._atomic import atomic_path
 from SurgicalDepthLib.configs import check_fields
+from SurgicalDepthLib.progress import ProgressReporter
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from ._train_data import DepthTransform, TransformedDataset, round_to_multiple, split_indices
-from ._train_loop import TrainState, evaluate, train_one_epoch
+from ._train_loop import LOSS_WINDOW, TrainState, evaluate, poly_schedule, recent_loss, train_one_epoch
 from .checkpointing import export_model, load_checkpoint, save_checkpoint, set_rng_state
 from .distributed import DistInfo, barrier, cleanup_distributed, setup_distributed
 from .lora import add_lora
+from .losses import LOSSES
 from .semi import SemiTerm, build_teacher
 
 logger = logging.getLogger(__name__)
 
-LOSS_NAMES = ("l1", "silog", "ssi")
+LOSS_NAMES = tuple(LOSSES)
 _UNUSED_PREFIXES = ("pretrained.mask_token", "depth_head.scratch.refinenet4.resConfUnit1.")
-_LOSS_WINDOW = 20  # the CSV's loss column: mean of the last 20 optimizer steps
 # Fields that may differ when resuming (they do not change the computation up to the stop point).
 _RESUMABLE_CHANGES = {"epochs", "max_steps", "num_workers", "save_every", "log_every", "output", "device"}
 
@@ -186,15 +186,6 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
     return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _poly(total: int, warmup: int = 0):
-    """LR factor: linear warm-up over ``warmup`` steps, then poly decay ``(1 - step/total)^0.9``."""
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, 1.0 - step / total) ** 0.9
-    return factor
-
-
 def _open(name: str, root: str, split: str | None) -> Dataset:
     from .datasets import open_dataset
 
@@ -246,8 +237,8 @@ def _resolve_device(config: TrainConfig, dist_info: DistInfo) -> torch.device:
 
 
 def train(config: TrainConfig, *, train_data: Dataset | None = None, val_data: Dataset | None = None,
-          unlabeled_data: Dataset | None = None, resume: bool = False,
-          stop_after_steps: int | None = None) -> Path:
+          unlabeled_data: Dataset | None = None, resume: bool = False, stop_after_steps: int | None = None,
+          progress: ProgressReporter | None = None) -> Path:
     """Fine-tune as configured and return the best checkpoint (``best.safetensors`` in ``config.output``).
 
     Args:
@@ -256,20 +247,24 @@ def train(config: TrainConfig, *, train_data: Dataset | None = None, val_data: D
         resume: continue from ``config.output/last.pt`` (same configuration apart from length/logging).
         stop_after_steps: stop (after checkpointing) once this many optimizer steps are done in total, as if
             the run had been killed there; ``resume=True`` later continues it exactly.
+        progress: where the stage ``"train"`` goes (None = a tqdm bar): one update per optimizer step with
+            ``loss`` (that step's) and ``lr`` (first parameter group after the step, as in log.csv), plus
+            ``val_abs_rel`` / ``val_a1`` on the step where a validation ran. Only the main process (rank 0) reports.
     Raises:
         FileExistsError: ``output`` already holds a run and ``resume`` is False.
     """
     out = Path(config.output)
     dist_info = setup_distributed()
     try:
-        return _train(config, out, dist_info, train_data, val_data, unlabeled_data, resume, stop_after_steps)
+        reporter = (progress or ProgressReporter("bar")) if dist_info.is_main else ProgressReporter("none")
+        return _train(config, out, dist_info, train_data, val_data, unlabeled_data, resume, stop_after_steps,
+                      reporter)
     finally:
         cleanup_distributed(dist_info)
 
 
-def _train(config, out, dist_info, train_data, val_data, unlabeled_data, resume, stop_after_steps) -> Path:
-    from tqdm import tqdm
-
+def _train(config, out, dist_info, train_data, val_data, unlabeled_data, resume, stop_after_steps,
+           reporter: ProgressReporter) -> Path:
     last_path, best_path, log_path = out / "last.pt", out / "best.safetensors", out / "log.csv"
     if resume and not last_path.is_file():
         raise FileNotFoundError(f"cannot resume: {last_path} does not exist")
@@ -294,7 +289,7 @@ def _train(config, out, dist_info, train_data, val_data, unlabeled_data, resume,
     total = config.max_steps or config.epochs * steps_per_epoch
     epochs = math.ceil(total / steps_per_epoch)
     optimizer = build_optimizer(model, config)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _poly(total, config.warmup_steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_schedule(total, config.warmup_steps))
     state = TrainState()
     # the teacher is built from the start weights, before any resumed state is loaded
     semi = config.unlabeled_dataset is not None or unlabeled_data is not None
@@ -335,7 +330,7 @@ def _train(config, out, dist_info, train_data, val_data, unlabeled_data, resume,
         if dist_info.is_main:
             save_checkpoint(last_path, core, optimizer, scheduler, config_json=config_json, epoch=state.epoch,
                             step=state.step, step_in_epoch=state.step_in_epoch, best_abs_rel=state.best_abs_rel,
-                            recent_losses=state.losses[-_LOSS_WINDOW:])
+                            recent_losses=state.losses[-LOSS_WINDOW:])
             _write_log(log_path, rows)
 
     def validate() -> None:
@@ -343,7 +338,7 @@ def _train(config, out, dist_info, train_data, val_data, unlabeled_data, resume,
             metrics = evaluate(core, DataLoader(val_set, batch_size=config.batch_size,
                                                 num_workers=config.num_workers),
                                output_kind=kind, device=device, **range_kw)
-            rows.append(dict(epoch=state.epoch, step=state.step, loss=_recent(state),
+            rows.append(dict(epoch=state.epoch, step=state.step, loss=recent_loss(state.losses),
                              val_abs_rel=metrics["abs_rel"], val_a1=metrics["a1"], lr=scheduler.get_last_lr()[0]))
             if metrics["abs_rel"] < state.best_abs_rel:
                 state.best_abs_rel = metrics["abs_rel"]
@@ -352,47 +347,42 @@ def _train(config, out, dist_info, train_data, val_data, unlabeled_data, resume,
                 with atomic_path(out / "best.json") as tmp:
                     tmp.write_text(json.dumps({"step": state.step, "epoch": state.epoch, "val": metrics,
                                                "config": json.loads(config_json)}, indent=2))
+            stage.update(0, val_abs_rel=metrics["abs_rel"], val_a1=metrics["a1"])
             logger.info("step %d: val AbsRel %.4f, delta1 %.4f", state.step, metrics["abs_rel"], metrics["a1"])
         barrier(dist_info)
 
-    bar = tqdm(total=total, initial=state.step, desc="train", unit="step", disable=not dist_info.is_main)
-
     def on_step(s: TrainState) -> bool:
-        bar.update(1)
-        bar.set_postfix(loss=f"{s.losses[-1]:.4f}")
+        stage.update(1, loss=s.losses[-1], lr=scheduler.get_last_lr()[0])
         if config.log_every and s.step % config.log_every == 0 and dist_info.is_main:
-            rows.append(dict(epoch=s.epoch, step=s.step, loss=_recent(s), val_abs_rel="", val_a1="",
+            rows.append(dict(epoch=s.epoch, step=s.step, loss=recent_loss(s.losses), val_abs_rel="", val_a1="",
                              lr=scheduler.get_last_lr()[0]))
         if config.save_every and s.step % config.save_every == 0 and s.step < last_step:
             checkpoint()
         return False
 
-    if state.step == 0:  # the start weights' score: the baseline the run must beat
-        validate()
-    stopped = state.step >= last_step
-    while not stopped and state.epoch < epochs:
-        sampler.set_epoch(state.epoch)
-        train_set.epoch = state.epoch
-        order = list(iter(sampler))[:steps_per_epoch * micro][state.step_in_epoch * micro:]
-        loader = DataLoader(Subset(train_set, order), batch_size=config.batch_size, shuffle=False,
-                            num_workers=config.num_workers)
-        stopped = train_one_epoch(model, loader, optimizer, scheduler, state, loss=config.loss, output_kind=kind,
-                                  grad_accum=config.grad_accum, device=device, amp_dtype=amp_dtype,
-                                  clip_grad_norm=config.clip_grad_norm,
-                                  last_step=last_step, semi=semi_term, on_step=on_step)
-        if state.step_in_epoch >= steps_per_epoch:
-            state.epoch, state.step_in_epoch = state.epoch + 1, 0
-            if state.step < total:  # the final validation follows below
-                validate()
-        if stopped or state.step >= total:
-            break
-    bar.close()
-    if state.step >= total:
-        validate()
+    stage = reporter.stage("train", total, unit="step", initial=state.step)
+    with stage:
+        if state.step == 0:  # the start weights' score: the baseline the run must beat
+            validate()
+        stopped = state.step >= last_step
+        while not stopped and state.epoch < epochs:
+            sampler.set_epoch(state.epoch)
+            train_set.epoch = state.epoch
+            order = list(iter(sampler))[:steps_per_epoch * micro][state.step_in_epoch * micro:]
+            loader = DataLoader(Subset(train_set, order), batch_size=config.batch_size, shuffle=False,
+                                num_workers=config.num_workers)
+            stopped = train_one_epoch(model, loader, optimizer, scheduler, state, loss=config.loss,
+                                      output_kind=kind, grad_accum=config.grad_accum, device=device,
+                                      amp_dtype=amp_dtype, clip_grad_norm=config.clip_grad_norm,
+                                      last_step=last_step, semi=semi_term, on_step=on_step)
+            if state.step_in_epoch >= steps_per_epoch:
+                state.epoch, state.step_in_epoch = state.epoch + 1, 0
+                if state.step < total:  # the final validation follows below
+                    validate()
+            if stopped or state.step >= total:
+                break
+        if state.step >= total:
+            validate()
     checkpoint()
     barrier(dist_info)
     return best_path
-
-
-def _recent(state: TrainState) -> float:
-    return float(np.mean(state.losses[-_LOSS_WINDOW:])) if state.losses else float("nan")

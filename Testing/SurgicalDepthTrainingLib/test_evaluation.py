@@ -1,6 +1,7 @@
 """evaluation + reports + the evaluate CLI: exact answers on known predictions, a real tiny model end to end."""
 from __future__ import annotations
 
+import io
 import json
 
 import cv2
@@ -10,6 +11,7 @@ import torch
 from SurgicalDepthLib.cli import main
 from SurgicalDepthLib.model import DepthModel
 from SurgicalDepthLib.configs import make_config
+from SurgicalDepthLib.progress import ProgressReporter
 from SurgicalDepthTrainingLib.evaluation import evaluate, evaluate_predictions
 from SurgicalDepthTrainingLib.metrics import METRIC_KEYS, depth_metrics
 from SurgicalDepthTrainingLib.reports import markdown_table, qualitative_figure, read_report, write_report
@@ -74,7 +76,7 @@ def test_evaluate_predictions_mean_is_mean_of_per_image():
 def test_evaluate_real_tiny_model_report_structure(tmp_path):
     torch.manual_seed(0)
     model = DepthModel(make_config("vitt")).eval()
-    report = evaluate(model, Planes(3), input_size=56, batch_size=2, progress=False)
+    report = evaluate(model, Planes(3), input_size=56, batch_size=2, progress=ProgressReporter("none"))
     assert report["n_images"] == 3 and report["dataset"] == "planes" and report["pred_kind"] == "disparity"
     assert set(METRIC_KEYS) <= set(report["metrics"]) and len(report["per_image"]) == 3
     assert report["eval_range"] == [1e-3, 150.0]
@@ -85,6 +87,19 @@ def test_evaluate_real_tiny_model_report_structure(tmp_path):
     lines = table.splitlines()
     assert lines[0] == "| Model | Metric | planes | c3vd |" and len(lines) == 6
     assert lines[2].startswith("| tiny | AbsRel") and lines[2].endswith("| – |")
+
+
+def test_evaluate_reports_one_progress_update_per_image():
+    """Catches progress per batch (batch_size 2 must still give 3 updates for 3 images) and a running AbsRel that
+    is not the mean the report ends with."""
+    torch.manual_seed(0)
+    stream = io.StringIO()
+    report = evaluate(DepthModel(make_config("vitt")).eval(), Planes(3), input_size=56, batch_size=2,
+                      progress=ProgressReporter("jsonl", stream))
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(e["stage"], e["step"], e["total"]) for e in events] == [("evaluate", i, 3) for i in range(4)]
+    assert events[-1]["abs_rel"] == pytest.approx(report["metrics"]["abs_rel"])
+    assert events[-1]["a1"] == pytest.approx(report["metrics"]["a1"])
 
 
 def test_qualitative_figure(tmp_path):

@@ -64,10 +64,12 @@ def test_disparity_is_inverted_before_median_scaling():
     gt = scene(np.random.default_rng(3))
     with np.errstate(divide="ignore"):
         disp = 250.0 / gt
-    disp[2, 2] = 0.0  # zero disparity: cannot be inverted, excluded
     m = depth_metrics(disp, gt, pred_kind="disparity")
     assert m["abs_rel"] == pytest.approx(0, abs=1e-12) and m["a1"] == 1.0
-    assert m["n_valid"] == gt.size - 7
+    assert m["n_valid"] == gt.size - 6 and m["n_broken"] == 0
+    disp[2, 2] = 0.0  # zero disparity (infinitely far) cannot be scored without a cap: an error, not a skip
+    with pytest.raises(ValueError, match="1 of .* non-finite or <= 0"):
+        depth_metrics(disp, gt, pred_kind="disparity")
 
 
 def test_scale_shift_recovers_affine_disparity_exactly():
@@ -126,5 +128,25 @@ def test_zero_disparity_counts_as_the_cap_not_as_missing():
     capped = depth_metrics(disp, gt, alignment="median", pred_kind="disparity", max_depth=100.0)
     assert capped["n_valid"] == 20
     assert capped["abs_rel"] == pytest.approx(2 * (100.0 - 10.0) / 10.0 / 20)  # scored at the 100 mm cap
-    uncapped = depth_metrics(disp, gt, alignment="median", pred_kind="disparity")
-    assert uncapped["n_valid"] == 18 and uncapped["abs_rel"] == pytest.approx(0.0)
+    assert capped["n_broken"] == 2
+    with pytest.raises(ValueError, match="max_depth"):  # no cap: never silently dropped
+        depth_metrics(disp, gt, alignment="median", pred_kind="disparity")
+
+
+def test_broken_predictions_are_never_rewarded():
+    """Issue #14 case 7: a prediction that is 47 % inf scored AbsRel 0, delta1 1 (the inf pixels were dropped).
+    Catches: non-finite or <= 0 predictions inside the valid mask left out of the metrics."""
+    from SurgicalDepthTrainingLib.metrics import depth_metrics
+
+    rng = np.random.default_rng(5)
+    gt = rng.uniform(10, 80, (20, 30))
+    pred = gt.copy()
+    broken = rng.random(gt.shape) < 0.47
+    pred[broken] = np.inf
+    pred[0, 0], pred[0, 1] = np.nan, -1.0
+    m = depth_metrics(pred, gt, alignment="none", max_depth=100.0)
+    n = int(broken.sum() + (~broken[0, :2]).sum())
+    assert m["n_broken"] == n and m["n_valid"] == gt.size
+    expected = np.where(np.isfinite(pred) & (pred > 0), 0.0, np.abs(100.0 - gt) / gt).mean()
+    assert m["abs_rel"] == pytest.approx(expected) and m["abs_rel"] > 0.3
+    assert m["a1"] < 0.6

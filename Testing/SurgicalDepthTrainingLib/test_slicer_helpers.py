@@ -1,6 +1,7 @@
-"""Tests of SurgicalDepthTrainingLib.slicer_helpers: command lines and progress parsing of the Training module."""
+"""SurgicalDepthTrainingLib.slicer_helpers: command lines, progress lines and history of the Training module."""
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -20,26 +21,41 @@ def test_train_recipe_validation():
     for kw, match in [(dict(dataset="nope"), "dataset must be one of"), (dict(loss="mse"), "loss must be one of"),
                       (dict(root=""), "root folder"), (dict(output="."), "output folder"),
                       (dict(lr=0.0), "lr must be"), (dict(batch_size=0), "batch_size"),
-                      (dict(epochs=0), "epochs"), (dict(input_size=500), "multiple of 14"),
-                      (dict(lora_rank=-1), "lora_rank")]:
+                      (dict(epochs=0), "epochs"), (dict(input_size=(252, 500)), "multiples of 14"),
+                      (dict(input_size=(252,)), "height, width"), (dict(lora_rank=-1), "lora_rank")]:
         with pytest.raises(ValueError, match=match):
             _recipe(**kw)
 
 
 def test_train_command_single_process():
-    cmd = sh.train_command("/slicer/bin/PythonSlicer", _recipe(lr=1e-5, batch_size=8, epochs=3, input_size=266))
+    """Catches a lost ``--progress jsonl`` (the panel would see no progress) and a size passed as one number."""
+    cmd = sh.train_command("/slicer/bin/PythonSlicer", _recipe(model="default", loss="l1", lr=1e-5, batch_size=8,
+                                                               epochs=3, input_size=(252, 392)))
     assert cmd == ["/slicer/bin/PythonSlicer", "-m", "SurgicalDepthTrainingLib", "train", "--dataset", "c3vd",
                    "--root", "/data/c3vd", "--output", "/runs/a", "--model", "default", "--loss", "l1",
-                   "--lr", "1e-05", "--batch-size", "8", "--epochs", "3", "--input-size", "266"]
+                   "--lr", "1e-05", "--batch-size", "8", "--epochs", "3", "--input-size", "252", "392",
+                   "--progress", "jsonl"]
+
+
+def test_train_recipe_leaves_unset_settings_to_the_train_command():
+    """Catches a recipe that restates (and once contradicted: 518 px) the train command's defaults: unset settings
+    are not passed, so TrainConfig's defaults apply."""
+    from SurgicalDepthLib.cli import build_parser
+
+    cmd = sh.train_command("py", _recipe())
+    assert not {"--model", "--loss", "--lr", "--batch-size", "--epochs", "--input-size"} & set(cmd)
+    args = build_parser().parse_args(cmd[3:])
+    assert (args.input_size, args.lr, args.epochs, args.batch_size, args.loss) == (None,) * 5
 
 
 def test_train_command_options_and_torchrun():
     cmd = sh.train_command("py", _recipe(lora_rank=8, freeze_encoder=True), n_gpus=4, resume=True)
     assert cmd[:7] == ["py", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "-m",
                        "SurgicalDepthTrainingLib"]
-    assert cmd[7] == "train"
-    assert cmd[cmd.index("--lora") + 1] == "8" and "--freeze-encoder" in cmd and cmd[-1] == "--resume"
+    assert cmd[7] == "train" and cmd[-2:] == ["--progress", "jsonl"]
+    assert cmd[cmd.index("--lora") + 1] == "8" and "--freeze-encoder" in cmd and "--resume" in cmd
     assert "--lora" not in sh.train_command("py", _recipe())
+    assert sh.command_name(cmd) == "train"
     with pytest.raises(ValueError, match="n_gpus"):
         sh.train_command("py", _recipe(), n_gpus=0)
 
@@ -47,14 +63,18 @@ def test_train_command_options_and_torchrun():
 def test_synth_and_evaluate_commands():
     assert sh.synth_command("py", "/d", frames=12, seed=3, organ="colon") == [
         "py", "-m", "SurgicalDepthTrainingLib", "synth", "--output", "/d", "--frames", "12", "--seed", "3",
-        "--organ", "colon"]
-    assert sh.evaluate_command("py", "scared", "/s", "m.pth", "/o/r.json", "scale_shift") == [
+        "--organ", "colon", "--progress", "jsonl"]
+    assert sh.evaluate_command("py", "scared", "/s", "m.pth", "/o/r.json", "scale_shift", figure="/o/q.png") == [
         "py", "-m", "SurgicalDepthTrainingLib", "evaluate", "--dataset", "scared", "--root", "/s", "--model", "m.pth",
-        "--alignment", "scale_shift", "--output", "/o/r.json"]
+        "--alignment", "scale_shift", "--output", "/o/r.json", "--figure", "/o/q.png", "--progress", "jsonl"]
     with pytest.raises(ValueError, match="alignment"):
         sh.evaluate_command("py", "scared", "/s", "m", "/o.json", "mean")
+    with pytest.raises(ValueError, match="dataset"):
+        sh.evaluate_command("py", "nosuch", "/s", "m", "/o.json")
     with pytest.raises(ValueError, match="frames"):
         sh.synth_command("py", "/d", frames=0)
+    with pytest.raises(ValueError, match="COMMAND"):
+        sh.command_name(["py", "-m", "other", "train"])
 
 
 @pytest.mark.parametrize("which", ["train", "synth", "evaluate"])
@@ -63,13 +83,20 @@ def test_commands_parse_with_the_real_cli(which):
     from SurgicalDepthLib.cli import build_parser
 
     parser = build_parser()
-    commands = parser._subparsers._group_actions[0].choices  # argparse keeps sub-parsers here
-    assert which in commands
-    argv = {"train": sh.train_command("py", _recipe(lora_rank=4, freeze_encoder=True)),
+    argv = {"train": sh.train_command("py", _recipe(lora_rank=4, freeze_encoder=True, input_size=(56, 70),
+                                                    lr=3e-5, loss="ssi")),
             "synth": sh.synth_command("py", "/d", frames=4, seed=1),
-            "evaluate": sh.evaluate_command("py", "c3vd", "/s", "default", "/o.json")}[which]
+            "evaluate": sh.evaluate_command("py", "c3vd", "/s", "default", "/o.json", figure="/q.png")}[which]
     args = parser.parse_args(argv[3:])
-    assert args.command == which
+    assert args.command == which == sh.command_name(argv) and args.progress == "jsonl"
+
+
+def test_base_model_source():
+    assert sh.base_model_source("default", ".") == "default"
+    assert sh.base_model_source("depth-anything-v2-small") == "depth-anything-v2-small"
+    assert sh.base_model_source("file", "/m/best.safetensors") == "/m/best.safetensors"
+    with pytest.raises(ValueError, match="no checkpoint path"):
+        sh.base_model_source("file", ".")  # parameterNodeWrapper's empty Path
 
 
 def test_pythonpath_with():
@@ -78,34 +105,132 @@ def test_pythonpath_with():
     assert sh.pythonpath_with(["/a"], f"/x{sep}/a{sep}") == f"/a{sep}/x"
 
 
+_P = '{"event": "progress", "stage": "train", "step": 3, "total": 10, "loss": 0.5}'
+
+
 @pytest.mark.parametrize("line, expected", [
-    ("epoch 3/10 step 40/120 loss=0.1234 lr=1e-4",
-     {"epoch": 3, "epochs": 10, "step": 40, "steps": 120, "loss": 0.1234, "lr": 1e-4}),
-    ("[train] Epoch: 2/5, train_loss: 0.5, val_abs_rel: 0.21", {"epoch": 2, "epochs": 5, "train_loss": 0.5,
-                                                                "val_abs_rel": 0.21}),
-    ("epoch 1/2 iter 3/4", {"epoch": 1, "epochs": 2, "step": 3, "steps": 4}),
-    ("loading weights", None),
+    (_P, json.loads(_P)),
+    (_P + "\n", json.loads(_P)),
+    ('{"event": "done", "best": "/r/best.safetensors"}', {"event": "done", "best": "/r/best.safetensors"}),
+    ('{"event": "error", "message": "bad --root"}', {"event": "error", "message": "bad --root"}),
+    ('{"event": "progress", "stage": "synth", "step": 0, "total": null}',
+     {"event": "progress", "stage": "synth", "step": 0, "total": None}),
+    ("train:  30%|███       | 3/10 [00:01<00:02, 3.1step/s]" + _P, json.loads(_P)),  # a bar ran into the line
+    ("train:  30%|███       | 3/10 [00:01<00:02, 3.1step/s, loss=0.5]", None),
+    (_P[:25], None),  # a line cut short
+    ("", None),
+    ("epoch 3/10 step 40/120 loss=0.1234", None),  # the old text format: nothing prints it any more
+    ('{"event": "hello"}', None),
+    ("[1, 2]", None),
+    ('{"event": "progress", "stage": "train", "total": 10}', None),  # no step
+    ('{"event": "progress", "stage": "train", "step": true, "total": 10}', None),
+    ('{"event": "progress", "stage": "train", "step": -1, "total": 10}', None),
+    ('{"event": "progress", "step": 1, "total": 10}', None),  # no stage
 ])
 def test_parse_progress_line(line, expected):
+    """Catches non-JSON output (tqdm, logs, partial lines) or malformed events taken for progress."""
     assert sh.parse_progress_line(line) == expected
 
 
-def test_progress_percent():
-    assert sh.progress_percent({"epoch": 1, "epochs": 4, "step": 50, "steps": 100}) == 12
-    assert sh.progress_percent({"epoch": 4, "epochs": 4, "step": 100, "steps": 100}) == 100
-    assert sh.progress_percent({"epoch": 2, "epochs": 4}) == 50  # an epoch line without steps = epoch done
-    assert sh.progress_percent({"epoch": 9, "epochs": 4}) == 100
+def _progress(stage, step, total, **metrics):
+    return json.dumps({"event": "progress", "stage": stage, "step": step, "total": total, **metrics})
 
 
-def test_read_history_csv(tmp_path):
-    path = tmp_path / "history.csv"
-    path.write_text("epoch,train_loss,val_abs_rel\n1,0.5,0.3\n2,0.4,\n")
+def test_progress_percent_of_single_lines():
+    p = json.loads(_progress("train", 50, 100))
+    assert sh.progress_percent(p) == 50
+    assert sh.progress_percent(p, ("render", "train")) == 75  # render counted as finished
+    assert sh.progress_percent(json.loads(_progress("train", 5, None))) == 0  # unknown total
+    assert sh.progress_percent({"event": "done"}) == 100
+    assert sh.progress_percent({"event": "error", "message": "x"}) == 0
+
+
+def _feed(command, lines):
+    tracker = sh.ProgressTracker(command)
+    return tracker, [tracker.feed(line) for line in lines]
+
+
+def test_tracker_skipped_first_stage_does_not_cap_the_percentage():
+    """Catches a plain ``train`` run (no ``render`` stage, which only ``--recipe default`` has) showing 50-100 %
+    or never reaching 100."""
+    _, got = _feed("train", [_progress("train", s, 4) for s in range(5)] + ['{"event": "done"}'])
+    assert got == [0, 25, 50, 75, 100, 100]
+
+
+def test_tracker_weights_stages_and_never_goes_back():
+    """Catches the bar jumping back when a new stage starts at step 0, when a total is unknown, or when a stage
+    repeats."""
+    lines = [_progress("render", 0, 2), _progress("render", 1, 2), _progress("render", 2, 2),
+             _progress("train", 0, 4), _progress("train", 0, None), _progress("train", 2, 4),
+             _progress("render", 0, 2), "not json", _progress("train", 1, 4), _progress("train", 4, 4),
+             '{"event": "done", "best": "b"}']
+    tracker, got = _feed("train", lines)
+    assert got == [0, 25, 50, 50, 50, 75, 75, None, 75, 100, 100]
+    assert tracker.result == {"best": "b"} and tracker.percent == 100
+
+
+def test_tracker_unknown_stage_and_error():
+    tracker, got = _feed("evaluate", [_progress("figure", 1, 2), _progress("evaluate", 1, 2),
+                                      '{"event": "error", "message": "CUDA out of memory"}'])
+    assert got == [0, 50, 50] and tracker.error == "CUDA out of memory" and tracker.result is None
+    with pytest.raises(ValueError, match="command must be one of"):
+        sh.ProgressTracker("nosuch")
+
+
+def test_tracker_status_says_what_happens():
+    """Catches a status text without the stage, step/total, loss or validation AbsRel (and one that keeps the
+    previous stage's metrics)."""
+    tracker, _ = _feed("train", [_progress("render", 1, 2, abs_rel=0.9), _progress("train", 0, 10),
+                                 _progress("train", 0, 10, val_abs_rel=0.25, val_a1=0.6),
+                                 _progress("train", 1, 10, loss=0.1234, lr=3e-5)])
+    status = tracker.status()
+    assert status.startswith("train: 1/10") and "loss 0.1234" in status and "val AbsRel 0.25" in status
+    assert "lr 3e-05" in status and " AbsRel 0.9" not in status
+    assert sh.ProgressTracker("synth").status() == ""
+
+
+def test_run_outcome_and_finish_text():
+    """Catches a cancelled run reported as "failed": a terminated process crashes (Linux) or exits with code 1
+    (Windows kill), and the cancel flag must win."""
+    assert sh.run_outcome(0, False, False) == "finished"
+    assert sh.run_outcome(2, False, False) == sh.run_outcome(0, True, False) == "failed"
+    assert sh.run_outcome(15, True, True) == sh.run_outcome(1, False, True) == sh.run_outcome(0, False, True) \
+        == "cancelled"
+    tracker, _ = _feed("evaluate", ['{"event": "done", "abs_rel": 0.12345, "a1": 0.9, "report": "r.json"}'])
+    assert sh.finish_text("Evaluation", "finished", tracker, 0) == "Evaluation finished: AbsRel 0.1235 · δ1 0.9"
+    assert sh.finish_text("Synthetic data", "finished", sh.ProgressTracker("synth"), 0) == "Synthetic data finished."
+    assert sh.finish_text("Training", "cancelled", tracker, 1) == "Cancelled."
+    failed, _ = _feed("train", ['{"event": "error", "message": "--root x does not exist"}'])
+    assert sh.finish_text("Training", "failed", failed, 2) == "Training failed: --root x does not exist"
+    assert sh.finish_text("Training", "failed", sh.ProgressTracker("train"), 139) == "Training failed: exit code 139"
+
+
+def test_line_buffer_joins_lines_split_between_chunks():
+    """Catches JSON lines lost or broken when the pipe delivers them in pieces."""
+    out = sh.LineBuffer()
+    assert out.feed(_P[:20]) == [] and out.feed(_P[20:] + "\n{\"event\"") == [_P]
+    assert out.feed(': "done"}', final=True) == ['{"event": "done"}']
+    err = sh.LineBuffer(carriage_return=True)
+    assert err.feed("train: 10%\rtrain: 20%\rmessage\n") == ["train: 10%", "train: 20%", "message"]
+
+
+def test_training_log_history_plots_against_steps(tmp_path):
+    """Catches the plot reading a history file training never writes, plotting against epochs (log.csv has
+    rows per validation / --log-every steps), or choking on the empty validation cells."""
+    from SurgicalDepthTrainingLib.training import _write_log
+
+    path = tmp_path / "log.csv"
+    _write_log(path, [dict(epoch=0, step=0, loss=float("nan"), val_abs_rel=0.3, val_a1=0.5, lr=3e-5),
+                      dict(epoch=0, step=50, loss=0.4, val_abs_rel="", val_a1="", lr=2e-5),
+                      dict(epoch=1, step=100, loss=0.3, val_abs_rel=0.2, val_a1=0.7, lr=1e-5)])
     history = sh.read_history_csv(path)
-    assert history["epoch"] == [1.0, 2.0] and history["train_loss"] == [0.5, 0.4]
-    assert history["val_abs_rel"][0] == 0.3 and math.isnan(history["val_abs_rel"][1])
+    assert history["step"] == [0.0, 50.0, 100.0] and math.isnan(history["val_abs_rel"][1])
+    assert sh.plot_columns(history) == ("step", ["loss", "val_abs_rel"])
+    assert sh.plot_series(history) == [("loss", "step", [50.0, 100.0], [0.4, 0.3]),
+                                       ("val_abs_rel", "step", [0.0, 100.0], [0.3, 0.2])]
+    assert sh.plot_columns({"epoch": [1.0], "train_loss": [2.0]}) == ("epoch", ["train_loss"])
+    assert sh.plot_series({"loss": [float("nan")]}) == []
     assert sh.read_history_csv(tmp_path / "missing.csv") == {}
-    assert sh.plot_columns(history) == ("epoch", ["train_loss", "val_abs_rel"])
-    assert sh.plot_columns({"lr": [1.0], "loss": [2.0]}) == (None, ["loss"])
 
 
 def test_metric_rows():
@@ -118,10 +243,13 @@ def test_metric_rows():
 
 def test_find_history_and_figure(tmp_path):
     assert sh.find_history(tmp_path) is None and sh.find_figure(tmp_path) is None
-    (tmp_path / "metrics.csv").write_text("epoch,loss\n")
-    assert sh.find_history(tmp_path).name == "metrics.csv"
     (tmp_path / "history.csv").write_text("epoch,loss\n")
-    assert sh.find_history(tmp_path).name == "history.csv"
+    assert sh.find_history(tmp_path) is None  # training writes log.csv only
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "log.csv").write_text("epoch,step,loss\n")
+    assert sh.find_history(tmp_path) == tmp_path / "run" / "log.csv"  # train --recipe default
+    (tmp_path / "log.csv").write_text("epoch,step,loss\n")
+    assert sh.find_history(tmp_path) == tmp_path / "log.csv"
     (tmp_path / "other.png").write_bytes(b"x")
     assert sh.find_figure(tmp_path).name == "other.png"
     (tmp_path / "qualitative_epoch1.png").write_bytes(b"x")
@@ -131,11 +259,8 @@ def test_find_history_and_figure(tmp_path):
     assert sh.find_figure(tmp_path).name == "qualitative_epoch2.png"
 
 
-def test_last_lines():
-    assert sh.last_lines(["a\n", "", "b", "  ", "c"], 2) == ["b", "c"]
-
-
-def test_dataset_names_equal_the_dataset_registry():
+def test_names_come_from_the_registries():
     import SurgicalDepthTrainingLib as sdt
+    from SurgicalDepthTrainingLib.losses import LOSSES
 
-    assert set(sh.DATASET_NAMES) == set(sdt.list_datasets())
+    assert sh.dataset_names() == tuple(sdt.list_datasets()) and sh.loss_names() == tuple(LOSSES)

@@ -36,6 +36,7 @@ class Planes(torch.utils.data.Dataset):
 
 import copy  # noqa: E402
 import csv  # noqa: E402
+import json  # noqa: E402
 import os  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -112,6 +113,30 @@ def test_kill_and_resume_gives_identical_weights(tmp_path, extra):
         train(tiny(tmp_path, "resumed", **{**extra, "lr": 1e-3}), train_data=data, val_data=val, resume=True)
 
 
+def test_train_progress_per_step_and_resumed_from_the_saved_step(tmp_path):
+    """Catches progress not reported per optimiser step (with loss and lr), validation scores missing from the step
+    that computed them, and a resumed run whose progress restarts at 0 instead of the saved step."""
+    import io
+    import json
+
+    from SurgicalDepthLib.progress import ProgressReporter
+
+    def run(**kw) -> list[dict]:
+        stream = io.StringIO()
+        train(tiny(tmp_path, max_steps=3, batch_size=2), train_data=Planes(4), val_data=Planes(1, offset=9),
+              progress=ProgressReporter("jsonl", stream), **kw)
+        return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+    first, resumed = run(stop_after_steps=1), run(resume=True)
+    assert {(e["stage"], e["total"]) for e in first + resumed} == {("train", 3)}
+    assert [(e["step"], "loss" in e, "val_abs_rel" in e) for e in first] == [(0, False, False), (0, False, True),
+                                                                           (1, True, False)]
+    assert [e["step"] for e in resumed] == [1, 2, 2, 3, 3]  # 2 steps per epoch: validation at 2 and at the end
+    lrs = [e["lr"] for e in first + resumed if "loss" in e]
+    assert lrs == sorted(lrs, reverse=True) and lrs[0] > 0 and all(e["loss"] > 0 for e in resumed if "loss" in e)
+    assert [e["step"] for e in resumed if "val_abs_rel" in e] == [2, 3]
+
+
 def test_lora_merge_equals_unmerged_forward(tmp_path):
     torch.manual_seed(0)
     model = DepthModel(make_config("vitt")).eval()
@@ -180,6 +205,26 @@ def test_cli_train_bad_root_is_one_line_error(tmp_path, capsys):
     assert rc == 2 and len(err.splitlines()) == 1 and "nope" in err and not (tmp_path / "o").exists()
 
 
+def test_train_cli_defaults_are_train_config_defaults():
+    """Catches the train command keeping its own copies of TrainConfig's defaults: hyper-parameter flags default to
+    None (TrainConfig decides), their help quotes TrainConfig's values, and --loss offers exactly the losses."""
+    import re
+
+    from SurgicalDepthLib.cli import build_parser
+    from SurgicalDepthTrainingLib.commands.train import _CONFIG_FLAGS
+    from SurgicalDepthTrainingLib.losses import LOSSES
+
+    actions = {a.dest: a for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions}
+    config = TrainConfig()
+    for name in (*_CONFIG_FLAGS, "input_size"):
+        assert actions[name].default is None, name
+        quoted = re.search(r"default:? ([^ )]+)", actions[name].help).group(1)
+        expected = config.input_size[0] if name == "input_size" else getattr(config, name)
+        assert (quoted == expected) if isinstance(expected, str) else (float(quoted) == expected), (name, quoted)
+    assert "256 386 -> 252 x 392" in actions["input_size"].help and config.effective_input_size == (252, 392)
+    assert tuple(actions["loss"].choices) == tuple(LOSSES)
+
+
 @pytest.mark.slow
 def test_ddp_two_processes_matches_single_process(tmp_path):
     """torchrun, 2 CPU processes (gloo), batch 1 each == one process with batch 1 and 2 accumulated micro-batches
@@ -187,12 +232,14 @@ def test_ddp_two_processes_matches_single_process(tmp_path):
     which Adam's ~lr·sign(g) first steps amplify for near-zero gradients, so it is not the reference.)"""
     root = write_folder(tmp_path / "data", 10)
     common = ["train", "--dataset", "folder", "--root", str(root), "--input-size", "56", "--max-steps", "3",
-              "--device", "cpu", "--seed", "1", "--no-augment", "--batch-size", "1"]
+              "--device", "cpu", "--seed", "1", "--no-augment", "--batch-size", "1", "--progress", "jsonl"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            "-m", "SurgicalDepthLib.cli", *common, "--output", str(tmp_path / "ddp")]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
+    steps = [json.loads(line)["step"] for line in done.stdout.splitlines() if '"loss"' in line]
+    assert steps == [1, 2, 3]  # only rank 0 reports progress
     config = TrainConfig(dataset="folder", root=str(root), input_size=(56, 56), max_steps=3, device="cpu", seed=1,
                          augment=False, batch_size=1, grad_accum=2, output=str(tmp_path / "single"))
     train(config)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from SurgicalDepthLib.cli import input_size_arg
+from SurgicalDepthLib.cli import input_size_arg, progress_of
 
 
 def register(subparsers) -> None:
@@ -21,16 +21,14 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from ..demo import DemoConfig, run_demo
 
     if args.frames < 2:
         raise ValueError(f"--frames must be >= 2, got {args.frames}")
     config = DemoConfig(output=args.output, model=args.model, frames=args.frames, height=args.size[0],
                         width=args.size[1], seed=args.seed, input_size=args.input_size, device=args.device)
-    with tqdm(total=args.frames, desc="depth", unit="frame") as bar:
-        result = run_demo(config, progress=lambda done, total: bar.update(done - bar.n))
+    with progress_of(args).stage("depth", args.frames, unit="frame") as stage:
+        result = run_demo(config, progress=lambda done, total: stage.update(done - stage.step))
     m = result.metrics
     print(f"model: {result.model}")
     print(f"metrics vs exact ground truth (median scaling, mean of {args.frames} frames): "
@@ -38,4 +36,5 @@ def run(args: argparse.Namespace) -> int:
     for name, path in result.files.items():
         print(f"{name:>12}: {path}")
     print(f"done in {result.seconds:.1f} s")
+    args.result = {"output": str(args.output), "abs_rel": m["abs_rel"], "a1": m["a1"]}
     return 0

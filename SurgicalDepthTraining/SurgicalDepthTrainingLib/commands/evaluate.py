@@ -5,12 +5,14 @@ import argparse
 import logging
 from pathlib import Path
 
-from SurgicalDepthLib.cli import input_size_arg
+from SurgicalDepthLib.cli import input_size_arg, progress_of
 
 logger = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
+    from SurgicalDepthTrainingLib.metrics import ALIGNMENTS
+
     p = subparsers.add_parser("evaluate", help="measure a depth model on a dataset (JSON metrics report)",
                               description="Predict every image of a dataset and compute AbsRel, SqRel, RMSE, "
                                           "RMSE log and delta accuracies per image after per-image alignment "
@@ -20,7 +22,7 @@ def register(subparsers) -> None:
     p.add_argument("--root", required=True, type=Path, help="dataset root folder (or one of its sequences)")
     p.add_argument("--model", default="default",
                    help="model: 'default', a registry name, a checkpoint file or a Hugging Face folder")
-    p.add_argument("--alignment", choices=("median", "scale_shift", "none"), default="median",
+    p.add_argument("--alignment", choices=ALIGNMENTS, default="median",
                    help="per-image alignment before measuring (default median; 'none' for metric models)")
     p.add_argument("--output", required=True, type=Path, help="report file (.json)")
     p.add_argument("--split", default=None, help="dataset split (loader-specific; default everything found)")
@@ -81,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     dataset = open_dataset(args.dataset, args.root, args.split)
     model = sd.load_model(args.model, device=args.device)
     report = evaluate(model, dataset, alignment=args.alignment, input_size=args.input_size,
-                      min_depth=args.min_depth, max_depth=args.max_depth, batch_size=args.batch_size)
+                      min_depth=args.min_depth, max_depth=args.max_depth, batch_size=args.batch_size,
+                      progress=progress_of(args))
     report["dataset"] = args.dataset
     report["root"] = str(args.root)
     report["model"] = args.model
@@ -98,4 +101,6 @@ def run(args: argparse.Namespace) -> int:
     m = report["metrics"]
     print(f"{args.dataset}: {report['n_images']} images, AbsRel {m['abs_rel']:.4f}, delta1 {m['a1']:.4f} "
           f"-> {args.output}")
+    args.result = {"report": str(args.output), "n_images": report["n_images"], "abs_rel": m["abs_rel"],
+                   "a1": m["a1"], **({"figure": str(args.figure)} if args.figure is not None else {})}
     return 0

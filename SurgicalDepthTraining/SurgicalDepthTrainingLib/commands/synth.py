@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Iterator
 from pathlib import Path
+
+from SurgicalDepthLib.cli import progress_of
+from SurgicalDepthLib.progress import Stage
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +40,15 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+def _counted(frames: Iterator, stage: Stage) -> Iterator[dict]:
+    """The frames as dicts; ``stage`` advances once the consumer asks for the next frame, i.e. after it has
+    written the previous one."""
+    for frame in frames:
+        yield frame.as_dict()
+        stage.update()
 
+
+def run(args: argparse.Namespace) -> int:
     from SurgicalDepthTrainingLib.synthetic import SceneConfig, SceneGenerator, write_synthetic
 
     if args.frames < 1:
@@ -51,9 +61,9 @@ def run(args: argparse.Namespace) -> int:
                          fisheye=args.fisheye, noise=args.noise, blur=args.blur, smoke=args.smoke,
                          blood=args.blood)
     generator = SceneGenerator(config)
-    frames = (f.as_dict() for f in tqdm(generator.iter_frames(args.frames), total=args.frames, unit="frame",
-                                        desc=f"synth {args.organ}"))
-    root = write_synthetic(frames, args.output, {"organ": args.organ, "seed": args.seed,
-                                                 "generator": config.to_dict()})
+    with progress_of(args).stage("synth", args.frames, unit="frame", desc=f"synth {args.organ}") as stage:
+        root = write_synthetic(_counted(generator.iter_frames(args.frames), stage), args.output,
+                               {"organ": args.organ, "seed": args.seed, "generator": config.to_dict()})
     print(f"wrote {args.frames} {args.organ} frames to {root}")
+    args.result = {"frames": args.frames, "output": str(root)}
     return 0

@@ -2,10 +2,18 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from pathlib import Path
 
+from SurgicalDepthLib.cli import progress_of
+
 logger = logging.getLogger(__name__)
+
+#: TrainConfig fields set from flags of the same name only when given (argparse default None), so that
+#: TrainConfig's defaults are the only ones; the help texts quote them (Testing checks that they agree).
+_CONFIG_FLAGS = ("val_fraction", "model", "loss", "lr", "decoder_lr_mult", "batch_size", "grad_accum", "epochs",
+                 "seed", "num_workers")
 
 
 def register(subparsers) -> None:
@@ -24,28 +32,28 @@ def register(subparsers) -> None:
     p.add_argument("--split", default=None, help="training split (loader-specific; default everything found)")
     p.add_argument("--val-split", default=None,
                    help="validation split (default: hold out --val-fraction of the training data)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="held-out validation fraction (default 0.1)")
-    p.add_argument("--model", default="random:surgical-depth-tiny",
+    p.add_argument("--val-fraction", type=float, default=None, help="held-out validation fraction (default 0.1)")
+    p.add_argument("--model", default=None,
                    help="start weights: a registry name, checkpoint, HF folder or random:<name> "
                         "(default random:surgical-depth-tiny)")
-    p.add_argument("--loss", choices=("l1", "silog", "ssi"), default="l1", help="training loss (default l1)")
+    p.add_argument("--loss", choices=("l1", "silog", "ssi"), default=None, help="training loss (default l1)")
     p.add_argument("--lora", type=int, default=0, metavar="RANK",
                    help="LoRA rank on attention qkv, encoder otherwise frozen (default 0 = full fine-tuning)")
     p.add_argument("--freeze-encoder", action="store_true", help="train the decoder only")
-    p.add_argument("--epochs", type=int, default=10, help="training epochs (default 10)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 10)")
     p.add_argument("--max-steps", type=int, default=None, help="optimizer steps; overrides --epochs")
-    p.add_argument("--batch-size", type=int, default=16, help="images per process per micro-batch (default 16)")
-    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (default 1)")
-    p.add_argument("--lr", type=float, default=3e-5, help="encoder learning rate (default 3e-5)")
-    p.add_argument("--decoder-lr-mult", type=float, default=10.0, help="decoder lr multiplier (default 10)")
-    p.add_argument("--input-size", type=int, nargs="+", default=[256, 386], metavar="N",
+    p.add_argument("--batch-size", type=int, default=None, help="images per process per micro-batch (default 16)")
+    p.add_argument("--grad-accum", type=int, default=None, help="micro-batches per optimizer step (default 1)")
+    p.add_argument("--lr", type=float, default=None, help="encoder learning rate (default 3e-5)")
+    p.add_argument("--decoder-lr-mult", type=float, default=None, help="decoder lr multiplier (default 10)")
+    p.add_argument("--input-size", type=int, nargs="+", default=None, metavar="N",
                    help="training crop H W (or one value for a square), rounded to multiples of 14 "
                         "(default 256 386 -> 252 x 392)")
     p.add_argument("--no-augment", action="store_true", help="disable flip and colour jitter")
     p.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
                    help="bf16 mixed precision (default auto: on for CUDA GPUs with bf16)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--num-workers", type=int, default=0, help="data loader worker processes (default 0)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    p.add_argument("--num-workers", type=int, default=None, help="data loader worker processes (default 0)")
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps (default auto)")
     p.add_argument("--min-depth", type=float, default=None, help="validation range lower bound (dataset unit)")
     p.add_argument("--max-depth", type=float, default=None, help="validation range upper bound (dataset unit)")
@@ -59,36 +67,51 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _input_size(values: list[int] | None) -> dict:
+    """``--input-size`` (H W, or one value for a square) as TrainConfig keyword arguments ({} when not given)."""
+    if values is None:
+        return {}
+    if len(values) not in (1, 2):
+        raise ValueError(f"--input-size takes H W or one value, got {values}")
+    return {"input_size": tuple(values) * (2 if len(values) == 1 else 1)}
+
+
+def _result(best: Path) -> dict:
+    """Fields of the ``done`` event: the best checkpoint and its validation scores (from ``best.json``)."""
+    info = best.with_name("best.json")
+    val = json.loads(info.read_text()).get("val", {}) if info.is_file() else {}
+    return {"best": str(best), **{f"val_{k}": val[k] for k in ("abs_rel", "a1") if k in val}}
+
+
 def run(args: argparse.Namespace) -> int:
     from SurgicalDepthTrainingLib.training import TrainConfig, train
 
     if args.recipe == "default":
         from SurgicalDepthTrainingLib.recipes import train_default_model
 
-        path = train_default_model(args.output, resume=args.resume, max_steps=args.max_steps, device=args.device)
+        path = train_default_model(args.output, resume=args.resume, max_steps=args.max_steps, device=args.device,
+                                   progress=progress_of(args))
         print(f"default model: {path}")
+        args.result = {"model": str(path)}
         return 0
     if args.dataset is None or args.root is None:
         raise ValueError("--dataset and --root are required (unless --recipe is given)")
-    if len(args.input_size) not in (1, 2):
-        raise ValueError(f"--input-size takes H W or one value, got {args.input_size}")
-    size = tuple(args.input_size) * (2 if len(args.input_size) == 1 else 1)
+    size = _input_size(args.input_size)
     if not args.root.exists():
         raise FileNotFoundError(f"--root {args.root} does not exist")
-    model = args.model
+    model = args.model or ""
     if not model.startswith("random:") and ("/" in model or "\\" in model or Path(model).suffix) \
             and not Path(model).exists():
         raise FileNotFoundError(f"--model {model} does not exist")
+    given = {name: getattr(args, name) for name in _CONFIG_FLAGS if getattr(args, name) is not None}
     config = TrainConfig(
         dataset=args.dataset, root=str(args.root), split=args.split, val_split=args.val_split,
-        val_fraction=args.val_fraction, model=model, loss=args.loss, lr=args.lr,
-        decoder_lr_mult=args.decoder_lr_mult, batch_size=args.batch_size, grad_accum=args.grad_accum,
-        epochs=args.epochs, max_steps=args.max_steps, input_size=size, freeze_encoder=args.freeze_encoder,
-        lora_rank=args.lora, augment=not args.no_augment, amp={"auto": None, "on": True, "off": False}[args.amp],
-        seed=args.seed, num_workers=args.num_workers, device=args.device, output=str(args.output),
-        min_depth=args.min_depth, max_depth=args.max_depth, unlabeled_dataset=args.unlabeled_dataset,
-        unlabeled_root=args.unlabeled_root, teacher=args.teacher, save_every=args.save_every,
-        log_every=args.log_every)
-    best = train(config, resume=args.resume)
+        max_steps=args.max_steps, freeze_encoder=args.freeze_encoder, lora_rank=args.lora,
+        augment=not args.no_augment, amp={"auto": None, "on": True, "off": False}[args.amp], device=args.device,
+        output=str(args.output), min_depth=args.min_depth, max_depth=args.max_depth,
+        unlabeled_dataset=args.unlabeled_dataset, unlabeled_root=args.unlabeled_root, teacher=args.teacher,
+        save_every=args.save_every, log_every=args.log_every, **size, **given)
+    best = train(config, resume=args.resume, progress=progress_of(args))
     print(f"best model: {best}")
+    args.result = _result(best)
     return 0
