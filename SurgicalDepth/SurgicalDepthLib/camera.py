@@ -28,6 +28,8 @@ DISTORTION_MODELS = ("opencv", "fisheye")
 _OPENCV_COEFF_COUNTS = (4, 5, 8, 12, 14)
 #: Horizontal field of view assumed when no intrinsics are known (typical forward-viewing endoscope optics).
 DEFAULT_FOV_DEG = 70.0
+#: allowed focal lengths, as multiples of the longer image side (see ``Intrinsics._check_physical``)
+FOCAL_RANGE = (0.05, 1000.0)
 # Fixed-point iteration of cv2.undistortPoints: the default (5 iterations) leaves ~1e-4 normalised error on
 # strong barrel distortion; iterate to machine precision instead.
 _UNDISTORT_CRITERIA = (3, 100, 1e-14)  # cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS
@@ -84,6 +86,25 @@ class Intrinsics:
         object.__setattr__(self, "width", int(self.width))
         object.__setattr__(self, "height", int(self.height))
         object.__setattr__(self, "distortion", _check_distortion(self.distortion))
+        self._check_physical()
+
+    def _check_physical(self) -> None:
+        """Focal lengths between :data:`FOCAL_RANGE` × the longer image side (a field of view of ~0.06° to ~180°;
+        fisheye lenses included) and the principal point within the image widened by half its size on each side
+        (cropped images): anything else is a unit or typing error that would put points at absurd or infinite
+        coordinates."""
+        side = max(self.width, self.height)
+        lo, hi = FOCAL_RANGE
+        for name in ("fx", "fy"):
+            f = getattr(self, name)
+            if not lo * side <= f <= hi * side:
+                raise ValueError(f"Intrinsics.{name}={f:g} px is not a physical focal length for a "
+                                 f"{self.width}x{self.height} image (expected {lo * side:g} to {hi * side:g} px)")
+        for name, size in (("cx", self.width), ("cy", self.height)):
+            c = getattr(self, name)
+            if not -0.5 * size <= c <= 1.5 * size:
+                raise ValueError(f"Intrinsics.{name}={c:g} px lies far outside the {self.width}x{self.height} "
+                                 f"image (expected {-0.5 * size:g} to {1.5 * size:g} px)")
 
     # ------------------------------------------------------------------ derived values
     @property

@@ -26,15 +26,27 @@ class CheckpointError(ValueError):
 
 
 # -- raw reading ------------------------------------------------------------------------------------------------
+def _torch_reason(exc: Exception) -> str:
+    """The informative part of a ``torch.load`` error, without PyTorch's advice to retry with
+    ``weights_only=False`` (wrong advice for a file that is not trusted)."""
+    text = str(exc)
+    found = re.search(r"(Unsupported global: [^\n]*|unsupported GLOBAL [^\n]*|[^\n]* is blocked[^\n]*)", text)
+    if found:
+        return found.group(1).strip().rstrip(".")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln
+             and "Weights only load failed" not in ln]
+    return lines[0] if lines else type(exc).__name__
+
+
 def _torch_load(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types (UnpicklingError, RuntimeError, EOFError...)
-        text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        text = _torch_reason(exc)
         if re.search(r"Unsupported global|unsupported GLOBAL|is blocked", str(exc)):
             raise CheckpointError(
-                f"{path}: refused to load — the file contains pickled objects that are not plain tensors "
-                f"(torch.load weights_only=True): {text}") from exc
+                f"{path}: refused to load — the file contains pickled objects that are not plain tensors, which "
+                f"could run code (read with torch.load weights_only=True): {text}") from exc
         if not zipfile.is_zipfile(path):
             raise CheckpointError(f"{path}: not a PyTorch checkpoint (not a zip archive; truncated or another "
                                   f"format): {text}") from exc
@@ -103,7 +115,8 @@ def infer_config(state: dict[str, torch.Tensor], *, version: str | None = None, 
     if version is None:
         raise CheckpointError(
             f"{name}: cannot tell Depth Anything V1 from V2 (same shapes, different decoder blocks); pass "
-            "version='v1' or version='v2' (CLI: --version), or use the official file name")
+            "version='v1' or 'v2' to sd.load_model, or give the file its official name (e.g. "
+            "depth_anything_v2_vits.pth or depth_anything_vits14.pth)")
     if head is None:
         head = "metric" if (max_depth is not None or "metric" in name.lower()) else "relative"
     if head == "metric" and max_depth is None:
@@ -189,6 +202,11 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], sou
     if problems:
         raise CheckpointError(f"{source}: does not match {model.config.encoder} {model.config.version}: "
                               + "; ".join(problems))
+    for key, value in state.items():
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(f"{source}: tensor {key} holds {bad} non-finite values (NaN/inf) of "
+                                  f"{value.numel()}; the weights are corrupt (a diverged training run?)")
 
 
 # -- saving -----------------------------------------------------------------------------------------------------

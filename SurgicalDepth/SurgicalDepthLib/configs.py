@@ -7,6 +7,7 @@ Nothing else in the project defines an architecture: every loader, converter and
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,6 +113,16 @@ class ModelConfig:
             raise ValueError(f"input_size={self.input_size} must be a positive multiple of {self.patch_size}")
         if self.metric_unit not in ("m", "mm"):
             raise ValueError(f"metric_unit={self.metric_unit!r} is not one of ('m', 'mm')")
+        if self.max_depth is not None and not (math.isfinite(self.max_depth) and self.max_depth > 0):
+            raise ValueError(f"max_depth={self.max_depth!r} must be a positive finite number")
+        sizes = {"features": (self.features,), "out_channels": self.out_channels,
+                 "patch_size": (self.patch_size,), "pretrain_size": (self.pretrain_size,)}
+        for name, values in sizes.items():
+            if not all(isinstance(v, int) and v > 0 for v in values):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be positive integers")
+        if len(self.mean) != 3 or len(self.std) != 3 or not all(math.isfinite(v) for v in (*self.mean, *self.std)) \
+                or not all(v > 0 for v in self.std):
+            raise ValueError(f"mean={self.mean!r} and std={self.std!r} must be 3 finite values each, std > 0")
         depth = ENCODERS[self.encoder].depth
         if len(self.intermediate_layers) != 4 or not all(0 <= i < depth for i in self.intermediate_layers):
             raise ValueError(

@@ -82,8 +82,14 @@ def cpu_computes_natively(precision: str) -> bool | None:
     return any(bool(probe()) for probe in probes if probe is not None)
 
 
+#: inference backends of ``load_model``; only the PyTorch reference is built into this version
+BACKENDS = ("torch",)
+#: keyword hints ``load_model`` understands (files that do not state their architecture fully)
+HINTS = ("version", "head", "max_depth")
+
+
 def load_model(source: str | os.PathLike = "default", *, device: str | torch.device = "auto",
-               precision: str = "auto", **hints: Any) -> DepthModel:
+               precision: str = "auto", backend: str = "torch", **hints: Any) -> DepthModel:
     """Load a Depth Anything model in eval mode on ``device``.
 
     Args:
@@ -93,8 +99,17 @@ def load_model(source: str | os.PathLike = "default", *, device: str | torch.dev
             a path to an official ``.pth``, a project checkpoint, or a Hugging Face folder.
         device: ``auto|cpu|cuda|cuda:N|mps``.
         precision: ``auto|fp32|fp16|bf16`` (used by ``infer_*`` through autocast).
+        backend: ``"torch"`` (the reference implementation).
         hints: ``version="v1"|"v2"``, ``head="relative"|"metric"``, ``max_depth=`` for files that do not say.
+    Raises:
+        ValueError: an unknown backend or keyword (never silently ignored), a bad device or precision.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend={backend!r} is not available; this version provides {BACKENDS}")
+    unknown = sorted(set(hints) - set(HINTS))
+    if unknown:
+        raise TypeError(f"load_model got unknown keyword argument(s) {unknown}; known: device, precision, backend, "
+                        f"{', '.join(HINTS)}")
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     src = str(source)

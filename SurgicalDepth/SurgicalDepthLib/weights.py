@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -119,6 +120,9 @@ def download(name: str, root: str | os.PathLike | None = None, *, sha256: str | 
         progress: called as ``progress(bytes_done, bytes_total)`` (total 0 when unknown).
     """
     spec = _get_spec(name)
+    if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256.strip()):
+        raise ValueError(f"--sha256 {sha256!r} is not a SHA256 digest (64 hexadecimal digits)")
+    sha256 = sha256.strip() if sha256 is not None else None
     want = (sha256 or "").lower() or spec.sha256
     if spec.sha256 and sha256 and sha256.lower() != spec.sha256:
         raise ValueError(f"--sha256 {sha256} differs from the registry digest {spec.sha256} of {name!r}")
