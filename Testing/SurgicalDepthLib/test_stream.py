@@ -184,3 +184,13 @@ def test_jsonl_error_event_and_exit_code(tmp_path):
     event = _events(result.stdout)[-1]
     assert event["event"] == "error" and "missing.mp4" in event["message"]
     assert "Traceback" not in result.stderr
+
+
+def test_jsonl_error_event_for_usage_errors(tmp_path):
+    """Catches: a command-line usage error (caught by argparse before any command runs) ending a --progress jsonl
+    run without an error event."""
+    result = _cli("predict", str(tmp_path), "--output", str(tmp_path / "o"), "--batch-size", "two",
+                  "--progress", "jsonl")
+    assert result.returncode == 2 and "usage:" in result.stderr
+    (event,) = _events(result.stdout)
+    assert event["event"] == "error" and "--batch-size" in event["message"]

@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import importlib
 import logging
+import os
 import sys
 from importlib.metadata import entry_points
 
@@ -67,10 +68,28 @@ OVERWRITE_HELP = ("replace the outputs of an earlier run in the output folder (e
                   "lists); without it such a folder is refused. Files no run wrote are never overwritten")
 
 
+class _UsageError(Exception):
+    """A command-line usage error, raised instead of argparse's exit so that ``--progress jsonl`` callers also
+    get an ``error`` event for it."""
+
+    def __init__(self, parser: argparse.ArgumentParser, message: str):
+        super().__init__(message)
+        self.parser = parser
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise _UsageError(self, message)
+
+
+def _wants_jsonl(argv: list[str]) -> bool:
+    return "--progress=jsonl" in argv or any(a == "--progress" and b == "jsonl" for a, b in zip(argv, argv[1:]))
+
+
 def build_parser(extra: tuple = ()) -> argparse.ArgumentParser:
     """The full parser. ``extra``: more ``register(subparsers)`` functions (used by ``python -m
     SurgicalDepthTrainingLib``, which works without an installed entry point, e.g. inside 3D Slicer)."""
-    parser = argparse.ArgumentParser(
+    parser = _ArgumentParser(
         prog="surgical-depth",
         description="Monocular depth for surgical video (Depth Anything V1/V2) and 3D reconstruction.",
     )
@@ -93,9 +112,19 @@ def build_parser(extra: tuple = ()) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None, extra: tuple = ()) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(extra)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as exc:  # argparse's own output and exit code, plus the jsonl error event
+        exc.parser.print_usage(sys.stderr)
+        print(f"{exc.parser.prog}: error: {exc}", file=sys.stderr)
+        if _wants_jsonl(argv):
+            ProgressReporter("jsonl", sys.stdout).error(str(exc))
+        return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if os.environ.get("RANK", "0") != "0":  # torchrun: only rank 0 reports progress and the final event
+        args.progress = "none"
     reporter = args.progress_reporter = ProgressReporter(args.progress, sys.stdout)
     # jsonl: stdout is the JSON channel; the command's own messages go to stderr
     quiet = contextlib.redirect_stdout(sys.stderr) if args.progress == "jsonl" else contextlib.nullcontext()
