@@ -23,15 +23,15 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 
 def default_model_path() -> Path:
-    """The shipped default model: ``Resources/Models/`` of the extension (source tree, editable install, Slicer)."""
-    here = Path(__file__).resolve().parent
-    candidates = [here.parents[1] / "Resources" / "Models" / DEFAULT_MODEL_FILE,  # repo: SurgicalDepth/<Lib>
-                  here.parent / "Resources" / "Models" / DEFAULT_MODEL_FILE]      # Slicer install: module dir
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise FileNotFoundError(f"the default model {DEFAULT_MODEL_FILE} was not found in "
-                            f"{', '.join(str(p.parent) for p in candidates)}")
+    """The shipped default model: package data of ``SurgicalDepthLib`` (``resources/``), the one copy in the
+    repository, installed by pip (wheel and sdist) and by the Slicer extension's CMake alike."""
+    from importlib.resources import files
+
+    path = Path(str(files(__package__).joinpath("resources", DEFAULT_MODEL_FILE)))
+    if not path.is_file():
+        raise FileNotFoundError(f"the default model {DEFAULT_MODEL_FILE} is missing from {path.parent}: this "
+                                "installation of SurgicalDepthLib is incomplete (reinstall the package)")
+    return path
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from SurgicalDepthLib import __version__  # one version for the whole distribution (pyproject reads it there)
 
 _EXPORTS: dict[str, str] = {
     # synthetic scenes

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from SurgicalDepthLib import __version__
 from SurgicalDepthLib.progress import ProgressReporter
 
 log = logging.getLogger(__name__)
@@ -115,6 +116,6 @@ def train_default_model(output: str | Path, *, resume: bool = False, max_steps: 
     card = {"name": "surgical-depth-default", "recipe": json.dumps(recipe, default=list),
             "training_data": "procedural synthetic scenes only (colon, stomach, small intestine, surgical field)",
             "output": "relative depth: disparity (larger = nearer), affine-invariant; no metric scale",
-            "license": "Apache-2.0"}
+            "license": "Apache-2.0", "trained_with": f"surgical-depth {__version__}"}
     save_checkpoint(target, model, extra=card, dtype=torch.float16)
     return target

@@ -39,7 +39,7 @@ def test_sha256_registered():
 
 
 def test_default_model_beats_random_weights(frames):
-    model = sd.load_model("default", device="cpu")  # no network: a file in Resources/Models, SHA256-checked
+    model = sd.load_model("default", device="cpu")  # no network: package data (SurgicalDepthLib/resources), SHA256-checked
     assert model.output_kind == "disparity" and model.config.encoder == "vitt"
     assert _abs_rel(model, frames) <= BOUND
     random_model = sd.load_model("random:surgical-depth-tiny", device="cpu")

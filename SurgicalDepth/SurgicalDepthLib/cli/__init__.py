@@ -19,9 +19,10 @@ import os
 import sys
 from importlib.metadata import entry_points
 
+from .. import __version__
 from ..progress import PROGRESS_MODES, ProgressReporter
 
-_CORE_COMMANDS = ("predict", "reconstruct", "download", "stream")
+_CORE_COMMANDS = ("predict", "reconstruct", "download")
 
 
 class CliError(Exception):
@@ -94,6 +95,7 @@ def build_parser(extra: tuple = ()) -> argparse.ArgumentParser:
         description="Monocular depth for surgical video (Depth Anything V1/V2) and 3D reconstruction.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--version", action="version", version=f"surgical-depth {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in _CORE_COMMANDS:
         importlib.import_module(f"{__name__}.{name}").register(subparsers)
