@@ -1,12 +1,12 @@
 """Surgical Depth: monocular depth (Depth Anything V1/V2) and 3D reconstruction of surgical video in 3D Slicer.
 
-Thin glue: all computation is in the Slicer-free ``SurgicalDepthLib``; this file moves data between MRML nodes and
-numpy / vtkPolyData. torch and SurgicalDepthLib are imported inside Logic methods, after the requirements check.
-"""
+Thin glue: the computation is in the Slicer-free ``SurgicalDepthLib`` (imported lazily, after the requirements
+check); this file writes each frame that ``sd.depth_stream`` yields into MRML sequences."""
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
+import qt
 import slicer
 import vtk
 from slicer import vtkMRMLSequenceBrowserNode, vtkMRMLVectorVolumeNode
@@ -23,6 +23,7 @@ REGISTRY_NAMES = ("depth-anything-v2-small", "depth-anything-v2-base", "depth-an
                   "depth-anything-v2-metric-hypersim-small", "depth-anything-v2-metric-vkitti-small")
 #: Slicer colour table for depth colouring: Rainbow runs red (low = near) to purple/blue (high = far).
 DEPTH_COLOR_NODE_ID = "vtkMRMLColorTableNodeRainbow"
+REQUIREMENTS = Path(__file__).resolve().parent / "Resources" / "SurgicalDepthRequirements.txt"
 
 
 class SurgicalDepth(ScriptedLoadableModule):
@@ -34,21 +35,23 @@ class SurgicalDepth(ScriptedLoadableModule):
         self.parent.contributors = ["SurgicalDepth contributors"]
         self.parent.helpText = _(
             "Monocular depth (Depth Anything V1/V2) for surgical video: depth volumes, point clouds, per-frame "
-            "meshes and a fused surface, all synchronised in one sequence browser. Camera frame (x right, y down, "
-            "z forward) maps to RAS as R=-x, A=-z, S=-y, so the default 3D view looks along the endoscope.<br>"
-            "Python console: <code>nodes = slicer.util.getModuleLogic('SurgicalDepth').process('clip.mp4', "
-            "model='default', fuse=True)</code> returns the created nodes (browser, frames, depth, points, meshes, "
-            "poses sequences and the fused surface model).")
+            "meshes and a fused surface with the frames in a new sequence browser and folder per run. Camera "
+            "(x right, y down, z forward) maps to RAS as R=-x, A=-z, S=-y: the 3D view looks along the endoscope."
+            "<br>Python: <code>nodes = slicer.util.getModuleLogic('SurgicalDepth').process('clip.mp4', "
+            "model='default', fuse=True)</code> returns the created nodes.")
         self.parent.acknowledgementText = _("Depth Anything V1/V2 models (Yang et al., 2024); licences: README.")
 
 
+# Literals (SurgicalDepthLib may not be installed yet): pytest checks them against the Lib's shared defaults.
 @parameterNodeWrapper
 class SurgicalDepthParameterNode:
     inputMode: Annotated[str, Choice(["video", "sequence", "volume"])] = "video"
     videoPath: Path
     inputBrowser: vtkMRMLSequenceBrowserNode
     inputVolume: vtkMRMLVectorVolumeNode
-    maxFrames: Annotated[int, WithinRange(0, 100000)] = 0  # 0 = all frames
+    startFrame: Annotated[int, WithinRange(0, 10000000)] = 0
+    frameStride: Annotated[int, WithinRange(1, 10000)] = 1
+    maxFrames: Annotated[int, WithinRange(0, 10000000)] = 0  # 0 = all frames
     modelChoice: Annotated[str, Choice(["default", "file", "registry"])] = "default"
     modelPath: Path
     registryName: Annotated[str, Choice(list(REGISTRY_NAMES))] = "depth-anything-v2-small"
@@ -60,11 +63,12 @@ class SurgicalDepthParameterNode:
     fy: float = 0.0
     cx: float = 0.0
     cy: float = 0.0
-    nearMm: Annotated[float, WithinRange(0.1, 10000.0)] = 10.0
-    farMm: Annotated[float, WithinRange(0.2, 100000.0)] = 150.0
+    nearMm: Annotated[float, WithinRange(0.1, 10000.0)] = 5.0
+    farMm: Annotated[float, WithinRange(0.2, 100000.0)] = 120.0
     pointCloud: bool = True
+    pointBudget: Annotated[int, WithinRange(0, 100000000)] = 200000  # points per frame; 0 = full resolution
     colorByDepth: bool = False
-    depthMesh: bool = True
+    depthMesh: bool = False
     fuse: bool = False
     voxelMm: Annotated[float, WithinRange(0.05, 50.0)] = 1.0
 
@@ -74,6 +78,7 @@ class SurgicalDepthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ScriptedLoadableModuleWidget.__init__(self, parent)
         VTKObservationMixin.__init__(self)
         self.logic = self._parameterNode = self._parameterNodeGuiTag = None
+        self._running = False  # one run at a time: the run buttons are disabled while it lasts
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -91,14 +96,8 @@ class SurgicalDepthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def cleanup(self) -> None:
         self.removeObservers()
 
-    def enter(self) -> None:
-        self.initializeParameterNode()
-
-    def exit(self) -> None:
+    def onSceneStartClose(self, caller=None, event=None) -> None:
         self.setParameterNode(None)  # disconnects the GUI; enter() reconnects
-
-    def onSceneStartClose(self, caller, event) -> None:
-        self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -107,25 +106,44 @@ class SurgicalDepthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
 
+    enter, exit = initializeParameterNode, onSceneStartClose
+
     def setParameterNode(self, inputParameterNode: Optional[SurgicalDepthParameterNode]) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._checkCanApply)
+        self._checkCanApply()
+
+    def _checkCanApply(self, caller=None, event=None) -> None:
+        """Run buttons work when the chosen input is set and no run is going on (one run at a time)."""
+        p = self._parameterNode
+        ready = p is not None and bool({"video": str(p.videoPath) not in ("", "."), "sequence": p.inputBrowser,
+                                        "volume": p.inputVolume}[p.inputMode])
+        self.ui.runCurrentButton.enabled = self.ui.runAllButton.enabled = ready and not self._running
 
     def onRun(self, allFrames: bool) -> None:
-        with slicer.util.tryWithErrorDisplay(_("Depth estimation failed."), waitCursor=True):
-            dialog = slicer.util.createProgressDialog(value=0, maximum=100, labelText=_("Loading the model..."))
-            def progress(fraction: float, text: str) -> bool:
-                dialog.labelText, dialog.value = text, int(100 * fraction)
-                slicer.app.processEvents()  # repaint and let the user press Cancel
-                return not dialog.wasCanceled
-            try:
-                nodes = self.logic.processParameterNode(self._parameterNode, allFrames, progress)
-            finally:
-                dialog.close()
-            self.ui.statusLabel.text = _("Done: {count} frame(s).").format(count=nodes.frameCount)
+        from SurgicalDepthLib.slicer_helpers import Cancelled
+        from SurgicalDepthLib.slicer_run import process_arguments  # the parameter node's choices
+        if self._running:
+            return
+        self._running, self.ui.statusLabel.text = True, ""
+        self._checkCanApply()
+        dialog, progress = SurgicalDepthLogic.progressDialog(_("Loading the model..."))
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Depth estimation failed."), waitCursor=True):
+                try:
+                    nodes = self.logic.process(**process_arguments(self._parameterNode, allFrames), progress=progress)
+                    self.ui.statusLabel.text = _("Done: {count} frame(s).").format(count=nodes.frameCount)
+                except Cancelled:
+                    self.ui.statusLabel.text = _("Cancelled: nothing was added to the scene.")
+        finally:
+            dialog.close()
+            self._running = False
+            self._checkCanApply()
 
 
 class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
@@ -139,219 +157,201 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
         return SurgicalDepthParameterNode(super().getParameterNode())
 
     def setupPythonRequirements(self, askConfirmation: bool = True) -> None:
-        """Install what ``Resources/requirements.txt`` lists and is missing, after asking: torch through
-        SlicerPyTorch when installed (CUDA build matching the driver), the rest with pip. Never at import."""
-        from SurgicalDepthLib.slicer_helpers import missing_requirements, parse_requirements, torch_requirement
-        path = Path(__file__).resolve().parent / "Resources" / "requirements.txt"
-        missing = missing_requirements(parse_requirements(path.read_text()))
-        if missing and (slicer.app.testingEnabled() or askConfirmation and not slicer.util.confirmOkCancelDisplay(
-                _("Surgical Depth needs these Python packages:\n{packages}\nInstall them now?").format(
-                    packages="\n".join(missing)))):
-            raise RuntimeError(f"required Python packages are not installed: {missing}")
-        torch = torch_requirement(missing)
-        if torch is not None and "PyTorchUtils" in slicer.util.moduleNames():
-            slicer.util.getModuleLogic("PyTorchUtils").installTorch(
-                askConfirmation=False, torchVersionRequirement=torch[len("torch"):].strip())
-            missing.remove(torch)
-        for requirement in missing:  # one string per call: what pip_install accepts before Slicer 5.12
-            slicer.util.pip_install(requirement)
+        """Install the missing ``REQUIREMENTS`` (``slicer_helpers.ensure_requirements``); never at import."""
+        import sys
+        from SurgicalDepthLib.slicer_helpers import ensure_requirements, parse_requirements
+        try:
+            import PyTorchUtils  # the SlicerPyTorch extension (EXTENSION_DEPENDS): the torch build for the driver
+        except ModuleNotFoundError:
+            PyTorchUtils = None
+        try:
+            from slicer import packaging as slicerPackaging  # Slicer >= 5.12
+        except ImportError:
+            slicerPackaging = None
+        ensure_requirements(
+            parse_requirements(REQUIREMENTS.read_text()), modules=list(sys.modules), ask=askConfirmation,
+            testing=slicer.app.testingEnabled(), confirm=slicer.util.confirmOkCancelDisplay,
+            restart=slicer.util.restart,
+            install_torch=PyTorchUtils and (lambda spec: PyTorchUtils.PyTorchUtilsLogic().installTorch(
+                askConfirmation=askConfirmation, torchVersionRequirement=spec) is not None),
+            pip_ensure=slicerPackaging and (lambda reqs: slicerPackaging.pip_ensure(
+                reqs, prompt_install=askConfirmation, requester="SurgicalDepth")),
+            pip_install=slicer.util.pip_install)  # given a list: one pip call, one argument per item (Slicer >= 5.8)
+
+    @staticmethod
+    def progressDialog(text: str):
+        """A window-modal progress dialog and its ``progress(fraction, text) -> bool`` (False once cancelled)."""
+        dialog = slicer.util.createProgressDialog(value=0, maximum=100, labelText=text)
+        dialog.setWindowModality(qt.Qt.WindowModal)  # the scene cannot change under a run
+
+        def progress(fraction: float, text: str) -> bool:
+            dialog.labelText, dialog.value = text, int(100 * fraction)
+            slicer.app.processEvents()  # repaint and let the user press Cancel
+            return not dialog.wasCanceled
+        return dialog, progress
 
     def loadModel(self, source: str = "default", device: str = "auto", askDownload: bool = True,
                   precision: str = "auto"):
         """``sd.load_model``, cached; official weights not on disk are downloaded only after the user agrees."""
         self.setupPythonRequirements(askConfirmation=True)
         import SurgicalDepthLib as sd
+        from SurgicalDepthLib.slicer_helpers import download_weights, weights_cached
         key = (str(source), str(device), str(precision))
+        if source in sd.WEIGHTS and key not in self._models and not weights_cached(source):
+            if askDownload and not slicer.util.confirmOkCancelDisplay(_(
+                    "Model {name} is not on this computer. Download the official weights now? Their SHA256 digest is "
+                    "recorded and checked at every later load.").format(name=source)):
+                raise RuntimeError(f"download of model {source!r} was declined")
+            dialog, progress = self.progressDialog(source)
+            try:
+                download_weights(source, progress)  # Cancel stops it and leaves no partial file
+            finally:
+                dialog.close()
         if key not in self._models:
-            if source in sd.WEIGHTS:
-                self._downloadIfNeeded(source, askDownload)
             self._models[key] = sd.load_model(source, device=device, precision=precision)
         return self._models[key]
 
-    def _downloadIfNeeded(self, name: str, ask: bool) -> None:
-        from SurgicalDepthLib.slicer_helpers import format_bytes, weights_cached
-        from SurgicalDepthLib.weights import download
-        if weights_cached(name):
-            return
-        if ask and not slicer.util.confirmOkCancelDisplay(
-                _("Model {name} is not on this computer. Download the official weights now?").format(name=name)):
-            raise RuntimeError(f"download of model {name!r} was declined")
-        dialog = slicer.util.createProgressDialog(value=0, maximum=100, labelText=name)
-        def progress(done: int, total: int) -> None:
-            dialog.value, dialog.labelText = int(100 * done / total) if total else 0, f"{name}: {format_bytes(done)}"
-            slicer.app.processEvents()
-        try:
-            download(name, progress=progress)
-        finally:
-            dialog.close()
-
-    def loadVideo(self, videoPath, maxFrames: int = 0, progress: Optional[Callable] = None):
-        """Decode a video / image folder (``sd.open_frames``) into a sequence of RGB volumes in a new browser."""
-        import SurgicalDepthLib as sd
-        from SurgicalDepthLib.slicer_helpers import sequence_index_values
-        name = slicer.mrmlScene.GenerateUniqueName(Path(str(videoPath)).stem or "video")
-        with sd.open_frames(videoPath, stop=maxFrames or None) as reader:
-            values = sequence_index_values(len(reader), reader.fps)
-            seq = self._frameSequence(name, reader, values, lambda i: progress is None or progress(
-                0.3 * (i + 1) / len(values), _("Decoding frames")))
-        browser = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", name)
-        browser.AddSynchronizedSequenceNode(seq)
-        browser.SetPlaybackRateFps(float(reader.fps or 10.0))
-        return browser
-
-    def _frameSequence(self, name, frames, values, progress=lambda i: True):
-        """Sequence of RGB vector volumes from RGB uint8 [H, W, 3] ``frames`` at index ``values``."""
-        from SurgicalDepthLib.slicer_helpers import image_ijk_to_ras
-        seq, temp = self._newSequence(name + " frames"), None
-        for i, rgb in enumerate(frames):
-            if temp is None:  # one reused node: SetDataNodeAtValue deep-copies it
-                temp = slicer.util.addVolumeFromArray(rgb[None], image_ijk_to_ras(rgb.shape[1], rgb.shape[0]),
-                                                      name="temp", nodeClassName="vtkMRMLVectorVolumeNode")
-            slicer.util.updateVolumeFromArray(temp, rgb[None])
-            seq.SetDataNodeAtValue(temp, values[i])
-            if not progress(i):
-                raise RuntimeError("cancelled by the user")
-        if temp is None:
-            raise ValueError(f"{name}: no frame decoded")
-        slicer.mrmlScene.RemoveNode(temp)
-        return seq
-
-    @staticmethod
-    def _newSequence(name: str):
-        return slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSequenceNode", name)  # index: "time" in "s" by default
-
-    @staticmethod
-    def _rgb(volumeNode):
-        from SurgicalDepthLib.slicer_helpers import rgb_from_volume_array
-        return rgb_from_volume_array(slicer.util.arrayFromVolume(volumeNode), volumeNode.GetName())
-
-    def processParameterNode(self, p, allFrames: bool = True, progress: Optional[Callable] = None):
-        """Run on the inputs chosen in the parameter node (GUI path)."""
-        from SurgicalDepthLib.slicer_helpers import model_source, path_or_none
-        inputs = {"video": dict(videoPath=path_or_none(p.videoPath), maxFrames=p.maxFrames),
-                  "sequence": dict(browser=p.inputBrowser), "volume": dict(volume=p.inputVolume)}[p.inputMode]
-        return self.process(**inputs, model=model_source(p.modelChoice, str(p.modelPath), p.registryName),
-                            device=p.device, precision=p.precision, inputSize=p.inputSize,
-                            calibration=path_or_none(p.calibrationPath), fx=p.fx, fy=p.fy, cx=p.cx, cy=p.cy,
-                            nearMm=p.nearMm, farMm=p.farMm, pointCloud=p.pointCloud, colorByDepth=p.colorByDepth,
-                            depthMesh=p.depthMesh, fuse=p.fuse and allFrames, voxelMm=p.voxelMm, progress=progress,
-                            currentOnly=not allFrames)
-
-    def process(self, videoPath=None, model: str = "default", *, browser=None, volume=None, maxFrames: int = 0,
-                currentOnly: bool = False, device: str = "auto", precision: str = "auto", inputSize: int = 0,
-                intrinsics=None, calibration: Optional[str] = None, fx: float = 0.0, fy: float = 0.0,
-                cx: float = 0.0, cy: float = 0.0, nearMm: float = 10.0, farMm: float = 150.0,
-                pointCloud: bool = True, colorByDepth: bool = False, depthMesh: bool = True, fuse: bool = False,
-                voxelMm: float = 1.0, chunkSize: int = 4, progress: Optional[Callable] = None):
-        """Depth of a video file / image folder (``videoPath``), a sequence ``browser`` or one RGB ``volume``;
-        returns a ``SurgicalDepthNodes`` record of the created nodes (``SurgicalDepthLib.slicer_helpers``).
-
-        Relative (disparity) models are mapped to depth in [nearMm, farMm]; metric ones are used as they are.
-        Camera: ``intrinsics`` (``sd.Intrinsics``), else the ``calibration`` file, else fx/fy/cx/cy (pixels), else
-        a 70 degree field of view. ``progress(fraction, text) -> bool`` (False cancels). Frames are processed in
-        chunks on the main thread with ``processEvents`` between chunks: MRML nodes may only be touched on the main
-        thread, and one chunk of inference is short, so the GUI stays responsive without worker threads.
-        """
+    def process(self, videoPath=None, model="default", *, browser=None, volume=None, startFrame=0, frameStride=1,
+                maxFrames=0, currentOnly=False, device="auto", precision="auto", inputSize=0, intrinsics=None,
+                calibration=None, fx=0.0, fy=0.0, cx=0.0, cy=0.0, nearMm=None, farMm=None, temporal=False,
+                pointCloud=True, pointBudget=200000, colorByDepth=False, depthMesh=None, fuse=False, voxelMm=1.0,
+                memoryBudget: Optional[int] = None, progress: Optional[Callable] = None):
+        """Depth of a video / image folder (``videoPath``), a ``browser`` (its master sequence of RGB volumes) or
+        one RGB ``volume`` into a new browser and subject-hierarchy folder; returns a ``SurgicalDepthNodes``.
+        Frames ``startFrame, startFrame + frameStride, ...`` (<= ``maxFrames``; 0 = all), or with ``currentOnly``
+        the browser's selected item (a video's: the range's first frame). Depth range and field of view default to
+        the CLI's; ``pointBudget`` points per cloud (0 = all); ``depthMesh`` None = for one frame only. Refused
+        before decoding when the outputs need more than ``memoryBudget`` bytes (default: half the free RAM).
+        ``progress(fraction, text) -> bool``: False cancels (``Cancelled``; the run's nodes are removed)."""
         progress = progress or (lambda fraction, text: True)
+        self.setupPythonRequirements(askConfirmation=True)
+        from SurgicalDepthLib import slicer_run as run
+        from SurgicalDepthLib.slicer_helpers import Cancelled, SurgicalDepthNodes, resolve_intrinsics
+        src = (run.video_source(videoPath, startFrame, frameStride, maxFrames, currentOnly) if videoPath is not None
+               and browser is None and volume is None else self._nodeSource(browser, volume, startFrame, frameStride,
+                                                                            maxFrames, currentOnly))
+        kinds = run.output_kinds(src, points=pointCloud, meshes=depthMesh, fuse=fuse)
+        run.check_memory(src, kinds, pointBudget, memoryBudget)  # before decoding anything
+        intr = resolve_intrinsics(src.width, src.height, intrinsics, calibration, (fx, fy, cx, cy))
+        if not progress(0.0, _("Loading the model")):
+            raise Cancelled("cancelled by the user")
         net = self.loadModel(model, device, precision=precision)
-        import SurgicalDepthLib as sd
-        from SurgicalDepthLib.slicer_helpers import (SurgicalDepthNodes, depth_display_range, polydata_to_ras,
-                                                     predict_depth_mm, resolve_intrinsics)
-        with self._removeNewNodesOnError():
-            if volume is not None:  # one frame: a one-item sequence in a new browser, like a video
-                browser = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", volume.GetName())
-                frames = self._frameSequence(volume.GetName(), [self._rgb(volume)], ["0"])
-                browser.AddSynchronizedSequenceNode(frames)
-            elif videoPath is not None:
-                browser = self.loadVideo(videoPath, maxFrames, progress)
-            if browser is None:
-                raise ValueError("process: give videoPath, browser or volume")
-            nodes = SurgicalDepthNodes(browser=browser, frames=browser.GetMasterSequenceNode())
-            count = nodes.frames.GetNumberOfDataNodes()
-            picks = [min(max(0, browser.GetSelectedItemNumber()), count - 1)] if currentOnly else range(count)
-            rgbs = [self._rgb(nodes.frames.GetNthDataNode(i)) for i in picks]
-            values = [nodes.frames.GetNthIndexValue(i) for i in picks]
-            intr = resolve_intrinsics(rgbs[0].shape[1], rgbs[0].shape[0], intrinsics, calibration, (fx, fy, cx, cy))
-            depths = predict_depth_mm(net, rgbs, inputSize, nearMm, farMm, chunkSize, lambda done: progress(
-                0.3 + 0.4 * done / len(rgbs), _("Estimating depth")))
-            if len(depths) < len(rgbs):
-                raise RuntimeError("cancelled by the user")
-            poses = sd.estimate_poses(depths, intr)[0] if fuse else None
-            self._fillSequences(nodes, rgbs, depths, values, intr, poses, pointCloud, depthMesh, progress)
-            if fuse:  # TSDF fusion of all frames with the ICP poses
-                volume = sd.TSDFVolume(voxel_size=voxelMm, truncation=4 * voxelMm)
-                for rgb, depth, pose in zip(rgbs, depths, poses):
-                    volume.integrate(depth, rgb, intr, pose)
-                nodes.fused = slicer.modules.models.logic().AddModel(polydata_to_ras(volume.extract_mesh()))
-                nodes.fused.SetName(slicer.mrmlScene.GenerateUniqueName(browser.GetName() + " fused surface"))
-            self._showResults(nodes, depth_display_range(depths), colorByDepth)
-        nodes.frameCount = len(depths)
+        names = [node.GetName() for node in slicer.util.getNodesByClass("vtkMRMLNode")]
+        name = run.unique_run_name(f"{src.name} depth", names)  # one name per run: no same-named sequences
+        nodes = SurgicalDepthNodes(frames=src.sequence)
+        with self._collectNewNodes(nodes, name):
+            temps = self._newSequences(nodes, name, src, kinds)
+            result = run.run_frames(net, src, intr, kinds, lambda item, outputs: self._store(
+                nodes, temps, src, item, outputs), progress, point_budget=pointBudget, near_mm=nearMm, far_mm=farMm,
+                voxel_mm=voxelMm, temporal=temporal, input_size=inputSize or None)
+            nodes.frameCount = result.frames
+            if result.fused is not None:
+                nodes.fused = slicer.modules.models.logic().AddModel(result.fused)
+                nodes.fused.SetName(f"{name} fused surface")
+            nodes.browser = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", name)
+            for seq in filter(None, (nodes.depth, nodes.frames, nodes.points, nodes.meshes, nodes.poses)):
+                nodes.browser.AddSynchronizedSequenceNode(seq)  # the first added (depth) is the master
+            nodes.browser.SetPlaybackRateFps(float(src.fps / src.items.step) if src.fps else 10.0)
+            self._showResults(nodes, result.display_range, colorByDepth)
         return nodes
 
+    def _nodeSource(self, browser, volume, start, stride, maxFrames, currentOnly):
+        """``FrameSource`` of one RGB volume, or of the selected items of a browser's master sequence (shared)."""
+        from SurgicalDepthLib.slicer_run import array_source, select_frames
+        if volume is not None:
+            ijk = self._ijk(volume)
+            return array_source(volume.GetName(), [slicer.util.arrayFromVolume(volume)], range(1), lambda i: "0",
+                                lambda i: ijk)
+        seq = browser.GetMasterSequenceNode() if browser is not None else None
+        if seq is None or seq.GetDataNodeClassName() != "vtkMRMLVectorVolumeNode":
+            raise ValueError("process: give videoPath, volume or a browser whose master sequence holds RGB vector "
+                             f"volumes (vtkMRMLVectorVolumeNode), not {seq.GetDataNodeClassName() if seq else None}")
+        items = select_frames(seq.GetNumberOfDataNodes(), start, stride, maxFrames,
+                              browser.GetSelectedItemNumber() if currentOnly else None)
+        return array_source(seq.GetName(), [slicer.util.arrayFromVolume(seq.GetNthDataNode(i)) for i in items], items,
+                            seq.GetNthIndexValue, lambda i: self._ijk(seq.GetNthDataNode(i)), sequence=seq)
+
+    @staticmethod
+    def _ijk(volumeNode):
+        from SurgicalDepthLib.slicer_helpers import copy_ijk_to_ras
+        matrix = vtk.vtkMatrix4x4()
+        volumeNode.GetIJKToRASMatrix(matrix)
+        return copy_ijk_to_ras(slicer.util.arrayFromVTKMatrix(matrix))
+
+    @staticmethod
+    def _newSequences(nodes, name, src, kinds) -> dict:
+        """The run's sequences, indexed like the input frames, and the (scene-less) node ``_store`` reuses per kind."""
+        from SurgicalDepthLib.slicer_run import OUTPUT_LABELS
+        ref = src.sequence  # index type 0 = vtkMRMLSequenceNode::NumericIndex
+        index = (ref.GetIndexName(), ref.GetIndexUnit(), ref.GetIndexType()) if ref else (
+            ("time", "s", 0) if src.fps else ("frame", "", 0))
+        for kind in kinds:
+            seq = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSequenceNode", f"{name} {OUTPUT_LABELS[kind]}")
+            seq.SetIndexName(index[0])
+            seq.SetIndexUnit(index[1])
+            seq.SetIndexType(index[2])
+            setattr(nodes, kind, seq)
+        return {"frames": slicer.vtkMRMLVectorVolumeNode(), "depth": slicer.vtkMRMLScalarVolumeNode(),
+                "points": slicer.vtkMRMLModelNode(), "meshes": slicer.vtkMRMLModelNode(),
+                "poses": slicer.vtkMRMLLinearTransformNode()}
+
+    @staticmethod
+    def _store(nodes, temps, src, item, outputs: dict) -> None:
+        """Write one frame's outputs (``slicer_run.frame_outputs``) into the sequences at the item's index value."""
+        value, ijk = src.index_value(item), slicer.util.vtkMatrixFromArray(src.ijk_to_ras(item))
+        for kind, data in outputs.items():
+            node = temps[kind]
+            if kind in ("frames", "depth"):
+                slicer.util.updateVolumeFromArray(node, data)
+                node.SetIJKToRASMatrix(ijk)  # the input frame's geometry: the depth overlay lies on its frame
+            elif kind == "poses":
+                slicer.util.updateTransformMatrixFromArray(node, data)
+            else:
+                node.SetAndObserveMesh(data)
+            getattr(nodes, kind).SetDataNodeAtValue(node, value)
+
     @contextmanager
-    def _removeNewNodesOnError(self):
-        """A failed or cancelled run leaves no partial nodes: remove every node added since entering."""
+    def _collectNewNodes(self, nodes, name: str):
+        """New nodes go into a subject-hierarchy folder ``name``; after an error or a cancel they are all removed."""
         before = {node.GetID() for node in slicer.util.getNodesByClass("vtkMRMLNode")}
+        added = lambda: [n for n in slicer.util.getNodesByClass("vtkMRMLNode") if n.GetID() not in before]  # noqa: E731
         try:
             yield
-        except Exception:
-            for node in slicer.util.getNodesByClass("vtkMRMLNode"):
-                if node.GetID() not in before and node.GetScene() is not None:
+        except BaseException:
+            for node in added():
+                if node.GetScene() is not None:
                     slicer.mrmlScene.RemoveNode(node)
             raise
-
-    def _fillSequences(self, nodes, rgbs, depths, values, intr, poses, pointCloud, depthMesh, progress) -> None:
-        import SurgicalDepthLib as sd
-        from SurgicalDepthLib.slicer_helpers import image_ijk_to_ras, polydata_to_ras, pose_to_ras
-        base = nodes.browser.GetName()
-        tempVolume = slicer.util.addVolumeFromArray(depths[0][None], image_ijk_to_ras(intr.width, intr.height),
-                                                    name="temp")
-        tempModel, tempPose = slicer.vtkMRMLModelNode(), slicer.vtkMRMLLinearTransformNode()
-        nodes.depth = self._newSequence(base + " depth")
-        nodes.points = self._newSequence(base + " points") if pointCloud else None
-        nodes.meshes = self._newSequence(base + " depth mesh") if depthMesh else None
-        nodes.poses = self._newSequence(base + " camera") if poses is not None else None
-        for i, (rgb, depth, value) in enumerate(zip(rgbs, depths, values)):
-            slicer.util.updateVolumeFromArray(tempVolume, depth[None])
-            nodes.depth.SetDataNodeAtValue(tempVolume, value)
-            valid = depth > 0  # predict_depth_mm writes 0 for invalid pixels
-            if nodes.points is not None and valid.any():
-                cloud = sd.to_polydata(sd.backproject(depth, intr, mask=valid), colors=rgb[valid])
-                tempModel.SetAndObserveMesh(polydata_to_ras(cloud))
-                nodes.points.SetDataNodeAtValue(tempModel, value)
-            if nodes.meshes is not None and valid.any():
-                tempModel.SetAndObserveMesh(polydata_to_ras(sd.depth_to_mesh(depth, intr, rgb=rgb)))
-                nodes.meshes.SetDataNodeAtValue(tempModel, value)
-            if poses is not None:
-                slicer.util.updateTransformMatrixFromArray(tempPose, pose_to_ras(poses[i]))
-                nodes.poses.SetDataNodeAtValue(tempPose, value)
-            if not progress(0.7 + 0.25 * (i + 1) / len(depths), _("Building 3D models")):
-                raise RuntimeError("cancelled by the user")
-        slicer.mrmlScene.RemoveNode(tempVolume)
-        for seq in filter(None, (nodes.depth, nodes.points, nodes.meshes, nodes.poses)):
-            nodes.browser.AddSynchronizedSequenceNode(seq)
+        sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+        nodes.folder = sh.CreateFolderItem(sh.GetSceneItemID(), name)
+        for item in filter(None, map(sh.GetItemByDataNode, added())):  # 0 = no item (display nodes, ...)
+            if sh.GetItemParent(item) == sh.GetSceneItemID():
+                sh.SetItemParent(item, nodes.folder)
 
     def _showResults(self, nodes, depthRange, colorByDepth: bool) -> None:
+        from SurgicalDepthLib.slicer_helpers import DEPTH_THRESHOLD_MM
         slicer.modules.sequences.logic().UpdateProxyNodesFromSequences(nodes.browser)
         nodes.proxies = {key: nodes.browser.GetProxyNode(getattr(nodes, key)) for key in
                          ("frames", "depth", "points", "meshes", "poses") if getattr(nodes, key) is not None}
         depthProxy = nodes.proxies["depth"]
         depthProxy.CreateDefaultDisplayNodes()
-        depthProxy.GetDisplayNode().SetAndObserveColorNodeID(DEPTH_COLOR_NODE_ID)
-        depthProxy.GetDisplayNode().SetAutoWindowLevel(False)
-        depthProxy.GetDisplayNode().SetWindowLevelMinMax(*depthRange)
+        d = depthProxy.GetDisplayNode()
+        d.SetAndObserveColorNodeID(DEPTH_COLOR_NODE_ID)
+        d.SetAutoWindowLevel(False)
+        d.SetWindowLevelMinMax(*depthRange)
+        d.SetAutoThreshold(False)
+        d.SetThreshold(*DEPTH_THRESHOLD_MM)
+        d.SetApplyThreshold(True)  # NaN (invalid) fails the threshold: transparent, not drawn as "near"
         for model in filter(None, (nodes.proxies.get("points"), nodes.proxies.get("meshes"))):
             model.CreateDefaultDisplayNodes()
             d = model.GetDisplayNode()
             d.SetPointSize(3)
+            d.SetActiveScalar("Depth" if colorByDepth else "RGB", vtk.vtkAssignAttribute.POINT_DATA)
+            d.SetScalarRangeFlag(slicer.vtkMRMLDisplayNode.UseManualScalarRange if colorByDepth else
+                                 slicer.vtkMRMLDisplayNode.UseDirectMapping)
             if colorByDepth:  # red near -> blue far over the clip's robust depth range
-                d.SetActiveScalar("Depth", vtk.vtkAssignAttribute.POINT_DATA)
                 d.SetAndObserveColorNodeID(DEPTH_COLOR_NODE_ID)
-                d.SetScalarRangeFlag(slicer.vtkMRMLDisplayNode.UseManualScalarRange)
                 d.SetScalarRange(*depthRange)
-            else:
-                d.SetActiveScalar("RGB", vtk.vtkAssignAttribute.POINT_DATA)
-                d.SetScalarRangeFlag(slicer.vtkMRMLDisplayNode.UseDirectMapping)
             d.SetScalarVisibility(True)
             if "poses" in nodes.proxies:
                 model.SetAndObserveTransformNodeID(nodes.proxies["poses"].GetID())
@@ -362,38 +362,30 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
 
 
 class SurgicalDepthTest(ScriptedLoadableModuleTest):
-    """Runs the real logic on a synthetic clip rendered by SurgicalDepthTrainingLib (exact intrinsics)."""
+    """Self-test on one synthetic RGB volume; Testing/Python/SurgicalDepthLogicTest.py (ctest) adds the scenarios
+    (current frame of a browser, clip with stride, cancel). Skipped with a message when packages are missing in
+    testing mode (extension build machines install nothing)."""
 
     def setUp(self):
+        from SurgicalDepthLib.slicer_helpers import MissingRequirements
         slicer.mrmlScene.Clear()
+        try:
+            SurgicalDepthLogic().setupPythonRequirements(askConfirmation=True)
+        except MissingRequirements as exc:
+            self.skipTest(f"Surgical Depth self-test skipped: {exc}")
 
-    def runTest(self):
-        for test in (self.test_video_folder, self.test_single_volume):
-            self.setUp()
-            test()
-
-    def test_video_folder(self):
-        import cv2
-        import SurgicalDepthTrainingLib as sdt
-        clip = sdt.render_clip("colon", n_frames=4, seed=3, height=56, width=70)
-        folder = Path(slicer.util.tempDirectory("SurgicalDepthTest"))
-        for i, frame in enumerate(clip):
-            cv2.imwrite(str(folder / f"{i:03d}.png"), cv2.cvtColor(frame["image"], cv2.COLOR_RGB2BGR))
-        nodes = SurgicalDepthLogic().process(str(folder), inputSize=70, intrinsics=clip[0]["intrinsics"], nearMm=5,
-                                             farMm=80, fuse=True)
-        for seq in (nodes.frames, nodes.depth, nodes.points, nodes.meshes, nodes.poses):
-            self.assertEqual(seq.GetNumberOfDataNodes(), 4)
-        depth = slicer.util.arrayFromVolume(nodes.depth.GetNthDataNode(0))
-        self.assertEqual(depth.shape, (1, 56, 70))
-        self.assertTrue(5 - 1e-3 <= depth.min() and depth.max() <= 80 + 1e-3)  # relative model: [near, far]
-        self.assertEqual(nodes.points.GetNthDataNode(0).GetPolyData().GetNumberOfPoints(), (depth > 0).sum())
-        self.assertGreater(nodes.fused.GetPolyData().GetNumberOfPoints(), 0)
-
-    def test_single_volume(self):
+    def test_volume(self):
+        """One RGB volume: depth with the volume's geometry, NaN (never 0) depth not drawn, cloud <= budget."""
+        import numpy as np
         import SurgicalDepthTrainingLib as sdt
         image = sdt.render_clip("stomach", n_frames=1, seed=1, height=56, width=70)[0]["image"]
-        volume = slicer.util.addVolumeFromArray(image[None], name="frame", nodeClassName="vtkMRMLVectorVolumeNode")
-        nodes = SurgicalDepthLogic().process(volume=volume, inputSize=70, depthMesh=False)
-        self.assertEqual(nodes.depth.GetNumberOfDataNodes(), 1)
-        self.assertIsNone(nodes.meshes)
-        self.assertEqual(nodes.proxies["points"].GetPolyData().GetNumberOfPoints(), 56 * 70)
+        volume = slicer.util.addVolumeFromArray(image[None], np.diag([0.5, 0.5, 2.0, 1.0]), "frame",
+                                                "vtkMRMLVectorVolumeNode")
+        logic = SurgicalDepthLogic()
+        nodes = logic.process(volume=volume, inputSize=70, pointBudget=500)
+        depth = slicer.util.arrayFromVolume(nodes.depth.GetNthDataNode(0))
+        self.assertTrue(depth.shape == (1, 56, 70) and not (depth == 0).any())
+        self.assertTrue(np.allclose(logic._ijk(nodes.depth.GetNthDataNode(0)), logic._ijk(volume)))
+        self.assertTrue(nodes.proxies["depth"].GetDisplayNode().GetApplyThreshold())
+        self.assertLessEqual(nodes.proxies["points"].GetPolyData().GetNumberOfPoints(), 500)
+        self.assertIsNotNone(nodes.meshes)  # one frame: its depth mesh by default

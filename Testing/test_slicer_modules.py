@@ -20,6 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 API = Path(__file__).resolve().parent / "slicer_api"
 MODULES = ("SurgicalDepth", "SurgicalDepthTraining")
 MODULE_FILES = [REPO / m / f"{m}.py" for m in MODULES]
+# Slicer-side test scripts (ctest, outside the modules): the same Slicer API name checks apply
+SLICER_TEST_SCRIPTS = [REPO / "SurgicalDepth" / "Testing" / "Python" / "SurgicalDepthLogicTest.py"]
 LIB_DIRS = [REPO / m / f"{m}Lib" for m in MODULES]
 UTIL_NAMES = set(API.joinpath("slicer_util_names.txt").read_text().split())
 MRML_CLASSES = {ln.strip() for ln in API.joinpath("slicer_mrml_classes.txt").read_text().splitlines()
@@ -104,7 +106,7 @@ def _prop(widget: ET.Element, name: str) -> ET.Element | None:
     return None
 
 
-@pytest.mark.parametrize("path", MODULE_FILES + [d / "slicer_helpers.py" for d in LIB_DIRS],
+@pytest.mark.parametrize("path", MODULE_FILES + SLICER_TEST_SCRIPTS + [d / "slicer_helpers.py" for d in LIB_DIRS],
                          ids=lambda p: p.name if "helpers" not in p.name else p.parent.name + "/slicer_helpers.py")
 def test_files_compile(path, tmp_path):
     py_compile.compile(str(path), cfile=str(tmp_path / "out.pyc"), doraise=True)
@@ -116,7 +118,7 @@ def test_module_files_are_small(path):
     assert n < 400, f"{path.name} has {n} lines; the style guide keeps Slicer modules under 400"
 
 
-@pytest.mark.parametrize("path", MODULE_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", MODULE_FILES + SLICER_TEST_SCRIPTS, ids=lambda p: p.name)
 def test_slicer_util_names_exist(path):
     tree = _tree(path)
     used = set()
@@ -132,7 +134,7 @@ def test_slicer_util_names_exist(path):
     assert not unknown, f"{path.name}: slicer.util has no {unknown}"
 
 
-@pytest.mark.parametrize("path", MODULE_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("path", MODULE_FILES + SLICER_TEST_SCRIPTS, ids=lambda p: p.name)
 def test_mrml_class_names_exist(path):
     tree = _tree(path)
     names = set()
@@ -262,27 +264,111 @@ def test_registry_choices_equal_weights_registry():
     assert names and list(names[0]) == list(sd.WEIGHTS)
 
 
-def test_dataset_choices_equal_helper_list():
-    from SurgicalDepthTrainingLib.slicer_helpers import DATASET_NAMES
-
-    tree = _tree(REPO / "SurgicalDepthTraining" / "SurgicalDepthTraining.py")
-    names = [ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
-             and getattr(n.targets[0], "id", "") == "DATASET_NAMES"]
-    assert names and tuple(names[0]) == DATASET_NAMES
-
-
 def test_choices_match_helper_constants():
     from SurgicalDepthLib.slicer_helpers import DEVICE_CHOICES, MODEL_CHOICES
-    from SurgicalDepthTrainingLib.slicer_helpers import ALIGNMENTS, DATASET_NAMES, LOSSES
 
     sd_fields = _parameter_fields(_tree(REPO / "SurgicalDepth" / "SurgicalDepth.py"))
     assert tuple(_choices(sd_fields["device"])) == DEVICE_CHOICES
     assert tuple(_choices(sd_fields["modelChoice"])) == MODEL_CHOICES
-    tr_tree = _tree(REPO / "SurgicalDepthTraining" / "SurgicalDepthTraining.py")
-    tr_fields = _parameter_fields(tr_tree)
-    assert tuple(_choices(tr_fields["dataset"], _constants(tr_tree))) == DATASET_NAMES
-    assert set(_choices(tr_fields["loss"])) == set(LOSSES)
-    assert tuple(_choices(tr_fields["alignment"])) == ALIGNMENTS
+
+
+# -- SurgicalDepthTraining: its parameter node holds literals (Slicer builds it before torch may be installed) ----
+TRAINING = REPO / "SurgicalDepthTraining" / "SurgicalDepthTraining.py"
+
+
+def _parameter_defaults(tree: ast.Module) -> dict[str, object]:
+    """Literal default values of the ``@parameterNodeWrapper`` fields: name -> value."""
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and any(getattr(d, "id", None) == "parameterNodeWrapper"
+                                                  for d in node.decorator_list):
+            return {s.target.id: ast.literal_eval(s.value) for s in node.body
+                    if isinstance(s, ast.AnnAssign) and s.value is not None}
+    raise AssertionError("no @parameterNodeWrapper class")
+
+
+def _annotation_args(annotation: ast.expr, name: str) -> list | None:
+    """The literal arguments of ``name(...)`` in an ``Annotated[...]`` annotation, or None."""
+    for extra in getattr(annotation.slice, "elts", [])[1:]:
+        if isinstance(extra, ast.Call) and getattr(extra.func, "id", None) == name:
+            return [ast.literal_eval(a) for a in extra.args]
+    return None
+
+
+def test_training_choices_equal_the_registries():
+    """Catches a dataset, loss, alignment or weights name added to (or removed from) a registry but not to the
+    Training panel's choices, which are literals."""
+    import SurgicalDepthLib as sd
+    from SurgicalDepthTrainingLib.datasets import list_datasets
+    from SurgicalDepthTrainingLib.losses import LOSSES
+    from SurgicalDepthTrainingLib.metrics import ALIGNMENTS
+
+    tree = _tree(TRAINING)
+    fields, constants = _parameter_fields(tree), _constants(tree)
+    assert sorted(_choices(fields["dataset"], constants)) == sorted(list_datasets())  # GUI order: synthetic first
+    assert _choices(fields["loss"], constants) == list(LOSSES)
+    assert _choices(fields["alignment"], constants) == list(ALIGNMENTS)
+    assert _choices(fields["baseModel"], constants) == ["default", *sd.WEIGHTS, "file"]
+
+
+def test_training_defaults_equal_train_config():
+    """Catches the panel training with other defaults than ``surgical-depth train`` (it once used 518 px instead
+    of TrainConfig's 256 x 386 -> 252 x 392)."""
+    from SurgicalDepthTrainingLib.training import TrainConfig
+
+    config, defaults = TrainConfig(), _parameter_defaults(_tree(TRAINING))
+    assert (defaults["inputHeight"], defaults["inputWidth"]) == config.effective_input_size
+    assert (defaults["learningRate"], defaults["batchSize"], defaults["epochs"], defaults["loss"]) == \
+        (config.lr, config.batch_size, config.epochs, config.loss)
+
+
+def test_training_spin_boxes_step_in_useful_units():
+    """Catches an input-size spin box that steps by 1 (sizes must be multiples of 14) and a learning-rate box that
+    steps by 0.01 or cannot show 3e-5; the .ui and the parameter annotations (which parameterNodeWrapper applies
+    over the .ui) must agree, and every bound spin box declares the range of its WithinRange."""
+    tree = _tree(TRAINING)
+    fields, defaults = _parameter_fields(tree), _parameter_defaults(tree)
+    boxes = {_prop(w, "SlicerParameterName").findtext("string"): w
+             for w in _ui_widgets("SurgicalDepthTraining").values()
+             if w.get("class") in ("QSpinBox", "QDoubleSpinBox") and _prop(w, "SlicerParameterName") is not None}
+
+    def number(widget, prop):
+        p = _prop(widget, prop)
+        return None if p is None else float(p[0].text)
+
+    for field, widget in boxes.items():
+        lo_hi = _annotation_args(fields[field], "WithinRange")
+        assert lo_hi is not None and [number(widget, "minimum"), number(widget, "maximum")] == lo_hi, field
+        step = _annotation_args(fields[field], "SingleStep")
+        assert step is None or number(widget, "singleStep") == step[0], field
+    for field in ("inputHeight", "inputWidth"):
+        assert _annotation_args(fields[field], "SingleStep") == [14] and number(boxes[field], "minimum") == 14
+        assert defaults[field] % 14 == 0
+    decimals = _annotation_args(fields["learningRate"], "Decimals")[0]
+    assert number(boxes["learningRate"], "decimals") == decimals
+    assert _annotation_args(fields["learningRate"], "SingleStep")[0] <= 1e-5
+    assert round(defaults["learningRate"], decimals) == defaults["learningRate"]  # 3e-5 shows as 0.000030
+
+
+def _method(tree: ast.Module, cls: str, name: str) -> ast.FunctionDef:
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == cls:
+            for item in node.body:
+                if isinstance(item, ast.FunctionDef) and item.name == name:
+                    return item
+    raise AssertionError(f"no {cls}.{name}")
+
+
+def test_training_cancel_does_not_block_the_gui():
+    """Catches a cancel that waits for the process on the GUI thread (on Windows terminate() is ignored by console
+    processes, so Slicer froze for the whole wait) and one that does not mark the run as cancelled (then the
+    finished handler reported "failed")."""
+    cancel = _method(_tree(TRAINING), "SurgicalDepthTrainingLogic", "cancel")
+    calls = {_dotted(n.func) or getattr(n.func, "attr", "") for n in ast.walk(cancel) if isinstance(n, ast.Call)}
+    assert not any(c.endswith("waitForFinished") for c in calls), calls
+    assert "qt.QTimer.singleShot" in calls and "process.terminate" in calls
+    assert "self._cancelled = True" in ast.unparse(cancel)
+    start = ast.unparse(_method(_tree(TRAINING), "SurgicalDepthTrainingLogic", "start"))
+    assert "run_outcome(" in start and "self._cancelled" in start
 
 
 def _load_updater():
@@ -308,8 +394,20 @@ def test_cmake_module_structure(module):
     assert f"set(MODULE_NAME {module})" in text
     assert "${MODULE_NAME}.py" in text and "slicerMacroBuildScriptedModule(" in text
     assert "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in text
-    for resource in re.findall(r"^\s+(Resources/\S+)$", text, re.M):
+    for resource in re.findall(r"^\s+((?:Resources/|\$\{MODULE_NAME\}Lib/resources/)\S+)$", text, re.M):
         assert (REPO / module / resource.replace("${MODULE_NAME}", module)).is_file(), resource
+
+
+def test_cmake_installs_the_default_model_from_the_package():
+    """Catches: the Slicer extension shipping without the default model (or from a second copy) after the model
+    became package data of SurgicalDepthLib."""
+    from SurgicalDepthLib.loading import DEFAULT_MODEL_FILE, default_model_path
+
+    text = (REPO / "SurgicalDepth" / "CMakeLists.txt").read_text()
+    listed = f"${{MODULE_NAME}}Lib/resources/{DEFAULT_MODEL_FILE}"
+    assert re.search(r"set\(MODULE_PYTHON_RESOURCES[^)]*" + re.escape(listed), text)
+    assert default_model_path() == (REPO / "SurgicalDepth" / "SurgicalDepthLib" / "resources" / DEFAULT_MODEL_FILE)
+    assert not list((REPO / "Resources").rglob("*.safetensors"))  # one copy in the repository
 
 
 def test_cmake_extension_structure():
@@ -317,7 +415,8 @@ def test_cmake_extension_structure():
     assert re.search(r"^project\(SurgicalDepth\)", text, re.M)
     for key in ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS"):
         assert re.search(rf'^set\(EXTENSION_{key} "[^"]+"\)', text, re.M), key
-    assert 'set(EXTENSION_DEPENDS "NA")' in text
+    # SlicerPyTorch (extension "PyTorch") installs the torch build for the GPU driver, as SlicerTotalSegmentator does
+    assert re.search(r'^set\(EXTENSION_DEPENDS "[^"]*\bPyTorch\b[^"]*"\)', text, re.M)
     for module in MODULES:
         assert f"add_subdirectory({module})" in text
     order = [text.index(s) for s in ("find_package(Slicer REQUIRED)", "include(${Slicer_USE_FILE})",
@@ -359,7 +458,43 @@ def test_requirements_parse_and_leave_slicer_packages_alone():
 
     from SurgicalDepthLib.slicer_helpers import parse_requirements
 
-    reqs = parse_requirements((REPO / "SurgicalDepth" / "Resources" / "requirements.txt").read_text())
+    reqs = parse_requirements((REPO / "SurgicalDepth" / "Resources" / "SurgicalDepthRequirements.txt").read_text())
     names = {Requirement(r).name.lower() for r in reqs}
     assert "torch" in names
     assert not names & {"numpy", "vtk", "simpleitk"}, "packages bundled with Slicer must not be reinstalled"
+
+
+# -- SurgicalDepth: one default for the CLI and Slicer; the requirements file the logic reads -----------------------
+def test_surgical_depth_defaults_are_the_lib_defaults():
+    """Catches the module's own depth range (it was 10-150 mm while the CLI used 5-120) or point budget drifting
+    from the Lib's single defaults (the parameter node holds literals: Slicer builds it before torch exists)."""
+    from SurgicalDepthLib.alignment import DEFAULT_DEPTH_RANGE_MM
+    from SurgicalDepthLib.memory_budget import DEFAULT_POINT_BUDGET
+
+    tree = _tree(REPO / "SurgicalDepth" / "SurgicalDepth.py")
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SurgicalDepthParameterNode")
+    defaults = {s.target.id: ast.literal_eval(s.value) for s in cls.body if isinstance(s, ast.AnnAssign) and s.value}
+    assert (defaults["nearMm"], defaults["farMm"]) == DEFAULT_DEPTH_RANGE_MM
+    assert defaults["pointBudget"] == DEFAULT_POINT_BUDGET
+    process = next(f for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "SurgicalDepthLogic"
+                   for f in n.body if isinstance(f, ast.FunctionDef) and f.name == "process")
+    kw = dict(zip((a.arg for a in process.args.kwonlyargs), process.args.kw_defaults))
+    assert ast.literal_eval(kw["pointBudget"]) == DEFAULT_POINT_BUDGET
+    assert ast.literal_eval(kw["nearMm"]) is None and ast.literal_eval(kw["farMm"]) is None  # -> the Lib default
+
+
+def test_surgical_depth_requirements_file_is_the_one_read_and_installed():
+    """Catches a renamed requirements file that the logic no longer finds or CMake no longer installs."""
+    text = (REPO / "SurgicalDepth" / "SurgicalDepth.py").read_text()
+    name = re.search(r'^REQUIREMENTS = .*"Resources" / "([^"]+)"', text, re.M).group(1)
+    assert (REPO / "SurgicalDepth" / "Resources" / name).is_file()
+    cmake = (REPO / "SurgicalDepth" / "CMakeLists.txt").read_text()
+    assert "Resources/" + name.replace("SurgicalDepth", "${MODULE_NAME}", 1) in cmake
+
+
+def test_surgical_depth_slicer_test_scripts_are_registered():
+    """Catches a Slicer-side test script that ctest never runs, or a registration pointing at no file."""
+    cmake = (REPO / "SurgicalDepth" / "CMakeLists.txt").read_text()
+    scripts = re.findall(r"slicer_add_python_unittest\(SCRIPT \$\{CMAKE_CURRENT_SOURCE_DIR\}/(\S+)\)", cmake)
+    paths = {REPO / "SurgicalDepth" / s.replace("${MODULE_NAME}", "SurgicalDepth") for s in scripts}
+    assert paths == set(SLICER_TEST_SCRIPTS) and all(p.is_file() for p in paths)

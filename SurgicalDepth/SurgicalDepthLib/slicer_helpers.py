@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +33,10 @@ logger = logging.getLogger(__name__)
 
 #: 3×3 rotation from the camera frame (x right, y down, z forward) to RAS; see the module docstring.
 CAMERA_TO_RAS = np.array([[-1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, -1.0, 0.0]])
+
+#: Display threshold of depth volumes (mm): NaN (invalid) pixels fail ``lower <= value <= upper`` in
+#: vtkImageThreshold, so with ApplyThreshold they get alpha 0 and are not drawn (instead of the "near" colour).
+DEPTH_THRESHOLD_MM = (0.0, 1.0e9)
 
 #: What the "Model" selector of the module may hold.
 MODEL_CHOICES = ("default", "file", "registry")
@@ -114,39 +118,36 @@ def model_source(choice: str, path: str = "", registry_name: str = "") -> str:
     raise ValueError(f"model choice must be one of {MODEL_CHOICES}, got {choice!r}")
 
 
-def sequence_index_values(n_frames: int, fps: float | None) -> list[str]:
-    """Index values (strings, as ``vtkMRMLSequenceNode`` stores them) of ``n_frames`` frames.
+def index_value(index: int, fps: float | None) -> str:
+    """Sequence index value (a string, as ``vtkMRMLSequenceNode`` stores it) of source frame ``index``.
 
     With a known ``fps`` > 0: the frame time in seconds with enough decimals to stay unique and sortable
     (``"0.000", "0.040", ...``); otherwise the frame number (``"0", "1", ...``).
     """
+    if index < 0:
+        raise ValueError(f"frame index must be >= 0, got {index}")
+    if fps is None or not (fps > 0 and math.isfinite(fps)):
+        return str(int(index))
+    decimals = max(3, math.ceil(math.log10(fps)) + 1)
+    return f"{index / fps:.{decimals}f}"
+
+
+def sequence_index_values(n_frames: int, fps: float | None) -> list[str]:
+    """:func:`index_value` of frames ``0 .. n_frames - 1``."""
     if n_frames < 0:
         raise ValueError(f"n_frames must be >= 0, got {n_frames}")
-    if fps is None or not (fps > 0 and math.isfinite(fps)):
-        return [str(i) for i in range(n_frames)]
-    decimals = max(3, math.ceil(math.log10(fps)) + 1)
-    return [f"{i / fps:.{decimals}f}" for i in range(n_frames)]
+    return [index_value(i, fps) for i in range(n_frames)]
 
 
-def chunks(n_items: int, chunk_size: int) -> Iterator[range]:
-    """``range`` objects covering ``0..n_items-1`` in pieces of at most ``chunk_size``."""
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    for start in range(0, max(0, n_items), chunk_size):
-        yield range(start, min(start + chunk_size, n_items))
-
-
-def depth_display_range(depths: Iterable[np.ndarray], low: float = 2.0, high: float = 98.0) -> tuple[float, float]:
-    """Robust (percentile ``low``, ``high``) range of the finite positive values of the depth maps, for
-    window/level and colour-table ranges. Raises ValueError when there is no such value."""
-    values = [d[np.isfinite(d) & (d > 0)].ravel() for d in (np.asarray(x, dtype=np.float32) for x in depths)]
-    flat = np.concatenate(values) if values else np.empty(0, np.float32)
-    if flat.size == 0:
-        raise ValueError("depth_display_range: no finite positive depth value")
-    lo, hi = np.percentile(flat, [low, high])
-    if hi <= lo:
-        hi = lo + max(abs(float(lo)) * 1e-3, 1e-6)
-    return float(lo), float(hi)
+def copy_ijk_to_ras(matrix: Any) -> np.ndarray:
+    """A validated float64 copy of a volume's 4×4 IJK→RAS matrix (the input frame's geometry, given to the
+    depth volume so that the depth overlay lies exactly on the frame it was computed from)."""
+    m = np.array(matrix, dtype=np.float64)
+    if m.shape != (4, 4) or not np.isfinite(m).all():
+        raise ValueError(f"IJK to RAS must be a finite 4x4 matrix, got {m.tolist() if m.size <= 16 else m.shape}")
+    if not np.allclose(m[3], [0, 0, 0, 1]) or abs(np.linalg.det(m[:3, :3])) < 1e-12:
+        raise ValueError(f"IJK to RAS must be an invertible affine matrix (last row 0 0 0 1), got {m.tolist()}")
+    return m
 
 
 def parse_requirements(text: str) -> list[str]:
@@ -159,16 +160,37 @@ def parse_requirements(text: str) -> list[str]:
     return out
 
 
+#: Interchangeable OpenCV distributions (all provide ``cv2``): any one satisfies a requirement on another, so
+#: ``opencv-python-headless`` is never installed on top of a user's ``opencv-python`` (two ``cv2`` packages in one
+#: site-packages overwrite each other's files).
+OPENCV_DISTRIBUTIONS = ("opencv-python", "opencv-python-headless", "opencv-contrib-python",
+                        "opencv-contrib-python-headless")
+
+
+class MissingRequirements(RuntimeError):
+    """Required Python packages are not installed and were not installed (testing mode, or declined)."""
+
+    def __init__(self, missing: list[str], why: str):
+        super().__init__(f"{why}: {', '.join(missing)}")
+        self.missing = list(missing)
+
+
+class Cancelled(RuntimeError):
+    """The user cancelled a run (its progress callback returned False); nothing it made is left."""
+
+
 def missing_requirements(requirements: Iterable[str],
                          version_of: Callable[[str], str] | None = None) -> list[str]:
     """The requirement strings that the running Python does not satisfy (absent or wrong version).
 
+    A requirement on one of :data:`OPENCV_DISTRIBUTIONS` is satisfied by any of them at a matching version.
     ``version_of(name)`` returns an installed distribution's version or raises
     ``importlib.metadata.PackageNotFoundError``; default ``importlib.metadata.version``.
     """
     from importlib import metadata
 
     from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
 
     version_of = version_of or metadata.version
     missing = []
@@ -176,14 +198,37 @@ def missing_requirements(requirements: Iterable[str],
         req = Requirement(text)
         if req.marker is not None and not req.marker.evaluate():
             continue
-        try:
-            installed = version_of(req.name)
-        except metadata.PackageNotFoundError:
-            missing.append(text)
-            continue
-        if req.specifier and not req.specifier.contains(installed, prereleases=True):
+        names = OPENCV_DISTRIBUTIONS if canonicalize_name(req.name) in OPENCV_DISTRIBUTIONS else (req.name,)
+        found = False
+        for name in names:
+            try:
+                installed = version_of(name)
+            except metadata.PackageNotFoundError:
+                continue
+            if not req.specifier or req.specifier.contains(installed, prereleases=True):
+                found = True
+                break
+        if not found:
             missing.append(text)
     return missing
+
+
+def imported_requirements(requirements: Iterable[str], modules: Iterable[str],
+                          packages: dict[str, list[str]] | None = None) -> list[str]:
+    """The requirements whose installed distribution already has a top-level module in ``modules`` (e.g.
+    ``sys.modules``): installing another version of them takes effect only after a restart.
+
+    ``packages``: ``{import name: [distribution names]}``, default ``importlib.metadata.packages_distributions()``.
+    """
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    packages = metadata.packages_distributions() if packages is None else packages
+    modules = set(modules)
+    loaded = {canonicalize_name(dist) for name, dists in packages.items() if name in modules for dist in dists}
+    return [text for text in requirements if canonicalize_name(Requirement(text).name) in loaded]
 
 
 def torch_requirement(requirements: Iterable[str]) -> str | None:
@@ -194,6 +239,59 @@ def torch_requirement(requirements: Iterable[str]) -> str | None:
         if Requirement(text).name.lower() == "torch":
             return text
     return None
+
+
+def ensure_requirements(requirements: Iterable[str], *, testing: bool, modules: Iterable[str], ask: bool,
+                        confirm: Callable[[str], bool], install_torch: Callable[[str], bool] | None,
+                        pip_ensure: Callable[[list[str]], Any] | None, pip_install: Callable[[list[str]], Any],
+                        restart: Callable[[], Any], version_of: Callable[[str], str] | None = None) -> list[str]:
+    """Install the unsatisfied ``requirements`` the Slicer way (the module passes Slicer's functions in); returns
+    what was missing.
+
+    - testing mode (``testing``) installs nothing: :class:`MissingRequirements` (self-tests skip on it);
+    - torch through ``install_torch(specifier)`` when given (SlicerPyTorch: the CUDA build for the driver; False =
+      declined), else with the rest;
+    - the rest in ONE call: ``pip_ensure(list)`` when given (``slicer.packaging``: asks, installs, offers a
+      restart), else ``pip_install(list)`` after ``confirm(question)`` (when ``ask``);
+    - ``confirm(question)`` then ``restart()`` when requirements installed here were already imported in an older
+      version (``modules``: names of the imported modules, e.g. ``sys.modules``) and ``pip_ensure`` did not ask.
+    """
+    missing = missing_requirements(requirements, version_of)
+    if not missing:
+        return []
+    if testing:
+        raise MissingRequirements(missing, "testing mode installs no Python packages; missing")
+    stale, rest, torch = imported_requirements(missing, modules), list(missing), torch_requirement(missing)
+    if torch is not None and install_torch is not None:
+        from packaging.requirements import Requirement
+
+        if not install_torch(str(Requirement(torch).specifier)):
+            raise MissingRequirements([torch], "the PyTorch installation was declined")
+        rest.remove(torch)
+    if rest and pip_ensure is not None:
+        pip_ensure(rest)
+        stale = [r for r in stale if r not in rest]
+    elif rest:
+        if ask and not confirm("Surgical Depth needs these Python packages:\n" + "\n".join(rest)
+                               + "\nInstall them now?"):
+            raise MissingRequirements(rest, "the installation was declined")
+        pip_install(rest)
+    if stale and confirm(f"Updated packages ({', '.join(stale)}) were already loaded. Restart Slicer now to use "
+                         "them?"):
+        restart()
+    return missing
+
+
+def download_weights(name: str, progress: Callable[[float, str], bool]) -> Any:
+    """Download the official weights ``name`` after the user agreed (:func:`~weights.download`; their SHA256 is
+    recorded on first use), reporting ``progress(fraction, text)``. False from ``progress`` cancels:
+    :class:`Cancelled` is raised inside the download, whose atomic write then deletes the partial file."""
+    from .weights import download
+
+    def report(done: int, total: int) -> None:
+        if not progress(done / total if total else 0.0, f"{name}: {format_bytes(done)}"):
+            raise Cancelled(f"download of model {name!r} cancelled")
+    return download(name, progress=report, trust_on_first_use=True)
 
 
 def format_bytes(n: int) -> str:
@@ -210,7 +308,8 @@ def resolve_intrinsics(width: int, height: int, intrinsics: Any = None, calibrat
                        fields: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)) -> Any:
     """Intrinsics for a ``width × height`` frame, from the first source given: ``intrinsics``
     (``Intrinsics``, rescaled if calibrated at another size), a ``calibration`` file, the GUI ``fields``
-    ``(fx, fy, cx, cy)`` in pixels (all 0 = unknown), else a 70° horizontal field of view (logged warning)."""
+    ``(fx, fy, cx, cy)`` in pixels (all 0 = unknown), else :data:`camera.DEFAULT_FOV_DEG` (70°) horizontal field
+    of view (logged warning), the CLI's default too."""
     from .camera import Intrinsics
 
     if intrinsics is None and calibration and str(calibration) != ".":
@@ -225,29 +324,6 @@ def resolve_intrinsics(width: int, height: int, intrinsics: Any = None, calibrat
         raise ValueError(f"intrinsics are for {intrinsics.width}x{intrinsics.height}, whose aspect ratio differs "
                          f"from the {width}x{height} frames")
     return intrinsics.scaled(width, height)
-
-
-def predict_depth_mm(model: Any, frames: list[np.ndarray], input_size: int | None, near_mm: float, far_mm: float,
-                     chunk_size: int = 4, progress: Callable[[int], bool] | None = None) -> list[np.ndarray]:
-    """Depth in mm (float32 ``[H, W]``, 0 = invalid) of RGB uint8 frames, ``chunk_size`` frames per batch.
-
-    A relative model's disparity is mapped into ``[near_mm, far_mm]``; a metric model's output is converted from
-    its unit to mm (:func:`~SurgicalDepthLib.alignment.prediction_to_mm`). ``input_size`` None or 0: the model's
-    own. ``progress(n_done)`` is called after every chunk; returning False
-    stops early (the depths of the finished chunks are returned).
-    """
-    from .alignment import prediction_to_mm
-
-    if not 0 < near_mm < far_mm:
-        raise ValueError(f"need 0 < near_mm < far_mm, got near_mm={near_mm!r}, far_mm={far_mm!r}")
-    depths: list[np.ndarray] = []
-    for part in chunks(len(frames), chunk_size):
-        for pred in model.infer_batch([frames[i] for i in part], input_size=input_size or None):
-            depth = prediction_to_mm(pred, model.output_kind, model.depth_unit, (near_mm, far_mm))
-            depths.append(np.nan_to_num(depth, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32))
-        if progress is not None and not progress(len(depths)):
-            break
-    return depths
 
 
 def polydata_to_ras(polydata: Any) -> Any:
@@ -271,7 +347,7 @@ def rgb_from_volume_array(array: np.ndarray, name: str = "volume") -> np.ndarray
     arr = np.asarray(array)
     if arr.ndim != 4 or arr.shape[0] != 1 or arr.shape[3] < 3:
         raise ValueError(f"{name}: expected a one-slice RGB vector volume [1, H, W, 3], got shape {arr.shape}")
-    return np.ascontiguousarray(arr[0, :, :, :3], dtype=np.uint8)
+    return np.array(arr[0, :, :, :3], dtype=np.uint8, order="C", copy=True)  # never a view of the volume
 
 
 @dataclass
@@ -282,7 +358,9 @@ class SurgicalDepthNodes:
     ``frames`` (RGB vtkMRMLVectorVolumeNode), ``depth`` (vtkMRMLScalarVolumeNode, mm), ``points`` (point-cloud
     vtkMRMLModelNode), ``meshes`` (per-frame depth mesh), ``poses`` (vtkMRMLLinearTransformNode, camera-to-world
     in RAS; only when fused); ``fused``: vtkMRMLModelNode of the TSDF surface; ``proxies``: the browser's proxy
-    node of each sequence, by the same keys; ``frameCount``: frames processed.
+    node of each sequence, by the same keys; ``frameCount``: frames processed; ``folder``: the subject-hierarchy
+    folder item holding the run's nodes. ``frames`` is the input browser's own sequence when the input was a
+    browser (shared, not copied).
     """
 
     browser: Any = None
@@ -294,6 +372,7 @@ class SurgicalDepthNodes:
     fused: Any = None
     proxies: dict = field(default_factory=dict)
     frameCount: int = 0
+    folder: int = 0
 
 
 def weights_cached(name: str) -> bool:

@@ -106,7 +106,13 @@ def test_path_or_none():
     assert sh.path_or_none(Path("/a/b.mp4")) == "/a/b.mp4"
 
 
-def test_sequence_index_values():
+def test_index_value_and_sequence_index_values():
+    """Catches output sequences indexed differently from the frames they come from (a stride or a start frame
+    must give the source frame's own index value, e.g. frame 50 at 25 fps -> "2.000")."""
+    assert sh.index_value(50, 25) == "2.000" == sh.sequence_index_values(51, 25)[50]
+    assert sh.index_value(7, None) == "7" and sh.index_value(7, float("nan")) == "7"
+    with pytest.raises(ValueError, match="frame index"):
+        sh.index_value(-1, 25)
     assert sh.sequence_index_values(3, None) == ["0", "1", "2"]
     assert sh.sequence_index_values(3, 0) == ["0", "1", "2"]
     assert sh.sequence_index_values(3, 25) == ["0.000", "0.040", "0.080"]
@@ -115,24 +121,6 @@ def test_sequence_index_values():
     assert len(set(values)) == 300 and [float(v) for v in values] == sorted(float(v) for v in values)
     with pytest.raises(ValueError):
         sh.sequence_index_values(-1, 25)
-
-
-def test_chunks():
-    assert [list(r) for r in sh.chunks(10, 4)] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
-    assert list(sh.chunks(0, 4)) == []
-    with pytest.raises(ValueError, match="chunk_size"):
-        list(sh.chunks(3, 0))
-
-
-def test_depth_display_range():
-    depth = np.arange(101, dtype=np.float32).reshape(1, 101)  # 0 is invalid -> values 1..100
-    depth2 = np.array([[np.nan, np.inf, -5.0]], dtype=np.float32)
-    lo, hi = sh.depth_display_range([depth, depth2])
-    assert (lo, hi) == pytest.approx(tuple(np.percentile(np.arange(1, 101), [2, 98])))
-    assert sh.depth_display_range([np.full((2, 2), 7.0)])[0] == 7.0
-    assert sh.depth_display_range([np.full((2, 2), 7.0)])[1] > 7.0
-    with pytest.raises(ValueError, match="no finite positive"):
-        sh.depth_display_range([np.zeros((2, 2))])
 
 
 def test_requirements_helpers():
@@ -167,33 +155,10 @@ def test_rgb_from_volume_array():
     assert rgb.shape == (2, 3, 3) and rgb.dtype == np.uint8 and np.array_equal(rgb, arr[0, :, :, :3])
     rgb[0, 0, 0] = 255
     assert arr[0, 0, 0, 0] == 0  # a copy, not a view of the volume
+    three = np.zeros((1, 2, 3, 3), np.uint8)  # exactly RGB and contiguous: still a copy, not a view
+    assert not np.shares_memory(sh.rgb_from_volume_array(three), three)
     with pytest.raises(ValueError, match="frame: expected a one-slice"):
         sh.rgb_from_volume_array(np.zeros((2, 2, 3, 3)), "frame")
-
-
-def test_predict_depth_mm_maps_disparity_into_range():
-    torch = pytest.importorskip("torch")
-    torch.manual_seed(0)
-    model = sd.load_model("random:surgical-depth-tiny", device="cpu")
-    rng = np.random.default_rng(1)
-    frames = [rng.integers(0, 255, (28, 42, 3), dtype=np.uint8) for _ in range(3)]
-    calls = []
-    depths = sh.predict_depth_mm(model, frames, 28, 5.0, 80.0, chunk_size=2,
-                                 progress=lambda n: calls.append(n) or True)
-    assert calls == [2, 3] and len(depths) == 3
-    for frame, depth in zip(frames, depths):
-        assert depth.shape == (28, 42) and depth.dtype == np.float32
-        # relative model: disparity percentiles 2/98 mapped linearly in inverse depth onto [5, 80] mm
-        assert model.output_kind == "disparity"
-        expected = sd.disparity_to_depth(model.infer_image(frame, 28), depth_range=(5.0, 80.0),
-                                         percentiles=(2.0, 98.0))
-        # batched vs single-image inference differ by float32 rounding only
-        assert np.allclose(depth, np.nan_to_num(expected, nan=0.0), rtol=1e-4, atol=1e-4)
-        assert depth.min() >= 5.0 - 1e-4 and depth.max() <= 80.0 + 1e-4
-    stopped = sh.predict_depth_mm(model, frames, 28, 5.0, 80.0, chunk_size=1, progress=lambda n: False)
-    assert len(stopped) == 1
-    with pytest.raises(ValueError, match="near_mm < far_mm"):
-        sh.predict_depth_mm(model, frames, 28, 80.0, 5.0)
 
 
 def test_polydata_to_ras_points_and_normals():
@@ -223,3 +188,173 @@ def test_nodes_record_defaults():
     assert a.browser is None and a.frameCount == 0 and a.proxies == {}
     a.proxies["x"] = 1
     assert b.proxies == {}  # no shared mutable default
+
+
+def test_copy_ijk_to_ras_gives_the_input_frames_geometry():
+    """Catches a depth overlay misplaced in sequence mode: the depth volume must get the input frame's own IJK to
+    RAS (spacing, origin, directions), not the fixed image_ijk_to_ras of a video, and a copy of it."""
+    given = np.array([[0.5, 0, 0, 10.0], [0, 0, -0.5, -20.0], [0, 2.0, 0, 30.0], [0, 0, 0, 1]])
+    got = sh.copy_ijk_to_ras(given)
+    assert np.array_equal(got, given) and got is not given and got.dtype == np.float64
+    got[0, 3] = 99.0
+    assert given[0, 3] == 10.0
+    assert not np.allclose(got, sh.image_ijk_to_ras(70, 56))
+    for bad in (np.eye(3), np.full((4, 4), np.nan), np.zeros((4, 4)), np.ones((4, 4))):
+        with pytest.raises(ValueError, match="IJK to RAS"):
+            sh.copy_ijk_to_ras(bad)
+
+
+def test_depth_threshold_hides_nan_only():
+    """Catches invalid depth drawn in the "near" colour: vtkImageThreshold keeps a pixel when
+    ``lower <= value <= upper`` (Imaging/Core/vtkImageThreshold.cxx), false for NaN, so with ApplyThreshold the
+    NaN pixels get alpha 0 while every valid depth (mm) stays visible."""
+    lo, hi = sh.DEPTH_THRESHOLD_MM
+    kept = lambda v: bool(lo <= v <= hi)  # noqa: E731  (the filter's comparison)
+    assert not kept(float("nan"))
+    assert all(kept(v) for v in (1e-3, 5.0, 120.0, 5000.0))
+
+
+def test_default_intrinsics_are_the_cli_default():
+    """Catches Slicer and the CLI assuming different cameras when none is given (one default field of view)."""
+    from SurgicalDepthLib.camera import DEFAULT_FOV_DEG, parse_intrinsics
+
+    assert sh.resolve_intrinsics(640, 480) == parse_intrinsics(None, 640, 480) == \
+        sd.Intrinsics.from_fov(640, 480, DEFAULT_FOV_DEG)
+
+
+def test_missing_requirements_any_opencv_distribution_satisfies_opencv():
+    """Catches opencv-python-headless installed on top of a user's opencv-python (two cv2 packages overwrite each
+    other's files): any OpenCV distribution at a matching version satisfies the OpenCV requirement."""
+    installed = {"opencv-contrib-python": "4.10.0"}
+
+    def version_of(name):
+        if name not in installed:
+            raise metadata.PackageNotFoundError(name)
+        return installed[name]
+
+    assert sh.missing_requirements(["opencv-python-headless>=4.8"], version_of) == []
+    assert sh.missing_requirements(["opencv-python-headless>=4.11"], version_of) == ["opencv-python-headless>=4.11"]
+    assert sh.missing_requirements(["opencv_python_headless>=4.8"], version_of) == []  # canonical names
+    installed.clear()
+    assert sh.missing_requirements(["opencv-python-headless>=4.8"], version_of) == ["opencv-python-headless>=4.8"]
+
+
+def test_imported_requirements():
+    """Catches a missing restart prompt: a package upgraded while its old version is loaded needs a restart."""
+    packages = {"cv2": ["opencv-python"], "yaml": ["PyYAML"], "torch": ["torch"]}
+    reqs = ["torch>=2.1", "pyyaml>=6.0", "opencv-python-headless>=4.8", "timm"]
+    assert sh.imported_requirements(reqs, ["yaml", "sys"], packages) == ["pyyaml>=6.0"]
+    assert sh.imported_requirements(reqs, [], packages) == []
+
+
+class _Slicer:
+    """Records the calls ensure_requirements makes to the functions Slicer would pass."""
+
+    def __init__(self, *, torch_ok=True, confirm=True):
+        self.calls, self.torch_ok, self.answer = [], torch_ok, confirm
+
+    def install_torch(self, spec):
+        self.calls.append(("torch", spec))
+        return self.torch_ok
+
+    def pip_ensure(self, reqs):
+        self.calls.append(("pip_ensure", list(reqs)))
+
+    def pip_install(self, reqs):
+        self.calls.append(("pip_install", list(reqs)))
+
+    def confirm(self, text):
+        self.calls.append(("confirm", text))
+        return self.answer
+
+    def restart(self):
+        self.calls.append(("restart",))
+
+    def run(self, reqs, installed, *, testing=False, modules=(), torch=True, ensure=True, ask=True):
+        def version_of(name):
+            if name not in installed:
+                raise metadata.PackageNotFoundError(name)
+            return installed[name]
+
+        return sh.ensure_requirements(reqs, testing=testing, modules=modules, ask=ask, confirm=self.confirm,
+                                      install_torch=self.install_torch if torch else None,
+                                      pip_ensure=self.pip_ensure if ensure else None, pip_install=self.pip_install,
+                                      restart=self.restart, version_of=version_of)
+
+
+REQS = ["torch>=2.1", "timm>=1.0.3", "opencv-python-headless>=4.8", "scipy>=1.10"]
+
+
+def test_ensure_requirements_testing_mode_installs_nothing():
+    """Catches self-tests that crash (or install) on extension build machines: testing mode raises
+    MissingRequirements naming what is missing, and nothing is installed."""
+    fake = _Slicer()
+    with pytest.raises(sh.MissingRequirements, match="testing mode.*torch>=2.1") as info:
+        fake.run(REQS, {"scipy": "1.11"}, testing=True)
+    assert info.value.missing == REQS[:3] and fake.calls == []
+    assert fake.run(REQS, {"torch": "2.3", "timm": "1.0.9", "opencv-python": "4.9", "scipy": "1.11"},
+                    testing=True) == []  # nothing missing: fine even in testing mode
+
+
+def test_ensure_requirements_torch_through_slicer_pytorch_rest_in_one_call():
+    """Catches one pip call per package (inconsistent resolution, N prompts) and torch from PyPI when SlicerPyTorch
+    can pick the CUDA build: torch goes to SlicerPyTorch with its specifier, the rest in ONE pip_ensure call."""
+    fake = _Slicer()
+    missing = fake.run(REQS, {"opencv-python": "4.9"})
+    assert missing == ["torch>=2.1", "timm>=1.0.3", "scipy>=1.10"]
+    assert fake.calls == [("torch", ">=2.1"), ("pip_ensure", ["timm>=1.0.3", "scipy>=1.10"])]
+    fake = _Slicer(torch_ok=False)
+    with pytest.raises(sh.MissingRequirements, match="PyTorch installation was declined"):
+        fake.run(REQS, {})
+    assert fake.calls == [("torch", ">=2.1")]
+
+
+def test_ensure_requirements_before_slicer_packaging():
+    """Catches installing without asking, or one pip process per package, on Slicer < 5.12 (no slicer.packaging):
+    one confirmation, then one pip_install call with the whole list; declining installs nothing."""
+    fake = _Slicer()
+    fake.run(REQS, {}, torch=False, ensure=False)
+    assert [c[0] for c in fake.calls] == ["confirm", "pip_install"]
+    assert fake.calls[1] == ("pip_install", REQS)  # one call, the whole list
+    assert "torch>=2.1" in fake.calls[0][1]
+    fake = _Slicer(confirm=False)
+    with pytest.raises(sh.MissingRequirements, match="declined"):
+        fake.run(REQS, {}, torch=False, ensure=False)
+    assert [c[0] for c in fake.calls] == ["confirm"]
+    fake = _Slicer()
+    fake.run(REQS, {}, torch=False, ensure=False, ask=False)
+    assert [c[0] for c in fake.calls] == ["pip_install"]
+
+
+def test_ensure_requirements_offers_a_restart_for_loaded_old_versions(monkeypatch):
+    """Catches an upgraded package used in its old, already imported version: a restart is offered (pip_ensure
+    offers its own for what it installs, so only torch, installed by SlicerPyTorch, is left to this prompt)."""
+    monkeypatch.setattr(metadata, "packages_distributions", lambda: {"torch": ["torch"], "scipy": ["scipy"]})
+    old = {"torch": "2.0", "scipy": "1.9", "timm": "1.0.9", "opencv-python": "4.9"}
+    fake = _Slicer()
+    fake.run(REQS, old, modules=["torch", "scipy"])
+    assert [c[0] for c in fake.calls] == ["torch", "pip_ensure", "confirm", "restart"]
+    assert "torch>=2.1" in fake.calls[2][1] and "scipy" not in fake.calls[2][1]
+    fake = _Slicer()
+    fake.run(REQS, old, modules=["scipy"], torch=False, ensure=False)
+    assert [c[0] for c in fake.calls] == ["confirm", "pip_install", "confirm", "restart"]
+
+
+def test_download_weights_cancel_leaves_no_partial_file(tmp_path, monkeypatch):
+    """Catches a download dialog whose Cancel does nothing: False from the progress callback raises Cancelled
+    inside weights.download, and its atomic write leaves no file behind (nor a recorded digest)."""
+    import io
+
+    from SurgicalDepthLib import weights
+
+    class Response(io.BytesIO):
+        headers = {"Content-Length": str(3 << 20)}
+
+    monkeypatch.setattr(weights, "cache_dir", lambda root=None: tmp_path)
+    monkeypatch.setattr(weights.urllib.request, "urlopen", lambda url, timeout: Response(b"x" * (3 << 20)))
+    seen = []
+    with pytest.raises(sh.Cancelled, match="cancelled"):
+        sh.download_weights("depth-anything-v2-small", lambda fraction, text: seen.append(fraction) or len(seen) < 2)
+    assert seen == pytest.approx([1 / 3, 2 / 3]) and list(tmp_path.iterdir()) == []
+    path = sh.download_weights("depth-anything-v2-small", lambda fraction, text: True)
+    assert path.stat().st_size == 3 << 20 and (tmp_path / (path.name + ".sha256")).is_file()
