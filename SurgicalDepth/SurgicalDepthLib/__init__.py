@@ -58,6 +58,7 @@ _EXPORTS: dict[str, str] = {
     "OutputKind": "depth_kind",
     "SavedPredictions": "saved_predictions",
     "detect_fov_mask": "fov",
+    "DepthService": "live",
     "ProgressReporter": "progress",
     "open_frames": "video",
     "FrameReader": "video",

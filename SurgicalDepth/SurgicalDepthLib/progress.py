@@ -36,6 +36,7 @@ STAGES = {
     "train": ("render", "train"),  # "render": only ``train --recipe default`` (renders its data set first)
     "evaluate": ("evaluate",),
     "demo": ("depth",),
+    "stream": ("stream",),  # a server: step = frames answered, total null
 }
 
 

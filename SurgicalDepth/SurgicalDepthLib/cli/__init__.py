@@ -22,7 +22,7 @@ from importlib.metadata import entry_points
 from .. import __version__
 from ..progress import PROGRESS_MODES, ProgressReporter
 
-_CORE_COMMANDS = ("predict", "reconstruct", "download")
+_CORE_COMMANDS = ("predict", "reconstruct", "download", "stream")
 
 
 class CliError(Exception):

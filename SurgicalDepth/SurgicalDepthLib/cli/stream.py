@@ -1,0 +1,127 @@
+"""``surgical-depth stream``: live depth over OpenIGTLink (:class:`~SurgicalDepthLib.live.DepthService`).
+
+Each IMAGE ``X`` (one uint8 grey/RGB/RGBA frame) is answered with an IMAGE ``X_depth`` (float32 depth in mm, NaN
+where undefined, same size, the input's timestamp and IJK→RAS), and with ``--points`` a POLYDATA ``X_points``
+(the camera-frame point cloud on a regular pixel grid of at most ``--point-budget`` points, with ``Depth`` and
+``RGB`` attributes). Frames that arrive while the model is busy are dropped (latest-frame policy), never queued.
+
+As a server (``--port``; ``--host 0.0.0.0`` accepts other machines) it answers every client on its own connection;
+with ``--connect HOST:PORT`` it connects to a PLUS (or any OpenIGTLink) server, takes the images it broadcasts and
+sends the results back to it. A status line (frames in/out/dropped, output frames/s, latency p50/p95) is logged
+every ``--status-interval`` seconds (``--progress jsonl``: as ``progress`` events). Ctrl-C or SIGTERM stops it.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import re
+import signal
+import threading
+from pathlib import Path
+
+from ..alignment import DEFAULT_DEPTH_RANGE_MM
+from . import CliError, input_size_arg, progress_of
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("torch",)  # more come with the deployment backends of load_model
+
+
+def host_port_arg(text: str) -> tuple[str, int]:
+    """argparse type of ``--connect``: ``HOST:PORT``."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT with a port in 1-65535, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("stream", help="live OpenIGTLink depth: IMAGE X in -> IMAGE X_depth out",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--port", type=int, default=None,
+                   help="listen on this TCP port (default 18944, the OpenIGTLink port; 0 = any free port)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: all interfaces)")
+    p.add_argument("--connect", type=host_port_arg, default=None, metavar="HOST:PORT",
+                   help="instead of listening, connect to this OpenIGTLink server (e.g. PLUS) and answer it")
+    p.add_argument("--model", default="default", help="model source (see load_model)")
+    p.add_argument("--backend", default="torch", choices=BACKENDS, help="inference backend")
+    p.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
+                   help="inference precision (auto: half precision on GPU, fp32 on CPU)")
+    p.add_argument("--input-size", type=input_size_arg, default=None,
+                   help="network input lower bound, multiple of 14 (default: the model's own)")
+    p.add_argument("--depth-range", type=float, nargs=2, default=DEFAULT_DEPTH_RANGE_MM, metavar=("NEAR", "FAR"),
+                   help="depth in mm of the nearest/farthest tissue, used to scale relative (disparity) models "
+                        f"(default {DEFAULT_DEPTH_RANGE_MM[0]:g} {DEFAULT_DEPTH_RANGE_MM[1]:g})")
+    p.add_argument("--points", action="store_true", help="also send a POLYDATA point cloud X_points per frame")
+    p.add_argument("--point-budget", type=int, default=20000, help="at most this many points per cloud")
+    p.add_argument("--intrinsics", default=None,
+                   help="for --points: 'fx,fy,cx,cy' in pixels or a calibration file; default: a 70 degree "
+                        "horizontal field of view (warned)")
+    p.add_argument("--status-interval", type=float, default=5.0, help="seconds between status lines")
+    p.set_defaults(func=run)
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    if args.connect is not None and args.port is not None:
+        raise CliError("--port (listen) and --connect (client) exclude each other")
+    if args.port is not None and not 0 <= args.port < 65536:
+        raise CliError(f"--port must be in 0-65535, got {args.port}")
+    near, far = args.depth_range
+    if not 0 < near < far:
+        raise CliError(f"--depth-range needs 0 < NEAR < FAR, got {near:g} {far:g}")
+    if args.point_budget < 1:
+        raise CliError(f"--point-budget must be >= 1, got {args.point_budget}")
+    if not args.status_interval > 0:
+        raise CliError(f"--status-interval must be > 0 seconds, got {args.status_interval:g}")
+    if args.intrinsics is not None and not Path(args.intrinsics).is_file():
+        try:  # numbers are checked now; a file is read for each frame size (it may be rescaled to it)
+            values = [float(v) for v in re.split(r"[,\s]+", args.intrinsics.strip())]
+        except ValueError:
+            values = []
+        if len(values) != 4 or not all(v > 0 for v in values):
+            raise CliError(f"--intrinsics: expected 'fx,fy,cx,cy' (positive pixels) or a calibration file, "
+                           f"got {args.intrinsics!r}")
+    if args.intrinsics is not None and not args.points:
+        log.warning("--intrinsics is used only with --points")
+
+
+def run(args: argparse.Namespace) -> int:
+    _check_args(args)
+    try:
+        from ..live import DEFAULT_PORT, DepthService
+    except ImportError as exc:
+        raise CliError(f"the stream command needs pyigtl ({exc}): pip install 'surgical-depth[igtl]'") from None
+    from ..loading import load_model
+
+    options = {} if args.backend == "torch" else {"backend": args.backend}
+    model = load_model(args.model, device=args.device, precision=args.precision, **options)
+    reporter = progress_of(args)
+
+    def report(stats) -> None:
+        log.info("%s", stats.format())
+        reporter.emit("progress", stage="stream", step=stats.frames_out, total=None, **{
+            k: v for k, v in stats.as_dict().items() if k != "frames_out"})
+
+    stop = threading.Event()
+    service = DepthService(model, host=args.host, port=DEFAULT_PORT if args.port is None else args.port,
+                           connect=args.connect, points=args.points, point_budget=args.point_budget,
+                           intrinsics=args.intrinsics, depth_range=tuple(args.depth_range),
+                           input_size=args.input_size, status_interval=args.status_interval, on_status=report)
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        service.start()
+        print(f"depth: {model.source} ({model.output_kind}) on {getattr(model, 'device', '?')}; Ctrl-C stops",
+              flush=True)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        service.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    stats = service.stats(window=math.inf)  # rates and latencies over the whole run
+    log.info("stopped: %s", stats.format())
+    args.result = {k: v for k, v in stats.as_dict().items() if isinstance(v, int)}
+    return 0

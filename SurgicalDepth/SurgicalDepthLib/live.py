@@ -1,0 +1,693 @@
+"""Live depth over OpenIGTLink: :class:`DepthService` answers each IMAGE ``X`` with an IMAGE ``X_depth``.
+
+Messages (pyigtl's codec; its array axes are ``[k, j, i, components]``):
+
+- in: IMAGE with one slice (k = 1) of uint8 grey (1 component), RGB (3) or RGBA (4, alpha ignored); rows (j) go to
+  the model in message order. Other message types are ignored; bad IMAGEs are skipped; each case is logged once.
+- out: IMAGE ``X_depth``: float32 ``[1, H, W]`` depth in mm along the optical axis, NaN where undefined, with the
+  input's timestamp and geometry (IJK→RAS/LPS matrix, coordinate system) copied byte for byte.
+- out with ``points=True``: POLYDATA ``X_points``: the valid pixels of a regular grid (:func:`decimation_grid`,
+  at most ``point_budget``) back-projected in the camera frame (mm; x right, y down, z forward), one vertex per
+  point, point attributes ``Depth`` (scalar, mm) and ``RGB`` (3 components in [0, 1], sent as a vector: the
+  OpenIGTLink C library, and so Slicer, reads RGBA attributes with the wrong size).
+
+Latest-frame policy: a frame waits in a one-slot mailbox per device; one arriving while the model is busy
+replaces it (the replaced frame is counted as dropped), so latency stays bounded when frames come faster than
+inference. Frames go through :func:`~SurgicalDepthLib.stream.depth_stream` (batch 1), one at a time on CPU.
+
+Connections are handled here rather than by ``pyigtl.OpenIGTLinkServer``, which (pyigtl 0.3.4) installs SIGINT/
+SIGTERM handlers when constructed, busy-loops after a client disconnects and serves no other client until a send
+fails, and drops the connection (printing a traceback) on a malformed message. Here a malformed message is
+skipped and the connection kept; a stream that cannot be re-synchronised (bad header, a body that stops coming)
+closes that connection only; a client may come and go; replies go to the connection the frame came from.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import socket
+import struct
+import threading
+import time
+from collections import OrderedDict, deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import numpy as np
+import pyigtl
+from pyigtl.messages import CRC64
+
+from .stream import depth_stream
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 18944  # the registered OpenIGTLink port
+DEFAULT_POINT_BUDGET = 20000
+MAX_BODY_BYTES = 256 << 20  # larger bodies mean a stream out of sync, not a frame (an 8K RGBA frame is 133 MB)
+DEVICE_NAME_BYTES = 20
+_HEADER = struct.Struct(">H12s20s8sQQ")  # version, type, device name, timestamp (sec, frac), body size, CRC64
+_IMAGE_START = struct.Struct(">HBBBBHHH")  # version, components, scalar type, endianness, coordinates, size i j k
+_GEOMETRY = slice(12, 60)  # 12 float32 after _IMAGE_START: t, s, n columns and the image centre
+_FLOAT32, _LITTLE_ENDIAN = 10, 2
+_ATTR_SCALAR, _ATTR_VECTOR = 0x00, 0x01
+
+
+class BadMessage(ValueError):
+    """A message that is skipped; ``reason`` keys the once-only log."""
+
+    def __init__(self, reason: str, text: str):
+        super().__init__(text)
+        self.reason = reason
+
+
+class _StreamBroken(BadMessage):
+    """The byte stream of a connection cannot be parsed further (closed mid-message, stalled, not OpenIGTLink)."""
+
+
+def decimation_grid(height: int, width: int, budget: int) -> np.ndarray:
+    """bool ``[height, width]``: every ``step``-th pixel of every ``step``-th row, centred in the image, with the
+    smallest step that keeps the count ``<= budget``; the same pixels for the same arguments."""
+    if budget < 1:
+        raise ValueError(f"point budget must be >= 1, got {budget}")
+    step = max(1, math.ceil(math.sqrt(height * width / budget)))
+    while ((height - 1) // step + 1) * ((width - 1) // step + 1) > budget:
+        step += 1
+    mask = np.zeros((height, width), bool)
+    mask[(height - 1) % step // 2::step, (width - 1) % step // 2::step] = True
+    return mask
+
+
+def reply_name(device: str, suffix: str) -> str:
+    """``device + suffix`` within OpenIGTLink's 20-byte device names (the device part is shortened)."""
+    base = device.encode("utf-8")[:DEVICE_NAME_BYTES - len(suffix)].decode("utf-8", "ignore")
+    return base + suffix
+
+
+def pack_message(message_type: str, device: str, timestamp: bytes, parts: list) -> list:
+    """An OpenIGTLink v1 message as buffers to send in order: header (with the 8 raw ``timestamp`` bytes) then
+    the body ``parts`` (bytes-like)."""
+    crc, size = 0, 0
+    for part in parts:
+        crc = CRC64(part, crc)
+        size += memoryview(part).nbytes
+    header = _HEADER.pack(1, message_type.encode("ascii"), device.encode("utf-8")[:DEVICE_NAME_BYTES], timestamp,
+                          size, crc)
+    return [header, *parts]
+
+
+def pack_depth_image(depth: np.ndarray, coordinates: int, geometry: bytes) -> list:
+    """IMAGE body parts for float32 ``depth [H, W]`` with the input's raw ``geometry`` (48 bytes)."""
+    H, W = depth.shape
+    data = np.ascontiguousarray(depth, dtype="<f4")
+    head = (_IMAGE_START.pack(1, 1, _FLOAT32, _LITTLE_ENDIAN, coordinates, W, H, 1) + geometry
+            + struct.pack(">6H", 0, 0, 0, W, H, 1))
+    return [head, memoryview(data).cast("B")]
+
+
+def pack_point_cloud(points: np.ndarray, rgb: np.ndarray, depth: np.ndarray) -> list:
+    """POLYDATA body parts: ``points`` float32 ``[N, 3]``, one vertex each, attributes ``Depth`` (``[N]`` mm)
+    and ``RGB`` (uint8 ``[N, 3]`` sent as floats in [0, 1])."""
+    n = len(points)
+    verts = np.empty((n, 2), ">u4")
+    verts[:, 0], verts[:, 1] = 1, np.arange(n)
+    names = b"Depth\0RGB\0"
+    # attribute header as igtl_polydata.c packs it: uint8 type, uint8 components, uint32 count
+    head = struct.pack(">10I", n, n, verts.nbytes, 0, 0, 0, 0, 0, 0, 2)
+    attrs = struct.pack(">BBI", _ATTR_SCALAR, 1, n) + struct.pack(">BBI", _ATTR_VECTOR, 3, n)
+    return [head, points.astype(">f4").tobytes(), verts.tobytes(), attrs + names + b"\0" * (len(names) % 2),
+            depth.astype(">f4").tobytes(), (rgb / np.float32(255)).astype(">f4").tobytes()]
+
+
+class PointCloudMessage(pyigtl.PolyDataMessage):
+    """POLYDATA reader for Python clients (pyigtl 0.3.4 registers no POLYDATA reader and its ``_unpack_content``
+    does not run): ``points`` float32 ``[N, 3]``, ``vertices`` uint32 (``1, i`` pairs), ``attributes``
+    ``{name: float32 [N, components]}``. Register it with
+    ``pyigtl.messages.message_type_to_class_constructor["POLYDATA"] = PointCloudMessage``."""
+
+    def _unpack_content(self, content: bytes) -> None:
+        counts = struct.unpack_from(">10I", content)
+        n, pos = counts[0], 40
+        self.points = np.frombuffer(content, ">f4", 3 * n, pos).astype(np.float32).reshape(n, 3)
+        pos += 12 * n
+        cells = [np.frombuffer(content, ">u4", size // 4, pos + sum(counts[2:2 + 2 * i:2])).astype(np.uint32)
+                 for i, size in enumerate(counts[2:10:2])]
+        self.vertices, self.lines, self.polygons, self.triangle_strips = cells
+        pos += sum(counts[2:10:2])
+        kinds = [struct.unpack_from(">BBI", content, pos + 6 * a) for a in range(counts[9])]
+        pos += 6 * counts[9]
+        names = content[pos:].split(b"\0")[:counts[9]]
+        name_bytes = sum(len(name) + 1 for name in names)
+        pos += name_bytes + name_bytes % 2  # names are padded to an even length
+        self.attributes = {}
+        for name, (kind, comps, count) in zip(names, kinds):
+            comps = {_ATTR_SCALAR: comps, _ATTR_VECTOR: 3, 0x02: 3, 0x03: 9, 0x04: 4}.get(kind & 0x0F, comps)
+            self.attributes[name.decode()] = np.frombuffer(content, ">f4", comps * count, pos).astype(
+                np.float32).reshape(count, comps)
+            pos += 4 * comps * count
+
+
+@dataclass(frozen=True)
+class LiveStats:
+    """Counters since start and rates over the last ``window_s`` seconds (latency: message fully received →
+    depth reply sent)."""
+
+    frames_in: int  # IMAGEs accepted
+    frames_out: int  # depth replies sent
+    dropped: int  # replaced in the mailbox by a newer frame of the same device (latest-frame policy)
+    bad: int  # IMAGEs skipped as malformed or unsupported
+    ignored: int  # messages of other types
+    lost: int  # accepted but not answered: the client left, or inference failed
+    clients: int
+    fps: float
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    window_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def format(self) -> str:
+        lat = ("latency p50 -- p95 --" if self.latency_p50_ms is None
+               else f"latency p50 {self.latency_p50_ms:.0f} ms p95 {self.latency_p95_ms:.0f} ms")
+        return (f"stream: in {self.frames_in} out {self.frames_out} dropped {self.dropped} bad {self.bad} "
+                f"lost {self.lost} | {self.fps:.1f} frames/s, {lat} | {self.clients} client(s)")
+
+
+@dataclass
+class _Frame:
+    rgb: np.ndarray
+    device: str
+    timestamp: bytes  # raw header bytes, echoed
+    coordinates: int
+    geometry: bytes
+    received: float  # time.perf_counter() when the message was complete
+    conn: "_Connection"
+
+
+def decode_image(header_version: int, device: str, body: bytearray) -> tuple[np.ndarray, int, bytes]:
+    """IMAGE body → (RGB uint8 ``[H, W, 3]``, coordinate-system byte, raw geometry bytes); :class:`BadMessage`
+    when the image is not one 2D uint8 grey/RGB/RGBA frame or the body does not parse."""
+    msg = pyigtl.ImageMessage()
+    fields = {"header_version": header_version, "message_type": "IMAGE", "device_name": device, "timestamp": 0.0}
+    try:
+        msg.unpack(fields, body)
+        start = struct.unpack_from(">H", body)[0] if header_version > 1 else 0
+        content = body[start:start + 60]
+        if len(content) < 60:
+            raise ValueError("body shorter than the image header")
+    except Exception as exc:  # pyigtl raises struct.error, ValueError, KeyError, NotImplementedError, ...
+        raise BadMessage(f"malformed:{type(exc).__name__}", f"malformed IMAGE ({type(exc).__name__}: {exc})") from exc
+    image = msg.image if msg.image.ndim == 4 else msg.image[..., None]
+    k, h, w, c = image.shape
+    if k != 1:
+        raise BadMessage("shape", f"IMAGE with {k} slices: expected one 2D frame (k = 1)")
+    if c not in (1, 3, 4):
+        raise BadMessage("components", f"IMAGE with {c} components: expected 1 (grey), 3 (RGB) or 4 (RGBA)")
+    if image.dtype != np.uint8:
+        raise BadMessage("dtype", f"IMAGE of {image.dtype}: expected uint8")
+    if h < 2 or w < 2:
+        raise BadMessage("shape", f"IMAGE of {w}x{h} pixels: expected at least 2x2")
+    rgb = np.ascontiguousarray(image[0, :, :, :3] if c > 1 else np.repeat(image[0], 3, axis=2))
+    return rgb, content[5], bytes(content[_GEOMETRY])
+
+
+class _Connection:
+    """One TCP connection: whole messages in, buffers out (sends serialised; a failed send closes it)."""
+
+    def __init__(self, sock: socket.socket, peer: str, io_timeout: float):
+        self.sock, self.peer, self.io_timeout = sock, peer, io_timeout
+        sock.settimeout(io_timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.closed = False
+        self._send_lock = threading.Lock()
+
+    def _fill(self, buf: memoryview, idle_ok: bool) -> bool:
+        got, last = 0, time.monotonic()
+        while got < len(buf):
+            try:
+                n = self.sock.recv_into(buf[got:])
+            except socket.timeout:
+                if (got or not idle_ok) and time.monotonic() - last > self.io_timeout:
+                    raise _StreamBroken("stalled", f"message stalled after {got} of {len(buf)} bytes") from None
+                continue
+            except OSError:
+                n = 0
+            if n == 0:
+                if (got == 0 and idle_ok) or self.closed:
+                    return False
+                raise _StreamBroken("truncated", f"connection closed after {got} of {len(buf)} bytes of a message")
+            got, last = got + n, time.monotonic()
+        return True
+
+    def read(self) -> tuple[tuple, bytearray, float] | None:
+        """Next message as (header fields, body, time complete), None when the peer closed between messages."""
+        raw = bytearray(_HEADER.size)
+        if not self._fill(memoryview(raw), idle_ok=True):
+            return None
+        version, mtype, device, stamp, size, _crc = _HEADER.unpack(raw)
+        try:
+            mtype = mtype.rstrip(b"\0 ").decode("ascii")
+            device = device.split(b"\0", 1)[0].decode("utf-8")
+        except UnicodeDecodeError:
+            mtype = ""
+        if version not in (1, 2) or not mtype.replace("_", "").isalnum() or size > MAX_BODY_BYTES:
+            raise _StreamBroken("header", f"not an OpenIGTLink header (version {version}, type {mtype!r}, "
+                                          f"{size} bytes)")
+        body = bytearray(size)
+        if size and not self._fill(memoryview(body), idle_ok=False):
+            return None
+        return (version, mtype, device, stamp), body, time.perf_counter()
+
+    def send(self, buffers: list) -> bool:
+        with self._send_lock:
+            if self.closed:
+                return False
+            try:
+                for buf in buffers:
+                    self.sock.sendall(buf)
+                return True
+            except OSError as exc:  # a partial message cannot be continued: the connection is done
+                log.info("%s: send failed (%s); closing the connection", self.peer, exc)
+                self.close()
+                return False
+
+    def close(self) -> None:
+        self.closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes a reader blocked in recv
+        except OSError:
+            pass
+        self.sock.close()
+
+
+class _Mailbox:
+    """One slot per device: a frame replaces its device's waiting frame; ``take`` serves the device that has
+    waited longest."""
+
+    def __init__(self):
+        self._slots: OrderedDict[str, _Frame] = OrderedDict()
+        self._cond = threading.Condition()
+
+    def put(self, frame: _Frame, front: bool = False) -> bool:
+        """Returns whether a waiting frame was replaced (dropped); ``front``: a frame put back, kept only if no
+        newer frame of its device came meanwhile."""
+        with self._cond:
+            if front and frame.device in self._slots:
+                return True
+            replaced = frame.device in self._slots
+            self._slots[frame.device] = frame
+            if front:
+                self._slots.move_to_end(frame.device, last=False)
+            self._cond.notify_all()
+            return replaced
+
+    def take(self, timeout: float) -> _Frame | None:
+        with self._cond:
+            if not self._slots:
+                self._cond.wait(timeout)
+            return self._slots.popitem(last=False)[1] if self._slots else None
+
+    def clear(self) -> int:
+        with self._cond:
+            n = len(self._slots)
+            self._slots.clear()
+            return n
+
+
+class DepthService:
+    """The OpenIGTLink depth service (see the module docstring): a server on ``host:port`` or, with
+    ``connect=(host, port)``, a client of a PLUS/OpenIGTLink server that answers over the same connection and
+    reconnects when it is lost. ``start()``/``stop()`` or ``with``; it installs no signal handlers.
+
+    Args:
+        model: a :class:`DepthModel` (or an object with its inference API, see :func:`depth_stream`).
+        host, port: where to listen (``port=0``: any free port, see :attr:`address`).
+        connect: ``(host, port)`` of a server to take frames from instead of listening.
+        points: also send POLYDATA ``X_points`` with at most ``point_budget`` points per frame.
+        intrinsics: ``"fx,fy,cx,cy"`` or a calibration file (:func:`~SurgicalDepthLib.camera.parse_intrinsics`),
+            an :class:`Intrinsics`, or None (a 70° pinhole for each frame size, warned once per size).
+        depth_range, input_size: as in :func:`depth_stream` (mm; network input lower bound).
+        output_threads: threads turning predictions into replies (default 2 on CPU, 4 on a GPU).
+        status_interval: seconds between status reports (None: none); ``on_status(LiveStats)`` receives them
+            (default: logged at INFO).
+        io_timeout: seconds a send, or a message that has started arriving, may take before the connection is
+            closed.
+    """
+
+    def __init__(self, model: Any, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
+                 connect: tuple[str, int] | None = None, points: bool = False,
+                 point_budget: int = DEFAULT_POINT_BUDGET, intrinsics: Any = None,
+                 depth_range: tuple[float, float] | None = None, input_size: int | None = None,
+                 output_threads: int | None = None, status_interval: float | None = 5.0,
+                 on_status: Callable[[LiveStats], None] | None = None, io_timeout: float = 5.0,
+                 retry_interval: float = 1.0):
+        if point_budget < 1:
+            raise ValueError(f"point_budget must be >= 1, got {point_budget}")
+        if status_interval is not None and not status_interval > 0:
+            raise ValueError(f"status_interval must be > 0 seconds or None, got {status_interval}")
+        if output_threads is not None and output_threads < 1:
+            raise ValueError(f"output_threads must be >= 1, got {output_threads}")
+        self.model, self.host, self.port, self.connect = model, host, int(port), connect
+        self.points, self.point_budget, self.intrinsics = points, int(point_budget), intrinsics
+        self.depth_range, self.input_size = depth_range, input_size
+        self.status_interval, self.on_status = status_interval, on_status
+        self.io_timeout, self.retry_interval = io_timeout, retry_interval
+        on_cpu = getattr(getattr(model, "device", None), "type", "cpu") == "cpu"
+        # a GPU stream hands a result out once the next frame is queued (upload overlapped), so two in flight
+        self._in_flight = 1 if on_cpu else 2
+        self._output_threads = output_threads or (2 if on_cpu else 4)
+        self.address: tuple[str, int] | None = None
+        self._stop = threading.Event()
+        self._mailbox = _Mailbox()
+        self._lock = threading.Lock()  # counters, latencies, connections, threads, warned keys
+        self._counts = dict.fromkeys(("frames_in", "frames_out", "dropped", "bad", "ignored", "lost"), 0)
+        self._latencies: deque[tuple[float, float]] = deque(maxlen=100_000)  # (time sent, seconds)
+        self._connections: set[_Connection] = set()
+        self._threads: list[threading.Thread] = []
+        self._warned: set = set()
+        self._grids: dict[tuple[int, int], tuple[np.ndarray, Any]] = {}
+        self._listener: socket.socket | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._out_room = threading.Semaphore(self._output_threads + 1)
+        self._send_turn = threading.Condition()
+        self._seq = self._next_send = 0
+        self._started: float | None = None
+
+    # -- life cycle ------------------------------------------------------------------------------------------
+    def start(self) -> "DepthService":
+        """Bind (server) or start connecting (client), then serve in background threads. Raises ``OSError``
+        when the address cannot be bound."""
+        if self._started is not None:
+            raise RuntimeError("DepthService.start() called twice")
+        if self.connect is None:
+            family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+            self._listener = socket.create_server((self.host, self.port), family=family)
+            self._listener.settimeout(0.2)
+            self.address = self._listener.getsockname()[:2]
+        else:
+            self.address = (self.connect[0], int(self.connect[1]))
+        if importlib.util.find_spec("crcmod._crcfunext") is None:
+            log.warning("stream: crcmod runs without its C extension: the CRC of every reply is computed in pure "
+                        "Python (slow for large frames); reinstall crcmod with a C compiler available")
+        self._started = time.monotonic()
+        self._pool = ThreadPoolExecutor(self._output_threads, thread_name_prefix="DepthService.output")
+        if self._listener is not None:
+            self._spawn(self._accept_loop, "accept")
+            log.info("stream: listening on %s:%d", *self.address)
+        else:
+            self._spawn(self._connect_loop, "connect")
+        self._spawn(self._infer_loop, "infer")
+        if self.status_interval:
+            self._spawn(self._status_loop, "status")
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Close every connection and end the threads (frames not answered yet count as lost). Idempotent."""
+        if self._started is None or self._stop.is_set():
+            return
+        self._stop.set()
+        if self._listener is not None:
+            self._listener.close()
+        with self._lock:
+            connections, threads = list(self._connections), list(self._threads)
+        for conn in connections:
+            conn.close()
+        with self._send_turn:
+            self._send_turn.notify_all()
+        deadline = time.monotonic() + timeout
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._mailbox.clear()
+        with self._lock:
+            c = self._counts
+            c["lost"] = c["frames_in"] - c["frames_out"] - c["dropped"]
+        alive = [t.name for t in threads if t.is_alive()]
+        if alive:
+            log.warning("stream: threads still running after stop: %s", ", ".join(alive))
+
+    def __enter__(self) -> "DepthService":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def stats(self, window: float | None = None) -> LiveStats:
+        """Counters, and output frames/s and latency percentiles over the last ``window`` seconds (default: the
+        status interval, else 5 s)."""
+        window = float(window or self.status_interval or 5.0)
+        now = time.perf_counter()
+        recent: list[float] = []
+        with self._lock:
+            counts, clients = dict(self._counts), len(self._connections)
+            for sent, latency in reversed(self._latencies):
+                if sent < now - window:
+                    break
+                recent.append(latency)
+        span = min(window, time.monotonic() - self._started) if self._started is not None else window
+        p50, p95 = (np.percentile(recent, [50, 95]) * 1000).tolist() if recent else (None, None)
+        return LiveStats(**counts, clients=clients, fps=len(recent) / span if span > 0 else 0.0,
+                         latency_p50_ms=p50, latency_p95_ms=p95, window_s=window)
+
+    def _status_loop(self) -> None:
+        while not self._stop.wait(self.status_interval):
+            stats = self.stats(self.status_interval)
+            if self.on_status is None:
+                log.info("%s", stats.format())
+                continue
+            try:
+                self.on_status(stats)
+            except Exception as exc:  # the caller's display must not end the service
+                self._once(logging.ERROR, ("on_status", type(exc).__name__), "stream: on_status failed: %s", exc)
+
+    # -- helpers ---------------------------------------------------------------------------------------------
+    def _spawn(self, target: Callable, name: str, *args: Any) -> None:
+        thread = threading.Thread(target=target, args=args, name=f"DepthService.{name}", daemon=True)
+        with self._lock:
+            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += n
+
+    def _once(self, level: int, key: tuple, msg: str, *args: Any) -> None:
+        """Log ``msg`` the first time ``key`` occurs (at DEBUG afterwards): bad input must not flood the log."""
+        with self._lock:
+            first = key not in self._warned and len(self._warned) < 10_000
+            if first:
+                self._warned.add(key)
+        log.log(level if first else logging.DEBUG, msg, *args)
+
+    # -- connections -----------------------------------------------------------------------------------------
+    def _accept_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                sock, (host, port, *_) = self._listener.accept()
+            except socket.timeout:
+                continue
+            except OSError as exc:
+                if self._stop.is_set():
+                    return
+                self._once(logging.WARNING, ("accept", exc.errno), "stream: accept failed: %s", exc)
+                self._stop.wait(0.2)
+                continue
+            peer = f"{host}:{port}"
+            self._spawn(self._serve, f"client {peer}", _Connection(sock, peer, self.io_timeout))
+
+    def _connect_loop(self) -> None:
+        host, port = self.address
+        reported = False
+        while not self._stop.is_set():
+            try:
+                sock = socket.create_connection((host, port), timeout=self.io_timeout)
+            except OSError as exc:
+                if not reported:
+                    log.warning("stream: cannot connect to %s:%d (%s); retrying every %g s", host, port, exc,
+                                self.retry_interval)
+                reported = True
+                self._stop.wait(self.retry_interval)
+                continue
+            reported = False
+            self._serve(_Connection(sock, f"{host}:{port}", self.io_timeout))
+            self._stop.wait(self.retry_interval)
+
+    def _serve(self, conn: _Connection) -> None:
+        with self._lock:
+            self._connections.add(conn)
+        log.info("stream: %s connected", conn.peer)
+        try:
+            while not self._stop.is_set():
+                try:
+                    message = conn.read()
+                except _StreamBroken as exc:
+                    self._count("bad")
+                    self._once(logging.WARNING, ("broken", exc.reason),
+                               "stream: %s: %s; closing this connection", conn.peer, exc)
+                    break
+                if message is None:
+                    break
+                self._dispatch(conn, *message)
+        finally:
+            conn.close()
+            with self._lock:
+                self._connections.discard(conn)
+            if not self._stop.is_set():
+                log.info("stream: %s disconnected", conn.peer)
+
+    def _dispatch(self, conn: _Connection, head: tuple, body: bytearray, received: float) -> None:
+        version, mtype, device, stamp = head
+        if mtype != "IMAGE":
+            self._count("ignored")
+            self._once(logging.INFO, ("type", mtype, device), "stream: ignoring %s messages from %r (only IMAGE "
+                       "is answered)", mtype, device)
+            return
+        try:
+            rgb, coordinates, geometry = decode_image(version, device, body)
+        except BadMessage as exc:
+            self._count("bad")
+            self._once(logging.WARNING, ("bad", device, exc.reason), "stream: skipping IMAGE %r from %s: %s "
+                       "(logged once)", device, conn.peer, exc)
+            return
+        self._count("frames_in")
+        if self._mailbox.put(_Frame(rgb, device, stamp, coordinates, geometry, received, conn)):
+            self._count("dropped")
+
+    # -- inference -------------------------------------------------------------------------------------------
+    def _infer_loop(self) -> None:
+        while not self._stop.is_set():
+            first = self._mailbox.take(0.1)
+            if first is not None:
+                self._run_stream(first)
+
+    def _run_stream(self, first: _Frame) -> None:
+        """One :func:`depth_stream` over the latest frames of ``first``'s size; it ends when the size changes
+        (``depth_stream`` needs one size), when a GPU stream must hand out its last result, or at stop."""
+        pending: deque[_Frame] = deque()  # yielded to the stream, result not out yet (the stream keeps order)
+        room = threading.Condition()
+        done = threading.Event()
+        shape = first.rgb.shape
+
+        def halted() -> bool:
+            return done.is_set() or self._stop.is_set()
+
+        def next_frame() -> _Frame | None:
+            while not halted():
+                with room:  # take a frame only when the model is ready for it: the latest-frame policy
+                    if not room.wait_for(lambda: len(pending) < self._in_flight or halted(), 0.1) or halted():
+                        continue
+                    busy = bool(pending)
+                frame = self._mailbox.take(0.0 if busy else 0.1)
+                if frame is None:
+                    if busy:  # nothing new while a GPU result waits: end the stream so that it comes out
+                        return None
+                    continue
+                if frame.rgb.shape != shape:
+                    if self._mailbox.put(frame, front=True):
+                        self._count("dropped")
+                    return None
+                return frame
+            return None
+
+        def frames():
+            frame: _Frame | None = first
+            while frame is not None:
+                with room:
+                    pending.append(frame)
+                yield frame.rgb
+                frame = next_frame()
+
+        # fov_mask=None: "auto" (and a given mask) make depth_stream read several frames ahead before the
+        # first prediction, which would queue stale frames
+        stream = depth_stream(self.model, frames(), depth_range=self.depth_range, batch_size=1,
+                              input_size=self.input_size, fov_mask=None)
+        try:
+            for out in stream:
+                with room:
+                    frame = pending.popleft()
+                    room.notify_all()
+                self._submit(out, frame)
+        except Exception as exc:  # a frame the model cannot take must not end the service
+            self._once(logging.ERROR, ("inference", type(exc).__name__, str(exc)),
+                       "stream: inference failed: %s: %s", type(exc).__name__, exc)
+        finally:
+            done.set()
+            with room:
+                room.notify_all()
+            stream.close()
+            self._count("lost", len(pending))
+
+    # -- replies ---------------------------------------------------------------------------------------------
+    def _submit(self, out: Any, frame: _Frame) -> None:
+        while not self._out_room.acquire(timeout=0.1):  # replies lag: block, so that the mailbox drops
+            if self._stop.is_set():
+                self._count("lost")
+                return
+        seq, self._seq = self._seq, self._seq + 1
+        try:
+            self._pool.submit(self._reply, out, frame, seq)
+        except RuntimeError:  # pool shut down by stop()
+            self._out_room.release()
+            self._count("lost")
+
+    def _reply(self, out: Any, frame: _Frame, seq: int) -> None:
+        try:
+            try:
+                messages = self._replies(out, frame)
+            except Exception as exc:
+                self._once(logging.ERROR, ("reply", type(exc).__name__), "stream: no reply for %r: %s: %s",
+                           frame.device, type(exc).__name__, exc)
+                messages = []
+            with self._send_turn:  # replies leave in frame order
+                while self._next_send != seq and not self._stop.is_set():
+                    self._send_turn.wait(0.1)
+            if not messages or not frame.conn.send(messages[0]):
+                self._count("lost")
+                return
+            sent = time.perf_counter()
+            with self._lock:
+                self._counts["frames_out"] += 1
+                self._latencies.append((sent, sent - frame.received))
+            for message in messages[1:]:
+                frame.conn.send(message)
+        finally:
+            with self._send_turn:
+                self._next_send = max(self._next_send, seq + 1)
+                self._send_turn.notify_all()
+            self._out_room.release()
+
+    def _replies(self, out: Any, frame: _Frame) -> list[list]:
+        depth = out.depth_mm
+        replies = [pack_message("IMAGE", self._name(frame.device, "_depth"), frame.timestamp,
+                                pack_depth_image(depth, frame.coordinates, frame.geometry))]
+        if self.points:
+            try:
+                replies.append(self._point_reply(depth, frame))
+            except (ValueError, OSError) as exc:  # e.g. intrinsics for another aspect ratio
+                self._once(logging.ERROR, ("points", str(exc)), "stream: no points for %r: %s", frame.device, exc)
+        return replies
+
+    def _point_reply(self, depth: np.ndarray, frame: _Frame) -> list:
+        from .camera import Intrinsics, parse_intrinsics
+        from .geometry import backproject
+
+        H, W = depth.shape
+        if (H, W) not in self._grids:  # one (grid, camera) per frame size
+            intr = self.intrinsics
+            camera = ((intr if intr.size == (W, H) else intr.scaled(W, H)) if isinstance(intr, Intrinsics)
+                      else parse_intrinsics(intr, W, H))
+            self._grids[H, W] = decimation_grid(H, W, self.point_budget), camera
+        grid, camera = self._grids[H, W]
+        mask = grid & (depth > 0)  # NaN compares False
+        points = backproject(depth, camera, mask=mask) if mask.any() else np.zeros((0, 3), np.float32)
+        return pack_message("POLYDATA", self._name(frame.device, "_points"), frame.timestamp,
+                            pack_point_cloud(points, frame.rgb[mask], depth[mask]))
+
+    def _name(self, device: str, suffix: str) -> str:
+        name = reply_name(device, suffix)
+        if not name.startswith(device):
+            self._once(logging.WARNING, ("name", device, suffix), "stream: %r + %r exceeds OpenIGTLink's %d-byte "
+                       "device names: replying as %r", device, suffix, DEVICE_NAME_BYTES, name)
+        return name

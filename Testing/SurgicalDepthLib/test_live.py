@@ -1,0 +1,411 @@
+"""``DepthService`` / ``surgical-depth stream``: a real service on 127.0.0.1 with a real tiny model, talking to
+pyigtl's client and server and to a plain-socket client that keeps every reply; every wait is bounded."""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import queue
+import re
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+from tiny_model import textured, tiny_model
+
+pyigtl = pytest.importorskip("pyigtl")
+
+import SurgicalDepthLib as sd  # noqa: E402
+from SurgicalDepthLib.live import DepthService, PointCloudMessage, decimation_grid  # noqa: E402
+
+SIZE = 70  # network input side: keeps the tiny model at a few ms per frame
+WAIT = 10.0  # seconds any single reply may take on a loaded 2-core machine before a test fails
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(5)
+
+
+@contextlib.contextmanager
+def running(model, **options):
+    service = DepthService(model, port=0, input_size=SIZE, status_interval=None, **options)
+    service.start()
+    try:
+        yield service
+    finally:
+        service.stop()
+
+
+@contextlib.contextmanager
+def pyigtl_client(service):
+    client = pyigtl.OpenIGTLinkClient("127.0.0.1", service.address[1])
+    try:
+        yield client
+    finally:
+        client.stop()
+
+
+def wait_until(predicate, timeout: float = WAIT) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def as_received(message):
+    """The message as a receiver decodes it (pack, then pyigtl's own header and body parsing)."""
+    raw = message.pack()
+    fields = pyigtl.MessageBase.parse_header(raw[:58])
+    decoded = pyigtl.MessageBase.create_message(fields["message_type"])
+    decoded.unpack(fields, raw[58:])
+    return decoded
+
+
+def depth_of(model, rgb: np.ndarray) -> np.ndarray:
+    return next(sd.depth_stream(model, [rgb], batch_size=1, input_size=SIZE, fov_mask=None)).depth_mm
+
+
+class RawClient:
+    """A plain-socket OpenIGTLink client that keeps every reply with its arrival time (pyigtl's client keeps only
+    the latest message per device) and can send arbitrary bytes."""
+
+    def __init__(self, port: int):
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=WAIT)
+        self.replies: list[tuple[float, object]] = []
+        self.closed_by_server = threading.Event()
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _recv(self, n: int) -> bytes | None:
+        data = b""
+        while len(data) < n:
+            try:
+                chunk = self.sock.recv(n - len(data))
+            except OSError:
+                return None
+            if not chunk:
+                return None
+            data += chunk
+        return data
+
+    def _read(self) -> None:
+        while (header := self._recv(58)) is not None:
+            fields = pyigtl.MessageBase.parse_header(header)
+            body = self._recv(fields["body_size"])
+            if body is None:
+                break
+            message = pyigtl.MessageBase.create_message(fields["message_type"])
+            if message is not None:  # types pyigtl cannot read are skipped
+                message.unpack(fields, body)
+                self.replies.append((time.perf_counter(), message))
+        self.closed_by_server.set()
+
+    def send(self, data) -> None:
+        self.sock.sendall(data.pack() if hasattr(data, "pack") else data)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        self._thread.join(WAIT)
+
+
+class SlowModel:
+    """The tiny model behind a fixed delay per frame: inference much slower than a 25 frames/s source."""
+
+    def __init__(self, model, delay: float):
+        self.model, self.delay = model, delay
+        self.output_kind, self.depth_unit, self.device = model.output_kind, model.depth_unit, model.device
+
+    def iter_batches(self, frames, input_size=None, batch_size=None):
+        for batch in self.model.iter_batches(frames, input_size, batch_size):
+            time.sleep(self.delay)
+            yield batch
+
+
+class HeldBackModel:
+    """The tiny model with a GPU stream's order of events: a result comes out only after the next frame has been
+    taken (its upload overlaps the previous inference), or when the input ends."""
+
+    def __init__(self, model):
+        self.model, self.output_kind, self.depth_unit = model, model.output_kind, model.depth_unit
+        self.device = type("Device", (), {"type": "cuda"})()
+
+    def iter_batches(self, frames, input_size=None, batch_size=None):
+        held = None
+        for batch in self.model.iter_batches(frames, input_size, batch_size):
+            if held is not None:
+                yield held
+            held = batch
+        if held is not None:
+            yield held
+
+
+def test_results_held_back_by_a_gpu_stream_come_out_without_the_next_frame(model, one_torch_thread):
+    """Catches: a reply waiting for the next frame to arrive (a GPU stream keeps its last result until then),
+    and a deadlock or lost frame when frames do arrive while a result is held."""
+    rgb = textured(24, 32, 9)
+    with running(HeldBackModel(model)) as service:
+        client = RawClient(service.address[1])
+        try:
+            client.send(pyigtl.ImageMessage(rgb[None], timestamp=1.0, device_name="Video"))
+            assert wait_until(lambda: len(client.replies) == 1, timeout=3.0), "reply held until the next frame"
+            for i in range(20):  # a burst: frames while results are held
+                client.send(pyigtl.ImageMessage(rgb[None], timestamp=2.0 + i, device_name="Video"))
+            assert wait_until(lambda: service.stats().frames_out + service.stats().dropped == 21)
+            assert wait_until(lambda: client.replies[-1][1].timestamp == 21.0), "the last frame was not answered"
+        finally:
+            client.close()
+
+
+def test_reply_has_depth_timestamp_and_geometry_of_its_frame(model, one_torch_thread):
+    """Catches: a reply under another device name, a depth map transposed or not float32, the timestamp
+    re-stamped or rounded, the IJK->RAS matrix or coordinate system lost, depth differing from depth_stream on
+    the same frame, grey frames or a change of frame size breaking the stream."""
+    rgb, grey = textured(40, 56, 1), textured(30, 44, 2)[..., 1]
+    ijk_to_ras = np.array([[0.3, 0, 0, -12.5], [0, -0.3, 0, 40.25], [0, 0, 1.5, 7], [0, 0, 0, 1]])
+    sent = [pyigtl.ImageMessage(rgb[None], ijk_to_world_matrix=ijk_to_ras, world_coordinate_system="ras",
+                                timestamp=1733389211.123456789, device_name="Video"),
+            pyigtl.ImageMessage(grey[None], timestamp=1733389212.987654321, device_name="Grey")]
+    with running(model) as service, pyigtl_client(service) as client:
+        replies = []
+        for message in sent:
+            client.send_message(message, wait=False)
+            replies.append(client.wait_for_message(message.device_name + "_depth", timeout=WAIT))
+    for message, image, reply in zip(sent, (rgb, np.repeat(grey[..., None], 3, axis=2)), replies):
+        assert reply is not None, f"no reply to {message.device_name}"
+        expected = as_received(message)
+        assert reply.image.shape == (1, *image.shape[:2]) and reply.image.dtype == np.float32
+        assert reply.timestamp == expected.timestamp
+        np.testing.assert_array_equal(reply.ijk_to_world_matrix, expected.ijk_to_world_matrix)
+        assert reply.world_coordinate_system == expected.world_coordinate_system
+        np.testing.assert_allclose(reply.image[0], depth_of(model, image), rtol=1e-6, equal_nan=True)
+    assert replies[0].world_coordinate_system == "ras"
+
+
+def test_frames_faster_than_inference_are_dropped_not_queued(model, one_torch_thread):
+    """Catches: frames queued behind a slow model (latency growing with time), drops not counted, counters
+    that do not add up, replies out of order or for frames never sent."""
+    delay, fps, count = 0.15, 25.0, 50
+    frame = textured(40, 56, 3)
+    sent: dict[float, float] = {}  # timestamp -> time sent
+    with running(SlowModel(model, delay)) as service:
+        client = RawClient(service.address[1])
+        try:
+            start = time.perf_counter()
+            for i in range(count):
+                time.sleep(max(0.0, start + i / fps - time.perf_counter()))
+                message = pyigtl.ImageMessage(frame[None], timestamp=1000.0 + i, device_name="Video")
+                client.send(message)
+                sent[as_received(message).timestamp] = time.perf_counter()
+            last_sent = time.perf_counter()
+            assert wait_until(lambda: service.stats().frames_in == count
+                              and sum(service.stats().as_dict()[k] for k in ("frames_out", "dropped", "lost"))
+                              == count)
+            stats = service.stats(window=60)
+            assert wait_until(lambda: len(client.replies) == stats.frames_out)
+        finally:
+            client.close()
+    assert stats.dropped >= count // 2 and stats.frames_out >= 4 and stats.lost == 0, stats
+    stamps = [reply.timestamp for _, reply in client.replies]
+    assert stamps == sorted(stamps) and set(stamps) <= set(sent)
+    latencies = [arrived - sent[reply.timestamp] for arrived, reply in client.replies]
+    # answered as they come: at most one frame waits while another is inferred (queued, the last of 50 frames
+    # sent over 2 s would wait ~5 s behind the others)
+    assert max(latencies) < 4 * delay + 0.4, latencies
+    assert sum(arrived > last_sent for arrived, _ in client.replies) <= 3
+    assert stats.latency_p95_ms < 1000 * (4 * delay + 0.4)
+
+
+def test_bad_messages_are_skipped_and_logged_once(model, caplog, one_torch_thread):
+    """Catches: a malformed or unsupported message ending the connection or the service, the log flooded by
+    a repeating bad message, other message types answered or counted as bad, a stream that cannot be parsed
+    further keeping its connection."""
+    caplog.set_level(logging.INFO, logger="SurgicalDepthLib.live")
+    rgb = textured(24, 32, 4)
+    good = pyigtl.ImageMessage(rgb[None], timestamp=5.0, device_name="Video").pack()
+    truncated = bytearray(good[:58 + 40])
+    truncated[42:50] = struct.pack(">Q", 40)  # a consistent header whose IMAGE body ends inside the image header
+    bad = {"dtype": pyigtl.ImageMessage(rgb[None].astype(np.float32), device_name="Bad"),
+           "shape": pyigtl.ImageMessage(np.stack([rgb[..., 0]] * 2), device_name="Bad"),
+           "components": pyigtl.ImageMessage(rgb[None, :, :, :2].copy(), device_name="Bad")}
+    with running(model) as service:
+        client = RawClient(service.address[1])
+        try:
+            for _ in range(3):
+                client.send(pyigtl.StringMessage("hello", device_name="Text"))
+                for message in bad.values():
+                    client.send(message)
+                client.send(bytes(truncated))
+            client.send(good)
+            assert wait_until(lambda: len(client.replies) == 1), "no reply after the bad messages"
+            assert client.replies[0][1].device_name == "Video_depth"
+            stats = service.stats()
+            assert (stats.bad, stats.ignored, stats.frames_in) == (12, 3, 1)
+            # garbage where a header should be: this connection closes, the service goes on
+            client.send(b"\x07" * 58)
+            assert client.closed_by_server.wait(WAIT)
+        finally:
+            client.close()
+        other = RawClient(service.address[1])
+        try:
+            other.send(good)
+            assert wait_until(lambda: len(other.replies) == 1)
+        finally:
+            other.close()
+    text = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    for reason in ("expected uint8", "2 slices", "2 components", "malformed IMAGE", "'Text'",
+                   "not an OpenIGTLink header"):
+        assert sum(reason in line for line in text) == 1, (reason, text)
+
+
+def test_clients_that_leave_do_not_stop_the_server(model, one_torch_thread):
+    """Catches: a client that disconnects (before its reply, or in the middle of a message) stopping the
+    service or blocking the next clients, replies sent to the wrong client."""
+    rgb = textured(24, 32, 5)
+    with running(model) as service:
+        gone = RawClient(service.address[1])
+        gone.send(pyigtl.ImageMessage(rgb[None], device_name="Gone"))
+        gone.close()
+        cut = RawClient(service.address[1])
+        cut.send(pyigtl.ImageMessage(rgb[None], device_name="Cut").pack()[:500])
+        cut.close()
+        assert wait_until(lambda: service.stats().clients == 0)
+        with pyigtl_client(service) as first, pyigtl_client(service) as second:
+            first.send_message(pyigtl.ImageMessage(rgb[None], device_name="First"), wait=False)
+            second.send_message(pyigtl.ImageMessage(rgb[None], device_name="Second"), wait=False)
+            assert first.wait_for_message("First_depth", timeout=WAIT) is not None
+            assert second.wait_for_message("Second_depth", timeout=WAIT) is not None
+            assert first.wait_for_message("Second_depth", timeout=0.2) is None
+            assert second.wait_for_message("First_depth", timeout=0.2) is None
+        stats = service.stats()  # final: the replies leave in order, so the one to "Gone" was tried before
+    assert stats.bad == 1 and stats.frames_out >= 2  # "Cut" is bad; "Gone" is lost (or sent before it was seen)
+    assert stats.frames_in == stats.frames_out + stats.lost + stats.dropped
+
+
+def test_points_are_the_depth_on_a_pixel_grid_within_budget(model, monkeypatch, one_torch_thread):
+    """Catches: more points than the budget, points not at the depth of their pixel (wrong intrinsics, grid
+    or row order), colours from other pixels, a POLYDATA with another timestamp than its depth image."""
+    monkeypatch.setitem(pyigtl.messages.message_type_to_class_constructor, "POLYDATA", PointCloudMessage)
+    rgb, budget, (fx, fy, cx, cy) = textured(40, 56, 6), 100, (50.0, 48.0, 27.0, 20.5)
+    with running(model, points=True, point_budget=budget, intrinsics=f"{fx},{fy},{cx},{cy}") as service, \
+            pyigtl_client(service) as client:
+        client.send_message(pyigtl.ImageMessage(rgb[None], timestamp=77.5, device_name="Video"), wait=False)
+        depth = client.wait_for_message("Video_depth", timeout=WAIT)
+        cloud = client.wait_for_message("Video_points", timeout=WAIT)
+    assert depth is not None and cloud is not None and cloud.timestamp == depth.timestamp
+    grid = decimation_grid(40, 56, budget) & np.isfinite(depth.image[0])
+    v, u = np.nonzero(grid)
+    z = depth.image[0][grid]
+    assert 0 < len(cloud.points) == grid.sum() <= budget
+    np.testing.assert_allclose(cloud.points, np.stack([(u - cx) / fx * z, (v - cy) / fy * z, z], 1), rtol=1e-5)
+    np.testing.assert_allclose(cloud.attributes["Depth"][:, 0], z, rtol=1e-6)
+    np.testing.assert_allclose(cloud.attributes["RGB"], rgb[grid] / 255, atol=1e-6)
+    np.testing.assert_array_equal(cloud.vertices.reshape(-1, 2), np.stack([np.ones_like(v), np.arange(len(v))], 1))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (7, 5), (40, 56), (1080, 1920), (3, 2000)])
+@pytest.mark.parametrize("budget", [1, 10, 999, 20000])
+def test_decimation_grid_is_regular_and_within_budget(shape, budget):
+    """Catches: a cloud larger than its budget, a grid much sparser than needed, a non-deterministic choice."""
+    mask = decimation_grid(*shape, budget)
+    assert mask.shape == shape and 1 <= mask.sum() <= budget and (decimation_grid(*shape, budget) == mask).all()
+    if budget >= mask.size:
+        assert mask.all()
+    rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+    assert mask.sum() == len(rows) * len(cols) and len(set(np.diff(rows))) <= 1 and len(set(np.diff(cols))) <= 1
+    assert abs(rows[0] - (shape[0] - 1 - rows[-1])) <= 1 and abs(cols[0] - (shape[1] - 1 - cols[-1])) <= 1  # centred
+    step = max(np.diff(rows).max(initial=1), np.diff(cols).max(initial=1))
+    if step > 1:  # one step finer would exceed the budget
+        assert ((shape[0] - 1) // (step - 1) + 1) * ((shape[1] - 1) // (step - 1) + 1) > budget
+
+
+def test_client_mode_takes_frames_from_a_server_and_answers_it(model, one_torch_thread):
+    """Catches: --connect not reading what a PLUS-like server broadcasts, replies not sent back over the same
+    connection, no reconnection after the server restarts."""
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    rgb = textured(24, 32, 7)
+
+    def plus_server(port: int):
+        server = pyigtl.OpenIGTLinkServer(port=port, local_server=True)
+        for sig, handler in handlers.items():  # pyigtl installs its own; keep pytest's
+            signal.signal(sig, handler)
+        return server
+
+    server = plus_server(0)
+    port = server.server_address[1]
+    service = DepthService(model, connect=("127.0.0.1", port), input_size=SIZE, status_interval=None,
+                           retry_interval=0.1)
+    try:
+        service.start()
+        server.send_message(pyigtl.ImageMessage(rgb[None], timestamp=9.25, device_name="Image"), wait=False)
+        reply = server.wait_for_message("Image_depth", timeout=WAIT)
+        assert reply is not None and reply.timestamp == 9.25 and reply.image.shape == (1, 24, 32)
+        server.stop()
+        server = plus_server(port)
+        server.send_message(pyigtl.ImageMessage(rgb[None], timestamp=10.5, device_name="Image"), wait=False)
+        assert server.wait_for_message("Image_depth", timeout=WAIT) is not None, "no reply after reconnecting"
+    finally:
+        service.stop()
+        server.stop()
+
+
+def test_cli_serves_and_exits_cleanly_on_sigterm(tmp_path):
+    """Catches: the stream command missing from the CLI, no reply from the command-line server, SIGTERM ending
+    it with a traceback or a non-zero exit code, no status events in --progress jsonl."""
+    from SurgicalDepthLib.checkpoints import save_checkpoint
+
+    checkpoint = save_checkpoint(tmp_path / "tiny.safetensors", tiny_model(5))
+    proc = subprocess.Popen([sys.executable, "-m", "SurgicalDepthLib.cli", "stream", "--port", "0", "--model",
+                             str(checkpoint), "--device", "cpu", "--input-size", str(SIZE), "--progress", "jsonl",
+                             "--status-interval", "0.3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: dict[str, queue.Queue] = {"out": queue.Queue(), "err": queue.Queue()}
+    for name, pipe in (("out", proc.stdout), ("err", proc.stderr)):
+        threading.Thread(target=lambda p=pipe, q=lines[name]: [q.put(line) for line in p], daemon=True).start()
+    seen: dict[str, list[str]] = {"out": [], "err": []}
+
+    def wait_line(name: str, pattern: str, timeout: float = 60.0) -> re.Match | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                seen[name].append(lines[name].get(timeout=0.1))
+            except queue.Empty:
+                if proc.poll() is not None:
+                    return None
+                continue
+            if match := re.search(pattern, seen[name][-1]):
+                return match
+        return None
+
+    try:
+        match = wait_line("err", r"listening on 127\.0\.0\.1:(\d+)")
+        assert match, "".join(seen["err"])
+        client = RawClient(int(match.group(1)))
+        try:
+            client.send(pyigtl.ImageMessage(textured(24, 32, 8)[None], device_name="Video"))
+            assert wait_until(lambda: len(client.replies) == 1), "".join(seen["err"])
+        finally:
+            client.close()
+        assert wait_line("out", r'"step": 1'), "".join(seen["out"])
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=WAIT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(WAIT)
+    wait_line("out", r'"event": "done"', timeout=1.0)
+    wait_line("err", r"$^", timeout=0.5)  # drain
+    assert "Traceback" not in "".join(seen["err"]), "".join(seen["err"])
+    events = [json.loads(line) for line in seen["out"]]
+    assert events[-1]["event"] == "done" and events[-1]["frames_out"] == 1, events[-1]
+    assert all(e["stage"] == "stream" and e["total"] is None for e in events if e["event"] == "progress")
