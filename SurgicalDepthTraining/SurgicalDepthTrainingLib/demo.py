@@ -119,10 +119,11 @@ def run_demo(config: DemoConfig, progress=None) -> DemoResult:
     model = sd.load_model(config.model, device=config.device)
     kind = model.output_kind
     preds = []
-    for i, frame in enumerate(clip):
-        preds.append(model.infer_image(frame["image"], config.input_size))
+    # the one inference loop; the renderer's exact valid masks are the field of view here
+    for frame in sd.depth_stream(model, [f["image"] for f in clip], input_size=config.input_size, fov_mask=None):
+        preds.append(frame.prediction)
         if progress is not None:
-            progress(i + 1, len(clip))
+            progress(len(preds), len(clip))
 
     cap = float(SceneConfig().max_depth_mm)  # the renderer's depth range: farther pixels are invalid
     body = evaluate_predictions(((f["name"], p, f["depth"], f["valid"]) for f, p in zip(clip, preds)),
