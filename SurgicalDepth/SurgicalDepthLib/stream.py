@@ -160,7 +160,9 @@ def _field_of_view(fov_mask: Any, items: Iterator[tuple[int, np.ndarray]]
     ``items``) and the items to iterate."""
     if fov_mask is None:
         return None, items
-    head = list(itertools.islice(items, FOV_FRAMES))
+    # "auto" looks at the first frames; a given mask needs only the first frame's size (reading further ahead
+    # would hold frames back: a live source may not have them yet)
+    head = list(itertools.islice(items, FOV_FRAMES if isinstance(fov_mask, str) else 1))
     items = itertools.chain(head, items)
     if not head:
         return None, items

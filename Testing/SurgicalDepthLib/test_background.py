@@ -113,7 +113,8 @@ def test_background_calls_skip_waiting_calls_when_the_caller_fails():
                 calls.submit(slow, i)
             threading.Timer(0.2, gate.set).start()
             raise KeyError("caller failed")
-    assert started == [0] and _threads("bc-cancel") == 0
+    # the call already running may finish (or, on a loaded machine, not have started yet); the waiting ones never run
+    assert started in ([], [0]) and _threads("bc-cancel") == 0
 
 
 @pytest.mark.parametrize("prefetch_batches", [0, 2])
