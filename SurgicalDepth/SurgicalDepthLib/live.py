@@ -15,11 +15,13 @@ Latest-frame policy: a frame waits in a one-slot mailbox per device; one arrivin
 replaces it (the replaced frame is counted as dropped), so latency stays bounded when frames come faster than
 inference. Frames go through :func:`~SurgicalDepthLib.stream.depth_stream` (batch 1), one at a time on CPU.
 
-Connections are handled here rather than by ``pyigtl.OpenIGTLinkServer``, which (pyigtl 0.3.4) installs SIGINT/
-SIGTERM handlers when constructed, busy-loops after a client disconnects and serves no other client until a send
-fails, and drops the connection (printing a traceback) on a malformed message. Here a malformed message is
-skipped and the connection kept; a stream that cannot be re-synchronised (bad header, a body that stops coming)
-closes that connection only; a client may come and go; replies go to the connection the frame came from.
+Field of view (``fov_mask``, :mod:`SurgicalDepthLib.fov`): depth is NaN outside the scope's field of view and points
+come only from inside it. ``"auto"`` detects it once per device and frame size from the first frame received (the
+service never holds frames back to look at more), an array gives it, None turns it off.
+
+Connections (:mod:`SurgicalDepthLib._igtl`, which also holds the wire format): a malformed message is skipped and
+the connection kept; a stream that cannot be re-synchronised (bad header, a body that stops coming) closes that
+connection only; a client may come and go; replies go to the connection the frame came from.
 """
 from __future__ import annotations
 
@@ -27,7 +29,6 @@ import importlib.util
 import logging
 import math
 import socket
-import struct
 import threading
 import time
 from collections import OrderedDict, deque
@@ -36,34 +37,19 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import numpy as np
-import pyigtl
-from pyigtl.messages import CRC64
 
+from ._igtl import (DEVICE_NAME_BYTES, BadMessage, Connection, PointCloudMessage, StreamBroken, decode_image,
+                    pack_depth_image, pack_message, pack_point_cloud, reply_name)
+from .fov import detect_fov_mask
 from .stream import depth_stream
+
+__all__ = ["DEFAULT_POINT_BUDGET", "DEFAULT_PORT", "DepthService", "LiveStats", "PointCloudMessage", "decimation_grid"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 18944  # the registered OpenIGTLink port
 DEFAULT_POINT_BUDGET = 20000
-MAX_BODY_BYTES = 256 << 20  # larger bodies mean a stream out of sync, not a frame (an 8K RGBA frame is 133 MB)
-DEVICE_NAME_BYTES = 20
-_HEADER = struct.Struct(">H12s20s8sQQ")  # version, type, device name, timestamp (sec, frac), body size, CRC64
-_IMAGE_START = struct.Struct(">HBBBBHHH")  # version, components, scalar type, endianness, coordinates, size i j k
-_GEOMETRY = slice(12, 60)  # 12 float32 after _IMAGE_START: t, s, n columns and the image centre
-_FLOAT32, _LITTLE_ENDIAN = 10, 2
-_ATTR_SCALAR, _ATTR_VECTOR = 0x00, 0x01
-
-
-class BadMessage(ValueError):
-    """A message that is skipped; ``reason`` keys the once-only log."""
-
-    def __init__(self, reason: str, text: str):
-        super().__init__(text)
-        self.reason = reason
-
-
-class _StreamBroken(BadMessage):
-    """The byte stream of a connection cannot be parsed further (closed mid-message, stalled, not OpenIGTLink)."""
+_FOV_DEVICES = 64  # "auto" field-of-view masks kept (device, frame size): bounded, device names come from clients
 
 
 def decimation_grid(height: int, width: int, budget: int) -> np.ndarray:
@@ -77,75 +63,6 @@ def decimation_grid(height: int, width: int, budget: int) -> np.ndarray:
     mask = np.zeros((height, width), bool)
     mask[(height - 1) % step // 2::step, (width - 1) % step // 2::step] = True
     return mask
-
-
-def reply_name(device: str, suffix: str) -> str:
-    """``device + suffix`` within OpenIGTLink's 20-byte device names (the device part is shortened)."""
-    base = device.encode("utf-8")[:DEVICE_NAME_BYTES - len(suffix)].decode("utf-8", "ignore")
-    return base + suffix
-
-
-def pack_message(message_type: str, device: str, timestamp: bytes, parts: list) -> list:
-    """An OpenIGTLink v1 message as buffers to send in order: header (with the 8 raw ``timestamp`` bytes) then
-    the body ``parts`` (bytes-like)."""
-    crc, size = 0, 0
-    for part in parts:
-        crc = CRC64(part, crc)
-        size += memoryview(part).nbytes
-    header = _HEADER.pack(1, message_type.encode("ascii"), device.encode("utf-8")[:DEVICE_NAME_BYTES], timestamp,
-                          size, crc)
-    return [header, *parts]
-
-
-def pack_depth_image(depth: np.ndarray, coordinates: int, geometry: bytes) -> list:
-    """IMAGE body parts for float32 ``depth [H, W]`` with the input's raw ``geometry`` (48 bytes)."""
-    H, W = depth.shape
-    data = np.ascontiguousarray(depth, dtype="<f4")
-    head = (_IMAGE_START.pack(1, 1, _FLOAT32, _LITTLE_ENDIAN, coordinates, W, H, 1) + geometry
-            + struct.pack(">6H", 0, 0, 0, W, H, 1))
-    return [head, memoryview(data).cast("B")]
-
-
-def pack_point_cloud(points: np.ndarray, rgb: np.ndarray, depth: np.ndarray) -> list:
-    """POLYDATA body parts: ``points`` float32 ``[N, 3]``, one vertex each, attributes ``Depth`` (``[N]`` mm)
-    and ``RGB`` (uint8 ``[N, 3]`` sent as floats in [0, 1])."""
-    n = len(points)
-    verts = np.empty((n, 2), ">u4")
-    verts[:, 0], verts[:, 1] = 1, np.arange(n)
-    names = b"Depth\0RGB\0"
-    # attribute header as igtl_polydata.c packs it: uint8 type, uint8 components, uint32 count
-    head = struct.pack(">10I", n, n, verts.nbytes, 0, 0, 0, 0, 0, 0, 2)
-    attrs = struct.pack(">BBI", _ATTR_SCALAR, 1, n) + struct.pack(">BBI", _ATTR_VECTOR, 3, n)
-    return [head, points.astype(">f4").tobytes(), verts.tobytes(), attrs + names + b"\0" * (len(names) % 2),
-            depth.astype(">f4").tobytes(), (rgb / np.float32(255)).astype(">f4").tobytes()]
-
-
-class PointCloudMessage(pyigtl.PolyDataMessage):
-    """POLYDATA reader for Python clients (pyigtl 0.3.4 registers no POLYDATA reader and its ``_unpack_content``
-    does not run): ``points`` float32 ``[N, 3]``, ``vertices`` uint32 (``1, i`` pairs), ``attributes``
-    ``{name: float32 [N, components]}``. Register it with
-    ``pyigtl.messages.message_type_to_class_constructor["POLYDATA"] = PointCloudMessage``."""
-
-    def _unpack_content(self, content: bytes) -> None:
-        counts = struct.unpack_from(">10I", content)
-        n, pos = counts[0], 40
-        self.points = np.frombuffer(content, ">f4", 3 * n, pos).astype(np.float32).reshape(n, 3)
-        pos += 12 * n
-        cells = [np.frombuffer(content, ">u4", size // 4, pos + sum(counts[2:2 + 2 * i:2])).astype(np.uint32)
-                 for i, size in enumerate(counts[2:10:2])]
-        self.vertices, self.lines, self.polygons, self.triangle_strips = cells
-        pos += sum(counts[2:10:2])
-        kinds = [struct.unpack_from(">BBI", content, pos + 6 * a) for a in range(counts[9])]
-        pos += 6 * counts[9]
-        names = content[pos:].split(b"\0")[:counts[9]]
-        name_bytes = sum(len(name) + 1 for name in names)
-        pos += name_bytes + name_bytes % 2  # names are padded to an even length
-        self.attributes = {}
-        for name, (kind, comps, count) in zip(names, kinds):
-            comps = {_ATTR_SCALAR: comps, _ATTR_VECTOR: 3, 0x02: 3, 0x03: 9, 0x04: 4}.get(kind & 0x0F, comps)
-            self.attributes[name.decode()] = np.frombuffer(content, ">f4", comps * count, pos).astype(
-                np.float32).reshape(count, comps)
-            pos += 4 * comps * count
 
 
 @dataclass(frozen=True)
@@ -183,103 +100,7 @@ class _Frame:
     coordinates: int
     geometry: bytes
     received: float  # time.perf_counter() when the message was complete
-    conn: "_Connection"
-
-
-def decode_image(header_version: int, device: str, body: bytearray) -> tuple[np.ndarray, int, bytes]:
-    """IMAGE body → (RGB uint8 ``[H, W, 3]``, coordinate-system byte, raw geometry bytes); :class:`BadMessage`
-    when the image is not one 2D uint8 grey/RGB/RGBA frame or the body does not parse."""
-    msg = pyigtl.ImageMessage()
-    fields = {"header_version": header_version, "message_type": "IMAGE", "device_name": device, "timestamp": 0.0}
-    try:
-        msg.unpack(fields, body)
-        start = struct.unpack_from(">H", body)[0] if header_version > 1 else 0
-        content = body[start:start + 60]
-        if len(content) < 60:
-            raise ValueError("body shorter than the image header")
-    except Exception as exc:  # pyigtl raises struct.error, ValueError, KeyError, NotImplementedError, ...
-        raise BadMessage(f"malformed:{type(exc).__name__}", f"malformed IMAGE ({type(exc).__name__}: {exc})") from exc
-    image = msg.image if msg.image.ndim == 4 else msg.image[..., None]
-    k, h, w, c = image.shape
-    if k != 1:
-        raise BadMessage("shape", f"IMAGE with {k} slices: expected one 2D frame (k = 1)")
-    if c not in (1, 3, 4):
-        raise BadMessage("components", f"IMAGE with {c} components: expected 1 (grey), 3 (RGB) or 4 (RGBA)")
-    if image.dtype != np.uint8:
-        raise BadMessage("dtype", f"IMAGE of {image.dtype}: expected uint8")
-    if h < 2 or w < 2:
-        raise BadMessage("shape", f"IMAGE of {w}x{h} pixels: expected at least 2x2")
-    rgb = np.ascontiguousarray(image[0, :, :, :3] if c > 1 else np.repeat(image[0], 3, axis=2))
-    return rgb, content[5], bytes(content[_GEOMETRY])
-
-
-class _Connection:
-    """One TCP connection: whole messages in, buffers out (sends serialised; a failed send closes it)."""
-
-    def __init__(self, sock: socket.socket, peer: str, io_timeout: float):
-        self.sock, self.peer, self.io_timeout = sock, peer, io_timeout
-        sock.settimeout(io_timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.closed = False
-        self._send_lock = threading.Lock()
-
-    def _fill(self, buf: memoryview, idle_ok: bool) -> bool:
-        got, last = 0, time.monotonic()
-        while got < len(buf):
-            try:
-                n = self.sock.recv_into(buf[got:])
-            except socket.timeout:
-                if (got or not idle_ok) and time.monotonic() - last > self.io_timeout:
-                    raise _StreamBroken("stalled", f"message stalled after {got} of {len(buf)} bytes") from None
-                continue
-            except OSError:
-                n = 0
-            if n == 0:
-                if (got == 0 and idle_ok) or self.closed:
-                    return False
-                raise _StreamBroken("truncated", f"connection closed after {got} of {len(buf)} bytes of a message")
-            got, last = got + n, time.monotonic()
-        return True
-
-    def read(self) -> tuple[tuple, bytearray, float] | None:
-        """Next message as (header fields, body, time complete), None when the peer closed between messages."""
-        raw = bytearray(_HEADER.size)
-        if not self._fill(memoryview(raw), idle_ok=True):
-            return None
-        version, mtype, device, stamp, size, _crc = _HEADER.unpack(raw)
-        try:
-            mtype = mtype.rstrip(b"\0 ").decode("ascii")
-            device = device.split(b"\0", 1)[0].decode("utf-8")
-        except UnicodeDecodeError:
-            mtype = ""
-        if version not in (1, 2) or not mtype.replace("_", "").isalnum() or size > MAX_BODY_BYTES:
-            raise _StreamBroken("header", f"not an OpenIGTLink header (version {version}, type {mtype!r}, "
-                                          f"{size} bytes)")
-        body = bytearray(size)
-        if size and not self._fill(memoryview(body), idle_ok=False):
-            return None
-        return (version, mtype, device, stamp), body, time.perf_counter()
-
-    def send(self, buffers: list) -> bool:
-        with self._send_lock:
-            if self.closed:
-                return False
-            try:
-                for buf in buffers:
-                    self.sock.sendall(buf)
-                return True
-            except OSError as exc:  # a partial message cannot be continued: the connection is done
-                log.info("%s: send failed (%s); closing the connection", self.peer, exc)
-                self.close()
-                return False
-
-    def close(self) -> None:
-        self.closed = True
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)  # wakes a reader blocked in recv
-        except OSError:
-            pass
-        self.sock.close()
+    conn: "Connection"
 
 
 class _Mailbox:
@@ -329,6 +150,9 @@ class DepthService:
         intrinsics: ``"fx,fy,cx,cy"`` or a calibration file (:func:`~SurgicalDepthLib.camera.parse_intrinsics`),
             an :class:`Intrinsics`, or None (a 70° pinhole for each frame size, warned once per size).
         depth_range, input_size: as in :func:`depth_stream` (mm; network input lower bound).
+        fov_mask: the scope's field of view: ``"auto"`` (detected once per device and frame size from the first
+            frame, :func:`~SurgicalDepthLib.fov.detect_fov_mask`), a bool ``[H, W]`` array (True = tissue; frames
+            of another size get no reply) or None (every pixel is tissue). Depth is NaN outside it.
         output_threads: threads turning predictions into replies (default 2 on CPU, 4 on a GPU).
         status_interval: seconds between status reports (None: none); ``on_status(LiveStats)`` receives them
             (default: logged at INFO).
@@ -340,18 +164,23 @@ class DepthService:
                  connect: tuple[str, int] | None = None, points: bool = False,
                  point_budget: int = DEFAULT_POINT_BUDGET, intrinsics: Any = None,
                  depth_range: tuple[float, float] | None = None, input_size: int | None = None,
-                 output_threads: int | None = None, status_interval: float | None = 5.0,
-                 on_status: Callable[[LiveStats], None] | None = None, io_timeout: float = 5.0,
-                 retry_interval: float = 1.0):
+                 fov_mask: str | np.ndarray | None = "auto", output_threads: int | None = None,
+                 status_interval: float | None = 5.0, on_status: Callable[[LiveStats], None] | None = None,
+                 io_timeout: float = 5.0, retry_interval: float = 1.0):
         if point_budget < 1:
             raise ValueError(f"point_budget must be >= 1, got {point_budget}")
         if status_interval is not None and not status_interval > 0:
             raise ValueError(f"status_interval must be > 0 seconds or None, got {status_interval}")
         if output_threads is not None and output_threads < 1:
             raise ValueError(f"output_threads must be >= 1, got {output_threads}")
+        if isinstance(fov_mask, str) and fov_mask != "auto":
+            raise ValueError(f"fov_mask must be 'auto', None or a bool [H, W] array, got {fov_mask!r}")
+        if fov_mask is not None and not isinstance(fov_mask, str) and np.ndim(fov_mask) not in (2, 3):
+            raise ValueError(f"fov_mask must be 'auto', None or a bool [H, W] array, got an array of shape "
+                             f"{np.shape(fov_mask)}")
         self.model, self.host, self.port, self.connect = model, host, int(port), connect
         self.points, self.point_budget, self.intrinsics = points, int(point_budget), intrinsics
-        self.depth_range, self.input_size = depth_range, input_size
+        self.depth_range, self.input_size, self.fov_mask = depth_range, input_size, fov_mask
         self.status_interval, self.on_status = status_interval, on_status
         self.io_timeout, self.retry_interval = io_timeout, retry_interval
         on_cpu = getattr(getattr(model, "device", None), "type", "cpu") == "cpu"
@@ -364,10 +193,11 @@ class DepthService:
         self._lock = threading.Lock()  # counters, latencies, connections, threads, warned keys
         self._counts = dict.fromkeys(("frames_in", "frames_out", "dropped", "bad", "ignored", "lost"), 0)
         self._latencies: deque[tuple[float, float]] = deque(maxlen=100_000)  # (time sent, seconds)
-        self._connections: set[_Connection] = set()
+        self._connections: set[Connection] = set()
         self._threads: list[threading.Thread] = []
         self._warned: set = set()
         self._grids: dict[tuple[int, int], tuple[np.ndarray, Any]] = {}
+        self._fov_masks: OrderedDict[tuple[str, int, int], np.ndarray | None] = OrderedDict()  # "auto", per device
         self._listener: socket.socket | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._out_room = threading.Semaphore(self._output_threads + 1)
@@ -495,7 +325,7 @@ class DepthService:
                 self._stop.wait(0.2)
                 continue
             peer = f"{host}:{port}"
-            self._spawn(self._serve, f"client {peer}", _Connection(sock, peer, self.io_timeout))
+            self._spawn(self._serve, f"client {peer}", Connection(sock, peer, self.io_timeout))
 
     def _connect_loop(self) -> None:
         host, port = self.address
@@ -511,10 +341,10 @@ class DepthService:
                 self._stop.wait(self.retry_interval)
                 continue
             reported = False
-            self._serve(_Connection(sock, f"{host}:{port}", self.io_timeout))
+            self._serve(Connection(sock, f"{host}:{port}", self.io_timeout))
             self._stop.wait(self.retry_interval)
 
-    def _serve(self, conn: _Connection) -> None:
+    def _serve(self, conn: Connection) -> None:
         with self._lock:
             self._connections.add(conn)
         log.info("stream: %s connected", conn.peer)
@@ -522,7 +352,7 @@ class DepthService:
             while not self._stop.is_set():
                 try:
                     message = conn.read()
-                except _StreamBroken as exc:
+                except StreamBroken as exc:
                     self._count("bad")
                     self._once(logging.WARNING, ("broken", exc.reason),
                                "stream: %s: %s; closing this connection", conn.peer, exc)
@@ -537,7 +367,7 @@ class DepthService:
             if not self._stop.is_set():
                 log.info("stream: %s disconnected", conn.peer)
 
-    def _dispatch(self, conn: _Connection, head: tuple, body: bytearray, received: float) -> None:
+    def _dispatch(self, conn: Connection, head: tuple, body: bytearray, received: float) -> None:
         version, mtype, device, stamp = head
         if mtype != "IMAGE":
             self._count("ignored")
@@ -563,12 +393,13 @@ class DepthService:
                 self._run_stream(first)
 
     def _run_stream(self, first: _Frame) -> None:
-        """One :func:`depth_stream` over the latest frames of ``first``'s size; it ends when the size changes
-        (``depth_stream`` needs one size), when a GPU stream must hand out its last result, or at stop."""
+        """One :func:`depth_stream` over the latest frames of ``first``'s size and field of view; it ends when
+        either changes (``depth_stream`` needs one of each), when a GPU stream must hand out its last result, or at
+        stop."""
         pending: deque[_Frame] = deque()  # yielded to the stream, result not out yet (the stream keeps order)
         room = threading.Condition()
         done = threading.Event()
-        shape = first.rgb.shape
+        shape, fov = first.rgb.shape, self._fov(first)
 
         def halted() -> bool:
             return done.is_set() or self._stop.is_set()
@@ -584,7 +415,7 @@ class DepthService:
                     if busy:  # nothing new while a GPU result waits: end the stream so that it comes out
                         return None
                     continue
-                if frame.rgb.shape != shape:
+                if frame.rgb.shape != shape or self._fov(frame) is not fov:  # one size and mask per stream
                     if self._mailbox.put(frame, front=True):
                         self._count("dropped")
                     return None
@@ -599,10 +430,10 @@ class DepthService:
                 yield frame.rgb
                 frame = next_frame()
 
-        # fov_mask=None: "auto" (and a given mask) make depth_stream read several frames ahead before the
-        # first prediction, which would queue stale frames
+        # the mask as an array (or None): depth_stream's "auto" would read several frames ahead before the first
+        # prediction, which would queue stale frames
         stream = depth_stream(self.model, frames(), depth_range=self.depth_range, batch_size=1,
-                              input_size=self.input_size, fov_mask=None)
+                              input_size=self.input_size, fov_mask=fov)
         try:
             for out in stream:
                 with room:
@@ -618,6 +449,20 @@ class DepthService:
                 room.notify_all()
             stream.close()
             self._count("lost", len(pending))
+
+    def _fov(self, frame: _Frame) -> np.ndarray | None:
+        """The field of view of ``frame``'s device and size: ``fov_mask``, or with "auto" the one detected from
+        the first such frame (kept for the :data:`_FOV_DEVICES` device/size pairs seen last)."""
+        if not isinstance(self.fov_mask, str):
+            return self.fov_mask
+        key = (frame.device, *frame.rgb.shape[:2])
+        if key not in self._fov_masks:
+            mask = self._fov_masks[key] = detect_fov_mask([frame.rgb])
+            if len(self._fov_masks) > _FOV_DEVICES:
+                self._fov_masks.popitem(last=False)
+            log.info("stream: %r (%dx%d): %s", frame.device, key[2], key[1], "no field-of-view border found"
+                     if mask is None else f"field of view detected: {100 * mask.mean():.1f} % of the frame")
+        return self._fov_masks[key]
 
     # -- replies ---------------------------------------------------------------------------------------------
     def _submit(self, out: Any, frame: _Frame) -> None:

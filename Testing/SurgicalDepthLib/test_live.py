@@ -313,6 +313,49 @@ def test_points_are_the_depth_on_a_pixel_grid_within_budget(model, monkeypatch, 
     np.testing.assert_array_equal(cloud.vertices.reshape(-1, 2), np.stack([np.ones_like(v), np.arange(len(v))], 1))
 
 
+def scope_frame(h: int, w: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A frame with a circular field of view (cut by the top and bottom edges) in a black, slightly noisy border,
+    and that field of view (bool ``[h, w]``); tissue inside never darker than 45."""
+    yy, xx = np.mgrid[:h, :w]
+    inside = (yy - h / 2) ** 2 + (xx - w / 2) ** 2 < (0.53 * h) ** 2
+    frame = (45 + textured(h, w, seed) * (210 / 255)).astype(np.uint8)
+    frame[~inside] = np.random.default_rng(seed).integers(0, 9, (int((~inside).sum()), 3))
+    return frame, inside
+
+
+@pytest.mark.parametrize("fov_mask", ["auto", None])
+def test_field_of_view_from_the_first_frame_masks_depth_and_points(model, monkeypatch, fov_mask, one_torch_thread):
+    """Catches: the live service ignoring the scope's border (depth and points on the black frame), waiting for
+    more frames before answering the first, fov_mask=None still masking."""
+    monkeypatch.setitem(pyigtl.messages.message_type_to_class_constructor, "POLYDATA", PointCloudMessage)
+    (h, w), (fx, fy, cx, cy) = (96, 128), (80.0, 80.0, 63.5, 47.5)
+    rgb, inside = scope_frame(h, w, 10)
+    with running(model, fov_mask=fov_mask, points=True, point_budget=h * w, intrinsics=f"{fx},{fy},{cx},{cy}"
+                 ) as service, pyigtl_client(service) as client:
+        client.send_message(pyigtl.ImageMessage(rgb[None], timestamp=3.0, device_name="Scope"), wait=False)
+        depth = client.wait_for_message("Scope_depth", timeout=WAIT)
+        cloud = client.wait_for_message("Scope_points", timeout=WAIT)
+    assert depth is not None and cloud is not None, "no reply to a single frame"
+    valid = np.isfinite(depth.image[0])
+    assert valid[inside].mean() >= 0.95
+    u = np.round(cloud.points[:, 0] / cloud.points[:, 2] * fx + cx).astype(int)
+    v = np.round(cloud.points[:, 1] / cloud.points[:, 2] * fy + cy).astype(int)
+    assert len(cloud.points) == valid.sum()
+    if fov_mask == "auto":
+        assert (~valid[~inside]).mean() >= 0.95
+        assert inside[v, u].all(), "points outside the field of view"
+    else:
+        assert valid.all()
+
+
+def test_fov_mask_is_checked():
+    """Catches: a misspelt fov_mask accepted (and the mask silently off)."""
+    with pytest.raises(ValueError, match="fov_mask"):
+        DepthService(None, fov_mask="atuo")
+    with pytest.raises(ValueError, match="fov_mask"):
+        DepthService(None, fov_mask=np.ones(5, bool))
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (7, 5), (40, 56), (1080, 1920), (3, 2000)])
 @pytest.mark.parametrize("budget", [1, 10, 999, 20000])
 def test_decimation_grid_is_regular_and_within_budget(shape, budget):
@@ -367,7 +410,7 @@ def test_cli_serves_and_exits_cleanly_on_sigterm(tmp_path):
     checkpoint = save_checkpoint(tmp_path / "tiny.safetensors", tiny_model(5))
     proc = subprocess.Popen([sys.executable, "-m", "SurgicalDepthLib.cli", "stream", "--port", "0", "--model",
                              str(checkpoint), "--device", "cpu", "--input-size", str(SIZE), "--progress", "jsonl",
-                             "--status-interval", "0.3"],
+                             "--status-interval", "0.3", "--fov-mask", "none"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: dict[str, queue.Queue] = {"out": queue.Queue(), "err": queue.Queue()}
     for name, pipe in (("out", proc.stdout), ("err", proc.stderr)):

@@ -3,7 +3,9 @@
 Each IMAGE ``X`` (one uint8 grey/RGB/RGBA frame) is answered with an IMAGE ``X_depth`` (float32 depth in mm, NaN
 where undefined, same size, the input's timestamp and IJK→RAS), and with ``--points`` a POLYDATA ``X_points``
 (the camera-frame point cloud on a regular pixel grid of at most ``--point-budget`` points, with ``Depth`` and
-``RGB`` attributes). Frames that arrive while the model is busy are dropped (latest-frame policy), never queued.
+``RGB`` attributes). Outside the scope's field of view (``--fov-mask``; by default found once per device and frame
+size from its first frame) depth is NaN and no point is sent. Frames that arrive while the model is busy are
+dropped (latest-frame policy), never queued.
 
 As a server (``--port``; ``--host 0.0.0.0`` accepts other machines) it answers every client on its own connection;
 with ``--connect HOST:PORT`` it connects to a PLUS (or any OpenIGTLink) server, takes the images it broadcasts and
@@ -21,7 +23,7 @@ import threading
 from pathlib import Path
 
 from ..alignment import DEFAULT_DEPTH_RANGE_MM
-from . import CliError, input_size_arg, progress_of
+from . import CliError, fov_mask_arg, input_size_arg, progress_of
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,11 @@ def register(subparsers) -> None:
     p.add_argument("--depth-range", type=float, nargs=2, default=DEFAULT_DEPTH_RANGE_MM, metavar=("NEAR", "FAR"),
                    help="depth in mm of the nearest/farthest tissue, used to scale relative (disparity) models "
                         f"(default {DEFAULT_DEPTH_RANGE_MM[0]:g} {DEFAULT_DEPTH_RANGE_MM[1]:g})")
+    p.add_argument("--fov-mask", type=fov_mask_arg, default="auto", metavar="auto|none|FILE",
+                   help="the scope's field of view: 'auto' (default: found once per device and frame size from its "
+                        "first frame; black borders and the overlay text on them get no depth), 'none' (every pixel "
+                        "is tissue) or a mask image of the frames' size (nonzero = tissue); outside it depth is NaN "
+                        "and no point is sent")
     p.add_argument("--points", action="store_true", help="also send a POLYDATA point cloud X_points per frame")
     p.add_argument("--point-budget", type=int, default=20000, help="at most this many points per cloud")
     p.add_argument("--intrinsics", default=None,
@@ -109,7 +116,8 @@ def run(args: argparse.Namespace) -> int:
     service = DepthService(model, host=args.host, port=DEFAULT_PORT if args.port is None else args.port,
                            connect=args.connect, points=args.points, point_budget=args.point_budget,
                            intrinsics=args.intrinsics, depth_range=tuple(args.depth_range),
-                           input_size=args.input_size, status_interval=args.status_interval, on_status=report)
+                           input_size=args.input_size, fov_mask=args.fov_mask,
+                           status_interval=args.status_interval, on_status=report)
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         service.start()

@@ -1,0 +1,208 @@
+"""OpenIGTLink wire format for :mod:`SurgicalDepthLib.live` (internal): v1/v2 message headers, CRC64, IMAGE in
+(decoded with pyigtl's codec) and IMAGE/POLYDATA out (packed here, as buffers to send without copies), the
+POLYDATA reader :class:`PointCloudMessage` for Python clients, and :class:`Connection`, one TCP connection.
+
+Connections are handled here rather than by ``pyigtl.OpenIGTLinkServer``, which (pyigtl 0.3.4) installs SIGINT/
+SIGTERM handlers when constructed, busy-loops after a client disconnects and serves no other client until a send
+fails, and drops the connection (printing a traceback) on a malformed message. Here a malformed message raises
+:class:`BadMessage` (the caller skips it and keeps the connection); a stream that cannot be re-synchronised (bad
+header, a body that stops coming) raises :class:`StreamBroken` (the caller closes that connection only).
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import threading
+import time
+
+import numpy as np
+import pyigtl
+from pyigtl.messages import CRC64
+
+log = logging.getLogger(__name__)
+
+MAX_BODY_BYTES = 256 << 20  # larger bodies mean a stream out of sync, not a frame (an 8K RGBA frame is 133 MB)
+DEVICE_NAME_BYTES = 20
+_HEADER = struct.Struct(">H12s20s8sQQ")  # version, type, device name, timestamp (sec, frac), body size, CRC64
+_IMAGE_START = struct.Struct(">HBBBBHHH")  # version, components, scalar type, endianness, coordinates, size i j k
+_GEOMETRY = slice(12, 60)  # 12 float32 after _IMAGE_START: t, s, n columns and the image centre
+_FLOAT32, _LITTLE_ENDIAN = 10, 2
+_ATTR_SCALAR, _ATTR_VECTOR = 0x00, 0x01
+
+
+class BadMessage(ValueError):
+    """A message that is skipped; ``reason`` keys the once-only log."""
+
+    def __init__(self, reason: str, text: str):
+        super().__init__(text)
+        self.reason = reason
+
+
+class StreamBroken(BadMessage):
+    """The byte stream of a connection cannot be parsed further (closed mid-message, stalled, not OpenIGTLink)."""
+
+
+def reply_name(device: str, suffix: str) -> str:
+    """``device + suffix`` within OpenIGTLink's 20-byte device names (the device part is shortened)."""
+    base = device.encode("utf-8")[:DEVICE_NAME_BYTES - len(suffix)].decode("utf-8", "ignore")
+    return base + suffix
+
+
+def pack_message(message_type: str, device: str, timestamp: bytes, parts: list) -> list:
+    """An OpenIGTLink v1 message as buffers to send in order: header (with the 8 raw ``timestamp`` bytes) then
+    the body ``parts`` (bytes-like)."""
+    crc, size = 0, 0
+    for part in parts:
+        crc = CRC64(part, crc)
+        size += memoryview(part).nbytes
+    header = _HEADER.pack(1, message_type.encode("ascii"), device.encode("utf-8")[:DEVICE_NAME_BYTES], timestamp,
+                          size, crc)
+    return [header, *parts]
+
+
+def pack_depth_image(depth: np.ndarray, coordinates: int, geometry: bytes) -> list:
+    """IMAGE body parts for float32 ``depth [H, W]`` with the input's raw ``geometry`` (48 bytes)."""
+    H, W = depth.shape
+    data = np.ascontiguousarray(depth, dtype="<f4")
+    head = (_IMAGE_START.pack(1, 1, _FLOAT32, _LITTLE_ENDIAN, coordinates, W, H, 1) + geometry
+            + struct.pack(">6H", 0, 0, 0, W, H, 1))
+    return [head, memoryview(data).cast("B")]
+
+
+def pack_point_cloud(points: np.ndarray, rgb: np.ndarray, depth: np.ndarray) -> list:
+    """POLYDATA body parts: ``points`` float32 ``[N, 3]``, one vertex each, attributes ``Depth`` (``[N]`` mm)
+    and ``RGB`` (uint8 ``[N, 3]`` sent as floats in [0, 1])."""
+    n = len(points)
+    verts = np.empty((n, 2), ">u4")
+    verts[:, 0], verts[:, 1] = 1, np.arange(n)
+    names = b"Depth\0RGB\0"
+    # attribute header as igtl_polydata.c packs it: uint8 type, uint8 components, uint32 count
+    head = struct.pack(">10I", n, n, verts.nbytes, 0, 0, 0, 0, 0, 0, 2)
+    attrs = struct.pack(">BBI", _ATTR_SCALAR, 1, n) + struct.pack(">BBI", _ATTR_VECTOR, 3, n)
+    return [head, points.astype(">f4").tobytes(), verts.tobytes(), attrs + names + b"\0" * (len(names) % 2),
+            depth.astype(">f4").tobytes(), (rgb / np.float32(255)).astype(">f4").tobytes()]
+
+
+class PointCloudMessage(pyigtl.PolyDataMessage):
+    """POLYDATA reader for Python clients (pyigtl 0.3.4 registers no POLYDATA reader and its ``_unpack_content``
+    does not run): ``points`` float32 ``[N, 3]``, ``vertices`` uint32 (``1, i`` pairs), ``attributes``
+    ``{name: float32 [N, components]}``. Register it with
+    ``pyigtl.messages.message_type_to_class_constructor["POLYDATA"] = PointCloudMessage``."""
+
+    def _unpack_content(self, content: bytes) -> None:
+        counts = struct.unpack_from(">10I", content)
+        n, pos = counts[0], 40
+        self.points = np.frombuffer(content, ">f4", 3 * n, pos).astype(np.float32).reshape(n, 3)
+        pos += 12 * n
+        cells = [np.frombuffer(content, ">u4", size // 4, pos + sum(counts[2:2 + 2 * i:2])).astype(np.uint32)
+                 for i, size in enumerate(counts[2:10:2])]
+        self.vertices, self.lines, self.polygons, self.triangle_strips = cells
+        pos += sum(counts[2:10:2])
+        kinds = [struct.unpack_from(">BBI", content, pos + 6 * a) for a in range(counts[9])]
+        pos += 6 * counts[9]
+        names = content[pos:].split(b"\0")[:counts[9]]
+        name_bytes = sum(len(name) + 1 for name in names)
+        pos += name_bytes + name_bytes % 2  # names are padded to an even length
+        self.attributes = {}
+        for name, (kind, comps, count) in zip(names, kinds):
+            comps = {_ATTR_SCALAR: comps, _ATTR_VECTOR: 3, 0x02: 3, 0x03: 9, 0x04: 4}.get(kind & 0x0F, comps)
+            self.attributes[name.decode()] = np.frombuffer(content, ">f4", comps * count, pos).astype(
+                np.float32).reshape(count, comps)
+            pos += 4 * comps * count
+
+
+def decode_image(header_version: int, device: str, body: bytearray) -> tuple[np.ndarray, int, bytes]:
+    """IMAGE body → (RGB uint8 ``[H, W, 3]``, coordinate-system byte, raw geometry bytes); :class:`BadMessage`
+    when the image is not one 2D uint8 grey/RGB/RGBA frame or the body does not parse."""
+    msg = pyigtl.ImageMessage()
+    fields = {"header_version": header_version, "message_type": "IMAGE", "device_name": device, "timestamp": 0.0}
+    try:
+        msg.unpack(fields, body)
+        start = struct.unpack_from(">H", body)[0] if header_version > 1 else 0
+        content = body[start:start + 60]
+        if len(content) < 60:
+            raise ValueError("body shorter than the image header")
+    except Exception as exc:  # pyigtl raises struct.error, ValueError, KeyError, NotImplementedError, ...
+        raise BadMessage(f"malformed:{type(exc).__name__}", f"malformed IMAGE ({type(exc).__name__}: {exc})") from exc
+    image = msg.image if msg.image.ndim == 4 else msg.image[..., None]
+    k, h, w, c = image.shape
+    if k != 1:
+        raise BadMessage("shape", f"IMAGE with {k} slices: expected one 2D frame (k = 1)")
+    if c not in (1, 3, 4):
+        raise BadMessage("components", f"IMAGE with {c} components: expected 1 (grey), 3 (RGB) or 4 (RGBA)")
+    if image.dtype != np.uint8:
+        raise BadMessage("dtype", f"IMAGE of {image.dtype}: expected uint8")
+    if h < 2 or w < 2:
+        raise BadMessage("shape", f"IMAGE of {w}x{h} pixels: expected at least 2x2")
+    rgb = np.ascontiguousarray(image[0, :, :, :3] if c > 1 else np.repeat(image[0], 3, axis=2))
+    return rgb, content[5], bytes(content[_GEOMETRY])
+
+
+class Connection:
+    """One TCP connection: whole messages in, buffers out (sends serialised; a failed send closes it)."""
+
+    def __init__(self, sock: socket.socket, peer: str, io_timeout: float):
+        self.sock, self.peer, self.io_timeout = sock, peer, io_timeout
+        sock.settimeout(io_timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.closed = False
+        self._send_lock = threading.Lock()
+
+    def _fill(self, buf: memoryview, idle_ok: bool) -> bool:
+        got, last = 0, time.monotonic()
+        while got < len(buf):
+            try:
+                n = self.sock.recv_into(buf[got:])
+            except socket.timeout:
+                if (got or not idle_ok) and time.monotonic() - last > self.io_timeout:
+                    raise StreamBroken("stalled", f"message stalled after {got} of {len(buf)} bytes") from None
+                continue
+            except OSError:
+                n = 0
+            if n == 0:
+                if (got == 0 and idle_ok) or self.closed:
+                    return False
+                raise StreamBroken("truncated", f"connection closed after {got} of {len(buf)} bytes of a message")
+            got, last = got + n, time.monotonic()
+        return True
+
+    def read(self) -> tuple[tuple, bytearray, float] | None:
+        """Next message as (header fields, body, time complete), None when the peer closed between messages."""
+        raw = bytearray(_HEADER.size)
+        if not self._fill(memoryview(raw), idle_ok=True):
+            return None
+        version, mtype, device, stamp, size, _crc = _HEADER.unpack(raw)
+        try:
+            mtype = mtype.rstrip(b"\0 ").decode("ascii")
+            device = device.split(b"\0", 1)[0].decode("utf-8")
+        except UnicodeDecodeError:
+            mtype = ""
+        if version not in (1, 2) or not mtype.replace("_", "").isalnum() or size > MAX_BODY_BYTES:
+            raise StreamBroken("header", f"not an OpenIGTLink header (version {version}, type {mtype!r}, "
+                                          f"{size} bytes)")
+        body = bytearray(size)
+        if size and not self._fill(memoryview(body), idle_ok=False):
+            return None
+        return (version, mtype, device, stamp), body, time.perf_counter()
+
+    def send(self, buffers: list) -> bool:
+        with self._send_lock:
+            if self.closed:
+                return False
+            try:
+                for buf in buffers:
+                    self.sock.sendall(buf)
+                return True
+            except OSError as exc:  # a partial message cannot be continued: the connection is done
+                log.info("%s: send failed (%s); closing the connection", self.peer, exc)
+                self.close()
+                return False
+
+    def close(self) -> None:
+        self.closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes a reader blocked in recv
+        except OSError:
+            pass
+        self.sock.close()
