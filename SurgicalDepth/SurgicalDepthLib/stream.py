@@ -23,7 +23,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from functools import cached_property, partial
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -40,7 +40,36 @@ log = logging.getLogger(__name__)
 RANGE_PERCENTILES = (2.0, 98.0)
 
 
-@dataclass(frozen=True)
+class Deferred:
+    """A value computed on first use: ``Deferred(function, *args)`` (for :attr:`DepthFrame.depth_mm`)."""
+
+    def __init__(self, function: Callable[..., np.ndarray], *args: Any):
+        self.function, self.args = function, args
+
+    def __call__(self) -> np.ndarray:
+        return self.function(*self.args)
+
+
+class _DeferredField:
+    """Dataclass field descriptor: stores an array or a :class:`Deferred`, and hands out the array (computed once,
+    on first access)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = "_" + name
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return None  # the field's default
+        value = instance.__dict__.get(self.slot)
+        if isinstance(value, Deferred):
+            value = instance.__dict__[self.slot] = value()
+        return value
+
+    def __set__(self, instance: Any, value: Any) -> None:
+        instance.__dict__[self.slot] = value
+
+
+@dataclass(frozen=True, eq=False)
 class DepthFrame:
     """One frame of :func:`depth_stream`.
 
@@ -49,23 +78,19 @@ class DepthFrame:
         rgb: uint8 ``[H, W, 3]`` RGB input frame.
         prediction: float32 ``[H, W]``, the model's output (``output_kind`` of the model: disparity or depth in
             the model's unit); with ``temporal=True`` after the temporal scale+shift alignment.
-        depth_mm: float32 ``[H, W]`` depth in mm along the optical axis, NaN where invalid (never 0). Computed
-            on first access (a 1080p frame takes ~70 ms on one core, longer than a GPU forward pass, and callers
-            that write only the prediction never pay for it), then kept.
-        to_depth_mm: the conversion ``prediction -> depth_mm`` used (the stream's depth range and mapping).
+        depth_mm: float32 ``[H, W]`` depth in mm along the optical axis, NaN where invalid (never 0). The stream
+            computes it on first access (a 1080p frame takes ~70 ms on one core, longer than a GPU forward pass,
+            and callers that write only the prediction never pay for it), then keeps it; constructed by hand it
+            may be given as an array.
         fov_mask: bool ``[H, W]``, True inside the scope's field of view (one array for the whole stream), or
             None when every pixel shows tissue.
     """
 
     index: int
-    rgb: np.ndarray
-    prediction: np.ndarray
-    to_depth_mm: Callable[[np.ndarray], np.ndarray] = field(repr=False, compare=False)
-    fov_mask: np.ndarray | None = field(default=None, repr=False, compare=False)
-
-    @cached_property
-    def depth_mm(self) -> np.ndarray:
-        return self.to_depth_mm(self.prediction)
+    rgb: np.ndarray = field(repr=False)
+    prediction: np.ndarray = field(repr=False)
+    depth_mm: np.ndarray = field(default=_DeferredField(), repr=False)
+    fov_mask: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def valid(self) -> np.ndarray:
@@ -220,7 +245,8 @@ def depth_stream(model: Any, frames: Any, *, depth_range: tuple[float, float] | 
                 pred, to_mm = stabilise(pred)
             else:
                 to_mm = partial(_depth_mm, kind, model.depth_unit, near_far, fov, int(index))
-            yield DepthFrame(int(index), rgb, np.asarray(pred, np.float32), to_mm, fov)
+            pred = np.asarray(pred, np.float32)
+            yield DepthFrame(int(index), rgb, pred, Deferred(to_mm, pred), fov)
     finally:
         if reader is not None:
             reader.close()

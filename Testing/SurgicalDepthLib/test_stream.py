@@ -194,3 +194,23 @@ def test_jsonl_error_event_for_usage_errors(tmp_path):
     assert result.returncode == 2 and "usage:" in result.stderr
     (event,) = _events(result.stdout)
     assert event["event"] == "error" and "--batch-size" in event["message"]
+
+
+def test_depth_frame_contract_and_lazy_depth():
+    """Catches: DepthFrame losing a contract field or its frozenness, and depth_mm computed for every frame
+    even when a caller never reads it (predict writes only the prediction; ~70 ms per 1080p frame)."""
+    import dataclasses
+
+    from SurgicalDepthLib.stream import Deferred, DepthFrame
+
+    assert [f.name for f in dataclasses.fields(DepthFrame)][:4] == ["index", "rgb", "prediction", "depth_mm"]
+    calls = []
+    pred = np.linspace(1, 2, 12, dtype=np.float32).reshape(3, 4)
+    frame = DepthFrame(4, np.zeros((3, 4, 3), np.uint8), pred, Deferred(lambda p: calls.append(1) or 1 / p, pred))
+    assert calls == [] and repr(frame) == "DepthFrame(index=4)"
+    np.testing.assert_allclose(frame.depth_mm, 1 / pred)
+    assert frame.depth_mm is frame.depth_mm and calls == [1]  # computed once
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        frame.depth_mm = pred
+    given = DepthFrame(0, frame.rgb, pred, depth_mm=pred)  # an array given by hand is kept as it is
+    assert given.depth_mm is pred
