@@ -22,3 +22,11 @@ timeout 240 python3 Testing/benchmarks/bench_video.py --device cuda --synthetic 
 if python3 -c "import open3d" 2>/dev/null; then
   timeout 120 python3 Testing/benchmarks/bench_geometry.py --device cuda 2>&1 | tail -n 8 | tee "$out/bench_geometry.txt"
 fi
+# live OpenIGTLink service: 1080p sent at 30 frames/s, DA-V2-S fp16 (random weights, same computation);
+# target >= 30 frames/s answered, p95 latency <= 100 ms. Needs pyigtl (+ crcmod's C extension) on the GPU image.
+if python3 -c "import pyigtl" 2>/dev/null; then
+  timeout 180 python3 Testing/benchmarks/bench_live.py --device cuda --model random:depth-anything-v2-small \
+      --size 1920x1080 --fps 30 --seconds 30 2>&1 | tail -n 8 | tee "$out/bench_live.txt"
+else
+  echo "bench_live: pyigtl not installed" | tee "$out/bench_live.txt"
+fi
