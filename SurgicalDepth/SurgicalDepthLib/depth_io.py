@@ -16,9 +16,16 @@ sequences.md`` and ``vtkMRMLVolumeSequenceStorageNode``): 4 axes ``I J K list`` 
 list``, ``space directions: ... none``, K = 1 slice, and the custom fields ``axis 3 index type:=numeric`` /
 ``axis 3 index values:=...`` / ``DataNodeClassName:=vtkMRMLScalarVolumeNode``. The time axis is the last (slowest)
 axis, so frames are appended to the raw data one after another: memory does not depend on the clip length.
+
+Every file is written atomically (temporary name, then rename) with Python's own file I/O, so a full disk is an
+``OSError`` with its errno: :class:`DiskFullError` ("disk full while writing <file>"), never a library's
+byte count or a traceback from a C++ writer, and no temporary file is left behind.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import io
 import json
 import logging
 import os
@@ -57,6 +64,56 @@ def _suffix(path: Path) -> str:
     if suffix not in DEPTH_SUFFIXES:
         raise ValueError(f"cannot tell the depth format of {path}: suffix {suffix!r} is not one of {DEPTH_SUFFIXES}")
     return suffix
+
+
+#: errno values meaning "no room for this file": a full disk, an exhausted quota, a file size limit (RLIMIT_FSIZE,
+#: or the file system's largest file)
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class DiskFullError(OSError):
+    """No room to write a file (disk full, quota or file size limit); the message names the file."""
+
+
+@contextlib.contextmanager
+def report_disk_full(path: str | os.PathLike):
+    """Re-raise a no-space ``OSError`` (disk full, quota, file size limit) inside the block as
+    :class:`DiskFullError` "disk full while writing <path> (<reason>)"; other errors pass unchanged."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except OSError as exc:
+        if exc.errno not in _NO_SPACE:
+            raise
+        error = DiskFullError(f"disk full while writing {path} ({os.strerror(exc.errno)})")
+        error.errno = exc.errno
+        raise error from None
+
+
+def _write_atomic(path: Path, *chunks: bytes | memoryview) -> None:
+    """Write ``chunks`` to ``path`` atomically; a full disk raises :class:`DiskFullError`."""
+    with report_disk_full(path), atomic_path(path) as tmp, open(tmp, "wb") as f:
+        for chunk in chunks:
+            f.write(chunk)
+
+
+def _nrrd_header(fields: list[str]) -> bytes:
+    """A raw little-endian float32 NRRD header with ``fields`` (``key: value`` lines) and the blank line."""
+    lines = ["NRRD0004", "# Complete NRRD file format specification at:",
+             "# http://teem.sourceforge.net/nrrd/format.html", "type: float", *fields]
+    return ("\n".join(lines) + "\n\n").encode("ascii")
+
+
+def _nrrd_2d_header(shape: tuple[int, int], spacing: tuple[float, float] | None) -> bytes:
+    """Header of a 2D map: the fields SimpleITK writes (read back by ITK/Slicer)."""
+    h, w = shape
+    sx, sy = (1.0, 1.0) if spacing is None else (float(spacing[0]), float(spacing[1]))
+    if not (np.isfinite([sx, sy]).all() and sx > 0 and sy > 0):
+        raise ValueError(f"spacing must be two positive finite numbers (x, y), got {spacing!r}")
+    return _nrrd_header(["dimension: 2", "space dimension: 2", f"sizes: {w} {h}",
+                         f"space directions: ({sx!r},0) (0,{sy!r})", "kinds: domain domain", "endian: little",
+                         "encoding: raw", "space origin: (0,0)"])
 
 
 # -- PNG with a tEXt chunk ---------------------------------------------------------------------------------------
@@ -123,6 +180,8 @@ def save_depth(path: str | os.PathLike, depth: np.ndarray, *, scale: float | Non
         spacing: NRRD only: pixel size ``(x, y)``.
     Returns:
         ``path`` as a ``Path``.
+    Raises:
+        DiskFullError: no room for the file (an ``OSError`` naming it); nothing is left under ``path``.
     """
     path = Path(path)
     suffix = _suffix(path)
@@ -130,26 +189,21 @@ def save_depth(path: str | os.PathLike, depth: np.ndarray, *, scale: float | Non
     if scale is not None and suffix != ".png":
         raise ValueError(f"scale applies to .png only, got scale={scale!r} for {path}")
     if suffix == ".png":
-        data = _encode_png(depth, scale, unit)
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(data)
+        _write_atomic(path, _encode_png(depth, scale, unit))
     elif suffix == ".npy":
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.save(f, np.ascontiguousarray(depth))
+        # serialised in memory, written by Python: numpy's own writer reports a full disk only as
+        # "N requested and M written", without an errno
+        buf = io.BytesIO()
+        np.save(buf, np.ascontiguousarray(depth))
+        _write_atomic(path, buf.getbuffer())
     elif suffix == ".nrrd":
-        import SimpleITK as sitk
-
-        image = sitk.GetImageFromArray(np.ascontiguousarray(depth))
-        if spacing is not None:
-            image.SetSpacing(tuple(float(s) for s in spacing))
-        with atomic_path(path) as tmp:
-            sitk.WriteImage(image, str(tmp), useCompression=False)
+        # written here rather than by SimpleITK, whose C++ writer turns a full disk into a multi-line exception
+        _write_atomic(path, _nrrd_2d_header(depth.shape, spacing), np.ascontiguousarray(depth, dtype="<f4").data)
     else:
         ok, buf = cv2.imencode(suffix, np.ascontiguousarray(depth))
         if not ok:
             raise ValueError(f"OpenCV could not encode a float32 TIFF for {path}")
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(buf.tobytes())
+        _write_atomic(path, buf.tobytes())
     return path
 
 
@@ -203,7 +257,8 @@ class DepthSequenceWriter:
 
     Frames go to a temporary raw file beside ``path``; :meth:`close` writes the header (which needs the frame
     count) and copies the raw data after it in chunks, then renames atomically. On an exception inside the
-    ``with`` block nothing is left under ``path``.
+    ``with`` block nothing is left under ``path``; a full disk raises :class:`DiskFullError` naming ``path``
+    (from :meth:`append` or :meth:`close`) and removes the temporary data.
 
     Args:
         path: output file, conventionally ``<name>.seq.nrrd``.
@@ -226,9 +281,11 @@ class DepthSequenceWriter:
         self.unit = unit
         self.shape: tuple[int, int] | None = None
         self.index_values: list[float] = []
-        fd, raw = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".raw", dir=self.path.parent)
+        with report_disk_full(self.path):
+            fd, raw = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".raw", dir=self.path.parent)
         self._raw_path = Path(raw)
         self._raw = os.fdopen(fd, "wb")
+        self._aborted = False
 
     def append(self, depth: np.ndarray, index_value: float | None = None) -> None:
         """Append one frame ``[H, W]``; ``index_value`` defaults to the frame number (or its time with ``fps``)."""
@@ -241,45 +298,41 @@ class DepthSequenceWriter:
         if index_value is None:
             n = len(self.index_values)
             index_value = n / self.fps if self.fps else float(n)
-        self._raw.write(np.ascontiguousarray(depth, dtype="<f4").tobytes())
+        try:
+            with report_disk_full(self.path):
+                self._raw.write(np.ascontiguousarray(depth, dtype="<f4").data)
+        except DiskFullError:
+            self.abort()  # the partial raw data is useless: free the space at once
+            raise
         self.index_values.append(float(index_value))
 
     def _header(self) -> bytes:
         h, w = self.shape  # type: ignore[misc]
-        n = len(self.index_values)
         sx, sy = self.spacing
-        label = "time" if self.fps else "frame"
-        lines = [
-            "NRRD0004",
-            "# Complete NRRD file format specification at:",
-            "# http://teem.sourceforge.net/nrrd/format.html",
-            "type: float",
-            "dimension: 4",
-            "space: left-posterior-superior",
-            f"sizes: {w} {h} 1 {n}",
-            f"space directions: ({sx!r},0,0) (0,{sy!r},0) (0,0,1) none",
-            "kinds: domain domain domain list",
-            f'labels: "" "" "" "{label}"',
-            "endian: little",
-            "encoding: raw",
-            "space origin: (0,0,0)",
-            "DataNodeClassName:=vtkMRMLScalarVolumeNode",
-            "axis 3 index type:=numeric",
+        fields = [
+            "dimension: 4", "space: left-posterior-superior", f"sizes: {w} {h} 1 {len(self.index_values)}",
+            f"space directions: ({sx!r},0,0) (0,{sy!r},0) (0,0,1) none", "kinds: domain domain domain list",
+            f'labels: "" "" "" "{"time" if self.fps else "frame"}"', "endian: little", "encoding: raw",
+            "space origin: (0,0,0)", "DataNodeClassName:=vtkMRMLScalarVolumeNode", "axis 3 index type:=numeric",
             "axis 3 index values:=" + " ".join(f"{v:.6g}" for v in self.index_values),
         ]
         if self.unit:
-            lines.append(f"depth unit:={self.unit}")
-        return ("\n".join(lines) + "\n\n").encode("ascii")
+            fields.append(f"depth unit:={self.unit}")
+        return _nrrd_header(fields)
 
     def close(self) -> Path:
-        """Finish the file (error if no frame was appended)."""
+        """Finish the file (error if no frame was appended, or after :meth:`abort`)."""
+        if self._aborted:
+            raise ValueError(f"{self.path} was aborted; nothing was written")
         if self._raw.closed:
             return self.path
-        self._raw.close()
         try:
+            with report_disk_full(self.path):
+                self._raw.close()  # flushes the last frames
             if not self.index_values:
                 raise ValueError(f"no frames were written to {self.path}")
-            with atomic_path(self.path) as tmp, open(tmp, "wb") as out, open(self._raw_path, "rb") as raw:
+            with report_disk_full(self.path), atomic_path(self.path) as tmp, open(tmp, "wb") as out, \
+                    open(self._raw_path, "rb") as raw:
                 out.write(self._header())
                 shutil.copyfileobj(raw, out, 16 << 20)
         finally:
@@ -288,8 +341,10 @@ class DepthSequenceWriter:
 
     def abort(self) -> None:
         """Discard everything written so far."""
+        self._aborted = True
         if not self._raw.closed:
-            self._raw.close()
+            with contextlib.suppress(OSError):  # a full disk fails the final flush too: the data is discarded
+                self._raw.close()
         self._raw_path.unlink(missing_ok=True)
 
     def __enter__(self) -> "DepthSequenceWriter":

@@ -112,6 +112,27 @@ class TransformedDataset(Dataset):
         return self.transform(self.base[index], rng)
 
 
+def open_data(name: str, root: str, split: str | None) -> Dataset:
+    """``open_dataset(name, root, split)`` (imported on use: the loaders pull in their readers)."""
+    from .datasets import open_dataset
+
+    return open_dataset(name, root, split)
+
+
+def training_data(config: Any, train_data: Dataset | None,
+                  val_data: Dataset | None) -> tuple[Dataset, list[int], Dataset, list[int]]:
+    """``(train set, its indices, validation set, its indices)`` of a ``TrainConfig``: the given datasets, else
+    ``config.dataset`` opened (``val_split`` for validation, else ``val_fraction`` held out, seeded)."""
+    if train_data is None:
+        train_data = open_data(config.dataset, config.root, config.split)
+        if config.val_split is not None:
+            val_data = open_data(config.dataset, config.root, config.val_split)
+    if val_data is not None:
+        return train_data, list(range(len(train_data))), val_data, list(range(len(val_data)))
+    train_idx, val_idx = split_indices(len(train_data), config.val_fraction, config.seed)
+    return train_data, train_idx, train_data, val_idx
+
+
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Seeded random split of ``range(n)`` into ``(train, val)``, val with ``round(n·fraction)`` (>= 1) items."""
     if not 0 < val_fraction < 1:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,43 @@ logger = logging.getLogger(__name__)
 LOSS_WINDOW = 20  # log.csv's loss column and the resume state: the last 20 optimizer steps
 
 
+class TrainingDiverged(FloatingPointError, ValueError):
+    """The loss (or the weights) became NaN or infinite; the message names the optimizer step. Also a
+    ``ValueError``: a learning rate that is too high is an input to fix (the CLI prints one line)."""
+
+
+class TrainingStopped(Exception):
+    """Training stopped early on request (``should_stop``: SIGINT/SIGTERM in the CLI) after saving ``checkpoint``
+    at optimizer step ``step``; ``train(..., resume=True)`` continues it."""
+
+    def __init__(self, step: int, total: int, checkpoint: str):
+        super().__init__(f"training stopped at step {step} of {total}; {checkpoint} saved, resume continues it")
+        self.step, self.total, self.checkpoint = step, total, checkpoint
+
+
+def train_device(device: str, dist_info: Any) -> torch.device:
+    """The device of this process: its GPU ``local_rank`` under torchrun with CUDA, else ``device`` resolved
+    (``auto``: cuda, then mps, then cpu)."""
+    from SurgicalDepthLib.loading import resolve_device
+
+    if dist_info.enabled and torch.cuda.is_available():
+        torch.cuda.set_device(dist_info.local_rank)
+        return torch.device("cuda", dist_info.local_rank)
+    return resolve_device(device)
+
+
+def any_rank(flag: bool, distributed: bool, device: torch.device) -> bool:
+    """``flag`` or-ed over all processes (every rank must call it at the same point); ``flag`` itself when not
+    ``distributed``. DDP ranks must agree on stopping, else one would wait for the others' gradients forever."""
+    if not distributed:
+        return flag
+    import torch.distributed as dist
+
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
+
+
 @dataclass
 class TrainState:
     """Progress counters, saved in every checkpoint. ``step`` counts optimizer steps over the whole run."""
@@ -29,6 +67,7 @@ class TrainState:
     step_in_epoch: int = 0
     best_abs_rel: float = float("inf")
     losses: list[float] = field(default_factory=list)
+    stop_requested: bool = False  # should_stop asked to stop (not saved: a resumed run runs on)
 
 
 def poly_schedule(total: int, warmup: int = 0) -> Callable[[int], float]:
@@ -86,6 +125,8 @@ def train_one_epoch(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]
         on_step: called after every optimizer step; returning True stops the epoch early.
     Returns:
         True if training must stop (``last_step`` reached or ``on_step`` asked to stop).
+    Raises:
+        TrainingDiverged: a non-finite loss, before its optimizer step (naming that step).
     """
     model.train()
     optimizer.zero_grad(set_to_none=True)
@@ -102,8 +143,12 @@ def train_one_epoch(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]
             value = supervised_loss(out[:n], batch, loss, output_kind)
             if extra is not None:
                 value = value + semi.loss(out[n:], features[-1][n:], extra)
+        loss_value = float(value.detach())
+        if not math.isfinite(loss_value):  # checked before the optimizer step: the weights stay those of the last step
+            raise TrainingDiverged(f"training diverged at step {state.step + 1}: the loss is {loss_value} "
+                                   f"(learning rate {optimizer.param_groups[0]['lr']:.3g})")
         (value / grad_accum).backward()
-        running += float(value.detach()) / grad_accum
+        running += loss_value / grad_accum
         micro += 1
         if micro < grad_accum:
             continue
@@ -117,8 +162,6 @@ def train_one_epoch(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]
         state.step_in_epoch += 1
         state.losses.append(running)
         running = 0.0
-        if not np.isfinite(state.losses[-1]):
-            raise FloatingPointError(f"training loss is {state.losses[-1]} at step {state.step}")
         stop = on_step(state) if on_step is not None else False
         if state.step >= last_step or stop:
             return True
@@ -130,12 +173,20 @@ def evaluate(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], *, ou
              device: torch.device, min_depth: float | None = None,
              max_depth: float | None = None) -> dict[str, float]:
     """Validation: per-image metrics at the training resolution (median alignment, the protocol of
-    :func:`.metrics.depth_metrics`), averaged over images. ``model`` is the unwrapped model."""
+    :func:`.metrics.depth_metrics`), averaged over images. ``model`` is the unwrapped model.
+
+    Raises:
+        TrainingDiverged: the model predicts NaN or ±inf (its weights blew up: nothing left to score).
+    """
     was_training = model.training
     model.eval()
     per_image = []
     for batch in batches:
-        pred = model(batch["image"].to(device)).float().cpu().numpy()
+        pred = model(batch["image"].to(device)).float()
+        if not bool(torch.isfinite(pred).all()):
+            model.train(was_training)
+            raise TrainingDiverged("the model predicts NaN or infinite values on the validation images")
+        pred = pred.cpu().numpy()
         depth, valid = batch["depth"].numpy(), batch["valid"].numpy()
         for p, d, v in zip(pred, depth, valid):
             per_image.append(depth_metrics(p, d, v, alignment="median", pred_kind=output_kind,

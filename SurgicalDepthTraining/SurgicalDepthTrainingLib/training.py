@@ -1,12 +1,16 @@
 """Fine-tuning Depth Anything on surgical depth data: ``TrainConfig`` and ``train(config) -> best checkpoint``.
 
 Plain functions (``build_model``, ``build_optimizer``, ``train_one_epoch``, ``evaluate``, ``save_checkpoint``).
-Output folder::
+Output folder (a run folder: manifest, lock, see :class:`.checkpointing.TrainRunFolder`)::
 
     train_config.json   the TrainConfig (also inside every checkpoint)
     last.pt             training checkpoint (model, optimizer, scheduler, RNG states, counters) for --resume
     best.safetensors    best model by validation AbsRel (project format: ``load_model(path)``), best.json beside
     log.csv             epoch, step, loss, val_abs_rel, val_a1, lr
+
+Nothing is lost: ``last.pt`` is written atomically at every epoch end, at least every ``checkpoint_minutes``, every
+``save_every`` steps if set, and when ``should_stop`` asks to stop (the CLI's SIGINT/SIGTERM). A non-finite loss
+stops the run before its optimizer step (:class:`TrainingDiverged`, naming the step); the last good checkpoint stays.
 
 Determinism: data order comes from ``DistributedSampler(seed=config.seed)`` and each sample's augmentation from
 ``default_rng([seed, epoch, index])``; a run stopped and resumed from ``last.pt`` continues with exactly the
@@ -14,15 +18,15 @@ optimizer, scheduler and data of an uninterrupted run (bit-identical on CPU). La
 """
 from __future__ import annotations
 
-import csv
+import contextlib
 import dataclasses
-import io
 import json
 import logging
 import math
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 from SurgicalDepthLib._atomic import atomic_path
@@ -30,20 +34,24 @@ from SurgicalDepthLib.configs import check_fields
 from SurgicalDepthLib.progress import ProgressReporter
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from ._train_data import DepthTransform, TransformedDataset, round_to_multiple, split_indices
-from ._train_loop import LOSS_WINDOW, TrainState, evaluate, poly_schedule, recent_loss, train_one_epoch
-from .checkpointing import export_model, load_checkpoint, save_checkpoint, set_rng_state
-from .distributed import DistInfo, barrier, cleanup_distributed, setup_distributed
+from ._train_data import DepthTransform, TransformedDataset, open_data, round_to_multiple, training_data
+from ._train_loop import (LOSS_WINDOW, TrainingDiverged, TrainingStopped, TrainState, any_rank, evaluate,
+                          poly_schedule, recent_loss, train_device, train_one_epoch)
+from .checkpointing import (TrainRunFolder, export_model, first_non_finite, read_log, read_resume_checkpoint,
+                            restore_training_state, save_checkpoint, write_log)
+from .distributed import barrier, cleanup_distributed, setup_distributed
 from .lora import add_lora
 from .losses import LOSSES
 from .semi import SemiTerm, build_teacher
 
+_write_log = write_log  # the former name (Testing/SurgicalDepthTrainingLib/test_slicer_helpers.py imports it)
 logger = logging.getLogger(__name__)
 
 LOSS_NAMES = tuple(LOSSES)
 _UNUSED_PREFIXES = ("pretrained.mask_token", "depth_head.scratch.refinenet4.resConfUnit1.")
 # Fields that may differ when resuming (they do not change the computation up to the stop point).
-_RESUMABLE_CHANGES = {"epochs", "max_steps", "num_workers", "save_every", "log_every", "output", "device"}
+_RESUMABLE_CHANGES = {"epochs", "max_steps", "num_workers", "save_every", "log_every", "output", "device",
+                      "checkpoint_minutes"}
 
 
 @dataclass(frozen=True)
@@ -69,6 +77,8 @@ class TrainConfig:
         unlabeled_dataset, unlabeled_root, teacher, unlabeled_weight, feature_weight, cutmix_prob: semi-supervised
             Depth Anything recipe (see :mod:`.semi`); off while ``unlabeled_dataset`` is None.
         save_every, log_every: checkpoint / CSV row every N optimizer steps (0 = epoch ends only).
+        checkpoint_minutes: also checkpoint once this much wall time has passed since the last checkpoint
+            (at the next optimizer step; 0 = after every step), so a kill loses at most that much work.
         warmup_steps: linear learning-rate warm-up before the poly decay (0 = none, the fine-tuning default;
             training from scratch needs it).
         clip_grad_norm: clip the global gradient norm to this value (None = no clipping).
@@ -109,24 +119,32 @@ class TrainConfig:
     cutmix_prob: float = 0.5
     save_every: int = 0
     log_every: int = 0
+    checkpoint_minutes: float = 10.0
     warmup_steps: int = 0
     clip_grad_norm: float | None = None
     head_bias: float | None = None
 
     def __post_init__(self) -> None:
+        # every message starts with the field's name (the CLI turns it into the flag's name)
         if self.loss not in LOSS_NAMES:
             raise ValueError(f"loss must be one of {LOSS_NAMES}, got {self.loss!r}")
         for name in ("batch_size", "grad_accum", "epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("seed", "num_workers", "save_every", "log_every", "warmup_steps", "lora_rank"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1 or None, got {self.max_steps}")
-        if not (self.lr > 0 and self.decoder_lr_mult > 0):
-            raise ValueError(f"lr and decoder_lr_mult must be > 0, got {self.lr}, {self.decoder_lr_mult}")
-        if self.lora_rank < 0:
-            raise ValueError(f"lora_rank must be >= 0, got {self.lora_rank}")
-        if self.warmup_steps < 0:
-            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        for name in ("lr", "decoder_lr_mult"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+        if not (math.isfinite(self.checkpoint_minutes) and self.checkpoint_minutes >= 0):
+            raise ValueError(f"checkpoint_minutes must be a finite number >= 0, got {self.checkpoint_minutes}")
         if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
             raise ValueError(f"clip_grad_norm must be > 0 or None, got {self.clip_grad_norm}")
         if len(self.input_size) != 2 or min(self.input_size) < 1:
@@ -186,92 +204,56 @@ def build_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
     return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
-def _open(name: str, root: str, split: str | None) -> Dataset:
-    from .datasets import open_dataset
-
-    return open_dataset(name, root, split)
-
-
-def _datasets(config: TrainConfig, train_data: Dataset | None,
-              val_data: Dataset | None) -> tuple[Dataset, list[int], Dataset, list[int]]:
-    if train_data is None:
-        train_data = _open(config.dataset, config.root, config.split)
-        if config.val_split is not None:
-            val_data = _open(config.dataset, config.root, config.val_split)
-    if val_data is not None:
-        return train_data, list(range(len(train_data))), val_data, list(range(len(val_data)))
-    train_idx, val_idx = split_indices(len(train_data), config.val_fraction, config.seed)
-    return train_data, train_idx, train_data, val_idx
-
-
-def _write_log(path: Path, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["epoch", "step", "loss", "val_abs_rel", "val_a1", "lr"])
-    writer.writeheader()
-    writer.writerows(rows)
-    with atomic_path(path) as tmp:
-        tmp.write_text(buf.getvalue())
-
-
-def _read_log(path: Path, up_to_step: int) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        return [row for row in csv.DictReader(f) if int(row["step"]) <= up_to_step]
-
-
-def _check_resume(saved: TrainConfig, config: TrainConfig) -> None:
-    diff = [f.name for f in dataclasses.fields(TrainConfig)
-            if getattr(saved, f.name) != getattr(config, f.name) and f.name not in _RESUMABLE_CHANGES]
-    if diff:
-        raise ValueError(f"cannot resume: the configuration differs from the checkpoint's in {diff}")
-
-
-def _resolve_device(config: TrainConfig, dist_info: DistInfo) -> torch.device:
-    from SurgicalDepthLib.loading import resolve_device
-
-    if dist_info.enabled and torch.cuda.is_available():
-        torch.cuda.set_device(dist_info.local_rank)
-        return torch.device("cuda", dist_info.local_rank)
-    return resolve_device(config.device)
-
-
 def train(config: TrainConfig, *, train_data: Dataset | None = None, val_data: Dataset | None = None,
-          unlabeled_data: Dataset | None = None, resume: bool = False, stop_after_steps: int | None = None,
+          unlabeled_data: Dataset | None = None, resume: bool = False, overwrite: bool = False,
+          stop_after_steps: int | None = None, should_stop: Callable[[], bool] | None = None,
           progress: ProgressReporter | None = None) -> Path:
     """Fine-tune as configured and return the best checkpoint (``best.safetensors`` in ``config.output``).
 
     Args:
         train_data, val_data, unlabeled_data: datasets of sample dicts to use instead of opening
             ``config.dataset`` / ``config.unlabeled_dataset`` (``val_data`` None: ``val_fraction`` held out).
-        resume: continue from ``config.output/last.pt`` (same configuration apart from length/logging).
+        resume: continue from ``config.output/last.pt`` (same configuration apart from length/logging), keeping
+            the run's files and continuing its manifest.
+        overwrite: replace an earlier run's outputs in ``config.output`` (the files its manifest lists).
         stop_after_steps: stop (after checkpointing) once this many optimizer steps are done in total, as if
             the run had been killed there; ``resume=True`` later continues it exactly.
+        should_stop: polled at every optimizer step boundary (the CLI sets it from SIGINT/SIGTERM): once it
+            returns True the run saves ``last.pt`` and raises :class:`TrainingStopped`.
         progress: where the stage ``"train"`` goes (None = a tqdm bar): one update per optimizer step with
             ``loss`` (that step's) and ``lr`` (first parameter group after the step, as in log.csv), plus
             ``val_abs_rel`` / ``val_a1`` on the step where a validation ran. Only the main process (rank 0) reports.
     Raises:
-        FileExistsError: ``output`` already holds a run and ``resume`` is False.
+        FileExistsError: (``OutputConflict``) ``output`` holds another run (without ``resume``/``overwrite``), is
+            locked by a running one, or holds a file no run wrote under an output's name.
+        TrainingDiverged: non-finite loss or weights (names the step and the last good checkpoint, kept).
+        TrainingStopped: ``should_stop`` stopped the run (``last.pt`` saved).
+        CheckpointError: ``resume`` from a truncated, corrupt, malicious or foreign ``last.pt``.
     """
     out = Path(config.output)
     dist_info = setup_distributed()
     try:
         reporter = (progress or ProgressReporter("bar")) if dist_info.is_main else ProgressReporter("none")
-        return _train(config, out, dist_info, train_data, val_data, unlabeled_data, resume, stop_after_steps,
-                      reporter)
+        folder = TrainRunFolder.of(config, overwrite=overwrite, resume=resume) if dist_info.is_main else None
+        with folder or contextlib.nullcontext() as run:
+            return _train(config, out, run, dist_info, train_data, val_data, unlabeled_data, resume,
+                          stop_after_steps, should_stop, reporter)
     finally:
         cleanup_distributed(dist_info)
 
 
-def _train(config, out, dist_info, train_data, val_data, unlabeled_data, resume, stop_after_steps,
-           reporter: ProgressReporter) -> Path:
-    last_path, best_path, log_path = out / "last.pt", out / "best.safetensors", out / "log.csv"
+def _train(config, out, run, dist_info, train_data, val_data, unlabeled_data, resume, stop_after_steps,
+           should_stop, reporter: ProgressReporter) -> Path:
+    last_path, best_path = out / "last.pt", out / "best.safetensors"
+
+    def output(name: str) -> Path:  # rank 0 claims each file in the run folder before writing it
+        return run.path(name) if run is not None else out / name
+
     if resume and not last_path.is_file():
         raise FileNotFoundError(f"cannot resume: {last_path} does not exist")
-    if not resume and last_path.exists():
-        raise FileExistsError(f"{out} already holds a training run; pass resume=True (--resume) or a new folder")
-    device = _resolve_device(config, dist_info)
-    train_data, train_idx, val_data, val_idx = _datasets(config, train_data, val_data)
+    ckpt = read_resume_checkpoint(last_path, config, _RESUMABLE_CHANGES) if resume else None
+    device = train_device(config.device, dist_info)
+    train_data, train_idx, val_data, val_idx = training_data(config, train_data, val_data)
     model = build_model(config, device)
     kind, mean, std = model.output_kind, model.config.mean, model.config.std
     size = config.effective_input_size
@@ -294,15 +276,10 @@ def _train(config, out, dist_info, train_data, val_data, unlabeled_data, resume,
     # the teacher is built from the start weights, before any resumed state is loaded
     semi = config.unlabeled_dataset is not None or unlabeled_data is not None
     teacher = build_teacher(config.teacher, model, device) if semi else None
-    if resume:
-        ckpt = load_checkpoint(last_path)
-        _check_resume(TrainConfig.from_json(ckpt["config"]), config)
-        model.load_state_dict(ckpt.get("train_state", ckpt["model"]))
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        state = TrainState(ckpt["epoch"], ckpt["step"], ckpt["step_in_epoch"], ckpt["best_abs_rel"],
-                           list(ckpt["recent_losses"]))
-        set_rng_state(ckpt["rng"])
+    saved = {"step": None, "time": time.monotonic(), "dirty": False}  # the last checkpoint written
+    if ckpt is not None:
+        state = restore_training_state(ckpt, last_path, model, optimizer, scheduler)
+        saved["step"], ckpt = state.step, None
         logger.info("resumed %s at epoch %d, step %d", last_path, state.epoch, state.step)
         if state.step >= total:
             logger.info("%s: the run already finished (%d of %d steps)", last_path, state.step, total)
@@ -314,13 +291,12 @@ def _train(config, out, dist_info, train_data, val_data, unlabeled_data, resume,
     amp = config.amp if config.amp is not None else (device.type == "cuda" and torch.cuda.is_bf16_supported())
     amp_dtype = torch.bfloat16 if amp else None
     if teacher is not None and unlabeled_data is None:
-        unlabeled_data = _open(config.unlabeled_dataset, config.unlabeled_root or config.root, None)
+        unlabeled_data = open_data(config.unlabeled_dataset, config.unlabeled_root or config.root, None)
     semi_term = None if teacher is None else SemiTerm(config, core, teacher, unlabeled_data, size, device)
-    rows = _read_log(log_path, state.step) if dist_info.is_main else []
+    rows = read_log(out / "log.csv", state.step) if dist_info.is_main else []
     config_json = config.to_json()
     if dist_info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out / "train_config.json") as tmp:
+        with atomic_path(output("train_config.json")) as tmp:
             tmp.write_text(config_json)
     last_step = min(total, stop_after_steps) if stop_after_steps else total
     range_kw = {k: getattr(config, k) if getattr(config, k) is not None else getattr(val_data, k, None)
@@ -328,61 +304,90 @@ def _train(config, out, dist_info, train_data, val_data, unlabeled_data, resume,
 
     def checkpoint() -> None:
         if dist_info.is_main:
-            save_checkpoint(last_path, core, optimizer, scheduler, config_json=config_json, epoch=state.epoch,
-                            step=state.step, step_in_epoch=state.step_in_epoch, best_abs_rel=state.best_abs_rel,
-                            recent_losses=state.losses[-LOSS_WINDOW:])
-            _write_log(log_path, rows)
+            bad = first_non_finite(core.state_dict().items())
+            if bad is not None:  # never replace the last good checkpoint with broken weights
+                raise TrainingDiverged(f"training diverged at step {state.step}: weight {bad!r} is not finite")
+            save_checkpoint(output("last.pt"), core, optimizer, scheduler, config_json=config_json,
+                            epoch=state.epoch, step=state.step, step_in_epoch=state.step_in_epoch,
+                            best_abs_rel=state.best_abs_rel, recent_losses=state.losses[-LOSS_WINDOW:])
+            write_log(output("log.csv"), rows)
+        saved.update(step=state.step, time=time.monotonic(), dirty=False)
 
     def validate() -> None:
+        saved["dirty"] = True
         if dist_info.is_main:
-            metrics = evaluate(core, DataLoader(val_set, batch_size=config.batch_size,
-                                                num_workers=config.num_workers),
-                               output_kind=kind, device=device, **range_kw)
+            try:
+                metrics = evaluate(core, DataLoader(val_set, batch_size=config.batch_size,
+                                                    num_workers=config.num_workers),
+                                   output_kind=kind, device=device, **range_kw)
+            except TrainingDiverged as exc:
+                raise TrainingDiverged(f"training diverged at step {state.step}: {exc}") from None
             rows.append(dict(epoch=state.epoch, step=state.step, loss=recent_loss(state.losses),
                              val_abs_rel=metrics["abs_rel"], val_a1=metrics["a1"], lr=scheduler.get_last_lr()[0]))
             if metrics["abs_rel"] < state.best_abs_rel:
                 state.best_abs_rel = metrics["abs_rel"]
-                export_model(best_path, core, {"train_config": config_json, "val_abs_rel": str(metrics["abs_rel"]),
-                                               "step": str(state.step)})
-                with atomic_path(out / "best.json") as tmp:
+                export_model(output("best.safetensors"), core, {
+                    "train_config": config_json, "val_abs_rel": str(metrics["abs_rel"]), "step": str(state.step)})
+                with atomic_path(output("best.json")) as tmp:
                     tmp.write_text(json.dumps({"step": state.step, "epoch": state.epoch, "val": metrics,
                                                "config": json.loads(config_json)}, indent=2))
             stage.update(0, val_abs_rel=metrics["abs_rel"], val_a1=metrics["a1"])
             logger.info("step %d: val AbsRel %.4f, delta1 %.4f", state.step, metrics["abs_rel"], metrics["a1"])
         barrier(dist_info)
 
+    def stop_requested() -> bool:  # at a step boundary, agreed by all ranks; saves the checkpoint to stop at
+        if should_stop is not None and any_rank(bool(should_stop()), dist_info.enabled, device):
+            checkpoint()
+            state.stop_requested = True
+        return state.stop_requested
+
     def on_step(s: TrainState) -> bool:
+        saved["dirty"] = True
         stage.update(1, loss=s.losses[-1], lr=scheduler.get_last_lr()[0])
         if config.log_every and s.step % config.log_every == 0 and dist_info.is_main:
             rows.append(dict(epoch=s.epoch, step=s.step, loss=recent_loss(s.losses), val_abs_rel="", val_a1="",
                              lr=scheduler.get_last_lr()[0]))
-        if config.save_every and s.step % config.save_every == 0 and s.step < last_step:
+        if stop_requested():
+            return True
+        if s.step < last_step and ((config.save_every and s.step % config.save_every == 0)
+                                   or time.monotonic() - saved["time"] >= 60 * config.checkpoint_minutes):
             checkpoint()
         return False
 
     stage = reporter.stage("train", total, unit="step", initial=state.step)
-    with stage:
-        if state.step == 0:  # the start weights' score: the baseline the run must beat
-            validate()
-        stopped = state.step >= last_step
-        while not stopped and state.epoch < epochs:
-            sampler.set_epoch(state.epoch)
-            train_set.epoch = state.epoch
-            order = list(iter(sampler))[:steps_per_epoch * micro][state.step_in_epoch * micro:]
-            loader = DataLoader(Subset(train_set, order), batch_size=config.batch_size, shuffle=False,
-                                num_workers=config.num_workers)
-            stopped = train_one_epoch(model, loader, optimizer, scheduler, state, loss=config.loss,
-                                      output_kind=kind, grad_accum=config.grad_accum, device=device,
-                                      amp_dtype=amp_dtype, clip_grad_norm=config.clip_grad_norm,
-                                      last_step=last_step, semi=semi_term, on_step=on_step)
-            if state.step_in_epoch >= steps_per_epoch:
-                state.epoch, state.step_in_epoch = state.epoch + 1, 0
-                if state.step < total:  # the final validation follows below
-                    validate()
-            if stopped or state.step >= total:
-                break
-        if state.step >= total:
-            validate()
-    checkpoint()
+    try:
+        with stage:
+            if state.step == 0 and not resume:  # the start weights' score: the baseline the run must beat
+                validate()
+            stopped = state.step >= last_step or stop_requested()
+            while not stopped and state.epoch < epochs:
+                sampler.set_epoch(state.epoch)
+                train_set.epoch = state.epoch
+                order = list(iter(sampler))[:steps_per_epoch * micro][state.step_in_epoch * micro:]
+                loader = DataLoader(Subset(train_set, order), batch_size=config.batch_size, shuffle=False,
+                                    num_workers=config.num_workers)
+                stopped = train_one_epoch(model, loader, optimizer, scheduler, state, loss=config.loss,
+                                          output_kind=kind, grad_accum=config.grad_accum, device=device,
+                                          amp_dtype=amp_dtype, clip_grad_norm=config.clip_grad_norm,
+                                          last_step=last_step, semi=semi_term, on_step=on_step)
+                if state.stop_requested:
+                    break  # saved mid-epoch: a resumed run does the epoch end's validation
+                if state.step_in_epoch >= steps_per_epoch:
+                    state.epoch, state.step_in_epoch = state.epoch + 1, 0
+                    if state.step < total:  # the final validation follows below
+                        validate()
+                        checkpoint()  # every epoch end
+                if stopped or state.step >= total:
+                    break
+            if state.step >= total and not state.stop_requested:
+                validate()
+        if saved["dirty"] or saved["step"] != state.step:
+            checkpoint()
+    except TrainingDiverged as exc:
+        kept = (f"the last good checkpoint {last_path} (step {saved['step']}) is kept" if saved["step"] is not None
+                else "no checkpoint had been saved yet")
+        raise TrainingDiverged(f"{exc}; {kept}; lower the learning rate (or clip gradients)") from None
     barrier(dist_info)
+    if state.stop_requested:
+        raise TrainingStopped(state.step, total, str(last_path))
     return best_path

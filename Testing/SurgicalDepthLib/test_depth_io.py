@@ -1,7 +1,11 @@
 """Depth files: exact float round trips, the documented uint16 PNG scale rule, Slicer sequence NRRD."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import re
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -134,3 +138,69 @@ def test_sequence_streams_from_iterator_and_is_atomic(tmp_path, rng):
     with pytest.raises(ValueError, match="no frames"):
         save_depth_sequence_nrrd(tmp_path / "e.seq.nrrd", iter([]))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.seq.nrrd"]
+
+
+# -- a full disk ---------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def file_size_limit(limit: int):
+    """RLIMIT_FSIZE for this process (a real kernel EFBIG past ``limit`` bytes; Python ignores SIGXFSZ)."""
+    resource = pytest.importorskip("resource")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".nrrd", ".tiff", ".png"])
+def test_full_disk_names_the_file_and_leaves_nothing(tmp_path, suffix, monkeypatch):
+    """Catches: a full disk reported as numpy's "20480 requested and 9184 written" (npy) or as SimpleITK's
+    multi-line C++ exception (NRRD) instead of "disk full while writing <file>", and half-written files left."""
+    import SurgicalDepthLib.depth_io as depth_io
+
+    depth = np.random.default_rng(0).uniform(1, 9, (200, 200)).astype(np.float32)
+    target = tmp_path / f"d{suffix}"
+    # ENOSPC from the kernel: the data goes to /dev/full
+    monkeypatch.setattr(depth_io, "atomic_path", lambda path: contextlib.nullcontext(Path("/dev/full")))
+    with pytest.raises(depth_io.DiskFullError, match=rf"^disk full while writing {re.escape(str(target))} "
+                                                     r"\(No space left on device\)$") as info:
+        save_depth(target, depth)
+    assert info.value.errno == errno.ENOSPC and isinstance(info.value, OSError)
+    monkeypatch.undo()
+    # EFBIG from a file size limit, through the real atomic writer: no temporary file, no partial file
+    with file_size_limit(4096), pytest.raises(depth_io.DiskFullError, match=re.escape(str(target))):
+        save_depth(target, depth)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_full_disk_during_a_sequence(tmp_path):
+    """Catches: a full disk while appending frames to a .seq.nrrd leaving its large temporary raw file behind or
+    raising a bare OSError that names no file."""
+    from SurgicalDepthLib.depth_io import DiskFullError
+
+    frame = np.ones((100, 100), np.float32)  # 40 kB a frame
+    target = tmp_path / "clip.seq.nrrd"
+    with file_size_limit(100_000), pytest.raises(DiskFullError, match=f"disk full while writing {target}"):
+        with DepthSequenceWriter(target) as writer:
+            for _ in range(10):
+                writer.append(frame)
+    assert list(tmp_path.iterdir()) == []
+    with file_size_limit(2 * frame.nbytes + 100), pytest.raises(DiskFullError, match=f"writing {target}"):
+        save_depth_sequence_nrrd(target, np.stack([frame] * 2))  # the raw data fits, header + data do not
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_nrrd_header_is_the_one_simpleitk_writes(tmp_path, depth):
+    """Catches: the hand-written 2D NRRD drifting from what ITK/Slicer read (fields, spacing, raw layout)."""
+    save_depth(tmp_path / "ours.nrrd", depth, spacing=(0.5, 2.0))
+    image = sitk.GetImageFromArray(depth)
+    image.SetSpacing((0.5, 2.0))
+    sitk.WriteImage(image, str(tmp_path / "itk.nrrd"), useCompression=False)
+    ours, offset = read_nrrd_header(tmp_path / "ours.nrrd")
+    theirs, _ = read_nrrd_header(tmp_path / "itk.nrrd")
+    assert set(ours) == set(theirs) and ours["sizes"] == theirs["sizes"] == "41 30"
+    assert {k: v for k, v in ours.items() if k != "space directions"} == \
+        {k: v for k, v in theirs.items() if k != "space directions"}
+    assert sitk.ReadImage(str(tmp_path / "ours.nrrd")).GetSpacing() == (0.5, 2.0)
+    assert (tmp_path / "ours.nrrd").stat().st_size == offset + depth.nbytes

@@ -276,3 +276,154 @@ def test_rng_state_round_trip():
     set_rng_state(state)
     b = (torch.rand(3), np.random.rand(3), random.random())
     assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+# -- nothing lost: checkpoints on schedule and on request, divergence, run folders (#14) ----------------------------
+class FailsAt(Planes):
+    """Planes whose ``read``-th sample read raises (a crash mid-run)."""
+
+    def __init__(self, n: int, read: int):
+        super().__init__(n)
+        self.read, self.reads = read, 0
+
+    def __getitem__(self, i):
+        self.reads += 1
+        if self.reads == self.read:
+            raise RuntimeError("disk unplugged")
+        return super().__getitem__(i)
+
+
+def test_checkpoint_at_every_epoch_end_before_a_crash(tmp_path):
+    """Catches: no last.pt until the run ends, so a crash in the second epoch loses the first one."""
+    data = FailsAt(4, read=5)  # 2 steps of 2 samples per epoch: the 5th read is the first of epoch 2
+    with pytest.raises(RuntimeError, match="unplugged"):
+        train(tiny(tmp_path, max_steps=8, augment=False), train_data=data, val_data=Planes(1, offset=9))
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert (ckpt["epoch"], ckpt["step"], ckpt["step_in_epoch"]) == (1, 2, 0)
+
+
+def test_checkpoint_after_checkpoint_minutes_of_wall_time(tmp_path, monkeypatch):
+    """Catches: a long epoch with no checkpoint for hours: checkpoint_minutes (default 10) forces one."""
+    import SurgicalDepthTrainingLib.training as training
+
+    assert TrainConfig().checkpoint_minutes == 10.0
+    clock = iter(range(0, 10**6, 400))  # every reading of the clock is 400 s later: > 10 minutes every 2 readings
+    monkeypatch.setattr(training.time, "monotonic", lambda: float(next(clock)))
+    data = FailsAt(8, read=7)  # 4 steps per epoch: the crash is in step 4, before the first epoch end
+    with pytest.raises(RuntimeError, match="unplugged"):
+        train(tiny(tmp_path, max_steps=8, batch_size=2), train_data=data, val_data=Planes(1, offset=9))
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] in (2, 3)
+    with pytest.raises(ValueError, match="checkpoint_minutes"):
+        TrainConfig(checkpoint_minutes=-1)
+
+
+@pytest.mark.parametrize("stop_at", [1, 2, 3])  # 2 steps an epoch: mid-epoch, at an epoch end, mid-epoch
+def test_stop_request_saves_and_resume_is_exact(tmp_path, stop_at):
+    """Catches: SIGINT/SIGTERM (should_stop) losing the work since the last checkpoint, or a resumed run that
+    differs from an uninterrupted one (e.g. skipping the validation of an epoch end it stopped at)."""
+    from SurgicalDepthTrainingLib.training import TrainingStopped
+
+    data, val = Planes(4), Planes(1, offset=50)
+    train(tiny(tmp_path, "straight", max_steps=4), train_data=data, val_data=val)
+    steps = []
+
+    def should_stop() -> bool:
+        steps.append(None)
+        return len(steps) > stop_at  # polled once before the first step, then after every step
+
+    with pytest.raises(TrainingStopped) as info:
+        train(tiny(tmp_path, "stopped", max_steps=4), train_data=data, val_data=val, should_stop=should_stop)
+    assert info.value.step == stop_at and load_checkpoint(tmp_path / "stopped" / "last.pt")["step"] == stop_at
+    train(tiny(tmp_path, "stopped", max_steps=4), train_data=data, val_data=val, resume=True)
+    a, b = load_checkpoint(tmp_path / "straight" / "last.pt"), load_checkpoint(tmp_path / "stopped" / "last.pt")
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert read_log(tmp_path / "straight") == read_log(tmp_path / "stopped")
+
+
+def test_diverging_run_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+    """Catches: --lr 1e6 ending in a FloatingPointError traceback (or a validation error) instead of one message
+    naming the step, and a NaN checkpoint replacing the last good one."""
+    from SurgicalDepthTrainingLib.training import TrainingDiverged
+
+    config = tiny(tmp_path, max_steps=6, batch_size=2, lr=1e6, checkpoint_minutes=0, augment=False)
+    with pytest.raises(TrainingDiverged, match=r"training diverged at step \d+: .*last good checkpoint") as info:
+        train(config, train_data=Planes(4), val_data=Planes(1, offset=9))
+    assert isinstance(info.value, ValueError) and isinstance(info.value, FloatingPointError)
+    assert len(str(info.value).splitlines()) == 1
+    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")  # loads: every tensor finite
+    assert f"step {ckpt['step']})" in str(info.value)
+
+
+def test_stale_temporaries_removed_and_runs_never_mixed(tmp_path):
+    """Catches: .last.*.pt files of killed saves kept forever; a second run into a used folder mixing with it;
+    --overwrite not replacing it; --resume dropping the run's manifest."""
+    from SurgicalDepthLib.run_folder import MANIFEST_NAME, OutputConflict, read_manifest
+
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = [out / ".last.k2j4h5g6.pt", out / ".log.a_b9c8d7.csv", out / ".best.qwertyui.safetensors"]
+    for path in stale + [out / "notes.txt", out / ".last.pt.bak"]:
+        path.write_text("x")
+    data, val = Planes(4), Planes(1, offset=9)
+    train(tiny(tmp_path, max_steps=2), train_data=data, val_data=val, stop_after_steps=1)
+    assert not any(p.exists() for p in stale) and (out / "notes.txt").exists() and (out / ".last.pt.bak").exists()
+    with pytest.raises(OutputConflict, match="--resume to continue it, --overwrite"):
+        train(tiny(tmp_path, max_steps=2), train_data=data, val_data=val)
+    stale[0].write_text("killed save")
+    train(tiny(tmp_path, max_steps=2), train_data=data, val_data=val, resume=True)
+    header, files = read_manifest(out)
+    assert header["command"] == "train" and {"last.pt", "log.csv", "best.json"} <= set(files)
+    assert not stale[0].exists() and load_checkpoint(out / "last.pt")["step"] == 2
+    train(tiny(tmp_path, max_steps=1), train_data=data, val_data=val, overwrite=True)
+    assert load_checkpoint(out / "last.pt")["step"] == 1 and (out / "notes.txt").exists()
+    with pytest.raises(ValueError, match="exclude each other"):
+        train(tiny(tmp_path), train_data=data, val_data=val, overwrite=True, resume=True)
+    (out / MANIFEST_NAME).unlink()  # a run from before manifests: --resume adopts it, a new run is refused
+    with pytest.raises(OutputConflict, match="pass --resume"):
+        train(tiny(tmp_path, max_steps=1), train_data=data, val_data=val)
+    train(tiny(tmp_path, max_steps=2), train_data=data, val_data=val, resume=True)
+    assert set(read_manifest(out)[1]) >= {"last.pt", "train_config.json"}
+
+
+@pytest.mark.parametrize("damage", ["truncated", "pickle", "not_a_checkpoint", "nan", "bad_field"])
+def test_resume_refuses_damaged_last_pt(tmp_path, damage):
+    """Catches: --resume on a truncated or malicious last.pt ending in a traceback (or running the pickle)."""
+    from SurgicalDepthLib.checkpoints import CheckpointError
+
+    data, val = Planes(4), Planes(1, offset=9)
+    train(tiny(tmp_path, max_steps=2), train_data=data, val_data=val, stop_after_steps=1)
+    last = tmp_path / "run" / "last.pt"
+    marker = tmp_path / "pwned"
+    if damage == "truncated":
+        last.write_bytes(last.read_bytes()[:5000])
+    elif damage == "pickle":
+        class Evil:
+            def __reduce__(self):
+                return (os.system, (f"touch {marker}",))
+        torch.save({"format": "surgical-depth-train", "model": Evil()}, last)
+    elif damage == "not_a_checkpoint":
+        torch.save({"weights": torch.zeros(2)}, last)
+    else:
+        ckpt = load_checkpoint(last)
+        if damage == "nan":
+            next(iter(ckpt["model"].values())).fill_(float("nan"))
+        else:
+            ckpt["step"] = "three"
+        torch.save(ckpt, last)
+    with pytest.raises(CheckpointError) as info:
+        train(tiny(tmp_path, max_steps=2), train_data=data, val_data=val, resume=True)
+    assert str(last) in str(info.value) and len(str(info.value).splitlines()) == 1
+    assert "weights_only=False" not in str(info.value) and not marker.exists()
+
+
+def test_cli_config_errors_name_the_flag(tmp_path, capsys):
+    """Catches: --seed -1 failing with numpy's "expected non-negative integer" that names no option."""
+    from SurgicalDepthLib.cli import main
+
+    root = write_folder(tmp_path / "data", 3)
+    for flag, value in (("--seed", "-1"), ("--lr", "inf"), ("--checkpoint-minutes", "-2"), ("--val-fraction", "1")):
+        rc = main(["train", "--dataset", "folder", "--root", str(root), "--output", str(tmp_path / "o"), flag, value,
+                   "--progress", "none"])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and err.startswith(f"surgical-depth train: error: {flag} must") and value in err, err
+    assert not (tmp_path / "o").exists()

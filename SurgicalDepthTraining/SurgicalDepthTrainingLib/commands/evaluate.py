@@ -1,4 +1,10 @@
-"""``surgical-depth evaluate``: metrics of a model on a dataset -> JSON report (+ optional table and figure)."""
+"""``surgical-depth evaluate``: metrics of a model on a dataset -> JSON report (+ optional table and figure).
+
+Output files (``--output``, ``--table``, ``--figure``) are checked before anything runs: an existing file is
+replaced only with ``--overwrite``, and a file inside the dataset root or an input folder (a Hugging Face model
+folder), or one of the input files (the model, ``--table-reports``), is never written, ``--overwrite`` or not: a
+dataset's own files are never a valid output.
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +12,7 @@ import logging
 from pathlib import Path
 
 from SurgicalDepthLib.cli import input_size_arg, progress_of
+from SurgicalDepthLib.run_folder import OutputConflict
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +48,57 @@ def register(subparsers) -> None:
                    help="earlier reports (other datasets/splits/models) to include in --table")
     p.add_argument("--figure", type=Path, default=None,
                    help="also write a PNG of RGB | ground truth | prediction for up to 4 images")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing --output/--table/--figure files (never a file of the dataset or "
+                        "another input)")
     p.set_defaults(func=run)
+
+
+_OUTPUT_FLAGS = (("--output", "output", ".json"), ("--table", "table", ".md"), ("--figure", "figure", ".png"))
+
+
+def _outputs(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    return [(flag, getattr(args, name)) for flag, name, _ in _OUTPUT_FLAGS if getattr(args, name) is not None]
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse outputs that would overwrite the dataset, an input, or (without ``--overwrite``) any existing file."""
+    for flag, name, suffix in _OUTPUT_FLAGS:
+        path = getattr(args, name)
+        if path is not None and path.suffix.lower() != suffix:
+            raise ValueError(f"{flag} must be a {suffix} file, got {path}")
+        if path is not None and not path.parent.is_dir():
+            raise FileNotFoundError(f"{flag} folder {path.parent} does not exist")
+    model = Path(args.model)
+    folders = [("the dataset root --root", args.root)]
+    files = [("--table-reports", p) for p in args.table_reports]
+    if model.is_dir():  # a Hugging Face model folder
+        folders.append(("the model folder --model", model))
+    elif model.is_file():
+        files.append(("the model --model", model))
+    seen: dict[Path, str] = {}
+    for flag, path in _outputs(args):
+        target = path.resolve()
+        for what, folder in folders:
+            if target == folder.resolve() or folder.resolve() in target.parents:
+                raise OutputConflict(f"{flag} {path} lies inside {what} ({folder}): a dataset's own files are "
+                                     "never a valid output (not even with --overwrite); write it elsewhere")
+        for what, file in files:
+            if target == file.resolve():
+                raise OutputConflict(f"{flag} {path} is {what}, an input of this run; outputs never overwrite "
+                                     "inputs (not even with --overwrite)")
+        if target in seen:
+            raise OutputConflict(f"{flag} and {seen[target]} are the same file {path}")
+        seen[target] = flag
+        if path.is_dir():
+            raise OutputConflict(f"{flag} {path} is a folder, expected a file")
+        _refuse_existing(flag, path, args.overwrite)
+
+
+def _refuse_existing(flag: str, path: Path, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise OutputConflict(f"{flag} {path} exists; nothing was overwritten: pass --overwrite to replace it or "
+                             "choose another file")
 
 
 def _figure_rows(model, dataset, report: dict, input_size: int | None, n: int = 4) -> list[dict]:
@@ -63,6 +120,13 @@ def _figure_rows(model, dataset, report: dict, input_size: int | None, n: int = 
 
 
 def run(args: argparse.Namespace) -> int:
+    for path in args.table_reports:
+        if not path.is_file():
+            raise FileNotFoundError(f"--table-reports {path} does not exist")
+    if not args.root.exists():
+        raise FileNotFoundError(f"--root {args.root} does not exist")
+    _check_outputs(args)  # before the model loads and the evaluation runs: a refused output fails at once
+
     import SurgicalDepthLib as sd
 
     from SurgicalDepthTrainingLib.datasets import open_dataset
@@ -70,16 +134,6 @@ def run(args: argparse.Namespace) -> int:
     from SurgicalDepthTrainingLib.reports import (markdown_table, qualitative_figure, read_report, write_report,
                                                   write_table)
 
-    for path in args.table_reports:
-        if not path.is_file():
-            raise FileNotFoundError(f"--table-reports {path} does not exist")
-
-    for flag, path, suffix in (("--output", args.output, ".json"), ("--table", args.table, ".md"),
-                               ("--figure", args.figure, ".png")):
-        if path is not None and path.suffix.lower() != suffix:
-            raise ValueError(f"{flag} must be a {suffix} file, got {path}")
-        if path is not None and not path.parent.is_dir():
-            raise FileNotFoundError(f"{flag} folder {path.parent} does not exist")
     dataset = open_dataset(args.dataset, args.root, args.split)
     model = sd.load_model(args.model, device=args.device)
     report = evaluate(model, dataset, alignment=args.alignment, input_size=args.input_size,
@@ -90,6 +144,8 @@ def run(args: argparse.Namespace) -> int:
     report["model"] = args.model
     report["split"] = args.split
     rows = _figure_rows(model, dataset, report, args.input_size) if args.figure is not None else None
+    for flag, path in _outputs(args):  # again: a file may have appeared while the evaluation ran
+        _refuse_existing(flag, path, args.overwrite)
     write_report(report, args.output)
     if args.table is not None:
         by_model: dict[str, list[dict]] = {}

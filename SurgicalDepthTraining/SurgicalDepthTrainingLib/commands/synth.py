@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,7 +26,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("synth", help="render a synthetic endoscopy clip with exact depth (synthetic layout)",
                               description="Render a procedural organ scene along a smooth endoscope path and "
                                           "write RGB, exact z-depth (uint16 PNG, 0.01 mm), intrinsics and poses.")
-    p.add_argument("--output", required=True, type=Path, help="output folder (must not exist)")
+    p.add_argument("--output", required=True, type=Path,
+                   help="output folder (must not exist; written under a temporary name, with a run manifest)")
     p.add_argument("--frames", type=int, default=16, help="number of frames (default 16)")
     p.add_argument("--seed", type=int, default=0, help="random seed of geometry, textures, lighting and path")
     p.add_argument("--organ", choices=ORGANS, default="colon", help="scene type (default colon)")
@@ -40,6 +42,24 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+#: SceneConfig fields -> the flag that sets them (its errors name the flag)
+_FLAG_OF = {"height": "--size (height)", "width": "--size (width)", "fov_deg": "--fov", "seed": "--seed",
+            "noise": "--noise", "blur": "--blur", "smoke": "--smoke", "blood": "--blood", "organ": "--organ"}
+
+
+def _scene_config(**fields):
+    """``SceneConfig(**fields)``; an error names the flag instead of the field (``--fov must be in ...``)."""
+    from SurgicalDepthTrainingLib.synthetic import SceneConfig
+
+    try:
+        return SceneConfig(**fields)
+    except ValueError as exc:
+        found = re.match(r"SceneConfig\.(\w+) ", str(exc))
+        if found is None or found.group(1) not in _FLAG_OF:
+            raise
+        raise ValueError(_FLAG_OF[found.group(1)] + str(exc)[found.end(1):]) from None
+
+
 def _counted(frames: Iterator, stage: Stage) -> Iterator[dict]:
     """The frames as dicts; ``stage`` advances once the consumer asks for the next frame, i.e. after it has
     written the previous one."""
@@ -49,15 +69,17 @@ def _counted(frames: Iterator, stage: Stage) -> Iterator[dict]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from SurgicalDepthTrainingLib.synthetic import SceneConfig, SceneGenerator, write_synthetic
+    from SurgicalDepthTrainingLib.synthetic import SceneGenerator, write_synthetic
 
     if args.frames < 1:
         raise ValueError(f"--frames must be >= 1, got {args.frames}")
+    if args.seed < 0:  # numpy's own message ("expected non-negative integer") names no option
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
     if args.output.exists():
         raise FileExistsError(f"--output {args.output} already exists; choose a new folder")
     height, width = args.size
     fov = args.fov if args.fov is not None else (140.0 if args.fisheye else 100.0)
-    config = SceneConfig(organ=args.organ, height=height, width=width, fov_deg=fov, seed=args.seed,
+    config = _scene_config(organ=args.organ, height=height, width=width, fov_deg=fov, seed=args.seed,
                          fisheye=args.fisheye, noise=args.noise, blur=args.blur, smoke=args.smoke,
                          blood=args.blood)
     generator = SceneGenerator(config)

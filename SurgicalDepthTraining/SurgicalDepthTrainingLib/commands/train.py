@@ -1,19 +1,32 @@
-"""``surgical-depth train``: fine-tune a depth model (resumable; launch with torchrun for several GPUs)."""
+"""``surgical-depth train``: fine-tune a depth model (resumable; launch with torchrun for several GPUs).
+
+SIGINT (Ctrl-C) and SIGTERM (Slicer's Cancel, torchrun forwarding a stop) ask the run to stop at the next optimizer
+step and save ``last.pt`` first; ``--resume`` continues it. A second signal stops at once (the last checkpoint
+written stays).
+"""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import os
+import re
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
-from SurgicalDepthLib.cli import progress_of
+from SurgicalDepthLib.cli import OVERWRITE_HELP, progress_of
 
 logger = logging.getLogger(__name__)
 
 #: TrainConfig fields set from flags of the same name only when given (argparse default None), so that
 #: TrainConfig's defaults are the only ones; the help texts quote them (Testing checks that they agree).
 _CONFIG_FLAGS = ("val_fraction", "model", "loss", "lr", "decoder_lr_mult", "batch_size", "grad_accum", "epochs",
-                 "seed", "num_workers")
+                 "seed", "num_workers", "checkpoint_minutes")
+#: TrainConfig fields whose flag is not ``--field-name``
+_FLAG_OF = {"lora_rank": "--lora"}
 
 
 def register(subparsers) -> None:
@@ -63,7 +76,13 @@ def register(subparsers) -> None:
     p.add_argument("--teacher", default=None, help="semi-supervised: teacher model (default: the start model)")
     p.add_argument("--save-every", type=int, default=0, help="also checkpoint every N steps (default: epochs)")
     p.add_argument("--log-every", type=int, default=0, help="also log a CSV row every N steps")
-    p.add_argument("--resume", action="store_true", help="continue the run in --output from last.pt")
+    p.add_argument("--checkpoint-minutes", type=float, default=None,
+                   help="also save last.pt once this many minutes passed since the last save (default 10.0), "
+                        "besides every epoch end and Ctrl-C/SIGTERM")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --output from last.pt (keeps its files; stale temporary files of "
+                        "killed saves are removed)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=run)
 
 
@@ -83,12 +102,59 @@ def _result(best: Path) -> dict:
     return {"best": str(best), **{f"val_{k}": val[k] for k in ("abs_rel", "a1") if k in val}}
 
 
-def run(args: argparse.Namespace) -> int:
-    from SurgicalDepthTrainingLib.training import TrainConfig, train
+def _config(**fields):
+    """``TrainConfig(**fields)``; a field's error names its flag (``--seed must be >= 0, got -1``)."""
+    from SurgicalDepthTrainingLib.training import TrainConfig
 
+    try:
+        return TrainConfig(**fields)
+    except ValueError as exc:
+        found = re.match(r"(\w+) must", str(exc))
+        if found is None:
+            raise
+        name = found.group(1)
+        raise ValueError(_FLAG_OF.get(name, "--" + name.replace("_", "-")) + str(exc)[len(name):]) from None
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[threading.Event]:
+    """An event set by the first SIGINT/SIGTERM (the training loop saves and stops at the next step); a second
+    signal raises KeyboardInterrupt at once. Handlers are restored afterwards; outside the main thread (where
+    Python delivers signals) nothing is installed."""
+    stop = threading.Event()
+    signals = [signal.SIGINT, signal.SIGTERM]
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.signal_name = signal.Signals(signum).name
+        stop.set()
+        # os.write: the handler may interrupt a write to sys.stderr, which must not be re-entered
+        os.write(2, f"{stop.signal_name}: saving last.pt at the next training step, then stopping (send it again "
+                    "to stop at once)\n".encode())
+
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = {s: signal.signal(s, handler) for s in signals}
+    try:
+        yield stop
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def run(args: argparse.Namespace) -> int:
+    from SurgicalDepthTrainingLib.training import TrainingStopped, train
+
+    if args.resume and args.overwrite:
+        raise ValueError("--resume and --overwrite exclude each other: --resume continues the earlier run in "
+                         "--output, --overwrite deletes it")
     if args.recipe == "default":
         from SurgicalDepthTrainingLib.recipes import train_default_model
 
+        if args.overwrite:
+            raise ValueError("--overwrite does not apply to --recipe default: use --resume or a new --output")
         path = train_default_model(args.output, resume=args.resume, max_steps=args.max_steps, device=args.device,
                                    progress=progress_of(args))
         print(f"default model: {path}")
@@ -104,14 +170,21 @@ def run(args: argparse.Namespace) -> int:
             and not Path(model).exists():
         raise FileNotFoundError(f"--model {model} does not exist")
     given = {name: getattr(args, name) for name in _CONFIG_FLAGS if getattr(args, name) is not None}
-    config = TrainConfig(
+    config = _config(
         dataset=args.dataset, root=str(args.root), split=args.split, val_split=args.val_split,
         max_steps=args.max_steps, freeze_encoder=args.freeze_encoder, lora_rank=args.lora,
         augment=not args.no_augment, amp={"auto": None, "on": True, "off": False}[args.amp], device=args.device,
         output=str(args.output), min_depth=args.min_depth, max_depth=args.max_depth,
         unlabeled_dataset=args.unlabeled_dataset, unlabeled_root=args.unlabeled_root, teacher=args.teacher,
         save_every=args.save_every, log_every=args.log_every, **size, **given)
-    best = train(config, resume=args.resume, progress=progress_of(args))
+    try:
+        with _stop_on_signals() as stop:
+            best = train(config, resume=args.resume, overwrite=args.overwrite, should_stop=stop.is_set,
+                         progress=progress_of(args))
+    except TrainingStopped as exc:
+        logger.warning("%s: stopped at step %d of %d; %s saved: continue with --resume", stop.signal_name,
+                       exc.step, exc.total, exc.checkpoint)
+        raise KeyboardInterrupt from None
     print(f"best model: {best}")
     args.result = _result(best)
     return 0

@@ -1,10 +1,12 @@
 """Write rendered frames in the ``synthetic`` on-disk layout (read by the ``synthetic`` dataset loader).
 
 ```
-<root>/meta.json  intrinsics.json  poses.txt  rgb/000000.png ...  depth/000000.png ...
+<root>/meta.json  intrinsics.json  poses.txt  rgb/000000.png ...  depth/000000.png ...  .surgical-depth-run
 ```
 ``depth/*.png`` are uint16 with ``depth_mm = value * 0.01``; 0 = invalid (also depth beyond 655.35 mm).
 The whole folder is built under a temporary name and renamed at the end, so an interrupted run leaves nothing.
+It is written as a :class:`~SurgicalDepthLib.run_folder.RunFolder` (of the command ``synth``): its manifest lists
+every file, so another command refuses to write into the data set unless told ``--overwrite``.
 """
 from __future__ import annotations
 
@@ -19,7 +21,9 @@ import numpy as np
 
 from SurgicalDepthLib._atomic import atomic_dir, atomic_path
 from SurgicalDepthLib.camera import Intrinsics
+from SurgicalDepthLib.depth_io import report_disk_full
 from SurgicalDepthLib.pose_io import POSE_FILE_HEADER, format_pose_line
+from SurgicalDepthLib.run_folder import RunFolder
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +31,12 @@ FORMAT = "surgical-depth-synthetic"
 VERSION = 1
 DEPTH_SCALE_MM = 0.01
 DEPTH_ENCODING = "uint16 png, depth_mm = value * 0.01, 0 = invalid"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def encode_depth(depth: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -37,13 +47,16 @@ def encode_depth(depth: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
-    with atomic_path(path) as tmp:
-        if not cv2.imwrite(str(tmp), array):
-            raise OSError(f"cv2.imwrite failed for {path}")
+    # encoded in memory, written by Python: a full disk is an OSError with its errno (cv2.imwrite only says False)
+    ok, buf = cv2.imencode(".png", array)
+    if not ok:
+        raise ValueError(f"OpenCV could not encode {path.name} ({array.dtype} {array.shape})")
+    with report_disk_full(path), atomic_path(path) as tmp:
+        tmp.write_bytes(buf.tobytes())
 
 
 def _write_text(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
+    with report_disk_full(path), atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 
@@ -61,9 +74,8 @@ def write_synthetic(frames: Iterable[dict], root: str | os.PathLike, meta: dict)
     for key in ("organ", "seed", "generator"):
         if key not in meta:
             raise ValueError(f"meta must contain {key!r}; got keys {sorted(meta)}")
-    with atomic_dir(root) as tmp:
-        (tmp / "rgb").mkdir()
-        (tmp / "depth").mkdir()
+    # the manifest's paths are relative, so it stays valid when the finished folder is renamed to ``root``
+    with atomic_dir(root) as tmp, RunFolder(tmp, "synth") as run:
         intrinsics: Intrinsics | None = None
         pose_lines = [POSE_FILE_HEADER]
         count = 0
@@ -79,17 +91,18 @@ def write_synthetic(frames: Iterable[dict], root: str | os.PathLike, meta: dict)
             elif frame["intrinsics"] != intrinsics:
                 raise ValueError(f"frame {i}: intrinsics {frame['intrinsics']} differ from frame 0's {intrinsics}")
             pose_lines.append(format_pose_line(i, frame["pose"]))  # checks the 4x4 shape
-            _write_png(tmp / "rgb" / f"{i:06d}.png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-            _write_png(tmp / "depth" / f"{i:06d}.png", encode_depth(depth, valid))
+            _write_png(run.path(f"rgb/{i:06d}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+            _write_png(run.path(f"depth/{i:06d}.png"), encode_depth(depth, valid))
             count += 1
         if intrinsics is None:
             raise ValueError("frames is empty: nothing to write")
-        _write_text(tmp / "poses.txt", "\n".join(pose_lines) + "\n")
+        _write_text(run.path("poses.txt"), "\n".join(pose_lines) + "\n")
         intr = {k: getattr(intrinsics, k) for k in ("fx", "fy", "cx", "cy", "width", "height", "distortion")}
-        _write_text(tmp / "intrinsics.json", json.dumps(intr, indent=2) + "\n")
+        _write_text(run.path("intrinsics.json"), json.dumps(intr, indent=2) + "\n")
         full = {"format": FORMAT, "version": VERSION, "organ": meta["organ"], "seed": meta["seed"],
                 "frames": count, "depth_scale_mm": DEPTH_SCALE_MM, "depth_encoding": DEPTH_ENCODING,
                 "generator": meta["generator"]}
-        _write_text(tmp / "meta.json", json.dumps(full, indent=2) + "\n")
+        _write_text(run.path("meta.json"), json.dumps(full, indent=2) + "\n")
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp made it private (0700); a data set is shared like any folder
     logger.debug("wrote %d synthetic frames to %s", count, root)
     return root
