@@ -1,7 +1,7 @@
 """Surgical Depth: monocular depth (Depth Anything V1/V2) and 3D reconstruction of surgical video in 3D Slicer.
 
 Thin glue: the computation is in the Slicer-free ``SurgicalDepthLib`` (imported lazily, after the requirements
-check); this file writes each frame that ``sd.depth_stream`` yields into MRML sequences."""
+check); this file writes each frame that ``sd.depth_stream`` yields into MRML sequences (live: ``live_worker``)."""
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Callable, Optional
@@ -34,24 +34,25 @@ class SurgicalDepth(ScriptedLoadableModule):
         self.parent.dependencies = ["Sequences"]
         self.parent.contributors = ["SurgicalDepth contributors"]
         self.parent.helpText = _(
-            "Monocular depth (Depth Anything V1/V2) for surgical video: depth volumes, point clouds, per-frame "
-            "meshes and a fused surface with the frames in a new sequence browser and folder per run. Camera "
+            "Monocular depth (Depth Anything V1/V2) for surgical video, sequences, images and live images: depth "
+            "volumes, point clouds, meshes and a fused surface in a new sequence browser and folder per run. Camera "
             "(x right, y down, z forward) maps to RAS as R=-x, A=-z, S=-y: the 3D view looks along the endoscope."
-            "<br>Python: <code>nodes = slicer.util.getModuleLogic('SurgicalDepth').process('clip.mp4', "
-            "model='default', fuse=True)</code> returns the created nodes.")
+            "<br>Python: <code>slicer.util.getModuleLogic('SurgicalDepth').process('clip.mp4', fuse=True)</code>.")
         self.parent.acknowledgementText = _("Depth Anything V1/V2 models (Yang et al., 2024); licences: README.")
 
 
 # Literals (SurgicalDepthLib may not be installed yet): pytest checks them against the Lib's shared defaults.
 @parameterNodeWrapper
 class SurgicalDepthParameterNode:
-    inputMode: Annotated[str, Choice(["video", "sequence", "volume"])] = "video"
+    inputMode: Annotated[str, Choice(["video", "sequence", "volume", "live"])] = "video"
     videoPath: Path
     inputBrowser: vtkMRMLSequenceBrowserNode
     inputVolume: vtkMRMLVectorVolumeNode
     startFrame: Annotated[int, WithinRange(0, 10000000)] = 0
     frameStride: Annotated[int, WithinRange(1, 10000)] = 1
     maxFrames: Annotated[int, WithinRange(0, 10000000)] = 0  # 0 = all frames
+    fovMode: Annotated[str, Choice(["auto", "none", "file"])] = "auto"
+    fovPath: Path
     modelChoice: Annotated[str, Choice(["default", "file", "registry"])] = "default"
     modelPath: Path
     registryName: Annotated[str, Choice(list(REGISTRY_NAMES))] = "depth-anything-v2-small"
@@ -71,6 +72,8 @@ class SurgicalDepthParameterNode:
     depthMesh: bool = False
     fuse: bool = False
     voxelMm: Annotated[float, WithinRange(0.05, 50.0)] = 1.0
+    liveRecord: bool = False
+    liveRecordFrames: Annotated[int, WithinRange(1, 1000000)] = 300
 
 
 class SurgicalDepthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -91,13 +94,16 @@ class SurgicalDepthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.runCurrentButton.connect("clicked(bool)", lambda checked: self.onRun(allFrames=False))
         self.ui.runAllButton.connect("clicked(bool)", lambda checked: self.onRun(allFrames=True))
+        self.ui.liveStartButton.connect("clicked(bool)", lambda checked: self.onLiveStart())
+        self.ui.liveStopButton.connect("clicked(bool)", lambda checked: self.logic.stopLive())
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        self.logic.stopLive()
         self.removeObservers()
 
     def onSceneStartClose(self, caller=None, event=None) -> None:
-        self.setParameterNode(None)  # disconnects the GUI; enter() reconnects
+        self.setParameterNode(None)  # disconnects the GUI (live depth goes on); enter() reconnects
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
@@ -119,18 +125,17 @@ class SurgicalDepthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._checkCanApply()
 
     def _checkCanApply(self, caller=None, event=None) -> None:
-        """Run buttons work when the chosen input is set and no run is going on (one run at a time)."""
-        p = self._parameterNode
-        ready = p is not None and bool({"video": str(p.videoPath) not in ("", "."), "sequence": p.inputBrowser,
-                                        "volume": p.inputVolume}[p.inputMode])
-        self.ui.runCurrentButton.enabled = self.ui.runAllButton.enabled = ready and not self._running
+        """Run buttons work when the chosen input is set and nothing runs (one run, or live depth, at a time)."""
+        from SurgicalDepthLib.slicer_run import input_ready
+        p, live = self._parameterNode, self.logic.liveRunning
+        idle = input_ready(p) and not self._running and not live
+        self.ui.runCurrentButton.enabled = self.ui.runAllButton.enabled = idle
+        self.ui.liveStartButton.enabled, self.ui.liveStopButton.enabled = idle and p.inputMode == "live", live
 
     def onRun(self, allFrames: bool) -> None:
         from SurgicalDepthLib.slicer_helpers import Cancelled
         from SurgicalDepthLib.slicer_run import process_arguments  # the parameter node's choices
-        if self._running:
-            return
-        self._running, self.ui.statusLabel.text = True, ""
+        self._running, self.ui.statusLabel.text = True, ""  # the run buttons are disabled until it ends
         self._checkCanApply()
         dialog, progress = SurgicalDepthLogic.progressDialog(_("Loading the model..."))
         try:
@@ -145,6 +150,15 @@ class SurgicalDepthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._running = False
             self._checkCanApply()
 
+    def onLiveStart(self) -> None:
+        from SurgicalDepthLib.slicer_run import live_arguments
+        with slicer.util.tryWithErrorDisplay(_("Live depth failed."), waitCursor=True):  # current image first
+            self.logic.startLive(**live_arguments(self._parameterNode), onUpdate=self._onLiveUpdate)
+
+    def _onLiveUpdate(self, text: str) -> None:
+        self.ui.statusLabel.text = text
+        self._checkCanApply()  # after start, stop, or an error that stopped it
+
 
 class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
     """Depth estimation on MRML data. ``process()`` works headless (Python console, ``--no-main-window``)."""
@@ -152,22 +166,19 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self._models: dict = {}
+        self._live: Optional[dict] = None  # the live run's worker, nodes, timer and observations
+    liveRunning = property(lambda self: self._live is not None)
 
     def getParameterNode(self):
         return SurgicalDepthParameterNode(super().getParameterNode())
 
     def setupPythonRequirements(self, askConfirmation: bool = True) -> None:
         """Install the missing ``REQUIREMENTS`` (``slicer_helpers.ensure_requirements``); never at import."""
+        import importlib.util  # PyTorchUtils: SlicerPyTorch (EXTENSION_DEPENDS), the torch build for the driver
         import sys
         from SurgicalDepthLib.slicer_helpers import ensure_requirements, parse_requirements
-        try:
-            import PyTorchUtils  # the SlicerPyTorch extension (EXTENSION_DEPENDS): the torch build for the driver
-        except ModuleNotFoundError:
-            PyTorchUtils = None
-        try:
-            from slicer import packaging as slicerPackaging  # Slicer >= 5.12
-        except ImportError:
-            slicerPackaging = None
+        PyTorchUtils, slicerPackaging = (importlib.import_module(name) if importlib.util.find_spec(name) else None
+                                         for name in ("PyTorchUtils", "slicer.packaging"))  # the latter: >= 5.12
         ensure_requirements(
             parse_requirements(REQUIREMENTS.read_text()), modules=list(sys.modules), ask=askConfirmation,
             testing=slicer.app.testingEnabled(), confirm=slicer.util.confirmOkCancelDisplay,
@@ -181,32 +192,21 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def progressDialog(text: str):
         """A window-modal progress dialog and its ``progress(fraction, text) -> bool`` (False once cancelled)."""
+        from SurgicalDepthLib.slicer_run import dialog_progress
         dialog = slicer.util.createProgressDialog(value=0, maximum=100, labelText=text)
         dialog.setWindowModality(qt.Qt.WindowModal)  # the scene cannot change under a run
+        return dialog, dialog_progress(dialog, slicer.app.processEvents)
 
-        def progress(fraction: float, text: str) -> bool:
-            dialog.labelText, dialog.value = text, int(100 * fraction)
-            slicer.app.processEvents()  # repaint and let the user press Cancel
-            return not dialog.wasCanceled
-        return dialog, progress
-
-    def loadModel(self, source: str = "default", device: str = "auto", askDownload: bool = True,
-                  precision: str = "auto"):
+    def loadModel(self, source="default", device="auto", askDownload=True, precision="auto"):
         """``sd.load_model``, cached; official weights not on disk are downloaded only after the user agrees."""
         self.setupPythonRequirements(askConfirmation=True)
         import SurgicalDepthLib as sd
-        from SurgicalDepthLib.slicer_helpers import download_weights, weights_cached
+        from SurgicalDepthLib.slicer_run import ensure_weights
         key = (str(source), str(device), str(precision))
-        if source in sd.WEIGHTS and key not in self._models and not weights_cached(source):
-            if askDownload and not slicer.util.confirmOkCancelDisplay(_(
-                    "Model {name} is not on this computer. Download the official weights now? Their SHA256 digest is "
-                    "recorded and checked at every later load.").format(name=source)):
-                raise RuntimeError(f"download of model {source!r} was declined")
-            dialog, progress = self.progressDialog(source)
-            try:
-                download_weights(source, progress)  # Cancel stops it and leaves no partial file
-            finally:
-                dialog.close()
+        if source in sd.WEIGHTS and key not in self._models:  # Cancel leaves no partial file
+            ensure_weights(source, askDownload and (lambda: slicer.util.confirmOkCancelDisplay(_(
+                "Model {name} is not on this computer. Download the official weights now? Their SHA256 digest is "
+                "recorded and checked at every later load.").format(name=source))) or None, self.progressDialog)
         if key not in self._models:
             self._models[key] = sd.load_model(source, device=device, precision=precision)
         return self._models[key]
@@ -215,14 +215,15 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
                 maxFrames=0, currentOnly=False, device="auto", precision="auto", inputSize=0, intrinsics=None,
                 calibration=None, fx=0.0, fy=0.0, cx=0.0, cy=0.0, nearMm=None, farMm=None, temporal=False,
                 pointCloud=True, pointBudget=200000, colorByDepth=False, depthMesh=None, fuse=False, voxelMm=1.0,
-                memoryBudget: Optional[int] = None, progress: Optional[Callable] = None):
+                fovMask="auto", memoryBudget: Optional[int] = None, progress: Optional[Callable] = None):
         """Depth of a video / image folder (``videoPath``), a ``browser`` (its master sequence of RGB volumes) or
         one RGB ``volume`` into a new browser and subject-hierarchy folder; returns a ``SurgicalDepthNodes``.
         Frames ``startFrame, startFrame + frameStride, ...`` (<= ``maxFrames``; 0 = all), or with ``currentOnly``
-        the browser's selected item (a video's: the range's first frame). Depth range and field of view default to
-        the CLI's; ``pointBudget`` points per cloud (0 = all); ``depthMesh`` None = for one frame only. Refused
-        before decoding when the outputs need more than ``memoryBudget`` bytes (default: half the free RAM).
-        ``progress(fraction, text) -> bool``: False cancels (``Cancelled``; the run's nodes are removed)."""
+        the browser's selected item (a video's: the range's first frame). Depth range defaults to the CLI's; field
+        of view ``fovMask`` (``slicer_run.resolve_fov``) shown as a label map; ``pointBudget`` points per cloud (0 =
+        all); ``depthMesh`` None = for one frame only. Refused before decoding when the outputs need more than
+        ``memoryBudget`` bytes (default: half the free RAM). ``progress(fraction, text) -> bool``: False cancels
+        (``Cancelled``; the run's nodes are removed)."""
         progress = progress or (lambda fraction, text: True)
         self.setupPythonRequirements(askConfirmation=True)
         from SurgicalDepthLib import slicer_run as run
@@ -236,15 +237,18 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
         if not progress(0.0, _("Loading the model")):
             raise Cancelled("cancelled by the user")
         net = self.loadModel(model, device, precision=precision)
-        names = [node.GetName() for node in slicer.util.getNodesByClass("vtkMRMLNode")]
-        name = run.unique_run_name(f"{src.name} depth", names)  # one name per run: no same-named sequences
+        name = run.unique_run_name(f"{src.name} depth", slicer.util.getNodes())  # no same-named sequences
         nodes = SurgicalDepthNodes(frames=src.sequence)
         with self._collectNewNodes(nodes, name):
             temps = self._newSequences(nodes, name, src, kinds)
             result = run.run_frames(net, src, intr, kinds, lambda item, outputs: self._store(
-                nodes, temps, src, item, outputs), progress, point_budget=pointBudget, near_mm=nearMm, far_mm=farMm,
-                voxel_mm=voxelMm, temporal=temporal, input_size=inputSize or None)
+                nodes, temps, src.index_value(item), src.ijk_to_ras(item), outputs), progress,
+                point_budget=pointBudget, near_mm=nearMm, far_mm=farMm, voxel_mm=voxelMm, temporal=temporal,
+                input_size=inputSize or None, fov_mask=fovMask)
             nodes.frameCount = result.frames
+            if result.fov_mask is not None:  # the field of view the run used (label 1), on the depth's geometry
+                nodes.fov = slicer.util.addVolumeFromArray(result.fov_mask[None].astype("uint8"), src.ijk_to_ras(
+                    src.items[0]), f"{name} field of view", "vtkMRMLLabelMapVolumeNode")
             if result.fused is not None:
                 nodes.fused = slicer.modules.models.logic().AddModel(result.fused)
                 nodes.fused.SetName(f"{name} fused surface")
@@ -255,17 +259,63 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
             self._showResults(nodes, result.display_range, colorByDepth)
         return nodes
 
+    def startLive(self, volume, model="default", *, device="auto", precision="auto", recordFrames=0,
+                  onUpdate: Callable = lambda text: None, **options):
+        """Live depth of an updating RGB ``volume`` (e.g. an OpenIGTLink connector's image) until ``stopLive()``:
+        ``process(volume=volume, **options)`` makes the run from the current image, then a ``live_worker.LiveWorker``
+        thread infers each newest image with the run's field of view and a timer shows the results in place in the
+        run's proxies; the sequences keep the first ``recordFrames`` images (1 at least); ``onUpdate(text)``: status."""
+        from SurgicalDepthLib.live_worker import LiveWorker, worker_options
+        self.stopLive()
+        nodes = self.process(volume=volume, model=model, device=device, precision=precision, **options)
+        worker = LiveWorker(self.loadModel(model, device, precision=precision), **worker_options(  # the run's mask:
+            options, slicer.util.arrayFromVolume(nodes.fov)[0] > 0 if nodes.fov else None, recordFrames))
+        timer = qt.QTimer()  # polls the worker on the GUI thread (MRML only there), like Slicer's Endoscopy module
+        timer.setInterval(30)
+        timer.connect("timeout()", self._pollLive)
+        imageChanged, sceneClosing = slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent, slicer.mrmlScene.StartCloseEvent
+        self._live = dict(worker=worker.start(), nodes=nodes, timer=timer, onUpdate=onUpdate, observed=[
+            (volume, volume.AddObserver(imageChanged, lambda caller, event: worker.put(  # a copy: it changes in place
+                slicer.util.arrayFromVolume(volume).copy(), self._ijk(volume)))),
+            (slicer.mrmlScene, slicer.mrmlScene.AddObserver(sceneClosing, lambda caller, event: self.stopLive()))])
+        timer.start()
+        return nodes
+
+    def _pollLive(self) -> None:
+        """Timer slot: results into the proxies in place, the first ``recordFrames`` also into the sequences (which
+        resets the proxies to the browser's item: it is set to the newest); an error stops live depth."""
+        live, nodes = self._live, self._live["nodes"]
+        try:
+            results = live["worker"].results()
+        except Exception as exc:
+            self.stopLive()
+            return slicer.util.errorDisplay(_("Live depth stopped: {error}").format(error=exc))
+        for r in results:
+            self._store(nodes, nodes.proxies, str(r.number) if r.record else None, r.meta, r.outputs)
+        if results and r.record:
+            nodes.browser.SetSelectedItemNumber(nodes.depth.GetNumberOfDataNodes() - 1)
+        nodes.frameCount += len(results)
+        live["onUpdate"](live["worker"].stats().format())
+
+    def stopLive(self) -> None:
+        """Stop live depth (if running): no more images are taken, and the worker thread is joined."""
+        live, self._live = self._live, None
+        if live is not None:
+            live["timer"].stop()
+            for observed, tag in live["observed"]:
+                observed.RemoveObserver(tag)
+            joined = live["worker"].stop(timeout=10.0)  # False: it ends after the image in inference
+            live["onUpdate"](live["worker"].stats().format() + (_(" (stopped)") if joined else _(" (stopping)")))
+
     def _nodeSource(self, browser, volume, start, stride, maxFrames, currentOnly):
         """``FrameSource`` of one RGB volume, or of the selected items of a browser's master sequence (shared)."""
-        from SurgicalDepthLib.slicer_run import array_source, select_frames
+        from SurgicalDepthLib.slicer_run import array_source, check_rgb_sequence, select_frames
         if volume is not None:
             ijk = self._ijk(volume)
             return array_source(volume.GetName(), [slicer.util.arrayFromVolume(volume)], range(1), lambda i: "0",
                                 lambda i: ijk)
         seq = browser.GetMasterSequenceNode() if browser is not None else None
-        if seq is None or seq.GetDataNodeClassName() != "vtkMRMLVectorVolumeNode":
-            raise ValueError("process: give videoPath, volume or a browser whose master sequence holds RGB vector "
-                             f"volumes (vtkMRMLVectorVolumeNode), not {seq.GetDataNodeClassName() if seq else None}")
+        check_rgb_sequence(seq.GetDataNodeClassName() if seq else None)
         items = select_frames(seq.GetNumberOfDataNodes(), start, stride, maxFrames,
                               browser.GetSelectedItemNumber() if currentOnly else None)
         return array_source(seq.GetName(), [slicer.util.arrayFromVolume(seq.GetNthDataNode(i)) for i in items], items,
@@ -281,34 +331,31 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def _newSequences(nodes, name, src, kinds) -> dict:
         """The run's sequences, indexed like the input frames, and the (scene-less) node ``_store`` reuses per kind."""
-        from SurgicalDepthLib.slicer_run import OUTPUT_LABELS
+        from SurgicalDepthLib.slicer_run import OUTPUT_LABELS, OUTPUT_NODE_CLASSES
         ref = src.sequence  # index type 0 = vtkMRMLSequenceNode::NumericIndex
         index = (ref.GetIndexName(), ref.GetIndexUnit(), ref.GetIndexType()) if ref else (
             ("time", "s", 0) if src.fps else ("frame", "", 0))
         for kind in kinds:
             seq = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSequenceNode", f"{name} {OUTPUT_LABELS[kind]}")
-            seq.SetIndexName(index[0])
-            seq.SetIndexUnit(index[1])
-            seq.SetIndexType(index[2])
+            for setter, value in zip(("SetIndexName", "SetIndexUnit", "SetIndexType"), index):
+                getattr(seq, setter)(value)
             setattr(nodes, kind, seq)
-        return {"frames": slicer.vtkMRMLVectorVolumeNode(), "depth": slicer.vtkMRMLScalarVolumeNode(),
-                "points": slicer.vtkMRMLModelNode(), "meshes": slicer.vtkMRMLModelNode(),
-                "poses": slicer.vtkMRMLLinearTransformNode()}
+        return {kind: getattr(slicer, cls)() for kind, cls in OUTPUT_NODE_CLASSES.items()}
 
     @staticmethod
-    def _store(nodes, temps, src, item, outputs: dict) -> None:
-        """Write one frame's outputs (``slicer_run.frame_outputs``) into the sequences at the item's index value."""
-        value, ijk = src.index_value(item), slicer.util.vtkMatrixFromArray(src.ijk_to_ras(item))
+    def _store(nodes, temps, value: Optional[str], ijk, outputs: dict) -> None:
+        """One frame's outputs (``slicer_run.frame_outputs``) into ``temps`` and the sequences at ``value`` (if any)."""
         for kind, data in outputs.items():
             node = temps[kind]
             if kind in ("frames", "depth"):
                 slicer.util.updateVolumeFromArray(node, data)
-                node.SetIJKToRASMatrix(ijk)  # the input frame's geometry: the depth overlay lies on its frame
+                node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijk))  # the input frame's geometry
             elif kind == "poses":
                 slicer.util.updateTransformMatrixFromArray(node, data)
             else:
                 node.SetAndObserveMesh(data)
-            getattr(nodes, kind).SetDataNodeAtValue(node, value)
+            if value is not None:
+                getattr(nodes, kind).SetDataNodeAtValue(node, value)
 
     @contextmanager
     def _collectNewNodes(self, nodes, name: str):
@@ -329,63 +376,24 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
                 sh.SetItemParent(item, nodes.folder)
 
     def _showResults(self, nodes, depthRange, colorByDepth: bool) -> None:
-        from SurgicalDepthLib.slicer_helpers import DEPTH_THRESHOLD_MM
+        from SurgicalDepthLib.slicer_run import OUTPUT_NODE_CLASSES, display_settings
         slicer.modules.sequences.logic().UpdateProxyNodesFromSequences(nodes.browser)
-        nodes.proxies = {key: nodes.browser.GetProxyNode(getattr(nodes, key)) for key in
-                         ("frames", "depth", "points", "meshes", "poses") if getattr(nodes, key) is not None}
-        depthProxy = nodes.proxies["depth"]
-        depthProxy.CreateDefaultDisplayNodes()
-        d = depthProxy.GetDisplayNode()
-        d.SetAndObserveColorNodeID(DEPTH_COLOR_NODE_ID)
-        d.SetAutoWindowLevel(False)
-        d.SetWindowLevelMinMax(*depthRange)
-        d.SetAutoThreshold(False)
-        d.SetThreshold(*DEPTH_THRESHOLD_MM)
-        d.SetApplyThreshold(True)  # NaN (invalid) fails the threshold: transparent, not drawn as "near"
-        for model in filter(None, (nodes.proxies.get("points"), nodes.proxies.get("meshes"))):
-            model.CreateDefaultDisplayNodes()
-            d = model.GetDisplayNode()
-            d.SetPointSize(3)
-            d.SetActiveScalar("Depth" if colorByDepth else "RGB", vtk.vtkAssignAttribute.POINT_DATA)
-            d.SetScalarRangeFlag(slicer.vtkMRMLDisplayNode.UseManualScalarRange if colorByDepth else
-                                 slicer.vtkMRMLDisplayNode.UseDirectMapping)
-            if colorByDepth:  # red near -> blue far over the clip's robust depth range
-                d.SetAndObserveColorNodeID(DEPTH_COLOR_NODE_ID)
-                d.SetScalarRange(*depthRange)
-            d.SetScalarVisibility(True)
-            if "poses" in nodes.proxies:
-                model.SetAndObserveTransformNodeID(nodes.proxies["poses"].GetID())
+        nodes.proxies = {key: nodes.browser.GetProxyNode(getattr(nodes, key)) for key in OUTPUT_NODE_CLASSES
+                         if getattr(nodes, key) is not None}
+        for kind, node in nodes.proxies.items():
+            if kind in ("depth", "points", "meshes"):  # colours; NaN depth transparent
+                node.CreateDefaultDisplayNodes()
+                for setter, args in display_settings(kind, depthRange, colorByDepth, DEPTH_COLOR_NODE_ID):
+                    getattr(node.GetDisplayNode(), setter)(*args)
+            if kind in ("points", "meshes") and "poses" in nodes.proxies:
+                node.SetAndObserveTransformNodeID(nodes.proxies["poses"].GetID())
         if not slicer.app.commandOptions().noMainWindow:
             slicer.modules.sequences.toolBar().setActiveBrowserNode(nodes.browser)
-            slicer.util.setSliceViewerLayers(background=nodes.proxies["frames"], foreground=depthProxy,
-                                             foregroundOpacity=0.5, fit=True)
+            slicer.util.setSliceViewerLayers(background=nodes.proxies["frames"], foreground=nodes.proxies["depth"],
+                                             label=nodes.fov, foregroundOpacity=0.5, fit=True)
+            for sliceNode in slicer.util.getNodesByClass("vtkMRMLSliceNode"):
+                sliceNode.SetUseLabelOutline(True)  # the field of view's border, not a fill over the tissue
 
 
 class SurgicalDepthTest(ScriptedLoadableModuleTest):
-    """Self-test on one synthetic RGB volume; Testing/Python/SurgicalDepthLogicTest.py (ctest) adds the scenarios
-    (current frame of a browser, clip with stride, cancel). Skipped with a message when packages are missing in
-    testing mode (extension build machines install nothing)."""
-
-    def setUp(self):
-        from SurgicalDepthLib.slicer_helpers import MissingRequirements
-        slicer.mrmlScene.Clear()
-        try:
-            SurgicalDepthLogic().setupPythonRequirements(askConfirmation=True)
-        except MissingRequirements as exc:
-            self.skipTest(f"Surgical Depth self-test skipped: {exc}")
-
-    def test_volume(self):
-        """One RGB volume: depth with the volume's geometry, NaN (never 0) depth not drawn, cloud <= budget."""
-        import numpy as np
-        import SurgicalDepthTrainingLib as sdt
-        image = sdt.render_clip("stomach", n_frames=1, seed=1, height=56, width=70)[0]["image"]
-        volume = slicer.util.addVolumeFromArray(image[None], np.diag([0.5, 0.5, 2.0, 1.0]), "frame",
-                                                "vtkMRMLVectorVolumeNode")
-        logic = SurgicalDepthLogic()
-        nodes = logic.process(volume=volume, inputSize=70, pointBudget=500)
-        depth = slicer.util.arrayFromVolume(nodes.depth.GetNthDataNode(0))
-        self.assertTrue(depth.shape == (1, 56, 70) and not (depth == 0).any())
-        self.assertTrue(np.allclose(logic._ijk(nodes.depth.GetNthDataNode(0)), logic._ijk(volume)))
-        self.assertTrue(nodes.proxies["depth"].GetDisplayNode().GetApplyThreshold())
-        self.assertLessEqual(nodes.proxies["points"].GetPolyData().GetNumberOfPoints(), 500)
-        self.assertIsNotNone(nodes.meshes)  # one frame: its depth mesh by default
+    """The self-tests run the real logic in Testing/Python/SurgicalDepthLogicTest.py (ctest, source tree only)."""

@@ -23,15 +23,15 @@ from slicer.util import VTKObservationMixin
 # Slicer builds the parameter node when it loads this file, before torch (which the registries import) may be
 # installed: the choices and defaults below are literals, and the pytest suite checks them against the registries
 # (datasets, losses.LOSSES, metrics.ALIGNMENTS, SurgicalDepthLib.WEIGHTS) and TrainConfig's defaults.
-DATASET_NAMES = ["synthetic", "colondepth", "endoslam", "c3vd", "simcol3d", "scared", "hamlyn", "servct", "liit",
-                 "folder"]
+DATASET_NAMES = ["synthetic", "colondepth", "endoslam", "c3vd", "simcol3d", "scared", "hamlyn", "servct", "liit", "folder"]
 LOSS_NAMES = ["l1", "silog", "ssi"]
 ALIGNMENTS = ["median", "scale_shift", "none"]
 #: base model: the shipped default, a registry name (weights in the local cache), or "file" (baseModelFile)
 BASE_MODELS = ["default", "depth-anything-v2-small", "depth-anything-v2-base", "depth-anything-v2-large",
                "depth-anything-v1-small", "depth-anything-v1-base", "depth-anything-v1-large",
                "depth-anything-v2-metric-hypersim-small", "depth-anything-v2-metric-vkitti-small", "file"]
-KILL_GRACE_MS = 5000  # cancel: terminate(), then kill() if still running (Windows console processes ignore SIGTERM)
+# cancel: terminate(), then kill(); POSIX train saves last.pt on SIGTERM (a step can take seconds), Windows ignores it
+KILL_GRACE_MS = 5000 if sys.platform == "win32" else 60000
 
 
 class SurgicalDepthTraining(ScriptedLoadableModule):

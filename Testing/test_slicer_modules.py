@@ -134,7 +134,9 @@ def test_slicer_util_names_exist(path):
     assert not unknown, f"{path.name}: slicer.util has no {unknown}"
 
 
-@pytest.mark.parametrize("path", MODULE_FILES + SLICER_TEST_SCRIPTS, ids=lambda p: p.name)
+# the Lib names the node class of each output kind (instantiated by the module by name): the same check applies
+@pytest.mark.parametrize("path", MODULE_FILES + SLICER_TEST_SCRIPTS + [LIB_DIRS[0] / "slicer_run.py"],
+                         ids=lambda p: p.name)
 def test_mrml_class_names_exist(path):
     tree = _tree(path)
     names = set()
@@ -266,10 +268,13 @@ def test_registry_choices_equal_weights_registry():
 
 def test_choices_match_helper_constants():
     from SurgicalDepthLib.slicer_helpers import DEVICE_CHOICES, MODEL_CHOICES
+    from SurgicalDepthLib.slicer_run import FOV_CHOICES, INPUT_MODES
 
     sd_fields = _parameter_fields(_tree(REPO / "SurgicalDepth" / "SurgicalDepth.py"))
     assert tuple(_choices(sd_fields["device"])) == DEVICE_CHOICES
     assert tuple(_choices(sd_fields["modelChoice"])) == MODEL_CHOICES
+    assert tuple(_choices(sd_fields["inputMode"])) == INPUT_MODES
+    assert tuple(_choices(sd_fields["fovMode"])) == FOV_CHOICES
 
 
 # -- SurgicalDepthTraining: its parameter node holds literals (Slicer builds it before torch may be installed) ----
@@ -498,3 +503,19 @@ def test_surgical_depth_slicer_test_scripts_are_registered():
     scripts = re.findall(r"slicer_add_python_unittest\(SCRIPT \$\{CMAKE_CURRENT_SOURCE_DIR\}/(\S+)\)", cmake)
     paths = {REPO / "SurgicalDepth" / s.replace("${MODULE_NAME}", "SurgicalDepth") for s in scripts}
     assert paths == set(SLICER_TEST_SCRIPTS) and all(p.is_file() for p in paths)
+
+
+def test_surgical_depth_live_keeps_mrml_on_the_gui_thread():
+    """Catches live depth that touches MRML from the worker thread, is not polled from the GUI thread, or leaves an
+    observer or a running worker behind: the worker gets only the image copy and its geometry (from an observer of
+    the volume's ImageDataModifiedEvent), a qt.QTimer polls it, and stopLive stops the timer, removes every
+    observer and joins the worker."""
+    tree = _tree(REPO / "SurgicalDepth" / "SurgicalDepth.py")
+    start = ast.unparse(_method(tree, "SurgicalDepthLogic", "startLive"))
+    assert "qt.QTimer()" in start and "timer.connect('timeout()', self._pollLive)" in start
+    assert "slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent" in start and "slicer.mrmlScene.StartCloseEvent" in start
+    assert "worker.put(slicer.util.arrayFromVolume(volume).copy(), self._ijk(volume))" in start
+    stop = ast.unparse(_method(tree, "SurgicalDepthLogic", "stopLive"))
+    assert "timer'].stop()" in stop and "RemoveObserver(tag)" in stop and "worker'].stop(timeout=" in stop
+    poll = ast.unparse(_method(tree, "SurgicalDepthLogic", "_pollLive"))
+    assert "results()" in poll and "self.stopLive()" in poll  # a worker error surfaces here and stops live depth

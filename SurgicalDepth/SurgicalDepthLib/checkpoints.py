@@ -38,7 +38,9 @@ def _torch_reason(exc: Exception) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def _torch_load(path: Path) -> Any:
+def load_torch_file(path: Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU; any failure is one :class:`CheckpointError` naming the
+    file (a pickle that would run code is refused, never loaded)."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types (UnpicklingError, RuntimeError, EOFError...)
@@ -147,16 +149,24 @@ def load_state_dict_file(path: str | os.PathLike, **hints: Any) -> tuple[dict[st
     if path.suffix == ".safetensors":
         state, meta = _safetensors_load(path)
         if meta.get("format") == PROJECT_FORMAT:
-            return state, ModelConfig.from_dict(json.loads(meta["config"]))
+            return state, _stored_config(meta["config"], path)
         if "config" in meta:
             raise CheckpointError(f"{path}: metadata format {meta.get('format')!r}, expected {PROJECT_FORMAT!r}")
         return state, infer_config(state, name=str(path), **hints)
-    obj = _torch_load(path)
+    obj = load_torch_file(path)
     if isinstance(obj, dict) and obj.get("format") == PROJECT_FORMAT + "-train":
         state = _unwrap(obj.get("model"), path)
-        return state, ModelConfig.from_dict(json.loads(obj["model_config"]))
+        return state, _stored_config(obj.get("model_config"), path)
     state = _unwrap(obj, path)
     return state, infer_config(state, name=str(path), **hints)
+
+
+def _stored_config(text: Any, path: Path) -> ModelConfig:
+    """The model config stored (as JSON text) in a project checkpoint; any problem is an error naming the file."""
+    try:
+        return ModelConfig.from_dict(json.loads(text))
+    except (TypeError, ValueError) as exc:  # JSONDecodeError is a ValueError
+        raise CheckpointError(f"{path}: invalid model config in its metadata: {exc}") from None
 
 
 def _load_hf_folder(folder: Path) -> tuple[dict[str, torch.Tensor], ModelConfig]:
@@ -176,7 +186,7 @@ def _load_hf_folder(folder: Path) -> tuple[dict[str, torch.Tensor], ModelConfig]
         state, _ = _safetensors_load(weights)
     elif (folder / "pytorch_model.bin").is_file():
         weights = folder / "pytorch_model.bin"
-        state = _unwrap(_torch_load(weights), weights)
+        state = _unwrap(load_torch_file(weights), weights)
     else:
         raise FileNotFoundError(f"{folder}: no model.safetensors or pytorch_model.bin")
     try:

@@ -27,6 +27,8 @@ from typing import IO
 
 MANIFEST_NAME = ".surgical-depth-run"
 LOCK_NAME = ".surgical-depth.lock"
+#: commands whose outputs are data sets: ``overwrite`` never deletes them (a data set is nobody's scratch output)
+DATASET_COMMANDS = ("synth",)
 
 
 class OutputConflict(FileExistsError):
@@ -142,6 +144,9 @@ class RunFolder:
             return
         header, files = previous
         what = f"an earlier '{header.get('command', '?')}' run ({len(files)} files, started {header.get('started', '?')})"
+        if header.get("command") in DATASET_COMMANDS:
+            raise OutputConflict(f"{self.folder} is a data set written by {what}; outputs never go into a data "
+                                 "set (not even with --overwrite): choose another output folder")
         if not self.overwrite:
             raise OutputConflict(f"{self.folder} holds the outputs of {what}; pass --overwrite to replace them "
                                  "or choose another output folder")
@@ -196,8 +201,14 @@ class RunFolder:
         if self._manifest is not None:
             self._manifest.close()
             self._manifest = None
-        if failed and self._started and not self._claimed:
-            (self.folder / MANIFEST_NAME).unlink(missing_ok=True)  # this run wrote nothing
+        if failed and self._started and not any(p.exists() for p in self._claimed):
+            # this run wrote nothing (outputs are claimed before they are written): no manifest, no empty folders
+            (self.folder / MANIFEST_NAME).unlink(missing_ok=True)
+            root = self.folder.resolve()
+            parents = {q for p in self._claimed for q in p.parents if root in q.parents}
+            for sub in sorted(parents, key=lambda q: len(q.parts), reverse=True):
+                with contextlib.suppress(OSError):
+                    sub.rmdir()  # only when empty
         if self._locked:
             (self.folder / LOCK_NAME).unlink(missing_ok=True)
             self._locked = False

@@ -357,10 +357,11 @@ class SurgicalDepthNodes:
     ``browser``: vtkMRMLSequenceBrowserNode playing all sequences in sync; sequences (vtkMRMLSequenceNode) of
     ``frames`` (RGB vtkMRMLVectorVolumeNode), ``depth`` (vtkMRMLScalarVolumeNode, mm), ``points`` (point-cloud
     vtkMRMLModelNode), ``meshes`` (per-frame depth mesh), ``poses`` (vtkMRMLLinearTransformNode, camera-to-world
-    in RAS; only when fused); ``fused``: vtkMRMLModelNode of the TSDF surface; ``proxies``: the browser's proxy
-    node of each sequence, by the same keys; ``frameCount``: frames processed; ``folder``: the subject-hierarchy
-    folder item holding the run's nodes. ``frames`` is the input browser's own sequence when the input was a
-    browser (shared, not copied).
+    in RAS; only when fused); ``fused``: vtkMRMLModelNode of the TSDF surface; ``fov``: the field of view the
+    run used, a vtkMRMLLabelMapVolumeNode (1 = tissue) with the depth volumes' geometry, or None (every pixel);
+    ``proxies``: the browser's proxy node of each sequence, by the same keys (live depth updates them in place);
+    ``frameCount``: frames processed; ``folder``: the subject-hierarchy folder item holding the run's nodes.
+    ``frames`` is the input browser's own sequence when the input was a browser (shared, not copied).
     """
 
     browser: Any = None
@@ -370,6 +371,7 @@ class SurgicalDepthNodes:
     meshes: Any = None
     poses: Any = None
     fused: Any = None
+    fov: Any = None
     proxies: dict = field(default_factory=dict)
     frameCount: int = 0
     folder: int = 0

@@ -1,4 +1,5 @@
-"""One Slicer run without MRML: which frames it reads, and the per-frame loop that feeds the scene.
+"""One Slicer run without MRML: which frames it reads, the weights it needs, the per-frame loop that feeds the scene
+and how the outputs are shown.
 
 The Surgical Depth module builds a :class:`FrameSource` (a video through :func:`video_source`, or the frames of
 a sequence browser or a volume), then :func:`run_frames` streams it through ``sd.depth_stream`` (the one inference
@@ -97,6 +98,13 @@ def video_source(path: Any, start: int = 0, stride: int = 1, max_frames: int = 0
                        by_source_index=True)
 
 
+def check_rgb_sequence(class_name: str | None) -> None:
+    """ValueError unless a browser's master sequence holds RGB vector volumes (``class_name``: its data nodes')."""
+    if class_name != "vtkMRMLVectorVolumeNode":
+        raise ValueError("process: give videoPath, volume or a browser whose master sequence holds RGB vector "
+                         f"volumes (vtkMRMLVectorVolumeNode), not {class_name}")
+
+
 def array_source(name: str, arrays: list, items: range, index_value: Callable[[int], str],
                  ijk_to_ras: Callable[[int], np.ndarray], sequence: Any = None) -> FrameSource:
     """:class:`FrameSource` of RGB volume arrays ``[1, H, W, C >= 3]`` (one per item; views into the volumes'
@@ -161,26 +169,113 @@ def check_memory(source: FrameSource, kinds: Iterable[str], point_budget: int = 
                                               meshes="meshes" in kinds), available_memory_bytes(), budget=budget)
 
 
+#: The module's input modes and field-of-view choices (its parameter node's ``Choice`` lists; checked by pytest).
+INPUT_MODES = ("video", "sequence", "volume", "live")
+FOV_CHOICES = ("auto", "none", "file")
+
+
+def resolve_fov(fov: Any) -> str | np.ndarray | None:
+    """``depth_stream``'s ``fov_mask`` from the module's choice: ``"auto"`` (detected from the first frames), None
+    or ``"none"`` (every pixel is tissue), a bool ``[H, W]`` array, or the path of a mask image (nonzero = tissue,
+    :func:`~fov.read_fov_mask`)."""
+    if fov is None or (isinstance(fov, str) and fov in ("auto", "none")):
+        return None if fov in (None, "none") else "auto"
+    if isinstance(fov, np.ndarray):
+        return fov
+    from .fov import read_fov_mask
+
+    return read_fov_mask(fov)
+
+
+def _fov_choice(p: Any) -> str | None:
+    """The parameter node's field of view: "auto", "none" or the mask image's path."""
+    from .slicer_helpers import path_or_none
+
+    if p.fovMode not in FOV_CHOICES:
+        raise ValueError(f"field of view must be one of {FOV_CHOICES}, got {p.fovMode!r}")
+    if p.fovMode != "file":
+        return p.fovMode
+    if path_or_none(p.fovPath) is None:
+        raise ValueError("field of view: 'file' was chosen but no mask image was given")
+    return path_or_none(p.fovPath)
+
+
+def input_ready(p: Any) -> bool:
+    """Whether the parameter node ``p`` has the input its mode needs (a video path, a browser or a volume)."""
+    from .slicer_helpers import path_or_none
+
+    return p is not None and bool({"video": path_or_none(p.videoPath), "sequence": p.inputBrowser,
+                                   "volume": p.inputVolume, "live": p.inputVolume}.get(p.inputMode))
+
+
 def process_arguments(p: Any, all_frames: bool) -> dict[str, Any]:
     """Keyword arguments of ``SurgicalDepthLogic.process`` from the module's parameter node ``p`` (any object with
-    its fields): the chosen input only, the model source, "current frame" when not ``all_frames`` (and then no
-    fusion, which needs a sequence); per-frame meshes when ticked, else only for a single frame."""
+    its fields): the chosen input only (live: the volume's current image), the model source, "current frame" when
+    not ``all_frames`` (and then no fusion, which needs a sequence); per-frame meshes when ticked, else only for a
+    single frame."""
     from .slicer_helpers import model_source, path_or_none
 
     same = ("startFrame", "frameStride", "maxFrames", "device", "precision", "inputSize", "fx", "fy", "cx", "cy",
             "nearMm", "farMm", "pointCloud", "pointBudget", "colorByDepth", "voxelMm")
     inputs = {"video": {"videoPath": path_or_none(p.videoPath)}, "sequence": {"browser": p.inputBrowser},
-              "volume": {"volume": p.inputVolume}}
+              "volume": {"volume": p.inputVolume}, "live": {"volume": p.inputVolume}}
     if p.inputMode not in inputs:
         raise ValueError(f"input mode must be one of {tuple(inputs)}, got {p.inputMode!r}")
     return {**inputs[p.inputMode], **{key: getattr(p, key) for key in same}, "currentOnly": not all_frames,
             "model": model_source(p.modelChoice, str(p.modelPath), p.registryName),
             "calibration": path_or_none(p.calibrationPath), "fuse": bool(p.fuse and all_frames),
-            "depthMesh": True if p.depthMesh else None}  # unticked: a single frame still gets its mesh
+            "depthMesh": True if p.depthMesh else None, "fovMask": _fov_choice(p)}  # unticked: one frame's mesh
+
+
+def live_arguments(p: Any) -> dict[str, Any]:
+    """Keyword arguments of ``SurgicalDepthLogic.startLive`` from the module's parameter node ``p``: those of
+    :func:`process_arguments` for the live volume's current image (without a depth mesh, which live frames do
+    not update) and the recording budget ``recordFrames`` (0 = no recording)."""
+    if p.inputVolume is None:
+        raise ValueError("live: choose the updating RGB volume (e.g. an OpenIGTLink connector's image)")
+    args = {key: value for key, value in process_arguments(p, all_frames=False).items()
+            if key not in ("videoPath", "browser")}
+    return {**args, "volume": p.inputVolume, "depthMesh": False,
+            "recordFrames": int(p.liveRecordFrames) if p.liveRecord else 0}
 
 
 #: Output sequences of a run in browser order (the first, depth, is the browser's master) and their name suffixes.
 OUTPUT_LABELS = {"depth": "depth", "frames": "frames", "points": "points", "meshes": "depth mesh", "poses": "camera"}
+
+
+#: MRML node class of each output kind (the module writes a frame's output into one, then copies it into the sequence).
+OUTPUT_NODE_CLASSES = {"depth": "vtkMRMLScalarVolumeNode", "frames": "vtkMRMLVectorVolumeNode",
+                       "points": "vtkMRMLModelNode", "meshes": "vtkMRMLModelNode",
+                       "poses": "vtkMRMLLinearTransformNode"}
+
+
+def display_settings(kind: str, depth_range: tuple[float, float], color_by_depth: bool,
+                     color_node_id: str) -> list[tuple[str, tuple]]:
+    """How a run's output of ``kind`` is shown: the ``(setter, arguments)`` calls, in order, that the module makes on
+    its display node (plain data, so that the choices are tested without Slicer).
+
+    - "depth" (``vtkMRMLScalarVolumeDisplayNode``): the colour table ``color_node_id`` over ``depth_range`` (mm)
+      and the threshold :data:`~slicer_helpers.DEPTH_THRESHOLD_MM`, which NaN (invalid) fails: invalid pixels are
+      transparent instead of drawn in the "near" colour;
+    - "points", "meshes" (``vtkMRMLModelDisplayNode``): 3-pixel points coloured by their "RGB" array as it is
+      (direct mapping) or, with ``color_by_depth``, by "Depth" over ``depth_range`` with the colour table.
+    """
+    from vtkmodules.vtkFiltersCore import vtkAssignAttribute
+
+    from .slicer_helpers import DEPTH_THRESHOLD_MM
+
+    lo, hi = (float(v) for v in depth_range)
+    if kind == "depth":
+        return [("SetAndObserveColorNodeID", (color_node_id,)), ("SetAutoWindowLevel", (False,)),
+                ("SetWindowLevelMinMax", (lo, hi)), ("SetAutoThreshold", (False,)),
+                ("SetThreshold", DEPTH_THRESHOLD_MM), ("SetApplyThreshold", (True,))]
+    if kind in ("points", "meshes"):
+        return [("SetPointSize", (3,)),
+                ("SetActiveScalar", ("Depth" if color_by_depth else "RGB", vtkAssignAttribute.POINT_DATA)),
+                ("SetScalarRangeFlagFromString", ("UseManual" if color_by_depth else "UseDirectMapping",)),
+                ("SetAndObserveColorNodeID", (color_node_id,)), ("SetScalarRange", (lo, hi)),
+                ("SetScalarVisibility", (True,))]
+    raise ValueError(f"kind must be 'depth', 'points' or 'meshes', got {kind!r}")
 
 
 def output_kinds(source: FrameSource, *, points: bool = True, meshes: bool | None = None,
@@ -222,26 +317,59 @@ def frame_outputs(frame: Any, intrinsics: Any, kinds: Iterable[str], pose: np.nd
     return out
 
 
+def ensure_weights(name: str, confirm: Callable[[], bool] | None,
+                   open_progress: Callable[[str], tuple[Any, Callable[[float, str], bool]]]) -> None:
+    """Official weights ``name`` in the local cache before loading: nothing when they are there; else ``confirm()``
+    (None: do not ask; False: ``RuntimeError``, declined), then ``slicer_helpers.download_weights`` with the progress
+    dialog of ``open_progress(name) -> (dialog, progress)``, closed afterwards (Cancel: ``Cancelled``)."""
+    from .slicer_helpers import download_weights, weights_cached
+
+    if weights_cached(name):
+        return
+    if confirm is not None and not confirm():
+        raise RuntimeError(f"download of model {name!r} was declined")
+    dialog, progress = open_progress(name)
+    try:
+        download_weights(name, progress)
+    finally:
+        dialog.close()
+
+
+def dialog_progress(dialog: Any, process_events: Callable[[], Any]) -> Callable[[float, str], bool]:
+    """``progress(fraction, text) -> bool`` that shows ``text`` and ``fraction`` (0-1) in a Qt progress dialog
+    (``labelText``, ``value`` 0-100, ``wasCanceled``) and calls ``process_events()`` to repaint and let the user
+    press Cancel; False once cancelled."""
+    def progress(fraction: float, text: str) -> bool:
+        dialog.labelText, dialog.value = text, int(100 * fraction)
+        process_events()
+        return not dialog.wasCanceled
+    return progress
+
+
 @dataclass(frozen=True)
 class RunResult:
-    """What :func:`run_frames` returns: frames processed, display range (mm), fused RAS surface or None."""
+    """What :func:`run_frames` returns: frames processed, display range (mm), fused RAS surface or None, and the
+    field of view the stream used (bool ``[H, W]``, True = tissue; None when every pixel counted)."""
 
     frames: int
     display_range: tuple[float, float]
     fused: Any = None
+    fov_mask: np.ndarray | None = None
 
 
 def run_frames(model: Any, source: FrameSource, intrinsics: Any, kinds: Iterable[str],
                write: Callable[[int, dict], Any], progress: Callable[[float, str], bool], *,
                point_budget: int = DEFAULT_POINT_BUDGET, near_mm: float | None = None, far_mm: float | None = None,
-               voxel_mm: float = 1.0, temporal: bool = False, input_size: int | None = None) -> RunResult:
+               voxel_mm: float = 1.0, temporal: bool = False, input_size: int | None = None,
+               fov_mask: Any = "auto") -> RunResult:
     """Stream ``source`` through ``depth_stream`` and call ``write(item, outputs)`` for each frame as it comes
     (``item``: the source item; ``outputs``: :func:`frame_outputs` of ``kinds``); nothing is kept per frame.
 
     Relative models map to ``[near_mm, far_mm]`` (default :data:`~alignment.DEFAULT_DEPTH_RANGE_MM`). With "poses"
     in ``kinds`` (fusion), each frame gets an ICP pose and is integrated into a TSDF volume (``voxel_mm``,
     truncation 4 voxels; a relative model's depth beyond ``far_mm`` is not fused, as in ``surgical-depth
-    reconstruct``) whose surface is extracted at the end. ``progress(fraction, text)`` is called after every frame
+    reconstruct``) whose surface is extracted at the end. ``fov_mask``: the field of view (:func:`resolve_fov`
+    takes the module's choice). ``progress(fraction, text)`` is called after every frame
     and around the extraction; False raises :class:`Cancelled` (the stream is closed: decoding and inference stop).
     """
     from .icp import PoseTracker
@@ -261,10 +389,12 @@ def run_frames(model: Any, source: FrameSource, intrinsics: Any, kinds: Iterable
         tracker = PoseTracker(intrinsics)
         tsdf = TSDFVolume(voxel_mm, 4 * voxel_mm, device=getattr(getattr(model, "device", None), "type", "cpu"),
                           max_depth=near_far[1] if model.output_kind == "disparity" else None)
-    shown, count = DisplayRange(), 0
-    stream = depth_stream(model, source.frames, depth_range=near_far, temporal=temporal, input_size=input_size)
+    shown, count, fov = DisplayRange(), 0, None
+    stream = depth_stream(model, source.frames, depth_range=near_far, temporal=temporal, input_size=input_size,
+                          fov_mask=resolve_fov(fov_mask))
     with closing(stream):
         for frame in stream:
+            fov = frame.fov_mask  # one array for the whole stream
             pose = tracker.update(frame.depth_mm) if tracker is not None else None  # NaN depth is skipped
             if tsdf is not None:
                 tsdf.integrate(frame.depth_mm, frame.rgb, intrinsics, pose)
@@ -279,4 +409,4 @@ def run_frames(model: Any, source: FrameSource, intrinsics: Any, kinds: Iterable
         step(0.93, "Extracting the fused surface")
         fused = polydata_to_ras(tsdf.extract_mesh())
         step(0.97, "Storing the fused surface")
-    return RunResult(count, shown.range(), fused)
+    return RunResult(count, shown.range(), fused, fov)

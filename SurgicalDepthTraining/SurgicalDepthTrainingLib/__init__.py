@@ -33,6 +33,8 @@ _EXPORTS: dict[str, str] = {
     "ssi_loss": "losses",
     # training and evaluation
     "TrainConfig": "training",
+    "TrainingStopped": "training",
+    "TrainingDiverged": "training",
     "train": "training",
     "evaluate": "evaluation",
     "evaluate_predictions": "evaluation",

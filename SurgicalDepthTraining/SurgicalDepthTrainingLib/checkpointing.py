@@ -129,12 +129,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """
     # one torch.load for every checkpoint reader: malicious pickles refused, PyTorch's advice to retry with
     # weights_only=False (wrong for an untrusted file) left out
-    from SurgicalDepthLib.checkpoints import _torch_load
+    from SurgicalDepthLib.checkpoints import load_torch_file
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"training checkpoint {path} does not exist")
-    data = _torch_load(path)
+    data = load_torch_file(path)
     if not isinstance(data, dict) or data.get("format") != TRAIN_FORMAT:
         raise CheckpointError(f"{path}: not a training checkpoint (format {TRAIN_FORMAT!r} expected)")
     for key, kind in _FIELDS.items():

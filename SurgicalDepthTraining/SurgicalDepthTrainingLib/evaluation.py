@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from SurgicalDepthLib.progress import ProgressReporter, Stage
 
-from .metrics import METRIC_KEYS, align_prediction, compute_errors, mean_metrics
+from .metrics import METRIC_KEYS, align_prediction, compute_errors, count_broken, mean_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,8 @@ def evaluate_predictions(samples: Iterable[tuple[str, np.ndarray, np.ndarray, np
         except ValueError as exc:
             raise ValueError(f"image {name!r}: {exc}") from exc
         g = np.asarray(gt, dtype=np.float64)[used]
-        m = {**compute_errors(g, depth[used]), "scale": scale, "shift": shift, "n_valid": int(used.sum())}
+        m = {**compute_errors(g, depth[used]), "scale": scale, "shift": shift, "n_valid": int(used.sum()),
+             "n_broken": count_broken(pred, used)}
         lo, hi = min(lo, float(g.min())), max(hi, float(g.max()))
         per_image.append({"name": str(name), **m})
         if on_image is not None:

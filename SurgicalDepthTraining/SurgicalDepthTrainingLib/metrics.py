@@ -164,11 +164,15 @@ def depth_metrics(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = No
     depth, valid, scale, shift = align_prediction(pred, gt, mask, alignment=alignment, pred_kind=pred_kind,
                                                   min_depth=min_depth, max_depth=max_depth)
     errors: dict[str, float] = compute_errors(np.asarray(gt, dtype=np.float64)[valid], depth[valid])
+    errors.update(scale=scale, shift=shift, n_valid=int(valid.sum()), n_broken=count_broken(pred, valid))
+    return errors
+
+
+def count_broken(pred: np.ndarray, evaluated: np.ndarray) -> int:
+    """Evaluated pixels whose raw prediction is non-finite or <= 0 (scored at the depth cap by the protocol)."""
     raw = np.asarray(pred, dtype=np.float64)
     with np.errstate(invalid="ignore"):
-        n_broken = int((valid & ~(np.isfinite(raw) & (raw > 0))).sum())
-    errors.update(scale=scale, shift=shift, n_valid=int(valid.sum()), n_broken=n_broken)
-    return errors
+        return int((evaluated & ~(np.isfinite(raw) & (raw > 0))).sum())
 
 
 def mean_metrics(per_image: list[dict[str, float]]) -> dict[str, float]:

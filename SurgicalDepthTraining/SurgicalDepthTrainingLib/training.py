@@ -44,7 +44,6 @@ from .lora import add_lora
 from .losses import LOSSES
 from .semi import SemiTerm, build_teacher
 
-_write_log = write_log  # the former name (Testing/SurgicalDepthTrainingLib/test_slicer_helpers.py imports it)
 logger = logging.getLogger(__name__)
 
 LOSS_NAMES = tuple(LOSSES)

@@ -115,3 +115,16 @@ def test_predict_cli_refuses_to_overwrite_and_mix_runs(tmp_path):
     failed = _cli("predict", str(data), "--output", str(tmp_path / "never"), "--model", str(tmp_path / "no.pth"),
                   *common)
     assert failed.returncode == 2 and not (tmp_path / "never").exists()
+
+
+def test_a_data_set_is_never_overwritten(tmp_path):
+    """Catches: predict/reconstruct --overwrite into a folder written by synth deleting the whole data set (its
+    manifest lists every file)."""
+    folder = tmp_path / "syn"
+    with RunFolder(folder, "synth") as run:
+        run.path("rgb/000000.png").write_text("frame")
+    for overwrite in (False, True):
+        with pytest.raises(OutputConflict, match="data set"):
+            with RunFolder(folder, "predict", overwrite=overwrite):
+                pass
+    assert (folder / "rgb" / "000000.png").read_text() == "frame"

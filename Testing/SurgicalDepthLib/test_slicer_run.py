@@ -24,6 +24,17 @@ def model():
     return tiny_model(3)
 
 
+def scope_frames(n: int, height: int = 80, width: int = 112) -> tuple[list[np.ndarray], np.ndarray]:
+    """``n`` textured frames (never darker than 60) inside a black circular scope border cut by the top and bottom
+    edges, and the circle (bool ``[H, W]``)."""
+    yy, xx = np.mgrid[:height, :width]
+    scope = (yy - height // 2) ** 2 + (xx - width // 2) ** 2 <= (height * 3 // 5) ** 2
+    frames = [np.clip(textured(height, width, s), 60, 255).astype(np.uint8) for s in range(n)]
+    for f in frames:
+        f[~scope] = 0
+    return frames, scope
+
+
 def _array_source(frames, items=None):
     """A FrameSource like the module's for a browser: [1, H, W, 3] volume arrays, items of a longer sequence."""
     items = items or range(len(frames))
@@ -180,32 +191,187 @@ def test_run_frames_cancel_stops_in_the_loop_and_in_fusion(model, one_torch_thre
     assert len(poses) == 5 and np.allclose(poses[0], np.eye(4)) and result.fused is not None
 
 
-def test_process_arguments_match_process():
-    """Catches GUI fields that never reach the logic (or reach a parameter process() does not have), fusion on a
-    single frame, and an unset video path passed as "."."""
-    tree = ast.parse((REPO / "SurgicalDepth" / "SurgicalDepth.py").read_text())
-    process = next(f for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "SurgicalDepthLogic"
-                   for f in n.body if isinstance(f, ast.FunctionDef) and f.name == "process")
-    params = {a.arg for a in process.args.args + process.args.kwonlyargs} - {"self"}
+def _logic_params(tree: ast.Module, name: str) -> set[str]:
+    method = next(f for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "SurgicalDepthLogic"
+                  for f in n.body if isinstance(f, ast.FunctionDef) and f.name == name)
+    return {a.arg for a in method.args.args + method.args.kwonlyargs} - {"self"}
+
+
+def _parameter_node(tree: ast.Module, **values) -> SimpleNamespace:
+    """A stand-in for the module's parameter node: every field None, then ``values``."""
     fields = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "SurgicalDepthParameterNode")
     p = SimpleNamespace(**{s.target.id: None for s in fields.body if isinstance(s, ast.AnnAssign)})
-    p.__dict__.update(inputMode="video", videoPath=Path(), modelChoice="default", modelPath=Path(),
-                      registryName="depth-anything-v2-small", calibrationPath=Path("/c.json"), fuse=True)
+    p.__dict__.update({"inputMode": "video", "videoPath": Path(), "modelChoice": "default", "modelPath": Path(),
+                       "fovMode": "auto", "fovPath": Path(), "registryName": "depth-anything-v2-small",
+                       "calibrationPath": Path("/c.json"), **values})
+    return p
+
+
+def test_process_arguments_match_process():
+    """Catches GUI fields that never reach the logic (or reach a parameter process() does not have), fusion on a
+    single frame, an unset video path passed as ".", and a field-of-view choice that does not reach the stream."""
+    tree = ast.parse((REPO / "SurgicalDepth" / "SurgicalDepth.py").read_text())
+    params = _logic_params(tree, "process")
+    p = _parameter_node(tree, fuse=True)
     args = run.process_arguments(p, all_frames=True)
     assert set(args) <= params and args["videoPath"] is None and args["fuse"] is True
     assert args["calibration"] == "/c.json" and args["model"] == "default" and args["currentOnly"] is False
     assert run.process_arguments(p, all_frames=False)["fuse"] is False
     assert args["depthMesh"] is None  # unticked: the logic's default, a mesh for a single frame only
+    assert args["fovMask"] == "auto"
     p.depthMesh = True
     assert run.process_arguments(p, all_frames=True)["depthMesh"] is True
     used = set(args) | {"browser", "volume", "inputMode", "inputBrowser", "inputVolume", "modelChoice", "modelPath",
-                        "registryName", "calibrationPath", "progress"}
+                        "registryName", "calibrationPath", "progress", "fovMode", "fovPath",
+                        "liveRecord", "liveRecordFrames"}  # the last two: live_arguments
     assert set(vars(p)) - used == set(), "parameter node fields that process_arguments ignores"
     p.inputMode = "sequence"
     assert "browser" in run.process_arguments(p, True) and "videoPath" not in run.process_arguments(p, True)
+    p.inputMode, p.inputVolume = "live", "the volume"
+    assert run.process_arguments(p, True)["volume"] == "the volume"  # "Run": the live volume's current image
     p.inputMode = "camera"
     with pytest.raises(ValueError, match="input mode"):
         run.process_arguments(p, True)
+    p.inputMode, p.fovMode = "video", "file"
+    with pytest.raises(ValueError, match="no mask image"):
+        run.process_arguments(p, True)
+    p.fovPath = Path("/masks/scope.png")
+    assert run.process_arguments(p, True)["fovMask"] == "/masks/scope.png"
+    p.fovMode = "none"
+    assert run.process_arguments(p, True)["fovMask"] == "none" and run.resolve_fov("none") is None
+
+
+def test_live_arguments_match_start_live():
+    """Catches live arguments that startLive (or process, which it passes them on to) does not take, a live run
+    on another input than the live volume, a recording budget used while recording is off, and a depth mesh per
+    live frame (it is not updated live)."""
+    tree = ast.parse((REPO / "SurgicalDepth" / "SurgicalDepth.py").read_text())
+    start, process = _logic_params(tree, "startLive") - {"options"}, _logic_params(tree, "process")
+    p = _parameter_node(tree, inputMode="live", inputVolume="the volume", liveRecord=False, liveRecordFrames=25,
+                        videoPath=Path("/clip.mp4"))
+    args = run.live_arguments(p)
+    assert set(args) <= start | process and args["volume"] == "the volume" and "videoPath" not in args
+    assert args["recordFrames"] == 0 and args["depthMesh"] is False and args["currentOnly"] is True
+    p.liveRecord = True
+    assert run.live_arguments(p)["recordFrames"] == 25
+    p.inputVolume = None
+    with pytest.raises(ValueError, match="updating RGB volume"):
+        run.live_arguments(p)
+
+
+def test_input_ready_per_mode():
+    """Catches run buttons enabled without the input their mode reads (an unset path is "." in the GUI)."""
+    tree = ast.parse((REPO / "SurgicalDepth" / "SurgicalDepth.py").read_text())
+    p = _parameter_node(tree)
+    assert not run.input_ready(p) and not run.input_ready(None)
+    p.videoPath = Path("/clip.mp4")
+    assert run.input_ready(p)
+    for mode, field in (("sequence", "inputBrowser"), ("volume", "inputVolume"), ("live", "inputVolume")):
+        p.inputMode, p.inputBrowser, p.inputVolume = mode, None, None
+        assert not run.input_ready(p)
+        setattr(p, field, object())
+        assert run.input_ready(p)
+
+
+def test_resolve_fov_reads_a_mask_image(tmp_path):
+    """Catches a field-of-view file that is passed to the stream as a path (depth_stream takes arrays only)."""
+    from SurgicalDepthLib.fov import write_fov_mask
+
+    mask = np.zeros((6, 8), bool)
+    mask[1:5, 2:7] = True
+    write_fov_mask(tmp_path / "m.png", mask)
+    np.testing.assert_array_equal(run.resolve_fov(tmp_path / "m.png"), mask)
+    np.testing.assert_array_equal(run.resolve_fov(str(tmp_path / "m.png")), mask)
+    assert run.resolve_fov("auto") == "auto" and run.resolve_fov(None) is None and run.resolve_fov(mask) is mask
+    with pytest.raises(FileNotFoundError):
+        run.resolve_fov(tmp_path / "missing.png")
+
+
+def test_run_frames_uses_and_returns_the_field_of_view(model, one_torch_thread):
+    """Catches a field of view that is detected but not shown (RunResult.fov_mask), and a given mask that does not
+    reach depth_stream: depth is NaN outside it, and none means every pixel."""
+    frames, scope = scope_frames(2)
+    intr = sd.Intrinsics.from_fov(112, 80, 70.0)
+    depths = []
+    result = run.run_frames(model, _array_source(frames), intr, ["depth"], lambda i, out: depths.append(out["depth"]),
+                            lambda f, t: True, input_size=SIZE)
+    assert result.fov_mask is not None and not (result.fov_mask & ~scope).any() and result.fov_mask[40, 20:90].all()
+    assert np.isnan(depths[0][0][~scope]).all()
+    given = np.ones((80, 112), bool)
+    given[:20] = False
+    depths.clear()
+    result = run.run_frames(model, _array_source(frames), intr, ["depth"], lambda i, out: depths.append(out["depth"]),
+                            lambda f, t: True, input_size=SIZE, fov_mask=given)
+    np.testing.assert_array_equal(result.fov_mask, given)
+    assert np.isnan(depths[1][0][:20]).all() and np.isfinite(depths[1][0][20:]).any()
+    result = run.run_frames(model, _array_source(frames), intr, ["depth"], lambda i, out: None, lambda f, t: True,
+                            input_size=SIZE, fov_mask="none")
+    assert result.fov_mask is None
+
+
+def test_display_settings_hide_invalid_depth():
+    """Catches NaN depth drawn in the "near" colour (the threshold must exclude NaN), a window that is not the run's
+    depth range, and RGB point colours that are passed through the colour table instead of used as they are."""
+    depth = dict(run.display_settings("depth", (5, 120), False, "vtkMRMLColorTableNodeRainbow"))
+    assert depth["SetApplyThreshold"] == (True,) and depth["SetAutoThreshold"] == (False,)
+    lo, hi = depth["SetThreshold"]
+    assert not lo <= float("nan") <= hi and lo <= 5 and hi >= 1e6  # NaN fails it, every real depth passes
+    assert depth["SetWindowLevelMinMax"] == (5.0, 120.0) and depth["SetAutoWindowLevel"] == (False,)
+    rgb = dict(run.display_settings("points", (5, 120), False, "id"))
+    assert rgb["SetActiveScalar"][0] == "RGB" and rgb["SetScalarRangeFlagFromString"] == ("UseDirectMapping",)
+    by_depth = dict(run.display_settings("meshes", (5, 120), True, "id"))
+    assert by_depth["SetActiveScalar"][0] == "Depth" and by_depth["SetScalarRangeFlagFromString"] == ("UseManual",)
+    assert by_depth["SetScalarRange"] == (5.0, 120.0) and by_depth["SetAndObserveColorNodeID"] == ("id",)
+    with pytest.raises(ValueError, match="kind"):
+        run.display_settings("frames", (5, 120), False, "id")
+
+
+def test_output_node_classes_cover_every_output():
+    assert list(run.OUTPUT_NODE_CLASSES) == list(run.OUTPUT_LABELS)  # _newSequences makes one node per kind
+
+
+def test_check_rgb_sequence():
+    run.check_rgb_sequence("vtkMRMLVectorVolumeNode")
+    for bad in ("vtkMRMLScalarVolumeNode", None):
+        with pytest.raises(ValueError, match="RGB vector volumes"):
+            run.check_rgb_sequence(bad)
+
+
+def test_ensure_weights_asks_before_downloading_and_closes_the_dialog(monkeypatch):
+    """Catches a download without the user's consent, a dialog left open after an error, and a question asked
+    for weights that are already on disk."""
+    from SurgicalDepthLib import slicer_helpers
+
+    calls = []
+
+    class Dialog:
+        def close(self):
+            calls.append("close")
+
+    def download(name, progress):
+        calls.append(("download", name, progress(0.5, "half")))
+        raise Cancelled("stop")
+
+    monkeypatch.setattr(slicer_helpers, "weights_cached", lambda name: name == "here")
+    monkeypatch.setattr(slicer_helpers, "download_weights", download)
+    opened = lambda name: (calls.append(("open", name)) or Dialog(), lambda f, t: True)  # noqa: E731
+    run.ensure_weights("here", lambda: calls.append("asked") or True, opened)
+    assert calls == []
+    with pytest.raises(RuntimeError, match="declined"):
+        run.ensure_weights("w", lambda: False, opened)
+    assert calls == []
+    with pytest.raises(Cancelled):
+        run.ensure_weights("w", None, opened)
+    assert calls == [("open", "w"), ("download", "w", True), "close"]
+
+
+def test_dialog_progress_reports_and_cancels():
+    dialog, events = SimpleNamespace(labelText="", value=0, wasCanceled=False), []
+    progress = run.dialog_progress(dialog, lambda: events.append(1))
+    assert progress(0.25, "Frame 1 of 4") is True and (dialog.labelText, dialog.value, events) == ("Frame 1 of 4",
+                                                                                                   25, [1])
+    dialog.wasCanceled = True
+    assert progress(0.5, "Frame 2 of 4") is False
 
 
 def test_check_memory_refuses_before_decoding():

@@ -217,10 +217,10 @@ def test_line_buffer_joins_lines_split_between_chunks():
 def test_training_log_history_plots_against_steps(tmp_path):
     """Catches the plot reading a history file training never writes, plotting against epochs (log.csv has
     rows per validation / --log-every steps), or choking on the empty validation cells."""
-    from SurgicalDepthTrainingLib.training import _write_log
+    from SurgicalDepthTrainingLib.checkpointing import write_log
 
     path = tmp_path / "log.csv"
-    _write_log(path, [dict(epoch=0, step=0, loss=float("nan"), val_abs_rel=0.3, val_a1=0.5, lr=3e-5),
+    write_log(path, [dict(epoch=0, step=0, loss=float("nan"), val_abs_rel=0.3, val_a1=0.5, lr=3e-5),
                       dict(epoch=0, step=50, loss=0.4, val_abs_rel="", val_a1="", lr=2e-5),
                       dict(epoch=1, step=100, loss=0.3, val_abs_rel=0.2, val_a1=0.7, lr=1e-5)])
     history = sh.read_history_csv(path)

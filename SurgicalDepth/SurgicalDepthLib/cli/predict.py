@@ -185,6 +185,24 @@ def _predict_images(model, images: list[Path], args: argparse.Namespace, ext: st
     return written
 
 
+def _claim_outputs(out: RunFolder, images: list[Path], sequences: list[tuple[str, str]], args: argparse.Namespace,
+                   ext: str) -> None:
+    """Claim every output file the run will write before any inference: a conflict (a file no run wrote, an
+    input) stops the run before anything is written."""
+    colour = ["_color.png"] if args.colormap else []
+    for path in images:
+        for tail in [f"_depth{ext}", *colour]:
+            out.path(f"{path.stem}{tail}")
+    for source, name in sequences:
+        for index in _open_sequence(source, args).indices:
+            for tail in [ext, *colour]:
+                out.path(f"{name}/{index:06d}{tail}")
+        out.path(f"{name}/{INFO_NAME}")
+        if args.colormap:
+            out.path(f"{name}_depth.mp4")
+            out.path(f"{name}_depth.seq.nrrd")
+
+
 def _open_sequence(source: str, args: argparse.Namespace) -> FrameReader:
     stop = None if args.max_frames is None else args.max_frames * args.stride
     return open_frames(source, stop=stop, stride=args.stride, prefetch=2 * (args.batch_size or 1))
@@ -261,6 +279,7 @@ def run(args: argparse.Namespace) -> int:
         for source, _ in sequences:
             out.protect([source] if Path(source).is_file() else _open_sequence(source, args).files or [])
         ext = "." + args.format
+        _claim_outputs(out, images, sequences, args, ext)
         model = load_model(args.model, device=args.device, precision=args.precision)
         args.batch_size = args.batch_size or model.default_batch_size
         print(f"model: {model.source} ({model.config.encoder} {model.config.version}, {model.output_kind}) "

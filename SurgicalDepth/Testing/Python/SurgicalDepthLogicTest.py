@@ -1,10 +1,12 @@
-"""Scenario self-tests of the Surgical Depth logic in real Slicer (ctest ``py_SurgicalDepthLogicTest``; the
-module's own ``SurgicalDepthTest`` stays short so that ``SurgicalDepth.py`` stays thin).
+"""Self-tests of the Surgical Depth logic in real Slicer (ctest ``py_SurgicalDepthLogicTest``; kept out of
+``SurgicalDepth.py`` so that the module stays thin).
 
-Each test runs ``SurgicalDepthLogic.process`` on a synthetic clip rendered by SurgicalDepthTrainingLib and is
-skipped with a message when the Python packages are missing in testing mode (extension build machines install
-nothing). Run in Slicer: ``slicer.testing.runUnitTest(['<this folder>'], 'SurgicalDepthLogicTest')``.
+Each test runs ``SurgicalDepthLogic.process`` (or ``startLive``) on a synthetic clip rendered by
+SurgicalDepthTrainingLib and is skipped with a message when the Python packages are missing in testing mode
+(extension build machines install nothing). Run in Slicer:
+``slicer.testing.runUnitTest(['<this folder>'], 'SurgicalDepthLogicTest')``.
 """
+import time
 from pathlib import Path
 
 import slicer
@@ -14,10 +16,16 @@ import SurgicalDepth  # the module (not its test class: the test loader would ru
 
 
 class SurgicalDepthLogicTest(ScriptedLoadableModuleTest):
-    """Current frame of a browser, a whole clip with a stride, and cancel."""
+    """One RGB volume, the current frame of a browser, a whole clip with a stride, cancel, the field of view and
+    live depth."""
 
     def setUp(self):
-        SurgicalDepth.SurgicalDepthTest.setUp(self)  # clears the scene; skips when packages are missing in testing
+        from SurgicalDepthLib.slicer_helpers import MissingRequirements
+        slicer.mrmlScene.Clear()
+        try:
+            SurgicalDepth.SurgicalDepthLogic().setupPythonRequirements(askConfirmation=True)
+        except MissingRequirements as exc:  # testing mode installs nothing
+            self.skipTest(f"Surgical Depth self-test skipped: {exc}")
         import SurgicalDepthTrainingLib as sdt
         from SurgicalDepthLib.video import write_image
         self.logic = SurgicalDepth.SurgicalDepthLogic()
@@ -25,6 +33,27 @@ class SurgicalDepthLogicTest(ScriptedLoadableModuleTest):
         self.clip = sdt.render_clip("colon", n_frames=6, seed=3, height=56, width=70)
         for i, frame in enumerate(self.clip):
             write_image(Path(self.folder) / f"{i:03d}.png", frame["image"])
+
+    def _waitFor(self, condition, timeout: float = 60.0) -> None:
+        """Process Qt events (the live timer) until ``condition()``."""
+        end = time.monotonic() + timeout
+        while not condition():
+            self.assertLess(time.monotonic(), end, "timed out")
+            slicer.app.processEvents()
+            time.sleep(0.01)
+
+    def test_volume(self):
+        """One RGB volume: depth with the volume's geometry, NaN (never 0) depth not drawn, cloud <= budget."""
+        import numpy as np
+        volume = slicer.util.addVolumeFromArray(self.clip[0]["image"][None], np.diag([0.5, 0.5, 2.0, 1.0]), "frame",
+                                                "vtkMRMLVectorVolumeNode")
+        nodes = self.logic.process(volume=volume, inputSize=70, pointBudget=500)
+        depth = slicer.util.arrayFromVolume(nodes.depth.GetNthDataNode(0))
+        self.assertTrue(depth.shape == (1, 56, 70) and not (depth == 0).any())
+        self.assertTrue(np.allclose(self.logic._ijk(nodes.depth.GetNthDataNode(0)), self.logic._ijk(volume)))
+        self.assertTrue(nodes.proxies["depth"].GetDisplayNode().GetApplyThreshold())
+        self.assertLessEqual(nodes.proxies["points"].GetPolyData().GetNumberOfPoints(), 500)
+        self.assertIsNotNone(nodes.meshes)  # one frame: its depth mesh by default
 
     def test_browser_current_frame(self):
         """The browser's selected item is processed (not item 0, no re-decode); depth gets its IJK to RAS."""
@@ -75,3 +104,59 @@ class SurgicalDepthLogicTest(ScriptedLoadableModuleTest):
             self.logic.process(self.folder, inputSize=70, fuse=True,
                                progress=lambda fraction, text: calls.append(text) or len(calls) < 3)
         self.assertEqual(state(), before)
+
+    def test_field_of_view_label_map(self):
+        """The run's field of view (here a mask file): a label map (1 = tissue) with the depth volumes' geometry in
+        the run's folder, depth NaN outside it; "none": every pixel, no label map; a cancel leaves none."""
+        import numpy as np
+        from SurgicalDepthLib.fov import write_fov_mask
+        from SurgicalDepthLib.slicer_helpers import Cancelled
+        mask = np.zeros((56, 70), bool)
+        mask[4:52, 6:64] = True
+        path = Path(slicer.util.tempDirectory("SurgicalDepthLogicTest-fov")) / "scope.png"
+        write_fov_mask(path, mask)
+        nodes = self.logic.process(self.folder, inputSize=70, maxFrames=2, fovMask=str(path))
+        self.assertTrue(nodes.fov.IsA("vtkMRMLLabelMapVolumeNode"))
+        self.assertTrue(np.array_equal(slicer.util.arrayFromVolume(nodes.fov)[0] > 0, mask))
+        self.assertTrue(np.allclose(self.logic._ijk(nodes.fov), self.logic._ijk(nodes.depth.GetNthDataNode(1))))
+        self.assertTrue(np.isnan(slicer.util.arrayFromVolume(nodes.depth.GetNthDataNode(1))[0][~mask]).all())
+        sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
+        self.assertEqual(sh.GetItemParent(sh.GetItemByDataNode(nodes.fov)), nodes.folder)
+        self.assertIsNone(self.logic.process(self.folder, inputSize=70, maxFrames=1, fovMask="none").fov)
+        labels = len(slicer.util.getNodesByClass("vtkMRMLLabelMapVolumeNode"))
+        with self.assertRaises(Cancelled):
+            self.logic.process(self.folder, inputSize=70, fovMask=mask, progress=lambda fraction, text: fraction < 0.5)
+        self.assertEqual(len(slicer.util.getNodesByClass("vtkMRMLLabelMapVolumeNode")), labels)
+
+    def test_live(self):
+        """Live depth of an updating volume: the run of its current image, then each update shown in place in the
+        run's proxies (no node added), the first frames recorded up to the budget, and stop joins the worker."""
+        import numpy as np
+        import SurgicalDepthLib as sd
+        volume = slicer.util.addVolumeFromArray(self.clip[0]["image"][None], np.diag([0.5, 0.5, 2.0, 1.0]), "live",
+                                                "vtkMRMLVectorVolumeNode")
+        statuses = []
+        nodes = self.logic.startLive(volume, inputSize=70, pointBudget=300, recordFrames=3, depthMesh=False,
+                                     onUpdate=statuses.append)
+        self.assertTrue(self.logic.liveRunning)
+        count = len(slicer.util.getNodesByClass("vtkMRMLNode"))
+        for i in range(1, 5):
+            slicer.util.updateVolumeFromArray(volume, self.clip[i]["image"][None])  # as an OpenIGTLink connector
+            self._waitFor(lambda i=i: nodes.frameCount >= 1 + i)
+        self.assertEqual(len(slicer.util.getNodesByClass("vtkMRMLNode")), count)  # in place
+        self.assertEqual([nodes.depth.GetNthIndexValue(k) for k in range(nodes.depth.GetNumberOfDataNodes())],
+                         ["0", "1", "2"])  # process's item, then the budget's first live frames
+        fov = slicer.util.arrayFromVolume(nodes.fov)[0] > 0 if nodes.fov else None
+        expected = next(sd.depth_stream(self.logic.loadModel(), [self.clip[4]["image"]], input_size=70,
+                                        fov_mask=fov)).depth_mm
+        got = slicer.util.arrayFromVolume(nodes.proxies["depth"])[0]
+        self.assertTrue(np.allclose(got, expected, rtol=1e-4, atol=1e-3, equal_nan=True))
+        self.assertTrue(np.array_equal(slicer.util.arrayFromVolume(nodes.proxies["frames"])[0],
+                                       self.clip[4]["image"]))
+        self.assertLessEqual(nodes.proxies["points"].GetPolyData().GetNumberOfPoints(), 300)
+        self.logic.stopLive()
+        self.assertFalse(self.logic.liveRunning)
+        self.assertTrue(statuses and statuses[-1].endswith("(stopped)"))
+        slicer.util.updateVolumeFromArray(volume, self.clip[5]["image"][None])
+        slicer.app.processEvents()
+        self.assertEqual(nodes.frameCount, 5)  # stopped: no more images taken

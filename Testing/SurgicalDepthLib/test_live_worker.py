@@ -1,0 +1,213 @@
+"""Tests of SurgicalDepthLib.live_worker: live depth off the caller's thread, with a real tiny model (no Slicer;
+the module's timer and MRML updates are checked by its self-tests in Slicer)."""
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from tiny_model import textured, tiny_model
+
+import SurgicalDepthLib as sd
+from SurgicalDepthLib.alignment import DEFAULT_DEPTH_RANGE_MM
+from SurgicalDepthLib.live_worker import LiveWorker, worker_options
+
+SIZE = 70
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(3)
+
+
+def wait_for(condition, timeout: float = 20.0) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError("timed out")
+        time.sleep(0.005)
+
+
+def frames(n: int, height: int = 40, width: int = 56) -> list[np.ndarray]:
+    return [textured(height, width, seed) for seed in range(n)]
+
+
+def scope_frame(seed: int, height: int = 80, width: int = 112) -> tuple[np.ndarray, np.ndarray]:
+    """A textured frame (never darker than 60) in a black circular scope border, and the circle."""
+    yy, xx = np.mgrid[:height, :width]
+    scope = (yy - height // 2) ** 2 + (xx - width // 2) ** 2 <= (height * 3 // 5) ** 2
+    frame = np.clip(textured(height, width, seed), 60, 255).astype(np.uint8)
+    frame[~scope] = 0
+    return frame, scope
+
+
+def drain(worker: LiveWorker, n: int) -> list:
+    out: list = []
+    wait_for(lambda: out.extend(worker.results()) or len(out) >= n)
+    return out
+
+
+def test_latest_frame_policy_drops_waiting_frames(model, one_torch_thread):
+    """Catches a worker that queues frames (falling behind a live source) instead of taking the newest: frames
+    that wait while inference or the caller is busy are replaced and counted as dropped, never processed late."""
+    f = frames(6)
+    worker = LiveWorker(model, input_size=SIZE, fov_mask=None, max_results=1)
+    try:
+        for i in range(3):  # before start: each put replaces the waiting frame
+            assert worker.put(f[i], meta=i) is (i > 0)
+        worker.start()
+        wait_for(lambda: worker.stats().processed == 1)  # frame 2, its result waits for the caller
+        worker.put(f[3], meta=3)
+        wait_for(lambda: worker.stats().processed == 2)  # frame 3: the worker now waits for room for its result
+        assert worker.put(f[4], meta=4) is False and worker.put(f[5], meta=5) is True
+        results = drain(worker, 3)
+    finally:
+        assert worker.stop(timeout=10)
+    assert [r.number for r in results] == [2, 3, 5] and [r.meta for r in results] == [2, 3, 5]
+    stats = worker.stats()
+    assert (stats.received, stats.processed, stats.dropped) == (6, 3, 3)
+    assert "3 frame(s)" in stats.format() and "3 dropped" in stats.format()
+
+
+def test_results_pair_with_their_frames_and_match_depth_stream(model, one_torch_thread):
+    """Catches results paired with the wrong frame or geometry, and a second depth computation: each result's
+    depth is depth_stream's for its own frame, and its outputs hold the frame, depth (NaN, never 0) and a cloud."""
+    f = frames(3)
+    worker = LiveWorker(model, input_size=SIZE, fov_mask=None, point_budget=200).start()
+    results = []
+    try:
+        for i, rgb in enumerate(f):
+            worker.put(rgb.copy(), meta=np.eye(4) * (i + 1))
+            results += drain(worker, 1)
+    finally:
+        worker.stop()
+    assert [r.number for r in results] == [0, 1, 2]
+    for r, rgb in zip(results, f):
+        np.testing.assert_array_equal(r.frame.rgb, rgb)
+        np.testing.assert_array_equal(r.meta, np.eye(4) * (r.number + 1))
+        ref = next(sd.depth_stream(model, [rgb], depth_range=DEFAULT_DEPTH_RANGE_MM, input_size=SIZE, fov_mask=None))
+        np.testing.assert_array_equal(r.outputs["depth"][0], ref.depth_mm)
+        np.testing.assert_array_equal(r.outputs["frames"][0], rgb)
+        assert not (r.outputs["depth"] == 0).any() and 0 < r.outputs["points"].GetNumberOfPoints() <= 200
+        assert type(r.outputs["points"]).__module__.startswith("vtkmodules")  # plain VTK data: no MRML node
+        assert r.record is False
+
+
+def test_stop_joins_and_results_stop_coming(model, one_torch_thread):
+    """Catches a stop that leaves the thread running (or hangs), and frames still taken after it."""
+    worker = LiveWorker(model, input_size=SIZE, fov_mask=None)
+    assert worker.stop(timeout=1) is True  # never started: nothing to join
+    worker = LiveWorker(model, input_size=SIZE, fov_mask=None).start()
+    worker.put(frames(1)[0])
+    drain(worker, 1)
+    assert worker.running
+    start = time.monotonic()
+    assert worker.stop(timeout=10) is True and not worker.running and time.monotonic() - start < 5
+    worker.put(frames(2)[1])
+    time.sleep(0.1)
+    assert worker.results() == [] and worker.stats().processed == 1
+    with pytest.raises(RuntimeError, match="already started"):
+        worker.start()
+
+
+def test_errors_surface_to_the_caller(model, one_torch_thread):
+    """Catches a worker that dies silently on a bad frame: the error is raised by results() in the caller
+    (once), after the results that came before it, and the worker has stopped."""
+    worker = LiveWorker(model, input_size=SIZE, fov_mask=None).start()
+    try:
+        worker.put(frames(1)[0])
+        good = drain(worker, 1)
+        worker.put(np.zeros((40, 56), np.float32))  # not an RGB frame
+        wait_for(lambda: not worker.running)
+        with pytest.raises(ValueError, match="expected RGB uint8"):
+            worker.results()
+        assert worker.results() == [] and len(good) == 1
+    finally:
+        worker.stop()
+    mask = np.ones((10, 10), bool)  # a given field of view of another size than the frames
+    worker = LiveWorker(model, input_size=SIZE, fov_mask=mask).start()
+    worker.put(frames(1)[0])
+    wait_for(lambda: not worker.running)
+    with pytest.raises(ValueError, match="fov_mask has shape"):
+        worker.results()
+
+
+def test_field_of_view_detected_once_per_size_or_given(model, one_torch_thread, monkeypatch):
+    """Catches a live field of view that differs from a clip's (NaN outside the scope), one detected on every
+    frame, and a given mask that is ignored."""
+    from SurgicalDepthLib import fov
+
+    detected = []
+    monkeypatch.setattr(fov, "detect_fov_mask", lambda f, _detect=fov.detect_fov_mask: detected.append(1) or _detect(f))
+    first, scope = scope_frame(0)
+    worker = LiveWorker(model, input_size=SIZE).start()  # "auto"
+    try:
+        worker.put(first)
+        (a,) = drain(worker, 1)
+        worker.put(scope_frame(1)[0])
+        (b,) = drain(worker, 1)
+        worker.put(frames(1)[0])  # another size: its own field of view (none: no border)
+        (c,) = drain(worker, 1)
+    finally:
+        worker.stop()
+    assert a.frame.fov_mask is not None and not (a.frame.fov_mask & ~scope).any()
+    np.testing.assert_array_equal(b.frame.fov_mask, a.frame.fov_mask)
+    assert len(detected) == 2  # once per frame size
+    assert np.isnan(a.outputs["depth"][0][~a.frame.fov_mask]).all() and c.frame.fov_mask is None
+    ref = next(sd.depth_stream(model, [first], input_size=SIZE, depth_range=DEFAULT_DEPTH_RANGE_MM))
+    np.testing.assert_array_equal(a.frame.fov_mask, ref.fov_mask)  # the stream's own detection, same frame
+    np.testing.assert_array_equal(a.outputs["depth"][0], ref.depth_mm)
+    given = np.zeros(first.shape[:2], bool)
+    given[10:70, 10:100] = True
+    worker = LiveWorker(model, input_size=SIZE, fov_mask=given, point_budget=None).start()
+    try:
+        worker.put(first[None])  # a one-slice vector volume array [1, H, W, 3]
+        (d,) = drain(worker, 1)
+    finally:
+        worker.stop()
+    np.testing.assert_array_equal(d.frame.fov_mask, given)
+    assert np.isnan(d.outputs["depth"][0][~given]).all() and "points" not in d.outputs
+
+
+def test_recording_budget_marks_the_first_results(model, one_torch_thread):
+    """Catches a recording that does not stop at its frame budget."""
+    worker = LiveWorker(model, input_size=SIZE, fov_mask=None, record_frames=2, first_number=1).start()
+    results = []
+    try:
+        for rgb in frames(4):
+            worker.put(rgb)
+            results += drain(worker, 1)
+    finally:
+        worker.stop()
+    assert [r.record for r in results] == [True, True, False, False]
+    assert [r.number for r in results] == [1, 2, 3, 4] and worker.stats().recorded == 2
+    assert "2 recorded" in worker.stats().format()
+
+
+def test_worker_options_follow_the_process_arguments():
+    """Catches live frames computed with other settings than the run process() made from the first image: the
+    camera, depth range, input size and point budget; the run's field of view; the budget counting process's
+    frame; numbering after process's item 0."""
+    options = {"fx": 50.0, "fy": 50.0, "cx": 27.5, "cy": 19.5, "nearMm": 10.0, "farMm": 90.0, "inputSize": 98,
+               "pointBudget": 500, "startFrame": 3, "colorByDepth": True}
+    mask = np.ones((40, 56), bool)
+    kw = worker_options(options, mask, record_frames=5)
+    assert kw["depth_range"] == (10.0, 90.0) and kw["input_size"] == 98 and kw["point_budget"] == 500
+    assert kw["fov_mask"] is mask and kw["record_frames"] == 4 and kw["first_number"] == 1
+    intr = kw["intrinsics_for"](56, 40)
+    assert (intr.fx, intr.fy, intr.cx, intr.cy, intr.width, intr.height) == (50.0, 50.0, 27.5, 19.5, 56, 40)
+    kw = worker_options({"pointCloud": False}, None)
+    assert kw["point_budget"] is None and kw["record_frames"] == 0 and kw["input_size"] is None
+    assert kw["intrinsics_for"](56, 40).size == (56, 40)  # the 70 degree default
+    worker = LiveWorker(object.__new__(object), **kw)  # accepted as LiveWorker arguments
+    assert worker.depth_range == DEFAULT_DEPTH_RANGE_MM and worker.fov_mask is None
+
+
+def test_no_thread_left_after_stop(model, one_torch_thread):
+    before = {t.name for t in threading.enumerate()}
+    worker = LiveWorker(model, input_size=SIZE, fov_mask=None).start()
+    worker.put(frames(1)[0])
+    drain(worker, 1)
+    worker.stop()
+    assert "SurgicalDepth.live" not in {t.name for t in threading.enumerate()} - before
