@@ -338,7 +338,7 @@ def test_evaluate_outputs_and_broken_predictions(data, tmp_path):
 def test_reconstruct_stride_matches_poses_by_index_and_sane_intrinsics(data, tmp_path):
     """Catches: --stride 2 --poses fusing frames 0, 2 with the poses of lines 0, 1 (index column ignored) and
     numbering its own poses file by position; a missing pose accepted; fy = 1e-300 writing +-inf to the PLY."""
-    from SurgicalDepthLib.cli.reconstruct import read_poses
+    from SurgicalDepthLib.pose_io import read_poses
 
     source = read_poses(data / "poses.txt")
     missing = tmp_path / "poses.txt"

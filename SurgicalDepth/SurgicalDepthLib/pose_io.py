@@ -52,3 +52,26 @@ def read_pose_file(path: str | os.PathLike) -> list[tuple[int | None, np.ndarray
             raise ValueError(f"{path}:{n}: expected numbers, got {text[:60]!r}") from None
         poses.append((index, matrix))
     return poses
+
+
+def read_poses(path: str | os.PathLike, *, require_index: bool = False) -> dict[int, np.ndarray]:
+    """``{source frame index: float64 4×4 camera-to-world}`` from a pose file.
+
+    Lines without an index column are numbered 0, 1, ... in file order (an error with ``require_index``). A
+    repeated index, a file without poses, or a matrix whose last row is not ``0 0 0 1`` is a ValueError naming
+    the file (rigidity of the rotation is checked where the poses are used).
+    """
+    entries = read_pose_file(path)
+    if not entries:
+        raise ValueError(f"poses file {path} holds no pose")
+    poses: dict[int, np.ndarray] = {}
+    for line, (index, matrix) in enumerate(entries):
+        if index is None and require_index:
+            raise ValueError(f"{path}: every pose line needs a frame index before its 16 numbers")
+        key = line if index is None else index
+        if key in poses:
+            raise ValueError(f"{path}: two poses for frame {key}")
+        if not np.allclose(matrix[3], [0, 0, 0, 1]):
+            raise ValueError(f"{path}: pose of frame {key}: last matrix row must be 0 0 0 1, got {matrix[3].tolist()}")
+        poses[key] = matrix
+    return poses

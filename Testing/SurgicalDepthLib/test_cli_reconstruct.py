@@ -9,7 +9,7 @@ import pytest
 
 import SurgicalDepthLib as sd
 from SurgicalDepthLib.cli import main
-from SurgicalDepthLib.cli.reconstruct import read_poses
+from SurgicalDepthLib.pose_io import read_poses
 
 
 @pytest.fixture(scope="module")

@@ -32,3 +32,33 @@ def test_lines_without_index_and_errors(tmp_path):
         read_pose_file(tmp_path / "missing.txt")
     with pytest.raises(ValueError, match="must be 4x4"):
         format_pose_file([np.eye(3)])
+
+
+def test_read_poses_by_source_frame_index(tmp_path):
+    """Catches: poses matched to frames by line position when the file has an index column (reconstruct --stride
+    fused frame 2 with the pose of line 1), repeated indices accepted silently, a non-rigid last row accepted."""
+    import numpy as np
+    import pytest
+
+    from SurgicalDepthLib.pose_io import format_pose_file, read_poses
+
+    poses = [np.eye(4) + np.diag([0, 0, 0, 0.0]) for _ in range(3)]
+    for i, p in enumerate(poses):
+        p[0, 3] = 10.0 * i
+    path = tmp_path / "poses.txt"
+    path.write_text(format_pose_file(poses, [0, 2, 4]))
+    read = read_poses(path)
+    assert sorted(read) == [0, 2, 4] and read[4][0, 3] == 20.0
+    plain = tmp_path / "plain.txt"
+    plain.write_text("\n".join(" ".join(repr(v) for v in p.ravel()) for p in poses) + "\n")
+    assert sorted(read_poses(plain)) == [0, 1, 2]
+    with pytest.raises(ValueError, match="needs a frame index"):
+        read_poses(plain, require_index=True)
+    path.write_text(format_pose_file(poses[:2], [3, 3]))
+    with pytest.raises(ValueError, match="two poses for frame 3"):
+        read_poses(path)
+    bad = poses[0].copy()
+    bad[3, 3] = 2.0
+    path.write_text(format_pose_file([bad], [0]))
+    with pytest.raises(ValueError, match="last matrix row"):
+        read_poses(path)

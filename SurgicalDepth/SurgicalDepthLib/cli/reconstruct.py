@@ -20,7 +20,7 @@ import numpy as np
 from .._atomic import atomic_path
 from ..alignment import DEFAULT_DEPTH_RANGE_MM
 from ..camera import DEFAULT_FOV_DEG
-from ..pose_io import format_pose_file, read_pose_file
+from ..pose_io import format_pose_file, read_poses
 from ..run_folder import RunFolder
 from ..saved_predictions import SavedPredictions
 from ..fov import write_fov_mask
@@ -67,21 +67,6 @@ def register(subparsers) -> None:
     p.add_argument("--fov-mask", type=fov_mask_arg, default="auto", metavar="auto|none|FILE", help=FOV_MASK_HELP)
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=run)
-
-
-def read_poses(path: Path) -> dict[int, np.ndarray]:
-    """Poses file → ``{source frame index: float64 4×4 camera-to-world}``; lines without an index column are
-    numbered 0, 1, ... in file order (rigidity is checked when integrating)."""
-    entries = read_pose_file(path)
-    if not entries:
-        raise ValueError(f"poses file {path} holds no pose")
-    poses: dict[int, np.ndarray] = {}
-    for line, (index, matrix) in enumerate(entries):
-        key = line if index is None else index
-        if key in poses:
-            raise ValueError(f"poses file {path} has two poses for frame {key}")
-        poses[key] = matrix
-    return poses
 
 
 def _check_args(args: argparse.Namespace) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from SurgicalDepthLib.camera import Intrinsics
-from SurgicalDepthLib.pose_io import read_pose_file
+from SurgicalDepthLib.pose_io import read_poses
 
 from ._base import DatasetError, DepthDataset, Pair, find_dirs, select_split, sorted_files, uint16_linear
 
@@ -47,21 +47,12 @@ def read_meta(seq: Path) -> dict:
     return meta
 
 
-def read_poses(path: Path) -> dict[int, np.ndarray]:
-    """``{frame_index: 4x4 float64}`` from a ``poses.txt`` (:mod:`SurgicalDepthLib.pose_io` format; the index is
-    required here and the last matrix row must be 0 0 0 1)."""
+def _poses(path: Path) -> dict[int, np.ndarray]:
+    """The layout's ``poses.txt`` (:func:`SurgicalDepthLib.pose_io.read_poses`, frame index required)."""
     try:
-        entries = read_pose_file(path)
+        return read_poses(path, require_index=True)
     except ValueError as exc:
         raise DatasetError(str(exc)) from None
-    poses: dict[int, np.ndarray] = {}
-    for index, m in entries:
-        if index is None:
-            raise DatasetError(f"{path}: every pose line needs a frame index before its 16 numbers")
-        if not np.allclose(m[3], [0, 0, 0, 1]):
-            raise DatasetError(f"{path}: pose of frame {index}: last matrix row must be 0 0 0 1, got {m[3].tolist()}")
-        poses[index] = m
-    return poses
 
 
 class Synthetic(DepthDataset):
@@ -117,6 +108,6 @@ class Synthetic(DepthDataset):
         info = self._seq[pair.sequence]
         if "poses" not in info:
             path = pair.sequence / "poses.txt"
-            info["poses"] = read_poses(path) if path.is_file() else {}
+            info["poses"] = _poses(path) if path.is_file() else {}
         pose = info["poses"].get(pair.index)
         return None if pose is None else pose.copy()
