@@ -42,7 +42,7 @@ def test_read_poses_by_source_frame_index(tmp_path):
 
     from SurgicalDepthLib.pose_io import format_pose_file, read_poses
 
-    poses = [np.eye(4) + np.diag([0, 0, 0, 0.0]) for _ in range(3)]
+    poses = [np.eye(4) for _ in range(3)]
     for i, p in enumerate(poses):
         p[0, 3] = 10.0 * i
     path = tmp_path / "poses.txt"
@@ -50,7 +50,7 @@ def test_read_poses_by_source_frame_index(tmp_path):
     read = read_poses(path)
     assert sorted(read) == [0, 2, 4] and read[4][0, 3] == 20.0
     plain = tmp_path / "plain.txt"
-    plain.write_text("\n".join(" ".join(repr(v) for v in p.ravel()) for p in poses) + "\n")
+    plain.write_text("\n".join(" ".join(repr(float(v)) for v in p.ravel()) for p in poses) + "\n")
     assert sorted(read_poses(plain)) == [0, 1, 2]
     with pytest.raises(ValueError, match="needs a frame index"):
         read_poses(plain, require_index=True)
