@@ -129,9 +129,9 @@ def stopped_run(data, tmp_path_factory) -> tuple[Path, int, subprocess.Completed
     out_rest, err = proc.communicate(timeout=120)
     result = subprocess.CompletedProcess(command, proc.returncode, "".join(lines) + out_rest, err)
     assert (out / "last.pt").is_file(), err[-2000:]
-    from SurgicalDepthTrainingLib.checkpointing import load_checkpoint
+    from SurgicalDepthTrainingLib.checkpointing import load_training_checkpoint
 
-    return out, load_checkpoint(out / "last.pt")["step"], result
+    return out, load_training_checkpoint(out / "last.pt")["step"], result
 
 
 def copy_run(run: Path, tmp_path: Path) -> Path:
@@ -205,7 +205,7 @@ def test_sigterm_saves_and_resume_continues_from_the_saved_step(stopped_run, dat
     is written before the end, --resume restarting from step 0, and stale temporary files of killed saves
     (.last.*.pt, up to the checkpoint's size) staying forever."""
     from SurgicalDepthLib.run_folder import read_manifest
-    from SurgicalDepthTrainingLib.checkpointing import load_checkpoint
+    from SurgicalDepthTrainingLib.checkpointing import load_training_checkpoint
 
     folder, step, result = stopped_run
     assert result.returncode == 130 and "Traceback" not in result.stderr, result.stderr[-2000:]
@@ -223,7 +223,7 @@ def test_sigterm_saves_and_resume_continues_from_the_saved_step(stopped_run, dat
     events = [json.loads(line) for line in resumed.stdout.splitlines()]
     assert events[0]["step"] == step and events[-1]["event"] == "done"
     assert [e["step"] for e in events if "loss" in e] == [step + 1]
-    assert load_checkpoint(run / "last.pt")["step"] == step + 1
+    assert load_training_checkpoint(run / "last.pt")["step"] == step + 1
     assert not any(p.exists() for p in stale) and (run / "notes.txt").read_text() == "mine"
     assert read_manifest(run)[0] == header  # the same run, continued
 
@@ -275,13 +275,13 @@ def test_resume_on_damaged_last_pt(stopped_run, data, tmp_path):
 def test_diverging_training_and_negative_seed(data, tmp_path):
     """Catches: --lr 1e6 ending in a FloatingPointError traceback (or a NaN last.pt), and --seed -1 failing with
     a message that names no option."""
-    from SurgicalDepthTrainingLib.checkpointing import load_checkpoint
+    from SurgicalDepthTrainingLib.checkpointing import load_training_checkpoint
 
     diverged, seed = cli_many((*TRAIN, "--root", data, "--output", tmp_path / "lr", "--max-steps", "4", "--lr", "1e6"),
                               (*TRAIN, "--root", data, "--output", tmp_path / "seed", "--seed", "-1"))
     line = assert_error(diverged, "diverged at step")
     if (tmp_path / "lr" / "last.pt").exists():  # loads only when every tensor is finite
-        assert f"step {load_checkpoint(tmp_path / 'lr' / 'last.pt')['step']})" in line
+        assert f"step {load_training_checkpoint(tmp_path / 'lr' / 'last.pt')['step']})" in line
     assert_error(seed, "--seed", "-1")
     assert not (tmp_path / "seed").exists()
 

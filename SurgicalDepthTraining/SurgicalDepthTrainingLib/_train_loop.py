@@ -169,7 +169,7 @@ def train_one_epoch(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], *, output_kind: str,
+def validate(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], *, output_kind: str,
              device: torch.device, min_depth: float | None = None,
              max_depth: float | None = None) -> dict[str, float]:
     """Validation: per-image metrics at the training resolution (median alignment, the protocol of

@@ -95,7 +95,7 @@ def first_non_finite(tensors: Iterable[tuple[str, torch.Tensor]]) -> str | None:
     return None
 
 
-def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+def save_training_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: Any, *, config_json: str, epoch: int, step: int, step_in_epoch: int,
                     best_abs_rel: float, recent_losses: list[float] | None = None) -> Path:
     """Write a training checkpoint atomically (temporary file + rename). ``model`` is the unwrapped model."""
@@ -119,7 +119,7 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: 
     return path
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a training checkpoint (``weights_only=True``: pickled code is refused, never run).
 
     Raises:
@@ -158,15 +158,15 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
 
 
 def read_resume_checkpoint(path: Path, config: Any, resumable: Iterable[str] = ()) -> dict[str, Any]:
-    """:func:`load_checkpoint` for resuming the run of ``config`` (a ``TrainConfig``): the checkpoint's
+    """:func:`load_training_checkpoint` for resuming the run of ``config`` (a ``TrainConfig``): the checkpoint's
     configuration must equal it apart from the fields in ``resumable``. Called before the model is built, so a
     damaged or foreign ``last.pt`` fails at once.
 
     Raises:
-        CheckpointError: see :func:`load_checkpoint`; also an unreadable configuration.
+        CheckpointError: see :func:`load_training_checkpoint`; also an unreadable configuration.
         ValueError: the configuration differs in a field that changes the computation.
     """
-    ckpt = load_checkpoint(path)
+    ckpt = load_training_checkpoint(path)
     try:
         saved = type(config).from_json(ckpt["config"])
     except (ValueError, TypeError) as exc:

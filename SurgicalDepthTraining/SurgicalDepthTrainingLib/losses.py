@@ -93,7 +93,7 @@ def silog_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *,
     return _per_image_mean(torch.sqrt(var.clamp_min(1e-12)), n > 0, "silog_loss")
 
 
-def fit_scale_shift(pred: torch.Tensor, target: torch.Tensor,
+def fit_scale_shift_batched(pred: torch.Tensor, target: torch.Tensor,
                     valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image least squares ``(s, t) = argmin Σ_valid (s·pred + t - target)²`` (MiDaS, Ranftl et al. 2020,
     eq. 4; closed form of MiDaS ``compute_scale_and_shift``). Returns ``s, t`` of shape ``[B]``; images whose
@@ -127,7 +127,7 @@ def _gradient_loss(residual: torch.Tensor, valid: torch.Tensor, scales: int) -> 
 def ssi_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *,
              gradient_weight: float = 0.0, scales: int = 4) -> torch.Tensor:
     """Scale-and-shift-invariant loss (MiDaS, Ranftl et al. 2020): align ``pred`` to ``target`` per image by
-    least squares (:func:`fit_scale_shift`), then ``mean_valid |s·pred + t - target|``; plus optionally
+    least squares (:func:`fit_scale_shift_batched`), then ``mean_valid |s·pred + t - target|``; plus optionally
     ``gradient_weight · Σ_k mean(|∇R_k|)`` (multi-scale gradient matching of the residual ``R``, eq. 11).
 
     For a relative model ``pred`` is the disparity and ``target`` the inverse depth (disparity space, as MiDaS).
@@ -135,7 +135,7 @@ def ssi_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *,
     """
     valid = _check(pred, target, valid)
     target = torch.where(valid, target, torch.zeros_like(target))
-    s, t = fit_scale_shift(pred, target, valid)
+    s, t = fit_scale_shift_batched(pred, target, valid)
     residual = s[:, None, None] * pred + t[:, None, None] - target
     n = valid.flatten(1).sum(1)
     loss = torch.where(valid, residual.abs(), torch.zeros_like(residual)).flatten(1).sum(1) / n.clamp_min(1)

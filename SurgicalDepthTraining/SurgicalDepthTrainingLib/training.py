@@ -1,6 +1,6 @@
 """Fine-tuning Depth Anything on surgical depth data: ``TrainConfig`` and ``train(config) -> best checkpoint``.
 
-Plain functions (``build_model``, ``build_optimizer``, ``train_one_epoch``, ``evaluate``, ``save_checkpoint``).
+Plain functions (``build_model``, ``build_optimizer``, ``train_one_epoch``, ``validate``, ``save_training_checkpoint``).
 Output folder (a run folder: manifest, lock, see :class:`.checkpointing.TrainRunFolder`)::
 
     train_config.json   the TrainConfig (also inside every checkpoint)
@@ -35,10 +35,10 @@ from SurgicalDepthLib.progress import ProgressReporter
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from ._train_data import DepthTransform, TransformedDataset, open_data, round_to_multiple, training_data
-from ._train_loop import (LOSS_WINDOW, TrainingDiverged, TrainingStopped, TrainState, any_rank, evaluate,
+from ._train_loop import (LOSS_WINDOW, TrainingDiverged, TrainingStopped, TrainState, any_rank, validate,
                           poly_schedule, recent_loss, train_device, train_one_epoch)
 from .checkpointing import (TrainRunFolder, export_model, first_non_finite, read_log, read_resume_checkpoint,
-                            restore_training_state, save_checkpoint, write_log)
+                            restore_training_state, save_training_checkpoint, write_log)
 from .distributed import barrier, cleanup_distributed, setup_distributed
 from .lora import add_lora
 from .losses import LOSSES
@@ -306,17 +306,17 @@ def _train(config, out, run, dist_info, train_data, val_data, unlabeled_data, re
             bad = first_non_finite(core.state_dict().items())
             if bad is not None:  # never replace the last good checkpoint with broken weights
                 raise TrainingDiverged(f"training diverged at step {state.step}: weight {bad!r} is not finite")
-            save_checkpoint(output("last.pt"), core, optimizer, scheduler, config_json=config_json,
+            save_training_checkpoint(output("last.pt"), core, optimizer, scheduler, config_json=config_json,
                             epoch=state.epoch, step=state.step, step_in_epoch=state.step_in_epoch,
                             best_abs_rel=state.best_abs_rel, recent_losses=state.losses[-LOSS_WINDOW:])
             write_log(output("log.csv"), rows)
         saved.update(step=state.step, time=time.monotonic(), dirty=False)
 
-    def validate() -> None:
+    def run_validation() -> None:
         saved["dirty"] = True
         if dist_info.is_main:
             try:
-                metrics = evaluate(core, DataLoader(val_set, batch_size=config.batch_size,
+                metrics = validate(core, DataLoader(val_set, batch_size=config.batch_size,
                                                     num_workers=config.num_workers),
                                    output_kind=kind, device=device, **range_kw)
             except TrainingDiverged as exc:
@@ -357,7 +357,7 @@ def _train(config, out, run, dist_info, train_data, val_data, unlabeled_data, re
     try:
         with stage:
             if state.step == 0 and not resume:  # the start weights' score: the baseline the run must beat
-                validate()
+                run_validation()
             stopped = state.step >= last_step or stop_requested()
             while not stopped and state.epoch < epochs:
                 sampler.set_epoch(state.epoch)
@@ -374,12 +374,12 @@ def _train(config, out, run, dist_info, train_data, val_data, unlabeled_data, re
                 if state.step_in_epoch >= steps_per_epoch:
                     state.epoch, state.step_in_epoch = state.epoch + 1, 0
                     if state.step < total:  # the final validation follows below
-                        validate()
+                        run_validation()
                         checkpoint()  # every epoch end
                 if stopped or state.step >= total:
                     break
             if state.step >= total and not state.stop_requested:
-                validate()
+                run_validation()
         if saved["dirty"] or saved["step"] != state.step:
             checkpoint()
     except TrainingDiverged as exc:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from SurgicalDepthTrainingLib.losses import fit_scale_shift, l1_loss, masked_median, silog_loss, ssi_loss
+from SurgicalDepthTrainingLib.losses import fit_scale_shift_batched, l1_loss, masked_median, silog_loss, ssi_loss
 
 
 def batch(seed=0, b=3, h=8, w=10):
@@ -48,7 +48,7 @@ def test_silog():
 def test_ssi_fits_affine_and_matches_reference():
     pred, target, valid = batch(3)
     assert ssi_loss(2.5 * target - 0.1, target, valid).item() == pytest.approx(0, abs=1e-9)
-    s, t = fit_scale_shift(pred, target, valid)
+    s, t = fit_scale_shift_batched(pred, target, valid)
     for i in range(pred.shape[0]):
         p, y = pred[i][valid[i]].numpy(), target[i][valid[i]].numpy()
         ref = np.linalg.lstsq(np.stack([p, np.ones_like(p)], 1), y, rcond=None)[0]

@@ -47,7 +47,7 @@ import pytest  # noqa: E402
 from SurgicalDepthLib.configs import make_config  # noqa: E402
 from SurgicalDepthLib.loading import load_model  # noqa: E402
 from SurgicalDepthLib.model import DepthModel  # noqa: E402
-from SurgicalDepthTrainingLib.checkpointing import load_checkpoint  # noqa: E402
+from SurgicalDepthTrainingLib.checkpointing import load_training_checkpoint  # noqa: E402
 from SurgicalDepthTrainingLib.lora import add_lora, merge_lora  # noqa: E402
 from SurgicalDepthTrainingLib.semi import semi_supervised_loss  # noqa: E402
 from SurgicalDepthTrainingLib.training import TrainConfig, train  # noqa: E402
@@ -97,11 +97,11 @@ def test_kill_and_resume_gives_identical_weights(tmp_path, extra):
     train(tiny(tmp_path, "straight", **extra), train_data=data, val_data=val)
     resumed = tiny(tmp_path, "resumed", **extra)
     train(resumed, train_data=data, val_data=val, stop_after_steps=3)
-    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["step"] == 3
+    assert load_training_checkpoint(tmp_path / "resumed" / "last.pt")["step"] == 3
     with pytest.raises(FileExistsError):
         train(resumed, train_data=data, val_data=val)
     train(resumed, train_data=data, val_data=val, resume=True)
-    a, b = load_checkpoint(tmp_path / "straight" / "last.pt"), load_checkpoint(tmp_path / "resumed" / "last.pt")
+    a, b = load_training_checkpoint(tmp_path / "straight" / "last.pt"), load_training_checkpoint(tmp_path / "resumed" / "last.pt")
     assert a["step"] == b["step"] == 6
     for key in ("model", "train_state") if extra else ("model",):
         assert a[key].keys() == b[key].keys()
@@ -243,7 +243,7 @@ def test_ddp_two_processes_matches_single_process(tmp_path):
     config = TrainConfig(dataset="folder", root=str(root), input_size=(56, 56), max_steps=3, device="cpu", seed=1,
                          augment=False, batch_size=1, grad_accum=2, output=str(tmp_path / "single"))
     train(config)
-    a, b = load_checkpoint(tmp_path / "ddp" / "last.pt"), load_checkpoint(tmp_path / "single" / "last.pt")
+    a, b = load_training_checkpoint(tmp_path / "ddp" / "last.pt"), load_training_checkpoint(tmp_path / "single" / "last.pt")
     assert a["step"] == b["step"] == 3
     assert max(float((a["model"][k] - b["model"][k]).abs().max()) for k in a["model"]) < 1e-6
     torch.manual_seed(1)
@@ -298,7 +298,7 @@ def test_checkpoint_at_every_epoch_end_before_a_crash(tmp_path):
     data = FailsAt(4, read=5)  # 2 steps of 2 samples per epoch: the 5th read is the first of epoch 2
     with pytest.raises(RuntimeError, match="unplugged"):
         train(tiny(tmp_path, max_steps=8, augment=False), train_data=data, val_data=Planes(1, offset=9))
-    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")
+    ckpt = load_training_checkpoint(tmp_path / "run" / "last.pt")
     assert (ckpt["epoch"], ckpt["step"], ckpt["step_in_epoch"]) == (1, 2, 0)
 
 
@@ -312,7 +312,7 @@ def test_checkpoint_after_checkpoint_minutes_of_wall_time(tmp_path, monkeypatch)
     data = FailsAt(8, read=7)  # 4 steps per epoch: the crash is in step 4, before the first epoch end
     with pytest.raises(RuntimeError, match="unplugged"):
         train(tiny(tmp_path, max_steps=8, batch_size=2), train_data=data, val_data=Planes(1, offset=9))
-    assert load_checkpoint(tmp_path / "run" / "last.pt")["step"] in (2, 3)
+    assert load_training_checkpoint(tmp_path / "run" / "last.pt")["step"] in (2, 3)
     with pytest.raises(ValueError, match="checkpoint_minutes"):
         TrainConfig(checkpoint_minutes=-1)
 
@@ -333,9 +333,9 @@ def test_stop_request_saves_and_resume_is_exact(tmp_path, stop_at):
 
     with pytest.raises(TrainingStopped) as info:
         train(tiny(tmp_path, "stopped", max_steps=4), train_data=data, val_data=val, should_stop=should_stop)
-    assert info.value.step == stop_at and load_checkpoint(tmp_path / "stopped" / "last.pt")["step"] == stop_at
+    assert info.value.step == stop_at and load_training_checkpoint(tmp_path / "stopped" / "last.pt")["step"] == stop_at
     train(tiny(tmp_path, "stopped", max_steps=4), train_data=data, val_data=val, resume=True)
-    a, b = load_checkpoint(tmp_path / "straight" / "last.pt"), load_checkpoint(tmp_path / "stopped" / "last.pt")
+    a, b = load_training_checkpoint(tmp_path / "straight" / "last.pt"), load_training_checkpoint(tmp_path / "stopped" / "last.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert read_log(tmp_path / "straight") == read_log(tmp_path / "stopped")
 
@@ -350,7 +350,7 @@ def test_diverging_run_names_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
         train(config, train_data=Planes(4), val_data=Planes(1, offset=9))
     assert isinstance(info.value, ValueError) and isinstance(info.value, FloatingPointError)
     assert len(str(info.value).splitlines()) == 1
-    ckpt = load_checkpoint(tmp_path / "run" / "last.pt")  # loads: every tensor finite
+    ckpt = load_training_checkpoint(tmp_path / "run" / "last.pt")  # loads: every tensor finite
     assert f"step {ckpt['step']})" in str(info.value)
 
 
@@ -373,9 +373,9 @@ def test_stale_temporaries_removed_and_runs_never_mixed(tmp_path):
     train(tiny(tmp_path, max_steps=2), train_data=data, val_data=val, resume=True)
     header, files = read_manifest(out)
     assert header["command"] == "train" and {"last.pt", "log.csv", "best.json"} <= set(files)
-    assert not stale[0].exists() and load_checkpoint(out / "last.pt")["step"] == 2
+    assert not stale[0].exists() and load_training_checkpoint(out / "last.pt")["step"] == 2
     train(tiny(tmp_path, max_steps=1), train_data=data, val_data=val, overwrite=True)
-    assert load_checkpoint(out / "last.pt")["step"] == 1 and (out / "notes.txt").exists()
+    assert load_training_checkpoint(out / "last.pt")["step"] == 1 and (out / "notes.txt").exists()
     with pytest.raises(ValueError, match="exclude each other"):
         train(tiny(tmp_path), train_data=data, val_data=val, overwrite=True, resume=True)
     (out / MANIFEST_NAME).unlink()  # a run from before manifests: --resume adopts it, a new run is refused
@@ -404,7 +404,7 @@ def test_resume_refuses_damaged_last_pt(tmp_path, damage):
     elif damage == "not_a_checkpoint":
         torch.save({"weights": torch.zeros(2)}, last)
     else:
-        ckpt = load_checkpoint(last)
+        ckpt = load_training_checkpoint(last)
         if damage == "nan":
             next(iter(ckpt["model"].values())).fill_(float("nan"))
         else:
