@@ -59,6 +59,8 @@ _EXPORTS: dict[str, str] = {
     "SavedPredictions": "saved_predictions",
     "detect_fov_mask": "fov",
     "DepthService": "live",
+    "export_model": "backends",
+    "choose_backend": "backends",
     "ProgressReporter": "progress",
     "open_frames": "video",
     "FrameReader": "video",

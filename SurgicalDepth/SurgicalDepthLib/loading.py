@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from .backends import GRAPH_SUFFIXES, CompiledDepthModel, choose_backend, load_backend
 from .checkpoints import check_state_dict, load_state_dict_file
 from .configs import MODEL_CONFIGS, get_model_config
 from .model import DepthModel
@@ -82,37 +83,55 @@ def cpu_computes_natively(precision: str) -> bool | None:
     return any(bool(probe()) for probe in probes if probe is not None)
 
 
-#: inference backends of ``load_model``; only the PyTorch reference is built into this version
-BACKENDS = ("torch",)
+#: inference backends of ``load_model``: the PyTorch reference, the exported graph run by ONNX Runtime or OpenVINO
+#: (:mod:`SurgicalDepthLib.backends`, optional extras), and ``auto`` (:func:`~SurgicalDepthLib.backends.choose_backend`)
+BACKENDS = ("torch", "onnxruntime", "openvino", "auto")
 #: keyword hints ``load_model`` understands (files that do not state their architecture fully)
 HINTS = ("version", "head", "max_depth")
 
 
 def load_model(source: str | os.PathLike = "default", *, device: str | torch.device = "auto",
-               precision: str = "auto", backend: str = "torch", **hints: Any) -> DepthModel:
+               precision: str = "auto", backend: str = "torch", **hints: Any) -> DepthModel | CompiledDepthModel:
     """Load a Depth Anything model in eval mode on ``device``.
 
     Args:
         source: ``"default"`` (shipped model); a registry name (``depth-anything-v2-small|base|large``,
             ``depth-anything-v1-small|base|large``, ... read from the weight cache, see ``surgical-depth
             download``); ``"random:<registry name>"`` (random initialisation, for training from scratch and tests);
-            a path to an official ``.pth``, a project checkpoint, or a Hugging Face folder.
-        device: ``auto|cpu|cuda|cuda:N|mps``.
-        precision: ``auto|fp32|fp16|bf16`` (used by ``infer_*`` through autocast).
-        backend: ``"torch"`` (the reference implementation).
+            a path to an official ``.pth``, a project checkpoint, or a Hugging Face folder; an ``.onnx`` or OpenVINO
+            ``.xml`` file written by ``surgical-depth export`` (loads alone, with the backend its suffix names
+            unless another is given).
+        device: ``auto|cpu|cuda|cuda:N|mps`` (``auto`` or ``cpu`` for ONNX Runtime and OpenVINO).
+        precision: ``auto|fp32|fp16|bf16`` (PyTorch: used by ``infer_*`` through autocast; OpenVINO: the inference
+            precision; ONNX Runtime: the graph's precision).
+        backend: ``"torch"`` (the reference implementation), ``"onnxruntime"``, ``"openvino"`` (the exported
+            graph, with the same inference API: ``infer_image``, ``infer_batch``, ``iter_batches``), or ``"auto"``
+            (OpenVINO bf16 on CPUs with AVX512-BF16 or AMX, PyTorch elsewhere; the choice and its reason are
+            logged).
         hints: ``version="v1"|"v2"``, ``head="relative"|"metric"``, ``max_depth=`` for files that do not say.
     Raises:
-        ValueError: an unknown backend or keyword (never silently ignored), a bad device or precision.
+        ValueError: an unknown backend or keyword (never silently ignored), a bad device or precision; a
+            backend whose runtime is not installed (``MissingBackendError``, naming the pip extra).
     """
     if backend not in BACKENDS:
-        raise ValueError(f"backend={backend!r} is not available; this version provides {BACKENDS}")
+        later = " (TensorRT is not built into this version)" if backend == "tensorrt" else ""
+        raise ValueError(f"backend={backend!r} is not one of {BACKENDS}{later}")
     unknown = sorted(set(hints) - set(HINTS))
     if unknown:
         raise TypeError(f"load_model got unknown keyword argument(s) {unknown}; known: device, precision, backend, "
                         f"{', '.join(HINTS)}")
+    src = str(source)
+    graph_backend = GRAPH_SUFFIXES.get(Path(src).suffix.lower()) if src not in MODEL_CONFIGS else None
+    if backend == "auto":
+        choice = choose_backend(resolve_device(device), precision)
+        log.info("backend auto: %s %s (%s)", choice.backend, choice.precision, choice.reason)
+        backend, precision = choice.backend, choice.precision
+    if graph_backend is not None and backend == "torch":
+        backend = graph_backend  # an exported graph: run by the runtime its suffix names
+    if backend != "torch":
+        return load_backend(source, backend, device=device, precision=precision, **hints)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
-    src = str(source)
     if src.startswith("random:"):
         model = DepthModel(get_model_config(src[len("random:"):]))
         model.source = src

@@ -1,4 +1,5 @@
-"""``DepthModel``: Depth Anything (V1/V2, relative or metric) = DINOv2 encoder + DPT decoder."""
+"""``DepthModel``: Depth Anything (V1/V2, relative or metric) = DINOv2 encoder + DPT decoder; :class:`FrameInference`:
+its numpy-frame inference API, shared with the deployment backends (:mod:`SurgicalDepthLib.backends`)."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
@@ -15,21 +16,24 @@ from .encoder import DinoV2Encoder
 from .preprocess import check_rgb, official_input_size, preprocess, preprocess_on_device
 
 
-class DepthModel(nn.Module):
-    """Depth Anything. State-dict keys are the official ones: ``pretrained.*`` (encoder), ``depth_head.*``.
+def resize_prediction(pred: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
+    """Network output ``[n, h, w]`` → float32 ``[n, H, W]`` at the frame size: bilinear, ``align_corners=True``
+    (the official ``infer_image``)."""
+    return F.interpolate(pred[:, None].float(), size=out_hw, mode="bilinear", align_corners=True)[:, 0]
 
-    ``forward`` is the computation of the official ``DepthAnythingV2.forward`` (and of V1, whose decoder reads the
-    last four blocks). ``precision`` (``fp32|fp16|bf16``) is used by ``infer_*`` through autocast; the device is
-    wherever the parameters are (chosen once by :func:`~SurgicalDepthLib.loading.load_model`).
+
+class FrameInference:
+    """The inference API on RGB uint8 frames (``infer_image``, ``infer_batch``, ``iter_batches``) of
+    :class:`DepthModel` and of the deployment backends, written once.
+
+    A subclass has ``config`` (:class:`ModelConfig`), ``device`` (``torch.device``) and ``precision``, and
+    implements :meth:`_launch`: a preprocessed host batch (or, when :attr:`_preprocess_on_device`, raw uint8
+    frames) → predictions at the frame size, as a tensor that :meth:`_fetch` turns into numpy.
     """
 
-    def __init__(self, config: ModelConfig, precision: str = "fp32"):
-        super().__init__()
-        self.config = config
-        self.pretrained = DinoV2Encoder(config)
-        self.depth_head = DPTHead(config.spec.embed_dim, config.features, config.out_channels, head=config.head)
-        self.precision = precision
-        self.source = "random init"
+    config: ModelConfig
+    precision: str
+    source: str
 
     @property
     def output_kind(self) -> str:
@@ -42,48 +46,20 @@ class DepthModel(nn.Module):
         return "relative" if self.config.head == "relative" else self.config.metric_unit
 
     @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
-    @property
     def default_batch_size(self) -> int:
         """Frames per forward pass when none is given: 4 on a GPU (fills it); 1 on CPU, where the cores are busy
         with one frame already and batches of 4 measured ~8 % slower per frame (DA-S at 518×924, 2-core EPYC)."""
         return 1 if self.device.type == "cpu" else 4
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Args: ``x`` normalised ``[B, 3, h, w]``, h and w multiples of 14. Returns ``[B, h, w]``."""
-        B, C, H, W = x.shape
-        if C != 3:
-            raise ValueError(f"expected [B, 3, H, W] input, got shape {tuple(x.shape)}")
-        p = self.config.patch_size
-        features = self.pretrained.intermediate(x, self.config.intermediate_layers)
-        out = self.depth_head(features, H // p, W // p)
-        if self.config.head == "metric":
-            out = out * self.config.max_depth
-        else:
-            out = F.relu(out)
-        return out.squeeze(1)
+    @property
+    def _preprocess_on_device(self) -> bool:
+        """Whether batches are raw uint8 frames preprocessed by :meth:`_launch` (CUDA) instead of host arrays."""
+        return False
 
-    # -- inference on numpy frames -------------------------------------------------------------------------------
-    def _autocast(self):
-        dev = self.device.type
-        if self.precision == "fp32" or dev not in ("cuda", "mps", "cpu"):
-            return torch.autocast(device_type="cpu", enabled=False)
-        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
-        return torch.autocast(device_type=dev, dtype=dtype)
-
-    @torch.inference_mode()
     def _launch(self, batch: torch.Tensor, out_hw: tuple[int, int], input_size: int | None = None) -> torch.Tensor:
-        """Host batch → float32 ``[n, H, W]`` on the device; asynchronous on GPUs. ``batch``: normalised
-        ``[n, 3, h, w]``, or raw uint8 ``[n, H, W, 3]`` frames (then ``input_size`` is needed) preprocessed on
-        the device."""
-        x = batch.to(self.device, non_blocking=True)
-        if x.dtype == torch.uint8:
-            x = preprocess_on_device(x, input_size, self.config.mean, self.config.std, self.config.patch_size)
-        with self._autocast():
-            pred = self(x)
-        return F.interpolate(pred[:, None].float(), size=out_hw, mode="bilinear", align_corners=True)[:, 0]
+        """Host batch (normalised ``[n, 3, h, w]`` float32, or raw uint8 ``[n, H, W, 3]``) → float32 ``[n, H, W]``
+        predictions at the frame size ``out_hw``."""
+        raise NotImplementedError
 
     @staticmethod
     def _fetch(pred: torch.Tensor) -> np.ndarray:
@@ -108,11 +84,11 @@ class DepthModel(nn.Module):
         the raw ``[n, H, W, 3]`` uint8 frames in pinned memory (preprocessed on the device: no host float
         conversion and resize of large frames). When the frame source fails, the frames read before the
         failure are still yielded, then the error is raised."""
-        cuda = self.device.type == "cuda"  # MPS keeps the host path: its bicubic support varies by release
+        raw = self._preprocess_on_device  # uint8 frames go to the device as they are
 
         def stack(group: list[np.ndarray]) -> torch.Tensor:
             batch = torch.from_numpy(np.stack(group))
-            return batch.pin_memory() if cuda else batch
+            return batch.pin_memory() if raw else batch
 
         group: list[np.ndarray] = []
         size: tuple[int, int] | None = None
@@ -123,7 +99,7 @@ class DepthModel(nn.Module):
                     size = rgb.shape[:2]
                 elif rgb.shape[:2] != size:
                     raise ValueError(f"frame {i} has size {rgb.shape[:2]}, expected {size} like the first frame")
-                group.append(rgb if cuda else preprocess(rgb, input_size, self.config.mean, self.config.std,
+                group.append(rgb if raw else preprocess(rgb, input_size, self.config.mean, self.config.std,
                                                          self.config.patch_size))
                 if len(group) == batch_size:
                     yield stack(group), size
@@ -186,3 +162,62 @@ class DepthModel(nn.Module):
 
     def input_size_for(self, height: int, width: int, input_size: int | None = None) -> tuple[int, int]:
         return official_input_size(height, width, input_size or self.config.input_size, self.config.patch_size)
+
+
+class DepthModel(FrameInference, nn.Module):
+    """Depth Anything. State-dict keys are the official ones: ``pretrained.*`` (encoder), ``depth_head.*``.
+
+    ``forward`` is the computation of the official ``DepthAnythingV2.forward`` (and of V1, whose decoder reads the
+    last four blocks). ``precision`` (``fp32|fp16|bf16``) is used by ``infer_*`` through autocast; the device is
+    wherever the parameters are (chosen once by :func:`~SurgicalDepthLib.loading.load_model`).
+    """
+
+    def __init__(self, config: ModelConfig, precision: str = "fp32"):
+        super().__init__()
+        self.config = config
+        self.pretrained = DinoV2Encoder(config)
+        self.depth_head = DPTHead(config.spec.embed_dim, config.features, config.out_channels, head=config.head)
+        self.precision = precision
+        self.source = "random init"
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def _preprocess_on_device(self) -> bool:
+        return self.device.type == "cuda"  # MPS keeps the host path: its bicubic support varies by release
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: ``x`` normalised ``[B, 3, h, w]``, h and w multiples of 14. Returns ``[B, h, w]``."""
+        B, C, H, W = x.shape
+        if C != 3:
+            raise ValueError(f"expected [B, 3, H, W] input, got shape {tuple(x.shape)}")
+        p = self.config.patch_size
+        features = self.pretrained.intermediate(x, self.config.intermediate_layers)
+        out = self.depth_head(features, H // p, W // p)
+        if self.config.head == "metric":
+            out = out * self.config.max_depth
+        else:
+            out = F.relu(out)
+        return out.squeeze(1)
+
+    # -- inference on numpy frames -------------------------------------------------------------------------------
+    def _autocast(self):
+        dev = self.device.type
+        if self.precision == "fp32" or dev not in ("cuda", "mps", "cpu"):
+            return torch.autocast(device_type="cpu", enabled=False)
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        return torch.autocast(device_type=dev, dtype=dtype)
+
+    @torch.inference_mode()
+    def _launch(self, batch: torch.Tensor, out_hw: tuple[int, int], input_size: int | None = None) -> torch.Tensor:
+        """Host batch → float32 ``[n, H, W]`` on the device; asynchronous on GPUs. ``batch``: normalised
+        ``[n, 3, h, w]``, or raw uint8 ``[n, H, W, 3]`` frames (then ``input_size`` is needed) preprocessed on
+        the device."""
+        x = batch.to(self.device, non_blocking=True)
+        if x.dtype == torch.uint8:
+            x = preprocess_on_device(x, input_size, self.config.mean, self.config.std, self.config.patch_size)
+        with self._autocast():
+            pred = self(x)
+        return resize_prediction(pred, out_hw)

@@ -22,7 +22,7 @@ from importlib.metadata import entry_points
 from .. import __version__
 from ..progress import PROGRESS_MODES, ProgressReporter
 
-_CORE_COMMANDS = ("predict", "reconstruct", "download", "stream")
+_CORE_COMMANDS = ("predict", "reconstruct", "download", "export", "stream")
 
 
 class CliError(Exception):
@@ -63,6 +63,13 @@ def fov_mask_arg(text: str):
 FOV_MASK_HELP = ("the scope's field of view: 'auto' (default: found from the first frames; black borders and the "
                  "overlay text on them get no depth), 'none' (every pixel is tissue) or a mask image "
                  "(nonzero = tissue); the mask used is written as fov_mask.png")
+
+
+#: --backend choices (written out: importing loading.BACKENDS would import torch when the parser is built)
+BACKEND_CHOICES = ("torch", "onnxruntime", "openvino", "auto")
+BACKEND_HELP = ("inference runtime: torch (reference); onnxruntime or openvino (CPU, the exported graph; pip install "
+                "'surgical-depth[onnx]' / '[openvino]'); auto (OpenVINO bf16 on CPUs with AVX512-BF16 or AMX, else "
+                "torch). An exported .onnx/.xml --model uses its own runtime")
 
 
 OVERWRITE_HELP = ("replace the outputs of an earlier run in the output folder (exactly the files its manifest "

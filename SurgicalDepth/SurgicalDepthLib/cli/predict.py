@@ -37,7 +37,7 @@ from ..saved_predictions import INFO_NAME, write_info
 from ..stream import DepthFrame, depth_stream
 from ..video import (IMAGE_SUFFIXES, FrameReader, is_video_file, list_images, open_frames, read_image,
                      write_image)
-from . import FOV_MASK_HELP, OVERWRITE_HELP, CliError, fov_mask_arg, input_size_arg, progress_of
+from . import BACKEND_CHOICES, BACKEND_HELP, FOV_MASK_HELP, OVERWRITE_HELP, CliError, fov_mask_arg, input_size_arg, progress_of
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="treat each image folder or glob as the frames of one video (sequence outputs, --temporal)")
     p.add_argument("--stride", type=int, default=1, help="for videos: use every N-th frame")
     p.add_argument("--max-frames", type=int, default=None, help="for videos: stop after this many frames")
+    p.add_argument("--backend", default="torch", choices=BACKEND_CHOICES, help=BACKEND_HELP)
     p.add_argument("--fov-mask", type=fov_mask_arg, default="auto", metavar="auto|none|FILE", help=FOV_MASK_HELP)
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=run)
@@ -280,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
             out.protect([source] if Path(source).is_file() else _open_sequence(source, args).files or [])
         ext = "." + args.format
         _claim_outputs(out, images, sequences, args, ext)
-        model = load_model(args.model, device=args.device, precision=args.precision)
+        model = load_model(args.model, device=args.device, precision=args.precision, backend=args.backend)
         args.batch_size = args.batch_size or model.default_batch_size
         print(f"model: {model.source} ({model.config.encoder} {model.config.version}, {model.output_kind}) "
               f"on {model.device} {model.precision}")

@@ -24,7 +24,7 @@ from ..pose_io import format_pose_file, read_poses
 from ..run_folder import RunFolder
 from ..saved_predictions import SavedPredictions
 from ..fov import write_fov_mask
-from . import FOV_MASK_HELP, OVERWRITE_HELP, CliError, fov_mask_arg, input_size_arg, progress_of
+from . import BACKEND_CHOICES, BACKEND_HELP, FOV_MASK_HELP, OVERWRITE_HELP, CliError, fov_mask_arg, input_size_arg, progress_of
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ def register(subparsers) -> None:
                    help="inference precision (auto: half precision on GPU, fp32 on CPU)")
     p.add_argument("--format", default="ply", choices=["ply", "vtp", "vtk", "stl", "obj"],
                    help="file format of clouds and meshes")
+    p.add_argument("--backend", default="torch", choices=BACKEND_CHOICES, help=BACKEND_HELP)
     p.add_argument("--fov-mask", type=fov_mask_arg, default="auto", metavar="auto|none|FILE", help=FOV_MASK_HELP)
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=run)
@@ -86,7 +87,7 @@ def _depth_source(args: argparse.Namespace) -> Any:
         return SavedPredictions(args.depth)
     from ..loading import load_model
 
-    return load_model(args.model, device=args.device, precision=args.precision)
+    return load_model(args.model, device=args.device, precision=args.precision, backend=args.backend)
 
 
 class _Fusion:

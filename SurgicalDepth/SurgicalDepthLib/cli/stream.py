@@ -23,11 +23,10 @@ import threading
 from pathlib import Path
 
 from ..alignment import DEFAULT_DEPTH_RANGE_MM
-from . import CliError, fov_mask_arg, input_size_arg, progress_of
+from . import BACKEND_CHOICES, BACKEND_HELP, CliError, fov_mask_arg, input_size_arg, progress_of
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("torch",)  # more come with the deployment backends of load_model
 
 
 def host_port_arg(text: str) -> tuple[str, int]:
@@ -48,7 +47,7 @@ def register(subparsers) -> None:
     p.add_argument("--connect", type=host_port_arg, default=None, metavar="HOST:PORT",
                    help="instead of listening, connect to this OpenIGTLink server (e.g. PLUS) and answer it")
     p.add_argument("--model", default="default", help="model source (see load_model)")
-    p.add_argument("--backend", default="torch", choices=BACKENDS, help="inference backend")
+    p.add_argument("--backend", default="torch", choices=BACKEND_CHOICES, help=BACKEND_HELP)
     p.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
                    help="inference precision (auto: half precision on GPU, fp32 on CPU)")
@@ -103,8 +102,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"the stream command needs pyigtl ({exc}): pip install 'surgical-depth[igtl]'") from None
     from ..loading import load_model
 
-    options = {} if args.backend == "torch" else {"backend": args.backend}
-    model = load_model(args.model, device=args.device, precision=args.precision, **options)
+    model = load_model(args.model, device=args.device, precision=args.precision, backend=args.backend)
     reporter = progress_of(args)
 
     def report(stats) -> None:

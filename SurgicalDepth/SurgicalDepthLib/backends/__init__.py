@@ -1,0 +1,226 @@
+"""Deployment backends: the project's own graph exported to ONNX / OpenVINO IR, and run by ONNX Runtime or
+OpenVINO with the inference API of :class:`~SurgicalDepthLib.model.DepthModel` (``infer_image``, ``infer_batch``,
+``iter_batches``; usable by ``sd.depth_stream``). PyTorch stays the reference; each runtime is an optional extra
+(``pip install 'surgical-depth[onnx]'``, ``'surgical-depth[openvino]'``) imported only when used.
+
+- :func:`export_model` writes a graph with dynamic batch, height and width and its metadata (config, input size,
+  mean/std, output kind, depth unit, source, precision), so the file loads alone;
+- :func:`load_backend` (called by ``sd.load_model(..., backend=...)``) loads an exported file, or exports a PyTorch
+  model in memory and compiles it;
+- :func:`choose_backend` is ``backend="auto"``: OpenVINO bf16 on CPUs that compute bf16 natively, PyTorch elsewhere.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._base import CompiledDepthModel
+from ._metadata import graph_metadata
+from ._runtime import EXTRAS, MissingBackendError, available, require
+
+log = logging.getLogger(__name__)
+
+#: inference backends of ``load_model`` (``"auto"``: :func:`choose_backend`)
+BACKENDS = ("torch", "onnxruntime", "openvino")
+#: export formats -> file suffix
+FORMATS = {"onnx": ".onnx", "openvino": ".xml"}
+#: suffixes of exported graphs that load directly -> the backend they load with by default
+GRAPH_SUFFIXES = {".onnx": "onnxruntime", ".xml": "openvino"}
+
+__all__ = ["BACKENDS", "FORMATS", "GRAPH_SUFFIXES", "EXTRAS", "BackendChoice", "CompiledDepthModel",
+           "MissingBackendError", "choose_backend", "export_model", "load_backend"]
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """What ``backend="auto"`` picks, and why (shown to the user)."""
+
+    backend: str
+    precision: str
+    reason: str
+
+
+def choose_backend(device: torch.device, precision: str = "auto") -> BackendChoice:
+    """``backend="auto"``: OpenVINO in bf16 on a CPU with AVX512-BF16 or AMX (measured 2.4× PyTorch fp32 for DA-V2-S
+    on a 2-core EPYC, Testing/benchmarks/RESULTS.md), PyTorch everywhere else (GPUs, other CPUs, where OpenVINO is
+    not installed, or when another precision than bf16 is asked: OpenVINO fp32 measured slower than PyTorch fp32).
+
+    Args:
+        device: the resolved device (:func:`~SurgicalDepthLib.loading.resolve_device`).
+        precision: the requested precision (``auto`` or a name).
+    """
+    from ..loading import cpu_computes_natively
+
+    if device.type != "cpu":
+        return BackendChoice("torch", precision, f"PyTorch runs on the {device.type.upper()} device")
+    native = cpu_computes_natively("bf16")
+    if not native:
+        why = "cannot tell whether this CPU has" if native is None else "this CPU has no"
+        return BackendChoice("torch", precision, f"{why} AVX512-BF16/AMX instructions: PyTorch on the CPU")
+    if precision not in ("auto", "bf16"):
+        return BackendChoice("torch", precision, f"precision={precision}: OpenVINO is faster only in bf16")
+    if not available("openvino"):
+        return BackendChoice("torch", precision, "this CPU computes bf16 natively but OpenVINO is not installed "
+                                                 "(pip install 'surgical-depth[openvino]'): PyTorch on the CPU")
+    return BackendChoice("openvino", "bf16", "this CPU computes bf16 natively (AVX512-BF16/AMX): OpenVINO bf16")
+
+
+def _check_cpu(backend: str, device: Any) -> None:
+    if str(device) not in ("auto", "cpu"):
+        raise ValueError(f"backend={backend!r} runs on the CPU in this version; got device={str(device)!r} "
+                         "(use backend='torch' for GPUs)")
+
+
+def _runtime_precision(backend: str, precision: str) -> str:
+    """``precision`` for a PyTorch model compiled by ``backend``: ``auto`` -> fp32 for ONNX Runtime, bf16 for
+    OpenVINO on CPUs that compute it natively (else fp32)."""
+    from ..loading import PRECISIONS, cpu_computes_natively
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not one of {PRECISIONS}")
+    if precision != "auto":
+        return precision
+    return "bf16" if backend == "openvino" and cpu_computes_natively("bf16") else "fp32"
+
+
+def load_backend(source: str | os.PathLike | torch.nn.Module, backend: str, *, device: Any = "auto",
+                 precision: str = "auto", **hints: Any) -> CompiledDepthModel:
+    """A model run by ``backend`` (``onnxruntime`` or ``openvino``) on the CPU.
+
+    Args:
+        source: an exported ``.onnx`` / OpenVINO ``.xml`` file (loads alone), a ``DepthModel``, or any other
+            ``load_model`` source (loaded with PyTorch, exported in memory and compiled).
+        precision: ``auto|fp32|fp16|bf16``: ONNX Runtime runs the graph's precision (fp32 or fp16); OpenVINO
+            compiles with it as its inference precision.
+        hints: ``load_model`` hints, for PyTorch sources only.
+    Raises:
+        ValueError: an unknown backend, a device other than the CPU, an unsupported precision, hints for an
+            exported file. MissingBackendError: the runtime is not installed.
+    """
+    from ..model import DepthModel
+    from .onnx_export import check_onnx_precision, onnx_graph
+
+    if backend not in BACKENDS[1:]:
+        raise ValueError(f"load_backend: backend={backend!r} is not one of {BACKENDS[1:]}")
+    _check_cpu(backend, device)
+    if isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() in GRAPH_SUFFIXES:
+        path = Path(source).expanduser()
+        if hints:
+            raise ValueError(f"{path} states its architecture in its metadata; hints {sorted(hints)} apply to "
+                             "weight files only")
+        if backend == "onnxruntime":
+            if path.suffix.lower() != ".onnx":
+                raise ValueError(f"backend='onnxruntime' reads .onnx files, not {path.name} (use backend='openvino')")
+            from .onnxruntime_model import OnnxRuntimeModel
+
+            return OnnxRuntimeModel.from_file(path, precision)
+        from .openvino_model import OpenVINOModel
+
+        return OpenVINOModel.from_file(path, precision)
+    extra = EXTRAS[backend]
+    require(backend, f"backend={backend!r}", extra)  # before the (slow) export
+    require("onnx", f"backend={backend!r} (to export the model)", extra)
+    precision = _runtime_precision(backend, precision)
+    if backend == "onnxruntime":
+        check_onnx_precision(precision)
+    if isinstance(source, DepthModel):
+        model = source
+    else:
+        from ..loading import load_model
+
+        model = load_model(source, device="cpu", precision="fp32", **hints)
+    start = time.perf_counter()
+    graph = onnx_graph(model, precision if backend == "onnxruntime" else "fp32")
+    if backend == "onnxruntime":
+        from .onnxruntime_model import OnnxRuntimeModel
+
+        compiled: CompiledDepthModel = OnnxRuntimeModel.from_graph(graph, model.config, source=model.source,
+                                                                   precision=precision)
+    else:
+        from .openvino_model import OpenVINOModel
+
+        compiled = OpenVINOModel.from_onnx(graph, model.config, source=model.source, precision=precision)
+    log.info("%s: exported and loaded for %s (%s) in %.1f s", model.source, backend, precision,
+             time.perf_counter() - start)
+    return compiled
+
+
+def export_model(source: str | os.PathLike | torch.nn.Module, path: str | os.PathLike, *, format: str,
+                 precision: str = "fp32", overwrite: bool = False, **hints: Any) -> Path:
+    """Write ``source`` as a deployable graph with dynamic batch, height and width and its metadata.
+
+    Args:
+        source: a ``DepthModel`` or any ``load_model`` source (weights), or an exported ``.onnx`` file for
+            ``format="openvino"``.
+        path: the output file: ``.onnx`` (format ``onnx``), or ``.xml`` (format ``openvino``; the weights go to the
+            ``.bin`` beside it).
+        format: ``onnx`` or ``openvino``.
+        precision: ``fp32`` (exact); ``fp16`` (ONNX: weights and computation in fp16; OpenVINO: fp16 weights and
+            inference precision); ``bf16`` (OpenVINO only: fp16 weights, bf16 inference precision).
+        overwrite: replace an existing output file (never an input).
+    Returns:
+        ``path``. Written atomically: a failure leaves nothing under the output names.
+    Raises:
+        ValueError: unknown format or precision, wrong suffix. FileExistsError: the output exists (without
+            ``overwrite``) or is the input. MissingBackendError: ``onnx`` / ``openvino`` not installed.
+    """
+    from .onnx_export import check_onnx_precision, onnx_graph, with_metadata
+    from .openvino_model import PRECISIONS as OV_PRECISIONS
+
+    if format not in FORMATS:
+        raise ValueError(f"format={format!r} is not one of {tuple(FORMATS)}")
+    path = Path(path).expanduser()
+    if path.suffix.lower() != FORMATS[format]:
+        raise ValueError(f"a {format} graph is written to a {FORMATS[format]} file, got {path.name!r}")
+    if format == "onnx":
+        check_onnx_precision(precision)
+    elif precision not in OV_PRECISIONS:
+        raise ValueError(f"precision={precision!r} is not one of {OV_PRECISIONS} for format 'openvino'")
+    outputs = [path] + ([path.with_suffix(".bin")] if format == "openvino" else [])
+    source_path = None if isinstance(source, torch.nn.Module) else Path(source).expanduser()
+    for out in outputs:
+        if source_path is not None and source_path.exists() and out.resolve() == source_path.resolve():
+            raise FileExistsError(f"{out} is the input; outputs never overwrite inputs")
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"{out} exists; pass --overwrite (overwrite=True) to replace it")
+    extra = "onnx" if format == "onnx" else "openvino"
+    if format == "openvino":
+        require("openvino", "export --format openvino", extra)
+    require("onnx", f"export --format {format}", extra)
+    if source_path is not None and source_path.suffix.lower() in GRAPH_SUFFIXES:
+        if format != "openvino" or source_path.suffix.lower() != ".onnx":
+            raise ValueError(f"{source_path.name} is already an exported graph; export from the weights (only an "
+                             ".onnx file converts further, to --format openvino)")
+        if hints:
+            raise ValueError(f"{source_path} states its architecture in its metadata; hints apply to weight files")
+        from ._metadata import read_metadata
+        from .openvino_model import read_rt_info, save_openvino
+
+        if not source_path.is_file():
+            raise FileNotFoundError(f"ONNX file {source_path} does not exist")
+        ov_model = require("openvino", "export --format openvino").Core().read_model(str(source_path))
+        config, origin, _ = read_metadata(lambda name: read_rt_info(ov_model, name), str(source_path))
+        return save_openvino(ov_model, path, graph_metadata(config, origin, precision), precision)
+    if isinstance(source, torch.nn.Module):
+        model = source
+    else:
+        from ..loading import load_model
+
+        model = load_model(source, device="cpu", precision="fp32", **hints)
+    meta = graph_metadata(model.config, model.source, precision)
+    if format == "onnx":
+        from .._atomic import atomic_path
+
+        graph = with_metadata(onnx_graph(model, precision), meta)
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(graph)
+        return path
+    from .openvino_model import ov_from_onnx, save_openvino
+
+    return save_openvino(ov_from_onnx(onnx_graph(model, "fp32")), path, meta, precision)

@@ -1,0 +1,331 @@
+"""Deployment backends (:mod:`SurgicalDepthLib.backends`, ``surgical-depth export``): the traced graph, ONNX Runtime and
+OpenVINO against the PyTorch reference, exported files that load alone, ``depth_stream`` on each backend, and the
+errors. Tests that need ``onnx``/``onnxruntime``/``openvino`` skip when the extra is not installed."""
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from tiny_model import textured, tiny_model
+
+import SurgicalDepthLib as sd
+from SurgicalDepthLib import backends, loading
+from SurgicalDepthLib.backends import MissingBackendError, choose_backend, export_model, load_backend
+from SurgicalDepthLib.cli import main as cli_main
+from SurgicalDepthLib.encoder import _resample_in_graph, interpolate_pos_embed_official
+
+SIZE = 70  # network input lower bound for frames (multiple of 14): keeps the tiny model fast
+#: network inputs (batch, h, w): the 37×37 pretraining grid (the official early return), non-square both ways
+SHAPES = [(1, 518, 518), (1, 364, 518), (2, 98, 70)]
+TOL = 1e-4  # of the reference output's range
+
+
+def _close(out, ref, tol=TOL) -> float:
+    out, ref = np.asarray(out), np.asarray(ref)
+    assert out.shape == ref.shape
+    err = float(np.abs(out - ref).max() / (ref.max() - ref.min()))
+    assert err <= tol, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model().eval()
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, model):
+    from SurgicalDepthLib.checkpoints import save_checkpoint
+
+    return save_checkpoint(tmp_path_factory.mktemp("model") / "tiny.safetensors", model)
+
+
+@pytest.fixture(scope="module")
+def onnx_file(checkpoint):
+    pytest.importorskip("onnx")
+    return export_model(checkpoint, checkpoint.with_name("tiny.onnx"), format="onnx")
+
+
+@pytest.fixture(scope="module")
+def xml_file(checkpoint):
+    pytest.importorskip("onnx")
+    pytest.importorskip("openvino")
+    return export_model(checkpoint, checkpoint.with_name("tiny.xml"), format="openvino")
+
+
+@pytest.fixture(scope="module")
+def ort_model(model):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    return load_backend(model, "onnxruntime")
+
+
+@pytest.fixture(scope="module")
+def ov_model(model):
+    pytest.importorskip("onnx")
+    pytest.importorskip("openvino")
+    return load_backend(model, "openvino", precision="fp32")
+
+
+def _reference(model, x: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        return model(x).numpy()
+
+
+@pytest.fixture(scope="module")
+def references(model) -> list[tuple[torch.Tensor, np.ndarray]]:
+    """``(input, torch output)`` per entry of :data:`SHAPES` (computed once: the 518×518 forward takes ~1 s)."""
+    torch.manual_seed(1)
+    inputs = [torch.randn(n, 3, h, w) for n, h, w in SHAPES]
+    return [(x, _reference(model, x)) for x in inputs]
+
+
+# -- the traced graph ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("grid", [(37, 37), (26, 37), (37, 66), (38, 38), (1, 1), (74, 131)])
+def test_pos_embed_in_graph_equals_official(grid):
+    """Bug: ONNX export failed at non-square sizes (``upsample_bicubic2d`` got tensor scale factors); the traced
+    replacement must be the official formula (scale (grid + 0.1) / 37, identity at 37×37), not a size-based one."""
+    torch.manual_seed(0)
+    pe = torch.randn(1, 1 + 37 * 37, 32)
+    ref = interpolate_pos_embed_official(pe, *grid)
+    for gh, gw in (grid, tuple(torch.tensor(g) for g in grid)):  # ints, and 0-d tensors as while tracing
+        out = _resample_in_graph(pe, gh, gw, 37, 0.1)
+        assert out.shape == ref.shape
+        assert float((out - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
+    if grid == (37, 37):
+        assert torch.equal(_resample_in_graph(pe, 37, 37, 37, 0.1), pe)
+
+
+def test_traced_model_generalises_to_other_sizes(model, references):
+    """Bug: the traced graph baked the example's patch grid (or its square/non-square branch) into the position
+    embedding, so other input sizes gave wrong depth. Traced at 5×7 patches, run at 37×37 and 7×5."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(model, torch.randn(1, 3, 70, 98), check_trace=False)
+    for x, ref in (references[0], references[2]):
+        with torch.no_grad():
+            _close(traced(x).numpy(), ref)
+
+
+# -- ONNX Runtime and OpenVINO against PyTorch ------------------------------------------------------------------------
+@pytest.mark.parametrize("which", ["ort_model", "ov_model"])
+def test_fp32_backends_match_torch(which, model, references, request):
+    """Bug: an exported graph that differs from ``DepthModel.forward`` (wrong pos-embed formula, size baked in,
+    weights compressed to fp16 by OpenVINO's default) at square or non-square sizes, batch > 1."""
+    compiled = request.getfixturevalue(which)
+    assert compiled.precision == "fp32" and compiled.config == model.config
+    for x, ref in references:
+        _close(compiled(x).numpy(), ref)
+
+
+def test_openvino_compiles_once_per_shape(ov_model):
+    """Bug: recompiling for every frame (seconds each), or an unbounded cache of compiled shapes."""
+    ov_model.cache_size = 2
+    for shape in [(1, 3, 70, 98), (1, 3, 70, 98), (1, 3, 98, 70), (1, 3, 84, 84)]:
+        ov_model(np.zeros(shape, np.float32))
+    assert ov_model.compiled_shapes == [(1, 3, 98, 70), (1, 3, 84, 84)]
+
+
+def test_frame_api_matches_torch(ort_model, ov_model, model):
+    """Bug: a backend with its own preprocessing or output resize (the official ones are shared with
+    ``DepthModel``): ``infer_image``/``infer_batch`` must give the torch numbers at the frame size."""
+    frames = [textured(60, 90, i) for i in range(3)]
+    ref = model.infer_batch(frames, SIZE)
+    for compiled in (ort_model, ov_model):
+        _close(compiled.infer_image(frames[0], SIZE), ref[0])
+        _close(compiled.infer_batch(frames, SIZE, batch_size=2), ref)
+        assert compiled.output_kind == "disparity" and compiled.depth_unit == "relative"
+        assert compiled.device.type == "cpu" and compiled.default_batch_size == 1
+
+
+def test_depth_stream_on_each_backend_equals_torch(ort_model, ov_model, model):
+    """Bug: ``depth_stream`` relying on torch-only attributes of the model, or a backend's predictions drifting
+    from the reference: the stream's predictions and depth maps must match the torch stream."""
+    frames = [textured(48, 64, i) for i in range(4)]
+    ref = list(sd.depth_stream(model, frames, input_size=SIZE, stride=2))
+    for compiled in (ort_model, ov_model):
+        out = list(sd.depth_stream(compiled, frames, input_size=SIZE, stride=2))
+        assert [f.index for f in out] == [f.index for f in ref] == [0, 2]
+        for a, b in zip(out, ref, strict=True):
+            _close(a.prediction, b.prediction)
+            np.testing.assert_allclose(a.depth_mm, b.depth_mm, rtol=1e-3, atol=1e-3, equal_nan=True)
+
+
+# -- exported files ---------------------------------------------------------------------------------------------------
+def test_onnx_file_round_trip(onnx_file, checkpoint, model, references):
+    """Bug: an exported file that does not load alone (metadata missing or unread) or loads as another model."""
+    import onnx
+
+    props = {p.key: p.value for p in onnx.load(str(onnx_file)).metadata_props}
+    assert props["surgical_depth.output_kind"] == "disparity" and props["surgical_depth.depth_unit"] == "relative"
+    assert props["surgical_depth.input_size"] == "518" and props["surgical_depth.precision"] == "fp32"
+    assert props["surgical_depth.source"] == str(checkpoint)
+    assert sd.ModelConfig.from_dict(json.loads(props["surgical_depth.config"])) == model.config
+    pytest.importorskip("onnxruntime")
+    loaded = sd.load_model(onnx_file)  # backend from the suffix
+    assert loaded.backend == "onnxruntime" and loaded.config == model.config and loaded.source == str(checkpoint)
+    x, ref = references[1]
+    _close(loaded(x).numpy(), ref)
+
+
+def test_openvino_file_round_trip(xml_file, checkpoint, model, references):
+    """Bug: OpenVINO IR written without the metadata, with fp16-compressed weights in fp32, or an .xml whose .bin
+    is not found after the atomic rename."""
+    import openvino as ov
+
+    ir = ov.Core().read_model(str(xml_file))
+    assert ir.get_rt_info(["surgical_depth", "output_kind"]).astype(str) == "disparity"
+    assert ir.get_rt_info(["surgical_depth", "source"]).astype(str) == str(checkpoint)
+    assert xml_file.with_suffix(".bin").is_file()
+    assert not [p for p in xml_file.parent.iterdir() if p.name.startswith(".")]  # no temporary files left
+    loaded = sd.load_model(xml_file)
+    assert loaded.backend == "openvino" and loaded.config == model.config and loaded.precision == "fp32"
+    x, ref = references[2]
+    _close(loaded(x).numpy(), ref)
+    if loading.cpu_computes_natively("bf16"):
+        fast = sd.load_model(xml_file, precision="bf16")
+        _close(fast(x).numpy(), ref, 0.05)
+        assert fast.precision == "bf16"
+
+
+def test_export_refuses_overwrite_and_cleans_up(onnx_file, tmp_path, monkeypatch):
+    """Bug: an existing file replaced without --overwrite, an input overwritten, or a half-written file left
+    behind by a failed export."""
+    ov = pytest.importorskip("openvino")
+    out = tmp_path / "m.xml"
+    export_model(onnx_file, out, format="openvino")
+    with pytest.raises(FileExistsError, match="exists; pass --overwrite"):
+        export_model(onnx_file, out, format="openvino")
+    export_model(onnx_file, out, format="openvino", precision="bf16", overwrite=True)
+    assert sd.load_model(out, precision="fp32").precision == "fp32"
+    with pytest.raises(FileExistsError, match="is the input"):
+        export_model(onnx_file, onnx_file, format="onnx", overwrite=True)
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ov, "save_model", broken)
+    with pytest.raises(OSError, match="disk full"):
+        export_model(onnx_file, tmp_path / "new.xml", format="openvino")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.xml"]
+
+
+def test_cli_export_subprocess(checkpoint, model, references, tmp_path, capsys):
+    """Bug: the ``export`` command not registered, or failing outside the test process (imports, entry point)."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "cli.onnx"
+    command = [sys.executable, "-m", "SurgicalDepthLib.cli", "export", str(checkpoint), "--format", "onnx",
+               "--precision", "fp16", "--output", str(out), "--progress", "jsonl"]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip().splitlines()[-1].startswith('{"event": "done"')
+    loaded = sd.load_model(out)
+    assert loaded.precision == "fp16" and loaded.config == model.config
+    x, ref = references[2]
+    _close(loaded(x).numpy(), ref, 1e-2)  # fp16 weights and computation
+    assert cli_main(command[3:]) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+
+
+# -- bad inputs -----------------------------------------------------------------------------------------------------
+def test_bad_inputs(checkpoint, tmp_path, capsys):
+    """Bug: unknown formats, backends, precisions, devices or suffixes accepted or failing with a traceback."""
+    with pytest.raises(ValueError, match=r"format='tflite' is not one of \('onnx', 'openvino'\)"):
+        export_model(checkpoint, tmp_path / "m.tflite", format="tflite")
+    with pytest.raises(ValueError, match=r"written to a \.xml file, got 'm\.onnx'"):
+        export_model(checkpoint, tmp_path / "m.onnx", format="openvino")
+    with pytest.raises(ValueError, match="bf16: use --format openvino"):
+        export_model(checkpoint, tmp_path / "m.onnx", format="onnx", precision="bf16")
+    with pytest.raises(ValueError, match="TensorRT is not built into this version"):
+        sd.load_model(checkpoint, backend="tensorrt")
+    with pytest.raises(ValueError, match="runs on the CPU in this version"):
+        sd.load_model(checkpoint, backend="onnxruntime", device="cuda")
+    assert cli_main(["export", str(checkpoint), "--format", "tflite", "--output", str(tmp_path / "x")]) == 2
+    assert "invalid choice: 'tflite'" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_graph_file_errors(onnx_file, tmp_path):
+    """Bug: a foreign ONNX file (no metadata) run with guessed preprocessing, hints silently ignored, or a graph
+    asked for a precision ONNX Runtime cannot give it."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    pytest.importorskip("onnxruntime")
+    node = helper.make_node("Relu", ["image"], ["depth"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("depth", TensorProto.FLOAT, [1])])
+    foreign = tmp_path / "foreign.onnx"
+    onnx.save(helper.make_model(graph), str(foreign))
+    with pytest.raises(ValueError, match="has no SurgicalDepth metadata"):
+        sd.load_model(foreign)
+    with pytest.raises(ValueError, match="hints"):
+        sd.load_model(onnx_file, version="v1")
+    with pytest.raises(ValueError, match="is an fp32 graph"):
+        sd.load_model(onnx_file, precision="fp16")
+    with pytest.raises(ValueError, match="reads .onnx files"):
+        sd.load_model(tmp_path / "m.xml", backend="onnxruntime")
+
+
+@pytest.mark.parametrize("module, extra", [("openvino", "openvino"), ("onnxruntime", "onnx")])
+def test_missing_extra_names_the_pip_extra(module, extra, checkpoint, tmp_path, monkeypatch, capsys):
+    """Bug: a missing optional runtime surfacing as a bare ImportError traceback instead of one line naming the
+    extra to install."""
+    monkeypatch.setitem(sys.modules, module, None)  # import fails as if not installed
+    with pytest.raises(MissingBackendError, match=rf"pip install 'surgical-depth\[{extra}\]'"):
+        sd.load_model(checkpoint, backend=module)
+    if module == "openvino":
+        assert cli_main(["export", str(checkpoint), "--format", "openvino", "--output", str(tmp_path / "m.xml"),
+                         "--progress", "none"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "surgical-depth[openvino]" in err[0]
+
+
+def test_auto_backend_choice_and_reason(checkpoint, monkeypatch, caplog):
+    """Bug: ``backend="auto"`` picking OpenVINO where it is slower (no AVX512-BF16/AMX, a GPU, fp32 asked) or not
+    installed, or not saying why."""
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.setattr(loading, "cpu_computes_natively", lambda precision: False)
+    assert choose_backend(cpu).backend == "torch" and "no AVX512-BF16/AMX" in choose_backend(cpu).reason
+    with caplog.at_level(logging.INFO, logger="SurgicalDepthLib.loading"):
+        chosen = sd.load_model(checkpoint, backend="auto", device="cpu")
+    assert isinstance(chosen, sd.DepthModel) and "backend auto: torch" in caplog.text
+    monkeypatch.setattr(loading, "cpu_computes_natively", lambda precision: True)
+    assert choose_backend(gpu).backend == "torch"
+    assert choose_backend(cpu, "fp32").backend == "torch"
+    monkeypatch.setattr(backends, "available", lambda module: False)
+    assert "OpenVINO is not installed" in choose_backend(cpu).reason
+    monkeypatch.setattr(backends, "available", lambda module: True)
+    assert choose_backend(cpu) == backends.BackendChoice("openvino", "bf16", choose_backend(cpu).reason)
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_predict_and_reconstruct_cli_backend(backend, checkpoint, tmp_path):
+    """Bug: ``--backend`` not passed from predict/reconstruct to ``load_model`` (silently PyTorch), or the
+    backend's maps differing from the reference run's."""
+    pytest.importorskip("onnx")
+    pytest.importorskip(backend)
+    import cv2
+    from tiny_model import textured
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(folder / f"{i}.png"), textured(42, 56, i))
+    common = ["--model", str(checkpoint), "--input-size", str(SIZE), "--fov-mask", "none", "--progress", "none"]
+    assert cli_main(["predict", str(folder), "--output", str(tmp_path / "torch"), *common]) == 0
+    assert cli_main(["predict", str(folder), "--output", str(tmp_path / backend), "--backend", backend,
+                     "--precision", "fp32", *common]) == 0  # OpenVINO's own default on this CPU would be bf16
+    for i in range(2):
+        ref = sd.load_depth(tmp_path / "torch" / f"{i}_depth.npy")
+        _close(sd.load_depth(tmp_path / backend / f"{i}_depth.npy"), ref, 1e-3)
+    assert cli_main(["reconstruct", str(folder), "--output", str(tmp_path / "rec"), "--backend", backend,
+                     "--intrinsics", "50,50,27.5,20.5", *common]) == 0
+    assert sd.load_mesh(tmp_path / "rec" / "points_000001.ply").GetNumberOfPoints() == 42 * 56
