@@ -3,10 +3,12 @@
 This is the only module that touches the network, and only inside :func:`download` (CLI ``surgical-depth
 download NAME``). Loading a registry name reads the cache and never downloads.
 
-SHA256: the official repositories publish the files through Git LFS; where the digest was not available to this
-project offline it is ``None`` here, and :func:`download` then requires the digest from the user
+SHA256: the official repositories publish the files through Git LFS, whose pointer records each file's SHA256 and
+size. A registry entry carries that digest (and size) only where two independent public sources agree on it (the
+sources are named beside each entry); :func:`download` then verifies every download against it, and ``--sha256``
+may only repeat it. An entry whose digest is ``None`` makes :func:`download` require the digest from the user
 (``--sha256``) or an explicit ``trust_on_first_use=True``, which records the digest of the downloaded file in a
-``<file>.sha256`` sidecar that every later load verifies.
+``<file>.sha256`` sidecar that every later load verifies. ``--sha256`` is checked before anything is downloaded.
 """
 from __future__ import annotations
 
@@ -28,38 +30,75 @@ _HF = "https://huggingface.co"
 
 @dataclass(frozen=True)
 class WeightSpec:
-    """One downloadable checkpoint. ``config_name`` is its entry in :data:`configs.MODEL_CONFIGS`."""
+    """One downloadable checkpoint. ``config_name`` is its entry in :data:`configs.MODEL_CONFIGS`.
+
+    ``sha256`` (lowercase hex) and ``size`` (bytes) are the published values of the official file, or ``None``
+    where no value was confirmed; the size is checked before the (slower) hash, for a clearer error.
+    """
 
     config_name: str
     url: str
     filename: str
     license: str
     sha256: str | None = None
+    size: int | None = None
 
 
-def _spec(name: str, repo: str, filename: str, license: str) -> WeightSpec:
-    return WeightSpec(name, f"{_HF}/{repo}/resolve/main/{filename}", filename, license)
+def _spec(name: str, repo: str, filename: str, license: str, sha256: str | None = None,
+          size: int | None = None) -> WeightSpec:
+    return WeightSpec(name, f"{_HF}/{repo}/resolve/main/{filename}", filename, license, sha256, size)
+
+
+# Pinned digests and sizes: each value agrees between at least two independent public sources, named per entry
+# (repository + path). "LFS pointer" is a Git LFS pointer file mirroring the official file ("oid sha256:", "size");
+# the other sources are download scripts / Nix fixed-output fetches that verify the official URL against the value.
 
 
 WEIGHTS: dict[str, WeightSpec] = {
+    # datamarkin/mozo tools/fetch/depth_anything_v2.py; ParamThakkar123/ClipTo3D checkpoints.py (digest + size);
+    # capsuleutkarsh-design/UTVFX_AI_VFX_Suit first_setup.py (digest + size).
     "depth-anything-v2-small": _spec("depth-anything-v2-small", "depth-anything/Depth-Anything-V2-Small",
-                                     "depth_anything_v2_vits.pth", "Apache-2.0"),
+                                     "depth_anything_v2_vits.pth", "Apache-2.0",
+                                     "715fade13be8f229f8a70cc02066f656f2423a59effd0579197bbf57860e1378", 99_218_434),
+    # datamarkin/mozo tools/fetch/depth_anything_v2.py; ParamThakkar123/ClipTo3D checkpoints.py (digest + size);
+    # capsuleutkarsh-design/UTVFX_AI_VFX_Suit first_setup.py (digest + size).
     "depth-anything-v2-base": _spec("depth-anything-v2-base", "depth-anything/Depth-Anything-V2-Base",
-                                    "depth_anything_v2_vitb.pth", "CC-BY-NC-4.0"),
+                                    "depth_anything_v2_vitb.pth", "CC-BY-NC-4.0",
+                                    "0d2b7002e62d39d655571c371333340bd88f67ab95050c03591555aa05645328", 389_961_218),
+    # LFS pointer skylarhknight/depth-boosted-splatting checkpoints/depth_anything_v2_vitl.pth (digest + size);
+    # datamarkin/mozo tools/fetch/depth_anything_v2.py; ParamThakkar123/ClipTo3D checkpoints.py (digest + size).
     "depth-anything-v2-large": _spec("depth-anything-v2-large", "depth-anything/Depth-Anything-V2-Large",
-                                     "depth_anything_v2_vitl.pth", "CC-BY-NC-4.0"),
+                                     "depth_anything_v2_vitl.pth", "CC-BY-NC-4.0",
+                                     "a7ea19fa0ed99244e67b624c72b8580b7e9553043245905be58796a608eb9345",
+                                     1_341_395_338),
+    # LFS pointer camenduru/Depth-Anything-Video-hf checkpoints/depth_anything_vits14.pth (digest + size);
+    # mdietrich16/nixified-ai projects/comfyui/custom-nodes/default.nix (Nix fetch of this URL, digest).
     "depth-anything-v1-small": _spec("depth-anything-v1-small", "spaces/LiheYoung/Depth-Anything",
-                                     "checkpoints/depth_anything_vits14.pth", "Apache-2.0"),
+                                     "checkpoints/depth_anything_vits14.pth", "Apache-2.0",
+                                     "59afe57cfd9f4284deaf5b753d954723d7136ae842fba3e068ba03537ca1e60e", 99_219_880),
+    # LFS pointer camenduru/Depth-Anything-Video-hf checkpoints/depth_anything_vitb14.pth (digest + size);
+    # mdietrich16/nixified-ai projects/comfyui/custom-nodes/default.nix (Nix fetch of this URL, digest).
     "depth-anything-v1-base": _spec("depth-anything-v1-base", "spaces/LiheYoung/Depth-Anything",
-                                    "checkpoints/depth_anything_vitb14.pth", "Apache-2.0"),
+                                    "checkpoints/depth_anything_vitb14.pth", "Apache-2.0",
+                                    "64ae214ae4e27424b644c49464c0aa243016f6f753d95097c8eb9ad0b9cb2d9b", 389_962_664),
+    # LFS pointer camenduru/Depth-Anything-Video-hf checkpoints/depth_anything_vitl14.pth (digest + size);
+    # mdietrich16/nixified-ai projects/comfyui/custom-nodes/default.nix (Nix fetch of this URL, digest).
     "depth-anything-v1-large": _spec("depth-anything-v1-large", "spaces/LiheYoung/Depth-Anything",
-                                     "checkpoints/depth_anything_vitl14.pth", "Apache-2.0"),
+                                     "checkpoints/depth_anything_vitl14.pth", "Apache-2.0",
+                                     "6c6a383e33e51c5fdfbf31e7ebcda943973a9e6a1cbef1564afe58d7f2e8fe63",
+                                     1_341_401_882),
+    # datamarkin/mozo tools/fetch/depth_anything_v2.py; capsuleutkarsh-design/UTVFX_AI_VFX_Suit first_setup.py
+    # (digest + size).
     "depth-anything-v2-metric-hypersim-small": _spec(
         "depth-anything-v2-metric-hypersim-small", "depth-anything/Depth-Anything-V2-Metric-Hypersim-Small",
-        "depth_anything_v2_metric_hypersim_vits.pth", "Apache-2.0"),
+        "depth_anything_v2_metric_hypersim_vits.pth", "Apache-2.0",
+        "b782898d8a3e8be1f639de33837ed85e9b4b73e40f8f5e5cd99067588d722545", 99_222_290),
+    # datamarkin/mozo tools/fetch/depth_anything_v2.py; capsuleutkarsh-design/UTVFX_AI_VFX_Suit first_setup.py
+    # (digest + size).
     "depth-anything-v2-metric-vkitti-small": _spec(
         "depth-anything-v2-metric-vkitti-small", "depth-anything/Depth-Anything-V2-Metric-VKITTI-Small",
-        "depth_anything_v2_metric_vkitti_vits.pth", "Apache-2.0"),
+        "depth_anything_v2_metric_vkitti_vits.pth", "Apache-2.0",
+        "9203e538d35255c90dda4b7fedb47ff33fe725497bcca3b1e53b3a65ee63f0cb", 99_221_808),
 }
 
 
@@ -103,6 +142,9 @@ def cached_path(name: str, root: str | os.PathLike | None = None, verify: bool =
         if want is None:
             raise ValueError(f"{path}: no SHA256 recorded for {name!r}; re-run surgical-depth download {name} "
                              "--sha256 HEX")
+        if spec.size is not None and (n := path.stat().st_size) != spec.size:
+            raise ValueError(f"{path}: {n} bytes, but the official file has {spec.size} bytes; delete it and "
+                             "download again")
         got = sha256_file(path)
         if got != want:
             raise ValueError(f"{path}: SHA256 {got} does not match the expected {want}; delete it and download again")
@@ -115,7 +157,8 @@ def download(name: str, root: str | os.PathLike | None = None, *, sha256: str | 
     """Download the official weights ``name`` into the cache, verifying SHA256; returns the file path.
 
     Args:
-        sha256: expected digest (overrides a missing registry digest; must equal a known one).
+        sha256: expected digest (overrides a missing registry digest; must equal a pinned one). Checked, like
+            every argument, before anything is downloaded or any folder is created.
         trust_on_first_use: accept and record the digest of the downloaded file when none is known.
         progress: called as ``progress(bytes_done, bytes_total)`` (total 0 when unknown).
     """
@@ -137,6 +180,9 @@ def download(name: str, root: str | os.PathLike | None = None, *, sha256: str | 
         log.info("downloading %s from %s", name, spec.url)
         with urllib.request.urlopen(spec.url, timeout=timeout) as resp, open(tmp, "wb") as out:
             total = int(resp.headers.get("Content-Length") or 0)
+            if spec.size is not None and total and total != spec.size:
+                raise ValueError(f"{spec.url} offers {total} bytes, but the official file has {spec.size} bytes; "
+                                 "refusing to download it")
             done = 0
             while block := resp.read(1 << 20):
                 out.write(block)
@@ -144,6 +190,8 @@ def download(name: str, root: str | os.PathLike | None = None, *, sha256: str | 
                 done += len(block)
                 if progress is not None:
                     progress(done, total)
+        if spec.size is not None and done != spec.size:
+            raise ValueError(f"downloaded {spec.url}: {done} bytes, but the official file has {spec.size} bytes")
         got = digest.hexdigest()
         if want is not None and got != want:
             raise ValueError(f"downloaded {spec.url}: SHA256 {got} does not match the expected {want}")

@@ -1,7 +1,12 @@
 """Weight registry, cache and SHA256-checked download (exercised through file:// URLs, no network)."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import http.server
+import re
+import threading
+import urllib.request
 
 import pytest
 import torch
@@ -63,3 +68,119 @@ def test_download_without_digest_needs_consent(served):
 def test_unknown_name():
     with pytest.raises(ValueError, match="no downloadable weights named 'nope'"):
         weights.download("nope")
+
+
+# --- pinned digests of the official files ---
+
+def test_pinned_digests_are_well_formed():
+    pinned = {name: spec for name, spec in weights.WEIGHTS.items() if spec.sha256 is not None}
+    assert pinned, "no official digest is pinned"
+    for name, spec in weights.WEIGHTS.items():
+        if spec.sha256 is not None:
+            assert re.fullmatch(r"[0-9a-f]{64}", spec.sha256), name
+        if spec.size is not None:
+            assert spec.sha256 is not None and isinstance(spec.size, int) and spec.size > 0, name
+    assert len({spec.sha256 for spec in pinned.values()}) == len(pinned)  # no copy-paste between entries
+    # the value named in the issue (LFS pointer of depth_anything_vits14.pth)
+    v1s = weights.WEIGHTS["depth-anything-v1-small"]
+    assert (v1s.sha256, v1s.size) == ("59afe57cfd9f4284deaf5b753d954723d7136ae842fba3e068ba03537ca1e60e", 99_219_880)
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Fail the test if anything tries to download."""
+    def urlopen(*args, **kwargs):
+        raise AssertionError(f"unexpected download: {args} {kwargs}")
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+
+
+@pytest.mark.parametrize("name", sorted(n for n, s in weights.WEIGHTS.items() if s.sha256 is not None))
+def test_sha256_differing_from_pinned_is_refused_before_download(name, tmp_path, no_network):
+    cache = tmp_path / "cache"
+    with pytest.raises(ValueError, match="differs from the registry digest"):
+        weights.download(name, cache, sha256="0" * 64)
+    with pytest.raises(ValueError, match="is not a SHA256 digest"):
+        weights.download(name, cache, sha256="xyz")
+    assert not cache.exists()  # nothing downloaded, not even the cache folder created
+    # the pinned value itself (any case, surrounding spaces) passes the check and reaches the download
+    with pytest.raises(AssertionError, match="unexpected download"):
+        weights.download(name, cache, sha256=f" {weights.WEIGHTS[name].sha256.upper()} ")
+
+
+def _pin(monkeypatch, name, **changes):
+    monkeypatch.setitem(weights.WEIGHTS, name, dataclasses.replace(weights.WEIGHTS[name], **changes))
+
+
+def test_download_refuses_bytes_not_matching_pinned_digest(served, monkeypatch):
+    _, _, cache = served
+    _pin(monkeypatch, "surgical-depth-tiny", sha256="ab" * 32)
+    with pytest.raises(ValueError, match="does not match the expected " + "ab" * 32):
+        weights.download("surgical-depth-tiny", cache)  # no --sha256 needed: the registry's digest applies
+    with pytest.raises(ValueError, match="does not match the expected"):
+        weights.download("surgical-depth-tiny", cache, trust_on_first_use=True)  # consent cannot override a pin
+    assert not any(cache.iterdir())  # neither the file, a temporary, nor a .sha256 sidecar
+
+
+def test_download_refuses_wrong_size_before_hashing(served, monkeypatch):
+    _, digest, cache = served
+    n = (cache.parent / "depth_anything_v2_vitt.pth").stat().st_size
+    _pin(monkeypatch, "surgical-depth-tiny", sha256=digest, size=n + 1)
+    with pytest.raises(ValueError, match=f"offers {n} bytes, but the official file has {n + 1} bytes"):
+        weights.download("surgical-depth-tiny", cache)
+    assert not any(cache.iterdir())
+
+
+def test_download_with_pinned_digest_and_size(served, monkeypatch):
+    _, digest, cache = served
+    _pin(monkeypatch, "surgical-depth-tiny", sha256=digest)
+    path = weights.download("surgical-depth-tiny", cache)  # neither --sha256 nor --trust-on-first-use
+    _pin(monkeypatch, "surgical-depth-tiny", sha256=digest, size=path.stat().st_size)
+    path = weights.download("surgical-depth-tiny", cache, sha256=digest.upper())
+    assert sorted(p.name for p in cache.iterdir()) == [path.name]  # pinned: no sidecar recorded
+    assert weights.cached_path("surgical-depth-tiny", cache) == path
+    with open(path, "ab") as f:
+        f.write(b"x")
+    with pytest.raises(ValueError, match="bytes, but the official file has"):
+        weights.cached_path("surgical-depth-tiny", cache)
+
+
+@pytest.fixture
+def http_served(tmp_path, monkeypatch):
+    """A small file served on 127.0.0.1 without Content-Length (so only the bytes received tell the size)."""
+    payload = b"not a checkpoint " * 1000
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server API)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/octet-stream")
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/depth_anything_v2_vitt.pth"
+    spec = WeightSpec("surgical-depth-tiny", url, "depth_anything_v2_vitt.pth", "Apache-2.0",
+                      hashlib.sha256(payload).hexdigest(), len(payload))
+    monkeypatch.setitem(weights.WEIGHTS, "surgical-depth-tiny", spec)
+    yield payload, tmp_path / "cache"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def test_http_download_checks_pinned_size_and_digest(http_served, monkeypatch):
+    payload, cache = http_served
+    path = weights.download("surgical-depth-tiny", cache)
+    assert path.read_bytes() == payload
+    path.unlink()
+    _pin(monkeypatch, "surgical-depth-tiny", size=len(payload) - 1)
+    with pytest.raises(ValueError, match=f"{len(payload)} bytes, but the official file has {len(payload) - 1}"):
+        weights.download("surgical-depth-tiny", cache)
+    _pin(monkeypatch, "surgical-depth-tiny", size=len(payload), sha256="cd" * 32)
+    with pytest.raises(ValueError, match="does not match the expected"):
+        weights.download("surgical-depth-tiny", cache)
+    assert not any(cache.iterdir())
