@@ -205,8 +205,8 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
         key = (str(source), str(device), str(precision))
         if source in sd.WEIGHTS and key not in self._models:  # Cancel leaves no partial file
             ensure_weights(source, askDownload and (lambda: slicer.util.confirmOkCancelDisplay(_(
-                "Model {name} is not on this computer. Download the official weights now? Their SHA256 digest is "
-                "recorded and checked at every later load.").format(name=source))) or None, self.progressDialog)
+                "Model {name} is not on this computer. Download the official weights now? The file is checked "
+                "against its published SHA256 digest.").format(name=source))) or None, self.progressDialog)
         if key not in self._models:
             self._models[key] = sd.load_model(source, device=device, precision=precision)
         return self._models[key]
