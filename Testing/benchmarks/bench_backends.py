@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -77,16 +78,11 @@ def bench_forward(models: dict[str, object], repeats: int, rounds: int) -> None:
 
 
 def _perturbed(model):
-    """Random weights with a non-degenerate output (the recipe of Testing/support/tiny_model.py)."""
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.1 * torch.randn_like(p))
-            else:
-                p.add_(0.05 * torch.randn_like(p))
-        model.depth_head.scratch.output_conv2[2].bias.fill_(1.0)
-    return model
+    """Random weights with a non-degenerate output (Testing/support/tiny_model.py's recipe)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+    from tiny_model import perturb_weights
+
+    return perturb_weights(model, 0)
 
 
 def bench_accuracy() -> None:

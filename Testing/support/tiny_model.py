@@ -13,6 +13,22 @@ from SurgicalDepthLib.configs import get_model_config
 from SurgicalDepthLib.model import DepthModel
 
 
+def perturb_weights(model: DepthModel, seed: int | None = None) -> DepthModel:
+    """Random weights perturbed so that a relative head's (ReLU) output is positive and not constant; in place.
+    ``seed``: reseed torch first (None: continue the current random stream)."""
+    if seed is not None:
+        torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                p.copy_(1 + 0.1 * torch.randn_like(p))
+            else:
+                p.add_(0.05 * torch.randn_like(p))
+        if model.config.head == "relative":
+            model.depth_head.scratch.output_conv2[2].bias.fill_(1.0)
+    return model
+
+
 def tiny_model(seed: int = 0, head: str = "relative") -> DepthModel:
     """``surgical-depth-tiny`` with random weights that give a non-constant, positive output; ``head="metric"``
     gives the same network with a metric head (sigmoid × 150, millimetres)."""
@@ -20,16 +36,7 @@ def tiny_model(seed: int = 0, head: str = "relative") -> DepthModel:
     if head == "metric":
         config = dataclasses.replace(config, head="metric", max_depth=150.0, metric_unit="mm")
     torch.manual_seed(seed)
-    model = DepthModel(config).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "norm" in name and name.endswith("weight"):
-                p.copy_(1 + 0.1 * torch.randn_like(p))
-            else:
-                p.add_(0.05 * torch.randn_like(p))
-        if head == "relative":
-            model.depth_head.scratch.output_conv2[2].bias.fill_(1.0)
-    return model
+    return perturb_weights(DepthModel(config).eval())
 
 
 def textured(h: int, w: int, seed: int) -> np.ndarray:
