@@ -193,8 +193,6 @@ def _field_of_view(fov_mask: Any, items: Iterator[tuple[int, np.ndarray]]
         return None, items
     shape = head[0][1].shape[:2]
     if isinstance(fov_mask, str):
-        if fov_mask != "auto":
-            raise ValueError(f"fov_mask must be 'auto', None or a bool [H, W] array, got {fov_mask!r}")
         mask = detect_fov_mask([rgb for _, rgb in head if rgb.shape[:2] == shape])
         if mask is not None:
             log.info("field of view detected: %.1f %% of the %dx%d frame", 100 * mask.mean(), shape[1], shape[0])
@@ -234,6 +232,8 @@ def depth_stream(model: Any, frames: Any, *, depth_range: tuple[float, float] | 
     near_far = tuple(float(v) for v in (depth_range or DEFAULT_DEPTH_RANGE_MM))
     if len(near_far) != 2 or not 0 < near_far[0] < near_far[1] or not np.isfinite(near_far[1]):
         raise ValueError(f"depth_range must be (near, far) mm with 0 < near < far, got {depth_range!r}")
+    if isinstance(fov_mask, str) and fov_mask != "auto":
+        raise ValueError(f"fov_mask must be 'auto', None or a bool [H, W] array, got {fov_mask!r}")
     kind = OutputKind.parse(model.output_kind)
     items, reader = _indexed_frames(frames, start, stride, max_frames,
                                     prefetch=2 * (batch_size or getattr(model, "default_batch_size", 1)))
