@@ -350,11 +350,18 @@ def test_download_weights_cancel_leaves_no_partial_file(tmp_path, monkeypatch):
     class Response(io.BytesIO):
         headers = {"Content-Length": str(3 << 20)}
 
+    import dataclasses
+    import hashlib
+
+    content = b"x" * (3 << 20)  # stands in for the official file: the registry entry pinned to its digest and size
+    name = "depth-anything-v2-small"
+    monkeypatch.setitem(weights.WEIGHTS, name, dataclasses.replace(
+        weights.WEIGHTS[name], sha256=hashlib.sha256(content).hexdigest(), size=len(content)))
     monkeypatch.setattr(weights, "cache_dir", lambda root=None: tmp_path)
-    monkeypatch.setattr(weights.urllib.request, "urlopen", lambda url, timeout: Response(b"x" * (3 << 20)))
+    monkeypatch.setattr(weights.urllib.request, "urlopen", lambda url, timeout: Response(content))
     seen = []
     with pytest.raises(sh.Cancelled, match="cancelled"):
-        sh.download_weights("depth-anything-v2-small", lambda fraction, text: seen.append(fraction) or len(seen) < 2)
+        sh.download_weights(name, lambda fraction, text: seen.append(fraction) or len(seen) < 2)
     assert seen == pytest.approx([1 / 3, 2 / 3]) and list(tmp_path.iterdir()) == []
-    path = sh.download_weights("depth-anything-v2-small", lambda fraction, text: True)
-    assert path.stat().st_size == 3 << 20 and (tmp_path / (path.name + ".sha256")).is_file()
+    path = sh.download_weights(name, lambda fraction, text: True)
+    assert path.read_bytes() == content and list(tmp_path.iterdir()) == [path]  # pinned: no recorded digest
