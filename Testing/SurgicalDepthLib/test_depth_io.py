@@ -141,16 +141,26 @@ def test_sequence_streams_from_iterator_and_is_atomic(tmp_path, rng):
 
 
 # -- a full disk ---------------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def file_size_limit(limit: int):
-    """RLIMIT_FSIZE for this process (a real kernel EFBIG past ``limit`` bytes; Python ignores SIGXFSZ)."""
+def disk_full_in_child(code: str, limit: int) -> str:
+    """Run ``code`` in a child Python under RLIMIT_FSIZE = ``limit`` bytes (the kernel answers EFBIG past it;
+    SIGXFSZ ignored) and return the message of the DiskFullError it raised. A child, not this process: a size
+    limit on the test runner itself also hits pytest's capture files (it crashed Python 3.12's GC)."""
     resource = pytest.importorskip("resource")
-    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    import signal
+    import subprocess
+    import sys
+
+    def limit_child() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
+
+    program = ("import numpy as np\nfrom SurgicalDepthLib.depth_io import *\ntry:\n"
+               + "".join(f"    {line}\n" for line in code.splitlines())
+               + "except DiskFullError as exc:\n    print(exc)\n")
+    run = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120,
+                         preexec_fn=limit_child)
+    assert run.returncode == 0, run.stderr
+    return run.stdout.strip()
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".nrrd", ".tiff", ".png"])
@@ -169,25 +179,25 @@ def test_full_disk_names_the_file_and_leaves_nothing(tmp_path, suffix, monkeypat
     assert info.value.errno == errno.ENOSPC and isinstance(info.value, OSError)
     monkeypatch.undo()
     # EFBIG from a file size limit, through the real atomic writer: no temporary file, no partial file
-    with file_size_limit(4096), pytest.raises(depth_io.DiskFullError, match=re.escape(str(target))):
-        save_depth(target, depth)
+    noise = "np.random.default_rng(0).uniform(1, 9, (200, 200)).astype(np.float32)"  # does not compress below 4 kB
+    message = disk_full_in_child(f"save_depth({str(target)!r}, {noise})", 4096)
+    assert message.startswith(f"disk full while writing {target}")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_full_disk_during_a_sequence(tmp_path):
     """Catches: a full disk while appending frames to a .seq.nrrd leaving its large temporary raw file behind or
     raising a bare OSError that names no file."""
-    from SurgicalDepthLib.depth_io import DiskFullError
-
-    frame = np.ones((100, 100), np.float32)  # 40 kB a frame
     target = tmp_path / "clip.seq.nrrd"
-    with file_size_limit(100_000), pytest.raises(DiskFullError, match=f"disk full while writing {target}"):
-        with DepthSequenceWriter(target) as writer:
-            for _ in range(10):
-                writer.append(frame)
+    frame = "np.ones((100, 100), np.float32)"  # 40 kB a frame
+    message = disk_full_in_child(f"with DepthSequenceWriter({str(target)!r}) as writer:\n"
+                                 f"    for _ in range(10):\n        writer.append({frame})", 100_000)
+    assert message.startswith(f"disk full while writing {target}")
     assert list(tmp_path.iterdir()) == []
-    with file_size_limit(2 * frame.nbytes + 100), pytest.raises(DiskFullError, match=f"writing {target}"):
-        save_depth_sequence_nrrd(target, np.stack([frame] * 2))  # the raw data fits, header + data do not
+    # the raw data fits, header + data do not
+    message = disk_full_in_child(f"save_depth_sequence_nrrd({str(target)!r}, np.stack([{frame}] * 2))",
+                                 2 * 40_000 + 100)
+    assert message.startswith(f"disk full while writing {target}")
     assert list(tmp_path.iterdir()) == []
 
 
