@@ -93,9 +93,13 @@ def report_disk_full(path: str | os.PathLike):
 
 def _write_atomic(path: Path, *chunks: bytes | memoryview) -> None:
     """Write ``chunks`` to ``path`` atomically; a full disk raises :class:`DiskFullError`."""
-    with report_disk_full(path), atomic_path(path) as tmp, open(tmp, "wb") as f:
+    # unbuffered: a failed write raises at once, with no buffered remainder for close() to flush again (a
+    # BufferedWriter left holding data after EFBIG crashed Python 3.12.1 when it was collected)
+    with report_disk_full(path), atomic_path(path) as tmp, open(tmp, "wb", buffering=0) as f:
         for chunk in chunks:
-            f.write(chunk)
+            view = memoryview(chunk).cast("B")
+            while view:
+                view = view[f.write(view):]
 
 
 def _nrrd_header(fields: list[str]) -> bytes:
