@@ -10,8 +10,8 @@ finished results with :meth:`~LiveWorker.results` from a timer; an error in the 
 here touches MRML.
 
 Why one ``depth_stream`` call per frame instead of one stream over a generator fed from the mailbox: the stream
-(and the model's ``iter_batches``) read frames ahead of inference (a given or ``"auto"`` field-of-view mask makes
-it read :data:`~fov.FOV_FRAMES` frames before the first prediction), and every frame read ahead is a stale frame;
+(and the model's ``iter_batches``) read frames ahead of inference (its prefetch thread; an ``"auto"`` field of view
+reads :data:`~fov.FOV_FRAMES` frames before the first prediction), and every frame read ahead is a stale frame;
 one frame per call keeps the latency at one inference. The field of view is found once per frame size (detected
 from the first frame with ``detect_fov_mask([first])``, or given) and passed to each call as an array.
 """
