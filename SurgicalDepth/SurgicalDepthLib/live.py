@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import math
 import socket
 import threading
 import time
@@ -41,14 +40,16 @@ import numpy as np
 from ._igtl import (DEVICE_NAME_BYTES, BadMessage, Connection, PointCloudMessage, StreamBroken, decode_image,
                     pack_depth_image, pack_message, pack_point_cloud, reply_name)
 from .fov import detect_fov_mask
+from .memory_budget import decimation_step
 from .stream import depth_stream
 
-__all__ = ["DEFAULT_POINT_BUDGET", "DEFAULT_PORT", "DepthService", "LiveStats", "PointCloudMessage", "decimation_grid"]
+__all__ = ["DEFAULT_PORT", "LIVE_POINT_BUDGET", "DepthService", "LiveStats", "PointCloudMessage", "decimation_grid"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_PORT = 18944  # the registered OpenIGTLink port
-DEFAULT_POINT_BUDGET = 20000
+#: points per live cloud (a message per frame; memory_budget.DEFAULT_POINT_BUDGET is the Slicer runs')
+LIVE_POINT_BUDGET = 20000
 _FOV_DEVICES = 64  # "auto" field-of-view masks kept (device, frame size): bounded, device names come from clients
 
 
@@ -57,7 +58,7 @@ def decimation_grid(height: int, width: int, budget: int) -> np.ndarray:
     smallest step that keeps the count ``<= budget``; the same pixels for the same arguments."""
     if budget < 1:
         raise ValueError(f"point budget must be >= 1, got {budget}")
-    step = max(1, math.ceil(math.sqrt(height * width / budget)))
+    step = decimation_step(height * width, budget)
     while ((height - 1) // step + 1) * ((width - 1) // step + 1) > budget:
         step += 1
     mask = np.zeros((height, width), bool)
@@ -162,7 +163,7 @@ class DepthService:
 
     def __init__(self, model: Any, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
                  connect: tuple[str, int] | None = None, points: bool = False,
-                 point_budget: int = DEFAULT_POINT_BUDGET, intrinsics: Any = None,
+                 point_budget: int = LIVE_POINT_BUDGET, intrinsics: Any = None,
                  depth_range: tuple[float, float] | None = None, input_size: int | None = None,
                  fov_mask: str | np.ndarray | None = "auto", output_threads: int | None = None,
                  status_interval: float | None = 5.0, on_status: Callable[[LiveStats], None] | None = None,

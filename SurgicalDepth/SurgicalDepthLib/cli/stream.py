@@ -62,7 +62,8 @@ def register(subparsers) -> None:
                         "is tissue) or a mask image of the frames' size (nonzero = tissue); outside it depth is NaN "
                         "and no point is sent")
     p.add_argument("--points", action="store_true", help="also send a POLYDATA point cloud X_points per frame")
-    p.add_argument("--point-budget", type=int, default=20000, help="at most this many points per cloud")
+    p.add_argument("--point-budget", type=int, default=20000,  # = live.LIVE_POINT_BUDGET (live imports pyigtl)
+                   help="at most this many points per cloud")
     p.add_argument("--intrinsics", default=None,
                    help="for --points: 'fx,fy,cx,cy' in pixels or a calibration file; default: a 70 degree "
                         "horizontal field of view (warned)")
