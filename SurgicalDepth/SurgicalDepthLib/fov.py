@@ -101,6 +101,13 @@ def detect_fov_mask(frames: Iterable[np.ndarray], *, dark_level: int = 20, margi
     return fov
 
 
+def nan_outside(values: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """``values`` (float ``[H, W]``) with NaN outside the field of view ``mask`` (None: unchanged); in place."""
+    if mask is not None:
+        values[~mask] = np.nan
+    return values
+
+
 def check_fov_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """An explicit field-of-view mask as bool ``[H, W]`` (nonzero = tissue); ValueError on a shape mismatch."""
     m = np.asarray(mask)

@@ -30,7 +30,7 @@ import numpy as np
 
 from .alignment import DEFAULT_DEPTH_RANGE_MM, disparity_to_depth, prediction_to_mm
 from .depth_kind import OutputKind, invert
-from .fov import FOV_FRAMES, check_fov_mask, detect_fov_mask
+from .fov import FOV_FRAMES, check_fov_mask, detect_fov_mask, nan_outside
 from .temporal import TemporalAligner
 from .video import FrameReader, open_frames
 
@@ -147,12 +147,6 @@ def _depth_mm(kind: OutputKind, unit: str, near_far: tuple[float, float], fov: n
     return prediction_to_mm(pred, kind.value, unit, near_far, RANGE_PERCENTILES, mask=fov)
 
 
-def _outside_nan(depth: np.ndarray, fov: np.ndarray | None) -> np.ndarray:
-    if fov is not None:
-        depth[~fov] = np.nan
-    return depth
-
-
 class _TemporalDepth:
     """Temporal stabilisation in disparity space and a depth mapping fixed by the first frame."""
 
@@ -176,7 +170,7 @@ class _TemporalDepth:
             scale = (1.0 / near - 1.0 / far) / (hi - lo)  # lo -> 1/far, hi -> 1/near (inverse depth)
             self.scale_shift = (scale, 1.0 / far - scale * lo)
         convert = partial(disparity_to_depth, scale=self.scale_shift[0], shift=self.scale_shift[1])
-        return aligned, lambda p: _outside_nan(convert(p), self.fov)
+        return aligned, lambda p: nan_outside(convert(p), self.fov)
 
 
 def _field_of_view(fov_mask: Any, items: Iterator[tuple[int, np.ndarray]]

@@ -31,7 +31,7 @@ from .._atomic import atomic_path
 from ..background import BackgroundCalls
 from ..colormap import colorize, robust_range, to_disparity
 from ..depth_io import DepthSequenceWriter, save_depth
-from ..fov import write_fov_mask
+from ..fov import nan_outside, write_fov_mask
 from ..run_folder import RunFolder
 from ..saved_predictions import INFO_NAME, write_info
 from ..stream import DepthFrame, depth_stream
@@ -134,9 +134,7 @@ def _in_fov(frame: DepthFrame) -> np.ndarray:
     """The frame's prediction with NaN outside the field of view (written maps hold no depth for the border)."""
     if frame.fov_mask is None:
         return frame.prediction
-    pred = frame.prediction.copy()
-    pred[~frame.fov_mask] = np.nan
-    return pred
+    return nan_outside(frame.prediction.copy(), frame.fov_mask)
 
 
 def _write_fov(out: RunFolder, relative: str, frame: DepthFrame, written: set) -> None:
