@@ -184,16 +184,16 @@ def _predict_images(model, images: list[Path], args: argparse.Namespace, ext: st
     return written
 
 
-def _claim_outputs(out: RunFolder, images: list[Path], sequences: list[tuple[str, str]], args: argparse.Namespace,
-                   ext: str) -> None:
+def _claim_outputs(out: RunFolder, images: list[Path], sequences: list[tuple[FrameReader, str]],
+                   args: argparse.Namespace, ext: str) -> None:
     """Claim every output file the run will write before any inference: a conflict (a file no run wrote, an
     input) stops the run before anything is written."""
     colour = ["_color.png"] if args.colormap else []
     for path in images:
         for tail in [f"_depth{ext}", *colour]:
             out.path(f"{path.stem}{tail}")
-    for source, name in sequences:
-        for index in _open_sequence(source, args).indices:
+    for reader, name in sequences:
+        for index in reader.indices:
             for tail in [ext, *colour]:
                 out.path(f"{name}/{index:06d}{tail}")
         out.path(f"{name}/{INFO_NAME}")
@@ -204,12 +204,13 @@ def _claim_outputs(out: RunFolder, images: list[Path], sequences: list[tuple[str
 
 def _open_sequence(source: str, args: argparse.Namespace) -> FrameReader:
     stop = None if args.max_frames is None else args.max_frames * args.stride
-    return open_frames(source, stop=stop, stride=args.stride, prefetch=2 * (args.batch_size or 1))
+    return open_frames(source, stop=stop, stride=args.stride)
 
 
-def _predict_sequence(model, source: str, name: str, args: argparse.Namespace, ext: str, out: RunFolder,
+def _predict_sequence(model, reader: FrameReader, name: str, args: argparse.Namespace, ext: str, out: RunFolder,
                       bar) -> int:
-    reader = _open_sequence(source, args)
+    source = reader.path
+    reader.prefetch = 2 * args.batch_size  # decode ahead of the batches
     kind = model.output_kind
     source_fps = reader.fps
     if source_fps is None:
@@ -273,10 +274,11 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-frames must be >= 1, got {args.max_frames}")
     explicit = [Path(text) for text in args.inputs if Path(text).is_file()]
     with RunFolder(args.output, "predict", inputs=explicit, overwrite=args.overwrite) as out:
-        images, sequences = _plan(args)  # after an --overwrite cleared the earlier run: its outputs are no inputs
+        images, sources = _plan(args)  # after an --overwrite cleared the earlier run: its outputs are no inputs
+        sequences = [(_open_sequence(source, args), name) for source, name in sources]  # opened once
         out.protect(images)
-        for source, _ in sequences:
-            out.protect([source] if Path(source).is_file() else _open_sequence(source, args).files or [])
+        for reader, _ in sequences:
+            out.protect(reader.files or [reader.path])
         ext = "." + args.format
         _claim_outputs(out, images, sequences, args, ext)
         model = load_model(args.model, device=args.device, precision=args.precision, backend=args.backend)
@@ -287,12 +289,12 @@ def run(args: argparse.Namespace) -> int:
             log.warning("--temporal applies to videos (or folders with --video); no video input was given")
         started = time.perf_counter()
         total = 0
-        n_frames = len(images) + sum(len(_open_sequence(source, args)) for source, _ in sequences)
+        n_frames = len(images) + sum(len(reader) for reader, _ in sequences)
         with progress_of(args).stage("predict", n_frames) as bar:
             if images:
                 total += _predict_images(model, images, args, ext, out, bar)
-            for source, name in sequences:
-                total += _predict_sequence(model, source, name, args, ext, out, bar)
+            for reader, name in sequences:
+                total += _predict_sequence(model, reader, name, args, ext, out, bar)
     args.result = {"frames": total, "output": str(args.output)}
     elapsed = time.perf_counter() - started
     print(f"wrote {total} {model.output_kind} maps ({args.format}) to {args.output} "
