@@ -20,7 +20,7 @@ import numpy as np
 import pyigtl
 from pyigtl.messages import CRC64
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 256 << 20  # larger bodies mean a stream out of sync, not a frame (an 8K RGBA frame is 133 MB)
 DEVICE_NAME_BYTES = 20
@@ -195,7 +195,7 @@ class Connection:
                     self.sock.sendall(buf)
                 return True
             except OSError as exc:  # a partial message cannot be continued: the connection is done
-                log.info("%s: send failed (%s); closing the connection", self.peer, exc)
+                logger.info("%s: send failed (%s); closing the connection", self.peer, exc)
                 self.close()
                 return False
 

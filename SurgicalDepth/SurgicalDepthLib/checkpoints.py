@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from ._atomic import atomic_path
+from .atomic_io import atomic_path
 from ._hf_layout import config_from_hf, config_to_hf, hf_to_official_state, official_to_hf_state
 from .configs import ENCODERS, ModelConfig, make_config
 

@@ -39,9 +39,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ._atomic import atomic_path
+from .atomic_io import atomic_path
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 DEPTH_SUFFIXES = (".npy", ".png", ".nrrd", ".tif", ".tiff")
 PNG_TEXT_KEY = "SurgicalDepth"
@@ -49,7 +49,8 @@ UINT16_MAX = 65535
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-def _check_depth(depth: np.ndarray, name: str = "depth") -> np.ndarray:
+def _float32_depth_map(depth: np.ndarray, name: str = "depth") -> np.ndarray:
+    """float32 ``[H, W]`` copy (or view) of a real-valued 2D numpy array ``depth``; TypeError/ValueError otherwise."""
     if not isinstance(depth, np.ndarray):
         raise TypeError(f"{name} must be a numpy array, got {type(depth).__name__}")
     if depth.ndim != 2:
@@ -59,7 +60,8 @@ def _check_depth(depth: np.ndarray, name: str = "depth") -> np.ndarray:
     return depth.astype(np.float32, copy=False)
 
 
-def _suffix(path: Path) -> str:
+def _depth_format(path: Path) -> str:
+    """The lower-case suffix of ``path`` that selects the depth file format (one of ``DEPTH_SUFFIXES``)."""
     suffix = path.suffix.lower()
     if suffix not in DEPTH_SUFFIXES:
         raise ValueError(f"cannot tell the depth format of {path}: suffix {suffix!r} is not one of {DEPTH_SUFFIXES}")
@@ -188,8 +190,8 @@ def save_depth(path: str | os.PathLike, depth: np.ndarray, *, scale: float | Non
         DiskFullError: no room for the file (an ``OSError`` naming it); nothing is left under ``path``.
     """
     path = Path(path)
-    suffix = _suffix(path)
-    depth = _check_depth(depth)
+    suffix = _depth_format(path)
+    depth = _float32_depth_map(depth)
     if scale is not None and suffix != ".png":
         raise ValueError(f"scale applies to .png only, got scale={scale!r} for {path}")
     if suffix == ".png":
@@ -219,7 +221,7 @@ def load_depth(path: str | os.PathLike, *, scale: float | None = None) -> np.nda
             ``SurgicalDepth`` text chunk). PNG value 0 reads as 0 (invalid).
     """
     path = Path(path)
-    suffix = _suffix(path)
+    suffix = _depth_format(path)
     if not path.is_file():
         raise FileNotFoundError(f"depth file {path} does not exist")
     if suffix == ".npy":
@@ -293,7 +295,7 @@ class DepthSequenceWriter:
 
     def append(self, depth: np.ndarray, index_value: float | None = None) -> None:
         """Append one frame ``[H, W]``; ``index_value`` defaults to the frame number (or its time with ``fps``)."""
-        depth = _check_depth(depth)
+        depth = _float32_depth_map(depth)
         if self.shape is None:
             self.shape = depth.shape
         elif depth.shape != self.shape:

@@ -56,14 +56,16 @@ class DPTHead(nn.Module):
 
     ``head`` selects the last activation: ``"relative"`` ends in ReLU (disparity), ``"metric"`` in a sigmoid
     (scaled by ``max_depth`` in :class:`~SurgicalDepthLib.model.DepthModel`). Subclass and override
-    :meth:`make_output_conv2` for other heads.
+    :meth:`make_output_conv2` for other heads. ``patch_size``: the encoder's patch (pixels per token side; 14 for
+    every official model), which sets the output resolution ``patch_size × token grid``.
     """
 
     def __init__(self, in_channels: int, features: int, out_channels: tuple[int, int, int, int],
-                 head: str = "relative", use_bn: bool = False, head_features_2: int = 32):
+                 head: str = "relative", use_bn: bool = False, head_features_2: int = 32, patch_size: int = 14):
         super().__init__()
         if head not in ("relative", "metric"):
             raise ValueError(f"head={head!r} is not one of ('relative', 'metric')")
+        self.patch_size = patch_size
         self.projects = nn.ModuleList([nn.Conv2d(in_channels, c, 1, 1, 0) for c in out_channels])
         self.resize_layers = nn.ModuleList([
             nn.ConvTranspose2d(out_channels[0], out_channels[0], kernel_size=4, stride=4, padding=0),
@@ -90,8 +92,8 @@ class DPTHead(nn.Module):
         )
 
     def forward(self, features: list[tuple[torch.Tensor, torch.Tensor]], patch_h: int, patch_w: int) -> torch.Tensor:
-        """Args: ``features`` = four ``(tokens [B, patch_h*patch_w, C], cls [B, C])``. Returns ``[B, 1, 14*patch_h,
-        14*patch_w]``."""
+        """Args: ``features`` = four ``(tokens [B, patch_h*patch_w, C], cls [B, C])``. Returns ``[B, 1,
+        patch_size*patch_h, patch_size*patch_w]``."""
         layers = []
         for i, (tokens, _cls) in enumerate(features):
             B, N, C = tokens.shape
@@ -105,5 +107,6 @@ class DPTHead(nn.Module):
         path = s.refinenet2(path, l2, size=l1.shape[2:])
         path = s.refinenet1(path, l1)
         out = s.output_conv1(path)
-        out = F.interpolate(out, size=(patch_h * 14, patch_w * 14), mode="bilinear", align_corners=True)
+        p = self.patch_size
+        out = F.interpolate(out, size=(patch_h * p, patch_w * p), mode="bilinear", align_corners=True)
         return s.output_conv2(out)

@@ -179,7 +179,7 @@ class DinoV2Encoder(VisionTransformer):
             x: ``[B, 3, H, W]`` normalised image, H and W multiples of the patch size.
             layers: 0-based block indices.
         Returns:
-            one ``(patch_tokens [B, H/14*W/14, C], class_token [B, C])`` per index, in order.
+            one ``(patch_tokens [B, (H/p)*(W/p), C], class_token [B, C])`` per index, in order (p = patch size).
         """
         B, _, H, W = x.shape
         p = self.patch_size

@@ -2,7 +2,7 @@
 
 Suffixes: ``.ply`` (binary, per-point colours from the "RGB" array), ``.vtp`` (VTK XML, all arrays),
 ``.vtk`` (legacy VTK, binary, all arrays), ``.stl`` (binary, triangles only — meshes), ``.obj`` (Wavefront,
-geometry only). Every write goes through :func:`SurgicalDepthLib._atomic.atomic_path`: a failed write leaves
+geometry only). Every write goes through :func:`SurgicalDepthLib.atomic_io.atomic_path`: a failed write leaves
 no file behind.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ._atomic import atomic_path
+from .atomic_io import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +20,8 @@ MESH_SUFFIXES = (".ply", ".vtp", ".vtk", ".stl", ".obj")
 POINT_SUFFIXES = (".ply", ".vtp", ".vtk", ".obj")
 
 
-def _suffix(path: Path, valid: tuple[str, ...], what: str) -> str:
+def _polydata_format(path: Path, valid: tuple[str, ...], what: str) -> str:
+    """The lower-case suffix of ``path`` that selects the VTK reader/writer, checked against ``valid``."""
     suffix = path.suffix.lower()
     if suffix not in valid:
         raise ValueError(f"cannot save {what} to {path}: suffix {suffix or '(none)'!r} is not one of "
@@ -91,7 +92,7 @@ def save_points(path: str | os.PathLike, polydata: Any) -> Path:
     .stl is refused (it stores triangles only). Returns the path written.
     """
     path = Path(path)
-    suffix = _suffix(path, POINT_SUFFIXES, "points")
+    suffix = _polydata_format(path, POINT_SUFFIXES, "points")
     _check_polydata(polydata)
     return _write(path, polydata, suffix)
 
@@ -102,7 +103,7 @@ def save_mesh(path: str | os.PathLike, polydata: Any) -> Path:
     Returns the path written.
     """
     path = Path(path)
-    suffix = _suffix(path, MESH_SUFFIXES, "mesh")
+    suffix = _polydata_format(path, MESH_SUFFIXES, "mesh")
     _check_polydata(polydata)
     if suffix == ".stl" and polydata.GetNumberOfPolys() == 0:
         raise ValueError(f"cannot save {path}: STL stores triangles only and the polydata has none "
@@ -115,7 +116,7 @@ def load_mesh(path: str | os.PathLike) -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"mesh file not found: {path}")
-    suffix = _suffix(path, MESH_SUFFIXES, "mesh")
+    suffix = _polydata_format(path, MESH_SUFFIXES, "mesh")
     if suffix == ".ply":
         from vtkmodules.vtkIOPLY import vtkPLYReader as Reader
     elif suffix == ".vtp":
@@ -136,9 +137,9 @@ def load_mesh(path: str | os.PathLike) -> Any:
         # PLY/OBJ point clouds carry no vertex cells; add them so the cloud renders and counts as cells
         import numpy as np
 
-        from .geometry import _cell_array
+        from .polydata import vtk_cell_array
 
-        out.SetVerts(_cell_array(np.arange(out.GetNumberOfPoints()), 1))
+        out.SetVerts(vtk_cell_array(np.arange(out.GetNumberOfPoints()), 1))
     if suffix == ".ply":
         colors = out.GetPointData().GetArray("RGB")
         if colors is not None:

@@ -122,7 +122,7 @@ def check_fov_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
 
 def write_fov_mask(path: str | os.PathLike, mask: np.ndarray) -> Path:
     """Save a field-of-view mask as an 8-bit PNG (255 = tissue, 0 = outside), atomically."""
-    from ._atomic import atomic_path
+    from .atomic_io import atomic_path
 
     path = Path(path)
     ok, buf = cv2.imencode(".png", np.where(np.asarray(mask, bool), 255, 0).astype(np.uint8))

@@ -1,4 +1,6 @@
-"""Depth maps → 3D points and meshes (numpy, vectorised) and their VTK ``vtkPolyData`` form.
+"""Depth maps ↔ 3D points (numpy, vectorised): back-projection, rigid transforms, grid triangles, point filters.
+
+Their VTK form (``to_polydata``, ``depth_to_mesh``) is :mod:`SurgicalDepthLib.polydata`.
 
 Camera frame: x right, y down, z forward; pixel (u, v) at integer coordinates is the pixel centre; depth is z
 (along the optical axis, not the ray length). Points come out in the depth map's unit (mm when metric).
@@ -6,17 +8,15 @@ Invalid depth — NaN, ±inf or ``<= 0`` — is never turned into a point: such 
 """
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import numpy as np
 
 from .camera import Intrinsics, pixel_rays
 
-logger = logging.getLogger(__name__)
 
-
-def _check_depth(depth: Any, intrinsics: Intrinsics, name: str = "depth") -> np.ndarray:
+def check_depth_map(depth: Any, intrinsics: Intrinsics, name: str = "depth") -> np.ndarray:
+    """``depth`` as an array after checking it is a numeric ``[H, W]`` map of the camera's size."""
     if not isinstance(intrinsics, Intrinsics):
         raise TypeError(f"intrinsics must be an Intrinsics, got {type(intrinsics).__name__}")
     depth = np.asarray(depth)
@@ -64,7 +64,7 @@ def backproject(depth: np.ndarray, intrinsics: Intrinsics, mask: np.ndarray | No
     Raises:
         ValueError: shape mismatch (names both sizes), or ``"no valid depth pixels"`` when nothing is left.
     """
-    depth = _check_depth(depth, intrinsics)
+    depth = check_depth_map(depth, intrinsics)
     H, W = depth.shape
     z = depth.astype(np.float32, copy=False)
     valid = valid_depth_mask(z, mask)
@@ -117,38 +117,16 @@ def transform_points(points: np.ndarray, pose: np.ndarray) -> np.ndarray:
     return (pts @ pose[:3, :3].T.astype(pts.dtype) + pose[:3, 3].astype(pts.dtype)).astype(pts.dtype, copy=False)
 
 
-def _vtk_array(arr: np.ndarray, name: str | None = None, array_type: int | None = None) -> Any:
-    """Zero-copy numpy → vtkDataArray (the VTK array keeps a reference to ``arr``)."""
-    from vtkmodules.util import numpy_support
-
-    arr = np.ascontiguousarray(arr)
-    vtk_arr = numpy_support.numpy_to_vtk(arr, deep=False, array_type=array_type)
-    if name is not None:
-        vtk_arr.SetName(name)
-    return vtk_arr
-
-
-def _cell_array(connectivity: np.ndarray, cell_size: int) -> Any:
-    """vtkCellArray of ``len(connectivity) // cell_size`` cells of ``cell_size`` points, built without a loop."""
-    from vtkmodules.util.vtkConstants import VTK_ID_TYPE
-    from vtkmodules.vtkCommonDataModel import vtkCellArray
-
-    id_dtype = np.int64 if np.dtype(np.intp).itemsize == 8 else np.int32
-    conn = np.ascontiguousarray(connectivity, dtype=id_dtype).ravel()
-    offsets = np.arange(0, conn.size + 1, cell_size, dtype=id_dtype)
-    cells = vtkCellArray()
-    cells.SetData(_vtk_array(offsets, array_type=VTK_ID_TYPE), _vtk_array(conn, array_type=VTK_ID_TYPE))
-    return cells
-
-
-def _check_points(points: Any) -> np.ndarray:
+def check_points(points: Any) -> np.ndarray:
+    """float32 C-contiguous ``[N, 3]`` ``points`` (shared when already so), after checking the shape."""
     points = np.asarray(points)
     if points.ndim != 2 or points.shape[1] != 3:
         raise ValueError(f"points must be [N, 3], got shape {points.shape}")
     return np.ascontiguousarray(points, dtype=np.float32)
 
 
-def _check_colors(colors: Any, n: int) -> np.ndarray:
+def check_colors(colors: Any, n: int) -> np.ndarray:
+    """uint8 ``[n, 3]`` RGB (other dtypes rounded and clipped to 0..255); floats all in [0, 1] are refused."""
     colors = np.asarray(colors)
     if colors.shape != (n, 3):
         raise ValueError(f"colors must be [N, 3] with N={n} (one RGB per point), got shape {colors.shape}")
@@ -157,41 +135,6 @@ def _check_colors(colors: Any, n: int) -> np.ndarray:
             raise ValueError("colors must be uint8 0..255; got floats in [0, 1] — multiply by 255 and cast first")
         colors = np.clip(np.rint(colors), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(colors)
-
-
-def _attach_arrays(poly: Any, points: np.ndarray, colors: np.ndarray | None, scalars: np.ndarray | None) -> None:
-    n = points.shape[0]
-    pd = poly.GetPointData()
-    if colors is not None:
-        pd.AddArray(_vtk_array(_check_colors(colors, n), "RGB"))
-        pd.SetActiveScalars("RGB")
-    depth = points[:, 2] if scalars is None else np.asarray(scalars, dtype=np.float32).ravel()
-    if depth.shape != (n,):
-        raise ValueError(f"scalars must have one value per point ({n}), got shape {np.shape(scalars)}")
-    pd.AddArray(_vtk_array(np.ascontiguousarray(depth, dtype=np.float32), "Depth"))
-
-
-def to_polydata(points: np.ndarray, colors: np.ndarray | None = None,
-                scalars: np.ndarray | None = None) -> Any:
-    """A ``vtkPolyData`` point cloud (one vertex cell per point) sharing memory with the inputs.
-
-    Args:
-        points: ``[N, 3]`` (float32 is shared, other dtypes converted once).
-        colors: optional uint8 ``[N, 3]`` RGB → point array ``"RGB"`` (active scalars).
-        scalars: optional ``[N]`` values for the float32 point array ``"Depth"``; default: the points' z.
-    """
-    from vtkmodules.vtkCommonCore import vtkPoints
-    from vtkmodules.vtkCommonDataModel import vtkPolyData
-
-    points = _check_points(points)
-    vpts = vtkPoints()
-    vpts.SetData(_vtk_array(points))
-    poly = vtkPolyData()
-    poly.SetPoints(vpts)
-    id_dtype = np.int64 if np.dtype(np.intp).itemsize == 8 else np.int32
-    poly.SetVerts(_cell_array(np.arange(points.shape[0], dtype=id_dtype), 1))
-    _attach_arrays(poly, points, colors, scalars)
-    return poly
 
 
 def grid_triangles(valid: np.ndarray, depth: np.ndarray | None = None,
@@ -216,57 +159,6 @@ def grid_triangles(valid: np.ndarray, depth: np.ndarray | None = None,
     return tris
 
 
-def depth_to_mesh(depth: np.ndarray, intrinsics: Intrinsics, rgb: np.ndarray | None = None,
-                  max_depth_jump: float = 0.05) -> Any:
-    """Triangle mesh of a depth map (one vertex per valid pixel) as ``vtkPolyData``.
-
-    Args:
-        depth: ``[H, W]`` z-depth; NaN/inf/``<= 0`` pixels get no vertex.
-        intrinsics: camera for exactly ``W × H``.
-        rgb: optional uint8 ``[H, W, 3]`` → point array ``"RGB"``.
-        max_depth_jump: a grid triangle is dropped when its *relative* depth jump ``|Δz| / z``
-            (``(max z − min z) / min z`` over its corners) exceeds this, so occlusion edges are not bridged.
-
-    Returns:
-        ``vtkPolyData`` with triangles, point normals (``vtkPolyDataNormals``, named "Normals"), ``"RGB"``
-        (when given) and float32 ``"Depth"``.
-    """
-    from vtkmodules.vtkCommonCore import vtkPoints
-    from vtkmodules.vtkCommonDataModel import vtkPolyData
-    from vtkmodules.vtkFiltersCore import vtkPolyDataNormals
-
-    depth = _check_depth(depth, intrinsics)
-    if not max_depth_jump > 0:
-        raise ValueError(f"max_depth_jump must be > 0 (relative |dz|/z), got {max_depth_jump!r}")
-    valid = valid_depth_mask(depth)
-    points = backproject(depth, intrinsics)  # row-major order of the valid pixels
-    remap = np.full(depth.size, -1, dtype=np.int64)
-    remap[np.flatnonzero(valid)] = np.arange(points.shape[0])
-    tris = remap[grid_triangles(valid, depth.astype(np.float32, copy=False), max_depth_jump)]
-    colors = None
-    if rgb is not None:
-        rgb = np.asarray(rgb)
-        if rgb.shape != depth.shape + (3,):
-            raise ValueError(f"rgb must be [H, W, 3] = {depth.shape + (3,)}, got shape {rgb.shape}")
-        colors = rgb[valid]
-    vpts = vtkPoints()
-    vpts.SetData(_vtk_array(points))
-    poly = vtkPolyData()
-    poly.SetPoints(vpts)
-    poly.SetPolys(_cell_array(tris, 3))
-    _attach_arrays(poly, points, colors, None)
-    normals = vtkPolyDataNormals()
-    normals.SetInputData(poly)
-    normals.SetSplitting(False)  # keep one vertex per pixel
-    normals.SetConsistency(False)  # grid winding is already consistent
-    normals.SetAutoOrientNormals(False)
-    normals.SetComputeCellNormals(False)
-    normals.Update()
-    out = normals.GetOutput()
-    logger.debug("depth_to_mesh: %d vertices, %d triangles", out.GetNumberOfPoints(), out.GetNumberOfCells())
-    return out
-
-
 def voxel_downsample(points: np.ndarray, voxel_size: float,
                      colors: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Average the points (and colours) falling in each cube of side ``voxel_size`` (points' unit).
@@ -274,11 +166,11 @@ def voxel_downsample(points: np.ndarray, voxel_size: float,
     Returns:
         ``(points float32 [M, 3], colors uint8 [M, 3] or None)``, one entry per occupied voxel, ordered by voxel.
     """
-    points = _check_points(points)
+    points = check_points(points)
     if not voxel_size > 0:
         raise ValueError(f"voxel_size must be > 0, got {voxel_size!r}")
     if colors is not None:
-        colors = _check_colors(colors, points.shape[0])
+        colors = check_colors(colors, points.shape[0])
     if points.shape[0] == 0:
         return points, colors
     keys = np.floor(points / voxel_size).astype(np.int64)
@@ -310,7 +202,7 @@ def remove_outliers(points: np.ndarray, nb_neighbors: int = 16,
     """
     from scipy.spatial import cKDTree
 
-    points = _check_points(points)
+    points = check_points(points)
     if int(nb_neighbors) < 1:
         raise ValueError(f"nb_neighbors must be >= 1, got {nb_neighbors!r}")
     if not std_ratio > 0:

@@ -45,7 +45,7 @@ from .stream import depth_stream
 
 __all__ = ["DEFAULT_PORT", "LIVE_POINT_BUDGET", "DepthService", "LiveStats", "PointCloudMessage", "decimation_grid"]
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 18944  # the registered OpenIGTLink port
 #: points per live cloud (a message per frame; memory_budget.DEFAULT_POINT_BUDGET is the Slicer runs')
@@ -220,13 +220,13 @@ class DepthService:
         else:
             self.address = (self.connect[0], int(self.connect[1]))
         if importlib.util.find_spec("crcmod._crcfunext") is None:
-            log.warning("stream: crcmod runs without its C extension: the CRC of every reply is computed in pure "
+            logger.warning("stream: crcmod runs without its C extension: the CRC of every reply is computed in pure "
                         "Python (slow for large frames); reinstall crcmod with a C compiler available")
         self._started = time.monotonic()
         self._pool = ThreadPoolExecutor(self._output_threads, thread_name_prefix="DepthService.output")
         if self._listener is not None:
             self._spawn(self._accept_loop, "accept")
-            log.info("stream: listening on %s:%d", *self.address)
+            logger.info("stream: listening on %s:%d", *self.address)
         else:
             self._spawn(self._connect_loop, "connect")
         self._spawn(self._infer_loop, "infer")
@@ -257,7 +257,7 @@ class DepthService:
             c["lost"] = c["frames_in"] - c["frames_out"] - c["dropped"]
         alive = [t.name for t in threads if t.is_alive()]
         if alive:
-            log.warning("stream: threads still running after stop: %s", ", ".join(alive))
+            logger.warning("stream: threads still running after stop: %s", ", ".join(alive))
 
     def __enter__(self) -> "DepthService":
         return self.start()
@@ -286,7 +286,7 @@ class DepthService:
         while not self._stop.wait(self.status_interval):
             stats = self.stats(self.status_interval)
             if self.on_status is None:
-                log.info("%s", stats.format())
+                logger.info("%s", stats.format())
                 continue
             try:
                 self.on_status(stats)
@@ -310,7 +310,7 @@ class DepthService:
             first = key not in self._warned and len(self._warned) < 10_000
             if first:
                 self._warned.add(key)
-        log.log(level if first else logging.DEBUG, msg, *args)
+        logger.log(level if first else logging.DEBUG, msg, *args)
 
     # -- connections -----------------------------------------------------------------------------------------
     def _accept_loop(self) -> None:
@@ -336,7 +336,7 @@ class DepthService:
                 sock = socket.create_connection((host, port), timeout=self.io_timeout)
             except OSError as exc:
                 if not reported:
-                    log.warning("stream: cannot connect to %s:%d (%s); retrying every %g s", host, port, exc,
+                    logger.warning("stream: cannot connect to %s:%d (%s); retrying every %g s", host, port, exc,
                                 self.retry_interval)
                 reported = True
                 self._stop.wait(self.retry_interval)
@@ -348,7 +348,7 @@ class DepthService:
     def _serve(self, conn: Connection) -> None:
         with self._lock:
             self._connections.add(conn)
-        log.info("stream: %s connected", conn.peer)
+        logger.info("stream: %s connected", conn.peer)
         try:
             while not self._stop.is_set():
                 try:
@@ -366,7 +366,7 @@ class DepthService:
             with self._lock:
                 self._connections.discard(conn)
             if not self._stop.is_set():
-                log.info("stream: %s disconnected", conn.peer)
+                logger.info("stream: %s disconnected", conn.peer)
 
     def _dispatch(self, conn: Connection, head: tuple, body: bytearray, received: float) -> None:
         version, mtype, device, stamp = head
@@ -461,7 +461,7 @@ class DepthService:
             mask = self._fov_masks[key] = detect_fov_mask([frame.rgb])
             if len(self._fov_masks) > _FOV_DEVICES:
                 self._fov_masks.popitem(last=False)
-            log.info("stream: %r (%dx%d): %s", frame.device, key[2], key[1], "no field-of-view border found"
+            logger.info("stream: %r (%dx%d): %s", frame.device, key[2], key[1], "no field-of-view border found"
                      if mask is None else f"field of view detected: {100 * mask.mean():.1f} % of the frame")
         return self._fov_masks[key]
 

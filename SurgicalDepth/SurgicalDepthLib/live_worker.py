@@ -33,7 +33,7 @@ import numpy as np
 from .memory_budget import DEFAULT_POINT_BUDGET
 from .slicer_helpers import resolve_intrinsics, rgb_from_volume_array
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -208,7 +208,7 @@ class LiveWorker:
                     except queue.Full:
                         continue
         except Exception as exc:  # raised in the caller by results()
-            log.debug("live worker stopped by %r", exc)
+            logger.debug("live worker stopped by %r", exc)
             self._error = exc
 
     def _frame_setup(self, rgb: np.ndarray) -> tuple[Any, Any]:

@@ -14,7 +14,7 @@ from .configs import MODEL_CONFIGS, get_model_config
 from .model import DepthModel
 from .weights import WEIGHTS, cached_path, sha256_file
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_FILE = "surgical-depth-default.safetensors"
 # SHA256 of the shipped default model (Resources/Models/MODEL_CARD.md); verified on every load of "default".
@@ -124,7 +124,7 @@ def load_model(source: str | os.PathLike = "default", *, device: str | torch.dev
     graph_backend = GRAPH_SUFFIXES.get(Path(src).suffix.lower()) if src not in MODEL_CONFIGS else None
     if backend == "auto":
         choice = choose_backend(resolve_device(device), precision)
-        log.info("backend auto: %s %s (%s)", choice.backend, choice.precision, choice.reason)
+        logger.info("backend auto: %s %s (%s)", choice.backend, choice.precision, choice.reason)
         backend, precision = choice.backend, choice.precision
     if graph_backend is not None and backend == "torch":
         backend = graph_backend  # an exported graph: run by the runtime its suffix names
@@ -159,9 +159,9 @@ def load_model(source: str | os.PathLike = "default", *, device: str | torch.dev
         model.source = str(path)
     model.precision = prec
     if dev.type == "cpu" and cpu_computes_natively(prec) is False:
-        log.warning("precision=%s: this CPU has no %s instructions, so it is emulated and slower than fp32", prec,
+        logger.warning("precision=%s: this CPU has no %s instructions, so it is emulated and slower than fp32", prec,
                     "AVX512-BF16/AMX" if prec == "bf16" else "AMX-FP16")
-    log.debug("loaded %s (%s %s) on %s, %s", model.source, model.config.encoder, model.config.version, dev, prec)
+    logger.debug("loaded %s (%s %s) on %s, %s", model.source, model.config.encoder, model.config.version, dev, prec)
     # channels-last convolution weights: the DPT decoder's convolutions run ~10 % faster (oneDNN on CPU, cuDNN
     # on GPU); linear layers and the state-dict values are unaffected (checkpoints are saved contiguous)
     return model.to(dev).to(memory_format=torch.channels_last).eval()

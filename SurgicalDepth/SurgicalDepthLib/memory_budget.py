@@ -30,7 +30,7 @@ import numpy as np
 
 from .slicer_helpers import format_bytes
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 ID_BYTES = 8  # vtkIdType is 64-bit in Slicer's VTK builds
 POINT_BYTES = 12 + 3 + 4 + 2 * ID_BYTES
@@ -151,10 +151,10 @@ def available_memory_bytes() -> int | None:
         else:
             found = None
     except (OSError, ValueError, subprocess.SubprocessError) as exc:
-        log.warning("could not read the available memory (%s)", exc)
+        logger.warning("could not read the available memory (%s)", exc)
         return None
     if found is None:
-        log.warning("the available memory is unknown on this system (%s): the output size is not checked",
+        logger.warning("the available memory is unknown on this system (%s): the output size is not checked",
                     sys.platform)
     return found
 
@@ -170,7 +170,7 @@ def check_memory_budget(needed: int, available: int | None, *, budget: int | Non
         raise ValueError(f"fraction must be in (0, 1], got {fraction!r}")
     if budget is None:
         if available is None:
-            log.warning("outputs need about %s; the free memory is unknown, so the run is not checked",
+            logger.warning("outputs need about %s; the free memory is unknown, so the run is not checked",
                         format_bytes(needed))
             return
         budget = int(fraction * available)

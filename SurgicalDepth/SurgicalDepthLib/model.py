@@ -176,7 +176,8 @@ class DepthModel(FrameInference, nn.Module):
         super().__init__()
         self.config = config
         self.pretrained = DinoV2Encoder(config)
-        self.depth_head = DPTHead(config.spec.embed_dim, config.features, config.out_channels, head=config.head)
+        self.depth_head = DPTHead(config.spec.embed_dim, config.features, config.out_channels, head=config.head,
+                                  patch_size=config.patch_size)
         self.precision = precision
         self.source = "random init"
 
@@ -189,7 +190,8 @@ class DepthModel(FrameInference, nn.Module):
         return self.device.type == "cuda"  # MPS keeps the host path: its bicubic support varies by release
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Args: ``x`` normalised ``[B, 3, h, w]``, h and w multiples of 14. Returns ``[B, h, w]``."""
+        """Args: ``x`` normalised ``[B, 3, h, w]``, h and w multiples of ``config.patch_size`` (14). Returns
+        ``[B, h, w]``."""
         B, C, H, W = x.shape
         if C != 3:
             raise ValueError(f"expected [B, 3, H, W] input, got shape {tuple(x.shape)}")

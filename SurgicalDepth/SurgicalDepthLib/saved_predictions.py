@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ._atomic import atomic_path
+from .atomic_io import atomic_path
 from .depth_io import load_depth
 from .depth_kind import OutputKind
 

@@ -34,7 +34,7 @@ from .fov import FOV_FRAMES, check_fov_mask, detect_fov_mask, nan_outside
 from .temporal import TemporalAligner
 from .video import FrameReader, open_frames
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 #: Disparity percentiles mapped to (near, far) for relative models.
 RANGE_PERCENTILES = (2.0, 98.0)
@@ -141,7 +141,7 @@ def _depth_mm(kind: OutputKind, unit: str, near_far: tuple[float, float], fov: n
         ok = np.isfinite(pred) if fov is None else np.isfinite(pred) & fov
         lo, hi = np.percentile(pred[ok], RANGE_PERCENTILES) if ok.any() else (0.0, 0.0)
         if not hi > lo:
-            log.warning("frame %d: the predicted disparity has no range (blank frame?); its depth is left "
+            logger.warning("frame %d: the predicted disparity has no range (blank frame?); its depth is left "
                         "undefined (NaN)", index)
             return np.full(pred.shape, np.nan, np.float32)
     return prediction_to_mm(pred, kind.value, unit, near_far, RANGE_PERCENTILES, mask=fov)
@@ -189,7 +189,7 @@ def _field_of_view(fov_mask: Any, items: Iterator[tuple[int, np.ndarray]]
     if isinstance(fov_mask, str):
         mask = detect_fov_mask([rgb for _, rgb in head if rgb.shape[:2] == shape])
         if mask is not None:
-            log.info("field of view detected: %.1f %% of the %dx%d frame", 100 * mask.mean(), shape[1], shape[0])
+            logger.info("field of view detected: %.1f %% of the %dx%d frame", 100 * mask.mean(), shape[1], shape[0])
         return mask, items
     return check_fov_mask(fov_mask, shape), items
 

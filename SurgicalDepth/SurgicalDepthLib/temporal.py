@@ -23,7 +23,7 @@ import numpy as np
 
 from .alignment import fit_scale_shift
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def robust_scale_shift(source: np.ndarray, target: np.ndarray, valid: np.ndarray | None = None, *,
@@ -128,7 +128,7 @@ class TemporalAligner:
             scale, shift = robust_scale_shift(disparity, self._reference, ok & self._ref_valid, trim=self.trim,
                                            iterations=self.iterations)
             if not scale > 0:  # degenerate frame (flat or no overlap): keep the previous frame's transform
-                log.warning("frame %d: scale+shift fit failed (scale=%g); reusing the previous transform",
+                logger.warning("frame %d: scale+shift fit failed (scale=%g); reusing the previous transform",
                             len(self.scales), scale)
                 scale, shift = self._last
         self._last = (scale, shift)

@@ -435,12 +435,12 @@ def grid_to_mesh(tsdf: np.ndarray, weight: np.ndarray, color: np.ndarray, origin
     dropped with their triangles; per-vertex colour is the linear interpolation of ``color`` along the edge.
     """
     from scipy.ndimage import map_coordinates
-    from vtkmodules.util.numpy_support import numpy_to_vtk, vtk_to_numpy
+    from vtkmodules.util.numpy_support import vtk_to_numpy
     from vtkmodules.vtkCommonCore import vtkPoints
     from vtkmodules.vtkCommonDataModel import vtkImageData, vtkPolyData
     from vtkmodules.vtkFiltersCore import vtkFlyingEdges3D
 
-    from .geometry import _cell_array, _vtk_array
+    from .polydata import vtk_cell_array, vtk_data_array
 
     dims = tsdf.shape
     image = vtkImageData()
@@ -449,7 +449,7 @@ def grid_to_mesh(tsdf: np.ndarray, weight: np.ndarray, color: np.ndarray, origin
     image.SetSpacing(voxel_size, voxel_size, voxel_size)
     # VTK orders points x fastest: the [X, Y, Z] grid transposed to [Z, Y, X] in C order
     values = np.ascontiguousarray(np.where(weight > 0, tsdf, 1.0).transpose(2, 1, 0), dtype=np.float32).ravel()
-    image.GetPointData().SetScalars(numpy_to_vtk(values, deep=False))
+    image.GetPointData().SetScalars(vtk_data_array(values))
     fe = vtkFlyingEdges3D()
     fe.SetInputData(image)
     fe.SetValue(0, 0.0)
@@ -480,13 +480,13 @@ def grid_to_mesh(tsdf: np.ndarray, weight: np.ndarray, color: np.ndarray, origin
     pts_out = np.ascontiguousarray(pts[used], dtype=np.float32)
     rgb = np.stack([map_coordinates(color[..., c], f[used].T, order=1, mode="nearest") for c in range(3)], 1)
     vpts = vtkPoints()
-    vpts.SetData(_vtk_array(pts_out))
+    vpts.SetData(vtk_data_array(pts_out))
     out.SetPoints(vpts)
     # flying edges winds triangles and orients normals towards decreasing values (behind the surface);
     # flip both so they face free space, like depth_to_mesh
-    out.SetPolys(_cell_array(remap[tris[:, ::-1]], 3))
-    n_arr = _vtk_array(np.ascontiguousarray(-normals[used], dtype=np.float32), "Normals")
+    out.SetPolys(vtk_cell_array(remap[tris[:, ::-1]], 3))
+    n_arr = vtk_data_array(np.ascontiguousarray(-normals[used], dtype=np.float32), "Normals")
     out.GetPointData().SetNormals(n_arr)
-    out.GetPointData().AddArray(_vtk_array(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), "RGB"))
+    out.GetPointData().AddArray(vtk_data_array(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), "RGB"))
     out.GetPointData().SetActiveScalars("RGB")
     return out

@@ -17,10 +17,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ._atomic import atomic_path
+from .atomic_io import atomic_path
 from .background import prefetch
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -48,6 +48,7 @@ def natural_key(name: str) -> list:
 
 
 def is_video_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` has a video suffix (``VIDEO_SUFFIXES``); the file is not opened."""
     return Path(path).suffix.lower() in VIDEO_SUFFIXES
 
 
@@ -56,6 +57,61 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
     return sorted(files, key=lambda p: natural_key(p.name))
+
+
+#: the kinds of frame source that :func:`frame_source_kind` tells apart
+FRAME_SOURCE_KINDS = ("video", "folder", "image", "glob")
+
+
+def frame_source_kind(path: str | os.PathLike) -> str:
+    """What kind of frame source ``path`` is, from its name and what exists (nothing is opened or decoded):
+
+    ``"glob"`` (a pattern with ``*``, ``?`` or ``[`` that is not itself an existing path), ``"folder"``, ``"image"``
+    (an ``IMAGE_SUFFIXES`` file) or ``"video"`` (a ``VIDEO_SUFFIXES`` file). :func:`open_frames` and ``surgical-depth
+    predict`` classify their inputs with it.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist and is no glob. ValueError: a file with another suffix.
+    """
+    text, path = str(path), Path(path)
+    if _GLOB_CHARS.search(text) and not path.exists():
+        return "glob"
+    if not path.exists():
+        raise FileNotFoundError(f"input {path} does not exist")
+    if path.is_dir():
+        return "folder"
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        return "image"
+    if suffix in VIDEO_SUFFIXES:
+        return "video"
+    raise ValueError(f"input {path} has an unsupported suffix {suffix!r}; expected a video "
+                     f"({', '.join(VIDEO_SUFFIXES)}), an image ({', '.join(IMAGE_SUFFIXES)}), a folder or a glob")
+
+
+def frame_source_images(path: str | os.PathLike, kind: str | None = None) -> list[Path]:
+    """The image files of an image source, in natural name order: the files a glob matches, the images directly
+    inside a folder, or the image itself. ``kind``: :func:`frame_source_kind` of ``path`` when already known.
+
+    Raises:
+        FileNotFoundError: a glob that matches no image file (or a missing path). ValueError: a folder without
+        image files, or a video.
+    """
+    kind = frame_source_kind(path) if kind is None else kind
+    if kind == "glob":
+        files = [Path(p) for p in _glob.glob(str(path))
+                 if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_SUFFIXES]
+        if not files:
+            raise FileNotFoundError(f"glob pattern {str(path)!r} matches no image files ({', '.join(IMAGE_SUFFIXES)})")
+        return sorted(files, key=lambda p: natural_key(str(p)))
+    if kind == "folder":
+        files = list_images(path)
+        if not files:
+            raise ValueError(f"folder {path} contains no image files ({', '.join(IMAGE_SUFFIXES)})")
+        return files
+    if kind == "image":
+        return [Path(path)]
+    raise ValueError(f"{path} is a {kind} source, not images (expected one of 'glob', 'folder', 'image')")
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -84,6 +140,32 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(buf.tobytes())
     return path
+
+
+def read_video_frame(path: str | os.PathLike, index: int) -> np.ndarray:
+    """Frame ``index`` (0-based) of a video file as RGB uint8 ``[H, W, 3]``: random access for samplers that draw
+    frames in any order (semi-supervised training). It seeks (``CAP_PROP_POS_FRAMES``: OpenCV's FFmpeg backend
+    decodes forward from the preceding key frame, exact for the mp4/mov/avi files of common tools); the readers of
+    :class:`FrameReader` never seek, so ordered reading stays exact for every container.
+
+    Raises:
+        FileNotFoundError: missing file. ValueError: unreadable video, or no frame ``index``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"video {path} does not exist")
+    capture = cv2.VideoCapture(str(path))
+    try:
+        if not capture.isOpened():
+            raise ValueError(f"cannot open video {path}")
+        if index < 0 or not capture.set(cv2.CAP_PROP_POS_FRAMES, index):
+            raise ValueError(f"{path}: cannot seek to frame {index}")
+        ok, bgr = capture.read()
+    finally:
+        capture.release()
+    if not ok or bgr is None:
+        raise ValueError(f"{path}: frame {index} could not be decoded (past the end, truncated or corrupt)")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 class FrameReader:
@@ -120,28 +202,10 @@ class FrameReader:
 
     # -- opening -------------------------------------------------------------------------------------------------
     def _open(self, path: Path) -> int:
-        text = str(path)
-        if _GLOB_CHARS.search(text) and not path.exists():
-            files = sorted((Path(p) for p in _glob.glob(text)
-                            if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_SUFFIXES),
-                           key=lambda p: natural_key(str(p)))
-            if not files:
-                raise FileNotFoundError(f"glob pattern {text!r} matches no image files ({', '.join(IMAGE_SUFFIXES)})")
-            return self._open_images(files)
-        if not path.exists():
-            raise FileNotFoundError(f"input {path} does not exist")
-        if path.is_dir():
-            files = list_images(path)
-            if not files:
-                raise ValueError(f"folder {path} contains no image files ({', '.join(IMAGE_SUFFIXES)})")
-            return self._open_images(files)
-        suffix = path.suffix.lower()
-        if suffix in IMAGE_SUFFIXES:
-            return self._open_images([path])
-        if suffix in VIDEO_SUFFIXES:
+        kind = frame_source_kind(path)
+        if kind == "video":
             return self._open_video(path)
-        raise ValueError(f"input {path} has an unsupported suffix {suffix!r}; expected a video "
-                         f"({', '.join(VIDEO_SUFFIXES)}), an image ({', '.join(IMAGE_SUFFIXES)}), a folder or a glob")
+        return self._open_images(frame_source_images(path, kind))
 
     def _open_images(self, files: list[Path]) -> int:
         self.kind = "images"
@@ -206,7 +270,7 @@ class FrameReader:
                 # a shortfall of a couple of frames at the very end is not treated as corruption
                 if missing > max(2, self._source_count // 100):
                     raise VideoDecodeError(path, index, self._source_count)
-                log.warning("%s: the container announced %d frames but decoding ended after %d",
+                logger.warning("%s: the container announced %d frames but decoding ended after %d",
                             path, self._source_count, index)
         finally:
             capture.release()

@@ -21,9 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ._atomic import atomic_path
+from .atomic_io import atomic_path
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 _HF = "https://huggingface.co"
 
@@ -177,7 +177,7 @@ def download(name: str, root: str | os.PathLike | None = None, *, sha256: str | 
     path = folder / Path(spec.filename).name
     digest = hashlib.sha256()
     with atomic_path(path) as tmp:
-        log.info("downloading %s from %s", name, spec.url)
+        logger.info("downloading %s from %s", name, spec.url)
         with urllib.request.urlopen(spec.url, timeout=timeout) as resp, open(tmp, "wb") as out:
             total = int(resp.headers.get("Content-Length") or 0)
             if spec.size is not None and total and total != spec.size:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from SurgicalDepthLib._atomic import atomic_path
+from SurgicalDepthLib.atomic_io import atomic_path
 from SurgicalDepthLib.checkpoints import CheckpointError
 from SurgicalDepthLib.run_folder import MANIFEST_NAME, OutputConflict, RunFolder, read_manifest
 
@@ -235,7 +235,7 @@ def read_log(path: Path, up_to_step: int) -> list[dict[str, Any]]:
 # -- the output folder --------------------------------------------------------------------------------------------
 def _temporary_pattern(name: str) -> re.Pattern:
     stem, dot, suffix = name.partition(".")
-    # SurgicalDepthLib._atomic.atomic_path: mkstemp(prefix=".<stem>.", suffix=<suffix>), 8 random characters
+    # SurgicalDepthLib.atomic_io.atomic_path: ".<stem>." + 8 random characters [a-z0-9_] + <suffix>
     return re.compile(rf"\.{re.escape(stem)}\.[a-z0-9_]{{8}}{re.escape(dot + suffix)}")
 
 

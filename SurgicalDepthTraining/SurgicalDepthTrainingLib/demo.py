@@ -12,11 +12,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -100,84 +101,98 @@ def render_mesh_view(polydata, size: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(arr[::-1])  # VTK images start at the bottom row
 
 
-def run_demo(config: DemoConfig, progress=None) -> DemoResult:
-    """Render, predict, reconstruct and measure; write everything into ``config.output``."""
+def _predict_clip(config: DemoConfig, clip: list[dict], progress=None) -> tuple[Any, list[np.ndarray]]:
+    """The model of ``config`` and its raw prediction of every frame (``progress(done, total)`` after each)."""
     import SurgicalDepthLib as sd
-    from SurgicalDepthLib._atomic import atomic_path
-    from SurgicalDepthLib.video import write_image
 
-    from .evaluation import evaluate_predictions
-    from .reports import label_tile
-    from .synthetic import SceneConfig, render_clip
-
-    t0 = time.perf_counter()
-    out = Path(config.output)
-    out.mkdir(parents=True, exist_ok=True)
-    files: dict[str, Path] = {}
-    clip = render_clip(config.organ, n_frames=config.frames, seed=config.seed, height=config.height,
-                       width=config.width)
     model = sd.load_model(config.model, device=config.device)
-    kind = model.output_kind
     preds = []
     # the one inference loop; the renderer's exact valid masks are the field of view here
     for frame in sd.depth_stream(model, [f["image"] for f in clip], input_size=config.input_size, fov_mask=None):
         preds.append(frame.prediction)
         if progress is not None:
             progress(len(preds), len(clip))
+    return model, preds
 
-    cap = float(SceneConfig().max_depth_mm)  # the renderer's depth range: farther pixels are invalid
-    body = evaluate_predictions(((f["name"], p, f["depth"], f["valid"]) for f, p in zip(clip, preds)),
-                                alignment="median", pred_kind=kind, max_depth=cap)
-    depths_mm = []
+
+def _depths_mm(clip: list[dict], preds: list[np.ndarray], kind: str, cap: float) -> list[np.ndarray]:
+    """float32 mm depth of each frame for the 3D outputs, 0 where invalid or beyond ``cap``; disparity is
+    scale+shift fitted to the ground truth (the demo has it)."""
+    import SurgicalDepthLib as sd
+
+    depths = []
     for frame, pred in zip(clip, preds):
         if kind == "disparity":
             depth_mm = sd.disparity_to_depth(pred, reference=frame["depth"], mask=frame["valid"], mode="scale_shift")
         else:
             depth_mm = pred
         depth_mm = np.nan_to_num(depth_mm, nan=0.0, posinf=0.0)
-        depths_mm.append(np.where(depth_mm <= cap, depth_mm, 0.0).astype(np.float32))  # beyond the scene: invalid
-    mean = {k: float(v) for k, v in body["metrics"].items()}
+        depths.append(np.where(depth_mm <= cap, depth_mm, 0.0).astype(np.float32))  # beyond the scene: invalid
+    return depths
 
-    intr = clip[0]["intrinsics"]
-    cloud = sd.to_polydata(sd.backproject(depths_mm[0], intr, mask=clip[0]["valid"]),
-                           colors=clip[0]["image"][clip[0]["valid"] & (depths_mm[0] > 0)])
-    files["point_cloud"] = sd.save_points(out / "frame000_points.ply", cloud)
+
+def _write_3d(out: Path, clip: list[dict], depths_mm: list[np.ndarray], config: DemoConfig,
+              cap: float) -> tuple[Path, Path, Any]:
+    """The first frame's point cloud and the TSDF fusion of all frames at the renderer's exact poses:
+    ``(cloud file, mesh file, mesh)``."""
+    import SurgicalDepthLib as sd
+
+    first, depth0 = clip[0], depths_mm[0]
+    cloud = sd.to_polydata(sd.backproject(depth0, first["intrinsics"], mask=first["valid"]),
+                           colors=first["image"][first["valid"] & (depth0 > 0)])
+    cloud_path = sd.save_points(out / "frame000_points.ply", cloud)
     volume = sd.TSDFVolume(voxel_size=config.voxel_mm, truncation=4 * config.voxel_mm, max_depth=cap)
     for frame, depth_mm in zip(clip, depths_mm):
         volume.integrate(depth_mm, frame["image"], frame["intrinsics"], frame["pose"])
     mesh = volume.extract_mesh()
-    files["fused_mesh"] = sd.save_mesh(out / "fused_mesh.ply", mesh)
+    return cloud_path, sd.save_mesh(out / "fused_mesh.ply", mesh), mesh
 
-    # depth video: input | colour-mapped prediction (red = near, blue = far), one colour range for the clip
+
+def _write_depth_video(path: Path, clip: list[dict], preds: list[np.ndarray], kind: str) -> Path:
+    """Input | colour-mapped prediction (red = near, blue = far) side by side, one colour range for the clip."""
+    import SurgicalDepthLib as sd
+    from SurgicalDepthLib.atomic_io import atomic_path
+
     vrange = sd.robust_range(np.stack(preds), kind)
-    video = out / "depth_video.mp4"
-    with atomic_path(video) as tmp:
-        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (2 * config.width, config.height))
+    height, width = clip[0]["image"].shape[:2]
+    with atomic_path(path) as tmp:
+        writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (2 * width, height))
         if not writer.isOpened():
-            raise OSError(f"OpenCV cannot write mp4v video {video}")
+            raise OSError(f"OpenCV cannot write mp4v video {path}")
         try:
             for frame, pred in zip(clip, preds):
                 color = sd.colorize(pred, kind, *vrange)
                 writer.write(cv2.cvtColor(np.hstack([frame["image"], color]), cv2.COLOR_RGB2BGR))
         finally:
             writer.release()
-    files["depth_video"] = video
+    return path
 
-    f0 = clip[0]
-    gt_vis = sd.colorize(f0["depth"], "depth", mask=f0["valid"])
-    near, far = np.percentile(f0["depth"][f0["valid"]], [2, 98])
-    panels = [label_tile(f0["image"], "input frame"),
-              label_tile(gt_vis, "ground truth"),
-              label_tile(sd.colorize(depths_mm[0], "depth", near, far, mask=f0["valid"]), "prediction (aligned, mm)"),
-              label_tile(_error_map(depths_mm[0], f0["depth"], f0["valid"]), "abs. rel. error (0-0.5)")]
+
+def _write_summary(path: Path, first: dict, depth_mm: np.ndarray, mesh: Any) -> Path:
+    """One PNG: input, ground truth, aligned prediction, relative error and (where VTK can render off-screen) the
+    fused surface."""
+    import SurgicalDepthLib as sd
+    from SurgicalDepthLib.video import write_image
+
+    from .reports import label_tile
+
+    near, far = np.percentile(first["depth"][first["valid"]], [2, 98])
+    panels = [label_tile(first["image"], "input frame"),
+              label_tile(sd.colorize(first["depth"], "depth", mask=first["valid"]), "ground truth"),
+              label_tile(sd.colorize(depth_mm, "depth", near, far, mask=first["valid"]), "prediction (aligned, mm)"),
+              label_tile(_error_map(depth_mm, first["depth"], first["valid"]), "abs. rel. error (0-0.5)")]
     try:
-        view = render_mesh_view(mesh, (config.height, config.width))
-        panels.append(label_tile(view, "fused surface (VTK)"))
+        panels.append(label_tile(render_mesh_view(mesh, first["image"].shape[:2]), "fused surface (VTK)"))
     except Exception as exc:  # no OpenGL context on this machine: the summary keeps the other panels
-        log.warning("3D view not rendered (VTK off-screen rendering failed: %s)", exc)
-    summary = np.hstack(panels)
-    files["summary"] = write_image(out / "summary.png", summary)
+        logger.warning("3D view not rendered (VTK off-screen rendering failed: %s)", exc)
+    return write_image(path, np.hstack(panels))
 
+
+def _write_report(path: Path, config: DemoConfig, model: Any, body: dict, mean: dict) -> Path:
+    """``metrics.json``: the model, the clip, the evaluation (per frame and mean) and how 3D depth was scaled."""
+    from SurgicalDepthLib.atomic_io import atomic_path
+
+    kind = model.output_kind
     report = {"model": model.source, "model_config": model.config.to_dict(), "output_kind": kind,
               "organ": config.organ, "frames": config.frames, "size": [config.height, config.width],
               "input_size": config.input_size or model.config.input_size, "alignment": body["alignment"],
@@ -185,7 +200,31 @@ def run_demo(config: DemoConfig, progress=None) -> DemoResult:
                                         "(demo only: it has ground truth)" if kind == "disparity" else ""),
               "metrics": mean, "per_frame": body["per_image"],
               "poses": "exact camera poses of the renderer"}
-    with atomic_path(out / "metrics.json") as tmp:
+    with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(report, indent=2, default=float))
-    files["metrics"] = out / "metrics.json"
+    return path
+
+
+def run_demo(config: DemoConfig, progress=None) -> DemoResult:
+    """Render, predict, reconstruct and measure; write everything into ``config.output``."""
+    from .evaluation import evaluate_predictions
+    from .synthetic import SceneConfig, render_clip
+
+    t0 = time.perf_counter()
+    out = Path(config.output)
+    out.mkdir(parents=True, exist_ok=True)
+    clip = render_clip(config.organ, n_frames=config.frames, seed=config.seed, height=config.height,
+                       width=config.width)
+    model, preds = _predict_clip(config, clip, progress)
+    kind = model.output_kind
+    cap = float(SceneConfig().max_depth_mm)  # the renderer's depth range: farther pixels are invalid
+    body = evaluate_predictions(((f["name"], p, f["depth"], f["valid"]) for f, p in zip(clip, preds)),
+                                alignment="median", pred_kind=kind, max_depth=cap)
+    mean = {k: float(v) for k, v in body["metrics"].items()}
+    depths_mm = _depths_mm(clip, preds, kind, cap)
+    files: dict[str, Path] = {}
+    files["point_cloud"], files["fused_mesh"], mesh = _write_3d(out, clip, depths_mm, config, cap)
+    files["depth_video"] = _write_depth_video(out / "depth_video.mp4", clip, preds, kind)
+    files["summary"] = _write_summary(out / "summary.png", clip[0], depths_mm[0], mesh)
+    files["metrics"] = _write_report(out / "metrics.json", config, model, body, mean)
     return DemoResult(model=model.source, metrics=mean, files=files, seconds=time.perf_counter() - t0)

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from SurgicalDepthLib._atomic import atomic_path
+from SurgicalDepthLib.atomic_io import atomic_path
 from SurgicalDepthLib.video import write_image
 
 TABLE_ROWS = (("abs_rel", "AbsRel ↓"), ("a1", "δ1 ↑"))

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from SurgicalDepthLib._atomic import atomic_path
+from SurgicalDepthLib.atomic_io import atomic_path
 from SurgicalDepthLib.configs import check_fields
 from SurgicalDepthLib.progress import ProgressReporter
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset

@@ -60,15 +60,15 @@ def test_giant_swiglu_keys_and_shapes():
     """ViT-g's fused SwiGLU keeps the official names (w12/w3) and maps to HF's weights_in/weights_out."""
     from timm.models.vision_transformer import Block
 
-    from SurgicalDepthLib._hf_layout import hf_to_official_state, official_to_hf_state
     from SurgicalDepthLib.encoder import SwiGLUFFNFused
 
     block = Block(1536, 24, mlp_ratio=4.0, init_values=1e-5, mlp_layer=SwiGLUFFNFused)
     assert block.mlp.w12.weight.shape == (8192, 1536) and block.mlp.w3.weight.shape == (1536, 4096)
     state = {f"pretrained.blocks.0.{k}": v for k, v in block.state_dict().items()}
-    hf = official_to_hf_state(state)
+    hf, hf_config = sd.official_to_hf(state, make_config("vitg"))
     assert hf["backbone.encoder.layer.0.mlp.weights_in.weight"] is state["pretrained.blocks.0.mlp.w12.weight"]
-    back = hf_to_official_state(hf)
+    back, config = sd.hf_to_official(hf, hf_config)
+    assert config == make_config("vitg")
     assert set(back) == set(state) and all(torch.equal(back[k], state[k]) for k in state)
 
 

@@ -8,7 +8,7 @@ from vtkmodules.vtkIOPLY import vtkPLYReader
 
 from SurgicalDepthLib.camera import Intrinsics
 from SurgicalDepthLib.export import load_mesh, save_mesh, save_points
-from SurgicalDepthLib.geometry import depth_to_mesh, to_polydata
+from SurgicalDepthLib.polydata import depth_to_mesh, to_polydata
 
 
 @pytest.fixture

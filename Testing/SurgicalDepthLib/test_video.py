@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from SurgicalDepthLib.colormap import colorize
-from SurgicalDepthLib.video import (FrameReader, VideoDecodeError, natural_key, open_frames, read_image,
-                                    write_image)
+from SurgicalDepthLib.video import (FrameReader, VideoDecodeError, frame_source_images, frame_source_kind,
+                                    natural_key, open_frames, read_image, write_image)
 
 SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples"
 RED, BLUE = 200, 30
@@ -163,6 +163,28 @@ def test_errors(tmp_path, clip):
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(ValueError, match="unsupported suffix '.txt'"):
         open_frames(tmp_path / "notes.txt")
+
+
+def test_frame_source_kind_names_without_opening(tmp_path):
+    """Catches open_frames and predict classifying inputs differently: both use these two functions. Nothing is
+    decoded, so an unreadable image or video is still classified by its name."""
+    (tmp_path / "frames").mkdir()
+    for name in ("frames/f10.png", "frames/f2.png", "broken.jpg", "clip.MP4", "notes.txt", "[odd].png"):
+        (tmp_path / name).write_bytes(b"not decodable")
+    kinds = {name: frame_source_kind(tmp_path / name) for name in ("frames", "broken.jpg", "clip.MP4", "[odd].png")}
+    assert kinds == {"frames": "folder", "broken.jpg": "image", "clip.MP4": "video", "[odd].png": "image"}
+    assert frame_source_kind(str(tmp_path / "frames" / "*.png")) == "glob"
+    assert frame_source_images(tmp_path / "frames") == [tmp_path / "frames" / "f2.png", tmp_path / "frames" / "f10.png"]
+    assert frame_source_images(str(tmp_path / "*" / "f*.png")) == frame_source_images(tmp_path / "frames")
+    assert frame_source_images(tmp_path / "broken.jpg") == [tmp_path / "broken.jpg"]
+    with pytest.raises(ValueError, match="unsupported suffix '.txt'"):
+        frame_source_kind(tmp_path / "notes.txt")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        frame_source_kind(tmp_path / "missing.png")
+    with pytest.raises(FileNotFoundError, match="matches no image"):
+        frame_source_images(str(tmp_path / "*.bmp"))
+    with pytest.raises(ValueError, match="is a video source"):
+        frame_source_images(tmp_path / "clip.MP4")
 
 
 def test_mixed_sizes_in_folder(tmp_path):

@@ -61,7 +61,7 @@ def main() -> None:
     import torch
 
     from SurgicalDepthLib.camera import Intrinsics
-    from SurgicalDepthLib.geometry import backproject, to_polydata
+    from SurgicalDepthLib import backproject, to_polydata
     from SurgicalDepthLib.tsdf import TSDFVolume
 
     if args.threads:

@@ -56,3 +56,22 @@ def trace(intr, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def true_distance(p: np.ndarray) -> np.ndarray:
     """Distance of world points ``[N, 3]`` (mm) to the nearest scene surface."""
     return np.min([np.abs(p[:, 2] - PLANE_Z)] + [np.abs(np.linalg.norm(p - c, axis=1) - r) for c, r in SPHERES], 0)
+
+
+def scene_depth(intr, pose: np.ndarray = np.eye(4)) -> tuple[np.ndarray, np.ndarray]:
+    """Exact z-depth [H, W] (mm, NaN where nothing is hit) and surface label (0 plane, 1.. spheres) for a camera
+    at ``pose`` (cam→world)."""
+    best, label = trace(intr, pose)
+    best[~np.isfinite(best)] = np.nan
+    return best, label
+
+
+def surface_residual(points_world: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Distance of world points ``[N, 3]`` (mm) to the surface of their label (as :func:`scene_depth` gives)."""
+    res = np.empty(len(points_world))
+    on_plane = labels == 0
+    res[on_plane] = points_world[on_plane, 2] - PLANE_Z
+    for i, (c, rad) in enumerate(SPHERES, 1):
+        sel = labels == i
+        res[sel] = np.linalg.norm(points_world[sel] - np.asarray(c), axis=1) - rad
+    return np.abs(res)

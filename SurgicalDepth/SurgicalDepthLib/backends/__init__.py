@@ -24,7 +24,7 @@ from ._base import CompiledDepthModel
 from ._metadata import graph_metadata
 from ._runtime import EXTRAS, MissingBackendError, available, require
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 #: inference backends of ``load_model`` (``"auto"``: :func:`choose_backend`)
 BACKENDS = ("torch", "onnxruntime", "openvino")
@@ -146,7 +146,7 @@ def load_backend(source: str | os.PathLike | torch.nn.Module, backend: str, *, d
         from .openvino_model import OpenVINOModel
 
         compiled = OpenVINOModel.from_onnx(graph, model.config, source=model.source, precision=precision)
-    log.info("%s: exported and loaded for %s (%s) in %.1f s", model.source, backend, precision,
+    logger.info("%s: exported and loaded for %s (%s) in %.1f s", model.source, backend, precision,
              time.perf_counter() - start)
     return compiled
 
@@ -215,7 +215,7 @@ def export_model(source: str | os.PathLike | torch.nn.Module, path: str | os.Pat
         model = load_model(source, device="cpu", precision="fp32", **hints)
     meta = graph_metadata(model.config, model.source, precision)
     if format == "onnx":
-        from .._atomic import atomic_path
+        from ..atomic_io import atomic_path
 
         graph = with_metadata(onnx_graph(model, precision), meta)
         with atomic_path(path) as tmp:

@@ -26,7 +26,7 @@ from ..model import DepthModel
 from ._metadata import INPUT_NAME, OUTPUT_NAME, prefixed
 from ._runtime import require
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 #: ONNX operator set: 17 is the first with ``LayerNormalization`` as one operator (instead of its decomposition)
 OPSET = 17
@@ -99,7 +99,7 @@ def onnx_graph(model: DepthModel, precision: str = "fp32") -> bytes:
                               OUTPUT_NAME: {0: "batch", 1: "height", 2: "width"}})
     finally:
         model.train(training)
-    log.debug("traced %s to ONNX (%s) in %.1f s", model.config.encoder, precision, time.perf_counter() - start)
+    logger.debug("traced %s to ONNX (%s) in %.1f s", model.config.encoder, precision, time.perf_counter() - start)
     return buffer.getvalue()
 
 

@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from .._atomic import atomic_path
+from ..atomic_io import atomic_path
 from ..configs import ModelConfig
 from ._base import CompiledDepthModel
 from ._metadata import PREFIX, read_metadata
 from ._runtime import require
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 #: this project's precision names -> OpenVINO's ``INFERENCE_PRECISION_HINT`` values, and back
@@ -69,12 +69,12 @@ class OpenVINOModel(CompiledDepthModel):
                                                            "PERFORMANCE_HINT": "LATENCY"})
         actual = _NAMES.get(compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(), self.precision)
         if actual != self.precision:
-            log.warning("OpenVINO computes in %s on this CPU, not the requested %s", actual, self.precision)
+            logger.warning("OpenVINO computes in %s on this CPU, not the requested %s", actual, self.precision)
             self.precision = actual
         self._compiled[shape] = request = compiled.create_infer_request()
         while len(self._compiled) > self.cache_size:
             self._compiled.popitem(last=False)
-        log.debug("OpenVINO: compiled %s for input %s", self.precision, shape)
+        logger.debug("OpenVINO: compiled %s for input %s", self.precision, shape)
         return request
 
     def _run(self, x: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ import sys
 from importlib.metadata import entry_points
 
 from .. import __version__
+from ..alignment import DEFAULT_DEPTH_RANGE_MM
 from ..progress import PROGRESS_MODES, ProgressReporter
 
 _CORE_COMMANDS = ("predict", "reconstruct", "download", "export", "stream")
@@ -74,6 +75,34 @@ BACKEND_HELP = ("inference runtime: torch (reference); onnxruntime or openvino (
 
 OVERWRITE_HELP = ("replace the outputs of an earlier run in the output folder (exactly the files its manifest "
                   "lists); without it such a folder is refused. Files no run wrote are never overwritten")
+
+MODEL_HELP = "model: 'default', a registry name, a .pth/.safetensors file or a Hugging Face folder (see load_model)"
+INPUT_SIZE_HELP = "network input lower bound, multiple of 14 (default: the model's own, 518 for official models)"
+BATCH_SIZE_HELP = "frames per inference batch (default: 1 on CPU, 4 on a GPU)"
+DEVICE_HELP = "auto|cpu|cuda|cuda:N|mps (auto: cuda, then mps, then cpu)"
+#: --precision choices (written out like BACKEND_CHOICES: loading.PRECISIONS would import torch)
+PRECISION_CHOICES = ("auto", "fp32", "fp16", "bf16")
+PRECISION_HELP = ("inference precision (auto: half precision on GPU, fp32 on CPU; bf16 on a CPU with AVX512-BF16 or "
+                  "AMX is ~1.4-1.9x faster than fp32, on other CPUs slower)")
+
+
+def add_model_args(parser: argparse.ArgumentParser, *, batch_size: bool = True) -> None:
+    """The flags of every command that runs a depth model, with one default and help text each: ``--model``,
+    ``--input-size``, ``--batch-size`` (when ``batch_size``), ``--device``, ``--precision``, ``--backend``."""
+    parser.add_argument("--model", default="default", help=MODEL_HELP)
+    parser.add_argument("--input-size", type=input_size_arg, default=None, help=INPUT_SIZE_HELP)
+    if batch_size:
+        parser.add_argument("--batch-size", type=int, default=None, help=BATCH_SIZE_HELP)
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument("--precision", default="auto", choices=PRECISION_CHOICES, help=PRECISION_HELP)
+    parser.add_argument("--backend", default="torch", choices=BACKEND_CHOICES, help=BACKEND_HELP)
+
+
+def add_depth_range_arg(parser: argparse.ArgumentParser) -> None:
+    """``--depth-range NEAR FAR``: the mm range that turns a relative model's disparity into depth."""
+    parser.add_argument("--depth-range", type=float, nargs=2, default=DEFAULT_DEPTH_RANGE_MM, metavar=("NEAR", "FAR"),
+                        help="depth in mm of the nearest/farthest tissue, used to scale relative (disparity) models "
+                             f"(default {DEFAULT_DEPTH_RANGE_MM[0]:g} {DEFAULT_DEPTH_RANGE_MM[1]:g})")
 
 
 class _UsageError(Exception):

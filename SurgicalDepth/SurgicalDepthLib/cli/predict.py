@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .._atomic import atomic_path
+from ..atomic_io import atomic_path
 from ..background import BackgroundCalls
 from ..colormap import colorize, robust_range, to_disparity
 from ..depth_io import DepthSequenceWriter, save_depth
@@ -35,11 +35,10 @@ from ..fov import nan_outside, write_fov_mask
 from ..run_folder import RunFolder
 from ..saved_predictions import INFO_NAME, write_info
 from ..stream import DepthFrame, depth_stream
-from ..video import (IMAGE_SUFFIXES, FrameReader, is_video_file, list_images, open_frames, read_image,
-                     write_image)
-from . import BACKEND_CHOICES, BACKEND_HELP, FOV_MASK_HELP, OVERWRITE_HELP, CliError, fov_mask_arg, input_size_arg, progress_of
+from ..video import FrameReader, frame_source_images, frame_source_kind, open_frames, read_image, write_image
+from . import FOV_MASK_HELP, OVERWRITE_HELP, CliError, add_model_args, fov_mask_arg, progress_of
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 FORMATS = ("npy", "png", "nrrd", "tiff")
 
@@ -50,44 +49,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files, image folders, glob patterns (quote them) or video files")
     p.add_argument("--output", "-o", required=True, type=Path, help="output folder (created if missing)")
-    p.add_argument("--model", default="default",
-                   help="model: 'default', a registry name, a .pth/.safetensors file or a Hugging Face folder")
+    add_model_args(p)
     p.add_argument("--format", choices=FORMATS, default="npy",
                    help="depth file format: npy/tiff/nrrd float32, png uint16 with the scale in a text chunk")
     p.add_argument("--colormap", action="store_true",
                    help="also write colour PNGs (red = near, blue = far); for videos also a side-by-side mp4 "
                         "and a 4D NRRD sequence for 3D Slicer")
-    p.add_argument("--input-size", type=input_size_arg, default=None,
-                   help="network input lower bound, multiple of 14 (default: the model's own, 518 for official models)")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="frames per inference batch (default: 1 on CPU, 4 on a GPU)")
-    p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps (auto: cuda, then mps, then cpu)")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
-                   help="inference precision (auto: half precision on GPU, fp32 on CPU; bf16 on a CPU with "
-                        "AVX512-BF16 or AMX is ~1.4-1.9x faster than fp32, on other CPUs slower)")
     p.add_argument("--temporal", action="store_true",
                    help="for videos: stabilise the per-frame relative depth over time (robust scale+shift)")
     p.add_argument("--video", action="store_true",
                    help="treat each image folder or glob as the frames of one video (sequence outputs, --temporal)")
     p.add_argument("--stride", type=int, default=1, help="for videos: use every N-th frame")
     p.add_argument("--max-frames", type=int, default=None, help="for videos: stop after this many frames")
-    p.add_argument("--backend", default="torch", choices=BACKEND_CHOICES, help=BACKEND_HELP)
     p.add_argument("--fov-mask", type=fov_mask_arg, default="auto", metavar="auto|none|FILE", help=FOV_MASK_HELP)
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=run)
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------
-def _is_glob(text: str) -> bool:
-    return any(c in text for c in "*?[") and not Path(text).exists()
-
-
-def _sequence_name(text: str) -> str:
+def _sequence_name(text: str, kind: str) -> str:
+    """Output name of a sequence: a video's stem, a folder's name, a glob's last folder without pattern characters."""
     path = Path(text)
-    if _is_glob(text):
+    if kind == "glob":
         parts = [p for p in path.parts if not any(c in p for c in "*?[")]
         return Path(*parts).name if parts else "frames"
-    return path.stem if path.is_file() else path.name
+    return path.stem if kind == "video" else path.name
 
 
 def _plan(args: argparse.Namespace) -> tuple[list[Path], list[tuple[str, str]]]:
@@ -95,29 +81,11 @@ def _plan(args: argparse.Namespace) -> tuple[list[Path], list[tuple[str, str]]]:
     images: list[Path] = []
     sequences: list[tuple[str, str]] = []
     for text in args.inputs:
-        path = Path(text)
-        if _is_glob(text):
-            if args.video:
-                sequences.append((text, _sequence_name(text)))
-            else:
-                images.extend(open_frames(text).files or [])
-        elif not path.exists():
-            raise FileNotFoundError(f"input {path} does not exist")
-        elif path.is_dir():
-            if args.video:
-                sequences.append((text, path.name))
-            else:
-                found = list_images(path)
-                if not found:
-                    raise ValueError(f"folder {path} contains no image files ({', '.join(IMAGE_SUFFIXES)})")
-                images.extend(found)
-        elif is_video_file(path):
-            sequences.append((text, path.stem))
-        elif path.suffix.lower() in IMAGE_SUFFIXES:
-            images.append(path)
+        kind = frame_source_kind(text)
+        if kind == "video" or (args.video and kind in ("folder", "glob")):
+            sequences.append((text, _sequence_name(text, kind)))
         else:
-            raise ValueError(f"input {path}: unsupported suffix {path.suffix!r}; expected an image "
-                             f"({', '.join(IMAGE_SUFFIXES)}), a video, a folder or a glob")
+            images.extend(frame_source_images(text, kind))
     seen: dict[str, Path] = {}
     for p in images:
         if p.stem in seen and seen[p.stem] != p:
@@ -216,7 +184,7 @@ def _predict_sequence(model, reader: FrameReader, name: str, args: argparse.Name
     if source_fps is None:
         source_fps = 25.0
         if args.colormap:
-            log.info("%s has no frame rate (image frames): writing its video and sequence at 25 frames/s", source)
+            logger.info("%s has no frame rate (image frames): writing its video and sequence at 25 frames/s", source)
     fps = source_fps / args.stride
     fixed_range = args.temporal or kind == "depth"  # raw relative frames flicker: give each its own range
     count = 0
@@ -286,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"model: {model.source} ({model.config.encoder} {model.config.version}, {model.output_kind}) "
               f"on {model.device} {model.precision}")
         if args.temporal and not sequences:
-            log.warning("--temporal applies to videos (or folders with --video); no video input was given")
+            logger.warning("--temporal applies to videos (or folders with --video); no video input was given")
         started = time.perf_counter()
         total = 0
         n_frames = len(images) + sum(len(reader) for reader, _ in sequences)

@@ -17,16 +17,21 @@ from typing import Any
 
 import numpy as np
 
-from .._atomic import atomic_path
-from ..alignment import DEFAULT_DEPTH_RANGE_MM
-from ..camera import DEFAULT_FOV_DEG
+from ..atomic_io import atomic_path
+from ..camera import DEFAULT_FOV_DEG, parse_intrinsics
+from ..export import save_mesh, save_points
+from ..fov import write_fov_mask
+from ..geometry import backproject
+from ..icp import PoseTracker
+from ..polydata import depth_to_mesh, to_polydata
 from ..pose_io import format_pose_file, read_poses
 from ..run_folder import RunFolder
 from ..saved_predictions import SavedPredictions
-from ..fov import write_fov_mask
-from . import BACKEND_CHOICES, BACKEND_HELP, FOV_MASK_HELP, OVERWRITE_HELP, CliError, fov_mask_arg, input_size_arg, progress_of
+from ..stream import depth_stream
+from ..video import open_frames
+from . import FOV_MASK_HELP, OVERWRITE_HELP, CliError, add_depth_range_arg, add_model_args, fov_mask_arg, progress_of
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
@@ -34,16 +39,14 @@ def register(subparsers) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("input", help="a video, an image folder, a glob or one image")
     p.add_argument("--output", type=Path, required=True, help="output folder")
-    p.add_argument("--model", default="default", help="model source (see load_model)")
+    add_model_args(p)
     p.add_argument("--depth", type=Path, default=None, metavar="DIR",
                    help="use the depth maps that 'surgical-depth predict' wrote for this input (its OUT/<name> "
                         "folder) instead of running a model")
     p.add_argument("--intrinsics", default=None,
                    help="'fx,fy,cx,cy' in pixels or a calibration file; default: a "
                         f"{DEFAULT_FOV_DEG:g} degree horizontal field of view (warned)")
-    p.add_argument("--depth-range", type=float, nargs=2, default=DEFAULT_DEPTH_RANGE_MM, metavar=("NEAR", "FAR"),
-                   help="depth in mm of the nearest/farthest tissue, used to scale relative (disparity) models "
-                        f"(default {DEFAULT_DEPTH_RANGE_MM[0]:g} {DEFAULT_DEPTH_RANGE_MM[1]:g})")
+    add_depth_range_arg(p)
     p.add_argument("--fuse", action="store_true", help="integrate all frames into one TSDF surface")
     p.add_argument("--poses", type=Path, default=None,
                    help="camera-to-world poses (text, one per source frame; an index column is honoured); "
@@ -55,16 +58,8 @@ def register(subparsers) -> None:
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     p.add_argument("--temporal", action="store_true",
                    help="stabilise relative depth over time (one depth scale for the whole clip)")
-    p.add_argument("--input-size", type=input_size_arg, default=None,
-                   help="network input lower bound, multiple of 14 (default: the model's own, 518 for official models)")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="frames per inference batch (default: 1 on CPU, 4 on a GPU)")
-    p.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
-                   help="inference precision (auto: half precision on GPU, fp32 on CPU)")
     p.add_argument("--format", default="ply", choices=["ply", "vtp", "vtk", "stl", "obj"],
                    help="file format of clouds and meshes")
-    p.add_argument("--backend", default="torch", choices=BACKEND_CHOICES, help=BACKEND_HELP)
     p.add_argument("--fov-mask", type=fov_mask_arg, default="auto", metavar="auto|none|FILE", help=FOV_MASK_HELP)
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=run)
@@ -94,13 +89,12 @@ class _Fusion:
     """TSDF fusion of the frames with given poses (by source frame index) or frame-to-frame ICP poses."""
 
     def __init__(self, args: argparse.Namespace, intr: Any, poses: dict[int, np.ndarray] | None, source: Any):
-        import SurgicalDepthLib as sd
-        from ..icp import PoseTracker
+        from ..tsdf import TSDFVolume  # lazy: torch
 
         device = getattr(source, "device", None)
         far = args.depth_range[1] if source.output_kind == "disparity" else None
-        self.volume = sd.TSDFVolume(args.voxel_size, 4 * args.voxel_size, device=device.type if device else "cpu",
-                                    max_depth=far)
+        self.volume = TSDFVolume(args.voxel_size, 4 * args.voxel_size, device=device.type if device else "cpu",
+                                 max_depth=far)
         self.intr, self.poses = intr, poses
         self.tracker = PoseTracker(intr) if poses is None else None
         self.used: dict[int, np.ndarray] = {}
@@ -114,12 +108,9 @@ class _Fusion:
 
 def _open_input(args: argparse.Namespace) -> tuple[Any, Any, dict[int, np.ndarray] | None]:
     """The frame reader, the intrinsics for its size and the given poses (every selected frame must have one)."""
-    import SurgicalDepthLib as sd
-    from ..camera import parse_intrinsics
-
     poses = read_poses(args.poses) if args.poses is not None else None
     stop = None if args.max_frames is None else args.max_frames * args.stride
-    reader = sd.open_frames(args.input, stop=stop, stride=args.stride, prefetch=2)
+    reader = open_frames(args.input, stop=stop, stride=args.stride, prefetch=2)
     height, width = reader.size
     intr = parse_intrinsics(args.intrinsics, width, height)
     if poses is not None:
@@ -130,14 +121,12 @@ def _open_input(args: argparse.Namespace) -> tuple[Any, Any, dict[int, np.ndarra
 
 
 def _write_frame(out: RunFolder, args: argparse.Namespace, frame: Any, intr: Any) -> None:
-    import SurgicalDepthLib as sd
-
     ext = "." + args.format
     depth, valid = frame.depth_mm, frame.valid
-    cloud = sd.to_polydata(sd.backproject(depth, intr, mask=valid), colors=frame.rgb[valid], scalars=depth[valid])
-    sd.save_points(out.path(f"points_{frame.index:06d}{ext}"), cloud)
+    cloud = to_polydata(backproject(depth, intr, mask=valid), colors=frame.rgb[valid], scalars=depth[valid])
+    save_points(out.path(f"points_{frame.index:06d}{ext}"), cloud)
     if args.mesh:
-        sd.save_mesh(out.path(f"mesh_{frame.index:06d}{ext}"), sd.depth_to_mesh(depth, intr, rgb=frame.rgb))
+        save_mesh(out.path(f"mesh_{frame.index:06d}{ext}"), depth_to_mesh(depth, intr, rgb=frame.rgb))
 
 
 def _summary(args: argparse.Namespace, source: Any, intr: Any, count: int) -> dict:
@@ -155,9 +144,44 @@ def _summary(args: argparse.Namespace, source: Any, intr: Any, count: int) -> di
     return meta
 
 
-def run(args: argparse.Namespace) -> int:
-    import SurgicalDepthLib as sd
+def _reconstruct_frames(out: RunFolder, args: argparse.Namespace, reader: Any, intr: Any, source: Any,
+                        fusion: _Fusion | None) -> int:
+    """Stream the frames through the depth source (the one inference loop): per-frame clouds / meshes every
+    ``--every`` frames, each frame into the fusion; returns the number of frames."""
+    count = 0
+    with contextlib.closing(reader), progress_of(args).stage("reconstruct", reader.frame_count) as bar:
+        for frame in depth_stream(source, reader, depth_range=tuple(args.depth_range), batch_size=args.batch_size,
+                                  temporal=args.temporal, input_size=args.input_size, fov_mask=args.fov_mask):
+            if count == 0 and frame.fov_mask is not None:
+                write_fov_mask(out.path("fov_mask.png"), frame.fov_mask)
+            count += 1
+            bar.update(1)
+            if not frame.valid.any():
+                logger.warning("frame %d has no valid depth (blank?): skipped", frame.index)
+                continue
+            if (count - 1) % args.every == 0:
+                _write_frame(out, args, frame, intr)
+            if fusion is not None:
+                fusion.add(frame)
+    if count == 0:
+        raise CliError(f"{args.input}: no frames")
+    return count
 
+
+def _write_fusion(out: RunFolder, args: argparse.Namespace, fusion: _Fusion, meta: dict) -> None:
+    """Write the fused mesh and the poses used (``poses.txt``); ``meta`` records where the poses came from."""
+    with progress_of(args).stage("mesh", 1, unit="mesh") as bar:
+        mesh_path = save_mesh(out.path(f"fused_mesh.{args.format}"), fusion.volume.extract_mesh())
+        bar.update(1)
+    with atomic_path(out.path("poses.txt")) as tmp:
+        tmp.write_text(format_pose_file(fusion.used.values(), fusion.used.keys()))
+    meta["poses"] = (f"given ({args.poses})" if fusion.poses is not None
+                     else "estimated by frame-to-frame point-to-plane ICP (robust, Huber); drift accumulates")
+    meta["voxel_size_mm"] = args.voxel_size
+    print(f"fused mesh: {mesh_path} ({meta['poses']})")
+
+
+def run(args: argparse.Namespace) -> int:
     _check_args(args)
     inputs = [p for p in (Path(args.input), args.poses, args.depth) if p is not None and Path(p).is_file()]
     with RunFolder(args.output, "reconstruct", inputs=inputs, overwrite=args.overwrite) as out:
@@ -167,35 +191,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"depth: {source.source} ({source.output_kind}); intrinsics fx={intr.fx:.1f} fy={intr.fy:.1f} "
               f"cx={intr.cx:.1f} cy={intr.cy:.1f} for {intr.width}x{intr.height}")
         fusion = _Fusion(args, intr, poses, source) if args.fuse else None
-        count = 0
-        with contextlib.closing(reader), progress_of(args).stage("reconstruct", reader.frame_count) as bar:
-            for frame in sd.depth_stream(source, reader, depth_range=tuple(args.depth_range),
-                                         batch_size=args.batch_size, temporal=args.temporal,
-                                         input_size=args.input_size, fov_mask=args.fov_mask):
-                if count == 0 and frame.fov_mask is not None:
-                    write_fov_mask(out.path("fov_mask.png"), frame.fov_mask)
-                count += 1
-                bar.update(1)
-                if not frame.valid.any():
-                    log.warning("frame %d has no valid depth (blank?): skipped", frame.index)
-                    continue
-                if (count - 1) % args.every == 0:
-                    _write_frame(out, args, frame, intr)
-                if fusion is not None:
-                    fusion.add(frame)
-        if count == 0:
-            raise CliError(f"{args.input}: no frames")
+        count = _reconstruct_frames(out, args, reader, intr, source, fusion)
         meta = _summary(args, source, intr, count)
         if fusion is not None:
-            with progress_of(args).stage("mesh", 1, unit="mesh") as bar:
-                mesh_path = sd.save_mesh(out.path(f"fused_mesh.{args.format}"), fusion.volume.extract_mesh())
-                bar.update(1)
-            with atomic_path(out.path("poses.txt")) as tmp:
-                tmp.write_text(format_pose_file(fusion.used.values(), fusion.used.keys()))
-            meta["poses"] = (f"given ({args.poses})" if poses is not None
-                             else "estimated by frame-to-frame point-to-plane ICP (robust, Huber); drift accumulates")
-            meta["voxel_size_mm"] = args.voxel_size
-            print(f"fused mesh: {mesh_path} ({meta['poses']})")
+            _write_fusion(out, args, fusion, meta)
         with atomic_path(out.path("reconstruction.json")) as tmp:
             tmp.write_text(json.dumps(meta, indent=2))
     args.result = {"frames": count, "output": str(args.output)}

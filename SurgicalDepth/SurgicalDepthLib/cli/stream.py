@@ -22,10 +22,9 @@ import signal
 import threading
 from pathlib import Path
 
-from ..alignment import DEFAULT_DEPTH_RANGE_MM
-from . import BACKEND_CHOICES, BACKEND_HELP, CliError, fov_mask_arg, input_size_arg, progress_of
+from . import CliError, add_depth_range_arg, add_model_args, fov_mask_arg, progress_of
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 
@@ -46,16 +45,8 @@ def register(subparsers) -> None:
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: all interfaces)")
     p.add_argument("--connect", type=host_port_arg, default=None, metavar="HOST:PORT",
                    help="instead of listening, connect to this OpenIGTLink server (e.g. PLUS) and answer it")
-    p.add_argument("--model", default="default", help="model source (see load_model)")
-    p.add_argument("--backend", default="torch", choices=BACKEND_CHOICES, help=BACKEND_HELP)
-    p.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
-    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "fp16", "bf16"),
-                   help="inference precision (auto: half precision on GPU, fp32 on CPU)")
-    p.add_argument("--input-size", type=input_size_arg, default=None,
-                   help="network input lower bound, multiple of 14 (default: the model's own)")
-    p.add_argument("--depth-range", type=float, nargs=2, default=DEFAULT_DEPTH_RANGE_MM, metavar=("NEAR", "FAR"),
-                   help="depth in mm of the nearest/farthest tissue, used to scale relative (disparity) models "
-                        f"(default {DEFAULT_DEPTH_RANGE_MM[0]:g} {DEFAULT_DEPTH_RANGE_MM[1]:g})")
+    add_model_args(p, batch_size=False)
+    add_depth_range_arg(p)
     p.add_argument("--fov-mask", type=fov_mask_arg, default="auto", metavar="auto|none|FILE",
                    help="the scope's field of view: 'auto' (default: found once per device and frame size from its "
                         "first frame; black borders and the overlay text on them get no depth), 'none' (every pixel "
@@ -92,7 +83,7 @@ def _check_args(args: argparse.Namespace) -> None:
             raise CliError(f"--intrinsics: expected 'fx,fy,cx,cy' (positive pixels) or a calibration file, "
                            f"got {args.intrinsics!r}")
     if args.intrinsics is not None and not args.points:
-        log.warning("--intrinsics is used only with --points")
+        logger.warning("--intrinsics is used only with --points")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -107,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     reporter = progress_of(args)
 
     def report(stats) -> None:
-        log.info("%s", stats.format())
+        logger.info("%s", stats.format())
         reporter.emit("progress", stage="stream", step=stats.frames_out, total=None, **{
             k: v for k, v in stats.as_dict().items() if k != "frames_out"})
 
@@ -129,6 +120,6 @@ def run(args: argparse.Namespace) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     stats = service.stats(window=math.inf)  # rates and latencies over the whole run
-    log.info("stopped: %s", stats.format())
+    logger.info("stopped: %s", stats.format())
     args.result = {k: v for k, v in stats.as_dict().items() if isinstance(v, int)}
     return 0

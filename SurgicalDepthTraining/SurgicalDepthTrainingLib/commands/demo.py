@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from SurgicalDepthLib.cli import input_size_arg, progress_of
+from SurgicalDepthLib.cli import DEVICE_HELP, INPUT_SIZE_HELP, input_size_arg, progress_of
 
 
 def register(subparsers) -> None:
@@ -13,10 +13,9 @@ def register(subparsers) -> None:
     p.add_argument("--model", default="default", help="model source (default: the shipped model)")
     p.add_argument("--frames", type=int, default=24, help="number of frames to render")
     p.add_argument("--size", type=int, nargs=2, default=(256, 320), metavar=("H", "W"), help="frame size")
-    p.add_argument("--input-size", type=input_size_arg, default=None,
-                   help="network input lower bound, multiple of 14 (default: the model's own, 518 for official models)")
+    p.add_argument("--input-size", type=input_size_arg, default=None, help=INPUT_SIZE_HELP)
     p.add_argument("--seed", type=int, default=7, help="scene seed")
-    p.add_argument("--device", default="auto", help="auto|cpu|cuda|mps")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.set_defaults(func=run)
 
 

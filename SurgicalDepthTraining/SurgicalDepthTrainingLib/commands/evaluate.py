@@ -11,7 +11,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from SurgicalDepthLib.cli import input_size_arg, progress_of
+from SurgicalDepthLib.cli import DEVICE_HELP, INPUT_SIZE_HELP, input_size_arg, progress_of
 from SurgicalDepthLib.run_folder import OutputConflict
 
 logger = logging.getLogger(__name__)
@@ -33,14 +33,13 @@ def register(subparsers) -> None:
                    help="per-image alignment before measuring (default median; 'none' for metric models)")
     p.add_argument("--output", required=True, type=Path, help="report file (.json)")
     p.add_argument("--split", default=None, help="dataset split (loader-specific; default everything found)")
-    p.add_argument("--input-size", type=input_size_arg, default=None,
-                   help="network input lower bound, multiple of 14 (default: the model's own, 518 for official models)")
+    p.add_argument("--input-size", type=input_size_arg, default=None, help=INPUT_SIZE_HELP)
     p.add_argument("--min-depth", type=float, default=None,
                    help="evaluation range lower bound in the dataset's unit (default: the dataset's)")
     p.add_argument("--max-depth", type=float, default=None,
                    help="evaluation range upper bound in the dataset's unit (default: the dataset's)")
     p.add_argument("--batch-size", type=int, default=1, help="images predicted together (default 1)")
-    p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps (default auto)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--table", type=Path, default=None,
                    help="also write a Markdown table (.md) in the layout of the paper's Table 1 (datasets as "
                         "columns, AbsRel and delta1 rows per model)")

@@ -32,7 +32,7 @@ from SurgicalDepthLib.camera import Intrinsics
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+from SurgicalDepthLib.video import IMAGE_SUFFIXES  # noqa: E402  (the project's one list; re-exported here)
 DEPTH_UNITS = ("mm", "relative")
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from SurgicalDepthLib._atomic import atomic_dir, atomic_path
+from SurgicalDepthLib.atomic_io import atomic_dir, atomic_path
 from SurgicalDepthLib.camera import Intrinsics
 from SurgicalDepthLib.depth_io import report_disk_full
 from SurgicalDepthLib.pose_io import POSE_FILE_HEADER, format_pose_line

@@ -1,0 +1,91 @@
+"""Atomic file and folder writing: write under a temporary name in the target folder, then rename.
+
+A crash, an exception or Ctrl-C while writing never leaves a half-written file (or folder) under the final name.
+
+Permissions: the temporary file is created with mode ``0o666`` and the temporary folder with ``0o777``, and the
+operating system takes the process umask (and a folder's default ACL) off, exactly as for a plain ``open(path,
+"w")`` or ``os.mkdir(path)``; the rename keeps that mode. The umask is never read or changed here: ``os.umask`` can
+only be read by setting it, and setting it, even for a moment, gives the files that other threads create meanwhile
+(the background writers of ``predict``, a data loader) the wrong permissions.
+
+Temporary names are ``.<stem>.<8 random characters [a-z0-9_]><suffix>`` (files) and ``.<name>.<8 random
+characters>`` (folders) beside the destination, like ``tempfile.mkstemp``/``mkdtemp`` would make them.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+_NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"  # tempfile's alphabet
+_ATTEMPTS = 100
+
+
+def _create_unique(folder: Path, prefix: str, suffix: str, create: Callable[[Path], None]) -> Path:
+    """``create(path)`` for a new random name ``prefix + 8 characters + suffix`` in ``folder``; retried while the
+    name exists (``create`` must fail with ``FileExistsError`` for an existing path)."""
+    for _ in range(_ATTEMPTS):
+        path = folder / f"{prefix}{''.join(secrets.choice(_NAME_CHARS) for _ in range(8))}{suffix}"
+        try:
+            create(path)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"no unused temporary name {prefix}XXXXXXXX{suffix} in {folder} after {_ATTEMPTS} tries")
+
+
+def _new_file(path: Path) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666))
+
+
+def _new_folder(path: Path) -> None:
+    os.mkdir(path, 0o777)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it to ``path``, on error delete it.
+
+    The temporary file exists (empty) when the block starts; the writer may overwrite or replace it.
+
+    Args:
+        path: final destination. Its parent folder must exist.
+        suffix: suffix of the temporary file (default: the suffix of ``path``, so writers that dispatch on the
+            suffix — VTK, OpenCV — keep working).
+    Raises:
+        FileNotFoundError: the parent folder of ``path`` does not exist.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"cannot write {path}: folder {path.parent} does not exist")
+    tmp = _create_unique(path.parent, f".{path.stem}.", path.suffix if suffix is None else suffix, _new_file)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success rename it to ``path``, on error delete it.
+
+    Raises:
+        FileExistsError: ``path`` exists already. Missing parent folders are created.
+    """
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path} already exists")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _create_unique(path.parent, f".{path.name}.", "", _new_folder)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,100 @@
+"""atomic_path / atomic_dir: all or nothing under the final name, umask-based modes, the umask left alone."""
+from __future__ import annotations
+
+import os
+import re
+import stat
+import sys
+import threading
+
+import pytest
+
+from SurgicalDepthLib.atomic_io import atomic_dir, atomic_path
+
+posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX permission bits")
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+@pytest.fixture
+def umask_027():
+    """Process umask 0o027 for the test (restored afterwards)."""
+    previous = os.umask(0o027)
+    yield 0o027
+    os.umask(previous)
+
+
+def test_success_renames_and_failure_leaves_nothing(tmp_path):
+    with atomic_path(tmp_path / "a.txt") as tmp:
+        assert tmp.parent == tmp_path and tmp.is_file() and tmp != tmp_path / "a.txt"
+        tmp.write_text("done")
+    assert (tmp_path / "a.txt").read_text() == "done"
+    with pytest.raises(RuntimeError), atomic_path(tmp_path / "b.txt") as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("writer failed")
+    with pytest.raises(RuntimeError), atomic_dir(tmp_path / "folder") as tmp:
+        (tmp / "x").write_text("half")
+        raise RuntimeError("writer failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+    with pytest.raises(FileNotFoundError, match="does not exist"), atomic_path(tmp_path / "missing" / "c.txt"):
+        pass
+
+
+def test_temporary_names_keep_the_documented_pattern(tmp_path):
+    """Catches a changed temporary name: training's stale-temporary clean-up (checkpointing) matches this pattern."""
+    with atomic_path(tmp_path / "last.pt") as tmp:
+        assert re.fullmatch(r"\.last\.[a-z0-9_]{8}\.pt", tmp.name), tmp.name
+    with atomic_path(tmp_path / "clip.seq.nrrd", suffix=".raw") as tmp:
+        assert re.fullmatch(r"\.clip\.seq\.[a-z0-9_]{8}\.raw", tmp.name), tmp.name
+    with atomic_dir(tmp_path / "seq_0000") as tmp:
+        assert re.fullmatch(r"\.seq_0000\.[a-z0-9_]{8}", tmp.name), tmp.name
+    assert (tmp_path / "seq_0000").is_dir()
+
+
+@posix_only
+def test_results_get_the_umask_based_mode(tmp_path, umask_027):
+    """Catches private results: a file must get 0o666 and a folder 0o777 less the umask, like open()/mkdir() give
+    (atomic_dir once renamed mkdtemp's 0o700 folder as it was)."""
+    with atomic_path(tmp_path / "a.bin") as tmp:
+        tmp.write_bytes(b"x")
+    with atomic_dir(tmp_path / "data") as tmp:
+        (tmp / "inner.txt").write_text("x")
+    assert _mode(tmp_path / "a.bin") == 0o640
+    assert _mode(tmp_path / "data") == 0o750
+
+
+@posix_only
+def test_other_threads_never_see_a_changed_umask(tmp_path, umask_027, monkeypatch):
+    """Catches the old umask probe (``os.umask(0)``, then back): a file that another thread creates in between gets
+    mode 0o666 instead of 0o640. The race is made certain: whenever the umask is set, another thread creates a file
+    at that moment, and every such file must still get the process umask's mode."""
+    other = tmp_path / "other"
+    other.mkdir()
+    real_umask = os.umask
+
+    def create_in_thread() -> None:
+        def create() -> None:
+            path = other / f"{len(list(other.iterdir()))}.txt"
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+
+        thread = threading.Thread(target=create)
+        thread.start()
+        thread.join()
+
+    def umask_with_a_writer_thread(mask: int) -> int:
+        previous = real_umask(mask)
+        create_in_thread()
+        return previous
+
+    monkeypatch.setattr(os, "umask", umask_with_a_writer_thread)
+    for i in range(3):
+        with atomic_path(tmp_path / f"{i}.npy") as tmp:
+            tmp.write_bytes(b"x")
+    with atomic_dir(tmp_path / "data") as tmp:
+        (tmp / "inner.txt").write_text("x")
+    create_in_thread()  # one file in any case, so the check below never passes empty
+    modes = {p.name: oct(_mode(p)) for p in other.iterdir()}
+    assert modes and set(modes.values()) == {oct(0o640)}, modes
+    assert _mode(tmp_path / "0.npy") == 0o640

@@ -1,0 +1,34 @@
+"""The ``surgical-depth`` parser (``SurgicalDepthLib.cli``): flags shared by the commands that run a model."""
+from __future__ import annotations
+
+import pytest
+
+from SurgicalDepthLib.cli import BACKEND_CHOICES, PRECISION_CHOICES, build_parser
+
+SHARED = ("model", "input_size", "device", "precision", "backend")
+
+
+def _actions(command: str) -> dict:
+    subparsers = next(a for a in build_parser()._actions if a.dest == "command")
+    return {a.dest: a for a in subparsers.choices[command]._actions}
+
+
+def test_model_running_commands_share_flags_defaults_and_help():
+    """Catches predict, reconstruct and stream drifting apart on the same flag (reconstruct once offered
+    ``--device auto|cpu|cuda|mps`` and a shorter ``--precision`` help than predict)."""
+    commands = {name: _actions(name) for name in ("predict", "reconstruct", "stream")}
+    for dest in SHARED:
+        seen = {(a.default, a.help, tuple(a.choices or ()), a.type) for a in (c[dest] for c in commands.values())}
+        assert len(seen) == 1, f"--{dest.replace('_', '-')} differs between commands: {seen}"
+    batch = {(c["batch_size"].default, c["batch_size"].help) for n, c in commands.items() if n != "stream"}
+    depth_range = {(tuple(c["depth_range"].default), c["depth_range"].help) for n, c in commands.items()
+                   if n != "predict"}
+    assert len(batch) == 1 and len(depth_range) == 1
+
+
+def test_written_out_choices_equal_the_loader_registries():
+    """Catches a precision or backend added to load_model but not to the CLI (the CLI lists them itself so that
+    building the parser does not import torch)."""
+    loading = pytest.importorskip("SurgicalDepthLib.loading")
+    assert PRECISION_CHOICES == loading.PRECISIONS
+    assert BACKEND_CHOICES == loading.BACKENDS

@@ -1,0 +1,52 @@
+"""DepthModel for every entry of the model registry (as timm's tests loop over ``list_models()``), on tiny CPU inputs.
+
+Random weights (the architecture's own initialisation), a 28×42 input (a 2×3 patch grid): each entry must build,
+run and give a finite map of the input size and the documented ``output_kind``. Building ViT-L (335 M parameters,
+~3 s) and ViT-G (1.1 G, ~4.5 GB) models on a CPU takes seconds each, so their entries are marked slow.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+import SurgicalDepthLib as sd
+
+_LARGE_ENCODERS = {"vitl", "vitg"}
+
+
+def _registry_entries() -> list:
+    return [pytest.param(name, id=name, marks=[pytest.mark.slow] if config.encoder in _LARGE_ENCODERS else [])
+            for name, config in sorted(sd.MODEL_CONFIGS.items())]
+
+
+@pytest.mark.parametrize("name", _registry_entries())
+def test_every_registry_entry_builds_and_runs(name, one_torch_thread):
+    """Catches a registry entry whose encoder, decoder widths or block indices do not fit together, and a head
+    whose output is not the documented kind (relative: disparity >= 0; metric: depth in [0, max_depth])."""
+    config = sd.MODEL_CONFIGS[name]
+    torch.manual_seed(0)
+    model = sd.DepthModel(config).eval()
+    with torch.inference_mode():
+        out = model(torch.randn(2, 3, 28, 42))
+    assert out.shape == (2, 28, 42) and out.dtype == torch.float32
+    assert torch.isfinite(out).all()
+    expected_kind = "disparity" if config.head == "relative" else "depth"
+    assert model.output_kind == config.output_kind == expected_kind
+    assert (out >= 0).all()
+    if config.head == "metric":
+        assert (out <= config.max_depth).all()
+
+
+def test_output_size_follows_the_configured_patch_size(one_torch_thread):
+    """Catches a decoder that assumes 14-pixel patches (DPTHead once upsampled to 14 × the token grid whatever
+    the encoder's patch size): a 16-pixel-patch model must map 32×48 inputs to 32×48 outputs."""
+    config = dataclasses.replace(sd.get_model_config("surgical-depth-tiny"), patch_size=16, pretrain_size=512,
+                                 input_size=512)
+    torch.manual_seed(0)
+    model = sd.DepthModel(config).eval()
+    with torch.inference_mode():
+        assert model(torch.randn(1, 3, 32, 48)).shape == (1, 32, 48)
+        with pytest.raises(ValueError, match="multiples of 16, got 28x42"):
+            model(torch.randn(1, 3, 28, 42))
