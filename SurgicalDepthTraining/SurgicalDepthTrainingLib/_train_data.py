@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .photometric import augment_photometry, scope_mask
+
 
 def round_to_multiple(size: int, multiple: int = 14) -> int:
     """Nearest multiple of ``multiple`` (halves round up), at least ``multiple``: 256 -> 252, 386 -> 392."""
@@ -33,24 +35,49 @@ def _color_jitter(image: np.ndarray, rng: np.random.Generator, strength: float) 
     return np.clip(image, 0.0, 1.0).astype(np.float32)
 
 
+def _hue_jitter(image: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """Hue rotated by a fraction ``U(-strength, strength)`` of the colour circle (torchvision ``ColorJitter``'s
+    hue); float32 RGB in [0, 1]."""
+    hsv = cv2.cvtColor(np.ascontiguousarray(image, np.float32), cv2.COLOR_RGB2HSV)  # float: hue in degrees
+    hsv[..., 0] = (hsv[..., 0] + 360.0 * rng.uniform(-strength, strength)) % 360.0
+    return np.clip(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB), 0.0, 1.0)
+
+
+def _endoscope_look(image: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``photometric.augment_photometry`` and, a third of the time, a black scope border: returns the new image
+    (float32 [h, w, 3]) and the pixels still showing tissue (bool [h, w])."""
+    out = augment_photometry(image, rng)
+    inside = np.ones(out.shape[:2], bool)
+    if rng.random() < 1 / 3:
+        inside = scope_mask(out.shape[0], out.shape[1], rng)
+        out[~inside] = 0.0
+    return out, inside
+
+
 class DepthTransform:
     """Resize (keep aspect, cover the target), crop to ``size``, optional augmentation, ImageNet normalisation.
 
     Input: a sample dict (``image`` uint8 [H, W, 3] RGB, ``depth`` float32 [H, W], ``valid`` bool [H, W];
     ``depth``/``valid`` optional for unlabeled data). Output: ``image`` float32 [3, h, w] normalised,
     ``depth`` float32 [h, w] (0 where invalid), ``valid`` bool [h, w]; with ``strong=True`` also
-    ``image_strong`` (the same crop with strong colour distortion, for semi-supervised students).
+    ``image_strong`` (the same crop, strongly perturbed: colour jitter with hue, blur; for semi-supervised
+    students).
     Depth and validity are resized with nearest neighbour so invalid pixels never blend into valid ones.
     Crops are random when ``train`` (else centred); ``augment`` adds a horizontal flip (p = 0.5) and colour
-    jitter (±0.2).
+    jitter (±0.2); ``photometric`` (training with ``augment`` only) is the probability of an endoscope look
+    (:mod:`.photometric`: tone curve, local adaptation, white balance, JPEG; a third of those also get a black
+    scope border, whose pixels become invalid).
     """
 
     def __init__(self, size: tuple[int, int], mean: Sequence[float], std: Sequence[float], *, train: bool,
-                 augment: bool, strong: bool = False) -> None:
+                 augment: bool, strong: bool = False, photometric: float = 0.0) -> None:
+        if not 0.0 <= photometric <= 1.0:
+            raise ValueError(f"photometric must be a probability in [0, 1], got {photometric!r}")
         self.size = (int(size[0]), int(size[1]))
         self.mean = np.asarray(mean, np.float32)
         self.std = np.asarray(std, np.float32)
         self.train, self.augment, self.strong = train, augment, strong
+        self.photometric = photometric if train and augment else 0.0
 
     def _normalise(self, image: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(((image - self.mean) / self.std).transpose(2, 0, 1).copy())
@@ -84,10 +111,15 @@ class DepthTransform:
             out["valid"] = torch.from_numpy(np.ascontiguousarray(valid))
         if flip:
             img = img[:, ::-1]
+        if self.photometric > 0 and rng.random() < self.photometric:  # no draw at 0: older recipes stay exact
+            img, inside = _endoscope_look(img, rng)
+            if "valid" in out:
+                out["valid"] &= torch.from_numpy(inside)
         base = _color_jitter(img, rng, 0.2) if self.augment else img
         out["image"] = self._normalise(base)
-        if self.strong:  # Depth Anything's strong perturbation: heavy colour distortion + Gaussian blur
-            strong = _color_jitter(img, rng, 0.5)
+        if self.strong:  # Depth Anything's strong perturbation, with UniMatch's settings (the recipe it follows):
+            # colour jitter of brightness, contrast, saturation (±0.5) and hue (±0.25), Gaussian blur (p = 0.5)
+            strong = _hue_jitter(_color_jitter(img, rng, 0.5), rng, 0.25)
             if rng.random() < 0.5:
                 strong = cv2.GaussianBlur(strong, (0, 0), float(rng.uniform(0.1, 2.0)))
             out["image_strong"] = self._normalise(strong)

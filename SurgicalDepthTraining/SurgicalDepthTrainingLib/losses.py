@@ -2,7 +2,8 @@
 
 All losses take ``pred`` and ``target`` float ``[B, H, W]`` and ``valid`` bool ``[B, H, W]``, compute one value
 per image over its valid pixels and return the mean over the images that have at least one (two for
-``ssi_loss``) valid pixel. A batch without any such image is an error (it would give a NaN gradient).
+``ssi_loss`` and ``affine_invariant_loss``) valid pixel. A batch without any such image is an error (it would give a
+NaN gradient).
 
 Targets for a relative model (disparity output, ``output_kind == "disparity"``) are ground-truth *inverse depth*
 ``1 / depth``; see each loss for how the unknown scale is handled.
@@ -142,6 +143,40 @@ def ssi_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *,
     if gradient_weight:
         loss = loss + gradient_weight * _gradient_loss(residual, valid, scales)
     return _per_image_mean(loss, n > 1, "ssi_loss")
+
+
+def _median_scale(x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``((x - t) / s, s)`` per image over ``valid``: ``t = median(x)``, ``s = mean|x - t|`` (Depth Anything eq. 2);
+    ``s`` is clamped to 1e-6 in the division and images without valid pixels get ``t = 0`` (never NaN)."""
+    t = torch.nan_to_num(masked_median(x, valid))[:, None, None]
+    s = masked_mean((x - t).abs(), valid)
+    return (x - t) / s.clamp_min(_EPS)[:, None, None], s
+
+
+def affine_invariant_per_image(pred: torch.Tensor, target: torch.Tensor,
+                               valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Depth Anything's affine-invariant loss (Yang et al. 2024, eq. 1-2) of each image, over its ``valid`` pixels
+    only: ``mean_valid |d̂ - d̂*|`` with ``d̂ = (d - median(d)) / mean_valid|d - median(d)|`` for the prediction
+    and the target alike (median and scale computed inside ``valid``).
+
+    Args:
+        pred, target: float ``[B, H, W]`` (relative models: disparity). valid: bool ``[B, H, W]``.
+    Returns:
+        ``(loss [B], ok [B] bool)``: ``ok`` marks images with >= 2 valid pixels and a non-constant target there;
+        ``loss`` is 0 (finite, no gradient) for the others.
+    """
+    valid = _check(pred, target, valid)
+    p, _ = _median_scale(pred, valid)
+    g, scale = _median_scale(torch.where(valid, target, torch.zeros_like(target)), valid)
+    ok = (valid.flatten(1).sum(1) > 1) & (scale > _EPS)
+    loss = masked_mean((p - g).abs(), valid)
+    return torch.where(ok, loss, torch.zeros_like(loss)), ok
+
+
+def affine_invariant_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean over images of :func:`affine_invariant_per_image` (images without a usable target left out)."""
+    loss, ok = affine_invariant_per_image(pred, target, valid)
+    return _per_image_mean(loss, ok, "affine_invariant_loss")
 
 
 LOSSES = {"l1": l1_loss, "silog": silog_loss, "ssi": ssi_loss}

@@ -1,34 +1,56 @@
-"""Semi-supervised term of the Depth Anything recipe (Yang et al. 2024, "Depth Anything", Sec. 3.2-3.3).
+"""Semi-supervised term of the Depth Anything recipe (Yang et al. 2024, "Depth Anything: Unleashing the Power of
+Large-Scale Unlabeled Data", Sec. 3.2-3.3).
 
-For a batch of unlabeled frames:
+For a batch of unlabeled frames, whose clean view ``image`` and strong view ``image_strong`` (the same crop with
+colour jitter of brightness, contrast, saturation and hue, and Gaussian blur with p = 0.5) come from
+:class:`._train_data.DepthTransform`:
 
-1. a frozen teacher predicts pseudo-labels (disparity) on the clean images, and its encoder gives the frozen
-   features ``f'`` (the teacher is a frozen copy of the pretrained model, so ``f'`` are the pretrained
-   DINOv2 features the paper aligns to);
-2. the student sees strong perturbations: colour distortion / blur (done by the data transform,
-   ``image_strong``) and CutMix (a random box pasted from another image of the batch; the pseudo-label is mixed
-   the same way, which equals the paper's separate inside/outside-box losses up to their weighting);
-3. loss = ``ssi_loss(student, pseudo-label)`` + ``feature_weight`` · feature alignment, where the alignment is
-   ``mean(1 - cos(f, f'))`` over the patch tokens whose similarity is still below the tolerance margin
-   ``α = 0.85`` (paper: pixels already more similar than α are not considered).
+1. the frozen teacher T predicts pseudo-labels (disparity) on the **clean** images only;
+2. the student S sees the **strong** view, CutMixed: with p = 0.5 per image, a box ``1 - M`` is pasted from the
+   previous image of the batch, ``u_ab = u_a ⊙ M + u_b ⊙ (1 - M)`` (no CutMix with a batch of one). The strong
+   perturbations reach the student's unlabeled input and nothing else;
+3. per image (then the mean over the batch)
+   ``L_u = (ΣM / HW) · ρ(S(u_ab) ⊙ M, T(u_a) ⊙ M) + (Σ(1-M) / HW) · ρ(S(u_ab) ⊙ (1-M), T(u_b) ⊙ (1-M))``,
+   ρ the affine-invariant loss with its median / scale normalisation computed inside
+   each region alone (:func:`.losses.affine_invariant_per_image` with the region as ``valid``). One fit over the
+   mixed pseudo-label is *not* the same: the two pseudo-labels come from different images whose depth ranges are
+   unrelated, so a prediction right up to its own affine map in each region scores ≈ 0 here but a large single-fit
+   loss. (The stored label is the mixed one, ``T(u_a)`` outside the box and ``T(u_b)`` inside: each region's
+   loss reads only its own pixels.) A region with fewer than 2 pixels or a constant pseudo-label adds 0;
+4. ``L_feat = 1 - mean cos(f_i, f'_i)`` over the patch tokens whose similarity is still below the tolerance margin
+   ``α = 0.85`` (tokens already more similar than α are left out; 0 when none is left). ``f``: the student's
+   encoder tokens; ``f'``: a frozen copy of the student's *initial* encoder (the paper's frozen pretrained DINOv2
+   encoder), not the teacher's, which may be of another size. ``f'`` is computed on exactly the input the student
+   sees (the CutMixed strong view), so token i of both describes the same pixels and no token near the CutMix box
+   needs to be left out.
 
-Encoder features are the normalised tokens of the last decoder-fed block, captured by a forward hook on the
-encoder's final ``norm``; in training the unlabeled batch is concatenated to the labeled one, so the student
-(DDP-wrapped or not) runs once per step.
+The term is ``L_u + feature_weight · L_feat``; training adds ``unlabeled_weight`` times it to the labeled loss.
+Encoder tokens are those of the deepest decoder-fed block (the last block of every registry model) after the
+encoder's final ``norm``, captured by a forward hook. In training the unlabeled batch is concatenated to the last
+labeled micro-batch of each optimizer step, so the student (DDP-wrapped or not) runs once a step; the frames drawn,
+their crops and perturbations and the CutMix boxes are seeded by ``(seed, rank, step)``: every DDP rank draws its
+own batch, and a resumed run draws the same ones again.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .losses import ssi_loss
+from .losses import affine_invariant_per_image
+
+logger = logging.getLogger(__name__)
+
+MARGIN = 0.85  # the paper's tolerance margin α of the feature alignment
 
 
 @contextlib.contextmanager
@@ -43,104 +65,192 @@ def capture_features(model: nn.Module) -> Iterator[list[torch.Tensor]]:
         handle.remove()
 
 
-def cutmix(student_in: torch.Tensor, label: torch.Tensor, generator: torch.Generator,
-           prob: float = 0.5) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """CutMix (Yun et al. 2019) of ``[B, 3, h, w]`` images and ``[B, h, w]`` labels with the batch rolled by
-    one; box area ~ U(0.1, 0.5) of the image, applied with probability ``prob``. Returns ``(images, labels,
-    box mask [B, h, w] bool)``."""
-    B, _, H, W = student_in.shape
-    box = torch.zeros(B, H, W, dtype=torch.bool)
-    if B < 2 or torch.rand((), generator=generator).item() >= prob:
-        return student_in, label, box.to(label.device)
-    area = 0.1 + 0.4 * torch.rand((), generator=generator).item()
-    bh, bw = max(1, int(H * area ** 0.5)), max(1, int(W * area ** 0.5))
-    y0 = int(torch.randint(0, H - bh + 1, (), generator=generator))
-    x0 = int(torch.randint(0, W - bw + 1, (), generator=generator))
-    box[:, y0:y0 + bh, x0:x0 + bw] = True
-    box = box.to(label.device)
-    images = torch.where(box[:, None], student_in.roll(1, 0), student_in)
-    labels = torch.where(box, label.roll(1, 0), label)
-    return images, labels, box
+class FrozenEncoder(nn.Module):
+    """``f'``: a frozen encoder (``model.pretrained`` of a :class:`DepthModel`) giving the normalised patch tokens
+    ``[B, N, C]`` of block ``layer`` for ``x`` ``[B, 3, h, w]`` (what :func:`capture_features` gives the student)."""
+
+    def __init__(self, encoder: nn.Module, layer: int) -> None:
+        super().__init__()
+        self.encoder, self.layer = encoder.requires_grad_(False).eval(), int(layer)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder.intermediate(x, (self.layer,))[0][0]
+
+
+def cutmix_boxes(batch: int, height: int, width: int, generator: torch.Generator,
+                 prob: float = 0.5) -> torch.Tensor:
+    """CutMix boxes (Yun et al. 2019), the pasted region ``1 - M``: bool ``[B, H, W]``, one box per image with
+    probability ``prob``, area ~ U(0.1, 0.5) of the image, the image's aspect ratio; none when ``batch < 2``."""
+    box = torch.zeros(batch, height, width, dtype=torch.bool)
+    for b in range(batch if batch > 1 else 0):
+        if torch.rand((), generator=generator).item() >= prob:
+            continue
+        side = (0.1 + 0.4 * torch.rand((), generator=generator).item()) ** 0.5
+        bh, bw = max(1, int(height * side)), max(1, int(width * side))
+        y0 = int(torch.randint(0, height - bh + 1, (), generator=generator))
+        x0 = int(torch.randint(0, width - bw + 1, (), generator=generator))
+        box[b, y0:y0 + bh, x0:x0 + bw] = True
+    return box
+
+
+def cutmix(images: torch.Tensor, labels: torch.Tensor, box: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(u_ab [B, 3, h, w], mixed label [B, h, w])``: inside ``box`` ``[B, h, w]`` each image and its label are
+    those of the previous image of the batch (``roll(1)``: ``u_b``), elsewhere its own (``u_a``)."""
+    return torch.where(box[:, None], images.roll(1, 0), images), torch.where(box, labels.roll(1, 0), labels)
 
 
 @dataclass
 class SemiBatch:
-    """A prepared unlabeled batch: the student's input (strong view, CutMixed) ``[B, 3, h, w]``, the mixed
-    pseudo-label ``[B, h, w]``, the frozen features ``[B, N, C]`` and the tokens touching the box ``[B, N]``."""
+    """A prepared unlabeled batch: the student's input (CutMixed strong view) ``[B, 3, h, w]``, the pseudo-labels
+    ``[B, h, w]`` (``T(u_a)`` outside the box, ``T(u_b)`` inside), the CutMix box ``1 - M`` ``[B, h, w]`` bool and
+    the frozen features ``f'`` of the student's input ``[B, N, C]``."""
 
     student_in: torch.Tensor
     label: torch.Tensor
+    box: torch.Tensor
     frozen: torch.Tensor
-    in_box: torch.Tensor
 
 
 @torch.no_grad()
-def prepare_semi_batch(teacher: nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator,
-                       cutmix_prob: float = 0.5) -> SemiBatch:
-    """Teacher pseudo-labels and frozen features on ``batch["image"]`` (clean), CutMix of
-    ``batch["image_strong"]`` and of the pseudo-labels (steps 1-2 of the module docstring)."""
-    with capture_features(teacher) as t_feats:
-        pseudo = teacher(batch["image"]).float()
-    mixed, label, box = cutmix(batch["image_strong"], pseudo, generator, cutmix_prob)
-    in_box = F.max_pool2d(box[:, None].float(), teacher.config.patch_size).flatten(1) > 0
-    return SemiBatch(mixed, label, t_feats[-1][:, 1:].float(), in_box)
+def prepare_semi_batch(teacher: nn.Module, frozen: FrozenEncoder, batch: dict[str, torch.Tensor],
+                       generator: torch.Generator, cutmix_prob: float = 0.5) -> SemiBatch:
+    """Steps 1-2 and ``f'`` (module docstring) for ``batch["image"]`` (clean) and ``batch["image_strong"]``,
+    normalised ``[B, 3, h, w]``: pseudo-labels on the clean view, CutMix of the strong view and of the labels."""
+    pseudo = teacher(batch["image"]).float()
+    strong = batch["image_strong"]
+    B, _, H, W = strong.shape
+    box = cutmix_boxes(B, H, W, generator, cutmix_prob).to(strong.device)
+    student_in, label = cutmix(strong, pseudo, box)
+    return SemiBatch(student_in, label, box, frozen(student_in).float())
+
+
+def cutmix_affine_loss(pred: torch.Tensor, label: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+    """``L_u`` (step 3): per image, each region (outside / inside ``box``) weighted by its share of the pixels
+    and aligned on its own; mean over the batch. ``pred``, ``label`` float ``[B, h, w]``, ``box`` bool."""
+    total = pred.new_zeros(pred.shape[0])
+    for region in (~box, box):
+        loss, _ = affine_invariant_per_image(pred, label, region)
+        total = total + region.flatten(1).float().mean(1) * loss
+    return total.mean()
+
+
+def feature_alignment_loss(features: torch.Tensor, frozen: torch.Tensor, margin: float = MARGIN) -> torch.Tensor:
+    """``L_feat`` (step 4) of the student's patch tokens ``features`` and the frozen ones ``frozen`` ``[B, N, C]``:
+    ``1 - mean cos`` over the tokens with ``cos < margin`` (the others are left out; 0 when none is left)."""
+    cos = F.cosine_similarity(features.float(), frozen.float(), dim=-1)
+    keep = cos < margin
+    return 1 - cos[keep].mean() if bool(keep.any()) else cos.new_zeros(())
 
 
 def semi_loss(pred: torch.Tensor, features: torch.Tensor, semi: SemiBatch, *, feature_weight: float = 1.0,
-              margin: float = 0.85) -> tuple[torch.Tensor, dict[str, float]]:
-    """Step 3: ``ssi_loss(pred, pseudo-label) + feature_weight · alignment`` for the student's output
-    ``pred [B, h, w]`` and encoder tokens ``features [B, 1 + N, C]`` on ``semi.student_in``."""
-    unlabeled = ssi_loss(pred.float(), semi.label, torch.ones_like(semi.label, dtype=torch.bool))
-    # The strong view keeps the geometry (colour/blur only), so the student's tokens outside the CutMix box
-    # correspond to the teacher's clean-view tokens; tokens touching the box are left out.
-    cos = F.cosine_similarity(features[:, 1:].float(), semi.frozen, dim=-1)
-    keep = (cos < margin) & ~semi.in_box
-    feature = (1 - cos)[keep].mean() if bool(keep.any()) else cos.new_zeros(())
+              margin: float = MARGIN) -> tuple[torch.Tensor, dict[str, float]]:
+    """``L_u + feature_weight · L_feat`` for the student's output ``pred [B, h, w]`` and encoder tokens
+    ``features [B, 1 + N, C]`` (class token first) on ``semi.student_in``; returns ``(loss, {"unlabeled",
+    "feature"})``."""
+    unlabeled = cutmix_affine_loss(pred.float(), semi.label, semi.box)
+    feature = feature_alignment_loss(features[:, 1:], semi.frozen, margin)
     loss = unlabeled + feature_weight * feature
     return loss, {"unlabeled": float(unlabeled.detach()), "feature": float(feature.detach())}
 
 
-def semi_supervised_loss(student: nn.Module, teacher: nn.Module, batch: dict[str, torch.Tensor],
-                         generator: torch.Generator, *, feature_weight: float = 1.0, margin: float = 0.85,
-                         cutmix_prob: float = 0.5) -> tuple[torch.Tensor, dict[str, float]]:
+def semi_supervised_loss(student: nn.Module, teacher: nn.Module, frozen: FrozenEncoder,
+                         batch: dict[str, torch.Tensor], generator: torch.Generator, *, feature_weight: float = 1.0,
+                         margin: float = MARGIN, cutmix_prob: float = 0.5) -> tuple[torch.Tensor, dict[str, float]]:
     """The whole term on one unlabeled batch (``image``, ``image_strong`` normalised ``[B, 3, h, w]``) for an
     unwrapped student ``DepthModel``; returns ``(loss, {"unlabeled", "feature"})``. (Training concatenates the
     unlabeled batch with the labeled one instead, so the student — possibly DDP-wrapped — runs once a step.)"""
-    semi = prepare_semi_batch(teacher, batch, generator, cutmix_prob)
+    semi = prepare_semi_batch(teacher, frozen, batch, generator, cutmix_prob)
     with capture_features(student) as s_feats:
         pred = student(semi.student_in)
     return semi_loss(pred, s_feats[-1], semi, feature_weight=feature_weight, margin=margin)
 
 
 def build_teacher(source: str | None, start_model: nn.Module, device: torch.device) -> nn.Module:
-    """Frozen teacher: ``load_model(source)`` if given, else a copy of the start model (its encoder = the frozen
-    pretrained features Depth Anything aligns to)."""
+    """Frozen teacher: ``load_model(source)`` if given (any size), else a copy of the start model.
+
+    Raises:
+        ValueError: the teacher's output kind or input normalisation differs from the student's.
+    """
     from SurgicalDepthLib.loading import load_model
 
     teacher = load_model(source, device=device, precision="fp32") if source else copy.deepcopy(start_model)
+    # pseudo-labels must be in the student's output space, and the clean view is normalised for the student
+    for what, have, want in (("output kind", teacher.output_kind, start_model.output_kind),
+                             ("input mean", tuple(teacher.config.mean), tuple(start_model.config.mean)),
+                             ("input std", tuple(teacher.config.std), tuple(start_model.config.std))):
+        if have != want:
+            raise ValueError(f"teacher {source!r}: its {what} is {have!r} but the student's is {want!r}")
     return teacher.requires_grad_(False).eval()
 
 
-class SemiTerm:
-    """The semi-supervised term used by :func:`.training.train`: ``prepare(step)`` draws the unlabeled batch
-    and the CutMix box from a generator seeded by ``(config.seed, step)`` (so resumed runs repeat them);
-    ``loss(pred, features, semi)`` is the weighted :func:`semi_loss`."""
+def unlabeled_draw(seed: int, rank: int, step: int, n: int, batch_size: int) -> tuple[list[int], torch.Generator]:
+    """The unlabeled frames (indices into ``range(n)``) and the CutMix generator of optimizer step ``step`` on DDP
+    rank ``rank``, seeded by ``(seed, rank, step)``: ranks draw different batches, a resumed run the same ones."""
+    rng = np.random.default_rng([seed, rank, step])
+    indices = rng.integers(0, n, batch_size).tolist()
+    return indices, torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
 
-    def __init__(self, config: Any, core: nn.Module, teacher: nn.Module, unlabeled_data: Any,
-                 size: tuple[int, int], device: torch.device) -> None:
+
+class SemiTerm:
+    """The semi-supervised term used by :func:`.training.train`: ``prepare(step)`` draws this rank's unlabeled
+    batch and CutMix boxes (:func:`unlabeled_draw`) and runs the teacher and the frozen encoder;
+    ``loss(pred, features, semi)`` is ``unlabeled_weight`` · :func:`semi_loss`."""
+
+    def __init__(self, config: Any, core: nn.Module, teacher: nn.Module, frozen: FrozenEncoder, unlabeled_data: Any,
+                 size: tuple[int, int], device: torch.device, rank: int = 0) -> None:
         from ._train_data import DepthTransform, TransformedDataset
 
         transform = DepthTransform(size, core.config.mean, core.config.std, train=True, augment=False, strong=True)
         self.data = TransformedDataset(unlabeled_data, transform, config.seed + 1)
-        self.config, self.core, self.teacher, self.device = config, core, teacher, device
+        self.config, self.core, self.teacher, self.frozen = config, core, teacher, frozen
+        self.device, self.rank = device, rank
 
     def prepare(self, step: int) -> SemiBatch:
-        g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + step)
-        idx = torch.randint(0, len(self.data), (self.config.batch_size,), generator=g).tolist()
-        items = [self.data[i] for i in idx]
+        indices, generator = unlabeled_draw(self.config.seed, self.rank, step, len(self.data), self.config.batch_size)
+        self.data.epoch = step  # each draw its own crop, jitter and blur: default_rng([seed + 1, step, index])
+        items = [self.data[i] for i in indices]
         batch = {k: torch.stack([it[k] for it in items]).to(self.device) for k in ("image", "image_strong")}
-        return prepare_semi_batch(self.teacher, batch, g, self.config.cutmix_prob)
+        return prepare_semi_batch(self.teacher, self.frozen, batch, generator, self.config.cutmix_prob)
 
     def loss(self, pred: torch.Tensor, features: torch.Tensor, semi: SemiBatch) -> torch.Tensor:
         value, _ = semi_loss(pred, features, semi, feature_weight=self.config.feature_weight)
         return self.config.unlabeled_weight * value
+
+
+def build_semi_term(config: Any, model: nn.Module, unlabeled_data: Any, size: tuple[int, int],
+                    device: torch.device, rank: int = 0) -> SemiTerm | None:
+    """The :class:`SemiTerm` of a ``TrainConfig`` (None while ``unlabeled_dataset`` and ``unlabeled_data`` are
+    None). Call it with the start weights: the teacher and the frozen encoder are copies of them."""
+    if config.unlabeled_dataset is None and unlabeled_data is None:
+        return None
+    teacher = build_teacher(config.teacher, model, device)
+    # the default teacher is a copy of the start model: its encoder is the student's initial one already
+    encoder = teacher.pretrained if not config.teacher else copy.deepcopy(model.pretrained)
+    frozen = FrozenEncoder(encoder, model.config.intermediate_layers[-1])
+    if unlabeled_data is None:
+        from .datasets import open_unlabeled
+
+        unlabeled_data = open_unlabeled(config.unlabeled_dataset, config.unlabeled_root or config.root)
+    if len(unlabeled_data) == 0:
+        raise ValueError("unlabeled_data is empty: semi-supervised training needs at least one frame")
+    logger.info("semi-supervised: %d unlabeled frames (%s), teacher %s", len(unlabeled_data),
+                getattr(unlabeled_data, "root", "given"), config.teacher or "= the start model")
+    return SemiTerm(config, model, teacher, frozen, unlabeled_data, size, device, rank)
+
+
+def unlabeled_dataset_of(config: Any) -> str | None:
+    """The unlabeled dataset name of a ``TrainConfig``: ``"frames"`` when only ``unlabeled_root`` is given (a
+    folder of frames or a video is enough); checks the semi-supervised fields (messages start with the field)."""
+    from .datasets import UNLABELED_FRAMES
+
+    for name in ("unlabeled_weight", "feature_weight"):
+        if not (math.isfinite(getattr(config, name)) and getattr(config, name) >= 0):
+            raise ValueError(f"{name} must be a finite number >= 0, got {getattr(config, name)}")
+    if not 0 <= config.cutmix_prob <= 1:
+        raise ValueError(f"cutmix_prob must be a probability in [0, 1], got {config.cutmix_prob}")
+    name = config.unlabeled_dataset or (UNLABELED_FRAMES if config.unlabeled_root else None)
+    if name is not None and name.lower() == UNLABELED_FRAMES and not config.unlabeled_root:
+        raise ValueError(f"unlabeled_root must be given (a folder of frames or a video) when unlabeled_dataset is "
+                         f"{UNLABELED_FRAMES!r}")
+    return name

@@ -34,7 +34,7 @@ from SurgicalDepthLib.configs import check_fields
 from SurgicalDepthLib.progress import ProgressReporter
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from ._train_data import DepthTransform, TransformedDataset, open_data, round_to_multiple, training_data
+from ._train_data import DepthTransform, TransformedDataset, round_to_multiple, training_data
 from ._train_loop import (LOSS_WINDOW, TrainingDiverged, TrainingStopped, TrainState, any_rank, validate,
                           poly_schedule, recent_loss, train_device, train_one_epoch)
 from .checkpointing import (TrainRunFolder, export_model, first_non_finite, read_log, read_resume_checkpoint,
@@ -42,7 +42,7 @@ from .checkpointing import (TrainRunFolder, export_model, first_non_finite, read
 from .distributed import barrier, cleanup_distributed, setup_distributed
 from .lora import add_lora
 from .losses import LOSSES
-from .semi import SemiTerm, build_teacher
+from .semi import build_semi_term, unlabeled_dataset_of
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +71,14 @@ class TrainConfig:
         freeze_encoder: train the decoder only. lora_rank: > 0 adds rank-r LoRA to every attention qkv and
             freezes the rest of the encoder (merged into plain weights on export); lora_alpha: LoRA α (default r).
         augment: horizontal flip + colour jitter on training samples.
+        photometric: with ``augment``, the probability that a training sample gets an endoscope look (random
+            tone curve, local brightness adaptation, white balance, JPEG, scope border; :mod:`.photometric`), so
+            the model cannot read depth from the renderer's brightness alone (0 = off).
         amp: mixed precision (bf16 autocast); None = on for CUDA GPUs with bf16, off otherwise.
         min_depth, max_depth: validation range (dataset unit); None = the dataset's own.
         unlabeled_dataset, unlabeled_root, teacher, unlabeled_weight, feature_weight, cutmix_prob: semi-supervised
-            Depth Anything recipe (see :mod:`.semi`); off while ``unlabeled_dataset`` is None.
+            Depth Anything recipe (:mod:`.semi`), off while both are None; ``unlabeled_root`` alone: every frame of
+            that image folder or video (``"frames"``); a loader name: its images (root default ``root``).
         save_every, log_every: checkpoint / CSV row every N optimizer steps (0 = epoch ends only).
         checkpoint_minutes: also checkpoint once this much wall time has passed since the last checkpoint
             (at the next optimizer step; 0 = after every step), so a kill loses at most that much work.
@@ -103,6 +107,7 @@ class TrainConfig:
     lora_rank: int = 0
     lora_alpha: float | None = None
     augment: bool = True
+    photometric: float = 0.0
     amp: bool | None = None
     seed: int = 0
     num_workers: int = 0
@@ -140,6 +145,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        if not 0.0 <= self.photometric <= 1.0:
+            raise ValueError(f"photometric must be a probability in [0, 1], got {self.photometric}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if not (math.isfinite(self.checkpoint_minutes) and self.checkpoint_minutes >= 0):
@@ -149,6 +156,7 @@ class TrainConfig:
         if len(self.input_size) != 2 or min(self.input_size) < 1:
             raise ValueError(f"input_size must be (height, width) >= 1, got {self.input_size!r}")
         object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
+        object.__setattr__(self, "unlabeled_dataset", unlabeled_dataset_of(self))
 
     @property
     def effective_input_size(self) -> tuple[int, int]:
@@ -256,7 +264,8 @@ def _train(config, out, run, dist_info, train_data, val_data, unlabeled_data, re
     model = build_model(config, device)
     kind, mean, std = model.output_kind, model.config.mean, model.config.std
     size = config.effective_input_size
-    train_set = TransformedDataset(train_data, DepthTransform(size, mean, std, train=True, augment=config.augment),
+    train_set = TransformedDataset(train_data, DepthTransform(size, mean, std, train=True, augment=config.augment,
+                                                              photometric=config.photometric),
                                    config.seed, train_idx)
     val_set = TransformedDataset(val_data, DepthTransform(size, mean, std, train=False, augment=False),
                                  config.seed, val_idx)
@@ -272,9 +281,8 @@ def _train(config, out, run, dist_info, train_data, val_data, unlabeled_data, re
     optimizer = build_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_schedule(total, config.warmup_steps))
     state = TrainState()
-    # the teacher is built from the start weights, before any resumed state is loaded
-    semi = config.unlabeled_dataset is not None or unlabeled_data is not None
-    teacher = build_teacher(config.teacher, model, device) if semi else None
+    # teacher and frozen encoder are copied from the start weights, before any resumed state is loaded
+    semi_term = build_semi_term(config, model, unlabeled_data, size, device, dist_info.rank)
     saved = {"step": None, "time": time.monotonic(), "dirty": False}  # the last checkpoint written
     if ckpt is not None:
         state = restore_training_state(ckpt, last_path, model, optimizer, scheduler)
@@ -289,9 +297,6 @@ def _train(config, out, run, dist_info, train_data, val_data, unlabeled_data, re
             core, device_ids=[device.index] if device.type == "cuda" else None)
     amp = config.amp if config.amp is not None else (device.type == "cuda" and torch.cuda.is_bf16_supported())
     amp_dtype = torch.bfloat16 if amp else None
-    if teacher is not None and unlabeled_data is None:
-        unlabeled_data = open_data(config.unlabeled_dataset, config.unlabeled_root or config.root, None)
-    semi_term = None if teacher is None else SemiTerm(config, core, teacher, unlabeled_data, size, device)
     rows = read_log(out / "log.csv", state.step) if dist_info.is_main else []
     config_json = config.to_json()
     if dist_info.is_main:

@@ -49,7 +49,7 @@ from SurgicalDepthLib.loading import load_model  # noqa: E402
 from SurgicalDepthLib.model import DepthModel  # noqa: E402
 from SurgicalDepthTrainingLib.checkpointing import load_training_checkpoint  # noqa: E402
 from SurgicalDepthTrainingLib.lora import add_lora, merge_lora  # noqa: E402
-from SurgicalDepthTrainingLib.semi import semi_supervised_loss  # noqa: E402
+from SurgicalDepthTrainingLib.semi import FrozenEncoder, semi_supervised_loss  # noqa: E402
 from SurgicalDepthTrainingLib.training import TrainConfig, train  # noqa: E402
 
 
@@ -168,10 +168,11 @@ def test_semi_supervised_loss_finite_and_decreasing():
     images = torch.stack([torch.from_numpy(plane_sample(i, 56, 56)["image"]).permute(2, 0, 1) for i in range(4)])
     clean = (images.float() / 255 - 0.45) / 0.225
     batch = {"image": clean, "image_strong": clean * 1.3 + 0.1}
+    frozen = FrozenEncoder(copy.deepcopy(student.pretrained), student.config.intermediate_layers[-1])
     optimizer = torch.optim.Adam(student.parameters(), lr=1e-4)
     values = []
     for _ in range(6):
-        loss, parts = semi_supervised_loss(student, teacher, batch, torch.Generator().manual_seed(1),
+        loss, parts = semi_supervised_loss(student, teacher, frozen, batch, torch.Generator().manual_seed(1),
                                            cutmix_prob=1.0)
         assert torch.isfinite(loss) and parts["feature"] >= 0
         optimizer.zero_grad()
@@ -253,7 +254,7 @@ def test_ddp_two_processes_matches_single_process(tmp_path):
 
 
 def test_transform_crop_keeps_depth_exact_and_rounding():
-    from SurgicalDepthTrainingLib._train_data import DepthTransform, round_to_multiple
+    from SurgicalDepthTrainingLib.training import DepthTransform, round_to_multiple
 
     assert [round_to_multiple(v) for v in (256, 386, 518, 20, 21, 1)] == [252, 392, 518, 14, 28, 14]
     sample = plane_sample(0, 64, 64)

@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 #: TrainConfig fields set from flags of the same name only when given (argparse default None), so that
 #: TrainConfig's defaults are the only ones; the help texts quote them (Testing checks that they agree).
 _CONFIG_FLAGS = ("val_fraction", "model", "loss", "lr", "decoder_lr_mult", "batch_size", "grad_accum", "epochs",
-                 "seed", "num_workers", "checkpoint_minutes")
+                 "seed", "num_workers", "checkpoint_minutes", "photometric")
 #: TrainConfig fields whose flag is not ``--field-name``
 _FLAG_OF = {"lora_rank": "--lora"}
 
@@ -63,6 +63,9 @@ def register(subparsers) -> None:
                    help="training crop H W (or one value for a square), rounded to multiples of 14 "
                         "(default 256 386 -> 252 x 392)")
     p.add_argument("--no-augment", action="store_true", help="disable flip and colour jitter")
+    p.add_argument("--photometric", type=float, default=None, metavar="P",
+                   help="probability of an endoscope look per training sample: random tone curve, local "
+                        "brightness adaptation, white balance, JPEG, scope border (default 0)")
     p.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
                    help="bf16 mixed precision (default auto: on for CUDA GPUs with bf16)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
@@ -71,9 +74,14 @@ def register(subparsers) -> None:
     p.add_argument("--min-depth", type=float, default=None, help="validation range lower bound (dataset unit)")
     p.add_argument("--max-depth", type=float, default=None, help="validation range upper bound (dataset unit)")
     p.add_argument("--unlabeled-dataset", default=None,
-                   help="semi-supervised: loader name of unlabeled frames (teacher pseudo-labels)")
-    p.add_argument("--unlabeled-root", default=None, help="semi-supervised: root of the unlabeled frames")
-    p.add_argument("--teacher", default=None, help="semi-supervised: teacher model (default: the start model)")
+                   help="semi-supervised (Depth Anything: teacher pseudo-labels, strong perturbations, CutMix, "
+                        "feature alignment): 'frames' (default with --unlabeled-root: its images and videos, no "
+                        "depth needed) or a dataset loader name whose images are used (depth ignored)")
+    p.add_argument("--unlabeled-root", default=None,
+                   help="semi-supervised: a folder of frames (images at any depth, videos) or a video file; "
+                        "enough on its own. With a loader name in --unlabeled-dataset: its root (default --root)")
+    p.add_argument("--teacher", default=None,
+                   help="semi-supervised: teacher model, any size (default: the start model)")
     p.add_argument("--save-every", type=int, default=0, help="also checkpoint every N steps (default: epochs)")
     p.add_argument("--log-every", type=int, default=0, help="also log a CSV row every N steps")
     p.add_argument("--checkpoint-minutes", type=float, default=None,
@@ -165,6 +173,8 @@ def run(args: argparse.Namespace) -> int:
     size = _input_size(args.input_size)
     if not args.root.exists():
         raise FileNotFoundError(f"--root {args.root} does not exist")
+    if args.unlabeled_root is not None and not Path(args.unlabeled_root).exists():
+        raise FileNotFoundError(f"--unlabeled-root {args.unlabeled_root} does not exist")
     model = args.model or ""
     if not model.startswith("random:") and ("/" in model or "\\" in model or Path(model).suffix) \
             and not Path(model).exists():

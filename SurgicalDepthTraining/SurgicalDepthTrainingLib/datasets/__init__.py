@@ -7,6 +7,7 @@ evaluation range ``min_depth`` / ``max_depth`` (mm; None for relative data) as a
 
 ``DATASETS`` is the one registry (name -> loader class); ``list_datasets()`` lists its names.
 ``collate_samples`` is a ``DataLoader`` ``collate_fn`` for these dicts (None intrinsics/poses kept as lists).
+Unlabeled frames (semi-supervised training; no depth, not in ``DATASETS``): ``open_unlabeled`` (:mod:`.frames`).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from ._base import DatasetError, DepthDataset, Pair, collate_samples
 from .c3vd import C3VD
 from .endoslam import EndoSLAM
 from .folder import Folder
+from .frames import UNLABELED_FRAMES, UnlabeledFrames, open_unlabeled
 from .hamlyn import Hamlyn
 from .liit import LIIT
 from .scared import SCARED
@@ -37,7 +39,8 @@ DATASETS: dict[str, type[DepthDataset]] = {
     "folder": Folder,
 }
 
-__all__ = ["DATASETS", "DatasetError", "DepthDataset", "Pair", "collate_samples", "list_datasets", "open_dataset"]
+__all__ = ["DATASETS", "UNLABELED_FRAMES", "DatasetError", "DepthDataset", "Pair", "UnlabeledFrames", "collate_samples",
+           "list_datasets", "open_dataset", "open_unlabeled"]
 
 
 def list_datasets() -> list[str]:

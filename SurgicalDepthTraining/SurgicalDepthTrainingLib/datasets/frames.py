@@ -1,0 +1,94 @@
+"""Unlabeled frames for semi-supervised training (``frames``): images and videos, no depth files.
+
+``UnlabeledFrames(root)`` lists every frame of ``root``: a video file, one image, or a folder searched at any depth
+for images and videos (the suffixes of :mod:`SurgicalDepthLib.video`; hidden files and folders skipped; natural
+name order). Samples are dicts with ``image`` (uint8 ``[H, W, 3]`` RGB) and ``name`` only (a video frame's name is
+``path#index``). Frames of one root may differ in size: the training transform resizes each.
+
+``open_unlabeled(name, root)`` opens the unlabeled set of a training run: ``"frames"`` (the default) is this
+dataset; any loader name of :data:`.DATASETS` gives that dataset's images (its depth is never used).
+"""
+from __future__ import annotations
+
+import bisect
+import os
+from pathlib import Path
+from typing import Any
+
+from SurgicalDepthLib.video import (IMAGE_SUFFIXES, VIDEO_SUFFIXES, natural_key, open_frames, read_image,
+                                    read_video_frame)
+from torch.utils.data import Dataset
+
+UNLABELED_FRAMES = "frames"
+
+
+def _frame_files(root: Path) -> list[Path]:
+    """Image and video files at or below ``root`` (natural order of their relative paths)."""
+    if root.is_file():
+        if root.suffix.lower() not in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
+            raise ValueError(f"unlabeled frames: {root} is neither a video ({', '.join(VIDEO_SUFFIXES)}) nor an "
+                             f"image ({', '.join(IMAGE_SUFFIXES)}) file nor a folder")
+        return [root]
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(folder) / f for f in files
+                  if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES]
+    return sorted(found, key=lambda p: natural_key(p.relative_to(root).as_posix()))
+
+
+class UnlabeledFrames(Dataset):
+    """Every frame under ``root`` (see the module docstring); ``files`` lists the sources, ``len`` counts frames.
+
+    Raises:
+        FileNotFoundError: ``root`` missing, or no image or video file under it (the message names ``root``).
+        ValueError: ``root`` is a file of another kind, or a video that cannot be opened.
+    """
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root).expanduser()
+        if not self.root.exists():
+            raise FileNotFoundError(f"unlabeled frames: {self.root} does not exist")
+        self.files = _frame_files(self.root)
+        if not self.files:
+            raise FileNotFoundError(f"unlabeled frames: no image ({', '.join(IMAGE_SUFFIXES)}) or video "
+                                    f"({', '.join(VIDEO_SUFFIXES)}) files under {self.root}")
+        self._videos = {p for p in self.files if p.suffix.lower() in VIDEO_SUFFIXES}
+        counts = [len(open_frames(p)) if p in self._videos else 1 for p in self.files]
+        self._starts = [0]
+        for n in counts:
+            self._starts.append(self._starts[-1] + n)
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"unlabeled frames: index {index} out of range for {len(self)} frames")
+        k = bisect.bisect_right(self._starts, index) - 1
+        path = self.files[k]
+        if path in self._videos:
+            frame = index - self._starts[k]
+            return {"image": read_video_frame(path, frame), "name": f"{path}#{frame}"}
+        return {"image": read_image(path), "name": str(path)}
+
+    def __repr__(self) -> str:
+        return f"UnlabeledFrames(root={str(self.root)!r}, files={len(self.files)}, frames={len(self)})"
+
+
+def open_unlabeled(name: str, root: str | os.PathLike) -> Dataset:
+    """The unlabeled frames of a training run: ``"frames"`` -> :class:`UnlabeledFrames` (image folder or video),
+    a dataset loader name -> ``open_dataset(name, root)`` (its images; the depth is ignored).
+
+    Raises:
+        ValueError: unknown ``name`` (the message lists the valid ones); see :class:`UnlabeledFrames`.
+    """
+    from . import DATASETS, open_dataset
+
+    key = str(name).lower()
+    if key == UNLABELED_FRAMES:
+        return UnlabeledFrames(root)
+    if key not in DATASETS:
+        raise ValueError(f"unknown unlabeled dataset {name!r}; expected {UNLABELED_FRAMES!r} (image folders and "
+                         f"videos, no depth needed) or one of {list(DATASETS)}")
+    return open_dataset(key, root)
