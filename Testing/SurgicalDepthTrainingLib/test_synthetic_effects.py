@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from SurgicalDepthTrainingLib.synthetic import effects
-from SurgicalDepthTrainingLib.synthetic.shading import (expose, expose_planes, lighting, normals_from_points, shade,
-                                                        vignette_map)
+from SurgicalDepthTrainingLib.synthetic.shading import (beam_profile, expose, expose_planes, lighting,
+                                                        normals_from_points, shade, vignette_map)
 from SurgicalDepthTrainingLib.synthetic.textures import band_noise, channel_planes, sample_bilinear, sample_planes
 
 
@@ -89,3 +89,40 @@ def test_effects_change_only_what_they_should():
     assert 0.005 < float(np.std(noisy - img)) < 0.03 and noisy.min() >= 0 and noisy.max() <= 1
     bloody = effects.add_blood(img, 1.0, rng)
     assert bloody[..., 1].mean() < img[..., 1].mean() and bloody[..., 0].mean() <= img[..., 0].mean() + 1e-6
+
+
+def test_fill_light_lifts_the_far_lumen_and_beam_darkens_the_rim():
+    """Bugs caught: fill light scaled with distance like the direct light (the far lumen would stay as dark as
+    1/d² makes it, the very cue real video lacks), fill applied to invalid pixels, or a beam profile that
+    brightens the rim instead of the axis."""
+    cos = np.ones((1, 3), np.float32)
+    length = np.array([[10.0, 100.0, 50.0]])
+    valid = np.array([[True, True, False]])
+    plain, _ = lighting(cos, length, valid, 0.0, 10.0, 0.0)
+    filled, _ = lighting(cos, length, valid, 0.0, 10.0, 0.0, fill=0.5)
+    assert plain[0, 0] / plain[0, 1] == pytest.approx(100.0)
+    extra = 0.5 * (1.0 + 0.01) / 2  # half the mean direct irradiance of the valid pixels
+    np.testing.assert_allclose(filled[0, :2], plain[0, :2] + extra, rtol=1e-6)
+    assert filled[0, 0] / filled[0, 1] < 5.0 and filled[0, 2] == 0.0
+    beam = beam_profile(np.array([[1.0, 0.5]]), 2.0)
+    np.testing.assert_allclose(beam, [[1.0, 0.25]])
+    lit, _ = lighting(cos[:, :2], length[:, :2] * 0 + 10.0, valid[:, :2] | True, 0.0, 10.0, 0.0, beam=beam)
+    np.testing.assert_allclose(lit, [[1.0, 0.25]], rtol=1e-6)
+
+
+def test_renderer_photometry_options_default_to_the_old_rendering_and_are_validated():
+    """Bugs caught: the new options changing every existing render at their defaults (the shipped recipe's data
+    would no longer reproduce), and negative / out-of-range values accepted silently."""
+    import SurgicalDepthTrainingLib as sdt
+    from SurgicalDepthTrainingLib.synthetic.config import SceneConfig
+
+    a = sdt.render_clip("colon", n_frames=1, seed=5, height=40, width=48)[0]
+    b = sdt.render_clip("colon", n_frames=1, seed=5, height=40, width=48, fill_light=0.0, beam_exponent=0.0)[0]
+    np.testing.assert_array_equal(a["image"], b["image"])
+    c = sdt.render_clip("colon", n_frames=1, seed=5, height=40, width=48, fill_light=0.3, beam_exponent=2.0)[0]
+    np.testing.assert_array_equal(a["depth"], c["depth"])
+    assert not np.array_equal(a["image"], c["image"])
+    with pytest.raises(ValueError, match="fill_light"):
+        SceneConfig(fill_light=1.5)
+    with pytest.raises(ValueError, match="beam_exponent"):
+        SceneConfig(beam_exponent=-1.0)

@@ -28,6 +28,9 @@ class SceneConfig:
         blood: blood tint strength in [0, 1] (0 = none).
         specular: multiplier of the specular reflectance (0 = matte).
         vignetting: darkening of the image corners in [0, 1].
+        fill_light: inter-reflection fill as a fraction of the mean direct irradiance, in [0, 1] (0 = only the
+            direct light and the small ambient term).
+        beam_exponent: the light's emission ``cos(angle to the optical axis) ** beam_exponent`` (0 = uniform).
         max_depth_mm: rays longer than this in z are invalid (and rendered dark); at most 655.35 (uint16 PNG range).
         speed_mm: camera advance per frame along the trajectory, mm.
         length_mm: length of the organ model along its centreline, mm.
@@ -46,6 +49,8 @@ class SceneConfig:
     blood: float = 0.0
     specular: float = 1.0
     vignetting: float = 0.4
+    fill_light: float = 0.0
+    beam_exponent: float = 0.0
     max_depth_mm: float = 300.0
     speed_mm: float = 2.0
     length_mm: float = 700.0
@@ -64,7 +69,9 @@ class SceneConfig:
         for name in ("noise", "blur", "specular", "speed_mm"):
             if getattr(self, name) < 0:
                 raise ValueError(f"SceneConfig.{name} must be >= 0, got {getattr(self, name)!r}")
-        for name in ("smoke", "blood", "vignetting"):
+        if self.beam_exponent < 0:
+            raise ValueError(f"SceneConfig.beam_exponent must be >= 0, got {self.beam_exponent!r}")
+        for name in ("smoke", "blood", "vignetting", "fill_light"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"SceneConfig.{name} must be in [0, 1], got {getattr(self, name)!r}")
         if not 1.0 <= self.max_depth_mm <= 655.35:

@@ -20,7 +20,7 @@ from .config import SceneConfig
 from .organs import build_scene
 from .raycast import camera_rays, cast, rotate
 from .scenes import Scene, TubeSurface
-from .shading import expose_planes, lighting, normal_planes, vignette_map
+from .shading import beam_profile, expose_planes, lighting, normal_planes, vignette_map
 from .trajectory import field_trajectory, tube_trajectory
 
 logger = logging.getLogger(__name__)
@@ -81,6 +81,7 @@ class SceneGenerator:
         # per-camera constants of the shading: float32 ray planes, vignette, the pixels outside the lens
         self._dir_planes = tuple(np.ascontiguousarray(self._dirs[..., k], np.float32) for k in range(3))
         self._vignette = vignette_map(config.height, config.width, config.vignetting)
+        self._beam = beam_profile(self._dir_planes[2], config.beam_exponent) if config.beam_exponent else None
         self._outside = ~self._lens
 
     @property
@@ -149,7 +150,8 @@ class SceneGenerator:
             shininess = np.full(valid.shape, shininess, np.float32)
             specular[on_tool] = np.where(metal, 1.0, 0.4)
             shininess[on_tool] = np.where(metal, 40.0, 25.0)
-        diffuse, spec = lighting(cos, length, valid, specular, shininess, mat["ambient"])
+        diffuse, spec = lighting(cos, length, valid, specular, shininess, mat["ambient"], beam=self._beam,
+                                 fill=cfg.fill_light)
         radiance = [a.reshape(valid.shape) * diffuse + spec for a in albedo]
         image = cv2.merge(expose_planes(radiance, valid, mat["exposure"], mat["gamma"], self._vignette,
                                         mat["saturation"]))

@@ -99,17 +99,25 @@ def shade(albedo: np.ndarray, normals: np.ndarray, dirs: np.ndarray, ray_length:
 
 
 def lighting(cos: np.ndarray, ray_length: np.ndarray, valid: np.ndarray, specular: np.ndarray | float,
-             shininess: np.ndarray | float, ambient: float) -> tuple[np.ndarray, np.ndarray]:
+             shininess: np.ndarray | float, ambient: float, *, beam: np.ndarray | None = None,
+             fill: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """The two factors of ``shade``: radiance = albedo * diffuse + spec, per colour channel.
 
     Args:
         cos: float [H, W] ``-n·d`` (clipped to [0, 1] here); the other arguments as in ``shade``.
+        beam: float [H, W] the light's emission towards each pixel's ray relative to the optical axis
+            (``beam_profile``; None = uniform).
+        fill: inter-reflection fill: a diffuse light ``fill`` times the mean direct irradiance of the visible
+            surface reaches every valid pixel whatever its distance (light bouncing around a closed lumen),
+            so the far lumen is never as dark as ``1 / d²`` alone makes it. 0 = none.
     Returns:
         diffuse, spec: float32 [H, W] (0 where invalid).
     """
     cos = np.clip(np.asarray(cos, np.float32), 0.0, 1.0)
     d = np.maximum(np.where(valid, ray_length, np.inf).astype(np.float32), np.float32(1.0))
     falloff = np.float32(100.0) / (d * d)
+    if beam is not None:
+        falloff *= beam
     # cos ** shininess as exp(s log cos) (a float32 power with a non-integer exponent is ~20x slower)
     with np.errstate(divide="ignore"):
         spec = np.exp(np.log(cos) * np.asarray(shininess, np.float32))
@@ -117,10 +125,19 @@ def lighting(cos: np.ndarray, ray_length: np.ndarray, valid: np.ndarray, specula
     spec *= falloff
     diffuse = cos * falloff
     diffuse += np.float32(ambient) * np.sqrt(np.sqrt(np.minimum(falloff, np.float32(1.0))))
+    if fill > 0 and valid.any():
+        diffuse += np.float32(fill * float(np.mean(diffuse[valid])))
     invalid = ~valid
     diffuse[invalid] = 0.0
     spec[invalid] = 0.0
     return diffuse, spec
+
+
+def beam_profile(axial: np.ndarray, exponent: float) -> np.ndarray:
+    """Emission of the scope's light towards each ray, ``cos(angle to the optical axis) ** exponent``: light guides
+    emit a cone brightest on the axis (0 = uniform). ``axial``: float [H, W] z component of the unit ray
+    directions. Returns float32 [H, W] in [0, 1]."""
+    return np.power(np.clip(np.asarray(axial, np.float32), 0.0, 1.0), np.float32(exponent))
 
 
 def vignette_map(height: int, width: int, strength: float) -> np.ndarray:
