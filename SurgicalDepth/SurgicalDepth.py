@@ -58,6 +58,7 @@ class SurgicalDepthParameterNode:
     registryName: Annotated[str, Choice(list(REGISTRY_NAMES))] = "depth-anything-v2-small"
     device: Annotated[str, Choice(["auto", "cuda", "mps", "cpu"])] = "auto"
     precision: Annotated[str, Choice(["auto", "fp32", "fp16", "bf16"])] = "auto"
+    backend: Annotated[str, Choice(["auto", "torch", "onnxruntime", "openvino"])] = "auto"  # auto says why
     inputSize: Annotated[int, WithinRange(0, 2044)] = 0  # 0 = the model's own (518 for official models)
     calibrationPath: Path
     fx: float = 0.0
@@ -125,16 +126,16 @@ class SurgicalDepthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._checkCanApply()
 
     def _checkCanApply(self, caller=None, event=None) -> None:
-        """Run buttons work when the chosen input is set and nothing runs (one run, or live depth, at a time)."""
+        """Run buttons: on when the input is set and nothing runs; the model line: the last model's backend, and why."""
         from SurgicalDepthLib.slicer_run import input_ready
         p, live = self._parameterNode, self.logic.liveRunning
         idle = input_ready(p) and not self._running and not live
         self.ui.runCurrentButton.enabled = self.ui.runAllButton.enabled = idle
+        self.ui.modelStatusLabel.text = self.logic.modelStatus
         self.ui.liveStartButton.enabled, self.ui.liveStopButton.enabled = idle and p.inputMode == "live", live
 
     def onRun(self, allFrames: bool) -> None:
-        from SurgicalDepthLib.slicer_helpers import Cancelled
-        from SurgicalDepthLib.slicer_run import process_arguments  # the parameter node's choices
+        from SurgicalDepthLib.slicer_run import Cancelled, process_arguments  # the parameter node's choices
         self._running, self.ui.statusLabel.text = True, ""  # the run buttons are disabled until it ends
         self._checkCanApply()
         dialog, progress = SurgicalDepthLogic.progressDialog(_("Loading the model..."))
@@ -165,7 +166,7 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self._models: dict = {}
+        self._models, self.modelStatus = {}, ""  # slicer_model.load_cached's cache; the last model's backend, why
         self._live: Optional[dict] = None  # the live run's worker, nodes, timer and observations
     liveRunning = property(lambda self: self._live is not None)
 
@@ -197,33 +198,33 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
         dialog.setWindowModality(qt.Qt.WindowModal)  # the scene cannot change under a run
         return dialog, dialog_progress(dialog, slicer.app.processEvents)
 
-    def loadModel(self, source="default", device="auto", askDownload=True, precision="auto"):
-        """``sd.load_model``, cached; official weights not on disk are downloaded only after the user agrees."""
+    def loadModel(self, source="default", device="auto", askDownload=True, precision="auto", backend="torch"):
+        """``sd.load_model`` with ``backend`` resolved (``auto``: why in ``modelStatus``), cached by source, device,
+        backend and precision; official weights not on disk are downloaded only after the user agrees."""
         self.setupPythonRequirements(askConfirmation=True)
-        import SurgicalDepthLib as sd
+        from SurgicalDepthLib.slicer_model import load_cached
         from SurgicalDepthLib.slicer_run import ensure_weights
-        key = (str(source), str(device), str(precision))
-        if source in sd.WEIGHTS and key not in self._models:  # Cancel leaves no partial file
-            ensure_weights(source, askDownload and (lambda: slicer.util.confirmOkCancelDisplay(_(
-                "Model {name} is not on this computer. Download the official weights now? The file is checked "
-                "against its published SHA256 digest.").format(name=source))) or None, self.progressDialog)
-        if key not in self._models:
-            self._models[key] = sd.load_model(source, device=device, precision=precision)
-        return self._models[key]
+        self.modelStatus, ask = "", askDownload and (lambda: slicer.util.confirmOkCancelDisplay(_(  # "": not loaded
+            "Model {name} is not on this computer. Download the official weights now? The file is checked "
+            "against its published SHA256 digest.").format(name=source)))
+        net, self.modelStatus = load_cached(self._models, source, device, precision, backend, download=lambda: (
+            ensure_weights(source, ask or None, self.progressDialog)))  # Cancel leaves no partial file
+        return net
 
     def process(self, videoPath=None, model="default", *, browser=None, volume=None, startFrame=0, frameStride=1,
-                maxFrames=0, currentOnly=False, device="auto", precision="auto", inputSize=0, intrinsics=None,
-                calibration=None, fx=0.0, fy=0.0, cx=0.0, cy=0.0, nearMm=None, farMm=None, temporal=False,
-                pointCloud=True, pointBudget=200000, colorByDepth=False, depthMesh=None, fuse=False, voxelMm=1.0,
-                fovMask="auto", memoryBudget: Optional[int] = None, progress: Optional[Callable] = None):
+                maxFrames=0, currentOnly=False, device="auto", precision="auto", backend="torch", inputSize=0,
+                intrinsics=None, calibration=None, fx=0.0, fy=0.0, cx=0.0, cy=0.0, nearMm=None, farMm=None,
+                temporal=False, pointCloud=True, pointBudget=200000, colorByDepth=False, depthMesh=None, fuse=False,
+                voxelMm=1.0, fovMask="auto", memoryBudget: Optional[int] = None, progress: Optional[Callable] = None):
         """Depth of a video / image folder (``videoPath``), a ``browser`` (its master sequence of RGB volumes) or
         one RGB ``volume`` into a new browser and subject-hierarchy folder; returns a ``SurgicalDepthNodes``.
         Frames ``startFrame, startFrame + frameStride, ...`` (<= ``maxFrames``; 0 = all), or with ``currentOnly``
-        the browser's selected item (a video's: the range's first frame). Depth range defaults to the CLI's; field
-        of view ``fovMask`` (``slicer_run.resolve_fov``) shown as a label map; ``pointBudget`` points per cloud (0 =
-        all); ``depthMesh`` None = for one frame only. Refused before decoding when the outputs need more than
-        ``memoryBudget`` bytes (default: half the free RAM). ``progress(fraction, text) -> bool``: False cancels
-        (``Cancelled``; the run's nodes are removed)."""
+        the browser's selected item (a video's: the range's first frame). Model: ``loadModel`` (``backend="auto"``
+        picks one and ``modelStatus`` says why). Depth range defaults to the CLI's; field of view ``fovMask``
+        (``slicer_run.resolve_fov``) shown as a label map; ``pointBudget`` points per cloud (0 = all); ``depthMesh``
+        None = for one frame only. Refused before decoding when the outputs need more than ``memoryBudget`` bytes
+        (default: half the free RAM). ``progress(fraction, text) -> bool``: False cancels (``Cancelled``; the run's
+        nodes are removed)."""
         progress = progress or (lambda fraction, text: True)
         self.setupPythonRequirements(askConfirmation=True)
         from SurgicalDepthLib import slicer_run as run
@@ -236,9 +237,9 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
         intr = resolve_intrinsics(src.width, src.height, intrinsics, calibration, (fx, fy, cx, cy))
         if not progress(0.0, _("Loading the model")):
             raise Cancelled("cancelled by the user")
-        net = self.loadModel(model, device, precision=precision)
+        net = self.loadModel(model, device, precision=precision, backend=backend)
         name = run.unique_run_name(f"{src.name} depth", slicer.util.getNodes())  # no same-named sequences
-        nodes = SurgicalDepthNodes(frames=src.sequence)
+        nodes = SurgicalDepthNodes(frames=src.sequence, model=net)
         with self._collectNewNodes(nodes, name):
             temps = self._newSequences(nodes, name, src, kinds)
             result = run.run_frames(net, src, intr, kinds, lambda item, outputs: self._store(
@@ -259,16 +260,15 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
             self._showResults(nodes, result.display_range, colorByDepth)
         return nodes
 
-    def startLive(self, volume, model="default", *, device="auto", precision="auto", recordFrames=0,
-                  onUpdate: Callable = lambda text: None, **options):
+    def startLive(self, volume, model="default", *, recordFrames=0, onUpdate: Callable = lambda text: None, **options):
         """Live depth of an updating RGB ``volume`` (e.g. an OpenIGTLink connector's image) until ``stopLive()``:
         ``process(volume=volume, **options)`` makes the run from the current image, then a ``live_worker.LiveWorker``
-        thread infers each newest image with the run's field of view and a timer shows the results in place in the
+        thread infers each newest image with its model and field of view and a timer shows the results in place in the
         run's proxies; the sequences keep the first ``recordFrames`` images (1 at least); ``onUpdate(text)``: status."""
         from SurgicalDepthLib.live_worker import LiveWorker, worker_options
         self.stopLive()
-        nodes = self.process(volume=volume, model=model, device=device, precision=precision, **options)
-        worker = LiveWorker(self.loadModel(model, device, precision=precision), **worker_options(  # the run's mask:
+        nodes = self.process(volume=volume, model=model, **options)
+        worker = LiveWorker(nodes.model, **worker_options(  # the run's model and field of view
             options, slicer.util.arrayFromVolume(nodes.fov)[0] > 0 if nodes.fov else None, recordFrames))
         timer = qt.QTimer()  # polls the worker on the GUI thread (MRML only there), like Slicer's Endoscopy module
         timer.setInterval(30)

@@ -268,9 +268,11 @@ def test_registry_choices_equal_weights_registry():
 
 def test_choices_match_helper_constants():
     from SurgicalDepthLib.slicer_helpers import DEVICE_CHOICES, MODEL_CHOICES
+    from SurgicalDepthLib.slicer_model import BACKEND_CHOICES
     from SurgicalDepthLib.slicer_run import FOV_CHOICES, INPUT_MODES
 
     sd_fields = _parameter_fields(_tree(REPO / "SurgicalDepth" / "SurgicalDepth.py"))
+    assert tuple(_choices(sd_fields["backend"])) == BACKEND_CHOICES
     assert tuple(_choices(sd_fields["device"])) == DEVICE_CHOICES
     assert tuple(_choices(sd_fields["modelChoice"])) == MODEL_CHOICES
     assert tuple(_choices(sd_fields["inputMode"])) == INPUT_MODES

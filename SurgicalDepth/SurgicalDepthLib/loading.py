@@ -123,8 +123,9 @@ def load_model(source: str | os.PathLike = "default", *, device: str | torch.dev
     src = str(source)
     graph_backend = GRAPH_SUFFIXES.get(Path(src).suffix.lower()) if src not in MODEL_CONFIGS else None
     if backend == "auto":
-        choice = choose_backend(resolve_device(device), precision)
-        logger.info("backend auto: %s %s (%s)", choice.backend, choice.precision, choice.reason)
+        choice = choose_backend(resolve_device(device), precision)  # the CLI shows INFO: the choice and why
+        logger.info("backend auto: %s%s (%s)", choice.backend, "" if choice.precision == "auto" else
+                    f" {choice.precision}", choice.reason)
         backend, precision = choice.backend, choice.precision
     if graph_backend is not None and backend == "torch":
         backend = graph_backend  # an exported graph: run by the runtime its suffix names

@@ -361,7 +361,8 @@ class SurgicalDepthNodes:
     run used, a vtkMRMLLabelMapVolumeNode (1 = tissue) with the depth volumes' geometry, or None (every pixel);
     ``proxies``: the browser's proxy node of each sequence, by the same keys (live depth updates them in place);
     ``frameCount``: frames processed; ``folder``: the subject-hierarchy folder item holding the run's nodes.
-    ``frames`` is the input browser's own sequence when the input was a browser (shared, not copied).
+    ``frames`` is the input browser's own sequence when the input was a browser (shared, not copied). ``model``: the
+    depth model the run used (``slicer_model.load_cached``; live depth goes on with it).
     """
 
     browser: Any = None
@@ -375,6 +376,7 @@ class SurgicalDepthNodes:
     proxies: dict = field(default_factory=dict)
     frameCount: int = 0
     folder: int = 0
+    model: Any = None
 
 
 def weights_cached(name: str) -> bool:

@@ -216,7 +216,7 @@ def process_arguments(p: Any, all_frames: bool) -> dict[str, Any]:
     from .slicer_helpers import model_source, path_or_none
 
     same = ("startFrame", "frameStride", "maxFrames", "device", "precision", "inputSize", "fx", "fy", "cx", "cy",
-            "nearMm", "farMm", "pointCloud", "pointBudget", "colorByDepth", "voxelMm")
+            "nearMm", "farMm", "pointCloud", "pointBudget", "colorByDepth", "voxelMm", "backend")
     inputs = {"video": {"videoPath": path_or_none(p.videoPath)}, "sequence": {"browser": p.inputBrowser},
               "volume": {"volume": p.inputVolume}, "live": {"volume": p.inputVolume}}
     if p.inputMode not in inputs:

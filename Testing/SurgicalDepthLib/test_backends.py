@@ -293,7 +293,7 @@ def test_auto_backend_choice_and_reason(checkpoint, monkeypatch, caplog):
     installed, or not saying why."""
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     monkeypatch.setattr(loading, "cpu_computes_natively", lambda precision: False)
-    assert choose_backend(cpu).backend == "torch" and "no AVX512-BF16/AMX" in choose_backend(cpu).reason
+    assert choose_backend(cpu).backend == "torch" and "no AVX512-BF16 or AMX" in choose_backend(cpu).reason
     with caplog.at_level(logging.INFO, logger="SurgicalDepthLib.loading"):
         chosen = sd.load_model(checkpoint, backend="auto", device="cpu")
     assert isinstance(chosen, sd.DepthModel) and "backend auto: torch" in caplog.text
@@ -301,9 +301,51 @@ def test_auto_backend_choice_and_reason(checkpoint, monkeypatch, caplog):
     assert choose_backend(gpu).backend == "torch"
     assert choose_backend(cpu, "fp32").backend == "torch"
     monkeypatch.setattr(backends, "available", lambda module: False)
-    assert "OpenVINO is not installed" in choose_backend(cpu).reason
+    assert "openvino and onnx are not installed" in choose_backend(cpu).reason
+    monkeypatch.setattr(backends, "available", lambda module: module != "onnx")  # OpenVINO exports through onnx
+    assert choose_backend(cpu).backend == "torch" and "but onnx is not installed" in choose_backend(cpu).reason
     monkeypatch.setattr(backends, "available", lambda module: True)
     assert choose_backend(cpu) == backends.BackendChoice("openvino", "bf16", choose_backend(cpu).reason)
+
+
+AUTO_CASES = [  # device type, precision, AVX512-BF16/AMX, missing packages -> backend, precision, reason
+    ("cuda", "auto", True, (), "torch", "auto", "runs on the CUDA GPU"),
+    ("mps", "fp16", None, (), "torch", "fp16", "runs on the Apple MPS GPU"),
+    ("cpu", "auto", None, (), "torch", "auto", "cannot tell whether the CPU has AVX512-BF16 or AMX"),
+    ("cpu", "auto", False, (), "torch", "auto", "this CPU has no AVX512-BF16 or AMX"),
+    ("cpu", "fp32", True, (), "torch", "fp32", "precision fp32 was asked for; OpenVINO is faster only in bf16"),
+    ("cpu", "auto", True, ("openvino", "onnx"), "torch", "auto",
+     "this CPU has AVX512-BF16 or AMX, but openvino and onnx are not installed (pip install "
+     "'surgical-depth[openvino]')"),
+    ("cpu", "bf16", True, ("onnx",), "torch", "bf16", "but onnx is not installed"),
+    ("cpu", "auto", True, (), "openvino", "bf16", "this CPU has AVX512-BF16 or AMX and OpenVINO is installed"),
+    ("cpu", "bf16", True, (), "openvino", "bf16", "and OpenVINO is installed"),
+]
+
+
+@pytest.mark.parametrize("device,precision,cpu_bf16,missing,backend,chosen_precision,reason", AUTO_CASES)
+def test_decide_backend_says_why(device, precision, cpu_bf16, missing, backend, chosen_precision, reason):
+    """Bug: ``auto`` picking OpenVINO on a GPU, on a CPU without AVX512-BF16/AMX (or that cannot tell), for fp32, or
+    without openvino/onnx installed; or a reason that does not name the fact (and the package to install)."""
+    choice = backends.decide_backend(device, precision, cpu_bf16=cpu_bf16, openvino_missing=missing)
+    assert (choice.backend, choice.precision) == (backend, chosen_precision)
+    assert reason in choice.reason and not choice.reason.startswith(("PyTorch", "OpenVINO"))  # the name is shown apart
+
+
+@pytest.mark.parametrize("command", ["predict", "reconstruct"])
+def test_cli_logs_the_auto_choice_and_reason(command, checkpoint, tmp_path, monkeypatch, caplog):
+    """Bug: ``--backend auto`` choosing silently: predict and reconstruct log the backend and why at INFO (shown by
+    the CLI)."""
+    import cv2
+
+    monkeypatch.setattr(loading, "cpu_computes_natively", lambda precision: False)  # this CPU: no AVX512-BF16/AMX
+    (tmp_path / "in").mkdir()
+    cv2.imwrite(str(tmp_path / "in" / "0.png"), textured(42, 56, 0))
+    extra = ["--intrinsics", "50,50,27.5,20.5"] if command == "reconstruct" else []
+    with caplog.at_level(logging.INFO, logger="SurgicalDepthLib.loading"):
+        assert cli_main([command, str(tmp_path / "in"), "--output", str(tmp_path / "out"), "--model", str(checkpoint),
+                         "--input-size", str(SIZE), "--backend", "auto", "--progress", "none", *extra]) == 0
+    assert "backend auto: torch (this CPU has no AVX512-BF16 or AMX" in caplog.text
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])

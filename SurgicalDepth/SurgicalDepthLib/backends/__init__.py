@@ -7,20 +7,21 @@ OpenVINO with the inference API of :class:`~SurgicalDepthLib.model.DepthModel` (
   mean/std, output kind, depth unit, source, precision), so the file loads alone;
 - :func:`load_backend` (called by ``sd.load_model(..., backend=...)``) loads an exported file, or exports a PyTorch
   model in memory and compiles it;
-- :func:`choose_backend` is ``backend="auto"``: OpenVINO bf16 on CPUs that compute bf16 natively, PyTorch elsewhere.
+- :func:`choose_backend` is ``backend="auto"``: OpenVINO bf16 on CPUs that compute bf16 natively, PyTorch elsewhere,
+  with the reason (:func:`decide_backend`, the pure decision).
 """
 from __future__ import annotations
 
 import logging
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ._base import CompiledDepthModel
+from ._choice import BACKEND_NAMES, BackendChoice, decide_backend
 from ._metadata import graph_metadata
 from ._runtime import EXTRAS, MissingBackendError, available, require
 
@@ -33,23 +34,13 @@ FORMATS = {"onnx": ".onnx", "openvino": ".xml"}
 #: suffixes of exported graphs that load directly -> the backend they load with by default
 GRAPH_SUFFIXES = {".onnx": "onnxruntime", ".xml": "openvino"}
 
-__all__ = ["BACKENDS", "FORMATS", "GRAPH_SUFFIXES", "EXTRAS", "BackendChoice", "CompiledDepthModel",
-           "MissingBackendError", "choose_backend", "export_model", "load_backend"]
-
-
-@dataclass(frozen=True)
-class BackendChoice:
-    """What ``backend="auto"`` picks, and why (shown to the user)."""
-
-    backend: str
-    precision: str
-    reason: str
+__all__ = ["BACKENDS", "BACKEND_NAMES", "FORMATS", "GRAPH_SUFFIXES", "EXTRAS", "BackendChoice", "CompiledDepthModel",
+           "MissingBackendError", "choose_backend", "decide_backend", "export_model", "load_backend"]
 
 
 def choose_backend(device: torch.device, precision: str = "auto") -> BackendChoice:
-    """``backend="auto"``: OpenVINO in bf16 on a CPU with AVX512-BF16 or AMX (measured 2.4× PyTorch fp32 for DA-V2-S
-    on a 2-core EPYC, Testing/benchmarks/RESULTS.md), PyTorch everywhere else (GPUs, other CPUs, where OpenVINO is
-    not installed, or when another precision than bf16 is asked: OpenVINO fp32 measured slower than PyTorch fp32).
+    """``backend="auto"`` on this machine: :func:`decide_backend` given the device, the CPU's bf16 instructions and
+    whether OpenVINO (and ``onnx``, its exporter) is installed (imported only when the answer depends on it).
 
     Args:
         device: the resolved device (:func:`~SurgicalDepthLib.loading.resolve_device`).
@@ -57,18 +48,10 @@ def choose_backend(device: torch.device, precision: str = "auto") -> BackendChoi
     """
     from ..loading import cpu_computes_natively
 
-    if device.type != "cpu":
-        return BackendChoice("torch", precision, f"PyTorch runs on the {device.type.upper()} device")
-    native = cpu_computes_natively("bf16")
-    if not native:
-        why = "cannot tell whether this CPU has" if native is None else "this CPU has no"
-        return BackendChoice("torch", precision, f"{why} AVX512-BF16/AMX instructions: PyTorch on the CPU")
-    if precision not in ("auto", "bf16"):
-        return BackendChoice("torch", precision, f"precision={precision}: OpenVINO is faster only in bf16")
-    if not available("openvino"):
-        return BackendChoice("torch", precision, "this CPU computes bf16 natively but OpenVINO is not installed "
-                                                 "(pip install 'surgical-depth[openvino]'): PyTorch on the CPU")
-    return BackendChoice("openvino", "bf16", "this CPU computes bf16 natively (AVX512-BF16/AMX): OpenVINO bf16")
+    cpu_bf16 = cpu_computes_natively("bf16") if device.type == "cpu" else None
+    wanted = device.type == "cpu" and bool(cpu_bf16) and precision in ("auto", "bf16")
+    missing = [module for module in ("openvino", "onnx") if wanted and not available(module)]
+    return decide_backend(device.type, precision, cpu_bf16=cpu_bf16, openvino_missing=missing)
 
 
 def _check_cpu(backend: str, device: Any) -> None:
