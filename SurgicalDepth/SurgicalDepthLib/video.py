@@ -52,10 +52,15 @@ def is_video_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in VIDEO_SUFFIXES
 
 
+def is_image_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` has an image suffix (``IMAGE_SUFFIXES``); the file is not opened."""
+    return Path(path).suffix.lower() in IMAGE_SUFFIXES
+
+
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """Image files (``IMAGE_SUFFIXES``) directly inside ``folder``, in natural name order."""
     folder = Path(folder)
-    files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    files = [p for p in folder.iterdir() if p.is_file() and is_image_file(p)]
     return sorted(files, key=lambda p: natural_key(p.name))
 
 
@@ -80,12 +85,11 @@ def frame_source_kind(path: str | os.PathLike) -> str:
         raise FileNotFoundError(f"input {path} does not exist")
     if path.is_dir():
         return "folder"
-    suffix = path.suffix.lower()
-    if suffix in IMAGE_SUFFIXES:
+    if is_image_file(path):
         return "image"
-    if suffix in VIDEO_SUFFIXES:
+    if is_video_file(path):
         return "video"
-    raise ValueError(f"input {path} has an unsupported suffix {suffix!r}; expected a video "
+    raise ValueError(f"input {path} has an unsupported suffix {path.suffix.lower()!r}; expected a video "
                      f"({', '.join(VIDEO_SUFFIXES)}), an image ({', '.join(IMAGE_SUFFIXES)}), a folder or a glob")
 
 
@@ -100,7 +104,7 @@ def frame_source_images(path: str | os.PathLike, kind: str | None = None) -> lis
     kind = frame_source_kind(path) if kind is None else kind
     if kind == "glob":
         files = [Path(p) for p in _glob.glob(str(path))
-                 if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_SUFFIXES]
+                 if Path(p).is_file() and is_image_file(p)]
         if not files:
             raise FileNotFoundError(f"glob pattern {str(path)!r} matches no image files ({', '.join(IMAGE_SUFFIXES)})")
         return sorted(files, key=lambda p: natural_key(str(p)))
@@ -114,16 +118,33 @@ def frame_source_images(path: str | os.PathLike, kind: str | None = None) -> lis
     raise ValueError(f"{path} is a {kind} source, not images (expected one of 'glob', 'folder', 'image')")
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Read one image file as RGB uint8 ``[H, W, 3]`` (grey images are expanded, alpha is dropped)."""
+def read_image(path: str | os.PathLike, *, orientation: bool = True) -> np.ndarray:
+    """Read one image file as RGB uint8 ``[H, W, 3]``: grey is expanded to three channels, alpha is dropped, and
+    16-bit samples keep their high byte (``value >> 8``, as libpng's 16-to-8-bit conversion).
+
+    Args:
+        orientation: apply the file's EXIF orientation tag, as image viewers show it; False keeps the stored pixel
+            grid, which a depth map stored beside the image is aligned to (the dataset loaders).
+    Raises:
+        FileNotFoundError: ``path`` is not a file. ValueError: OpenCV cannot decode it, or its samples are not
+        8- or 16-bit unsigned integers (a float TIFF is no RGB image).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image {path} does not exist")
+    # ANYDEPTH keeps 16 bits (converted here, the same for every format; IMREAD_COLOR would round 16-bit TIFFs
+    # but truncate 16-bit PNGs), ANYCOLOR keeps grey as one channel and drops alpha.
+    flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR | (0 if orientation else cv2.IMREAD_IGNORE_ORIENTATION)
     # imdecode on bytes instead of imread: works with non-ASCII paths on Windows too
-    bgr = cv2.imdecode(np.fromfile(str(path), dtype=np.uint8), cv2.IMREAD_COLOR)
-    if bgr is None:
+    data = np.fromfile(str(path), dtype=np.uint8)
+    image = cv2.imdecode(data, flags) if data.size else None
+    if image is None:
         raise ValueError(f"cannot decode image {path}: not a readable {path.suffix or 'image'} file")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    if image.dtype == np.uint16:
+        image = (image >> 8).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise ValueError(f"image {path} has {image.dtype} samples, expected 8- or 16-bit unsigned integers")
+    return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB if image.ndim == 2 else cv2.COLOR_BGR2RGB)
 
 
 def write_image(path: str | os.PathLike, rgb: np.ndarray) -> Path:

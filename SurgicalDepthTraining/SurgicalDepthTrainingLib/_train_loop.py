@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .loss_names import LOSS_NAMES
 from .losses import l1_loss, silog_loss, ssi_loss
 from .metrics import depth_metrics, mean_metrics
 from .semi import SemiTerm, capture_features
@@ -106,7 +107,7 @@ def supervised_loss(pred: torch.Tensor, batch: dict[str, torch.Tensor], loss: st
         return silog_loss(pred, target, valid)
     if loss == "ssi":
         return ssi_loss(pred, target, valid)
-    raise ValueError(f"loss must be one of l1, silog, ssi; got {loss!r}")
+    raise ValueError(f"loss must be one of {LOSS_NAMES}, got {loss!r}")
 
 
 def train_one_epoch(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], optimizer: torch.optim.Optimizer,

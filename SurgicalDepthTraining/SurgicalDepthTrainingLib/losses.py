@@ -179,4 +179,5 @@ def affine_invariant_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch
     return _per_image_mean(loss, ok, "affine_invariant_loss")
 
 
+#: name -> loss function, keyed by :data:`.loss_names.LOSS_NAMES` in its order (the test suite checks that they agree)
 LOSSES = {"l1": l1_loss, "silog": silog_loss, "ssi": ssi_loss}

@@ -36,9 +36,9 @@ def dataset_names() -> tuple[str, ...]:
 
 
 def loss_names() -> tuple[str, ...]:
-    """Names of the training losses (:data:`.losses.LOSSES`)."""
-    from .losses import LOSSES
-    return tuple(LOSSES)
+    """Names of the training losses (:data:`.loss_names.LOSS_NAMES`, the keys of :data:`.losses.LOSSES`)."""
+    from .loss_names import LOSS_NAMES
+    return LOSS_NAMES
 
 
 def _check_choice(what: str, value: str, choices: Sequence[str]) -> None:

@@ -1,6 +1,7 @@
 """Fine-tuning Depth Anything on surgical depth data: ``TrainConfig`` and ``train(config) -> best checkpoint``.
 
-Plain functions (``build_model``, ``build_optimizer``, ``train_one_epoch``, ``validate``, ``save_training_checkpoint``).
+Plain functions (``build_model``, ``build_optimizer``, ``train_one_epoch``, ``validate``, ``save_training_checkpoint``);
+one call of ``train`` builds its objects once (``_prepare``) into a :class:`._train_run.TrainRun` that takes the steps.
 Output folder (a run folder: manifest, lock, see :class:`.checkpointing.TrainRunFolder`)::
 
     train_config.json   the TrainConfig (also inside every checkpoint)
@@ -29,24 +30,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from SurgicalDepthLib.atomic_io import atomic_path
 from SurgicalDepthLib.configs import check_fields
 from SurgicalDepthLib.progress import ProgressReporter
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import Dataset, DistributedSampler
 
 from ._train_data import DepthTransform, TransformedDataset, round_to_multiple, training_data
-from ._train_loop import (LOSS_WINDOW, TrainingDiverged, TrainingStopped, TrainState, any_rank, validate,
-                          poly_schedule, recent_loss, train_device, train_one_epoch)
-from .checkpointing import (TrainRunFolder, export_model, first_non_finite, read_log, read_resume_checkpoint,
-                            restore_training_state, save_training_checkpoint, write_log)
-from .distributed import barrier, cleanup_distributed, setup_distributed
+from ._train_loop import (TrainingDiverged, TrainingStopped, TrainState, poly_schedule, train_device, train_one_epoch,
+                          validate)
+from ._train_run import TrainRun
+from .checkpointing import TrainRunFolder, read_resume_checkpoint, save_training_checkpoint
+from .distributed import DistInfo, cleanup_distributed, setup_distributed
 from .lora import add_lora
-from .losses import LOSSES
+from .loss_names import LOSS_NAMES
 from .semi import build_semi_term, unlabeled_dataset_of
 
 logger = logging.getLogger(__name__)
 
-LOSS_NAMES = tuple(LOSSES)
+# public names: those defined here and, re-exported, the plain functions and errors of the internal modules
+__all__ = ["LOSS_NAMES", "DepthTransform", "TrainConfig", "TrainState", "TrainingDiverged", "TrainingStopped",
+           "build_model", "build_optimizer", "round_to_multiple", "save_training_checkpoint", "train",
+           "train_one_epoch", "validate"]
 _UNUSED_PREFIXES = ("pretrained.mask_token", "depth_head.scratch.refinenet4.resConfUnit1.")
 # Fields that may differ when resuming (they do not change the computation up to the stop point).
 _RESUMABLE_CHANGES = {"epochs", "max_steps", "num_workers", "save_every", "log_every", "output", "device",
@@ -237,33 +240,36 @@ def train(config: TrainConfig, *, train_data: Dataset | None = None, val_data: D
         TrainingStopped: ``should_stop`` stopped the run (``last.pt`` saved).
         CheckpointError: ``resume`` from a truncated, corrupt, malicious or foreign ``last.pt``.
     """
-    out = Path(config.output)
     dist_info = setup_distributed()
     try:
         reporter = (progress or ProgressReporter("bar")) if dist_info.is_main else ProgressReporter("none")
         folder = TrainRunFolder.of(config, overwrite=overwrite, resume=resume) if dist_info.is_main else None
-        with folder or contextlib.nullcontext() as run:
-            return _train(config, out, run, dist_info, train_data, val_data, unlabeled_data, resume,
-                          stop_after_steps, should_stop, reporter)
+        with folder or contextlib.nullcontext() as run_folder:
+            run = _prepare(config, dist_info, run_folder, train_data=train_data, val_data=val_data,
+                           unlabeled_data=unlabeled_data, resume=resume, stop_after_steps=stop_after_steps,
+                           should_stop=should_stop)
+            if run.resume():
+                return run.best_path
+            run.start()
+            run.fit(reporter.stage("train", run.total, unit="step", initial=run.state.step))
+            return run.finish()
     finally:
         cleanup_distributed(dist_info)
 
 
-def _train(config, out, run, dist_info, train_data, val_data, unlabeled_data, resume, stop_after_steps,
-           should_stop, reporter: ProgressReporter) -> Path:
-    last_path, best_path = out / "last.pt", out / "best.safetensors"
-
-    def output(name: str) -> Path:  # rank 0 claims each file in the run folder before writing it
-        return run.path(name) if run is not None else out / name
-
+def _prepare(config: TrainConfig, dist_info: DistInfo, folder: TrainRunFolder | None, *,
+             train_data: Dataset | None, val_data: Dataset | None, unlabeled_data: Dataset | None, resume: bool,
+             stop_after_steps: int | None, should_stop: Callable[[], bool] | None) -> TrainRun:
+    """Build the run's objects once, in the order that fixes its random numbers (model initialisation, then the
+    semi-supervised teacher; a resumed run's states are restored after both, by :meth:`.TrainRun.resume`)."""
+    last_path = Path(config.output) / "last.pt"
     if resume and not last_path.is_file():
         raise FileNotFoundError(f"cannot resume: {last_path} does not exist")
-    ckpt = read_resume_checkpoint(last_path, config, _RESUMABLE_CHANGES) if resume else None
+    resume_from = read_resume_checkpoint(last_path, config, _RESUMABLE_CHANGES) if resume else None
     device = train_device(config.device, dist_info)
     train_data, train_idx, val_data, val_idx = training_data(config, train_data, val_data)
     model = build_model(config, device)
-    kind, mean, std = model.output_kind, model.config.mean, model.config.std
-    size = config.effective_input_size
+    size, mean, std = config.effective_input_size, model.config.mean, model.config.std
     train_set = TransformedDataset(train_data, DepthTransform(size, mean, std, train=True, augment=config.augment,
                                                               photometric=config.photometric),
                                    config.seed, train_idx)
@@ -277,121 +283,14 @@ def _train(config, out, run, dist_info, train_data, val_data, unlabeled_data, re
         raise ValueError(f"{len(train_set)} training samples over {dist_info.world_size} process(es) are fewer "
                          f"than batch_size × grad_accum = {micro}")
     total = config.max_steps or config.epochs * steps_per_epoch
-    epochs = math.ceil(total / steps_per_epoch)
     optimizer = build_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, poly_schedule(total, config.warmup_steps))
-    state = TrainState()
     # teacher and frozen encoder are copied from the start weights, before any resumed state is loaded
-    semi_term = build_semi_term(config, model, unlabeled_data, size, device, dist_info.rank)
-    saved = {"step": None, "time": time.monotonic(), "dirty": False}  # the last checkpoint written
-    if ckpt is not None:
-        state = restore_training_state(ckpt, last_path, model, optimizer, scheduler)
-        saved["step"], ckpt = state.step, None
-        logger.info("resumed %s at epoch %d, step %d", last_path, state.epoch, state.step)
-        if state.step >= total:
-            logger.info("%s: the run already finished (%d of %d steps)", last_path, state.step, total)
-            return best_path
-    core = model
-    if dist_info.enabled:
-        model = torch.nn.parallel.DistributedDataParallel(
-            core, device_ids=[device.index] if device.type == "cuda" else None)
-    amp = config.amp if config.amp is not None else (device.type == "cuda" and torch.cuda.is_bf16_supported())
-    amp_dtype = torch.bfloat16 if amp else None
-    rows = read_log(out / "log.csv", state.step) if dist_info.is_main else []
-    config_json = config.to_json()
-    if dist_info.is_main:
-        with atomic_path(output("train_config.json")) as tmp:
-            tmp.write_text(config_json)
-    last_step = min(total, stop_after_steps) if stop_after_steps else total
-    range_kw = {k: getattr(config, k) if getattr(config, k) is not None else getattr(val_data, k, None)
-                for k in ("min_depth", "max_depth")}
-
-    def checkpoint() -> None:
-        if dist_info.is_main:
-            bad = first_non_finite(core.state_dict().items())
-            if bad is not None:  # never replace the last good checkpoint with broken weights
-                raise TrainingDiverged(f"training diverged at step {state.step}: weight {bad!r} is not finite")
-            save_training_checkpoint(output("last.pt"), core, optimizer, scheduler, config_json=config_json,
-                            epoch=state.epoch, step=state.step, step_in_epoch=state.step_in_epoch,
-                            best_abs_rel=state.best_abs_rel, recent_losses=state.losses[-LOSS_WINDOW:])
-            write_log(output("log.csv"), rows)
-        saved.update(step=state.step, time=time.monotonic(), dirty=False)
-
-    def run_validation() -> None:
-        saved["dirty"] = True
-        if dist_info.is_main:
-            try:
-                metrics = validate(core, DataLoader(val_set, batch_size=config.batch_size,
-                                                    num_workers=config.num_workers),
-                                   output_kind=kind, device=device, **range_kw)
-            except TrainingDiverged as exc:
-                raise TrainingDiverged(f"training diverged at step {state.step}: {exc}") from None
-            rows.append(dict(epoch=state.epoch, step=state.step, loss=recent_loss(state.losses),
-                             val_abs_rel=metrics["abs_rel"], val_a1=metrics["a1"], lr=scheduler.get_last_lr()[0]))
-            if metrics["abs_rel"] < state.best_abs_rel:
-                state.best_abs_rel = metrics["abs_rel"]
-                export_model(output("best.safetensors"), core, {
-                    "train_config": config_json, "val_abs_rel": str(metrics["abs_rel"]), "step": str(state.step)})
-                with atomic_path(output("best.json")) as tmp:
-                    tmp.write_text(json.dumps({"step": state.step, "epoch": state.epoch, "val": metrics,
-                                               "config": json.loads(config_json)}, indent=2))
-            stage.update(0, val_abs_rel=metrics["abs_rel"], val_a1=metrics["a1"])
-            logger.info("step %d: val AbsRel %.4f, delta1 %.4f", state.step, metrics["abs_rel"], metrics["a1"])
-        barrier(dist_info)
-
-    def stop_requested() -> bool:  # at a step boundary, agreed by all ranks; saves the checkpoint to stop at
-        if should_stop is not None and any_rank(bool(should_stop()), dist_info.enabled, device):
-            checkpoint()
-            state.stop_requested = True
-        return state.stop_requested
-
-    def on_step(s: TrainState) -> bool:
-        saved["dirty"] = True
-        stage.update(1, loss=s.losses[-1], lr=scheduler.get_last_lr()[0])
-        if config.log_every and s.step % config.log_every == 0 and dist_info.is_main:
-            rows.append(dict(epoch=s.epoch, step=s.step, loss=recent_loss(s.losses), val_abs_rel="", val_a1="",
-                             lr=scheduler.get_last_lr()[0]))
-        if stop_requested():
-            return True
-        if s.step < last_step and ((config.save_every and s.step % config.save_every == 0)
-                                   or time.monotonic() - saved["time"] >= 60 * config.checkpoint_minutes):
-            checkpoint()
-        return False
-
-    stage = reporter.stage("train", total, unit="step", initial=state.step)
-    try:
-        with stage:
-            if state.step == 0 and not resume:  # the start weights' score: the baseline the run must beat
-                run_validation()
-            stopped = state.step >= last_step or stop_requested()
-            while not stopped and state.epoch < epochs:
-                sampler.set_epoch(state.epoch)
-                train_set.epoch = state.epoch
-                order = list(iter(sampler))[:steps_per_epoch * micro][state.step_in_epoch * micro:]
-                loader = DataLoader(Subset(train_set, order), batch_size=config.batch_size, shuffle=False,
-                                    num_workers=config.num_workers)
-                stopped = train_one_epoch(model, loader, optimizer, scheduler, state, loss=config.loss,
-                                          output_kind=kind, grad_accum=config.grad_accum, device=device,
-                                          amp_dtype=amp_dtype, clip_grad_norm=config.clip_grad_norm,
-                                          last_step=last_step, semi=semi_term, on_step=on_step)
-                if state.stop_requested:
-                    break  # saved mid-epoch: a resumed run does the epoch end's validation
-                if state.step_in_epoch >= steps_per_epoch:
-                    state.epoch, state.step_in_epoch = state.epoch + 1, 0
-                    if state.step < total:  # the final validation follows below
-                        run_validation()
-                        checkpoint()  # every epoch end
-                if stopped or state.step >= total:
-                    break
-            if state.step >= total and not state.stop_requested:
-                run_validation()
-        if saved["dirty"] or saved["step"] != state.step:
-            checkpoint()
-    except TrainingDiverged as exc:
-        kept = (f"the last good checkpoint {last_path} (step {saved['step']}) is kept" if saved["step"] is not None
-                else "no checkpoint had been saved yet")
-        raise TrainingDiverged(f"{exc}; {kept}; lower the learning rate (or clip gradients)") from None
-    barrier(dist_info)
-    if state.stop_requested:
-        raise TrainingStopped(state.step, total, str(last_path))
-    return best_path
+    semi = build_semi_term(config, model, unlabeled_data, size, device, dist_info.rank)
+    val_range = {k: getattr(config, k) if getattr(config, k) is not None else getattr(val_data, k, None)
+                 for k in ("min_depth", "max_depth")}
+    return TrainRun(config=config, dist=dist_info, folder=folder, device=device, core=model, model=model,
+                    optimizer=optimizer, scheduler=scheduler, train_set=train_set, val_set=val_set, sampler=sampler,
+                    steps_per_epoch=steps_per_epoch, total=total, semi=semi, val_range=val_range,
+                    resume_from=resume_from, stop_after_steps=stop_after_steps, should_stop=should_stop,
+                    saved_time=time.monotonic())

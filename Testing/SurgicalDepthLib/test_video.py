@@ -261,3 +261,53 @@ def test_write_image_round_trips_rgb_and_leaves_nothing_on_failure(tmp_path):
     with pytest.raises(ValueError, match=r"could not encode .*x\.nosuchformat"):
         write_image(tmp_path / "x.nosuchformat", rgb)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.png"]
+
+
+def _jpeg_with_exif_orientation(path: Path, bgr: np.ndarray, orientation: int) -> None:
+    """A JPEG whose APP1 Exif segment holds one tag: Orientation (0x0112) = ``orientation``."""
+    import struct
+
+    ok, buf = cv2.imencode(".jpg", bgr)
+    assert ok
+    tiff = b"MM\x00\x2a" + struct.pack(">IH", 8, 1) + struct.pack(">HHII", 0x0112, 3, 1, orientation << 16)
+    app1 = b"Exif\x00\x00" + tiff + struct.pack(">I", 0)
+    data = buf.tobytes()
+    path.write_bytes(data[:2] + b"\xff\xe1" + struct.pack(">H", len(app1) + 2) + app1 + data[2:])
+
+
+def test_read_image_16bit_rgba_grey_and_orientation(tmp_path):
+    """Catches a reader that depends on the format for 16-bit files (IMREAD_COLOR truncates a 16-bit PNG but
+    rounds a 16-bit TIFF), keeps alpha, drops grey to one channel, reads a float TIFF as an image, or cannot
+    keep the stored pixel grid of a JPEG with an EXIF orientation tag (the dataset loaders need it)."""
+    rng = np.random.default_rng(0)
+    rgb16 = rng.integers(0, 65536, (5, 7, 3), dtype=np.uint16)
+    rgb16[0, 0] = (0x0180, 0x01FF, 0xFFFF)  # rounding would give 2, 2, 256 -> 255; the high byte 1, 1, 255
+    high = (rgb16 >> 8).astype(np.uint8)
+    for suffix in (".png", ".tif"):
+        assert cv2.imwrite(str(tmp_path / f"rgb16{suffix}"), rgb16[..., ::-1])
+        np.testing.assert_array_equal(read_image(tmp_path / f"rgb16{suffix}"), high)
+    grey16 = rgb16[..., 0]
+    assert cv2.imwrite(str(tmp_path / "grey16.png"), grey16)
+    np.testing.assert_array_equal(read_image(tmp_path / "grey16.png"), np.repeat(high[..., :1], 3, axis=2))
+    grey8 = high[..., 1]
+    assert cv2.imwrite(str(tmp_path / "grey8.png"), grey8)
+    got = read_image(tmp_path / "grey8.png")
+    assert got.shape == (5, 7, 3) and got.dtype == np.uint8 and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, np.repeat(grey8[..., None], 3, axis=2))
+    rgba = np.concatenate([high, rng.integers(0, 256, (5, 7, 1), dtype=np.uint8)], axis=2)
+    assert cv2.imwrite(str(tmp_path / "rgba.png"), rgba[..., [2, 1, 0, 3]])
+    np.testing.assert_array_equal(read_image(tmp_path / "rgba.png"), high)  # alpha dropped, not blended
+    assert cv2.imwrite(str(tmp_path / "float.tif"), rng.random((5, 7, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"float\.tif has float32 samples, expected 8- or 16-bit"):
+        read_image(tmp_path / "float.tif")
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"cannot decode image .*empty\.png"):
+        read_image(tmp_path / "empty.png")
+    wide = np.zeros((16, 32, 3), np.uint8)
+    wide[:, :16] = 255  # left half white
+    _jpeg_with_exif_orientation(tmp_path / "rotated.jpg", wide, 6)  # 6: shown rotated 90° clockwise
+    shown = read_image(tmp_path / "rotated.jpg")
+    stored = read_image(tmp_path / "rotated.jpg", orientation=False)
+    assert shown.shape == (32, 16, 3) and stored.shape == (16, 32, 3)
+    assert stored[:, :8].mean() > 200 and stored[:, 24:].mean() < 50
+    assert shown[:8].mean() > 200 and shown[24:].mean() < 50  # the left half is on top once rotated

@@ -97,6 +97,29 @@ def test_unknown_name_and_option(tmp_path):
         sdt.open_dataset("synthetic", tmp_path, bogus=1)
 
 
+def test_options_are_checked_against_the_loader_signature(tmp_path, monkeypatch):
+    """Catches unknown options recognised by a TypeError's text: an unknown option is a ValueError naming it and
+    the valid ones (also for a loader that passes ``**options`` on to its base), while a TypeError raised inside a
+    loader stays a TypeError (its text said "unexpected keyword argument" too, so it was turned into a bad option)."""
+    common = {"skip_bad", "min_depth", "max_depth", "intrinsics"}
+    for cls in sdt.DATASETS.values():
+        assert common <= cls.option_names() and not {"root", "split", "self"} & cls.option_names()
+    assert sdt.DATASETS["endoslam"].option_names() == common | {"organ"}
+    assert {"depth_scale", "image_dir", "style"} <= sdt.DATASETS["liit"].option_names()  # its own and folder's
+    make_synthetic(tmp_path / "seq")
+    with pytest.raises(ValueError, match=r"^dataset 'synthetic': unknown option\(s\) \['bogus', 'side'\]; "
+                                         r"expected some of \['intrinsics', 'max_depth', 'min_depth', 'skip_bad'\]"):
+        sdt.open_dataset("synthetic", tmp_path, bogus=1, side="left")
+    assert len(sdt.open_dataset("synthetic", tmp_path, skip_bad=True, max_depth=100.0)) == 3
+
+    def broken(self):
+        raise TypeError("helper() got an unexpected keyword argument 'x'")
+
+    monkeypatch.setattr(sdt.DATASETS["synthetic"], "_list_pairs", broken)
+    with pytest.raises(TypeError, match="helper"):
+        sdt.open_dataset("synthetic", tmp_path)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_missing_root(tmp_path, name):
     missing = tmp_path / "nope"
@@ -191,6 +214,32 @@ def test_unreadable_file(tmp_path):
     (tmp_path / "depth" / "000001.png").write_bytes(b"not a png at all")
     with pytest.raises(DatasetError, match=r"000001\.png: unreadable image file"):
         sdt.open_dataset("synthetic", tmp_path)[1]
+
+
+def test_rgb_files_16bit_rgba_grey_and_bad(tmp_path):
+    """Catches the loaders' RGB reader drifting from ``sd.read_image`` (16-bit high byte, alpha dropped, grey
+    expanded) and a bad RGB file escaping as something other than :class:`DatasetError` (``skip_bad`` skips only
+    those)."""
+    written = make_synthetic(tmp_path)
+    rgb16 = written["rgbs"][0].astype(np.uint16) * 256 + 200  # high byte = the 8-bit value
+    _write_png(tmp_path / "rgb" / "000000.png", cv2.cvtColor(rgb16, cv2.COLOR_RGB2BGR))
+    rgba = np.concatenate([written["rgbs"][1], np.full((6, 8, 1), 7, np.uint8)], axis=2)
+    _write_png(tmp_path / "rgb" / "000001.png", cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGRA))
+    _write_png(tmp_path / "rgb" / "000002.png", written["rgbs"][2][..., 0])
+    ds = sdt.open_dataset("synthetic", tmp_path)
+    np.testing.assert_array_equal(ds[0]["image"], written["rgbs"][0])
+    np.testing.assert_array_equal(ds[1]["image"], written["rgbs"][1])
+    np.testing.assert_array_equal(ds[2]["image"], np.repeat(written["rgbs"][2][..., :1], 3, axis=2))
+    (tmp_path / "rgb" / "000001.png").write_bytes(b"not a png at all")
+    with pytest.raises(DatasetError, match=r"cannot decode image .*000001\.png"):
+        ds[1]
+    (tmp_path / "rgb" / "000002.png").unlink()
+    with pytest.raises(DatasetError, match=r"000002\.png: file not found"):
+        ds[2]
+    ds = sdt.open_dataset("synthetic", tmp_path, skip_bad=True)
+    (tmp_path / "rgb" / "000000.png").unlink()
+    with pytest.raises(DatasetError, match="every pair .* is bad"):
+        ds[0]
 
 
 def test_all_invalid_depth_and_skip_bad(tmp_path, caplog):

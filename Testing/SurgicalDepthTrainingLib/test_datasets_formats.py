@@ -272,7 +272,7 @@ def test_endoslam_unitycam_layout_organs(tmp_path):
     (unity / "Calibration").mkdir()
     (unity / "Calibration" / "cam.txt").write_text("156.0418,0,178.5604,0,155.7529,181.8043,0,0,1")
     ds = sdt.open_dataset("endoslam", tmp_path)
-    assert len(ds) == 6 and ds.depth_unit == "relative" and ds.depth_kind == "inverse"
+    assert len(ds) == 6 and ds.depth_unit == "relative"
     st = sdt.open_dataset("endoslam", tmp_path, split="stomach")
     assert len(st) == 2
     s = st[1]

@@ -351,6 +351,19 @@ def test_unlabeled_frames_lists_images_at_any_depth_and_video_frames(tmp_path):
         TrainConfig(cutmix_prob=1.5)
 
 
+def test_unlabeled_frames_root_file_kinds(tmp_path):
+    """Catches a root file classified apart from ``sd.frame_source_kind``: one image (suffix in any case) is one
+    frame, a file of another kind is refused naming its suffix, a missing root is FileNotFoundError."""
+    write_image(tmp_path / "one.PNG", textured(30, 40, 0))
+    data = UnlabeledFrames(tmp_path / "one.PNG")
+    assert data.files == [tmp_path / "one.PNG"] and len(data) == 1 and data[0]["image"].shape == (30, 40, 3)
+    (tmp_path / "notes.txt").write_text("not a frame")
+    with pytest.raises(ValueError, match=r"^unlabeled frames: .*notes\.txt has an unsupported suffix '\.txt'"):
+        UnlabeledFrames(tmp_path / "notes.txt")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        UnlabeledFrames(tmp_path / "missing")
+
+
 def labeled_folder(root: Path, n: int = 4) -> Path:
     (root / "rgb").mkdir(parents=True)
     (root / "depth").mkdir()

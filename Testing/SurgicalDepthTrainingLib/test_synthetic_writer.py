@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import stat
 
 import cv2
 import numpy as np
@@ -67,6 +69,22 @@ def test_interrupted_write_leaves_nothing(tmp_path):
     with pytest.raises(ValueError, match="uint8"):
         write_synthetic([frames[0], bad], tmp_path / "y", {"organ": "colon", "seed": 0, "generator": {}})
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("umask", [0o027, 0o002])
+def test_written_folder_mode_follows_the_umask(tmp_path, umask):
+    """Catches a data set made private (a ``mkdtemp``-style 0o700 folder) or a writer that sets the umask itself:
+    the sequence folder gets ``0o777 & ~umask`` and its files ``0o666 & ~umask``, as ``mkdir``/``open`` give."""
+    frames = render_clip("colon", n_frames=1, height=24, width=32)
+    previous = os.umask(umask)
+    try:
+        root = write_synthetic(frames, tmp_path / "seq", {"organ": "colon", "seed": 0, "generator": {}})
+        assert os.umask(umask) == umask, "write_synthetic changed the process umask"
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(root.stat().st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE((root / "rgb").stat().st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE((root / "meta.json").stat().st_mode) == 0o666 & ~umask
 
 
 def _parser():

@@ -212,12 +212,12 @@ def test_train_cli_defaults_are_train_config_defaults():
     import re
 
     from SurgicalDepthLib.cli import build_parser
-    from SurgicalDepthTrainingLib.commands.train import _CONFIG_FLAGS
+    from SurgicalDepthTrainingLib.commands.train import CONFIG_FLAGS
     from SurgicalDepthTrainingLib.losses import LOSSES
 
     actions = {a.dest: a for a in build_parser()._subparsers._group_actions[0].choices["train"]._actions}
     config = TrainConfig()
-    for name in (*_CONFIG_FLAGS, "input_size"):
+    for name in (*CONFIG_FLAGS, "input_size"):
         assert actions[name].default is None, name
         quoted = re.search(r"default:? ([^ )]+)", actions[name].help).group(1)
         expected = config.input_size[0] if name == "input_size" else getattr(config, name)

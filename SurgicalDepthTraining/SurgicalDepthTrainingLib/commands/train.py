@@ -17,14 +17,15 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from SurgicalDepthLib.cli import OVERWRITE_HELP, progress_of
+from SurgicalDepthLib.cli import DEVICE_HELP, OVERWRITE_HELP, progress_of
+from SurgicalDepthTrainingLib.loss_names import LOSS_NAMES  # torch-free: building the parser stays cheap
 
 logger = logging.getLogger(__name__)
 
 #: TrainConfig fields set from flags of the same name only when given (argparse default None), so that
 #: TrainConfig's defaults are the only ones; the help texts quote them (Testing checks that they agree).
-_CONFIG_FLAGS = ("val_fraction", "model", "loss", "lr", "decoder_lr_mult", "batch_size", "grad_accum", "epochs",
-                 "seed", "num_workers", "checkpoint_minutes", "photometric")
+CONFIG_FLAGS = ("val_fraction", "model", "loss", "lr", "decoder_lr_mult", "batch_size", "grad_accum", "epochs",
+                "seed", "num_workers", "checkpoint_minutes", "photometric")
 #: TrainConfig fields whose flag is not ``--field-name``
 _FLAG_OF = {"lora_rank": "--lora"}
 
@@ -49,7 +50,7 @@ def register(subparsers) -> None:
     p.add_argument("--model", default=None,
                    help="start weights: a registry name, checkpoint, HF folder or random:<name> "
                         "(default random:surgical-depth-tiny)")
-    p.add_argument("--loss", choices=("l1", "silog", "ssi"), default=None, help="training loss (default l1)")
+    p.add_argument("--loss", choices=LOSS_NAMES, default=None, help="training loss (default l1)")
     p.add_argument("--lora", type=int, default=0, metavar="RANK",
                    help="LoRA rank on attention qkv, encoder otherwise frozen (default 0 = full fine-tuning)")
     p.add_argument("--freeze-encoder", action="store_true", help="train the decoder only")
@@ -70,7 +71,7 @@ def register(subparsers) -> None:
                    help="bf16 mixed precision (default auto: on for CUDA GPUs with bf16)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
     p.add_argument("--num-workers", type=int, default=None, help="data loader worker processes (default 0)")
-    p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps (default auto)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--min-depth", type=float, default=None, help="validation range lower bound (dataset unit)")
     p.add_argument("--max-depth", type=float, default=None, help="validation range upper bound (dataset unit)")
     p.add_argument("--unlabeled-dataset", default=None,
@@ -179,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     if not model.startswith("random:") and ("/" in model or "\\" in model or Path(model).suffix) \
             and not Path(model).exists():
         raise FileNotFoundError(f"--model {model} does not exist")
-    given = {name: getattr(args, name) for name in _CONFIG_FLAGS if getattr(args, name) is not None}
+    given = {name: getattr(args, name) for name in CONFIG_FLAGS if getattr(args, name) is not None}
     config = _config(
         dataset=args.dataset, root=str(args.root), split=args.split, val_split=args.val_split,
         max_steps=args.max_steps, freeze_encoder=args.freeze_encoder, lora_rank=args.lora,

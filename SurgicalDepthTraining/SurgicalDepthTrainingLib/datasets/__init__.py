@@ -65,9 +65,9 @@ def open_dataset(name: str, root: str | os.PathLike, split: str | list[str] | No
     key = str(name).lower()
     if key not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; expected one of {list_datasets()}")
-    try:
-        return DATASETS[key](root, split, **options)
-    except TypeError as exc:
-        if "unexpected keyword argument" in str(exc):
-            raise ValueError(f"dataset {key!r}: {exc}") from exc
-        raise
+    loader = DATASETS[key]
+    unknown = sorted(set(options) - loader.option_names())
+    if unknown:
+        raise ValueError(f"dataset {key!r}: unknown option(s) {unknown}; expected some of "
+                         f"{sorted(loader.option_names())}")
+    return loader(root, split, **options)

@@ -17,6 +17,7 @@ Nothing in a dataset folder is ever written.
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import re
@@ -29,10 +30,10 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from SurgicalDepthLib.camera import Intrinsics
+from SurgicalDepthLib.video import read_image
 
 logger = logging.getLogger(__name__)
 
-from SurgicalDepthLib.video import IMAGE_SUFFIXES  # noqa: E402  (the project's one list; re-exported here)
 DEPTH_UNITS = ("mm", "relative")
 
 
@@ -67,21 +68,14 @@ def _imread(path: Path, flags: int) -> np.ndarray:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    """uint8 ``[H, W, 3]`` RGB from an 8- or 16-bit grey/RGB/RGBA image (16-bit: high byte, ``value >> 8``)."""
-    import cv2  # lazy: heavy import
-
-    img = _imread(path, cv2.IMREAD_UNCHANGED)
-    if img.dtype == np.uint16:
-        img = (img >> 8).astype(np.uint8)
-    elif img.dtype != np.uint8:
-        raise DatasetError(f"{path}: RGB image has dtype {img.dtype}, expected 8- or 16-bit integers")
-    if img.ndim == 2:
-        return np.ascontiguousarray(np.repeat(img[:, :, None], 3, axis=2))
-    if img.shape[2] == 4:
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
-    if img.shape[2] == 3:
-        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    raise DatasetError(f"{path}: RGB image has {img.shape[2]} channels, expected 1, 3 or 4")
+    """uint8 ``[H, W, 3]`` RGB from an 8- or 16-bit grey/RGB/RGBA image (:func:`SurgicalDepthLib.video.read_image`
+    on the stored pixel grid: an EXIF orientation tag is not applied, the depth map is aligned to the stored pixels)."""
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found")
+    try:
+        return read_image(path, orientation=False)
+    except ValueError as exc:  # the message names the file
+        raise DatasetError(str(exc)) from exc
 
 
 def read_tiff(path: Path) -> np.ndarray:
@@ -214,7 +208,6 @@ class DepthDataset(Dataset):
 
     name: str = ""
     depth_unit: str = "mm"
-    depth_kind: str = "depth"  # "inverse": ``depth`` is 1 / a stored disparity-like value (see endoslam)
     min_depth: float | None = 1e-3
     max_depth: float | None = None
 
@@ -240,6 +233,20 @@ class DepthDataset(Dataset):
             raise FileNotFoundError(f"{self.name}: no RGB/depth pairs found under {self.root}"
                                     f"{'' if split is None else f' for split {split!r}'}; {self.layout_hint()}")
         self.pairs: list[Pair] = pairs
+
+    @classmethod
+    def option_names(cls) -> frozenset[str]:
+        """The keyword options this loader takes: the keyword parameters of its ``__init__`` and, where that
+        passes ``**options`` on, those of the base classes' (``root`` and ``split`` excluded)."""
+        names: set[str] = set()
+        for klass in cls.__mro__:
+            if "__init__" not in vars(klass):
+                continue
+            params = list(inspect.signature(vars(klass)["__init__"]).parameters.values())[1:]  # without self
+            names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+            if klass is DepthDataset or not any(p.kind is p.VAR_KEYWORD for p in params):
+                break
+        return frozenset(names - {"root", "split"})
 
     # -------------------------------------------------------------- to implement
     def _list_pairs(self) -> list[Pair]:

@@ -16,7 +16,7 @@ Depth encoding: **not documented** by the EndoSLAM authors. Checked on the share
 with image brightness), i.e. an inverse-depth-like quantity with no known scale. Some third-party loaders read it
 as centimetres of depth; that contradicts the observed direction, so we do not. We return:
 
-- ``depth`` = ``1 / value`` (float32), ``depth_unit = "relative"``, ``depth_kind = "inverse"`` (attribute):
+- ``depth`` = ``1 / value`` (float32), ``depth_unit = "relative"``:
   a relative depth, larger = farther, meaningful only up to scale (use median or scale-shift alignment);
 - ``disparity`` = ``value`` as float32 (extra item key), the stored disparity-like value itself, for
   evaluation in inverse-depth space (the recommended use);
@@ -67,7 +67,6 @@ class EndoSLAM(DepthDataset):
 
     name = "endoslam"
     depth_unit = "relative"
-    depth_kind = "inverse"
     min_depth = None
     max_depth = None
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from SurgicalDepthLib.video import is_image_file
 
-from ._base import (DEPTH_UNITS, IMAGE_SUFFIXES, DatasetError, DepthDataset, Pair, frame_number, read_raw)
+from ._base import DEPTH_UNITS, DatasetError, DepthDataset, Pair, frame_number, read_raw
 
 _DEFAULT_IMAGE_DIRS = ("rgb", "images", "image", "color")
 _DEFAULT_DEPTH_DIRS = ("depth", "depths")
@@ -68,7 +69,7 @@ class Folder(DepthDataset):
         img_dir = self._pick(o["image_dir"], _DEFAULT_IMAGE_DIRS, "image_dir")
         dep_dir = self._pick(o["depth_dir"], _DEFAULT_DEPTH_DIRS, "depth_dir")
         if o["image_glob"] is None:
-            images = sorted(p for p in img_dir.glob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            images = sorted(p for p in img_dir.glob("*") if p.is_file() and is_image_file(p))
         else:
             images = sorted(p for p in img_dir.glob(o["image_glob"]) if p.is_file())
         depth_files = sorted(p for p in dep_dir.glob(o["depth_glob"]) if p.is_file())

@@ -15,8 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from SurgicalDepthLib.video import (IMAGE_SUFFIXES, VIDEO_SUFFIXES, natural_key, open_frames, read_image,
-                                    read_video_frame)
+from SurgicalDepthLib.video import (IMAGE_SUFFIXES, VIDEO_SUFFIXES, frame_source_kind, is_image_file,
+                                    is_video_file, natural_key, open_frames, read_image, read_video_frame)
 from torch.utils.data import Dataset
 
 UNLABELED_FRAMES = "frames"
@@ -24,16 +24,17 @@ UNLABELED_FRAMES = "frames"
 
 def _frame_files(root: Path) -> list[Path]:
     """Image and video files at or below ``root`` (natural order of their relative paths)."""
-    if root.is_file():
-        if root.suffix.lower() not in IMAGE_SUFFIXES + VIDEO_SUFFIXES:
-            raise ValueError(f"unlabeled frames: {root} is neither a video ({', '.join(VIDEO_SUFFIXES)}) nor an "
-                             f"image ({', '.join(IMAGE_SUFFIXES)}) file nor a folder")
+    try:
+        kind = frame_source_kind(root)  # ``root`` exists: "folder", "image" or "video"
+    except ValueError as exc:  # a file of another kind
+        raise ValueError(f"unlabeled frames: {exc}") from None
+    if kind != "folder":
         return [root]
     found = []
     for folder, dirs, files in os.walk(root):
         dirs[:] = [d for d in dirs if not d.startswith(".")]
         found += [Path(folder) / f for f in files
-                  if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES]
+                  if not f.startswith(".") and (is_image_file(f) or is_video_file(f))]
     return sorted(found, key=lambda p: natural_key(p.relative_to(root).as_posix()))
 
 
@@ -53,7 +54,7 @@ class UnlabeledFrames(Dataset):
         if not self.files:
             raise FileNotFoundError(f"unlabeled frames: no image ({', '.join(IMAGE_SUFFIXES)}) or video "
                                     f"({', '.join(VIDEO_SUFFIXES)}) files under {self.root}")
-        self._videos = {p for p in self.files if p.suffix.lower() in VIDEO_SUFFIXES}
+        self._videos = {p for p in self.files if is_video_file(p)}
         counts = [len(open_frames(p)) if p in self._videos else 1 for p in self.files]
         self._starts = [0]
         for n in counts:

@@ -33,12 +33,6 @@ DEPTH_SCALE_MM = 0.01
 DEPTH_ENCODING = "uint16 png, depth_mm = value * 0.01, 0 = invalid"
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def encode_depth(depth: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """float depth in mm [H, W] + validity -> uint16 [H, W] (``round(depth / 0.01)``, 0 = invalid/out of range)."""
     value = np.round(np.where(valid, depth, 0.0).astype(np.float64) / DEPTH_SCALE_MM)
@@ -103,6 +97,5 @@ def write_synthetic(frames: Iterable[dict], root: str | os.PathLike, meta: dict)
                 "frames": count, "depth_scale_mm": DEPTH_SCALE_MM, "depth_encoding": DEPTH_ENCODING,
                 "generator": meta["generator"]}
         _write_text(run.path("meta.json"), json.dumps(full, indent=2) + "\n")
-        tmp.chmod(0o777 & ~_umask())  # mkdtemp made it private (0700); a data set is shared like any folder
     logger.debug("wrote %d synthetic frames to %s", count, root)
     return root
