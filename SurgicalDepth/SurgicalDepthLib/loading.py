@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_FILE = "surgical-depth-default.safetensors"
 # SHA256 of the shipped default model (Resources/Models/MODEL_CARD.md); verified on every load of "default".
-DEFAULT_MODEL_SHA256 = "f8ff831ec243388cd484ad02d0e0775ec2fab55e3a7613265986fc1ca3066f08"
+DEFAULT_MODEL_SHA256 = "cd5fab3dcf8411269c6d3427d4a4a004bab9d54fcec6e37fb9d8ee3eed3f6f67"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 

@@ -16,15 +16,21 @@ import numpy as np
 from SurgicalDepthLib import __version__
 from SurgicalDepthLib.progress import ProgressReporter
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 DEFAULT_TRAIN_SIZE = (182, 224)  # (H, W): 13 x 16 patches of 14 px
 ORGAN_CYCLE = ("colon", "stomach", "small_intestine", "surgical_field", "colon", "small_intestine")
+#: ranges of the scope-light options drawn for clips from ``scope_light_from`` on (``SceneConfig`` fields)
+SCOPE_LIGHT = {"fill_light": (0.0, 0.3), "beam_exponent": (0.0, 4.0)}
 
 
 def clip_specs(n_clips: int, seed: int = 0, height: int = DEFAULT_TRAIN_SIZE[0],
-               width: int = DEFAULT_TRAIN_SIZE[1]) -> list[dict[str, Any]]:
-    """``SceneConfig`` keyword arguments of each training clip (deterministic for ``seed``)."""
+               width: int = DEFAULT_TRAIN_SIZE[1], scope_light_from: int | None = None) -> list[dict[str, Any]]:
+    """``SceneConfig`` keyword arguments of each training clip (deterministic for ``seed``).
+
+    Clips with index >= ``scope_light_from`` also get the scope's light drawn from :data:`SCOPE_LIGHT`
+    (inter-reflection fill, beam profile), from a generator of their own, so every earlier clip stays as it was.
+    """
     if n_clips < 1:
         raise ValueError(f"n_clips must be >= 1, got {n_clips}")
     rng = np.random.default_rng(seed)
@@ -39,20 +45,24 @@ def clip_specs(n_clips: int, seed: int = 0, height: int = DEFAULT_TRAIN_SIZE[0],
             specular=float(rng.uniform(0.4, 1.6)), vignetting=float(rng.uniform(0.1, 0.7)),
             speed_mm=float(rng.uniform(3.0, 8.0)),
         ))
+        if scope_light_from is not None and i >= scope_light_from:
+            light = np.random.default_rng([seed, i, 7])
+            specs[-1].update({k: float(light.uniform(lo, hi)) for k, (lo, hi) in SCOPE_LIGHT.items()})
     return specs
 
 
 def render_training_set(root: str | Path, n_clips: int, frames_per_clip: int = 8, seed: int = 0,
                         height: int = DEFAULT_TRAIN_SIZE[0], width: int = DEFAULT_TRAIN_SIZE[1],
-                        progress: Callable[[int], None] | None = None) -> list[Path]:
-    """Render ``n_clips`` sequences into ``root/seq_XXXX`` (the ``synthetic`` layout); existing ones are kept,
-    so an interrupted run resumes. Returns the sequence folders."""
+                        progress: Callable[[int], None] | None = None,
+                        scope_light_from: int | None = None) -> list[Path]:
+    """Render ``n_clips`` sequences of ``clip_specs`` into ``root/seq_XXXX`` (the ``synthetic`` layout); existing
+    ones are kept, so an interrupted run resumes. Returns the sequence folders."""
     from .synthetic import render_clip, write_synthetic
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     folders = []
-    for i, spec in enumerate(clip_specs(n_clips, seed, height, width)):
+    for i, spec in enumerate(clip_specs(n_clips, seed, height, width, scope_light_from)):
         folder = root / f"seq_{i:04d}"
         if not folder.exists():
             options = {k: v for k, v in spec.items() if k not in ("organ", "seed", "height", "width")}
@@ -66,56 +76,132 @@ def render_training_set(root: str | Path, n_clips: int, frames_per_clip: int = 8
 
 
 # -- the default model ------------------------------------------------------------------------------------------
+#: The shipped default model (v2), trained in three stages on one data set of ``clip_specs(720, data_seed)``:
+#: 1. ``synthetic`` (= the v1 model): from random initialisation on the first 240 clips;
+#: 2. ``endoscope-look``: fine-tunes stage 1's fp16 export on all 480 clips with the photometry augmentation
+#:    (:mod:`.photometric`: tone curves, local adaptation, white balance, JPEG, scope borders), so that depth is
+#:    read from shape rather than from the renderer's brightness (model card: ``Resources/Models/MODEL_CARD.md``).
+#: 3. ``scope-light``: fine-tunes stage 2 on 720 clips, the last 240 lit like a real scope (``SCOPE_LIGHT``: light
+#:    bouncing around the lumen, a beam brightest on the optical axis), same augmentation.
+#: ``keep``: which weights a stage exports: ``best`` (lowest validation AbsRel on clean synthetic frames) or
+#: ``last`` (stage 2: its goal, robustness to the look of real video, is not what clean validation measures, and
+#: its start weights would otherwise win on them).
 DEFAULT_RECIPE = dict(
-    n_clips=240, frames_per_clip=8, data_seed=0,
-    train=dict(dataset="synthetic", model="random:surgical-depth-tiny", loss="l1", lr=2e-4, decoder_lr_mult=3.0,
-               weight_decay=0.05, batch_size=16, max_steps=2400, input_size=(126, 168), val_fraction=0.05,
-               warmup_steps=100, clip_grad_norm=1.0, head_bias=1.0, augment=True, seed=0, log_every=100,
-               save_every=200, max_depth=300.0),
-    inference_input_size=168,
+    frames_per_clip=8, data_seed=0, inference_input_size=168, scope_light_from=480,
+    stages=(
+        dict(name="synthetic", n_clips=240, keep="best", train=dict(
+            dataset="synthetic", model="random:surgical-depth-tiny", loss="l1", lr=2e-4, decoder_lr_mult=3.0,
+            weight_decay=0.05, batch_size=16, max_steps=2400, input_size=(126, 168), val_fraction=0.05,
+            warmup_steps=100, clip_grad_norm=1.0, head_bias=1.0, augment=True, seed=0, log_every=100,
+            save_every=200, max_depth=300.0)),
+        dict(name="endoscope-look", n_clips=480, keep="last", train=dict(
+            dataset="synthetic", model="@previous", loss="l1", lr=1e-4, decoder_lr_mult=3.0, weight_decay=0.05,
+            batch_size=16, max_steps=1500, input_size=(126, 168), val_fraction=0.05, warmup_steps=50,
+            clip_grad_norm=1.0, augment=True, photometric=0.8, seed=0, log_every=50, save_every=100,
+            max_depth=300.0)),
+        dict(name="scope-light", n_clips=720, keep="last", train=dict(
+            dataset="synthetic", model="@previous", loss="l1", lr=5e-5, decoder_lr_mult=3.0, weight_decay=0.05,
+            batch_size=16, max_steps=1000, input_size=(126, 168), val_fraction=0.05, warmup_steps=30,
+            clip_grad_norm=1.0, augment=True, photometric=0.8, seed=0, log_every=50, save_every=100,
+            max_depth=300.0)),
+    ),
 )
+PREVIOUS_STAGE = "@previous"  # a stage's ``model``: the fp16 export of the stage before it
 
 
-def train_default_model(output: str | Path, *, resume: bool = False, max_steps: int | None = None,
-                        n_clips: int | None = None, device: str = "auto",
-                        progress: ProgressReporter | None = None) -> Path:
-    """Reproduce the shipped default model: render the training set (``output/data``), train
-    (``output/run``), export the best weights as fp16 safetensors with a model card.
+class _ContinuedSteps:
+    """A progress reporter for one stage's ``train``: its steps continue the count of the stages before, out of the
+    recipe's total, so a progress bar or a ``--progress jsonl`` reader sees one ``train`` stage rising to 100 %."""
 
-    ``max_steps`` and ``n_clips`` shorten the run (tests); the shipped weights use :data:`DEFAULT_RECIPE`
-    unchanged. ``progress`` (None = tqdm bars) gets the stages ``"render"`` (one update per clip) and
-    ``"train"`` (see :func:`.training.train`).
-    Returns the exported ``output/surgical-depth-default.safetensors``.
-    """
+    def __init__(self, reporter: ProgressReporter, done_before: int, grand_total: int) -> None:
+        self._reporter, self._done_before, self._grand_total = reporter, done_before, grand_total
+
+    def stage(self, name: str, total: int | None = None, *, unit: str = "frame", initial: int = 0,
+              desc: str | None = None):
+        return self._reporter.stage(name, self._grand_total, unit=unit, initial=self._done_before + initial,
+                                    desc=desc)
+
+
+def stage_configs(output: Path, n_clips: int | None, max_steps: int | None, device: str) -> list[dict[str, Any]]:
+    """``TrainConfig`` keyword arguments of every recipe stage (``@previous`` not yet resolved)."""
+    recipe, configs = DEFAULT_RECIPE, []
+    for stage in recipe["stages"]:
+        n = min(n_clips, stage["n_clips"]) if n_clips else stage["n_clips"]
+        options = dict(stage["train"], root=str(output / "data"), output=str(output / f"run-{stage['name']}"),
+                       device=device, split=",".join(f"seq_{i:04d}" for i in range(n)))
+        if max_steps is not None:
+            options.update(max_steps=max_steps,
+                           warmup_steps=min(options["warmup_steps"], max(1, max_steps // 10)))
+        configs.append(options)
+    return configs
+
+
+def _export_stage(run: Path, keep: str, target: Path, card: dict[str, str]) -> Path:
+    """A stage's ``best`` (``run/best.safetensors``) or ``last`` (``run/last.pt``) weights as fp16 safetensors
+    with the inference size and ``card`` as metadata."""
     import dataclasses
     import json
 
     import torch
 
     from SurgicalDepthLib.checkpoints import save_checkpoint
+    from SurgicalDepthLib.configs import ModelConfig
     from SurgicalDepthLib.loading import load_model
+    from SurgicalDepthLib.model import DepthModel
+
+    from .checkpointing import load_training_checkpoint
+
+    if keep == "best":
+        model = load_model(run / "best.safetensors", device="cpu")
+    else:
+        data = load_training_checkpoint(run / "last.pt")
+        model = DepthModel(ModelConfig.from_dict(json.loads(data["model_config"])))
+        model.load_state_dict(data["model"])
+    model.config = dataclasses.replace(model.config, input_size=DEFAULT_RECIPE["inference_input_size"])
+    save_checkpoint(target, model, extra=card, dtype=torch.float16)
+    return target
+
+
+def train_default_model(output: str | Path, *, resume: bool = False, max_steps: int | None = None,
+                        n_clips: int | None = None, device: str = "auto",
+                        progress: ProgressReporter | None = None) -> Path:
+    """Reproduce the shipped default model: render the training set (``output/data``), train each stage of
+    :data:`DEFAULT_RECIPE` (``output/run-<stage>``; each exported as ``output/<stage>.safetensors``), and write
+    the last export as ``output/surgical-depth-default.safetensors`` with the model card metadata.
+
+    ``max_steps`` (per stage) and ``n_clips`` shorten the run (tests); the shipped weights use the recipe
+    unchanged. ``resume`` continues the stages that were started and skips the finished ones. ``progress`` (None
+    = tqdm bars) gets the stages ``"render"`` (one update per clip) and ``"train"`` (the steps of all stages).
+    Returns the exported ``output/surgical-depth-default.safetensors``.
+    """
+    import json
+    import shutil
 
     from .training import TrainConfig, train
 
     output = Path(output)
     recipe = DEFAULT_RECIPE
-    data = output / "data"
     reporter = progress if progress is not None else ProgressReporter("bar")
-    n = n_clips or recipe["n_clips"]
-    log.info("rendering %d training clips into %s", n, data)
+    configs = stage_configs(output, n_clips, max_steps, device)
+    n = max(len(c["split"].split(",")) for c in configs)
+    logger.info("rendering %d training clips into %s", n, output / "data")
     with reporter.stage("render", n, unit="clip") as stage:
-        render_training_set(data, n, recipe["frames_per_clip"], recipe["data_seed"],
-                            progress=lambda done: stage.update(done - stage.step))
-    options = dict(recipe["train"], root=str(data), output=str(output / "run"), device=device)
-    if max_steps is not None:
-        options.update(max_steps=max_steps, warmup_steps=min(options["warmup_steps"], max(1, max_steps // 10)))
-    best = train(TrainConfig(**options), resume=resume, progress=reporter)
-    model = load_model(best, device="cpu")
-    model.config = dataclasses.replace(model.config, input_size=recipe["inference_input_size"])
-    target = output / "surgical-depth-default.safetensors"
+        render_training_set(output / "data", n, recipe["frames_per_clip"], recipe["data_seed"],
+                            progress=lambda done: stage.update(done - stage.step),
+                            scope_light_from=recipe["scope_light_from"])
     card = {"name": "surgical-depth-default", "recipe": json.dumps(recipe, default=list),
             "training_data": "procedural synthetic scenes only (colon, stomach, small intestine, surgical field)",
-            "output": "relative depth: disparity (larger = nearer), affine-invariant; no metric scale",
+            "output": "relative depth: disparity (larger = nearer), scale-invariant; no metric scale",
             "license": "Apache-2.0", "trained_with": f"surgical-depth {__version__}"}
-    save_checkpoint(target, model, extra=card, dtype=torch.float16)
+    grand_total, done_before, export = sum(c["max_steps"] for c in configs), 0, None
+    for spec, options in zip(recipe["stages"], configs):
+        if options["model"] == PREVIOUS_STAGE:
+            options["model"] = str(export)
+        stage_resume = resume and (Path(options["output"]) / "last.pt").is_file()
+        train(TrainConfig(**options), resume=stage_resume, progress=_ContinuedSteps(reporter, done_before, grand_total))
+        done_before += options["max_steps"]
+        export = _export_stage(Path(options["output"]), spec["keep"], output / f"{spec['name']}.safetensors",
+                               {**card, "stage": spec["name"]})
+    target = output / "surgical-depth-default.safetensors"
+    shutil.copyfile(export, target)
     return target

@@ -123,12 +123,19 @@ def test_default_recipe_reports_render_then_train(tmp_path, monkeypatch):
 
     # a smaller recipe (the shipped one is run by test_recipes): 3 clips x 2 frames, batch 4 at 56 x 56
     monkeypatch.setitem(DEFAULT_RECIPE, "frames_per_clip", 2)
-    monkeypatch.setitem(DEFAULT_RECIPE, "train", {**DEFAULT_RECIPE["train"], "batch_size": 4, "input_size": (56, 56)})
+    small = tuple(dict(stage, train={**stage["train"], "batch_size": 4, "input_size": (56, 56)})
+                  for stage in DEFAULT_RECIPE["stages"])
+    monkeypatch.setitem(DEFAULT_RECIPE, "stages", small)
     stream = io.StringIO()
     train_default_model(tmp_path, max_steps=1, n_clips=3, device="cpu", progress=ProgressReporter("jsonl", stream))
     lines = stream.getvalue().splitlines()
-    stages = [json.loads(line)["stage"] for line in lines]
+    events = [json.loads(line) for line in lines]
+    stages = [e["stage"] for e in events]
     assert stages[:4] == ["render"] * 4 and set(stages[4:]) == {"train"}
+    # the training stages count on as one (one step each here), never restarting at 0
+    n = len(small)
+    train_steps = [e["step"] for e in events[4:]]
+    assert train_steps == sorted(train_steps) and train_steps[-1] == n and {e["total"] for e in events[4:]} == {n}
     tracker = ProgressTracker("train")
     percents = [tracker.feed(line) for line in lines]
     assert percents == sorted(percents) and percents[3] == 50 and percents[-1] == 100

@@ -22,16 +22,50 @@ def test_clip_specs_deterministic_and_varied():
 
 @pytest.mark.slow
 def test_train_default_model_shortened(tmp_path):
+    """Bugs caught: a stage that does not start from the previous stage's export (``@previous`` unresolved or
+    pointing at random weights), stage 1 training on stage 2's extra clips, the ``last`` stage exporting its
+    start weights, and an export that is not fp16 with the recipe in its metadata."""
+    from safetensors import safe_open
+
     path = train_default_model(tmp_path, max_steps=2, n_clips=3, device="cpu")
     assert path == tmp_path / "surgical-depth-default.safetensors"
     model = sd.load_model(path, device="cpu")
     assert model.config.input_size == DEFAULT_RECIPE["inference_input_size"]
     assert model.output_kind == "disparity"
-    from safetensors import safe_open
-
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
         assert all(f.get_tensor(k).dtype == torch.float16 for k in f.keys() if "weight" in k)
-    assert json.loads(meta["recipe"])["train"]["loss"] == "l1"
+    stages = json.loads(meta["recipe"])["stages"]
+    assert {s["train"]["loss"] for s in stages} == {"l1"} and meta["stage"] == stages[-1]["name"]
+    assert stages[-1]["train"]["photometric"] > 0
     assert len(list((tmp_path / "data").iterdir())) == 3
-    assert (tmp_path / "run" / "log.csv").is_file()
+    for before, stage in zip(stages, stages[1:]):  # each stage starts from the previous one's export
+        run = tmp_path / f"run-{stage['name']}"
+        start = tmp_path / f"{before['name']}.safetensors"
+        assert json.loads((run / "train_config.json").read_text())["model"] == str(start)
+        assert (run / "log.csv").is_file()
+        # and trained: its export differs from its start weights
+        with safe_open(str(start), "pt") as a, safe_open(str(tmp_path / f"{stage['name']}.safetensors"), "pt") as b:
+            assert any(not torch.equal(a.get_tensor(k), b.get_tensor(k)) for k in a.keys())
+
+
+def test_recipe_stage_one_sees_only_its_clips(tmp_path):
+    """Bug caught: stage 1 (the v1 model) opening every clip of the shared data folder, so the shipped weights no
+    longer reproduce once stage 2's clips are rendered beside its own."""
+    from SurgicalDepthTrainingLib.recipes import stage_configs
+
+    first, second, third = stage_configs(tmp_path, None, None, "cpu")
+    assert first["split"].split(",") == [f"seq_{i:04d}" for i in range(240)]
+    assert len(second["split"].split(",")) == 480 and len(third["split"].split(",")) == 720
+    assert first["root"] == second["root"] == third["root"]
+
+
+def test_scope_light_is_drawn_only_for_the_later_clips():
+    """Bug caught: drawing the scope light from the shared generator (every later clip of the earlier stages would
+    change, so the shipped stages no longer reproduce) or for every clip."""
+    plain, lit = clip_specs(12, seed=0), clip_specs(12, seed=0, scope_light_from=8)
+    assert lit[:8] == plain[:8]
+    for a, b in zip(plain[8:], lit[8:]):
+        assert {k: v for k, v in b.items() if k not in ("fill_light", "beam_exponent")} == a
+        assert 0.0 <= b["fill_light"] <= 0.3 and 0.0 <= b["beam_exponent"] <= 4.0
+    assert len({s["beam_exponent"] for s in lit[8:]}) == 4
