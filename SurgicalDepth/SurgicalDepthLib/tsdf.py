@@ -25,6 +25,7 @@ from .geometry import check_rigid
 logger = logging.getLogger(__name__)
 
 BLOCK = 8  # voxels per block side (sparse mode)
+_MAX_TILE = 64  # largest tile side of the block-allocation quadtree, pixels
 _KEY_BITS = 21  # block coordinate bits per axis in the int64 hash key
 _KEY_OFF = 1 << (_KEY_BITS - 1)
 
@@ -297,26 +298,61 @@ class TSDFVolume:
         """Sorted unique keys of the 8³ blocks (voxel-index frame relative to ``origin``) that the truncation band
         ``[depth − truncation, depth + truncation]`` of the valid pixels passes through.
 
-        The image is split into tiles whose footprint is at most half a block wide; along each tile's centre ray,
-        points from (min depth − truncation) to (max depth + truncation) are sampled every half block, so the
-        samples form a grid finer than the blocks over the band.
+        The image is covered by square tiles of adaptive size (a quadtree, ``_band_tiles``): each tile's footprint
+        at its farthest depth is at most half a block wide and its depths span at most one block, so a tile's band
+        is the segment ``[min depth − truncation, max depth + truncation]`` of its centre ray. Points along each
+        segment are sampled every half block; with the half-block footprint they form a grid finer than the
+        blocks over the band. Near tissue gets large tiles, the far lumen and occlusion edges small ones, so the
+        samples follow the band instead of every pixel's ray or the whole depth range of a tile.
 
         Args:
             d: float32 depth [H, W], 0 where invalid; ``d_max``: its maximum (> 0).
         """
+        dirs, step, z0, z1 = self._band_tiles(d, d_max, intr)
+        counts = torch.ceil((z1 - z0) / step).long().add_(1)
+        tile = torch.repeat_interleave(torch.arange(counts.numel(), device=d.device), counts)
+        first = torch.cumsum(counts, 0).sub_(counts)
+        k = torch.arange(tile.numel(), device=d.device).sub_(first[tile]).float()
+        zs = torch.minimum(z0[tile] + k * step[tile], z1[tile])
+        p = (dirs[tile] * zs[:, None]) @ R.T + (t - origin)
+        return _unique_block_keys(p.T.contiguous().div_(BLOCK * self.voxel_size).add_(0.5 / BLOCK).floor_())
+
+    def _band_tiles(self, d: torch.Tensor, d_max: float, intr: Intrinsics
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The quadtree tiles of ``_touched_blocks``: centre rays [n, 3], their half-block depth step [n] and band
+        ``z0, z1`` [n] (min depth − truncation, max depth + truncation) of every final tile.
+
+        Tiles of side ``s = 2^k`` (row-major from the image origin, the last ones clipped) are final when no larger
+        tile covering them is, they hold valid depth, ``s · max depth / f <= half a block`` and
+        ``max − min depth <= one block``; single pixels are always final.
+        """
         block_len = BLOCK * self.voxel_size
-        s = max(1, int(0.5 * block_len * min(intr.fx, intr.fy) / d_max))
+        limit = 0.5 * block_len * min(intr.fx, intr.fy)  # s · depth <= limit: footprint <= half a block
         big = torch.finfo(torch.float32).max  # invalid pixels: larger than any depth for the tile minimum
-        dmin = _tile_max(torch.add(d, torch.eq(d, 0.0, out=torch.empty_like(d)), alpha=big).neg_(), s).neg_().view(-1)
-        dmax = _tile_max(d, s).view(-1)
-        ok = dmax > 0
-        dirs, step = self._tile_rays(intr, s)
-        dirs, step = dirs[ok], step[ok]
-        z0, z1 = dmin[ok] - self.truncation, dmax[ok] + self.truncation
-        n_steps = int(torch.ceil(((z1 - z0) / step).max())) + 1
-        zs = torch.minimum(z0[:, None] + torch.arange(n_steps, device=d.device)[None] * step[:, None], z1[:, None])
-        p = (dirs[:, None, :] * zs[..., None]).reshape(-1, 3) @ R.T + (t - origin)
-        return _unique_block_keys(p.T.contiguous().div_(block_len).add_(0.5 / BLOCK).floor_())
+        # max and (negated) min depth pyramids, each level pooled 2×2 from the one below
+        highs = [d]
+        lows = [torch.add(d, torch.eq(d, 0.0, out=torch.empty_like(d)), alpha=big).neg_()]
+        while (1 << len(highs)) <= _MAX_TILE and min(highs[-1].shape) > 1:
+            highs.append(_tile_max(highs[-1], 2))
+            lows.append(_tile_max(lows[-1], 2))
+        nearest = -float(lows[-1].max())  # no tile is final above the size allowed at the nearest depth
+        top = min(len(highs) - 1, max(0, int(math.floor(math.log2(max(limit / nearest, 1.0))))))
+        out, covered = [], None
+        for level in range(top, -1, -1):
+            s, dmax, dmin = 1 << level, highs[level], lows[level].neg()
+            if covered is not None:  # children of the tiles already final above
+                covered = covered.repeat_interleave(2, 0).repeat_interleave(2, 1)[:dmax.shape[0], :dmax.shape[1]]
+            final = dmax > 0
+            if s > 1:
+                final &= (dmax * s <= limit) & (dmax - dmin <= block_len)
+            if covered is not None:
+                final &= ~covered
+            dirs, step = self._tile_rays(intr, s)
+            keep = final.view(-1)
+            out.append((dirs[keep], step[keep], dmin.reshape(-1)[keep] - self.truncation,
+                        dmax.reshape(-1)[keep] + self.truncation))
+            covered = final if covered is None else covered | final
+        return tuple(torch.cat(parts) for parts in zip(*out))
 
     def _tile_rays(self, intr: Intrinsics, s: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Rays ``(x, y, 1)`` [th·tw, 3] through the centre pixels of the s×s tiles (row-major, the last tiles

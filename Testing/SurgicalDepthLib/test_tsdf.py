@@ -249,3 +249,42 @@ def test_colour_of_other_dtypes_is_averaged_like_uint8():
         grids.append(vol.to_grid())
     np.testing.assert_array_equal(grids[0][1], grids[1][1])
     np.testing.assert_allclose(grids[1][2] * 255.0, grids[0][2], atol=1e-3)
+
+
+def test_occlusion_edge_allocates_no_free_space_between_the_surfaces():
+    """Bug caught (issue #19): block allocation that samples a tile's whole depth range, so at an occlusion edge
+    (a fold in front of the far lumen) every block between the near and the far surface is allocated and
+    integrated as free space: slow and memory-hungry on real scenes."""
+    depth = np.full((CAM.height, CAM.width), 150.0, np.float32)
+    depth[:, :77] = 20.0  # an edge inside a tile of every size
+    vol = TSDFVolume(VOXEL, 4 * VOXEL)
+    vol.integrate(depth, None, CAM, np.eye(4))
+    _, weight, _, origin = vol.to_grid()
+    z = origin[2] + np.arange(weight.shape[2]) * VOXEL
+    observed = weight.max(axis=(0, 1)) > 0
+    assert observed[(z > 16) & (z < 24)].all() and observed[(z > 146) & (z < 154)].all()
+    assert not observed[(z > 40) & (z < 130)].any()  # nothing allocated between the two bands
+
+
+def test_allocation_covers_the_band_of_every_pixel():
+    """Bug caught: a quadtree level dropped or a tile too wide for its depth, so parts of the truncation band are
+    never allocated and the surface gets holes. Reference: every pixel's ray sampled every 0.05 voxel across its
+    band. The reference also counts blocks that a band sample merely enters with none of their voxel centres in a
+    pixel's band (no weight to show): the whole-range tile sampling before issue #19 scored 0.920 here, this 0.918."""
+    depth = scene(CAM, POSES[1])[0]
+    vol = TSDFVolume(VOXEL, 4 * VOXEL)
+    vol.integrate(depth, None, CAM, POSES[1])
+    _, weight, _, origin = vol.to_grid()
+    pts = backproject(depth, CAM)
+    band = np.linspace(-4 * VOXEL, 4 * VOXEL, 161)
+    ray = pts / pts[:, 2:3]
+    samples = transform_points((ray[:, None, :] * (pts[:, None, 2:3] + band[None, :, None])).reshape(-1, 3),
+                               POSES[1])
+    block = np.floor((samples - origin) / (8 * VOXEL) + 0.5 / 8).astype(np.int64)
+    wanted = np.unique(block, axis=0)
+    inside = ((wanted >= 0) & (wanted < np.array(weight.shape) // 8)).all(1)
+    allocated = weight.reshape(weight.shape[0] // 8, 8, weight.shape[1] // 8, 8, weight.shape[2] // 8, 8)
+    allocated = allocated.max(axis=(1, 3, 5)) > 0
+    covered = np.zeros(len(wanted), bool)
+    covered[inside] = allocated[tuple(wanted[inside].T)]
+    assert covered.mean() >= 0.9, covered.mean()
