@@ -135,8 +135,8 @@ def test_slicer_util_names_exist(path):
 
 
 # the Lib names the node class of each output kind (instantiated by the module by name): the same check applies
-@pytest.mark.parametrize("path", MODULE_FILES + SLICER_TEST_SCRIPTS + [LIB_DIRS[0] / "slicer_run.py"],
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize("path", MODULE_FILES + SLICER_TEST_SCRIPTS
+                         + [LIB_DIRS[0] / "slicer_run.py", LIB_DIRS[0] / "slicer_source.py"], ids=lambda p: p.name)
 def test_mrml_class_names_exist(path):
     tree = _tree(path)
     names = set()

@@ -10,10 +10,14 @@ only be read by setting it, and setting it, even for a moment, gives the files t
 
 Temporary names are ``.<stem>.<8 random characters [a-z0-9_]><suffix>`` (files) and ``.<name>.<8 random
 characters>`` (folders) beside the destination, like ``tempfile.mkstemp``/``mkdtemp`` would make them.
+
+A full disk: :func:`report_disk_full` turns the ``OSError`` of a write into :class:`DiskFullError` "disk full while
+writing <file>", for writers whose own message names no file (numpy, C++ writers).
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 import shutil
@@ -22,6 +26,29 @@ from pathlib import Path
 
 _NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"  # tempfile's alphabet
 _ATTEMPTS = 100
+#: errno values meaning "no room for this file": a full disk, an exhausted quota, a file size limit (RLIMIT_FSIZE,
+#: or the file system's largest file)
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+class DiskFullError(OSError):
+    """No room to write a file (disk full, quota or file size limit); the message names the file."""
+
+
+@contextlib.contextmanager
+def report_disk_full(path: str | os.PathLike):
+    """Re-raise a no-space ``OSError`` (disk full, quota, file size limit) inside the block as
+    :class:`DiskFullError` "disk full while writing <path> (<reason>)"; other errors pass unchanged."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except OSError as exc:
+        if exc.errno not in _NO_SPACE:
+            raise
+        error = DiskFullError(f"disk full while writing {path} ({os.strerror(exc.errno)})")
+        error.errno = exc.errno
+        raise error from None
 
 
 def _create_unique(folder: Path, prefix: str, suffix: str, create: Callable[[Path], None]) -> Path:

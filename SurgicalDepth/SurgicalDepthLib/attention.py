@@ -16,7 +16,16 @@ from torch import nn
 QUERY_CHUNK = 128
 
 
-def _chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk: int) -> torch.Tensor:
+def chunked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk: int) -> torch.Tensor:
+    """``softmax(q kᵀ / √head_dim) v`` by batched matrix products over blocks of ``chunk`` queries: the bfloat16
+    CPU inference path of :func:`attention` (see the module docstring), in any dtype.
+
+    Args:
+        q, k, v: ``[B, heads, N, head_dim]``, same dtype and device.
+        chunk: queries per block (memory ``O(chunk × N)`` per head).
+    Returns:
+        ``[B, heads, N, head_dim]`` in the dtype of ``q``.
+    """
     b, h, n, d = q.shape
     q = (q * d ** -0.5).reshape(b * h, n, d)
     kt = k.reshape(b * h, n, d).transpose(1, 2).contiguous()
@@ -38,7 +47,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, chunk: int = QU
         ``[B, heads, N, head_dim]``, ``softmax(q kᵀ / √head_dim) v``.
     """
     if q.device.type == "cpu" and q.dtype == torch.bfloat16 and not torch.is_grad_enabled():
-        return _chunked_attention(q, k, v, chunk)
+        return chunked_attention(q, k, v, chunk)
     return F.scaled_dot_product_attention(q, k, v)
 
 

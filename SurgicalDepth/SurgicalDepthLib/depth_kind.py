@@ -33,3 +33,15 @@ def invert(values: np.ndarray) -> np.ndarray:
     out = np.full(v.shape, np.nan, np.float32)
     np.divide(np.float32(1.0), v, out=out, where=ok)
     return out
+
+
+def as_depth_map(depth: np.ndarray, name: str = "depth") -> np.ndarray:
+    """float32 ``[H, W]`` copy (or view) of a real-valued 2D numpy array ``depth`` (a map to write); TypeError or
+    ValueError naming ``name`` otherwise."""
+    if not isinstance(depth, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(depth).__name__}")
+    if depth.ndim != 2:
+        raise ValueError(f"{name} must be a 2D map [H, W], got shape {depth.shape}")
+    if not (np.issubdtype(depth.dtype, np.floating) or np.issubdtype(depth.dtype, np.integer)):
+        raise TypeError(f"{name} must be a real-valued array, got dtype {depth.dtype}")
+    return depth.astype(np.float32, copy=False)

@@ -46,7 +46,7 @@ def interpolate_pos_embed_official(pos_embed: torch.Tensor, grid_h: int, grid_w:
 
     While the model is traced into a graph (ONNX export) the grid is symbolic and ``upsample_bicubic2d`` accepts
     no tensor scale factors; the same resampling is then written as two matrix products with the bicubic weights
-    computed in the graph (:func:`_resample_in_graph`), so one exported graph is exact at every input size.
+    computed in the graph (:func:`interpolate_pos_embed_traceable`), so one exported graph is exact at every input size.
 
     Args:
         pos_embed: ``[1, 1 + N*N, C]``, class token first.
@@ -61,7 +61,7 @@ def interpolate_pos_embed_official(pos_embed: torch.Tensor, grid_h: int, grid_w:
     if side_int * side_int != n:
         raise ValueError(f"pos_embed has {n} patch positions, which is not a square grid")
     if _tracing() or isinstance(grid_h, torch.Tensor) or isinstance(grid_w, torch.Tensor):
-        return _resample_in_graph(pos_embed, grid_h, grid_w, side_int, offset)
+        return interpolate_pos_embed_traceable(pos_embed, grid_h, grid_w, side_int, offset)
     if grid_h == grid_w == side_int:
         return pos_embed
     dim = pos_embed.shape[-1]
@@ -117,7 +117,8 @@ def _bicubic_matrix(out_len, in_len: int, offset: float) -> tuple[torch.Tensor, 
     return weights, (dst[:, None] == cols).float(), torch.eq(length, in_len)
 
 
-def _resample_in_graph(pos_embed: torch.Tensor, grid_h, grid_w, side: int, offset: float) -> torch.Tensor:
+def interpolate_pos_embed_traceable(pos_embed: torch.Tensor, grid_h, grid_w, side: int,
+                                    offset: float) -> torch.Tensor:
     """:func:`interpolate_pos_embed_official` as traceable tensor operations: the separable bicubic resampling
     ``Mh · P · Mwᵀ`` of each channel, and the identity for the N×N grid selected in the graph. Equal to the
     ``F.interpolate`` path up to float32 rounding (≤ 1e-5 of the embedding's largest value)."""

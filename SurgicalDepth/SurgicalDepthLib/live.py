@@ -11,9 +11,10 @@ Messages (pyigtl's codec; its array axes are ``[k, j, i, components]``):
   point, point attributes ``Depth`` (scalar, mm) and ``RGB`` (3 components in [0, 1], sent as a vector: the
   OpenIGTLink C library, and so Slicer, reads RGBA attributes with the wrong size).
 
-Latest-frame policy: a frame waits in a one-slot mailbox per device; one arriving while the model is busy
-replaces it (the replaced frame is counted as dropped), so latency stays bounded when frames come faster than
-inference. Frames go through :func:`~SurgicalDepthLib.stream.depth_stream` (batch 1), one at a time on CPU.
+Latest-frame policy: a frame waits in a one-slot mailbox per device (:class:`~latest_frame.LatestFrameMailbox`);
+one arriving while the model is busy replaces it (the replaced frame is counted as dropped), so latency stays
+bounded when frames come faster than inference. Frames go through :func:`~SurgicalDepthLib.stream.depth_stream`
+(batch 1), one at a time on CPU.
 
 Field of view (``fov_mask``, :mod:`SurgicalDepthLib.fov`): depth is NaN outside the scope's field of view and points
 come only from inside it. ``"auto"`` detects it once per device and frame size from the first frame received (the
@@ -21,7 +22,9 @@ service never holds frames back to look at more), an array gives it, None turns 
 
 Connections (:mod:`SurgicalDepthLib._igtl`, which also holds the wire format): a malformed message is skipped and
 the connection kept; a stream that cannot be re-synchronised (bad header, a body that stops coming) closes that
-connection only; a client may come and go; replies go to the connection the frame came from.
+connection only; a client may come and go; replies go to the connection the frame came from. Replies are made
+on a few threads and leave in frame order (:mod:`SurgicalDepthLib._live_replies`); counters and latencies:
+:mod:`SurgicalDepthLib._live_stats`.
 """
 from __future__ import annotations
 
@@ -31,111 +34,24 @@ import socket
 import threading
 import time
 from collections import OrderedDict, deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import numpy as np
 
-from ._igtl import (DEVICE_NAME_BYTES, BadMessage, Connection, PointCloudMessage, StreamBroken, decode_image,
-                    pack_depth_image, pack_message, pack_point_cloud, reply_name)
+from ._igtl import BadMessage, Connection, PointCloudMessage, StreamBroken, decode_image
+from ._live_replies import LIVE_POINT_BUDGET, ReceivedFrame, ReplySender, decimation_grid
+from ._live_stats import DepthServiceStats, ServiceCounters
 from .fov import detect_fov_mask
-from .memory_budget import decimation_step
+from .latest_frame import LatestFrameMailbox
 from .stream import depth_stream
 
-__all__ = ["DEFAULT_PORT", "LIVE_POINT_BUDGET", "DepthService", "LiveStats", "PointCloudMessage", "decimation_grid"]
+__all__ = ["DEFAULT_PORT", "LIVE_POINT_BUDGET", "DepthService", "DepthServiceStats", "PointCloudMessage",
+           "decimation_grid"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 18944  # the registered OpenIGTLink port
-#: points per live cloud (a message per frame; memory_budget.DEFAULT_POINT_BUDGET is the Slicer runs')
-LIVE_POINT_BUDGET = 20000
 _FOV_DEVICES = 64  # "auto" field-of-view masks kept (device, frame size): bounded, device names come from clients
-
-
-def decimation_grid(height: int, width: int, budget: int) -> np.ndarray:
-    """bool ``[height, width]``: every ``step``-th pixel of every ``step``-th row, centred in the image, with the
-    smallest step that keeps the count ``<= budget``; the same pixels for the same arguments."""
-    if budget < 1:
-        raise ValueError(f"point budget must be >= 1, got {budget}")
-    step = decimation_step(height * width, budget)
-    while ((height - 1) // step + 1) * ((width - 1) // step + 1) > budget:
-        step += 1
-    mask = np.zeros((height, width), bool)
-    mask[(height - 1) % step // 2::step, (width - 1) % step // 2::step] = True
-    return mask
-
-
-@dataclass(frozen=True)
-class LiveStats:
-    """Counters since start and rates over the last ``window_s`` seconds (latency: message fully received →
-    depth reply sent)."""
-
-    frames_in: int  # IMAGEs accepted
-    frames_out: int  # depth replies sent
-    dropped: int  # replaced in the mailbox by a newer frame of the same device (latest-frame policy)
-    bad: int  # IMAGEs skipped as malformed or unsupported
-    ignored: int  # messages of other types
-    lost: int  # accepted but not answered: the client left, or inference failed
-    clients: int
-    fps: float
-    latency_p50_ms: float | None
-    latency_p95_ms: float | None
-    window_s: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def format(self) -> str:
-        lat = ("latency p50 -- p95 --" if self.latency_p50_ms is None
-               else f"latency p50 {self.latency_p50_ms:.0f} ms p95 {self.latency_p95_ms:.0f} ms")
-        return (f"stream: in {self.frames_in} out {self.frames_out} dropped {self.dropped} bad {self.bad} "
-                f"lost {self.lost} | {self.fps:.1f} frames/s, {lat} | {self.clients} client(s)")
-
-
-@dataclass
-class _Frame:
-    rgb: np.ndarray
-    device: str
-    timestamp: bytes  # raw header bytes, echoed
-    coordinates: int
-    geometry: bytes
-    received: float  # time.perf_counter() when the message was complete
-    conn: "Connection"
-
-
-class _Mailbox:
-    """One slot per device: a frame replaces its device's waiting frame; ``take`` serves the device that has
-    waited longest."""
-
-    def __init__(self):
-        self._slots: OrderedDict[str, _Frame] = OrderedDict()
-        self._cond = threading.Condition()
-
-    def put(self, frame: _Frame, front: bool = False) -> bool:
-        """Returns whether a waiting frame was replaced (dropped); ``front``: a frame put back, kept only if no
-        newer frame of its device came meanwhile."""
-        with self._cond:
-            if front and frame.device in self._slots:
-                return True
-            replaced = frame.device in self._slots
-            self._slots[frame.device] = frame
-            if front:
-                self._slots.move_to_end(frame.device, last=False)
-            self._cond.notify_all()
-            return replaced
-
-    def take(self, timeout: float) -> _Frame | None:
-        with self._cond:
-            if not self._slots:
-                self._cond.wait(timeout)
-            return self._slots.popitem(last=False)[1] if self._slots else None
-
-    def clear(self) -> int:
-        with self._cond:
-            n = len(self._slots)
-            self._slots.clear()
-            return n
 
 
 class DepthService:
@@ -155,7 +71,7 @@ class DepthService:
             frame, :func:`~SurgicalDepthLib.fov.detect_fov_mask`), a bool ``[H, W]`` array (True = tissue; frames
             of another size get no reply) or None (every pixel is tissue). Depth is NaN outside it.
         output_threads: threads turning predictions into replies (default 2 on CPU, 4 on a GPU).
-        status_interval: seconds between status reports (None: none); ``on_status(LiveStats)`` receives them
+        status_interval: seconds between status reports (None: none); ``on_status(DepthServiceStats)`` receives them
             (default: logged at INFO).
         io_timeout: seconds a send, or a message that has started arriving, may take before the connection is
             closed.
@@ -166,7 +82,7 @@ class DepthService:
                  point_budget: int = LIVE_POINT_BUDGET, intrinsics: Any = None,
                  depth_range: tuple[float, float] | None = None, input_size: int | None = None,
                  fov_mask: str | np.ndarray | None = "auto", output_threads: int | None = None,
-                 status_interval: float | None = 5.0, on_status: Callable[[LiveStats], None] | None = None,
+                 status_interval: float | None = 5.0, on_status: Callable[[DepthServiceStats], None] | None = None,
                  io_timeout: float = 5.0, retry_interval: float = 1.0):
         if point_budget < 1:
             raise ValueError(f"point_budget must be >= 1, got {point_budget}")
@@ -190,20 +106,15 @@ class DepthService:
         self._output_threads = output_threads or (2 if on_cpu else 4)
         self.address: tuple[str, int] | None = None
         self._stop = threading.Event()
-        self._mailbox = _Mailbox()
-        self._lock = threading.Lock()  # counters, latencies, connections, threads, warned keys
-        self._counts = dict.fromkeys(("frames_in", "frames_out", "dropped", "bad", "ignored", "lost"), 0)
-        self._latencies: deque[tuple[float, float]] = deque(maxlen=100_000)  # (time sent, seconds)
+        self._mailbox: LatestFrameMailbox[ReceivedFrame] = LatestFrameMailbox()  # keyed by device
+        self._counters = ServiceCounters()
+        self._lock = threading.Lock()  # connections, threads, warned keys
         self._connections: set[Connection] = set()
         self._threads: list[threading.Thread] = []
         self._warned: set = set()
-        self._grids: dict[tuple[int, int], tuple[np.ndarray, Any]] = {}
         self._fov_masks: OrderedDict[tuple[str, int, int], np.ndarray | None] = OrderedDict()  # "auto", per device
         self._listener: socket.socket | None = None
-        self._pool: ThreadPoolExecutor | None = None
-        self._out_room = threading.Semaphore(self._output_threads + 1)
-        self._send_turn = threading.Condition()
-        self._seq = self._next_send = 0
+        self._replies: ReplySender | None = None
         self._started: float | None = None
 
     # -- life cycle ------------------------------------------------------------------------------------------
@@ -223,7 +134,8 @@ class DepthService:
             logger.warning("stream: crcmod runs without its C extension: the CRC of every reply is computed in pure "
                         "Python (slow for large frames); reinstall crcmod with a C compiler available")
         self._started = time.monotonic()
-        self._pool = ThreadPoolExecutor(self._output_threads, thread_name_prefix="DepthService.output")
+        self._replies = ReplySender(self._output_threads, self._counters, self._stop, self._once, points=self.points,
+                                    point_budget=self.point_budget, intrinsics=self.intrinsics)
         if self._listener is not None:
             self._spawn(self._accept_loop, "accept")
             logger.info("stream: listening on %s:%d", *self.address)
@@ -245,16 +157,13 @@ class DepthService:
             connections, threads = list(self._connections), list(self._threads)
         for conn in connections:
             conn.close()
-        with self._send_turn:
-            self._send_turn.notify_all()
+        self._replies.wake()
         deadline = time.monotonic() + timeout
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        self._replies.shutdown()
         self._mailbox.clear()
-        with self._lock:
-            c = self._counts
-            c["lost"] = c["frames_in"] - c["frames_out"] - c["dropped"]
+        self._counters.settle_lost()
         alive = [t.name for t in threads if t.is_alive()]
         if alive:
             logger.warning("stream: threads still running after stop: %s", ", ".join(alive))
@@ -265,22 +174,14 @@ class DepthService:
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def stats(self, window: float | None = None) -> LiveStats:
+    def stats(self, window: float | None = None) -> DepthServiceStats:
         """Counters, and output frames/s and latency percentiles over the last ``window`` seconds (default: the
         status interval, else 5 s)."""
         window = float(window or self.status_interval or 5.0)
-        now = time.perf_counter()
-        recent: list[float] = []
         with self._lock:
-            counts, clients = dict(self._counts), len(self._connections)
-            for sent, latency in reversed(self._latencies):
-                if sent < now - window:
-                    break
-                recent.append(latency)
-        span = min(window, time.monotonic() - self._started) if self._started is not None else window
-        p50, p95 = (np.percentile(recent, [50, 95]) * 1000).tolist() if recent else (None, None)
-        return LiveStats(**counts, clients=clients, fps=len(recent) / span if span > 0 else 0.0,
-                         latency_p50_ms=p50, latency_p95_ms=p95, window_s=window)
+            clients = len(self._connections)
+        running = time.monotonic() - self._started if self._started is not None else None
+        return self._counters.snapshot(window, clients, running)
 
     def _status_loop(self) -> None:
         while not self._stop.wait(self.status_interval):
@@ -301,8 +202,7 @@ class DepthService:
         thread.start()
 
     def _count(self, name: str, n: int = 1) -> None:
-        with self._lock:
-            self._counts[name] += n
+        self._counters.add(name, n)
 
     def _once(self, level: int, key: tuple, msg: str, *args: Any) -> None:
         """Log ``msg`` the first time ``key`` occurs (at DEBUG afterwards): bad input must not flood the log."""
@@ -383,7 +283,7 @@ class DepthService:
                        "(logged once)", device, conn.peer, exc)
             return
         self._count("frames_in")
-        if self._mailbox.put(_Frame(rgb, device, stamp, coordinates, geometry, received, conn)):
+        if self._mailbox.put(ReceivedFrame(rgb, device, stamp, coordinates, geometry, received, conn), key=device):
             self._count("dropped")
 
     # -- inference -------------------------------------------------------------------------------------------
@@ -393,11 +293,11 @@ class DepthService:
             if first is not None:
                 self._run_stream(first)
 
-    def _run_stream(self, first: _Frame) -> None:
+    def _run_stream(self, first: ReceivedFrame) -> None:
         """One :func:`depth_stream` over the latest frames of ``first``'s size and field of view; it ends when
         either changes (``depth_stream`` needs one of each), when a GPU stream must hand out its last result, or at
         stop."""
-        pending: deque[_Frame] = deque()  # yielded to the stream, result not out yet (the stream keeps order)
+        pending: deque[ReceivedFrame] = deque()  # yielded to the stream, result not out yet (the stream keeps order)
         room = threading.Condition()
         done = threading.Event()
         shape, fov = first.rgb.shape, self._fov(first)
@@ -405,7 +305,7 @@ class DepthService:
         def halted() -> bool:
             return done.is_set() or self._stop.is_set()
 
-        def next_frame() -> _Frame | None:
+        def next_frame() -> ReceivedFrame | None:
             while not halted():
                 with room:  # take a frame only when the model is ready for it: the latest-frame policy
                     if not room.wait_for(lambda: len(pending) < self._in_flight or halted(), 0.1) or halted():
@@ -417,14 +317,14 @@ class DepthService:
                         return None
                     continue
                 if frame.rgb.shape != shape or self._fov(frame) is not fov:  # one size and mask per stream
-                    if self._mailbox.put(frame, front=True):
+                    if self._mailbox.put_back(frame, key=frame.device):
                         self._count("dropped")
                     return None
                 return frame
             return None
 
         def frames():
-            frame: _Frame | None = first
+            frame: ReceivedFrame | None = first
             while frame is not None:
                 with room:
                     pending.append(frame)
@@ -440,7 +340,7 @@ class DepthService:
                 with room:
                     frame = pending.popleft()
                     room.notify_all()
-                self._submit(out, frame)
+                self._replies.submit(out, frame)
         except Exception as exc:  # a frame the model cannot take must not end the service
             self._once(logging.ERROR, ("inference", type(exc).__name__, str(exc)),
                        "stream: inference failed: %s: %s", type(exc).__name__, exc)
@@ -451,7 +351,7 @@ class DepthService:
             stream.close()
             self._count("lost", len(pending))
 
-    def _fov(self, frame: _Frame) -> np.ndarray | None:
+    def _fov(self, frame: ReceivedFrame) -> np.ndarray | None:
         """The field of view of ``frame``'s device and size: ``fov_mask``, or with "auto" the one detected from
         the first such frame (kept for the :data:`_FOV_DEVICES` device/size pairs seen last)."""
         if not isinstance(self.fov_mask, str):
@@ -464,76 +364,3 @@ class DepthService:
             logger.info("stream: %r (%dx%d): %s", frame.device, key[2], key[1], "no field-of-view border found"
                      if mask is None else f"field of view detected: {100 * mask.mean():.1f} % of the frame")
         return self._fov_masks[key]
-
-    # -- replies ---------------------------------------------------------------------------------------------
-    def _submit(self, out: Any, frame: _Frame) -> None:
-        while not self._out_room.acquire(timeout=0.1):  # replies lag: block, so that the mailbox drops
-            if self._stop.is_set():
-                self._count("lost")
-                return
-        seq, self._seq = self._seq, self._seq + 1
-        try:
-            self._pool.submit(self._reply, out, frame, seq)
-        except RuntimeError:  # pool shut down by stop()
-            self._out_room.release()
-            self._count("lost")
-
-    def _reply(self, out: Any, frame: _Frame, seq: int) -> None:
-        try:
-            try:
-                messages = self._replies(out, frame)
-            except Exception as exc:
-                self._once(logging.ERROR, ("reply", type(exc).__name__), "stream: no reply for %r: %s: %s",
-                           frame.device, type(exc).__name__, exc)
-                messages = []
-            with self._send_turn:  # replies leave in frame order
-                while self._next_send != seq and not self._stop.is_set():
-                    self._send_turn.wait(0.1)
-            if not messages or not frame.conn.send(messages[0]):
-                self._count("lost")
-                return
-            sent = time.perf_counter()
-            with self._lock:
-                self._counts["frames_out"] += 1
-                self._latencies.append((sent, sent - frame.received))
-            for message in messages[1:]:
-                frame.conn.send(message)
-        finally:
-            with self._send_turn:
-                self._next_send = max(self._next_send, seq + 1)
-                self._send_turn.notify_all()
-            self._out_room.release()
-
-    def _replies(self, out: Any, frame: _Frame) -> list[list]:
-        depth = out.depth_mm
-        replies = [pack_message("IMAGE", self._name(frame.device, "_depth"), frame.timestamp,
-                                pack_depth_image(depth, frame.coordinates, frame.geometry))]
-        if self.points:
-            try:
-                replies.append(self._point_reply(depth, frame))
-            except (ValueError, OSError) as exc:  # e.g. intrinsics for another aspect ratio
-                self._once(logging.ERROR, ("points", str(exc)), "stream: no points for %r: %s", frame.device, exc)
-        return replies
-
-    def _point_reply(self, depth: np.ndarray, frame: _Frame) -> list:
-        from .camera import Intrinsics, parse_intrinsics
-        from .geometry import backproject
-
-        H, W = depth.shape
-        if (H, W) not in self._grids:  # one (grid, camera) per frame size
-            intr = self.intrinsics
-            camera = ((intr if intr.size == (W, H) else intr.scaled(W, H)) if isinstance(intr, Intrinsics)
-                      else parse_intrinsics(intr, W, H))
-            self._grids[H, W] = decimation_grid(H, W, self.point_budget), camera
-        grid, camera = self._grids[H, W]
-        mask = grid & (depth > 0)  # NaN compares False
-        points = backproject(depth, camera, mask=mask) if mask.any() else np.zeros((0, 3), np.float32)
-        return pack_message("POLYDATA", self._name(frame.device, "_points"), frame.timestamp,
-                            pack_point_cloud(points, frame.rgb[mask], depth[mask]))
-
-    def _name(self, device: str, suffix: str) -> str:
-        name = reply_name(device, suffix)
-        if not name.startswith(device):
-            self._once(logging.WARNING, ("name", device, suffix), "stream: %r + %r exceeds OpenIGTLink's %d-byte "
-                       "device names: replying as %r", device, suffix, DEVICE_NAME_BYTES, name)
-        return name

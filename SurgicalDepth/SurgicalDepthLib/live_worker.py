@@ -1,13 +1,13 @@
 """Live depth of an updating image source, off the caller's thread (the Slicer module's *Live* input).
 
 The caller (Slicer's GUI thread, on each update of the input volume) :meth:`~LiveWorker.put` s a copy of the
-newest frame into a one-slot mailbox: a frame that waits there is replaced by a newer one (counted as dropped),
-so inference always works on the newest frame and never falls behind the source. A worker thread takes the frame,
-runs it through ``sd.depth_stream`` (the one inference loop: the same depth conversion and field of view as a
-clip) and computes what the scene shows (:func:`~slicer_run.frame_outputs`: the frame, the depth map and a point
-cloud decimated to the point budget), so that the GUI thread only copies results into its nodes. The caller drains
-finished results with :meth:`~LiveWorker.results` from a timer; an error in the worker is raised there. Nothing
-here touches MRML.
+newest frame into a one-slot mailbox (:class:`~latest_frame.LatestFrameMailbox`): a frame that waits there is
+replaced by a newer one (counted as dropped), so inference always works on the newest frame and never falls behind
+the source. A worker thread takes the frame, runs it through ``sd.depth_stream`` (the one inference loop: the same
+depth conversion and field of view as a clip) and computes what the scene shows (:func:`~slicer_run.frame_outputs`:
+the frame, the depth map and a point cloud decimated to the point budget), so that the GUI thread only copies
+results into its nodes. The caller drains finished results with :meth:`~LiveWorker.results` from a timer; an error
+in the worker is raised there. Nothing here touches MRML.
 
 Why one ``depth_stream`` call per frame instead of one stream over a generator fed from the mailbox: the stream
 (and the model's ``iter_batches``) read frames ahead of inference (its prefetch thread; an ``"auto"`` field of view
@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .latest_frame import LatestFrameMailbox
 from .memory_budget import DEFAULT_POINT_BUDGET
 from .slicer_helpers import resolve_intrinsics, rgb_from_volume_array
 
@@ -58,9 +59,10 @@ class LiveResult:
 
 
 @dataclass(frozen=True)
-class LiveStats:
-    """Counts since start: frames put (``received``), processed, replaced in the mailbox before inference took
-    them (``dropped``), results marked for recording; ``fps``: processed frames per second over the last 2 s."""
+class LiveWorkerStats:
+    """What :meth:`LiveWorker.stats` returns: counts since start of frames put (``received``), processed,
+    replaced in the mailbox before inference took them (``dropped``) and results marked for recording
+    (``recorded``); ``fps``: processed frames per second over the last 2 s."""
 
     received: int
     processed: int
@@ -71,27 +73,6 @@ class LiveStats:
     def format(self) -> str:
         text = f"Live: {self.processed} frame(s), {self.fps:.1f} /s, {self.dropped} dropped"
         return text + (f", {self.recorded} recorded" if self.recorded else "")
-
-
-class _Mailbox:
-    """One slot: ``put`` replaces the waiting item (returns True when one was replaced); ``take`` waits."""
-
-    def __init__(self) -> None:
-        self._item: Any = None
-        self._cond = threading.Condition()
-
-    def put(self, item: Any) -> bool:
-        with self._cond:
-            replaced, self._item = self._item is not None, item
-            self._cond.notify_all()
-            return replaced
-
-    def take(self, timeout: float) -> Any:
-        with self._cond:
-            if self._item is None:
-                self._cond.wait(timeout)
-            item, self._item = self._item, None
-            return item
 
 
 class LiveWorker:
@@ -128,7 +109,7 @@ class LiveWorker:
         self.intrinsics_for = intrinsics_for or (lambda width, height: resolve_intrinsics(width, height))
         self.depth_range = (near or DEFAULT_DEPTH_RANGE_MM[0], far or DEFAULT_DEPTH_RANGE_MM[1])
         self.fov_mask, self.point_budget, self.record_frames = resolve_fov(fov_mask), point_budget, record_frames
-        self._mailbox, self._results = _Mailbox(), queue.Queue(maxsize=max_results)
+        self._mailbox, self._results = LatestFrameMailbox(), queue.Queue(maxsize=max_results)
         self._stop, self._lock = threading.Event(), threading.Lock()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
@@ -186,12 +167,12 @@ class LiveWorker:
         self._thread.join(timeout)
         return not self._thread.is_alive()
 
-    def stats(self) -> LiveStats:
+    def stats(self) -> LiveWorkerStats:
         with self._lock:
             counts, times = dict(self._counts), list(self._done_times)
         recent = [t for t in times if t >= time.monotonic() - 2.0]
         fps = (len(recent) - 1) / (recent[-1] - recent[0]) if len(recent) > 1 and recent[-1] > recent[0] else 0.0
-        return LiveStats(fps=fps, **counts)
+        return LiveWorkerStats(fps=fps, **counts)
 
     # -- worker thread -------------------------------------------------------------------------------------
     def _run(self) -> None:

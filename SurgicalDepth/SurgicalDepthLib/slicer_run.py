@@ -1,12 +1,14 @@
-"""One Slicer run without MRML: which frames it reads, the weights it needs, the per-frame loop that feeds the scene
-and how the outputs are shown.
+"""One Slicer run without MRML: the weights it needs, the per-frame loop that feeds the scene and how the outputs
+are shown.
 
-The Surgical Depth module builds a :class:`FrameSource` (a video through :func:`video_source`, or the frames of
-a sequence browser or a volume), then :func:`run_frames` streams it through ``sd.depth_stream`` (the one inference
-loop) and hands each frame at once to the module's ``write`` callback, which stores it in MRML sequences: nothing
-is kept per frame here. With fusion, each frame also goes through ICP
+The Surgical Depth module builds a :class:`~SurgicalDepthLib.slicer_source.FrameSource` (a video, or the frames of
+a sequence browser or a volume: :mod:`SurgicalDepthLib.slicer_source`) from its parameter node's choices
+(:mod:`SurgicalDepthLib.slicer_parameters`), then :func:`run_frames` streams it through ``sd.depth_stream`` (the one
+inference loop) and hands each frame at once to the module's ``write`` callback, which stores it in MRML sequences:
+nothing is kept per frame here. With fusion, each frame also goes through ICP
 (:class:`~SurgicalDepthLib.icp.PoseTracker`) and TSDF integration, so cancelling stops those too. Point clouds and
-meshes per frame come from :func:`frame_outputs` (RAS, decimated to a point budget, NaN depth left out).
+meshes per frame come from :func:`frame_outputs` (RAS, decimated to a point budget, NaN depth left out). The names
+of those two modules are importable from here too, where the module and its tests import them.
 """
 from __future__ import annotations
 
@@ -14,109 +16,22 @@ import math
 from collections.abc import Callable, Iterable
 from contextlib import closing
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .alignment import DEFAULT_DEPTH_RANGE_MM
 from .memory_budget import DEFAULT_POINT_BUDGET, decimate_mask
-from .slicer_helpers import Cancelled, image_ijk_to_ras, index_value, polydata_to_ras, pose_to_ras
+from .slicer_helpers import Cancelled, polydata_to_ras, pose_to_ras
+from .slicer_parameters import FOV_CHOICES, INPUT_MODES, input_ready, live_arguments, process_arguments
+from .slicer_source import FrameSource, array_source, check_rgb_sequence, select_frames, video_source
 
-
-def select_frames(n_items: int, start: int = 0, stride: int = 1, max_frames: int = 0,
-                  current: int | None = None) -> range:
-    """Items of an ``n_items`` long source to process: the ``current`` item alone when given ("run on current
-    frame"), else ``start, start + stride, ...``, at most ``max_frames`` of them (0 = no limit).
-
-    Raises ValueError naming the value when the selection is empty or an argument is out of range.
-    """
-    for name, value, low in (("start frame", start, 0), ("frame stride", stride, 1), ("max. frames", max_frames, 0)):
-        if not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    if n_items < 1:
-        raise ValueError("the input has no frames")
-    if current is not None:
-        if not 0 <= current < n_items:
-            raise ValueError(f"the selected item {current} is not one of the {n_items} frames (is an item "
-                             "selected in the sequence browser?)")
-        return range(current, current + 1)
-    if start >= n_items:
-        raise ValueError(f"start frame {start} is past the last frame ({n_items - 1})")
-    stop = n_items if max_frames == 0 else min(n_items, start + max_frames * stride)
-    return range(start, stop, stride)
-
-
-@dataclass
-class FrameSource:
-    """The frames one run reads (built by the module from a video, a sequence browser or a volume).
-
-    ``frames``: what :func:`~SurgicalDepthLib.stream.depth_stream` takes (an opened ``FrameReader`` or an iterable
-    of RGB arrays); ``items``: the selected source items; ``by_source_index``: whether the stream's
-    ``DepthFrame.index`` is already the source item (a ``FrameReader``) or the position in ``items``;
-    ``index_value(item)``: the output sequences' index value; ``ijk_to_ras(item)``: 4×4 geometry of the depth
-    volume; ``sequence``: the input's own RGB frames sequence, shared by the outputs' browser (None: the run
-    stores the RGB frames it reads in a new sequence).
-    """
-
-    name: str
-    frames: Any
-    items: range
-    width: int
-    height: int
-    index_value: Callable[[int], str]
-    ijk_to_ras: Callable[[int], np.ndarray]
-    fps: float | None = None
-    sequence: Any = None
-    by_source_index: bool = False
-
-    @property
-    def count(self) -> int:
-        return len(self.items)
-
-    def item(self, stream_index: int) -> int:
-        """Source item of a ``DepthFrame.index``."""
-        return stream_index if self.by_source_index else self.items[stream_index]
-
-
-def video_source(path: Any, start: int = 0, stride: int = 1, max_frames: int = 0,
-                 current_only: bool = False) -> FrameSource:
-    """:class:`FrameSource` of a video, image folder, glob or image (``sd.open_frames``): opened, not decoded.
-
-    ``current_only``: only the first frame of the range (what "run on current frame" means for a file). Its
-    geometry is :func:`~slicer_helpers.image_ijk_to_ras`; index values are frame times when the fps is known.
-    """
-    from .video import open_frames
-
-    with open_frames(path) as probe:
-        items = select_frames(probe.frame_count, start, stride, 1 if current_only else max_frames)
-    reader = open_frames(path, start=items.start, stop=items.stop, stride=items.step, prefetch=2)
-    height, width = reader.size
-    ijk = image_ijk_to_ras(width, height)
-    return FrameSource(Path(str(path)).stem or "video", reader, items, width, height,
-                       lambda item: index_value(item, reader.fps), lambda item: ijk, fps=reader.fps,
-                       by_source_index=True)
-
-
-def check_rgb_sequence(class_name: str | None) -> None:
-    """ValueError unless a browser's master sequence holds RGB vector volumes (``class_name``: its data nodes')."""
-    if class_name != "vtkMRMLVectorVolumeNode":
-        raise ValueError("process: give videoPath, volume or a browser whose master sequence holds RGB vector "
-                         f"volumes (vtkMRMLVectorVolumeNode), not {class_name}")
-
-
-def array_source(name: str, arrays: list, items: range, index_value: Callable[[int], str],
-                 ijk_to_ras: Callable[[int], np.ndarray], sequence: Any = None) -> FrameSource:
-    """:class:`FrameSource` of RGB volume arrays ``[1, H, W, C >= 3]`` (one per item; views into the volumes'
-    memory, made by the caller on the main thread): the stream's reading thread only copies their pixels."""
-    from .slicer_helpers import rgb_from_volume_array
-
-    if not arrays or np.ndim(arrays[0]) != 4:
-        raise ValueError(f"{name}: expected RGB vector volumes [1, H, W, 3], got "
-                         f"{np.shape(arrays[0]) if arrays else 'no frame'}")
-    frames = (rgb_from_volume_array(array, name) for array in arrays)
-    return FrameSource(name, frames, items, arrays[0].shape[2], arrays[0].shape[1], index_value, ijk_to_ras,
-                       sequence=sequence)
+__all__ = [  # the last two lines: re-exported from slicer_parameters and slicer_source
+    "OUTPUT_LABELS", "OUTPUT_NODE_CLASSES", "Cancelled", "DisplayRange", "RunResult", "check_memory",
+    "dialog_progress", "display_settings", "ensure_weights", "frame_outputs", "output_kinds", "resolve_fov",
+    "run_frames", "unique_run_name",
+    "FOV_CHOICES", "INPUT_MODES", "input_ready", "live_arguments", "process_arguments",
+    "FrameSource", "array_source", "check_rgb_sequence", "select_frames", "video_source"]
 
 
 class DisplayRange:
@@ -169,11 +84,6 @@ def check_memory(source: FrameSource, kinds: Iterable[str], point_budget: int = 
                                               meshes="meshes" in kinds), available_memory_bytes(), budget=budget)
 
 
-#: The module's input modes and field-of-view choices (its parameter node's ``Choice`` lists; checked by pytest).
-INPUT_MODES = ("video", "sequence", "volume", "live")
-FOV_CHOICES = ("auto", "none", "file")
-
-
 def resolve_fov(fov: Any) -> str | np.ndarray | None:
     """``depth_stream``'s ``fov_mask`` from the module's choice: ``"auto"`` (detected from the first frames), None
     or ``"none"`` (every pixel is tissue), a bool ``[H, W]`` array, or the path of a mask image (nonzero = tissue,
@@ -185,58 +95,6 @@ def resolve_fov(fov: Any) -> str | np.ndarray | None:
     from .fov import read_fov_mask
 
     return read_fov_mask(fov)
-
-
-def _fov_choice(p: Any) -> str | None:
-    """The parameter node's field of view: "auto", "none" or the mask image's path."""
-    from .slicer_helpers import path_or_none
-
-    if p.fovMode not in FOV_CHOICES:
-        raise ValueError(f"field of view must be one of {FOV_CHOICES}, got {p.fovMode!r}")
-    if p.fovMode != "file":
-        return p.fovMode
-    if path_or_none(p.fovPath) is None:
-        raise ValueError("field of view: 'file' was chosen but no mask image was given")
-    return path_or_none(p.fovPath)
-
-
-def input_ready(p: Any) -> bool:
-    """Whether the parameter node ``p`` has the input its mode needs (a video path, a browser or a volume)."""
-    from .slicer_helpers import path_or_none
-
-    return p is not None and bool({"video": path_or_none(p.videoPath), "sequence": p.inputBrowser,
-                                   "volume": p.inputVolume, "live": p.inputVolume}.get(p.inputMode))
-
-
-def process_arguments(p: Any, all_frames: bool) -> dict[str, Any]:
-    """Keyword arguments of ``SurgicalDepthLogic.process`` from the module's parameter node ``p`` (any object with
-    its fields): the chosen input only (live: the volume's current image), the model source, "current frame" when
-    not ``all_frames`` (and then no fusion, which needs a sequence); per-frame meshes when ticked, else only for a
-    single frame."""
-    from .slicer_helpers import model_source, path_or_none
-
-    same = ("startFrame", "frameStride", "maxFrames", "device", "precision", "inputSize", "fx", "fy", "cx", "cy",
-            "nearMm", "farMm", "pointCloud", "pointBudget", "colorByDepth", "voxelMm", "backend")
-    inputs = {"video": {"videoPath": path_or_none(p.videoPath)}, "sequence": {"browser": p.inputBrowser},
-              "volume": {"volume": p.inputVolume}, "live": {"volume": p.inputVolume}}
-    if p.inputMode not in inputs:
-        raise ValueError(f"input mode must be one of {tuple(inputs)}, got {p.inputMode!r}")
-    return {**inputs[p.inputMode], **{key: getattr(p, key) for key in same}, "currentOnly": not all_frames,
-            "model": model_source(p.modelChoice, str(p.modelPath), p.registryName),
-            "calibration": path_or_none(p.calibrationPath), "fuse": bool(p.fuse and all_frames),
-            "depthMesh": True if p.depthMesh else None, "fovMask": _fov_choice(p)}  # unticked: one frame's mesh
-
-
-def live_arguments(p: Any) -> dict[str, Any]:
-    """Keyword arguments of ``SurgicalDepthLogic.startLive`` from the module's parameter node ``p``: those of
-    :func:`process_arguments` for the live volume's current image (without a depth mesh, which live frames do
-    not update) and the recording budget ``recordFrames`` (0 = no recording)."""
-    if p.inputVolume is None:
-        raise ValueError("live: choose the updating RGB volume (e.g. an OpenIGTLink connector's image)")
-    args = {key: value for key, value in process_arguments(p, all_frames=False).items()
-            if key not in ("videoPath", "browser")}
-    return {**args, "volume": p.inputVolume, "depthMesh": False,
-            "recordFrames": int(p.liveRecordFrames) if p.liveRecord else 0}
 
 
 #: Output sequences of a run in browser order (the first, depth, is the browser's master) and their name suffixes.

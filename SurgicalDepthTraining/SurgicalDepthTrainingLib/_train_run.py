@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from ._train_data import TransformedDataset
 from ._train_loop import (LOSS_WINDOW, TrainingDiverged, TrainingStopped, TrainState, any_rank, recent_loss,
                           train_one_epoch, validate)
-from .checkpointing import (TrainRunFolder, export_model, first_non_finite, read_log, restore_training_state,
+from .checkpointing import (TrainRunFolder, export_weights, first_non_finite, read_log, restore_training_state,
                             save_training_checkpoint, write_log)
 from .distributed import DistInfo, barrier
 from .semi import SemiTerm
@@ -242,7 +242,7 @@ class TrainRun:
     def _export_best(self, metrics: dict[str, float]) -> None:
         """``best.safetensors`` (a ``load_model`` checkpoint) and ``best.json`` (step, epoch, scores, config)."""
         state = self.state
-        export_model(self.output("best.safetensors"), self.core, {
+        export_weights(self.output("best.safetensors"), self.core, {
             "train_config": self.config_json, "val_abs_rel": str(metrics["abs_rel"]), "step": str(state.step)})
         with atomic_path(self.output("best.json")) as tmp:
             tmp.write_text(json.dumps({"step": state.step, "epoch": state.epoch, "val": metrics,

@@ -199,9 +199,10 @@ def restore_training_state(ckpt: dict[str, Any], path: Path, model: torch.nn.Mod
     return state
 
 
-def export_model(path: str | os.PathLike, model: torch.nn.Module, extra: dict[str, str] | None = None) -> Path:
-    """Export the model (LoRA merged) as a project checkpoint (safetensors + config metadata) via
-    :func:`SurgicalDepthLib.checkpoints.save_checkpoint`; loadable with ``load_model(path)``."""
+def export_weights(path: str | os.PathLike, model: torch.nn.Module, extra: dict[str, str] | None = None) -> Path:
+    """Write the model's weights (LoRA merged into a copy; ``model`` is left as it is) as a project checkpoint
+    (safetensors + config metadata) via :func:`SurgicalDepthLib.checkpoints.save_checkpoint`; loadable with
+    ``load_model(path)``. Not a deployable graph: that is ``SurgicalDepthLib.export_model`` (ONNX/OpenVINO)."""
     from SurgicalDepthLib.checkpoints import save_checkpoint as save_model
 
     if has_lora(model):

@@ -5,7 +5,7 @@ import pytest
 import torch
 from timm.models.vision_transformer import Attention
 
-from SurgicalDepthLib.attention import SelfAttention, _chunked_attention, attention
+from SurgicalDepthLib.attention import SelfAttention, attention, chunked_attention
 
 
 def reference(q, k, v):
@@ -19,7 +19,7 @@ def reference(q, k, v):
 def test_chunked_attention_float32_is_exact(n, chunk):
     torch.manual_seed(0)
     q, k, v = (torch.randn(2, 3, n, 16) for _ in range(3))
-    out = _chunked_attention(q, k, v, chunk)
+    out = chunked_attention(q, k, v, chunk)
     assert out.shape == q.shape
     torch.testing.assert_close(out.double(), reference(q, k, v), atol=2e-6, rtol=1e-5)
 
@@ -35,7 +35,7 @@ def test_bfloat16_cpu_inference_uses_the_chunked_path_within_bf16_accuracy():
     assert (out.double() - ref).abs().max() < 0.02 * ref.abs().max()
     # identical to the chunked function itself (so the dispatch really took that path)
     with torch.inference_mode():
-        same = _chunked_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), 128)
+        same = chunked_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), 128)
     assert torch.equal(out, same)
 
 

@@ -18,7 +18,7 @@ import SurgicalDepthLib as sd
 from SurgicalDepthLib import backends, loading
 from SurgicalDepthLib.backends import MissingBackendError, choose_backend, export_model, load_backend
 from SurgicalDepthLib.cli import main as cli_main
-from SurgicalDepthLib.encoder import _resample_in_graph, interpolate_pos_embed_official
+from SurgicalDepthLib.encoder import interpolate_pos_embed_official, interpolate_pos_embed_traceable
 
 SIZE = 70  # network input lower bound for frames (multiple of 14): keeps the tiny model fast
 #: network inputs (batch, h, w): the 37×37 pretraining grid (the official early return), non-square both ways
@@ -95,11 +95,11 @@ def test_pos_embed_in_graph_equals_official(grid):
     pe = torch.randn(1, 1 + 37 * 37, 32)
     ref = interpolate_pos_embed_official(pe, *grid)
     for gh, gw in (grid, tuple(torch.tensor(g) for g in grid)):  # ints, and 0-d tensors as while tracing
-        out = _resample_in_graph(pe, gh, gw, 37, 0.1)
+        out = interpolate_pos_embed_traceable(pe, gh, gw, 37, 0.1)
         assert out.shape == ref.shape
         assert float((out - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
     if grid == (37, 37):
-        assert torch.equal(_resample_in_graph(pe, 37, 37, 37, 0.1), pe)
+        assert torch.equal(interpolate_pos_embed_traceable(pe, 37, 37, 37, 0.1), pe)
 
 
 def test_traced_model_generalises_to_other_sizes(model, references):

@@ -158,6 +158,27 @@ def test_lora_merge_equals_unmerged_forward(tmp_path):
         assert torch.allclose(model(x), adapted, atol=1e-5, rtol=1e-4)
 
 
+
+def test_export_weights_merges_lora_into_a_loadable_copy(tmp_path):
+    """Catches: the best model written with its LoRA adapter keys (which ``load_model`` refuses) or merged in place,
+    which would turn the run's still-training LoRA model into a plain one."""
+    from SurgicalDepthTrainingLib.checkpointing import export_weights
+
+    torch.manual_seed(0)
+    model = DepthModel(make_config("vitt")).eval()
+    add_lora(model, rank=2, alpha=4)
+    for name, p in model.named_parameters():
+        if "lora_b" in name:
+            torch.nn.init.normal_(p, std=0.05)
+    x = torch.randn(1, 3, 56, 56)
+    with torch.no_grad():
+        adapted = model(x)
+    path = export_weights(tmp_path / "best.safetensors", model, {"step": "7"})
+    assert any("lora_b" in name for name, _ in model.named_parameters())  # the training model keeps its adapters
+    loaded = load_model(path, device="cpu", precision="fp32")
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), adapted, atol=1e-5, rtol=1e-4)
+
 def test_semi_supervised_loss_finite_and_decreasing():
     torch.manual_seed(0)
     teacher = DepthModel(make_config("vitt")).eval().requires_grad_(False)

@@ -1,0 +1,148 @@
+"""Replies of :class:`~SurgicalDepthLib.live.DepthService` (internal): what a frame is answered with, made on a
+few threads and sent in frame order (message layouts: the :mod:`SurgicalDepthLib.live` docstring; packing:
+:mod:`SurgicalDepthLib._igtl`)."""
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from ._igtl import DEVICE_NAME_BYTES, Connection, pack_depth_image, pack_message, pack_point_cloud, reply_name
+from ._live_stats import ServiceCounters
+from .memory_budget import decimation_step
+
+#: points per live cloud (a message per frame; memory_budget.DEFAULT_POINT_BUDGET is the Slicer runs')
+LIVE_POINT_BUDGET = 20000
+
+
+def decimation_grid(height: int, width: int, budget: int) -> np.ndarray:
+    """bool ``[height, width]``: every ``step``-th pixel of every ``step``-th row, centred in the image, with the
+    smallest step that keeps the count ``<= budget``; the same pixels for the same arguments."""
+    if budget < 1:
+        raise ValueError(f"point budget must be >= 1, got {budget}")
+    step = decimation_step(height * width, budget)
+    while ((height - 1) // step + 1) * ((width - 1) // step + 1) > budget:
+        step += 1
+    mask = np.zeros((height, width), bool)
+    mask[(height - 1) % step // 2::step, (width - 1) % step // 2::step] = True
+    return mask
+
+
+@dataclass
+class ReceivedFrame:
+    """An IMAGE accepted by the service: its pixels and what its replies echo."""
+
+    rgb: np.ndarray
+    device: str
+    timestamp: bytes  # raw header bytes, echoed
+    coordinates: int
+    geometry: bytes
+    received: float  # time.perf_counter() when the message was complete
+    conn: Connection
+
+
+class ReplySender:
+    """Turns each ``depth_stream`` output into its reply messages on ``threads`` threads and sends them to the
+    frame's connection in the order :meth:`submit` was called.
+
+    Args:
+        threads: threads making replies; at most ``threads + 1`` replies are pending, then :meth:`submit` blocks
+            (so that the service's mailbox drops frames instead of replies queueing up).
+        counters: the service's counters (``frames_out`` with the latency, ``lost``).
+        stop: the service's stop event: pending replies are abandoned (counted as lost) once it is set.
+        once: the service's once-only logger ``once(level, key, msg, *args)``.
+        points, point_budget, intrinsics: as :class:`~SurgicalDepthLib.live.DepthService`'s.
+    """
+
+    def __init__(self, threads: int, counters: ServiceCounters, stop: threading.Event,
+                 once: Callable[..., None], *, points: bool, point_budget: int, intrinsics: Any):
+        self.points, self.point_budget, self.intrinsics = points, point_budget, intrinsics
+        self._counters, self._stop, self._once = counters, stop, once
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="DepthService.output")
+        self._room = threading.Semaphore(threads + 1)
+        self._send_turn = threading.Condition()
+        self._seq = self._next_send = 0
+        self._grids: dict[tuple[int, int], tuple[np.ndarray, Any]] = {}
+
+    def submit(self, out: Any, frame: ReceivedFrame) -> None:
+        """Reply to ``frame`` with ``out`` (a ``DepthFrame``); called from one thread (the stream's)."""
+        while not self._room.acquire(timeout=0.1):  # replies lag: block, so that the mailbox drops
+            if self._stop.is_set():
+                self._counters.add("lost")
+                return
+        seq, self._seq = self._seq, self._seq + 1
+        try:
+            self._pool.submit(self._reply, out, frame, seq)
+        except RuntimeError:  # pool shut down by stop()
+            self._room.release()
+            self._counters.add("lost")
+
+    def wake(self) -> None:
+        """After the stop event is set: replies waiting for their turn give up."""
+        with self._send_turn:
+            self._send_turn.notify_all()
+
+    def shutdown(self) -> None:
+        """Wait for the replies being made; those not started are dropped."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _reply(self, out: Any, frame: ReceivedFrame, seq: int) -> None:
+        try:
+            try:
+                messages = self._messages(out, frame)
+            except Exception as exc:
+                self._once(logging.ERROR, ("reply", type(exc).__name__), "stream: no reply for %r: %s: %s",
+                           frame.device, type(exc).__name__, exc)
+                messages = []
+            with self._send_turn:  # replies leave in frame order
+                while self._next_send != seq and not self._stop.is_set():
+                    self._send_turn.wait(0.1)
+            if not messages or not frame.conn.send(messages[0]):
+                self._counters.add("lost")
+                return
+            self._counters.replied(frame.received)
+            for message in messages[1:]:
+                frame.conn.send(message)
+        finally:
+            with self._send_turn:
+                self._next_send = max(self._next_send, seq + 1)
+                self._send_turn.notify_all()
+            self._room.release()
+
+    def _messages(self, out: Any, frame: ReceivedFrame) -> list[list]:
+        depth = out.depth_mm
+        replies = [pack_message("IMAGE", self._name(frame.device, "_depth"), frame.timestamp,
+                                pack_depth_image(depth, frame.coordinates, frame.geometry))]
+        if self.points:
+            try:
+                replies.append(self._point_reply(depth, frame))
+            except (ValueError, OSError) as exc:  # e.g. intrinsics for another aspect ratio
+                self._once(logging.ERROR, ("points", str(exc)), "stream: no points for %r: %s", frame.device, exc)
+        return replies
+
+    def _point_reply(self, depth: np.ndarray, frame: ReceivedFrame) -> list:
+        from .camera import Intrinsics, parse_intrinsics
+        from .geometry import backproject
+
+        H, W = depth.shape
+        if (H, W) not in self._grids:  # one (grid, camera) per frame size
+            intr = self.intrinsics
+            camera = ((intr if intr.size == (W, H) else intr.scaled(W, H)) if isinstance(intr, Intrinsics)
+                      else parse_intrinsics(intr, W, H))
+            self._grids[H, W] = decimation_grid(H, W, self.point_budget), camera
+        grid, camera = self._grids[H, W]
+        mask = grid & (depth > 0)  # NaN compares False
+        points = backproject(depth, camera, mask=mask) if mask.any() else np.zeros((0, 3), np.float32)
+        return pack_message("POLYDATA", self._name(frame.device, "_points"), frame.timestamp,
+                            pack_point_cloud(points, frame.rgb[mask], depth[mask]))
+
+    def _name(self, device: str, suffix: str) -> str:
+        name = reply_name(device, suffix)
+        if not name.startswith(device):
+            self._once(logging.WARNING, ("name", device, suffix), "stream: %r + %r exceeds OpenIGTLink's %d-byte "
+                       "device names: replying as %r", device, suffix, DEVICE_NAME_BYTES, name)
+        return name
