@@ -21,118 +21,14 @@ import torch
 
 from .camera import Intrinsics, distort_normalized, pixel_rays
 from .geometry import check_rigid
+from .tsdf_kernels import (BLOCK, band_weight, decode_block_keys, pack_rgb, padded, pixel_index_, tile_max,
+                           unique_block_keys, unpack_rgb_, valid_depth)
+from .tsdf_mesh import grid_to_mesh
 
 logger = logging.getLogger(__name__)
 
-BLOCK = 8  # voxels per block side (sparse mode)
+
 _MAX_TILE = 64  # largest tile side of the block-allocation quadtree, pixels
-_KEY_BITS = 21  # block coordinate bits per axis in the int64 hash key
-_KEY_OFF = 1 << (_KEY_BITS - 1)
-
-
-def _decode(keys: torch.Tensor) -> torch.Tensor:
-    """Block coordinates int64 [n, 3] from hash keys [n] (inverse of ``_encode``)."""
-    mask = (1 << _KEY_BITS) - 1
-    return torch.stack([(keys >> (2 * _KEY_BITS)) & mask, (keys >> _KEY_BITS) & mask, keys & mask], 1) - _KEY_OFF
-
-
-def _tile_max(img: torch.Tensor, s: int) -> torch.Tensor:
-    """Maximum of ``img`` [H, W] over s×s tiles → [ceil(H/s), ceil(W/s)] (the last row/column of tiles is clipped
-    to the image), as two 1-D max-pools."""
-    import torch.nn.functional as F
-
-    rows = F.max_pool1d(img[None], s, ceil_mode=True)[0]  # [H, tw]
-    return F.max_pool1d(rows.T.contiguous()[None], s, ceil_mode=True)[0].T.contiguous()
-
-
-def _encode(bc: torch.Tensor) -> torch.Tensor:
-    """Hash keys int64 [n] of block coordinates int64 [n, 3] (each in [−2^20, 2^20)); key order is lexicographic
-    coordinate order. Inverse of ``_decode``."""
-    b = bc + _KEY_OFF
-    return (b[:, 0] << (2 * _KEY_BITS)) | (b[:, 1] << _KEY_BITS) | b[:, 2]
-
-
-def _unique_block_keys(bc: torch.Tensor) -> torch.Tensor:
-    """Sorted unique keys (``_encode``) of block coordinates given as planes [3, n] (n > 0, with duplicates) of
-    integral float32 values (floored coordinates).
-
-    Marks the blocks in an occupancy grid over their bounding box when that box is small (at most 16 cells per
-    coordinate given, or 2^16 cells), which is faster than sorting the keys; ``torch.unique`` otherwise.
-    """
-    lo, hi = bc.amin(1), bc.amax(1)
-    ext = (hi - lo + 1).tolist()
-    n_cells = math.prod(ext) if all(math.isfinite(e) for e in ext) else math.inf
-    if n_cells > max(16 * bc.shape[1], 1 << 16) or n_cells >= 1 << 24:
-        return torch.unique(_encode(bc.T.long()))
-    ext, n_cells = [int(e) for e in ext], int(n_cells)
-    plane = ext[1] * ext[2]
-    # cell index (x·ext_y + y)·ext_z + z in float32: products and sums are integers below 2^24, hence exact
-    rel = bc - lo[:, None]
-    cell = rel[0].mul(plane).add_(rel[1], alpha=ext[2]).add_(rel[2]).long()
-    occupied = torch.zeros(n_cells, dtype=torch.bool, device=bc.device).index_fill_(0, cell, True)
-    cell = occupied.nonzero()[:, 0]  # ascending = lexicographic (x, y, z) order = key order
-    return _encode(torch.stack([cell // plane, cell % plane // ext[2], cell % ext[2]], 1) + lo.long())
-
-
-def _valid_depth(depth: torch.Tensor, max_depth: float | None) -> torch.Tensor:
-    """``depth`` float32 [H, W] with 0 where it carries no information: NaN, ±inf, ``<= 0`` or ``> max_depth``
-    (when not None); valid values are returned unchanged (a new tensor)."""
-    d = torch.nan_to_num(depth, nan=0.0, posinf=0.0, neginf=0.0).clamp_(min=0.0)
-    if max_depth is not None:
-        d.mul_(torch.le(d, max_depth, out=torch.empty_like(d)))
-    return d
-
-
-def _padded(img: torch.Tensor) -> torch.Tensor:
-    """Image [H, W] with a one-pixel zero border, flattened to [(H + 2)·(W + 2)]."""
-    out = img.new_zeros((img.shape[0] + 2, img.shape[1] + 2))
-    out[1:-1, 1:-1] = img
-    return out.view(-1)
-
-
-def _pixel_index_(u: torch.Tensor, v: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """Flat index into a ``_padded`` image of size ``width × height`` of the pixel containing (u, v).
-
-    Args:
-        u, v: float32 pixel-edge coordinates (same shape; pixel (i, j) covers u ∈ [i, i + 1), v ∈ [j, j + 1));
-            no NaN. Both are overwritten (used as scratch).
-    Returns:
-        int32 (int64 for images over 2^24 pixels) tensor of u's shape: ``(j + 1)·(width + 2) + i + 1`` inside the
-        image, an index into the zero border outside it.
-    """
-    u.floor_().clamp_(-1, width)
-    v.floor_().clamp_(-1, height)
-    if (height + 2) * (width + 2) <= 1 << 24:  # float arithmetic on these integers is exact
-        return u.add_(v, alpha=width + 2).add_(width + 3).to(torch.int32)
-    return (v.long() + 1) * (width + 2) + u.long() + 1
-
-
-def _band_weight(sdf: torch.Tensor, z: torch.Tensor, truncation: float,
-                 scratch: torch.Tensor | None = None) -> torch.Tensor:
-    """Observation weight (float32 1 or 0, new tensor of sdf's shape) of voxels at camera depth ``z`` with
-    projective signed distance ``sdf = depth − z``: 1 where the voxel is at most ``truncation`` behind the surface
-    (``sdf >= −truncation``) and the depth sample is valid (``sdf + z > 0``; missing depth reads 0).
-    ``scratch``: optional buffer of sdf's shape, overwritten, to save an allocation."""
-    w = torch.ge(sdf, -truncation, out=torch.empty_like(sdf))
-    valid = torch.add(sdf, z, out=scratch)
-    return w.mul_(torch.gt(valid, 0.0, out=valid))
-
-
-def _pack_rgb(rgb: torch.Tensor) -> torch.Tensor:
-    """uint8 colours [..., 3] → float32 [...] holding ``r·65536 + g·256 + b`` exactly (an integer below 2^24)."""
-    c = rgb.to(torch.float32)
-    return torch.add(c[..., 2], c[..., 1], alpha=256).add_(c[..., 0], alpha=65536)
-
-
-def _unpack_rgb_(planes: torch.Tensor) -> torch.Tensor:
-    """Inverse of ``_pack_rgb``, in place: float32 planes [3, ...] whose plane 2 holds packed colours on entry
-    (planes 0 and 1 are overwritten) → (r, g, b) planes in 0–255 (a packed 0 gives black). Returns ``planes``."""
-    packed = planes[2]
-    r = torch.mul(packed, 1.0 / 65536, out=planes[0]).floor_()
-    packed.add_(r, alpha=-65536)  # g·256 + b, exact
-    g = torch.mul(packed, 1.0 / 256, out=planes[1]).floor_()
-    packed.add_(g, alpha=-256)
-    return planes
 
 
 class TSDFVolume:
@@ -214,7 +110,7 @@ class TSDFVolume:
                 raise ValueError(f"rgb must be [H, W, 3] = {depth.shape + (3,)}, got shape {rgb.shape}")
         pose = check_rigid(pose)
         dev = self.device
-        d = _valid_depth(torch.as_tensor(np.ascontiguousarray(depth, dtype=np.float32)).to(dev), self.max_depth)
+        d = valid_depth(torch.as_tensor(np.ascontiguousarray(depth, dtype=np.float32)).to(dev), self.max_depth)
         R = torch.as_tensor(pose[:3, :3], dtype=torch.float32, device=dev)
         t = torch.as_tensor(pose[:3, 3], dtype=torch.float32, device=dev)
         self.n_frames += 1
@@ -224,7 +120,7 @@ class TSDFVolume:
             return
         origin = torch.as_tensor(self._origin, dtype=torch.float32, device=dev)
         keys = self._touched_blocks(d, d_max, intrinsics, R, t, origin)
-        bc = _decode(keys)
+        bc = decode_block_keys(keys)
         if self.bounds is None:
             slots = self._slots_for(keys)
         else:
@@ -242,25 +138,25 @@ class TSDFVolume:
         pix = self._pixel_of_(xyz, intrinsics, bool(cam_block[:, 2].min() + cam_local[:, 2].min() <= 1e-9))
         # xyz[0] and xyz[1] are free now: they hold the per-voxel terms below, then the colour planes
         X, Y, Z = xyz
-        sdf = torch.index_select(_padded(d), 0, pix, out=X.view(-1)).view_as(Z).sub_(Z)
-        w = _band_weight(sdf, Z, self.truncation, scratch=Y)  # 1 = observed: tsdf and colour join the average
+        sdf = torch.index_select(padded(d), 0, pix, out=X.view(-1)).view_as(Z).sub_(Z)
+        w = band_weight(sdf, Z, self.truncation, scratch=Y)  # 1 = observed: tsdf and colour join the average
         # running sums; slots are unique, so index_add_ is a plain scatter-add
         self._tsdf.index_add_(0, slots, sdf.mul_(1.0 / self.truncation).clamp_(max=1.0).mul_(w))
         self._weight.index_add_(0, slots, w)
         if rgb is not None:
             colour = torch.as_tensor(np.ascontiguousarray(rgb)).to(dev)
             if colour.dtype == torch.uint8:  # one gather of the packed colour
-                torch.index_select(_padded(_pack_rgb(colour)), 0, pix, out=Z.view(-1))
+                torch.index_select(padded(pack_rgb(colour)), 0, pix, out=Z.view(-1))
                 Z.mul_(w)  # unobserved voxels add black
-                planes = _unpack_rgb_(xyz)
+                planes = unpack_rgb_(xyz)
             else:  # other dtypes (not documented, but accepted): one gather per channel
                 for k in range(3):
-                    torch.index_select(_padded(colour[..., k].float()), 0, pix, out=xyz[k].view(-1))
+                    torch.index_select(padded(colour[..., k].float()), 0, pix, out=xyz[k].view(-1))
                 planes = torch.where(w > 0, xyz, 0.0)
             self._color.index_add_(1, slots, planes)
 
     def _pixel_of_(self, xyz: torch.Tensor, intr: Intrinsics, behind: bool) -> torch.Tensor:
-        """Flat index [n] into the ``_padded`` image of the pixel that each voxel centre at camera coordinates
+        """Flat index [n] into the ``padded`` image of the pixel that each voxel centre at camera coordinates
         ``xyz`` [3, ...] (volume unit) projects into; voxels outside the image, at ``z <= 1e-9`` (checked only when
         ``behind`` says that some may be) or outside the field of view of a distorted camera get a border pixel.
         ``xyz[0]`` and ``xyz[1]`` are overwritten (used as scratch)."""
@@ -278,7 +174,7 @@ class TSDFVolume:
         if out is not None:  # (NaN or inf there): the border pixel (−1, −1)
             u.masked_fill_(out, -1.0)
             v.masked_fill_(out, -1.0)
-        return _pixel_index_(u, v, intr.width, intr.height).view(-1)
+        return pixel_index_(u, v, intr.width, intr.height).view(-1)
 
     def _camera(self, intr: Intrinsics) -> dict:
         """Cached per camera (the last one used): its pixel rays ``"rays"`` [H, W, 2], ``"max_r2"`` (largest
@@ -315,7 +211,7 @@ class TSDFVolume:
         k = torch.arange(tile.numel(), device=d.device).sub_(first[tile]).float()
         zs = torch.minimum(z0[tile] + k * step[tile], z1[tile])
         p = (dirs[tile] * zs[:, None]) @ R.T + (t - origin)
-        return _unique_block_keys(p.T.contiguous().div_(BLOCK * self.voxel_size).add_(0.5 / BLOCK).floor_())
+        return unique_block_keys(p.T.contiguous().div_(BLOCK * self.voxel_size).add_(0.5 / BLOCK).floor_())
 
     def _band_tiles(self, d: torch.Tensor, d_max: float, intr: Intrinsics
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -333,8 +229,8 @@ class TSDFVolume:
         highs = [d]
         lows = [torch.add(d, torch.eq(d, 0.0, out=torch.empty_like(d)), alpha=big).neg_()]
         while (1 << len(highs)) <= _MAX_TILE and min(highs[-1].shape) > 1:
-            highs.append(_tile_max(highs[-1], 2))
-            lows.append(_tile_max(lows[-1], 2))
+            highs.append(tile_max(highs[-1], 2))
+            lows.append(tile_max(lows[-1], 2))
         nearest = -float(lows[-1].max())  # no tile is final above the size allowed at the nearest depth
         top = min(len(highs) - 1, max(0, int(math.floor(math.log2(max(limit / nearest, 1.0))))))
         out, covered = [], None
@@ -428,7 +324,7 @@ class TSDFVolume:
             if self._n_blocks == 0:
                 raise ValueError("TSDFVolume is empty: integrate at least one frame with valid depth first")
             slots = self._slots
-            bc = _decode(self._keys)
+            bc = decode_block_keys(self._keys)
             bmin = bc.min(0).values
             dims = ((bc.max(0).values - bmin + 1) * BLOCK).tolist()
             if int(np.prod(dims)) > self.max_voxels:
@@ -461,68 +357,3 @@ class TSDFVolume:
             raise ValueError("TSDFVolume is empty: integrate at least one frame first")
         tsdf, weight, color, origin = self.to_grid()
         return grid_to_mesh(tsdf, weight, color, origin, self.voxel_size)
-
-
-def grid_to_mesh(tsdf: np.ndarray, weight: np.ndarray, color: np.ndarray, origin: np.ndarray,
-                 voxel_size: float) -> Any:
-    """Zero level set of a TSDF grid ``[X, Y, Z]`` (voxel (i, j, k) at ``origin + (i, j, k)·voxel_size``).
-
-    ``vtkFlyingEdges3D`` on the grid as ``vtkImageData``; vertices on an edge touching a weight-0 voxel are
-    dropped with their triangles; per-vertex colour is the linear interpolation of ``color`` along the edge.
-    """
-    from scipy.ndimage import map_coordinates
-    from vtkmodules.util.numpy_support import vtk_to_numpy
-    from vtkmodules.vtkCommonCore import vtkPoints
-    from vtkmodules.vtkCommonDataModel import vtkImageData, vtkPolyData
-    from vtkmodules.vtkFiltersCore import vtkFlyingEdges3D
-
-    from .polydata import vtk_cell_array, vtk_data_array
-
-    dims = tsdf.shape
-    image = vtkImageData()
-    image.SetDimensions(*dims)
-    image.SetOrigin(*(float(o) for o in origin))
-    image.SetSpacing(voxel_size, voxel_size, voxel_size)
-    # VTK orders points x fastest: the [X, Y, Z] grid transposed to [Z, Y, X] in C order
-    values = np.ascontiguousarray(np.where(weight > 0, tsdf, 1.0).transpose(2, 1, 0), dtype=np.float32).ravel()
-    image.GetPointData().SetScalars(vtk_data_array(values))
-    fe = vtkFlyingEdges3D()
-    fe.SetInputData(image)
-    fe.SetValue(0, 0.0)
-    fe.SetComputeNormals(True)
-    fe.SetComputeGradients(False)
-    fe.SetComputeScalars(False)
-    fe.Update()
-    surf = fe.GetOutput()
-    out = vtkPolyData()
-    if surf.GetNumberOfPoints() == 0:
-        logger.warning("TSDFVolume.extract_mesh: no zero crossing in the volume; returning an empty mesh")
-        return out
-    pts = vtk_to_numpy(surf.GetPoints().GetData()).astype(np.float64)
-    normals = vtk_to_numpy(surf.GetPointData().GetNormals())
-    tris = vtk_to_numpy(surf.GetPolys().GetConnectivityArray()).reshape(-1, 3)
-    f = (pts - origin) / voxel_size
-    r = np.rint(f)
-    on_grid = np.abs(f - r) < 1e-3
-    i0 = np.where(on_grid, r, np.floor(f)).astype(np.int64)
-    i1 = np.where(on_grid, r, np.ceil(f)).astype(np.int64)
-    for a in (i0, i1):
-        np.clip(a, 0, np.array(dims) - 1, out=a)
-    ok = (weight[i0[:, 0], i0[:, 1], i0[:, 2]] > 0) & (weight[i1[:, 0], i1[:, 1], i1[:, 2]] > 0)
-    tris = tris[ok[tris].all(axis=1)]
-    used = np.unique(tris)
-    remap = np.full(len(pts), -1, np.int64)
-    remap[used] = np.arange(used.size)
-    pts_out = np.ascontiguousarray(pts[used], dtype=np.float32)
-    rgb = np.stack([map_coordinates(color[..., c], f[used].T, order=1, mode="nearest") for c in range(3)], 1)
-    vpts = vtkPoints()
-    vpts.SetData(vtk_data_array(pts_out))
-    out.SetPoints(vpts)
-    # flying edges winds triangles and orients normals towards decreasing values (behind the surface);
-    # flip both so they face free space, like depth_to_mesh
-    out.SetPolys(vtk_cell_array(remap[tris[:, ::-1]], 3))
-    n_arr = vtk_data_array(np.ascontiguousarray(-normals[used], dtype=np.float32), "Normals")
-    out.GetPointData().SetNormals(n_arr)
-    out.GetPointData().AddArray(vtk_data_array(np.clip(np.rint(rgb), 0, 255).astype(np.uint8), "RGB"))
-    out.GetPointData().SetActiveScalars("RGB")
-    return out

@@ -10,7 +10,7 @@ from scipy.spatial import cKDTree
 
 from SurgicalDepthLib.camera import Intrinsics
 from SurgicalDepthLib.geometry import backproject, check_rigid, transform_points
-from SurgicalDepthLib import tsdf as tsdf_mod
+from SurgicalDepthLib import tsdf_kernels as kernels
 from SurgicalDepthLib.tsdf import TSDFVolume
 
 from analytic_scene import PLANE_Z, SPHERES, rigid, trace, true_distance
@@ -146,8 +146,8 @@ def test_cuda_matches_cpu():
 # ---------------------------------------------------------------- helpers of the vectorised integration
 def test_valid_depth_zeroes_invalid_pixels_only():
     d = torch.tensor([[1.5, np.nan, np.inf, -np.inf], [-2.0, 0.0, 120.0, 80.0]])
-    np.testing.assert_array_equal(tsdf_mod._valid_depth(d, None).numpy(), [[1.5, 0, 0, 0], [0, 0, 120.0, 80.0]])
-    np.testing.assert_array_equal(tsdf_mod._valid_depth(d, 100.0).numpy(), [[1.5, 0, 0, 0], [0, 0, 0, 80.0]])
+    np.testing.assert_array_equal(kernels.valid_depth(d, None).numpy(), [[1.5, 0, 0, 0], [0, 0, 120.0, 80.0]])
+    np.testing.assert_array_equal(kernels.valid_depth(d, 100.0).numpy(), [[1.5, 0, 0, 0], [0, 0, 0, 80.0]])
     assert torch.isnan(d[0, 1])  # input untouched
 
 
@@ -159,7 +159,7 @@ def test_pixel_index_matches_floor_and_bounds_check():
         u = np.concatenate([rng.uniform(-3, width + 3, 500), edges, np.full(len(edges), 2.0)]).astype(np.float32)
         v = np.concatenate([rng.uniform(-3, height + 3, 500), np.full(len(edges), 1.0),
                             [e * height / width if np.isfinite(e) else e for e in edges]]).astype(np.float32)
-        idx = tsdf_mod._pixel_index_(torch.from_numpy(u.copy()), torch.from_numpy(v.copy()), width, height)
+        idx = kernels.pixel_index_(torch.from_numpy(u.copy()), torch.from_numpy(v.copy()), width, height)
         assert idx.dtype == (torch.int32 if width < 1000 else torch.int64)
         inside = (u >= 0) & (u < width) & (v >= 0) & (v < height)
         with np.errstate(invalid="ignore"):
@@ -172,7 +172,7 @@ def test_pixel_index_matches_floor_and_bounds_check():
 
 def test_padded_image_has_zero_border():
     img = torch.arange(1.0, 13.0).reshape(3, 4)
-    pad = tsdf_mod._padded(img).reshape(5, 6)
+    pad = kernels.padded(img).reshape(5, 6)
     assert torch.equal(pad[1:-1, 1:-1], img) and pad.sum() == img.sum()
 
 
@@ -180,37 +180,37 @@ def test_band_weight_matches_boolean_rule():
     z = torch.tensor([50.0, 50.0, 50.0, 50.0, 3.0, 50.0])
     depth = torch.tensor([60.0, 46.0, 45.9, 0.0, 0.0, 1e-30])  # in front, at -truncation, behind it, no depth
     sdf = depth - z
-    w = tsdf_mod._band_weight(sdf, z, 4.0)
+    w = kernels.band_weight(sdf, z, 4.0)
     expect = ((sdf >= -4.0) & (sdf + z > 0)).float()
     assert torch.equal(w, expect) and w.tolist() == [1, 1, 0, 0, 0, 0]
     scratch = torch.empty_like(sdf)
-    assert torch.equal(tsdf_mod._band_weight(sdf, z, 4.0, scratch=scratch), expect)
+    assert torch.equal(kernels.band_weight(sdf, z, 4.0, scratch=scratch), expect)
 
 
 def test_rgb_packing_round_trip():
     rng = np.random.default_rng(2)
     rgb = np.concatenate([rng.integers(0, 256, (4000, 3)), [[0, 0, 0], [255, 255, 255], [255, 0, 1], [0, 255, 0]]])
-    packed = tsdf_mod._pack_rgb(torch.as_tensor(rgb.astype(np.uint8)))
+    packed = kernels.pack_rgb(torch.as_tensor(rgb.astype(np.uint8)))
     np.testing.assert_array_equal(packed.numpy().astype(np.int64), rgb[:, 0] * 65536 + rgb[:, 1] * 256 + rgb[:, 2])
     planes = torch.empty((3,) + packed.shape)
     planes[2] = packed
-    np.testing.assert_array_equal(tsdf_mod._unpack_rgb_(planes).numpy(), rgb.T)
+    np.testing.assert_array_equal(kernels.unpack_rgb_(planes).numpy(), rgb.T)
 
 
 @pytest.mark.parametrize("shape, s", [((480, 640), 17), ((120, 160), 1), ((37, 53), 8), ((5, 4), 9)])
 def test_tile_max_matches_max_pool(shape, s):
     img = torch.rand(shape) - 0.2
     ref = torch.nn.functional.max_pool2d(img[None, None], s, ceil_mode=True)[0, 0]
-    assert torch.equal(tsdf_mod._tile_max(img, s), ref)
+    assert torch.equal(kernels.tile_max(img, s), ref)
 
 
 @pytest.mark.parametrize("spread", [3, 10_000])  # occupancy grid / torch.unique fallback
 def test_unique_block_keys(spread):
     bc = torch.from_numpy(np.random.default_rng(3).integers(-spread, spread, (3, 5000))).float()
-    keys = tsdf_mod._unique_block_keys(bc)
-    expect = torch.unique(tsdf_mod._encode(bc.T.long()))
+    keys = kernels.unique_block_keys(bc)
+    expect = torch.unique(kernels.encode_block_keys(bc.T.long()))
     assert torch.equal(keys, expect)
-    assert torch.equal(tsdf_mod._decode(keys), torch.unique(bc.T.long(), dim=0))  # sorted lexicographically
+    assert torch.equal(kernels.decode_block_keys(keys), torch.unique(bc.T.long(), dim=0))  # sorted lexicographically
 
 
 def test_band_through_the_camera_centre():

@@ -1,0 +1,118 @@
+"""Tensor kernels of the TSDF fusion (``tsdf.TSDFVolume``): block hash keys, tile maxima, the padded-image pixel
+index, the truncation band's weight and packed colour. Pure functions on torch tensors (CPU or CUDA); shapes and
+units in each docstring. Block keys: 21 bits per block coordinate in one int64, lexicographic order.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+BLOCK = 8  # voxels per block side (sparse mode)
+_KEY_BITS = 21  # block coordinate bits per axis in the int64 hash key
+_KEY_OFF = 1 << (_KEY_BITS - 1)
+
+
+def decode_block_keys(keys: torch.Tensor) -> torch.Tensor:
+    """Block coordinates int64 [n, 3] from hash keys [n] (inverse of ``encode_block_keys``)."""
+    mask = (1 << _KEY_BITS) - 1
+    return torch.stack([(keys >> (2 * _KEY_BITS)) & mask, (keys >> _KEY_BITS) & mask, keys & mask], 1) - _KEY_OFF
+
+
+def tile_max(img: torch.Tensor, s: int) -> torch.Tensor:
+    """Maximum of ``img`` [H, W] over s×s tiles → [ceil(H/s), ceil(W/s)] (the last row/column of tiles is clipped
+    to the image), as two 1-D max-pools."""
+    import torch.nn.functional as F
+
+    rows = F.max_pool1d(img[None], s, ceil_mode=True)[0]  # [H, tw]
+    return F.max_pool1d(rows.T.contiguous()[None], s, ceil_mode=True)[0].T.contiguous()
+
+
+def encode_block_keys(bc: torch.Tensor) -> torch.Tensor:
+    """Hash keys int64 [n] of block coordinates int64 [n, 3] (each in [−2^20, 2^20)); key order is lexicographic
+    coordinate order. Inverse of ``decode_block_keys``."""
+    b = bc + _KEY_OFF
+    return (b[:, 0] << (2 * _KEY_BITS)) | (b[:, 1] << _KEY_BITS) | b[:, 2]
+
+
+def unique_block_keys(bc: torch.Tensor) -> torch.Tensor:
+    """Sorted unique keys (``encode_block_keys``) of block coordinates given as planes [3, n] (n > 0, with duplicates) of
+    integral float32 values (floored coordinates).
+
+    Marks the blocks in an occupancy grid over their bounding box when that box is small (at most 16 cells per
+    coordinate given, or 2^16 cells), which is faster than sorting the keys; ``torch.unique`` otherwise.
+    """
+    lo, hi = bc.amin(1), bc.amax(1)
+    ext = (hi - lo + 1).tolist()
+    n_cells = math.prod(ext) if all(math.isfinite(e) for e in ext) else math.inf
+    if n_cells > max(16 * bc.shape[1], 1 << 16) or n_cells >= 1 << 24:
+        return torch.unique(encode_block_keys(bc.T.long()))
+    ext, n_cells = [int(e) for e in ext], int(n_cells)
+    plane = ext[1] * ext[2]
+    # cell index (x·ext_y + y)·ext_z + z in float32: products and sums are integers below 2^24, hence exact
+    rel = bc - lo[:, None]
+    cell = rel[0].mul(plane).add_(rel[1], alpha=ext[2]).add_(rel[2]).long()
+    occupied = torch.zeros(n_cells, dtype=torch.bool, device=bc.device).index_fill_(0, cell, True)
+    cell = occupied.nonzero()[:, 0]  # ascending = lexicographic (x, y, z) order = key order
+    return encode_block_keys(torch.stack([cell // plane, cell % plane // ext[2], cell % ext[2]], 1) + lo.long())
+
+
+def valid_depth(depth: torch.Tensor, max_depth: float | None) -> torch.Tensor:
+    """``depth`` float32 [H, W] with 0 where it carries no information: NaN, ±inf, ``<= 0`` or ``> max_depth``
+    (when not None); valid values are returned unchanged (a new tensor)."""
+    d = torch.nan_to_num(depth, nan=0.0, posinf=0.0, neginf=0.0).clamp_(min=0.0)
+    if max_depth is not None:
+        d.mul_(torch.le(d, max_depth, out=torch.empty_like(d)))
+    return d
+
+
+def padded(img: torch.Tensor) -> torch.Tensor:
+    """Image [H, W] with a one-pixel zero border, flattened to [(H + 2)·(W + 2)]."""
+    out = img.new_zeros((img.shape[0] + 2, img.shape[1] + 2))
+    out[1:-1, 1:-1] = img
+    return out.view(-1)
+
+
+def pixel_index_(u: torch.Tensor, v: torch.Tensor, width: int, height: int) -> torch.Tensor:
+    """Flat index into a ``padded`` image of size ``width × height`` of the pixel containing (u, v).
+
+    Args:
+        u, v: float32 pixel-edge coordinates (same shape; pixel (i, j) covers u ∈ [i, i + 1), v ∈ [j, j + 1));
+            no NaN. Both are overwritten (used as scratch).
+    Returns:
+        int32 (int64 for images over 2^24 pixels) tensor of u's shape: ``(j + 1)·(width + 2) + i + 1`` inside the
+        image, an index into the zero border outside it.
+    """
+    u.floor_().clamp_(-1, width)
+    v.floor_().clamp_(-1, height)
+    if (height + 2) * (width + 2) <= 1 << 24:  # float arithmetic on these integers is exact
+        return u.add_(v, alpha=width + 2).add_(width + 3).to(torch.int32)
+    return (v.long() + 1) * (width + 2) + u.long() + 1
+
+
+def band_weight(sdf: torch.Tensor, z: torch.Tensor, truncation: float,
+                 scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """Observation weight (float32 1 or 0, new tensor of sdf's shape) of voxels at camera depth ``z`` with
+    projective signed distance ``sdf = depth − z``: 1 where the voxel is at most ``truncation`` behind the surface
+    (``sdf >= −truncation``) and the depth sample is valid (``sdf + z > 0``; missing depth reads 0).
+    ``scratch``: optional buffer of sdf's shape, overwritten, to save an allocation."""
+    w = torch.ge(sdf, -truncation, out=torch.empty_like(sdf))
+    valid = torch.add(sdf, z, out=scratch)
+    return w.mul_(torch.gt(valid, 0.0, out=valid))
+
+
+def pack_rgb(rgb: torch.Tensor) -> torch.Tensor:
+    """uint8 colours [..., 3] → float32 [...] holding ``r·65536 + g·256 + b`` exactly (an integer below 2^24)."""
+    c = rgb.to(torch.float32)
+    return torch.add(c[..., 2], c[..., 1], alpha=256).add_(c[..., 0], alpha=65536)
+
+
+def unpack_rgb_(planes: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``pack_rgb``, in place: float32 planes [3, ...] whose plane 2 holds packed colours on entry
+    (planes 0 and 1 are overwritten) → (r, g, b) planes in 0–255 (a packed 0 gives black). Returns ``planes``."""
+    packed = planes[2]
+    r = torch.mul(packed, 1.0 / 65536, out=planes[0]).floor_()
+    packed.add_(r, alpha=-65536)  # g·256 + b, exact
+    g = torch.mul(packed, 1.0 / 256, out=planes[1]).floor_()
+    packed.add_(g, alpha=-256)
+    return planes
