@@ -44,13 +44,22 @@ class TSDFVolume:
             the grid that mesh extraction fills over the allocated blocks' bounding box.
         max_depth: depth beyond this (same unit) is not integrated (like Open3D's ``depth_trunc``): a few far
             outliers would otherwise allocate blocks far away and blow up the extraction grid. None = no limit.
+        max_blocks: block budget of a sparse volume (10 KiB each; the default, 2^18 blocks = 2.5 GiB, is the
+            ``max_voxels`` extraction grid's size). Once reached, frames still update the allocated blocks but no
+            new block is allocated: the nearest new blocks of the frame that hits it fill what is left, and one
+            warning says so and what to change. Long clips stay bounded in memory.
 
     Both layouts store 8³-voxel blocks (a dense volume is a pre-allocated block grid) holding running sums
     Σ tsdf, Σ colour and the weight (observation count); values are divided out on extraction.
     """
 
     def __init__(self, voxel_size: float, truncation: float, bounds: Any = None, device: str | torch.device = "cpu",
-                 max_voxels: int = 1 << 27, max_depth: float | None = None) -> None:
+                 max_voxels: int = 1 << 27, max_depth: float | None = None,
+                 max_blocks: int = (1 << 27) // BLOCK ** 3) -> None:
+        if not (isinstance(max_blocks, int) and max_blocks >= 1):
+            raise ValueError(f"max_blocks must be an int >= 1, got {max_blocks!r}")
+        self.max_blocks = max_blocks
+        self.budget_warned = False  # the block budget was reached (and reported once)
         if max_depth is not None and not (max_depth > 0 and math.isfinite(max_depth)):
             raise ValueError(f"max_depth must be a positive number or None, got {max_depth!r}")
         self.max_depth = max_depth
@@ -122,7 +131,12 @@ class TSDFVolume:
         keys = self._touched_blocks(d, d_max, intrinsics, R, t, origin)
         bc = decode_block_keys(keys)
         if self.bounds is None:
-            slots = self._slots_for(keys)
+            slots = self._slots_for(keys, t - origin)
+            if bool((slots < 0).any()):  # over the block budget: those blocks are not fused
+                kept = slots >= 0
+                bc, slots = bc[kept], slots[kept]
+                if slots.numel() == 0:
+                    return
         else:
             nb = torch.as_tensor(self._grid_blocks, device=dev)
             inside = ((bc >= 0) & (bc < nb)).all(1)
@@ -271,8 +285,9 @@ class TSDFVolume:
         r = torch.arange(BLOCK, device=self.device)
         return torch.stack(torch.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)
 
-    def _slots_for(self, keys: torch.Tensor) -> torch.Tensor:
-        """Pool slots of the sorted unique block ``keys``, allocating blocks not seen before."""
+    def _slots_for(self, keys: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
+        """Pool slots of the sorted unique block ``keys``, allocating blocks not seen before within the budget
+        (``max_blocks``; the ones nearest to ``camera`` [3], volume frame, first); -1 for blocks left out."""
         slots = torch.empty_like(keys)
         found = torch.zeros_like(keys, dtype=torch.bool)
         if self._keys.numel():
@@ -280,6 +295,10 @@ class TSDFVolume:
             found = self._keys[pos] == keys
             slots[found] = self._slots[pos[found]]
         new_keys = keys[~found]
+        if self._n_blocks + new_keys.numel() > self.max_blocks:
+            new_keys = self._nearest_within_budget(new_keys, camera)
+            slots[~found] = -1
+            found = found | ~torch.isin(keys, new_keys)
         n_new = new_keys.numel()
         if n_new:
             need = self._n_blocks + n_new
@@ -294,6 +313,19 @@ class TSDFVolume:
             order = torch.argsort(all_keys)
             self._keys, self._slots = all_keys[order], torch.cat([self._slots, new_slots])[order]
         return slots
+
+    def _nearest_within_budget(self, new_keys: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
+        """The (sorted) ``new_keys`` nearest to ``camera`` that still fit the block budget; warns once."""
+        room = max(0, self.max_blocks - self._n_blocks)
+        if not self.budget_warned:
+            self.budget_warned = True
+            logger.warning("TSDFVolume: the block budget of %d blocks (%.1f GiB) is reached at frame %d; surface "
+                           "seen for the first time from now on is not fused. Use a larger voxel_size, a smaller "
+                           "max_depth, fewer frames, or a larger max_blocks.", self.max_blocks,
+                           self.max_blocks * BLOCK ** 3 * 20 / 2 ** 30, self.n_frames)
+        centres = (decode_block_keys(new_keys).float() + 0.5) * (BLOCK * self.voxel_size)
+        nearest = torch.argsort(torch.linalg.vector_norm(centres - camera, dim=1))[:room]
+        return torch.sort(new_keys[nearest]).values
 
     def _reserve(self, capacity: int) -> None:
         """Grow the block pool (sparse mode) to ``capacity`` blocks; rows past the allocated ones are left

@@ -288,3 +288,29 @@ def test_allocation_covers_the_band_of_every_pixel():
     covered = np.zeros(len(wanted), bool)
     covered[inside] = allocated[tuple(wanted[inside].T)]
     assert covered.mean() >= 0.9, covered.mean()
+
+
+def test_block_budget_bounds_memory_keeps_the_nearest_blocks_and_warns_once(caplog):
+    """Bugs caught (issue #19): a long clip allocating blocks without bound until the machine runs out of memory;
+    a budget that crashes the run or silently drops surface (no message); dropping the near tissue instead of the
+    far end; warning on every frame."""
+    depth, rgb = scene(CAM, POSES[0])
+    full = TSDFVolume(VOXEL, 4 * VOXEL)
+    full.integrate(depth, rgb, CAM, POSES[0])
+    budget = full.n_blocks // 3
+    vol = TSDFVolume(VOXEL, 4 * VOXEL, max_blocks=budget)
+    with caplog.at_level("WARNING", logger="SurgicalDepthLib.tsdf"):
+        for pose in POSES[:3]:
+            vol.integrate(*scene(CAM, pose), CAM, pose)
+    assert vol.n_blocks == budget and vol.budget_warned
+    assert sum("block budget" in r.getMessage() for r in caplog.records) == 1
+    assert vol.extract_mesh().GetNumberOfPoints() > 0
+
+    def farthest_observed(v):
+        _, weight, _, origin = v.to_grid()
+        idx = np.argwhere(weight > 0)
+        return np.linalg.norm(origin + idx * VOXEL - POSES[0][:3, 3], axis=1).max()
+
+    assert farthest_observed(vol) < farthest_observed(full) - 8 * VOXEL
+    with pytest.raises(ValueError, match="max_blocks"):
+        TSDFVolume(VOXEL, 4 * VOXEL, max_blocks=0)
