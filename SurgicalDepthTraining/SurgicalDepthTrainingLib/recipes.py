@@ -164,7 +164,8 @@ def _export_stage(run: Path, keep: str, target: Path, card: dict[str, str]) -> P
 
 def train_default_model(output: str | Path, *, resume: bool = False, max_steps: int | None = None,
                         n_clips: int | None = None, device: str = "auto",
-                        progress: ProgressReporter | None = None) -> Path:
+                        progress: ProgressReporter | None = None,
+                        should_stop: Callable[[], bool] | None = None) -> Path:
     """Reproduce the shipped default model: render the training set (``output/data``), train each stage of
     :data:`DEFAULT_RECIPE` (``output/run-<stage>``; each exported as ``output/<stage>.safetensors``), and write
     the last export as ``output/surgical-depth-default.safetensors`` with the model card metadata.
@@ -172,6 +173,8 @@ def train_default_model(output: str | Path, *, resume: bool = False, max_steps: 
     ``max_steps`` (per stage) and ``n_clips`` shorten the run (tests); the shipped weights use the recipe
     unchanged. ``resume`` continues the stages that were started and skips the finished ones. ``progress`` (None
     = tqdm bars) gets the stages ``"render"`` (one update per clip) and ``"train"`` (the steps of all stages).
+    ``should_stop`` is polled at every optimizer step: a stage then saves its checkpoint and
+    :class:`.training.TrainingStopped` is raised; ``resume=True`` continues from there.
     Returns the exported ``output/surgical-depth-default.safetensors``.
     """
     import json
@@ -198,7 +201,8 @@ def train_default_model(output: str | Path, *, resume: bool = False, max_steps: 
         if options["model"] == PREVIOUS_STAGE:
             options["model"] = str(export)
         stage_resume = resume and (Path(options["output"]) / "last.pt").is_file()
-        train(TrainConfig(**options), resume=stage_resume, progress=_ContinuedSteps(reporter, done_before, grand_total))
+        train(TrainConfig(**options), resume=stage_resume, should_stop=should_stop,
+              progress=_ContinuedSteps(reporter, done_before, grand_total))
         done_before += options["max_steps"]
         export = _export_stage(Path(options["output"]), spec["keep"], output / f"{spec['name']}.safetensors",
                                {**card, "stage": spec["name"]})

@@ -69,3 +69,20 @@ def test_scope_light_is_drawn_only_for_the_later_clips():
         assert {k: v for k, v in b.items() if k not in ("fill_light", "beam_exponent")} == a
         assert 0.0 <= b["fill_light"] <= 0.3 and 0.0 <= b["beam_exponent"] <= 4.0
     assert len({s["beam_exponent"] for s in lit[8:]}) == 4
+
+
+def test_recipe_stops_with_a_checkpoint_and_resumes(tmp_path, monkeypatch):
+    """Bug caught: ``train --recipe default`` (about two hours) ignoring a stop request (Slicer's Cancel, SIGTERM):
+    the run was killed without a checkpoint instead of saving and continuing with ``--resume``."""
+    from SurgicalDepthTrainingLib.training import TrainingStopped
+
+    small = tuple(dict(stage, train={**stage["train"], "batch_size": 4, "input_size": (56, 56)})
+                  for stage in DEFAULT_RECIPE["stages"])
+    monkeypatch.setitem(DEFAULT_RECIPE, "frames_per_clip", 2)
+    monkeypatch.setitem(DEFAULT_RECIPE, "stages", small)
+    with pytest.raises(TrainingStopped):
+        train_default_model(tmp_path, max_steps=2, n_clips=3, device="cpu", should_stop=lambda: True)
+    first = tmp_path / f"run-{small[0]['name']}"
+    assert (first / "last.pt").is_file() and not (tmp_path / "surgical-depth-default.safetensors").exists()
+    path = train_default_model(tmp_path, resume=True, max_steps=2, n_clips=3, device="cpu")
+    assert sd.load_model(path, device="cpu").output_kind == "disparity"

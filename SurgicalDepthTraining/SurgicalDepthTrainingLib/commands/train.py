@@ -164,8 +164,14 @@ def run(args: argparse.Namespace) -> int:
 
         if args.overwrite:
             raise ValueError("--overwrite does not apply to --recipe default: use --resume or a new --output")
-        path = train_default_model(args.output, resume=args.resume, max_steps=args.max_steps, device=args.device,
-                                   progress=progress_of(args))
+        try:
+            with _stop_on_signals() as stop:
+                path = train_default_model(args.output, resume=args.resume, max_steps=args.max_steps,
+                                           device=args.device, progress=progress_of(args), should_stop=stop.is_set)
+        except TrainingStopped as exc:
+            logger.warning("%s: stopped at step %d of %d of a stage; %s saved: continue with --recipe default "
+                           "--resume", stop.signal_name, exc.step, exc.total, exc.checkpoint)
+            raise KeyboardInterrupt from None
         print(f"default model: {path}")
         args.result = {"model": str(path)}
         return 0
