@@ -128,7 +128,7 @@ class TSDFVolume:
             logger.warning("TSDFVolume.integrate: frame has no valid depth; nothing fused")
             return
         origin = torch.as_tensor(self._origin, dtype=torch.float32, device=dev)
-        keys = self._touched_blocks(d, d_max, intrinsics, R, t, origin)
+        keys = self._touched_blocks(d, intrinsics, R, t, origin)
         bc = decode_block_keys(keys)
         if self.bounds is None:
             slots = self._slots_for(keys, t - origin)
@@ -203,7 +203,7 @@ class TSDFVolume:
     def _max_r2(self, intr: Intrinsics) -> float:
         return self._camera(intr)["max_r2"]
 
-    def _touched_blocks(self, d: torch.Tensor, d_max: float, intr: Intrinsics, R: torch.Tensor, t: torch.Tensor,
+    def _touched_blocks(self, d: torch.Tensor, intr: Intrinsics, R: torch.Tensor, t: torch.Tensor,
                         origin: torch.Tensor) -> torch.Tensor:
         """Sorted unique keys of the 8³ blocks (voxel-index frame relative to ``origin``) that the truncation band
         ``[depth − truncation, depth + truncation]`` of the valid pixels passes through.
@@ -216,9 +216,9 @@ class TSDFVolume:
         samples follow the band instead of every pixel's ray or the whole depth range of a tile.
 
         Args:
-            d: float32 depth [H, W], 0 where invalid; ``d_max``: its maximum (> 0).
+            d: float32 depth [H, W], 0 where invalid, with at least one valid pixel.
         """
-        dirs, step, z0, z1 = self._band_tiles(d, d_max, intr)
+        dirs, step, z0, z1 = self._band_tiles(d, intr)
         counts = torch.ceil((z1 - z0) / step).long().add_(1)
         tile = torch.repeat_interleave(torch.arange(counts.numel(), device=d.device), counts)
         first = torch.cumsum(counts, 0).sub_(counts)
@@ -227,7 +227,7 @@ class TSDFVolume:
         p = (dirs[tile] * zs[:, None]) @ R.T + (t - origin)
         return unique_block_keys(p.T.contiguous().div_(BLOCK * self.voxel_size).add_(0.5 / BLOCK).floor_())
 
-    def _band_tiles(self, d: torch.Tensor, d_max: float, intr: Intrinsics
+    def _band_tiles(self, d: torch.Tensor, intr: Intrinsics
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The quadtree tiles of ``_touched_blocks``: centre rays [n, 3], their half-block depth step [n] and band
         ``z0, z1`` [n] (min depth − truncation, max depth + truncation) of every final tile.

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .photometric import augment_photometry, scope_mask
+from .photometric import LUMA, augment_photometry, scope_mask
 
 
 def round_to_multiple(size: int, multiple: int = 14) -> int:
@@ -30,7 +30,7 @@ def _color_jitter(image: np.ndarray, rng: np.random.Generator, strength: float) 
     image = image * b
     mean = image.mean()
     image = (image - mean) * c + mean
-    gray = image @ np.array([0.299, 0.587, 0.114], np.float32)
+    gray = image @ LUMA
     image = (image - gray[..., None]) * s + gray[..., None]
     return np.clip(image, 0.0, 1.0).astype(np.float32)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-_LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601 luma weights
+LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601 luma weights
 
 
 def gamma_curve(image: np.ndarray, exponent: float) -> np.ndarray:
@@ -45,12 +45,12 @@ def local_adaptation(image: np.ndarray, amount: float, sigma_fraction: float) ->
     Fine detail (texture, vessels, specular spots) keeps its local contrast; the brightness gradient from the near
     wall to the far lumen shrinks. Rescaled so the 99th percentile stays where it was, then clipped to [0, 1].
     """
-    luma = image @ _LUMA
+    luma = image @ LUMA
     sigma = max(1.0, sigma_fraction * min(image.shape[:2]))
     base = cv2.GaussianBlur(luma, (0, 0), sigma) + np.float32(1e-3)
     gain = np.power(base / np.float32(base.mean()), np.float32(-amount))
     out = image * gain[..., None]
-    before, after = np.percentile(luma, 99), np.percentile(out @ _LUMA, 99)
+    before, after = np.percentile(luma, 99), np.percentile(out @ LUMA, 99)
     if after > 1e-6:
         out *= np.float32(before / after)
     return np.clip(out, 0.0, 1.0).astype(np.float32)

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from SurgicalDepthTrainingLib import photometric
 
 HELD_OUT_SEEDS = (1001, 1002, 1003)  # never used by the training recipe (its clip seeds are 0..239)
 
@@ -50,16 +51,10 @@ def evaluate_sets(model, samples: Path | None) -> dict[str, dict[str, dict]]:
 
 TONES = {  # display-space tone changes of real video processors (SurgicalDepthTrainingLib.photometric)
     "as rendered": lambda x: x,
-    "gamma 0.5 (darks lifted)": lambda x: _photometric().gamma_curve(x, 0.5),
-    "log k=20 (wide dynamic range)": lambda x: _photometric().log_curve(x, 20.0),
-    "local adaptation 0.6": lambda x: _photometric().local_adaptation(x, 0.6, 0.15),
+    "gamma 0.5 (darks lifted)": lambda x: photometric.gamma_curve(x, 0.5),
+    "log k=20 (wide dynamic range)": lambda x: photometric.log_curve(x, 20.0),
+    "local adaptation 0.6": lambda x: photometric.local_adaptation(x, 0.6, 0.15),
 }
-
-
-def _photometric():
-    from SurgicalDepthTrainingLib import photometric
-
-    return photometric
 
 
 LIGHTS = {  # the same held-out scenes lit like a real scope (SceneConfig options)

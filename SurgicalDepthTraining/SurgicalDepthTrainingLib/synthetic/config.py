@@ -28,7 +28,7 @@ class SceneConfig:
         blood: blood tint strength in [0, 1] (0 = none).
         specular: multiplier of the specular reflectance (0 = matte).
         vignetting: darkening of the image corners in [0, 1].
-        fill_light: inter-reflection fill as a fraction of the mean direct irradiance, in [0, 1] (0 = only the
+        fill_light: inter-reflection fill as a fraction of the mean diffuse irradiance, in [0, 1] (0 = only the
             direct light and the small ambient term).
         beam_exponent: the light's emission ``cos(angle to the optical axis) ** beam_exponent`` (0 = uniform).
         max_depth_mm: rays longer than this in z are invalid (and rendered dark); at most 655.35 (uint16 PNG range).

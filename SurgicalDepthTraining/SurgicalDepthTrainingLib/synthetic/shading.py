@@ -107,8 +107,8 @@ def lighting(cos: np.ndarray, ray_length: np.ndarray, valid: np.ndarray, specula
         cos: float [H, W] ``-n·d`` (clipped to [0, 1] here); the other arguments as in ``shade``.
         beam: float [H, W] the light's emission towards each pixel's ray relative to the optical axis
             (``beam_profile``; None = uniform).
-        fill: inter-reflection fill: a diffuse light ``fill`` times the mean direct irradiance of the visible
-            surface reaches every valid pixel whatever its distance (light bouncing around a closed lumen),
+        fill: inter-reflection fill: a diffuse light ``fill`` times the mean diffuse irradiance (direct + ambient)
+            of the visible surface reaches every valid pixel whatever its distance (light bouncing around a closed lumen),
             so the far lumen is never as dark as ``1 / d²`` alone makes it. 0 = none.
     Returns:
         diffuse, spec: float32 [H, W] (0 where invalid).
