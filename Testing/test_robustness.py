@@ -33,6 +33,7 @@ clip, the random ``surgical-depth-tiny`` model on the CPU) keep the whole file u
 | new commands and options under --progress jsonl: export onto   | rc 2, one error line naming the value, and a last  |
 |   an existing file / its input / a bad format; stream with     | stdout line {"event": "error", ...}; nothing       |
 |   a bad --connect or --port; --backend, --fov-mask bad values  | written                                            |
+|   train --photometric 1.5, --unlabeled-root missing path       |                                                    |
 
 Disk full is simulated with a real kernel mechanism, no monkeypatching: the child's RLIMIT_FSIZE (``ulimit -f``) is
 set to 4 KiB in ``preexec_fn`` (the small manifest fits, a 15 KiB depth map does not), so writes fail with EFBIG
@@ -450,8 +451,9 @@ def test_full_disk_on_a_real_tmpfs(data, tmp_path):
 
 # -- new commands and options --------------------------------------------------------------------------------------
 def test_new_commands_and_options_fail_cleanly_with_an_error_event(tmp_path):
-    """Catches: export overwriting a file or its own input, export/stream/--backend/--fov-mask bad values ending
-    in a traceback or without the jsonl error event the Slicer modules wait for."""
+    """Catches: export overwriting a file or its own input, export/stream/--backend/--fov-mask and train
+    --photometric/--unlabeled-root bad values ending in a traceback, a half-made run folder, or without the jsonl
+    error event the Slicer modules wait for."""
     model = tmp_path / "m.safetensors"
     import torch
     from SurgicalDepthLib.checkpoints import save_checkpoint
@@ -471,9 +473,11 @@ def test_new_commands_and_options_fail_cleanly_with_an_error_event(tmp_path):
         ("stream", "--connect", "nohost", *jsonl),
         ("stream", "--port", "99999", *jsonl),
         ("predict", tmp_path, "--output", tmp_path / "o", "--backend", "tensorrt-x", *jsonl),
-        ("reconstruct", tmp_path, "--output", tmp_path / "o", "--fov-mask", tmp_path / "none.png", *jsonl))
+        ("reconstruct", tmp_path, "--output", tmp_path / "o", "--fov-mask", tmp_path / "none.png", *jsonl),
+        (*TRAIN, "--root", tmp_path, "--output", tmp_path / "o", "--photometric", "1.5", *jsonl),
+        (*TRAIN, "--root", tmp_path, "--output", tmp_path / "o", "--unlabeled-root", tmp_path / "nowhere", *jsonl))
     needles = [(existing, "--overwrite"), ("m.safetensors",), ("tflite",), ("nohost",), ("99999",), ("tensorrt-x",),
-               ("none.png",)]
+               ("none.png",), ("--photometric", "1.5"), ("--unlabeled-root", "nowhere")]
     for result, expected in zip(runs, needles):
         if result.args[0] == "stream" and "pyigtl" in result.stderr:
             continue  # the [igtl] extra is not installed: that one-line error is checked by test_live.py
