@@ -21,14 +21,15 @@ import torch
 
 from .camera import Intrinsics, distort_normalized, pixel_rays
 from .geometry import check_rigid
-from .tsdf_kernels import (BLOCK, band_weight, decode_block_keys, pack_rgb, padded, pixel_index_, tile_max,
+from .tsdf_kernels import (BLOCK, decode_block_keys, depth_pyramid, pack_rgb, padded, pixel_index_,
                            unique_block_keys, unpack_rgb_, valid_depth)
 from .tsdf_mesh import grid_to_mesh
 
 logger = logging.getLogger(__name__)
 
 
-_MAX_TILE = 64  # largest tile side of the block-allocation quadtree, pixels
+_TILE_LEVELS = 6  # the block-allocation quadtree's tiles are 1 to 2^6 = 64 pixels wide
+_NO_DEPTH = -torch.finfo(torch.float32).max  # what integration reads where a pixel has no depth
 
 
 class TSDFVolume:
@@ -135,59 +136,80 @@ class TSDFVolume:
             if bool((slots < 0).any()):  # over the block budget: those blocks are not fused
                 kept = slots >= 0
                 bc, slots = bc[kept], slots[kept]
-                if slots.numel() == 0:
-                    return
         else:
             nb = torch.as_tensor(self._grid_blocks, device=dev)
             inside = ((bc >= 0) & (bc < nb)).all(1)
             bc = bc[inside]
             slots = (bc[:, 0] * nb[1] + bc[:, 1]) * nb[2] + bc[:, 2]
-            if slots.numel() == 0:
-                return
-        # camera-frame voxel centres [3, nb, 512], one contiguous plane per axis: R^T (p - t) = block + local part
-        cam_block = ((bc * BLOCK).float() * self.voxel_size + (origin - t)) @ R
-        cam_local = (self._local_offsets().float() * self.voxel_size) @ R
-        xyz = torch.add(cam_block.T[:, :, None], cam_local.T[:, None, :],
-                        out=torch.empty((3, bc.shape[0], BLOCK ** 3), device=dev))
-        pix = self._pixel_of_(xyz, intrinsics, bool(cam_block[:, 2].min() + cam_local[:, 2].min() <= 1e-9))
-        # xyz[0] and xyz[1] are free now: they hold the per-voxel terms below, then the colour planes
-        X, Y, Z = xyz
-        sdf = torch.index_select(padded(d), 0, pix, out=X.view(-1)).view_as(Z).sub_(Z)
-        w = band_weight(sdf, Z, self.truncation, scratch=Y)  # 1 = observed: tsdf and colour join the average
+        if slots.numel():
+            self._fuse(d, rgb, intrinsics, (bc * BLOCK).float() * self.voxel_size + (origin - t), R, slots)
+
+    def _fuse(self, d: torch.Tensor, rgb: np.ndarray | None, intr: Intrinsics, corner: torch.Tensor,
+              R: torch.Tensor, slots: torch.Tensor) -> None:
+        """Add one frame's observation of the blocks at pool ``slots`` [n] to the running sums.
+
+        Args:
+            d: float32 depth [H, W], 0 where invalid. rgb: as ``integrate``.
+            corner: float32 [n, 3], position of each block's first voxel centre relative to the camera centre
+                (volume frame, volume unit). R: camera-to-world rotation [3, 3].
+        """
+        dev = self.device
+        # homogeneous coordinates (u·z, v·z, z) of the voxel centres in the padded image (pinhole), or camera
+        # coordinates (distorted camera: distortion applies to x/z, y/z), as block part + voxel part
+        to_image = R @ self._projection(intr).T
+        local = ((self._local_offsets().float() * self.voxel_size) @ to_image).T.contiguous()
+        block = (corner @ to_image).T.contiguous()  # contiguous: a strided broadcast add is 8× slower on the CPU
+        h = torch.add(block[:, :, None], local[:, None, :],
+                      out=torch.empty((3, block.shape[1], BLOCK ** 3), device=dev))
+        pix = self._pixel_of_(h, intr, bool(block[2].min() + local[2].min() <= 1e-9))
+        # h[0] and h[1] are free now: they hold sdf and the weight
+        Z = h[2]
+        # missing depth and the border read −float max, so sdf <= −float max there: never observed, and the clamp
+        # keeps 0 · tsdf = 0 even where sdf / truncation overflows to −inf
+        depth = padded(torch.eq(d, 0.0, out=torch.empty_like(d)).mul_(_NO_DEPTH).add_(d), _NO_DEPTH)
+        sdf = torch.index_select(depth, 0, pix, out=h[0].view(-1)).view_as(Z).sub_(Z)
+        w = torch.ge(sdf, -self.truncation, out=h[1])  # 1 = observed: tsdf and colour join the average
         # running sums; slots are unique, so index_add_ is a plain scatter-add
-        self._tsdf.index_add_(0, slots, sdf.mul_(1.0 / self.truncation).clamp_(max=1.0).mul_(w))
+        self._tsdf.index_add_(0, slots, sdf.mul_(1.0 / self.truncation).clamp_(-1.0, 1.0).mul_(w))
         self._weight.index_add_(0, slots, w)
-        if rgb is not None:
+        if rgb is not None:  # the voxel planes h are free again
             colour = torch.as_tensor(np.ascontiguousarray(rgb)).to(dev)
             if colour.dtype == torch.uint8:  # one gather of the packed colour
                 torch.index_select(padded(pack_rgb(colour)), 0, pix, out=Z.view(-1))
                 Z.mul_(w)  # unobserved voxels add black
-                planes = unpack_rgb_(xyz)
+                planes = unpack_rgb_(h)
             else:  # other dtypes (not documented, but accepted): one gather per channel
-                for k in range(3):
-                    torch.index_select(padded(colour[..., k].float()), 0, pix, out=xyz[k].view(-1))
-                planes = torch.where(w > 0, xyz, 0.0)
+                planes = torch.stack([torch.index_select(padded(colour[..., k].float()), 0, pix)
+                                      for k in range(3)]).view_as(h).mul_(w)
             self._color.index_add_(1, slots, planes)
 
-    def _pixel_of_(self, xyz: torch.Tensor, intr: Intrinsics, behind: bool) -> torch.Tensor:
-        """Flat index [n] into the ``padded`` image of the pixel that each voxel centre at camera coordinates
-        ``xyz`` [3, ...] (volume unit) projects into; voxels outside the image, at ``z <= 1e-9`` (checked only when
-        ``behind`` says that some may be) or outside the field of view of a distorted camera get a border pixel.
-        ``xyz[0]`` and ``xyz[1]`` are overwritten (used as scratch)."""
-        X, Y, Z = xyz
-        inv_z = Z.reciprocal()
-        x, y = X.mul_(inv_z), Y.mul_(inv_z)
-        out = Z <= 1e-9 if behind else None
+    def _projection(self, intr: Intrinsics) -> torch.Tensor:
+        """[3, 3] map from camera coordinates to homogeneous padded-image coordinates (u·z, v·z, z), where
+        flooring u, v gives the padded pixel (nearest image pixel centre + 1); identity for a distorted camera."""
         if intr.distortion is not None:
+            return torch.eye(3, device=self.device)
+        return torch.tensor([[intr.fx, 0.0, intr.cx + 1.5], [0.0, intr.fy, intr.cy + 1.5], [0.0, 0.0, 1.0]],
+                            device=self.device)
+
+    def _pixel_of_(self, h: torch.Tensor, intr: Intrinsics, behind: bool) -> torch.Tensor:
+        """Flat index [n] into the ``padded`` image of the pixel that each voxel projects into, from its
+        ``_projection`` coordinates ``h`` [3, ...]; voxels outside the image, at ``z <= 1e-9`` (checked only when
+        ``behind`` says that some may be) or outside the field of view of a distorted camera get a border pixel.
+        ``h[0]`` and ``h[1]`` are overwritten (used as scratch)."""
+        X, Y, Z = h
+        inv_z = Z.reciprocal()
+        u, v = X.mul_(inv_z), Y.mul_(inv_z)
+        out = Z <= 1e-9 if behind else None
+        if intr.distortion is not None:  # u, v are x/z, y/z here
             # the distortion polynomial is only valid (monotonic) over the image's own field of view
-            wide = ~(x * x + y * y <= self._max_r2(intr))
+            wide = ~(u * u + v * v <= self._max_r2(intr))
             out = wide if out is None else out | wide
-            x, y = distort_normalized(x, y, intr.distortion)
-        u = x.mul_(intr.fx).add_(intr.cx + 0.5)  # +0.5: flooring below rounds to the nearest pixel centre
-        v = y.mul_(intr.fy).add_(intr.cy + 0.5)
-        if out is not None:  # (NaN or inf there): the border pixel (−1, −1)
-            u.masked_fill_(out, -1.0)
-            v.masked_fill_(out, -1.0)
+            x, y = distort_normalized(u, v, intr.distortion)
+            u = torch.mul(x, intr.fx, out=X).add_(intr.cx + 1.5)
+            v = torch.mul(y, intr.fy, out=Y).add_(intr.cy + 1.5)
+        if out is not None:  # (NaN or inf there): the border pixel (0, 0)
+            u.masked_fill_(out, 0.0)
+            v.masked_fill_(out, 0.0)
         return pixel_index_(u, v, intr.width, intr.height).view(-1)
 
     def _camera(self, intr: Intrinsics) -> dict:
@@ -218,68 +240,72 @@ class TSDFVolume:
         Args:
             d: float32 depth [H, W], 0 where invalid, with at least one valid pixel.
         """
-        dirs, step, z0, z1 = self._band_tiles(d, intr)
+        rays, ends = self._band_tiles(d, intr)
+        z0 = torch.sub(-self.truncation, ends[1])  # band: [min depth − truncation, max depth + truncation]
+        z1 = ends[0] + self.truncation
+        step = rays[:, 3]
         counts = torch.ceil((z1 - z0) / step).long().add_(1)
-        tile = torch.repeat_interleave(torch.arange(counts.numel(), device=d.device), counts)
-        first = torch.cumsum(counts, 0).sub_(counts)
-        k = torch.arange(tile.numel(), device=d.device).sub_(first[tile]).float()
-        zs = torch.minimum(z0[tile] + k * step[tile], z1[tile])
-        p = (dirs[tile] * zs[:, None]) @ R.T + (t - origin)
-        return unique_block_keys(p.T.contiguous().div_(BLOCK * self.voxel_size).add_(0.5 / BLOCK).floor_())
+        tile = torch.repeat_interleave(counts)
+        k = torch.arange(tile.numel(), device=d.device).sub_((torch.cumsum(counts, 0) - counts)[tile]).float()
+        # per tile: band start, end, step and ray direction in block units, volume frame
+        block_len = BLOCK * self.voxel_size
+        per_tile = torch.cat([torch.stack([z0, z1, step]), (rays[:, :3] @ R.T).T / block_len])
+        g = per_tile.index_select(1, tile)  # [6, samples]
+        zs = torch.minimum(torch.addcmul(g[0], k, g[2]), g[1])
+        corner = ((t - origin) / block_len + 0.5 / BLOCK)[:, None]  # +half a voxel: blocks start half a voxel before
+        return unique_block_keys(torch.addcmul(corner, g[3:], zs).floor_())
 
-    def _band_tiles(self, d: torch.Tensor, intr: Intrinsics
-                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The quadtree tiles of ``_touched_blocks``: centre rays [n, 3], their half-block depth step [n] and band
-        ``z0, z1`` [n] (min depth − truncation, max depth + truncation) of every final tile.
+    def _band_tiles(self, d: torch.Tensor, intr: Intrinsics) -> tuple[torch.Tensor, torch.Tensor]:
+        """The quadtree tiles of ``_touched_blocks``: ``rays`` [n, 4], the centre ray (x, y, 1) of every final tile
+        and the depth step that advances it by half a block, and ``ends`` [2, n], the tile's largest depth and its
+        smallest depth negated.
 
-        Tiles of side ``s = 2^k`` (row-major from the image origin, the last ones clipped) are final when no larger
-        tile covering them is, they hold valid depth, ``s · max depth / f <= half a block`` and
-        ``max − min depth <= one block``; single pixels are always final.
+        Tiles of side ``s = 2^k`` (``depth_pyramid``'s, aligned with the image origin, the last ones clipped) are
+        final when no larger tile covering them is, they hold valid depth, ``s · max depth / f <= half a block`` and
+        ``max − min depth <= one block``; single pixels are always final. Both conditions only get easier for a
+        tile's quarters, so a tile is covered exactly when its parent meets them.
         """
         block_len = BLOCK * self.voxel_size
         limit = 0.5 * block_len * min(intr.fx, intr.fy)  # s · depth <= limit: footprint <= half a block
-        big = torch.finfo(torch.float32).max  # invalid pixels: larger than any depth for the tile minimum
-        # max and (negated) min depth pyramids, each level pooled 2×2 from the one below
-        highs = [d]
-        lows = [torch.add(d, torch.eq(d, 0.0, out=torch.empty_like(d)), alpha=big).neg_()]
-        while (1 << len(highs)) <= _MAX_TILE and min(highs[-1].shape) > 1:
-            highs.append(tile_max(highs[-1], 2))
-            lows.append(tile_max(lows[-1], 2))
-        nearest = -float(lows[-1].max())  # no tile is final above the size allowed at the nearest depth
-        top = min(len(highs) - 1, max(0, int(math.floor(math.log2(max(limit / nearest, 1.0))))))
-        out, covered = [], None
+        pyramid = depth_pyramid(d, _TILE_LEVELS)
+        nearest = -float(pyramid[-1][1].max())  # no tile is final above the size allowed at the nearest depth
+        top = min(_TILE_LEVELS, max(0, int(math.floor(math.log2(max(limit / nearest, 1.0))))))
+        # descend from every tile of the top level through the quarters of the tiles that are not final
+        candidates = torch.arange(pyramid[top][0].numel(), device=d.device)
+        quarters = torch.tensor([0, 1], device=d.device)
+        rays, ends = [], []
         for level in range(top, -1, -1):
-            s, dmax, dmin = 1 << level, highs[level], lows[level].neg()
-            if covered is not None:  # children of the tiles already final above
-                covered = covered.repeat_interleave(2, 0).repeat_interleave(2, 1)[:dmax.shape[0], :dmax.shape[1]]
-            final = dmax > 0
-            if s > 1:
-                final &= (dmax * s <= limit) & (dmax - dmin <= block_len)
-            if covered is not None:
-                final &= ~covered
-            dirs, step = self._tile_rays(intr, s)
-            keep = final.view(-1)
-            out.append((dirs[keep], step[keep], dmin.reshape(-1)[keep] - self.truncation,
-                        dmax.reshape(-1)[keep] + self.truncation))
-            covered = final if covered is None else covered | final
-        return tuple(torch.cat(parts) for parts in zip(*out))
+            extremes = pyramid[level].view(2, -1).index_select(1, candidates)
+            valid = extremes[0] > 0
+            final = valid if level == 0 else (extremes[0] <= limit / (1 << level)).logical_and_(
+                extremes[0] + extremes[1] <= block_len)
+            keep = (final & valid).nonzero()[:, 0]
+            rays.append(self._tile_rays(intr, level).index_select(0, candidates.index_select(0, keep)))
+            ends.append(extremes.index_select(1, keep))
+            if level:
+                split = candidates[final.logical_not_().logical_and_(valid)]
+                width = pyramid[level].shape[2]  # the level below is exactly twice as wide
+                first = split.div(width, rounding_mode="floor").mul_(width).add_(split).mul_(2)  # (2·row, 2·col)
+                candidates = (first[:, None] + (quarters[:, None] * (2 * width) + quarters).view(-1)).view(-1)
+        return torch.cat(rays), torch.cat(ends, 1)
 
-    def _tile_rays(self, intr: Intrinsics, s: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rays ``(x, y, 1)`` [th·tw, 3] through the centre pixels of the s×s tiles (row-major, the last tiles
-        clipped to the image) and the depth step [th·tw] that advances them by half a block; cached per camera."""
+    def _tile_rays(self, intr: Intrinsics, level: int) -> torch.Tensor:
+        """[th·tw, 4]: ray ``(x, y, 1)`` through the centre pixel of each tile of side s = 2^level of the
+        ``depth_pyramid`` grid (row-major; centres clamped to the image) and the depth step that advances it by
+        half a block; cached per camera."""
         camera = self._camera(intr)
         tiles = camera["tiles"]
-        if s not in tiles:
+        if level not in tiles:
             rays = camera["rays"]
             H, W = rays.shape[:2]
-            vc = (torch.arange(-(-H // s), device=self.device) * s + (s - 1) // 2).clamp(max=H - 1)
-            uc = (torch.arange(-(-W // s), device=self.device) * s + (s - 1) // 2).clamp(max=W - 1)
+            s, side = 1 << level, 1 << _TILE_LEVELS
+            vc = (torch.arange(-(-H // side) * side // s, device=self.device) * s + (s - 1) // 2).clamp(max=H - 1)
+            uc = (torch.arange(-(-W // side) * side // s, device=self.device) * s + (s - 1) // 2).clamp(max=W - 1)
             r = rays[vc][:, uc].reshape(-1, 2)
             dirs = torch.cat([r, torch.ones_like(r[:, :1])], 1)
-            if len(tiles) >= 8:  # tile sizes follow the frames' depth range; keep a few
-                tiles.clear()
-            tiles[s] = (dirs, 0.5 * (BLOCK * self.voxel_size) / torch.linalg.vector_norm(dirs, dim=1))
-        return tiles[s]
+            step = 0.5 * (BLOCK * self.voxel_size) / torch.linalg.vector_norm(dirs, dim=1)
+            tiles[level] = torch.cat([dirs, step[:, None]], 1)
+        return tiles[level]
 
     def _local_offsets(self) -> torch.Tensor:
         r = torch.arange(BLOCK, device=self.device)

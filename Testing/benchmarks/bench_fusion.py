@@ -1,11 +1,14 @@
-"""Sparse TSDF fusion on realistic synthetic clips vs Open3D's ``t.geometry.VoxelBlockGrid`` (issue #19).
+"""TSDF fusion on realistic synthetic clips vs Open3D (issue #19): our sparse volume vs ``t.geometry.VoxelBlockGrid``
+and our dense volume vs the legacy ``pipelines.integration.UniformTSDFVolume``.
 
 Clips: ``sdt.render_clip(organ, n_frames=20, seed=7)`` of the colon and the stomach at 320×240 and 640×480 with
-their exact depth and poses; 1 mm voxels, 4 mm truncation, 8³ blocks for both; frame 0 integrated untimed, then
-ms per frame over frames 1–19, best of ``--rounds``. Surface error: median distance from the extracted mesh's
-vertices to the exact surface (the back-projected exact depth of every frame, a point set denser than the voxels).
+their exact depth and poses; 1 mm voxels, 4 mm truncation (8³ blocks for the sparse pair); the dense pair shares one
+cube around the clip's exact surface (5 mm margin). Frame 0 integrated untimed, then ms per frame over frames 1–19,
+best of ``--rounds``. Surface error: median distance from the extracted mesh's vertices to the exact surface (the
+back-projected exact depth of every frame, a point set denser than the voxels). Open3D's ``ScalableTSDFVolume`` is
+not compared: this build integrates nothing in the canonical case (``open3d_scalable_check.py``).
 
-Usage: ``python Testing/benchmarks/bench_fusion.py [--rounds 3] [--threads N]``.
+Usage: ``python Testing/benchmarks/bench_fusion.py [--rounds 3] [--threads N] [--modes sparse dense]``.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="threads for torch and Open3D's OpenMP")
+    ap.add_argument("--modes", nargs="+", default=["sparse", "dense"], choices=["sparse", "dense"])
     args = ap.parse_args()
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -35,47 +39,80 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch threads "
           f"{torch.get_num_threads()}; Open3D {o3d.__version__}\n")
-    print("| clip | ours ms/frame | VoxelBlockGrid ms/frame | speed-up | surface error ours / VBG (mm) | vertices |")
-    print("|---|---:|---:|---:|---|---|")
+    print("| clip | volume | ours ms/frame | Open3D ms/frame | speed-up | surface error ours / Open3D (mm) "
+          "| vertices |")
+    print("|---|---|---:|---:|---:|---|---|")
     for organ in ("colon", "stomach"):
         for h, w in ((240, 320), (480, 640)):
             frames = sdt.render_clip(organ, n_frames=20, seed=7, height=h, width=w)
             intr = frames[0]["intrinsics"]
-            exact = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(np.concatenate([
-                (backproject(f["depth"], intr) @ f["pose"][:3, :3].T + f["pose"][:3, 3]) for f in frames])))
+            points = np.concatenate([(backproject(f["depth"], intr) @ f["pose"][:3, :3].T + f["pose"][:3, 3])
+                                     for f in frames])
+            exact = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(points))
+            # dense: one cube (corner, side in mm); Open3D's voxel centres are half a voxel inside its corner, ours
+            # at our bounds' corner, so ours starts half a voxel in: the same voxel centres
+            cube = (points.min(0) - 5.0, float((points.max(0) - points.min(0)).max() + 10.0))
+            for mode in args.modes:
+                pair = (lambda: ours(TSDFVolume(1.0, 4.0), frames), lambda: vbg(o3d, frames)) if mode == "sparse" \
+                    else (lambda: ours(TSDFVolume(1.0, 4.0, bounds=(cube[0] + 0.5, cube[0] + cube[1])), frames),
+                          lambda: uniform(o3d, frames, *cube))
+                runs = [[make() for _ in range(args.rounds)] for make in pair]
+                a, b = (min(r[0] for r in rs) for rs in runs)
+                err = [float(np.median(np.asarray(exact.compute_point_cloud_distance(
+                    o3d.geometry.PointCloud(o3d.utility.Vector3dVector(rs[-1][1].astype(np.float64)))))))
+                    for rs in runs]
+                print(f"| {organ} {w}×{h} | {mode} | {a:.1f} | {b:.1f} | {b / a:.2f}× | {err[0]:.3f} / {err[1]:.3f} | "
+                      f"{len(runs[0][-1][1])} / {len(runs[1][-1][1])} |", flush=True)
 
-            def ours():
-                vol = TSDFVolume(1.0, 4.0)
-                return timed(frames, lambda f: vol.integrate(f["depth"], f["image"], intr, f["pose"])), \
-                    _vertices_vtk(vol.extract_mesh())
 
-            def vbg():
-                grid = o3d.t.geometry.VoxelBlockGrid(
-                    attr_names=("tsdf", "weight", "color"), attr_dtypes=(o3d.core.float32,) * 3,
-                    attr_channels=(1, 1, 3), voxel_size=1e-3, block_resolution=8, block_count=200000,
-                    device=o3d.core.Device("CPU:0"))
-                K = o3d.core.Tensor(intr.K, o3d.core.float64)
+def ours(vol, frames) -> tuple[float, np.ndarray]:
+    intr = frames[0]["intrinsics"]
+    return timed(frames, lambda f: vol.integrate(f["depth"], f["image"], intr, f["pose"])), \
+        _vertices_vtk(vol.extract_mesh())
 
-                def integrate(f):
-                    pose = f["pose"].copy()
-                    pose[:3, 3] /= 1000.0
-                    E = o3d.core.Tensor(np.linalg.inv(pose), o3d.core.float64)
-                    depth = o3d.t.geometry.Image(o3d.core.Tensor((f["depth"] / 1000.0).astype(np.float32)))
-                    color = o3d.t.geometry.Image(o3d.core.Tensor(f["image"].astype(np.float32) / 255.0))
-                    blocks = grid.compute_unique_block_coordinates(depth, K, E, 1.0, 0.3, trunc_voxel_multiplier=4.0)
-                    grid.integrate(blocks, depth, color, K, E, 1.0, 0.3, trunc_voxel_multiplier=4.0)
 
-                ms = timed(frames, integrate)
-                return ms, grid.extract_triangle_mesh().vertex.positions.numpy() * 1000.0
+def _depth_metres(f):
+    """Depth in metres and the camera-from-world matrix (Open3D's extrinsic), pose translation in metres."""
+    pose = f["pose"].copy()
+    pose[:3, 3] /= 1000.0
+    return (f["depth"] / 1000.0).astype(np.float32), np.linalg.inv(pose)
 
-            ours_runs = [ours() for _ in range(args.rounds)]
-            vbg_runs = [vbg() for _ in range(args.rounds)]
-            a, b = min(r[0] for r in ours_runs), min(r[0] for r in vbg_runs)
-            err = [float(np.median(np.asarray(exact.compute_point_cloud_distance(
-                o3d.geometry.PointCloud(o3d.utility.Vector3dVector(r[-1][1].astype(np.float64)))))))
-                for r in (ours_runs, vbg_runs)]
-            print(f"| {organ} {w}×{h} | {a:.1f} | {b:.1f} | {b / a:.2f}× | {err[0]:.3f} / {err[1]:.3f} | "
-                  f"{len(ours_runs[-1][1])} / {len(vbg_runs[-1][1])} |", flush=True)
+
+def vbg(o3d, frames) -> tuple[float, np.ndarray]:
+    grid = o3d.t.geometry.VoxelBlockGrid(
+        attr_names=("tsdf", "weight", "color"), attr_dtypes=(o3d.core.float32,) * 3, attr_channels=(1, 1, 3),
+        voxel_size=1e-3, block_resolution=8, block_count=200000, device=o3d.core.Device("CPU:0"))
+    K = o3d.core.Tensor(frames[0]["intrinsics"].K, o3d.core.float64)
+
+    def integrate(f):
+        depth_m, extrinsic = _depth_metres(f)
+        E = o3d.core.Tensor(extrinsic, o3d.core.float64)
+        depth = o3d.t.geometry.Image(o3d.core.Tensor(depth_m))
+        color = o3d.t.geometry.Image(o3d.core.Tensor(f["image"].astype(np.float32) / 255.0))
+        blocks = grid.compute_unique_block_coordinates(depth, K, E, 1.0, 0.3, trunc_voxel_multiplier=4.0)
+        grid.integrate(blocks, depth, color, K, E, 1.0, 0.3, trunc_voxel_multiplier=4.0)
+
+    ms = timed(frames, integrate)
+    return ms, grid.extract_triangle_mesh().vertex.positions.numpy() * 1000.0
+
+
+def uniform(o3d, frames, corner: np.ndarray, side: float) -> tuple[float, np.ndarray]:
+    """Open3D's legacy dense volume over the cube ``corner + [0, side]³`` (mm), 1 mm voxels, 4 mm truncation."""
+    integration = o3d.pipelines.integration
+    vol = integration.UniformTSDFVolume(length=side / 1000.0, resolution=int(round(side)), sdf_trunc=0.004,
+                                        color_type=integration.TSDFVolumeColorType.RGB8, origin=corner / 1000.0)
+    intr = frames[0]["intrinsics"]
+    camera = o3d.camera.PinholeCameraIntrinsic(intr.width, intr.height, intr.fx, intr.fy, intr.cx, intr.cy)
+
+    def integrate(f):
+        depth_m, extrinsic = _depth_metres(f)
+        rgbd = o3d.geometry.RGBDImage.create_from_color_and_depth(
+            o3d.geometry.Image(np.ascontiguousarray(f["image"])), o3d.geometry.Image(depth_m), depth_scale=1.0,
+            depth_trunc=0.3, convert_rgb_to_intensity=False)
+        vol.integrate(rgbd, camera, extrinsic)
+
+    ms = timed(frames, integrate)
+    return ms, np.asarray(vol.extract_triangle_mesh().vertices) * 1000.0
 
 
 def timed(frames, integrate) -> float:
