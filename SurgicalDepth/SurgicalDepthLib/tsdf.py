@@ -155,8 +155,9 @@ class TSDFVolume:
         """
         dev = self.device
         # homogeneous coordinates (u·z, v·z, z) of the voxel centres in the padded image (pinhole), or camera
-        # coordinates (distorted camera: distortion applies to x/z, y/z), as block part + voxel part
-        to_image = R @ self._projection(intr).T
+        # coordinates (distorted camera: distortion applies to x/z, y/z), as block part + voxel part, in units of
+        # the truncation distance (u, v are ratios, so unchanged; z and the depth in those units make sdf the tsdf)
+        to_image = R @ self._projection(intr).T / self.truncation
         local = ((self._local_offsets().float() * self.voxel_size) @ to_image).T.contiguous()
         block = (corner @ to_image).T.contiguous()  # contiguous: a strided broadcast add is 8× slower on the CPU
         h = torch.add(block[:, :, None], local[:, None, :],
@@ -165,12 +166,13 @@ class TSDFVolume:
         # h[0] and h[1] are free now: they hold sdf and the weight
         Z = h[2]
         # missing depth and the border read −float max, so sdf <= −float max there: never observed, and the clamp
-        # keeps 0 · tsdf = 0 even where sdf / truncation overflows to −inf
-        depth = padded(torch.eq(d, 0.0, out=torch.empty_like(d)).mul_(_NO_DEPTH).add_(d), _NO_DEPTH)
-        sdf = torch.index_select(depth, 0, pix, out=h[0].view(-1)).view_as(Z).sub_(Z)
-        w = torch.ge(sdf, -self.truncation, out=h[1])  # 1 = observed: tsdf and colour join the average
+        # keeps 0 · tsdf = 0
+        depth = padded(torch.eq(d, 0.0, out=torch.empty_like(d)).mul_(_NO_DEPTH).add_(d, alpha=1.0 / self.truncation),
+                       _NO_DEPTH)
+        sdf = torch.index_select(depth, 0, pix, out=h[0].view(-1)).view_as(Z).sub_(Z)  # (depth − z) / truncation
+        w = torch.ge(sdf, -1.0, out=h[1])  # 1 = observed: tsdf and colour join the average
         # running sums; slots are unique, so index_add_ is a plain scatter-add
-        self._tsdf.index_add_(0, slots, sdf.mul_(1.0 / self.truncation).clamp_(-1.0, 1.0).mul_(w))
+        self._tsdf.index_add_(0, slots, sdf.clamp_(-1.0, 1.0).mul_(w))
         self._weight.index_add_(0, slots, w)
         if rgb is not None:  # the voxel planes h are free again
             colour = torch.as_tensor(np.ascontiguousarray(rgb)).to(dev)

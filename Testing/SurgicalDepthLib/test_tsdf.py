@@ -187,8 +187,8 @@ def test_each_voxel_follows_the_projective_tsdf_rule():
     camera, the pixel has depth and ``sdf = depth − z >= −truncation``; it then adds ``clip(sdf / truncation, −1, 1)``
     and weight 1. Bugs caught: a missing-depth sentinel that voxels behind the camera read as "in front of the
     surface" (observed there); missing depth read as 0 (voxels within one truncation of the camera observed); the
-    half-pixel rounding or the padded border offset wrong by one pixel; the lower clamp dropped, so an unobserved
-    voxel adds 0 · (−inf) = NaN when sdf / truncation overflows (truncation < 1 here)."""
+    half-pixel rounding or the padded border offset wrong by one pixel; an infinite sentinel without the lower
+    clamp, so an unobserved voxel adds 0 · (−inf) = NaN to the running sums (seen through the second frame)."""
     cam = Intrinsics(20.3, 19.7, 23.6, 17.2, 48, 36)
     depth = np.full((cam.height, cam.width), 4.5, np.float32)
     depth[:, 30:] = np.linspace(3.0, 7.0, cam.height, dtype=np.float32)[:, None]
