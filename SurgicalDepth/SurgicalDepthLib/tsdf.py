@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 _TILE_LEVELS = 6  # the block-allocation quadtree's tiles are 1 to 2^6 = 64 pixels wide
 _NO_DEPTH = -torch.finfo(torch.float32).max  # what integration reads where a pixel has no depth
+_PLANES = 5  # running sums per voxel: tsdf, weight, red, green, blue
 
 
 class TSDFVolume:
@@ -94,9 +95,8 @@ class TSDFVolume:
             self._n_blocks = int(np.prod(grid_blocks))
         self._keys = torch.empty(0, dtype=torch.int64, device=self.device)  # sparse: sorted block keys
         self._slots = torch.empty(0, dtype=torch.int64, device=self.device)
-        self._tsdf = torch.zeros((self._n_blocks, BLOCK ** 3), device=self.device)  # Σ tsdf
-        self._weight = torch.zeros((self._n_blocks, BLOCK ** 3), device=self.device)
-        self._color = torch.zeros((3, self._n_blocks, BLOCK ** 3), device=self.device)  # Σ colour, planar
+        # running sums per block: planes Σ tsdf, weight (observation count), Σ red, Σ green, Σ blue
+        self._sums = torch.zeros((self._n_blocks, _PLANES, BLOCK ** 3), device=self.device)
 
     # ------------------------------------------------------------------ integration
     def integrate(self, depth: np.ndarray, rgb: np.ndarray | None, intrinsics: Intrinsics, pose: Any) -> None:
@@ -154,36 +154,36 @@ class TSDFVolume:
                 (volume frame, volume unit). R: camera-to-world rotation [3, 3].
         """
         dev = self.device
+        n = corner.shape[0]
+        # one frame's terms, the layout of the running sums: tsdf, weight, colour planes [n, 5, 512]
+        terms = torch.empty((n, _PLANES, BLOCK ** 3), device=dev)
+        tsdf, w, colour = terms[:, 0], terms[:, 1], terms[:, 2:].transpose(0, 1)  # colour planes [3, n, 512]
         # homogeneous coordinates (u·z, v·z, z) of the voxel centres in the padded image (pinhole), or camera
         # coordinates (distorted camera: distortion applies to x/z, y/z), as block part + voxel part, in units of
-        # the truncation distance (u, v are ratios, so unchanged; z and the depth in those units make sdf the tsdf)
+        # the truncation distance (u, v are ratios, so unchanged; z and the depth in those units make sdf the tsdf);
+        # they live in the colour planes until the colour is read
         to_image = R @ self._projection(intr).T / self.truncation
         local = ((self._local_offsets().float() * self.voxel_size) @ to_image).T.contiguous()
         block = (corner @ to_image).T.contiguous()  # contiguous: a strided broadcast add is 8× slower on the CPU
-        h = torch.add(block[:, :, None], local[:, None, :],
-                      out=torch.empty((3, block.shape[1], BLOCK ** 3), device=dev))
+        h = torch.add(block[:, :, None], local[:, None, :], out=colour)
         pix = self._pixel_of_(h, intr, bool(block[2].min() + local[2].min() <= 1e-9))
-        # h[0] and h[1] are free now: they hold sdf and the weight
-        Z = h[2]
-        # missing depth and the border read −float max, so sdf <= −float max there: never observed, and the clamp
-        # keeps 0 · tsdf = 0
+        # missing depth and the border read −float max, so sdf <= −float max there: never observed, and 0 · tsdf = 0
         depth = padded(torch.eq(d, 0.0, out=torch.empty_like(d)).mul_(_NO_DEPTH).add_(d, alpha=1.0 / self.truncation),
                        _NO_DEPTH)
-        sdf = torch.index_select(depth, 0, pix, out=h[0].view(-1)).view_as(Z).sub_(Z)  # (depth − z) / truncation
-        w = torch.ge(sdf, -1.0, out=h[1])  # 1 = observed: tsdf and colour join the average
-        # running sums; slots are unique, so index_add_ is a plain scatter-add
-        self._tsdf.index_add_(0, slots, sdf.clamp_(-1.0, 1.0).mul_(w))
-        self._weight.index_add_(0, slots, w)
-        if rgb is not None:  # the voxel planes h are free again
-            colour = torch.as_tensor(np.ascontiguousarray(rgb)).to(dev)
-            if colour.dtype == torch.uint8:  # one gather of the packed colour
-                torch.index_select(padded(pack_rgb(colour)), 0, pix, out=Z.view(-1))
-                Z.mul_(w)  # unobserved voxels add black
-                planes = unpack_rgb_(h)
+        torch.sub(torch.index_select(depth, 0, pix).view(n, -1), h[2], out=tsdf)  # (depth − z) / truncation
+        torch.ge(tsdf, -1.0, out=w)  # 1 = observed: tsdf and colour join the average
+        tsdf.clamp_(-1.0, 1.0).mul_(w)
+        if rgb is None:
+            colour.zero_()
+        else:
+            image = torch.as_tensor(np.ascontiguousarray(rgb)).to(dev)
+            if image.dtype == torch.uint8:  # one gather of the packed colour
+                torch.mul(torch.index_select(padded(pack_rgb(image)), 0, pix).view(n, -1), w, out=colour[2])
+                unpack_rgb_(colour)  # unobserved voxels add black
             else:  # other dtypes (not documented, but accepted): one gather per channel
-                planes = torch.stack([torch.index_select(padded(colour[..., k].float()), 0, pix)
-                                      for k in range(3)]).view_as(h).mul_(w)
-            self._color.index_add_(1, slots, planes)
+                for k in range(3):
+                    torch.mul(torch.index_select(padded(image[..., k].float()), 0, pix).view(n, -1), w, out=colour[k])
+        self._sums.index_add_(0, slots, terms)  # slots are unique, so this is a plain scatter-add
 
     def _projection(self, intr: Intrinsics) -> torch.Tensor:
         """[3, 3] map from camera coordinates to homogeneous padded-image coordinates (u·z, v·z, z), where
@@ -330,10 +330,9 @@ class TSDFVolume:
         n_new = new_keys.numel()
         if n_new:
             need = self._n_blocks + n_new
-            if need > self._tsdf.shape[0]:
+            if need > self._sums.shape[0]:
                 self._reserve(2 * need)
-            for buf in (self._tsdf, self._weight, self._color.transpose(0, 1)):
-                buf[self._n_blocks:need].zero_()
+            self._sums[self._n_blocks:need].zero_()
             new_slots = torch.arange(self._n_blocks, need, device=self.device)
             slots[~found] = new_slots
             self._n_blocks = need
@@ -358,11 +357,9 @@ class TSDFVolume:
     def _reserve(self, capacity: int) -> None:
         """Grow the block pool (sparse mode) to ``capacity`` blocks; rows past the allocated ones are left
         uninitialised and zeroed when they are handed out."""
-        n, dev = self._n_blocks, self.device
-        tsdf, weight = (torch.empty((capacity, BLOCK ** 3), device=dev) for _ in range(2))
-        color = torch.empty((3, capacity, BLOCK ** 3), device=dev)
-        tsdf[:n], weight[:n], color[:, :n] = self._tsdf[:n], self._weight[:n], self._color[:, :n]
-        self._tsdf, self._weight, self._color = tsdf, weight, color
+        sums = torch.empty((capacity, _PLANES, BLOCK ** 3), device=self.device)
+        sums[:self._n_blocks] = self._sums[:self._n_blocks]
+        self._sums = sums
 
     @property
     def n_blocks(self) -> int:
@@ -393,15 +390,16 @@ class TSDFVolume:
                                  "voxel_size")
             origin = (bmin * BLOCK).cpu().numpy().astype(np.float64) * self.voxel_size
         vox = ((bc - bmin)[:, None, :] * BLOCK + self._local_offsets()[None]).reshape(-1, 3).cpu().numpy()
-        w = self._weight[slots].reshape(-1)
+        sums = self._sums[slots]
+        w = sums[:, 1].reshape(-1)
         inv_w = 1.0 / w.clamp(min=1.0)
         tsdf = np.ones(dims, np.float32)
         weight = np.zeros(dims, np.float32)
         color = np.zeros(dims + [3], np.float32)
         ix = (vox[:, 0], vox[:, 1], vox[:, 2])
-        tsdf[ix] = torch.where(w > 0, self._tsdf[slots].reshape(-1) * inv_w, 1.0).cpu().numpy()
+        tsdf[ix] = torch.where(w > 0, sums[:, 0].reshape(-1) * inv_w, 1.0).cpu().numpy()
         weight[ix] = w.cpu().numpy()
-        color[ix] = (self._color[:, slots].reshape(3, -1).T * inv_w[:, None]).cpu().numpy()
+        color[ix] = (sums[:, 2:].transpose(1, 2).reshape(-1, 3) * inv_w[:, None]).cpu().numpy()
         if self.bounds is not None:
             crop = tuple(slice(0, n) for n in self._dims)
             tsdf, weight, color = tsdf[crop], weight[crop], color[crop]

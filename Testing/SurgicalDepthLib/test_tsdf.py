@@ -294,8 +294,8 @@ def test_block_pool_growth_hands_out_cleared_blocks():
         ref.integrate(depth, rgb, CAM, pose)
         vol.integrate(depth, rgb, CAM, pose)
         n = vol._n_blocks
-        assert vol._tsdf.shape[0] > n  # spare capacity: poison it, new blocks must start from zero anyway
-        vol._tsdf[n:], vol._weight[n:], vol._color[:, n:] = np.nan, np.nan, np.nan
+        assert vol._sums.shape[0] > n  # spare capacity: poison it, new blocks must start from zero anyway
+        vol._sums[n:] = np.nan
     for a, b in zip(ref.to_grid(), vol.to_grid()):
         np.testing.assert_array_equal(a, b)
 
