@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -69,6 +70,23 @@ def test_scope_light_is_drawn_only_for_the_later_clips():
         assert {k: v for k, v in b.items() if k not in ("fill_light", "beam_exponent")} == a
         assert 0.0 <= b["fill_light"] <= 0.3 and 0.0 <= b["beam_exponent"] <= 4.0
     assert len({s["beam_exponent"] for s in lit[8:]}) == 4
+
+
+def test_wide_view_is_drawn_only_for_the_later_clips_and_renders():
+    """Bugs caught: drawing the field of view from the shared generator (earlier clips change, the shipped stages no
+    longer reproduce) or for every clip; a pinhole view beyond the renderer's 150° limit (SceneConfig refuses it, so
+    rendering the set fails); no fisheye among the wide views."""
+    from SurgicalDepthTrainingLib.synthetic import SceneConfig
+
+    plain = clip_specs(60, seed=0, scope_light_from=8)
+    wide = clip_specs(60, seed=0, scope_light_from=8, wide_view_from=20)
+    assert wide[:20] == plain[:20]
+    for a, b in zip(plain[20:], wide[20:]):
+        assert {k: v for k, v in b.items() if k not in ("fov_deg", "fisheye")} == \
+            {k: v for k, v in a.items() if k not in ("fov_deg", "fisheye")}
+        assert 125.0 <= b["fov_deg"] <= (165.0 if b["fisheye"] else 150.0)
+        SceneConfig(**b)  # valid for the renderer
+    assert 0.4 < np.mean([b["fisheye"] for b in wide[20:]]) < 0.95
 
 
 def test_recipe_stops_with_a_checkpoint_and_resumes(tmp_path, monkeypatch):

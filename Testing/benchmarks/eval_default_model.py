@@ -57,8 +57,10 @@ TONES = {  # display-space tone changes of real video processors (SurgicalDepthT
 }
 
 
-LIGHTS = {  # the same held-out scenes lit like a real scope (SceneConfig options)
+RENDER_LOOKS = {  # the same held-out scenes lit like a real scope, or seen through a wider lens (SceneConfig options)
     "scope light: fill 0.3, beam cos^3": {"fill_light": 0.3, "beam_exponent": 3.0},
+    "wide view: pinhole 140°": {"fov_deg": 140.0},
+    "wide view: fisheye 150°": {"fov_deg": 150.0, "fisheye": True},
 }
 
 
@@ -79,8 +81,8 @@ def _profile(model, frames, tone=lambda x: x) -> dict[str, float]:
 
 
 def tone_robustness(model, frames_per_organ: int = 6) -> dict[str, dict[str, float]]:
-    """Held-out synthetic frames (colon, stomach, small intestine) under each of ``TONES`` and re-rendered under
-    each of ``LIGHTS``: :func:`_profile` (a disparity model should give an exponent of -1 whatever the look). A
+    """Held-out synthetic frames (colon, stomach, small intestine) under each of ``TONES`` and re-rendered with
+    each of ``RENDER_LOOKS``: :func:`_profile` (a disparity model should give an exponent of -1 whatever the look). A
     model that reads depth from brightness drifts towards 0 under looks that lift the darks, as the v1 model did on
     real video (b ≈ -0.5)."""
     def frames(**scene):
@@ -89,7 +91,7 @@ def tone_robustness(model, frames_per_organ: int = 6) -> dict[str, dict[str, flo
 
     plain = frames()
     out = {name: _profile(model, plain, tone) for name, tone in TONES.items()}
-    out.update({name: _profile(model, frames(**scene)) for name, scene in LIGHTS.items()})
+    out.update({name: _profile(model, frames(**scene)) for name, scene in RENDER_LOOKS.items()})
     return out
 
 
