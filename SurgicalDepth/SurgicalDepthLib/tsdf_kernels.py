@@ -99,7 +99,7 @@ def pixel_index_(u: torch.Tensor, v: torch.Tensor, width: int, height: int) -> t
             v ∈ [j, j + 1), so image pixel (i, j) is padded pixel (i + 1, j + 1)); no NaN. Coordinates beyond the
             image land on the border. Both are overwritten (used as scratch).
     Returns:
-        int32 (int64 for images of 2^31 pixels or more) tensor of u's shape: ``(j + 1)·(width + 2) + i + 1``
+        int32 (int64 for padded images of 2^31 pixels or more) tensor of u's shape: ``(j + 1)·(width + 2) + i + 1``
         inside the image, an index into the border outside it.
     """
     dtype = torch.int32 if (height + 2) * (width + 2) < 1 << 31 else torch.int64
