@@ -8,7 +8,8 @@ averaged the same way. The surface is the zero level set, extracted by VTK's ``v
 
 Storage: a dense grid over ``bounds`` or, with ``bounds=None``, a sparse set of 8³-voxel blocks allocated
 where depth lands (a sorted key table searched with ``torch.searchsorted``), so memory follows the observed
-surface, not the scene extent.
+surface, not the scene extent. Either way a frame visits only the blocks its truncation band passes through
+(``tsdf_allocation``).
 """
 from __future__ import annotations
 
@@ -21,14 +22,13 @@ import torch
 
 from .camera import Intrinsics, distort_normalized, pixel_rays
 from .geometry import check_rigid
-from .tsdf_kernels import (BLOCK, decode_block_keys, depth_pyramid, pack_rgb, padded, pixel_index_,
-                           unique_block_keys, unpack_rgb_, valid_depth)
+from .tsdf_allocation import TILE_LEVELS, tile_rays, touched_blocks
+from .tsdf_kernels import BLOCK, decode_block_keys, pack_rgb, padded, pixel_index_, unpack_rgb_, valid_depth
 from .tsdf_mesh import grid_to_mesh
 
 logger = logging.getLogger(__name__)
 
 
-_TILE_LEVELS = 6  # the block-allocation quadtree's tiles are 1 to 2^6 = 64 pixels wide
 _NO_DEPTH = -torch.finfo(torch.float32).max  # what integration reads where a pixel has no depth
 _PLANES = 5  # running sums per voxel: tsdf, weight, red, green, blue
 
@@ -129,7 +129,8 @@ class TSDFVolume:
             logger.warning("TSDFVolume.integrate: frame has no valid depth; nothing fused")
             return
         origin = torch.as_tensor(self._origin, dtype=torch.float32, device=dev)
-        keys = self._touched_blocks(d, intrinsics, R, t, origin)
+        keys = touched_blocks(d, self._camera(intrinsics)["tiles"], min(intrinsics.fx, intrinsics.fy), R, t - origin,
+                              BLOCK * self.voxel_size, self.truncation)
         bc = decode_block_keys(keys)
         if self.bounds is None:
             slots = self._slots_for(keys, t - origin)
@@ -215,99 +216,17 @@ class TSDFVolume:
         return pixel_index_(u, v, intr.width, intr.height).view(-1)
 
     def _camera(self, intr: Intrinsics) -> dict:
-        """Cached per camera (the last one used): its pixel rays ``"rays"`` [H, W, 2], ``"max_r2"`` (largest
-        x² + y² of a ray, slightly widened) and ``"tiles"`` (see ``_tile_rays``)."""
+        """Cached per camera (the last one used): ``"max_r2"`` (largest x² + y² of its pixel rays, slightly widened)
+        and ``"tiles"``, the block allocation's ray table of every quadtree level (``tsdf_allocation.tile_rays``)."""
         key = (intr.fx, intr.fy, intr.cx, intr.cy, intr.width, intr.height, repr(intr.distortion))
         if key not in self._rays_cache:
             rays = torch.as_tensor(pixel_rays(intr), dtype=torch.float32).to(self.device)
-            self._rays_cache = {key: {"rays": rays, "max_r2": float((rays ** 2).sum(-1).max()) * 1.0001,
-                                      "tiles": {}}}
+            tiles = [tile_rays(rays, level, BLOCK * self.voxel_size) for level in range(TILE_LEVELS + 1)]
+            self._rays_cache = {key: {"max_r2": float((rays ** 2).sum(-1).max()) * 1.0001, "tiles": tiles}}
         return self._rays_cache[key]
 
     def _max_r2(self, intr: Intrinsics) -> float:
         return self._camera(intr)["max_r2"]
-
-    def _touched_blocks(self, d: torch.Tensor, intr: Intrinsics, R: torch.Tensor, t: torch.Tensor,
-                        origin: torch.Tensor) -> torch.Tensor:
-        """Sorted unique keys of the 8³ blocks (voxel-index frame relative to ``origin``) that the truncation band
-        ``[depth − truncation, depth + truncation]`` of the valid pixels passes through.
-
-        The image is covered by square tiles of adaptive size (a quadtree, ``_band_tiles``): each tile's footprint
-        at its farthest depth is at most half a block wide and its depths span at most one block, so a tile's band
-        is the segment ``[min depth − truncation, max depth + truncation]`` of its centre ray. Points along each
-        segment are sampled every half block; with the half-block footprint they form a grid finer than the
-        blocks over the band. Near tissue gets large tiles, the far lumen and occlusion edges small ones, so the
-        samples follow the band instead of every pixel's ray or the whole depth range of a tile.
-
-        Args:
-            d: float32 depth [H, W], 0 where invalid, with at least one valid pixel.
-        """
-        rays, ends = self._band_tiles(d, intr)
-        z0 = torch.sub(-self.truncation, ends[1])  # band: [min depth − truncation, max depth + truncation]
-        z1 = ends[0] + self.truncation
-        step = rays[:, 3]
-        counts = torch.ceil((z1 - z0) / step).long().add_(1)
-        tile = torch.repeat_interleave(counts)
-        k = torch.arange(tile.numel(), device=d.device).sub_((torch.cumsum(counts, 0) - counts)[tile]).float()
-        # per tile: band start, end, step and ray direction in block units, volume frame
-        block_len = BLOCK * self.voxel_size
-        per_tile = torch.cat([torch.stack([z0, z1, step]), (rays[:, :3] @ R.T).T / block_len])
-        g = per_tile.index_select(1, tile)  # [6, samples]
-        zs = torch.minimum(torch.addcmul(g[0], k, g[2]), g[1])
-        corner = ((t - origin) / block_len + 0.5 / BLOCK)[:, None]  # +half a voxel: blocks start half a voxel before
-        return unique_block_keys(torch.addcmul(corner, g[3:], zs).floor_())
-
-    def _band_tiles(self, d: torch.Tensor, intr: Intrinsics) -> tuple[torch.Tensor, torch.Tensor]:
-        """The quadtree tiles of ``_touched_blocks``: ``rays`` [n, 4], the centre ray (x, y, 1) of every final tile
-        and the depth step that advances it by half a block, and ``ends`` [2, n], the tile's largest depth and its
-        smallest depth negated.
-
-        Tiles of side ``s = 2^k`` (``depth_pyramid``'s, aligned with the image origin, the last ones clipped) are
-        final when no larger tile covering them is, they hold valid depth, ``s · max depth / f <= half a block`` and
-        ``max − min depth <= one block``; single pixels are always final. Both conditions only get easier for a
-        tile's quarters, so a tile is covered exactly when its parent meets them.
-        """
-        block_len = BLOCK * self.voxel_size
-        limit = 0.5 * block_len * min(intr.fx, intr.fy)  # s · depth <= limit: footprint <= half a block
-        pyramid = depth_pyramid(d, _TILE_LEVELS)
-        nearest = -float(pyramid[-1][1].max())  # no tile is final above the size allowed at the nearest depth
-        top = min(_TILE_LEVELS, max(0, int(math.floor(math.log2(max(limit / nearest, 1.0))))))
-        # descend from every tile of the top level through the quarters of the tiles that are not final
-        candidates = torch.arange(pyramid[top][0].numel(), device=d.device)
-        quarters = torch.tensor([0, 1], device=d.device)
-        rays, ends = [], []
-        for level in range(top, -1, -1):
-            extremes = pyramid[level].view(2, -1).index_select(1, candidates)
-            valid = extremes[0] > 0
-            final = valid if level == 0 else (extremes[0] <= limit / (1 << level)).logical_and_(
-                extremes[0] + extremes[1] <= block_len)
-            keep = (final & valid).nonzero()[:, 0]
-            rays.append(self._tile_rays(intr, level).index_select(0, candidates.index_select(0, keep)))
-            ends.append(extremes.index_select(1, keep))
-            if level:
-                split = candidates[final.logical_not_().logical_and_(valid)]
-                width = pyramid[level].shape[2]  # the level below is exactly twice as wide
-                first = split.div(width, rounding_mode="floor").mul_(width).add_(split).mul_(2)  # (2·row, 2·col)
-                candidates = (first[:, None] + (quarters[:, None] * (2 * width) + quarters).view(-1)).view(-1)
-        return torch.cat(rays), torch.cat(ends, 1)
-
-    def _tile_rays(self, intr: Intrinsics, level: int) -> torch.Tensor:
-        """[th·tw, 4]: ray ``(x, y, 1)`` through the centre pixel of each tile of side s = 2^level of the
-        ``depth_pyramid`` grid (row-major; centres clamped to the image) and the depth step that advances it by
-        half a block; cached per camera."""
-        camera = self._camera(intr)
-        tiles = camera["tiles"]
-        if level not in tiles:
-            rays = camera["rays"]
-            H, W = rays.shape[:2]
-            s, side = 1 << level, 1 << _TILE_LEVELS
-            vc = (torch.arange(-(-H // side) * side // s, device=self.device) * s + (s - 1) // 2).clamp(max=H - 1)
-            uc = (torch.arange(-(-W // side) * side // s, device=self.device) * s + (s - 1) // 2).clamp(max=W - 1)
-            r = rays[vc][:, uc].reshape(-1, 2)
-            dirs = torch.cat([r, torch.ones_like(r[:, :1])], 1)
-            step = 0.5 * (BLOCK * self.voxel_size) / torch.linalg.vector_norm(dirs, dim=1)
-            tiles[level] = torch.cat([dirs, step[:, None]], 1)
-        return tiles[level]
 
     def _local_offsets(self) -> torch.Tensor:
         r = torch.arange(BLOCK, device=self.device)
