@@ -374,3 +374,23 @@ def test_block_budget_bounds_memory_keeps_the_nearest_blocks_and_warns_once(capl
     assert farthest_observed(vol) < farthest_observed(full) - 8 * VOXEL
     with pytest.raises(ValueError, match="max_blocks"):
         TSDFVolume(VOXEL, 4 * VOXEL, max_blocks=0)
+
+
+def test_tile_rays_pass_through_the_tile_centres_clamped_to_the_image():
+    """Reference: the pixel ray of each tile's centre pixel ((s - 1) // 2 into the tile, clamped to the last row and
+    column) and a step of half a block along the ray. Bugs caught: centres off by one (tiles then sample the band
+    of a neighbouring pixel), tiles past the image reading beyond it, the step not shortened for oblique rays."""
+    from SurgicalDepthLib.camera import pixel_rays
+    from SurgicalDepthLib.tsdf_allocation import TILE_LEVELS, tile_rays
+
+    rays = torch.as_tensor(pixel_rays(CAM), dtype=torch.float32)
+    for level in (0, 2, 5):
+        s, side = 1 << level, 1 << TILE_LEVELS
+        table = tile_rays(rays, level, 8.0)
+        th, tw = -(-CAM.height // side) * side // s, -(-CAM.width // side) * side // s
+        assert table.shape == (th * tw, 4)
+        for i, j in [(0, 0), (1, 2), (th - 1, tw - 1)]:
+            v, u = min(i * s + (s - 1) // 2, CAM.height - 1), min(j * s + (s - 1) // 2, CAM.width - 1)
+            x, y = rays[v, u].tolist()
+            np.testing.assert_allclose(table[i * tw + j].numpy(), [x, y, 1.0, 4.0 / np.sqrt(x * x + y * y + 1)],
+                                       rtol=1e-6)
