@@ -10,7 +10,8 @@ the share of that exact surface within 1 mm of the mesh (a volume that skips blo
 Open3D's ``ScalableTSDFVolume`` is not compared: this build integrates nothing in the canonical case
 (``open3d_scalable_check.py``).
 
-Usage: ``python Testing/benchmarks/bench_fusion.py [--rounds 3] [--threads N] [--modes sparse dense]``.
+Usage: ``python Testing/benchmarks/bench_fusion.py [--rounds 3] [--threads N] [--modes sparse dense]
+[--device cpu|cuda]``.
 """
 from __future__ import annotations
 
@@ -27,6 +28,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None, help="threads for torch and Open3D's OpenMP")
     ap.add_argument("--modes", nargs="+", default=["sparse", "dense"], choices=["sparse", "dense"])
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="where both sparse volumes run (cuda: Open3D's CUDA:0; the dense peer is CPU-only)")
     args = ap.parse_args()
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -39,8 +42,14 @@ def main() -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("bench_fusion: --device cuda, but torch sees no CUDA device")
     print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch threads "
-          f"{torch.get_num_threads()}; Open3D {o3d.__version__}\n")
+          f"{torch.get_num_threads()}; Open3D {o3d.__version__}; device {args.device}"
+          f"{' (' + torch.cuda.get_device_name() + ')' if args.device == 'cuda' else ''}\n")
+    if args.device == "cuda" and "dense" in args.modes:
+        print("dense: skipped on cuda (UniformTSDFVolume runs on the CPU only)\n")
+        args.modes = [m for m in args.modes if m != "dense"]
     print("| clip | volume | ours ms/frame | Open3D ms/frame | speed-up | surface error ours / Open3D (mm) "
           "| completeness ours / Open3D | vertices |")
     print("|---|---|---:|---:|---:|---|---|---|")
@@ -55,7 +64,8 @@ def main() -> None:
             # at our bounds' corner, so ours starts half a voxel in: the same voxel centres
             cube = (points.min(0) - 5.0, float((points.max(0) - points.min(0)).max() + 10.0))
             for mode in args.modes:
-                pair = (lambda: ours(TSDFVolume(1.0, 4.0), frames), lambda: vbg(o3d, frames)) if mode == "sparse" \
+                pair = (lambda: ours(TSDFVolume(1.0, 4.0, device=args.device), frames),
+                        lambda: vbg(o3d, frames, args.device)) if mode == "sparse" \
                     else (lambda: ours(TSDFVolume(1.0, 4.0, bounds=(cube[0] + 0.5, cube[0] + cube[1])), frames),
                           lambda: uniform(o3d, frames, *cube))
                 runs = [[], []]  # alternating rounds, so a slower spell of the machine hits both
@@ -81,8 +91,11 @@ def surface_quality(exact, vertices: np.ndarray) -> tuple[float, float]:
 
 
 def ours(vol, frames) -> tuple[float, np.ndarray]:
+    import torch
+
     intr = frames[0]["intrinsics"]
-    return timed(frames, lambda f: vol.integrate(f["depth"], f["image"], intr, f["pose"])), \
+    sync = torch.cuda.synchronize if vol.device.type == "cuda" else None
+    return timed(frames, lambda f: vol.integrate(f["depth"], f["image"], intr, f["pose"]), sync), \
         _vertices_vtk(vol.extract_mesh())
 
 
@@ -93,22 +106,23 @@ def _depth_metres(f):
     return (f["depth"] / 1000.0).astype(np.float32), np.linalg.inv(pose)
 
 
-def vbg(o3d, frames) -> tuple[float, np.ndarray]:
+def vbg(o3d, frames, device: str = "cpu") -> tuple[float, np.ndarray]:
+    where = o3d.core.Device("CUDA:0" if device == "cuda" else "CPU:0")
     grid = o3d.t.geometry.VoxelBlockGrid(
         attr_names=("tsdf", "weight", "color"), attr_dtypes=(o3d.core.float32,) * 3, attr_channels=(1, 1, 3),
-        voxel_size=1e-3, block_resolution=8, block_count=200000, device=o3d.core.Device("CPU:0"))
+        voxel_size=1e-3, block_resolution=8, block_count=200000, device=where)
     K = o3d.core.Tensor(frames[0]["intrinsics"].K, o3d.core.float64)
 
     def integrate(f):
         depth_m, extrinsic = _depth_metres(f)
         E = o3d.core.Tensor(extrinsic, o3d.core.float64)
-        depth = o3d.t.geometry.Image(o3d.core.Tensor(depth_m))
-        color = o3d.t.geometry.Image(o3d.core.Tensor(f["image"].astype(np.float32) / 255.0))
+        depth = o3d.t.geometry.Image(o3d.core.Tensor(depth_m)).to(where)
+        color = o3d.t.geometry.Image(o3d.core.Tensor(f["image"].astype(np.float32) / 255.0)).to(where)
         blocks = grid.compute_unique_block_coordinates(depth, K, E, 1.0, 0.3, trunc_voxel_multiplier=4.0)
         grid.integrate(blocks, depth, color, K, E, 1.0, 0.3, trunc_voxel_multiplier=4.0)
 
-    ms = timed(frames, integrate)
-    return ms, grid.extract_triangle_mesh().vertex.positions.numpy() * 1000.0
+    ms = timed(frames, integrate, o3d.core.cuda.synchronize if device == "cuda" else None)
+    return ms, grid.extract_triangle_mesh().vertex.positions.cpu().numpy() * 1000.0
 
 
 def uniform(o3d, frames, corner: np.ndarray, side: float) -> tuple[float, np.ndarray]:
@@ -130,11 +144,15 @@ def uniform(o3d, frames, corner: np.ndarray, side: float) -> tuple[float, np.nda
     return ms, np.asarray(vol.extract_triangle_mesh().vertices) * 1000.0
 
 
-def timed(frames, integrate) -> float:
+def timed(frames, integrate, sync=None) -> float:
+    """ms per frame over frames 1.. (frame 0 untimed); ``sync`` waits for a GPU's queued work."""
+    sync = sync or (lambda: None)
     integrate(frames[0])
+    sync()
     t0 = time.perf_counter()
     for f in frames[1:]:
         integrate(f)
+    sync()
     return (time.perf_counter() - t0) * 1e3 / (len(frames) - 1)
 
 

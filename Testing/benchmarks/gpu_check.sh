@@ -21,6 +21,9 @@ timeout 240 python3 Testing/benchmarks/bench_video.py --device cuda --synthetic 
     --precisions fp16 bf16 2>&1 | tail -n 8 | tee "$out/bench_video.txt"
 if python3 -c "import open3d" 2>/dev/null; then
   timeout 120 python3 Testing/benchmarks/bench_geometry.py --device cuda 2>&1 | tail -n 8 | tee "$out/bench_geometry.txt"
+  # issue #19: fusion of realistic clips on the GPU, ours vs VoxelBlockGrid on CUDA:0 (goal: <= 1 ms per 640x480 frame)
+  timeout 240 python3 Testing/benchmarks/bench_fusion.py --device cuda --modes sparse --rounds 3 2>&1 | tail -n 6 \
+      | tee "$out/bench_fusion.txt"
 fi
 # live OpenIGTLink service: 1080p sent at 30 frames/s, DA-V2-S fp16 (random weights, same computation);
 # target >= 30 frames/s answered, p95 latency <= 100 ms. Needs pyigtl (+ crcmod's C extension) on the GPU image.
