@@ -128,12 +128,12 @@ class TSDFVolume:
         if not d_max > 0:
             logger.warning("TSDFVolume.integrate: frame has no valid depth; nothing fused")
             return
-        origin = torch.as_tensor(self._origin, dtype=torch.float32, device=dev)
-        keys = touched_blocks(d, self._camera(intrinsics)["tiles"], min(intrinsics.fx, intrinsics.fy), R, t - origin,
+        camera = t - torch.as_tensor(self._origin, dtype=torch.float32, device=dev)  # relative to the volume origin
+        keys = touched_blocks(d, self._camera(intrinsics)["tiles"], min(intrinsics.fx, intrinsics.fy), R, camera,
                               BLOCK * self.voxel_size, self.truncation)
         bc = decode_block_keys(keys)
         if self.bounds is None:
-            slots = self._slots_for(keys, t - origin)
+            slots = self._slots_for(keys, camera)
             if bool((slots < 0).any()):  # over the block budget: those blocks are not fused
                 kept = slots >= 0
                 bc, slots = bc[kept], slots[kept]
@@ -143,7 +143,7 @@ class TSDFVolume:
             bc = bc[inside]
             slots = (bc[:, 0] * nb[1] + bc[:, 1]) * nb[2] + bc[:, 2]
         if slots.numel():
-            self._fuse(d, rgb, intrinsics, (bc * BLOCK).float() * self.voxel_size + (origin - t), R, slots)
+            self._fuse(d, rgb, intrinsics, (bc * BLOCK).float() * self.voxel_size - camera, R, slots)
 
     def _fuse(self, d: torch.Tensor, rgb: np.ndarray | None, intr: Intrinsics, corner: torch.Tensor,
               R: torch.Tensor, slots: torch.Tensor) -> None:
