@@ -86,7 +86,8 @@ def surface_quality(exact, vertices: np.ndarray) -> tuple[float, float]:
 
     mesh = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(vertices.astype(np.float64)))
     sample = exact.uniform_down_sample(7)
-    return (float(np.median(np.asarray(exact.compute_point_cloud_distance(mesh)))),
+    # a.compute_point_cloud_distance(b): one distance per point of a, to its nearest point of b
+    return (float(np.median(np.asarray(mesh.compute_point_cloud_distance(exact)))),
             float(np.mean(np.asarray(sample.compute_point_cloud_distance(mesh)) <= 1.0)))
 
 
