@@ -228,7 +228,7 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
         progress = progress or (lambda fraction, text: True)
         self.setupPythonRequirements(askConfirmation=True)
         from SurgicalDepthLib import slicer_run as run
-        from SurgicalDepthLib.slicer_helpers import Cancelled, SurgicalDepthNodes, resolve_intrinsics
+        from SurgicalDepthLib.slicer_helpers import Cancelled, SurgicalDepthNodes, has_calibration, resolve_intrinsics
         src = (run.video_source(videoPath, startFrame, frameStride, maxFrames, currentOnly) if videoPath is not None
                and browser is None and volume is None else self._nodeSource(browser, volume, startFrame, frameStride,
                                                                             maxFrames, currentOnly))
@@ -245,7 +245,7 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
             result = run.run_frames(net, src, intr, kinds, lambda item, outputs: self._store(
                 nodes, temps, src.index_value(item), src.ijk_to_ras(item), outputs), progress,
                 point_budget=pointBudget, near_mm=nearMm, far_mm=farMm, voxel_mm=voxelMm, temporal=temporal,
-                input_size=inputSize or None, fov_mask=fovMask)
+                input_size=inputSize or None, fov_mask=fovMask, calibrated=has_calibration(intrinsics, calibration, fx))
             nodes.frameCount = result.frames
             if result.fov_mask is not None:  # the field of view the run used (label 1), on the depth's geometry
                 nodes.fov = slicer.util.addVolumeFromArray(result.fov_mask[None].astype("uint8"), src.ijk_to_ras(

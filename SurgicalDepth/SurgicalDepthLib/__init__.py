@@ -38,6 +38,7 @@ _EXPORTS: dict[str, str] = {
     # camera and geometry
     "Intrinsics": "camera",
     "parse_intrinsics": "camera",
+    "lens_factor": "lens",
     "transform_points": "geometry",
     "fit_scale_shift": "alignment",
     "PoseTracker": "icp",

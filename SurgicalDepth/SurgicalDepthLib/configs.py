@@ -84,6 +84,9 @@ class ModelConfig:
             every official model. ``infer_image(rgb)`` uses it when no size is given.
         metric_unit: unit of a metric head's output: ``"m"`` for the official metric models, ``"mm"`` for
             metric models trained by this project on millimetre ground truth.
+        reference_fov_deg: horizontal field of view (degrees, across the image width) of the centred pinhole camera
+            whose z-depth the model predicts whatever lens took the frame (:mod:`SurgicalDepthLib.lens`); with a
+            frame's real intrinsics the output is corrected to that lens. None: not measured (no correction).
     """
 
     encoder: str
@@ -99,6 +102,7 @@ class ModelConfig:
     std: tuple[float, float, float] = IMAGENET_STD
     input_size: int = 518
     metric_unit: str = "m"
+    reference_fov_deg: float | None = None
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:
@@ -115,6 +119,8 @@ class ModelConfig:
             raise ValueError(f"metric_unit={self.metric_unit!r} is not one of ('m', 'mm')")
         if self.max_depth is not None and not (math.isfinite(self.max_depth) and self.max_depth > 0):
             raise ValueError(f"max_depth={self.max_depth!r} must be a positive finite number")
+        if self.reference_fov_deg is not None and not 0 < self.reference_fov_deg < 180:
+            raise ValueError(f"reference_fov_deg={self.reference_fov_deg!r} must be None or in (0, 180) degrees")
         sizes = {"features": (self.features,), "out_channels": self.out_channels,
                  "patch_size": (self.patch_size,), "pretrain_size": (self.pretrain_size,)}
         for name, values in sizes.items():

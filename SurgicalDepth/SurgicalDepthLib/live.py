@@ -41,6 +41,7 @@ import numpy as np
 from ._igtl import BadMessage, Connection, PointCloudMessage, StreamBroken, decode_image
 from ._live_replies import LIVE_POINT_BUDGET, ReceivedFrame, ReplySender, decimation_grid
 from ._live_stats import DepthServiceStats, ServiceCounters
+from .camera import Intrinsics, parse_intrinsics
 from .fov import detect_fov_mask
 from .latest_frame import LatestFrameMailbox
 from .stream import depth_stream
@@ -65,7 +66,8 @@ class DepthService:
         connect: ``(host, port)`` of a server to take frames from instead of listening.
         points: also send POLYDATA ``X_points`` with at most ``point_budget`` points per frame.
         intrinsics: ``"fx,fy,cx,cy"`` or a calibration file (:func:`~SurgicalDepthLib.camera.parse_intrinsics`),
-            an :class:`Intrinsics`, or None (a 70° pinhole for each frame size, warned once per size).
+            an :class:`Intrinsics`, or None (a 70° pinhole for each frame size, warned once per size). Given, the
+            depth of a model with a reference lens is corrected to it (:mod:`~SurgicalDepthLib.lens`).
         depth_range, input_size: as in :func:`depth_stream` (mm; network input lower bound).
         fov_mask: the scope's field of view: ``"auto"`` (detected once per device and frame size from the first
             frame, :func:`~SurgicalDepthLib.fov.detect_fov_mask`), a bool ``[H, W]`` array (True = tissue; frames
@@ -293,6 +295,17 @@ class DepthService:
             if first is not None:
                 self._run_stream(first)
 
+    def _lens(self, shape: tuple[int, ...]) -> Intrinsics | None:
+        """The calibrated camera for frames of ``shape`` (the depth is corrected to it), or None."""
+        if self.intrinsics is None or isinstance(self.intrinsics, Intrinsics):
+            return self.intrinsics
+        try:
+            return parse_intrinsics(self.intrinsics, shape[1], shape[0])
+        except (OSError, ValueError) as exc:
+            self._once(logging.ERROR, ("intrinsics", str(exc)), "stream: intrinsics: %s (depth not corrected to "
+                       "the lens)", exc)
+            return None
+
     def _run_stream(self, first: ReceivedFrame) -> None:
         """One :func:`depth_stream` over the latest frames of ``first``'s size and field of view; it ends when
         either changes (``depth_stream`` needs one of each), when a GPU stream must hand out its last result, or at
@@ -334,7 +347,7 @@ class DepthService:
         # the mask as an array (or None): depth_stream's "auto" would read several frames ahead before the first
         # prediction, which would queue stale frames
         stream = depth_stream(self.model, frames(), depth_range=self.depth_range, batch_size=1,
-                              input_size=self.input_size, fov_mask=fov)
+                              input_size=self.input_size, fov_mask=fov, intrinsics=self._lens(shape))
         try:
             for out in stream:
                 with room:

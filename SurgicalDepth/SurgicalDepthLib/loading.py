@@ -1,6 +1,7 @@
 """``load_model``: one entry point for every model source, resolving device and precision once."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -19,6 +20,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_MODEL_FILE = "surgical-depth-default.safetensors"
 # SHA256 of the shipped default model (Resources/Models/MODEL_CARD.md); verified on every load of "default".
 DEFAULT_MODEL_SHA256 = "cd5fab3dcf8411269c6d3427d4a4a004bab9d54fcec6e37fb9d8ee3eed3f6f67"
+# The pinhole field of view (across the width) whose z-depth the default model predicts from any lens, measured on
+# its training scenes through 70-160° lenses (MODEL_CARD.md, "Lens correction"; SurgicalDepthLib.lens).
+DEFAULT_MODEL_REFERENCE_FOV_DEG = 100.0
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
@@ -154,6 +158,8 @@ def load_model(source: str | os.PathLike = "default", *, device: str | torch.dev
         else:
             path = Path(src).expanduser()
         state, config = load_state_dict_file(path, **hints)
+        if src == "default" and config.reference_fov_deg is None:
+            config = dataclasses.replace(config, reference_fov_deg=DEFAULT_MODEL_REFERENCE_FOV_DEG)
         model = DepthModel(config)
         check_state_dict(model, state, str(path))
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, strict=True)

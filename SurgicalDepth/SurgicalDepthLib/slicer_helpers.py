@@ -304,6 +304,13 @@ def format_bytes(n: int) -> str:
     return f"{size:.1f} GiB"
 
 
+def has_calibration(intrinsics: Any = None, calibration: str = "", fx: float = 0.0) -> bool:
+    """Whether :func:`resolve_intrinsics` gets a real camera (an ``Intrinsics``, a calibration file or GUI fields;
+    ``fx`` = 0 means the fields are unset) rather than the default field of view: only then is the depth corrected
+    to the lens (:mod:`.lens`)."""
+    return intrinsics is not None or bool(calibration and str(calibration) != ".") or float(fx) != 0.0
+
+
 def resolve_intrinsics(width: int, height: int, intrinsics: Any = None, calibration: str = "",
                        fields: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)) -> Any:
     """Intrinsics for a ``width × height`` frame, from the first source given: ``intrinsics``

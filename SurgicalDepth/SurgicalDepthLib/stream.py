@@ -31,6 +31,7 @@ import numpy as np
 from .alignment import DEFAULT_DEPTH_RANGE_MM, disparity_to_depth, prediction_to_mm
 from .depth_kind import OutputKind, invert
 from .fov import FOV_FRAMES, check_fov_mask, detect_fov_mask, nan_outside
+from .lens import LensCorrection, model_reference_fov
 from .temporal import TemporalAligner
 from .video import FrameReader, open_frames
 
@@ -77,7 +78,8 @@ class DepthFrame:
         index: the frame's index in its source (kept under ``start``/``stride``).
         rgb: uint8 ``[H, W, 3]`` RGB input frame.
         prediction: float32 ``[H, W]``, the model's output (``output_kind`` of the model: disparity or depth in
-            the model's unit); with ``temporal=True`` after the temporal scale+shift alignment.
+            the model's unit); corrected to the real lens when ``intrinsics`` are given (:mod:`.lens`), and with
+            ``temporal=True`` after the temporal scale+shift alignment.
         depth_mm: float32 ``[H, W]`` depth in mm along the optical axis, NaN where invalid (never 0). The stream
             computes it on first access (a 1080p frame takes ~70 ms on one core, longer than a GPU forward pass,
             and callers that write only the prediction never pay for it), then keeps it; constructed by hand it
@@ -197,7 +199,7 @@ def _field_of_view(fov_mask: Any, items: Iterator[tuple[int, np.ndarray]]
 def depth_stream(model: Any, frames: Any, *, depth_range: tuple[float, float] | None = None, start: int = 0,
                  stride: int = 1, max_frames: int | None = None, batch_size: int | None = None,
                  temporal: bool = False, input_size: int | None = None,
-                 fov_mask: str | np.ndarray | None = "auto") -> Iterator[DepthFrame]:
+                 fov_mask: str | np.ndarray | None = "auto", intrinsics: Any = None) -> Iterator[DepthFrame]:
     """Predict depth frame by frame (see the module docstring for the depth conventions).
 
     Args:
@@ -212,6 +214,10 @@ def depth_stream(model: Any, frames: Any, *, depth_range: tuple[float, float] | 
         input_size: network input lower bound (multiple of 14; default the model's own).
         fov_mask: the scope's field of view: ``"auto"`` detects it from the first :data:`fov.FOV_FRAMES` frames
             (None when they have no black border), a bool ``[H, W]`` array gives it, None turns it off.
+        intrinsics: the real camera of the frames (``sd.Intrinsics``, a calibration: not a guessed field of view).
+            With a model that has a reference lens (``config.reference_fov_deg``, e.g. the default model) the
+            prediction is corrected to this lens (:mod:`SurgicalDepthLib.lens`: z-depth of wide-angle and fisheye
+            scopes); other models ignore it.
     Yields:
         :class:`DepthFrame` in source order. Closing the generator stops decoding.
     Raises:
@@ -229,12 +235,16 @@ def depth_stream(model: Any, frames: Any, *, depth_range: tuple[float, float] | 
     if isinstance(fov_mask, str) and fov_mask != "auto":
         raise ValueError(f"fov_mask must be 'auto', None or a bool [H, W] array, got {fov_mask!r}")
     kind = OutputKind.parse(model.output_kind)
+    reference = model_reference_fov(model)
+    lens = LensCorrection(intrinsics, reference, kind.value) if intrinsics is not None and reference else None
     items, reader = _indexed_frames(frames, start, stride, max_frames,
                                     prefetch=2 * (batch_size or getattr(model, "default_batch_size", 1)))
     try:
         fov, items = _field_of_view(fov_mask, items)
         stabilise = _TemporalDepth(kind, model.depth_unit, near_far, fov) if temporal else None
         for index, rgb, pred in _predictions(model, items, input_size, batch_size):
+            if lens is not None:
+                pred = lens(pred)
             if stabilise is not None:
                 pred, to_mm = stabilise(pred)
             else:

@@ -4,10 +4,12 @@ The report (architecture.md, "Evaluation report")::
 
     {"dataset", "root", "model", "alignment", "pred_kind", "n_images", "depth_range": [min, max],
      "eval_range": [min_depth, max_depth], "input_size", "metrics": {mean of per-image values},
-     "per_image": [{"name", "abs_rel", ..., "scale", "shift", "n_valid"}], "notes"}
+     "per_image": [{"name", "abs_rel", ..., "scale", "shift", "n_valid"}], "notes",
+     "lens_correction": null | {"reference_fov_deg", "n_images"}}
 
 ``metrics`` is the mean of the per-image values (monodepth2 / SCARED protocol); ``depth_range`` is the range of
-the ground truth over the evaluated pixels.
+the ground truth over the evaluated pixels. ``lens_correction``: the predictions of samples with intrinsics were
+corrected to their lens (:mod:`SurgicalDepthLib.lens`; models with a reference lens, e.g. the default model).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
+from SurgicalDepthLib.lens import SampleLensCorrection
 from SurgicalDepthLib.progress import ProgressReporter, Stage
 
 from .metrics import METRIC_KEYS, align_prediction, compute_errors, count_broken, mean_metrics
@@ -78,8 +81,8 @@ def evaluate_predictions(samples: Iterable[tuple[str, np.ndarray, np.ndarray, np
     }
 
 
-def _predictions(model: Any, dataset: Any, input_size: int | None,
-                 batch_size: int) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]]:
+def _predictions(model: Any, dataset: Any, input_size: int | None, batch_size: int,
+                 lens: SampleLensCorrection) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]]:
     group: list[dict[str, Any]] = []
 
     def flush() -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]]:
@@ -89,7 +92,7 @@ def _predictions(model: Any, dataset: Any, input_size: int | None,
         else:
             preds = [model.infer_image(f, input_size) for f in frames]
         for sample, pred in zip(group, preds):
-            yield str(sample.get("name", "")), pred, sample["depth"], sample.get("valid")
+            yield str(sample.get("name", "")), lens(sample, pred), sample["depth"], sample.get("valid")
         group.clear()
 
     for i in range(len(dataset)):
@@ -116,7 +119,7 @@ def _stage_updates(stage: Stage) -> Callable[[dict[str, Any]], None]:
 
 def evaluate(model: Any, dataset: Any, *, alignment: str = "median", input_size: int | None = None,
              min_depth: float | None = None, max_depth: float | None = None, batch_size: int = 1,
-             progress: ProgressReporter | None = None) -> dict[str, Any]:
+             progress: ProgressReporter | None = None, lens_correction: bool = True) -> dict[str, Any]:
     """Predict every image of ``dataset`` with ``model`` and measure it against the ground truth.
 
     Args:
@@ -131,6 +134,8 @@ def evaluate(model: Any, dataset: Any, *, alignment: str = "median", input_size:
         batch_size: images predicted together (equal sizes only; mixed sizes fall back to one by one).
         progress: where the stage ``"evaluate"`` goes (None = a tqdm bar): one update per image, with the
             running means ``abs_rel`` and ``a1``.
+        lens_correction: correct each prediction to its sample's lens (``intrinsics``) when the model has a
+            reference lens (:class:`SurgicalDepthLib.lens.SampleLensCorrection`); False: raw predictions.
     Returns:
         the report dict (module docstring).
     """
@@ -141,8 +146,9 @@ def evaluate(model: Any, dataset: Any, *, alignment: str = "median", input_size:
     min_depth = getattr(dataset, "min_depth", None) if min_depth is None else min_depth
     max_depth = getattr(dataset, "max_depth", None) if max_depth is None else max_depth
     reporter = progress if progress is not None else ProgressReporter("bar")
+    lens = SampleLensCorrection(model, lens_correction)
     with reporter.stage("evaluate", len(dataset), unit="image") as stage:
-        body = evaluate_predictions(_predictions(model, dataset, input_size, batch_size), alignment=alignment,
+        body = evaluate_predictions(_predictions(model, dataset, input_size, batch_size, lens), alignment=alignment,
                                     pred_kind=model.output_kind, min_depth=min_depth, max_depth=max_depth,
                                     on_image=_stage_updates(stage))
     report = {
@@ -151,6 +157,8 @@ def evaluate(model: Any, dataset: Any, *, alignment: str = "median", input_size:
         "model": str(getattr(model, "source", type(model).__name__)),
         "input_size": int(input_size or model.config.input_size),
         **body,
+        "lens_correction": ({"reference_fov_deg": lens.reference_fov_deg, "n_images": lens.n_corrected}
+                            if lens.n_corrected else None),
     }
     m = report["metrics"]
     logger.info("%s: AbsRel %.4f, delta1 %.4f over %d images", report["dataset"], m["abs_rel"], m["a1"],

@@ -103,3 +103,27 @@ def test_saved_depth_blank_frame_is_skipped(tmp_path, clip):
                  str(depth_dir), "--fuse", "--voxel-size", "2"]) == 0
     assert sorted(p.name for p in out.glob("points_*.ply")) == ["points_000000.ply", "points_000002.ply"]
     assert sorted(read_poses(out / "poses.txt")) == [0, 2]
+
+
+def test_calibrated_wide_lens_corrects_the_depth_of_the_points(tmp_path, clip):
+    """Catches: reconstruct ignoring the calibration when it predicts (the default model's depth of a wide-angle
+    scope left uncorrected, so the periphery's points lie 2-3x too far). Without a calibration the depth is the
+    raw stream's (the 70° guess is narrower than the model's reference lens, so it would not change it anyway)."""
+    root, frames, _ = clip
+    f = 0.5 * 70 / np.tan(np.radians(75.0))  # a 150° pinhole across the 70 px width
+    calib = sd.Intrinsics(f, f, 34.5, 27.5, 70, 56)
+    model = sd.load_model("default", device="cpu")
+
+    def cloud_z(out, *extra):
+        assert main(["reconstruct", str(root / "rgb"), "--output", str(out), "--input-size", "70",
+                     "--device", "cpu", "--max-frames", "1", *extra]) == 0
+        cloud = sd.load_mesh(out / "points_000000.ply")
+        return np.array([cloud.GetPoint(i)[2] for i in range(cloud.GetNumberOfPoints())])
+
+    def stream_z(**kw):
+        return next(sd.depth_stream(model, [frames[0]["image"]], input_size=70, **kw)).depth_mm.ravel()
+
+    corrected = cloud_z(tmp_path / "wide", "--intrinsics", f"{f},{f},34.5,27.5")
+    np.testing.assert_allclose(corrected, stream_z(intrinsics=calib), rtol=1e-4)
+    assert not np.allclose(corrected, stream_z(), rtol=1e-2)
+    np.testing.assert_allclose(cloud_z(tmp_path / "guess"), stream_z(), rtol=1e-4)  # no calibration: raw

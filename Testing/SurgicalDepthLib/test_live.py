@@ -192,6 +192,26 @@ def test_reply_has_depth_timestamp_and_geometry_of_its_frame(model, one_torch_th
     assert replies[0].world_coordinate_system == "ras"
 
 
+def test_calibrated_service_replies_with_depth_corrected_to_the_lens(one_torch_thread):
+    """Catches: the service's --intrinsics used for points only, so a wide-angle scope's depth (of a model with a
+    reference lens, like the default model) goes out uncorrected; the calibration read for another frame size."""
+    import dataclasses
+
+    lensed = tiny_model(4)
+    lensed.config = dataclasses.replace(lensed.config, reference_fov_deg=100.0)
+    rgb = textured(40, 56, 3)
+    calib = sd.Intrinsics.from_fov(56, 40, 150.0)
+    with running(lensed, intrinsics=f"{calib.fx},{calib.fy},{calib.cx},{calib.cy}") as service, \
+            pyigtl_client(service) as client:
+        client.send_message(pyigtl.ImageMessage(rgb[None], device_name="Video"), wait=False)
+        reply = client.wait_for_message("Video_depth", timeout=WAIT)
+    assert reply is not None
+    expected = next(sd.depth_stream(lensed, [rgb], batch_size=1, input_size=SIZE, fov_mask=None,
+                                    intrinsics=calib)).depth_mm
+    np.testing.assert_allclose(reply.image[0], expected, rtol=1e-5, equal_nan=True)
+    assert not np.allclose(expected, depth_of(lensed, rgb), rtol=1e-3, equal_nan=True)
+
+
 def test_frames_faster_than_inference_are_dropped_not_queued(model, one_torch_thread):
     """Catches: frames queued behind a slow model (latency growing with time), drops not counted, counters
     that do not add up, replies out of order or for frames never sent."""

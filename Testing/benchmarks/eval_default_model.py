@@ -26,7 +26,10 @@ def synthetic_pairs(organ: str, frames: int = 8, **scene):
 
 
 def evaluate_sets(model, samples: Path | None) -> dict[str, dict[str, dict]]:
+    """Every set with median and scale+shift alignment; predictions corrected to each sample's lens where it is
+    known (SurgicalDepthLib.lens; what ``surgical-depth evaluate`` does by default)."""
     import SurgicalDepthTrainingLib as sdt
+    from SurgicalDepthLib.lens import SampleLensCorrection
 
     sets: dict[str, list] = {}
     for organ in sdt.ORGANS:
@@ -37,7 +40,8 @@ def evaluate_sets(model, samples: Path | None) -> dict[str, dict[str, dict]]:
         sets["EndoSLAM stomach sample"] = [ds[i] for i in range(len(ds))]
     out: dict[str, dict[str, dict]] = {}
     for name, items in sets.items():
-        preds = [model.infer_image(s["image"]) for s in items]
+        lens = SampleLensCorrection(model)
+        preds = [lens(s, model.infer_image(s["image"])) for s in items]
         # depth caps: SimCol3D's encoded range (200 mm), the renderer's (300 mm), and for EndoSLAM's relative
         # depth (1 / 8-bit value, so <= 1) just above 1: predictions beyond the data's range are clamped to it
         cap = 200.0 if name.startswith("SimCol3D") else 300.0 if name.startswith("synthetic") else 1.0 + 1e-6
@@ -60,17 +64,21 @@ TONES = {  # display-space tone changes of real video processors (SurgicalDepthT
 RENDER_LOOKS = {  # the same held-out scenes lit like a real scope, or seen through a wider lens (SceneConfig options)
     "scope light: fill 0.3, beam cos^3": {"fill_light": 0.3, "beam_exponent": 3.0},
     "wide view: pinhole 140°": {"fov_deg": 140.0},
+    "wide view: fisheye 120°": {"fov_deg": 120.0, "fisheye": True},
     "wide view: fisheye 150°": {"fov_deg": 150.0, "fisheye": True},
+    "wide view: fisheye 165°": {"fov_deg": 165.0, "fisheye": True},
 }
 
 
-def _profile(model, frames, tone=lambda x: x) -> dict[str, float]:
+def _profile(model, frames, tone=lambda x: x, lens=None) -> dict[str, float]:
     """Median over ``frames`` of the fitted exponent ``b`` of ``prediction ∝ depth^b`` (least squares in log-log
-    over valid pixels) and the mean median-scaled AbsRel, after applying ``tone`` to each image."""
+    over valid pixels) and the mean median-scaled AbsRel, after applying ``tone`` to each image; ``lens``: a
+    ``SampleLensCorrection`` applied to each prediction (None: the raw output)."""
     exponents, abs_rel = [], []
     for f in frames:
         image = np.round(tone(f["image"].astype(np.float32) / 255.0) * 255.0).astype(np.uint8)
         pred = model.infer_image(image)
+        pred = pred if lens is None else lens(f, pred)
         keep = f["valid"] & (pred > 1e-6) & np.isfinite(pred)
         depth, disp = f["depth"][keep].astype(np.float64), pred[keep].astype(np.float64)
         exponents.append(np.polyfit(np.log(depth), np.log(disp), 1)[0])
@@ -89,9 +97,15 @@ def tone_robustness(model, frames_per_organ: int = 6) -> dict[str, dict[str, flo
         return [f for organ in ("colon", "stomach", "small_intestine")
                 for f in list(synthetic_pairs(organ, frames=2, **scene))[:frames_per_organ]]
 
+    from SurgicalDepthLib.lens import SampleLensCorrection
+
     plain = frames()
     out = {name: _profile(model, plain, tone) for name, tone in TONES.items()}
-    out.update({name: _profile(model, frames(**scene)) for name, scene in RENDER_LOOKS.items()})
+    for name, scene in RENDER_LOOKS.items():
+        looks = frames(**scene)
+        out[name] = _profile(model, looks)
+        if name.startswith("wide view"):
+            out[name + ", corrected to the lens"] = _profile(model, looks, lens=SampleLensCorrection(model))
     return out
 
 

@@ -44,8 +44,9 @@ def register(subparsers) -> None:
                    help="use the depth maps that 'surgical-depth predict' wrote for this input (its OUT/<name> "
                         "folder) instead of running a model")
     p.add_argument("--intrinsics", default=None,
-                   help="'fx,fy,cx,cy' in pixels or a calibration file; default: a "
-                        f"{DEFAULT_FOV_DEG:g} degree horizontal field of view (warned)")
+                   help="'fx,fy,cx,cy' in pixels or a calibration file (the depth of models with a reference lens, "
+                        "such as the default model, is then corrected to this lens); default: a "
+                        f"{DEFAULT_FOV_DEG:g} degree horizontal field of view (warned), no lens correction")
     add_depth_range_arg(p)
     p.add_argument("--fuse", action="store_true", help="integrate all frames into one TSDF surface")
     p.add_argument("--poses", type=Path, default=None,
@@ -150,8 +151,10 @@ def _reconstruct_frames(out: RunFolder, args: argparse.Namespace, reader: Any, i
     ``--every`` frames, each frame into the fusion; returns the number of frames."""
     count = 0
     with contextlib.closing(reader), progress_of(args).stage("reconstruct", reader.frame_count) as bar:
+        lens = intr if args.intrinsics is not None else None  # a guessed field of view corrects nothing
         for frame in depth_stream(source, reader, depth_range=tuple(args.depth_range), batch_size=args.batch_size,
-                                  temporal=args.temporal, input_size=args.input_size, fov_mask=args.fov_mask):
+                                  temporal=args.temporal, input_size=args.input_size, fov_mask=args.fov_mask,
+                                  intrinsics=lens):
             if count == 0 and frame.fov_mask is not None:
                 write_fov_mask(out.path("fov_mask.png"), frame.fov_mask)
             count += 1

@@ -56,8 +56,9 @@ def register(subparsers) -> None:
     p.add_argument("--point-budget", type=int, default=20000,  # = live.LIVE_POINT_BUDGET (live imports pyigtl)
                    help="at most this many points per cloud")
     p.add_argument("--intrinsics", default=None,
-                   help="for --points: 'fx,fy,cx,cy' in pixels or a calibration file; default: a 70 degree "
-                        "horizontal field of view (warned)")
+                   help="the scope's calibration: 'fx,fy,cx,cy' in pixels or a calibration file; the depth of "
+                        "models with a reference lens (the default model) is corrected to it, and --points uses it; "
+                        "default: no correction and, for --points, a 70 degree horizontal field of view (warned)")
     p.add_argument("--status-interval", type=float, default=5.0, help="seconds between status lines")
     p.set_defaults(func=run)
 
@@ -82,8 +83,6 @@ def _check_args(args: argparse.Namespace) -> None:
         if len(values) != 4 or not all(v > 0 for v in values):
             raise CliError(f"--intrinsics: expected 'fx,fy,cx,cy' (positive pixels) or a calibration file, "
                            f"got {args.intrinsics!r}")
-    if args.intrinsics is not None and not args.points:
-        logger.warning("--intrinsics is used only with --points")
 
 
 def run(args: argparse.Namespace) -> int:

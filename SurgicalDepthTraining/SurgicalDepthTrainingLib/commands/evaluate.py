@@ -40,6 +40,12 @@ def register(subparsers) -> None:
                    help="evaluation range upper bound in the dataset's unit (default: the dataset's)")
     p.add_argument("--batch-size", type=int, default=1, help="images predicted together (default 1)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--intrinsics", type=Path, default=None,
+                   help="calibration file of the dataset's camera (OpenCV YAML/XML/JSON, any distortion model), "
+                        "for data sets that do not carry one (e.g. c3vd, folder)")
+    p.add_argument("--no-lens-correction", dest="lens_correction", action="store_false",
+                   help="evaluate the raw output: do not correct predictions to the samples' lens (a model with a "
+                        "reference lens, such as the default model, is corrected where intrinsics are known)")
     p.add_argument("--table", type=Path, default=None,
                    help="also write a Markdown table (.md) in the layout of the paper's Table 1 (datasets as "
                         "columns, AbsRel and delta1 rows per model)")
@@ -100,16 +106,17 @@ def _refuse_existing(flag: str, path: Path, overwrite: bool) -> None:
                              "choose another file")
 
 
-def _figure_rows(model, dataset, report: dict, input_size: int | None, n: int = 4) -> list[dict]:
+def _figure_rows(model, dataset, report: dict, args: argparse.Namespace, n: int = 4) -> list[dict]:
     import numpy as np
+    from SurgicalDepthLib.lens import SampleLensCorrection
 
     from SurgicalDepthTrainingLib.metrics import align_prediction
 
     lo, hi = report["eval_range"]
-    rows = []
+    rows, lens = [], SampleLensCorrection(model, args.lens_correction)
     for i in np.unique(np.linspace(0, len(dataset) - 1, min(n, len(dataset))).round().astype(int)):
         sample = dataset[int(i)]
-        pred = model.infer_image(sample["image"], input_size)
+        pred = lens(sample, model.infer_image(sample["image"], args.input_size))
         depth, _, _, _ = align_prediction(pred, sample["depth"], sample.get("valid"),
                                           alignment=report["alignment"], pred_kind=model.output_kind,
                                           min_depth=lo, max_depth=hi)
@@ -124,6 +131,8 @@ def run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"--table-reports {path} does not exist")
     if not args.root.exists():
         raise FileNotFoundError(f"--root {args.root} does not exist")
+    if args.intrinsics is not None and not args.intrinsics.is_file():
+        raise FileNotFoundError(f"--intrinsics {args.intrinsics} does not exist")
     _check_outputs(args)  # before the model loads and the evaluation runs: a refused output fails at once
 
     import SurgicalDepthLib as sd
@@ -133,16 +142,17 @@ def run(args: argparse.Namespace) -> int:
     from SurgicalDepthTrainingLib.reports import (markdown_table, qualitative_figure, read_report, write_report,
                                                   write_table)
 
-    dataset = open_dataset(args.dataset, args.root, args.split)
+    options = {"intrinsics": args.intrinsics} if args.intrinsics is not None else {}
+    dataset = open_dataset(args.dataset, args.root, args.split, **options)
     model = sd.load_model(args.model, device=args.device)
     report = evaluate(model, dataset, alignment=args.alignment, input_size=args.input_size,
                       min_depth=args.min_depth, max_depth=args.max_depth, batch_size=args.batch_size,
-                      progress=progress_of(args))
+                      progress=progress_of(args), lens_correction=args.lens_correction)
     report["dataset"] = args.dataset
     report["root"] = str(args.root)
     report["model"] = args.model
     report["split"] = args.split
-    rows = _figure_rows(model, dataset, report, args.input_size) if args.figure is not None else None
+    rows = _figure_rows(model, dataset, report, args) if args.figure is not None else None
     for flag, path in _outputs(args):  # again: a file may have appeared while the evaluation ran
         _refuse_existing(flag, path, args.overwrite)
     write_report(report, args.output)
