@@ -32,7 +32,7 @@ import numpy as np
 
 from .latest_frame import LatestFrameMailbox
 from .memory_budget import DEFAULT_POINT_BUDGET
-from .slicer_helpers import resolve_intrinsics, rgb_from_volume_array
+from .slicer_helpers import has_calibration, resolve_intrinsics, rgb_from_volume_array
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +82,8 @@ class LiveWorker:
         model: a ``DepthModel`` (or an object with its inference API).
         intrinsics_for: ``(width, height) -> Intrinsics`` of a frame size (called in the worker, once per size);
             default :func:`~slicer_helpers.resolve_intrinsics` without calibration (70° field of view).
+        calibrated: ``intrinsics_for`` gives the scope's calibration (not a guessed field of view), so the depth is
+            corrected to its lens (:mod:`.lens`), as in the run that ``process`` made.
         depth_range: (near, far) mm for relative models (None or a None item: the library default).
         input_size: network input lower bound (None: the model's own).
         fov_mask: ``"auto"`` (detected from the first frame of each size), ``"none"``/None, a bool ``[H, W]``
@@ -93,7 +95,7 @@ class LiveWorker:
             mailbox keeps dropping old frames meanwhile).
     """
 
-    def __init__(self, model: Any, *, intrinsics_for: Callable[[int, int], Any] | None = None,
+    def __init__(self, model: Any, *, intrinsics_for: Callable[[int, int], Any] | None = None, calibrated: bool = False,
                  depth_range: tuple[float | None, float | None] | None = None, input_size: int | None = None,
                  fov_mask: Any = "auto", point_budget: int | None = DEFAULT_POINT_BUDGET, record_frames: int = 0,
                  first_number: int = 0, max_results: int = 2):
@@ -107,6 +109,7 @@ class LiveWorker:
         near, far = depth_range or (None, None)
         self.model, self.input_size = model, input_size
         self.intrinsics_for = intrinsics_for or (lambda width, height: resolve_intrinsics(width, height))
+        self.calibrated = bool(calibrated)
         self.depth_range = (near or DEFAULT_DEPTH_RANGE_MM[0], far or DEFAULT_DEPTH_RANGE_MM[1])
         self.fov_mask, self.point_budget, self.record_frames = resolve_fov(fov_mask), point_budget, record_frames
         self._mailbox, self._results = LatestFrameMailbox(), queue.Queue(maxsize=max_results)
@@ -217,8 +220,8 @@ class LiveWorker:
             raise ValueError(f"live frame {number}: expected RGB uint8 [H, W, 3] or a one-slice RGB vector volume, "
                              f"got {rgb.dtype} {rgb.shape}")
         fov, intrinsics = self._frame_setup(rgb)
-        stream = depth_stream(self.model, [rgb], depth_range=self.depth_range, batch_size=1,
-                              input_size=self.input_size, fov_mask=fov)
+        stream = depth_stream(self.model, [rgb], depth_range=self.depth_range, batch_size=1, input_size=self.input_size,
+                              fov_mask=fov, intrinsics=intrinsics if self.calibrated else None)
         with closing(stream):
             depth = next(stream)
         kinds = ["frames", "depth"] + (["points"] if self.point_budget is not None else [])
@@ -241,6 +244,7 @@ def worker_options(options: dict[str, Any], fov_mask: Any, record_frames: int = 
     budget = options.get("pointBudget", DEFAULT_POINT_BUDGET)
     return {"intrinsics_for": partial(resolve_intrinsics, intrinsics=options.get("intrinsics"),
                                       calibration=options.get("calibration"), fields=fields),
+            "calibrated": has_calibration(options.get("intrinsics"), options.get("calibration"), fields[0]),
             "depth_range": (options.get("nearMm"), options.get("farMm")),
             "input_size": options.get("inputSize") or None, "fov_mask": fov_mask,
             "point_budget": budget if options.get("pointCloud", True) else None,

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 from SurgicalDepthLib import __version__
+from SurgicalDepthLib.loading import DEFAULT_MODEL_REFERENCE_FOV_DEG
 from SurgicalDepthLib.progress import ProgressReporter
 
 logger = logging.getLogger(__name__)
@@ -94,11 +95,14 @@ def render_training_set(root: str | Path, n_clips: int, frames_per_clip: int = 8
 #:    read from shape rather than from the renderer's brightness (model card: ``Resources/Models/MODEL_CARD.md``).
 #: 3. ``scope-light``: fine-tunes stage 2 on 720 clips, the last 240 lit like a real scope (``SCOPE_LIGHT``: light
 #:    bouncing around the lumen, a beam brightest on the optical axis), same augmentation.
+#: ``reference_fov_deg``: the lens whose z-depth the exported model predicts from any frame (the centre of the
+#: training views, 80–125°; measured on the shipped model, ``SurgicalDepthLib.lens``), written into its config.
 #: ``keep``: which weights a stage exports: ``best`` (lowest validation AbsRel on clean synthetic frames) or
 #: ``last`` (stage 2: its goal, robustness to the look of real video, is not what clean validation measures, and
 #: its start weights would otherwise win on them).
 DEFAULT_RECIPE = dict(
     frames_per_clip=8, data_seed=0, inference_input_size=168, scope_light_from=480,
+    reference_fov_deg=DEFAULT_MODEL_REFERENCE_FOV_DEG,
     stages=(
         dict(name="synthetic", n_clips=240, keep="best", train=dict(
             dataset="synthetic", model="random:surgical-depth-tiny", loss="l1", lr=2e-4, decoder_lr_mult=3.0,
@@ -168,7 +172,8 @@ def _export_stage(run: Path, keep: str, target: Path, card: dict[str, str]) -> P
         data = load_training_checkpoint(run / "last.pt")
         model = DepthModel(ModelConfig.from_dict(json.loads(data["model_config"])))
         model.load_state_dict(data["model"])
-    model.config = dataclasses.replace(model.config, input_size=DEFAULT_RECIPE["inference_input_size"])
+    model.config = dataclasses.replace(model.config, input_size=DEFAULT_RECIPE["inference_input_size"],
+                                       reference_fov_deg=DEFAULT_RECIPE["reference_fov_deg"])
     save_checkpoint(target, model, extra=card, dtype=torch.float16)
     return target
 

@@ -94,6 +94,26 @@ def test_results_pair_with_their_frames_and_match_depth_stream(model, one_torch_
         assert r.record is False
 
 
+def test_calibrated_worker_corrects_depth_to_the_lens(one_torch_thread):
+    """Catches: live frames of a calibrated wide-angle scope left uncorrected while the run process() made from
+    the first image was corrected (a model with a reference lens, like the default model)."""
+    import dataclasses
+
+    lensed = tiny_model(5)
+    lensed.config = dataclasses.replace(lensed.config, reference_fov_deg=100.0)
+    calib = sd.Intrinsics.from_fov(56, 40, 150.0)
+    rgb = frames(1)[0]
+    worker = LiveWorker(lensed, intrinsics_for=lambda w, h: calib, calibrated=True, input_size=SIZE,
+                        fov_mask=None).start()
+    try:
+        worker.put(rgb)
+        result = drain(worker, 1)[0]
+    finally:
+        worker.stop()
+    ref = next(sd.depth_stream(lensed, [rgb], input_size=SIZE, fov_mask=None, intrinsics=calib))
+    np.testing.assert_array_equal(result.outputs["depth"][0], ref.depth_mm)
+
+
 def test_stop_joins_and_results_stop_coming(model, one_torch_thread):
     """Catches a stop that leaves the thread running (or hangs), and frames still taken after it."""
     worker = LiveWorker(model, input_size=SIZE, fov_mask=None)
@@ -197,8 +217,10 @@ def test_worker_options_follow_the_process_arguments():
     assert kw["fov_mask"] is mask and kw["record_frames"] == 4 and kw["first_number"] == 1
     intr = kw["intrinsics_for"](56, 40)
     assert (intr.fx, intr.fy, intr.cx, intr.cy, intr.width, intr.height) == (50.0, 50.0, 27.5, 19.5, 56, 40)
+    assert kw["calibrated"] is True  # GUI fields are a calibration: the depth is corrected to that lens
     kw = worker_options({"pointCloud": False}, None)
     assert kw["point_budget"] is None and kw["record_frames"] == 0 and kw["input_size"] is None
+    assert kw["calibrated"] is False  # the 70° guess corrects nothing
     assert kw["intrinsics_for"](56, 40).size == (56, 40)  # the 70 degree default
     worker = LiveWorker(object.__new__(object), **kw)  # accepted as LiveWorker arguments
     assert worker.depth_range == DEFAULT_DEPTH_RANGE_MM and worker.fov_mask is None

@@ -365,3 +365,12 @@ def test_download_weights_cancel_leaves_no_partial_file(tmp_path, monkeypatch):
     assert seen == pytest.approx([1 / 3, 2 / 3]) and list(tmp_path.iterdir()) == []
     path = sh.download_weights(name, lambda fraction, text: True)
     assert path.read_bytes() == content and list(tmp_path.iterdir()) == [path]  # pinned: no recorded digest
+
+
+def test_has_calibration_only_for_a_real_camera():
+    """Catches: the panel's empty path field ('.' from ctkPathLineEdit) or unset fields (fx = 0) taken for a
+    calibration, which would correct the depth to the guessed 70° lens; a given file, Intrinsics or fields not."""
+    assert not sh.has_calibration(None, "", 0.0) and not sh.has_calibration(None, ".", 0.0)
+    assert not sh.has_calibration(None, None, 0.0)
+    assert sh.has_calibration(None, "/data/scope.yaml", 0.0) and sh.has_calibration(None, "", 412.5)
+    assert sh.has_calibration(object(), "", 0.0)

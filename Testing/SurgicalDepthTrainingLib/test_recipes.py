@@ -25,13 +25,16 @@ def test_clip_specs_deterministic_and_varied():
 def test_train_default_model_shortened(tmp_path):
     """Bugs caught: a stage that does not start from the previous stage's export (``@previous`` unresolved or
     pointing at random weights), stage 1 training on stage 2's extra clips, the ``last`` stage exporting its
-    start weights, and an export that is not fp16 with the recipe in its metadata."""
+    start weights, an export that is not fp16 with the recipe in its metadata, and one without the reference lens
+    (a reproduced default model would not be corrected to a calibrated wide-angle scope)."""
     from safetensors import safe_open
 
     path = train_default_model(tmp_path, max_steps=2, n_clips=3, device="cpu")
     assert path == tmp_path / "surgical-depth-default.safetensors"
     model = sd.load_model(path, device="cpu")
     assert model.config.input_size == DEFAULT_RECIPE["inference_input_size"]
+    shipped = sd.load_model("default", device="cpu").config.reference_fov_deg
+    assert model.config.reference_fov_deg == DEFAULT_RECIPE["reference_fov_deg"] == shipped
     assert model.output_kind == "disparity"
     with safe_open(str(path), "pt") as f:
         meta = f.metadata()
