@@ -154,3 +154,28 @@ def test_cli_evaluate_bad_input_leaves_no_report(tmp_path, capsys, bad):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "error" in err
     assert list(tmp_path.glob("*.json")) == [] and list(tmp_path.glob(".*")) == []
+
+
+def test_cli_evaluate_intrinsics_file_corrects_to_the_lens(tmp_path, capsys):
+    """Catches: ``--intrinsics`` not reaching the data set (a folder data set has no camera of its own, so nothing
+    would be corrected), the reference lens lost when a checkpoint is saved and loaded, and ``lens_correction``
+    missing from the report."""
+    from SurgicalDepthLib.camera import Intrinsics
+    from SurgicalDepthLib.checkpoints import save_checkpoint
+
+    torch.manual_seed(0)
+    ckpt = save_checkpoint(tmp_path / "lensed.safetensors",
+                           DepthModel(make_config("vitt", reference_fov_deg=100.0)))
+    write_folder_dataset(tmp_path / "data")
+    calib = tmp_path / "scope.json"
+    calib.write_text(json.dumps(Intrinsics.from_fov(56, 42, 150.0).to_dict()))
+    reports = {}
+    for name, extra in (("calibrated", ["--intrinsics", str(calib)]), ("plain", [])):
+        out = tmp_path / f"{name}.json"
+        rc = main(["evaluate", "--dataset", "folder", "--root", str(tmp_path / "data"), "--model", str(ckpt),
+                   "--output", str(out), "--input-size", "56", "--device", "cpu", *extra])
+        assert rc == 0, capsys.readouterr().err
+        reports[name] = read_report(out)
+    assert reports["calibrated"]["lens_correction"] == {"reference_fov_deg": 100.0, "n_images": 2}
+    assert reports["plain"]["lens_correction"] is None
+    assert reports["calibrated"]["metrics"]["abs_rel"] != reports["plain"]["metrics"]["abs_rel"]
