@@ -4,14 +4,15 @@
 
 - ``{"model": "opencv", "coeffs": [k1, k2, p1, p2[, k3[, k4, k5, k6[, s1, s2, s3, s4[, tx, ty]]]]]}`` —
   radial/tangential (``cv2.projectPoints``), 4, 5, 8, 12 or 14 coefficients;
-- ``{"model": "fisheye", "coeffs": [k1, k2, k3, k4]}`` — equidistant fisheye (``cv2.fisheye.projectPoints``).
+- ``{"model": "fisheye", "coeffs": [k1, k2, k3, k4]}`` — equidistant fisheye (``cv2.fisheye.projectPoints``);
+- ``{"model": "ocam", "coeffs": [c, d, e, a0, ..., aN]}`` — Scaramuzza's omnidirectional model (OCamCalib,
+  :mod:`.ocam`), with ``fx = |a0|``, ``fy = c·|a0|`` and ``(cx, cy)`` its centre (column, row).
 
 Distortion coefficients act on normalised coordinates, so they do not change when the image is resized.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -24,7 +25,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-DISTORTION_MODELS = ("opencv", "fisheye")
+DISTORTION_MODELS = ("opencv", "fisheye", "ocam")
 _OPENCV_COEFF_COUNTS = (4, 5, 8, 12, 14)
 #: Horizontal field of view assumed when no intrinsics are known (typical forward-viewing endoscope optics).
 DEFAULT_FOV_DEG = 70.0
@@ -48,10 +49,12 @@ def _check_distortion(distortion: Any) -> dict | None:
     coeffs = [float(c) for c in np.asarray(distortion["coeffs"], dtype=np.float64).ravel()]
     if not all(math.isfinite(c) for c in coeffs):
         raise ValueError(f"Intrinsics.distortion['coeffs'] must be finite, got {coeffs}")
-    expected = _OPENCV_COEFF_COUNTS if model == "opencv" else (4,)
+    expected = {"opencv": _OPENCV_COEFF_COUNTS, "fisheye": (4,), "ocam": tuple(range(4, 24))}[model]
     if len(coeffs) not in expected:
         raise ValueError(f"Intrinsics.distortion: model {model!r} takes {' or '.join(map(str, expected))} "
                          f"coefficients, got {len(coeffs)}")
+    if model == "ocam" and not (coeffs[3] < 0 and coeffs[0] - coeffs[1] * coeffs[2] != 0):
+        raise ValueError(f"Intrinsics.distortion: an 'ocam' model needs a0 < 0 and c - d·e != 0, got {coeffs[:4]}")
     return {"model": model, "coeffs": coeffs}
 
 
@@ -86,6 +89,11 @@ class Intrinsics:
         object.__setattr__(self, "width", int(self.width))
         object.__setattr__(self, "height", int(self.height))
         object.__setattr__(self, "distortion", _check_distortion(self.distortion))
+        if self.distortion is not None and self.distortion["model"] == "ocam":
+            c, a0 = self.distortion["coeffs"][0], self.distortion["coeffs"][3]
+            if not (math.isclose(self.fx, -a0, rel_tol=1e-6) and math.isclose(self.fy, abs(c * a0), rel_tol=1e-6)):
+                raise ValueError(f"Intrinsics with an 'ocam' model need fx = |a0| = {-a0:g} and fy = |c·a0| = "
+                                 f"{abs(c * a0):g}, got fx={self.fx:g}, fy={self.fy:g}")
         self._check_physical()
 
     def _check_physical(self) -> None:
@@ -125,8 +133,18 @@ class Intrinsics:
     def scaled(self, width: int, height: int) -> "Intrinsics":
         """The same camera for an image resized to ``width × height`` (pixel-centre convention)."""
         sx, sy = width / self.width, height / self.height
+        distortion = self.distortion
+        if distortion is not None and distortion["model"] == "ocam":  # a radial polynomial: one scale for both axes
+            if not math.isclose(sx, sy, rel_tol=0.01):
+                raise ValueError(f"an 'ocam' camera scales only with its aspect ratio: {self.width}x{self.height} "
+                                 f"-> {width}x{height}")
+            from .ocam import scaled_ocam
+
+            sy = sx
+            distortion = {"model": "ocam", "coeffs": scaled_ocam(distortion["coeffs"], sx)}
         return dataclasses.replace(self, fx=self.fx * sx, fy=self.fy * sy, cx=(self.cx + 0.5) * sx - 0.5,
-                                   cy=(self.cy + 0.5) * sy - 0.5, width=int(width), height=int(height))
+                                   cy=(self.cy + 0.5) * sy - 0.5, width=int(width), height=int(height),
+                                   distortion=distortion)
 
     def undistorted_rays(self) -> np.ndarray:
         """Unit-z ray directions of every pixel: float64 ``[H, W, 2]`` = (x/z, y/z); see :func:`pixel_rays`."""
@@ -149,7 +167,7 @@ class Intrinsics:
                 raise ValueError(f"intrinsics with 'K' also need {missing}; got keys {sorted(data)}")
             dist = data.get("dist", data.get("distortion"))
             if dist is not None and not isinstance(dist, dict):
-                dist = _opencv_or_none(dist)
+                dist = opencv_or_none(dist)
             return cls.from_matrix(K, data["width"], data["height"], dist)
         missing = [k for k in ("fx", "fy", "cx", "cy", "width", "height") if k not in data]
         if missing:
@@ -195,112 +213,23 @@ class Intrinsics:
         - ``.yaml/.yml/.xml``: OpenCV ``FileStorage`` (``camera_matrix``, ``distortion_coefficients``,
           ``image_width``, ``image_height``; ``!!opencv-matrix`` or ROS-style ``{rows, cols, data}``);
           ``distortion_model: fisheye|equidistant`` selects the fisheye model;
+        - OCamCalib's ``calib_results.txt`` (Scaramuzza's toolbox; recognised by its comment lines), the
+          ``ocam`` model (:mod:`.ocam`);
         - anything else (``.txt``): 9 numbers of a 3×3 K (row-major, e.g. EndoSLAM ``fx,0,cx,0,fy,cy,0,0,1``)
           or 4 numbers ``fx fy cx cy``; the image size must then be given as ``width``/``height``.
         ``width``/``height``, when given for a file that states its own size, must agree with it.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"intrinsics file not found: {path}")
-        suffix = path.suffix.lower()
-        if suffix == ".json":
-            try:
-                data = json.loads(path.read_text())
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"intrinsics file {path} is not valid JSON: {exc}") from exc
-            if not isinstance(data, dict):
-                raise ValueError(f"intrinsics file {path} must hold a JSON object, got {type(data).__name__}")
-            data = {**data, **{k: v for k, v in (("width", width), ("height", height)) if v is not None
-                               and k not in data}}
-            intr = cls.from_dict(data)
-        elif suffix in (".yaml", ".yml", ".xml"):
-            intr = _read_opencv_storage(path, width, height)
-        else:
-            intr = _read_text_matrix(path, width, height)
-        _check_size(intr, width, height, path)
-        return intr
+        from .calibration_files import read_calibration  # lazy: the readers import this module
+
+        return read_calibration(Path(path), width, height)
 
 
-def _opencv_or_none(coeffs: Any) -> dict | None:
+def opencv_or_none(coeffs: Any) -> dict | None:
+    """An OpenCV-model distortion dict from a bare coefficient list (None when empty or all zero)."""
     arr = np.asarray(coeffs, dtype=np.float64).ravel()
     if arr.size == 0 or not np.any(arr):
         return None
     return {"model": "opencv", "coeffs": arr.tolist()}
-
-
-def _check_size(intr: Intrinsics, width: int | None, height: int | None, source: Any) -> None:
-    if (width is not None and width != intr.width) or (height is not None and height != intr.height):
-        raise ValueError(f"intrinsics from {source} are for {intr.width}x{intr.height}, "
-                         f"but {width}x{height} was given")
-
-
-def _read_opencv_storage(path: Path, width: int | None, height: int | None) -> Intrinsics:
-    import cv2  # lazy: heavy import
-
-    text = path.read_text()
-    if path.suffix.lower() != ".xml" and not text.lstrip().startswith("%YAML"):
-        text = "%YAML:1.0\n" + text  # ROS/plain YAML lacks the header FileStorage needs
-    fs = cv2.FileStorage(text, cv2.FILE_STORAGE_READ | cv2.FILE_STORAGE_MEMORY)
-    try:
-        def matrix(name: str) -> np.ndarray | None:
-            node = fs.getNode(name)
-            if node.empty():
-                return None
-            if node.isMap() and not node.getNode("data").empty():  # ROS camera_info style
-                data = node.getNode("data")
-                vals = [data.at(i).real() for i in range(data.size())]
-                return np.asarray(vals, dtype=np.float64)
-            mat = node.mat()
-            if mat is not None:
-                return np.asarray(mat, dtype=np.float64).ravel()
-            if node.isSeq():
-                return np.asarray([node.at(i).real() for i in range(node.size())], dtype=np.float64)
-            return None
-
-        def scalar(name: str) -> int | None:
-            node = fs.getNode(name)
-            return None if node.empty() else int(node.real())
-
-        K = matrix("camera_matrix")
-        if K is None:
-            K = matrix("K")
-        if K is None or K.size != 9:
-            raise ValueError(f"intrinsics file {path}: expected a 3x3 'camera_matrix', got "
-                             f"{'nothing' if K is None else f'{K.size} values'}")
-        dist = matrix("distortion_coefficients")
-        if dist is None:
-            dist = matrix("D")
-        model_node = fs.getNode("distortion_model")
-        model = "" if model_node.empty() else model_node.string().lower()
-        w = scalar("image_width") or width
-        h = scalar("image_height") or height
-    finally:
-        fs.release()
-    if w is None or h is None:
-        raise ValueError(f"intrinsics file {path} has no image_width/image_height; pass width and height")
-    distortion = None
-    if dist is not None and np.any(dist):
-        if model in ("fisheye", "equidistant"):
-            distortion = {"model": "fisheye", "coeffs": dist.tolist()}
-        else:
-            distortion = {"model": "opencv", "coeffs": dist.tolist()}
-    return Intrinsics.from_matrix(K.reshape(3, 3), w, h, distortion)
-
-
-def _read_text_matrix(path: Path, width: int | None, height: int | None) -> Intrinsics:
-    tokens = [t for t in re.split(r"[,\s;\[\]]+", path.read_text()) if t]
-    try:
-        values = np.asarray([float(t) for t in tokens], dtype=np.float64)
-    except ValueError as exc:
-        raise ValueError(f"intrinsics file {path}: expected 9 numbers (3x3 K) or 4 (fx fy cx cy), "
-                         f"found a non-number: {exc}") from exc
-    if width is None or height is None:
-        raise ValueError(f"intrinsics file {path} holds no image size; pass width and height")
-    if values.size == 9:
-        return Intrinsics.from_matrix(values.reshape(3, 3), width, height)
-    if values.size == 4:
-        return Intrinsics(*values.tolist(), width=width, height=height)
-    raise ValueError(f"intrinsics file {path}: expected 9 numbers (3x3 K) or 4 (fx fy cx cy), got {values.size}")
 
 
 def parse_intrinsics(text_or_path: str | os.PathLike | None, width: int, height: int) -> Intrinsics:
@@ -324,10 +253,9 @@ def parse_intrinsics(text_or_path: str | os.PathLike | None, width: int, height:
     path = Path(text)
     if not path.is_file():
         raise FileNotFoundError(f"intrinsics {text!r} is neither 'fx,fy,cx,cy' nor an existing file")
-    if path.suffix.lower() in (".json", ".yaml", ".yml", ".xml"):
-        intr = Intrinsics.from_file(path) if _file_states_size(path) else Intrinsics.from_file(path, width, height)
-    else:
-        intr = Intrinsics.from_file(path, width, height)
+    from .calibration_files import file_states_size
+
+    intr = Intrinsics.from_file(path) if file_states_size(path) else Intrinsics.from_file(path, width, height)
     if intr.size == (width, height):
         return intr
     if abs(intr.width / intr.height - width / height) > 0.01 * width / height:
@@ -337,19 +265,19 @@ def parse_intrinsics(text_or_path: str | os.PathLike | None, width: int, height:
     return intr.scaled(width, height)
 
 
-def _file_states_size(path: Path) -> bool:
-    text = path.read_text()
-    return ("image_width" in text and "image_height" in text) or ('"width"' in text and '"height"' in text)
-
-
 def pixel_rays(intrinsics: Intrinsics) -> np.ndarray:
     """Unit-z ray direction (x/z, y/z) of every pixel centre, float64 ``[H, W, 2]``.
 
     A 3D point of pixel (u, v) with depth z is ``z * (x, y, 1)``. Without distortion
     ``x = (u - cx) / fx, y = (v - cy) / fy``; with distortion the pixel is undistorted by
-    ``cv2.undistortPoints`` (iterated to convergence) or ``cv2.fisheye.undistortPoints``.
+    ``cv2.undistortPoints`` (iterated to convergence) or ``cv2.fisheye.undistortPoints``; an ``ocam`` camera's
+    rays are exact (:func:`.ocam.ocam_rays`, NaN where a pixel sees 90° or more off axis).
     """
     W, H = intrinsics.width, intrinsics.height
+    if intrinsics.distortion is not None and intrinsics.distortion["model"] == "ocam":
+        from .ocam import ocam_rays
+
+        return ocam_rays(intrinsics.distortion["coeffs"], intrinsics.cx, intrinsics.cy, W, H)
     if intrinsics.distortion is None:
         rays = np.empty((H, W, 2), dtype=np.float64)
         rays[..., 0] = ((np.arange(W) - intrinsics.cx) / intrinsics.fx)[None, :]
@@ -373,11 +301,15 @@ def distort_normalized(x: Any, y: Any, distortion: dict | None) -> tuple[Any, An
     OpenCV model (``cv2.projectPoints``): r² = x²+y²,
     x' = x·(1+k1r²+k2r⁴+k3r⁶)/(1+k4r²+k5r⁴+k6r⁶) + 2p1xy + p2(r²+2x²) + s1r² + s2r⁴, y' likewise
     (tilt coefficients τx, τy are not supported here). Fisheye (``cv2.fisheye``): θ = atan(r),
-    θd = θ(1+k1θ²+k2θ⁴+k3θ⁶+k4θ⁸), (x', y') = (θd/r)·(x, y).
+    θd = θ(1+k1θ²+k2θ⁴+k3θ⁶+k4θ⁸), (x', y') = (θd/r)·(x, y). OCamCalib: :func:`.ocam.ocam_project`.
     """
     if distortion is None:
         return x, y
     c = list(distortion["coeffs"])
+    if distortion["model"] == "ocam":  # (u, v) = (fx·x' + cx, fy·y' + cy) with fx = |a0|, fy = |c·a0|
+        from .ocam import ocam_project
+
+        return ocam_project(x, y, c, -c[3], abs(c[0] * c[3]))
     r2 = x * x + y * y
     if distortion["model"] == "fisheye":
         k1, k2, k3, k4 = c

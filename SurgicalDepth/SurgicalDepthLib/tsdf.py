@@ -123,6 +123,9 @@ class TSDFVolume:
         d = valid_depth(torch.as_tensor(np.ascontiguousarray(depth, dtype=np.float32)).to(dev), self.max_depth)
         R = torch.as_tensor(pose[:3, :3], dtype=torch.float32, device=dev)
         t = torch.as_tensor(pose[:3, 3], dtype=torch.float32, device=dev)
+        no_ray = self._camera(intrinsics)["no_ray"]
+        if no_ray is not None:
+            d = d.masked_fill(no_ray, 0.0)
         self.n_frames += 1
         d_max = float(d.max())
         if not d_max > 0:
@@ -216,13 +219,17 @@ class TSDFVolume:
         return pixel_index_(u, v, intr.width, intr.height).view(-1)
 
     def _camera(self, intr: Intrinsics) -> dict:
-        """Cached per camera (the last one used): ``"max_r2"`` (largest x² + y² of its pixel rays, slightly widened)
-        and ``"tiles"``, the block allocation's ray table of every quadtree level (``tsdf_allocation.tile_rays``)."""
+        """Cached per camera (the last one used): ``"max_r2"`` (largest x² + y² of its pixel rays, slightly widened),
+        ``"tiles"``, the block allocation's ray table of every quadtree level (``tsdf_allocation.tile_rays``), and
+        ``"no_ray"``, bool [H, W] of the pixels whose lens gives no forward ray (None when every pixel has one)."""
         key = (intr.fx, intr.fy, intr.cx, intr.cy, intr.width, intr.height, repr(intr.distortion))
         if key not in self._rays_cache:
             rays = torch.as_tensor(pixel_rays(intr), dtype=torch.float32).to(self.device)
+            no_ray = ~torch.isfinite(rays).all(-1)  # an 'ocam' lens past 90° off axis: those pixels are not fused
+            rays = rays.masked_fill(no_ray[..., None], 0.0)
             tiles = [tile_rays(rays, level, BLOCK * self.voxel_size) for level in range(TILE_LEVELS + 1)]
-            self._rays_cache = {key: {"max_r2": float((rays ** 2).sum(-1).max()) * 1.0001, "tiles": tiles}}
+            self._rays_cache = {key: {"max_r2": float((rays ** 2).sum(-1).max()) * 1.0001, "tiles": tiles,
+                                      "no_ray": no_ray if bool(no_ray.any()) else None}}
         return self._rays_cache[key]
 
     def _max_r2(self, intr: Intrinsics) -> float:

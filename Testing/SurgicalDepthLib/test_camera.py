@@ -161,7 +161,7 @@ def test_parse_intrinsics(tmp_path):
     (dict(fx=0.0), r"Intrinsics.fx must be > 0, got 0.0"),
     (dict(width=0), r"Intrinsics size must be positive integers, got 0x480"),
     (dict(cx=float("nan")), r"Intrinsics.cx must be a finite number"),
-    (dict(distortion={"model": "kb", "coeffs": [0, 0, 0, 0]}), r"must be one of \('opencv', 'fisheye'\), got 'kb'"),
+    (dict(distortion={"model": "kb", "coeffs": [0, 0, 0, 0]}), r"must be one of \('opencv', 'fisheye', 'ocam'\), got 'kb'"),
     (dict(distortion={"model": "fisheye", "coeffs": [0.1, 0.2]}), r"'fisheye' takes 4 coefficients, got 2"),
 ])
 def test_invalid_intrinsics(kwargs, msg):

@@ -78,9 +78,17 @@ def test_dense_fusion_matches_true_surface():
     check_mesh(vol.extract_mesh(), truth[inside])
 
 
-def test_fusion_with_lens_distortion():
-    intr = Intrinsics(CAM.fx, CAM.fy, CAM.cx, CAM.cy, CAM.width, CAM.height,
-                      {"model": "opencv", "coeffs": [-0.2, 0.05, 0.001, -0.001, 0.0]})
+@pytest.mark.parametrize("lens", ["opencv", "ocam"])
+def test_fusion_with_lens_distortion(lens):
+    """Catches: a projection of voxels that is not the inverse of the pixel rays the depth was traced along (for
+    the OCamCalib model: Newton's inversion, the row/column axes, the affine part)."""
+    if lens == "opencv":
+        intr = Intrinsics(CAM.fx, CAM.fy, CAM.cx, CAM.cy, CAM.width, CAM.height,
+                          {"model": "opencv", "coeffs": [-0.2, 0.05, 0.001, -0.001, 0.0]})
+    else:
+        c, a0 = 1.02, -150.0
+        intr = Intrinsics(-a0, -c * a0, CAM.cx, CAM.cy, CAM.width, CAM.height,
+                          {"model": "ocam", "coeffs": [c, 0.003, -0.002, a0, 0.0, 4e-3, -1e-5]})
     vol, truth = fuse(intr)
     check_mesh(vol.extract_mesh(), truth)
 

@@ -16,8 +16,10 @@ Frame numbers may be zero-padded or not (``0_color.png``); pairs match by the in
   differ on the rendered ``pose.txt``. We read each line as column-major when its last four numbers are
   ``tx ty tz 1`` and positions 3, 7, 11 are 0, and as row-major when it is the transpose; anything else is an
   error naming the line.
-- Intrinsics: C3VD is calibrated with Scaramuzza's omnidirectional fisheye model, which ``Intrinsics`` cannot
-  express: None unless ``intrinsics=`` is given.
+- Intrinsics: C3VD is calibrated with Scaramuzza's omnidirectional fisheye model; the data set's folders carry no
+  calibration file, so None unless ``intrinsics=`` is given (e.g. the scope's OCamCalib ``calib_results.txt``,
+  ``Intrinsics`` model ``ocam``; ``surgical-depth evaluate --intrinsics``: predictions are then corrected to the
+  lens, ``SurgicalDepthLib.lens``).
 - ``split``: sequence-name prefixes, e.g. ``"cecum"`` or ``"cecum_t1_a,trans_t2_b"``.
 - Default evaluation range 1e-3 .. 100 mm (the encoding's range).
 """
