@@ -184,6 +184,10 @@ def build_model(config: TrainConfig, device: torch.device) -> torch.nn.Module:
 
     torch.manual_seed(config.seed)
     model = load_model(config.model, device="cpu", precision="fp32")
+    if getattr(model.config, "reference_fov_deg", None) is not None:
+        # the lens a model reads frames as comes from its training views: after training on other data it is not
+        # known any more (SurgicalDepthLib.lens; the default recipe sets its own when it exports)
+        model.config = dataclasses.replace(model.config, reference_fov_deg=None)
     if config.model.startswith("random:") and config.head_bias is not None:
         # from scratch: start the final ReLU in its active range, else the output can die at 0 for every pixel
         with torch.no_grad():

@@ -91,6 +91,18 @@ def test_training_lowers_validation_absrel(tmp_path):
     assert model.output_kind == "disparity"
 
 
+def test_fine_tuned_model_does_not_inherit_the_reference_lens(tmp_path):
+    """Catches: a model fine-tuned from the default model keeping its measured reference lens, which describes the
+    old training views, not the new data's: calibrated frames would then be 'corrected' by a wrong amount."""
+    from SurgicalDepthLib.checkpoints import save_checkpoint
+
+    torch.manual_seed(0)
+    start = save_checkpoint(tmp_path / "start.safetensors", DepthModel(make_config("vitt", reference_fov_deg=100.0)))
+    assert load_model(start, device="cpu").config.reference_fov_deg == 100.0
+    best = train(tiny(tmp_path, model=str(start), max_steps=2), train_data=Planes(4), val_data=Planes(2, offset=50))
+    assert load_model(best, device="cpu").config.reference_fov_deg is None
+
+
 @pytest.mark.parametrize("extra", [{}, {"lora_rank": 2, "grad_accum": 2, "loss": "ssi"}])
 def test_kill_and_resume_gives_identical_weights(tmp_path, extra):
     data, val = Planes(8), Planes(2, offset=50)
