@@ -129,3 +129,39 @@ def test_registered_in_main_cli(tmp_path, checkpoint):
                      str(checkpoint), "--input-size", str(SIZE)]) == 0
     assert (tmp_path / "o" / "x_depth.npy").is_file()
     assert cli.main(["predict", str(tmp_path / "missing.png"), "--output", str(tmp_path / "o")]) == 2
+
+
+def test_intrinsics_correct_maps_to_the_lens_and_a_misfit_writes_nothing(tmp_path, capsys):
+    """Catches: --intrinsics ignored by predict (a calibrated wide-angle scope's maps left uncorrected) or applied to
+    another frame size without rescaling; a calibration of another aspect ratio found only after maps were written."""
+    import dataclasses
+    import json
+
+    import SurgicalDepthLib as sd
+    from SurgicalDepthLib.checkpoints import save_checkpoint
+    from SurgicalDepthLib.cli import main
+
+    lensed = tiny_model(6)
+    lensed.config = dataclasses.replace(lensed.config, reference_fov_deg=100.0)
+    ckpt = save_checkpoint(tmp_path / "lensed.safetensors", lensed)
+    rgb = textured(40, 56, 7)
+    image = tmp_path / "frame.png"
+    cv2.imwrite(str(image), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    calib = tmp_path / "scope.json"  # calibrated at twice the frame size: rescaled to it
+    calib.write_text(json.dumps(sd.Intrinsics.from_fov(112, 80, 150.0).to_dict()))
+    out = tmp_path / "out"
+    assert run_predict([str(image), "--output", str(out), "--model", str(ckpt), "--input-size", str(SIZE),
+                        "--intrinsics", str(calib), "--fov-mask", "none"]) == 0
+    model = sd.load_model(ckpt, device="cpu")
+    expected = next(sd.depth_stream(model, [rgb], input_size=SIZE, fov_mask=None,
+                                    intrinsics=sd.Intrinsics.from_fov(56, 40, 150.0))).prediction
+    np.testing.assert_allclose(load_depth(out / "frame_depth.npy"), expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(expected, model.infer_image(rgb, SIZE), rtol=1e-2)
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip, 3)  # its frames are not 7:5
+    capsys.readouterr()
+    rc = main(["predict", str(clip), "--output", str(tmp_path / "bad"), "--model", str(ckpt), "--device", "cpu",
+               "--intrinsics", str(calib)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "aspect ratio" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "bad").exists()

@@ -11,6 +11,9 @@ Outputs (in ``--output``):
 Pixels outside the scope's field of view (``--fov-mask``, found automatically from the first frames) are NaN in the
 maps (0 in PNG) and black in colour maps; the mask is written as ``clip/fov_mask.png`` (``name_fov.png`` for images).
 
+With ``--intrinsics`` (the scope's calibration), the maps of a model with a reference lens (the default model) are
+corrected to that lens (:mod:`SurgicalDepthLib.lens`: wide-angle and fisheye scopes).
+
 Relative models write disparity (larger = nearer), metric models depth; see :mod:`SurgicalDepthLib.depth_io`
 for the formats. Frames stream through decode + preprocessing → inference → writing, each in its own thread with
 bounded queues, in constant memory.
@@ -23,12 +26,14 @@ import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
 
 from ..atomic_io import atomic_path
 from ..background import BackgroundCalls
+from ..camera import parse_intrinsics
 from ..colormap import colorize, robust_range, to_disparity
 from ..depth_io import DepthSequenceWriter, save_depth
 from ..fov import nan_outside, write_fov_mask
@@ -62,11 +67,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--stride", type=int, default=1, help="for videos: use every N-th frame")
     p.add_argument("--max-frames", type=int, default=None, help="for videos: stop after this many frames")
     p.add_argument("--fov-mask", type=fov_mask_arg, default="auto", metavar="auto|none|FILE", help=FOV_MASK_HELP)
+    p.add_argument("--intrinsics", default=None,
+                   help="the scope's calibration (a calibration file, rescaled to each input's size, or 'fx,fy,cx,cy' "
+                        "in pixels of the inputs): maps of models with a reference lens, such as the default model, "
+                        "are corrected to this lens; default: none")
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=run)
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------
+def _lens(args: argparse.Namespace, height: int, width: int) -> Any:
+    """The calibrated camera for ``height × width`` inputs (``--intrinsics``), or None."""
+    return None if args.intrinsics is None else parse_intrinsics(args.intrinsics, width, height)
+
+
 def _sequence_name(text: str, kind: str) -> str:
     """Output name of a sequence: a video's stem, a folder's name, a glob's last folder without pattern characters."""
     path = Path(text)
@@ -140,7 +154,8 @@ def _predict_images(model, images: list[Path], args: argparse.Namespace, ext: st
     written = 0
     masks: set = set()
     for group, frames in _same_size_groups(images, args.batch_size):
-        for path, frame in zip(group, depth_stream(model, frames, batch_size=args.batch_size,
+        lens = _lens(args, *frames[0].shape[:2])
+        for path, frame in zip(group, depth_stream(model, frames, batch_size=args.batch_size, intrinsics=lens,
                                                    input_size=args.input_size, fov_mask=args.fov_mask)):
             pred = _in_fov(frame)
             save_depth(out.path(f"{path.stem}_depth{ext}"), pred, unit=kind)
@@ -221,7 +236,8 @@ def _predict_sequence(model, reader: FrameReader, name: str, args: argparse.Name
         # entered last, so it is closed (all writes done, or skipped after an error) before the files above
         calls = stack.enter_context(BackgroundCalls(depth=2 * args.batch_size, name=f"write {name}"))
         for frame in depth_stream(model, reader, batch_size=args.batch_size, temporal=args.temporal,
-                                  input_size=args.input_size, fov_mask=args.fov_mask):
+                                  input_size=args.input_size, fov_mask=args.fov_mask,
+                                  intrinsics=_lens(args, *reader.size)):
             calls.submit(emit, frame)
             count += 1
         calls.close()
@@ -244,6 +260,8 @@ def run(args: argparse.Namespace) -> int:
     with RunFolder(args.output, "predict", inputs=explicit, overwrite=args.overwrite) as out:
         images, sources = _plan(args)  # after an --overwrite cleared the earlier run: its outputs are no inputs
         sequences = [(_open_sequence(source, args), name) for source, name in sources]  # opened once
+        for reader, _ in sequences:  # a calibration that fits no video fails before anything is written
+            _lens(args, *reader.size)
         out.protect(images)
         for reader, _ in sequences:
             out.protect(reader.files or [reader.path])
