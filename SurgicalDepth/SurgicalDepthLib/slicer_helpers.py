@@ -317,10 +317,10 @@ def resolve_intrinsics(width: int, height: int, intrinsics: Any = None, calibrat
     (``Intrinsics``, rescaled if calibrated at another size), a ``calibration`` file, the GUI ``fields``
     ``(fx, fy, cx, cy)`` in pixels (all 0 = unknown), else :data:`camera.DEFAULT_FOV_DEG` (70°) horizontal field
     of view (logged warning), the CLI's default too."""
-    from .camera import Intrinsics
+    from .camera import Intrinsics, parse_intrinsics
 
-    if intrinsics is None and calibration and str(calibration) != ".":
-        intrinsics = Intrinsics.from_file(calibration, width, height)
+    if intrinsics is None and calibration and str(calibration) != ".":  # a file of another size is rescaled
+        intrinsics = parse_intrinsics(str(calibration), width, height)
     if intrinsics is None:
         intrinsics = intrinsics_from_fields(*fields, width, height)
     if intrinsics is None:

@@ -80,6 +80,8 @@ def test_resolve_intrinsics_sources(tmp_path, caplog):
     calib.write_text(json.dumps({"fx": 300, "fy": 301, "cx": 100, "cy": 80, "width": 200, "height": 160}))
     from_file = sh.resolve_intrinsics(200, 160, None, str(calib), (500, 500, 1, 1))
     assert (from_file.fx, from_file.fy, from_file.cx, from_file.cy) == (300, 301, 100, 80)
+    resized = sh.resolve_intrinsics(100, 80, None, str(calib))  # a file for the full-size video: rescaled
+    assert (resized.fx, resized.cx, resized.size) == (150, 49.75, (100, 80))
     from_fields = sh.resolve_intrinsics(200, 160, None, None, (500, 501, 99.5, 79.5))
     assert (from_fields.fx, from_fields.fy) == (500, 501)
     with caplog.at_level(logging.WARNING):
