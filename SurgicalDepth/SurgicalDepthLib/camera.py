@@ -146,6 +146,16 @@ class Intrinsics:
                                    cy=(self.cy + 0.5) * sy - 0.5, width=int(width), height=int(height),
                                    distortion=distortion)
 
+    def fitted(self, width: int, height: int) -> "Intrinsics":
+        """These intrinsics for ``width × height`` frames: unchanged, or :meth:`scaled` when the aspect ratio agrees
+        within 1 % (calibrated at another resolution); another aspect ratio is a ValueError."""
+        if self.size == (width, height):
+            return self
+        if abs(self.width / self.height - width / height) > 0.01 * width / height:
+            raise ValueError(f"intrinsics for {self.width}x{self.height} do not have the aspect ratio of the "
+                             f"{width}x{height} frames")
+        return self.scaled(width, height)
+
     def undistorted_rays(self) -> np.ndarray:
         """Unit-z ray directions of every pixel: float64 ``[H, W, 2]`` = (x/z, y/z); see :func:`pixel_rays`."""
         return pixel_rays(self)
@@ -256,13 +266,12 @@ def parse_intrinsics(text_or_path: str | os.PathLike | None, width: int, height:
     from .calibration_files import file_states_size
 
     intr = Intrinsics.from_file(path) if file_states_size(path) else Intrinsics.from_file(path, width, height)
-    if intr.size == (width, height):
-        return intr
-    if abs(intr.width / intr.height - width / height) > 0.01 * width / height:
-        raise ValueError(f"intrinsics file {path} is for {intr.width}x{intr.height}, which does not have the "
-                         f"aspect ratio of the {width}x{height} images")
-    logger.info("rescaling intrinsics from %dx%d (%s) to %dx%d", intr.width, intr.height, path, width, height)
-    return intr.scaled(width, height)
+    if intr.size != (width, height):
+        logger.info("rescaling intrinsics from %dx%d (%s) to %dx%d", intr.width, intr.height, path, width, height)
+    try:
+        return intr.fitted(width, height)
+    except ValueError as exc:
+        raise ValueError(f"intrinsics file {path}: {exc}") from None
 
 
 def pixel_rays(intrinsics: Intrinsics) -> np.ndarray:

@@ -108,13 +108,7 @@ class LensCorrection:
     def factor(self, height: int, width: int) -> np.ndarray:
         """float32 ``[height, width]`` correction factor."""
         if (height, width) not in self._factors:
-            intr = self.intrinsics
-            if intr.size != (width, height):
-                if abs(intr.width / intr.height - width / height) > 0.01 * width / height:
-                    raise ValueError(f"intrinsics for {intr.width}x{intr.height} do not fit {width}x{height} "
-                                     "frames (another aspect ratio)")
-                intr = intr.scaled(width, height)
-            self._factors[(height, width)] = lens_factor(intr, self.reference_fov_deg)
+            self._factors[(height, width)] = lens_factor(self.intrinsics.fitted(width, height), self.reference_fov_deg)
         return self._factors[(height, width)]
 
     def __call__(self, prediction: np.ndarray) -> np.ndarray:

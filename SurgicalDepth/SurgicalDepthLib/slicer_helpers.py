@@ -325,12 +325,7 @@ def resolve_intrinsics(width: int, height: int, intrinsics: Any = None, calibrat
         intrinsics = intrinsics_from_fields(*fields, width, height)
     if intrinsics is None:
         intrinsics = Intrinsics.from_fov(width, height)
-    if intrinsics.size == (width, height):
-        return intrinsics
-    if abs(intrinsics.width / intrinsics.height - width / height) > 0.01 * width / height:
-        raise ValueError(f"intrinsics are for {intrinsics.width}x{intrinsics.height}, whose aspect ratio differs "
-                         f"from the {width}x{height} frames")
-    return intrinsics.scaled(width, height)
+    return intrinsics.fitted(width, height)
 
 
 def polydata_to_ras(polydata: Any) -> Any:
