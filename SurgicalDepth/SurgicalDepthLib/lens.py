@@ -20,8 +20,9 @@ With the camera's intrinsics (a calibration, with its distortion model) the corr
 
 The ratio is capped at 1: a network adapts to lenses narrower than its reference (their perspective is within what
 it was trained on) but not to wider ones. Measured on the default model over 18 lens and aspect combinations
-(pinhole 70–130°, fisheye 110–160°; 256×320, 256×256, 224×400; training scenes, not the held-out ones): mean AbsRel 0.247 raw, 0.116 with the plain ratio,
-0.114 capped — and capped it is never worse than the raw output (the plain ratio is, by up to 0.022, on 70° lenses).
+(pinhole 70–130°, fisheye 110–160°; 256×320, 256×256, 224×400; training scenes, not the held-out ones): mean
+AbsRel 0.247 raw, 0.116 with the plain ratio, 0.114 capped — and capped it is never worse than the raw output (the
+plain ratio is, by up to 0.022, on 70° lenses).
 The correction needs real intrinsics: a guessed field of view (``Intrinsics.from_fov()`` without a value) would only
 swap one guess for another.
 """
