@@ -8,7 +8,8 @@
 - ``{"model": "ocam", "coeffs": [c, d, e, a0, ..., aN]}`` — Scaramuzza's omnidirectional model (OCamCalib,
   :mod:`.ocam`), with ``fx = |a0|``, ``fy = c·|a0|`` and ``(cx, cy)`` its centre (column, row).
 
-Distortion coefficients act on normalised coordinates, so they do not change when the image is resized.
+The OpenCV models' coefficients act on normalised coordinates, so they do not change when the image is resized; the
+``ocam`` polynomial is in pixels and :meth:`Intrinsics.scaled` rescales it.
 """
 from __future__ import annotations
 
