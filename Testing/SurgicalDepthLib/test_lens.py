@@ -93,3 +93,13 @@ def test_depth_stream_corrects_only_models_with_a_reference_lens(one_torch_threa
         np.testing.assert_allclose(out, raw / factor, rtol=1e-6)
     for raw, out in zip(predictions(plain), predictions(plain, intrinsics=calib)):
         np.testing.assert_array_equal(out, raw)
+
+
+def test_factor_of_a_camera_is_computed_once_and_read_only():
+    """Catches: the factor recomputed for every frame (undistorting a 1080p OpenCV camera takes ~1.3 s, and the
+    Slicer live worker starts a stream per frame), and a shared factor that a caller could change in place."""
+    calib = sd.Intrinsics(40.0, 40.0, 31.5, 23.5, W, H, distortion={"model": "opencv", "coeffs": [-0.2, 0.05, 0, 0]})
+    first = LensCorrection(calib, 100.0, "disparity").factor(H, W)
+    assert LensCorrection(calib, 100.0, "depth").factor(H, W) is first
+    assert not first.flags.writeable
+    assert lens_factor(calib, 90.0) is not first  # another reference lens is another factor
