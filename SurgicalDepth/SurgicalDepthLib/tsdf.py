@@ -123,16 +123,16 @@ class TSDFVolume:
         d = valid_depth(torch.as_tensor(np.ascontiguousarray(depth, dtype=np.float32)).to(dev), self.max_depth)
         R = torch.as_tensor(pose[:3, :3], dtype=torch.float32, device=dev)
         t = torch.as_tensor(pose[:3, 3], dtype=torch.float32, device=dev)
-        no_ray = self._camera(intrinsics)["no_ray"]
-        if no_ray is not None:
-            d = d.masked_fill(no_ray, 0.0)
+        cam = self._camera(intrinsics)
+        if cam["no_ray"] is not None:
+            d = d.masked_fill(cam["no_ray"], 0.0)
         self.n_frames += 1
         d_max = float(d.max())
         if not d_max > 0:
             logger.warning("TSDFVolume.integrate: frame has no valid depth; nothing fused")
             return
         camera = t - torch.as_tensor(self._origin, dtype=torch.float32, device=dev)  # relative to the volume origin
-        keys = touched_blocks(d, self._camera(intrinsics)["tiles"], min(intrinsics.fx, intrinsics.fy), R, camera,
+        keys = touched_blocks(d, cam["tiles"], min(intrinsics.fx, intrinsics.fy), R, camera,
                               BLOCK * self.voxel_size, self.truncation)
         bc = decode_block_keys(keys)
         if self.bounds is None:
