@@ -34,6 +34,8 @@ clip, the random ``surgical-depth-tiny`` model on the CPU) keep the whole file u
 |   an existing file / its input / a bad format; stream with     | stdout line {"event": "error", ...}; nothing       |
 |   a bad --connect or --port; --backend, --fov-mask bad values  | written                                            |
 |   train --photometric 1.5, --unlabeled-root missing path       |                                                    |
+|   predict/stream --intrinsics 1,2,x; evaluate --intrinsics       |                                                    |
+|   missing file or a file that is no calibration                |                                                    |
 
 Disk full is simulated with a real kernel mechanism, no monkeypatching: the child's RLIMIT_FSIZE (``ulimit -f``) is
 set to 4 KiB in ``preexec_fn`` (the small manifest fits, a 15 KiB depth map does not), so writes fail with EFBIG
@@ -451,9 +453,9 @@ def test_full_disk_on_a_real_tmpfs(data, tmp_path):
 
 # -- new commands and options --------------------------------------------------------------------------------------
 def test_new_commands_and_options_fail_cleanly_with_an_error_event(tmp_path):
-    """Catches: export overwriting a file or its own input, export/stream/--backend/--fov-mask and train
-    --photometric/--unlabeled-root bad values ending in a traceback, a half-made run folder, or without the jsonl
-    error event the Slicer modules wait for."""
+    """Catches: export overwriting a file or its own input, export/stream/--backend/--fov-mask, train
+    --photometric/--unlabeled-root and predict/stream/evaluate --intrinsics bad values ending in a traceback, a
+    half-made run folder or report, or without the jsonl error event the Slicer modules wait for."""
     model = tmp_path / "m.safetensors"
     import torch
     from SurgicalDepthLib.checkpoints import save_checkpoint
@@ -464,6 +466,15 @@ def test_new_commands_and_options_fail_cleanly_with_an_error_event(tmp_path):
     save_checkpoint(model, DepthModel(get_model_config("surgical-depth-tiny")))
     existing = tmp_path / "existing.onnx"
     existing.write_text("keep")
+    not_calibration = tmp_path / "notes.txt"
+    not_calibration.write_text("scope: olympus\n")
+    data = tmp_path / "data"  # a one-pair folder data set for evaluate
+    (data / "rgb").mkdir(parents=True)
+    (data / "depth").mkdir()
+    import cv2
+
+    cv2.imwrite(str(data / "rgb" / "0.png"), np.full((42, 56, 3), 128, np.uint8))
+    np.save(data / "depth" / "0.npy", np.full((42, 56), 40.0, np.float32))
     before = snapshot(tmp_path)
     jsonl = ("--progress", "jsonl")
     runs = cli_many(
@@ -475,13 +486,20 @@ def test_new_commands_and_options_fail_cleanly_with_an_error_event(tmp_path):
         ("predict", tmp_path, "--output", tmp_path / "o", "--backend", "tensorrt-x", *jsonl),
         ("reconstruct", tmp_path, "--output", tmp_path / "o", "--fov-mask", tmp_path / "none.png", *jsonl),
         (*TRAIN, "--root", tmp_path, "--output", tmp_path / "o", "--photometric", "1.5", *jsonl),
-        (*TRAIN, "--root", tmp_path, "--output", tmp_path / "o", "--unlabeled-root", tmp_path / "nowhere", *jsonl))
+        (*TRAIN, "--root", tmp_path, "--output", tmp_path / "o", "--unlabeled-root", tmp_path / "nowhere", *jsonl),
+        ("predict", tmp_path, "--output", tmp_path / "o", "--intrinsics", "1,2,x", *jsonl),
+        ("stream", "--intrinsics", "500,500,-1,20", *jsonl),
+        ("evaluate", "--dataset", "folder", "--root", data, "--output", tmp_path / "r.json", *TINY,
+         "--intrinsics", tmp_path / "nowhere.yaml", *jsonl),
+        ("evaluate", "--dataset", "folder", "--root", data, "--output", tmp_path / "r.json", *TINY,
+         "--intrinsics", not_calibration, *jsonl))
     needles = [(existing, "--overwrite"), ("m.safetensors",), ("tflite",), ("nohost",), ("99999",), ("tensorrt-x",),
-               ("none.png",), ("--photometric", "1.5"), ("--unlabeled-root", "nowhere")]
+               ("none.png",), ("--photometric", "1.5"), ("--unlabeled-root", "nowhere"), ("--intrinsics", "1,2,x"),
+               ("--intrinsics", "500,500,-1,20"), ("--intrinsics", "nowhere.yaml"), ("notes.txt",)]
     for result, expected in zip(runs, needles):
         if result.args[0] == "stream" and "pyigtl" in result.stderr:
             continue  # the [igtl] extra is not installed: that one-line error is checked by test_live.py
         line = assert_error(result, *expected)
         event = json.loads(result.stdout.strip().splitlines()[-1])
         assert event["event"] == "error" and event["message"] in line, (event, line)
-    assert snapshot(tmp_path) == before and not (tmp_path / "o").exists()
+    assert snapshot(tmp_path) == before and not (tmp_path / "o").exists() and not (tmp_path / "r.json").exists()

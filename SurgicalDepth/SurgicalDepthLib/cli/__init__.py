@@ -16,8 +16,10 @@ import contextlib
 import importlib
 import logging
 import os
+import re
 import sys
 from importlib.metadata import entry_points
+from pathlib import Path
 
 from .. import __version__
 from ..alignment import DEFAULT_DEPTH_RANGE_MM
@@ -59,6 +61,19 @@ def fov_mask_arg(text: str):
         return read_fov_mask(text)
     except FileNotFoundError:
         raise argparse.ArgumentTypeError(f"expected 'auto', 'none' or a readable mask image, got {text!r}") from None
+
+
+def check_intrinsics_arg(text: str | None) -> None:
+    """``--intrinsics`` before any work: an existing calibration file or four positive numbers ``fx,fy,cx,cy``
+    (a file is read later, for each frame size: it may be rescaled to it); CliError naming the value otherwise."""
+    if text is None or Path(text).is_file():
+        return
+    try:
+        values = [float(v) for v in re.split(r"[,\s]+", text.strip())]
+    except ValueError:
+        values = []
+    if len(values) != 4 or not all(v > 0 for v in values):
+        raise CliError(f"--intrinsics: expected 'fx,fy,cx,cy' (positive pixels) or a calibration file, got {text!r}")
 
 
 FOV_MASK_HELP = ("the scope's field of view: 'auto' (default: found from the first frames; black borders and the "

@@ -41,7 +41,8 @@ from ..run_folder import RunFolder
 from ..saved_predictions import INFO_NAME, write_info
 from ..stream import DepthFrame, depth_stream
 from ..video import FrameReader, frame_source_images, frame_source_kind, open_frames, read_image, write_image
-from . import FOV_MASK_HELP, OVERWRITE_HELP, CliError, add_model_args, fov_mask_arg, progress_of
+from . import (FOV_MASK_HELP, OVERWRITE_HELP, CliError, add_model_args, check_intrinsics_arg, fov_mask_arg,
+               progress_of)
 
 logger = logging.getLogger(__name__)
 
@@ -153,9 +154,12 @@ def _predict_images(model, images: list[Path], args: argparse.Namespace, ext: st
     kind = model.output_kind
     written = 0
     masks: set = set()
+    lenses: dict[tuple[int, int], Any] = {}  # image size -> calibrated camera: the file is read once per size
     for group, frames in _same_size_groups(images, args.batch_size):
-        lens = _lens(args, *frames[0].shape[:2])
-        for path, frame in zip(group, depth_stream(model, frames, batch_size=args.batch_size, intrinsics=lens,
+        size = frames[0].shape[:2]
+        if size not in lenses:
+            lenses[size] = _lens(args, *size)
+        for path, frame in zip(group, depth_stream(model, frames, batch_size=args.batch_size, intrinsics=lenses[size],
                                                    input_size=args.input_size, fov_mask=args.fov_mask)):
             pred = _in_fov(frame)
             save_depth(out.path(f"{path.stem}_depth{ext}"), pred, unit=kind)
@@ -256,6 +260,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.max_frames is not None and args.max_frames < 1:
         raise ValueError(f"--max-frames must be >= 1, got {args.max_frames}")
+    check_intrinsics_arg(args.intrinsics)
     explicit = [Path(text) for text in args.inputs if Path(text).is_file()]
     with RunFolder(args.output, "predict", inputs=explicit, overwrite=args.overwrite) as out:
         images, sources = _plan(args)  # after an --overwrite cleared the earlier run: its outputs are no inputs

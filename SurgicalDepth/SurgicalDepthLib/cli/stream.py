@@ -17,12 +17,10 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import re
 import signal
 import threading
-from pathlib import Path
 
-from . import CliError, add_depth_range_arg, add_model_args, fov_mask_arg, progress_of
+from . import CliError, add_depth_range_arg, add_model_args, check_intrinsics_arg, fov_mask_arg, progress_of
 
 logger = logging.getLogger(__name__)
 
@@ -75,14 +73,7 @@ def _check_args(args: argparse.Namespace) -> None:
         raise CliError(f"--point-budget must be >= 1, got {args.point_budget}")
     if not args.status_interval > 0:
         raise CliError(f"--status-interval must be > 0 seconds, got {args.status_interval:g}")
-    if args.intrinsics is not None and not Path(args.intrinsics).is_file():
-        try:  # numbers are checked now; a file is read for each frame size (it may be rescaled to it)
-            values = [float(v) for v in re.split(r"[,\s]+", args.intrinsics.strip())]
-        except ValueError:
-            values = []
-        if len(values) != 4 or not all(v > 0 for v in values):
-            raise CliError(f"--intrinsics: expected 'fx,fy,cx,cy' (positive pixels) or a calibration file, "
-                           f"got {args.intrinsics!r}")
+    check_intrinsics_arg(args.intrinsics)
 
 
 def run(args: argparse.Namespace) -> int:

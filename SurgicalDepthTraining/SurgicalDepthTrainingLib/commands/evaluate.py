@@ -41,7 +41,8 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="images predicted together (default 1)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--intrinsics", type=Path, default=None,
-                   help="calibration file of the dataset's camera (OpenCV YAML/XML/JSON, any distortion model), "
+                   help="calibration file of the dataset's camera (OpenCV YAML/XML/JSON, any distortion model, or "
+                        "OCamCalib's calib_results.txt), "
                         "for data sets that do not carry one (e.g. c3vd, folder)")
     p.add_argument("--no-lens-correction", dest="lens_correction", action="store_false",
                    help="evaluate the raw output: do not correct predictions to the samples' lens (a model with a "
