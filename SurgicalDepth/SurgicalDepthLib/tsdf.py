@@ -23,7 +23,8 @@ import torch
 from .camera import Intrinsics, distort_normalized, pixel_rays
 from .geometry import check_rigid
 from .tsdf_allocation import TILE_LEVELS, tile_rays, touched_blocks
-from .tsdf_kernels import BLOCK, decode_block_keys, pack_rgb, padded, pixel_index_, unpack_rgb_, valid_depth
+from .tsdf_kernels import (BLOCK, decode_block_keys, pack_rgb, padded, pixel_index_, resolve_kernel, unpack_rgb_,
+                           valid_depth)
 from .tsdf_mesh import grid_to_mesh
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,9 @@ class TSDFVolume:
             ``max_voxels`` extraction grid's size). Once reached, frames still update the allocated blocks but no
             new block is allocated: the nearest new blocks of the frame that hits it fill what is left, and one
             warning says so and what to change. Long clips stay bounded in memory.
+        kernel: ``"torch"`` (tensor ops, any device), ``"triton"`` (fused Triton kernels, ``tsdf_triton``: CUDA
+            devices, or Triton's interpreter) or ``"auto"``: Triton on CUDA devices where it is installed, falling
+            back to torch ops (with one warning) if its kernels fail to build.
 
     Both layouts store 8³-voxel blocks (a dense volume is a pre-allocated block grid) holding running sums
     Σ tsdf, Σ colour and the weight (observation count); values are divided out on extraction.
@@ -57,7 +61,7 @@ class TSDFVolume:
 
     def __init__(self, voxel_size: float, truncation: float, bounds: Any = None, device: str | torch.device = "cpu",
                  max_voxels: int = 1 << 27, max_depth: float | None = None,
-                 max_blocks: int = (1 << 27) // BLOCK ** 3) -> None:
+                 max_blocks: int = (1 << 27) // BLOCK ** 3, kernel: str = "auto") -> None:
         if not (isinstance(max_blocks, int) and max_blocks >= 1):
             raise ValueError(f"max_blocks must be an int >= 1, got {max_blocks!r}")
         self.max_blocks = max_blocks
@@ -73,6 +77,8 @@ class TSDFVolume:
         self.voxel_size = float(voxel_size)
         self.truncation = float(truncation)
         self.device = torch.device(device)
+        self.kernel = resolve_kernel(kernel, self.device)
+        self._kernel_auto = kernel == "auto"
         self.n_frames = 0
         self._rays_cache: dict[tuple, dict] = {}  # see _camera
         self._n_blocks = 0
@@ -132,8 +138,12 @@ class TSDFVolume:
             logger.warning("TSDFVolume.integrate: frame has no valid depth; nothing fused")
             return
         camera = t - torch.as_tensor(self._origin, dtype=torch.float32, device=dev)  # relative to the volume origin
-        keys = touched_blocks(d, cam["tiles"], min(intrinsics.fx, intrinsics.fy), R, camera,
-                              BLOCK * self.voxel_size, self.truncation)
+        keys = None
+        if self.kernel == "triton":
+            keys = self._run_triton("band_blocks", d, cam["ray_table"], R, camera, self.truncation)
+        if keys is None:  # torch ops, or a band whose bounding box is too large for the Triton grid
+            keys = touched_blocks(d, cam["tiles"], min(intrinsics.fx, intrinsics.fy), R, camera,
+                                  BLOCK * self.voxel_size, self.truncation)
         bc = decode_block_keys(keys)
         if self.bounds is None:
             slots = self._slots_for(keys, camera)
@@ -159,35 +169,58 @@ class TSDFVolume:
         """
         dev = self.device
         n = corner.shape[0]
-        # one frame's terms, the layout of the running sums: tsdf, weight, colour planes [n, 5, 512]
-        terms = torch.empty((n, _PLANES, BLOCK ** 3), device=dev)
-        tsdf, w, colour = terms[:, 0], terms[:, 1], terms[:, 2:].transpose(0, 1)  # colour planes [3, n, 512]
         # homogeneous coordinates (u·z, v·z, z) of the voxel centres in the padded image (pinhole), or camera
         # coordinates (distorted camera: distortion applies to x/z, y/z), as block part + voxel part, in units of
-        # the truncation distance (u, v are ratios, so unchanged; z and the depth in those units make sdf the tsdf);
-        # they live in the colour planes until the colour is read
+        # the truncation distance (u, v are ratios, so unchanged; z and the depth in those units make sdf the tsdf)
         to_image = R @ self._projection(intr).T / self.truncation
         local = ((self._local_offsets().float() * self.voxel_size) @ to_image).T.contiguous()
         block = (corner @ to_image).T.contiguous()  # contiguous: a strided broadcast add is 8× slower on the CPU
-        h = torch.add(block[:, :, None], local[:, None, :], out=colour)
-        pix = self._pixel_of_(h, intr, bool(block[2].min() + local[2].min() <= 1e-9))
+        behind = bool(block[2].min() + local[2].min() <= 1e-9)
         # missing depth and the border read −float max, so sdf <= −float max there: never observed, and 0 · tsdf = 0
         depth = padded(torch.eq(d, 0.0, out=torch.empty_like(d)).mul_(_NO_DEPTH).add_(d, alpha=1.0 / self.truncation),
                        _NO_DEPTH)
+        image = None if rgb is None else torch.as_tensor(np.ascontiguousarray(rgb)).to(dev)
+        if self.kernel == "triton" and (image is None or image.dtype == torch.uint8):
+            pix = None if intr.distortion is None else self._pixel_of_(
+                torch.add(block[:, :, None], local[:, None, :]), intr, behind).view(n, -1)
+            colour = None if image is None else padded(pack_rgb(image))
+            if self._run_triton("fuse_blocks", block, local, pix, depth, colour, slots, self._sums, intr.width,
+                                intr.height, behind) is not None:
+                return
+        # one frame's terms, the layout of the running sums: tsdf, weight, colour planes [n, 5, 512]; the
+        # coordinates live in the colour planes until the colour is read
+        terms = torch.empty((n, _PLANES, BLOCK ** 3), device=dev)
+        tsdf, w, colour = terms[:, 0], terms[:, 1], terms[:, 2:].transpose(0, 1)  # colour planes [3, n, 512]
+        h = torch.add(block[:, :, None], local[:, None, :], out=colour)
+        pix = self._pixel_of_(h, intr, behind)
         torch.sub(torch.index_select(depth, 0, pix).view(n, -1), h[2], out=tsdf)  # (depth − z) / truncation
         torch.ge(tsdf, -1.0, out=w)  # 1 = observed: tsdf and colour join the average
         tsdf.clamp_(-1.0, 1.0).mul_(w)
-        if rgb is None:
+        if image is None:
             colour.zero_()
-        else:
-            image = torch.as_tensor(np.ascontiguousarray(rgb)).to(dev)
-            if image.dtype == torch.uint8:  # one gather of the packed colour
-                torch.mul(torch.index_select(padded(pack_rgb(image)), 0, pix).view(n, -1), w, out=colour[2])
-                unpack_rgb_(colour)  # unobserved voxels add black
-            else:  # other dtypes (not documented, but accepted): one gather per channel
-                for k in range(3):
-                    torch.mul(torch.index_select(padded(image[..., k].float()), 0, pix).view(n, -1), w, out=colour[k])
+        elif image.dtype == torch.uint8:  # one gather of the packed colour
+            torch.mul(torch.index_select(padded(pack_rgb(image)), 0, pix).view(n, -1), w, out=colour[2])
+            unpack_rgb_(colour)  # unobserved voxels add black
+        else:  # other dtypes (not documented, but accepted): one gather per channel
+            for k in range(3):
+                torch.mul(torch.index_select(padded(image[..., k].float()), 0, pix).view(n, -1), w, out=colour[k])
         self._sums.index_add_(0, slots, terms)  # slots are unique, so this is a plain scatter-add
+
+    def _run_triton(self, name: str, *args: Any) -> Any:
+        """``tsdf_triton.<name>(*args)``; with ``kernel="auto"`` a failure (a Triton that does not import, has no
+        compiler for this GPU or does not match its driver) switches this volume to torch ops, warns once and
+        returns None."""
+        try:
+            from . import tsdf_triton
+
+            return getattr(tsdf_triton, name)(*args)
+        except Exception as exc:  # noqa: BLE001 - any build or launch failure of the optional kernels
+            if not self._kernel_auto:
+                raise
+            logger.warning("TSDFVolume: the Triton kernels failed (%s: %s); fusing with torch ops instead",
+                           type(exc).__name__, exc)
+            self.kernel = "torch"
+            return None
 
     def _projection(self, intr: Intrinsics) -> torch.Tensor:
         """[3, 3] map from camera coordinates to homogeneous padded-image coordinates (u·z, v·z, z), where
@@ -220,8 +253,9 @@ class TSDFVolume:
 
     def _camera(self, intr: Intrinsics) -> dict:
         """Cached per camera (the last one used): ``"max_r2"`` (largest x² + y² of its pixel rays, slightly widened),
-        ``"tiles"``, the block allocation's ray table of every quadtree level (``tsdf_allocation.tile_rays``), and
-        ``"no_ray"``, bool [H, W] of the pixels whose lens gives no forward ray (None when every pixel has one)."""
+        ``"tiles"``, the block allocation's ray table of every quadtree level (``tsdf_allocation.tile_rays``),
+        ``"no_ray"``, bool [H, W] of the pixels whose lens gives no forward ray (None when every pixel has one), and
+        for the Triton kernels its ``"ray_table"`` (``tsdf_triton.RayTable``)."""
         key = (intr.fx, intr.fy, intr.cx, intr.cy, intr.width, intr.height, repr(intr.distortion))
         if key not in self._rays_cache:
             rays = torch.as_tensor(pixel_rays(intr), dtype=torch.float32).to(self.device)
@@ -230,6 +264,10 @@ class TSDFVolume:
             tiles = [tile_rays(rays, level, BLOCK * self.voxel_size) for level in range(TILE_LEVELS + 1)]
             self._rays_cache = {key: {"max_r2": float((rays ** 2).sum(-1).max()) * 1.0001, "tiles": tiles,
                                       "no_ray": no_ray if bool(no_ray.any()) else None}}
+            if self.kernel == "triton":
+                from .tsdf_triton import RayTable
+
+                self._rays_cache[key]["ray_table"] = RayTable.of(rays, BLOCK * self.voxel_size, self.truncation)
         return self._rays_cache[key]
 
     def _max_r2(self, intr: Intrinsics) -> float:

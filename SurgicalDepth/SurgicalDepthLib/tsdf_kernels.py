@@ -1,9 +1,11 @@
 """Tensor kernels of the TSDF fusion (``tsdf.TSDFVolume``): block hash keys, the depth pyramid of the block
-allocation, the padded-image pixel index and packed colour. Pure functions on torch tensors (CPU or CUDA); shapes and
-units in each docstring. Block keys: 21 bits per block coordinate in one int64, lexicographic order.
+allocation, the padded-image pixel index and packed colour, and the choice between these torch ops and the fused
+Triton kernels (``tsdf_triton``). Pure functions on torch tensors (CPU or CUDA); shapes and units in each docstring.
+Block keys: 21 bits per block coordinate in one int64, lexicographic order.
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 
 import torch
@@ -39,13 +41,23 @@ def unique_block_keys(bc: torch.Tensor) -> torch.Tensor:
     if n_cells > max(16 * bc.shape[1], 1 << 16) or n_cells >= 1 << 24:
         return torch.unique(encode_block_keys(bc.T.long()))
     ext, n_cells = [int(e) for e in ext], int(n_cells)
-    plane = ext[1] * ext[2]
     # cell index (x·ext_y + y)·ext_z + z in float32: products and sums are integers below 2^24, hence exact
     rel = bc - lo[:, None]
-    cell = rel[0].mul(plane).add_(rel[1], alpha=ext[2]).add_(rel[2]).long()
+    cell = rel[0].mul(ext[1] * ext[2]).add_(rel[1], alpha=ext[2]).add_(rel[2]).long()
     occupied = torch.zeros(n_cells, dtype=torch.bool, device=bc.device).index_fill_(0, cell, True)
+    return occupied_block_keys(occupied, lo.long(), ext)
+
+
+def occupied_block_keys(occupied: torch.Tensor, lo: torch.Tensor, ext: list[int]) -> torch.Tensor:
+    """Sorted keys (``encode_block_keys``) of the occupied cells of a block grid.
+
+    Args:
+        occupied: bool [ext_x·ext_y·ext_z], cell ``(x·ext_y + y)·ext_z + z`` for block ``lo + (x, y, z)``.
+        lo: int64 [3], the grid's first block. ext: its extent in blocks per axis.
+    """
+    plane = ext[1] * ext[2]
     cell = occupied.nonzero()[:, 0]  # ascending = lexicographic (x, y, z) order = key order
-    return encode_block_keys(torch.stack([cell // plane, cell % plane // ext[2], cell % ext[2]], 1) + lo.long())
+    return encode_block_keys(torch.stack([cell // plane, cell % plane // ext[2], cell % ext[2]], 1) + lo)
 
 
 def depth_pyramid(depth: torch.Tensor, levels: int) -> list[torch.Tensor]:
@@ -123,3 +135,21 @@ def unpack_rgb_(planes: torch.Tensor) -> torch.Tensor:
     g = torch.mul(packed, 1.0 / 256, out=planes[1]).floor_()
     packed.add_(g, alpha=-256)
     return planes
+
+
+def resolve_kernel(kernel: str, device: torch.device) -> str:
+    """``TSDFVolume``'s ``kernel`` argument → ``"torch"`` or ``"triton"``; ValueError naming the value otherwise."""
+    if kernel not in ("auto", "torch", "triton"):
+        raise ValueError(f"kernel must be 'auto', 'torch' or 'triton', got {kernel!r}")
+    has_triton = importlib.util.find_spec("triton") is not None
+    if kernel == "triton":
+        if not has_triton:
+            raise ValueError("kernel='triton' needs the triton package (pip install triton)")
+        from .tsdf_triton import usable_on
+
+        if not usable_on(device):
+            raise ValueError(f"kernel='triton' runs on CUDA devices (or in Triton's interpreter, TRITON_INTERPRET=1), "
+                             f"not on {device}")
+    if kernel == "auto":
+        return "triton" if device.type == "cuda" and has_triton else "torch"
+    return kernel

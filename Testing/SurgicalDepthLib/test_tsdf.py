@@ -33,8 +33,8 @@ def scene(intr: Intrinsics, pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return depth.astype(np.float32), rgb
 
 
-def fuse(intr: Intrinsics, bounds=None, device="cpu") -> tuple[TSDFVolume, np.ndarray]:
-    vol = TSDFVolume(VOXEL, 4 * VOXEL, bounds, device=device)
+def fuse(intr: Intrinsics, bounds=None, device="cpu", kernel="auto") -> tuple[TSDFVolume, np.ndarray]:
+    vol = TSDFVolume(VOXEL, 4 * VOXEL, bounds, device=device, kernel=kernel)
     truth = []
     for pose in POSES:
         depth, rgb = scene(intr, pose)
@@ -133,6 +133,36 @@ def test_input_errors():
         TSDFVolume(2.0, 1.0)
     with pytest.raises(ValueError, match="bounds must be"):
         TSDFVolume(1.0, 4.0, bounds=((0, 0, 0), (0, 1, 1)))
+    with pytest.raises(ValueError, match="kernel must be 'auto', 'torch' or 'triton', got 'cuda'"):
+        TSDFVolume(1.0, 4.0, kernel="cuda")
+    assert TSDFVolume(1.0, 4.0).kernel == "torch"  # auto on the CPU
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+def test_triton_kernel_on_the_cpu_needs_the_interpreter():
+    """Bug caught: kernel="triton" accepted on the CPU, failing at the first frame with Triton's pointer error."""
+    with pytest.raises(ValueError, match=r"kernel='triton' runs on CUDA devices \(or in Triton's interpreter, "
+                                         r"TRITON_INTERPRET=1\), not on cpu"):
+        TSDFVolume(1.0, 4.0, kernel="triton")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with CUDA, test_tsdf_triton.py runs compiled in this session")
+def test_triton_kernels_in_the_interpreter():
+    """Runs test_tsdf_triton.py in a subprocess under Triton's interpreter (it must be set before Triton is
+    imported), so the fused kernels are checked on machines without a GPU. Fails when any of those tests fails."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve()
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(here.with_name(
+        "test_tsdf_triton.py"))], cwd=here.parents[2], env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0 and " passed" in run.stdout and "skipped" not in run.stdout.splitlines()[-1], \
+        run.stdout[-4000:] + run.stderr[-2000:]
     with pytest.raises(ValueError, match="more than max_voxels"):
         TSDFVolume(0.01, 0.04, bounds=((0, 0, 0), (100, 100, 100)))
 
@@ -140,8 +170,10 @@ def test_input_errors():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu():
+    """The torch ops on CUDA compute what they compute on the CPU (the fused Triton kernels, the default on CUDA,
+    allocate by another sampling: test_tsdf_triton.py)."""
     cpu, truth = fuse(CAM)
-    gpu, _ = fuse(CAM, device="cuda")
+    gpu, _ = fuse(CAM, device="cuda", kernel="torch")
     t_cpu, w_cpu, _, o_cpu = cpu.to_grid()
     t_gpu, w_gpu, _, o_gpu = gpu.to_grid()
     np.testing.assert_array_equal(o_cpu, o_gpu)

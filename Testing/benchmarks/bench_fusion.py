@@ -10,8 +10,11 @@ the share of that exact surface within 1 mm of the mesh (a volume that skips blo
 Open3D's ``ScalableTSDFVolume`` is not compared: this build integrates nothing in the canonical case
 (``open3d_scalable_check.py``).
 
+On CUDA our volume runs the fused Triton kernels (``TSDFVolume(kernel="auto")``; ``--kernel torch`` for the torch
+ops); their compilation falls on the untimed frame 0.
+
 Usage: ``python Testing/benchmarks/bench_fusion.py [--rounds 3] [--threads N] [--modes sparse dense]
-[--device cpu|cuda]``.
+[--device cpu|cuda] [--kernel auto|torch|triton]``.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ def main() -> None:
     ap.add_argument("--modes", nargs="+", default=["sparse", "dense"], choices=["sparse", "dense"])
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                     help="where both sparse volumes run (cuda: Open3D's CUDA:0; the dense peer is CPU-only)")
+    ap.add_argument("--kernel", default="auto", choices=["auto", "torch", "triton"], help="our TSDFVolume's kernel")
     args = ap.parse_args()
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)
@@ -45,7 +49,7 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench_fusion: --device cuda, but torch sees no CUDA device")
     print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; torch threads "
-          f"{torch.get_num_threads()}; Open3D {o3d.__version__}; device {args.device}"
+          f"{torch.get_num_threads()}; Open3D {o3d.__version__}; device {args.device}; kernel {args.kernel}"
           f"{' (' + torch.cuda.get_device_name() + ')' if args.device == 'cuda' else ''}\n")
     if args.device == "cuda" and "dense" in args.modes:
         print("dense: skipped on cuda (UniformTSDFVolume runs on the CPU only)\n")
@@ -64,7 +68,7 @@ def main() -> None:
             # at our bounds' corner, so ours starts half a voxel in: the same voxel centres
             cube = (points.min(0) - 5.0, float((points.max(0) - points.min(0)).max() + 10.0))
             for mode in args.modes:
-                pair = (lambda: ours(TSDFVolume(1.0, 4.0, device=args.device), frames),
+                pair = (lambda: ours(TSDFVolume(1.0, 4.0, device=args.device, kernel=args.kernel), frames),
                         lambda: vbg(o3d, frames, args.device)) if mode == "sparse" \
                     else (lambda: ours(TSDFVolume(1.0, 4.0, bounds=(cube[0] + 0.5, cube[0] + cube[1])), frames),
                           lambda: uniform(o3d, frames, *cube))

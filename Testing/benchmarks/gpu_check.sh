@@ -11,6 +11,9 @@ python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; pr
 torch.cuda.get_device_name(), 'bf16' if torch.cuda.is_bf16_supported() else 'no bf16')" 2>&1 | tee "$out/device.txt"
 [ "${PIPESTATUS[0]}" -eq 0 ] || exit 1
 timeout 120 python3 Testing/benchmarks/gpu_parity.py 2>&1 | tee "$out/gpu_parity.txt"
+# the fused Triton TSDF kernels compiled on this GPU against the torch path (issue #19)
+timeout 180 python3 -m pytest -q -p no:cacheprovider Testing/SurgicalDepthLib/test_tsdf_triton.py \
+    Testing/SurgicalDepthLib/test_tsdf.py 2>&1 | tail -n 15 | tee "$out/test_tsdf_gpu.txt"
 # forward pass vs HF transformers, fp16, batch 1 and 8
 for batch in 1 8; do
   timeout 120 python3 Testing/benchmarks/bench_model.py --device cuda --precision fp16 --batch "$batch" \
@@ -21,9 +24,12 @@ timeout 240 python3 Testing/benchmarks/bench_video.py --device cuda --synthetic 
     --precisions fp16 bf16 2>&1 | tail -n 8 | tee "$out/bench_video.txt"
 if python3 -c "import open3d" 2>/dev/null; then
   timeout 120 python3 Testing/benchmarks/bench_geometry.py --device cuda 2>&1 | tail -n 8 | tee "$out/bench_geometry.txt"
-  # issue #19: fusion of realistic clips on the GPU, ours vs VoxelBlockGrid on CUDA:0 (goal: <= 1 ms per 640x480 frame)
-  timeout 240 python3 Testing/benchmarks/bench_fusion.py --device cuda --modes sparse --rounds 3 2>&1 | tail -n 6 \
-      | tee "$out/bench_fusion.txt"
+  # issue #19: fusion of realistic clips on the GPU, ours vs VoxelBlockGrid on CUDA:0 (goal: <= 1 ms per 640x480 frame),
+  # the fused Triton kernels (auto) and the torch ops they replace
+  for kernel in auto torch; do
+    timeout 240 python3 Testing/benchmarks/bench_fusion.py --device cuda --modes sparse --rounds 3 --kernel "$kernel" \
+        2>&1 | tail -n 6 | tee -a "$out/bench_fusion.txt"
+  done
 fi
 # live OpenIGTLink service: 1080p sent at 30 frames/s, DA-V2-S fp16 (random weights, same computation);
 # target >= 30 frames/s answered, p95 latency <= 100 ms. Needs pyigtl (+ crcmod's C extension) on the GPU image.
