@@ -80,6 +80,9 @@ class TSDFVolume:
         self.kernel = resolve_kernel(kernel, self.device)
         self._kernel_auto = kernel == "auto"
         self.n_frames = 0
+        r = torch.arange(BLOCK, device=self.device)  # voxel (i, j, k) of a block, row-major as in the sums
+        self._offsets = torch.stack(torch.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)
+        self._offsets_mm = self._offsets.float() * self.voxel_size
         self._rays_cache: dict[tuple, dict] = {}  # see _camera
         self._n_blocks = 0
         self.bounds = None
@@ -173,7 +176,7 @@ class TSDFVolume:
         # coordinates (distorted camera: distortion applies to x/z, y/z), as block part + voxel part, in units of
         # the truncation distance (u, v are ratios, so unchanged; z and the depth in those units make sdf the tsdf)
         to_image = R @ self._projection(intr).T / self.truncation
-        local = ((self._local_offsets().float() * self.voxel_size) @ to_image).T.contiguous()
+        local = (self._offsets_mm @ to_image).T.contiguous()
         block = (corner @ to_image).T.contiguous()  # contiguous: a strided broadcast add is 8× slower on the CPU
         behind = bool(block[2].min() + local[2].min() <= 1e-9)
         # missing depth and the border read −float max, so sdf <= −float max there: never observed, and 0 · tsdf = 0
@@ -273,10 +276,6 @@ class TSDFVolume:
     def _max_r2(self, intr: Intrinsics) -> float:
         return self._camera(intr)["max_r2"]
 
-    def _local_offsets(self) -> torch.Tensor:
-        r = torch.arange(BLOCK, device=self.device)
-        return torch.stack(torch.meshgrid(r, r, r, indexing="ij"), -1).reshape(-1, 3)
-
     def _slots_for(self, keys: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
         """Pool slots of the sorted unique block ``keys``, allocating blocks not seen before within the budget
         (``max_blocks``; the ones nearest to ``camera`` [3], volume frame, first); -1 for blocks left out."""
@@ -353,7 +352,7 @@ class TSDFVolume:
                                  f"max_voxels={self.max_voxels}: far outlier depths? pass max_depth= or a larger "
                                  "voxel_size")
             origin = (bmin * BLOCK).cpu().numpy().astype(np.float64) * self.voxel_size
-        vox = ((bc - bmin)[:, None, :] * BLOCK + self._local_offsets()[None]).reshape(-1, 3).cpu().numpy()
+        vox = ((bc - bmin)[:, None, :] * BLOCK + self._offsets[None]).reshape(-1, 3).cpu().numpy()
         sums = self._sums[slots]
         w = sums[:, 1].reshape(-1)
         inv_w = 1.0 / w.clamp(min=1.0)
