@@ -143,15 +143,15 @@ class TSDFVolume:
         camera = t - torch.as_tensor(self._origin, dtype=torch.float32, device=dev)  # relative to the volume origin
         keys = None
         if self.kernel == "triton":
-            keys = self._run_triton("band_blocks", d, cam["ray_table"], R, camera, self.truncation)
+            keys = self._run_triton("band_blocks", d, cam["ray_table"], R, (pose[:3, 3] - self._origin).tolist(),
+                                    self.truncation)
         if keys is None:  # torch ops, or a band whose bounding box is too large for the Triton grid
             keys = touched_blocks(d, cam["tiles"], min(intrinsics.fx, intrinsics.fy), R, camera,
                                   BLOCK * self.voxel_size, self.truncation)
         bc = decode_block_keys(keys)
         if self.bounds is None:
-            slots = self._slots_for(keys, camera)
-            if bool((slots < 0).any()):  # over the block budget: those blocks are not fused
-                kept = slots >= 0
+            slots, kept = self._slots_for(keys, camera)
+            if kept is not None:  # over the block budget: the blocks left out are not fused
                 bc, slots = bc[kept], slots[kept]
         else:
             nb = torch.as_tensor(self._grid_blocks, device=dev)
@@ -178,24 +178,24 @@ class TSDFVolume:
         to_image = R @ self._projection(intr).T / self.truncation
         local = (self._offsets_mm @ to_image).T.contiguous()
         block = (corner @ to_image).T.contiguous()  # contiguous: a strided broadcast add is 8× slower on the CPU
-        behind = bool(block[2].min() + local[2].min() <= 1e-9)
         # missing depth and the border read −float max, so sdf <= −float max there: never observed, and 0 · tsdf = 0
         depth = padded(torch.eq(d, 0.0, out=torch.empty_like(d)).mul_(_NO_DEPTH).add_(d, alpha=1.0 / self.truncation),
                        _NO_DEPTH)
         image = None if rgb is None else torch.as_tensor(np.ascontiguousarray(rgb)).to(dev)
         if self.kernel == "triton" and (image is None or image.dtype == torch.uint8):
+            # every voxel is tested for lying behind the camera (free in the kernel; deciding first costs a GPU sync)
             pix = None if intr.distortion is None else self._pixel_of_(
-                torch.add(block[:, :, None], local[:, None, :]), intr, behind).view(n, -1)
+                torch.add(block[:, :, None], local[:, None, :]), intr, True).view(n, -1)
             colour = None if image is None else padded(pack_rgb(image))
             if self._run_triton("fuse_blocks", block, local, pix, depth, colour, slots, self._sums, intr.width,
-                                intr.height, behind) is not None:
+                                intr.height, True) is not None:
                 return
         # one frame's terms, the layout of the running sums: tsdf, weight, colour planes [n, 5, 512]; the
         # coordinates live in the colour planes until the colour is read
         terms = torch.empty((n, _PLANES, BLOCK ** 3), device=dev)
         tsdf, w, colour = terms[:, 0], terms[:, 1], terms[:, 2:].transpose(0, 1)  # colour planes [3, n, 512]
         h = torch.add(block[:, :, None], local[:, None, :], out=colour)
-        pix = self._pixel_of_(h, intr, behind)
+        pix = self._pixel_of_(h, intr, bool(block[2].min() + local[2].min() <= 1e-9))
         torch.sub(torch.index_select(depth, 0, pix).view(n, -1), h[2], out=tsdf)  # (depth − z) / truncation
         torch.ge(tsdf, -1.0, out=w)  # 1 = observed: tsdf and colour join the average
         tsdf.clamp_(-1.0, 1.0).mul_(w)
@@ -276,10 +276,12 @@ class TSDFVolume:
     def _max_r2(self, intr: Intrinsics) -> float:
         return self._camera(intr)["max_r2"]
 
-    def _slots_for(self, keys: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
+    def _slots_for(self, keys: torch.Tensor, camera: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Pool slots of the sorted unique block ``keys``, allocating blocks not seen before within the budget
-        (``max_blocks``; the ones nearest to ``camera`` [3], volume frame, first); -1 for blocks left out."""
+        (``max_blocks``; the ones nearest to ``camera`` [3], volume frame, first), -1 for blocks left out; and
+        None, or where the budget left blocks out, the mask of the kept ones."""
         slots = torch.empty_like(keys)
+        kept = None
         found = torch.zeros_like(keys, dtype=torch.bool)
         if self._keys.numel():
             pos = torch.searchsorted(self._keys, keys).clamp(max=self._keys.numel() - 1)
@@ -289,7 +291,8 @@ class TSDFVolume:
         if self._n_blocks + new_keys.numel() > self.max_blocks:
             new_keys = self._nearest_within_budget(new_keys, camera)
             slots[~found] = -1
-            found = found | ~torch.isin(keys, new_keys)
+            chosen = torch.isin(keys, new_keys)
+            kept, found = found | chosen, found | ~chosen  # the left-out keys get no new slot
         n_new = new_keys.numel()
         if n_new:
             need = self._n_blocks + n_new
@@ -302,7 +305,7 @@ class TSDFVolume:
             all_keys = torch.cat([self._keys, new_keys])
             order = torch.argsort(all_keys)
             self._keys, self._slots = all_keys[order], torch.cat([self._slots, new_slots])[order]
-        return slots
+        return slots, kept
 
     def _nearest_within_budget(self, new_keys: torch.Tensor, camera: torch.Tensor) -> torch.Tensor:
         """The (sorted) ``new_keys`` nearest to ``camera`` that still fit the block budget; warns once."""

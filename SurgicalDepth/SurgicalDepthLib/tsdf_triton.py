@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import triton
@@ -146,7 +147,7 @@ class RayTable:
         return cls(rays, steps, math.ceil(2.0 * truncation / float(steps.min())) + 2, float(block_len))
 
 
-def band_blocks(d: torch.Tensor, table: RayTable, R: torch.Tensor, camera: torch.Tensor, truncation: float
+def band_blocks(d: torch.Tensor, table: RayTable, R: torch.Tensor, camera: Sequence[float], truncation: float
                 ) -> torch.Tensor | None:
     """Sorted unique keys (``tsdf_kernels.encode_block_keys``) of the blocks that every valid pixel's truncation band
     passes through, sampled every half block; None when the band's bounding box exceeds ``MAX_CELLS`` blocks (far
@@ -154,13 +155,14 @@ def band_blocks(d: torch.Tensor, table: RayTable, R: torch.Tensor, camera: torch
 
     Args:
         d: float32 depth [H, W], 0 where invalid, with at least one valid pixel. table: the camera's ``RayTable``.
-        R: camera-to-volume rotation [3, 3]. camera: the camera centre relative to the volume's origin [3].
+        R: camera-to-volume rotation [3, 3]. camera: the camera centre relative to the volume's origin, three
+            floats (on the host: no device round trip).
         truncation: the band's half width (depth unit).
     """
     n_pix = d.numel()
     grid = (triton.cdiv(n_pix, _CHUNK),)
     dirs = (R / table.block_len) @ table.rays  # [3, H·W], block units per depth unit, volume frame
-    corner = (camera / table.block_len + 0.5 / BLOCK).tolist()  # +half a voxel: blocks start half a voxel before
+    corner = [c / table.block_len + 0.5 / BLOCK for c in camera]  # +half a voxel: blocks start half a voxel before
     box = torch.tensor([2 ** 31 - 1] * 3 + [-(2 ** 31 - 1)] * 3, dtype=torch.int32, device=d.device)
     args = (d.reshape(-1), dirs, table.steps, box, n_pix, *corner, truncation, table.n_steps)
     _band_kernel[grid](*args, 0.0, 0.0, 0.0, 1, 1, 0.0, 0.0, 0.0, BOX=True, CHUNK=_CHUNK)
