@@ -188,7 +188,22 @@ def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
                        features=int(cfg.get("fusion_hidden_size", 64)),
                        out_channels=tuple(int(c) for c in cfg.get("neck_hidden_sizes", (48, 96, 192, 384))),
                        patch_size=int(cfg.get("patch_size", 14)),
-                       pretrain_size=int(bb.get("image_size", 518)))
+                       pretrain_size=int(bb.get("image_size", 518)), **_project_fields(cfg))
+
+
+# ModelConfig fields that transformers' config has no place for, kept under one extra key of config.json
+# (transformers keeps unknown keys as attributes and writes them back): the inference size the weights were made
+# for, the unit of a metric head (this project's metric models predict mm, the official ones m), the reference lens
+# (SurgicalDepthLib.lens) and the input normalisation. Folders from the Hub carry none: the official values apply.
+PROJECT_KEY = "surgical_depth"
+_PROJECT_FIELDS = ("input_size", "metric_unit", "reference_fov_deg", "mean", "std")
+
+
+def _project_fields(cfg: dict[str, Any]) -> dict[str, Any]:
+    extra = cfg.get(PROJECT_KEY) or {}
+    if not isinstance(extra, dict) or not set(extra) <= set(_PROJECT_FIELDS):
+        raise ValueError(f"{PROJECT_KEY} must be an object with keys among {list(_PROJECT_FIELDS)}, got {extra!r}")
+    return {k: tuple(v) if k in ("mean", "std") else v for k, v in extra.items()}
 
 
 def config_to_hf(config: ModelConfig) -> dict[str, Any]:
@@ -221,5 +236,9 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
         "head_in_index": -1,
         "head_hidden_size": 32,
         "depth_estimation_type": config.head,
-        "max_depth": config.max_depth if config.head == "metric" else 1,
+        # an integral depth as an int: transformers 5 declares ``max_depth: int | None`` and refuses 20.0
+        "max_depth": (int(config.max_depth) if float(config.max_depth).is_integer() else config.max_depth)
+        if config.head == "metric" else 1,
+        PROJECT_KEY: {k: list(v) if isinstance(v, tuple) else v
+                      for k, v in ((k, getattr(config, k)) for k in _PROJECT_FIELDS)},
     }

@@ -1,6 +1,7 @@
 """Official / HF / project checkpoint layouts: bit-exact round trips, architecture inference and bad files."""
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import zipfile
@@ -82,6 +83,33 @@ def test_project_checkpoint_round_trip_and_fp16(tmp_path):
     half = sd.load_model(tmp_path / "h.safetensors", device="cpu")
     for k, v in model.state_dict().items():
         assert torch.equal(half.state_dict()[k], v.half().float()), k
+
+
+def test_hugging_face_export_keeps_what_transformers_has_no_field_for(tmp_path):
+    """A project model saved as a Hugging Face folder and loaded back keeps its inference size, the unit of its
+    metric head, its reference lens and its normalisation (config.json key ``surgical_depth``), also after
+    transformers has read and re-saved the folder. Bugs caught: a millimetre metric model read back as metres
+    (1000× off), the default model's lens correction and 168-px input silently gone after an HF export."""
+    model = _random_model(head="metric", max_depth=150.0, input_size=168, metric_unit="mm", reference_fov_deg=100.0,
+                          mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    sd.save_huggingface(tmp_path / "hf", model)
+    loaded = sd.load_model(tmp_path / "hf", device="cpu")
+    assert loaded.config == model.config
+    _assert_same_state(model, loaded)
+    transformers = pytest.importorskip("transformers")
+    transformers.AutoConfig.from_pretrained(tmp_path / "hf").save_pretrained(tmp_path / "again")
+    (tmp_path / "again" / "model.safetensors").write_bytes((tmp_path / "hf" / "model.safetensors").read_bytes())
+    assert sd.load_model(tmp_path / "again", device="cpu").config == model.config
+    # a folder from the Hub carries no such key: the official values
+    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    del cfg["surgical_depth"]
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(cfg))
+    hub = sd.load_model(tmp_path / "hf", device="cpu").config
+    assert (hub.input_size, hub.metric_unit, hub.reference_fov_deg) == (518, "m", None)
+    cfg["surgical_depth"] = {"input_px": 168}
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"config\.json: surgical_depth must be an object with keys among"):
+        sd.load_model(tmp_path / "hf", device="cpu")
 
 
 def test_version_from_official_file_names():
