@@ -281,7 +281,11 @@ def pixel_rays(intrinsics: Intrinsics) -> np.ndarray:
     A 3D point of pixel (u, v) with depth z is ``z * (x, y, 1)``. Without distortion
     ``x = (u - cx) / fx, y = (v - cy) / fy``; with distortion the pixel is undistorted by
     ``cv2.undistortPoints`` (iterated to convergence) or ``cv2.fisheye.undistortPoints``; an ``ocam`` camera's
-    rays are exact (:func:`.ocam.ocam_rays`, NaN where a pixel sees 90° or more off axis).
+    rays are exact (:func:`.ocam.ocam_rays`, NaN where a pixel sees 90° or more off axis). A fisheye polynomial
+    fitted to a scope often stops increasing before the image corners (beyond its calibrated range, where OpenCV's
+    inversion returns -1e6, or near it, where it does not converge or lands past the turn): those pixels, found by
+    projecting OpenCV's rays back, are inverted exactly by :func:`fisheye_angles` (beyond the range: the ray at its
+    limit, in the pixel's own direction).
     """
     W, H = intrinsics.width, intrinsics.height
     if intrinsics.distortion is not None and intrinsics.distortion["model"] == "ocam":
@@ -298,11 +302,59 @@ def pixel_rays(intrinsics: Intrinsics) -> np.ndarray:
     u, v = np.meshgrid(np.arange(W, dtype=np.float64), np.arange(H, dtype=np.float64))
     pix = np.stack([u, v], axis=-1).reshape(-1, 1, 2)
     K, D = intrinsics.K, intrinsics.dist_coeffs
-    if intrinsics.distortion["model"] == "fisheye":
-        und = cv2.fisheye.undistortPoints(pix, K, D, criteria=_UNDISTORT_CRITERIA)
-    else:
+    if intrinsics.distortion["model"] != "fisheye":
         und = cv2.undistortPoints(pix, K, D, criteria=_UNDISTORT_CRITERIA)
-    return und.reshape(H, W, 2).astype(np.float64, copy=False)
+        return und.reshape(H, W, 2).astype(np.float64, copy=False)
+    rays = cv2.fisheye.undistortPoints(pix, K, D, criteria=_UNDISTORT_CRITERIA).reshape(H, W, 2).astype(np.float64)
+    xd, yd = (u - intrinsics.cx) / intrinsics.fx, (v - intrinsics.cy) / intrinsics.fy
+    with np.errstate(invalid="ignore", over="ignore"):
+        x, y = distort_normalized(rays[..., 0], rays[..., 1], intrinsics.distortion)
+        good = (np.abs(x - xd) <= 1e-9) & (np.abs(y - yd) <= 1e-9) & (
+            np.arctan(np.hypot(rays[..., 0], rays[..., 1])) <= fisheye_limit_angle(D))
+    if not good.all():
+        rd = np.hypot(xd[~good], yd[~good])
+        scale = np.tan(fisheye_angles(rd, D)) / np.maximum(rd, 1e-300)
+        rays[~good] = np.stack([xd[~good] * scale, yd[~good] * scale], axis=-1)
+    return rays
+
+
+def _fisheye_poly(theta: Any, coeffs: Any) -> tuple[Any, Any]:
+    """OpenCV's fisheye ``θd = θ(1 + k1θ² + k2θ⁴ + k3θ⁶ + k4θ⁸)`` and its slope ``dθd/dθ`` at angles θ (radians)."""
+    k1, k2, k3, k4 = (float(c) for c in coeffs)
+    t2 = theta * theta
+    return (theta * (1 + t2 * (k1 + t2 * (k2 + t2 * (k3 + t2 * k4)))),
+            1 + t2 * (3 * k1 + t2 * (5 * k2 + t2 * (7 * k3 + t2 * 9 * k4))))
+
+
+def fisheye_limit_angle(coeffs: Any) -> float:
+    """End (radians) of the increasing part of OpenCV's fisheye ``θd(θ)``: 0.999 of the first angle where its slope
+    reaches 0, or of 90° (the most a fisheye ray sees off axis)."""
+    grid = np.linspace(0.0, np.pi / 2, 20001)[1:]
+    rising = _fisheye_poly(grid, coeffs)[1] > 0
+    return float(0.999 * (grid[np.argmin(rising)] if not rising.all() else grid[-1]))
+
+
+def fisheye_angles(rd: np.ndarray, coeffs: Any) -> np.ndarray:
+    """Incidence angle θ (radians, float64, rd's shape) of normalised distorted radii ``rd >= 0`` under OpenCV's
+    fisheye model, by Newton's method kept inside a shrinking bracket on the increasing part of ``θd(θ)``
+    (:func:`fisheye_limit_angle`). Radii beyond that part's end get its limit angle."""
+    limit = fisheye_limit_angle(coeffs)
+
+    def poly(t):
+        return _fisheye_poly(t, coeffs)
+
+    rd = np.minimum(np.asarray(rd, np.float64), poly(limit)[0])
+    lo, hi = np.zeros_like(rd), np.full_like(rd, limit)
+    theta = np.minimum(rd, limit)
+    for _ in range(100):
+        value, slope = poly(theta)
+        miss = value - rd
+        if np.abs(miss).max(initial=0.0) <= 1e-14:
+            break
+        lo, hi = np.where(miss < 0, theta, lo), np.where(miss > 0, theta, hi)
+        step = theta - miss / slope
+        theta = np.where((step > lo) & (step < hi), step, 0.5 * (lo + hi))
+    return theta
 
 
 def distort_normalized(x: Any, y: Any, distortion: dict | None) -> tuple[Any, Any]:

@@ -151,7 +151,7 @@ def band_blocks(d: torch.Tensor, table: RayTable, R: torch.Tensor, camera: Seque
                 ) -> torch.Tensor | None:
     """Sorted unique keys (``tsdf_kernels.encode_block_keys``) of the blocks that every valid pixel's truncation band
     passes through, sampled every half block; None when the band's bounding box exceeds ``MAX_CELLS`` blocks (far
-    outliers: the caller's quadtree allocation handles those without a grid).
+    outliers: the caller's quadtree allocation handles those without a grid) or there is no valid pixel.
 
     Args:
         d: float32 depth [H, W], 0 where invalid, with at least one valid pixel. table: the camera's ``RayTable``.
@@ -168,7 +168,7 @@ def band_blocks(d: torch.Tensor, table: RayTable, R: torch.Tensor, camera: Seque
     _band_kernel[grid](*args, 0.0, 0.0, 0.0, 1, 1, 0.0, 0.0, 0.0, BOX=True, CHUNK=_CHUNK)
     lo, hi = box.view(2, 3).tolist()
     ext = [h - low + 1 for low, h in zip(lo, hi)]
-    if math.prod(ext) > MAX_CELLS:
+    if min(ext) < 1 or math.prod(ext) > MAX_CELLS:  # (no box: no valid pixel, which the caller rules out)
         return None
     occupied = torch.zeros(math.prod(ext), dtype=torch.int8, device=d.device)
     _band_kernel[grid](*args[:3], occupied, *args[4:], *(float(x) for x in lo), ext[1], ext[2],

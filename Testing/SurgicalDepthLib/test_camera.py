@@ -175,3 +175,35 @@ def test_pixel_rays_pinhole_closed_form():
     rays = pixel_rays(intr)
     np.testing.assert_array_equal(rays[1, :, 0], (np.arange(5) - 2.0) / 100.0)
     np.testing.assert_array_equal(rays[:, 3, 1], (np.arange(3) - 1.0) / 50.0)
+
+
+def test_fisheye_rays_are_exact_and_stop_where_the_fitted_polynomial_turns():
+    """A scope's fitted fisheye polynomial (C3VD's: θd stops increasing at 76°, inside the frame's corners).
+    Inside its range the rays are OpenCV's own inversion (independent) and project back to the pixel; beyond it
+    they are the limit ray in the pixel's own direction. Bugs caught: OpenCV's -1e6 rays beyond the range (the lens
+    factor ~0 there, back-projected points at infinity), a non-converged inversion near the limit, flipped
+    directions."""
+    import cv2
+
+    from SurgicalDepthLib.camera import distort_normalized, fisheye_angles, pixel_rays
+
+    coeffs = [-0.18867185058223412, -0.003927337093919806, 0.030524814153620117, -0.012756926010904904]
+    cam = Intrinsics(153.48, 153.5, 135.41, 108.33, 270, 216, {"model": "fisheye", "coeffs": coeffs})
+    rays = pixel_rays(cam)
+    assert np.isfinite(rays).all()
+    u, v = np.meshgrid(np.arange(270.0), np.arange(216.0))
+    xd, yd = (u - cam.cx) / cam.fx, (v - cam.cy) / cam.fy
+    rd = np.hypot(xd, yd)
+    inside = rd < 0.9  # the polynomial rises up to θd = 0.928 (θ = 76.1°)
+    ref = cv2.fisheye.undistortPoints(np.stack([u, v], -1).reshape(-1, 1, 2), cam.K, cam.dist_coeffs,
+                                      criteria=(3, 100, 1e-14)).reshape(216, 270, 2)
+    np.testing.assert_allclose(rays[inside], ref[inside], atol=1e-9)
+    x, y = distort_normalized(rays[..., 0], rays[..., 1], cam.distortion)
+    np.testing.assert_allclose(np.stack([x, y], -1)[inside], np.stack([xd, yd], -1)[inside], atol=1e-12)
+    beyond = rd > 0.93
+    assert beyond.sum() > 100
+    theta = np.degrees(np.arctan(np.hypot(rays[..., 0], rays[..., 1])))
+    np.testing.assert_allclose(theta[beyond], np.degrees(fisheye_angles(np.array(10.0), coeffs)), atol=1e-9)
+    assert 75.9 < theta[beyond].min() < 76.1 and theta.max() <= theta[beyond].max() + 1e-9
+    np.testing.assert_allclose(np.arctan2(rays[..., 1], rays[..., 0])[beyond], np.arctan2(yd, xd)[beyond],
+                               atol=1e-12)

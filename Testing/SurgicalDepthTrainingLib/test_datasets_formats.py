@@ -67,6 +67,23 @@ def test_c3vd_tiff_encoding_and_pose(tmp_path):
     assert len(sdt.open_dataset("c3vd", tmp_path / "trans_t2_b")) == 1
 
 
+def test_c3vd_frames_get_the_scopes_camera(tmp_path):
+    """Frames of C3VD's aspect ratio (1350×1080) get the scope's fisheye rescaled to their size; other shapes
+    none; ``intrinsics=`` (e.g. the data set's OCamCalib file) replaces it. Bugs caught: the camera of the full
+    frames applied to resized ones (wrong focal length), a camera guessed for frames cropped to another shape."""
+    from SurgicalDepthTrainingLib.datasets.c3vd import C3VD_CAMERA
+
+    seq = tmp_path / "sigmoid_t1_a"
+    _png(seq / "0000_color.png", _bgr(8, 10))
+    _tif(seq / "0000_depth.tiff", np.full((8, 10), 20000, np.uint16))
+    intr = sdt.open_dataset("c3vd", tmp_path)[0]["intrinsics"]
+    assert intr == C3VD_CAMERA.scaled(10, 8) and intr.distortion["model"] == "fisheye"
+    assert intr.fx == pytest.approx(767.3861511125845 / 135) and intr.cx == pytest.approx((679.054265997005 + 0.5)
+                                                                                         / 135 - 0.5)
+    own = Intrinsics(9.0, 9.0, 4.5, 3.5, 10, 8)
+    assert sdt.open_dataset("c3vd", tmp_path, intrinsics=own)[0]["intrinsics"] == own
+
+
 def test_c3vd_row_major_pose_and_bad_pose(tmp_path):
     from SurgicalDepthTrainingLib.datasets.c3vd import parse_c3vd_pose_line
 

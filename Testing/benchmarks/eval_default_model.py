@@ -18,7 +18,12 @@ HELD_OUT_SEEDS = (1001, 1002, 1003)  # never used by the training recipe (its cl
 
 
 def synthetic_pairs(organ: str, frames: int = 8, **scene):
+    """Held-out frames at 256×320; ``intrinsics="c3vd"``: through C3VD's scope (``datasets.c3vd.C3VD_CAMERA``)."""
     import SurgicalDepthTrainingLib as sdt
+    from SurgicalDepthTrainingLib.datasets.c3vd import C3VD_CAMERA
+
+    if scene.get("intrinsics") == "c3vd":
+        scene["intrinsics"] = C3VD_CAMERA.scaled(320, 256)
 
     for seed in HELD_OUT_SEEDS:
         for f in sdt.render_clip(organ, n_frames=frames, seed=seed, height=256, width=320, **scene):
@@ -67,6 +72,7 @@ RENDER_LOOKS = {  # the same held-out scenes lit like a real scope, or seen thro
     "wide view: fisheye 120°": {"fov_deg": 120.0, "fisheye": True},
     "wide view: fisheye 150°": {"fov_deg": 150.0, "fisheye": True},
     "wide view: fisheye 165°": {"fov_deg": 165.0, "fisheye": True},
+    "wide view: C3VD's scope (fisheye fit, ~128° across)": {"intrinsics": "c3vd"},
 }
 
 

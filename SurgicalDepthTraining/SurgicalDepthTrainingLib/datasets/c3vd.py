@@ -16,10 +16,13 @@ Frame numbers may be zero-padded or not (``0_color.png``); pairs match by the in
   differ on the rendered ``pose.txt``. We read each line as column-major when its last four numbers are
   ``tx ty tz 1`` and positions 3, 7, 11 are 0, and as row-major when it is the transpose; anything else is an
   error naming the line.
-- Intrinsics: C3VD is calibrated with Scaramuzza's omnidirectional fisheye model; the data set's folders carry no
-  calibration file, so None unless ``intrinsics=`` is given (e.g. the scope's OCamCalib ``calib_results.txt``,
-  ``Intrinsics`` model ``ocam``; ``surgical-depth evaluate --intrinsics``: predictions are then corrected to the
-  lens, ``SurgicalDepthLib.lens``).
+- Intrinsics: every sequence is filmed by the same scope (Olympus CF-HQ190L, a fisheye seeing ~128° across the
+  1350×1080 frame's width). The sequence folders carry no calibration file, so frames of that aspect ratio get
+  ``C3VD_CAMERA`` (rescaled to their size): the OpenCV-fisheye fit of the scope that public C3VD code uses (fitted
+  to the data set's released ``cfhq190l_10x10mm_checkerboard_images``), so that ``surgical-depth evaluate``
+  corrects predictions to the scope's lens (``SurgicalDepthLib.lens``; ``--no-lens-correction`` for the raw
+  output). The data set's own calibration is OCamCalib (``cfhq190l_omnidirectional_params``): give its file as
+  ``intrinsics=`` / ``--intrinsics`` to use it instead (``Intrinsics`` model ``ocam``). Other aspect ratios: None.
 - ``split``: sequence-name prefixes, e.g. ``"cecum"`` or ``"cecum_t1_a,trans_t2_b"``.
 - Default evaluation range 1e-3 .. 100 mm (the encoding's range).
 """
@@ -30,11 +33,16 @@ from pathlib import Path
 
 import numpy as np
 
+from SurgicalDepthLib.camera import Intrinsics
+
 from ._base import DatasetError, DepthDataset, Pair, find_dirs, read_raw, select_split, sorted_files
 
 _RGB_RX = re.compile(r"(\d+)_color\.png", re.IGNORECASE)
 _DEPTH_RX = re.compile(r"(\d+)_depth\.tiff?", re.IGNORECASE)
 C3VD_MAX_MM = 100.0
+C3VD_CAMERA = Intrinsics(767.3861511125845, 767.5058656118406, 679.054265997005, 543.646891684636, 1350, 1080,
+                         {"model": "fisheye", "coeffs": [-0.18867185058223412, -0.003927337093919806,
+                                                         0.030524814153620117, -0.012756926010904904]})
 
 
 def _is_sequence(folder: Path) -> bool:
@@ -93,6 +101,12 @@ class C3VD(DepthDataset):
                                f"with shape {raw.shape}")
         valid = (raw != 0) & (raw != 65535)
         return raw.astype(np.float32) * np.float32(C3VD_MAX_MM / 65535.0), valid
+
+    def intrinsics_for(self, pair: Pair, width: int, height: int) -> Intrinsics | None:
+        try:
+            return C3VD_CAMERA.fitted(width, height)
+        except ValueError:  # frames cropped to another aspect ratio: the camera is not known
+            return None
 
     def pose_for(self, pair: Pair) -> np.ndarray | None:
         if pair.sequence not in self._poses:

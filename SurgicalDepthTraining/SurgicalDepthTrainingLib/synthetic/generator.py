@@ -68,15 +68,20 @@ class SceneGenerator:
     """Renders frames of the scene described by ``config`` (all randomness from ``config.seed``).
 
     ``render(pose)`` ray-casts the analytic surfaces for the exact z-depth of every pixel and shades the hits;
-    ``trajectory(n)`` gives a smooth endoscope path through the scene.
+    ``trajectory(n)`` gives a smooth endoscope path through the scene. ``intrinsics``: render through this camera
+    (pinhole or OpenCV fisheye, of the config's ``width × height``, e.g. a real scope's calibration) instead of the
+    one ``fov_deg`` and ``fisheye`` describe.
     """
 
-    def __init__(self, config: SceneConfig) -> None:
+    def __init__(self, config: SceneConfig, intrinsics: Intrinsics | None = None) -> None:
         if not isinstance(config, SceneConfig):
             raise TypeError(f"config must be a SceneConfig, got {type(config).__name__}")
+        if intrinsics is not None and intrinsics.size != (config.width, config.height):
+            raise ValueError(f"intrinsics are for {intrinsics.width}x{intrinsics.height}, the scene renders "
+                             f"{config.width}x{config.height}")
         self.config = config
         self.scene: Scene = build_scene(config)
-        self.intrinsics = make_intrinsics(config, np.random.default_rng([config.seed, 31]))
+        self.intrinsics = intrinsics or make_intrinsics(config, np.random.default_rng([config.seed, 31]))
         self._dirs, self._lens = camera_rays(self.intrinsics)
         # per-camera constants of the shading: float32 ray planes, vignette, the pixels outside the lens
         self._dir_planes = tuple(np.ascontiguousarray(self._dirs[..., k], np.float32) for k in range(3))
@@ -181,15 +186,16 @@ class SceneGenerator:
 
 
 def render_clip(organ: str = "colon", n_frames: int = 16, seed: int = 0, height: int = 256, width: int = 320,
-                **options) -> list[dict]:
+                intrinsics: Intrinsics | None = None, **options) -> list[dict]:
     """Render ``n_frames`` along a smooth trajectory through a new ``organ`` scene.
 
     Args:
         organ: one of ``ORGANS``.
+        intrinsics: the camera to render through (``SceneGenerator``), or None for the one the options describe.
         options: any other ``SceneConfig`` field (``fisheye``, ``noise``, ``blur``, ``smoke``, ...).
     Returns:
         list of frame dicts (``image``, ``depth``, ``valid``, ``intrinsics``, ``pose``, ``name``).
     """
     config = SceneConfig(organ=organ, seed=seed, height=height, width=width, **options)
-    generator = SceneGenerator(config)
+    generator = SceneGenerator(config, intrinsics)
     return [frame.as_dict() for frame in generator.iter_frames(n_frames)]
