@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from .fisheye import fisheye_angles, fisheye_limit_angle
+
 logger = logging.getLogger(__name__)
 
 DISTORTION_MODELS = ("opencv", "fisheye", "ocam")
@@ -284,8 +286,8 @@ def pixel_rays(intrinsics: Intrinsics) -> np.ndarray:
     rays are exact (:func:`.ocam.ocam_rays`, NaN where a pixel sees 90° or more off axis). A fisheye polynomial
     fitted to a scope often stops increasing before the image corners (beyond its calibrated range, where OpenCV's
     inversion returns -1e6, or near it, where it does not converge or lands past the turn): those pixels, found by
-    projecting OpenCV's rays back, are inverted exactly by :func:`fisheye_angles` (beyond the range: the ray at its
-    limit, in the pixel's own direction).
+    projecting OpenCV's rays back, are inverted exactly by :func:`.fisheye.fisheye_angles` (beyond the range: the
+    ray at its limit, in the pixel's own direction).
     """
     W, H = intrinsics.width, intrinsics.height
     if intrinsics.distortion is not None and intrinsics.distortion["model"] == "ocam":
@@ -316,45 +318,6 @@ def pixel_rays(intrinsics: Intrinsics) -> np.ndarray:
         scale = np.tan(fisheye_angles(rd, D)) / np.maximum(rd, 1e-300)
         rays[~good] = np.stack([xd[~good] * scale, yd[~good] * scale], axis=-1)
     return rays
-
-
-def _fisheye_poly(theta: Any, coeffs: Any) -> tuple[Any, Any]:
-    """OpenCV's fisheye ``θd = θ(1 + k1θ² + k2θ⁴ + k3θ⁶ + k4θ⁸)`` and its slope ``dθd/dθ`` at angles θ (radians)."""
-    k1, k2, k3, k4 = (float(c) for c in coeffs)
-    t2 = theta * theta
-    return (theta * (1 + t2 * (k1 + t2 * (k2 + t2 * (k3 + t2 * k4)))),
-            1 + t2 * (3 * k1 + t2 * (5 * k2 + t2 * (7 * k3 + t2 * 9 * k4))))
-
-
-def fisheye_limit_angle(coeffs: Any) -> float:
-    """End (radians) of the increasing part of OpenCV's fisheye ``θd(θ)``: 0.999 of the first angle where its slope
-    reaches 0, or of 90° (the most a fisheye ray sees off axis)."""
-    grid = np.linspace(0.0, np.pi / 2, 20001)[1:]
-    rising = _fisheye_poly(grid, coeffs)[1] > 0
-    return float(0.999 * (grid[np.argmin(rising)] if not rising.all() else grid[-1]))
-
-
-def fisheye_angles(rd: np.ndarray, coeffs: Any) -> np.ndarray:
-    """Incidence angle θ (radians, float64, rd's shape) of normalised distorted radii ``rd >= 0`` under OpenCV's
-    fisheye model, by Newton's method kept inside a shrinking bracket on the increasing part of ``θd(θ)``
-    (:func:`fisheye_limit_angle`). Radii beyond that part's end get its limit angle."""
-    limit = fisheye_limit_angle(coeffs)
-
-    def poly(t):
-        return _fisheye_poly(t, coeffs)
-
-    rd = np.minimum(np.asarray(rd, np.float64), poly(limit)[0])
-    lo, hi = np.zeros_like(rd), np.full_like(rd, limit)
-    theta = np.minimum(rd, limit)
-    for _ in range(100):
-        value, slope = poly(theta)
-        miss = value - rd
-        if np.abs(miss).max(initial=0.0) <= 1e-14:
-            break
-        lo, hi = np.where(miss < 0, theta, lo), np.where(miss > 0, theta, hi)
-        step = theta - miss / slope
-        theta = np.where((step > lo) & (step < hi), step, 0.5 * (lo + hi))
-    return theta
 
 
 def distort_normalized(x: Any, y: Any, distortion: dict | None) -> tuple[Any, Any]:

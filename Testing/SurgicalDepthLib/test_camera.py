@@ -185,7 +185,8 @@ def test_fisheye_rays_are_exact_and_stop_where_the_fitted_polynomial_turns():
     directions."""
     import cv2
 
-    from SurgicalDepthLib.camera import distort_normalized, fisheye_angles, pixel_rays
+    from SurgicalDepthLib.camera import distort_normalized, pixel_rays
+    from SurgicalDepthLib.fisheye import fisheye_angles
 
     coeffs = [-0.18867185058223412, -0.003927337093919806, 0.030524814153620117, -0.012756926010904904]
     cam = Intrinsics(153.48, 153.5, 135.41, 108.33, 270, 216, {"model": "fisheye", "coeffs": coeffs})

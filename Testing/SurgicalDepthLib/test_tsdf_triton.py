@@ -63,7 +63,8 @@ def assert_same_sums(ref: dict[int, torch.Tensor], got: dict[int, torch.Tensor])
         torch.testing.assert_close(a[:, 0][a[:, 1] == b[:, 1]], b[:, 0][a[:, 1] == b[:, 1]], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("intr, colour", [(CAM, True), (CAM, False), (LENS, True)], ids=["pinhole", "no-colour", "lens"])
+@pytest.mark.parametrize("intr, colour", [(CAM, True), (CAM, False), (LENS, True)],
+                         ids=["pinhole", "no-colour", "lens"])
 def test_fused_kernel_adds_what_the_torch_ops_add(intr, colour):
     """One frame into a sparse volume, both paths. Bugs caught: planes of the sums swapped or offset, the packed
     colour unpacked wrongly (a channel off by 256), row and column of the pixel swapped, the padded border offset
