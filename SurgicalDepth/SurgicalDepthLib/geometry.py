@@ -8,6 +8,8 @@ Invalid depth — NaN, ±inf or ``<= 0`` — is never turned into a point: such 
 """
 from __future__ import annotations
 
+import functools
+import json
 from typing import Any
 
 import numpy as np
@@ -78,7 +80,7 @@ def backproject(depth: np.ndarray, intrinsics: Intrinsics, mask: np.ndarray | No
             np.multiply(z, xs[None, :], out=pts[..., 0])
             np.multiply(z, ys[:, None], out=pts[..., 1])
         else:
-            rays = pixel_rays(intrinsics)
+            rays = camera_rays(intrinsics)
             np.multiply(z, rays[..., 0], out=pts[..., 0], casting="unsafe")
             np.multiply(z, rays[..., 1], out=pts[..., 1], casting="unsafe")
     pts[..., 2] = z
@@ -89,6 +91,19 @@ def backproject(depth: np.ndarray, intrinsics: Intrinsics, mask: np.ndarray | No
     if pts.shape[0] == 0:
         raise ValueError(f"no valid depth pixels: all {H * W} pixels of depth are NaN/inf/<=0 or outside the mask")
     return pts
+
+
+def camera_rays(intrinsics: Intrinsics) -> np.ndarray:
+    """:func:`camera.pixel_rays` of a camera, float64 ``[H, W, 2]``, read-only and kept for the last two cameras: a
+    video back-projects every frame through the same camera, and undistorting 1080p takes 0.15–0.6 s."""
+    return _rays_of(json.dumps(intrinsics.to_dict(), sort_keys=True))
+
+
+@functools.lru_cache(maxsize=2)
+def _rays_of(camera: str) -> np.ndarray:
+    rays = pixel_rays(Intrinsics.from_dict(json.loads(camera)))
+    rays.flags.writeable = False
+    return rays
 
 
 def check_rigid(pose: Any, name: str = "pose", atol: float = 1e-5) -> np.ndarray:
