@@ -179,7 +179,7 @@ def _load_hf_folder(folder: Path) -> tuple[dict[str, torch.Tensor], ModelConfig]
         raise CheckpointError(f"{cfg_path}: invalid JSON ({exc})") from exc
     try:
         config = config_from_hf(cfg)
-    except ValueError as exc:
+    except (ValueError, TypeError) as exc:  # TypeError: a field of the wrong type (e.g. "input_size": "big")
         raise CheckpointError(f"{cfg_path}: {exc}") from exc
     weights = folder / "model.safetensors"
     if weights.is_file():

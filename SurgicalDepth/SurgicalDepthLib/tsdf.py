@@ -9,7 +9,8 @@ averaged the same way. The surface is the zero level set, extracted by VTK's ``v
 Storage: a dense grid over ``bounds`` or, with ``bounds=None``, a sparse set of 8³-voxel blocks allocated
 where depth lands (a sorted key table searched with ``torch.searchsorted``), so memory follows the observed
 surface, not the scene extent. Either way a frame visits only the blocks its truncation band passes through
-(``tsdf_allocation``).
+(``tsdf_allocation``). On CUDA devices with Triton installed, allocation and fusion run as three fused kernels per
+frame (``tsdf_triton``; ``kernel=``).
 """
 from __future__ import annotations
 

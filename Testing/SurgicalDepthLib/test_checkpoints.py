@@ -110,6 +110,10 @@ def test_hugging_face_export_keeps_what_transformers_has_no_field_for(tmp_path):
     (tmp_path / "hf" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match=r"config\.json: surgical_depth must be an object with keys among"):
         sd.load_model(tmp_path / "hf", device="cpu")
+    cfg["surgical_depth"] = {"input_size": "big"}
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"config\.json: "):
+        sd.load_model(tmp_path / "hf", device="cpu")
 
 
 def test_version_from_official_file_names():
