@@ -10,10 +10,11 @@ Storage: a dense grid over ``bounds`` or, with ``bounds=None``, a sparse set of 
 where depth lands (a sorted key table searched with ``torch.searchsorted``), so memory follows the observed
 surface, not the scene extent. Either way a frame visits only the blocks its truncation band passes through
 (``tsdf_allocation``). On CUDA devices with Triton installed, allocation and fusion run as three fused kernels per
-frame (``tsdf_triton``; ``kernel=``).
+frame (``tsdf_triton``), on the CPU with Numba installed fusion runs as one compiled loop (``tsdf_numba``; ``kernel=``).
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import math
 from typing import Any
@@ -53,8 +54,9 @@ class TSDFVolume:
             new block is allocated: the nearest new blocks of the frame that hits it fill what is left, and one
             warning says so and what to change. Long clips stay bounded in memory.
         kernel: ``"torch"`` (tensor ops, any device), ``"triton"`` (fused Triton kernels, ``tsdf_triton``: CUDA
-            devices, or Triton's interpreter) or ``"auto"``: Triton on CUDA devices where it is installed, falling
-            back to torch ops (with one warning) if its kernels fail to build.
+            devices, or Triton's interpreter), ``"numba"`` (a fused compiled loop, ``tsdf_numba``: the CPU) or
+            ``"auto"``: Triton on CUDA devices and Numba on the CPU where they are installed, falling back to torch
+            ops (with one warning) if their kernels fail to build.
 
     Both layouts store 8³-voxel blocks (a dense volume is a pre-allocated block grid) holding running sums
     Σ tsdf, Σ colour and the weight (observation count); values are divided out on extraction.
@@ -144,8 +146,8 @@ class TSDFVolume:
         camera = t - torch.as_tensor(self._origin, dtype=torch.float32, device=dev)  # relative to the volume origin
         keys = None
         if self.kernel == "triton":
-            keys = self._run_triton("band_blocks", d, cam["ray_table"], R, (pose[:3, 3] - self._origin).tolist(),
-                                    self.truncation)
+            keys = self._run_fused("band_blocks", d, cam["ray_table"], R, (pose[:3, 3] - self._origin).tolist(),
+                                   self.truncation)
         if keys is None:  # torch ops, or a band whose bounding box is too large for the Triton grid
             keys = touched_blocks(d, cam["tiles"], min(intrinsics.fx, intrinsics.fy), R, camera,
                                   BLOCK * self.voxel_size, self.truncation)
@@ -183,13 +185,13 @@ class TSDFVolume:
         depth = padded(torch.eq(d, 0.0, out=torch.empty_like(d)).mul_(_NO_DEPTH).add_(d, alpha=1.0 / self.truncation),
                        _NO_DEPTH)
         image = None if rgb is None else torch.as_tensor(np.ascontiguousarray(rgb)).to(dev)
-        if self.kernel == "triton" and (image is None or image.dtype == torch.uint8):
+        if self.kernel != "torch" and (image is None or image.dtype == torch.uint8):
             # every voxel is tested for lying behind the camera (free in the kernel; deciding first costs a GPU sync)
             pix = None if intr.distortion is None else self._pixel_of_(
                 torch.add(block[:, :, None], local[:, None, :]), intr, True).view(n, -1)
             colour = None if image is None else padded(pack_rgb(image))
-            if self._run_triton("fuse_blocks", block, local, pix, depth, colour, slots, self._sums, intr.width,
-                                intr.height, True) is not None:
+            if self._run_fused("fuse_blocks", block, local, pix, depth, colour, slots, self._sums, intr.width,
+                               intr.height, True) is not None:
                 return
         # one frame's terms, the layout of the running sums: tsdf, weight, colour planes [n, 5, 512]; the
         # coordinates live in the colour planes until the colour is read
@@ -210,19 +212,17 @@ class TSDFVolume:
                 torch.mul(torch.index_select(padded(image[..., k].float()), 0, pix).view(n, -1), w, out=colour[k])
         self._sums.index_add_(0, slots, terms)  # slots are unique, so this is a plain scatter-add
 
-    def _run_triton(self, name: str, *args: Any) -> Any:
-        """``tsdf_triton.<name>(*args)``; with ``kernel="auto"`` a failure (a Triton that does not import, has no
-        compiler for this GPU or does not match its driver) switches this volume to torch ops, warns once and
-        returns None."""
+    def _run_fused(self, name: str, *args: Any) -> Any:
+        """``tsdf_<kernel>.<name>(*args)``, a fused kernel; with ``kernel="auto"`` a failure (a Triton or Numba that
+        does not import or cannot compile here, a Triton that does not match the GPU's driver) switches this volume
+        to torch ops, warns once and returns None."""
         try:
-            from . import tsdf_triton
-
-            return getattr(tsdf_triton, name)(*args)
+            return getattr(importlib.import_module(f".tsdf_{self.kernel}", __package__), name)(*args)
         except Exception as exc:  # noqa: BLE001 - any build or launch failure of the optional kernels
             if not self._kernel_auto:
                 raise
-            logger.warning("TSDFVolume: the Triton kernels failed (%s: %s); fusing with torch ops instead",
-                           type(exc).__name__, exc)
+            logger.warning("TSDFVolume: the %s kernels failed (%s: %s); fusing with torch ops instead",
+                           self.kernel.capitalize(), type(exc).__name__, exc)
             self.kernel = "torch"
             return None
 

@@ -1,10 +1,11 @@
 """Tensor kernels of the TSDF fusion (``tsdf.TSDFVolume``): block hash keys, the depth pyramid of the block
 allocation, the padded-image pixel index and packed colour, and the choice between these torch ops and the fused
-Triton kernels (``tsdf_triton``). Pure functions on torch tensors (CPU or CUDA); shapes and units in each docstring.
+kernels (``tsdf_triton`` on CUDA, ``tsdf_numba`` on the CPU). Pure functions on torch tensors (CPU or CUDA); shapes and units in each docstring.
 Block keys: 21 bits per block coordinate in one int64, lexicographic order.
 """
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import math
 
@@ -137,19 +138,23 @@ def unpack_rgb_(planes: torch.Tensor) -> torch.Tensor:
     return planes
 
 
-def resolve_kernel(kernel: str, device: torch.device) -> str:
-    """``TSDFVolume``'s ``kernel`` argument → ``"torch"`` or ``"triton"``; ValueError naming the value otherwise."""
-    if kernel not in ("auto", "torch", "triton"):
-        raise ValueError(f"kernel must be 'auto', 'torch' or 'triton', got {kernel!r}")
-    has_triton = importlib.util.find_spec("triton") is not None
-    if kernel == "triton":
-        if not has_triton:
-            raise ValueError("kernel='triton' needs the triton package (pip install triton)")
-        from .tsdf_triton import usable_on
+KERNELS = ("auto", "torch", "triton", "numba")  # TSDFVolume(kernel=...): fused kernels in tsdf_triton, tsdf_numba
 
-        if not usable_on(device):
-            raise ValueError(f"kernel='triton' runs on CUDA devices (or in Triton's interpreter, TRITON_INTERPRET=1), "
-                             f"not on {device}")
+
+def resolve_kernel(kernel: str, device: torch.device) -> str:
+    """``TSDFVolume``'s ``kernel`` argument → ``"torch"``, ``"triton"`` or ``"numba"``; ``"auto"`` picks Triton on
+    CUDA devices and Numba on the CPU where they are installed, else torch ops. ValueError naming the value when
+    the kernel is unknown, not installed or does not run on ``device``."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
     if kernel == "auto":
-        return "triton" if device.type == "cuda" and has_triton else "torch"
+        fused = "triton" if device.type == "cuda" else "numba" if device.type == "cpu" else "torch"
+        return fused if fused != "torch" and importlib.util.find_spec(fused) is not None else "torch"
+    if kernel != "torch":
+        if importlib.util.find_spec(kernel) is None:
+            extra = "pip install triton" if kernel == "triton" else "pip install surgical-depth[fast]"
+            raise ValueError(f"kernel={kernel!r} needs the {kernel} package ({extra})")
+        if not importlib.import_module(f".tsdf_{kernel}", __package__).usable_on(device):
+            where = "CUDA devices (or in Triton's interpreter, TRITON_INTERPRET=1)" if kernel == "triton" else "the CPU"
+            raise ValueError(f"kernel={kernel!r} runs on {where}, not on {device}")
     return kernel

@@ -16,7 +16,7 @@ from SurgicalDepthLib.camera import Intrinsics
 from SurgicalDepthLib.geometry import backproject, transform_points
 from SurgicalDepthLib.tsdf import TSDFVolume
 
-from analytic_scene import rigid, trace, true_distance
+from analytic_scene import NEAR_BOUNDS, NEAR_POSES, near_camera_depth, rigid, trace, true_distance
 
 if importlib.util.find_spec("triton") is None:
     pytest.skip("triton is not installed", allow_module_level=True)
@@ -86,19 +86,12 @@ def test_voxels_behind_the_camera_and_missing_depth_follow_the_torch_rule():
     """A dense volume around the camera, depth nearer than the truncation (visited blocks reach behind the camera),
     missing and NaN depth, two frames. Bugs caught: the behind-the-camera test dropped (z <= 0 projects through
     the image), missing depth read as 0 instead of the −float-max sentinel, the dense block index wrong."""
-    cam = Intrinsics(20.3, 19.7, 23.6, 17.2, 48, 36)
-    depth = np.full((cam.height, cam.width), 4.5, np.float32)
-    depth[:, 30:] = np.linspace(3.0, 7.0, cam.height, dtype=np.float32)[:, None]
-    depth[5:9, 3:11] = 0.0
-    depth[20:24, 30:40] = np.nan
-    depth[12:36, 0:12] = 0.3
-    depth[12:36, 12:26] = 0.0
-    poses = [rigid(0.0, 0.0, (0.15, -0.1, 0.0)), rigid(4.0, -3.0, (-0.2, 0.25, 0.15))]
-    bounds = ((-6.0, -6.0, -3.0), (6.0, 6.0, 9.0))
-    for pose in poses:
+    depth, (fx, fy, cx, cy) = near_camera_depth()
+    cam = Intrinsics(fx, fy, cx, cy, 48, 36)
+    for pose in NEAR_POSES:
         sums = []
         for kernel in ("torch", "triton"):
-            vol = TSDFVolume(0.25, 0.6, bounds=bounds, device=DEVICE, kernel=kernel)
+            vol = TSDFVolume(0.25, 0.6, bounds=NEAR_BOUNDS, device=DEVICE, kernel=kernel)
             vol.integrate(depth, None, cam, pose)
             sums.append(block_sums(vol))
         assert_same_sums(*sums)

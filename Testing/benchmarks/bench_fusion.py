@@ -10,8 +10,8 @@ the share of that exact surface within 1 mm of the mesh (a volume that skips blo
 Open3D's ``ScalableTSDFVolume`` is not compared: this build integrates nothing in the canonical case
 (``open3d_scalable_check.py``).
 
-On CUDA our volume runs the fused Triton kernels (``TSDFVolume(kernel="auto")``; ``--kernel torch`` for the torch
-ops); their compilation falls on the untimed frame 0.
+Our volume runs ``TSDFVolume(kernel="auto")``: on the CPU the compiled Numba loop where Numba is installed, on CUDA
+the fused Triton kernels (``--kernel torch`` for the torch ops); their compilation falls on the untimed frame 0.
 
 Usage: ``python Testing/benchmarks/bench_fusion.py [--rounds 3] [--threads N] [--modes sparse dense]
 [--device cpu|cuda] [--kernel auto|torch|triton]``.

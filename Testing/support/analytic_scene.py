@@ -75,3 +75,20 @@ def surface_residual(points_world: np.ndarray, labels: np.ndarray) -> np.ndarray
         sel = labels == i
         res[sel] = np.linalg.norm(points_world[sel] - np.asarray(c), axis=1) - rad
     return np.abs(res)
+
+
+def near_camera_depth() -> tuple[np.ndarray, np.ndarray]:
+    """The TSDF's awkward cases in one small frame: ``(depth float32 [36, 48], intrinsics (fx, fy, cx, cy))`` with
+    two planes, depth nearer than a 0.6 truncation (visited blocks reach behind the camera), missing depth (0)
+    beside it and NaN; fused at 0.25 voxels from the poses ``NEAR_POSES`` into ``NEAR_BOUNDS``."""
+    depth = np.full((36, 48), 4.5, np.float32)
+    depth[:, 30:] = np.linspace(3.0, 7.0, 36, dtype=np.float32)[:, None]
+    depth[5:9, 3:11] = 0.0  # no depth
+    depth[20:24, 30:40] = np.nan
+    depth[12:36, 0:12] = 0.3  # nearer than the truncation
+    depth[12:36, 12:26] = 0.0  # no depth beside them, within one truncation of the camera
+    return depth, np.array([20.3, 19.7, 23.6, 17.2])
+
+
+NEAR_POSES = [rigid(0.0, 0.0, (0.15, -0.1, 0.0)), rigid(4.0, -3.0, (-0.2, 0.25, 0.15))]
+NEAR_BOUNDS = ((-6.0, -6.0, -3.0), (6.0, 6.0, 9.0))
