@@ -14,6 +14,8 @@ The OpenCV models' coefficients act on normalised coordinates, so they do not ch
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import logging
 import math
 import os
@@ -317,6 +319,22 @@ def pixel_rays(intrinsics: Intrinsics) -> np.ndarray:
         rd = np.hypot(xd[~good], yd[~good])
         scale = np.tan(fisheye_angles(rd, D)) / np.maximum(rd, 1e-300)
         rays[~good] = np.stack([xd[~good] * scale, yd[~good] * scale], axis=-1)
+    return rays
+
+
+def camera_rays(intrinsics: Intrinsics) -> np.ndarray:
+    """:func:`pixel_rays` for callers that only read them; a distorted camera's are one shared read-only array, kept
+    for the last two cameras: a video is back-projected and lens-corrected frame after frame through the same
+    camera, and undistorting 1080p takes 0.15–0.6 s."""
+    if intrinsics.distortion is None:  # closed form, cheap
+        return pixel_rays(intrinsics)
+    return _distorted_rays(json.dumps(intrinsics.to_dict(), sort_keys=True))
+
+
+@functools.lru_cache(maxsize=2)
+def _distorted_rays(camera: str) -> np.ndarray:
+    rays = pixel_rays(Intrinsics.from_dict(json.loads(camera)))
+    rays.flags.writeable = False
     return rays
 
 

@@ -8,13 +8,11 @@ Invalid depth — NaN, ±inf or ``<= 0`` — is never turned into a point: such 
 """
 from __future__ import annotations
 
-import functools
-import json
 from typing import Any
 
 import numpy as np
 
-from .camera import Intrinsics, pixel_rays
+from .camera import Intrinsics, camera_rays
 
 
 def check_depth_map(depth: Any, intrinsics: Intrinsics, name: str = "depth") -> np.ndarray:
@@ -91,19 +89,6 @@ def backproject(depth: np.ndarray, intrinsics: Intrinsics, mask: np.ndarray | No
     if pts.shape[0] == 0:
         raise ValueError(f"no valid depth pixels: all {H * W} pixels of depth are NaN/inf/<=0 or outside the mask")
     return pts
-
-
-def camera_rays(intrinsics: Intrinsics) -> np.ndarray:
-    """:func:`camera.pixel_rays` of a camera, float64 ``[H, W, 2]``, read-only and kept for the last two cameras: a
-    video back-projects every frame through the same camera, and undistorting 1080p takes 0.15–0.6 s."""
-    return _rays_of(json.dumps(intrinsics.to_dict(), sort_keys=True))
-
-
-@functools.lru_cache(maxsize=2)
-def _rays_of(camera: str) -> np.ndarray:
-    rays = pixel_rays(Intrinsics.from_dict(json.loads(camera)))
-    rays.flags.writeable = False
-    return rays
 
 
 def check_rigid(pose: Any, name: str = "pose", atol: float = 1e-5) -> np.ndarray:

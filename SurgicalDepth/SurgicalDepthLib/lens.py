@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .camera import Intrinsics, pixel_rays
+from .camera import Intrinsics, camera_rays
 from .depth_kind import OutputKind
 
 __all__ = ["LensCorrection", "SampleLensCorrection", "correct_prediction", "lens_factor", "model_reference_fov",
@@ -47,7 +47,7 @@ def ray_cosines(intrinsics: Intrinsics) -> np.ndarray:
     ``cos θ = 1 / sqrt(1 + x² + y²)`` for the unit-z ray ``(x, y, 1)`` of the pixel (lens distortion undone by
     :func:`camera.pixel_rays`). NaN where the lens model gives no ray (not finite).
     """
-    rays = pixel_rays(intrinsics)
+    rays = camera_rays(intrinsics)
     with np.errstate(over="ignore", invalid="ignore"):
         cos = 1.0 / np.sqrt(1.0 + rays[..., 0] ** 2 + rays[..., 1] ** 2)
     return np.where(np.isfinite(cos) & (cos > 0), cos, np.nan)

@@ -31,20 +31,26 @@ def test_backprojected_points_lie_on_true_surface(dist):
 
 def test_a_distorted_cameras_rays_are_undistorted_once(monkeypatch):
     """Catches: back-projection undistorting every pixel again for each frame of a video (0.15–0.6 s per 1080p frame
-    through a fisheye), and shared rays that a caller could change in place. Other cameras still get their own."""
-    from SurgicalDepthLib import geometry
+    through a fisheye) or again for the lens correction of the same camera, and shared rays that a caller could
+    change in place. Other cameras still get their own."""
+    from SurgicalDepthLib import camera
 
-    calls = []
-    real = geometry.pixel_rays
-    monkeypatch.setattr(geometry, "pixel_rays", lambda intr: calls.append(intr) or real(intr))
     intr = Intrinsics(CAM.fx, CAM.fy, CAM.cx, CAM.cy, CAM.width, CAM.height,
                       {"model": "fisheye", "coeffs": [0.05, -0.01, 0.002, -0.0004]})
-    depth = scene_depth(intr)[0].astype(np.float32)
+    depth = scene_depth(intr)[0].astype(np.float32)  # (traced through the library's rays: before counting)
+    calls = []
+    real = camera.pixel_rays
+    monkeypatch.setattr(camera, "pixel_rays", lambda intr: calls.append(intr) or real(intr))
     first = backproject(depth, intr)
     np.testing.assert_array_equal(backproject(depth, intr), first)
-    assert len(calls) == 1 and not geometry.camera_rays(intr).flags.writeable
+    assert len(calls) == 1 and not camera.camera_rays(intr).flags.writeable
+    from SurgicalDepthLib.lens import lens_factor
+
+    lens_factor(intr, 100.0)  # the lens correction of the same camera reads the same rays
+    assert [c for c in calls if c.distortion is not None] == [intr]
     other = Intrinsics(intr.fx + 1.0, intr.fy, intr.cx, intr.cy, intr.width, intr.height, intr.distortion)
-    assert not np.array_equal(backproject(depth, other), first) and len(calls) == 2
+    assert not np.array_equal(backproject(depth, other), first)
+    assert [c for c in calls if c.distortion is not None] == [intr, other]
 
 
 def test_two_views_coincide_after_known_poses():
