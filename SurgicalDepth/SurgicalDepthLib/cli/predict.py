@@ -77,9 +77,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 # -- helpers -----------------------------------------------------------------------------------------------------
-def _lens(args: argparse.Namespace, height: int, width: int) -> Any:
-    """The calibrated camera for ``height × width`` inputs (``--intrinsics``), or None."""
-    return None if args.intrinsics is None else parse_intrinsics(args.intrinsics, width, height)
+def _lens(args: argparse.Namespace, lenses: dict[tuple[int, int], Any], height: int, width: int) -> Any:
+    """The calibrated camera for ``height × width`` inputs (``--intrinsics``), or None; ``lenses`` keeps it per
+    size, so a calibration file is read once per input size in the run."""
+    if (height, width) not in lenses:
+        lenses[(height, width)] = None if args.intrinsics is None else parse_intrinsics(args.intrinsics, width, height)
+    return lenses[(height, width)]
 
 
 def _sequence_name(text: str, kind: str) -> str:
@@ -150,16 +153,14 @@ def _same_size_groups(images: list[Path], batch_size: int) -> Iterator[tuple[lis
         yield group, frames
 
 
-def _predict_images(model, images: list[Path], args: argparse.Namespace, ext: str, out: RunFolder, bar) -> int:
+def _predict_images(model, images: list[Path], args: argparse.Namespace, ext: str, out: RunFolder, bar,
+                    lenses: dict[tuple[int, int], Any]) -> int:
     kind = model.output_kind
     written = 0
     masks: set = set()
-    lenses: dict[tuple[int, int], Any] = {}  # image size -> calibrated camera: the file is read once per size
     for group, frames in _same_size_groups(images, args.batch_size):
-        size = frames[0].shape[:2]
-        if size not in lenses:
-            lenses[size] = _lens(args, *size)
-        for path, frame in zip(group, depth_stream(model, frames, batch_size=args.batch_size, intrinsics=lenses[size],
+        lens = _lens(args, lenses, *frames[0].shape[:2])
+        for path, frame in zip(group, depth_stream(model, frames, batch_size=args.batch_size, intrinsics=lens,
                                                    input_size=args.input_size, fov_mask=args.fov_mask)):
             pred = _in_fov(frame)
             save_depth(out.path(f"{path.stem}_depth{ext}"), pred, unit=kind)
@@ -195,7 +196,7 @@ def _open_sequence(source: str, args: argparse.Namespace) -> FrameReader:
 
 
 def _predict_sequence(model, reader: FrameReader, name: str, args: argparse.Namespace, ext: str, out: RunFolder,
-                      bar) -> int:
+                      bar, lens: Any) -> int:
     source = reader.path
     reader.prefetch = 2 * args.batch_size  # decode ahead of the batches
     kind = model.output_kind
@@ -241,7 +242,7 @@ def _predict_sequence(model, reader: FrameReader, name: str, args: argparse.Name
         calls = stack.enter_context(BackgroundCalls(depth=2 * args.batch_size, name=f"write {name}"))
         for frame in depth_stream(model, reader, batch_size=args.batch_size, temporal=args.temporal,
                                   input_size=args.input_size, fov_mask=args.fov_mask,
-                                  intrinsics=_lens(args, *reader.size)):
+                                  intrinsics=lens):
             calls.submit(emit, frame)
             count += 1
         calls.close()
@@ -265,8 +266,9 @@ def run(args: argparse.Namespace) -> int:
     with RunFolder(args.output, "predict", inputs=explicit, overwrite=args.overwrite) as out:
         images, sources = _plan(args)  # after an --overwrite cleared the earlier run: its outputs are no inputs
         sequences = [(_open_sequence(source, args), name) for source, name in sources]  # opened once
+        lenses: dict[tuple[int, int], Any] = {}  # input size -> calibrated camera
         for reader, _ in sequences:  # a calibration that fits no video fails before anything is written
-            _lens(args, *reader.size)
+            _lens(args, lenses, *reader.size)
         out.protect(images)
         for reader, _ in sequences:
             out.protect(reader.files or [reader.path])
@@ -283,9 +285,9 @@ def run(args: argparse.Namespace) -> int:
         n_frames = len(images) + sum(len(reader) for reader, _ in sequences)
         with progress_of(args).stage("predict", n_frames) as bar:
             if images:
-                total += _predict_images(model, images, args, ext, out, bar)
+                total += _predict_images(model, images, args, ext, out, bar, lenses)
             for reader, name in sequences:
-                total += _predict_sequence(model, reader, name, args, ext, out, bar)
+                total += _predict_sequence(model, reader, name, args, ext, out, bar, lenses[reader.size])
     args.result = {"frames": total, "output": str(args.output)}
     elapsed = time.perf_counter() - started
     print(f"wrote {total} {model.output_kind} maps ({args.format}) to {args.output} "
