@@ -271,12 +271,13 @@ def parse_intrinsics(text_or_path: str | os.PathLike | None, width: int, height:
     from .calibration_files import file_states_size
 
     intr = Intrinsics.from_file(path) if file_states_size(path) else Intrinsics.from_file(path, width, height)
-    if intr.size != (width, height):
-        logger.info("rescaling intrinsics from %dx%d (%s) to %dx%d", intr.width, intr.height, path, width, height)
     try:
-        return intr.fitted(width, height)
+        fitted = intr.fitted(width, height)
     except ValueError as exc:
         raise ValueError(f"intrinsics file {path}: {exc}") from None
+    if fitted is not intr:
+        logger.info("rescaling intrinsics from %dx%d (%s) to %dx%d", intr.width, intr.height, path, width, height)
+    return fitted
 
 
 def pixel_rays(intrinsics: Intrinsics) -> np.ndarray:
