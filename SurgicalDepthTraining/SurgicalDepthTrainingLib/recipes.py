@@ -26,16 +26,19 @@ SCOPE_LIGHT = {"fill_light": (0.0, 0.3), "beam_exponent": (0.0, 4.0)}
 #: field of view (degrees across the width) of the clips from ``wide_view_from`` on: real colonoscopes and capsules
 #: see 140–170°, beyond the 80–125° of the first clips; a share of them through a fisheye lens (pinhole <= 150°)
 WIDE_VIEW = {"fov_deg": (125.0, 165.0), "fisheye_share": 0.7, "pinhole_max_deg": 150.0}
+#: polyps per 100 mm of lumen drawn for the clips from ``polyps_from`` on (``SceneConfig.polyps``; tube organs)
+POLYPS = {"polyps": (1.5, 5.0)}
 
 
 def clip_specs(n_clips: int, seed: int = 0, height: int = DEFAULT_TRAIN_SIZE[0],
                width: int = DEFAULT_TRAIN_SIZE[1], scope_light_from: int | None = None,
-               wide_view_from: int | None = None) -> list[dict[str, Any]]:
+               wide_view_from: int | None = None, polyps_from: int | None = None) -> list[dict[str, Any]]:
     """``SceneConfig`` keyword arguments of each training clip (deterministic for ``seed``).
 
     Clips with index >= ``scope_light_from`` also get the scope's light drawn from :data:`SCOPE_LIGHT`
-    (inter-reflection fill, beam profile), and clips with index >= ``wide_view_from`` a field of view from
-    :data:`WIDE_VIEW`, each from a generator of their own, so every earlier clip stays as it was.
+    (inter-reflection fill, beam profile), clips with index >= ``wide_view_from`` a field of view from
+    :data:`WIDE_VIEW`, and clips with index >= ``polyps_from`` polyps (:data:`POLYPS`), each from a generator of
+    their own, so every earlier clip stays as it was.
     """
     if n_clips < 1:
         raise ValueError(f"n_clips must be >= 1, got {n_clips}")
@@ -60,13 +63,17 @@ def clip_specs(n_clips: int, seed: int = 0, height: int = DEFAULT_TRAIN_SIZE[0],
             lo, hi = WIDE_VIEW["fov_deg"]
             specs[-1].update(fisheye=fisheye, fov_deg=float(view.uniform(
                 lo, hi if fisheye else min(hi, WIDE_VIEW["pinhole_max_deg"]))))
+        if polyps_from is not None and i >= polyps_from:
+            draw = np.random.default_rng([seed, i, 13])
+            specs[-1].update({k: float(draw.uniform(lo, hi)) for k, (lo, hi) in POLYPS.items()})
     return specs
 
 
 def render_training_set(root: str | Path, n_clips: int, frames_per_clip: int = 8, seed: int = 0,
                         height: int = DEFAULT_TRAIN_SIZE[0], width: int = DEFAULT_TRAIN_SIZE[1],
                         progress: Callable[[int], None] | None = None,
-                        scope_light_from: int | None = None, wide_view_from: int | None = None) -> list[Path]:
+                        scope_light_from: int | None = None, wide_view_from: int | None = None,
+                        polyps_from: int | None = None) -> list[Path]:
     """Render ``n_clips`` sequences of ``clip_specs`` into ``root/seq_XXXX`` (the ``synthetic`` layout); existing
     ones are kept, so an interrupted run resumes. Returns the sequence folders."""
     from .synthetic import render_clip, write_synthetic
@@ -74,7 +81,8 @@ def render_training_set(root: str | Path, n_clips: int, frames_per_clip: int = 8
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     folders = []
-    for i, spec in enumerate(clip_specs(n_clips, seed, height, width, scope_light_from, wide_view_from)):
+    for i, spec in enumerate(clip_specs(n_clips, seed, height, width, scope_light_from, wide_view_from,
+                                            polyps_from)):
         folder = root / f"seq_{i:04d}"
         if not folder.exists():
             options = {k: v for k, v in spec.items() if k not in ("organ", "seed", "height", "width")}

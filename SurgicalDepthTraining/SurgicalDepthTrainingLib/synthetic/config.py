@@ -31,6 +31,7 @@ class SceneConfig:
         fill_light: inter-reflection fill as a fraction of the mean diffuse irradiance, in [0, 1] (0 = only the
             direct light and the small ambient term).
         beam_exponent: the light's emission ``cos(angle to the optical axis) ** beam_exponent`` (0 = uniform).
+        polyps: mean number of sessile polyps per 100 mm of lumen (tube organs; ``synthetic.polyps``; 0 = none).
         max_depth_mm: rays longer than this in z are invalid (and rendered dark); at most 655.35 (uint16 PNG range).
         speed_mm: camera advance per frame along the trajectory, mm.
         length_mm: length of the organ model along its centreline, mm.
@@ -51,6 +52,7 @@ class SceneConfig:
     vignetting: float = 0.4
     fill_light: float = 0.0
     beam_exponent: float = 0.0
+    polyps: float = 0.0
     max_depth_mm: float = 300.0
     speed_mm: float = 2.0
     length_mm: float = 700.0
@@ -66,7 +68,7 @@ class SceneConfig:
         if not 10.0 <= self.fov_deg <= limit:
             raise ValueError(f"SceneConfig.fov_deg must be in [10, {limit}] (fisheye={self.fisheye}), "
                              f"got {self.fov_deg!r}")
-        for name in ("noise", "blur", "specular", "speed_mm"):
+        for name in ("noise", "blur", "specular", "speed_mm", "polyps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"SceneConfig.{name} must be >= 0, got {getattr(self, name)!r}")
         if self.beam_exponent < 0:

@@ -7,9 +7,12 @@ seen from 60-140 mm with cavities, organ bulges and a laparoscopic instrument sh
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from .config import SceneConfig
+from .polyps import draw_polyps, polyp_tables, tint_albedo
 from .scenes import (HeightfieldSurface, Instrument, Scene, TubeSurface, envelope_lipschitz, heightfield_lipschitz,
                      slope_envelope, tube_lipschitz)
 from .textures import band_noise, fractal_noise, mucosa_albedo
@@ -89,6 +92,12 @@ def _tube_scene(config: SceneConfig, rng: np.random.Generator, radius: float, be
         relief -= folds["height"] * amp * np.clip(np.cos(phase), 0.0, None) ** 2
     relief_noise = band_noise(rng, relief.shape, (_DZ, 2 * np.pi * radius / _NTHETA), relief_wavelength)
     relief += relief_mm * relief_noise
+    # polyps come from a generator of their own, so a scene without them is the scene it always was
+    polyps = draw_polyps(np.random.default_rng([config.seed, 7919, 3]), config.polyps, (0.0, float(z[-1])),
+                         radius) if config.polyps > 0 else []
+    if polyps:
+        relief -= polyp_tables(polyps, z, _NTHETA, radius)
+        relief = np.maximum(relief, -0.7 * rad[:, None])  # a dome on a fold still leaves the lumen open
     relief *= (rad / radius)[:, None]  # folds shrink with a closing cap so the wall never crosses the axis
     axis = np.stack([a, b, rad], axis=1)
     envelope = slope_envelope(np.maximum(rad + relief.min(axis=1), 0.0), _DZ) - 0.05
@@ -102,10 +111,13 @@ def _tube_scene(config: SceneConfig, rng: np.random.Generator, radius: float, be
     albedo = mucosa_albedo(rng, (rows, cols), (_TEX_STEP, circumference / cols),
                            _tint(rng, base_rgb, 0.15, r), _tint(rng, vessel_rgb, 0.2, r), scale=scale,
                            vessels=float(rng.uniform(0.4, 1.0)) if r else 0.8, speckle=speckle)
+    if polyps:
+        albedo = tint_albedo(albedo, polyps, float(z[0]), _TEX_STEP, radius)
+    extra = {"polyps": [dataclasses.asdict(p) for p in polyps]} if polyps else {}
     return Scene(organ=config.organ, surface=surface, albedo=albedo, tex_origin=(float(z[0]), -np.pi),
                  tex_step=(_TEX_STEP, 2 * np.pi / cols), tex_wrap=True,
                  material=_material(rng, config, specular, shininess),
-                 params={"radius_mm": radius, "bend_mm": bend, "texture_scale": scale, "cap_at": cap_at, **folds})
+                 params={"radius_mm": radius, "bend_mm": bend, "texture_scale": scale, "cap_at": cap_at, **folds, **extra})
 
 
 def _surgical_field(config: SceneConfig, rng: np.random.Generator) -> Scene:
