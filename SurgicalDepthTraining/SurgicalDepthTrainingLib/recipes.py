@@ -26,8 +26,9 @@ SCOPE_LIGHT = {"fill_light": (0.0, 0.3), "beam_exponent": (0.0, 4.0)}
 #: field of view (degrees across the width) of the clips from ``wide_view_from`` on: real colonoscopes and capsules
 #: see 140–170°, beyond the 80–125° of the first clips; a share of them through a fisheye lens (pinhole <= 150°)
 WIDE_VIEW = {"fov_deg": (125.0, 165.0), "fisheye_share": 0.7, "pinhole_max_deg": 150.0}
-#: polyps per 100 mm of lumen drawn for the clips from ``polyps_from`` on (``SceneConfig.polyps``; tube organs)
-POLYPS = {"polyps": (1.5, 5.0)}
+#: polyps per 100 mm of lumen drawn for the clips from ``polyps_from`` on (``SceneConfig.polyps``; tube organs),
+#: and the share of those clips that approach and inspect one polyp (``SceneConfig.close_up``)
+POLYPS = {"polyps": (1.5, 5.0), "close_up_share": 0.5}
 
 
 def clip_specs(n_clips: int, seed: int = 0, height: int = DEFAULT_TRAIN_SIZE[0],
@@ -65,7 +66,8 @@ def clip_specs(n_clips: int, seed: int = 0, height: int = DEFAULT_TRAIN_SIZE[0],
                 lo, hi if fisheye else min(hi, WIDE_VIEW["pinhole_max_deg"]))))
         if polyps_from is not None and i >= polyps_from:
             draw = np.random.default_rng([seed, i, 13])
-            specs[-1].update({k: float(draw.uniform(lo, hi)) for k, (lo, hi) in POLYPS.items()})
+            specs[-1].update(polyps=float(draw.uniform(*POLYPS["polyps"])),
+                             close_up=bool(draw.random() < POLYPS["close_up_share"]))
     return specs
 
 

@@ -107,13 +107,48 @@ def test_depth_over_a_polyp_top_is_exact():
 
 def test_polyps_are_drawn_only_for_the_later_clips():
     """Bugs caught: drawing the polyp density from the shared generator (earlier clips change, the shipped stages
-    no longer reproduce) or for every clip."""
+    no longer reproduce) or for every clip; close-ups for none or all of the polyp clips."""
     plain = clip_specs(30, seed=0, scope_light_from=8)
     with_polyps = clip_specs(30, seed=0, scope_light_from=8, polyps_from=20)
     assert with_polyps[:20] == plain[:20]
     for a, b in zip(plain[20:], with_polyps[20:]):
-        assert {k: v for k, v in b.items() if k != "polyps"} == a
+        assert {k: v for k, v in b.items() if k not in ("polyps", "close_up")} == a
         assert 1.5 <= b["polyps"] <= 5.0
         SceneConfig(**b)
+    assert 0 < sum(b["close_up"] for b in with_polyps[20:]) < 10
     with pytest.raises(ValueError, match="polyps"):
         SceneConfig(polyps=-1.0)
+
+
+def _polyp_tops(surface, polyps: list[dict]) -> np.ndarray:
+    z = np.array([p["z_mm"] for p in polyps])
+    out = np.stack([np.cos([p["theta"] for p in polyps]), np.sin([p["theta"] for p in polyps]), 0 * z], axis=1)
+    return surface.centreline(z) + (surface.radius(z) - np.array([p["height_mm"] for p in polyps]))[:, None] * out
+
+
+def test_close_up_looks_at_one_polyp_while_approaching_it():
+    """Bugs caught: the close-up path looking down the lumen instead of at its polyp, moving away from it or
+    outside the documented 8-45 mm approach, leaving the lumen, or aiming at different polyps in one clip."""
+    gen = SceneGenerator(SceneConfig(organ="colon", seed=21, height=40, width=48, polyps=3.0, close_up=True))
+    surface, polyps = gen.scene.surface, gen.scene.params["polyps"]
+    poses = gen.trajectory(8)
+    tops = _polyp_tops(surface, polyps)
+    rays = tops[None, :, :] - poses[:, None, :3, 3]                      # [frames, polyps, 3]
+    dist = np.linalg.norm(rays, axis=2)
+    angle = np.degrees(np.arccos(np.clip(np.einsum("fpk,fk->fp", rays, poses[:, :3, 2]) / dist, -1, 1)))
+    target = np.argmin(angle, axis=1)
+    assert len(set(target.tolist())) == 1
+    k = int(target[0])
+    assert angle[:, k].max() < 6.0                                   # ±4° wobble on each image axis
+    ahead = polyps[k]["z_mm"] - poses[:, 2, 3]
+    assert np.all(np.diff(ahead) < 0) and 25.0 <= ahead[0] <= 45.0 and 8.0 <= ahead[-1] <= 18.0
+    assert np.all(surface.field(poses[:, :3, 3]) < 0)                # inside the lumen
+
+
+def test_close_up_without_polyps_keeps_the_lumen_path():
+    """Bug caught: ``close_up`` on a scene with no polyp (or an organ without a lumen) failing or changing the
+    clip, instead of the plain path down the lumen."""
+    for organ in ("colon", "surgical_field"):
+        plain = SceneGenerator(SceneConfig(organ=organ, seed=4, height=40, width=48))
+        close = SceneGenerator(SceneConfig(organ=organ, seed=4, height=40, width=48, close_up=True))
+        assert np.array_equal(plain.trajectory(5), close.trajectory(5))

@@ -1,7 +1,8 @@
 """Accuracy of a model (default: the shipped one) on held-out synthetic clips of every organ and on the real
 SimCol3D / EndoSLAM samples (../shared/samples), with median scaling and scale+shift alignment, next to a
 random-weight model of the same architecture; then how the model's near-to-far profile holds when the frames'
-tone changes (``tone_robustness``). Prints Markdown tables (used for the model card and RESULTS.md).
+tone changes (``tone_robustness``), and how much of a polyp's rise it sees (``polyp_relief``). Prints Markdown
+tables (used for the model card and RESULTS.md).
 
 Usage: ``python Testing/benchmarks/eval_default_model.py [--model SRC] [--samples DIR] [--json FILE]``.
 """
@@ -114,6 +115,30 @@ def tone_robustness(model, frames_per_organ: int = 6) -> dict[str, dict[str, flo
             out[name + ", corrected to the lens"] = _profile(model, looks, lens=SampleLensCorrection(model))
     return out
 
+def polyp_relief(model, frames: int = 4, per_100mm: float = 4.0) -> dict[str, float]:
+    """How much of a polyp's rise off the wall the model sees: held-out scenes (colon, small intestine, stomach)
+    rendered with sessile polyps and again without (same trajectory and wall; ``SceneConfig.polyps``). Over the
+    pixels a polyp brings > 1 mm nearer, ``true`` = median of depth without / with polyps, ``seen`` = the same ratio
+    of the model's outputs, each frame's prediction first divided by its median over the valid pixels (so a global
+    scale change is not counted). ``fraction`` = mean of ``(seen - 1) / (true - 1)``: 1 = the full rise, 0 = the
+    polyp is painted on the wall, < 0 = it comes out behind it."""
+    fractions, true, seen = [], [], []
+    for organ in ("colon", "small_intestine", "stomach"):
+        pairs = zip(synthetic_pairs(organ, frames=frames, polyps=per_100mm), synthetic_pairs(organ, frames=frames))
+        for bumpy, plain in pairs:
+            both = bumpy["valid"] & plain["valid"]
+            on = both & (plain["depth"] - bumpy["depth"] > 1.0)
+            if on.sum() < 50:
+                continue
+            p_b, p_p = (model.infer_image(f["image"]).astype(np.float64) for f in (bumpy, plain))
+            p_b, p_p = p_b / np.median(p_b[bumpy["valid"]]), p_p / np.median(p_p[plain["valid"]])
+            t = float(np.median(plain["depth"][on] / bumpy["depth"][on]))
+            ratio = p_b[on] / p_p[on] if model.output_kind == "disparity" else p_p[on] / p_b[on]
+            s = float(np.median(ratio))
+            true.append(t), seen.append(s), fractions.append((s - 1.0) / (t - 1.0))
+    return {"frames": len(fractions), "true": float(np.mean(true)), "seen": float(np.mean(seen)),
+            "fraction": float(np.mean(fractions))}
+
 
 def main() -> None:
     import torch
@@ -148,6 +173,10 @@ def main() -> None:
     print("|---|---|---|")
     for name, row in results["tone"].items():
         print(f"| {name} | {row['exponent']:.2f} | {row['abs_rel']:.3f} |")
+    results["polyps"] = relief = polyp_relief(model)
+    print()
+    print(f"polyps (held-out scenes, {relief['frames']} frames): nearer by x{relief['true']:.3f} (true), "
+          f"x{relief['seen']:.3f} (model): {relief['fraction']:.2f} of the rise seen")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=float))
 

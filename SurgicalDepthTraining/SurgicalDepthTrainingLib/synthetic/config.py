@@ -32,6 +32,8 @@ class SceneConfig:
             direct light and the small ambient term).
         beam_exponent: the light's emission ``cos(angle to the optical axis) ** beam_exponent`` (0 = uniform).
         polyps: mean number of sessile polyps per 100 mm of lumen (tube organs; ``synthetic.polyps``; 0 = none).
+        close_up: in a tube scene with polyps, the endoscope approaches one and looks at it
+            (``trajectory.close_up_trajectory``) instead of looking down the lumen.
         max_depth_mm: rays longer than this in z are invalid (and rendered dark); at most 655.35 (uint16 PNG range).
         speed_mm: camera advance per frame along the trajectory, mm.
         length_mm: length of the organ model along its centreline, mm.
@@ -53,6 +55,7 @@ class SceneConfig:
     fill_light: float = 0.0
     beam_exponent: float = 0.0
     polyps: float = 0.0
+    close_up: bool = False
     max_depth_mm: float = 300.0
     speed_mm: float = 2.0
     length_mm: float = 700.0

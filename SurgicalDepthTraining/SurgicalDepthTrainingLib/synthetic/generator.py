@@ -21,7 +21,7 @@ from .organs import build_scene
 from .raycast import camera_rays, cast, rotate
 from .scenes import Scene, TubeSurface
 from .shading import beam_profile, expose_planes, lighting, normal_planes, vignette_map
-from .trajectory import field_trajectory, tube_trajectory
+from .trajectory import close_up_trajectory, field_trajectory, tube_trajectory
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,8 @@ class SceneGenerator:
         return self._dirs, self._lens
 
     def trajectory(self, n_frames: int) -> np.ndarray:
-        """``n_frames`` camera-to-world poses, float64 [n, 4, 4], along the lumen or above the field."""
+        """``n_frames`` camera-to-world poses, float64 [n, 4, 4], along the lumen or above the field; with
+        ``config.close_up``, approaching one of the scene's polyps (``close_up_trajectory``) where it has one."""
         if n_frames < 1:
             raise ValueError(f"n_frames must be >= 1, got {n_frames!r}")
         rng = np.random.default_rng([self.config.seed, 101])
@@ -103,6 +104,11 @@ class SceneGenerator:
             cap = self.scene.params.get("cap_at")
             limit = (cap - 1.2 * self.scene.params["radius_mm"]) if cap is not None else \
                 self.config.length_mm - self.config.max_depth_mm - 20.0
+            if self.config.close_up:  # a generator of its own: a scene's other clips keep their path
+                poses = close_up_trajectory(self.scene, n_frames, np.random.default_rng([self.config.seed, 101, 5]),
+                                            z_limit=limit)
+                if poses is not None:
+                    return poses
             return tube_trajectory(self.scene, n_frames, self.config.speed_mm, rng, z_limit=limit)
         return field_trajectory(self.scene, n_frames, self.config.speed_mm, rng)
 

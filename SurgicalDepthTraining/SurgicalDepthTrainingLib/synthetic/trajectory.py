@@ -111,3 +111,43 @@ def field_trajectory(scene: Scene, n_frames: int, speed_mm: float, rng: np.rando
         hint = np.array([np.cos(roll[i]), np.sin(roll[i]), 0.0])
         poses[i] = look_at(positions[i], forward, hint)
     return poses
+
+
+def close_up_trajectory(scene: Scene, n_frames: int, rng: np.random.Generator, z_limit: float
+                        ) -> np.ndarray | None:
+    """The endoscope steered to one polyp (drawn with odds ∝ its base area), as when it is found and inspected: the
+    tip approaches along the lumen from 25-45 mm before the polyp to 8-18 mm before it, held off-centre on the far
+    side (up to 30 % of the radius), looking at the polyp's top (±4° wobble), with a slow roll.
+
+    Args:
+        scene: a tube scene; its ``params["polyps"]`` (``synthetic.polyps.Polyp`` fields) are the candidates.
+        z_limit: the polyp's camera path stays at z <= this.
+    Returns:
+        float64 [n_frames, 4, 4] camera-to-world poses, or None when no polyp lies between z = 50 mm and
+        ``z_limit`` (the caller then uses :func:`tube_trajectory`).
+    """
+    surface = scene.surface
+    if not isinstance(surface, TubeSurface):
+        raise TypeError(f"close_up_trajectory needs a TubeSurface, got {type(surface).__name__}")
+    candidates = [p for p in scene.params.get("polyps", []) if 50.0 <= p["z_mm"] <= z_limit]
+    if not candidates:
+        return None
+    weight = np.array([p["base_mm"] ** 2 for p in candidates])  # the larger polyps are the ones inspected
+    polyp = candidates[int(rng.choice(len(candidates), p=weight / weight.sum()))]
+    zp, theta = polyp["z_mm"], polyp["theta"]
+    outward = np.array([np.cos(theta), np.sin(theta), 0.0])
+    top = surface.centreline(np.array([zp]))[0] + (float(surface.radius(np.array([zp]))[0])
+                                                  - polyp["height_mm"]) * outward
+    start, stop = rng.uniform(25.0, 45.0), rng.uniform(8.0, 18.0)
+    z = zp - np.linspace(start, stop, n_frames)
+    position = surface.centreline(z) - (rng.uniform(0.0, 0.3) * surface.radius(z))[:, None] * outward
+    forward = top - position
+    forward /= np.linalg.norm(forward, axis=1, keepdims=True)
+    forward[:, :2] += np.tan(np.deg2rad(4.0)) * np.stack([_wobble(rng, n_frames, (20.0, 60.0)),
+                                                          _wobble(rng, n_frames, (20.0, 60.0))], axis=1)
+    roll = rng.uniform(0, 2 * np.pi) + 0.2 * _wobble(rng, n_frames, (40.0, 120.0))
+    poses = np.empty((n_frames, 4, 4))
+    for i in range(n_frames):
+        hint = np.array([np.cos(roll[i]), np.sin(roll[i]), 0.3])
+        poses[i] = look_at(position[i], forward[i], hint)
+    return poses
