@@ -139,6 +139,36 @@ def polyp_relief(model, frames: int = 4, per_100mm: float = 4.0) -> dict[str, fl
     return {"frames": len(fractions), "true": float(np.mean(true)), "seen": float(np.mean(seen)),
             "fraction": float(np.mean(fractions))}
 
+KVASIR_MASKS = Path(__file__).resolve().parents[1] / "Data" / "kvasir_seg_masks"
+
+
+def kvasir_prominence(model, images: Path, masks: Path = KVASIR_MASKS, width: int = 320) -> list[float]:
+    """Whether real polyps come out nearer than the wall around them (Kvasir-SEG frames, no depth ground truth):
+    per frame (resized to ``width``), the median predicted depth of a ring around the polyp mask (from 2 px off the
+    mask out to a quarter of the polyp's equivalent diameter) over the median on the polyp, both inside the scope's
+    field of view (``sd.depth_stream``, ``fov_mask="auto"``). > 1: the polyp is nearer. Returns one value per
+    frame whose image ``kseg_<mask name>`` exists in ``images``."""
+    import cv2
+
+    import SurgicalDepthLib as sd
+
+    ratios = []
+    for mask_file in sorted(masks.glob("*.jpg")):
+        image_file = images / f"kseg_{mask_file.name}"
+        if not image_file.is_file():
+            continue
+        rgb = sd.read_image(image_file)
+        size = (width, round(width * rgb.shape[0] / rgb.shape[1]))
+        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        polyp = cv2.resize(cv2.imread(str(mask_file), cv2.IMREAD_GRAYSCALE), size, interpolation=cv2.INTER_AREA) > 127
+        (frame,) = sd.depth_stream(model, [rgb])
+        reach = max(3, int(0.25 * np.sqrt(polyp.sum())))
+        outer = cv2.dilate(polyp.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1,) * 2))
+        inner = cv2.dilate(polyp.astype(np.uint8), np.ones((5, 5), np.uint8))
+        ring = (outer > 0) & (inner == 0) & frame.valid
+        ratios.append(float(np.median(frame.depth_mm[ring]) / np.median(frame.depth_mm[polyp & frame.valid])))
+    return ratios
+
 
 def main() -> None:
     import torch
@@ -177,6 +207,10 @@ def main() -> None:
     print()
     print(f"polyps (held-out scenes, {relief['frames']} frames): nearer by x{relief['true']:.3f} (true), "
           f"x{relief['seen']:.3f} (model): {relief['fraction']:.2f} of the rise seen")
+    if args.samples is not None and (args.samples / "real" / "images").is_dir():
+        results["kvasir"] = ratios = kvasir_prominence(model, args.samples / "real" / "images")
+        print(f"Kvasir-SEG polyps: wall around / polyp depth {' '.join(f'{r:.2f}' for r in ratios)} "
+              f"(mean {np.mean(ratios):.3f}; nearer than the wall in {sum(r > 1 for r in ratios)} of {len(ratios)})")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=float))
 

@@ -36,6 +36,15 @@ def _wobble(rng: np.random.Generator, n: int, periods: tuple[float, float], coun
     return out / np.sqrt(count / 2.0)
 
 
+def _rolled_poses(position: np.ndarray, forward: np.ndarray, roll: np.ndarray, hint_z: float) -> np.ndarray:
+    """Poses at ``position`` (float [N, 3]) looking along ``forward`` (float [N, 3]), image y as close as possible
+    to ``(cos roll, sin roll, hint_z)`` (``roll``: float [N] radians); float64 [N, 4, 4]."""
+    poses = np.empty((len(position), 4, 4))
+    for i in range(len(position)):
+        poses[i] = look_at(position[i], forward[i], np.array([np.cos(roll[i]), np.sin(roll[i]), hint_z]))
+    return poses
+
+
 def tube_trajectory(scene: Scene, n_frames: int, speed_mm: float, rng: np.random.Generator,
                     z_limit: float) -> np.ndarray:
     """Camera path along the lumen centreline: off-centre wobble, look-ahead along the tangent, slow roll.
@@ -71,11 +80,7 @@ def tube_trajectory(scene: Scene, n_frames: int, speed_mm: float, rng: np.random
     forward[:, 0] += np.tan(yaw)
     forward[:, 1] += np.tan(pitch)
     roll = rng.uniform(0, 2 * np.pi) + 0.3 * _wobble(rng, n_frames, (60.0, 150.0))
-    poses = np.empty((n_frames, 4, 4))
-    for i in range(n_frames):
-        hint = np.array([np.cos(roll[i]), np.sin(roll[i]), 0.0])
-        poses[i] = look_at(position[i], forward[i], hint)
-    return poses
+    return _rolled_poses(position, forward, roll, 0.0)
 
 
 def field_trajectory(scene: Scene, n_frames: int, speed_mm: float, rng: np.random.Generator) -> np.ndarray:
@@ -146,8 +151,4 @@ def close_up_trajectory(scene: Scene, n_frames: int, rng: np.random.Generator, z
     forward[:, :2] += np.tan(np.deg2rad(4.0)) * np.stack([_wobble(rng, n_frames, (20.0, 60.0)),
                                                           _wobble(rng, n_frames, (20.0, 60.0))], axis=1)
     roll = rng.uniform(0, 2 * np.pi) + 0.2 * _wobble(rng, n_frames, (40.0, 120.0))
-    poses = np.empty((n_frames, 4, 4))
-    for i in range(n_frames):
-        hint = np.array([np.cos(roll[i]), np.sin(roll[i]), 0.3])
-        poses[i] = look_at(position[i], forward[i], hint)
-    return poses
+    return _rolled_poses(position, forward, roll, 0.3)
