@@ -98,20 +98,18 @@ def render_training_set(root: str | Path, n_clips: int, frames_per_clip: int = 8
 
 
 # -- the default model ------------------------------------------------------------------------------------------
-#: The shipped default model (v2), trained in three stages on one data set of ``clip_specs(720, data_seed)``:
+#: The shipped default model (v3), trained in four stages on one data set of ``clip_specs(960, data_seed)``:
 #: 1. ``synthetic`` (= the v1 model): from random initialisation on the first 240 clips;
 #: 2. ``endoscope-look``: fine-tunes stage 1's fp16 export on all 480 clips with the photometry augmentation
 #:    (:mod:`.photometric`: tone curves, local adaptation, white balance, JPEG, scope borders), so that depth is
 #:    read from shape rather than from the renderer's brightness (model card: ``Resources/Models/MODEL_CARD.md``).
-#: 3. ``scope-light``: fine-tunes stage 2 on 720 clips, the last 240 lit like a real scope (``SCOPE_LIGHT``: light
-#:    bouncing around the lumen, a beam brightest on the optical axis), same augmentation.
-#: ``reference_fov_deg``: the lens whose z-depth the exported model predicts from any frame (the centre of the
-#: training views, 80–125°; measured on the shipped model, ``SurgicalDepthLib.lens``), written into its config.
-#: ``keep``: which weights a stage exports: ``best`` (lowest validation AbsRel on clean synthetic frames) or
-#: ``last`` (stage 2: its goal, robustness to the look of real video, is not what clean validation measures, and
-#: its start weights would otherwise win on them).
+#: 3. ``scope-light`` (= the v2 model): fine-tunes stage 2 on 720 clips, the last 240 lit like a real scope
+#:    (``SCOPE_LIGHT``: light bouncing around the lumen, a beam brightest on the optical axis), same augmentation.
+#: 4. ``polyps``: fine-tunes stage 3 on 960 clips, the last 240 with sessile polyps (``POLYPS``; half of them
+#:    close-ups of one polyp), at the full 182×224 frames (stages 1-3: 126×168 crops), same augmentation; the
+#:    export reads frames at that size (``inference_input_size``).
 DEFAULT_RECIPE = dict(
-    frames_per_clip=8, data_seed=0, inference_input_size=168, scope_light_from=480,
+    frames_per_clip=8, data_seed=0, inference_input_size=182, scope_light_from=480, polyps_from=720,
     reference_fov_deg=DEFAULT_MODEL_REFERENCE_FOV_DEG,
     stages=(
         dict(name="synthetic", n_clips=240, keep="best", train=dict(
@@ -127,6 +125,11 @@ DEFAULT_RECIPE = dict(
         dict(name="scope-light", n_clips=720, keep="last", train=dict(
             dataset="synthetic", model="@previous", loss="l1", lr=5e-5, decoder_lr_mult=3.0, weight_decay=0.05,
             batch_size=16, max_steps=1000, input_size=(126, 168), val_fraction=0.05, warmup_steps=30,
+            clip_grad_norm=1.0, augment=True, photometric=0.8, seed=0, log_every=50, save_every=100,
+            max_depth=300.0)),
+        dict(name="polyps", n_clips=960, keep="last", train=dict(
+            dataset="synthetic", model="@previous", loss="l1", lr=5e-5, decoder_lr_mult=3.0, weight_decay=0.05,
+            batch_size=16, max_steps=1200, input_size=(182, 224), val_fraction=0.05, warmup_steps=30,
             clip_grad_norm=1.0, augment=True, photometric=0.8, seed=0, log_every=50, save_every=100,
             max_depth=300.0)),
     ),
@@ -217,7 +220,7 @@ def train_default_model(output: str | Path, *, resume: bool = False, max_steps: 
     with reporter.stage("render", n, unit="clip") as stage:
         render_training_set(output / "data", n, recipe["frames_per_clip"], recipe["data_seed"],
                             progress=lambda done: stage.update(done - stage.step),
-                            scope_light_from=recipe["scope_light_from"])
+                            scope_light_from=recipe["scope_light_from"], polyps_from=recipe["polyps_from"])
     card = {"name": "surgical-depth-default", "recipe": json.dumps(recipe, default=list),
             "training_data": "procedural synthetic scenes only (colon, stomach, small intestine, surgical field)",
             "output": "relative depth: disparity (larger = nearer), scale-invariant; no metric scale",

@@ -58,10 +58,11 @@ def test_recipe_stage_one_sees_only_its_clips(tmp_path):
     longer reproduce once stage 2's clips are rendered beside its own."""
     from SurgicalDepthTrainingLib.recipes import stage_configs
 
-    first, second, third = stage_configs(tmp_path, None, None, "cpu")
+    first, second, third, fourth = stage_configs(tmp_path, None, None, "cpu")
     assert first["split"].split(",") == [f"seq_{i:04d}" for i in range(240)]
     assert len(second["split"].split(",")) == 480 and len(third["split"].split(",")) == 720
-    assert first["root"] == second["root"] == third["root"]
+    assert len(fourth["split"].split(",")) == 960
+    assert first["root"] == second["root"] == third["root"] == fourth["root"]
 
 
 def test_scope_light_is_drawn_only_for_the_later_clips():
@@ -107,3 +108,23 @@ def test_recipe_stops_with_a_checkpoint_and_resumes(tmp_path, monkeypatch):
     assert (first / "last.pt").is_file() and not (tmp_path / "surgical-depth-default.safetensors").exists()
     path = train_default_model(tmp_path, resume=True, max_steps=2, n_clips=3, device="cpu")
     assert sd.load_model(path, device="cpu").output_kind == "disparity"
+
+
+def test_recipe_renders_its_polyp_and_scope_light_clips(tmp_path, monkeypatch):
+    """Bug caught: the recipe rendering its data set without the polyp (or scope-light) clips its last stages
+    train on, so ``surgical-depth train --recipe default`` would not reproduce the shipped weights. (Rendering the
+    960 clips is too slow for a test: the call is captured, then stopped.)"""
+    from SurgicalDepthTrainingLib import recipes
+
+    seen = {}
+
+    def capture(root, n_clips, *args, **kwargs):
+        seen.update(kwargs, n_clips=n_clips)
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(recipes, "render_training_set", capture)
+    with pytest.raises(RuntimeError, match="captured"):
+        recipes.train_default_model(tmp_path, device="cpu")
+    assert seen["n_clips"] == 960 and seen["scope_light_from"] == 480 and seen["polyps_from"] == 720
+    specs = clip_specs(960, seed=0, scope_light_from=480, polyps_from=720)
+    assert "polyps" not in specs[719] and specs[720]["polyps"] > 0
