@@ -39,12 +39,18 @@ def register(subparsers) -> None:
     p.add_argument("--blur", type=float, default=0.0, help="motion blur length in pixels")
     p.add_argument("--smoke", type=float, default=0.0, help="surgical smoke density in [0, 1]")
     p.add_argument("--blood", type=float, default=0.0, help="blood tint strength in [0, 1]")
+    p.add_argument("--polyps", type=float, default=0.0,
+                   help="mean number of sessile polyps per 100 mm of lumen (colon, stomach, small intestine; "
+                        "default 0)")
+    p.add_argument("--close-up", action="store_true",
+                   help="approach one polyp and look at it instead of down the lumen (needs --polyps)")
     p.set_defaults(func=run)
 
 
 #: SceneConfig fields -> the flag that sets them (its errors name the flag)
 _FLAG_OF = {"height": "--size (height)", "width": "--size (width)", "fov_deg": "--fov", "seed": "--seed",
-            "noise": "--noise", "blur": "--blur", "smoke": "--smoke", "blood": "--blood", "organ": "--organ"}
+            "noise": "--noise", "blur": "--blur", "smoke": "--smoke", "blood": "--blood", "organ": "--organ",
+            "polyps": "--polyps"}
 
 
 def _scene_config(**fields):
@@ -75,13 +81,15 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--frames must be >= 1, got {args.frames}")
     if args.seed < 0:  # numpy's own message ("expected non-negative integer") names no option
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    if args.close_up and not args.polyps > 0:
+        raise ValueError("--close-up needs polyps to look at: give --polyps N (N > 0)")
     if args.output.exists():
         raise FileExistsError(f"--output {args.output} already exists; choose a new folder")
     height, width = args.size
     fov = args.fov if args.fov is not None else (140.0 if args.fisheye else 100.0)
     config = _scene_config(organ=args.organ, height=height, width=width, fov_deg=fov, seed=args.seed,
                          fisheye=args.fisheye, noise=args.noise, blur=args.blur, smoke=args.smoke,
-                         blood=args.blood)
+                         blood=args.blood, polyps=args.polyps, close_up=args.close_up)
     generator = SceneGenerator(config)
     with progress_of(args).stage("synth", args.frames, unit="frame", desc=f"synth {args.organ}") as stage:
         root = write_synthetic(_counted(generator.iter_frames(args.frames), stage), args.output,
