@@ -115,6 +115,7 @@ def tone_robustness(model, frames_per_organ: int = 6) -> dict[str, dict[str, flo
             out[name + ", corrected to the lens"] = _profile(model, looks, lens=SampleLensCorrection(model))
     return out
 
+
 def polyp_relief(model, frames: int = 4, per_100mm: float = 4.0) -> dict[str, float]:
     """How much of a polyp's rise off the wall the model sees: held-out scenes (colon, small intestine, stomach)
     rendered with sessile polyps and again without (same trajectory and wall; ``SceneConfig.polyps``). Over the
@@ -135,9 +136,12 @@ def polyp_relief(model, frames: int = 4, per_100mm: float = 4.0) -> dict[str, fl
             t = float(np.median(plain["depth"][on] / bumpy["depth"][on]))
             ratio = p_b[on] / p_p[on] if model.output_kind == "disparity" else p_p[on] / p_b[on]
             s = float(np.median(ratio))
-            true.append(t), seen.append(s), fractions.append((s - 1.0) / (t - 1.0))
+            true.append(t)
+            seen.append(s)
+            fractions.append((s - 1.0) / (t - 1.0))
     return {"frames": len(fractions), "true": float(np.mean(true)), "seen": float(np.mean(seen)),
             "fraction": float(np.mean(fractions))}
+
 
 KVASIR_MASKS = Path(__file__).resolve().parents[1] / "Data" / "kvasir_seg_masks"
 

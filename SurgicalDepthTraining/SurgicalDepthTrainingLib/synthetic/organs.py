@@ -117,7 +117,8 @@ def _tube_scene(config: SceneConfig, rng: np.random.Generator, radius: float, be
     return Scene(organ=config.organ, surface=surface, albedo=albedo, tex_origin=(float(z[0]), -np.pi),
                  tex_step=(_TEX_STEP, 2 * np.pi / cols), tex_wrap=True,
                  material=_material(rng, config, specular, shininess),
-                 params={"radius_mm": radius, "bend_mm": bend, "texture_scale": scale, "cap_at": cap_at, **folds, **extra})
+                 params={"radius_mm": radius, "bend_mm": bend, "texture_scale": scale, "cap_at": cap_at, **folds,
+                         **extra})
 
 
 def _surgical_field(config: SceneConfig, rng: np.random.Generator) -> Scene:

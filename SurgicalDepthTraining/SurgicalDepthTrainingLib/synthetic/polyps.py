@@ -77,8 +77,8 @@ def polyp_tables(polyps: list[Polyp], z: np.ndarray, n_theta: int, radius_mm: fl
 
 def _splat(polyps: list[Polyp], z: np.ndarray, n_theta: int, radius_mm: float, weight, power: float = 1.0
            ) -> np.ndarray:
-    """``Σ weight(p) · dome(distance to p) ** power`` over a tube table ``[len(z), n_theta]`` (distance along the wall: axial
-    offset and arc ``radius_mm · Δθ``)."""
+    """``Σ weight(p) · dome(distance to p) ** power`` over a tube table ``[len(z), n_theta]`` (distance along the
+    wall: axial offset and arc ``radius_mm · Δθ``)."""
     out = np.zeros((len(z), n_theta))
     if not polyps or len(z) < 2:
         return out
