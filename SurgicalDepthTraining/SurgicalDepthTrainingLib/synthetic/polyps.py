@@ -72,14 +72,14 @@ def polyp_tables(polyps: list[Polyp], z: np.ndarray, n_theta: int, radius_mm: fl
         n_theta: columns over ``[-π, π)`` (column ``j`` at ``-π + 2π j / n_theta``).
         radius_mm: mean lumen radius: converts wall arc length to angle.
     """
-    return _splat(polyps, z, n_theta, radius_mm, lambda p: p.height_mm)
+    return _splat(polyps, z, n_theta, radius_mm, lambda p: (p.height_mm,))[..., 0]
 
 
 def _splat(polyps: list[Polyp], z: np.ndarray, n_theta: int, radius_mm: float, weight, power: float = 1.0
            ) -> np.ndarray:
-    """``Σ weight(p) · dome(distance to p) ** power`` over a tube table ``[len(z), n_theta]`` (distance along the
-    wall: axial offset and arc ``radius_mm · Δθ``)."""
-    out = np.zeros((len(z), n_theta))
+    """``Σ weight(p) · dome(distance to p) ** power`` over a tube table: float64 ``[len(z), n_theta, C]`` for
+    ``weight(p)`` a sequence of ``C`` values (distance along the wall: axial offset and arc ``radius_mm · Δθ``)."""
+    out = np.zeros((len(z), n_theta, len(weight(polyps[0])) if polyps else 1))
     if not polyps or len(z) < 2:
         return out
     step = float(z[1] - z[0])
@@ -90,7 +90,7 @@ def _splat(polyps: list[Polyp], z: np.ndarray, n_theta: int, radius_mm: float, w
             continue
         dth = np.angle(np.exp(1j * (theta - p.theta)))              # wrapped to (-π, π]
         dist = np.hypot((z[rows] - p.z_mm)[:, None], radius_mm * dth[None, :])
-        out[rows] += weight(p) * dome(dist, p.base_mm) ** power
+        out[rows] += np.asarray(weight(p), np.float64) * (dome(dist, p.base_mm) ** power)[..., None]
     return out
 
 
@@ -100,8 +100,5 @@ def tint_albedo(albedo: np.ndarray, polyps: list[Polyp], z0: float, step_z: floa
     polyp's tint blended in over its dome (full tint at the top, none at the rim). Returns a new array."""
     rows, cols = albedo.shape[:2]
     z = z0 + step_z * np.arange(rows)
-    out = albedo.copy()
-    for k in range(3):
-        change = _splat(polyps, z, cols, radius_mm, lambda p: p.tint[k] - 1.0, power=0.5)
-        out[..., k] *= (1.0 + change).astype(np.float32)
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+    change = _splat(polyps, z, cols, radius_mm, lambda p: np.subtract(p.tint, 1.0), power=0.5)
+    return np.clip(albedo * (1.0 + change).astype(np.float32), 0.0, 1.0).astype(np.float32)
