@@ -1,6 +1,7 @@
 """Tensor kernels of the TSDF fusion (``tsdf.TSDFVolume``): block hash keys, the depth pyramid of the block
 allocation, the padded-image pixel index and packed colour, and the choice between these torch ops and the fused
-kernels (``tsdf_triton`` on CUDA, ``tsdf_numba`` on the CPU). Pure functions on torch tensors (CPU or CUDA); shapes and units in each docstring.
+kernels (``tsdf_triton`` on CUDA, ``tsdf_numba`` on the CPU). Pure functions on torch tensors (CPU or CUDA);
+shapes and units in each docstring.
 Block keys: 21 bits per block coordinate in one int64, lexicographic order.
 """
 from __future__ import annotations

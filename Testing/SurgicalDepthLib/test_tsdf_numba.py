@@ -39,7 +39,8 @@ def fused(kernel: str, intr: Intrinsics, colour: bool = True, **volume) -> tuple
 
 
 @pytest.mark.parametrize("intr, colour, bounds", [
-    (CAM, True, None), (CAM, False, None), (LENS, True, None), (CAM, True, ((-60.0, -50.0, 50.0), (60.0, 50.0, 126.0)))],
+    (CAM, True, None), (CAM, False, None), (LENS, True, None),
+    (CAM, True, ((-60.0, -50.0, 50.0), (60.0, 50.0, 126.0)))],
     ids=["pinhole", "no-colour", "lens", "dense"])
 def test_compiled_loop_gives_the_torch_ops_volume_bit_for_bit(intr, colour, bounds):
     """Three posed frames. Bugs caught: planes of the sums swapped, a colour channel unpacked wrongly, row and
