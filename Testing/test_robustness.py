@@ -19,7 +19,7 @@ clip, the random ``surgical-depth-tiny`` model on the CPU) keep the whole file u
 | train --resume --overwrite; train --output DATASET --overwrite | rc 2; run folder and data set untouched            |
 | train --lr 1e6 (diverging)                                     | rc 2 "diverged at step N"; last.pt (if any) finite |
 | train --resume on a truncated / malicious / foreign last.pt    | rc 2 naming last.pt; the pickle never runs         |
-| train --seed -1                                                | rc 2 naming --seed                                 |
+| train --seed -1; train --recipe default --render-workers 0     | rc 2 naming --seed / --render-workers; no folder   |
 | evaluate --output onto a dataset file (even --overwrite)       | rc 2; the dataset's file unchanged                 |
 | evaluate --output onto an existing file / an input report      | rc 2 without --overwrite / always                  |
 | evaluate a model predicting inf (--overwrite)                  | rc 0; never AbsRel 0; broken pixels counted        |
@@ -290,17 +290,23 @@ def test_resume_on_damaged_last_pt(stopped_run, data, tmp_path):
 
 
 def test_diverging_training_and_negative_seed(data, tmp_path):
-    """Catches: --lr 1e6 ending in a FloatingPointError traceback (or a NaN last.pt), and --seed -1 failing with
-    a message that names no option."""
+    """Catches: --lr 1e6 ending in a FloatingPointError traceback (or a NaN last.pt), --seed -1 failing with
+    a message that names no option, and --render-workers 0 reaching the process pool (a traceback from
+    concurrent.futures, after the recipe's output folder was made)."""
     from SurgicalDepthTrainingLib.checkpointing import load_training_checkpoint
 
-    diverged, seed = cli_many((*TRAIN, "--root", data, "--output", tmp_path / "lr", "--max-steps", "4", "--lr", "1e6"),
-                              (*TRAIN, "--root", data, "--output", tmp_path / "seed", "--seed", "-1"))
+    diverged, seed, workers = cli_many(
+        (*TRAIN, "--root", data, "--output", tmp_path / "lr", "--max-steps", "4", "--lr", "1e6"),
+        (*TRAIN, "--root", data, "--output", tmp_path / "seed", "--seed", "-1"),
+        ("train", "--recipe", "default", "--output", tmp_path / "recipe", "--render-workers", "0", "--progress",
+         "none"))
     line = assert_error(diverged, "diverged at step")
     if (tmp_path / "lr" / "last.pt").exists():  # loads only when every tensor is finite
         assert f"step {load_training_checkpoint(tmp_path / 'lr' / 'last.pt')['step']})" in line
     assert_error(seed, "--seed", "-1")
     assert not (tmp_path / "seed").exists()
+    assert_error(workers, "--render-workers", "0")
+    assert not (tmp_path / "recipe").exists()
 
 
 # -- evaluate ------------------------------------------------------------------------------------------------------

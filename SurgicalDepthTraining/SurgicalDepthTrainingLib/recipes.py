@@ -2,8 +2,8 @@
 
 ``clip_specs(n_clips, seed)`` lists the scene of every training clip (organ cycled, colours/light/texture from the
 clip seed, and a seeded share of fisheye optics, motion blur, smoke, blood and noise levels) so the shipped weights
-can be reproduced exactly: ``surgical-depth synth --recipe default`` renders them, ``surgical-depth train
---recipe default`` trains on them (see README, "The default model").
+can be reproduced exactly: ``surgical-depth train --recipe default`` renders them and trains on them (see README,
+"The default model").
 """
 from __future__ import annotations
 
@@ -75,26 +75,52 @@ def render_training_set(root: str | Path, n_clips: int, frames_per_clip: int = 8
                         height: int = DEFAULT_TRAIN_SIZE[0], width: int = DEFAULT_TRAIN_SIZE[1],
                         progress: Callable[[int], None] | None = None,
                         scope_light_from: int | None = None, wide_view_from: int | None = None,
-                        polyps_from: int | None = None) -> list[Path]:
+                        polyps_from: int | None = None, workers: int = 1) -> list[Path]:
     """Render ``n_clips`` sequences of ``clip_specs`` into ``root/seq_XXXX`` (the ``synthetic`` layout); existing
-    ones are kept, so an interrupted run resumes. Returns the sequence folders."""
-    from .synthetic import render_clip, write_synthetic
+    ones are kept, so an interrupted run resumes. Returns the sequence folders.
 
+    ``workers`` > 1 renders that many clips at once in worker processes (spawned, so it is safe beside torch and
+    OpenMP threads); every clip is drawn from its own seeds, so the files are the same for any ``workers``.
+    ``progress`` gets the number of clips finished so far (in completion order when ``workers`` > 1).
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    folders = []
-    for i, spec in enumerate(clip_specs(n_clips, seed, height, width, scope_light_from, wide_view_from,
-                                            polyps_from)):
-        folder = root / f"seq_{i:04d}"
-        if not folder.exists():
-            options = {k: v for k, v in spec.items() if k not in ("organ", "seed", "height", "width")}
-            frames = render_clip(spec["organ"], n_frames=frames_per_clip, seed=spec["seed"], height=height,
-                                 width=width, **options)
-            write_synthetic(frames, folder, {"organ": spec["organ"], "seed": spec["seed"], "generator": spec})
-        folders.append(folder)
-        if progress is not None:
-            progress(i + 1)
+    specs = clip_specs(n_clips, seed, height, width, scope_light_from, wide_view_from, polyps_from)
+    folders = [root / f"seq_{i:04d}" for i in range(len(specs))]
+    todo = [(spec, folder, frames_per_clip) for spec, folder in zip(specs, folders) if not folder.exists()]
+    done = len(folders) - len(todo)
+    if progress is not None and done:
+        progress(done)
+    if workers == 1 or len(todo) < 2:
+        for job in todo:
+            _render_one(job)
+            done += 1
+            if progress is not None:
+                progress(done)
+        return folders
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
+        for future in as_completed([pool.submit(_render_one, job) for job in todo]):
+            future.result()  # a clip that failed stops the set (the finished clips stay for a resume)
+            done += 1
+            if progress is not None:
+                progress(done)
     return folders
+
+
+def _render_one(job: tuple[dict[str, Any], Path, int]) -> Path:
+    """Render one clip of ``clip_specs`` (spec, folder, frames) into its folder (written atomically)."""
+    from .synthetic import render_clip, write_synthetic
+
+    spec, folder, n_frames = job
+    options = {k: v for k, v in spec.items() if k not in ("organ", "seed", "height", "width")}
+    frames = render_clip(spec["organ"], n_frames=n_frames, seed=spec["seed"], height=spec["height"],
+                         width=spec["width"], **options)
+    return write_synthetic(frames, folder, {"organ": spec["organ"], "seed": spec["seed"], "generator": spec})
 
 
 # -- the default model ------------------------------------------------------------------------------------------
@@ -164,9 +190,10 @@ def stage_configs(output: Path, n_clips: int | None, max_steps: int | None, devi
     return configs
 
 
-def _export_stage(run: Path, keep: str, target: Path, card: dict[str, str]) -> Path:
+def export_stage(run: Path, keep: str, target: Path, card: dict[str, str], input_size: int | None = None) -> Path:
     """A stage's ``best`` (``run/best.safetensors``) or ``last`` (``run/last.pt``) weights as fp16 safetensors
-    with the inference size and ``card`` as metadata."""
+    with the inference size (``input_size``, default the recipe's ``inference_input_size``), the recipe's
+    reference lens and ``card`` as metadata."""
     import dataclasses
     import json
 
@@ -185,7 +212,8 @@ def _export_stage(run: Path, keep: str, target: Path, card: dict[str, str]) -> P
         data = load_training_checkpoint(run / "last.pt")
         model = DepthModel(ModelConfig.from_dict(json.loads(data["model_config"])))
         model.load_state_dict(data["model"])
-    model.config = dataclasses.replace(model.config, input_size=DEFAULT_RECIPE["inference_input_size"],
+    size = DEFAULT_RECIPE["inference_input_size"] if input_size is None else input_size
+    model.config = dataclasses.replace(model.config, input_size=size,
                                        reference_fov_deg=DEFAULT_RECIPE["reference_fov_deg"])
     save_checkpoint(target, model, extra=card, dtype=torch.float16)
     return target
@@ -194,7 +222,7 @@ def _export_stage(run: Path, keep: str, target: Path, card: dict[str, str]) -> P
 def train_default_model(output: str | Path, *, resume: bool = False, max_steps: int | None = None,
                         n_clips: int | None = None, device: str = "auto",
                         progress: ProgressReporter | None = None,
-                        should_stop: Callable[[], bool] | None = None) -> Path:
+                        should_stop: Callable[[], bool] | None = None, render_workers: int = 1) -> Path:
     """Reproduce the shipped default model: render the training set (``output/data``), train each stage of
     :data:`DEFAULT_RECIPE` (``output/run-<stage>``; each exported as ``output/<stage>.safetensors``), and write
     the last export as ``output/surgical-depth-default.safetensors`` with the model card metadata.
@@ -203,7 +231,8 @@ def train_default_model(output: str | Path, *, resume: bool = False, max_steps: 
     unchanged. ``resume`` continues the stages that were started and skips the finished ones. ``progress`` (None
     = tqdm bars) gets the stages ``"render"`` (one update per clip) and ``"train"`` (the steps of all stages).
     ``should_stop`` is polled at every optimizer step: a stage then saves its checkpoint and
-    :class:`.training.TrainingStopped` is raised; ``resume=True`` continues from there.
+    :class:`.training.TrainingStopped` is raised; ``resume=True`` continues from there. ``render_workers``: processes
+    rendering the training set (``render_training_set``'s ``workers``; the same files for any number).
     Returns the exported ``output/surgical-depth-default.safetensors``.
     """
     import json
@@ -220,7 +249,8 @@ def train_default_model(output: str | Path, *, resume: bool = False, max_steps: 
     with reporter.stage("render", n, unit="clip") as stage:
         render_training_set(output / "data", n, recipe["frames_per_clip"], recipe["data_seed"],
                             progress=lambda done: stage.update(done - stage.step),
-                            scope_light_from=recipe["scope_light_from"], polyps_from=recipe["polyps_from"])
+                            scope_light_from=recipe["scope_light_from"], polyps_from=recipe["polyps_from"],
+                            workers=render_workers)
     card = {"name": "surgical-depth-default", "recipe": json.dumps(recipe, default=list),
             "training_data": "procedural synthetic scenes only (colon, stomach, small intestine, surgical field)",
             "output": "relative depth: disparity (larger = nearer), scale-invariant; no metric scale",
@@ -233,7 +263,7 @@ def train_default_model(output: str | Path, *, resume: bool = False, max_steps: 
         train(TrainConfig(**options), resume=stage_resume, should_stop=should_stop,
               progress=_ContinuedSteps(reporter, done_before, grand_total))
         done_before += options["max_steps"]
-        export = _export_stage(Path(options["output"]), spec["keep"], output / f"{spec['name']}.safetensors",
+        export = export_stage(Path(options["output"]), spec["keep"], output / f"{spec['name']}.safetensors",
                                {**card, "stage": spec["name"]})
     target = output / "surgical-depth-default.safetensors"
     shutil.copyfile(export, target)

@@ -111,8 +111,9 @@ def test_recipe_stops_with_a_checkpoint_and_resumes(tmp_path, monkeypatch):
 
 
 def test_recipe_renders_its_polyp_and_scope_light_clips(tmp_path, monkeypatch):
-    """Bug caught: the recipe rendering its data set without the polyp (or scope-light) clips its last stages
-    train on, so ``surgical-depth train --recipe default`` would not reproduce the shipped weights. (Rendering the
+    """Bugs caught: the recipe rendering its data set without the polyp (or scope-light) clips its last stages
+    train on, so ``surgical-depth train --recipe default`` would not reproduce the shipped weights; the number of
+    rendering processes not reaching the renderer. (Rendering the
     960 clips is too slow for a test: the call is captured, then stopped.)"""
     from SurgicalDepthTrainingLib import recipes
 
@@ -124,7 +125,38 @@ def test_recipe_renders_its_polyp_and_scope_light_clips(tmp_path, monkeypatch):
 
     monkeypatch.setattr(recipes, "render_training_set", capture)
     with pytest.raises(RuntimeError, match="captured"):
-        recipes.train_default_model(tmp_path, device="cpu")
+        recipes.train_default_model(tmp_path, device="cpu", render_workers=3)
+    assert seen["workers"] == 3
     assert seen["n_clips"] == 960 and seen["scope_light_from"] == 480 and seen["polyps_from"] == 720
     specs = clip_specs(960, seed=0, scope_light_from=480, polyps_from=720)
     assert "polyps" not in specs[719] and specs[720]["polyps"] > 0
+
+
+def test_parallel_rendering_writes_the_same_clips(tmp_path):
+    """(The run record ``.surgical-depth-run`` holds times and process ids, so it is left out of the comparison.)
+    Bugs caught: worker processes handed the wrong clip's scene (folders filled in completion order, or a spec
+    paired with another folder), clips drawn from a generator shared across processes (files that depend on
+    ``workers``), a clip missing or rendered twice, clips already on disk rendered again (a resume that redoes
+    work or overwrites), and progress that does not end at the number of clips."""
+    from SurgicalDepthTrainingLib.recipes import render_training_set
+
+    kwargs = dict(n_clips=3, frames_per_clip=2, height=56, width=70, polyps_from=2)
+    serial = render_training_set(tmp_path / "serial", **kwargs)
+    (tmp_path / "parallel").mkdir()
+    kept = tmp_path / "parallel" / "seq_0001"
+    kept.mkdir()  # stands for a clip finished by an earlier, interrupted run: kept as it is
+    seen: list[int] = []
+    parallel = render_training_set(tmp_path / "parallel", **kwargs, workers=2, progress=seen.append)
+    assert [p.name for p in parallel] == [p.name for p in serial] == ["seq_0000", "seq_0001", "seq_0002"]
+    assert seen[0] == 1 and seen[-1] == 3 and seen == sorted(seen)
+    assert list(kept.iterdir()) == []
+    for name in ("seq_0000", "seq_0002"):
+        a, b = tmp_path / "serial" / name, tmp_path / "parallel" / name
+        files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file() and not p.name.startswith("."))
+        assert files and files == sorted(p.relative_to(b) for p in b.rglob("*")
+                                         if p.is_file() and not p.name.startswith("."))
+        for f in files:
+            assert (a / f).read_bytes() == (b / f).read_bytes(), f"{name}/{f}"
+    assert json.loads((tmp_path / "parallel" / "seq_0002" / "meta.json").read_text())["generator"]["polyps"] > 0
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        render_training_set(tmp_path / "x", 1, workers=0)

@@ -6,11 +6,14 @@
 # Usage: bash Testing/benchmarks/gpu_check.sh [SECTION ...] — all sections when none is named, else only those:
 #   parity tsdf model video geometry fusion live  (e.g. `gpu_check.sh tsdf fusion` for issue #19 alone, ~4 min;
 #   all of them can take more than one 10-minute device command)
+#   train: issue #15's training run (gpu_train.py; only when named, alone: `gpu_check.sh train`, ~8 min of one
+#   command: render ~1.5 min on 16 cores, probe + train TRAIN_MINUTES (default 5), export; 6 files come back)
 set -uo pipefail
 out="${OUT:-gpu_check}"
 mkdir -p "$out"
 sections=" $* "
 want() { [ "$sections" = "  " ] || [[ "$sections" == *" $1 "* ]]; }
+named() { [[ "$sections" == *" $1 "* ]]; }
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/SurgicalDepth:$PWD/SurgicalDepthTraining${PYTHONPATH:+:$PYTHONPATH}"
 python3 -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print(torch.__version__,
 torch.cuda.get_device_name(), 'bf16' if torch.cuda.is_bf16_supported() else 'no bf16')" 2>&1 | tee "$out/device.txt"
@@ -48,4 +51,10 @@ elif python3 -c "import pyigtl" 2>/dev/null; then
       --size 1920x1080 --fps 30 --seconds 30 2>&1 | tail -n 8 | tee "$out/bench_live.txt"
 else
   echo "bench_live: pyigtl not installed" | tee "$out/bench_live.txt"
+fi
+# issue #15: the default recipe's clips rendered here, DA-V2-S from random init trained for TRAIN_MINUTES at 252x308,
+# exported fp16 in <= 15 MiB parts ($out/train/model.safetensors.part*, summary.json with the SHA256, log.csv)
+if named train; then
+  timeout 570 python3 Testing/benchmarks/gpu_train.py --out "$out/train" --data /tmp/sd_train_data \
+      --minutes "${TRAIN_MINUTES:-5}" ${TRAIN_ARGS:-} 2>&1 | grep -v "^train:" | tail -n 40
 fi

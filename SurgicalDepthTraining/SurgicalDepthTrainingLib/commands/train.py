@@ -40,6 +40,9 @@ def register(subparsers) -> None:
                    help="'default' reproduces the shipped default model from scratch: renders its synthetic "
                         "training set into OUTPUT/data, trains, exports OUTPUT/surgical-depth-default.safetensors "
                         "(other data/model/recipe flags are ignored)")
+    p.add_argument("--render-workers", type=int, default=1, metavar="N",
+                   help="with --recipe: render the training clips in N processes (default 1; the files are the "
+                        "same for any N)")
     p.add_argument("--dataset", default=None, help="dataset loader name (e.g. synthetic, c3vd, scared, folder)")
     p.add_argument("--root", default=None, type=Path, help="dataset root folder")
     p.add_argument("--output", required=True, type=Path, help="output folder of the run")
@@ -164,10 +167,13 @@ def run(args: argparse.Namespace) -> int:
 
         if args.overwrite:
             raise ValueError("--overwrite does not apply to --recipe default: use --resume or a new --output")
+        if args.render_workers < 1:
+            raise ValueError(f"--render-workers must be >= 1, got {args.render_workers}")
         try:
             with _stop_on_signals() as stop:
                 path = train_default_model(args.output, resume=args.resume, max_steps=args.max_steps,
-                                           device=args.device, progress=progress_of(args), should_stop=stop.is_set)
+                                           device=args.device, progress=progress_of(args), should_stop=stop.is_set,
+                                           render_workers=args.render_workers)
         except TrainingStopped as exc:
             logger.warning("%s: stopped at step %d of %d of a stage; %s saved: continue with --recipe default "
                            "--resume", stop.signal_name, exc.step, exc.total, exc.checkpoint)
