@@ -11,6 +11,7 @@ from torch import nn
 
 from .background import prefetch
 from .configs import ModelConfig
+from .detail import merge_detail
 from .dpt import DPTHead
 from .encoder import DinoV2Encoder
 from .preprocess import check_rgb, official_input_size, preprocess, preprocess_on_device
@@ -20,6 +21,31 @@ def resize_prediction(pred: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tens
     """Network output ``[n, h, w]`` → float32 ``[n, H, W]`` at the frame size: bilinear, ``align_corners=True``
     (the official ``infer_image``)."""
     return F.interpolate(pred[:, None].float(), size=out_hw, mode="bilinear", align_corners=True)[:, 0]
+
+
+def _detail_size(detail_size: int, input_size: int) -> int:
+    """``detail_size`` checked against the first read's ``input_size``: the detail read must be the larger."""
+    if detail_size <= input_size:
+        raise ValueError(f"detail_size must be larger than input_size ({input_size}), got {detail_size}")
+    return detail_size
+
+
+def _frame_groups(frames: Iterable[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
+    """``frames`` in lists of ``size`` (the last may be shorter); when the source raises, the frames read before
+    are yielded first, then the error is raised."""
+    group: list[np.ndarray] = []
+    try:
+        for rgb in frames:
+            group.append(rgb)
+            if len(group) == size:
+                yield group
+                group = []
+    except Exception:
+        if group:
+            yield group
+        raise
+    if group:
+        yield group
 
 
 class FrameInference:
@@ -68,15 +94,19 @@ class FrameInference:
     def _predict(self, batch: np.ndarray, out_hw: tuple[int, int]) -> np.ndarray:
         return self._fetch(self._launch(torch.from_numpy(batch), out_hw))
 
-    def infer_image(self, rgb: np.ndarray, input_size: int | None = None) -> np.ndarray:
+    def infer_image(self, rgb: np.ndarray, input_size: int | None = None,
+                    detail_size: int | None = None) -> np.ndarray:
         """One RGB uint8 ``[H, W, 3]`` frame → float32 ``[H, W]`` (disparity or depth, see ``output_kind``).
 
         ``input_size``: lower bound of both network input sides (×14); default ``config.input_size`` (518 for
-        the official models)."""
+        the official models). ``detail_size``: also read the frame at this larger size and keep that read's
+        detail on this one's layout (:func:`~SurgicalDepthLib.detail.merge_detail`; None: one read)."""
         check_rgb(rgb)
         input_size = input_size or self.config.input_size
-        x = preprocess(rgb, input_size, self.config.mean, self.config.std, self.config.patch_size)
-        return self._predict(x[None], rgb.shape[:2])[0]
+        sizes = (input_size,) if detail_size is None else (input_size, _detail_size(detail_size, input_size))
+        reads = [self._predict(preprocess(rgb, size, self.config.mean, self.config.std, self.config.patch_size)[None],
+                               rgb.shape[:2])[0] for size in sizes]
+        return reads[0] if detail_size is None else merge_detail(*reads)
 
     def _input_batches(self, frames: Iterable[np.ndarray], input_size: int,
                        batch_size: int) -> Iterator[tuple[torch.Tensor, tuple[int, int]]]:
@@ -112,20 +142,25 @@ class FrameInference:
             yield stack(group), size
 
     def iter_batches(self, frames: Iterable[np.ndarray], input_size: int | None = None,
-                     batch_size: int | None = None, prefetch_batches: int = 2) -> Iterator[np.ndarray]:
+                     batch_size: int | None = None, prefetch_batches: int = 2,
+                     detail_size: int | None = None) -> Iterator[np.ndarray]:
         """Stream predictions ``[n, H, W]`` for successive groups of equally sized frames (constant memory).
 
         Decoding (``frames`` is iterated in a background thread) and preprocessing run up to
         ``prefetch_batches`` batches ahead of inference (0: everything in the calling thread); on a GPU the next
         batch is queued before the previous result is copied back. If ``frames`` raises, the predictions of the
         frames read before are yielded first. ``batch_size``: frames per forward pass, default
-        :attr:`default_batch_size`."""
+        :attr:`default_batch_size`. ``detail_size``: as in :meth:`infer_image` (each batch read twice)."""
         input_size = input_size or self.config.input_size
         batch_size = batch_size or self.default_batch_size
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if prefetch_batches < 0:
             raise ValueError(f"prefetch_batches must be >= 0, got {prefetch_batches}")
+        if detail_size is not None:
+            yield from self._iter_detailed(frames, input_size, _detail_size(detail_size, input_size), batch_size,
+                                           prefetch_batches)
+            return
         batches = self._input_batches(frames, input_size, batch_size)
         if prefetch_batches:
             batches = prefetch(batches, prefetch_batches, "DepthModel.preprocess")
@@ -153,12 +188,29 @@ class FrameInference:
         finally:
             batches.close()  # stops the prefetch thread when the consumer stops early
 
+    def _iter_detailed(self, frames: Iterable[np.ndarray], input_size: int, detail_size: int, batch_size: int,
+                       prefetch_batches: int) -> Iterator[np.ndarray]:
+        """:meth:`iter_batches` with ``detail_size``: each group of ``batch_size`` frames read at both sizes and
+        merged. Frames are decoded ahead in a background thread; a group cut short by a failing source is
+        predicted before the error is raised."""
+        groups = _frame_groups(frames, batch_size)
+        if prefetch_batches:
+            groups = prefetch(groups, prefetch_batches, "DepthModel.frames")
+        try:
+            for group in groups:
+                coarse, fine = (np.concatenate(list(self.iter_batches(group, size, batch_size, 0)), axis=0)
+                                for size in (input_size, detail_size))
+                yield merge_detail(coarse, fine)
+        finally:
+            groups.close()
+
     def infer_batch(self, frames: Sequence[np.ndarray] | np.ndarray, input_size: int | None = None,
-                    batch_size: int | None = None) -> np.ndarray:
+                    batch_size: int | None = None, detail_size: int | None = None) -> np.ndarray:
         """RGB uint8 frames (a sequence of ``[H, W, 3]`` or an ``[N, H, W, 3]`` array) → float32 ``[N, H, W]``."""
         if len(frames) == 0:
             raise ValueError("frames is empty")
-        return np.concatenate(list(self.iter_batches(frames, input_size, batch_size)), axis=0)
+        return np.concatenate(list(self.iter_batches(frames, input_size, batch_size, detail_size=detail_size)),
+                              axis=0)
 
     def input_size_for(self, height: int, width: int, input_size: int | None = None) -> tuple[int, int]:
         return official_input_size(height, width, input_size or self.config.input_size, self.config.patch_size)

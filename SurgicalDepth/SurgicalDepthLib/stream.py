@@ -115,8 +115,21 @@ def _indexed_frames(frames: Any, start: int, stride: int, max_frames: int | None
     return itertools.islice(enumerate(frames), start, stop, stride), None
 
 
+def _check_detail_size(model: Any, detail_size: Any, input_size: int | None) -> None:
+    """``detail_size``: None, or an integer above the first read's network size (a model, not stored
+    predictions)."""
+    if detail_size is None:
+        return
+    if hasattr(model, "predictions"):
+        raise ValueError("detail_size needs a model: stored predictions cannot be read again")
+    first = input_size or model.config.input_size
+    if not isinstance(detail_size, int) or isinstance(detail_size, bool) or detail_size <= first:
+        raise ValueError(f"detail_size must be an integer larger than the input size ({first}), got {detail_size!r}")
+
+
 def _predictions(model: Any, items: Iterator[tuple[int, np.ndarray]], input_size: int | None,
-                 batch_size: int | None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+                 batch_size: int | None, detail_size: int | None = None
+                 ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
     """``(index, rgb, prediction)`` in order: ``model.predictions(items)`` when the source has stored
     predictions (:class:`~SurgicalDepthLib.saved_predictions.SavedPredictions`), else batched inference."""
     if hasattr(model, "predictions"):
@@ -129,7 +142,8 @@ def _predictions(model: Any, items: Iterator[tuple[int, np.ndarray]], input_size
             pending.append((index, rgb))
             yield rgb
 
-    for batch in model.iter_batches(rgbs(), input_size, batch_size):
+    detail = {} if detail_size is None else {"detail_size": detail_size}  # other iter_batches need not take it
+    for batch in model.iter_batches(rgbs(), input_size, batch_size, **detail):
         for pred in batch:
             index, rgb = pending.popleft()
             yield index, rgb, pred
@@ -199,7 +213,8 @@ def _field_of_view(fov_mask: Any, items: Iterator[tuple[int, np.ndarray]]
 def depth_stream(model: Any, frames: Any, *, depth_range: tuple[float, float] | None = None, start: int = 0,
                  stride: int = 1, max_frames: int | None = None, batch_size: int | None = None,
                  temporal: bool = False, input_size: int | None = None,
-                 fov_mask: str | np.ndarray | None = "auto", intrinsics: Any = None) -> Iterator[DepthFrame]:
+                 fov_mask: str | np.ndarray | None = "auto", intrinsics: Any = None,
+                 detail_size: int | None = None) -> Iterator[DepthFrame]:
     """Predict depth frame by frame (see the module docstring for the depth conventions).
 
     Args:
@@ -218,6 +233,9 @@ def depth_stream(model: Any, frames: Any, *, depth_range: tuple[float, float] | 
             With a model that has a reference lens (``config.reference_fov_deg``, e.g. the default model) the
             prediction is corrected to this lens (:mod:`SurgicalDepthLib.lens`: z-depth of wide-angle and fisheye
             scopes); other models ignore it.
+        detail_size: also read each frame at this larger network size and keep that read's detail on the first
+            read's layout (:mod:`SurgicalDepthLib.detail`: polyps and folds stand out more; about 3x the
+            inference time); None: one read.
     Yields:
         :class:`DepthFrame` in source order. Closing the generator stops decoding.
     Raises:
@@ -232,6 +250,7 @@ def depth_stream(model: Any, frames: Any, *, depth_range: tuple[float, float] | 
     near_far = tuple(float(v) for v in (depth_range or DEFAULT_DEPTH_RANGE_MM))
     if len(near_far) != 2 or not 0 < near_far[0] < near_far[1] or not np.isfinite(near_far[1]):
         raise ValueError(f"depth_range must be (near, far) mm with 0 < near < far, got {depth_range!r}")
+    _check_detail_size(model, detail_size, input_size)
     if isinstance(fov_mask, str) and fov_mask != "auto":
         raise ValueError(f"fov_mask must be 'auto', None or a bool [H, W] array, got {fov_mask!r}")
     kind = OutputKind.parse(model.output_kind)
@@ -242,7 +261,7 @@ def depth_stream(model: Any, frames: Any, *, depth_range: tuple[float, float] | 
     try:
         fov, items = _field_of_view(fov_mask, items)
         stabilise = _TemporalDepth(kind, model.depth_unit, near_far, fov) if temporal else None
-        for index, rgb, pred in _predictions(model, items, input_size, batch_size):
+        for index, rgb, pred in _predictions(model, items, input_size, batch_size, detail_size):
             if lens is not None:
                 pred = lens(pred)
             if stabilise is not None:

@@ -3,13 +3,14 @@
 The report (architecture.md, "Evaluation report")::
 
     {"dataset", "root", "model", "alignment", "pred_kind", "n_images", "depth_range": [min, max],
-     "eval_range": [min_depth, max_depth], "input_size", "metrics": {mean of per-image values},
+     "eval_range": [min_depth, max_depth], "input_size", "detail_size", "metrics": {mean of per-image values},
      "per_image": [{"name", "abs_rel", ..., "scale", "shift", "n_valid"}], "notes",
      "lens_correction": null | {"reference_fov_deg", "n_images"}}
 
 ``metrics`` is the mean of the per-image values (monodepth2 / SCARED protocol); ``depth_range`` is the range of
 the ground truth over the evaluated pixels. ``lens_correction``: the predictions of samples with intrinsics were
 corrected to their lens (:mod:`SurgicalDepthLib.lens`; models with a reference lens, e.g. the default model).
+``detail_size``: the second, larger read merged for detail (:mod:`SurgicalDepthLib.detail`), or null.
 """
 from __future__ import annotations
 
@@ -81,16 +82,17 @@ def evaluate_predictions(samples: Iterable[tuple[str, np.ndarray, np.ndarray, np
     }
 
 
-def _predictions(model: Any, dataset: Any, input_size: int | None, batch_size: int,
-                 lens: SampleLensCorrection) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]]:
+def _predictions(model: Any, dataset: Any, input_size: int | None, batch_size: int, lens: SampleLensCorrection,
+                 detail_size: int | None) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]]:
     group: list[dict[str, Any]] = []
+    detail = {} if detail_size is None else {"detail_size": detail_size}
 
     def flush() -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]]:
         frames = [s["image"] for s in group]
         if len({f.shape for f in frames}) == 1:
-            preds = model.infer_batch(frames, input_size, batch_size=len(frames))
+            preds = model.infer_batch(frames, input_size, batch_size=len(frames), **detail)
         else:
-            preds = [model.infer_image(f, input_size) for f in frames]
+            preds = [model.infer_image(f, input_size, **detail) for f in frames]
         for sample, pred in zip(group, preds):
             yield str(sample.get("name", "")), lens(sample, pred), sample["depth"], sample.get("valid")
         group.clear()
@@ -119,7 +121,8 @@ def _stage_updates(stage: Stage) -> Callable[[dict[str, Any]], None]:
 
 def evaluate(model: Any, dataset: Any, *, alignment: str = "median", input_size: int | None = None,
              min_depth: float | None = None, max_depth: float | None = None, batch_size: int = 1,
-             progress: ProgressReporter | None = None, lens_correction: bool = True) -> dict[str, Any]:
+             progress: ProgressReporter | None = None, lens_correction: bool = True,
+             detail_size: int | None = None) -> dict[str, Any]:
     """Predict every image of ``dataset`` with ``model`` and measure it against the ground truth.
 
     Args:
@@ -136,6 +139,8 @@ def evaluate(model: Any, dataset: Any, *, alignment: str = "median", input_size:
             running means ``abs_rel`` and ``a1``.
         lens_correction: correct each prediction to its sample's lens (``intrinsics``) when the model has a
             reference lens (:class:`SurgicalDepthLib.lens.SampleLensCorrection`); False: raw predictions.
+        detail_size: also read each image at this larger network size and keep its detail
+            (:mod:`SurgicalDepthLib.detail`); None: one read.
     Returns:
         the report dict (module docstring).
     """
@@ -148,7 +153,8 @@ def evaluate(model: Any, dataset: Any, *, alignment: str = "median", input_size:
     reporter = progress if progress is not None else ProgressReporter("bar")
     lens = SampleLensCorrection(model, lens_correction)
     with reporter.stage("evaluate", len(dataset), unit="image") as stage:
-        body = evaluate_predictions(_predictions(model, dataset, input_size, batch_size, lens), alignment=alignment,
+        body = evaluate_predictions(_predictions(model, dataset, input_size, batch_size, lens, detail_size),
+                                    alignment=alignment,
                                     pred_kind=model.output_kind, min_depth=min_depth, max_depth=max_depth,
                                     on_image=_stage_updates(stage))
     report = {
@@ -156,6 +162,7 @@ def evaluate(model: Any, dataset: Any, *, alignment: str = "median", input_size:
         "root": str(getattr(dataset, "root", "")),
         "model": str(getattr(model, "source", type(model).__name__)),
         "input_size": int(input_size or model.config.input_size),
+        "detail_size": detail_size,
         **body,
         "lens_correction": ({"reference_fov_deg": lens.reference_fov_deg, "n_images": lens.n_corrected}
                             if lens.n_corrected else None),

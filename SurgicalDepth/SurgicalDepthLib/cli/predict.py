@@ -161,7 +161,8 @@ def _predict_images(model, images: list[Path], args: argparse.Namespace, ext: st
     for group, frames in _same_size_groups(images, args.batch_size):
         lens = _lens(args, lenses, *frames[0].shape[:2])
         for path, frame in zip(group, depth_stream(model, frames, batch_size=args.batch_size, intrinsics=lens,
-                                                   input_size=args.input_size, fov_mask=args.fov_mask)):
+                                                   input_size=args.input_size, fov_mask=args.fov_mask,
+                                                   detail_size=args.detail_size)):
             pred = _in_fov(frame)
             save_depth(out.path(f"{path.stem}_depth{ext}"), pred, unit=kind)
             if args.colormap:
@@ -242,7 +243,7 @@ def _predict_sequence(model, reader: FrameReader, name: str, args: argparse.Name
         calls = stack.enter_context(BackgroundCalls(depth=2 * args.batch_size, name=f"write {name}"))
         for frame in depth_stream(model, reader, batch_size=args.batch_size, temporal=args.temporal,
                                   input_size=args.input_size, fov_mask=args.fov_mask,
-                                  intrinsics=lens):
+                                  detail_size=args.detail_size, intrinsics=lens):
             calls.submit(emit, frame)
             count += 1
         calls.close()

@@ -154,7 +154,7 @@ def _reconstruct_frames(out: RunFolder, args: argparse.Namespace, reader: Any, i
         lens = intr if args.intrinsics is not None else None  # a guessed field of view corrects nothing
         for frame in depth_stream(source, reader, depth_range=tuple(args.depth_range), batch_size=args.batch_size,
                                   temporal=args.temporal, input_size=args.input_size, fov_mask=args.fov_mask,
-                                  intrinsics=lens):
+                                  detail_size=args.detail_size, intrinsics=lens):
             if count == 0 and frame.fov_mask is not None:
                 write_fov_mask(out.path("fov_mask.png"), frame.fov_mask)
             count += 1

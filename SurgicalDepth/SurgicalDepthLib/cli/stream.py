@@ -43,7 +43,7 @@ def register(subparsers) -> None:
                    help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: all interfaces)")
     p.add_argument("--connect", type=host_port_arg, default=None, metavar="HOST:PORT",
                    help="instead of listening, connect to this OpenIGTLink server (e.g. PLUS) and answer it")
-    add_model_args(p, batch_size=False)
+    add_model_args(p, batch_size=False, detail=False)  # live: one read per frame
     add_depth_range_arg(p)
     p.add_argument("--fov-mask", type=fov_mask_arg, default="auto", metavar="auto|none|FILE",
                    help="the scope's field of view: 'auto' (default: found once per device and frame size from its "

@@ -11,7 +11,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from SurgicalDepthLib.cli import DEVICE_HELP, INPUT_SIZE_HELP, input_size_arg, progress_of
+from SurgicalDepthLib.cli import DETAIL_SIZE_HELP, DEVICE_HELP, INPUT_SIZE_HELP, input_size_arg, progress_of
 from SurgicalDepthLib.run_folder import OutputConflict
 
 logger = logging.getLogger(__name__)
@@ -34,6 +34,7 @@ def register(subparsers) -> None:
     p.add_argument("--output", required=True, type=Path, help="report file (.json)")
     p.add_argument("--split", default=None, help="dataset split (loader-specific; default everything found)")
     p.add_argument("--input-size", type=input_size_arg, default=None, help=INPUT_SIZE_HELP)
+    p.add_argument("--detail-size", type=input_size_arg, default=None, help=DETAIL_SIZE_HELP)
     p.add_argument("--min-depth", type=float, default=None,
                    help="evaluation range lower bound in the dataset's unit (default: the dataset's)")
     p.add_argument("--max-depth", type=float, default=None,
@@ -117,7 +118,7 @@ def _figure_rows(model, dataset, report: dict, args: argparse.Namespace, n: int 
     rows, lens = [], SampleLensCorrection(model, args.lens_correction)
     for i in np.unique(np.linspace(0, len(dataset) - 1, min(n, len(dataset))).round().astype(int)):
         sample = dataset[int(i)]
-        pred = lens(sample, model.infer_image(sample["image"], args.input_size))
+        pred = lens(sample, model.infer_image(sample["image"], args.input_size, args.detail_size))
         depth, _, _, _ = align_prediction(pred, sample["depth"], sample.get("valid"),
                                           alignment=report["alignment"], pred_kind=model.output_kind,
                                           min_depth=lo, max_depth=hi)
@@ -148,7 +149,8 @@ def run(args: argparse.Namespace) -> int:
     model = sd.load_model(args.model, device=args.device)
     report = evaluate(model, dataset, alignment=args.alignment, input_size=args.input_size,
                       min_depth=args.min_depth, max_depth=args.max_depth, batch_size=args.batch_size,
-                      progress=progress_of(args), lens_correction=args.lens_correction)
+                      progress=progress_of(args), lens_correction=args.lens_correction,
+                      detail_size=args.detail_size)
     report["dataset"] = args.dataset
     report["root"] = str(args.root)
     report["model"] = args.model
