@@ -4,7 +4,8 @@ random-weight model of the same architecture; then how the model's near-to-far p
 tone changes (``tone_robustness``), and how much of a polyp's rise it sees (``polyp_relief``). Prints Markdown
 tables (used for the model card and RESULTS.md).
 
-Usage: ``python Testing/benchmarks/eval_default_model.py [--model SRC] [--samples DIR] [--json FILE]``.
+Usage: ``python Testing/benchmarks/eval_default_model.py [--model SRC] [--samples DIR] [--json FILE]
+[--detail-size N]`` (``--detail-size``: the model read with a detail read, :mod:`SurgicalDepthLib.detail`).
 """
 from __future__ import annotations
 
@@ -174,6 +175,24 @@ def kvasir_prominence(model, images: Path, masks: Path = KVASIR_MASKS, width: in
     return ratios
 
 
+class DetailRead:
+    """``model`` read with a detail read (``detail_size``, :mod:`SurgicalDepthLib.detail`) wherever the measures
+    here call ``infer_image`` or stream frames (``iter_batches``); everything else is the model's."""
+
+    def __init__(self, model, detail_size: int) -> None:
+        self._model, self.detail_size = model, detail_size
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
+
+    def infer_image(self, rgb: np.ndarray, input_size: int | None = None) -> np.ndarray:
+        return self._model.infer_image(rgb, input_size, self.detail_size)
+
+    def iter_batches(self, frames, input_size=None, batch_size=None, prefetch_batches=2, detail_size=None):
+        return self._model.iter_batches(frames, input_size, batch_size, prefetch_batches,
+                                        detail_size or self.detail_size)
+
+
 def main() -> None:
     import torch
 
@@ -184,8 +203,11 @@ def main() -> None:
     ap.add_argument("--samples", type=Path, default=Path(__file__).resolve().parents[3] / "shared" / "samples",
                     help="folder with simcol3d/ and endoslam/ samples")
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON")
+    ap.add_argument("--detail-size", type=int, default=None, help="read the model with a detail read of this size")
     args = ap.parse_args()
     model = sd.load_model(args.model, device="cpu")
+    if args.detail_size:
+        model = DetailRead(model, args.detail_size)
     # the recipe's starting point: seeded random weights, the output bias at the recipe's head_bias (an unseeded
     # draw can put the final ReLU below 0 everywhere: a constant map that no alignment can score)
     torch.manual_seed(0)
@@ -194,7 +216,7 @@ def main() -> None:
         baseline.depth_head.scratch.output_conv2[2].bias.fill_(1.0)
     baseline.config = model.config  # same inference size
     results = {"model": evaluate_sets(model, args.samples), "random init": evaluate_sets(baseline, args.samples)}
-    print(f"model: {model.source}, input size {model.config.input_size}")
+    print(f"model: {model.source}, input size {model.config.input_size}, detail size {args.detail_size}")
     print("| data | model | AbsRel (median) | δ1 (median) | AbsRel (scale+shift) | δ1 (scale+shift) |")
     print("|---|---|---|---|---|---|")
     for data in results["model"]:
