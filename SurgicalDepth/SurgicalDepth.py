@@ -60,6 +60,7 @@ class SurgicalDepthParameterNode:
     precision: Annotated[str, Choice(["auto", "fp32", "fp16", "bf16"])] = "auto"
     backend: Annotated[str, Choice(["auto", "torch", "onnxruntime", "openvino"])] = "auto"  # auto says why
     inputSize: Annotated[int, WithinRange(0, 2044)] = 0  # 0 = the model's own (518 for official models)
+    detailSize: Annotated[int, WithinRange(0, 2044)] = 0  # 0 = one read; else a detail read (not live)
     calibrationPath: Path
     fx: float = 0.0
     fy: float = 0.0
@@ -213,13 +214,14 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
 
     def process(self, videoPath=None, model="default", *, browser=None, volume=None, startFrame=0, frameStride=1,
                 maxFrames=0, currentOnly=False, device="auto", precision="auto", backend="torch", inputSize=0,
-                intrinsics=None, calibration=None, fx=0.0, fy=0.0, cx=0.0, cy=0.0, nearMm=None, farMm=None,
+                detailSize=0, intrinsics=None, calibration=None, fx=0.0, fy=0.0, cx=0.0, cy=0.0, nearMm=None, farMm=None,
                 temporal=False, pointCloud=True, pointBudget=200000, colorByDepth=False, depthMesh=None, fuse=False,
                 voxelMm=1.0, fovMask="auto", memoryBudget: Optional[int] = None, progress: Optional[Callable] = None):
         """Depth of a video / image folder (``videoPath``), a ``browser`` (its master sequence of RGB volumes) or
         one RGB ``volume`` into a new browser and subject-hierarchy folder; returns a ``SurgicalDepthNodes``.
         Frames ``startFrame, startFrame + frameStride, ...`` (<= ``maxFrames``; 0 = all), or with ``currentOnly``
-        the browser's selected item (a video's: the range's first frame). Model: ``loadModel`` (``backend="auto"``
+        the browser's selected item (a video's: the range's first frame). ``detailSize``: a second, larger read per
+        frame for detail (``SurgicalDepthLib.detail``; 0 = one read). Model: ``loadModel`` (``backend="auto"``
         picks one and ``modelStatus`` says why). Depth range defaults to the CLI's; field of view ``fovMask``
         (``slicer_run.resolve_fov``) shown as a label map; ``pointBudget`` points per cloud (0 = all); ``depthMesh``
         None = for one frame only. Refused before decoding when the outputs need more than ``memoryBudget`` bytes
@@ -245,7 +247,8 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
             result = run.run_frames(net, src, intr, kinds, lambda item, outputs: self._store(
                 nodes, temps, src.index_value(item), src.ijk_to_ras(item), outputs), progress,
                 point_budget=pointBudget, near_mm=nearMm, far_mm=farMm, voxel_mm=voxelMm, temporal=temporal,
-                input_size=inputSize or None, fov_mask=fovMask, calibrated=has_calibration(intrinsics, calibration, fx))
+                input_size=inputSize or None, fov_mask=fovMask, calibrated=has_calibration(intrinsics, calibration, fx),
+                detail_size=detailSize or None)
             nodes.frameCount = result.frames
             if result.fov_mask is not None:  # the field of view the run used (label 1), on the depth's geometry
                 nodes.fov = slicer.util.addVolumeFromArray(result.fov_mask[None].astype("uint8"), src.ijk_to_ras(

@@ -40,8 +40,8 @@ def process_arguments(p: Any, all_frames: bool) -> dict[str, Any]:
     single frame."""
     from .slicer_helpers import model_source, path_or_none
 
-    same = ("startFrame", "frameStride", "maxFrames", "device", "precision", "inputSize", "fx", "fy", "cx", "cy",
-            "nearMm", "farMm", "pointCloud", "pointBudget", "colorByDepth", "voxelMm", "backend")
+    same = ("startFrame", "frameStride", "maxFrames", "device", "precision", "inputSize", "detailSize", "fx", "fy",
+            "cx", "cy", "nearMm", "farMm", "pointCloud", "pointBudget", "colorByDepth", "voxelMm", "backend")
     inputs = {"video": {"videoPath": path_or_none(p.videoPath)}, "sequence": {"browser": p.inputBrowser},
               "volume": {"volume": p.inputVolume}, "live": {"volume": p.inputVolume}}
     if p.inputMode not in inputs:
@@ -59,6 +59,6 @@ def live_arguments(p: Any) -> dict[str, Any]:
     if p.inputVolume is None:
         raise ValueError("live: choose the updating RGB volume (e.g. an OpenIGTLink connector's image)")
     args = {key: value for key, value in process_arguments(p, all_frames=False).items()
-            if key not in ("videoPath", "browser")}
+            if key not in ("videoPath", "browser", "detailSize")}  # live frames are read once
     return {**args, "volume": p.inputVolume, "depthMesh": False,
             "recordFrames": int(p.liveRecordFrames) if p.liveRecord else 0}

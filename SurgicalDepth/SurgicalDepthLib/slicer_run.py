@@ -220,7 +220,7 @@ def run_frames(model: Any, source: FrameSource, intrinsics: Any, kinds: Iterable
                write: Callable[[int, dict], Any], progress: Callable[[float, str], bool], *,
                point_budget: int = DEFAULT_POINT_BUDGET, near_mm: float | None = None, far_mm: float | None = None,
                voxel_mm: float = 1.0, temporal: bool = False, input_size: int | None = None,
-               fov_mask: Any = "auto", calibrated: bool = False) -> RunResult:
+               fov_mask: Any = "auto", calibrated: bool = False, detail_size: int | None = None) -> RunResult:
     """Stream ``source`` through ``depth_stream`` and call ``write(item, outputs)`` for each frame as it comes
     (``item``: the source item; ``outputs``: :func:`frame_outputs` of ``kinds``); nothing is kept per frame.
 
@@ -229,7 +229,8 @@ def run_frames(model: Any, source: FrameSource, intrinsics: Any, kinds: Iterable
     truncation 4 voxels; a relative model's depth beyond ``far_mm`` is not fused, as in ``surgical-depth
     reconstruct``) whose surface is extracted at the end. ``fov_mask``: the field of view (:func:`resolve_fov`
     takes the module's choice). ``calibrated``: ``intrinsics`` are the scope's calibration (not a guessed field of
-    view), so the depth is corrected to its lens (:mod:`.lens`). ``progress(fraction, text)`` is called after every
+    view), so the depth is corrected to its lens (:mod:`.lens`). ``detail_size``: a second, larger read per frame
+    (:mod:`.detail`; None: one read). ``progress(fraction, text)`` is called after every
     frame and around the extraction; False raises :class:`Cancelled` (the stream is closed: decoding and inference
     stop).
     """
@@ -252,7 +253,8 @@ def run_frames(model: Any, source: FrameSource, intrinsics: Any, kinds: Iterable
                           max_depth=near_far[1] if model.output_kind == "disparity" else None)
     shown, count, fov = DisplayRange(), 0, None
     stream = depth_stream(model, source.frames, depth_range=near_far, temporal=temporal, input_size=input_size,
-                          fov_mask=resolve_fov(fov_mask), intrinsics=intrinsics if calibrated else None)
+                          fov_mask=resolve_fov(fov_mask), intrinsics=intrinsics if calibrated else None,
+                          detail_size=detail_size)
     with closing(stream):
         for frame in stream:
             fov = frame.fov_mask  # one array for the whole stream

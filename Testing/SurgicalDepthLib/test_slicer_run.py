@@ -169,6 +169,21 @@ def test_run_frames_streams_every_frame_to_write(model, one_torch_thread):
     assert DEFAULT_DEPTH_RANGE_MM[0] - 1e-3 <= lo < hi <= DEFAULT_DEPTH_RANGE_MM[1] + 1e-3
 
 
+def test_run_frames_detail_read_reaches_the_stream(model, one_torch_thread):
+    """Catches the panel's "Detail size" not reaching depth_stream (the depth of one read stored instead)."""
+    frames = [textured(40, 56, s) for s in range(2)]
+    intr = sd.Intrinsics.from_fov(56, 40, 70.0)
+    written = []
+    run.run_frames(model, _array_source(frames), intr, ["depth"], lambda item, out: written.append(out["depth"][0]),
+                   lambda f, text: True, input_size=SIZE, detail_size=SIZE + 28, fov_mask="none")
+    detailed = list(sd.depth_stream(model, frames, depth_range=DEFAULT_DEPTH_RANGE_MM, input_size=SIZE,
+                                    detail_size=SIZE + 28, fov_mask=None))
+    single = list(sd.depth_stream(model, frames, depth_range=DEFAULT_DEPTH_RANGE_MM, input_size=SIZE, fov_mask=None))
+    for out, ref, one in zip(written, detailed, single):
+        np.testing.assert_array_equal(out, ref.depth_mm)
+        assert not np.allclose(out, one.depth_mm)
+
+
 def test_run_frames_cancel_stops_in_the_loop_and_in_fusion(model, one_torch_thread):
     """Catches a Cancel that is ignored until the end, or that cannot stop ICP / TSDF fusion or the surface
     extraction: False from progress raises Cancelled right there, and no further frame is written."""
@@ -243,13 +258,15 @@ def test_process_arguments_match_process():
 
 def test_live_arguments_match_start_live():
     """Catches live arguments that startLive (or process, which it passes them on to) does not take, a live run
-    on another input than the live volume, a recording budget used while recording is off, and a depth mesh per
-    live frame (it is not updated live)."""
+    on another input than the live volume, a recording budget used while recording is off, a depth mesh per
+    live frame (it is not updated live), and a detail read for live depth (its first image would be read twice,
+    the live frames once: the run's depth would change character after the first image)."""
     tree = ast.parse((REPO / "SurgicalDepth" / "SurgicalDepth.py").read_text())
     start, process = _logic_params(tree, "startLive") - {"options"}, _logic_params(tree, "process")
     p = _parameter_node(tree, inputMode="live", inputVolume="the volume", liveRecord=False, liveRecordFrames=25,
-                        videoPath=Path("/clip.mp4"))
+                        videoPath=Path("/clip.mp4"), detailSize=252)
     args = run.live_arguments(p)
+    assert "detailSize" not in args and run.process_arguments(p, True)["detailSize"] == 252
     assert set(args) <= start | process and args["volume"] == "the volume" and "videoPath" not in args
     assert args["recordFrames"] == 0 and args["depthMesh"] is False and args["currentOnly"] is True
     p.liveRecord = True

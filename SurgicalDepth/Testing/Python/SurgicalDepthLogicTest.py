@@ -78,7 +78,8 @@ class SurgicalDepthLogicTest(ScriptedLoadableModuleTest):
         self.assertEqual(browser.GetNumberOfSynchronizedSequenceNodes(True), 1)
 
     def test_clip_with_stride(self):
-        """A clip with a stride: items, NaN (never 0) depth, point budget, fusion, a folder and names per run."""
+        """A clip with a stride: items, NaN (never 0) depth, point budget, fusion, a folder and names per run, and a
+        detail read that reaches the depth."""
         import numpy as np
         nodes = self.logic.process(self.folder, inputSize=70, intrinsics=self.clip[0]["intrinsics"], frameStride=2,
                                    pointBudget=900, fuse=True)
@@ -93,6 +94,9 @@ class SurgicalDepthLogicTest(ScriptedLoadableModuleTest):
         self.assertEqual(sh.GetItemParent(sh.GetItemByDataNode(nodes.browser)), nodes.folder)
         again = self.logic.process(self.folder, inputSize=70, maxFrames=1)
         self.assertNotEqual((again.browser.GetName(), again.folder), (nodes.browser.GetName(), nodes.folder))
+        detailed = self.logic.process(self.folder, inputSize=70, detailSize=98, maxFrames=1)  # "Detail size" field
+        one, two = (slicer.util.arrayFromVolume(n.depth.GetNthDataNode(0)) for n in (again, detailed))
+        self.assertTrue(np.isfinite(two).any() and not np.allclose(one, two, equal_nan=True))
 
     def test_cancel(self):
         """Cancel midway through a fused run: Cancelled is raised and no node or folder is left."""
