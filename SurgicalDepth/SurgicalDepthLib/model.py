@@ -31,11 +31,16 @@ def _detail_size(detail_size: int, input_size: int) -> int:
 
 
 def _frame_groups(frames: Iterable[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
-    """``frames`` in lists of ``size`` (the last may be shorter); when the source raises, the frames read before
-    are yielded first, then the error is raised."""
+    """``frames`` in lists of ``size`` (the last may be shorter), all of the first frame's size; when the source
+    raises, the frames read before are yielded first, then the error is raised."""
     group: list[np.ndarray] = []
+    first: tuple[int, ...] | None = None
     try:
-        for rgb in frames:
+        for i, rgb in enumerate(frames):
+            check_rgb(rgb, f"frame {i}")
+            first = first or rgb.shape[:2]
+            if rgb.shape[:2] != first:
+                raise ValueError(f"frame {i} has size {rgb.shape[:2]}, expected {first} like the first frame")
             group.append(rgb)
             if len(group) == size:
                 yield group

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -80,7 +81,8 @@ def frames():
 def test_model_and_stream_merge_the_two_reads(model, frames):
     """Bugs caught: ``detail_size`` not reaching the second read (both reads at one size: the output equals the
     plain read), batches merged with another frame's detail read (order), ``depth_stream`` dropping the option,
-    and sizes that cannot give detail (not larger than the first read) or stored predictions accepted silently."""
+    sizes that cannot give detail (not larger than the first read) or stored predictions accepted silently, and
+    frames of another size in a later batch accepted (each batch alone is checked)."""
     size = model.config.input_size
     single = [model.infer_image(f) for f in frames]
     detailed = model.infer_image(frames[1], detail_size=252)
@@ -94,6 +96,11 @@ def test_model_and_stream_merge_the_two_reads(model, frames):
         next(sd.depth_stream(model, frames, detail_size=size))
     with pytest.raises(ValueError, match="detail_size must be larger than input_size"):
         model.infer_image(frames[0], detail_size=size - 14)
+    stored = SimpleNamespace(predictions=lambda items: iter(()), output_kind="disparity", depth_unit="relative")
+    with pytest.raises(ValueError, match="detail_size needs a model"):  # how depth_stream tells stored predictions
+        next(sd.depth_stream(stored, frames, detail_size=252))
+    with pytest.raises(ValueError, match=r"frame 1 has size \(240, 318\), expected \(240, 320\)"):
+        model.infer_batch([frames[0], frames[1][:, :-2]], batch_size=1, detail_size=252)
 
 
 @pytest.mark.slow
