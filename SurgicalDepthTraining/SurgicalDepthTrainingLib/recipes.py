@@ -80,7 +80,8 @@ def render_training_set(root: str | Path, n_clips: int, frames_per_clip: int = 8
     ones are kept, so an interrupted run resumes. Returns the sequence folders.
 
     ``workers`` > 1 renders that many clips at once in worker processes (spawned, so it is safe beside torch and
-    OpenMP threads); every clip is drawn from its own seeds, so the files are the same for any ``workers``.
+    OpenMP threads; a script that calls it so needs the usual ``if __name__ == "__main__":`` guard, as for any
+    spawned process pool); every clip is drawn from its own seeds, so the files are the same for any ``workers``.
     ``progress`` gets the number of clips finished so far (in completion order when ``workers`` > 1).
     """
     if workers < 1:
