@@ -105,11 +105,15 @@ def render_training_set(root: str | Path, n_clips: int, frames_per_clip: int = 8
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
-        for future in as_completed([pool.submit(_render_one, job) for job in todo]):
-            future.result()  # a clip that failed stops the set (the finished clips stay for a resume)
-            done += 1
-            if progress is not None:
-                progress(done)
+        try:
+            for future in as_completed([pool.submit(_render_one, job) for job in todo]):
+                future.result()  # a clip that failed stops the set (the finished clips stay for a resume)
+                done += 1
+                if progress is not None:
+                    progress(done)
+        except BaseException:  # an error or a cancel (Ctrl-C, progress raising): no clip is started after it
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
     return folders
 
 

@@ -160,3 +160,16 @@ def test_parallel_rendering_writes_the_same_clips(tmp_path):
     assert json.loads((tmp_path / "parallel" / "seq_0002" / "meta.json").read_text())["generator"]["polyps"] > 0
     with pytest.raises(ValueError, match="workers must be >= 1"):
         render_training_set(tmp_path / "x", 1, workers=0)
+
+
+def test_parallel_rendering_stops_starting_clips_after_a_cancel(tmp_path):
+    """Bug caught: a cancel (here: the progress callback raising, as a cancelled progress display does) that lets
+    the pool render every remaining clip before the error comes out."""
+    from SurgicalDepthTrainingLib.recipes import render_training_set
+
+    def cancel(done: int) -> None:
+        raise KeyboardInterrupt("cancelled")
+
+    with pytest.raises(KeyboardInterrupt):
+        render_training_set(tmp_path, 12, frames_per_clip=1, height=28, width=42, workers=2, progress=cancel)
+    assert len(list(tmp_path.glob("seq_*"))) < 12
