@@ -214,19 +214,16 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
 
     def process(self, videoPath=None, model="default", *, browser=None, volume=None, startFrame=0, frameStride=1,
                 maxFrames=0, currentOnly=False, device="auto", precision="auto", backend="torch", inputSize=0,
-                detailSize=0, intrinsics=None, calibration=None, fx=0.0, fy=0.0, cx=0.0, cy=0.0, nearMm=None, farMm=None,
-                temporal=False, pointCloud=True, pointBudget=200000, colorByDepth=False, depthMesh=None, fuse=False,
-                voxelMm=1.0, fovMask="auto", memoryBudget: Optional[int] = None, progress: Optional[Callable] = None):
-        """Depth of a video / image folder (``videoPath``), a ``browser`` (its master sequence of RGB volumes) or
-        one RGB ``volume`` into a new browser and subject-hierarchy folder; returns a ``SurgicalDepthNodes``.
-        Frames ``startFrame, startFrame + frameStride, ...`` (<= ``maxFrames``; 0 = all), or with ``currentOnly``
-        the browser's selected item (a video's: the range's first frame). ``detailSize``: a second, larger read per
-        frame for detail (``SurgicalDepthLib.detail``; 0 = one read). Model: ``loadModel`` (``backend="auto"``
-        picks one and ``modelStatus`` says why). Depth range defaults to the CLI's; field of view ``fovMask``
-        (``slicer_run.resolve_fov``) shown as a label map; ``pointBudget`` points per cloud (0 = all); ``depthMesh``
-        None = for one frame only. Refused before decoding when the outputs need more than ``memoryBudget`` bytes
-        (default: half the free RAM). ``progress(fraction, text) -> bool``: False cancels (``Cancelled``; the run's
-        nodes are removed)."""
+                detailSize=0, intrinsics=None, calibration=None, fx=0.0, fy=0.0, cx=0.0, cy=0.0, nearMm=None,
+                farMm=None, temporal=False, pointCloud=True, pointBudget=200000, colorByDepth=False, depthMesh=None,
+                fuse=False, voxelMm=1.0, fovMask="auto", memoryBudget=None, progress: Optional[Callable] = None):
+        """Depth of a video / image folder (``videoPath``), a ``browser`` (its master sequence of RGB volumes) or one
+        RGB ``volume`` into a new browser and subject-hierarchy folder; returns a ``SurgicalDepthNodes``. Frames
+        ``startFrame, +frameStride, ...`` (<= ``maxFrames``; 0 = all) or, with ``currentOnly``, the selected item (a
+        video's: the range's first). ``detailSize``: a second, larger read (``SurgicalDepthLib.detail``; 0 = one).
+        Model: ``loadModel`` (``backend="auto"``: ``modelStatus`` says why); ``fovMask``: ``slicer_run.resolve_fov``;
+        ``depthMesh`` None: one frame's. Refused before decoding if over ``memoryBudget`` bytes (half the free RAM).
+        ``progress(fraction, text)``: False cancels (``Cancelled``; the run's nodes are removed)."""
         progress = progress or (lambda fraction, text: True)
         self.setupPythonRequirements(askConfirmation=True)
         from SurgicalDepthLib import slicer_run as run
