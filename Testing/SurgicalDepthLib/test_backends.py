@@ -133,11 +133,14 @@ def test_openvino_compiles_once_per_shape(ov_model):
 
 
 def test_frame_api_matches_torch(ort_model, ov_model, model):
-    """Bug: a backend with its own preprocessing or output resize (the official ones are shared with
-    ``DepthModel``): ``infer_image``/``infer_batch`` must give the torch numbers at the frame size."""
+    """Bugs: a backend with its own preprocessing or output resize (the official ones are shared with
+    ``DepthModel``): ``infer_image``/``infer_batch`` must give the torch numbers at the frame size; a compiled graph
+    fixed to one input shape, so that the detail read's second, larger read fails."""
     frames = [textured(60, 90, i) for i in range(3)]
     ref = model.infer_batch(frames, SIZE)
+    detailed = model.infer_image(frames[0], SIZE, detail_size=SIZE + 28)
     for compiled in (ort_model, ov_model):
+        _close(compiled.infer_image(frames[0], SIZE, detail_size=SIZE + 28), detailed)
         _close(compiled.infer_image(frames[0], SIZE), ref[0])
         _close(compiled.infer_batch(frames, SIZE, batch_size=2), ref)
         assert compiled.output_kind == "disparity" and compiled.depth_unit == "relative"
