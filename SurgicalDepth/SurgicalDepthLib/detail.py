@@ -19,6 +19,14 @@ DETAIL_SIGMA_FRACTION = 0.03
 _MAX_SIGMA_PX = 16.0  # larger low-passes run on a downscaled copy (a low-pass loses nothing there)
 
 
+def check_detail_size(detail_size: int, input_size: int) -> int:
+    """``detail_size`` checked against the first read's network size ``input_size``: an integer, and larger."""
+    if not isinstance(detail_size, int) or isinstance(detail_size, bool) or detail_size <= input_size:
+        raise ValueError(f"detail_size must be an integer larger than the input size ({input_size}), "
+                         f"got {detail_size!r}")
+    return detail_size
+
+
 def low_pass(image: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian blur of a float32 ``[H, W]`` image with standard deviation ``sigma`` px (reflected borders); for
     ``sigma`` > 16 px on a copy scaled down so that it is 16 px there, then scaled back up (bilinear)."""
@@ -56,8 +64,10 @@ def merge_detail(coarse: np.ndarray, fine: np.ndarray, sigma_fraction: float = D
         return coarse.copy()
     ratio = np.zeros(coarse.shape, np.float32)  # log(coarse / fine); 0 (no correction) where a read is unusable
     ratio[good] = np.log(coarse[good] / fine[good])
-    weight = low_pass(good.astype(np.float32), sigma_fraction * max(coarse.shape))
-    smooth = low_pass(ratio, sigma_fraction * max(coarse.shape)) / np.maximum(weight, 1e-6)
+    sigma = sigma_fraction * max(coarse.shape)
+    smooth = low_pass(ratio, sigma)
+    if not good.all():  # normalised convolution: the unusable pixels' zeros do not pull the average
+        smooth /= np.maximum(low_pass(good.astype(np.float32), sigma), 1e-6)
     out = coarse.copy()
     out[good] = fine[good] * np.exp(smooth[good])
     return out

@@ -11,7 +11,7 @@ from torch import nn
 
 from .background import prefetch
 from .configs import ModelConfig
-from .detail import merge_detail
+from .detail import check_detail_size, merge_detail
 from .dpt import DPTHead
 from .encoder import DinoV2Encoder
 from .preprocess import check_rgb, official_input_size, preprocess, preprocess_on_device
@@ -21,13 +21,6 @@ def resize_prediction(pred: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tens
     """Network output ``[n, h, w]`` → float32 ``[n, H, W]`` at the frame size: bilinear, ``align_corners=True``
     (the official ``infer_image``)."""
     return F.interpolate(pred[:, None].float(), size=out_hw, mode="bilinear", align_corners=True)[:, 0]
-
-
-def _detail_size(detail_size: int, input_size: int) -> int:
-    """``detail_size`` checked against the first read's ``input_size``: the detail read must be the larger."""
-    if detail_size <= input_size:
-        raise ValueError(f"detail_size must be larger than input_size ({input_size}), got {detail_size}")
-    return detail_size
 
 
 def _frame_groups(frames: Iterable[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
@@ -108,43 +101,22 @@ class FrameInference:
         detail on this one's layout (:func:`~SurgicalDepthLib.detail.merge_detail`; None: one read)."""
         check_rgb(rgb)
         input_size = input_size or self.config.input_size
-        sizes = (input_size,) if detail_size is None else (input_size, _detail_size(detail_size, input_size))
+        sizes = (input_size,) if detail_size is None else (input_size, check_detail_size(detail_size, input_size))
         reads = [self._predict(preprocess(rgb, size, self.config.mean, self.config.std, self.config.patch_size)[None],
                                rgb.shape[:2])[0] for size in sizes]
         return reads[0] if detail_size is None else merge_detail(*reads)
 
     def _input_batches(self, frames: Iterable[np.ndarray], input_size: int,
                        batch_size: int) -> Iterator[tuple[torch.Tensor, tuple[int, int]]]:
-        """Check, preprocess and stack frames: ``([n, 3, h, w] float32 tensor, (H, W))`` per batch, or on CUDA
-        the raw ``[n, H, W, 3]`` uint8 frames in pinned memory (preprocessed on the device: no host float
-        conversion and resize of large frames). When the frame source fails, the frames read before the
-        failure are still yielded, then the error is raised."""
+        """Check, preprocess and stack frames (:func:`_frame_groups`): ``([n, 3, h, w] float32 tensor, (H, W))``
+        per batch, or on CUDA the raw ``[n, H, W, 3]`` uint8 frames in pinned memory (preprocessed on the device:
+        no host float conversion and resize of large frames). When the frame source fails, the frames read before
+        the failure are still yielded, then the error is raised."""
         raw = self._preprocess_on_device  # uint8 frames go to the device as they are
-
-        def stack(group: list[np.ndarray]) -> torch.Tensor:
-            batch = torch.from_numpy(np.stack(group))
-            return batch.pin_memory() if raw else batch
-
-        group: list[np.ndarray] = []
-        size: tuple[int, int] | None = None
-        try:
-            for i, rgb in enumerate(frames):
-                check_rgb(rgb, f"frame {i}")
-                if size is None:
-                    size = rgb.shape[:2]
-                elif rgb.shape[:2] != size:
-                    raise ValueError(f"frame {i} has size {rgb.shape[:2]}, expected {size} like the first frame")
-                group.append(rgb if raw else preprocess(rgb, input_size, self.config.mean, self.config.std,
-                                                         self.config.patch_size))
-                if len(group) == batch_size:
-                    yield stack(group), size
-                    group = []
-        except Exception:
-            if group:
-                yield stack(group), size
-            raise
-        if group:
-            yield stack(group), size
+        for group in _frame_groups(frames, batch_size):
+            batch = torch.from_numpy(np.stack(group if raw else [preprocess(
+                rgb, input_size, self.config.mean, self.config.std, self.config.patch_size) for rgb in group]))
+            yield (batch.pin_memory() if raw else batch), group[0].shape[:2]
 
     def iter_batches(self, frames: Iterable[np.ndarray], input_size: int | None = None,
                      batch_size: int | None = None, prefetch_batches: int = 2,
@@ -163,7 +135,7 @@ class FrameInference:
         if prefetch_batches < 0:
             raise ValueError(f"prefetch_batches must be >= 0, got {prefetch_batches}")
         if detail_size is not None:
-            yield from self._iter_detailed(frames, input_size, _detail_size(detail_size, input_size), batch_size,
+            yield from self._iter_detailed(frames, input_size, check_detail_size(detail_size, input_size), batch_size,
                                            prefetch_batches)
             return
         batches = self._input_batches(frames, input_size, batch_size)

@@ -30,6 +30,7 @@ import numpy as np
 
 from .alignment import DEFAULT_DEPTH_RANGE_MM, disparity_to_depth, prediction_to_mm
 from .depth_kind import OutputKind, invert
+from .detail import check_detail_size
 from .fov import FOV_FRAMES, check_fov_mask, detect_fov_mask, nan_outside
 from .lens import LensCorrection, model_reference_fov
 from .temporal import TemporalAligner
@@ -122,9 +123,7 @@ def _check_detail_size(model: Any, detail_size: Any, input_size: int | None) -> 
         return
     if hasattr(model, "predictions"):
         raise ValueError("detail_size needs a model: stored predictions cannot be read again")
-    first = input_size or model.config.input_size
-    if not isinstance(detail_size, int) or isinstance(detail_size, bool) or detail_size <= first:
-        raise ValueError(f"detail_size must be an integer larger than the input size ({first}), got {detail_size!r}")
+    check_detail_size(detail_size, input_size or model.config.input_size)
 
 
 def _predictions(model: Any, items: Iterator[tuple[int, np.ndarray]], input_size: int | None,

@@ -94,7 +94,7 @@ def test_model_and_stream_merge_the_two_reads(model, frames):
     np.testing.assert_allclose(streamed[2], batch[2], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match=f"detail_size must be an integer larger than the input size \\({size}\\)"):
         next(sd.depth_stream(model, frames, detail_size=size))
-    with pytest.raises(ValueError, match="detail_size must be larger than input_size"):
+    with pytest.raises(ValueError, match=f"detail_size must be an integer larger than the input size \\({size}\\)"):
         model.infer_image(frames[0], detail_size=size - 14)
     stored = SimpleNamespace(predictions=lambda items: iter(()), output_kind="disparity", depth_unit="relative")
     with pytest.raises(ValueError, match="detail_size needs a model"):  # how depth_stream tells stored predictions
