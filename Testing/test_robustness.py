@@ -35,8 +35,10 @@ clip, the random ``surgical-depth-tiny`` model on the CPU) keep the whole file u
 |   an existing file / its input / a bad format; stream with     | stdout line {"event": "error", ...}; nothing       |
 |   a bad --connect or --port; --backend, --fov-mask bad values  | written                                            |
 |   train --photometric 1.5, --unlabeled-root missing path       |                                                    |
-|   predict/stream --intrinsics 1,2,x; evaluate --intrinsics       |                                                    |
-|   missing file or a file that is no calibration                |                                                    |
+|   predict/stream --intrinsics 1,2,x; evaluate --intrinsics     |                                                    |
+|   missing file or a file that is no calibration;               |                                                    |
+|   predict --detail-size 252 with a 518 model; evaluate         |                                                    |
+|   --detail-size 13; train --recipe default --render-workers 0  |                                                    |
 
 Disk full is simulated with a real kernel mechanism, no monkeypatching: the child's RLIMIT_FSIZE (``ulimit -f``) is
 set to 4 KiB in ``preexec_fn`` (the small manifest fits, a 15 KiB depth map does not), so writes fail with EFBIG
@@ -471,8 +473,9 @@ def test_full_disk_on_a_real_tmpfs(data, tmp_path):
 # -- new commands and options --------------------------------------------------------------------------------------
 def test_new_commands_and_options_fail_cleanly_with_an_error_event(tmp_path):
     """Catches: export overwriting a file or its own input, export/stream/--backend/--fov-mask, train
-    --photometric/--unlabeled-root and predict/stream/evaluate --intrinsics bad values ending in a traceback, a
-    half-made run folder or report, or without the jsonl error event the Slicer modules wait for."""
+    --photometric/--unlabeled-root, predict/stream/evaluate --intrinsics, predict/evaluate --detail-size (not
+    larger than the model's input size, not a multiple of 14) and train --render-workers bad values ending in a
+    traceback, a half-made run folder or report, or without the jsonl error event the Slicer modules wait for."""
     model = tmp_path / "m.safetensors"
     import torch
     from SurgicalDepthLib.checkpoints import save_checkpoint
@@ -509,10 +512,15 @@ def test_new_commands_and_options_fail_cleanly_with_an_error_event(tmp_path):
         ("evaluate", "--dataset", "folder", "--root", data, "--output", tmp_path / "r.json", *TINY,
          "--intrinsics", tmp_path / "nowhere.yaml", *jsonl),
         ("evaluate", "--dataset", "folder", "--root", data, "--output", tmp_path / "r.json", *TINY,
-         "--intrinsics", not_calibration, *jsonl))
+         "--intrinsics", not_calibration, *jsonl),
+        ("predict", data / "rgb", "--output", tmp_path / "o", *TINY, "--detail-size", "252", *jsonl),
+        ("evaluate", "--dataset", "folder", "--root", data, "--output", tmp_path / "r.json", *TINY,
+         "--detail-size", "13", *jsonl),
+        ("train", "--recipe", "default", "--output", tmp_path / "o", "--render-workers", "0", *jsonl))
     needles = [(existing, "--overwrite"), ("m.safetensors",), ("tflite",), ("nohost",), ("99999",), ("tensorrt-x",),
                ("none.png",), ("--photometric", "1.5"), ("--unlabeled-root", "nowhere"), ("--intrinsics", "1,2,x"),
-               ("--intrinsics", "500,500,-1,20"), ("--intrinsics", "nowhere.yaml"), ("notes.txt",)]
+               ("--intrinsics", "500,500,-1,20"), ("--intrinsics", "nowhere.yaml"), ("notes.txt",),
+               ("detail_size", "(518)", "252"), ("--detail-size", "13"), ("--render-workers", "0")]
     for result, expected in zip(runs, needles):
         if result.args[0] == "stream" and "pyigtl" in result.stderr:
             continue  # the [igtl] extra is not installed: that one-line error is checked by test_live.py
