@@ -6,7 +6,7 @@ clip, the random ``surgical-depth-tiny`` model on the CPU) keep the whole file u
 | case                                                           | expected                                           |
 |----------------------------------------------------------------|----------------------------------------------------|
 | synth into an existing folder; synth --seed -1                 | rc 2 naming --output / --seed; data set untouched  |
-| synth --polyps -1; synth --close-up without --polyps           | rc 2 naming --polyps / --close-up; nothing written |
+| synth --polyps -1 / --albedo-patches 1.5; --close-up alone    | rc 2 naming the flag; nothing written              |
 | synth                                                          | its run manifest lists every file of the data set  |
 | predict DIR -o DIR beside ground truth 0_depth.npy             | rc 2 naming the file; the folder byte-identical    |
 | predict DIR -o DIR --colormap beside an input 0_color.png      | rc 2 naming the file; every input byte-identical   |
@@ -167,13 +167,17 @@ def test_synth_manifest_existing_folder_and_seed(data, tmp_path):
 
 
 def test_synth_polyp_options(tmp_path):
-    """Catches: --polyps -1 failing with SceneConfig's field name (or a traceback) instead of the flag, and
-    --close-up without polyps silently rendering the plain lumen path; neither may leave a folder behind."""
-    neg, lonely = cli_many(("synth", "--output", tmp_path / "neg", "--polyps", "-1", "--progress", "none"),
-                           ("synth", "--output", tmp_path / "lonely", "--close-up", "--progress", "none"))
+    """Catches: --polyps -1 or --albedo-patches 1.5 failing with SceneConfig's field name (or a traceback) instead
+    of the flag, and --close-up without polyps silently rendering the plain lumen path; none may leave a folder
+    behind."""
+    neg, lonely, bright = cli_many(
+        ("synth", "--output", tmp_path / "neg", "--polyps", "-1", "--progress", "none"),
+        ("synth", "--output", tmp_path / "lonely", "--close-up", "--progress", "none"),
+        ("synth", "--output", tmp_path / "bright", "--albedo-patches", "1.5", "--progress", "none"))
     assert_error(neg, "--polyps", "-1")
     assert_error(lonely, "--close-up", "--polyps")
-    assert not (tmp_path / "neg").exists() and not (tmp_path / "lonely").exists()
+    assert_error(bright, "--albedo-patches", "1.5")
+    assert not any((tmp_path / name).exists() for name in ("neg", "lonely", "bright"))
 
 
 # -- predict: outputs never overwrite inputs, runs never mix ------------------------------------------------------

@@ -29,17 +29,22 @@ WIDE_VIEW = {"fov_deg": (125.0, 165.0), "fisheye_share": 0.7, "pinhole_max_deg":
 #: polyps per 100 mm of lumen drawn for the clips from ``polyps_from`` on (``SceneConfig.polyps``; tube organs),
 #: and the share of those clips that approach and inspect one polyp (``SceneConfig.close_up``)
 POLYPS = {"polyps": (1.5, 5.0), "close_up_share": 0.5}
+#: strength of the patches of other reflectance (blood, bile, mucus, bruising) drawn for the clips from
+#: ``albedo_from`` on (``SceneConfig.albedo_patches``)
+ALBEDO = {"albedo_patches": (0.4, 1.0)}
 
 
 def clip_specs(n_clips: int, seed: int = 0, height: int = DEFAULT_TRAIN_SIZE[0],
                width: int = DEFAULT_TRAIN_SIZE[1], scope_light_from: int | None = None,
-               wide_view_from: int | None = None, polyps_from: int | None = None) -> list[dict[str, Any]]:
+               wide_view_from: int | None = None, polyps_from: int | None = None,
+               albedo_from: int | None = None) -> list[dict[str, Any]]:
     """``SceneConfig`` keyword arguments of each training clip (deterministic for ``seed``).
 
     Clips with index >= ``scope_light_from`` also get the scope's light drawn from :data:`SCOPE_LIGHT`
     (inter-reflection fill, beam profile), clips with index >= ``wide_view_from`` a field of view from
-    :data:`WIDE_VIEW`, and clips with index >= ``polyps_from`` polyps (:data:`POLYPS`), each from a generator of
-    their own, so every earlier clip stays as it was.
+    :data:`WIDE_VIEW`, clips with index >= ``polyps_from`` polyps (:data:`POLYPS`) and clips with index >=
+    ``albedo_from`` patches of other reflectance (:data:`ALBEDO`), each from a generator of their own, so every
+    earlier clip stays as it was.
     """
     if n_clips < 1:
         raise ValueError(f"n_clips must be >= 1, got {n_clips}")
@@ -68,6 +73,9 @@ def clip_specs(n_clips: int, seed: int = 0, height: int = DEFAULT_TRAIN_SIZE[0],
             draw = np.random.default_rng([seed, i, 13])
             specs[-1].update(polyps=float(draw.uniform(*POLYPS["polyps"])),
                              close_up=bool(draw.random() < POLYPS["close_up_share"]))
+        if albedo_from is not None and i >= albedo_from:
+            draw = np.random.default_rng([seed, i, 17])
+            specs[-1].update({k: float(draw.uniform(lo, hi)) for k, (lo, hi) in ALBEDO.items()})
     return specs
 
 
@@ -75,7 +83,8 @@ def render_training_set(root: str | Path, n_clips: int, frames_per_clip: int = 8
                         height: int = DEFAULT_TRAIN_SIZE[0], width: int = DEFAULT_TRAIN_SIZE[1],
                         progress: Callable[[int], None] | None = None,
                         scope_light_from: int | None = None, wide_view_from: int | None = None,
-                        polyps_from: int | None = None, workers: int = 1) -> list[Path]:
+                        polyps_from: int | None = None, workers: int = 1, albedo_from: int | None = None
+                        ) -> list[Path]:
     """Render ``n_clips`` sequences of ``clip_specs`` into ``root/seq_XXXX`` (the ``synthetic`` layout); existing
     ones are kept, so an interrupted run resumes. Returns the sequence folders.
 
@@ -88,7 +97,7 @@ def render_training_set(root: str | Path, n_clips: int, frames_per_clip: int = 8
         raise ValueError(f"workers must be >= 1, got {workers}")
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
-    specs = clip_specs(n_clips, seed, height, width, scope_light_from, wide_view_from, polyps_from)
+    specs = clip_specs(n_clips, seed, height, width, scope_light_from, wide_view_from, polyps_from, albedo_from)
     folders = [root / f"seq_{i:04d}" for i in range(len(specs))]
     todo = [(spec, folder, frames_per_clip) for spec, folder in zip(specs, folders) if not folder.exists()]
     done = len(folders) - len(todo)

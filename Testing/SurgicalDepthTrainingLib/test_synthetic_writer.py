@@ -110,16 +110,18 @@ def test_synth_command(tmp_path, capsys):
 
 
 def test_synth_command_with_polyps_and_a_close_up(tmp_path):
-    """Bugs caught: --polyps / --close-up parsed but not passed to the scene (the clip has no polyp, or looks down
-    the lumen), or not recorded in the clip's metadata (the clip could not be re-rendered from it)."""
+    """Bugs caught: --polyps / --close-up / --albedo-patches parsed but not passed to the scene (the clip has no
+    polyp, looks down the lumen, or has the plain albedo), or not recorded in the clip's metadata (the clip could
+    not be re-rendered from it)."""
     from SurgicalDepthTrainingLib.synthetic import SceneGenerator
 
     out = tmp_path / "clip"
     args = _parser().parse_args(["synth", "--output", str(out), "--frames", "2", "--seed", "21", "--size", "40x48",
-                                 "--polyps", "3", "--close-up"])
+                                 "--polyps", "3", "--close-up", "--albedo-patches", "0.7"])
     assert args.func(args) == 0
     meta, _, poses = _read_layout(out)
     assert meta["generator"]["polyps"] == 3.0 and meta["generator"]["close_up"] is True
+    assert meta["generator"]["albedo_patches"] == 0.7
     expected = SceneGenerator(SceneConfig.from_dict(meta["generator"])).trajectory(2)
     plain = SceneGenerator(SceneConfig(organ="colon", seed=21, height=40, width=48, polyps=3.0)).trajectory(2)
     written = np.stack([poses[k] for k in sorted(poses)])

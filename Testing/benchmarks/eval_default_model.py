@@ -1,7 +1,8 @@
 """Accuracy of a model (default: the shipped one) on held-out synthetic clips of every organ and on the real
 SimCol3D / EndoSLAM samples (../shared/samples), with median scaling and scale+shift alignment, next to a
 random-weight model of the same architecture; then how the model's near-to-far profile holds when the frames'
-tone changes (``tone_robustness``), and how much of a polyp's rise it sees (``polyp_relief``). Prints Markdown
+tone changes (``tone_robustness``), how much of a polyp's rise it sees (``polyp_relief``) and how much of a change of
+reflectance it reads as depth (``albedo_leak``). Prints Markdown
 tables (used for the model card and RESULTS.md).
 
 Usage: ``python Testing/benchmarks/eval_default_model.py [--model SRC] [--samples DIR] [--json FILE]
@@ -75,6 +76,7 @@ RENDER_LOOKS = {  # the same held-out scenes lit like a real scope, or seen thro
     "wide view: fisheye 150°": {"fov_deg": 150.0, "fisheye": True},
     "wide view: fisheye 165°": {"fov_deg": 165.0, "fisheye": True},
     "wide view: C3VD's scope (fisheye fit, ~128° across)": {"intrinsics": "c3vd"},
+    "patches of other reflectance (albedo_patches 1)": {"albedo_patches": 1.0},
 }
 
 
@@ -142,6 +144,31 @@ def polyp_relief(model, frames: int = 4, per_100mm: float = 4.0) -> dict[str, fl
             fractions.append((s - 1.0) / (t - 1.0))
     return {"frames": len(fractions), "true": float(np.mean(true)), "seen": float(np.mean(seen)),
             "fraction": float(np.mean(fractions))}
+
+
+def albedo_leak(model, frames: int = 4) -> dict[str, float]:
+    """How much of a change of reflectance the model reads as depth: held-out scenes (colon, small intestine,
+    stomach, surgical field) rendered with patches of other reflectance (``SceneConfig.albedo_patches = 1``) and
+    again without (same geometry, same depth). Per frame, over the valid pixels whose linear brightness changed by
+    more than 15 % (neither frame saturated), the least-squares slope of ``log(p_with / p_without)`` (each
+    prediction divided by its median) on ``log(I_with / I_without)`` (``I``: display luma ** 2.2). 0 = reflectance
+    is not read as depth; 0.5 = read as an inverse-square light fall-off (disparity ∝ √brightness). Returns the
+    mean slope and the number of frames."""
+    slopes = []
+    for organ in ("colon", "small_intestine", "stomach", "surgical_field"):
+        for patched, plain in zip(synthetic_pairs(organ, frames=frames, albedo_patches=1.0),
+                                  synthetic_pairs(organ, frames=frames)):
+            luma = [(f["image"].astype(np.float64) @ photometric.LUMA) for f in (patched, plain)]
+            change = 2.2 * (np.log(luma[0] + 0.5) - np.log(luma[1] + 0.5))
+            keep = patched["valid"] & (np.abs(change) > np.log(1.15)) & (np.maximum(*luma) < 250)
+            if keep.sum() < 200:
+                continue
+            p_w, p_o = (model.infer_image(f["image"]).astype(np.float64) for f in (patched, plain))
+            sign = 1.0 if model.output_kind == "disparity" else -1.0
+            seen = sign * (np.log(p_w / np.median(p_w[patched["valid"]]))
+                           - np.log(p_o / np.median(p_o[plain["valid"]])))
+            slopes.append(float(np.polyfit(change[keep], seen[keep], 1)[0]))
+    return {"frames": len(slopes), "slope": float(np.mean(slopes))}
 
 
 KVASIR_MASKS = Path(__file__).resolve().parents[1] / "Data" / "kvasir_seg_masks"
@@ -233,6 +260,9 @@ def main() -> None:
     print()
     print(f"polyps (held-out scenes, {relief['frames']} frames): nearer by x{relief['true']:.3f} (true), "
           f"x{relief['seen']:.3f} (model): {relief['fraction']:.2f} of the rise seen")
+    results["albedo"] = leak = albedo_leak(model)
+    print(f"reflectance read as depth (held-out scenes, {leak['frames']} frames): slope {leak['slope']:.3f} "
+          "(0 = none, 0.5 = as an inverse-square fall-off)")
     if args.samples is not None and (args.samples / "real" / "images").is_dir():
         results["kvasir"] = ratios = kvasir_prominence(model, args.samples / "real" / "images")
         print(f"Kvasir-SEG polyps: wall around / polyp depth {' '.join(f'{r:.2f}' for r in ratios)} "

@@ -44,13 +44,16 @@ def register(subparsers) -> None:
                         "default 0)")
     p.add_argument("--close-up", action="store_true",
                    help="approach one polyp and look at it instead of down the lumen (needs --polyps)")
+    p.add_argument("--albedo-patches", type=float, default=0.0, metavar="S",
+                   help="strength in [0, 1] of patches of other reflectance on the tissue (blood, bile, mucus, "
+                        "bruising): brightness that is not depth (default 0)")
     p.set_defaults(func=run)
 
 
 #: SceneConfig fields -> the flag that sets them (its errors name the flag)
 _FLAG_OF = {"height": "--size (height)", "width": "--size (width)", "fov_deg": "--fov", "seed": "--seed",
             "noise": "--noise", "blur": "--blur", "smoke": "--smoke", "blood": "--blood", "organ": "--organ",
-            "polyps": "--polyps"}
+            "polyps": "--polyps", "albedo_patches": "--albedo-patches"}
 
 
 def _scene_config(**fields):
@@ -89,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     fov = args.fov if args.fov is not None else (140.0 if args.fisheye else 100.0)
     config = _scene_config(organ=args.organ, height=height, width=width, fov_deg=fov, seed=args.seed,
                          fisheye=args.fisheye, noise=args.noise, blur=args.blur, smoke=args.smoke,
-                         blood=args.blood, polyps=args.polyps, close_up=args.close_up)
+                         blood=args.blood, polyps=args.polyps, close_up=args.close_up,
+                         albedo_patches=args.albedo_patches)
     generator = SceneGenerator(config)
     with progress_of(args).stage("synth", args.frames, unit="frame", desc=f"synth {args.organ}") as stage:
         root = write_synthetic(_counted(generator.iter_frames(args.frames), stage), args.output,

@@ -34,6 +34,8 @@ class SceneConfig:
         polyps: mean number of sessile polyps per 100 mm of lumen (tube organs; ``synthetic.polyps``; 0 = none).
         close_up: in a tube scene with polyps, the endoscope approaches one and looks at it
             (``trajectory.close_up_trajectory``) instead of looking down the lumen.
+        albedo_patches: strength in [0, 1] of patches of other reflectance on the tissue (blood, bile, mucus,
+            bruising, pale scars; ``textures.reflectance_patches``; 0 = none): brightness that is not depth.
         max_depth_mm: rays longer than this in z are invalid (and rendered dark); at most 655.35 (uint16 PNG range).
         speed_mm: camera advance per frame along the trajectory, mm.
         length_mm: length of the organ model along its centreline, mm.
@@ -56,6 +58,7 @@ class SceneConfig:
     beam_exponent: float = 0.0
     polyps: float = 0.0
     close_up: bool = False
+    albedo_patches: float = 0.0
     max_depth_mm: float = 300.0
     speed_mm: float = 2.0
     length_mm: float = 700.0
@@ -76,7 +79,7 @@ class SceneConfig:
                 raise ValueError(f"SceneConfig.{name} must be >= 0, got {getattr(self, name)!r}")
         if self.beam_exponent < 0:
             raise ValueError(f"SceneConfig.beam_exponent must be >= 0, got {self.beam_exponent!r}")
-        for name in ("smoke", "blood", "vignetting", "fill_light"):
+        for name in ("smoke", "blood", "vignetting", "fill_light", "albedo_patches"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"SceneConfig.{name} must be in [0, 1], got {getattr(self, name)!r}")
         if not 1.0 <= self.max_depth_mm <= 655.35:

@@ -15,7 +15,7 @@ from .config import SceneConfig
 from .polyps import draw_polyps, polyp_tables, tint_albedo
 from .scenes import (HeightfieldSurface, Instrument, Scene, TubeSurface, envelope_lipschitz, heightfield_lipschitz,
                      slope_envelope, tube_lipschitz)
-from .textures import band_noise, fractal_noise, mucosa_albedo
+from .textures import band_noise, fractal_noise, mucosa_albedo, reflectance_patches
 
 _DZ = 0.25          # tube table row spacing, mm
 _NTHETA = 720       # tube relief table columns (0.5 degree)
@@ -40,6 +40,16 @@ def _tint(rng: np.random.Generator, rgb: tuple[float, float, float], spread: flo
     if not randomize:
         return base
     return np.clip(base * rng.uniform(1 - spread, 1 + spread, 3).astype(np.float32), 0.02, 0.98)
+
+
+def _with_patches(albedo: np.ndarray, config: SceneConfig, spacing: tuple[float, float]) -> np.ndarray:
+    """``albedo`` with ``config.albedo_patches`` of other reflectance laid on it (a generator of their own, so a
+    scene without them is the scene it always was)."""
+    if config.albedo_patches <= 0:
+        return albedo
+    rng = np.random.default_rng([config.seed, 7919, 5])
+    patches = reflectance_patches(rng, albedo.shape[:2], spacing, config.albedo_patches)
+    return np.clip(albedo * patches, 0.0, 1.0).astype(np.float32)
 
 
 def _material(rng: np.random.Generator, config: SceneConfig, specular: float, shininess: float) -> dict:
@@ -113,6 +123,7 @@ def _tube_scene(config: SceneConfig, rng: np.random.Generator, radius: float, be
                            vessels=float(rng.uniform(0.4, 1.0)) if r else 0.8, speckle=speckle)
     if polyps:
         albedo = tint_albedo(albedo, polyps, float(z[0]), _TEX_STEP, radius)
+    albedo = _with_patches(albedo, config, (_TEX_STEP, circumference / cols))
     extra = {"polyps": [dataclasses.asdict(p) for p in polyps]} if polyps else {}
     return Scene(organ=config.organ, surface=surface, albedo=albedo, tex_origin=(float(z[0]), -np.pi),
                  tex_step=(_TEX_STEP, 2 * np.pi / cols), tex_wrap=True,
@@ -147,7 +158,7 @@ def _surgical_field(config: SceneConfig, rng: np.random.Generator) -> Scene:
         1.0 + 0.1 * band_noise(rng, shape, (step, step), 6.0))[..., None]
     m1 = np.clip(-0.3 + 1.2 * band_noise(rng, shape, (step, step), 50.0), 0, 1)[..., None]
     m2 = np.clip(-0.3 + 1.2 * band_noise(rng, shape, (step, step), 70.0), 0, 1)[..., None]
-    albedo = (pink * (1 - m1) + fat * m1) * (1 - m2) + dark * m2
+    albedo = _with_patches((pink * (1 - m1) + fat * m1) * (1 - m2) + dark * m2, config, (step, step))
     # instrument: enters from a random side above the tissue, tip a few cm in front of the tissue
     ang = rng.uniform(0, 2 * np.pi)
     tip = np.array([rng.uniform(-25, 25), rng.uniform(-25, 25), rng.uniform(-45, -15)])

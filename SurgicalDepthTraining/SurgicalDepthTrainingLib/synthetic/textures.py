@@ -92,6 +92,34 @@ def mucosa_albedo(rng: np.random.Generator, shape: tuple[int, int], spacing: tup
     return np.clip(albedo, 0.0, 1.0).astype(np.float32)
 
 
+def reflectance_patches(rng: np.random.Generator, shape: tuple[int, int], spacing: tuple[float, float],
+                        strength: float) -> np.ndarray:
+    """Multiplier of an albedo table that lays patches of other reflectance on the tissue: blood, bile, mucus,
+    bruising, pale scar or fat, so that how bright a region is says less about how near it is.
+
+    Two independent patch layers, each a soft-edged region of band noise (features 10–40 mm, covering 15–40 % of
+    the table, edges ~1/10 of a feature) with its own colour gain: brightness ``exp(strength · U(ln 0.35, ln 1.8))``
+    times a per-channel tint ``exp(strength · U(-0.25, 0.25))``.
+
+    Args:
+        shape: table size (rows, cols); spacing: sample spacing (row, col) in mm.
+        strength: in [0, 1]; 0 gives ones (no patches).
+    Returns:
+        float32 [rows, cols, 3], > 0.
+    """
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be in [0, 1], got {strength!r}")
+    out = np.ones(shape + (3,), np.float32)
+    for _ in range(2):
+        field = band_noise(rng, shape, spacing, float(rng.uniform(10.0, 40.0)))
+        edge = float(np.quantile(field, 1.0 - rng.uniform(0.15, 0.4)))
+        t = np.clip((field - edge) / 0.25 + 0.5, 0.0, 1.0)
+        mask = (t * t * (3.0 - 2.0 * t))[..., None]
+        gain = np.exp(strength * (rng.uniform(np.log(0.35), np.log(1.8)) + rng.uniform(-0.25, 0.25, 3)))
+        out *= (1.0 + (gain.astype(np.float32) - 1.0) * mask).astype(np.float32)
+    return out
+
+
 def _bilinear_cells(rows: int, cols: int, u: np.ndarray, v: np.ndarray, wrap_v: bool, dtype: np.dtype
                     ) -> tuple[tuple[np.ndarray, ...], np.ndarray, np.ndarray]:
     """Flat indices of the four texels around fractional indices ``(u, v)`` (int64 [N] each: (i, j), (i, j + 1),
