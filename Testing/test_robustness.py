@@ -8,11 +8,13 @@ clip, the random ``surgical-depth-tiny`` model on the CPU) keep the whole file u
 | synth into an existing folder; synth --seed -1                 | rc 2 naming --output / --seed; data set untouched  |
 | synth --polyps -1 / --albedo-patches 1.5; --close-up alone    | rc 2 naming the flag; nothing written              |
 | synth                                                          | its run manifest lists every file of the data set  |
-| predict DIR -o DIR beside ground truth 0_depth.npy             | rc 2 naming the file; the folder byte-identical    |
-| predict DIR -o DIR --colormap beside an input 0_color.png      | rc 2 naming the file; every input byte-identical   |
+| predict DIR (or DIR/*.png) -o DIR; reconstruct DIR -o DIR      | rc 2 "is the input folder"; nothing written        |
+| predict DIR/0.png -o DIR beside ground truth 0_depth.npy       | rc 2 naming the file; the folder byte-identical    |
+| predict DIR/*.png files -o DIR --colormap, an input 0_color.png| rc 2 naming the file; every input byte-identical   |
 | second predict into a used folder; then --overwrite            | rc 2 naming --overwrite; then only the new files   |
 | predict into a folder locked by a live run (dead locks, more   | rc 2 "being written by another"; nothing written   |
 |   manifest cases: Testing/SurgicalDepthLib/test_run_folder.py) |                                                    |
+| synth / predict VIDEO --colormap sent SIGTERM mid-run           | rc 130, error event; no temp file, lock or folder  |
 | train stopped by SIGTERM mid-run, then --resume                | rc 130, last.pt saved at step k; resume from k     |
 | stale .last.*.pt / .log.*.csv of killed saves                  | removed on resume; other files kept                |
 | train into a folder holding a training run                     | rc 2 naming --resume and --overwrite               |
@@ -182,8 +184,10 @@ def test_synth_polyp_options(tmp_path):
 
 # -- predict: outputs never overwrite inputs, runs never mix ------------------------------------------------------
 def test_predict_into_its_own_input_folder_and_a_locked_one(data, tmp_path):
-    """Catches: predict DIR -o DIR overwriting the ground truth 000000_depth.npy beside 000000.png, or an input
-    image 000000_color.png with --colormap; and two runs at once writing into one folder (interleaved files)."""
+    """Catches: predict DIR -o DIR (or a glob DIR/*.png, or reconstruct DIR -o DIR) accepted, so that the next
+    run on DIR reads the maps as frames; predict FILE -o ITS_FOLDER overwriting the ground truth 000000_depth.npy
+    beside 000000.png, or an input image 000000_color.png with --colormap; and two runs at once writing into one
+    folder (interleaved files)."""
     from SurgicalDepthLib.run_folder import LOCK_NAME, read_manifest
 
     gt, color, busy = tmp_path / "gt", tmp_path / "color", tmp_path / "busy"
@@ -194,9 +198,15 @@ def test_predict_into_its_own_input_folder_and_a_locked_one(data, tmp_path):
     busy.mkdir()
     (busy / LOCK_NAME).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))  # a live run
     before = {folder: snapshot(folder) for folder in (gt, color, busy)}
-    on_gt, on_color, locked = cli_many(("predict", gt, "--output", gt, *PREDICT),
-                                       ("predict", color, "--output", color, "--colormap", *PREDICT),
-                                       ("predict", data / "rgb", "--output", busy, *PREDICT))
+    folder, pattern, rec, on_gt, on_color, locked = cli_many(
+        ("predict", color, "--output", color, *PREDICT),
+        ("predict", f"{color}/*.png", "--output", color, *PREDICT),
+        ("reconstruct", color, "--output", color, *PREDICT),
+        ("predict", gt / "000000.png", "--output", gt, *PREDICT),
+        ("predict", *sorted(color.glob("*.png")), "--output", color, "--colormap", *PREDICT),
+        ("predict", data / "rgb", "--output", busy, *PREDICT))
+    for result in (folder, pattern, rec):
+        assert_error(result, f"--output {color} is the input folder")
     assert_error(on_gt, gt / "000000_depth.npy", "not written by a surgical-depth run")
     assert_error(on_color, color / "000000_color.png")
     assert_error(locked, "being written by another", os.getpid())
@@ -220,6 +230,52 @@ def test_second_predict_into_a_used_folder(data, tmp_path):
     assert snapshot(out) == first
     assert cli("predict", one, "--output", out, "--overwrite", *PREDICT).returncode == 0
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["000002_depth.npy"]
+
+
+def _terminated(command: tuple, stage: str) -> tuple[int, list[dict], str]:
+    """Run ``command`` under --progress jsonl and send SIGTERM (Slicer's Cancel) at its first ``stage`` step:
+    ``(exit code, stdout events, stderr)``."""
+    proc = subprocess.Popen([sys.executable, "-m", "SurgicalDepthLib.cli", *map(str, command), "--progress", "jsonl"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        event = json.loads(line)
+        if event["event"] == "progress" and event["stage"] == stage and event["step"] >= 1:
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest, err = proc.communicate(timeout=120)
+    return proc.returncode, [json.loads(x) for x in lines + rest.splitlines()], err
+
+
+def test_sigterm_cancels_synth_and_predict_cleanly(data, tmp_path):
+    """Catches: SIGTERM (Slicer's Cancel: QProcess.terminate) killing synth or predict at once, so that synth's
+    hidden temporary folder, predict's half-written .clip_depth.XXXX.mp4 / .raw and the run-folder lock stay
+    behind and the caller gets no error event; it must end as Ctrl-C does (exit 130, one error event)."""
+    import cv2
+
+    from SurgicalDepthLib.run_folder import LOCK_NAME, read_manifest
+
+    video = tmp_path / "clip.avi"
+    frames = [cv2.imread(str(p)) for p in sorted((data / "rgb").glob("*.png"))]
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (70, 56))
+    for i in range(300):
+        writer.write(frames[i % len(frames)])
+    writer.release()
+    synth_out, predict_out = tmp_path / "synth", tmp_path / "pred"
+    runs = [_terminated(("synth", "--output", synth_out, "--frames", "300", "--size", "56x70"), "synth"),
+            _terminated(("predict", video, "--output", predict_out, "--colormap", "--format", "nrrd", "--batch-size",
+                         "1", *PREDICT[:-2]), "predict")]
+    for code, events, err in runs:
+        assert code == 130, err[-2000:]
+        assert events[-1]["event"] == "error" and "interrupted" in events[-1]["message"]
+        assert "interrupted (SIGTERM)" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.avi", "pred"]  # no synth folder, no temp folder
+    hidden = {p.name for p in predict_out.rglob(".*")}
+    assert LOCK_NAME not in hidden and hidden <= {".surgical-depth-run"}
+    listed = set(read_manifest(predict_out)[1]) if hidden else set()
+    assert {p.relative_to(predict_out).as_posix() for p in predict_out.rglob("*") if p.is_file()
+            and not p.name.startswith(".")} <= listed
 
 
 # -- train: resumable by default, strict resume, divergence --------------------------------------------------------

@@ -76,7 +76,9 @@ def _writer(suffix: str, polydata: Any) -> Any:
 
 def _write(path: Path, polydata: Any, suffix: str) -> Path:
     writer = _writer(suffix, polydata)
-    with atomic_path(path) as tmp:
+    # the temporary file takes the lower-case suffix: VTK's PLY writer appends ".ply" to any other name (a
+    # "cloud.PLY" would be written elsewhere and left behind)
+    with atomic_path(path, suffix=suffix) as tmp:
         writer.SetFileName(str(tmp))
         writer.SetInputData(polydata)
         ok = writer.Write()

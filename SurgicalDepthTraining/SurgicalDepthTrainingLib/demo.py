@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -131,7 +132,7 @@ def _depths_mm(clip: list[dict], preds: list[np.ndarray], kind: str, cap: float)
     return depths
 
 
-def _write_3d(out: Path, clip: list[dict], depths_mm: list[np.ndarray], config: DemoConfig,
+def _write_3d(claim: Callable[[str], Path], clip: list[dict], depths_mm: list[np.ndarray], config: DemoConfig,
               cap: float) -> tuple[Path, Path, Any]:
     """The first frame's point cloud and the TSDF fusion of all frames at the renderer's exact poses:
     ``(cloud file, mesh file, mesh)``."""
@@ -140,12 +141,12 @@ def _write_3d(out: Path, clip: list[dict], depths_mm: list[np.ndarray], config: 
     first, depth0 = clip[0], depths_mm[0]
     cloud = sd.to_polydata(sd.backproject(depth0, first["intrinsics"], mask=first["valid"]),
                            colors=first["image"][first["valid"] & (depth0 > 0)])
-    cloud_path = sd.save_points(out / "frame000_points.ply", cloud)
+    cloud_path = sd.save_points(claim("frame000_points.ply"), cloud)
     volume = sd.TSDFVolume(voxel_size=config.voxel_mm, truncation=4 * config.voxel_mm, max_depth=cap)
     for frame, depth_mm in zip(clip, depths_mm):
         volume.integrate(depth_mm, frame["image"], frame["intrinsics"], frame["pose"])
     mesh = volume.extract_mesh()
-    return cloud_path, sd.save_mesh(out / "fused_mesh.ply", mesh), mesh
+    return cloud_path, sd.save_mesh(claim("fused_mesh.ply"), mesh), mesh
 
 
 def _write_depth_video(path: Path, clip: list[dict], preds: list[np.ndarray], kind: str) -> Path:
@@ -205,14 +206,19 @@ def _write_report(path: Path, config: DemoConfig, model: Any, body: dict, mean: 
     return path
 
 
-def run_demo(config: DemoConfig, progress=None) -> DemoResult:
-    """Render, predict, reconstruct and measure; write everything into ``config.output``."""
+def run_demo(config: DemoConfig, progress=None, claim: Callable[[str], Path] | None = None) -> DemoResult:
+    """Render, predict, reconstruct and measure; write everything into ``config.output``.
+
+    ``claim`` gives the path of each output file by name (the CLI passes its ``RunFolder.path``, so a folder holding
+    another run's outputs is refused and the run's files are listed in its manifest); None: ``config.output / name``
+    in a folder created if missing."""
     from .evaluation import evaluate_predictions
     from .synthetic import SceneConfig, render_clip
 
     t0 = time.perf_counter()
-    out = Path(config.output)
-    out.mkdir(parents=True, exist_ok=True)
+    if claim is None:
+        Path(config.output).mkdir(parents=True, exist_ok=True)
+        claim = Path(config.output).joinpath
     clip = render_clip(config.organ, n_frames=config.frames, seed=config.seed, height=config.height,
                        width=config.width)
     model, preds = _predict_clip(config, clip, progress)
@@ -223,8 +229,8 @@ def run_demo(config: DemoConfig, progress=None) -> DemoResult:
     mean = {k: float(v) for k, v in body["metrics"].items()}
     depths_mm = _depths_mm(clip, preds, kind, cap)
     files: dict[str, Path] = {}
-    files["point_cloud"], files["fused_mesh"], mesh = _write_3d(out, clip, depths_mm, config, cap)
-    files["depth_video"] = _write_depth_video(out / "depth_video.mp4", clip, preds, kind)
-    files["summary"] = _write_summary(out / "summary.png", clip[0], depths_mm[0], mesh)
-    files["metrics"] = _write_report(out / "metrics.json", config, model, body, mean)
+    files["point_cloud"], files["fused_mesh"], mesh = _write_3d(claim, clip, depths_mm, config, cap)
+    files["depth_video"] = _write_depth_video(claim("depth_video.mp4"), clip, preds, kind)
+    files["summary"] = _write_summary(claim("summary.png"), clip[0], depths_mm[0], mesh)
+    files["metrics"] = _write_report(claim("metrics.json"), config, model, body, mean)
     return DemoResult(model=model.source, metrics=mean, files=files, seconds=time.perf_counter() - t0)

@@ -26,8 +26,6 @@ logger = logging.getLogger(__name__)
 METRIC_KEYS = ("abs_rel", "sq_rel", "rmse", "rmse_log", "a1", "a2", "a3")
 ALIGNMENTS = ("median", "scale_shift", "none")
 PRED_KINDS = tuple(k.value for k in OutputKind)  # ("disparity", "depth")
-# Smallest inverse depth allowed after a scale-and-shift fit when no max_depth bounds it (depth <= 1e8 units).
-_MIN_INV_DEPTH = 1e-8
 
 
 def compute_errors(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
@@ -117,7 +115,10 @@ def align_prediction(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None =
         if alignment == "scale_shift":
             x = pred if pred_kind == "disparity" else np.where(pred > 0, 1.0 / pred, np.nan)
             scale, shift = fit_scale_shift(x, 1.0 / gt, valid, mode="scale_shift")
-            floor = 1.0 / max_depth if max_depth is not None else _MIN_INV_DEPTH
+            # the fitted inverse depth can reach 0 or below (beyond infinity) where the fit extrapolates: it is
+            # clamped to the cap, or without one to the image's farthest ground truth (not to ~1e8, which would
+            # let one such pixel decide an image's AbsRel)
+            floor = 1.0 / (max_depth if max_depth is not None else float(gt[valid].max()))
             depth = 1.0 / np.maximum(scale * x + shift, floor)
         else:
             depth = np.where(pred > 0, 1.0 / pred, np.inf) if pred_kind == "disparity" else pred.copy()
@@ -147,7 +148,8 @@ def depth_metrics(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = No
             ``pred · median(gt) / median(pred)`` over the valid pixels (monodepth2; the paper's Eq. 1);
             ``"scale_shift"``: least squares in disparity space, ``s·x + t ≈ 1/gt`` with ``x`` = the disparity
             (or ``1/pred`` for depth), then inverted; the fitted inverse depth is clamped to
-            ``>= 1/max_depth`` (or ``1e-8``) so every pixel gets a positive depth;
+            ``>= 1/max_depth`` (without a ``max_depth``: ``>= 1/`` the image's largest valid ``gt``) so every
+            pixel gets a positive, bounded depth;
             ``"none"``: metric prediction used as is (a disparity is only inverted).
         min_depth, max_depth: evaluation range in gt's unit: pixels with gt outside ``(min_depth, max_depth)``
             are ignored, and aligned predictions are clamped to ``[min_depth, max_depth]`` (monodepth2).

@@ -124,6 +124,19 @@ def test_fp32_backends_match_torch(which, model, references, request):
         _close(compiled(x).numpy(), ref)
 
 
+def test_openvino_by_name_at_auto_precision_is_fp32_even_on_a_bf16_cpu(checkpoint, model, references, monkeypatch):
+    """Bug caught: ``load_model(src, backend="openvino")`` at the default ``precision="auto"`` computing in bf16 on
+    a CPU with AVX512-BF16/AMX (1e-2 off PyTorch), where the contract says auto means fp32 on the CPU; bf16 is for
+    ``precision="bf16"`` or ``backend="auto"``, which says so."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("openvino")
+    monkeypatch.setattr(loading, "cpu_computes_natively", lambda precision: True)
+    compiled = sd.load_model(checkpoint, backend="openvino", device="cpu")
+    assert compiled.precision == "fp32"
+    x, ref = references[0]
+    _close(compiled(x).numpy(), ref)
+
+
 def test_openvino_compiles_once_per_shape(ov_model):
     """Bug: recompiling for every frame (seconds each), or an unbounded cache of compiled shapes."""
     ov_model.cache_size = 2

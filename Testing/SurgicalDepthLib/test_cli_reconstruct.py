@@ -60,6 +60,21 @@ def test_reconstruct_estimates_poses_without_file(tmp_path, clip):
     assert sorted(p.name for p in out.glob("points_*.ply")) == ["points_000000.ply", "points_000002.ply"]
 
 
+def test_reconstruct_to_stl_writes_meshes_as_stl_and_clouds_as_ply(tmp_path, clip):
+    """Bug caught: --format stl (offered by the CLI) failing after the whole inference with "cannot save points to
+    points_000000.stl" (STL holds triangles only), so it could never succeed."""
+    root, _, intr = clip
+    out = tmp_path / "stl"
+    assert main(["reconstruct", str(root / "rgb"), "--output", str(out), "--intrinsics", intr, "--fuse",
+                 "--voxel-size", "2", "--input-size", "70", "--device", "cpu", "--mesh", "--every", "2",
+                 "--format", "stl", "--progress", "none"]) == 0
+    names = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert names == ["fused_mesh.stl", "mesh_000000.stl", "mesh_000002.stl", "points_000000.ply",
+                     "points_000002.ply", "poses.txt", "reconstruction.json"]
+    assert sd.load_mesh(out / "points_000002.ply").GetNumberOfPoints() == 56 * 70
+    assert sd.load_mesh(out / "mesh_000000.stl").GetNumberOfPolys() > 0
+
+
 def test_reconstruct_bad_input(tmp_path, clip, capsys):
     root, _, intr = clip
     bad = tmp_path / "poses.txt"

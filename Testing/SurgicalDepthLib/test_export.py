@@ -39,6 +39,16 @@ def test_points_round_trip(tmp_path, cloud, suffix):
         np.testing.assert_array_equal(vtk_to_numpy(back.GetPointData().GetArray("RGB")), colors)
 
 
+@pytest.mark.parametrize("name", ["cloud.PLY", "cloud.Vtp", "mesh.STL", "mesh.OBJ"])
+def test_upper_case_suffixes_write_the_named_file_and_nothing_else(tmp_path, cloud, mesh, name):
+    """Bug caught: "cloud.PLY" written through a temporary ".cloud.XXXX.PLY" to which VTK's PLY writer appends
+    ".ply": the writer's file is left behind as a stray hidden file and the save fails."""
+    data = mesh[1] if name.startswith("mesh") else cloud[2]
+    (save_mesh if name.startswith("mesh") else save_points)(tmp_path / name, data)
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+    assert load_mesh(tmp_path / name).GetNumberOfPoints() == data.GetNumberOfPoints()
+
+
 def test_ply_is_binary_with_colour_properties(tmp_path, cloud):
     _, colors, poly = cloud
     path = save_points(tmp_path / "c.ply", poly)

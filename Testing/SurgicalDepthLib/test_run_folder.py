@@ -101,6 +101,8 @@ def test_predict_cli_refuses_to_overwrite_and_mix_runs(tmp_path):
     common = ["--input-size", "28", "--device", "cpu", "--fov-mask", "none"]
 
     result = _cli("predict", str(data), "--output", str(data), *common)
+    assert result.returncode == 2 and f"--output {data} is the input folder" in result.stderr
+    result = _cli("predict", str(data / "0001.png"), "--output", str(data), *common)
     assert result.returncode == 2 and "0001_depth.npy exists and was not written" in result.stderr
     assert "Traceback" not in result.stderr and (data / "0001_depth.npy").read_bytes() == before
 

@@ -188,10 +188,12 @@ def test_jsonl_error_event_and_exit_code(tmp_path):
 
 def test_jsonl_error_event_for_usage_errors(tmp_path):
     """Catches: a command-line usage error (caught by argparse before any command runs) ending a --progress jsonl
-    run without an error event."""
+    run without an error event, or printed as argparse's usage block instead of one error line."""
     result = _cli("predict", str(tmp_path), "--output", str(tmp_path / "o"), "--batch-size", "two",
                   "--progress", "jsonl")
-    assert result.returncode == 2 and "usage:" in result.stderr
+    assert result.returncode == 2 and "usage:" not in result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("surgical-depth predict: error: argument --batch-size") and "--help" in line
     (event,) = _events(result.stdout)
     assert event["event"] == "error" and "--batch-size" in event["message"]
 

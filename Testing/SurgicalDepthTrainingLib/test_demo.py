@@ -13,9 +13,14 @@ from SurgicalDepthLib.cli import main
 
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path, capsys):
+    """Also catches: a second demo into the same folder silently replacing the first (no run manifest, no
+    --overwrite), and --overwrite not replacing it."""
+    from SurgicalDepthLib.run_folder import read_manifest
+
     out = tmp_path / "demo"
-    code = main(["demo", "--output", str(out), "--frames", "4", "--size", "96", "128", "--input-size", "112",
-                 "--device", "cpu"])
+    command = ["demo", "--output", str(out), "--frames", "4", "--size", "96", "128", "--input-size", "112",
+               "--device", "cpu"]
+    code = main(command)
     assert code == 0
     printed = capsys.readouterr().out
     assert "model:" in printed and "AbsRel" in printed and str(out / "summary.png") in printed
@@ -43,7 +48,17 @@ def test_demo_end_to_end(tmp_path, capsys):
 
     summary = cv2.imread(str(out / "summary.png"))
     assert summary.shape[0] == 96 and summary.shape[1] >= 4 * 128
-    assert not list(out.glob(".*"))  # no temporary files left
+    assert [p.name for p in out.glob(".*")] == [".surgical-depth-run"]  # no temporary files left
+    header, listed = read_manifest(out)
+    assert header["command"] == "demo" and sorted(listed) == sorted(p.name for p in out.iterdir()
+                                                                  if not p.name.startswith("."))
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    capsys.readouterr()
+    assert main(command) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+    assert main([*command, "--overwrite"]) == 0
+    assert (out / "metrics.json").stat().st_mtime_ns > before["metrics.json"]
 
 
 def test_demo_rejects_bad_arguments(tmp_path, capsys):

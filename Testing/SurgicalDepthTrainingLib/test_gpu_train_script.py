@@ -55,8 +55,10 @@ def test_gpu_train_runs_within_its_budget_and_exports_a_model(tmp_path):
     model = sd.load_model(tmp_path / "model.safetensors", device="cpu")
     assert model.config.input_size == 56 and model.output_kind == "disparity"
     assert sorted(p.name for p in out.iterdir()) == sorted([*summary["parts"], "log.csv", "summary.json"])
-    torch.manual_seed(0)  # the start weights as the trainer draws them (TrainConfig.seed 0)
+    torch.manual_seed(0)  # the start weights as the trainer draws them (TrainConfig.seed 0), rounded as exported
     start = sd.load_model("random:surgical-depth-tiny", device="cpu").state_dict()
     trained = model.state_dict()
-    moved = [(trained[k].float() - start[k].float()).abs().max().item() for k in start if "blocks.0." in k]
-    assert moved and max(moved) > 1e-3
+    # the number of steps inside the budget depends on the machine's load (a loaded CI machine: a handful), so the
+    # check is against the start rounded to fp16 as the export stores it: an unchanged model differs by exactly 0
+    moved = [(trained[k].float() - start[k].half().float()).abs().max().item() for k in start if "blocks.0." in k]
+    assert moved and max(moved) > 1e-5

@@ -86,6 +86,23 @@ def test_scale_shift_recovers_affine_disparity_exactly():
     assert m["abs_rel"] == pytest.approx(0, abs=1e-9)
 
 
+def test_scale_shift_extrapolation_is_bounded_by_the_farthest_ground_truth():
+    """Bug caught: a scale-and-shift fit that extrapolates to an inverse depth near or below 0 (beyond infinity)
+    left at ~0 (clamped to 1e-8), so one such pixel is scored at a depth of 1,000 (or 1e8) and the image's AbsRel
+    reads 24.9 (3.5e6 on the EndoSLAM sample); without a max_depth the fitted depth is capped at the image's
+    farthest valid ground truth."""
+    disp = np.array([[1.0, 2.0], [3.0, 10.0]])
+    gt = np.array([[10.0, 10.0], [10.0, 1.0]])
+    s, t = np.polyfit(disp.ravel(), 1.0 / gt.ravel(), 1)  # independent least squares in inverse depth
+    assert 0 < s * 1.0 + t < 0.01  # the fit puts the first pixel (truly at 10) a hundred times too far
+    depth = 1.0 / np.maximum(s * disp + t, 1.0 / 10.0)
+    m = depth_metrics(disp, gt, alignment="scale_shift", pred_kind="disparity")
+    assert m["abs_rel"] == pytest.approx(np.mean(np.abs(depth - gt) / gt)) and m["abs_rel"] < 1.0
+    assert m["scale"] == pytest.approx(s) and m["shift"] == pytest.approx(t)
+    capped = depth_metrics(disp, gt, alignment="scale_shift", pred_kind="disparity", max_depth=20.0)
+    assert capped["abs_rel"] > m["abs_rel"]  # a given cap still wins (the pixel scores at 20, not 10)
+
+
 def test_none_alignment_and_clamping():
     gt = np.full((4, 4), 50.0)
     m = depth_metrics(np.full((4, 4), 40.0), gt, alignment="none")

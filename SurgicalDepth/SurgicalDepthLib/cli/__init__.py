@@ -7,7 +7,9 @@ parsed namespace, returns an exit code). Errors a user can fix (bad paths, shape
 
 Every command takes ``--progress bar|jsonl|none`` (:mod:`SurgicalDepthLib.progress`); the command finds its
 reporter in ``args.progress_reporter``. With ``jsonl``, stdout carries only the JSON lines: everything else the
-command prints goes to stderr, and the run ends with a ``done`` or ``error`` event.
+command prints goes to stderr, and the run ends with a ``done`` or ``error`` event. SIGTERM (Slicer's Cancel:
+``QProcess.terminate``) ends a command as Ctrl-C does: its temporary files are removed, an ``error`` event is
+printed and the exit code is 130 (``train`` and ``stream`` handle both signals themselves).
 """
 from __future__ import annotations
 
@@ -17,7 +19,10 @@ import importlib
 import logging
 import os
 import re
+import signal
 import sys
+import threading
+from collections.abc import Iterable
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -61,6 +66,24 @@ def fov_mask_arg(text: str):
         return read_fov_mask(text)
     except FileNotFoundError:
         raise argparse.ArgumentTypeError(f"expected 'auto', 'none' or a readable mask image, got {text!r}") from None
+
+
+def check_output_not_an_input_folder(output: Path, sources: Iterable[str | os.PathLike | None]) -> None:
+    """Refuse an ``--output`` folder that is one of the input folders (a folder given, or the folder of a glob),
+    before anything runs: maps written beside the frames would be read as frames by the next run on that folder
+    (a depth or colour PNG is an image too). CliError naming both."""
+    target = Path(output).resolve()
+    for source in sources:
+        if source is None:
+            continue
+        path = Path(source)
+        if not path.is_dir():
+            if path.exists() or not any(c in str(source) for c in "*?["):
+                continue  # a file: its folder may take outputs
+            path = Path(*[p for p in path.parts if not any(c in p for c in "*?[")] or ["."])
+        if path.resolve() == target:
+            raise CliError(f"--output {output} is the input folder {source}: outputs written beside the frames "
+                           "would be read as frames by the next run; choose another output folder")
 
 
 def check_intrinsics_arg(text: str | None) -> None:
@@ -170,14 +193,31 @@ def build_parser(extra: tuple = ()) -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """While active, SIGTERM raises ``KeyboardInterrupt`` as SIGINT does, so the same clean-up runs (temporary
+    files, run-folder locks). Python delivers signals to the main thread only: elsewhere nothing is installed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None, extra: tuple = ()) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(extra)
     try:
         args = parser.parse_args(argv)
-    except _UsageError as exc:  # argparse's own output and exit code, plus the jsonl error event
-        exc.parser.print_usage(sys.stderr)
-        print(f"{exc.parser.prog}: error: {exc}", file=sys.stderr)
+    except _UsageError as exc:  # argparse's exit code, one line (not its usage block), plus the jsonl error event
+        print(f"{exc.parser.prog}: error: {exc} (see {exc.parser.prog} --help)", file=sys.stderr)
         if _wants_jsonl(argv):
             ProgressReporter("jsonl", sys.stdout).error(str(exc))
         return 2
@@ -188,10 +228,10 @@ def main(argv: list[str] | None = None, extra: tuple = ()) -> int:
     # jsonl: stdout is the JSON channel; the command's own messages go to stderr
     quiet = contextlib.redirect_stdout(sys.stderr) if args.progress == "jsonl" else contextlib.nullcontext()
     try:
-        with quiet:
+        with quiet, _sigterm_interrupts():
             code = int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print("surgical-depth: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"surgical-depth: interrupted{f' ({exc})' if str(exc) else ''}", file=sys.stderr)
         reporter.error("interrupted")
         return 130
     except (CliError, ValueError, TypeError, FileNotFoundError, FileExistsError, OSError) as exc:

@@ -41,8 +41,8 @@ from ..run_folder import RunFolder
 from ..saved_predictions import INFO_NAME, write_info
 from ..stream import DepthFrame, depth_stream
 from ..video import FrameReader, frame_source_images, frame_source_kind, open_frames, read_image, write_image
-from . import (FOV_MASK_HELP, OVERWRITE_HELP, CliError, add_model_args, check_intrinsics_arg, fov_mask_arg,
-               progress_of)
+from . import (FOV_MASK_HELP, OVERWRITE_HELP, CliError, add_model_args, check_intrinsics_arg,
+               check_output_not_an_input_folder, fov_mask_arg, progress_of)
 
 logger = logging.getLogger(__name__)
 
@@ -263,6 +263,7 @@ def run(args: argparse.Namespace) -> int:
     if args.max_frames is not None and args.max_frames < 1:
         raise ValueError(f"--max-frames must be >= 1, got {args.max_frames}")
     check_intrinsics_arg(args.intrinsics)
+    check_output_not_an_input_folder(args.output, args.inputs)
     explicit = [Path(text) for text in args.inputs if Path(text).is_file()]
     with RunFolder(args.output, "predict", inputs=explicit, overwrite=args.overwrite) as out:
         images, sources = _plan(args)  # after an --overwrite cleared the earlier run: its outputs are no inputs

@@ -29,7 +29,8 @@ from ..run_folder import RunFolder
 from ..saved_predictions import SavedPredictions
 from ..stream import depth_stream
 from ..video import open_frames
-from . import FOV_MASK_HELP, OVERWRITE_HELP, CliError, add_depth_range_arg, add_model_args, fov_mask_arg, progress_of
+from . import (FOV_MASK_HELP, OVERWRITE_HELP, CliError, add_depth_range_arg, add_model_args,
+               check_output_not_an_input_folder, fov_mask_arg, progress_of)
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ def register(subparsers) -> None:
     p.add_argument("--temporal", action="store_true",
                    help="stabilise relative depth over time (one depth scale for the whole clip)")
     p.add_argument("--format", default="ply", choices=["ply", "vtp", "vtk", "stl", "obj"],
-                   help="file format of clouds and meshes")
+                   help="file format of clouds and meshes (stl holds triangles only: with it clouds are .ply)")
     p.add_argument("--fov-mask", type=fov_mask_arg, default="auto", metavar="auto|none|FILE", help=FOV_MASK_HELP)
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=run)
@@ -125,7 +126,7 @@ def _write_frame(out: RunFolder, args: argparse.Namespace, frame: Any, intr: Any
     ext = "." + args.format
     depth, valid = frame.depth_mm, frame.valid
     cloud = to_polydata(backproject(depth, intr, mask=valid), colors=frame.rgb[valid], scalars=depth[valid])
-    save_points(out.path(f"points_{frame.index:06d}{ext}"), cloud)
+    save_points(out.path(f"points_{frame.index:06d}{'.ply' if ext == '.stl' else ext}"), cloud)
     if args.mesh:
         save_mesh(out.path(f"mesh_{frame.index:06d}{ext}"), depth_to_mesh(depth, intr, rgb=frame.rgb))
 
@@ -186,6 +187,7 @@ def _write_fusion(out: RunFolder, args: argparse.Namespace, fusion: _Fusion, met
 
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
+    check_output_not_an_input_folder(args.output, (args.input, args.depth))
     inputs = [p for p in (Path(args.input), args.poses, args.depth) if p is not None and Path(p).is_file()]
     with RunFolder(args.output, "reconstruct", inputs=inputs, overwrite=args.overwrite) as out:
         reader, intr, poses = _open_input(args)

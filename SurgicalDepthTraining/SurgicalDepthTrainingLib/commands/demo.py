@@ -4,12 +4,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from SurgicalDepthLib.cli import DEVICE_HELP, INPUT_SIZE_HELP, input_size_arg, progress_of
+from SurgicalDepthLib.cli import DEVICE_HELP, INPUT_SIZE_HELP, OVERWRITE_HELP, input_size_arg, progress_of
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("demo", help="offline demo: synthetic clip -> depth video, 3D, metrics, summary PNG")
     p.add_argument("--output", type=Path, default=Path("surgical-depth-demo"), help="output folder")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.add_argument("--model", default="default", help="model source (default: the shipped model)")
     p.add_argument("--frames", type=int, default=24, help="number of frames to render")
     p.add_argument("--size", type=int, nargs=2, default=(256, 320), metavar=("H", "W"), help="frame size")
@@ -20,14 +21,17 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from SurgicalDepthLib.run_folder import RunFolder
+
     from ..demo import DemoConfig, run_demo
 
     if args.frames < 2:
         raise ValueError(f"--frames must be >= 2, got {args.frames}")
     config = DemoConfig(output=args.output, model=args.model, frames=args.frames, height=args.size[0],
                         width=args.size[1], seed=args.seed, input_size=args.input_size, device=args.device)
-    with progress_of(args).stage("depth", args.frames, unit="frame") as stage:
-        result = run_demo(config, progress=lambda done, total: stage.update(done - stage.step))
+    with RunFolder(args.output, "demo", overwrite=args.overwrite) as out, \
+            progress_of(args).stage("depth", args.frames, unit="frame") as stage:
+        result = run_demo(config, progress=lambda done, total: stage.update(done - stage.step), claim=out.path)
     m = result.metrics
     print(f"model: {result.model}")
     print(f"metrics vs exact ground truth (median scaling, mean of {args.frames} frames): "
