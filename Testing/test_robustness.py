@@ -40,7 +40,8 @@ clip, the random ``surgical-depth-tiny`` model on the CPU) keep the whole file u
 |   predict/stream --intrinsics 1,2,x; evaluate --intrinsics     |                                                    |
 |   missing file or a file that is no calibration;               |                                                    |
 |   predict --detail-size 252 with a 518 model; evaluate         |                                                    |
-|   --detail-size 13; train --recipe default --render-workers 0  |                                                    |
+|   --detail-size 13; train --recipe default --render-workers 0; |                                                    |
+|   predict --stride 2 on images (a video option)                |                                                    |
 
 Disk full is simulated with a real kernel mechanism, no monkeypatching: the child's RLIMIT_FSIZE (``ulimit -f``) is
 set to 4 KiB in ``preexec_fn`` (the small manifest fits, a 15 KiB depth map does not), so writes fail with EFBIG
@@ -576,11 +577,13 @@ def test_new_commands_and_options_fail_cleanly_with_an_error_event(tmp_path):
         ("predict", data / "rgb", "--output", tmp_path / "o", *TINY, "--detail-size", "252", *jsonl),
         ("evaluate", "--dataset", "folder", "--root", data, "--output", tmp_path / "r.json", *TINY,
          "--detail-size", "13", *jsonl),
-        ("train", "--recipe", "default", "--output", tmp_path / "o", "--render-workers", "0", *jsonl))
+        ("train", "--recipe", "default", "--output", tmp_path / "o", "--render-workers", "0", *jsonl),
+        ("predict", data / "rgb", "--output", tmp_path / "o", *TINY, "--stride", "2", *jsonl))
     needles = [(existing, "--overwrite"), ("m.safetensors",), ("tflite",), ("nohost",), ("99999",), ("tensorrt-x",),
                ("none.png",), ("--photometric", "1.5"), ("--unlabeled-root", "nowhere"), ("--intrinsics", "1,2,x"),
                ("--intrinsics", "500,500,-1,20"), ("--intrinsics", "nowhere.yaml"), ("notes.txt",),
-               ("detail_size", "(518)", "252"), ("--detail-size", "13"), ("--render-workers", "0")]
+               ("detail_size", "(518)", "252"), ("--detail-size", "13"), ("--render-workers", "0"),
+               ("--stride", "no video input")]
     for result, expected in zip(runs, needles):
         if result.args[0] == "stream" and "pyigtl" in result.stderr:
             continue  # the [igtl] extra is not installed: that one-line error is checked by test_live.py

@@ -35,9 +35,9 @@ from .depth_sequence import DepthSequenceWriter, load_depth_sequence_nrrd, save_
 from .nrrd_header import nrrd_2d_header, read_nrrd_header
 
 # the sequence and disk-full names are re-exported: they were defined here and are imported from here
-__all__ = ["DEPTH_SUFFIXES", "PNG_TEXT_KEY", "UINT16_MAX", "DepthSequenceWriter", "DiskFullError", "load_depth",
-           "load_depth_sequence_nrrd", "png_scale_for", "read_nrrd_header", "report_disk_full", "save_depth",
-           "save_depth_sequence_nrrd"]
+__all__ = ["DEPTH_SUFFIXES", "DepthSequenceWriter", "DiskFullError", "encode_scaled_png", "load_depth",
+           "load_depth_sequence_nrrd", "png_scale_for", "PNG_TEXT_KEY", "read_nrrd_header", "report_disk_full",
+           "save_depth", "save_depth_sequence_nrrd", "UINT16_MAX"]
 
 logger = logging.getLogger(__name__)
 
@@ -111,9 +111,15 @@ def _encode_png(depth: np.ndarray, scale: float | None, unit: str) -> bytes:
     if values.max(initial=0) > UINT16_MAX:
         raise ValueError(f"depth up to {float(depth[valid].max()):g} does not fit uint16 PNG with scale={scale:g} "
                          f"(max {UINT16_MAX * scale:g}); pass a larger scale or scale=None")
-    ok, buf = cv2.imencode(".png", values.astype(np.uint16))
+    return encode_scaled_png(values.astype(np.uint16), scale, unit)
+
+
+def encode_scaled_png(values: np.ndarray, scale: float, unit: str) -> bytes:
+    """PNG file bytes of uint16 ``values`` [H, W] with the ``tEXt`` chunk that tells :func:`load_depth` the depth
+    of one count (``depth = value * scale`` in ``unit``; 0 = invalid)."""
+    ok, buf = cv2.imencode(".png", np.asarray(values, np.uint16))
     if not ok:
-        raise ValueError(f"OpenCV could not encode a {depth.shape} uint16 PNG")
+        raise ValueError(f"OpenCV could not encode a {np.shape(values)} uint16 PNG")
     return _png_with_text(buf.tobytes(), PNG_TEXT_KEY, json.dumps({"scale": float(scale), "unit": unit}))
 
 

@@ -246,6 +246,8 @@ def depth_stream(model: Any, frames: Any, *, depth_range: tuple[float, float] | 
         raise ValueError(f"stride must be an integer >= 1, got {stride!r}")
     if max_frames is not None and (not isinstance(max_frames, int) or max_frames < 1):
         raise ValueError(f"max_frames must be None or an integer >= 1, got {max_frames!r}")
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"batch_size must be None or an integer >= 1, got {batch_size!r}")
     near_far = tuple(float(v) for v in (depth_range or DEFAULT_DEPTH_RANGE_MM))
     if len(near_far) != 2 or not 0 < near_far[0] < near_far[1] or not np.isfinite(near_far[1]):
         raise ValueError(f"depth_range must be (near, far) mm with 0 < near < far, got {depth_range!r}")

@@ -12,6 +12,7 @@ may only repeat it. An entry whose digest is ``None`` makes :func:`download` req
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -173,7 +174,20 @@ def download(name: str, root: str | os.PathLike | None = None, *, sha256: str | 
         raise ValueError(f"no SHA256 is known for {name!r}: pass the digest published with the weights "
                          "(--sha256 HEX) or accept recording the downloaded file's digest (--trust-on-first-use)")
     folder = cache_dir(root)
+    created = [p for p in (folder, *folder.parents) if not p.exists()]
     folder.mkdir(parents=True, exist_ok=True)
+    try:
+        return _fetch(spec, name, folder, want, progress, timeout)
+    except BaseException:  # a failed download leaves no empty cache folder it made
+        for made in created:
+            with contextlib.suppress(OSError):
+                made.rmdir()  # only when empty
+        raise
+
+
+def _fetch(spec: WeightSpec, name: str, folder: Path, want: str | None, progress: Callable[[int, int], None] | None,
+           timeout: float) -> Path:
+    """Stream ``spec.url`` into ``folder`` (atomically, size- and SHA256-checked); record a first-use digest."""
     path = folder / Path(spec.filename).name
     digest = hashlib.sha256()
     with atomic_path(path) as tmp:

@@ -114,7 +114,8 @@ def test_saved_predictions_errors_name_the_file(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, name", [({"stride": 0}, "stride"), ({"start": -1}, "start"),
-                                          ({"max_frames": 0}, "max_frames"), ({"depth_range": (5, 5)}, "depth_range")])
+                                          ({"max_frames": 0}, "max_frames"), ({"depth_range": (5, 5)}, "depth_range"),
+                                          ({"batch_size": 0}, "batch_size"), ({"batch_size": 1.5}, "batch_size")])
 def test_bad_arguments_fail_before_decoding(model, kwargs, name):
     """Catches: bad arguments accepted (an endless or empty stream) or reported only after decoding started."""
     def never():

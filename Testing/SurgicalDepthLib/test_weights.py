@@ -48,10 +48,16 @@ def test_download_verifies_sha256_and_loads(served):
 
 
 def test_download_rejects_wrong_digest_and_leaves_nothing(served):
+    """Catches: a partial file under the final or a temporary name, and the (empty) cache folder the failed
+    download made left behind; a cache folder that existed before stays."""
     _, _, cache = served
     with pytest.raises(ValueError, match="does not match the expected"):
+        weights.download("surgical-depth-tiny", cache / "new" / "deeper", sha256="0" * 64)
+    assert not cache.exists()
+    cache.mkdir()
+    with pytest.raises(ValueError, match="does not match the expected"):
         weights.download("surgical-depth-tiny", cache, sha256="0" * 64)
-    assert not any(cache.iterdir())  # no partial file under the final or a temporary name
+    assert cache.is_dir() and not any(cache.iterdir())
 
 
 def test_download_without_digest_needs_consent(served):
@@ -118,7 +124,7 @@ def test_download_refuses_bytes_not_matching_pinned_digest(served, monkeypatch):
         weights.download("surgical-depth-tiny", cache)  # no --sha256 needed: the registry's digest applies
     with pytest.raises(ValueError, match="does not match the expected"):
         weights.download("surgical-depth-tiny", cache, trust_on_first_use=True)  # consent cannot override a pin
-    assert not any(cache.iterdir())  # neither the file, a temporary, nor a .sha256 sidecar
+    assert not cache.exists()  # neither the file, a temporary, a .sha256 sidecar, nor the folder it made
 
 
 def test_download_refuses_wrong_size_before_hashing(served, monkeypatch):
@@ -127,7 +133,7 @@ def test_download_refuses_wrong_size_before_hashing(served, monkeypatch):
     _pin(monkeypatch, "surgical-depth-tiny", sha256=digest, size=n + 1)
     with pytest.raises(ValueError, match=f"offers {n} bytes, but the official file has {n + 1} bytes"):
         weights.download("surgical-depth-tiny", cache)
-    assert not any(cache.iterdir())
+    assert not cache.exists()  # nor the folder the failed download made
 
 
 def test_download_with_pinned_digest_and_size(served, monkeypatch):
@@ -183,4 +189,4 @@ def test_http_download_checks_pinned_size_and_digest(http_served, monkeypatch):
     _pin(monkeypatch, "surgical-depth-tiny", size=len(payload), sha256="cd" * 32)
     with pytest.raises(ValueError, match="does not match the expected"):
         weights.download("surgical-depth-tiny", cache)
-    assert not any(cache.iterdir())
+    assert cache.is_dir() and not any(cache.iterdir())  # the folder was there before these failed downloads

@@ -26,6 +26,10 @@ def _read_layout(root):
 
 
 def test_round_trip(tmp_path):
+    """Also catches: depth PNGs without save_depth's scale chunk, which sd.load_depth refuses ("no
+    'SurgicalDepth' text chunk"), so the project's own synthetic depth could not be read by its own API."""
+    from SurgicalDepthLib import load_depth
+
     cfg = SceneConfig(organ="colon", height=40, width=48, seed=1, fisheye=True, fov_deg=140.0)
     frames = render_clip(**{k: v for k, v in cfg.to_dict().items() if k not in ("organ", "seed")},
                          organ="colon", seed=1, n_frames=3)
@@ -44,6 +48,7 @@ def test_round_trip(tmp_path):
         assert raw.dtype == np.uint16 and raw.shape == f["depth"].shape
         np.testing.assert_array_equal(raw > 0, f["valid"])
         assert np.abs(raw[f["valid"]] * 0.01 - f["depth"][f["valid"]].astype(np.float64)).max() <= 0.005 + 1e-6
+        np.testing.assert_allclose(load_depth(root / "depth" / f"{i:06d}.png"), raw * 0.01, rtol=1e-6)
     assert not list(tmp_path.glob(".*")), "temporary files left behind"
 
 

@@ -94,13 +94,32 @@ def _sequence_name(text: str, kind: str) -> str:
     return path.stem if kind == "video" else path.name
 
 
+def _is_sequence(text: str, video: bool) -> bool:
+    kind = frame_source_kind(text)
+    return kind == "video" or (video and kind in ("folder", "glob"))
+
+
+def _check_video_options(args: argparse.Namespace) -> None:
+    """``--stride`` / ``--max-frames`` without a video input: an error, not options silently ignored (a missing
+    input is left to ``_plan``, which names it)."""
+    def sequence(text: str) -> bool:
+        try:
+            return _is_sequence(text, args.video)
+        except (FileNotFoundError, ValueError):
+            return True
+
+    if (args.stride != 1 or args.max_frames is not None) and not any(sequence(text) for text in args.inputs):
+        raise CliError("--stride and --max-frames select frames of videos (or of folders and globs with --video); "
+                       "no video input was given")
+
+
 def _plan(args: argparse.Namespace) -> tuple[list[Path], list[tuple[str, str]]]:
     """Split the inputs into independent images and sequences ``(source, name)``; check they exist."""
     images: list[Path] = []
     sequences: list[tuple[str, str]] = []
     for text in args.inputs:
         kind = frame_source_kind(text)
-        if kind == "video" or (args.video and kind in ("folder", "glob")):
+        if _is_sequence(text, args.video):
             sequences.append((text, _sequence_name(text, kind)))
         else:
             images.extend(frame_source_images(text, kind))
@@ -264,6 +283,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--max-frames must be >= 1, got {args.max_frames}")
     check_intrinsics_arg(args.intrinsics)
     check_output_not_an_input_folder(args.output, args.inputs)
+    _check_video_options(args)
     explicit = [Path(text) for text in args.inputs if Path(text).is_file()]
     with RunFolder(args.output, "predict", inputs=explicit, overwrite=args.overwrite) as out:
         images, sources = _plan(args)  # after an --overwrite cleared the earlier run: its outputs are no inputs

@@ -21,7 +21,7 @@ import numpy as np
 
 from SurgicalDepthLib.atomic_io import atomic_dir, atomic_path
 from SurgicalDepthLib.camera import Intrinsics
-from SurgicalDepthLib.depth_io import report_disk_full
+from SurgicalDepthLib.depth_io import encode_scaled_png, report_disk_full
 from SurgicalDepthLib.pose_io import POSE_FILE_HEADER, format_pose_line
 from SurgicalDepthLib.run_folder import RunFolder
 
@@ -45,8 +45,12 @@ def _write_png(path: Path, array: np.ndarray) -> None:
     ok, buf = cv2.imencode(".png", array)
     if not ok:
         raise ValueError(f"OpenCV could not encode {path.name} ({array.dtype} {array.shape})")
+    _write_bytes(path, buf.tobytes())
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
     with report_disk_full(path), atomic_path(path) as tmp:
-        tmp.write_bytes(buf.tobytes())
+        tmp.write_bytes(data)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -86,7 +90,9 @@ def write_synthetic(frames: Iterable[dict], root: str | os.PathLike, meta: dict)
                 raise ValueError(f"frame {i}: intrinsics {frame['intrinsics']} differ from frame 0's {intrinsics}")
             pose_lines.append(format_pose_line(i, frame["pose"]))  # checks the 4x4 shape
             _write_png(run.path(f"rgb/{i:06d}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
-            _write_png(run.path(f"depth/{i:06d}.png"), encode_depth(depth, valid))
+            # with save_depth's scale chunk, so sd.load_depth reads these files in mm too
+            _write_bytes(run.path(f"depth/{i:06d}.png"), encode_scaled_png(encode_depth(depth, valid), DEPTH_SCALE_MM,
+                                                                         "mm"))
             count += 1
         if intrinsics is None:
             raise ValueError("frames is empty: nothing to write")
