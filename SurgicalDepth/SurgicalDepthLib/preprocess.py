@@ -21,11 +21,13 @@ def _constrain_to_multiple_of(x: float, multiple: int, min_val: int) -> int:
 
 
 def official_input_size(height: int, width: int, input_size: int = 518, multiple: int = 14) -> tuple[int, int]:
-    """Network input ``(height, width)`` for an image of ``height × width`` (official "lower_bound" resize)."""
+    """Network input ``(height, width)`` for an image of ``height × width`` (official "lower_bound" resize: both
+    sides >= ``input_size``, multiples of ``multiple``; like the official ``image2tensor``, an ``input_size`` that
+    is no multiple of 14 is accepted, e.g. 50 gives 56)."""
     if height <= 0 or width <= 0:
         raise ValueError(f"image size must be positive, got {height}x{width}")
-    if input_size <= 0 or input_size % multiple:
-        raise ValueError(f"input_size must be a positive multiple of {multiple}, got {input_size}")
+    if not isinstance(input_size, (int, np.integer)) or input_size <= 0:
+        raise ValueError(f"input_size must be a positive integer, got {input_size!r}")
     scale = max(input_size / height, input_size / width)
     return (_constrain_to_multiple_of(scale * height, multiple, input_size),
             _constrain_to_multiple_of(scale * width, multiple, input_size))

@@ -57,8 +57,18 @@ def test_bad_inputs():
         preprocess(np.zeros((4, 4), np.uint8))
     with pytest.raises(TypeError, match="uint8, got float32"):
         preprocess(np.zeros((4, 4, 3), np.float32))
-    with pytest.raises(ValueError, match="multiple of 14"):
-        official_input_size(10, 10, input_size=500)
+    with pytest.raises(ValueError, match="positive integer"):
+        official_input_size(10, 10, input_size=0)
+
+
+@pytest.mark.parametrize("input_size", [50, 48, 500, 97])
+def test_input_size_that_is_no_multiple_of_14_rounds_as_the_official_code(rng, input_size):
+    """Bug caught: infer_image(rgb, input_size=50) refused ("must be a multiple of 14") where the official
+    image2tensor rounds it (50 -> 56 on a square image), so a call that works with the official code fails here."""
+    rgb = rng.integers(0, 256, size=(61, 90, 3), dtype=np.uint8)
+    ref = _reference(rgb, input_size)
+    assert preprocess(rgb, input_size=input_size).shape == ref.shape
+    assert official_input_size(10, 10, input_size=50) == (56, 56)
 
 
 def test_pos_embed_identity_at_pretrain_size():
