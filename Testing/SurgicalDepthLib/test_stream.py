@@ -56,7 +56,8 @@ def test_iterable_of_arrays_keeps_order_and_depth_range(model, one_torch_thread)
     assert [f.index for f in out] == list(range(7))
     for f in out:
         assert f.rgb is frames[f.index]
-        np.testing.assert_allclose(f.prediction, model.infer_image(frames[f.index], SIZE), rtol=1e-5, atol=1e-5)  # batched vs single: float rounding
+        # batched vs single: float rounding
+        np.testing.assert_allclose(f.prediction, model.infer_image(frames[f.index], SIZE), rtol=1e-5, atol=1e-5)
         assert 20.0 - 1e-4 <= np.nanmin(f.depth_mm) and np.nanmax(f.depth_mm) <= 60.0 + 1e-3
 
 
