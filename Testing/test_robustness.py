@@ -125,25 +125,32 @@ def data(tmp_path_factory) -> Path:
     return root
 
 
+def _terminated(command: tuple, stage: str) -> tuple[int, list[dict], str]:
+    """Run ``command`` under --progress jsonl and send SIGTERM (Slicer's Cancel) at its first ``stage`` step:
+    ``(exit code, stdout events, stderr)``."""
+    proc = subprocess.Popen([sys.executable, "-m", "SurgicalDepthLib.cli", *map(str, command), "--progress", "jsonl"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        event = json.loads(line)
+        if event["event"] == "progress" and event["stage"] == stage and event["step"] >= 1:
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest, err = proc.communicate(timeout=120)
+    return proc.returncode, [json.loads(x) for x in lines + rest.splitlines()], err
+
+
 @pytest.fixture(scope="module")
 def stopped_run(data, tmp_path_factory) -> tuple[Path, int, subprocess.CompletedProcess]:
     """A training run sent SIGTERM right after its first optimizer step: ``(folder, saved step, result)``."""
     out = tmp_path_factory.mktemp("stopped") / "run"
-    command = [sys.executable, "-m", "SurgicalDepthLib.cli", *TRAIN[:-2], "--progress", "jsonl", "--root", str(data),
-               "--output", str(out), "--max-steps", "200"]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        if '"loss"' in line:
-            proc.send_signal(signal.SIGTERM)
-            break
-    out_rest, err = proc.communicate(timeout=120)
-    result = subprocess.CompletedProcess(command, proc.returncode, "".join(lines) + out_rest, err)
+    command = (*TRAIN[:-2], "--root", data, "--output", out, "--max-steps", "200")
+    code, _, err = _terminated(command, "train")
     assert (out / "last.pt").is_file(), err[-2000:]
     from SurgicalDepthTrainingLib.checkpointing import load_training_checkpoint
 
-    return out, load_training_checkpoint(out / "last.pt")["step"], result
+    return out, load_training_checkpoint(out / "last.pt")["step"], subprocess.CompletedProcess(command, code, "", err)
 
 
 def copy_run(run: Path, tmp_path: Path) -> Path:
@@ -231,22 +238,6 @@ def test_second_predict_into_a_used_folder(data, tmp_path):
     assert snapshot(out) == first
     assert cli("predict", one, "--output", out, "--overwrite", *PREDICT).returncode == 0
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["000002_depth.npy"]
-
-
-def _terminated(command: tuple, stage: str) -> tuple[int, list[dict], str]:
-    """Run ``command`` under --progress jsonl and send SIGTERM (Slicer's Cancel) at its first ``stage`` step:
-    ``(exit code, stdout events, stderr)``."""
-    proc = subprocess.Popen([sys.executable, "-m", "SurgicalDepthLib.cli", *map(str, command), "--progress", "jsonl"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
-    lines = []
-    for line in proc.stdout:
-        lines.append(line)
-        event = json.loads(line)
-        if event["event"] == "progress" and event["stage"] == stage and event["step"] >= 1:
-            proc.send_signal(signal.SIGTERM)
-            break
-    rest, err = proc.communicate(timeout=120)
-    return proc.returncode, [json.loads(x) for x in lines + rest.splitlines()], err
 
 
 def test_sigterm_cancels_synth_and_predict_cleanly(data, tmp_path):

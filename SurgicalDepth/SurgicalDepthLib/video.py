@@ -93,6 +93,13 @@ def frame_source_kind(path: str | os.PathLike) -> str:
                      f"({', '.join(VIDEO_SUFFIXES)}), an image ({', '.join(IMAGE_SUFFIXES)}), a folder or a glob")
 
 
+def glob_folder(pattern: str | os.PathLike) -> Path:
+    """The folder a glob pattern lists: its leading parts without pattern characters (``"."`` when none)."""
+    parts = Path(pattern).parts
+    leading = next((i for i, part in enumerate(parts) if _GLOB_CHARS.search(part)), len(parts))
+    return Path(*parts[:leading]) if leading else Path(".")
+
+
 def frame_source_images(path: str | os.PathLike, kind: str | None = None) -> list[Path]:
     """The image files of an image source, in natural name order: the files a glob matches, the images directly
     inside a folder, or the image itself. ``kind``: :func:`frame_source_kind` of ``path`` when already known.

@@ -119,6 +119,20 @@ def tone_robustness(model, frames_per_organ: int = 6) -> dict[str, dict[str, flo
     return out
 
 
+def _with_and_without(organs: tuple[str, ...], frames: int, **scene):
+    """Held-out frames of each organ rendered with ``scene``'s options and again without (same geometry and
+    path): ``(with, without)`` pairs."""
+    for organ in organs:
+        yield from zip(synthetic_pairs(organ, frames=frames, **scene), synthetic_pairs(organ, frames=frames))
+
+
+def _relative_prediction(model, frame) -> np.ndarray:
+    """The model's float64 prediction of ``frame`` divided by its median over the valid pixels (a global scale
+    change between two reads does not count)."""
+    pred = model.infer_image(frame["image"]).astype(np.float64)
+    return pred / np.median(pred[frame["valid"]])
+
+
 def polyp_relief(model, frames: int = 4, per_100mm: float = 4.0) -> dict[str, float]:
     """How much of a polyp's rise off the wall the model sees: held-out scenes (colon, small intestine, stomach)
     rendered with sessile polyps and again without (same trajectory and wall; ``SceneConfig.polyps``). Over the
@@ -127,21 +141,18 @@ def polyp_relief(model, frames: int = 4, per_100mm: float = 4.0) -> dict[str, fl
     scale change is not counted). ``fraction`` = mean of ``(seen - 1) / (true - 1)``: 1 = the full rise, 0 = the
     polyp is painted on the wall, < 0 = it comes out behind it."""
     fractions, true, seen = [], [], []
-    for organ in ("colon", "small_intestine", "stomach"):
-        pairs = zip(synthetic_pairs(organ, frames=frames, polyps=per_100mm), synthetic_pairs(organ, frames=frames))
-        for bumpy, plain in pairs:
-            both = bumpy["valid"] & plain["valid"]
-            on = both & (plain["depth"] - bumpy["depth"] > 1.0)
-            if on.sum() < 50:
-                continue
-            p_b, p_p = (model.infer_image(f["image"]).astype(np.float64) for f in (bumpy, plain))
-            p_b, p_p = p_b / np.median(p_b[bumpy["valid"]]), p_p / np.median(p_p[plain["valid"]])
-            t = float(np.median(plain["depth"][on] / bumpy["depth"][on]))
-            ratio = p_b[on] / p_p[on] if model.output_kind == "disparity" else p_p[on] / p_b[on]
-            s = float(np.median(ratio))
-            true.append(t)
-            seen.append(s)
-            fractions.append((s - 1.0) / (t - 1.0))
+    for bumpy, plain in _with_and_without(("colon", "small_intestine", "stomach"), frames, polyps=per_100mm):
+        both = bumpy["valid"] & plain["valid"]
+        on = both & (plain["depth"] - bumpy["depth"] > 1.0)
+        if on.sum() < 50:
+            continue
+        p_b, p_p = _relative_prediction(model, bumpy), _relative_prediction(model, plain)
+        t = float(np.median(plain["depth"][on] / bumpy["depth"][on]))
+        ratio = p_b[on] / p_p[on] if model.output_kind == "disparity" else p_p[on] / p_b[on]
+        s = float(np.median(ratio))
+        true.append(t)
+        seen.append(s)
+        fractions.append((s - 1.0) / (t - 1.0))
     return {"frames": len(fractions), "true": float(np.mean(true)), "seen": float(np.mean(seen)),
             "fraction": float(np.mean(fractions))}
 
@@ -155,19 +166,16 @@ def albedo_leak(model, frames: int = 4) -> dict[str, float]:
     is not read as depth; 0.5 = read as an inverse-square light fall-off (disparity ∝ √brightness). Returns the
     mean slope and the number of frames."""
     slopes = []
-    for organ in ("colon", "small_intestine", "stomach", "surgical_field"):
-        for patched, plain in zip(synthetic_pairs(organ, frames=frames, albedo_patches=1.0),
-                                  synthetic_pairs(organ, frames=frames)):
-            luma = [(f["image"].astype(np.float64) @ photometric.LUMA) for f in (patched, plain)]
-            change = 2.2 * (np.log(luma[0] + 0.5) - np.log(luma[1] + 0.5))
-            keep = patched["valid"] & (np.abs(change) > np.log(1.15)) & (np.maximum(*luma) < 250)
-            if keep.sum() < 200:
-                continue
-            p_w, p_o = (model.infer_image(f["image"]).astype(np.float64) for f in (patched, plain))
-            sign = 1.0 if model.output_kind == "disparity" else -1.0
-            seen = sign * (np.log(p_w / np.median(p_w[patched["valid"]]))
-                           - np.log(p_o / np.median(p_o[plain["valid"]])))
-            slopes.append(float(np.polyfit(change[keep], seen[keep], 1)[0]))
+    sign = 1.0 if model.output_kind == "disparity" else -1.0
+    organs = ("colon", "small_intestine", "stomach", "surgical_field")
+    for patched, plain in _with_and_without(organs, frames, albedo_patches=1.0):
+        luma = [(f["image"].astype(np.float64) @ photometric.LUMA) for f in (patched, plain)]
+        change = 2.2 * (np.log(luma[0] + 0.5) - np.log(luma[1] + 0.5))
+        keep = patched["valid"] & (np.abs(change) > np.log(1.15)) & (np.maximum(*luma) < 250)
+        if keep.sum() < 200:
+            continue
+        seen = sign * np.log(_relative_prediction(model, patched) / _relative_prediction(model, plain))
+        slopes.append(float(np.polyfit(change[keep], seen[keep], 1)[0]))
     return {"frames": len(slopes), "slope": float(np.mean(slopes))}
 
 

@@ -72,16 +72,21 @@ def check_output_not_an_input_folder(output: Path, sources: Iterable[str | os.Pa
     """Refuse an ``--output`` folder that is one of the input folders (a folder given, or the folder of a glob),
     before anything runs: maps written beside the frames would be read as frames by the next run on that folder
     (a depth or colour PNG is an image too). CliError naming both."""
+    from ..video import frame_source_kind, glob_folder  # lazy: OpenCV only for the commands that read frames
+
     target = Path(output).resolve()
     for source in sources:
-        if source is None:
-            continue
-        path = Path(source)
-        if not path.is_dir():
-            if path.exists() or not any(c in str(source) for c in "*?["):
-                continue  # a file: its folder may take outputs
-            path = Path(*[p for p in path.parts if not any(c in p for c in "*?[")] or ["."])
-        if path.resolve() == target:
+        try:
+            kind = None if source is None else frame_source_kind(source)
+        except (FileNotFoundError, ValueError):
+            continue  # a missing or unreadable input: the command names it
+        if kind == "folder":
+            folder = Path(source)
+        elif kind == "glob":
+            folder = glob_folder(source)
+        else:
+            continue  # no input, or a file (image, video): its folder may take outputs
+        if folder.resolve() == target:
             raise CliError(f"--output {output} is the input folder {source}: outputs written beside the frames "
                            "would be read as frames by the next run; choose another output folder")
 

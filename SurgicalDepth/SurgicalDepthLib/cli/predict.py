@@ -94,8 +94,8 @@ def _sequence_name(text: str, kind: str) -> str:
     return path.stem if kind == "video" else path.name
 
 
-def _is_sequence(text: str, video: bool) -> bool:
-    kind = frame_source_kind(text)
+def _is_sequence(kind: str, video: bool) -> bool:
+    """Whether a source of ``kind`` (:func:`frame_source_kind`) is read as one video (``video``: --video)."""
     return kind == "video" or (video and kind in ("folder", "glob"))
 
 
@@ -104,7 +104,7 @@ def _check_video_options(args: argparse.Namespace) -> None:
     input is left to ``_plan``, which names it)."""
     def sequence(text: str) -> bool:
         try:
-            return _is_sequence(text, args.video)
+            return _is_sequence(frame_source_kind(text), args.video)
         except (FileNotFoundError, ValueError):
             return True
 
@@ -119,7 +119,7 @@ def _plan(args: argparse.Namespace) -> tuple[list[Path], list[tuple[str, str]]]:
     sequences: list[tuple[str, str]] = []
     for text in args.inputs:
         kind = frame_source_kind(text)
-        if _is_sequence(text, args.video):
+        if _is_sequence(kind, args.video):
             sequences.append((text, _sequence_name(text, kind)))
         else:
             images.extend(frame_source_images(text, kind))
