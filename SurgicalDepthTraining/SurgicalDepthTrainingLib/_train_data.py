@@ -58,8 +58,9 @@ class DepthTransform:
     """Resize (keep aspect, cover the target), crop to ``size``, optional augmentation, ImageNet normalisation.
 
     Input: a sample dict (``image`` uint8 [H, W, 3] RGB, ``depth`` float32 [H, W], ``valid`` bool [H, W];
-    ``depth``/``valid`` optional for unlabeled data). Output: ``image`` float32 [3, h, w] normalised,
-    ``depth`` float32 [h, w] (0 where invalid), ``valid`` bool [h, w]; with ``strong=True`` also
+    ``depth``/``valid`` optional for unlabeled data, which may carry ``valid`` alone: the scope's field of view).
+    Output: ``image`` float32 [3, h, w] normalised, ``depth`` float32 [h, w] (0 where invalid), ``valid`` bool
+    [h, w] (when the sample has depth or validity); with ``strong=True`` also
     ``image_strong`` (the same crop, strongly perturbed: colour jitter with hue, blur; for semi-supervised
     students).
     Depth and validity are resized with nearest neighbour so invalid pixels never blend into valid ones.
@@ -96,19 +97,21 @@ class DepthTransform:
         img = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_CUBIC)[y0:y0 + th, x0:x0 + tw]
         img = img.astype(np.float32) / 255.0
         out: dict[str, torch.Tensor] = {}
-        if "depth" in sample and sample["depth"] is not None:
-            depth = np.asarray(sample["depth"], np.float32)
+
+        def crop(plane: np.ndarray) -> torch.Tensor:  # nearest neighbour: invalid pixels never blend in
+            plane = cv2.resize(plane, (rw, rh), interpolation=cv2.INTER_NEAREST)[y0:y0 + th, x0:x0 + tw]
+            return torch.from_numpy(np.ascontiguousarray(plane[:, ::-1] if flip else plane))
+
+        has_depth = "depth" in sample and sample["depth"] is not None
+        if has_depth or sample.get("valid") is not None:  # unlabeled frames may carry a field of view only
+            depth = np.asarray(sample["depth"], np.float32) if has_depth else np.ones((H, W), np.float32)
             valid = np.asarray(sample.get("valid", np.ones(depth.shape, bool)), bool)
             if depth.shape != (H, W) or valid.shape != (H, W):
                 raise ValueError(f"sample depth {depth.shape} / valid {valid.shape} must match image {(H, W)}")
             valid = valid & np.isfinite(depth) & (depth > 0)
-            depth = cv2.resize(np.where(valid, depth, 0), (rw, rh), interpolation=cv2.INTER_NEAREST)
-            valid = cv2.resize(valid.astype(np.uint8), (rw, rh), interpolation=cv2.INTER_NEAREST) > 0
-            depth, valid = depth[y0:y0 + th, x0:x0 + tw], valid[y0:y0 + th, x0:x0 + tw]
-            if flip:
-                depth, valid = depth[:, ::-1], valid[:, ::-1]
-            out["depth"] = torch.from_numpy(np.ascontiguousarray(depth))
-            out["valid"] = torch.from_numpy(np.ascontiguousarray(valid))
+            if has_depth:
+                out["depth"] = crop(np.where(valid, depth, 0))
+            out["valid"] = crop(valid.astype(np.uint8)) > 0
         if flip:
             img = img[:, ::-1]
         if self.photometric > 0 and rng.random() < self.photometric:  # no draw at 0: older recipes stay exact

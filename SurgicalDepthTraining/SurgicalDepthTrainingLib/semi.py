@@ -11,9 +11,11 @@ colour jitter of brightness, contrast, saturation and hue, and Gaussian blur wit
    perturbations reach the student's unlabeled input and nothing else;
 3. per image (then the mean over the batch)
    ``L_u = (ΣM / HW) · ρ(S(u_ab) ⊙ M, T(u_a) ⊙ M) + (Σ(1-M) / HW) · ρ(S(u_ab) ⊙ (1-M), T(u_b) ⊙ (1-M))``,
-   ρ the affine-invariant loss with its median / scale normalisation computed inside
-   each region alone (:func:`.losses.affine_invariant_per_image` with the region as ``valid``). One fit over the
-   mixed pseudo-label is *not* the same: the two pseudo-labels come from different images whose depth ranges are
+   ρ the affine-invariant loss with its median / scale normalisation computed inside each region alone
+   (:func:`.losses.affine_invariant_per_image` with the region as ``valid``), over the pixels of the scope's field
+   of view only when the frames carry one (``valid``: a black border and burned-in text are not tissue, and a
+   pseudo-label there would be fitted like depth; the mask is CutMixed with the images). One fit over the mixed
+   pseudo-label is *not* the same: the two pseudo-labels come from different images whose depth ranges are
    unrelated, so a prediction right up to its own affine map in each region scores ≈ 0 here but a large single-fit
    loss. (The stored label is the mixed one, ``T(u_a)`` outside the box and ``T(u_b)`` inside: each region's
    loss reads only its own pixels.) A region with fewer than 2 pixels or a constant pseudo-label adds 0;
@@ -103,33 +105,43 @@ def cutmix(images: torch.Tensor, labels: torch.Tensor, box: torch.Tensor) -> tup
 @dataclass
 class SemiBatch:
     """A prepared unlabeled batch: the student's input (CutMixed strong view) ``[B, 3, h, w]``, the pseudo-labels
-    ``[B, h, w]`` (``T(u_a)`` outside the box, ``T(u_b)`` inside), the CutMix box ``1 - M`` ``[B, h, w]`` bool and
-    the frozen features ``f'`` of the student's input ``[B, N, C]``."""
+    ``[B, h, w]`` (``T(u_a)`` outside the box, ``T(u_b)`` inside), the CutMix box ``1 - M`` ``[B, h, w]`` bool,
+    the frozen features ``f'`` of the student's input ``[B, N, C]`` and the pixels showing tissue ``[B, h, w]``
+    bool (the CutMixed field of view; None: every pixel)."""
 
     student_in: torch.Tensor
     label: torch.Tensor
     box: torch.Tensor
     frozen: torch.Tensor
+    valid: torch.Tensor | None = None
 
 
 @torch.no_grad()
 def prepare_semi_batch(teacher: nn.Module, frozen: FrozenEncoder, batch: dict[str, torch.Tensor],
                        generator: torch.Generator, cutmix_prob: float = 0.5) -> SemiBatch:
     """Steps 1-2 and ``f'`` (module docstring) for ``batch["image"]`` (clean) and ``batch["image_strong"]``,
-    normalised ``[B, 3, h, w]``: pseudo-labels on the clean view, CutMix of the strong view and of the labels."""
+    normalised ``[B, 3, h, w]``, and the optional field of view ``batch["valid"]`` ``[B, h, w]`` bool: pseudo-labels
+    on the clean view, CutMix of the strong view, of the labels and of the field of view."""
     pseudo = teacher(batch["image"]).float()
     strong = batch["image_strong"]
     B, _, H, W = strong.shape
     box = cutmix_boxes(B, H, W, generator, cutmix_prob).to(strong.device)
     student_in, label = cutmix(strong, pseudo, box)
-    return SemiBatch(student_in, label, box, frozen(student_in).float())
+    valid = batch.get("valid")
+    if valid is not None:
+        valid = torch.where(box, valid.roll(1, 0), valid)
+    return SemiBatch(student_in, label, box, frozen(student_in).float(), valid)
 
 
-def cutmix_affine_loss(pred: torch.Tensor, label: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
-    """``L_u`` (step 3): per image, each region (outside / inside ``box``) weighted by its share of the pixels
-    and aligned on its own; mean over the batch. ``pred``, ``label`` float ``[B, h, w]``, ``box`` bool."""
+def cutmix_affine_loss(pred: torch.Tensor, label: torch.Tensor, box: torch.Tensor,
+                       valid: torch.Tensor | None = None) -> torch.Tensor:
+    """``L_u`` (step 3): per image, each region (outside / inside ``box``, within ``valid`` when given) weighted by
+    its share of the pixels and aligned on its own; mean over the batch. ``pred``, ``label`` float ``[B, h, w]``,
+    ``box``, ``valid`` bool ``[B, h, w]``."""
     total = pred.new_zeros(pred.shape[0])
     for region in (~box, box):
+        if valid is not None:
+            region = region & valid
         loss, _ = affine_invariant_per_image(pred, label, region)
         total = total + region.flatten(1).float().mean(1) * loss
     return total.mean()
@@ -148,7 +160,7 @@ def semi_loss(pred: torch.Tensor, features: torch.Tensor, semi: SemiBatch, *, fe
     """``L_u + feature_weight · L_feat`` for the student's output ``pred [B, h, w]`` and encoder tokens
     ``features [B, 1 + N, C]`` (class token first) on ``semi.student_in``; returns ``(loss, {"unlabeled",
     "feature"})``."""
-    unlabeled = cutmix_affine_loss(pred.float(), semi.label, semi.box)
+    unlabeled = cutmix_affine_loss(pred.float(), semi.label, semi.box, semi.valid)
     feature = feature_alignment_loss(features[:, 1:], semi.frozen, margin)
     loss = unlabeled + feature_weight * feature
     return loss, {"unlabeled": float(unlabeled.detach()), "feature": float(feature.detach())}
@@ -211,6 +223,9 @@ class SemiTerm:
         self.data.epoch = step  # each draw its own crop, jitter and blur: default_rng([seed + 1, step, index])
         items = [self.data[i] for i in indices]
         batch = {k: torch.stack([it[k] for it in items]).to(self.device) for k in ("image", "image_strong")}
+        if any("valid" in it for it in items):  # frames without a scope border: every pixel is tissue
+            batch["valid"] = torch.stack([it.get("valid", torch.ones(it["image"].shape[1:], dtype=torch.bool))
+                                          for it in items]).to(self.device)
         return prepare_semi_batch(self.teacher, self.frozen, batch, generator, self.config.cutmix_prob)
 
     def loss(self, pred: torch.Tensor, features: torch.Tensor, semi: SemiBatch) -> torch.Tensor:

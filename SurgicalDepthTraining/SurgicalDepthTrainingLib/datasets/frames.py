@@ -2,8 +2,12 @@
 
 ``UnlabeledFrames(root)`` lists every frame of ``root``: a video file, one image, or a folder searched at any depth
 for images and videos (the suffixes of :mod:`SurgicalDepthLib.video`; hidden files and folders skipped; natural
-name order). Samples are dicts with ``image`` (uint8 ``[H, W, 3]`` RGB) and ``name`` only (a video frame's name is
-``path#index``). Frames of one root may differ in size: the training transform resizes each.
+name order). Samples are dicts with ``image`` (uint8 ``[H, W, 3]`` RGB), ``name`` (a video frame's name is
+``path#index``) and, where the frame shows a scope's black border, ``valid`` (bool ``[H, W]``, True = tissue): the
+field of view of :func:`SurgicalDepthLib.fov.detect_fov_mask`, found per image, and per video once from its first
+:data:`~SurgicalDepthLib.fov.FOV_FRAMES` frames. Without it a teacher's pseudo-label on the border and on
+burned-in text would be fitted like tissue. Frames of one root may differ in size: the training transform resizes
+each.
 
 ``open_unlabeled(name, root)`` opens the unlabeled set of a training run: ``"frames"`` (the default) is this
 dataset; any loader name of :data:`.DATASETS` gives that dataset's images (its depth is never used).
@@ -15,6 +19,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from SurgicalDepthLib.fov import FOV_FRAMES, detect_fov_mask
 from SurgicalDepthLib.video import (IMAGE_SUFFIXES, VIDEO_SUFFIXES, frame_source_kind, is_image_file,
                                     is_video_file, natural_key, open_frames, read_image, read_video_frame)
 from torch.utils.data import Dataset
@@ -56,6 +62,7 @@ class UnlabeledFrames(Dataset):
                                     f"({', '.join(VIDEO_SUFFIXES)}) files under {self.root}")
         self._videos = {p for p in self.files if is_video_file(p)}
         counts = [len(open_frames(p)) if p in self._videos else 1 for p in self.files]
+        self._video_fov: dict[Path, np.ndarray | None] = {}
         self._starts = [0]
         for n in counts:
             self._starts.append(self._starts[-1] + n)
@@ -70,8 +77,22 @@ class UnlabeledFrames(Dataset):
         path = self.files[k]
         if path in self._videos:
             frame = index - self._starts[k]
-            return {"image": read_video_frame(path, frame), "name": f"{path}#{frame}"}
-        return {"image": read_image(path), "name": str(path)}
+            sample = {"image": read_video_frame(path, frame), "name": f"{path}#{frame}"}
+            fov = self._fov_of_video(path, self._starts[k + 1] - self._starts[k])
+        else:
+            sample = {"image": read_image(path), "name": str(path)}
+            fov = detect_fov_mask([sample["image"]])
+        if fov is not None and fov.shape == sample["image"].shape[:2]:
+            sample["valid"] = fov
+        return sample
+
+    def _fov_of_video(self, path: Path, frames: int) -> np.ndarray | None:
+        """The field of view of a video (None: no scope border), found once from its first frames."""
+        if path not in self._video_fov:
+            head = [read_video_frame(path, i) for i in range(min(frames, FOV_FRAMES))]
+            same = [f for f in head if f.shape == head[0].shape]
+            self._video_fov[path] = detect_fov_mask(same)
+        return self._video_fov[path]
 
     def __repr__(self) -> str:
         return f"UnlabeledFrames(root={str(self.root)!r}, files={len(self.files)}, frames={len(self)})"

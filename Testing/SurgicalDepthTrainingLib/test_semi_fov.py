@@ -1,0 +1,120 @@
+"""semi on real frames: the scope's black border and burned-in text are not tissue, so unlabeled frames carry their
+field of view (``valid``) through the training transform and CutMix, and the pseudo-label loss reads only it."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from SurgicalDepthLib.video import write_image
+from SurgicalDepthTrainingLib.datasets import UnlabeledFrames
+from SurgicalDepthTrainingLib.semi import FrozenEncoder, SemiTerm, cutmix_affine_loss, prepare_semi_batch
+from SurgicalDepthTrainingLib.training import DepthTransform, TrainConfig
+from tiny_model import textured, tiny_model
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see Testing/conftest.py
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def scope_frame(h: int, w: int, seed: int, *, text: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """A textured frame inside a black disc-shaped scope border, with white overlay text on the border (as on
+    real colonoscopy frames): ``(rgb uint8 [h, w, 3], disc bool [h, w])``."""
+    yy, xx = np.mgrid[:h, :w]
+    disc = (yy - h / 2 + 0.5) ** 2 + (xx - w / 2 + 0.5) ** 2 <= (0.45 * min(h, w)) ** 2
+    rgb = np.where(disc[..., None], np.maximum(textured(h, w, seed), 40), 0).astype(np.uint8)
+    if text:
+        cv2.putText(rgb, "12:04", (1, h - 4), cv2.FONT_HERSHEY_PLAIN, 0.7, (255, 255, 255), 1)
+    return rgb, disc
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+def test_unlabeled_frames_carry_the_scope_field_of_view(tmp_path):
+    """Catches unlabeled frames whose black border and overlay text count as tissue (no ``valid``), a video's
+    field of view taken from another video, and a ``valid`` invented for frames without a border."""
+    bordered, disc = scope_frame(96, 128, 0)
+    write_image(tmp_path / "a.png", bordered)
+    write_image(tmp_path / "b.png", textured(96, 128, 1) // 2 + 60)  # no border: every pixel is tissue
+    clip = [scope_frame(64, 80, k, text=False)[0] for k in range(4)]
+    writer = cv2.VideoWriter(str(tmp_path / "c.mp4"), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (80, 64))
+    for rgb in clip:
+        writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    writer.release()
+    data = UnlabeledFrames(tmp_path)
+    assert len(data) == 6
+    a = data[0]
+    assert iou(a["valid"], disc) > 0.9 and not a["valid"][-6:, :40].any()  # the text corner is outside
+    assert "valid" not in data[1]
+    video_disc = scope_frame(64, 80, 0)[1]
+    for k in (2, 5):
+        assert data[k]["valid"].shape == (64, 80) and iou(data[k]["valid"], video_disc) > 0.9
+
+
+def test_transform_crops_and_flips_the_field_of_view_with_the_image():
+    """Catches an unlabeled sample's field of view dropped by the training transform, or cropped / flipped apart
+    from its image: the transformed border pixels are exactly the ones marked outside."""
+    rgb, disc = scope_frame(56, 84, 3, text=False)  # the crop's height: crops without resampling, exact
+    fov = disc.copy()
+    fov[30:, :40] = False  # a blanked overlay box on one side: flips and crops show
+    transform = DepthTransform((56, 70), MEAN, STD, train=True, augment=True, strong=True)
+    for seed in range(8):
+        out = transform({"image": rgb, "valid": fov}, np.random.default_rng(seed))
+        assert "depth" not in out and out["valid"].dtype == torch.bool and out["valid"].shape == (56, 70)
+        white = np.repeat(np.where(fov[..., None], 255, 0).astype(np.uint8), 3, axis=2)
+        raw = transform({"image": white}, np.random.default_rng(seed))["image"]  # the same crop and flip
+        seen = raw[0] > raw.min() + 1e-3  # (colour jitter keeps black black)
+        assert torch.equal(seen, out["valid"])
+    # a sample with neither depth nor validity keeps giving the image alone
+    assert set(transform({"image": rgb}, np.random.default_rng(0))) == {"image", "image_strong"}
+
+
+def test_pseudo_labels_outside_the_field_of_view_cost_nothing():
+    """Catches the pseudo-label loss fitted over the black border: a prediction right up to an affine map inside
+    the field of view (and anything outside) costs ≈ 0 with the mask, not without."""
+    g = torch.Generator().manual_seed(0)
+    label = torch.rand(2, 16, 20, generator=g) + 0.5
+    valid = torch.zeros(2, 16, 20, dtype=torch.bool)
+    valid[:, 2:14, 3:17] = True
+    box = torch.zeros_like(valid)
+    box[1, :8, :10] = True  # image 1 has a CutMix box (its own affine map), image 0 none
+    right = torch.where(box, 0.5 * label - 1.0, 2.0 * label + 0.3)
+    pred = torch.where(valid, right, 50 * torch.rand(2, 16, 20, generator=g))
+    assert float(cutmix_affine_loss(pred, label, box, valid)) < 1e-5
+    assert float(cutmix_affine_loss(pred, label, box)) > 0.1
+
+
+def test_field_of_view_is_cutmixed_with_the_frames(tmp_path):
+    """Catches a field of view left un-mixed by CutMix (the box then reads the other frame's pixels with this
+    frame's border), and a SemiTerm that drops ``valid`` or gives frames without a border an empty mask."""
+    teacher, student = tiny_model(1), tiny_model(2)
+    frozen = FrozenEncoder(copy.deepcopy(student.pretrained), student.config.intermediate_layers[-1])
+    valid = torch.ones(3, 28, 28, dtype=torch.bool)
+    valid[0, :, :10] = False
+    valid[2, 20:] = False
+    batch = {"image": torch.randn(3, 3, 28, 28), "image_strong": torch.randn(3, 3, 28, 28), "valid": valid}
+    semi = prepare_semi_batch(teacher, frozen, batch, torch.Generator().manual_seed(1), cutmix_prob=1.0)
+    box = semi.box
+    assert bool(box.any()) and torch.equal(semi.valid, torch.where(box, valid.roll(1, 0), valid))
+
+    frames = [scope_frame(40, 40, k)[0] for k in range(2)] + [textured(40, 40, 9)]
+
+    class Frames(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(frames)
+
+        def __getitem__(self, i):
+            rgb = frames[i]
+            return {"image": rgb, **({"valid": rgb.max(-1) > 0} if i < 2 else {})}
+
+    cfg = TrainConfig(output=str(tmp_path / "o"), input_size=(28, 28), batch_size=6, seed=2, cutmix_prob=0.0)
+    term = SemiTerm(cfg, student, teacher, frozen, Frames(), (28, 28), torch.device("cpu"))
+    prepared = term.prepare(0)
+    assert prepared.valid is not None and prepared.valid.shape == (6, 28, 28)
+    inside = prepared.valid.flatten(1).float().mean(1)
+    assert bool(((inside > 0.4) & (inside < 0.9)).any()) and bool((inside == 1.0).any())  # both kinds drawn
