@@ -182,19 +182,20 @@ def albedo_leak(model, frames: int = 4) -> dict[str, float]:
 KVASIR_MASKS = Path(__file__).resolve().parents[1] / "Data" / "kvasir_seg_masks"
 
 
-def kvasir_prominence(model, images: Path, masks: Path = KVASIR_MASKS, width: int = 320) -> list[float]:
+def kvasir_prominence(model, images: Path, masks: Path = KVASIR_MASKS, width: int = 320,
+                      prefix: str = "kseg_") -> list[float]:
     """Whether real polyps come out nearer than the wall around them (Kvasir-SEG frames, no depth ground truth):
     per frame (resized to ``width``), the median predicted depth of a ring around the polyp mask (from 2 px off the
     mask out to a quarter of the polyp's equivalent diameter) over the median on the polyp, both inside the scope's
     field of view (``sd.depth_stream``, ``fov_mask="auto"``). > 1: the polyp is nearer. Returns one value per
-    frame whose image ``kseg_<mask name>`` exists in ``images``."""
+    frame whose image ``<prefix><mask name>`` exists in ``images`` (a Kvasir-SEG folder: ``prefix=""``)."""
     import cv2
 
     import SurgicalDepthLib as sd
 
     ratios = []
     for mask_file in sorted(masks.glob("*.jpg")):
-        image_file = images / f"kseg_{mask_file.name}"
+        image_file = images / f"{prefix}{mask_file.name}"
         if not image_file.is_file():
             continue
         rgb = sd.read_image(image_file)
@@ -239,10 +240,16 @@ def main() -> None:
                     help="folder with simcol3d/ and endoslam/ samples")
     ap.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON")
     ap.add_argument("--detail-size", type=int, default=None, help="read the model with a detail read of this size")
+    ap.add_argument("--kvasir-root", type=Path, default=None,
+                    help="also the Kvasir-SEG ring measure on a folder with images/ and masks/ (the data set's layout)")
+    ap.add_argument("--only-kvasir", action="store_true", help="only the Kvasir-SEG measures")
     args = ap.parse_args()
     model = sd.load_model(args.model, device="cpu")
     if args.detail_size:
         model = DetailRead(model, args.detail_size)
+    if args.only_kvasir:
+        report_kvasir(model, args)
+        return
     # the recipe's starting point: seeded random weights, the output bias at the recipe's head_bias (an unseeded
     # draw can put the final ReLU below 0 everywhere: a constant map that no alignment can score)
     torch.manual_seed(0)
@@ -271,12 +278,25 @@ def main() -> None:
     results["albedo"] = leak = albedo_leak(model)
     print(f"reflectance read as depth (held-out scenes, {leak['frames']} frames): slope {leak['slope']:.3f} "
           "(0 = none, 0.5 = as an inverse-square fall-off)")
+    results.update(report_kvasir(model, args))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=float))
+
+
+def report_kvasir(model, args: argparse.Namespace) -> dict[str, list[float]]:
+    """The Kvasir-SEG ring measure on the samples' five frames and on ``--kvasir-root``; prints and returns them."""
+    results = {}
     if args.samples is not None and (args.samples / "real" / "images").is_dir():
         results["kvasir"] = ratios = kvasir_prominence(model, args.samples / "real" / "images")
         print(f"Kvasir-SEG polyps: wall around / polyp depth {' '.join(f'{r:.2f}' for r in ratios)} "
               f"(mean {np.mean(ratios):.3f}; nearer than the wall in {sum(r > 1 for r in ratios)} of {len(ratios)})")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2, default=float))
+    if args.kvasir_root is not None:
+        results["kvasir_root"] = ratios = kvasir_prominence(model, args.kvasir_root / "images",
+                                                            args.kvasir_root / "masks", prefix="")
+        print(f"Kvasir-SEG polyps of {args.kvasir_root}: wall around / polyp depth mean {np.mean(ratios):.3f}, "
+              f"median {np.median(ratios):.3f}; nearer than the wall in {sum(r > 1 for r in ratios)} of "
+              f"{len(ratios)}")
+    return results
 
 
 if __name__ == "__main__":
