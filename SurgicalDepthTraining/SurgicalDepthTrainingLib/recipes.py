@@ -2,8 +2,11 @@
 
 ``clip_specs(n_clips, seed)`` lists the scene of every training clip (organ cycled, colours/light/texture from the
 clip seed, and a seeded share of fisheye optics, motion blur, smoke, blood and noise levels) so the shipped weights
-can be reproduced exactly: ``surgical-depth train --recipe default`` renders them and trains on them (see README,
-"The default model").
+can be reproduced exactly: ``surgical-depth train --recipe default --unlabeled-root KVASIR_SEG_IMAGES`` renders
+them and trains on them (see README, "The default model"). Its fifth stage adds real colonoscopy frames without
+labels through Depth Anything's semi-supervised term: the Kvasir-SEG images (Jha et al., MMM 2020; CC BY 4.0 as
+part of HyperKvasir, Borgli et al., Sci. Data 2020), less the ones held out for evaluation
+(:func:`kvasir_seg_held_out`).
 """
 from __future__ import annotations
 
@@ -172,8 +175,24 @@ DEFAULT_RECIPE = dict(
             batch_size=16, max_steps=1200, input_size=(182, 224), val_fraction=0.05, warmup_steps=30,
             clip_grad_norm=1.0, augment=True, photometric=0.8, seed=0, log_every=50, save_every=100,
             max_depth=300.0)),
+        dict(name="real-frames", n_clips=960, keep="last", unlabeled=True, train=dict(
+            dataset="synthetic", model="@previous", loss="l1", lr=5e-5, decoder_lr_mult=3.0, weight_decay=0.05,
+            batch_size=16, max_steps=800, input_size=(182, 224), val_fraction=0.05, warmup_steps=30,
+            clip_grad_norm=1.0, augment=True, photometric=0.8, seed=0, log_every=25, save_every=100,
+            max_depth=300.0, unlabeled_weight=1.0, feature_weight=1.0, cutmix_prob=0.5)),
+        dict(name="settle", n_clips=960, keep="last", train=dict(
+            dataset="synthetic", model="@previous", loss="l1", lr=2e-5, decoder_lr_mult=3.0, weight_decay=0.05,
+            batch_size=16, max_steps=300, input_size=(182, 224), val_fraction=0.05, warmup_steps=30,
+            clip_grad_norm=1.0, augment=True, photometric=0.8, seed=0, log_every=25, save_every=100,
+            max_depth=300.0)),
     ),
 )
+#: Kvasir-SEG images never trained on: the five of ../shared/samples/real (README figure, model card) and the last
+#: :data:`KVASIR_SEG_HELD_OUT_LAST` in name order (the model card's held-out polyp measure).
+KVASIR_SEG_SAMPLES = ("cju0qkwl35piu0993l0dewei2", "cju0qoxqj9q6s0835b43399p4", "cju0qx73cjw570799j4n5cjze",
+                      "cju0roawvklrq0799vmjorwfv", "cju0rx1idathl0835detmsp84")
+KVASIR_SEG_HELD_OUT_LAST = 100
+UNLABELED_FOLDER = "unlabeled"  # below the recipe's output: links to the unlabeled training frames
 PREVIOUS_STAGE = "@previous"  # a stage's ``model``: the fp16 export of the stage before it
 
 
@@ -190,13 +209,59 @@ class _ContinuedSteps:
                                     desc=desc)
 
 
+def kvasir_seg_held_out(names: list[str]) -> set[str]:
+    """The held-out Kvasir-SEG image names (stems) among ``names``: :data:`KVASIR_SEG_SAMPLES` and the last
+    :data:`KVASIR_SEG_HELD_OUT_LAST` of the others in sorted order."""
+    others = sorted(set(names) - set(KVASIR_SEG_SAMPLES))
+    return (set(names) & set(KVASIR_SEG_SAMPLES)) | set(others[-KVASIR_SEG_HELD_OUT_LAST:])
+
+
+def link_unlabeled_frames(source: str | Path, target: str | Path) -> Path:
+    """Fill ``target`` with links to the images of ``source`` (a Kvasir-SEG ``images`` folder, searched at any depth;
+    copies where links cannot be made) less :func:`kvasir_seg_held_out`; returns ``target``. Run again, it gives the
+    same folder.
+
+    Raises:
+        FileNotFoundError: ``source`` is missing or holds no image (the message names it).
+    """
+    import os
+    import shutil
+
+    from SurgicalDepthLib.video import is_image_file
+
+    source, target = Path(source).expanduser().resolve(), Path(target)
+    images = sorted(p for p in source.rglob("*") if p.is_file() and is_image_file(p)) if source.is_dir() else []
+    if not images:
+        raise FileNotFoundError(f"--unlabeled-root {source}: no images found (the recipe's stage 'real-frames' "
+                                "needs the Kvasir-SEG images: https://datasets.simula.no/kvasir-seg/)")
+    held_out = kvasir_seg_held_out([p.stem for p in images])
+    keep = [p for p in images if p.stem not in held_out]
+    if not keep:
+        raise FileNotFoundError(f"--unlabeled-root {source}: all {len(images)} images are held out for evaluation "
+                                f"(the recipe trains on the Kvasir-SEG images less {KVASIR_SEG_HELD_OUT_LAST} + "
+                                f"{len(KVASIR_SEG_SAMPLES)})")
+    target.mkdir(parents=True, exist_ok=True)
+    for path in keep:
+        link = target / path.name
+        if link.exists():
+            continue
+        try:
+            os.symlink(path, link)
+        except OSError:  # e.g. Windows without the symlink privilege
+            shutil.copy2(path, link)
+    return target
+
+
 def stage_configs(output: Path, n_clips: int | None, max_steps: int | None, device: str) -> list[dict[str, Any]]:
-    """``TrainConfig`` keyword arguments of every recipe stage (``@previous`` not yet resolved)."""
+    """``TrainConfig`` keyword arguments of every recipe stage (``@previous`` not yet resolved; a stage with
+    unlabeled frames reads them from ``output/unlabeled``, :func:`link_unlabeled_frames`)."""
     recipe, configs = DEFAULT_RECIPE, []
     for stage in recipe["stages"]:
         n = min(n_clips, stage["n_clips"]) if n_clips else stage["n_clips"]
         options = dict(stage["train"], root=str(output / "data"), output=str(output / f"run-{stage['name']}"),
                        device=device, split=",".join(f"seq_{i:04d}" for i in range(n)))
+        if stage.get("unlabeled"):
+            options["unlabeled_root"] = str(output / UNLABELED_FOLDER)
         if max_steps is not None:
             options.update(max_steps=max_steps,
                            warmup_steps=min(options["warmup_steps"], max(1, max_steps // 10)))
@@ -233,13 +298,27 @@ def export_stage(run: Path, keep: str, target: Path, card: dict[str, str], input
     return target
 
 
+def card_metadata() -> dict[str, str]:
+    """The metadata every export of the recipe carries (its stage is added per export)."""
+    import json
+
+    return {"name": "surgical-depth-default", "recipe": json.dumps(DEFAULT_RECIPE, default=list),
+            "training_data": "procedural synthetic scenes (colon, stomach, small intestine, surgical field) with "
+                             "depth; without labels, real colonoscopy frames of Kvasir-SEG (Jha et al. 2020; "
+                             "HyperKvasir, Borgli et al. 2020; CC BY 4.0) less the held-out ones",
+            "output": "relative depth: disparity (larger = nearer), scale-invariant; no metric scale",
+            "license": "Apache-2.0", "trained_with": f"surgical-depth {__version__}"}
+
+
 def train_default_model(output: str | Path, *, resume: bool = False, max_steps: int | None = None,
                         n_clips: int | None = None, device: str = "auto",
                         progress: ProgressReporter | None = None,
-                        should_stop: Callable[[], bool] | None = None, render_workers: int = 1) -> Path:
-    """Reproduce the shipped default model: render the training set (``output/data``), train each stage of
-    :data:`DEFAULT_RECIPE` (``output/run-<stage>``; each exported as ``output/<stage>.safetensors``), and write
-    the last export as ``output/surgical-depth-default.safetensors`` with the model card metadata.
+                        should_stop: Callable[[], bool] | None = None, render_workers: int = 1,
+                        unlabeled_root: str | Path | None = None) -> Path:
+    """Reproduce the shipped default model: render the training set (``output/data``), link the unlabeled real
+    frames of ``unlabeled_root`` (the Kvasir-SEG images; :func:`link_unlabeled_frames`, ``output/unlabeled``), train
+    each stage of :data:`DEFAULT_RECIPE` (``output/run-<stage>``; each exported as ``output/<stage>.safetensors``),
+    and write the last export as ``output/surgical-depth-default.safetensors`` with the model card metadata.
 
     ``max_steps`` (per stage) and ``n_clips`` shorten the run (tests); the shipped weights use the recipe
     unchanged. ``resume`` continues the stages that were started and skips the finished ones. ``progress`` (None
@@ -248,14 +327,23 @@ def train_default_model(output: str | Path, *, resume: bool = False, max_steps: 
     :class:`.training.TrainingStopped` is raised; ``resume=True`` continues from there. ``render_workers``: processes
     rendering the training set (``render_training_set``'s ``workers``; the same files for any number).
     Returns the exported ``output/surgical-depth-default.safetensors``.
+
+    Raises:
+        ValueError: ``unlabeled_root`` not given although a stage needs it (before anything is written).
+        FileNotFoundError: ``unlabeled_root`` holds no image.
     """
-    import json
     import shutil
 
     from .training import TrainConfig, train
 
     output = Path(output)
     recipe = DEFAULT_RECIPE
+    needs_frames = [s["name"] for s in recipe["stages"] if s.get("unlabeled")]
+    if needs_frames and unlabeled_root is None:
+        raise ValueError(f"--unlabeled-root is required: the recipe's stage {needs_frames[0]!r} trains on the "
+                         "Kvasir-SEG images without labels (a folder of them; https://datasets.simula.no/kvasir-seg/)")
+    if needs_frames:
+        link_unlabeled_frames(unlabeled_root, output / UNLABELED_FOLDER)
     reporter = progress if progress is not None else ProgressReporter("bar")
     configs = stage_configs(output, n_clips, max_steps, device)
     n = max(len(c["split"].split(",")) for c in configs)
@@ -265,10 +353,7 @@ def train_default_model(output: str | Path, *, resume: bool = False, max_steps: 
                             progress=lambda done: stage.update(done - stage.step),
                             scope_light_from=recipe["scope_light_from"], polyps_from=recipe["polyps_from"],
                             workers=render_workers)
-    card = {"name": "surgical-depth-default", "recipe": json.dumps(recipe, default=list),
-            "training_data": "procedural synthetic scenes only (colon, stomach, small intestine, surgical field)",
-            "output": "relative depth: disparity (larger = nearer), scale-invariant; no metric scale",
-            "license": "Apache-2.0", "trained_with": f"surgical-depth {__version__}"}
+    card = card_metadata()
     grand_total, done_before, export = sum(c["max_steps"] for c in configs), 0, None
     for spec, options in zip(recipe["stages"], configs):
         if options["model"] == PREVIOUS_STAGE:

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from SurgicalDepthTrainingLib.slicer_helpers import ProgressTracker
+from tiny_model import kvasir_like
 
 # one OpenMP thread: on a shared 2-core machine more threads only add contention (see conftest one_torch_thread)
 _ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -126,8 +127,10 @@ def test_default_recipe_reports_render_then_train(tmp_path, monkeypatch):
     small = tuple(dict(stage, train={**stage["train"], "batch_size": 4, "input_size": (56, 56)})
                   for stage in DEFAULT_RECIPE["stages"])
     monkeypatch.setitem(DEFAULT_RECIPE, "stages", small)
+    monkeypatch.setattr("SurgicalDepthTrainingLib.recipes.KVASIR_SEG_HELD_OUT_LAST", 2)
     stream = io.StringIO()
-    train_default_model(tmp_path, max_steps=1, n_clips=3, device="cpu", progress=ProgressReporter("jsonl", stream))
+    train_default_model(tmp_path, max_steps=1, n_clips=3, device="cpu", progress=ProgressReporter("jsonl", stream),
+                        unlabeled_root=kvasir_like(tmp_path / "kvasir"))
     lines = stream.getvalue().splitlines()
     events = [json.loads(line) for line in lines]
     stages = [e["stage"] for e in events]

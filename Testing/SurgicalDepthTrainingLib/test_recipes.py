@@ -9,6 +9,7 @@ import torch
 
 import SurgicalDepthLib as sd
 from SurgicalDepthTrainingLib.recipes import DEFAULT_RECIPE, clip_specs, train_default_model
+from tiny_model import kvasir_like
 
 
 def test_clip_specs_deterministic_and_varied():
@@ -22,14 +23,18 @@ def test_clip_specs_deterministic_and_varied():
 
 
 @pytest.mark.slow
-def test_train_default_model_shortened(tmp_path):
+def test_train_default_model_shortened(tmp_path, monkeypatch):
     """Bugs caught: a stage that does not start from the previous stage's export (``@previous`` unresolved or
     pointing at random weights), stage 1 training on stage 2's extra clips, the ``last`` stage exporting its
     start weights, an export that is not fp16 with the recipe in its metadata, and one without the reference lens
     (a reproduced default model would not be corrected to a calibrated wide-angle scope)."""
     from safetensors import safe_open
 
-    path = train_default_model(tmp_path, max_steps=2, n_clips=3, device="cpu")
+    from SurgicalDepthTrainingLib import recipes
+
+    monkeypatch.setattr(recipes, "KVASIR_SEG_HELD_OUT_LAST", 2)
+    path = train_default_model(tmp_path, max_steps=2, n_clips=3, device="cpu",
+                               unlabeled_root=kvasir_like(tmp_path / "kvasir"))
     assert path == tmp_path / "surgical-depth-default.safetensors"
     model = sd.load_model(path, device="cpu")
     assert model.config.input_size == DEFAULT_RECIPE["inference_input_size"]
@@ -43,6 +48,10 @@ def test_train_default_model_shortened(tmp_path):
     assert {s["train"]["loss"] for s in stages} == {"l1"} and meta["stage"] == stages[-1]["name"]
     assert stages[-1]["train"]["photometric"] > 0
     assert len(list((tmp_path / "data").iterdir())) == 3
+    semi = [s["name"] for s in stages if s.get("unlabeled")]
+    assert semi == ["real-frames"] and "Kvasir-SEG" in meta["training_data"]
+    saved = json.loads((tmp_path / "run-real-frames" / "train_config.json").read_text())
+    assert saved["unlabeled_root"] == str(tmp_path / "unlabeled") and saved["unlabeled_weight"] > 0
     for before, stage in zip(stages, stages[1:]):  # each stage starts from the previous one's export
         run = tmp_path / f"run-{stage['name']}"
         start = tmp_path / f"{before['name']}.safetensors"
@@ -58,11 +67,12 @@ def test_recipe_stage_one_sees_only_its_clips(tmp_path):
     longer reproduce once stage 2's clips are rendered beside its own."""
     from SurgicalDepthTrainingLib.recipes import stage_configs
 
-    first, second, third, fourth = stage_configs(tmp_path, None, None, "cpu")
+    first, second, third, fourth, fifth, sixth = stage_configs(tmp_path, None, None, "cpu")
     assert first["split"].split(",") == [f"seq_{i:04d}" for i in range(240)]
     assert len(second["split"].split(",")) == 480 and len(third["split"].split(",")) == 720
-    assert len(fourth["split"].split(",")) == 960
-    assert first["root"] == second["root"] == third["root"] == fourth["root"]
+    assert len(fourth["split"].split(",")) == len(fifth["split"].split(",")) == len(sixth["split"].split(",")) == 960
+    assert len({c["root"] for c in (first, second, third, fourth, fifth, sixth)}) == 1
+    assert fifth["unlabeled_root"] == str(tmp_path / "unlabeled") and "unlabeled_root" not in sixth
 
 
 def test_scope_light_is_drawn_only_for_the_later_clips():
@@ -102,11 +112,14 @@ def test_recipe_stops_with_a_checkpoint_and_resumes(tmp_path, monkeypatch):
                   for stage in DEFAULT_RECIPE["stages"])
     monkeypatch.setitem(DEFAULT_RECIPE, "frames_per_clip", 2)
     monkeypatch.setitem(DEFAULT_RECIPE, "stages", small)
+    monkeypatch.setattr("SurgicalDepthTrainingLib.recipes.KVASIR_SEG_HELD_OUT_LAST", 2)
+    frames = kvasir_like(tmp_path / "kvasir")
     with pytest.raises(TrainingStopped):
-        train_default_model(tmp_path, max_steps=2, n_clips=3, device="cpu", should_stop=lambda: True)
+        train_default_model(tmp_path, max_steps=2, n_clips=3, device="cpu", should_stop=lambda: True,
+                            unlabeled_root=frames)
     first = tmp_path / f"run-{small[0]['name']}"
     assert (first / "last.pt").is_file() and not (tmp_path / "surgical-depth-default.safetensors").exists()
-    path = train_default_model(tmp_path, resume=True, max_steps=2, n_clips=3, device="cpu")
+    path = train_default_model(tmp_path, resume=True, max_steps=2, n_clips=3, device="cpu", unlabeled_root=frames)
     assert sd.load_model(path, device="cpu").output_kind == "disparity"
 
 
@@ -124,8 +137,10 @@ def test_recipe_renders_its_polyp_and_scope_light_clips(tmp_path, monkeypatch):
         raise RuntimeError("captured")
 
     monkeypatch.setattr(recipes, "render_training_set", capture)
+    monkeypatch.setattr(recipes, "KVASIR_SEG_HELD_OUT_LAST", 2)
     with pytest.raises(RuntimeError, match="captured"):
-        recipes.train_default_model(tmp_path, device="cpu", render_workers=3)
+        recipes.train_default_model(tmp_path, device="cpu", render_workers=3,
+                                    unlabeled_root=kvasir_like(tmp_path / "kvasir"))
     assert seen["workers"] == 3
     assert seen["n_clips"] == 960 and seen["scope_light_from"] == 480 and seen["polyps_from"] == 720
     specs = clip_specs(960, seed=0, scope_light_from=480, polyps_from=720)
@@ -173,3 +188,42 @@ def test_parallel_rendering_stops_starting_clips_after_a_cancel(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         render_training_set(tmp_path, 12, frames_per_clip=1, height=28, width=42, workers=2, progress=cancel)
     assert len(list(tmp_path.glob("seq_*"))) < 12
+
+
+def test_held_out_kvasir_frames_are_never_linked_for_training(tmp_path, monkeypatch):
+    """Bugs caught: the recipe training on the Kvasir-SEG frames its evaluation uses (the five shared samples of the
+    README figure, the held-out ring measure's last frames by name), a held-out rule that depends on the order
+    files are listed in, and a linked folder that changes when the recipe resumes."""
+    from SurgicalDepthTrainingLib import recipes
+
+    monkeypatch.setattr(recipes, "KVASIR_SEG_HELD_OUT_LAST", 2)
+    source = kvasir_like(tmp_path / "kvasir", n=7)
+    names = sorted(p.stem for p in source.iterdir())
+    held = recipes.kvasir_seg_held_out(list(reversed(names)))
+    others = sorted(set(names) - {"cju0qkwl35piu0993l0dewei2"})
+    assert held == {"cju0qkwl35piu0993l0dewei2", *others[-2:]}
+    linked = recipes.link_unlabeled_frames(source, tmp_path / "out" / "unlabeled")
+    assert sorted(p.stem for p in linked.iterdir()) == others[:-2]
+    assert all(sd.read_image(p).shape == (40, 48, 3) for p in linked.iterdir())
+    again = recipes.link_unlabeled_frames(source, linked)
+    assert sorted(p.stem for p in again.iterdir()) == others[:-2]
+    monkeypatch.setattr(recipes, "KVASIR_SEG_HELD_OUT_LAST", 6)  # nothing left to train on: refused
+    with pytest.raises(FileNotFoundError, match="all 7 images are held out"):
+        recipes.link_unlabeled_frames(source, tmp_path / "other")
+
+
+def test_recipe_without_unlabeled_frames_is_refused_before_anything_is_written(tmp_path, capsys):
+    """Bugs caught: ``train --recipe default`` without --unlabeled-root rendering for minutes and training four
+    stages before failing at the semi-supervised stage, or training it without its real frames (the shipped
+    weights would not reproduce); an empty frame folder accepted, or --unlabeled-root not passed on by the CLI."""
+    from SurgicalDepthLib.cli import main
+
+    with pytest.raises(ValueError, match="^--unlabeled-root is required: .*'real-frames'.*Kvasir-SEG"):
+        train_default_model(tmp_path / "run", device="cpu")
+    assert not (tmp_path / "run").exists()
+    (tmp_path / "empty").mkdir()
+    rc = main(["train", "--recipe", "default", "--output", str(tmp_path / "run2"), "--unlabeled-root",
+               str(tmp_path / "empty")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and not (tmp_path / "run2" / "data").exists()
+    assert len(err) == 1 and "no images found" in err[0] and str(tmp_path / "empty") in err[0]  # the CLI passes it

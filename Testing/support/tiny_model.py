@@ -54,3 +54,14 @@ def write_clip(path: Path, n: int, h: int = 48, w: int = 64) -> list[np.ndarray]
         writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     writer.release()
     return frames
+
+
+def kvasir_like(root: Path, n: int = 6) -> Path:
+    """A folder of ``n`` small frames named like Kvasir-SEG images (the recipe's unlabeled frames), the first one
+    named as a shared-samples frame (held out by the recipe)."""
+    from SurgicalDepthLib.video import write_image
+
+    root.mkdir(parents=True)
+    for i, name in enumerate(["cju0qkwl35piu0993l0dewei2"] + [f"cjz{i:022d}" for i in range(n - 1)]):
+        write_image(root / f"{name}.jpg", textured(40, 48, i))
+    return root

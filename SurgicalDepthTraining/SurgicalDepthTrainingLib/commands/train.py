@@ -38,8 +38,9 @@ def register(subparsers) -> None:
                                           "torchrun --nproc_per_node N -m SurgicalDepthLib.cli train ...")
     p.add_argument("--recipe", choices=("default",), default=None,
                    help="'default' reproduces the shipped default model from scratch: renders its synthetic "
-                        "training set into OUTPUT/data, trains, exports OUTPUT/surgical-depth-default.safetensors "
-                        "(other data/model/recipe flags are ignored)")
+                        "training set into OUTPUT/data, trains, exports OUTPUT/surgical-depth-default.safetensors; "
+                        "needs --unlabeled-root: the Kvasir-SEG images, which its stage 'real-frames' reads without "
+                        "labels (other data/model/recipe flags are ignored)")
     p.add_argument("--render-workers", type=int, default=1, metavar="N",
                    help="with --recipe: render the training clips in N processes (default 1; the files are the "
                         "same for any N)")
@@ -173,7 +174,7 @@ def run(args: argparse.Namespace) -> int:
             with _stop_on_signals() as stop:
                 path = train_default_model(args.output, resume=args.resume, max_steps=args.max_steps,
                                            device=args.device, progress=progress_of(args), should_stop=stop.is_set,
-                                           render_workers=args.render_workers)
+                                           render_workers=args.render_workers, unlabeled_root=args.unlabeled_root)
         except TrainingStopped as exc:
             logger.warning("%s: stopped at step %d of %d of a stage; %s saved: continue with --recipe default "
                            "--resume", stop.signal_name, exc.step, exc.total, exc.checkpoint)
