@@ -217,9 +217,9 @@ def kvasir_seg_held_out(names: list[str]) -> set[str]:
 
 
 def link_unlabeled_frames(source: str | Path, target: str | Path) -> Path:
-    """Fill ``target`` with links to the images of ``source`` (a Kvasir-SEG ``images`` folder, searched at any depth;
-    copies where links cannot be made) less :func:`kvasir_seg_held_out`; returns ``target``. Run again, it gives the
-    same folder.
+    """Fill ``target`` with links to the images of ``source`` (a Kvasir-SEG ``images`` folder, searched at any depth,
+    or the data set's folder holding ``images/`` beside ``masks/``; copies where links cannot be made) less
+    :func:`kvasir_seg_held_out`; returns ``target``. Run again, it gives the same folder.
 
     Raises:
         FileNotFoundError: ``source`` is missing or holds no image (the message names it).
@@ -230,6 +230,8 @@ def link_unlabeled_frames(source: str | Path, target: str | Path) -> Path:
     from SurgicalDepthLib.video import is_image_file
 
     source, target = Path(source).expanduser().resolve(), Path(target)
+    if (source / "images").is_dir():  # the data set's own layout: never train on its masks
+        source = source / "images"
     images = sorted(p for p in source.rglob("*") if p.is_file() and is_image_file(p)) if source.is_dir() else []
     if not images:
         raise FileNotFoundError(f"--unlabeled-root {source}: no images found (the recipe's stage 'real-frames' "

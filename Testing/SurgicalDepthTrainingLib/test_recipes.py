@@ -193,7 +193,8 @@ def test_parallel_rendering_stops_starting_clips_after_a_cancel(tmp_path):
 def test_held_out_kvasir_frames_are_never_linked_for_training(tmp_path, monkeypatch):
     """Bugs caught: the recipe training on the Kvasir-SEG frames its evaluation uses (the five shared samples of the
     README figure, the held-out ring measure's last frames by name), a held-out rule that depends on the order
-    files are listed in, and a linked folder that changes when the recipe resumes."""
+    files are listed in, a linked folder that changes when the recipe resumes, and the data set's masks linked as
+    frames when its folder (images/ + masks/) is given."""
     from SurgicalDepthTrainingLib import recipes
 
     monkeypatch.setattr(recipes, "KVASIR_SEG_HELD_OUT_LAST", 2)
@@ -207,6 +208,13 @@ def test_held_out_kvasir_frames_are_never_linked_for_training(tmp_path, monkeypa
     assert all(sd.read_image(p).shape == (40, 48, 3) for p in linked.iterdir())
     again = recipes.link_unlabeled_frames(source, linked)
     assert sorted(p.stem for p in again.iterdir()) == others[:-2]
+    (tmp_path / "dataset").mkdir()  # the data set's layout: images/ and masks/ with the same names
+    (tmp_path / "kvasir").rename(tmp_path / "dataset" / "images")
+    kvasir_like(tmp_path / "dataset" / "masks", n=7)
+    linked = recipes.link_unlabeled_frames(tmp_path / "dataset", tmp_path / "out2")
+    assert sorted(p.name for p in linked.iterdir()) == [f"{n}.jpg" for n in others[:-2]]
+    assert {p.resolve().parent.name for p in linked.iterdir()} == {"images"}  # never a mask
+    source = tmp_path / "dataset" / "images"
     monkeypatch.setattr(recipes, "KVASIR_SEG_HELD_OUT_LAST", 6)  # nothing left to train on: refused
     with pytest.raises(FileNotFoundError, match="all 7 images are held out"):
         recipes.link_unlabeled_frames(source, tmp_path / "other")
