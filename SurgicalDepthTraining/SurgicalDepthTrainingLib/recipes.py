@@ -151,6 +151,11 @@ def _render_one(job: tuple[dict[str, Any], Path, int]) -> Path:
 #: 4. ``polyps``: fine-tunes stage 3 on 960 clips, the last 240 with sessile polyps (``POLYPS``; half of them
 #:    close-ups of one polyp), at the full 182×224 frames (stages 1-3: 126×168 crops), same augmentation; the
 #:    export reads frames at that size (``inference_input_size``).
+# the labeled settings of stage 4 (whole 182 x 224 frames), which the later stages start from
+_WHOLE_FRAMES = dict(
+    dataset="synthetic", model="@previous", loss="l1", lr=5e-5, decoder_lr_mult=3.0, weight_decay=0.05,
+    batch_size=16, max_steps=1200, input_size=(182, 224), val_fraction=0.05, warmup_steps=30,
+    clip_grad_norm=1.0, augment=True, photometric=0.8, seed=0, log_every=50, save_every=100, max_depth=300.0)
 DEFAULT_RECIPE = dict(
     frames_per_clip=8, data_seed=0, inference_input_size=182, scope_light_from=480, polyps_from=720,
     reference_fov_deg=DEFAULT_MODEL_REFERENCE_FOV_DEG,
@@ -170,21 +175,12 @@ DEFAULT_RECIPE = dict(
             batch_size=16, max_steps=1000, input_size=(126, 168), val_fraction=0.05, warmup_steps=30,
             clip_grad_norm=1.0, augment=True, photometric=0.8, seed=0, log_every=50, save_every=100,
             max_depth=300.0)),
-        dict(name="polyps", n_clips=960, keep="last", train=dict(
-            dataset="synthetic", model="@previous", loss="l1", lr=5e-5, decoder_lr_mult=3.0, weight_decay=0.05,
-            batch_size=16, max_steps=1200, input_size=(182, 224), val_fraction=0.05, warmup_steps=30,
-            clip_grad_norm=1.0, augment=True, photometric=0.8, seed=0, log_every=50, save_every=100,
-            max_depth=300.0)),
+        dict(name="polyps", n_clips=960, keep="last", train=_WHOLE_FRAMES),
+        # stages 5 and 6 keep stage 4's labeled settings and change only what is written here
         dict(name="real-frames", n_clips=960, keep="last", unlabeled=True, train=dict(
-            dataset="synthetic", model="@previous", loss="l1", lr=5e-5, decoder_lr_mult=3.0, weight_decay=0.05,
-            batch_size=16, max_steps=800, input_size=(182, 224), val_fraction=0.05, warmup_steps=30,
-            clip_grad_norm=1.0, augment=True, photometric=0.8, seed=0, log_every=25, save_every=100,
-            max_depth=300.0, unlabeled_weight=1.0, feature_weight=1.0, cutmix_prob=0.5)),
+            _WHOLE_FRAMES, max_steps=800, log_every=25, unlabeled_weight=1.0, feature_weight=1.0, cutmix_prob=0.5)),
         dict(name="settle", n_clips=960, keep="last", train=dict(
-            dataset="synthetic", model="@previous", loss="l1", lr=2e-5, decoder_lr_mult=3.0, weight_decay=0.05,
-            batch_size=16, max_steps=300, input_size=(182, 224), val_fraction=0.05, warmup_steps=30,
-            clip_grad_norm=1.0, augment=True, photometric=0.8, seed=0, log_every=25, save_every=100,
-            max_depth=300.0)),
+            _WHOLE_FRAMES, lr=2e-5, max_steps=300, log_every=25)),
     ),
 )
 #: Kvasir-SEG images never trained on: the five of ../shared/samples/real (README figure, model card) and the last

@@ -96,10 +96,16 @@ def cutmix_boxes(batch: int, height: int, width: int, generator: torch.Generator
     return box
 
 
+def paste_box(x: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
+    """``x`` ``[B, ...]`` with, inside ``box`` (broadcast to it), the values of the previous image of the batch
+    (``roll(1)``: ``u_b``) and elsewhere its own (``u_a``): CutMix of one per-pixel quantity."""
+    return torch.where(box, x.roll(1, 0), x)
+
+
 def cutmix(images: torch.Tensor, labels: torch.Tensor, box: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(u_ab [B, 3, h, w], mixed label [B, h, w])``: inside ``box`` ``[B, h, w]`` each image and its label are
-    those of the previous image of the batch (``roll(1)``: ``u_b``), elsewhere its own (``u_a``)."""
-    return torch.where(box[:, None], images.roll(1, 0), images), torch.where(box, labels.roll(1, 0), labels)
+    """``(u_ab [B, 3, h, w], mixed label [B, h, w])``: :func:`paste_box` of the images and of their labels with
+    the box ``[B, h, w]``."""
+    return paste_box(images, box[:, None]), paste_box(labels, box)
 
 
 @dataclass
@@ -128,9 +134,8 @@ def prepare_semi_batch(teacher: nn.Module, frozen: FrozenEncoder, batch: dict[st
     box = cutmix_boxes(B, H, W, generator, cutmix_prob).to(strong.device)
     student_in, label = cutmix(strong, pseudo, box)
     valid = batch.get("valid")
-    if valid is not None:
-        valid = torch.where(box, valid.roll(1, 0), valid)
-    return SemiBatch(student_in, label, box, frozen(student_in).float(), valid)
+    return SemiBatch(student_in, label, box, frozen(student_in).float(),
+                     None if valid is None else paste_box(valid, box))
 
 
 def cutmix_affine_loss(pred: torch.Tensor, label: torch.Tensor, box: torch.Tensor,

@@ -235,3 +235,16 @@ def test_recipe_without_unlabeled_frames_is_refused_before_anything_is_written(t
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and not (tmp_path / "run2" / "data").exists()
     assert len(err) == 1 and "no images found" in err[0] and str(tmp_path / "empty") in err[0]  # the CLI passes it
+
+
+def test_recipe_is_the_one_the_shipped_weights_were_trained_with():
+    """Bug caught: DEFAULT_RECIPE edited after the shipped weights were trained (a setting changed, a stage added,
+    dropped or reordered, the later stages no longer derived from stage 4's settings as they were), so
+    ``train --recipe default`` would no longer reproduce the shipped default model: its export records the recipe."""
+    from safetensors import safe_open
+
+    from SurgicalDepthLib.loading import default_model_path
+
+    with safe_open(str(default_model_path()), "pt") as f:
+        shipped = f.metadata()["recipe"]
+    assert json.loads(shipped) == json.loads(json.dumps(DEFAULT_RECIPE, default=list))
