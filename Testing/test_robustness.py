@@ -41,7 +41,9 @@ clip, the random ``surgical-depth-tiny`` model on the CPU) keep the whole file u
 |   missing file or a file that is no calibration;               |                                                    |
 |   predict --detail-size 252 with a 518 model; evaluate         |                                                    |
 |   --detail-size 13; train --recipe default --render-workers 0; |                                                    |
-|   predict --stride 2 on images (a video option)                |                                                    |
+|   predict --stride 2 on images (a video option); train         |                                                    |
+|   --recipe default without --unlabeled-root or with a folder   |                                                    |
+|   holding no image                                             |                                                    |
 
 Disk full is simulated with a real kernel mechanism, no monkeypatching: the child's RLIMIT_FSIZE (``ulimit -f``) is
 set to 4 KiB in ``preexec_fn`` (the small manifest fits, a 15 KiB depth map does not), so writes fail with EFBIG
@@ -526,7 +528,8 @@ def test_full_disk_on_a_real_tmpfs(data, tmp_path):
 def test_new_commands_and_options_fail_cleanly_with_an_error_event(tmp_path):
     """Catches: export overwriting a file or its own input, export/stream/--backend/--fov-mask, train
     --photometric/--unlabeled-root, predict/stream/evaluate --intrinsics, predict/evaluate --detail-size (not
-    larger than the model's input size, not a multiple of 14) and train --render-workers bad values ending in a
+    larger than the model's input size, not a multiple of 14), train --render-workers bad values and train --recipe
+    default without its unlabeled frames (rendering and four stages done before the stage that needs them) ending in a
     traceback, a half-made run folder or report, or without the jsonl error event the Slicer modules wait for."""
     model = tmp_path / "m.safetensors"
     import torch
@@ -547,6 +550,7 @@ def test_new_commands_and_options_fail_cleanly_with_an_error_event(tmp_path):
 
     cv2.imwrite(str(data / "rgb" / "0.png"), np.full((42, 56, 3), 128, np.uint8))
     np.save(data / "depth" / "0.npy", np.full((42, 56), 40.0, np.float32))
+    (tmp_path / "no_frames").mkdir()
     before = snapshot(tmp_path)
     jsonl = ("--progress", "jsonl")
     runs = cli_many(
@@ -569,12 +573,16 @@ def test_new_commands_and_options_fail_cleanly_with_an_error_event(tmp_path):
         ("evaluate", "--dataset", "folder", "--root", data, "--output", tmp_path / "r.json", *TINY,
          "--detail-size", "13", *jsonl),
         ("train", "--recipe", "default", "--output", tmp_path / "o", "--render-workers", "0", *jsonl),
-        ("predict", data / "rgb", "--output", tmp_path / "o", *TINY, "--stride", "2", *jsonl))
+        ("predict", data / "rgb", "--output", tmp_path / "o", *TINY, "--stride", "2", *jsonl),
+        ("train", "--recipe", "default", "--output", tmp_path / "o", *jsonl),
+        ("train", "--recipe", "default", "--output", tmp_path / "o", "--unlabeled-root", tmp_path / "no_frames",
+         *jsonl))
     needles = [(existing, "--overwrite"), ("m.safetensors",), ("tflite",), ("nohost",), ("99999",), ("tensorrt-x",),
                ("none.png",), ("--photometric", "1.5"), ("--unlabeled-root", "nowhere"), ("--intrinsics", "1,2,x"),
                ("--intrinsics", "500,500,-1,20"), ("--intrinsics", "nowhere.yaml"), ("notes.txt",),
                ("detail_size", "(518)", "252"), ("--detail-size", "13"), ("--render-workers", "0"),
-               ("--stride", "no video input")]
+               ("--stride", "no video input"), ("--unlabeled-root is required", "real-frames"),
+               ("--unlabeled-root", "no_frames", "no images found")]
     for result, expected in zip(runs, needles):
         if result.args[0] == "stream" and "pyigtl" in result.stderr:
             continue  # the [igtl] extra is not installed: that one-line error is checked by test_live.py
