@@ -201,6 +201,33 @@ def build_teacher(source: str | None, start_model: nn.Module, device: torch.devi
     return teacher.requires_grad_(False).eval()
 
 
+class DetailReadTeacher(nn.Module):
+    """A frozen teacher that reads every clean view twice, as ``infer_image(..., detail_size=)`` reads a frame:
+    at the view's own size and enlarged (bicubic) to :func:`~SurgicalDepthLib.preprocess.official_input_size` for
+    ``detail_size``, the second read scaled back (bilinear) and merged into the first by
+    :func:`~SurgicalDepthLib.detail.merge_detail` (the layout of the first read, the small structures of the
+    second). Its pseudo-labels carry the detail read's polyps and fold edges, so the student learns to see them in
+    one read (self-distillation of the detail read)."""
+
+    def __init__(self, teacher: nn.Module, detail_size: int) -> None:
+        super().__init__()
+        self.teacher, self.detail_size = teacher, detail_size
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised ``[B, 3, h, w]`` → float32 pseudo-labels ``[B, h, w]``."""
+        from SurgicalDepthLib.detail import merge_detail
+        from SurgicalDepthLib.model import resize_prediction
+        from SurgicalDepthLib.preprocess import official_input_size
+
+        h, w = images.shape[-2:]
+        coarse = self.teacher(images).float()
+        size = official_input_size(h, w, self.detail_size, self.teacher.config.patch_size)
+        fine = resize_prediction(self.teacher(F.interpolate(images, size=size, mode="bicubic", align_corners=False)),
+                                 (h, w))
+        merged = merge_detail(coarse.cpu().numpy(), fine.cpu().numpy())
+        return torch.from_numpy(merged).to(images.device)
+
+
 def unlabeled_draw(seed: int, rank: int, step: int, n: int, batch_size: int) -> tuple[list[int], torch.Generator]:
     """The unlabeled frames (indices into ``range(n)``) and the CutMix generator of optimizer step ``step`` on DDP
     rank ``rank``, seeded by ``(seed, rank, step)``: ranks draw different batches, a resumed run the same ones."""
@@ -248,14 +275,17 @@ def build_semi_term(config: Any, model: nn.Module, unlabeled_data: Any, size: tu
     # the default teacher is a copy of the start model: its encoder is the student's initial one already
     encoder = teacher.pretrained if not config.teacher else copy.deepcopy(model.pretrained)
     frozen = FrozenEncoder(encoder, model.config.intermediate_layers[-1])
+    if config.teacher_detail_size is not None:
+        teacher = DetailReadTeacher(teacher, config.teacher_detail_size)
     if unlabeled_data is None:
         from .datasets import open_unlabeled
 
         unlabeled_data = open_unlabeled(config.unlabeled_dataset, config.unlabeled_root or config.root)
     if len(unlabeled_data) == 0:
         raise ValueError("unlabeled_data is empty: semi-supervised training needs at least one frame")
-    logger.info("semi-supervised: %d unlabeled frames (%s), teacher %s", len(unlabeled_data),
-                getattr(unlabeled_data, "root", "given"), config.teacher or "= the start model")
+    logger.info("semi-supervised: %d unlabeled frames (%s), teacher %s%s", len(unlabeled_data),
+                getattr(unlabeled_data, "root", "given"), config.teacher or "= the start model",
+                "" if config.teacher_detail_size is None else f" with a detail read at {config.teacher_detail_size}")
     return SemiTerm(config, model, teacher, frozen, unlabeled_data, size, device, rank)
 
 
@@ -273,4 +303,9 @@ def unlabeled_dataset_of(config: Any) -> str | None:
     if name is not None and name.lower() == UNLABELED_FRAMES and not config.unlabeled_root:
         raise ValueError(f"unlabeled_root must be given (a folder of frames or a video) when unlabeled_dataset is "
                          f"{UNLABELED_FRAMES!r}")
+    detail, shorter = config.teacher_detail_size, min(config.effective_input_size)
+    if detail is not None and (name is None or not isinstance(detail, int) or isinstance(detail, bool)
+                               or detail <= shorter):
+        raise ValueError(f"teacher_detail_size must be an integer larger than the training input's shorter side "
+                         f"({shorter}) and needs unlabeled frames, got {detail!r}")
     return name

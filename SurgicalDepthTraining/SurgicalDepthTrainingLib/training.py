@@ -82,6 +82,8 @@ class TrainConfig:
         unlabeled_dataset, unlabeled_root, teacher, unlabeled_weight, feature_weight, cutmix_prob: semi-supervised
             Depth Anything recipe (:mod:`.semi`), off while both are None; ``unlabeled_root`` alone: every frame of
             that image folder or video (``"frames"``); a loader name: its images (root default ``root``).
+            ``teacher_detail_size``: the teacher also reads each unlabeled view at this larger size and its
+            pseudo-labels are the detail read's merge (:class:`.semi.DetailReadTeacher`; None: one read).
         save_every, log_every: checkpoint / CSV row every N optimizer steps (0 = epoch ends only).
         checkpoint_minutes: also checkpoint once this much wall time has passed since the last checkpoint
             (at the next optimizer step; 0 = after every step), so a kill loses at most that much work.
@@ -121,6 +123,7 @@ class TrainConfig:
     unlabeled_dataset: str | None = None
     unlabeled_root: str | None = None
     teacher: str | None = None
+    teacher_detail_size: int | None = None
     unlabeled_weight: float = 1.0
     feature_weight: float = 1.0
     cutmix_prob: float = 0.5

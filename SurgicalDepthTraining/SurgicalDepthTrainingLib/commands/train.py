@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 #: TrainConfig fields set from flags of the same name only when given (argparse default None), so that
 #: TrainConfig's defaults are the only ones; the help texts quote them (Testing checks that they agree).
 CONFIG_FLAGS = ("val_fraction", "model", "loss", "lr", "decoder_lr_mult", "batch_size", "grad_accum", "epochs",
-                "seed", "num_workers", "checkpoint_minutes", "photometric")
+                "seed", "num_workers", "checkpoint_minutes", "photometric", "teacher_detail_size")
 #: TrainConfig fields whose flag is not ``--field-name``
 _FLAG_OF = {"lora_rank": "--lora"}
 
@@ -87,6 +87,9 @@ def register(subparsers) -> None:
                         "enough on its own. With a loader name in --unlabeled-dataset: its root (default --root)")
     p.add_argument("--teacher", default=None,
                    help="semi-supervised: teacher model, any size (default: the start model)")
+    p.add_argument("--teacher-detail-size", type=int, default=None,
+                   help="semi-supervised: the teacher also reads each unlabeled frame at this larger size and "
+                        "teaches the merge of both reads (as --detail-size of predict; default: one read)")
     p.add_argument("--save-every", type=int, default=0, help="also checkpoint every N steps (default: epochs)")
     p.add_argument("--log-every", type=int, default=0, help="also log a CSV row every N steps")
     p.add_argument("--checkpoint-minutes", type=float, default=None,
