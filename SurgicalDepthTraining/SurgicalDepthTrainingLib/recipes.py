@@ -141,7 +141,7 @@ def _render_one(job: tuple[dict[str, Any], Path, int]) -> Path:
 
 
 # -- the default model ------------------------------------------------------------------------------------------
-#: The shipped default model (v3), trained in four stages on one data set of ``clip_specs(960, data_seed)``:
+#: The shipped default model (v4), trained in six stages on one data set of ``clip_specs(960, data_seed)``:
 #: 1. ``synthetic`` (= the v1 model): from random initialisation on the first 240 clips;
 #: 2. ``endoscope-look``: fine-tunes stage 1's fp16 export on all 480 clips with the photometry augmentation
 #:    (:mod:`.photometric`: tone curves, local adaptation, white balance, JPEG, scope borders), so that depth is
@@ -150,7 +150,9 @@ def _render_one(job: tuple[dict[str, Any], Path, int]) -> Path:
 #:    (``SCOPE_LIGHT``: light bouncing around the lumen, a beam brightest on the optical axis), same augmentation.
 #: 4. ``polyps``: fine-tunes stage 3 on 960 clips, the last 240 with sessile polyps (``POLYPS``; half of them
 #:    close-ups of one polyp), at the full 182×224 frames (stages 1-3: 126×168 crops), same augmentation; the
-#:    export reads frames at that size (``inference_input_size``).
+#:    export reads frames at that size (``inference_input_size``) (= the v3 model).
+#: 5. ``real-frames``: adds the Kvasir-SEG frames without labels through the semi-supervised term (:mod:`.semi`;
+#:    teacher: stage 4); 6. ``settle`` (= the v4 model): labeled frames only, at a lower learning rate.
 # the labeled settings of stage 4 (whole 182 x 224 frames), which the later stages start from
 _WHOLE_FRAMES = dict(
     dataset="synthetic", model="@previous", loss="l1", lr=5e-5, decoder_lr_mult=3.0, weight_decay=0.05,
