@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 #: TrainConfig fields set from flags of the same name only when given (argparse default None), so that
 #: TrainConfig's defaults are the only ones; the help texts quote them (Testing checks that they agree).
 CONFIG_FLAGS = ("val_fraction", "model", "loss", "lr", "decoder_lr_mult", "batch_size", "grad_accum", "epochs",
-                "seed", "num_workers", "checkpoint_minutes", "photometric", "teacher_detail_size")
+                "seed", "num_workers", "checkpoint_minutes", "photometric")
 #: TrainConfig fields whose flag is not ``--field-name``
 _FLAG_OF = {"lora_rank": "--lora"}
 
@@ -203,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
         augment=not args.no_augment, amp={"auto": None, "on": True, "off": False}[args.amp], device=args.device,
         output=str(args.output), min_depth=args.min_depth, max_depth=args.max_depth,
         unlabeled_dataset=args.unlabeled_dataset, unlabeled_root=args.unlabeled_root, teacher=args.teacher,
+        teacher_detail_size=args.teacher_detail_size,
         save_every=args.save_every, log_every=args.log_every, **size, **given)
     try:
         with _stop_on_signals() as stop:
