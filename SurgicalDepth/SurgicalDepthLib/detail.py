@@ -19,10 +19,11 @@ DETAIL_SIGMA_FRACTION = 0.03
 _MAX_SIGMA_PX = 16.0  # larger low-passes run on a downscaled copy (a low-pass loses nothing there)
 
 
-def check_detail_size(detail_size: int, input_size: int) -> int:
-    """``detail_size`` checked against the first read's network size ``input_size``: an integer, and larger."""
+def check_detail_size(detail_size: int, input_size: int, name: str = "detail_size") -> int:
+    """``detail_size`` checked against the first read's network size ``input_size``: an integer, and larger
+    (the message starts with ``name``, the option's name)."""
     if not isinstance(detail_size, int) or isinstance(detail_size, bool) or detail_size <= input_size:
-        raise ValueError(f"detail_size must be an integer larger than the input size ({input_size}), "
+        raise ValueError(f"{name} must be an integer larger than the input size ({input_size}), "
                          f"got {detail_size!r}")
     return detail_size
 

@@ -303,9 +303,11 @@ def unlabeled_dataset_of(config: Any) -> str | None:
     if name is not None and name.lower() == UNLABELED_FRAMES and not config.unlabeled_root:
         raise ValueError(f"unlabeled_root must be given (a folder of frames or a video) when unlabeled_dataset is "
                          f"{UNLABELED_FRAMES!r}")
-    detail, shorter = config.teacher_detail_size, min(config.effective_input_size)
-    if detail is not None and (name is None or not isinstance(detail, int) or isinstance(detail, bool)
-                               or detail <= shorter):
-        raise ValueError(f"teacher_detail_size must be an integer larger than the training input's shorter side "
-                         f"({shorter}) and needs unlabeled frames, got {detail!r}")
+    if config.teacher_detail_size is not None:
+        from SurgicalDepthLib.detail import check_detail_size
+
+        if name is None:
+            raise ValueError(f"teacher_detail_size must be used with unlabeled frames (a folder of "
+                             f"frames, a video or a data set), got {config.teacher_detail_size!r} without them")
+        check_detail_size(config.teacher_detail_size, min(config.effective_input_size), "teacher_detail_size")
     return name
