@@ -376,7 +376,7 @@ def labeled_folder(root: Path, n: int = 4) -> Path:
 @pytest.mark.parametrize("source", ["folder", "video"])
 def test_cli_unlabeled_root_alone_is_enough(tmp_path, source):
     """Catches ``train --unlabeled-root PATH`` failing (or being ignored) for a folder of frames or a video file
-    without --unlabeled-dataset."""
+    without --unlabeled-dataset, and the semi-supervised weights' flags parsed but not passed on to the run."""
     unlabeled = frames_folder(tmp_path / "u") if source == "folder" else tmp_path / "clip.mp4"
     if source == "video":
         write_clip(unlabeled, 6)
@@ -384,11 +384,13 @@ def test_cli_unlabeled_root_alone_is_enough(tmp_path, source):
     done = subprocess.run(
         [sys.executable, "-m", "SurgicalDepthTrainingLib", "train", "--dataset", "folder", "--root",
          str(labeled_folder(tmp_path / "data")), "--output", str(out), "--unlabeled-root", str(unlabeled),
-         "--max-steps", "1", "--batch-size", "2", "--input-size", "56", "--val-fraction", "0.25", "--device", "cpu"],
+         "--max-steps", "1", "--batch-size", "2", "--input-size", "56", "--val-fraction", "0.25", "--device", "cpu",
+         "--unlabeled-weight", "0.25", "--feature-weight", "0.5", "--cutmix-prob", "0.75"],
         env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     saved = json.loads((out / "train_config.json").read_text())
     assert (saved["unlabeled_dataset"], saved["unlabeled_root"]) == ("frames", str(unlabeled))
+    assert (saved["unlabeled_weight"], saved["feature_weight"], saved["cutmix_prob"]) == (0.25, 0.5, 0.75)
     assert f"{9 if source == 'folder' else 6} unlabeled frames" in done.stderr
     assert (out / "best.safetensors").is_file()
 

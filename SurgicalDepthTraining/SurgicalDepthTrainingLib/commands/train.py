@@ -25,7 +25,10 @@ logger = logging.getLogger(__name__)
 #: TrainConfig fields set from flags of the same name only when given (argparse default None), so that
 #: TrainConfig's defaults are the only ones; the help texts quote them (Testing checks that they agree).
 CONFIG_FLAGS = ("val_fraction", "model", "loss", "lr", "decoder_lr_mult", "batch_size", "grad_accum", "epochs",
-                "seed", "num_workers", "checkpoint_minutes", "photometric")
+                "seed", "num_workers", "checkpoint_minutes", "photometric", "unlabeled_weight", "feature_weight",
+                "cutmix_prob")
+#: flags that act only on the semi-supervised term, refused without unlabeled frames (they would do nothing)
+SEMI_FLAGS = ("teacher", "unlabeled_weight", "feature_weight", "cutmix_prob")
 #: TrainConfig fields whose flag is not ``--field-name``
 _FLAG_OF = {"lora_rank": "--lora"}
 
@@ -90,6 +93,14 @@ def register(subparsers) -> None:
     p.add_argument("--teacher-detail-size", type=int, default=None,
                    help="semi-supervised: the teacher also reads each unlabeled frame at this larger size and "
                         "teaches the merge of both reads (as --detail-size of predict; default: one read)")
+    p.add_argument("--unlabeled-weight", type=float, default=None, metavar="W",
+                   help="semi-supervised: weight of the unlabeled term (pseudo-labels + feature alignment) added to "
+                        "the labeled loss (default 1.0)")
+    p.add_argument("--feature-weight", type=float, default=None, metavar="W",
+                   help="semi-supervised: weight of the feature alignment within the unlabeled term (default 1.0)")
+    p.add_argument("--cutmix-prob", type=float, default=None, metavar="P",
+                   help="semi-supervised: probability that an unlabeled frame gets a CutMix box from another "
+                        "(default 0.5)")
     p.add_argument("--save-every", type=int, default=0, help="also checkpoint every N steps (default: epochs)")
     p.add_argument("--log-every", type=int, default=0, help="also log a CSV row every N steps")
     p.add_argument("--checkpoint-minutes", type=float, default=None,
@@ -197,6 +208,11 @@ def run(args: argparse.Namespace) -> int:
             and not Path(model).exists():
         raise FileNotFoundError(f"--model {model} does not exist")
     given = {name: getattr(args, name) for name in CONFIG_FLAGS if getattr(args, name) is not None}
+    if args.unlabeled_root is None and args.unlabeled_dataset is None:
+        unused = [name for name in SEMI_FLAGS if getattr(args, name) is not None]
+        if unused:
+            raise ValueError(f"--{unused[0].replace('_', '-')} acts on unlabeled frames only: give "
+                             "--unlabeled-root (a folder of frames or a video) or --unlabeled-dataset")
     config = _config(
         dataset=args.dataset, root=str(args.root), split=args.split, val_split=args.val_split,
         max_steps=args.max_steps, freeze_encoder=args.freeze_encoder, lora_rank=args.lora,
