@@ -56,6 +56,24 @@ def test_unlabeled_frames_carry_the_scope_field_of_view(tmp_path):
         assert data[k]["valid"].shape == (64, 80) and iou(data[k]["valid"], video_disc) > 0.9
 
 
+def test_an_image_field_of_view_found_once_is_its_own(tmp_path):
+    """Catches the kept field of view of an image (found on its first read, then reused) given to another image,
+    packed or unpacked to another shape or order, a border-free image getting one, or the cache not used."""
+    from SurgicalDepthLib.fov import detect_fov_mask
+
+    frames = [scope_frame(96, 128, 0)[0], textured(90, 120, 1) // 2 + 60, scope_frame(75, 101, 2)[0]]
+    for k, rgb in enumerate(frames):
+        write_image(tmp_path / f"{k}.png", rgb)
+    data = UnlabeledFrames(tmp_path)
+    for k in (0, 1, 2, 2, 0, 1, 0):  # (a reused mask read in another order than found)
+        expected = detect_fov_mask([frames[k]])
+        sample = data[k]
+        assert (expected is None) == ("valid" not in sample), k
+        if expected is not None:
+            assert sample["valid"].dtype == bool and np.array_equal(sample["valid"], expected), k
+    assert len(data._image_fov) == 3 and data._image_fov[tmp_path / "1.png"] is None
+
+
 def test_transform_crops_and_flips_the_field_of_view_with_the_image():
     """Catches an unlabeled sample's field of view dropped by the training transform, or cropped / flipped apart
     from its image: the transformed border pixels are exactly the ones marked outside."""

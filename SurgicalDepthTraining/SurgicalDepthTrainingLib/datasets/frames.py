@@ -4,7 +4,8 @@
 for images and videos (the suffixes of :mod:`SurgicalDepthLib.video`; hidden files and folders skipped; natural
 name order). Samples are dicts with ``image`` (uint8 ``[H, W, 3]`` RGB), ``name`` (a video frame's name is
 ``path#index``) and, where the frame shows a scope's black border, ``valid`` (bool ``[H, W]``, True = tissue): the
-field of view of :func:`SurgicalDepthLib.fov.detect_fov_mask`, found per image, and per video once from its first
+field of view of :func:`SurgicalDepthLib.fov.detect_fov_mask`, found once per image (then kept, bit-packed: a
+training run draws each image many times) and per video once from its first
 :data:`~SurgicalDepthLib.fov.FOV_FRAMES` frames. Without it a teacher's pseudo-label on the border and on
 burned-in text would be fitted like tissue. Frames of one root may differ in size: the training transform resizes
 each.
@@ -63,6 +64,7 @@ class UnlabeledFrames(Dataset):
         self._videos = {p for p in self.files if is_video_file(p)}
         counts = [len(open_frames(p)) if p in self._videos else 1 for p in self.files]
         self._video_fov: dict[Path, np.ndarray | None] = {}
+        self._image_fov: dict[Path, tuple[np.ndarray, tuple[int, int]] | None] = {}  # bit-packed masks
         self._starts = [0]
         for n in counts:
             self._starts.append(self._starts[-1] + n)
@@ -81,10 +83,20 @@ class UnlabeledFrames(Dataset):
             fov = self._fov_of_video(path, self._starts[k + 1] - self._starts[k])
         else:
             sample = {"image": read_image(path), "name": str(path)}
-            fov = detect_fov_mask([sample["image"]])
+            fov = self._fov_of_image(path, sample["image"])
         if fov is not None and fov.shape == sample["image"].shape[:2]:
             sample["valid"] = fov
         return sample
+
+    def _fov_of_image(self, path: Path, image: np.ndarray) -> np.ndarray | None:
+        """The field of view of an image file (None: no scope border), found on its first read."""
+        if path not in self._image_fov:
+            fov = detect_fov_mask([image])
+            self._image_fov[path] = None if fov is None else (np.packbits(fov, axis=None), fov.shape)
+        if self._image_fov[path] is None:
+            return None
+        bits, shape = self._image_fov[path]
+        return np.unpackbits(bits, count=shape[0] * shape[1]).reshape(shape).astype(bool)
 
     def _fov_of_video(self, path: Path, frames: int) -> np.ndarray | None:
         """The field of view of a video (None: no scope border), found once from its first frames."""
