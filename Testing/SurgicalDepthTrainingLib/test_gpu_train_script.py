@@ -3,7 +3,6 @@ GPU gives a session minutes, so the script must work the first time it runs ther
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,15 +11,13 @@ from pathlib import Path
 import torch
 
 import SurgicalDepthLib as sd
+from benchmark_scripts import load_script
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_train.py"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("gpu_train", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("gpu_train")
 
 
 def test_split_file_reassembles(tmp_path, monkeypatch):
