@@ -36,15 +36,12 @@ def paired_interval(first: np.ndarray, other: np.ndarray, draws: int = 10_000, s
 def held_out_units(clips: int, samples: Path) -> dict[str, list[list[dict]]]:
     """Each set's units: lists of frames (a synthetic clip; one frame of a real sample)."""
     import SurgicalDepthTrainingLib as sdt
+    from eval_default_model import real_sample_sets  # (this script's folder is on sys.path when it runs)
 
     sets = {f"synthetic {organ}": [list(sdt.render_clip(organ, n_frames=8, seed=SEEDS_FROM + k, height=256,
                                                         width=320)) for k in range(clips)]
             for organ in sdt.ORGANS}
-    if samples.is_dir():
-        simcol = sdt.open_dataset("simcol3d", samples / "simcol3d")
-        sets["SimCol3D sample"] = [[simcol[i]] for i in range(10)]
-        endoslam = sdt.open_dataset("endoslam", samples / "endoslam")
-        sets["EndoSLAM stomach sample"] = [[endoslam[i]] for i in range(len(endoslam))]
+    sets.update({name: [[frame] for frame in frames] for name, frames in real_sample_sets(samples).items()})
     return sets
 
 
@@ -52,12 +49,13 @@ def unit_abs_rel(model, sets: dict[str, list[list[dict]]]) -> dict[str, np.ndarr
     """Per set, the AbsRel (median scaling, lens-corrected, clamped to the data's cap as in
     ``eval_default_model.evaluate_sets``) of each unit: ``[units]``."""
     import SurgicalDepthTrainingLib as sdt
+    from eval_default_model import depth_cap
     from SurgicalDepthLib.lens import SampleLensCorrection
 
     lens = SampleLensCorrection(model)
     out = {}
     for name, units in sets.items():
-        cap = 200.0 if name.startswith("SimCol3D") else 300.0 if name.startswith("synthetic") else 1.0 + 1e-6
+        cap = depth_cap(name)
         scores = []
         for frames in units:
             rows = ((s["name"], lens(s, model.infer_image(s["image"])), s["depth"], s["valid"]) for s in frames)

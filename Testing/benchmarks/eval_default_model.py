@@ -33,6 +33,23 @@ def synthetic_pairs(organ: str, frames: int = 8, **scene):
             yield f
 
 
+def real_sample_sets(samples: Path | None) -> dict[str, list[dict]]:
+    """The SimCol3D (its 10 frames) and EndoSLAM samples of ``samples`` (none when the folder is absent)."""
+    import SurgicalDepthTrainingLib as sdt
+
+    if samples is None or not samples.is_dir():
+        return {}
+    endoslam = sdt.open_dataset("endoslam", samples / "endoslam")
+    return {"SimCol3D sample": [sdt.open_dataset("simcol3d", samples / "simcol3d")[i] for i in range(10)],
+            "EndoSLAM stomach sample": [endoslam[i] for i in range(len(endoslam))]}
+
+
+def depth_cap(set_name: str) -> float:
+    """The depth cap of a set: SimCol3D's encoded range (200 mm), the renderer's (300 mm), and for EndoSLAM's
+    relative depth (1 / 8-bit value, so <= 1) just above 1; predictions beyond the data's range are clamped to it."""
+    return 200.0 if set_name.startswith("SimCol3D") else 300.0 if set_name.startswith("synthetic") else 1.0 + 1e-6
+
+
 def evaluate_sets(model, samples: Path | None) -> dict[str, dict[str, dict]]:
     """Every set with median and scale+shift alignment; predictions corrected to each sample's lens where it is
     known (SurgicalDepthLib.lens; what ``surgical-depth evaluate`` does by default)."""
@@ -42,17 +59,12 @@ def evaluate_sets(model, samples: Path | None) -> dict[str, dict[str, dict]]:
     sets: dict[str, list] = {}
     for organ in sdt.ORGANS:
         sets[f"synthetic {organ}"] = list(synthetic_pairs(organ))
-    if samples is not None and samples.is_dir():
-        sets["SimCol3D sample"] = [sdt.open_dataset("simcol3d", samples / "simcol3d")[i] for i in range(10)]
-        ds = sdt.open_dataset("endoslam", samples / "endoslam")
-        sets["EndoSLAM stomach sample"] = [ds[i] for i in range(len(ds))]
+    sets.update(real_sample_sets(samples))
     out: dict[str, dict[str, dict]] = {}
     for name, items in sets.items():
         lens = SampleLensCorrection(model)
         preds = [lens(s, model.infer_image(s["image"])) for s in items]
-        # depth caps: SimCol3D's encoded range (200 mm), the renderer's (300 mm), and for EndoSLAM's relative
-        # depth (1 / 8-bit value, so <= 1) just above 1: predictions beyond the data's range are clamped to it
-        cap = 200.0 if name.startswith("SimCol3D") else 300.0 if name.startswith("synthetic") else 1.0 + 1e-6
+        cap = depth_cap(name)
         out[name] = {}
         for alignment in ("median", "scale_shift"):
             body = sdt.evaluate_predictions(((s["name"], p, s["depth"], s["valid"]) for s, p in zip(items, preds)),
