@@ -532,9 +532,9 @@ def test_new_commands_and_options_fail_cleanly_with_an_error_event(tmp_path):
     --photometric/--unlabeled-root, predict/stream/evaluate --intrinsics, predict/evaluate --detail-size (not
     larger than the model's input size, not a multiple of 14), train --render-workers bad values and train --recipe
     default without its unlabeled frames (rendering and four stages done before the stage that needs them), train
-    --teacher-detail-size no larger than the training input, a semi-supervised weight accepted without unlabeled
-    frames (silently doing nothing) or below 0, ending in a traceback, a half-made run folder or report, or without
-    the jsonl error event the Slicer modules wait for."""
+    --teacher-detail-size no larger than the training input, a semi-supervised weight or a teacher accepted without
+    unlabeled frames (silently doing nothing) or below 0, ending in a traceback, a half-made run folder or report,
+    or without the jsonl error event the Slicer modules wait for."""
     model = tmp_path / "m.safetensors"
     import torch
     from SurgicalDepthLib.checkpoints import save_checkpoint
@@ -584,6 +584,7 @@ def test_new_commands_and_options_fail_cleanly_with_an_error_event(tmp_path):
         (*TRAIN, "--root", tmp_path, "--output", tmp_path / "o", "--unlabeled-root", tmp_path / "no_frames",
          "--teacher-detail-size", "56", *jsonl),
         (*TRAIN, "--root", tmp_path, "--output", tmp_path / "o", "--cutmix-prob", "0.5", *jsonl),
+        (*TRAIN, "--root", tmp_path, "--output", tmp_path / "o", "--teacher", model, *jsonl),
         (*TRAIN, "--root", tmp_path, "--output", tmp_path / "o", "--unlabeled-root", tmp_path / "no_frames",
          "--unlabeled-weight", "-1", *jsonl))
     needles = [(existing, "--overwrite"), ("m.safetensors",), ("tflite",), ("nohost",), ("99999",), ("tensorrt-x",),
@@ -592,7 +593,8 @@ def test_new_commands_and_options_fail_cleanly_with_an_error_event(tmp_path):
                ("detail_size", "(518)", "252"), ("--detail-size", "13"), ("--render-workers", "0"),
                ("--stride", "no video input"), ("--unlabeled-root is required", "real-frames"),
                ("--unlabeled-root", "no_frames", "no images found"), ("--teacher-detail-size", "(56)", "56"),
-               ("--cutmix-prob", "--unlabeled-root"), ("--unlabeled-weight", "-1")]
+               ("--cutmix-prob", "--unlabeled-root"), ("--teacher", "unlabeled frames", "m.safetensors"),
+               ("--unlabeled-weight", "-1")]
     for result, expected in zip(runs, needles):
         if result.args[0] == "stream" and "pyigtl" in result.stderr:
             continue  # the [igtl] extra is not installed: that one-line error is checked by test_live.py
