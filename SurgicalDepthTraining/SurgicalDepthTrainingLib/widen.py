@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from pathlib import Path
 
 import torch
 
@@ -99,3 +100,14 @@ def widen_model(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     state = widen_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()}, seed)
     wide.load_state_dict(state, strict=True)
     return wide.to(next(model.parameters()).device)
+
+
+def widen_checkpoint(source: str | Path, target: str | Path, seed: int = 0) -> Path:
+    """Write ``source`` (a model file or name :func:`~SurgicalDepthLib.loading.load_model` reads) widened by
+    :func:`widen_model` to ``target`` (fp32 safetensors, so the splits keep every bit); returns ``target``."""
+    from SurgicalDepthLib.checkpoints import save_checkpoint
+    from SurgicalDepthLib.loading import load_model
+
+    model = load_model(source, device="cpu").float()
+    return save_checkpoint(target, widen_model(model, seed), extra={"widened_from": str(source)},
+                           dtype=torch.float32)
