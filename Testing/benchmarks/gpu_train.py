@@ -51,11 +51,12 @@ def render(data: Path, clips: int, size: tuple[int, int], workers: int) -> float
 
 
 def config(args: argparse.Namespace, steps: int, output: Path):
-    """The run's ``TrainConfig``: the recipe's last stage at ``args.size`` on every clip, ``steps`` long."""
+    """The run's ``TrainConfig``: the recipe's last labeled-only stage at ``args.size`` on every clip, ``steps``
+    long."""
     from SurgicalDepthTrainingLib.recipes import DEFAULT_RECIPE
     from SurgicalDepthTrainingLib.training import TrainConfig
 
-    base = dict(DEFAULT_RECIPE["stages"][-1]["train"])
+    base = dict([s for s in DEFAULT_RECIPE["stages"] if not s.get("unlabeled")][-1]["train"])
     base.update(model=args.model, lr=args.lr, input_size=args.size, max_steps=steps, batch_size=args.batch_size,
                 warmup_steps=min(100, max(1, steps // 10)), root=str(args.data), output=str(output),
                 split=",".join(f"seq_{i:04d}" for i in range(args.clips)), device=args.device,
