@@ -8,10 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
+from SurgicalDepthLib.checkpoints import save_checkpoint
 
 import SurgicalDepthLib as sd
 from benchmark_scripts import load_script
+from tiny_model import tiny_model
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_train.py"
 
@@ -59,3 +62,17 @@ def test_gpu_train_runs_within_its_budget_and_exports_a_model(tmp_path):
     # check is against the start rounded to fp16 as the export stores it: an unchanged model differs by exactly 0
     moved = [(trained[k].float() - start[k].half().float()).abs().max().item() for k in start if "blocks.0." in k]
     assert moved and max(moved) > 1e-5
+
+
+def test_widened_start_is_the_source_at_twice_its_width(tmp_path):
+    """Bugs caught: ``--model widened:SRC`` passed on to the trainer as a name it cannot load, or starting from
+    other weights than SRC's function (the GPU minutes would not continue from the shipped model)."""
+    gpu_train = _script()
+    source = save_checkpoint(tmp_path / "small.safetensors", tiny_model(seed=2), dtype=torch.float32)
+    assert gpu_train.start_model(str(source), tmp_path) == str(source)
+    start = gpu_train.start_model(gpu_train.WIDENED + str(source), tmp_path)
+    small, wide = sd.load_model(source, device="cpu"), sd.load_model(start, device="cpu")
+    assert (small.config.encoder, wide.config.encoder) == ("vitt", "vits")
+    frame = np.random.default_rng(0).integers(0, 255, (70, 84, 3), dtype=np.uint8)
+    expected = small.infer_image(frame)
+    assert np.allclose(wide.infer_image(frame), expected, rtol=1e-3, atol=1e-3 * float(np.abs(expected).max()))

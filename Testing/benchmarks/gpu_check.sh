@@ -52,8 +52,9 @@ elif python3 -c "import pyigtl" 2>/dev/null; then
 else
   echo "bench_live: pyigtl not installed" | tee "$out/bench_live.txt"
 fi
-# issue #15: the default recipe's clips rendered here, DA-V2-S from random init trained for TRAIN_MINUTES at 252x308,
-# exported fp16 in <= 15 MiB parts ($out/train/model.safetensors.part*, summary.json with the SHA256, log.csv)
+# issue #15: the default recipe's clips rendered here, DA-V2-S (started from the default model widened to it)
+# trained for TRAIN_MINUTES at 252x308, exported fp16 in <= 15 MiB parts ($out/train/model.safetensors.part*,
+# summary.json with the SHA256, log.csv)
 if named train; then
   timeout 570 python3 Testing/benchmarks/gpu_train.py --out "$out/train" --data /tmp/sd_train_data \
       --minutes "${TRAIN_MINUTES:-5}" ${TRAIN_ARGS:-} 2>&1 | grep -v "^train:" | tail -n 40

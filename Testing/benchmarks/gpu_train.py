@@ -9,16 +9,18 @@ with a time budget (``gpu_check.sh train``):
    ten), and set the run's length so that its learning-rate schedule ends inside the budget (``--minutes`` for
    probe and run together; a deadline stops the run if it is slower than measured, and the weights are exported
    all the same);
-3. train ``--model`` (default the Depth Anything V2-S architecture from random initialisation, the issue's first
-   lever) with the recipe's loss and augmentation (L1 on mean-normalised disparity, photometry p = 0.8), bf16 on
-   CUDA;
+3. train ``--model`` with the recipe's loss and augmentation (L1 on mean-normalised disparity, photometry
+   p = 0.8), bf16 on CUDA: by default the Depth Anything V2-S architecture (the issue's first lever) started from
+   the shipped default model widened to it (``widened:default``, :mod:`SurgicalDepthTrainingLib.widen`: the same
+   function at twice the width), so minutes of a GPU continue from where the CPU runs ended instead of from
+   random weights (``--model random:depth-anything-v2-small`` for those);
 4. export fp16 safetensors read at the training height, and split it into parts of at most 15 MiB (the device tool
    brings back files of at most 16 MiB), with the SHA256 of the whole in ``summary.json``.
 
 Back on the workstation: ``cat OUT/model.safetensors.part* > model.safetensors``, check its SHA256 against
 ``summary.json``, then ``python Testing/benchmarks/eval_default_model.py --model model.safetensors``.
 
-Usage: ``python Testing/benchmarks/gpu_train.py --out DIR [--minutes 5] [--model random:depth-anything-v2-small]
+Usage: ``python Testing/benchmarks/gpu_train.py --out DIR [--minutes 5] [--model widened:default]
 [--size 252x308] [--clips 960] [--data DIR] [--render-workers N] [--device cuda]``.
 """
 from __future__ import annotations
@@ -32,6 +34,7 @@ import time
 from pathlib import Path
 
 PART_BYTES = 15 * 2**20  # the device tool returns files of at most 16 MiB
+WIDENED = "widened:"  # ``--model widened:SRC``: SRC at twice its width
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -50,18 +53,27 @@ def render(data: Path, clips: int, size: tuple[int, int], workers: int) -> float
     return time.perf_counter() - start
 
 
-def config(args: argparse.Namespace, steps: int, output: Path):
+def start_model(model: str, out: Path) -> str:
+    """``--model`` as a ``load_model`` source: ``widened:SRC`` becomes ``out/start.safetensors``, SRC widened."""
+    if not model.startswith(WIDENED):
+        return model
+    from SurgicalDepthTrainingLib.widen import widen_checkpoint
+
+    return str(widen_checkpoint(model[len(WIDENED):], out / "start.safetensors"))
+
+
+def config(args: argparse.Namespace, steps: int, output: Path, model: str):
     """The run's ``TrainConfig``: the recipe's last labeled-only stage at ``args.size`` on every clip, ``steps``
     long."""
     from SurgicalDepthTrainingLib.recipes import DEFAULT_RECIPE
     from SurgicalDepthTrainingLib.training import TrainConfig
 
     base = dict([s for s in DEFAULT_RECIPE["stages"] if not s.get("unlabeled")][-1]["train"])
-    base.update(model=args.model, lr=args.lr, input_size=args.size, max_steps=steps, batch_size=args.batch_size,
+    base.update(model=model, lr=args.lr, input_size=args.size, max_steps=steps, batch_size=args.batch_size,
                 warmup_steps=min(100, max(1, steps // 10)), root=str(args.data), output=str(output),
                 split=",".join(f"seq_{i:04d}" for i in range(args.clips)), device=args.device,
                 num_workers=args.loader_workers, save_every=0, log_every=50, checkpoint_minutes=2.0)
-    if args.model.startswith("random:"):
+    if model.startswith("random:"):
         base["head_bias"] = 1.0  # as the recipe's stage 1: keeps the final ReLU alive from the start
     return TrainConfig(**base)
 
@@ -99,9 +111,10 @@ def run(args: argparse.Namespace) -> dict:
     summary["render_s"] = round(render(args.data, args.clips, args.size, args.render_workers), 1)
     start = time.perf_counter()
     deadline = start + 60.0 * args.minutes
+    model = start_model(args.model, args.out)
     probe = Clock(deadline)
     try:
-        train(config(args, args.probe_steps, args.out / "probe"), should_stop=probe)
+        train(config(args, args.probe_steps, args.out / "probe", model), should_stop=probe)
     except TrainingStopped:
         pass
     shutil.rmtree(args.out / "probe", ignore_errors=True)
@@ -111,7 +124,7 @@ def run(args: argparse.Namespace) -> dict:
     summary["planned_steps"] = steps
     clock, run_dir = Clock(deadline), args.out / "run"
     try:
-        train(config(args, steps, run_dir), should_stop=clock)
+        train(config(args, steps, run_dir, model), should_stop=clock)
         summary["stopped_at"] = None
     except TrainingStopped as stop:
         summary["stopped_at"] = stop.step  # slower than the probe: the weights of that step are exported
@@ -122,6 +135,7 @@ def run(args: argparse.Namespace) -> dict:
     summary["sha256"] = hashlib.sha256(model.read_bytes()).hexdigest()
     summary["parts"] = [p.name for p in split_file(model, args.out)]
     model.unlink()
+    (args.out / "start.safetensors").unlink(missing_ok=True)  # a widened start: not for the trip back
     shutil.copyfile(run_dir / "log.csv", args.out / "log.csv")
     if not args.keep_run:
         shutil.rmtree(run_dir)
@@ -133,7 +147,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, required=True, help="folder for the parts, log.csv and summary.json")
     ap.add_argument("--minutes", type=float, default=5.0, help="wall time for probe + training (default 5)")
-    ap.add_argument("--model", default="random:depth-anything-v2-small", help="start weights (load_model source)")
+    ap.add_argument("--model", default=WIDENED + "default",
+                    help="start weights (load_model source; widened:SRC = SRC at twice its width)")
     ap.add_argument("--size", type=_size, default=(252, 308), help="training frames HxW (default 252x308)")
     ap.add_argument("--clips", type=int, default=960, help="recipe clips rendered and trained on (default 960)")
     ap.add_argument("--data", type=Path, default=None, help="where the clips are rendered (default OUT/../data)")
