@@ -2,6 +2,7 @@
 GPU gives a session minutes, so the script must work the first time it runs there."""
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import subprocess
@@ -65,8 +66,9 @@ def test_gpu_train_runs_within_its_budget_and_exports_a_model(tmp_path):
 
 
 def test_widened_start_is_the_source_at_twice_its_width(tmp_path):
-    """Bugs caught: ``--model widened:SRC`` passed on to the trainer as a name it cannot load, or starting from
-    other weights than SRC's function (the GPU minutes would not continue from the shipped model)."""
+    """Bugs caught: ``--model widened:SRC`` passed on to the trainer as a name it cannot load, starting from other
+    weights than SRC's function (the GPU minutes would not continue from the shipped model), or a trained start
+    given the learning rate meant for random weights."""
     gpu_train = _script()
     source = save_checkpoint(tmp_path / "small.safetensors", tiny_model(seed=2), dtype=torch.float32)
     assert gpu_train.start_model(str(source), tmp_path) == str(source)
@@ -76,3 +78,7 @@ def test_widened_start_is_the_source_at_twice_its_width(tmp_path):
     frame = np.random.default_rng(0).integers(0, 255, (70, 84, 3), dtype=np.uint8)
     expected = small.infer_image(frame)
     assert np.allclose(wide.infer_image(frame), expected, rtol=1e-3, atol=1e-3 * float(np.abs(expected).max()))
+    args = argparse.Namespace(lr=None, size=(56, 70), batch_size=4, data=tmp_path, clips=3, device="cpu",
+                              loader_workers=0)
+    assert gpu_train.config(args, 10, tmp_path / "run", start).lr == 3e-5
+    assert gpu_train.config(args, 10, tmp_path / "run", "random:depth-anything-v2-small").lr == 1e-4

@@ -69,7 +69,8 @@ def config(args: argparse.Namespace, steps: int, output: Path, model: str):
     from SurgicalDepthTrainingLib.training import TrainConfig
 
     base = dict([s for s in DEFAULT_RECIPE["stages"] if not s.get("unlabeled")][-1]["train"])
-    base.update(model=model, lr=args.lr, input_size=args.size, max_steps=steps, batch_size=args.batch_size,
+    lr = args.lr if args.lr is not None else 1e-4 if model.startswith("random:") else 3e-5  # 3e-5: the paper's
+    base.update(model=model, lr=lr, input_size=args.size, max_steps=steps, batch_size=args.batch_size,
                 warmup_steps=min(100, max(1, steps // 10)), root=str(args.data), output=str(output),
                 split=",".join(f"seq_{i:04d}" for i in range(args.clips)), device=args.device,
                 num_workers=args.loader_workers, save_every=0, log_every=50, checkpoint_minutes=2.0)
@@ -152,7 +153,8 @@ def main() -> None:
     ap.add_argument("--size", type=_size, default=(252, 308), help="training frames HxW (default 252x308)")
     ap.add_argument("--clips", type=int, default=960, help="recipe clips rendered and trained on (default 960)")
     ap.add_argument("--data", type=Path, default=None, help="where the clips are rendered (default OUT/../data)")
-    ap.add_argument("--lr", type=float, default=1e-4, help="encoder learning rate (decoder x3; default 1e-4)")
+    ap.add_argument("--lr", type=float, default=None,
+                    help="encoder learning rate (decoder x3; default 1e-4 from random weights, else 3e-5)")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--probe-steps", type=int, default=40)
     ap.add_argument("--margin", type=float, default=0.85, help="share of the measured rate planned on")
