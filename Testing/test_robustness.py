@@ -593,7 +593,7 @@ def test_new_commands_and_options_fail_cleanly_with_an_error_event(tmp_path):
                ("detail_size", "(518)", "252"), ("--detail-size", "13"), ("--render-workers", "0"),
                ("--stride", "no video input"), ("--unlabeled-root is required", "real-frames"),
                ("--unlabeled-root", "no_frames", "no images found"), ("--teacher-detail-size", "(56)", "56"),
-               ("--cutmix-prob", "--unlabeled-root"), ("--teacher", "unlabeled frames", "m.safetensors"),
+               ("--cutmix-prob", "--unlabeled-root"), ("--teacher", "unlabeled frames only"),
                ("--unlabeled-weight", "-1")]
     for result, expected in zip(runs, needles):
         if result.args[0] == "stream" and "pyigtl" in result.stderr:

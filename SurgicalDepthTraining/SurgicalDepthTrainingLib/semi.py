@@ -289,10 +289,6 @@ def build_semi_term(config: Any, model: nn.Module, unlabeled_data: Any, size: tu
     return SemiTerm(config, model, teacher, frozen, unlabeled_data, size, device, rank)
 
 
-#: ``TrainConfig`` fields of the teacher, None by default, that act only with unlabeled frames
-TEACHER_FIELDS = ("teacher", "teacher_detail_size")
-
-
 def unlabeled_dataset_of(config: Any) -> str | None:
     """The unlabeled dataset name of a ``TrainConfig``: ``"frames"`` when only ``unlabeled_root`` is given (a
     folder of frames or a video is enough); checks the semi-supervised fields (messages start with the field)."""
@@ -307,12 +303,11 @@ def unlabeled_dataset_of(config: Any) -> str | None:
     if name is not None and name.lower() == UNLABELED_FRAMES and not config.unlabeled_root:
         raise ValueError(f"unlabeled_root must be given (a folder of frames or a video) when unlabeled_dataset is "
                          f"{UNLABELED_FRAMES!r}")
-    for field in TEACHER_FIELDS:  # None unless asked for: asked for without unlabeled frames, they would do nothing
-        if name is None and getattr(config, field) is not None:
-            raise ValueError(f"{field} must be used with unlabeled frames (a folder of frames, a video or a data "
-                             f"set), got {getattr(config, field)!r} without them")
     if config.teacher_detail_size is not None:
         from SurgicalDepthLib.detail import check_detail_size
 
+        if name is None:
+            raise ValueError(f"teacher_detail_size must be used with unlabeled frames (a folder of "
+                             f"frames, a video or a data set), got {config.teacher_detail_size!r} without them")
         check_detail_size(config.teacher_detail_size, min(config.effective_input_size), "teacher_detail_size")
     return name

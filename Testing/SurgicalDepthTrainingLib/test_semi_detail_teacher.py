@@ -56,10 +56,3 @@ def test_detail_size_not_above_the_training_input_is_refused(tmp_path, size, unl
     with pytest.raises(ValueError, match=r"^teacher_detail_size must be"):
         TrainConfig(output=str(tmp_path / "o"), input_size=(28, 34), teacher_detail_size=size,
                     unlabeled_root=str(tmp_path) if unlabeled else None)
-
-
-def test_a_teacher_without_unlabeled_frames_is_refused(tmp_path):
-    """Catches ``teacher`` taken without unlabeled frames: the run would train on labels alone, and its
-    train_config.json would name a teacher that never taught anything."""
-    with pytest.raises(ValueError, match=r"^teacher must be used with unlabeled frames"):
-        TrainConfig(output=str(tmp_path / "o"), teacher="default")

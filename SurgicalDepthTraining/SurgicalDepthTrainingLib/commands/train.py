@@ -27,10 +27,8 @@ logger = logging.getLogger(__name__)
 CONFIG_FLAGS = ("val_fraction", "model", "loss", "lr", "decoder_lr_mult", "batch_size", "grad_accum", "epochs",
                 "seed", "num_workers", "checkpoint_minutes", "photometric", "unlabeled_weight", "feature_weight",
                 "cutmix_prob")
-#: flags that act only on the semi-supervised term, refused without unlabeled frames (they would do nothing); their
-#: TrainConfig fields have defaults, so only the command line knows they were given (the teacher's fields are None
-#: unless given: ``TrainConfig`` refuses those itself, ``semi.TEACHER_FIELDS``)
-SEMI_FLAGS = ("unlabeled_weight", "feature_weight", "cutmix_prob")
+#: flags that act only on the semi-supervised term, refused without unlabeled frames (they would do nothing)
+SEMI_FLAGS = ("teacher", "unlabeled_weight", "feature_weight", "cutmix_prob")
 #: TrainConfig fields whose flag is not ``--field-name``
 _FLAG_OF = {"lora_rank": "--lora"}
 
