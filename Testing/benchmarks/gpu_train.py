@@ -112,10 +112,10 @@ def run(args: argparse.Namespace) -> dict:
     summary["render_s"] = round(render(args.data, args.clips, args.size, args.render_workers), 1)
     start = time.perf_counter()
     deadline = start + 60.0 * args.minutes
-    model = start_model(args.model, args.out)
+    start_weights = start_model(args.model, args.out)
     probe = Clock(deadline)
     try:
-        train(config(args, args.probe_steps, args.out / "probe", model), should_stop=probe)
+        train(config(args, args.probe_steps, args.out / "probe", start_weights), should_stop=probe)
     except TrainingStopped:
         pass
     shutil.rmtree(args.out / "probe", ignore_errors=True)
@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> dict:
     summary["planned_steps"] = steps
     clock, run_dir = Clock(deadline), args.out / "run"
     try:
-        train(config(args, steps, run_dir, model), should_stop=clock)
+        train(config(args, steps, run_dir, start_weights), should_stop=clock)
         summary["stopped_at"] = None
     except TrainingStopped as stop:
         summary["stopped_at"] = stop.step  # slower than the probe: the weights of that step are exported
