@@ -25,8 +25,10 @@ from SurgicalDepthLib.configs import ENCODERS, ModelConfig
 WIDER = {"vitt": "vits"}
 SPLIT_LOW, SPLIT_HIGH = 0.25, 0.75
 
+# Token parameters [..., C]: copied along their last (channel) axis.
+_TOKENS = re.compile(r"pretrained\.(cls_token|pos_embed|mask_token)")
 # Parameters copied along their first (output) axis only: they read nothing widened.
-_TILE_ONLY = re.compile(r"pretrained\.(cls_token|pos_embed|mask_token|norm\.\w+|patch_embed\.proj\.\w+"
+_TILE_ONLY = re.compile(r"pretrained\.(norm\.\w+|patch_embed\.proj\.\w+"
                         r"|blocks\.\d+\.(norm\d|ls\d)\.\w+|blocks\.\d+\.(attn\.proj|mlp\.fc\d)\.bias)"
                         r"|depth_head\.(projects\.\d|resize_layers\.\d)\.bias")
 # Linear / Conv2d weights [out, in, ...]: rows copied, columns split between the copies of their input.
@@ -74,8 +76,10 @@ def widen_tensor(name: str, w: torch.Tensor, generator: torch.Generator) -> torc
     """One parameter or buffer of the state dict, widened by its role (module docstring)."""
     if _QKV.fullmatch(name):
         return _widen_qkv(w, generator)
+    if _TOKENS.fullmatch(name):
+        return _tile(w, w.dim() - 1)
     if _TILE_ONLY.fullmatch(name):
-        return _tile(w, w.dim() - 1 if name.endswith(("cls_token", "pos_embed", "mask_token")) else 0)
+        return _tile(w, 0)
     if _TILE_AND_SPLIT.fullmatch(name):
         return _split(_tile(w, 0), 1, generator)
     if _TRANSPOSED.fullmatch(name):

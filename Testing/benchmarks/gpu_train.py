@@ -110,9 +110,9 @@ def run(args: argparse.Namespace) -> dict:
 
     summary: dict = {"model": args.model, "size": list(args.size), "clips": args.clips, "device": args.device}
     summary["render_s"] = round(render(args.data, args.clips, args.size, args.render_workers), 1)
+    start_weights = start_model(args.model, args.out)  # set-up, like the rendering: outside the training budget
     start = time.perf_counter()
     deadline = start + 60.0 * args.minutes
-    start_weights = start_model(args.model, args.out)
     probe = Clock(deadline)
     try:
         train(config(args, args.probe_steps, args.out / "probe", start_weights), should_stop=probe)
