@@ -18,7 +18,10 @@ with a time budget (``gpu_check.sh train``):
    brings back files of at most 16 MiB), with the SHA256 of the whole in ``summary.json``.
 
 Back on the workstation: ``cat OUT/model.safetensors.part* > model.safetensors``, check its SHA256 against
-``summary.json``, then ``python Testing/benchmarks/eval_default_model.py --model model.safetensors``.
+``summary.json``, then ``python Testing/benchmarks/compare_models.py --model default --model model.safetensors``
+and ``eval_default_model.py --model model.safetensors``. Judge it by SimCol3D, EndoSLAM and the real-frame rows,
+not by its validation AbsRel: on the CPUs this labeled-only setting at twice the width fitted the renderer
+better and transferred worse (model card, "Tried after v4 (fourteenth and fifteenth sessions)").
 
 Usage: ``python Testing/benchmarks/gpu_train.py --out DIR [--minutes 5] [--model widened:default]
 [--size 252x308] [--clips 960] [--data DIR] [--render-workers N] [--device cuda]``.
