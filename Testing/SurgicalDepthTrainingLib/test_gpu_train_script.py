@@ -79,6 +79,33 @@ def test_widened_start_is_the_source_at_twice_its_width(tmp_path):
     expected = small.infer_image(frame)
     assert np.allclose(wide.infer_image(frame), expected, rtol=1e-3, atol=1e-3 * float(np.abs(expected).max()))
     args = argparse.Namespace(lr=None, size=(56, 70), batch_size=4, data=tmp_path, clips=3, device="cpu",
-                              loader_workers=0)
+                              loader_workers=0, unlabeled_root=None)
     assert gpu_train.config(args, 10, tmp_path / "run", start).lr == 3e-5
     assert gpu_train.config(args, 10, tmp_path / "run", "random:depth-anything-v2-small").lr == 1e-4
+
+
+def test_unlabeled_frames_run_the_semi_supervised_term(tmp_path):
+    """The script in a subprocess with ``--unlabeled-root`` (CPU, tiny model widened, 3 clips, 4 real-looking
+    frames). Bugs caught: ``--unlabeled-root`` ignored (a labeled-only run, the setting that transferred worse on
+    the CPUs), the teacher being the widened start file (deleted before the script returns; twice the cost) instead
+    of SRC, the detail read left out, or the semi-supervised settings not reaching a run that trains."""
+    import cv2
+
+    source = save_checkpoint(tmp_path / "small.safetensors", tiny_model(seed=2), dtype=torch.float32)
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        cv2.imwrite(str(frames / f"f{i}.png"), rng.integers(0, 255, (60, 76, 3), dtype=np.uint8))
+    out = tmp_path / "out"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--out", str(out), "--device", "cpu", "--clips", "3", "--size", "56x70",
+         "--minutes", "0.3", "--probe-steps", "4", "--model", "widened:" + str(source), "--render-workers", "1",
+         "--loader-workers", "0", "--batch-size", "2", "--unlabeled-root", str(frames), "--keep-run"],
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    saved = json.loads((out / "run" / "train_config.json").read_text())
+    assert saved["unlabeled_root"] == str(frames) and saved["unlabeled_weight"] > 0
+    assert saved["teacher"] == str(source) and saved["teacher_detail_size"] == 252
+    assert json.loads((out / "summary.json").read_text())["unlabeled_root"] == str(frames)
+    assert (out / "run" / "log.csv").is_file() and not (out / "start.safetensors").exists()

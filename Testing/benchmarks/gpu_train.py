@@ -10,8 +10,10 @@ with a time budget (``gpu_check.sh train``):
    probe and run together; a deadline stops the run if it is slower than measured, and the weights are exported
    all the same);
 3. train ``--model`` with the recipe's loss and augmentation (L1 on mean-normalised disparity, photometry
-   p = 0.8), bf16 on CUDA: by default the Depth Anything V2-S architecture (the issue's first lever) started from
-   the shipped default model widened to it (``widened:default``, :mod:`SurgicalDepthTrainingLib.widen`: the same
+   p = 0.8; with ``--unlabeled-root FRAMES``, real frames carried to the device, also the semi-supervised term as
+   the recipe's ``real-frames`` stage, teacher SRC of ``widened:SRC`` with the detail read at 252 px), bf16 on
+   CUDA: by default the Depth Anything V2-S architecture (the issue's first lever) started from the shipped default
+   model widened to it (``widened:default``, :mod:`SurgicalDepthTrainingLib.widen`: the same
    function at twice the width), so minutes of a GPU continue from where the CPU runs ended instead of from
    random weights (``--model random:depth-anything-v2-small`` for those);
 4. export fp16 safetensors read at the training height, and split it into parts of at most 15 MiB (the device tool
@@ -24,7 +26,8 @@ not by its validation AbsRel: on the CPUs this labeled-only setting at twice the
 better and transferred worse (model card, "Tried after v4 (fourteenth and fifteenth sessions)").
 
 Usage: ``python Testing/benchmarks/gpu_train.py --out DIR [--minutes 5] [--model widened:default]
-[--size 252x308] [--clips 960] [--data DIR] [--render-workers N] [--device cuda]``.
+[--size 252x308] [--clips 960] [--data DIR] [--unlabeled-root FRAMES [--teacher SRC]] [--render-workers N]
+[--device cuda]``.
 """
 from __future__ import annotations
 
@@ -65,13 +68,25 @@ def start_model(model: str, out: Path) -> str:
     return str(widen_checkpoint(model[len(WIDENED):], out / "start.safetensors"))
 
 
+def teacher_model(args: argparse.Namespace) -> str | None:
+    """The semi-supervised run's teacher: ``--teacher``, else SRC of ``--model widened:SRC`` (the same function
+    at half the cost), else None (the trainer's default: the start weights)."""
+    if args.teacher is not None:
+        return args.teacher
+    return args.model[len(WIDENED):] if args.model.startswith(WIDENED) else None
+
+
 def config(args: argparse.Namespace, steps: int, output: Path, model: str):
     """The run's ``TrainConfig``: the recipe's last labeled-only stage at ``args.size`` on every clip, ``steps``
-    long."""
+    long; with ``args.unlabeled_root``, its last semi-supervised stage instead, the real frames read by
+    :func:`teacher_model` with the detail read at 252 px (the twelfth session's stage 7 setting)."""
     from SurgicalDepthTrainingLib.recipes import DEFAULT_RECIPE
     from SurgicalDepthTrainingLib.training import TrainConfig
 
-    base = dict([s for s in DEFAULT_RECIPE["stages"] if not s.get("unlabeled")][-1]["train"])
+    semi = args.unlabeled_root is not None
+    base = dict([s for s in DEFAULT_RECIPE["stages"] if bool(s.get("unlabeled")) == semi][-1]["train"])
+    if semi:
+        base.update(unlabeled_root=str(args.unlabeled_root), teacher=teacher_model(args), teacher_detail_size=252)
     lr = args.lr if args.lr is not None else 1e-4 if model.startswith("random:") else 3e-5  # 3e-5: the paper's
     base.update(model=model, lr=lr, input_size=args.size, max_steps=steps, batch_size=args.batch_size,
                 warmup_steps=min(100, max(1, steps // 10)), root=str(args.data), output=str(output),
@@ -111,7 +126,8 @@ def run(args: argparse.Namespace) -> dict:
     from SurgicalDepthTrainingLib.recipes import export_stage
     from SurgicalDepthTrainingLib.training import TrainingStopped, train
 
-    summary: dict = {"model": args.model, "size": list(args.size), "clips": args.clips, "device": args.device}
+    summary: dict = {"model": args.model, "size": list(args.size), "clips": args.clips, "device": args.device,
+                     "unlabeled_root": None if args.unlabeled_root is None else str(args.unlabeled_root)}
     summary["render_s"] = round(render(args.data, args.clips, args.size, args.render_workers), 1)
     start_weights = start_model(args.model, args.out)  # set-up, like the rendering: outside the training budget
     start = time.perf_counter()
@@ -156,6 +172,10 @@ def main() -> None:
     ap.add_argument("--size", type=_size, default=(252, 308), help="training frames HxW (default 252x308)")
     ap.add_argument("--clips", type=int, default=960, help="recipe clips rendered and trained on (default 960)")
     ap.add_argument("--data", type=Path, default=None, help="where the clips are rendered (default OUT/../data)")
+    ap.add_argument("--unlabeled-root", type=Path, default=None,
+                    help="real frames (image folder or video) through the semi-supervised term (default: none)")
+    ap.add_argument("--teacher", default=None,
+                    help="the semi-supervised term's teacher (default: SRC of widened:SRC, else the start weights)")
     ap.add_argument("--lr", type=float, default=None,
                     help="encoder learning rate (decoder x3; default 1e-4 from random weights, else 3e-5)")
     ap.add_argument("--batch-size", type=int, default=16)
