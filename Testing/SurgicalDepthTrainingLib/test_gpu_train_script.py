@@ -85,7 +85,7 @@ def test_widened_start_is_the_source_at_twice_its_width(tmp_path):
 
 
 def test_unlabeled_frames_run_the_semi_supervised_term(tmp_path):
-    """The script in a subprocess with ``--unlabeled-root`` (CPU, tiny model widened, 3 clips, 4 real-looking
+    """The script in a subprocess with ``--unlabeled-root`` (CPU, tiny model widened, 3 clips, 4 random
     frames). Bugs caught: ``--unlabeled-root`` ignored (a labeled-only run, the setting that transferred worse on
     the CPUs), the teacher being the widened start file (deleted before the script returns; twice the cost) instead
     of SRC, the detail read left out, or the semi-supervised settings not reaching a run that trains."""
