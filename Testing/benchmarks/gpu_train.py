@@ -59,21 +59,25 @@ def render(data: Path, clips: int, size: tuple[int, int], workers: int) -> float
     return time.perf_counter() - start
 
 
+def widened_source(model: str) -> str | None:
+    """SRC of ``--model widened:SRC``; None for any other start."""
+    return model[len(WIDENED):] if model.startswith(WIDENED) else None
+
+
 def start_model(model: str, out: Path) -> str:
     """``--model`` as a ``load_model`` source: ``widened:SRC`` becomes ``out/start.safetensors``, SRC widened."""
-    if not model.startswith(WIDENED):
+    source = widened_source(model)
+    if source is None:
         return model
     from SurgicalDepthTrainingLib.widen import widen_checkpoint
 
-    return str(widen_checkpoint(model[len(WIDENED):], out / "start.safetensors"))
+    return str(widen_checkpoint(source, out / "start.safetensors"))
 
 
 def teacher_model(args: argparse.Namespace) -> str | None:
     """The semi-supervised run's teacher: ``--teacher``, else SRC of ``--model widened:SRC`` (the same function
     at half the cost), else None (the trainer's default: the start weights)."""
-    if args.teacher is not None:
-        return args.teacher
-    return args.model[len(WIDENED):] if args.model.startswith(WIDENED) else None
+    return args.teacher if args.teacher is not None else widened_source(args.model)
 
 
 def config(args: argparse.Namespace, steps: int, output: Path, model: str):
