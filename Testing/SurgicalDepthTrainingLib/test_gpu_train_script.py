@@ -109,3 +109,13 @@ def test_unlabeled_frames_run_the_semi_supervised_term(tmp_path):
     assert saved["teacher"] == str(source) and saved["teacher_detail_size"] == 252
     assert json.loads((out / "summary.json").read_text())["unlabeled_root"] == str(frames)
     assert (out / "run" / "log.csv").is_file() and not (out / "start.safetensors").exists()
+
+
+def test_a_teacher_without_unlabeled_frames_is_refused(tmp_path):
+    """Bug caught: ``--teacher`` without ``--unlabeled-root`` silently ignored (a lent GPU's minutes spent on a
+    labeled-only run that names a teacher it never had), or refused only after the output folder was made."""
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(SCRIPT), "--out", str(out), "--teacher", "default"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--teacher acts only with --unlabeled-root" in done.stderr.splitlines()[-1]
+    assert "Traceback" not in done.stderr and not out.exists()

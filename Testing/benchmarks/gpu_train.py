@@ -190,6 +190,8 @@ def main() -> None:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--keep-run", action="store_true", help="keep the run folder (last.pt) beside the parts")
     args = ap.parse_args()
+    if args.teacher is not None and args.unlabeled_root is None:
+        ap.error("--teacher acts only with --unlabeled-root (the semi-supervised term), got it without one")
     args.out.mkdir(parents=True, exist_ok=True)
     args.data = args.data or args.out.parent / "data"
     print(json.dumps(run(args), indent=2), flush=True)
