@@ -45,7 +45,9 @@ clip, the random ``surgical-depth-tiny`` model on the CPU) keep the whole file u
 |   --recipe default without --unlabeled-root or with a folder   |                                                    |
 |   holding no image; train --teacher-detail-size 56 with a      |                                                    |
 |   56 x 70 training input; train --cutmix-prob without          |                                                    |
-|   unlabeled frames; train --unlabeled-weight -1                |                                                    |
+|   unlabeled frames; train --unlabeled-weight -1; train         |                                                    |
+|   --style-root missing or without images, --style-prob without |                                                    |
+|   --style-root, --style-beta 0.3 0.1                           |                                                    |
 
 Disk full is simulated with a real kernel mechanism, no monkeypatching: the child's RLIMIT_FSIZE (``ulimit -f``) is
 set to 4 KiB in ``preexec_fn`` (the small manifest fits, a 15 KiB depth map does not), so writes fail with EFBIG
@@ -533,7 +535,8 @@ def test_new_commands_and_options_fail_cleanly_with_an_error_event(tmp_path):
     larger than the model's input size, not a multiple of 14), train --render-workers bad values and train --recipe
     default without its unlabeled frames (rendering and four stages done before the stage that needs them), train
     --teacher-detail-size no larger than the training input, a semi-supervised weight or a teacher accepted without
-    unlabeled frames (silently doing nothing) or below 0, ending in a traceback, a half-made run folder or report,
+    unlabeled frames (silently doing nothing) or below 0, train --style-root missing or without images, its
+    probability accepted without it, a reversed --style-beta, ending in a traceback, a half-made run folder or report,
     or without the jsonl error event the Slicer modules wait for."""
     model = tmp_path / "m.safetensors"
     import torch
@@ -586,7 +589,12 @@ def test_new_commands_and_options_fail_cleanly_with_an_error_event(tmp_path):
         (*TRAIN, "--root", tmp_path, "--output", tmp_path / "o", "--cutmix-prob", "0.5", *jsonl),
         (*TRAIN, "--root", tmp_path, "--output", tmp_path / "o", "--teacher", model, *jsonl),
         (*TRAIN, "--root", tmp_path, "--output", tmp_path / "o", "--unlabeled-root", tmp_path / "no_frames",
-         "--unlabeled-weight", "-1", *jsonl))
+         "--unlabeled-weight", "-1", *jsonl),
+        (*TRAIN, "--root", tmp_path, "--output", tmp_path / "o", "--style-root", tmp_path / "nowhere", *jsonl),
+        (*TRAIN, "--root", tmp_path, "--output", tmp_path / "o", "--style-prob", "0.5", *jsonl),
+        (*TRAIN, "--root", tmp_path, "--output", tmp_path / "o", "--style-root", tmp_path / "no_frames",
+         "--style-beta", "0.3", "0.1", *jsonl),
+        (*TRAIN, "--root", tmp_path, "--output", tmp_path / "o", "--style-root", tmp_path / "no_frames", *jsonl))
     needles = [(existing, "--overwrite"), ("m.safetensors",), ("tflite",), ("nohost",), ("99999",), ("tensorrt-x",),
                ("none.png",), ("--photometric", "1.5"), ("--unlabeled-root", "nowhere"), ("--intrinsics", "1,2,x"),
                ("--intrinsics", "500,500,-1,20"), ("--intrinsics", "nowhere.yaml"), ("notes.txt",),
@@ -594,7 +602,8 @@ def test_new_commands_and_options_fail_cleanly_with_an_error_event(tmp_path):
                ("--stride", "no video input"), ("--unlabeled-root is required", "real-frames"),
                ("--unlabeled-root", "no_frames", "no images found"), ("--teacher-detail-size", "(56)", "56"),
                ("--cutmix-prob", "--unlabeled-root"), ("--teacher", "unlabeled frames only"),
-               ("--unlabeled-weight", "-1")]
+               ("--unlabeled-weight", "-1"), ("--style-root", "nowhere"), ("--style-prob", "only with --style-root"),
+               ("--style-beta", "(0.3, 0.1)"), ("style frames", "no image files", "no_frames")]
     for result, expected in zip(runs, needles):
         if result.args[0] == "stream" and "pyigtl" in result.stderr:
             continue  # the [igtl] extra is not installed: that one-line error is checked by test_live.py

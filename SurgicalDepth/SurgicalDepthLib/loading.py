@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL_FILE = "surgical-depth-default.safetensors"
 # SHA256 of the shipped default model (Resources/Models/MODEL_CARD.md); verified on every load of "default".
-DEFAULT_MODEL_SHA256 = "145a86cf82e06ca662df6e2f89a01ed227caeefb9c29bde33b9ba5dd928f3139"
+DEFAULT_MODEL_SHA256 = "d48ed14f5262a9de7343e64a22b292a4444decfc3abc47242e1703faa4579818"
 # The pinhole field of view (across the width) whose z-depth the default model predicts from any lens, measured on
 # its training scenes through 70-160° lenses (MODEL_CARD.md, "Lens correction"; SurgicalDepthLib.lens).
 DEFAULT_MODEL_REFERENCE_FOV_DEG = 100.0

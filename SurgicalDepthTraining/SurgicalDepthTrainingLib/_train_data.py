@@ -15,6 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .photometric import LUMA, augment_photometry, scope_mask
+from .style_frames import StyleFrames
 
 
 def round_to_multiple(size: int, multiple: int = 14) -> int:
@@ -67,18 +68,23 @@ class DepthTransform:
     Crops are random when ``train`` (else centred); ``augment`` adds a horizontal flip (p = 0.5) and colour
     jitter (±0.2); ``photometric`` (training with ``augment`` only) is the probability of an endoscope look
     (:mod:`.photometric`: tone curve, local adaptation, white balance, JPEG; a third of those also get a black
-    scope border, whose pixels become invalid).
+    scope border, whose pixels become invalid); ``style`` (training with ``augment`` only) lends a frame, with
+    probability ``style_prob``, the low spatial frequencies of a real frame (:class:`.style_frames.StyleFrames`),
+    after the endoscope look and before the colour jitter.
     """
 
     def __init__(self, size: tuple[int, int], mean: Sequence[float], std: Sequence[float], *, train: bool,
-                 augment: bool, strong: bool = False, photometric: float = 0.0) -> None:
-        if not 0.0 <= photometric <= 1.0:
-            raise ValueError(f"photometric must be a probability in [0, 1], got {photometric!r}")
+                 augment: bool, strong: bool = False, photometric: float = 0.0, style: StyleFrames | None = None,
+                 style_prob: float = 0.5) -> None:
+        for name, value in (("photometric", photometric), ("style_prob", style_prob)):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
         self.size = (int(size[0]), int(size[1]))
         self.mean = np.asarray(mean, np.float32)
         self.std = np.asarray(std, np.float32)
         self.train, self.augment, self.strong = train, augment, strong
         self.photometric = photometric if train and augment else 0.0
+        self.style, self.style_prob = (style, style_prob) if train and augment else (None, 0.0)
 
     def _normalise(self, image: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(((image - self.mean) / self.std).transpose(2, 0, 1).copy())
@@ -118,6 +124,8 @@ class DepthTransform:
             img, inside = _endoscope_look(img, rng)
             if "valid" in out:
                 out["valid"] &= torch.from_numpy(inside)
+        if self.style is not None and rng.random() < self.style_prob:  # no draw without frames: older recipes
+            img = self.style.apply(img, rng)  # stay exact
         base = _color_jitter(img, rng, 0.2) if self.augment else img
         out["image"] = self._normalise(base)
         if self.strong:  # Depth Anything's strong perturbation, with UniMatch's settings (the recipe it follows):

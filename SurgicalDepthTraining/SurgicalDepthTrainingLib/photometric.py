@@ -12,6 +12,11 @@ the network has to read depth from shading shape, texture scale, occlusion and p
 Each function takes display values float32 ``[H, W, 3]`` in [0, 1] and returns a new array of the same shape;
 ``augment_photometry`` draws one combination from a generator. Depth and validity are never touched, except by
 ``scope_mask``, which also says which pixels it blanked.
+
+``low_frequency_swap`` goes further than any curve: it gives a rendered frame the broad look of a *real* frame
+(Fourier Domain Adaptation, Yang & Soatto, CVPR 2020: the amplitude of the lowest spatial frequencies is taken
+from the real frame, the phase, which carries the geometry, is kept), so the network meets real frames' overall
+colour, shading and exposure on frames whose depth is exact (:mod:`.style_frames` draws the real frames).
 """
 from __future__ import annotations
 
@@ -109,3 +114,37 @@ def augment_photometry(image: np.ndarray, rng: np.random.Generator) -> np.ndarra
     if rng.random() < 0.4:
         out = jpeg(out, int(rng.integers(35, 96)))
     return out
+
+
+def amplitude_spectrum(image: np.ndarray) -> np.ndarray:
+    """Amplitude of the 2-D DFT of each channel, zero frequency moved to the centre (``fftshift``): float32
+    ``[H, W, C]`` for an image ``[H, W, C]`` (float32 in, float32 out)."""
+    spectrum = np.fft.fftshift(np.fft.fft2(np.asarray(image, np.float32), axes=(0, 1)), axes=(0, 1))
+    return np.abs(spectrum).astype(np.float32)
+
+
+def low_frequency_swap(image: np.ndarray, reference_amplitude: np.ndarray, half_width: int) -> np.ndarray:
+    """Fourier Domain Adaptation (Yang & Soatto, CVPR 2020, eq. 3): ``image`` with the amplitude of its lowest
+    spatial frequencies replaced by ``reference_amplitude``'s, phase kept, clipped to [0, 1].
+
+    Args:
+        image: float32 ``[H, W, 3]`` in [0, 1].
+        reference_amplitude: ``amplitude_spectrum`` of the reference, ``[H, W, 3]`` (the same size).
+        half_width: the centred window ``[H//2 - b, H//2 + b] x [W//2 - b, W//2 + b]`` of the shifted spectrum
+            (``b = half_width`` >= 0 frequency bins; 0 = the mean colour alone) takes the reference's amplitude.
+    Returns:
+        float32 ``[H, W, 3]``: the same edges and texture (phase), the reference's mean colour and broad shading.
+    """
+    image = np.ascontiguousarray(image, np.float32)
+    reference_amplitude = np.asarray(reference_amplitude, np.float32)
+    if reference_amplitude.shape != image.shape:
+        raise ValueError(f"reference amplitude {reference_amplitude.shape} must match image {image.shape}")
+    if half_width < 0:
+        raise ValueError(f"half_width must be >= 0, got {half_width}")
+    spectrum = np.fft.fftshift(np.fft.fft2(image, axes=(0, 1)), axes=(0, 1))
+    amplitude, phase = np.abs(spectrum), np.angle(spectrum)
+    cy, cx, b = image.shape[0] // 2, image.shape[1] // 2, int(half_width)
+    window = np.s_[max(0, cy - b):cy + b + 1, max(0, cx - b):cx + b + 1]
+    amplitude[window] = reference_amplitude[window]
+    out = np.fft.ifft2(np.fft.ifftshift(amplitude * np.exp(1j * phase), axes=(0, 1)), axes=(0, 1)).real
+    return np.clip(out, 0.0, 1.0).astype(np.float32)

@@ -3,10 +3,11 @@
 ``clip_specs(n_clips, seed)`` lists the scene of every training clip (organ cycled, colours/light/texture from the
 clip seed, and a seeded share of fisheye optics, motion blur, smoke, blood and noise levels) so the shipped weights
 can be reproduced exactly: ``surgical-depth train --recipe default --unlabeled-root KVASIR_SEG_IMAGES`` renders
-them and trains on them (see README, "The default model"). Its fifth stage adds real colonoscopy frames without
-labels through Depth Anything's semi-supervised term: the Kvasir-SEG images (Jha et al., MMM 2020; CC BY 4.0 as
-part of HyperKvasir, Borgli et al., Sci. Data 2020), less the ones held out for evaluation
-(:func:`kvasir_seg_held_out`).
+them and trains on them (see README, "The default model"). Its fifth and seventh stages add real colonoscopy frames
+without labels through Depth Anything's semi-supervised term: the Kvasir-SEG images (Jha et al., MMM 2020; CC BY
+4.0 as part of HyperKvasir, Borgli et al., Sci. Data 2020), less the ones held out for evaluation
+(:func:`kvasir_seg_held_out`); in the seventh, the same frames also lend the labeled frames their low spatial
+frequencies (:mod:`.style_frames`).
 """
 from __future__ import annotations
 
@@ -141,7 +142,7 @@ def _render_one(job: tuple[dict[str, Any], Path, int]) -> Path:
 
 
 # -- the default model ------------------------------------------------------------------------------------------
-#: The shipped default model (v4), trained in six stages on one data set of ``clip_specs(960, data_seed)``:
+#: The shipped default model (v5), trained in eight stages on one data set of ``clip_specs(960, data_seed)``:
 #: 1. ``synthetic`` (= the v1 model): from random initialisation on the first 240 clips;
 #: 2. ``endoscope-look``: fine-tunes stage 1's fp16 export on all 480 clips with the photometry augmentation
 #:    (:mod:`.photometric`: tone curves, local adaptation, white balance, JPEG, scope borders), so that depth is
@@ -153,6 +154,9 @@ def _render_one(job: tuple[dict[str, Any], Path, int]) -> Path:
 #:    export reads frames at that size (``inference_input_size``) (= the v3 model).
 #: 5. ``real-frames``: adds the Kvasir-SEG frames without labels through the semi-supervised term (:mod:`.semi`;
 #:    teacher: stage 4); 6. ``settle`` (= the v4 model): labeled frames only, at a lower learning rate.
+#: 7. ``real-look``: stage 5's setting again (teacher: stage 6), and half of the labeled frames take the low spatial
+#:    frequencies of a Kvasir-SEG frame (:mod:`.style_frames`: Fourier Domain Adaptation, their depth kept);
+#:    8. ``settle-again`` (= the v5 model): stage 6's setting from stage 7 (the swap off).
 # the labeled settings of stage 4 (whole 182 x 224 frames), which the later stages start from
 _WHOLE_FRAMES = dict(
     dataset="synthetic", model="@previous", loss="l1", lr=5e-5, decoder_lr_mult=3.0, weight_decay=0.05,
@@ -183,6 +187,13 @@ DEFAULT_RECIPE = dict(
             _WHOLE_FRAMES, max_steps=800, log_every=25, unlabeled_weight=1.0, feature_weight=1.0, cutmix_prob=0.5)),
         dict(name="settle", n_clips=960, keep="last", train=dict(
             _WHOLE_FRAMES, lr=2e-5, max_steps=300, log_every=25)),
+        dict(name="real-look", n_clips=960, keep="last", unlabeled=True, style=True, train=dict(
+            _WHOLE_FRAMES, max_steps=400, log_every=25, unlabeled_weight=1.0, feature_weight=1.0, cutmix_prob=0.5,
+            style_prob=0.5, style_beta=(0.01, 0.04))),
+        # style_prob 0: the swap is off, but each labeled sample still draws whether to swap, as in the run that
+        # made the v5 weights, so that the recipe reproduces them bit for bit
+        dict(name="settle-again", n_clips=960, keep="last", style=True, train=dict(
+            _WHOLE_FRAMES, lr=2e-5, max_steps=300, log_every=25, style_prob=0.0)),
     ),
 )
 #: Kvasir-SEG images never trained on: the five of ../shared/samples/real (README figure, model card) and the last
@@ -254,7 +265,8 @@ def link_unlabeled_frames(source: str | Path, target: str | Path) -> Path:
 
 def stage_configs(output: Path, n_clips: int | None, max_steps: int | None, device: str) -> list[dict[str, Any]]:
     """``TrainConfig`` keyword arguments of every recipe stage (``@previous`` not yet resolved; a stage with
-    unlabeled frames reads them from ``output/unlabeled``, :func:`link_unlabeled_frames`)."""
+    unlabeled frames reads them from ``output/unlabeled``, :func:`link_unlabeled_frames`, and so does a stage whose
+    labeled frames take their look)."""
     recipe, configs = DEFAULT_RECIPE, []
     for stage in recipe["stages"]:
         n = min(n_clips, stage["n_clips"]) if n_clips else stage["n_clips"]
@@ -262,6 +274,8 @@ def stage_configs(output: Path, n_clips: int | None, max_steps: int | None, devi
                        device=device, split=",".join(f"seq_{i:04d}" for i in range(n)))
         if stage.get("unlabeled"):
             options["unlabeled_root"] = str(output / UNLABELED_FOLDER)
+        if stage.get("style"):  # the same real frames lend the labeled frames their look
+            options["style_root"] = str(output / UNLABELED_FOLDER)
         if max_steps is not None:
             options.update(max_steps=max_steps,
                            warmup_steps=min(options["warmup_steps"], max(1, max_steps // 10)))

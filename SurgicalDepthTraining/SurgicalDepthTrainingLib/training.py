@@ -43,6 +43,7 @@ from .distributed import DistInfo, cleanup_distributed, setup_distributed
 from .lora import add_lora
 from .loss_names import LOSS_NAMES
 from .semi import build_semi_term, unlabeled_dataset_of
+from .style_frames import StyleFrames, checked_beta
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,10 @@ class TrainConfig:
         photometric: with ``augment``, the probability that a training sample gets an endoscope look (random
             tone curve, local brightness adaptation, white balance, JPEG, scope border; :mod:`.photometric`), so
             the model cannot read depth from the renderer's brightness alone (0 = off).
+        style_root, style_prob, style_beta: with ``augment``, a folder of real frames (no depth needed) whose low
+            spatial frequencies a training sample takes with probability ``style_prob`` (Fourier Domain
+            Adaptation; :mod:`.style_frames`): the window's half-width is ``style_beta`` (low, high) of the frame's
+            shorter side, drawn per sample. None = off.
         amp: mixed precision (bf16 autocast); None = on for CUDA GPUs with bf16, off otherwise.
         min_depth, max_depth: validation range (dataset unit); None = the dataset's own.
         unlabeled_dataset, unlabeled_root, teacher, unlabeled_weight, feature_weight, cutmix_prob: semi-supervised
@@ -113,6 +118,9 @@ class TrainConfig:
     lora_alpha: float | None = None
     augment: bool = True
     photometric: float = 0.0
+    style_root: str | None = None
+    style_prob: float = 0.5
+    style_beta: tuple[float, float] = (0.01, 0.04)
     amp: bool | None = None
     seed: int = 0
     num_workers: int = 0
@@ -151,8 +159,10 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be a finite number >= 0, got {self.weight_decay}")
-        if not 0.0 <= self.photometric <= 1.0:
-            raise ValueError(f"photometric must be a probability in [0, 1], got {self.photometric}")
+        for name in ("photometric", "style_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be a probability in [0, 1], got {getattr(self, name)}")
+        object.__setattr__(self, "style_beta", checked_beta(self.style_beta))
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         if not (math.isfinite(self.checkpoint_minutes) and self.checkpoint_minutes >= 0):
@@ -277,8 +287,10 @@ def _prepare(config: TrainConfig, dist_info: DistInfo, folder: TrainRunFolder | 
     train_data, train_idx, val_data, val_idx = training_data(config, train_data, val_data)
     model = build_model(config, device)
     size, mean, std = config.effective_input_size, model.config.mean, model.config.std
+    style = StyleFrames(config.style_root, config.style_beta) if config.style_root is not None else None
     train_set = TransformedDataset(train_data, DepthTransform(size, mean, std, train=True, augment=config.augment,
-                                                              photometric=config.photometric),
+                                                              photometric=config.photometric, style=style,
+                                                              style_prob=config.style_prob),
                                    config.seed, train_idx)
     val_set = TransformedDataset(val_data, DepthTransform(size, mean, std, train=False, augment=False),
                                  config.seed, val_idx)

@@ -88,7 +88,8 @@ def test_unlabeled_frames_run_the_semi_supervised_term(tmp_path):
     """The script in a subprocess with ``--unlabeled-root`` (CPU, tiny model widened, 3 clips, 4 random
     frames). Bugs caught: ``--unlabeled-root`` ignored (a labeled-only run, the setting that transferred worse on
     the CPUs), the teacher being the widened start file (deleted before the script returns; twice the cost) instead
-    of SRC, the detail read left out, or the semi-supervised settings not reaching a run that trains."""
+    of SRC, the detail read left out, the real frames not lending the labeled frames their look (the shipped
+    recipe's last semi-supervised stage), or the semi-supervised settings not reaching a run that trains."""
     import cv2
 
     source = save_checkpoint(tmp_path / "small.safetensors", tiny_model(seed=2), dtype=torch.float32)
@@ -107,6 +108,7 @@ def test_unlabeled_frames_run_the_semi_supervised_term(tmp_path):
     saved = json.loads((out / "run" / "train_config.json").read_text())
     assert saved["unlabeled_root"] == str(frames) and saved["unlabeled_weight"] > 0
     assert saved["teacher"] == str(source) and saved["teacher_detail_size"] == 252
+    assert saved["style_root"] == str(frames) and saved["style_prob"] > 0  # the shipped recipe's stage 7
     assert json.loads((out / "summary.json").read_text())["unlabeled_root"] == str(frames)
     assert (out / "run" / "log.csv").is_file() and not (out / "start.safetensors").exists()
 

@@ -49,9 +49,12 @@ def test_train_default_model_shortened(tmp_path, monkeypatch):
     assert stages[-1]["train"]["photometric"] > 0
     assert len(list((tmp_path / "data").iterdir())) == 3
     semi = [s["name"] for s in stages if s.get("unlabeled")]
-    assert semi == ["real-frames"] and "Kvasir-SEG" in meta["training_data"]
+    assert semi == ["real-frames", "real-look"] and "Kvasir-SEG" in meta["training_data"]
     saved = json.loads((tmp_path / "run-real-frames" / "train_config.json").read_text())
     assert saved["unlabeled_root"] == str(tmp_path / "unlabeled") and saved["unlabeled_weight"] > 0
+    assert saved["style_root"] is None  # stage 5 as it was trained
+    saved = json.loads((tmp_path / "run-real-look" / "train_config.json").read_text())
+    assert saved["style_root"] == saved["unlabeled_root"] == str(tmp_path / "unlabeled") and saved["style_prob"] > 0
     for before, stage in zip(stages, stages[1:]):  # each stage starts from the previous one's export
         run = tmp_path / f"run-{stage['name']}"
         start = tmp_path / f"{before['name']}.safetensors"
@@ -63,16 +66,22 @@ def test_train_default_model_shortened(tmp_path, monkeypatch):
 
 
 def test_recipe_stage_one_sees_only_its_clips(tmp_path):
-    """Bug caught: stage 1 (the v1 model) opening every clip of the shared data folder, so the shipped weights no
-    longer reproduce once stage 2's clips are rendered beside its own."""
+    """Bugs caught: stage 1 (the v1 model) opening every clip of the shared data folder, so the shipped weights no
+    longer reproduce once stage 2's clips are rendered beside its own; stage 7 without the real frames that lend
+    the labeled frames their look, or stage 8 swapping (or not drawing: its random numbers, and so the shipped
+    weights, would change)."""
     from SurgicalDepthTrainingLib.recipes import stage_configs
 
-    first, second, third, fourth, fifth, sixth = stage_configs(tmp_path, None, None, "cpu")
+    configs = stage_configs(tmp_path, None, None, "cpu")
+    first, second, third, fourth, fifth, sixth, seventh, eighth = configs
     assert first["split"].split(",") == [f"seq_{i:04d}" for i in range(240)]
     assert len(second["split"].split(",")) == 480 and len(third["split"].split(",")) == 720
-    assert len(fourth["split"].split(",")) == len(fifth["split"].split(",")) == len(sixth["split"].split(",")) == 960
-    assert len({c["root"] for c in (first, second, third, fourth, fifth, sixth)}) == 1
+    assert {len(c["split"].split(",")) for c in configs[3:]} == {960}
+    assert len({c["root"] for c in configs}) == 1
     assert fifth["unlabeled_root"] == str(tmp_path / "unlabeled") and "unlabeled_root" not in sixth
+    assert seventh["unlabeled_root"] == seventh["style_root"] == str(tmp_path / "unlabeled")
+    assert [c for c in configs if "style_root" in c] == [seventh, eighth] and "unlabeled_root" not in eighth
+    assert seventh["style_prob"] == 0.5 and eighth["style_prob"] == 0.0  # v5's settle: the swap off, draws kept
 
 
 def test_scope_light_is_drawn_only_for_the_later_clips():

@@ -252,9 +252,12 @@ def test_train_cli_defaults_are_train_config_defaults():
     config = TrainConfig()
     for name in (*CONFIG_FLAGS, "input_size"):
         assert actions[name].default is None, name
-        quoted = re.search(r"default:? ([^ )]+)", actions[name].help).group(1)
+        quoted = re.search(r"default:? ([^)]+)", actions[name].help).group(1).split(" ")
         expected = config.input_size[0] if name == "input_size" else getattr(config, name)
-        assert (quoted == expected) if isinstance(expected, str) else (float(quoted) == expected), (name, quoted)
+        if isinstance(expected, tuple):  # nargs flags quote every value
+            assert tuple(float(v) for v in quoted[:len(expected)]) == expected, (name, quoted)
+            continue
+        assert (quoted[0] == expected) if isinstance(expected, str) else (float(quoted[0]) == expected), (name, quoted)
     assert "256 386 -> 252 x 392" in actions["input_size"].help and config.effective_input_size == (252, 392)
     assert tuple(actions["loss"].choices) == tuple(LOSSES)
 

@@ -11,7 +11,8 @@ with a time budget (``gpu_check.sh train``):
    all the same);
 3. train ``--model`` with the recipe's loss and augmentation (L1 on mean-normalised disparity, photometry
    p = 0.8; with ``--unlabeled-root FRAMES``, real frames carried to the device, also the semi-supervised term as
-   the recipe's ``real-frames`` stage, teacher SRC of ``widened:SRC`` with the detail read at 252 px), bf16 on
+   the recipe's ``real-look`` stage, teacher SRC of ``widened:SRC`` with the detail read at 252 px, and the same
+   frames lending the labeled frames their low spatial frequencies), bf16 on
    CUDA: by default the Depth Anything V2-S architecture (the issue's first lever) started from the shipped default
    model widened to it (``widened:default``, :mod:`SurgicalDepthTrainingLib.widen`: the same
    function at twice the width), so minutes of a GPU continue from where the CPU runs ended instead of from
@@ -83,14 +84,16 @@ def teacher_model(args: argparse.Namespace) -> str | None:
 def config(args: argparse.Namespace, steps: int, output: Path, model: str):
     """The run's ``TrainConfig``: the recipe's last labeled-only stage at ``args.size`` on every clip, ``steps``
     long; with ``args.unlabeled_root``, its last semi-supervised stage instead, the real frames read by
-    :func:`teacher_model` with the detail read at 252 px (the twelfth session's stage 7 setting)."""
+    :func:`teacher_model` with the detail read at 252 px (the twelfth session's setting) and lending the labeled
+    frames their low spatial frequencies (:mod:`SurgicalDepthTrainingLib.style_frames`)."""
     from SurgicalDepthTrainingLib.recipes import DEFAULT_RECIPE
     from SurgicalDepthTrainingLib.training import TrainConfig
 
     semi = args.unlabeled_root is not None
     base = dict([s for s in DEFAULT_RECIPE["stages"] if bool(s.get("unlabeled")) == semi][-1]["train"])
     if semi:
-        base.update(unlabeled_root=str(args.unlabeled_root), teacher=teacher_model(args), teacher_detail_size=252)
+        base.update(unlabeled_root=str(args.unlabeled_root), teacher=teacher_model(args), teacher_detail_size=252,
+                    style_root=str(args.unlabeled_root))
     lr = args.lr if args.lr is not None else 1e-4 if model.startswith("random:") else 3e-5  # 3e-5: the paper's
     base.update(model=model, lr=lr, input_size=args.size, max_steps=steps, batch_size=args.batch_size,
                 warmup_steps=min(100, max(1, steps // 10)), root=str(args.data), output=str(output),

@@ -26,9 +26,11 @@ logger = logging.getLogger(__name__)
 #: TrainConfig's defaults are the only ones; the help texts quote them (Testing checks that they agree).
 CONFIG_FLAGS = ("val_fraction", "model", "loss", "lr", "decoder_lr_mult", "batch_size", "grad_accum", "epochs",
                 "seed", "num_workers", "checkpoint_minutes", "photometric", "unlabeled_weight", "feature_weight",
-                "cutmix_prob")
+                "cutmix_prob", "style_prob", "style_beta")
 #: flags that act only on the semi-supervised term, refused without unlabeled frames (they would do nothing)
 SEMI_FLAGS = ("teacher", "unlabeled_weight", "feature_weight", "cutmix_prob")
+#: flags that act only on the low-frequency swap, refused without --style-root (they would do nothing)
+STYLE_FLAGS = ("style_prob", "style_beta")
 #: TrainConfig fields whose flag is not ``--field-name``
 _FLAG_OF = {"lora_rank": "--lora"}
 
@@ -74,6 +76,15 @@ def register(subparsers) -> None:
     p.add_argument("--photometric", type=float, default=None, metavar="P",
                    help="probability of an endoscope look per training sample: random tone curve, local "
                         "brightness adaptation, white balance, JPEG, scope border (default 0)")
+    p.add_argument("--style-root", default=None, type=Path, metavar="FRAMES",
+                   help="a folder of real frames (no depth needed) whose low spatial frequencies (overall colour, "
+                        "exposure, broad shading) training samples take, their geometry and depth kept (Fourier "
+                        "Domain Adaptation, Yang & Soatto 2020; the central 60 %% of each frame is used)")
+    p.add_argument("--style-prob", type=float, default=None, metavar="P",
+                   help="with --style-root: probability per training sample (default 0.5)")
+    p.add_argument("--style-beta", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                   help="with --style-root: half-width of the swapped frequency window as a fraction of the "
+                        "frame's shorter side, drawn per sample between LOW and HIGH (default 0.01 0.04)")
     p.add_argument("--amp", choices=("auto", "on", "off"), default="auto",
                    help="bf16 mixed precision (default auto: on for CUDA GPUs with bf16)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
@@ -201,8 +212,9 @@ def run(args: argparse.Namespace) -> int:
     size = _input_size(args.input_size)
     if not args.root.exists():
         raise FileNotFoundError(f"--root {args.root} does not exist")
-    if args.unlabeled_root is not None and not Path(args.unlabeled_root).exists():
-        raise FileNotFoundError(f"--unlabeled-root {args.unlabeled_root} does not exist")
+    for flag, path in (("--unlabeled-root", args.unlabeled_root), ("--style-root", args.style_root)):
+        if path is not None and not Path(path).exists():
+            raise FileNotFoundError(f"{flag} {path} does not exist")
     model = args.model or ""
     if not model.startswith("random:") and ("/" in model or "\\" in model or Path(model).suffix) \
             and not Path(model).exists():
@@ -213,6 +225,9 @@ def run(args: argparse.Namespace) -> int:
         if unused:
             raise ValueError(f"--{unused[0].replace('_', '-')} acts on unlabeled frames only: give "
                              "--unlabeled-root (a folder of frames or a video) or --unlabeled-dataset")
+    unused = [name for name in STYLE_FLAGS if getattr(args, name) is not None]
+    if args.style_root is None and unused:
+        raise ValueError(f"--{unused[0].replace('_', '-')} acts only with --style-root (a folder of real frames)")
     config = _config(
         dataset=args.dataset, root=str(args.root), split=args.split, val_split=args.val_split,
         max_steps=args.max_steps, freeze_encoder=args.freeze_encoder, lora_rank=args.lora,
@@ -220,7 +235,12 @@ def run(args: argparse.Namespace) -> int:
         output=str(args.output), min_depth=args.min_depth, max_depth=args.max_depth,
         unlabeled_dataset=args.unlabeled_dataset, unlabeled_root=args.unlabeled_root, teacher=args.teacher,
         teacher_detail_size=args.teacher_detail_size,
+        style_root=None if args.style_root is None else str(args.style_root),
         save_every=args.save_every, log_every=args.log_every, **size, **given)
+    if config.style_root is not None:  # a folder without images is refused before the run folder is made
+        from SurgicalDepthTrainingLib.style_frames import StyleFrames
+
+        StyleFrames(config.style_root, config.style_beta)
     try:
         with _stop_on_signals() as stop:
             best = train(config, resume=args.resume, overwrite=args.overwrite, should_stop=stop.is_set,
