@@ -7,8 +7,9 @@ the broad fall-off of light. ``StyleFrames(root)`` holds a folder of real frames
 becomes a real frame's. Only the central part of each real frame is used (:data:`CENTRAL_MARGIN` cut from every
 side), so the scope's black border and on-screen text never lend their darkness.
 
-Frames are read when drawn (nothing is cached: a swap costs a few milliseconds beside a training step's seconds),
-in the order of their paths below ``root`` (plain string order), so a run's draws are the same on every machine.
+Frames are read when drawn (nothing is cached: a swap costs 15–40 ms on two CPU cores, mostly decoding the frame,
+beside a training step's seconds), in the order of their paths below ``root`` (plain string order), so a run's
+draws are the same on every machine.
 """
 from __future__ import annotations
 
