@@ -116,11 +116,15 @@ def augment_photometry(image: np.ndarray, rng: np.random.Generator) -> np.ndarra
     return out
 
 
+def _centred_spectrum(image: np.ndarray) -> np.ndarray:
+    """2-D DFT of each channel of float32 ``[H, W, C]``, zero frequency moved to the centre: complex64 ``[H, W, C]``."""
+    return np.fft.fftshift(np.fft.fft2(np.asarray(image, np.float32), axes=(0, 1)), axes=(0, 1))
+
+
 def amplitude_spectrum(image: np.ndarray) -> np.ndarray:
     """Amplitude of the 2-D DFT of each channel, zero frequency moved to the centre (``fftshift``): float32
     ``[H, W, C]`` for an image ``[H, W, C]`` (float32 in, float32 out)."""
-    spectrum = np.fft.fftshift(np.fft.fft2(np.asarray(image, np.float32), axes=(0, 1)), axes=(0, 1))
-    return np.abs(spectrum).astype(np.float32)
+    return np.abs(_centred_spectrum(image)).astype(np.float32)
 
 
 def low_frequency_swap(image: np.ndarray, reference_amplitude: np.ndarray, half_width: int) -> np.ndarray:
@@ -135,15 +139,14 @@ def low_frequency_swap(image: np.ndarray, reference_amplitude: np.ndarray, half_
     Returns:
         float32 ``[H, W, 3]``: the same edges and texture (phase), the reference's mean colour and broad shading.
     """
-    image = np.ascontiguousarray(image, np.float32)
     reference_amplitude = np.asarray(reference_amplitude, np.float32)
-    if reference_amplitude.shape != image.shape:
-        raise ValueError(f"reference amplitude {reference_amplitude.shape} must match image {image.shape}")
+    if reference_amplitude.shape != np.shape(image):
+        raise ValueError(f"reference amplitude {reference_amplitude.shape} must match image {np.shape(image)}")
     if half_width < 0:
         raise ValueError(f"half_width must be >= 0, got {half_width}")
-    spectrum = np.fft.fftshift(np.fft.fft2(image, axes=(0, 1)), axes=(0, 1))
+    spectrum = _centred_spectrum(image)
     amplitude, phase = np.abs(spectrum), np.angle(spectrum)
-    cy, cx, b = image.shape[0] // 2, image.shape[1] // 2, int(half_width)
+    cy, cx, b = spectrum.shape[0] // 2, spectrum.shape[1] // 2, int(half_width)
     window = np.s_[max(0, cy - b):cy + b + 1, max(0, cx - b):cx + b + 1]
     amplitude[window] = reference_amplitude[window]
     out = np.fft.ifft2(np.fft.ifftshift(amplitude * np.exp(1j * phase), axes=(0, 1)), axes=(0, 1)).real

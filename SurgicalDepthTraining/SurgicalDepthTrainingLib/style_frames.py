@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 from SurgicalDepthLib.video import IMAGE_SUFFIXES, is_image_file, read_image
 
+from .datasets.frames import frame_files
 from .photometric import amplitude_spectrum, low_frequency_swap
 
 #: fraction of the height and of the width cut from each side of a real frame before its spectrum is taken (the
@@ -29,12 +30,10 @@ CENTRAL_MARGIN = 0.2
 
 
 def _image_files(root: Path) -> list[Path]:
-    """Image files at or below ``root`` (hidden files and folders skipped), in plain order of their relative paths."""
-    found = []
-    for folder, dirs, files in os.walk(root):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        found += [Path(folder) / f for f in files if not f.startswith(".") and is_image_file(f)]
-    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+    """The image files among a folder's frame files (:func:`.datasets.frames.frame_files`: at any depth, hidden
+    files and folders skipped), in plain order of their relative paths."""
+    images = [p for p in frame_files(root) if is_image_file(p)]
+    return sorted(images, key=lambda p: p.relative_to(root).as_posix())
 
 
 def checked_beta(beta: tuple[float, float]) -> tuple[float, float]:

@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 UNLABELED_FRAMES = "frames"
 
 
-def _frame_files(root: Path) -> list[Path]:
+def frame_files(root: Path) -> list[Path]:
     """Image and video files at or below ``root`` (natural order of their relative paths)."""
     try:
         kind = frame_source_kind(root)  # ``root`` exists: "folder", "image" or "video"
@@ -57,7 +57,7 @@ class UnlabeledFrames(Dataset):
         self.root = Path(root).expanduser()
         if not self.root.exists():
             raise FileNotFoundError(f"unlabeled frames: {self.root} does not exist")
-        self.files = _frame_files(self.root)
+        self.files = frame_files(self.root)
         if not self.files:
             raise FileNotFoundError(f"unlabeled frames: no image ({', '.join(IMAGE_SUFFIXES)}) or video "
                                     f"({', '.join(VIDEO_SUFFIXES)}) files under {self.root}")
