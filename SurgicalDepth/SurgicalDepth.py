@@ -62,10 +62,10 @@ class SurgicalDepthParameterNode:
     inputSize: Annotated[int, WithinRange(0, 2044)] = 0  # 0 = the model's own (518 for official models)
     detailSize: Annotated[int, WithinRange(0, 2044)] = 0  # 0 = one read; else a detail read (not live)
     calibrationPath: Path
-    fx: float = 0.0
-    fy: float = 0.0
-    cx: float = 0.0
-    cy: float = 0.0
+    fx: Annotated[float, WithinRange(0.0, 100000.0)] = 0.0  # pixels (all four); fx 0 = no calibration
+    fy: Annotated[float, WithinRange(0.0, 100000.0)] = 0.0
+    cx: Annotated[float, WithinRange(0.0, 100000.0)] = 0.0
+    cy: Annotated[float, WithinRange(0.0, 100000.0)] = 0.0
     nearMm: Annotated[float, WithinRange(0.1, 10000.0)] = 5.0
     farMm: Annotated[float, WithinRange(0.2, 100000.0)] = 120.0
     pointCloud: bool = True
@@ -273,7 +273,11 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
         timer = qt.QTimer()  # polls the worker on the GUI thread (MRML only there), like Slicer's Endoscopy module
         timer.setInterval(30)
         timer.connect("timeout()", self._pollLive)
-        imageChanged, sceneClosing = slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent, slicer.mrmlScene.StartCloseEvent
+        # a streaming volume (OpenIGTLink VIDEO, compressed IMAGE) announces a new frame with FrameModifiedEvent and
+        # decodes it only when its image is read (arrayFromVolume below), so ImageDataModifiedEvent may never come
+        imageChanged = (slicer.vtkMRMLStreamingVolumeNode.FrameModifiedEvent
+                        if volume.IsA("vtkMRMLStreamingVolumeNode") else slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent)
+        sceneClosing = slicer.mrmlScene.StartCloseEvent
         self._live = dict(worker=worker.start(), nodes=nodes, timer=timer, onUpdate=onUpdate, observed=[
             (volume, volume.AddObserver(imageChanged, lambda caller, event: worker.put(  # a copy: it changes in place
                 slicer.util.arrayFromVolume(volume).copy(), self._ijk(volume)))),

@@ -24,6 +24,10 @@ logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 256 << 20  # larger bodies mean a stream out of sync, not a frame (an 8K RGBA frame is 133 MB)
 DEVICE_NAME_BYTES = 20
+#: longer over shorter side of a frame the service reads: the network input keeps the aspect ratio with its shorter
+#: side at the input size, so a 600 x 10 strip would be read at 10920 x 182 px, tens of seconds in which no
+#: client gets an answer (real video is at most about 4:1)
+MAX_ASPECT_RATIO = 8
 _HEADER = struct.Struct(">H12s20s8sQQ")  # version, type, device name, timestamp (sec, frac), body size, CRC64
 _IMAGE_START = struct.Struct(">HBBBBHHH")  # version, components, scalar type, endianness, coordinates, size i j k
 _GEOMETRY = slice(12, 60)  # 12 float32 after _IMAGE_START: t, s, n columns and the image centre
@@ -45,7 +49,8 @@ class StreamBroken(BadMessage):
 
 def reply_name(device: str, suffix: str) -> str:
     """``device + suffix`` within OpenIGTLink's 20-byte device names (the device part is shortened)."""
-    base = device.encode("utf-8")[:DEVICE_NAME_BYTES - len(suffix)].decode("utf-8", "ignore")
+    # bytes that are no UTF-8 (kept escaped by Connection.read) and a character cut at the limit are left out
+    base = device.encode("utf-8", "surrogateescape")[:DEVICE_NAME_BYTES - len(suffix)].decode("utf-8", "ignore")
     return base + suffix
 
 
@@ -135,6 +140,9 @@ def decode_image(header_version: int, device: str, body: bytearray) -> tuple[np.
         raise BadMessage("dtype", f"IMAGE of {image.dtype}: expected uint8")
     if h < 2 or w < 2:
         raise BadMessage("shape", f"IMAGE of {w}x{h} pixels: expected at least 2x2")
+    if max(h, w) > MAX_ASPECT_RATIO * min(h, w):
+        raise BadMessage("aspect", f"IMAGE of {w}x{h} pixels: sides further apart than {MAX_ASPECT_RATIO}:1 "
+                                   "(the network would read a strip many times its usual size)")
     rgb = np.ascontiguousarray(image[0, :, :, :3] if c > 1 else np.repeat(image[0], 3, axis=2))
     return rgb, content[5], bytes(content[_GEOMETRY])
 
@@ -175,9 +183,10 @@ class Connection:
         version, mtype, device, stamp, size, _crc = _HEADER.unpack(raw)
         try:
             mtype = mtype.rstrip(b"\0 ").decode("ascii")
-            device = device.split(b"\0", 1)[0].decode("utf-8")
         except UnicodeDecodeError:
             mtype = ""
+        # the standard says ASCII; other bytes are kept (escaped) so the message is still read and answered
+        device = device.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
         if version not in (1, 2) or not mtype.replace("_", "").isalnum() or size > MAX_BODY_BYTES:
             raise StreamBroken("header", f"not an OpenIGTLink header (version {version}, type {mtype!r}, "
                                           f"{size} bytes)")

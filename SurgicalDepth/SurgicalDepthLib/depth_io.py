@@ -6,8 +6,9 @@ Formats (``depth``: float32 ``[H, W]``, in the map's own unit — mm for metric 
 - ``.npy``: float32, exact.
 - ``.tif``/``.tiff``: float32 (OpenCV), exact.
 - ``.nrrd``: float32 2D image (SimpleITK), exact; optional pixel ``spacing``.
-- ``.png``: uint16 with a documented scale. **Rule:** ``value = round(depth / scale)``, ``depth = value * scale``;
-  value 0 means invalid (NaN, ±inf and non-positive depths are written as 0). The default scale is
+- ``.png``: uint16 with a documented scale. **Rule:** ``value = max(1, round(depth / scale))``,
+  ``depth = value * scale``; value 0 means invalid (NaN, ±inf and non-positive depths are written as 0; a valid
+  depth below half a count is written as 1, so it stays valid). The default scale is
   ``max(valid depth) / 65535`` so the largest value uses the full range (relative error ≤ 0.5 / value). The scale
   and unit are stored in the PNG itself, in a ``tEXt`` chunk with keyword ``SurgicalDepth`` and JSON text
   ``{"scale": <float>, "unit": <str>}``, which :func:`load_depth` reads back.
@@ -107,7 +108,8 @@ def _encode_png(depth: np.ndarray, scale: float | None, unit: str) -> bytes:
         raise ValueError(f"scale must be a positive finite number, got {scale!r}")
     valid = np.isfinite(depth) & (depth > 0)
     values = np.zeros(depth.shape, dtype=np.float64)
-    values[valid] = np.round(depth[valid].astype(np.float64) / scale)
+    # at least one count: a valid depth below half a count would otherwise be written as 0, which means invalid
+    values[valid] = np.maximum(np.round(depth[valid].astype(np.float64) / scale), 1.0)
     if values.max(initial=0) > UINT16_MAX:
         raise ValueError(f"depth up to {float(depth[valid].max()):g} does not fit uint16 PNG with scale={scale:g} "
                          f"(max {UINT16_MAX * scale:g}); pass a larger scale or scale=None")

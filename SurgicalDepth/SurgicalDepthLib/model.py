@@ -100,7 +100,7 @@ class FrameInference:
         the official models). ``detail_size``: also read the frame at this larger size and keep that read's
         detail on this one's layout (:func:`~SurgicalDepthLib.detail.merge_detail`; None: one read)."""
         check_rgb(rgb)
-        input_size = input_size or self.config.input_size
+        input_size = self.config.input_size if input_size is None else input_size
         sizes = (input_size,) if detail_size is None else (input_size, check_detail_size(detail_size, input_size))
         reads = [self._predict(preprocess(rgb, size, self.config.mean, self.config.std, self.config.patch_size)[None],
                                rgb.shape[:2])[0] for size in sizes]
@@ -128,8 +128,8 @@ class FrameInference:
         batch is queued before the previous result is copied back. If ``frames`` raises, the predictions of the
         frames read before are yielded first. ``batch_size``: frames per forward pass, default
         :attr:`default_batch_size`. ``detail_size``: as in :meth:`infer_image` (each batch read twice)."""
-        input_size = input_size or self.config.input_size
-        batch_size = batch_size or self.default_batch_size
+        input_size = self.config.input_size if input_size is None else input_size
+        batch_size = self.default_batch_size if batch_size is None else batch_size
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if prefetch_batches < 0:
@@ -190,7 +190,8 @@ class FrameInference:
                               axis=0)
 
     def input_size_for(self, height: int, width: int, input_size: int | None = None) -> tuple[int, int]:
-        return official_input_size(height, width, input_size or self.config.input_size, self.config.patch_size)
+        return official_input_size(height, width, self.config.input_size if input_size is None else input_size,
+                                   self.config.patch_size)
 
 
 class DepthModel(FrameInference, nn.Module):

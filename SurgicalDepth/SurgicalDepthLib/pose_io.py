@@ -31,14 +31,18 @@ def read_pose_file(path: str | os.PathLike) -> list[tuple[int | None, np.ndarray
     """``[(index or None, float64 [4, 4]), ...]`` in file order. Rigidity is not checked here.
 
     Raises:
-        FileNotFoundError: no such file. ValueError: a line that is not 16 (or index + 16) numbers, naming
-            the file and line.
+        FileNotFoundError: no such file. ValueError: not UTF-8 text, or a line that is not 16 (or index + 16)
+            numbers, naming the file (and line).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"poses file {path} does not exist")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:  # its own message names the codec and byte, not the file
+        raise ValueError(f"poses file {path} is not a text file (byte {exc.start}: {exc.reason})") from None
     poses: list[tuple[int | None, np.ndarray]] = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
+    for n, line in enumerate(lines, start=1):
         text = line.split("#", 1)[0].strip()
         if not text:
             continue

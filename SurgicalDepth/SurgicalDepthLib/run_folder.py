@@ -77,7 +77,8 @@ class RunFolder:
     Args:
         folder: output folder (created if missing).
         command: the command name, recorded in the manifest and named in messages.
-        inputs: the run's input files and folders: none of them may be an output file.
+        inputs: the run's input files and folders: none of them may be an output file, and ``overwrite`` refuses
+            (deleting nothing) when an earlier run's output is one of them or lies directly in one of the folders.
         overwrite: replace an earlier run's outputs (the files its manifest lists) instead of refusing.
     """
 
@@ -151,11 +152,15 @@ class RunFolder:
             raise OutputConflict(f"{self.folder} holds the outputs of {what}; pass --overwrite to replace them "
                                  "or choose another output folder")
         root = self.folder.resolve()
+        doomed = [path for path in ((self.folder / rel).resolve() for rel in files)
+                  if root in path.parents]  # never outside the folder
+        for path in doomed:  # an input among them: refuse before anything is deleted
+            read = next((i for i in self._inputs if i == path or (path.parent == i and i.is_dir())), None)
+            if read is not None:
+                raise OutputConflict(f"input {read} is (or holds) an output of {what} in {self.folder}, which "
+                                     "--overwrite would delete; nothing was deleted: choose another output folder")
         folders = set()
-        for rel in files:
-            path = (self.folder / rel).resolve()
-            if root not in path.parents or path in self._inputs:
-                continue  # never outside the folder, never an input of this run
+        for path in doomed:
             if path.is_file() or path.is_symlink():
                 path.unlink()
                 folders.update(p for p in path.parents if root in p.parents)

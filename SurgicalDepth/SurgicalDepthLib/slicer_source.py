@@ -89,9 +89,14 @@ def video_source(path: Any, start: int = 0, stride: int = 1, max_frames: int = 0
                        by_source_index=True)
 
 
+#: data node classes of a sequence of RGB frames: vector volumes, and the streaming volumes (a subclass) that
+#: Slicer's video readers (SlicerIGSIO: mkv/webm) and OpenIGTLink VIDEO store compressed frames in, decoded when read
+RGB_VOLUME_CLASSES = ("vtkMRMLVectorVolumeNode", "vtkMRMLStreamingVolumeNode")
+
+
 def check_rgb_sequence(class_name: str | None) -> None:
     """ValueError unless a browser's master sequence holds RGB vector volumes (``class_name``: its data nodes')."""
-    if class_name != "vtkMRMLVectorVolumeNode":
+    if class_name not in RGB_VOLUME_CLASSES:
         raise ValueError("process: give videoPath, volume or a browser whose master sequence holds RGB vector "
                          f"volumes (vtkMRMLVectorVolumeNode), not {class_name}")
 

@@ -104,7 +104,8 @@ class DepthFrame:
 def _indexed_frames(frames: Any, start: int, stride: int, max_frames: int | None,
                     prefetch: int) -> tuple[Iterator[tuple[int, np.ndarray]], FrameReader | None]:
     """``(source index, rgb)`` pairs of the selected frames, and the reader to close (None for iterables)."""
-    stop = None if max_frames is None else start + max_frames * stride
+    # one past the last selected frame: a live iterable is not asked for frames that would be skipped
+    stop = None if max_frames is None else start + (max_frames - 1) * stride + 1
     if isinstance(frames, (str, os.PathLike)):
         reader = open_frames(frames, start=start, stop=stop, stride=stride, prefetch=prefetch)
         return zip(reader.indices, reader), reader
@@ -123,7 +124,7 @@ def _check_detail_size(model: Any, detail_size: Any, input_size: int | None) -> 
         return
     if hasattr(model, "predictions"):
         raise ValueError("detail_size needs a model: stored predictions cannot be read again")
-    check_detail_size(detail_size, input_size or model.config.input_size)
+    check_detail_size(detail_size, model.config.input_size if input_size is None else input_size)
 
 
 def _predictions(model: Any, items: Iterator[tuple[int, np.ndarray]], input_size: int | None,
@@ -169,6 +170,7 @@ class _TemporalDepth:
         self.kind, self.unit, self.depth_range, self.fov = kind, unit, depth_range, fov
         self.aligner = TemporalAligner()
         self.scale_shift: tuple[float, float] | None = None
+        self.band: tuple[float, float] = (-np.inf, np.inf)  # the first frame's disparity percentiles
 
     def __call__(self, pred: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
         """Aligned prediction of the next frame and its conversion to mm."""
@@ -184,8 +186,11 @@ class _TemporalDepth:
             near, far = self.depth_range
             scale = (1.0 / near - 1.0 / far) / (hi - lo)  # lo -> 1/far, hi -> 1/near (inverse depth)
             self.scale_shift = (scale, 1.0 / far - scale * lo)
+            self.band = (lo, hi)
         convert = partial(disparity_to_depth, scale=self.scale_shift[0], shift=self.scale_shift[1])
-        return aligned, lambda p: nan_outside(convert(p), self.fov)
+        # disparity beyond the first frame's band is clipped to it, so depth stays in depth_range as without
+        # temporal (a later frame's far lumen would otherwise go past far, or to 1/z <= 0: NaN on tissue)
+        return aligned, lambda p: nan_outside(convert(np.clip(p, *self.band)), self.fov)
 
 
 def _field_of_view(fov_mask: Any, items: Iterator[tuple[int, np.ndarray]]

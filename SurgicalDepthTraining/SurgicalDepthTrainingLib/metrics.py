@@ -106,10 +106,14 @@ def align_prediction(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None =
     if broken.any() and max_depth is None:
         raise ValueError(f"depth_metrics: {int(broken.sum())} of {int(evaluated.sum())} predicted values inside the "
                          "evaluated pixels are non-finite or <= 0; give max_depth to score them at the depth cap")
-    valid = evaluated & usable  # the alignment is fitted on these
-    if not valid.any():
+    if not evaluated.any():
         raise ValueError(f"depth_metrics: no valid pixel (gt finite, > 0, inside ({min_depth}, {max_depth}), "
-                         f"inside mask, with a usable prediction) among {gt.size}")
+                         f"inside mask) among {gt.size}")
+    valid = evaluated & usable  # the alignment is fitted on these
+    if not valid.any():  # every prediction broken (e.g. an all-NaN map): all scored at the cap, not an error
+        logger.warning("depth_metrics: every one of the %d evaluated predictions is non-finite or <= 0; all are "
+                       "scored at the depth cap %g", int(evaluated.sum()), max_depth)
+        return np.full(gt.shape, float(max_depth)), evaluated, 1.0, 0.0
     scale, shift = 1.0, 0.0
     with np.errstate(divide="ignore", invalid="ignore"):
         if alignment == "scale_shift":

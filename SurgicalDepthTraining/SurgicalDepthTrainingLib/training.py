@@ -171,6 +171,13 @@ class TrainConfig:
             raise ValueError(f"clip_grad_norm must be > 0 or None, got {self.clip_grad_norm}")
         if len(self.input_size) != 2 or min(self.input_size) < 1:
             raise ValueError(f"input_size must be (height, width) >= 1, got {self.input_size!r}")
+        for name in ("min_depth", "max_depth"):  # checked here: a run folder is written only for a valid config
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0 or None, got {value}")
+        if self.min_depth is not None and self.max_depth is not None and not self.min_depth < self.max_depth:
+            raise ValueError(f"min_depth must be < max_depth, got min_depth={self.min_depth}, "
+                             f"max_depth={self.max_depth}")
         object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
         object.__setattr__(self, "unlabeled_dataset", unlabeled_dataset_of(self))
 

@@ -290,6 +290,51 @@ def test_graph_file_errors(onnx_file, tmp_path):
         sd.load_model(tmp_path / "m.xml", backend="onnxruntime")
 
 
+@pytest.mark.parametrize("runtime, model, command", [
+    ("onnxruntime", "fake.onnx", "predict"), ("openvino", "fake.xml", "predict"), ("openvino", "fake.onnx", "export")])
+def test_cli_unreadable_graph_file_is_one_line(runtime, model, command, tmp_path):
+    """Catches: a text file given as an .onnx / OpenVINO .xml model (or converted by ``export``) ending in the
+    runtime's traceback with exit code 1 instead of one line naming the file."""
+    pytest.importorskip(runtime)
+    import cv2
+
+    (tmp_path / model).write_text("not a model\n")
+    (tmp_path / "fake.bin").write_text("not weights\n")
+    cv2.imwrite(str(tmp_path / "good.png"), textured(42, 56, 0))
+    out = tmp_path / ("out.xml" if command == "export" else "out")
+    if command == "export":
+        args = ["export", model, "--format", "openvino"]
+    else:
+        args = ["predict", "good.png", "--model", model]
+    run = subprocess.run([sys.executable, "-m", "SurgicalDepthLib.cli", *args, "--output", str(out),
+                          "--progress", "none"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert run.returncode == 2, run.stderr
+    assert "Traceback" not in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1, run.stderr  # nor parse errors logged by other frontends
+    assert f"error: {model}: not a readable" in run.stderr
+    assert not out.exists() and not out.with_suffix(".bin").exists()
+
+
+def test_truncated_openvino_ir_names_the_file_and_reason(tmp_path):
+    """Catches: an IR file that OpenVINO recognises but cannot parse raising OpenVINO's multi-line RuntimeError (a
+    traceback in the CLI) instead of a ValueError naming the file and OpenVINO's reason."""
+    ov = pytest.importorskip("openvino")
+    pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
+
+    from SurgicalDepthLib.backends.openvino_model import ov_from_onnx
+
+    node = helper.make_node("Relu", ["image"], ["depth"])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("depth", TensorProto.FLOAT, [1])])
+    xml = tmp_path / "cut.xml"
+    ov.save_model(ov_from_onnx(helper.make_model(graph).SerializeToString()), str(xml))
+    xml.write_bytes(xml.read_bytes()[:200])
+    with pytest.raises(ValueError, match=r"cut\.xml: not a readable OpenVINO IR model: [^\n]* at offset") as info:
+        sd.load_model(xml)
+    assert "\n" not in str(info.value)
+
+
 @pytest.mark.parametrize("module, extra", [("openvino", "openvino"), ("onnxruntime", "onnx")])
 def test_missing_extra_names_the_pip_extra(module, extra, checkpoint, tmp_path, monkeypatch, capsys):
     """Bug: a missing optional runtime surfacing as a bare ImportError traceback instead of one line naming the

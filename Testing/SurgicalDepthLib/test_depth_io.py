@@ -62,8 +62,9 @@ def test_png_explicit_scale_invalid_pixels_and_overflow(tmp_path):
     d = np.array([[0.0, 1.0, 2.5], [np.nan, np.inf, -3.0], [65.535, 0.0004, 7.0]], np.float32)
     path = save_depth(tmp_path / "d.png", d, scale=0.001)
     raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    np.testing.assert_array_equal(raw, [[0, 1000, 2500], [0, 0, 0], [65535, 0, 7000]])
-    np.testing.assert_allclose(load_depth(path), [[0, 1, 2.5], [0, 0, 0], [65.535, 0, 7]], atol=1e-6)
+    # 0.0004 is below half a count but valid: written as 1 count, not as 0 (= invalid)
+    np.testing.assert_array_equal(raw, [[0, 1000, 2500], [0, 0, 0], [65535, 1, 7000]])
+    np.testing.assert_allclose(load_depth(path), [[0, 1, 2.5], [0, 0, 0], [65.535, 0.001, 7]], atol=1e-6)
     with pytest.raises(ValueError, match="does not fit uint16"):
         save_depth(tmp_path / "big.png", d * 10, scale=0.001)
     assert not (tmp_path / "big.png").exists()
@@ -74,6 +75,13 @@ def test_png_explicit_scale_invalid_pixels_and_overflow(tmp_path):
     np.testing.assert_allclose(load_depth(tmp_path / "other.png", scale=0.001), load_depth(path))
     # all-invalid map: scale 1, all zero
     np.testing.assert_array_equal(load_depth(save_depth(tmp_path / "z.png", np.zeros((2, 2)))), 0)
+
+
+def test_png_default_scale_keeps_a_tiny_valid_depth_valid(tmp_path):
+    """Catches: a valid depth below half a count of the default scale (max / 65535) rounded to 0, which the
+    format reads as invalid: the pixel vanished from the map."""
+    back = load_depth(save_depth(tmp_path / "d.png", np.array([[100.0, 0.0005, np.nan]], np.float32)))
+    assert back[0, 0] == pytest.approx(100.0, rel=1e-4) and back[0, 1] > 0 and back[0, 2] == 0
 
 
 def test_bad_arguments(tmp_path, depth):

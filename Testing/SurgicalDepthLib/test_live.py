@@ -257,7 +257,9 @@ def test_bad_messages_are_skipped_and_logged_once(model, caplog, one_torch_threa
     truncated[42:50] = struct.pack(">Q", 40)  # a consistent header whose IMAGE body ends inside the image header
     bad = {"dtype": pyigtl.ImageMessage(rgb[None].astype(np.float32), device_name="Bad"),
            "shape": pyigtl.ImageMessage(np.stack([rgb[..., 0]] * 2), device_name="Bad"),
-           "components": pyigtl.ImageMessage(rgb[None, :, :, :2].copy(), device_name="Bad")}
+           "components": pyigtl.ImageMessage(rgb[None, :, :, :2].copy(), device_name="Bad"),
+           # a strip: read at its aspect ratio it would hold the service for tens of seconds
+           "aspect": pyigtl.ImageMessage(textured(10, 600, 1)[None], device_name="Bad")}
     with running(model) as service:
         client = RawClient(service.address[1])
         try:
@@ -270,7 +272,7 @@ def test_bad_messages_are_skipped_and_logged_once(model, caplog, one_torch_threa
             assert wait_until(lambda: len(client.replies) == 1), "no reply after the bad messages"
             assert client.replies[0][1].device_name == "Video_depth"
             stats = service.stats()
-            assert (stats.bad, stats.ignored, stats.frames_in) == (12, 3, 1)
+            assert (stats.bad, stats.ignored, stats.frames_in) == (15, 3, 1)
             # garbage where a header should be: this connection closes, the service goes on
             client.send(b"\x07" * 58)
             assert client.closed_by_server.wait(WAIT)
@@ -283,9 +285,25 @@ def test_bad_messages_are_skipped_and_logged_once(model, caplog, one_torch_threa
         finally:
             other.close()
     text = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
-    for reason in ("expected uint8", "2 slices", "2 components", "malformed IMAGE", "'Text'",
+    for reason in ("expected uint8", "2 slices", "2 components", "malformed IMAGE", "'Text'", "600x10 pixels",
                    "not an OpenIGTLink header"):
         assert sum(reason in line for line in text) == 1, (reason, text)
+
+
+def test_a_device_name_that_is_not_utf8_is_answered(model, one_torch_thread):
+    """Catches: a device name with a byte that is no UTF-8 (b"Vid\\xe9o", Latin-1) read as a broken stream: the
+    connection was closed although the message's framing is intact."""
+    message = bytearray(pyigtl.ImageMessage(textured(24, 32, 4)[None], timestamp=5.0, device_name="Video").pack())
+    message[14:34] = b"Vid\xe9o".ljust(20, b"\0")  # header: version 2, type 12, device name 20 bytes
+    with running(model) as service:
+        client = RawClient(service.address[1])
+        try:
+            client.send(bytes(message))
+            assert wait_until(lambda: len(client.replies) == 1), "no reply"
+            assert client.replies[0][1].device_name == "Vido_depth"
+            assert not client.closed_by_server.is_set()
+        finally:
+            client.close()
 
 
 def test_clients_that_leave_do_not_stop_the_server(model, one_torch_thread):
@@ -472,3 +490,26 @@ def test_cli_serves_and_exits_cleanly_on_sigterm(tmp_path):
     events = [json.loads(line) for line in seen["out"]]
     assert events[-1]["event"] == "done" and events[-1]["frames_out"] == 1, events[-1]
     assert all(e["stage"] == "stream" and e["total"] is None for e in events if e["event"] == "progress")
+
+
+@pytest.mark.parametrize("content", [b"hello\n", b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff"])
+def test_cli_refuses_an_unreadable_calibration_file_at_startup(content, tmp_path):
+    """Catches: ``stream --intrinsics bad.txt`` starting the service anyway and only logging an error (depth not
+    corrected) when the first frame arrived, instead of exit code 2 at startup with one line naming the file."""
+    bad = tmp_path / "bad.txt"
+    bad.write_bytes(content)
+    run = subprocess.run([sys.executable, "-m", "SurgicalDepthLib.cli", "stream", "--port", "0", "--intrinsics",
+                          str(bad), "--progress", "none"], capture_output=True, text=True, timeout=WAIT * 4)
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.startswith("surgical-depth stream: error: --intrinsics: ") and str(bad) in run.stderr
+    assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+
+
+def test_calibration_file_without_its_size_is_checked_per_frame_size(tmp_path):
+    """Catches: the startup check refusing a good calibration file that does not state its image size (its pixels
+    are the frames' and can only be read at their size)."""
+    from SurgicalDepthLib.cli.stream import _check_calibration_file
+
+    for name, text in [("k.txt", "500 500 320 240\n"), ("k.json", '{"fx": 500, "fy": 500, "cx": 320, "cy": 240}')]:
+        (tmp_path / name).write_text(text)
+        _check_calibration_file(str(tmp_path / name))

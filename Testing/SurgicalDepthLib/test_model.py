@@ -10,6 +10,7 @@ import dataclasses
 
 import pytest
 import torch
+from tiny_model import textured, tiny_model
 
 import SurgicalDepthLib as sd
 
@@ -50,3 +51,16 @@ def test_output_size_follows_the_configured_patch_size(one_torch_thread):
         assert model(torch.randn(1, 3, 32, 48)).shape == (1, 32, 48)
         with pytest.raises(ValueError, match="multiples of 16, got 28x42"):
             model(torch.randn(1, 3, 28, 42))
+
+
+def test_zero_input_or_batch_size_is_refused_not_read_as_the_default(one_torch_thread):
+    """Catches: ``input_size or config.input_size``, which silently ran ``input_size=0`` (and ``batch_size=0``)
+    at the model's default size instead of refusing it as any other invalid size is refused."""
+    model = tiny_model(1)
+    rgb = textured(28, 42, 1)
+    with pytest.raises(ValueError, match="input_size"):
+        model.infer_image(rgb, input_size=0)
+    with pytest.raises(ValueError, match="input_size"):
+        model.infer_batch([rgb], input_size=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        list(model.iter_batches([rgb], batch_size=0))

@@ -62,3 +62,15 @@ def test_read_poses_by_source_frame_index(tmp_path):
     path.write_text(format_pose_file([bad], [0]))
     with pytest.raises(ValueError, match="last matrix row"):
         read_poses(path)
+
+
+def test_binary_file_names_the_file(tmp_path):
+    """Catches: a binary ``--poses`` file (an image given by mistake) failing with "'utf-8' codec can't decode
+    byte ..." that does not name the file."""
+    from SurgicalDepthLib.pose_io import read_poses
+
+    path = tmp_path / "poses.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
+    for read in (read_pose_file, read_poses):
+        with pytest.raises(ValueError, match=r"^poses file .*poses\.png is not a text file \(byte 0: "):
+            read(path)

@@ -60,6 +60,27 @@ def test_foreign_files_and_inputs_are_never_written(tmp_path):
     assert (folder / "0001_depth.npy").read_text() == "ground truth"
 
 
+def test_overwrite_never_deletes_an_input_of_the_new_run(tmp_path):
+    """Catches: --overwrite clearing an earlier run's outputs that this run reads (a prediction folder given as
+    input or as --depth, a checkpoint given as --model) and then failing on the missing input: the earlier results
+    were lost. An output folder inside an input folder is still replaced."""
+    folder = tmp_path / "out"
+    with RunFolder(folder, "predict") as run:
+        run.path("clip/000000.png").write_text("frame")
+        run.path("best.safetensors").write_text("weights")
+    for inputs in ([folder / "clip"], [folder / "best.safetensors"]):
+        with pytest.raises(OutputConflict, match="nothing was deleted"):
+            with RunFolder(folder, "predict", inputs=inputs, overwrite=True):
+                pass
+        assert (folder / "clip" / "000000.png").read_text() == "frame"
+        assert (folder / "best.safetensors").read_text() == "weights"
+    frames = tmp_path / "frames"
+    with RunFolder(frames / "depth", "predict") as run:
+        run.path("000000.npy").write_text("old")
+    with RunFolder(frames / "depth", "predict", inputs=[frames], overwrite=True) as run:
+        assert not (frames / "depth" / "000000.npy").exists()
+
+
 def test_lock_refuses_a_second_run_and_is_taken_over_from_a_dead_one(tmp_path):
     """Catches: two runs interleaving their files in one folder; a crashed run's lock blocking the folder forever."""
     folder = tmp_path / "out"
@@ -117,6 +138,13 @@ def test_predict_cli_refuses_to_overwrite_and_mix_runs(tmp_path):
     failed = _cli("predict", str(data), "--output", str(tmp_path / "never"), "--model", str(tmp_path / "no.pth"),
                   *common)
     assert failed.returncode == 2 and not (tmp_path / "never").exists()
+
+    # --overwrite with a missing input, or with the earlier run's outputs as input: refused, nothing deleted
+    kept = sorted(p.name for p in out.iterdir())
+    for inputs in ([str(tmp_path / "missing.png")], [str(out / "0001_depth.npy")]):
+        refused = _cli("predict", *inputs, "--output", str(out), "--overwrite", *common)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+        assert sorted(p.name for p in out.iterdir()) == kept
 
 
 def test_a_data_set_is_never_overwritten(tmp_path):

@@ -348,7 +348,10 @@ def test_output_node_classes_cover_every_output():
 
 
 def test_check_rgb_sequence():
+    """Catches: a sequence of streaming volumes (a vector volume subclass: Slicer's mkv/webm reader, OpenIGTLink
+    VIDEO) refused as not RGB."""
     run.check_rgb_sequence("vtkMRMLVectorVolumeNode")
+    run.check_rgb_sequence("vtkMRMLStreamingVolumeNode")
     for bad in ("vtkMRMLScalarVolumeNode", None):
         with pytest.raises(ValueError, match="RGB vector volumes"):
             run.check_rgb_sequence(bad)

@@ -75,11 +75,29 @@ def test_temporal_uses_one_depth_mapping_for_the_clip(model, clip, one_torch_thr
     path, _ = clip
     frames = list(sd.depth_stream(model, path, temporal=True, input_size=SIZE))
     coefficients = []
-    for f in frames:  # 1/depth = s * prediction + t wherever depth is defined
-        ok = f.valid
+    near, far = DEFAULT_DEPTH_RANGE_MM
+    for f in frames:  # 1/depth = s * prediction + t wherever depth is defined and not clipped to the range
+        ok = f.valid & (f.depth_mm > near * 1.001) & (f.depth_mm < far * 0.999)
         s, t = np.polyfit(f.prediction[ok].astype(np.float64), 1.0 / f.depth_mm[ok].astype(np.float64), 1)
         coefficients.append((s, t))
     np.testing.assert_allclose(coefficients, [coefficients[0]] * len(frames), rtol=1e-4, atol=1e-9)
+
+
+def test_temporal_depth_stays_inside_the_range_on_every_tissue_pixel(tmp_path):
+    """Catches: the temporal mapping (fixed by the first frame's percentiles 2 and 98) applied without clipping:
+    disparity in the tails, or a later frame's wider range, went past ``far`` or to ``1/z <= 0`` = NaN on tissue,
+    where the per-frame mapping clips to ``depth_range``."""
+    base = np.linspace(1.0, 2.0, 400, dtype=np.float32).reshape(20, 20)
+    tails = base.copy()
+    tails[0, :5] = [0.01, -0.5, 0.02, 3.0, 5.0]  # far below / above the 2-98 % band
+    saved = _saved(tmp_path / "p", [tails, tails * 1.0])
+    rgbs = [np.zeros((20, 20, 3), np.uint8)] * 2
+    plain = list(sd.depth_stream(saved, rgbs, depth_range=(5.0, 120.0), fov_mask=None))
+    steady = list(sd.depth_stream(saved, rgbs, depth_range=(5.0, 120.0), fov_mask=None, temporal=True))
+    for f in steady:
+        assert f.valid.all()
+        assert 5.0 - 1e-4 <= f.depth_mm.min() and f.depth_mm.max() <= 120.0 + 1e-3
+    np.testing.assert_allclose(steady[0].depth_mm, plain[0].depth_mm, rtol=1e-5)  # first frame: the same mapping
 
 
 def _saved(folder: Path, maps: list[np.ndarray], kind: str = "disparity") -> SavedPredictions:
@@ -112,6 +130,21 @@ def test_saved_predictions_errors_name_the_file(tmp_path):
         list(sd.depth_stream(saved, [np.zeros((5, 4, 3), np.uint8)]))
     with pytest.raises(FileNotFoundError, match=INFO_NAME):
         SavedPredictions(tmp_path)
+
+
+def test_max_frames_reads_no_source_frame_past_the_last_one_used(tmp_path):
+    """Catches: ``stop = start + max_frames * stride``, which asked a live iterable for up to ``stride - 1``
+    frames after the last selected one (a live source blocks waiting for frames that are then skipped)."""
+    saved = _saved(tmp_path / "p", [np.linspace(1, 2, 12, dtype=np.float32).reshape(3, 4)] * 6)
+    served = []
+
+    def source():
+        for i in range(100):
+            served.append(i)
+            yield np.zeros((3, 4, 3), np.uint8)
+
+    out = list(sd.depth_stream(saved, source(), start=2, stride=3, max_frames=2, fov_mask=None))
+    assert [f.index for f in out] == [2, 5] and served == list(range(6))
 
 
 @pytest.mark.parametrize("kwargs, name", [({"stride": 0}, "stride"), ({"start": -1}, "start"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import http.server
+import json
 import re
 import threading
 import urllib.request
@@ -190,3 +191,53 @@ def test_http_download_checks_pinned_size_and_digest(http_served, monkeypatch):
     with pytest.raises(ValueError, match="does not match the expected"):
         weights.download("surgical-depth-tiny", cache)
     assert cache.is_dir() and not any(cache.iterdir())  # the folder was there before these failed downloads
+
+
+# --- the download command ---
+
+@pytest.mark.parametrize("mode", ["jsonl", "none"])
+def test_cli_download_follows_progress_mode(mode, served, capsys):
+    """Catches: ``download`` drawing its own tqdm bar on stderr whatever ``--progress`` says, and emitting no
+    progress events (nor a final ``done``) with ``--progress jsonl``."""
+    from SurgicalDepthLib.cli import main
+
+    _, digest, cache = served
+    assert main(["download", "surgical-depth-tiny", "--cache-dir", str(cache), "--sha256", digest,
+                 "--progress", mode]) == 0
+    out, err = capsys.readouterr()
+    assert not re.search(r"\d+%\||B/s|it/s", err), err  # no tqdm bar
+    size = (cache / "depth_anything_v2_vitt.pth").stat().st_size
+    if mode == "none":
+        assert out.strip() == f"saved surgical-depth-tiny to {cache / 'depth_anything_v2_vitt.pth'}"
+        return
+    events = [json.loads(line) for line in out.splitlines()]  # stdout holds JSON objects only
+    progress = [e for e in events[:-1] if e["event"] == "progress"]
+    assert len(progress) == len(events) - 1 and {e["stage"] for e in progress} == {"download"}
+    assert progress[-1]["step"] == progress[-1]["total"] == size
+    assert events[-1] == {"event": "done", "name": "surgical-depth-tiny",
+                          "path": str(cache / "depth_anything_v2_vitt.pth")}
+
+
+def test_cli_download_errors_name_the_url_and_the_flag(served, tmp_path, monkeypatch, capsys):
+    """Catches: an unreachable server reported as "<urlopen error [Errno -2] ...>" (no URL, no model name) and a
+    ``--cache-dir`` that is a file reported as "[Errno 17] File exists: ..." (no flag)."""
+    import socket
+
+    from SurgicalDepthLib.cli import main
+
+    _, digest, cache = served
+    with socket.socket() as s:  # a local port nothing listens on: connection refused, no network needed
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}/depth_anything_v2_vitt.pth"
+    _pin(monkeypatch, "surgical-depth-tiny", url=url)
+    args = ["download", "surgical-depth-tiny", "--sha256", digest, "--progress", "none"]
+    assert main([*args, "--cache-dir", str(cache)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"surgical-depth download: error: download surgical-depth-tiny: cannot reach {url} (")
+    assert not cache.exists()
+    blocking = tmp_path / "good.png"
+    blocking.write_bytes(b"png")
+    for folder, says in [(blocking, "is a file"), (blocking / "sub", f"lies under the file {blocking}")]:
+        assert main([*args, "--cache-dir", str(folder)]) == 2
+        assert capsys.readouterr().err.strip() == f"surgical-depth download: error: --cache-dir {folder} {says}; " \
+                                                  "give a folder"

@@ -141,6 +141,23 @@ def test_servct_rgb_without_depth(tmp_path):
     assert sdt.open_dataset("servct", tmp_path, skip_bad=True).skipped == 1
 
 
+def test_servct_toolkit_folder_names_and_rgb_reference_of_one_experiment(tmp_path):
+    """Catches: ``reference="RGB"`` refusing the authors' toolkit layout (``Ground_truth_RGB/DepthL``, beside
+    ``Ground_truth_CT``), and on the data set's root failing on the experiment that has no RGB reference."""
+    for n, rgb_reference in ((1, False), (2, True)):
+        exp = tmp_path / f"Experiment_{n}"
+        _png(exp / "Left_rectified" / "001.png", _bgr(4, 5))
+        _png(exp / "Ground_truth_CT" / "DepthL" / "001.png", np.full((4, 5), 2560, np.uint16))
+        if rgb_reference:
+            _png(exp / "Ground_truth_RGB" / "DepthL" / "001.png", np.full((4, 5), 22656, np.uint16))
+    assert len(sdt.open_dataset("servct", tmp_path)) == 2  # CT: both experiments
+    rgb = sdt.open_dataset("servct", tmp_path, reference="RGB")
+    assert len(rgb) == 1 and rgb[0]["depth"][0, 0] == pytest.approx(88.5)
+    assert len(sdt.open_dataset("servct", tmp_path, reference="RGB", split="2")) == 1
+    with pytest.raises(DatasetError, match=r"Experiment_1.*RGB image has no depth file"):  # asked for by name
+        sdt.open_dataset("servct", tmp_path, reference="RGB", split="1")
+
+
 # ------------------------------------------------------------------------------------------------ Hamlyn
 def test_hamlyn_mm_png_and_intrinsics(tmp_path):
     seq = tmp_path / "rectified01"
@@ -268,6 +285,11 @@ def test_colondepth_8_and_16_bit(tmp_path):
     np.testing.assert_allclose(ds[0]["depth"][0], [0, 40.0, 200.0], rtol=1e-6)
     np.testing.assert_allclose(ds[1]["depth"][0], [0, 100.0, 200.0], rtol=1e-6)
     assert len(sdt.open_dataset("colondepth", tmp_path, split="T2")) == 1
+    # copies of the set name the folders C_T1_L1_1_resized: split "T1" must still find them (and not T2's)
+    _png(tmp_path / "C_T1_L2_3_resized" / "FrameBuffer_0000.png", _bgr(2, 3))
+    _png(tmp_path / "C_T1_L2_3_resized" / "Depth_0000.png", np.array([[0, 51, 255]] * 2, np.uint8))
+    assert len(sdt.open_dataset("colondepth", tmp_path, split="T1")) == 2
+    assert len(sdt.open_dataset("colondepth", tmp_path, split="C_T1")) == 1
     assert sdt.open_dataset("colondepth", tmp_path, full_scale_mm=100)[0]["depth"][0, 2] == pytest.approx(100)
 
 

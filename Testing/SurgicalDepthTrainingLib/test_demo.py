@@ -65,3 +65,14 @@ def test_demo_rejects_bad_arguments(tmp_path, capsys):
     assert main(["demo", "--output", str(tmp_path / "x"), "--frames", "1"]) == 2
     assert "--frames must be >= 2" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("flag, expected", [(["--seed", "-1"], "--seed must be >= 0, got -1"),
+                                            (["--size", "0", "0"], "--size H must be an int >= 8, got 0"),
+                                            (["--size", "64", "3"], "--size W must be an int >= 8, got 3")])
+def test_demo_errors_name_the_flag_before_rendering(flag, expected, tmp_path, capsys):
+    """Catches: ``demo --seed -1`` failing with numpy's "expected non-negative integer" and ``--size 0 0`` with
+    "SceneConfig.height ...", neither naming the flag, after the progress bar had started."""
+    assert main(["demo", "--output", str(tmp_path / "x"), "--model", "random:surgical-depth-tiny", *flag]) == 2
+    assert capsys.readouterr().err.strip() == f"surgical-depth demo: error: {expected}"
+    assert not (tmp_path / "x").exists()

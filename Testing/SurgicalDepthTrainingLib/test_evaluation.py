@@ -156,6 +156,26 @@ def test_cli_evaluate_bad_input_leaves_no_report(tmp_path, capsys, bad):
     assert list(tmp_path.glob("*.json")) == [] and list(tmp_path.glob(".*")) == []
 
 
+def test_cli_evaluate_never_writes_its_calibration_and_reads_table_reports_first(tmp_path, capsys):
+    """Catches: ``--output`` replacing the run's own ``--intrinsics`` file (with --overwrite), and a bad
+    ``--table-reports`` file found only after the evaluation had written its report."""
+    from SurgicalDepthLib.camera import Intrinsics
+
+    write_folder_dataset(tmp_path / "data", 1)
+    calib = tmp_path / "scope.json"
+    calib.write_text(json.dumps(Intrinsics.from_fov(56, 42, 100.0).to_dict()))
+    before = calib.read_text()
+    (tmp_path / "bad.json").write_text("not json")
+    common = ["evaluate", "--dataset", "folder", "--root", str(tmp_path / "data"), "--model",
+              "random:surgical-depth-tiny", "--input-size", "56", "--device", "cpu"]
+    rc = main([*common, "--intrinsics", str(calib), "--output", str(calib), "--overwrite"])
+    assert rc == 2 and "--intrinsics" in capsys.readouterr().err and calib.read_text() == before
+    rc = main([*common, "--output", str(tmp_path / "r.json"), "--table", str(tmp_path / "t.md"),
+               "--table-reports", str(tmp_path / "bad.json")])
+    assert rc == 2 and "bad.json" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists() and not (tmp_path / "t.md").exists()
+
+
 def test_cli_evaluate_intrinsics_file_corrects_to_the_lens(tmp_path, capsys):
     """Catches: ``--intrinsics`` not reaching the data set (a folder data set has no camera of its own, so nothing
     would be corrected), the reference lens lost when a checkpoint is saved and loaded, and ``lens_correction``

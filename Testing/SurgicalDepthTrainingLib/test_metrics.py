@@ -167,3 +167,23 @@ def test_broken_predictions_are_never_rewarded():
     expected = np.where(np.isfinite(pred) & (pred > 0), 0.0, np.abs(100.0 - gt) / gt).mean()
     assert m["abs_rel"] == pytest.approx(expected) and m["abs_rel"] > 0.3
     assert m["a1"] < 0.6
+
+
+def test_an_all_broken_map_is_scored_at_the_cap_not_an_error():
+    """Catches: an image whose every prediction is NaN or <= 0 (e.g. an fp16 overflow) aborting the whole
+    evaluation with "no valid pixel" instead of being scored at the cap, as the protocol scores one broken pixel."""
+    from SurgicalDepthTrainingLib.evaluation import evaluate_predictions
+    from SurgicalDepthTrainingLib.metrics import depth_metrics
+
+    gt = np.array([[10.0, 20.0], [40.0, 80.0]])
+    for kind, broken in (("depth", np.full_like(gt, np.nan)), ("depth", np.zeros_like(gt)),
+                         ("disparity", np.full_like(gt, np.nan))):
+        m = depth_metrics(broken, gt, pred_kind=kind, max_depth=100.0)
+        assert m["abs_rel"] == pytest.approx(np.mean((100.0 - gt) / gt)) and m["n_broken"] == 4
+    report = evaluate_predictions([("good", gt * 2, gt, None), ("nan", np.full_like(gt, np.nan), gt, None)],
+                                  pred_kind="depth", min_depth=1e-3, max_depth=100.0)
+    assert [r["name"] for r in report["per_image"]] == ["good", "nan"]
+    with pytest.raises(ValueError, match="max_depth"):  # without a cap it still cannot be scored
+        depth_metrics(np.full_like(gt, np.nan), gt)
+    with pytest.raises(ValueError, match="no valid pixel"):  # no ground truth at all: still an error
+        depth_metrics(gt, np.zeros_like(gt), max_depth=100.0)

@@ -1,6 +1,8 @@
 """Synthetic scenes: exact depth on the implicit surfaces, multi-view consistency, determinism, frame contract."""
 from __future__ import annotations
 
+import dataclasses
+
 import cv2
 import numpy as np
 import pytest
@@ -150,6 +152,31 @@ def test_config_validation():
     assert SceneConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(TypeError):
         SceneGenerator({"organ": "colon"})
+
+
+_FLOAT_FIELDS = [f.name for f in dataclasses.fields(SceneConfig) if f.type == "float"]
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("name", _FLOAT_FIELDS)
+def test_config_rejects_non_finite_floats(name, value):
+    """Catches: NaN passing every ``< 0`` check (``noise=nan`` rendered an all-black data set) and infinities
+    accepted or failing later without the field's name (``polyps=inf``: "lam value too large")."""
+    with pytest.raises(ValueError, match=rf"^SceneConfig\.{name} must be a finite number, got -?(nan|inf)$"):
+        SceneConfig(**{name: value})
+
+
+@pytest.mark.parametrize("flag", ["--noise", "--polyps", "--blur"])
+def test_synth_cli_names_the_flag_of_a_nan(flag, tmp_path, capsys):
+    """Catches: ``synth --noise nan`` writing an all-black data set with exit code 0, and ``--blur nan`` failing
+    with "cannot convert float NaN to integer" that names no flag."""
+    from SurgicalDepthLib.cli import main
+
+    out = tmp_path / "clip"
+    assert main(["synth", "--output", str(out), "--size", "32x40", "--frames", "1", flag, "nan",
+                 "--progress", "none"]) == 2
+    assert f"error: {flag} must be a finite number, got nan" in capsys.readouterr().err
+    assert not out.exists()
 
 
 @pytest.mark.parametrize("organ", ["colon", "surgical_field"])

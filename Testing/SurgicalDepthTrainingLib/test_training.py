@@ -458,9 +458,11 @@ def test_cli_config_errors_name_the_flag(tmp_path, capsys):
     from SurgicalDepthLib.cli import main
 
     root = write_folder(tmp_path / "data", 3)
-    for flag, value in (("--seed", "-1"), ("--lr", "inf"), ("--checkpoint-minutes", "-2"), ("--val-fraction", "1")):
+    # --min-depth above --max-depth: once found only at the first validation, after the run folder was written
+    for flag, value in (("--seed", "-1"), ("--lr", "inf"), ("--checkpoint-minutes", "-2"), ("--val-fraction", "1"),
+                        ("--min-depth", "10")):
         rc = main(["train", "--dataset", "folder", "--root", str(root), "--output", str(tmp_path / "o"), flag, value,
-                   "--progress", "none"])
+                   "--max-depth", "5", "--progress", "none"])
         err = capsys.readouterr().err.strip()
         assert rc == 2 and err.startswith(f"surgical-depth train: error: {flag} must") and value in err, err
     assert not (tmp_path / "o").exists()

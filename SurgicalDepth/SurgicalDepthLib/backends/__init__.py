@@ -181,11 +181,11 @@ def export_model(source: str | os.PathLike | torch.nn.Module, path: str | os.Pat
         if hints:
             raise ValueError(f"{source_path} states its architecture in its metadata; hints apply to weight files")
         from ._metadata import read_metadata
-        from .openvino_model import read_rt_info, save_openvino
+        from .openvino_model import read_ov_model, read_rt_info, save_openvino
 
         if not source_path.is_file():
             raise FileNotFoundError(f"ONNX file {source_path} does not exist")
-        ov_model = require("openvino", "export --format openvino").Core().read_model(str(source_path))
+        ov_model = read_ov_model(source_path, "export --format openvino")
         config, origin, _ = read_metadata(lambda name: read_rt_info(ov_model, name), str(source_path))
         return save_openvino(ov_model, path, graph_metadata(config, origin, precision), precision)
     if isinstance(source, torch.nn.Module):

@@ -52,12 +52,17 @@ class OnnxRuntimeModel(CompiledDepthModel):
         Args:
             precision: ``auto`` or the file's own precision (ONNX Runtime runs the graph as it is).
         Raises:
-            FileNotFoundError: no such file. ValueError: no SurgicalDepth metadata, or another precision asked.
+            FileNotFoundError: no such file. ValueError: not an ONNX file ONNX Runtime reads, no SurgicalDepth
+            metadata, or another precision asked.
         """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"ONNX file {path} does not exist")
-        session = _session(path)
+        try:
+            session = _session(path)
+        except Exception as exc:  # ONNX Runtime's errors (InvalidProtobuf, Fail, ...) have no common base but this
+            message = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+            raise ValueError(f"{path}: not a readable ONNX model: {message}") from exc
         meta = session.get_modelmeta().custom_metadata_map
         config, source, stored = read_metadata(lambda name: meta.get(PREFIX + name), str(path))
         if precision not in ("auto", stored):

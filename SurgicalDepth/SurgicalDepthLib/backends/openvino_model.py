@@ -94,15 +94,42 @@ class OpenVINOModel(CompiledDepthModel):
 
         Args:
             precision: ``auto`` (the precision recorded at export) or ``fp32|fp16|bf16``.
+        Raises:
+            FileNotFoundError: no such file, or an ``.xml`` without its ``.bin``. ValueError: not a model OpenVINO
+            reads, or no SurgicalDepth metadata.
         """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"model file {path} does not exist")
         if path.suffix.lower() == ".xml" and not path.with_suffix(".bin").is_file():
             raise FileNotFoundError(f"{path}: its weights {path.with_suffix('.bin').name} are missing beside it")
-        ov_model = require("openvino", "backend='openvino'").Core().read_model(str(path))
+        ov_model = read_ov_model(path, "backend='openvino'")
         config, source, stored = read_metadata(lambda name: read_rt_info(ov_model, name), str(path))
         return cls(ov_model, config, source=source, precision=stored if precision == "auto" else precision)
+
+
+def read_ov_model(path: Path, needed_by: str) -> Any:
+    """The ``openvino.Model`` of an IR ``.xml`` (its ``.bin`` beside it) or an ``.onnx`` file.
+
+    The file is first checked by the frontend of its suffix: on a file it does not recognise, ``read_model`` tries
+    every frontend in turn (TensorFlow's logs its own parse errors to stderr) before failing.
+
+    Args:
+        needed_by: what needs OpenVINO, for the error if it is not installed.
+    Raises:
+        ValueError: ``path`` is not a model OpenVINO reads (the message names it and gives OpenVINO's reason).
+    """
+    ov = require("openvino", needed_by)
+    framework, kind = ("onnx", "ONNX") if path.suffix.lower() == ".onnx" else ("ir", "OpenVINO IR")
+    from openvino.frontend import FrontEndManager
+
+    if not FrontEndManager().load_by_framework(framework).supported(str(path)):
+        raise ValueError(f"{path}: not a readable {kind} model (OpenVINO's {framework} reader does not recognise it)")
+    try:
+        return ov.Core().read_model(str(path))
+    except RuntimeError as exc:  # OpenVINO's lines ending in ':' locate its source ("Exception from src/...cpp:84:")
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip() and not line.rstrip().endswith(":")]
+        raise ValueError(f"{path}: not a readable {kind} model: {lines[0] if lines else exc}") from exc
 
 
 def ov_from_onnx(graph: bytes) -> Any:

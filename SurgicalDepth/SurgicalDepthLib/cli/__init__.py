@@ -91,6 +91,14 @@ def check_output_not_an_input_folder(output: Path, sources: Iterable[str | os.Pa
                            "would be read as frames by the next run; choose another output folder")
 
 
+def input_paths(sources: Iterable[str | os.PathLike]) -> list[Path]:
+    """The files and folders that frame sources read (a glob: its folder), for ``RunFolder(inputs=)``, checked
+    before anything is cleared or written: FileNotFoundError / ValueError naming a missing or unsupported one."""
+    from ..video import frame_source_kind, glob_folder  # lazy: OpenCV only for the commands that read frames
+
+    return [glob_folder(source) if frame_source_kind(source) == "glob" else Path(source) for source in sources]
+
+
 def check_intrinsics_arg(text: str | None) -> None:
     """``--intrinsics`` before any work: an existing calibration file or four positive numbers ``fx,fy,cx,cy``
     (a file is read later, for each frame size: it may be rescaled to it); CliError naming the value otherwise."""

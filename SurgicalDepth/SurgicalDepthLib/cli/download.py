@@ -2,6 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import urllib.error
+from pathlib import Path
+
+from . import progress_of
 
 
 def register(subparsers) -> None:
@@ -18,21 +22,43 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _check_cache_dir(cache_dir: str | None) -> None:
+    """Refuse a ``--cache-dir`` that is (or lies under) a file, naming the flag, before anything is created."""
+    if cache_dir is None:
+        return
+    folder = Path(cache_dir)
+    blocking = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    if blocking is not None and not blocking.is_dir():
+        where = "is a file" if blocking == folder else f"lies under the file {blocking}"
+        raise ValueError(f"--cache-dir {folder} {where}; give a folder")
+
+
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+    from ..weights import WEIGHTS, download
 
-    from ..weights import download
-
-    bar = tqdm(unit="B", unit_scale=True, desc=args.name)
+    _check_cache_dir(args.cache_dir)
+    url = WEIGHTS[args.name].url
+    stage = None  # opened at the first block, when the size (Content-Length, 0 = unknown) is known
 
     def progress(done: int, total: int) -> None:
-        bar.total = total or None
-        bar.update(done - bar.n)
+        nonlocal stage
+        if stage is None:
+            stage = progress_of(args).stage("download", total or None, unit="B", desc=args.name)
+        stage.update(done - stage.step)
 
     try:
         path = download(args.name, args.cache_dir, sha256=args.sha256,
                         trust_on_first_use=args.trust_on_first_use, progress=progress)
+    except urllib.error.URLError as exc:  # urllib's str() is "<urlopen error ...>" without the URL
+        reason = getattr(exc.reason, "strerror", None) or exc.reason
+        if isinstance(exc, urllib.error.HTTPError):
+            reason = f"HTTP {exc.code} {exc.reason}"
+        raise OSError(f"download {args.name}: cannot reach {url} ({reason})") from None
+    except (TimeoutError, ConnectionError) as exc:  # the connection lost while reading
+        raise OSError(f"download {args.name}: {url} stopped answering ({str(exc) or type(exc).__name__})") from None
     finally:
-        bar.close()
+        if stage is not None:
+            stage.close()
     print(f"saved {args.name} to {path}")
+    args.result = {"name": args.name, "path": str(path)}
     return 0

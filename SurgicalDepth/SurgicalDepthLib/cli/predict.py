@@ -42,7 +42,7 @@ from ..saved_predictions import INFO_NAME, write_info
 from ..stream import DepthFrame, depth_stream
 from ..video import FrameReader, frame_source_images, frame_source_kind, open_frames, read_image, write_image
 from . import (FOV_MASK_HELP, OVERWRITE_HELP, CliError, add_model_args, check_intrinsics_arg,
-               check_output_not_an_input_folder, fov_mask_arg, progress_of)
+               check_output_not_an_input_folder, fov_mask_arg, input_paths, progress_of)
 
 logger = logging.getLogger(__name__)
 
@@ -284,8 +284,7 @@ def run(args: argparse.Namespace) -> int:
     check_intrinsics_arg(args.intrinsics)
     check_output_not_an_input_folder(args.output, args.inputs)
     _check_video_options(args)
-    explicit = [Path(text) for text in args.inputs if Path(text).is_file()]
-    with RunFolder(args.output, "predict", inputs=explicit, overwrite=args.overwrite) as out:
+    with RunFolder(args.output, "predict", inputs=input_paths(args.inputs), overwrite=args.overwrite) as out:
         images, sources = _plan(args)  # after an --overwrite cleared the earlier run: its outputs are no inputs
         sequences = [(_open_sequence(source, args), name) for source, name in sources]  # opened once
         lenses: dict[tuple[int, int], Any] = {}  # input size -> calibrated camera

@@ -30,7 +30,7 @@ from ..saved_predictions import SavedPredictions
 from ..stream import depth_stream
 from ..video import open_frames
 from . import (FOV_MASK_HELP, OVERWRITE_HELP, CliError, add_depth_range_arg, add_model_args,
-               check_output_not_an_input_folder, fov_mask_arg, progress_of)
+               check_output_not_an_input_folder, fov_mask_arg, input_paths, progress_of)
 
 logger = logging.getLogger(__name__)
 
@@ -188,7 +188,10 @@ def _write_fusion(out: RunFolder, args: argparse.Namespace, fusion: _Fusion, met
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
     check_output_not_an_input_folder(args.output, (args.input, args.depth))
-    inputs = [p for p in (Path(args.input), args.poses, args.depth) if p is not None and Path(p).is_file()]
+    for flag, path in (("--poses", args.poses), ("--depth", args.depth)):  # before an --overwrite clears anything
+        if path is not None and not Path(path).exists():
+            raise CliError(f"{flag} {path} does not exist")
+    inputs = input_paths([args.input]) + [Path(p) for p in (args.poses, args.depth) if p is not None]
     with RunFolder(args.output, "reconstruct", inputs=inputs, overwrite=args.overwrite) as out:
         reader, intr, poses = _open_input(args)
         out.protect(reader.files or [])

@@ -19,6 +19,7 @@ import logging
 import math
 import signal
 import threading
+from pathlib import Path
 
 from . import CliError, add_depth_range_arg, add_model_args, check_intrinsics_arg, fov_mask_arg, progress_of
 
@@ -74,6 +75,37 @@ def _check_args(args: argparse.Namespace) -> None:
     if not args.status_interval > 0:
         raise CliError(f"--status-interval must be > 0 seconds, got {args.status_interval:g}")
     check_intrinsics_arg(args.intrinsics)
+    _check_calibration_file(args.intrinsics)
+
+
+def _check_calibration_file(text: str | None) -> None:
+    """Read the calibration file ``--intrinsics`` names before the service starts, so an unreadable one stops the
+    command here (exit 2) instead of being logged at the first frame.
+
+    A file that states its image size is read in full. One that does not holds pixels of the frames' size and is
+    read again per frame size; its readers check the text before they need the size, so an error that a read at
+    another size repeats is about the text (a read without a size fails for the size alone on a good file).
+    """
+    if text is None or not Path(text).is_file():
+        return  # none, or 'fx,fy,cx,cy' (check_intrinsics_arg)
+    from ..calibration_files import file_states_size
+    from ..camera import Intrinsics
+
+    path = Path(text)
+    try:
+        try:
+            Intrinsics.from_file(path)
+        except ValueError as unsized:
+            if file_states_size(path):
+                raise
+            try:
+                Intrinsics.from_file(path, 1, 1)
+            except ValueError as sized:
+                if str(sized) == str(unsized):
+                    raise
+    except (OSError, ValueError) as exc:
+        message = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
+        raise CliError(f"--intrinsics: {message}") from None
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 from SurgicalDepthLib.cli import DEVICE_HELP, INPUT_SIZE_HELP, OVERWRITE_HELP, input_size_arg, progress_of
@@ -20,6 +21,22 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _check_scene(args: argparse.Namespace) -> None:
+    """``--seed`` and ``--size`` before anything is rendered or written; errors name the flag (the size limits are
+    :class:`~SurgicalDepthTrainingLib.synthetic.SceneConfig`'s)."""
+    from ..synthetic import SceneConfig
+
+    if args.seed < 0:
+        raise ValueError(f"--seed must be >= 0, got {args.seed}")
+    try:
+        SceneConfig(height=args.size[0], width=args.size[1], seed=args.seed)
+    except ValueError as exc:
+        found = re.match(r"SceneConfig\.(height|width) ", str(exc))
+        if found is None:
+            raise
+        raise ValueError(f"--size {found.group(1)[0].upper()}{str(exc)[found.end(1):]}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from SurgicalDepthLib.run_folder import RunFolder
 
@@ -27,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.frames < 2:
         raise ValueError(f"--frames must be >= 2, got {args.frames}")
+    _check_scene(args)
     config = DemoConfig(output=args.output, model=args.model, frames=args.frames, height=args.size[0],
                         width=args.size[1], seed=args.seed, input_size=args.input_size, device=args.device)
     with RunFolder(args.output, "demo", overwrite=args.overwrite) as out, \

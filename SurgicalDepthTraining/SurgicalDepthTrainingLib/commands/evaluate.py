@@ -2,8 +2,8 @@
 
 Output files (``--output``, ``--table``, ``--figure``) are checked before anything runs: an existing file is
 replaced only with ``--overwrite``, and a file inside the dataset root or an input folder (a Hugging Face model
-folder), or one of the input files (the model, ``--table-reports``), is never written, ``--overwrite`` or not: a
-dataset's own files are never a valid output.
+folder), or one of the input files (the model, ``--table-reports``, ``--intrinsics``), is never written,
+``--overwrite`` or not: a dataset's own files are never a valid output.
 """
 from __future__ import annotations
 
@@ -79,6 +79,8 @@ def _check_outputs(args: argparse.Namespace) -> None:
     model = Path(args.model)
     folders = [("the dataset root --root", args.root)]
     files = [("--table-reports", p) for p in args.table_reports]
+    if args.intrinsics is not None:
+        files.append(("the calibration --intrinsics", args.intrinsics))
     if model.is_dir():  # a Hugging Face model folder
         folders.append(("the model folder --model", model))
     elif model.is_file():
@@ -144,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
     from SurgicalDepthTrainingLib.reports import (markdown_table, qualitative_figure, read_report, write_report,
                                                   write_table)
 
+    earlier_reports = [read_report(p) for p in args.table_reports]  # a bad one fails before anything is written
     options = {"intrinsics": args.intrinsics} if args.intrinsics is not None else {}
     dataset = open_dataset(args.dataset, args.root, args.split, **options)
     model = sd.load_model(args.model, device=args.device)
@@ -161,7 +164,7 @@ def run(args: argparse.Namespace) -> int:
     write_report(report, args.output)
     if args.table is not None:
         by_model: dict[str, list[dict]] = {}
-        for earlier in [read_report(p) for p in args.table_reports] + [report]:
+        for earlier in earlier_reports + [report]:
             by_model.setdefault(Path(str(earlier.get("model", "?"))).name, []).append(earlier)
         write_table(markdown_table(by_model), args.table)
     if rows is not None:

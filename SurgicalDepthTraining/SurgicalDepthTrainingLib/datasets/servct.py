@@ -12,8 +12,9 @@ MedIA 76:102302, 2022 (PMC8961000); data: ucl.ac.uk/interventional-surgical-scie
 ```
 - Depth: uint16 PNG, ``depth_mm = value / 256`` (disparity and depth are both stored in 1/256 units, e.g.
   2560 -> 10 mm); 0 = no reference (invalid). 8-bit is refused. Occlusion masks are not applied.
-- ``reference="CT"`` (default) or ``"RGB"`` picks ``Reference_CT`` or ``Reference_RGB``; an older
-  ``Ground_truth_CT/DepthL`` folder name is accepted for ``"CT"``.
+- ``reference="CT"`` (default) or ``"RGB"`` picks ``Reference_CT`` or ``Reference_RGB``; the names of the
+  authors' toolkit (surgical-vision/servcttk), ``Ground_truth_CT`` and ``Ground_truth_RGB``, are accepted too. The
+  RGB reference exists for some experiments only: without a ``split``, experiments lacking it are left out.
 - Intrinsics: K = the left 3x3 of ``P1`` from ``Rectified_calibration/<frame>.json`` (rectified camera, no
   distortion), else None.
 - ``split``: experiment names (``"Experiment_1"`` or ``"1"``), comma-separated or a list.
@@ -59,7 +60,7 @@ class SERVCT(DepthDataset):
         return "expected Experiment_N/Left_rectified/NNN.png + Experiment_N/Reference_CT/DepthL/NNN.png"
 
     def _depth_dir(self, exp: Path) -> Path | None:
-        names = ("Reference_CT", "Ground_truth_CT") if self.reference == "CT" else ("Reference_RGB",)
+        names = (f"Reference_{self.reference}", f"Ground_truth_{self.reference}")
         ref = child_dir(exp, *names)
         return child_dir(ref, "DepthL") if ref is not None else None
 
@@ -71,6 +72,8 @@ class SERVCT(DepthDataset):
                 continue
             left = child_dir(exp, "Left_rectified")
             ddir = self._depth_dir(exp)
+            if ddir is None and self.reference == "RGB" and wanted is None:
+                continue  # the RGB-refined reference exists for some experiments only (Experiment_2)
             depths = {} if ddir is None else {p.stem: p for _, p in sorted_files(ddir, _PNG)}
             for _, rgb in sorted_files(left, _PNG):
                 depth = depths.get(rgb.stem)

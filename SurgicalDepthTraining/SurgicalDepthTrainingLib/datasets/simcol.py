@@ -185,7 +185,8 @@ class ColonDepth(_UnityColon):
     does not state the depth-image scale). We assume the convention of the same authors' later SimCol3D release
     (same Unity pipeline): depth normalised to [0, 1] with 1.0 = 20 cm. We read an 8-bit file as
     ``value / 255 * 200`` mm and a 16-bit file as SimCol3D's ``value / 65280 * 200`` mm. 0 = invalid. Change
-    the scale with ``full_scale_mm=``. Intrinsics are not published: None (pass ``intrinsics=``). ``split``: folder-name prefixes, e.g. ``"T1"`` or ``"T1,T2"`` (texture subsets).
+    the scale with ``full_scale_mm=``. Intrinsics are not published: None (pass ``intrinsics=``). ``split``: folder-name prefixes, e.g. ``"T1"`` or ``"T1,T2"`` (texture subsets; a folder named with a leading
+    ``C_``, as in copies of the set, ``C_T1_L1_1_resized``, matches ``"T1"`` too).
     """
 
     name = "colondepth"
@@ -201,7 +202,9 @@ class ColonDepth(_UnityColon):
 
     def _keep(self, seq: Path) -> bool:
         wanted = select_split([], self.split, self.name)
-        return wanted is None or any(seq.name.lower().startswith(w) for w in wanted)
+        name = seq.name.lower()
+        name = name[2:] if name.startswith("c_") else name  # copies named C_T1_L1_1_resized (C for colon)
+        return wanted is None or any(name.startswith(w) or seq.name.lower().startswith(w) for w in wanted)
 
     def decode_depth(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
         raw = read_raw(path)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +72,11 @@ class SceneConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 8:
                 raise ValueError(f"SceneConfig.{name} must be an int >= 8, got {value!r}")
+        for field in dataclasses.fields(self):  # NaN passes every `< 0` test below; inf no range check
+            value = getattr(self, field.name)
+            if field.type == "float" and not (isinstance(value, numbers.Real) and not isinstance(value, bool)
+                                              and math.isfinite(value)):
+                raise ValueError(f"SceneConfig.{field.name} must be a finite number, got {value!r}")
         limit = 170.0 if self.fisheye else 150.0
         if not 10.0 <= self.fov_deg <= limit:
             raise ValueError(f"SceneConfig.fov_deg must be in [10, {limit}] (fisheye={self.fisheye}), "
