@@ -265,7 +265,7 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
         ``process(volume=volume, **options)`` makes the run from the current image, then a ``live_worker.LiveWorker``
         thread infers each newest image with its model and field of view and a timer shows the results in place in the
         run's proxies; the sequences keep the first ``recordFrames`` images (1 at least); ``onUpdate(text)``: status."""
-        from SurgicalDepthLib.live_worker import LiveWorker, worker_options
+        from SurgicalDepthLib.live_worker import LiveWorker, new_image_event, worker_options
         self.stopLive()
         nodes = self.process(volume=volume, model=model, **options)
         worker = LiveWorker(nodes.model, **worker_options(  # the run's model and field of view
@@ -273,11 +273,7 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
         timer = qt.QTimer()  # polls the worker on the GUI thread (MRML only there), like Slicer's Endoscopy module
         timer.setInterval(30)
         timer.connect("timeout()", self._pollLive)
-        # a streaming volume (OpenIGTLink VIDEO, compressed IMAGE) announces a new frame with FrameModifiedEvent and
-        # decodes it only when its image is read (arrayFromVolume below), so ImageDataModifiedEvent may never come
-        imageChanged = (slicer.vtkMRMLStreamingVolumeNode.FrameModifiedEvent
-                        if volume.IsA("vtkMRMLStreamingVolumeNode") else slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent)
-        sceneClosing = slicer.mrmlScene.StartCloseEvent
+        imageChanged, sceneClosing = new_image_event(volume, slicer), slicer.mrmlScene.StartCloseEvent
         self._live = dict(worker=worker.start(), nodes=nodes, timer=timer, onUpdate=onUpdate, observed=[
             (volume, volume.AddObserver(imageChanged, lambda caller, event: worker.put(  # a copy: it changes in place
                 slicer.util.arrayFromVolume(volume).copy(), self._ijk(volume)))),

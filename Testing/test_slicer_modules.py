@@ -511,11 +511,13 @@ def test_surgical_depth_live_keeps_mrml_on_the_gui_thread():
     """Catches live depth that touches MRML from the worker thread, is not polled from the GUI thread, or leaves an
     observer or a running worker behind: the worker gets only the image copy and its geometry (from an observer of
     the volume's ImageDataModifiedEvent), a qt.QTimer polls it, and stopLive stops the timer, removes every
-    observer and joins the worker."""
+    observer and joins the worker. The image event is ``live_worker.new_image_event``'s (tested there), so a
+    streaming volume is followed by its FrameModifiedEvent."""
     tree = _tree(REPO / "SurgicalDepth" / "SurgicalDepth.py")
     start = ast.unparse(_method(tree, "SurgicalDepthLogic", "startLive"))
     assert "qt.QTimer()" in start and "timer.connect('timeout()', self._pollLive)" in start
-    assert "slicer.vtkMRMLVolumeNode.ImageDataModifiedEvent" in start and "slicer.mrmlScene.StartCloseEvent" in start
+    assert "new_image_event(volume, slicer)" in start and "slicer.mrmlScene.StartCloseEvent" in start
+    assert "volume.AddObserver(imageChanged" in start
     assert "worker.put(slicer.util.arrayFromVolume(volume).copy(), self._ijk(volume))" in start
     stop = ast.unparse(_method(tree, "SurgicalDepthLogic", "stopLive"))
     assert "timer'].stop()" in stop and "RemoveObserver(tag)" in stop and "worker'].stop(timeout=" in stop

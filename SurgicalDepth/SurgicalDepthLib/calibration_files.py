@@ -20,6 +20,15 @@ def read_calibration(path: Path, width: int | None = None, height: int | None = 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"intrinsics file not found: {path}")
+    try:
+        intr = _read_by_suffix(path, width, height)
+    except UnicodeDecodeError as exc:  # its own message names the codec and byte, not the file
+        raise ValueError(f"intrinsics file {path} is not a text file (byte {exc.start}: {exc.reason})") from None
+    _check_size(intr, width, height, path)
+    return intr
+
+
+def _read_by_suffix(path: Path, width: int | None, height: int | None) -> Intrinsics:
     suffix = path.suffix.lower()
     if suffix == ".json":
         try:
@@ -37,7 +46,6 @@ def read_calibration(path: Path, width: int | None = None, height: int | None = 
         intr = Intrinsics(**read_ocam_file(path))
     else:
         intr = _read_text_matrix(path, width, height)
-    _check_size(intr, width, height, path)
     return intr
 
 

@@ -113,17 +113,17 @@ def infer_config(state: dict[str, torch.Tensor], *, version: str | None = None, 
     encoder = next((e for e, s in ENCODERS.items() if s.embed_dim == width and s.depth == n_blocks), None)
     if encoder is None:
         raise CheckpointError(f"{name}: encoder of width {width} with {n_blocks} blocks is not a known DINOv2 size")
-    version = version or _version_from_name(Path(name).name if name else "")
+    base = Path(name).name.lower() if name else ""  # the file's own name: never the folders it lies in
+    version = version or _version_from_name(base)
     if version is None:
         raise CheckpointError(
             f"{name}: cannot tell Depth Anything V1 from V2 (same shapes, different decoder blocks); pass "
             "version='v1' or 'v2' to sd.load_model, or give the file its official name (e.g. "
             "depth_anything_v2_vits.pth or depth_anything_vits14.pth)")
     if head is None:
-        head = "metric" if (max_depth is not None or "metric" in name.lower()) else "relative"
+        head = "metric" if (max_depth is not None or "metric" in base) else "relative"
     if head == "metric" and max_depth is None:
-        lname = name.lower()
-        max_depth = 20.0 if "hypersim" in lname else 80.0 if "vkitti" in lname else None
+        max_depth = 20.0 if "hypersim" in base else 80.0 if "vkitti" in base else None
         if max_depth is None:
             raise CheckpointError(f"{name}: metric model without max_depth; pass max_depth=")
     return make_config(encoder, version, head, max_depth, features=int(features), out_channels=out_channels,

@@ -10,11 +10,11 @@ tissue, so no depth. :func:`detect_fov_mask` finds it from the first frames of a
 3. the dark pixels connected to the image edge are the border candidates; the rest, opened with a small kernel
    (cuts thin overlay text off), has one main component: the field of view is its convex hull (circles,
    octagons and rectangles are convex; the hull also keeps a dark lumen that touches the rim inside), less the
-   border pixels that are black rather than dark (blanked overlay boxes inside the hull), shrunk by ``margin`` of
-   the short side (the dim, blurred rim);
-4. it is accepted only when it leaves out at least ``min_outside`` of the image and what it leaves out is dark
-   (``min_dark_outside``: overlay text is a small part of a border) — otherwise the frames have no scope border
-   and every pixel counts (None).
+   blanked overlay boxes inside the hull (black regions whose outline steps straight up to tissue; a black lumen
+   fades into dark tissue and is kept), shrunk by ``margin`` of the short side (the dim, blurred rim);
+4. it is accepted only when it leaves out at least two image corners and ``min_outside`` of the image, and what it
+   leaves out is dark (``min_dark_outside``: overlay text is a small part of a border) — otherwise the frames have
+   no scope border (a dark lumen or shadow at an edge or in one corner is tissue) and every pixel counts (None).
 """
 from __future__ import annotations
 
@@ -68,6 +68,24 @@ def _main_component_hull(inside: np.ndarray, open_px: int) -> np.ndarray:
     return filled.astype(bool)
 
 
+def _blanked_boxes(black: np.ndarray, border: np.ndarray, hull: np.ndarray, ring_px: int = 4,
+                   sharp: float = 0.5) -> np.ndarray:
+    """bool ``[H, W]``: the parts of ``black`` (black border pixels inside ``hull``) that are blanked overlay boxes:
+    components whose outline inside the hull steps up to tissue within ``ring_px`` (at least ``sharp`` of the ring
+    ``ring_px``–``2 ring_px`` pixels around them is brighter than the border; the first pixels are the step's
+    compression blur). A dark lumen at the rim fades through a wider band of dark pixels (border): it is kept."""
+    n, labels = cv2.connectedComponents(black.astype(np.uint8), connectivity=8)
+    boxes = np.zeros(black.shape, bool)
+    near, far = (cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)) for r in (ring_px, 2 * ring_px))
+    for label in range(1, n):
+        part = labels == label
+        grown = [cv2.dilate(part.astype(np.uint8), k).astype(bool) for k in (near, far)]
+        ring = grown[1] & ~grown[0] & hull
+        if ring.any() and (~border[ring]).mean() >= sharp:
+            boxes |= part
+    return boxes
+
+
 def detect_fov_mask(frames: Iterable[np.ndarray], *, dark_level: int = 20, margin: float = 0.005,
                     min_outside: float = 0.005, min_dark_outside: float = 0.9) -> np.ndarray | None:
     """Field of view of a scope from one or more RGB frames (see the module docstring).
@@ -89,9 +107,10 @@ def detect_fov_mask(frames: Iterable[np.ndarray], *, dark_level: int = 20, margi
         return None
     short = min(peak.shape)
     fov = _main_component_hull(~border, open_px=max(1, round(0.01 * short)))
-    # blanked overlay boxes cut into the hull: border pixels that are black, not just dark (a dark lumen at the
-    # rim is dim tissue, rarely this black in every frame)
-    fov &= ~(border & (peak <= dark_level // 4))
+    fov &= ~_blanked_boxes(fov & border & (peak <= dark_level // 4), border, fov, max(3, round(0.008 * short)))
+    corners = fov[[0, 0, -1, -1], [0, -1, 0, -1]]
+    if np.count_nonzero(~corners) < 2:  # a scope's frame darkens two corners at least; one is a lumen or shadow
+        return None
     erode = max(1, round(margin * short))
     fov = cv2.erode(fov.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE,
                                                                     (2 * erode + 1, 2 * erode + 1))).astype(bool)

@@ -249,3 +249,13 @@ def worker_options(options: dict[str, Any], fov_mask: Any, record_frames: int = 
             "input_size": options.get("inputSize") or None, "fov_mask": fov_mask,
             "point_budget": budget if options.get("pointCloud", True) else None,
             "record_frames": max(int(record_frames) - 1, 0), "first_number": 1}
+
+
+def new_image_event(volume: Any, mrml: Any) -> int:
+    """The event an updating MRML volume node sends with each new image (``mrml``: the module holding Slicer's MRML
+    classes, ``slicer``). A streaming volume (OpenIGTLink VIDEO, compressed IMAGE messages) sends
+    ``FrameModifiedEvent`` and decodes the frame, sending ``ImageDataModifiedEvent``, only when its image is read: a
+    live source listening for the latter alone could wait forever (vtkMRMLStreamingVolumeNode.cxx)."""
+    if volume.IsA("vtkMRMLStreamingVolumeNode"):
+        return mrml.vtkMRMLStreamingVolumeNode.FrameModifiedEvent
+    return mrml.vtkMRMLVolumeNode.ImageDataModifiedEvent

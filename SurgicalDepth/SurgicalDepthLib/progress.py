@@ -37,6 +37,8 @@ STAGES = {
     "evaluate": ("evaluate",),
     "demo": ("depth",),
     "stream": ("stream",),  # a server: step = frames answered, total null
+    "download": ("download",),  # bytes
+    "export": ("export",),
 }
 
 

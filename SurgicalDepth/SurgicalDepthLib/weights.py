@@ -103,9 +103,18 @@ WEIGHTS: dict[str, WeightSpec] = {
 }
 
 
+#: environment variable naming the weight cache folder for every command and ``sd.load_model`` (like TORCH_HOME)
+CACHE_ENV = "SURGICAL_DEPTH_CACHE"
+
+
 def cache_dir(root: str | os.PathLike | None = None) -> Path:
-    """Folder of downloaded weights: ``root`` if given, else ``~/.cache/surgical-depth/weights``."""
-    return Path(root) if root is not None else Path.home() / ".cache" / "surgical-depth" / "weights"
+    """Folder of downloaded weights: ``root`` if given, else ``$SURGICAL_DEPTH_CACHE`` if set, else
+    ``~/.cache/surgical-depth/weights``."""
+    if root is not None:
+        return Path(root)
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    return Path.home() / ".cache" / "surgical-depth" / "weights"
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

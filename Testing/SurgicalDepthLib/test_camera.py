@@ -113,6 +113,16 @@ def test_from_file_ros_yaml_fisheye(tmp_path):
     assert got == Intrinsics(210.0, 205.0, 160.5, 119.0, 320, 240, FISHEYE_DIST)
 
 
+@pytest.mark.parametrize("name", ["cam.txt", "cam.json", "cam.yaml"])
+def test_binary_calibration_file_names_the_file(tmp_path, name):
+    """Catches: a binary file given as a calibration failing with Python's bare "'utf-8' codec can't decode"
+    (no file named) in predict / reconstruct / evaluate."""
+    path = tmp_path / name
+    path.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe" + bytes(range(256)))
+    with pytest.raises(ValueError, match=f"intrinsics file .*{name} is not a text file"):
+        Intrinsics.from_file(path, 640, 480)
+
+
 def test_from_file_text_matrix(tmp_path):
     p = tmp_path / "camera_intrinsics.txt"
     p.write_text("156.0418,0,178.5604\n0,155.7529,181.8043\n0,0,1\n")  # EndoSLAM layout

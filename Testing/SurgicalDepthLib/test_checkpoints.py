@@ -125,6 +125,10 @@ def test_version_from_official_file_names():
     assert (cfg.head, cfg.max_depth) == ("metric", 20.0)
     with pytest.raises(CheckpointError, match="cannot tell Depth Anything V1 from V2"):
         infer_config(state, name="my_weights.pth")
+    # Catches: the folders of the path read as the file's name: a relative model kept in the official repo's
+    # metric_depth/checkpoints/ (or any folder named hypersim) loaded as metric, its disparity read as metres
+    cfg = infer_config(state, name="/models/metric_depth/hypersim/depth_anything_v2_vits.pth")
+    assert (cfg.head, cfg.max_depth, cfg.version) == ("relative", None, "v2")
 
 
 def test_architecture_inferred_from_shapes(tmp_path):

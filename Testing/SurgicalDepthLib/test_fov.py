@@ -94,6 +94,35 @@ def test_no_border_gives_no_mask():
     assert detect_fov_mask([tissue(9)]) is None
 
 
+def _with_black_lumen(frame: np.ndarray, cy: int, cx: int, radius: int = 60) -> np.ndarray:
+    """``frame`` with a lumen that fades from black (0 at its centre) through dark to the tissue around it."""
+    yy, xx = np.mgrid[:H, :W]
+    shade = np.clip(np.hypot(yy - cy, xx - cx) / radius, 0.0, 1.0) ** 3
+    return (frame * shade[..., None]).astype(np.uint8)
+
+
+@pytest.mark.parametrize("where", ["edge", "corner", "rim"])
+def test_a_black_lumen_at_the_edge_is_tissue(where):
+    """Catches: a lumen black at its centre, touching the image edge (no scope border), sitting in one corner, or
+    touching the rim of a circular scope, cut out as border (10 % of a frame became NaN), while a blanked overlay
+    box (black, with a sharp outline) inside the scope is still left out."""
+    if where == "rim":
+        truth = shape_mask("circle")
+        frame = _with_black_lumen(scope_frame("circle", 3, lumen=False), H // 2, W // 2 + 60)
+        mask = detect_fov_mask([frame])
+        # its black part is kept (the hull cuts the chord of its bite into the rim)
+        assert mask is not None and mask[H // 2, W // 2 + 40: W // 2 + 55].all()
+        assert (~mask[~truth]).mean() >= 0.99
+        boxed = frame.copy()
+        boxed[H - 30:, 30:60] = 0  # a blanked overlay box over the lower rim
+        boxed_mask = detect_fov_mask([boxed])
+        assert boxed_mask is not None and not boxed_mask[H - 25:, 35:55].any()
+        assert boxed_mask[H // 2, W // 2 + 40: W // 2 + 55].all()
+    else:
+        cy, cx = (H // 2, W - 1) if where == "edge" else (0, W - 1)
+        assert detect_fov_mask([_with_black_lumen(tissue(4), cy, cx)]) is None
+
+
 def test_explicit_mask_and_off(one_torch_thread):
     """Catches: an explicit mask ignored or not checked, fov_mask=None still masking."""
     frames = [scope_frame("circle", 1)]
@@ -119,6 +148,9 @@ def test_real_samples(samples_dir):
         pytest.skip("real samples missing")
     masks = [detect_fov_mask([sd.read_image(p)]) for p in paths]
     masks.append(detect_fov_mask(list(sd.open_frames(video, stop=8))))
+    # the blanked overlay box in the lower left of this frame (black, JPEG-blurred outline) is no tissue
+    boxed = masks[[p.stem for p in paths].index("kseg_cju0rx1idathl0835detmsp84")]
+    assert boxed[400:515, 10:185].mean() < 0.02
     for mask in masks:
         assert mask is not None and 0.7 < mask.mean() < 0.95
         h, w = mask.shape

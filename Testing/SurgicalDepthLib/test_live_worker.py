@@ -11,7 +11,7 @@ from tiny_model import textured, tiny_model
 
 import SurgicalDepthLib as sd
 from SurgicalDepthLib.alignment import DEFAULT_DEPTH_RANGE_MM
-from SurgicalDepthLib.live_worker import LiveWorker, worker_options
+from SurgicalDepthLib.live_worker import LiveWorker, new_image_event, worker_options
 
 SIZE = 70
 
@@ -233,3 +233,22 @@ def test_no_thread_left_after_stop(model, one_torch_thread):
     drain(worker, 1)
     worker.stop()
     assert "SurgicalDepth.live" not in {t.name for t in threading.enumerate()} - before
+
+
+def test_streaming_volumes_are_followed_by_their_frame_event():
+    """Catches: live mode on a streaming volume (OpenIGTLink VIDEO) listening for ImageDataModifiedEvent alone,
+    which such a node sends only when something else decodes its frame. Slicer is stood in for by its two event
+    constants (vtkMRMLVolumeNode.h: ImageDataModifiedEvent = 18001; vtkMRMLStreamingVolumeNode.h: FrameModifiedEvent
+    = 18002) and a node answering IsA as a vtkObject does for its own class and its bases."""
+    class Node:
+        def __init__(self, *classes):
+            self.classes = classes
+
+        def IsA(self, name):  # noqa: N802 (VTK's name)
+            return name in self.classes
+
+    mrml = type("slicer", (), {"vtkMRMLVolumeNode": type("V", (), {"ImageDataModifiedEvent": 18001}),
+                               "vtkMRMLStreamingVolumeNode": type("S", (), {"FrameModifiedEvent": 18002})})
+    video = Node("vtkMRMLStreamingVolumeNode", "vtkMRMLVectorVolumeNode", "vtkMRMLVolumeNode")
+    assert new_image_event(video, mrml) == 18002
+    assert new_image_event(Node("vtkMRMLVectorVolumeNode", "vtkMRMLVolumeNode"), mrml) == 18001

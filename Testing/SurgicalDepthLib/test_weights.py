@@ -48,6 +48,17 @@ def test_download_verifies_sha256_and_loads(served):
         assert torch.equal(state[k], v)
 
 
+def test_cache_folder_from_the_environment_serves_download_and_load(served, monkeypatch):
+    """Catches: weights downloaded into another cache folder that ``sd.load_model(NAME)`` could not find (it
+    looked only in ~/.cache): the folder named by $SURGICAL_DEPTH_CACHE is the default of both."""
+    _, digest, cache = served
+    monkeypatch.setenv(weights.CACHE_ENV, str(cache))
+    path = weights.download("surgical-depth-tiny", sha256=digest)
+    assert path.parent == cache and weights.cached_path("surgical-depth-tiny") == path
+    monkeypatch.delenv(weights.CACHE_ENV)
+    assert weights.cache_dir() != cache
+
+
 def test_download_rejects_wrong_digest_and_leaves_nothing(served):
     """Catches: a partial file under the final or a temporary name, and the (empty) cache folder the failed
     download made left behind; a cache folder that existed before stays."""

@@ -15,7 +15,9 @@ def register(subparsers) -> None:
                               description="The only command that uses the network. Files are SHA256-checked.")
     p.add_argument("name", choices=sorted(WEIGHTS), metavar="NAME",
                    help=f"registry name, one of: {', '.join(sorted(WEIGHTS))}")
-    p.add_argument("--cache-dir", default=None, help="weight cache folder (default ~/.cache/surgical-depth/weights)")
+    p.add_argument("--cache-dir", default=None,
+                   help="weight cache folder (default $SURGICAL_DEPTH_CACHE, else ~/.cache/surgical-depth/weights; "
+                        "models are loaded by name from that default: set the variable to use another folder)")
     p.add_argument("--sha256", default=None, help="expected SHA256 of the file, as published with the weights")
     p.add_argument("--trust-on-first-use", action="store_true",
                    help="when no SHA256 is known, record the downloaded file's digest and verify it on every load")
