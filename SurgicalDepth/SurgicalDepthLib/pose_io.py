@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 
 POSE_FILE_HEADER = "# frame_index m00 m01 m02 m03 m10 ... m33 (4x4 camera-to-world, row-major, mm)"
+#: largest deviation of R^T R from identity that a pose file's rotation may have (rounding to 4 decimals gives ~1e-4)
+ROUNDING_TOLERANCE = 1e-3
 
 
 def format_pose_line(index: int, pose: np.ndarray) -> str:
@@ -62,8 +64,9 @@ def read_poses(path: str | os.PathLike, *, require_index: bool = False) -> dict[
     """``{source frame index: float64 4×4 camera-to-world}`` from a pose file.
 
     Lines without an index column are numbered 0, 1, ... in file order (an error with ``require_index``). A
-    repeated index, a file without poses, or a matrix whose last row is not ``0 0 0 1`` is a ValueError naming
-    the file (rigidity of the rotation is checked where the poses are used).
+    repeated index, a file without poses, a matrix whose last row is not ``0 0 0 1`` or whose rotation is not one
+    is a ValueError naming the file and frame; a rotation off by a text file's rounding (4 decimals and more) is
+    replaced by the nearest rotation, so every pose is rigid before any frame is processed.
     """
     entries = read_pose_file(path)
     if not entries:
@@ -77,5 +80,22 @@ def read_poses(path: str | os.PathLike, *, require_index: bool = False) -> dict[
             raise ValueError(f"{path}: two poses for frame {key}")
         if not np.allclose(matrix[3], [0, 0, 0, 1]):
             raise ValueError(f"{path}: pose of frame {key}: last matrix row must be 0 0 0 1, got {matrix[3].tolist()}")
-        poses[key] = matrix
+        poses[key] = _snapped_rotation(matrix, f"{path}: pose of frame {key}")
     return poses
+
+
+def _snapped_rotation(matrix: np.ndarray, name: str) -> np.ndarray:
+    """``matrix`` (4×4) with its rotation replaced by the nearest rotation (SVD; Kabsch), when it is one up to
+    the rounding of a text file (``R^T R`` within :data:`ROUNDING_TOLERANCE` of identity, det > 0); ValueError
+    naming ``name`` otherwise (a scaling, shear or reflection is no camera pose)."""
+    rotation = matrix[:3, :3]
+    err = float(np.abs(rotation.T @ rotation - np.eye(3)).max())
+    if not (err <= ROUNDING_TOLERANCE and np.linalg.det(rotation) > 0):
+        raise ValueError(f"{name} is not a rigid transform: R^T R differs from identity by {err:.3g} (rounding "
+                         f"allows {ROUNDING_TOLERANCE:g}), det(R) = {np.linalg.det(rotation):.4g}")
+    if err <= 1e-9:  # rigid to float precision: kept bit for bit
+        return matrix
+    u, _, vt = np.linalg.svd(rotation)
+    snapped = matrix.copy()
+    snapped[:3, :3] = u @ vt
+    return snapped

@@ -4,7 +4,11 @@
 map per frame, ``<source index:06d>.<format>``, and the description :data:`INFO_NAME`::
 
     {"model": "...", "output_kind": "disparity" | "depth", "depth_unit": "relative" | "m" | "mm",
-     "format": "npy" | "png" | "nrrd" | "tiff", "size": [H, W], "input": "..."}
+     "format": "npy" | "png" | "nrrd" | "tiff", "size": [H, W], "input": "...", "reference_fov_deg": 100 | null}
+
+(``reference_fov_deg``: the reference lens the maps still read as — a model with one, predicted without
+``--intrinsics`` — so that ``reconstruct --depth ... --intrinsics`` corrects them to the lens as it corrects the
+model's own output; null: corrected already, or a model without one; missing in older folders: null.)
 
 ``reconstruct --depth OUT/<name>`` then builds geometry from these maps instead of running the model again.
 """
@@ -14,6 +18,7 @@ import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -21,17 +26,21 @@ import numpy as np
 from .atomic_io import atomic_path
 from .depth_io import load_depth
 from .depth_kind import OutputKind
+from .lens import model_reference_fov
 
 INFO_NAME = "predictions.json"
 
 
 def write_info(path: str | os.PathLike, *, model: Any, file_format: str, size: tuple[int, int],
-               source: str) -> Path:
+               source: str, lens_corrected: bool = False) -> Path:
     """Write the description :data:`INFO_NAME` of a prediction folder to ``path`` (atomically); ``model`` gives
-    source, kind and unit."""
+    source, kind and unit. ``reference_fov_deg`` records the reference lens the maps still read as (None when
+    ``lens_corrected`` or the model has none), so a later run given the calibration corrects them as it would
+    correct the model's own output."""
+    reference = None if lens_corrected else model_reference_fov(model)
     data = {"model": str(getattr(model, "source", model)), "output_kind": str(OutputKind.parse(model.output_kind).value),
             "depth_unit": model.depth_unit, "format": file_format, "size": [int(size[0]), int(size[1])],
-            "input": str(source)}
+            "input": str(source), "reference_fov_deg": reference}
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2))
@@ -57,6 +66,8 @@ class SavedPredictions:
         except (KeyError, TypeError, IndexError, json.JSONDecodeError) as exc:
             raise ValueError(f"{info}: not a valid prediction description ({exc})") from None
         self.source = str(data.get("model", self.folder))
+        # the maps' reference lens, as a model's config carries it (lens.model_reference_fov reads it there)
+        self.config = SimpleNamespace(reference_fov_deg=data.get("reference_fov_deg"))
         self.default_batch_size = 1
 
     def path(self, index: int) -> Path:

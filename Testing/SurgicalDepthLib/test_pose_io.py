@@ -74,3 +74,32 @@ def test_binary_file_names_the_file(tmp_path):
     for read in (read_pose_file, read_poses):
         with pytest.raises(ValueError, match=r"^poses file .*poses\.png is not a text file \(byte 0: "):
             read(path)
+
+
+def test_rounded_rotations_are_snapped_and_scaled_ones_refused(tmp_path):
+    """Catches: a pose file written with 4 decimals (R^T R off by ~1e-4) refused by the fusion's 1e-5 rigidity
+    check only after frames were written, and a scaled rotation found only there, with neither the file nor the
+    frame named; a rotation exact to float precision changed by the snapping."""
+    from scipy.spatial.transform import Rotation
+
+    from SurgicalDepthLib.geometry import check_rigid
+    from SurgicalDepthLib.pose_io import read_poses
+
+    exact = [np.eye(4) for _ in range(3)]
+    for i, pose in enumerate(exact):
+        pose[:3, :3] = Rotation.from_rotvec([0.3 * i, -0.2, 0.1 * i]).as_matrix()
+        pose[:3, 3] = [5.0 * i, 1.0, -2.0]
+    path = tmp_path / "rounded.txt"
+    lines = [f"{i} " + " ".join(f"{v:.4f}" for v in pose.ravel()) for i, pose in enumerate(exact)]
+    path.write_text("\n".join(lines) + "\n")
+    rounded = read_poses(path)
+    for i, pose in enumerate(exact):
+        check_rigid(rounded[i])  # the fusion's own check (1e-5) passes
+        assert np.abs(rounded[i] - pose).max() < 2e-4
+    path.write_text(format_pose_file(exact, [0, 1, 2]))
+    assert all(np.array_equal(read_poses(path)[i], exact[i]) for i in range(3))  # bit for bit
+    scaled = exact[1].copy()
+    scaled[:3, :3] *= 2.0
+    path.write_text(format_pose_file([exact[0], scaled], [0, 1]))
+    with pytest.raises(ValueError, match=r"rounded\.txt: pose of frame 1 is not a rigid transform"):
+        read_poses(path)

@@ -147,6 +147,15 @@ def test_predict_cli_refuses_to_overwrite_and_mix_runs(tmp_path):
         assert sorted(p.name for p in out.iterdir()) == kept
 
 
+def test_an_unreadable_video_is_one_line(tmp_path):
+    """Catches: FFmpeg's own log line ("moov atom not found") printed before the command's one-line error."""
+    video = tmp_path / "notvideo.mp4"
+    video.write_text("not a video")
+    result = _cli("predict", str(video), "--output", str(tmp_path / "out"))
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "notvideo.mp4" in result.stderr and not (tmp_path / "out").exists()
+
+
 def test_a_data_set_is_never_overwritten(tmp_path):
     """Catches: predict/reconstruct --overwrite into a folder written by synth deleting the whole data set (its
     manifest lists every file)."""

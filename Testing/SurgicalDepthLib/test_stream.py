@@ -210,6 +210,35 @@ def test_predict_then_reconstruct_from_saved_depth(tmp_path, clip, checkpoint):
     assert meta["depth"] == str(tmp_path / "pred" / "clip") and meta["frames"] == 4
 
 
+def test_saved_raw_maps_are_corrected_to_the_lens_like_the_model(tmp_path, clip, model):
+    """Catches: ``reconstruct --depth --intrinsics`` on maps predicted without the calibration silently skipping the
+    lens correction that the same command applies to the model's own output (stored maps have no reference lens
+    unless predictions.json records it): a 130-degree scope's depth came out up to 60 % off."""
+    import dataclasses
+
+    from SurgicalDepthLib.checkpoints import save_checkpoint
+
+    path, _ = clip
+    lensed = tiny_model(3)
+    lensed.config = dataclasses.replace(lensed.config, reference_fov_deg=100.0)
+    checkpoint = save_checkpoint(tmp_path / "lensed.safetensors", lensed)
+    assert _cli("predict", str(path), "--output", str(tmp_path / "pred"), "--model", str(checkpoint),
+                "--input-size", str(SIZE), "--max-frames", "2", "--device", "cpu").returncode == 0
+    info = json.loads((tmp_path / "pred" / "clip" / INFO_NAME).read_text())
+    assert info["reference_fov_deg"] == 100.0
+    common = ["--intrinsics", "15,15,31.5,23.5", "--max-frames", "2"]  # 130 degrees across the 64-pixel width
+    again = _cli("reconstruct", str(path), "--output", str(tmp_path / "model"), "--model", str(checkpoint),
+                 "--input-size", str(SIZE), "--device", "cpu", *common)
+    saved = _cli("reconstruct", str(path), "--output", str(tmp_path / "saved"), "--depth",
+                 str(tmp_path / "pred" / "clip"), *common)
+    assert again.returncode == 0 and saved.returncode == 0, again.stderr + saved.stderr
+    a = sd.load_mesh(tmp_path / "model" / "points_000000.ply")
+    b = sd.load_mesh(tmp_path / "saved" / "points_000000.ply")
+    pa = np.array([a.GetPoint(i) for i in range(0, a.GetNumberOfPoints(), 29)])
+    pb = np.array([b.GetPoint(i) for i in range(0, b.GetNumberOfPoints(), 29)])
+    np.testing.assert_allclose(pa, pb, rtol=1e-4, atol=1e-4)
+
+
 def test_jsonl_error_event_and_exit_code(tmp_path):
     """Catches: a failing command under --progress jsonl ending without an error event (the Slicer panel would
     wait forever) or with a traceback."""

@@ -235,6 +235,10 @@ def main(argv: list[str] | None = None, extra: tuple = ()) -> int:
             ProgressReporter("jsonl", sys.stdout).error(str(exc))
         return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    # FFmpeg's own log lines (an unreadable video's "moov atom not found") would precede the command's one-line
+    # error; OpenCV reads this when it opens a video. A level the user set is kept (--verbose: FFmpeg's default)
+    if not args.verbose:
+        os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     if os.environ.get("RANK", "0") != "0":  # torchrun: only rank 0 reports progress and the final event
         args.progress = "none"
     reporter = args.progress_reporter = ProgressReporter(args.progress, sys.stdout)

@@ -267,7 +267,7 @@ def _predict_sequence(model, reader: FrameReader, name: str, args: argparse.Name
             count += 1
         calls.close()
     write_info(out.path(f"{name}/{INFO_NAME}"), model=model, file_format=args.format, size=reader.size,
-               source=source)
+               source=source, lens_corrected=lens is not None)
     extra = f", {name}_depth.mp4 and {name}_depth.seq.nrrd" if args.colormap else ""
     print(f"{source}: {count} frames -> {args.output / name}{extra}")
     return count
