@@ -74,15 +74,18 @@ def _blanked_boxes(black: np.ndarray, border: np.ndarray, hull: np.ndarray, ring
     components whose outline inside the hull steps up to tissue within ``ring_px`` (at least ``sharp`` of the ring
     ``ring_px``–``2 ring_px`` pixels around them is brighter than the border; the first pixels are the step's
     compression blur). A dark lumen at the rim fades through a wider band of dark pixels (border): it is kept."""
-    n, labels = cv2.connectedComponents(black.astype(np.uint8), connectivity=8)
+    n, labels, stats, _ = cv2.connectedComponentsWithStats(black.astype(np.uint8), connectivity=8)
     boxes = np.zeros(black.shape, bool)
     near, far = (cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)) for r in (ring_px, 2 * ring_px))
+    pad = 2 * ring_px
     for label in range(1, n):
-        part = labels == label
+        x, y, w, h = stats[label, :4]
+        window = (slice(max(y - pad, 0), y + h + pad), slice(max(x - pad, 0), x + w + pad))  # the ring's reach
+        part = labels[window] == label
         grown = [cv2.dilate(part.astype(np.uint8), k).astype(bool) for k in (near, far)]
-        ring = grown[1] & ~grown[0] & hull
-        if ring.any() and (~border[ring]).mean() >= sharp:
-            boxes |= part
+        ring = grown[1] & ~grown[0] & hull[window]
+        if ring.any() and (~border[window][ring]).mean() >= sharp:
+            boxes[window] |= part
     return boxes
 
 
