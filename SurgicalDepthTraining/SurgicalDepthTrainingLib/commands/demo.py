@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 from SurgicalDepthLib.cli import DEVICE_HELP, INPUT_SIZE_HELP, OVERWRITE_HELP, input_size_arg, progress_of
@@ -24,17 +23,12 @@ def register(subparsers) -> None:
 def _check_scene(args: argparse.Namespace) -> None:
     """``--seed`` and ``--size`` before anything is rendered or written; errors name the flag (the size limits are
     :class:`~SurgicalDepthTrainingLib.synthetic.SceneConfig`'s)."""
-    from ..synthetic import SceneConfig
+    from .synth import scene_config
 
     if args.seed < 0:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
-    try:
-        SceneConfig(height=args.size[0], width=args.size[1], seed=args.seed)
-    except ValueError as exc:
-        found = re.match(r"SceneConfig\.(height|width) ", str(exc))
-        if found is None:
-            raise
-        raise ValueError(f"--size {found.group(1)[0].upper()}{str(exc)[found.end(1):]}") from None
+    scene_config({"height": "--size H", "width": "--size W"}, height=args.size[0], width=args.size[1],
+                 seed=args.seed)
 
 
 def run(args: argparse.Namespace) -> int:

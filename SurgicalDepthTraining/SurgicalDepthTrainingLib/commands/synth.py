@@ -56,17 +56,19 @@ _FLAG_OF = {"height": "--size (height)", "width": "--size (width)", "fov_deg": "
             "polyps": "--polyps", "albedo_patches": "--albedo-patches"}
 
 
-def _scene_config(**fields):
-    """``SceneConfig(**fields)``; an error names the flag instead of the field (``--fov must be in ...``)."""
+def scene_config(flags: dict[str, str] | None = None, **fields):
+    """``SceneConfig(**fields)``; an error names the flag instead of the field (``--fov must be in ...``).
+    ``flags``: field -> flag of the calling command (default: synth's)."""
     from SurgicalDepthTrainingLib.synthetic import SceneConfig
 
+    flags = _FLAG_OF if flags is None else flags
     try:
         return SceneConfig(**fields)
     except ValueError as exc:
         found = re.match(r"SceneConfig\.(\w+) ", str(exc))
-        if found is None or found.group(1) not in _FLAG_OF:
+        if found is None or found.group(1) not in flags:
             raise
-        raise ValueError(_FLAG_OF[found.group(1)] + str(exc)[found.end(1):]) from None
+        raise ValueError(flags[found.group(1)] + str(exc)[found.end(1):]) from None
 
 
 def _counted(frames: Iterator, stage: Stage) -> Iterator[dict]:
@@ -90,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
         raise FileExistsError(f"--output {args.output} already exists; choose a new folder")
     height, width = args.size
     fov = args.fov if args.fov is not None else (140.0 if args.fisheye else 100.0)
-    config = _scene_config(organ=args.organ, height=height, width=width, fov_deg=fov, seed=args.seed,
+    config = scene_config(organ=args.organ, height=height, width=width, fov_deg=fov, seed=args.seed,
                          fisheye=args.fisheye, noise=args.noise, blur=args.blur, smoke=args.smoke,
                          blood=args.blood, polyps=args.polyps, close_up=args.close_up,
                          albedo_patches=args.albedo_patches)
