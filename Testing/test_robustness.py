@@ -611,3 +611,17 @@ def test_new_commands_and_options_fail_cleanly_with_an_error_event(tmp_path):
         event = json.loads(result.stdout.strip().splitlines()[-1])
         assert event["event"] == "error" and event["message"] in line, (event, line)
     assert snapshot(tmp_path) == before and not (tmp_path / "o").exists() and not (tmp_path / "r.json").exists()
+
+
+def test_out_of_memory_is_one_line_exit_2(tmp_path):
+    """A size the machine cannot hold (``--input-size 200004``: a 200004-pixel network input, 720 GB for its
+    resize) fails as one line naming the options to lower, with exit 2 and the JSON error event. Catches: OpenCV's
+    (or torch's) allocation failure escaping as a traceback with exit code 1."""
+    from PIL import Image
+
+    image = tmp_path / "a.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(image)
+    result = cli("predict", image, "--output", tmp_path / "o", *TINY, "--input-size", "200004", "--progress", "jsonl")
+    assert_error(result, "out of memory", "lower --batch-size or --input-size")
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert events[-1]["event"] == "error" and "out of memory" in events[-1]["message"]

@@ -126,7 +126,7 @@ class ReplySender:
 
     def _point_reply(self, depth: np.ndarray, frame: ReceivedFrame) -> list:
         from .camera import Intrinsics, parse_intrinsics
-        from .geometry import backproject
+        from .geometry import backproject, point_mask
 
         H, W = depth.shape
         if (H, W) not in self._grids:  # one (grid, camera) per frame size
@@ -135,7 +135,7 @@ class ReplySender:
                       else parse_intrinsics(intr, W, H))
             self._grids[H, W] = decimation_grid(H, W, self.point_budget), camera
         grid, camera = self._grids[H, W]
-        mask = grid & (depth > 0)  # NaN compares False
+        mask = point_mask(depth, camera, grid)
         points = backproject(depth, camera, mask=mask) if mask.any() else np.zeros((0, 3), np.float32)
         return pack_message("POLYDATA", self._name(frame.device, "_points"), frame.timestamp,
                             pack_point_cloud(points, frame.rgb[mask], depth[mask]))

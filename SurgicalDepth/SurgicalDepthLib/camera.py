@@ -39,6 +39,8 @@ FOCAL_RANGE = (0.05, 1000.0)
 # Fixed-point iteration of cv2.undistortPoints: the default (5 iterations) leaves ~1e-4 normalised error on
 # strong barrel distortion; iterate to machine precision instead.
 _UNDISTORT_CRITERIA = (3, 100, 1e-14)  # cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS
+#: an OpenCV-model ray is kept when it projects back within this many pixels of its pixel
+_RAY_TOLERANCE_PX = 1e-3
 
 
 def _check_distortion(distortion: Any) -> dict | None:
@@ -51,7 +53,10 @@ def _check_distortion(distortion: Any) -> dict | None:
     model = distortion["model"]
     if model not in DISTORTION_MODELS:
         raise ValueError(f"Intrinsics.distortion['model'] must be one of {DISTORTION_MODELS}, got {model!r}")
-    coeffs = [float(c) for c in np.asarray(distortion["coeffs"], dtype=np.float64).ravel()]
+    try:
+        coeffs = [float(c) for c in np.asarray(distortion["coeffs"], dtype=np.float64).ravel()]
+    except (TypeError, ValueError):
+        raise ValueError(f"Intrinsics.distortion['coeffs'] must be numbers, got {distortion['coeffs']!r}") from None
     if not all(math.isfinite(c) for c in coeffs):
         raise ValueError(f"Intrinsics.distortion['coeffs'] must be finite, got {coeffs}")
     expected = {"opencv": _OPENCV_COEFF_COUNTS, "fisheye": (4,), "ocam": tuple(range(4, 24))}[model]
@@ -82,14 +87,16 @@ class Intrinsics:
     def __post_init__(self) -> None:
         for name in ("fx", "fy", "cx", "cy"):
             v = getattr(self, name)
-            if not isinstance(v, (int, float, np.number)) or not math.isfinite(float(v)):
+            if not isinstance(v, (int, float, np.number)) or isinstance(v, (bool, np.bool_)) \
+                    or not math.isfinite(float(v)):
                 raise ValueError(f"Intrinsics.{name} must be a finite number, got {v!r}")
             object.__setattr__(self, name, float(v))
         for name in ("fx", "fy"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"Intrinsics.{name} must be > 0, got {getattr(self, name)!r}")
-        if int(self.width) <= 0 or int(self.height) <= 0 or int(self.width) != self.width \
-                or int(self.height) != self.height:
+        if any(not isinstance(n, (int, float, np.number)) or isinstance(n, (bool, np.bool_))
+               for n in (self.width, self.height)) or int(self.width) <= 0 or int(self.height) <= 0 \
+                or int(self.width) != self.width or int(self.height) != self.height:
             raise ValueError(f"Intrinsics size must be positive integers, got {self.width}x{self.height}")
         object.__setattr__(self, "width", int(self.width))
         object.__setattr__(self, "height", int(self.height))
@@ -148,7 +155,7 @@ class Intrinsics:
             sy = sx
             distortion = {"model": "ocam", "coeffs": scaled_ocam(distortion["coeffs"], sx)}
         return dataclasses.replace(self, fx=self.fx * sx, fy=self.fy * sy, cx=(self.cx + 0.5) * sx - 0.5,
-                                   cy=(self.cy + 0.5) * sy - 0.5, width=int(width), height=int(height),
+                                   cy=(self.cy + 0.5) * sy - 0.5, width=width, height=height,
                                    distortion=distortion)
 
     def fitted(self, width: int, height: int) -> "Intrinsics":
@@ -174,7 +181,10 @@ class Intrinsics:
         """From ``{fx, fy, cx, cy, width, height[, distortion]}`` or ``{"K": 3x3, "dist": [...], width, height}``
         (``dist`` may also be ``{"model", "coeffs"}``; a bare list is the OpenCV model)."""
         if "K" in data:
-            K = np.asarray(data["K"], dtype=np.float64)
+            try:
+                K = np.asarray(data["K"], dtype=np.float64)
+            except (TypeError, ValueError):
+                raise ValueError(f"intrinsics 'K' must be a 3x3 matrix of numbers, got {data['K']!r}") from None
             if K.shape != (3, 3):
                 raise ValueError(f"intrinsics 'K' must be 3x3, got shape {K.shape}")
             missing = [k for k in ("width", "height") if k not in data]
@@ -268,9 +278,9 @@ def parse_intrinsics(text_or_path: str | os.PathLike | None, width: int, height:
     path = Path(text)
     if not path.is_file():
         raise FileNotFoundError(f"intrinsics {text!r} is neither 'fx,fy,cx,cy' nor an existing file")
-    from .calibration_files import file_states_size
+    from .calibration_files import read_calibration_at
 
-    intr = Intrinsics.from_file(path) if file_states_size(path) else Intrinsics.from_file(path, width, height)
+    intr = read_calibration_at(path, width, height)
     try:
         fitted = intr.fitted(width, height)
     except ValueError as exc:
@@ -285,7 +295,9 @@ def pixel_rays(intrinsics: Intrinsics) -> np.ndarray:
 
     A 3D point of pixel (u, v) with depth z is ``z * (x, y, 1)``. Without distortion
     ``x = (u - cx) / fx, y = (v - cy) / fy``; with distortion the pixel is undistorted by
-    ``cv2.undistortPoints`` (iterated to convergence) or ``cv2.fisheye.undistortPoints``; an ``ocam`` camera's
+    ``cv2.undistortPoints`` (iterated to convergence; NaN for a pixel whose ray does not project back onto it within
+    1e-3 px: past the radial polynomial's turning point no ray reaches it) or ``cv2.fisheye.undistortPoints``; an
+    ``ocam`` camera's
     rays are exact (:func:`.ocam.ocam_rays`, NaN where a pixel sees 90° or more off axis). A fisheye polynomial
     fitted to a scope often stops increasing before the image corners (beyond its calibrated range, where OpenCV's
     inversion returns -1e6, or near it, where it does not converge or lands past the turn): those pixels, found by
@@ -307,11 +319,16 @@ def pixel_rays(intrinsics: Intrinsics) -> np.ndarray:
     u, v = np.meshgrid(np.arange(W, dtype=np.float64), np.arange(H, dtype=np.float64))
     pix = np.stack([u, v], axis=-1).reshape(-1, 1, 2)
     K, D = intrinsics.K, intrinsics.dist_coeffs
-    if intrinsics.distortion["model"] != "fisheye":
-        und = cv2.undistortPoints(pix, K, D, criteria=_UNDISTORT_CRITERIA)
-        return und.reshape(H, W, 2).astype(np.float64, copy=False)
-    rays = cv2.fisheye.undistortPoints(pix, K, D, criteria=_UNDISTORT_CRITERIA).reshape(H, W, 2).astype(np.float64)
     xd, yd = (u - intrinsics.cx) / intrinsics.fx, (v - intrinsics.cy) / intrinsics.fy
+    if intrinsics.distortion["model"] != "fisheye":
+        rays = cv2.undistortPoints(pix, K, D, criteria=_UNDISTORT_CRITERIA).reshape(H, W, 2).astype(np.float64)
+        with np.errstate(invalid="ignore", over="ignore"):
+            x, y = distort_normalized(rays[..., 0], rays[..., 1], intrinsics.distortion)
+            # pixels past the radial function's turning point have no ray; OpenCV's iteration still returns one
+            lost = ~(np.hypot(x - xd, y - yd) <= _RAY_TOLERANCE_PX / max(intrinsics.fx, intrinsics.fy))
+        rays[lost] = np.nan
+        return rays
+    rays = cv2.fisheye.undistortPoints(pix, K, D, criteria=_UNDISTORT_CRITERIA).reshape(H, W, 2).astype(np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
         x, y = distort_normalized(rays[..., 0], rays[..., 1], intrinsics.distortion)
         good = (np.abs(x - xd) <= 1e-9) & (np.abs(y - yd) <= 1e-9) & (
@@ -344,7 +361,8 @@ def distort_normalized(x: Any, y: Any, distortion: dict | None) -> tuple[Any, An
 
     OpenCV model (``cv2.projectPoints``): r² = x²+y²,
     x' = x·(1+k1r²+k2r⁴+k3r⁶)/(1+k4r²+k5r⁴+k6r⁶) + 2p1xy + p2(r²+2x²) + s1r² + s2r⁴, y' likewise
-    (tilt coefficients τx, τy are not supported here). Fisheye (``cv2.fisheye``): θ = atan(r),
+    then, with the tilt coefficients τx, τy (14 coefficients), the sensor tilt's projective map (OpenCV's
+    ``computeTiltProjectionMatrix``). Fisheye (``cv2.fisheye``): θ = atan(r),
     θd = θ(1+k1θ²+k2θ⁴+k3θ⁶+k4θ⁸), (x', y') = (θd/r)·(x, y). OCamCalib: :func:`.ocam.ocam_project`.
     """
     if distortion is None:
@@ -364,12 +382,25 @@ def distort_normalized(x: Any, y: Any, distortion: dict | None) -> tuple[Any, An
         scale = theta_d / r
         scale = np.where(r > 1e-12, scale, 1.0) if isinstance(r, np.ndarray) else scale.where(r > 1e-12, 1.0)
         return x * scale, y * scale
-    if len(c) == 14 and (c[12] or c[13]):
-        raise ValueError("distort_normalized: tilted-sensor coefficients (tx, ty) are not supported")
+    tilt = c[12:14] if len(c) == 14 and (c[12] or c[13]) else None
     c = c + [0.0] * (12 - len(c[:12]))
     k1, k2, p1, p2, k3, k4, k5, k6, s1, s2, s3, s4 = c[:12]
     radial = (1 + r2 * (k1 + r2 * (k2 + r2 * k3))) / (1 + r2 * (k4 + r2 * (k5 + r2 * k6)))
     r4 = r2 * r2
     xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x) + s1 * r2 + s2 * r4
     yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y + s3 * r2 + s4 * r4
-    return xd, yd
+    if tilt is None:
+        return xd, yd
+    m = tilt_matrix(*tilt)
+    w = m[2, 0] * xd + m[2, 1] * yd + m[2, 2]
+    return (m[0, 0] * xd + m[0, 1] * yd + m[0, 2]) / w, (m[1, 0] * xd + m[1, 1] * yd + m[1, 2]) / w
+
+
+def tilt_matrix(tau_x: float, tau_y: float) -> np.ndarray:
+    """float64 3×3 projective map of a sensor tilted by τx about x then τy about y (radians), applied to distorted
+    normalised coordinates (OpenCV's ``computeTiltProjectionMatrix``, its 14-coefficient model): R = R_y(τy)·R_x(τx)
+    and the projection back onto the untilted image plane, ``[[R22, 0, −R02], [0, R22, −R12], [0, 0, 1]] · R``."""
+    cx, sx, cy, sy = math.cos(tau_x), math.sin(tau_x), math.cos(tau_y), math.sin(tau_y)
+    rot = np.array([[cy, 0.0, -sy], [0.0, 1.0, 0.0], [sy, 0.0, cy]]) @ np.array([[1.0, 0.0, 0.0], [0.0, cx, sx],
+                                                                                [0.0, -sx, cx]])
+    return np.array([[rot[2, 2], 0.0, -rot[0, 2]], [0.0, rot[2, 2], -rot[1, 2]], [0.0, 0.0, 1.0]]) @ rot

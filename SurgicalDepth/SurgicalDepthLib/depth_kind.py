@@ -42,6 +42,8 @@ def as_depth_map(depth: np.ndarray, name: str = "depth") -> np.ndarray:
         raise TypeError(f"{name} must be a numpy array, got {type(depth).__name__}")
     if depth.ndim != 2:
         raise ValueError(f"{name} must be a 2D map [H, W], got shape {depth.shape}")
+    if depth.size == 0:
+        raise ValueError(f"{name} is empty (shape {depth.shape})")
     if not (np.issubdtype(depth.dtype, np.floating) or np.issubdtype(depth.dtype, np.integer)):
         raise TypeError(f"{name} must be a real-valued array, got dtype {depth.dtype}")
     return depth.astype(np.float32, copy=False)

@@ -49,11 +49,24 @@ def valid_depth_mask(depth: np.ndarray, mask: np.ndarray | None = None) -> np.nd
     return restrict_to_mask(valid, mask, "depth")
 
 
+def point_mask(depth: np.ndarray, intrinsics: Intrinsics, mask: np.ndarray | None = None) -> np.ndarray:
+    """bool ``[H, W]``: the pixels :func:`backproject` turns into points — a valid depth (:func:`valid_depth_mask`),
+    inside ``mask`` (when given), and a ray through the lens (a distorted camera's pixels beyond its model's range
+    have none: ``camera.pixel_rays`` gives NaN). Callers pick each point's colour and scalars with it."""
+    valid = valid_depth_mask(depth, mask)
+    if intrinsics.distortion is not None:
+        rays = camera_rays(intrinsics)
+        if rays.shape[:2] == valid.shape:
+            valid &= np.isfinite(rays).all(-1)
+    return valid
+
+
 def backproject(depth: np.ndarray, intrinsics: Intrinsics, mask: np.ndarray | None = None) -> np.ndarray:
     """3D points of the valid pixels, in the camera frame.
 
     Args:
-        depth: ``[H, W]`` z-depth (any unit; mm when metric). NaN, ±inf and ``<= 0`` pixels are skipped.
+        depth: ``[H, W]`` z-depth (any unit; mm when metric). NaN, ±inf and ``<= 0`` pixels are skipped, and so
+            are pixels without a ray through the lens (:func:`point_mask` selects the same pixels).
         intrinsics: camera for exactly ``W × H`` (distortion handled through undistorted pixel rays).
         mask: optional bool ``[H, W]``; only True pixels are used.
 
@@ -67,7 +80,7 @@ def backproject(depth: np.ndarray, intrinsics: Intrinsics, mask: np.ndarray | No
     depth = check_depth_map(depth, intrinsics)
     H, W = depth.shape
     z = depth.astype(np.float32, copy=False)
-    valid = valid_depth_mask(z, mask)
+    valid = point_mask(z, intrinsics, mask)
     # compute every pixel with broadcast writes, then compress the valid rows once: faster than gathering
     # per-pixel indices (invalid pixels give NaN/inf rows that are discarded)
     pts = np.empty((H, W, 3), dtype=np.float32)

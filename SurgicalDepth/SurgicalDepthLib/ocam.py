@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["is_ocam_file", "ocam_project", "ocam_rays", "read_ocam_file", "scaled_ocam"]
+__all__ = ["is_ocam_text", "ocam_project", "ocam_rays", "parse_ocam", "scaled_ocam"]
 
 _NEWTON_STEPS = 12
 
@@ -83,35 +82,32 @@ def scaled_ocam(coeffs: list[float], s: float) -> list[float]:
     return [c, d, e] + [a * s ** (1 - i) for i, a in enumerate(poly)]
 
 
-def is_ocam_file(path: Path) -> bool:
-    """Whether ``path`` looks like the toolbox's ``calib_results.txt`` (its comment lines name the polynomial)."""
-    try:
-        head = path.read_text(errors="replace")[:4000].lower()
-    except OSError:
-        return False
-    return "#polynomial coefficients" in head
+def is_ocam_text(text: str) -> bool:
+    """Whether a file's text looks like the toolbox's ``calib_results.txt`` (its comment lines name the
+    polynomial)."""
+    return "#polynomial coefficients" in text[:4000].lower()
 
 
-def read_ocam_file(path: Path) -> dict[str, Any]:
-    """The toolbox's ``calib_results.txt``: ``Intrinsics`` keyword arguments (fx, fy, cx, cy, width, height,
-    distortion). Its numeric lines are, in order: ``N a0 .. a(N-1)`` (direct polynomial), ``M p0 ..`` (inverse
-    polynomial, not used: projection is exact here), ``xc yc`` (row, column of the centre, 0-based), ``c d e``,
-    ``height width``."""
+def parse_ocam(text: str, source: Any) -> dict[str, Any]:
+    """The toolbox's ``calib_results.txt`` (its text; ``source`` names it in errors): ``Intrinsics`` keyword
+    arguments (fx, fy, cx, cy, width, height, distortion). Its numeric lines are, in order: ``N a0 .. a(N-1)``
+    (direct polynomial), ``M p0 ..`` (inverse polynomial, not used: projection is exact here), ``xc yc`` (row, column
+    of the centre, 0-based), ``c d e``, ``height width``."""
     rows = []
-    for line in path.read_text(errors="replace").splitlines():
+    for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             try:
                 rows.append([float(t) for t in re.split(r"[,\s]+", line) if t])
             except ValueError:
-                raise ValueError(f"OCamCalib file {path}: not a line of numbers: {line[:60]!r}") from None
+                raise ValueError(f"OCamCalib file {source}: not a line of numbers: {line[:60]!r}") from None
     if len(rows) < 5 or not rows[0] or int(rows[0][0]) != len(rows[0]) - 1 or len(rows[0]) < 2:
-        raise ValueError(f"OCamCalib file {path}: expected the lines 'N a0 .. a(N-1)', 'M p0 ..', 'xc yc', "
+        raise ValueError(f"OCamCalib file {source}: expected the lines 'N a0 .. a(N-1)', 'M p0 ..', 'xc yc', "
                          "'c d e', 'height width' (calib_results.txt)")
     poly = rows[0][1:]
     (xc, yc), (c, d, e), (height, width) = rows[2][:2], rows[3][:3], rows[4][:2]
     if not poly[0] < 0 or not math.isfinite(c - d * e) or c - d * e == 0:
-        raise ValueError(f"OCamCalib file {path}: a0 must be < 0 and c - d·e non-zero, got a0={poly[0]:g}, "
+        raise ValueError(f"OCamCalib file {source}: a0 must be < 0 and c - d·e non-zero, got a0={poly[0]:g}, "
                          f"c={c:g}, d={d:g}, e={e:g}")
     return {"fx": abs(poly[0]), "fy": abs(c * poly[0]), "cx": yc, "cy": xc, "width": int(width),
             "height": int(height), "distortion": {"model": "ocam", "coeffs": [c, d, e, *poly]}}

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .camera import Intrinsics
-from .geometry import backproject, check_colors, check_depth_map, check_points, grid_triangles, valid_depth_mask
+from .geometry import backproject, check_colors, check_depth_map, check_points, grid_triangles, point_mask
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,8 @@ def depth_to_mesh(depth: np.ndarray, intrinsics: Intrinsics, rgb: np.ndarray | N
     """Triangle mesh of a depth map (one vertex per valid pixel) as ``vtkPolyData``.
 
     Args:
-        depth: ``[H, W]`` z-depth; NaN/inf/``<= 0`` pixels get no vertex.
+        depth: ``[H, W]`` z-depth; NaN/inf/``<= 0`` pixels (and pixels without a ray through the lens) get no
+            vertex.
         intrinsics: camera for exactly ``W × H``.
         rgb: optional uint8 ``[H, W, 3]`` → point array ``"RGB"``.
         max_depth_jump: a grid triangle is dropped when its *relative* depth jump ``|Δz| / z``
@@ -106,7 +107,7 @@ def depth_to_mesh(depth: np.ndarray, intrinsics: Intrinsics, rgb: np.ndarray | N
     depth = check_depth_map(depth, intrinsics)
     if not max_depth_jump > 0:
         raise ValueError(f"max_depth_jump must be > 0 (relative |dz|/z), got {max_depth_jump!r}")
-    valid = valid_depth_mask(depth)
+    valid = point_mask(depth, intrinsics)
     points = backproject(depth, intrinsics)  # row-major order of the valid pixels
     remap = np.full(depth.size, -1, dtype=np.int64)
     remap[np.flatnonzero(valid)] = np.arange(points.shape[0])

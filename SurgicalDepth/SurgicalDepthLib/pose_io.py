@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .text_files import read_text_file
+
 POSE_FILE_HEADER = "# frame_index m00 m01 m02 m03 m10 ... m33 (4x4 camera-to-world, row-major, mm)"
 #: largest deviation of R^T R from identity that a pose file's rotation may have (rounding to 4 decimals gives ~1e-4)
 ROUNDING_TOLERANCE = 1e-3
@@ -37,12 +39,7 @@ def read_pose_file(path: str | os.PathLike) -> list[tuple[int | None, np.ndarray
             numbers, naming the file (and line).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"poses file {path} does not exist")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:  # its own message names the codec and byte, not the file
-        raise ValueError(f"poses file {path} is not a text file (byte {exc.start}: {exc.reason})") from None
+    lines = read_text_file(path, "poses file").splitlines()
     poses: list[tuple[int | None, np.ndarray]] = []
     for n, line in enumerate(lines, start=1):
         text = line.split("#", 1)[0].strip()

@@ -157,11 +157,11 @@ def frame_outputs(frame: Any, intrinsics: Any, kinds: Iterable[str], pose: np.nd
     """
     from vtkmodules.vtkCommonDataModel import vtkPolyData
 
-    from .geometry import backproject, valid_depth_mask
+    from .geometry import backproject, point_mask
     from .polydata import depth_to_mesh, to_polydata
 
     kinds, depth, rgb = set(kinds), frame.depth_mm, frame.rgb
-    valid = valid_depth_mask(depth)
+    valid = point_mask(depth, intrinsics)
     out: dict[str, Any] = {"depth": depth[None]}
     if "frames" in kinds:
         out["frames"] = rgb[None]

@@ -225,7 +225,9 @@ def depth_stream(model: Any, frames: Any, *, depth_range: tuple[float, float] | 
         model: a :class:`DepthModel` (or an object with its inference API: ``iter_batches``, ``output_kind``,
             ``depth_unit``), or stored predictions (:class:`~SurgicalDepthLib.saved_predictions.SavedPredictions`).
         frames: anything :func:`open_frames` takes (video, image folder, glob, image), an opened
-            :class:`FrameReader`, or an iterable of RGB uint8 ``[H, W, 3]`` arrays.
+            :class:`FrameReader`, or an iterable of RGB uint8 ``[H, W, 3]`` arrays. One stream is one camera: every
+            frame has the first one's size (a frame of another size is a ValueError after the frames before it are
+            yielded; the live service starts a new stream when the size changes).
         depth_range: (near, far) mm for relative models; default :data:`alignment.DEFAULT_DEPTH_RANGE_MM`.
         start, stride, max_frames: use source frames ``start, start + stride, ...``, at most ``max_frames``.
         batch_size: frames per forward pass (default: the model's, 1 on CPU and 4 on a GPU).

@@ -58,9 +58,10 @@ def is_image_file(path: str | os.PathLike) -> bool:
 
 
 def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files (``IMAGE_SUFFIXES``) directly inside ``folder``, in natural name order."""
+    """Image files (``IMAGE_SUFFIXES``) directly inside ``folder``, in natural name order; hidden files (``.name``:
+    macOS's ``._frame.png`` metadata, a writer's temporary file) are left out, as a glob leaves them out."""
     folder = Path(folder)
-    files = [p for p in folder.iterdir() if p.is_file() and is_image_file(p)]
+    files = [p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file() and is_image_file(p)]
     return sorted(files, key=lambda p: natural_key(p.name))
 
 

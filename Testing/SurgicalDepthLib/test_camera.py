@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from SurgicalDepthLib.camera import Intrinsics, distort_normalized, parse_intrinsics, pixel_rays
+from SurgicalDepthLib.geometry import backproject
 
 OPENCV_DIST = {"model": "opencv", "coeffs": [-0.28, 0.09, 0.0012, -0.0009, -0.012]}
 FISHEYE_DIST = {"model": "fisheye", "coeffs": [0.08, -0.02, 0.004, -0.0006]}
@@ -135,7 +136,7 @@ def test_from_file_text_matrix(tmp_path):
     bad.write_text("1 2 3")
     with pytest.raises(ValueError, match="expected 9 numbers .* got 3"):
         Intrinsics.from_file(bad, 10, 10)
-    with pytest.raises(FileNotFoundError, match="intrinsics file not found"):
+    with pytest.raises(FileNotFoundError, match=r"intrinsics file .* does not exist"):
         Intrinsics.from_file(tmp_path / "missing.json")
 
 
@@ -218,3 +219,111 @@ def test_fisheye_rays_are_exact_and_stop_where_the_fitted_polynomial_turns():
     assert 75.9 < theta[beyond].min() < 76.1 and theta.max() <= theta[beyond].max() + 1e-9
     np.testing.assert_allclose(np.arctan2(rays[..., 1], rays[..., 0])[beyond], np.arctan2(yd, xd)[beyond],
                                atol=1e-12)
+
+
+TILTED = {"model": "opencv", "coeffs": [-0.1, 0.01, 0.001, -0.002, 0.003, 0.01, -0.002, 0.001, 0.001, -0.001, 0.002,
+                                        0.0005, 0.05, -0.03]}
+
+
+def test_tilted_sensor_model_matches_opencv():
+    """Catches: the 14-coefficient model (CALIB_TILTED_MODEL) accepted by ``Intrinsics`` and back-projected, yet
+    refused by ``distort_normalized`` (so by the fusion at its first frame), or a tilt map that differs from
+    OpenCV's ``computeTiltProjectionMatrix`` (checked through ``cv2.projectPoints``, the independent peer)."""
+    intr = Intrinsics(100.0, 100.0, 50.0, 40.0, 100, 80, TILTED)
+    xy = np.random.default_rng(0).uniform(-0.5, 0.5, (200, 2))
+    uv = _project(intr, np.concatenate([xy, np.ones((200, 1))], 1))
+    xd, yd = distort_normalized(xy[:, 0], xy[:, 1], TILTED)
+    np.testing.assert_allclose(np.stack([xd * 100 + 50, yd * 100 + 40], 1), uv, atol=1e-9)
+    rays = pixel_rays(intr)
+    assert np.isfinite(rays).all()
+    u, v = np.meshgrid(np.arange(100.0), np.arange(80.0))
+    pts = np.concatenate([rays.reshape(-1, 2), np.ones((8000, 1))], 1)
+    np.testing.assert_allclose(_project(intr, pts), np.stack([u.ravel(), v.ravel()], 1), atol=1e-6)
+
+
+def test_opencv_pixels_past_the_turning_point_have_no_ray():
+    """Strong barrel distortion whose radial factor turns inside the frame: OpenCV's iteration returns a ray for
+    every pixel, but past the turn none projects back onto its pixel. Catches: those rays kept (points folded
+    back up to 300 px away, mesh normals facing away from the camera) — they are NaN, and back-projection and
+    meshing leave those pixels out; every ray kept projects back through OpenCV within 1e-3 px."""
+    from SurgicalDepthLib.polydata import depth_to_mesh
+
+    intr = Intrinsics(160.0, 160.0, 159.5, 127.5, 320, 256, {"model": "opencv", "coeffs": [-0.4, 0.2, 0, 0, -0.05]})
+    rays = pixel_rays(intr)
+    lost = np.isnan(rays).any(-1)
+    assert 0.05 < lost.mean() < 0.8 and not lost[100:156, 120:200].any()  # the corners, never the centre
+    u, v = np.meshgrid(np.arange(320.0), np.arange(256.0))
+    kept = np.concatenate([rays[~lost], np.ones(((~lost).sum(), 1))], 1)
+    np.testing.assert_allclose(_project(intr, kept), np.stack([u[~lost], v[~lost]], 1), atol=1e-3)
+    depth = np.full((256, 320), 50.0, np.float32)
+    points = backproject(depth, intr)
+    assert points.shape == ((~lost).sum(), 3) and np.isfinite(points).all()
+    mesh = depth_to_mesh(depth, intr)
+    assert mesh.GetNumberOfPoints() == (~lost).sum()
+    bounds = np.asarray(mesh.GetBounds())
+    assert np.isfinite(bounds).all() and np.abs(bounds).max() < 1e4
+
+
+def test_scaled_refuses_a_fractional_size():
+    """Catches: ``scaled(127.9, 96)`` silently truncated to 127 px wide with fx scaled by 127.9/128."""
+    with pytest.raises(ValueError, match="positive integers"):
+        Intrinsics(100.0, 100.0, 63.5, 47.5, 128, 96).scaled(127.9, 96)
+
+
+def test_calibration_files_opencv_lists_and_camera_info(tmp_path):
+    """Catches: a camera matrix written as a plain YAML list (and a ROS CameraInfo message dump: K, D, width,
+    height) failing with OpenCV's "isMap()" assertion (a traceback, exit 1) — ``node.mat()`` was asked first; the
+    message's own image size ignored; a file stating one of the two sizes mixed with the frame's other side."""
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("image_width: 128\nimage_height: 96\ncamera_matrix: [100, 0, 63.5, 0, 100, 47.5, 0, 0, 1]\n"
+                    "distortion_coefficients: [0.1, 0.01, 0, 0, 0]\n")
+    want = Intrinsics(100.0, 100.0, 63.5, 47.5, 128, 96, {"model": "opencv", "coeffs": [0.1, 0.01, 0, 0, 0]})
+    assert Intrinsics.from_file(flat) == want
+    message = tmp_path / "camera_info.yaml"
+    message.write_text("header: {frame_id: scope}\nheight: 96\nwidth: 128\ndistortion_model: plumb_bob\n"
+                       "D: [0.1, 0.01, 0, 0, 0]\nK: [100, 0, 63.5, 0, 100, 47.5, 0, 0, 1]\n")
+    assert Intrinsics.from_file(message) == want
+    assert parse_intrinsics(message, 256, 192) == want.scaled(256, 192)  # its own size, rescaled to the frames
+    one = tmp_path / "one.yaml"
+    one.write_text("image_width: 128\ncamera_matrix: [100, 0, 63.5, 0, 100, 47.5, 0, 0, 1]\n")
+    with pytest.raises(ValueError, match=r"one\.yaml states only one of image_width/image_height"):
+        parse_intrinsics(one, 128, 96)
+
+
+@pytest.mark.parametrize("name, text, field", [
+    ("broken.yaml", "camera_matrix: [1,2\n  bad: : :\n", "not valid OpenCV YAML/XML"),
+    ("cut.xml", '<?xml version="1.0"?>\n<opencv_storage>\n<camera_matrix type_id', "not valid OpenCV YAML/XML"),
+    ("coeffs.json", '{"fx": 50, "fy": 50, "cx": 31.5, "cy": 23.5, "width": 64, "height": 48, '
+                    '"distortion": {"model": "opencv", "coeffs": "ab"}}', r"distortion\['coeffs'\] must be numbers"),
+    ("k.json", '{"K": "abc", "width": 64, "height": 48}', "'K' must be a 3x3 matrix of numbers"),
+    ("three.yaml", "image_width: 128\nimage_height: 96\ncamera_matrix: [100, 0, 63.5, 0, 100, 47.5, 0, 0, 1]\n"
+                   "distortion_coefficients: [0.1, 0.01, 0]\n", "takes 4 or 5 or 8 or 12 or 14 coefficients, got 3"),
+    ("bool.json", '{"fx": 50, "fy": 50, "cx": 31.5, "cy": 23.5, "width": true, "height": 48}', "positive integers"),
+])
+def test_bad_calibration_values_name_the_file_and_field(tmp_path, name, text, field):
+    """Catches: OpenCV's parser error escaping as ``SystemError`` (traceback, exit 1, missed by callers catching
+    ValueError); a bad value's message without the file ("could not convert string to float: 'ab'"); ``width:
+    true`` read as 1 px and reported as a principal point outside a 1×48 image."""
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError, match=rf"^intrinsics file .*{name}.*{field}"):
+        Intrinsics.from_file(path)
+
+
+def test_check_calibration_file_reads_all_but_the_size(tmp_path):
+    """``check_calibration_file`` (``stream --intrinsics`` at startup) refuses what no frame size can fix and
+    passes a file that leaves the size to the frames. Catches: a bare K refused for lacking a size, or a broken
+    one (wrong count of numbers, a JSON without fx) passed until the first frame."""
+    from SurgicalDepthLib.calibration_files import check_calibration_file
+
+    good = tmp_path / "K.txt"
+    good.write_text("100 0 63.5\n0 100 47.5\n0 0 1\n")
+    check_calibration_file(good)
+    sized = tmp_path / "fx.json"
+    sized.write_text('{"fx": 50, "fy": 50, "cx": 31.5, "cy": 23.5}')
+    check_calibration_file(sized)
+    for name, text, msg in (("five.txt", "1 2 3 4 5", "got 5"), ("nofx.json", '{"fy": 50, "cx": 1, "cy": 2}',
+                                                                  r"missing \['fx'\]")):
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=rf"{name}.*{msg}"):
+            check_calibration_file(tmp_path / name)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import cv2
@@ -165,3 +166,125 @@ def test_intrinsics_correct_maps_to_the_lens_and_a_misfit_writes_nothing(tmp_pat
     err = capsys.readouterr().err
     assert rc == 2 and "aspect ratio" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "bad").exists()
+
+
+def test_written_maps_name_their_unit(tmp_path, checkpoint):
+    """The unit stored in a PNG map's text chunk and a sequence NRRD's ``depth unit`` field is what the values are:
+    ``disparity`` for a relative model, the metric head's unit (here ``mm``) for a metric one. Catches: the
+    output kind written as the unit (``"depth"`` is no unit), so a metric map's unit was recorded nowhere."""
+    from PIL import Image
+
+    from SurgicalDepthLib.checkpoints import save_checkpoint
+
+    metric = save_checkpoint(tmp_path / "metric.safetensors", tiny_model(1, head="metric"))
+    image = tmp_path / "frame.png"
+    cv2.imwrite(str(image), textured(40, 56, 5))
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip, 2)
+    for model_file, unit in ((checkpoint, "disparity"), (metric, "mm")):
+        out = tmp_path / unit
+        assert run_predict([str(image), str(clip), "--output", str(out), "--model", str(model_file), "--input-size",
+                            str(SIZE), "--format", "png", "--colormap"]) == 0
+        for png_file in (out / "frame_depth.png", out / "clip" / "000001.png"):
+            with Image.open(png_file) as png:
+                assert json.loads(png.text["SurgicalDepth"])["unit"] == unit
+        header = (out / "clip_depth.seq.nrrd").read_bytes().split(b"\n\n", 1)[0].decode()
+        assert f"depth unit:={unit}" in header.splitlines()
+
+
+def _scope_frame(h: int, w: int, seed: int) -> np.ndarray:
+    """Tissue inside a centred disc on a black scope border."""
+    rgb = textured(h, w, seed)
+    v, u = np.mgrid[0:h, 0:w]
+    rgb[(u - (w - 1) / 2) ** 2 + (v - (h - 1) / 2) ** 2 > (0.45 * min(h, w)) ** 2] = 0
+    return rgb
+
+
+def test_each_image_gets_its_own_field_of_view_at_any_batch_size(tmp_path, checkpoint):
+    """Separate images are unrelated photos: a scope frame keeps its black border out of its map, a frame of tissue
+    to the edges keeps every pixel, whatever ``--batch-size``. Catches: the field of view detected over a whole batch
+    (per-pixel maximum) and applied to each image in it — at batch 2 the scope frame's border got depth and no mask
+    (and at GPU's default batch of 4 without asking)."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a_scope.png"), _scope_frame(64, 80, 1)[..., ::-1])
+    cv2.imwrite(str(folder / "b_full.png"), textured(64, 80, 2)[..., ::-1])
+    cv2.imwrite(str(folder / "c_scope.png"), _scope_frame(64, 80, 3)[..., ::-1])
+    maps = {}
+    for batch in (1, 3):
+        out = tmp_path / f"b{batch}"
+        assert run_predict([str(folder), "--output", str(out), "--model", str(checkpoint), "--input-size", str(SIZE),
+                            "--batch-size", str(batch)]) == 0
+        maps[batch] = {n: load_depth(out / f"{n}_depth.npy") for n in ("a_scope", "b_full", "c_scope")}
+        assert sorted(p.name for p in out.glob("*_fov.png")) == ["a_scope_fov.png", "c_scope_fov.png"]
+    for name in ("a_scope", "c_scope"):
+        assert 0.2 < np.isnan(maps[3][name]).mean() < 0.6 and np.isnan(maps[3][name][0, 0])
+        np.testing.assert_array_equal(np.isnan(maps[1][name]), np.isnan(maps[3][name]))
+    assert not np.isnan(maps[3]["b_full"]).any() and not np.isnan(maps[1]["b_full"]).any()
+    for name in maps[1]:
+        np.testing.assert_allclose(maps[1][name], maps[3][name], rtol=1e-4, atol=1e-5)
+
+
+def test_dot_folder_as_video_is_named_after_the_folder(tmp_path, checkpoint, monkeypatch):
+    """Catches: ``predict . --video`` (and ``..``) naming its outputs after ``Path('.').name`` (empty: the maps
+    were refused as "/000000.npy is outside the output folder")."""
+    frames = tmp_path / "clip_frames"
+    frames.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(frames / f"{i:03d}.png"), textured(40, 56, i))
+    monkeypatch.chdir(frames)
+    out = tmp_path / "out"
+    assert run_predict([".", "--video", "--output", str(out), "--model", str(checkpoint), "--input-size",
+                        str(SIZE)]) == 0
+    assert sorted(p.name for p in (out / "clip_frames").iterdir()) == ["000000.npy", "000001.npy", "predictions.json"]
+    monkeypatch.chdir(frames / "..")
+    assert run_predict(["clip_frames/../clip_frames/*.png", "--video", "--output", str(tmp_path / "g"), "--model",
+                        str(checkpoint), "--input-size", str(SIZE)]) == 0
+    assert (tmp_path / "g" / "clip_frames" / "predictions.json").is_file()
+
+
+def test_a_damaged_video_keeps_every_frame_decoded_before_the_damage(tmp_path, checkpoint):
+    """A video cut in half: ``predict`` fails naming the damage (a ValueError: exit 2 in the CLI), and every frame
+    decoded before it has its map and ``predictions.json`` (so ``reconstruct --depth`` can use them), as
+    ``sd.depth_stream`` yields them. Catches: the writer thread's queue dropped on the error (up to two batches of
+    predicted frames lost) and no ``predictions.json``."""
+    from SurgicalDepthLib.video import VideoDecodeError
+
+    whole = tmp_path / "whole.avi"
+    writer = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"MJPG"), 20.0, (64, 48))
+    for i in range(24):
+        writer.write(textured(48, 64, i))
+    writer.release()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    decoded = 0
+    with pytest.raises(VideoDecodeError):
+        for _ in open_frames(cut):
+            decoded += 1
+    assert 3 <= decoded < 24
+    out = tmp_path / "out"
+    with pytest.raises(VideoDecodeError):
+        run_predict([str(cut), "--output", str(out), "--model", str(checkpoint), "--input-size", str(SIZE),
+                     "--batch-size", "4"])
+    written = sorted(p.name for p in (out / "cut").glob("*.npy"))
+    assert written == [f"{i:06d}.npy" for i in range(decoded)]
+    assert (out / "cut" / "predictions.json").is_file()
+
+
+def test_colour_video_of_a_4096_pixel_wide_input(tmp_path, checkpoint):
+    """The side-by-side colour video of a DCI-4K-wide input is 8192 px wide, more than mp4v encodes. Catches:
+    ``--colormap`` failing on every input ≥ 4096 px wide ("OpenCV cannot write mp4v video"), after the model
+    loaded — the panel is scaled to 8190 px, aspect kept."""
+    from SurgicalDepthLib.cli.predict import side_by_side_size
+
+    assert side_by_side_size(48, 64) == (128, 48)
+    assert side_by_side_size(2160, 4096) == (8190, 2160)
+    clip = tmp_path / "wide.mp4"
+    write_clip(clip, 2, h=64, w=4096)
+    out = tmp_path / "out"
+    assert run_predict([str(clip), "--output", str(out), "--model", str(checkpoint), "--input-size", "14",
+                        "--colormap"]) == 0
+    video = cv2.VideoCapture(str(out / "wide_depth.mp4"))
+    assert (video.get(cv2.CAP_PROP_FRAME_WIDTH), video.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (8190, 64)
+    assert video.read()[0] and video.read()[0]
+    video.release()

@@ -228,3 +228,12 @@ def test_nrrd_header_is_the_one_simpleitk_writes(tmp_path, depth):
         {k: v for k, v in theirs.items() if k != "space directions"}
     assert sitk.ReadImage(str(tmp_path / "ours.nrrd")).GetSpacing() == (0.5, 2.0)
     assert (tmp_path / "ours.nrrd").stat().st_size == offset + depth.nbytes
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".png", ".nrrd", ".tiff"])
+def test_an_empty_map_is_refused_by_name(tmp_path, suffix):
+    """Catches: a ``(0, W)`` map raising ``cv2.error`` (PNG, TIFF: not a ValueError, so a traceback in the CLI) or
+    being written as a file no reader takes back (NRRD ``sizes: 41 0``)."""
+    with pytest.raises(ValueError, match=r"depth is empty \(shape \(0, 41\)\)"):
+        save_depth(tmp_path / f"d{suffix}", np.zeros((0, 41), np.float32))
+    assert not list(tmp_path.iterdir())

@@ -100,3 +100,20 @@ def test_lens_cosines_of_an_ocam_camera():
     rho = np.hypot(v - XC, u - YC)
     forward = 60.0 - 4e-3 * rho ** 2
     np.testing.assert_allclose(ray_cosines(cam), forward / np.hypot(rho, forward), rtol=1e-12)
+
+
+def test_pixels_without_a_ray_give_no_point_and_no_vertex():
+    """A lens whose polynomial reaches 90° off axis inside the frame (f(ρ) = −30 + 0.01 ρ² is 0 at ρ ≈ 55 px;
+    the corners lie 63 px from the centre): those pixels have no ray (NaN). Catches: ``backproject`` and
+    ``depth_to_mesh`` turning them into NaN points (half the points of a real circular fisheye; VTK bounds of
+    ±8e6) although they are documented never to become points."""
+    from SurgicalDepthLib.polydata import depth_to_mesh
+
+    cam = ocam(poly=(-30.0, 0.0, 1e-2))
+    lost = np.isnan(pixel_rays(cam)).any(-1)
+    assert 0 < lost.sum() < lost.size // 4
+    depth = np.full((H, W), 40.0, np.float32)
+    points = sd.backproject(depth, cam)
+    assert points.shape == ((~lost).sum(), 3) and np.isfinite(points).all()
+    mesh = depth_to_mesh(depth, cam)
+    assert mesh.GetNumberOfPoints() == (~lost).sum() and np.isfinite(mesh.GetBounds()).all()

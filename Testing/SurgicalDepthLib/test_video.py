@@ -142,6 +142,19 @@ def test_image_folder_natural_order_and_glob(tmp_path):
     assert natural_key("a10") > natural_key("a9")
 
 
+def test_folder_leaves_out_hidden_files_as_a_glob_does(tmp_path):
+    """Catches: macOS's AppleDouble ``._frame.png`` files (and a writer's hidden temporary file) read as frames of
+    a folder — the whole run aborted on "cannot decode image ._f0.png" where the folder's glob skipped them."""
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"f{i}.png"), cv2.cvtColor(frame_for(i), cv2.COLOR_RGB2BGR))
+        (folder / f"._f{i}.png").write_bytes(b"\x00\x05\x16\x07" + bytes(80))
+    (folder / ".f3.tmp123.png").write_bytes(b"")
+    assert [p.name for p in open_frames(folder).files] == ["f0.png", "f1.png", "f2.png"]
+    assert [decode_index(f) for f in open_frames(folder)] == [0, 1, 2]
+
+
 def test_errors(tmp_path, clip):
     with pytest.raises(FileNotFoundError, match="missing.mp4"):
         open_frames(tmp_path / "missing.mp4")

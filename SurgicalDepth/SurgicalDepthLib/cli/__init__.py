@@ -258,13 +258,33 @@ def main(argv: list[str] | None = None, extra: tuple = ()) -> int:
         print(f"surgical-depth {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except Exception as exc:
-        reporter.error(f"{type(exc).__name__}: {exc}")
-        raise
+        if args.verbose or not is_out_of_memory(exc):
+            reporter.error(f"{type(exc).__name__}: {exc}")
+            raise
+        message = (f"out of memory ({type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:160]}); "
+                   "lower --batch-size or --input-size")
+        reporter.error(message)
+        print(f"surgical-depth {args.command}: error: {message}", file=sys.stderr)
+        return 2
     if code == 0:
         reporter.done(**getattr(args, "result", {}))
     else:
         reporter.error(f"exit code {code}")
     return code
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocation failure: a size the user chose (``--input-size``, ``--batch-size``) that the
+    machine cannot hold — Python's MemoryError, torch's OutOfMemoryError (CUDA), or an allocator's message in a
+    RuntimeError (torch on CPU) or ``cv2.error``."""
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
+        return True
+    text = str(exc).lower()
+    return type(exc).__name__ in ("RuntimeError", "error") and any(
+        marker in text for marker in ("out of memory", "can't allocate", "insufficient memory", "failed to allocate"))
 
 
 if __name__ == "__main__":

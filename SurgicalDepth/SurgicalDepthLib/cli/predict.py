@@ -8,8 +8,9 @@ Outputs (in ``--output``):
   depth side by side, red = near, blue = far) and ``clip_depth.seq.nrrd`` (Slicer volume sequence);
   ``clip/predictions.json`` describes the maps for ``reconstruct --depth``.
 
-Pixels outside the scope's field of view (``--fov-mask``, found automatically from the first frames) are NaN in the
-maps (0 in PNG) and black in colour maps; the mask is written as ``clip/fov_mask.png`` (``name_fov.png`` for images).
+Pixels outside the scope's field of view (``--fov-mask``, found automatically: from a sequence's first frames, from
+each image alone) are NaN in the maps (0 in PNG) and black in colour maps; the mask is written as
+``clip/fov_mask.png`` (``name_fov.png`` for images).
 
 With ``--intrinsics`` (the scope's calibration), the maps of a model with a reference lens (the default model) are
 corrected to that lens (:mod:`SurgicalDepthLib.lens`: wide-angle and fisheye scopes).
@@ -36,11 +37,12 @@ from ..background import BackgroundCalls
 from ..camera import parse_intrinsics
 from ..colormap import colorize, robust_range, to_disparity
 from ..depth_io import DepthSequenceWriter, save_depth
-from ..fov import nan_outside, write_fov_mask
+from ..fov import detect_fov_mask, nan_outside, write_fov_mask
 from ..run_folder import RunFolder
 from ..saved_predictions import INFO_NAME, write_info
 from ..stream import DepthFrame, depth_stream
-from ..video import FrameReader, frame_source_images, frame_source_kind, open_frames, read_image, write_image
+from ..video import (FrameReader, VideoDecodeError, frame_source_images, frame_source_kind, open_frames, read_image,
+                     write_image)
 from . import (FOV_MASK_HELP, OVERWRITE_HELP, CliError, add_model_args, check_intrinsics_arg,
                check_output_not_an_input_folder, fov_mask_arg, input_paths, progress_of)
 
@@ -86,12 +88,17 @@ def _lens(args: argparse.Namespace, lenses: dict[tuple[int, int], Any], height: 
 
 
 def _sequence_name(text: str, kind: str) -> str:
-    """Output name of a sequence: a video's stem, a folder's name, a glob's last folder without pattern characters."""
+    """Output name of a sequence: a video's stem, a folder's name, a glob's last folder without pattern characters
+    (``.`` and ``..`` by the folder they stand for; ``frames`` for a glob without a folder, or in ``/``)."""
     path = Path(text)
+    if kind == "video":
+        return path.stem
     if kind == "glob":
         parts = [p for p in path.parts if not any(c in p for c in "*?[")]
-        return Path(*parts).name if parts else "frames"
-    return path.stem if kind == "video" else path.name
+        if not parts:
+            return "frames"
+        path = Path(*parts)
+    return path.resolve().name or "frames"
 
 
 def _is_sequence(kind: str, video: bool) -> bool:
@@ -149,6 +156,11 @@ def _write_fov(out: RunFolder, relative: str, frame: DepthFrame, written: set) -
         written.add(relative)
 
 
+def _map_unit(model: Any) -> str:
+    """What a written map's values are, stored in its file: ``"disparity"`` (relative) or the metric unit."""
+    return "disparity" if model.output_kind == "disparity" else model.depth_unit
+
+
 def _colour_range(pred: np.ndarray, kind: str) -> tuple[float | None, float | None]:
     """Robust colour limits of one map, or ``(None, None)`` (colorize's own default) when nothing is valid."""
     if not to_disparity(pred, kind)[1].any():
@@ -157,19 +169,29 @@ def _colour_range(pred: np.ndarray, kind: str) -> tuple[float | None, float | No
 
 
 # -- the two kinds of job ----------------------------------------------------------------------------------------
-def _same_size_groups(images: list[Path], batch_size: int) -> Iterator[tuple[list[Path], list[np.ndarray]]]:
-    """Consecutive images of one size, at most ``batch_size`` per group (a batch is one tensor)."""
+def _image_batches(images: list[Path], batch_size: int, fov_mask: Any
+                   ) -> Iterator[tuple[list[Path], list[np.ndarray], Any]]:
+    """Consecutive images that share one size and one field of view, at most ``batch_size`` per batch (a batch is
+    one tensor), with that field of view for ``depth_stream``: with ``fov_mask="auto"`` each image's own
+    (``detect_fov_mask([rgb])``; unrelated photos share no scope), else ``fov_mask`` as given."""
     group: list[Path] = []
     frames: list[np.ndarray] = []
+    mask: Any = None
     for path in images:
         rgb = read_image(path)
-        if frames and (rgb.shape != frames[0].shape or len(frames) == batch_size):
-            yield group, frames
+        own = detect_fov_mask([rgb]) if isinstance(fov_mask, str) else fov_mask
+        if frames and (rgb.shape != frames[0].shape or len(frames) == batch_size or not _same_mask(own, mask)):
+            yield group, frames, mask
             group, frames = [], []
         group.append(path)
         frames.append(rgb)
+        mask = own
     if frames:
-        yield group, frames
+        yield group, frames, mask
+
+
+def _same_mask(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    return a is b or (a is not None and b is not None and np.array_equal(a, b))
 
 
 def _predict_images(model, images: list[Path], args: argparse.Namespace, ext: str, out: RunFolder, bar,
@@ -177,13 +199,13 @@ def _predict_images(model, images: list[Path], args: argparse.Namespace, ext: st
     kind = model.output_kind
     written = 0
     masks: set = set()
-    for group, frames in _same_size_groups(images, args.batch_size):
+    for group, frames, fov in _image_batches(images, args.batch_size, args.fov_mask):
         lens = _lens(args, lenses, *frames[0].shape[:2])
         for path, frame in zip(group, depth_stream(model, frames, batch_size=args.batch_size, intrinsics=lens,
-                                                   input_size=args.input_size, fov_mask=args.fov_mask,
+                                                   input_size=args.input_size, fov_mask=fov,
                                                    detail_size=args.detail_size)):
             pred = _in_fov(frame)
-            save_depth(out.path(f"{path.stem}_depth{ext}"), pred, unit=kind)
+            save_depth(out.path(f"{path.stem}_depth{ext}"), pred, unit=_map_unit(model))
             if args.colormap:
                 write_image(out.path(f"{path.stem}_color.png"), colorize(pred, kind))
             _write_fov(out, f"{path.stem}_fov.png", frame, masks)
@@ -215,6 +237,25 @@ def _open_sequence(source: str, args: argparse.Namespace) -> FrameReader:
     return open_frames(source, stop=stop, stride=args.stride)
 
 
+#: widest frame the mp4v (MPEG-4 Part 2) encoder takes: its width must stay below 8192 pixels
+MP4V_MAX_WIDTH = 8190
+
+
+def side_by_side_size(height: int, width: int) -> tuple[int, int]:
+    """``(width, height)`` of the colour video's frame (input | depth side by side, ``2·width × height``), scaled
+    down, aspect kept, to even sides within :data:`MP4V_MAX_WIDTH` (a 4096-pixel-wide input is 8192 side by side)."""
+    if 2 * width <= MP4V_MAX_WIDTH:
+        return 2 * width, height
+    scale = MP4V_MAX_WIDTH / (2 * width)
+    return 2 * int(width * scale), max(2, 2 * round(height * scale / 2))
+
+
+def _write_info(out: RunFolder, name: str, model: Any, args: argparse.Namespace, reader: FrameReader,
+                lens: Any) -> None:
+    write_info(out.path(f"{name}/{INFO_NAME}"), model=model, file_format=args.format, size=reader.size,
+               source=reader.path, lens_corrected=lens is not None)
+
+
 def _predict_sequence(model, reader: FrameReader, name: str, args: argparse.Namespace, ext: str, out: RunFolder,
                       bar, lens: Any) -> int:
     source = reader.path
@@ -232,14 +273,15 @@ def _predict_sequence(model, reader: FrameReader, name: str, args: argparse.Name
         stack.callback(reader.close)
         writer = seq = None
         if args.colormap:
-            h, w = reader.size
+            panel = side_by_side_size(*reader.size)
             video = out.path(f"{name}_depth.mp4")
             tmp = stack.enter_context(atomic_path(video))
-            writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (2 * w, h))
+            writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, panel)
             if not writer.isOpened():
                 raise OSError(f"OpenCV cannot write mp4v video {video}")
             stack.callback(writer.release)  # runs before atomic_path renames the file
-            seq = stack.enter_context(DepthSequenceWriter(out.path(f"{name}_depth.seq.nrrd"), fps=fps, unit=kind))
+            seq = stack.enter_context(DepthSequenceWriter(out.path(f"{name}_depth.seq.nrrd"), fps=fps,
+                                                          unit=_map_unit(model)))
         vrange = None
 
         masks: set = set()
@@ -247,27 +289,34 @@ def _predict_sequence(model, reader: FrameReader, name: str, args: argparse.Name
         def emit(frame: DepthFrame) -> None:  # in the writer thread, in order
             nonlocal vrange
             pred = _in_fov(frame)
-            save_depth(out.path(f"{name}/{frame.index:06d}{ext}"), pred, unit=kind)
+            save_depth(out.path(f"{name}/{frame.index:06d}{ext}"), pred, unit=_map_unit(model))
             _write_fov(out, f"{name}/fov_mask.png", frame, masks)
             if args.colormap:
                 if vrange is None or not fixed_range:
                     vrange = _colour_range(pred, kind)
                 color = colorize(pred, kind, *vrange)
                 write_image(out.path(f"{name}/{frame.index:06d}_color.png"), color)
-                writer.write(cv2.cvtColor(np.hstack([frame.rgb, color]), cv2.COLOR_RGB2BGR))
+                both = np.hstack([frame.rgb, color])
+                if both.shape[1::-1] != panel:
+                    both = cv2.resize(both, panel, interpolation=cv2.INTER_AREA)
+                writer.write(cv2.cvtColor(both, cv2.COLOR_RGB2BGR))
                 seq.append(pred, frame.index / source_fps)
             bar.update(1)
 
         # entered last, so it is closed (all writes done, or skipped after an error) before the files above
         calls = stack.enter_context(BackgroundCalls(depth=2 * args.batch_size, name=f"write {name}"))
-        for frame in depth_stream(model, reader, batch_size=args.batch_size, temporal=args.temporal,
-                                  input_size=args.input_size, fov_mask=args.fov_mask,
-                                  detail_size=args.detail_size, intrinsics=lens):
-            calls.submit(emit, frame)
-            count += 1
+        try:
+            for frame in depth_stream(model, reader, batch_size=args.batch_size, temporal=args.temporal,
+                                      input_size=args.input_size, fov_mask=args.fov_mask,
+                                      detail_size=args.detail_size, intrinsics=lens):
+                calls.submit(emit, frame)
+                count += 1
+        except VideoDecodeError:  # damaged past some frame: keep the maps of the frames before it, usable as such
+            calls.close()
+            _write_info(out, name, model, args, reader, lens)
+            raise
         calls.close()
-    write_info(out.path(f"{name}/{INFO_NAME}"), model=model, file_format=args.format, size=reader.size,
-               source=source, lens_corrected=lens is not None)
+    _write_info(out, name, model, args, reader, lens)
     extra = f", {name}_depth.mp4 and {name}_depth.seq.nrrd" if args.colormap else ""
     print(f"{source}: {count} frames -> {args.output / name}{extra}")
     return count

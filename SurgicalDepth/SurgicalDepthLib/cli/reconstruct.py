@@ -21,7 +21,7 @@ from ..atomic_io import atomic_path
 from ..camera import DEFAULT_FOV_DEG, parse_intrinsics
 from ..export import save_mesh, save_points
 from ..fov import write_fov_mask
-from ..geometry import backproject
+from ..geometry import backproject, point_mask
 from ..icp import PoseTracker
 from ..polydata import depth_to_mesh, to_polydata
 from ..pose_io import format_pose_file, read_poses
@@ -124,7 +124,8 @@ def _open_input(args: argparse.Namespace) -> tuple[Any, Any, dict[int, np.ndarra
 
 def _write_frame(out: RunFolder, args: argparse.Namespace, frame: Any, intr: Any) -> None:
     ext = "." + args.format
-    depth, valid = frame.depth_mm, frame.valid
+    depth = frame.depth_mm
+    valid = point_mask(depth, intr, frame.valid)
     cloud = to_polydata(backproject(depth, intr, mask=valid), colors=frame.rgb[valid], scalars=depth[valid])
     save_points(out.path(f"points_{frame.index:06d}{'.ply' if ext == '.stl' else ext}"), cloud)
     if args.mesh:

@@ -80,29 +80,15 @@ def _check_args(args: argparse.Namespace) -> None:
 
 def _check_calibration_file(text: str | None) -> None:
     """Read the calibration file ``--intrinsics`` names before the service starts, so an unreadable one stops the
-    command here (exit 2) instead of being logged at the first frame.
-
-    A file that states its image size is read in full. One that does not holds pixels of the frames' size and is
-    read again per frame size; its readers check the text before they need the size, so an error that a read at
-    another size repeats is about the text (a read without a size fails for the size alone on a good file).
-    """
+    command here (exit 2) instead of being logged at the first frame (one without its image size is read up to
+    that size, which the frames give)."""
     if text is None or not Path(text).is_file():
         return  # none, or 'fx,fy,cx,cy' (check_intrinsics_arg)
-    from ..calibration_files import file_states_size
-    from ..camera import Intrinsics
+    from ..calibration_files import check_calibration_file
 
     path = Path(text)
     try:
-        try:
-            Intrinsics.from_file(path)
-        except ValueError as unsized:
-            if file_states_size(path):
-                raise
-            try:
-                Intrinsics.from_file(path, 1, 1)
-            except ValueError as sized:
-                if str(sized) == str(unsized):
-                    raise
+        check_calibration_file(path)
     except (OSError, ValueError) as exc:
         message = str(exc) if str(path) in str(exc) else f"{path}: {exc}"
         raise CliError(f"--intrinsics: {message}") from None
