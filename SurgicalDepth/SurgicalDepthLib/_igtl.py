@@ -20,14 +20,12 @@ import numpy as np
 import pyigtl
 from pyigtl.messages import CRC64
 
+from .preprocess import MAX_ASPECT_RATIO
+
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 256 << 20  # larger bodies mean a stream out of sync, not a frame (an 8K RGBA frame is 133 MB)
 DEVICE_NAME_BYTES = 20
-#: longer over shorter side of a frame the service reads: the network input keeps the aspect ratio with its shorter
-#: side at the input size, so a 600 x 10 strip would be read at 10920 x 182 px, tens of seconds in which no
-#: client gets an answer (real video is at most about 4:1)
-MAX_ASPECT_RATIO = 8
 _HEADER = struct.Struct(">H12s20s8sQQ")  # version, type, device name, timestamp (sec, frac), body size, CRC64
 _IMAGE_START = struct.Struct(">HBBBBHHH")  # version, components, scalar type, endianness, coordinates, size i j k
 _GEOMETRY = slice(12, 60)  # 12 float32 after _IMAGE_START: t, s, n columns and the image centre

@@ -66,28 +66,45 @@ def _safetensors_load(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
         raise CheckpointError(f"{path}: not a readable safetensors file (truncated or another format): {exc}") from exc
 
 
+#: keys a training script may keep its state dict under (official metric train.py: "model"; Lightning: "state_dict")
+WRAPPER_KEYS = ("model", "state_dict", "model_state_dict")
+#: prefixes a wrapper module puts before the official keys (DDP: "module."; a LightningModule's attribute: "model.")
+WRAPPER_PREFIXES = ("module.", "model.")
+
+
 def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    """The state dict inside a loaded ``.pth``: plain, or under ``model``/``state_dict``; ``module.`` stripped."""
+    """The state dict inside a loaded ``.pth``: plain, or under one of :data:`WRAPPER_KEYS`, with the
+    :data:`WRAPPER_PREFIXES` that every key shares stripped (``model.module.`` too)."""
     if isinstance(obj, dict):
-        for key in ("model", "state_dict"):
+        for key in WRAPPER_KEYS:
             if key in obj and isinstance(obj[key], dict):
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path}: does not hold a state dict of tensors (got {type(obj).__name__})")
-    if all(k.startswith("module.") for k in obj):
-        obj = {k[len("module."):]: v for k, v in obj.items()}
+    while prefix := next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in obj)), None):
+        obj = {k[len(prefix):]: v for k, v in obj.items()}
     return obj
 
 
 # -- architecture inference ---------------------------------------------------------------------------------------
-def _version_from_name(name: str) -> str | None:
+#: official file names, which state the version (V2: depth_anything_v2_vits.pth; V1: depth_anything_vits14.pth)
+_OFFICIAL_NAMES = {"v2": r"depth_anything_v2", "v1": r"depth_anything_vit[stblg]14|depth_anything_v1"}
+#: a bare version token in any other name (my_model_v2.pth): a default that an explicit version= overrides
+_VERSION_TOKENS = {"v2": r"(^|[^a-z])v2([^a-z0-9]|$)", "v1": r"(^|[^a-z])v1([^a-z0-9]|$)"}
+
+
+def _version_from_name(name: str) -> tuple[str | None, bool]:
+    """``(version, official)`` read from a file name: an official name's version (``official`` True), else a bare
+    version token's; None where the name says nothing, or both versions."""
     n = name.lower().replace("-", "_")
-    if re.search(r"depth_anything_v2|(^|[^a-z])v2([^a-z0-9]|$)", n):
-        return "v2"
-    if re.search(r"depth_anything_vit[stblg]14|depth_anything_v1|(^|[^a-z])v1([^a-z0-9]|$)", n):
-        return "v1"
-    return None
+    for patterns, official in ((_OFFICIAL_NAMES, True), (_VERSION_TOKENS, False)):
+        found = [v for v, pattern in patterns.items() if re.search(pattern, n)]
+        if len(found) == 1:
+            return found[0], official
+        if found:
+            return None, False
+    return None, False
 
 
 def infer_config(state: dict[str, torch.Tensor], *, version: str | None = None, name: str = "",
@@ -108,24 +125,39 @@ def infer_config(state: dict[str, torch.Tensor], *, version: str | None = None, 
         patch = int(state["pretrained.patch_embed.proj.weight"].shape[-1])
         grid = int(round((state["pretrained.pos_embed"].shape[1] - 1) ** 0.5))
     except (KeyError, ValueError) as exc:
+        hf = any(k.startswith(("backbone.", "neck.", "head.")) for k in state)
         raise CheckpointError(f"{name or 'state dict'}: not a Depth Anything checkpoint "
-                              f"(missing {exc}; expected pretrained.* and depth_head.* keys)") from None
+                              f"(missing {exc}; expected pretrained.* and depth_head.* keys)"
+                              + ("; these are a Hugging Face model's weights: pass the folder that holds them with "
+                                 "its config.json" if hf else "")) from None
     encoder = next((e for e, s in ENCODERS.items() if s.embed_dim == width and s.depth == n_blocks), None)
     if encoder is None:
         raise CheckpointError(f"{name}: encoder of width {width} with {n_blocks} blocks is not a known DINOv2 size")
     base = Path(name).name.lower() if name else ""  # the file's own name: never the folders it lies in
-    version = version or _version_from_name(base)
+    named, official = _version_from_name(base)
+    if version is not None and official and version != named:
+        raise CheckpointError(f"{name}: version={version!r} conflicts with its official file name (Depth Anything "
+                              f"{named.upper()}); rename the file if it holds another version")
+    version = version or named
     if version is None:
         raise CheckpointError(
             f"{name}: cannot tell Depth Anything V1 from V2 (same shapes, different decoder blocks); pass "
-            "version='v1' or 'v2' to sd.load_model, or give the file its official name (e.g. "
-            "depth_anything_v2_vits.pth or depth_anything_vits14.pth)")
+            "version='v1' or 'v2' to sd.load_model (--model-version in the CLI), or give the file its official name "
+            "(e.g. depth_anything_v2_vits.pth or depth_anything_vits14.pth)")
+    named_head = "metric" if "metric" in base else None
+    if head is not None and named_head is not None and head != named_head:
+        raise CheckpointError(f"{name}: head={head!r} conflicts with its file name, which says metric")
+    named_max = 20.0 if "hypersim" in base else 80.0 if "vkitti" in base else None
+    if max_depth is not None and named_max is not None and named_head and max_depth != named_max:
+        raise CheckpointError(f"{name}: max_depth={max_depth:g} conflicts with its official file name "
+                              f"(max_depth {named_max:g}); rename the file if it was trained to another depth")
     if head is None:
-        head = "metric" if (max_depth is not None or "metric" in base) else "relative"
+        head = "metric" if (max_depth is not None or named_head) else "relative"
     if head == "metric" and max_depth is None:
-        max_depth = 20.0 if "hypersim" in base else 80.0 if "vkitti" in base else None
+        max_depth = named_max
         if max_depth is None:
-            raise CheckpointError(f"{name}: metric model without max_depth; pass max_depth=")
+            raise CheckpointError(f"{name}: metric model without max_depth; pass max_depth= to sd.load_model "
+                                  "(--model-max-depth in the CLI)")
     return make_config(encoder, version, head, max_depth, features=int(features), out_channels=out_channels,
                        patch_size=patch, pretrain_size=grid * patch)
 
@@ -137,28 +169,39 @@ def load_state_dict_file(path: str | os.PathLike, **hints: Any) -> tuple[dict[st
     Args:
         path: an official ``.pth``, a project checkpoint (``.safetensors`` with config metadata, or a training
             ``.pt``), or a Hugging Face folder.
-        hints: ``version``, ``head``, ``max_depth`` — used when the file does not say.
+        hints: ``version``, ``head``, ``max_depth`` — used when the file does not say; one that contradicts what
+            the file says (its stored config, its official name) is a CheckpointError.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     if path.is_dir():
-        return _load_hf_folder(path)
+        return _load_hf_folder(path, hints)
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: empty file")
     if path.suffix == ".safetensors":
         state, meta = _safetensors_load(path)
         if meta.get("format") == PROJECT_FORMAT:
-            return state, _stored_config(meta["config"], path)
+            return state, _agreeing(_stored_config(meta["config"], path), hints, path)
         if "config" in meta:
             raise CheckpointError(f"{path}: metadata format {meta.get('format')!r}, expected {PROJECT_FORMAT!r}")
         return state, infer_config(state, name=str(path), **hints)
     obj = load_torch_file(path)
     if isinstance(obj, dict) and obj.get("format") == PROJECT_FORMAT + "-train":
         state = _unwrap(obj.get("model"), path)
-        return state, _stored_config(obj.get("model_config"), path)
+        return state, _agreeing(_stored_config(obj.get("model_config"), path), hints, path)
     state = _unwrap(obj, path)
     return state, infer_config(state, name=str(path), **hints)
+
+
+def _agreeing(config: ModelConfig, hints: dict[str, Any], source: Any) -> ModelConfig:
+    """``config`` (what a file states) after checking that every hint given agrees with it: a hint that differs is
+    ambiguity, an error naming both values (never silently dropped, never overriding the file)."""
+    for key, value in hints.items():
+        if value is not None and getattr(config, key) != value:
+            raise CheckpointError(f"{source}: {key}={value!r} conflicts with the file's own {key}="
+                                  f"{getattr(config, key)!r}")
+    return config
 
 
 def _stored_config(text: Any, path: Path) -> ModelConfig:
@@ -169,7 +212,10 @@ def _stored_config(text: Any, path: Path) -> ModelConfig:
         raise CheckpointError(f"{path}: invalid model config in its metadata: {exc}") from None
 
 
-def _load_hf_folder(folder: Path) -> tuple[dict[str, torch.Tensor], ModelConfig]:
+def _load_hf_folder(folder: Path, hints: dict[str, Any]) -> tuple[dict[str, torch.Tensor], ModelConfig]:
+    """A Hugging Face model folder: transformers' layout (``DepthAnythingForDepthEstimation``: ``model_type``
+    ``depth_anything``), or the V1 release's own (``PyTorchModelHubMixin``: ``{"encoder", "features",
+    "out_channels"}`` beside official-layout weights; only V1 was published so)."""
     cfg_path = folder / "config.json"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{folder}: not a Hugging Face model folder (no config.json)")
@@ -177,22 +223,54 @@ def _load_hf_folder(folder: Path) -> tuple[dict[str, torch.Tensor], ModelConfig]
         cfg = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{cfg_path}: invalid JSON ({exc})") from exc
+    if isinstance(cfg, dict) and "model_type" not in cfg and {"encoder", "features", "out_channels"} <= set(cfg):
+        if hints.get("version", "v1") != "v1":
+            raise CheckpointError(f"{cfg_path}: version={hints['version']!r} conflicts with its layout, that of "
+                                  "the Depth Anything V1 release")
+        state, weights = _folder_weights(folder)
+        return state, infer_config(state, name=str(weights), **{**hints, "version": "v1"})
     try:
         config = config_from_hf(cfg)
     except (ValueError, TypeError) as exc:  # TypeError: a field of the wrong type (e.g. "input_size": "big")
         raise CheckpointError(f"{cfg_path}: {exc}") from exc
-    weights = folder / "model.safetensors"
-    if weights.is_file():
-        state, _ = _safetensors_load(weights)
-    elif (folder / "pytorch_model.bin").is_file():
-        weights = folder / "pytorch_model.bin"
-        state = _unwrap(load_torch_file(weights), weights)
-    else:
-        raise FileNotFoundError(f"{folder}: no model.safetensors or pytorch_model.bin")
+    state, weights = _folder_weights(folder)
     try:
-        return hf_to_official_state(state), config
+        return hf_to_official_state(state), _agreeing(config, hints, cfg_path)
     except KeyError as exc:
         raise CheckpointError(f"{weights}: {exc.args[0]}") from None
+
+
+def _folder_weights(folder: Path) -> tuple[dict[str, torch.Tensor], Path]:
+    """The weights of a Hugging Face folder and the file they were read from: ``model.safetensors`` or
+    ``pytorch_model.bin``, or the shards an ``*.index.json`` lists (``save_pretrained(max_shard_size=...)``)."""
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        path = folder / name
+        if path.is_file():
+            return _weights_file(path), path
+        index = folder / f"{name}.index.json"
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+                shards = sorted(set(weight_map.values()))
+            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+                raise CheckpointError(f"{index}: not a shard index (no 'weight_map' of tensor -> file): {exc}") \
+                    from None
+            state: dict[str, torch.Tensor] = {}
+            for shard in shards:
+                if Path(shard).name != shard or not (folder / shard).is_file():
+                    raise CheckpointError(f"{index}: lists shard {shard!r}, which is not a file in {folder}")
+                state.update(_weights_file(folder / shard))
+            missing = sorted(set(weight_map) - set(state))
+            if missing:
+                raise CheckpointError(f"{index}: tensors {missing[:3]} are in no shard")
+            return state, index
+    raise FileNotFoundError(f"{folder}: no model.safetensors or pytorch_model.bin (nor a sharded index of them)")
+
+
+def _weights_file(path: Path) -> dict[str, torch.Tensor]:
+    if path.name.endswith(".safetensors"):
+        return _safetensors_load(path)[0]
+    return _unwrap(load_torch_file(path), path)
 
 
 def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

@@ -4,7 +4,7 @@ Messages (pyigtl's codec; its array axes are ``[k, j, i, components]``):
 
 - in: IMAGE with one slice (k = 1) of uint8 grey (1 component), RGB (3) or RGBA (4, alpha ignored); rows (j) go to
   the model in message order. Other message types are ignored; bad IMAGEs are skipped (also frames whose sides are
-  further apart than :data:`~SurgicalDepthLib._igtl.MAX_ASPECT_RATIO`: read at their aspect ratio they would hold
+  further apart than :data:`~SurgicalDepthLib.preprocess.MAX_ASPECT_RATIO`: read at their aspect ratio they would hold
   every client's answers for seconds); each case is logged once.
 - out: IMAGE ``X_depth``: float32 ``[1, H, W]`` depth in mm along the optical axis, NaN where undefined, with the
   input's timestamp and geometry (IJK→RAS/LPS matrix, coordinate system) copied byte for byte.

@@ -149,10 +149,12 @@ def load_model(source: str | os.PathLike = "default", *, device: str | torch.dev
                                  "shipped default model (file modified or corrupt)")
         elif src in WEIGHTS:
             path = cached_path(src)
-            hints.setdefault("version", MODEL_CONFIGS[src].version)
-            hints.setdefault("head", MODEL_CONFIGS[src].head)
-            if MODEL_CONFIGS[src].max_depth is not None:
-                hints.setdefault("max_depth", MODEL_CONFIGS[src].max_depth)
+            known = MODEL_CONFIGS[src]
+            for key in ("version", "head", "max_depth"):
+                if hints.get(key) is not None and hints[key] != getattr(known, key):
+                    raise ValueError(f"{src}: {key}={hints[key]!r} conflicts with the registered model's "
+                                     f"{key}={getattr(known, key)!r}")
+                hints[key] = getattr(known, key)
         elif src in MODEL_CONFIGS:
             raise FileNotFoundError(f"{src!r} has no downloadable weights; use 'random:{src}' for a random init")
         else:

@@ -20,14 +20,23 @@ def _constrain_to_multiple_of(x: float, multiple: int, min_val: int) -> int:
     return y
 
 
+#: farthest apart the sides of a frame may be (8:1). Read at its aspect ratio a 4000x10 strip is a 72800x182 network
+#: input at the default model's size (67,600 tokens, minutes of attention); no scope's frame comes near 8:1.
+MAX_ASPECT_RATIO = 8
+
+
 def official_input_size(height: int, width: int, input_size: int = 518, multiple: int = 14) -> tuple[int, int]:
     """Network input ``(height, width)`` for an image of ``height × width`` (official "lower_bound" resize: both
     sides >= ``input_size``, multiples of ``multiple``; like the official ``image2tensor``, an ``input_size`` that
-    is no multiple of 14 is accepted, e.g. 50 gives 56)."""
+    is no multiple of 14 is accepted, e.g. 50 gives 56). Sides more than :data:`MAX_ASPECT_RATIO` apart are a
+    ValueError."""
     if height <= 0 or width <= 0:
         raise ValueError(f"image size must be positive, got {height}x{width}")
     if not isinstance(input_size, (int, np.integer)) or input_size <= 0:
         raise ValueError(f"input_size must be a positive integer, got {input_size!r}")
+    if max(height, width) > MAX_ASPECT_RATIO * min(height, width):
+        raise ValueError(f"an image of {width}x{height} pixels has sides further apart than {MAX_ASPECT_RATIO}:1 "
+                         "(read at its aspect ratio it would be an enormous network input); crop it first")
     scale = max(input_size / height, input_size / width)
     return (_constrain_to_multiple_of(scale * height, multiple, input_size),
             _constrain_to_multiple_of(scale * width, multiple, input_size))

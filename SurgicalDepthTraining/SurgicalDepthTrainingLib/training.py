@@ -65,6 +65,8 @@ class TrainConfig:
         dataset, root, split: training data (``open_dataset(dataset, root, split)``); ``val_split`` opens the
             validation data the same way, else ``val_fraction`` of the training data is held out (seeded).
         model: start weights, any ``load_model`` source (``random:surgical-depth-tiny`` trains from scratch).
+        model_version, model_max_depth: ``load_model``'s ``version`` / ``max_depth`` hints for a weight file whose
+            name does not say them (None: from the file).
         loss: ``l1`` (the paper's; mean-normalised inverse depth for relative heads), ``silog`` or ``ssi``.
         lr: encoder learning rate (paper: 3e-5); the decoder uses ``lr * decoder_lr_mult`` (Depth Anything: 10).
             Poly decay ``(1 - step/total)^0.9`` (DA-V2 ``metric_depth/train.py``), AdamW.
@@ -104,6 +106,8 @@ class TrainConfig:
     val_split: str | None = None
     val_fraction: float = 0.1
     model: str = "random:surgical-depth-tiny"
+    model_version: str | None = None
+    model_max_depth: float | None = None
     loss: str = "l1"
     lr: float = 3e-5
     decoder_lr_mult: float = 10.0
@@ -203,7 +207,9 @@ def build_model(config: TrainConfig, device: torch.device) -> torch.nn.Module:
     from SurgicalDepthLib.loading import load_model
 
     torch.manual_seed(config.seed)
-    model = load_model(config.model, device="cpu", precision="fp32")
+    hints = {"version": config.model_version, "max_depth": config.model_max_depth}
+    model = load_model(config.model, device="cpu", precision="fp32",
+                       **{key: value for key, value in hints.items() if value is not None})
     if getattr(model.config, "reference_fov_deg", None) is not None:
         # the lens a model reads frames as comes from its training views: after training on other data it is not
         # known any more (SurgicalDepthLib.lens; the default recipe sets its own when it exports)

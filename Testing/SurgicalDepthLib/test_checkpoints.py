@@ -216,3 +216,114 @@ def test_registry_name_needs_download(tmp_path, monkeypatch):
     monkeypatch.setattr("SurgicalDepthLib.weights.cache_dir", lambda root=None: tmp_path)
     with pytest.raises(FileNotFoundError, match="surgical-depth download depth-anything-v2-small"):
         sd.load_model("depth-anything-v2-small")
+
+
+def test_v1_release_folder_layout(tmp_path):
+    """The V1 release's own Hugging Face folders (``DepthAnything.from_pretrained('LiheYoung/depth_anything_vits14')``,
+    a ``PyTorchModelHubMixin``: ``config.json`` = ``{encoder, features, out_channels}`` beside official-layout
+    weights, as safetensors or ``pytorch_model.bin``). Catches: refused as "model_type is None" even with
+    ``version='v1'``; a V2 hint on it accepted."""
+    from safetensors.torch import save_file
+
+    model = _random_model("vits", "v1")
+    for weights in ("model.safetensors", "pytorch_model.bin"):
+        folder = tmp_path / weights.split(".")[0]
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"encoder": "vits", "features": model.config.features,
+                                                        "out_channels": list(model.config.out_channels)}))
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        save_file(state, folder / weights) if weights.endswith("safetensors") else torch.save(state, folder / weights)
+        loaded = sd.load_model(folder, device="cpu")
+        assert loaded.config == model.config
+        _assert_same_state(model, loaded)
+        with pytest.raises(CheckpointError, match="version='v2' conflicts with its layout"):
+            sd.load_model(folder, device="cpu", version="v2")
+
+
+def _shard(folder, state: dict, prefix: str, parts: int = 3) -> None:
+    """Split ``state`` into ``parts`` safetensors shards with transformers' index (``weight_map``: tensor -> file)."""
+    from safetensors.torch import save_file
+
+    keys = list(state)
+    weight_map = {}
+    for i in range(parts):
+        name = f"{prefix}-{i + 1:05d}-of-{parts:05d}.safetensors"
+        part = {k: state[k].contiguous() for k in keys[i::parts]}
+        save_file(part, folder / name, metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(part, name))
+    (folder / f"{prefix}.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+def test_sharded_hugging_face_folder(tmp_path):
+    """``save_pretrained(max_shard_size=...)`` writes ``model.safetensors.index.json`` and shards instead of one
+    ``model.safetensors``. Catches: such a folder refused ("no model.safetensors"); a shard the index lists but the
+    folder lacks read as a partial model."""
+    from safetensors.torch import load_file
+
+    model = _random_model("vits")
+    folder = sd.save_huggingface(tmp_path / "hf", model)
+    state = load_file(folder / "model.safetensors")
+    (folder / "model.safetensors").unlink()
+    _shard(folder, state, "model")
+    loaded = sd.load_model(folder, device="cpu")
+    assert loaded.config == model.config
+    _assert_same_state(model, loaded)
+    (folder / "model-00002-of-00003.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="lists shard 'model-00002-of-00003.safetensors', which is not a file"):
+        sd.load_model(folder, device="cpu")
+
+
+def test_sharded_folder_written_by_transformers(tmp_path):
+    """The same with transformers' own writer (its index format, its shard names), read by the project."""
+    transformers = pytest.importorskip("transformers")
+    model = _random_model("vits")
+    folder = sd.save_huggingface(tmp_path / "hf", model)
+    hf = transformers.AutoModelForDepthEstimation.from_pretrained(folder)
+    hf.save_pretrained(tmp_path / "sharded", max_shard_size="5MB")
+    assert (tmp_path / "sharded" / "model.safetensors.index.json").is_file()
+    _assert_same_state(model, sd.load_model(tmp_path / "sharded", device="cpu"))
+
+
+def test_wrapped_and_prefixed_state_dicts(tmp_path):
+    """A training script's wrappers around the official keys: Lightning (``state_dict`` with ``model.`` or
+    ``model.module.`` before every key), ``model_state_dict``. Catches: refused as "missing pretrained.cls_token"
+    although every key is there under a prefix; a Hugging Face ``model.safetensors`` given alone gets no hint to
+    pass its folder."""
+    model = _random_model("vits")
+    state = model.state_dict()
+    for i, wrapped in enumerate(({"state_dict": {f"model.{k}": v for k, v in state.items()}, "epoch": 3},
+                                 {"state_dict": {f"model.module.{k}": v for k, v in state.items()}},
+                                 {"model_state_dict": dict(state), "optimizer_state_dict": {}})):
+        path = tmp_path / f"depth_anything_v2_vits_{i}.pth"
+        torch.save(wrapped, path)
+        _assert_same_state(model, sd.load_model(path, device="cpu"))
+    folder = sd.save_huggingface(tmp_path / "hf", model)
+    with pytest.raises(CheckpointError, match="Hugging Face model's weights: pass the folder"):
+        sd.load_model(folder / "model.safetensors", device="cpu", version="v2")
+
+
+def test_hints_that_contradict_the_file_are_errors(tmp_path):
+    """"Ambiguity is an error": a hint agreeing with the file is accepted, one contradicting it is refused, naming
+    both values. Catches: a V2 Hugging Face folder loaded as V2 with ``version='v1'`` (hint silently dropped); an
+    official V2 file loaded with V1's decoder blocks under ``version='v1'`` (hint silently overriding: output off
+    by 0.24); a training checkpoint's metric head kept under ``head='relative'``; a name with both ``v1`` and
+    ``v2`` read as V2; an official metric name's max_depth overridden."""
+    model = _random_model("vits")
+    folder = sd.save_huggingface(tmp_path / "hf", model)
+    assert sd.load_model(folder, device="cpu", version="v2").config == model.config
+    with pytest.raises(CheckpointError, match="version='v1' conflicts with the file's own version='v2'"):
+        sd.load_model(folder, device="cpu", version="v1")
+    official = sd.save_official(tmp_path / "depth_anything_v2_vits.pth", model)
+    with pytest.raises(CheckpointError, match="version='v1' conflicts with its official file name"):
+        sd.load_model(official, device="cpu", version="v1")
+    metric = _random_model("vitt", head="metric", max_depth=150.0)
+    ckpt = sd.save_checkpoint(tmp_path / "metric.safetensors", metric)
+    with pytest.raises(CheckpointError, match="head='relative' conflicts with the file's own head='metric'"):
+        sd.load_model(ckpt, device="cpu", head="relative")
+    assert sd.load_model(ckpt, device="cpu", max_depth=150.0).config.max_depth == 150.0
+    state = model.state_dict()
+    with pytest.raises(CheckpointError, match="cannot tell Depth Anything V1 from V2"):
+        infer_config(state, name="my_v1_vs_v2.pth")
+    assert infer_config(state, name="run_v1.pth", version="v2").version == "v2"  # a bare token is only a default
+    with pytest.raises(CheckpointError, match="max_depth=5 conflicts with its official file name"):
+        infer_config(state, name="depth_anything_v2_metric_hypersim_vits.pth", max_depth=5.0)

@@ -178,7 +178,7 @@ def test_written_maps_name_their_unit(tmp_path, checkpoint):
 
     metric = save_checkpoint(tmp_path / "metric.safetensors", tiny_model(1, head="metric"))
     image = tmp_path / "frame.png"
-    cv2.imwrite(str(image), textured(40, 56, 5))
+    cv2.imwrite(str(image), textured(40, 56, 5)[..., ::-1])
     clip = tmp_path / "clip.mp4"
     write_clip(clip, 2)
     for model_file, unit in ((checkpoint, "disparity"), (metric, "mm")):
@@ -280,11 +280,46 @@ def test_colour_video_of_a_4096_pixel_wide_input(tmp_path, checkpoint):
     assert side_by_side_size(48, 64) == (128, 48)
     assert side_by_side_size(2160, 4096) == (8190, 2160)
     clip = tmp_path / "wide.mp4"
-    write_clip(clip, 2, h=64, w=4096)
+    write_clip(clip, 2, h=512, w=4096)
     out = tmp_path / "out"
     assert run_predict([str(clip), "--output", str(out), "--model", str(checkpoint), "--input-size", "14",
                         "--colormap"]) == 0
     video = cv2.VideoCapture(str(out / "wide_depth.mp4"))
-    assert (video.get(cv2.CAP_PROP_FRAME_WIDTH), video.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (8190, 64)
+    assert (video.get(cv2.CAP_PROP_FRAME_WIDTH), video.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (8190, 512)
     assert video.read()[0] and video.read()[0]
     video.release()
+
+
+def test_model_hints_from_the_command_line(tmp_path, model):
+    """An official-layout file without its official name needs the version, which only ``sd.load_model(version=)``
+    could give. Catches: the CLI with no way to pass it (the error told users to "pass version=" to a function they
+    were not calling); ``--model-version`` not reaching the loader."""
+    from SurgicalDepthLib.checkpoints import CheckpointError, save_official
+
+    weights = save_official(tmp_path / "weights.pth", model)
+    image = tmp_path / "frame.png"
+    cv2.imwrite(str(image), textured(40, 56, 6)[..., ::-1])
+    common = [str(image), "--model", str(weights), "--input-size", str(SIZE)]
+    with pytest.raises(CheckpointError, match="--model-version in the CLI"):
+        run_predict([*common, "--output", str(tmp_path / "none")])
+    assert run_predict([*common, "--output", str(tmp_path / "v2"), "--model-version", "v2"]) == 0
+    np.testing.assert_allclose(load_depth(tmp_path / "v2" / "frame_depth.npy"),
+                               model.infer_image(textured(40, 56, 6), SIZE), rtol=1e-5, atol=1e-5)
+    assert run_predict([*common, "--output", str(tmp_path / "v1"), "--model-version", "v1"]) == 0  # other blocks
+    assert not np.allclose(load_depth(tmp_path / "v1" / "frame_depth.npy"),
+                           load_depth(tmp_path / "v2" / "frame_depth.npy"))
+
+
+def test_an_image_given_twice_is_predicted_once(tmp_path, checkpoint, monkeypatch, capsys):
+    """Catches: ``predict a.png ./a.png`` (or a folder and one of its images by name) predicting and writing the
+    same map twice and reporting two maps."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for name in ("a", "b"):
+        cv2.imwrite(str(folder / f"{name}.png"), textured(40, 56, 7)[..., ::-1])
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    assert run_predict(["imgs/a.png", "./imgs/a.png", "imgs", "--output", str(out), "--model", str(checkpoint),
+                        "--input-size", str(SIZE)]) == 0
+    assert sorted(p.name for p in out.glob("*.npy")) == ["a_depth.npy", "b_depth.npy"]
+    assert "wrote 2 disparity maps" in capsys.readouterr().out

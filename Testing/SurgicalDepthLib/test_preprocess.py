@@ -129,3 +129,13 @@ def test_uint8_batches_give_the_same_prediction_as_host_preprocessing(rng):
     device = model._fetch(model._launch(torch.from_numpy(frames), (60, 80), input_size=56))
     assert np.ptp(host) > 0
     assert np.abs(device - host).max() <= 1e-3 * max(np.abs(host).max(), 1e-6)
+
+
+def test_a_strip_far_from_any_frame_shape_is_refused():
+    """Catches: a 4000×10 strip read at its aspect ratio (a 72800×182 network input for the default model: 67,600
+    tokens, the run did not end in minutes), where the live service already refused such frames; 8:1 is read."""
+    assert official_input_size(10, 80, 14) == (14, 112)
+    with pytest.raises(ValueError, match=r"4000x10 pixels has sides further apart than 8:1"):
+        official_input_size(10, 4000, 182)
+    with pytest.raises(ValueError, match="further apart than 8:1"):
+        sd.load_model("random:surgical-depth-tiny", device="cpu").infer_image(np.zeros((4000, 10, 3), np.uint8))

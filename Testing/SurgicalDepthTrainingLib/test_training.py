@@ -103,6 +103,20 @@ def test_fine_tuned_model_does_not_inherit_the_reference_lens(tmp_path):
     assert load_model(best, device="cpu").config.reference_fov_deg is None
 
 
+def test_start_weights_without_their_official_name_take_the_version_hint(tmp_path):
+    """Catches: ``train --model weights.pth`` (an official-layout file renamed) with no way to say V1 or V2 (the
+    loader's error asked for a keyword the CLI could not pass); the hint not reaching the start model."""
+    from SurgicalDepthLib.checkpoints import CheckpointError, save_official
+
+    torch.manual_seed(0)
+    weights = save_official(tmp_path / "weights.pth", DepthModel(make_config("vitt", "v1")))
+    with pytest.raises(CheckpointError, match="cannot tell Depth Anything V1 from V2"):
+        train(tiny(tmp_path, "none", model=str(weights), max_steps=1), train_data=Planes(4), val_data=Planes(2))
+    best = train(tiny(tmp_path, model=str(weights), model_version="v1", max_steps=1), train_data=Planes(4),
+                 val_data=Planes(2, offset=50))
+    assert load_model(best, device="cpu").config.version == "v1"
+
+
 @pytest.mark.parametrize("extra", [{}, {"lora_rank": 2, "grad_accum": 2, "loss": "ssi"}])
 def test_kill_and_resume_gives_identical_weights(tmp_path, extra):
     data, val = Planes(8), Planes(2, offset=50)

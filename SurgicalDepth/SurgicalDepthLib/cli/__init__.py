@@ -141,10 +141,10 @@ PRECISION_HELP = ("inference precision (auto: half precision on GPU, fp32 on CPU
 
 
 def add_model_args(parser: argparse.ArgumentParser, *, batch_size: bool = True, detail: bool = True) -> None:
-    """The flags of every command that runs a depth model, with one default and help text each: ``--model``,
-    ``--input-size``, ``--detail-size`` (when ``detail``), ``--batch-size`` (when ``batch_size``), ``--device``,
-    ``--precision``, ``--backend``."""
-    parser.add_argument("--model", default="default", help=MODEL_HELP)
+    """The flags of every command that runs a depth model, with one default and help text each: ``--model`` (and
+    its hints, :func:`add_model_source_args`), ``--input-size``, ``--detail-size`` (when ``detail``),
+    ``--batch-size`` (when ``batch_size``), ``--device``, ``--precision``, ``--backend``."""
+    add_model_source_args(parser)
     parser.add_argument("--input-size", type=input_size_arg, default=None, help=INPUT_SIZE_HELP)
     if detail:
         parser.add_argument("--detail-size", type=input_size_arg, default=None, help=DETAIL_SIZE_HELP)
@@ -153,6 +153,26 @@ def add_model_args(parser: argparse.ArgumentParser, *, batch_size: bool = True, 
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--precision", default="auto", choices=PRECISION_CHOICES, help=PRECISION_HELP)
     parser.add_argument("--backend", default="torch", choices=BACKEND_CHOICES, help=BACKEND_HELP)
+
+
+def add_model_source_args(parser: argparse.ArgumentParser, *, flag: str | None = "--model",
+                          default: str | None = "default") -> None:
+    """``--model`` (unless ``flag`` is None: a command that takes the source as its argument) and the hints a weight
+    file may need, as ``sd.load_model`` takes them: ``--model-version v1|v2`` (a file without its official name)
+    and ``--model-max-depth M`` (a metric model of another depth range); :func:`model_hints` collects them."""
+    if flag is not None:
+        parser.add_argument(flag, default=default, help=MODEL_HELP)
+    parser.add_argument("--model-version", choices=("v1", "v2"), default=None,
+                        help="Depth Anything V1 or V2, for a weight file whose name does not say (same shapes)")
+    parser.add_argument("--model-max-depth", type=float, default=None, metavar="M",
+                        help="a metric model's depth range (its head's sigmoid x M, in its unit), for a file whose "
+                             "name does not say (official metric names: hypersim 20, vkitti 80)")
+
+
+def model_hints(args: argparse.Namespace) -> dict:
+    """``sd.load_model`` keywords from :func:`add_model_source_args`' flags (the ones given)."""
+    hints = {"version": getattr(args, "model_version", None), "max_depth": getattr(args, "model_max_depth", None)}
+    return {key: value for key, value in hints.items() if value is not None}
 
 
 def add_depth_range_arg(parser: argparse.ArgumentParser) -> None:

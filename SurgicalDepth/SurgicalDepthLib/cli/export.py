@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from . import progress_of
+from . import add_model_source_args, model_hints, progress_of
 
 FORMATS = ("onnx", "openvino")
 PRECISIONS = ("fp32", "fp16", "bf16")
@@ -23,6 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("source", metavar="SRC",
                    help="model: 'default', a registry name, a .pth/.safetensors file, a Hugging Face folder, or an "
                         "exported .onnx file (to convert it to --format openvino)")
+    add_model_source_args(p, flag=None)
     p.add_argument("--format", required=True, choices=FORMATS,
                    help="onnx (a .onnx file) or openvino (an .xml file and its .bin beside it)")
     p.add_argument("--precision", default="fp32", choices=PRECISIONS,
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     with progress_of(args).stage("export", 1, unit="file") as bar:
         path = export_model(args.source, args.output, format=args.format, precision=args.precision,
-                            overwrite=args.overwrite)
+                            overwrite=args.overwrite, **model_hints(args))
         bar.update()
     extra = f" and {path.with_suffix('.bin').name}" if args.format == "openvino" else ""
     print(f"wrote {args.format} {args.precision} graph {path}{extra}")

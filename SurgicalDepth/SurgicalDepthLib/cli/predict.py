@@ -44,7 +44,7 @@ from ..stream import DepthFrame, depth_stream
 from ..video import (FrameReader, VideoDecodeError, frame_source_images, frame_source_kind, open_frames, read_image,
                      write_image)
 from . import (FOV_MASK_HELP, OVERWRITE_HELP, CliError, add_model_args, check_intrinsics_arg,
-               check_output_not_an_input_folder, fov_mask_arg, input_paths, progress_of)
+               check_output_not_an_input_folder, fov_mask_arg, input_paths, model_hints, progress_of)
 
 logger = logging.getLogger(__name__)
 
@@ -130,11 +130,14 @@ def _plan(args: argparse.Namespace) -> tuple[list[Path], list[tuple[str, str]]]:
             sequences.append((text, _sequence_name(text, kind)))
         else:
             images.extend(frame_source_images(text, kind))
-    seen: dict[str, Path] = {}
+    unique: dict[Path, Path] = {}  # an image given twice (or in a folder and by name) is predicted once
+    by_stem: dict[str, Path] = {}
     for p in images:
-        if p.stem in seen and seen[p.stem] != p:
-            raise CliError(f"inputs {seen[p.stem]} and {p} would both write {p.stem}_depth.*; rename one")
-        seen[p.stem] = p
+        other = by_stem.setdefault(p.stem, p)
+        if other.resolve() != p.resolve():
+            raise CliError(f"inputs {other} and {p} would both write {p.stem}_depth.*; rename one")
+        unique.setdefault(p.resolve(), p)
+    images = list(unique.values())
     names = [n for _, n in sequences]
     dupes = sorted({n for n in names if names.count(n) > 1} | (set(names) & {p.stem for p in images}))
     if dupes:
@@ -344,7 +347,8 @@ def run(args: argparse.Namespace) -> int:
             out.protect(reader.files or [reader.path])
         ext = "." + args.format
         _claim_outputs(out, images, sequences, args, ext)
-        model = load_model(args.model, device=args.device, precision=args.precision, backend=args.backend)
+        model = load_model(args.model, device=args.device, precision=args.precision, backend=args.backend,
+                       **model_hints(args))
         args.batch_size = args.batch_size or model.default_batch_size
         print(f"model: {model.source} ({model.config.encoder} {model.config.version}, {model.output_kind}) "
               f"on {model.device} {model.precision}")

@@ -30,7 +30,7 @@ from ..saved_predictions import SavedPredictions
 from ..stream import depth_stream
 from ..video import open_frames
 from . import (FOV_MASK_HELP, OVERWRITE_HELP, CliError, add_depth_range_arg, add_model_args,
-               check_output_not_an_input_folder, fov_mask_arg, input_paths, progress_of)
+               check_output_not_an_input_folder, fov_mask_arg, input_paths, model_hints, progress_of)
 
 logger = logging.getLogger(__name__)
 
@@ -84,7 +84,8 @@ def _depth_source(args: argparse.Namespace) -> Any:
         return SavedPredictions(args.depth)
     from ..loading import load_model
 
-    return load_model(args.model, device=args.device, precision=args.precision, backend=args.backend)
+    return load_model(args.model, device=args.device, precision=args.precision, backend=args.backend,
+                       **model_hints(args))
 
 
 class _Fusion:

@@ -21,7 +21,8 @@ import signal
 import threading
 from pathlib import Path
 
-from . import CliError, add_depth_range_arg, add_model_args, check_intrinsics_arg, fov_mask_arg, progress_of
+from . import (CliError, add_depth_range_arg, add_model_args, check_intrinsics_arg, fov_mask_arg, model_hints,
+               progress_of)
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"the stream command needs pyigtl ({exc}): pip install 'surgical-depth[igtl]'") from None
     from ..loading import load_model
 
-    model = load_model(args.model, device=args.device, precision=args.precision, backend=args.backend)
+    model = load_model(args.model, device=args.device, precision=args.precision, backend=args.backend,
+                       **model_hints(args))
     reporter = progress_of(args)
 
     def report(stats) -> None:

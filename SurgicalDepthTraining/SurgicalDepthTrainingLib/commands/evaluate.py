@@ -11,7 +11,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from SurgicalDepthLib.cli import DETAIL_SIZE_HELP, DEVICE_HELP, INPUT_SIZE_HELP, input_size_arg, progress_of
+from SurgicalDepthLib.cli import (DETAIL_SIZE_HELP, DEVICE_HELP, INPUT_SIZE_HELP, add_model_source_args, input_size_arg,
+                                 model_hints, progress_of)
 from SurgicalDepthLib.run_folder import OutputConflict
 
 logger = logging.getLogger(__name__)
@@ -27,8 +28,7 @@ def register(subparsers) -> None:
                                           "per-image values.")
     p.add_argument("--dataset", required=True, help="dataset loader name (e.g. c3vd, scared, synthetic, folder)")
     p.add_argument("--root", required=True, type=Path, help="dataset root folder (or one of its sequences)")
-    p.add_argument("--model", default="default",
-                   help="model: 'default', a registry name, a checkpoint file or a Hugging Face folder")
+    add_model_source_args(p)
     p.add_argument("--alignment", choices=ALIGNMENTS, default="median",
                    help="per-image alignment before measuring (default median; 'none' for metric models)")
     p.add_argument("--output", required=True, type=Path, help="report file (.json)")
@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     earlier_reports = [read_report(p) for p in args.table_reports]  # a bad one fails before anything is written
     options = {"intrinsics": args.intrinsics} if args.intrinsics is not None else {}
     dataset = open_dataset(args.dataset, args.root, args.split, **options)
-    model = sd.load_model(args.model, device=args.device)
+    model = sd.load_model(args.model, device=args.device, **model_hints(args))
     report = evaluate(model, dataset, alignment=args.alignment, input_size=args.input_size,
                       min_depth=args.min_depth, max_depth=args.max_depth, batch_size=args.batch_size,
                       progress=progress_of(args), lens_correction=args.lens_correction,

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from SurgicalDepthLib.cli import DEVICE_HELP, OVERWRITE_HELP, progress_of
+from SurgicalDepthLib.cli import DEVICE_HELP, OVERWRITE_HELP, add_model_source_args, progress_of
 from SurgicalDepthTrainingLib.loss_names import LOSS_NAMES  # torch-free: building the parser stays cheap
 
 logger = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ def register(subparsers) -> None:
     p.add_argument("--model", default=None,
                    help="start weights: a registry name, checkpoint, HF folder or random:<name> "
                         "(default random:surgical-depth-tiny)")
+    add_model_source_args(p, flag=None)
     p.add_argument("--loss", choices=LOSS_NAMES, default=None, help="training loss (default l1)")
     p.add_argument("--lora", type=int, default=0, metavar="RANK",
                    help="LoRA rank on attention qkv, encoder otherwise frozen (default 0 = full fine-tuning)")
@@ -234,6 +235,7 @@ def run(args: argparse.Namespace) -> int:
         augment=not args.no_augment, amp={"auto": None, "on": True, "off": False}[args.amp], device=args.device,
         output=str(args.output), min_depth=args.min_depth, max_depth=args.max_depth,
         unlabeled_dataset=args.unlabeled_dataset, unlabeled_root=args.unlabeled_root, teacher=args.teacher,
+        model_version=args.model_version, model_max_depth=args.model_max_depth,
         teacher_detail_size=args.teacher_detail_size,
         style_root=None if args.style_root is None else str(args.style_root),
         save_every=args.save_every, log_every=args.log_every, **size, **given)
