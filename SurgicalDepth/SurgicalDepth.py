@@ -265,7 +265,7 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
         ``process(volume=volume, **options)`` makes the run from the current image, then a ``live_worker.LiveWorker``
         thread infers each newest image with its model and field of view and a timer shows the results in place in the
         run's proxies; the sequences keep the first ``recordFrames`` images (1 at least); ``onUpdate(text)``: status."""
-        from SurgicalDepthLib.live_worker import LiveWorker, new_image_event, worker_options
+        from SurgicalDepthLib.live_worker import LiveWorker, new_image_event, volume_array, worker_options
         self.stopLive()
         nodes = self.process(volume=volume, model=model, **options)
         worker = LiveWorker(nodes.model, **worker_options(  # the run's model and field of view
@@ -276,7 +276,7 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
         imageChanged, sceneClosing = new_image_event(volume, slicer), slicer.mrmlScene.StartCloseEvent
         self._live = dict(worker=worker.start(), nodes=nodes, timer=timer, onUpdate=onUpdate, observed=[
             (volume, volume.AddObserver(imageChanged, lambda caller, event: worker.put(  # a copy: it changes in place
-                slicer.util.arrayFromVolume(volume).copy(), self._ijk(volume)))),
+                volume_array(volume.GetImageData()).copy(), self._ijk(volume)))),
             (slicer.mrmlScene, slicer.mrmlScene.AddObserver(sceneClosing, lambda caller, event: self.stopLive()))])
         timer.start()
         return nodes
@@ -309,17 +309,17 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
 
     def _nodeSource(self, browser, volume, start, stride, maxFrames, currentOnly):
         """``FrameSource`` of one RGB volume, or of the selected items of a browser's master sequence (shared)."""
-        from SurgicalDepthLib.slicer_run import array_source, check_rgb_sequence, select_frames
+        from SurgicalDepthLib.slicer_source import array_source, check_rgb_sequence, select_frames, volume_array
         if volume is not None:
             ijk = self._ijk(volume)
-            return array_source(volume.GetName(), [slicer.util.arrayFromVolume(volume)], range(1), lambda i: "0",
+            return array_source(volume.GetName(), [volume_array(volume.GetImageData())], range(1), lambda i: "0",
                                 lambda i: ijk)
         seq = browser.GetMasterSequenceNode() if browser is not None else None
         check_rgb_sequence(seq.GetDataNodeClassName() if seq else None)
         items = select_frames(seq.GetNumberOfDataNodes(), start, stride, maxFrames,
                               browser.GetSelectedItemNumber() if currentOnly else None)
-        return array_source(seq.GetName(), [slicer.util.arrayFromVolume(seq.GetNthDataNode(i)) for i in items], items,
-                            seq.GetNthIndexValue, lambda i: self._ijk(seq.GetNthDataNode(i)), sequence=seq)
+        return array_source(seq.GetName(), [volume_array(seq.GetNthDataNode(i).GetImageData()) for i in items],
+                            items, seq.GetNthIndexValue, lambda i: self._ijk(seq.GetNthDataNode(i)), sequence=seq)
 
     @staticmethod
     def _ijk(volumeNode):
@@ -369,11 +369,10 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
                 if node.GetScene() is not None:
                     slicer.mrmlScene.RemoveNode(node)
             raise
+        from SurgicalDepthLib.slicer_helpers import file_run_nodes
         sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
         nodes.folder = sh.CreateFolderItem(sh.GetSceneItemID(), name)
-        for item in filter(None, map(sh.GetItemByDataNode, added())):  # 0 = no item (display nodes, ...)
-            if sh.GetItemParent(item) == sh.GetSceneItemID():
-                sh.SetItemParent(item, nodes.folder)
+        file_run_nodes(sh, nodes.folder, added())
 
     def _showResults(self, nodes, depthRange, colorByDepth: bool) -> None:
         from SurgicalDepthLib.slicer_run import OUTPUT_NODE_CLASSES, display_settings

@@ -131,17 +131,22 @@ def data(tmp_path_factory) -> Path:
     return root
 
 
-def _terminated(command: tuple, stage: str) -> tuple[int, list[dict], str]:
-    """Run ``command`` under --progress jsonl and send SIGTERM (Slicer's Cancel) at its first ``stage`` step:
-    ``(exit code, stdout events, stderr)``."""
+def _terminated(command: tuple, stage: str, stop: str = "signal") -> tuple[int, list[dict], str]:
+    """Run ``command`` under --progress jsonl and stop it at its first ``stage`` step — SIGTERM, or with ``stop=
+    "stdin"`` the line ``stop`` on its stdin (Slicer's Cancel) — : ``(exit code, stdout events, stderr)``."""
     proc = subprocess.Popen([sys.executable, "-m", "SurgicalDepthLib.cli", *map(str, command), "--progress", "jsonl"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+                            stdin=subprocess.PIPE if stop == "stdin" else subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
     lines = []
     for line in proc.stdout:
         lines.append(line)
         event = json.loads(line)
         if event["event"] == "progress" and event["stage"] == stage and event["step"] >= 1:
-            proc.send_signal(signal.SIGTERM)
+            if stop == "stdin":
+                proc.stdin.write("stop\n")
+                proc.stdin.flush()
+            else:
+                proc.send_signal(signal.SIGTERM)
             break
     rest, err = proc.communicate(timeout=120)
     return proc.returncode, [json.loads(x) for x in lines + rest.splitlines()], err
@@ -157,6 +162,21 @@ def stopped_run(data, tmp_path_factory) -> tuple[Path, int, subprocess.Completed
     from SurgicalDepthTrainingLib.checkpointing import load_training_checkpoint
 
     return out, load_training_checkpoint(out / "last.pt")["step"], subprocess.CompletedProcess(command, code, "", err)
+
+
+def test_a_stop_line_on_stdin_stops_a_run_as_sigterm_does(data, tmp_path):
+    """Slicer starts commands through PythonSlicer, a launcher that passes stdin on to the interpreter but no
+    signal: its Cancel writes ``stop``. Catches: a cancel that reached only the launcher (the training went on,
+    holding the GPU and the run folder, and its stop handler never saved last.pt); end of stdin read as a stop."""
+    out = tmp_path / "run"
+    code, events, err = _terminated((*TRAIN[:-2], "--root", data, "--output", out, "--max-steps", "200"), "train",
+                                    stop="stdin")
+    assert code == 130 and "Traceback" not in err, err[-2000:]
+    assert events[-1]["event"] == "error" and "stopped at step" in err and (out / "last.pt").is_file()
+    finished = subprocess.run([sys.executable, "-m", "SurgicalDepthLib.cli", "synth", "--output", tmp_path / "syn",
+                               "--frames", "2", "--size", "32x40", "--progress", "jsonl"], input="",
+                              capture_output=True, text=True, env=ENV, timeout=120)
+    assert finished.returncode == 0 and json.loads(finished.stdout.splitlines()[-1])["event"] == "done"
 
 
 def copy_run(run: Path, tmp_path: Path) -> Path:

@@ -21,7 +21,7 @@ API = Path(__file__).resolve().parent / "slicer_api"
 MODULES = ("SurgicalDepth", "SurgicalDepthTraining")
 MODULE_FILES = [REPO / m / f"{m}.py" for m in MODULES]
 # Slicer-side test scripts (ctest, outside the modules): the same Slicer API name checks apply
-SLICER_TEST_SCRIPTS = [REPO / "SurgicalDepth" / "Testing" / "Python" / "SurgicalDepthLogicTest.py"]
+SLICER_TEST_SCRIPTS = [REPO / m / "Testing" / "Python" / f"{m}LogicTest.py" for m in MODULES]
 LIB_DIRS = [REPO / m / f"{m}Lib" for m in MODULES]
 UTIL_NAMES = set(API.joinpath("slicer_util_names.txt").read_text().split())
 MRML_CLASSES = {ln.strip() for ln in API.joinpath("slicer_mrml_classes.txt").read_text().splitlines()
@@ -499,11 +499,13 @@ def test_surgical_depth_requirements_file_is_the_one_read_and_installed():
     assert "Resources/" + name.replace("SurgicalDepth", "${MODULE_NAME}", 1) in cmake
 
 
-def test_surgical_depth_slicer_test_scripts_are_registered():
+def test_slicer_test_scripts_are_registered():
     """Catches a Slicer-side test script that ctest never runs, or a registration pointing at no file."""
-    cmake = (REPO / "SurgicalDepth" / "CMakeLists.txt").read_text()
-    scripts = re.findall(r"slicer_add_python_unittest\(SCRIPT \$\{CMAKE_CURRENT_SOURCE_DIR\}/(\S+)\)", cmake)
-    paths = {REPO / "SurgicalDepth" / s.replace("${MODULE_NAME}", "SurgicalDepth") for s in scripts}
+    paths = set()
+    for module in MODULES:
+        cmake = (REPO / module / "CMakeLists.txt").read_text()
+        scripts = re.findall(r"slicer_add_python_unittest\(SCRIPT \$\{CMAKE_CURRENT_SOURCE_DIR\}/(\S+)\)", cmake)
+        paths |= {REPO / module / s.replace("${MODULE_NAME}", module) for s in scripts}
     assert paths == set(SLICER_TEST_SCRIPTS) and all(p.is_file() for p in paths)
 
 
@@ -518,7 +520,7 @@ def test_surgical_depth_live_keeps_mrml_on_the_gui_thread():
     assert "qt.QTimer()" in start and "timer.connect('timeout()', self._pollLive)" in start
     assert "new_image_event(volume, slicer)" in start and "slicer.mrmlScene.StartCloseEvent" in start
     assert "volume.AddObserver(imageChanged" in start
-    assert "worker.put(slicer.util.arrayFromVolume(volume).copy(), self._ijk(volume))" in start
+    assert "worker.put(volume_array(volume.GetImageData()).copy(), self._ijk(volume))" in start
     stop = ast.unparse(_method(tree, "SurgicalDepthLogic", "stopLive"))
     assert "timer'].stop()" in stop and "RemoveObserver(tag)" in stop and "worker'].stop(timeout=" in stop
     poll = ast.unparse(_method(tree, "SurgicalDepthLogic", "_pollLive"))

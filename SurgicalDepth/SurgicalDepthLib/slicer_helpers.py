@@ -396,3 +396,22 @@ def path_or_none(path: Any) -> str | None:
     """A GUI path value as ``str``, or None when unset (parameterNodeWrapper's empty ``Path()`` is ``"."``)."""
     text = "" if path is None else str(path).strip()
     return None if text in ("", ".") else text
+
+
+#: MRML classes that no subject-hierarchy plugin claims, so Slicer gives them no item: a run's sequences and browser
+UNCLAIMED_CLASSES = ("vtkMRMLSequenceNode", "vtkMRMLSequenceBrowserNode")
+
+
+def file_run_nodes(sh: Any, folder: int, nodes: Iterable[Any]) -> None:
+    """Put a run's new MRML ``nodes`` under its subject-hierarchy ``folder`` item (``sh``: the scene's
+    ``vtkMRMLSubjectHierarchyNode``): items at the scene's top level move into it, and nodes of
+    :data:`UNCLAIMED_CLASSES`, which have no item, get one there — without it, deleting the folder in the Data
+    module left every sequence of the run in the scene, unseen, holding its memory. Other nodes without an item
+    (display, storage) stay without one."""
+    scene = sh.GetSceneItemID()
+    for node in nodes:
+        item = sh.GetItemByDataNode(node)  # 0: no item
+        if item and sh.GetItemParent(item) == scene:
+            sh.SetItemParent(item, folder)
+        elif not item and any(node.IsA(name) for name in UNCLAIMED_CLASSES):
+            sh.CreateItem(folder, node)

@@ -12,7 +12,7 @@ import numpy as np
 
 from .slicer_helpers import image_ijk_to_ras, index_value
 
-__all__ = ["FrameSource", "array_source", "check_rgb_sequence", "select_frames", "video_source"]
+__all__ = ["FrameSource", "array_source", "check_rgb_sequence", "select_frames", "video_source", "volume_array"]
 
 
 def select_frames(n_items: int, start: int = 0, stride: int = 1, max_frames: int = 0,
@@ -99,6 +99,20 @@ def check_rgb_sequence(class_name: str | None) -> None:
     if class_name not in RGB_VOLUME_CLASSES:
         raise ValueError("process: give videoPath, volume or a browser whose master sequence holds RGB vector "
                          f"volumes (vtkMRMLVectorVolumeNode), not {class_name}")
+
+
+def volume_array(image_data: Any) -> np.ndarray:
+    """The voxels of a volume node's ``GetImageData()`` as a numpy view ``[K, J, I, C]`` — what
+    ``slicer.util.arrayFromVolume`` returns for a vector volume — for every RGB volume class: a streaming volume's
+    ``GetImageData()`` decodes its current frame, while ``arrayFromVolume`` refuses the class ("Unsupported volume
+    type": it compares exact class names, Base/Python/slicer/util.py). ValueError when there is no image yet."""
+    from vtkmodules.util.numpy_support import vtk_to_numpy
+
+    scalars = None if image_data is None else image_data.GetPointData().GetScalars()
+    if scalars is None:
+        raise ValueError("the volume holds no image (has a frame been received?)")
+    i, j, k = image_data.GetDimensions()
+    return vtk_to_numpy(scalars).reshape(k, j, i, scalars.GetNumberOfComponents())
 
 
 def array_source(name: str, arrays: list, items: range, index_value: Callable[[int], str],

@@ -357,6 +357,71 @@ def test_check_rgb_sequence():
             run.check_rgb_sequence(bad)
 
 
+def test_volume_array_reads_any_rgb_volume_as_arrayFromVolume_would():
+    """``volume_array(node.GetImageData())`` on a real vtkImageData of an RGB frame gives ``[K, J, I, C]`` with the
+    pixels in place (what ``slicer.util.arrayFromVolume`` gives a vector volume: the scalars reshaped, no copy).
+    Catches: streaming volumes (OpenIGTLink VIDEO, SlicerIGSIO mkv/webm) read through ``arrayFromVolume``, which
+    refuses their class by exact name ("Unsupported volume type"), so Run and Start live failed on them; axes
+    swapped (I and J: a transposed frame); a missing image not named."""
+    from vtkmodules.util.numpy_support import numpy_to_vtk
+    from vtkmodules.vtkCommonDataModel import vtkImageData
+
+    from SurgicalDepthLib.slicer_source import volume_array
+
+    rgb = textured(5, 7, 0)  # H = 5 rows (J), W = 7 columns (I)
+    image = vtkImageData()
+    image.SetDimensions(7, 5, 1)
+    scalars = numpy_to_vtk(rgb.reshape(-1, 3), deep=True)
+    scalars.SetNumberOfComponents(3)
+    image.GetPointData().SetScalars(scalars)
+    got = volume_array(image)
+    assert got.shape == (1, 5, 7, 3) and got.dtype == np.uint8
+    np.testing.assert_array_equal(got[0], rgb)
+    got[0, 0, 0, 0] ^= 0xFF  # a view on the volume's memory, as arrayFromVolume's
+    assert image.GetPointData().GetScalars().GetValue(0) == rgb[0, 0, 0] ^ 0xFF
+    with pytest.raises(ValueError, match="holds no image"):
+        volume_array(vtkImageData())
+
+
+def test_file_run_nodes_gives_sequences_and_browsers_an_item():
+    """A run's nodes go under its folder. Catches: sequences and the browser, which no subject-hierarchy plugin
+    claims (Slicer gives them no item), left out of the folder — deleting it left every sequence in the scene,
+    unseen; nodes already filed elsewhere moved; display nodes given items. (``sh`` stands in for Slicer's
+    vtkMRMLSubjectHierarchyNode, which cannot run here: only the calls this function makes.)"""
+    from SurgicalDepthLib.slicer_helpers import file_run_nodes
+
+    class Node(SimpleNamespace):
+        def IsA(self, name):
+            return name in self.classes
+
+    class SubjectHierarchy:
+        def __init__(self):
+            self.items = {"depth volume": 11, "model": 12, "elsewhere": 13}
+            self.parents = {11: 1, 12: 1, 13: 7}
+            self.created = []
+
+        GetSceneItemID = staticmethod(lambda: 1)
+        GetItemByDataNode = lambda self, node: self.items.get(node.name, 0)  # noqa: E731
+        GetItemParent = lambda self, item: self.parents[item]  # noqa: E731
+
+        def SetItemParent(self, item, parent):
+            self.parents[item] = parent
+
+        def CreateItem(self, parent, node):
+            self.created.append((parent, node.name))
+
+    sh = SubjectHierarchy()
+    nodes = [Node(name="depth volume", classes=("vtkMRMLVolumeNode",)),
+             Node(name="model", classes=("vtkMRMLModelNode",)),
+             Node(name="elsewhere", classes=("vtkMRMLModelNode",)),
+             Node(name="depth sequence", classes=("vtkMRMLSequenceNode",)),
+             Node(name="browser", classes=("vtkMRMLSequenceBrowserNode",)),
+             Node(name="display", classes=("vtkMRMLDisplayNode",))]
+    file_run_nodes(sh, 99, nodes)
+    assert sh.parents == {11: 99, 12: 99, 13: 7}
+    assert sh.created == [(99, "depth sequence"), (99, "browser")]
+
+
 def test_ensure_weights_asks_before_downloading_and_closes_the_dialog(monkeypatch):
     """Catches a download without the user's consent, a dialog left open after an error, and a question asked
     for weights that are already on disk."""

@@ -121,3 +121,11 @@ def test_a_teacher_without_unlabeled_frames_is_refused(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--teacher acts only with --unlabeled-root" in done.stderr.splitlines()[-1]
     assert "Traceback" not in done.stderr and not out.exists()
+
+
+def test_the_run_takes_one_step_even_when_the_probe_used_the_budget():
+    """Catches: on a loaded machine the probe used the whole budget, the run's clock said stop at ``train``'s poll
+    before the first step, and the untrained start weights were exported as the candidate (seen in CI under load)."""
+    clock = _script().Clock(deadline=0.0, at_least=2)  # a deadline long past
+    assert [clock(), clock(), clock()] == [False, False, True]
+    assert _script().Clock(deadline=0.0)()

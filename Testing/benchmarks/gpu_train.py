@@ -105,14 +105,15 @@ def config(args: argparse.Namespace, steps: int, output: Path, model: str):
 
 
 class Clock:
-    """``should_stop`` for ``train``: notes when each optimizer step ends and says stop after ``deadline``."""
+    """``should_stop`` for ``train``: notes when each optimizer step ends and says stop after ``deadline``, but not
+    in its first ``at_least`` polls (``train`` polls once before the first step: 2 = at least one step taken)."""
 
-    def __init__(self, deadline: float) -> None:
-        self.deadline, self.times = deadline, []
+    def __init__(self, deadline: float, at_least: int = 0) -> None:
+        self.deadline, self.at_least, self.times = deadline, at_least, []
 
     def __call__(self) -> bool:
         self.times.append(time.perf_counter())
-        return self.times[-1] > self.deadline
+        return len(self.times) > self.at_least and self.times[-1] > self.deadline
 
     def rate(self, skip: int = 10) -> float:
         """Steps per second after the first ``skip`` (start-up, compilation, loader warm-up)."""
@@ -149,7 +150,7 @@ def run(args: argparse.Namespace) -> dict:
     left = deadline - time.perf_counter()
     steps = max(1, int(probe.rate() * left * args.margin))
     summary["planned_steps"] = steps
-    clock, run_dir = Clock(deadline), args.out / "run"
+    clock, run_dir = Clock(deadline, at_least=2), args.out / "run"  # one step at least: the export is trained
     try:
         train(config(args, steps, run_dir, start_weights), should_stop=clock)
         summary["stopped_at"] = None

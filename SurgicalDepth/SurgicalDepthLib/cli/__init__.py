@@ -222,7 +222,7 @@ def build_parser(extra: tuple = ()) -> argparse.ArgumentParser:
     for command in subparsers.choices.values():
         command.add_argument("--progress", choices=PROGRESS_MODES, default="bar",
                              help="progress display: bar (tqdm on stderr), jsonl (one JSON object per stdout "
-                                  "line, for programs), none")
+                                  "line, for programs; a line 'stop' on stdin then stops it as SIGTERM does), none")
     return parser
 
 
@@ -244,6 +244,28 @@ def _sigterm_interrupts():
         signal.signal(signal.SIGTERM, previous)
 
 
+#: a line a caller writes to a ``--progress jsonl`` command's stdin to stop it as SIGTERM does: Slicer starts commands
+#: through its PythonSlicer launcher, which passes stdin on to the interpreter it starts, but no signal
+STOP_LINE = "stop"
+
+
+def _stop_on_stdin_line() -> None:
+    """A daemon thread that reads stdin and, at a line :data:`STOP_LINE`, raises SIGTERM in this process, whose
+    handlers (``_sigterm_interrupts``, train's stop request) then stop the command cleanly. The end of stdin (closed,
+    ``/dev/null``) does nothing."""
+    def watch() -> None:
+        try:
+            for line in sys.stdin:
+                if line.strip() == STOP_LINE:
+                    signal.raise_signal(signal.SIGTERM)
+                    return
+        except (OSError, ValueError):  # no readable stdin (pytest's capture, a closed descriptor)
+            pass
+
+    if sys.stdin is not None and threading.current_thread() is threading.main_thread():
+        threading.Thread(target=watch, name="stdin stop line", daemon=True).start()
+
+
 def main(argv: list[str] | None = None, extra: tuple = ()) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(extra)
@@ -262,6 +284,8 @@ def main(argv: list[str] | None = None, extra: tuple = ()) -> int:
     if os.environ.get("RANK", "0") != "0":  # torchrun: only rank 0 reports progress and the final event
         args.progress = "none"
     reporter = args.progress_reporter = ProgressReporter(args.progress, sys.stdout)
+    if args.progress == "jsonl":  # a machine caller (the Slicer modules) may stop it through stdin
+        _stop_on_stdin_line()
     # jsonl: stdout is the JSON channel; the command's own messages go to stderr
     quiet = contextlib.redirect_stdout(sys.stderr) if args.progress == "jsonl" else contextlib.nullcontext()
     try:
