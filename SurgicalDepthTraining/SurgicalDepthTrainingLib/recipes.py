@@ -87,8 +87,8 @@ def render_training_set(root: str | Path, n_clips: int, frames_per_clip: int = 8
                         height: int = DEFAULT_TRAIN_SIZE[0], width: int = DEFAULT_TRAIN_SIZE[1],
                         progress: Callable[[int], None] | None = None,
                         scope_light_from: int | None = None, wide_view_from: int | None = None,
-                        polyps_from: int | None = None, workers: int = 1, albedo_from: int | None = None
-                        ) -> list[Path]:
+                        polyps_from: int | None = None, workers: int = 1, albedo_from: int | None = None,
+                        should_stop: Callable[[], bool] | None = None) -> list[Path]:
     """Render ``n_clips`` sequences of ``clip_specs`` into ``root/seq_XXXX`` (the ``synthetic`` layout); existing
     ones are kept, so an interrupted run resumes. Returns the sequence folders.
 
@@ -96,7 +96,12 @@ def render_training_set(root: str | Path, n_clips: int, frames_per_clip: int = 8
     OpenMP threads; a script that calls it so needs the usual ``if __name__ == "__main__":`` guard, as for any
     spawned process pool); every clip is drawn from its own seeds, so the files are the same for any ``workers``.
     ``progress`` gets the number of clips finished so far (in completion order when ``workers`` > 1).
+    ``should_stop`` is polled before each clip (and as each finishes): True raises
+    :class:`.training.TrainingStopped` (``step`` = clips finished), as an error or a cancel does, with no clip
+    started after it and the workers' running clips finished first (written atomically: they are kept).
     """
+    from ._train_loop import TrainingStopped
+
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     root = Path(root)
@@ -107,27 +112,47 @@ def render_training_set(root: str | Path, n_clips: int, frames_per_clip: int = 8
     done = len(folders) - len(todo)
     if progress is not None and done:
         progress(done)
+
+    def finished_one() -> None:
+        nonlocal done
+        done += 1
+        if progress is not None:
+            progress(done)
+        if should_stop is not None and done < len(folders) and should_stop():
+            raise TrainingStopped(done, len(folders), str(root))
+
+    if should_stop is not None and todo and should_stop():
+        raise TrainingStopped(done, len(folders), str(root))
     if workers == 1 or len(todo) < 2:
         for job in todo:
             _render_one(job)
-            done += 1
-            if progress is not None:
-                progress(done)
+            finished_one()
         return folders
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    with ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn")) as pool:
-        try:
-            for future in as_completed([pool.submit(_render_one, job) for job in todo]):
-                future.result()  # a clip that failed stops the set (the finished clips stay for a resume)
-                done += 1
-                if progress is not None:
-                    progress(done)
-        except BaseException:  # an error or a cancel (Ctrl-C, progress raising): no clip is started after it
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+    pool = ProcessPoolExecutor(min(workers, len(todo)), mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_ignore_interrupts)
+    futures = [pool.submit(_render_one, job) for job in todo]
+    try:
+        for future in as_completed(futures):
+            future.result()  # a clip that failed stops the set (the finished clips stay for a resume)
+            finished_one()
+    except BaseException:  # an error or a cancel (Ctrl-C, progress raising, should_stop): no clip started after it
+        for future in futures:
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)  # (a `with` block's own shutdown would run the queue)
+        raise
+    pool.shutdown(wait=True)
     return folders
+
+
+def _ignore_interrupts() -> None:
+    """Worker processes ignore SIGINT: a terminal's Ctrl-C reaches the whole process group, and the parent alone
+    decides (it stops handing out clips; a worker's interrupted clip would only come back as a failure)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _render_one(job: tuple[dict[str, Any], Path, int]) -> Path:
@@ -337,8 +362,8 @@ def train_default_model(output: str | Path, *, resume: bool = False, max_steps: 
     ``max_steps`` (per stage) and ``n_clips`` shorten the run (tests); the shipped weights use the recipe
     unchanged. ``resume`` continues the stages that were started and skips the finished ones. ``progress`` (None
     = tqdm bars) gets the stages ``"render"`` (one update per clip) and ``"train"`` (the steps of all stages).
-    ``should_stop`` is polled at every optimizer step: a stage then saves its checkpoint and
-    :class:`.training.TrainingStopped` is raised; ``resume=True`` continues from there. ``render_workers``: processes
+    ``should_stop`` is polled before each clip is rendered and at every optimizer step: a stage then saves its
+    checkpoint and :class:`.training.TrainingStopped` is raised; ``resume=True`` continues from there. ``render_workers``: processes
     rendering the training set (``render_training_set``'s ``workers``; the same files for any number).
     Returns the exported ``output/surgical-depth-default.safetensors``.
 
@@ -366,7 +391,7 @@ def train_default_model(output: str | Path, *, resume: bool = False, max_steps: 
         render_training_set(output / "data", n, recipe["frames_per_clip"], recipe["data_seed"],
                             progress=lambda done: stage.update(done - stage.step),
                             scope_light_from=recipe["scope_light_from"], polyps_from=recipe["polyps_from"],
-                            workers=render_workers)
+                            workers=render_workers, should_stop=should_stop)
     card = card_metadata()
     grand_total, done_before, export = sum(c["max_steps"] for c in configs), 0, None
     for spec, options in zip(recipe["stages"], configs):

@@ -432,3 +432,16 @@ def test_predict_and_reconstruct_cli_backend(backend, checkpoint, tmp_path):
     assert cli_main(["reconstruct", str(folder), "--output", str(tmp_path / "rec"), "--backend", backend,
                      "--intrinsics", "50,50,27.5,20.5", *common]) == 0
     assert sd.load_mesh(tmp_path / "rec" / "points_000001.ply").GetNumberOfPoints() == 42 * 56
+
+
+def test_an_interrupt_openvino_rethrows_as_runtime_error_is_an_interrupt_again():
+    """OpenVINO's C++ frontend catches the KeyboardInterrupt that Ctrl-C / SIGTERM raises in its Python callback
+    during ``convert_model`` and throws a RuntimeError naming it. Catches: ``export --format openvino`` (and
+    ``--backend openvino``) interrupted there ending with exit 1 and a 61-line traceback instead of exit 130."""
+    from SurgicalDepthLib.backends.openvino_model import _reraise_interrupt
+
+    wrapped = RuntimeError("Check 'false' failed at src/frontends/common/src/frontend.cpp:53:\n"
+                           "Converting input model\nKeyboardInterrupt: ")
+    with pytest.raises(KeyboardInterrupt):
+        _reraise_interrupt(wrapped)
+    assert _reraise_interrupt(RuntimeError("Converting input model\nunsupported operation")) is None

@@ -1,6 +1,10 @@
 """The ``surgical-depth`` parser (``SurgicalDepthLib.cli``): flags shared by the commands that run a model."""
 from __future__ import annotations
 
+import logging
+import subprocess
+import sys
+
 import pytest
 
 from SurgicalDepthLib.cli import BACKEND_CHOICES, PRECISION_CHOICES, build_parser
@@ -32,3 +36,17 @@ def test_written_out_choices_equal_the_loader_registries():
     loading = pytest.importorskip("SurgicalDepthLib.loading")
     assert PRECISION_CHOICES == loading.PRECISIONS
     assert BACKEND_CHOICES == loading.BACKENDS
+
+
+def test_torch_info_lines_stay_off_stderr(tmp_path):
+    """Catches: the CLI's INFO logging reaching torch's loggers, so that torch's exit hook printed "FakeTensor cache
+    stats" lines after the one-line "interrupted" message (an interrupt during the torch import). A fresh process:
+    the CLI's logging set-up is what is tested, not pytest's."""
+    code = ("import logging, sys; from SurgicalDepthLib.cli import main; "
+            f"main(['synth', '--output', {str(tmp_path / 's')!r}, '--frames', '1', '--size', '28x42', "
+            "'--progress', 'none']); "
+            "print(logging.getLogger('torch').getEffectiveLevel(), logging.getLogger('SurgicalDepthLib')"
+            ".getEffectiveLevel())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-2:] == [str(logging.WARNING), str(logging.INFO)]

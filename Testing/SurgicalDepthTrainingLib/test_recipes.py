@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -124,8 +125,8 @@ def test_recipe_stops_with_a_checkpoint_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr("SurgicalDepthTrainingLib.recipes.KVASIR_SEG_HELD_OUT_LAST", 2)
     frames = kvasir_like(tmp_path / "kvasir")
     with pytest.raises(TrainingStopped):
-        train_default_model(tmp_path, max_steps=2, n_clips=3, device="cpu", should_stop=lambda: True,
-                            unlabeled_root=frames)
+        train_default_model(tmp_path, max_steps=2, n_clips=3, device="cpu", unlabeled_root=frames,
+                            should_stop=lambda: (tmp_path / "data" / "seq_0002").is_dir())  # once rendered
     first = tmp_path / f"run-{small[0]['name']}"
     assert (first / "last.pt").is_file() and not (tmp_path / "surgical-depth-default.safetensors").exists()
     path = train_default_model(tmp_path, resume=True, max_steps=2, n_clips=3, device="cpu", unlabeled_root=frames)
@@ -188,7 +189,8 @@ def test_parallel_rendering_writes_the_same_clips(tmp_path):
 
 def test_parallel_rendering_stops_starting_clips_after_a_cancel(tmp_path):
     """Bug caught: a cancel (here: the progress callback raising, as a cancelled progress display does) that lets
-    the pool render every remaining clip before the error comes out."""
+    the pool render every remaining clip, before the error comes out or after it (the process's exit waited for
+    them)."""
     from SurgicalDepthTrainingLib.recipes import render_training_set
 
     def cancel(done: int) -> None:
@@ -196,7 +198,25 @@ def test_parallel_rendering_stops_starting_clips_after_a_cancel(tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         render_training_set(tmp_path, 12, frames_per_clip=1, height=28, width=42, workers=2, progress=cancel)
-    assert len(list(tmp_path.glob("seq_*"))) < 12
+    kept = len(list(tmp_path.glob("seq_*")))
+    time.sleep(4)  # Catches too: the pool's queue run on after the error came out (the `with` block's shutdown)
+    assert kept == len(list(tmp_path.glob("seq_*"))) <= 6  # the clips already handed to the 2 workers, at most
+
+
+def test_rendering_polls_the_stop_request_before_each_clip(tmp_path):
+    """Catches: ``train --recipe default`` ignoring Cancel / SIGTERM / the stdin stop line while it renders its 960
+    clips (~18 min here): the stop request was polled only by training steps."""
+    from SurgicalDepthTrainingLib.recipes import render_training_set
+    from SurgicalDepthTrainingLib.training import TrainingStopped
+
+    def after_two() -> bool:
+        return len(list(tmp_path.glob("seq_*"))) >= 2
+
+    with pytest.raises(TrainingStopped) as stopped:
+        render_training_set(tmp_path, 6, frames_per_clip=1, height=28, width=42, should_stop=after_two)
+    assert stopped.value.step == 2 and stopped.value.total == 6
+    assert sorted(p.name for p in tmp_path.glob("seq_*")) == ["seq_0000", "seq_0001"]
+    assert len(render_training_set(tmp_path, 6, frames_per_clip=1, height=28, width=42)) == 6  # resumes
 
 
 def test_held_out_kvasir_frames_are_never_linked_for_training(tmp_path, monkeypatch):

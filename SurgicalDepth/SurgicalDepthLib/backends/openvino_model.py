@@ -128,13 +128,26 @@ def read_ov_model(path: Path, needed_by: str) -> Any:
     try:
         return ov.Core().read_model(str(path))
     except RuntimeError as exc:  # OpenVINO's lines ending in ':' locate its source ("Exception from src/...cpp:84:")
+        _reraise_interrupt(exc)
         lines = [line.strip() for line in str(exc).splitlines() if line.strip() and not line.rstrip().endswith(":")]
         raise ValueError(f"{path}: not a readable {kind} model: {lines[0] if lines else exc}") from exc
 
 
 def ov_from_onnx(graph: bytes) -> Any:
     """An ``openvino.Model`` of a serialized ONNX graph (read from memory: no temporary file)."""
-    return require("openvino", "OpenVINO").convert_model(io.BytesIO(graph))
+    ov = require("openvino", "OpenVINO")
+    try:
+        return ov.convert_model(io.BytesIO(graph))
+    except RuntimeError as exc:
+        _reraise_interrupt(exc)
+        raise
+
+
+def _reraise_interrupt(exc: RuntimeError) -> None:
+    """OpenVINO's C++ code catches a Ctrl-C / SIGTERM raised in its Python callbacks (``KeyboardInterrupt``) and
+    throws it on as a RuntimeError naming it: raise it as the interrupt it was (exit 130, not a traceback)."""
+    if "KeyboardInterrupt" in str(exc):
+        raise KeyboardInterrupt(str(exc).strip().splitlines()[-1] if str(exc).strip() else "") from None
 
 
 def read_rt_info(ov_model: Any, name: str) -> str | None:

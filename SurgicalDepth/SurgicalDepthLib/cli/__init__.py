@@ -277,6 +277,8 @@ def main(argv: list[str] | None = None, extra: tuple = ()) -> int:
             ProgressReporter("jsonl", sys.stdout).error(str(exc))
         return 2
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    if not args.verbose:  # torch's own INFO lines (its exit hook's "FakeTensor cache stats") are not ours to print
+        logging.getLogger("torch").setLevel(logging.WARNING)
     # FFmpeg's own log lines (an unreadable video's "moov atom not found") would precede the command's one-line
     # error; OpenCV reads this when it opens a video. A level the user set is kept (--verbose: FFmpeg's default)
     if not args.verbose:

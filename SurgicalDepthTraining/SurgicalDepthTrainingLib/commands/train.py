@@ -169,8 +169,8 @@ def _stop_on_signals() -> Iterator[threading.Event]:
         stop.signal_name = signal.Signals(signum).name
         stop.set()
         # os.write: the handler may interrupt a write to sys.stderr, which must not be re-entered
-        os.write(2, f"{stop.signal_name}: saving last.pt at the next training step, then stopping (send it again "
-                    "to stop at once)\n".encode())
+        os.write(2, f"{stop.signal_name}: stopping after the current training step (saving last.pt) or clip "
+                    "(send it again to stop at once)\n".encode())
 
     if threading.current_thread() is not threading.main_thread():
         yield stop
@@ -202,8 +202,8 @@ def run(args: argparse.Namespace) -> int:
                                            device=args.device, progress=progress_of(args), should_stop=stop.is_set,
                                            render_workers=args.render_workers, unlabeled_root=args.unlabeled_root)
         except TrainingStopped as exc:
-            logger.warning("%s: stopped at step %d of %d of a stage; %s saved: continue with --recipe default "
-                           "--resume", stop.signal_name, exc.step, exc.total, exc.checkpoint)
+            logger.warning("%s: stopped at %d of %d (clips rendered, or steps of a stage); %s saved: continue with "
+                           "--recipe default --resume", stop.signal_name, exc.step, exc.total, exc.checkpoint)
             raise KeyboardInterrupt from None
         print(f"default model: {path}")
         args.result = {"model": str(path)}
