@@ -298,7 +298,7 @@ class SurgicalDepthTrainingLogic(ScriptedLoadableModuleLogic):
     def cancel(self) -> None:
         """Stop the running process without blocking the GUI: the line ``stop`` on its stdin (it stops as on
         SIGTERM, saving a training's state: PythonSlicer is a launcher that passes stdin on to the interpreter, not
-        signals), then terminate() and kill() KILL_GRACE_MS apart while it runs. Its finished signal says "cancelled"."""
+        signals), then terminate() and kill() KILL_GRACE_MS apart while it runs. Its finished signal: "cancelled"."""
         process = self._process
         if process is None:
             return

@@ -96,9 +96,9 @@ def render_training_set(root: str | Path, n_clips: int, frames_per_clip: int = 8
     OpenMP threads; a script that calls it so needs the usual ``if __name__ == "__main__":`` guard, as for any
     spawned process pool); every clip is drawn from its own seeds, so the files are the same for any ``workers``.
     ``progress`` gets the number of clips finished so far (in completion order when ``workers`` > 1).
-    ``should_stop`` is polled before each clip (and as each finishes): True raises
-    :class:`.training.TrainingStopped` (``step`` = clips finished), as an error or a cancel does, with no clip
-    started after it and the workers' running clips finished first (written atomically: they are kept).
+    ``should_stop`` is polled before the first clip and as each finishes: True raises
+    :class:`.training.TrainingStopped` (``step`` = clips finished). Then, as after an error or a cancel, no clip is
+    handed out any more; the few already queued to the workers finish first (written atomically: they are kept).
     """
     from ._train_loop import TrainingStopped
 
@@ -138,7 +138,7 @@ def render_training_set(root: str | Path, n_clips: int, frames_per_clip: int = 8
         for future in as_completed(futures):
             future.result()  # a clip that failed stops the set (the finished clips stay for a resume)
             finished_one()
-    except BaseException:  # an error or a cancel (Ctrl-C, progress raising, should_stop): no clip started after it
+    except BaseException:  # an error or a cancel (Ctrl-C, progress raising, should_stop): no clip handed out after it
         for future in futures:
             future.cancel()
         pool.shutdown(wait=True, cancel_futures=True)  # (a `with` block's own shutdown would run the queue)
@@ -363,8 +363,9 @@ def train_default_model(output: str | Path, *, resume: bool = False, max_steps: 
     unchanged. ``resume`` continues the stages that were started and skips the finished ones. ``progress`` (None
     = tqdm bars) gets the stages ``"render"`` (one update per clip) and ``"train"`` (the steps of all stages).
     ``should_stop`` is polled before each clip is rendered and at every optimizer step: a stage then saves its
-    checkpoint and :class:`.training.TrainingStopped` is raised; ``resume=True`` continues from there. ``render_workers``: processes
-    rendering the training set (``render_training_set``'s ``workers``; the same files for any number).
+    checkpoint and :class:`.training.TrainingStopped` is raised; ``resume=True`` continues from there.
+    ``render_workers``: processes rendering the training set (``render_training_set``'s ``workers``; the same files
+    for any number).
     Returns the exported ``output/surgical-depth-default.safetensors``.
 
     Raises:
