@@ -265,7 +265,8 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
         ``process(volume=volume, **options)`` makes the run from the current image, then a ``live_worker.LiveWorker``
         thread infers each newest image with its model and field of view and a timer shows the results in place in the
         run's proxies; the sequences keep the first ``recordFrames`` images (1 at least); ``onUpdate(text)``: status."""
-        from SurgicalDepthLib.live_worker import LiveWorker, new_image_event, volume_array, worker_options
+        from SurgicalDepthLib.live_worker import LiveWorker, new_image_event, worker_options
+        from SurgicalDepthLib.slicer_source import volume_array
         self.stopLive()
         nodes = self.process(volume=volume, model=model, **options)
         worker = LiveWorker(nodes.model, **worker_options(  # the run's model and field of view

@@ -356,6 +356,24 @@ def _distorted_rays(camera: str) -> np.ndarray:
     return rays
 
 
+def camera_ray_mask(intrinsics: Intrinsics) -> np.ndarray | None:
+    """bool ``[H, W]``, read-only: the pixels that have a ray (:func:`camera_rays` finite; a distorted camera's
+    pixels beyond its model's range have none), or None when every pixel has one. Kept with the rays, so a video's
+    frames do not test the rays again."""
+    if intrinsics.distortion is None:
+        return None
+    return _ray_mask(json.dumps(intrinsics.to_dict(), sort_keys=True))
+
+
+@functools.lru_cache(maxsize=2)
+def _ray_mask(camera: str) -> np.ndarray | None:
+    has_ray = np.isfinite(_distorted_rays(camera)).all(-1)
+    if has_ray.all():
+        return None
+    has_ray.flags.writeable = False
+    return has_ray
+
+
 def distort_normalized(x: Any, y: Any, distortion: dict | None) -> tuple[Any, Any]:
     """Apply lens distortion to normalised coordinates (x/z, y/z); works on numpy arrays and torch tensors.
 

@@ -182,25 +182,25 @@ def load_state_dict_file(path: str | os.PathLike, **hints: Any) -> tuple[dict[st
     if path.suffix == ".safetensors":
         state, meta = _safetensors_load(path)
         if meta.get("format") == PROJECT_FORMAT:
-            return state, _agreeing(_stored_config(meta["config"], path), hints, path)
+            return state, agreeing_config(_stored_config(meta["config"], path), hints, path)
         if "config" in meta:
             raise CheckpointError(f"{path}: metadata format {meta.get('format')!r}, expected {PROJECT_FORMAT!r}")
         return state, infer_config(state, name=str(path), **hints)
     obj = load_torch_file(path)
     if isinstance(obj, dict) and obj.get("format") == PROJECT_FORMAT + "-train":
         state = _unwrap(obj.get("model"), path)
-        return state, _agreeing(_stored_config(obj.get("model_config"), path), hints, path)
+        return state, agreeing_config(_stored_config(obj.get("model_config"), path), hints, path)
     state = _unwrap(obj, path)
     return state, infer_config(state, name=str(path), **hints)
 
 
-def _agreeing(config: ModelConfig, hints: dict[str, Any], source: Any) -> ModelConfig:
-    """``config`` (what a file states) after checking that every hint given agrees with it: a hint that differs is
-    ambiguity, an error naming both values (never silently dropped, never overriding the file)."""
+def agreeing_config(config: ModelConfig, hints: dict[str, Any], source: Any,
+                    whose: str = "the file's own") -> ModelConfig:
+    """``config`` (what a file, or the registry, states) after checking that every hint given agrees with it: a hint
+    that differs is ambiguity, an error naming both values (never silently dropped, never overriding the file)."""
     for key, value in hints.items():
         if value is not None and getattr(config, key) != value:
-            raise CheckpointError(f"{source}: {key}={value!r} conflicts with the file's own {key}="
-                                  f"{getattr(config, key)!r}")
+            raise CheckpointError(f"{source}: {key}={value!r} conflicts with {whose} {key}={getattr(config, key)!r}")
     return config
 
 
@@ -235,7 +235,7 @@ def _load_hf_folder(folder: Path, hints: dict[str, Any]) -> tuple[dict[str, torc
         raise CheckpointError(f"{cfg_path}: {exc}") from exc
     state, weights = _folder_weights(folder)
     try:
-        return hf_to_official_state(state), _agreeing(config, hints, cfg_path)
+        return hf_to_official_state(state), agreeing_config(config, hints, cfg_path)
     except KeyError as exc:
         raise CheckpointError(f"{weights}: {exc.args[0]}") from None
 

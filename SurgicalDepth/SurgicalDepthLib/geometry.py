@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .camera import Intrinsics, camera_rays
+from .camera import Intrinsics, camera_ray_mask, camera_rays
 
 
 def check_depth_map(depth: Any, intrinsics: Intrinsics, name: str = "depth") -> np.ndarray:
@@ -54,10 +54,9 @@ def point_mask(depth: np.ndarray, intrinsics: Intrinsics, mask: np.ndarray | Non
     inside ``mask`` (when given), and a ray through the lens (a distorted camera's pixels beyond its model's range
     have none: ``camera.pixel_rays`` gives NaN). Callers pick each point's colour and scalars with it."""
     valid = valid_depth_mask(depth, mask)
-    if intrinsics.distortion is not None:
-        rays = camera_rays(intrinsics)
-        if rays.shape[:2] == valid.shape:
-            valid &= np.isfinite(rays).all(-1)
+    has_ray = camera_ray_mask(intrinsics)
+    if has_ray is not None and has_ray.shape == valid.shape:  # another size: backproject names both
+        valid &= has_ray
     return valid
 
 

@@ -33,7 +33,6 @@ import numpy as np
 from .latest_frame import LatestFrameMailbox
 from .memory_budget import DEFAULT_POINT_BUDGET
 from .slicer_helpers import has_calibration, resolve_intrinsics, rgb_from_volume_array
-from .slicer_source import volume_array  # noqa: F401  (the live image's pixels, for the module)
 
 logger = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from .backends import GRAPH_SUFFIXES, CompiledDepthModel, choose_backend, load_backend
-from .checkpoints import check_state_dict, load_state_dict_file
+from .checkpoints import agreeing_config, check_state_dict, load_state_dict_file
 from .configs import MODEL_CONFIGS, get_model_config
 from .model import DepthModel
 from .weights import WEIGHTS, cached_path, sha256_file
@@ -149,12 +149,8 @@ def load_model(source: str | os.PathLike = "default", *, device: str | torch.dev
                                  "shipped default model (file modified or corrupt)")
         elif src in WEIGHTS:
             path = cached_path(src)
-            known = MODEL_CONFIGS[src]
-            for key in ("version", "head", "max_depth"):
-                if hints.get(key) is not None and hints[key] != getattr(known, key):
-                    raise ValueError(f"{src}: {key}={hints[key]!r} conflicts with the registered model's "
-                                     f"{key}={getattr(known, key)!r}")
-                hints[key] = getattr(known, key)
+            known = agreeing_config(MODEL_CONFIGS[src], hints, src, "the registered model's")
+            hints.update(version=known.version, head=known.head, max_depth=known.max_depth)
         elif src in MODEL_CONFIGS:
             raise FileNotFoundError(f"{src!r} has no downloadable weights; use 'random:{src}' for a random init")
         else:
