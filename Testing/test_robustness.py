@@ -556,8 +556,9 @@ def test_new_commands_and_options_fail_cleanly_with_an_error_event(tmp_path):
     default without its unlabeled frames (rendering and four stages done before the stage that needs them), train
     --teacher-detail-size no larger than the training input, a semi-supervised weight or a teacher accepted without
     unlabeled frames (silently doing nothing) or below 0, train --style-root missing or without images, its
-    probability accepted without it, a reversed --style-beta, ending in a traceback, a half-made run folder or report,
-    or without the jsonl error event the Slicer modules wait for."""
+    probability accepted without it, a reversed --style-beta, a --model-version / --model-max-depth that is no
+    choice, no number, or contradicts the weight file (silently dropped or overriding it), ending in a traceback, a
+    half-made run folder, report or graph, or without the jsonl error event the Slicer modules wait for."""
     model = tmp_path / "m.safetensors"
     import torch
     from SurgicalDepthLib.checkpoints import save_checkpoint
@@ -614,7 +615,11 @@ def test_new_commands_and_options_fail_cleanly_with_an_error_event(tmp_path):
         (*TRAIN, "--root", tmp_path, "--output", tmp_path / "o", "--style-prob", "0.5", *jsonl),
         (*TRAIN, "--root", tmp_path, "--output", tmp_path / "o", "--style-root", tmp_path / "no_frames",
          "--style-beta", "0.3", "0.1", *jsonl),
-        (*TRAIN, "--root", tmp_path, "--output", tmp_path / "o", "--style-root", tmp_path / "no_frames", *jsonl))
+        (*TRAIN, "--root", tmp_path, "--output", tmp_path / "o", "--style-root", tmp_path / "no_frames", *jsonl),
+        ("predict", data / "rgb", "--output", tmp_path / "o", "--model-version", "v3", *jsonl),
+        ("predict", data / "rgb", "--output", tmp_path / "o_v1", "--model", model, "--model-version", "v1", *jsonl),
+        ("export", model, "--format", "onnx", "--output", tmp_path / "x.onnx", "--model-max-depth", "20", *jsonl),
+        (*TRAIN, "--root", tmp_path, "--output", tmp_path / "o", "--model-max-depth", "deep", *jsonl))
     needles = [(existing, "--overwrite"), ("m.safetensors",), ("tflite",), ("nohost",), ("99999",), ("tensorrt-x",),
                ("none.png",), ("--photometric", "1.5"), ("--unlabeled-root", "nowhere"), ("--intrinsics", "1,2,x"),
                ("--intrinsics", "500,500,-1,20"), ("--intrinsics", "nowhere.yaml"), ("notes.txt",),
@@ -623,7 +628,9 @@ def test_new_commands_and_options_fail_cleanly_with_an_error_event(tmp_path):
                ("--unlabeled-root", "no_frames", "no images found"), ("--teacher-detail-size", "(56)", "56"),
                ("--cutmix-prob", "--unlabeled-root"), ("--teacher", "unlabeled frames only"),
                ("--unlabeled-weight", "-1"), ("--style-root", "nowhere"), ("--style-prob", "only with --style-root"),
-               ("--style-beta", "(0.3, 0.1)"), ("style frames", "no image files", "no_frames")]
+               ("--style-beta", "(0.3, 0.1)"), ("style frames", "no image files", "no_frames"),
+               ("--model-version", "v3"), ("m.safetensors", "version='v1' conflicts", "version='v2'"),
+               ("max_depth=20.0 conflicts", "max_depth=None"), ("--model-max-depth", "deep")]
     for result, expected in zip(runs, needles):
         if result.args[0] == "stream" and "pyigtl" in result.stderr:
             continue  # the [igtl] extra is not installed: that one-line error is checked by test_live.py
@@ -631,6 +638,7 @@ def test_new_commands_and_options_fail_cleanly_with_an_error_event(tmp_path):
         event = json.loads(result.stdout.strip().splitlines()[-1])
         assert event["event"] == "error" and event["message"] in line, (event, line)
     assert snapshot(tmp_path) == before and not (tmp_path / "o").exists() and not (tmp_path / "r.json").exists()
+    assert not (tmp_path / "x.onnx").exists() and not (tmp_path / "o_v1").exists()
 
 
 def test_out_of_memory_is_one_line_exit_2(tmp_path):
