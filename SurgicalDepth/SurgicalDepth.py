@@ -360,9 +360,10 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
 
     @contextmanager
     def _collectNewNodes(self, nodes, name: str):
-        """New nodes go into a subject-hierarchy folder ``name``; after an error or a cancel they are all removed."""
-        before = {node.GetID() for node in slicer.util.getNodesByClass("vtkMRMLNode")}
-        added = lambda: [n for n in slicer.util.getNodesByClass("vtkMRMLNode") if n.GetID() not in before]  # noqa: E731
+        """The run's own new nodes (``run_nodes``) go into a subject-hierarchy folder ``name``; cancels remove them."""
+        from SurgicalDepthLib.slicer_helpers import file_run_nodes, run_nodes
+        ids = lambda: {node.GetID() for node in slicer.util.getNodesByClass("vtkMRMLNode")}  # noqa: E731
+        before, added = ids(), lambda: run_nodes(nodes.roots(), ids() - before)  # noqa: E731
         try:
             yield
         except BaseException:
@@ -370,7 +371,6 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
                 if node.GetScene() is not None:
                     slicer.mrmlScene.RemoveNode(node)
             raise
-        from SurgicalDepthLib.slicer_helpers import file_run_nodes
         sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(slicer.mrmlScene)
         nodes.folder = sh.CreateFolderItem(sh.GetSceneItemID(), name)
         file_run_nodes(sh, nodes.folder, added())

@@ -30,6 +30,8 @@ ALIGNMENTS = ["median", "scale_shift", "none"]
 BASE_MODELS = ["default", "depth-anything-v2-small", "depth-anything-v2-base", "depth-anything-v2-large",
                "depth-anything-v1-small", "depth-anything-v1-base", "depth-anything-v1-large",
                "depth-anything-v2-metric-hypersim-small", "depth-anything-v2-metric-vkitti-small", "file"]
+#: an earlier run's results in the output folder: keep them (refuse to start), resume its training, or replace them
+EARLIER_RESULTS = ["keep", "resume", "replace"]
 # cancel: the stop line on stdin (train saves last.pt: a step can take seconds), then terminate(), then kill()
 KILL_GRACE_MS = 60000
 
@@ -67,6 +69,7 @@ class SurgicalDepthTrainingParameterNode:
     freezeEncoder: bool = False
     gpus: Annotated[int, WithinRange(1, 64)] = 1
     outputFolder: Path
+    earlierResults: Annotated[str, Choice(EARLIER_RESULTS)] = "keep"
     alignment: Annotated[str, Choice(ALIGNMENTS)] = "median"
 
 
@@ -222,7 +225,8 @@ class SurgicalDepthTrainingLogic(ScriptedLoadableModuleLogic):
         from SurgicalDepthTrainingLib.slicer_helpers import train_command
         recipe = self.recipe(p)
         self.outputs = {"folder": recipe.output}  # shown when it ends, whatever the panel shows by then
-        return self.start(train_command(self.pythonExecutable(), recipe, n_gpus=p.gpus), onProgress, onFinished)
+        return self.start(train_command(self.pythonExecutable(), recipe, n_gpus=p.gpus, earlier=p.earlierResults),
+                          onProgress, onFinished)
 
     def startEvaluation(self, p, onProgress=None, onFinished=None) -> dict:
         """Starts ``surgical-depth evaluate``; returns (and keeps in ``outputs``) the files it writes: ``{"report":
@@ -234,7 +238,8 @@ class SurgicalDepthTrainingLogic(ScriptedLoadableModuleLogic):
         self.outputs = {"report": str(out / "evaluation.json"), "figure": str(out / "qualitative.png")}
         self.start(evaluate_command(self.pythonExecutable(), p.dataset, self._folder(p.datasetRoot, "dataset folder"),
                                     base_model_source(p.baseModel, p.baseModelFile), self.outputs["report"],
-                                    p.alignment, figure=self.outputs["figure"]), onProgress, onFinished)
+                                    p.alignment, figure=self.outputs["figure"], earlier=p.earlierResults),
+                   onProgress, onFinished)
         return self.outputs
 
     def start(self, args: list, onProgress: Optional[Callable] = None, onFinished: Optional[Callable] = None):

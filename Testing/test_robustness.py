@@ -57,6 +57,7 @@ set to 4 KiB in ``preexec_fn`` (the small manifest fits, a 15 KiB depth map does
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -131,9 +132,11 @@ def data(tmp_path_factory) -> Path:
     return root
 
 
-def _terminated(command: tuple, stage: str, stop: str = "signal") -> tuple[int, list[dict], str]:
+def _terminated(command: tuple, stage: str, stop: str = "signal",
+                again: bool = False) -> tuple[int, list[dict], str]:
     """Run ``command`` under --progress jsonl and stop it at its first ``stage`` step — SIGTERM, or with ``stop=
-    "stdin"`` the line ``stop`` on its stdin (Slicer's Cancel) — : ``(exit code, stdout events, stderr)``."""
+    "stdin"`` the line ``stop`` on its stdin (Slicer's Cancel) — : ``(exit code, stdout events, stderr)``.
+    ``again``: then send SIGINT and SIGTERM in turn every 20 ms until it has ended (an impatient user's Ctrl-C)."""
     proc = subprocess.Popen([sys.executable, "-m", "SurgicalDepthLib.cli", *map(str, command), "--progress", "jsonl"],
                             stdin=subprocess.PIPE if stop == "stdin" else subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=ENV)
@@ -148,6 +151,12 @@ def _terminated(command: tuple, stage: str, stop: str = "signal") -> tuple[int, 
             else:
                 proc.send_signal(signal.SIGTERM)
             break
+    for n in itertools.count() if again else ():
+        try:
+            proc.wait(timeout=0.02)
+            break
+        except subprocess.TimeoutExpired:
+            proc.send_signal((signal.SIGINT, signal.SIGTERM)[n % 2])
     rest, err = proc.communicate(timeout=120)
     return proc.returncode, [json.loads(x) for x in lines + rest.splitlines()], err
 
@@ -266,20 +275,25 @@ def test_second_predict_into_a_used_folder(data, tmp_path):
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["000002_depth.npy"]
 
 
-def test_sigterm_cancels_synth_and_predict_cleanly(data, tmp_path):
-    """Catches: SIGTERM (Slicer's Cancel: QProcess.terminate) killing synth or predict at once, so that synth's
-    hidden temporary folder, predict's half-written .clip_depth.XXXX.mp4 / .raw and the run-folder lock stay
-    behind and the caller gets no error event; it must end as Ctrl-C does (exit 130, one error event)."""
+def _long_clip(data: Path, video: Path) -> Path:
+    """An MJPG video of 300 frames (the data set's frames over and over): long enough to be stopped midway."""
     import cv2
 
-    from SurgicalDepthLib.run_folder import LOCK_NAME, read_manifest
-
-    video = tmp_path / "clip.avi"
     frames = [cv2.imread(str(p)) for p in sorted((data / "rgb").glob("*.png"))]
     writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, (70, 56))
     for i in range(300):
         writer.write(frames[i % len(frames)])
     writer.release()
+    return video
+
+
+def test_sigterm_cancels_synth_and_predict_cleanly(data, tmp_path):
+    """Catches: SIGTERM (Slicer's Cancel: QProcess.terminate) killing synth or predict at once, so that synth's
+    hidden temporary folder, predict's half-written .clip_depth.XXXX.mp4 / .raw and the run-folder lock stay
+    behind and the caller gets no error event; it must end as Ctrl-C does (exit 130, one error event)."""
+    from SurgicalDepthLib.run_folder import LOCK_NAME, read_manifest
+
+    video = _long_clip(data, tmp_path / "clip.avi")
     synth_out, predict_out = tmp_path / "synth", tmp_path / "pred"
     runs = [_terminated(("synth", "--output", synth_out, "--frames", "300", "--size", "56x70"), "synth"),
             _terminated(("predict", video, "--output", predict_out, "--colormap", "--format", "nrrd", "--batch-size",
@@ -294,6 +308,25 @@ def test_sigterm_cancels_synth_and_predict_cleanly(data, tmp_path):
     listed = set(read_manifest(predict_out)[1]) if hidden else set()
     assert {p.relative_to(predict_out).as_posix() for p in predict_out.rglob("*") if p.is_file()
             and not p.name.startswith(".")} <= listed
+
+
+def test_signals_during_the_clean_up_do_not_break_it_off(data, tmp_path):
+    """Catches: a second Ctrl-C (or Cancel) while a stopped command cleans up raising KeyboardInterrupt inside that
+    clean-up or the interpreter's shut-down, so that it ended with a traceback and Python's own exit status (-2,
+    -15) and left its temporary video, run-folder lock or half-written output behind. Signals keep coming every
+    20 ms until it has ended: it must end as after one (exit 130, one error event, nothing left over)."""
+    video = _long_clip(data, tmp_path / "clip.avi")
+    out = tmp_path / "pred"
+    code, events, err = _terminated(("predict", video, "--output", out, "--colormap", "--format", "nrrd",
+                                     "--batch-size", "1", *PREDICT[:-2]), "predict", again=True)
+    assert code == 130 and "Traceback" not in err, err[-2000:]
+    assert "already stopping" in err  # the test did reach the clean-up
+    assert [e["event"] for e in events].count("error") == 1 and events[-1]["event"] == "error"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.avi", "pred"]
+    from SurgicalDepthLib.run_folder import LOCK_NAME
+
+    assert LOCK_NAME not in {p.name for p in out.rglob(".*")}
+    assert not [p for p in out.rglob("*") if p.name.startswith(".") and p.name != ".surgical-depth-run"]
 
 
 # -- train: resumable by default, strict resume, divergence --------------------------------------------------------

@@ -303,11 +303,12 @@ def _annotation_args(annotation: ast.expr, name: str) -> list | None:
 
 def test_training_choices_equal_the_registries():
     """Catches a dataset, loss, alignment or weights name added to (or removed from) a registry but not to the
-    Training panel's choices, which are literals."""
+    Training panel's choices, which are literals (and its earlier-results choice apart from the helpers')."""
     import SurgicalDepthLib as sd
     from SurgicalDepthTrainingLib.datasets import list_datasets
     from SurgicalDepthTrainingLib.losses import LOSSES
     from SurgicalDepthTrainingLib.metrics import ALIGNMENTS
+    from SurgicalDepthTrainingLib.slicer_helpers import EARLIER_RESULTS
 
     tree = _tree(TRAINING)
     fields, constants = _parameter_fields(tree), _constants(tree)
@@ -315,6 +316,7 @@ def test_training_choices_equal_the_registries():
     assert _choices(fields["loss"], constants) == list(LOSSES)
     assert _choices(fields["alignment"], constants) == list(ALIGNMENTS)
     assert _choices(fields["baseModel"], constants) == ["default", *sd.WEIGHTS, "file"]
+    assert tuple(_choices(fields["earlierResults"], constants)) == EARLIER_RESULTS
 
 
 def test_training_defaults_equal_train_config():

@@ -156,8 +156,11 @@ def write_fov_mask(path: str | os.PathLike, mask: np.ndarray) -> Path:
 
 
 def read_fov_mask(path: str | os.PathLike) -> np.ndarray:
-    """A mask image (any 8/16-bit PNG, JPEG, ...; nonzero = tissue) as bool ``[H, W]``."""
-    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    """A mask image (any 8/16-bit PNG, JPEG, ...; nonzero = tissue) as bool ``[H, W]``. Decoded from the file's
+    bytes: ``cv2.imread`` cannot open non-ASCII paths on Windows (a user name with an accent in Slicer's temp
+    folder)."""
+    data = np.fromfile(str(path), np.uint8) if os.path.isfile(path) else np.zeros(0, np.uint8)
+    mask = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
     if mask is None:
         raise FileNotFoundError(f"field-of-view mask {path} does not exist or is not an image")
     return mask > 0

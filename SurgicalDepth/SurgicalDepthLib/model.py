@@ -17,10 +17,11 @@ from .encoder import DinoV2Encoder
 from .preprocess import check_rgb, official_input_size, preprocess, preprocess_on_device
 
 
-def resize_prediction(pred: torch.Tensor, out_hw: tuple[int, int]) -> torch.Tensor:
-    """Network output ``[n, h, w]`` → float32 ``[n, H, W]`` at the frame size: bilinear, ``align_corners=True``
-    (the official ``infer_image``)."""
-    return F.interpolate(pred[:, None].float(), size=out_hw, mode="bilinear", align_corners=True)[:, 0]
+def resize_prediction(pred: torch.Tensor, out_hw: tuple[int, int], version: str) -> torch.Tensor:
+    """Network output ``[n, h, w]`` → float32 ``[n, H, W]`` at the frame size, bilinear, as each release's own
+    code does it: ``align_corners=True`` for ``version`` ``"v2"`` (Depth-Anything-V2's ``infer_image``, relative
+    and metric), ``False`` for ``"v1"`` (Depth-Anything's ``run.py``; V1 has no ``infer_image``)."""
+    return F.interpolate(pred[:, None].float(), size=out_hw, mode="bilinear", align_corners=version == "v2")[:, 0]
 
 
 def _frame_groups(frames: Iterable[np.ndarray], size: int) -> Iterator[list[np.ndarray]]:
@@ -252,4 +253,4 @@ class DepthModel(FrameInference, nn.Module):
             x = preprocess_on_device(x, input_size, self.config.mean, self.config.std, self.config.patch_size)
         with self._autocast():
             pred = self(x)
-        return resize_prediction(pred, out_hw)
+        return resize_prediction(pred, out_hw, self.config.version)

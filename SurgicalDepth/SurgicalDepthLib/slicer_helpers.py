@@ -380,6 +380,12 @@ class SurgicalDepthNodes:
     folder: int = 0
     model: Any = None
 
+    def roots(self) -> list[Any]:
+        """The nodes the run made itself (sequences, browser, field of view, fused surface, proxies), where set:
+        where :func:`run_nodes` starts."""
+        return [n for n in (self.browser, self.frames, self.depth, self.points, self.meshes, self.poses, self.fused,
+                            self.fov, *self.proxies.values()) if n is not None]
+
 
 def weights_cached(name: str) -> bool:
     """Whether the official weights ``name`` are in the local cache (downloading needs the user's consent)."""
@@ -396,6 +402,25 @@ def path_or_none(path: Any) -> str | None:
     """A GUI path value as ``str``, or None when unset (parameterNodeWrapper's empty ``Path()`` is ``"."``)."""
     text = "" if path is None else str(path).strip()
     return None if text in ("", ".") else text
+
+
+def run_nodes(roots: Iterable[Any], new_ids: set[str]) -> list[Any]:
+    """A run's own MRML nodes: those of ``roots`` and of the nodes they reference, directly or through others
+    (display, storage, proxy and transform nodes, a browser's sequences), that are among ``new_ids`` (the IDs of
+    the nodes added to the scene since the run began). Nodes that the user or another module (an OpenIGTLink
+    connector's new device) added meanwhile are not reached: a cancel does not remove them, and the run's folder
+    does not take them. Nodes that were there before (an input browser's sequence) are never the run's."""
+    found: dict[str, Any] = {}
+    stack = list(roots)
+    while stack:
+        node = stack.pop()
+        if node is None or node.GetID() not in new_ids or node.GetID() in found:
+            continue
+        found[node.GetID()] = node
+        for r in range(node.GetNumberOfNodeReferenceRoles()):
+            role = node.GetNthNodeReferenceRole(r)
+            stack += [node.GetNthNodeReference(role, i) for i in range(node.GetNumberOfNodeReferences(role))]
+    return list(found.values())
 
 
 #: MRML classes that no subject-hierarchy plugin claims, so Slicer gives them no item: a run's sequences and browser

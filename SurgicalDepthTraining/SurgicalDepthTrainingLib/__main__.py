@@ -1,9 +1,7 @@
 """``python -m SurgicalDepthTrainingLib COMMAND ...``: the full ``surgical-depth`` CLI without relying on the
 installed entry point (3D Slicer loads the packages from the module folders, where no entry point exists)."""
-import sys
-
-from SurgicalDepthLib.cli import main
+from SurgicalDepthLib.cli import run
 
 from .commands import register
 
-sys.exit(main(extra=(register,)))
+run(extra=(register,))

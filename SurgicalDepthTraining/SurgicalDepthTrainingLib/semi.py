@@ -223,7 +223,7 @@ class DetailReadTeacher(nn.Module):
         coarse = self.teacher(images).float()
         size = official_input_size(h, w, self.detail_size, self.teacher.config.patch_size)
         fine = resize_prediction(self.teacher(F.interpolate(images, size=size, mode="bicubic", align_corners=False)),
-                                 (h, w))
+                                 (h, w), self.teacher.config.version)
         merged = merge_detail(coarse.cpu().numpy(), fine.cpu().numpy())
         return torch.from_numpy(merged).to(images.device)
 

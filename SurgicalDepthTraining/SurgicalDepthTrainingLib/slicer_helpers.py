@@ -97,14 +97,30 @@ class TrainRecipe:
         return args + ["--freeze-encoder"] * bool(self.freeze_encoder)
 
 
-def train_command(python: str, recipe: TrainRecipe, n_gpus: int = 1, resume: bool = False) -> list[str]:
+#: what a run started from the panel does with an earlier run's results in its output folder: ``"keep"`` them (the
+#: command refuses to start), ``"resume"`` an earlier training from its ``last.pt`` (``train --resume``), or
+#: ``"replace"`` them (``--overwrite``: exactly the files the earlier run wrote; never a file it did not write)
+EARLIER_RESULTS = ("keep", "resume", "replace")
+
+
+def earlier_results_flags(command: str, earlier: str) -> list[str]:
+    """The flags of ``surgical-depth COMMAND`` for the panel's choice ``earlier`` (:data:`EARLIER_RESULTS`):
+    ``--resume`` (``train`` only), ``--overwrite`` (``train``, ``evaluate``), or none."""
+    _check_choice("earlier results", earlier, EARLIER_RESULTS)
+    if earlier == "resume":
+        return ["--resume"] if command == "train" else []
+    return ["--overwrite"] if earlier == "replace" and command in ("train", "evaluate") else []
+
+
+def train_command(python: str, recipe: TrainRecipe, n_gpus: int = 1, earlier: str = "keep") -> list[str]:
     """argv of ``surgical-depth train --progress jsonl`` for ``recipe`` run by ``python`` (Slicer: ``PythonSlicer``).
 
     ``n_gpus > 1`` launches it through ``python -m torch.distributed.run --nproc_per_node N -m ...`` (torchrun).
+    ``earlier``: what it does with an earlier run in the output folder (:data:`EARLIER_RESULTS`).
     """
     if int(n_gpus) < 1:
         raise ValueError(f"n_gpus must be >= 1, got {n_gpus!r}")
-    args = ["train", *recipe.flags(), *(["--resume"] if resume else []), *PROGRESS_ARGS]
+    args = ["train", *recipe.flags(), *earlier_results_flags("train", earlier), *PROGRESS_ARGS]
     if n_gpus > 1:
         return [python, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={int(n_gpus)}",
                 "-m", CLI_MODULE, *args]
@@ -123,9 +139,9 @@ def synth_command(python: str, output: str, frames: int = 64, seed: int = 0, org
 
 
 def evaluate_command(python: str, dataset: str, root: str, model: str, output_json: str,
-                     alignment: str = "median", figure: str | None = None) -> list[str]:
+                     alignment: str = "median", figure: str | None = None, earlier: str = "keep") -> list[str]:
     """argv of ``surgical-depth evaluate --progress jsonl`` writing its JSON report to ``output_json`` (and the
-    qualitative figure PNG to ``figure`` when given)."""
+    qualitative figure PNG to ``figure`` when given); ``earlier="replace"`` replaces an earlier report and figure."""
     from .metrics import ALIGNMENTS
 
     _check_choice("dataset", dataset, dataset_names())
@@ -134,7 +150,7 @@ def evaluate_command(python: str, dataset: str, root: str, model: str, output_js
            "--alignment", alignment, "--output", str(output_json)]
     if figure is not None:
         cmd += ["--figure", str(figure)]
-    return [*cmd, *PROGRESS_ARGS]
+    return [*cmd, *earlier_results_flags("evaluate", earlier), *PROGRESS_ARGS]
 
 
 def command_name(argv: Sequence[str]) -> str:

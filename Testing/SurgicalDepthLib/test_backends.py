@@ -3,6 +3,7 @@ OpenVINO against the PyTorch reference, exported files that load alone, ``depth_
 errors. Tests that need ``onnx``/``onnxruntime``/``openvino`` skip when the extra is not installed."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import subprocess
@@ -12,13 +13,15 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from tiny_model import textured, tiny_model
+from tiny_model import perturb_weights, textured, tiny_model
 
 import SurgicalDepthLib as sd
 from SurgicalDepthLib import backends, loading
 from SurgicalDepthLib.backends import MissingBackendError, choose_backend, export_model, load_backend
 from SurgicalDepthLib.cli import main as cli_main
+from SurgicalDepthLib.configs import get_model_config
 from SurgicalDepthLib.encoder import interpolate_pos_embed_official, interpolate_pos_embed_traceable
+from SurgicalDepthLib.model import DepthModel
 
 SIZE = 70  # network input lower bound for frames (multiple of 14): keeps the tiny model fast
 #: network inputs (batch, h, w): the 37×37 pretraining grid (the official early return), non-square both ways
@@ -158,6 +161,20 @@ def test_frame_api_matches_torch(ort_model, ov_model, model):
         _close(compiled.infer_batch(frames, SIZE, batch_size=2), ref)
         assert compiled.output_kind == "disparity" and compiled.depth_unit == "relative"
         assert compiled.device.type == "cpu" and compiled.default_batch_size == 1
+
+
+def test_backend_resizes_a_v1_prediction_as_torch_does():
+    """Bug: a backend resizing every prediction to the frame the V2 way (``align_corners=True``), while V1 models
+    (V1's ``run.py``: ``False``) are resized otherwise in torch: the ONNX graph of a V1 model must give torch's
+    ``infer_image`` numbers at the frame size."""
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    config = dataclasses.replace(get_model_config("surgical-depth-tiny"), version="v1",
+                                 intermediate_layers=(8, 9, 10, 11))
+    torch.manual_seed(3)
+    v1 = perturb_weights(DepthModel(config).eval())
+    frame = textured(45, 100, 0)
+    _close(load_backend(v1, "onnxruntime").infer_image(frame, SIZE), v1.infer_image(frame, SIZE))
 
 
 def test_depth_stream_on_each_backend_equals_torch(ort_model, ov_model, model):

@@ -198,3 +198,23 @@ def test_cli_predict_and_reconstruct_use_the_field_of_view(tmp_path, scope_folde
     assert main(["reconstruct", str(folder), "--output", str(tmp_path / "r2"), "--fov-mask",
                  str(tmp_path / "missing.png"), *intr, *common]) == 2  # usage error
     assert not (tmp_path / "r2").exists()
+
+
+def test_mask_file_under_a_non_ascii_path(tmp_path, monkeypatch):
+    """Catches the mask read with ``cv2.imread``, which on Windows cannot open a path with non-ASCII characters
+    (Slicer's temp folder under ``C:\\Users\\Jürgen``): the panel's mask file and ``--fov-mask FILE`` failed there.
+    ``cv2.imread`` is made to behave as on Windows; the file is read from its bytes. A missing file and a file that
+    is not an image stay one clear error."""
+    from SurgicalDepthLib import fov
+
+    windows_imread = lambda path, *flags: None if not str(path).isascii() else cv2.imread(path, *flags)  # noqa
+    monkeypatch.setattr(fov.cv2, "imread", windows_imread)
+    mask = np.zeros((24, 32), bool)
+    mask[4:20, 6:28] = True
+    (tmp_path / "Jürgen").mkdir()
+    path = fov.write_fov_mask(tmp_path / "Jürgen" / "scope.png", mask)
+    np.testing.assert_array_equal(fov.read_fov_mask(path), mask)
+    (tmp_path / "notes.png").write_text("not an image")
+    for bad in (tmp_path / "missing.png", tmp_path / "notes.png", tmp_path):
+        with pytest.raises(FileNotFoundError, match="does not exist or is not an image"):
+            fov.read_fov_mask(bad)

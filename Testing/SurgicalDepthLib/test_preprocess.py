@@ -11,6 +11,7 @@ import torch
 import SurgicalDepthLib as sd
 from SurgicalDepthLib.encoder import interpolate_pos_embed_official
 from SurgicalDepthLib.preprocess import official_input_size, preprocess
+from tiny_model import perturb_weights
 
 
 @pytest.mark.parametrize("hw,expected", [((518, 518), (518, 518)), ((1080, 1920), (518, 924)),
@@ -103,6 +104,25 @@ def test_infer_image_keeps_input_size_and_matches_forward(rng):
     assert np.allclose(batch[0], out, atol=1e-5)
     with pytest.raises(ValueError, match=r"frame 1 has size \(30, 90\)"):
         model.infer_batch([rgb, rgb[:30]], input_size=70)
+
+
+@pytest.mark.parametrize("version, align_corners", [("v1", False), ("v2", True)])
+def test_prediction_is_resized_to_the_frame_as_each_release_does_it(rng, version, align_corners):
+    """V1's ``run.py`` resizes the network output to the frame with ``align_corners=False``, V2's ``infer_image``
+    with ``True``. Bug caught: a V1 checkpoint upsampled the V2 way (up to ~0.15 apart with random weights), so
+    ``infer_image`` of the official V1 files did not give V1's own numbers; and the ONNX backend doing otherwise."""
+    model = perturb_weights(sd.load_model(f"random:depth-anything-{version}-small", device="cpu"), seed=0)
+    assert model.config.version == version
+    rgb = rng.integers(0, 256, size=(45, 100, 3), dtype=np.uint8)
+    x = torch.from_numpy(preprocess(rgb, 42))[None]
+    with torch.no_grad():
+        out = model(x)[:, None]
+    ref = torch.nn.functional.interpolate(out, (45, 100), mode="bilinear", align_corners=align_corners)[0, 0]
+    other = torch.nn.functional.interpolate(out, (45, 100), mode="bilinear", align_corners=not align_corners)[0, 0]
+    assert (ref - other).abs().max() > 1e-3 * ref.abs().max()  # the case tells the two apart
+    got = model.infer_image(rgb, input_size=42)
+    assert np.allclose(got, ref.numpy(), atol=1e-5 * float(ref.abs().max()))
+    assert np.allclose(model.infer_batch([rgb], input_size=42)[0], got, atol=1e-5 * float(ref.abs().max()))
 
 
 @pytest.mark.parametrize("hw", [(97, 171), (720, 1280), (256, 320)])

@@ -422,6 +422,47 @@ def test_file_run_nodes_gives_sequences_and_browsers_an_item():
     assert sh.created == [(99, "depth sequence"), (99, "browser")]
 
 
+def test_run_nodes_are_what_the_run_made_not_what_others_added_meanwhile():
+    """A cancel removes the run's nodes and a finished run files them in its folder. Catches: both took every node
+    added to the scene while the run lasted, so a volume the user loaded meanwhile (the panel keeps the GUI alive),
+    or an OpenIGTLink connector's new device, was deleted by the cancel or moved into the run's folder (and deleted
+    with it); the input browser's sequence, not new, taken as the run's; a reference cycle (browser <-> proxy)
+    looping. (Nodes stand in for MRML nodes: only the reference calls ``run_nodes`` makes.)"""
+    from SurgicalDepthLib.slicer_helpers import SurgicalDepthNodes, run_nodes
+
+    class Node:
+        def __init__(self, node_id, **refs):
+            self.id, self.refs = node_id, refs  # role -> [nodes]
+
+        GetID = lambda self: self.id  # noqa: E731
+        GetNumberOfNodeReferenceRoles = lambda self: len(self.refs)  # noqa: E731
+        GetNthNodeReferenceRole = lambda self, n: list(self.refs)[n]  # noqa: E731
+        GetNumberOfNodeReferences = lambda self, role: len(self.refs[role])  # noqa: E731
+        GetNthNodeReference = lambda self, role, n: self.refs[role][n]  # noqa: E731
+
+    color = Node("vtkMRMLColorTableNodeRainbow")  # a default node: there before the run
+    input_sequence = Node("vtkMRMLSequenceNode1")  # the input browser's (shared, not copied)
+    depth = Node("vtkMRMLSequenceNode2")
+    display = Node("vtkMRMLScalarVolumeDisplayNode3", colorNodeID=[color])
+    proxy = Node("vtkMRMLScalarVolumeNode4", display=[display, None], storage=[])
+    frames_proxy = Node("vtkMRMLVectorVolumeNode5")
+    browser = Node("vtkMRMLSequenceBrowserNode6", sequenceNodeRef=[depth, input_sequence],
+                   dataNodeRef=[proxy, frames_proxy])
+    proxy.refs["browser"] = [browser]  # a cycle
+    fov = Node("vtkMRMLLabelMapVolumeNode7", display=[Node("vtkMRMLLabelMapVolumeDisplayNode8")])
+    user_volume = Node("vtkMRMLScalarVolumeNode9", display=[Node("vtkMRMLScalarVolumeDisplayNode10")])
+    new_ids = {f"{n}{i}" for n, i in (("vtkMRMLSequenceNode", 2), ("vtkMRMLScalarVolumeDisplayNode", 3),
+                                       ("vtkMRMLScalarVolumeNode", 4), ("vtkMRMLVectorVolumeNode", 5),
+                                       ("vtkMRMLSequenceBrowserNode", 6), ("vtkMRMLLabelMapVolumeNode", 7),
+                                       ("vtkMRMLLabelMapVolumeDisplayNode", 8), ("vtkMRMLScalarVolumeNode", 9),
+                                       ("vtkMRMLScalarVolumeDisplayNode", 10))}
+    nodes = SurgicalDepthNodes(browser=browser, frames=input_sequence, depth=depth, fov=fov, proxies={"depth": proxy})
+    found = {n.GetID() for n in run_nodes(nodes.roots(), new_ids)}
+    assert found == new_ids - {"vtkMRMLScalarVolumeNode9", "vtkMRMLScalarVolumeDisplayNode10"}
+    cancelled_early = SurgicalDepthNodes(frames=input_sequence, depth=depth)  # before the browser was made
+    assert [n.GetID() for n in run_nodes(cancelled_early.roots(), new_ids)] == ["vtkMRMLSequenceNode2"]
+
+
 def test_ensure_weights_asks_before_downloading_and_closes_the_dialog(monkeypatch):
     """Catches a download without the user's consent, a dialog left open after an error, and a question asked
     for weights that are already on disk."""

@@ -49,7 +49,7 @@ def test_train_recipe_leaves_unset_settings_to_the_train_command():
 
 
 def test_train_command_options_and_torchrun():
-    cmd = sh.train_command("py", _recipe(lora_rank=8, freeze_encoder=True), n_gpus=4, resume=True)
+    cmd = sh.train_command("py", _recipe(lora_rank=8, freeze_encoder=True), n_gpus=4, earlier="resume")
     assert cmd[:7] == ["py", "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=4", "-m",
                        "SurgicalDepthTrainingLib"]
     assert cmd[7] == "train" and cmd[-2:] == ["--progress", "jsonl"]
@@ -75,6 +75,23 @@ def test_synth_and_evaluate_commands():
         sh.synth_command("py", "/d", frames=0)
     with pytest.raises(ValueError, match="COMMAND"):
         sh.command_name(["py", "-m", "other", "train"])
+
+
+def test_earlier_results_choice_reaches_train_and_evaluate(tmp_path):
+    """Catches a panel that could not resume an interrupted training or replace an earlier report: its run into a
+    used folder was refused with the CLI's advice to pass ``--resume`` / ``--overwrite``, which it had no way to
+    pass. The real CLI parses each command line with the flag it should get, and an unknown choice is refused."""
+    from SurgicalDepthLib.cli import build_parser
+
+    parser = build_parser()
+    for earlier, resume, overwrite in (("keep", False, False), ("resume", True, False), ("replace", False, True)):
+        train = parser.parse_args(sh.train_command("py", _recipe(), earlier=earlier)[3:])
+        assert (train.resume, train.overwrite) == (resume, overwrite)
+        evaluate = parser.parse_args(sh.evaluate_command("py", "c3vd", "/s", "default", "/o.json",
+                                                         earlier=earlier)[3:])
+        assert evaluate.overwrite == overwrite  # evaluate has nothing to resume
+    with pytest.raises(ValueError, match="earlier results must be one of"):
+        sh.train_command("py", _recipe(), earlier="overwrite")
 
 
 @pytest.mark.parametrize("which", ["train", "synth", "evaluate"])

@@ -51,7 +51,7 @@ class CompiledDepthModel(FrameInference):
         return self
 
     def _launch(self, batch: torch.Tensor, out_hw: tuple[int, int], input_size: int | None = None) -> torch.Tensor:
-        return resize_prediction(self.forward(batch), out_hw)
+        return resize_prediction(self.forward(batch), out_hw, self.config.version)
 
     def __repr__(self) -> str:
         c = self.config

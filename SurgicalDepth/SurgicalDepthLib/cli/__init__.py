@@ -9,7 +9,8 @@ Every command takes ``--progress bar|jsonl|none`` (:mod:`SurgicalDepthLib.progre
 reporter in ``args.progress_reporter``. With ``jsonl``, stdout carries only the JSON lines: everything else the
 command prints goes to stderr, and the run ends with a ``done`` or ``error`` event. SIGTERM (Slicer's Cancel:
 ``QProcess.terminate``) ends a command as Ctrl-C does: its temporary files are removed, an ``error`` event is
-printed and the exit code is 130 (``train`` and ``stream`` handle both signals themselves).
+printed and the exit code is 130 (``train`` and ``stream`` handle both signals themselves). A second signal while
+the command cleans up is reported, not obeyed, so the clean-up finishes.
 """
 from __future__ import annotations
 
@@ -226,22 +227,32 @@ def build_parser(extra: tuple = ()) -> argparse.ArgumentParser:
     return parser
 
 
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
-
-
 @contextlib.contextmanager
-def _sigterm_interrupts():
-    """While active, SIGTERM raises ``KeyboardInterrupt`` as SIGINT does, so the same clean-up runs (temporary
-    files, run-folder locks). Python delivers signals to the main thread only: elsewhere nothing is installed."""
+def _signals_interrupt():
+    """While active, the first SIGINT or SIGTERM raises ``KeyboardInterrupt`` (naming the signal), so that the same
+    clean-up runs for Ctrl-C and for a caller's terminate (temporary files, run-folder locks, a half-written output's
+    removal). A later signal only says that the command is already stopping: a second Ctrl-C must not break off
+    that clean-up half-way. Python delivers signals to the main thread only: elsewhere nothing is installed."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    received: list[str] = []
+
+    def interrupt(signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if received:
+            # os.write: the handler may interrupt a write to sys.stderr, which must not be re-entered
+            os.write(2, f"{name}: already stopping (cleaning up after {received[0]})\n".encode())
+            return
+        received.append(name)
+        raise KeyboardInterrupt(name)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 #: a line a caller writes to a ``--progress jsonl`` command's stdin to stop it as SIGTERM does: Slicer starts commands
@@ -251,7 +262,7 @@ STOP_LINE = "stop"
 
 def _stop_on_stdin_line() -> None:
     """A daemon thread that reads stdin and, at a line :data:`STOP_LINE`, raises SIGTERM in this process, whose
-    handlers (``_sigterm_interrupts``, train's stop request) then stop the command cleanly. The end of stdin (closed,
+    handlers (``_signals_interrupt``, train's stop request) then stop the command cleanly. The end of stdin (closed,
     ``/dev/null``) does nothing."""
     def watch() -> None:
         try:
@@ -288,10 +299,17 @@ def main(argv: list[str] | None = None, extra: tuple = ()) -> int:
     reporter = args.progress_reporter = ProgressReporter(args.progress, sys.stdout)
     if args.progress == "jsonl":  # a machine caller (the Slicer modules) may stop it through stdin
         _stop_on_stdin_line()
+    with _signals_interrupt():  # held until the error is reported: a second signal must not break that off
+        return _run_command(args, reporter)
+
+
+def _run_command(args: argparse.Namespace, reporter: ProgressReporter) -> int:
+    """Run the parsed command; an interrupt or an error a user can fix becomes one line on stderr, the jsonl
+    ``error`` event and its exit code (130, 2); success the ``done`` event."""
     # jsonl: stdout is the JSON channel; the command's own messages go to stderr
     quiet = contextlib.redirect_stdout(sys.stderr) if args.progress == "jsonl" else contextlib.nullcontext()
     try:
-        with quiet, _sigterm_interrupts():
+        with quiet:
             code = int(args.func(args) or 0)
     except KeyboardInterrupt as exc:
         print(f"surgical-depth: interrupted{f' ({exc})' if str(exc) else ''}", file=sys.stderr)
@@ -333,5 +351,16 @@ def is_out_of_memory(exc: BaseException) -> bool:
         marker in text for marker in ("out of memory", "can't allocate", "insufficient memory", "failed to allocate"))
 
 
+def run(extra: tuple = ()) -> None:
+    """The ``surgical-depth`` program: :func:`main` (``extra`` as there), then exit with its code. After an interrupt, signals are
+    ignored until the process has ended: a second Ctrl-C during the interpreter's shut-down (threads joined,
+    torch's exit hooks) would otherwise end it with a traceback and Python's own exit status."""
+    code = main(extra=extra)
+    if code == 130 and threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

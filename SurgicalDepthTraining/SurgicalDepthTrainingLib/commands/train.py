@@ -158,14 +158,19 @@ def _config(**fields):
 @contextlib.contextmanager
 def _stop_on_signals() -> Iterator[threading.Event]:
     """An event set by the first SIGINT/SIGTERM (the training loop saves and stops at the next step); a second
-    signal raises KeyboardInterrupt at once. Handlers are restored afterwards; outside the main thread (where
-    Python delivers signals) nothing is installed."""
+    signal raises KeyboardInterrupt at once; later ones are only reported, so that its clean-up finishes. Handlers
+    are restored afterwards; outside the main thread (where Python delivers signals) nothing is installed."""
     stop = threading.Event()
     signals = [signal.SIGINT, signal.SIGTERM]
+    raised: list[str] = []  # the signal that raised KeyboardInterrupt
 
     def handler(signum, frame):
+        if raised:
+            os.write(2, f"{signal.Signals(signum).name}: already stopping (cleaning up)\n".encode())
+            return
         if stop.is_set():
-            raise KeyboardInterrupt
+            raised.append(signal.Signals(signum).name)
+            raise KeyboardInterrupt(raised[0])
         stop.signal_name = signal.Signals(signum).name
         stop.set()
         # os.write: the handler may interrupt a write to sys.stderr, which must not be re-entered

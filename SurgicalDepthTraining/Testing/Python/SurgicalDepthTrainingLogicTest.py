@@ -45,7 +45,9 @@ class SurgicalDepthTrainingLogicTest(ScriptedLoadableModuleTest):
         sdt.write_synthetic(sdt.render_clip("colon", n_frames=3, seed=2, height=56, width=70), root / "seq_0000",
                             {"organ": "colon", "seed": 2, "generator": {"organ": "colon", "seed": 2}})
         p = logic.getParameterNode()
-        p.dataset, p.datasetRoot, p.outputFolder = "synthetic", root, root / "out"
+        # outside the dataset root: evaluate refuses outputs inside it (a data set's own files are never outputs)
+        p.dataset, p.datasetRoot = "synthetic", root
+        p.outputFolder = Path(slicer.util.tempDirectory("SurgicalDepthTrainingEvaluation"))
         paths = logic.startEvaluation(p, onFinished=outcomes.append)
         self.assertEqual(logic.wait(600), 0)
         self.assertEqual((outcomes, logic.tracker.percent), (["finished"], 100))
@@ -53,3 +55,9 @@ class SurgicalDepthTrainingLogicTest(ScriptedLoadableModuleTest):
         self.assertEqual([name for name, _value in nodes["metrics"]][:3], ["abs_rel", "sq_rel", "rmse"])
         self.assertEqual(nodes["metricsTable"].GetNumberOfRows(), len(nodes["metrics"]))
         self.assertIsNotNone(nodes["figure"].GetImageData())
+        # the same folder again: refused while the panel keeps earlier results, replaced when it is told to
+        logic.startEvaluation(p, onFinished=outcomes.append)
+        self.assertEqual((logic.wait(600), outcomes[-1]), (2, "failed"))
+        p.earlierResults = "replace"
+        logic.startEvaluation(p, onFinished=outcomes.append)
+        self.assertEqual((logic.wait(600), outcomes[-1]), (0, "finished"))
