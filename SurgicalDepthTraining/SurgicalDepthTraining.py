@@ -303,16 +303,19 @@ class SurgicalDepthTrainingLogic(ScriptedLoadableModuleLogic):
     def cancel(self) -> None:
         """Stop the running process without blocking the GUI: the line ``stop`` on its stdin (it stops as on
         SIGTERM, saving a training's state: PythonSlicer is a launcher that passes stdin on to the interpreter, not
-        signals), then terminate() and kill() KILL_GRACE_MS apart while it runs. Its finished signal: "cancelled"."""
+        signals), then SIGTERM to the interpreter and the end of the whole process tree KILL_GRACE_MS apart while
+        it runs (``process_tree``: terminate() and kill() reach the launcher only). Its finished signal: "cancelled"."""
+        from SurgicalDepthTrainingLib.process_tree import kill_process_tree, stop_command
         process = self._process
         if process is None:
             return
         self._cancelled = True
         process.write(b"stop\n")
         process.closeWriteChannel()
+        pid, launcher = process.processId(), process.program() != sys.executable
         running = lambda: process.state() != qt.QProcess.NotRunning  # noqa: E731
-        qt.QTimer.singleShot(KILL_GRACE_MS, lambda: running() and process.terminate())
-        qt.QTimer.singleShot(2 * KILL_GRACE_MS, lambda: running() and process.kill())
+        qt.QTimer.singleShot(KILL_GRACE_MS, lambda: running() and stop_command(pid, launcher))
+        qt.QTimer.singleShot(2 * KILL_GRACE_MS, lambda: running() and kill_process_tree(pid))
 
     def showResults(self, folder: Optional[str], report: Optional[str] = None, figure: Optional[str] = None) -> dict:
         """Show the metrics of ``report`` (evaluation JSON) as a vtkMRMLTableNode (and ``"metrics"`` rows), ``log.csv``

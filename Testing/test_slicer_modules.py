@@ -369,12 +369,14 @@ def _method(tree: ast.Module, cls: str, name: str) -> ast.FunctionDef:
 
 def test_training_cancel_does_not_block_the_gui():
     """Catches a cancel that waits for the process on the GUI thread (on Windows terminate() is ignored by console
-    processes, so Slicer froze for the whole wait) and one that does not mark the run as cancelled (then the
-    finished handler reported "failed")."""
+    processes, so Slicer froze for the whole wait), one that does not mark the run as cancelled (then the
+    finished handler reported "failed"), and escalations that reach the launcher only (terminate() / kill() of
+    PythonSlicer: the interpreter under it went on) instead of the interpreter and the whole tree."""
     cancel = _method(_tree(TRAINING), "SurgicalDepthTrainingLogic", "cancel")
     calls = {_dotted(n.func) or getattr(n.func, "attr", "") for n in ast.walk(cancel) if isinstance(n, ast.Call)}
     assert not any(c.endswith("waitForFinished") for c in calls), calls
-    assert "qt.QTimer.singleShot" in calls and "process.terminate" in calls
+    assert {"qt.QTimer.singleShot", "stop_command", "kill_process_tree"} <= calls
+    assert not {"process.terminate", "process.kill"} & calls
     assert "self._cancelled = True" in ast.unparse(cancel)
     start = ast.unparse(_method(_tree(TRAINING), "SurgicalDepthTrainingLogic", "start"))
     assert "run_outcome(" in start and "self._cancelled" in start

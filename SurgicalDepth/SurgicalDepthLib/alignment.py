@@ -24,6 +24,8 @@ ALIGN_MODES = ("median", "scale_shift")
 #: (near, far) mm that a relative model's disparity is mapped to when nothing else is known: the CLI, the
 #: stream and the Slicer module share it (typical endoscopic working distances).
 DEFAULT_DEPTH_RANGE_MM = (5.0, 120.0)
+#: millimetres per unit of a metric model's output (``DepthModel.depth_unit``; the official metric models: metres)
+MM_PER_UNIT = {"m": 1000.0, "mm": 1.0}
 
 
 def _as_float(name: str, value: Any) -> np.ndarray:
@@ -180,10 +182,9 @@ def prediction_to_mm(pred: np.ndarray, output_kind: str, unit: str,
     elif output_kind != "depth":
         raise ValueError(f"output_kind must be 'disparity' or 'depth', got {output_kind!r}")
     else:
-        factors = {"m": 1000.0, "mm": 1.0}
-        if unit not in factors:
-            raise ValueError(f"a metric model's unit must be one of {sorted(factors)}, got {unit!r}")
-        depth = _as_float("pred", pred) * factors[unit]
+        if unit not in MM_PER_UNIT:
+            raise ValueError(f"a metric model's unit must be one of {sorted(MM_PER_UNIT)}, got {unit!r}")
+        depth = _as_float("pred", pred) * MM_PER_UNIT[unit]
         depth = np.where(depth > 0, depth, np.nan).astype(np.float32)
     if mask is not None:
         depth[~restrict_to_mask(np.ones(depth.shape, bool), mask, "pred")] = np.nan

@@ -220,5 +220,5 @@ def _fetch(spec: WeightSpec, name: str, folder: Path, want: str | None, progress
             raise ValueError(f"downloaded {spec.url}: SHA256 {got} does not match the expected {want}")
     if want is None or spec.sha256 is None:
         with atomic_path(folder / (path.name + ".sha256")) as tmp:
-            tmp.write_text(f"{got}  {path.name}\n")
+            tmp.write_text(f"{got}  {path.name}\n", encoding="utf-8")
     return path

@@ -219,7 +219,7 @@ def write_log(path: Path, rows: list[dict[str, Any]]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     with atomic_path(path) as tmp:
-        tmp.write_text(buf.getvalue())
+        tmp.write_text(buf.getvalue(), encoding="utf-8", newline="")  # csv wrote the CRLF: none added on Windows
 
 
 def read_log(path: Path, up_to_step: int) -> list[dict[str, Any]]:

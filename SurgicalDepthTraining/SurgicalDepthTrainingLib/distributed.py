@@ -29,18 +29,25 @@ class DistInfo:
         return self.rank == 0
 
 
+def process_group_backend() -> str:
+    """NCCL where CUDA and a torch built with NCCL are there, else Gloo: Windows builds of torch have no NCCL
+    (``init_process_group("nccl")`` fails there: "Distributed package doesn't have NCCL built in"), and Gloo also
+    reduces CUDA tensors."""
+    return "nccl" if torch.cuda.is_available() and dist.is_nccl_available() else "gloo"
+
+
 def setup_distributed() -> DistInfo:
     """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1), else run single-process.
 
-    Backend: NCCL when CUDA is available, else Gloo (CPU). ``MASTER_ADDR``/``MASTER_PORT`` are read by
-    ``init_process_group`` itself (``env://``).
+    Backend: :func:`process_group_backend`. ``MASTER_ADDR``/``MASTER_PORT`` are read by ``init_process_group``
+    itself (``env://``).
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return DistInfo()
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = process_group_backend()
         dist.init_process_group(backend=backend, rank=rank, world_size=world_size)
         logger.info("distributed: rank %d of %d (%s)", rank, world_size, backend)
     return DistInfo(rank, world_size, local_rank)

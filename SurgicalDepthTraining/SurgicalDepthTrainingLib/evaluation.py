@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
+from SurgicalDepthLib.alignment import MM_PER_UNIT
 from SurgicalDepthLib.lens import SampleLensCorrection
 from SurgicalDepthLib.progress import ProgressReporter, Stage
 
@@ -27,8 +28,8 @@ from .metrics import METRIC_KEYS, align_prediction, compute_errors, count_broken
 logger = logging.getLogger(__name__)
 
 _NOTES = {
-    ("median", "disparity"): "relative disparity inverted (1/d, d <= 0 not evaluated), then per-image median "
-                             "scaling pred * median(gt) / median(pred)",
+    ("median", "disparity"): "relative disparity inverted (1/d; d <= 0 is infinitely far: scored at the depth "
+                             "cap), then per-image median scaling pred * median(gt) / median(pred)",
     ("median", "depth"): "per-image median scaling pred * median(gt) / median(pred)",
     ("scale_shift", "disparity"): "per-image least-squares scale and shift of the disparity to 1/gt, then inverted",
     ("scale_shift", "depth"): "per-image least-squares scale and shift of 1/pred to 1/gt, then inverted",
@@ -55,15 +56,16 @@ def evaluate_predictions(samples: Iterable[tuple[str, np.ndarray, np.ndarray, np
     per_image: list[dict[str, Any]] = []
     lo, hi = np.inf, -np.inf
     for name, pred, gt, valid in samples:
-        try:
+        try:  # every error names the image
             depth, used, scale, shift = align_prediction(pred, gt, valid, alignment=alignment,
                                                          pred_kind=pred_kind, min_depth=min_depth,
                                                          max_depth=max_depth)
+            g = np.asarray(gt, dtype=np.float64)[used]
+            errors = compute_errors(g, depth[used])
         except ValueError as exc:
             raise ValueError(f"image {name!r}: {exc}") from exc
-        g = np.asarray(gt, dtype=np.float64)[used]
-        m = {**compute_errors(g, depth[used]), "scale": scale, "shift": shift, "n_valid": int(used.sum()),
-             "n_broken": count_broken(pred, used)}
+        m = {**errors, "scale": scale, "shift": shift, "n_valid": int(used.sum()),
+             "n_broken": count_broken(pred, used, pred_kind, alignment)}
         lo, hi = min(lo, float(g.min())), max(hi, float(g.max()))
         per_image.append({"name": str(name), **m})
         if on_image is not None:
@@ -86,6 +88,8 @@ def _predictions(model: Any, dataset: Any, input_size: int | None, batch_size: i
                  detail_size: int | None) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]]:
     group: list[dict[str, Any]] = []
     detail = {} if detail_size is None else {"detail_size": detail_size}
+    # the datasets' ground truth is in mm: a metric model's metres (the official metric models) are converted
+    to_mm = MM_PER_UNIT[model.depth_unit] if model.output_kind == "depth" else 1.0
 
     def flush() -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]]:
         frames = [s["image"] for s in group]
@@ -94,7 +98,7 @@ def _predictions(model: Any, dataset: Any, input_size: int | None, batch_size: i
         else:
             preds = [model.infer_image(f, input_size, **detail) for f in frames]
         for sample, pred in zip(group, preds):
-            yield str(sample.get("name", "")), lens(sample, pred), sample["depth"], sample.get("valid")
+            yield str(sample.get("name", "")), lens(sample, pred * to_mm), sample["depth"], sample.get("valid")
         group.clear()
 
     for i in range(len(dataset)):
@@ -157,6 +161,8 @@ def evaluate(model: Any, dataset: Any, *, alignment: str = "median", input_size:
                                     alignment=alignment,
                                     pred_kind=model.output_kind, min_depth=min_depth, max_depth=max_depth,
                                     on_image=_stage_updates(stage))
+    if model.output_kind == "depth" and MM_PER_UNIT[model.depth_unit] != 1.0:
+        body["notes"] += f"; the model's output in {model.depth_unit} converted to mm"
     report = {
         "dataset": str(getattr(dataset, "name", type(dataset).__name__)),
         "root": str(getattr(dataset, "root", "")),

@@ -170,15 +170,16 @@ def depth_metrics(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = No
     depth, valid, scale, shift = align_prediction(pred, gt, mask, alignment=alignment, pred_kind=pred_kind,
                                                   min_depth=min_depth, max_depth=max_depth)
     errors: dict[str, float] = compute_errors(np.asarray(gt, dtype=np.float64)[valid], depth[valid])
-    errors.update(scale=scale, shift=shift, n_valid=int(valid.sum()), n_broken=count_broken(pred, valid))
+    errors.update(scale=scale, shift=shift, n_valid=int(valid.sum()),
+                  n_broken=count_broken(pred, valid, pred_kind, alignment))
     return errors
 
 
-def count_broken(pred: np.ndarray, evaluated: np.ndarray) -> int:
-    """Evaluated pixels whose raw prediction is non-finite or <= 0 (scored at the depth cap by the protocol)."""
-    raw = np.asarray(pred, dtype=np.float64)
-    with np.errstate(invalid="ignore"):
-        return int((evaluated & ~(np.isfinite(raw) & (raw > 0))).sum())
+def count_broken(pred: np.ndarray, evaluated: np.ndarray, pred_kind: str = "depth", alignment: str = "median") -> int:
+    """Evaluated pixels whose raw prediction is non-finite or <= 0 (scored at the depth cap by the protocol) —
+    except a disparity <= 0 under ``scale_shift``, which is fitted and scored like any other (the shift moves it)."""
+    fitted_any_sign = pred_kind == "disparity" and alignment == "scale_shift"
+    return int((evaluated & ~_usable(np.asarray(pred, dtype=np.float64), not fitted_any_sign)).sum())
 
 
 def mean_metrics(per_image: list[dict[str, float]]) -> dict[str, float]:

@@ -327,3 +327,20 @@ def test_check_calibration_file_reads_all_but_the_size(tmp_path):
         (tmp_path / name).write_text(text)
         with pytest.raises(ValueError, match=rf"{name}.*{msg}"):
             check_calibration_file(tmp_path / name)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+@pytest.mark.parametrize("name, text", [
+    ("cam.txt", "156.0418,0,178.5604\r\n0,155.7529,181.8043\r\n0,0,1\r\n"),
+    ("cam.json", '{"fx": 156.0418, "fy": 155.7529, "cx": 178.5604, "cy": 181.8043, "width": 320, "height": 320}'),
+    ("cam.yaml", "image_width: 320\r\nimage_height: 320\r\ncamera_matrix:\r\n  rows: 3\r\n  cols: 3\r\n"
+                 "  data: [156.0418, 0.0, 178.5604, 0.0, 155.7529, 181.8043, 0.0, 0.0, 1.0]\r\n")])
+def test_calibration_files_written_by_windows_tools(tmp_path, name, text, encoding):
+    """Catches calibration files refused for how Windows tools save text: Notepad's UTF-8 byte-order mark ("could
+    not convert string to float: '\\ufeff156.0418'", JSON's "Unexpected UTF-8 BOM") and PowerShell 5's ``>``
+    (UTF-16 with its mark: "is not a text file"), with CRLF line ends. Each reads as the plain UTF-8 file does."""
+    plain, marked = tmp_path / f"plain_{name}", tmp_path / name
+    plain.write_text(text.replace("\r\n", "\n"), encoding="utf-8")
+    marked.write_bytes(text.encode(encoding))
+    assert Intrinsics.from_file(marked, 320, 320) == Intrinsics.from_file(plain, 320, 320)
+    assert Intrinsics.from_file(plain, 320, 320).fx == 156.0418

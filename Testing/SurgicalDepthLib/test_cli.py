@@ -50,3 +50,22 @@ def test_torch_info_lines_stay_off_stderr(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-2:] == [str(logging.WARNING), str(logging.INFO)]
+
+
+def test_console_without_the_characters_it_prints(tmp_path):
+    """Catches commands that fail on a console whose encoding lacks a character they print: on Windows a redirected
+    or piped stdout is cp1252, which has no "→" (in ``predict --help``) and no "Ł" (a path printed when done), so
+    ``--help`` raised UnicodeEncodeError and ``synth`` ended with exit 2 after writing its files. Such characters
+    are escaped instead; the exit code is the command's own."""
+    import os
+
+    env = {**os.environ, "PYTHONIOENCODING": "cp1252"}
+    helped = subprocess.run([sys.executable, "-m", "SurgicalDepthLib.cli", "predict", "--help"], env=env,
+                            capture_output=True, timeout=120)
+    assert helped.returncode == 0, helped.stderr.decode("cp1252", "replace")[-2000:]
+    assert b"\\u2192" in helped.stdout  # the arrow, escaped
+    out = tmp_path / "Łódź" / "synthetic"
+    done = subprocess.run([sys.executable, "-m", "SurgicalDepthLib.cli", "synth", "--output", str(out), "--frames",
+                           "1", "--size", "28x42", "--progress", "none"], env=env, capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode("cp1252", "replace")[-2000:]
+    assert (out / "meta.json").is_file() or any(out.rglob("meta.json"))

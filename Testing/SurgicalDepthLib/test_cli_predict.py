@@ -117,6 +117,16 @@ def test_errors(tmp_path, capsys, checkpoint):
         cv2.imwrite(str(tmp_path / sub / "same.png"), textured(20, 20, 0))
     with pytest.raises(CliError, match="both write same_depth"):
         run_predict([str(tmp_path / "a"), str(tmp_path / "b"), *common])
+    # names that differ only in case are one file on Windows and macOS: one map would silently replace the other
+    cv2.imwrite(str(tmp_path / "b" / "Frame1.png"), textured(20, 20, 1))
+    cv2.imwrite(str(tmp_path / "a" / "frame1.jpg"), textured(20, 20, 2))
+    with pytest.raises(CliError, match="differ only in case"):
+        run_predict([str(tmp_path / "a" / "frame1.jpg"), str(tmp_path / "b" / "Frame1.png"), *common])
+    clips = [tmp_path / name for name in ("Clip.avi", "clip.avi")]
+    for clip in clips:
+        write_clip(clip, 2)
+    with pytest.raises(CliError, match="several inputs would write outputs named"):
+        run_predict([*map(str, clips), *common])
     with pytest.raises(SystemExit):  # argparse rejects it before anything runs
         run_predict([str(tmp_path / "a"), "--output", str(tmp_path / "o"), "--input-size", "100"])
     assert "must be a positive multiple of 14, got 100" in capsys.readouterr().err

@@ -103,3 +103,17 @@ def test_rounded_rotations_are_snapped_and_scaled_ones_refused(tmp_path):
     path.write_text(format_pose_file([exact[0], scaled], [0, 1]))
     with pytest.raises(ValueError, match=r"rounded\.txt: pose of frame 1 is not a rigid transform"):
         read_poses(path)
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "utf-16"])
+def test_pose_file_written_by_windows_tools(tmp_path, encoding):
+    """Catches a ``--poses`` file refused because a Windows editor saved it with a byte-order mark (Notepad's
+    UTF-8, PowerShell 5's UTF-16) and CRLF line ends: it reads as the plain file does."""
+    from SurgicalDepthLib.pose_io import read_poses
+
+    poses = [np.eye(4), np.eye(4)]
+    poses[1][:3, 3] = [1.5, -2.0, 3.25]
+    path = tmp_path / "poses.txt"
+    path.write_bytes(format_pose_file(poses, [0, 5]).replace("\n", "\r\n").encode(encoding))
+    got = read_poses(path)
+    assert sorted(got) == [0, 5] and np.allclose(got[5], poses[1]) and np.allclose(got[0], poses[0])

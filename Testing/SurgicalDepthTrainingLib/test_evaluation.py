@@ -89,6 +89,24 @@ def test_evaluate_real_tiny_model_report_structure(tmp_path):
     assert lines[2].startswith("| tiny | AbsRel") and lines[2].endswith("| – |")
 
 
+@pytest.mark.parametrize("unit, to_mm", [("m", 1000.0), ("mm", 1.0)])
+def test_evaluate_a_metric_model_in_its_unit(unit, to_mm):
+    """Catches a metric model's output taken as millimetres whatever its unit: the official metric models
+    (Hypersim, Virtual KITTI) predict metres, so with ``alignment="none"`` (the only one that measures metric
+    depth) a perfect model scored AbsRel 0.999 on the datasets' mm ground truth. The report equals the protocol
+    applied to the model's own predictions converted to mm, and says so."""
+    torch.manual_seed(0)
+    model = DepthModel(make_config("vitt", head="metric", max_depth=0.2, metric_unit=unit)).eval()
+    assert model.depth_unit == unit
+    data = Planes(2)
+    report = evaluate(model, data, alignment="none", input_size=56, progress=ProgressReporter("none"))
+    expected = evaluate_predictions([(s["name"], model.infer_image(s["image"], 56) * to_mm, s["depth"], s["valid"])
+                                     for s in data.items], alignment="none", pred_kind="depth",
+                                    min_depth=data.min_depth, max_depth=data.max_depth)
+    assert report["metrics"] == pytest.approx(expected["metrics"], rel=1e-6)
+    assert ("converted to mm" in report["notes"]) == (unit == "m")
+
+
 def test_evaluate_reports_one_progress_update_per_image():
     """Catches progress per batch (batch_size 2 must still give 3 updates for 3 images) and a running AbsRel that
     is not the mean the report ends with."""
@@ -154,6 +172,26 @@ def test_cli_evaluate_bad_input_leaves_no_report(tmp_path, capsys, bad):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1 and "error" in err
     assert list(tmp_path.glob("*.json")) == [] and list(tmp_path.glob(".*")) == []
+
+
+@pytest.mark.parametrize("bounds, message", [
+    (["--max-depth", "inf"], "--max-depth: must be a finite number > 0, got 'inf'"),
+    (["--min-depth", "-5"], "--min-depth: must be a finite number > 0, got '-5'"),
+    (["--max-depth", "nan"], "--max-depth: must be a finite number > 0, got 'nan'"),
+    (["--min-depth", "50", "--max-depth", "20"], "--min-depth 50 must be below --max-depth 20")])
+def test_cli_evaluate_refuses_a_bad_range_before_predicting(tmp_path, capsys, bounds, message):
+    """Catches ``--max-depth inf`` running and writing a cap of null, ``--min-depth -5`` accepted, and ``nan`` or a
+    range upside down refused only after the model had loaded and predicted an image; the dataset's name as the
+    user spelt it becoming its own table column ("SimCol3D" beside "simcol3d")."""
+    write_folder_dataset(tmp_path / "data", 1)
+    out = tmp_path / "r.json"
+    common = ["evaluate", "--dataset", "Folder", "--root", str(tmp_path / "data"), "--model",
+              "random:surgical-depth-tiny", "--output", str(out), "--input-size", "56", "--device", "cpu"]
+    rc = main([*common, *bounds])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1 and message in err and not out.exists()
+    assert main([*common, "--min-depth", "1", "--max-depth", "500"]) == 0
+    assert read_report(out)["dataset"] == "folder" and read_report(out)["eval_range"] == [1.0, 500.0]
 
 
 def test_cli_evaluate_never_writes_its_calibration_and_reads_table_reports_first(tmp_path, capsys):

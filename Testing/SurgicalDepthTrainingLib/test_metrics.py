@@ -187,3 +187,16 @@ def test_an_all_broken_map_is_scored_at_the_cap_not_an_error():
         depth_metrics(np.full_like(gt, np.nan), gt)
     with pytest.raises(ValueError, match="no valid pixel"):  # no ground truth at all: still an error
         depth_metrics(gt, np.zeros_like(gt), max_depth=100.0)
+
+
+def test_broken_counts_what_the_alignment_could_not_use():
+    """Catches ``n_broken`` counting every disparity <= 0, also under scale+shift, which fits disparities of any
+    sign (the shift moves them) and scores them normally: a report then said pixels were broken that were
+    evaluated like the rest. Under median alignment with a cap they are broken (scored at the cap)."""
+    gt = np.array([[10.0, 20.0], [30.0, 40.0]])
+    disparity = 1.0 / gt - 0.03  # the farthest pixel negative: an affine disparity, exact after scale+shift
+    assert disparity[1, 1] < 0
+    fitted = depth_metrics(disparity, gt, alignment="scale_shift", pred_kind="disparity")
+    assert fitted["n_broken"] == 0 and fitted["abs_rel"] == pytest.approx(0, abs=1e-9)
+    capped = depth_metrics(disparity, gt, alignment="median", pred_kind="disparity", max_depth=100.0)
+    assert capped["n_broken"] == 1

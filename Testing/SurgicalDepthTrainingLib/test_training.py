@@ -480,3 +480,19 @@ def test_cli_config_errors_name_the_flag(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert rc == 2 and err.startswith(f"surgical-depth train: error: {flag} must") and value in err, err
     assert not (tmp_path / "o").exists()
+
+
+def test_process_group_backend_without_nccl(monkeypatch):
+    """Catches multi-GPU training that asked for NCCL whenever CUDA was there: Windows builds of torch have no NCCL,
+    so ``init_process_group`` failed there as soon as a user chose two GPUs. Gloo then; NCCL where it is built."""
+    import torch.distributed as dist
+
+    from SurgicalDepthTrainingLib.distributed import process_group_backend
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(dist, "is_nccl_available", lambda: False)
+    assert process_group_backend() == "gloo"
+    monkeypatch.setattr(dist, "is_nccl_available", lambda: True)
+    assert process_group_backend() == "nccl"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert process_group_backend() == "gloo"

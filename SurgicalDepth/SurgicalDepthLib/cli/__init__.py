@@ -7,8 +7,8 @@ parsed namespace, returns an exit code). Errors a user can fix (bad paths, shape
 
 Every command takes ``--progress bar|jsonl|none`` (:mod:`SurgicalDepthLib.progress`); the command finds its
 reporter in ``args.progress_reporter``. With ``jsonl``, stdout carries only the JSON lines: everything else the
-command prints goes to stderr, and the run ends with a ``done`` or ``error`` event. SIGTERM (Slicer's Cancel:
-``QProcess.terminate``) ends a command as Ctrl-C does: its temporary files are removed, an ``error`` event is
+command prints goes to stderr, and the run ends with a ``done`` or ``error`` event. SIGTERM (a caller's terminate;
+the Training module's Cancel when the stdin stop line below is not obeyed) ends a command as Ctrl-C does: its temporary files are removed, an ``error`` event is
 printed and the exit code is 130 (``train`` and ``stream`` handle both signals themselves). A second signal while
 the command cleans up is reported, not obeyed, so the clean-up finishes.
 """
@@ -277,7 +277,17 @@ def _stop_on_stdin_line() -> None:
         threading.Thread(target=watch, name="stdin stop line", daemon=True).start()
 
 
+def _console_never_fails() -> None:
+    """Characters the console's encoding lacks are written escaped (``\\u2192``) instead of raising: on Windows a
+    redirected or piped stdout uses the ANSI code page (cp1252 has no "→" or "δ", nor most non-Latin-1 letters of a
+    path), and a command that had done its work then ended in UnicodeEncodeError while printing where it wrote."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: list[str] | None = None, extra: tuple = ()) -> int:
+    _console_never_fails()
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(extra)
     try:
@@ -352,9 +362,9 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def run(extra: tuple = ()) -> None:
-    """The ``surgical-depth`` program: :func:`main` (``extra`` as there), then exit with its code. After an interrupt, signals are
-    ignored until the process has ended: a second Ctrl-C during the interpreter's shut-down (threads joined,
-    torch's exit hooks) would otherwise end it with a traceback and Python's own exit status."""
+    """The ``surgical-depth`` program: :func:`main` (``extra`` as there), then exit with its code. After an
+    interrupt, signals are ignored until the process has ended: a second Ctrl-C during the interpreter's shut-down
+    (threads joined, torch's exit hooks) would otherwise end it with a traceback and Python's own exit status."""
     code = main(extra=extra)
     if code == 130 and threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):

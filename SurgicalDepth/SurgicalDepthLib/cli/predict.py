@@ -130,16 +130,19 @@ def _plan(args: argparse.Namespace) -> tuple[list[Path], list[tuple[str, str]]]:
             sequences.append((text, _sequence_name(text, kind)))
         else:
             images.extend(frame_source_images(text, kind))
+    # names are compared as Windows and macOS file systems compare them (case-insensitively): Frame1_depth.npy and
+    # frame1_depth.npy would be one file there
     unique: dict[Path, Path] = {}  # an image given twice (or in a folder and by name) is predicted once
     by_stem: dict[str, Path] = {}
     for p in images:
-        other = by_stem.setdefault(p.stem, p)
+        other = by_stem.setdefault(p.stem.casefold(), p)
         if other.resolve() != p.resolve():
-            raise CliError(f"inputs {other} and {p} would both write {p.stem}_depth.*; rename one")
+            raise CliError(f"inputs {other} and {p} would both write {p.stem}_depth.* (file names that differ only "
+                           "in case are one file on Windows and macOS); rename one")
         unique.setdefault(p.resolve(), p)
     images = list(unique.values())
-    names = [n for _, n in sequences]
-    dupes = sorted({n for n in names if names.count(n) > 1} | (set(names) & {p.stem for p in images}))
+    names = [n.casefold() for _, n in sequences]
+    dupes = sorted({n for n in names if names.count(n) > 1} | (set(names) & {p.stem.casefold() for p in images}))
     if dupes:
         raise CliError(f"several inputs would write outputs named {dupes}; rename or predict them separately")
     return images, sequences

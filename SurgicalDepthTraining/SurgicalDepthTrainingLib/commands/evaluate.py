@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 from pathlib import Path
 
 from SurgicalDepthLib.cli import (DETAIL_SIZE_HELP, DEVICE_HELP, INPUT_SIZE_HELP, add_model_source_args, input_size_arg,
@@ -35,9 +36,9 @@ def register(subparsers) -> None:
     p.add_argument("--split", default=None, help="dataset split (loader-specific; default everything found)")
     p.add_argument("--input-size", type=input_size_arg, default=None, help=INPUT_SIZE_HELP)
     p.add_argument("--detail-size", type=input_size_arg, default=None, help=DETAIL_SIZE_HELP)
-    p.add_argument("--min-depth", type=float, default=None,
+    p.add_argument("--min-depth", type=_depth_bound, default=None,
                    help="evaluation range lower bound in the dataset's unit (default: the dataset's)")
-    p.add_argument("--max-depth", type=float, default=None,
+    p.add_argument("--max-depth", type=_depth_bound, default=None,
                    help="evaluation range upper bound in the dataset's unit (default: the dataset's)")
     p.add_argument("--batch-size", type=int, default=1, help="images predicted together (default 1)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
@@ -110,6 +111,18 @@ def _refuse_existing(flag: str, path: Path, overwrite: bool) -> None:
                              "choose another file")
 
 
+def _depth_bound(text: str) -> float:
+    """``--min-depth`` / ``--max-depth``: a finite number > 0 (``inf`` wrote a cap of null into the report, a
+    negative one let every prediction through; ``nan`` failed only after the model had predicted an image)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
 def _figure_rows(model, dataset, report: dict, args: argparse.Namespace, n: int = 4) -> list[dict]:
     import numpy as np
     from SurgicalDepthLib.lens import SampleLensCorrection
@@ -137,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--root {args.root} does not exist")
     if args.intrinsics is not None and not args.intrinsics.is_file():
         raise FileNotFoundError(f"--intrinsics {args.intrinsics} does not exist")
+    if args.min_depth is not None and args.max_depth is not None and not args.min_depth < args.max_depth:
+        raise ValueError(f"--min-depth {args.min_depth:g} must be below --max-depth {args.max_depth:g}")
     _check_outputs(args)  # before the model loads and the evaluation runs: a refused output fails at once
 
     import SurgicalDepthLib as sd
@@ -154,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
                       min_depth=args.min_depth, max_depth=args.max_depth, batch_size=args.batch_size,
                       progress=progress_of(args), lens_correction=args.lens_correction,
                       detail_size=args.detail_size)
-    report["dataset"] = args.dataset
+    report["dataset"] = args.dataset.lower()  # the registry's name (matched case-insensitively): one table column
     report["root"] = str(args.root)
     report["model"] = args.model
     report["split"] = args.split
