@@ -15,6 +15,7 @@ import socket
 import struct
 import threading
 import time
+import zlib
 
 import numpy as np
 import pyigtl
@@ -25,7 +26,14 @@ from .preprocess import MAX_ASPECT_RATIO
 logger = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 256 << 20  # larger bodies mean a stream out of sync, not a frame (an 8K RGBA frame is 133 MB)
+#: a body is read in pieces of this size, so memory follows the bytes that arrived, not the size a header announced
+BODY_CHUNK_BYTES = 1 << 20
+#: slowest transfer a message may keep up (bytes/s) once it has started: a body that trickles in is dropped
+MIN_BODY_RATE = 1 << 20
 DEVICE_NAME_BYTES = 20
+#: TCP keepalive (seconds idle, seconds between probes, probes): a peer gone without closing (a PLUS host that
+#: rebooted, a cable pulled) is noticed within about 25 s instead of never
+KEEPALIVE = (10, 5, 3)
 _HEADER = struct.Struct(">H12s20s8sQQ")  # version, type, device name, timestamp (sec, frac), body size, CRC64
 _IMAGE_START = struct.Struct(">HBBBBHHH")  # version, components, scalar type, endianness, coordinates, size i j k
 _GEOMETRY = slice(12, 60)  # 12 float32 after _IMAGE_START: t, s, n columns and the image centre
@@ -46,10 +54,15 @@ class StreamBroken(BadMessage):
 
 
 def reply_name(device: str, suffix: str) -> str:
-    """``device + suffix`` within OpenIGTLink's 20-byte device names (the device part is shortened)."""
+    """``device + suffix`` within OpenIGTLink's 20-byte device names. A device name too long for that is shortened
+    and ends in 4 hex digits of its CRC-32, so that two long names that share their start (``LeftEndoscopeCam1``,
+    ``LeftEndoscopeCam2``) still get replies of their own."""
     # bytes that are no UTF-8 (kept escaped by Connection.read) and a character cut at the limit are left out
-    base = device.encode("utf-8", "surrogateescape")[:DEVICE_NAME_BYTES - len(suffix)].decode("utf-8", "ignore")
-    return base + suffix
+    raw = device.encode("utf-8", "surrogateescape")
+    room = DEVICE_NAME_BYTES - len(suffix)
+    if len(raw) <= room:
+        return raw.decode("utf-8", "ignore") + suffix
+    return raw[:room - 4].decode("utf-8", "ignore") + f"{zlib.crc32(raw) & 0xFFFF:04x}" + suffix
 
 
 def pack_message(message_type: str, device: str, timestamp: bytes, parts: list) -> list:
@@ -145,6 +158,22 @@ def decode_image(header_version: int, device: str, body: bytearray) -> tuple[np.
     return rgb, content[5], bytes(content[_GEOMETRY])
 
 
+def _keep_alive(sock: socket.socket) -> None:
+    """TCP keepalive with :data:`KEEPALIVE`'s timing where the platform lets it be set (Linux, macOS, Windows)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    idle, interval, count = KEEPALIVE
+    if hasattr(socket, "SIO_KEEPALIVE_VALS"):  # Windows: on, idle and interval in ms
+        sock.ioctl(socket.SIO_KEEPALIVE_VALS, (1, idle * 1000, interval * 1000))
+        return
+    for name, value in (("TCP_KEEPIDLE", idle), ("TCP_KEEPALIVE", idle), ("TCP_KEEPINTVL", interval),
+                        ("TCP_KEEPCNT", count)):  # TCP_KEEPALIVE: macOS's name for the idle time
+        if hasattr(socket, name):
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+            except OSError:
+                pass
+
+
 class Connection:
     """One TCP connection: whole messages in, buffers out (sends serialised; a failed send closes it)."""
 
@@ -152,12 +181,15 @@ class Connection:
         self.sock, self.peer, self.io_timeout = sock, peer, io_timeout
         sock.settimeout(io_timeout)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _keep_alive(sock)
         self.closed = False
         self._send_lock = threading.Lock()
 
-    def _fill(self, buf: memoryview, idle_ok: bool) -> bool:
+    def _fill(self, buf: memoryview, idle_ok: bool, deadline: float = float("inf")) -> bool:
         got, last = 0, time.monotonic()
         while got < len(buf):
+            if time.monotonic() > deadline:
+                raise StreamBroken("slow", f"message slower than {MIN_BODY_RATE >> 20} MB/s")
             try:
                 n = self.sock.recv_into(buf[got:])
             except socket.timeout:
@@ -188,9 +220,13 @@ class Connection:
         if version not in (1, 2) or not mtype.replace("_", "").isalnum() or size > MAX_BODY_BYTES:
             raise StreamBroken("header", f"not an OpenIGTLink header (version {version}, type {mtype!r}, "
                                           f"{size} bytes)")
-        body = bytearray(size)
-        if size and not self._fill(memoryview(body), idle_ok=False):
-            return None
+        body = bytearray()
+        deadline = time.monotonic() + self.io_timeout + size / MIN_BODY_RATE
+        while len(body) < size:  # grown as the bytes come: an announced size alone allocates nothing
+            chunk = bytearray(min(BODY_CHUNK_BYTES, size - len(body)))
+            if not self._fill(memoryview(chunk), idle_ok=False, deadline=deadline):
+                return None
+            body += chunk
         return (version, mtype, device, stamp), body, time.perf_counter()
 
     def send(self, buffers: list) -> bool:

@@ -44,10 +44,19 @@ class ReceivedFrame:
     received: float  # time.perf_counter() when the message was complete
     conn: Connection
 
+    @property
+    def source(self) -> tuple[Connection, str]:
+        """Where the frame came from: its connection and device (the service's key for its mailbox and mask)."""
+        return self.conn, self.device
+
 
 class ReplySender:
     """Turns each ``depth_stream`` output into its reply messages on ``threads`` threads and sends them to the
-    frame's connection in the order :meth:`submit` was called.
+    frame's connection, each connection's in the order :meth:`submit` was called.
+
+    A connection's replies wait only for that connection's earlier ones, and it has at most
+    ``max(1, threads - 1)`` of them in the making or sending: a client that does not read (its sends block until
+    ``io_timeout``) holds neither the other clients' replies nor every thread; its further replies are dropped.
 
     Args:
         threads: threads making replies; at most ``threads + 1`` replies are pending, then :meth:`submit` blocks
@@ -65,7 +74,9 @@ class ReplySender:
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="DepthService.output")
         self._room = threading.Semaphore(threads + 1)
         self._send_turn = threading.Condition()
-        self._seq = self._next_send = 0
+        self._per_connection = max(1, threads - 1)
+        # per connection: [next number to give, next number to send, replies in the making or sending]
+        self._order: dict[Connection, list[int]] = {}
         self._grids: dict[tuple[int, int], tuple[np.ndarray, Any]] = {}
 
     def submit(self, out: Any, frame: ReceivedFrame) -> None:
@@ -74,11 +85,19 @@ class ReplySender:
             if self._stop.is_set():
                 self._counters.add("lost")
                 return
-        seq, self._seq = self._seq, self._seq + 1
+        with self._send_turn:
+            for conn in [c for c, o in self._order.items() if c.closed and not o[2]]:  # gone while idle
+                del self._order[conn]
+            order = self._order.setdefault(frame.conn, [0, 0, 0])
+            if order[2] >= self._per_connection:  # this client does not keep up: drop, as the mailbox does
+                self._room.release()
+                self._counters.add("dropped")
+                return
+            seq, order[0], order[2] = order[0], order[0] + 1, order[2] + 1
         try:
             self._pool.submit(self._reply, out, frame, seq)
         except RuntimeError:  # pool shut down by stop()
-            self._room.release()
+            self._done(frame.conn, seq)
             self._counters.add("lost")
 
     def wake(self) -> None:
@@ -98,8 +117,8 @@ class ReplySender:
                 self._once(logging.ERROR, ("reply", type(exc).__name__), "stream: no reply for %r: %s: %s",
                            frame.device, type(exc).__name__, exc)
                 messages = []
-            with self._send_turn:  # replies leave in frame order
-                while self._next_send != seq and not self._stop.is_set():
+            with self._send_turn:  # a connection's replies leave in frame order
+                while self._order[frame.conn][1] != seq and not self._stop.is_set():
                     self._send_turn.wait(0.1)
             if not messages or not frame.conn.send(messages[0]):
                 self._counters.add("lost")
@@ -108,10 +127,17 @@ class ReplySender:
             for message in messages[1:]:
                 frame.conn.send(message)
         finally:
-            with self._send_turn:
-                self._next_send = max(self._next_send, seq + 1)
-                self._send_turn.notify_all()
-            self._room.release()
+            self._done(frame.conn, seq)
+
+    def _done(self, conn: Connection, seq: int) -> None:
+        """Reply ``seq`` of ``conn`` sent, dropped or abandoned: the next one's turn, and its room freed."""
+        with self._send_turn:
+            order = self._order[conn]
+            order[1], order[2] = max(order[1], seq + 1), order[2] - 1
+            if not order[2] and conn.closed:
+                del self._order[conn]
+            self._send_turn.notify_all()
+        self._room.release()
 
     def _messages(self, out: Any, frame: ReceivedFrame) -> list[list]:
         depth = out.depth_mm

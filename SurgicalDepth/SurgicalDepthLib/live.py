@@ -13,14 +13,17 @@ Messages (pyigtl's codec; its array axes are ``[k, j, i, components]``):
   point, point attributes ``Depth`` (scalar, mm) and ``RGB`` (3 components in [0, 1], sent as a vector: the
   OpenIGTLink C library, and so Slicer, reads RGBA attributes with the wrong size).
 
-Latest-frame policy: a frame waits in a one-slot mailbox per device (:class:`~latest_frame.LatestFrameMailbox`);
+Latest-frame policy: a frame waits in a one-slot mailbox per source, a device of one connection (two clients that
+both call their device "Image", the default of Slicer and pyigtl, do not replace each other's frames)
+(:class:`~latest_frame.LatestFrameMailbox`);
 one arriving while the model is busy replaces it (the replaced frame is counted as dropped), so latency stays
 bounded when frames come faster than inference. Frames go through :func:`~SurgicalDepthLib.stream.depth_stream`
 (batch 1), one at a time on CPU.
 
 Field of view (``fov_mask``, :mod:`SurgicalDepthLib.fov`): depth is NaN outside the scope's field of view and points
-come only from inside it. ``"auto"`` detects it once per device and frame size from the first frame received (the
-service never holds frames back to look at more), an array gives it, None turns it off.
+come only from inside it. ``"auto"`` detects it per source (connection and device) and frame size from the frames
+received so far, again with each of the first :data:`~SurgicalDepthLib.fov.FOV_FRAMES` (the service never holds
+frames back to look at more); an array gives it, None turns it off.
 
 Connections (:mod:`SurgicalDepthLib._igtl`, which also holds the wire format): a malformed message is skipped and
 the connection kept; a stream that cannot be re-synchronised (bad header, a body that stops coming) closes that
@@ -36,6 +39,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict, deque
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -44,7 +48,7 @@ from ._igtl import BadMessage, Connection, PointCloudMessage, StreamBroken, deco
 from ._live_replies import LIVE_POINT_BUDGET, ReceivedFrame, ReplySender, decimation_grid
 from ._live_stats import DepthServiceStats, ServiceCounters
 from .camera import Intrinsics, parse_intrinsics
-from .fov import detect_fov_mask
+from .fov import FOV_FRAMES, detect_fov_mask
 from .latest_frame import LatestFrameMailbox
 from .stream import depth_stream
 
@@ -71,10 +75,10 @@ class DepthService:
             an :class:`Intrinsics`, or None (a 70° pinhole for each frame size, warned once per size). Given, the
             depth of a model with a reference lens is corrected to it (:mod:`~SurgicalDepthLib.lens`).
         depth_range, input_size: as in :func:`depth_stream` (mm; network input lower bound).
-        fov_mask: the scope's field of view: ``"auto"`` (detected once per device and frame size from the first
-            frame, :func:`~SurgicalDepthLib.fov.detect_fov_mask`), a bool ``[H, W]`` array (True = tissue; frames
+        fov_mask: the scope's field of view: ``"auto"`` (detected per source and frame size from its first
+            frames, :func:`~SurgicalDepthLib.fov.detect_fov_mask`), a bool ``[H, W]`` array (True = tissue; frames
             of another size get no reply) or None (every pixel is tissue). Depth is NaN outside it.
-        output_threads: threads turning predictions into replies (default 2 on CPU, 4 on a GPU).
+        output_threads: threads turning predictions into replies (default 3 on CPU, 4 on a GPU).
         status_interval: seconds between status reports (None: none); ``on_status(DepthServiceStats)`` receives them
             (default: logged at INFO).
         io_timeout: seconds a send, or a message that has started arriving, may take before the connection is
@@ -107,16 +111,17 @@ class DepthService:
         on_cpu = getattr(getattr(model, "device", None), "type", "cpu") == "cpu"
         # a GPU stream hands a result out once the next frame is queued (upload overlapped), so two in flight
         self._in_flight = 1 if on_cpu else 2
-        self._output_threads = output_threads or (2 if on_cpu else 4)
+        # a connection uses all but one (ReplySender): 3 let one client's replies overlap on a CPU
+        self._output_threads = output_threads or (3 if on_cpu else 4)
         self.address: tuple[str, int] | None = None
         self._stop = threading.Event()
-        self._mailbox: LatestFrameMailbox[ReceivedFrame] = LatestFrameMailbox()  # keyed by device
+        self._mailbox: LatestFrameMailbox[ReceivedFrame] = LatestFrameMailbox()  # keyed by source
         self._counters = ServiceCounters()
         self._lock = threading.Lock()  # connections, threads, warned keys
         self._connections: set[Connection] = set()
         self._threads: list[threading.Thread] = []
         self._warned: set = set()
-        self._fov_masks: OrderedDict[tuple[str, int, int], np.ndarray | None] = OrderedDict()  # "auto", per device
+        self._fov_masks: OrderedDict[tuple, _FovState] = OrderedDict()  # "auto": per source and frame size
         self._listener: socket.socket | None = None
         self._replies: ReplySender | None = None
         self._started: float | None = None
@@ -287,7 +292,8 @@ class DepthService:
                        "(logged once)", device, conn.peer, exc)
             return
         self._count("frames_in")
-        if self._mailbox.put(ReceivedFrame(rgb, device, stamp, coordinates, geometry, received, conn), key=device):
+        frame = ReceivedFrame(rgb, device, stamp, coordinates, geometry, received, conn)
+        if self._mailbox.put(frame, key=frame.source):
             self._count("dropped")
 
     # -- inference -------------------------------------------------------------------------------------------
@@ -332,7 +338,7 @@ class DepthService:
                         return None
                     continue
                 if frame.rgb.shape != shape or self._fov(frame) is not fov:  # one size and mask per stream
-                    if self._mailbox.put_back(frame, key=frame.device):
+                    if self._mailbox.put_back(frame, key=frame.source):
                         self._count("dropped")
                     return None
                 return frame
@@ -367,15 +373,35 @@ class DepthService:
             self._count("lost", len(pending))
 
     def _fov(self, frame: ReceivedFrame) -> np.ndarray | None:
-        """The field of view of ``frame``'s device and size: ``fov_mask``, or with "auto" the one detected from
-        the first such frame (kept for the :data:`_FOV_DEVICES` device/size pairs seen last)."""
+        """The field of view of ``frame``'s source (connection and device) and size: ``fov_mask``, or with "auto"
+        the one detected from the brightest value each pixel had over the first :data:`~.fov.FOV_FRAMES` such
+        frames, found again with each of them (no frame is held back): a scope that starts on a black or half-lit
+        frame is not masked by that frame for good. Kept for the :data:`_FOV_DEVICES` sources/sizes seen last."""
         if not isinstance(self.fov_mask, str):
             return self.fov_mask
-        key = (frame.device, *frame.rgb.shape[:2])
-        if key not in self._fov_masks:
-            mask = self._fov_masks[key] = detect_fov_mask([frame.rgb])
-            if len(self._fov_masks) > _FOV_DEVICES:
-                self._fov_masks.popitem(last=False)
-            logger.info("stream: %r (%dx%d): %s", frame.device, key[2], key[1], "no field-of-view border found"
-                     if mask is None else f"field of view detected: {100 * mask.mean():.1f} % of the frame")
-        return self._fov_masks[key]
+        key = (*frame.source, *frame.rgb.shape[:2])
+        seen = self._fov_masks.get(key)
+        if seen is not None and seen.frames >= FOV_FRAMES:
+            return seen.mask
+        peak = frame.rgb.max(axis=2) if seen is None else np.maximum(seen.peak, frame.rgb.max(axis=2))
+        mask = detect_fov_mask([np.repeat(peak[..., None], 3, axis=2)])  # the peak is what it reads of frames
+        if seen is not None and (mask is seen.mask or mask is not None and seen.mask is not None
+                                 and np.array_equal(mask, seen.mask)):
+            mask = seen.mask  # the same object: the running stream goes on
+        self._fov_masks[key] = _FovState(1 if seen is None else seen.frames + 1, peak, mask)
+        self._fov_masks.move_to_end(key)
+        if len(self._fov_masks) > _FOV_DEVICES:
+            self._fov_masks.popitem(last=False)
+        if seen is None or mask is not seen.mask:
+            logger.info("stream: %r (%dx%d): %s", frame.device, key[3], key[2], "no field-of-view border found"
+                        if mask is None else f"field of view detected: {100 * mask.mean():.1f} % of the frame")
+        return mask
+
+
+@dataclass
+class _FovState:
+    """What "auto" knows of one source's field of view: frames seen, their per-pixel peak, the mask found."""
+
+    frames: int
+    peak: np.ndarray
+    mask: np.ndarray | None

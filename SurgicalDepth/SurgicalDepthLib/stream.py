@@ -149,16 +149,20 @@ def _predictions(model: Any, items: Iterator[tuple[int, np.ndarray]], input_size
             yield index, rgb, pred
 
 
-def _depth_mm(kind: OutputKind, unit: str, near_far: tuple[float, float], fov: np.ndarray | None, index: int,
-              pred: np.ndarray) -> np.ndarray:
+def _depth_mm(kind: OutputKind, unit: str, near_far: tuple[float, float], fov: np.ndarray | None,
+              blanks: list[int], index: int, pred: np.ndarray) -> np.ndarray:
     """:func:`prediction_to_mm` inside ``fov``, except that a frame with no disparity range (blank, all invalid)
-    gets an all-NaN depth and a warning instead of ending the stream."""
+    gets an all-NaN depth instead of ending the stream: the stream's first such frame is warned about, later ones
+    (``blanks``: the stream's list of them) only logged at DEBUG — a scope showing black at 25 frames/s must not
+    write 25 warnings a second."""
     if kind is OutputKind.DISPARITY:
         ok = np.isfinite(pred) if fov is None else np.isfinite(pred) & fov
         lo, hi = np.percentile(pred[ok], RANGE_PERCENTILES) if ok.any() else (0.0, 0.0)
         if not hi > lo:
-            logger.warning("frame %d: the predicted disparity has no range (blank frame?); its depth is left "
-                        "undefined (NaN)", index)
+            blanks.append(index)
+            logger.log(logging.DEBUG if len(blanks) > 1 else logging.WARNING, "frame %d: the predicted disparity "
+                       "has no range (blank frame?); its depth is left undefined (NaN)%s", index,
+                       "" if len(blanks) > 1 else "; later such frames are logged at DEBUG")
             return np.full(pred.shape, np.nan, np.float32)
     return prediction_to_mm(pred, kind.value, unit, near_far, RANGE_PERCENTILES, mask=fov)
 
@@ -269,13 +273,14 @@ def depth_stream(model: Any, frames: Any, *, depth_range: tuple[float, float] | 
     try:
         fov, items = _field_of_view(fov_mask, items)
         stabilise = _TemporalDepth(kind, model.depth_unit, near_far, fov) if temporal else None
+        blanks: list[int] = []  # frames with no disparity range (_depth_mm)
         for index, rgb, pred in _predictions(model, items, input_size, batch_size, detail_size):
             if lens is not None:
                 pred = lens(pred)
             if stabilise is not None:
                 pred, to_mm = stabilise(pred)
             else:
-                to_mm = partial(_depth_mm, kind, model.depth_unit, near_far, fov, int(index))
+                to_mm = partial(_depth_mm, kind, model.depth_unit, near_far, fov, blanks, int(index))
             pred = np.asarray(pred, np.float32)
             yield DepthFrame(int(index), rgb, pred, Deferred(to_mm, pred), fov)
     finally:

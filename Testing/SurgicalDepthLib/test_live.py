@@ -442,7 +442,8 @@ def test_client_mode_takes_frames_from_a_server_and_answers_it(model, one_torch_
 
 def test_cli_serves_and_exits_cleanly_on_sigterm(tmp_path):
     """Catches: the stream command missing from the CLI, no reply from the command-line server, SIGTERM ending
-    it with a traceback or a non-zero exit code, no status events in --progress jsonl."""
+    it with a traceback or a non-zero exit code, no status events in --progress jsonl, and no event giving the
+    address (with --port 0 a program had to read the port from stderr's log line)."""
     from SurgicalDepthLib.checkpoints import save_checkpoint
 
     checkpoint = save_checkpoint(tmp_path / "tiny.safetensors", tiny_model(5))
@@ -469,8 +470,9 @@ def test_cli_serves_and_exits_cleanly_on_sigterm(tmp_path):
         return None
 
     try:
-        match = wait_line("err", r"listening on 127\.0\.0\.1:(\d+)")
-        assert match, "".join(seen["err"])
+        match = wait_line("out", r'"host": "127\.0\.0\.1", "port": (\d+), "mode": "listen"')
+        assert match, "".join(seen["out"]) + "".join(seen["err"])
+        assert wait_line("err", rf"listening on 127\.0\.0\.1:{match.group(1)}"), "".join(seen["err"])
         client = RawClient(int(match.group(1)))
         try:
             client.send(pyigtl.ImageMessage(textured(24, 32, 8)[None], device_name="Video"))
@@ -513,3 +515,176 @@ def test_calibration_file_without_its_size_is_checked_per_frame_size(tmp_path):
     for name, text in [("k.txt", "500 500 320 240\n"), ("k.json", '{"fx": 500, "fy": 500, "cx": 320, "cy": 240}')]:
         (tmp_path / name).write_text(text)
         _check_calibration_file(str(tmp_path / name))
+
+
+# -- hardening: memory, slow peers, shared device names, long names, dead peers, the first frames' view -------------
+def _header(size: int, device: str = "Video") -> bytes:
+    """An OpenIGTLink v1 IMAGE header announcing a body of ``size`` bytes (CRC not checked by the service)."""
+    return struct.pack(">H12s20s8sQQ", 1, b"IMAGE", device.encode(), bytes(8), size, 0)
+
+
+def _tcp_pair() -> tuple[socket.socket, socket.socket]:
+    """Two ends of a real TCP connection on 127.0.0.1 (``socket.socketpair`` is a Unix socket: no TCP options)."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        theirs = socket.create_connection(listener.getsockname()[:2], timeout=WAIT)
+        ours, _ = listener.accept()
+    return ours, theirs
+
+
+def test_an_announced_body_size_allocates_only_what_arrives():
+    """Catches a body buffer allocated (and zero-filled) at the size a header announces before any byte of it came:
+    four connections announcing 256 MB each took 1 GB of memory while sending nothing."""
+    import tracemalloc
+
+    from SurgicalDepthLib._igtl import Connection, StreamBroken
+
+    ours, theirs = _tcp_pair()
+    conn = Connection(ours, "test", io_timeout=2.0)
+    theirs.sendall(_header(200 << 20) + b"\0" * 1000)
+    theirs.close()
+    tracemalloc.start()
+    try:
+        with pytest.raises(StreamBroken, match="closed after 1000 of"):
+            conn.read()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+        conn.close()
+    assert peak < 8 << 20, peak
+
+
+def test_a_body_that_trickles_in_is_dropped(monkeypatch):
+    """Catches a message whose bytes come just often enough never to stall (one every 0.2 s) holding its
+    connection and buffer for hours: a message must keep up a minimum rate once it has started."""
+    from SurgicalDepthLib import _igtl
+
+    monkeypatch.setattr(_igtl, "MIN_BODY_RATE", 4096)  # 1 s for this body: the test stays short
+    ours, theirs = _tcp_pair()
+    conn = _igtl.Connection(ours, "test", io_timeout=0.5)
+    stop = threading.Event()
+
+    def trickle():
+        theirs.sendall(_header(2048))
+        while not stop.wait(0.2):
+            with contextlib.suppress(OSError):
+                theirs.sendall(b"\0")
+
+    sender = threading.Thread(target=trickle, daemon=True)
+    sender.start()
+    started = time.monotonic()
+    try:
+        with pytest.raises(_igtl.StreamBroken, match="slower than"):
+            conn.read()
+        assert time.monotonic() - started < 5.0
+    finally:
+        stop.set()
+        sender.join(WAIT)
+        conn.close()
+        theirs.close()
+
+
+def test_two_clients_with_the_same_device_name_are_both_answered(model, one_torch_thread):
+    """Catches frames keyed by device name alone: two clients that both send "Image" (Slicer's and pyigtl's
+    default) replaced each other's waiting frame, so one of them got no reply while the model was busy."""
+    rgb = textured(24, 32, 6)
+    with running(SlowModel(model, 0.5)) as service:
+        busy, first, second = (RawClient(service.address[1]) for _ in range(3))
+        try:
+            busy.send(pyigtl.ImageMessage(rgb[None], device_name="Busy"))
+            assert wait_until(lambda: service.stats().frames_in == 1)  # the model is now busy with it
+            first.send(pyigtl.ImageMessage(rgb[None], device_name="Image"))
+            second.send(pyigtl.ImageMessage(rgb[None], device_name="Image"))
+            assert wait_until(lambda: len(first.replies) == 1 and len(second.replies) == 1), \
+                (len(first.replies), len(second.replies))
+            assert service.stats().dropped == 0
+        finally:
+            for client in (busy, first, second):
+                client.close()
+
+
+def test_long_device_names_get_reply_names_of_their_own():
+    """Catches reply names cut at OpenIGTLink's 20 bytes so that two devices sharing their start
+    (``LeftEndoscopeCam1`` / ``LeftEndoscopeCam2``) were both answered as ``LeftEndoscopeC_depth``: one Slicer
+    node received both cameras' depth. Short names keep the contract's ``X_depth``."""
+    from SurgicalDepthLib._igtl import DEVICE_NAME_BYTES, reply_name
+
+    assert reply_name("Video", "_depth") == "Video_depth"
+    assert reply_name("Image_Refere", "_depth") == "Image_Refere_depth"  # 18 bytes: as it is
+    names = {reply_name(f"LeftEndoscopeCam{i}", suffix) for i in (1, 2) for suffix in ("_depth", "_points")}
+    assert len(names) == 4 and all(len(n.encode()) <= DEVICE_NAME_BYTES for n in names), names
+    assert reply_name("LeftEndoscopeCam1", "_depth") == reply_name("LeftEndoscopeCam1", "_depth")
+    assert reply_name("LeftEndoscopeCam1", "_depth").startswith("LeftEndos")
+
+
+def test_connections_notice_a_peer_that_is_gone():
+    """Catches connections without TCP keepalive: in client mode (``--connect``) a PLUS server whose host
+    rebooted or whose cable was pulled left the service waiting on that connection for ever, never reconnecting."""
+    from SurgicalDepthLib._igtl import KEEPALIVE, Connection
+
+    ours, theirs = _tcp_pair()
+    conn = Connection(ours, "test", io_timeout=1.0)
+    try:
+        assert ours.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+        if hasattr(socket, "TCP_KEEPIDLE"):
+            assert ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == KEEPALIVE[0]
+            assert ours.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT) == KEEPALIVE[2]
+    finally:
+        conn.close()
+        theirs.close()
+
+
+def test_auto_field_of_view_is_not_fixed_by_a_black_first_frame(model, one_torch_thread):
+    """Catches the field of view detected from a source's first frame only and kept for good: a grabber that
+    starts on a black frame (no border found) left every later frame unmasked, depth on the black border."""
+    h, w = 96, 128
+    rgb, inside = scope_frame(h, w, 11)
+    with running(model, fov_mask="auto") as service, pyigtl_client(service) as client:
+        client.send_message(pyigtl.ImageMessage(np.zeros((1, h, w, 3), np.uint8), device_name="Scope"), wait=False)
+        assert wait_until(lambda: service.stats().frames_out == 1)
+        for i in range(3):
+            client.send_message(pyigtl.ImageMessage(rgb[None], timestamp=float(i + 1), device_name="Scope"),
+                                wait=False)
+            assert wait_until(lambda: service.stats().frames_out == i + 2)
+        depth = client.wait_for_message("Scope_depth", timeout=WAIT)
+    valid = np.isfinite(depth.image[0])
+    assert (~valid[~inside]).mean() >= 0.95 and valid[inside].mean() >= 0.95
+
+
+def test_a_client_that_does_not_read_holds_up_no_other_client():
+    """Catches replies sent in one order shared by all connections: a client that stops reading (its send blocks
+    until the I/O timeout) held every other client's replies for seconds. Another connection's reply leaves at
+    once; the stuck client's next reply is dropped, not queued."""
+    from SurgicalDepthLib._igtl import Connection
+    from SurgicalDepthLib._live_replies import ReceivedFrame, ReplySender
+    from SurgicalDepthLib._live_stats import ServiceCounters
+
+    def frame(conn, h, w):
+        rgb = np.zeros((h, w, 3), np.uint8)
+        out = type("Out", (), {"depth_mm": np.ones((h, w), np.float32)})()
+        return out, ReceivedFrame(rgb, "Video", bytes(8), 1, bytes(48), time.perf_counter(), conn)
+
+    stuck_ours, stuck_theirs = _tcp_pair()
+    stuck_ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    stuck_theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    fine_ours, fine_theirs = _tcp_pair()
+    stuck, fine = Connection(stuck_ours, "stuck", io_timeout=4.0), Connection(fine_ours, "fine", io_timeout=4.0)
+    counters, stop = ServiceCounters(), threading.Event()
+    sender = ReplySender(3, counters, stop, lambda *args: None, points=False, point_budget=1, intrinsics=None)
+    try:
+        sender.submit(*frame(stuck, 480, 640))  # 1.2 MB that nobody reads: blocks in sendall
+        time.sleep(0.3)
+        sender.submit(*frame(stuck, 480, 640))  # its second reply: the thread it would hold stays free
+        sender.submit(*frame(stuck, 480, 640))  # over its share: dropped
+        started = time.monotonic()
+        sender.submit(*frame(fine, 24, 32))
+        fine_theirs.settimeout(3.0)
+        assert fine_theirs.recv(58) and time.monotonic() - started < 1.5
+        assert counters.snapshot(5.0, 2, 1.0).dropped >= 1
+    finally:
+        stop.set()
+        sender.wake()
+        for sock in (stuck, fine):
+            sock.close()
+        sender.shutdown()
+        stuck_theirs.close()
+        fine_theirs.close()

@@ -121,6 +121,21 @@ def test_blank_frame_gives_nan_depth_and_the_stream_goes_on(tmp_path):
     assert out[0].valid.all() and out[2].valid.all()
 
 
+def test_blank_frames_are_warned_about_once_per_stream(tmp_path, caplog):
+    """Catches one WARNING per blank frame: a scope showing black (or the live service fed a black feed) wrote
+    a warning for every frame, 25 a second. The first is a warning, the rest DEBUG; each still has NaN depth."""
+    import logging
+
+    flat = np.full((3, 4), 0.5, np.float32)
+    varied = np.linspace(1, 2, 12, dtype=np.float32).reshape(3, 4)
+    saved = _saved(tmp_path / "p", [flat, varied, flat, flat, flat])
+    caplog.set_level(logging.DEBUG, logger="SurgicalDepthLib.stream")
+    out = list(sd.depth_stream(saved, [np.zeros((3, 4, 3), np.uint8)] * 5))
+    assert [np.isnan(f.depth_mm).all() for f in out] == [True, False, True, True, True]
+    blank = [r for r in caplog.records if "has no range" in r.getMessage()]
+    assert [r.levelno for r in blank] == [logging.WARNING] + [logging.DEBUG] * 3
+
+
 def test_saved_predictions_errors_name_the_file(tmp_path):
     """Catches: a missing or mismatched stored map silently skipped or paired with the wrong frame."""
     saved = _saved(tmp_path / "p", [np.ones((3, 4), np.float32)])

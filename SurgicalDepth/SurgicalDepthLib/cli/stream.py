@@ -121,6 +121,10 @@ def run(args: argparse.Namespace) -> int:
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         service.start()
+        # the address the service listens on (--port 0: the one the system chose) or connects to, for programs
+        host, port = service.address
+        reporter.emit("progress", stage="stream", step=0, total=None, host=host, port=port,
+                      mode="connect" if args.connect else "listen")
         print(f"depth: {model.source} ({model.output_kind}) on {getattr(model, 'device', '?')}; Ctrl-C stops",
               flush=True)
         while not stop.wait(0.5):
