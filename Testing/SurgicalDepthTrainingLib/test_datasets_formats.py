@@ -215,6 +215,29 @@ def test_scared_xyz_tiff_z_channel(tmp_path):
     assert len(sdt.open_dataset("scared", tmp_path / "dataset_2" / "keyframe_3")) == 1
 
 
+def test_scared_calibration_under_a_non_ascii_path(tmp_path, monkeypatch):
+    """Catches the calibration opened by ``cv2.FileStorage(path)``, which on Windows cannot open a path with a
+    non-ASCII character: a SCARED copy under ``C:\\Users\\Jürgen`` failed with "expected a 3x3 matrix 'M1',
+    got nothing". FileStorage is made to fail on such paths as there; the file is parsed from its text. A file that
+    is not YAML names the file."""
+    _scared_keyframe(tmp_path / "Jürgen" / "dataset_1" / "keyframe_1", np.full((4, 6), 50, np.float32))
+    windows = cv2.FileStorage
+
+    def file_storage(source, flags, *args):
+        opened = windows(source, flags, *args)
+        if not flags & cv2.FILE_STORAGE_MEMORY and not str(source).isascii():
+            opened.release()
+            return windows()  # not opened, as on Windows
+        return opened
+
+    monkeypatch.setattr(cv2, "FileStorage", file_storage)
+    intr = sdt.open_dataset("scared", tmp_path / "Jürgen")[0]["intrinsics"]
+    assert (intr.fx, intr.fy, intr.cx, intr.cy) == (1035.3, 1035.1, 2.5, 1.5)
+    (tmp_path / "Jürgen" / "dataset_1" / "keyframe_1" / "endoscope_calibration.yaml").write_text("M1: [1, 2\n")
+    with pytest.raises(DatasetError, match="endoscope_calibration.yaml: not valid OpenCV YAML"):
+        sdt.open_dataset("scared", tmp_path / "Jürgen")[0]
+
+
 def test_scared_wrong_shape_and_missing_depth(tmp_path):
     kf = tmp_path / "dataset_1" / "keyframe_1"
     _scared_keyframe(kf, np.full((4, 6), 50, np.float32))

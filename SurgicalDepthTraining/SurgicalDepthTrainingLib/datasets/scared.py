@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from SurgicalDepthLib.camera import Intrinsics
+from SurgicalDepthLib.text_files import read_text_file
 
 from ._base import DatasetError, DepthDataset, Pair, find_dirs, read_tiff, select_split
 
@@ -105,7 +106,12 @@ def _read_calibration(keyframe: Path, width: int, height: int) -> Intrinsics | N
     path = _find_file(keyframe, "endoscope_calibration.yaml")
     if path is None:
         return None
-    fs = cv2.FileStorage(str(path), cv2.FILE_STORAGE_READ)
+    # parsed from its text: cv2.FileStorage cannot open a non-ASCII path on Windows ("expected 'M1', got nothing")
+    text = read_text_file(path, "SCARED calibration")
+    try:
+        fs = cv2.FileStorage(text, cv2.FILE_STORAGE_READ | cv2.FILE_STORAGE_MEMORY)
+    except (cv2.error, SystemError) as exc:  # a parse error: cv2.error, or SystemError from the binding
+        raise DatasetError(f"{path}: not valid OpenCV YAML ({type(exc).__name__})") from exc
     try:
         m1, d1 = fs.getNode("M1").mat(), fs.getNode("D1").mat()
     finally:
