@@ -32,7 +32,8 @@ BASE_MODELS = ["default", "depth-anything-v2-small", "depth-anything-v2-base", "
                "depth-anything-v2-metric-hypersim-small", "depth-anything-v2-metric-vkitti-small", "file"]
 #: an earlier run's results in the output folder: keep them (refuse to start), resume its training, or replace them
 EARLIER_RESULTS = ["keep", "resume", "replace"]
-# cancel: the stop line on stdin (train saves last.pt: a step can take seconds), then terminate(), then kill()
+# cancel: the stop line on stdin (train saves last.pt: a step can take seconds), then SIGTERM to the interpreter,
+# then the whole process tree ended, KILL_GRACE_MS apart (SurgicalDepthTrainingLib.process_tree)
 KILL_GRACE_MS = 60000
 
 
@@ -305,14 +306,14 @@ class SurgicalDepthTrainingLogic(ScriptedLoadableModuleLogic):
         SIGTERM, saving a training's state: PythonSlicer is a launcher that passes stdin on to the interpreter, not
         signals), then SIGTERM to the interpreter and the end of the whole process tree KILL_GRACE_MS apart while
         it runs (``process_tree``: terminate() and kill() reach the launcher only). Its finished signal: "cancelled"."""
-        from SurgicalDepthTrainingLib.process_tree import kill_process_tree, stop_command
+        from SurgicalDepthTrainingLib.process_tree import is_slicer_launcher, kill_process_tree, stop_command
         process = self._process
         if process is None:
             return
         self._cancelled = True
         process.write(b"stop\n")
         process.closeWriteChannel()
-        pid, launcher = process.processId(), process.program() != sys.executable
+        pid, launcher = process.processId(), is_slicer_launcher(process.program())
         running = lambda: process.state() != qt.QProcess.NotRunning  # noqa: E731
         qt.QTimer.singleShot(KILL_GRACE_MS, lambda: running() and stop_command(pid, launcher))
         qt.QTimer.singleShot(2 * KILL_GRACE_MS, lambda: running() and kill_process_tree(pid))

@@ -189,7 +189,7 @@ class Connection:
         got, last = 0, time.monotonic()
         while got < len(buf):
             if time.monotonic() > deadline:
-                raise StreamBroken("slow", f"message slower than {MIN_BODY_RATE >> 20} MB/s")
+                raise StreamBroken("slow", f"message arriving slower than {MIN_BODY_RATE >> 10} KiB/s")
             try:
                 n = self.sock.recv_into(buf[got:])
             except socket.timeout:

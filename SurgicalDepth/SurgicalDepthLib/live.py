@@ -388,7 +388,8 @@ class DepthService:
         if seen is not None and (mask is seen.mask or mask is not None and seen.mask is not None
                                  and np.array_equal(mask, seen.mask)):
             mask = seen.mask  # the same object: the running stream goes on
-        self._fov_masks[key] = _FovState(1 if seen is None else seen.frames + 1, peak, mask)
+        frames = 1 if seen is None else seen.frames + 1
+        self._fov_masks[key] = _FovState(frames, peak if frames < FOV_FRAMES else None, mask)  # settled: no peak
         self._fov_masks.move_to_end(key)
         if len(self._fov_masks) > _FOV_DEVICES:
             self._fov_masks.popitem(last=False)
@@ -403,5 +404,5 @@ class _FovState:
     """What "auto" knows of one source's field of view: frames seen, their per-pixel peak, the mask found."""
 
     frames: int
-    peak: np.ndarray
+    peak: np.ndarray | None
     mask: np.ndarray | None

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-__all__ = ["child_pids", "kill_process_tree", "stop_command"]
+__all__ = ["child_pids", "is_slicer_launcher", "kill_process_tree", "stop_command"]
 
 
 def child_pids(pid: int) -> list[int]:
@@ -35,6 +35,13 @@ def child_pids(pid: int) -> list[int]:
     except (OSError, subprocess.TimeoutExpired):
         return []
     return [int(word) for word in found.stdout.split() if word.isdigit()]
+
+
+def is_slicer_launcher(program: str) -> bool:
+    """Whether ``program`` is Slicer's Python launcher (``PythonSlicer``, ``PythonSlicer.exe``), which runs the
+    interpreter as its child, rather than an interpreter itself."""
+    name = program.replace("\\", "/").rsplit("/", 1)[-1].lower()  # either separator, whatever this OS uses
+    return name in ("pythonslicer", "pythonslicer.exe")
 
 
 def stop_command(pid: int, launcher: bool) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from SurgicalDepthTrainingLib.process_tree import child_pids, kill_process_tree, stop_command
+from SurgicalDepthTrainingLib.process_tree import child_pids, is_slicer_launcher, kill_process_tree, stop_command
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals (Windows: taskkill /T /F)")
 
@@ -95,3 +95,11 @@ def test_kill_ends_the_whole_tree(started):
     while (_alive(interpreter) or _alive(worker)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not _alive(interpreter) and not _alive(worker)
+
+
+def test_slicer_launcher_is_told_from_an_interpreter():
+    """Catches the Cancel signalling the launcher itself (which passes no signal on) because ``PythonSlicer`` was
+    taken for an interpreter, or an interpreter's own workers signalled instead of it."""
+    assert is_slicer_launcher("/opt/Slicer-5.8/bin/PythonSlicer")
+    assert is_slicer_launcher(r"C:\Users\me\AppData\Local\slicer.org\Slicer 5.8\bin\PythonSlicer.exe")
+    assert not is_slicer_launcher(sys.executable) and not is_slicer_launcher("/usr/bin/python3")
