@@ -219,7 +219,7 @@ class SurgicalDepthTrainingLogic(ScriptedLoadableModuleLogic):
         self._requirements()
         from SurgicalDepthTrainingLib.slicer_helpers import synth_command
         return self.start(synth_command(self.pythonExecutable(), self._folder(p.datasetRoot, "dataset folder"),
-                                        frames=p.synthFrames), onProgress, onFinished)
+                                        frames=p.synthFrames, earlier=p.earlierResults), onProgress, onFinished)
 
     def startTraining(self, p, onProgress=None, onFinished=None):
         self._requirements()

@@ -211,6 +211,33 @@ def test_synth_manifest_existing_folder_and_seed(data, tmp_path):
     assert snapshot(data) == before and not (tmp_path / "neg").exists()
 
 
+def test_synth_overwrite_replaces_only_its_own_data_set(data, tmp_path):
+    """The contract's "a folder holding another run's outputs is refused unless --overwrite" for synth, which had
+    no --overwrite ("unrecognized arguments"). Catches --overwrite deleting a folder that is not a synth data set
+    or holds a file no synth run wrote (the user's notes, a prediction), and the old data set gone before the new
+    one is complete (a failed or interrupted replacement must leave it as it was)."""
+    from SurgicalDepthLib.run_folder import read_manifest
+
+    out = tmp_path / "syn"
+    common = ("--frames", "2", "--size", "28x42", "--progress", "none")
+    assert cli("synth", "--output", out, "--seed", "1", *common).returncode == 0
+    first = snapshot(out)
+    assert cli("synth", "--output", out, "--seed", "2", "--overwrite", *common).returncode == 0
+    second = snapshot(out)
+    assert sorted(second) == sorted(first) and second != first  # the same layout, other frames
+    assert read_manifest(out)[0]["command"] == "synth" and sorted(p.name for p in tmp_path.iterdir()) == ["syn"]
+    assert_error(cli("synth", "--output", out, "--seed", "3", "--overwrite", "--fov", "500", *common), "--fov")
+    assert snapshot(out) == second and sorted(p.name for p in tmp_path.iterdir()) == ["syn"]
+    (out / "notes.txt").write_text("mine")
+    assert_error(cli("synth", "--output", out, "--overwrite", *common), "notes.txt", "no synth run wrote")
+    assert (out / "notes.txt").read_text() == "mine"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "a.png").write_bytes(b"x")
+    assert_error(cli("synth", "--output", other, "--overwrite", *common), "not a data set written by synth")
+    assert (other / "a.png").read_bytes() == b"x"
+
+
 def test_synth_polyp_options(tmp_path):
     """Catches: --polyps -1 or --albedo-patches 1.5 failing with SceneConfig's field name (or a traceback) instead
     of the flag, and --close-up without polyps silently rendering the plain lumen path; none may leave a folder

@@ -11,7 +11,9 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# public name -> submodule that defines it
+# public name -> submodule that defines it. No name may equal its submodule's: importing the submodule (as loading a
+# model does) sets the package attribute of that name to the module, so the name would mean a function at one time
+# and a module at another (the functions preprocess.preprocess and icp.icp are therefore not exported here)
 _EXPORTS: dict[str, str] = {
     # model
     "ModelConfig": "configs",
@@ -29,7 +31,6 @@ _EXPORTS: dict[str, str] = {
     "official_to_hf": "checkpoints",
     "hf_to_official": "checkpoints",
     "CheckpointError": "checkpoints",
-    "preprocess": "preprocess",
     "official_input_size": "preprocess",
     "WEIGHTS": "weights",
     "download": "weights",
@@ -51,7 +52,6 @@ _EXPORTS: dict[str, str] = {
     "disparity_to_depth": "alignment",
     "align_scale": "alignment",
     "TSDFVolume": "tsdf",
-    "icp": "icp",
     "estimate_poses": "icp",
     # stream and video
     "depth_stream": "stream",

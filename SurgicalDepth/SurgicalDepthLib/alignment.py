@@ -84,12 +84,16 @@ def fit_scale_shift(pred: np.ndarray, reference: np.ndarray, mask: np.ndarray | 
     return s, float(rm - s * pm)
 
 
-def align_scale(pred: np.ndarray, reference: np.ndarray, mask: np.ndarray | None = None,
-                mode: str = "median") -> np.ndarray:
-    """``pred`` rescaled to ``reference``: ``s · pred + t`` with (s, t) from :func:`fit_scale_shift`.
+def align_scale(pred: np.ndarray, reference: np.ndarray, mode: str = "median",
+                mask: np.ndarray | None = None) -> np.ndarray:
+    """``pred`` rescaled to ``reference``: ``s · pred + t`` with (s, t) from :func:`fit_scale_shift`; ``mode``
+    third, as the public contract writes the call (``align_scale(pred, reference, "scale_shift")``).
 
     Returns float32 of ``pred``'s shape, in the unit of ``reference``; every pixel is transformed (NaN stays NaN).
     """
+    if not isinstance(mode, str):
+        raise TypeError(f"align_scale(pred, reference, mode, mask): mode is 'median' or 'scale_shift', got a "
+                        f"{type(mode).__name__}; pass a mask as mask=")
     s, t = fit_scale_shift(pred, reference, mask, mode)
     return (_as_float("pred", pred) * s + t).astype(np.float32)
 

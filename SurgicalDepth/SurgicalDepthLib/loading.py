@@ -137,8 +137,9 @@ def load_model(source: str | os.PathLike = "default", *, device: str | torch.dev
         return load_backend(source, backend, device=device, precision=precision, **hints)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
-    if src.startswith("random:"):
-        model = DepthModel(get_model_config(src[len("random:"):]))
+    if src.startswith("random:"):  # a hint that contradicts the registry's architecture is an error, as for files
+        config = agreeing_config(get_model_config(src[len("random:"):]), hints, src, "the registered model's")
+        model = DepthModel(config)
         model.source = src
     else:
         if src == "default":

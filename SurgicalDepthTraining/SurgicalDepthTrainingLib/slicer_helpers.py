@@ -105,11 +105,12 @@ EARLIER_RESULTS = ("keep", "resume", "replace")
 
 def earlier_results_flags(command: str, earlier: str) -> list[str]:
     """The flags of ``surgical-depth COMMAND`` for the panel's choice ``earlier`` (:data:`EARLIER_RESULTS`):
-    ``--resume`` (``train`` only), ``--overwrite`` (``train``, ``evaluate``), or none."""
+    ``--resume`` (``train`` only), ``--overwrite`` (``train``, ``evaluate``, ``synth``: its earlier data set), or
+    none."""
     _check_choice("earlier results", earlier, EARLIER_RESULTS)
     if earlier == "resume":
         return ["--resume"] if command == "train" else []
-    return ["--overwrite"] if earlier == "replace" and command in ("train", "evaluate") else []
+    return ["--overwrite"] if earlier == "replace" and command in ("train", "evaluate", "synth") else []
 
 
 def train_command(python: str, recipe: TrainRecipe, n_gpus: int = 1, earlier: str = "keep") -> list[str]:
@@ -127,15 +128,17 @@ def train_command(python: str, recipe: TrainRecipe, n_gpus: int = 1, earlier: st
     return [python, "-m", CLI_MODULE, *args]
 
 
-def synth_command(python: str, output: str, frames: int = 64, seed: int = 0, organ: str | None = None) -> list[str]:
-    """argv of ``surgical-depth synth --progress jsonl`` writing a synthetic dataset into ``output``."""
+def synth_command(python: str, output: str, frames: int = 64, seed: int = 0, organ: str | None = None,
+                  earlier: str = "keep") -> list[str]:
+    """argv of ``surgical-depth synth --progress jsonl`` writing a synthetic dataset into ``output``;
+    ``earlier="replace"`` replaces a data set an earlier synth run wrote there."""
     if int(frames) < 1:
         raise ValueError(f"frames must be >= 1, got {frames!r}")
     cmd = [python, "-m", CLI_MODULE, "synth", "--output", str(output), "--frames", str(int(frames)),
            "--seed", str(int(seed))]
     if organ:
         cmd += ["--organ", organ]
-    return [*cmd, *PROGRESS_ARGS]
+    return [*cmd, *earlier_results_flags("synth", earlier), *PROGRESS_ARGS]
 
 
 def evaluate_command(python: str, dataset: str, root: str, model: str, output_json: str,

@@ -103,3 +103,14 @@ def test_disparity_explicit_scale_and_argument_rules(depth):
         disparity_to_depth(disparity)
     with pytest.raises(ValueError, match=r"got \['depth_range', 'scale'\]"):
         disparity_to_depth(disparity, depth_range=(1, 2), scale=1.0)
+
+
+def test_mode_is_the_third_argument_as_the_contract_writes_it(depth):
+    """Catches ``sd.align_scale(pred, reference, "scale_shift")`` (the contract's call) taking the mode string for
+    a mask ("mask shape () does not match"); a mask passed third by old habit is a clear TypeError."""
+    import SurgicalDepthLib as sd
+
+    pred = (depth - 11.0) / 2.5
+    np.testing.assert_allclose(sd.align_scale(pred, depth, "scale_shift"), depth, rtol=1e-5)
+    with pytest.raises(TypeError, match="pass a mask as mask="):
+        sd.align_scale(pred, depth, np.ones(depth.shape, bool))

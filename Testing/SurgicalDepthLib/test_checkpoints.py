@@ -327,3 +327,7 @@ def test_hints_that_contradict_the_file_are_errors(tmp_path):
     assert infer_config(state, name="run_v1.pth", version="v2").version == "v2"  # a bare token is only a default
     with pytest.raises(CheckpointError, match="max_depth=5 conflicts with its official file name"):
         infer_config(state, name="depth_anything_v2_metric_hypersim_vits.pth", max_depth=5.0)
+    # a random init of a registry architecture: ``version='v1'`` on a V2 name was silently dropped
+    with pytest.raises(CheckpointError, match="version='v1' conflicts with the registered model's version='v2'"):
+        sd.load_model("random:depth-anything-v2-small", device="cpu", version="v1")
+    assert sd.load_model("random:surgical-depth-tiny", device="cpu", version="v2").config.version == "v2"

@@ -64,3 +64,20 @@ def test_zero_input_or_batch_size_is_refused_not_read_as_the_default(one_torch_t
         model.infer_batch([rgb], input_size=0)
     with pytest.raises(ValueError, match="batch_size"):
         list(model.iter_batches([rgb], batch_size=0))
+
+
+def test_every_public_name_means_one_thing_after_its_module_is_imported():
+    """Catches a public name equal to the submodule that defines it (``sd.preprocess``, ``sd.icp``): once the
+    submodule was imported (loading a model imports ``preprocess``), the package attribute became the module, so
+    the name meant a function in a fresh interpreter and a module later. Checked in a fresh interpreter that first
+    imports every submodule, then resolves every name of ``__all__``."""
+    import subprocess
+    import sys
+
+    code = ("import importlib, types, SurgicalDepthLib as sd\n"
+            "for module in sorted(set(sd._EXPORTS.values())): importlib.import_module('SurgicalDepthLib.' + module)\n"
+            "bad = [n for n in sd.__all__ if isinstance(getattr(sd, n), types.ModuleType)]\n"
+            "print(bad)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

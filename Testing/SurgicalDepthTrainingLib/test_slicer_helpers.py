@@ -90,6 +90,8 @@ def test_earlier_results_choice_reaches_train_and_evaluate(tmp_path):
         evaluate = parser.parse_args(sh.evaluate_command("py", "c3vd", "/s", "default", "/o.json",
                                                          earlier=earlier)[3:])
         assert evaluate.overwrite == overwrite  # evaluate has nothing to resume
+        synth = parser.parse_args(sh.synth_command("py", "/d", earlier=earlier)[3:])
+        assert synth.overwrite == overwrite  # an earlier synthetic data set in the dataset folder
     with pytest.raises(ValueError, match="earlier results must be one of"):
         sh.train_command("py", _recipe(), earlier="overwrite")
 

@@ -28,6 +28,9 @@ def register(subparsers) -> None:
                                           "write RGB, exact z-depth (uint16 PNG, 0.01 mm), intrinsics and poses.")
     p.add_argument("--output", required=True, type=Path,
                    help="output folder (must not exist; written under a temporary name, with a run manifest)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a data set that an earlier synth run wrote in --output (refused when the folder "
+                        "holds any file that run did not write); the old one goes only once the new one is complete")
     p.add_argument("--frames", type=int, default=16, help="number of frames (default 16)")
     p.add_argument("--seed", type=int, default=0, help="random seed of geometry, textures, lighting and path")
     p.add_argument("--organ", choices=ORGANS, default="colon", help="scene type (default colon)")
@@ -71,6 +74,44 @@ def scene_config(flags: dict[str, str] | None = None, **fields):
         raise ValueError(flags[found.group(1)] + str(exc)[found.end(1):]) from None
 
 
+def _check_replaceable(folder: Path) -> None:
+    """Refuse ``--overwrite`` unless ``folder`` is a data set an earlier synth run wrote, holding nothing else (no
+    file of the user's, no other command's outputs, no running synth's lock)."""
+    from SurgicalDepthLib.run_folder import MANIFEST_NAME, OutputConflict, read_manifest
+
+    previous = read_manifest(folder) if folder.is_dir() else None
+    if previous is None or previous[0].get("command") != "synth":
+        raise OutputConflict(f"--output {folder} is not a data set written by synth (no synth run manifest); "
+                             "--overwrite replaces only those: choose a new folder")
+    listed = {*previous[1], MANIFEST_NAME}
+    foreign = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
+                     if not p.is_dir() and p.relative_to(folder).as_posix() not in listed)
+    if foreign:
+        raise OutputConflict(f"--output {folder} holds {len(foreign)} file(s) that no synth run wrote (first: "
+                             f"{foreign[0]}); nothing was replaced: choose a new folder")
+
+
+def _beside(folder: Path, what: str) -> Path:
+    """An unused hidden name beside ``folder`` (``.name.what-XXXXXXXX``)."""
+    import secrets
+
+    while (path := folder.parent / f".{folder.name}.{what}-{secrets.token_hex(4)}").exists():
+        pass
+    return path
+
+
+def _swap_in(new: Path, folder: Path) -> Path:
+    """Put the complete data set ``new`` at ``folder`` in place of the old one, which is then deleted."""
+    import os
+    import shutil
+
+    old = _beside(folder, "old")
+    os.replace(folder, old)
+    os.replace(new, folder)
+    shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
 def _counted(frames: Iterator, stage: Stage) -> Iterator[dict]:
     """The frames as dicts; ``stage`` advances once the consumer asks for the next frame, i.e. after it has
     written the previous one."""
@@ -88,8 +129,12 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
     if args.close_up and not args.polyps > 0:
         raise ValueError("--close-up needs polyps to look at: give --polyps N (N > 0)")
-    if args.output.exists():
-        raise FileExistsError(f"--output {args.output} already exists; choose a new folder")
+    replacing = args.output.exists()
+    if replacing and not args.overwrite:
+        raise FileExistsError(f"--output {args.output} already exists; choose a new folder, or pass --overwrite to "
+                              "replace a data set an earlier synth run wrote there")
+    if replacing:
+        _check_replaceable(args.output)
     height, width = args.size
     fov = args.fov if args.fov is not None else (140.0 if args.fisheye else 100.0)
     config = scene_config(organ=args.organ, height=height, width=width, fov_deg=fov, seed=args.seed,
@@ -97,9 +142,12 @@ def run(args: argparse.Namespace) -> int:
                          blood=args.blood, polyps=args.polyps, close_up=args.close_up,
                          albedo_patches=args.albedo_patches)
     generator = SceneGenerator(config)
+    target = _beside(args.output, "new") if replacing else args.output  # the old data set stays until this is done
     with progress_of(args).stage("synth", args.frames, unit="frame", desc=f"synth {args.organ}") as stage:
-        root = write_synthetic(_counted(generator.iter_frames(args.frames), stage), args.output,
+        root = write_synthetic(_counted(generator.iter_frames(args.frames), stage), target,
                                {"organ": args.organ, "seed": args.seed, "generator": config.to_dict()})
+    if replacing:
+        root = _swap_in(root, args.output)
     print(f"wrote {args.frames} {args.organ} frames to {root}")
     args.result = {"frames": args.frames, "output": str(root)}
     return 0
