@@ -75,9 +75,14 @@ def test_every_public_name_means_one_thing_after_its_module_is_imported():
     import sys
 
     code = ("import importlib, types, SurgicalDepthLib as sd\n"
-            "for module in sorted(set(sd._EXPORTS.values())): importlib.import_module('SurgicalDepthLib.' + module)\n"
-            "bad = [n for n in sd.__all__ if isinstance(getattr(sd, n), types.ModuleType)]\n"
-            "print(bad)\n")
+            "def imported(module):\n"
+            "    try:\n"
+            "        return importlib.import_module('SurgicalDepthLib.' + module)\n"
+            "    except ModuleNotFoundError as exc:  # an optional extra that is not installed (pyigtl: live)\n"
+            "        if (exc.name or '').startswith('SurgicalDepthLib'): raise\n"
+            "modules = {m: imported(m) for m in sorted(set(sd._EXPORTS.values()))}\n"
+            "names = [n for n in sd.__all__ if modules[sd._EXPORTS[n]] is not None]\n"
+            "print([n for n in names if isinstance(getattr(sd, n), types.ModuleType)], len(names) > 50)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "[]"
+    assert done.stdout.strip() == "[] True"
