@@ -99,20 +99,35 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_dir(path: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside ``path``; on success rename it to ``path``, on error delete it.
 
+    ``replace``: an existing folder ``path`` is replaced, and only once the new one is complete: it is moved into
+    a temporary folder beside it, the new one renamed in, then the old one deleted (moved back if the rename fails).
+    A caller checks first that it may go.
+
     Raises:
-        FileExistsError: ``path`` exists already. Missing parent folders are created.
+        FileExistsError: ``path`` exists already (without ``replace``). Missing parent folders are created.
     """
     path = Path(path)
-    if path.exists():
+    if path.exists() and not replace:
         raise FileExistsError(f"{path} already exists")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _create_unique(path.parent, f".{path.name}.", "", _new_folder)
     try:
         yield tmp
-        os.replace(tmp, path)
+        if not path.exists():
+            os.replace(tmp, path)
+            return
+        # the old folder goes inside a new one: renaming onto an existing (empty) folder fails on Windows
+        aside = _create_unique(path.parent, f".{path.name}.old-", "", _new_folder)
+        os.replace(path, aside / path.name)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            os.replace(aside / path.name, path)
+            raise
+        shutil.rmtree(aside, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

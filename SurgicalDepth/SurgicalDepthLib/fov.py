@@ -25,6 +25,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .video import decode_image_file
+
 #: Frames read from the start of a clip to find its field of view.
 FOV_FRAMES = 8
 
@@ -156,11 +158,10 @@ def write_fov_mask(path: str | os.PathLike, mask: np.ndarray) -> Path:
 
 
 def read_fov_mask(path: str | os.PathLike) -> np.ndarray:
-    """A mask image (any 8/16-bit PNG, JPEG, ...; nonzero = tissue) as bool ``[H, W]``. Decoded from the file's
-    bytes: ``cv2.imread`` cannot open non-ASCII paths on Windows (a user name with an accent in Slicer's temp
-    folder)."""
-    data = np.fromfile(str(path), np.uint8) if os.path.isfile(path) else np.zeros(0, np.uint8)
-    mask = cv2.imdecode(data, cv2.IMREAD_GRAYSCALE) if data.size else None
+    """A mask image (any 8/16-bit PNG, JPEG, ...; nonzero = tissue) as bool ``[H, W]`` (read from its bytes,
+    :func:`~.video.decode_image_file`: a non-ASCII path, such as Slicer's temp folder under an accented user name,
+    opens on Windows too)."""
+    mask = decode_image_file(path, cv2.IMREAD_GRAYSCALE) if os.path.isfile(path) else None
     if mask is None:
         raise FileNotFoundError(f"field-of-view mask {path} does not exist or is not an image")
     return mask > 0

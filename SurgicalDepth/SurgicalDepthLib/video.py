@@ -126,6 +126,14 @@ def frame_source_images(path: str | os.PathLike, kind: str | None = None) -> lis
     raise ValueError(f"{path} is a {kind} source, not images (expected one of 'glob', 'folder', 'image')")
 
 
+def decode_image_file(path: str | os.PathLike, flags: int) -> np.ndarray | None:
+    """The image in the file ``path`` as OpenCV decodes it with ``flags`` (``cv2.IMREAD_*``), or None when the file
+    is empty or cannot be decoded. Decoded from the file's bytes: ``cv2.imread`` cannot open non-ASCII paths on
+    Windows. The caller checks that ``path`` is a file."""
+    data = np.fromfile(str(path), dtype=np.uint8)
+    return cv2.imdecode(data, flags) if data.size else None
+
+
 def read_image(path: str | os.PathLike, *, orientation: bool = True) -> np.ndarray:
     """Read one image file as RGB uint8 ``[H, W, 3]``: grey is expanded to three channels, alpha is dropped, and
     16-bit samples keep their high byte (``value >> 8``, as libpng's 16-to-8-bit conversion).
@@ -143,9 +151,7 @@ def read_image(path: str | os.PathLike, *, orientation: bool = True) -> np.ndarr
     # ANYDEPTH keeps 16 bits (converted here, the same for every format; IMREAD_COLOR would round 16-bit TIFFs
     # but truncate 16-bit PNGs), ANYCOLOR keeps grey as one channel and drops alpha.
     flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR | (0 if orientation else cv2.IMREAD_IGNORE_ORIENTATION)
-    # imdecode on bytes instead of imread: works with non-ASCII paths on Windows too
-    data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, flags) if data.size else None
+    image = decode_image_file(path, flags)
     if image is None:
         raise ValueError(f"cannot decode image {path}: not a readable {path.suffix or 'image'} file")
     if image.dtype == np.uint16:

@@ -85,11 +85,11 @@ def evaluate_predictions(samples: Iterable[tuple[str, np.ndarray, np.ndarray, np
 
 
 def _predictions(model: Any, dataset: Any, input_size: int | None, batch_size: int, lens: SampleLensCorrection,
-                 detail_size: int | None) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]]:
+                 detail_size: int | None,
+                 to_mm: float) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]]:
+    """``(name, prediction × to_mm corrected to the sample's lens, gt, valid)`` per sample, predicted in batches."""
     group: list[dict[str, Any]] = []
     detail = {} if detail_size is None else {"detail_size": detail_size}
-    # the datasets' ground truth is in mm: a metric model's metres (the official metric models) are converted
-    to_mm = MM_PER_UNIT[model.depth_unit] if model.output_kind == "depth" else 1.0
 
     def flush() -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]]:
         frames = [s["image"] for s in group]
@@ -156,12 +156,14 @@ def evaluate(model: Any, dataset: Any, *, alignment: str = "median", input_size:
     max_depth = getattr(dataset, "max_depth", None) if max_depth is None else max_depth
     reporter = progress if progress is not None else ProgressReporter("bar")
     lens = SampleLensCorrection(model, lens_correction)
+    # the datasets' ground truth is in mm: a metric model's metres (the official metric models) are converted
+    to_mm = MM_PER_UNIT[model.depth_unit] if model.output_kind == "depth" else 1.0
     with reporter.stage("evaluate", len(dataset), unit="image") as stage:
-        body = evaluate_predictions(_predictions(model, dataset, input_size, batch_size, lens, detail_size),
+        body = evaluate_predictions(_predictions(model, dataset, input_size, batch_size, lens, detail_size, to_mm),
                                     alignment=alignment,
                                     pred_kind=model.output_kind, min_depth=min_depth, max_depth=max_depth,
                                     on_image=_stage_updates(stage))
-    if model.output_kind == "depth" and MM_PER_UNIT[model.depth_unit] != 1.0:
+    if to_mm != 1.0:
         body["notes"] += f"; the model's output in {model.depth_unit} converted to mm"
     report = {
         "dataset": str(getattr(dataset, "name", type(dataset).__name__)),

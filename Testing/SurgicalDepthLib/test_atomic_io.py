@@ -42,6 +42,26 @@ def test_success_renames_and_failure_leaves_nothing(tmp_path):
         pass
 
 
+def test_atomic_dir_replaces_a_folder_only_once_the_new_one_is_complete(tmp_path):
+    """``replace=True`` (``synth --overwrite``). Catches the old folder deleted before the new one was complete
+    (a writer that fails then loses both), a replaced folder left beside the result, and an existing folder
+    replaced without being asked to."""
+    old = tmp_path / "data"
+    old.mkdir()
+    (old / "old.txt").write_text("old")
+    with pytest.raises(FileExistsError, match="already exists"), atomic_dir(old):
+        pass
+    with pytest.raises(RuntimeError), atomic_dir(old, replace=True) as tmp:
+        (tmp / "new.txt").write_text("half")
+        raise RuntimeError("writer failed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"] and (old / "old.txt").read_text() == "old"
+    with atomic_dir(old, replace=True) as tmp:
+        (tmp / "new.txt").write_text("new")
+        assert (old / "old.txt").is_file()  # still there while the new one is written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
+    assert sorted(p.name for p in old.iterdir()) == ["new.txt"]
+
+
 def test_temporary_names_keep_the_documented_pattern(tmp_path):
     """Catches a changed temporary name: training's stale-temporary clean-up (checkpointing) matches this pattern."""
     with atomic_path(tmp_path / "last.pt") as tmp:

@@ -91,27 +91,6 @@ def _check_replaceable(folder: Path) -> None:
                              f"{foreign[0]}); nothing was replaced: choose a new folder")
 
 
-def _beside(folder: Path, what: str) -> Path:
-    """An unused hidden name beside ``folder`` (``.name.what-XXXXXXXX``)."""
-    import secrets
-
-    while (path := folder.parent / f".{folder.name}.{what}-{secrets.token_hex(4)}").exists():
-        pass
-    return path
-
-
-def _swap_in(new: Path, folder: Path) -> Path:
-    """Put the complete data set ``new`` at ``folder`` in place of the old one, which is then deleted."""
-    import os
-    import shutil
-
-    old = _beside(folder, "old")
-    os.replace(folder, old)
-    os.replace(new, folder)
-    shutil.rmtree(old, ignore_errors=True)
-    return folder
-
-
 def _counted(frames: Iterator, stage: Stage) -> Iterator[dict]:
     """The frames as dicts; ``stage`` advances once the consumer asks for the next frame, i.e. after it has
     written the previous one."""
@@ -142,12 +121,10 @@ def run(args: argparse.Namespace) -> int:
                          blood=args.blood, polyps=args.polyps, close_up=args.close_up,
                          albedo_patches=args.albedo_patches)
     generator = SceneGenerator(config)
-    target = _beside(args.output, "new") if replacing else args.output  # the old data set stays until this is done
     with progress_of(args).stage("synth", args.frames, unit="frame", desc=f"synth {args.organ}") as stage:
-        root = write_synthetic(_counted(generator.iter_frames(args.frames), stage), target,
-                               {"organ": args.organ, "seed": args.seed, "generator": config.to_dict()})
-    if replacing:
-        root = _swap_in(root, args.output)
+        root = write_synthetic(_counted(generator.iter_frames(args.frames), stage), args.output,
+                               {"organ": args.organ, "seed": args.seed, "generator": config.to_dict()},
+                               replace=replacing)  # the old data set stays until the new one is complete
     print(f"wrote {args.frames} {args.organ} frames to {root}")
     args.result = {"frames": args.frames, "output": str(root)}
     return 0

@@ -30,7 +30,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from SurgicalDepthLib.camera import Intrinsics
-from SurgicalDepthLib.video import read_image
+from SurgicalDepthLib.video import decode_image_file, read_image
 
 logger = logging.getLogger(__name__)
 
@@ -53,13 +53,9 @@ class Pair:
 
 # ---------------------------------------------------------------------------------------------- file readers
 def _imread(path: Path, flags: int) -> np.ndarray:
-    import cv2  # lazy: heavy import
-
     if not path.is_file():
         raise DatasetError(f"{path}: file not found")
-    # np.fromfile + imdecode also works for non-ASCII paths on Windows (Slicer users), unlike cv2.imread.
-    data = np.fromfile(str(path), dtype=np.uint8)
-    img = cv2.imdecode(data, flags) if data.size else None
+    img = decode_image_file(path, flags)  # from the bytes: non-ASCII paths open on Windows too
     if img is None:
         hint = (" (OpenEXR needs OPENCV_IO_ENABLE_OPENEXR=1 set before Python starts)"
                 if path.suffix.lower() == ".exr" else "")
