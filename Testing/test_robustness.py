@@ -617,8 +617,10 @@ def test_new_commands_and_options_fail_cleanly_with_an_error_event(tmp_path):
     --teacher-detail-size no larger than the training input, a semi-supervised weight or a teacher accepted without
     unlabeled frames (silently doing nothing) or below 0, train --style-root missing or without images, its
     probability accepted without it, a reversed --style-beta, a --model-version / --model-max-depth that is no
-    choice, no number, or contradicts the weight file (silently dropped or overriding it), ending in a traceback, a
-    half-made run folder, report or graph, or without the jsonl error event the Slicer modules wait for."""
+    choice, no number, or contradicts the weight file (silently dropped or overriding it), synth --overwrite onto a
+    folder that is no synth data set (emptied or replaced), evaluate --max-depth inf (run, with a cap of null),
+    ending in a traceback, a half-made run folder, report or graph, or without the jsonl error event the Slicer
+    modules wait for."""
     model = tmp_path / "m.safetensors"
     import torch
     from SurgicalDepthLib.checkpoints import save_checkpoint
@@ -679,7 +681,10 @@ def test_new_commands_and_options_fail_cleanly_with_an_error_event(tmp_path):
         ("predict", data / "rgb", "--output", tmp_path / "o", "--model-version", "v3", *jsonl),
         ("predict", data / "rgb", "--output", tmp_path / "o_v1", "--model", model, "--model-version", "v1", *jsonl),
         ("export", model, "--format", "onnx", "--output", tmp_path / "x.onnx", "--model-max-depth", "20", *jsonl),
-        (*TRAIN, "--root", tmp_path, "--output", tmp_path / "o", "--model-max-depth", "deep", *jsonl))
+        (*TRAIN, "--root", tmp_path, "--output", tmp_path / "o", "--model-max-depth", "deep", *jsonl),
+        ("synth", "--output", tmp_path / "no_frames", "--overwrite", "--frames", "1", "--size", "28x42", *jsonl),
+        ("evaluate", "--dataset", "folder", "--root", data, "--output", tmp_path / "r.json", *TINY,
+         "--max-depth", "inf", *jsonl))
     needles = [(existing, "--overwrite"), ("m.safetensors",), ("tflite",), ("nohost",), ("99999",), ("tensorrt-x",),
                ("none.png",), ("--photometric", "1.5"), ("--unlabeled-root", "nowhere"), ("--intrinsics", "1,2,x"),
                ("--intrinsics", "500,500,-1,20"), ("--intrinsics", "nowhere.yaml"), ("notes.txt",),
@@ -690,7 +695,8 @@ def test_new_commands_and_options_fail_cleanly_with_an_error_event(tmp_path):
                ("--unlabeled-weight", "-1"), ("--style-root", "nowhere"), ("--style-prob", "only with --style-root"),
                ("--style-beta", "(0.3, 0.1)"), ("style frames", "no image files", "no_frames"),
                ("--model-version", "v3"), ("m.safetensors", "version='v1' conflicts", "version='v2'"),
-               ("max_depth=20.0 conflicts", "max_depth=None"), ("--model-max-depth", "deep")]
+               ("max_depth=20.0 conflicts", "max_depth=None"), ("--model-max-depth", "deep"),
+               ("no_frames", "not a data set written by synth"), ("--max-depth", "inf")]
     for result, expected in zip(runs, needles):
         if result.args[0] == "stream" and "pyigtl" in result.stderr:
             continue  # the [igtl] extra is not installed: that one-line error is checked by test_live.py
