@@ -101,7 +101,7 @@ class SurgicalDepthWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
-        self.logic.stopLive()
+        self.logic.stopLive(wait=True)
         self.removeObservers()
 
     def onSceneStartClose(self, caller=None, event=None) -> None:
@@ -169,6 +169,7 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
         ScriptedLoadableModuleLogic.__init__(self)
         self._models, self.modelStatus = {}, ""  # slicer_model.load_cached's cache; the last model's backend, why
         self._live: Optional[dict] = None  # the live run's worker, nodes, timer and observations
+        self._stopping: Optional[dict] = None  # a stopped live run whose worker is still finishing its image
     liveRunning = property(lambda self: self._live is not None)
 
     def getParameterNode(self):
@@ -228,6 +229,7 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
         self.setupPythonRequirements(askConfirmation=True)
         from SurgicalDepthLib import slicer_run as run
         from SurgicalDepthLib.slicer_helpers import Cancelled, SurgicalDepthNodes, has_calibration, resolve_intrinsics
+        from SurgicalDepthLib.slicer_sequences import store_outputs
         src = (run.video_source(videoPath, startFrame, frameStride, maxFrames, currentOnly) if videoPath is not None
                and browser is None and volume is None else self._nodeSource(browser, volume, startFrame, frameStride,
                                                                             maxFrames, currentOnly))
@@ -241,8 +243,8 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
         nodes = SurgicalDepthNodes(frames=src.sequence, model=net)
         with self._collectNewNodes(nodes, name):
             temps = self._newSequences(nodes, name, src, kinds)
-            result = run.run_frames(net, src, intr, kinds, lambda item, outputs: self._store(
-                nodes, temps, src.index_value(item), src.ijk_to_ras(item), outputs), progress,
+            result = run.run_frames(net, src, intr, kinds, lambda item, outputs: store_outputs(
+                slicer.util, nodes, temps, src.index_value(item), src.ijk_to_ras(item), outputs), progress,
                 point_budget=pointBudget, near_mm=nearMm, far_mm=farMm, voxel_mm=voxelMm, temporal=temporal,
                 input_size=inputSize or None, fov_mask=fovMask, calibrated=has_calibration(intrinsics, calibration, fx),
                 detail_size=detailSize or None)
@@ -267,46 +269,56 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
         run's proxies; the sequences keep the first ``recordFrames`` images (1 at least); ``onUpdate(text)``: status."""
         from SurgicalDepthLib.live_worker import LiveWorker, new_image_event, worker_options
         from SurgicalDepthLib.slicer_source import volume_array
-        self.stopLive()
+        self.stopLive(wait=True)  # and a stopped worker still finishing its image
         nodes = self.process(volume=volume, model=model, **options)
         worker = LiveWorker(nodes.model, **worker_options(  # the run's model and field of view
             options, slicer.util.arrayFromVolume(nodes.fov)[0] > 0 if nodes.fov else None, recordFrames))
         timer = qt.QTimer()  # polls the worker on the GUI thread (MRML only there), like Slicer's Endoscopy module
         timer.setInterval(30)
-        timer.connect("timeout()", self._pollLive)
         imageChanged, sceneClosing = new_image_event(volume, slicer), slicer.mrmlScene.StartCloseEvent
-        self._live = dict(worker=worker.start(), nodes=nodes, timer=timer, onUpdate=onUpdate, observed=[
+        self._live = live = dict(worker=worker.start(), nodes=nodes, timer=timer, onUpdate=onUpdate, observed=[
             (volume, volume.AddObserver(imageChanged, lambda caller, event: worker.put(  # a copy: it changes in place
                 volume_array(volume.GetImageData()).copy(), self._ijk(volume)))),
             (slicer.mrmlScene, slicer.mrmlScene.AddObserver(sceneClosing, lambda caller, event: self.stopLive()))])
+        timer.connect("timeout()", lambda: self._pollLive(live))
         timer.start()
         return nodes
 
-    def _pollLive(self) -> None:
+    def _pollLive(self, live: dict, final: bool = False) -> None:
         """Timer slot: results into the proxies in place, the first ``recordFrames`` also into the sequences (which
-        resets the proxies to the browser's item: it is set to the newest); an error stops live depth."""
-        live, nodes = self._live, self._live["nodes"]
+        resets the proxies to the browser's item: it is set to the newest); an error stops live depth. Once stopped,
+        it only says when the worker has ended (``final``: stop polling anyway)."""
+        if live is not self._live:
+            ended = not live["worker"].running
+            live["onUpdate"](live["worker"].stats().format() + (_(" (stopped)") if ended else _(" (stopping)")))
+            if ended or final:
+                live["timer"].stop()
+                self._stopping = None
+            return
+        from SurgicalDepthLib.slicer_sequences import store_outputs
         try:
-            results = live["worker"].results()
+            results, nodes = live["worker"].results(), live["nodes"]
         except Exception as exc:
             self.stopLive()
             return slicer.util.errorDisplay(_("Live depth stopped: {error}").format(error=exc))
         for r in results:
-            self._store(nodes, nodes.proxies, str(r.number) if r.record else None, r.meta, r.outputs)
+            store_outputs(slicer.util, nodes, nodes.proxies, str(r.number) if r.record else None, r.meta, r.outputs)
         if results and r.record:
             nodes.browser.SetSelectedItemNumber(nodes.depth.GetNumberOfDataNodes() - 1)
         nodes.frameCount += len(results)
         live["onUpdate"](live["worker"].stats().format())
 
-    def stopLive(self) -> None:
-        """Stop live depth (if running): no more images are taken, and the worker thread is joined."""
+    def stopLive(self, wait: bool = False) -> None:
+        """Stop live depth (if running): no more images are taken; the worker ends after its image in inference,
+        which the GUI does not wait for (the status says "stopping", then "stopped") unless ``wait``: then that
+        worker, or one stopped earlier and still finishing, is joined (10 s at most: then it ends by itself)."""
         live, self._live = self._live, None
-        if live is not None:
-            live["timer"].stop()
-            for observed, tag in live["observed"]:
-                observed.RemoveObserver(tag)
-            joined = live["worker"].stop(timeout=10.0)  # False: it ends after the image in inference
-            live["onUpdate"](live["worker"].stats().format() + (_(" (stopped)") if joined else _(" (stopping)")))
+        for observed, tag in live["observed"] if live else ():
+            observed.RemoveObserver(tag)
+        self._stopping = live or self._stopping
+        if self._stopping is not None:
+            self._stopping["worker"].stop(timeout=10.0 if wait else 0.0)
+            self._pollLive(self._stopping, final=wait)
 
     def _nodeSource(self, browser, volume, start, stride, maxFrames, currentOnly):
         """``FrameSource`` of one RGB volume, or of the selected items of a browser's master sequence (shared)."""
@@ -331,7 +343,7 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
 
     @staticmethod
     def _newSequences(nodes, name, src, kinds) -> dict:
-        """The run's sequences, indexed like the input frames, and the (scene-less) node ``_store`` reuses per kind."""
+        """The run's sequences, indexed like the input frames, and the (scene-less) node reused per kind."""
         from SurgicalDepthLib.slicer_run import OUTPUT_LABELS, OUTPUT_NODE_CLASSES
         ref = src.sequence  # index type 0 = vtkMRMLSequenceNode::NumericIndex
         index = (ref.GetIndexName(), ref.GetIndexUnit(), ref.GetIndexType()) if ref else (
@@ -342,21 +354,6 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
                 getattr(seq, setter)(value)
             setattr(nodes, kind, seq)
         return {kind: getattr(slicer, cls)() for kind, cls in OUTPUT_NODE_CLASSES.items()}
-
-    @staticmethod
-    def _store(nodes, temps, value: Optional[str], ijk, outputs: dict) -> None:
-        """One frame's outputs (``slicer_run.frame_outputs``) into ``temps`` and the sequences at ``value`` (if any)."""
-        for kind, data in outputs.items():
-            node = temps[kind]
-            if kind in ("frames", "depth"):
-                slicer.util.updateVolumeFromArray(node, data)
-                node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijk))  # the input frame's geometry
-            elif kind == "poses":
-                slicer.util.updateTransformMatrixFromArray(node, data)
-            else:
-                node.SetAndObserveMesh(data)
-            if value is not None:
-                getattr(nodes, kind).SetDataNodeAtValue(node, value)
 
     @contextmanager
     def _collectNewNodes(self, nodes, name: str):

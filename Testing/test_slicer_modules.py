@@ -516,16 +516,24 @@ def test_slicer_test_scripts_are_registered():
 def test_surgical_depth_live_keeps_mrml_on_the_gui_thread():
     """Catches live depth that touches MRML from the worker thread, is not polled from the GUI thread, or leaves an
     observer or a running worker behind: the worker gets only the image copy and its geometry (from an observer of
-    the volume's ImageDataModifiedEvent), a qt.QTimer polls it, and stopLive stops the timer, removes every
-    observer and joins the worker. The image event is ``live_worker.new_image_event``'s (tested there), so a
-    streaming volume is followed by its FrameModifiedEvent."""
+    the volume's ImageDataModifiedEvent), a qt.QTimer polls it, and stopLive removes every observer and stops the
+    worker. The image event is ``live_worker.new_image_event``'s (tested there), so a streaming volume is followed
+    by its FrameModifiedEvent. Also catches a Stop button that freezes the GUI until the image in inference is done
+    (seconds for a large model on a CPU): stopLive joins the worker only when asked to (``wait``: the module's
+    cleanup, and a new start, which must not run two workers), else the timer goes on until the worker has ended,
+    says "stopped" and stops itself."""
     tree = _tree(REPO / "SurgicalDepth" / "SurgicalDepth.py")
     start = ast.unparse(_method(tree, "SurgicalDepthLogic", "startLive"))
-    assert "qt.QTimer()" in start and "timer.connect('timeout()', self._pollLive)" in start
+    assert "qt.QTimer()" in start and "timer.connect('timeout()', lambda: self._pollLive(live))" in start
     assert "new_image_event(volume, slicer)" in start and "slicer.mrmlScene.StartCloseEvent" in start
     assert "volume.AddObserver(imageChanged" in start
     assert "worker.put(volume_array(volume.GetImageData()).copy(), self._ijk(volume))" in start
+    assert start.index("self.stopLive(wait=True)") < start.index("worker.start()")
     stop = ast.unparse(_method(tree, "SurgicalDepthLogic", "stopLive"))
-    assert "timer'].stop()" in stop and "RemoveObserver(tag)" in stop and "worker'].stop(timeout=" in stop
+    assert "RemoveObserver(tag)" in stop and "['worker'].stop(timeout=10.0 if wait else 0.0)" in stop
+    assert "self._pollLive(self._stopping, final=wait)" in stop
     poll = ast.unparse(_method(tree, "SurgicalDepthLogic", "_pollLive"))
     assert "results()" in poll and "self.stopLive()" in poll  # a worker error surfaces here and stops live depth
+    ended = poll[poll.index("if live is not self._live:"):poll.index("try:")]
+    assert "not live['worker'].running" in ended and "live['timer'].stop()" in ended and "return" in ended
+    assert "self.logic.stopLive(wait=True)" in ast.unparse(_method(tree, "SurgicalDepthWidget", "cleanup"))

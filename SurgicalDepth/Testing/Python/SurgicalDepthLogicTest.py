@@ -147,7 +147,8 @@ class SurgicalDepthLogicTest(ScriptedLoadableModuleTest):
 
     def test_live(self):
         """Live depth of an updating volume: the run of its current image, then each update shown in place in the
-        run's proxies (no node added), the first frames recorded up to the budget, and stop joins the worker."""
+        run's proxies (no node added), the first frames recorded up to the budget; stop returns at once (the worker
+        ends after its image in inference, and the status then says so) and nothing is shown after it."""
         import numpy as np
         import SurgicalDepthLib as sd
         volume = slicer.util.addVolumeFromArray(self.clip[0]["image"][None], np.diag([0.5, 0.5, 2.0, 1.0]), "live",
@@ -171,12 +172,18 @@ class SurgicalDepthLogicTest(ScriptedLoadableModuleTest):
         self.assertTrue(np.array_equal(slicer.util.arrayFromVolume(nodes.proxies["frames"])[0],
                                        self.clip[4]["image"]))
         self.assertLessEqual(nodes.proxies["points"].GetPolyData().GetNumberOfPoints(), 300)
+        slicer.util.updateVolumeFromArray(volume, self.clip[5]["image"][None])  # in inference while it stops
+        started = time.monotonic()
         self.logic.stopLive()
+        self.assertLess(time.monotonic() - started, 0.5)  # the GUI does not wait for the image in inference
         self.assertFalse(self.logic.liveRunning)
-        self.assertTrue(statuses and statuses[-1].endswith("(stopped)"))
-        slicer.util.updateVolumeFromArray(volume, self.clip[5]["image"][None])
+        self._waitFor(lambda: statuses[-1].endswith("(stopped)"))  # the timer says when the worker has ended
+        slicer.util.updateVolumeFromArray(volume, self.clip[6]["image"][None])
         slicer.app.processEvents()
-        self.assertEqual(nodes.frameCount, 5)  # stopped: no more images taken
+        self.assertEqual(nodes.frameCount, 5)  # stopped: no more images taken, none shown after the stop
+        statuses.clear()
+        self.logic.stopLive(wait=True)  # nothing left to stop
+        self.assertEqual(statuses, [])
 
     def test_backends(self):
         """The Backend choice reaches the model: PyTorch and (when installed) OpenVINO depth agree (both fp32: ``auto``
