@@ -2,10 +2,13 @@
 
 Endoscopes and laparoscopes record a circular, octagonal or rectangular image inside a black frame, often with
 text overlays (date, patient data, scope settings) printed on that frame. Outside the field of view there is no
-tissue, so no depth. :func:`detect_fov_mask` finds it from the first frames of a clip:
+tissue, so no depth. :func:`detect_fov_mask` finds it from the first frames of a clip (:class:`FovSearch`: frame
+by frame, for streams and live sources):
 
 1. per pixel, the brightest value over the frames and colour channels (a frame border is dark in every frame;
-   tissue in shadow is not dark for long while the scope moves);
+   tissue in shadow is not dark for long while the scope moves). Blank frames (a black screen before the scope
+   is on) do not count, and when most frames show a border alone, only those do (one bright or washed-out
+   frame would otherwise light the whole border);
 2. "dark" = at most ``dark_level`` (0–255): the border of real scopes reads 0–10 after video compression;
 3. the dark pixels connected to the image edge are the border candidates; the rest, opened with a small kernel
    (cuts thin overlay text off), has one main component: the field of view is its convex hull (circles,
@@ -13,8 +16,9 @@ tissue, so no depth. :func:`detect_fov_mask` finds it from the first frames of a
    blanked overlay boxes inside the hull (black regions whose outline steps straight up to tissue; a black lumen
    fades into dark tissue and is kept), shrunk by ``margin`` of the short side (the dim, blurred rim);
 4. it is accepted only when it leaves out at least two image corners and ``min_outside`` of the image, and what it
-   leaves out is dark (``min_dark_outside``: overlay text is a small part of a border) — otherwise the frames have
-   no scope border (a dark lumen or shadow at an edge or in one corner is tissue) and every pixel counts (None).
+   leaves out (before the margin) is dark (``min_dark_outside``: overlay text is a small part of a border) —
+   otherwise the frames have no scope border (a dark lumen or shadow at an edge or in one corner is tissue) and
+   every pixel counts (None).
 """
 from __future__ import annotations
 
@@ -27,8 +31,10 @@ import numpy as np
 
 from .video import decode_image_file
 
-#: Frames read from the start of a clip to find its field of view.
+#: Frames (not blank) read from the start of a clip to find its field of view.
 FOV_FRAMES = 8
+#: A frame with fewer non-dark pixels than this share of the image is blank (shows no tissue): it does not count.
+BLANK_SHARE = 0.02
 
 
 def _check_frames(frames: Iterable[np.ndarray]) -> list[np.ndarray]:
@@ -102,10 +108,58 @@ def detect_fov_mask(frames: Iterable[np.ndarray], *, dark_level: int = 20, margi
         min_outside: smallest fraction of the image a border must cover to count.
         min_dark_outside: fraction of the pixels outside the field of view that must be dark.
     Returns:
-        bool ``[H, W]`` (True = tissue), or None when the frames have no scope border.
+        bool ``[H, W]`` (True = tissue), or None when the frames have no scope border (or are all blank).
     """
-    rgbs = _check_frames(frames)
-    peak = np.max([f.max(axis=2) for f in rgbs], axis=0)
+    search = FovSearch(None, dark_level=dark_level, margin=margin, min_outside=min_outside,
+                       min_dark_outside=min_dark_outside)
+    for rgb in _check_frames(frames):
+        search.add(rgb)
+    return search.mask
+
+
+class FovSearch:
+    """The field of view of one source, found from its frames as they come (``"auto"`` of streams and live
+    sources; :func:`detect_fov_mask` is one search over a list). Each :meth:`add` ed frame that is not blank counts,
+    up to ``frames`` of them (None: no limit); :attr:`mask` is the field of view found from those so far (None: no
+    border, or nothing counted yet), the same array object for as long as it does not change. Holds two
+    ``[H, W]`` uint8 peaks until it has settled, nothing after that."""
+
+    def __init__(self, frames: int | None = FOV_FRAMES, **detect_options: float) -> None:
+        self.limit, self.counted, self.mask = frames, 0, None
+        self._options = detect_options
+        self._shape: tuple[int, ...] | None = None
+        self._peaks: list[np.ndarray | None] = [None, None]  # over every counted frame / those that show a border
+        self._with_border = 0
+
+    @property
+    def settled(self) -> bool:
+        return self.limit is not None and self.counted >= self.limit
+
+    def add(self, rgb: np.ndarray) -> bool:
+        """Take RGB uint8 ``[H, W, 3]`` ``rgb`` into the search; returns whether it counted (False when settled,
+        blank, or of another size than the first frame)."""
+        level = np.asarray(rgb).max(axis=2)
+        dark = self._options.get("dark_level", 20)
+        if self.settled or self._shape not in (None, level.shape) or np.count_nonzero(level > dark) < (
+                BLANK_SHARE * level.size):
+            return False
+        self._shape, self.counted = level.shape, self.counted + 1
+        if _mask_of_peak(level, **self._options) is not None:  # this frame alone shows a border
+            self._with_border += 1
+            self._peaks[1] = level if self._peaks[1] is None else np.maximum(self._peaks[1], level)
+        self._peaks[0] = level if self._peaks[0] is None else np.maximum(self._peaks[0], level)
+        peak = self._peaks[1] if 2 * self._with_border > self.counted else self._peaks[0]
+        mask = _mask_of_peak(peak, **self._options)
+        if mask is None or self.mask is None or not np.array_equal(mask, self.mask):
+            self.mask = mask
+        if self.settled:
+            self._peaks = [None, None]
+        return True
+
+
+def _mask_of_peak(peak: np.ndarray, *, dark_level: int = 20, margin: float = 0.005, min_outside: float = 0.005,
+                  min_dark_outside: float = 0.9) -> np.ndarray | None:
+    """Steps 2–4 of the module docstring on ``peak`` (uint8 ``[H, W]``: brightest value per pixel)."""
     dark = peak <= dark_level
     border = _edge_connected(dark)
     if border.mean() < min_outside:
@@ -116,13 +170,13 @@ def detect_fov_mask(frames: Iterable[np.ndarray], *, dark_level: int = 20, margi
     corners = fov[[0, 0, -1, -1], [0, -1, 0, -1]]
     if np.count_nonzero(~corners) < 2:  # a scope's frame darkens two corners at least; one is a lumen or shadow
         return None
+    outside = ~fov  # before the margin: the dim rim it takes off is tissue, not border
+    if not fov.any() or outside.mean() < min_outside or dark[outside].mean() < min_dark_outside:
+        return None
     erode = max(1, round(margin * short))
     fov = cv2.erode(fov.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE,
                                                                     (2 * erode + 1, 2 * erode + 1))).astype(bool)
-    outside = ~fov
-    if not fov.any() or outside.mean() < min_outside or dark[outside].mean() < min_dark_outside:
-        return None
-    return fov
+    return fov if fov.any() else None
 
 
 def nan_outside(values: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
@@ -158,10 +212,11 @@ def write_fov_mask(path: str | os.PathLike, mask: np.ndarray) -> Path:
 
 
 def read_fov_mask(path: str | os.PathLike) -> np.ndarray:
-    """A mask image (any 8/16-bit PNG, JPEG, ...; nonzero = tissue) as bool ``[H, W]`` (read from its bytes,
-    :func:`~.video.decode_image_file`: a non-ASCII path, such as Slicer's temp folder under an accented user name,
+    """A mask image (any 8/16-bit PNG, JPEG, ...) as bool ``[H, W]``: tissue = above half its largest value (0/1,
+    0/255 and 0/65535 masks alike; a JPEG's ringing around the edge is not tissue). Read from its bytes
+    (:func:`~.video.decode_image_file`: a non-ASCII path, such as Slicer's temp folder under an accented user name,
     opens on Windows too)."""
-    mask = decode_image_file(path, cv2.IMREAD_GRAYSCALE) if os.path.isfile(path) else None
+    mask = decode_image_file(path, cv2.IMREAD_ANYDEPTH) if os.path.isfile(path) else None
     if mask is None:
         raise FileNotFoundError(f"field-of-view mask {path} does not exist or is not an image")
-    return mask > 0
+    return mask > mask.max() / 2  # IMREAD_ANYDEPTH: grey, 16 bits kept

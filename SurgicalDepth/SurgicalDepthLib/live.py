@@ -22,8 +22,9 @@ bounded when frames come faster than inference. Frames go through :func:`~Surgic
 
 Field of view (``fov_mask``, :mod:`SurgicalDepthLib.fov`): depth is NaN outside the scope's field of view and points
 come only from inside it. ``"auto"`` detects it per source (connection and device) and frame size from the frames
-received so far, again with each of the first :data:`~SurgicalDepthLib.fov.FOV_FRAMES` (the service never holds
-frames back to look at more); an array gives it, None turns it off.
+received so far, again with each of the first :data:`~SurgicalDepthLib.fov.FOV_FRAMES` that are not blank (a black
+screen before the scope is on does not count; the service never holds frames back to look at more); an array gives
+it, None turns it off.
 
 Connections (:mod:`SurgicalDepthLib._igtl`, which also holds the wire format): a malformed message is skipped and
 the connection kept; a stream that cannot be re-synchronised (bad header, a body that stops coming) closes that
@@ -39,7 +40,6 @@ import socket
 import threading
 import time
 from collections import OrderedDict, deque
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -48,7 +48,7 @@ from ._igtl import BadMessage, Connection, PointCloudMessage, StreamBroken, deco
 from ._live_replies import LIVE_POINT_BUDGET, ReceivedFrame, ReplySender, decimation_grid
 from ._live_stats import DepthServiceStats, ServiceCounters
 from .camera import Intrinsics, parse_intrinsics
-from .fov import FOV_FRAMES, detect_fov_mask
+from .fov import FovSearch
 from .latest_frame import LatestFrameMailbox
 from .stream import depth_stream
 
@@ -121,7 +121,7 @@ class DepthService:
         self._connections: set[Connection] = set()
         self._threads: list[threading.Thread] = []
         self._warned: set = set()
-        self._fov_masks: OrderedDict[tuple, _FovState] = OrderedDict()  # "auto": per source and frame size
+        self._fov_masks: OrderedDict[tuple, FovSearch] = OrderedDict()  # "auto": per source and frame size
         self._listener: socket.socket | None = None
         self._replies: ReplySender | None = None
         self._started: float | None = None
@@ -374,35 +374,20 @@ class DepthService:
 
     def _fov(self, frame: ReceivedFrame) -> np.ndarray | None:
         """The field of view of ``frame``'s source (connection and device) and size: ``fov_mask``, or with "auto"
-        the one detected from the brightest value each pixel had over the first :data:`~.fov.FOV_FRAMES` such
-        frames, found again with each of them (no frame is held back): a scope that starts on a black or half-lit
-        frame is not masked by that frame for good. Kept for the :data:`_FOV_DEVICES` sources/sizes seen last."""
+        the one found from that source's first :data:`~.fov.FOV_FRAMES` frames that are not blank
+        (:class:`~.fov.FovSearch`), found again with each of them (no frame is held back): a scope that starts on a
+        black or half-lit frame is not masked by that frame for good. Kept for the :data:`_FOV_DEVICES`
+        sources/sizes seen last."""
         if not isinstance(self.fov_mask, str):
             return self.fov_mask
         key = (*frame.source, *frame.rgb.shape[:2])
-        seen = self._fov_masks.get(key)
-        if seen is not None and seen.frames >= FOV_FRAMES:
-            return seen.mask
-        peak = frame.rgb.max(axis=2) if seen is None else np.maximum(seen.peak, frame.rgb.max(axis=2))
-        mask = detect_fov_mask([np.repeat(peak[..., None], 3, axis=2)])  # the peak is what it reads of frames
-        if seen is not None and (mask is seen.mask or mask is not None and seen.mask is not None
-                                 and np.array_equal(mask, seen.mask)):
-            mask = seen.mask  # the same object: the running stream goes on
-        frames = 1 if seen is None else seen.frames + 1
-        self._fov_masks[key] = _FovState(frames, peak if frames < FOV_FRAMES else None, mask)  # settled: no peak
-        self._fov_masks.move_to_end(key)
+        search = self._fov_masks.pop(key, None) or FovSearch()
+        self._fov_masks[key] = search  # the newest last
         if len(self._fov_masks) > _FOV_DEVICES:
             self._fov_masks.popitem(last=False)
-        if seen is None or mask is not seen.mask:
+        before = search.mask
+        if search.add(frame.rgb) and search.mask is not before:
             logger.info("stream: %r (%dx%d): %s", frame.device, key[3], key[2], "no field-of-view border found"
-                        if mask is None else f"field of view detected: {100 * mask.mean():.1f} % of the frame")
-        return mask
-
-
-@dataclass
-class _FovState:
-    """What "auto" knows of one source's field of view: frames seen, their per-pixel peak, the mask found."""
-
-    frames: int
-    peak: np.ndarray | None
-    mask: np.ndarray | None
+                        if search.mask is None else f"field of view detected: {100 * search.mask.mean():.1f} % "
+                        "of the frame")
+        return search.mask

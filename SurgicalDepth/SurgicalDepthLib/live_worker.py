@@ -12,8 +12,9 @@ in the worker is raised there. Nothing here touches MRML.
 Why one ``depth_stream`` call per frame instead of one stream over a generator fed from the mailbox: the stream
 (and the model's ``iter_batches``) read frames ahead of inference (its prefetch thread; an ``"auto"`` field of view
 reads :data:`~fov.FOV_FRAMES` frames before the first prediction), and every frame read ahead is a stale frame;
-one frame per call keeps the latency at one inference. The field of view is found once per frame size (detected
-from the first frame with ``detect_fov_mask([first])``, or given) and passed to each call as an array.
+one frame per call keeps the latency at one inference. The field of view is given, or ``"auto"``: per frame size,
+found from the first :data:`~fov.FOV_FRAMES` frames that are not blank as they come (:class:`~fov.FovSearch`: a
+scope that starts on a black screen is masked once it shows tissue), and passed to each call as an array.
 """
 from __future__ import annotations
 
@@ -86,8 +87,8 @@ class LiveWorker:
             corrected to its lens (:mod:`.lens`), as in the run that ``process`` made.
         depth_range: (near, far) mm for relative models (None or a None item: the library default).
         input_size: network input lower bound (None: the model's own).
-        fov_mask: ``"auto"`` (detected from the first frame of each size), ``"none"``/None, a bool ``[H, W]``
-            array or a mask image path (:func:`~slicer_run.resolve_fov`).
+        fov_mask: ``"auto"`` (found per frame size from the first frames that are not blank), ``"none"``/None, a
+            bool ``[H, W]`` array or a mask image path (:func:`~slicer_run.resolve_fov`).
         point_budget: points of each frame's cloud (0 = every valid pixel); None = no point cloud.
         record_frames: the first this many results are marked ``record``.
         first_number: :attr:`LiveResult.number` of the first frame put.
@@ -196,18 +197,23 @@ class LiveWorker:
             self._error = exc
 
     def _frame_setup(self, rgb: np.ndarray) -> tuple[Any, Any]:
-        """Field of view (None = every pixel) and intrinsics of ``rgb``'s size, found once per size."""
-        from .fov import check_fov_mask, detect_fov_mask
+        """Field of view (None = every pixel) and intrinsics of ``rgb``'s size (intrinsics and a given mask found
+        once per size; ``"auto"`` searches on with each frame until it has settled)."""
+        from .fov import FovSearch, check_fov_mask
 
         size = rgb.shape[:2]
         if size not in self._by_size:
             fov = self.fov_mask
             if isinstance(fov, str):
-                fov = detect_fov_mask([rgb])
+                fov = FovSearch()
             elif fov is not None:
                 fov = check_fov_mask(fov, size)
             self._by_size[size] = (fov, self.intrinsics_for(size[1], size[0]))
-        return self._by_size[size]
+        fov, intrinsics = self._by_size[size]
+        if isinstance(fov, FovSearch):
+            fov.add(rgb)
+            fov = fov.mask
+        return fov, intrinsics
 
     def _process(self, number: int, frame: np.ndarray, meta: Any) -> LiveResult:
         from .slicer_run import frame_outputs
@@ -237,16 +243,18 @@ class LiveWorker:
 def worker_options(options: dict[str, Any], fov_mask: Any, record_frames: int = 0) -> dict[str, Any]:
     """:class:`LiveWorker` keyword arguments that match ``SurgicalDepthLogic.process`` keyword ``options`` (camera:
     ``intrinsics`` / ``calibration`` / ``fx, fy, cx, cy``; ``nearMm, farMm``; ``inputSize``; ``pointCloud,
-    pointBudget``; the others are ignored), so that live frames are computed like the run that ``process`` made
-    from the first image: its field of view ``fov_mask`` and ``record_frames`` in all, the first (process's)
-    included. Numbers start at 1 (item 0 is process's)."""
+    pointBudget``; ``fovMask``; the others are ignored), so that live frames are computed like the run that
+    ``process`` made from the first image: its field of view ``fov_mask`` (None with ``fovMask="auto"``: that
+    image showed no border, e.g. a black screen: the worker goes on looking) and ``record_frames`` in all, the first
+    (process's) included. Numbers start at 1 (item 0 is process's)."""
     fields = tuple(float(options.get(key, 0.0)) for key in ("fx", "fy", "cx", "cy"))
     budget = options.get("pointBudget", DEFAULT_POINT_BUDGET)
     return {"intrinsics_for": partial(resolve_intrinsics, intrinsics=options.get("intrinsics"),
                                       calibration=options.get("calibration"), fields=fields),
             "calibrated": has_calibration(options.get("intrinsics"), options.get("calibration"), fields[0]),
             "depth_range": (options.get("nearMm"), options.get("farMm")),
-            "input_size": options.get("inputSize") or None, "fov_mask": fov_mask,
+            "input_size": options.get("inputSize") or None,
+            "fov_mask": "auto" if fov_mask is None and options.get("fovMask", "auto") == "auto" else fov_mask,
             "point_budget": budget if options.get("pointCloud", True) else None,
             "record_frames": max(int(record_frames) - 1, 0), "first_number": 1}
 

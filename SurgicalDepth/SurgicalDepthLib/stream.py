@@ -26,12 +26,13 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
+import cv2
 import numpy as np
 
 from .alignment import DEFAULT_DEPTH_RANGE_MM, disparity_to_depth, prediction_to_mm
 from .depth_kind import OutputKind, invert
 from .detail import check_detail_size
-from .fov import FOV_FRAMES, check_fov_mask, detect_fov_mask, nan_outside
+from .fov import FovSearch, check_fov_mask, nan_outside
 from .lens import LensCorrection, model_reference_fov
 from .temporal import TemporalAligner
 from .video import FrameReader, open_frames
@@ -197,25 +198,43 @@ class _TemporalDepth:
         return aligned, lambda p: nan_outside(convert(np.clip(p, *self.band)), self.fov)
 
 
+#: Most frames an ``"auto"`` field of view reads ahead to find :data:`~fov.FOV_FRAMES` that are not blank (a clip
+#: that starts on a black screen); the others are held PNG-compressed (lossless) until they are predicted.
+FOV_LOOKAHEAD = 150
+
+
 def _field_of_view(fov_mask: Any, items: Iterator[tuple[int, np.ndarray]]
                    ) -> tuple[np.ndarray | None, Iterator[tuple[int, np.ndarray]]]:
-    """The stream's field of view (``"auto"``: detected from the first frames, which are put back in front of
-    ``items``) and the items to iterate."""
+    """The stream's field of view (``"auto"``: found from the first frames that are not blank, at most
+    :data:`FOV_LOOKAHEAD` read ahead, which are put back in front of ``items``) and the items to iterate."""
     if fov_mask is None:
         return None, items
-    # "auto" looks at the first frames; a given mask needs only the first frame's size (reading further ahead
-    # would hold frames back: a live source may not have them yet)
-    head = list(itertools.islice(items, FOV_FRAMES if isinstance(fov_mask, str) else 1))
-    items = itertools.chain(head, items)
-    if not head:
-        return None, items
-    shape = head[0][1].shape[:2]
-    if isinstance(fov_mask, str):
-        mask = detect_fov_mask([rgb for _, rgb in head if rgb.shape[:2] == shape])
-        if mask is not None:
-            logger.info("field of view detected: %.1f %% of the %dx%d frame", 100 * mask.mean(), shape[1], shape[0])
-        return mask, items
-    return check_fov_mask(fov_mask, shape), items
+    if not isinstance(fov_mask, str):  # only the first frame's size is needed (a live source may have no more yet)
+        head = list(itertools.islice(items, 1))
+        return (check_fov_mask(fov_mask, head[0][1].shape[:2]) if head else None), itertools.chain(head, items)
+    search, head = FovSearch(), []
+    for index, rgb in items:
+        head.append((index, rgb) if search.add(rgb) else (index, _Packed(rgb)))
+        if search.settled or len(head) >= FOV_LOOKAHEAD:
+            break
+    if search.mask is not None:
+        shape = search.mask.shape
+        logger.info("field of view detected: %.1f %% of the %dx%d frame", 100 * search.mask.mean(), shape[1], shape[0])
+    return search.mask, itertools.chain(((i, _Packed.unpack(rgb)) for i, rgb in head), items)
+
+
+class _Packed:
+    """An RGB uint8 frame held PNG-encoded (a blank frame compresses to almost nothing); :meth:`unpack` gives it
+    back bit for bit."""
+
+    def __init__(self, rgb: np.ndarray) -> None:
+        ok, self.data = cv2.imencode(".png", rgb, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        if not ok:
+            raise ValueError(f"could not hold frame {rgb.shape} {rgb.dtype} for the field-of-view search")
+
+    @staticmethod
+    def unpack(rgb: Any) -> np.ndarray:
+        return cv2.imdecode(rgb.data, cv2.IMREAD_UNCHANGED) if isinstance(rgb, _Packed) else rgb
 
 
 def depth_stream(model: Any, frames: Any, *, depth_range: tuple[float, float] | None = None, start: int = 0,
@@ -238,7 +257,8 @@ def depth_stream(model: Any, frames: Any, *, depth_range: tuple[float, float] | 
         temporal: stabilise relative depth over time (videos).
         input_size: network input lower bound (multiple of 14; default the model's own).
         fov_mask: the scope's field of view: ``"auto"`` detects it from the first :data:`fov.FOV_FRAMES` frames
-            (None when they have no black border), a bool ``[H, W]`` array gives it, None turns it off.
+            that are not blank (None when they have no black border), a bool ``[H, W]`` array gives it, None turns
+            it off.
         intrinsics: the real camera of the frames (``sd.Intrinsics``, a calibration: not a guessed field of view).
             With a model that has a reference lens (``config.reference_fov_deg``, e.g. the default model) the
             prediction is corrected to this lens (:mod:`SurgicalDepthLib.lens`: z-depth of wide-angle and fisheye

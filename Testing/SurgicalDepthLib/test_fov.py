@@ -218,3 +218,79 @@ def test_mask_file_under_a_non_ascii_path(tmp_path, monkeypatch):
     for bad in (tmp_path / "missing.png", tmp_path / "notes.png", tmp_path):
         with pytest.raises(FileNotFoundError, match="does not exist or is not an image"):
             fov.read_fov_mask(bad)
+
+
+def _octagon_frame(size: int, cut: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A ``size``² frame whose field of view is a square with corners cut ``cut`` pixels deep (the EndoSLAM
+    capsule's octagon), tissue inside, black with compression-like noise outside; and the octagon."""
+    pts = np.array([[cut, 0], [size - 1 - cut, 0], [size - 1, cut], [size - 1, size - 1 - cut],
+                    [size - 1 - cut, size - 1], [cut, size - 1], [0, size - 1 - cut], [0, cut]], np.int32)
+    inside = np.zeros((size, size), np.uint8)
+    cv2.fillConvexPoly(inside, pts, 1)
+    inside = inside.astype(bool)
+    rng = np.random.default_rng(seed)
+    frame = cv2.resize(rng.integers(45, 256, (size // 10, size // 10, 3)).astype(np.uint8), (size, size),
+                       interpolation=cv2.INTER_CUBIC).clip(45, 255).astype(np.uint8)
+    frame[~inside] = rng.integers(0, 9, (int((~inside).sum()), 3))
+    return frame, inside
+
+
+@pytest.mark.parametrize("cut", [40, 56])
+def test_a_border_of_a_few_percent_is_found(cut):
+    """Catches a small border (an octagon whose corners cover 5 % of the frame, a circle that fills a 4:3 frame
+    but its corners) rejected as no border, and the whole frame, black corners included, taken for tissue: the
+    border's darkness was measured after the rim margin, which counts a ring of tissue as border that is not
+    dark."""
+    frame, inside = _octagon_frame(320, cut, 1)
+    mask = detect_fov_mask([frame])
+    assert 0.03 < (~inside).mean() < 0.1 and mask is not None
+    assert not mask[~inside].any() and mask[inside].mean() > 0.97
+    yy, xx = np.mgrid[:120, :160]
+    circle = (yy - 59.5) ** 2 + (xx - 79.5) ** 2 <= 94 ** 2  # corners: 1.7 % of the frame
+    disc = np.where(circle[..., None], tissue(3), 0).astype(np.uint8)
+    mask = detect_fov_mask([disc])
+    assert mask is not None and not mask[~circle].any() and mask[circle].mean() > 0.97
+
+
+def test_blank_or_washed_out_frames_do_not_decide_the_field_of_view():
+    """Catches black frames (a recording that starts before the scope is on) counted in the search, and one bright
+    frame among the first (a flash, a menu) lighting the whole border: either way no mask, and depth on the black
+    border for the whole clip."""
+    frames = [scope_frame("circle", s) for s in range(4)]
+    truth = detect_fov_mask(frames)
+    flash = np.full_like(frames[0], 40)
+    assert truth is not None
+    np.testing.assert_array_equal(detect_fov_mask(frames[:2] + [flash] + frames[2:]), truth)
+    np.testing.assert_array_equal(detect_fov_mask([np.zeros_like(frames[0])] * 3 + frames), truth)
+    assert detect_fov_mask([np.zeros_like(frames[0])] * 3) is None
+
+
+def test_depth_stream_finds_the_field_of_view_after_a_black_start(one_torch_thread):
+    """Catches a stream whose "auto" field of view is fixed by its first frames although they are black (more of
+    them than the search reads): no mask for the whole clip. Also catches a read-ahead that changes or reorders
+    the frames it holds (the black ones are held compressed)."""
+    from SurgicalDepthLib.fov import FOV_FRAMES
+
+    black = [np.random.default_rng(s).integers(0, 6, (H, W, 3)).astype(np.uint8) for s in range(FOV_FRAMES + 3)]
+    frames = black + [scope_frame("octagon", s) for s in range(FOV_FRAMES + 2)]
+    out = list(sd.depth_stream(tiny_model(2), frames, input_size=70))
+    assert [f.index for f in out] == list(range(len(frames)))
+    assert all(np.array_equal(f.rgb, rgb) for f, rgb in zip(out, frames))
+    np.testing.assert_array_equal(out[0].fov_mask, detect_fov_mask(frames[len(black):][:FOV_FRAMES]))
+    truth = shape_mask("octagon")
+    assert (~np.isfinite(out[-1].depth_mm[~truth])).mean() >= 0.95
+
+
+def test_mask_files_of_any_encoding(tmp_path):
+    """Catches a JPEG mask read with its ringing around the edge as tissue (a ring of border pixels with depth),
+    and 0/1 or 16-bit masks misread once the threshold is not "nonzero"."""
+    from SurgicalDepthLib.fov import read_fov_mask
+
+    truth = shape_mask("circle")
+    cv2.imwrite(str(tmp_path / "m.jpg"), np.where(truth, 255, 0).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    cv2.imwrite(str(tmp_path / "m01.png"), truth.astype(np.uint8))
+    cv2.imwrite(str(tmp_path / "m16.png"), np.where(truth, 65535, 0).astype(np.uint16))
+    cv2.imwrite(str(tmp_path / "m01_16.png"), truth.astype(np.uint16))
+    assert (read_fov_mask(tmp_path / "m.jpg") != truth).sum() <= 0.002 * truth.size
+    for name in ("m01.png", "m16.png", "m01_16.png"):
+        np.testing.assert_array_equal(read_fov_mask(tmp_path / name), truth)

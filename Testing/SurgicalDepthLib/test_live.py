@@ -634,17 +634,23 @@ def test_connections_notice_a_peer_that_is_gone():
 
 
 def test_auto_field_of_view_is_not_fixed_by_a_black_first_frame(model, one_torch_thread):
-    """Catches the field of view detected from a source's first frame only and kept for good: a grabber that
-    starts on a black frame (no border found) left every later frame unmasked, depth on the black border."""
+    """Catches the field of view detected from a source's first frame(s) only and kept for good: a grabber that
+    starts on a black screen (no border found; longer than the frames the search looks at) left every later frame
+    unmasked, depth on the black border."""
+    from SurgicalDepthLib.fov import FOV_FRAMES
+
     h, w = 96, 128
     rgb, inside = scope_frame(h, w, 11)
+    black = FOV_FRAMES + 1
     with running(model, fov_mask="auto") as service, pyigtl_client(service) as client:
-        client.send_message(pyigtl.ImageMessage(np.zeros((1, h, w, 3), np.uint8), device_name="Scope"), wait=False)
-        assert wait_until(lambda: service.stats().frames_out == 1)
+        for i in range(black):
+            client.send_message(pyigtl.ImageMessage(np.zeros((1, h, w, 3), np.uint8), timestamp=float(i),
+                                                    device_name="Scope"), wait=False)
+            assert wait_until(lambda: service.stats().frames_out == i + 1)
         for i in range(3):
-            client.send_message(pyigtl.ImageMessage(rgb[None], timestamp=float(i + 1), device_name="Scope"),
+            client.send_message(pyigtl.ImageMessage(rgb[None], timestamp=float(black + i), device_name="Scope"),
                                 wait=False)
-            assert wait_until(lambda: service.stats().frames_out == i + 2)
+            assert wait_until(lambda: service.stats().frames_out == black + i + 1)
         depth = client.wait_for_message("Scope_depth", timeout=WAIT)
     valid = np.isfinite(depth.image[0])
     assert (~valid[~inside]).mean() >= 0.95 and valid[inside].mean() >= 0.95

@@ -153,27 +153,35 @@ def test_errors_surface_to_the_caller(model, one_torch_thread):
         worker.results()
 
 
-def test_field_of_view_detected_once_per_size_or_given(model, one_torch_thread, monkeypatch):
-    """Catches a live field of view that differs from a clip's (NaN outside the scope), one detected on every
-    frame, and a given mask that is ignored."""
+def test_field_of_view_found_per_size_from_frames_that_show_tissue_or_given(model, one_torch_thread, monkeypatch):
+    """Catches a live field of view that differs from a clip's (NaN outside the scope), one fixed for good by a
+    black first frame (the scope switched on after the stream started: its border got depth forever), one searched
+    again on every frame after it has settled, and a given mask that is ignored."""
     from SurgicalDepthLib import fov
 
-    detected = []
-    monkeypatch.setattr(fov, "detect_fov_mask", lambda f, _detect=fov.detect_fov_mask: detected.append(1) or _detect(f))
-    first, scope = scope_frame(0)
+    searched = []
+    monkeypatch.setattr(fov, "_mask_of_peak", lambda peak, _find=fov._mask_of_peak, **options: searched.append(1)
+                        or _find(peak, **options))
+    scopes = [scope_frame(seed) for seed in range(fov.FOV_FRAMES + 2)]
+    first, scope = scopes[0]
     worker = LiveWorker(model, input_size=SIZE).start()  # "auto"
     try:
-        worker.put(first)
-        (a,) = drain(worker, 1)
-        worker.put(scope_frame(1)[0])
-        (b,) = drain(worker, 1)
+        worker.put(np.zeros_like(first))  # the scope is not on yet
+        (black,) = drain(worker, 1)
+        results = []
+        for rgb, _ in scopes:
+            worker.put(rgb)
+            results += drain(worker, 1)
         worker.put(frames(1)[0])  # another size: its own field of view (none: no border)
         (c,) = drain(worker, 1)
     finally:
         worker.stop()
-    assert a.frame.fov_mask is not None and not (a.frame.fov_mask & ~scope).any()
-    np.testing.assert_array_equal(b.frame.fov_mask, a.frame.fov_mask)
-    assert len(detected) == 2  # once per frame size
+    a, b, calls = results[0], results[1], len(searched)
+    assert calls <= 2 * fov.FOV_FRAMES + 2  # settled after FOV_FRAMES frames showing tissue (+ the other size's)
+    assert black.frame.fov_mask is None and a.frame.fov_mask is not None and not (a.frame.fov_mask & ~scope).any()
+    np.testing.assert_array_equal(a.frame.fov_mask, fov.detect_fov_mask([first]))
+    np.testing.assert_array_equal(b.frame.fov_mask, fov.detect_fov_mask([first, scopes[1][0]]))
+    np.testing.assert_array_equal(results[-1].frame.fov_mask, results[-3].frame.fov_mask)
     assert np.isnan(a.outputs["depth"][0][~a.frame.fov_mask]).all() and c.frame.fov_mask is None
     ref = next(sd.depth_stream(model, [first], input_size=SIZE, depth_range=DEFAULT_DEPTH_RANGE_MM))
     np.testing.assert_array_equal(a.frame.fov_mask, ref.fov_mask)  # the stream's own detection, same frame
@@ -207,8 +215,9 @@ def test_recording_budget_marks_the_first_results(model, one_torch_thread):
 
 def test_worker_options_follow_the_process_arguments():
     """Catches live frames computed with other settings than the run process() made from the first image: the
-    camera, depth range, input size and point budget; the run's field of view; the budget counting process's
-    frame; numbering after process's item 0."""
+    camera, depth range, input size and point budget; the run's field of view (or, with "auto" where the first
+    image showed none, a search on live frames: not "none" for good); the budget counting process's frame; numbering
+    after process's item 0."""
     options = {"fx": 50.0, "fy": 50.0, "cx": 27.5, "cy": 19.5, "nearMm": 10.0, "farMm": 90.0, "inputSize": 98,
                "pointBudget": 500, "startFrame": 3, "colorByDepth": True}
     mask = np.ones((40, 56), bool)
@@ -218,12 +227,14 @@ def test_worker_options_follow_the_process_arguments():
     intr = kw["intrinsics_for"](56, 40)
     assert (intr.fx, intr.fy, intr.cx, intr.cy, intr.width, intr.height) == (50.0, 50.0, 27.5, 19.5, 56, 40)
     assert kw["calibrated"] is True  # GUI fields are a calibration: the depth is corrected to that lens
-    kw = worker_options({"pointCloud": False}, None)
+    kw = worker_options({"pointCloud": False, "fovMask": "none"}, None)
     assert kw["point_budget"] is None and kw["record_frames"] == 0 and kw["input_size"] is None
     assert kw["calibrated"] is False  # the 70° guess corrects nothing
     assert kw["intrinsics_for"](56, 40).size == (56, 40)  # the 70 degree default
     worker = LiveWorker(object.__new__(object), **kw)  # accepted as LiveWorker arguments
     assert worker.depth_range == DEFAULT_DEPTH_RANGE_MM and worker.fov_mask is None
+    # "auto" and the first image showed no border (a black screen): the worker goes on looking
+    assert worker_options({}, None)["fov_mask"] == "auto" == worker_options({"fovMask": "auto"}, None)["fov_mask"]
 
 
 def test_no_thread_left_after_stop(model, one_torch_thread):
