@@ -21,7 +21,7 @@ import errno
 import os
 import secrets
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 _NAME_CHARS = "abcdefghijklmnopqrstuvwxyz0123456789_"  # tempfile's alphabet
@@ -96,6 +96,57 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
+
+
+@contextlib.contextmanager
+def atomic_paths(paths: Sequence[str | os.PathLike], suffixes: Sequence[str] | None = None) -> Iterator[list[Path]]:
+    """:func:`atomic_path` for files that belong together (an OpenVINO ``.xml`` and its ``.bin``): a temporary path
+    beside each (``suffixes``: theirs, default each path's); on success they are renamed in, in order, an existing
+    file first moved aside; if a rename fails, the new files placed so far go and the old ones come back. So either
+    every new file is in place or none is, and the old set stays whole.
+
+    Raises:
+        FileNotFoundError: a parent folder does not exist.
+    """
+    paths = [Path(p) for p in paths]
+    suffixes = [p.suffix for p in paths] if suffixes is None else list(suffixes)
+    temps: list[Path] = []
+    try:
+        for path, suffix in zip(paths, suffixes):
+            if not path.parent.is_dir():
+                raise FileNotFoundError(f"cannot write {path}: folder {path.parent} does not exist")
+            temps.append(_create_unique(path.parent, f".{path.stem}.", suffix, _new_file))
+        yield temps
+        _rename_all(temps, paths)
+    except BaseException:
+        for tmp in temps:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        raise
+
+
+def _rename_all(temps: list[Path], paths: list[Path]) -> None:
+    """Rename each of ``temps`` to its ``paths`` item, all or none (see :func:`atomic_paths`)."""
+    placed: list[Path] = []
+    asides: list[tuple[Path, Path]] = []
+    try:
+        for tmp, path in zip(temps, paths):
+            if path.exists():
+                aside = _create_unique(path.parent, f".{path.name}.old-", "", _new_file)
+                os.replace(path, aside)
+                asides.append((aside, path))
+            os.replace(tmp, path)
+            placed.append(path)
+    except BaseException:
+        for path in placed:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        for aside, path in asides:
+            os.replace(aside, path)
+        raise
+    for aside, _ in asides:
+        with contextlib.suppress(FileNotFoundError):
+            aside.unlink()
 
 
 @contextlib.contextmanager

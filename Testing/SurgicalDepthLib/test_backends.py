@@ -9,6 +9,7 @@ import logging
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -247,6 +248,56 @@ def test_export_refuses_overwrite_and_cleans_up(onnx_file, tmp_path, monkeypatch
     with pytest.raises(OSError, match="disk full"):
         export_model(onnx_file, tmp_path / "new.xml", format="openvino")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.xml"]
+
+
+def test_openvino_pair_is_written_whole_or_not_at_all(onnx_file, checkpoint, tmp_path, monkeypatch):
+    """Catches an upper-case ``.XML`` output that crashed OpenVINO's writer (a traceback: its temporary file kept
+    the caller's suffix), a failed ``.xml`` rename that left a new ``.bin`` beside the old ``.xml`` (a mismatched
+    pair) or alone, and an output name that is a folder found only after the conversion."""
+    pytest.importorskip("openvino")
+    from SurgicalDepthLib import atomic_io
+
+    upper = export_model(onnx_file, tmp_path / "UP.XML", format="openvino")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["UP.XML", "UP.bin"]
+    x = np.full((42, 56, 3), 120, np.uint8)
+    np.testing.assert_allclose(sd.load_model(upper).infer_image(x), sd.load_model(onnx_file).infer_image(x),
+                               rtol=1e-4, atol=1e-5)
+    old = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    real_replace, calls = atomic_io.os.replace, []
+
+    def second_rename_fails(src, dst):  # the .bin goes in, then the .xml rename fails
+        calls.append(Path(dst).name)
+        if Path(dst).name == "UP.XML" and Path(src).name.endswith(".xml"):
+            raise OSError("rename failed")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(atomic_io.os, "replace", second_rename_fails)
+    with pytest.raises(OSError, match="rename failed"):
+        export_model(onnx_file, upper, format="openvino", precision="fp16", overwrite=True)
+    monkeypatch.undo()
+    assert "UP.bin" in calls and {p.name: p.read_bytes() for p in tmp_path.iterdir()} == old  # the old pair
+    (tmp_path / "dir.xml").mkdir()
+    with pytest.raises(FileExistsError, match="is not a file"):
+        export_model(checkpoint, tmp_path / "dir.xml", format="openvino", overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["UP.XML", "UP.bin", "dir.xml"]
+
+
+def test_a_graph_keeps_its_precision_when_converted(checkpoint, tmp_path):
+    """Catches an fp16 ONNX graph converted to OpenVINO and recorded as fp32 (its fp16 weights and casts stay: it
+    computed in fp16 while its metadata, the CLI and ``load_model`` said fp32), and a precision ONNX Runtime
+    cannot give answered with advice that cannot work (re-export in bf16) or none at all (int8)."""
+    pytest.importorskip("openvino")
+    pytest.importorskip("onnxruntime")
+    half = export_model(checkpoint, tmp_path / "half.onnx", format="onnx", precision="fp16")
+    with pytest.raises(ValueError, match="is an fp16 graph: converted, it computes in fp16"):
+        export_model(half, tmp_path / "half.xml", format="openvino")
+    assert export_model(half, tmp_path / "half.xml", format="openvino", precision="fp16").is_file()
+    assert sd.load_model(tmp_path / "half.xml").precision == "fp16"
+    with pytest.raises(ValueError, match=r"precision='int8' is not one of"):
+        sd.load_model(half, backend="onnxruntime", precision="int8")
+    with pytest.raises(ValueError, match=r"cannot be given \(use backend='openvino'") as bf16:
+        sd.load_model(half, backend="onnxruntime", precision="bf16")
+    assert "--precision bf16" not in str(bf16.value)
 
 
 def test_cli_export_subprocess(checkpoint, model, references, tmp_path, capsys):

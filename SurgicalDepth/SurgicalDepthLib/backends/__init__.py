@@ -170,6 +170,8 @@ def export_model(source: str | os.PathLike | torch.nn.Module, path: str | os.Pat
             raise FileExistsError(f"{out} is the input; outputs never overwrite inputs")
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite (overwrite=True) to replace it")
+        if out.exists() and not out.is_file():
+            raise FileExistsError(f"{out} exists and is not a file: it cannot be replaced by the graph")
     extra = "onnx" if format == "onnx" else "openvino"
     if format == "openvino":
         require("openvino", "export --format openvino", extra)
@@ -186,7 +188,10 @@ def export_model(source: str | os.PathLike | torch.nn.Module, path: str | os.Pat
         if not source_path.is_file():
             raise FileNotFoundError(f"ONNX file {source_path} does not exist")
         ov_model = read_ov_model(source_path, "export --format openvino")
-        config, origin, _ = read_metadata(lambda name: read_rt_info(ov_model, name), str(source_path))
+        config, origin, stored = read_metadata(lambda name: read_rt_info(ov_model, name), str(source_path))
+        if stored != "fp32" and precision == "fp32":  # its weights and casts are fp16: converting keeps them
+            raise ValueError(f"{source_path.name} is an {stored} graph: converted, it computes in {stored} (pass "
+                             f"--precision {stored}), or export fp32 from the weights")
         return save_openvino(ov_model, path, graph_metadata(config, origin, precision), precision)
     if isinstance(source, torch.nn.Module):
         model = source

@@ -14,6 +14,8 @@ from ..configs import ModelConfig
 
 #: version of this metadata layout; a reader refuses files of a newer layout
 FORMAT_VERSION = "1"
+#: precisions an ONNX graph is written in (ONNX Runtime's CPU provider has no bfloat16 convolution)
+ONNX_PRECISIONS = ("fp32", "fp16")
 PREFIX = "surgical_depth."
 INPUT_NAME, OUTPUT_NAME = "image", "depth"
 INPUT_DOC = ("image: float32 [N, 3, H, W], RGB / 255 normalised with mean and std, H and W multiples of the patch "

@@ -23,15 +23,13 @@ import torch
 from torch import nn
 
 from ..model import DepthModel
-from ._metadata import INPUT_NAME, OUTPUT_NAME, prefixed
+from ._metadata import INPUT_NAME, ONNX_PRECISIONS, OUTPUT_NAME, prefixed
 from ._runtime import require
 
 logger = logging.getLogger(__name__)
 
 #: ONNX operator set: 17 is the first with ``LayerNormalization`` as one operator (instead of its decomposition)
 OPSET = 17
-#: precisions an ONNX graph is written in (ONNX Runtime's CPU provider has no bfloat16 convolution)
-PRECISIONS = ("fp32", "fp16")
 #: a protobuf message (one .onnx file) holds at most 2 GiB
 MAX_ONNX_BYTES = 2**31 - 2**24
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -52,9 +50,9 @@ class _HalfGraph(nn.Module):
 
 
 def check_onnx_precision(precision: str) -> None:
-    if precision not in PRECISIONS:
+    if precision not in ONNX_PRECISIONS:
         hint = " (bf16: use --format openvino --precision bf16)" if precision == "bf16" else ""
-        raise ValueError(f"an ONNX graph is written in precision one of {PRECISIONS}, got {precision!r}{hint}")
+        raise ValueError(f"an ONNX graph is written in precision one of {ONNX_PRECISIONS}, got {precision!r}{hint}")
 
 
 def onnx_graph(model: DepthModel, precision: str = "fp32") -> bytes:

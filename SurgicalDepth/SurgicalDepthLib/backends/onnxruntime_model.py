@@ -9,7 +9,7 @@ import numpy as np
 
 from ..configs import ModelConfig
 from ._base import CompiledDepthModel
-from ._metadata import INPUT_NAME, OUTPUT_NAME, PREFIX, read_metadata
+from ._metadata import INPUT_NAME, ONNX_PRECISIONS, OUTPUT_NAME, PREFIX, read_metadata
 from ._runtime import require
 
 
@@ -65,8 +65,11 @@ class OnnxRuntimeModel(CompiledDepthModel):
             raise ValueError(f"{path}: not a readable ONNX model: {message}") from exc
         meta = session.get_modelmeta().custom_metadata_map
         config, source, stored = read_metadata(lambda name: meta.get(PREFIX + name), str(path))
+        if precision not in ("auto", *ONNX_PRECISIONS, "bf16"):
+            raise ValueError(f"precision={precision!r} is not one of {('auto', *ONNX_PRECISIONS, 'bf16')}")
         if precision not in ("auto", stored):
+            again = f"export it again with --precision {precision}, or " if precision in ONNX_PRECISIONS else ""
             raise ValueError(f"{path} is an {stored} graph and ONNX Runtime runs it as it is, so precision="
-                             f"{precision!r} cannot be given (export it again with --precision {precision}, or use "
-                             "backend='openvino', which sets the precision when compiling)")
+                             f"{precision!r} cannot be given ({again}use backend='openvino', which sets the "
+                             "precision when compiling)")
         return cls(session, config, source=source, precision=stored)

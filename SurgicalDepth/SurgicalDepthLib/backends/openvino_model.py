@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic_io import atomic_path
+from ..atomic_io import atomic_paths
 from ..configs import ModelConfig
 from ._base import CompiledDepthModel
 from ._metadata import PREFIX, read_metadata
@@ -159,8 +159,9 @@ def read_rt_info(ov_model: Any, name: str) -> str | None:
 
 
 def save_openvino(ov_model: Any, path: str | os.PathLike, meta: dict[str, str], precision: str) -> Path:
-    """Write ``ov_model`` as OpenVINO IR ``path`` (``.xml``) and its ``.bin``, atomically (the ``.bin`` renamed
-    first, so an ``.xml`` never names weights that are not there yet).
+    """Write ``ov_model`` as OpenVINO IR ``path`` (``.xml``, any case) and its ``.bin``, atomically as a pair
+    (:func:`~SurgicalDepthLib.atomic_io.atomic_paths`: the ``.bin`` renamed first, so an ``.xml`` never names
+    weights that are not there yet; a failure leaves the earlier pair, or nothing, under those names).
 
     Args:
         meta: stored in the runtime info under ``surgical_depth/<name>``.
@@ -171,12 +172,11 @@ def save_openvino(ov_model: Any, path: str | os.PathLike, meta: dict[str, str], 
     path = Path(path)
     for name, value in meta.items():
         ov_model.set_rt_info(value, [RT_SECTION, name])
-    with atomic_path(path) as tmp_xml:
+    with atomic_paths([path.with_suffix(".bin"), path], [".bin", ".xml"]) as (tmp_bin, tmp_xml):  # save_model: .xml
         written_bin = tmp_xml.with_suffix(".bin")  # save_model writes the weights beside the .xml it is given
         try:
-            with atomic_path(path.with_suffix(".bin")) as tmp_bin:
-                ov.save_model(ov_model, str(tmp_xml), compress_to_fp16=precision != "fp32")
-                os.replace(written_bin, tmp_bin)
+            ov.save_model(ov_model, str(tmp_xml), compress_to_fp16=precision != "fp32")
+            os.replace(written_bin, tmp_bin)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 written_bin.unlink()
