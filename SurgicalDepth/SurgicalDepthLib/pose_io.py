@@ -84,7 +84,9 @@ def read_poses(path: str | os.PathLike, *, require_index: bool = False) -> dict[
 def _snapped_rotation(matrix: np.ndarray, name: str) -> np.ndarray:
     """``matrix`` (4×4) with its rotation replaced by the nearest rotation (SVD; Kabsch), when it is one up to
     the rounding of a text file (``R^T R`` within :data:`ROUNDING_TOLERANCE` of identity, det > 0); ValueError
-    naming ``name`` otherwise (a scaling, shear or reflection is no camera pose)."""
+    naming ``name`` otherwise (a scaling, shear or reflection is no camera pose; nor is NaN or inf)."""
+    if not np.isfinite(matrix).all():
+        raise ValueError(f"{name} has values that are not finite numbers (NaN or inf)")
     rotation = matrix[:3, :3]
     err = float(np.abs(rotation.T @ rotation - np.eye(3)).max())
     if not (err <= ROUNDING_TOLERANCE and np.linalg.det(rotation) > 0):

@@ -25,8 +25,8 @@ import torch
 from .camera import Intrinsics, distort_normalized, pixel_rays
 from .geometry import check_rigid
 from .tsdf_allocation import TILE_LEVELS, tile_rays, touched_blocks
-from .tsdf_kernels import (BLOCK, decode_block_keys, pack_rgb, padded, pixel_index_, resolve_kernel, unpack_rgb_,
-                           valid_depth)
+from .tsdf_kernels import (BLOCK, KEY_REACH, decode_block_keys, pack_rgb, padded, pixel_index_, resolve_kernel,
+                           unpack_rgb_, valid_depth)
 from .tsdf_mesh import grid_to_mesh
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,9 @@ class TSDFVolume:
         max_voxels: refuse dense grids larger than this (memory: 20 bytes per voxel); for a sparse volume,
             the grid that mesh extraction fills over the allocated blocks' bounding box.
         max_depth: depth beyond this (same unit) is not integrated (like Open3D's ``depth_trunc``): a few far
-            outliers would otherwise allocate blocks far away and blow up the extraction grid. None = no limit.
+            outliers would otherwise allocate blocks far away and blow up the extraction grid. None = no limit
+            but the block keys' reach (2^19 blocks: ~4 km at 1 mm voxels; farther depth would wrap into other
+            blocks' keys).
         max_blocks: block budget of a sparse volume (10 KiB each; the default, 2^18 blocks = 2.5 GiB, is the
             ``max_voxels`` extraction grid's size). Once reached, frames still update the allocated blocks but no
             new block is allocated: the nearest new blocks of the frame that hits it fill what is left, and one
@@ -78,6 +80,8 @@ class TSDFVolume:
         if not (isinstance(truncation, (int, float)) and truncation >= voxel_size and math.isfinite(truncation)):
             raise ValueError(f"truncation must be >= voxel_size ({voxel_size}), got {truncation!r}")
         self.voxel_size = float(voxel_size)
+        # depth past half the block keys' reach (2^20 blocks a side) would wrap into other blocks' keys: not fused
+        self._depth_cap = min(max_depth or math.inf, float(KEY_REACH // 2 * BLOCK * self.voxel_size))
         self.truncation = float(truncation)
         self.device = torch.device(device)
         self.kernel = resolve_kernel(kernel, self.device)
@@ -97,14 +101,14 @@ class TSDFVolume:
                                  f"got {bounds!r}")
             dims = np.ceil((hi - lo) / self.voxel_size).astype(np.int64) + 1
             grid_blocks = -(-dims // BLOCK)
-            if int(np.prod(grid_blocks)) * BLOCK ** 3 > max_voxels:
-                raise ValueError(f"bounds give a dense grid of {dims.tolist()} = {int(np.prod(dims))} voxels, more "
+            if math.prod(grid_blocks.tolist()) * BLOCK ** 3 > max_voxels:  # Python ints: no int64 overflow
+                raise ValueError(f"bounds give a dense grid of {dims.tolist()} = {math.prod(dims.tolist())} voxels, more "
                                  f"than max_voxels={max_voxels}; use a larger voxel_size or bounds=None (sparse)")
             self.bounds = (tuple(lo.tolist()), tuple(hi.tolist()))
             self._origin = lo
             self._dims = tuple(int(d) for d in dims)
             self._grid_blocks = tuple(int(b) for b in grid_blocks)
-            self._n_blocks = int(np.prod(grid_blocks))
+            self._n_blocks = math.prod(grid_blocks.tolist())
         self._keys = torch.empty(0, dtype=torch.int64, device=self.device)  # sparse: sorted block keys
         self._slots = torch.empty(0, dtype=torch.int64, device=self.device)
         # running sums per block: planes Σ tsdf, weight (observation count), Σ red, Σ green, Σ blue
@@ -132,7 +136,7 @@ class TSDFVolume:
                 raise ValueError(f"rgb must be [H, W, 3] = {depth.shape + (3,)}, got shape {rgb.shape}")
         pose = check_rigid(pose)
         dev = self.device
-        d = valid_depth(torch.as_tensor(np.ascontiguousarray(depth, dtype=np.float32)).to(dev), self.max_depth)
+        d = valid_depth(torch.as_tensor(np.ascontiguousarray(depth, dtype=np.float32)).to(dev), self._depth_cap)
         R = torch.as_tensor(pose[:3, :3], dtype=torch.float32, device=dev)
         t = torch.as_tensor(pose[:3, 3], dtype=torch.float32, device=dev)
         cam = self._camera(intrinsics)
@@ -298,7 +302,7 @@ class TSDFVolume:
         if n_new:
             need = self._n_blocks + n_new
             if need > self._sums.shape[0]:
-                self._reserve(2 * need)
+                self._reserve(min(2 * need, self.max_blocks))  # need <= max_blocks
             self._sums[self._n_blocks:need].zero_()
             new_slots = torch.arange(self._n_blocks, need, device=self.device)
             slots[~found] = new_slots
@@ -351,10 +355,10 @@ class TSDFVolume:
             bc = decode_block_keys(self._keys)
             bmin = bc.min(0).values
             dims = ((bc.max(0).values - bmin + 1) * BLOCK).tolist()
-            if int(np.prod(dims)) > self.max_voxels:
-                raise ValueError(f"the fused blocks span a grid of {dims} = {int(np.prod(dims))} voxels, more than "
-                                 f"max_voxels={self.max_voxels}: far outlier depths? pass max_depth= or a larger "
-                                 "voxel_size")
+            if math.prod(dims) > self.max_voxels:
+                raise ValueError(f"the fused blocks span a grid of {dims} = {math.prod(dims)} voxels, more than "
+                                 f"max_voxels={self.max_voxels}: far outlier depths? pass max_depth= (CLI: "
+                                 "--max-depth) or a larger voxel_size")
             origin = (bmin * BLOCK).cpu().numpy().astype(np.float64) * self.voxel_size
         vox = ((bc - bmin)[:, None, :] * BLOCK + self._offsets[None]).reshape(-1, 3).cpu().numpy()
         sums = self._sums[slots]

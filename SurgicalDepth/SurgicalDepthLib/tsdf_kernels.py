@@ -15,6 +15,8 @@ import torch
 BLOCK = 8  # voxels per block side (sparse mode)
 _KEY_BITS = 21  # block coordinate bits per axis in the int64 hash key
 _KEY_OFF = 1 << (_KEY_BITS - 1)
+#: block coordinates a key holds per axis: [−KEY_REACH, KEY_REACH)
+KEY_REACH = _KEY_OFF
 
 
 def decode_block_keys(keys: torch.Tensor) -> torch.Tensor:

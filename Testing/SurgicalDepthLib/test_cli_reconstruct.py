@@ -120,6 +120,43 @@ def test_saved_depth_blank_frame_is_skipped(tmp_path, clip):
     assert sorted(read_poses(out / "poses.txt")) == [0, 2]
 
 
+def test_max_depth_keeps_far_outliers_of_a_metric_model_out_of_the_fusion(tmp_path, clip, capsys):
+    """Catches metric depth fused without a cap: one 2 m outlier pixel per frame made the fused grid too large, so
+    the run failed after every frame with advice to pass an option the CLI did not have; ``--max-depth`` caps it
+    and is recorded, and a bad value is one line, exit 2. Also catches a pose file with NaN that printed numpy's
+    warning and its source line before the one-line error."""
+    from SurgicalDepthLib.saved_predictions import INFO_NAME
+
+    root, frames, intr = clip
+    depth_dir = tmp_path / "pred"
+    depth_dir.mkdir()
+    for i, frame in enumerate(frames):
+        depth = frame["depth"].astype(np.float32)
+        depth[20, 30] = 2e6  # a far outlier, 2 km
+        np.save(depth_dir / f"{i:06d}.npy", depth)
+    (depth_dir / INFO_NAME).write_text(json.dumps({"model": "test", "output_kind": "depth", "depth_unit": "mm",
+                                                   "format": "npy", "size": [56, 70]}))
+    command = ["reconstruct", str(root / "rgb"), "--output", str(tmp_path / "out"), "--intrinsics", intr, "--depth",
+               str(depth_dir), "--fuse", "--poses", str(root / "poses.txt"), "--voxel-size", "0.5"]
+    assert main(command) == 2
+    assert "--max-depth" in capsys.readouterr().err
+    assert main(command + ["--max-depth", "300", "--overwrite"]) == 0
+    meta = json.loads((tmp_path / "out" / "reconstruction.json").read_text())
+    assert meta["max_depth_mm"] == 300.0 and sd.load_mesh(tmp_path / "out" / "fused_mesh.ply").GetNumberOfPolys()
+    capsys.readouterr()
+    for bad in ("0", "-5", "inf", "nan"):
+        assert main(command[:-2] + ["--voxel-size", "2", "--max-depth", bad, "--output", str(tmp_path / bad)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--max-depth must be a positive number" in err[0] and not (tmp_path / bad).exists()
+    nan_poses = tmp_path / "nan.txt"
+    lines = (root / "poses.txt").read_text().splitlines()
+    lines[1] = " ".join(lines[1].split()[:1] + ["nan"] + lines[1].split()[2:])  # frame 0's R[0, 0]
+    nan_poses.write_text("\n".join(lines) + "\n")
+    assert main(command[:-4] + ["--poses", str(nan_poses), "--output", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not finite numbers" in err[0], err
+
+
 def test_calibrated_wide_lens_corrects_the_depth_of_the_points(tmp_path, clip):
     """Catches: reconstruct ignoring the calibration when it predicts (the default model's depth of a wide-angle
     scope left uncorrected, so the periphery's points lie 2-3x too far). Without a calibration the depth is the

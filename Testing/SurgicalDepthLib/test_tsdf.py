@@ -417,6 +417,32 @@ def test_block_budget_bounds_memory_keeps_the_nearest_blocks_and_warns_once(capl
         TSDFVolume(VOXEL, 4 * VOXEL, max_blocks=0)
 
 
+def test_block_pool_never_grows_past_the_budget():
+    """Catches the block pool grown to twice the new blocks a frame needs, past ``max_blocks``: the memory bound
+    the budget promises (2.5 GiB by default) was doubled."""
+    vol = TSDFVolume(VOXEL, 4 * VOXEL, max_blocks=300)
+    for pose in POSES[:3]:
+        vol.integrate(*scene(CAM, pose), CAM, pose)
+    assert vol.n_blocks == 300 and vol._sums.shape[0] == 300
+
+
+def test_depth_beyond_the_keys_reach_is_not_fused_elsewhere():
+    """Catches a far outlier (1e9 mm) whose block coordinate wrapped into another block's key (surface fused where
+    there is none), and a grid size computed in int64 that overflowed past the ``max_voxels`` check."""
+    depth = np.full((12, 16), 50.0, np.float32)
+    cam = Intrinsics(20.0, 20.0, 7.5, 5.5, 16, 12)
+    depth[5, 8] = np.nan  # what the outlier must amount to: no depth there
+    vol = TSDFVolume(1.0, 4.0)
+    vol.integrate(depth, None, cam, np.eye(4))
+    depth[5, 8] = 1e9
+    far = TSDFVolume(1.0, 4.0)
+    far.integrate(depth, None, cam, np.eye(4))
+    assert far.n_blocks == vol.n_blocks  # the outlier allocated nothing
+    np.testing.assert_array_equal(far.to_grid()[1], vol.to_grid()[1])
+    with pytest.raises(ValueError, match="more than max_voxels"):
+        TSDFVolume(1e-6, 4e-6, bounds=((-1e7, -1e7, -1e7), (1e7, 1e7, 1e7)))
+
+
 def test_tile_rays_pass_through_the_tile_centres_clamped_to_the_image():
     """Reference: the pixel ray of each tile's centre pixel ((s - 1) // 2 into the tile, clamped to the last row and
     column) and a step of half a block along the ray. Bugs caught: centres off by one (tiles then sample the band

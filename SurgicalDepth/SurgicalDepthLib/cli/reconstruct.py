@@ -54,6 +54,9 @@ def register(subparsers) -> None:
                    help="camera-to-world poses (text, one per source frame; an index column is honoured); "
                         "default: ICP")
     p.add_argument("--voxel-size", type=float, default=1.0, help="TSDF voxel size in mm")
+    p.add_argument("--max-depth", type=float, default=None, metavar="MM",
+                   help="fuse only depth up to this (mm); default: FAR of --depth-range for relative models, no cap "
+                        "for metric ones (a few far outliers can then make the volume too large)")
     p.add_argument("--mesh", action="store_true", help="also write a per-frame depth mesh")
     p.add_argument("--every", type=int, default=1, help="write per-frame outputs for every N-th frame only")
     p.add_argument("--stride", type=int, default=1, help="use every N-th source frame")
@@ -77,6 +80,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise ValueError(f"--depth-range needs 0 < NEAR < FAR, got {near} {far}")
     if not args.voxel_size > 0:
         raise ValueError(f"--voxel-size must be > 0 mm, got {args.voxel_size}")
+    if args.max_depth is not None and not 0 < args.max_depth < float("inf"):
+        raise ValueError(f"--max-depth must be a positive number of mm, got {args.max_depth}")
 
 
 def _depth_source(args: argparse.Namespace) -> Any:
@@ -97,7 +102,7 @@ class _Fusion:
         device = getattr(source, "device", None)
         far = args.depth_range[1] if source.output_kind == "disparity" else None
         self.volume = TSDFVolume(args.voxel_size, 4 * args.voxel_size, device=device.type if device else "cpu",
-                                 max_depth=far)
+                                 max_depth=args.max_depth if args.max_depth is not None else far)
         self.intr, self.poses = intr, poses
         self.tracker = PoseTracker(intr) if poses is None else None
         self.used: dict[int, np.ndarray] = {}
@@ -184,6 +189,7 @@ def _write_fusion(out: RunFolder, args: argparse.Namespace, fusion: _Fusion, met
     meta["poses"] = (f"given ({args.poses})" if fusion.poses is not None
                      else "estimated by frame-to-frame point-to-plane ICP (robust, Huber); drift accumulates")
     meta["voxel_size_mm"] = args.voxel_size
+    meta["max_depth_mm"] = fusion.volume.max_depth  # None: no cap
     print(f"fused mesh: {mesh_path} ({meta['poses']})")
 
 
