@@ -148,13 +148,12 @@ class TSDFVolume:
             logger.warning("TSDFVolume.integrate: frame has no valid depth; nothing fused")
             return
         camera = t - torch.as_tensor(self._origin, dtype=torch.float32, device=dev)  # relative to the volume origin
-        keys = None
-        if self.kernel == "triton":
+        keys, focal = None, min(intrinsics.fx, intrinsics.fy)
+        if self.kernel == "triton" and d_max <= 0.5 * BLOCK * self.voxel_size * focal:  # pixels <= half a block
             keys = self._run_fused("band_blocks", d, cam["ray_table"], R, (pose[:3, 3] - self._origin).tolist(),
                                    self.truncation)
-        if keys is None:  # torch ops, or a band whose bounding box is too large for the Triton grid
-            keys = touched_blocks(d, cam["tiles"], min(intrinsics.fx, intrinsics.fy), R, camera,
-                                  BLOCK * self.voxel_size, self.truncation)
+        if keys is None:  # torch ops, a band too large for the Triton grid, or pixels wider than its centre rays
+            keys = touched_blocks(d, cam["tiles"], focal, R, camera, BLOCK * self.voxel_size, self.truncation)
         bc = decode_block_keys(keys)
         if self.bounds is None:
             slots, kept = self._slots_for(keys, camera)

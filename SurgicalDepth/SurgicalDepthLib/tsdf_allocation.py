@@ -88,6 +88,7 @@ def touched_blocks(d: torch.Tensor, tiles: list[torch.Tensor], focal: float, R: 
             to the volume's origin [3]. block_len: block edge; truncation: the band's half width (volume unit).
     """
     rays, ends = band_tiles(d, tiles, focal, block_len)
+    rays, ends = _spread_wide_pixels(rays, ends, focal, block_len)
     z0 = torch.sub(-truncation, ends[1])  # band: [min depth − truncation, max depth + truncation]
     z1 = ends[0] + truncation
     step = rays[:, 3]
@@ -100,3 +101,27 @@ def touched_blocks(d: torch.Tensor, tiles: list[torch.Tensor], focal: float, R: 
     zs = torch.minimum(torch.addcmul(g[0], k, g[2]), g[1])
     corner = (camera / block_len + 0.5 / BLOCK)[:, None]  # +half a voxel: blocks start half a voxel before
     return unique_block_keys(torch.addcmul(corner, g[3:], zs).floor_())
+
+
+#: most lateral samples per axis across one pixel (a footprint of 16 half blocks: voxels far too small for the video)
+MAX_PIXEL_SAMPLES = 17
+
+
+def _spread_wide_pixels(rays: torch.Tensor, ends: torch.Tensor, focal: float, block_len: float
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``band_tiles``' ``rays`` and ``ends`` plus, for single pixels wider than half a block at their depth (a
+    low-resolution video fused with fine voxels), rays through a grid across the pixel, at most half a block apart:
+    the centre ray alone misses blocks that the pixel's frustum crosses. Offsets in normalised image coordinates
+    are ``pixel / focal`` (the pinhole's; with strong distortion the grid is a little narrower than the pixel)."""
+    limit = 0.5 * block_len * focal  # depth at which one pixel is half a block wide
+    wide = (ends[0] > limit).nonzero()[:, 0]
+    if not wide.numel():
+        return rays, ends
+    n = min(MAX_PIXEL_SAMPLES, int(math.ceil(float(ends[0, wide].max()) / limit)) + 1)  # spacing <= half a block
+    frac = torch.linspace(-0.5, 0.5, n, device=rays.device) / focal
+    offsets = torch.stack(torch.meshgrid(frac, frac, indexing="ij"), -1).reshape(-1, 2)  # [n², 2]
+    xy = (rays[wide, None, :2] + offsets[None]).reshape(-1, 2)
+    dirs = torch.cat([xy, torch.ones_like(xy[:, :1])], 1)
+    step = 0.5 * block_len / torch.linalg.vector_norm(dirs, dim=1)
+    extra = torch.cat([dirs, step[:, None]], 1)
+    return torch.cat([rays, extra]), torch.cat([ends, ends[:, wide].repeat_interleave(n * n, 1)], 1)
