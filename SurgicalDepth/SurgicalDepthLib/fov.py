@@ -35,6 +35,8 @@ from .video import decode_image_file
 FOV_FRAMES = 8
 #: A frame with fewer non-dark pixels than this share of the image is blank (shows no tissue): it does not count.
 BLANK_SHARE = 0.02
+#: Mask files whose compression rings around edges: tissue is above half their largest value, not just nonzero.
+LOSSY_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".webp")
 
 
 def _check_frames(frames: Iterable[np.ndarray]) -> list[np.ndarray]:
@@ -212,11 +214,11 @@ def write_fov_mask(path: str | os.PathLike, mask: np.ndarray) -> Path:
 
 
 def read_fov_mask(path: str | os.PathLike) -> np.ndarray:
-    """A mask image (any 8/16-bit PNG, JPEG, ...) as bool ``[H, W]``: tissue = above half its largest value (0/1,
-    0/255 and 0/65535 masks alike; a JPEG's ringing around the edge is not tissue). Read from its bytes
+    """A mask image (any 8/16-bit PNG, TIFF, JPEG, ...) as bool ``[H, W]``: nonzero = tissue; in a lossy file
+    (JPEG, WebP) above half its largest value, since its compression rings around the edge. Read from its bytes
     (:func:`~.video.decode_image_file`: a non-ASCII path, such as Slicer's temp folder under an accented user name,
     opens on Windows too)."""
-    mask = decode_image_file(path, cv2.IMREAD_ANYDEPTH) if os.path.isfile(path) else None
+    mask = decode_image_file(path, cv2.IMREAD_ANYDEPTH) if os.path.isfile(path) else None  # grey, 16 bits kept
     if mask is None:
         raise FileNotFoundError(f"field-of-view mask {path} does not exist or is not an image")
-    return mask > mask.max() / 2  # IMREAD_ANYDEPTH: grey, 16 bits kept
+    return mask > (mask.max() / 2 if Path(path).suffix.lower() in LOSSY_SUFFIXES else 0)

@@ -283,7 +283,7 @@ def test_depth_stream_finds_the_field_of_view_after_a_black_start(one_torch_thre
 
 def test_mask_files_of_any_encoding(tmp_path):
     """Catches a JPEG mask read with its ringing around the edge as tissue (a ring of border pixels with depth),
-    and 0/1 or 16-bit masks misread once the threshold is not "nonzero"."""
+    and 0/1, 16-bit or multi-label masks not read as "nonzero = tissue" (the documented rule) for lossless files."""
     from SurgicalDepthLib.fov import read_fov_mask
 
     truth = shape_mask("circle")
@@ -292,5 +292,6 @@ def test_mask_files_of_any_encoding(tmp_path):
     cv2.imwrite(str(tmp_path / "m16.png"), np.where(truth, 65535, 0).astype(np.uint16))
     cv2.imwrite(str(tmp_path / "m01_16.png"), truth.astype(np.uint16))
     assert (read_fov_mask(tmp_path / "m.jpg") != truth).sum() <= 0.002 * truth.size
-    for name in ("m01.png", "m16.png", "m01_16.png"):
+    cv2.imwrite(str(tmp_path / "labels.png"), np.where(truth, np.arange(W)[None] % 3 + 1, 0).astype(np.uint8))
+    for name in ("m01.png", "m16.png", "m01_16.png", "labels.png"):
         np.testing.assert_array_equal(read_fov_mask(tmp_path / name), truth)
