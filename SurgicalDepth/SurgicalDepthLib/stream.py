@@ -12,7 +12,8 @@ Depth in millimetres (``DepthFrame.depth_mm``):
   is fixed by the first frame, so depth does not flicker with each frame's own range;
 - metric models' output is converted from the model's unit to mm;
 - invalid pixels are NaN, never 0: pixels outside the scope's field of view (``fov_mask``, by default detected
-  from the first frames, :mod:`SurgicalDepthLib.fov`) are invalid, and the percentiles above are taken inside it;
+  from the first frames and followed when it moves, :mod:`SurgicalDepthLib.fov`) are invalid, and the percentiles
+  above are taken inside it;
 - it is computed when ``depth_mm`` is first read (``predict`` writes only the prediction and never pays for it).
 """
 from __future__ import annotations
@@ -32,7 +33,7 @@ import numpy as np
 from .alignment import DEFAULT_DEPTH_RANGE_MM, disparity_to_depth, prediction_to_mm
 from .depth_kind import OutputKind, invert
 from .detail import check_detail_size
-from .fov import FovSearch, check_fov_mask, nan_outside
+from .fov import FovSearch, FovTracker, check_fov_mask, nan_outside
 from .lens import LensCorrection, model_reference_fov
 from .temporal import TemporalAligner
 from .video import FrameReader, open_frames
@@ -86,8 +87,8 @@ class DepthFrame:
             computes it on first access (a 1080p frame takes ~70 ms on one core, longer than a GPU forward pass,
             and callers that write only the prediction never pay for it), then keeps it; constructed by hand it
             may be given as an array.
-        fov_mask: bool ``[H, W]``, True inside the scope's field of view (one array for the whole stream), or
-            None when every pixel shows tissue.
+        fov_mask: bool ``[H, W]``, True inside the scope's field of view (one array shared by the frames until an
+            ``"auto"`` field of view moves), or None when every pixel shows tissue.
     """
 
     index: int
@@ -257,8 +258,9 @@ def depth_stream(model: Any, frames: Any, *, depth_range: tuple[float, float] | 
         temporal: stabilise relative depth over time (videos).
         input_size: network input lower bound (multiple of 14; default the model's own).
         fov_mask: the scope's field of view: ``"auto"`` detects it from the first :data:`fov.FOV_FRAMES` frames
-            that are not blank (None when they have no black border), a bool ``[H, W]`` array gives it, None turns
-            it off.
+            that are not blank (None when they have no black border) and follows it if it moves later
+            (:class:`~fov.FovTracker`; each frame's is its ``fov_mask``), a bool ``[H, W]`` array gives it, None
+            turns it off.
         intrinsics: the real camera of the frames (``sd.Intrinsics``, a calibration: not a guessed field of view).
             With a model that has a reference lens (``config.reference_fov_deg``, e.g. the default model) the
             prediction is corrected to this lens (:mod:`SurgicalDepthLib.lens`: z-depth of wide-angle and fisheye
@@ -292,9 +294,15 @@ def depth_stream(model: Any, frames: Any, *, depth_range: tuple[float, float] | 
                                     prefetch=2 * (batch_size or getattr(model, "default_batch_size", 1)))
     try:
         fov, items = _field_of_view(fov_mask, items)
+        follow = FovTracker(fov) if isinstance(fov_mask, str) else None  # "auto": the scope image may move
         stabilise = _TemporalDepth(kind, model.depth_unit, near_far, fov) if temporal else None
         blanks: list[int] = []  # frames with no disparity range (_depth_mm)
         for index, rgb, pred in _predictions(model, items, input_size, batch_size, detail_size):
+            if follow is not None and follow.update(rgb) is not fov:
+                fov = follow.mask
+                logger.info("frame %d: the field of view moved (%.1f %% of the frame)", index, 100 * fov.mean())
+                if stabilise is not None:
+                    stabilise.fov = fov
             if lens is not None:
                 pred = lens(pred)
             if stabilise is not None:

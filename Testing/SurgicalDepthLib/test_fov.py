@@ -295,3 +295,29 @@ def test_mask_files_of_any_encoding(tmp_path):
     cv2.imwrite(str(tmp_path / "labels.png"), np.where(truth, np.arange(W)[None] % 3 + 1, 0).astype(np.uint8))
     for name in ("m01.png", "m16.png", "m01_16.png", "labels.png"):
         np.testing.assert_array_equal(read_fov_mask(tmp_path / name), truth)
+
+
+def _circle_frame(seed: int, cx: int) -> tuple[np.ndarray, np.ndarray]:
+    yy, xx = np.mgrid[:H, :W]
+    inside = (yy - H // 2) ** 2 + (xx - cx) ** 2 <= 56 ** 2
+    return np.where(inside[..., None], tissue(seed), 0).astype(np.uint8), inside
+
+
+def test_depth_stream_follows_a_field_of_view_that_moves(one_torch_thread):
+    """Catches a field of view fixed by the first frames while the scope image moves in the frame (a laparoscope
+    turned in its coupler; the shared laparoscopy clip drifts 16 px): tissue on one side lost, the black border on
+    the other given depth, for the rest of the clip. Also catches a tracker that re-detects a still scope and makes
+    the mask flicker (each frame must keep the very same mask)."""
+    from SurgicalDepthLib.fov import FovTracker
+
+    still = [_circle_frame(s, W // 2)[0] for s in range(60)]
+    out = list(sd.depth_stream(tiny_model(2), still, input_size=70))
+    assert all(f.fov_mask is out[0].fov_mask for f in out)
+    moved = [_circle_frame(s, W // 2 - 14 if s >= 20 else W // 2) for s in range(60)]
+    out = list(sd.depth_stream(tiny_model(2), [f for f, _ in moved], input_size=70))
+    for frame, (_, inside) in zip(out[:20] + out[-10:], moved[:20] + moved[-10:]):
+        assert not (frame.fov_mask & ~inside).any() and frame.fov_mask[inside].mean() > 0.95
+        assert np.isnan(frame.depth_mm[~inside]).all()
+    tracker = FovTracker(None, window=4)  # no border found at first: a later one is taken up
+    masks = [tracker.update(f) for f in still[:8]]
+    assert masks[2] is None and masks[3] is not None and masks[7] is masks[3]
