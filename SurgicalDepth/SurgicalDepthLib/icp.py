@@ -93,13 +93,21 @@ def icp(source_points: np.ndarray, target_points: np.ndarray, init: np.ndarray |
         max_correspondence_distance: hard cap on match distance (points' unit); None = adaptive only.
         loss: ``"huber"``, ``"tukey"`` or ``"l2"`` (no down-weighting).
         k_normals: neighbours for the PCA normals of the target.
-        tolerance: stop when the update's rotation (rad) and translation (relative to the cloud extent) are below.
+        tolerance: stop when the update's rotation (rad) and translation (relative to the cloud extent) are below
+            (or when three steps in a row bring the point-to-plane rmse no lower than the best by :data:`STALL`: the
+            fit's last digits cycle).
         target_normals: optional precomputed ``[M, 3]`` normals.
+
+    Directions of motion the geometry does not determine (a plane: sliding along it and turning about its normal;
+    eigenvalues of the normal equations, rotation scaled by the cloud extent, below :data:`DEGENERATE` of the
+    largest) are not moved along, and each step is at most :data:`MAX_STEP_RAD` and that fraction of the extent
+    (a trust region: a fit that runs away cannot reach 1e11 mm).
 
     Returns:
         ``(T, info)``: float64 4×4 with ``target ≈ T[:3, :3] @ source + T[:3, 3]``; ``info`` has ``iterations``,
-        ``converged``, ``fitness`` (fraction of source points with an accepted match), ``rmse`` (point-to-plane,
-        accepted matches), ``sigma`` (robust residual scale) and ``loss``.
+        ``converged``, ``fitness`` (fraction of source points within three point spacings of the target once
+        aligned), ``rmse`` (point-to-plane, accepted matches), ``sigma`` (robust residual scale),
+        ``degenerate_dofs`` (directions left where they started, 0–6) and ``loss``.
     """
     from scipy.spatial import cKDTree
 
@@ -117,9 +125,11 @@ def icp(source_points: np.ndarray, target_points: np.ndarray, init: np.ndarray |
         normals = np.asarray(target_normals, dtype=np.float64)
         if normals.shape != tgt.shape:
             raise ValueError(f"target_normals must be {tgt.shape}, got {normals.shape}")
-    extent = float(np.linalg.norm(tgt.max(0) - tgt.min(0)))
+    extent = max(float(np.linalg.norm(tgt.max(0) - tgt.min(0))), 1e-12)
     cap = np.inf if max_correspondence_distance is None else float(max_correspondence_distance)
-    info: dict[str, Any] = {"converged": False, "loss": loss}
+    info: dict[str, Any] = {"converged": False, "loss": loss, "degenerate_dofs": 0}
+    unit = np.concatenate([np.full(3, 1.0 / extent), np.ones(3)])  # rotation columns in the extent's length
+    best, stalled = np.inf, 0
     it = 0
     for it in range(1, int(max_iterations) + 1):
         p = src @ T[:3, :3].T + T[:3, 3]
@@ -135,25 +145,52 @@ def icp(source_points: np.ndarray, target_points: np.ndarray, init: np.ndarray |
         ps, q, n = p[ok], tgt[idx[ok]], normals[idx[ok]]
         r = np.einsum("ni,ni->n", n, ps - q)
         w, sigma = _robust_weights(r, loss)
-        J = np.concatenate([np.cross(ps, n), n], axis=1)
-        A = J.T @ (J * w[:, None])
-        b = -J.T @ (w * r)
-        try:
-            x = np.linalg.solve(A, b)
-        except np.linalg.LinAlgError as exc:
-            raise ValueError("icp: degenerate geometry (the 6x6 normal equations are singular)") from exc
+        J = np.concatenate([np.cross(ps, n), n], axis=1) * unit
+        x, info["degenerate_dofs"] = _constrained_step(J.T @ (J * w[:, None]), -J.T @ (w * r))
+        x *= unit
+        x *= min(1.0, MAX_STEP_RAD / max(np.linalg.norm(x[:3]), 1e-300),
+                 MAX_STEP_RAD * extent / max(np.linalg.norm(x[3:]), 1e-300))  # trust region
         inc = np.eye(4)
         inc[:3, :3], inc[:3, 3] = _rotation(x[:3]), x[3:]
         T = inc @ T
-        info.update(fitness=float(ok.mean()), rmse=float(np.sqrt(np.mean(r * r))), sigma=sigma)
-        if np.linalg.norm(x[:3]) < tolerance and np.linalg.norm(x[3:]) < tolerance * max(extent, 1e-12):
+        rmse = float(np.sqrt(np.mean(r * r)))
+        info.update(rmse=rmse, sigma=sigma)
+        stalled = stalled + 1 if rmse >= best * (1.0 - STALL) else 0  # no progress: the fit's last digits cycle
+        best = min(best, rmse)
+        if stalled >= 3 or (np.linalg.norm(x[:3]) < tolerance and np.linalg.norm(x[3:]) < tolerance * extent):
             info["converged"] = True
             break
     # re-orthonormalise accumulated rotation (floating-point drift over iterations)
     U, _, Vt = np.linalg.svd(T[:3, :3])
     T[:3, :3] = U @ np.diag([1, 1, np.linalg.det(U @ Vt)]) @ Vt
     info["iterations"] = it
+    spacing = float(np.median(tree.query(tgt[:: max(1, len(tgt) // 2000)], k=2)[0][:, 1]))
+    dist, _ = tree.query(src @ T[:3, :3].T + T[:3, 3], distance_upper_bound=3 * spacing, workers=-1)
+    info["fitness"] = float(np.isfinite(dist).mean())
     return T, info
+
+
+#: An eigenvalue of the normal equations (rotation scaled by the cloud extent) below this fraction of the largest
+#: is a direction the geometry does not determine.
+DEGENERATE = 1e-6
+#: Relative rmse gain below which an ICP step makes no progress.
+STALL = 1e-6
+#: Largest rotation (rad) and translation (fraction of the cloud extent) of one ICP step.
+MAX_STEP_RAD = 0.2
+
+
+def _constrained_step(A: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, int]:
+    """Solution of ``A x = b`` (6×6 symmetric) in the directions that ``A`` determines (eigenvalues at least
+    :data:`DEGENERATE` of the largest), 0 along the others; and how many those are."""
+    values, vectors = np.linalg.eigh(A)
+    good = values > DEGENERATE * max(float(values[-1]), 1e-300)
+    coeffs = np.zeros(6)
+    coeffs[good] = (vectors[:, good].T @ b) / values[good]
+    return vectors @ coeffs, int(np.count_nonzero(~good))
+
+
+#: Least share of a frame's points that must lie on the previous frame's surface once registered.
+MIN_FITNESS = 0.3
 
 
 class PoseTracker:
@@ -205,15 +242,39 @@ class PoseTracker:
             self.poses.append(np.eye(4))
             self.frames.append(None)
         else:
-            T, info = icp(pts, self._prev, init=self._motion, **self.icp_options)
-            if not info["converged"] or info["fitness"] < 0.5:
-                logger.warning("estimate_poses: frame %d: ICP %s, fitness %.2f", k,
-                               "converged" if info["converged"] else "did not converge", info["fitness"])
+            T, info = self._register(k, pts)
             self.poses.append(self.poses[-1] @ T)
             self.frames.append(info)
             self._motion = T
+            if info.get("failed"):  # the previous pose is kept; the next frame registers to the last good cloud
+                return self.poses[-1]
         self._prev = pts
         return self.poses[-1]
+
+    def _register(self, k: int, pts: np.ndarray) -> tuple[np.ndarray, dict[str, Any]]:
+        """Frame ``k``'s motion from the previous cloud, or the identity with ``info["failed"]`` (warned) when ICP
+        cannot say: too few points or matches, too little overlap (fitness below :data:`MIN_FITNESS`), or a
+        motion of more than the clouds' extent in one frame."""
+        try:
+            T, info = icp(pts, self._prev, init=self._motion, **self.icp_options)
+        except ValueError as exc:
+            T, info = np.eye(4), {"failed": str(exc)}
+        else:
+            extent = float(np.linalg.norm(self._prev.max(0) - self._prev.min(0)))
+            if info["fitness"] < MIN_FITNESS:
+                info["failed"] = f"fitness {info['fitness']:.2f} (too little overlap with the previous frame)"
+            elif np.linalg.norm(T[:3, 3]) > extent:
+                info["failed"] = (f"a motion of {np.linalg.norm(T[:3, 3]):.3g} in one frame (the view spans "
+                                  f"{extent:.3g})")
+        if info.get("failed"):
+            logger.warning("estimate_poses: frame %d: ICP failed (%s); the previous pose is kept", k, info["failed"])
+            return np.eye(4), info
+        if info["degenerate_dofs"]:
+            logger.warning("estimate_poses: frame %d: the geometry does not determine %d of the 6 directions of "
+                           "motion (a flat view?): they are taken as no motion", k, info["degenerate_dofs"])
+        elif not info["converged"]:
+            logger.warning("estimate_poses: frame %d: ICP did not converge (fitness %.2f)", k, info["fitness"])
+        return T, info
 
 
 def estimate_poses(depths: Iterable[np.ndarray], intrinsics: Intrinsics, *, stride: int = 2,

@@ -8,11 +8,12 @@ alignment, Ranftl et al. 2020, with outlier trimming for moving or occluded regi
 
 Why the EMA runs over the reference map and not over the fitted scale/shift: the per-frame scale/shift *is* the
 flicker to remove, so smoothing it would put the flicker back; smoothing the reference instead averages away the
-per-pixel noise that a single previous frame would pass on to the next fit. Because scale and shift are free, the
-affine frame of the output would be the first frame's arbitrary one; instead the output is expressed in the running
-mean of all frames' affine frames (the mean of the inverse fitted transforms), which converges after a few frames.
-A relative model carries no absolute scale, so a real global approach of the camera cannot be told from scale
-flicker; only the relative structure is tracked.
+per-pixel noise that a single previous frame would pass on to the next fit. The output stays in the reference's
+affine frame, the first frame's: any frame-by-frame change of it (e.g. a running mean of the frames' transforms)
+would be flicker again, and ``depth_stream`` fixes its mapping to mm from the first frame. A relative model carries
+no absolute scale, so a real global approach of the camera cannot be told from scale flicker; only the relative
+structure is tracked. A blank frame (fewer than two valid pixels, or no range) is not aligned (NaN) and leaves the
+reference as it was: fitted, it would pull the reference to a flat map for good.
 """
 from __future__ import annotations
 
@@ -80,7 +81,8 @@ class TemporalAligner:
         trim: fraction of the largest residuals dropped in each refit (moving tools, occlusions, specularities).
         iterations: trimmed least-squares passes.
     Attributes:
-        scales, shifts: per frame, the total transform applied (``output = scale * disparity + shift``).
+        scales, shifts: per frame, the transform applied (``output = scale * disparity + shift``; NaN: a blank
+            frame, not aligned).
     """
 
     def __init__(self, momentum: float = 0.3, trim: float = 0.2, iterations: int = 3):
@@ -95,10 +97,7 @@ class TemporalAligner:
         """Forget the reference (start of a new clip)."""
         self._reference: np.ndarray | None = None
         self._ref_valid: np.ndarray | None = None
-        self._n = 0
         self._last = (1.0, 0.0)
-        self._anchor_scale = 0.0
-        self._anchor_shift = 0.0
         self.scales: list[float] = []
         self.shifts: list[float] = []
 
@@ -109,7 +108,8 @@ class TemporalAligner:
             disparity: float ``[H, W]`` relative disparity (larger = nearer) of the next frame.
             valid: optional bool ``[H, W]``; non-finite pixels are invalid anyway.
         Returns:
-            float32 ``[H, W]`` aligned disparity ``s * disparity + b``.
+            float32 ``[H, W]`` aligned disparity ``s * disparity + b`` in the first frame's affine frame (all NaN
+            for a blank frame).
         """
         disparity = np.asarray(disparity, dtype=np.float32)
         if disparity.ndim != 2:
@@ -122,6 +122,11 @@ class TemporalAligner:
         if self._reference is not None and self._reference.shape != disparity.shape:
             raise ValueError(f"frame has shape {disparity.shape} but the clip so far is {self._reference.shape}; "
                              "call reset() between clips")
+        if np.count_nonzero(ok) < 2 or not np.ptp(disparity[ok]) > 0:  # blank: nothing to align, nothing learnt
+            logger.debug("frame %d: no disparity range; not aligned", len(self.scales))
+            self.scales.append(np.nan)
+            self.shifts.append(np.nan)
+            return np.full(disparity.shape, np.nan, np.float32)
         if self._reference is None:
             scale, shift = 1.0, 0.0
         else:
@@ -134,16 +139,9 @@ class TemporalAligner:
         self._last = (scale, shift)
         aligned = (scale * disparity + shift).astype(np.float32)
         self._update_reference(aligned, ok)
-        # running mean of the inverse transforms (reference -> each raw frame): the output's affine frame is the
-        # average of the raw frames' instead of frame 0's arbitrary one
-        self._n += 1
-        self._anchor_scale += (1.0 / scale - self._anchor_scale) / self._n
-        self._anchor_shift += (-shift / scale - self._anchor_shift) / self._n
-        total_scale = self._anchor_scale * scale
-        total_shift = self._anchor_scale * shift + self._anchor_shift
-        self.scales.append(total_scale)
-        self.shifts.append(total_shift)
-        return (total_scale * disparity + total_shift).astype(np.float32)
+        self.scales.append(scale)
+        self.shifts.append(shift)
+        return aligned
 
     __call__ = update
 

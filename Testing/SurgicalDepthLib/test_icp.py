@@ -76,6 +76,54 @@ def test_estimate_poses_chains_frames():
         assert rot_err < 0.5 and trans_err < 0.02, (k, rot_err, trans_err)
 
 
+def _plane_depth(h: int = 96, w: int = 120) -> tuple[np.ndarray, Intrinsics]:
+    """Exact z-depth of a tilted plane (40-67 mm) and its camera."""
+    v = np.mgrid[:h, :w][0]
+    return 50.0 / (1 + 0.3 * (v - (h - 1) / 2) / 60), Intrinsics(60.0, 60.0, (w - 1) / 2, (h - 1) / 2, w, h)
+
+
+def test_a_flat_view_moves_only_where_its_geometry_says(caplog):
+    """Catches ICP on a plane (sliding along it and turning about its normal are not determined) solved through
+    those directions anyway: with 0.05 mm of noise the pose ran off by 100 degrees and 1e11 mm, or the run stopped
+    on a singular system; now those directions stay still, the others are fitted, and a warning says so."""
+    plane, cam = _plane_depth()
+    noisy = plane + np.random.default_rng(0).normal(0, 0.05, plane.shape)
+    with caplog.at_level("WARNING", logger="SurgicalDepthLib.icp"):
+        poses, info = estimate_poses([plane, noisy], cam, stride=1)
+    rot_err = np.degrees(np.arccos(np.clip((np.trace(poses[1][:3, :3]) - 1) / 2, -1, 1)))
+    assert rot_err < 0.05 and np.linalg.norm(poses[1][:3, 3]) < 0.05
+    assert info["frames"][1]["degenerate_dofs"] == 3 and "does not determine 3 of the 6" in caplog.text
+
+
+def test_a_frame_icp_cannot_register_keeps_the_previous_pose(caplog):
+    """Catches one unusable frame (an unrelated view, a few valid pixels) that ended the whole pose sequence with a
+    ValueError, or was chained in as a pose 1e45 mm away and carried into the next frame's start; also a fitness
+    that could not fall below 0.5 (measured against the matches' own median), so such frames went unnoticed."""
+    steps = [rigid(1.0 * k, -1.5 * k, (2.0 * k, -1.0 * k, 1.5 * k), 0.5 * k) for k in range(4)]
+    depths = [scene_depth(P) for P in steps]
+    plane, _ = _plane_depth(120, 160)
+    few = np.zeros_like(depths[0])
+    few[60, 80:85] = 50.0
+    with caplog.at_level("WARNING", logger="SurgicalDepthLib.icp"):
+        poses, info = estimate_poses([depths[0], depths[1], 3 * plane, few, depths[2], depths[3]], CAM)
+    assert [bool(f and f.get("failed")) for f in info["frames"]] == [False, False, True, True, False, False]
+    assert np.array_equal(poses[2], poses[1]) and np.array_equal(poses[3], poses[1])
+    assert caplog.text.count("the previous pose is kept") == 2
+    for k, pose in ((1, poses[1]), (2, poses[4]), (3, poses[5])):  # registered to the last good frame
+        rot_err, trans_err = motion_errors(pose, np.linalg.inv(steps[0]) @ steps[k])
+        assert rot_err < 0.5 and trans_err < 0.02, (k, rot_err, trans_err)
+
+
+def test_icp_on_exact_depth_converges():
+    """Catches a convergence test on the step size alone: on exact depth the fit's last digits cycle (steps of
+    1e-6 rad against a 1e-7 tolerance), so frames registered to 0.03 degrees were reported as not converged
+    (a warning on every good frame)."""
+    src = backproject(scene_depth(POSE_B), CAM)
+    tgt = backproject(scene_depth(POSE_A), CAM)
+    T, info = icp(src, tgt, max_iterations=50)
+    assert info["converged"] and info["iterations"] < 50 and info["fitness"] > 0.9
+
+
 def test_errors():
     pts = np.random.default_rng(0).normal(size=(100, 3))
     with pytest.raises(ValueError, match=r"source_points must be \[N, 3\], got shape \(100, 2\)"):
