@@ -7,6 +7,7 @@ was interrupted and resumed.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -165,15 +166,35 @@ def open_data(name: str, root: str, split: str | None) -> Dataset:
 def training_data(config: Any, train_data: Dataset | None,
                   val_data: Dataset | None) -> tuple[Dataset, list[int], Dataset, list[int]]:
     """``(train set, its indices, validation set, its indices)`` of a ``TrainConfig``: the given datasets, else
-    ``config.dataset`` opened (``val_split`` for validation, else ``val_fraction`` held out, seeded)."""
+    ``config.dataset`` opened (``val_split`` for validation, else ``val_fraction`` held out, seeded). The
+    validation split is held out of training: without ``split`` (every image found) its images are left out of
+    the training set; a ``split`` that shares images with it is refused."""
     if train_data is None:
         train_data = open_data(config.dataset, config.root, config.split)
         if config.val_split is not None:
             val_data = open_data(config.dataset, config.root, config.val_split)
+            train_idx = _held_out(train_data, val_data, config)
+            return train_data, train_idx, val_data, list(range(len(val_data)))
     if val_data is not None:
         return train_data, list(range(len(train_data))), val_data, list(range(len(val_data)))
     train_idx, val_idx = split_indices(len(train_data), config.val_fraction, config.seed)
     return train_data, train_idx, train_data, val_idx
+
+
+def _held_out(train_data: Dataset, val_data: Dataset, config: Any) -> list[int]:
+    """Indices of ``train_data`` whose image is not in ``val_data`` (by file; data sets without a file list are
+    taken as they are)."""
+    train_pairs, val_pairs = getattr(train_data, "pairs", None), getattr(val_data, "pairs", None)
+    if train_pairs is None or val_pairs is None:
+        return list(range(len(train_data)))
+    held = {Path(pair.rgb).resolve() for pair in val_pairs}
+    keep = [i for i, pair in enumerate(train_pairs) if Path(pair.rgb).resolve() not in held]
+    if len(keep) < len(train_pairs) and config.split is not None:
+        raise ValueError(f"split {config.split!r} and val_split {config.val_split!r} share "
+                         f"{len(train_pairs) - len(keep)} images: validation must be held out of training")
+    if not keep:
+        raise ValueError(f"no image is left to train on: every image is in val_split {config.val_split!r}")
+    return keep
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:

@@ -142,8 +142,8 @@ def train_one_epoch(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]
         with amp, capture_features(semi.core) if extra is not None else contextlib.nullcontext() as features:
             out = model(x)
             value = supervised_loss(out[:n], batch, loss, output_kind)
-            if extra is not None:
-                value = value + semi.loss(out[n:], features[-1][n:], extra)
+            if extra is not None:  # once per optimizer step: x grad_accum, so that its weight is the one asked for
+                value = value + grad_accum * semi.loss(out[n:], features[-1][n:], extra)
         loss_value = float(value.detach())
         if not math.isfinite(loss_value):  # checked before the optimizer step: the weights stay those of the last step
             raise TrainingDiverged(f"training diverged at step {state.step + 1}: the loss is {loss_value} "

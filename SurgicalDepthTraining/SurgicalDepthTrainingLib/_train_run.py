@@ -155,19 +155,19 @@ class TrainRun:
         """Wait for every rank; the best checkpoint's path, or :class:`TrainingStopped` when ``should_stop`` stopped
         the run."""
         barrier(self.dist)
-        if self.state.stop_requested:
+        if self.state.stop_requested and self.state.step < self.total:  # stopped with the last step: finished
             raise TrainingStopped(self.state.step, self.total, str(self.last_path))
         return self.best_path
 
     # --------------------------------------------------------------------------------------- inside fit
     def _epochs(self) -> None:
         """Epochs until ``last_step`` or a stop request; validation and a checkpoint at every epoch end but the
-        last, whose validation follows the loop (none when stopped: the resumed run does it)."""
+        last, whose validation follows the loop (none when stopped before the last step: the resumed run does it)."""
         state = self.state
         stopped = state.step >= self.last_step or self.stop_requested()
         while not stopped and state.epoch < math.ceil(self.total / self.steps_per_epoch):
             stopped = self._train_epoch()
-            if state.stop_requested:
+            if state.stop_requested and state.step < self.total:
                 break  # saved mid-epoch: a resumed run does the epoch end's validation
             if state.step_in_epoch >= self.steps_per_epoch:
                 state.epoch, state.step_in_epoch = state.epoch + 1, 0
@@ -176,7 +176,7 @@ class TrainRun:
                     self.checkpoint()  # every epoch end
             if stopped or state.step >= self.total:
                 break
-        if state.step >= self.total and not state.stop_requested:
+        if state.step >= self.total:  # also when a stop came with the last step: a resumed run has nothing left
             self.validate_and_export()
 
     def _train_epoch(self) -> bool:

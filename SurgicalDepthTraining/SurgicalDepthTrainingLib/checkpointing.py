@@ -172,10 +172,19 @@ def read_resume_checkpoint(path: Path, config: Any, resumable: Iterable[str] = (
     except (ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: its training configuration is unreadable ({_one_line(exc)})") from None
     diff = [f.name for f in dataclasses.fields(config)
-            if getattr(saved, f.name) != getattr(config, f.name) and f.name not in set(resumable)]
+            if not _same_setting(getattr(saved, f.name), getattr(config, f.name)) and f.name not in set(resumable)]
     if diff:
         raise ValueError(f"cannot resume: the configuration differs from the checkpoint's in {diff}")
     return ckpt
+
+
+def _same_setting(saved: Any, given: Any) -> bool:
+    """Whether a saved setting equals the resumed run's. Paths are stored absolute; a run saved before that stored
+    them as typed, which is read from the current directory (as those versions compared them)."""
+    if saved == given:
+        return True
+    return (isinstance(saved, str) and isinstance(given, str) and os.path.isabs(given) and not os.path.isabs(saved)
+            and Path(saved).exists() and str(Path(saved).resolve()) == given)
 
 
 def restore_training_state(ckpt: dict[str, Any], path: Path, model: torch.nn.Module,
@@ -290,9 +299,11 @@ class TrainRunFolder(RunFolder):
         else:
             previous = read_manifest(self.folder) if self.folder.is_dir() else None
             if previous is not None and previous[0].get("command") == "train" and not self.overwrite:
+                resumable = ("pass --resume to continue it, " if (self.folder / "last.pt").is_file() else
+                             "it ended before its first checkpoint (no last.pt to resume from); pass ")
                 raise OutputConflict(f"{self.folder} holds an earlier training run (started "
-                                     f"{previous[0].get('started', '?')}); pass --resume to continue it, "
-                                     "--overwrite to replace it, or choose another output folder")
+                                     f"{previous[0].get('started', '?')}); {resumable}--overwrite to replace it, "
+                                     "or choose another output folder")
             if previous is None and (self.folder / "last.pt").is_file():
                 raise OutputConflict(f"{self.folder} holds a training run (last.pt); pass --resume to continue "
                                      "it or choose another output folder")

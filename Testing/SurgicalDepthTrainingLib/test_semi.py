@@ -207,6 +207,27 @@ def test_training_step_feeds_the_prepared_batch_to_the_student(prepared):
     torch.testing.assert_close(seen[0][2:], term.prepare(0).student_in)  # the batch of step 0
 
 
+def test_unlabeled_weight_does_not_shrink_with_gradient_accumulation(prepared):
+    """Catches the semi-supervised term added to the last micro-batch only and then divided by grad_accum with the
+    rest: its weight became unlabeled_weight / grad_accum. Two micro-batches of the same labeled batch must give the
+    step the loss of one (labeled mean + the unlabeled term)."""
+    from SurgicalDepthTrainingLib.training import TrainState, train_one_epoch
+
+    labeled = {"image": torch.randn(2, 3, *SIZE), "depth": torch.rand(2, *SIZE) + 1,
+               "valid": torch.ones(2, *SIZE, dtype=torch.bool)}
+    losses = []
+    for accum in (1, 2):
+        term = copy.copy(prepared["term"])
+        model = term.core = copy.deepcopy(term.core)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+        state = TrainState()
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+        train_one_epoch(model, [labeled] * accum, optimizer, schedule, state, loss="l1", output_kind="disparity",
+                        grad_accum=accum, device=CPU, amp_dtype=None, last_step=1, semi=term)
+        losses.append(state.losses[-1])
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+
+
 # -- the terms reach the loss -------------------------------------------------------------------------------------
 def test_feature_alignment_term_is_part_of_the_loss(prepared, tmp_path):
     """Catches the feature-alignment term dropped from the loss (or its weight ignored): SemiTerm.loss grows by

@@ -253,6 +253,46 @@ def test_cli_train_bad_root_is_one_line_error(tmp_path, capsys):
     assert rc == 2 and len(err.splitlines()) == 1 and "nope" in err and not (tmp_path / "o").exists()
 
 
+def test_cli_resume_knows_its_data_by_path_not_by_the_text_typed(tmp_path, capsys, monkeypatch):
+    """Catches a run started with a relative ``--root ds`` and resumed from another working directory, where
+    ``ds`` is other data, silently continued on that data (the saved root was the text typed), while the same data
+    given by its absolute path was refused; and, for a run folder without last.pt (the run ended before its first
+    checkpoint), advice to pass --resume, which then fails."""
+    from SurgicalDepthLib.cli import main
+
+    for where in ("a", "b"):
+        write_folder(tmp_path / where / "ds", 4 if where == "a" else 3)
+    monkeypatch.chdir(tmp_path / "a")
+    command = ["train", "--dataset", "folder", "--root", "ds", "--output", str(tmp_path / "run"), "--max-steps", "1",
+               "--batch-size", "2", "--input-size", "56", "--device", "cpu"]
+    assert main(command) == 0
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path / "b")  # another "ds"
+    assert main(command + ["--resume"]) == 2
+    assert "differs from the checkpoint's in ['root']" in capsys.readouterr().err
+    absolute = command[:4] + [str(tmp_path / "a" / "ds")] + command[5:]
+    assert main(absolute + ["--resume"]) == 0  # the same data: the finished run has nothing left to do
+    (tmp_path / "run" / "last.pt").unlink()
+    capsys.readouterr()
+    assert main(absolute) == 2
+    err = capsys.readouterr().err
+    assert "no last.pt to resume from" in err and "pass --resume" not in err
+
+
+def test_other_ranks_print_nothing_on_the_jsonl_channel(tmp_path, capsys, monkeypatch):
+    """Catches torchrun's other ranks printing their messages (``best model: ...``) on stdout, which they share with
+    rank 0's --progress jsonl stream: a line that is not JSON before the done event."""
+    from SurgicalDepthLib.cli import main
+
+    write_folder(tmp_path / "ds", 4)
+    monkeypatch.setenv("RANK", "1")  # what torchrun sets; without WORLD_SIZE the run itself is a single process
+    assert main(["train", "--dataset", "folder", "--root", str(tmp_path / "ds"), "--output", str(tmp_path / "run"),
+                 "--max-steps", "1", "--batch-size", "2", "--input-size", "56", "--device", "cpu",
+                 "--progress", "jsonl"]) == 0
+    out, err = capsys.readouterr()
+    assert out == "" and "best model" in err
+
+
 def test_train_cli_defaults_are_train_config_defaults():
     """Catches the train command keeping its own copies of TrainConfig's defaults: hyper-parameter flags default to
     None (TrainConfig decides), their help quotes TrainConfig's values, and --loss offers exactly the losses."""
@@ -389,6 +429,39 @@ def test_stop_request_saves_and_resume_is_exact(tmp_path, stop_at):
     a, b = load_training_checkpoint(tmp_path / "straight" / "last.pt"), load_training_checkpoint(tmp_path / "stopped" / "last.pt")
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert read_log(tmp_path / "straight") == read_log(tmp_path / "stopped")
+
+
+def test_a_stop_with_the_last_step_still_validates_and_finishes(tmp_path):
+    """Catches a stop request that came with the last step: the final validation was skipped, and the resumed run
+    said "already finished" without doing it, so best.safetensors was an earlier step's and the log lacked its last
+    row; the run also ended as "stopped" (exit 130) although nothing was left to do."""
+    data, val = Planes(4), Planes(1, offset=50)
+    train(tiny(tmp_path, "straight", max_steps=4), train_data=data, val_data=val)
+    steps = []
+    train(tiny(tmp_path, "stopped", max_steps=4), train_data=data, val_data=val,
+          should_stop=lambda: steps.append(None) or len(steps) > 4)  # asked after the 4th and last step
+    assert read_log(tmp_path / "straight") == read_log(tmp_path / "stopped")
+    best = [json.loads((tmp_path / run / "best.json").read_text()) for run in ("straight", "stopped")]
+    assert (best[0]["step"], best[0]["epoch"], best[0]["val"]) == (best[1]["step"], best[1]["epoch"], best[1]["val"])
+
+
+def test_validation_split_is_held_out_of_training(tmp_path):
+    """Catches --val-split without --split training on every image found, the validation images included (the best
+    checkpoint was then chosen on training data), and an explicit --split that shares images with it."""
+    from SurgicalDepthTrainingLib._train_data import training_data
+    from SurgicalDepthTrainingLib.synthetic import render_clip, write_synthetic
+
+    for name in ("clip_a", "clip_b"):
+        write_synthetic(render_clip("colon", n_frames=2, seed=len(name), height=32, width=40), tmp_path / name,
+                        {"organ": "colon", "seed": 1, "generator": {}})
+    config = TrainConfig(dataset="synthetic", root=str(tmp_path), val_split="clip_b", output=str(tmp_path / "o"))
+    train_set, train_idx, val_set, val_idx = training_data(config, None, None)
+    trained = {str(train_set.pairs[i].rgb) for i in train_idx}
+    held = {str(val_set.pairs[i].rgb) for i in val_idx}
+    assert len(trained) == 2 and len(held) == 2 and not trained & held
+    with pytest.raises(ValueError, match="share 2 images"):
+        training_data(TrainConfig(dataset="synthetic", root=str(tmp_path), split="clip_a,clip_b",
+                                  val_split="clip_b", output=str(tmp_path / "o")), None, None)
 
 
 def test_diverging_run_names_the_step_and_keeps_the_last_good_checkpoint(tmp_path):

@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None, extra: tuple = ()) -> int:
     if not args.verbose:
         os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     if os.environ.get("RANK", "0") != "0":  # torchrun: only rank 0 reports progress and the final event
-        args.progress = "none"
+        args.progress, args.other_rank = "none", True
     reporter = args.progress_reporter = ProgressReporter(args.progress, sys.stdout)
     if args.progress == "jsonl":  # a machine caller (the Slicer modules) may stop it through stdin
         _stop_on_stdin_line()
@@ -316,8 +316,10 @@ def main(argv: list[str] | None = None, extra: tuple = ()) -> int:
 def _run_command(args: argparse.Namespace, reporter: ProgressReporter) -> int:
     """Run the parsed command; an interrupt or an error a user can fix becomes one line on stderr, the jsonl
     ``error`` event and its exit code (130, 2); success the ``done`` event."""
-    # jsonl: stdout is the JSON channel; the command's own messages go to stderr
-    quiet = contextlib.redirect_stdout(sys.stderr) if args.progress == "jsonl" else contextlib.nullcontext()
+    # jsonl: stdout is the JSON channel; the command's own messages go to stderr (also those of torchrun's other
+    # ranks, which share rank 0's stdout)
+    to_stderr = args.progress == "jsonl" or getattr(args, "other_rank", False)
+    quiet = contextlib.redirect_stdout(sys.stderr) if to_stderr else contextlib.nullcontext()
     try:
         with quiet:
             code = int(args.func(args) or 0)

@@ -141,6 +141,14 @@ def _result(best: Path) -> dict:
     return {"best": str(best), **{f"val_{k}": val[k] for k in ("abs_rel", "a1") if k in val}}
 
 
+def _absolute(path: str | Path | None) -> str | None:
+    """An existing file or folder as its absolute path (a resumed run compares paths, and it may be resumed from
+    another working directory: ``--root ds`` there is other data); names (``default``, ``random:...``) as given."""
+    if path is None or not Path(path).exists():
+        return None if path is None else str(path)
+    return str(Path(path).resolve())
+
+
 def _config(**fields):
     """``TrainConfig(**fields)``; a field's error names its flag (``--seed must be >= 0, got -1``)."""
     from SurgicalDepthTrainingLib.training import TrainConfig
@@ -226,6 +234,8 @@ def run(args: argparse.Namespace) -> int:
             and not Path(model).exists():
         raise FileNotFoundError(f"--model {model} does not exist")
     given = {name: getattr(args, name) for name in CONFIG_FLAGS if getattr(args, name) is not None}
+    if "model" in given:
+        given["model"] = _absolute(given["model"])
     if args.unlabeled_root is None and args.unlabeled_dataset is None:
         unused = [name for name in SEMI_FLAGS if getattr(args, name) is not None]
         if unused:
@@ -235,14 +245,15 @@ def run(args: argparse.Namespace) -> int:
     if args.style_root is None and unused:
         raise ValueError(f"--{unused[0].replace('_', '-')} acts only with --style-root (a folder of real frames)")
     config = _config(
-        dataset=args.dataset, root=str(args.root), split=args.split, val_split=args.val_split,
+        dataset=args.dataset, root=_absolute(args.root), split=args.split, val_split=args.val_split,
         max_steps=args.max_steps, freeze_encoder=args.freeze_encoder, lora_rank=args.lora,
         augment=not args.no_augment, amp={"auto": None, "on": True, "off": False}[args.amp], device=args.device,
         output=str(args.output), min_depth=args.min_depth, max_depth=args.max_depth,
-        unlabeled_dataset=args.unlabeled_dataset, unlabeled_root=args.unlabeled_root, teacher=args.teacher,
+        unlabeled_dataset=args.unlabeled_dataset, unlabeled_root=_absolute(args.unlabeled_root),
+        teacher=_absolute(args.teacher),
         model_version=args.model_version, model_max_depth=args.model_max_depth,
         teacher_detail_size=args.teacher_detail_size,
-        style_root=None if args.style_root is None else str(args.style_root),
+        style_root=_absolute(args.style_root),
         save_every=args.save_every, log_every=args.log_every, **size, **given)
     if config.style_root is not None:  # a folder without images is refused before the run folder is made
         from SurgicalDepthTrainingLib.style_frames import StyleFrames
