@@ -149,6 +149,18 @@ def _absolute(path: str | Path | None) -> str | None:
     return str(Path(path).resolve())
 
 
+def _absolute_source(source: str | None) -> str | None:
+    """A model source for ``TrainConfig``: names (``default``, registry names, ``random:...``; ``load_model`` reads
+    them before paths) as given, a file or folder as its absolute path (:func:`_absolute`)."""
+    from SurgicalDepthLib.configs import MODEL_CONFIGS
+    from SurgicalDepthLib.weights import WEIGHTS
+
+    if source is None or source == "default" or source.startswith("random:") or source in WEIGHTS \
+            or source in MODEL_CONFIGS:
+        return source
+    return _absolute(source)
+
+
 def _config(**fields):
     """``TrainConfig(**fields)``; a field's error names its flag (``--seed must be >= 0, got -1``)."""
     from SurgicalDepthTrainingLib.training import TrainConfig
@@ -235,7 +247,7 @@ def run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--model {model} does not exist")
     given = {name: getattr(args, name) for name in CONFIG_FLAGS if getattr(args, name) is not None}
     if "model" in given:
-        given["model"] = _absolute(given["model"])
+        given["model"] = _absolute_source(given["model"])
     if args.unlabeled_root is None and args.unlabeled_dataset is None:
         unused = [name for name in SEMI_FLAGS if getattr(args, name) is not None]
         if unused:
@@ -250,7 +262,7 @@ def run(args: argparse.Namespace) -> int:
         augment=not args.no_augment, amp={"auto": None, "on": True, "off": False}[args.amp], device=args.device,
         output=str(args.output), min_depth=args.min_depth, max_depth=args.max_depth,
         unlabeled_dataset=args.unlabeled_dataset, unlabeled_root=_absolute(args.unlabeled_root),
-        teacher=_absolute(args.teacher),
+        teacher=_absolute_source(args.teacher),
         model_version=args.model_version, model_max_depth=args.model_max_depth,
         teacher_detail_size=args.teacher_detail_size,
         style_root=_absolute(args.style_root),
