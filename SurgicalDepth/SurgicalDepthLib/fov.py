@@ -145,12 +145,13 @@ class FovSearch:
                 level, self._options.get("dark_level", 20)):
             return False
         self._shape, self.counted = level.shape, self.counted + 1
-        if _mask_of_peak(level, **self._options) is not None:  # this frame alone shows a border
+        own = _mask_of_peak(level, **self._options)
+        if own is not None:  # this frame alone shows a border
             self._with_border += 1
             self._peaks[1] = level if self._peaks[1] is None else np.maximum(self._peaks[1], level)
         self._peaks[0] = level if self._peaks[0] is None else np.maximum(self._peaks[0], level)
         peak = self._peaks[1] if 2 * self._with_border > self.counted else self._peaks[0]
-        mask = _mask_of_peak(peak, **self._options)
+        mask = own if self.counted == 1 else _mask_of_peak(peak, **self._options)  # one frame: its peak is itself
         if mask is None or self.mask is None or not np.array_equal(mask, self.mask):
             self.mask = mask
         if self.settled:
