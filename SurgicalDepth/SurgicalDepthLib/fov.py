@@ -31,6 +31,8 @@ import numpy as np
 
 from .video import decode_image_file
 
+#: Brightest value (0–255, any channel) a border pixel may have: real scopes' borders read 0–10 after compression.
+DARK_LEVEL = 20
 #: Frames (not blank) read from the start of a clip to find its field of view.
 FOV_FRAMES = 8
 #: A frame with fewer non-dark pixels than this share of the image is blank (shows no tissue): it does not count.
@@ -99,7 +101,7 @@ def _blanked_boxes(black: np.ndarray, border: np.ndarray, hull: np.ndarray, ring
     return boxes
 
 
-def detect_fov_mask(frames: Iterable[np.ndarray], *, dark_level: int = 20, margin: float = 0.005,
+def detect_fov_mask(frames: Iterable[np.ndarray], *, dark_level: int = DARK_LEVEL, margin: float = 0.005,
                     min_outside: float = 0.005, min_dark_outside: float = 0.9) -> np.ndarray | None:
     """Field of view of a scope from one or more RGB frames (see the module docstring).
 
@@ -140,9 +142,10 @@ class FovSearch:
     def add(self, rgb: np.ndarray) -> bool:
         """Take RGB uint8 ``[H, W, 3]`` ``rgb`` into the search; returns whether it counted (False when settled,
         blank, or of another size than the first frame)."""
+        if self.settled:  # live sources call this for every frame: nothing to compute once settled
+            return False
         level = _brightest(rgb)
-        if self.settled or self._shape not in (None, level.shape) or _is_blank(
-                level, self._options.get("dark_level", 20)):
+        if self._shape not in (None, level.shape) or _is_blank(level, self._options.get("dark_level", DARK_LEVEL)):
             return False
         self._shape, self.counted = level.shape, self.counted + 1
         own = _mask_of_peak(level, **self._options)
@@ -195,7 +198,7 @@ def _brightest(rgb: np.ndarray) -> np.ndarray:
     return np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
 
 
-def _is_blank(level: np.ndarray, dark_level: int = 20) -> bool:
+def _is_blank(level: np.ndarray, dark_level: int = DARK_LEVEL) -> bool:
     """Whether a frame's brightest channel per pixel (uint8 ``[H, W]``) shows no tissue (:data:`BLANK_SHARE`)."""
     return np.count_nonzero(level > dark_level) < BLANK_SHARE * level.size
 
@@ -204,8 +207,8 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.count_nonzero(a & b)) / max(1, np.count_nonzero(a | b))
 
 
-def _mask_of_peak(peak: np.ndarray, *, dark_level: int = 20, margin: float = 0.005, min_outside: float = 0.005,
-                  min_dark_outside: float = 0.9) -> np.ndarray | None:
+def _mask_of_peak(peak: np.ndarray, *, dark_level: int = DARK_LEVEL, margin: float = 0.005,
+                  min_outside: float = 0.005, min_dark_outside: float = 0.9) -> np.ndarray | None:
     """Steps 2–4 of the module docstring on ``peak`` (uint8 ``[H, W]``: brightest value per pixel)."""
     dark = peak <= dark_level
     border = _edge_connected(dark)

@@ -102,8 +102,8 @@ class TSDFVolume:
             dims = np.ceil((hi - lo) / self.voxel_size).astype(np.int64) + 1
             grid_blocks = -(-dims // BLOCK)
             if math.prod(grid_blocks.tolist()) * BLOCK ** 3 > max_voxels:  # Python ints: no int64 overflow
-                raise ValueError(f"bounds give a dense grid of {dims.tolist()} = {math.prod(dims.tolist())} voxels, more "
-                                 f"than max_voxels={max_voxels}; use a larger voxel_size or bounds=None (sparse)")
+                raise ValueError(f"bounds give a dense grid of {dims.tolist()} = {math.prod(dims.tolist())} voxels, "
+                                 f"more than max_voxels={max_voxels}; use a larger voxel_size or bounds=None (sparse)")
             self.bounds = (tuple(lo.tolist()), tuple(hi.tolist()))
             self._origin = lo
             self._dims = tuple(int(d) for d in dims)
