@@ -143,10 +143,10 @@ def _result(best: Path) -> dict:
 
 def _absolute(path: str | Path | None) -> str | None:
     """An existing file or folder as its absolute path (a resumed run compares paths, and it may be resumed from
-    another working directory: ``--root ds`` there is other data); names (``default``, ``random:...``) as given."""
-    if path is None or not Path(path).exists():
-        return None if path is None else str(path)
-    return str(Path(path).resolve())
+    another working directory: ``--root ds`` there is other data); anything else as given."""
+    if path is None:
+        return None
+    return str(Path(path).resolve()) if Path(path).exists() else str(path)
 
 
 def _absolute_source(source: str | None) -> str | None:
