@@ -325,12 +325,14 @@ def save_huggingface(folder: str | os.PathLike, model: torch.nn.Module) -> Path:
 
 
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, extra: dict[str, str] | None = None,
-                    dtype: torch.dtype | None = None) -> Path:
+                    dtype: torch.dtype | None = None, config: ModelConfig | None = None) -> Path:
     """Write a project checkpoint: safetensors with ``{"format": "surgical-depth", "config": <json>}`` metadata.
 
     Args:
         dtype: optionally store floating tensors in another dtype (e.g. ``torch.float16`` for shipping).
         extra: more string metadata (model card fields, training recipe).
+        config: the configuration to record (default ``model.config``), e.g. with the inference size a fine-tune
+            was trained at; it must describe the same architecture as the weights.
     """
     from safetensors.torch import save_file
 
@@ -338,7 +340,7 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, extra: dict
     state = _cpu_state(model)
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
-    meta = {"format": PROJECT_FORMAT, "config": json.dumps(model.config.to_dict())}
+    meta = {"format": PROJECT_FORMAT, "config": json.dumps((config or model.config).to_dict())}
     meta.update(extra or {})
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=meta)

@@ -243,7 +243,8 @@ class TrainRun:
         """``best.safetensors`` (a ``load_model`` checkpoint) and ``best.json`` (step, epoch, scores, config)."""
         state = self.state
         export_weights(self.output("best.safetensors"), self.core, {
-            "train_config": self.config_json, "val_abs_rel": str(metrics["abs_rel"]), "step": str(state.step)})
+            "train_config": self.config_json, "val_abs_rel": str(metrics["abs_rel"]), "step": str(state.step)},
+            input_size=min(self.config.effective_input_size))  # read frames as it was trained to
         with atomic_path(self.output("best.json")) as tmp:
             tmp.write_text(json.dumps({"step": state.step, "epoch": state.epoch, "val": metrics,
                                        "config": json.loads(self.config_json)}, indent=2))

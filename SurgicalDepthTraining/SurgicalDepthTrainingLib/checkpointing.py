@@ -208,16 +208,21 @@ def restore_training_state(ckpt: dict[str, Any], path: Path, model: torch.nn.Mod
     return state
 
 
-def export_weights(path: str | os.PathLike, model: torch.nn.Module, extra: dict[str, str] | None = None) -> Path:
+def export_weights(path: str | os.PathLike, model: torch.nn.Module, extra: dict[str, str] | None = None,
+                   input_size: int | None = None) -> Path:
     """Write the model's weights (LoRA merged into a copy; ``model`` is left as it is) as a project checkpoint
     (safetensors + config metadata) via :func:`SurgicalDepthLib.checkpoints.save_checkpoint`; loadable with
-    ``load_model(path)``. Not a deployable graph: that is ``SurgicalDepthLib.export_model`` (ONNX/OpenVINO)."""
+    ``load_model(path)``. Not a deployable graph: that is ``SurgicalDepthLib.export_model`` (ONNX/OpenVINO).
+
+    ``input_size``: the inference size to record (``config.input_size``, pixels, the resize's lower bound; default
+    the model's own), e.g. the shorter side of the crops a fine-tune was trained at."""
     from SurgicalDepthLib.checkpoints import save_checkpoint as save_model
 
     if has_lora(model):
         model = copy.deepcopy(model)
         merge_lora(model)
-    return save_model(path, model, extra)
+    config = model.config if input_size is None else dataclasses.replace(model.config, input_size=int(input_size))
+    return save_model(path, model, extra, config=config)
 
 
 # -- log.csv ------------------------------------------------------------------------------------------------------

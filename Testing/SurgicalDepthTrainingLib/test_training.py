@@ -91,16 +91,21 @@ def test_training_lowers_validation_absrel(tmp_path):
     assert model.output_kind == "disparity"
 
 
-def test_fine_tuned_model_does_not_inherit_the_reference_lens(tmp_path):
+def test_fine_tuned_model_keeps_neither_the_start_lens_nor_the_start_size(tmp_path):
     """Catches: a model fine-tuned from the default model keeping its measured reference lens, which describes the
-    old training views, not the new data's: calibrated frames would then be 'corrected' by a wrong amount."""
+    old training views, not the new data's: calibrated frames would then be 'corrected' by a wrong amount; and
+    ``best.safetensors`` keeping the start model's inference size (518 for the official models) instead of the
+    crops' shorter side it was trained at, so ``predict``/``evaluate`` read frames at a scale it never saw."""
     from SurgicalDepthLib.checkpoints import save_checkpoint
 
     torch.manual_seed(0)
     start = save_checkpoint(tmp_path / "start.safetensors", DepthModel(make_config("vitt", reference_fov_deg=100.0)))
     assert load_model(start, device="cpu").config.reference_fov_deg == 100.0
-    best = train(tiny(tmp_path, model=str(start), max_steps=2), train_data=Planes(4), val_data=Planes(2, offset=50))
+    assert load_model(start, device="cpu").config.input_size == 518
+    best = train(tiny(tmp_path, model=str(start), max_steps=2, input_size=(84, 55)), train_data=Planes(4),
+                 val_data=Planes(2, offset=50))
     assert load_model(best, device="cpu").config.reference_fov_deg is None
+    assert load_model(best, device="cpu").config.input_size == 56  # min(84, 55 -> 56)
 
 
 def test_start_weights_without_their_official_name_take_the_version_hint(tmp_path):

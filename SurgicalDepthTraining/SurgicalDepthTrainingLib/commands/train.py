@@ -39,7 +39,8 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="fine-tune a depth model on a dataset (resumable, torchrun-ready)",
                               description="Fine-tune Depth Anything on RGB + depth data. Writes last.pt (resume "
                                           "point), best.safetensors (best validation AbsRel, loadable with "
-                                          "--model), train_config.json and log.csv into --output. For DDP: "
+                                          "--model; it reads frames at the size it was trained at, the crop's "
+                                          "shorter side), train_config.json and log.csv into --output. For DDP: "
                                           "torchrun --nproc_per_node N -m SurgicalDepthLib.cli train ...")
     p.add_argument("--recipe", choices=("default",), default=None,
                    help="'default' reproduces the shipped default model from scratch: renders its synthetic "
