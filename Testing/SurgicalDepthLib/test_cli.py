@@ -69,3 +69,83 @@ def test_console_without_the_characters_it_prints(tmp_path):
                            "1", "--size", "28x42", "--progress", "none"], env=env, capture_output=True, timeout=300)
     assert done.returncode == 0, done.stderr.decode("cp1252", "replace")[-2000:]
     assert (out / "meta.json").is_file() or any(out.rglob("meta.json"))
+
+
+def _script(code: str, stdin: str = "") -> subprocess.CompletedProcess:
+    """Run ``code`` in a fresh interpreter (signals and stdin of its own), ``stdin`` written before it starts."""
+    return subprocess.run([sys.executable, "-c", code], input=stdin, capture_output=True, text=True, timeout=60)
+
+
+def test_a_dropped_interrupt_is_raised_again_and_one_during_clean_up_is_not():
+    """Catches: the first signal's KeyboardInterrupt raised where Python drops exceptions (a ``__del__``, a
+    callback, an extension module's import: Slicer's Cancel in the first second) and every later signal then
+    dismissed as 'already stopping', so the command ran to its end (or until SIGKILL left half-written output);
+    and, the other way, a signal during the clean-up of a real interrupt breaking that clean-up off."""
+    done = _script("""
+import os, signal, sys
+from SurgicalDepthLib.cli import _signals_interrupt
+
+class Dropping:
+    def __del__(self):
+        os.kill(os.getpid(), signal.SIGTERM)  # its KeyboardInterrupt is raised here and dropped by Python
+        sum(range(1000))
+
+with _signals_interrupt():
+    Dropping()
+    print("ran on", flush=True)
+    try:
+        os.kill(os.getpid(), signal.SIGINT)
+        sum(range(1000))
+        print("not interrupted", flush=True)
+    except KeyboardInterrupt as exc:
+        print("interrupted", exc, flush=True)
+    try:
+        try:
+            raise KeyboardInterrupt("first")
+        finally:
+            os.kill(os.getpid(), signal.SIGTERM)  # during the clean-up: only said, once
+            os.kill(os.getpid(), signal.SIGTERM)
+            sum(range(1000))
+            print("clean-up finished", flush=True)
+    except KeyboardInterrupt as exc:
+        print("then", exc, flush=True)
+""")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:4] == ["ran on", "interrupted SIGTERM", "clean-up finished", "then first"]
+    assert done.stderr.count("already stopping") == 1
+
+
+def test_a_stop_line_waits_for_a_handler_and_is_repeated_until_taken():
+    """Catches: the stop line's SIGTERM raised before the command had installed its handler (the process died of
+    the signal's default action: exit -15, no clean-up, no error event); and a stop whose one KeyboardInterrupt was
+    dropped being lost, so a cancelled command ran on; a handler the command installed itself (train's: the second
+    signal stops at once, without saving) getting more than the one stop."""
+    done = _script("""
+import os, signal, sys, time
+from SurgicalDepthLib.cli import _signals_interrupt, _stop_on_stdin_line
+
+calls = []
+def handler(signum, frame):
+    calls.append(signum)
+    if len(calls) == 1:
+        raise KeyboardInterrupt("dropped")  # as if raised inside a __del__: caught below and forgotten
+
+signal.signal(signal.SIGTERM, signal.SIG_DFL)
+_stop_on_stdin_line(handler)
+time.sleep(0.5)  # the stop line has been read: SIGTERM's default action would have ended the process
+print("alive", flush=True)
+signal.signal(signal.SIGTERM, handler)
+deadline = time.monotonic() + 20
+while len(calls) < 2 and time.monotonic() < deadline:
+    try:
+        time.sleep(0.05)
+    except KeyboardInterrupt:
+        pass
+print("calls", len(calls), flush=True)
+others = []
+signal.signal(signal.SIGTERM, lambda signum, frame: others.append(signum))  # a command's own (train's)
+time.sleep(5)
+print("others", len(others), flush=True)
+""", stdin="stop\n")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["alive", "calls", "2", "others", "1"]  # a second would mean 'stop at once

@@ -8,9 +8,10 @@ parsed namespace, returns an exit code). Errors a user can fix (bad paths, shape
 Every command takes ``--progress bar|jsonl|none`` (:mod:`SurgicalDepthLib.progress`); the command finds its
 reporter in ``args.progress_reporter``. With ``jsonl``, stdout carries only the JSON lines: everything else the
 command prints goes to stderr, and the run ends with a ``done`` or ``error`` event. SIGTERM (a caller's terminate;
-the Training module's Cancel when the stdin stop line below is not obeyed) ends a command as Ctrl-C does: its temporary files are removed, an ``error`` event is
-printed and the exit code is 130 (``train`` and ``stream`` handle both signals themselves). A second signal while
-the command cleans up is reported, not obeyed, so the clean-up finishes.
+the Training module's Cancel when the stdin stop line below is not obeyed) ends a command as Ctrl-C does: its
+temporary files are removed, an ``error`` event is printed and the exit code is 130 (``train`` and ``stream``
+handle both signals themselves). A second signal while the command cleans up is reported, not obeyed, so the
+clean-up finishes.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import re
 import signal
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -227,29 +228,53 @@ def build_parser(extra: tuple = ()) -> argparse.ArgumentParser:
     return parser
 
 
-@contextlib.contextmanager
-def _signals_interrupt():
-    """While active, the first SIGINT or SIGTERM raises ``KeyboardInterrupt`` (naming the signal), so that the same
-    clean-up runs for Ctrl-C and for a caller's terminate (temporary files, run-folder locks, a half-written output's
-    removal). A later signal only says that the command is already stopping: a second Ctrl-C must not break off
-    that clean-up half-way. Python delivers signals to the main thread only: elsewhere nothing is installed."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received: list[str] = []
+def _handling_interrupt() -> bool:
+    """Whether the calling thread is handling a ``KeyboardInterrupt`` (in an ``except``/``finally`` or ``__exit__``
+    it passes through, also as the context of another exception): a signal handler sees the code it interrupted."""
+    exc = sys.exc_info()[1]
+    while exc is not None:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        exc = exc.__context__
+    return False
 
-    def interrupt(signum, frame) -> None:
+
+class _Interrupts:
+    """The command's SIGINT / SIGTERM handler (``handler``, installed by :func:`_signals_interrupt`): the first
+    signal raises ``KeyboardInterrupt`` naming it, so that the same clean-up runs for Ctrl-C and for a caller's
+    terminate (temporary files, run-folder locks, a half-written output's removal). Once the command has taken the
+    interrupt (``taken``: it reached the command's handler) or while its clean-up runs, a signal only says, once, that
+    the command is already stopping: a second Ctrl-C must not break that clean-up off half-way. Before, a signal
+    that finds no interrupt being handled raises again: the first was dropped (raised inside a ``__del__``, a
+    callback or an extension module's import, where Python discards exceptions) and the command would run on."""
+
+    def __init__(self) -> None:
+        self.received: list[str] = []
+        self.taken = self.told = False
+        self.handler = self._handle  # one bound method: ``signal.getsignal`` returns this very object
+
+    def _handle(self, signum, frame) -> None:
         name = signal.Signals(signum).name
-        if received:
-            # os.write: the handler may interrupt a write to sys.stderr, which must not be re-entered
-            os.write(2, f"{name}: already stopping (cleaning up after {received[0]})\n".encode())
+        if self.received and (self.taken or _handling_interrupt()):
+            if not self.told:  # os.write: the handler may interrupt a write to sys.stderr, which must not be re-entered
+                os.write(2, f"{name}: already stopping (cleaning up after {self.received[0]})\n".encode())
+                self.told = True
             return
-        received.append(name)
-        raise KeyboardInterrupt(name)
+        self.received.append(name)
+        raise KeyboardInterrupt(self.received[0])
 
-    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[_Interrupts | None]:
+    """While active, SIGINT and SIGTERM go to an :class:`_Interrupts` handler (yielded). Python delivers signals to the
+    main thread only: elsewhere nothing is installed (and ``None`` is yielded)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    interrupts = _Interrupts()
+    previous = {sig: signal.signal(sig, interrupts.handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield interrupts
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -258,22 +283,35 @@ def _signals_interrupt():
 #: a line a caller writes to a ``--progress jsonl`` command's stdin to stop it as SIGTERM does: Slicer starts commands
 #: through its PythonSlicer launcher, which passes stdin on to the interpreter it starts, but no signal
 STOP_LINE = "stop"
+#: seconds between deliveries of a stop line's SIGTERM while the command's own interrupt handler is in place
+STOP_REPEAT_S = 2.0
 
 
-def _stop_on_stdin_line() -> None:
-    """A daemon thread that reads stdin and, at a line :data:`STOP_LINE`, raises SIGTERM in this process, whose
-    handlers (``_signals_interrupt``, train's stop request) then stop the command cleanly. The end of stdin (closed,
-    ``/dev/null``) does nothing."""
+def _stop_on_stdin_line(own_handler: Callable | None) -> None:
+    """A daemon thread that reads stdin and, at a line :data:`STOP_LINE`, delivers SIGTERM to the main thread
+    (``_thread.interrupt_main``: nothing happens while no Python handler is installed), whose handlers then stop the
+    command cleanly. While ``own_handler`` (:func:`_signals_interrupt`'s) is the one in place it delivers again every
+    :data:`STOP_REPEAT_S` seconds (it ignores repeats while it cleans up, and raises again if its first interrupt was
+    dropped); a handler a command installed instead (train's: stop at the next step, a second signal stops at once)
+    gets exactly one. The end of stdin (closed, ``/dev/null``) does nothing."""
+    import _thread
+    import time
+
     def watch() -> None:
         try:
-            for line in sys.stdin:
-                if line.strip() == STOP_LINE:
-                    signal.raise_signal(signal.SIGTERM)
-                    return
+            if not any(line.strip() == STOP_LINE for line in sys.stdin):
+                return
         except (OSError, ValueError):  # no readable stdin (pytest's capture, a closed descriptor)
-            pass
+            return
+        while True:
+            handler = signal.getsignal(signal.SIGTERM)
+            if callable(handler):
+                _thread.interrupt_main(signal.SIGTERM)
+                if handler is not own_handler:
+                    return
+            time.sleep(STOP_REPEAT_S)
 
-    if sys.stdin is not None and threading.current_thread() is threading.main_thread():
+    if own_handler is not None and sys.stdin is not None:
         threading.Thread(target=watch, name="stdin stop line", daemon=True).start()
 
 
@@ -307,15 +345,16 @@ def main(argv: list[str] | None = None, extra: tuple = ()) -> int:
     if os.environ.get("RANK", "0") != "0":  # torchrun: only rank 0 reports progress and the final event
         args.progress, args.other_rank = "none", True
     reporter = args.progress_reporter = ProgressReporter(args.progress, sys.stdout)
-    if args.progress == "jsonl":  # a machine caller (the Slicer modules) may stop it through stdin
-        _stop_on_stdin_line()
-    with _signals_interrupt():  # held until the error is reported: a second signal must not break that off
-        return _run_command(args, reporter)
+    # held until the error is reported: a second signal must not break that off
+    with _signals_interrupt() as interrupts:
+        if args.progress == "jsonl" and interrupts is not None:  # a machine caller (the Slicer modules) may stop it
+            _stop_on_stdin_line(interrupts.handler)  # through stdin
+        return _run_command(args, reporter, interrupts)
 
 
-def _run_command(args: argparse.Namespace, reporter: ProgressReporter) -> int:
-    """Run the parsed command; an interrupt or an error a user can fix becomes one line on stderr, the jsonl
-    ``error`` event and its exit code (130, 2); success the ``done`` event."""
+def _run_command(args: argparse.Namespace, reporter: ProgressReporter, interrupts: _Interrupts | None) -> int:
+    """Run the parsed command; an interrupt (taken: ``interrupts``) or an error a user can fix becomes one line on
+    stderr, the jsonl ``error`` event and its exit code (130, 2); success the ``done`` event."""
     # jsonl: stdout is the JSON channel; the command's own messages go to stderr (also those of torchrun's other
     # ranks, which share rank 0's stdout)
     to_stderr = args.progress == "jsonl" or getattr(args, "other_rank", False)
@@ -324,6 +363,8 @@ def _run_command(args: argparse.Namespace, reporter: ProgressReporter) -> int:
         with quiet:
             code = int(args.func(args) or 0)
     except KeyboardInterrupt as exc:
+        if interrupts is not None:
+            interrupts.taken = True
         print(f"surgical-depth: interrupted{f' ({exc})' if str(exc) else ''}", file=sys.stderr)
         reporter.error("interrupted")
         return 130
