@@ -393,4 +393,6 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
 
 
 class SurgicalDepthTest(ScriptedLoadableModuleTest):
-    """The self-tests run the real logic in Testing/Python/SurgicalDepthLogicTest.py (ctest, source tree only)."""
+    def runTest(self):  # the logic self-tests: Testing/Python/SurgicalDepthLogicTest.py (ctest runs that file too)
+        from SurgicalDepthLib.slicer_helpers import logic_self_test
+        logic_self_test(Path(__file__).parent, "SurgicalDepthLogicTest", self)

@@ -23,7 +23,8 @@ from slicer.util import VTKObservationMixin
 # Slicer builds the parameter node when it loads this file, before torch (which the registries import) may be
 # installed: the choices and defaults below are literals, and the pytest suite checks them against the registries
 # (datasets, losses.LOSSES, metrics.ALIGNMENTS, SurgicalDepthLib.WEIGHTS) and TrainConfig's defaults.
-DATASET_NAMES = ["synthetic", "colondepth", "endoslam", "c3vd", "simcol3d", "scared", "hamlyn", "servct", "liit", "folder"]
+DATASET_NAMES = ["synthetic", "colondepth", "endoslam", "c3vd", "simcol3d", "scared", "hamlyn", "servct", "liit",
+                 "folder"]
 LOSS_NAMES = ["l1", "silog", "ssi"]
 ALIGNMENTS = ["median", "scale_shift", "none"]
 #: base model: the shipped default, a registry name (weights in the local cache), or "file" (baseModelFile)
@@ -32,9 +33,8 @@ BASE_MODELS = ["default", "depth-anything-v2-small", "depth-anything-v2-base", "
                "depth-anything-v2-metric-hypersim-small", "depth-anything-v2-metric-vkitti-small", "file"]
 #: an earlier run's results in the output folder: keep them (refuse to start), resume its training, or replace them
 EARLIER_RESULTS = ["keep", "resume", "replace"]
-# cancel: the stop line on stdin (train saves last.pt: a step can take seconds), then SIGTERM to the interpreter,
-# then the whole process tree ended, KILL_GRACE_MS apart (SurgicalDepthTrainingLib.process_tree)
-KILL_GRACE_MS = 60000
+# the longest Slicer's exit waits for a cancelled run to stop on its own (train saves last.pt) before ending it
+EXIT_GRACE_MS = 30000
 
 
 class SurgicalDepthTraining(ScriptedLoadableModule):
@@ -100,10 +100,10 @@ class SurgicalDepthTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMi
                                           lambda text: self.ui.baseModelFileLineEdit.setEnabled(text == "file"))
         self.initializeParameterNode()
 
-    def cleanup(self) -> None:
+    def cleanup(self) -> None:  # also at Slicer's exit, after its event loop: no timer fires any more
         self.removeObservers()
         if self.logic:
-            self.logic.cancel()
+            self.logic.stopAndWait(EXIT_GRACE_MS)
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -166,7 +166,7 @@ class SurgicalDepthTrainingWidget(ScriptedLoadableModuleWidget, VTKObservationMi
 
     def onShowResults(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("Could not show the results."), waitCursor=True):
-            folder = str(self._parameterNode.outputFolder)
+            folder = self.logic._folder(self._parameterNode.outputFolder, "output folder")
             self.showResults(folder, str(Path(folder) / "evaluation.json"))
 
     def showResults(self, folder: Optional[str], report: Optional[str] = None, figure: Optional[str] = None) -> None:
@@ -183,7 +183,7 @@ class SurgicalDepthTrainingLogic(ScriptedLoadableModuleLogic):
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self._process, self._cancelled = None, False
+        self._process, self._cancelled, self._saving = None, False, False
         self.log: list = []  # last stderr lines of the current / last process (messages, warnings, the error)
         self.tracker = self.exitCode = None  # its ProgressTracker (stdout JSON lines) and exit code
         self.outputs: dict = {}  # showResults' arguments for the last run: its folder, or its report and figure
@@ -216,15 +216,16 @@ class SurgicalDepthTrainingLogic(ScriptedLoadableModuleLogic):
                            lora_rank=p.loraRank, freeze_encoder=p.freezeEncoder)
 
     def startSynth(self, p, onProgress=None, onFinished=None):
+        root = self._folder(p.datasetRoot, "dataset folder")
         self._requirements()
         from SurgicalDepthTrainingLib.slicer_helpers import synth_command
-        return self.start(synth_command(self.pythonExecutable(), self._folder(p.datasetRoot, "dataset folder"),
-                                        frames=p.synthFrames, earlier=p.earlierResults), onProgress, onFinished)
+        return self.start(synth_command(self.pythonExecutable(), root, frames=p.synthFrames, earlier=p.earlierResults),
+                          onProgress, onFinished)
 
     def startTraining(self, p, onProgress=None, onFinished=None):
+        recipe = self.recipe(p)  # its fields are checked first (recipe() imports nothing that needs torch)
         self._requirements()
         from SurgicalDepthTrainingLib.slicer_helpers import train_command
-        recipe = self.recipe(p)
         self.outputs = {"folder": recipe.output}  # shown when it ends, whatever the panel shows by then
         return self.start(train_command(self.pythonExecutable(), recipe, n_gpus=p.gpus, earlier=p.earlierResults),
                           onProgress, onFinished)
@@ -232,12 +233,12 @@ class SurgicalDepthTrainingLogic(ScriptedLoadableModuleLogic):
     def startEvaluation(self, p, onProgress=None, onFinished=None) -> dict:
         """Starts ``surgical-depth evaluate``; returns (and keeps in ``outputs``) the files it writes: ``{"report":
         JSON, "figure": qualitative PNG}`` in the output folder."""
+        out, root = Path(self._folder(p.outputFolder, "output folder")), self._folder(p.datasetRoot, "dataset folder")
         self._requirements()
         from SurgicalDepthTrainingLib.slicer_helpers import base_model_source, evaluate_command
-        out = Path(self._folder(p.outputFolder, "output folder"))
         out.mkdir(parents=True, exist_ok=True)
         self.outputs = {"report": str(out / "evaluation.json"), "figure": str(out / "qualitative.png")}
-        self.start(evaluate_command(self.pythonExecutable(), p.dataset, self._folder(p.datasetRoot, "dataset folder"),
+        self.start(evaluate_command(self.pythonExecutable(), p.dataset, root,
                                     base_model_source(p.baseModel, p.baseModelFile), self.outputs["report"],
                                     p.alignment, figure=self.outputs["figure"], earlier=p.earlierResults),
                    onProgress, onFinished)
@@ -247,7 +248,7 @@ class SurgicalDepthTrainingLogic(ScriptedLoadableModuleLogic):
         """Run ``args`` (a ``--progress jsonl`` command line) as a ``qt.QProcess`` with both Lib packages on
         ``PYTHONPATH``: stdout lines feed ``self.tracker`` (then ``onProgress(tracker)``), stderr lines ``self.log``;
         ``onFinished(outcome)`` gets "finished", "failed" or "cancelled". Signals arrive on the main thread."""
-        from SurgicalDepthTrainingLib.slicer_helpers import (LineBuffer, ProgressTracker, command_name,
+        from SurgicalDepthTrainingLib.slicer_helpers import (STOPPING_NOTE, LineBuffer, ProgressTracker, command_name,
                                                              pythonpath_with, run_outcome)
         if self._process is not None:
             raise RuntimeError("a surgical-depth process is still running; cancel it first")
@@ -257,25 +258,29 @@ class SurgicalDepthTrainingLogic(ScriptedLoadableModuleLogic):
         env = qt.QProcessEnvironment.systemEnvironment()
         env.insert("PYTHONPATH", pythonpath_with(libDirs, env.value("PYTHONPATH")))
         env.insert("PYTHONUNBUFFERED", "1")  # progress lines arrive as they are printed
+        env.insert("PYTHONIOENCODING", "utf-8")  # what LineBuffer decodes (Windows pipes: the ANSI code page)
         process, out, err = qt.QProcess(), LineBuffer(), LineBuffer(carriage_return=True)
-        self.tracker, self.log, self._cancelled, self.exitCode = ProgressTracker(command_name(args)), [], False, None
+        self.tracker, self.log, self.exitCode = ProgressTracker(command_name(args)), [], None
+        self._cancelled = self._saving = False
         process.setProcessEnvironment(env)
 
         def readOutput(final: bool = False):
-            for line in out.feed(process.readAllStandardOutput().data().decode("utf-8", "replace"), final):
+            for line in out.feed(process.readAllStandardOutput().data(), final):
                 if self.tracker.feed(line) is not None and onProgress is not None:
                     onProgress(self.tracker)
 
         def readErrors(final: bool = False):
-            lines = err.feed(process.readAllStandardError().data().decode("utf-8", "replace"), final)
-            self.log = (self.log + [ln for ln in lines if ln.strip()])[-200:]
+            lines = [ln for ln in err.feed(process.readAllStandardError().data(), final) if ln.strip()]
+            self._saving = self._saving or any(STOPPING_NOTE in ln for ln in lines)
+            self.log = (self.log + lines)[-200:]
 
         def finished(exitCode, exitStatus):
             readOutput(final=True)
             readErrors(final=True)
-            self._process, self.exitCode = None, int(exitCode)
+            crashed = exitStatus == qt.QProcess.CrashExit  # no exit code then (killed, out of memory)
+            self._process, self.exitCode = None, None if crashed else int(exitCode)
             if onFinished is not None:
-                onFinished(run_outcome(int(exitCode), exitStatus == qt.QProcess.CrashExit, self._cancelled))
+                onFinished(run_outcome(int(exitCode), crashed, self._cancelled))
 
         process.connect("readyReadStandardOutput()", readOutput)
         process.connect("readyReadStandardError()", readErrors)
@@ -293,30 +298,29 @@ class SurgicalDepthTrainingLogic(ScriptedLoadableModuleLogic):
         if process is None:
             raise RuntimeError("no surgical-depth process is running")
         if not process.waitForFinished(int(timeoutSec * 1000)):
+            from SurgicalDepthTrainingLib.process_tree import kill_process_tree
             self._cancelled = True
-            process.kill()
-            process.waitForFinished(KILL_GRACE_MS)
+            kill_process_tree(process.processId())  # kill() would reach PythonSlicer, not the interpreter under it
+            process.waitForFinished(10000)
             slicer.app.processEvents()
             raise TimeoutError(f"the process did not finish within {timeoutSec} s")
         slicer.app.processEvents()  # deliver the finished() signal
         return process.exitCode()
 
     def cancel(self) -> None:
-        """Stop the running process without blocking the GUI: the line ``stop`` on its stdin (it stops as on
-        SIGTERM, saving a training's state: PythonSlicer is a launcher that passes stdin on to the interpreter, not
-        signals), then SIGTERM to the interpreter and the end of the whole process tree KILL_GRACE_MS apart while
-        it runs (``process_tree``: terminate() and kill() reach the launcher only). Its finished signal: "cancelled"."""
-        from SurgicalDepthTrainingLib.process_tree import is_slicer_launcher, kill_process_tree, stop_command
-        process = self._process
-        if process is None:
-            return
-        self._cancelled = True
-        process.write(b"stop\n")
-        process.closeWriteChannel()
-        pid, launcher = process.processId(), is_slicer_launcher(process.program())
-        running = lambda: process.state() != qt.QProcess.NotRunning  # noqa: E731
-        qt.QTimer.singleShot(KILL_GRACE_MS, lambda: running() and stop_command(pid, launcher))
-        qt.QTimer.singleShot(2 * KILL_GRACE_MS, lambda: running() and kill_process_tree(pid))
+        """Stop the running process without blocking the GUI (``process_tree.cancel_process``: the stop line, then
+        SIGTERM to the interpreter and the whole tree; longer once a training said it saves). Finished: "cancelled"."""
+        from SurgicalDepthTrainingLib.process_tree import cancel_process
+        if self._process is not None:
+            self._cancelled = True
+            cancel_process(self._process, lambda: self._saving, qt.QTimer.singleShot)
+
+    def stopAndWait(self, timeoutMs: int) -> None:
+        """Cancel and wait (blocking; ``process_tree.stop_and_wait``): for Slicer's exit, where no timer fires."""
+        from SurgicalDepthTrainingLib.process_tree import stop_and_wait
+        if self._process is not None:
+            self._cancelled = True
+            stop_and_wait(self._process, timeoutMs)
 
     def showResults(self, folder: Optional[str], report: Optional[str] = None, figure: Optional[str] = None) -> dict:
         """Show the metrics of ``report`` (evaluation JSON) as a vtkMRMLTableNode (and ``"metrics"`` rows), ``log.csv``
@@ -379,4 +383,6 @@ class SurgicalDepthTrainingLogic(ScriptedLoadableModuleLogic):
 
 
 class SurgicalDepthTrainingTest(ScriptedLoadableModuleTest):
-    """The self-tests run the real logic in Testing/Python/SurgicalDepthTrainingLogicTest.py (ctest, source tree)."""
+    def runTest(self):  # the logic self-tests: Testing/Python/SurgicalDepthTrainingLogicTest.py (ctest runs it too)
+        from SurgicalDepthLib.slicer_helpers import logic_self_test
+        logic_self_test(Path(__file__).parent, "SurgicalDepthTrainingLogicTest", self)

@@ -198,18 +198,23 @@ def copy_run(run: Path, tmp_path: Path) -> Path:
 # -- synth --------------------------------------------------------------------------------------------------------
 def test_synth_manifest_existing_folder_and_seed(data, tmp_path):
     """Catches: synth leaving no run manifest (so other commands could mix their outputs into the data set),
-    overwriting an existing folder, and --seed -1 failing with numpy's message that names no option."""
+    overwriting an existing folder, --seed -1 failing with numpy's message that names no option, and an existing
+    empty folder refused (the Training module's folder field can only pick an existing folder)."""
     from SurgicalDepthLib.run_folder import read_manifest
 
     header, files = read_manifest(data)
     assert header["command"] == "synth"
     assert sorted(files) == sorted(k for k in snapshot(data) if not k.startswith("."))
     before = snapshot(data)
-    again, seed = cli_many(("synth", "--output", data, "--frames", "2", "--progress", "none"),
-                           ("synth", "--output", tmp_path / "neg", "--seed", "-1", "--progress", "none"))
+    (tmp_path / "chosen").mkdir()
+    again, seed, empty = cli_many(("synth", "--output", data, "--frames", "2", "--progress", "none"),
+                                  ("synth", "--output", tmp_path / "neg", "--seed", "-1", "--progress", "none"),
+                                  ("synth", "--output", tmp_path / "chosen", "--frames", "1", "--size", "28x42",
+                                   "--progress", "none"))
     assert_error(again, str(data), "already exists")
     assert_error(seed, "--seed", "-1")
     assert snapshot(data) == before and not (tmp_path / "neg").exists()
+    assert empty.returncode == 0 and read_manifest(tmp_path / "chosen")[0]["command"] == "synth"
 
 
 def test_synth_overwrite_replaces_only_its_own_data_set(data, tmp_path):

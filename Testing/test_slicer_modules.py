@@ -375,9 +375,14 @@ def test_training_cancel_does_not_block_the_gui():
     cancel = _method(_tree(TRAINING), "SurgicalDepthTrainingLogic", "cancel")
     calls = {_dotted(n.func) or getattr(n.func, "attr", "") for n in ast.walk(cancel) if isinstance(n, ast.Call)}
     assert not any(c.endswith("waitForFinished") for c in calls), calls
-    assert {"qt.QTimer.singleShot", "stop_command", "kill_process_tree"} <= calls
+    # process_tree.cancel_process (tested with real processes) escalates on Qt's timer, never blocking
+    assert "cancel_process" in calls and "qt.QTimer.singleShot" in ast.unparse(cancel)
     assert not {"process.terminate", "process.kill"} & calls
     assert "self._cancelled = True" in ast.unparse(cancel)
+    cleanup = ast.unparse(_method(_tree(TRAINING), "SurgicalDepthTrainingWidget", "cleanup"))
+    assert "stopAndWait" in cleanup  # at Slicer's exit no timer fires: the escalation must not need one
+    wait = ast.unparse(_method(_tree(TRAINING), "SurgicalDepthTrainingLogic", "wait"))
+    assert "kill_process_tree" in wait and "process.kill()" not in wait  # kill() reaches the launcher only
     start = ast.unparse(_method(_tree(TRAINING), "SurgicalDepthTrainingLogic", "start"))
     assert "run_outcome(" in start and "self._cancelled" in start
 
@@ -537,3 +542,12 @@ def test_surgical_depth_live_keeps_mrml_on_the_gui_thread():
     ended = poll[poll.index("if live is not self._live:"):poll.index("try:")]
     assert "not live['worker'].running" in ended and "live['timer'].stop()" in ended and "return" in ended
     assert "self.logic.stopLive(wait=True)" in ast.unparse(_method(tree, "SurgicalDepthWidget", "cleanup"))
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_module_self_test_runs_the_logic_tests(module):
+    """Catches a module test class without a test: Slicer's ScriptedLoadableModuleTest.runTest only logs "No test
+    is defined", so "Reload and Test" and ctest ``py_<module>`` passed having run nothing."""
+    run = ast.unparse(_method(_tree(REPO / module / f"{module}.py"), f"{module}Test", "runTest"))
+    assert f"logic_self_test(Path(__file__).parent, '{module}LogicTest', self)" in run
+    assert (REPO / module / "Testing" / "Python" / f"{module}LogicTest.py").is_file()

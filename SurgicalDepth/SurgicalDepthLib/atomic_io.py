@@ -149,27 +149,44 @@ def _rename_all(temps: list[Path], paths: list[Path]) -> None:
             aside.unlink()
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike, replace: bool = False) -> Iterator[Path]:
-    """Yield a temporary folder beside ``path``; on success rename it to ``path``, on error delete it.
+def _empty_folder(path: Path) -> bool:
+    return path.is_dir() and not any(path.iterdir())
 
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, replace: bool = False,
+               replaceable: Callable[[Path], None] | None = None) -> Iterator[Path]:
+    """Yield a temporary folder beside ``path``; on success rename it to ``path``, on error delete it (and the
+    parent folders it created).
+
+    An existing *empty* folder ``path`` counts as absent (a folder chosen in a file dialog exists already).
+    Without ``replace`` nothing at ``path`` is ever touched: a folder or file that appears there while the new one
+    is written (another run's, the user's) makes it fail with ``FileExistsError``, and the new one is deleted.
     ``replace``: an existing folder ``path`` is replaced, and only once the new one is complete: it is moved into
     a temporary folder beside it, the new one renamed in, then the old one deleted (moved back if the rename fails).
-    A caller checks first that it may go.
+    A caller checks first that it may go; ``replaceable(path)`` checks again just before it is moved (raising keeps
+    it), so that files added to it in the meantime are not lost.
 
     Raises:
-        FileExistsError: ``path`` exists already (without ``replace``). Missing parent folders are created.
+        FileExistsError: ``path`` exists already (without ``replace``), or appeared meanwhile.
     """
     path = Path(path)
-    if path.exists() and not replace:
+    if path.exists() and not replace and not _empty_folder(path):
         raise FileExistsError(f"{path} already exists")
+    created = [parent for parent in path.parents if not parent.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _create_unique(path.parent, f".{path.name}.", "", _new_folder)
     try:
         yield tmp
+        if _empty_folder(path):  # as at the start, or made meanwhile: nothing in it to keep
+            path.rmdir()
         if not path.exists():
-            os.replace(tmp, path)
+            _rename_new(tmp, path)
             return
+        if not replace:
+            raise FileExistsError(f"{path} appeared while it was being written; it was left as it is")
+        if replaceable is not None:
+            replaceable(path)
         # the old folder goes inside a new one: renaming onto an existing (empty) folder fails on Windows
         aside = _create_unique(path.parent, f".{path.name}.old-", "", _new_folder)
         os.replace(path, aside / path.name)
@@ -181,4 +198,20 @@ def atomic_dir(path: str | os.PathLike, replace: bool = False) -> Iterator[Path]
         shutil.rmtree(aside, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for parent in created:  # innermost first; one that holds something now stays
+            try:
+                parent.rmdir()
+            except OSError:
+                break
+        raise
+
+
+def _rename_new(tmp: Path, path: Path) -> None:
+    """Rename ``tmp`` to ``path``, which must not exist: ``os.rename`` fails on Windows if it does, and on POSIX
+    for anything but an empty folder (which has nothing to lose)."""
+    try:
+        os.rename(tmp, path)
+    except OSError:
+        if path.exists():
+            raise FileExistsError(f"{path} appeared while it was being written; it was left as it is") from None
         raise

@@ -441,3 +441,24 @@ def file_run_nodes(sh: Any, folder: int, nodes: Iterable[Any]) -> None:
             sh.SetItemParent(item, folder)
         elif not item and any(node.IsA(name) for name in UNCLAIMED_CLASSES):
             sh.CreateItem(folder, node)
+
+
+def logic_self_test(module_folder: Any, name: str, case: Any) -> None:
+    """Run a module's logic self-tests, ``<module_folder>/Testing/Python/<name>.py`` (the source tree's; ctest runs
+    that file too), for its "Reload and Test" and self-test: ``case`` (the module's ``ScriptedLoadableModuleTest``)
+    fails if any of them fails or errs. Where the file is not there (an installed extension ships no tests) it says
+    so in the log and returns."""
+    import importlib.util
+    import unittest
+    from pathlib import Path
+
+    path = Path(module_folder) / "Testing" / "Python" / f"{name}.py"
+    if not path.is_file():
+        logger.warning("%s not found: the logic self-tests run from the extension's source tree", path)
+        return
+    spec = importlib.util.spec_from_file_location(name, path)
+    tests = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tests)
+    result = unittest.TextTestRunner(verbosity=2).run(unittest.defaultTestLoader.loadTestsFromModule(tests))
+    case.assertTrue(result.wasSuccessful(), f"{name}: {len(result.failures)} failed, {len(result.errors)} errors "
+                                            f"of {result.testsRun}")

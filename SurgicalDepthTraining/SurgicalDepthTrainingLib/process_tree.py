@@ -12,9 +12,20 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-__all__ = ["child_pids", "is_slicer_launcher", "kill_process_tree", "stop_command"]
+__all__ = ["cancel_process", "cancel_step", "child_pids", "is_slicer_launcher", "kill_process_tree", "stop_and_wait",
+           "stop_command"]
+
+#: cancel: after the stop line, SIGTERM to the interpreter once this has passed, the whole tree as long again later
+KILL_GRACE_MS = 60_000
+#: the same once a training said it stops after its current step (a step or a validation on a CPU can take minutes;
+#: a SIGTERM then is a second signal: it stops at once, without saving last.pt)
+SAVE_GRACE_MS = 600_000
+#: what ``QProcess.state()`` returns for a process that is not running (``QProcess.NotRunning``)
+NOT_RUNNING = 0
 
 
 def child_pids(pid: int) -> list[int]:
@@ -77,3 +88,53 @@ def _send(pid: int, sig: int) -> None:
         os.kill(pid, sig)
     except (ProcessLookupError, PermissionError):  # ended meanwhile (its pid not reused by one of ours)
         pass
+
+
+def cancel_step(waited_ms: int, saving: bool) -> tuple[str, int]:
+    """What a cancel does next while the process still runs ``waited_ms`` after its stop line: ``("wait", ms)``,
+    ``("terminate", ms)`` (SIGTERM to the interpreter, then ask again in ms) or ``("kill", 0)`` (the whole tree).
+    ``saving``: the process said it is saving its state (train's ``STOPPING_NOTE`` on stderr): it gets
+    :data:`SAVE_GRACE_MS` instead of :data:`KILL_GRACE_MS`. Waits are at most :data:`KILL_GRACE_MS`, so that a
+    note that comes later still counts."""
+    grace = SAVE_GRACE_MS if saving else KILL_GRACE_MS
+    if waited_ms < grace:
+        return "wait", min(KILL_GRACE_MS, grace - waited_ms)
+    if waited_ms < grace + KILL_GRACE_MS:
+        return "terminate", grace + KILL_GRACE_MS - waited_ms
+    return "kill", 0
+
+
+def cancel_process(process: Any, saving: Callable[[], bool], single_shot: Callable[[int, Callable], Any]) -> None:
+    """Stop a running ``qt.QProcess`` without blocking: the line ``stop`` on its stdin (the command stops as on
+    SIGTERM, a training saving its state; PythonSlicer passes stdin on, not signals), then, while it runs, the steps
+    of :func:`cancel_step` (``saving()`` asked at each), each timed with ``single_shot(ms, callback)``
+    (``qt.QTimer.singleShot``). ``process`` needs ``write``, ``closeWriteChannel``, ``state``, ``processId`` and
+    ``program``, as a QProcess has."""
+    process.write(b"stop\n")
+    process.closeWriteChannel()
+
+    def escalate(waited_ms: int) -> None:
+        if process.state() == NOT_RUNNING:
+            return
+        action, delay_ms = cancel_step(waited_ms, saving())
+        if action == "kill":
+            kill_process_tree(process.processId())
+            return
+        if action == "terminate":
+            stop_command(process.processId(), is_slicer_launcher(process.program()))
+        single_shot(delay_ms, lambda: escalate(waited_ms + delay_ms))
+
+    escalate(0)
+
+
+def stop_and_wait(process: Any, timeout_ms: int) -> None:
+    """Stop a running ``qt.QProcess`` and wait for it (blocking): the stop line, up to ``timeout_ms`` for it to stop
+    on its own, then SIGTERM to the interpreter and the whole tree a few seconds apart. For Slicer's exit, after its
+    event loop has ended, where no timer of :func:`cancel_process` would fire. Needs ``waitForFinished`` too."""
+    process.write(b"stop\n")
+    process.closeWriteChannel()
+    if not process.waitForFinished(timeout_ms):
+        stop_command(process.processId(), is_slicer_launcher(process.program()))
+        if not process.waitForFinished(5000):
+            kill_process_tree(process.processId())
+            process.waitForFinished(5000)

@@ -13,6 +13,7 @@ Importing this module is cheap (no torch): the registries (datasets, losses) are
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import math
@@ -24,6 +25,8 @@ from typing import Any
 
 from SurgicalDepthLib.progress import STAGES
 from SurgicalDepthLib.slicer_helpers import model_source
+
+from .commands.train import STOPPING_NOTE
 
 CLI_MODULE = "SurgicalDepthTrainingLib"  # python -m: full CLI, no installed entry point needed (Slicer)
 PROGRESS_ARGS = ("--progress", "jsonl")  # every command the module runs reports JSON lines on stdout
@@ -313,11 +316,12 @@ def run_outcome(exit_code: int, crashed: bool, cancelled: bool) -> str:
 
 def finish_text(what: str, outcome: str, tracker: ProgressTracker, exit_code: int | None) -> str:
     """Status text at the end of a run (``outcome`` of :func:`run_outcome`): ``"Cancelled."``, ``"<what> failed:
-    <error event or exit code>"`` or ``"<what> finished: <scores of the done event>"``."""
+    <error event, or exit code (None: it crashed)>"`` or ``"<what> finished: <scores of the done event>"``."""
     if outcome == "cancelled":
         return "Cancelled."
     if outcome == "failed":
-        return f"{what} failed: {tracker.error or f'exit code {exit_code}'}"
+        ended = "the process crashed or was killed (out of memory?)" if exit_code is None else f"exit code {exit_code}"
+        return f"{what} failed: {tracker.error or ended}"
     result = tracker.result or {}
     scores = [f"{label} {result[key]:.4g}" for key, label in _METRIC_LABELS.items()
               if key != "lr" and isinstance(result.get(key), (int, float))]
@@ -376,15 +380,16 @@ def plot_series(history: dict[str, list[float]]) -> list[tuple[str, str, list[fl
 
 
 class LineBuffer:
-    """Cuts a process's output chunks into lines; a line split between two chunks is joined again.
-    ``carriage_return``: ``\\r`` ends a line too (progress bars redraw with it)."""
+    """Cuts a process's output chunks (UTF-8 bytes) into lines; a line, or a character's bytes, split between two
+    chunks is joined again. ``carriage_return``: ``\\r`` ends a line too (progress bars redraw with it)."""
 
     def __init__(self, carriage_return: bool = False):
         self._pending, self._cr = "", carriage_return
+        self._decode = codecs.getincrementaldecoder("utf-8")("replace").decode
 
-    def feed(self, text: str, final: bool = False) -> list[str]:
-        """The lines completed by ``text``; ``final``: the output ended, so the rest is a line too."""
-        text = self._pending + text
+    def feed(self, data: bytes, final: bool = False) -> list[str]:
+        """The lines completed by ``data``; ``final``: the output ended, so the rest is a line too."""
+        text = self._pending + self._decode(data, final)
         *lines, self._pending = (text.replace("\r", "\n") if self._cr else text).split("\n")
         if final and self._pending:
             lines.append(self._pending)
@@ -394,7 +399,7 @@ class LineBuffer:
 
 #: the history file ``surgical-depth train`` writes into its output folder (see :mod:`.training`)
 HISTORY_NAME = "log.csv"
-FIGURE_PATTERNS = ("qualitative*.png", "figure*.png", "summary*.png", "*.png")
+FIGURE_PATTERNS = ("qualitative*.png", "figure*.png", "summary*.png")
 
 
 def find_history(folder: str | os.PathLike) -> Path | None:

@@ -6,6 +6,7 @@ import re
 import stat
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -60,6 +61,36 @@ def test_atomic_dir_replaces_a_folder_only_once_the_new_one_is_complete(tmp_path
         assert (old / "old.txt").is_file()  # still there while the new one is written
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
     assert sorted(p.name for p in old.iterdir()) == ["new.txt"]
+
+
+def test_atomic_dir_never_touches_what_appears_meanwhile_and_takes_an_empty_folder(tmp_path):
+    """Catches (synth): a folder that appeared at the output while the data set was written (a second synth run's,
+    the user's) moved aside and deleted without ``--overwrite`` (data loss); files added to a replaced data set
+    after the caller's check deleted with it; an empty folder (chosen in a file dialog, which must exist) refused;
+    an interrupted run leaving the parent folders it created behind."""
+    target = tmp_path / "data"
+    with pytest.raises(FileExistsError, match="appeared while"), atomic_dir(target) as tmp:
+        (tmp / "new.txt").write_text("new")
+        target.mkdir()
+        (target / "precious.txt").write_text("mine")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"] and (target / "precious.txt").read_text() == "mine"
+
+    def refuse(folder: Path) -> None:
+        if (folder / "precious.txt").exists():
+            raise FileExistsError(f"{folder} holds a file no run wrote")
+
+    with pytest.raises(FileExistsError, match="no run wrote"), atomic_dir(target, replace=True,
+                                                                          replaceable=refuse) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in target.iterdir()) == ["precious.txt"]
+    empty = tmp_path / "chosen"
+    empty.mkdir()
+    with atomic_dir(empty) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert sorted(p.name for p in empty.iterdir()) == ["new.txt"]
+    with pytest.raises(RuntimeError), atomic_dir(tmp_path / "a" / "b" / "out") as tmp:
+        raise RuntimeError("interrupted")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chosen", "data"]
 
 
 def test_temporary_names_keep_the_documented_pattern(tmp_path):

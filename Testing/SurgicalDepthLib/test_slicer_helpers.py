@@ -376,3 +376,32 @@ def test_has_calibration_only_for_a_real_camera():
     assert not sh.has_calibration(None, None, 0.0)
     assert sh.has_calibration(None, "/data/scope.yaml", 0.0) and sh.has_calibration(None, "", 412.5)
     assert sh.has_calibration(object(), "", 0.0)
+
+
+def test_logic_self_test_runs_the_tests_beside_the_module(tmp_path, caplog):
+    """Catches a module self-test ("Reload and Test", ctest ``py_SurgicalDepth``) that ran nothing and passed: the
+    module's test class had no test method, so Slicer's default runTest only logged "No test is defined". A failing
+    logic test must fail the module's test; a missing file (an installed extension) is said, not passed silently."""
+    import unittest
+
+    folder = tmp_path / "Testing" / "Python"
+    folder.mkdir(parents=True)
+    (folder / "DemoLogicTest.py").write_text(
+        "import unittest\n"
+        "class DemoLogicTest(unittest.TestCase):\n"
+        "    def test_passes(self):\n"
+        "        self.assertTrue(True)\n"
+        "    def test_checks(self):\n"
+        "        self.assertEqual(open(__file__).read().count('FAIL' + 'S'), 0)\n")
+
+    class Module(unittest.TestCase):
+        def runTest(self):
+            sh.logic_self_test(tmp_path, "DemoLogicTest", self)
+
+    assert unittest.TextTestRunner().run(Module()).wasSuccessful()
+    (folder / "DemoLogicTest.py").write_text((folder / "DemoLogicTest.py").read_text() + "# FAILS\n")
+    result = unittest.TextTestRunner().run(Module())
+    assert len(result.failures) == 1 and "1 failed, 0 errors of 2" in result.failures[0][1]
+    with caplog.at_level(logging.WARNING):
+        sh.logic_self_test(tmp_path / "installed", "DemoLogicTest", Module())
+    assert "not found" in caplog.text

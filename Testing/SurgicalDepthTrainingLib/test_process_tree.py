@@ -9,12 +9,15 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from SurgicalDepthTrainingLib.process_tree import child_pids, is_slicer_launcher, kill_process_tree, stop_command
+from SurgicalDepthTrainingLib import process_tree
+from SurgicalDepthTrainingLib.process_tree import (cancel_process, child_pids, is_slicer_launcher, kill_process_tree,
+                                                   stop_and_wait, stop_command)
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals (Windows: taskkill /T /F)")
 
@@ -51,7 +54,8 @@ def started(tmp_path):
     pids: list[int] = []
 
     def start(behaviour: str) -> tuple[subprocess.Popen, int, int]:
-        launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, INTERPRETER, str(tmp_path), behaviour])
+        launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, INTERPRETER, str(tmp_path), behaviour],
+                                    stdin=subprocess.PIPE)
         pids.append(launcher.pid)
         deadline = time.monotonic() + 60
         while not (tmp_path / "pids").is_file():
@@ -59,7 +63,7 @@ def started(tmp_path):
             time.sleep(0.05)
         (interpreter,) = child_pids(launcher.pid)
         pids.extend([interpreter, int((tmp_path / "pids").read_text())])
-        return launcher, pids[1], pids[2]
+        return launcher, pids[-2], pids[-1]
 
     yield start
     for pid in pids:
@@ -103,3 +107,84 @@ def test_slicer_launcher_is_told_from_an_interpreter():
     assert is_slicer_launcher("/opt/Slicer-5.8/bin/PythonSlicer")
     assert is_slicer_launcher(r"C:\Users\me\AppData\Local\slicer.org\Slicer 5.8\bin\PythonSlicer.exe")
     assert not is_slicer_launcher(sys.executable) and not is_slicer_launcher("/usr/bin/python3")
+
+
+class QProcessCalls:
+    """The calls cancel_process / stop_and_wait make on a ``qt.QProcess``, over a real launcher process (Qt is not
+    here; the processes and signals are real)."""
+
+    def __init__(self, popen: subprocess.Popen):
+        self.popen = popen
+
+    def write(self, data: bytes) -> None:
+        self.popen.stdin.write(data)
+        self.popen.stdin.flush()
+
+    def closeWriteChannel(self) -> None:
+        self.popen.stdin.close()
+
+    def state(self) -> int:
+        return process_tree.NOT_RUNNING if self.popen.poll() is not None else 2  # QProcess.Running
+
+    def processId(self) -> int:
+        return 0 if self.popen.poll() is not None else self.popen.pid
+
+    def program(self) -> str:
+        return "/opt/Slicer/bin/PythonSlicer"
+
+    def waitForFinished(self, ms: int) -> bool:
+        try:
+            self.popen.wait(ms / 1000)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+
+
+def _timer(ms: int, callback) -> None:  # qt.QTimer.singleShot
+    threading.Timer(ms / 1000, callback).start()
+
+
+@pytest.mark.parametrize("saving", [False, True])
+def test_cancel_waits_longer_for_a_run_that_saves(tmp_path, started, monkeypatch, saving):
+    """Catches the Cancel's SIGTERM sent a minute after the stop line although the training had said it stops
+    after its current step: for train that SIGTERM is a second signal, which stops at once without saving
+    ``last.pt`` (a step or a validation on a CPU can take minutes). It comes after SAVE_GRACE_MS then, and after
+    KILL_GRACE_MS otherwise; the whole tree ends KILL_GRACE_MS later if it is ignored."""
+    monkeypatch.setattr(process_tree, "KILL_GRACE_MS", 300)
+    monkeypatch.setattr(process_tree, "SAVE_GRACE_MS", 2000)
+    launcher, interpreter, worker = started("obeys")
+    start = time.monotonic()
+    cancel_process(QProcessCalls(launcher), lambda: saving, _timer)
+    assert launcher.wait(timeout=30) == 130 and (tmp_path / "stopped").read_text() == "SIGTERM"
+    took = time.monotonic() - start
+    assert (1.9 < took < 10) if saving else (0.25 < took < 1.9), took
+
+
+def test_cancel_ends_a_tree_that_ignores_it(started, monkeypatch):
+    """Catches a Cancel that stopped escalating (a hung command held the GPU and its run folder): the stop line
+    and SIGTERM are ignored here, and the launcher, interpreter and worker still all end."""
+    monkeypatch.setattr(process_tree, "KILL_GRACE_MS", 300)
+    launcher, interpreter, worker = started("ignores")
+    cancel_process(QProcessCalls(launcher), lambda: False, _timer)
+    launcher.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while (_alive(interpreter) or _alive(worker)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(interpreter) and not _alive(worker)
+
+
+def test_stop_and_wait_at_exit_stops_then_ends_the_tree(tmp_path, started):
+    """Slicer's exit (no timer fires after its event loop): catches a cleanup that only wrote the stop line, so a
+    command that missed it, or hung, ran on after Slicer had gone. One that obeys SIGTERM stops cleanly; one that
+    ignores it is killed with its worker."""
+    launcher, interpreter, worker = started("obeys")
+    stop_and_wait(QProcessCalls(launcher), 200)
+    assert launcher.returncode == 130 and (tmp_path / "stopped").read_text() == "SIGTERM"
+    (tmp_path / "pids").unlink()
+    launcher, interpreter, worker = started("ignores")
+    stop_and_wait(QProcessCalls(launcher), 200)
+    assert launcher.returncode is not None and not _alive(interpreter)
+    deadline = time.monotonic() + 30
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(worker)

@@ -222,15 +222,23 @@ def test_run_outcome_and_finish_text():
     failed, _ = _feed("train", ['{"event": "error", "message": "--root x does not exist"}'])
     assert sh.finish_text("Training", "failed", failed, 2) == "Training failed: --root x does not exist"
     assert sh.finish_text("Training", "failed", sh.ProgressTracker("train"), 139) == "Training failed: exit code 139"
+    # a crash (QProcess.CrashExit: killed, out of memory) has no exit code to show
+    assert sh.finish_text("Training", "failed", sh.ProgressTracker("train"), None) == \
+        "Training failed: the process crashed or was killed (out of memory?)"
 
 
-def test_line_buffer_joins_lines_split_between_chunks():
-    """Catches JSON lines lost or broken when the pipe delivers them in pieces."""
+def test_line_buffer_joins_lines_and_characters_split_between_chunks():
+    """Catches JSON lines lost or broken when the pipe delivers them in pieces, and a character whose UTF-8 bytes
+    the pipe split decoded chunk by chunk (the error dialog showed U+FFFD in a path's 'é' or in 'δ1')."""
     out = sh.LineBuffer()
-    assert out.feed(_P[:20]) == [] and out.feed(_P[20:] + "\n{\"event\"") == [_P]
-    assert out.feed(': "done"}', final=True) == ['{"event": "done"}']
+    assert out.feed(_P[:20].encode()) == [] and out.feed((_P[20:] + "\n{\"event\"").encode()) == [_P]
+    assert out.feed(b': "done"}', final=True) == ['{"event": "done"}']
     err = sh.LineBuffer(carriage_return=True)
-    assert err.feed("train: 10%\rtrain: 20%\rmessage\n") == ["train: 10%", "train: 20%", "message"]
+    assert err.feed(b"train: 10%\rtrain: 20%\rmessage\n") == ["train: 10%", "train: 20%", "message"]
+    text = "--root /données/δ1 does not exist\n".encode()
+    split = sh.LineBuffer()
+    lines = [line for i in range(len(text)) for line in split.feed(text[i:i + 1])]
+    assert lines == ["--root /données/δ1 does not exist"]
 
 
 def test_training_log_history_plots_against_steps(tmp_path):
@@ -269,8 +277,8 @@ def test_find_history_and_figure(tmp_path):
     assert sh.find_history(tmp_path) == tmp_path / "run" / "log.csv"  # train --recipe default
     (tmp_path / "log.csv").write_text("epoch,step,loss\n")
     assert sh.find_history(tmp_path) == tmp_path / "log.csv"
-    (tmp_path / "other.png").write_bytes(b"x")
-    assert sh.find_figure(tmp_path).name == "other.png"
+    (tmp_path / "screenshot.png").write_bytes(b"x")
+    assert sh.find_figure(tmp_path) is None  # not every PNG of a folder is the run's figure
     (tmp_path / "qualitative_epoch1.png").write_bytes(b"x")
     time.sleep(0.01)
     (tmp_path / "qualitative_epoch2.png").write_bytes(b"x")

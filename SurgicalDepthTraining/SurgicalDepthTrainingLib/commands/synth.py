@@ -108,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
     if args.close_up and not args.polyps > 0:
         raise ValueError("--close-up needs polyps to look at: give --polyps N (N > 0)")
-    replacing = args.output.exists()
+    # an empty folder (one chosen in a file dialog, which must exist) is taken as a new one
+    replacing = args.output.exists() and not (args.output.is_dir() and not any(args.output.iterdir()))
     if replacing and not args.overwrite:
         raise FileExistsError(f"--output {args.output} already exists; choose a new folder, or pass --overwrite to "
                               "replace a data set an earlier synth run wrote there")
@@ -122,9 +123,10 @@ def run(args: argparse.Namespace) -> int:
                          albedo_patches=args.albedo_patches)
     generator = SceneGenerator(config)
     with progress_of(args).stage("synth", args.frames, unit="frame", desc=f"synth {args.organ}") as stage:
+        # the old data set stays until the new one is complete, and is checked again before it goes
         root = write_synthetic(_counted(generator.iter_frames(args.frames), stage), args.output,
                                {"organ": args.organ, "seed": args.seed, "generator": config.to_dict()},
-                               replace=replacing)  # the old data set stays until the new one is complete
+                               replace=replacing, replaceable=_check_replaceable)
     print(f"wrote {args.frames} {args.organ} frames to {root}")
     args.result = {"frames": args.frames, "output": str(root)}
     return 0

@@ -31,6 +31,8 @@ CONFIG_FLAGS = ("val_fraction", "model", "loss", "lr", "decoder_lr_mult", "batch
 SEMI_FLAGS = ("teacher", "unlabeled_weight", "feature_weight", "cutmix_prob")
 #: flags that act only on the low-frequency swap, refused without --style-root (they would do nothing)
 STYLE_FLAGS = ("style_prob", "style_beta")
+#: what the first SIGINT/SIGTERM makes train say on stderr (the Training module then waits longer before escalating)
+STOPPING_NOTE = "stopping after the current training step"
 #: TrainConfig fields whose flag is not ``--field-name``
 _FLAG_OF = {"lora_rank": "--lora"}
 
@@ -195,7 +197,7 @@ def _stop_on_signals() -> Iterator[threading.Event]:
         stop.signal_name = signal.Signals(signum).name
         stop.set()
         # os.write: the handler may interrupt a write to sys.stderr, which must not be re-entered
-        os.write(2, f"{stop.signal_name}: stopping after the current training step (saving last.pt) or clip "
+        os.write(2, f"{stop.signal_name}: {STOPPING_NOTE} (saving last.pt) or clip "
                     "(send it again to stop at once)\n".encode())
 
     if threading.current_thread() is not threading.main_thread():

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import cv2
@@ -58,13 +58,15 @@ def _write_text(path: Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def write_synthetic(frames: Iterable[dict], root: str | os.PathLike, meta: dict, replace: bool = False) -> Path:
+def write_synthetic(frames: Iterable[dict], root: str | os.PathLike, meta: dict, replace: bool = False,
+                    replaceable: Callable[[Path], None] | None = None) -> Path:
     """Write ``frames`` (dicts with ``image``, ``depth``, ``valid``, ``intrinsics``, ``pose``) to ``root``.
 
     Args:
         frames: frame dicts as returned by ``render_clip`` (may be a lazy iterator); all share one intrinsics.
-        root: output folder; must not exist yet (it appears only when everything is written), unless ``replace``:
-            then an existing ``root`` is replaced once the new one is complete (``atomic_dir``).
+        root: output folder; must not exist yet or be empty (it appears only when everything is written), unless
+            ``replace``: then an existing ``root`` is replaced once the new one is complete (``atomic_dir``), after
+            ``replaceable(root)`` (if given) has checked it once more.
         meta: at least ``organ``, ``seed``, ``generator`` (the ``SceneConfig`` as a dict).
     Returns:
         ``root`` as a Path.
@@ -74,7 +76,7 @@ def write_synthetic(frames: Iterable[dict], root: str | os.PathLike, meta: dict,
         if key not in meta:
             raise ValueError(f"meta must contain {key!r}; got keys {sorted(meta)}")
     # the manifest's paths are relative, so it stays valid when the finished folder is renamed to ``root``
-    with atomic_dir(root, replace=replace) as tmp, RunFolder(tmp, "synth") as run:
+    with atomic_dir(root, replace=replace, replaceable=replaceable) as tmp, RunFolder(tmp, "synth") as run:
         intrinsics: Intrinsics | None = None
         pose_lines = [POSE_FILE_HEADER]
         count = 0

@@ -2,10 +2,11 @@
 out of ``SurgicalDepthTraining.py`` so that the module stays thin).
 
 The history plot needs nothing beyond Slicer; the evaluation runs a real ``surgical-depth evaluate`` process on a
-synthetic data set and is skipped with a message when the Python packages are missing in testing mode (extension
-build machines install nothing). Run in Slicer:
+synthetic data set, the cancel a real ``synth``; both are skipped with a message when the Python packages are missing
+in testing mode (extension build machines install nothing). Run in Slicer:
 ``slicer.testing.runUnitTest(['<this folder>'], 'SurgicalDepthTrainingLogicTest')``.
 """
+import time
 from pathlib import Path
 
 import slicer
@@ -15,13 +16,13 @@ import SurgicalDepthTraining  # the module (not its test class: the test loader 
 
 
 class SurgicalDepthTrainingLogicTest(ScriptedLoadableModuleTest):
-    """The training history plot, and a real evaluation process with its displayed results."""
+    """The training history plot, a real evaluation process with its displayed results, and a cancelled run."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
 
     def runTest(self):
-        for test in (self.test_history_plot, self.test_evaluate_synthetic):
+        for test in (self.test_history_plot, self.test_evaluate_synthetic, self.test_cancel):
             self.setUp()
             test()
 
@@ -33,13 +34,39 @@ class SurgicalDepthTrainingLogicTest(ScriptedLoadableModuleTest):
         self.assertEqual((loss.GetNumberOfRows(), absRel.GetNumberOfRows()), (2, 2))  # NaN / empty cells dropped
         self.assertAlmostEqual(float(slicer.util.arrayFromTableColumn(absRel, "step")[1]), 100.0)
 
-    def test_evaluate_synthetic(self):
+    def _logicWithRequirements(self):
         from SurgicalDepthLib.slicer_helpers import MissingRequirements
-        logic, outcomes = SurgicalDepthTraining.SurgicalDepthTrainingLogic(), []
+        logic = SurgicalDepthTraining.SurgicalDepthTrainingLogic()
         try:
             logic._requirements()  # torch, OpenCV (the synthetic renderer) and the rest
         except MissingRequirements as exc:  # testing mode installs nothing
             self.skipTest(f"Surgical Depth Training self-test skipped: {exc}")
+        return logic
+
+    def test_cancel(self):
+        """Cancel of a running synth through PythonSlicer: reported "cancelled", quickly (the stop line, not the
+        escalation a minute later), with no process of it left and no data set written."""
+        from SurgicalDepthTrainingLib.process_tree import child_pids
+        logic, outcomes = self._logicWithRequirements(), []
+        p = logic.getParameterNode()
+        p.datasetRoot = Path(slicer.util.tempDirectory("SurgicalDepthTrainingCancel")) / "data"
+        p.synthFrames, p.earlierResults = 5000, "keep"
+        process = logic.startSynth(p, onFinished=outcomes.append)
+        pid, end = process.processId(), time.monotonic() + 120
+        while logic.tracker.event is None:  # rendering has begun
+            self.assertLess(time.monotonic(), end, "no progress from synth")
+            slicer.app.processEvents()
+            time.sleep(0.05)
+        start = time.monotonic()
+        logic.cancel()
+        logic.wait(50)
+        self.assertLess(time.monotonic() - start, 50)
+        self.assertEqual(outcomes, ["cancelled"])
+        self.assertEqual(child_pids(pid), [])  # the interpreter under the launcher has ended too
+        self.assertFalse(Path(p.datasetRoot).exists())
+
+    def test_evaluate_synthetic(self):
+        logic, outcomes = self._logicWithRequirements(), []
         import SurgicalDepthTrainingLib as sdt
         root = Path(slicer.util.tempDirectory("SurgicalDepthTrainingData"))
         sdt.write_synthetic(sdt.render_clip("colon", n_frames=3, seed=2, height=56, width=70), root / "seq_0000",
