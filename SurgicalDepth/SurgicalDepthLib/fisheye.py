@@ -20,6 +20,11 @@ def _fisheye_poly(theta: Any, coeffs: Any) -> tuple[Any, Any]:
             1 + t2 * (3 * k1 + t2 * (5 * k2 + t2 * (7 * k3 + t2 * 9 * k4))))
 
 
+def fisheye_radius(theta: Any, coeffs: Any) -> np.ndarray:
+    """Normalised distorted radius ``θd`` (float64) of incidence angles θ (radians) under OpenCV's fisheye model."""
+    return _fisheye_poly(np.asarray(theta, np.float64), coeffs)[0]
+
+
 def fisheye_limit_angle(coeffs: Any) -> float:
     """End (radians) of the increasing part of OpenCV's fisheye ``θd(θ)``: 0.999 of the first angle where its slope
     reaches 0, or of 90° (the most a fisheye ray sees off axis)."""

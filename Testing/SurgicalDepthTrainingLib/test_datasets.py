@@ -134,6 +134,19 @@ def test_empty_root_says_no_pairs(tmp_path, name):
 
 
 # ------------------------------------------------------------------------------------------- synthetic
+def test_synthetic_range_is_the_renderers_cap(tmp_path):
+    """Catches the loader reading a top-level ``max_depth_mm`` that ``write_synthetic`` never writes (it records the
+    renderer's cap inside ``generator``): evaluation then clamped to 655.35 mm instead of the data set's 300."""
+    from SurgicalDepthTrainingLib.synthetic import SceneConfig, SceneGenerator, write_synthetic
+
+    config = SceneConfig(organ="colon", height=24, width=32, seed=1, max_depth_mm=120.0)
+    frames = (f.as_dict() for f in SceneGenerator(config).iter_frames(1))
+    write_synthetic(frames, tmp_path / "seq", {"organ": "colon", "seed": 1, "generator": config.to_dict()})
+    ds = sdt.open_dataset("synthetic", tmp_path / "seq")
+    assert ds.max_depth == pytest.approx(120.0)
+    assert ds[0]["depth"][ds[0]["valid"]].max() <= 120.0
+
+
 def test_synthetic_round_trip(tmp_path):
     written = make_synthetic(tmp_path / "seq_a")
     before = _tree_digest(tmp_path)

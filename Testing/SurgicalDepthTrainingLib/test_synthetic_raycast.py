@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from SurgicalDepthLib.camera import Intrinsics
-from SurgicalDepthTrainingLib.synthetic.raycast import camera_rays, cast, fisheye_theta, rotate, trace
+from SurgicalDepthTrainingLib.synthetic.raycast import camera_rays, cast, rotate, trace
 from SurgicalDepthTrainingLib.synthetic.roots import illinois, ray_points
 from SurgicalDepthTrainingLib.synthetic.scenes import (HeightfieldSurface, Instrument, TubeSurface,
                                                        envelope_lipschitz, heightfield_lipschitz, slope_envelope,
@@ -108,11 +108,27 @@ def test_fisheye_rays_match_opencv():
     ours = dirs[..., :2] / dirs[..., 2:3]
     assert lens.all()
     np.testing.assert_allclose(ours, und, atol=1e-5)
-    # forward model round trip
-    theta = np.linspace(0.0, 1.4, 50)
-    t2 = theta ** 2
-    theta_d = theta * (1 + coeffs[0] * t2 + coeffs[1] * t2 ** 2)
-    np.testing.assert_allclose(fisheye_theta(theta_d, tuple(coeffs)), theta, atol=1e-12)
+
+
+def test_a_calibration_that_turns_over_sees_nothing_beyond_its_reach():
+    """Catches the renderer's plain Newton inversion of a user's fisheye calibration whose polynomial stops
+    increasing before the corners (k1 = -0.3: θd peaks at 0.70, at 60°): it returned angles whose radius is not the
+    pixel's and called those pixels in the lens, so a synthetic clip 'through a real scope' had valid depth on
+    rays that back-project 1e5 mm off the surface. In-lens rays must project back onto their pixel with OpenCV's
+    forward model; the rest are outside the lens."""
+    coeffs = [-0.3, 0.0, 0.0, 0.0]
+    intr = Intrinsics(fx=80.0, fy=80.0, cx=59.5, cy=47.5, width=120, height=96,
+                      distortion={"model": "fisheye", "coeffs": coeffs})
+    dirs, lens = camera_rays(intr)
+    assert 0 < lens.sum() < lens.size
+    k = np.array([[80.0, 0, 59.5], [0, 80.0, 47.5], [0, 0, 1]])
+    back, _ = cv2.fisheye.projectPoints(dirs[lens].reshape(-1, 1, 3), np.zeros(3), np.zeros(3), k, np.array(coeffs))
+    v, u = np.nonzero(lens)
+    np.testing.assert_allclose(back.reshape(-1, 2), np.stack([u, v], -1), atol=1e-6)
+    theta = np.linspace(0, 1.57, 100001)
+    peak = np.max(theta * (1 - 0.3 * theta ** 2))
+    radius = np.hypot((np.arange(120) - 59.5)[None, :], (np.arange(96) - 47.5)[:, None]) / 80.0
+    assert not lens[radius > peak * 1.0001].any() and lens[radius < peak * 0.999].all()
 
 
 def test_origin_inside_surface_is_rejected():

@@ -9,7 +9,8 @@
   depth/000000.png ...       16-bit PNG, depth_mm = value * depth_scale_mm; 0 = invalid
 ```
 ``split``: sequence sub-folder names (comma-separated or a list). Default range 1e-3 mm .. the largest encodable
-depth (``65535 * depth_scale_mm``), or ``meta["max_depth_mm"]`` when the writer recorded one.
+depth (``65535 * depth_scale_mm``), or the renderer's cap when the writer recorded one (``meta["generator"]
+["max_depth_mm"]``; a top-level ``meta["max_depth_mm"]`` is read too).
 """
 from __future__ import annotations
 
@@ -47,6 +48,14 @@ def read_meta(seq: Path) -> dict:
     return meta
 
 
+def _depth_cap(meta: dict) -> float:
+    """The largest depth (mm) a sequence's frames can hold: the renderer's cap (``generator.max_depth_mm``, where
+    ``write_synthetic`` records it), a top-level ``max_depth_mm``, else the largest encodable depth."""
+    generator = meta.get("generator") if isinstance(meta.get("generator"), dict) else {}
+    cap = meta.get("max_depth_mm", generator.get("max_depth_mm"))
+    return float(cap) if isinstance(cap, (int, float)) and cap > 0 else 65535 * float(meta["depth_scale_mm"])
+
+
 def _poses(path: Path) -> dict[int, np.ndarray]:
     """The layout's ``poses.txt`` (:func:`SurgicalDepthLib.pose_io.read_poses`, frame index required)."""
     try:
@@ -68,8 +77,7 @@ class Synthetic(DepthDataset):
         user_max = options.get("max_depth")
         super().__init__(root, split, **options)
         if user_max is None:
-            self.max_depth = max(float(m["meta"].get("max_depth_mm", 65535 * m["meta"]["depth_scale_mm"]))
-                                 for m in self._seq.values())
+            self.max_depth = max(_depth_cap(m["meta"]) for m in self._seq.values())
 
     def layout_hint(self) -> str:
         return "expected meta.json + intrinsics.json + poses.txt + rgb/NNNNNN.png + depth/NNNNNN.png"

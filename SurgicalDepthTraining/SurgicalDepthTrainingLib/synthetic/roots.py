@@ -172,7 +172,7 @@ def march_bound(bound: Field, lipschitz: float, origin: np.ndarray, dirs: np.nda
 
 def trace_planar(field: Field, lipschitz: float, origin: np.ndarray, dirs_t: np.ndarray,
                  t_max: float | np.ndarray, min_step: float = 0.2, min_step_per_mm: float = 0.0, tol: float = 1e-5,
-                 max_iter: int = 400, t_start: np.ndarray | None = None) -> np.ndarray:
+                 max_iter: int = 400, t_start: np.ndarray | None = None, grow: bool = True) -> np.ndarray:
     """``trace`` with planar directions ``dirs_t``: float64 [3, N]."""
     n = dirs_t.shape[1]
     origin = np.asarray(origin, np.float64)
@@ -195,7 +195,7 @@ def trace_planar(field: Field, lipschitz: float, origin: np.ndarray, dirs_t: np.
         if ids.size == 0:
             break
         evaluations += ids.size
-        if it >= 30 and it % 15 == 0:
+        if grow and it >= 30 and it % 15 == 0:
             # the last few rays graze the wall (|F| stays small); longer minimum steps end the costly tail
             floor0, floor_k = 2 * floor0, 2 * floor_k
         t_new = t + np.maximum(f * neg_inv_l, floor0 + floor_k * t)
@@ -236,8 +236,10 @@ def trace(field: Field, lipschitz: float, origin: np.ndarray, dirs: np.ndarray, 
         t_max: largest ray length searched, mm: a scalar or float [N] per ray.
         min_step: smallest march step, mm (features thinner than this along a ray may be stepped over).
         min_step_per_mm: the smallest step grows by this much per mm of ray length (cone tracing: about half a
-            pixel footprint, so far, sub-pixel features cost no extra steps). Both minimums double every 15
-            iterations after the 30th, for the few rays that graze a wall for a long stretch.
+            pixel footprint, so far, sub-pixel features cost no extra steps). With ``grow`` (``trace_planar``,
+            default) both minimums double every 15 iterations after the 30th, for the few rays that graze a wall
+            for a long stretch (such a ray can then step over a thin rim in front of it: ``raycast.cast`` traces
+            those again with ``grow=False``).
         tol: bracket width at which refinement stops, mm.
         t_start: float [N] ray lengths known to be in free space before the first hit (e.g. from
             ``march_bound``); default 0.
