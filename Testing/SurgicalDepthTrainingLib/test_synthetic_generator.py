@@ -154,6 +154,25 @@ def test_config_validation():
         SceneGenerator({"organ": "colon"})
 
 
+def test_config_checks_seed_switches_and_the_focal_length_it_implies(tmp_path, capsys):
+    """Catches: ``seed=np.int64(3)`` rendering every frame and then failing at the end ("int64 is not JSON
+    serializable"), ``seed=-1`` failing with numpy's message that names no field, ``fisheye="yes"`` accepted; and
+    ``synth --size 400x8 --fov 150`` failing with "Intrinsics.fx=1.07 px is not a physical focal length", which
+    names neither flag."""
+    assert SceneConfig(seed=np.int64(3)).seed == 3 and type(SceneConfig(seed=np.int64(3)).seed) is int
+    for bad in ({"seed": -1}, {"seed": 2.5}, {"seed": True}, {"fisheye": "yes"}, {"close_up": 1}):
+        with pytest.raises(ValueError, match=f"SceneConfig.{next(iter(bad))} must be"):
+            SceneConfig(**bad)
+    from SurgicalDepthLib.cli import main
+
+    out = tmp_path / "clip"
+    assert main(["synth", "--output", str(out), "--size", "400x8", "--fov", "150", "--frames", "1",
+                 "--progress", "none"]) == 2
+    assert "error: --fov of 150° is too wide for an image 8 px wide and 400 tall" in capsys.readouterr().err
+    assert not out.exists()
+    SceneGenerator(SceneConfig(height=400, width=8, fov_deg=20.0))  # what it allows, the renderer takes
+
+
 _FLOAT_FIELDS = [f.name for f in dataclasses.fields(SceneConfig) if f.type == "float"]
 
 

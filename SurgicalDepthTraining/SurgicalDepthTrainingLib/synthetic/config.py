@@ -7,6 +7,9 @@ import numbers
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from SurgicalDepthLib.camera import FOCAL_RANGE
 from SurgicalDepthLib.configs import check_fields
 
 ORGANS: tuple[str, ...] = ("colon", "stomach", "small_intestine", "surgical_field")
@@ -77,6 +80,13 @@ class SceneConfig:
             if field.type == "float" and not (isinstance(value, numbers.Real) and not isinstance(value, bool)
                                               and math.isfinite(value)):
                 raise ValueError(f"SceneConfig.{field.name} must be a finite number, got {value!r}")
+        for name in ("fisheye", "randomize", "close_up"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"SceneConfig.{name} must be True or False, got {getattr(self, name)!r}")
+            object.__setattr__(self, name, bool(getattr(self, name)))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or self.seed < 0:
+            raise ValueError(f"SceneConfig.seed must be an int >= 0, got {self.seed!r}")
+        object.__setattr__(self, "seed", int(self.seed))  # numpy integers too (written to meta.json)
         limit = 170.0 if self.fisheye else 150.0
         if not 10.0 <= self.fov_deg <= limit:
             raise ValueError(f"SceneConfig.fov_deg must be in [10, {limit}] (fisheye={self.fisheye}), "
@@ -89,6 +99,12 @@ class SceneConfig:
         for name in ("smoke", "blood", "vignetting", "fill_light", "albedo_patches"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"SceneConfig.{name} must be in [0, 1], got {getattr(self, name)!r}")
+        half = math.radians(self.fov_deg) / 2  # make_intrinsics' focal length (fisheye: θd ≈ θ)
+        focal = (self.width / 2) / (half if self.fisheye else math.tan(half))
+        if focal < FOCAL_RANGE[0] * max(self.width, self.height):
+            raise ValueError(f"SceneConfig.fov_deg of {self.fov_deg:g}° is too wide for an image {self.width} px wide "
+                             f"and {self.height} tall (its focal length would be {focal:.3g} px, below "
+                             f"{FOCAL_RANGE[0]:g} x the longer side): narrow it or widen the image")
         if not 1.0 <= self.max_depth_mm <= 655.35:
             raise ValueError(f"SceneConfig.max_depth_mm must be in [1, 655.35], got {self.max_depth_mm!r}")
         if self.length_mm < 2.0 * self.max_depth_mm:
