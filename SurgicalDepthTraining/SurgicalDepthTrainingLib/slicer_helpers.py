@@ -348,14 +348,15 @@ def read_history_csv(path: str | os.PathLike) -> dict[str, list[float]]:
 
 
 def metric_rows(report: dict) -> list[tuple[str, str]]:
-    """``(metric, value text)`` rows of an evaluation report's ``metrics`` (architecture.md order first)."""
+    """``(metric, value text)`` rows of an evaluation report's ``metrics`` (architecture.md order first); a value
+    the report could not give (``null``: the writer turns non-finite numbers into it) reads "n/a"."""
     from .metrics import METRIC_KEYS
 
     metrics = report.get("metrics")
     if not isinstance(metrics, dict):
         raise ValueError(f"evaluation report has no 'metrics' object; keys: {sorted(report)}")
     names = [k for k in METRIC_KEYS if k in metrics] + sorted(k for k in metrics if k not in METRIC_KEYS)
-    return [(k, f"{float(metrics[k]):.4f}") for k in names]
+    return [(k, "n/a" if metrics[k] is None else f"{float(metrics[k]):.4f}") for k in names]
 
 
 def plot_columns(history: dict[str, list[float]]) -> tuple[str | None, list[str]]:

@@ -266,6 +266,8 @@ def test_metric_rows():
                                       ("extra", "2.0000")]
     with pytest.raises(ValueError, match="no 'metrics'"):
         sh.metric_rows({"per_image": []})
+    # Catches: a null metric (the report writer's non-finite) raising TypeError, so no result was shown at all
+    assert sh.metric_rows({"metrics": {"abs_rel": None, "a1": 0.5}}) == [("abs_rel", "n/a"), ("a1", "0.5000")]
 
 
 def test_find_history_and_figure(tmp_path):
