@@ -234,7 +234,7 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
                and browser is None and volume is None else self._nodeSource(browser, volume, startFrame, frameStride,
                                                                             maxFrames, currentOnly))
         kinds = run.output_kinds(src, points=pointCloud, meshes=depthMesh, fuse=fuse)
-        run.check_memory(src, kinds, pointBudget, memoryBudget)  # before decoding anything
+        fusionBytes = run.check_memory(src, kinds, pointBudget, memoryBudget)  # before decoding anything
         intr = resolve_intrinsics(src.width, src.height, intrinsics, calibration, (fx, fy, cx, cy))
         if not progress(0.0, _("Loading the model")):
             raise Cancelled("cancelled by the user")
@@ -247,7 +247,7 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
                 slicer.util, nodes, temps, src.index_value(item), src.ijk_to_ras(item), outputs), progress,
                 point_budget=pointBudget, near_mm=nearMm, far_mm=farMm, voxel_mm=voxelMm, temporal=temporal,
                 input_size=inputSize or None, fov_mask=fovMask, calibrated=has_calibration(intrinsics, calibration, fx),
-                detail_size=detailSize or None)
+                detail_size=detailSize or None, fusion_bytes=fusionBytes)
             nodes.frameCount = result.frames
             if result.fov_mask is not None:  # the field of view the run used (label 1), on the depth's geometry
                 nodes.fov = slicer.util.addVolumeFromArray(result.fov_mask[None].astype("uint8"), src.ijk_to_ras(

@@ -5,8 +5,10 @@ Facts from transformers ``models/depth_anything/convert_depth_anything_to_hf.py`
 q/k/v are split, fusion stages are stored in reverse (``refinenet4`` is ``neck.fusion_stage.layers.0``), backbone out
 indices are 1-based (hidden state 0 is the embedding output), DINOv2 LayerScale is ``lambda1``, the giant SwiGLU is
 ``weights_in``/``weights_out``. Files on the Hub and ``save_pretrained`` use the names
-``attention.attention.{query,key,value}`` / ``attention.output.dense``; transformers ≥5 names the same tensors
-``attention.{q,k,v,o}_proj`` in memory — both are read, the file names are written.
+``attention.attention.{query,key,value}`` / ``attention.output.dense`` / ``mlp.weights_{in,out}``; transformers ≥5
+names the same tensors ``attention.{q,k,v,o}_proj`` / ``mlp.{gate,up,down}_proj`` in memory (its
+``conversion_mapping``: ``weights_in`` is chunked in two along dim 0, gate first) — both are read, the file names
+are written.
 """
 from __future__ import annotations
 
@@ -102,11 +104,20 @@ def official_to_hf_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     return out
 
 
+#: official tensors that HF splits in parts (file and in-memory names): the parts in concatenation order
+_FUSED = {"attn.qkv": ("query", "key", "value"), "mlp.w12": ("gate_proj", "up_proj")}
+_PART_NAMES = {"q_proj": "query", "k_proj": "key", "v_proj": "value"}  # transformers ≥5 in-memory names
+_FUSED_PART = re.compile(r"(?:attention\.(?:attention\.)?(query|key|value|q_proj|k_proj|v_proj)"
+                         r"|mlp\.(gate_proj|up_proj))\.(weight|bias)")
+_IN_MEMORY_RENAMES = [("attention.o_proj.", "attention.output.dense."), ("mlp.down_proj.", "mlp.weights_out.")]
+
+
 def hf_to_official_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """HF ``DepthAnythingForDepthEstimation`` state dict -> official keys (q/k/v fused). Unknown keys raise."""
+    """HF ``DepthAnythingForDepthEstimation`` state dict (file or transformers ≥5 in-memory names) -> official keys
+    (q/k/v and the giant's SwiGLU gate/up fused). Unknown keys raise."""
     back = {v: k for k, v in _BACKBONE_RENAMES}
     out: dict[str, torch.Tensor] = {}
-    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    parts: dict[tuple[str, str, str], dict[str, torch.Tensor]] = {}  # (block, fused name, leaf) -> part -> tensor
     for key, value in state.items():
         if key.startswith("backbone."):
             k = key[len("backbone."):]
@@ -117,12 +128,14 @@ def hf_to_official_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
             if m is None:
                 raise KeyError(f"no official name for Hugging Face key {key!r}")
             n, rest = m.groups()
-            m2 = re.fullmatch(r"attention\.(?:attention\.)?(query|key|value|q_proj|k_proj|v_proj)\.(weight|bias)", rest)
+            m2 = _FUSED_PART.fullmatch(rest)
             if m2:
-                part = {"q_proj": "query", "k_proj": "key", "v_proj": "value"}.get(m2.group(1), m2.group(1))
-                qkv.setdefault((n, m2.group(2)), {})[part] = value
+                attn, mlp, leaf = m2.groups()
+                fused, part = ("attn.qkv", _PART_NAMES.get(attn, attn)) if attn else ("mlp.w12", mlp)
+                parts.setdefault((n, fused, leaf), {})[part] = value
                 continue
-            rest = rest.replace("attention.o_proj.", "attention.output.dense.")
+            for a, b in _IN_MEMORY_RENAMES:
+                rest = rest.replace(a, b)
             for a, b in _BLOCK_RENAMES:
                 if rest.startswith(b):
                     out[f"pretrained.blocks.{n}.{a}{rest[len(b):]}"] = value
@@ -134,11 +147,12 @@ def hf_to_official_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
             if hit is None:
                 raise KeyError(f"no official name for Hugging Face key {key!r}")
             out[f"depth_head.{hit}"] = value
-    for (n, leaf), parts in qkv.items():
-        missing = {"query", "key", "value"} - set(parts)
+    for (n, fused, leaf), found in parts.items():
+        missing = [p for p in _FUSED[fused] if p not in found]
         if missing:
-            raise KeyError(f"layer {n} attention {leaf}: missing {sorted(missing)} in the Hugging Face state dict")
-        out[f"pretrained.blocks.{n}.attn.qkv.{leaf}"] = torch.cat([parts["query"], parts["key"], parts["value"]], 0)
+            raise KeyError(f"layer {n} {'attention' if fused == 'attn.qkv' else 'SwiGLU MLP'} {leaf}: missing "
+                           f"{missing} in the Hugging Face state dict")
+        out[f"pretrained.blocks.{n}.{fused}.{leaf}"] = torch.cat([found[p] for p in _FUSED[fused]], 0)
     return out
 
 
@@ -150,8 +164,36 @@ def _encoder_for_width(width: int) -> str:
                      f"{ {n: s.embed_dim for n, s in ENCODERS.items()} }")
 
 
+#: backbone_config fields that change the outputs without changing a tensor's shape (or before shapes are
+#: compared), with transformers' Dinov2Config default (what an absent field means) and the one value that the
+#: DINOv2 encoder here implements (that of every Depth Anything config on the Hub): ``apply_layernorm`` (the final
+#: norm on each feature map), ``layer_norm_eps`` (timm's LayerNorm eps), ``hidden_act`` (exact GELU; the SwiGLU
+#: of ViT-g uses SiLU whatever it says), ``qkv_bias``, ``mlp_ratio``, ``reshape_hidden_states`` (the neck takes
+#: token sequences). ``layerscale_value`` is only the LayerScale's initial value: the weights replace it.
+_BACKBONE_FIXED = {"apply_layernorm": (True, True), "layer_norm_eps": (1e-6, 1e-6), "hidden_act": ("gelu", "gelu"),
+                   "qkv_bias": (True, True), "mlp_ratio": (4, 4), "reshape_hidden_states": (True, False)}
+
+
+def _check_backbone(bb: dict[str, Any], encoder: str) -> None:
+    """Refuse (ValueError naming the field) a backbone config whose outputs the DINOv2 encoder ``encoder`` would not
+    reproduce: a field of :data:`_BACKBONE_FIXED` with another value, or a head count / MLP kind other than the
+    encoder's (same tensor shapes, other outputs)."""
+    spec = ENCODERS[encoder]
+    wanted = {name: (default, value) for name, (default, value) in _BACKBONE_FIXED.items()
+              if not (name == "hidden_act" and spec.ffn == "swiglu")}
+    wanted["num_attention_heads"] = (12, spec.num_heads)
+    wanted["use_swiglu_ffn"] = (False, spec.ffn == "swiglu")
+    for name, (default, value) in wanted.items():
+        got = bb.get(name, default)
+        if got != value:
+            raise ValueError(f"backbone_config.{name}={got!r}: the {encoder} encoder of this project computes "
+                             f"{name}={value!r} (as every Depth Anything model does); this model's outputs would "
+                             "differ")
+
+
 def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
-    """``config.json`` of a DepthAnythingForDepthEstimation folder -> :class:`ModelConfig`."""
+    """``config.json`` of a DepthAnythingForDepthEstimation folder -> :class:`ModelConfig`; a field that changes the
+    outputs with a value that this project does not implement is a ValueError naming it."""
     if cfg.get("model_type") != "depth_anything":
         raise ValueError(f"config.json model_type is {cfg.get('model_type')!r}, expected 'depth_anything'")
     bb = cfg.get("backbone_config") or {}
@@ -162,6 +204,7 @@ def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
     if int(bb.get("num_hidden_layers", 12)) != spec.depth:
         raise ValueError(f"backbone_config.num_hidden_layers={bb.get('num_hidden_layers', 12)} does not match "
                          f"{encoder} (depth {spec.depth})")
+    _check_backbone(bb, encoder)
     if "out_indices" in bb:
         layers = tuple(int(i) - 1 for i in bb["out_indices"])
     elif "out_features" in bb:
@@ -184,6 +227,9 @@ def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
         raise ValueError(f"reassemble_factors {cfg.get('reassemble_factors')} != [4, 2, 1, 0.5]")
     if int(cfg.get("head_hidden_size", 32)) != 32:
         raise ValueError(f"head_hidden_size {cfg.get('head_hidden_size')} != 32")
+    if cfg.get("head_in_index", -1) != -1:  # the head reads the last fusion stage's output
+        raise ValueError(f"head_in_index={cfg.get('head_in_index')!r}: the depth head of this project reads the last "
+                         "fusion stage (head_in_index=-1, as every Depth Anything model does)")
     return make_config(encoder, version, head, float(max_depth) if max_depth is not None else None,
                        features=int(cfg.get("fusion_hidden_size", 64)),
                        out_channels=tuple(int(c) for c in cfg.get("neck_hidden_sizes", (48, 96, 192, 384))),
@@ -207,7 +253,15 @@ def _project_fields(cfg: dict[str, Any]) -> dict[str, Any]:
 
 
 def config_to_hf(config: ModelConfig) -> dict[str, Any]:
-    """:class:`ModelConfig` -> a ``config.json`` dict that transformers loads as DepthAnythingForDepthEstimation."""
+    """:class:`ModelConfig` -> a ``config.json`` dict that transformers loads as DepthAnythingForDepthEstimation.
+
+    A metric head whose ``max_depth`` is not a whole number is a ValueError: transformers 5 declares
+    ``DepthAnythingConfig.max_depth: int | None`` and refuses to open such a folder (20.5 cannot be written as an
+    int, and its output is ``sigmoid × max_depth``, so rounding would change every depth).
+    """
+    if config.head == "metric" and not float(config.max_depth).is_integer():
+        raise ValueError(f"max_depth={config.max_depth:g} is not a whole number, which transformers' "
+                         "DepthAnythingConfig refuses (max_depth: int); save a project checkpoint instead")
     spec = config.spec
     out_indices = [i + 1 for i in config.intermediate_layers]
     return {
@@ -236,9 +290,8 @@ def config_to_hf(config: ModelConfig) -> dict[str, Any]:
         "head_in_index": -1,
         "head_hidden_size": 32,
         "depth_estimation_type": config.head,
-        # an integral depth as an int: transformers 5 declares ``max_depth: int | None`` and refuses 20.0
-        "max_depth": (int(config.max_depth) if float(config.max_depth).is_integer() else config.max_depth)
-        if config.head == "metric" else 1,
+        # an int: transformers 5 declares ``max_depth: int | None`` and refuses 20.0 (whole numbers only, see above)
+        "max_depth": int(config.max_depth) if config.head == "metric" else 1,
         PROJECT_KEY: {k: list(v) if isinstance(v, tuple) else v
                       for k, v in ((k, getattr(config, k)) for k in _PROJECT_FIELDS)},
     }

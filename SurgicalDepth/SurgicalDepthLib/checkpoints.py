@@ -31,8 +31,8 @@ def _torch_reason(exc: Exception) -> str:
     ``weights_only=False`` (wrong advice for a file that is not trusted)."""
     text = str(exc)
     found = re.search(r"(Unsupported global: [^\n]*|unsupported GLOBAL [^\n]*|[^\n]* is blocked[^\n]*)", text)
-    if found:
-        return found.group(1).strip().rstrip(".")
+    if found:  # without the advice to allowlist the global (add_safe_globals): as wrong for an untrusted file
+        return re.split(r"\.?\s*Please use `?torch\.serialization", found.group(1))[0].strip().rstrip(".")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln
              and "Weights only load failed" not in ln]
     return lines[0] if lines else type(exc).__name__
@@ -132,7 +132,7 @@ def infer_config(state: dict[str, torch.Tensor], *, version: str | None = None, 
                                  "its config.json" if hf else "")) from None
     encoder = next((e for e, s in ENCODERS.items() if s.embed_dim == width and s.depth == n_blocks), None)
     if encoder is None:
-        raise CheckpointError(f"{name}: encoder of width {width} with {n_blocks} blocks is not a known DINOv2 size")
+        raise CheckpointError(f"{name}: {_unknown_encoder(width, n_blocks)}")
     base = Path(name).name.lower() if name else ""  # the file's own name: never the folders it lies in
     named, official = _version_from_name(base)
     if version is not None and official and version != named:
@@ -158,8 +158,27 @@ def infer_config(state: dict[str, torch.Tensor], *, version: str | None = None, 
         if max_depth is None:
             raise CheckpointError(f"{name}: metric model without max_depth; pass max_depth= to sd.load_model "
                                   "(--model-max-depth in the CLI)")
-    return make_config(encoder, version, head, max_depth, features=int(features), out_channels=out_channels,
-                       patch_size=patch, pretrain_size=grid * patch)
+    try:
+        return make_config(encoder, version, head, max_depth, features=int(features), out_channels=out_channels,
+                           patch_size=patch, pretrain_size=grid * patch)
+    except ValueError as exc:  # e.g. patch 16: the default input size 518 is no multiple of it
+        raise CheckpointError(f"{name}: {exc} (read from its tensor shapes: patch size {patch} from "
+                              f"pretrained.patch_embed.proj.weight, a {grid}x{grid} grid from pretrained.pos_embed)"
+                              ) from None
+
+
+def _unknown_encoder(width: int, n_blocks: int) -> str:
+    """Why no DINOv2 encoder has ``width`` and ``n_blocks`` (the highest ``pretrained.blocks.N`` + 1), naming the
+    block keys that differ from the encoder of that width."""
+    encoder = next((e for e, s in ENCODERS.items() if s.embed_dim == width), None)
+    if encoder is None:
+        return (f"no DINOv2 encoder has width {width} (pretrained.cls_token); known widths "
+                f"{ {e: s.embed_dim for e, s in ENCODERS.items()} }")
+    depth = ENCODERS[encoder].depth
+    span = f"{min(depth, n_blocks)}" + (f"-{max(depth, n_blocks) - 1}" if abs(depth - n_blocks) > 1 else "")
+    differ = "extra" if n_blocks > depth else "missing"
+    return (f"encoder of width {width} with {n_blocks} blocks is not a known DINOv2 size: {encoder} has {depth} "
+            f"blocks, so keys pretrained.blocks.{span}.* are {differ}")
 
 
 # -- loading ----------------------------------------------------------------------------------------------------
@@ -274,12 +293,15 @@ def _weights_file(path: Path) -> dict[str, torch.Tensor]:
 
 
 def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Strict check before loading: missing/unexpected keys and shape mismatches, first offenders named."""
+    """Strict check before loading: missing/unexpected keys, shape mismatches and integer (or bool) tensors for
+    floating-point weights, first offenders named; then non-finite values."""
     own = model.state_dict()
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
                   for k in own if k in state and state[k].shape != own[k].shape]
+    not_float = [f"{k}: file {state[k].dtype} vs model {own[k].dtype}" for k in own
+                 if k in state and own[k].is_floating_point() and not state[k].is_floating_point()]
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing keys (first: {', '.join(missing[:5])})")
@@ -287,6 +309,8 @@ def check_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor], sou
         problems.append(f"{len(unexpected)} unexpected keys (first: {', '.join(unexpected[:5])})")
     if mismatched:
         problems.append(f"{len(mismatched)} shape mismatches (first: {'; '.join(mismatched[:3])})")
+    if not_float:  # load_state_dict would cast them silently
+        problems.append(f"{len(not_float)} tensors not floating point (first: {'; '.join(not_float[:3])})")
     if problems:
         raise CheckpointError(f"{source}: does not match {model.config.encoder} {model.config.version}: "
                               + "; ".join(problems))
@@ -311,16 +335,19 @@ def save_official(path: str | os.PathLike, model: torch.nn.Module) -> Path:
 
 
 def save_huggingface(folder: str | os.PathLike, model: torch.nn.Module) -> Path:
-    """Write a Hugging Face folder (``config.json`` + ``model.safetensors``) loadable by transformers."""
+    """Write a Hugging Face folder (``config.json`` + ``model.safetensors``) loadable by transformers; a model that
+    transformers cannot describe (a metric ``max_depth`` that is not a whole number) is a ValueError before anything
+    is written."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
+    hf_config = config_to_hf(model.config)
     folder.mkdir(parents=True, exist_ok=True)
     state = official_to_hf_state(_cpu_state(model))
     with atomic_path(folder / "model.safetensors") as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
     with atomic_path(folder / "config.json") as tmp:
-        tmp.write_text(json.dumps(config_to_hf(model.config), indent=2))
+        tmp.write_text(json.dumps(hf_config, indent=2))
     return folder
 
 

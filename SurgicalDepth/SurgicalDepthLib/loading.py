@@ -40,9 +40,10 @@ def default_model_path() -> Path:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> cuda, then mps, then cpu. An unavailable explicit device is an error."""
-    if isinstance(device, torch.device):
-        return device
+    """``auto`` -> cuda, then mps, then cpu. An unavailable explicit device is an error; a ``torch.device`` is
+    checked as its string form (``torch.device("cuda")`` as ``"cuda"``)."""
+    if isinstance(device, torch.device):  # the index matters only for CUDA ("cpu:0" is "cpu")
+        device = str(device) if device.type == "cuda" else device.type
     if device not in DEVICES and not str(device).startswith("cuda:"):
         raise ValueError(f"device={device!r} is not one of {DEVICES} (or cuda:N)")
     if device == "auto":
@@ -59,14 +60,23 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto`` -> bf16 on CUDA GPUs that support it, else fp16 on GPU; fp32 on CPU."""
+    """``auto`` -> :func:`auto_precision` for ``device`` (a CUDA device's own compute capability, not the current
+    device's); any other precision as given."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision={precision!r} is not one of {PRECISIONS}")
     if precision != "auto":
         return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    if device.type == "mps":
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else None
+    return auto_precision(device.type, capability)
+
+
+def auto_precision(device_type: str, cuda_capability: tuple[int, int] | None = None) -> str:
+    """What ``precision="auto"`` means on a device: bf16 on CUDA GPUs of compute capability 8 or more (Ampere and
+    later compute bf16 natively), fp16 on older ones (T4, V100, RTX 20xx: ``torch.cuda.is_bf16_supported()`` is
+    True there too, but bf16 is emulated, slower and less precise) and on MPS; fp32 on the CPU."""
+    if device_type == "cuda":
+        return "bf16" if cuda_capability is not None and cuda_capability[0] >= 8 else "fp16"
+    if device_type == "mps":
         return "fp16"
     return "fp32"
 
@@ -113,6 +123,12 @@ def load_model(source: str | os.PathLike = "default", *, device: str | torch.dev
             (OpenVINO bf16 on CPUs with AVX512-BF16 or AMX, PyTorch elsewhere; the choice and its reason are
             logged).
         hints: ``version="v1"|"v2"``, ``head="relative"|"metric"``, ``max_depth=`` for files that do not say.
+    Returns:
+        the model, its convolution weights in channels-last memory format (faster, see the end of this function):
+        those tensors of ``model.state_dict()`` are not contiguous, which ``safetensors.torch.save_file`` refuses.
+        Save with :func:`~SurgicalDepthLib.checkpoints.save_checkpoint` (or ``save_official``,
+        ``save_huggingface``), which store contiguous copies, or pass
+        ``{k: v.contiguous() for k, v in model.state_dict().items()}``.
     Raises:
         ValueError: an unknown backend or keyword (never silently ignored), a bad device or precision; a
             backend whose runtime is not installed (``MissingBackendError``, naming the pip extra).

@@ -15,6 +15,13 @@ Bytes per item (what VTK / MRML store; invalid pixels are not stored, so these a
   :data:`TRIANGLE_BYTES` per triangle (3 point ids + 1 offset: 4 × 8), 2 (H − 1)(W − 1) triangles.
 
 The browser's proxy nodes hold one more frame of each output (an RGB frame included).
+
+With fusion (TSDF, :class:`~SurgicalDepthLib.tsdf.TSDFVolume`) the run also holds the volume's block pool (blocks
+of 8³ voxels × 20 bytes: five float32 running sums) and, for mesh extraction, a dense grid (20 bytes a voxel:
+float32 tsdf, weight, 3 colours). The volume enforces both budgets itself (a full pool stops allocating, a larger
+grid is refused), at most :data:`FUSION_BYTES` (2 × 2.5 GiB at its defaults); the Slicer run gives it what the
+memory budget leaves after the frames' outputs (:func:`fusion_limits`), and needs at least
+:data:`FUSION_MIN_BYTES` of it.
 """
 from __future__ import annotations
 
@@ -40,6 +47,14 @@ TRIANGLE_BYTES = 4 * ID_BYTES
 DEFAULT_POINT_BUDGET = 200_000
 #: Default share of the available memory that one run's outputs may take.
 DEFAULT_MEMORY_FRACTION = 0.5
+#: TSDF fusion (module docstring): bytes per voxel of the block pool and of the extraction grid, and the voxels of
+#: each at ``TSDFVolume``'s defaults (``max_blocks * 8**3`` and ``max_voxels``, both 2^27).
+TSDF_VOXEL_BYTES = 20
+TSDF_MAX_VOXELS = 1 << 27
+FUSION_BYTES = 2 * TSDF_MAX_VOXELS * TSDF_VOXEL_BYTES
+#: the least memory a fusion is given (a 256 MiB pool + grid: ~6.7 M voxels each, a 190 mm cube at 1 mm)
+FUSION_MIN_BYTES = 256 << 20
+TSDF_BLOCK_VOXELS = 8 ** 3
 
 
 @dataclass(frozen=True)
@@ -77,16 +92,17 @@ def frame_output_bytes(width: int, height: int, *, rgb_frame: bool = True, point
 
 
 def estimate_output_bytes(width: int, height: int, n_frames: int, *, rgb_frames: bool = True, points: bool = True,
-                          point_budget: int = DEFAULT_POINT_BUDGET, meshes: bool = False) -> int:
+                          point_budget: int = DEFAULT_POINT_BUDGET, meshes: bool = False, fusion: bool = False) -> int:
     """Bytes that ``n_frames`` frames of ``width × height`` will hold in the scene: every frame's outputs
-    (:func:`frame_output_bytes`) plus one more frame of each for the browser's proxy nodes."""
+    (:func:`frame_output_bytes`) plus one more frame of each for the browser's proxy nodes, and with ``fusion`` the
+    least a TSDF volume is given (:data:`FUSION_MIN_BYTES`; it gets what the budget leaves, :func:`fusion_limits`)."""
     if int(n_frames) < 0:
         raise ValueError(f"n_frames must be >= 0, got {n_frames}")
     per_frame = frame_output_bytes(width, height, rgb_frame=rgb_frames, points=points, point_budget=point_budget,
                                    meshes=meshes)
     proxies = frame_output_bytes(width, height, rgb_frame=True, points=points, point_budget=point_budget,
                                  meshes=meshes)
-    return int(n_frames) * per_frame.total + proxies.total
+    return int(n_frames) * per_frame.total + proxies.total + (FUSION_MIN_BYTES if fusion else 0)
 
 
 def meminfo_available(text: str) -> int | None:
@@ -159,10 +175,18 @@ def available_memory_bytes() -> int | None:
     return found
 
 
+def fusion_limits(fusion_bytes: int) -> tuple[int, int]:
+    """``(max_blocks, max_voxels)`` of a ``TSDFVolume`` that holds at most ``fusion_bytes`` (half for the block
+    pool, half for the extraction grid; never more than its defaults, :data:`FUSION_BYTES` in all)."""
+    half = min(int(fusion_bytes), FUSION_BYTES) // 2 // TSDF_VOXEL_BYTES
+    return max(1, half // TSDF_BLOCK_VOXELS), max(TSDF_BLOCK_VOXELS, half)
+
+
 def check_memory_budget(needed: int, available: int | None, *, budget: int | None = None,
-                        fraction: float = DEFAULT_MEMORY_FRACTION) -> None:
+                        fraction: float = DEFAULT_MEMORY_FRACTION) -> int | None:
     """Raise ValueError when ``needed`` bytes exceed the budget: ``budget`` bytes if given, else ``fraction``
-    of the ``available`` bytes (nothing is checked, only logged, when both are unknown).
+    of the ``available`` bytes (nothing is checked, only logged, when both are unknown). Returns the bytes the
+    budget leaves (None when it is unknown).
 
     The message names the estimate, the free memory, the budget and the fix.
     """
@@ -172,15 +196,15 @@ def check_memory_budget(needed: int, available: int | None, *, budget: int | Non
         if available is None:
             logger.warning("outputs need about %s; the free memory is unknown, so the run is not checked",
                         format_bytes(needed))
-            return
+            return None
         budget = int(fraction * available)
     if needed <= budget:
-        return
+        return budget - needed
     free = "unknown" if available is None else format_bytes(available)
     raise ValueError(
         f"the outputs of this run would take about {format_bytes(needed)} of memory, more than the budget of "
         f"{format_bytes(budget)} (free memory: {free}); process fewer frames (max. frames, a larger frame stride "
-        f"or a start frame), lower the point budget, or turn per-frame depth meshes off")
+        f"or a start frame), lower the point budget, or turn per-frame depth meshes or fusion off")
 
 
 def decimation_step(n_pixels: int, budget: int) -> int:

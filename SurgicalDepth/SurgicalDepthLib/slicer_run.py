@@ -73,15 +73,21 @@ def unique_run_name(stem: str, existing: Iterable[str]) -> str:
 
 
 def check_memory(source: FrameSource, kinds: Iterable[str], point_budget: int = DEFAULT_POINT_BUDGET,
-                 budget: int | None = None) -> None:
+                 budget: int | None = None) -> int | None:
     """Refuse (ValueError naming the estimate, the free memory and the fix) a run whose outputs ``kinds`` of
-    ``source`` would need more than ``budget`` bytes (default: half the available RAM); before any decoding."""
-    from .memory_budget import available_memory_bytes, check_memory_budget, estimate_output_bytes
+    ``source`` would need more than ``budget`` bytes (default: half the available RAM); before any decoding. With
+    "poses" in ``kinds`` (fusion) the TSDF volume needs :data:`~memory_budget.FUSION_MIN_BYTES` more, and the bytes
+    the budget leaves for it are returned (for :func:`run_frames`' ``fusion_bytes``; None: no fusion, or the free
+    memory is unknown)."""
+    from .memory_budget import FUSION_MIN_BYTES, available_memory_bytes, check_memory_budget, estimate_output_bytes
 
     kinds = set(kinds)
-    check_memory_budget(estimate_output_bytes(source.width, source.height, source.count, rgb_frames="frames" in kinds,
-                                              points="points" in kinds, point_budget=point_budget,
-                                              meshes="meshes" in kinds), available_memory_bytes(), budget=budget)
+    fusion = "poses" in kinds
+    left = check_memory_budget(estimate_output_bytes(source.width, source.height, source.count,
+                                                     rgb_frames="frames" in kinds, points="points" in kinds,
+                                                     point_budget=point_budget, meshes="meshes" in kinds,
+                                                     fusion=fusion), available_memory_bytes(), budget=budget)
+    return None if not fusion or left is None else left + FUSION_MIN_BYTES
 
 
 def resolve_fov(fov: Any) -> str | np.ndarray | None:
@@ -220,7 +226,8 @@ def run_frames(model: Any, source: FrameSource, intrinsics: Any, kinds: Iterable
                write: Callable[[int, dict], Any], progress: Callable[[float, str], bool], *,
                point_budget: int = DEFAULT_POINT_BUDGET, near_mm: float | None = None, far_mm: float | None = None,
                voxel_mm: float = 1.0, temporal: bool = False, input_size: int | None = None,
-               fov_mask: Any = "auto", calibrated: bool = False, detail_size: int | None = None) -> RunResult:
+               fov_mask: Any = "auto", calibrated: bool = False, detail_size: int | None = None,
+               fusion_bytes: int | None = None) -> RunResult:
     """Stream ``source`` through ``depth_stream`` and call ``write(item, outputs)`` for each frame as it comes
     (``item``: the source item; ``outputs``: :func:`frame_outputs` of ``kinds``); nothing is kept per frame.
 
@@ -230,7 +237,8 @@ def run_frames(model: Any, source: FrameSource, intrinsics: Any, kinds: Iterable
     reconstruct``) whose surface is extracted at the end. ``fov_mask``: the field of view (:func:`resolve_fov`
     takes the module's choice). ``calibrated``: ``intrinsics`` are the scope's calibration (not a guessed field of
     view), so the depth is corrected to its lens (:mod:`.lens`). ``detail_size``: a second, larger read per frame
-    (:mod:`.detail`; None: one read). ``progress(fraction, text)`` is called after every
+    (:mod:`.detail`; None: one read). ``fusion_bytes``: the most the TSDF volume may hold (:func:`check_memory`'s
+    answer; None: its defaults). ``progress(fraction, text)`` is called after every
     frame and around the extraction; False raises :class:`Cancelled` (the stream is closed: decoding and inference
     stop).
     """
@@ -246,11 +254,14 @@ def run_frames(model: Any, source: FrameSource, intrinsics: Any, kinds: Iterable
 
     tracker = tsdf = None
     if "poses" in kinds:
+        from .memory_budget import FUSION_BYTES, fusion_limits
         from .tsdf import TSDFVolume
 
         tracker = PoseTracker(intrinsics)
+        max_blocks, max_voxels = fusion_limits(FUSION_BYTES if fusion_bytes is None else fusion_bytes)
         tsdf = TSDFVolume(voxel_mm, 4 * voxel_mm, device=getattr(getattr(model, "device", None), "type", "cpu"),
-                          max_depth=near_far[1] if model.output_kind == "disparity" else None)
+                          max_depth=near_far[1] if model.output_kind == "disparity" else None,
+                          max_blocks=max_blocks, max_voxels=max_voxels)
     shown, count, fov = DisplayRange(), 0, None
     stream = depth_stream(model, source.frames, depth_range=near_far, temporal=temporal, input_size=input_size,
                           fov_mask=resolve_fov(fov_mask), intrinsics=intrinsics if calibrated else None,

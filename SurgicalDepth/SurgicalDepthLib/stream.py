@@ -151,20 +151,33 @@ def _predictions(model: Any, items: Iterator[tuple[int, np.ndarray]], input_size
             yield index, rgb, pred
 
 
+@dataclass
+class _BlankFrames:
+    """How many of a stream's frames had no disparity range (:func:`_depth_mm`): a count, not a list, so memory
+    stays constant however long a scope shows black."""
+
+    count: int = 0
+
+    def add(self) -> bool:
+        """Count one more blank frame; True when it is the stream's first."""
+        self.count += 1
+        return self.count == 1
+
+
 def _depth_mm(kind: OutputKind, unit: str, near_far: tuple[float, float], fov: np.ndarray | None,
-              blanks: list[int], index: int, pred: np.ndarray) -> np.ndarray:
+              blanks: _BlankFrames, index: int, pred: np.ndarray) -> np.ndarray:
     """:func:`prediction_to_mm` inside ``fov``, except that a frame with no disparity range (blank, all invalid)
     gets an all-NaN depth instead of ending the stream: the stream's first such frame is warned about, later ones
-    (``blanks``: the stream's list of them) only logged at DEBUG — a scope showing black at 25 frames/s must not
-    write 25 warnings a second."""
+    (counted in ``blanks``) only logged at DEBUG — a scope showing black at 25 frames/s must not write 25 warnings
+    a second."""
     if kind is OutputKind.DISPARITY:
         ok = np.isfinite(pred) if fov is None else np.isfinite(pred) & fov
         lo, hi = np.percentile(pred[ok], RANGE_PERCENTILES) if ok.any() else (0.0, 0.0)
         if not hi > lo:
-            blanks.append(index)
-            logger.log(logging.DEBUG if len(blanks) > 1 else logging.WARNING, "frame %d: the predicted disparity "
+            first = blanks.add()
+            logger.log(logging.WARNING if first else logging.DEBUG, "frame %d: the predicted disparity "
                        "has no range (blank frame?); its depth is left undefined (NaN)%s", index,
-                       "" if len(blanks) > 1 else "; later such frames are logged at DEBUG")
+                       "; later such frames are logged at DEBUG" if first else "")
             return np.full(pred.shape, np.nan, np.float32)
     return prediction_to_mm(pred, kind.value, unit, near_far, RANGE_PERCENTILES, mask=fov)
 
@@ -296,7 +309,7 @@ def depth_stream(model: Any, frames: Any, *, depth_range: tuple[float, float] | 
         fov, items = _field_of_view(fov_mask, items)
         follow = FovTracker(fov) if isinstance(fov_mask, str) else None  # "auto": the scope image may move
         stabilise = _TemporalDepth(kind, model.depth_unit, near_far, fov) if temporal else None
-        blanks: list[int] = []  # frames with no disparity range (_depth_mm)
+        blanks = _BlankFrames()  # frames with no disparity range (_depth_mm)
         for index, rgb, pred in _predictions(model, items, input_size, batch_size, detail_size):
             if follow is not None and follow.update(rgb) is not fov:
                 fov = follow.mask

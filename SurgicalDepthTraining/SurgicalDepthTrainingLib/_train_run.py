@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from SurgicalDepthLib.atomic_io import atomic_path
+from SurgicalDepthLib.loading import auto_precision
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
@@ -122,8 +123,9 @@ class TrainRun:
             self.model = torch.nn.parallel.DistributedDataParallel(
                 self.core, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         amp = self.config.amp
-        if amp is None:
-            amp = self.device.type == "cuda" and torch.cuda.is_bf16_supported()
+        if amp is None:  # bf16 autocast where the GPU computes it natively (Ampere on; emulated before: slower)
+            amp = self.device.type == "cuda" and auto_precision(
+                "cuda", torch.cuda.get_device_capability(self.device)) == "bf16"
         self.amp_dtype = torch.bfloat16 if amp else None
         self.rows = read_log(Path(self.config.output) / "log.csv", self.state.step) if self.dist.is_main else []
         self.config_json = self.config.to_json()

@@ -84,7 +84,8 @@ class TrainConfig:
             spatial frequencies a training sample takes with probability ``style_prob`` (Fourier Domain
             Adaptation; :mod:`.style_frames`): the window's half-width is ``style_beta`` (low, high) of the frame's
             shorter side, drawn per sample. None = off.
-        amp: mixed precision (bf16 autocast); None = on for CUDA GPUs with bf16, off otherwise.
+        amp: mixed precision (bf16 autocast); None = on for CUDA GPUs that compute bf16 natively (compute
+            capability 8 on: Ampere and later), off otherwise (emulated bf16 is slower than fp32).
         min_depth, max_depth: validation range (dataset unit); None = the dataset's own.
         unlabeled_dataset, unlabeled_root, teacher, unlabeled_weight, feature_weight, cutmix_prob: semi-supervised
             Depth Anything recipe (:mod:`.semi`), off while both are None; ``unlabeled_root`` alone: every frame of

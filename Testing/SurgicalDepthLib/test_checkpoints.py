@@ -331,3 +331,64 @@ def test_hints_that_contradict_the_file_are_errors(tmp_path):
     with pytest.raises(CheckpointError, match="version='v1' conflicts with the registered model's version='v2'"):
         sd.load_model("random:depth-anything-v2-small", device="cpu", version="v1")
     assert sd.load_model("random:surgical-depth-tiny", device="cpu", version="v2").config.version == "v2"
+
+
+def test_integer_weights_are_refused_naming_file_and_key(tmp_path):
+    """Catches: a checkpoint whose weight was stored as integers (int8 of a quantised export, a bool mask) loaded
+    silently, load_state_dict casting it to float: shapes alone were compared."""
+    state = dict(_random_model().state_dict())
+    state["pretrained.blocks.0.attn.qkv.weight"] = state["pretrained.blocks.0.attn.qkv.weight"].to(torch.int8)
+    torch.save(state, tmp_path / "depth_anything_v2_int.pth")
+    with pytest.raises(CheckpointError, match=r"depth_anything_v2_int\.pth: .*not floating point \(first: "
+                                              r"pretrained\.blocks\.0\.attn\.qkv\.weight: file torch\.int8"):
+        sd.load_model(tmp_path / "depth_anything_v2_int.pth", device="cpu")
+
+
+def test_shape_errors_name_the_file_and_the_keys(tmp_path):
+    """Catches load errors that named neither the file nor the keys at fault: a patch-16 checkpoint gave a bare
+    "input_size=518 must be a positive multiple of 16"; a block too many or too few gave "encoder of width 192 with
+    13 blocks is not a known DINOv2 size" without saying which block keys differ."""
+    state = dict(_random_model().state_dict())
+    patch16 = dict(state, **{"pretrained.patch_embed.proj.weight": torch.zeros(192, 3, 16, 16)})
+    torch.save(patch16, tmp_path / "depth_anything_v2_p16.pth")
+    with pytest.raises(CheckpointError, match=r"depth_anything_v2_p16\.pth: input_size=518 .* multiple of 16 .*"
+                                              r"pretrained\.patch_embed\.proj\.weight"):
+        sd.load_model(tmp_path / "depth_anything_v2_p16.pth", device="cpu")
+    extra = dict(state, **{"pretrained.blocks.12.norm1.weight": torch.ones(192)})
+    torch.save(extra, tmp_path / "depth_anything_v2_extra.pth")
+    with pytest.raises(CheckpointError, match=r"depth_anything_v2_extra\.pth: .*13 blocks.*vitt has 12 blocks, so "
+                                              r"keys pretrained\.blocks\.12\.\* are extra"):
+        sd.load_model(tmp_path / "depth_anything_v2_extra.pth", device="cpu")
+    short = {k: v for k, v in state.items() if not k.startswith(("pretrained.blocks.10.", "pretrained.blocks.11."))}
+    torch.save(short, tmp_path / "depth_anything_v2_short.pth")
+    with pytest.raises(CheckpointError, match=r"keys pretrained\.blocks\.10-11\.\* are missing"):
+        sd.load_model(tmp_path / "depth_anything_v2_short.pth", device="cpu")
+
+
+def test_refused_pickle_gives_no_advice_to_allowlist_its_global(tmp_path):
+    """Catches: the refusal of a pickle that would run code kept PyTorch's advice to allowlist the global
+    ("Please use torch.serialization.add_safe_globals([print])"), wrong advice for a file that is not trusted."""
+    class Call:  # a global that torch does not block outright, so its message carries the advice
+        def __reduce__(self):
+            return (print, ("PWNED",))
+
+    state = dict(_random_model().state_dict(), payload=Call())
+    torch.save(state, tmp_path / "depth_anything_v2_evil.pth")
+    with pytest.raises(CheckpointError) as info:
+        sd.load_model(tmp_path / "depth_anything_v2_evil.pth", device="cpu")
+    text = str(info.value)
+    assert "depth_anything_v2_evil.pth: refused to load" in text and "Unsupported global" in text
+    assert "add_safe_globals" not in text and "allowlist" not in text and "Please use" not in text, text
+
+
+def test_hugging_face_export_refuses_a_max_depth_transformers_cannot_hold(tmp_path):
+    """Catches: save_huggingface wrote a folder that transformers 5 cannot open (``max_depth: int`` in its
+    DepthAnythingConfig) for a metric model whose max_depth is not a whole number (0.25, 150.5). It must be refused
+    before anything is written; whole numbers are written as ints, which transformers opens."""
+    with pytest.raises(ValueError, match=r"max_depth=150\.5 is not a whole number"):
+        sd.save_huggingface(tmp_path / "hf", _random_model(head="metric", max_depth=150.5))
+    assert not (tmp_path / "hf").exists()
+    folder = sd.save_huggingface(tmp_path / "whole", _random_model(head="metric", max_depth=150.0))
+    assert json.loads((folder / "config.json").read_text())["max_depth"] == 150
+    transformers = pytest.importorskip("transformers")
+    assert transformers.AutoConfig.from_pretrained(folder).max_depth == 150

@@ -34,6 +34,26 @@ def test_estimate_matches_a_hand_computation():
         mb.frame_output_bytes(0, 10)
 
 
+def test_fusion_needs_its_least_and_gets_what_the_budget_leaves():
+    """Catches: the estimate leaving fusion out, though its TSDF block pool (up to 2.5 GiB at TSDFVolume's default
+    max_blocks) and the mesh extraction's dense grid (up to max_voxels × 20 bytes) come on top of the outputs; and
+    limits that give the volume more than the bytes it was given. The constants follow TSDFVolume's defaults."""
+    import inspect
+
+    from SurgicalDepthLib.tsdf import TSDFVolume
+    from SurgicalDepthLib.tsdf_kernels import BLOCK
+
+    defaults = {k: v.default for k, v in inspect.signature(TSDFVolume).parameters.items()}
+    assert defaults["max_blocks"] * BLOCK ** 3 == defaults["max_voxels"] == mb.TSDF_MAX_VOXELS
+    assert mb.FUSION_BYTES == 2 * (1 << 27) * 20 == 5 * 2 ** 30  # 2.5 GiB pool + 2.5 GiB extraction grid
+    plain = mb.estimate_output_bytes(1920, 1080, 10)
+    assert mb.estimate_output_bytes(1920, 1080, 10, fusion=True) == plain + mb.FUSION_MIN_BYTES
+    assert mb.fusion_limits(10 * mb.FUSION_BYTES) == (defaults["max_blocks"], defaults["max_voxels"])
+    blocks, voxels = mb.fusion_limits(mb.FUSION_MIN_BYTES)
+    assert (blocks * BLOCK ** 3 + voxels) * mb.TSDF_VOXEL_BYTES <= mb.FUSION_MIN_BYTES
+    assert voxels * mb.TSDF_VOXEL_BYTES > 0.49 * mb.FUSION_MIN_BYTES
+
+
 def test_check_memory_budget_refuses_with_estimate_free_memory_and_fix():
     """Catches a run that starts anyway and exhausts memory, or a refusal that does not say what to change."""
     gib = 1 << 30

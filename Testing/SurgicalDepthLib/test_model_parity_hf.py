@@ -115,3 +115,88 @@ def test_hf_layout_round_trip_bit_exact(pair, tmp_path):
     assert set(a) == set(b)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def _tiny_hf(tmp_path, backbone: dict | None = None, **top) -> tuple[DepthAnythingForDepthEstimation, object]:
+    """A ViT-Ti (vitt) sized HF model with random weights, saved with ``save_pretrained``: (model, folder)."""
+    kw = dict(hidden_size=192, num_hidden_layers=12, num_attention_heads=3, image_size=518, patch_size=14,
+              out_indices=OUT_INDICES["v2"], reshape_hidden_states=False, apply_layernorm=True, layer_norm_eps=1e-6)
+    config = DepthAnythingConfig(backbone_config=Dinov2Config(**{**kw, **(backbone or {})}),
+                                 neck_hidden_sizes=[24, 48, 96, 192], fusion_hidden_size=64,
+                                 reassemble_hidden_size=192, **top)
+    torch.manual_seed(0)
+    model = DepthAnythingForDepthEstimation(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.save_pretrained(tmp_path)
+    return model, tmp_path
+
+
+@pytest.fixture(scope="module")
+def tiny_reference(tmp_path_factory):
+    """A ViT-Ti sized HF model with the values of every Hub config, saved: (model, folder). Those values load (their
+    parity with transformers is checked above on the small and base sizes)."""
+    return _tiny_hf(tmp_path_factory.mktemp("hf-tiny"))
+
+
+@pytest.mark.parametrize("backbone, top", [
+    (dict(apply_layernorm=False), {}), (dict(layer_norm_eps=1e-3), {}), (dict(hidden_act="relu"), {}),
+    (dict(num_attention_heads=6), {}), ({}, dict(head_in_index=0))],
+    ids=["apply_layernorm", "layer_norm_eps", "hidden_act", "num_attention_heads", "head_in_index"])
+def test_config_fields_that_change_the_outputs_are_refused(tiny_reference, tmp_path, backbone, top):
+    """Catches: config.json fields that change transformers' outputs without changing a tensor's shape
+    (apply_layernorm=False, layer_norm_eps, hidden_act, the head count, head_in_index) ignored, so the folder loaded
+    silently and computed something else than transformers does with it. Each is refused, naming config.json and
+    the field; transformers' own outputs show that each field matters."""
+    model, folder = _tiny_hf(tmp_path, backbone, **top)
+    x = torch.randn(1, 3, 140, 140)
+    with torch.inference_mode():
+        assert not torch.allclose(model(pixel_values=x).predicted_depth,
+                                  tiny_reference[0](pixel_values=x).predicted_depth)
+    field = next(iter(backbone or top))
+    with pytest.raises(sd.CheckpointError, match=rf"config\.json: (backbone_config\.)?{field}="):
+        sd.load_model(folder, device="cpu")
+    assert sd.load_model(tiny_reference[1], device="cpu").config.encoder == "vitt"  # the Hub's values load
+
+
+def test_giant_swiglu_in_memory_names_match_transformers():
+    """Catches: transformers ≥5 names the giant encoder's SwiGLU ``mlp.gate_proj/up_proj/down_proj`` in memory
+    (``weights_in`` chunked in two, gate first), which had no official name, so a ViT-g model's ``state_dict()``
+    could not be converted. A small SwiGLU block of transformers and the official block built from its converted
+    weights must compute the same; a full ViT-g (meta device: no memory) must convert key for key, shape for shape."""
+    from functools import partial
+
+    from timm.models.vision_transformer import Block
+    from transformers.models.dinov2.modeling_dinov2 import Dinov2Layer
+
+    from SurgicalDepthLib._hf_layout import config_to_hf, hf_to_official_state
+    from SurgicalDepthLib.attention import SelfAttention
+    from SurgicalDepthLib.configs import make_config
+    from SurgicalDepthLib.encoder import SwiGLUFFNFused
+    from SurgicalDepthLib.model import DepthModel
+
+    torch.manual_seed(0)
+    layer = Dinov2Layer(Dinov2Config(hidden_size=64, num_attention_heads=4, use_swiglu_ffn=True)).eval()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    assert {"mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"} <= set(layer.state_dict())
+    hf = {f"backbone.encoder.layer.0.{k}": v for k, v in layer.state_dict().items()}
+    official = {k[len("pretrained.blocks.0."):]: v for k, v in hf_to_official_state(hf).items()}
+    block = Block(64, 4, mlp_ratio=4.0, qkv_bias=True, init_values=1e-5, mlp_layer=SwiGLUFFNFused,
+                  norm_layer=partial(torch.nn.LayerNorm, eps=1e-6)).eval()
+    block.attn = SelfAttention.from_timm(block.attn)
+    block.load_state_dict(official, strict=True)
+    x = torch.randn(2, 10, 64)
+    with torch.inference_mode():
+        ref, out = layer(x), block(x)
+    assert float((out - ref).abs().max()) <= 1e-5 * float(ref.abs().max())
+
+    config = make_config("vitg")
+    with torch.device("meta"):
+        hf_model = DepthAnythingForDepthEstimation(DepthAnythingConfig.from_dict(config_to_hf(config)))
+        own = DepthModel(config).state_dict()
+    converted = hf_to_official_state(hf_model.state_dict())
+    assert set(converted) == set(own)
+    assert all(converted[k].shape == own[k].shape for k in own)

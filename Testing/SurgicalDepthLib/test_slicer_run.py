@@ -206,6 +206,28 @@ def test_run_frames_cancel_stops_in_the_loop_and_in_fusion(model, one_torch_thre
     assert len(poses) == 5 and np.allclose(poses[0], np.eye(4)) and result.fused is not None
 
 
+def test_fusion_holds_no_more_than_the_memory_it_is_given(model, one_torch_thread, monkeypatch):
+    """Catches: the TSDF volume of a Slicer run built with its 5 GiB defaults whatever memory the budget left
+    (``check_memory``'s answer), so its pool and extraction grid could take more than the run was allowed."""
+    import SurgicalDepthLib.tsdf as tsdf_module
+    from SurgicalDepthLib.memory_budget import FUSION_MIN_BYTES, TSDF_VOXEL_BYTES
+
+    made = []
+
+    class Recorded(tsdf_module.TSDFVolume):  # the real volume; its limits are recorded
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append((self.max_blocks, self.max_voxels))
+
+    monkeypatch.setattr(tsdf_module, "TSDFVolume", Recorded)
+    frames = [textured(40, 56, s) for s in range(2)]
+    intr = sd.Intrinsics.from_fov(56, 40, 70.0)
+    result = run.run_frames(model, _array_source(frames), intr, ["depth", "poses"], lambda item, out: None,
+                            lambda f, text: True, input_size=SIZE, voxel_mm=2.0, fusion_bytes=FUSION_MIN_BYTES)
+    ((blocks, voxels),) = made
+    assert (blocks * 8 ** 3 + voxels) * TSDF_VOXEL_BYTES <= FUSION_MIN_BYTES and result.fused is not None
+
+
 def _logic_params(tree: ast.Module, name: str) -> set[str]:
     method = next(f for n in ast.walk(tree) if isinstance(n, ast.ClassDef) and n.name == "SurgicalDepthLogic"
                   for f in n.body if isinstance(f, ast.FunctionDef) and f.name == name)
@@ -506,3 +528,19 @@ def test_check_memory_refuses_before_decoding():
     with pytest.raises(ValueError, match="point budget"):
         run.check_memory(big, ["depth", "frames", "points", "meshes"], point_budget=0, budget=1 << 30)
     run.check_memory(SimpleNamespace(width=64, height=48, count=3), ["depth"], budget=1 << 30)
+
+
+def test_check_memory_counts_fusion_and_leaves_it_the_rest():
+    """Catches: a run with fusion ("poses") checked as if it had none, so a budget that holds the frames' outputs
+    but no TSDF volume let it start and exhaust memory; and a volume given its 5 GiB defaults whatever the budget
+    left (the pool and the extraction grid could then take more than the memory the run was allowed)."""
+    from SurgicalDepthLib.memory_budget import FUSION_MIN_BYTES, estimate_output_bytes
+
+    clip = SimpleNamespace(width=1920, height=1080, count=10, sequence=None)
+    without = estimate_output_bytes(1920, 1080, 10, rgb_frames=True, points=True)
+    budget = without + FUSION_MIN_BYTES // 2  # holds the outputs, not the least a fusion needs
+    assert run.check_memory(clip, ["depth", "frames", "points"], budget=budget) is None  # no fusion: nothing to give
+    with pytest.raises(ValueError, match="fusion off"):
+        run.check_memory(clip, ["depth", "frames", "points", "poses"], budget=budget)
+    left = run.check_memory(clip, ["depth", "frames", "points", "poses"], budget=without + (1 << 30))
+    assert left == 1 << 30  # all that the outputs leave goes to the volume

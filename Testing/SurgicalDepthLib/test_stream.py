@@ -136,6 +136,32 @@ def test_blank_frames_are_warned_about_once_per_stream(tmp_path, caplog):
     assert [r.levelno for r in blank] == [logging.WARNING] + [logging.DEBUG] * 3
 
 
+class _FlatModel:
+    """The inference API of a relative model that predicts a flat (blank) disparity for every frame."""
+
+    output_kind, depth_unit, default_batch_size = "disparity", "relative", 1
+
+    def iter_batches(self, frames, input_size=None, batch_size=None):
+        for rgb in frames:
+            yield np.zeros((1,) + rgb.shape[:2], np.float32)
+
+
+def test_blank_frame_bookkeeping_stays_constant_over_a_long_stream():
+    """Catches: the stream kept a list with one entry per blank frame for its whole life (a scope showing black
+    for hours grew it without bound), where only "first or not" is used. What a frame's deferred depth holds must
+    not grow with the number of blank frames before it."""
+    import pickle
+
+    blank = np.zeros((4, 4, 3), np.uint8)
+    held = []  # bytes of what the first and the last frame's deferred depth holds, once computed
+    for frame in sd.depth_stream(_FlatModel(), (blank for _ in range(3000)), fov_mask=None):
+        deferred = frame.__dict__["_depth_mm"]  # the Deferred, before depth_mm computes (and replaces) it
+        assert np.isnan(frame.depth_mm).all()
+        if frame.index in (0, 2999):
+            held.append(len(pickle.dumps(deferred.function.args)))
+    assert held[1] <= held[0] + 16, held
+
+
 def test_saved_predictions_errors_name_the_file(tmp_path):
     """Catches: a missing or mismatched stored map silently skipped or paired with the wrong frame."""
     saved = _saved(tmp_path / "p", [np.ones((3, 4), np.float32)])
