@@ -689,7 +689,7 @@ def test_new_commands_and_options_fail_cleanly_with_an_error_event(tmp_path):
         ("predict", data / "rgb", "--output", tmp_path / "o_v1", "--model", model, "--model-version", "v1", *jsonl),
         ("export", model, "--format", "onnx", "--output", tmp_path / "x.onnx", "--model-max-depth", "20", *jsonl),
         (*TRAIN, "--root", tmp_path, "--output", tmp_path / "o", "--model-max-depth", "deep", *jsonl),
-        ("synth", "--output", tmp_path / "no_frames", "--overwrite", "--frames", "1", "--size", "28x42", *jsonl),
+        ("synth", "--output", data, "--overwrite", "--frames", "1", "--size", "28x42", *jsonl),
         ("evaluate", "--dataset", "folder", "--root", data, "--output", tmp_path / "r.json", *TINY,
          "--max-depth", "inf", *jsonl),
         ("reconstruct", data / "rgb", "--output", tmp_path / "o", *TINY, "--fuse", "--max-depth", "-3", *jsonl),
@@ -705,7 +705,7 @@ def test_new_commands_and_options_fail_cleanly_with_an_error_event(tmp_path):
                ("--style-beta", "(0.3, 0.1)"), ("style frames", "no image files", "no_frames"),
                ("--model-version", "v3"), ("m.safetensors", "version='v1' conflicts", "version='v2'"),
                ("max_depth=20.0 conflicts", "max_depth=None"), ("--model-max-depth", "deep"),
-               ("no_frames", "not a data set written by synth"), ("--max-depth", "inf"), ("--max-depth must be a positive", "-3"),
+               ("data", "not a data set written by synth"), ("--max-depth", "inf"), ("--max-depth must be a positive", "-3"),
                ("--max-depth must be a positive", "nan")]
     for result, expected in zip(runs, needles):
         if result.args[0] == "stream" and "pyigtl" in result.stderr:
@@ -729,3 +729,12 @@ def test_out_of_memory_is_one_line_exit_2(tmp_path):
     assert_error(result, "out of memory", "lower --batch-size or --input-size")
     events = [json.loads(line) for line in result.stdout.splitlines()]
     assert events[-1]["event"] == "error" and "out of memory" in events[-1]["message"]
+
+
+def test_out_of_memory_names_the_flags_the_command_has(tmp_path):
+    """``synth --size 200000x200000`` (a 298 GiB frame) fails as one line naming synth's own size flags. Catches:
+    the hint "lower --batch-size or --input-size" for every command, though synth has neither flag."""
+    result = cli("synth", "--output", tmp_path / "s", "--frames", "1", "--size", "200000x200000", "--progress", "none")
+    line = assert_error(result, "out of memory", "lower --frames or --size")
+    assert "--batch-size" not in line and "--input-size" not in line
+    assert not (tmp_path / "s").exists()

@@ -1,11 +1,14 @@
 """Depth map files: ``save_depth`` / ``load_depth`` by suffix (2D+t sequences for 3D Slicer:
 :mod:`SurgicalDepthLib.depth_sequence`, whose names are importable from here too).
 
-Formats (``depth``: float32 ``[H, W]``, in the map's own unit — mm for metric models, disparity for relative ones):
+Formats (``depth``: float32 ``[H, W]``, in the map's own unit — mm for metric models, disparity for relative ones;
+``unit`` names it in every format but ``.npy``):
 
-- ``.npy``: float32, exact.
-- ``.tif``/``.tiff``: float32 (OpenCV), exact.
-- ``.nrrd``: float32 2D image (SimpleITK), exact; optional pixel ``spacing``.
+- ``.npy``: float32, exact. A bare array: it cannot hold the unit (``predict`` names it in ``predictions.json`` for
+  a sequence's maps; keep the unit beside single ``.npy`` maps yourself, or choose another format).
+- ``.tif``/``.tiff``: float32 (OpenCV), exact; the unit in the ``ImageDescription`` tag as JSON ``{"unit": <str>}``.
+- ``.nrrd``: float32 2D image (SimpleITK), exact; optional pixel ``spacing``; the unit as the key/value
+  ``depth unit:=<unit>`` (as in a ``.seq.nrrd``; SimpleITK: ``image.GetMetaData("depth unit")``).
 - ``.png``: uint16 with a documented scale. **Rule:** ``value = max(1, round(depth / scale))``,
   ``depth = value * scale``; value 0 means invalid (NaN, ±inf and non-positive depths are written as 0; a valid
   depth below half a count is written as 1, so it stays valid). The default scale is
@@ -125,6 +128,44 @@ def encode_scaled_png(values: np.ndarray, scale: float, unit: str) -> bytes:
     return _png_with_text(buf.tobytes(), PNG_TEXT_KEY, json.dumps({"scale": float(scale), "unit": unit}))
 
 
+# -- TIFF with an ImageDescription -------------------------------------------------------------------------------
+_TIFF_IMAGE_DESCRIPTION = 270
+_TIFF_ASCII = 2
+
+
+def _tiff_with_description(tiff: bytes, text: str) -> bytes:
+    """A classic TIFF's bytes (OpenCV's) with ``text`` (ASCII) as the ``ImageDescription`` of its first image: that
+    image's directory (IFD) is copied to the end of the file with the tag added (entries sorted by tag, as TIFF
+    requires; the values they point to stay where they are) and the header points to the copy."""
+    order = {b"II": "<", b"MM": ">"}.get(tiff[:2])
+    if order is None or struct.unpack(order + "H", tiff[2:4])[0] != 42:
+        raise ValueError(f"not a classic TIFF (header {tiff[:4]!r})")
+    ifd = struct.unpack(order + "I", tiff[4:8])[0]
+    count = struct.unpack(order + "H", tiff[ifd:ifd + 2])[0]
+    entries = [tiff[ifd + 2 + 12 * i:ifd + 14 + 12 * i] for i in range(count)]
+    entries = [e for e in entries if struct.unpack(order + "H", e[:2])[0] != _TIFF_IMAGE_DESCRIPTION]
+    next_ifd = tiff[ifd + 2 + 12 * count:ifd + 6 + 12 * count]
+    value = text.encode("ascii") + b"\0"
+    head = tiff + b"\0" * (len(tiff) % 2)  # TIFF offsets are even
+    if len(value) <= 4:  # fits the entry itself
+        field, extra = value.ljust(4, b"\0"), b""
+    else:
+        field, extra = struct.pack(order + "I", len(head)), value + b"\0" * (len(value) % 2)
+    entries.append(struct.pack(order + "HHI", _TIFF_IMAGE_DESCRIPTION, _TIFF_ASCII, len(value)) + field)
+    entries.sort(key=lambda e: struct.unpack(order + "H", e[:2])[0])
+    new_ifd = len(head) + len(extra)
+    body = struct.pack(order + "H", len(entries)) + b"".join(entries) + next_ifd
+    return head[:4] + struct.pack(order + "I", new_ifd) + head[8:] + extra + body
+
+
+def _encode_tiff(depth: np.ndarray, suffix: str, unit: str) -> bytes:
+    """float32 TIFF bytes of ``depth`` [H, W] (OpenCV), with ``{"unit": unit}`` as its ImageDescription if any."""
+    ok, buf = cv2.imencode(suffix, np.ascontiguousarray(depth))
+    if not ok:
+        raise ValueError(f"OpenCV could not encode a float32 TIFF of shape {depth.shape}")
+    return _tiff_with_description(buf.tobytes(), json.dumps({"unit": unit})) if unit else buf.tobytes()
+
+
 # -- save / load -------------------------------------------------------------------------------------------------
 def save_depth(path: str | os.PathLike, depth: np.ndarray, *, scale: float | None = None, unit: str = "",
                spacing: tuple[float, float] | None = None) -> Path:
@@ -134,7 +175,8 @@ def save_depth(path: str | os.PathLike, depth: np.ndarray, *, scale: float | Non
         path: ``.npy``, ``.png``, ``.nrrd``, ``.tif`` or ``.tiff``. Written atomically.
         depth: ``[H, W]`` real array (stored as float32; uint16 for PNG).
         scale: PNG only: depth units per PNG count (default ``max / 65535``).
-        unit: free text stored in PNG (``"mm"``, ``"disparity"``, ...).
+        unit: what the values are (``"mm"``, ``"disparity"``, ...), stored in PNG, TIFF and NRRD files (see the
+            module docstring); a ``.npy`` file cannot hold it.
         spacing: NRRD only: pixel size ``(x, y)``.
     Returns:
         ``path`` as a ``Path``.
@@ -156,12 +198,14 @@ def save_depth(path: str | os.PathLike, depth: np.ndarray, *, scale: float | Non
         _write_atomic(path, buf.getbuffer())
     elif suffix == ".nrrd":
         # written here rather than by SimpleITK, whose C++ writer turns a full disk into a multi-line exception
-        _write_atomic(path, nrrd_2d_header(depth.shape, spacing), np.ascontiguousarray(depth, dtype="<f4").data)
+        _write_atomic(path, nrrd_2d_header(depth.shape, spacing, unit),
+                      np.ascontiguousarray(depth, dtype="<f4").data)
     else:
-        ok, buf = cv2.imencode(suffix, np.ascontiguousarray(depth))
-        if not ok:
-            raise ValueError(f"OpenCV could not encode a float32 TIFF for {path}")
-        _write_atomic(path, buf.tobytes())
+        try:
+            data = _encode_tiff(depth, suffix, unit)
+        except ValueError as exc:
+            raise ValueError(f"cannot write {path}: {exc}") from None
+        _write_atomic(path, data)
     return path
 
 

@@ -89,7 +89,7 @@ class DepthSequenceWriter:
             f"space directions: ({sx!r},0,0) (0,{sy!r},0) (0,0,1) none", "kinds: domain domain domain list",
             f'labels: "" "" "" "{"time" if self.fps else "frame"}"', "endian: little", "encoding: raw",
             "space origin: (0,0,0)", "DataNodeClassName:=vtkMRMLScalarVolumeNode", "axis 3 index type:=numeric",
-            "axis 3 index values:=" + " ".join(f"{v:.6g}" for v in self.index_values),
+            "axis 3 index values:=" + " ".join(_index_value_text(v) for v in self.index_values),
         ]
         if self.unit:
             fields.append(f"depth unit:={self.unit}")
@@ -130,6 +130,15 @@ class DepthSequenceWriter:
             self.close()
         else:
             self.abort()
+
+
+def _index_value_text(value: float) -> str:
+    """An index value (a frame number, or a time in s) as header text that reads back as the same float: a whole
+    number as an integer (``12``), else Python's shortest round-trip form (``10000.033333333333``; six significant
+    digits made the frames of a long clip share times, 10000.0333 s and 10000.0 s both ``10000``)."""
+    if value.is_integer() and abs(value) < 2 ** 53:
+        return str(int(value))
+    return repr(value)
 
 
 def save_depth_sequence_nrrd(path: str | os.PathLike, depths: np.ndarray | Iterable[np.ndarray], *,

@@ -242,7 +242,8 @@ def check_fov_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     if m.ndim == 3 and m.shape[2] in (1, 3, 4):  # a mask image read as colour
         m = m[..., 0]
     if m.shape != tuple(shape):
-        raise ValueError(f"fov_mask has shape {m.shape}, expected {tuple(shape)} like the frames")
+        raise ValueError(f"fov_mask has shape {m.shape}, expected {tuple(shape)} (height, width) like the frames: "
+                         "a field-of-view mask must have the size of the frames it masks")
     if not m.any():
         raise ValueError("fov_mask is empty: no pixel is inside the field of view")
     return m.astype(bool)

@@ -18,16 +18,19 @@ def nrrd_header(fields: list[str]) -> bytes:
     return ("\n".join(lines) + "\n\n").encode("ascii")
 
 
-def nrrd_2d_header(shape: tuple[int, int], spacing: tuple[float, float] | None) -> bytes:
+def nrrd_2d_header(shape: tuple[int, int], spacing: tuple[float, float] | None, unit: str = "") -> bytes:
     """Header of a 2D map ``shape = (H, W)`` with pixel ``spacing`` ``(x, y)`` (None: 1, 1): the fields SimpleITK
-    writes (read back by ITK/Slicer)."""
+    writes (read back by ITK/Slicer), and with ``unit`` (the map's values: ``"disparity"``, ``"mm"``, ...) the
+    key/value ``depth unit:=<unit>`` as a sequence's header has it (ITK keeps it in the image's metadata)."""
     h, w = shape
     sx, sy = (1.0, 1.0) if spacing is None else (float(spacing[0]), float(spacing[1]))
     if not (np.isfinite([sx, sy]).all() and sx > 0 and sy > 0):
         raise ValueError(f"spacing must be two positive finite numbers (x, y), got {spacing!r}")
-    return nrrd_header(["dimension: 2", "space dimension: 2", f"sizes: {w} {h}",
-                        f"space directions: ({sx!r},0) (0,{sy!r})", "kinds: domain domain", "endian: little",
-                        "encoding: raw", "space origin: (0,0)"])
+    if not (unit.isascii() and unit.isprintable()):
+        raise ValueError(f"unit must be printable ASCII text for a NRRD header, got {unit!r}")
+    fields = ["dimension: 2", "space dimension: 2", f"sizes: {w} {h}", f"space directions: ({sx!r},0) (0,{sy!r})",
+              "kinds: domain domain", "endian: little", "encoding: raw", "space origin: (0,0)"]
+    return nrrd_header(fields + ([f"depth unit:={unit}"] if unit else []))
 
 
 def read_nrrd_header(path: str | os.PathLike) -> tuple[dict[str, str], int]:

@@ -32,15 +32,16 @@ INFO_NAME = "predictions.json"
 
 
 def write_info(path: str | os.PathLike, *, model: Any, file_format: str, size: tuple[int, int],
-               source: str, lens_corrected: bool = False) -> Path:
+               source: str, lens_corrected: bool = False, extra: dict[str, Any] | None = None) -> Path:
     """Write the description :data:`INFO_NAME` of a prediction folder to ``path`` (atomically); ``model`` gives
     source, kind and unit. ``reference_fov_deg`` records the reference lens the maps still read as (None when
     ``lens_corrected`` or the model has none), so a later run given the calibration corrects them as it would
-    correct the model's own output."""
+    correct the model's own output. ``extra``: more JSON fields the writing command records (predict's
+    ``fov_masks``)."""
     reference = None if lens_corrected else model_reference_fov(model)
     data = {"model": str(getattr(model, "source", model)), "output_kind": str(OutputKind.parse(model.output_kind).value),
             "depth_unit": model.depth_unit, "format": file_format, "size": [int(size[0]), int(size[1])],
-            "input": str(source), "reference_fov_deg": reference}
+            "input": str(source), "reference_fov_deg": reference, **(extra or {})}
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2))

@@ -26,7 +26,7 @@ from typing import Any
 from SurgicalDepthLib.progress import STAGES
 from SurgicalDepthLib.slicer_helpers import model_source
 
-from .commands.train import STOPPING_NOTE
+from .commands.train import STOPPING_NOTE  # noqa: F401  (the module watches stderr for it)
 
 CLI_MODULE = "SurgicalDepthTrainingLib"  # python -m: full CLI, no installed entry point needed (Slicer)
 PROGRESS_ARGS = ("--progress", "jsonl")  # every command the module runs reports JSON lines on stdout

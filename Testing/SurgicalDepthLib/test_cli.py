@@ -149,3 +149,29 @@ print("others", len(others), flush=True)
 """, stdin="stop\n")
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["alive", "calls", "2", "others", "1"]  # a second would mean 'stop at once
+
+
+def test_the_out_of_memory_hint_names_only_flags_of_the_command():
+    """Catches: one hint, "lower --batch-size or --input-size", for every command: ``synth`` has neither flag (its
+    sizes are --frames and --size) and ``stream`` has no --batch-size."""
+    from SurgicalDepthLib.cli import MEMORY_FLAGS, memory_hint
+
+    subparsers = next(a for a in build_parser()._actions if a.dest == "command")
+    for name, parser in subparsers.choices.items():
+        flags = {option for action in parser._actions for option in action.option_strings}
+        args = build_parser().parse_args([name, *_required_args(parser)])
+        named = [flag for flag in MEMORY_FLAGS if flag in memory_hint(args).replace(",", " ").split()]
+        assert named == [flag for flag in MEMORY_FLAGS if flag in flags], (name, memory_hint(args))
+    assert memory_hint(build_parser().parse_args(["predict", "x.png", "-o", "o"])) == \
+        "lower --batch-size or --input-size"
+    assert memory_hint(build_parser().parse_args(["synth", "--output", "o"])) == "lower --frames or --size"
+
+
+def _required_args(parser) -> list[str]:
+    """Placeholder values for a sub-command's required positionals and options (parsing only)."""
+    out = []
+    for action in parser._actions:
+        if action.required:
+            value = [str(next(iter(action.choices or ["1"])))] * (action.nargs if isinstance(action.nargs, int) else 1)
+            out += [*(action.option_strings[:1]), *value]
+    return out

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -179,9 +182,10 @@ def test_intrinsics_correct_maps_to_the_lens_and_a_misfit_writes_nothing(tmp_pat
 
 
 def test_written_maps_name_their_unit(tmp_path, checkpoint):
-    """The unit stored in a PNG map's text chunk and a sequence NRRD's ``depth unit`` field is what the values are:
-    ``disparity`` for a relative model, the metric head's unit (here ``mm``) for a metric one. Catches: the
-    output kind written as the unit (``"depth"`` is no unit), so a metric map's unit was recorded nowhere."""
+    """The unit stored in a PNG map's text chunk, a NRRD map's and a sequence NRRD's ``depth unit`` field and a TIFF
+    map's ImageDescription is what the values are: ``disparity`` for a relative model, the metric head's unit (here
+    ``mm``) for a metric one. Catches: the output kind written as the unit (``"depth"`` is no unit), so a metric
+    map's unit was recorded nowhere; NRRD and TIFF maps written without any unit."""
     from PIL import Image
 
     from SurgicalDepthLib.checkpoints import save_checkpoint
@@ -200,6 +204,13 @@ def test_written_maps_name_their_unit(tmp_path, checkpoint):
                 assert json.loads(png.text["SurgicalDepth"])["unit"] == unit
         header = (out / "clip_depth.seq.nrrd").read_bytes().split(b"\n\n", 1)[0].decode()
         assert f"depth unit:={unit}" in header.splitlines()
+        for fmt in ("nrrd", "tiff"):
+            assert run_predict([str(image), "--output", str(out / fmt), "--model", str(model_file), "--input-size",
+                                str(SIZE), "--format", fmt]) == 0
+        header = (out / "nrrd" / "frame_depth.nrrd").read_bytes().split(b"\n\n", 1)[0].decode()
+        assert f"depth unit:={unit}" in header.splitlines()
+        with Image.open(out / "tiff" / "frame_depth.tiff") as tiff:
+            assert json.loads(tiff.tag_v2[270])["unit"] == unit
 
 
 def _scope_frame(h: int, w: int, seed: int) -> np.ndarray:
@@ -333,3 +344,130 @@ def test_an_image_given_twice_is_predicted_once(tmp_path, checkpoint, monkeypatc
                         "--input-size", str(SIZE)]) == 0
     assert sorted(p.name for p in out.glob("*.npy")) == ["a_depth.npy", "b_depth.npy"]
     assert "wrote 2 disparity maps" in capsys.readouterr().out
+
+
+def _cli(*args) -> subprocess.CompletedProcess:
+    """The real ``surgical-depth`` program in a fresh process (its own logging and OpenCV set-up)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("OPENCV_LOG_LEVEL", None)
+    return subprocess.run([sys.executable, "-m", "SurgicalDepthLib.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=300, env=env)
+
+
+def test_fov_mask_files_are_claimed_before_any_map_is_written(tmp_path, checkpoint):
+    """A user's file named like a field-of-view mask output (``name_fov.png`` beside an image's map,
+    ``clip/fov_mask.png`` in a sequence's folder) stops the run before anything is written. Catches: the mask files
+    left out of the outputs claimed before inference, so the conflict was found after the maps (and the run's
+    manifest) had been written beside the user's file."""
+    image = tmp_path / "scope.png"
+    cv2.imwrite(str(image), _scope_frame(64, 80, 1)[..., ::-1])
+    frames = tmp_path / "clip"
+    frames.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(frames / f"{i:03d}.png"), _scope_frame(64, 80, i)[..., ::-1])
+    for source, user_file in (([image], "scope_fov.png"), ([frames, "--video"], "clip/fov_mask.png")):
+        out = tmp_path / f"out_{user_file.replace('/', '_')}"
+        (out / user_file).parent.mkdir(parents=True)
+        (out / user_file).write_bytes(b"the user's own file")
+        done = _cli("predict", *source, "--output", out, "--model", checkpoint, "--input-size", SIZE, "--device",
+                    "cpu", "--progress", "none")
+        assert done.returncode == 2 and done.stderr.strip().splitlines()[-1].endswith(
+            "nothing was overwritten: choose another output folder"), done.stderr[-2000:]
+        assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [user_file]
+        assert (out / user_file).read_bytes() == b"the user's own file"
+
+
+def test_a_corrupt_image_fails_with_one_line_and_no_opencv_log(tmp_path, checkpoint):
+    """Catches: OpenCV's own log lines ("[ WARN:0@7.49] global grfmt_png.cpp:855 read_chunk ...", "[ERROR:0@7.49]
+    ... readHeader") printed on stderr before the command's one-line error about a corrupt PNG."""
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + np.random.default_rng(0).integers(0, 256, 200, np.uint8).tobytes())
+    done = _cli("predict", bad, "--output", tmp_path / "out", "--model", checkpoint, "--input-size", SIZE,
+                "--device", "cpu", "--progress", "none")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [f"surgical-depth predict: error: cannot decode image {bad}: not a "
+                                                "readable .png file"], done.stderr[-2000:]
+
+
+def test_a_fov_mask_file_of_another_size_names_the_flag_the_file_and_the_input(tmp_path, checkpoint):
+    """Catches: ``--fov-mask FILE`` that does not fit an input failing with "fov_mask has shape (320, 320), expected
+    (475, 475) like the frames", naming neither the flag, the file nor the input; and a video of another size found
+    only after the images' maps were written (its size is known before inference: nothing is written)."""
+    from SurgicalDepthLib.fov import write_fov_mask
+
+    mask = tmp_path / "scope_mask.png"
+    write_fov_mask(mask, np.ones((40, 56), bool))
+    fits, other = tmp_path / "fits.png", tmp_path / "other.png"
+    cv2.imwrite(str(fits), textured(40, 56, 1)[..., ::-1])
+    cv2.imwrite(str(other), textured(48, 64, 2)[..., ::-1])
+    clip = tmp_path / "clip.mp4"
+    write_clip(clip, 2)  # 64x48
+    common = ["--model", checkpoint, "--input-size", SIZE, "--device", "cpu", "--fov-mask", mask,
+              "--progress", "none"]
+    done = _cli("predict", fits, other, "--output", tmp_path / "images", *common)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len([line for line in lines if "error:" in line]) == 1, done.stderr[-2000:]
+    assert f"--fov-mask {mask} is 56x40 pixels but input {other} is 64x48" in lines[-1]
+    done = _cli("predict", fits, clip, "--output", tmp_path / "video", *common)
+    assert done.returncode == 2 and f"--fov-mask {mask} is 56x40 pixels but input {clip} is 64x48" in done.stderr
+    assert not (tmp_path / "video").exists()
+
+
+def _moving_scope_clip(folder: Path, n: int = 60, moved_from: int = 28) -> None:
+    """``n`` PNG frames of a scope image (tissue in a disc on black) that moves 16 px right at frame ``moved_from``
+    (a laparoscope turned in its camera coupler)."""
+    folder.mkdir()
+    for i in range(n):
+        rgb = _scope_frame(64, 80, i % 3)
+        if i >= moved_from:
+            rgb = np.roll(rgb, 16, axis=1)
+        cv2.imwrite(str(folder / f"{i:03d}.png"), rgb[..., ::-1])
+
+
+def test_a_moving_field_of_view_writes_each_mask_it_used(tmp_path, checkpoint):
+    """The maps follow a field of view that moves mid-clip; the mask files must describe what was used.
+    Catches: ``fov_mask.png`` written once (the first mask) while later maps had another field of view, and no
+    record of which frames used which mask."""
+    from SurgicalDepthLib.fov import read_fov_mask
+
+    _moving_scope_clip(tmp_path / "moving")
+    out = tmp_path / "out"
+    assert run_predict([str(tmp_path / "moving"), "--video", "--output", str(out), "--model", str(checkpoint),
+                        "--input-size", str(SIZE), "--batch-size", "4"]) == 0
+    records = json.loads((out / "moving" / "predictions.json").read_text())["fov_masks"]
+    assert len(records) == 2 and records[0] == {"from_frame": 0, "file": "fov_mask.png"}
+    changed = records[1]["from_frame"]
+    assert 28 < changed < 60 and records[1]["file"] == f"fov_mask_{changed:06d}.png"
+    assert sorted(p.name for p in (out / "moving").glob("fov_mask*.png")) == ["fov_mask.png", records[1]["file"]]
+    first, later = (read_fov_mask(out / "moving" / r["file"]) for r in records)
+    assert not np.array_equal(first, later)
+    for index, mask in ((0, first), (changed - 1, first), (changed, later), (59, later)):
+        np.testing.assert_array_equal(np.isfinite(load_depth(out / "moving" / f"{index:06d}.npy")), mask)
+
+
+def test_odd_sized_frames_keep_every_row_in_the_side_by_side_video(tmp_path, checkpoint):
+    """A 163x201 (width x height) clip: mp4v needs even sides. Catches: the side-by-side video written 326x201,
+    which the encoder cropped to 200 rows (the frames' last row lost); it is padded to 202 rows instead."""
+    from SurgicalDepthLib.cli.predict import side_by_side_size
+    from SurgicalDepthLib.video import read_image
+
+    assert side_by_side_size(201, 163) == (326, 202)
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), textured(201, 163, i)[..., ::-1])
+    out = tmp_path / "out"
+    assert run_predict([str(folder), "--video", "--output", str(out), "--model", str(checkpoint), "--input-size",
+                        str(SIZE), "--colormap", "--fov-mask", "none"]) == 0
+    video = cv2.VideoCapture(str(out / "odd_depth.mp4"))
+    ok, bgr = video.read()
+    video.release()
+    assert ok and bgr.shape == (202, 326, 3)
+    # luminance: mp4v keeps it per pixel (colour is shared by 2x2 pixels, so the last row's blends with the pad's)
+    panel = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY).astype(int)
+    color, source = (cv2.cvtColor(read_image(p), cv2.COLOR_RGB2GRAY).astype(int)
+                     for p in (out / "odd" / "000000_color.png", folder / "000.png"))
+    assert np.abs(panel[:201, 163:] - color).mean() < 4 and np.abs(panel[:201, :163] - source).mean() < 4
+    assert np.abs(panel[200, 163:] - color[200]).mean() < 5  # the last row is there
+    assert np.abs(panel[200, :163] - source[200]).mean() < 6
+    assert panel[201].mean() < 20  # the padding row is black (up to the codec's ringing)

@@ -179,3 +179,51 @@ def test_calibrated_wide_lens_corrects_the_depth_of_the_points(tmp_path, clip):
     np.testing.assert_allclose(corrected, stream_z(intrinsics=calib), rtol=1e-4)
     assert not np.allclose(corrected, stream_z(), rtol=1e-2)
     np.testing.assert_allclose(cloud_z(tmp_path / "guess"), stream_z(), rtol=1e-4)  # no calibration: raw
+
+
+def _scope_frame(h: int, w: int, seed: int, shift: int = 0) -> np.ndarray:
+    """Smooth random tissue inside a disc (centre moved ``shift`` px right) on a black scope border."""
+    rng = np.random.default_rng(seed)
+    rgb = cv2.resize(rng.integers(40, 256, (h // 8, w // 8, 3), dtype=np.uint8), (w, h),
+                     interpolation=cv2.INTER_LINEAR)
+    v, u = np.mgrid[0:h, 0:w]
+    rgb[(u - (w - 1) / 2 - shift) ** 2 + (v - (h - 1) / 2) ** 2 > (0.45 * min(h, w)) ** 2] = 0
+    return rgb
+
+
+def test_a_moving_field_of_view_writes_each_mask_it_used(tmp_path):
+    """The scope image moves 16 px right at frame 28 of 60; the points follow the new field of view, and the mask
+    files must say so. Catches: only frame 0's mask written as ``fov_mask.png``, with nothing telling that later
+    frames used another one."""
+    from SurgicalDepthLib.fov import read_fov_mask
+
+    folder = tmp_path / "moving"
+    folder.mkdir()
+    for i in range(60):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), _scope_frame(64, 80, i % 3, 16 if i >= 28 else 0)[..., ::-1])
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(folder), "--output", str(out), "--intrinsics", "60,60,39.5,31.5",
+                 "--input-size", "70", "--device", "cpu", "--every", "100", "--progress", "none"]) == 0
+    records = json.loads((out / "reconstruction.json").read_text())["fov_masks"]
+    assert len(records) == 2 and records[0] == {"from_frame": 0, "file": "fov_mask.png"}
+    changed = records[1]["from_frame"]
+    assert 28 < changed < 60 and records[1]["file"] == f"fov_mask_{changed:06d}.png"
+    assert sorted(p.name for p in out.glob("fov_mask*.png")) == ["fov_mask.png", records[1]["file"]]
+    first, later = (read_fov_mask(out / r["file"]) for r in records)
+    assert later[:, 64:].sum() > first[:, 64:].sum() + 64  # the field of view reaches further right
+
+
+def test_a_fov_mask_file_of_another_size_names_the_flag_the_file_and_the_input(tmp_path, clip, capsys):
+    """Catches: a ``--fov-mask FILE`` that does not fit the frames failing after the model loaded, with "fov_mask
+    has shape (40, 40), expected (56, 70) like the frames" (neither the flag, the file nor the input named)."""
+    from SurgicalDepthLib.fov import write_fov_mask
+
+    root, _, intr = clip
+    mask = write_fov_mask(tmp_path / "mask.png", np.ones((40, 40), bool))
+    out = tmp_path / "out"
+    capsys.readouterr()
+    assert main(["reconstruct", str(root / "rgb"), "--output", str(out), "--intrinsics", intr, "--fov-mask",
+                 str(mask), "--input-size", "70", "--device", "cpu", "--progress", "none"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--fov-mask {mask} is 40x40 pixels but input {root / 'rgb'} is 70x56" in err[0], err
+    assert not out.exists()

@@ -237,3 +237,41 @@ def test_an_empty_map_is_refused_by_name(tmp_path, suffix):
     with pytest.raises(ValueError, match=r"depth is empty \(shape \(0, 41\)\)"):
         save_depth(tmp_path / f"d{suffix}", np.zeros((0, 41), np.float32))
     assert not list(tmp_path.iterdir())
+
+
+def test_sequence_times_of_a_long_clip_stay_distinct(tmp_path):
+    """Frames 2 h 47 min into a 30 fps clip are 1/30 s apart. Catches: index values written with six significant
+    digits, so 10000.0333 s read back as 10000.0 (and 10000.0667 as 10000.1): neighbouring frames shared a time in
+    Slicer's sequence browser. Whole numbers (frame numbers) stay written as integers."""
+    times = [(300000 + k) / 30.0 for k in range(4)]
+    path = save_depth_sequence_nrrd(tmp_path / "long.seq.nrrd", np.ones((4, 2, 3), np.float32), fps=30.0,
+                                    index_values=times)
+    assert load_depth_sequence_nrrd(path)[1].tolist() == times  # exact round trip
+    frames = save_depth_sequence_nrrd(tmp_path / "frames.seq.nrrd", np.ones((3, 2, 3), np.float32))
+    assert read_nrrd_header(frames)[0]["axis 3 index values"] == "0 1 2"
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".tiff", ".tif"])
+def test_nrrd_and_tiff_maps_name_their_unit(tmp_path, depth, suffix):
+    """``unit`` is what the values are (``disparity`` or a metric unit); a reader of the file alone must be able to
+    tell. Catches: only PNG maps recording it (NRRD and TIFF maps were bare floats, though ``predict`` says the unit
+    is stored in the file). Read back by independent readers (ITK's metadata, the TIFF ImageDescription via
+    Pillow) and the values stay exact for every reader."""
+    from PIL import Image
+
+    for unit in ("disparity", "mm", "m"):  # "m" and "mm" fit inside the TIFF tag's entry itself
+        path = save_depth(tmp_path / f"{unit}{suffix}", depth, unit=unit)
+        np.testing.assert_array_equal(load_depth(path), depth)
+        if suffix == ".nrrd":
+            image = sitk.ReadImage(str(path))
+            assert image.GetMetaData("depth unit") == unit
+            np.testing.assert_array_equal(sitk.GetArrayFromImage(image), depth)
+        else:
+            with Image.open(path) as tiff:
+                assert json.loads(tiff.tag_v2[270]) == {"unit": unit}
+                np.testing.assert_array_equal(np.asarray(tiff), depth)
+            np.testing.assert_array_equal(cv2.imread(str(path), cv2.IMREAD_UNCHANGED), depth)
+    assert read_nrrd_header(save_depth(tmp_path / "none.nrrd", depth))[0].get("depth unit") is None
+    if suffix == ".nrrd":
+        with pytest.raises(ValueError, match="unit must be printable ASCII"):
+            save_depth(tmp_path / "bad.nrrd", depth, unit="mm\ndimension: 3")

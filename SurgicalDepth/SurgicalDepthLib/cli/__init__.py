@@ -342,6 +342,7 @@ def main(argv: list[str] | None = None, extra: tuple = ()) -> int:
     # error; OpenCV reads this when it opens a video. A level the user set is kept (--verbose: FFmpeg's default)
     if not args.verbose:
         os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+        _quiet_opencv()
     if os.environ.get("RANK", "0") != "0":  # torchrun: only rank 0 reports progress and the final event
         args.progress, args.other_rank = "none", True
     reporter = args.progress_reporter = ProgressReporter(args.progress, sys.stdout)
@@ -350,6 +351,35 @@ def main(argv: list[str] | None = None, extra: tuple = ()) -> int:
         if args.progress == "jsonl" and interrupts is not None:  # a machine caller (the Slicer modules) may stop it
             _stop_on_stdin_line(interrupts.handler)  # through stdin
         return _run_command(args, reporter, interrupts)
+
+
+def _quiet_opencv() -> None:
+    """Silence OpenCV's own log lines (a corrupt PNG's "[ WARN:0@7.49] global grfmt_png.cpp ... read_chunk" before
+    the command's one-line error), unless the user set ``OPENCV_LOG_LEVEL``. Called when a command runs, not when
+    the parser is built (which the commands' modules make import OpenCV already: no cost here)."""
+    if "OPENCV_LOG_LEVEL" in os.environ:
+        return
+    import cv2
+
+    api = getattr(getattr(cv2, "utils", None), "logging", None)
+    if api is not None and hasattr(api, "setLogLevel"):
+        api.setLogLevel(api.LOG_LEVEL_SILENT)
+    elif hasattr(cv2, "setLogLevel"):  # older builds without cv2.utils.logging
+        cv2.setLogLevel(0)
+
+
+#: flags that size what a command holds in memory, in the order an out-of-memory hint names them
+MEMORY_FLAGS = ("--batch-size", "--input-size", "--frames", "--size")
+
+
+def memory_hint(args: argparse.Namespace) -> str:
+    """What to lower after an out-of-memory error: the :data:`MEMORY_FLAGS` that the parsed command has (its
+    namespace holds every flag of its own parser, defaults included), e.g. ``lower --batch-size or --input-size``
+    for predict, ``lower --frames or --size`` for synth."""
+    flags = [flag for flag in MEMORY_FLAGS if hasattr(args, flag[2:].replace("-", "_"))]
+    if not flags:
+        return "free memory or give smaller inputs"
+    return "lower " + (flags[0] if len(flags) == 1 else ", ".join(flags[:-1]) + " or " + flags[-1])
 
 
 def _run_command(args: argparse.Namespace, reporter: ProgressReporter, interrupts: _Interrupts | None) -> int:
@@ -379,7 +409,7 @@ def _run_command(args: argparse.Namespace, reporter: ProgressReporter, interrupt
             reporter.error(f"{type(exc).__name__}: {exc}")
             raise
         message = (f"out of memory ({type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:160]}); "
-                   "lower --batch-size or --input-size")
+                   f"{memory_hint(args)}")
         reporter.error(message)
         print(f"surgical-depth {args.command}: error: {message}", file=sys.stderr)
         return 2

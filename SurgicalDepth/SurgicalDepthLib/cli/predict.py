@@ -10,7 +10,9 @@ Outputs (in ``--output``):
 
 Pixels outside the scope's field of view (``--fov-mask``, found automatically: from a sequence's first frames, from
 each image alone) are NaN in the maps (0 in PNG) and black in colour maps; the mask is written as
-``clip/fov_mask.png`` (``name_fov.png`` for images).
+``clip/fov_mask.png`` (``name_fov.png`` for images). A sequence's field of view is followed when the scope image moves
+in the frame: each new mask is written as ``clip/fov_mask_<frame index:06d>.png`` (the source frame it applies from),
+and ``predictions.json`` lists them all as ``"fov_masks": [{"from_frame": i, "file": "fov_mask.png"}, ...]``.
 
 With ``--intrinsics`` (the scope's calibration), the maps of a model with a reference lens (the default model) are
 corrected to that lens (:mod:`SurgicalDepthLib.lens`: wide-angle and fisheye scopes).
@@ -44,7 +46,8 @@ from ..stream import DepthFrame, depth_stream
 from ..video import (FrameReader, VideoDecodeError, frame_source_images, frame_source_kind, open_frames, read_image,
                      write_image)
 from . import (FOV_MASK_HELP, OVERWRITE_HELP, CliError, add_model_args, check_intrinsics_arg,
-               check_output_not_an_input_folder, fov_mask_arg, input_paths, model_hints, progress_of)
+               check_output_not_an_input_folder, input_paths, model_hints, progress_of)
+from ._fov_outputs import FovMaskAction, FovMaskFiles, check_fov_mask_fits, same_mask
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +72,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="treat each image folder or glob as the frames of one video (sequence outputs, --temporal)")
     p.add_argument("--stride", type=int, default=1, help="for videos: use every N-th frame")
     p.add_argument("--max-frames", type=int, default=None, help="for videos: stop after this many frames")
-    p.add_argument("--fov-mask", type=fov_mask_arg, default="auto", metavar="auto|none|FILE", help=FOV_MASK_HELP)
+    p.add_argument("--fov-mask", action=FovMaskAction, default="auto", metavar="auto|none|FILE", help=FOV_MASK_HELP)
     p.add_argument("--intrinsics", default=None,
                    help="the scope's calibration (a calibration file, rescaled to each input's size, or 'fx,fy,cx,cy' "
                         "in pixels of the inputs): maps of models with a reference lens, such as the default model, "
@@ -163,7 +166,8 @@ def _write_fov(out: RunFolder, relative: str, frame: DepthFrame, written: set) -
 
 
 def _map_unit(model: Any) -> str:
-    """What a written map's values are, stored in its file: ``"disparity"`` (relative) or the metric unit."""
+    """What a written map's values are, stored in its file (PNG, NRRD, TIFF; a ``.npy`` holds the array alone, and
+    ``predictions.json`` names the unit of a sequence's maps): ``"disparity"`` (relative) or the metric unit."""
     return "disparity" if model.output_kind == "disparity" else model.depth_unit
 
 
@@ -186,7 +190,7 @@ def _image_batches(images: list[Path], batch_size: int, fov_mask: Any
     for path in images:
         rgb = read_image(path)
         own = detect_fov_mask([rgb]) if isinstance(fov_mask, str) else fov_mask
-        if frames and (rgb.shape != frames[0].shape or len(frames) == batch_size or not _same_mask(own, mask)):
+        if frames and (rgb.shape != frames[0].shape or len(frames) == batch_size or not same_mask(own, mask)):
             yield group, frames, mask
             group, frames = [], []
         group.append(path)
@@ -196,16 +200,13 @@ def _image_batches(images: list[Path], batch_size: int, fov_mask: Any
         yield group, frames, mask
 
 
-def _same_mask(a: np.ndarray | None, b: np.ndarray | None) -> bool:
-    return a is b or (a is not None and b is not None and np.array_equal(a, b))
-
-
 def _predict_images(model, images: list[Path], args: argparse.Namespace, ext: str, out: RunFolder, bar,
                     lenses: dict[tuple[int, int], Any]) -> int:
     kind = model.output_kind
     written = 0
     masks: set = set()
     for group, frames, fov in _image_batches(images, args.batch_size, args.fov_mask):
+        check_fov_mask_fits(args, frames[0].shape[:2], group[0])  # a batch holds images of one size
         lens = _lens(args, lenses, *frames[0].shape[:2])
         for path, frame in zip(group, depth_stream(model, frames, batch_size=args.batch_size, intrinsics=lens,
                                                    input_size=args.input_size, fov_mask=fov,
@@ -223,16 +224,21 @@ def _predict_images(model, images: list[Path], args: argparse.Namespace, ext: st
 def _claim_outputs(out: RunFolder, images: list[Path], sequences: list[tuple[FrameReader, str]],
                    args: argparse.Namespace, ext: str) -> None:
     """Claim every output file the run will write before any inference: a conflict (a file no run wrote, an
-    input) stops the run before anything is written."""
+    input) stops the run before anything is written. A field-of-view mask may be written whenever ``--fov-mask`` is
+    not ``none`` (``auto`` finds one or not): its file is claimed too. Only the masks of a field of view that moves
+    later in a sequence (:class:`FovMaskFiles`) are claimed when written: their frames are not known before."""
     colour = ["_color.png"] if args.colormap else []
+    masked = args.fov_mask is not None
     for path in images:
-        for tail in [f"_depth{ext}", *colour]:
+        for tail in [f"_depth{ext}", *colour, *(["_fov.png"] if masked else [])]:
             out.path(f"{path.stem}{tail}")
     for reader, name in sequences:
         for index in reader.indices:
             for tail in [ext, *colour]:
                 out.path(f"{name}/{index:06d}{tail}")
         out.path(f"{name}/{INFO_NAME}")
+        if masked:
+            out.path(f"{name}/fov_mask.png")
         if args.colormap:
             out.path(f"{name}_depth.mp4")
             out.path(f"{name}_depth.seq.nrrd")
@@ -248,18 +254,31 @@ MP4V_MAX_WIDTH = 8190
 
 
 def side_by_side_size(height: int, width: int) -> tuple[int, int]:
-    """``(width, height)`` of the colour video's frame (input | depth side by side, ``2·width × height``), scaled
-    down, aspect kept, to even sides within :data:`MP4V_MAX_WIDTH` (a 4096-pixel-wide input is 8192 side by side)."""
+    """``(width, height)`` of the colour video's frame (input | depth side by side, ``2·width × height``) with even
+    sides, which mp4v needs (it crops an odd side): an odd height gets one more row (black, :func:`fit_panel`);
+    scaled down, aspect kept, within :data:`MP4V_MAX_WIDTH` (a 4096-pixel-wide input is 8192 side by side)."""
     if 2 * width <= MP4V_MAX_WIDTH:
-        return 2 * width, height
+        return 2 * width, height + height % 2
     scale = MP4V_MAX_WIDTH / (2 * width)
     return 2 * int(width * scale), max(2, 2 * round(height * scale / 2))
 
 
+def fit_panel(both: np.ndarray, panel: tuple[int, int]) -> np.ndarray:
+    """RGB uint8 ``[h, w, 3]`` side-by-side frame as ``panel = (width, height)`` (:func:`side_by_side_size`): one
+    black row below an odd height (every input row kept), else resized (an input too wide for mp4v)."""
+    h, w = both.shape[:2]
+    if (w, h) == tuple(panel):
+        return both
+    if (w, h + 1) == tuple(panel):
+        return cv2.copyMakeBorder(both, 0, 1, 0, 0, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+    return cv2.resize(both, panel, interpolation=cv2.INTER_AREA)
+
+
 def _write_info(out: RunFolder, name: str, model: Any, args: argparse.Namespace, reader: FrameReader,
-                lens: Any) -> None:
+                lens: Any, fov_masks: list[dict[str, Any]]) -> None:
+    """``{name}/predictions.json`` (:func:`write_info`) with the field-of-view masks used (:class:`FovMaskFiles`)."""
     write_info(out.path(f"{name}/{INFO_NAME}"), model=model, file_format=args.format, size=reader.size,
-               source=reader.path, lens_corrected=lens is not None)
+               source=reader.path, lens_corrected=lens is not None, extra={"fov_masks": fov_masks})
 
 
 def _predict_sequence(model, reader: FrameReader, name: str, args: argparse.Namespace, ext: str, out: RunFolder,
@@ -289,22 +308,19 @@ def _predict_sequence(model, reader: FrameReader, name: str, args: argparse.Name
             seq = stack.enter_context(DepthSequenceWriter(out.path(f"{name}_depth.seq.nrrd"), fps=fps,
                                                           unit=_map_unit(model)))
         vrange = None
-
-        masks: set = set()
+        masks = FovMaskFiles(out, name)
 
         def emit(frame: DepthFrame) -> None:  # in the writer thread, in order
             nonlocal vrange
             pred = _in_fov(frame)
             save_depth(out.path(f"{name}/{frame.index:06d}{ext}"), pred, unit=_map_unit(model))
-            _write_fov(out, f"{name}/fov_mask.png", frame, masks)
+            masks.add(frame)
             if args.colormap:
                 if vrange is None or not fixed_range:
                     vrange = _colour_range(pred, kind)
                 color = colorize(pred, kind, *vrange)
                 write_image(out.path(f"{name}/{frame.index:06d}_color.png"), color)
-                both = np.hstack([frame.rgb, color])
-                if both.shape[1::-1] != panel:
-                    both = cv2.resize(both, panel, interpolation=cv2.INTER_AREA)
+                both = fit_panel(np.hstack([frame.rgb, color]), panel)
                 writer.write(cv2.cvtColor(both, cv2.COLOR_RGB2BGR))
                 seq.append(pred, frame.index / source_fps)
             bar.update(1)
@@ -319,10 +335,10 @@ def _predict_sequence(model, reader: FrameReader, name: str, args: argparse.Name
                 count += 1
         except VideoDecodeError:  # damaged past some frame: keep the maps of the frames before it, usable as such
             calls.close()
-            _write_info(out, name, model, args, reader, lens)
+            _write_info(out, name, model, args, reader, lens, masks.records)
             raise
         calls.close()
-    _write_info(out, name, model, args, reader, lens)
+    _write_info(out, name, model, args, reader, lens, masks.records)
     extra = f", {name}_depth.mp4 and {name}_depth.seq.nrrd" if args.colormap else ""
     print(f"{source}: {count} frames -> {args.output / name}{extra}")
     return count
@@ -343,8 +359,9 @@ def run(args: argparse.Namespace) -> int:
         images, sources = _plan(args)  # after an --overwrite cleared the earlier run: its outputs are no inputs
         sequences = [(_open_sequence(source, args), name) for source, name in sources]  # opened once
         lenses: dict[tuple[int, int], Any] = {}  # input size -> calibrated camera
-        for reader, _ in sequences:  # a calibration that fits no video fails before anything is written
+        for reader, _ in sequences:  # a calibration or mask file that fits no video fails before anything is written
             _lens(args, lenses, *reader.size)
+            check_fov_mask_fits(args, reader.size, reader.path)
         out.protect(images)
         for reader, _ in sequences:
             out.protect(reader.files or [reader.path])

@@ -5,6 +5,10 @@ nearest and farthest visible tissue, a documented assumption written to ``recons
 are used as they are. Poses come from ``--poses FILE`` (one line per source frame: optional index then the 16
 numbers of the 4×4 camera-to-world matrix, row-major; ``#`` comments; with ``--stride`` frame i takes the pose of
 index i) or, without it, from frame-to-frame ICP. ``--depth DIR`` reuses the maps that ``predict`` wrote.
+
+The field-of-view mask used (``--fov-mask``) is written as ``fov_mask.png``; when the scope image moves in the frame
+(an ``auto`` mask follows it), each new mask as ``fov_mask_<frame index:06d>.png`` (the source frame it applies
+from), and ``reconstruction.json`` lists them: ``"fov_masks": [{"from_frame": i, "file": "fov_mask.png"}, ...]``.
 """
 from __future__ import annotations
 
@@ -20,7 +24,6 @@ import numpy as np
 from ..atomic_io import atomic_path
 from ..camera import DEFAULT_FOV_DEG, parse_intrinsics
 from ..export import save_mesh, save_points
-from ..fov import write_fov_mask
 from ..geometry import backproject, point_mask
 from ..icp import PoseTracker
 from ..polydata import depth_to_mesh, to_polydata
@@ -30,7 +33,8 @@ from ..saved_predictions import SavedPredictions
 from ..stream import depth_stream
 from ..video import open_frames
 from . import (FOV_MASK_HELP, OVERWRITE_HELP, CliError, add_depth_range_arg, add_model_args,
-               check_output_not_an_input_folder, fov_mask_arg, input_paths, model_hints, progress_of)
+               check_output_not_an_input_folder, input_paths, model_hints, progress_of)
+from ._fov_outputs import FovMaskAction, FovMaskFiles, check_fov_mask_fits
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +69,7 @@ def register(subparsers) -> None:
                    help="stabilise relative depth over time (one depth scale for the whole clip)")
     p.add_argument("--format", default="ply", choices=["ply", "vtp", "vtk", "stl", "obj"],
                    help="file format of clouds and meshes (stl holds triangles only: with it clouds are .ply)")
-    p.add_argument("--fov-mask", type=fov_mask_arg, default="auto", metavar="auto|none|FILE", help=FOV_MASK_HELP)
+    p.add_argument("--fov-mask", action=FovMaskAction, default="auto", metavar="auto|none|FILE", help=FOV_MASK_HELP)
     p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     p.set_defaults(func=run)
 
@@ -154,17 +158,17 @@ def _summary(args: argparse.Namespace, source: Any, intr: Any, count: int) -> di
 
 
 def _reconstruct_frames(out: RunFolder, args: argparse.Namespace, reader: Any, intr: Any, source: Any,
-                        fusion: _Fusion | None) -> int:
+                        fusion: _Fusion | None, masks: FovMaskFiles) -> int:
     """Stream the frames through the depth source (the one inference loop): per-frame clouds / meshes every
-    ``--every`` frames, each frame into the fusion; returns the number of frames."""
+    ``--every`` frames, each frame into the fusion, each new field-of-view mask into ``masks``; returns the number
+    of frames."""
     count = 0
     with contextlib.closing(reader), progress_of(args).stage("reconstruct", reader.frame_count) as bar:
         lens = intr if args.intrinsics is not None else None  # a guessed field of view corrects nothing
         for frame in depth_stream(source, reader, depth_range=tuple(args.depth_range), batch_size=args.batch_size,
                                   temporal=args.temporal, input_size=args.input_size, fov_mask=args.fov_mask,
                                   detail_size=args.detail_size, intrinsics=lens):
-            if count == 0 and frame.fov_mask is not None:
-                write_fov_mask(out.path("fov_mask.png"), frame.fov_mask)
+            masks.add(frame)
             count += 1
             bar.update(1)
             if not frame.valid.any():
@@ -203,12 +207,15 @@ def run(args: argparse.Namespace) -> int:
     with RunFolder(args.output, "reconstruct", inputs=inputs, overwrite=args.overwrite) as out:
         reader, intr, poses = _open_input(args)
         out.protect(reader.files or [])
+        check_fov_mask_fits(args, reader.size, args.input)
         source = _depth_source(args)
         print(f"depth: {source.source} ({source.output_kind}); intrinsics fx={intr.fx:.1f} fy={intr.fy:.1f} "
               f"cx={intr.cx:.1f} cy={intr.cy:.1f} for {intr.width}x{intr.height}")
         fusion = _Fusion(args, intr, poses, source) if args.fuse else None
-        count = _reconstruct_frames(out, args, reader, intr, source, fusion)
+        masks = FovMaskFiles(out)
+        count = _reconstruct_frames(out, args, reader, intr, source, fusion, masks)
         meta = _summary(args, source, intr, count)
+        meta["fov_masks"] = masks.records
         if fusion is not None:
             _write_fusion(out, args, fusion, meta)
         with atomic_path(out.path("reconstruction.json")) as tmp:
