@@ -297,7 +297,8 @@ class SurgicalDepthTrainingLogic(ScriptedLoadableModuleLogic):
         process = self._process
         if process is None:
             raise RuntimeError("no surgical-depth process is running")
-        if not process.waitForFinished(int(timeoutSec * 1000)):
+        # waitForFinished is also False for a process that ended before it was called (its signal not yet delivered)
+        if not process.waitForFinished(int(timeoutSec * 1000)) and process.state() != qt.QProcess.NotRunning:
             from SurgicalDepthTrainingLib.process_tree import kill_process_tree
             self._cancelled = True
             kill_process_tree(process.processId())  # kill() would reach PythonSlicer, not the interpreter under it
