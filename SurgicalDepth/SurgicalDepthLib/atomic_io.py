@@ -149,8 +149,13 @@ def _rename_all(temps: list[Path], paths: list[Path]) -> None:
             aside.unlink()
 
 
-def _empty_folder(path: Path) -> bool:
-    return path.is_dir() and not any(path.iterdir())
+def empty_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder with nothing in it (what :func:`atomic_dir` takes as absent)."""
+    return Path(path).is_dir() and not any(Path(path).iterdir())
+
+
+def _appeared(path: Path) -> FileExistsError:
+    return FileExistsError(f"{path} appeared while it was being written; it was left as it is")
 
 
 @contextlib.contextmanager
@@ -171,20 +176,20 @@ def atomic_dir(path: str | os.PathLike, replace: bool = False,
         FileExistsError: ``path`` exists already (without ``replace``), or appeared meanwhile.
     """
     path = Path(path)
-    if path.exists() and not replace and not _empty_folder(path):
+    if path.exists() and not replace and not empty_folder(path):
         raise FileExistsError(f"{path} already exists")
     created = [parent for parent in path.parents if not parent.exists()]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _create_unique(path.parent, f".{path.name}.", "", _new_folder)
     try:
         yield tmp
-        if _empty_folder(path):  # as at the start, or made meanwhile: nothing in it to keep
+        if empty_folder(path):  # as at the start, or made meanwhile: nothing in it to keep
             path.rmdir()
         if not path.exists():
             _rename_new(tmp, path)
             return
         if not replace:
-            raise FileExistsError(f"{path} appeared while it was being written; it was left as it is")
+            raise _appeared(path)
         if replaceable is not None:
             replaceable(path)
         # the old folder goes inside a new one: renaming onto an existing (empty) folder fails on Windows
@@ -213,5 +218,5 @@ def _rename_new(tmp: Path, path: Path) -> None:
         os.rename(tmp, path)
     except OSError:
         if path.exists():
-            raise FileExistsError(f"{path} appeared while it was being written; it was left as it is") from None
+            raise _appeared(path) from None
         raise

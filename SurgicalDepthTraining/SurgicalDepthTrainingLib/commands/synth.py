@@ -7,6 +7,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from SurgicalDepthLib.atomic_io import empty_folder
 from SurgicalDepthLib.cli import progress_of
 from SurgicalDepthLib.progress import Stage
 
@@ -109,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     if args.close_up and not args.polyps > 0:
         raise ValueError("--close-up needs polyps to look at: give --polyps N (N > 0)")
     # an empty folder (one chosen in a file dialog, which must exist) is taken as a new one
-    replacing = args.output.exists() and not (args.output.is_dir() and not any(args.output.iterdir()))
+    replacing = args.output.exists() and not empty_folder(args.output)
     if replacing and not args.overwrite:
         raise FileExistsError(f"--output {args.output} already exists; choose a new folder, or pass --overwrite to "
                               "replace a data set an earlier synth run wrote there")
