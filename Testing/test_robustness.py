@@ -246,16 +246,18 @@ def test_synth_overwrite_replaces_only_its_own_data_set(data, tmp_path):
 
 def test_synth_polyp_options(tmp_path):
     """Catches: --polyps -1 or --albedo-patches 1.5 failing with SceneConfig's field name (or a traceback) instead
-    of the flag, and --close-up without polyps silently rendering the plain lumen path; none may leave a folder
-    behind."""
-    neg, lonely, bright = cli_many(
+    of the flag, --close-up without polyps silently rendering the plain lumen path, and --polyps / --close-up on the
+    surgical field (no lumen) silently rendering a field without them; none may leave a folder behind."""
+    neg, lonely, bright, field = cli_many(
         ("synth", "--output", tmp_path / "neg", "--polyps", "-1", "--progress", "none"),
         ("synth", "--output", tmp_path / "lonely", "--close-up", "--progress", "none"),
-        ("synth", "--output", tmp_path / "bright", "--albedo-patches", "1.5", "--progress", "none"))
+        ("synth", "--output", tmp_path / "bright", "--albedo-patches", "1.5", "--progress", "none"),
+        ("synth", "--output", tmp_path / "field", "--organ", "surgical_field", "--polyps", "2", "--progress", "none"))
     assert_error(neg, "--polyps", "-1")
     assert_error(lonely, "--close-up", "--polyps")
     assert_error(bright, "--albedo-patches", "1.5")
-    assert not any((tmp_path / name).exists() for name in ("neg", "lonely", "bright"))
+    assert_error(field, "--polyps", "surgical_field")
+    assert not any((tmp_path / name).exists() for name in ("neg", "lonely", "bright", "field"))
 
 
 # -- predict: outputs never overwrite inputs, runs never mix ------------------------------------------------------

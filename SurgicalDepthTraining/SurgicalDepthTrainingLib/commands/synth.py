@@ -102,6 +102,7 @@ def _counted(frames: Iterator, stage: Stage) -> Iterator[dict]:
 
 def run(args: argparse.Namespace) -> int:
     from SurgicalDepthTrainingLib.synthetic import SceneGenerator, write_synthetic
+    from SurgicalDepthTrainingLib.synthetic.config import TUBE_ORGANS
 
     if args.frames < 1:
         raise ValueError(f"--frames must be >= 1, got {args.frames}")
@@ -109,6 +110,9 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--seed must be >= 0, got {args.seed}")
     if args.close_up and not args.polyps > 0:
         raise ValueError("--close-up needs polyps to look at: give --polyps N (N > 0)")
+    if args.organ not in TUBE_ORGANS and (args.polyps > 0 or args.close_up):  # the field has no lumen to grow them in
+        raise ValueError(f"--polyps and --close-up apply to the tube organs {', '.join(TUBE_ORGANS)}; "
+                         f"--organ {args.organ} has no lumen")
     # an empty folder (one chosen in a file dialog, which must exist) is taken as a new one
     replacing = args.output.exists() and not empty_folder(args.output)
     if replacing and not args.overwrite:

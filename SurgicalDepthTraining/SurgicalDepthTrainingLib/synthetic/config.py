@@ -13,6 +13,8 @@ from SurgicalDepthLib.camera import FOCAL_RANGE
 from SurgicalDepthLib.configs import check_fields
 
 ORGANS: tuple[str, ...] = ("colon", "stomach", "small_intestine", "surgical_field")
+#: the organs drawn as a lumen, where ``polyps`` and ``close_up`` apply (``surgical_field`` has none)
+TUBE_ORGANS: tuple[str, ...] = ORGANS[:3]
 
 
 @dataclass(frozen=True)
