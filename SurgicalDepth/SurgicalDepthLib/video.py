@@ -57,12 +57,20 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES
 
 
+def _listed(path: str | os.PathLike, kind: str, wanted) -> list[Path]:
+    """The files of a glob or folder source that ``wanted(path)`` accepts, in natural name order (a folder: the
+    files directly inside it, hidden ones left out as a glob leaves them out)."""
+    if kind == "glob":
+        files = [Path(p) for p in _glob.glob(str(path)) if Path(p).is_file() and wanted(p)]
+        return sorted(files, key=lambda p: natural_key(str(p)))
+    files = [p for p in Path(path).iterdir() if not p.name.startswith(".") and p.is_file() and wanted(p)]
+    return sorted(files, key=lambda p: natural_key(p.name))
+
+
 def list_images(folder: str | os.PathLike) -> list[Path]:
     """Image files (``IMAGE_SUFFIXES``) directly inside ``folder``, in natural name order; hidden files (``.name``:
     macOS's ``._frame.png`` metadata, a writer's temporary file) are left out, as a glob leaves them out."""
-    folder = Path(folder)
-    files = [p for p in folder.iterdir() if not p.name.startswith(".") and p.is_file() and is_image_file(p)]
-    return sorted(files, key=lambda p: natural_key(p.name))
+    return _listed(folder, "folder", is_image_file)
 
 
 #: the kinds of frame source that :func:`frame_source_kind` tells apart
@@ -101,9 +109,10 @@ def glob_folder(pattern: str | os.PathLike) -> Path:
     return Path(*parts[:leading]) if leading else Path(".")
 
 
-def frame_source_images(path: str | os.PathLike, kind: str | None = None) -> list[Path]:
+def frame_source_images(path: str | os.PathLike, kind: str | None = None, required: bool = True) -> list[Path]:
     """The image files of an image source, in natural name order: the files a glob matches, the images directly
     inside a folder, or the image itself. ``kind``: :func:`frame_source_kind` of ``path`` when already known.
+    ``required=False``: ``[]`` for a glob or folder without images (one of videos) instead of an error.
 
     Raises:
         FileNotFoundError: a glob that matches no image file (or a missing path). ValueError: a folder without
@@ -111,19 +120,28 @@ def frame_source_images(path: str | os.PathLike, kind: str | None = None) -> lis
     """
     kind = frame_source_kind(path) if kind is None else kind
     if kind == "glob":
-        files = [Path(p) for p in _glob.glob(str(path))
-                 if Path(p).is_file() and is_image_file(p)]
-        if not files:
+        files = _listed(path, kind, is_image_file)
+        if not files and required:
             raise FileNotFoundError(f"glob pattern {str(path)!r} matches no image files ({', '.join(IMAGE_SUFFIXES)})")
-        return sorted(files, key=lambda p: natural_key(str(p)))
+        return files
     if kind == "folder":
         files = list_images(path)
-        if not files:
+        if not files and required:
             raise ValueError(f"folder {path} contains no image files ({', '.join(IMAGE_SUFFIXES)})")
         return files
     if kind == "image":
         return [Path(path)]
     raise ValueError(f"{path} is a {kind} source, not images (expected one of 'glob', 'folder', 'image')")
+
+
+def frame_source_videos(path: str | os.PathLike, kind: str | None = None) -> list[Path]:
+    """The video files (``VIDEO_SUFFIXES``) of a source, in natural name order: the files a glob matches, the videos
+    directly inside a folder (hidden ones left out), the video itself; ``[]`` for an image. ``kind``:
+    :func:`frame_source_kind` of ``path`` when already known."""
+    kind = frame_source_kind(path) if kind is None else kind
+    if kind in ("glob", "folder"):
+        return _listed(path, kind, is_video_file)
+    return [Path(path)] if kind == "video" else []
 
 
 def decode_image_file(path: str | os.PathLike, flags: int) -> np.ndarray | None:

@@ -471,3 +471,24 @@ def test_odd_sized_frames_keep_every_row_in_the_side_by_side_video(tmp_path, che
     assert np.abs(panel[200, 163:] - color[200]).mean() < 5  # the last row is there
     assert np.abs(panel[200, :163] - source[200]).mean() < 6
     assert panel[201].mean() < 20  # the padding row is black (up to the codec's ringing)
+
+
+def test_folders_and_globs_of_videos_predict_each_video(tmp_path, checkpoint):
+    """A folder or glob holding clips (and images): each clip is a sequence of its own, each image an image. Catches:
+    the videos a folder holds or a glob matches silently skipped (only the images predicted, or "matches no image
+    files" for a folder of clips), and --max-frames refused as "no video input" for a folder of clips."""
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    write_clip(clips / "a.mp4", 3)
+    write_clip(clips / "b.avi", 2)
+    cv2.imwrite(str(clips / "still.png"), textured(28, 42, 5))
+    common = ["--model", str(checkpoint), "--input-size", str(SIZE)]
+    out = tmp_path / "folder"
+    assert run_predict([str(clips), "--max-frames", "2", "--output", str(out), *common]) == 0
+    assert sorted(p.name for p in (out / "a").glob("*.npy")) == ["000000.npy", "000001.npy"]
+    assert sorted(p.name for p in (out / "b").glob("*.npy")) == ["000000.npy", "000001.npy"]
+    assert (out / "still_depth.npy").is_file()
+    out = tmp_path / "glob"
+    assert run_predict([str(clips / "*.mp4"), "--output", str(out), *common]) == 0
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["a"]
+    assert len(list((out / "a").glob("*.npy"))) == 3

@@ -3,9 +3,10 @@
 Outputs (in ``--output``):
 
 - an image ``name.png`` (alone, in a folder or a glob): ``name_depth.<fmt>`` (+ ``name_color.png``);
-- a video ``clip.mp4`` (or a folder/glob with ``--video``): ``clip/000000.<fmt>`` per frame, numbered by the source
-  frame index (+ ``clip/000000_color.png``), and with ``--colormap`` also ``clip_depth.mp4`` (input | colour-mapped
-  depth side by side, red = near, blue = far) and ``clip_depth.seq.nrrd`` (Slicer volume sequence);
+- a video ``clip.mp4`` (alone, in a folder or a glob; or a folder/glob of frames with ``--video``):
+  ``clip/000000.<fmt>`` per frame, numbered by the source frame index (+ ``clip/000000_color.png``), and with
+  ``--colormap`` also ``clip_depth.mp4`` (input | colour-mapped depth side by side, red = near, blue = far) and
+  ``clip_depth.seq.nrrd`` (Slicer volume sequence);
   ``clip/predictions.json`` describes the maps for ``reconstruct --depth``.
 
 Pixels outside the scope's field of view (``--fov-mask``, found automatically: from a sequence's first frames, from
@@ -43,8 +44,8 @@ from ..fov import detect_fov_mask, nan_outside, write_fov_mask
 from ..run_folder import RunFolder
 from ..saved_predictions import INFO_NAME, write_info
 from ..stream import DepthFrame, depth_stream
-from ..video import (FrameReader, VideoDecodeError, frame_source_images, frame_source_kind, open_frames, read_image,
-                     write_image)
+from ..video import (FrameReader, VideoDecodeError, frame_source_images, frame_source_kind, frame_source_videos,
+                     open_frames, read_image, write_image)
 from . import (FOV_MASK_HELP, OVERWRITE_HELP, CliError, add_model_args, check_intrinsics_arg,
                check_output_not_an_input_folder, input_paths, model_hints, progress_of)
 from ._fov_outputs import FovMaskAction, FovMaskFiles, check_fov_mask_fits, same_mask
@@ -58,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("predict", help="images, folders or videos -> depth maps",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("inputs", nargs="+", metavar="INPUT",
-                   help="image files, image folders, glob patterns (quote them) or video files")
+                   help="image files, video files, folders or glob patterns (quote them) of images and videos")
     p.add_argument("--output", "-o", required=True, type=Path, help="output folder (created if missing)")
     add_model_args(p)
     p.add_argument("--format", choices=FORMATS, default="npy",
@@ -109,12 +110,23 @@ def _is_sequence(kind: str, video: bool) -> bool:
     return kind == "video" or (video and kind in ("folder", "glob"))
 
 
+def _source(text: str, video: bool) -> tuple[list[Path], list[tuple[str, str]]]:
+    """One input's images and sequences ``(source, name)``: a video; a folder or glob read as one video
+    (``video``: --video); else its images, and each video it holds or matches as a sequence of its own."""
+    kind = frame_source_kind(text)
+    if _is_sequence(kind, video):
+        return [], [(text, _sequence_name(text, kind))]
+    videos = frame_source_videos(text, kind)
+    return (frame_source_images(text, kind, required=not videos),
+            [(str(v), _sequence_name(str(v), "video")) for v in videos])
+
+
 def _check_video_options(args: argparse.Namespace) -> None:
     """``--stride`` / ``--max-frames`` without a video input: an error, not options silently ignored (a missing
     input is left to ``_plan``, which names it)."""
     def sequence(text: str) -> bool:
         try:
-            return _is_sequence(frame_source_kind(text), args.video)
+            return bool(_source(text, args.video)[1])
         except (FileNotFoundError, ValueError):
             return True
 
@@ -128,11 +140,9 @@ def _plan(args: argparse.Namespace) -> tuple[list[Path], list[tuple[str, str]]]:
     images: list[Path] = []
     sequences: list[tuple[str, str]] = []
     for text in args.inputs:
-        kind = frame_source_kind(text)
-        if _is_sequence(kind, args.video):
-            sequences.append((text, _sequence_name(text, kind)))
-        else:
-            images.extend(frame_source_images(text, kind))
+        found, videos = _source(text, args.video)
+        images.extend(found)
+        sequences.extend(videos)
     # names are compared as Windows and macOS file systems compare them (case-insensitively): Frame1_depth.npy and
     # frame1_depth.npy would be one file there
     unique: dict[Path, Path] = {}  # an image given twice (or in a folder and by name) is predicted once
