@@ -229,7 +229,7 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
         self.setupPythonRequirements(askConfirmation=True)
         from SurgicalDepthLib import slicer_run as run
         from SurgicalDepthLib.slicer_helpers import Cancelled, SurgicalDepthNodes, has_calibration, resolve_intrinsics
-        from SurgicalDepthLib.slicer_sequences import store_outputs
+        from SurgicalDepthLib.slicer_sequences import fill_browser, store_outputs
         src = (run.video_source(videoPath, startFrame, frameStride, maxFrames, currentOnly) if videoPath is not None
                and browser is None and volume is None else self._nodeSource(browser, volume, startFrame, frameStride,
                                                                             maxFrames, currentOnly))
@@ -256,9 +256,8 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
                 nodes.fused = slicer.modules.models.logic().AddModel(result.fused)
                 nodes.fused.SetName(f"{name} fused surface")
             nodes.browser = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", name)
-            for seq in filter(None, (nodes.depth, nodes.frames, nodes.points, nodes.meshes, nodes.poses)):
-                nodes.browser.AddSynchronizedSequenceNode(seq)  # the first added (depth) is the master
-            nodes.browser.SetPlaybackRateFps(float(src.fps / src.items.step) if src.fps else 10.0)
+            fill_browser(nodes.browser, [s for s in (nodes.depth, nodes.frames, nodes.points, nodes.meshes, nodes.poses)
+                                         if s is not None], src.fps / src.items.step if src.fps else 10.0)
             self._showResults(nodes, result.display_range, colorByDepth)
         return nodes
 
@@ -344,13 +343,15 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
     @staticmethod
     def _newSequences(nodes, name, src, kinds) -> dict:
         """The run's sequences, indexed like the input frames, and the (scene-less) node reused per kind."""
+        from SurgicalDepthLib.slicer_helpers import index_tolerance
         from SurgicalDepthLib.slicer_run import OUTPUT_LABELS, OUTPUT_NODE_CLASSES
         ref = src.sequence  # index type 0 = vtkMRMLSequenceNode::NumericIndex
-        index = (ref.GetIndexName(), ref.GetIndexUnit(), ref.GetIndexType()) if ref else (
-            ("time", "s", 0) if src.fps else ("frame", "", 0))
+        index = (ref.GetIndexName(), ref.GetIndexUnit(), ref.GetIndexType(), ref.GetNumericIndexValueTolerance()) \
+            if ref else (("time", "s", 0, index_tolerance(src.fps)) if src.fps else ("frame", "", 0, 0.001))
         for kind in kinds:
             seq = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSequenceNode", f"{name} {OUTPUT_LABELS[kind]}")
-            for setter, value in zip(("SetIndexName", "SetIndexUnit", "SetIndexType"), index):
+            for setter, value in zip(("SetIndexName", "SetIndexUnit", "SetIndexType", "SetNumericIndexValueTolerance"),
+                                     index):
                 getattr(seq, setter)(value)
             setattr(nodes, kind, seq)
         return {kind: getattr(slicer, cls)() for kind, cls in OUTPUT_NODE_CLASSES.items()}

@@ -544,6 +544,23 @@ def test_surgical_depth_live_keeps_mrml_on_the_gui_thread():
     assert "self.logic.stopLive(wait=True)" in ast.unparse(_method(tree, "SurgicalDepthWidget", "cleanup"))
 
 
+def test_surgical_depth_run_browser_goes_through_fill_browser():
+    """Catches the run's browser built with bare AddSynchronizedSequenceNode calls again: Slicer then leaves it with
+    no selected item, and the proxies show index value "0" (``slicer_sequences.fill_browser`` selects item 0)."""
+    process = ast.unparse(_method(_tree(REPO / "SurgicalDepth" / "SurgicalDepth.py"), "SurgicalDepthLogic", "process"))
+    assert "fill_browser(nodes.browser," in process and "AddSynchronizedSequenceNode" not in process
+    assert process.index("fill_browser(") < process.index("self._showResults(")  # before the proxies are made
+
+
+def test_surgical_depth_sequences_get_the_index_tolerance():
+    """Catches run sequences left at Slicer's 0.001 s index tolerance, under which frame times of a 1000 fps video
+    are one item (``slicer_helpers.index_tolerance``), or not given the input sequence's own tolerance."""
+    new = ast.unparse(_method(_tree(REPO / "SurgicalDepth" / "SurgicalDepth.py"), "SurgicalDepthLogic",
+                              "_newSequences"))
+    assert "'SetNumericIndexValueTolerance'" in new and "index_tolerance(src.fps)" in new
+    assert "ref.GetNumericIndexValueTolerance()" in new
+
+
 @pytest.mark.parametrize("module", MODULES)
 def test_module_self_test_runs_the_logic_tests(module):
     """Catches a module test class without a test: Slicer's ScriptedLoadableModuleTest.runTest only logs "No test

@@ -132,6 +132,20 @@ def index_value(index: int, fps: float | None) -> str:
     return f"{index / fps:.{decimals}f}"
 
 
+#: vtkMRMLSequenceNode's default NumericIndexValueTolerance: index values this close are one item to Slicer
+SLICER_INDEX_TOLERANCE = 0.001
+
+
+def index_tolerance(fps: float | None) -> float:
+    """``NumericIndexValueTolerance`` of a run's sequences indexed by :func:`index_value`: Slicer's default (0.001),
+    or a quarter of the frame interval when that is shorter, so that two frames never become one item (at the 1000
+    fps that OpenCV reports for many browser-recorded webm files, frame times 0.0000 and 0.0010 were one item to
+    Slicer's default and ``SetDataNodeAtValue`` overwrote every other frame)."""
+    if fps is None or not (fps > 0 and math.isfinite(fps)):
+        return SLICER_INDEX_TOLERANCE
+    return min(SLICER_INDEX_TOLERANCE, 0.25 / fps)
+
+
 def sequence_index_values(n_frames: int, fps: float | None) -> list[str]:
     """:func:`index_value` of frames ``0 .. n_frames - 1``."""
     if n_frames < 0:
@@ -346,11 +360,24 @@ def polydata_to_ras(polydata: Any) -> Any:
 
 
 def rgb_from_volume_array(array: np.ndarray, name: str = "volume") -> np.ndarray:
-    """RGB uint8 ``[H, W, 3]`` (a copy) from the ``[1, H, W, C>=3]`` array of a one-slice vector volume."""
+    """RGB uint8 ``[H, W, 3]`` (a copy) from the ``[1, H, W, C>=3]`` array of a one-slice vector volume.
+
+    uint8 is copied as it is; uint16 (16-bit PNG / TIFF frames, which Slicer keeps as unsigned short) is scaled
+    to 0-255 (``round(v / 257)``) instead of wrapping modulo 256; other types are refused (ValueError naming it)."""
     arr = np.asarray(array)
     if arr.ndim != 4 or arr.shape[0] != 1 or arr.shape[3] < 3:
         raise ValueError(f"{name}: expected a one-slice RGB vector volume [1, H, W, 3], got shape {arr.shape}")
-    return np.array(arr[0, :, :, :3], dtype=np.uint8, order="C", copy=True)  # never a view of the volume
+    check_rgb_dtype(arr.dtype, name)
+    rgb = arr[0, :, :, :3]
+    if rgb.dtype == np.uint16:
+        return ((rgb.astype(np.uint32) + 128) // 257).astype(np.uint8)
+    return np.array(rgb, dtype=np.uint8, order="C", copy=True)  # never a view of the volume
+
+
+def check_rgb_dtype(dtype: Any, name: str = "volume") -> None:
+    """ValueError naming ``name`` and ``dtype`` unless RGB voxels of that type can be read (uint8 or uint16)."""
+    if np.dtype(dtype) not in (np.uint8, np.uint16):
+        raise ValueError(f"{name}: RGB voxels must be unsigned 8-bit (or 16-bit) integers, got {np.dtype(dtype)}")
 
 
 @dataclass

@@ -119,11 +119,12 @@ def array_source(name: str, arrays: list, items: range, index_value: Callable[[i
                  ijk_to_ras: Callable[[int], np.ndarray], sequence: Any = None) -> FrameSource:
     """:class:`FrameSource` of RGB volume arrays ``[1, H, W, C >= 3]`` (one per item; views into the volumes'
     memory, made by the caller on the main thread): the stream's reading thread only copies their pixels."""
-    from .slicer_helpers import rgb_from_volume_array
+    from .slicer_helpers import check_rgb_dtype, rgb_from_volume_array
 
     if not arrays or np.ndim(arrays[0]) != 4:
         raise ValueError(f"{name}: expected RGB vector volumes [1, H, W, 3], got "
                          f"{np.shape(arrays[0]) if arrays else 'no frame'}")
+    check_rgb_dtype(arrays[0].dtype, name)  # before the model loads, not in the stream's reading thread
     frames = (rgb_from_volume_array(array, name) for array in arrays)
     return FrameSource(name, frames, items, arrays[0].shape[2], arrays[0].shape[1], index_value, ijk_to_ras,
                        sequence=sequence)

@@ -163,6 +163,33 @@ def test_rgb_from_volume_array():
         sh.rgb_from_volume_array(np.zeros((2, 2, 3, 3)), "frame")
 
 
+def test_rgb_from_volume_array_scales_16_bit_and_refuses_other_types():
+    """Catches 16-bit RGB frames (16-bit PNG / TIFF, which Slicer loads as unsigned short) cast to uint8 modulo 256:
+    (65535, 32768, 256) became (255, 0, 0), a silently wrong image for the model; float or signed voxels are
+    refused with the volume's name and type instead of being truncated to (almost) black."""
+    arr = np.array([[[[65535, 32768, 256], [1000, 0, 300]]]], np.uint16)
+    assert sh.rgb_from_volume_array(arr).tolist() == [[[255, 128, 1], [4, 0, 1]]]
+    for dtype in (np.float32, np.int16):
+        with pytest.raises(ValueError, match=f"frame: RGB voxels .* got {np.dtype(dtype)}"):
+            sh.rgb_from_volume_array(np.ones((1, 2, 2, 3), dtype), "frame")
+    from SurgicalDepthLib.slicer_source import array_source
+
+    with pytest.raises(ValueError, match="seq: RGB voxels .* got float64"):  # before any model is loaded
+        array_source("seq", [np.ones((1, 2, 2, 3))], range(1), str, lambda i: np.eye(4))
+
+
+@pytest.mark.parametrize("fps", [25.0, 29.97, 1000.0, 90000.0])
+def test_index_tolerance_keeps_consecutive_frames_apart(fps):
+    """Catches two frames made one sequence item: at 1000 fps (what OpenCV reports for many browser-recorded webm
+    files) the frame times 0.0000 and 0.0010 differed by no more than Slicer's default NumericIndexValueTolerance
+    (0.001), so SetDataNodeAtValue overwrote every other frame."""
+    values = [float(v) for v in sh.sequence_index_values(4, fps)]
+    tolerance = sh.index_tolerance(fps)
+    assert 0 < tolerance <= sh.SLICER_INDEX_TOLERANCE == 0.001
+    assert min(b - a for a, b in zip(values, values[1:])) > 2 * tolerance
+    assert sh.index_tolerance(None) == 0.001
+
+
 def test_polydata_to_ras_points_and_normals():
     intr = sd.Intrinsics(20, 20, 4.5, 3.5, 10, 8)
     depth = np.full((8, 10), 50.0, dtype=np.float32)  # a wall facing the camera
