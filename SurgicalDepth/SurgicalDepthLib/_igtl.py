@@ -132,11 +132,11 @@ def decode_image(header_version: int, device: str, body: bytearray) -> tuple[np.
     """IMAGE body → (RGB uint8 ``[H, W, 3]``, coordinate-system byte, raw geometry bytes); :class:`BadMessage`
     when the image is not one 2D uint8 grey/RGB/RGBA frame or the body does not parse."""
     msg = pyigtl.ImageMessage()
-    fields = {"header_version": header_version, "message_type": "IMAGE", "device_name": device, "timestamp": 0.0}
+    # the content alone, as a v1 body: pyigtl would also decode the metadata, which is not needed here
+    fields = {"header_version": 1, "message_type": "IMAGE", "device_name": device, "timestamp": 0.0}
     try:
-        msg.unpack(fields, body)
-        start = struct.unpack_from(">H", body)[0] if header_version > 1 else 0
-        content = body[start:start + 60]
+        content = _content(header_version, body)
+        msg.unpack(fields, content)
         if len(content) < 60:
             raise ValueError("body shorter than the image header")
     except Exception as exc:  # pyigtl raises struct.error, ValueError, KeyError, NotImplementedError, ...
@@ -156,6 +156,22 @@ def decode_image(header_version: int, device: str, body: bytearray) -> tuple[np.
                                    "(the network would read a strip many times its usual size)")
     rgb = np.ascontiguousarray(image[0, :, :, :3] if c > 1 else np.repeat(image[0], 3, axis=2))
     return rgb, content[5], bytes(content[_GEOMETRY])
+
+
+def _content(header_version: int, body: bytearray) -> memoryview:
+    """The message content in ``body``: a v2 header's body holds an extended header before it and metadata after
+    it (OpenIGTLink v3; ``igtlMessageBase.cxx`` locates them the same way). The metadata is never decoded: a value
+    in an encoding pyigtl does not read (an ISO-8859-1 one, or non-ASCII bytes tagged US-ASCII as PLUS tags every
+    value) must not cost the frame, which the OpenIGTLink library, and so Slicer, reads."""
+    view = memoryview(body)
+    if header_version < 2:
+        return view
+    size, meta_header, meta = struct.unpack_from(">HHI", body)
+    end = len(body) - meta_header - meta
+    if size < 12 or end < size:
+        raise ValueError(f"extended header of {size} bytes and metadata of {meta_header + meta} bytes in a body of "
+                         f"{len(body)} bytes")
+    return view[size:end]
 
 
 def _keep_alive(sock: socket.socket) -> None:
@@ -180,8 +196,11 @@ class Connection:
     def __init__(self, sock: socket.socket, peer: str, io_timeout: float):
         self.sock, self.peer, self.io_timeout = sock, peer, io_timeout
         sock.settimeout(io_timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        _keep_alive(sock)
+        try:  # options only: macOS refuses them (EINVAL) once the peer has closed, which the first read then finds
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            _keep_alive(sock)
+        except OSError as exc:
+            logger.debug("%s: TCP options not set (%s)", peer, exc)
         self.closed = False
         self._send_lock = threading.Lock()
 
@@ -230,17 +249,30 @@ class Connection:
         return (version, mtype, device, stamp), body, time.perf_counter()
 
     def send(self, buffers: list) -> bool:
+        """Send one message (its ``buffers`` in order); False, and the connection closed, when it fails. Like a
+        message read, it may stall ``io_timeout`` seconds and must keep up :data:`MIN_BODY_RATE` on the whole: a
+        client on a slow link (a 4K depth reply is 33 MB) is not cut off after ``io_timeout`` seconds of sending."""
         with self._send_lock:
             if self.closed:
                 return False
+            views = [memoryview(buf).cast("B") for buf in buffers]
+            deadline = time.monotonic() + self.io_timeout + sum(v.nbytes for v in views) / MIN_BODY_RATE
             try:
-                for buf in buffers:
-                    self.sock.sendall(buf)
+                for view in views:
+                    self._send_view(view, deadline)
                 return True
             except OSError as exc:  # a partial message cannot be continued: the connection is done
                 logger.info("%s: send failed (%s); closing the connection", self.peer, exc)
                 self.close()
                 return False
+
+    def _send_view(self, view: memoryview, deadline: float) -> None:
+        """``sendall`` in pieces: the socket's timeout applies to each piece (a stall), ``deadline`` to the whole
+        (``sendall``'s timeout would bound the whole message by ``io_timeout``, however fast it goes)."""
+        while view.nbytes:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"reply going out slower than {MIN_BODY_RATE >> 10} KiB/s")
+            view = view[self.sock.send(view[:BODY_CHUNK_BYTES]):]
 
     def close(self) -> None:
         self.closed = True

@@ -81,8 +81,8 @@ class DepthService:
         output_threads: threads turning predictions into replies (default 3 on CPU, 4 on a GPU).
         status_interval: seconds between status reports (None: none); ``on_status(DepthServiceStats)`` receives them
             (default: logged at INFO).
-        io_timeout: seconds a send, or a message that has started arriving, may take before the connection is
-            closed.
+        io_timeout: seconds a message that has started arriving, or a reply going out, may stall before the
+            connection is closed (on the whole, either must also keep up ``_igtl.MIN_BODY_RATE``).
     """
 
     def __init__(self, model: Any, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT,

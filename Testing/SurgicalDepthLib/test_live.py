@@ -694,3 +694,106 @@ def test_a_client_that_does_not_read_holds_up_no_other_client():
         sender.shutdown()
         stuck_theirs.close()
         fine_theirs.close()
+
+
+def test_a_reply_to_a_slow_but_steady_client_is_not_cut_off(monkeypatch):
+    """Catches replies sent with ``sendall`` under the I/O timeout, which bounds the whole message: a client on a
+    slow link (a 4K depth reply of 33 MB read at 3 MB/s) was disconnected after 5 s of steady sending, although the
+    service gives an incoming message of that size 37 s. A reply may stall ``io_timeout`` and must keep up
+    ``MIN_BODY_RATE`` on the whole, as a message read must (an incoming one of the size of this reply: 8 s)."""
+    from SurgicalDepthLib import _igtl
+
+    monkeypatch.setattr(_igtl, "MIN_BODY_RATE", 256 << 10)  # scaled down with the message: the test stays short
+    header, depth = b"\1" * 58, np.zeros(1 << 19, "<f4")  # a 2 MiB reply
+    size, rate = len(header) + depth.nbytes, 2e6  # read at 2 MB/s: ~1 s, longer than the I/O timeout
+    ours, theirs = _tcp_pair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 16)  # the kernel's buffers hold little of it
+    theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+    conn = _igtl.Connection(ours, "slow", io_timeout=0.3)
+    got = []
+
+    def read_steadily():
+        started, n = time.monotonic(), 0
+        while n < size and (chunk := theirs.recv(1 << 16)):
+            n += len(chunk)
+            time.sleep(max(0.0, started + n / rate - time.monotonic()))
+        got.append(n)
+
+    reader = threading.Thread(target=read_steadily, daemon=True)
+    reader.start()
+    try:
+        assert conn.send([header, memoryview(depth).cast("B")]), "connection closed"
+        reader.join(WAIT)
+        assert got == [size] and not conn.closed
+    finally:
+        conn.close()
+        theirs.close()
+
+
+def _v2_image(message, metadata: list[tuple[bytes, int, bytes]]) -> bytes:
+    """``message`` as the OpenIGTLink C++ library packs a header-v2 (protocol v3) message: extended header,
+    content, then metadata (``(key, IANA encoding, value bytes)``, stored as given: the library decodes nothing)."""
+    from pyigtl.messages import CRC64
+
+    content = message._pack_content()
+    meta_header = struct.pack(">H", len(metadata)) + b"".join(
+        struct.pack(">HHI", len(key), encoding, len(value)) for key, encoding, value in metadata)
+    body = (struct.pack(">HHII", 12, len(meta_header), sum(len(k) + len(v) for k, _, v in metadata), 0) + content
+            + meta_header + b"".join(key + value for key, _, value in metadata))
+    raw = message.pack()
+    return struct.pack(">H", 2) + raw[2:42] + struct.pack(">QQ", len(body), CRC64(body)) + body
+
+
+def test_images_with_metadata_pyigtl_cannot_decode_are_answered(model, one_torch_thread):
+    """Catches the metadata of a header-v2 IMAGE decoded (by pyigtl) although the service needs none of it: a
+    frame whose metadata has a value in ISO-8859-1 (IANA 4), or non-ASCII bytes tagged US-ASCII (PLUS tags every
+    value so: a frame field "µm"), was skipped as malformed, every frame of that source, while the OpenIGTLink
+    library, and so Slicer, reads it. The content is found by the sizes in the extended header."""
+    rgb = textured(40, 56, 7)
+    ijk_to_ras = np.array([[0, 0.4, 0, -3], [-0.4, 0, 0, 12], [0, 0, 2, 5], [0, 0, 0, 1]])
+    image = pyigtl.ImageMessage(rgb[None], ijk_to_world_matrix=ijk_to_ras, timestamp=7.25, device_name="Video")
+    sent = [_v2_image(image, [(b"Unit", 3, "µm".encode())]),
+            _v2_image(image, [(b"Name", 4, "Müller".encode("latin-1")), (b"Probe", 3, b"L14")])]
+    with running(model, fov_mask=None) as service:
+        client = RawClient(service.address[1])
+        try:
+            for i, raw in enumerate(sent, 1):  # one at a time: a frame sent while the model is busy may be dropped
+                client.send(raw)
+                assert wait_until(lambda: len(client.replies) == i), service.stats()
+        finally:
+            client.close()
+    expected = as_received(image)
+    for _, reply in client.replies:
+        assert reply.timestamp == expected.timestamp and reply.image.shape == (1, 40, 56)
+        np.testing.assert_array_equal(reply.ijk_to_world_matrix, expected.ijk_to_world_matrix)
+        np.testing.assert_allclose(reply.image[0], depth_of(model, rgb), rtol=1e-6, equal_nan=True)
+
+
+def test_a_connection_refusing_tcp_options_does_not_end_the_accept_loop(model, monkeypatch, one_torch_thread):
+    """Catches the TCP options of a new connection set unguarded: macOS refuses them (EINVAL, the socket shut down)
+    when the peer closed at once (a port check, a connector toggled off and on); the OSError ended the thread that
+    accepts connections, so that no later client was ever served (in client mode, nothing reconnected)."""
+    import errno
+
+    from SurgicalDepthLib import _igtl
+
+    keep_alive, refused = _igtl._keep_alive, []
+
+    def refuse_once(sock):
+        if not refused:
+            refused.append(sock)
+            raise OSError(errno.EINVAL, "Invalid argument")  # as macOS's setsockopt on such a socket
+        keep_alive(sock)
+
+    monkeypatch.setattr(_igtl, "_keep_alive", refuse_once)
+    rgb = textured(24, 32, 5)
+    with running(model) as service:
+        gone = RawClient(service.address[1])
+        assert wait_until(lambda: refused)
+        gone.close()
+        client = RawClient(service.address[1])
+        try:
+            client.send(pyigtl.ImageMessage(rgb[None], device_name="Video"))
+            assert wait_until(lambda: len(client.replies) == 1), "the service accepts no more connections"
+        finally:
+            client.close()
