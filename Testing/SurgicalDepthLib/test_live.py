@@ -386,6 +386,19 @@ def test_field_of_view_from_the_first_frame_masks_depth_and_points(model, monkey
         assert valid.all()
 
 
+def test_stream_cli_point_budget_default_is_the_services():
+    """Catches: ``stream --point-budget``'s default (written out in the CLI, which does not import pyigtl) drifting
+    from ``LIVE_POINT_BUDGET``, the budget ``DepthService`` uses by default."""
+    import argparse
+
+    from SurgicalDepthLib._live_replies import LIVE_POINT_BUDGET
+    from SurgicalDepthLib.cli import stream
+
+    parser = argparse.ArgumentParser()
+    stream.register(parser.add_subparsers(dest="command"))
+    assert parser.parse_args(["stream"]).point_budget == LIVE_POINT_BUDGET
+
+
 def test_fov_mask_is_checked():
     """Catches: a misspelt fov_mask accepted (and the mask silently off)."""
     with pytest.raises(ValueError, match="fov_mask"):

@@ -3,9 +3,9 @@
 Each IMAGE ``X`` (one uint8 grey/RGB/RGBA frame) is answered with an IMAGE ``X_depth`` (float32 depth in mm, NaN
 where undefined, same size, the input's timestamp and IJK→RAS), and with ``--points`` a POLYDATA ``X_points``
 (the camera-frame point cloud on a regular pixel grid of at most ``--point-budget`` points, with ``Depth`` and
-``RGB`` attributes). Outside the scope's field of view (``--fov-mask``; by default found once per device and frame
-size from its first frame) depth is NaN and no point is sent. Frames that arrive while the model is busy are
-dropped (latest-frame policy), never queued.
+``RGB`` attributes). Outside the scope's field of view (``--fov-mask``; by default found per device and frame size,
+from its first frames that are not blank) depth is NaN and no point is sent. Frames that arrive while the model is
+busy are dropped (latest-frame policy), never queued.
 
 As a server (``--port``; ``--host 0.0.0.0`` accepts other machines) it answers every client on its own connection;
 with ``--connect HOST:PORT`` it connects to a PLUS (or any OpenIGTLink) server, takes the images it broadcasts and
@@ -48,8 +48,8 @@ def register(subparsers) -> None:
     add_model_args(p, batch_size=False, detail=False)  # live: one read per frame
     add_depth_range_arg(p)
     p.add_argument("--fov-mask", type=fov_mask_arg, default="auto", metavar="auto|none|FILE",
-                   help="the scope's field of view: 'auto' (default: found once per device and frame size from its "
-                        "first frame; black borders and the overlay text on them get no depth), 'none' (every pixel "
+                   help="the scope's field of view: 'auto' (default: found per device and frame size from its first "
+                        "frames that are not blank; black borders and the overlay text on them get no depth), 'none' (every pixel "
                         "is tissue) or a mask image of the frames' size (nonzero = tissue); outside it depth is NaN "
                         "and no point is sent")
     p.add_argument("--points", action="store_true", help="also send a POLYDATA point cloud X_points per frame")
