@@ -5,6 +5,7 @@ The report (architecture.md, "Evaluation report")::
     {"dataset", "root", "model", "alignment", "pred_kind", "n_images", "depth_range": [min, max],
      "eval_range": [min_depth, max_depth], "input_size", "detail_size", "metrics": {mean of per-image values},
      "per_image": [{"name", "abs_rel", ..., "scale", "shift", "n_valid"}], "notes",
+     "skipped": [names of unreadable pairs a ``skip_bad`` dataset left out],
      "lens_correction": null | {"reference_fov_deg", "n_images"}}
 
 ``metrics`` is the mean of the per-image values (monodepth2 / SCARED protocol); ``depth_range`` is the range of
@@ -85,10 +86,15 @@ def evaluate_predictions(samples: Iterable[tuple[str, np.ndarray, np.ndarray, np
 
 
 def _predictions(model: Any, dataset: Any, input_size: int | None, batch_size: int, lens: SampleLensCorrection,
-                 detail_size: int | None,
-                 to_mm: float) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]]:
-    """``(name, prediction × to_mm corrected to the sample's lens, gt, valid)`` per sample, predicted in batches."""
+                 detail_size: int | None, to_mm: float,
+                 on_skip: Callable[[str], None]) -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]]:
+    """``(name, prediction × to_mm corrected to the sample's lens, gt, valid)`` per sample, predicted in batches.
+
+    A dataset opened with ``skip_bad`` answers a bad pair's index with the next readable pair's sample: that
+    substitute (its name is not the pair's RGB file) is passed to ``on_skip`` with the bad pair's name and not
+    measured, so no image is counted twice."""
     group: list[dict[str, Any]] = []
+    pairs = getattr(dataset, "pairs", None)
     detail = {} if detail_size is None else {"detail_size": detail_size}
 
     def flush() -> Iterator[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]]:
@@ -102,11 +108,21 @@ def _predictions(model: Any, dataset: Any, input_size: int | None, batch_size: i
         group.clear()
 
     for i in range(len(dataset)):
-        group.append(dataset[i])
+        sample = dataset[i]
+        if pairs is not None and str(sample.get("name")) != str(pairs[i].rgb):
+            on_skip(str(pairs[i].rgb))
+            continue
+        group.append(sample)
         if len(group) == batch_size:
             yield from flush()
     if group:
         yield from flush()
+
+
+def output_to_mm(model: Any) -> float:
+    """Factor from ``model``'s raw output to the datasets' millimetres: a metric model's ``depth_unit`` (the
+    official metric models predict metres) -> mm; 1 for a relative model's disparity (unitless)."""
+    return MM_PER_UNIT[model.depth_unit] if model.output_kind == "depth" else 1.0
 
 
 def _stage_updates(stage: Stage) -> Callable[[dict[str, Any]], None]:
@@ -156,10 +172,16 @@ def evaluate(model: Any, dataset: Any, *, alignment: str = "median", input_size:
     max_depth = getattr(dataset, "max_depth", None) if max_depth is None else max_depth
     reporter = progress if progress is not None else ProgressReporter("bar")
     lens = SampleLensCorrection(model, lens_correction)
-    # the datasets' ground truth is in mm: a metric model's metres (the official metric models) are converted
-    to_mm = MM_PER_UNIT[model.depth_unit] if model.output_kind == "depth" else 1.0
+    to_mm = output_to_mm(model)
+    skipped: list[str] = []
     with reporter.stage("evaluate", len(dataset), unit="image") as stage:
-        body = evaluate_predictions(_predictions(model, dataset, input_size, batch_size, lens, detail_size, to_mm),
+        def on_skip(name: str) -> None:
+            logger.warning("evaluate: %s is unreadable (skip_bad): not measured", name)
+            skipped.append(name)
+            stage.update(1)
+
+        samples = _predictions(model, dataset, input_size, batch_size, lens, detail_size, to_mm, on_skip)
+        body = evaluate_predictions(samples,
                                     alignment=alignment,
                                     pred_kind=model.output_kind, min_depth=min_depth, max_depth=max_depth,
                                     on_image=_stage_updates(stage))
@@ -172,6 +194,7 @@ def evaluate(model: Any, dataset: Any, *, alignment: str = "median", input_size:
         "input_size": int(input_size or model.config.input_size),
         "detail_size": detail_size,
         **body,
+        "skipped": skipped,
         "lens_correction": ({"reference_fov_deg": lens.reference_fov_deg, "n_images": lens.n_corrected}
                             if lens.n_corrected else None),
     }
@@ -181,4 +204,4 @@ def evaluate(model: Any, dataset: Any, *, alignment: str = "median", input_size:
     return report
 
 
-__all__ = ["METRIC_KEYS", "evaluate", "evaluate_predictions"]
+__all__ = ["METRIC_KEYS", "evaluate", "evaluate_predictions", "output_to_mm"]

@@ -77,6 +77,19 @@ def _valid_mask(gt: np.ndarray, mask: Any, min_depth: float | None, max_depth: f
     return restrict_to_mask(valid, mask, "gt")
 
 
+def _fit_inverse_depth(x: np.ndarray, inv_gt: np.ndarray, valid: np.ndarray) -> tuple[float, float]:
+    """``(s, t)``: least squares ``s·x + t ≈ 1/gt`` over ``valid`` (x: float [H, W] disparity or 1/depth, finite
+    or NaN where the prediction is no depth). A constant ``x`` over the finite pixels (a flat map, e.g. a dead
+    network's zeros, or a single valid pixel) is a prediction too: every least-squares solution then predicts
+    ``mean(1/gt)`` there, which is scored (``s = 0``), as median scaling scores a flat map, instead of failing the
+    whole evaluation."""
+    used = valid & np.isfinite(x)
+    xv = x[used]
+    if xv.size and np.all(xv == xv[0]):
+        return 0.0, float(np.mean(inv_gt[used]))
+    return fit_scale_shift(x, inv_gt, valid, mode="scale_shift")
+
+
 def align_prediction(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = None, *,
                      alignment: str = "median", pred_kind: str = "depth", min_depth: float | None = None,
                      max_depth: float | None = None) -> tuple[np.ndarray, np.ndarray, float, float]:
@@ -118,7 +131,7 @@ def align_prediction(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None =
     with np.errstate(divide="ignore", invalid="ignore"):
         if alignment == "scale_shift":
             x = pred if pred_kind == "disparity" else np.where(pred > 0, 1.0 / pred, np.nan)
-            scale, shift = fit_scale_shift(x, 1.0 / gt, valid, mode="scale_shift")
+            scale, shift = _fit_inverse_depth(x, 1.0 / gt, valid)
             # the fitted inverse depth can reach 0 or below (beyond infinity) where the fit extrapolates: it is
             # clamped to the cap, or without one to the image's farthest ground truth (not to ~1e8, which would
             # let one such pixel decide an image's AbsRel)

@@ -237,3 +237,80 @@ def test_cli_evaluate_intrinsics_file_corrects_to_the_lens(tmp_path, capsys):
     assert reports["calibrated"]["lens_correction"] == {"reference_fov_deg": 100.0, "n_images": 2}
     assert reports["plain"]["lens_correction"] is None
     assert reports["calibrated"]["metrics"]["abs_rel"] != reports["plain"]["metrics"]["abs_rel"]
+
+
+def test_cli_evaluate_figure_shows_the_prediction_it_measured(tmp_path, capsys, monkeypatch):
+    """Catches ``--figure`` drawing a metric model's raw output in its own unit: the report converts the official
+    metric models' metres to the datasets' millimetres, the figure did not, so with ``--alignment none`` its
+    prediction panel was 1000 times too near (clamped to the evaluation range's floor) whatever the scores said.
+    Each figure row's prediction must give that image's reported errors."""
+    from SurgicalDepthLib.checkpoints import save_checkpoint
+
+    import SurgicalDepthTrainingLib.reports as reports
+    from SurgicalDepthTrainingLib.metrics import compute_errors
+
+    torch.manual_seed(0)
+    model = DepthModel(make_config("vitt", head="metric", max_depth=0.2, metric_unit="m")).eval()
+    ckpt = save_checkpoint(tmp_path / "metric.safetensors", model)
+    write_folder_dataset(tmp_path / "data")
+    rows = []
+    monkeypatch.setattr(reports, "qualitative_figure", lambda r, path: rows.extend(r))
+    out = tmp_path / "r.json"
+    rc = main(["evaluate", "--dataset", "folder", "--root", str(tmp_path / "data"), "--model", str(ckpt),
+               "--output", str(out), "--input-size", "56", "--device", "cpu", "--alignment", "none",
+               "--max-depth", "150", "--figure", str(tmp_path / "f.png")])
+    assert rc == 0, capsys.readouterr().err
+    per_image = {r["name"].rsplit("/", 1)[-1]: r for r in read_report(out)["per_image"]}
+    assert len(rows) == 2
+    for row in rows:
+        valid = row["valid"] & (row["gt"] > 1e-3) & (row["gt"] < 150)
+        errors = compute_errors(row["gt"][valid], row["pred"][valid])
+        assert errors["abs_rel"] == pytest.approx(per_image[row["name"]]["abs_rel"], rel=1e-6)
+
+
+def test_evaluate_a_skip_bad_dataset_counts_no_image_twice(tmp_path):
+    """Catches ``evaluate`` measuring the substitute that a ``skip_bad`` dataset returns for an unreadable pair
+    (the next readable pair): with 3 pairs and the middle one corrupt, the report had n_images 3, the last image
+    twice in ``per_image`` and in the mean. Now the bad pair is listed in ``skipped`` and still counts as a
+    progress step."""
+    from SurgicalDepthTrainingLib.datasets import open_dataset
+
+    write_folder_dataset(tmp_path / "data", 3)
+    (tmp_path / "data" / "depth" / "001.npy").write_text("not an array")
+    dataset = open_dataset("folder", tmp_path / "data", skip_bad=True)
+    torch.manual_seed(0)
+    stream = io.StringIO()
+    report = evaluate(DepthModel(make_config("vitt")).eval(), dataset, input_size=56, batch_size=2,
+                      progress=ProgressReporter("jsonl", stream))
+    names = [r["name"].rsplit("/", 1)[-1] for r in report["per_image"]]
+    assert names == ["000.png", "002.png"] and report["n_images"] == 2
+    assert [s.rsplit("/", 1)[-1] for s in report["skipped"]] == ["001.png"]
+    assert json.loads(stream.getvalue().splitlines()[-1])["step"] == 3
+
+
+def test_cli_evaluate_passes_dataset_options(tmp_path, capsys):
+    """Catches ``evaluate`` offering no way to give a loader its options: a ``folder`` data set of 16-bit PNG depth
+    (the usual encoding) needs ``depth_scale``, so the command could only fail with "needs depth_scale=". Now
+    ``--dataset-option depth_scale=0.01`` reads it (the same scores as the float copy), an unknown option or a
+    malformed pair is a one-line error."""
+    torch.manual_seed(0)
+    write_folder_dataset(tmp_path / "npy", 2)
+    (tmp_path / "png" / "depth").mkdir(parents=True)
+    (tmp_path / "npy" / "rgb").rename(tmp_path / "png" / "rgb")
+    for f in sorted((tmp_path / "npy" / "depth").glob("*.npy")):
+        cv2.imwrite(str(tmp_path / "png" / "depth" / f"{f.stem}.png"), np.round(np.load(f) * 100).astype(np.uint16))
+    common = ["evaluate", "--dataset", "folder", "--root", str(tmp_path / "png"), "--model",
+              "random:surgical-depth-tiny", "--input-size", "56", "--device", "cpu", "--alignment", "none"]
+    out = tmp_path / "r.json"
+    assert main([*common, "--output", str(out), "--max-depth", "100", "--dataset-option", "depth_scale=0.01",
+                 "--dataset-option", "require_16bit=true"]) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    report = read_report(out)
+    assert report["n_images"] == 2 and report["depth_range"][1] < 100
+    for bad, message in ((["--dataset-option", "nosuch=1"], "unknown option(s) ['nosuch']"),
+                         (["--dataset-option", "depth_scale"], "expected KEY=VALUE"),
+                         (["--dataset-option", "intrinsics=scope.json"], "--intrinsics FILE"),
+                         (["--dataset-option", "side=left", "--dataset-option", "side=right"], "given twice")):
+        rc = main([*common, "--output", str(tmp_path / "bad.json"), *bad])
+        err = capsys.readouterr().err.strip()
+        assert rc == 2 and len(err.splitlines()) == 1 and message in err and not (tmp_path / "bad.json").exists()

@@ -200,3 +200,23 @@ def test_broken_counts_what_the_alignment_could_not_use():
     assert fitted["n_broken"] == 0 and fitted["abs_rel"] == pytest.approx(0, abs=1e-9)
     capped = depth_metrics(disparity, gt, alignment="median", pred_kind="disparity", max_depth=100.0)
     assert capped["n_broken"] == 1
+
+
+def test_scale_shift_scores_a_flat_map_instead_of_failing():
+    """Catches ``alignment="scale_shift"`` raising "pred is constant over the fitting pixels" (or "needs >= 2
+    finite pixels") for one image whose prediction is flat, e.g. a dead network's all-zero disparity, or whose
+    ground truth has a single valid pixel: ``surgical-depth evaluate --alignment scale_shift`` then exited 2 with no
+    report, where median alignment scores the same image. The least-squares fit of a flat map predicts
+    ``mean(1/gt)`` everywhere (the harmonic mean of gt); that prediction is scored."""
+    gt = np.linspace(10.0, 50.0, 100).reshape(10, 10)
+    flat = 1.0 / np.mean(1.0 / gt)
+    expected = reference_errors(gt.ravel(), np.full(gt.size, flat))
+    for kind, pred in (("disparity", np.zeros_like(gt)), ("disparity", np.full_like(gt, 0.3)),
+                       ("depth", np.full_like(gt, 7.0))):
+        m = depth_metrics(pred, gt, alignment="scale_shift", pred_kind=kind, max_depth=100.0)
+        assert {k: m[k] for k in METRIC_KEYS} == pytest.approx(expected) and m["scale"] == 0.0
+    one = np.zeros(gt.shape, bool)
+    one[3, 3] = True
+    m = depth_metrics(np.linspace(0.1, 1.0, 100).reshape(10, 10), gt, one, alignment="scale_shift",
+                      pred_kind="disparity")
+    assert m["n_valid"] == 1 and m["abs_rel"] == pytest.approx(0.0, abs=1e-12)

@@ -46,6 +46,11 @@ def register(subparsers) -> None:
                    help="calibration file of the dataset's camera (OpenCV YAML/XML/JSON, any distortion model, or "
                         "OCamCalib's calib_results.txt), "
                         "for data sets that do not carry one (e.g. c3vd, folder)")
+    p.add_argument("--dataset-option", dest="dataset_options", type=_dataset_option, action="append", default=[],
+                   metavar="KEY=VALUE",
+                   help="a loader option of the dataset (repeatable), e.g. depth_scale=0.01 for a folder of 16-bit "
+                        "PNG depth (mm per stored unit), side=right (hamlyn), reference=RGB (servct); numbers, "
+                        "true/false and none are converted, anything else is text")
     p.add_argument("--no-lens-correction", dest="lens_correction", action="store_false",
                    help="evaluate the raw output: do not correct predictions to the samples' lens (a model with a "
                         "reference lens, such as the default model, is corrected where intrinsics are known)")
@@ -123,17 +128,53 @@ def _depth_bound(text: str) -> float:
     return value
 
 
+def _dataset_option(text: str) -> tuple[str, object]:
+    """``--dataset-option KEY=VALUE`` -> ``(key, value)``: an int, float, bool or None where VALUE reads as one
+    (``depth_scale=0.01``, ``require_16bit=false``), else the text (``side=right``)."""
+    key, sep, raw = text.partition("=")
+    key, raw = key.strip(), raw.strip()
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. depth_scale=0.01), got {text!r}")
+    if key == "intrinsics":  # an input file: --intrinsics is checked against the outputs
+        raise argparse.ArgumentTypeError("give the calibration file as --intrinsics FILE")
+    words = {"true": True, "false": False, "none": None, "null": None}
+    if raw.lower() in words:
+        return key, words[raw.lower()]
+    for kind in (int, float):
+        try:
+            value = kind(raw)
+        except ValueError:
+            continue
+        if kind is float and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{key}: must be a finite number, got {raw!r}")
+        return key, value
+    return key, raw
+
+
+def _dataset_options(args: argparse.Namespace) -> dict[str, object]:
+    """The loader options: ``--dataset-option`` pairs (each key once) plus ``--intrinsics``."""
+    options: dict[str, object] = {}
+    for key, value in args.dataset_options:
+        if key in options:
+            raise ValueError(f"--dataset-option {key} is given twice ({options[key]!r} and {value!r})")
+        options[key] = value
+    if args.intrinsics is not None:
+        options["intrinsics"] = args.intrinsics
+    return options
+
+
 def _figure_rows(model, dataset, report: dict, args: argparse.Namespace, n: int = 4) -> list[dict]:
     import numpy as np
     from SurgicalDepthLib.lens import SampleLensCorrection
 
+    from SurgicalDepthTrainingLib.evaluation import output_to_mm
     from SurgicalDepthTrainingLib.metrics import align_prediction
 
     lo, hi = report["eval_range"]
-    rows, lens = [], SampleLensCorrection(model, args.lens_correction)
+    rows, lens, to_mm = [], SampleLensCorrection(model, args.lens_correction), output_to_mm(model)
     for i in np.unique(np.linspace(0, len(dataset) - 1, min(n, len(dataset))).round().astype(int)):
-        sample = dataset[int(i)]
-        pred = lens(sample, model.infer_image(sample["image"], args.input_size, args.detail_size))
+        sample = dataset[int(i)]  # the prediction as evaluate() measured it: in mm, corrected to the lens
+        pred = lens(sample, model.infer_image(sample["image"], args.input_size, args.detail_size) * to_mm)
         depth, _, _, _ = align_prediction(pred, sample["depth"], sample.get("valid"),
                                           alignment=report["alignment"], pred_kind=model.output_kind,
                                           min_depth=lo, max_depth=hi)
@@ -162,8 +203,7 @@ def run(args: argparse.Namespace) -> int:
                                                   write_table)
 
     earlier_reports = [read_report(p) for p in args.table_reports]  # a bad one fails before anything is written
-    options = {"intrinsics": args.intrinsics} if args.intrinsics is not None else {}
-    dataset = open_dataset(args.dataset, args.root, args.split, **options)
+    dataset = open_dataset(args.dataset, args.root, args.split, **_dataset_options(args))
     model = sd.load_model(args.model, device=args.device, **model_hints(args))
     report = evaluate(model, dataset, alignment=args.alignment, input_size=args.input_size,
                       min_depth=args.min_depth, max_depth=args.max_depth, batch_size=args.batch_size,
