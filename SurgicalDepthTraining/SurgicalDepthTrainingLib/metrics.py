@@ -110,23 +110,23 @@ def align_prediction(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None =
         raise ValueError(f"pred shape {pred.shape} does not match gt shape {gt.shape}")
     if min_depth is not None and max_depth is not None and not min_depth < max_depth:
         raise ValueError(f"need min_depth < max_depth, got min_depth={min_depth}, max_depth={max_depth}")
-    # A disparity <= 0 means "infinitely far": with a depth cap it is evaluated as the cap (monodepth2 clamps
-    # predictions to the cap), so a model cannot hide failures behind zeros; without a cap it cannot be scored.
-    positive = not (pred_kind == "disparity" and (alignment == "scale_shift" or max_depth is not None))
+    # A disparity <= 0 means "infinitely far" (a ReLU head's zeros): it is evaluated as the depth cap (monodepth2
+    # clamps predictions to the cap), so a model cannot hide failures behind zeros, and one such pixel does not
+    # stop an evaluation. Without a cap (relative ground truth: EndoSLAM, a folder) the cap is the image's farthest
+    # evaluated ground truth, the bound the scale_shift fit already uses.
+    positive = not (pred_kind == "disparity" and alignment == "scale_shift")
     evaluated = _valid_mask(gt, mask, min_depth, max_depth)
-    usable = _usable(pred, positive)
-    broken = evaluated & ~usable
-    if broken.any() and max_depth is None:
-        raise ValueError(f"depth_metrics: {int(broken.sum())} of {int(evaluated.sum())} predicted values inside the "
-                         "evaluated pixels are non-finite or <= 0; give max_depth to score them at the depth cap")
     if not evaluated.any():
         raise ValueError(f"depth_metrics: no valid pixel (gt finite, > 0, inside ({min_depth}, {max_depth}), "
                          f"inside mask) among {gt.size}")
+    cap = float(max_depth) if max_depth is not None else float(gt[evaluated].max())
+    usable = _usable(pred, positive)
+    broken = evaluated & ~usable
     valid = evaluated & usable  # the alignment is fitted on these
     if not valid.any():  # every prediction broken (e.g. an all-NaN map): all scored at the cap, not an error
         logger.warning("depth_metrics: every one of the %d evaluated predictions is non-finite or <= 0; all are "
-                       "scored at the depth cap %g", int(evaluated.sum()), max_depth)
-        return np.full(gt.shape, float(max_depth)), evaluated, 1.0, 0.0
+                       "scored at the depth cap %g", int(evaluated.sum()), cap)
+        return np.full(gt.shape, cap), evaluated, 1.0, 0.0
     scale, shift = 1.0, 0.0
     with np.errstate(divide="ignore", invalid="ignore"):
         if alignment == "scale_shift":
@@ -135,8 +135,7 @@ def align_prediction(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None =
             # the fitted inverse depth can reach 0 or below (beyond infinity) where the fit extrapolates: it is
             # clamped to the cap, or without one to the image's farthest ground truth (not to ~1e8, which would
             # let one such pixel decide an image's AbsRel)
-            floor = 1.0 / (max_depth if max_depth is not None else float(gt[valid].max()))
-            depth = 1.0 / np.maximum(scale * x + shift, floor)
+            depth = 1.0 / np.maximum(scale * x + shift, 1.0 / cap)
         else:
             depth = np.where(pred > 0, 1.0 / pred, np.inf) if pred_kind == "disparity" else pred.copy()
             if alignment == "median":
@@ -146,7 +145,7 @@ def align_prediction(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None =
                 depth = depth * scale
     if min_depth is not None or max_depth is not None:
         depth = np.clip(depth, min_depth, max_depth)
-    depth[broken] = max_depth  # broken predictions score as the cap (monodepth2 clamps to it), never skipped
+    depth[broken] = cap  # broken predictions score as the cap (monodepth2 clamps to it), never skipped
     return depth, evaluated, float(scale), float(shift)
 
 
@@ -175,10 +174,11 @@ def depth_metrics(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = No
         for scale_shift, 0 otherwise), ``n_valid`` (pixels evaluated) and ``n_broken`` (evaluated pixels whose
         prediction is non-finite or <= 0). Every pixel with valid ground truth is evaluated: the alignment is
         fitted on the usable predictions, and a broken one (non-finite, a depth <= 0, a disparity <= 0 =
-        infinitely far) is scored as ``max_depth``, as monodepth2 clamps predictions to the cap.
+        infinitely far) is scored as ``max_depth``, as monodepth2 clamps predictions to the cap; without a
+        ``max_depth`` as the image's farthest evaluated ground truth.
     Raises:
-        ValueError: unknown ``alignment``/``pred_kind``, shape mismatch (both shapes quoted), bad range, no
-            valid pixel, or broken predictions without a ``max_depth`` to score them.
+        ValueError: unknown ``alignment``/``pred_kind``, shape mismatch (both shapes quoted), bad range or no
+            valid pixel.
     """
     depth, valid, scale, shift = align_prediction(pred, gt, mask, alignment=alignment, pred_kind=pred_kind,
                                                   min_depth=min_depth, max_depth=max_depth)

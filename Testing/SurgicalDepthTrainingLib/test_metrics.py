@@ -67,9 +67,9 @@ def test_disparity_is_inverted_before_median_scaling():
     m = depth_metrics(disp, gt, pred_kind="disparity")
     assert m["abs_rel"] == pytest.approx(0, abs=1e-12) and m["a1"] == 1.0
     assert m["n_valid"] == gt.size - 6 and m["n_broken"] == 0
-    disp[2, 2] = 0.0  # zero disparity (infinitely far) cannot be scored without a cap: an error, not a skip
-    with pytest.raises(ValueError, match="1 of .* non-finite or <= 0"):
-        depth_metrics(disp, gt, pred_kind="disparity")
+    disp[2, 2] = 0.0  # zero disparity (infinitely far), no cap: scored at the farthest ground truth, not skipped
+    m = depth_metrics(disp, gt, pred_kind="disparity")
+    assert m["n_broken"] == 1 and m["n_valid"] == gt.size - 6 and m["abs_rel"] > 0
 
 
 def test_scale_shift_recovers_affine_disparity_exactly():
@@ -137,17 +137,22 @@ def test_mean_metrics():
 
 
 def test_zero_disparity_counts_as_the_cap_not_as_missing():
+    """Catches: a disparity of 0 (a ReLU head's "infinitely far") dropped from the metrics (rewarding it), and,
+    without a depth cap (EndoSLAM's relative depth, a folder), one such pixel stopping the whole evaluation instead
+    of being scored at the image's farthest ground truth."""
     from SurgicalDepthTrainingLib.metrics import depth_metrics
 
     gt = np.full((4, 5), 10.0)
-    disp = np.full((4, 5), 0.1)  # 1/disp = 10 = gt: perfect ...
+    gt[3, 4] = 40.0  # the image's farthest ground truth
+    disp = 1.0 / gt  # perfect ...
     disp[0, :2] = 0.0  # ... except two pixels the model calls infinitely far
     capped = depth_metrics(disp, gt, alignment="median", pred_kind="disparity", max_depth=100.0)
     assert capped["n_valid"] == 20
     assert capped["abs_rel"] == pytest.approx(2 * (100.0 - 10.0) / 10.0 / 20)  # scored at the 100 mm cap
     assert capped["n_broken"] == 2
-    with pytest.raises(ValueError, match="max_depth"):  # no cap: never silently dropped
-        depth_metrics(disp, gt, alignment="median", pred_kind="disparity")
+    uncapped = depth_metrics(disp, gt, alignment="median", pred_kind="disparity")  # no cap: never dropped either
+    assert uncapped["abs_rel"] == pytest.approx(2 * (40.0 - 10.0) / 10.0 / 20)  # scored at the farthest gt
+    assert uncapped["n_broken"] == 2 and uncapped["n_valid"] == 20
 
 
 def test_broken_predictions_are_never_rewarded():
@@ -183,8 +188,8 @@ def test_an_all_broken_map_is_scored_at_the_cap_not_an_error():
     report = evaluate_predictions([("good", gt * 2, gt, None), ("nan", np.full_like(gt, np.nan), gt, None)],
                                   pred_kind="depth", min_depth=1e-3, max_depth=100.0)
     assert [r["name"] for r in report["per_image"]] == ["good", "nan"]
-    with pytest.raises(ValueError, match="max_depth"):  # without a cap it still cannot be scored
-        depth_metrics(np.full_like(gt, np.nan), gt)
+    uncapped = depth_metrics(np.full_like(gt, np.nan), gt)  # without a cap: at the farthest ground truth
+    assert uncapped["abs_rel"] == pytest.approx(np.mean((80.0 - gt) / gt)) and uncapped["n_broken"] == 4
     with pytest.raises(ValueError, match="no valid pixel"):  # no ground truth at all: still an error
         depth_metrics(gt, np.zeros_like(gt), max_depth=100.0)
 
