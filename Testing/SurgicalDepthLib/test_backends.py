@@ -200,12 +200,25 @@ def test_onnx_file_round_trip(onnx_file, checkpoint, model, references):
     assert props["surgical_depth.output_kind"] == "disparity" and props["surgical_depth.depth_unit"] == "relative"
     assert props["surgical_depth.input_size"] == "518" and props["surgical_depth.precision"] == "fp32"
     assert props["surgical_depth.source"] == str(checkpoint)
+    assert props["surgical_depth.output_resize"].endswith("align_corners=true")
     assert sd.ModelConfig.from_dict(json.loads(props["surgical_depth.config"])) == model.config
     pytest.importorskip("onnxruntime")
     loaded = sd.load_model(onnx_file)  # backend from the suffix
     assert loaded.backend == "onnxruntime" and loaded.config == model.config and loaded.source == str(checkpoint)
     x, ref = references[1]
     _close(loaded(x).numpy(), ref)
+
+
+@pytest.mark.parametrize("version, corners", [("v2", "true"), ("v1", "false")])
+def test_metadata_says_how_the_output_is_resized(version, corners):
+    """Catches a graph whose metadata gave a program deploying it without this project no way to resize the output
+    to the frame as ``infer_image`` does: V1 and V2 differ (``align_corners``), and only the input side was
+    described."""
+    from SurgicalDepthLib.backends._metadata import graph_metadata
+
+    config = dataclasses.replace(get_model_config("surgical-depth-tiny"), version=version)
+    assert graph_metadata(config, "x", "fp32")["output_resize"] == (
+        f"bilinear to the frame's H x W, align_corners={corners}")
 
 
 def test_openvino_file_round_trip(xml_file, checkpoint, model, references):
@@ -333,6 +346,35 @@ def test_bad_inputs(checkpoint, tmp_path, capsys):
         sd.load_model(checkpoint, backend="onnxruntime", device="cuda")
     assert cli_main(["export", str(checkpoint), "--format", "tflite", "--output", str(tmp_path / "x")]) == 2
     assert "invalid choice: 'tflite'" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_export_never_replaces_a_weight_file_of_the_input_folder(model, tmp_path):
+    """Catches ``export HF_FOLDER --format openvino --output HF_FOLDER/pytorch_model.xml --overwrite`` writing the
+    IR's weights over the folder's own ``pytorch_model.bin`` (the input; only the source path itself was compared),
+    leaving a Hugging Face folder that no longer loads."""
+    pytest.importorskip("openvino")
+    from safetensors.torch import load_file
+
+    folder = sd.save_huggingface(tmp_path / "hf", model)
+    torch.save(load_file(str(folder / "model.safetensors")), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    weights = (folder / "pytorch_model.bin").read_bytes()
+    with pytest.raises(FileExistsError, match=r"pytorch_model\.bin is a file in the input folder .*never overwrite"):
+        export_model(folder, folder / "pytorch_model.xml", format="openvino", overwrite=True)
+    assert (folder / "pytorch_model.bin").read_bytes() == weights
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "pytorch_model.bin"]
+
+
+def test_hints_with_a_model_object_are_refused(model, tmp_path):
+    """Catches ``export_model(model, ..., version="v1")`` and ``load_backend(model, ..., max_depth=5)`` ignoring the
+    hints silently (the graph stayed V2 / relative, its metadata said so, and nothing told the caller)."""
+    pytest.importorskip("onnx")
+    with pytest.raises(ValueError, match=r"hints \['version'\] apply to weight files, not to a model object"):
+        export_model(model, tmp_path / "m.onnx", format="onnx", version="v1")
+    pytest.importorskip("onnxruntime")
+    with pytest.raises(ValueError, match=r"hints \['max_depth'\] apply to weight files"):
+        load_backend(model, "onnxruntime", max_depth=5.0)
     assert not list(tmp_path.iterdir())
 
 

@@ -70,6 +70,26 @@ def _runtime_precision(backend: str, precision: str) -> str:
     return "fp32" if precision == "auto" else precision
 
 
+def _no_hints(hints: dict[str, Any], where: str) -> None:
+    """Hints describe weight files; a model object states its architecture (``config``): refuse them rather than
+    ignore them."""
+    if hints:
+        raise ValueError(f"{where}: hints {sorted(hints)} apply to weight files, not to a model object (its config "
+                         "states the architecture)")
+
+
+def _input_it_replaces(out: Path, source: Path | None) -> str:
+    """What writing ``out`` would replace of the input ``source``: ``"the input"`` (the weight file itself), ``"a
+    file in the input folder ..."`` (a Hugging Face folder's ``pytorch_model.bin`` is the weights of an OpenVINO
+    ``pytorch_model.xml`` written beside it), or ``""`` (nothing)."""
+    if source is None or not source.exists() or not out.exists():
+        return ""
+    out, source = out.resolve(), source.resolve()
+    if out == source:
+        return "the input"
+    return f"a file in the input folder {source}" if source.is_dir() and source in out.parents else ""
+
+
 def load_backend(source: str | os.PathLike | torch.nn.Module, backend: str, *, device: Any = "auto",
                  precision: str = "auto", **hints: Any) -> CompiledDepthModel:
     """A model run by ``backend`` (``onnxruntime`` or ``openvino``) on the CPU.
@@ -82,7 +102,7 @@ def load_backend(source: str | os.PathLike | torch.nn.Module, backend: str, *, d
         hints: ``load_model`` hints, for PyTorch sources only.
     Raises:
         ValueError: an unknown backend, a device other than the CPU, an unsupported precision, hints for an
-            exported file. MissingBackendError: the runtime is not installed.
+            exported file or a model object. MissingBackendError: the runtime is not installed.
     """
     from ..model import DepthModel
     from .onnx_export import check_onnx_precision, onnx_graph
@@ -111,6 +131,7 @@ def load_backend(source: str | os.PathLike | torch.nn.Module, backend: str, *, d
     if backend == "onnxruntime":
         check_onnx_precision(precision)
     if isinstance(source, DepthModel):
+        _no_hints(hints, "load_backend")
         model = source
     else:
         from ..loading import load_model
@@ -148,8 +169,9 @@ def export_model(source: str | os.PathLike | torch.nn.Module, path: str | os.Pat
     Returns:
         ``path``. Written atomically: a failure leaves nothing under the output names.
     Raises:
-        ValueError: unknown format or precision, wrong suffix. FileExistsError: the output exists (without
-            ``overwrite``) or is the input. MissingBackendError: ``onnx`` / ``openvino`` not installed.
+        ValueError: unknown format or precision, wrong suffix, hints with a model object. FileExistsError: the
+            output exists (without ``overwrite``), or is the input or a file in the input folder (even with
+            ``overwrite``). MissingBackendError: ``onnx`` / ``openvino`` not installed.
     """
     from .onnx_export import check_onnx_precision, onnx_graph, with_metadata
     from .openvino_model import PRECISIONS as OV_PRECISIONS
@@ -165,9 +187,12 @@ def export_model(source: str | os.PathLike | torch.nn.Module, path: str | os.Pat
         raise ValueError(f"precision={precision!r} is not one of {OV_PRECISIONS} for format 'openvino'")
     outputs = [path] + ([path.with_suffix(".bin")] if format == "openvino" else [])
     source_path = None if isinstance(source, torch.nn.Module) else Path(source).expanduser()
+    if source_path is None:
+        _no_hints(hints, "export_model")
     for out in outputs:
-        if source_path is not None and source_path.exists() and out.resolve() == source_path.resolve():
-            raise FileExistsError(f"{out} is the input; outputs never overwrite inputs")
+        which = _input_it_replaces(out, source_path)
+        if which:
+            raise FileExistsError(f"{out} is {which}; outputs never overwrite inputs")
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out} exists; pass --overwrite (overwrite=True) to replace it")
         if out.exists() and not out.is_file():

@@ -23,6 +23,12 @@ INPUT_DOC = ("image: float32 [N, 3, H, W], RGB / 255 normalised with mean and st
 OUTPUT_DOC = "depth: float32 [N, H, W], output_kind in depth_unit at the network input size"
 
 
+def output_resize_doc(version: str) -> str:
+    """How the output is resized to the frame, as each release's code (and ``infer_image``) does it: V1 and V2
+    differ in ``align_corners`` (:func:`~SurgicalDepthLib.model.resize_prediction`)."""
+    return f"bilinear to the frame's H x W, align_corners={'true' if version == 'v2' else 'false'}"
+
+
 def graph_metadata(config: ModelConfig, source: str, precision: str) -> dict[str, str]:
     """The metadata of an exported graph (names without :data:`PREFIX`)."""
     from .. import __version__
@@ -40,6 +46,7 @@ def graph_metadata(config: ModelConfig, source: str, precision: str) -> dict[str
         "precision": precision,
         "input": INPUT_DOC,
         "output": OUTPUT_DOC,
+        "output_resize": output_resize_doc(config.version),
         "package_version": __version__,
     }
 
