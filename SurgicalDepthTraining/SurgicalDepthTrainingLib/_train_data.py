@@ -156,11 +156,11 @@ class TransformedDataset(Dataset):
         return self.transform(self.base[index], rng)
 
 
-def open_data(name: str, root: str, split: str | None) -> Dataset:
-    """``open_dataset(name, root, split)`` (imported on use: the loaders pull in their readers)."""
+def open_data(name: str, root: str, split: str | None, options: dict[str, Any] | None = None) -> Dataset:
+    """``open_dataset(name, root, split, **options)`` (imported on use: the loaders pull in their readers)."""
     from .datasets import open_dataset
 
-    return open_dataset(name, root, split)
+    return open_dataset(name, root, split, **(options or {}))
 
 
 def training_data(config: Any, train_data: Dataset | None,
@@ -168,11 +168,14 @@ def training_data(config: Any, train_data: Dataset | None,
     """``(train set, its indices, validation set, its indices)`` of a ``TrainConfig``: the given datasets, else
     ``config.dataset`` opened (``val_split`` for validation, else ``val_fraction`` held out, seeded). The
     validation split is held out of training: without ``split`` (every image found) its images are left out of
-    the training set; a ``split`` that shares images with it is refused."""
+    the training set; a ``split`` that shares images with it is refused. An opened dataset's first sample is read
+    here, before the run writes anything: a loader that cannot read its files as given fails at once."""
     if train_data is None:
-        train_data = open_data(config.dataset, config.root, config.split)
+        train_data = open_data(config.dataset, config.root, config.split, config.dataset_options)
+        train_data[0]  # files the loader cannot read as given (16-bit depth without depth_scale=) fail before output
         if config.val_split is not None:
-            val_data = open_data(config.dataset, config.root, config.val_split)
+            val_data = open_data(config.dataset, config.root, config.val_split, config.dataset_options)
+            val_data[0]
             train_idx = _held_out(train_data, val_data, config)
             return train_data, train_idx, val_data, list(range(len(val_data)))
     if val_data is not None:

@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from SurgicalDepthLib.configs import check_fields
@@ -62,7 +63,9 @@ class TrainConfig:
     """Fine-tuning settings (saved as JSON beside each checkpoint).
 
     Attributes:
-        dataset, root, split: training data (``open_dataset(dataset, root, split)``); ``val_split`` opens the
+        dataset, root, split: training data (``open_dataset(dataset, root, split, **dataset_options)``; the
+            options are the loader's, e.g. ``{"depth_scale": 0.01}`` for a folder of 16-bit PNG depth, and apply
+            to the validation data too); ``val_split`` opens the
             validation data the same way, else ``val_fraction`` of the training data is held out (seeded).
         model: start weights, any ``load_model`` source (``random:surgical-depth-tiny`` trains from scratch).
         model_version, model_max_depth: ``load_model``'s ``version`` / ``max_depth`` hints for a weight file whose
@@ -104,6 +107,7 @@ class TrainConfig:
     dataset: str = "synthetic"
     root: str = ""
     split: str | None = None
+    dataset_options: dict[str, Any] = dataclasses.field(default_factory=dict)
     val_split: str | None = None
     val_fraction: float = 0.1
     model: str = "random:surgical-depth-tiny"
@@ -184,6 +188,8 @@ class TrainConfig:
             raise ValueError(f"min_depth must be < max_depth, got min_depth={self.min_depth}, "
                              f"max_depth={self.max_depth}")
         object.__setattr__(self, "input_size", tuple(int(v) for v in self.input_size))
+        if not isinstance(self.dataset_options, dict) or not all(isinstance(k, str) for k in self.dataset_options):
+            raise ValueError(f"dataset_options must be a dict of loader options by name, got {self.dataset_options!r}")
         object.__setattr__(self, "unlabeled_dataset", unlabeled_dataset_of(self))
 
     @property

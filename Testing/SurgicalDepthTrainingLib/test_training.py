@@ -258,6 +258,33 @@ def test_cli_train_bad_root_is_one_line_error(tmp_path, capsys):
     assert rc == 2 and len(err.splitlines()) == 1 and "nope" in err and not (tmp_path / "o").exists()
 
 
+def test_cli_train_passes_dataset_options(tmp_path, capsys):
+    """A folder of 16-bit PNG depth (the common export of a depth sensor, in 0.1 mm units here) trains with
+    ``--dataset-option depth_scale=0.1``, which the run records and checks on resume. Catches: no way to give a
+    loader option to ``train`` (every such folder failed with "needs depth_scale="), a run failing on its data
+    only once training started, leaving a run folder that the corrected command is refused (it held an "earlier
+    training run"), and an unknown option failing after the run folder was made instead of as one line before."""
+    from SurgicalDepthLib.cli import main
+
+    root = write_folder(tmp_path / "ds", 4)
+    for npy in sorted((root / "depth").glob("*.npy")):
+        cv2.imwrite(str(npy.with_suffix(".png")), np.round(np.load(npy) * 10).astype(np.uint16))
+        npy.unlink()
+    command = ["train", "--dataset", "folder", "--root", str(root), "--output", str(tmp_path / "run"),
+               "--max-steps", "1", "--batch-size", "2", "--input-size", "56", "--device", "cpu", "--progress", "none"]
+    assert main(command) == 2 and "depth_scale" in capsys.readouterr().err
+    assert main(command + ["--dataset-option", "depth_scale=0.1"]) == 0
+    saved = json.loads((tmp_path / "run" / "train_config.json").read_text())
+    assert saved["dataset_options"] == {"depth_scale": 0.1}
+    capsys.readouterr()
+    assert main(command + ["--dataset-option", "depth_scale=0.2", "--resume"]) == 2
+    assert "['dataset_options']" in capsys.readouterr().err
+    bad = [*command[:6], str(tmp_path / "other"), *command[7:], "--dataset-option", "depth_sacle=0.1"]
+    assert main(bad) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "depth_sacle" in err and not (tmp_path / "other").exists()
+
+
 def test_cli_resume_knows_its_data_by_path_not_by_the_text_typed(tmp_path, capsys, monkeypatch):
     """Catches a run started with a relative ``--root ds`` and resumed from another working directory, where
     ``ds`` is other data, silently continued on that data (the saved root was the text typed), while the same data

@@ -16,6 +16,8 @@ from SurgicalDepthLib.cli import (DETAIL_SIZE_HELP, DEVICE_HELP, INPUT_SIZE_HELP
                                  model_hints, progress_of)
 from SurgicalDepthLib.run_folder import OutputConflict
 
+from ._dataset_options import DATASET_OPTION_HELP, dataset_option, dataset_options
+
 logger = logging.getLogger(__name__)
 
 
@@ -46,11 +48,8 @@ def register(subparsers) -> None:
                    help="calibration file of the dataset's camera (OpenCV YAML/XML/JSON, any distortion model, or "
                         "OCamCalib's calib_results.txt), "
                         "for data sets that do not carry one (e.g. c3vd, folder)")
-    p.add_argument("--dataset-option", dest="dataset_options", type=_dataset_option, action="append", default=[],
-                   metavar="KEY=VALUE",
-                   help="a loader option of the dataset (repeatable), e.g. depth_scale=0.01 for a folder of 16-bit "
-                        "PNG depth (mm per stored unit), side=right (hamlyn), reference=RGB (servct); numbers, "
-                        "true/false and none are converted, anything else is text")
+    p.add_argument("--dataset-option", dest="dataset_options", type=dataset_option, action="append", default=[],
+                   metavar="KEY=VALUE", help=DATASET_OPTION_HELP)
     p.add_argument("--no-lens-correction", dest="lens_correction", action="store_false",
                    help="evaluate the raw output: do not correct predictions to the samples' lens (a model with a "
                         "reference lens, such as the default model, is corrected where intrinsics are known)")
@@ -128,36 +127,11 @@ def _depth_bound(text: str) -> float:
     return value
 
 
-def _dataset_option(text: str) -> tuple[str, object]:
-    """``--dataset-option KEY=VALUE`` -> ``(key, value)``: an int, float, bool or None where VALUE reads as one
-    (``depth_scale=0.01``, ``require_16bit=false``), else the text (``side=right``)."""
-    key, sep, raw = text.partition("=")
-    key, raw = key.strip(), raw.strip()
-    if not sep or not key.isidentifier():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. depth_scale=0.01), got {text!r}")
-    if key == "intrinsics":  # an input file: --intrinsics is checked against the outputs
-        raise argparse.ArgumentTypeError("give the calibration file as --intrinsics FILE")
-    words = {"true": True, "false": False, "none": None, "null": None}
-    if raw.lower() in words:
-        return key, words[raw.lower()]
-    for kind in (int, float):
-        try:
-            value = kind(raw)
-        except ValueError:
-            continue
-        if kind is float and not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{key}: must be a finite number, got {raw!r}")
-        return key, value
-    return key, raw
-
-
 def _dataset_options(args: argparse.Namespace) -> dict[str, object]:
     """The loader options: ``--dataset-option`` pairs (each key once) plus ``--intrinsics``."""
-    options: dict[str, object] = {}
-    for key, value in args.dataset_options:
-        if key in options:
-            raise ValueError(f"--dataset-option {key} is given twice ({options[key]!r} and {value!r})")
-        options[key] = value
+    options = dataset_options(args.dataset_options)
+    if "intrinsics" in options:  # an input file: --intrinsics is checked against the outputs
+        raise ValueError("give the calibration file as --intrinsics FILE, not --dataset-option intrinsics=")
     if args.intrinsics is not None:
         options["intrinsics"] = args.intrinsics
     return options

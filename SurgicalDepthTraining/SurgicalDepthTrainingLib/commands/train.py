@@ -20,6 +20,8 @@ from pathlib import Path
 from SurgicalDepthLib.cli import DEVICE_HELP, OVERWRITE_HELP, add_model_source_args, progress_of
 from SurgicalDepthTrainingLib.loss_names import LOSS_NAMES  # torch-free: building the parser stays cheap
 
+from ._dataset_options import DATASET_OPTION_HELP, dataset_option, dataset_options
+
 logger = logging.getLogger(__name__)
 
 #: TrainConfig fields set from flags of the same name only when given (argparse default None), so that
@@ -56,6 +58,8 @@ def register(subparsers) -> None:
     p.add_argument("--root", default=None, type=Path, help="dataset root folder")
     p.add_argument("--output", required=True, type=Path, help="output folder of the run")
     p.add_argument("--split", default=None, help="training split (loader-specific; default everything found)")
+    p.add_argument("--dataset-option", dest="dataset_options", type=dataset_option, action="append", default=[],
+                   metavar="KEY=VALUE", help=DATASET_OPTION_HELP + " (training and validation data)")
     p.add_argument("--val-split", default=None,
                    help="validation split (default: hold out --val-fraction of the training data)")
     p.add_argument("--val-fraction", type=float, default=None, help="held-out validation fraction (default 0.1)")
@@ -261,6 +265,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--{unused[0].replace('_', '-')} acts only with --style-root (a folder of real frames)")
     config = _config(
         dataset=args.dataset, root=_absolute(args.root), split=args.split, val_split=args.val_split,
+        dataset_options=dataset_options(args.dataset_options),
         max_steps=args.max_steps, freeze_encoder=args.freeze_encoder, lora_rank=args.lora,
         augment=not args.no_augment, amp={"auto": None, "on": True, "off": False}[args.amp], device=args.device,
         output=str(args.output), min_depth=args.min_depth, max_depth=args.max_depth,
