@@ -193,7 +193,9 @@ def test_depth_stream_on_each_backend_equals_torch(ort_model, ov_model, model):
 
 # -- exported files ---------------------------------------------------------------------------------------------------
 def test_onnx_file_round_trip(onnx_file, checkpoint, model, references):
-    """Bug: an exported file that does not load alone (metadata missing or unread) or loads as another model."""
+    """Bug: an exported file that does not load alone (metadata missing or unread) or loads as another model, or
+    that names as its source the weights it was exported from (a path on the exporting machine: predict and
+    predictions.json named a file that did not run) instead of itself."""
     import onnx
 
     props = {p.key: p.value for p in onnx.load(str(onnx_file)).metadata_props}
@@ -204,7 +206,8 @@ def test_onnx_file_round_trip(onnx_file, checkpoint, model, references):
     assert sd.ModelConfig.from_dict(json.loads(props["surgical_depth.config"])) == model.config
     pytest.importorskip("onnxruntime")
     loaded = sd.load_model(onnx_file)  # backend from the suffix
-    assert loaded.backend == "onnxruntime" and loaded.config == model.config and loaded.source == str(checkpoint)
+    assert loaded.backend == "onnxruntime" and loaded.config == model.config and loaded.source == str(onnx_file)
+    assert loaded.exported_from == str(checkpoint)
     x, ref = references[1]
     _close(loaded(x).numpy(), ref)
 
@@ -233,6 +236,7 @@ def test_openvino_file_round_trip(xml_file, checkpoint, model, references):
     assert not [p for p in xml_file.parent.iterdir() if p.name.startswith(".")]  # no temporary files left
     loaded = sd.load_model(xml_file)
     assert loaded.backend == "openvino" and loaded.config == model.config and loaded.precision == "fp32"
+    assert loaded.source == str(xml_file) and loaded.exported_from == str(checkpoint)
     x, ref = references[2]
     _close(loaded(x).numpy(), ref)
     if loading.cpu_computes_natively("bf16"):

@@ -15,7 +15,8 @@ class CompiledDepthModel(FrameInference):
 
     Attributes:
         config: the architecture record (from the graph's metadata or the exported model).
-        source: where the weights came from.
+        source: what was loaded: the exported ``.onnx`` / ``.xml`` file, or the weights compiled in memory.
+        exported_from: for an exported file, the weights it was exported from (its metadata); else None.
         precision: ``fp32|fp16|bf16``, the precision the runtime computes in.
         device: ``torch.device("cpu")`` (where predictions are resized and returned).
         backend: the runtime's name.
@@ -23,9 +24,10 @@ class CompiledDepthModel(FrameInference):
 
     backend = ""
 
-    def __init__(self, config: ModelConfig, *, source: str, precision: str):
+    def __init__(self, config: ModelConfig, *, source: str, precision: str, exported_from: str | None = None):
         self.config = config
         self.source = source
+        self.exported_from = exported_from
         self.precision = precision
         self.device = torch.device("cpu")
 

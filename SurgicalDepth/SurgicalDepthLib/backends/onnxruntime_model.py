@@ -32,8 +32,9 @@ class OnnxRuntimeModel(CompiledDepthModel):
 
     backend = "onnxruntime"
 
-    def __init__(self, session: Any, config: ModelConfig, *, source: str, precision: str):
-        super().__init__(config, source=source, precision=precision)
+    def __init__(self, session: Any, config: ModelConfig, *, source: str, precision: str,
+                 exported_from: str | None = None):
+        super().__init__(config, source=source, precision=precision, exported_from=exported_from)
         self._session = session
 
     def _run(self, x: np.ndarray) -> np.ndarray:
@@ -64,7 +65,7 @@ class OnnxRuntimeModel(CompiledDepthModel):
             message = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
             raise ValueError(f"{path}: not a readable ONNX model: {message}") from exc
         meta = session.get_modelmeta().custom_metadata_map
-        config, source, stored = read_metadata(lambda name: meta.get(PREFIX + name), str(path))
+        config, weights, stored = read_metadata(lambda name: meta.get(PREFIX + name), str(path))
         if precision not in ("auto", *ONNX_PRECISIONS, "bf16"):
             raise ValueError(f"precision={precision!r} is not one of {('auto', *ONNX_PRECISIONS, 'bf16')}")
         if precision not in ("auto", stored):
@@ -72,4 +73,4 @@ class OnnxRuntimeModel(CompiledDepthModel):
             raise ValueError(f"{path} is an {stored} graph and ONNX Runtime runs it as it is, so precision="
                              f"{precision!r} cannot be given ({again}use backend='openvino', which sets the "
                              "precision when compiling)")
-        return cls(session, config, source=source, precision=stored)
+        return cls(session, config, source=str(path), precision=stored, exported_from=weights)

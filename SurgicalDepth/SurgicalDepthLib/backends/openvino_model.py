@@ -40,12 +40,13 @@ class OpenVINOModel(CompiledDepthModel):
 
     backend = "openvino"
 
-    def __init__(self, ov_model: Any, config: ModelConfig, *, source: str, precision: str, cache_size: int = 4):
+    def __init__(self, ov_model: Any, config: ModelConfig, *, source: str, precision: str, cache_size: int = 4,
+                 exported_from: str | None = None):
         if precision not in PRECISIONS:
             raise ValueError(f"precision={precision!r} is not one of {PRECISIONS} for backend='openvino'")
         if cache_size < 1:
             raise ValueError(f"cache_size must be >= 1, got {cache_size}")
-        super().__init__(config, source=source, precision=precision)
+        super().__init__(config, source=source, precision=precision, exported_from=exported_from)
         self._ov = require("openvino", "backend='openvino'")
         self._core = self._ov.Core()
         self._model = ov_model
@@ -104,8 +105,9 @@ class OpenVINOModel(CompiledDepthModel):
         if path.suffix.lower() == ".xml" and not path.with_suffix(".bin").is_file():
             raise FileNotFoundError(f"{path}: its weights {path.with_suffix('.bin').name} are missing beside it")
         ov_model = read_ov_model(path, "backend='openvino'")
-        config, source, stored = read_metadata(lambda name: read_rt_info(ov_model, name), str(path))
-        return cls(ov_model, config, source=source, precision=stored if precision == "auto" else precision)
+        config, weights, stored = read_metadata(lambda name: read_rt_info(ov_model, name), str(path))
+        return cls(ov_model, config, source=str(path), precision=stored if precision == "auto" else precision,
+                   exported_from=weights)
 
 
 def read_ov_model(path: Path, needed_by: str) -> Any:
