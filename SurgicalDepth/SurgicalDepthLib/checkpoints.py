@@ -334,18 +334,27 @@ def save_official(path: str | os.PathLike, model: torch.nn.Module) -> Path:
     return path
 
 
+def _write_safetensors(path: str | os.PathLike, state: dict[str, torch.Tensor], metadata: dict[str, str]) -> Path:
+    """Write ``state`` as a safetensors file at ``path`` (atomically), readable like every other output: safetensors
+    replaces the file with one of mode 0600 (a model trained on a shared machine, or read by Slicer as another
+    user, was unreadable); it gets the mode a new file gets here (0644 under the usual umask)."""
+    from safetensors.torch import save_file
+
+    with atomic_path(path) as tmp:
+        mode = tmp.stat().st_mode  # the empty file atomic_path created, with the umask applied
+        save_file(state, str(tmp), metadata=metadata)
+        os.chmod(tmp, mode)
+    return Path(path)
+
+
 def save_huggingface(folder: str | os.PathLike, model: torch.nn.Module) -> Path:
     """Write a Hugging Face folder (``config.json`` + ``model.safetensors``) loadable by transformers; a model that
     transformers cannot describe (a metric ``max_depth`` that is not a whole number) is a ValueError before anything
     is written."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     hf_config = config_to_hf(model.config)
     folder.mkdir(parents=True, exist_ok=True)
-    state = official_to_hf_state(_cpu_state(model))
-    with atomic_path(folder / "model.safetensors") as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt"})
+    _write_safetensors(folder / "model.safetensors", official_to_hf_state(_cpu_state(model)), {"format": "pt"})
     with atomic_path(folder / "config.json") as tmp:
         tmp.write_text(json.dumps(hf_config, indent=2))
     return folder
@@ -361,17 +370,13 @@ def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, extra: dict
         config: the configuration to record (default ``model.config``), e.g. with the inference size a fine-tune
             was trained at; it must describe the same architecture as the weights.
     """
-    from safetensors.torch import save_file
-
     path = Path(path)
     state = _cpu_state(model)
     if dtype is not None:
         state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     meta = {"format": PROJECT_FORMAT, "config": json.dumps((config or model.config).to_dict())}
     meta.update(extra or {})
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata=meta)
-    return path
+    return _write_safetensors(path, state, meta)
 
 
 def official_to_hf(state: dict[str, torch.Tensor], config: ModelConfig) -> tuple[dict[str, torch.Tensor], dict]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import sys
 import zipfile
 
 import pytest
@@ -83,6 +84,20 @@ def test_project_checkpoint_round_trip_and_fp16(tmp_path):
     half = sd.load_model(tmp_path / "h.safetensors", device="cpu")
     for k, v in model.state_dict().items():
         assert torch.equal(half.state_dict()[k], v.half().float()), k
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
+def test_saved_weights_are_readable_like_other_outputs(tmp_path):
+    """Catches: checkpoints and Hugging Face exports written with mode 0600 (safetensors replaces the file), so a
+    model trained on a shared machine, or opened by Slicer running as another user, could not be read; they get
+    the mode any new file gets (here: a plain file created beside them)."""
+    model = _random_model()
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    expected = plain.stat().st_mode & 0o777
+    for path in (sd.save_checkpoint(tmp_path / "m.safetensors", model),
+                 sd.save_huggingface(tmp_path / "hf", model) / "model.safetensors"):
+        assert os.stat(path).st_mode & 0o777 == expected, path
 
 
 def test_hugging_face_export_keeps_what_transformers_has_no_field_for(tmp_path):
