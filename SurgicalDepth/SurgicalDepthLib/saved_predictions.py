@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -74,6 +74,21 @@ class SavedPredictions:
     def path(self, index: int) -> Path:
         return self.folder / f"{int(index):06d}.{self.format}"
 
+    def check_frames(self, indices: Iterable[int], size: tuple[int, int]) -> None:
+        """Before any output: every frame of ``indices`` (source frame numbers) has a map here, and the frames'
+        ``size`` ``(H, W)`` is the maps' size. Raises FileNotFoundError / ValueError naming the folder, the first
+        missing frame, and the ``--stride`` / ``--max-frames`` the maps were predicted with where they tell."""
+        if tuple(size) != self.size:
+            raise ValueError(f"{self.folder} holds maps of {self.size[0]}x{self.size[1]} but the frames are "
+                             f"{size[0]}x{size[1]}: predictions of another video")
+        indices = list(indices)
+        missing = [i for i in indices if not self.path(i).is_file()]
+        if not missing:
+            return
+        held = sorted(int(f.stem) for f in self.folder.glob(f"*.{self.format}") if f.stem.isdigit())
+        raise FileNotFoundError(f"{self.folder} has no prediction for frame {missing[0]} (missing: {len(missing)} "
+                                f"of the {len(indices)} frames asked for); {_held_frames(held)}")
+
     def predictions(self, items: Iterator[tuple[int, np.ndarray]]) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """``(index, rgb, stored map)`` for each ``(index, rgb)``; a missing map or a size mismatch is an error
         naming the file."""
@@ -88,3 +103,14 @@ class SavedPredictions:
                 raise ValueError(f"{path} is {pred.shape[0]}x{pred.shape[1]} but frame {index} is "
                                  f"{rgb.shape[0]}x{rgb.shape[1]}")
             yield index, rgb, pred
+
+
+def _held_frames(held: list[int]) -> str:
+    """What a prediction folder holds, and the options that select exactly those frames when there are such."""
+    if not held:
+        return "it holds no maps"
+    step = held[1] - held[0] if len(held) > 1 else 1
+    if held[0] == 0 and step > 0 and held == list(range(0, step * len(held), step)):
+        return (f"it holds frames 0 to {held[-1]} every {step}: give the --stride {step} and --max-frames "
+                f"{len(held)} predict was given")
+    return f"it holds {len(held)} frames from {held[0]} to {held[-1]}"

@@ -173,6 +173,27 @@ def test_saved_predictions_errors_name_the_file(tmp_path):
         SavedPredictions(tmp_path)
 
 
+def test_saved_predictions_check_every_frame_before_any_output(tmp_path):
+    """Catches: a prediction folder written with --stride 2 --max-frames 3 read for every frame (reconstruct wrote
+    the first frames' files, then stopped at frame 1 with a partial run), without saying which options select the
+    frames it holds; and maps of another video size accepted until the first frame."""
+    folder = tmp_path / "p"
+    folder.mkdir()
+    for i in (0, 2, 4):
+        sd.save_depth(folder / f"{i:06d}.npy", np.ones((3, 4), np.float32))
+    (folder / INFO_NAME).write_text(json.dumps({"model": "test", "output_kind": "disparity", "depth_unit": "relative",
+                                                "format": "npy", "size": [3, 4]}))
+    saved = SavedPredictions(folder)
+    saved.check_frames([0, 2, 4], (3, 4))
+    with pytest.raises(FileNotFoundError, match=r"no prediction for frame 1 .*--stride 2 and --max-frames 3"):
+        saved.check_frames(range(5), (3, 4))
+    with pytest.raises(ValueError, match="3x4 but the frames are 6x8"):
+        saved.check_frames([0], (6, 8))
+    (folder / "000000.npy").unlink()
+    with pytest.raises(FileNotFoundError, match=r"missing: 1 of the 2 .* it holds 2 frames from 2 to 4"):
+        saved.check_frames([0, 2], (3, 4))
+
+
 def test_max_frames_reads_no_source_frame_past_the_last_one_used(tmp_path):
     """Catches: ``stop = start + max_frames * stride``, which asked a live iterable for up to ``stride - 1``
     frames after the last selected one (a live source blocks waiting for frames that are then skipped)."""
