@@ -9,20 +9,28 @@ sources are named beside each entry); :func:`download` then verifies every downl
 may only repeat it. An entry whose digest is ``None`` makes :func:`download` require the digest from the user
 (``--sha256``) or an explicit ``trust_on_first_use=True``, which records the digest of the downloaded file in a
 ``<file>.sha256`` sidecar that every later load verifies. ``--sha256`` is checked before anything is downloaded.
+
+Downloads stream into a temporary file beside the final one (:func:`~.atomic_io.atomic_path`), which is renamed into
+place only once its size and SHA256 are right, so the final name never holds a partial or unverified file and two
+downloads of the same file into one cache cannot mix their bytes. A file already in the cache with the expected
+digest is not downloaded again. The temporary file of a download that was killed (no clean-up possible) is deleted
+by the next download of that file once it has been left untouched for :data:`STALE_PARTIAL_S` seconds.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import logging
 import os
 import re
+import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic_io import atomic_path
+from .atomic_io import atomic_path, report_disk_full
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +119,7 @@ def cache_dir(root: str | os.PathLike | None = None) -> Path:
     """Folder of downloaded weights: ``root`` if given, else ``$SURGICAL_DEPTH_CACHE`` if set, else
     ``~/.cache/surgical-depth/weights``."""
     if root is not None:
-        return Path(root)
+        return Path(root).expanduser()
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV]).expanduser()
     return Path.home() / ".cache" / "surgical-depth" / "weights"
@@ -183,8 +191,18 @@ def download(name: str, root: str | os.PathLike | None = None, *, sha256: str | 
         raise ValueError(f"no SHA256 is known for {name!r}: pass the digest published with the weights "
                          "(--sha256 HEX) or accept recording the downloaded file's digest (--trust-on-first-use)")
     folder = cache_dir(root)
+    cached = _verified_copy(spec, folder, want)
+    if cached is not None:
+        logger.info("%s is already in the cache (%s, SHA256 verified); licence %s", name, cached, spec.license)
+        if spec.sha256 is None:  # the digest given (--sha256) is the one later loads check
+            _record_digest(cached, want)
+        if progress is not None:
+            n = cached.stat().st_size
+            progress(n, n)
+        return cached
     created = [p for p in (folder, *folder.parents) if not p.exists()]
     folder.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(folder / Path(spec.filename).name)
     try:
         return _fetch(spec, name, folder, want, progress, timeout)
     except BaseException:  # a failed download leaves no empty cache folder it made
@@ -194,31 +212,79 @@ def download(name: str, root: str | os.PathLike | None = None, *, sha256: str | 
         raise
 
 
+#: seconds after which an untouched temporary file of a download counts as left by a killed download (a running
+#: download writes to it at least every ``timeout`` seconds, 60 by default, or fails)
+STALE_PARTIAL_S = 3600.0
+
+
+def _verified_copy(spec: WeightSpec, folder: Path, want: str | None) -> Path | None:
+    """The cached file of ``spec`` if it has the expected digest ``want`` (and the pinned size), else None."""
+    path = folder / Path(spec.filename).name
+    if want is None or not path.is_file():
+        return None
+    if spec.size is not None and path.stat().st_size != spec.size:
+        return None
+    return path if sha256_file(path) == want else None
+
+
+def _remove_stale_partials(path: Path) -> None:
+    """Delete temporary files of ``path`` (``atomic_path``'s ``.<stem>.<8 characters><suffix>``) untouched for
+    :data:`STALE_PARTIAL_S` seconds: left by a download that was killed. Younger ones may be another download's."""
+    pattern = re.compile(rf"\.{re.escape(path.stem)}\.[a-z0-9_]{{8}}{re.escape(path.suffix)}")
+    now = time.time()
+    for entry in path.parent.iterdir():
+        with contextlib.suppress(OSError):
+            if pattern.fullmatch(entry.name) and entry.is_file() and now - entry.stat().st_mtime > STALE_PARTIAL_S:
+                entry.unlink()
+                logger.info("removed %s, left by an interrupted download", entry)
+
+
 def _fetch(spec: WeightSpec, name: str, folder: Path, want: str | None, progress: Callable[[int, int], None] | None,
            timeout: float) -> Path:
     """Stream ``spec.url`` into ``folder`` (atomically, size- and SHA256-checked); record a first-use digest."""
     path = folder / Path(spec.filename).name
-    digest = hashlib.sha256()
     with atomic_path(path) as tmp:
-        logger.info("downloading %s from %s", name, spec.url)
-        with urllib.request.urlopen(spec.url, timeout=timeout) as resp, open(tmp, "wb") as out:
-            total = int(resp.headers.get("Content-Length") or 0)
-            if spec.size is not None and total and total != spec.size:
-                raise ValueError(f"{spec.url} offers {total} bytes, but the official file has {spec.size} bytes; "
-                                 "refusing to download it")
-            done = 0
-            while block := resp.read(1 << 20):
-                out.write(block)
-                digest.update(block)
-                done += len(block)
-                if progress is not None:
-                    progress(done, total)
-        if spec.size is not None and done != spec.size:
-            raise ValueError(f"downloaded {spec.url}: {done} bytes, but the official file has {spec.size} bytes")
-        got = digest.hexdigest()
+        logger.info("downloading %s (licence %s) from %s", name, spec.license, spec.url)
+        try:
+            got = _stream(spec, tmp, progress, timeout)
+        except http.client.HTTPException as exc:  # a broken response: not an OSError, and says neither URL nor file
+            text = " ".join(str(exc).split())  # one line: a bad status line ends in its CR LF
+            raise ConnectionError(f"broken HTTP response: {type(exc).__name__}: {text}") from None
         if want is not None and got != want:
             raise ValueError(f"downloaded {spec.url}: SHA256 {got} does not match the expected {want}")
     if want is None or spec.sha256 is None:
-        with atomic_path(folder / (path.name + ".sha256")) as tmp:
-            tmp.write_text(f"{got}  {path.name}\n", encoding="utf-8")
+        _record_digest(path, got)
     return path
+
+
+def _record_digest(path: Path, digest: str) -> None:
+    """Write the ``<file>.sha256`` sidecar that :func:`expected_sha256` reads for weights without a pinned digest."""
+    with atomic_path(path.parent / (path.name + ".sha256")) as tmp:
+        tmp.write_text(f"{digest}  {path.name}\n", encoding="utf-8")
+
+
+def _stream(spec: WeightSpec, tmp: Path, progress: Callable[[int, int], None] | None, timeout: float) -> str:
+    """Write the body of ``spec.url`` to ``tmp``, checking its type and size; returns its SHA256 (lowercase hex)."""
+    digest = hashlib.sha256()
+    # report_disk_full outermost: closing the file flushes it, which can fail for want of space too
+    with report_disk_full(tmp.parent / Path(spec.filename).name), \
+            urllib.request.urlopen(spec.url, timeout=timeout) as resp, open(tmp, "wb") as out:
+        kind = (resp.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if kind == "text/html":  # a login, consent or error page instead of the file
+            raise ValueError(f"{spec.url} answered with a web page ({kind}), not the weights file; nothing was saved")
+        total = int(resp.headers.get("Content-Length") or 0)
+        if spec.size is not None and total and total != spec.size:
+            raise ValueError(f"{spec.url} offers {total} bytes, but the official file has {spec.size} bytes; "
+                             "refusing to download it")
+        done = 0
+        while block := resp.read(1 << 20):
+            out.write(block)
+            digest.update(block)
+            done += len(block)
+            if progress is not None:
+                progress(done, total)
+    if total and done != total:  # http.client returns what it got, without an error, when the connection closes
+        raise ConnectionError(f"the server closed the connection after {done} of {total} bytes")
+    if spec.size is not None and done != spec.size:
+        raise ValueError(f"downloaded {spec.url}: {done} bytes, but the official file has {spec.size} bytes")
+    return digest.hexdigest()

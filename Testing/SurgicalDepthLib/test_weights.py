@@ -219,14 +219,15 @@ def test_cli_download_follows_progress_mode(mode, served, capsys):
     assert not re.search(r"\d+%\||B/s|it/s", err), err  # no tqdm bar
     size = (cache / "depth_anything_v2_vitt.pth").stat().st_size
     if mode == "none":
-        assert out.strip() == f"saved surgical-depth-tiny to {cache / 'depth_anything_v2_vitt.pth'}"
+        saved = cache / "depth_anything_v2_vitt.pth"
+        assert out.strip() == f"saved surgical-depth-tiny to {saved} (licence Apache-2.0)"
         return
     events = [json.loads(line) for line in out.splitlines()]  # stdout holds JSON objects only
     progress = [e for e in events[:-1] if e["event"] == "progress"]
     assert len(progress) == len(events) - 1 and {e["stage"] for e in progress} == {"download"}
     assert progress[-1]["step"] == progress[-1]["total"] == size
     assert events[-1] == {"event": "done", "name": "surgical-depth-tiny",
-                          "path": str(cache / "depth_anything_v2_vitt.pth")}
+                          "path": str(cache / "depth_anything_v2_vitt.pth"), "license": "Apache-2.0"}
 
 
 def test_cli_download_errors_name_the_url_and_the_flag(served, tmp_path, monkeypatch, capsys):
@@ -252,3 +253,168 @@ def test_cli_download_errors_name_the_url_and_the_flag(served, tmp_path, monkeyp
         assert main([*args, "--cache-dir", str(folder)]) == 2
         assert capsys.readouterr().err.strip() == f"surgical-depth download: error: --cache-dir {folder} {says}; " \
                                                   "give a folder"
+
+
+def test_cli_download_states_the_licence(served, monkeypatch, capsys):
+    """Catches: ``download`` never telling the user the licence of what it saved (V2-Base/Large are CC-BY-NC-4.0,
+    non-commercial): neither its help nor its output nor the jsonl ``done`` event named it."""
+    from SurgicalDepthLib.cli import build_parser, main
+
+    _, digest, cache = served
+    _pin(monkeypatch, "surgical-depth-tiny", license="CC-BY-NC-4.0")
+    assert main(["download", "surgical-depth-tiny", "--cache-dir", str(cache), "--sha256", digest,
+                 "--progress", "none"]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.endswith("(licence CC-BY-NC-4.0: non-commercial use only)"), out
+    download_help = build_parser()._subparsers._group_actions[0].choices["download"].format_help()
+    download_help = re.sub(r"\s+", "", download_help)  # argparse wraps lines at hyphens too
+    assert "depth-anything-v2-baseCC-BY-NC-4.0" in download_help
+    assert "depth-anything-v2-smallApache-2.0" in download_help
+
+
+@pytest.fixture
+def http_server(tmp_path, monkeypatch):
+    """A 127.0.0.1 server answering each GET with ``behave(handler)``; returns ``serve(behave, **spec changes)``,
+    which registers "surgical-depth-tiny" at its URL (no digest, no size unless given) and returns the cache path."""
+    behaviour = {}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server API)
+            behaviour["behave"](self)
+            self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def serve(behave, **changes):
+        behaviour["behave"] = behave
+        url = f"http://127.0.0.1:{server.server_address[1]}/depth_anything_v2_vitt.pth"
+        spec = dataclasses.replace(WeightSpec("surgical-depth-tiny", url, "depth_anything_v2_vitt.pth", "Apache-2.0"),
+                                   **changes)
+        monkeypatch.setitem(weights.WEIGHTS, "surgical-depth-tiny", spec)
+        return tmp_path / "cache"
+
+    yield serve
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def _send(handler, body: bytes, *, length: int | None = None, kind: str = "application/octet-stream",
+          chunked: bool = False) -> None:
+    handler.protocol_version = "HTTP/1.1"
+    handler.send_response(200)
+    handler.send_header("Content-Type", kind)
+    if chunked:
+        handler.send_header("Transfer-Encoding", "chunked")
+        handler.end_headers()
+        handler.wfile.write(b"%x\r\n" % (2 * len(body)) + body)  # a chunk announced twice as long, then the end
+    else:
+        handler.send_header("Content-Length", str(len(body) if length is None else length))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+
+def test_body_shorter_than_content_length_is_not_saved(http_server, capsys):
+    """Catches: a connection closed before the Content-Length was reached (http.client returns the bytes it got,
+    without an error) saved under the final name and its digest recorded as trusted (--trust-on-first-use)."""
+    from SurgicalDepthLib.cli import main
+
+    cache = http_server(lambda h: _send(h, b"w" * 2000, length=5000))
+    with pytest.raises(ConnectionError, match="closed the connection after 2000 of 5000 bytes"):
+        weights.download("surgical-depth-tiny", cache, trust_on_first_use=True)
+    assert not cache.exists()
+    assert main(["download", "surgical-depth-tiny", "--cache-dir", str(cache), "--trust-on-first-use",
+                 "--progress", "none"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("surgical-depth download: error: download surgical-depth-tiny: http://127.0.0.1:")
+    assert "broke off (the server closed the connection after 2000 of 5000 bytes)" in err[-1]
+    assert not cache.exists()
+
+
+def test_broken_http_response_is_a_one_line_error(http_server, capsys):
+    """Catches: a chunked body cut off mid-chunk (http.client.IncompleteRead, not an OSError) or a garbled status
+    line (BadStatusLine) ending ``surgical-depth download`` in a traceback instead of a one-line error, exit 2."""
+    from SurgicalDepthLib.cli import main
+
+    for behave in (lambda h: _send(h, b"w" * 1000, chunked=True), lambda h: h.wfile.write(b"garbage\r\n\r\n")):
+        digest = "ab" * 32
+        cache = http_server(behave)
+        assert main(["download", "surgical-depth-tiny", "--cache-dir", str(cache), "--sha256", digest,
+                     "--progress", "none"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert "broke off (broken HTTP response: " in err[-1] and "run the command again" in err[-1], err
+        assert not cache.exists()
+
+
+def test_html_page_instead_of_weights_is_refused(http_server):
+    """Catches: a login / error web page answered with status 200 (text/html) saved as the weights file and, with
+    --trust-on-first-use, its digest recorded as the one every later load accepts."""
+    cache = http_server(lambda h: _send(h, b"<html><body>Sign in</body></html>", kind="text/html"))
+    with pytest.raises(ValueError, match=r"answered with a web page \(text/html\), not the weights file"):
+        weights.download("surgical-depth-tiny", cache, trust_on_first_use=True)
+    assert not cache.exists()
+
+
+def test_disk_full_names_the_file(served, monkeypatch):
+    """Catches: a full disk reported as "[Errno 28] No space left on device", naming no file."""
+    import errno
+    import io
+
+    _, digest, cache = served
+
+    class Full(io.BytesIO):
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(weights, "open", lambda *args, **kwargs: Full(), raising=False)
+    with pytest.raises(OSError, match=f"disk full while writing {re.escape(str(cache))}.depth_anything_v2_vitt.pth"):
+        weights.download("surgical-depth-tiny", cache, sha256=digest)
+    assert not cache.exists()
+
+
+def test_download_of_a_verified_cached_file_does_not_fetch_again(served, monkeypatch):
+    """Catches: ``download NAME`` fetching the whole file again (1.3 GB for Large) when the cache already holds it
+    with the expected digest; a cached file with another digest is still replaced."""
+    _, digest, cache = served
+    _pin(monkeypatch, "surgical-depth-tiny", sha256=digest)
+    path = weights.download("surgical-depth-tiny", cache)
+    good = path.read_bytes()
+    seen = []
+    with monkeypatch.context() as offline:
+        offline.setattr(urllib.request, "urlopen", lambda *a, **k: pytest.fail("downloaded again"))
+        assert weights.download("surgical-depth-tiny", cache, progress=lambda d, t: seen.append((d, t))) == path
+    assert seen == [(len(good), len(good))]
+    path.write_bytes(good[:-1] + b"!")  # corrupt: fetched again
+    assert weights.download("surgical-depth-tiny", cache).read_bytes() == good
+
+
+def test_download_removes_partial_files_of_killed_downloads(served):
+    """Catches: the temporary file of a download that was killed (SIGKILL, power loss: no clean-up ran) left in
+    the cache forever (up to 1.3 GB each); a recent one (another download still running) is kept."""
+    import os
+    import time
+
+    _, digest, cache = served
+    cache.mkdir()
+    old = cache / ".depth_anything_v2_vitt.k3q_9zab.pth"
+    young = cache / ".depth_anything_v2_vitt.a1b2c3d4.pth"
+    other = cache / ".depth_anything_v2_vits.k3q_9zab.pth"  # another model's
+    for p in (old, young, other):
+        p.write_bytes(b"partial")
+    past = time.time() - 2 * 86400  # two days untouched
+    os.utime(old, (past, past))
+    os.utime(other, (past, past))
+    path = weights.download("surgical-depth-tiny", cache, sha256=digest)
+    assert sorted(p.name for p in cache.iterdir()) == sorted([path.name, young.name, other.name, path.name + ".sha256"])
+
+
+def test_cache_dir_argument_expands_the_home_folder(monkeypatch, tmp_path):
+    """Catches: ``download(name, "~/weights")`` (or ``cached_path``) using a folder literally named "~" in the
+    working directory, while $SURGICAL_DEPTH_CACHE had "~" expanded."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert weights.cache_dir("~/weights") == tmp_path / "weights"

@@ -12,9 +12,12 @@ def register(subparsers) -> None:
     from ..weights import WEIGHTS
 
     p = subparsers.add_parser("download", help="download official Depth Anything weights into the local cache",
-                              description="The only command that uses the network. Files are SHA256-checked.")
+                              description="The only command that uses the network. Files are SHA256-checked. "
+                                          "Licences of the weights: " + ", ".join(
+                                              f"{name} {WEIGHTS[name].license}" for name in sorted(WEIGHTS))
+                                          + " (CC-BY-NC-4.0: non-commercial use only).")
     p.add_argument("name", choices=sorted(WEIGHTS), metavar="NAME",
-                   help=f"registry name, one of: {', '.join(sorted(WEIGHTS))}")
+                   help=f"registry name, one of: {', '.join(sorted(WEIGHTS))} (licences: see above)")
     p.add_argument("--cache-dir", default=None,
                    help="weight cache folder (default $SURGICAL_DEPTH_CACHE, else ~/.cache/surgical-depth/weights; "
                         "models are loaded by name from that default: set the variable to use another folder)")
@@ -56,11 +59,18 @@ def run(args: argparse.Namespace) -> int:
         if isinstance(exc, urllib.error.HTTPError):
             reason = f"HTTP {exc.code} {exc.reason}"
         raise OSError(f"download {args.name}: cannot reach {url} ({reason})") from None
-    except (TimeoutError, ConnectionError) as exc:  # the connection lost while reading
-        raise OSError(f"download {args.name}: {url} stopped answering ({str(exc) or type(exc).__name__})") from None
+    except (TimeoutError, ConnectionError) as exc:  # the connection lost or the response broken while reading
+        raise OSError(f"download {args.name}: {url} broke off ({str(exc) or type(exc).__name__}); nothing was "
+                      "saved, run the command again") from None
     finally:
         if stage is not None:
             stage.close()
-    print(f"saved {args.name} to {path}")
-    args.result = {"name": args.name, "path": str(path)}
+    licence = WEIGHTS[args.name].license
+    print(f"saved {args.name} to {path} (licence {licence}{licence_note(licence)})")
+    args.result = {"name": args.name, "path": str(path), "license": licence}
     return 0
+
+
+def licence_note(licence: str) -> str:
+    """What a user must know about a weights licence beyond its name (``""`` when nothing)."""
+    return ": non-commercial use only" if "-NC" in licence.upper() else ""
