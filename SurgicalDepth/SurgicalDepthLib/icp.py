@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from .camera import Intrinsics
-from .geometry import backproject, check_rigid, voxel_downsample
+from .geometry import backproject, check_depth_map, check_rigid, point_mask, voxel_downsample
 
 logger = logging.getLogger(__name__)
 
@@ -227,15 +227,27 @@ class PoseTracker:
                 f"pixel stride {self.stride}" + (f", voxel {self.voxel_size}" if self.voxel_size else ""))
 
     def update(self, depth: np.ndarray) -> np.ndarray:
-        """Pose (float64 4×4 camera-to-world) of the next depth map ``[H, W]`` (invalid pixels skipped)."""
+        """Pose (float64 4×4 camera-to-world) of the next depth map ``[H, W]`` (invalid pixels skipped).
+
+        A map without any valid depth is a ValueError; one whose few valid pixels all miss the tracking grid (every
+        ``stride``-th pixel) is an unusable frame, as one ICP cannot register: the previous pose is kept (warned)."""
         k = len(self.poses)
-        depth = np.asarray(depth)
-        mask = np.zeros(depth.shape, dtype=bool)
-        mask[::self.stride, ::self.stride] = True
         try:
-            pts = backproject(depth, self.intrinsics, mask)
-        except ValueError as exc:
-            raise ValueError(f"estimate_poses: frame {k}: {exc}") from exc
+            valid = point_mask(check_depth_map(depth, self.intrinsics), self.intrinsics)
+        except (ValueError, TypeError) as exc:
+            raise type(exc)(f"estimate_poses: frame {k}: {exc}") from exc
+        mask = np.zeros(valid.shape, dtype=bool)
+        mask[::self.stride, ::self.stride] = True
+        if not valid.any():  # a blank map is the caller's error
+            raise ValueError(f"estimate_poses: frame {k}: no valid depth pixels: all {valid.size} pixels of depth "
+                             f"are NaN/inf/<=0")
+        if not (valid & mask).any():  # a few valid pixels, all off the tracking grid: an unusable frame
+            logger.warning("estimate_poses: frame %d has no valid depth on the tracking grid (every %d-th pixel); "
+                           "the previous pose is kept", k, self.stride)
+            self.poses.append(self.poses[-1] if self.poses else np.eye(4))
+            self.frames.append({"failed": "no valid depth"})
+            return self.poses[-1]
+        pts = backproject(depth, self.intrinsics, valid & mask)
         if self.voxel_size is not None:
             pts, _ = voxel_downsample(pts, self.voxel_size)
         if self._prev is None:

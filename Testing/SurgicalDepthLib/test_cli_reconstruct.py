@@ -227,3 +227,70 @@ def test_a_fov_mask_file_of_another_size_names_the_flag_the_file_and_the_input(t
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"--fov-mask {mask} is 40x40 pixels but input {root / 'rgb'} is 70x56" in err[0], err
     assert not out.exists()
+
+
+def _exact_depth_folder(folder, frames):
+    """A ``predict``-style folder holding the clip's exact depth (mm, NaN where invalid)."""
+    from SurgicalDepthLib.saved_predictions import INFO_NAME
+
+    folder.mkdir()
+    for i, frame in enumerate(frames):
+        np.save(folder / f"{i:06d}.npy", np.where(frame["valid"], frame["depth"], np.nan).astype(np.float32))
+    h, w = frames[0]["depth"].shape
+    (folder / INFO_NAME).write_text(json.dumps({"model": "exact", "output_kind": "depth", "depth_unit": "mm",
+                                                "format": "npy", "size": [h, w]}))
+    return folder
+
+
+def _own_points(frame, k):
+    """Camera-frame points of the valid pixels, unprojected here (pixel centres at integers, z-depth)."""
+    v, u = np.nonzero(frame["valid"])
+    z = frame["depth"][v, u].astype(np.float64)
+    return np.stack([(u - k.cx) / k.fx * z, (v - k.cy) / k.fy * z, z], axis=1)
+
+
+def _depth_error(world, frames, k):
+    """Per world point: the least ``|z - depth|`` over the frames that see it (projected to the nearest pixel)."""
+    best = np.full(len(world), np.inf)
+    for f in frames:
+        inv = np.linalg.inv(f["pose"])
+        cam = world @ inv[:3, :3].T + inv[:3, 3]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            u = np.rint(k.fx * cam[:, 0] / cam[:, 2] + k.cx)
+            v = np.rint(k.fy * cam[:, 1] / cam[:, 2] + k.cy)
+        inside = (cam[:, 2] > 0) & (u >= 0) & (u < k.width) & (v >= 0) & (v < k.height)
+        ui, vi = u[inside].astype(int), v[inside].astype(int)
+        seen = f["valid"][vi, ui]
+        err = np.abs(cam[inside, 2][seen] - f["depth"][vi[seen], ui[seen]])
+        idx = np.flatnonzero(inside)[seen]
+        best[idx] = np.minimum(best[idx], err)
+    return best[np.isfinite(best)]
+
+
+def test_exact_depth_and_poses_give_the_true_points_and_the_frames_are_recorded(tmp_path, clip, caplog):
+    """Catches: ``--poses`` without ``--fuse`` read, checked and then silently unused (the per-frame clouds stay in
+    camera coordinates) with no word of it, and reconstruction.json not saying in which coordinates the per-frame
+    clouds and the fused mesh are. With exact depth and poses the clouds are the pixels' true camera-frame points
+    and the fused surface lies on the world points."""
+    from vtkmodules.util.numpy_support import vtk_to_numpy
+
+    root, frames, intr = clip
+    k = frames[0]["intrinsics"]
+    depth = _exact_depth_folder(tmp_path / "pred", frames)
+    base = ["reconstruct", str(root / "rgb"), "--intrinsics", intr, "--depth", str(depth), "--fov-mask", "none",
+            "--poses", str(root / "poses.txt"), "--progress", "none"]
+    with caplog.at_level("WARNING"):
+        assert main(base + ["--output", str(tmp_path / "frames")]) == 0
+    assert any("--poses" in r.getMessage() and "only with --fuse" in r.getMessage() for r in caplog.records)
+    meta = json.loads((tmp_path / "frames" / "reconstruction.json").read_text())
+    assert "camera" in meta["points_frame"] and "fused_mesh_frame" not in meta
+    for i in (0, 2):
+        cloud = sd.load_mesh(tmp_path / "frames" / f"points_{i:06d}.ply")
+        got = vtk_to_numpy(cloud.GetPoints().GetData())
+        np.testing.assert_allclose(got, _own_points(frames[i], k), rtol=1e-5, atol=1e-4)
+    assert main(base + ["--output", str(tmp_path / "fused"), "--fuse", "--voxel-size", "1"]) == 0
+    meta = json.loads((tmp_path / "fused" / "reconstruction.json").read_text())
+    assert "world" in meta["fused_mesh_frame"] and "poses.txt" in meta["fused_mesh_frame"]
+    mesh = sd.load_mesh(tmp_path / "fused" / "fused_mesh.ply")
+    verts = vtk_to_numpy(mesh.GetPoints().GetData()).astype(np.float64)
+    assert np.median(_depth_error(verts, frames, k)) < 0.5  # half a voxel (wrong poses: ~35 mm)

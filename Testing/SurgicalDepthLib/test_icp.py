@@ -138,3 +138,23 @@ def test_errors():
         estimate_poses([scene_depth(POSE_A), np.zeros((120, 160))], CAM)
     with pytest.raises(ValueError, match="depths is empty"):
         estimate_poses([], CAM)
+
+
+def test_a_frame_whose_few_pixels_miss_the_tracking_grid_keeps_the_previous_pose(caplog):
+    """Catches: a frame whose only valid pixels lie off the stride-2 tracking grid (odd rows/columns) ending the
+    whole pose sequence — and ``reconstruct --fuse`` after frames were written — with "estimate_poses: frame 1: no
+    valid depth pixels", while the same frame with its pixels on the grid is kept at the previous pose."""
+    steps = [rigid(1.0 * k, -1.5 * k, (2.0 * k, -1.0 * k, 1.5 * k), 0.5 * k) for k in range(3)]
+    depths = [scene_depth(P) for P in steps]
+    odd = np.zeros_like(depths[0])
+    odd[61, 81] = odd[63, 85] = 50.0
+    with caplog.at_level("WARNING", logger="SurgicalDepthLib.icp"):
+        poses, info = estimate_poses([depths[0], odd, depths[1], depths[2]], CAM)
+    assert [bool(f and f.get("failed")) for f in info["frames"]] == [False, True, False, False]
+    assert np.array_equal(poses[1], poses[0]) and "no valid depth on the tracking grid" in caplog.text
+    rot_err, trans_err = motion_errors(poses[3], np.linalg.inv(steps[0]) @ steps[2])
+    assert rot_err < 0.5 and trans_err < 0.02
+    poses, info = estimate_poses([odd, depths[0], depths[1]], CAM)  # nothing to start from: the next frame does
+    assert info["frames"][0]["failed"] and np.array_equal(poses[1], np.eye(4))
+    rot_err, trans_err = motion_errors(poses[2], np.linalg.inv(steps[0]) @ steps[1])
+    assert rot_err < 0.5 and trans_err < 0.02

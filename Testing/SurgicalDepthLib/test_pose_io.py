@@ -101,7 +101,7 @@ def test_rounded_rotations_are_snapped_and_scaled_ones_refused(tmp_path):
     scaled = exact[1].copy()
     scaled[:3, :3] *= 2.0
     path.write_text(format_pose_file([exact[0], scaled], [0, 1]))
-    with pytest.raises(ValueError, match=r"rounded\.txt: pose of frame 1 is not a rigid transform"):
+    with pytest.raises(ValueError, match=r"rounded\.txt:3: pose of frame 1 is not a rigid transform"):
         read_poses(path)
 
 
@@ -117,3 +117,60 @@ def test_pose_file_written_by_windows_tools(tmp_path, encoding):
     path.write_bytes(format_pose_file(poses, [0, 5]).replace("\n", "\r\n").encode(encoding))
     got = read_poses(path)
     assert sorted(got) == [0, 5] and np.allclose(got[5], poses[1]) and np.allclose(got[0], poses[0])
+
+
+def _posed(i: int) -> np.ndarray:
+    """A rigid camera-to-world pose with a non-zero translation."""
+    from scipy.spatial.transform import Rotation
+
+    pose = np.eye(4)
+    pose[:3, :3] = Rotation.from_rotvec([0.2 * i, 0.1, -0.3]).as_matrix()
+    pose[:3, 3] = [1.5 + i, -2.0, 30.0 + 2 * i]
+    return pose
+
+
+def test_pose_errors_name_the_line_and_shifted_columns_are_refused(tmp_path):
+    """Catches: a pose error naming only the frame (not the line to fix), and one value missing from an indexed
+    line read as a pose without index (the index taken as m00, the frame numbered by position) and reported as
+    "last matrix row must be 0 0 0 1, got [30.0, 0.0, 0.0, 0.0]" instead of naming the line's short columns, and a
+    timestamp in the index column reported as "expected numbers" (it is one: it is no integer frame index)."""
+    from SurgicalDepthLib.pose_io import read_poses
+
+    path = tmp_path / "poses.txt"
+    lines = format_pose_file([_posed(0), _posed(1), _posed(2)], [7, 8, 9]).splitlines()
+    lines[2] = lines[2].rsplit(" ", 1)[0]  # frame 8 lost its last number
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"poses\.txt:3: 16 numbers, but line 2 has 17: every line needs the same"):
+        read_poses(path)
+    nan = _posed(1)
+    nan[1, 1] = np.nan
+    path.write_text(format_pose_file([_posed(0), nan], [0, 1]))
+    with pytest.raises(ValueError, match=r"poses\.txt:3: pose of frame 1 has values that are not finite"):
+        read_poses(path)
+    path.write_text("1305031102.175304 " + " ".join(repr(float(v)) for v in _posed(0).ravel()) + "\n")
+    with pytest.raises(ValueError, match=r"poses\.txt:1: the first of 17 numbers must be an integer frame index, "
+                                         r"got '1305031102\.175304'"):
+        read_poses(path)
+
+
+def test_column_major_pose_file_of_c3vd_is_read(tmp_path):
+    """Catches: C3VD's ``pose.txt`` (16 comma-separated numbers per line, column-major: the translation last) given
+    to ``reconstruct --poses`` refused with "last matrix row must be 0 0 0 1, got [tx, ty, tz, 1.0]"; a line with
+    zero translation (both orders read as a matrix) must follow the file's order, not be transposed alone."""
+    from SurgicalDepthLib.pose_io import read_poses
+
+    poses = [_posed(0), _posed(1), _posed(2)]
+    poses[1][:3, 3] = 0.0  # reads both ways
+    path = tmp_path / "pose.txt"
+    path.write_text("\n".join(",".join(repr(float(v)) for v in p.T.ravel()) for p in poses) + "\n")
+    got = read_poses(path)
+    assert sorted(got) == [0, 1, 2]
+    for i, pose in enumerate(poses):
+        assert np.array_equal(got[i], pose)
+    path.write_text(format_pose_file(poses))  # the same poses row-major: read as they are
+    assert all(np.array_equal(read_poses(path)[i], poses[i]) for i in range(3))
+    mixed = [" ".join(repr(float(v)) for v in p.ravel()) for p in poses]
+    mixed[2] = " ".join(repr(float(v)) for v in poses[2].T.ravel())
+    path.write_text("\n".join(mixed) + "\n")
+    with pytest.raises(ValueError, match=r"pose\.txt:3: pose of frame 2: last matrix row must be 0 0 0 1"):
+        read_poses(path)

@@ -4,7 +4,10 @@ Relative models predict disparity with no scale: it becomes depth through ``--de
 nearest and farthest visible tissue, a documented assumption written to ``reconstruction.json``); metric models
 are used as they are. Poses come from ``--poses FILE`` (one line per source frame: optional index then the 16
 numbers of the 4×4 camera-to-world matrix, row-major; ``#`` comments; with ``--stride`` frame i takes the pose of
-index i) or, without it, from frame-to-frame ICP. ``--depth DIR`` reuses the maps that ``predict`` wrote.
+index i) or, without it, from frame-to-frame ICP (the first fused frame's camera is then the world frame). Per-frame
+clouds and meshes are in each frame's camera coordinates (x right, y down, z forward, mm; ``points_frame`` in
+``reconstruction.json``), the fused mesh in the world frame of the poses (``fused_mesh_frame``). ``--depth DIR``
+reuses the maps that ``predict`` wrote.
 
 The field-of-view mask used (``--fov-mask``) is written as ``fov_mask.png``; when the scope image moves in the frame
 (an ``auto`` mask follows it), each new mask as ``fov_mask_<frame index:06d>.png`` (the source frame it applies
@@ -38,6 +41,9 @@ from ._fov_outputs import FovMaskAction, FovMaskFiles, check_fov_mask_fits
 
 logger = logging.getLogger(__name__)
 
+#: the coordinates of the per-frame clouds and meshes (recorded in reconstruction.json as ``points_frame``)
+CAMERA_FRAME = "each frame's own camera: OpenCV, x right, y down, z forward (along the optical axis), mm"
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("reconstruct", help="depth -> point clouds / meshes; --fuse for one surface",
@@ -55,8 +61,8 @@ def register(subparsers) -> None:
     add_depth_range_arg(p)
     p.add_argument("--fuse", action="store_true", help="integrate all frames into one TSDF surface")
     p.add_argument("--poses", type=Path, default=None,
-                   help="camera-to-world poses (text, one per source frame; an index column is honoured); "
-                        "default: ICP")
+                   help="camera-to-world poses for --fuse (text, one per source frame; an index column is "
+                        "honoured); default: ICP")
     p.add_argument("--voxel-size", type=float, default=1.0, help="TSDF voxel size in mm")
     p.add_argument("--max-depth", type=float, default=None, metavar="MM",
                    help="fuse only depth up to this (mm); default: FAR of --depth-range for relative models, no cap "
@@ -120,7 +126,10 @@ class _Fusion:
 
 def _open_input(args: argparse.Namespace) -> tuple[Any, Any, dict[int, np.ndarray] | None]:
     """The frame reader, the intrinsics for its size and the given poses (every selected frame must have one)."""
-    poses = read_poses(args.poses) if args.poses is not None else None
+    poses = read_poses(args.poses) if args.poses is not None and args.fuse else None
+    if args.poses is not None and not args.fuse:
+        logger.warning("--poses %s is used only with --fuse (per-frame outputs are in each frame's camera "
+                       "coordinates): ignored", args.poses)
     stop = None if args.max_frames is None else args.max_frames * args.stride
     reader = open_frames(args.input, stop=stop, stride=args.stride, prefetch=2)
     height, width = reader.size
@@ -151,7 +160,7 @@ def _summary(args: argparse.Namespace, source: Any, intr: Any, count: int) -> di
     else:
         scale = f"metric model output ({source.depth_unit}), converted to mm"
     meta = {"input": str(args.input), "model": source.source, "output_kind": source.output_kind, "frames": count,
-            "unit": "mm", "intrinsics": intr.to_dict(), "depth_scale": scale}
+            "unit": "mm", "intrinsics": intr.to_dict(), "depth_scale": scale, "points_frame": CAMERA_FRAME}
     if args.depth is not None:
         meta["depth"] = str(args.depth)
     return meta
@@ -192,6 +201,10 @@ def _write_fusion(out: RunFolder, args: argparse.Namespace, fusion: _Fusion, met
         tmp.write_text(format_pose_file(fusion.used.values(), fusion.used.keys()))
     meta["poses"] = (f"given ({args.poses})" if fusion.poses is not None
                      else "estimated by frame-to-frame point-to-plane ICP (robust, Huber); drift accumulates")
+    meta["fused_mesh_frame"] = (f"world: the frame of the poses in {args.poses} (camera-to-world)"
+                                if fusion.poses is not None else
+                                f"world: the camera frame of frame {next(iter(fusion.used), 0)} (its pose is the "
+                                f"identity; {CAMERA_FRAME})")
     meta["voxel_size_mm"] = args.voxel_size
     meta["max_depth_mm"] = fusion.volume.max_depth  # None: no cap
     print(f"fused mesh: {mesh_path} ({meta['poses']})")
