@@ -120,6 +120,30 @@ def test_saved_depth_blank_frame_is_skipped(tmp_path, clip):
     assert sorted(read_poses(out / "poses.txt")) == [0, 2]
 
 
+def test_saved_depth_of_other_frames_fails_before_any_output(tmp_path, clip, capsys):
+    """Maps predicted with ``--stride 2`` read by a reconstruct of every frame. Catches: frame 0's cloud written,
+    then the run stopped at frame 1 (a partial run folder, no fused mesh, no reconstruction.json), with no word of
+    the --stride that selects the frames the maps are for; the same run with that stride succeeds."""
+    from SurgicalDepthLib.saved_predictions import INFO_NAME
+
+    root, _, intr = clip
+    depth_dir = tmp_path / "pred"
+    depth_dir.mkdir()
+    ramp = np.linspace(1.0, 2.0, 56 * 70, dtype=np.float32).reshape(56, 70)
+    for i in (0, 2):
+        np.save(depth_dir / f"{i:06d}.npy", ramp)
+    (depth_dir / INFO_NAME).write_text(json.dumps({"model": "test", "output_kind": "disparity",
+                                                   "depth_unit": "relative", "format": "npy", "size": [56, 70]}))
+    command = ["reconstruct", str(root / "rgb"), "--intrinsics", intr, "--depth", str(depth_dir), "--fuse",
+               "--voxel-size", "2"]
+    assert main([*command, "--output", str(tmp_path / "all")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "frame 1" in err[0] and "--stride 2" in err[0], err
+    assert not (tmp_path / "all").exists()
+    assert main([*command, "--stride", "2", "--output", str(tmp_path / "every2")]) == 0
+    assert (tmp_path / "every2" / "reconstruction.json").is_file()
+
+
 def test_max_depth_keeps_far_outliers_of_a_metric_model_out_of_the_fusion(tmp_path, clip, capsys):
     """Catches metric depth fused without a cap: one 2 m outlier pixel per frame made the fused grid too large, so
     the run failed after every frame with advice to pass an option the CLI did not have; ``--max-depth`` caps it

@@ -222,6 +222,8 @@ def run(args: argparse.Namespace) -> int:
         out.protect(reader.files or [])
         check_fov_mask_fits(args, reader.size, args.input)
         source = _depth_source(args)
+        if isinstance(source, SavedPredictions):  # a frame without its map fails here, before any output
+            source.check_frames(reader.indices, reader.size)
         print(f"depth: {source.source} ({source.output_kind}); intrinsics fx={intr.fx:.1f} fy={intr.fy:.1f} "
               f"cx={intr.cx:.1f} cy={intr.cy:.1f} for {intr.width}x{intr.height}")
         fusion = _Fusion(args, intr, poses, source) if args.fuse else None
