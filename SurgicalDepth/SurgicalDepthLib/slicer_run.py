@@ -222,6 +222,17 @@ class RunResult:
     fov_mask: np.ndarray | None = None
 
 
+def _track(tracker: Any, frame: Any) -> np.ndarray | None:
+    """The camera pose of ``frame`` from the ICP ``tracker`` (None without one; NaN depth is skipped). A frame
+    without any depth (a black screen) keeps the previous pose (the first frame's: the identity): ICP refuses a
+    blank map, and one black frame must not end a run."""
+    if tracker is None:
+        return None
+    if not frame.valid.any():
+        return tracker.poses[-1] if tracker.poses else np.eye(4)
+    return tracker.update(frame.depth_mm)
+
+
 def run_frames(model: Any, source: FrameSource, intrinsics: Any, kinds: Iterable[str],
                write: Callable[[int, dict], Any], progress: Callable[[float, str], bool], *,
                point_budget: int = DEFAULT_POINT_BUDGET, near_mm: float | None = None, far_mm: float | None = None,
@@ -269,8 +280,8 @@ def run_frames(model: Any, source: FrameSource, intrinsics: Any, kinds: Iterable
     with closing(stream):
         for frame in stream:
             fov = frame.fov_mask  # one array for the whole stream
-            pose = tracker.update(frame.depth_mm) if tracker is not None else None  # NaN depth is skipped
-            if tsdf is not None:
+            pose = _track(tracker, frame)
+            if tsdf is not None and frame.valid.any():
                 tsdf.integrate(frame.depth_mm, frame.rgb, intrinsics, pose)
             write(source.item(frame.index), frame_outputs(frame, intrinsics, kinds, pose, point_budget))
             shown.update(frame.depth_mm)

@@ -206,6 +206,32 @@ def test_run_frames_cancel_stops_in_the_loop_and_in_fusion(model, one_torch_thre
     assert len(poses) == 5 and np.allclose(poses[0], np.eye(4)) and result.fused is not None
 
 
+class _BlankFrame:
+    """A model with the inference API whose prediction for source frame ``blank`` is flat (a black screen: no depth),
+    and the tiny model's for the others."""
+
+    def __init__(self, model, blank: int):
+        self.model, self.blank = model, blank
+        self.output_kind, self.depth_unit, self.default_batch_size = model.output_kind, model.depth_unit, 1
+
+    def iter_batches(self, frames, input_size=None, batch_size=None):
+        for i, batch in enumerate(self.model.iter_batches(frames, input_size, 1)):
+            yield np.zeros_like(batch) if i == self.blank else batch
+
+
+def test_fusion_goes_on_past_a_blank_frame(model, one_torch_thread):
+    """Catches: a black frame (no valid depth) in a Slicer run with fusion handed to ICP, which refuses a blank map,
+    so the whole run failed at it; the blank frame keeps the previous pose and is not fused, as the CLI skips it."""
+    frames = [textured(40, 56, s) for s in range(4)]
+    intr = sd.Intrinsics.from_fov(56, 40, 70.0)
+    poses = []
+    result = run.run_frames(_BlankFrame(model, 2), _array_source(frames), intr, ["depth", "poses"],
+                            lambda item, out: poses.append(out["poses"]), lambda f, text: True, input_size=SIZE,
+                            voxel_mm=2.0, fov_mask=None)
+    assert result.frames == 4 and len(poses) == 4 and result.fused is not None
+    assert np.array_equal(poses[2], poses[1])
+
+
 def test_fusion_holds_no_more_than_the_memory_it_is_given(model, one_torch_thread, monkeypatch):
     """Catches: the TSDF volume of a Slicer run built with its 5 GiB defaults whatever memory the budget left
     (``check_memory``'s answer), so its pool and extraction grid could take more than the run was allowed."""
