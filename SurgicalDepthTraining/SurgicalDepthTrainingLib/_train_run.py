@@ -110,6 +110,11 @@ class TrainRun:
         self.state = restore_training_state(self.resume_from, self.last_path, self.core, self.optimizer,
                                             self.scheduler)
         self.saved_step, self.resume_from, self.resumed = self.state.step, None, True
+        # the learning rate of the next step by this run's schedule: a run resumed with more steps (max_steps,
+        # epochs) than it was saved with would otherwise take its first step at the old end's rate (0: no step)
+        for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs,
+                                       self.scheduler.lr_lambdas):
+            group["lr"] = base * factor(self.scheduler.last_epoch)
         logger.info("resumed %s at epoch %d, step %d", self.last_path, self.state.epoch, self.state.step)
         if self.state.step >= self.total:
             logger.info("%s: the run already finished (%d of %d steps)", self.last_path, self.state.step, self.total)

@@ -416,6 +416,19 @@ class FailsAt(Planes):
         return super().__getitem__(i)
 
 
+def test_resume_with_more_steps_trains_from_its_first_step(tmp_path):
+    """A finished 2-step run resumed with ``max_steps=3``. Catches: the resumed step taken at the learning rate the
+    old schedule ended with (0), so it changed no weight; it runs at the rate of step 2 of 3 of the new schedule."""
+    train(tiny(tmp_path, max_steps=2, augment=False), train_data=Planes(4), val_data=Planes(1, offset=9))
+    before = load_training_checkpoint(tmp_path / "run" / "last.pt")
+    assert before["optimizer"]["param_groups"][0]["lr"] == 0.0
+    train(tiny(tmp_path, max_steps=3, augment=False), train_data=Planes(4), val_data=Planes(1, offset=9),
+          resume=True)
+    after = load_training_checkpoint(tmp_path / "run" / "last.pt")
+    assert after["step"] == 3
+    assert any(not torch.equal(before["model"][k], after["model"][k]) for k in before["model"])
+
+
 def test_checkpoint_at_every_epoch_end_before_a_crash(tmp_path):
     """Catches: no last.pt until the run ends, so a crash in the second epoch loses the first one."""
     data = FailsAt(4, read=5)  # 2 steps of 2 samples per epoch: the 5th read is the first of epoch 2
