@@ -72,6 +72,8 @@ def _read_json(path: Path, text: str, width: int | None, height: int | None) -> 
         raise ValueError(f"intrinsics file {path} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise ValueError(f"intrinsics file {path} must hold a JSON object, got {type(data).__name__}")
+    if set(_K_NAMES) & set(data) and not {"fx", "dist", "distortion"} & set(data):  # cv2.FileStorage's JSON,
+        return _from_fields(path, *_mapping_fields(path, data), width, height)  # a ROS CameraInfo message's
     stated = _stated_size(path, data.get("width"), data.get("height"), "width/height")
     data = {**data, "width": stated[0] if stated else width, "height": stated[1] if stated else height}
     if data["width"] is None or data["height"] is None:
@@ -98,59 +100,138 @@ def _check_size(intr: Intrinsics, width: int | None, height: int | None, source:
                          f"but {width}x{height} was given")
 
 
+_K_NAMES = ("camera_matrix", "K", "k")  # OpenCV's calibration samples; ROS 1 / ROS 2 CameraInfo messages
+_D_NAMES = ("distortion_coefficients", "D", "d")
+_FISHEYE_MODELS = ("fisheye", "equidistant")  # ROS's and Kalibr's name for OpenCV's fisheye model
+_OPENCV_MODELS = ("", "none", "opencv", "pinhole", "plumb_bob", "rational_polynomial", "radtan", "radial-tangential")
+
+
 def _read_opencv_storage(path: Path, text: str, width: int | None, height: int | None) -> Intrinsics:
     import cv2  # lazy: heavy import
 
-    if path.suffix.lower() != ".xml" and not text.lstrip().startswith("%YAML"):
-        text = "%YAML:1.0\n" + text  # ROS/plain YAML lacks the header FileStorage needs
-    try:  # a parse error surfaces as cv2.error, or as SystemError from the binding
-        fs = cv2.FileStorage(text, cv2.FILE_STORAGE_READ | cv2.FILE_STORAGE_MEMORY)
+    header = text.lstrip().startswith("%YAML")
+    source = text if path.suffix.lower() == ".xml" or header else "%YAML:1.0\n" + text  # ROS/plain YAML lacks the
+    try:  # header FileStorage needs; a parse error surfaces as cv2.error, or as SystemError from the binding
+        fs = cv2.FileStorage(source, cv2.FILE_STORAGE_READ | cv2.FILE_STORAGE_MEMORY)
     except (cv2.error, SystemError) as exc:
+        plain = None if header or path.suffix.lower() == ".xml" else _plain_yaml(text)
+        if plain is not None:  # YAML that OpenCV's parser does not take (a ros2 topic echo's block lists)
+            return _from_fields(path, *_mapping_fields(path, plain), width, height)
         cause = exc.__cause__ or exc.__context__ or exc  # the binding's SystemError wraps OpenCV's own error
         raise ValueError(f"intrinsics file {path} is not valid OpenCV YAML/XML: "
                          f"{(str(cause).strip().splitlines() or [type(cause).__name__])[-1]}") from None
     try:
-        def matrix(name: str) -> np.ndarray | None:
-            node = fs.getNode(name)
-            if node.empty():
-                return None
-            if node.isSeq():  # a plain list (a ROS CameraInfo message's K, D); mat() fails on it
-                return np.asarray([node.at(i).real() for i in range(node.size())], dtype=np.float64)
-            if node.isMap() and not node.getNode("data").empty():  # ROS camera_info style
-                data = node.getNode("data")
-                return np.asarray([data.at(i).real() for i in range(data.size())], dtype=np.float64)
-            mat = node.mat() if node.isMap() else None
-            return None if mat is None else np.asarray(mat, dtype=np.float64).ravel()
-
-        def scalar(name: str) -> int | None:
-            node = fs.getNode(name)
-            return None if node.empty() else int(node.real())
-
-        K = matrix("camera_matrix")
-        if K is None:
-            K = matrix("K")
-        if K is None or K.size != 9:
-            raise ValueError(f"intrinsics file {path}: expected a 3x3 'camera_matrix', got "
-                             f"{'nothing' if K is None else f'{K.size} values'}")
-        dist = matrix("distortion_coefficients")
-        if dist is None:
-            dist = matrix("D")
-        model_node = fs.getNode("distortion_model")
-        model = "" if model_node.empty() else model_node.string().lower()
-        stated = _stated_size(path, scalar("image_width"), scalar("image_height"), "image_width/image_height") \
-            or _stated_size(path, scalar("width"), scalar("height"), "width/height")  # a CameraInfo message
-        w, h = stated or (width, height)
+        return _from_fields(path, *_storage_fields(path, fs), width, height)
     finally:
         fs.release()
+
+
+def _plain_yaml(text: str) -> dict | None:
+    """The first document of a YAML text as a dict (None when it is not YAML or holds no mapping)."""
+    import yaml  # lazy: only for YAML that OpenCV's parser refuses
+
+    try:
+        return next((doc for doc in yaml.safe_load_all(text) if isinstance(doc, dict)), None)
+    except yaml.YAMLError:
+        return None
+
+
+def _storage_fields(path: Path, fs: Any) -> tuple:
+    """(K, dist, distortion_model, fisheye flag, stated size) of an open ``cv2.FileStorage``."""
+    def matrix(names: tuple[str, ...]) -> tuple[str, np.ndarray | None]:
+        for name in names:
+            node = fs.getNode(name)
+            if node.empty():
+                continue
+            if node.isSeq():  # a plain list (a ROS CameraInfo message's K, D); mat() fails on it
+                return name, _numbers(path, name, _node_values(node))
+            if node.isMap() and not node.getNode("data").empty():  # ROS camera_info style
+                data = node.getNode("data")
+                return name, _numbers(path, name, [data.at(i).real() for i in range(data.size())])
+            mat = node.mat() if node.isMap() else None
+            if mat is None:
+                raise ValueError(f"intrinsics file {path}: '{name}' must be a matrix or a list of numbers")
+            return name, np.asarray(mat, dtype=np.float64).ravel()
+        return names[0], None
+
+    def scalar(name: str) -> Any:
+        node = fs.getNode(name)
+        if node.empty():
+            return None
+        if node.isInt():
+            return int(node.real())
+        if node.isReal():
+            return node.real()  # Intrinsics refuses a fractional size
+        raise ValueError(f"intrinsics file {path}: '{name}' must be a number, got {node.string()!r}")
+
+    model_node = fs.getNode("distortion_model")
+    model = None if model_node.empty() else model_node.string()
+    stated = _stated_size(path, scalar("image_width"), scalar("image_height"), "image_width/image_height") \
+        or _stated_size(path, scalar("width"), scalar("height"), "width/height")  # a CameraInfo message
+    return matrix(_K_NAMES), matrix(_D_NAMES)[1], model, scalar("fisheye_model"), stated
+
+
+def _node_values(node: Any) -> list:
+    """The numbers of a ``cv2.FileNode`` list, nested lists flattened (a 3×3 K as three rows); other items as their
+    text, for :func:`_numbers` to refuse."""
+    values = []
+    for i in range(node.size()):
+        item = node.at(i)
+        values.extend(_node_values(item) if item.isSeq() else
+                      [item.real() if item.isInt() or item.isReal() else item.string()])
+    return values
+
+
+def _mapping_fields(path: Path, data: dict) -> tuple:
+    """:func:`_storage_fields` of a calibration read as a dict (JSON written by ``cv2.FileStorage``, plain YAML)."""
+    def matrix(names: tuple[str, ...]) -> tuple[str, np.ndarray | None]:
+        name = next((n for n in names if data.get(n) is not None), names[0])
+        value = data.get(name)
+        if isinstance(value, dict):  # {rows, cols, data}: cv2.FileStorage's JSON, ROS camera_info YAML
+            value = value.get("data")
+        return name, None if value is None else _numbers(path, name, value)
+
+    stated = _stated_size(path, data.get("image_width"), data.get("image_height"), "image_width/image_height") \
+        or _stated_size(path, data.get("width"), data.get("height"), "width/height")
+    return matrix(_K_NAMES), matrix(_D_NAMES)[1], data.get("distortion_model"), data.get("fisheye_model"), stated
+
+
+def _numbers(path: Path, name: str, values: Any) -> np.ndarray:
+    """float64 flat array of a calibration field's numbers (ValueError naming the file and field otherwise)."""
+    try:
+        return np.asarray(values, dtype=np.float64).ravel()
+    except (TypeError, ValueError):
+        raise ValueError(f"intrinsics file {path}: '{name}' must hold numbers, got {values!r}"[:300]) from None
+
+
+def _from_fields(path: Path, K_field: tuple[str, np.ndarray | None], dist: np.ndarray | None, model: Any,
+                 fisheye_flag: Any, stated: tuple | None, width: int | None, height: int | None) -> Intrinsics:
+    """Intrinsics from a calibration's fields: K (9 numbers) and its field name, distortion coefficients,
+    ``distortion_model`` (ROS), ``fisheye_model`` (OpenCV's calibration sample: 1 for ``cv::fisheye``), the size it
+    states (else ``width × height``)."""
+    name, K = K_field
+    if K is None or K.size != 9:
+        raise ValueError(f"intrinsics file {path}: expected a 3x3 '{name}', got "
+                         f"{'nothing' if K is None else f'{K.size} values'}")
+    model = "" if model is None else str(model).strip().lower()
+    if model not in _FISHEYE_MODELS + _OPENCV_MODELS:
+        raise ValueError(f"intrinsics file {path}: distortion_model {model!r} is not supported; expected one of "
+                         f"{_FISHEYE_MODELS + _OPENCV_MODELS[1:]}")
     distortion = None
     if dist is not None and np.any(dist):
-        if model in ("fisheye", "equidistant"):
-            distortion = {"model": "fisheye", "coeffs": dist.tolist()}
-        else:
-            distortion = {"model": "opencv", "coeffs": dist.tolist()}
+        fisheye = model in _FISHEYE_MODELS or (not model and _flag(path, fisheye_flag))
+        distortion = {"model": "fisheye" if fisheye else "opencv", "coeffs": dist.tolist()}
+    w, h = stated or (width, height)
     if w is None or h is None:
         raise MissingImageSize(f"intrinsics file {path} has no image_width/image_height; pass the image size")
     return Intrinsics.from_matrix(K.reshape(3, 3), w, h, distortion)
+
+
+def _flag(path: Path, value: Any) -> bool:
+    """``fisheye_model``: absent, 0 or 1 (OpenCV's calibration sample writes its ``useFisheye`` setting)."""
+    if value is None or value in (0, 1) and not isinstance(value, str):
+        return bool(value)
+    raise ValueError(f"intrinsics file {path}: 'fisheye_model' must be 0 or 1, got {value!r}")
 
 
 def _read_text_matrix(path: Path, text: str, width: int | None, height: int | None) -> Intrinsics:

@@ -36,11 +36,14 @@ _OPENCV_COEFF_COUNTS = (4, 5, 8, 12, 14)
 DEFAULT_FOV_DEG = 70.0
 #: allowed focal lengths, as multiples of the longer image side (see ``Intrinsics._check_physical``)
 FOCAL_RANGE = (0.05, 1000.0)
-# Fixed-point iteration of cv2.undistortPoints: the default (5 iterations) leaves ~1e-4 normalised error on
-# strong barrel distortion; iterate to machine precision instead.
-_UNDISTORT_CRITERIA = (3, 100, 1e-14)  # cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS
+# Fixed-point iteration of cv2.undistortPoints: a starting estimate, polished by Newton's method where it has not
+# converged (``_refined_opencv_rays``; the fisheye model's own: ``fisheye.fisheye_angles``).
+_UNDISTORT_CRITERIA = (3, 10, 1e-14)  # cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS
+_FISHEYE_CRITERIA = (3, 100, 1e-14)  # its Newton iteration converges in a few steps where it converges at all
 #: an OpenCV-model ray is kept when it projects back within this many pixels of its pixel
-_RAY_TOLERANCE_PX = 1e-3
+_RAY_TOLERANCE_PX = 1e-6
+#: Newton steps polishing OpenCV's inversion (quadratic convergence: a few suffice from its estimate)
+_NEWTON_STEPS = 20
 
 
 def _check_distortion(distortion: Any) -> dict | None:
@@ -192,7 +195,10 @@ class Intrinsics:
                 raise ValueError(f"intrinsics with 'K' also need {missing}; got keys {sorted(data)}")
             dist = data.get("dist", data.get("distortion"))
             if dist is not None and not isinstance(dist, dict):
-                dist = opencv_or_none(dist)
+                try:
+                    dist = opencv_or_none(dist)
+                except (TypeError, ValueError):
+                    raise ValueError(f"intrinsics 'dist' must be a list of numbers, got {dist!r}") from None
             return cls.from_matrix(K, data["width"], data["height"], dist)
         missing = [k for k in ("fx", "fy", "cx", "cy", "width", "height") if k not in data]
         if missing:
@@ -209,7 +215,7 @@ class Intrinsics:
             raise ValueError(f"camera matrix K must be 3x3, got shape {K.shape}")
         if abs(K[0, 1]) > 1e-9 * abs(K[0, 0]) or not np.allclose(K[2], [0, 0, 1]) or K[1, 0] != 0:
             raise ValueError(f"camera matrix K must be [[fx,0,cx],[0,fy,cy],[0,0,1]] (no skew), got {K.tolist()}")
-        return cls(K[0, 0], K[1, 1], K[0, 2], K[1, 2], int(width), int(height), distortion)
+        return cls(K[0, 0], K[1, 1], K[0, 2], K[1, 2], width, height, distortion)  # a fractional size is refused
 
     @classmethod
     def from_fov(cls, width: int, height: int, fov_deg: float | None = None) -> "Intrinsics":
@@ -234,10 +240,13 @@ class Intrinsics:
         """Read intrinsics from a calibration file.
 
         Formats (by suffix):
-        - ``.json``: ``{fx, fy, cx, cy, width, height[, distortion]}`` or ``{"K": 3x3, "dist": [...], width, height}``;
+        - ``.json``: ``{fx, fy, cx, cy, width, height[, distortion]}`` or ``{"K": 3x3, "dist": [...], width, height}``,
+          or the fields below (``cv2.FileStorage``'s JSON, a ROS CameraInfo message);
         - ``.yaml/.yml/.xml``: OpenCV ``FileStorage`` (``camera_matrix``, ``distortion_coefficients``,
-          ``image_width``, ``image_height``; ``!!opencv-matrix`` or ROS-style ``{rows, cols, data}``);
-          ``distortion_model: fisheye|equidistant`` selects the fisheye model;
+          ``image_width``, ``image_height``; ``!!opencv-matrix`` or ROS-style ``{rows, cols, data}``; a ROS
+          CameraInfo message's ``K``/``k``, ``D``/``d``, ``width``, ``height``);
+          ``distortion_model: fisheye|equidistant`` (ROS) or ``fisheye_model: 1`` (OpenCV's calibration sample)
+          selects the fisheye model, another ROS model than ``plumb_bob``/``rational_polynomial`` is refused;
         - OCamCalib's ``calib_results.txt`` (Scaramuzza's toolbox; recognised by its comment lines), the
           ``ocam`` model (:mod:`.ocam`);
         - anything else (``.txt``): 9 numbers of a 3×3 K (row-major, e.g. EndoSLAM ``fx,0,cx,0,fy,cy,0,0,1``)
@@ -295,8 +304,8 @@ def pixel_rays(intrinsics: Intrinsics) -> np.ndarray:
 
     A 3D point of pixel (u, v) with depth z is ``z * (x, y, 1)``. Without distortion
     ``x = (u - cx) / fx, y = (v - cy) / fy``; with distortion the pixel is undistorted by
-    ``cv2.undistortPoints`` (iterated to convergence; NaN for a pixel whose ray does not project back onto it within
-    1e-3 px: past the radial polynomial's turning point no ray reaches it) or ``cv2.fisheye.undistortPoints``; an
+    ``cv2.undistortPoints`` polished by Newton's method (NaN for a pixel whose ray does not project back onto it
+    within 1e-6 px: past the radial polynomial's turning point no ray reaches it) or ``cv2.fisheye.undistortPoints``; an
     ``ocam`` camera's
     rays are exact (:func:`.ocam.ocam_rays`, NaN where a pixel sees 90° or more off axis). A fisheye polynomial
     fitted to a scope often stops increasing before the image corners (beyond its calibrated range, where OpenCV's
@@ -322,13 +331,9 @@ def pixel_rays(intrinsics: Intrinsics) -> np.ndarray:
     xd, yd = (u - intrinsics.cx) / intrinsics.fx, (v - intrinsics.cy) / intrinsics.fy
     if intrinsics.distortion["model"] != "fisheye":
         rays = cv2.undistortPoints(pix, K, D, criteria=_UNDISTORT_CRITERIA).reshape(H, W, 2).astype(np.float64)
-        with np.errstate(invalid="ignore", over="ignore"):
-            x, y = distort_normalized(rays[..., 0], rays[..., 1], intrinsics.distortion)
-            # pixels past the radial function's turning point have no ray; OpenCV's iteration still returns one
-            lost = ~(np.hypot(x - xd, y - yd) <= _RAY_TOLERANCE_PX / max(intrinsics.fx, intrinsics.fy))
-        rays[lost] = np.nan
-        return rays
-    rays = cv2.fisheye.undistortPoints(pix, K, D, criteria=_UNDISTORT_CRITERIA).reshape(H, W, 2).astype(np.float64)
+        return _refined_opencv_rays(rays, xd, yd, intrinsics.distortion, _RAY_TOLERANCE_PX / max(intrinsics.fx,
+                                                                                                   intrinsics.fy))
+    rays = cv2.fisheye.undistortPoints(pix, K, D, criteria=_FISHEYE_CRITERIA).reshape(H, W, 2).astype(np.float64)
     with np.errstate(invalid="ignore", over="ignore"):
         x, y = distort_normalized(rays[..., 0], rays[..., 1], intrinsics.distortion)
         good = (np.abs(x - xd) <= 1e-9) & (np.abs(y - yd) <= 1e-9) & (
@@ -338,6 +343,55 @@ def pixel_rays(intrinsics: Intrinsics) -> np.ndarray:
         scale = np.tan(fisheye_angles(rd, D)) / np.maximum(rd, 1e-300)
         rays[~good] = np.stack([xd[~good] * scale, yd[~good] * scale], axis=-1)
     return rays
+
+
+def _refined_opencv_rays(rays: np.ndarray, xd: np.ndarray, yd: np.ndarray, distortion: dict,
+                         tolerance: float) -> np.ndarray:
+    """OpenCV-model rays float64 ``[H, W, 2]`` polished by Newton's method on ``distort_normalized(x, y) = (xd,
+    yd)`` (normalised distorted coordinates ``xd, yd`` ``[H, W]``), from ``cv2.undistortPoints``' estimate: its
+    fixed-point iteration stalls or oscillates where the radial factor flattens (the corners of wide lenses), leaving
+    rays ~1e-3 px off or none at all. A ray is kept (else NaN) when it lands within ``tolerance`` (normalised) of
+    its pixel, on the pixel's side of the centre (a negative radial factor folds rays across it) and on the
+    increasing part of the lens map (Jacobian determinant > 0): past the radial factor's turning point no ray
+    reaches the pixel, or only one folded back from beyond the turn."""
+    out = rays.reshape(-1, 2).copy()
+    txs, tys = xd.ravel(), yd.ravel()
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        x, y = distort_normalized(out[:, 0], out[:, 1], distortion)
+        err = np.hypot(x - txs, y - tys)
+        restart = ~np.isfinite(err)  # OpenCV gave up: start from the distorted point
+        out[restart] = np.stack([txs[restart], tys[restart]], -1)
+        err[restart] = np.inf
+        active = np.flatnonzero(~(err <= 1e-3 * tolerance))
+        for _ in range(_NEWTON_STEPS):
+            x, y = out[active, 0], out[active, 1]
+            a, b, c, d = _lens_jacobian(x, y, distortion)
+            fx, fy = distort_normalized(x, y, distortion)
+            det, ex, ey = a * d - b * c, fx - txs[active], fy - tys[active]
+            step = np.stack([x - (d * ex - b * ey) / det, y - (a * ey - c * ex) / det], -1)
+            fx, fy = distort_normalized(step[:, 0], step[:, 1], distortion)
+            e = np.hypot(fx - txs[active], fy - tys[active])
+            better = e < err[active]  # a step that does not bring the ray closer ends that pixel's search
+            active = active[better]
+            out[active], err[active] = step[better], e[better]
+            active = active[e[better] > 1e-3 * tolerance]
+            if not active.size:
+                break
+        a, b, c, d = _lens_jacobian(out[:, 0], out[:, 1], distortion)
+        lost = ~((err <= tolerance) & (a * d - b * c > 0) & (out[:, 0] * txs + out[:, 1] * tys >= 0))
+    out[lost] = np.nan
+    return out.reshape(rays.shape)
+
+
+def _lens_jacobian(x: np.ndarray, y: np.ndarray, distortion: dict) -> tuple[np.ndarray, ...]:
+    """Jacobian ``(dxd/dx, dxd/dy, dyd/dx, dyd/dy)`` of :func:`distort_normalized` at (x, y), by central
+    differences (steps ~1e-6 of the coordinates: ~1e-10 relative accuracy, ample for Newton's method)."""
+    hx, hy = 1e-6 * np.maximum(1.0, np.abs(x)), 1e-6 * np.maximum(1.0, np.abs(y))
+    xp, yp = distort_normalized(x + hx, y, distortion)
+    xm, ym = distort_normalized(x - hx, y, distortion)
+    xq, yq = distort_normalized(x, y + hy, distortion)
+    xn, yn = distort_normalized(x, y - hy, distortion)
+    return (xp - xm) / (2 * hx), (xq - xn) / (2 * hy), (yp - ym) / (2 * hx), (yq - yn) / (2 * hy)
 
 
 def camera_rays(intrinsics: Intrinsics) -> np.ndarray:

@@ -12,12 +12,13 @@ axis points away from the scene). Its axes are x along the rows, y along the col
 row — and ``fx = |a0|``, ``fy = c·|a0|`` the focal lengths at the centre, so that ``distort_normalized``'s output
 maps to pixels like the other models' (u = fx·x' + cx, v = fy·y' + cy).
 
-Projection inverts f by Newton's method on ``ρ + r·f(ρ) = 0`` (r = the point's x/z, y/z radius) instead of the
-toolbox's fitted inverse polynomial, so that pixel → ray → pixel is exact. Pure functions on numpy arrays or torch
-tensors.
+Projection finds the sensor radius whose ray has the point's angle off axis, ``atan2(ρ, −f(ρ)) = θ``, by a
+bracketed Newton's method instead of the toolbox's fitted inverse polynomial, so that pixel → ray → pixel is
+exact. Pure functions on numpy arrays or torch tensors.
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Any
@@ -59,15 +60,47 @@ def ocam_rays(coeffs: list[float], cx: float, cy: float, width: int, height: int
     return rays
 
 
+def _where(cond: Any, a: Any, b: Any) -> Any:
+    """``np.where`` or ``torch.where``, after ``cond``'s kind."""
+    if isinstance(cond, np.ndarray):
+        return np.where(cond, a, b)
+    import torch  # lazy: only torch callers get here
+
+    return torch.where(cond, a, b)
+
+
+def _atan2(y: Any, x: Any) -> Any:
+    return np.arctan2(y, x) if isinstance(y, np.ndarray) else y.atan2(x)
+
+
+@functools.lru_cache(maxsize=8)
+def _limit_radius(poly: tuple[float, ...]) -> float:
+    """Sensor radius ρ (px) where the lens stops seeing farther off axis: the end of the rising part of the ray's
+    angle ``atan2(ρ, −f(ρ))``, or where it reaches 90° (f(ρ) = 0), searched up to 50·|a0|."""
+    rho = np.linspace(0.0, 50.0 * abs(poly[0]), 100001)[1:]
+    value = _poly(list(poly), rho)[0]
+    stop = (np.diff(np.arctan2(rho, -value)) <= 0) | (value[1:] >= 0)
+    return float(rho[np.argmax(stop)] if stop.any() else rho[-1])
+
+
 def ocam_project(x: Any, y: Any, coeffs: list[float], fx: float, fy: float) -> tuple[Any, Any]:
     """Normalised coordinates (x/z, y/z) of points in front of the camera → the model's (x', y') with
-    ``(u, v) = (fx·x' + cx, fy·y' + cy)``; numpy arrays or torch tensors."""
+    ``(u, v) = (fx·x' + cx, fy·y' + cy)``; numpy arrays or torch tensors. Points farther off axis than the lens sees
+    (:func:`_limit_radius`) land at its limit radius, in their own direction."""
     c, d, e, poly = _parts(coeffs)
     r = (x * x + y * y) ** 0.5
-    rho = r * abs(poly[0])  # the pinhole guess
-    for _ in range(_NEWTON_STEPS):  # rho + r·f(rho) = 0: the sensor radius whose ray has this slope
+    theta = _atan2(r, r * 0.0 + 1.0)  # the point's angle off axis
+    # atan2(ρ, −f(ρ)) = θ: the sensor radius whose ray is θ off axis, by Newton's method kept inside a shrinking
+    # bracket [lo, hi]. The angle is nearly linear in ρ for wide lenses; the slope form ρ + r·f(ρ) = 0 is not, and
+    # its iteration diverged from ~80° off axis.
+    lo, hi = r * 0.0, r * 0.0 + _limit_radius(tuple(poly))
+    rho = _where(theta * abs(poly[0]) < hi, theta * abs(poly[0]), 0.5 * hi)  # the equidistant guess
+    for _ in range(_NEWTON_STEPS):
         value, slope = _poly(poly, rho)
-        rho = rho - (rho + r * value) / (1.0 + r * slope)
+        miss = _atan2(rho, -value) - theta
+        lo, hi = _where(miss < 0, rho, lo), _where(miss > 0, rho, hi)
+        step = rho - miss * (rho * rho + value * value) / (rho * slope - value)
+        rho = _where((step >= lo) & (step <= hi), step, 0.5 * (lo + hi))  # a root found stays
     scale = rho / r
     scale = np.where(r > 1e-12, scale, 0.0) if isinstance(r, np.ndarray) else scale.where(r > 1e-12, 0.0)
     xp, yp = y * scale, x * scale  # toolbox axes: x along the rows, y along the columns

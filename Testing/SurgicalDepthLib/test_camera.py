@@ -295,7 +295,7 @@ def test_calibration_files_opencv_lists_and_camera_info(tmp_path):
     ("cut.xml", '<?xml version="1.0"?>\n<opencv_storage>\n<camera_matrix type_id', "not valid OpenCV YAML/XML"),
     ("coeffs.json", '{"fx": 50, "fy": 50, "cx": 31.5, "cy": 23.5, "width": 64, "height": 48, '
                     '"distortion": {"model": "opencv", "coeffs": "ab"}}', r"distortion\['coeffs'\] must be numbers"),
-    ("k.json", '{"K": "abc", "width": 64, "height": 48}', "'K' must be a 3x3 matrix of numbers"),
+    ("k.json", '{"K": "abc", "width": 64, "height": 48}', "'K' must hold numbers"),
     ("three.yaml", "image_width: 128\nimage_height: 96\ncamera_matrix: [100, 0, 63.5, 0, 100, 47.5, 0, 0, 1]\n"
                    "distortion_coefficients: [0.1, 0.01, 0]\n", "takes 4 or 5 or 8 or 12 or 14 coefficients, got 3"),
     ("bool.json", '{"fx": 50, "fy": 50, "cx": 31.5, "cy": 23.5, "width": true, "height": 48}', "positive integers"),
@@ -344,3 +344,135 @@ def test_calibration_files_written_by_windows_tools(tmp_path, name, text, encodi
     marked.write_bytes(text.encode(encoding))
     assert Intrinsics.from_file(marked, 320, 320) == Intrinsics.from_file(plain, 320, 320)
     assert Intrinsics.from_file(plain, 320, 320).fx == 156.0418
+
+
+def test_opencv_rays_of_a_wide_monotone_lens_reach_every_pixel_exactly():
+    """Barrel distortion k1 = -0.3, k2 = 0.1 (with tangential terms) rises over the whole frame (its radial map
+    never turns), so every pixel has a ray. Catches: ``cv2.undistortPoints``' fixed-point iteration oscillating in
+    the corners — there 526 of 76,800 pixels were dropped as "past the turning point" (NaN: holes in clouds and in
+    the lens factor) and others kept ~1e-3 px off; each ray must project back through OpenCV within 1e-6 px."""
+    intr = Intrinsics(150.0, 151.5, 161.1, 118.45, 320, 240,
+                      {"model": "opencv", "coeffs": [-0.3, 0.1, 0.001, -0.002]})
+    rays = pixel_rays(intr)
+    assert np.isfinite(rays).all()
+    u, v = np.meshgrid(np.arange(320.0), np.arange(240.0))
+    uv = _project(intr, np.concatenate([rays.reshape(-1, 2), np.ones((rays[..., 0].size, 1))], 1))
+    np.testing.assert_allclose(uv, np.stack([u.ravel(), v.ravel()], 1), atol=1e-6)
+
+
+def _write_storage(path, values: dict) -> None:
+    """A calibration file written by OpenCV itself (``cv2.FileStorage``; YAML, XML or JSON by suffix)."""
+    fs = cv2.FileStorage(str(path), cv2.FILE_STORAGE_WRITE)
+    for name, value in values.items():
+        fs.write(name, value)
+    fs.release()
+
+
+K_640 = np.array([[800.0, 0.0, 639.5], [0.0, 810.0, 359.25], [0.0, 0.0, 1.0]])
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".xml", ".json"])
+@pytest.mark.parametrize("shape", [(1, 5), (5, 1), (1, 4), (8,), (1, 12), (14, 1)])
+def test_files_written_by_cv2_filestorage_read_as_written(tmp_path, suffix, shape):
+    """``cv2.calibrateCamera``'s K and distortion saved by ``cv2.FileStorage`` in each of its formats, the
+    coefficients in each layout it returns them. Catches: FileStorage's JSON (``{"camera_matrix": {"type_id":
+    "opencv-matrix", "rows", "cols", "dt", "data"}}``) refused as missing fx, fy, cx, cy."""
+    dist = (np.arange(1, int(np.prod(shape)) + 1) * 1e-3).reshape(shape)
+    path = tmp_path / f"calibration{suffix}"
+    _write_storage(path, {"image_width": 1280, "image_height": 720, "camera_matrix": K_640,
+                          "distortion_coefficients": dist})
+    intr = Intrinsics.from_file(path)
+    np.testing.assert_array_equal(intr.K, K_640)
+    assert intr.size == (1280, 720) and intr.distortion["model"] == "opencv"
+    np.testing.assert_array_equal(intr.dist_coeffs, dist.ravel())
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".xml", ".json"])
+def test_opencv_calibration_sample_fisheye_flag(tmp_path, suffix):
+    """OpenCV's calibration sample (``samples/cpp/tutorial_code/calib3d/camera_calibration``) saves a fisheye
+    calibration as ``fisheye_model: 1`` beside ``camera_matrix`` and 4×1 ``distortion_coefficients``. Catches: the
+    flag ignored and k1..k4 read as the pinhole model's k1, k2, p1, p2 (a wrong lens, silently)."""
+    coeffs = np.array([[0.05], [-0.01], [0.003], [-0.0005]])
+    path = tmp_path / f"out_camera_data{suffix}"
+    _write_storage(path, {"image_width": 640, "image_height": 480, "flags": 0, "fisheye_model": 1,
+                          "camera_matrix": K_640 / 2 + np.diag([0, 0, 0.5]), "distortion_coefficients": coeffs})
+    assert Intrinsics.from_file(path).distortion == {"model": "fisheye", "coeffs": coeffs.ravel().tolist()}
+    _write_storage(path, {"image_width": 640, "image_height": 480, "fisheye_model": 0,
+                          "camera_matrix": K_640 / 2 + np.diag([0, 0, 0.5]), "distortion_coefficients": coeffs})
+    assert Intrinsics.from_file(path).distortion["model"] == "opencv"
+
+
+ROS2_ECHO = """header:
+  stamp:
+    sec: 1700000000
+    nanosec: 5
+  frame_id: ''
+height: 96
+width: 128
+distortion_model: equidistant
+d:
+- 0.05
+- -0.01
+- 0.003
+- -0.0005
+k:
+- 100.0
+- 0.0
+- 63.5
+- 0.0
+- 100.0
+- 47.5
+- 0.0
+- 0.0
+- 1.0
+binning_x: 0
+roi:
+  x_offset: 0
+  width: 0
+  do_rectify: false
+---
+"""
+
+
+def test_ros_camera_info_messages_in_yaml_and_json(tmp_path):
+    """CameraInfo messages as ``ros2 topic echo`` prints them (lower-case ``k``/``d``, block lists, a closing
+    ``---``) and as JSON (rosbridge, Foxglove: ``K`` rows, ``D``). Catches: the echo refused by OpenCV's YAML
+    parser ("Incorrect indentation"), and the JSON's ``D`` dropped without a word (distortion None)."""
+    want = Intrinsics(100.0, 100.0, 63.5, 47.5, 128, 96, {"model": "fisheye", "coeffs": [0.05, -0.01, 0.003, -5e-4]})
+    echo = tmp_path / "camera_info.yaml"
+    echo.write_text(ROS2_ECHO)
+    assert Intrinsics.from_file(echo) == want
+    message = tmp_path / "camera_info.json"
+    message.write_text(json.dumps({"height": 96, "width": 128, "distortion_model": "equidistant",
+                                   "D": want.distortion["coeffs"], "K": want.K.tolist()}))
+    assert Intrinsics.from_file(message) == want
+    message.write_text(json.dumps({"height": 96, "width": 128, "D": [-0.1, 0.01, 0, 0, 0], "K": want.K.tolist()}))
+    assert Intrinsics.from_file(message).distortion == {"model": "opencv", "coeffs": [-0.1, 0.01, 0, 0, 0]}
+
+
+_K_YAML = "camera_matrix: [100, 0, 63.5, 0, 100, 47.5, 0, 0, 1]\n"
+
+
+@pytest.mark.parametrize("name, text, field", [
+    ("model.yaml", "image_width: 128\nimage_height: 96\n" + _K_YAML + "distortion_model: unified\n"
+                   "distortion_coefficients: [0.1, 0.01, 0, 0, 0]\n", "distortion_model 'unified' is not supported"),
+    ("scalar.yaml", "image_width: 128\nimage_height: 96\n" + _K_YAML + "distortion_coefficients: 0.1\n",
+     "'distortion_coefficients' must be a matrix or a list"),
+    ("text.yaml", "image_width: abc\nimage_height: 96\n" + _K_YAML, "'image_width' must be a number, got 'abc'"),
+    ("frac.yaml", "image_width: 128.5\nimage_height: 96\n" + _K_YAML, "positive integers, got 128.5x96"),
+    ("frac.json", '{"K": [[100, 0, 63.5], [0, 100, 47.5], [0, 0, 1]], "width": 128.5, "height": 96}',
+     "positive integers, got 128.5x96"),
+    ("dist.json", '{"K": [[100, 0, 63.5], [0, 100, 47.5], [0, 0, 1]], "dist": ["a"], "width": 128, "height": 96}',
+     "'dist' must be a list of numbers"),
+    ("flag.yaml", "image_width: 128\nimage_height: 96\nfisheye_model: 2\n" + _K_YAML +
+                  "distortion_coefficients: [0.1, 0.01, 0, 0]\n", "'fisheye_model' must be 0 or 1"),
+])
+def test_calibration_fields_of_the_wrong_kind_are_named(tmp_path, name, text, field):
+    """Catches values that were read silently wrong: an unsupported ``distortion_model`` (Mei's ``unified``) read
+    as OpenCV's pinhole model; a scalar ``distortion_coefficients`` ignored; ``image_width: 128.5`` truncated to
+    128 (YAML, and JSON with ``K``); ``image_width: abc`` read as 1.8e308 px (reported as a bad focal length); and a
+    message without the field (``could not convert string to float: 'a'``)."""
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError, match=rf"^intrinsics file .*{name}.*{field}"):
+        Intrinsics.from_file(path)
