@@ -22,7 +22,7 @@ import itertools
 import logging
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -110,10 +110,9 @@ def _indexed_frames(frames: Any, start: int, stride: int, max_frames: int | None
     stop = None if max_frames is None else start + (max_frames - 1) * stride + 1
     if isinstance(frames, (str, os.PathLike)):
         reader = open_frames(frames, start=start, stop=stop, stride=stride, prefetch=prefetch)
-        return zip(reader.indices, reader), reader
+        return reader.indexed(), reader  # not zip(indices, ...): a video may hold more frames than it announced
     if isinstance(frames, FrameReader):  # already opened: select among the frames it yields
-        pairs: Iterable = zip(frames.indices, frames)
-        return itertools.islice(pairs, start, stop, stride), frames
+        return itertools.islice(frames.indexed(), start, stop, stride), frames
     if isinstance(frames, np.ndarray) and frames.ndim == 3:
         frames = [frames]  # one image
     return itertools.islice(enumerate(frames), start, stop, stride), None

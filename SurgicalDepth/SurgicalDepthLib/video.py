@@ -7,6 +7,7 @@ decoding overlaps inference.
 from __future__ import annotations
 
 import glob as _glob
+import itertools
 import logging
 import os
 import re
@@ -25,6 +26,8 @@ logger = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 _GLOB_CHARS = re.compile(r"[*?\[]")
+#: a container frame count at or above this is no count (OpenCV reports about -2.3e17 or 9.2e18 for none)
+MAX_ANNOUNCED_FRAMES = 2 ** 40
 
 
 class VideoDecodeError(ValueError):
@@ -195,11 +198,20 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray) -> Path:
     return path
 
 
+def count_video_frames(capture: cv2.VideoCapture) -> int:
+    """Number of frames of an opened capture, by decoding (``grab``) from its current position to the end."""
+    count = 0
+    while capture.grab():
+        count += 1
+    return count
+
+
 def read_video_frame(path: str | os.PathLike, index: int) -> np.ndarray:
     """Frame ``index`` (0-based) of a video file as RGB uint8 ``[H, W, 3]``: random access for samplers that draw
-    frames in any order (semi-supervised training). It seeks (``CAP_PROP_POS_FRAMES``: OpenCV's FFmpeg backend
-    decodes forward from the preceding key frame, exact for the mp4/mov/avi files of common tools); the readers of
-    :class:`FrameReader` never seek, so ordered reading stays exact for every container.
+    frames in any order (semi-supervised training). It seeks (``CAP_PROP_POS_FRAMES``) and checks that the frame
+    reached has the time stamp of frame ``index`` (``index / fps`` after the first frame's): seeking lands on
+    another frame in MPEG program streams (``.mpg``) and variable-frame-rate files, which are then decoded from
+    the start, the frames :class:`FrameReader` yields (it never seeks).
 
     Raises:
         FileNotFoundError: missing file. ValueError: unreadable video, or no frame ``index``.
@@ -207,18 +219,40 @@ def read_video_frame(path: str | os.PathLike, index: int) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"video {path} does not exist")
+    if not isinstance(index, (int, np.integer)) or index < 0:
+        raise ValueError(f"{path}: frame index must be an integer >= 0, got {index!r}")
     capture = cv2.VideoCapture(str(path))
     try:
         if not capture.isOpened():
             raise ValueError(f"cannot open video {path}")
-        if index < 0 or not capture.set(cv2.CAP_PROP_POS_FRAMES, index):
-            raise ValueError(f"{path}: cannot seek to frame {index}")
-        ok, bgr = capture.read()
+        bgr = _seek_frame(capture, int(index)) if index > 0 else None
+        if bgr is None:  # no exact seek: decode from the start
+            capture.release()
+            capture = cv2.VideoCapture(str(path))
+            skipped = 0
+            while skipped < index and capture.grab():
+                skipped += 1
+            ok, bgr = capture.read() if skipped == index else (False, None)
     finally:
         capture.release()
-    if not ok or bgr is None:
+    if bgr is None:
         raise ValueError(f"{path}: frame {index} could not be decoded (past the end, truncated or corrupt)")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _seek_frame(capture: cv2.VideoCapture, index: int) -> np.ndarray | None:
+    """BGR frame ``index`` of a capture at its first frame, by seeking; None when the seek is not exact (the frame
+    reached is not ``index / fps`` seconds after the first) or fails."""
+    fps = capture.get(cv2.CAP_PROP_FPS)
+    if not fps > 0 or not capture.grab():
+        return None
+    first_ms = capture.get(cv2.CAP_PROP_POS_MSEC)
+    if not capture.set(cv2.CAP_PROP_POS_FRAMES, index) or not capture.grab():
+        return None
+    if abs(capture.get(cv2.CAP_PROP_POS_MSEC) - first_ms - 1000.0 * index / fps) > 250.0 / fps:
+        return None
+    ok, bgr = capture.retrieve()
+    return bgr if ok else None
 
 
 class FrameReader:
@@ -229,7 +263,8 @@ class FrameReader:
         kind: ``"video"`` or ``"images"``.
         fps: frames per second of the video (``None`` for images).
         frame_count: number of frames this reader yields (after ``start``/``stop``/``stride``); for videos it
-            comes from the container and is exact for mp4/mov/avi written by common tools.
+            comes from the container (exact for mp4/mov/avi written by common tools; counted by decoding when the
+            container has none) and is corrected after a full iteration that decoded more frames than it said.
         size: ``(height, width)`` of the frames.
         files: image files in order (``None`` for videos).
         indices: source frame indices that are yielded, in order (``range``).
@@ -247,9 +282,13 @@ class FrameReader:
         self._stop_event = threading.Event()
         self.files: list[Path] | None = None
         self.fps: float | None = None
-        source_count = self._open(Path(path))
-        end = source_count if stop is None else min(stop, source_count)
-        self.indices = range(start, max(start, end), stride)
+        self._start, self._stop, self._stride = start, stop, stride
+        self._set_source_count(self._open(Path(path)))
+
+    def _set_source_count(self, source_count: int) -> None:
+        """``indices`` and ``frame_count`` for a source of ``source_count`` frames."""
+        end = source_count if self._stop is None else min(self._stop, source_count)
+        self.indices = range(self._start, max(self._start, end), self._stride)
         self.frame_count = len(self.indices)
         self._source_count = source_count
 
@@ -274,19 +313,26 @@ class FrameReader:
             capture.release()
             raise ValueError(f"cannot open video {path}: unreadable, corrupt, or its codec is not supported by "
                              "OpenCV's FFmpeg backend")
-        count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-        width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
-        height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        fps = float(capture.get(cv2.CAP_PROP_FPS))
-        capture.release()
+        try:
+            announced = capture.get(cv2.CAP_PROP_FRAME_COUNT)
+            width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH))
+            height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+            fps = float(capture.get(cv2.CAP_PROP_FPS))
+            count = int(announced) if 0 < announced < MAX_ANNOUNCED_FRAMES else None
+            if count is None:  # no frame count in the container (a browser's or a live recorder's webm/mkv)
+                count = count_video_frames(capture)
+                logger.warning("%s: the container does not record its frame count (it reports %g); %d frames "
+                               "counted by decoding", path, announced, count)
+        finally:
+            capture.release()
         if count <= 0 or width <= 0 or height <= 0:
-            raise ValueError(f"cannot read video {path}: the container reports {count} frames of {width}x{height}")
+            raise ValueError(f"cannot read video {path}: {count} decodable frames of {width}x{height}")
         self.fps = fps if fps > 0 else None
         self.size = (height, width)
         return count
 
     # -- decoding ------------------------------------------------------------------------------------------------
-    def _iter_images(self, stop: threading.Event) -> Iterator[np.ndarray]:
+    def _iter_images(self, stop: threading.Event) -> Iterator[tuple[int, np.ndarray]]:
         files = self.files or []
         for i in self.indices:
             if stop.is_set():
@@ -295,48 +341,64 @@ class FrameReader:
             if rgb.shape[:2] != self.size:
                 raise ValueError(f"{files[i]} is {rgb.shape[0]}x{rgb.shape[1]} (HxW) but {files[0]} is "
                                  f"{self.size[0]}x{self.size[1]}; all frames of a sequence must have the same size")
-            yield rgb
+            yield i, rgb
 
-    def _iter_video(self, stop: threading.Event) -> Iterator[np.ndarray]:
+    def _iter_video(self, stop: threading.Event) -> Iterator[tuple[int, np.ndarray]]:
         path = Path(self.path)
         capture = cv2.VideoCapture(str(path))
         try:
             if not capture.isOpened():
                 raise ValueError(f"cannot open video {path}")
-            wanted = iter(self.indices)
-            target = next(wanted, None)
-            index = 0
+            # past the announced count too: containers that estimate it (mpg, mkv, webm) may announce too few
+            wanted = itertools.count(self._start, self._stride)
+            target = next(wanted)
+            index, ended = 0, False
             # grab() every frame and retrieve() only the wanted ones: exact frame positions, unlike seeking
-            while target is not None and not stop.is_set():
-                if not capture.grab():
-                    break
-                if index == target:
+            while (self._stop is None or target < self._stop) and not stop.is_set():
+                ok = capture.grab()
+                if ok and index == target:
                     ok, bgr = capture.retrieve()
-                    if not ok or bgr is None:
-                        break
-                    yield cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-                    target = next(wanted, None)
+                    ok = ok and bgr is not None
+                    if ok:
+                        yield index, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                        target = next(wanted)
+                if not ok:
+                    ended = True
+                    break
                 index += 1
-            if target is not None and not stop.is_set():
+            if stop.is_set():
+                return
+            if index > self._source_count:  # at least `index` frames: the selection reaches past the announced end
+                if ended:
+                    logger.warning("%s: the container announced %d frames but %d were decoded; all are read",
+                                   path, self._source_count, index)
+                self._set_source_count(index)
+            elif target in self.indices:
                 missing = self._source_count - index
                 # some containers (mkv, webm, raw streams) only estimate the frame count from the duration:
                 # a shortfall of a couple of frames at the very end is not treated as corruption
                 if missing > max(2, self._source_count // 100):
                     raise VideoDecodeError(path, index, self._source_count)
                 logger.warning("%s: the container announced %d frames but decoding ended after %d",
-                            path, self._source_count, index)
+                               path, self._source_count, index)
         finally:
             capture.release()
 
-    def _frames(self, stop: threading.Event) -> Iterator[np.ndarray]:
+    def _frames(self, stop: threading.Event) -> Iterator[tuple[int, np.ndarray]]:
         return self._iter_video(stop) if self.kind == "video" else self._iter_images(stop)
 
-    def __iter__(self) -> Iterator[np.ndarray]:
+    def indexed(self) -> Iterator[tuple[int, np.ndarray]]:
+        """``(source frame index, rgb)`` pairs, as :meth:`__iter__` yields the frames. A video whose container
+        announced fewer frames than it holds yields the rest too (``indices`` and ``frame_count`` are then
+        updated at its end)."""
         self._stop_event = threading.Event()  # one per iteration: close() ends only the running one
-        frames = self._frames(self._stop_event)
+        pairs = self._frames(self._stop_event)
         if self.prefetch > 0:
-            return prefetch(frames, self.prefetch, f"FrameReader({self.path})", self._stop_event)
-        return frames
+            return prefetch(pairs, self.prefetch, f"FrameReader({self.path})", self._stop_event)
+        return pairs
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return _second(self.indexed())
 
     def __len__(self) -> int:
         return self.frame_count
@@ -354,6 +416,17 @@ class FrameReader:
     def __repr__(self) -> str:
         return (f"FrameReader({self.path!r}, kind={self.kind!r}, frames={self.frame_count}, "
                 f"size={self.size}, fps={self.fps})")
+
+
+def _second(pairs: Iterator[tuple[int, np.ndarray]]) -> Iterator[np.ndarray]:
+    """The frames of ``(index, frame)`` pairs; closing it closes ``pairs`` (a prefetch thread stops at once)."""
+    try:
+        for _, frame in pairs:
+            yield frame
+    finally:
+        close = getattr(pairs, "close", None)
+        if close is not None:
+            close()
 
 
 def open_frames(path: str | os.PathLike, *, start: int = 0, stop: int | None = None, stride: int = 1,

@@ -342,3 +342,47 @@ def test_depth_frame_contract_and_lazy_depth():
         frame.depth_mm = pred
     given = DepthFrame(0, frame.rgb, pred, depth_mm=pred)  # an array given by hand is kept as it is
     assert given.depth_mm is pred
+
+
+class _MeanModel:
+    """The inference API of a relative model whose disparity is the frame's red channel plus a ramp (no torch)."""
+
+    output_kind, depth_unit, default_batch_size = "disparity", "relative", 1
+
+    def iter_batches(self, frames, input_size=None, batch_size=None):
+        for rgb in frames:
+            yield (rgb[..., 0].astype(np.float32) + np.arange(rgb.shape[1], dtype=np.float32))[None]
+
+
+def test_video_tail_past_the_announced_frame_count_is_streamed(tmp_path):
+    """Catches depth_stream pairing frames with ``reader.indices`` (zip): a video whose container announces too
+    few frames (a WebM whose Duration says 1 s of 2.4 s; MPEG-1 .mpg) lost its tail, 25 of 60 frames; every
+    frame must come out, ``index`` its source frame number, under start/stride/max_frames."""
+    import struct
+
+    import cv2
+
+    path = tmp_path / "clip.webm"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"VP80"), 25.0, (32, 24))
+    if not writer.isOpened():
+        pytest.skip("OpenCV here cannot write VP8 WebM")
+    for i in range(60):
+        writer.write(np.full((24, 32, 3), 4 * i, np.uint8))
+    writer.release()
+    data = path.read_bytes()
+    at = data.index(b"\x44\x89\x88")  # Segment Info Duration, ms
+    path.write_bytes(data[:at + 3] + struct.pack(">d", 1000.0) + data[at + 11:])
+    capture, decoded = cv2.VideoCapture(str(path)), []
+    while (bgr := capture.read()[1]) is not None:
+        decoded.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    capture.release()
+    assert len(decoded) == 60
+    for kwargs, expected in (({}, range(60)), ({"start": 5, "stride": 7}, range(5, 60, 7)),
+                             ({"start": 20, "stride": 3, "max_frames": 10}, range(20, 50, 3))):
+        out = list(sd.depth_stream(_MeanModel(), path, fov_mask=None, **kwargs))
+        assert [f.index for f in out] == list(expected), kwargs
+        for f in out:  # the frame sequential decoding gives at that index
+            np.testing.assert_array_equal(f.rgb, decoded[f.index])
+    with sd.open_frames(path) as reader:  # an opened reader: the same frames
+        assert [f.index for f in sd.depth_stream(_MeanModel(), reader, stride=10, fov_mask=None)] == \
+            list(range(0, 60, 10))

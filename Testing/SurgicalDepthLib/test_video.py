@@ -324,3 +324,78 @@ def test_read_image_16bit_rgba_grey_and_orientation(tmp_path):
     assert shown.shape == (32, 16, 3) and stored.shape == (16, 32, 3)
     assert stored[:, :8].mean() > 200 and stored[:, 24:].mean() < 50
     assert shown[:8].mean() > 200 and shown[24:].mean() < 50  # the left half is on top once rotated
+
+
+def _webm_clip(path: Path, n: int) -> bytes:
+    """A VP8 WebM clip of ``n`` frames (as browsers' and live recorders' files); skips where OpenCV cannot write it."""
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"VP80"), 25.0, (64, 48))
+    if not writer.isOpened():
+        pytest.skip("OpenCV here cannot write VP8 WebM")
+    for i in range(n):
+        writer.write(cv2.cvtColor(frame_for(i), cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path.read_bytes()
+
+
+def _with_duration(data: bytes, duration_ms: float | None) -> bytes:
+    """The WebM ``data`` with its Segment Info Duration (EBML id 0x4489, an 8-byte float in ms) set to
+    ``duration_ms``, or replaced by a Void element of the same size (None: a file with no duration)."""
+    import struct
+
+    i = data.index(b"\x44\x89\x88")
+    tail = struct.pack(">d", duration_ms) if duration_ms is not None else None
+    element = b"\x44\x89\x88" + tail if tail is not None else b"\xec\x89" + bytes(9)
+    return data[:i] + element + data[i + 11:]
+
+
+def test_video_without_a_frame_count_is_counted_not_refused(tmp_path):
+    """Catches a WebM/MKV without a Duration (MediaRecorder, OBS after a crash), for which OpenCV reports about
+    -2.3e17 frames, refused with 'the container reports -230584300921369408 frames'; all 60 frames decode."""
+    data = _webm_clip(tmp_path / "clip.webm", 60)
+    path = tmp_path / "recorded.webm"
+    path.write_bytes(_with_duration(data, None))
+    assert cv2.VideoCapture(str(path)).get(cv2.CAP_PROP_FRAME_COUNT) <= 0  # what the container says
+    reader = open_frames(path, stride=7)
+    assert reader.frame_count == 9 and list(reader.indices) == list(range(0, 60, 7))
+    assert [decode_index(f) for f in reader] == list(range(0, 60, 7))
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_video_with_more_frames_than_announced_yields_the_tail(tmp_path, prefetch):
+    """Catches the tail dropped silently when the container announces too few frames (a WebM whose duration says
+    1 s of a 2.4 s clip: 25 of its 60 frames were read; MPEG-1 .mpg files announce 59 of 60): every frame is
+    yielded with its index, and frame_count/indices are corrected at the end."""
+    data = _webm_clip(tmp_path / "clip.webm", 60)
+    path = tmp_path / "short_duration.webm"
+    path.write_bytes(_with_duration(data, 1000.0))
+    reader = open_frames(path, start=3, stride=7, prefetch=prefetch)
+    assert reader.frame_count == 4  # what the container says: 25 frames
+    assert [decode_index(f) for f in reader] == list(range(3, 60, 7))
+    assert reader.frame_count == 9 and reader.indices == range(3, 60, 7)
+    pairs = list(reader.indexed())
+    assert [i for i, _ in pairs] == [decode_index(f) for _, f in pairs] == list(range(3, 60, 7))
+    assert len(list(open_frames(path, stop=40))) == 40  # stop past the announced end, before the true one
+    assert not [t for t in threading.enumerate() if t.name.startswith("FrameReader")]
+
+
+def test_read_video_frame_is_the_frame_sequential_decoding_gives(tmp_path):
+    """Catches seeking with CAP_PROP_POS_FRAMES taken as exact: in an MPEG-2 program stream (.mpg) frame 29
+    came back as frame 26, so a sampler drew other frames than the ones it named."""
+    from SurgicalDepthLib.video import read_video_frame
+
+    path = tmp_path / "clip.mpg"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MPG2"), 25.0, (64, 48))
+    if not writer.isOpened():
+        pytest.skip("OpenCV here cannot write MPEG-2")
+    for i in range(60):
+        writer.write(cv2.cvtColor(frame_for(i), cv2.COLOR_RGB2BGR))
+    writer.release()
+    capture, sequential = cv2.VideoCapture(str(path)), []
+    while (bgr := capture.read()[1]) is not None:
+        sequential.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+    capture.release()
+    assert len(sequential) == 60
+    for index in (0, 13, 29, 30, 31, 45, 59):
+        np.testing.assert_array_equal(read_video_frame(path, index), sequential[index])
+    with pytest.raises(ValueError, match=r"clip\.mpg: frame 99 could not be decoded"):
+        read_video_frame(path, 99)
