@@ -286,7 +286,8 @@ def run_frames(model: Any, source: FrameSource, intrinsics: Any, kinds: Iterable
             write(source.item(frame.index), frame_outputs(frame, intrinsics, kinds, pose, point_budget))
             shown.update(frame.depth_mm)
             count += 1
-            step(0.02 + 0.9 * count / source.count, f"Frame {count} of {source.count}")
+            total = max(count, source.count)  # a video may hold more frames than it announced
+            step(0.02 + 0.9 * count / total, f"Frame {count} of {total}")
     if count == 0:
         raise ValueError(f"{source.name}: no frame could be read")
     fused = None

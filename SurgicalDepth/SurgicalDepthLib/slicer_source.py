@@ -81,7 +81,10 @@ def video_source(path: Any, start: int = 0, stride: int = 1, max_frames: int = 0
 
     with open_frames(path) as probe:
         items = select_frames(probe.frame_count, start, stride, 1 if current_only else max_frames)
-    reader = open_frames(path, start=items.start, stop=items.stop, stride=items.step, prefetch=2)
+    # without a limit, read to the end: a container may announce fewer frames than it holds (the reader reads on)
+    unlimited = max_frames == 0 and not current_only
+    reader = open_frames(path, start=items.start, stop=None if unlimited else items.stop, stride=items.step,
+                         prefetch=2)
     height, width = reader.size
     ijk = image_ijk_to_ras(width, height)
     return FrameSource(Path(str(path)).stem or "video", reader, items, width, height,

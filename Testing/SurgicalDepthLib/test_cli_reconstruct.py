@@ -318,3 +318,30 @@ def test_exact_depth_and_poses_give_the_true_points_and_the_frames_are_recorded(
     mesh = sd.load_mesh(tmp_path / "fused" / "fused_mesh.ply")
     verts = vtk_to_numpy(mesh.GetPoints().GetData()).astype(np.float64)
     assert np.median(_depth_error(verts, frames, k)) < 0.5  # half a voxel (wrong poses: ~35 mm)
+
+
+def test_a_frame_past_the_announced_count_without_a_pose_is_one_line(tmp_path, capsys):
+    """A WebM whose Duration says 1 s of its 2.4 s, fused with the poses of the 25 frames it announces. Catches:
+    the frames read past the announced count (the reader reads on) looked up in the poses with a KeyError and a
+    traceback; it is one line naming the poses file and the frame, exit 2."""
+    from video_files import webm_clip, with_duration
+
+    from SurgicalDepthLib.saved_predictions import INFO_NAME
+
+    video = tmp_path / "clip.webm"
+    frames = [np.clip(cv2.resize(np.random.default_rng(i).integers(0, 256, (3, 4, 3), np.uint8), (32, 24)), 40, 255)
+              for i in range(60)]
+    video.write_bytes(with_duration(webm_clip(video, frames), 1000.0))
+    depth_dir = tmp_path / "pred"
+    depth_dir.mkdir()
+    for i in range(60):
+        np.save(depth_dir / f"{i:06d}.npy", np.full((24, 32), 50.0, np.float32))
+    (depth_dir / INFO_NAME).write_text(json.dumps({"model": "test", "output_kind": "depth", "depth_unit": "mm",
+                                                   "format": "npy", "size": [24, 32]}))
+    poses = tmp_path / "poses.txt"
+    poses.write_text("".join(f"{i} " + " ".join(f"{v:g}" for v in np.eye(4).ravel()) + "\n" for i in range(25)))
+    assert main(["reconstruct", str(video), "--output", str(tmp_path / "out"), "--intrinsics", "30,30,16,12",
+                 "--depth", str(depth_dir), "--fuse", "--poses", str(poses), "--fov-mask", "none", "--progress",
+                 "none"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(poses) in err[0] and "frame 25" in err[0], err

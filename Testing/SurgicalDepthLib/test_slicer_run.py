@@ -74,6 +74,19 @@ def test_video_source_current_frame_is_the_range_start_without_decoding(tmp_path
     assert list(clip.items) == [1, 4] and clip.frames.frame_count == 2
 
 
+def test_video_source_reads_past_a_frame_count_announced_too_low(tmp_path):
+    """A WebM whose Duration says 1 s of its 2.4 s (60 frames at 25/s). Catches: a Slicer run of the whole video
+    stopping at the 25 frames the container announces (the file's tail silently dropped), while a frame limit is
+    still kept."""
+    from video_files import webm_clip, with_duration
+
+    path = tmp_path / "clip.webm"
+    path.write_bytes(with_duration(webm_clip(path, [textured(24, 32, i) for i in range(60)]), 1000.0))
+    source = run.video_source(path, stride=2)
+    assert [i for i, _ in enumerate(source.frames)] == list(range(30))
+    assert len(list(run.video_source(path, stride=2, max_frames=5).frames)) == 5
+
+
 def test_array_source_copies_and_maps_items():
     """Catches frames handed to the stream's reading thread as views of MRML memory (it may only copy them) and
     stream positions confused with the browser's item numbers."""
@@ -498,7 +511,7 @@ def test_run_nodes_are_what_the_run_made_not_what_others_added_meanwhile():
                    dataNodeRef=[proxy, frames_proxy])
     proxy.refs["browser"] = [browser]  # a cycle
     fov = Node("vtkMRMLLabelMapVolumeNode7", display=[Node("vtkMRMLLabelMapVolumeDisplayNode8")])
-    user_volume = Node("vtkMRMLScalarVolumeNode9", display=[Node("vtkMRMLScalarVolumeDisplayNode10")])
+    Node("vtkMRMLScalarVolumeNode9", display=[Node("vtkMRMLScalarVolumeDisplayNode10")])  # a user's: no run reference
     new_ids = {f"{n}{i}" for n, i in (("vtkMRMLSequenceNode", 2), ("vtkMRMLScalarVolumeDisplayNode", 3),
                                        ("vtkMRMLScalarVolumeNode", 4), ("vtkMRMLVectorVolumeNode", 5),
                                        ("vtkMRMLSequenceBrowserNode", 6), ("vtkMRMLLabelMapVolumeNode", 7),

@@ -358,20 +358,12 @@ def test_video_tail_past_the_announced_frame_count_is_streamed(tmp_path):
     """Catches depth_stream pairing frames with ``reader.indices`` (zip): a video whose container announces too
     few frames (a WebM whose Duration says 1 s of 2.4 s; MPEG-1 .mpg) lost its tail, 25 of 60 frames; every
     frame must come out, ``index`` its source frame number, under start/stride/max_frames."""
-    import struct
-
     import cv2
+    from video_files import webm_clip, with_duration
 
     path = tmp_path / "clip.webm"
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"VP80"), 25.0, (32, 24))
-    if not writer.isOpened():
-        pytest.skip("OpenCV here cannot write VP8 WebM")
-    for i in range(60):
-        writer.write(np.full((24, 32, 3), 4 * i, np.uint8))
-    writer.release()
-    data = path.read_bytes()
-    at = data.index(b"\x44\x89\x88")  # Segment Info Duration, ms
-    path.write_bytes(data[:at + 3] + struct.pack(">d", 1000.0) + data[at + 11:])
+    path.write_bytes(with_duration(webm_clip(path, [np.full((24, 32, 3), 4 * i, np.uint8) for i in range(60)]),
+                                   1000.0))
     capture, decoded = cv2.VideoCapture(str(path)), []
     while (bgr := capture.read()[1]) is not None:
         decoded.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))

@@ -7,6 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from video_files import webm_clip, with_duration
 
 from SurgicalDepthLib.colormap import colorize
 from SurgicalDepthLib.video import (FrameReader, VideoDecodeError, frame_source_images, frame_source_kind,
@@ -326,34 +327,12 @@ def test_read_image_16bit_rgba_grey_and_orientation(tmp_path):
     assert shown[:8].mean() > 200 and shown[24:].mean() < 50  # the left half is on top once rotated
 
 
-def _webm_clip(path: Path, n: int) -> bytes:
-    """A VP8 WebM clip of ``n`` frames (as browsers' and live recorders' files); skips where OpenCV cannot write it."""
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"VP80"), 25.0, (64, 48))
-    if not writer.isOpened():
-        pytest.skip("OpenCV here cannot write VP8 WebM")
-    for i in range(n):
-        writer.write(cv2.cvtColor(frame_for(i), cv2.COLOR_RGB2BGR))
-    writer.release()
-    return path.read_bytes()
-
-
-def _with_duration(data: bytes, duration_ms: float | None) -> bytes:
-    """The WebM ``data`` with its Segment Info Duration (EBML id 0x4489, an 8-byte float in ms) set to
-    ``duration_ms``, or replaced by a Void element of the same size (None: a file with no duration)."""
-    import struct
-
-    i = data.index(b"\x44\x89\x88")
-    tail = struct.pack(">d", duration_ms) if duration_ms is not None else None
-    element = b"\x44\x89\x88" + tail if tail is not None else b"\xec\x89" + bytes(9)
-    return data[:i] + element + data[i + 11:]
-
-
 def test_video_without_a_frame_count_is_counted_not_refused(tmp_path):
     """Catches a WebM/MKV without a Duration (MediaRecorder, OBS after a crash), for which OpenCV reports about
     -2.3e17 frames, refused with 'the container reports -230584300921369408 frames'; all 60 frames decode."""
-    data = _webm_clip(tmp_path / "clip.webm", 60)
+    data = webm_clip(tmp_path / "clip.webm", [frame_for(i) for i in range(60)])
     path = tmp_path / "recorded.webm"
-    path.write_bytes(_with_duration(data, None))
+    path.write_bytes(with_duration(data, None))
     assert cv2.VideoCapture(str(path)).get(cv2.CAP_PROP_FRAME_COUNT) <= 0  # what the container says
     reader = open_frames(path, stride=7)
     assert reader.frame_count == 9 and list(reader.indices) == list(range(0, 60, 7))
@@ -365,9 +344,9 @@ def test_video_with_more_frames_than_announced_yields_the_tail(tmp_path, prefetc
     """Catches the tail dropped silently when the container announces too few frames (a WebM whose duration says
     1 s of a 2.4 s clip: 25 of its 60 frames were read; MPEG-1 .mpg files announce 59 of 60): every frame is
     yielded with its index, and frame_count/indices are corrected at the end."""
-    data = _webm_clip(tmp_path / "clip.webm", 60)
+    data = webm_clip(tmp_path / "clip.webm", [frame_for(i) for i in range(60)])
     path = tmp_path / "short_duration.webm"
-    path.write_bytes(_with_duration(data, 1000.0))
+    path.write_bytes(with_duration(data, 1000.0))
     reader = open_frames(path, start=3, stride=7, prefetch=prefetch)
     assert reader.frame_count == 4  # what the container says: 25 frames
     assert [decode_index(f) for f in reader] == list(range(3, 60, 7))

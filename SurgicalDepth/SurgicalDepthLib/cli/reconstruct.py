@@ -113,12 +113,14 @@ class _Fusion:
         far = args.depth_range[1] if source.output_kind == "disparity" else None
         self.volume = TSDFVolume(args.voxel_size, 4 * args.voxel_size, device=device.type if device else "cpu",
                                  max_depth=args.max_depth if args.max_depth is not None else far)
-        self.intr, self.poses = intr, poses
+        self.intr, self.poses, self.poses_file = intr, poses, args.poses
         self.tracker = PoseTracker(intr) if poses is None else None
         self.used: dict[int, np.ndarray] = {}
 
     def add(self, frame: Any) -> None:
         depth0 = np.where(frame.valid, frame.depth_mm, 0.0)  # the tracker and the TSDF read 0 as "no depth"
+        if self.poses is not None and frame.index not in self.poses:  # a frame past the count the video announced
+            raise ValueError(f"{self.poses_file} has no pose for frame {frame.index}")
         pose = self.poses[frame.index] if self.poses is not None else self.tracker.update(depth0)
         self.volume.integrate(depth0, frame.rgb, self.intr, pose)
         self.used[frame.index] = pose

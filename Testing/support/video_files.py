@@ -1,0 +1,33 @@
+"""Video files whose container misstates its length, as real recorders write them (for the readers' tests)."""
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+#: the EBML id and size byte of a WebM Segment Info Duration (an 8-byte float in ms)
+_DURATION = b"\x44\x89\x88"
+
+
+def webm_clip(path: Path, frames: list[np.ndarray], fps: float = 25.0) -> bytes:
+    """Write RGB ``frames`` (uint8 ``[H, W, 3]``, one size) as a VP8 WebM at ``path`` (as browsers' and live
+    recorders' files) and return its bytes; skips the test where OpenCV cannot write VP8."""
+    height, width = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"VP80"), fps, (width, height))
+    if not writer.isOpened():
+        pytest.skip("OpenCV here cannot write VP8 WebM")
+    for rgb in frames:
+        writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path.read_bytes()
+
+
+def with_duration(data: bytes, duration_ms: float | None) -> bytes:
+    """The WebM ``data`` with its Segment Info Duration set to ``duration_ms``, or replaced by a Void element of the
+    same size (None: a file with no duration, as MediaRecorder writes)."""
+    i = data.index(_DURATION)
+    element = _DURATION + struct.pack(">d", duration_ms) if duration_ms is not None else b"\xec\x89" + bytes(9)
+    return data[:i] + element + data[i + 11:]
