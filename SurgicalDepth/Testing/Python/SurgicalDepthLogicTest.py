@@ -76,6 +76,10 @@ class SurgicalDepthLogicTest(ScriptedLoadableModuleTest):
         self.assertTrue(np.allclose(self.logic._ijk(nodes.depth.GetNthDataNode(0)), ijk))
         self.assertIs(nodes.frames, seq)  # shared, not copied; the user's browser is unchanged
         self.assertEqual(browser.GetNumberOfSynchronizedSequenceNodes(True), 1)
+        # the run's browser shows its one item: the input's frame 2 under the depth of frame 2 (not item "0")
+        self.assertEqual(nodes.browser.GetSelectedItemNumber(), 0)
+        shown = nodes.browser.GetProxyNode(seq)
+        self.assertTrue(np.array_equal(slicer.util.arrayFromVolume(shown)[0], self.clip[2]["image"]))
 
     def test_clip_with_stride(self):
         """A clip with a stride: items, NaN (never 0) depth, point budget, fusion, a folder and names per run, and a
