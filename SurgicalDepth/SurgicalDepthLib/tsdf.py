@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib
 import logging
 import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,11 @@ logger = logging.getLogger(__name__)
 
 _NO_DEPTH = -torch.finfo(torch.float32).max  # what integration reads where a pixel has no depth
 _PLANES = 5  # running sums per voxel: tsdf, weight, red, green, blue
+
+
+def _is_number(value: Any, kind: type = numbers.Real) -> bool:
+    """True for a real (``kind``) number, NumPy scalars included (``np.float32`` is no ``float``); False for bools."""
+    return isinstance(value, kind) and not isinstance(value, (bool, np.bool_))
 
 
 class TSDFVolume:
@@ -67,17 +73,19 @@ class TSDFVolume:
     def __init__(self, voxel_size: float, truncation: float, bounds: Any = None, device: str | torch.device = "cpu",
                  max_voxels: int = 1 << 27, max_depth: float | None = None,
                  max_blocks: int = (1 << 27) // BLOCK ** 3, kernel: str = "auto") -> None:
-        if not (isinstance(max_blocks, int) and max_blocks >= 1):
+        if not (_is_number(max_blocks, numbers.Integral) and max_blocks >= 1):
             raise ValueError(f"max_blocks must be an int >= 1, got {max_blocks!r}")
-        self.max_blocks = max_blocks
+        self.max_blocks = int(max_blocks)
         self.budget_warned = False  # the block budget was reached (and reported once)
-        if max_depth is not None and not (max_depth > 0 and math.isfinite(max_depth)):
+        if max_depth is not None and not (_is_number(max_depth) and max_depth > 0 and math.isfinite(max_depth)):
             raise ValueError(f"max_depth must be a positive number or None, got {max_depth!r}")
-        self.max_depth = max_depth
+        self.max_depth = None if max_depth is None else float(max_depth)  # a NumPy scalar is no JSON number
+        if not (_is_number(max_voxels, numbers.Integral) and max_voxels >= 1):
+            raise ValueError(f"max_voxels must be an int >= 1, got {max_voxels!r}")
         self.max_voxels = int(max_voxels)
-        if not (isinstance(voxel_size, (int, float)) and voxel_size > 0 and math.isfinite(voxel_size)):
+        if not (_is_number(voxel_size) and voxel_size > 0 and math.isfinite(voxel_size)):
             raise ValueError(f"voxel_size must be a positive number, got {voxel_size!r}")
-        if not (isinstance(truncation, (int, float)) and truncation >= voxel_size and math.isfinite(truncation)):
+        if not (_is_number(truncation) and truncation >= voxel_size and math.isfinite(truncation)):
             raise ValueError(f"truncation must be >= voxel_size ({voxel_size}), got {truncation!r}")
         self.voxel_size = float(voxel_size)
         # depth past half the block keys' reach (2^20 blocks a side) would wrap into other blocks' keys: not fused

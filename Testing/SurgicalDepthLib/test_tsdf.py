@@ -139,6 +139,22 @@ def test_input_errors():
     assert TSDFVolume(1.0, 4.0).kernel == ("numba" if importlib.util.find_spec("numba") else "torch")
 
 
+def test_numpy_scalar_parameters_are_accepted():
+    """Bug: voxel_size/truncation/max_depth given as NumPy scalars (np.float32(1.0), e.g. computed from a depth map)
+    were refused with 'voxel_size must be a positive number, got np.float32(1.0)', and max_blocks=np.int64(...) too;
+    a non-number max_depth or max_voxels raised a bare TypeError instead of naming the argument."""
+    vol = TSDFVolume(np.float32(1.0), np.float32(4.0), max_depth=np.float32(200.0), max_blocks=np.int64(4096),
+                     max_voxels=np.int64(1 << 20))
+    assert (vol.voxel_size, vol.truncation, vol.max_blocks, vol.max_voxels) == (1.0, 4.0, 4096, 1 << 20)
+    assert type(vol.max_blocks) is int
+    for kwargs, name in [({"max_depth": "200"}, "max_depth"), ({"max_voxels": None}, "max_voxels"),
+                         ({"max_blocks": True}, "max_blocks"), ({"max_blocks": 2.5}, "max_blocks")]:
+        with pytest.raises(ValueError, match=f"{name} must be"):
+            TSDFVolume(1.0, 4.0, **kwargs)
+    with pytest.raises(ValueError, match="voxel_size must be a positive number"):
+        TSDFVolume(True, 4.0)
+
+
 @pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 def test_triton_kernel_on_the_cpu_needs_the_interpreter():
     """Bug caught: kernel="triton" accepted on the CPU, failing at the first frame with Triton's pointer error."""
