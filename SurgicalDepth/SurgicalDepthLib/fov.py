@@ -207,26 +207,70 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.count_nonzero(a & b)) / max(1, np.count_nonzero(a | b))
 
 
+def _border_floor(peak: np.ndarray, flat: int = 12, highest: int = 40) -> int:
+    """The black level (0–255) of a scope border in ``peak`` (uint8 ``[H, W]``): the median of the image corner
+    that is second darkest (a border darkens two corners at least), when that corner is flat (its 10th to 90th
+    percentile within ``flat``) and at most ``highest``; else 0. Analogue capture cards and 10-bit video scaled to
+    8 bits put black at 16 with noise, and some scopes' borders are dark grey (20–30): the peak over frames and
+    channels of such a border lies above :data:`DARK_LEVEL`, so the border was not found at all."""
+    k = max(2, round(0.02 * min(peak.shape)))
+    corners = [peak[:k, :k], peak[:k, -k:], peak[-k:, :k], peak[-k:, -k:]]
+    corner = sorted(corners, key=np.median)[1]
+    low, mid, high = np.percentile(corner, (10, 50, 90))
+    return int(mid) if high - low <= flat and mid <= highest else 0
+
+
+#: Short side (pixels) above which the field of view is found on a max-pooled peak (4K: 0.9 s a detection before).
+WORK_SIDE = 540
+
+
+def _max_pooled(peak: np.ndarray) -> tuple[np.ndarray, int]:
+    """``peak`` (uint8 ``[H, W]``) max-pooled by the integer factor that brings its short side to at most
+    :data:`WORK_SIDE` (a block is dark only when all its pixels are), and that factor (1: unchanged)."""
+    f = -(-min(peak.shape) // WORK_SIDE)
+    if f == 1:
+        return peak, 1
+    h, w = peak.shape
+    padded = np.pad(peak, ((0, -h % f), (0, -w % f)), mode="edge")
+    return padded.reshape(padded.shape[0] // f, f, padded.shape[1] // f, f).max(axis=(1, 3)), f
+
+
 def _mask_of_peak(peak: np.ndarray, *, dark_level: int = DARK_LEVEL, margin: float = 0.005,
                   min_outside: float = 0.005, min_dark_outside: float = 0.9) -> np.ndarray | None:
-    """Steps 2–4 of the module docstring on ``peak`` (uint8 ``[H, W]``: brightest value per pixel)."""
-    dark = peak <= dark_level
+    """Steps 2–4 of the module docstring on ``peak`` (uint8 ``[H, W]``: brightest value per pixel), found on its
+    max-pooled copy (:func:`_max_pooled`) and scaled back before the margin."""
+    small, f = _max_pooled(peak)
+    fov = _fov_of_peak(small, dark_level, min_outside, min_dark_outside)
+    if fov is None:
+        return None
+    if f > 1:
+        h, w = peak.shape
+        fov = cv2.resize(fov.astype(np.uint8) * 255, (fov.shape[1] * f, fov.shape[0] * f),
+                         interpolation=cv2.INTER_LINEAR)[:h, :w] >= 128
+    erode = max(1, round(margin * min(peak.shape)))
+    fov = cv2.erode(fov.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE,
+                                                                    (2 * erode + 1, 2 * erode + 1))).astype(bool)
+    return fov if fov.any() else None
+
+
+def _fov_of_peak(peak: np.ndarray, dark_level: int, min_outside: float, min_dark_outside: float) -> np.ndarray | None:
+    """The field of view (bool ``[H, W]``, before the margin) of ``peak`` (uint8 ``[H, W]``), or None."""
+    level = max(dark_level, _border_floor(peak) + dark_level // 2)
+    dark = peak <= level
     border = _edge_connected(dark)
     if border.mean() < min_outside:
         return None
     short = min(peak.shape)
     fov = _main_component_hull(~border, open_px=max(1, round(0.01 * short)))
-    fov &= ~_blanked_boxes(fov & border & (peak <= dark_level // 4), border, fov, max(3, round(0.008 * short)))
+    black = fov & border & (peak <= level - dark_level + dark_level // 4)  # black: a quarter of dark
+    fov &= ~_blanked_boxes(black, border, fov, max(3, round(0.008 * short)))
     corners = fov[[0, 0, -1, -1], [0, -1, 0, -1]]
     if np.count_nonzero(~corners) < 2:  # a scope's frame darkens two corners at least; one is a lumen or shadow
         return None
     outside = ~fov  # before the margin: the dim rim it takes off is tissue, not border
     if not fov.any() or outside.mean() < min_outside or dark[outside].mean() < min_dark_outside:
         return None
-    erode = max(1, round(margin * short))
-    fov = cv2.erode(fov.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE,
-                                                                    (2 * erode + 1, 2 * erode + 1))).astype(bool)
-    return fov if fov.any() else None
+    return fov
 
 
 def nan_outside(values: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
