@@ -49,9 +49,9 @@ def register(subparsers) -> None:
     add_depth_range_arg(p)
     p.add_argument("--fov-mask", type=fov_mask_arg, default="auto", metavar="auto|none|FILE",
                    help="the scope's field of view: 'auto' (default: found per device and frame size from its first "
-                        "frames that are not blank; black borders and the overlay text on them get no depth), 'none' (every pixel "
-                        "is tissue) or a mask image of the frames' size (nonzero = tissue); outside it depth is NaN "
-                        "and no point is sent")
+                        "frames that are not blank; black borders and the overlay text on them get no depth), "
+                        "'none' (every pixel is tissue) or a mask image of the frames' size (nonzero = tissue); "
+                        "outside it depth is NaN and no point is sent")
     p.add_argument("--points", action="store_true", help="also send a POLYDATA point cloud X_points per frame")
     p.add_argument("--point-budget", type=int, default=20000,  # = live.LIVE_POINT_BUDGET (live imports pyigtl)
                    help="at most this many points per cloud")
