@@ -40,6 +40,11 @@ logger = logging.getLogger(__name__)
 SPREAD_PULL = 0.05
 
 
+def _subsample(values: np.ndarray, max_samples: int) -> np.ndarray:
+    """A regular subsample of at most ``max_samples`` of the 1-d ``values``."""
+    return values[:: int(np.ceil(values.size / max_samples))] if values.size > max_samples else values
+
+
 def robust_scale_shift(source: np.ndarray, target: np.ndarray, valid: np.ndarray | None = None, *,
                     trim: float = 0.2, iterations: int = 3, max_samples: int = 40000) -> tuple[float, float]:
     """Robust ``(s, b)`` minimising ``sum (s * source + b - target)^2`` over the inlier pixels.
@@ -66,9 +71,7 @@ def robust_scale_shift(source: np.ndarray, target: np.ndarray, valid: np.ndarray
         if valid.shape != source.shape:
             raise ValueError(f"valid has shape {valid.shape}, expected {source.shape}")
         ok &= valid
-    idx = np.flatnonzero(ok)
-    if idx.size > max_samples:
-        idx = idx[:: int(np.ceil(idx.size / max_samples))]
+    idx = _subsample(np.flatnonzero(ok), max_samples)
     x, y = source.ravel()[idx], target.ravel()[idx]
     if x.size < 2 or np.ptp(x) == 0:
         return 1.0, 0.0
@@ -83,11 +86,6 @@ def robust_scale_shift(source: np.ndarray, target: np.ndarray, valid: np.ndarray
             residual = np.abs(scale * x + shift - y)
             keep = residual <= np.quantile(residual, 1.0 - trim)
     return scale, shift
-
-
-def _subsample(values: np.ndarray, max_samples: int) -> np.ndarray:
-    """A regular subsample of at most ``max_samples`` of the 1-d ``values``."""
-    return values[:: int(np.ceil(values.size / max_samples))] if values.size > max_samples else values
 
 
 def robust_level_spread(values: np.ndarray, max_samples: int = 40000) -> tuple[float, float]:
