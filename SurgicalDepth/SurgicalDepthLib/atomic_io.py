@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Callable, Iterator, Sequence
@@ -70,6 +71,13 @@ def _new_file(path: Path) -> None:
 
 def _new_folder(path: Path) -> None:
     os.mkdir(path, 0o777)
+
+
+def temporary_name_pattern(path: str | os.PathLike) -> re.Pattern:
+    """What the names of :func:`atomic_path`'s temporary files for ``path`` (default suffix) match:
+    ``.<stem>.`` + 8 random characters + ``<suffix>`` (for finding those a killed writer left behind)."""
+    path = Path(path)
+    return re.compile(rf"\.{re.escape(path.stem)}\.[{_NAME_CHARS}]{{8}}{re.escape(path.suffix)}")
 
 
 @contextlib.contextmanager

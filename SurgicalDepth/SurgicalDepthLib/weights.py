@@ -30,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic_io import atomic_path, report_disk_full
+from .atomic_io import atomic_path, report_disk_full, temporary_name_pattern
 
 logger = logging.getLogger(__name__)
 
@@ -230,7 +230,7 @@ def _verified_copy(spec: WeightSpec, folder: Path, want: str | None) -> Path | N
 def _remove_stale_partials(path: Path) -> None:
     """Delete temporary files of ``path`` (``atomic_path``'s ``.<stem>.<8 characters><suffix>``) untouched for
     :data:`STALE_PARTIAL_S` seconds: left by a download that was killed. Younger ones may be another download's."""
-    pattern = re.compile(rf"\.{re.escape(path.stem)}\.[a-z0-9_]{{8}}{re.escape(path.suffix)}")
+    pattern = temporary_name_pattern(path)
     now = time.time()
     for entry in path.parent.iterdir():
         with contextlib.suppress(OSError):

@@ -23,14 +23,13 @@ import json
 import logging
 import os
 import random
-import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from SurgicalDepthLib.atomic_io import atomic_path
+from SurgicalDepthLib.atomic_io import atomic_path, temporary_name_pattern
 from SurgicalDepthLib.checkpoints import CheckpointError
 from SurgicalDepthLib.run_folder import MANIFEST_NAME, OutputConflict, RunFolder, read_manifest
 
@@ -248,13 +247,7 @@ def read_log(path: Path, up_to_step: int) -> list[dict[str, Any]]:
 
 
 # -- the output folder --------------------------------------------------------------------------------------------
-def _temporary_pattern(name: str) -> re.Pattern:
-    stem, dot, suffix = name.partition(".")
-    # SurgicalDepthLib.atomic_io.atomic_path: ".<stem>." + 8 random characters [a-z0-9_] + <suffix>
-    return re.compile(rf"\.{re.escape(stem)}\.[a-z0-9_]{{8}}{re.escape(dot + suffix)}")
-
-
-_TEMPORARIES = [_temporary_pattern(name) for name in TRAIN_OUTPUTS]
+_TEMPORARIES = [temporary_name_pattern(name) for name in TRAIN_OUTPUTS]
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
