@@ -362,15 +362,18 @@ def polydata_to_ras(polydata: Any) -> Any:
 def rgb_from_volume_array(array: np.ndarray, name: str = "volume") -> np.ndarray:
     """RGB uint8 ``[H, W, 3]`` (a copy) from the ``[1, H, W, C>=3]`` array of a one-slice vector volume.
 
-    uint8 is copied as it is; uint16 (16-bit PNG / TIFF frames, which Slicer keeps as unsigned short) is scaled
-    to 0-255 (``round(v / 257)``) instead of wrapping modulo 256; other types are refused (ValueError naming it)."""
+    uint8 is copied as it is; uint16 (16-bit PNG / TIFF frames, which Slicer keeps as unsigned short) keeps its high
+    byte, as ``predict`` reads such files (:func:`~.video.high_byte`), instead of wrapping modulo 256; other types
+    are refused (ValueError naming it)."""
     arr = np.asarray(array)
     if arr.ndim != 4 or arr.shape[0] != 1 or arr.shape[3] < 3:
         raise ValueError(f"{name}: expected a one-slice RGB vector volume [1, H, W, 3], got shape {arr.shape}")
     check_rgb_dtype(arr.dtype, name)
     rgb = arr[0, :, :, :3]
     if rgb.dtype == np.uint16:
-        return ((rgb.astype(np.uint32) + 128) // 257).astype(np.uint8)
+        from .video import high_byte  # lazy: OpenCV is installed with the module's requirements
+
+        return high_byte(rgb)
     return np.array(rgb, dtype=np.uint8, order="C", copy=True)  # never a view of the volume
 
 

@@ -155,9 +155,15 @@ def decode_image_file(path: str | os.PathLike, flags: int) -> np.ndarray | None:
     return cv2.imdecode(data, flags) if data.size else None
 
 
+def high_byte(samples: np.ndarray) -> np.ndarray:
+    """uint8 samples of uint16 ``samples`` (any shape): their high byte (``value >> 8``, libpng's 16-to-8-bit
+    conversion), how every 16-bit RGB frame is read (image files here, Slicer volumes in ``slicer_helpers``)."""
+    return (samples >> 8).astype(np.uint8)
+
+
 def read_image(path: str | os.PathLike, *, orientation: bool = True) -> np.ndarray:
     """Read one image file as RGB uint8 ``[H, W, 3]``: grey is expanded to three channels, alpha is dropped, and
-    16-bit samples keep their high byte (``value >> 8``, as libpng's 16-to-8-bit conversion).
+    16-bit samples keep their high byte (:func:`high_byte`).
 
     Args:
         orientation: apply the file's EXIF orientation tag, as image viewers show it; False keeps the stored pixel
@@ -176,7 +182,7 @@ def read_image(path: str | os.PathLike, *, orientation: bool = True) -> np.ndarr
     if image is None:
         raise ValueError(f"cannot decode image {path}: not a readable {path.suffix or 'image'} file")
     if image.dtype == np.uint16:
-        image = (image >> 8).astype(np.uint8)
+        image = high_byte(image)
     elif image.dtype != np.uint8:
         raise ValueError(f"image {path} has {image.dtype} samples, expected 8- or 16-bit unsigned integers")
     return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB if image.ndim == 2 else cv2.COLOR_BGR2RGB)

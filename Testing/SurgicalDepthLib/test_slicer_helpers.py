@@ -165,10 +165,11 @@ def test_rgb_from_volume_array():
 
 def test_rgb_from_volume_array_scales_16_bit_and_refuses_other_types():
     """Catches 16-bit RGB frames (16-bit PNG / TIFF, which Slicer loads as unsigned short) cast to uint8 modulo 256:
-    (65535, 32768, 256) became (255, 0, 0), a silently wrong image for the model; float or signed voxels are
-    refused with the volume's name and type instead of being truncated to (almost) black."""
+    (65535, 32768, 256) became (255, 0, 0), a silently wrong image for the model, or read otherwise than predict
+    reads the same 16-bit file (its high byte); float or signed voxels are refused with the volume's name and type
+    instead of being truncated to (almost) black."""
     arr = np.array([[[[65535, 32768, 256], [1000, 0, 300]]]], np.uint16)
-    assert sh.rgb_from_volume_array(arr).tolist() == [[[255, 128, 1], [4, 0, 1]]]
+    assert sh.rgb_from_volume_array(arr).tolist() == [[[255, 128, 1], [3, 0, 1]]]
     for dtype in (np.float32, np.int16):
         with pytest.raises(ValueError, match=f"frame: RGB voxels .* got {np.dtype(dtype)}"):
             sh.rgb_from_volume_array(np.ones((1, 2, 2, 3), dtype), "frame")
