@@ -101,8 +101,7 @@ def ocam_project(x: Any, y: Any, coeffs: list[float], fx: float, fy: float) -> t
         lo, hi = _where(miss < 0, rho, lo), _where(miss > 0, rho, hi)
         step = rho - miss * (rho * rho + value * value) / (rho * slope - value)
         rho = _where((step >= lo) & (step <= hi), step, 0.5 * (lo + hi))  # a root found stays
-    scale = rho / r
-    scale = np.where(r > 1e-12, scale, 0.0) if isinstance(r, np.ndarray) else scale.where(r > 1e-12, 0.0)
+    scale = _where(r > 1e-12, rho / r, 0.0)
     xp, yp = y * scale, x * scale  # toolbox axes: x along the rows, y along the columns
     row, col = c * xp + d * yp, e * xp + yp  # offsets from the centre
     return col / fx, row / fy
