@@ -226,6 +226,12 @@ class PoseTracker:
         return (f"frame-to-frame robust point-to-plane ICP ({self.icp_options['loss']}), frame 0 = identity, "
                 f"pixel stride {self.stride}" + (f", voxel {self.voxel_size}" if self.voxel_size else ""))
 
+    @property
+    def last_pose(self) -> np.ndarray:
+        """The latest frame's pose (float64 4×4 camera-to-world), the identity before the first frame: what a frame
+        that cannot be registered keeps."""
+        return self.poses[-1] if self.poses else np.eye(4)
+
     def update(self, depth: np.ndarray) -> np.ndarray:
         """Pose (float64 4×4 camera-to-world) of the next depth map ``[H, W]`` (invalid pixels skipped).
 
@@ -244,7 +250,7 @@ class PoseTracker:
         if not (valid & mask).any():  # a few valid pixels, all off the tracking grid: an unusable frame
             logger.warning("estimate_poses: frame %d has no valid depth on the tracking grid (every %d-th pixel); "
                            "the previous pose is kept", k, self.stride)
-            self.poses.append(self.poses[-1] if self.poses else np.eye(4))
+            self.poses.append(self.last_pose)
             self.frames.append({"failed": "no valid depth"})
             return self.poses[-1]
         pts = backproject(depth, self.intrinsics, valid & mask)

@@ -224,13 +224,11 @@ class RunResult:
 
 def _track(tracker: Any, frame: Any) -> np.ndarray | None:
     """The camera pose of ``frame`` from the ICP ``tracker`` (None without one; NaN depth is skipped). A frame
-    without any depth (a black screen) keeps the previous pose (the first frame's: the identity): ICP refuses a
-    blank map, and one black frame must not end a run."""
+    without any depth (a black screen) keeps the previous pose (``PoseTracker.last_pose``): ICP refuses a blank map,
+    and one black frame must not end a run."""
     if tracker is None:
         return None
-    if not frame.valid.any():
-        return tracker.poses[-1] if tracker.poses else np.eye(4)
-    return tracker.update(frame.depth_mm)
+    return tracker.update(frame.depth_mm) if frame.valid.any() else tracker.last_pose
 
 
 def run_frames(model: Any, source: FrameSource, intrinsics: Any, kinds: Iterable[str],
