@@ -48,7 +48,9 @@ clip, the random ``surgical-depth-tiny`` model on the CPU) keep the whole file u
 |   unlabeled frames; train --unlabeled-weight -1; train         |                                                    |
 |   --style-root missing or without images, --style-prob without |                                                    |
 |   --style-root, --style-beta 0.3 0.1; reconstruct --fuse        |                                                    |
-|   --max-depth -3 / nan                                         |                                                    |
+|   --max-depth -3 / nan; evaluate --dataset-option without '=', |                                                    |
+|   an unknown, repeated or infinite one, intrinsics= through it;|                                                    |
+|   train --dataset-option with an unknown key                   |                                                    |
 
 Disk full is simulated with a real kernel mechanism, no monkeypatching: the child's RLIMIT_FSIZE (``ulimit -f``) is
 set to 4 KiB in ``preexec_fn`` (the small manifest fits, a 15 KiB depth map does not), so writes fail with EFBIG
@@ -627,7 +629,9 @@ def test_new_commands_and_options_fail_cleanly_with_an_error_event(tmp_path):
     probability accepted without it, a reversed --style-beta, a --model-version / --model-max-depth that is no
     choice, no number, or contradicts the weight file (silently dropped or overriding it), synth --overwrite onto a
     folder that is no synth data set (emptied or replaced), evaluate --max-depth inf (run, with a cap of null),
-    reconstruct --max-depth -3 or nan (a fusion that keeps no depth, or no cap),
+    reconstruct --max-depth -3 or nan (a fusion that keeps no depth, or no cap), evaluate/train --dataset-option
+    without '=', with a misspelt key (silently ignored), a key given twice (one silently dropped), an infinite value
+    or the calibration through it (bypassing --intrinsics' checks),
     ending in a traceback, a half-made run folder, report or graph, or without the jsonl error event the Slicer
     modules wait for."""
     model = tmp_path / "m.safetensors"
@@ -695,7 +699,18 @@ def test_new_commands_and_options_fail_cleanly_with_an_error_event(tmp_path):
         ("evaluate", "--dataset", "folder", "--root", data, "--output", tmp_path / "r.json", *TINY,
          "--max-depth", "inf", *jsonl),
         ("reconstruct", data / "rgb", "--output", tmp_path / "o", *TINY, "--fuse", "--max-depth", "-3", *jsonl),
-        ("reconstruct", data / "rgb", "--output", tmp_path / "o", *TINY, "--fuse", "--max-depth", "nan", *jsonl))
+        ("reconstruct", data / "rgb", "--output", tmp_path / "o", *TINY, "--fuse", "--max-depth", "nan", *jsonl),
+        ("evaluate", "--dataset", "folder", "--root", data, "--output", tmp_path / "r.json", *TINY,
+         "--dataset-option", "depth_scale", *jsonl),
+        ("evaluate", "--dataset", "folder", "--root", data, "--output", tmp_path / "r.json", *TINY,
+         "--dataset-option", "depth_sacle=0.1", *jsonl),
+        ("evaluate", "--dataset", "folder", "--root", data, "--output", tmp_path / "r.json", *TINY,
+         "--dataset-option", "depth_scale=0.1", "--dataset-option", "depth_scale=0.2", *jsonl),
+        ("evaluate", "--dataset", "folder", "--root", data, "--output", tmp_path / "r.json", *TINY,
+         "--dataset-option", "depth_scale=inf", *jsonl),
+        ("evaluate", "--dataset", "folder", "--root", data, "--output", tmp_path / "r.json", *TINY,
+         "--dataset-option", f"intrinsics={not_calibration}", *jsonl),
+        (*TRAIN, "--root", tmp_path, "--output", tmp_path / "o", "--dataset-option", "depth_sacle=0.1", *jsonl))
     needles = [(existing, "--overwrite"), ("m.safetensors",), ("tflite",), ("nohost",), ("99999",), ("tensorrt-x",),
                ("none.png",), ("--photometric", "1.5"), ("--unlabeled-root", "nowhere"), ("--intrinsics", "1,2,x"),
                ("--intrinsics", "500,500,-1,20"), ("--intrinsics", "nowhere.yaml"), ("notes.txt",),
@@ -708,7 +723,9 @@ def test_new_commands_and_options_fail_cleanly_with_an_error_event(tmp_path):
                ("--model-version", "v3"), ("m.safetensors", "version='v1' conflicts", "version='v2'"),
                ("max_depth=20.0 conflicts", "max_depth=None"), ("--model-max-depth", "deep"),
                ("data", "not a data set written by synth"), ("--max-depth", "inf"), ("--max-depth must be a positive", "-3"),
-               ("--max-depth must be a positive", "nan")]
+               ("--max-depth must be a positive", "nan"), ("--dataset-option", "KEY=VALUE", "depth_scale"),
+               ("unknown option", "depth_sacle"), ("--dataset-option depth_scale is given twice",),
+               ("depth_scale", "finite", "inf"), ("--intrinsics FILE",), ("unknown option", "depth_sacle")]
     for result, expected in zip(runs, needles):
         if result.args[0] == "stream" and "pyigtl" in result.stderr:
             continue  # the [igtl] extra is not installed: that one-line error is checked by test_live.py
