@@ -70,12 +70,15 @@ def _runtime_precision(backend: str, precision: str) -> str:
     return "fp32" if precision == "auto" else precision
 
 
-def _no_hints(hints: dict[str, Any], where: str) -> None:
-    """Hints describe weight files; a model object states its architecture (``config``): refuse them rather than
-    ignore them."""
+def _no_hints(hints: dict[str, Any], where: Any, what: str = "a model object (its config states the architecture)"
+              ) -> None:
+    """Hints describe weight files; a model object (``config``) or an exported graph (its metadata) states its
+    architecture: refuse them rather than ignore them (``where``: the call or file, ``what``: what it is)."""
     if hints:
-        raise ValueError(f"{where}: hints {sorted(hints)} apply to weight files, not to a model object (its config "
-                         "states the architecture)")
+        raise ValueError(f"{where}: hints {sorted(hints)} apply to weight files, not to {what}")
+
+
+_GRAPH = "an exported graph (its metadata states the architecture)"
 
 
 def _input_it_replaces(out: Path, source: Path | None) -> str:
@@ -112,9 +115,7 @@ def load_backend(source: str | os.PathLike | torch.nn.Module, backend: str, *, d
     _check_cpu(backend, device)
     if isinstance(source, (str, os.PathLike)) and Path(source).suffix.lower() in GRAPH_SUFFIXES:
         path = Path(source).expanduser()
-        if hints:
-            raise ValueError(f"{path} states its architecture in its metadata; hints {sorted(hints)} apply to "
-                             "weight files only")
+        _no_hints(hints, path, _GRAPH)
         if backend == "onnxruntime":
             if path.suffix.lower() != ".onnx":
                 raise ValueError(f"backend='onnxruntime' reads .onnx files, not {path.name} (use backend='openvino')")
@@ -205,8 +206,7 @@ def export_model(source: str | os.PathLike | torch.nn.Module, path: str | os.Pat
         if format != "openvino" or source_path.suffix.lower() != ".onnx":
             raise ValueError(f"{source_path.name} is already an exported graph; export from the weights (only an "
                              ".onnx file converts further, to --format openvino)")
-        if hints:
-            raise ValueError(f"{source_path} states its architecture in its metadata; hints apply to weight files")
+        _no_hints(hints, source_path, _GRAPH)
         from ._metadata import read_metadata
         from .openvino_model import read_ov_model, read_rt_info, save_openvino
 
