@@ -160,13 +160,19 @@ def cached_path(name: str, root: str | os.PathLike | None = None, verify: bool =
         if want is None:
             raise ValueError(f"{path}: no SHA256 recorded for {name!r}; re-run surgical-depth download {name} "
                              "--sha256 HEX")
-        if spec.size is not None and (n := path.stat().st_size) != spec.size:
-            raise ValueError(f"{path}: {n} bytes, but the official file has {spec.size} bytes; delete it and "
-                             "download again")
-        got = sha256_file(path)
-        if got != want:
-            raise ValueError(f"{path}: SHA256 {got} does not match the expected {want}; delete it and download again")
+        mismatch = _mismatch(spec, path, want)
+        if mismatch is not None:
+            raise ValueError(f"{path}: {mismatch}; delete it and download again")
     return path
+
+
+def _mismatch(spec: WeightSpec, path: Path, want: str) -> str | None:
+    """Why the file ``path`` is not the weights of ``spec`` with the digest ``want`` (its size, then its SHA256);
+    None when it is."""
+    if spec.size is not None and (n := path.stat().st_size) != spec.size:
+        return f"{n} bytes, but the official file has {spec.size} bytes"
+    got = sha256_file(path)
+    return None if got == want else f"SHA256 {got} does not match the expected {want}"
 
 
 def download(name: str, root: str | os.PathLike | None = None, *, sha256: str | None = None,
@@ -220,11 +226,7 @@ STALE_PARTIAL_S = 3600.0
 def _verified_copy(spec: WeightSpec, folder: Path, want: str | None) -> Path | None:
     """The cached file of ``spec`` if it has the expected digest ``want`` (and the pinned size), else None."""
     path = folder / Path(spec.filename).name
-    if want is None or not path.is_file():
-        return None
-    if spec.size is not None and path.stat().st_size != spec.size:
-        return None
-    return path if sha256_file(path) == want else None
+    return path if want is not None and path.is_file() and _mismatch(spec, path, want) is None else None
 
 
 def _remove_stale_partials(path: Path) -> None:
