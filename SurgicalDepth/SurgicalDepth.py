@@ -347,7 +347,7 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
         from SurgicalDepthLib.slicer_run import OUTPUT_LABELS, OUTPUT_NODE_CLASSES
         ref = src.sequence  # index type 0 = vtkMRMLSequenceNode::NumericIndex
         index = (ref.GetIndexName(), ref.GetIndexUnit(), ref.GetIndexType(), ref.GetNumericIndexValueTolerance()) \
-            if ref else (("time", "s", 0, index_tolerance(src.fps)) if src.fps else ("frame", "", 0, 0.001))
+            if ref else (*(("time", "s", 0) if src.fps else ("frame", "", 0)), index_tolerance(src.fps))
         for kind in kinds:
             seq = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSequenceNode", f"{name} {OUTPUT_LABELS[kind]}")
             for setter, value in zip(("SetIndexName", "SetIndexUnit", "SetIndexType", "SetNumericIndexValueTolerance"),
