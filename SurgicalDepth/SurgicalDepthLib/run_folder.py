@@ -2,8 +2,9 @@
 
 Every command that writes into a folder opens it as a :class:`RunFolder`:
 
-- the folder is locked while the run writes (``.surgical-depth.lock``: pid and host); a second run into it is
-  refused while the first one lives (a lock left by a dead process on this host is taken over);
+- the folder is locked while the run writes (``.surgical-depth.lock``: pid, host and process start time); a second
+  run into it is refused while the first one lives (a lock left by a dead process on this host, or one whose pid
+  another process now has, is taken over);
 - the run lists every file it writes in the manifest ``.surgical-depth-run`` (first line a JSON header: command,
   start time; then one relative path per line, appended as the files are claimed, so a killed run is listed too);
 - a folder that holds an earlier run's manifest is refused unless ``overwrite=True``, which first deletes exactly the
@@ -56,6 +57,37 @@ def _pid_alive(pid: int) -> bool:
     except PermissionError:  # exists, owned by another user
         return True
     return True
+
+
+def _process_start(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot (Linux ``/proc/PID/stat`` field 22, proc(5)); None
+    where that is unknown (another system, no such process). Two processes that share a pid (one reused it after
+    the other ended) have different values."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()  # the command name (field 2) may hold spaces and parentheses
+    try:
+        return int(fields[19])  # fields[0] is field 3 (state)
+    except (IndexError, ValueError):
+        return None
+
+
+def _lock_owner_alive(owner: dict, host: str) -> bool:
+    """Whether the run that wrote lock contents ``owner`` (pid, host, process start) may still be writing: it runs
+    on another host (unknowable: assumed), or its pid lives here and, where both are known, is the same process
+    (a pid reused after a killed run, e.g. after a reboot, is not the lock's owner)."""
+    if owner.get("host") != host:
+        return True
+    try:
+        pid = int(owner.get("pid", -1))
+    except (TypeError, ValueError):
+        return False
+    if not _pid_alive(pid):
+        return False
+    started, now = owner.get("start"), _process_start(pid)
+    return started is None or now is None or started == now
 
 
 def read_manifest(folder: str | os.PathLike) -> tuple[dict, list[str]] | None:
@@ -117,7 +149,7 @@ class RunFolder:
 
     def _lock(self) -> None:
         lock = self.folder / LOCK_NAME
-        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "start": _process_start(os.getpid())}
         for _ in range(2):
             try:
                 fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -126,8 +158,8 @@ class RunFolder:
                     owner = json.loads(lock.read_text())
                 except (OSError, json.JSONDecodeError):
                     owner = {}
-                alive = owner.get("host") != me["host"] or _pid_alive(int(owner.get("pid", -1)))
-                if alive:
+                owner = owner if isinstance(owner, dict) else {}
+                if _lock_owner_alive(owner, me["host"]):
                     raise OutputConflict(f"{self.folder} is being written by another surgical-depth run "
                                          f"(pid {owner.get('pid', '?')} on {owner.get('host', '?')}); wait for it "
                                          "to finish or choose another output folder") from None

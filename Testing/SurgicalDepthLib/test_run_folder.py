@@ -15,6 +15,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -94,6 +95,31 @@ def test_lock_refuses_a_second_run_and_is_taken_over_from_a_dead_one(tmp_path):
     (folder / LOCK_NAME).write_text(json.dumps({"pid": int(dead.stdout), "host": socket.gethostname()}))
     with RunFolder(folder, "predict", overwrite=True):
         assert json.loads((folder / LOCK_NAME).read_text())["pid"] == os.getpid()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="process start times come from Linux's /proc")
+def test_lock_of_a_reused_pid_is_taken_over_and_a_live_owner_still_refuses(tmp_path):
+    """Catches: a run killed without cleanup (SIGKILL, power loss) whose pid a later, unrelated process got (pids
+    are reused, always after a reboot) blocking its folder with "being written by another run" for as long as that
+    process lives; and, the other way, a lock of the live owner being taken over because its start time is
+    misread. The lock here names this test's pid (alive) with another process start time."""
+    import socket
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    host = socket.gethostname()
+    with RunFolder(folder, "predict"):
+        mine = json.loads((folder / LOCK_NAME).read_text())
+        assert mine["pid"] == os.getpid() and isinstance(mine["start"], int)
+    (folder / LOCK_NAME).write_text(json.dumps({"pid": os.getpid(), "host": host, "start": mine["start"] - 1}))
+    with RunFolder(folder, "predict", overwrite=True):
+        assert json.loads((folder / LOCK_NAME).read_text())["start"] == mine["start"]
+    for owner in ({"pid": os.getpid(), "host": host, "start": mine["start"]},  # this very process: alive
+                  {"pid": os.getpid(), "host": host}):  # a lock written before start times were recorded
+        (folder / LOCK_NAME).write_text(json.dumps(owner))
+        with pytest.raises(OutputConflict, match="being written by another"):
+            with RunFolder(folder, "predict", overwrite=True):
+                pass
 
 
 def test_failed_run_leaves_no_empty_folder(tmp_path):
