@@ -6,7 +6,9 @@ Connections are handled here rather than by ``pyigtl.OpenIGTLinkServer``, which 
 SIGTERM handlers when constructed, busy-loops after a client disconnects and serves no other client until a send
 fails, and drops the connection (printing a traceback) on a malformed message. Here a malformed message raises
 :class:`BadMessage` (the caller skips it and keeps the connection); a stream that cannot be re-synchronised (bad
-header, a body that stops coming) raises :class:`StreamBroken` (the caller closes that connection only).
+header, a body that stops coming) raises :class:`StreamBroken` (the caller closes that connection only). A body is
+checked against its header's CRC-64 (:func:`body_intact`) as the OpenIGTLink library checks it before unpacking
+(``igtlMessageBase.cxx``, ``UnpackBody``; Slicer's OpenIGTLinkIF checks by default): pyigtl checks none.
 """
 from __future__ import annotations
 
@@ -158,6 +160,13 @@ def decode_image(header_version: int, device: str, body: bytearray) -> tuple[np.
     return rgb, content[5], bytes(content[_GEOMETRY])
 
 
+def body_intact(body: bytes | bytearray | memoryview, crc: int) -> bool:
+    """Whether ``body`` (the whole body: a v2 header's extended header and metadata included) has the CRC-64
+    (ECMA-182, as :data:`pyigtl.messages.CRC64`) its header announced: a message whose bytes were changed on the way
+    is dropped, as the OpenIGTLink library drops it, instead of being predicted on."""
+    return CRC64(body) == crc
+
+
 def _content(header_version: int, body: bytearray) -> memoryview:
     """The message content in ``body``: a v2 header's body holds an extended header before it and metadata after
     it (OpenIGTLink v3; ``igtlMessageBase.cxx`` locates them the same way). The metadata is never decoded: a value
@@ -225,13 +234,14 @@ class Connection:
         return True
 
     def read(self) -> tuple[tuple, bytearray, float] | None:
-        """Next message as (header fields, body, time complete), None when the peer closed between messages."""
+        """Next message as (header fields ``(version, type, device, raw timestamp, CRC-64)``, body, time complete),
+        None when the peer closed between messages. The body's CRC is not checked here (:func:`body_intact`)."""
         raw = bytearray(_HEADER.size)
         if not self._fill(memoryview(raw), idle_ok=True):
             return None
-        version, mtype, device, stamp, size, _crc = _HEADER.unpack(raw)
-        try:
-            mtype = mtype.rstrip(b"\0 ").decode("ascii")
+        version, mtype, device, stamp, size, crc = _HEADER.unpack(raw)
+        try:  # up to the first NUL, as the OpenIGTLink library reads it (strncpy): bytes after it are no part of it
+            mtype = mtype.split(b"\0", 1)[0].rstrip(b" ").decode("ascii")
         except UnicodeDecodeError:
             mtype = ""
         # the standard says ASCII; other bytes are kept (escaped) so the message is still read and answered
@@ -246,7 +256,7 @@ class Connection:
             if not self._fill(memoryview(chunk), idle_ok=False, deadline=deadline):
                 return None
             body += chunk
-        return (version, mtype, device, stamp), body, time.perf_counter()
+        return (version, mtype, device, stamp, crc), body, time.perf_counter()
 
     def send(self, buffers: list) -> bool:
         """Send one message (its ``buffers`` in order); False, and the connection closed, when it fails. Like a

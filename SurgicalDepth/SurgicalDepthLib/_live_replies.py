@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -17,6 +18,8 @@ from .memory_budget import decimation_step
 
 #: points per live cloud (a message per frame; memory_budget.DEFAULT_POINT_BUDGET is the Slicer runs')
 LIVE_POINT_BUDGET = 20000
+#: frame sizes whose point grid and camera are kept: a source whose frame size keeps changing must not grow the cache
+SIZES_KEPT = 8
 
 
 def decimation_grid(height: int, width: int, budget: int) -> np.ndarray:
@@ -43,6 +46,8 @@ class ReceivedFrame:
     geometry: bytes
     received: float  # time.perf_counter() when the message was complete
     conn: Connection
+    body: Any = None  # the whole message body, until checked against ``crc`` (None: checked)
+    crc: int = 0  # the CRC-64 its header announced
 
     @property
     def source(self) -> tuple[Connection, str]:
@@ -77,7 +82,9 @@ class ReplySender:
         self._per_connection = max(1, threads - 1)
         # per connection: [next number to give, next number to send, replies in the making or sending]
         self._order: dict[Connection, list[int]] = {}
-        self._grids: dict[tuple[int, int], tuple[np.ndarray, Any]] = {}
+        # (H, W) -> (grid, camera), the SIZES_KEPT sizes used last; the lock: several threads make replies
+        self._grids: OrderedDict[tuple[int, int], tuple[np.ndarray, Any]] = OrderedDict()
+        self._grids_lock = threading.Lock()
 
     def submit(self, out: Any, frame: ReceivedFrame) -> None:
         """Reply to ``frame`` with ``out`` (a ``DepthFrame``); called from one thread (the stream's)."""
@@ -150,17 +157,29 @@ class ReplySender:
                 self._once(logging.ERROR, ("points", str(exc)), "stream: no points for %r: %s", frame.device, exc)
         return replies
 
-    def _point_reply(self, depth: np.ndarray, frame: ReceivedFrame) -> list:
+    def _grid(self, H: int, W: int) -> tuple[np.ndarray, Any]:
+        """(decimation grid bool ``[H, W]``, camera ``Intrinsics``) of ``H x W`` frames: made once per size, kept
+        for the :data:`SIZES_KEPT` sizes used last."""
         from .camera import Intrinsics, parse_intrinsics
-        from .geometry import backproject, point_mask
 
-        H, W = depth.shape
-        if (H, W) not in self._grids:  # one (grid, camera) per frame size
+        with self._grids_lock:
+            entry = self._grids.pop((H, W), None)
+        if entry is None:
             intr = self.intrinsics
             camera = ((intr if intr.size == (W, H) else intr.scaled(W, H)) if isinstance(intr, Intrinsics)
                       else parse_intrinsics(intr, W, H))
-            self._grids[H, W] = decimation_grid(H, W, self.point_budget), camera
-        grid, camera = self._grids[H, W]
+            entry = decimation_grid(H, W, self.point_budget), camera
+        with self._grids_lock:
+            self._grids[H, W] = entry  # the newest last
+            while len(self._grids) > SIZES_KEPT:
+                self._grids.popitem(last=False)
+        return entry
+
+    def _point_reply(self, depth: np.ndarray, frame: ReceivedFrame) -> list:
+        from .geometry import backproject, point_mask
+
+        H, W = depth.shape
+        grid, camera = self._grid(H, W)
         mask = point_mask(depth, camera, grid)
         points = backproject(depth, camera, mask=mask) if mask.any() else np.zeros((0, 3), np.float32)
         return pack_message("POLYDATA", self._name(frame.device, "_points"), frame.timestamp,

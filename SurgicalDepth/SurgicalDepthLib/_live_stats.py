@@ -20,8 +20,9 @@ class DepthServiceStats:
 
     frames_in: int  # IMAGEs accepted
     frames_out: int  # depth replies sent
-    dropped: int  # replaced in the mailbox by a newer frame of the same device (latest-frame policy)
-    bad: int  # IMAGEs skipped as malformed or unsupported
+    dropped: int  # replaced in the mailbox by a newer frame of the same device (latest-frame policy), or dropped
+    # there as the longest waiting when frames of too many devices wait (live._WAITING_SOURCES)
+    bad: int  # IMAGEs skipped as malformed, corrupted (body CRC-64 differs from its header's) or unsupported
     ignored: int  # messages of other types
     lost: int  # accepted but not answered: the client left, or inference failed
     clients: int
@@ -51,6 +52,12 @@ class ServiceCounters:
     def add(self, name: str, n: int = 1) -> None:
         with self._lock:
             self._counts[name] += n
+
+    def move(self, source: str, target: str) -> None:
+        """One count moved from ``source`` to ``target`` (an IMAGE counted in, found corrupted when its turn came)."""
+        with self._lock:
+            self._counts[source] -= 1
+            self._counts[target] += 1
 
     def replied(self, received: float) -> None:
         """A depth reply was sent now for a frame complete at ``received`` (``time.perf_counter()``)."""

@@ -3,9 +3,10 @@
 Messages (pyigtl's codec; its array axes are ``[k, j, i, components]``):
 
 - in: IMAGE with one slice (k = 1) of uint8 grey (1 component), RGB (3) or RGBA (4, alpha ignored); rows (j) go to
-  the model in message order. Other message types are ignored; bad IMAGEs are skipped (also frames whose sides are
-  further apart than :data:`~SurgicalDepthLib.preprocess.MAX_ASPECT_RATIO`: read at their aspect ratio they would hold
-  every client's answers for seconds); each case is logged once.
+  the model in message order. Other message types are ignored; bad IMAGEs are skipped (also those whose body does
+  not match its header's CRC-64, which the OpenIGTLink library drops too, and frames whose sides are further apart
+  than :data:`~SurgicalDepthLib.preprocess.MAX_ASPECT_RATIO`: read at their aspect ratio they would hold every
+  client's answers for seconds); each case is logged once.
 - out: IMAGE ``X_depth``: float32 ``[1, H, W]`` depth in mm along the optical axis, NaN where undefined, with the
   input's timestamp and geometry (IJK→RAS/LPS matrix, coordinate system) copied byte for byte.
 - out with ``points=True``: POLYDATA ``X_points``: the valid pixels of a regular grid (:func:`decimation_grid`,
@@ -44,7 +45,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ._igtl import BadMessage, Connection, PointCloudMessage, StreamBroken, decode_image
+from ._igtl import BadMessage, Connection, PointCloudMessage, StreamBroken, body_intact, decode_image
 from ._live_replies import LIVE_POINT_BUDGET, ReceivedFrame, ReplySender, decimation_grid
 from ._live_stats import DepthServiceStats, ServiceCounters
 from .camera import Intrinsics, parse_intrinsics
@@ -59,6 +60,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_PORT = 18944  # the registered OpenIGTLink port
 _FOV_DEVICES = 64  # "auto" field-of-view masks kept (device, frame size): bounded, device names come from clients
+_WAITING_SOURCES = 64  # frames waiting for the model, one per source: bounded, a client may send many device names
 
 
 class DepthService:
@@ -115,7 +117,7 @@ class DepthService:
         self._output_threads = output_threads or (3 if on_cpu else 4)
         self.address: tuple[str, int] | None = None
         self._stop = threading.Event()
-        self._mailbox: LatestFrameMailbox[ReceivedFrame] = LatestFrameMailbox()  # keyed by source
+        self._mailbox: LatestFrameMailbox[ReceivedFrame] = LatestFrameMailbox(_WAITING_SOURCES)  # keyed by source
         self._counters = ServiceCounters()
         self._lock = threading.Lock()  # connections, threads, warned keys
         self._connections: set[Connection] = set()
@@ -140,8 +142,8 @@ class DepthService:
         else:
             self.address = (self.connect[0], int(self.connect[1]))
         if importlib.util.find_spec("crcmod._crcfunext") is None:
-            logger.warning("stream: crcmod runs without its C extension: the CRC of every reply is computed in pure "
-                        "Python (slow for large frames); reinstall crcmod with a C compiler available")
+            logger.warning("stream: crcmod runs without its C extension: the CRC of every frame and reply is computed "
+                           "in pure Python (slow for large frames); reinstall crcmod with a C compiler available")
         self._started = time.monotonic()
         self._replies = ReplySender(self._output_threads, self._counters, self._stop, self._once, points=self.points,
                                     point_budget=self.point_budget, intrinsics=self.intrinsics)
@@ -278,7 +280,7 @@ class DepthService:
                 logger.info("stream: %s disconnected", conn.peer)
 
     def _dispatch(self, conn: Connection, head: tuple, body: bytearray, received: float) -> None:
-        version, mtype, device, stamp = head
+        version, mtype, device, stamp, crc = head
         if mtype != "IMAGE":
             self._count("ignored")
             self._once(logging.INFO, ("type", mtype, device), "stream: ignoring %s messages from %r (only IMAGE "
@@ -292,16 +294,34 @@ class DepthService:
                        "(logged once)", device, conn.peer, exc)
             return
         self._count("frames_in")
-        frame = ReceivedFrame(rgb, device, stamp, coordinates, geometry, received, conn)
+        frame = ReceivedFrame(rgb, device, stamp, coordinates, geometry, received, conn, body, crc)
         if self._mailbox.put(frame, key=frame.source):
             self._count("dropped")
 
     # -- inference -------------------------------------------------------------------------------------------
     def _infer_loop(self) -> None:
         while not self._stop.is_set():
-            first = self._mailbox.take(0.1)
+            first = self._take(0.1)
             if first is not None:
                 self._run_stream(first)
+
+    def _take(self, timeout: float) -> ReceivedFrame | None:
+        """The next frame of the mailbox (waiting up to ``timeout`` seconds) whose body matches its CRC-64. Checked
+        when a frame's turn comes rather than as it arrives: the frames the latest-frame policy drops cost no CRC
+        (about 30 ms for a 1080p RGB frame, on a CPU the model also needs). A corrupted frame is counted bad (not in)
+        and logged once, and the next one taken."""
+        deadline = time.monotonic() + timeout
+        while True:
+            frame = self._mailbox.take(max(0.0, deadline - time.monotonic()))
+            if frame is None:
+                return None
+            body, frame.body = frame.body, None  # checked once (a frame put back is not checked again)
+            if body is None or body_intact(body, frame.crc):
+                return frame
+            self._counters.move("frames_in", "bad")
+            self._once(logging.WARNING, ("bad", frame.device, "crc"), "stream: skipping IMAGE %r from %s: its body "
+                       "does not match the CRC-64 of its header (corrupted on the way; logged once)", frame.device,
+                       frame.conn.peer)
 
     def _lens(self, shape: tuple[int, ...]) -> Intrinsics | None:
         """The calibrated camera for frames of ``shape`` (the depth is corrected to it), or None."""
@@ -332,7 +352,7 @@ class DepthService:
                     if not room.wait_for(lambda: len(pending) < self._in_flight or halted(), 0.1) or halted():
                         continue
                     busy = bool(pending)
-                frame = self._mailbox.take(0.0 if busy else 0.1)
+                frame = self._take(0.0 if busy else 0.1)
                 if frame is None:
                     if busy:  # nothing new while a GPU result waits: end the stream so that it comes out
                         return None

@@ -22,7 +22,7 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
@@ -36,6 +36,9 @@ from .memory_budget import DEFAULT_POINT_BUDGET
 from .slicer_helpers import has_calibration, resolve_intrinsics, rgb_from_volume_array
 
 logger = logging.getLogger(__name__)
+
+#: frame sizes whose field of view and intrinsics are kept: a source whose size keeps changing must not grow them
+SIZES_KEPT = 8
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,8 @@ class LiveWorker:
         self._next_number = first_number
         self._counts = {"received": 0, "processed": 0, "dropped": 0, "recorded": 0}
         self._done_times: deque[float] = deque(maxlen=256)
-        self._by_size: dict[tuple[int, int], tuple[Any, Any]] = {}  # (H, W) -> (fov mask or None, intrinsics)
+        # (H, W) -> (fov mask, FovSearch or None; intrinsics), for the SIZES_KEPT sizes seen last
+        self._by_size: OrderedDict[tuple[int, int], tuple[Any, Any]] = OrderedDict()
 
     # -- caller's side ------------------------------------------------------------------------------------
     def start(self) -> "LiveWorker":
@@ -198,7 +202,8 @@ class LiveWorker:
 
     def _frame_setup(self, rgb: np.ndarray) -> tuple[Any, Any]:
         """Field of view (None = every pixel) and intrinsics of ``rgb``'s size (intrinsics and a given mask found
-        once per size; ``"auto"`` searches on with each frame until it has settled)."""
+        once per size, kept for the :data:`SIZES_KEPT` sizes seen last; ``"auto"`` searches on with each frame until
+        it has settled)."""
         from .fov import FovSearch, check_fov_mask
 
         size = rgb.shape[:2]
@@ -209,6 +214,9 @@ class LiveWorker:
             elif fov is not None:
                 fov = check_fov_mask(fov, size)
             self._by_size[size] = (fov, self.intrinsics_for(size[1], size[0]))
+            while len(self._by_size) > SIZES_KEPT:
+                self._by_size.popitem(last=False)
+        self._by_size.move_to_end(size)
         fov, intrinsics = self._by_size[size]
         if isinstance(fov, FovSearch):
             fov.add(rgb)

@@ -117,3 +117,18 @@ def test_concurrent_frames_delivered_at_most_once_and_in_order(keys):
         assert mine[-1] == n - 1  # the newest frame is always delivered
         assert len(mine) + dropped[key] == n  # every frame delivered or dropped, none lost
         assert dropped[key] > 0  # the consumer was slower: frames were replaced
+
+
+def test_max_sources_bounds_the_frames_waiting():
+    """Catches a mailbox that keeps one frame per source key without a limit: OpenIGTLink device names come from
+    peers, and a client sending under ever new names (300 names, a model at 2 frames/s) queued 297 frames in the
+    depth service (68 MB of 320x240 frames; 1.8 GB at 1080p). At ``max_sources`` a new source's frame drops the one
+    that has waited longest."""
+    box: LatestFrameMailbox[str] = LatestFrameMailbox(max_sources=2)
+    assert [box.put("a", key="A"), box.put("b", key="B"), box.put("c", key="C")] == [False, False, True]
+    assert len(box) == 2
+    assert box.put("b2", key="B") is True and len(box) == 2  # its own source's frame: replaced, nothing else
+    assert box.put_back("d", key="D") is True  # full: the frame put back is the one dropped
+    assert [box.take(), box.take(), box.take()] == ["b2", "c", None]
+    with pytest.raises(ValueError, match="max_sources"):
+        LatestFrameMailbox(max_sources=0)

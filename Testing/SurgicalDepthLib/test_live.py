@@ -532,7 +532,7 @@ def test_calibration_file_without_its_size_is_checked_per_frame_size(tmp_path):
 
 # -- hardening: memory, slow peers, shared device names, long names, dead peers, the first frames' view -------------
 def _header(size: int, device: str = "Video") -> bytes:
-    """An OpenIGTLink v1 IMAGE header announcing a body of ``size`` bytes (CRC not checked by the service)."""
+    """An OpenIGTLink v1 IMAGE header announcing a body of ``size`` bytes (CRC 0: that of a body of zeros)."""
     return struct.pack(">H12s20s8sQQ", 1, b"IMAGE", device.encode(), bytes(8), size, 0)
 
 
@@ -810,3 +810,100 @@ def test_a_connection_refusing_tcp_options_does_not_end_the_accept_loop(model, m
             assert wait_until(lambda: len(client.replies) == 1), "the service accepts no more connections"
         finally:
             client.close()
+
+
+# -- the receiving side against the OpenIGTLink library's rules: CRC, type names, bounded per-source/per-size state --
+def test_an_image_corrupted_on_the_way_is_not_answered(model, caplog, one_torch_thread):
+    """Catches the body's CRC-64 (header field CRC, ECMA-182 over the body) never checked: an IMAGE with one pixel
+    byte changed after it was packed was predicted on and answered with depth, where the OpenIGTLink library
+    (``MessageBase::UnpackBody``, which Slicer's OpenIGTLinkIF runs with its CRC check on) drops it. Checked when
+    the frame's turn comes: counted bad, not in; the connection is kept and the next intact frame answered."""
+    caplog.set_level(logging.INFO, logger="SurgicalDepthLib.live")
+    rgb = textured(24, 32, 8)
+    corrupted = bytearray(pyigtl.ImageMessage(rgb[None], timestamp=1.0, device_name="Video").pack())
+    corrupted[58 + 72 + 100] ^= 0x10  # one pixel byte (header 58 bytes, IMAGE header 72), the header's CRC kept
+    with running(model, fov_mask=None) as service:
+        client = RawClient(service.address[1])
+        try:
+            for i in range(2):  # the second: still skipped, logged once
+                client.send(bytes(corrupted))
+                assert wait_until(lambda: service.stats().bad == i + 1), service.stats()
+            client.send(pyigtl.ImageMessage(rgb[None], timestamp=2.0, device_name="Video"))
+            assert wait_until(lambda: len(client.replies) == 1)
+            time.sleep(0.2)
+            stats = service.stats()
+            assert not client.closed_by_server.is_set()
+        finally:
+            client.close()
+    assert [reply.timestamp for _, reply in client.replies] == [2.0]
+    assert (stats.frames_in, stats.frames_out, stats.bad, stats.lost) == (1, 1, 2, 0), stats
+    assert sum("CRC-64" in r.getMessage() for r in caplog.records if r.levelno >= logging.INFO) == 1
+
+
+def test_message_types_are_read_up_to_their_nul_and_queries_keep_the_connection(model, one_torch_thread):
+    """Catches a type field read past its terminating NUL: b"IMAGE\\0" followed by other bytes (the OpenIGTLink
+    library reads the type with strncpy, up to the NUL) was taken for a stream out of sync and the connection
+    closed. Also: GET_/STT_/STP_ queries (header v1, and v2 with an empty extended header) are ignored, not
+    answered with depth, and do not close the connection."""
+    from pyigtl.messages import CRC64
+
+    def message(mtype: bytes, body: bytes = b"", version: int = 1) -> bytes:
+        return struct.pack(">H12s20s8sQQ", version, mtype, b"Video", bytes(8), len(body), CRC64(body)) + body
+
+    rgb = textured(24, 32, 9)
+    good = pyigtl.ImageMessage(rgb[None], timestamp=3.0, device_name="Video").pack()
+    queries = [message(b"GET_IMAGE"), message(b"STT_IMAGE", struct.pack(">I", 0)), message(b"STP_IMAGE"),
+               message(b"GET_CAPABIL"), message(b"GET_IMAGE", struct.pack(">HHIIH", 12, 2, 0, 0, 0), version=2)]
+    with running(model, fov_mask=None) as service:
+        client = RawClient(service.address[1])
+        try:
+            client.send(b"".join(queries))
+            client.send(good[:2] + b"IMAGE\0\xff\xffjunk" + good[14:])
+            assert wait_until(lambda: len(client.replies) == 1), service.stats()
+            stats = service.stats()
+        finally:
+            client.close()
+    assert client.replies[0][1].device_name == "Video_depth" and client.replies[0][1].timestamp == 3.0
+    assert (stats.ignored, stats.bad, stats.frames_in) == (5, 0, 1), stats
+
+
+def test_point_grids_are_kept_for_a_few_frame_sizes(model, monkeypatch, one_torch_thread):
+    """Catches the (decimation grid, camera) cache of the point replies growing with every frame size seen: a source
+    whose frame size keeps changing (a resized capture window) made the service keep one bool [H, W] grid per size
+    for good (25 sizes, 25 grids; 2 MB each at 1080p). It keeps the SIZES_KEPT sizes used last."""
+    from SurgicalDepthLib import _live_replies
+
+    monkeypatch.setattr(_live_replies, "SIZES_KEPT", 3, raising=False)  # raising: the test also runs without it
+    monkeypatch.setitem(pyigtl.messages.message_type_to_class_constructor, "POLYDATA", PointCloudMessage)
+    with running(model, points=True, point_budget=50, fov_mask=None, intrinsics="40,40,15.5,12") as service:
+        client = RawClient(service.address[1])
+        try:
+            for i in range(6):  # one at a time: each size gets its reply
+                client.send(pyigtl.ImageMessage(textured(24 + i, 32, i)[None], device_name="Video"))
+                assert wait_until(lambda: len(client.replies) == 2 * (i + 1)), service.stats()
+            grids = dict(service._replies._grids)
+        finally:
+            client.close()
+    assert sorted(grids) == [(27, 32), (28, 32), (29, 32)]
+    clouds = [reply for _, reply in client.replies if reply.device_name == "Video_points"]
+    assert len(clouds) == 6 and all(0 < len(cloud.points) <= 50 for cloud in clouds)
+
+
+def test_frames_under_ever_new_device_names_do_not_queue(model, one_torch_thread):
+    """Catches the latest-frame mailbox keeping one frame per (connection, device) without a limit: a client sending
+    each frame under a new device name had every one of them wait for the model (300 names: 297 frames queued,
+    none ever dropped). At most live._WAITING_SOURCES wait; the others are dropped, and the counts add up."""
+    from SurgicalDepthLib import live
+
+    n, rgb = 150, textured(24, 32, 10)
+    with running(SlowModel(model, 0.5), fov_mask=None) as service:
+        client = RawClient(service.address[1])
+        try:
+            client.send(b"".join(pyigtl.ImageMessage(rgb[None], device_name=f"Cam{i}").pack() for i in range(n)))
+            assert wait_until(lambda: service.stats().frames_in == n)
+            waiting, stats = len(service._mailbox), service.stats()
+        finally:
+            client.close()
+    limit = getattr(live, "_WAITING_SOURCES", 64)  # getattr: the test also runs on a service without the limit
+    assert waiting <= limit
+    assert stats.dropped >= n - limit - stats.frames_out - 2, stats

@@ -263,3 +263,25 @@ def test_streaming_volumes_are_followed_by_their_frame_event():
     video = Node("vtkMRMLStreamingVolumeNode", "vtkMRMLVectorVolumeNode", "vtkMRMLVolumeNode")
     assert new_image_event(video, mrml) == 18002
     assert new_image_event(Node("vtkMRMLVectorVolumeNode", "vtkMRMLVolumeNode"), mrml) == 18001
+
+
+def test_per_size_setup_is_kept_for_a_few_frame_sizes(model, monkeypatch, one_torch_thread):
+    """Catches the worker's per-size cache (field of view search or mask, intrinsics) growing with every frame size:
+    a live volume whose size keeps changing left one entry per size for good (26 sizes, 26 entries). It keeps the
+    SIZES_KEPT sizes seen last; a size seen again gets its setup anew and the same depth."""
+    from SurgicalDepthLib import live_worker
+
+    monkeypatch.setattr(live_worker, "SIZES_KEPT", 3, raising=False)  # raising: the test also runs without it
+    sizes = [(40 + i, 56) for i in range(5)] + [(40, 56)]
+    worker = LiveWorker(model, input_size=SIZE, fov_mask=None, point_budget=None).start()
+    results = []
+    try:
+        for i, (h, w) in enumerate(sizes):  # one at a time: every frame processed
+            worker.put(textured(h, w, 0), meta=i)
+            results.extend(drain(worker, 1))
+        kept = list(worker._by_size)
+    finally:
+        assert worker.stop(timeout=10)
+    assert kept == [(43, 56), (44, 56), (40, 56)]
+    assert [r.meta for r in results] == list(range(6))
+    np.testing.assert_array_equal(results[-1].frame.depth_mm, results[0].frame.depth_mm)
