@@ -139,8 +139,8 @@ class DepthTransform:
 
 
 class TransformedDataset(Dataset):
-    """``base[i]`` through ``transform`` with the generator ``default_rng([seed, epoch, i])``; set ``epoch``
-    before building each epoch's ``DataLoader``."""
+    """``base[i]`` through ``transform`` with the generator ``default_rng([seed, epoch, i])``; set ``epoch`` (an
+    int, or a tuple of ints that goes in its place) before building each epoch's ``DataLoader``."""
 
     def __init__(self, base: Dataset, transform: DepthTransform, seed: int, indices: Sequence[int] | None = None):
         self.base, self.transform, self.seed = base, transform, int(seed)
@@ -152,7 +152,8 @@ class TransformedDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         index = self.indices[i]
-        rng = np.random.default_rng([self.seed, self.epoch, index])
+        epoch = self.epoch if isinstance(self.epoch, tuple) else (self.epoch,)
+        rng = np.random.default_rng([self.seed, *epoch, index])
         return self.transform(self.base[index], rng)
 
 

@@ -119,8 +119,8 @@ def train_one_epoch(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]
 
     Args:
         model: the (possibly DDP-wrapped) model in train mode.
-        semi: optional semi-supervised term: its unlabeled batch joins the last micro-batch of every optimizer
-            step (one student forward, as DDP requires).
+        semi: optional semi-supervised term: an unlabeled batch joins every micro-batch (one student forward, as
+            DDP requires).
         last_step: stop once ``state.step`` reaches it.
         clip_grad_norm: clip the global gradient norm before each optimizer step (None: no clipping).
         on_step: called after every optimizer step; returning True stops the epoch early.
@@ -136,14 +136,14 @@ def train_one_epoch(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]
     for batch in batches:
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         amp = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else contextlib.nullcontext()
-        extra = semi.prepare(state.step) if semi is not None and micro == grad_accum - 1 else None
+        extra = semi.prepare(state.step, micro) if semi is not None else None
         n = batch["image"].shape[0]
         x = batch["image"] if extra is None else torch.cat([batch["image"], extra.student_in])
         with amp, capture_features(semi.core) if extra is not None else contextlib.nullcontext() as features:
             out = model(x)
             value = supervised_loss(out[:n], batch, loss, output_kind)
-            if extra is not None:  # once per optimizer step: x grad_accum, so that its weight is the one asked for
-                value = value + grad_accum * semi.loss(out[n:], features[-1][n:], extra)
+            if extra is not None:
+                value = value + semi.loss(out[n:], features[-1][n:], extra)
         loss_value = float(value.detach())
         if not math.isfinite(loss_value):  # checked before the optimizer step: the weights stay those of the last step
             raise TrainingDiverged(f"training diverged at step {state.step + 1}: the loss is {loss_value} "

@@ -7,8 +7,8 @@ colour jitter of brightness, contrast, saturation and hue, and Gaussian blur wit
 
 1. the frozen teacher T predicts pseudo-labels (disparity) on the **clean** images only;
 2. the student S sees the **strong** view, CutMixed: with p = 0.5 per image, a box ``1 - M`` is pasted from the
-   previous image of the batch, ``u_ab = u_a ⊙ M + u_b ⊙ (1 - M)`` (no CutMix with a batch of one). The strong
-   perturbations reach the student's unlabeled input and nothing else;
+   previous image of the batch, ``u_ab = u_a ⊙ M + u_b ⊙ (1 - M)`` (training draws at least two frames a step).
+   The strong perturbations reach the student's unlabeled input and nothing else;
 3. per image (then the mean over the batch)
    ``L_u = (ΣM / HW) · ρ(S(u_ab) ⊙ M, T(u_a) ⊙ M) + (Σ(1-M) / HW) · ρ(S(u_ab) ⊙ (1-M), T(u_b) ⊙ (1-M))``,
    ρ the affine-invariant loss with its median / scale normalisation computed inside each region alone
@@ -18,7 +18,9 @@ colour jitter of brightness, contrast, saturation and hue, and Gaussian blur wit
    pseudo-label is *not* the same: the two pseudo-labels come from different images whose depth ranges are
    unrelated, so a prediction right up to its own affine map in each region scores ≈ 0 here but a large single-fit
    loss. (The stored label is the mixed one, ``T(u_a)`` outside the box and ``T(u_b)`` inside: each region's
-   loss reads only its own pixels.) A region with fewer than 2 pixels or a constant pseudo-label adds 0;
+   loss reads only its own pixels.) With a field of view, ``HW`` counts its pixels: each frame's weights sum to 1
+   however much of it is border, and a frame without tissue is left out of the batch mean. A region with fewer
+   than 2 pixels or a constant pseudo-label adds 0;
 4. ``L_feat = 1 - mean cos(f_i, f'_i)`` over the patch tokens whose similarity is still below the tolerance margin
    ``α = 0.85`` (tokens already more similar than α are left out; 0 when none is left). ``f``: the student's
    encoder tokens; ``f'``: a frozen copy of the student's *initial* encoder (the paper's frozen pretrained DINOv2
@@ -140,16 +142,20 @@ def prepare_semi_batch(teacher: nn.Module, frozen: FrozenEncoder, batch: dict[st
 
 def cutmix_affine_loss(pred: torch.Tensor, label: torch.Tensor, box: torch.Tensor,
                        valid: torch.Tensor | None = None) -> torch.Tensor:
-    """``L_u`` (step 3): per image, each region (outside / inside ``box``, within ``valid`` when given) weighted by
-    its share of the pixels and aligned on its own; mean over the batch. ``pred``, ``label`` float ``[B, h, w]``,
-    ``box``, ``valid`` bool ``[B, h, w]``."""
+    """``L_u`` (step 3): per image, each region (outside / inside ``box``, within ``valid`` when given) aligned on
+    its own and weighted by its share of the image's tissue pixels (``valid``; every pixel without it), so the
+    weights sum to 1 as the paper's ``ΣM / HW`` do and a frame's black border does not shrink its loss; mean over
+    the images with a usable region (0 when none has one). ``pred``, ``label`` float ``[B, h, w]``, ``box``,
+    ``valid`` bool ``[B, h, w]``."""
+    seen = torch.ones_like(box) if valid is None else valid.bool()
+    tissue = seen.flatten(1).sum(1).clamp_min(1).float()
     total = pred.new_zeros(pred.shape[0])
-    for region in (~box, box):
-        if valid is not None:
-            region = region & valid
-        loss, _ = affine_invariant_per_image(pred, label, region)
-        total = total + region.flatten(1).float().mean(1) * loss
-    return total.mean()
+    used = torch.zeros_like(tissue, dtype=torch.bool)
+    for region in (~box & seen, box & seen):
+        loss, ok = affine_invariant_per_image(pred, label, region)
+        total = total + region.flatten(1).sum(1).float() / tissue * loss
+        used = used | ok
+    return total[used].mean() if bool(used.any()) else pred.new_zeros(())
 
 
 def feature_alignment_loss(features: torch.Tensor, frozen: torch.Tensor, margin: float = MARGIN) -> torch.Tensor:
@@ -228,12 +234,44 @@ class DetailReadTeacher(nn.Module):
         return torch.from_numpy(merged).to(images.device)
 
 
-def unlabeled_draw(seed: int, rank: int, step: int, n: int, batch_size: int) -> tuple[list[int], torch.Generator]:
-    """The unlabeled frames (indices into ``range(n)``) and the CutMix generator of optimizer step ``step`` on DDP
-    rank ``rank``, seeded by ``(seed, rank, step)``: ranks draw different batches, a resumed run the same ones."""
-    rng = np.random.default_rng([seed, rank, step])
+def unlabeled_draw(seed: int, rank: int, step: int, n: int, batch_size: int,
+                   micro: int = 0) -> tuple[list[int], torch.Generator]:
+    """The unlabeled frames (indices into ``range(n)``) and the CutMix generator of micro-batch ``micro`` of
+    optimizer step ``step`` on DDP rank ``rank``, seeded by ``(seed, rank, step[, micro])``: ranks and micro-batches
+    draw different batches, a resumed run the same ones."""
+    rng = np.random.default_rng([seed, rank, step] + ([micro] if micro else []))
     indices = rng.integers(0, n, batch_size).tolist()
     return indices, torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
+
+
+class UnlabeledView(torch.utils.data.Dataset):
+    """The samples of ``data`` as unlabeled frames: ``image`` and the field of view ``valid`` (bool ``[H, W]``,
+    True = tissue; absent: every pixel). A sample without ``depth`` (:class:`.datasets.UnlabeledFrames`) passes
+    as it is. A labeled sample's ``valid`` says where its ground truth is — sparse for stereo data sets, cut at a
+    range limit for others — not where tissue is, so it leaves with the depth and the field of view is found
+    from the image (:func:`SurgicalDepthLib.fov.detect_fov_mask`, once per index, then kept bit-packed)."""
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+        self._fov: dict[int, tuple[np.ndarray, tuple[int, int]] | None] = {}
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        sample = self.data[i]
+        if sample.get("depth") is None:
+            return sample
+        image = np.asarray(sample["image"])
+        if i not in self._fov:
+            from SurgicalDepthLib.fov import detect_fov_mask
+
+            fov = detect_fov_mask([image])
+            self._fov[i] = None if fov is None else (np.packbits(fov, axis=None), fov.shape)
+        if self._fov[i] is None:
+            return {"image": image}
+        bits, shape = self._fov[i]
+        return {"image": image, "valid": np.unpackbits(bits, count=shape[0] * shape[1]).reshape(shape).astype(bool)}
 
 
 class SemiTerm:
@@ -246,13 +284,25 @@ class SemiTerm:
         from ._train_data import DepthTransform, TransformedDataset
 
         transform = DepthTransform(size, core.config.mean, core.config.std, train=True, augment=False, strong=True)
-        self.data = TransformedDataset(unlabeled_data, transform, config.seed + 1)
+        self.data = TransformedDataset(UnlabeledView(unlabeled_data), transform, config.seed + 1)
         self.config, self.core, self.teacher, self.frozen = config, core, teacher, frozen
         self.device, self.rank = device, rank
 
-    def prepare(self, step: int) -> SemiBatch:
-        indices, generator = unlabeled_draw(self.config.seed, self.rank, step, len(self.data), self.config.batch_size)
-        self.data.epoch = step  # each draw its own crop, jitter and blur: default_rng([seed + 1, step, index])
+    def frames_per_micro_batch(self) -> int:
+        """Unlabeled frames drawn for each labeled micro-batch: ``unlabeled_ratio · batch_size`` (Depth Anything
+        V1: 1:2), at least 1, and at least 2 while CutMix is on (it pastes from another frame of the batch: with one
+        frame it would never CutMix)."""
+        drawn = max(1, round(self.config.unlabeled_ratio * self.config.batch_size))
+        return max(drawn, 2 if self.config.cutmix_prob > 0 else 1)
+
+    def prepare(self, step: int, micro: int = 0) -> SemiBatch:
+        """This rank's unlabeled batch for micro-batch ``micro`` of optimizer step ``step``, its CutMix boxes,
+        pseudo-labels and frozen features."""
+        indices, generator = unlabeled_draw(self.config.seed, self.rank, step, len(self.data),
+                                            self.frames_per_micro_batch(), micro)
+        # each draw its own crop, jitter and blur: default_rng([seed + 1, step, index]) on rank 0's first
+        # micro-batch, [seed + 1, step, rank, micro, index] on the others (a frame drawn twice is seen two ways)
+        self.data.epoch = step if (self.rank, micro) == (0, 0) else (step, self.rank, micro)
         items = [self.data[i] for i in indices]
         batch = {k: torch.stack([it[k] for it in items]).to(self.device) for k in ("image", "image_strong")}
         if any("valid" in it for it in items):  # frames without a scope border: every pixel is tissue
@@ -297,6 +347,8 @@ def unlabeled_dataset_of(config: Any) -> str | None:
     for name in ("unlabeled_weight", "feature_weight"):
         if not (math.isfinite(getattr(config, name)) and getattr(config, name) >= 0):
             raise ValueError(f"{name} must be a finite number >= 0, got {getattr(config, name)}")
+    if not (math.isfinite(config.unlabeled_ratio) and config.unlabeled_ratio > 0):
+        raise ValueError(f"unlabeled_ratio must be a finite number > 0, got {config.unlabeled_ratio}")
     if not 0 <= config.cutmix_prob <= 1:
         raise ValueError(f"cutmix_prob must be a probability in [0, 1], got {config.cutmix_prob}")
     name = config.unlabeled_dataset or (UNLABELED_FRAMES if config.unlabeled_root else None)

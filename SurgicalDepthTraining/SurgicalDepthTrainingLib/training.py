@@ -95,6 +95,8 @@ class TrainConfig:
             that image folder or video (``"frames"``); a loader name: its images (root default ``root``).
             ``teacher_detail_size``: the teacher also reads each unlabeled view at this larger size and its
             pseudo-labels are the detail read's merge (:class:`.semi.DetailReadTeacher`; None: one read).
+            ``unlabeled_ratio``: unlabeled frames per labeled image in every micro-batch (Depth Anything V1 mixes
+            them 1:2, so 2.0 draws ``2 * batch_size`` frames).
         save_every, log_every: checkpoint / CSV row every N optimizer steps (0 = epoch ends only).
         checkpoint_minutes: also checkpoint once this much wall time has passed since the last checkpoint
             (at the next optimizer step; 0 = after every step), so a kill loses at most that much work.
@@ -144,6 +146,7 @@ class TrainConfig:
     unlabeled_weight: float = 1.0
     feature_weight: float = 1.0
     cutmix_prob: float = 0.5
+    unlabeled_ratio: float = 2.0
     save_every: int = 0
     log_every: int = 0
     checkpoint_minutes: float = 10.0

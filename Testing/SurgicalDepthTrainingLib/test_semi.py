@@ -146,7 +146,7 @@ def prepared(tmp_path_factory):
     same draw; checked to be telling: 3 distinct frames, a box and an outside in every image, views that differ
     and give the teacher different outputs."""
     teacher, student = tiny_model(1), tiny_model(2).train()
-    cfg = config(tmp_path_factory.mktemp("semi"), batch_size=3, cutmix_prob=1.0, seed=5)
+    cfg = config(tmp_path_factory.mktemp("semi"), batch_size=3, cutmix_prob=1.0, seed=5, unlabeled_ratio=1.0)
     term = SemiTerm(cfg, student, teacher, frozen_copy(student), Textures(20, offset=40), SIZE, CPU)
     step = 4
     semi = term.prepare(step)
@@ -207,25 +207,55 @@ def test_training_step_feeds_the_prepared_batch_to_the_student(prepared):
     torch.testing.assert_close(seen[0][2:], term.prepare(0).student_in)  # the batch of step 0
 
 
-def test_unlabeled_weight_does_not_shrink_with_gradient_accumulation(prepared):
-    """Catches the semi-supervised term added to the last micro-batch only and then divided by grad_accum with the
-    rest: its weight became unlabeled_weight / grad_accum. Two micro-batches of the same labeled batch must give the
-    step the loss of one (labeled mean + the unlabeled term)."""
+def test_every_micro_batch_gets_its_own_unlabeled_batch_at_full_weight(prepared):
+    """Catches the semi-supervised term joined to the last micro-batch only (one unlabeled batch per grad_accum
+    labeled ones: not the ratio asked) or its weight shrinking with gradient accumulation (the term divided by
+    grad_accum with the rest), and two micro-batches drawing the same frames. With grad_accum=2 each forward holds
+    its labeled images then ``prepare(step, micro)``'s frames, and the step's loss is the mean over the
+    micro-batches of labeled loss + unlabeled term, recomputed here with the unchanged start weights."""
+    from SurgicalDepthTrainingLib._train_loop import supervised_loss
     from SurgicalDepthTrainingLib.training import TrainState, train_one_epoch
 
     labeled = {"image": torch.randn(2, 3, *SIZE), "depth": torch.rand(2, *SIZE) + 1,
                "valid": torch.ones(2, *SIZE, dtype=torch.bool)}
-    losses = []
-    for accum in (1, 2):
-        term = copy.copy(prepared["term"])
-        model = term.core = copy.deepcopy(term.core)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
-        state = TrainState()
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
-        train_one_epoch(model, [labeled] * accum, optimizer, schedule, state, loss="l1", output_kind="disparity",
-                        grad_accum=accum, device=CPU, amp_dtype=None, last_step=1, semi=term)
-        losses.append(state.losses[-1])
-    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+    term = copy.copy(prepared["term"])
+    model = term.core = copy.deepcopy(term.core)
+    start = copy.deepcopy(model)
+    seen = []
+    handle = model.register_forward_pre_hook(lambda _m, args: seen.append(args[0].detach().clone()))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    state = TrainState()
+    try:
+        train_one_epoch(model, [labeled] * 2, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0),
+                        state, loss="l1", output_kind="disparity", grad_accum=2, device=CPU, amp_dtype=None,
+                        last_step=1, semi=term)
+    finally:
+        handle.remove()
+    assert len(seen) == 2 and not torch.equal(seen[0][2:], seen[1][2:])
+    expected = []
+    for micro, x in enumerate(seen):
+        extra = term.prepare(0, micro)
+        torch.testing.assert_close(x[2:], extra.student_in)
+        with torch.no_grad(), capture_features(start) as feats:
+            out = start(x)
+            value = supervised_loss(out[:2], labeled, "l1", "disparity") + term.loss(out[2:], feats[-1][2:], extra)
+        expected.append(float(value))
+    assert state.losses[-1] == pytest.approx(sum(expected) / 2, rel=1e-5)
+
+
+def test_unlabeled_frames_come_two_per_labeled_image_by_default(tmp_path):
+    """Catches the unlabeled batch drawn 1:1 with the labeled one (Depth Anything V1 mixes them 1:2:
+    ``unlabeled_ratio`` 2.0 by default), the ratio ignored, and a ratio that is no positive number accepted."""
+    teacher, student = tiny_model(1), tiny_model(2)
+    assert TrainConfig().unlabeled_ratio == 2.0
+    for ratio, frames in ((None, 6), (1.0, 3), (0.5, 2), (0.1, 2)):  # 0.1 * 3 rounds to 0: CutMix needs two
+        options = {} if ratio is None else {"unlabeled_ratio": ratio}
+        term = SemiTerm(config(tmp_path, batch_size=3, **options), student, teacher, frozen_copy(student),
+                        Textures(8), SIZE, CPU)
+        assert term.prepare(0).student_in.shape[0] == frames, ratio
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="unlabeled_ratio"):
+            config(tmp_path, unlabeled_root=str(tmp_path), unlabeled_ratio=bad)
 
 
 # -- the terms reach the loss -------------------------------------------------------------------------------------
@@ -433,3 +463,16 @@ def test_cli_unlabeled_root_without_frames_is_a_one_line_error(tmp_path, capsys,
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len([line for line in err if "error" in line]) == 1, err
     assert str(unlabeled) in err[-1] and not (tmp_path / "o").exists()
+
+
+def test_batch_size_one_still_cutmixes(tmp_path):
+    """Catches CutMix silently off in a ``batch_size=1`` run (one unlabeled frame a step has no other frame to
+    paste from): the term draws two frames while CutMix is on, and one when it is off."""
+    teacher, student = tiny_model(1), tiny_model(2)
+    on = SemiTerm(config(tmp_path, batch_size=1, cutmix_prob=1.0, unlabeled_ratio=1.0), student, teacher,
+                  frozen_copy(student), Textures(8), SIZE, CPU)
+    semi = on.prepare(0)
+    assert semi.student_in.shape[0] == 2 and bool(semi.box.flatten(1).any(1).all())
+    off = copy.copy(on)
+    off.config = config(tmp_path, batch_size=1, cutmix_prob=0.0, unlabeled_ratio=1.0)
+    assert off.prepare(0).student_in.shape[0] == 1

@@ -3,7 +3,6 @@ field of view (``valid``) through the training transform and CutMix, and the pse
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -130,9 +129,58 @@ def test_field_of_view_is_cutmixed_with_the_frames(tmp_path):
             rgb = frames[i]
             return {"image": rgb, **({"valid": rgb.max(-1) > 0} if i < 2 else {})}
 
-    cfg = TrainConfig(output=str(tmp_path / "o"), input_size=(28, 28), batch_size=6, seed=2, cutmix_prob=0.0)
+    cfg = TrainConfig(output=str(tmp_path / "o"), input_size=(28, 28), batch_size=6, seed=2, cutmix_prob=0.0,
+                      unlabeled_ratio=1.0)
     term = SemiTerm(cfg, student, teacher, frozen, Frames(), (28, 28), torch.device("cpu"))
     prepared = term.prepare(0)
     assert prepared.valid is not None and prepared.valid.shape == (6, 28, 28)
     inside = prepared.valid.flatten(1).float().mean(1)
     assert bool(((inside > 0.4) & (inside < 0.9)).any()) and bool((inside == 1.0).any())  # both kinds drawn
+
+
+def test_a_scope_border_does_not_shrink_a_frames_pseudo_label_loss():
+    """Catches each region weighted by its share of *all* the pixels (border included) instead of the frame's
+    tissue: a frame showing tissue on half its width scored half the loss of the same tissue without a border, so
+    real (bordered) frames counted for less and a frame without any tissue diluted the batch mean."""
+    g = torch.Generator().manual_seed(0)
+    label = torch.rand(2, 24, 32, generator=g) + 0.5
+    pred = torch.rand(2, 24, 32, generator=g) + 0.5  # wrong everywhere
+    box = torch.zeros(2, 24, 32, dtype=torch.bool)
+    box[1, 4:16, 10:22] = True  # image 1: CutMixed
+    fov = torch.zeros_like(box)
+    fov[:, :, 8:24] = True
+    tissue = (slice(None), slice(None), slice(8, 24))
+    alone = float(cutmix_affine_loss(pred[tissue], label[tissue], box[tissue]))  # the tissue, cropped
+    assert float(cutmix_affine_loss(pred, label, box, fov)) == pytest.approx(alone, rel=1e-5)
+    one = (slice(0, 1),)
+    no_tissue = torch.cat([torch.ones_like(fov[one]), torch.zeros_like(fov[one])])
+    assert float(cutmix_affine_loss(pred[[0, 0]], label[[0, 0]], box[[0, 0]], no_tissue)) == pytest.approx(
+        float(cutmix_affine_loss(pred[one], label[one], box[one])), rel=1e-5)
+
+
+def test_a_labeled_data_set_as_unlabeled_frames_uses_its_field_of_view_not_its_depth_mask(tmp_path):
+    """Catches a labeled data set given as unlabeled frames (``unlabeled_dataset="scared"``, ``train(unlabeled_data=
+    ...)``) whose ground-truth mask became the pseudo-label loss's field of view: with sparse stereo depth (80 % of
+    pixels without ground truth) the loss read 20 % of the tissue. Its field of view is the scope's, found from the
+    image (the black border still left out)."""
+    teacher, student = tiny_model(1), tiny_model(2)
+    frozen = FrozenEncoder(copy.deepcopy(student.pretrained), student.config.intermediate_layers[-1])
+    rgb, disc = scope_frame(56, 56, 4, text=False)
+    plain = textured(56, 56, 5)
+
+    class SparseDepth(torch.utils.data.Dataset):
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            depth = np.full((56, 56), 50.0, np.float32)
+            depth[np.random.default_rng(i).random((56, 56)) < 0.8] = 0.0  # no ground truth there
+            return {"image": rgb if i == 0 else plain, "depth": depth, "valid": depth > 0}
+
+    cfg = TrainConfig(output=str(tmp_path / "o"), input_size=(56, 56), batch_size=2, seed=0, cutmix_prob=0.0)
+    term = SemiTerm(cfg, student, teacher, frozen, SparseDepth(), (56, 56), torch.device("cpu"))
+    bordered, border_free = term.data[0], term.data[1]  # the crop is the whole frame: masks compare pixelwise
+    assert "depth" not in bordered and iou(bordered["valid"].numpy(), disc) > 0.9
+    assert set(border_free) == {"image", "image_strong"}  # every pixel is tissue
+    masks = [term.prepare(step).valid for step in range(4)]  # (the bordered frame drawn at least once)
+    assert any(m is not None for m in masks) and all(float(m.float().mean()) > 0.6 for m in masks if m is not None)

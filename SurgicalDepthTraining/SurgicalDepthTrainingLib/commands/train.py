@@ -28,9 +28,9 @@ logger = logging.getLogger(__name__)
 #: TrainConfig's defaults are the only ones; the help texts quote them (Testing checks that they agree).
 CONFIG_FLAGS = ("val_fraction", "model", "loss", "lr", "decoder_lr_mult", "batch_size", "grad_accum", "epochs",
                 "seed", "num_workers", "checkpoint_minutes", "photometric", "unlabeled_weight", "feature_weight",
-                "cutmix_prob", "style_prob", "style_beta")
+                "cutmix_prob", "unlabeled_ratio", "style_prob", "style_beta")
 #: flags that act only on the semi-supervised term, refused without unlabeled frames (they would do nothing)
-SEMI_FLAGS = ("teacher", "unlabeled_weight", "feature_weight", "cutmix_prob")
+SEMI_FLAGS = ("teacher", "unlabeled_weight", "feature_weight", "cutmix_prob", "unlabeled_ratio")
 #: flags that act only on the low-frequency swap, refused without --style-root (they would do nothing)
 STYLE_FLAGS = ("style_prob", "style_beta")
 #: what the first SIGINT/SIGTERM makes train say on stderr (the Training module then waits longer before escalating)
@@ -120,6 +120,9 @@ def register(subparsers) -> None:
     p.add_argument("--cutmix-prob", type=float, default=None, metavar="P",
                    help="semi-supervised: probability that an unlabeled frame gets a CutMix box from another "
                         "(default 0.5)")
+    p.add_argument("--unlabeled-ratio", type=float, default=None, metavar="R",
+                   help="semi-supervised: unlabeled frames per labeled image in each batch; Depth Anything V1 "
+                        "mixes them 1:2 (default 2.0)")
     p.add_argument("--save-every", type=int, default=0, help="also checkpoint every N steps (default: epochs)")
     p.add_argument("--log-every", type=int, default=0, help="also log a CSV row every N steps")
     p.add_argument("--checkpoint-minutes", type=float, default=None,
