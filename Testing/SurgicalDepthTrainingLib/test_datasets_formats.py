@@ -192,22 +192,23 @@ def _scared_keyframe(kf: Path, z: np.ndarray) -> None:
     xyz[..., 0], xyz[..., 1], xyz[..., 2] = 1.5, -2.5, z
     _tif(kf / "left_depth_map.tiff", xyz)
     fs = cv2.FileStorage(str(kf / "endoscope_calibration.yaml"), cv2.FILE_STORAGE_WRITE)
-    fs.write("M1", np.array([[1035.3, 0, 2.5], [0, 1035.1, 1.5], [0, 0, 1]]))
+    fs.write("M1", np.array([[1035.3, 0, 639.5], [0, 1035.1, 511.5], [0, 0, 1]]))  # the 1280 x 1024 frames
     fs.write("D1", np.array([[-0.0005, 0.0035, 0, 0, 0]]))
     fs.release()
 
 
 def test_scared_xyz_tiff_z_channel(tmp_path):
-    z = np.array([[0, 40.5, 80.25, np.nan, 149.0, 151.0]] * 4, np.float32)
+    z = np.array([[0, 40.5, 80.25, np.nan, 149.0]] * 4, np.float32)  # 5 x 4: the recorded frames' aspect ratio
     _scared_keyframe(tmp_path / "dataset_1" / "keyframe_1", z)
     _scared_keyframe(tmp_path / "dataset_2" / "keyframe_3", z + 1)
     ds = sdt.open_dataset("scared", tmp_path)
     assert len(ds) == 2 and ds.max_depth == 150.0
     s = ds[0]
-    np.testing.assert_array_equal(s["depth"][0], [0, 40.5, 80.25, 0, 149.0, 151.0])
-    assert s["valid"][0].tolist() == [False, True, True, False, True, True]
-    intr = s["intrinsics"]
-    assert (intr.fx, intr.fy, intr.cx, intr.cy, intr.size) == (1035.3, 1035.1, 2.5, 1.5, (6, 4))
+    np.testing.assert_array_equal(s["depth"][0], [0, 40.5, 80.25, 0, 149.0])
+    assert s["valid"][0].tolist() == [False, True, True, False, True]
+    intr = s["intrinsics"]  # M1 of the 1280 x 1024 frames, rescaled to these 5 x 4 keyframes
+    assert intr.size == (5, 4)
+    assert (intr.fx, intr.fy, intr.cx, intr.cy) == pytest.approx((1035.3 / 256, 1035.1 / 256, 2.0, 1.5))
     assert intr.distortion == {"model": "opencv", "coeffs": [-0.0005, 0.0035, 0.0, 0.0, 0.0]}
     assert [Path(ds[i]["name"]).parent.name for i in range(2)] == ["keyframe_1", "keyframe_3"]
     assert len(sdt.open_dataset("scared", tmp_path, split="dataset_2/keyframe_3")) == 1
@@ -220,7 +221,7 @@ def test_scared_calibration_under_a_non_ascii_path(tmp_path, monkeypatch):
     non-ASCII character: a SCARED copy under ``C:\\Users\\Jürgen`` failed with "expected a 3x3 matrix 'M1',
     got nothing". FileStorage is made to fail on such paths as there; the file is parsed from its text. A file that
     is not YAML names the file."""
-    _scared_keyframe(tmp_path / "Jürgen" / "dataset_1" / "keyframe_1", np.full((4, 6), 50, np.float32))
+    _scared_keyframe(tmp_path / "Jürgen" / "dataset_1" / "keyframe_1", np.full((1024, 1280), 50, np.float32))
     windows = cv2.FileStorage
 
     def file_storage(source, flags, *args):
@@ -232,7 +233,7 @@ def test_scared_calibration_under_a_non_ascii_path(tmp_path, monkeypatch):
 
     monkeypatch.setattr(cv2, "FileStorage", file_storage)
     intr = sdt.open_dataset("scared", tmp_path / "Jürgen")[0]["intrinsics"]
-    assert (intr.fx, intr.fy, intr.cx, intr.cy) == (1035.3, 1035.1, 2.5, 1.5)
+    assert (intr.fx, intr.fy, intr.cx, intr.cy) == (1035.3, 1035.1, 639.5, 511.5)
     (tmp_path / "Jürgen" / "dataset_1" / "keyframe_1" / "endoscope_calibration.yaml").write_text("M1: [1, 2\n")
     with pytest.raises(DatasetError, match="endoscope_calibration.yaml: not valid OpenCV YAML"):
         sdt.open_dataset("scared", tmp_path / "Jürgen")[0]

@@ -30,7 +30,8 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from SurgicalDepthLib.camera import Intrinsics
-from SurgicalDepthLib.video import decode_image_file, read_image
+from SurgicalDepthLib.text_files import read_text_file
+from SurgicalDepthLib.video import decode_image_file, natural_key, read_image
 
 logger = logging.getLogger(__name__)
 
@@ -105,6 +106,15 @@ def read_raw(path: Path) -> np.ndarray:
     return _imread(path, cv2.IMREAD_UNCHANGED)
 
 
+def read_text(path: Path, what: str) -> str:
+    """The text of a dataset's small text file (calibration, poses, split list, metadata); a binary or
+    non-UTF-8 file raises :class:`DatasetError` naming it (``Path.read_text`` names only the codec)."""
+    try:
+        return read_text_file(path, what)
+    except (ValueError, FileNotFoundError) as exc:
+        raise DatasetError(str(exc)) from None
+
+
 def read_uint16(path: Path) -> np.ndarray:
     """uint16 ``[H, W]`` from a single-channel 16-bit PNG/TIFF; 8-bit or multi-channel files are refused.
 
@@ -130,8 +140,15 @@ def check_root(root: str | os.PathLike, dataset: str) -> Path:
     return path
 
 
+def natural_order(path: Path) -> tuple[list, str]:
+    """Sort key of a file: its path in natural order (``frame_2`` before ``frame_10``), then as stored
+    (deterministic when names differ only in case)."""
+    return natural_key(path.as_posix()), path.as_posix()
+
+
 def sorted_files(folder: Path, pattern: str | re.Pattern) -> list[tuple[re.Match, Path]]:
-    """Files of ``folder`` whose name fully matches ``pattern``, sorted by name (deterministic)."""
+    """Files of ``folder`` whose name fully matches ``pattern``, in natural name order (:func:`natural_order`;
+    frame numbers need not be zero-padded)."""
     rx = re.compile(pattern) if isinstance(pattern, str) else pattern
     out = []
     with os.scandir(folder) as it:
@@ -139,7 +156,7 @@ def sorted_files(folder: Path, pattern: str | re.Pattern) -> list[tuple[re.Match
             m = rx.fullmatch(entry.name)
             if m and entry.is_file():
                 out.append((m, Path(entry.path)))
-    return sorted(out, key=lambda mp: mp[1].name)
+    return sorted(out, key=lambda mp: natural_order(Path(mp[1].name)))
 
 
 def find_dirs(root: Path, predicate: Callable[[Path], bool], max_depth: int = 5) -> list[Path]:
@@ -224,6 +241,7 @@ class DepthDataset(Dataset):
         if self.min_depth is not None and self.max_depth is not None and not 0 <= self.min_depth < self.max_depth:
             raise ValueError(f"{self.name}: need 0 <= min_depth < max_depth, got {self.min_depth}, {self.max_depth}")
         self._intrinsics_override = self._parse_intrinsics(intrinsics)
+        self._override_cache: dict[tuple[int, int], Intrinsics] = {}
         pairs = self._list_pairs()
         if not pairs:
             raise FileNotFoundError(f"{self.name}: no RGB/depth pairs found under {self.root}"
@@ -263,13 +281,33 @@ class DepthDataset(Dataset):
 
     # -------------------------------------------------------------- helpers for subclasses
     @staticmethod
-    def _parse_intrinsics(value: Intrinsics | str | os.PathLike | None) -> Intrinsics | None:
+    def _parse_intrinsics(value: Intrinsics | str | os.PathLike | None) -> Intrinsics | Path | None:
+        """The ``intrinsics=`` override: an ``Intrinsics``, or a calibration file checked now and read per image
+        size in :meth:`_override_for` (a bare 3x3 K states no size: it is the images' own)."""
+        from SurgicalDepthLib.calibration_files import check_calibration_file  # lazy: heavy import
+
         if value is None or isinstance(value, Intrinsics):
             return value
         if isinstance(value, (str, os.PathLike)):
-            return Intrinsics.from_file(value)
+            check_calibration_file(Path(value))
+            return Path(value)
         raise TypeError(f"intrinsics must be an Intrinsics, a calibration file path or None, "
                         f"got {type(value).__name__}")
+
+    def _override_for(self, rgb: Path, width: int, height: int) -> Intrinsics:
+        """The ``intrinsics=`` override fitted to a ``width x height`` image: rescaled from another size of the same
+        aspect ratio; another aspect ratio raises :class:`DatasetError` (stretching would skew the camera)."""
+        from SurgicalDepthLib.calibration_files import read_calibration_at  # lazy: heavy import
+
+        given = self._intrinsics_override
+        if (width, height) not in self._override_cache:
+            intr = given if isinstance(given, Intrinsics) else read_calibration_at(given, width, height)
+            try:
+                self._override_cache[width, height] = intr.fitted(width, height)
+            except ValueError as exc:
+                source = "" if isinstance(given, Intrinsics) else f" from {given}"
+                raise DatasetError(f"{rgb}: intrinsics{source}: {exc}") from None
+        return self._override_cache[width, height]
 
     def _missing(self, rgb: Path, depth: Path) -> None:
         """An RGB without its depth file: raise, or (``skip_bad``) log and count."""
@@ -328,10 +366,9 @@ class DepthDataset(Dataset):
             raise DatasetError(f"{pair.depth}: depth has no valid pixel (all values are the invalid code)")
         depth = np.where(valid, depth, 0).astype(np.float32, copy=False)
         h, w = depth.shape
-        intr = self._intrinsics_override
-        if intr is not None and intr.size != (w, h):
-            intr = intr.scaled(w, h)
-        if intr is None:
+        if self._intrinsics_override is not None:
+            intr = self._override_for(pair.rgb, w, h)
+        else:
             intr = self.intrinsics_for(pair, w, h)
         return {"image": image, "depth": depth, "valid": valid, "depth_unit": self.depth_unit,
                 "intrinsics": intr, "pose": self.pose_for(pair), "name": str(pair.rgb)}

@@ -35,7 +35,7 @@ import numpy as np
 
 from SurgicalDepthLib.camera import Intrinsics
 
-from ._base import DatasetError, DepthDataset, Pair, find_dirs, read_raw, select_split, sorted_files
+from ._base import DatasetError, DepthDataset, Pair, find_dirs, read_raw, read_text, select_split, sorted_files
 
 _RGB_RX = re.compile(r"(\d+)_color\.png", re.IGNORECASE)
 _DEPTH_RX = re.compile(r"(\d+)_depth\.tiff?", re.IGNORECASE)
@@ -121,7 +121,7 @@ def _read_poses(path: Path) -> np.ndarray | None:
     if not path.is_file():
         return None
     out = []
-    for n, line in enumerate(path.read_text().splitlines(), start=1):
+    for n, line in enumerate(read_text(path, "C3VD pose file").splitlines(), start=1):
         if not line.strip():
             continue
         try:

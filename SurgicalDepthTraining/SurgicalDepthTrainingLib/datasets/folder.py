@@ -13,12 +13,13 @@ Options (all keyword):
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from SurgicalDepthLib.video import is_image_file
 
-from ._base import DEPTH_UNITS, DatasetError, DepthDataset, Pair, frame_number, read_raw
+from ._base import DEPTH_UNITS, DatasetError, DepthDataset, Pair, frame_number, natural_order, read_raw
 
 _DEFAULT_IMAGE_DIRS = ("rgb", "images", "image", "color")
 _DEFAULT_DEPTH_DIRS = ("depth", "depths")
@@ -69,31 +70,49 @@ class Folder(DepthDataset):
         img_dir = self._pick(o["image_dir"], _DEFAULT_IMAGE_DIRS, "image_dir")
         dep_dir = self._pick(o["depth_dir"], _DEFAULT_DEPTH_DIRS, "depth_dir")
         if o["image_glob"] is None:
-            images = sorted(p for p in img_dir.glob("*") if p.is_file() and is_image_file(p))
+            images = sorted((p for p in img_dir.glob("*") if p.is_file() and is_image_file(p)), key=natural_order)
         else:
-            images = sorted(p for p in img_dir.glob(o["image_glob"]) if p.is_file())
-        depth_files = sorted(p for p in dep_dir.glob(o["depth_glob"]) if p.is_file())
-        match = o["match"]
-        if match == "stem":
-            table = {p.stem: p for p in depth_files}
-            key, expect = (lambda p: p.stem), (lambda p: dep_dir / f"{p.stem}.*")
-        elif match == "index":
-            table = {frame_number(p.name): p for p in depth_files if frame_number(p.name) is not None}
-            key, expect = (lambda p: frame_number(p.name)), (lambda p: dep_dir / f"*{frame_number(p.name)}*")
-        elif "{stem}" in match:
-            table = {p.name: p for p in depth_files}
-            key, expect = (lambda p: match.format(stem=p.stem)), (lambda p: dep_dir / match.format(stem=p.stem))
-        else:
-            raise ValueError(f"folder: match must be 'stem', 'index' or a format string with '{{stem}}', "
-                             f"got {match!r}")
+            images = sorted((p for p in img_dir.glob(o["image_glob"]) if p.is_file()), key=natural_order)
+        depth_files = sorted((p for p in dep_dir.glob(o["depth_glob"]) if p.is_file()), key=natural_order)
+        key, depth_key, expect = self._keys(o["match"], dep_dir)
+        table: dict = {}
+        for p in depth_files:
+            table.setdefault(depth_key(p), []).append(p)
+        matched = {img: self._depth_of(img, table.get(key(img), [])) for img in images}
+        # image and depth folders may coincide ("." for both): a file that is some image's depth is no image
+        depths = {depth.resolve() for depth in matched.values() if depth is not None}
         pairs = []
-        for img in images:
-            depth = table.get(key(img))
+        for img, depth in matched.items():
+            if img.resolve() in depths:
+                continue
             if depth is None:
                 self._missing(img, expect(img))
                 continue
             pairs.append(Pair(img, depth, img.parent, frame_number(img.name)))
         return pairs
+
+    @staticmethod
+    def _keys(match: str, dep_dir: Path) -> tuple[Callable, Callable, Callable]:
+        """(key of an image, key of a depth file, the depth path an image expects) for the ``match`` rule."""
+        if match == "stem":
+            return (lambda p: p.stem), (lambda p: p.stem), (lambda p: dep_dir / f"{p.stem}.*")
+        if match == "index":
+            return ((lambda p: frame_number(p.name)), (lambda p: frame_number(p.name)),
+                    (lambda p: dep_dir / f"*{frame_number(p.name)}*"))
+        if "{stem}" in match:
+            return ((lambda p: match.format(stem=p.stem)), (lambda p: p.name),
+                    (lambda p: dep_dir / match.format(stem=p.stem)))
+        raise ValueError(f"folder: match must be 'stem', 'index' or a format string with '{{stem}}', got {match!r}")
+
+    @staticmethod
+    def _depth_of(img: Path, candidates: list[Path]) -> Path | None:
+        """The one depth file matching ``img`` (``img`` itself excluded), None without one; several are an error
+        naming them (picking one silently could pair the image with a preview or another frame's depth)."""
+        found = [p for p in candidates if p.resolve() != img.resolve()]
+        if len(found) > 1:
+            raise DatasetError(f"{img}: {len(found)} depth files match it ({', '.join(p.name for p in found[:4])}"
+                               f"{', ...' if len(found) > 4 else ''}); pass depth_glob= or match= to pick one")
+        return found[0] if found else None
 
     def decode_depth(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
         raw = read_raw(path)
@@ -111,5 +130,7 @@ class Folder(DepthDataset):
             raise DatasetError(f"{path}: depth dtype {raw.dtype} is not numeric")
         scale = 1.0 if self.depth_scale is None else float(self.depth_scale)
         valid = np.isfinite(raw) & (raw != self.invalid_value) & (raw > 0)
-        depth = np.where(valid, raw.astype(np.float64) * scale, 0).astype(np.float32)
-        return depth, valid
+        with np.errstate(over="ignore"):
+            scaled = np.where(valid, raw.astype(np.float64) * scale, 0).astype(np.float32)
+        valid &= np.isfinite(scaled)  # a stored value beyond float32 once scaled is no depth
+        return np.where(valid, scaled, 0).astype(np.float32), valid

@@ -25,7 +25,7 @@ import numpy as np
 
 from SurgicalDepthLib.camera import Intrinsics
 
-from ._base import (DatasetError, DepthDataset, Pair, child_dir, find_dirs, select_split,
+from ._base import (DatasetError, DepthDataset, Pair, child_dir, find_dirs, read_text, select_split,
                     sorted_files, uint16_linear)
 
 HAMLYN_MAX_MM = 150.0
@@ -96,7 +96,7 @@ class Hamlyn(DepthDataset):
 def _read_intrinsics(path: Path, width: int, height: int) -> Intrinsics | None:
     if not path.is_file():
         return None
-    tokens = [t for t in re.split(r"[,\s;\[\]]+", path.read_text()) if t]
+    tokens = [t for t in re.split(r"[,\s;\[\]]+", read_text(path, "Hamlyn intrinsics file")) if t]
     try:
         values = np.asarray([float(t) for t in tokens])
     except ValueError as exc:

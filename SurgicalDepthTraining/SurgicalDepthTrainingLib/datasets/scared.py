@@ -13,13 +13,16 @@ data endovissub2019-scared.grand-challenge.org (da Vinci Xi, porcine cadavers, s
   the channels reversed (Z first), a common source of confusion. Valid where Z > 0 and finite. A single-channel float
   TIFF (a depth map already) is accepted as Z directly.
 - Intrinsics: ``M1`` with OpenCV distortion ``D1`` from ``endoscope_calibration.yaml`` in the keyframe folder
-  (the keyframe images are not rectified), else None.
+  (the keyframe images are not rectified), else None. ``M1`` is the camera of the recorded 1280 x 1024 frames:
+  keyframes resized to another size of that aspect ratio (e.g. the 320 x 256 copies of monodepth2-style
+  pipelines) get it rescaled; another aspect ratio (a crop) gets None.
 - ``split``: ``"dataset_1"``, ``"dataset_1/keyframe_2"``, ``"1"`` (= dataset_1), comma-separated or a list.
   The interpolated per-frame ground truth in ``data/scene_points*.tiff`` is not read by this loader.
 - Default evaluation range 1e-3 .. 150 mm (the cap of the monodepth2-style SCARED protocol, e.g. AF-SfMLearner).
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +32,11 @@ from SurgicalDepthLib.text_files import read_text_file
 
 from ._base import DatasetError, DepthDataset, Pair, find_dirs, read_tiff, select_split
 
+logger = logging.getLogger(__name__)
+
 SCARED_MAX_MM = 150.0
+#: Size of the da Vinci Xi frames (each eye) that ``endoscope_calibration.yaml`` describes.
+SCARED_SIZE = (1280, 1024)
 
 
 def _find_file(folder: Path, name: str) -> Path | None:
@@ -123,4 +130,9 @@ def _read_calibration(keyframe: Path, width: int, height: int) -> Intrinsics | N
     if d1 is not None and np.any(d1):
         coeffs = np.asarray(d1, dtype=np.float64).ravel().tolist()
         dist = {"model": "opencv", "coeffs": coeffs}
-    return Intrinsics.from_matrix(m1, width, height, dist)
+    try:
+        return Intrinsics.from_matrix(m1, *SCARED_SIZE, dist).fitted(width, height)
+    except ValueError:  # cropped to another aspect ratio: where the principal point lies is not known
+        logger.warning("%s: the calibration is for %dx%d frames, the keyframe is %dx%d (another aspect ratio): "
+                       "no intrinsics", path, *SCARED_SIZE, width, height)
+        return None

@@ -11,7 +11,11 @@ MedIA 76:102302, 2022 (PMC8961000); data: ucl.ac.uk/interventional-surgical-scie
 <root>/Experiment_1/Rectified_calibration/001.json          {"P1": {"data": [12 numbers]}, "P2": ...}
 ```
 - Depth: uint16 PNG, ``depth_mm = value / 256`` (disparity and depth are both stored in 1/256 units, e.g.
-  2560 -> 10 mm); 0 = no reference (invalid). 8-bit is refused. Occlusion masks are not applied.
+  2560 -> 10 mm); 0 = no reference (invalid). 8-bit is refused.
+- Valid mask: also without the pixels that ``<reference>/OcclusionL/<frame>.png`` (when present) colours pure
+  blue, "outside the reference surface": the authors' toolkit (servcttk ``parse_occlusion_image``) evaluates only
+  its mask and never looks at the depth value there. The other colours (yellow: outside the right image; red,
+  green: seen by one camera only) stay valid, as in the toolkit's ``occ`` evaluation.
 - ``reference="CT"`` (default) or ``"RGB"`` picks ``Reference_CT`` or ``Reference_RGB``; the names of the
   authors' toolkit (surgical-vision/servcttk), ``Ground_truth_CT`` and ``Ground_truth_RGB``, are accepted too. The
   RGB reference exists for some experiments only: without a ``split``, experiments lacking it are left out.
@@ -30,7 +34,8 @@ import numpy as np
 
 from SurgicalDepthLib.camera import Intrinsics
 
-from ._base import DatasetError, DepthDataset, Pair, child_dir, find_dirs, select_split, sorted_files, uint16_linear
+from ._base import (DatasetError, DepthDataset, Pair, child_dir, find_dirs, read_rgb, read_text, select_split,
+                    sorted_files, uint16_linear)
 
 SERVCT_UNITS_PER_MM = 256.0
 SERVCT_MAX_MM = 300.0
@@ -84,17 +89,36 @@ class SERVCT(DepthDataset):
         return pairs
 
     def decode_depth(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
-        return uint16_linear(path, 1.0 / SERVCT_UNITS_PER_MM)
+        depth, valid = uint16_linear(path, 1.0 / SERVCT_UNITS_PER_MM)
+        occlusion = child_dir(path.parent.parent, "OcclusionL")
+        if occlusion is not None and (occlusion / path.name).is_file():
+            valid &= ~no_reference(occlusion / path.name, depth.shape)
+        return depth, valid
 
     def intrinsics_for(self, pair: Pair, width: int, height: int) -> Intrinsics | None:
         calib = child_dir(pair.sequence, "Rectified_calibration")
         path = None if calib is None else calib / f"{pair.rgb.stem}.json"
         if path is None or not path.is_file():
             return None
+        text = read_text(path, "SERV-CT calibration file")
         try:
-            p1 = np.asarray(json.loads(path.read_text())["P1"]["data"], dtype=np.float64)
+            p1 = np.asarray(json.loads(text)["P1"]["data"], dtype=np.float64)
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
             raise DatasetError(f"{path}: expected JSON with 'P1': {{'data': [12 numbers]}} ({exc})") from exc
         if p1.size != 12:
             raise DatasetError(f"{path}: 'P1' must hold 12 numbers (3x4), got {p1.size}")
         return Intrinsics.from_matrix(p1.reshape(3, 4)[:, :3], width, height)
+
+
+def no_reference(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    """bool ``[H, W]``: the pixels a SERV-CT occlusion image colours pure blue (RGB 0, 0, 255: no reference).
+
+    Raises:
+        DatasetError: unreadable file, or not of the depth map's size ``shape`` (H, W).
+    """
+    rgb = read_rgb(path)
+    if rgb.shape[:2] != tuple(shape):
+        raise DatasetError(f"{path}: occlusion image is {rgb.shape[1]}x{rgb.shape[0]} (WxH) but its depth map is "
+                           f"{shape[1]}x{shape[0]}")
+    return np.all(rgb == np.array([0, 0, 255], np.uint8), axis=-1)
+

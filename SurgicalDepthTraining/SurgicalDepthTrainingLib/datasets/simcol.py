@@ -33,7 +33,7 @@ import numpy as np
 
 from SurgicalDepthLib.camera import Intrinsics
 
-from ._base import DatasetError, DepthDataset, Pair, find_dirs, read_raw, select_split, sorted_files
+from ._base import DatasetError, DepthDataset, Pair, find_dirs, read_raw, read_text, select_split, sorted_files
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class SimCol3D(_UnityColon):
                 f = base / "misc" / f"{self.split.lower()}_file.txt"
                 if f.is_file():
                     names = {line.strip().rstrip("/").split("/")[-1].lower()
-                             for line in f.read_text().splitlines() if line.strip()}
+                             for line in read_text(f, "SimCol3D split file").splitlines() if line.strip()}
                     return "in", names
             if self.split.lower() == "val":
                 raise FileNotFoundError(f"simcol3d: split 'val' needs misc/val_file.txt under {self.root}")
@@ -185,8 +185,9 @@ class ColonDepth(_UnityColon):
     does not state the depth-image scale). We assume the convention of the same authors' later SimCol3D release
     (same Unity pipeline): depth normalised to [0, 1] with 1.0 = 20 cm. We read an 8-bit file as
     ``value / 255 * 200`` mm and a 16-bit file as SimCol3D's ``value / 65280 * 200`` mm. 0 = invalid. Change
-    the scale with ``full_scale_mm=``. Intrinsics are not published: None (pass ``intrinsics=``). ``split``: folder-name prefixes, e.g. ``"T1"`` or ``"T1,T2"`` (texture subsets; a folder named with a leading
-    ``C_``, as in copies of the set, ``C_T1_L1_1_resized``, matches ``"T1"`` too).
+    the scale with ``full_scale_mm=``. Intrinsics are not published: None (pass ``intrinsics=``).
+    ``split``: folder-name prefixes, e.g. ``"T1"`` or ``"T1,T2"`` (texture subsets; a folder named with a
+    leading ``C_``, as in copies of the set, ``C_T1_L1_1_resized``, matches ``"T1"`` too).
     """
 
     name = "colondepth"

@@ -23,7 +23,8 @@ import numpy as np
 from SurgicalDepthLib.camera import Intrinsics
 from SurgicalDepthLib.pose_io import read_poses
 
-from ._base import DatasetError, DepthDataset, Pair, find_dirs, select_split, sorted_files, uint16_linear
+from ._base import (DatasetError, DepthDataset, Pair, find_dirs, read_text, select_split, sorted_files,
+                    uint16_linear)
 
 FORMAT = "surgical-depth-synthetic"
 SUPPORTED_VERSIONS = (1,)
@@ -33,7 +34,7 @@ _FRAME_RX = re.compile(r"(\d+)\.png", re.IGNORECASE)
 def read_meta(seq: Path) -> dict:
     path = seq / "meta.json"
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(read_text(path, "synthetic metadata file"))
     except json.JSONDecodeError as exc:
         raise DatasetError(f"{path}: not valid JSON ({exc})") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
