@@ -103,6 +103,17 @@ class Stage:
                                       refresh=False)
         self.reporter.emit("progress", stage=self.name, step=self.step, total=self.total, **metrics)
 
+    def retotal(self, total: int | None) -> None:
+        """Correct the stage's ``total`` once the real count is known (a video that ends before the frame count its
+        container announced): the bar and a progress event say it, so the stage still ends at ``total``."""
+        if total == self.total:
+            return
+        self.total = total
+        if self._bar is not None:
+            self._bar.total = total
+            self._bar.refresh()
+        self.reporter.emit("progress", stage=self.name, step=self.step, total=self.total)
+
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()

@@ -30,19 +30,32 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 MAX_ANNOUNCED_FRAMES = 2 ** 40
 
 
+#: consecutive frames that fail to decode after which a video counts as ended. OpenCV's ``grab()`` fails alike on a
+#: damaged frame (each failed call consumes one frame, decoding goes on after it) and at the end of the data (each
+#: call then costs about 20 µs), so a failing run is the end only when it reaches past the announced frame count
+#: or this long
+MAX_UNDECODABLE_RUN = 1000
+
+
 class VideoDecodeError(ValueError):
-    """A video stopped decoding before its last frame. Raised after the decodable frames were yielded.
+    """A video has no decodable frame at an index that its container announces: the frames asked for all lie past
+    the real end of a truncated file (or one still being written). A video that merely ends before its announced
+    count ends there with a warning, and frames that fail to decode in the middle are skipped with a warning.
 
     Attributes:
         path: the video file.
-        frame_index: index (in the source video) of the first frame that could not be decoded.
+        frame_index: index (in the source video) of the first frame asked for that could not be decoded.
+        decoded: number of frames the video holds up to its real end.
     """
 
-    def __init__(self, path: Path, frame_index: int, expected: int):
-        super().__init__(f"{path}: decoding stopped at frame {frame_index} of {expected} "
-                         "(file truncated or corrupt); the frames before it were read")
+    def __init__(self, path: Path, frame_index: int, expected: int, decoded: int | None = None):
+        decoded = frame_index if decoded is None else decoded
+        where = "no frame decodes" if decoded == 0 else f"the video ends after {decoded} decodable frames"
+        super().__init__(f"{path}: frame {frame_index} is past the real end of the video: {where} though the "
+                         f"container announces {expected} (truncated, corrupt, or still being written)")
         self.path = path
         self.frame_index = frame_index
+        self.decoded = decoded
 
 
 def natural_key(name: str) -> list:
@@ -204,11 +217,32 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray) -> Path:
     return path
 
 
+def grab_decodable(capture: cv2.VideoCapture, index: int, announced: int,
+                   stop: threading.Event | None = None) -> int | None:
+    """Grab the next decodable frame of an opened capture whose next frame has source index ``index``.
+
+    A frame that fails to decode counts as one frame (OpenCV's FFmpeg capture consumes its packet) and is skipped;
+    a run of failing frames is the end of the video when it reaches ``announced`` (the container's frame count) or
+    :data:`MAX_UNDECODABLE_RUN` frames, or when ``stop`` is set.
+
+    Returns:
+        the source index of the frame grabbed (``>= index``; frames ``index`` .. it - 1 did not decode), or None at
+        the end (the video then holds ``index`` frames).
+    """
+    at = index
+    while not capture.grab():
+        at += 1
+        if at >= announced or at - index >= MAX_UNDECODABLE_RUN or (stop is not None and stop.is_set()):
+            return None
+    return at
+
+
 def count_video_frames(capture: cv2.VideoCapture) -> int:
-    """Number of frames of an opened capture, by decoding (``grab``) from its current position to the end."""
+    """Number of frames of an opened capture, by decoding (``grab``) from its current position to the end (damaged
+    frames in the middle count, :func:`grab_decodable`)."""
     count = 0
-    while capture.grab():
-        count += 1
+    while (grabbed := grab_decodable(capture, count, MAX_ANNOUNCED_FRAMES)) is not None:
+        count = grabbed + 1
     return count
 
 
@@ -235,15 +269,26 @@ def read_video_frame(path: str | os.PathLike, index: int) -> np.ndarray:
         if bgr is None:  # no exact seek: decode from the start
             capture.release()
             capture = cv2.VideoCapture(str(path))
-            skipped = 0
-            while skipped < index and capture.grab():
-                skipped += 1
-            ok, bgr = capture.read() if skipped == index else (False, None)
+            bgr = _decode_to(capture, int(index))
     finally:
         capture.release()
     if bgr is None:
         raise ValueError(f"{path}: frame {index} could not be decoded (past the end, truncated or corrupt)")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def _decode_to(capture: cv2.VideoCapture, index: int) -> np.ndarray | None:
+    """BGR frame ``index`` of a capture at its first frame, by decoding every frame before it as
+    :class:`FrameReader` does (damaged frames count, :func:`grab_decodable`); None when it does not decode."""
+    announced = capture.get(cv2.CAP_PROP_FRAME_COUNT)
+    announced = int(announced) if 0 < announced < MAX_ANNOUNCED_FRAMES else MAX_ANNOUNCED_FRAMES
+    at = 0
+    while (grabbed := grab_decodable(capture, at, max(announced, index + 1))) is not None and grabbed < index:
+        at = grabbed + 1
+    if grabbed != index:
+        return None
+    ok, bgr = capture.retrieve()
+    return bgr if ok else None
 
 
 def _seek_frame(capture: cv2.VideoCapture, index: int) -> np.ndarray | None:
@@ -270,7 +315,9 @@ class FrameReader:
         fps: frames per second of the video (``None`` for images).
         frame_count: number of frames this reader yields (after ``start``/``stop``/``stride``); for videos it
             comes from the container (exact for mp4/mov/avi written by common tools; counted by decoding when the
-            container has none) and is corrected after a full iteration that decoded more frames than it said.
+            container has none) and is corrected after an iteration that reached the real end of a video holding
+            more or fewer frames than it said (a truncated file, one still being written). Frames in it that fail
+            to decode are skipped (with a warning), not yielded.
         size: ``(height, width)`` of the frames.
         files: image files in order (``None`` for videos).
         indices: source frame indices that are yielded, in order (``range``).
@@ -357,46 +404,71 @@ class FrameReader:
                 raise ValueError(f"cannot open video {path}")
             # past the announced count too: containers that estimate it (mpg, mkv, webm) may announce too few
             wanted = itertools.count(self._start, self._stride)
-            target = next(wanted)
-            index, ended = 0, False
+            target, index, announced = next(wanted), 0, self._source_count
             # grab() every frame and retrieve() only the wanted ones: exact frame positions, unlike seeking
             while (self._stop is None or target < self._stop) and not stop.is_set():
-                ok = capture.grab()
-                if ok and index == target:
+                grabbed = grab_decodable(capture, index, announced, stop)
+                if grabbed is None:
+                    break  # the real end: the video holds `index` frames
+                if grabbed > index:
+                    _warn_skipped(path, index, grabbed)
+                while target < grabbed:
+                    target = next(wanted)
+                index = grabbed
+                if self._stop is not None and target >= self._stop:
+                    return  # the damaged frames reached past the last wanted one
+                if index == target:
                     ok, bgr = capture.retrieve()
-                    ok = ok and bgr is not None
-                    if ok:
+                    if ok and bgr is not None:
                         yield index, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-                        target = next(wanted)
-                if not ok:
-                    ended = True
-                    break
+                    else:
+                        _warn_skipped(path, index, index + 1)
+                    target = next(wanted)
                 index += 1
-            if stop.is_set():
+            else:  # past the last wanted frame, or stopped
+                if index > announced and not stop.is_set():  # the selection reached past the announced end
+                    self._set_source_count(index)
                 return
-            if index > self._source_count:  # at least `index` frames: the selection reaches past the announced end
-                if ended:
-                    logger.warning("%s: the container announced %d frames but %d were decoded; all are read",
-                                   path, self._source_count, index)
-                self._set_source_count(index)
-            elif target in self.indices:
-                missing = self._source_count - index
-                # some containers (mkv, webm, raw streams) only estimate the frame count from the duration:
-                # a shortfall of a couple of frames at the very end is not treated as corruption
-                if missing > max(2, self._source_count // 100):
-                    raise VideoDecodeError(path, index, self._source_count)
-                logger.warning("%s: the container announced %d frames but decoding ended after %d",
-                               path, self._source_count, index)
+            if not stop.is_set():
+                self._ended(path, index)
         finally:
             capture.release()
+
+    def _ended(self, path: Path, count: int) -> None:
+        """The video ended after ``count`` frames (decoded to its end): ``indices`` and ``frame_count`` now follow
+        the real length, with a warning where the container announced another one.
+
+        Raises:
+            VideoDecodeError: the frames asked for all lie past the real end (none was yielded).
+        """
+        announced, asked = self._source_count, self.indices
+        if count == announced:
+            return
+        self._set_source_count(count)
+        if count > announced:
+            logger.warning("%s: the container announced %d frames but %d were decoded; all are read",
+                           path, announced, count)
+        elif len(asked) and asked[0] >= count:
+            raise VideoDecodeError(path, asked[0], announced, count)
+        else:
+            read = f": {len(self.indices)} of the {len(asked)} frames asked for exist" if len(asked) else ""
+            logger.warning("%s: the container announced %d frames but the video ends after %d frames "
+                           "(truncated, or still being written)%s", path, announced, count, read)
 
     def _frames(self, stop: threading.Event) -> Iterator[tuple[int, np.ndarray]]:
         return self._iter_video(stop) if self.kind == "video" else self._iter_images(stop)
 
     def indexed(self) -> Iterator[tuple[int, np.ndarray]]:
         """``(source frame index, rgb)`` pairs, as :meth:`__iter__` yields the frames. A video whose container
-        announced fewer frames than it holds yields the rest too (``indices`` and ``frame_count`` are then
-        updated at its end)."""
+        announced fewer frames than it holds yields the rest too; one that ends before its announced count (truncated
+        or still being written) ends there with a warning; ``indices`` and ``frame_count`` are then updated at its
+        end. Frames that fail to decode before decodable ones are skipped with a warning (the indices of the frames
+        after them stay their source indices).
+
+        Raises (during iteration):
+            VideoDecodeError: every frame asked for lies past the real end of the video (one line naming the file
+                and the first frame index asked for).
+        """
         self._stop_event = threading.Event()  # one per iteration: close() ends only the running one
         pairs = self._frames(self._stop_event)
         if self.prefetch > 0:
@@ -424,6 +496,13 @@ class FrameReader:
                 f"size={self.size}, fps={self.fps})")
 
 
+def _warn_skipped(path: Path, first: int, end: int) -> None:
+    """Warn that frames ``first`` .. ``end - 1`` of the video ``path`` did not decode and are skipped."""
+    frames = f"frame {first}" if end == first + 1 else f"frames {first}-{end - 1}"
+    logger.warning("%s: %s could not be decoded (damaged data): skipped; decoding goes on at frame %d",
+                   path, frames, end)
+
+
 def _second(pairs: Iterator[tuple[int, np.ndarray]]) -> Iterator[np.ndarray]:
     """The frames of ``(index, frame)`` pairs; closing it closes ``pairs`` (a prefetch thread stops at once)."""
     try:
@@ -449,8 +528,9 @@ def open_frames(path: str | os.PathLike, *, start: int = 0, stop: int | None = N
     Raises:
         FileNotFoundError: missing path / glob matching nothing. ValueError: empty folder, unsupported suffix,
         unreadable video; during iteration, frames of different sizes (naming the file) and
-        :class:`VideoDecodeError` when a video breaks off before its last frame (more than
-        ``max(2, 1 %)`` of the announced frames missing; a smaller shortfall at the end is only logged, as
-        some containers estimate their frame count).
+        :class:`VideoDecodeError` when the frames asked for all lie past the real end of a video that holds fewer
+        frames than its container announces. A video that ends early (truncated, still being written) ends there
+        with a warning naming the file and both counts; frames that fail to decode in the middle are skipped with a
+        warning.
     """
     return FrameReader(path, start=start, stop=stop, stride=stride, prefetch=prefetch)

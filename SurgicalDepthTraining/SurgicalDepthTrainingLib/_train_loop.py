@@ -14,7 +14,7 @@ from torch import nn
 
 from .loss_names import LOSS_NAMES
 from .losses import l1_loss, silog_loss, ssi_loss
-from .metrics import depth_metrics, mean_metrics
+from .metrics import NoValidPixelError, depth_metrics, mean_metrics
 from .semi import SemiTerm, capture_features
 
 logger = logging.getLogger(__name__)
@@ -174,10 +174,12 @@ def validate(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], *, ou
              device: torch.device, min_depth: float | None = None,
              max_depth: float | None = None) -> dict[str, float]:
     """Validation: per-image metrics at the training resolution (median alignment, the protocol of
-    :func:`.metrics.depth_metrics`), averaged over images. ``model`` is the unwrapped model.
+    :func:`.metrics.depth_metrics`), averaged over the images with valid ground truth in range. ``model`` is the
+    unwrapped model.
 
     Raises:
         TrainingDiverged: the model predicts NaN or ±inf (its weights blew up: nothing left to score).
+        ValueError: no image has a valid ground-truth pixel in range.
     """
     was_training = model.training
     model.eval()
@@ -190,7 +192,13 @@ def validate(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]], *, ou
         pred = pred.cpu().numpy()
         depth, valid = batch["depth"].numpy(), batch["valid"].numpy()
         for p, d, v in zip(pred, depth, valid):
-            per_image.append(depth_metrics(p, d, v, alignment="median", pred_kind=output_kind,
-                                           min_depth=min_depth, max_depth=max_depth))
+            try:
+                per_image.append(depth_metrics(p, d, v, alignment="median", pred_kind=output_kind,
+                                               min_depth=min_depth, max_depth=max_depth))
+            except NoValidPixelError:  # an image without ground truth in range is left out, as evaluate does
+                continue
     model.train(was_training)
+    if not per_image:
+        raise ValueError(f"no validation image has a valid ground-truth pixel between min_depth {min_depth} and "
+                         f"max_depth {max_depth}: check the validation split and the depth range")
     return mean_metrics(per_image)

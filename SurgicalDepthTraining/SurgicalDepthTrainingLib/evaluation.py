@@ -5,8 +5,14 @@ The report (architecture.md, "Evaluation report")::
     {"dataset", "root", "model", "alignment", "pred_kind", "n_images", "depth_range": [min, max],
      "eval_range": [min_depth, max_depth], "input_size", "detail_size", "metrics": {mean of per-image values},
      "per_image": [{"name", "abs_rel", ..., "scale", "shift", "n_valid"}], "notes",
-     "skipped": [names of unreadable pairs a ``skip_bad`` dataset left out],
+     "skipped": [names of the images not measured], "n_skipped": len(skipped),
+     "no_valid_gt": [names of the skipped images without a valid ground-truth pixel],
      "lens_correction": null | {"reference_fov_deg", "n_images"}}
+
+``skipped`` lists the unreadable pairs a ``skip_bad`` dataset left out and the images without a single valid
+ground-truth pixel (depth 0 or invalid, outside the evaluation range, or outside the mask everywhere: nothing to
+measure; monodepth2-style evaluations leave such frames out), which ``no_valid_gt`` also lists. ``n_images``
+counts the measured images only.
 
 ``metrics`` is the mean of the per-image values (monodepth2 / SCARED protocol); ``depth_range`` is the range of
 the ground truth over the evaluated pixels. ``lens_correction``: the predictions of samples with intrinsics were
@@ -24,7 +30,7 @@ from SurgicalDepthLib.alignment import MM_PER_UNIT
 from SurgicalDepthLib.lens import SampleLensCorrection
 from SurgicalDepthLib.progress import ProgressReporter, Stage
 
-from .metrics import METRIC_KEYS, align_prediction, compute_errors, count_broken, mean_metrics
+from .metrics import METRIC_KEYS, NoValidPixelError, align_prediction, compute_errors, count_broken, mean_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -39,39 +45,68 @@ _NOTES = {
 }
 
 
+def _measure(name: str, pred: np.ndarray, gt: np.ndarray, valid: np.ndarray | None, alignment: str,
+             pred_kind: str, min_depth: float | None, max_depth: float | None) -> tuple[dict[str, Any], np.ndarray]:
+    """One image's ``per_image`` record and its evaluated ground truth (float64 ``[N]``, gt's unit).
+
+    Raises:
+        NoValidPixelError: no pixel to evaluate. ValueError: anything else wrong; both name the image.
+    """
+    try:
+        depth, used, scale, shift = align_prediction(pred, gt, valid, alignment=alignment, pred_kind=pred_kind,
+                                                     min_depth=min_depth, max_depth=max_depth)
+        g = np.asarray(gt, dtype=np.float64)[used]
+        errors = compute_errors(g, depth[used])
+    except NoValidPixelError as exc:
+        raise NoValidPixelError(f"image {name!r}: {exc}") from exc
+    except ValueError as exc:
+        raise ValueError(f"image {name!r}: {exc}") from exc
+    record = {"name": str(name), **errors, "scale": scale, "shift": shift, "n_valid": int(used.sum()),
+              "n_broken": count_broken(pred, used, pred_kind, alignment)}
+    return record, g
+
+
 def evaluate_predictions(samples: Iterable[tuple[str, np.ndarray, np.ndarray, np.ndarray | None]], *,
                          alignment: str = "median", pred_kind: str = "depth", min_depth: float | None = None,
                          max_depth: float | None = None,
-                         on_image: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+                         on_image: Callable[[dict[str, Any]], None] | None = None,
+                         on_skip: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The report body for given predictions.
 
     Args:
         samples: ``(name, pred [H, W], gt depth [H, W], valid bool [H, W] or None)`` per image.
         alignment, pred_kind, min_depth, max_depth: see :func:`~.metrics.depth_metrics`.
         on_image: called with each image's ``per_image`` record as soon as it is measured.
+        on_skip: called with the name of each image skipped because no pixel of it has valid ground truth
+            (invalid, outside ``(min_depth, max_depth)`` or outside ``valid`` everywhere), logged as a warning.
     Returns:
-        ``{"alignment", "pred_kind", "n_images", "depth_range", "eval_range", "metrics", "per_image", "notes"}``.
+        ``{"alignment", "pred_kind", "n_images", "depth_range", "eval_range", "metrics", "per_image", "notes",
+        "no_valid_gt"}``; ``n_images`` counts the measured images, ``no_valid_gt`` names the skipped ones.
     Raises:
-        ValueError: no samples; an image without valid pixels (its name is quoted).
+        ValueError: no samples, or no sample with a valid pixel (the skipped images quoted); an image that cannot
+        be measured for another reason (its name is quoted).
     """
     per_image: list[dict[str, Any]] = []
+    no_valid_gt: list[str] = []
     lo, hi = np.inf, -np.inf
     for name, pred, gt, valid in samples:
-        try:  # every error names the image
-            depth, used, scale, shift = align_prediction(pred, gt, valid, alignment=alignment,
-                                                         pred_kind=pred_kind, min_depth=min_depth,
-                                                         max_depth=max_depth)
-            g = np.asarray(gt, dtype=np.float64)[used]
-            errors = compute_errors(g, depth[used])
-        except ValueError as exc:
-            raise ValueError(f"image {name!r}: {exc}") from exc
-        m = {**errors, "scale": scale, "shift": shift, "n_valid": int(used.sum()),
-             "n_broken": count_broken(pred, used, pred_kind, alignment)}
+        try:
+            record, g = _measure(name, pred, gt, valid, alignment, pred_kind, min_depth, max_depth)
+        except NoValidPixelError as exc:
+            logger.warning("evaluate: %s: skipped, not measured", exc)
+            no_valid_gt.append(str(name))
+            if on_skip is not None:
+                on_skip(str(name))
+            continue
         lo, hi = min(lo, float(g.min())), max(hi, float(g.max()))
-        per_image.append({"name": str(name), **m})
+        per_image.append(record)
         if on_image is not None:
-            on_image(per_image[-1])
+            on_image(record)
     if not per_image:
+        if no_valid_gt:
+            listed = ", ".join(repr(n) for n in no_valid_gt[:3]) + (" ..." if len(no_valid_gt) > 3 else "")
+            raise ValueError(f"evaluate: no image has a valid ground-truth pixel inside ({min_depth}, {max_depth}) "
+                             f"and its mask: all {len(no_valid_gt)} skipped ({listed})")
         raise ValueError("evaluate: no images to evaluate")
     return {
         "alignment": alignment,
@@ -82,6 +117,7 @@ def evaluate_predictions(samples: Iterable[tuple[str, np.ndarray, np.ndarray, np
         "metrics": mean_metrics(per_image),
         "per_image": per_image,
         "notes": _NOTES[(alignment, pred_kind)] + "; metrics are means of per-image values",
+        "no_valid_gt": no_valid_gt,
     }
 
 
@@ -175,16 +211,19 @@ def evaluate(model: Any, dataset: Any, *, alignment: str = "median", input_size:
     to_mm = output_to_mm(model)
     skipped: list[str] = []
     with reporter.stage("evaluate", len(dataset), unit="image") as stage:
-        def on_skip(name: str) -> None:
-            logger.warning("evaluate: %s is unreadable (skip_bad): not measured", name)
+        def on_skip(name: str) -> None:  # an image not measured still is one step of the stage
             skipped.append(name)
             stage.update(1)
 
-        samples = _predictions(model, dataset, input_size, batch_size, lens, detail_size, to_mm, on_skip)
+        def on_unreadable(name: str) -> None:
+            logger.warning("evaluate: %s is unreadable (skip_bad): not measured", name)
+            on_skip(name)
+
+        samples = _predictions(model, dataset, input_size, batch_size, lens, detail_size, to_mm, on_unreadable)
         body = evaluate_predictions(samples,
                                     alignment=alignment,
                                     pred_kind=model.output_kind, min_depth=min_depth, max_depth=max_depth,
-                                    on_image=_stage_updates(stage))
+                                    on_image=_stage_updates(stage), on_skip=on_skip)
     if to_mm != 1.0:
         body["notes"] += f"; the model's output in {model.depth_unit} converted to mm"
     report = {
@@ -195,12 +234,13 @@ def evaluate(model: Any, dataset: Any, *, alignment: str = "median", input_size:
         "detail_size": detail_size,
         **body,
         "skipped": skipped,
+        "n_skipped": len(skipped),
         "lens_correction": ({"reference_fov_deg": lens.reference_fov_deg, "n_images": lens.n_corrected}
                             if lens.n_corrected else None),
     }
     m = report["metrics"]
-    logger.info("%s: AbsRel %.4f, delta1 %.4f over %d images", report["dataset"], m["abs_rel"], m["a1"],
-                report["n_images"])
+    logger.info("%s: AbsRel %.4f, delta1 %.4f over %d images (%d skipped)", report["dataset"], m["abs_rel"],
+                m["a1"], report["n_images"], len(skipped))
     return report
 
 

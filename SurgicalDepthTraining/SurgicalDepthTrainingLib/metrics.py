@@ -28,6 +28,12 @@ ALIGNMENTS = ("median", "scale_shift", "none")
 PRED_KINDS = tuple(k.value for k in OutputKind)  # ("disparity", "depth")
 
 
+class NoValidPixelError(ValueError):
+    """An image has no pixel to evaluate: its ground truth is invalid (0, non-finite), outside the evaluation
+    range or outside the mask everywhere. One image cannot be measured; an evaluation over many skips it
+    (monodepth2-style protocols leave such frames out) and counts it."""
+
+
 def compute_errors(gt: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     """monodepth2 ``compute_errors`` on matching 1-D arrays of valid depths (both > 0, same unit).
 
@@ -117,7 +123,7 @@ def align_prediction(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None =
     positive = not (pred_kind == "disparity" and alignment == "scale_shift")
     evaluated = _valid_mask(gt, mask, min_depth, max_depth)
     if not evaluated.any():
-        raise ValueError(f"depth_metrics: no valid pixel (gt finite, > 0, inside ({min_depth}, {max_depth}), "
+        raise NoValidPixelError(f"depth_metrics: no valid pixel (gt finite, > 0, inside ({min_depth}, {max_depth}), "
                          f"inside mask) among {gt.size}")
     cap = float(max_depth) if max_depth is not None else float(gt[evaluated].max())
     usable = _usable(pred, positive)
@@ -177,8 +183,8 @@ def depth_metrics(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = No
         infinitely far) is scored as ``max_depth``, as monodepth2 clamps predictions to the cap; without a
         ``max_depth`` as the image's farthest evaluated ground truth.
     Raises:
-        ValueError: unknown ``alignment``/``pred_kind``, shape mismatch (both shapes quoted), bad range or no
-            valid pixel.
+        ValueError: unknown ``alignment``/``pred_kind``, shape mismatch (both shapes quoted) or bad range;
+            :class:`NoValidPixelError` (a ``ValueError``) when no pixel has valid ground truth.
     """
     depth, valid, scale, shift = align_prediction(pred, gt, mask, alignment=alignment, pred_kind=pred_kind,
                                                   min_depth=min_depth, max_depth=max_depth)

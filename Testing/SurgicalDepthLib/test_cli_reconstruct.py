@@ -345,3 +345,25 @@ def test_a_frame_past_the_announced_count_without_a_pose_is_one_line(tmp_path, c
                  "none"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(poses) in err[0] and "frame 25" in err[0], err
+
+
+def test_a_cut_video_is_reconstructed_to_its_real_end_and_progress_ends_there(tmp_path, capsys):
+    """A video cut in half: ``reconstruct`` reads every frame that decodes and its jsonl progress ends at that
+    count. Catches: the run failing at the cut, and the stage's last event left at 10 of the 20
+    frames the container announced (the Slicer panel and scripts wait for step == total)."""
+    from tiny_model import textured
+
+    whole = tmp_path / "whole.avi"
+    writer = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"MJPG"), 20.0, (64, 48))
+    for i in range(20):
+        writer.write(textured(48, 64, i))
+    writer.release()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    capsys.readouterr()
+    assert main(["reconstruct", str(cut), "--output", str(tmp_path / "out"), "--model", "random:surgical-depth-tiny",
+                 "--device", "cpu", "--input-size", "56", "--fov-mask", "none", "--progress", "jsonl"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    steps = [e for e in events if e["event"] == "progress" and e["stage"] == "reconstruct"]
+    decoded = sum(1 for _ in sd.open_frames(cut))
+    assert 3 <= decoded < 20 and steps[-1]["step"] == steps[-1]["total"] == decoded

@@ -7,7 +7,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from video_files import webm_clip, with_duration
+from video_files import mjpeg_avi, webm_clip, with_damaged_frames, with_duration
 
 from SurgicalDepthLib.colormap import colorize
 from SurgicalDepthLib.video import (FrameReader, VideoDecodeError, frame_source_images, frame_source_kind,
@@ -212,8 +212,9 @@ def test_mixed_sizes_in_folder(tmp_path):
     assert len(got) == 2
 
 
-@pytest.mark.parametrize("prefetch", [0, 2])
-def test_truncated_clip_yields_good_frames_then_error(tmp_path, prefetch):
+def _truncated_mp4(tmp_path: Path) -> Path:
+    """A 40-frame streamable mp4 (moov first, as capture devices and live encoders write it) cut at 80 %: the
+    container still announces 40 frames, 22 decode."""
     full = tmp_path / "full.mp4"
     write_clip(full, 40)
     data = faststart(full.read_bytes())
@@ -222,16 +223,71 @@ def test_truncated_clip_yields_good_frames_then_error(tmp_path, prefetch):
     assert len(list(open_frames(whole))) == 40  # the relocation itself is valid
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(data[: len(data) * 8 // 10])
+    return broken
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_truncated_clip_ends_at_its_real_end_with_a_warning(tmp_path, prefetch, caplog):
+    """Catches a truncated recording (or one still being written) ending every reader with VideoDecodeError
+    ('decoding stopped at frame 22 of 40') instead of treating its real end as the end: all 22 decodable frames
+    are yielded, then a warning names the file and both counts, and frame_count/indices follow the real length."""
+    broken = _truncated_mp4(tmp_path)
     reader = open_frames(broken, prefetch=prefetch)
     assert reader.frame_count == 40  # the container still announces all frames
-    got = []
-    with pytest.raises(VideoDecodeError, match="broken.mp4.*stopped at frame") as info:
-        for rgb in reader:
-            got.append(rgb)
-    assert 5 < len(got) < 40
-    assert info.value.frame_index == len(got)
+    with caplog.at_level("WARNING", logger="SurgicalDepthLib.video"):
+        pairs = list(reader.indexed())
+    assert 5 < len(pairs) < 40
+    assert [i for i, _ in pairs] == list(range(len(pairs)))
     # the last frame before the cut may be partly concealed by the decoder; all earlier ones are intact
-    assert [decode_index(f) for f in got[:-1]] == list(range(len(got) - 1))
+    assert [decode_index(f) for _, f in pairs[:-1]] == list(range(len(pairs) - 1))
+    assert reader.frame_count == len(pairs) and reader.indices == range(len(pairs))
+    ends = [r.getMessage() for r in caplog.records if "ends after" in r.getMessage()]
+    assert len(ends) == 1 and "broken.mp4" in ends[0] and "announced 40 frames" in ends[0]
+    assert f"ends after {len(pairs)} frames" in ends[0]
+    assert not [t for t in threading.enumerate() if t.name.startswith("FrameReader")]
+
+
+def test_truncated_capture_avi_ends_at_its_real_end(tmp_path):
+    """Catches a capture card's Motion-JPEG AVI cut off (recording stopped by a crash: no idx1, the header still
+    announces 40 frames) ending with VideoDecodeError after 17 frames: they are yielded, and a stride picks the
+    existing frames among them."""
+    data = mjpeg_avi(tmp_path / "full.avi", [frame_for(i) for i in range(40)])
+    path = tmp_path / "cut.avi"
+    path.write_bytes(data[: len(data) * 6 // 10])
+    got = [i for i, _ in open_frames(path).indexed()]
+    assert 5 < len(got) < 40 and got == list(range(len(got)))
+    reader = open_frames(path, start=1, stride=3)
+    assert [i for i, _ in reader.indexed()] == list(range(1, len(got), 3)) == list(reader.indices)
+
+
+@pytest.mark.parametrize("prefetch", [0, 2])
+def test_damaged_frames_in_the_middle_are_skipped_not_the_end(tmp_path, prefetch, caplog):
+    """Catches damaged frames in the middle of a video (frames 10-15 of a capture AVI zeroed) taken for its end:
+    the reader stopped with VideoDecodeError at frame 10 and lost the 24 good frames after them. They are skipped
+    with a warning naming them, and every later frame keeps its source index."""
+    data = mjpeg_avi(tmp_path / "full.avi", [frame_for(i) for i in range(40)])
+    path = tmp_path / "damaged.avi"
+    path.write_bytes(with_damaged_frames(data, range(10, 16)))
+    expected = [i for i in range(40) if not 10 <= i < 16]
+    with caplog.at_level("WARNING", logger="SurgicalDepthLib.video"):
+        pairs = list(open_frames(path, prefetch=prefetch).indexed())
+    assert [i for i, _ in pairs] == [decode_index(f) for _, f in pairs] == expected
+    assert any("damaged.avi: frames 10-15 could not be decoded" in r.getMessage() for r in caplog.records)
+    reader = open_frames(path, start=2, stride=4)  # 10 and 14 are damaged: the others keep their indices
+    assert [(i, decode_index(f)) for i, f in reader.indexed()] == [(i, i) for i in (2, 6, 18, 22, 26, 30, 34, 38)]
+    assert reader.frame_count == 10  # the video's length is unchanged
+    assert [i for i, _ in open_frames(path, stop=12).indexed()] == list(range(10))  # 16 is past stop
+
+
+def test_selection_past_the_real_end_is_a_one_line_error(tmp_path):
+    """Catches frames asked for past the real end of a truncated video (start=30 of 40 announced, 22 decode)
+    coming back as an empty, silent iteration: a one-line VideoDecodeError names the file and the index. A
+    selection that starts before the end yields the frames that exist."""
+    broken = _truncated_mp4(tmp_path)
+    with pytest.raises(VideoDecodeError, match=r"broken\.mp4: frame 30 is past the real end") as info:
+        list(open_frames(broken, start=30))
+    assert "\n" not in str(info.value) and info.value.frame_index == 30 and info.value.decoded == 22
+    assert [i for i, _ in open_frames(broken, start=10, stride=15).indexed()] == [10]
 
 
 def _rss_mb() -> float:

@@ -288,6 +288,46 @@ def test_evaluate_a_skip_bad_dataset_counts_no_image_twice(tmp_path):
     assert json.loads(stream.getvalue().splitlines()[-1])["step"] == 3
 
 
+class PlanesWithoutGroundTruth(Planes):
+    """5 planes; image 1 has depth 0 everywhere, image 2 lies beyond the 150 mm cap, image 3 outside its mask."""
+
+    def __init__(self):
+        super().__init__(5)
+        self.items[1] = dict(self.items[1], depth=np.zeros_like(self.items[1]["depth"]))
+        self.items[2] = dict(self.items[2], depth=np.full_like(self.items[2]["depth"], 400.0))
+        self.items[3] = dict(self.items[3], valid=np.zeros_like(self.items[3]["valid"]))
+
+
+def test_evaluate_skips_and_counts_images_without_valid_ground_truth(tmp_path):
+    """Catches one frame without a valid ground-truth pixel (all depth 0, all beyond the cap, or all outside the
+    mask) stopping the whole evaluation with 'no valid pixel': such frames are skipped (monodepth2-style
+    protocols leave them out), named in ``skipped`` / ``no_valid_gt``, counted in ``n_skipped``, left out of the
+    mean, and still one progress step each."""
+    torch.manual_seed(0)
+    data, stream = PlanesWithoutGroundTruth(), io.StringIO()
+    model = DepthModel(make_config("vitt")).eval()
+    report = evaluate(model, data, input_size=56, batch_size=2, progress=ProgressReporter("jsonl", stream))
+    bad = ["plane_001.png", "plane_002.png", "plane_003.png"]
+    assert report["n_images"] == 2 and [r["name"] for r in report["per_image"]] == ["plane_000.png", "plane_004.png"]
+    assert report["skipped"] == report["no_valid_gt"] == bad and report["n_skipped"] == 3
+    good = [data.items[0], data.items[4]]
+    expected = evaluate_predictions([(s["name"], model.infer_image(s["image"], 56), s["depth"], s["valid"])
+                                     for s in good], pred_kind="disparity", min_depth=1e-3, max_depth=150.0)
+    assert report["metrics"] == pytest.approx(expected["metrics"], rel=1e-5)
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert events[-1]["step"] == events[-1]["total"] == 5
+    assert read_report(write_report(report, tmp_path / "r.json"))["no_valid_gt"] == bad
+
+
+def test_evaluate_with_no_measurable_image_names_the_skipped_ones():
+    """Catches an evaluation where every image lacks valid ground truth failing as 'no images to evaluate'
+    (which hid why): the one-line error says that all were skipped for it and names them."""
+    s = plane(0)
+    samples = [(f"f{i}.png", s["depth"], np.zeros_like(s["depth"]), None) for i in range(2)]
+    with pytest.raises(ValueError, match=r"no image has a valid ground-truth pixel.*all 2 skipped \('f0\.png'"):
+        evaluate_predictions(samples)
+
+
 def test_cli_evaluate_passes_dataset_options(tmp_path, capsys):
     """Catches ``evaluate`` offering no way to give a loader its options: a ``folder`` data set of 16-bit PNG depth
     (the usual encoding) needs ``depth_scale``, so the command could only fail with "needs depth_scale=". Now
@@ -314,3 +354,19 @@ def test_cli_evaluate_passes_dataset_options(tmp_path, capsys):
         rc = main([*common, "--output", str(tmp_path / "bad.json"), *bad])
         err = capsys.readouterr().err.strip()
         assert rc == 2 and len(err.splitlines()) == 1 and message in err and not (tmp_path / "bad.json").exists()
+
+
+def test_cli_evaluate_figure_leaves_out_a_frame_without_ground_truth(tmp_path, capsys):
+    """Catches ``evaluate --figure`` failing (exit 2, no report) when a frame the figure shows has no valid
+    ground-truth pixel, although the evaluation itself skips and counts that frame: the figure shows the others."""
+    torch.manual_seed(0)
+    write_folder_dataset(tmp_path / "data", 3)
+    far = np.load(tmp_path / "data" / "depth" / "001.npy")
+    np.save(tmp_path / "data" / "depth" / "001.npy", np.where(far > 0, 500.0, 0).astype(np.float32))  # past the cap
+    out = tmp_path / "r.json"
+    assert main(["evaluate", "--dataset", "folder", "--root", str(tmp_path / "data"), "--model",
+                 "random:surgical-depth-tiny", "--input-size", "56", "--device", "cpu", "--max-depth", "100",
+                 "--output", str(out), "--figure", str(tmp_path / "f.png")]) == 0, capsys.readouterr().err
+    report = json.loads(out.read_text())
+    assert report["n_images"] == 2 and [n.rsplit("/", 1)[-1] for n in report["no_valid_gt"]] == ["001.png"]
+    assert cv2.imread(str(tmp_path / "f.png")) is not None

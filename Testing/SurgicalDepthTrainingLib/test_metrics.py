@@ -129,6 +129,21 @@ def test_errors():
         depth_metrics(gt, gt, np.ones((5, 4), bool))
 
 
+def test_no_valid_pixel_is_its_own_error_kind():
+    """Catches 'no valid pixel' raised as a plain ValueError like a shape mismatch, so an evaluation over many
+    images could not skip a frame without ground truth without also hiding real errors: it is a
+    NoValidPixelError (still a ValueError), a bad mask shape is not."""
+    from SurgicalDepthTrainingLib.metrics import NoValidPixelError
+
+    gt = np.ones((4, 5))
+    for mask, max_depth in ((None, 0.5), (np.zeros((4, 5), bool), None)):
+        with pytest.raises(NoValidPixelError, match="no valid pixel"):
+            depth_metrics(gt, gt, mask, max_depth=max_depth)
+    with pytest.raises(ValueError, match="mask shape") as info:
+        depth_metrics(gt, gt, np.ones((5, 4), bool))
+    assert not isinstance(info.value, NoValidPixelError)
+
+
 def test_mean_metrics():
     per = [dict(zip(METRIC_KEYS, range(7))), dict(zip(METRIC_KEYS, range(2, 9)))]
     assert mean_metrics(per)["abs_rel"] == 1.0 and mean_metrics(per)["a3"] == 7.0

@@ -476,3 +476,23 @@ def test_batch_size_one_still_cutmixes(tmp_path):
     off = copy.copy(on)
     off.config = config(tmp_path, batch_size=1, cutmix_prob=0.0, unlabeled_ratio=1.0)
     assert off.prepare(0).student_in.shape[0] == 1
+
+
+def test_unlabeled_frames_of_a_cut_video_end_at_its_real_end(tmp_path, caplog):
+    """Catches a truncated video (a recording cut short, a file still being written) counted at its container's
+    frame count: a training run drawing one of the missing frames failed mid-run with "frame N could not be
+    decoded". The frames counted are those that decode, and every one of them reads."""
+    whole = tmp_path / "whole.avi"
+    writer = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"MJPG"), 20.0, (64, 48))
+    for i in range(20):
+        writer.write(textured(48, 64, i))
+    writer.release()
+    (tmp_path / "clips").mkdir()
+    cut = tmp_path / "clips" / "cut.avi"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    decoded = sum(1 for _ in open_frames(cut))
+    assert 3 <= decoded < 20
+    frames = UnlabeledFrames(tmp_path / "clips")
+    assert len(frames) == decoded and "announces 20 frames" in caplog.text
+    assert frames[decoded - 1]["image"].shape == (48, 64, 3)
+    assert len(UnlabeledFrames(whole)) == 20

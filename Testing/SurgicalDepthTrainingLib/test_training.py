@@ -614,3 +614,25 @@ def test_process_group_backend_without_nccl(monkeypatch):
     assert process_group_backend() == "nccl"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert process_group_backend() == "gloo"
+
+
+def test_validation_leaves_out_an_image_without_ground_truth_in_range():
+    """Catches one validation image whose ground truth lies outside the validation range (or is all invalid)
+    stopping the training run with depth_metrics' 'no valid pixel': it is left out of the mean (the metrics equal
+    those of the other images alone), and a validation set without any measurable image is a one-line error."""
+    from SurgicalDepthTrainingLib._train_loop import validate
+
+    torch.manual_seed(0)
+    model = DepthModel(make_config("vitt")).eval()
+    images = torch.rand(3, 3, 28, 28)
+    depth = torch.full((3, 28, 28), 20.0)
+    depth[1] = 500.0  # past max_depth 100
+    valid = torch.ones(3, 28, 28, dtype=torch.bool)
+    batch = {"image": images, "depth": depth, "valid": valid}
+    both = validate(model, [batch], output_kind="disparity", device=torch.device("cpu"), max_depth=100.0)
+    alone = validate(model, [{k: v[[0, 2]] for k, v in batch.items()}], output_kind="disparity",
+                     device=torch.device("cpu"), max_depth=100.0)
+    assert both == pytest.approx(alone, rel=1e-6)
+    with pytest.raises(ValueError, match="no validation image has a valid ground-truth pixel"):
+        validate(model, [{k: v[[1]] for k, v in batch.items()}], output_kind="disparity",
+                 device=torch.device("cpu"), max_depth=100.0)

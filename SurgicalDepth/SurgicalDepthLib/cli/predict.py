@@ -44,7 +44,7 @@ from ..fov import detect_fov_mask, nan_outside, write_fov_mask
 from ..run_folder import RunFolder
 from ..saved_predictions import INFO_NAME, write_info
 from ..stream import DepthFrame, depth_stream
-from ..video import (FrameReader, VideoDecodeError, frame_source_images, frame_source_kind, frame_source_videos,
+from ..video import (FrameReader, frame_source_images, frame_source_kind, frame_source_videos,
                      open_frames, read_image, write_image)
 from . import (FOV_MASK_HELP, OVERWRITE_HELP, CliError, add_model_args, check_intrinsics_arg,
                check_output_not_an_input_folder, input_paths, model_hints, progress_of)
@@ -337,16 +337,13 @@ def _predict_sequence(model, reader: FrameReader, name: str, args: argparse.Name
 
         # entered last, so it is closed (all writes done, or skipped after an error) before the files above
         calls = stack.enter_context(BackgroundCalls(depth=2 * args.batch_size, name=f"write {name}"))
-        try:
-            for frame in depth_stream(model, reader, batch_size=args.batch_size, temporal=args.temporal,
-                                      input_size=args.input_size, fov_mask=args.fov_mask,
-                                      detail_size=args.detail_size, intrinsics=lens):
-                calls.submit(emit, frame)
-                count += 1
-        except VideoDecodeError:  # damaged past some frame: keep the maps of the frames before it, usable as such
-            calls.close()
-            _write_info(out, name, model, args, reader, lens, masks.records)
-            raise
+        # a video that ends before its announced count ends there (video.FrameReader warns); damaged frames are
+        # skipped: every frame that decodes gets its map
+        for frame in depth_stream(model, reader, batch_size=args.batch_size, temporal=args.temporal,
+                                  input_size=args.input_size, fov_mask=args.fov_mask,
+                                  detail_size=args.detail_size, intrinsics=lens):
+            calls.submit(emit, frame)
+            count += 1
         calls.close()
     _write_info(out, name, model, args, reader, lens, masks.records)
     extra = f", {name}_depth.mp4 and {name}_depth.seq.nrrd" if args.colormap else ""
@@ -391,7 +388,9 @@ def run(args: argparse.Namespace) -> int:
             if images:
                 total += _predict_images(model, images, args, ext, out, bar, lenses)
             for reader, name in sequences:
+                announced = len(reader)
                 total += _predict_sequence(model, reader, name, args, ext, out, bar, lenses[reader.size])
+                bar.retotal(bar.total + len(reader) - announced)  # a video that ended before its announced count
     args.result = {"frames": total, "output": str(args.output)}
     elapsed = time.perf_counter() - started
     print(f"wrote {total} {model.output_kind} maps ({args.format}) to {args.output} "

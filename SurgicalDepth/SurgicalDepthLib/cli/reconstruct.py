@@ -189,6 +189,7 @@ def _reconstruct_frames(out: RunFolder, args: argparse.Namespace, reader: Any, i
                 _write_frame(out, args, frame, intr)
             if fusion is not None:
                 fusion.add(frame)
+        bar.retotal(count)  # a video that ended before its announced count
     if count == 0:
         raise CliError(f"{args.input}: no frames")
     return count

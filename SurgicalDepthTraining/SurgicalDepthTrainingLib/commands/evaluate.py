@@ -142,16 +142,19 @@ def _figure_rows(model, dataset, report: dict, args: argparse.Namespace, n: int 
     from SurgicalDepthLib.lens import SampleLensCorrection
 
     from SurgicalDepthTrainingLib.evaluation import output_to_mm
-    from SurgicalDepthTrainingLib.metrics import align_prediction
+    from SurgicalDepthTrainingLib.metrics import NoValidPixelError, align_prediction
 
     lo, hi = report["eval_range"]
     rows, lens, to_mm = [], SampleLensCorrection(model, args.lens_correction), output_to_mm(model)
     for i in np.unique(np.linspace(0, len(dataset) - 1, min(n, len(dataset))).round().astype(int)):
         sample = dataset[int(i)]  # the prediction as evaluate() measured it: in mm, corrected to the lens
         pred = lens(sample, model.infer_image(sample["image"], args.input_size, args.detail_size) * to_mm)
-        depth, _, _, _ = align_prediction(pred, sample["depth"], sample.get("valid"),
-                                          alignment=report["alignment"], pred_kind=model.output_kind,
-                                          min_depth=lo, max_depth=hi)
+        try:
+            depth, _, _, _ = align_prediction(pred, sample["depth"], sample.get("valid"),
+                                              alignment=report["alignment"], pred_kind=model.output_kind,
+                                              min_depth=lo, max_depth=hi)
+        except NoValidPixelError:  # not measured (the report's no_valid_gt): nothing to show
+            continue
         rows.append({"image": sample["image"], "gt": sample["depth"], "pred": depth, "valid": sample.get("valid"),
                      "name": Path(str(sample.get("name", i))).name})
     return rows

@@ -16,17 +16,20 @@ dataset; any loader name of :data:`.DATASETS` gives that dataset's images (its d
 from __future__ import annotations
 
 import bisect
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from SurgicalDepthLib.fov import FOV_FRAMES, detect_fov_mask
-from SurgicalDepthLib.video import (IMAGE_SUFFIXES, VIDEO_SUFFIXES, frame_source_kind, is_image_file,
-                                    is_video_file, natural_key, open_frames, read_image, read_video_frame)
+from SurgicalDepthLib.video import (IMAGE_SUFFIXES, VIDEO_SUFFIXES, count_video_frames, frame_source_kind,
+                                    is_image_file, is_video_file, natural_key, open_frames, read_image,
+                                    read_video_frame)
 from torch.utils.data import Dataset
 
 UNLABELED_FRAMES = "frames"
+logger = logging.getLogger(__name__)
 
 
 def frame_files(root: Path) -> list[Path]:
@@ -43,6 +46,27 @@ def frame_files(root: Path) -> list[Path]:
         found += [Path(folder) / f for f in files
                   if not f.startswith(".") and (is_image_file(f) or is_video_file(f))]
     return sorted(found, key=lambda p: natural_key(p.relative_to(root).as_posix()))
+
+
+def _video_frames(path: Path) -> int:
+    """Frames of the video ``path`` up to its real end: its container's count when the last of them decodes (one
+    seek), else counted by decoding (a truncated file, one still being written, an estimated count), so that no
+    drawn index lies past the end in the middle of a training run."""
+    announced = len(open_frames(path))
+    try:
+        read_video_frame(path, announced - 1)
+        return announced
+    except ValueError:
+        import cv2
+
+        capture = cv2.VideoCapture(str(path))
+        try:
+            count = count_video_frames(capture)
+        finally:
+            capture.release()
+        logger.warning("unlabeled frames: %s: the container announces %d frames, %d decode; those are used", path,
+                       announced, count)
+        return count
 
 
 class UnlabeledFrames(Dataset):
@@ -62,7 +86,7 @@ class UnlabeledFrames(Dataset):
             raise FileNotFoundError(f"unlabeled frames: no image ({', '.join(IMAGE_SUFFIXES)}) or video "
                                     f"({', '.join(VIDEO_SUFFIXES)}) files under {self.root}")
         self._videos = {p for p in self.files if is_video_file(p)}
-        counts = [len(open_frames(p)) if p in self._videos else 1 for p in self.files]
+        counts = [_video_frames(p) if p in self._videos else 1 for p in self.files]
         self._video_fov: dict[Path, np.ndarray | None] = {}
         self._image_fov: dict[Path, tuple[np.ndarray, tuple[int, int]] | None] = {}  # bit-packed masks
         self._starts = [0]
