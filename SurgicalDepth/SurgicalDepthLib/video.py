@@ -6,11 +6,9 @@ decoding overlaps inference.
 """
 from __future__ import annotations
 
-import glob as _glob
 import itertools
 import logging
 import os
-import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,12 +18,10 @@ import numpy as np
 
 from .atomic_io import atomic_path
 from .background import prefetch
+from .frame_sources import frame_source_images, frame_source_kind
 
 logger = logging.getLogger(__name__)
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".m4v", ".mpg", ".mpeg", ".wmv", ".webm")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-_GLOB_CHARS = re.compile(r"[*?\[]")
 #: a container frame count at or above this is no count (OpenCV reports about -2.3e17 or 9.2e18 for none)
 MAX_ANNOUNCED_FRAMES = 2 ** 40
 
@@ -56,108 +52,6 @@ class VideoDecodeError(ValueError):
         self.path = path
         self.frame_index = frame_index
         self.decoded = decoded
-
-
-def natural_key(name: str) -> list:
-    """Sort key that orders ``frame2`` before ``frame10`` (digit runs compare as numbers)."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
-
-
-def is_video_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` has a video suffix (``VIDEO_SUFFIXES``); the file is not opened."""
-    return Path(path).suffix.lower() in VIDEO_SUFFIXES
-
-
-def is_image_file(path: str | os.PathLike) -> bool:
-    """Whether ``path`` has an image suffix (``IMAGE_SUFFIXES``); the file is not opened."""
-    return Path(path).suffix.lower() in IMAGE_SUFFIXES
-
-
-def _listed(path: str | os.PathLike, kind: str, wanted) -> list[Path]:
-    """The files of a glob or folder source that ``wanted(path)`` accepts, in natural name order (a folder: the
-    files directly inside it, hidden ones left out as a glob leaves them out)."""
-    if kind == "glob":
-        files = [Path(p) for p in _glob.glob(str(path)) if Path(p).is_file() and wanted(p)]
-        return sorted(files, key=lambda p: natural_key(str(p)))
-    files = [p for p in Path(path).iterdir() if not p.name.startswith(".") and p.is_file() and wanted(p)]
-    return sorted(files, key=lambda p: natural_key(p.name))
-
-
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files (``IMAGE_SUFFIXES``) directly inside ``folder``, in natural name order; hidden files (``.name``:
-    macOS's ``._frame.png`` metadata, a writer's temporary file) are left out, as a glob leaves them out."""
-    return _listed(folder, "folder", is_image_file)
-
-
-#: the kinds of frame source that :func:`frame_source_kind` tells apart
-FRAME_SOURCE_KINDS = ("video", "folder", "image", "glob")
-
-
-def frame_source_kind(path: str | os.PathLike) -> str:
-    """What kind of frame source ``path`` is, from its name and what exists (nothing is opened or decoded):
-
-    ``"glob"`` (a pattern with ``*``, ``?`` or ``[`` that is not itself an existing path), ``"folder"``, ``"image"``
-    (an ``IMAGE_SUFFIXES`` file) or ``"video"`` (a ``VIDEO_SUFFIXES`` file). :func:`open_frames` and ``surgical-depth
-    predict`` classify their inputs with it.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist and is no glob. ValueError: a file with another suffix.
-    """
-    text, path = str(path), Path(path)
-    if _GLOB_CHARS.search(text) and not path.exists():
-        return "glob"
-    if not path.exists():
-        raise FileNotFoundError(f"input {path} does not exist")
-    if path.is_dir():
-        return "folder"
-    if is_image_file(path):
-        return "image"
-    if is_video_file(path):
-        return "video"
-    raise ValueError(f"input {path} has an unsupported suffix {path.suffix.lower()!r}; expected a video "
-                     f"({', '.join(VIDEO_SUFFIXES)}), an image ({', '.join(IMAGE_SUFFIXES)}), a folder or a glob")
-
-
-def glob_folder(pattern: str | os.PathLike) -> Path:
-    """The folder a glob pattern lists: its leading parts without pattern characters (``"."`` when none)."""
-    parts = Path(pattern).parts
-    leading = next((i for i, part in enumerate(parts) if _GLOB_CHARS.search(part)), len(parts))
-    return Path(*parts[:leading]) if leading else Path(".")
-
-
-def frame_source_images(path: str | os.PathLike, kind: str | None = None, required: bool = True) -> list[Path]:
-    """The image files of an image source, in natural name order: the files a glob matches, the images directly
-    inside a folder, or the image itself. ``kind``: :func:`frame_source_kind` of ``path`` when already known.
-    ``required=False``: ``[]`` for a glob or folder without images (one of videos) instead of an error.
-
-    Raises:
-        FileNotFoundError: a glob that matches no image file (or a missing path). ValueError: a folder without
-        image files, or a video.
-    """
-    kind = frame_source_kind(path) if kind is None else kind
-    if kind == "glob":
-        files = _listed(path, kind, is_image_file)
-        if not files and required:
-            raise FileNotFoundError(f"glob pattern {str(path)!r} matches no image files ({', '.join(IMAGE_SUFFIXES)})")
-        return files
-    if kind == "folder":
-        files = list_images(path)
-        if not files and required:
-            raise ValueError(f"folder {path} contains no image files ({', '.join(IMAGE_SUFFIXES)})")
-        return files
-    if kind == "image":
-        return [Path(path)]
-    raise ValueError(f"{path} is a {kind} source, not images (expected one of 'glob', 'folder', 'image')")
-
-
-def frame_source_videos(path: str | os.PathLike, kind: str | None = None) -> list[Path]:
-    """The video files (``VIDEO_SUFFIXES``) of a source, in natural name order: the files a glob matches, the videos
-    directly inside a folder (hidden ones left out), the video itself; ``[]`` for an image. ``kind``:
-    :func:`frame_source_kind` of ``path`` when already known."""
-    kind = frame_source_kind(path) if kind is None else kind
-    if kind in ("glob", "folder"):
-        return _listed(path, kind, is_video_file)
-    return [Path(path)] if kind == "video" else []
 
 
 def decode_image_file(path: str | os.PathLike, flags: int) -> np.ndarray | None:

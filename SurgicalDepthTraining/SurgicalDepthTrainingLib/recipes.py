@@ -265,7 +265,7 @@ def link_unlabeled_frames(source: str | Path, target: str | Path) -> Path:
     import os
     import shutil
 
-    from SurgicalDepthLib.video import is_image_file
+    from SurgicalDepthLib.frame_sources import is_image_file
 
     source, target = Path(source).expanduser().resolve(), Path(target)
     if (source / "images").is_dir():  # the data set's own layout: never train on its masks

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from SurgicalDepthLib.video import IMAGE_SUFFIXES, is_image_file, read_image
+from SurgicalDepthLib.frame_sources import IMAGE_SUFFIXES, is_image_file
+from SurgicalDepthLib.video import read_image
 
 from .datasets.frames import frame_files
 from .photometric import amplitude_spectrum, low_frequency_swap

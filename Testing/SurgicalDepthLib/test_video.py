@@ -10,8 +10,8 @@ import pytest
 from video_files import mjpeg_avi, webm_clip, with_damaged_frames, with_duration
 
 from SurgicalDepthLib.colormap import colorize
-from SurgicalDepthLib.video import (FrameReader, VideoDecodeError, frame_source_images, frame_source_kind,
-                                    natural_key, open_frames, read_image, write_image)
+from SurgicalDepthLib.frame_sources import frame_source_images, frame_source_kind, natural_key
+from SurgicalDepthLib.video import FrameReader, VideoDecodeError, open_frames, read_image, write_image
 
 SAMPLES = Path(__file__).resolve().parents[2].parent / "shared" / "samples"
 RED, BLUE = 200, 30

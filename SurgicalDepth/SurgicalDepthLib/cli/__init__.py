@@ -74,7 +74,7 @@ def check_output_not_an_input_folder(output: Path, sources: Iterable[str | os.Pa
     """Refuse an ``--output`` folder that is one of the input folders (a folder given, or the folder of a glob),
     before anything runs: maps written beside the frames would be read as frames by the next run on that folder
     (a depth or colour PNG is an image too). CliError naming both."""
-    from ..video import frame_source_kind, glob_folder  # lazy: OpenCV only for the commands that read frames
+    from ..frame_sources import frame_source_kind, glob_folder
 
     target = Path(output).resolve()
     for source in sources:
@@ -96,7 +96,7 @@ def check_output_not_an_input_folder(output: Path, sources: Iterable[str | os.Pa
 def input_paths(sources: Iterable[str | os.PathLike]) -> list[Path]:
     """The files and folders that frame sources read (a glob: its folder), for ``RunFolder(inputs=)``, checked
     before anything is cleared or written: FileNotFoundError / ValueError naming a missing or unsupported one."""
-    from ..video import frame_source_kind, glob_folder  # lazy: OpenCV only for the commands that read frames
+    from ..frame_sources import frame_source_kind, glob_folder
 
     return [glob_folder(source) if frame_source_kind(source) == "glob" else Path(source) for source in sources]
 

@@ -44,8 +44,8 @@ from ..fov import detect_fov_mask, nan_outside, write_fov_mask
 from ..run_folder import RunFolder
 from ..saved_predictions import INFO_NAME, write_info
 from ..stream import DepthFrame, depth_stream
-from ..video import (FrameReader, frame_source_images, frame_source_kind, frame_source_videos,
-                     open_frames, read_image, write_image)
+from ..frame_sources import frame_source_images, frame_source_kind, frame_source_videos
+from ..video import FrameReader, open_frames, read_image, write_image
 from . import (FOV_MASK_HELP, OVERWRITE_HELP, CliError, add_model_args, check_intrinsics_arg,
                check_output_not_an_input_folder, input_paths, model_hints, progress_of)
 from ._fov_outputs import FovMaskAction, FovMaskFiles, check_fov_mask_fits, same_mask

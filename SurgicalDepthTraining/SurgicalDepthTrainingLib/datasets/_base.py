@@ -31,7 +31,8 @@ from torch.utils.data import Dataset
 
 from SurgicalDepthLib.camera import Intrinsics
 from SurgicalDepthLib.text_files import read_text_file
-from SurgicalDepthLib.video import decode_image_file, natural_key, read_image
+from SurgicalDepthLib.frame_sources import natural_key
+from SurgicalDepthLib.video import decode_image_file, read_image
 
 logger = logging.getLogger(__name__)
 

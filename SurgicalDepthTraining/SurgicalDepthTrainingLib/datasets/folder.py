@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from SurgicalDepthLib.video import is_image_file
+from SurgicalDepthLib.frame_sources import is_image_file
 
 from ._base import DEPTH_UNITS, DatasetError, DepthDataset, Pair, frame_number, natural_order, read_raw
 

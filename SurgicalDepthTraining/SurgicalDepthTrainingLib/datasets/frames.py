@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 from SurgicalDepthLib.fov import FOV_FRAMES, detect_fov_mask
-from SurgicalDepthLib.video import (IMAGE_SUFFIXES, VIDEO_SUFFIXES, count_video_frames, frame_source_kind,
-                                    is_image_file, is_video_file, natural_key, open_frames, read_image,
-                                    read_video_frame)
+from SurgicalDepthLib.frame_sources import (IMAGE_SUFFIXES, VIDEO_SUFFIXES, frame_source_kind, is_image_file,
+                                            is_video_file, natural_key)
+from SurgicalDepthLib.video import count_video_frames, open_frames, read_image, read_video_frame
 from torch.utils.data import Dataset
 
 UNLABELED_FRAMES = "frames"
