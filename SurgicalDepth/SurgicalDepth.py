@@ -16,11 +16,8 @@ from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrappe
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
+from SurgicalDepthLib.weights import REGISTRY_NAMES  # official weights offered in the GUI (standard library only)
 
-#: Official weights offered in the GUI (must equal ``SurgicalDepthLib.WEIGHTS``; checked by the pytest suite).
-REGISTRY_NAMES = ("depth-anything-v2-small", "depth-anything-v2-base", "depth-anything-v2-large",
-                  "depth-anything-v1-small", "depth-anything-v1-base", "depth-anything-v1-large",
-                  "depth-anything-v2-metric-hypersim-small", "depth-anything-v2-metric-vkitti-small")
 #: Slicer colour table for depth colouring: Rainbow runs red (low = near) to purple/blue (high = far).
 DEPTH_COLOR_NODE_ID = "vtkMRMLColorTableNodeRainbow"
 REQUIREMENTS = Path(__file__).resolve().parent / "Resources" / "SurgicalDepthRequirements.txt"
@@ -41,7 +38,7 @@ class SurgicalDepth(ScriptedLoadableModule):
         self.parent.acknowledgementText = _("Depth Anything V1/V2 models (Yang et al., 2024); licences: README.")
 
 
-# Literals (SurgicalDepthLib may not be installed yet): pytest checks them against the Lib's shared defaults.
+# Literals, apart from REGISTRY_NAMES: pytest checks them against the Lib's shared defaults.
 @parameterNodeWrapper
 class SurgicalDepthParameterNode:
     inputMode: Annotated[str, Choice(["video", "sequence", "volume", "live"])] = "video"

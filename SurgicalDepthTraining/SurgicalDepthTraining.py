@@ -19,18 +19,17 @@ from slicer.parameterNodeWrapper import Choice, Decimals, SingleStep, WithinRang
 from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
                                            ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
 from slicer.util import VTKObservationMixin
+from SurgicalDepthLib.weights import REGISTRY_NAMES  # the weights registry itself: it needs only the standard library
 
-# Slicer builds the parameter node when it loads this file, before torch (which the registries import) may be
-# installed: the choices and defaults below are literals, and the pytest suite checks them against the registries
-# (datasets, losses.LOSSES, metrics.ALIGNMENTS, SurgicalDepthLib.WEIGHTS) and TrainConfig's defaults.
+# Slicer builds the parameter node when it loads this file, before torch (which the other registries import) may be
+# installed: the other choices and defaults below are literals, and the pytest suite checks them against the
+# registries (datasets, losses.LOSSES, metrics.ALIGNMENTS) and TrainConfig's defaults.
 DATASET_NAMES = ["synthetic", "colondepth", "endoslam", "c3vd", "simcol3d", "scared", "hamlyn", "servct", "liit",
                  "folder"]
 LOSS_NAMES = ["l1", "silog", "ssi"]
 ALIGNMENTS = ["median", "scale_shift", "none"]
 #: base model: the shipped default, a registry name (weights in the local cache), or "file" (baseModelFile)
-BASE_MODELS = ["default", "depth-anything-v2-small", "depth-anything-v2-base", "depth-anything-v2-large",
-               "depth-anything-v1-small", "depth-anything-v1-base", "depth-anything-v1-large",
-               "depth-anything-v2-metric-hypersim-small", "depth-anything-v2-metric-vkitti-small", "file"]
+BASE_MODELS = ["default", *REGISTRY_NAMES, "file"]
 #: an earlier run's results in the output folder: keep them (refuse to start), resume its training, or replace them
 EARLIER_RESULTS = ["keep", "resume", "replace"]
 # the longest Slicer's exit waits for a cancelled run to stop on its own (train saves last.pt) before ending it

@@ -64,14 +64,19 @@ def _base_type(annotation: ast.expr) -> str:
 
 
 def _constants(tree: ast.Module) -> dict[str, object]:
-    """Module-level ``NAME = <literal>`` assignments."""
-    out = {}
+    """Module-level ``NAME = <literal>`` assignments, and ``REGISTRY_NAMES`` (imported from the weights registry)
+    with the constants built from it alone (``["default", *REGISTRY_NAMES, "file"]``)."""
+    from SurgicalDepthLib.weights import REGISTRY_NAMES
+
+    out: dict[str, object] = {"REGISTRY_NAMES": REGISTRY_NAMES} if _imports_registry_names(tree) else {}
     for node in tree.body:
         if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
             try:
                 out[node.targets[0].id] = ast.literal_eval(node.value)
             except ValueError:
-                pass
+                if "REGISTRY_NAMES" in out and {n.id for n in ast.walk(node.value)
+                                                if isinstance(n, ast.Name)} == {"REGISTRY_NAMES"}:
+                    out[node.targets[0].id] = _module_value(tree, node.targets[0].id)
     return out
 
 
@@ -180,14 +185,32 @@ def test_lib_packages_never_import_slicer(lib):
 
 @pytest.mark.parametrize("path", MODULE_FILES, ids=lambda p: p.name)
 def test_heavy_imports_are_lazy(path):
-    allowed = {"contextlib", "json", "shutil", "sys", "pathlib", "typing", "dataclasses", "qt", "ctk", "vtk", "slicer"}
+    """Module-level imports are Slicer's, the standard library's and the weights registry (standard library only,
+    checked by ``test_weights_registry_imports_only_the_standard_library``); everything else waits for the Logic."""
+    allowed = {"contextlib", "json", "shutil", "sys", "pathlib", "typing", "dataclasses", "qt", "ctk", "vtk", "slicer",
+               "SurgicalDepthLib.weights"}
     top = set()
     for node in _tree(path).body:
         if isinstance(node, ast.Import):
             top |= {a.name.split(".")[0] for a in node.names}
         elif isinstance(node, ast.ImportFrom):
-            top.add((node.module or "").split(".")[0])
+            module = node.module or ""
+            top.add(module if module == "SurgicalDepthLib.weights" else module.split(".")[0])
     assert top <= allowed, f"{path.name}: module-level imports {sorted(top - allowed)} must be lazy (in Logic)"
+
+
+def test_weights_registry_imports_only_the_standard_library():
+    """Both modules import ``SurgicalDepthLib.weights`` when Slicer loads them, before the requirements (torch,
+    numpy's users) may be installed: importing it must pull in neither torch nor numpy (nor other third-party
+    packages), or the modules would fail to load in a fresh Slicer."""
+    import subprocess
+    import sys
+
+    code = ("import sys, SurgicalDepthLib.weights as w; assert w.REGISTRY_NAMES; "
+            "print(sorted(m for m in ('torch', 'numpy', 'vtk', 'cv2', 'safetensors', 'timm') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=REPO / "SurgicalDepth")
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -258,12 +281,38 @@ def test_spin_box_ranges_cover_parameter_ranges(module):
                 assert lo <= float(m.group(3)) <= hi, f"{module}.{field}: default outside the spin box range"
 
 
+def _imports_registry_names(tree: ast.Module) -> bool:
+    """True when the module binds ``REGISTRY_NAMES`` only by importing it from ``SurgicalDepthLib.weights``."""
+    imported = any(isinstance(n, ast.ImportFrom) and n.module == "SurgicalDepthLib.weights"
+                   and any(a.name == "REGISTRY_NAMES" and a.asname is None for a in n.names) for n in tree.body)
+    rebound = any(isinstance(n, (ast.Assign, ast.AnnAssign)) and "REGISTRY_NAMES" in
+                  {t.id for t in (n.targets if isinstance(n, ast.Assign) else [n.target]) if isinstance(t, ast.Name)}
+                  for n in tree.body)
+    return imported and not rebound
+
+
+def _module_value(tree: ast.Module, name: str) -> object:
+    """The module-level constant ``name``, evaluated with the registry's ``REGISTRY_NAMES`` in scope."""
+    from SurgicalDepthLib.weights import REGISTRY_NAMES
+
+    node = next(n for n in tree.body if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == name)
+    return eval(compile(ast.Expression(node.value), name, "eval"), {"REGISTRY_NAMES": REGISTRY_NAMES})
+
+
 def test_registry_choices_equal_weights_registry():
-    sd = pytest.importorskip("SurgicalDepthLib")
+    """Catches the Slicer modules' model lists drifting from the weights registry: they were literals, and the
+    four metric Base/Large checkpoints added to ``WEIGHTS`` were missing from both panels. Both now take the
+    registry's own ``REGISTRY_NAMES`` (the registry order, the GUI default ``depth-anything-v2-small`` first)."""
+    from SurgicalDepthLib.weights import REGISTRY_NAMES, WEIGHTS
+
+    assert list(REGISTRY_NAMES) == list(WEIGHTS) and REGISTRY_NAMES[0] == "depth-anything-v2-small"
+    for module in MODULES:
+        assert _imports_registry_names(_tree(REPO / module / f"{module}.py")), module
     tree = _tree(REPO / "SurgicalDepth" / "SurgicalDepth.py")
-    names = [ast.literal_eval(n.value) for n in tree.body if isinstance(n, ast.Assign)
-             and getattr(n.targets[0], "id", "") == "REGISTRY_NAMES"]
-    assert names and list(names[0]) == list(sd.WEIGHTS)
+    assert _choices(_parameter_fields(tree)["registryName"], _constants(tree)) == list(WEIGHTS)
+    assert _parameter_defaults(tree)["registryName"] == REGISTRY_NAMES[0]
+    training = _tree(TRAINING)
+    assert _choices(_parameter_fields(training)["baseModel"], _constants(training)) == ["default", *WEIGHTS, "file"]
 
 
 def test_choices_match_helper_constants():

@@ -58,6 +58,19 @@ def _spec(name: str, repo: str, filename: str, license: str, sha256: str | None 
     return WeightSpec(name, f"{_HF}/{repo}/resolve/main/{filename}", filename, license, sha256, size)
 
 
+_METRIC_REPOS = {"hypersim": "Hypersim", "vkitti": "VKITTI"}
+_ENCODER_OF_SIZE = {"small": "vits", "base": "vitb", "large": "vitl"}
+
+
+def _metric(dataset: str, size: str, sha256: str, nbytes: int) -> WeightSpec:
+    """An official V2 metric checkpoint: repo ``Depth-Anything-V2-Metric-<Dataset>-<Size>``, file
+    ``depth_anything_v2_metric_<dataset>_<encoder>.pth`` (the official names, metric_depth/README.md)."""
+    repo = f"depth-anything/Depth-Anything-V2-Metric-{_METRIC_REPOS[dataset]}-{size.capitalize()}"
+    filename = f"depth_anything_v2_metric_{dataset}_{_ENCODER_OF_SIZE[size]}.pth"
+    license = "Apache-2.0" if size == "small" else "CC-BY-NC-4.0"
+    return _spec(f"depth-anything-v2-metric-{dataset}-{size}", repo, filename, license, sha256, nbytes)
+
+
 # Pinned digests and sizes: each value agrees between at least two independent public sources, named per entry
 # (repository + path). "LFS pointer" is a Git LFS pointer file mirroring the official file ("oid sha256:", "size");
 # the other sources are download scripts / Nix fixed-output fetches that verify the official URL against the value.
@@ -96,19 +109,29 @@ WEIGHTS: dict[str, WeightSpec] = {
                                      "checkpoints/depth_anything_vitl14.pth", "Apache-2.0",
                                      "6c6a383e33e51c5fdfbf31e7ebcda943973a9e6a1cbef1564afe58d7f2e8fe63",
                                      1_341_401_882),
-    # datamarkin/mozo tools/fetch/depth_anything_v2.py; capsuleutkarsh-design/UTVFX_AI_VFX_Suit first_setup.py
-    # (digest + size).
-    "depth-anything-v2-metric-hypersim-small": _spec(
-        "depth-anything-v2-metric-hypersim-small", "depth-anything/Depth-Anything-V2-Metric-Hypersim-Small",
-        "depth_anything_v2_metric_hypersim_vits.pth", "Apache-2.0",
-        "b782898d8a3e8be1f639de33837ed85e9b4b73e40f8f5e5cd99067588d722545", 99_222_290),
-    # datamarkin/mozo tools/fetch/depth_anything_v2.py; capsuleutkarsh-design/UTVFX_AI_VFX_Suit first_setup.py
-    # (digest + size).
-    "depth-anything-v2-metric-vkitti-small": _spec(
-        "depth-anything-v2-metric-vkitti-small", "depth-anything/Depth-Anything-V2-Metric-VKITTI-Small",
-        "depth_anything_v2_metric_vkitti_vits.pth", "Apache-2.0",
-        "9203e538d35255c90dda4b7fedb47ff33fe725497bcca3b1e53b3a65ee63f0cb", 99_221_808),
+    # Metric V2 (official metric_depth/: Hypersim indoor, max_depth 20 m; Virtual KITTI 2 outdoor, 80 m). Digests:
+    # datamarkin/mozo tools/fetch/depth_anything_v2.py and capsuleutkarsh-design/UTVFX_AI_VFX_Suit first_setup.py;
+    # sizes: UTVFX_AI_VFX_Suit first_setup.py and luigifreda/pyslam scripts/install_extra.sh (size checked after
+    # downloading the official URL). Licences: each Hugging Face card says apache-2.0, but the official README's
+    # LICENSE section puts the Base/Large models under CC-BY-NC-4.0 and the metric ones are fine-tunes of them:
+    # Base/Large are recorded as CC-BY-NC-4.0 (the stricter reading), Small as Apache-2.0 (both sources agree).
+    "depth-anything-v2-metric-hypersim-small": _metric(
+        "hypersim", "small", "b782898d8a3e8be1f639de33837ed85e9b4b73e40f8f5e5cd99067588d722545", 99_222_290),
+    "depth-anything-v2-metric-hypersim-base": _metric(
+        "hypersim", "base", "9dc9e274c5eff55c6daf27b660c0ced0eca4e8593a6da90cdcb04d2b4d3f3fa2", 389_965_138),
+    "depth-anything-v2-metric-hypersim-large": _metric(
+        "hypersim", "large", "6f82ff2bc543ac02ddff4aa31fa363676a8305dd3ccf04e80e2af115a044cb6d", 1_341_401_882),
+    "depth-anything-v2-metric-vkitti-small": _metric(
+        "vkitti", "small", "9203e538d35255c90dda4b7fedb47ff33fe725497bcca3b1e53b3a65ee63f0cb", 99_221_808),
+    "depth-anything-v2-metric-vkitti-base": _metric(
+        "vkitti", "base", "4dad67a7cc10b462bca48e6b8569c762b8eb3c1adada170a3851a6d3ba37bb3e", 389_964_656),
+    "depth-anything-v2-metric-vkitti-large": _metric(
+        "vkitti", "large", "239b1054a369e66da2576e9a118d6d7c12d90dc8ebe609579a9a09cd8e05fe38", 1_341_401_064),
 }
+
+#: The registry's names in its order (relative V2, V1, then metric V2; the GUI default first): the model choices of
+#: both Slicer modules, which import this module when Slicer loads them (it needs only the standard library).
+REGISTRY_NAMES: tuple[str, ...] = tuple(WEIGHTS)
 
 
 #: environment variable naming the weight cache folder for every command and ``sd.load_model`` (like TORCH_HOME)

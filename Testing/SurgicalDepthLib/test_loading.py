@@ -2,11 +2,15 @@
 are pure decisions, checked without a GPU)."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 import SurgicalDepthLib as sd
+from SurgicalDepthLib.checkpoints import infer_config
 from SurgicalDepthLib.loading import auto_precision, resolve_device, resolve_precision
+from SurgicalDepthLib.weights import CACHE_ENV, sha256_file
 
 
 def _fake_gpus(monkeypatch, capabilities: dict[int, tuple[int, int]], current: int = 0) -> None:
@@ -52,3 +56,88 @@ def test_a_torch_device_is_checked_like_its_string(monkeypatch):
     assert resolve_device(torch.device("cpu")) == torch.device("cpu")
     with pytest.raises(ValueError, match="device='meta' is not one of"):
         resolve_device(torch.device("meta"))
+
+
+# -- official metric checkpoints loaded by registry name ------------------------------------------------------------
+# The official layout, from the official sources (DepthAnything/Depth-Anything-V2, metric_depth/depth_anything_v2:
+# dpt.py DPTHead, util/blocks.py _make_scratch / FeatureFusionBlock, dinov2.py DINOv2 with init_values=1.0,
+# block_chunks=0, no register tokens): encoder -> (width, blocks, decoder features, out_channels).
+_OFFICIAL_ARCH = {"vits": (384, 12, 64, (48, 96, 192, 384)), "vitb": (768, 12, 128, (96, 192, 384, 768)),
+                  "vitl": (1024, 24, 256, (256, 512, 1024, 1024))}
+
+
+def _official_layout(encoder: str) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of an official ``depth_anything_v2[_metric_*]_<encoder>.pth`` (518 px, 14 px patches: a 37×37
+    grid); written out from the official module definitions, not from this project's model."""
+    dim, depth, f, oc = _OFFICIAL_ARCH[encoder]
+    shapes: dict[str, tuple[int, ...]] = {
+        "pretrained.cls_token": (1, 1, dim), "pretrained.pos_embed": (1, 37 * 37 + 1, dim),
+        "pretrained.mask_token": (1, dim), "pretrained.patch_embed.proj.weight": (dim, 3, 14, 14),
+        "pretrained.patch_embed.proj.bias": (dim,), "pretrained.norm.weight": (dim,), "pretrained.norm.bias": (dim,)}
+    for i in range(depth):
+        b = f"pretrained.blocks.{i}."
+        shapes |= {b + "norm1.weight": (dim,), b + "norm1.bias": (dim,), b + "attn.qkv.weight": (3 * dim, dim),
+                   b + "attn.qkv.bias": (3 * dim,), b + "attn.proj.weight": (dim, dim), b + "attn.proj.bias": (dim,),
+                   b + "ls1.gamma": (dim,), b + "norm2.weight": (dim,), b + "norm2.bias": (dim,),
+                   b + "mlp.fc1.weight": (4 * dim, dim), b + "mlp.fc1.bias": (4 * dim,),
+                   b + "mlp.fc2.weight": (dim, 4 * dim), b + "mlp.fc2.bias": (dim,), b + "ls2.gamma": (dim,)}
+    h = "depth_head."
+    for i, c in enumerate(oc):
+        shapes |= {f"{h}projects.{i}.weight": (c, dim, 1, 1), f"{h}projects.{i}.bias": (c,),
+                   f"{h}scratch.layer{i + 1}_rn.weight": (f, c, 3, 3)}
+    for i, k in ((0, 4), (1, 2)):  # ConvTranspose2d weights are [in, out, k, k]
+        shapes |= {f"{h}resize_layers.{i}.weight": (oc[i], oc[i], k, k), f"{h}resize_layers.{i}.bias": (oc[i],)}
+    shapes |= {f"{h}resize_layers.3.weight": (oc[3], oc[3], 3, 3), f"{h}resize_layers.3.bias": (oc[3],)}
+    for r in range(1, 5):
+        out_conv = f"{h}scratch.refinenet{r}.out_conv"
+        shapes |= {out_conv + ".weight": (f, f, 1, 1), out_conv + ".bias": (f,)}
+        for unit in (1, 2):
+            for conv in (1, 2):
+                key = f"{h}scratch.refinenet{r}.resConfUnit{unit}.conv{conv}"
+                shapes |= {key + ".weight": (f, f, 3, 3), key + ".bias": (f,)}
+    shapes |= {f"{h}scratch.output_conv1.weight": (f // 2, f, 3, 3), f"{h}scratch.output_conv1.bias": (f // 2,),
+               f"{h}scratch.output_conv2.0.weight": (32, f // 2, 3, 3), f"{h}scratch.output_conv2.0.bias": (32,),
+               f"{h}scratch.output_conv2.2.weight": (1, 32, 1, 1), f"{h}scratch.output_conv2.2.bias": (1,)}
+    return shapes
+
+
+#: the six official metric checkpoints (metric_depth/README.md): all must be downloadable registry names
+_METRIC_NAMES = [f"depth-anything-v2-metric-{data}-{size}" for data in ("hypersim", "vkitti")
+                 for size in ("small", "base", "large")]
+
+
+@pytest.mark.parametrize("name", _METRIC_NAMES)
+def test_official_metric_layout_fits_the_registered_config(name):
+    """Catches a metric registry entry (the Base/Large ones added with their pinned digests) whose registered
+    config does not take the official file: keys or shapes that differ from the official layout, or a file name
+    from which the loader would infer another architecture, head or max_depth (Hypersim 20 m, VKITTI 80 m as in
+    the official metric_depth/run.py). Shapes only (meta tensors): ViT-L would take seconds to materialise."""
+    spec, config = sd.WEIGHTS[name], sd.MODEL_CONFIGS[name]
+    assert (config.head, config.max_depth) == ("metric", 20.0 if "-hypersim-" in name else 80.0)
+    layout = _official_layout(config.encoder)
+    with torch.device("meta"):
+        own = {k: tuple(v.shape) for k, v in sd.DepthModel(config).state_dict().items()}
+    assert sorted(own) == sorted(layout) and own == layout
+    state = {k: torch.empty(s, device="meta") for k, s in layout.items()}
+    assert infer_config(state, name=spec.filename) == config
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[] if n.endswith("vkitti-base") else [pytest.mark.slow])
+                                  for n in _METRIC_NAMES if "-small" not in n])  # ViT-B: ~3 s, ViT-L: ~12 s
+def test_metric_base_and_large_load_exactly_by_registry_name(name, tmp_path, monkeypatch, one_torch_thread):
+    """Catches a new metric entry that ``sd.load_model(NAME)`` cannot load bit-exactly: random weights written in
+    the official layout under the official file name (pinned to this file's digest and size) must come back
+    tensor for tensor, as a metric model with the registered max_depth."""
+    spec, config = sd.WEIGHTS[name], sd.MODEL_CONFIGS[name]
+    generator = torch.Generator().manual_seed(0)
+    state = {k: torch.randn(s, generator=generator) * 0.02 for k, s in _official_layout(config.encoder).items()}
+    path = tmp_path / spec.filename
+    torch.save(state, path)
+    monkeypatch.setitem(sd.WEIGHTS, name, dataclasses.replace(spec, sha256=sha256_file(path),
+                                                              size=path.stat().st_size))
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    model = sd.load_model(name, device="cpu", precision="fp32")
+    assert model.config == config and model.output_kind == "depth"
+    loaded = model.state_dict()
+    assert sorted(loaded) == sorted(state)
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())

@@ -8,6 +8,7 @@ import json
 import re
 import threading
 import urllib.request
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +23,57 @@ def test_registry_names_have_configs():
     for name, spec in weights.WEIGHTS.items():
         assert spec.config_name == name and name in MODEL_CONFIGS
         assert spec.url.startswith("https://") and spec.url.endswith(".pth")
+
+
+def test_every_registry_entry_is_complete():
+    """Catches a registry entry that ``download`` could not verify or ``load_model`` could not build: every entry
+    has a model config (a metric one with the official max_depth: Hypersim 20 m, VKITTI 80 m), a licence, a pinned
+    64-hex SHA256 and byte size, its official file name at the end of its URL, and a cache file name of its own
+    (the cache is one flat folder)."""
+    names = {Path(spec.filename).name for spec in weights.WEIGHTS.values()}
+    assert len(names) == len(weights.WEIGHTS)
+    assert weights.REGISTRY_NAMES == tuple(weights.WEIGHTS) and weights.REGISTRY_NAMES[0] == "depth-anything-v2-small"
+    for name, spec in weights.WEIGHTS.items():
+        config = MODEL_CONFIGS[spec.config_name]
+        assert spec.config_name == name
+        assert spec.license in ("Apache-2.0", "CC-BY-NC-4.0"), name
+        assert re.fullmatch(r"[0-9a-f]{64}", spec.sha256 or ""), name
+        assert isinstance(spec.size, int) and spec.size > 1_000_000, name
+        assert spec.url.startswith("https://huggingface.co/") and spec.url.endswith("/resolve/main/" + spec.filename)
+        if "-metric-" in name:
+            dataset, size = name.split("-")[-2:]
+            encoder = {"small": "vits", "base": "vitb", "large": "vitl"}[size]
+            assert spec.filename == f"depth_anything_v2_metric_{dataset}_{encoder}.pth", name
+            assert (config.head, config.max_depth, config.encoder) == \
+                ("metric", {"hypersim": 20.0, "vkitti": 80.0}[dataset], encoder), name
+
+
+def test_metric_base_and_large_checkpoints_are_pinned():
+    """Catches the official metric Base/Large checkpoints missing from the registry (``surgical-depth download``
+    and ``sd.load_model`` knew only the Small ones), or pinned to values other than the ones two independent public
+    sources agree on: digests in datamarkin/mozo tools/fetch/depth_anything_v2.py and capsuleutkarsh-design/
+    UTVFX_AI_VFX_Suit first_setup.py, sizes in that first_setup.py and pySLAM's scripts/install_extra.sh. Their
+    licence is the Base/Large models' CC-BY-NC-4.0 (official README), so ``download`` says non-commercial."""
+    expected = {
+        "depth-anything-v2-metric-hypersim-base": (
+            "depth-anything/Depth-Anything-V2-Metric-Hypersim-Base", "depth_anything_v2_metric_hypersim_vitb.pth",
+            "9dc9e274c5eff55c6daf27b660c0ced0eca4e8593a6da90cdcb04d2b4d3f3fa2", 389_965_138),
+        "depth-anything-v2-metric-hypersim-large": (
+            "depth-anything/Depth-Anything-V2-Metric-Hypersim-Large", "depth_anything_v2_metric_hypersim_vitl.pth",
+            "6f82ff2bc543ac02ddff4aa31fa363676a8305dd3ccf04e80e2af115a044cb6d", 1_341_401_882),
+        "depth-anything-v2-metric-vkitti-base": (
+            "depth-anything/Depth-Anything-V2-Metric-VKITTI-Base", "depth_anything_v2_metric_vkitti_vitb.pth",
+            "4dad67a7cc10b462bca48e6b8569c762b8eb3c1adada170a3851a6d3ba37bb3e", 389_964_656),
+        "depth-anything-v2-metric-vkitti-large": (
+            "depth-anything/Depth-Anything-V2-Metric-VKITTI-Large", "depth_anything_v2_metric_vkitti_vitl.pth",
+            "239b1054a369e66da2576e9a118d6d7c12d90dc8ebe609579a9a09cd8e05fe38", 1_341_401_064),
+    }
+    for name, (repo, filename, digest, size) in expected.items():
+        spec = weights.WEIGHTS[name]
+        assert spec.url == f"https://huggingface.co/{repo}/resolve/main/{filename}"
+        assert (spec.filename, spec.sha256, spec.size, spec.license) == (filename, digest, size, "CC-BY-NC-4.0")
+    for name in ("depth-anything-v2-metric-hypersim-small", "depth-anything-v2-metric-vkitti-small"):
+        assert weights.WEIGHTS[name].license == "Apache-2.0"
 
 
 @pytest.fixture
