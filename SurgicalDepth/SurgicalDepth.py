@@ -207,7 +207,7 @@ class SurgicalDepthLogic(ScriptedLoadableModuleLogic):
             "Model {name} is not on this computer. Download the official weights now? The file is checked "
             "against its published SHA256 digest.").format(name=source)))
         net, self.modelStatus = load_cached(self._models, source, device, precision, backend, download=lambda: (
-            ensure_weights(source, ask or None, self.progressDialog)))  # Cancel leaves no partial file
+            ensure_weights(source, ask or None, self.progressDialog)))  # Cancel: the next download resumes
         return net
 
     def process(self, videoPath=None, model="default", *, browser=None, volume=None, startFrame=0, frameStride=1,

@@ -299,8 +299,8 @@ def ensure_requirements(requirements: Iterable[str], *, testing: bool, modules: 
 def download_weights(name: str, progress: Callable[[float, str], bool]) -> Any:
     """Download the official weights ``name`` after the user agreed (:func:`~weights.download`: checked against the
     registry's pinned SHA256, or recorded on first use where none is pinned), reporting ``progress(fraction,
-    text)``. False from ``progress`` cancels: :class:`Cancelled` is raised inside the download, whose atomic write
-    then deletes the partial file."""
+    text)``. False from ``progress`` cancels: :class:`Cancelled` is raised inside the download, which keeps the bytes
+    received in a partial file (never under the final name) that the next download resumes."""
     from .weights import download
 
     def report(done: int, total: int) -> None:

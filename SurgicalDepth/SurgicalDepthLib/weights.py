@@ -10,11 +10,15 @@ may only repeat it. An entry whose digest is ``None`` makes :func:`download` req
 (``--sha256``) or an explicit ``trust_on_first_use=True``, which records the digest of the downloaded file in a
 ``<file>.sha256`` sidecar that every later load verifies. ``--sha256`` is checked before anything is downloaded.
 
-Downloads stream into a temporary file beside the final one (:func:`~.atomic_io.atomic_path`), which is renamed into
-place only once its size and SHA256 are right, so the final name never holds a partial or unverified file and two
-downloads of the same file into one cache cannot mix their bytes. A file already in the cache with the expected
-digest is not downloaded again. The temporary file of a download that was killed (no clean-up possible) is deleted
-by the next download of that file once it has been left untouched for :data:`STALE_PARTIAL_S` seconds.
+Downloads stream into a partial file beside the final one, renamed into place only once its size and SHA256 are
+right, so the final name never holds a partial or unverified file. An interrupted download (network drop, Ctrl-C,
+SIGTERM, a progress callback's cancel) keeps that file, named after the URL, digest and size it is for, and the next
+download of the same file resumes it with an HTTP range request (:mod:`.http_download`); a resumed file failing the
+SHA256 check is deleted. A partial file is locked while in use: a second download of the same file into one cache
+meanwhile streams into a temporary file of its own (:func:`~.atomic_io.atomic_path`, as do downloads without a known
+digest, which are never resumed), so they cannot mix their bytes. A file already in the cache with the expected
+digest is not downloaded again. Temporary files of killed downloads, and partial files of other versions, are
+deleted by the next download of that file once left untouched for :data:`STALE_PARTIAL_S` seconds.
 """
 from __future__ import annotations
 
@@ -25,12 +29,12 @@ import logging
 import os
 import re
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .atomic_io import atomic_path, report_disk_full, temporary_name_pattern
+from .http_download import partial_file, partial_name, partial_pattern, transfer
 
 logger = logging.getLogger(__name__)
 
@@ -207,7 +211,9 @@ def download(name: str, root: str | os.PathLike | None = None, *, sha256: str | 
         sha256: expected digest (overrides a missing registry digest; must equal a pinned one). Checked, like
             every argument, before anything is downloaded or any folder is created.
         trust_on_first_use: accept and record the digest of the downloaded file when none is known.
-        progress: called as ``progress(bytes_done, bytes_total)`` (total 0 when unknown).
+        progress: called as ``progress(bytes_done, bytes_total)`` (total 0 when unknown), first with the bytes a
+            resumed download starts from. An exception it raises (a cancel) stops the download, as Ctrl-C does,
+            and keeps the bytes received for the next call to resume from.
     """
     spec = _get_spec(name)
     if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256.strip()):
@@ -231,7 +237,8 @@ def download(name: str, root: str | os.PathLike | None = None, *, sha256: str | 
         return cached
     created = [p for p in (folder, *folder.parents) if not p.exists()]
     folder.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(folder / Path(spec.filename).name)
+    path = folder / Path(spec.filename).name
+    _remove_stale_partials(path, partial_name(path, spec.url, want, spec.size) if want is not None else None)
     try:
         return _fetch(spec, name, folder, want, progress, timeout)
     except BaseException:  # a failed download leaves no empty cache folder it made
@@ -252,31 +259,43 @@ def _verified_copy(spec: WeightSpec, folder: Path, want: str | None) -> Path | N
     return path if want is not None and path.is_file() and _mismatch(spec, path, want) is None else None
 
 
-def _remove_stale_partials(path: Path) -> None:
-    """Delete temporary files of ``path`` (``atomic_path``'s ``.<stem>.<8 characters><suffix>``) untouched for
-    :data:`STALE_PARTIAL_S` seconds: left by a download that was killed. Younger ones may be another download's."""
-    pattern = temporary_name_pattern(path)
+def _remove_stale_partials(path: Path, keep: Path | None) -> None:
+    """Delete the temporary files of ``path`` (``atomic_path``'s ``.<stem>.<8 characters><suffix>``) and its partial
+    files of another URL, digest or size (``.<name>.<key>.partial``) untouched for :data:`STALE_PARTIAL_S` seconds:
+    left by a killed download, or by one of another version. Younger ones may be another download's; ``keep``, the
+    partial this download resumes, stays however old (a laptop asleep overnight)."""
+    patterns = (temporary_name_pattern(path), partial_pattern(path))
     now = time.time()
     for entry in path.parent.iterdir():
         with contextlib.suppress(OSError):
-            if pattern.fullmatch(entry.name) and entry.is_file() and now - entry.stat().st_mtime > STALE_PARTIAL_S:
+            if any(p.fullmatch(entry.name) for p in patterns) and entry != keep and entry.is_file() \
+                    and now - entry.stat().st_mtime > STALE_PARTIAL_S:
                 entry.unlink()
                 logger.info("removed %s, left by an interrupted download", entry)
 
 
 def _fetch(spec: WeightSpec, name: str, folder: Path, want: str | None, progress: Callable[[int, int], None] | None,
            timeout: float) -> Path:
-    """Stream ``spec.url`` into ``folder`` (atomically, size- and SHA256-checked); record a first-use digest."""
+    """Download ``spec.url`` into ``folder`` (size- and SHA256-checked, renamed into place only then), resuming the
+    partial file an interrupted download of the same URL, digest and size left; record a first-use digest."""
     path = folder / Path(spec.filename).name
-    with atomic_path(path) as tmp:
-        logger.info("downloading %s (licence %s) from %s", name, spec.license, spec.url)
+    logger.info("downloading %s (licence %s) from %s", name, spec.license, spec.url)
+    # report_disk_full outermost: closing the file flushes it, which can fail for want of space too
+    with report_disk_full(path), contextlib.ExitStack() as stack:
+        out = None
+        if want is not None:  # without a digest a resumed file could not be checked: no partial is kept
+            out = stack.enter_context(partial_file(path, partial_name(path, spec.url, want, spec.size)))
+        if out is None:  # or another download of this file is using that partial right now
+            out = stack.enter_context(open(stack.enter_context(atomic_path(path)), "a+b"))
         try:
-            got = _stream(spec, tmp, progress, timeout)
+            with report_disk_full(path):  # inside partial_file, which deletes the partial of a full disk
+                got, resumed = transfer(spec.url, out, size=spec.size, progress=progress, timeout=timeout)
         except http.client.HTTPException as exc:  # a broken response: not an OSError, and says neither URL nor file
             text = " ".join(str(exc).split())  # one line: a bad status line ends in its CR LF
             raise ConnectionError(f"broken HTTP response: {type(exc).__name__}: {text}") from None
         if want is not None and got != want:
-            raise ValueError(f"downloaded {spec.url}: SHA256 {got} does not match the expected {want}")
+            again = f" (resumed at byte {resumed}; the partial file was deleted)" if resumed else ""
+            raise ValueError(f"downloaded {spec.url}: SHA256 {got} does not match the expected {want}{again}")
     if want is None or spec.sha256 is None:
         _record_digest(path, got)
     return path
@@ -286,30 +305,3 @@ def _record_digest(path: Path, digest: str) -> None:
     """Write the ``<file>.sha256`` sidecar that :func:`expected_sha256` reads for weights without a pinned digest."""
     with atomic_path(path.parent / (path.name + ".sha256")) as tmp:
         tmp.write_text(f"{digest}  {path.name}\n", encoding="utf-8")
-
-
-def _stream(spec: WeightSpec, tmp: Path, progress: Callable[[int, int], None] | None, timeout: float) -> str:
-    """Write the body of ``spec.url`` to ``tmp``, checking its type and size; returns its SHA256 (lowercase hex)."""
-    digest = hashlib.sha256()
-    # report_disk_full outermost: closing the file flushes it, which can fail for want of space too
-    with report_disk_full(tmp.parent / Path(spec.filename).name), \
-            urllib.request.urlopen(spec.url, timeout=timeout) as resp, open(tmp, "wb") as out:
-        kind = (resp.headers.get("Content-Type") or "").split(";")[0].strip().lower()
-        if kind == "text/html":  # a login, consent or error page instead of the file
-            raise ValueError(f"{spec.url} answered with a web page ({kind}), not the weights file; nothing was saved")
-        total = int(resp.headers.get("Content-Length") or 0)
-        if spec.size is not None and total and total != spec.size:
-            raise ValueError(f"{spec.url} offers {total} bytes, but the official file has {spec.size} bytes; "
-                             "refusing to download it")
-        done = 0
-        while block := resp.read(1 << 20):
-            out.write(block)
-            digest.update(block)
-            done += len(block)
-            if progress is not None:
-                progress(done, total)
-    if total and done != total:  # http.client returns what it got, without an error, when the connection closes
-        raise ConnectionError(f"the server closed the connection after {done} of {total} bytes")
-    if spec.size is not None and done != spec.size:
-        raise ValueError(f"downloaded {spec.url}: {done} bytes, but the official file has {spec.size} bytes")
-    return digest.hexdigest()

@@ -370,29 +370,33 @@ def test_ensure_requirements_offers_a_restart_for_loaded_old_versions(monkeypatc
     assert [c[0] for c in fake.calls] == ["confirm", "pip_install", "confirm", "restart"]
 
 
-def test_download_weights_cancel_leaves_no_partial_file(tmp_path, monkeypatch):
+def test_download_weights_cancel_keeps_a_resumable_partial_file(tmp_path, monkeypatch):
     """Catches a download dialog whose Cancel does nothing: False from the progress callback raises Cancelled
-    inside weights.download, and its atomic write leaves no file behind (nor a recorded digest)."""
+    inside weights.download; nothing is left under the final name (nor a recorded digest), only the partial file
+    that the next download resumes."""
+    import dataclasses
+    import hashlib
     import io
+    import urllib.request
 
     from SurgicalDepthLib import weights
 
     class Response(io.BytesIO):
         headers = {"Content-Length": str(3 << 20)}
 
-    import dataclasses
-    import hashlib
-
     content = b"x" * (3 << 20)  # stands in for the official file: the registry entry pinned to its digest and size
     name = "depth-anything-v2-small"
     monkeypatch.setitem(weights.WEIGHTS, name, dataclasses.replace(
         weights.WEIGHTS[name], sha256=hashlib.sha256(content).hexdigest(), size=len(content)))
     monkeypatch.setattr(weights, "cache_dir", lambda root=None: tmp_path)
-    monkeypatch.setattr(weights.urllib.request, "urlopen", lambda url, timeout: Response(content))
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: Response(content))  # ignores Range: 200
     seen = []
     with pytest.raises(sh.Cancelled, match="cancelled"):
         sh.download_weights(name, lambda fraction, text: seen.append(fraction) or len(seen) < 2)
-    assert seen == pytest.approx([1 / 3, 2 / 3]) and list(tmp_path.iterdir()) == []
+    assert seen == pytest.approx([0, 1 / 3])
+    (partial,) = tmp_path.iterdir()
+    assert partial.name.startswith(".depth_anything_v2_vits.pth.") and partial.name.endswith(".partial")
+    assert partial.stat().st_size == 1 << 20
     path = sh.download_weights(name, lambda fraction, text: True)
     assert path.read_bytes() == content and list(tmp_path.iterdir()) == [path]  # pinned: no recorded digest
 

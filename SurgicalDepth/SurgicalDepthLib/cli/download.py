@@ -43,12 +43,12 @@ def run(args: argparse.Namespace) -> int:
 
     _check_cache_dir(args.cache_dir)
     url = WEIGHTS[args.name].url
-    stage = None  # opened at the first block, when the size (Content-Length, 0 = unknown) is known
+    stage = None  # opened at the first call, when the size (0 = unknown) and the bytes resumed from are known
 
     def progress(done: int, total: int) -> None:
         nonlocal stage
         if stage is None:
-            stage = progress_of(args).stage("download", total or None, unit="B", desc=args.name)
+            stage = progress_of(args).stage("download", total or None, unit="B", desc=args.name, initial=done)
         stage.update(done - stage.step)
 
     try:
@@ -60,8 +60,9 @@ def run(args: argparse.Namespace) -> int:
             reason = f"HTTP {exc.code} {exc.reason}"
         raise OSError(f"download {args.name}: cannot reach {url} ({reason})") from None
     except (TimeoutError, ConnectionError) as exc:  # the connection lost or the response broken while reading
-        raise OSError(f"download {args.name}: {url} broke off ({str(exc) or type(exc).__name__}); nothing was "
-                      "saved, run the command again") from None
+        again = " to resume it" if args.sha256 or WEIGHTS[args.name].sha256 else ""  # resumable: a digest to check
+        raise OSError(f"download {args.name}: {url} broke off ({str(exc) or type(exc).__name__}); run the command "
+                      f"again{again}") from None
     finally:
         if stage is not None:
             stage.close()
