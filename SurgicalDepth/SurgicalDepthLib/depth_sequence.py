@@ -47,10 +47,11 @@ class DepthSequenceWriter:
         self.path = Path(path)
         if not self.path.parent.is_dir():
             raise FileNotFoundError(f"cannot write {self.path}: folder {self.path.parent} does not exist")
-        if len(spacing) != 2 or min(spacing) <= 0:
+        # `not v > 0` and isfinite: NaN passed `v <= 0` and was written as the header's spacing or times ("nan")
+        if len(spacing) != 2 or not all(v > 0 and np.isfinite(v) for v in spacing):
             raise ValueError(f"spacing must be two positive numbers (x, y), got {spacing!r}")
-        if fps is not None and fps <= 0:
-            raise ValueError(f"fps must be positive or None, got {fps!r}")
+        if fps is not None and not (fps > 0 and np.isfinite(fps)):
+            raise ValueError(f"fps must be a positive number or None, got {fps!r}")
         self.spacing = (float(spacing[0]), float(spacing[1]))
         self.fps = fps
         self.unit = unit

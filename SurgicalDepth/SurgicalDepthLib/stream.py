@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import numbers
 import os
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -31,6 +32,7 @@ import cv2
 import numpy as np
 
 from .alignment import DEFAULT_DEPTH_RANGE_MM, disparity_to_depth, prediction_to_mm
+from .camera import Intrinsics
 from .depth_kind import OutputKind, invert
 from .detail import check_detail_size
 from .fov import FovSearch, FovTracker, check_fov_mask, nan_outside
@@ -115,7 +117,31 @@ def _indexed_frames(frames: Any, start: int, stride: int, max_frames: int | None
         return itertools.islice(frames.indexed(), start, stop, stride), frames
     if isinstance(frames, np.ndarray) and frames.ndim == 3:
         frames = [frames]  # one image
-    return itertools.islice(enumerate(frames), start, stop, stride), None
+    try:
+        numbered = enumerate(frames)
+    except TypeError:
+        raise TypeError("frames must be a video, image folder, glob or image path, an opened FrameReader or an "
+                        f"iterable of RGB uint8 [H, W, 3] arrays, got {type(frames).__name__}") from None
+    return itertools.islice(numbered, start, stop, stride), None
+
+
+def _checked_frames(items: Iterator[tuple[int, np.ndarray]]) -> Iterator[tuple[int, np.ndarray]]:
+    """``items`` with each frame checked before anything else sees it (:func:`preprocess.check_rgb`): RGB uint8
+    ``[H, W, 3]`` of the first frame's size; errors name the frame's source index. Checked before the
+    field-of-view search, which holds frames that look blank as PNG: a float or 16-bit frame came back from it as
+    uint8 and was predicted silently."""
+    from .preprocess import check_rgb  # torch: imported once frames come (the model is loaded by then)
+
+    first: tuple[int, tuple[int, ...]] | None = None
+    for index, rgb in items:
+        check_rgb(rgb, f"frame {index}")
+        if first is None:
+            first = (index, rgb.shape[:2])
+        elif rgb.shape[:2] != first[1]:
+            (h, w), (h0, w0) = rgb.shape[:2], first[1]
+            raise ValueError(f"frame {index} is {w}x{h} pixels but frame {first[0]} was {w0}x{h0}: one stream is "
+                             "one camera, every frame must have the first one's size")
+        yield index, rgb
 
 
 def _check_detail_size(model: Any, detail_size: Any, input_size: int | None) -> None:
@@ -191,13 +217,15 @@ class _TemporalDepth:
         self.band: tuple[float, float] = (-np.inf, np.inf)  # the first frame's disparity percentiles
 
     def __call__(self, pred: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
-        """Aligned prediction of the next frame and its conversion to mm."""
+        """Aligned prediction of the next frame and its conversion to mm (bound to this frame's field of view:
+        the conversion runs when ``depth_mm`` is first read, maybe after the field of view has moved)."""
+        fov = self.fov
         if self.kind is OutputKind.DEPTH:
-            aligned = invert(self.aligner.update(invert(pred), self.fov))
-            return aligned, partial(prediction_to_mm, output_kind=self.kind.value, unit=self.unit, mask=self.fov)
-        aligned = self.aligner.update(pred, self.fov)
+            aligned = invert(self.aligner.update(invert(pred), fov))
+            return aligned, partial(prediction_to_mm, output_kind=self.kind.value, unit=self.unit, mask=fov)
+        aligned = self.aligner.update(pred, fov)
         if self.scale_shift is None:
-            ok = np.isfinite(aligned) if self.fov is None else np.isfinite(aligned) & self.fov
+            ok = np.isfinite(aligned) if fov is None else np.isfinite(aligned) & fov
             lo, hi = np.percentile(aligned[ok], RANGE_PERCENTILES) if ok.any() else (0.0, 0.0)
             if not hi > lo:  # a flat first frame: no range to fix yet
                 return aligned, lambda p: np.full(p.shape, np.nan, np.float32)
@@ -208,7 +236,8 @@ class _TemporalDepth:
         convert = partial(disparity_to_depth, scale=self.scale_shift[0], shift=self.scale_shift[1])
         # disparity beyond the first frame's band is clipped to it, so depth stays in depth_range as without
         # temporal (a later frame's far lumen would otherwise go past far, or to 1/z <= 0: NaN on tissue)
-        return aligned, lambda p: nan_outside(convert(np.clip(p, *self.band)), self.fov)
+        band = self.band
+        return aligned, lambda p: nan_outside(convert(np.clip(p, *band)), fov)
 
 
 #: Most frames an ``"auto"`` field of view reads ahead to find :data:`~fov.FOV_FRAMES` that are not blank (a clip
@@ -226,14 +255,23 @@ def _field_of_view(fov_mask: Any, items: Iterator[tuple[int, np.ndarray]]
         head = list(itertools.islice(items, 1))
         return (check_fov_mask(fov_mask, head[0][1].shape[:2]) if head else None), itertools.chain(head, items)
     search, head = FovSearch(), []
-    for index, rgb in items:
-        head.append((index, rgb) if search.add(rgb) else (index, _Packed(rgb)))
-        if search.settled or len(head) >= FOV_LOOKAHEAD:
-            break
+    try:
+        for index, rgb in items:
+            head.append((index, rgb) if search.add(rgb) else (index, _Packed(rgb)))
+            if search.settled or len(head) >= FOV_LOOKAHEAD:
+                break
+    except Exception as error:  # the frames read before a failing source are still predicted, then it is raised
+        items = _raising(error)
     if search.mask is not None:
         shape = search.mask.shape
         logger.info("field of view detected: %.1f %% of the %dx%d frame", 100 * search.mask.mean(), shape[1], shape[0])
     return search.mask, itertools.chain(((i, _Packed.unpack(rgb)) for i, rgb in head), items)
+
+
+def _raising(error: Exception) -> Iterator[Any]:
+    """An iterator that raises ``error`` when first asked for an item."""
+    raise error
+    yield  # a generator: raises on next(), not when called
 
 
 class _Packed:
@@ -248,6 +286,25 @@ class _Packed:
     @staticmethod
     def unpack(rgb: Any) -> np.ndarray:
         return cv2.imdecode(rgb.data, cv2.IMREAD_UNCHANGED) if isinstance(rgb, _Packed) else rgb
+
+
+def _integer(name: str, value: Any, minimum: int, none: str = "") -> int:
+    """``value`` as an int (numpy integers too; not a bool) of at least ``minimum``, else a ValueError naming
+    ``name``."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be {none}an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _near_far(depth_range: Any) -> tuple[float, float]:
+    """``depth_range`` (None: the default) as ``(near, far)`` mm floats, ``0 < near < far < inf``."""
+    try:
+        near_far = tuple(float(v) for v in (DEFAULT_DEPTH_RANGE_MM if depth_range is None else depth_range))
+    except (TypeError, ValueError):
+        near_far = ()
+    if len(near_far) != 2 or not 0 < near_far[0] < near_far[1] or not np.isfinite(near_far[1]):
+        raise ValueError(f"depth_range must be (near, far) mm with 0 < near < far, got {depth_range!r}")
+    return near_far
 
 
 def depth_stream(model: Any, frames: Any, *, depth_range: tuple[float, float] | None = None, start: int = 0,
@@ -285,27 +342,24 @@ def depth_stream(model: Any, frames: Any, *, depth_range: tuple[float, float] | 
     Raises:
         ValueError: bad arguments (before anything is decoded); decoding errors after the frames before them.
     """
-    if not isinstance(start, int) or start < 0:
-        raise ValueError(f"start must be an integer >= 0, got {start!r}")
-    if not isinstance(stride, int) or stride < 1:
-        raise ValueError(f"stride must be an integer >= 1, got {stride!r}")
-    if max_frames is not None and (not isinstance(max_frames, int) or max_frames < 1):
-        raise ValueError(f"max_frames must be None or an integer >= 1, got {max_frames!r}")
-    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
-        raise ValueError(f"batch_size must be None or an integer >= 1, got {batch_size!r}")
-    near_far = tuple(float(v) for v in (depth_range or DEFAULT_DEPTH_RANGE_MM))
-    if len(near_far) != 2 or not 0 < near_far[0] < near_far[1] or not np.isfinite(near_far[1]):
-        raise ValueError(f"depth_range must be (near, far) mm with 0 < near < far, got {depth_range!r}")
+    start, stride = _integer("start", start, 0), _integer("stride", stride, 1)
+    max_frames = None if max_frames is None else _integer("max_frames", max_frames, 1, "None or ")
+    batch_size = None if batch_size is None else _integer("batch_size", batch_size, 1, "None or ")
+    input_size = None if input_size is None else _integer("input_size", input_size, 1, "None or ")
+    near_far = _near_far(depth_range)
     _check_detail_size(model, detail_size, input_size)
-    if isinstance(fov_mask, str) and fov_mask != "auto":
+    if isinstance(fov_mask, str) and fov_mask != "auto" or not (
+            fov_mask is None or isinstance(fov_mask, str) or np.ndim(fov_mask) in (2, 3)):
         raise ValueError(f"fov_mask must be 'auto', None or a bool [H, W] array, got {fov_mask!r}")
+    if intrinsics is not None and not isinstance(intrinsics, Intrinsics):
+        raise TypeError(f"intrinsics must be None or an sd.Intrinsics, got {type(intrinsics).__name__}")
     kind = OutputKind.parse(model.output_kind)
     reference = model_reference_fov(model)
     lens = LensCorrection(intrinsics, reference, kind.value) if intrinsics is not None and reference else None
     items, reader = _indexed_frames(frames, start, stride, max_frames,
                                     prefetch=2 * (batch_size or getattr(model, "default_batch_size", 1)))
     try:
-        fov, items = _field_of_view(fov_mask, items)
+        fov, items = _field_of_view(fov_mask, _checked_frames(items))
         follow = FovTracker(fov) if isinstance(fov_mask, str) else None  # "auto": the scope image may move
         stabilise = _TemporalDepth(kind, model.depth_unit, near_far, fov) if temporal else None
         blanks = _BlankFrames()  # frames with no disparity range (_depth_mm)

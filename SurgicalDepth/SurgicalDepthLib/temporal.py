@@ -128,6 +128,11 @@ class TemporalAligner:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         if not -1.0 <= min_correlation <= 1.0:
             raise ValueError(f"min_correlation must be in [-1, 1], got {min_correlation}")
+        # checked here, not only by the first fit: a bad value must not fail a stream after its first frame
+        if not 0.0 <= trim < 1.0:
+            raise ValueError(f"trim must be in [0, 1), got {trim}")
+        if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 1:
+            raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
         self.momentum = momentum
         self.trim = trim
         self.iterations = iterations

@@ -378,3 +378,104 @@ def test_video_tail_past_the_announced_frame_count_is_streamed(tmp_path):
     with sd.open_frames(path) as reader:  # an opened reader: the same frames
         assert [f.index for f in sd.depth_stream(_MeanModel(), reader, stride=10, fov_mask=None)] == \
             list(range(0, 60, 10))
+
+
+def test_float_frames_are_refused_with_the_default_field_of_view(model):
+    """Catches float frames predicted silently under the default ``fov_mask="auto"``: the field-of-view search
+    held frames that look blank PNG-encoded and got a float frame in [0, 1] back as uint8 (0.05 -> 0), which was
+    then predicted, where ``fov_mask=None`` refused it (TypeError naming the frame)."""
+    frame = np.full((30, 44, 3), 0.05, np.float32)
+    for fov_mask in ("auto", None):
+        with pytest.raises(TypeError, match="frame 0 must be uint8, got float32"):
+            list(sd.depth_stream(model, [frame, frame], fov_mask=fov_mask, input_size=SIZE))
+
+
+def test_frame_errors_name_the_source_index():
+    """Catches a bad frame named by its position among the selected frames: under ``start=2`` an RGBA source frame
+    3 was reported as "frame 1", and a frame of another size likewise; a grey ``[N, H, W]`` stack failed deep in
+    OpenCV (``imencodeWithMetadata``) instead of naming the frame."""
+    frames = [textured(30, 44, seed) for seed in range(3)]
+    with pytest.raises(ValueError, match=r"frame 3 must be an RGB image \[H, W, 3\], got shape \(30, 44, 4\)"):
+        list(sd.depth_stream(_MeanModel(), frames + [np.zeros((30, 44, 4), np.uint8)], start=2))
+    out = []
+    with pytest.raises(ValueError, match="frame 3 is 50x40 pixels but frame 2 was 44x30"):
+        for f in sd.depth_stream(_MeanModel(), frames + [textured(40, 50, 1)], start=2, fov_mask=None):
+            out.append(f.index)
+    assert out == [2]  # the frames before it came out first
+    with pytest.raises(ValueError, match=r"frame 0 must be an RGB image .* got shape \(2, 30, 44\)"):
+        list(sd.depth_stream(_MeanModel(), np.zeros((2, 30, 44), np.uint8)))
+
+
+def test_a_source_failing_during_the_field_of_view_search_yields_the_frames_before():
+    """Catches the frames read before a failing source lost under the default ``fov_mask="auto"``: the source
+    failed during the search's look-ahead (its first 8 frames that are not blank), and the error came out before
+    any of them, where ``fov_mask=None`` yields them first (a camera unplugged 5 frames in gave nothing)."""
+    def camera():
+        for seed in range(5):
+            yield textured(30, 44, seed)
+        raise RuntimeError("camera unplugged")
+
+    for fov_mask in ("auto", None):
+        out = []
+        with pytest.raises(RuntimeError, match="camera unplugged"):
+            for f in sd.depth_stream(_MeanModel(), camera(), fov_mask=fov_mask):
+                out.append(f.index)
+        assert out == [0, 1, 2, 3, 4], fov_mask
+
+
+def _scope(cx: int) -> np.ndarray:
+    """RGB uint8 [120, 160, 3]: texture inside a circular field of view of radius 50 centred at (cx, 60)."""
+    import cv2
+
+    mask = np.zeros((120, 160), np.uint8)
+    cv2.circle(mask, (cx, 60), 50, 1, -1)
+    return np.maximum(textured(120, 160, 0), 60) * mask[..., None]
+
+
+def test_temporal_depth_keeps_each_frames_own_field_of_view():
+    """Catches temporal depth read lazily with the stream's latest field of view: with ``temporal=True`` a frame's
+    ``depth_mm`` (computed on first access) used the field of view current at that time, so after the scope image
+    moved, the earlier frames' depth was NaN where their own ``fov_mask`` shows tissue and defined outside it."""
+    frames = [_scope(70)] * 30 + [_scope(90)] * 25
+    for temporal in (False, True):
+        out = list(sd.depth_stream(_MeanModel(), frames, temporal=temporal))
+        assert out[-1].fov_mask is not out[0].fov_mask  # the field of view moved
+        for f in (out[0], out[-1]):
+            np.testing.assert_array_equal(f.valid, f.fov_mask)
+
+
+def test_numpy_arguments_are_taken_and_bad_ones_named_before_decoding():
+    """Catches numpy integers refused (``start=np.int64(1)``: "start must be an integer"), a numpy ``depth_range``
+    failing with "truth value of an array is ambiguous", bools taken as 0/1, and bad ``depth_range``, ``input_size``,
+    ``fov_mask``, ``intrinsics`` or ``frames`` reported only after decoding started, or without naming them."""
+    def never():
+        raise AssertionError("decoding started")
+        yield
+
+    out = list(sd.depth_stream(_MeanModel(), [textured(20, 30, i) for i in range(6)], start=np.int64(1),
+                               stride=np.int32(2), max_frames=np.uint8(2), batch_size=np.int64(1),
+                               depth_range=np.array([10.0, 50.0]), fov_mask=None))
+    assert [f.index for f in out] == [1, 3]
+    assert 10.0 - 1e-4 <= np.nanmin(out[0].depth_mm) and np.nanmax(out[0].depth_mm) <= 50.0 + 1e-3
+    for kwargs, name in (({"start": True}, "start"), ({"stride": True}, "stride"),
+                         ({"depth_range": "ab"}, "depth_range"), ({"depth_range": 5}, "depth_range"),
+                         ({"depth_range": ()}, "depth_range"),
+                         ({"input_size": 0}, "input_size"), ({"input_size": 70.0}, "input_size"),
+                         ({"fov_mask": 5}, "fov_mask"), ({"intrinsics": (40, 40, 20, 15)}, "intrinsics")):
+        with pytest.raises((ValueError, TypeError), match=f"^{name} must be") as error:
+            next(sd.depth_stream(_MeanModel(), never(), **kwargs))
+        assert "\n" not in str(error.value)
+    with pytest.raises(TypeError, match="^frames must be .* got int$"):
+        next(sd.depth_stream(_MeanModel(), 5))
+
+
+@pytest.mark.parametrize("kwargs, name", [({"fps": float("nan")}, "fps"), ({"fps": float("inf")}, "fps"),
+                                          ({"spacing": (float("nan"), 1.0)}, "spacing")])
+def test_depth_sequence_refuses_non_finite_fps_and_spacing(tmp_path, kwargs, name):
+    """Catches NaN / infinite ``fps`` or ``spacing`` passing ``<= 0`` checks: the sequence was written with
+    ``axis 3 index values:=nan nan`` (or all times 0 for an infinite rate) or a NaN pixel size, a file Slicer
+    cannot order or place; nothing may be written."""
+    path = tmp_path / "d.seq.nrrd"
+    with pytest.raises(ValueError, match=f"^{name} must be"):
+        sd.save_depth_sequence_nrrd(path, np.ones((2, 3, 4), np.float32), **kwargs)
+    assert list(tmp_path.iterdir()) == []

@@ -80,7 +80,6 @@ def test_a_blank_frame_leaves_the_reference_as_it_was(one_torch_thread):
     later frame came out at 0.3 of its scale, and through depth_stream(temporal=True) as a flat wall at NEAR (5 mm)
     that reconstruct fused as tissue. The blank frame itself is NaN (no depth)."""
     import SurgicalDepthLib as sd
-    from tiny_model import tiny_model
 
     rng = np.random.default_rng(1)
     base = rng.uniform(0.5, 1.0, (20, 30)).astype(np.float32)
@@ -118,6 +117,15 @@ def test_aligner_validity_reset_and_errors():
     assert aligner.update(np.ones((3, 3), np.float32)).shape == (3, 3)
     with pytest.raises(ValueError, match="momentum"):
         TemporalAligner(momentum=1.0)
+
+
+@pytest.mark.parametrize("kwargs, name", [({"trim": 1.0}, "trim"), ({"trim": -0.1}, "trim"),
+                                          ({"iterations": 0}, "iterations")])
+def test_bad_aligner_options_fail_at_construction(kwargs, name):
+    """Catches ``trim`` and ``iterations`` checked only inside the first fit: ``TemporalAligner(trim=1.0)`` was
+    built, took the first frame, and failed at the second (a stream's frame 1, after frame 0 was yielded)."""
+    with pytest.raises(ValueError, match=f"^{name} must be"):
+        TemporalAligner(**kwargs)
 
 
 def test_flicker_definition():
