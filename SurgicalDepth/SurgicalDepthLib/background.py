@@ -7,10 +7,13 @@ stops the thread.
 """
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 _DONE = object()
 
@@ -29,6 +32,10 @@ def _put(q: queue.Queue, item, stop: threading.Event) -> bool:
         except queue.Full:
             continue
     return False
+
+
+#: how long closing a :func:`prefetch` waits for its thread (the source's current item) before leaving it behind
+PREFETCH_JOIN_SECONDS = 5.0
 
 
 def prefetch(items: Iterable, depth: int, name: str = "prefetch",
@@ -75,7 +82,10 @@ def prefetch(items: Iterable, depth: int, name: str = "prefetch",
             yield item
     finally:
         stop.set()
-        thread.join()
+        thread.join(PREFETCH_JOIN_SECONDS)  # a decoder stops within its current item
+        if thread.is_alive():  # a source blocked inside next() (a camera waiting for a frame) cannot be interrupted
+            logger.warning("%s: the source did not stop within %.0f s of the consumer; its thread is left to end "
+                           "when the source yields", name, PREFETCH_JOIN_SECONDS)
 
 
 class BackgroundCalls:

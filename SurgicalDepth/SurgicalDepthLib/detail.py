@@ -10,6 +10,8 @@ log space, which leaves the first read's scale untouched (measured for the defau
 """
 from __future__ import annotations
 
+import numbers
+
 import cv2
 import numpy as np
 
@@ -21,11 +23,11 @@ _MAX_SIGMA_PX = 16.0  # larger low-passes run on a downscaled copy (a low-pass l
 
 def check_detail_size(detail_size: int, input_size: int, name: str = "detail_size") -> int:
     """``detail_size`` checked against the first read's network size ``input_size``: an integer, and larger
-    (the message starts with ``name``, the option's name)."""
-    if not isinstance(detail_size, int) or isinstance(detail_size, bool) or detail_size <= input_size:
+    (the message starts with ``name``, the option's name); numpy integers are taken."""
+    if not isinstance(detail_size, numbers.Integral) or isinstance(detail_size, bool) or detail_size <= input_size:
         raise ValueError(f"{name} must be an integer larger than the input size ({input_size}), "
                          f"got {detail_size!r}")
-    return detail_size
+    return int(detail_size)
 
 
 def low_pass(image: np.ndarray, sigma: float) -> np.ndarray:

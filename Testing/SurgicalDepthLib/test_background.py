@@ -162,3 +162,30 @@ def test_iter_batches_stops_its_threads_when_the_consumer_stops_early():
     batches.close()
     assert _threads("DepthModel.preprocess") == 0
     assert len(produced) <= 2 * (1 + 2 + 2)  # the batch used, the queue, and at most one batch in progress
+
+
+def test_closing_a_prefetch_whose_source_blocks_does_not_hang(monkeypatch, caplog):
+    """Catches ``close()`` of a stream (a ``break`` out of ``depth_stream``, the panel's Stop) hanging for as long
+    as the source blocks inside ``next()`` (a camera generator waiting for its next frame): the consumer waits
+    PREFETCH_JOIN_SECONDS for the thread, then leaves it (warned) and goes on; the source ends it later."""
+    import SurgicalDepthLib.background as background
+
+    monkeypatch.setattr(background, "PREFETCH_JOIN_SECONDS", 0.2)
+    release = threading.Event()
+
+    def camera():
+        yield 0
+        release.wait(30)  # no next frame until released
+        yield 1
+
+    it = prefetch(camera(), depth=1, name="camera")
+    assert next(it) == 0
+    time.sleep(0.05)  # the worker is inside next() of the source now
+    started = time.perf_counter()
+    it.close()
+    assert time.perf_counter() - started < 5 and "camera: the source did not stop" in caplog.text
+    release.set()
+    for thread in threading.enumerate():
+        if thread.name == "camera":
+            thread.join(5)
+    assert not any(t.name == "camera" for t in threading.enumerate())

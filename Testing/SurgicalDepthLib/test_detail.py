@@ -159,3 +159,16 @@ def test_cli_detail_size(model, frames, tmp_path):
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "detail_size" in bad.stderr.strip().splitlines()[-1] and "182" in bad.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "bad").exists()
+
+
+def test_detail_size_takes_numpy_integers():
+    """Catches ``detail_size=np.int64(252)`` (a size read from an array or a config) refused as "must be an
+    integer", unlike every other integer option of depth_stream; a float, a bool or a size not above the input
+    size stays refused."""
+    from SurgicalDepthLib.detail import check_detail_size
+
+    size = check_detail_size(np.int64(252), 182)
+    assert size == 252 and type(size) is int
+    for bad in (252.0, True, np.int32(182)):
+        with pytest.raises(ValueError, match="detail_size must be an integer larger"):
+            check_detail_size(bad, 182)
