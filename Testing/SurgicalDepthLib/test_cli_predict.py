@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 from tiny_model import textured, tiny_model, write_clip
+from video_files import cut_in_half, mjpeg_avi
 
 from SurgicalDepthLib.cli import CliError, predict
 from SurgicalDepthLib.depth_io import load_depth, load_depth_sequence_nrrd
@@ -270,12 +271,8 @@ def test_a_cut_video_is_predicted_to_its_real_end(tmp_path, checkpoint):
     the real count. Catches: the run failing at the cut (exit 2) after predicting half of the frames, the writer
     thread's queue dropped at the end, and a progress stage left at 12/24 (the Slicer panel waits for its end)."""
     whole = tmp_path / "whole.avi"
-    writer = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"MJPG"), 20.0, (64, 48))
-    for i in range(24):
-        writer.write(textured(48, 64, i))
-    writer.release()
-    cut = tmp_path / "cut.avi"
-    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    mjpeg_avi(whole, [textured(48, 64, i) for i in range(24)], fps=20.0)
+    cut = cut_in_half(whole, tmp_path / "cut.avi")
     decoded = sum(1 for _ in open_frames(cut))
     assert 3 <= decoded < 24
     out = tmp_path / "out"

@@ -352,14 +352,11 @@ def test_a_cut_video_is_reconstructed_to_its_real_end_and_progress_ends_there(tm
     count. Catches: the run failing at the cut, and the stage's last event left at 10 of the 20
     frames the container announced (the Slicer panel and scripts wait for step == total)."""
     from tiny_model import textured
+    from video_files import cut_in_half, mjpeg_avi
 
     whole = tmp_path / "whole.avi"
-    writer = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"MJPG"), 20.0, (64, 48))
-    for i in range(20):
-        writer.write(textured(48, 64, i))
-    writer.release()
-    cut = tmp_path / "cut.avi"
-    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    mjpeg_avi(whole, [textured(48, 64, i) for i in range(20)], fps=20.0)
+    cut = cut_in_half(whole, tmp_path / "cut.avi")
     capsys.readouterr()
     assert main(["reconstruct", str(cut), "--output", str(tmp_path / "out"), "--model", "random:surgical-depth-tiny",
                  "--device", "cpu", "--input-size", "56", "--fov-mask", "none", "--progress", "jsonl"]) == 0

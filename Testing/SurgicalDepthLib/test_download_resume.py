@@ -250,22 +250,10 @@ def test_second_download_meanwhile_does_not_mix_bytes(server):
 def test_disk_full_on_resume_deletes_the_partial(server, monkeypatch):
     """Catches: a resumed download on a full disk keeping its partial (the space the user must free) or naming
     no file."""
-    import errno
+    from full_disk import FullDiskFile
 
     partial = _leave_partial(server, PAYLOAD[:CUT])
-    real_open = open
-
-    class Full:
-        def __init__(self, *args):
-            self.file = real_open(*args)
-
-        def __getattr__(self, name):
-            return getattr(self.file, name)
-
-        def write(self, data):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(http_download, "open", Full, raising=False)
+    monkeypatch.setattr(http_download, "open", FullDiskFile, raising=False)
     with pytest.raises(OSError, match=f"disk full while writing {re.escape(str(server.cache / FILENAME))}"):
         weights.download(NAME, server.cache)
     assert not server.cache.exists() or not any(server.cache.iterdir())

@@ -414,33 +414,13 @@ def test_html_page_instead_of_weights_is_refused(http_server):
 
 def test_disk_full_names_the_file(served, monkeypatch):
     """Catches: a full disk reported as "[Errno 28] No space left on device", naming no file."""
-    import errno
+    from full_disk import FullDiskFile
 
     from SurgicalDepthLib import http_download
 
     _, digest, cache = served
-    real_open = open
-
-    class Full:
-        """A real file (its lock, seek and truncate work) whose writes find the disk full."""
-
-        def __init__(self, *args):
-            self.file = real_open(*args)
-
-        def __getattr__(self, name):
-            return getattr(self.file, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.file.close()
-
-        def write(self, data):
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-    monkeypatch.setattr(http_download, "open", Full, raising=False)  # the partial file of a known digest
-    monkeypatch.setattr(weights, "open", Full, raising=False)  # the temporary file of a first-use download
+    monkeypatch.setattr(http_download, "open", FullDiskFile, raising=False)  # the partial file of a known digest
+    monkeypatch.setattr(weights, "open", FullDiskFile, raising=False)  # the temporary file of a first-use download
     for digest_known in (dict(sha256=digest), dict(trust_on_first_use=True)):
         with pytest.raises(OSError, match=f"disk full while writing {re.escape(str(cache))}.depth_anything_v2_vitt"):
             weights.download("surgical-depth-tiny", cache, **digest_known)

@@ -26,6 +26,7 @@ from SurgicalDepthTrainingLib.semi import (FrozenEncoder, SemiBatch, SemiTerm, c
                                            feature_alignment_loss, semi_loss, unlabeled_draw)
 from SurgicalDepthTrainingLib.training import TrainConfig, train
 from tiny_model import textured, tiny_model, write_clip
+from video_files import cut_in_half, mjpeg_avi
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")  # see Testing/conftest.py
 
@@ -483,13 +484,9 @@ def test_unlabeled_frames_of_a_cut_video_end_at_its_real_end(tmp_path, caplog):
     frame count: a training run drawing one of the missing frames failed mid-run with "frame N could not be
     decoded". The frames counted are those that decode, and every one of them reads."""
     whole = tmp_path / "whole.avi"
-    writer = cv2.VideoWriter(str(whole), cv2.VideoWriter_fourcc(*"MJPG"), 20.0, (64, 48))
-    for i in range(20):
-        writer.write(textured(48, 64, i))
-    writer.release()
+    mjpeg_avi(whole, [textured(48, 64, i) for i in range(20)], fps=20.0)
     (tmp_path / "clips").mkdir()
-    cut = tmp_path / "clips" / "cut.avi"
-    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    cut = cut_in_half(whole, tmp_path / "clips" / "cut.avi")
     decoded = sum(1 for _ in open_frames(cut))
     assert 3 <= decoded < 20
     frames = UnlabeledFrames(tmp_path / "clips")

@@ -16,14 +16,7 @@ _DURATION = b"\x44\x89\x88"
 def webm_clip(path: Path, frames: list[np.ndarray], fps: float = 25.0) -> bytes:
     """Write RGB ``frames`` (uint8 ``[H, W, 3]``, one size) as a VP8 WebM at ``path`` (as browsers' and live
     recorders' files) and return its bytes; skips the test where OpenCV cannot write VP8."""
-    height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"VP80"), fps, (width, height))
-    if not writer.isOpened():
-        pytest.skip("OpenCV here cannot write VP8 WebM")
-    for rgb in frames:
-        writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-    writer.release()
-    return path.read_bytes()
+    return _write(path, frames, "VP80", fps, "VP8 WebM")
 
 
 def with_duration(data: bytes, duration_ms: float | None) -> bytes:
@@ -37,10 +30,23 @@ def with_duration(data: bytes, duration_ms: float | None) -> bytes:
 def mjpeg_avi(path: Path, frames: list[np.ndarray], fps: float = 25.0) -> bytes:
     """Write RGB ``frames`` (uint8 ``[H, W, 3]``, one size) as a Motion-JPEG AVI at ``path`` (as capture cards and
     frame grabbers record) and return its bytes; skips the test where OpenCV cannot write MJPG."""
+    return _write(path, frames, "MJPG", fps, "MJPG AVI")
+
+
+def cut_in_half(whole: Path, cut: Path) -> Path:
+    """``cut``: the first half of the bytes of the video ``whole`` (a recording stopped by a crash, a file still
+    being written: its container announces every frame)."""
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])
+    return cut
+
+
+def _write(path: Path, frames: list[np.ndarray], fourcc: str, fps: float, what: str) -> bytes:
+    """Write RGB ``frames`` with OpenCV's ``fourcc`` codec and return the file's bytes; skips the test where
+    OpenCV cannot write ``what``."""
     height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (width, height))
     if not writer.isOpened():
-        pytest.skip("OpenCV here cannot write MJPG AVI")
+        pytest.skip(f"OpenCV here cannot write {what}")
     for rgb in frames:
         writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
     writer.release()
