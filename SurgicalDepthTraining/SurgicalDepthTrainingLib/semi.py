@@ -249,11 +249,13 @@ class UnlabeledView(torch.utils.data.Dataset):
     True = tissue; absent: every pixel). A sample without ``depth`` (:class:`.datasets.UnlabeledFrames`) passes
     as it is. A labeled sample's ``valid`` says where its ground truth is — sparse for stereo data sets, cut at a
     range limit for others — not where tissue is, so it leaves with the depth and the field of view is found
-    from the image (:func:`SurgicalDepthLib.fov.detect_fov_mask`, once per index, then kept bit-packed)."""
+    from the image (:class:`.datasets.frames.ImageFovMasks`: once per index, then kept bit-packed)."""
 
     def __init__(self, data: Any) -> None:
+        from .datasets.frames import ImageFovMasks
+
         self.data = data
-        self._fov: dict[int, tuple[np.ndarray, tuple[int, int]] | None] = {}
+        self._fov = ImageFovMasks()
 
     def __len__(self) -> int:
         return len(self.data)
@@ -263,15 +265,8 @@ class UnlabeledView(torch.utils.data.Dataset):
         if sample.get("depth") is None:
             return sample
         image = np.asarray(sample["image"])
-        if i not in self._fov:
-            from SurgicalDepthLib.fov import detect_fov_mask
-
-            fov = detect_fov_mask([image])
-            self._fov[i] = None if fov is None else (np.packbits(fov, axis=None), fov.shape)
-        if self._fov[i] is None:
-            return {"image": image}
-        bits, shape = self._fov[i]
-        return {"image": image, "valid": np.unpackbits(bits, count=shape[0] * shape[1]).reshape(shape).astype(bool)}
+        fov = self._fov.mask(i, image)
+        return {"image": image} if fov is None else {"image": image, "valid": fov}
 
 
 class SemiTerm:

@@ -69,6 +69,31 @@ def _video_frames(path: Path) -> int:
         return count
 
 
+class ImageFovMasks:
+    """The field of view of each image, found on its first read (:func:`detect_fov_mask`; None: no scope border)
+    and kept bit-packed under the image's key (1 bit a pixel: a training run draws each image many times)."""
+
+    def __init__(self) -> None:
+        self._packed: dict[Any, tuple[np.ndarray, tuple[int, int]] | None] = {}
+
+    def __len__(self) -> int:
+        return len(self._packed)
+
+    def __getitem__(self, key: Any) -> tuple[np.ndarray, tuple[int, int]] | None:
+        """The packed mask kept for ``key`` (bits, shape), or None for an image without a border."""
+        return self._packed[key]
+
+    def mask(self, key: Any, image: np.ndarray) -> np.ndarray | None:
+        """bool ``[H, W]`` field of view of ``image`` (True = tissue), None when it shows no scope border."""
+        if key not in self._packed:
+            fov = detect_fov_mask([image])
+            self._packed[key] = None if fov is None else (np.packbits(fov, axis=None), fov.shape)
+        if self._packed[key] is None:
+            return None
+        bits, shape = self._packed[key]
+        return np.unpackbits(bits, count=shape[0] * shape[1]).reshape(shape).astype(bool)
+
+
 class UnlabeledFrames(Dataset):
     """Every frame under ``root`` (see the module docstring); ``files`` lists the sources, ``len`` counts frames.
 
@@ -88,7 +113,7 @@ class UnlabeledFrames(Dataset):
         self._videos = {p for p in self.files if is_video_file(p)}
         counts = [_video_frames(p) if p in self._videos else 1 for p in self.files]
         self._video_fov: dict[Path, np.ndarray | None] = {}
-        self._image_fov: dict[Path, tuple[np.ndarray, tuple[int, int]] | None] = {}  # bit-packed masks
+        self._image_fov = ImageFovMasks()
         self._starts = [0]
         for n in counts:
             self._starts.append(self._starts[-1] + n)
@@ -107,20 +132,10 @@ class UnlabeledFrames(Dataset):
             fov = self._fov_of_video(path, self._starts[k + 1] - self._starts[k])
         else:
             sample = {"image": read_image(path), "name": str(path)}
-            fov = self._fov_of_image(path, sample["image"])
+            fov = self._image_fov.mask(path, sample["image"])
         if fov is not None and fov.shape == sample["image"].shape[:2]:
             sample["valid"] = fov
         return sample
-
-    def _fov_of_image(self, path: Path, image: np.ndarray) -> np.ndarray | None:
-        """The field of view of an image file (None: no scope border), found on its first read."""
-        if path not in self._image_fov:
-            fov = detect_fov_mask([image])
-            self._image_fov[path] = None if fov is None else (np.packbits(fov, axis=None), fov.shape)
-        if self._image_fov[path] is None:
-            return None
-        bits, shape = self._image_fov[path]
-        return np.unpackbits(bits, count=shape[0] * shape[1]).reshape(shape).astype(bool)
 
     def _fov_of_video(self, path: Path, frames: int) -> np.ndarray | None:
         """The field of view of a video (None: no scope border), found once from its first frames."""
