@@ -88,15 +88,18 @@ def cli(*args: str, preexec_fn=None, timeout: float = 120) -> subprocess.Complet
                           text=True, timeout=timeout, env=ENV, preexec_fn=preexec_fn)
 
 
+#: CLI runs of :func:`cli_many` at once: 50 interpreters importing torch together on 2 cores took up to 120 s each
+CLI_RUNS_AT_ONCE = 8
+
+
 def cli_many(*commands: tuple) -> list[subprocess.CompletedProcess]:
-    """Several independent CLI runs at once (each mostly imports and fails fast)."""
-    procs = [subprocess.Popen([sys.executable, "-m", "SurgicalDepthLib.cli", *map(str, c)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env=ENV) for c in commands]
-    results = []
-    for p, c in zip(procs, commands):
-        out, err = p.communicate(timeout=120)
-        results.append(subprocess.CompletedProcess(c, p.returncode, out, err))
-    return results
+    """Several independent CLI runs (each mostly imports and fails fast), :data:`CLI_RUNS_AT_ONCE` at a time, each
+    with :func:`cli`'s time limit; results in the order of ``commands``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(CLI_RUNS_AT_ONCE) as pool:
+        results = list(pool.map(lambda c: cli(*c), commands))
+    return [subprocess.CompletedProcess(c, r.returncode, r.stdout, r.stderr) for c, r in zip(commands, results)]
 
 
 def assert_error(result: subprocess.CompletedProcess, *needles) -> str:
@@ -629,7 +632,8 @@ def test_new_commands_and_options_fail_cleanly_with_an_error_event(tmp_path):
     probability accepted without it, a reversed --style-beta, a --model-version / --model-max-depth that is no
     choice, no number, or contradicts the weight file (silently dropped or overriding it), synth --overwrite onto a
     folder that is no synth data set (emptied or replaced), evaluate --max-depth inf (run, with a cap of null),
-    reconstruct --max-depth -3 or nan (a fusion that keeps no depth, or no cap), evaluate/train --dataset-option
+    reconstruct --max-depth -3 or nan (a fusion that keeps no depth, or no cap), train --unlabeled-ratio 0
+    (no unlabeled frame drawn) or without unlabeled frames (silently doing nothing), evaluate/train --dataset-option
     without '=', with a misspelt key (silently ignored), a key given twice (one silently dropped), an infinite value
     or the calibration through it (bypassing --intrinsics' checks),
     ending in a traceback, a half-made run folder, report or graph, or without the jsonl error event the Slicer
@@ -710,7 +714,10 @@ def test_new_commands_and_options_fail_cleanly_with_an_error_event(tmp_path):
          "--dataset-option", "depth_scale=inf", *jsonl),
         ("evaluate", "--dataset", "folder", "--root", data, "--output", tmp_path / "r.json", *TINY,
          "--dataset-option", f"intrinsics={not_calibration}", *jsonl),
-        (*TRAIN, "--root", tmp_path, "--output", tmp_path / "o", "--dataset-option", "depth_sacle=0.1", *jsonl))
+        (*TRAIN, "--root", tmp_path, "--output", tmp_path / "o", "--dataset-option", "depth_sacle=0.1", *jsonl),
+        (*TRAIN, "--root", tmp_path, "--output", tmp_path / "o", "--unlabeled-root", tmp_path / "no_frames",
+         "--unlabeled-ratio", "0", *jsonl),
+        (*TRAIN, "--root", tmp_path, "--output", tmp_path / "o", "--unlabeled-ratio", "2", *jsonl))
     # the runs go at once: each its own output, so no case can fail on another's lock (CI's stop 42: a train case
     # met "being written by another surgical-depth run" instead of its own error)
     shared = {tmp_path / "o": "o{}", tmp_path / "r.json": "r{}.json"}
@@ -730,7 +737,8 @@ def test_new_commands_and_options_fail_cleanly_with_an_error_event(tmp_path):
                ("data", "not a data set written by synth"), ("--max-depth", "inf"), ("--max-depth must be a positive", "-3"),
                ("--max-depth must be a positive", "nan"), ("--dataset-option", "KEY=VALUE", "depth_scale"),
                ("unknown option", "depth_sacle"), ("--dataset-option depth_scale is given twice",),
-               ("depth_scale", "finite", "inf"), ("--intrinsics FILE",), ("unknown option", "depth_sacle")]
+               ("depth_scale", "finite", "inf"), ("--intrinsics FILE",), ("unknown option", "depth_sacle"),
+               ("--unlabeled-ratio", "> 0", "0.0"), ("--unlabeled-ratio", "unlabeled frames only")]
     for result, expected in zip(runs, needles):
         if result.args[0] == "stream" and "pyigtl" in result.stderr:
             continue  # the [igtl] extra is not installed: that one-line error is checked by test_live.py
