@@ -87,15 +87,20 @@ def colorize(depth_or_disparity: np.ndarray, kind: str = "depth", vmin: float | 
         mask: bool ``[H, W]``, True = valid; False pixels are drawn black.
     Returns:
         uint8 RGB ``[H, W, 3]``.
+    Raises:
+        ValueError: ``vmin > vmax`` or a NaN limit (the whole map would come out in the middle colour).
     """
-    disparity, valid = to_disparity(depth_or_disparity, kind, mask)
+    values = np.asarray(depth_or_disparity)  # a list or a CPU tensor: robust_range would iterate over its rows
+    disparity, valid = to_disparity(values, kind, mask)
     if vmin is None or vmax is None:
         if valid.any():
-            auto = robust_range(depth_or_disparity, kind, percentiles, [mask])
+            auto = robust_range(values, kind, percentiles, [mask])
         else:
             auto = (1.0, 1.0)
         vmin = auto[0] if vmin is None else vmin
         vmax = auto[1] if vmax is None else vmax
+    if not vmin <= vmax:  # False for NaN too
+        raise ValueError(f"colour limits must satisfy vmin <= vmax, got vmin={vmin}, vmax={vmax}")
     if kind == "depth":
         if vmin <= 0 or vmax <= 0:
             raise ValueError(f"depth limits must be positive, got vmin={vmin}, vmax={vmax}")

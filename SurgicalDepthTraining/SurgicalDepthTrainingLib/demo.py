@@ -55,9 +55,35 @@ def _error_map(pred_mm: np.ndarray, gt_mm: np.ndarray, valid: np.ndarray, cap: f
     return img
 
 
+def _import_vtk() -> Any:
+    """The ``vtk`` package (all of VTK), imported with SIGINT and SIGTERM held until the import is complete.
+
+    A ``KeyboardInterrupt`` raised inside VTK's module initialisation is swallowed there and the import goes on with
+    half-initialised modules, which crashes the interpreter (segmentation fault, VTK 9.x): a Ctrl-C or a Cancel
+    during this ~0.5 s import ended the demo without its clean-up, its ``error`` event or exit code 130. A signal
+    that arrives meanwhile is raised again, to the handler in place before, once the import is done."""
+    import signal
+    import threading
+
+    held: list[int] = []
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():  # Python handles signals in the main thread only
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(sig) is not None:  # None: a handler not set from Python, which cannot be put back
+                previous[sig] = signal.signal(sig, lambda signum, frame: held.append(signum))
+    try:
+        import vtk
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if held:
+        signal.raise_signal(held[0])
+    return vtk
+
+
 def render_mesh_view(polydata, size: tuple[int, int]) -> np.ndarray:
     """RGB uint8 ``[H, W, 3]`` off-screen VTK rendering of a coloured mesh, seen from behind the first camera."""
-    import vtk
+    vtk = _import_vtk()
     from vtk.util.numpy_support import vtk_to_numpy
 
     h, w = size
@@ -169,9 +195,9 @@ def _write_depth_video(path: Path, clip: list[dict], preds: list[np.ndarray], ki
     return path
 
 
-def _write_summary(path: Path, first: dict, depth_mm: np.ndarray, mesh: Any) -> Path:
-    """One PNG: input, ground truth, aligned prediction, relative error and (where VTK can render off-screen) the
-    fused surface."""
+def _write_summary(path: Path, first: dict, depth_mm: np.ndarray, mesh: Any, kind: str) -> Path:
+    """One PNG: input, ground truth, prediction in mm (a relative model's aligned to the ground truth), relative
+    error and (where VTK can render off-screen) the fused surface."""
     import SurgicalDepthLib as sd
     from SurgicalDepthLib.video import write_image
 
@@ -180,7 +206,8 @@ def _write_summary(path: Path, first: dict, depth_mm: np.ndarray, mesh: Any) -> 
     near, far = np.percentile(first["depth"][first["valid"]], [2, 98])
     panels = [label_tile(first["image"], "input frame"),
               label_tile(sd.colorize(first["depth"], "depth", mask=first["valid"]), "ground truth"),
-              label_tile(sd.colorize(depth_mm, "depth", near, far, mask=first["valid"]), "prediction (aligned, mm)"),
+              label_tile(sd.colorize(depth_mm, "depth", near, far, mask=first["valid"]),
+                         "prediction (aligned, mm)" if kind == "disparity" else "prediction (mm)"),
               label_tile(_error_map(depth_mm, first["depth"], first["valid"]), "abs. rel. error (0-0.5)")]
     try:
         panels.append(label_tile(render_mesh_view(mesh, first["image"].shape[:2]), "fused surface (VTK)"))
@@ -212,7 +239,7 @@ def run_demo(config: DemoConfig, progress=None, claim: Callable[[str], Path] | N
     ``claim`` gives the path of each output file by name (the CLI passes its ``RunFolder.path``, so a folder holding
     another run's outputs is refused and the run's files are listed in its manifest); None: ``config.output / name``
     in a folder created if missing."""
-    from .evaluation import evaluate_predictions
+    from .evaluation import evaluate_predictions, output_to_mm
     from .synthetic import SceneConfig, render_clip
 
     t0 = time.perf_counter()
@@ -223,6 +250,10 @@ def run_demo(config: DemoConfig, progress=None, claim: Callable[[str], Path] | N
                        width=config.width)
     model, preds = _predict_clip(config, clip, progress)
     kind = model.output_kind
+    # as evaluate() does: a metric model's output in its own unit (the official metric models predict metres) ->
+    # the renderer's millimetres; the 3D outputs read these maps as mm
+    to_mm = output_to_mm(model)
+    preds = [p * np.float32(to_mm) for p in preds] if to_mm != 1.0 else preds
     cap = float(SceneConfig().max_depth_mm)  # the renderer's depth range: farther pixels are invalid
     body = evaluate_predictions(((f["name"], p, f["depth"], f["valid"]) for f, p in zip(clip, preds)),
                                 alignment="median", pred_kind=kind, max_depth=cap)
@@ -231,6 +262,6 @@ def run_demo(config: DemoConfig, progress=None, claim: Callable[[str], Path] | N
     files: dict[str, Path] = {}
     files["point_cloud"], files["fused_mesh"], mesh = _write_3d(claim, clip, depths_mm, config, cap)
     files["depth_video"] = _write_depth_video(claim("depth_video.mp4"), clip, preds, kind)
-    files["summary"] = _write_summary(claim("summary.png"), clip[0], depths_mm[0], mesh)
+    files["summary"] = _write_summary(claim("summary.png"), clip[0], depths_mm[0], mesh, kind)
     files["metrics"] = _write_report(claim("metrics.json"), config, model, body, mean)
     return DemoResult(model=model.source, metrics=mean, files=files, seconds=time.perf_counter() - t0)

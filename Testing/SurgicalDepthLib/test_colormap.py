@@ -73,3 +73,36 @@ def test_errors():
         robust_range(np.zeros((3, 3)))
     disp, valid = to_disparity(np.array([[2.0, 0.0]]), "depth")
     assert disp.tolist() == [[0.5, 0.0]] and valid.tolist() == [[True, False]]
+
+
+def test_lists_and_tensors_colour_like_arrays():
+    """Catches: ``colorize`` took a nested list or a (CPU) torch tensor in ``to_disparity`` but handed the original
+    to ``robust_range``, which iterated over its rows and failed with "must be a 2D map [H, W], got shape (W,)"."""
+    import torch
+
+    d = ramp(h=3, w=7)
+    expected = colorize(d)
+    np.testing.assert_array_equal(colorize(d.tolist()), expected)
+    np.testing.assert_array_equal(colorize(torch.from_numpy(d)), expected)
+    np.testing.assert_array_equal(colorize((1.0 / d).tolist(), "disparity"), colorize(1.0 / d, "disparity"))
+
+
+@pytest.mark.parametrize("kind, vmin, vmax", [("depth", 100.0, 10.0), ("disparity", 0.9, 0.1),
+                                              ("depth", float("nan"), 100.0), ("disparity", 0.1, float("nan"))])
+def test_misordered_or_nan_limits_are_refused(kind, vmin, vmax):
+    """Catches: limits given the wrong way round (or NaN) made the span negative (or NaN) and the whole map came out
+    in turbo's middle green, the colour of a constant map, without an error."""
+    with pytest.raises(ValueError, match=r"vmin <= vmax, got vmin=.*, vmax="):
+        colorize(ramp(), kind, vmin, vmax)
+
+
+def test_constant_map_is_the_middle_colour_and_equal_limits_are_allowed():
+    """A constant map (and vmin == vmax) has no range: every valid pixel gets turbo's middle colour, invalid ones
+    stay black (a documented outcome, not an error)."""
+    d = np.full((2, 3), 50.0)
+    d[0, 0] = np.nan
+    rgb = colorize(d)
+    middle = colorize(np.full((1, 1), 1.0), "disparity", 0.0, 2.0)[0, 0]  # t = 0.5
+    assert rgb[0, 0].tolist() == [0, 0, 0]
+    assert (rgb.reshape(-1, 3)[1:] == middle).all()
+    np.testing.assert_array_equal(colorize(d, "depth", 50.0, 50.0), rgb)
