@@ -672,6 +672,7 @@ def test_new_commands_and_options_fail_cleanly_with_an_error_event(tmp_path):
         (*TRAIN, "--root", tmp_path, "--output", tmp_path / "o", "--unlabeled-root", tmp_path / "nowhere", *jsonl),
         ("predict", tmp_path, "--output", tmp_path / "o", "--intrinsics", "1,2,x", *jsonl),
         ("stream", "--intrinsics", "500,500,-1,20", *jsonl),
+        ("stream", "--max-clients", "0", *jsonl),
         ("evaluate", "--dataset", "folder", "--root", data, "--output", tmp_path / "r.json", *TINY,
          "--intrinsics", tmp_path / "nowhere.yaml", *jsonl),
         ("evaluate", "--dataset", "folder", "--root", data, "--output", tmp_path / "r.json", *TINY,
@@ -725,7 +726,8 @@ def test_new_commands_and_options_fail_cleanly_with_an_error_event(tmp_path):
                       for i, c in enumerate(commands)])
     needles = [(existing, "--overwrite"), ("m.safetensors",), ("tflite",), ("nohost",), ("99999",), ("tensorrt-x",),
                ("none.png",), ("--photometric", "1.5"), ("--unlabeled-root", "nowhere"), ("--intrinsics", "1,2,x"),
-               ("--intrinsics", "500,500,-1,20"), ("--intrinsics", "nowhere.yaml"), ("notes.txt",),
+               ("--intrinsics", "500,500,-1,20"), ("--max-clients", ">= 1", "0"), ("--intrinsics", "nowhere.yaml"),
+               ("notes.txt",),
                ("detail_size", "(518)", "252"), ("--detail-size", "13"), ("--render-workers", "0"),
                ("--stride", "no video input"), ("--unlabeled-root is required", "real-frames"),
                ("--unlabeled-root", "no_frames", "no images found"), ("--teacher-detail-size", "(56)", "56"),
@@ -734,11 +736,13 @@ def test_new_commands_and_options_fail_cleanly_with_an_error_event(tmp_path):
                ("--style-beta", "(0.3, 0.1)"), ("style frames", "no image files", "no_frames"),
                ("--model-version", "v3"), ("m.safetensors", "version='v1' conflicts", "version='v2'"),
                ("max_depth=20.0 conflicts", "max_depth=None"), ("--model-max-depth", "deep"),
-               ("data", "not a data set written by synth"), ("--max-depth", "inf"), ("--max-depth must be a positive", "-3"),
+               ("data", "not a data set written by synth"), ("--max-depth", "inf"),
+               ("--max-depth must be a positive", "-3"),
                ("--max-depth must be a positive", "nan"), ("--dataset-option", "KEY=VALUE", "depth_scale"),
                ("unknown option", "depth_sacle"), ("--dataset-option depth_scale is given twice",),
                ("depth_scale", "finite", "inf"), ("--intrinsics FILE",), ("unknown option", "depth_sacle"),
                ("--unlabeled-ratio", "> 0", "0.0"), ("--unlabeled-ratio", "unlabeled frames only")]
+    assert len(needles) == len(runs)
     for result, expected in zip(runs, needles):
         if result.args[0] == "stream" and "pyigtl" in result.stderr:
             continue  # the [igtl] extra is not installed: that one-line error is checked by test_live.py

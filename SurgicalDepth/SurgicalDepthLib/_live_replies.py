@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -15,6 +14,7 @@ import numpy as np
 from ._igtl import DEVICE_NAME_BYTES, Connection, pack_depth_image, pack_message, pack_point_cloud, reply_name
 from ._live_stats import ServiceCounters
 from .memory_budget import decimation_step
+from .recent import RecentlyUsed
 
 #: points per live cloud (a message per frame; memory_budget.DEFAULT_POINT_BUDGET is the Slicer runs')
 LIVE_POINT_BUDGET = 20000
@@ -83,7 +83,7 @@ class ReplySender:
         # per connection: [next number to give, next number to send, replies in the making or sending]
         self._order: dict[Connection, list[int]] = {}
         # (H, W) -> (grid, camera), the SIZES_KEPT sizes used last; the lock: several threads make replies
-        self._grids: OrderedDict[tuple[int, int], tuple[np.ndarray, Any]] = OrderedDict()
+        self._grids: RecentlyUsed[tuple[int, int], tuple[np.ndarray, Any]] = RecentlyUsed(SIZES_KEPT)
         self._grids_lock = threading.Lock()
 
     def submit(self, out: Any, frame: ReceivedFrame) -> None:
@@ -162,18 +162,14 @@ class ReplySender:
         for the :data:`SIZES_KEPT` sizes used last."""
         from .camera import Intrinsics, parse_intrinsics
 
-        with self._grids_lock:
-            entry = self._grids.pop((H, W), None)
-        if entry is None:
+        def make() -> tuple[np.ndarray, Any]:
             intr = self.intrinsics
             camera = ((intr if intr.size == (W, H) else intr.scaled(W, H)) if isinstance(intr, Intrinsics)
                       else parse_intrinsics(intr, W, H))
-            entry = decimation_grid(H, W, self.point_budget), camera
-        with self._grids_lock:
-            self._grids[H, W] = entry  # the newest last
-            while len(self._grids) > SIZES_KEPT:
-                self._grids.popitem(last=False)
-        return entry
+            return decimation_grid(H, W, self.point_budget), camera
+
+        with self._grids_lock:  # made under it: once per size, and a new size is rare
+            return self._grids.get((H, W), make)
 
     def _point_reply(self, depth: np.ndarray, frame: ReceivedFrame) -> list:
         from .geometry import backproject, point_mask

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-COUNTS = ("frames_in", "frames_out", "dropped", "bad", "ignored", "lost")
+COUNTS = ("frames_in", "frames_out", "dropped", "bad", "ignored", "lost", "refused")
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class DepthServiceStats:
     bad: int  # IMAGEs skipped as malformed, corrupted (body CRC-64 differs from its header's) or unsupported
     ignored: int  # messages of other types
     lost: int  # accepted but not answered: the client left, or inference failed
+    refused: int  # connections closed at once: as many clients as ``max_clients`` were connected
     clients: int
     fps: float
     latency_p50_ms: float | None
@@ -37,8 +38,9 @@ class DepthServiceStats:
     def format(self) -> str:
         lat = ("latency p50 -- p95 --" if self.latency_p50_ms is None
                else f"latency p50 {self.latency_p50_ms:.0f} ms p95 {self.latency_p95_ms:.0f} ms")
+        refused = f" refused {self.refused}" if self.refused else ""
         return (f"stream: in {self.frames_in} out {self.frames_out} dropped {self.dropped} bad {self.bad} "
-                f"lost {self.lost} | {self.fps:.1f} frames/s, {lat} | {self.clients} client(s)")
+                f"lost {self.lost}{refused} | {self.fps:.1f} frames/s, {lat} | {self.clients} client(s)")
 
 
 class ServiceCounters:

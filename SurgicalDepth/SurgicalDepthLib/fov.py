@@ -172,13 +172,16 @@ class FovTracker:
 
     def __init__(self, initial: np.ndarray | None, window: int = 25, min_iou: float = 0.98) -> None:
         self.mask, self.window, self.min_iou = initial, window, min_iou
+        self.blank = False  # whether the frame of the last update was blank (shows no tissue)
         self._peak: np.ndarray | None = None
         self._count = 0
 
     def update(self, rgb: np.ndarray) -> np.ndarray | None:
-        """The field of view for RGB uint8 ``[H, W, 3]`` ``rgb`` (found from the frames before it as well)."""
+        """The field of view for RGB uint8 ``[H, W, 3]`` ``rgb`` (found from the frames before it as well); sets
+        :attr:`blank` for ``rgb``."""
         level = _brightest(rgb)
-        if _is_blank(level):
+        self.blank = _is_blank(level)
+        if self.blank:
             return self.mask
         same = self._peak is not None and self._peak.shape == level.shape
         self._peak = np.maximum(self._peak, level, out=self._peak) if same else level
@@ -196,6 +199,12 @@ def _brightest(rgb: np.ndarray) -> np.ndarray:
     ``max(axis=2)``, which reduces over the innermost, 3-long axis one pixel at a time: 32 ms at 720p)."""
     rgb = np.asarray(rgb)
     return np.maximum(np.maximum(rgb[..., 0], rgb[..., 1]), rgb[..., 2])
+
+
+def is_blank(rgb: np.ndarray) -> bool:
+    """Whether RGB uint8 ``[H, W, 3]`` ``rgb`` shows no tissue: fewer than :data:`BLANK_SHARE` of its pixels are
+    brighter than :data:`DARK_LEVEL` in any channel (a black screen before the scope is on, or between scenes)."""
+    return _is_blank(_brightest(rgb))
 
 
 def _is_blank(level: np.ndarray, dark_level: int = DARK_LEVEL) -> bool:

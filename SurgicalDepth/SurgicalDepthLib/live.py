@@ -40,7 +40,7 @@ import logging
 import socket
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from typing import Any, Callable
 
 import numpy as np
@@ -49,9 +49,10 @@ from ._igtl import BadMessage, Connection, PointCloudMessage, StreamBroken, body
 from ._live_replies import LIVE_POINT_BUDGET, ReceivedFrame, ReplySender, decimation_grid
 from ._live_stats import DepthServiceStats, ServiceCounters
 from .camera import Intrinsics, parse_intrinsics
-from .fov import FovSearch
+from .fov import FovSearch, is_blank
 from .latest_frame import LatestFrameMailbox
-from .stream import depth_stream
+from .recent import RecentlyUsed
+from .stream import depth_stream, without_depth
 
 __all__ = ["DEFAULT_PORT", "LIVE_POINT_BUDGET", "DepthService", "DepthServiceStats", "PointCloudMessage",
            "decimation_grid"]
@@ -61,6 +62,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_PORT = 18944  # the registered OpenIGTLink port
 _FOV_DEVICES = 64  # "auto" field-of-view masks kept (device, frame size): bounded, device names come from clients
 _WAITING_SOURCES = 64  # frames waiting for the model, one per source: bounded, a client may send many device names
+MAX_CLIENTS = 16  # default cap on connected clients (each holds a thread and its buffers; Slicer needs one)
 
 
 class DepthService:
@@ -85,6 +87,8 @@ class DepthService:
             (default: logged at INFO).
         io_timeout: seconds a message that has started arriving, or a reply going out, may stall before the
             connection is closed (on the whole, either must also keep up ``_igtl.MIN_BODY_RATE``).
+        max_clients: clients served at once (server): a connection beyond them is closed as it arrives, counted as
+            ``refused`` and logged once, so a client that reconnects in a loop cannot exhaust threads and memory.
     """
 
     def __init__(self, model: Any, *, host: str = "127.0.0.1", port: int = DEFAULT_PORT,
@@ -93,11 +97,13 @@ class DepthService:
                  depth_range: tuple[float, float] | None = None, input_size: int | None = None,
                  fov_mask: str | np.ndarray | None = "auto", output_threads: int | None = None,
                  status_interval: float | None = 5.0, on_status: Callable[[DepthServiceStats], None] | None = None,
-                 io_timeout: float = 5.0, retry_interval: float = 1.0):
+                 io_timeout: float = 5.0, retry_interval: float = 1.0, max_clients: int = MAX_CLIENTS):
         if point_budget < 1:
             raise ValueError(f"point_budget must be >= 1, got {point_budget}")
         if status_interval is not None and not status_interval > 0:
             raise ValueError(f"status_interval must be > 0 seconds or None, got {status_interval}")
+        if max_clients < 1:
+            raise ValueError(f"max_clients must be >= 1, got {max_clients}")
         if output_threads is not None and output_threads < 1:
             raise ValueError(f"output_threads must be >= 1, got {output_threads}")
         if isinstance(fov_mask, str) and fov_mask != "auto":
@@ -109,7 +115,7 @@ class DepthService:
         self.points, self.point_budget, self.intrinsics = points, int(point_budget), intrinsics
         self.depth_range, self.input_size, self.fov_mask = depth_range, input_size, fov_mask
         self.status_interval, self.on_status = status_interval, on_status
-        self.io_timeout, self.retry_interval = io_timeout, retry_interval
+        self.io_timeout, self.retry_interval, self.max_clients = io_timeout, retry_interval, int(max_clients)
         on_cpu = getattr(getattr(model, "device", None), "type", "cpu") == "cpu"
         # a GPU stream hands a result out once the next frame is queued (upload overlapped), so two in flight
         self._in_flight = 1 if on_cpu else 2
@@ -123,7 +129,7 @@ class DepthService:
         self._connections: set[Connection] = set()
         self._threads: list[threading.Thread] = []
         self._warned: set = set()
-        self._fov_masks: OrderedDict[tuple, FovSearch] = OrderedDict()  # "auto": per source and frame size
+        self._fov_masks: RecentlyUsed[tuple, FovSearch] = RecentlyUsed(_FOV_DEVICES)  # "auto": per source, size
         self._listener: socket.socket | None = None
         self._replies: ReplySender | None = None
         self._started: float | None = None
@@ -237,7 +243,18 @@ class DepthService:
                 self._stop.wait(0.2)
                 continue
             peer = f"{host}:{port}"
-            self._spawn(self._serve, f"client {peer}", Connection(sock, peer, self.io_timeout))
+            conn = Connection(sock, peer, self.io_timeout)
+            with self._lock:  # registered here, not in the thread: a burst of connections cannot pass the cap
+                full = len(self._connections) >= self.max_clients
+                if not full:
+                    self._connections.add(conn)
+            if full:
+                conn.close()
+                self._count("refused")
+                self._once(logging.WARNING, ("refused",), "stream: %d clients connected (max_clients); closing "
+                           "the connection from %s (logged once)", self.max_clients, peer)
+                continue
+            self._spawn(self._serve, f"client {peer}", conn)
 
     def _connect_loop(self) -> None:
         host, port = self.address
@@ -342,6 +359,7 @@ class DepthService:
         room = threading.Condition()
         done = threading.Event()
         shape, fov = first.rgb.shape, self._fov(first)
+        auto = isinstance(self.fov_mask, str)
 
         def halted() -> bool:
             return done.is_set() or self._stop.is_set()
@@ -381,6 +399,8 @@ class DepthService:
                 with room:
                     frame = pending.popleft()
                     room.notify_all()
+                if auto and is_blank(frame.rgb):  # a black screen shows no tissue: no depth, no points
+                    out = without_depth(out)
                 self._replies.submit(out, frame)
         except Exception as exc:  # a frame the model cannot take must not end the service
             self._once(logging.ERROR, ("inference", type(exc).__name__, str(exc)),
@@ -401,10 +421,7 @@ class DepthService:
         if not isinstance(self.fov_mask, str):
             return self.fov_mask
         key = (*frame.source, *frame.rgb.shape[:2])
-        search = self._fov_masks.pop(key, None) or FovSearch()
-        self._fov_masks[key] = search  # the newest last
-        if len(self._fov_masks) > _FOV_DEVICES:
-            self._fov_masks.popitem(last=False)
+        search = self._fov_masks.get(key, FovSearch)
         before = search.mask
         if search.add(frame.rgb) and search.mask is not before:
             logger.info("stream: %r (%dx%d): %s", frame.device, key[3], key[2], "no field-of-view border found"

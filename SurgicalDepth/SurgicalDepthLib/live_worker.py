@@ -22,7 +22,7 @@ import logging
 import queue
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
@@ -33,6 +33,7 @@ import numpy as np
 
 from .latest_frame import LatestFrameMailbox
 from .memory_budget import DEFAULT_POINT_BUDGET
+from .recent import RecentlyUsed
 from .slicer_helpers import has_calibration, resolve_intrinsics, rgb_from_volume_array
 
 logger = logging.getLogger(__name__)
@@ -124,7 +125,7 @@ class LiveWorker:
         self._counts = {"received": 0, "processed": 0, "dropped": 0, "recorded": 0}
         self._done_times: deque[float] = deque(maxlen=256)
         # (H, W) -> (fov mask, FovSearch or None; intrinsics), for the SIZES_KEPT sizes seen last
-        self._by_size: OrderedDict[tuple[int, int], tuple[Any, Any]] = OrderedDict()
+        self._by_size: RecentlyUsed[tuple[int, int], tuple[Any, Any]] = RecentlyUsed(SIZES_KEPT)
 
     # -- caller's side ------------------------------------------------------------------------------------
     def start(self) -> "LiveWorker":
@@ -207,25 +208,25 @@ class LiveWorker:
         from .fov import FovSearch, check_fov_mask
 
         size = rgb.shape[:2]
-        if size not in self._by_size:
+
+        def setup() -> tuple[Any, Any]:
             fov = self.fov_mask
             if isinstance(fov, str):
                 fov = FovSearch()
             elif fov is not None:
                 fov = check_fov_mask(fov, size)
-            self._by_size[size] = (fov, self.intrinsics_for(size[1], size[0]))
-            while len(self._by_size) > SIZES_KEPT:
-                self._by_size.popitem(last=False)
-        self._by_size.move_to_end(size)
-        fov, intrinsics = self._by_size[size]
+            return fov, self.intrinsics_for(size[1], size[0])
+
+        fov, intrinsics = self._by_size.get(size, setup)
         if isinstance(fov, FovSearch):
             fov.add(rgb)
             fov = fov.mask
         return fov, intrinsics
 
     def _process(self, number: int, frame: np.ndarray, meta: Any) -> LiveResult:
+        from .fov import is_blank
         from .slicer_run import frame_outputs
-        from .stream import depth_stream
+        from .stream import depth_stream, without_depth
 
         rgb = np.asarray(frame)
         if rgb.ndim == 4:
@@ -238,6 +239,8 @@ class LiveWorker:
                               fov_mask=fov, intrinsics=intrinsics if self.calibrated else None)
         with closing(stream):
             depth = next(stream)
+        if isinstance(self.fov_mask, str) and is_blank(rgb):  # "auto": a black screen shows no tissue
+            depth = without_depth(depth)
         kinds = ["frames", "depth"] + (["points"] if self.point_budget is not None else [])
         outputs = frame_outputs(depth, intrinsics, kinds, point_budget=self.point_budget or 0)
         with self._lock:

@@ -84,7 +84,9 @@ class DepthFrame:
         rgb: uint8 ``[H, W, 3]`` RGB input frame.
         prediction: float32 ``[H, W]``, the model's output (``output_kind`` of the model: disparity or depth in
             the model's unit); corrected to the real lens when ``intrinsics`` are given (:mod:`.lens`), and with
-            ``temporal=True`` after the temporal scale+shift alignment.
+            ``temporal=True`` after the temporal scale+shift alignment. All NaN for a blank frame (a black screen:
+            fewer than :data:`fov.BLANK_SHARE` of its pixels above :data:`fov.DARK_LEVEL`) when the field of view
+            is ``"auto"``.
         depth_mm: float32 ``[H, W]`` depth in mm along the optical axis, NaN where invalid (never 0). The stream
             computes it on first access (a 1080p frame takes ~70 ms on one core, longer than a GPU forward pass,
             and callers that write only the prediction never pay for it), then keeps it; constructed by hand it
@@ -113,8 +115,8 @@ def _indexed_frames(frames: Any, start: int, stride: int, max_frames: int | None
     if isinstance(frames, (str, os.PathLike)):
         reader = open_frames(frames, start=start, stop=stop, stride=stride, prefetch=prefetch)
         return reader.indexed(), reader  # not zip(indices, ...): a video may hold more frames than it announced
-    if isinstance(frames, FrameReader):  # already opened: select among the frames it yields
-        return itertools.islice(frames.indexed(), start, stop, stride), frames
+    if isinstance(frames, FrameReader):  # already opened: its frames carry their source indices
+        return _source_frames(frames.indexed(), start, stop, stride), frames
     if isinstance(frames, np.ndarray) and frames.ndim == 3:
         frames = [frames]  # one image
     try:
@@ -123,6 +125,29 @@ def _indexed_frames(frames: Any, start: int, stride: int, max_frames: int | None
         raise TypeError("frames must be a video, image folder, glob or image path, an opened FrameReader or an "
                         f"iterable of RGB uint8 [H, W, 3] arrays, got {type(frames).__name__}") from None
     return itertools.islice(numbered, start, stop, stride), None
+
+
+def _no_depth(shape: tuple[int, ...]) -> np.ndarray:
+    return np.full(shape, np.nan, np.float32)
+
+
+def without_depth(frame: DepthFrame) -> DepthFrame:
+    """``frame`` with NaN prediction and depth: a blank frame (:func:`~.fov.is_blank`), as ``depth_stream`` gives
+    one with ``fov_mask="auto"``; for callers that hand it a field of view found by themselves (the live paths)."""
+    return DepthFrame(frame.index, frame.rgb, _no_depth(frame.prediction.shape), _no_depth(frame.prediction.shape),
+                      frame.fov_mask)
+
+
+def _source_frames(items: Iterator[tuple[int, np.ndarray]], start: int, stop: int | None,
+                   stride: int) -> Iterator[tuple[int, np.ndarray]]:
+    """The ``(source index, rgb)`` pairs of ``items`` (increasing indices) whose index is ``start + k · stride``
+    below ``stop``: by index, not position, since a reader opened with its own selection, or one that skipped a
+    frame it could not decode, yields frames whose positions are not their indices."""
+    for index, rgb in items:
+        if stop is not None and index >= stop:
+            return
+        if index >= start and (index - start) % stride == 0:
+            yield index, rgb
 
 
 def _checked_frames(items: Iterator[tuple[int, np.ndarray]]) -> Iterator[tuple[int, np.ndarray]]:
@@ -322,14 +347,15 @@ def depth_stream(model: Any, frames: Any, *, depth_range: tuple[float, float] | 
             frame has the first one's size (a frame of another size is a ValueError after the frames before it are
             yielded; the live service starts a new stream when the size changes).
         depth_range: (near, far) mm for relative models; default :data:`alignment.DEFAULT_DEPTH_RANGE_MM`.
-        start, stride, max_frames: use source frames ``start, start + stride, ...``, at most ``max_frames``.
+        start, stride, max_frames: use source frames ``start, start + stride, ...``, at most ``max_frames`` (an
+            opened :class:`FrameReader`'s frames by their source index; an iterable's by position).
         batch_size: frames per forward pass (default: the model's, 1 on CPU and 4 on a GPU).
         temporal: stabilise relative depth over time (videos).
         input_size: network input lower bound (multiple of 14; default the model's own).
         fov_mask: the scope's field of view: ``"auto"`` detects it from the first :data:`fov.FOV_FRAMES` frames
             that are not blank (None when they have no black border) and follows it if it moves later
-            (:class:`~fov.FovTracker`; each frame's is its ``fov_mask``), a bool ``[H, W]`` array gives it, None
-            turns it off.
+            (:class:`~fov.FovTracker`; each frame's is its ``fov_mask``; a blank frame gets no depth), a bool
+            ``[H, W]`` array gives it, None turns it off (every pixel of every frame is tissue).
         intrinsics: the real camera of the frames (``sd.Intrinsics``, a calibration: not a guessed field of view).
             With a model that has a reference lens (``config.reference_fov_deg``, e.g. the default model) the
             prediction is corrected to this lens (:mod:`SurgicalDepthLib.lens`: z-depth of wide-angle and fisheye
@@ -369,6 +395,8 @@ def depth_stream(model: Any, frames: Any, *, depth_range: tuple[float, float] | 
                 logger.info("frame %d: the field of view moved (%.1f %% of the frame)", index, 100 * fov.mean())
                 if stabilise is not None:
                     stabilise.fov = fov
+            if follow is not None and follow.blank:  # a black screen shows no tissue: no depth, and it fixes no
+                pred = _no_depth(pred.shape)  # colour range or temporal depth mapping either
             if lens is not None:
                 pred = lens(pred)
             if stabilise is not None:

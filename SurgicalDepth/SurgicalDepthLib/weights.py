@@ -229,6 +229,7 @@ def download(name: str, root: str | os.PathLike | None = None, *, sha256: str | 
     cached = _verified_copy(spec, folder, want)
     if cached is not None:
         logger.info("%s is already in the cache (%s, SHA256 verified); licence %s", name, cached, spec.license)
+        _remove_stale_partials(cached, None)  # a killed download's leftovers go even when nothing is downloaded
         if spec.sha256 is None:  # the digest given (--sha256) is the one later loads check
             _record_digest(cached, want)
         if progress is not None:

@@ -316,6 +316,7 @@ def build_semi_term(config: Any, model: nn.Module, unlabeled_data: Any, size: tu
     None). Call it with the start weights: the teacher and the frozen encoder are copies of them."""
     if config.unlabeled_dataset is None and unlabeled_data is None:
         return None
+    _warn_random_targets(config)
     teacher = build_teacher(config.teacher, model, device)
     # the default teacher is a copy of the start model: its encoder is the student's initial one already
     encoder = teacher.pretrained if not config.teacher else copy.deepcopy(model.pretrained)
@@ -332,6 +333,22 @@ def build_semi_term(config: Any, model: nn.Module, unlabeled_data: Any, size: tu
                 getattr(unlabeled_data, "root", "given"), config.teacher or "= the start model",
                 "" if config.teacher_detail_size is None else f" with a detail read at {config.teacher_detail_size}")
     return SemiTerm(config, model, teacher, frozen, unlabeled_data, size, device, rank)
+
+
+def _warn_random_targets(config: Any) -> None:
+    """Warn when the term's targets come from untrained (``random:``) weights: the pseudo-labels from the teacher
+    (``teacher``, else the start model), the feature-alignment targets from the frozen start encoder (Depth
+    Anything aligns to a *pretrained* DINOv2)."""
+    if config.unlabeled_weight == 0:
+        return
+    untrained = {"pseudo-labels": config.teacher or config.model}
+    if config.feature_weight > 0:
+        untrained["feature-alignment targets"] = config.model
+    untrained = {what: source for what, source in untrained.items() if str(source).startswith("random:")}
+    if untrained:
+        logger.warning("semi-supervised: the %s come from untrained weights (%s) and teach noise; give trained "
+                       "weights (--model, --teacher) or --feature-weight 0", " and the ".join(untrained),
+                       ", ".join(sorted(set(untrained.values()))))
 
 
 def unlabeled_dataset_of(config: Any) -> str | None:

@@ -37,6 +37,12 @@ def _image_files(root: Path) -> list[Path]:
     return sorted(images, key=lambda p: p.relative_to(root).as_posix())
 
 
+def _central(n: int) -> slice:
+    """The central part of ``n`` pixels: :data:`CENTRAL_MARGIN` of ``n`` cut from each end, at least one pixel."""
+    start = int(CENTRAL_MARGIN * n)
+    return slice(start, max(start + 1, int((1 - CENTRAL_MARGIN) * n)))
+
+
 def checked_beta(beta: tuple[float, float]) -> tuple[float, float]:
     """``beta`` as two floats ``(low, high)``; ValueError naming ``style_beta`` unless ``0 <= low <= high <= 0.5``."""
     values = tuple(float(v) for v in beta)
@@ -72,11 +78,11 @@ class StyleFrames:
 
     def amplitude(self, index: int, height: int, width: int) -> np.ndarray:
         """``amplitude_spectrum`` (float32 ``[height, width, 3]``) of frame ``index``'s centre, resized (area
-        interpolation) to ``height`` x ``width``, values in [0, 1]."""
+        interpolation) to ``height`` x ``width``, values in [0, 1]. A frame of one or two pixels a side gives its
+        middle pixel (nothing is cut that would leave none)."""
         image = read_image(self.files[index])
-        H, W = image.shape[:2]
-        centre = image[int(CENTRAL_MARGIN * H):int((1 - CENTRAL_MARGIN) * H),
-                       int(CENTRAL_MARGIN * W):int((1 - CENTRAL_MARGIN) * W)]
+        rows, cols = (_central(n) for n in image.shape[:2])
+        centre = image[rows, cols]
         centre = cv2.resize(centre, (width, height), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
         return amplitude_spectrum(centre)
 

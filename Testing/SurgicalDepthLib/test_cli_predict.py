@@ -489,3 +489,27 @@ def test_folders_and_globs_of_videos_predict_each_video(tmp_path, checkpoint):
     assert run_predict([str(clips / "*.mp4"), "--output", str(out), *common]) == 0
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["a"]
     assert len(list((out / "a").glob("*.npy"))) == 3
+
+
+def test_a_fixed_colour_range_comes_from_the_first_frame_with_depth(tmp_path, checkpoint):
+    """Catches the fixed colour range of a temporal (or metric) video taken from its first frame even when that frame
+    has no depth (a black frame before the scope shows anything): the "no range" it gave was kept, and every later
+    frame was coloured with its own range, so the colours flickered as if --temporal were off."""
+    from SurgicalDepthLib.colormap import colorize, robust_range
+    from SurgicalDepthLib.video import read_image
+
+    folder = tmp_path / "intro"
+    folder.mkdir()
+    frames = [np.zeros((40, 56, 3), np.uint8), textured(40, 56, 1), textured(40, 56, 2)[::-1].copy()]
+    for i, rgb in enumerate(frames):
+        cv2.imwrite(str(folder / f"{i:03d}.png"), rgb[..., ::-1])
+    out = tmp_path / "out"
+    assert run_predict([str(folder), "--video", "--temporal", "--output", str(out), "--model", str(checkpoint),
+                        "--input-size", str(SIZE), "--colormap"]) == 0
+    maps = [load_depth(out / "intro" / f"{i:06d}.npy") for i in range(3)]
+    assert not np.isfinite(maps[0]).any() and np.isfinite(maps[1]).all()
+    first = robust_range(maps[1], "disparity")
+    assert first != robust_range(maps[2], "disparity")  # else the test could not tell the ranges apart
+    for i in (1, 2):
+        np.testing.assert_array_equal(read_image(out / "intro" / f"{i:06d}_color.png"),
+                                      colorize(maps[i], "disparity", *first))

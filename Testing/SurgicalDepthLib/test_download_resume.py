@@ -174,6 +174,20 @@ def test_partial_of_another_file_or_version_is_not_resumed(server):
     assert sorted(p.name for p in server.cache.iterdir()) == sorted([FILENAME, others[1].name, others[2].name])
 
 
+def test_stale_partials_go_when_the_file_is_already_cached(server):
+    """Catches the clean-up running only before a download: once the file was cached, the hundreds of MB a killed
+    download of it (or of an older version) left stayed forever, since every later call returned the cached copy.
+    Stale ones go on a cached call; a recent one, perhaps another download's, stays."""
+    path = weights.download(NAME, server.cache)
+    stale, recent = _partial(server.cache), server.cache / f".{FILENAME}.{'0' * 16}.partial"
+    for partial in (stale, recent):
+        partial.write_bytes(PAYLOAD[:CUT])
+    past = time.time() - 2 * weights.STALE_PARTIAL_S
+    os.utime(stale, (past, past))
+    assert weights.download(NAME, server.cache) == path and _ranges(server) == [None]
+    assert sorted(p.name for p in server.cache.iterdir()) == sorted([FILENAME, recent.name])
+
+
 def test_own_partial_is_resumed_however_old(server):
     """Catches: the stale-temporary clean-up deleting this download's own partial file after a night asleep."""
     partial = _leave_partial(server, PAYLOAD[:CUT])

@@ -386,17 +386,19 @@ def test_field_of_view_from_the_first_frame_masks_depth_and_points(model, monkey
         assert valid.all()
 
 
-def test_stream_cli_point_budget_default_is_the_services():
-    """Catches: ``stream --point-budget``'s default (written out in the CLI, which does not import pyigtl) drifting
-    from ``LIVE_POINT_BUDGET``, the budget ``DepthService`` uses by default."""
+def test_stream_cli_defaults_are_the_services():
+    """Catches: ``stream --point-budget``'s or ``--max-clients``'s default (written out in the CLI, which does not
+    import pyigtl) drifting from ``LIVE_POINT_BUDGET`` or ``MAX_CLIENTS``, what ``DepthService`` uses by default."""
     import argparse
 
     from SurgicalDepthLib._live_replies import LIVE_POINT_BUDGET
     from SurgicalDepthLib.cli import stream
+    from SurgicalDepthLib.live import MAX_CLIENTS
 
     parser = argparse.ArgumentParser()
     stream.register(parser.add_subparsers(dest="command"))
-    assert parser.parse_args(["stream"]).point_budget == LIVE_POINT_BUDGET
+    args = parser.parse_args(["stream"])
+    assert (args.point_budget, args.max_clients) == (LIVE_POINT_BUDGET, MAX_CLIENTS)
 
 
 def test_fov_mask_is_checked():
@@ -881,7 +883,7 @@ def test_point_grids_are_kept_for_a_few_frame_sizes(model, monkeypatch, one_torc
             for i in range(6):  # one at a time: each size gets its reply
                 client.send(pyigtl.ImageMessage(textured(24 + i, 32, i)[None], device_name="Video"))
                 assert wait_until(lambda: len(client.replies) == 2 * (i + 1)), service.stats()
-            grids = dict(service._replies._grids)
+            grids = service._replies._grids.keys()
         finally:
             client.close()
     assert sorted(grids) == [(27, 32), (28, 32), (29, 32)]
@@ -907,3 +909,56 @@ def test_frames_under_ever_new_device_names_do_not_queue(model, one_torch_thread
     limit = getattr(live, "_WAITING_SOURCES", 64)  # getattr: the test also runs on a service without the limit
     assert waiting <= limit
     assert stats.dropped >= n - limit - stats.frames_out - 2, stats
+
+
+def test_connections_beyond_max_clients_are_closed_and_the_others_kept(model, caplog, one_torch_thread):
+    """Catches a server without a cap on its clients: a client reconnecting in a loop (or a port scanner) got a
+    thread and buffers per connection until threads or memory ran out. Beyond ``max_clients`` a connection is closed
+    at once (counted as refused, logged once); those connected are still answered, and a place that frees up is
+    taken by the next client."""
+    rgb = textured(24, 32, 6)
+    with caplog.at_level(logging.WARNING, logger="SurgicalDepthLib.live"), running(model, max_clients=2) as service:
+        kept = [RawClient(service.address[1]) for _ in range(2)]
+        assert wait_until(lambda: service.stats().clients == 2)
+        extra = [RawClient(service.address[1]) for _ in range(3)]
+        try:
+            assert all(c.closed_by_server.wait(WAIT) for c in extra)
+            assert not any(c.closed_by_server.is_set() for c in kept)
+            stats = service.stats()
+            assert stats.refused == 3 and stats.clients == 2, stats
+            assert "refused 3" in stats.format()
+            kept[0].send(pyigtl.ImageMessage(rgb[None], device_name="Kept"))
+            assert wait_until(lambda: len(kept[0].replies) == 1)
+            kept[1].close()
+            assert wait_until(lambda: service.stats().clients == 1)
+            late = RawClient(service.address[1])
+            late.send(pyigtl.ImageMessage(rgb[None], device_name="Late"))
+            assert wait_until(lambda: len(late.replies) == 1) and not late.closed_by_server.is_set()
+            late.close()
+        finally:
+            for c in kept + extra:
+                c.close()
+    assert sum("max_clients" in r.getMessage() for r in caplog.records) == 1
+    with pytest.raises(ValueError, match="max_clients"):
+        DepthService(model, max_clients=0)
+
+
+def test_a_black_frame_is_answered_with_no_depth_and_no_points(model, monkeypatch, one_torch_thread):
+    """Catches a live black screen (the scope not on yet, a camera switching over) answered with the network's
+    depth of black: Slicer drew a surface for nothing. With the default "auto" field of view a blank frame's depth
+    is all NaN and its cloud empty; the frames around it are answered as before."""
+    monkeypatch.setitem(pyigtl.messages.message_type_to_class_constructor, "POLYDATA", PointCloudMessage)
+    black, rgb = np.zeros((24, 32, 3), np.uint8), textured(24, 32, 3)
+    with running(model, points=True, point_budget=50, intrinsics="40,40,15.5,11.5") as service:
+        client = RawClient(service.address[1])
+        try:
+            for i, frame in enumerate([black, black, rgb]):
+                client.send(pyigtl.ImageMessage(frame[None], device_name="Video"))
+                assert wait_until(lambda: len(client.replies) == 2 * (i + 1)), service.stats()
+        finally:
+            client.close()
+    depths = [m.image[0] for _, m in client.replies if m.device_name == "Video_depth"]
+    clouds = [m for _, m in client.replies if m.device_name == "Video_points"]
+    assert [np.isnan(d).all() for d in depths] == [True, True, False]
+    np.testing.assert_allclose(depths[2], depth_of(model, rgb), rtol=1e-6, equal_nan=True)
+    assert [len(c.points) for c in clouds][:2] == [0, 0] and len(clouds[2].points) > 0

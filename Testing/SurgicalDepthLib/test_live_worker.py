@@ -279,9 +279,27 @@ def test_per_size_setup_is_kept_for_a_few_frame_sizes(model, monkeypatch, one_to
         for i, (h, w) in enumerate(sizes):  # one at a time: every frame processed
             worker.put(textured(h, w, 0), meta=i)
             results.extend(drain(worker, 1))
-        kept = list(worker._by_size)
+        kept = worker._by_size.keys()
     finally:
         assert worker.stop(timeout=10)
     assert kept == [(43, 56), (44, 56), (40, 56)]
     assert [r.meta for r in results] == list(range(6))
     np.testing.assert_array_equal(results[-1].frame.depth_mm, results[0].frame.depth_mm)
+
+
+def test_a_black_frame_gets_no_depth_with_the_auto_field_of_view(model, one_torch_thread):
+    """Catches the Slicer live panel drawing the network's depth of a black screen (scope not on yet): with
+    ``fov_mask="auto"`` a blank frame's depth is all NaN and it gives no points; with ``fov_mask=None`` (every
+    pixel is tissue) it is predicted; the frame after it is predicted as usual."""
+    black = np.zeros((40, 56, 3), np.uint8)
+    for fov_mask, expected in (("auto", [True, False]), (None, [False, False])):
+        worker = LiveWorker(model, input_size=SIZE, fov_mask=fov_mask, point_budget=500).start()
+        try:
+            results = []
+            for i, rgb in enumerate([black, textured(40, 56, 1)]):
+                worker.put(rgb, meta=i)
+                results.extend(drain(worker, 1))
+        finally:
+            assert worker.stop(timeout=10)
+        assert [np.isnan(r.frame.depth_mm).all() for r in results] == expected, fov_mask
+        assert np.isnan(results[0].frame.prediction).all() == expected[0]

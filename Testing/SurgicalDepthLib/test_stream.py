@@ -114,11 +114,33 @@ def test_blank_frame_gives_nan_depth_and_the_stream_goes_on(tmp_path):
     written as 0 (drawn as nearest)."""
     varied = np.linspace(1, 2, 12, dtype=np.float32).reshape(3, 4)
     saved = _saved(tmp_path / "p", [varied, np.full((3, 4), 0.5, np.float32), varied])
-    rgbs = [np.zeros((3, 4, 3), np.uint8)] * 3
+    rgbs = [np.full((3, 4, 3), 128, np.uint8)] * 3  # grey, not black: a black frame gets no depth anyway
     out = list(sd.depth_stream(saved, rgbs))
     assert [f.index for f in out] == [0, 1, 2]
     assert np.isnan(out[1].depth_mm).all() and not out[1].valid.any()
     assert out[0].valid.all() and out[2].valid.all()
+
+
+@pytest.mark.parametrize("temporal", [False, True])
+def test_black_frames_get_no_depth_and_fix_nothing_for_the_frames_after(model, temporal, one_torch_thread):
+    """Catches a black screen (before the scope is on, between scenes) read as tissue: the network's answer to
+    black was written as depth, and with --temporal it fixed the depth mapping of the whole clip (the first frame's
+    range maps every later frame), so a clip that starts black came out in another range than the same clip
+    without its black start. With ``fov_mask="auto"`` a blank frame has NaN prediction and depth, and the frames
+    after it are what they are without it; ``fov_mask=None`` (every pixel is tissue) still predicts it."""
+    black, seen = np.zeros((48, 64, 3), np.uint8), [textured(48, 64, k) for k in (1, 2)]
+    black[10, 10] = 255  # a few bright pixels (an on-screen cursor) leave it blank
+
+    def run(frames, **options):
+        return list(sd.depth_stream(model, frames, input_size=SIZE, temporal=temporal, **options))
+
+    with_black, alone = run([black, seen[0], black, seen[1]]), run(seen)
+    for f in (with_black[0], with_black[2]):
+        assert np.isnan(f.prediction).all() and not f.valid.any()
+    for f, g in zip(with_black[1::2], alone):
+        np.testing.assert_array_equal(f.prediction, g.prediction)
+        np.testing.assert_array_equal(f.depth_mm, g.depth_mm)
+    assert np.isfinite(run([black], fov_mask=None)[0].prediction).all()
 
 
 def test_blank_frames_are_warned_about_once_per_stream(tmp_path, caplog):
@@ -130,7 +152,7 @@ def test_blank_frames_are_warned_about_once_per_stream(tmp_path, caplog):
     varied = np.linspace(1, 2, 12, dtype=np.float32).reshape(3, 4)
     saved = _saved(tmp_path / "p", [flat, varied, flat, flat, flat])
     caplog.set_level(logging.DEBUG, logger="SurgicalDepthLib.stream")
-    out = list(sd.depth_stream(saved, [np.zeros((3, 4, 3), np.uint8)] * 5))
+    out = list(sd.depth_stream(saved, [np.full((3, 4, 3), 128, np.uint8)] * 5))
     assert [np.isnan(f.depth_mm).all() for f in out] == [True, False, True, True, True]
     blank = [r for r in caplog.records if "has no range" in r.getMessage()]
     assert [r.levelno for r in blank] == [logging.WARNING] + [logging.DEBUG] * 3
@@ -207,6 +229,21 @@ def test_max_frames_reads_no_source_frame_past_the_last_one_used(tmp_path):
 
     out = list(sd.depth_stream(saved, source(), start=2, stride=3, max_frames=2, fov_mask=None))
     assert [f.index for f in out] == [2, 5] and served == list(range(6))
+
+
+def test_an_opened_reader_is_selected_by_source_index(model, clip, one_torch_thread):
+    """Catches ``start``/``stride`` applied to an opened reader's positions instead of its frames' source indices
+    (the documented meaning): a reader opened at every second frame, asked for frames 2, 4, 6, gave 4 and 8 (the
+    third and fifth it yields), and a reader that skipped an undecodable frame shifted every later selection."""
+    path, frames = clip
+    reader = sd.open_frames(path, stride=2)  # source frames 0, 2, 4, 6
+    try:
+        out = list(sd.depth_stream(model, reader, start=2, stride=2, max_frames=3, input_size=SIZE, fov_mask=None))
+    finally:
+        reader.close()
+    assert [f.index for f in out] == [2, 4, 6]
+    for f in out:
+        np.testing.assert_array_equal(f.rgb, frames[f.index])
 
 
 @pytest.mark.parametrize("kwargs, name", [({"stride": 0}, "stride"), ({"start": -1}, "start"),

@@ -56,3 +56,28 @@ def test_detail_size_not_above_the_training_input_is_refused(tmp_path, size, unl
     with pytest.raises(ValueError, match=r"^teacher_detail_size must be"):
         TrainConfig(output=str(tmp_path / "o"), input_size=(28, 34), teacher_detail_size=size,
                     unlabeled_root=str(tmp_path) if unlabeled else None)
+
+
+
+@pytest.mark.parametrize("options, expected", [
+    ({}, ("pseudo-labels", "feature-alignment")),
+    ({"teacher": "default"}, ("feature-alignment",)),
+    ({"teacher": "random:surgical-depth-tiny", "feature_weight": 0.0}, ("pseudo-labels",)),
+    ({"teacher": "default", "feature_weight": 0.0}, ()),
+    ({"model": "default"}, ())])
+def test_targets_from_untrained_weights_are_warned(tmp_path, caplog, options, expected):
+    """Catches the semi-supervised term quietly taking its targets from untrained weights: with the default
+    ``random:`` start model the teacher (without ``--teacher``) and the frozen encoder are random networks, so the
+    run learns noise on the real frames while its log looks like Depth Anything's recipe."""
+    import logging
+
+    from SurgicalDepthTrainingLib import semi
+
+    frames = [{"image": textured(48, 48, k)} for k in range(2)]
+    cfg = TrainConfig(output=str(tmp_path / "o"), input_size=(28, 28), unlabeled_root=str(tmp_path), **options)
+    with caplog.at_level(logging.WARNING, logger=semi.__name__):
+        build_semi_term(cfg, tiny_model(2), frames, (28, 28), torch.device("cpu"))
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == (1 if expected else 0), warned
+    for needle in ("pseudo-labels", "feature-alignment"):
+        assert (needle in "".join(warned)) == (needle in expected), warned

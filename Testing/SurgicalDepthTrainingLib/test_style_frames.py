@@ -120,6 +120,15 @@ def test_style_frames_give_a_frame_the_reference_colour_reproducibly(tmp_path):
     assert {tuple(c) for c in seen} == colours  # each frame's mean colour, and both frames drawn
 
 
+@pytest.mark.parametrize("size", [(1, 1), (1, 7), (2, 1)])
+def test_style_frames_take_a_frame_of_one_pixel_a_side(tmp_path, size):
+    """Bug caught: the central crop of a frame one pixel high or wide was empty, and the swap failed mid-run with a
+    raw OpenCV assertion (a thumbnail or a strip among thousands of real frames stopped the training)."""
+    write_image(tmp_path / "tiny.png", np.full((*size, 3), (90, 150, 30), np.uint8))
+    spectrum = StyleFrames(tmp_path / "tiny.png").amplitude(0, 21, 30)
+    np.testing.assert_allclose(spectrum[10, 15], 21 * 30 * np.array([90, 150, 30]) / 255.0, rtol=1e-5)
+
+
 @pytest.mark.parametrize("case", ["missing", "empty", "beta"])
 def test_style_frames_refuse_bad_input_naming_it(tmp_path, case):
     """Bug caught: a folder without images accepted (the run would fail at its first swap, minutes in) or a window

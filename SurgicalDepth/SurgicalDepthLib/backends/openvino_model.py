@@ -7,7 +7,6 @@ import io
 import logging
 import os
 import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import numpy as np
 
 from ..atomic_io import atomic_paths
 from ..configs import ModelConfig
+from ..recent import RecentlyUsed
 from ._base import CompiledDepthModel
 from ._metadata import PREFIX, read_metadata
 from ._runtime import require
@@ -50,20 +50,30 @@ class OpenVINOModel(CompiledDepthModel):
         self._ov = require("openvino", "backend='openvino'")
         self._core = self._ov.Core()
         self._model = ov_model
-        self.cache_size = cache_size
-        self._compiled: OrderedDict[tuple[int, ...], Any] = OrderedDict()  # shape -> infer request
+        self._compiled: RecentlyUsed[tuple[int, ...], Any] = RecentlyUsed(cache_size)  # shape -> infer request
         self._lock = threading.Lock()  # one infer request per shape, used by one caller at a time
+
+    @property
+    def cache_size(self) -> int:
+        """Input shapes kept compiled (beyond it, the least recently used goes at the next compilation)."""
+        return self._compiled.capacity
+
+    @cache_size.setter
+    def cache_size(self, value: int) -> None:
+        if value < 1:
+            raise ValueError(f"cache_size must be >= 1, got {value}")
+        self._compiled.capacity = int(value)
 
     @property
     def compiled_shapes(self) -> list[tuple[int, ...]]:
         """Input shapes compiled and kept, least recently used first."""
-        return list(self._compiled)
+        return self._compiled.keys()
 
     def _request(self, shape: tuple[int, ...]) -> Any:
-        request = self._compiled.get(shape)
-        if request is not None:
-            self._compiled.move_to_end(shape)
-            return request
+        return self._compiled.get(shape, lambda: self._compile(shape))
+
+    def _compile(self, shape: tuple[int, ...]) -> Any:
+        """An infer request of the model reshaped to ``shape``, compiled at ``self.precision``."""
         model = self._model.clone()
         model.reshape(list(shape))
         compiled = self._core.compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": _HINTS[self.precision],
@@ -72,11 +82,8 @@ class OpenVINOModel(CompiledDepthModel):
         if actual != self.precision:
             logger.warning("OpenVINO computes in %s on this CPU, not the requested %s", actual, self.precision)
             self.precision = actual
-        self._compiled[shape] = request = compiled.create_infer_request()
-        while len(self._compiled) > self.cache_size:
-            self._compiled.popitem(last=False)
         logger.debug("OpenVINO: compiled %s for input %s", self.precision, shape)
-        return request
+        return compiled.create_infer_request()
 
     def _run(self, x: np.ndarray) -> np.ndarray:
         with self._lock:

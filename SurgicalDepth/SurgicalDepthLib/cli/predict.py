@@ -326,7 +326,7 @@ def _predict_sequence(model, reader: FrameReader, name: str, args: argparse.Name
             save_depth(out.path(f"{name}/{frame.index:06d}{ext}"), pred, unit=_map_unit(model))
             masks.add(frame)
             if args.colormap:
-                if vrange is None or not fixed_range:
+                if not fixed_range or vrange is None or vrange[0] is None:  # fixed: the first frame with depth's
                     vrange = _colour_range(pred, kind)
                 color = colorize(pred, kind, *vrange)
                 write_image(out.path(f"{name}/{frame.index:06d}_color.png"), color)

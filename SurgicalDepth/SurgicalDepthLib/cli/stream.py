@@ -60,6 +60,8 @@ def register(subparsers) -> None:
                         "models with a reference lens (the default model) is corrected to it, and --points uses it; "
                         "default: no correction and, for --points, a 70 degree horizontal field of view (warned)")
     p.add_argument("--status-interval", type=float, default=5.0, help="seconds between status lines")
+    p.add_argument("--max-clients", type=int, default=16,  # = live.MAX_CLIENTS (live imports pyigtl)
+                   help="clients served at once when listening (default 16); more connections are closed at once")
     p.set_defaults(func=run)
 
 
@@ -73,6 +75,8 @@ def _check_args(args: argparse.Namespace) -> None:
         raise CliError(f"--depth-range needs 0 < NEAR < FAR, got {near:g} {far:g}")
     if args.point_budget < 1:
         raise CliError(f"--point-budget must be >= 1, got {args.point_budget}")
+    if args.max_clients < 1:
+        raise CliError(f"--max-clients must be >= 1, got {args.max_clients}")
     if not args.status_interval > 0:
         raise CliError(f"--status-interval must be > 0 seconds, got {args.status_interval:g}")
     check_intrinsics_arg(args.intrinsics)
@@ -117,7 +121,8 @@ def run(args: argparse.Namespace) -> int:
                            connect=args.connect, points=args.points, point_budget=args.point_budget,
                            intrinsics=args.intrinsics, depth_range=tuple(args.depth_range),
                            input_size=args.input_size, fov_mask=args.fov_mask,
-                           status_interval=args.status_interval, on_status=report)
+                           status_interval=args.status_interval, on_status=report,
+                           max_clients=args.max_clients)
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         service.start()
