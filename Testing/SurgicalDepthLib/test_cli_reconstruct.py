@@ -101,23 +101,31 @@ def test_stride_takes_the_pose_of_each_source_frame(tmp_path, clip):
     np.testing.assert_allclose(used[2], frames[2]["pose"], rtol=0, atol=1e-6)
 
 
-def test_saved_depth_blank_frame_is_skipped(tmp_path, clip):
-    """Catches: one blank frame (no depth) ending the whole reconstruction with 'no valid depth pixels'."""
+def test_saved_depth_blank_frame_is_skipped(tmp_path, clip, caplog):
+    """Catches: one blank frame (no depth) ending the whole reconstruction with 'no valid depth pixels'; and a
+    warning for each such frame (a clip that starts black now has one frame without depth per black frame): the
+    first is warned, the others counted in one closing warning."""
+    import logging
+
     from SurgicalDepthLib.saved_predictions import INFO_NAME
 
     root, _, intr = clip
     depth_dir = tmp_path / "pred"
     depth_dir.mkdir()
     ramp = np.linspace(1.0, 2.0, 56 * 70, dtype=np.float32).reshape(56, 70)
-    for i, m in enumerate([ramp, np.ones((56, 70), np.float32), ramp]):
+    for i, m in enumerate([np.ones((56, 70), np.float32), ramp, np.ones((56, 70), np.float32)]):
         np.save(depth_dir / f"{i:06d}.npy", m)
     (depth_dir / INFO_NAME).write_text(json.dumps({"model": "test", "output_kind": "disparity",
                                                        "depth_unit": "relative", "format": "npy", "size": [56, 70]}))
     out = tmp_path / "out"
-    assert main(["reconstruct", str(root / "rgb"), "--output", str(out), "--intrinsics", intr, "--depth",
-                 str(depth_dir), "--fuse", "--voxel-size", "2"]) == 0
-    assert sorted(p.name for p in out.glob("points_*.ply")) == ["points_000000.ply", "points_000002.ply"]
-    assert sorted(read_poses(out / "poses.txt")) == [0, 2]
+    with caplog.at_level(logging.WARNING, logger="SurgicalDepthLib.cli.reconstruct"):
+        assert main(["reconstruct", str(root / "rgb"), "--output", str(out), "--intrinsics", intr, "--depth",
+                     str(depth_dir), "--fuse", "--voxel-size", "2"]) == 0
+    assert sorted(p.name for p in out.glob("points_*.ply")) == ["points_000001.ply"]
+    assert sorted(read_poses(out / "poses.txt")) == [1]
+    warned = [r.getMessage() for r in caplog.records if r.name == "SurgicalDepthLib.cli.reconstruct"]
+    assert len(warned) == 2 and "frame 0 has no valid depth" in warned[0], warned
+    assert "2 of 3 frames had no valid depth" in warned[1]
 
 
 def test_saved_depth_of_other_frames_fails_before_any_output(tmp_path, clip, capsys):

@@ -173,7 +173,7 @@ def _reconstruct_frames(out: RunFolder, args: argparse.Namespace, reader: Any, i
     """Stream the frames through the depth source (the one inference loop): per-frame clouds / meshes every
     ``--every`` frames, each frame into the fusion, each new field-of-view mask into ``masks``; returns the number
     of frames."""
-    count = 0
+    count = skipped = 0
     with contextlib.closing(reader), progress_of(args).stage("reconstruct", reader.frame_count) as bar:
         lens = intr if args.intrinsics is not None else None  # a guessed field of view corrects nothing
         for frame in depth_stream(source, reader, depth_range=tuple(args.depth_range), batch_size=args.batch_size,
@@ -182,8 +182,11 @@ def _reconstruct_frames(out: RunFolder, args: argparse.Namespace, reader: Any, i
             masks.add(frame)
             count += 1
             bar.update(1)
-            if not frame.valid.any():
-                logger.warning("frame %d has no valid depth (blank?): skipped", frame.index)
+            if not frame.valid.any():  # warned once: a black intro is many such frames
+                skipped += 1
+                logger.log(logging.WARNING if skipped == 1 else logging.DEBUG, "frame %d has no valid depth (a "
+                           "black or blank frame?): skipped%s", frame.index,
+                           "; later such frames are counted" if skipped == 1 else "")
                 continue
             if (count - 1) % args.every == 0:
                 _write_frame(out, args, frame, intr)
@@ -192,6 +195,8 @@ def _reconstruct_frames(out: RunFolder, args: argparse.Namespace, reader: Any, i
         bar.retotal(count)  # a video that ended before its announced count
     if count == 0:
         raise CliError(f"{args.input}: no frames")
+    if skipped > 1:
+        logger.warning("%d of %d frames had no valid depth and were skipped", skipped, count)
     return count
 
 
