@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,9 +43,24 @@ def train_device(device: str, dist_info: Any) -> torch.device:
     from SurgicalDepthLib.loading import resolve_device
 
     if dist_info.enabled and torch.cuda.is_available():
-        torch.cuda.set_device(dist_info.local_rank)
-        return torch.device("cuda", dist_info.local_rank)
+        # LOCAL_WORLD_SIZE (torchrun): every process, rank 0 too, sees that there are too few GPUs and says so
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", dist_info.local_rank + 1))
+        gpu = rank_gpu(dist_info.local_rank, torch.cuda.device_count(), local_world)
+        torch.cuda.set_device(gpu)
+        return torch.device("cuda", gpu)
     return resolve_device(device)
+
+
+def rank_gpu(local_rank: int, n_gpus: int, local_world: int) -> int:
+    """The GPU of process ``local_rank`` of the ``local_world`` training processes of a machine with ``n_gpus``
+    CUDA devices: its own one. ValueError, in every process, when there are more processes than GPUs (e.g. the
+    Slicer module's GPUs setting above what the machine has), instead of CUDA's "invalid device ordinal" from the
+    first kernel of the processes without one (and rank 0 ended by the launcher as if interrupted)."""
+    if not 0 <= local_rank < local_world <= n_gpus:
+        raise ValueError(f"{local_world} training processes on this machine but {n_gpus} CUDA device(s): each needs "
+                         f"a GPU of its own; start at most {n_gpus} (torchrun --nproc_per_node, the GPUs setting "
+                         "of the SurgicalDepthTraining module)")
+    return local_rank
 
 
 def any_rank(flag: bool, distributed: bool, device: torch.device) -> bool:

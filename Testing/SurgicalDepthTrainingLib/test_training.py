@@ -636,3 +636,16 @@ def test_validation_leaves_out_an_image_without_ground_truth_in_range():
     with pytest.raises(ValueError, match="no validation image has a valid ground-truth pixel"):
         validate(model, [{k: v[[1]] for k, v in batch.items()}], output_kind="disparity",
                  device=torch.device("cpu"), max_depth=100.0)
+
+
+def test_each_training_process_gets_its_own_gpu_or_a_clear_error():
+    """Catches a DDP run started with more processes than GPUs (the Slicer module's GPUs setting at 4 on a 2-GPU
+    machine) failing with CUDA's "invalid device ordinal" deep in the first kernel, or two processes sharing a GPU:
+    process k takes GPU k, and a process without one is refused naming the count and the setting to lower."""
+    from SurgicalDepthTrainingLib._train_loop import rank_gpu
+
+    assert [rank_gpu(k, 4, 4) for k in range(4)] == [0, 1, 2, 3]
+    assert rank_gpu(1, 4, 2) == 1  # fewer processes than GPUs
+    for local_rank, n_gpus, local_world in ((0, 2, 4), (2, 2, 4), (0, 1, 2), (0, 0, 1)):  # rank 0 told too
+        with pytest.raises(ValueError, match=rf"^{local_world} training processes .* {n_gpus} CUDA device\(s\)"):
+            rank_gpu(local_rank, n_gpus, local_world)
