@@ -93,6 +93,9 @@ class LiveWorker:
         input_size: network input lower bound (None: the model's own).
         fov_mask: ``"auto"`` (found per frame size from the first frames that are not blank), ``"none"``/None, a
             bool ``[H, W]`` array or a mask image path (:func:`~slicer_run.resolve_fov`).
+        blank_no_depth: a blank frame (:func:`~fov.is_blank`: a black screen) gets no depth, as ``depth_stream``
+            gives it under the ``"auto"`` field of view; None: only with ``fov_mask="auto"``
+            (:func:`worker_options` sets it for the mask an ``"auto"`` run found).
         point_budget: points of each frame's cloud (0 = every valid pixel); None = no point cloud.
         record_frames: the first this many results are marked ``record``.
         first_number: :attr:`LiveResult.number` of the first frame put.
@@ -103,7 +106,7 @@ class LiveWorker:
     def __init__(self, model: Any, *, intrinsics_for: Callable[[int, int], Any] | None = None, calibrated: bool = False,
                  depth_range: tuple[float | None, float | None] | None = None, input_size: int | None = None,
                  fov_mask: Any = "auto", point_budget: int | None = DEFAULT_POINT_BUDGET, record_frames: int = 0,
-                 first_number: int = 0, max_results: int = 2):
+                 first_number: int = 0, max_results: int = 2, blank_no_depth: bool | None = None):
         from .alignment import DEFAULT_DEPTH_RANGE_MM
         from .slicer_run import resolve_fov
 
@@ -117,6 +120,7 @@ class LiveWorker:
         self.calibrated = bool(calibrated)
         self.depth_range = (near or DEFAULT_DEPTH_RANGE_MM[0], far or DEFAULT_DEPTH_RANGE_MM[1])
         self.fov_mask, self.point_budget, self.record_frames = resolve_fov(fov_mask), point_budget, record_frames
+        self.blank_no_depth = isinstance(self.fov_mask, str) if blank_no_depth is None else bool(blank_no_depth)
         self._mailbox, self._results = LatestFrameMailbox(), queue.Queue(maxsize=max_results)
         self._stop, self._lock = threading.Event(), threading.Lock()
         self._thread: threading.Thread | None = None
@@ -239,7 +243,7 @@ class LiveWorker:
                               fov_mask=fov, intrinsics=intrinsics if self.calibrated else None)
         with closing(stream):
             depth = next(stream)
-        if isinstance(self.fov_mask, str) and is_blank(rgb):  # "auto": a black screen shows no tissue
+        if self.blank_no_depth and is_blank(rgb):  # "auto": a black screen shows no tissue
             depth = without_depth(depth)
         kinds = ["frames", "depth"] + (["points"] if self.point_budget is not None else [])
         outputs = frame_outputs(depth, intrinsics, kinds, point_budget=self.point_budget or 0)
@@ -256,16 +260,19 @@ def worker_options(options: dict[str, Any], fov_mask: Any, record_frames: int = 
     ``intrinsics`` / ``calibration`` / ``fx, fy, cx, cy``; ``nearMm, farMm``; ``inputSize``; ``pointCloud,
     pointBudget``; ``fovMask``; the others are ignored), so that live frames are computed like the run that
     ``process`` made from the first image: its field of view ``fov_mask`` (None with ``fovMask="auto"``: that
-    image showed no border, e.g. a black screen: the worker goes on looking) and ``record_frames`` in all, the first
-    (process's) included. Numbers start at 1 (item 0 is process's)."""
+    image showed no border, e.g. a black screen: the worker goes on looking; either way, as ``"auto"``, a black frame
+    gets no depth) and ``record_frames`` in all, the first (process's) included. Numbers start at 1 (item 0 is
+    process's)."""
     fields = tuple(float(options.get(key, 0.0)) for key in ("fx", "fy", "cx", "cy"))
     budget = options.get("pointBudget", DEFAULT_POINT_BUDGET)
+    choice = options.get("fovMask", "auto")
+    auto = isinstance(choice, str) and choice == "auto"
     return {"intrinsics_for": partial(resolve_intrinsics, intrinsics=options.get("intrinsics"),
                                       calibration=options.get("calibration"), fields=fields),
             "calibrated": has_calibration(options.get("intrinsics"), options.get("calibration"), fields[0]),
             "depth_range": (options.get("nearMm"), options.get("farMm")),
             "input_size": options.get("inputSize") or None,
-            "fov_mask": "auto" if fov_mask is None and options.get("fovMask", "auto") == "auto" else fov_mask,
+            "fov_mask": "auto" if fov_mask is None and auto else fov_mask, "blank_no_depth": auto,
             "point_budget": budget if options.get("pointCloud", True) else None,
             "record_frames": max(int(record_frames) - 1, 0), "first_number": 1}
 

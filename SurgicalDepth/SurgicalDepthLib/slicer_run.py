@@ -12,6 +12,7 @@ of those two modules are importable from here too, where the module and its test
 """
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Iterable
 from contextlib import closing
@@ -33,6 +34,8 @@ __all__ = [  # the last two lines: re-exported from slicer_parameters and slicer
     "FOV_CHOICES", "INPUT_MODES", "input_ready", "live_arguments", "process_arguments",
     "FrameSource", "array_source", "check_rgb_sequence", "select_frames", "video_source"]
 
+logger = logging.getLogger(__name__)
+
 
 class DisplayRange:
     """Window/level and colour range of depth maps seen one at a time: the lowest ``low`` and highest ``high``
@@ -49,9 +52,12 @@ class DisplayRange:
             lo, hi = np.percentile(values, [self.low, self.high])
             self.lo, self.hi = min(self.lo, float(lo)), max(self.hi, float(hi))
 
-    def range(self) -> tuple[float, float]:
-        """``(lo, hi)`` with ``hi > lo``; ValueError when no frame had a valid depth."""
+    def range(self, default: tuple[float, float] | None = None) -> tuple[float, float]:
+        """``(lo, hi)`` with ``hi > lo``; when no frame had a valid depth ``default``, or without one a
+        ValueError."""
         if not math.isfinite(self.lo):
+            if default is not None:
+                return default
             raise ValueError("no frame has a valid (finite, positive) depth")
         return self.lo, max(self.hi, self.lo + max(abs(self.lo) * 1e-3, 1e-6))
 
@@ -213,8 +219,9 @@ def dialog_progress(dialog: Any, process_events: Callable[[], Any]) -> Callable[
 
 @dataclass(frozen=True)
 class RunResult:
-    """What :func:`run_frames` returns: frames processed, display range (mm), fused RAS surface or None, and the
-    field of view the stream used (bool ``[H, W]``, True = tissue; None when every pixel counted)."""
+    """What :func:`run_frames` returns: frames processed, display range (mm; the depth range when no frame had
+    depth), fused RAS surface or None (no fusion, or nothing fused), and the field of view the stream used (bool
+    ``[H, W]``, True = tissue; None when every pixel counted)."""
 
     frames: int
     display_range: tuple[float, float]
@@ -289,8 +296,11 @@ def run_frames(model: Any, source: FrameSource, intrinsics: Any, kinds: Iterable
     if count == 0:
         raise ValueError(f"{source.name}: no frame could be read")
     fused = None
-    if tsdf is not None:
+    if tsdf is not None and tsdf.n_frames == 0:  # every frame black (or blank): nothing was fused
+        logger.warning("%s: no frame has depth (black or blank frames?): no fused surface", source.name)
+    elif tsdf is not None:
         step(0.93, "Extracting the fused surface")
         fused = polydata_to_ras(tsdf.extract_mesh())
         step(0.97, "Storing the fused surface")
-    return RunResult(count, shown.range(), fused, fov)
+    # no frame with depth (a black screen: the scope not on yet, as when live depth starts): the depth range shown
+    return RunResult(count, shown.range(default=near_far), fused, fov)

@@ -116,7 +116,10 @@ def _indexed_frames(frames: Any, start: int, stride: int, max_frames: int | None
         reader = open_frames(frames, start=start, stop=stop, stride=stride, prefetch=prefetch)
         return reader.indexed(), reader  # not zip(indices, ...): a video may hold more frames than it announced
     if isinstance(frames, FrameReader):  # already opened: its frames carry their source indices
-        return _source_frames(frames.indexed(), start, stop, stride), frames
+        selected = _source_frames(frames.indexed(), start, stride)
+        # max_frames counts the frames used, not source indices: a reader opened at frame 100 (or at every 2nd)
+        # gave no frame (or half of them) for a stop computed from start = 0
+        return (selected if max_frames is None else itertools.islice(selected, max_frames)), frames
     if isinstance(frames, np.ndarray) and frames.ndim == 3:
         frames = [frames]  # one image
     try:
@@ -138,14 +141,12 @@ def without_depth(frame: DepthFrame) -> DepthFrame:
                       frame.fov_mask)
 
 
-def _source_frames(items: Iterator[tuple[int, np.ndarray]], start: int, stop: int | None,
+def _source_frames(items: Iterator[tuple[int, np.ndarray]], start: int,
                    stride: int) -> Iterator[tuple[int, np.ndarray]]:
-    """The ``(source index, rgb)`` pairs of ``items`` (increasing indices) whose index is ``start + k · stride``
-    below ``stop``: by index, not position, since a reader opened with its own selection, or one that skipped a
-    frame it could not decode, yields frames whose positions are not their indices."""
+    """The ``(source index, rgb)`` pairs of ``items`` whose index is ``start + k · stride``: by index, not
+    position, since a reader opened with its own selection, or one that skipped a frame it could not decode, yields
+    frames whose positions are not their indices."""
     for index, rgb in items:
-        if stop is not None and index >= stop:
-            return
         if index >= start and (index - start) % stride == 0:
             yield index, rgb
 
@@ -347,8 +348,8 @@ def depth_stream(model: Any, frames: Any, *, depth_range: tuple[float, float] | 
             frame has the first one's size (a frame of another size is a ValueError after the frames before it are
             yielded; the live service starts a new stream when the size changes).
         depth_range: (near, far) mm for relative models; default :data:`alignment.DEFAULT_DEPTH_RANGE_MM`.
-        start, stride, max_frames: use source frames ``start, start + stride, ...``, at most ``max_frames`` (an
-            opened :class:`FrameReader`'s frames by their source index; an iterable's by position).
+        start, stride, max_frames: use source frames ``start, start + stride, ...``, at most ``max_frames`` of
+            them (an opened :class:`FrameReader`'s frames by their source index; an iterable's by position).
         batch_size: frames per forward pass (default: the model's, 1 on CPU and 4 on a GPU).
         temporal: stabilise relative depth over time (videos).
         input_size: network input lower bound (multiple of 14; default the model's own).

@@ -513,3 +513,29 @@ def test_a_fixed_colour_range_comes_from_the_first_frame_with_depth(tmp_path, ch
     for i in (1, 2):
         np.testing.assert_array_equal(read_image(out / "intro" / f"{i:06d}_color.png"),
                                       colorize(maps[i], "disparity", *first))
+
+
+def test_a_black_image_gets_no_depth_under_the_auto_field_of_view(tmp_path, checkpoint, model):
+    """Catches the black-frame rule missing for separate images: ``predict`` gives each image its own field of view
+    (an array, not "auto", for ``depth_stream``), so a black image (a frame grabbed before the scope was on) was
+    written with the network's depth while the same frame in a video, in Slicer or live got none. Under
+    ``--fov-mask auto`` its map is all NaN (0 in PNG, black colour map); with ``--fov-mask none`` it is predicted;
+    the image beside it is predicted as usual."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    tissue = textured(40, 56, 1)
+    cv2.imwrite(str(folder / "black.png"), np.zeros((40, 56, 3), np.uint8))
+    cv2.imwrite(str(folder / "tissue.png"), tissue[..., ::-1])
+    for fov, fmt in (("auto", "npy"), ("auto", "png"), ("none", "npy")):
+        out = tmp_path / f"out_{fov}_{fmt}"
+        done = _cli("predict", folder, "--output", out, "--model", checkpoint, "--input-size", SIZE, "--device",
+                    "cpu", "--format", fmt, "--colormap", "--fov-mask", fov, "--progress", "none")
+        assert done.returncode == 0, done.stderr[-2000:]
+        black = load_depth(out / f"black_depth.{fmt}")
+        np.testing.assert_allclose(load_depth(out / f"tissue_depth.{fmt}"), model.infer_image(tissue, SIZE),
+                                   rtol=1e-5 if fmt == "npy" else 1e-4, atol=1e-5 if fmt == "npy" else 1e-4)
+        if fov == "none":
+            assert np.isfinite(black).all() and np.ptp(black) > 0
+            continue
+        assert (np.isnan(black).all() if fmt == "npy" else (black == 0).all()), fmt
+        assert not cv2.imread(str(out / "black_color.png")).any()

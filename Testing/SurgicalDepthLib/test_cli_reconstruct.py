@@ -372,3 +372,33 @@ def test_a_cut_video_is_reconstructed_to_its_real_end_and_progress_ends_there(tm
     steps = [e for e in events if e["event"] == "progress" and e["stage"] == "reconstruct"]
     decoded = sum(1 for _ in sd.open_frames(cut))
     assert 3 <= decoded < 20 and steps[-1]["step"] == steps[-1]["total"] == decoded
+
+
+def test_fusing_a_clip_of_black_frames_is_one_line_naming_the_input(tmp_path):
+    """Catches ``reconstruct --fuse`` of a clip with no frame of depth (every frame black: the scope never on, now
+    that a black frame gets no depth) ending with the TSDF's internal "TSDFVolume is empty: integrate at least one
+    frame first", which names neither the input nor why; the error names the input and the black frames, exit 2,
+    nothing left in the output folder."""
+    import os
+    import subprocess
+    import sys
+
+    from tiny_model import tiny_model
+
+    from SurgicalDepthLib.checkpoints import save_checkpoint
+
+    checkpoint = save_checkpoint(tmp_path / "tiny.safetensors", tiny_model())
+    frames = tmp_path / "black"
+    frames.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(frames / f"{i:03d}.png"), np.zeros((40, 56, 3), np.uint8))
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "SurgicalDepthLib.cli", "reconstruct", str(frames), "--output",
+                           str(out), "--model", str(checkpoint), "--input-size", "70", "--device", "cpu", "--fuse",
+                           "--progress", "none"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 2, done.stderr[-2000:]
+    error = [line for line in done.stderr.splitlines() if "error" in line]
+    assert len(error) == 1 and str(frames) in error[0] and "none of its 3 frames has valid depth" in error[0], error
+    assert "Traceback" not in done.stderr and "TSDFVolume" not in done.stderr
+    assert not out.exists() or not [p for p in out.iterdir() if not p.name.startswith(".")]

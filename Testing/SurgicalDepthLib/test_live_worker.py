@@ -237,6 +237,27 @@ def test_worker_options_follow_the_process_arguments():
     assert worker_options({}, None)["fov_mask"] == "auto" == worker_options({"fovMask": "auto"}, None)["fov_mask"]
 
 
+def test_a_black_frame_gets_no_depth_after_an_auto_run_found_the_field_of_view(model, one_torch_thread):
+    """Catches the black-frame rule lost in the Slicer live panel: live depth starts with a run on the current image,
+    and when that image showed the scope's border the worker is given the mask found (an array), not "auto", so a
+    black screen later (scope taken out, light off) was drawn with the network's depth and points. With
+    ``fovMask="auto"`` it gets none whatever the run found; with the mask chosen by the user it is predicted."""
+    frame, scope = scope_frame(1)
+    black = np.zeros_like(frame)
+    for options, expected in (({"fovMask": "auto"}, True), ({}, True), ({"fovMask": scope}, False)):
+        worker = LiveWorker(model, **worker_options({**options, "inputSize": SIZE, "pointBudget": 500}, scope)).start()
+        try:
+            worker.put(frame, meta=0)
+            (seen,) = drain(worker, 1)
+            worker.put(black, meta=1)
+            (dark,) = drain(worker, 1)
+        finally:
+            assert worker.stop(timeout=10)
+        assert seen.frame.fov_mask is not None and np.isfinite(seen.frame.depth_mm[scope]).any()
+        assert np.isnan(dark.frame.depth_mm).all() == expected, options
+        assert (dark.outputs["points"].GetNumberOfPoints() == 0) == expected, options
+
+
 def test_no_thread_left_after_stop(model, one_torch_thread):
     before = {t.name for t in threading.enumerate()}
     worker = LiveWorker(model, input_size=SIZE, fov_mask=None).start()

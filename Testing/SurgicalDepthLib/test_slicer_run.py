@@ -245,6 +245,34 @@ def test_fusion_goes_on_past_a_blank_frame(model, one_torch_thread):
     assert np.array_equal(poses[2], poses[1])
 
 
+def test_a_run_of_black_frames_ends_with_no_depth_instead_of_failing(model, tmp_path, one_torch_thread):
+    """Catches a Slicer run that failed at its end when no frame had depth, now that a black frame gets none under
+    the "auto" field of view: "no frame has a valid (finite, positive) depth" for the display range (starting live
+    depth on a feed whose scope is not on yet runs the module on that one black image first, so live depth could
+    not start), and "TSDFVolume is empty" for fusion. The run ends with the depth range shown and no fused
+    surface."""
+    import cv2
+
+    path = tmp_path / "black.mp4"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (56, 40))
+    for _ in range(3):
+        writer.write(np.zeros((40, 56, 3), np.uint8))
+    writer.release()
+    intr = sd.Intrinsics.from_fov(56, 40, 70.0)
+    stored = []
+    result = run.run_frames(model, run.video_source(path), intr, ["depth", "points", "poses"],
+                            lambda item, out: stored.append((item, out)), lambda f, text: True, input_size=SIZE,
+                            voxel_mm=2.0)
+    assert (result.frames, result.display_range, result.fused) == (3, DEFAULT_DEPTH_RANGE_MM, None)
+    assert [item for item, _ in stored] == [0, 1, 2]
+    for _, out in stored:
+        assert np.isnan(out["depth"]).all() and out["points"].GetNumberOfPoints() == 0
+        assert np.allclose(out["poses"], np.eye(4))
+    one = run.run_frames(model, _array_source([np.zeros((40, 56, 3), np.uint8)]), intr, ["depth", "points"],
+                         lambda item, out: None, lambda f, text: True, input_size=SIZE, near_mm=10.0, far_mm=80.0)
+    assert (one.frames, one.display_range) == (1, (10.0, 80.0))
+
+
 def test_fusion_holds_no_more_than_the_memory_it_is_given(model, one_torch_thread, monkeypatch):
     """Catches: the TSDF volume of a Slicer run built with its 5 GiB defaults whatever memory the budget left
     (``check_memory``'s answer), so its pool and extraction grid could take more than the run was allowed."""

@@ -246,6 +246,22 @@ def test_an_opened_reader_is_selected_by_source_index(model, clip, one_torch_thr
         np.testing.assert_array_equal(f.rgb, frames[f.index])
 
 
+@pytest.mark.parametrize("opened, expected", [({"start": 3}, [3, 4]), ({"stride": 2}, [0, 2])])
+def test_max_frames_of_an_opened_reader_counts_the_frames_used(model, clip, opened, expected, one_torch_thread):
+    """Catches ``max_frames`` on an opened reader turned into a source-index stop counted from ``start`` (0): a
+    reader opened at frame 3 gave no frame at all for ``max_frames=2`` (the stop was frame 2), one opened at every
+    second frame gave one frame instead of two."""
+    path, frames = clip
+    reader = sd.open_frames(path, **opened)
+    try:
+        out = list(sd.depth_stream(model, reader, max_frames=2, input_size=SIZE, fov_mask=None))
+    finally:
+        reader.close()
+    assert [f.index for f in out] == expected
+    for f in out:
+        np.testing.assert_array_equal(f.rgb, frames[f.index])
+
+
 @pytest.mark.parametrize("kwargs, name", [({"stride": 0}, "stride"), ({"start": -1}, "start"),
                                           ({"max_frames": 0}, "max_frames"), ({"depth_range": (5, 5)}, "depth_range"),
                                           ({"batch_size": 0}, "batch_size"), ({"batch_size": 1.5}, "batch_size")])

@@ -239,6 +239,9 @@ def run(args: argparse.Namespace) -> int:
         count = _reconstruct_frames(out, args, reader, intr, source, fusion, masks)
         meta = _summary(args, source, intr, count)
         meta["fov_masks"] = masks.records
+        if fusion is not None and not fusion.used:  # else "TSDFVolume is empty: integrate at least one frame"
+            raise CliError(f"{args.input}: none of its {count} frames has valid depth (black or blank frames?): "
+                           "nothing to fuse")
         if fusion is not None:
             _write_fusion(out, args, fusion, meta)
         with atomic_path(out.path("reconstruction.json")) as tmp:
