@@ -204,8 +204,8 @@ def _predictions(model: Any, items: Iterator[tuple[int, np.ndarray]], input_size
 
 @dataclass
 class _BlankFrames:
-    """How many of a stream's frames had no disparity range (:func:`_depth_mm`): a count, not a list, so memory
-    stays constant however long a scope shows black."""
+    """How many of a stream's frames were of one kind (no disparity range, :func:`_depth_mm`; or black): a count,
+    not a list, so memory stays constant however long a scope shows black."""
 
     count: int = 0
 
@@ -389,7 +389,7 @@ def depth_stream(model: Any, frames: Any, *, depth_range: tuple[float, float] | 
         fov, items = _field_of_view(fov_mask, _checked_frames(items))
         follow = FovTracker(fov) if isinstance(fov_mask, str) else None  # "auto": the scope image may move
         stabilise = _TemporalDepth(kind, model.depth_unit, near_far, fov) if temporal else None
-        blanks = _BlankFrames()  # frames with no disparity range (_depth_mm)
+        blanks, black = _BlankFrames(), _BlankFrames()  # frames with no disparity range (_depth_mm); black frames
         for index, rgb, pred in _predictions(model, items, input_size, batch_size, detail_size):
             if follow is not None and follow.update(rgb) is not fov:
                 fov = follow.mask
@@ -397,7 +397,10 @@ def depth_stream(model: Any, frames: Any, *, depth_range: tuple[float, float] | 
                 if stabilise is not None:
                     stabilise.fov = fov
             if follow is not None and follow.blank:  # a black screen shows no tissue: no depth, and it fixes no
-                pred = _no_depth(pred.shape)  # colour range or temporal depth mapping either
+                if black.add():  # colour range or temporal depth mapping either
+                    logger.info("frame %d is black (no tissue): no depth for it and the black frames after it", index)
+                yield DepthFrame(int(index), rgb, _no_depth(pred.shape), _no_depth(pred.shape), fov)
+                continue
             if lens is not None:
                 pred = lens(pred)
             if stabilise is not None:

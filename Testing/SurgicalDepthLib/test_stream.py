@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -122,7 +123,7 @@ def test_blank_frame_gives_nan_depth_and_the_stream_goes_on(tmp_path):
 
 
 @pytest.mark.parametrize("temporal", [False, True])
-def test_black_frames_get_no_depth_and_fix_nothing_for_the_frames_after(model, temporal, one_torch_thread):
+def test_black_frames_get_no_depth_and_fix_nothing_for_the_frames_after(model, temporal, caplog, one_torch_thread):
     """Catches a black screen (before the scope is on, between scenes) read as tissue: the network's answer to
     black was written as depth, and with --temporal it fixed the depth mapping of the whole clip (the first frame's
     range maps every later frame), so a clip that starts black came out in another range than the same clip
@@ -134,7 +135,10 @@ def test_black_frames_get_no_depth_and_fix_nothing_for_the_frames_after(model, t
     def run(frames, **options):
         return list(sd.depth_stream(model, frames, input_size=SIZE, temporal=temporal, **options))
 
-    with_black, alone = run([black, seen[0], black, seen[1]]), run(seen)
+    with caplog.at_level(logging.INFO, logger="SurgicalDepthLib.stream"):
+        with_black, alone = run([black, seen[0], black, seen[1]]), run(seen)
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "SurgicalDepthLib.stream"]
+    assert said == [(logging.INFO, "frame 0 is black (no tissue): no depth for it and the black frames after it")]
     for f in (with_black[0], with_black[2]):
         assert np.isnan(f.prediction).all() and not f.valid.any()
     for f, g in zip(with_black[1::2], alone):
