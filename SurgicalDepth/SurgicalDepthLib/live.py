@@ -254,7 +254,13 @@ class DepthService:
                 self._once(logging.WARNING, ("refused",), "stream: %d clients connected (max_clients); closing "
                            "the connection from %s (logged once)", self.max_clients, peer)
                 continue
-            self._spawn(self._serve, f"client {peer}", conn)
+            try:
+                self._spawn(self._serve, f"client {peer}", conn)
+            except RuntimeError as exc:  # "can't start new thread": the place it took is freed
+                with self._lock:
+                    self._connections.discard(conn)
+                conn.close()
+                self._once(logging.ERROR, ("thread", str(exc)), "stream: cannot serve %s: %s", peer, exc)
 
     def _connect_loop(self) -> None:
         host, port = self.address

@@ -316,7 +316,8 @@ def build_semi_term(config: Any, model: nn.Module, unlabeled_data: Any, size: tu
     None). Call it with the start weights: the teacher and the frozen encoder are copies of them."""
     if config.unlabeled_dataset is None and unlabeled_data is None:
         return None
-    _warn_random_targets(config)
+    if rank == 0:  # once per run, not once per process
+        _warn_random_targets(config)
     teacher = build_teacher(config.teacher, model, device)
     # the default teacher is a copy of the start model: its encoder is the student's initial one already
     encoder = teacher.pretrained if not config.teacher else copy.deepcopy(model.pretrained)

@@ -962,3 +962,30 @@ def test_a_black_frame_is_answered_with_no_depth_and_no_points(model, monkeypatc
     assert [np.isnan(d).all() for d in depths] == [True, True, False]
     np.testing.assert_allclose(depths[2], depth_of(model, rgb), rtol=1e-6, equal_nan=True)
     assert [len(c.points) for c in clouds][:2] == [0, 0] and len(clouds[2].points) > 0
+
+
+def test_a_client_whose_thread_cannot_start_does_not_keep_its_place(model, monkeypatch, one_torch_thread):
+    """Catches a connection counted against ``max_clients`` for good when its thread could not start (the system
+    out of threads: ``RuntimeError: can't start new thread``): with one place, every later client was refused. The
+    connection is closed and its place freed; the next client is served."""
+    rgb = textured(24, 32, 4)
+    with running(model, max_clients=1) as service:
+        spawn, failed = service._spawn, []
+
+        def spawn_once_failing(target, name, *args):
+            if name.startswith("client") and not failed:
+                failed.append(name)
+                raise RuntimeError("can't start new thread")
+            return spawn(target, name, *args)
+
+        monkeypatch.setattr(service, "_spawn", spawn_once_failing)
+        first = RawClient(service.address[1])
+        assert first.closed_by_server.wait(WAIT) and failed
+        second = RawClient(service.address[1])
+        try:
+            second.send(pyigtl.ImageMessage(rgb[None], device_name="Video"))
+            assert wait_until(lambda: len(second.replies) == 1), service.stats()
+            assert service.stats().refused == 0
+        finally:
+            first.close()
+            second.close()

@@ -81,3 +81,7 @@ def test_targets_from_untrained_weights_are_warned(tmp_path, caplog, options, ex
     assert len(warned) == (1 if expected else 0), warned
     for needle in ("pseudo-labels", "feature-alignment"):
         assert (needle in "".join(warned)) == (needle in expected), warned
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=semi.__name__):  # DDP: said by rank 0 only, not once per process
+        build_semi_term(cfg, tiny_model(2), frames, (28, 28), torch.device("cpu"), rank=1)
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
