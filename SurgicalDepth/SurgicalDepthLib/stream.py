@@ -131,6 +131,7 @@ def _indexed_frames(frames: Any, start: int, stride: int, max_frames: int | None
 
 
 def _no_depth(shape: tuple[int, ...]) -> np.ndarray:
+    """float32 NaN of ``shape``: a map without depth."""
     return np.full(shape, np.nan, np.float32)
 
 
