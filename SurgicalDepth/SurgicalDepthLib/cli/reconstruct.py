@@ -172,7 +172,7 @@ def _reconstruct_frames(out: RunFolder, args: argparse.Namespace, reader: Any, i
                         fusion: _Fusion | None, masks: FovMaskFiles) -> int:
     """Stream the frames through the depth source (the one inference loop): per-frame clouds / meshes every
     ``--every`` frames, each frame into the fusion, each new field-of-view mask into ``masks``; returns the number
-    of frames."""
+    of frames. CliError when none has depth (all black or blank: nothing to write or fuse)."""
     count = skipped = 0
     with contextlib.closing(reader), progress_of(args).stage("reconstruct", reader.frame_count) as bar:
         lens = intr if args.intrinsics is not None else None  # a guessed field of view corrects nothing
@@ -195,6 +195,8 @@ def _reconstruct_frames(out: RunFolder, args: argparse.Namespace, reader: Any, i
         bar.retotal(count)  # a video that ended before its announced count
     if count == 0:
         raise CliError(f"{args.input}: no frames")
+    if skipped == count:  # else a run of black frames "succeeded" with no output (or the TSDF's "empty" error)
+        raise CliError(f"{args.input}: none of its {count} frames has valid depth (black or blank frames?)")
     if skipped > 1:
         logger.warning("%d of %d frames had no valid depth and were skipped", skipped, count)
     return count
@@ -239,9 +241,6 @@ def run(args: argparse.Namespace) -> int:
         count = _reconstruct_frames(out, args, reader, intr, source, fusion, masks)
         meta = _summary(args, source, intr, count)
         meta["fov_masks"] = masks.records
-        if fusion is not None and not fusion.used:  # else "TSDFVolume is empty: integrate at least one frame"
-            raise CliError(f"{args.input}: none of its {count} frames has valid depth (black or blank frames?): "
-                           "nothing to fuse")
         if fusion is not None:
             _write_fusion(out, args, fusion, meta)
         with atomic_path(out.path("reconstruction.json")) as tmp:
