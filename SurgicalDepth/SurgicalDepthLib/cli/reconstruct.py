@@ -156,7 +156,7 @@ def _write_frame(out: RunFolder, args: argparse.Namespace, frame: Any, intr: Any
 def _summary(args: argparse.Namespace, source: Any, intr: Any, count: int) -> dict:
     near, far = args.depth_range
     if source.output_kind == "disparity":
-        how = ("(2nd/98th percentiles of the first frame, then temporally aligned)" if args.temporal
+        how = ("(2nd/98th percentiles of the first frame with depth, then temporally aligned)" if args.temporal
                else "(2nd/98th percentiles per frame)")
         scale = f"disparity mapped linearly in inverse depth to [{near}, {far}] mm {how}"
     else:
