@@ -248,9 +248,9 @@ class DepthService:
                 full = len(self._connections) >= self.max_clients
                 if not full:
                     self._connections.add(conn)
-            if full:
-                conn.close()
+            if full:  # counted first: a client that sees its connection closed sees it counted too
                 self._count("refused")
+                conn.close()
                 self._once(logging.WARNING, ("refused",), "stream: %d clients connected (max_clients); closing "
                            "the connection from %s (logged once)", self.max_clients, peer)
                 continue
