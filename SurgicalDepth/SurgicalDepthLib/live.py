@@ -49,10 +49,10 @@ from ._igtl import BadMessage, Connection, PointCloudMessage, StreamBroken, body
 from ._live_replies import LIVE_POINT_BUDGET, ReceivedFrame, ReplySender, decimation_grid
 from ._live_stats import DepthServiceStats, ServiceCounters
 from .camera import Intrinsics, parse_intrinsics
-from .fov import FovSearch, is_blank
+from .fov import FovSearch
 from .latest_frame import LatestFrameMailbox
 from .recent import RecentlyUsed
-from .stream import depth_stream, without_depth
+from .stream import depth_stream, no_depth_if_black
 
 __all__ = ["DEFAULT_PORT", "LIVE_POINT_BUDGET", "DepthService", "DepthServiceStats", "PointCloudMessage",
            "decimation_grid"]
@@ -405,8 +405,8 @@ class DepthService:
                 with room:
                     frame = pending.popleft()
                     room.notify_all()
-                if auto and is_blank(frame.rgb):  # a black screen shows no tissue: no depth, no points
-                    out = without_depth(out)
+                if auto:  # a black screen shows no tissue: no depth, no points
+                    out = no_depth_if_black(out)
                 self._replies.submit(out, frame)
         except Exception as exc:  # a frame the model cannot take must not end the service
             self._once(logging.ERROR, ("inference", type(exc).__name__, str(exc)),

@@ -228,9 +228,8 @@ class LiveWorker:
         return fov, intrinsics
 
     def _process(self, number: int, frame: np.ndarray, meta: Any) -> LiveResult:
-        from .fov import is_blank
         from .slicer_run import frame_outputs
-        from .stream import depth_stream, without_depth
+        from .stream import depth_stream, no_depth_if_black
 
         rgb = np.asarray(frame)
         if rgb.ndim == 4:
@@ -243,8 +242,8 @@ class LiveWorker:
                               fov_mask=fov, intrinsics=intrinsics if self.calibrated else None)
         with closing(stream):
             depth = next(stream)
-        if self.blank_no_depth and is_blank(rgb):  # "auto": a black screen shows no tissue
-            depth = without_depth(depth)
+        if self.blank_no_depth:  # "auto": a black screen shows no tissue
+            depth = no_depth_if_black(depth)
         kinds = ["frames", "depth"] + (["points"] if self.point_budget is not None else [])
         outputs = frame_outputs(depth, intrinsics, kinds, point_budget=self.point_budget or 0)
         with self._lock:

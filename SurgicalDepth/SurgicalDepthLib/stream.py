@@ -35,7 +35,7 @@ from .alignment import DEFAULT_DEPTH_RANGE_MM, disparity_to_depth, prediction_to
 from .camera import Intrinsics
 from .depth_kind import OutputKind, invert
 from .detail import check_detail_size
-from .fov import FovSearch, FovTracker, check_fov_mask, nan_outside
+from .fov import FovSearch, FovTracker, check_fov_mask, is_blank, nan_outside
 from .lens import LensCorrection, model_reference_fov
 from .temporal import TemporalAligner
 from .video import FrameReader, open_frames
@@ -130,16 +130,17 @@ def _indexed_frames(frames: Any, start: int, stride: int, max_frames: int | None
     return itertools.islice(numbered, start, stop, stride), None
 
 
-def _no_depth(shape: tuple[int, ...]) -> np.ndarray:
-    """float32 NaN of ``shape``: a map without depth."""
-    return np.full(shape, np.nan, np.float32)
+def _black_frame(index: int, rgb: np.ndarray, fov: np.ndarray | None) -> DepthFrame:
+    """The :class:`DepthFrame` of a black frame ``rgb``: NaN prediction and depth."""
+    shape = rgb.shape[:2]
+    return DepthFrame(int(index), rgb, np.full(shape, np.nan, np.float32), np.full(shape, np.nan, np.float32), fov)
 
 
-def without_depth(frame: DepthFrame) -> DepthFrame:
-    """``frame`` with NaN prediction and depth: a blank frame (:func:`~.fov.is_blank`), as ``depth_stream`` gives
-    one with ``fov_mask="auto"``; for callers that hand it a field of view found by themselves (the live paths)."""
-    return DepthFrame(frame.index, frame.rgb, _no_depth(frame.prediction.shape), _no_depth(frame.prediction.shape),
-                      frame.fov_mask)
+def no_depth_if_black(frame: DepthFrame) -> DepthFrame:
+    """``frame``, or without depth (NaN prediction and depth) when it is black (:func:`~.fov.is_blank`), as
+    ``depth_stream`` gives it under ``fov_mask="auto"``; for callers that hand ``depth_stream`` the field of view
+    an ``"auto"`` search found themselves (the live paths, ``predict``'s single images)."""
+    return _black_frame(frame.index, frame.rgb, frame.fov_mask) if is_blank(frame.rgb) else frame
 
 
 def _source_frames(items: Iterator[tuple[int, np.ndarray]], start: int,
@@ -400,7 +401,7 @@ def depth_stream(model: Any, frames: Any, *, depth_range: tuple[float, float] | 
             if follow is not None and follow.blank:  # a black screen shows no tissue: no depth, and it fixes no
                 if black.add():  # colour range or temporal depth mapping either
                     logger.info("frame %d is black (no tissue): no depth for it and the black frames after it", index)
-                yield DepthFrame(int(index), rgb, _no_depth(pred.shape), _no_depth(pred.shape), fov)
+                yield _black_frame(index, rgb, fov)
                 continue
             if lens is not None:
                 pred = lens(pred)

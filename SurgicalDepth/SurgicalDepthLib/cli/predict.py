@@ -40,10 +40,10 @@ from ..background import BackgroundCalls
 from ..camera import parse_intrinsics
 from ..colormap import colorize, robust_range, to_disparity
 from ..depth_io import DepthSequenceWriter, save_depth
-from ..fov import detect_fov_mask, is_blank, nan_outside, write_fov_mask
+from ..fov import detect_fov_mask, nan_outside, write_fov_mask
 from ..run_folder import RunFolder
 from ..saved_predictions import INFO_NAME, write_info
-from ..stream import DepthFrame, depth_stream, without_depth
+from ..stream import DepthFrame, depth_stream, no_depth_if_black
 from ..frame_sources import frame_source_images, frame_source_kind, frame_source_videos
 from ..video import FrameReader, open_frames, read_image, write_image
 from . import (FOV_MASK_HELP, OVERWRITE_HELP, CliError, add_model_args, check_intrinsics_arg,
@@ -221,8 +221,8 @@ def _predict_images(model, images: list[Path], args: argparse.Namespace, ext: st
         for path, frame in zip(group, depth_stream(model, frames, batch_size=args.batch_size, intrinsics=lens,
                                                    input_size=args.input_size, fov_mask=fov,
                                                    detail_size=args.detail_size)):
-            if isinstance(args.fov_mask, str) and is_blank(frame.rgb):  # "auto", given here as each image's own
-                frame = without_depth(frame)  # mask: a black image shows no tissue, as a video's black frame
+            if isinstance(args.fov_mask, str):  # "auto", given here as each image's own mask: a black image
+                frame = no_depth_if_black(frame)  # shows no tissue, as a video's black frame
             pred = _in_fov(frame)
             save_depth(out.path(f"{path.stem}_depth{ext}"), pred, unit=_map_unit(model))
             if args.colormap:
