@@ -183,8 +183,8 @@ def test_stop_and_wait_at_exit_stops_then_ends_the_tree(tmp_path, started):
     (tmp_path / "pids").unlink()
     launcher, interpreter, worker = started("ignores")
     stop_and_wait(QProcessCalls(launcher), 200)
-    assert launcher.returncode is not None and not _alive(interpreter)
-    deadline = time.monotonic() + 30
-    while _alive(worker) and time.monotonic() < deadline:
+    assert launcher.returncode is not None
+    deadline = time.monotonic() + 30  # SIGKILL ends a process when it is next scheduled: on a loaded machine, later
+    while (_alive(interpreter) or _alive(worker)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not _alive(worker)
+    assert not _alive(interpreter) and not _alive(worker)
