@@ -49,10 +49,10 @@ from ._igtl import BadMessage, Connection, PointCloudMessage, StreamBroken, body
 from ._live_replies import LIVE_POINT_BUDGET, ReceivedFrame, ReplySender, decimation_grid
 from ._live_stats import DepthServiceStats, ServiceCounters
 from .camera import Intrinsics, parse_intrinsics
-from .fov import FovSearch
+from .fov import FovSearch, is_blank
 from .latest_frame import LatestFrameMailbox
 from .recent import RecentlyUsed
-from .stream import depth_stream, no_depth_if_black
+from .stream import black_frame, depth_stream
 
 __all__ = ["DEFAULT_PORT", "LIVE_POINT_BUDGET", "DepthService", "DepthServiceStats", "PointCloudMessage",
            "decimation_grid"]
@@ -325,8 +325,16 @@ class DepthService:
     def _infer_loop(self) -> None:
         while not self._stop.is_set():
             first = self._take(0.1)
-            if first is not None:
+            if first is None:
+                continue
+            if self._black(first):  # a black screen shows no tissue: no depth, no points, and no model run
+                self._replies.submit(black_frame(0, first.rgb, self._fov(first)), first)
+            else:
                 self._run_stream(first)
+
+    def _black(self, frame: ReceivedFrame) -> bool:
+        """Whether ``frame`` gets no depth: a black screen (:func:`~.fov.is_blank`) under ``fov_mask="auto"``."""
+        return isinstance(self.fov_mask, str) and is_blank(frame.rgb)
 
     def _take(self, timeout: float) -> ReceivedFrame | None:
         """The next frame of the mailbox (waiting up to ``timeout`` seconds) whose body matches its CRC-64. Checked
@@ -365,7 +373,6 @@ class DepthService:
         room = threading.Condition()
         done = threading.Event()
         shape, fov = first.rgb.shape, self._fov(first)
-        auto = isinstance(self.fov_mask, str)
 
         def halted() -> bool:
             return done.is_set() or self._stop.is_set()
@@ -381,7 +388,8 @@ class DepthService:
                     if busy:  # nothing new while a GPU result waits: end the stream so that it comes out
                         return None
                     continue
-                if frame.rgb.shape != shape or self._fov(frame) is not fov:  # one size and mask per stream
+                # one size and mask per stream; a black frame is answered without the model (_infer_loop)
+                if frame.rgb.shape != shape or self._fov(frame) is not fov or self._black(frame):
                     if self._mailbox.put_back(frame, key=frame.source):
                         self._count("dropped")
                     return None
@@ -405,8 +413,6 @@ class DepthService:
                 with room:
                     frame = pending.popleft()
                     room.notify_all()
-                if auto:  # a black screen shows no tissue: no depth, no points
-                    out = no_depth_if_black(out)
                 self._replies.submit(out, frame)
         except Exception as exc:  # a frame the model cannot take must not end the service
             self._once(logging.ERROR, ("inference", type(exc).__name__, str(exc)),

@@ -228,8 +228,9 @@ class LiveWorker:
         return fov, intrinsics
 
     def _process(self, number: int, frame: np.ndarray, meta: Any) -> LiveResult:
+        from .fov import is_blank
         from .slicer_run import frame_outputs
-        from .stream import depth_stream, no_depth_if_black
+        from .stream import black_frame, depth_stream
 
         rgb = np.asarray(frame)
         if rgb.ndim == 4:
@@ -238,12 +239,14 @@ class LiveWorker:
             raise ValueError(f"live frame {number}: expected RGB uint8 [H, W, 3] or a one-slice RGB vector volume, "
                              f"got {rgb.dtype} {rgb.shape}")
         fov, intrinsics = self._frame_setup(rgb)
-        stream = depth_stream(self.model, [rgb], depth_range=self.depth_range, batch_size=1, input_size=self.input_size,
-                              fov_mask=fov, intrinsics=intrinsics if self.calibrated else None)
-        with closing(stream):
-            depth = next(stream)
-        if self.blank_no_depth:  # "auto": a black screen shows no tissue
-            depth = no_depth_if_black(depth)
+        if self.blank_no_depth and is_blank(rgb):  # "auto": a black screen shows no tissue, so no model run either
+            depth = black_frame(0, rgb, fov)
+        else:
+            stream = depth_stream(self.model, [rgb], depth_range=self.depth_range, batch_size=1,
+                                  input_size=self.input_size, fov_mask=fov,
+                                  intrinsics=intrinsics if self.calibrated else None)
+            with closing(stream):
+                depth = next(stream)
         kinds = ["frames", "depth"] + (["points"] if self.point_budget is not None else [])
         outputs = frame_outputs(depth, intrinsics, kinds, point_budget=self.point_budget or 0)
         with self._lock:

@@ -130,8 +130,8 @@ def _indexed_frames(frames: Any, start: int, stride: int, max_frames: int | None
     return itertools.islice(numbered, start, stop, stride), None
 
 
-def _black_frame(index: int, rgb: np.ndarray, fov: np.ndarray | None) -> DepthFrame:
-    """The :class:`DepthFrame` of a black frame ``rgb``: NaN prediction and depth."""
+def black_frame(index: int, rgb: np.ndarray, fov: np.ndarray | None) -> DepthFrame:
+    """The :class:`DepthFrame` of a black frame ``rgb`` (no tissue, no model run): NaN prediction and depth."""
     shape = rgb.shape[:2]
     return DepthFrame(int(index), rgb, np.full(shape, np.nan, np.float32), np.full(shape, np.nan, np.float32), fov)
 
@@ -140,7 +140,7 @@ def no_depth_if_black(frame: DepthFrame) -> DepthFrame:
     """``frame``, or without depth (NaN prediction and depth) when it is black (:func:`~.fov.is_blank`), as
     ``depth_stream`` gives it under ``fov_mask="auto"``; for callers that hand ``depth_stream`` the field of view
     an ``"auto"`` search found themselves (the live paths, ``predict``'s single images)."""
-    return _black_frame(frame.index, frame.rgb, frame.fov_mask) if is_blank(frame.rgb) else frame
+    return black_frame(frame.index, frame.rgb, frame.fov_mask) if is_blank(frame.rgb) else frame
 
 
 def _source_frames(items: Iterator[tuple[int, np.ndarray]], start: int,
@@ -401,7 +401,7 @@ def depth_stream(model: Any, frames: Any, *, depth_range: tuple[float, float] | 
             if follow is not None and follow.blank:  # a black screen shows no tissue: no depth, and it fixes no
                 if black.add():  # colour range or temporal depth mapping either
                     logger.info("frame %d is black (no tissue): no depth for it and the black frames after it", index)
-                yield _black_frame(index, rgb, fov)
+                yield black_frame(index, rgb, fov)
                 continue
             if lens is not None:
                 pred = lens(pred)

@@ -61,7 +61,7 @@ def _import_vtk() -> Any:
     A ``KeyboardInterrupt`` raised inside VTK's module initialisation is swallowed there and the import goes on with
     half-initialised modules, which crashes the interpreter (segmentation fault, VTK 9.x): a Ctrl-C or a Cancel
     during this ~0.5 s import ended the demo without its clean-up, its ``error`` event or exit code 130. A signal
-    that arrives meanwhile is raised again, to the handler in place before, once the import is done."""
+    that arrives meanwhile is raised again, to the handler in place before, once the import is done or has failed."""
     import signal
     import threading
 
@@ -76,8 +76,8 @@ def _import_vtk() -> Any:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if held:
-        signal.raise_signal(held[0])
+        if held:  # also when the import failed: the user's Ctrl-C is not lost with it
+            signal.raise_signal(held[0])
     return vtk
 
 

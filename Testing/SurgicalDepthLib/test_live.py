@@ -946,22 +946,31 @@ def test_connections_beyond_max_clients_are_closed_and_the_others_kept(model, ca
 def test_a_black_frame_is_answered_with_no_depth_and_no_points(model, monkeypatch, one_torch_thread):
     """Catches a live black screen (the scope not on yet, a camera switching over) answered with the network's
     depth of black: Slicer drew a surface for nothing. With the default "auto" field of view a blank frame's depth
-    is all NaN and its cloud empty; the frames around it are answered as before."""
+    is all NaN and its cloud empty; the frames around it are answered as before. Also catches the network run on
+    the black frames anyway (its answer thrown away: a GPU busy for nothing while the scope is off): two forward
+    runs for the five frames, the black one between two tissue frames included."""
     monkeypatch.setitem(pyigtl.messages.message_type_to_class_constructor, "POLYDATA", PointCloudMessage)
     black, rgb = np.zeros((24, 32, 3), np.uint8), textured(24, 32, 3)
-    with running(model, points=True, point_budget=50, intrinsics="40,40,15.5,11.5") as service:
-        client = RawClient(service.address[1])
-        try:
-            for i, frame in enumerate([black, black, rgb]):
-                client.send(pyigtl.ImageMessage(frame[None], device_name="Video"))
-                assert wait_until(lambda: len(client.replies) == 2 * (i + 1)), service.stats()
-        finally:
-            client.close()
+    calls = []
+    hook = model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        with running(model, points=True, point_budget=50, intrinsics="40,40,15.5,11.5") as service:
+            client = RawClient(service.address[1])
+            try:
+                for i, frame in enumerate([black, black, rgb, black, rgb]):
+                    client.send(pyigtl.ImageMessage(frame[None], device_name="Video"))
+                    assert wait_until(lambda: len(client.replies) == 2 * (i + 1)), service.stats()
+            finally:
+                client.close()
+    finally:
+        hook.remove()
     depths = [m.image[0] for _, m in client.replies if m.device_name == "Video_depth"]
     clouds = [m for _, m in client.replies if m.device_name == "Video_points"]
-    assert [np.isnan(d).all() for d in depths] == [True, True, False]
-    np.testing.assert_allclose(depths[2], depth_of(model, rgb), rtol=1e-6, equal_nan=True)
-    assert [len(c.points) for c in clouds][:2] == [0, 0] and len(clouds[2].points) > 0
+    assert [np.isnan(d).all() for d in depths] == [True, True, False, True, False]
+    for i in (2, 4):
+        np.testing.assert_allclose(depths[i], depth_of(model, rgb), rtol=1e-6, equal_nan=True)
+    assert [len(c.points) > 0 for c in clouds] == [False, False, True, False, True]
+    assert len(calls) == 2
 
 
 def test_a_client_whose_thread_cannot_start_does_not_keep_its_place(model, monkeypatch, one_torch_thread):

@@ -311,9 +311,13 @@ def test_per_size_setup_is_kept_for_a_few_frame_sizes(model, monkeypatch, one_to
 def test_a_black_frame_gets_no_depth_with_the_auto_field_of_view(model, one_torch_thread):
     """Catches the Slicer live panel drawing the network's depth of a black screen (scope not on yet): with
     ``fov_mask="auto"`` a blank frame's depth is all NaN and it gives no points; with ``fov_mask=None`` (every
-    pixel is tissue) it is predicted; the frame after it is predicted as usual."""
+    pixel is tissue) it is predicted; the frame after it is predicted as usual. Also catches the network run on
+    the black screen anyway (its answer thrown away: a GPU busy for nothing at every frame while the scope is
+    off): the model's forward runs once for the two frames under "auto"."""
     black = np.zeros((40, 56, 3), np.uint8)
-    for fov_mask, expected in (("auto", [True, False]), (None, [False, False])):
+    for fov_mask, expected, runs in (("auto", [True, False], 1), (None, [False, False], 2)):
+        calls = []
+        hook = model.register_forward_hook(lambda *_: calls.append(1))
         worker = LiveWorker(model, input_size=SIZE, fov_mask=fov_mask, point_budget=500).start()
         try:
             results = []
@@ -322,5 +326,7 @@ def test_a_black_frame_gets_no_depth_with_the_auto_field_of_view(model, one_torc
                 results.extend(drain(worker, 1))
         finally:
             assert worker.stop(timeout=10)
+            hook.remove()
         assert [np.isnan(r.frame.depth_mm).all() for r in results] == expected, fov_mask
         assert np.isnan(results[0].frame.prediction).all() == expected[0]
+        assert len(calls) == runs, fov_mask

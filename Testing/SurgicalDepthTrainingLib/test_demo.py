@@ -148,6 +148,37 @@ except KeyboardInterrupt:
 """
 
 
+_INTERRUPTED_FAILED_IMPORT = """
+import os, signal, sys
+from SurgicalDepthTrainingLib.demo import _import_vtk
+def interrupt(signum, frame):  # as the CLI's handler: SIGTERM is a KeyboardInterrupt
+    raise KeyboardInterrupt("SIGTERM")
+signal.signal(signal.SIGTERM, interrupt)
+class Broken:  # a VTK that cannot be imported, and a Cancel while Python looks for it
+    def find_spec(self, name, path=None, target=None):
+        if name == "vtk":
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise ImportError("no vtk here")
+sys.meta_path.insert(0, Broken())
+try:
+    _import_vtk()
+except KeyboardInterrupt:
+    print("interrupted")
+except ImportError:
+    print("import error only")
+"""
+
+
+def test_an_interrupt_during_a_failed_vtk_import_is_not_lost():
+    """Catches a Ctrl-C or Cancel (SIGTERM) dropped when the VTK import it was held for failed: the signal was
+    raised again only after a successful import, so the user's interrupt vanished behind the ImportError (no exit
+    code 130, no "cancelled" event). It is raised once the handlers are back, import failed or not."""
+    done = subprocess.run([sys.executable, "-c", _INTERRUPTED_FAILED_IMPORT], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "interrupted"
+
+
 def test_an_interrupt_during_the_vtk_import_waits_for_it_to_finish():
     """Catches: a Ctrl-C or Cancel (SIGTERM) while the demo's summary imported VTK crashed Python with a segmentation
     fault (VTK swallows the KeyboardInterrupt inside its module initialisation and goes on half-initialised), so the
