@@ -264,9 +264,11 @@ class TrainRun:
             bad = first_non_finite(self.core.state_dict().items())
             if bad is not None:
                 raise TrainingDiverged(f"training diverged at step {state.step}: weight {bad!r} is not finite")
+            # the log first: a kill between the two writes leaves rows beyond last.pt's step (a resumed run drops
+            # them), never a last.pt whose rows are missing from log.csv (they would be lost for good)
+            write_log(self.output("log.csv"), self.rows)
             save_training_checkpoint(self.output("last.pt"), self.core, self.optimizer, self.scheduler,
                                      config_json=self.config_json, epoch=state.epoch, step=state.step,
                                      step_in_epoch=state.step_in_epoch, best_abs_rel=state.best_abs_rel,
                                      recent_losses=state.losses[-LOSS_WINDOW:])
-            write_log(self.output("log.csv"), self.rows)
         self.saved_step, self.saved_time, self.dirty = state.step, time.monotonic(), False

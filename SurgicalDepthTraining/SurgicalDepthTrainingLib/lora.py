@@ -13,13 +13,23 @@ import torch
 from torch import nn
 
 
+def _check_rank(rank: int, base: nn.Linear) -> None:
+    """Refuse a rank that is not an integer in ``[1, min(in_features, out_features)]``: ``B A`` has rank at most
+    ``min(in, out)``, so a larger ``r`` only adds parameters (``r × (in + out)`` per layer, and their memory)."""
+    limit = min(base.in_features, base.out_features)
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= limit:
+        raise ValueError(f"LoRA rank must be an integer from 1 to {limit} (the smaller side of the adapted "
+                         f"{base.in_features} -> {base.out_features} layer), got {rank!r}")
+
+
 class LoRALinear(nn.Module):
     """A frozen ``nn.Linear`` plus a trainable rank-``rank`` update. Input ``[..., in]``, output ``[..., out]``."""
 
     def __init__(self, base: nn.Linear, rank: int, alpha: float | None = None) -> None:
         super().__init__()
-        if rank < 1:
-            raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+        _check_rank(rank, base)
+        if alpha is not None and not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
+            raise ValueError(f"LoRA alpha must be a finite number > 0 or None (= rank), got {alpha!r}")
         self.base = base
         for p in base.parameters():
             p.requires_grad_(False)
@@ -50,13 +60,12 @@ def add_lora(model: nn.Module, rank: int, alpha: float | None = None) -> int:
 
     Returns the number of layers adapted. The rest of the encoder is left as it is (freeze it separately).
     """
-    count = 0
-    for block in model.pretrained.blocks:
-        if isinstance(block.attn.qkv, LoRALinear):
-            raise ValueError("the model already has LoRA layers")
+    blocks = list(model.pretrained.blocks)
+    if any(isinstance(block.attn.qkv, LoRALinear) for block in blocks):  # checked first: never half adapted
+        raise ValueError("the model already has LoRA layers")
+    for block in blocks:
         block.attn.qkv = LoRALinear(block.attn.qkv, rank, alpha)
-        count += 1
-    return count
+    return len(blocks)
 
 
 def merge_lora(model: nn.Module) -> int:

@@ -15,13 +15,22 @@ import torch
 _EPS = 1e-6
 
 
-def _check(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def _check(pred: torch.Tensor, target: torch.Tensor,
+           valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(pred, target, valid)`` with ``valid`` narrowed to finite targets and both maps set to 0 outside it.
+
+    Zeroing first is what makes pixels outside ``valid`` irrelevant: a NaN/inf there would otherwise reach the
+    value through ``0 * x`` sums (SSI's normal equations) or the backward pass through ``torch.where`` (the masked
+    branch gets a zero gradient, but ``0 * NaN`` upstream is NaN), poisoning the whole image's gradient.
+    """
     if pred.ndim != 3:
         raise ValueError(f"pred must be [B, H, W], got shape {tuple(pred.shape)}")
     if target.shape != pred.shape or valid.shape != pred.shape:
         raise ValueError(f"pred {tuple(pred.shape)}, target {tuple(target.shape)} and valid "
                          f"{tuple(valid.shape)} must have the same shape")
-    return valid.to(torch.bool) & torch.isfinite(target)
+    valid = valid.to(torch.bool) & torch.isfinite(target)
+    pred = torch.where(valid, pred, torch.zeros_like(pred))
+    return pred, torch.where(valid, target, torch.zeros_like(target)), valid
 
 
 def _per_image_mean(values: torch.Tensor, keep: torch.Tensor, name: str) -> torch.Tensor:
@@ -65,7 +74,7 @@ def l1_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *,
     Returns:
         scalar tensor.
     """
-    valid = _check(pred, target, valid)
+    pred, target, valid = _check(pred, target, valid)
     if normalize:
         mp = masked_mean(pred, valid).clamp_min(_EPS)[:, None, None]
         mt = masked_mean(target, valid).clamp_min(_EPS)[:, None, None]
@@ -84,7 +93,8 @@ def silog_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *,
     is the same for depth and for inverse depth, so it serves both heads (relative: pred = disparity, target =
     1/depth). ``pred`` is clamped to ``>= 1e-6`` before the log (a ReLU head outputs zeros).
     """
-    valid = _check(pred, target, valid) & (target > 0)
+    pred, target, valid = _check(pred, target, valid)
+    valid = valid & (target > 0)
     e = torch.log(target.clamp_min(_EPS)) - torch.log(pred.clamp_min(_EPS))
     e = torch.where(valid, e, torch.zeros_like(e)).flatten(1)
     n = valid.flatten(1).sum(1)
@@ -95,21 +105,28 @@ def silog_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *,
 
 
 def fit_scale_shift_batched(pred: torch.Tensor, target: torch.Tensor,
-                    valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                            valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image least squares ``(s, t) = argmin Σ_valid (s·pred + t - target)²`` (MiDaS, Ranftl et al. 2020,
-    eq. 4; closed form of MiDaS ``compute_scale_and_shift``). Returns ``s, t`` of shape ``[B]``; images whose
-    system is singular (< 2 distinct valid values) get ``s = t = 0``."""
-    m = valid.to(pred.dtype)
-    a00 = (m * pred * pred).flatten(1).sum(1)
-    a01 = (m * pred).flatten(1).sum(1)
-    a11 = m.flatten(1).sum(1)
-    b0 = (m * pred * target).flatten(1).sum(1)
-    b1 = (m * target).flatten(1).sum(1)
-    det = a00 * a11 - a01 * a01
+    eq. 4; the solution of MiDaS ``compute_scale_and_shift``). Returns ``s, t`` of shape ``[B]``; images whose
+    system is singular (a prediction constant over its valid pixels) get ``s = t = 0``. Pixels outside ``valid``
+    are ignored.
+
+    Solved on values centred on their valid means (``s = Σ p̃ g̃ / Σ p̃²``, ``t = ḡ - s p̄``): the same solution as
+    the raw 2×2 normal equations, whose ``n Σp² - (Σp)²`` cancels catastrophically in float32 once the
+    prediction's offset dwarfs its spread (a disparity of 20 ± 0.01 gave a scale off by 3x).
+    """
+    m = valid.to(torch.bool)
+    pred = torch.where(m, pred, torch.zeros_like(pred))
+    target = torch.where(m, target, torch.zeros_like(target))
+    mp, mt = masked_mean(pred, m)[:, None, None], masked_mean(target, m)[:, None, None]
+    pc = torch.where(m, pred - mp, torch.zeros_like(pred)).flatten(1)
+    tc = torch.where(m, target - mt, torch.zeros_like(target)).flatten(1)
+    n = m.flatten(1).sum(1).to(pred.dtype)
+    det = n * (pc * pc).sum(1)  # = a00·a11 - a01² of the raw normal equations (singularity threshold unchanged)
     ok = det.abs() > 1e-12
-    safe = torch.where(ok, det, torch.ones_like(det))
-    s = torch.where(ok, (a11 * b0 - a01 * b1) / safe, torch.zeros_like(det))
-    t = torch.where(ok, (-a01 * b0 + a00 * b1) / safe, torch.zeros_like(det))
+    s = torch.where(ok, (pc * tc).sum(1) / torch.where(ok, (pc * pc).sum(1), torch.ones_like(det)),
+                    torch.zeros_like(det))
+    t = torch.where(ok, mt[:, 0, 0] - s * mp[:, 0, 0], torch.zeros_like(det))
     return s, t
 
 
@@ -134,8 +151,7 @@ def ssi_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor, *,
     For a relative model ``pred`` is the disparity and ``target`` the inverse depth (disparity space, as MiDaS).
     Gradients flow through ``s`` and ``t``.
     """
-    valid = _check(pred, target, valid)
-    target = torch.where(valid, target, torch.zeros_like(target))
+    pred, target, valid = _check(pred, target, valid)
     s, t = fit_scale_shift_batched(pred, target, valid)
     residual = s[:, None, None] * pred + t[:, None, None] - target
     n = valid.flatten(1).sum(1)
@@ -165,9 +181,9 @@ def affine_invariant_per_image(pred: torch.Tensor, target: torch.Tensor,
         ``(loss [B], ok [B] bool)``: ``ok`` marks images with >= 2 valid pixels and a non-constant target there;
         ``loss`` is 0 (finite, no gradient) for the others.
     """
-    valid = _check(pred, target, valid)
+    pred, target, valid = _check(pred, target, valid)
     p, _ = _median_scale(pred, valid)
-    g, scale = _median_scale(torch.where(valid, target, torch.zeros_like(target)), valid)
+    g, scale = _median_scale(target, valid)
     ok = (valid.flatten(1).sum(1) > 1) & (scale > _EPS)
     loss = masked_mean((p - g).abs(), valid)
     return torch.where(ok, loss, torch.zeros_like(loss)), ok

@@ -45,16 +45,30 @@ def write_report(report: Mapping[str, Any], path: str | os.PathLike) -> Path:
 
 
 def read_report(path: str | os.PathLike) -> dict[str, Any]:
-    """Read a report written by :func:`write_report`."""
+    """Read a report written by :func:`write_report` for ``evaluate`` (architecture.md, "Evaluation report").
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: (naming the file and the field) not UTF-8 JSON, not an object, or without what a report has
+            and :func:`markdown_table` reads: ``dataset`` (a string), ``split`` (a string or null, if present) and
+            ``metrics`` (an object of numbers or nulls).
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"report {path} does not exist")
     try:
         report = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not a JSON report ({exc})") from exc
-    if not isinstance(report, dict) or "metrics" not in report:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a JSON report ({exc})") from None
+    if not isinstance(report, dict) or not isinstance(report.get("metrics"), dict):
         raise ValueError(f"{path}: not an evaluation report (no 'metrics' object)")
+    for key, value in report["metrics"].items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ValueError(f"{path}: metric {key!r} is {value!r}, expected a number or null")
+    if not isinstance(report.get("dataset"), str):
+        raise ValueError(f"{path}: field 'dataset' is {report.get('dataset')!r}, expected the dataset's name")
+    if report.get("split") is not None and not isinstance(report["split"], str):
+        raise ValueError(f"{path}: field 'split' is {report['split']!r}, expected a string or null")
     return report
 
 
