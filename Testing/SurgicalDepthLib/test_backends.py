@@ -559,3 +559,106 @@ def test_an_interrupt_openvino_rethrows_as_runtime_error_is_an_interrupt_again()
     with pytest.raises(KeyboardInterrupt):
         _reraise_interrupt(wrapped)
     assert _reraise_interrupt(RuntimeError("Converting input model\nunsupported operation")) is None
+
+
+# -- edge inputs, messages, the shipped default model -----------------------------------------------------------------
+def test_empty_batch_and_empty_sides_as_torch(onnx_file, xml_file, model):
+    """Catches ``forward`` on an empty batch ``[0, 3, h, w]`` crashing the process in OpenVINO (segfault) and
+    raising ONNX Runtime's own ``Fail``, where ``DepthModel.forward`` returns ``[0, h, w]``; and a 0-pixel side
+    ending in each runtime's kernel error instead of a ValueError. In a subprocess: a crash would end pytest."""
+    with torch.no_grad():
+        assert tuple(model(torch.zeros(0, 3, 28, 42)).shape) == (0, 28, 42)
+    code = ("import sys, torch, SurgicalDepthLib as sd\n"
+            "for path in sys.argv[1:]:\n"
+            "    m = sd.load_model(path)\n"
+            "    print(m.backend, tuple(m(torch.zeros(0, 3, 28, 42)).shape), flush=True)\n"
+            "    try:\n"
+            "        m(torch.zeros(1, 3, 28, 0))\n"
+            "    except ValueError as exc:\n"
+            "        print(m.backend, exc, flush=True)\n")
+    pytest.importorskip("onnxruntime")
+    run = subprocess.run([sys.executable, "-c", code, str(onnx_file), str(xml_file)], capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.splitlines() == [
+        "onnxruntime (0, 28, 42)", "onnxruntime input height and width must be positive, got 28x0",
+        "openvino (0, 28, 42)", "openvino input height and width must be positive, got 28x0"]
+
+
+#: OpenVINO's RuntimeError for a KeyboardInterrupt raised in its Python callback during ``convert_model`` (seen
+#: with SIGINT during ``export --format openvino``): the interrupt's line, then the Python stack
+_WRAPPED = ("Check 'false' failed at src/frontends/common/src/frontend.cpp:53:\nConverting input model\n"
+            "KeyboardInterrupt: {}\n\nAt:\n  /usr/lib/python3.11/concurrent/futures/thread.py(162): submit\n"
+            "  <frozen runpy>(198): _run_module_as_main\n\n")
+
+
+@pytest.mark.parametrize("message, expected", [("<EMPTY MESSAGE>", ""), ("SIGTERM", "SIGTERM")])
+def test_an_interrupt_openvino_rethrows_keeps_its_own_message(message, expected):
+    """Catches ``export --format openvino`` stopped by SIGTERM during the conversion printing ``surgical-depth:
+    interrupted (  <frozen runpy>(198): _run_module_as_main)``: the last line of OpenVINO's message (its Python
+    stack) was taken as the interrupt's message, instead of the text after ``KeyboardInterrupt:``."""
+    from SurgicalDepthLib.backends.openvino_model import _reraise_interrupt
+
+    with pytest.raises(KeyboardInterrupt) as info:
+        _reraise_interrupt(RuntimeError(_WRAPPED.format(message)))
+    assert str(info.value) == expected
+
+
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "SurgicalDepthLib.cli", *args, "--progress", "none"],
+                          capture_output=True, text=True, timeout=120, cwd=cwd)
+
+
+def test_export_onto_a_folder_says_so_without_overwrite(checkpoint, tmp_path):
+    """Catches ``export ... --output NAME.onnx`` where NAME.onnx is a folder answering "exists; pass --overwrite",
+    advice that cannot work (with it the export then refused the folder): the one line names the folder."""
+    (tmp_path / "dir.onnx").mkdir()
+    run = _cli("export", str(checkpoint), "--format", "onnx", "--output", str(tmp_path / "dir.onnx"))
+    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert "dir.onnx exists and is not a file" in run.stderr and "--overwrite" not in run.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["dir.onnx"] and not list((tmp_path / "dir.onnx").iterdir())
+
+
+def test_onnxruntime_in_bf16_names_the_backend_that_has_it(checkpoint, tmp_path):
+    """Catches ``predict --backend onnxruntime --precision bf16`` (and ``load_model(..., backend="onnxruntime",
+    precision="bf16")``) answered with the exporter's advice ``use --format openvino``, a flag predict does not
+    have: the line names ``backend='openvino'``."""
+    pytest.importorskip("onnxruntime")
+    import cv2
+
+    cv2.imwrite(str(tmp_path / "a.png"), textured(42, 56, 0))
+    run = _cli("predict", "a.png", "--model", str(checkpoint), "--backend", "onnxruntime", "--precision", "bf16",
+               "--output", "out", cwd=tmp_path)
+    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert "precision='bf16' (bf16: use backend='openvino')" in run.stderr and "--format" not in run.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]
+
+
+def test_shipped_default_model_through_each_format(tmp_path):
+    """Guards the shipped default model (the others here are random): its reference lens (100°, added at load, not
+    in its weight file) and input size (182) must survive export so that ``depth_stream`` with intrinsics gives
+    torch's depth_mm; frames not multiples of 14, portrait, one pixel high agree with torch (fp32 to 1e-5, fp16 to
+    the documented 2e-3 of the output range) and a grey frame is refused with torch's message."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    torch_model = sd.load_model("default", device="cpu")
+    files = {"onnx": export_model("default", tmp_path / "d.onnx", format="onnx"),
+             "openvino": export_model("default", tmp_path / "d.xml", format="openvino"),
+             "fp16": export_model("default", tmp_path / "h.onnx", format="onnx", precision="fp16")}
+    frames = [textured(45, 70, 0), textured(97, 41, 1), textured(1, 6, 2)]
+    intrinsics = sd.Intrinsics(20.0, 20.0, 34.5, 22.0, 70, 45)  # 120° across: wider than the reference, corrected
+    ref = list(sd.depth_stream(torch_model, frames[:1] * 2, intrinsics=intrinsics, fov_mask=None))
+    raw = next(sd.depth_stream(torch_model, frames[:1], fov_mask=None))
+    assert np.nanmax(np.abs(ref[0].depth_mm / raw.depth_mm - 1)) > 0.1  # the lens correction is in effect
+    for name, path in files.items():
+        loaded = sd.load_model(path)
+        assert loaded.config == torch_model.config and loaded.config.reference_fov_deg == 100.0
+        assert loaded.config.input_size == 182 and loaded.exported_from == torch_model.source
+        tol = 2e-3 if name == "fp16" else 1e-5
+        for rgb in frames:
+            _close(loaded.infer_image(rgb), torch_model.infer_image(rgb), tol)
+        out = list(sd.depth_stream(loaded, frames[:1] * 2, intrinsics=intrinsics, fov_mask=None))
+        for a, b in zip(out, ref, strict=True):
+            np.testing.assert_allclose(a.depth_mm, b.depth_mm, rtol=5 * tol, equal_nan=True)
+        with pytest.raises(ValueError, match=r"rgb must be an RGB image \[H, W, 3\], got shape \(8, 8\)"):
+            loaded.infer_image(np.zeros((8, 8), np.uint8))

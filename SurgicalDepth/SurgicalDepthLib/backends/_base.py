@@ -44,6 +44,10 @@ class CompiledDepthModel(FrameInference):
         p = self.config.patch_size
         if H % p or W % p:
             raise ValueError(f"input height and width must be multiples of {p}, got {H}x{W}")
+        if not (H and W):  # the runtimes fail inside their kernels, each with its own exception
+            raise ValueError(f"input height and width must be positive, got {H}x{W}")
+        if B == 0:  # as DepthModel.forward; OpenVINO crashes the process (segfault) on an empty batch
+            return torch.zeros((0, H, W), dtype=torch.float32)
         return torch.from_numpy(self._run(np.ascontiguousarray(array, dtype=np.float32)))
 
     __call__ = forward

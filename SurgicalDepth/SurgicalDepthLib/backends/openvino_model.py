@@ -154,9 +154,14 @@ def ov_from_onnx(graph: bytes) -> Any:
 
 def _reraise_interrupt(exc: RuntimeError) -> None:
     """OpenVINO's C++ code catches a Ctrl-C / SIGTERM raised in its Python callbacks (``KeyboardInterrupt``) and
-    throws it on as a RuntimeError naming it: raise it as the interrupt it was (exit 130, not a traceback)."""
-    if "KeyboardInterrupt" in str(exc):
-        raise KeyboardInterrupt(str(exc).strip().splitlines()[-1] if str(exc).strip() else "") from None
+    throws it on as a RuntimeError naming it: raise it as the interrupt it was (exit 130, not a traceback), with
+    the interrupt's own message (the CLI's ``SIGTERM``) from its line ``KeyboardInterrupt: <message>``; the lines
+    after it are a Python stack (``At: ...``), not a message."""
+    if "KeyboardInterrupt" not in str(exc):
+        return
+    line = next(line for line in str(exc).splitlines() if "KeyboardInterrupt" in line)
+    message = line.split("KeyboardInterrupt", 1)[1].lstrip(":").strip()
+    raise KeyboardInterrupt("" if message == "<EMPTY MESSAGE>" else message) from None
 
 
 def read_rt_info(ov_model: Any, name: str) -> str | None:
