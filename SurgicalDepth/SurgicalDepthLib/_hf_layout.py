@@ -197,6 +197,8 @@ def config_from_hf(cfg: dict[str, Any]) -> ModelConfig:
     if cfg.get("model_type") != "depth_anything":
         raise ValueError(f"config.json model_type is {cfg.get('model_type')!r}, expected 'depth_anything'")
     bb = cfg.get("backbone_config") or {}
+    if not isinstance(bb, dict):
+        raise ValueError(f"backbone_config must be a JSON object, got {bb!r}")
     if bb.get("model_type", "dinov2") != "dinov2":
         raise ValueError(f"backbone_config.model_type is {bb.get('model_type')!r}, expected 'dinov2'")
     encoder = _encoder_for_width(int(bb.get("hidden_size", 768)))

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 
 from .atomic_io import atomic_path
+from ._checkpoint_hints import (ZOEDEPTH_MESSAGE, head_from_name, is_official_metric_training,
+                                is_zoedepth, max_depth_from_name, other_model_files, version_from_name)
 from ._hf_layout import config_from_hf, config_to_hf, hf_to_official_state, official_to_hf_state
 from .configs import ENCODERS, ModelConfig, make_config
 
@@ -88,25 +90,6 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 
 
 # -- architecture inference ---------------------------------------------------------------------------------------
-#: official file names, which state the version (V2: depth_anything_v2_vits.pth; V1: depth_anything_vits14.pth)
-_OFFICIAL_NAMES = {"v2": r"depth_anything_v2", "v1": r"depth_anything_vit[stblg]14|depth_anything_v1"}
-#: a bare version token in any other name (my_model_v2.pth): a default that an explicit version= overrides
-_VERSION_TOKENS = {"v2": r"(^|[^a-z])v2([^a-z0-9]|$)", "v1": r"(^|[^a-z])v1([^a-z0-9]|$)"}
-
-
-def _version_from_name(name: str) -> tuple[str | None, bool]:
-    """``(version, official)`` read from a file name: an official name's version (``official`` True), else a bare
-    version token's; None where the name says nothing, or both versions."""
-    n = name.lower().replace("-", "_")
-    for patterns, official in ((_OFFICIAL_NAMES, True), (_VERSION_TOKENS, False)):
-        found = [v for v, pattern in patterns.items() if re.search(pattern, n)]
-        if len(found) == 1:
-            return found[0], official
-        if found:
-            return None, False
-    return None, False
-
-
 def infer_config(state: dict[str, torch.Tensor], *, version: str | None = None, name: str = "",
                  head: str | None = None, max_depth: float | None = None) -> ModelConfig:
     """Architecture of an official-layout state dict, from its tensor shapes.
@@ -125,6 +108,8 @@ def infer_config(state: dict[str, torch.Tensor], *, version: str | None = None, 
         patch = int(state["pretrained.patch_embed.proj.weight"].shape[-1])
         grid = int(round((state["pretrained.pos_embed"].shape[1] - 1) ** 0.5))
     except (KeyError, ValueError) as exc:
+        if is_zoedepth(state):
+            raise CheckpointError(f"{name or 'state dict'}: {ZOEDEPTH_MESSAGE}") from None
         hf = any(k.startswith(("backbone.", "neck.", "head.")) for k in state)
         raise CheckpointError(f"{name or 'state dict'}: not a Depth Anything checkpoint "
                               f"(missing {exc}; expected pretrained.* and depth_head.* keys)"
@@ -134,7 +119,7 @@ def infer_config(state: dict[str, torch.Tensor], *, version: str | None = None, 
     if encoder is None:
         raise CheckpointError(f"{name}: {_unknown_encoder(width, n_blocks)}")
     base = Path(name).name.lower() if name else ""  # the file's own name: never the folders it lies in
-    named, official = _version_from_name(base)
+    named, official = version_from_name(base)
     if version is not None and official and version != named:
         raise CheckpointError(f"{name}: version={version!r} conflicts with its official file name (Depth Anything "
                               f"{named.upper()}); rename the file if it holds another version")
@@ -144,20 +129,7 @@ def infer_config(state: dict[str, torch.Tensor], *, version: str | None = None, 
             f"{name}: cannot tell Depth Anything V1 from V2 (same shapes, different decoder blocks); pass "
             "version='v1' or 'v2' to sd.load_model (--model-version in the CLI), or give the file its official name "
             "(e.g. depth_anything_v2_vits.pth or depth_anything_vits14.pth)")
-    named_head = "metric" if "metric" in base else None
-    if head is not None and named_head is not None and head != named_head:
-        raise CheckpointError(f"{name}: head={head!r} conflicts with its file name, which says metric")
-    named_max = 20.0 if "hypersim" in base else 80.0 if "vkitti" in base else None
-    if max_depth is not None and named_max is not None and named_head and max_depth != named_max:
-        raise CheckpointError(f"{name}: max_depth={max_depth:g} conflicts with its official file name "
-                              f"(max_depth {named_max:g}); rename the file if it was trained to another depth")
-    if head is None:
-        head = "metric" if (max_depth is not None or named_head) else "relative"
-    if head == "metric" and max_depth is None:
-        max_depth = named_max
-        if max_depth is None:
-            raise CheckpointError(f"{name}: metric model without max_depth; pass max_depth= to sd.load_model "
-                                  "(--model-max-depth in the CLI)")
+    head, max_depth = _head_and_range(name, base, head, max_depth)
     try:
         return make_config(encoder, version, head, max_depth, features=int(features), out_channels=out_channels,
                            patch_size=patch, pretrain_size=grid * patch)
@@ -165,6 +137,34 @@ def infer_config(state: dict[str, torch.Tensor], *, version: str | None = None, 
         raise CheckpointError(f"{name}: {exc} (read from its tensor shapes: patch size {patch} from "
                               f"pretrained.patch_embed.proj.weight, a {grid}x{grid} grid from pretrained.pos_embed)"
                               ) from None
+
+
+def _head_and_range(name: str, base: str, head: str | None, max_depth: float | None) -> tuple[str, float | None]:
+    """``(head, max_depth)`` of a file named ``base`` (its own name, lower case) from the hints and what the name
+    says (:func:`head_from_name`, :func:`max_depth_from_name`); a hint that contradicts the name is an error."""
+    named_head = head_from_name(base)
+    if head is not None and named_head is not None and head != named_head:
+        raise CheckpointError(f"{name}: head={head!r} conflicts with its {_says(named_head)}")
+    if named_head == "relative" and max_depth is not None:  # same shapes: the sigmoid head would load silently
+        raise CheckpointError(f"{name}: max_depth={max_depth:g} conflicts with its {_says(named_head)}")
+    named_max = max_depth_from_name(base)
+    if max_depth is not None and named_max is not None and named_head and max_depth != named_max:
+        raise CheckpointError(f"{name}: max_depth={max_depth:g} conflicts with its official file name "
+                              f"(max_depth {named_max:g}); rename the file if it was trained to another depth")
+    if head is None:
+        head = "metric" if (max_depth is not None or named_head == "metric") else "relative"
+    if head == "metric" and max_depth is None:
+        max_depth = named_max
+        if max_depth is None:
+            raise CheckpointError(f"{name}: metric model without max_depth; pass max_depth= to sd.load_model "
+                                  "(--model-max-depth in the CLI)")
+    return head, max_depth
+
+
+def _says(named_head: str) -> str:
+    return ("file name, which says metric" if named_head == "metric" else
+            "official file name, that of a relative model (a metric head would read its disparity as depth); rename "
+            "the file if it holds a metric model")
 
 
 def _unknown_encoder(width: int, n_blocks: int) -> str:
@@ -209,8 +209,24 @@ def load_state_dict_file(path: str | os.PathLike, **hints: Any) -> tuple[dict[st
     if isinstance(obj, dict) and obj.get("format") == PROJECT_FORMAT + "-train":
         state = _unwrap(obj.get("model"), path)
         return state, agreeing_config(_stored_config(obj.get("model_config"), path), hints, path)
+    if is_official_metric_training(obj):
+        hints = _official_training_hints(hints, path)
     state = _unwrap(obj, path)
     return state, infer_config(state, name=str(path), **hints)
+
+
+def _official_training_hints(hints: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``hints`` for a checkpoint of the official ``metric_depth/train.py``, a V2 metric model by its format: a
+    hint that says otherwise is an error, and so is a missing ``max_depth``, which the file does not record."""
+    for key, value in (("version", "v2"), ("head", "metric")):
+        if hints.get(key) not in (None, value):
+            raise CheckpointError(f"{path}: {key}={hints[key]!r} conflicts with its format, that of the official "
+                                  "metric_depth/train.py (a V2 metric model)")
+    if hints.get("max_depth") is None:
+        raise CheckpointError(f"{path}: a metric model written by the official metric_depth/train.py, which does "
+                              "not record its max_depth; pass max_depth= to sd.load_model (--model-max-depth in the "
+                              "CLI): the --max-depth it was trained with (official recipe: 20 Hypersim, 80 VKITTI)")
+    return {**hints, "version": "v2", "head": "metric"}
 
 
 def agreeing_config(config: ModelConfig, hints: dict[str, Any], source: Any,
@@ -236,12 +252,20 @@ def _load_hf_folder(folder: Path, hints: dict[str, Any]) -> tuple[dict[str, torc
     ``depth_anything``), or the V1 release's own (``PyTorchModelHubMixin``: ``{"encoder", "features",
     "out_channels"}`` beside official-layout weights; only V1 was published so)."""
     cfg_path = folder / "config.json"
+    others = other_model_files(folder)
     if not cfg_path.is_file():
-        raise FileNotFoundError(f"{folder}: not a Hugging Face model folder (no config.json)")
+        holds = f"; it holds {', '.join(others)}: pass the file to load" if others else ""
+        raise FileNotFoundError(f"{folder}: not a Hugging Face model folder (no config.json){holds}")
+    if others:  # two models in one source: which one was meant is not ours to guess
+        raise CheckpointError(f"{folder}: ambiguous: a Hugging Face folder (config.json and its weights, e.g. "
+                              f"model.safetensors) and {', '.join(others)}; pass the file, or move it out of the "
+                              "folder to load the Hugging Face model")
     try:
         cfg = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{cfg_path}: invalid JSON ({exc})") from exc
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{cfg_path}: expected a JSON object, got {type(cfg).__name__}")
     if isinstance(cfg, dict) and "model_type" not in cfg and {"encoder", "features", "out_channels"} <= set(cfg):
         if hints.get("version", "v1") != "v1":
             raise CheckpointError(f"{cfg_path}: version={hints['version']!r} conflicts with its layout, that of "

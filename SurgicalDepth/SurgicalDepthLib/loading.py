@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import numbers
 import os
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ import torch
 
 from .backends import GRAPH_SUFFIXES, CompiledDepthModel, choose_backend, load_backend
 from .checkpoints import agreeing_config, check_state_dict, load_state_dict_file
-from .configs import MODEL_CONFIGS, get_model_config
+from .configs import HEADS, MODEL_CONFIGS, VERSIONS, get_model_config
 from .model import DepthModel
 from .weights import WEIGHTS, cached_path, sha256_file
 
@@ -104,6 +106,21 @@ BACKENDS = ("torch", "onnxruntime", "openvino", "auto")
 HINTS = ("version", "head", "max_depth")
 
 
+def check_hints(hints: dict[str, Any]) -> dict[str, Any]:
+    """``hints`` of :func:`load_model` checked before any file is read (ValueError naming the bad one): ``version``
+    one of ``VERSIONS``, ``head`` one of ``HEADS``, ``max_depth`` a positive finite number (returned as a float;
+    a bool is no number here); None means not given."""
+    for key, choices in (("version", VERSIONS), ("head", HEADS)):
+        if hints.get(key) is not None and hints[key] not in choices:
+            raise ValueError(f"{key}={hints[key]!r} is not one of {choices}")
+    max_depth = hints.get("max_depth")
+    if max_depth is None:
+        return hints
+    if isinstance(max_depth, bool) or not isinstance(max_depth, numbers.Real) or not 0 < max_depth < math.inf:
+        raise ValueError(f"max_depth={max_depth!r} must be a positive finite number (the metric head's range)")
+    return {**hints, "max_depth": float(max_depth)}
+
+
 def load_model(source: str | os.PathLike = "default", *, device: str | torch.device = "auto",
                precision: str = "auto", backend: str = "torch", **hints: Any) -> DepthModel | CompiledDepthModel:
     """Load a Depth Anything model in eval mode on ``device``.
@@ -130,8 +147,9 @@ def load_model(source: str | os.PathLike = "default", *, device: str | torch.dev
         ``save_huggingface``), which store contiguous copies, or pass
         ``{k: v.contiguous() for k, v in model.state_dict().items()}``.
     Raises:
-        ValueError: an unknown backend or keyword (never silently ignored), a bad device or precision; a
-            backend whose runtime is not installed (``MissingBackendError``, naming the pip extra).
+        ValueError: an unknown backend or keyword (never silently ignored), a bad device, precision or hint
+            (:func:`check_hints`); a backend whose runtime is not installed (``MissingBackendError``, naming
+            the pip extra).
     """
     if backend not in BACKENDS:
         later = " (TensorRT is not built into this version)" if backend == "tensorrt" else ""
@@ -140,6 +158,7 @@ def load_model(source: str | os.PathLike = "default", *, device: str | torch.dev
     if unknown:
         raise TypeError(f"load_model got unknown keyword argument(s) {unknown}; known: device, precision, backend, "
                         f"{', '.join(HINTS)}")
+    hints = check_hints(hints)
     src = str(source)
     graph_backend = GRAPH_SUFFIXES.get(Path(src).suffix.lower()) if src not in MODEL_CONFIGS else None
     if backend == "auto":

@@ -407,3 +407,98 @@ def test_hugging_face_export_refuses_a_max_depth_transformers_cannot_hold(tmp_pa
     assert json.loads((folder / "config.json").read_text())["max_depth"] == 150
     transformers = pytest.importorskip("transformers")
     assert transformers.AutoConfig.from_pretrained(folder).max_depth == 150
+
+
+def test_hugging_face_folder_that_also_holds_a_checkpoint_is_ambiguous(tmp_path):
+    """Catches: a folder with ``config.json`` + ``model.safetensors`` and also ``depth_anything_v2_vits.pth`` (the
+    official release downloaded beside the ``-hf`` one) loaded the Hugging Face weights and ignored the ``.pth``
+    without a word: two models in one source is ambiguity, one error naming both files. A Trainer checkpoint's own
+    state files (``optimizer.pt``, ``scheduler.pt``, ``rng_state.pth``, ``training_args.bin``) are no model and do
+    not count; a folder holding a ``.pth`` but no ``config.json`` names the file to pass."""
+    model = _random_model("vits")
+    folder = sd.save_huggingface(tmp_path / "hf", model)
+    for name in ("optimizer.pt", "scheduler.pt", "rng_state.pth", "training_args.bin"):
+        (folder / name).write_bytes(b"not read")
+    _assert_same_state(model, sd.load_model(folder, device="cpu"))
+    sd.save_official(folder / "depth_anything_v2_vits.pth", model)
+    with pytest.raises(CheckpointError, match=r"hf: ambiguous: .*model\.safetensors.* and depth_anything_v2_vits\.pth"
+                                              r".*pass the file"):
+        sd.load_model(folder, device="cpu")
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    sd.save_official(alone / "depth_anything_v2_vits.pth", model)
+    with pytest.raises(FileNotFoundError, match=r"alone: not a Hugging Face model folder \(no config\.json\); it "
+                                                r"holds depth_anything_v2_vits\.pth"):
+        sd.load_model(alone, device="cpu")
+
+
+def test_metric_hints_on_an_official_relative_file_name_are_refused(tmp_path):
+    """Catches: ``load_model("depth_anything_v2_vits.pth", max_depth=20)`` (or ``head="metric"``) loaded the
+    official *relative* model behind a sigmoid × 20 head: same shapes, so nothing failed, and its disparity came out
+    as metres. The official relative names say the head, as they say the version; a fine-tune under another name
+    still takes the hints."""
+    model = _random_model("vits")
+    path = sd.save_official(tmp_path / "depth_anything_v2_vits.pth", model)
+    with pytest.raises(CheckpointError, match=r"depth_anything_v2_vits\.pth: max_depth=20 conflicts with its "
+                                              r"official file name, that of a relative model"):
+        sd.load_model(path, device="cpu", max_depth=20.0)
+    with pytest.raises(CheckpointError, match=r"head='metric' conflicts with its official file name, that of a "
+                                              r"relative model"):
+        sd.load_model(path, device="cpu", head="metric", max_depth=20.0)
+    v1 = sd.save_official(tmp_path / "depth_anything_vits14.pth", _random_model("vits", "v1"))
+    with pytest.raises(CheckpointError, match="that of a relative model"):
+        sd.load_model(v1, device="cpu", max_depth=10.0)
+    assert sd.load_model(path, device="cpu", head="relative").output_kind == "disparity"
+    tuned = sd.save_official(tmp_path / "depth_anything_v2_vits_colon.pth", model)
+    assert sd.load_model(tuned, device="cpu", max_depth=150.0).config.max_depth == 150.0
+
+
+def test_depth_anything_v1_metric_zoedepth_checkpoint_is_refused_naming_its_kind(tmp_path):
+    """Catches: the V1 metric models (``depth_anything_metric_depth_indoor.pt``: ZoeDepth, a metric-bins head on the
+    V1 encoder, keys ``core.core.*``, ``seed_bin_regressor.*``, ``attractors.*`` under ``"model"``) were refused as
+    "missing 'pretrained.cls_token'", which reads as a corrupt file; the error must say what the file is and that
+    it is not supported, whatever hints are given."""
+    state = _random_model("vits", "v1").state_dict()
+    zoe = {f"core.core.{k}": v for k, v in state.items()}
+    zoe |= {"conv2.weight": torch.zeros(4, 4, 1, 1), "seed_bin_regressor._net.0.weight": torch.zeros(2, 4, 1, 1),
+            "attractors.0._net.0.weight": torch.zeros(2, 4, 1, 1),
+            "conditional_log_binomial.mlp.0.weight": torch.zeros(2, 4, 1, 1)}
+    ddp = {f"module.{k}": v for k, v in zoe.items()}
+    for name, obj in (("depth_anything_metric_depth_indoor.pt", {"model": zoe}),
+                      ("depth_anything_metric_depth_outdoor.pt", {"model": ddp})):
+        torch.save(obj, tmp_path / name)
+        for hints in ({}, {"version": "v1", "max_depth": 10.0}):
+            with pytest.raises(CheckpointError, match=rf"{name}: a Depth Anything V1 metric model \(ZoeDepth"):
+                sd.load_model(tmp_path / name, device="cpu", **hints)
+
+
+def test_official_metric_training_checkpoint_is_a_v2_metric_model(tmp_path):
+    """Catches: ``latest.pth`` of the official ``metric_depth/train.py`` (``{"model", "optimizer", "epoch",
+    "previous_best"}``, its ``previous_best`` with the metric ``silog``) loaded with ``version="v2"`` alone as a
+    *relative* model: a ReLU head on sigmoid-trained weights, silently. Its format says V2 and metric: max_depth
+    (which it does not record) is asked for, and then it loads as the metric model."""
+    model = _random_model("vits", head="metric", max_depth=20.0)
+    best = {"d1": 0.9, "d2": 0.95, "d3": 0.99, "abs_rel": 0.1, "sq_rel": 0.1, "rmse": 0.3, "rmse_log": 0.1,
+            "log10": 0.05, "silog": 0.2}
+    path = tmp_path / "latest.pth"
+    torch.save({"model": model.state_dict(), "optimizer": {}, "epoch": 3, "previous_best": best}, path)
+    with pytest.raises(CheckpointError, match=r"latest\.pth: a metric model written by the official metric_depth/"
+                                              r"train\.py.*pass max_depth="):
+        sd.load_model(path, device="cpu", version="v2")
+    with pytest.raises(CheckpointError, match="head='relative' conflicts with its format"):
+        sd.load_model(path, device="cpu", head="relative", max_depth=20.0)
+    with pytest.raises(CheckpointError, match="version='v1' conflicts with its format"):
+        sd.load_model(path, device="cpu", version="v1", max_depth=20.0)
+    loaded = sd.load_model(path, device="cpu", max_depth=20.0)
+    assert loaded.config == model.config and loaded.output_kind == "depth"
+    _assert_same_state(model, loaded)
+
+
+@pytest.mark.parametrize("text", ["[]", "null", '"depth_anything"', '{"model_type": "depth_anything", '
+                                  '"backbone_config": "dinov2"}'])
+def test_config_json_of_the_wrong_type_is_one_error(tmp_path, text):
+    """Catches: a ``config.json`` that is JSON but not an object (``[]``, ``null``), or whose ``backbone_config`` is
+    not one, raised AttributeError (``'list' object has no attribute 'get'``) with a traceback, naming no file."""
+    (tmp_path / "config.json").write_text(text)
+    with pytest.raises(CheckpointError, match=r"config\.json: .*(JSON object|backbone_config)"):
+        sd.load_model(tmp_path, device="cpu")

@@ -141,3 +141,20 @@ def test_metric_base_and_large_load_exactly_by_registry_name(name, tmp_path, mon
     loaded = model.state_dict()
     assert sorted(loaded) == sorted(state)
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
+
+
+@pytest.mark.parametrize("hints, message", [
+    (dict(max_depth="20"), r"max_depth='20' must be a positive finite number"),
+    (dict(max_depth=True), r"max_depth=True must be a positive finite number"),
+    (dict(max_depth=float("inf")), r"max_depth=inf must be a positive finite number"),
+    (dict(head="Metric", max_depth=20.0), r"head='Metric' is not one of \('relative', 'metric'\)"),
+    (dict(version="2"), r"version='2' is not one of \('v1', 'v2'\)")])
+def test_hints_of_the_wrong_type_or_value_are_refused_naming_them(tmp_path, hints, message):
+    """Catches: ``load_model(path, max_depth="20")`` ended in a bare ``TypeError: '>' not supported between
+    instances of 'str' and 'int'`` naming neither the hint nor the file; ``max_depth=True`` loaded a metric model
+    of range ``True``; a misspelt head or version was reported as read "from its tensor shapes"."""
+    path = sd.save_official(tmp_path / "tuned.pth", sd.DepthModel(sd.get_model_config("surgical-depth-tiny")))
+    with pytest.raises(ValueError, match=message) as info:
+        sd.load_model(path, device="cpu", **{"version": "v2", **hints})
+    assert "tensor shapes" not in str(info.value)  # a hint, not the file, is at fault
+    assert sd.load_model(path, device="cpu", version="v2", max_depth=20).config.max_depth == 20.0

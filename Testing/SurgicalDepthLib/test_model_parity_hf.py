@@ -200,3 +200,54 @@ def test_giant_swiglu_in_memory_names_match_transformers():
     converted = hf_to_official_state(hf_model.state_dict())
     assert set(converted) == set(own)
     assert all(converted[k].shape == own[k].shape for k in own)
+
+
+def _assert_parity(hf: DepthAnythingForDepthEstimation, ours: torch.nn.Module) -> None:
+    """``ours(x)`` equals transformers' ``predicted_depth`` to ≤1e-4 of its range on one normalised 518×518 input."""
+    ref, out = _forward_both(hf, ours, 518, 518)
+    span = float(ref.max() - ref.min())
+    assert span > 0 and float((out - ref).abs().max()) <= 1e-4 * span
+
+
+@pytest.mark.parametrize("max_depth", [20, 80])
+def test_metric_folder_matches_transformers_and_streams_millimetres(tmp_path, max_depth):
+    """A metric folder (``depth_estimation_type="metric"``, the Hub's V2 metric ``-hf`` models: Hypersim 20 m,
+    VKITTI 80 m) loads as transformers computes it (sigmoid × max_depth), as a depth model in metres, and
+    ``depth_stream`` turns its output into millimetres (× 1000) end to end. Pins: the head, range, kind and unit
+    read from config.json, none of which changes a tensor's shape."""
+    hf, folder = _tiny_hf(tmp_path, depth_estimation_type="metric", max_depth=max_depth)
+    ours = sd.load_model(folder, device="cpu", precision="fp32")
+    assert (ours.output_kind, ours.depth_unit, ours.config.version) == ("depth", "m", "v2")
+    assert (ours.config.head, ours.config.max_depth) == ("metric", max_depth)
+    _assert_parity(hf, ours)
+    rgb = np.random.default_rng(0).integers(0, 256, (70, 98, 3), dtype=np.uint8)
+    frame = next(iter(sd.depth_stream(ours, [rgb])))
+    np.testing.assert_array_equal(frame.prediction, ours.infer_image(rgb))
+    assert 0 < frame.prediction.min() and frame.prediction.max() < max_depth
+    np.testing.assert_allclose(frame.depth_mm, frame.prediction * 1000.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_half_precision_folder_matches_transformers(tmp_path, dtype):
+    """A folder saved in half precision (``model.half().save_pretrained``, as Hub uploads often are) loads into
+    float32 and computes what transformers computes with the same rounded weights."""
+    from safetensors import safe_open
+
+    hf, _ = _tiny_hf(tmp_path / "fp32")
+    hf.to(dtype).save_pretrained(tmp_path / "half")
+    with safe_open(str(tmp_path / "half" / "model.safetensors"), framework="pt") as f:
+        assert f.get_tensor("head.conv3.weight").dtype == dtype
+    ours = sd.load_model(tmp_path / "half", device="cpu", precision="fp32")
+    assert all(v.dtype == torch.float32 for v in ours.state_dict().values())
+    _assert_parity(hf.float(), ours)
+
+
+def test_pytorch_model_bin_with_in_memory_names_matches_transformers(tmp_path):
+    """A folder whose weights are ``pytorch_model.bin`` holding ``torch.save(model.state_dict())`` of
+    transformers 5 (its in-memory names, ``attention.q_proj``...) loads and computes what transformers computes."""
+    hf, _ = _tiny_hf(tmp_path / "st")
+    folder = tmp_path / "bin"
+    hf.config.save_pretrained(folder)
+    torch.save(hf.state_dict(), folder / "pytorch_model.bin")
+    assert any(".attention.q_proj." in k for k in hf.state_dict())
+    _assert_parity(hf, sd.load_model(folder, device="cpu", precision="fp32"))
