@@ -97,6 +97,12 @@ class FrameInference:
                     detail_size: int | None = None) -> np.ndarray:
         """One RGB uint8 ``[H, W, 3]`` frame → float32 ``[H, W]`` (disparity or depth, see ``output_kind``).
 
+        Any memory layout is taken (views, negative strides, read-only arrays); other dtypes, grey or RGBA arrays
+        are a TypeError/ValueError naming them (convert first: :func:`~SurgicalDepthLib.video.read_image` does it
+        for files). The array is read as it is stored: a photo loaded with Pillow keeps its stored pixel grid,
+        while ``read_image``, ``open_frames`` and ``predict`` apply the EXIF orientation as viewers show it
+        (``PIL.ImageOps.exif_transpose`` gives the same array).
+
         ``input_size``: lower bound of both network input sides (×14); default ``config.input_size`` (518 for
         the official models). ``detail_size``: also read the frame at this larger size and keep that read's
         detail on this one's layout (:func:`~SurgicalDepthLib.detail.merge_detail`; None: one read)."""
@@ -185,6 +191,9 @@ class FrameInference:
     def infer_batch(self, frames: Sequence[np.ndarray] | np.ndarray, input_size: int | None = None,
                     batch_size: int | None = None, detail_size: int | None = None) -> np.ndarray:
         """RGB uint8 frames (a sequence of ``[H, W, 3]`` or an ``[N, H, W, 3]`` array) → float32 ``[N, H, W]``."""
+        if isinstance(frames, np.ndarray) and frames.ndim != 4:  # else one [H, W, 3] image reads as H frames
+            raise ValueError(f"frames must be an [N, H, W, 3] array or a sequence of [H, W, 3] frames, got an array "
+                             f"of shape {frames.shape} (one image: infer_image)")
         if len(frames) == 0:
             raise ValueError("frames is empty")
         return np.concatenate(list(self.iter_batches(frames, input_size, batch_size, detail_size=detail_size)),

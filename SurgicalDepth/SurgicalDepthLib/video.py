@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ._tiff import tiff_page_count
 from .atomic_io import atomic_path
 from .background import prefetch
 from .frame_sources import frame_source_images, frame_source_kind
@@ -69,15 +70,16 @@ def high_byte(samples: np.ndarray) -> np.ndarray:
 
 
 def read_image(path: str | os.PathLike, *, orientation: bool = True) -> np.ndarray:
-    """Read one image file as RGB uint8 ``[H, W, 3]``: grey is expanded to three channels, alpha is dropped, and
-    16-bit samples keep their high byte (:func:`high_byte`).
+    """Read one image file as RGB uint8 ``[H, W, 3]``: grey is expanded to three channels, alpha is dropped (not
+    blended: transparent pixels keep their colour), palette images are expanded, and 16-bit samples keep their high
+    byte (:func:`high_byte`). The first page of a TIFF is its image; a multi-page TIFF (a stack) is refused.
 
     Args:
         orientation: apply the file's EXIF orientation tag, as image viewers show it; False keeps the stored pixel
             grid, which a depth map stored beside the image is aligned to (the dataset loaders).
     Raises:
-        FileNotFoundError: ``path`` is not a file. ValueError: OpenCV cannot decode it, or its samples are not
-        8- or 16-bit unsigned integers (a float TIFF is no RGB image).
+        FileNotFoundError: ``path`` is not a file. ValueError: OpenCV cannot decode it, its samples are not
+        8- or 16-bit unsigned integers (a float TIFF is no RGB image), or it is a TIFF of several pages.
     """
     path = Path(path)
     if not path.is_file():
@@ -85,9 +87,14 @@ def read_image(path: str | os.PathLike, *, orientation: bool = True) -> np.ndarr
     # ANYDEPTH keeps 16 bits (converted here, the same for every format; IMREAD_COLOR would round 16-bit TIFFs
     # but truncate 16-bit PNGs), ANYCOLOR keeps grey as one channel and drops alpha.
     flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR | (0 if orientation else cv2.IMREAD_IGNORE_ORIENTATION)
-    image = decode_image_file(path, flags)
+    data = np.fromfile(str(path), dtype=np.uint8)
+    image = cv2.imdecode(data, flags) if data.size else None
     if image is None:
         raise ValueError(f"cannot decode image {path}: not a readable {path.suffix or 'image'} file")
+    pages = tiff_page_count(data.data)
+    if pages > 1:  # OpenCV decodes the first page alone: the others would be lost without a word
+        raise ValueError(f"image {path} is a TIFF stack of {pages} pages; one image per file is read: save each "
+                         "page as an image of its own (a folder of frames)")
     if image.dtype == np.uint16:
         image = high_byte(image)
     elif image.dtype != np.uint8:
@@ -413,8 +420,12 @@ def open_frames(path: str | os.PathLike, *, start: int = 0, stop: int | None = N
     """Open a video file, an image folder, a glob pattern or one image as a stream of RGB uint8 frames.
 
     Args:
-        path: ``.mp4/.avi/.mov/.mkv/...`` video, a folder of ``.png/.jpg/.jpeg/.bmp/.tif/.tiff`` images (natural
-            name order: ``2.png`` before ``10.png``), a glob such as ``"clip/*.png"``, or one image file.
+        path: ``.mp4/.avi/.mov/.mkv/...`` video, a folder of ``.png/.jpg/.jpeg/.bmp/.tif/.tiff/.webp`` images
+            (suffixes in any case; natural name order: ``2.png`` before ``10.png``; hidden files and the outputs of
+            earlier surgical-depth runs left out, :mod:`~SurgicalDepthLib.frame_sources`), a glob such as
+            ``"clip/*.png"``, or one image file. Images are read by :func:`read_image` (EXIF orientation applied,
+            as viewers show them; the maps predicted follow that grid) and a video's rotation metadata is applied
+            as players apply it (OpenCV's ``CAP_PROP_ORIENTATION_AUTO``; ``size`` is the rotated one).
         start, stop, stride: which source frames to yield (``range(start, stop, stride)``).
         prefetch: if > 0, decode up to this many frames ahead in a background thread.
     Returns:

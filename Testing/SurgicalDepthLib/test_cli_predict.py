@@ -539,3 +539,67 @@ def test_a_black_image_gets_no_depth_under_the_auto_field_of_view(tmp_path, chec
             continue
         assert (np.isnan(black).all() if fmt == "npy" else (black == 0).all()), fmt
         assert not cv2.imread(str(out / "black_color.png")).any()
+
+
+def test_a_rerun_whose_glob_reaches_an_earlier_output_folder_reads_no_outputs(tmp_path, checkpoint):
+    """``predict "data/*/*.png" --output data/depth --colormap``, then the same glob into ``data/depth2``: the second
+    run must predict the two frames, not the first run's colour maps and masks. Catches the glob matching
+    ``data/depth/x1_color.png``, so the rerun wrote ``x1_color_depth.npy`` (and a --video rerun took the colour
+    maps as frames of the clip)."""
+    frames = tmp_path / "data" / "clip"
+    frames.mkdir(parents=True)
+    for i in (1, 2):
+        cv2.imwrite(str(frames / f"x{i}.png"), textured(40, 56, i)[..., ::-1])
+    pattern = str(tmp_path / "data" / "*" / "*.png")
+    common = ["--model", checkpoint, "--input-size", SIZE, "--device", "cpu", "--colormap", "--progress", "none"]
+    for out in ("depth", "depth2"):
+        done = _cli("predict", pattern, "--output", tmp_path / "data" / out, *common)
+        assert done.returncode == 0, done.stderr[-2000:]
+        written = sorted(p.name for p in (tmp_path / "data" / out).iterdir() if p.name != MANIFEST_NAME)
+        assert [n for n in written if n.endswith("_depth.npy")] == ["x1_depth.npy", "x2_depth.npy"], written
+        assert all(n.startswith(("x1_", "x2_")) and n.count("_") == 1 for n in written), written
+    done = _cli("predict", pattern, "--video", "--output", tmp_path / "data" / "seq", *common)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "data" / "seq" / "data").glob("*.npy")) == ["000000.npy", "000001.npy"]
+
+
+def test_a_strip_among_a_folders_images_is_named_in_the_error(tmp_path, checkpoint):
+    """Catches the error for an image whose sides are more than 8:1 apart naming only its size ("an image of
+    4000x1 pixels ...") when it is one of a folder's images; and a strip-shaped video failing only once its
+    frames reached the network. Exit code 2, one line naming the file."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), textured(40, 56, 1)[..., ::-1])
+    cv2.imwrite(str(folder / "b_strip.png"), textured(2, 400, 2)[..., ::-1])
+    done = _cli("predict", folder, "--output", tmp_path / "out", "--model", checkpoint, "--input-size", SIZE,
+                "--device", "cpu", "--progress", "none")
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "b_strip.png: an image of 400x2 pixels has sides further apart than 8:1" in lines[0]
+    write_clip(tmp_path / "strip.mp4", 2, 16, 160)
+    done = _cli("predict", tmp_path / "strip.mp4", "--output", tmp_path / "out2", "--model", checkpoint,
+                "--input-size", SIZE, "--device", "cpu", "--progress", "none")
+    assert done.returncode == 2 and "model:" not in done.stdout  # refused before the model is loaded
+    assert "strip.mp4: an image of 160x16 pixels" in done.stderr and not (tmp_path / "out2").exists()
+
+
+def test_exif_rotated_jpeg_maps_follow_the_image_a_viewer_shows(tmp_path, checkpoint, model):
+    """The contract (a check, not a fix): a JPEG whose EXIF orientation is 6 (stored landscape, shown rotated 90°
+    clockwise, as phones and some scope cameras save) gets a map and a colour map of the shown (portrait) shape,
+    equal to the model's map of the image Pillow's ``exif_transpose`` gives. Catches a reader that ignores the tag
+    or applies it to the map but not to the colour map."""
+    from PIL import Image, ImageOps
+
+    stored = textured(40, 56, 3)
+    image = Image.fromarray(stored)
+    exif = image.getexif()
+    exif[0x0112] = 6
+    image.save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    shown = np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "photo.jpg")).convert("RGB"))
+    assert shown.shape == (56, 40, 3)
+    out = tmp_path / "out"
+    assert run_predict([str(tmp_path / "photo.jpg"), "--output", str(out), "--model", str(checkpoint),
+                        "--input-size", str(SIZE), "--colormap", "--fov-mask", "none"]) == 0
+    expected = model.infer_image(np.ascontiguousarray(shown), SIZE)
+    np.testing.assert_allclose(load_depth(out / "photo_depth.npy"), expected, rtol=1e-5, atol=1e-5)
+    assert cv2.imread(str(out / "photo_color.png")).shape == (56, 40, 3)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 from tiny_model import textured, tiny_model
@@ -86,3 +87,36 @@ def test_every_public_name_means_one_thing_after_its_module_is_imported():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[] True"
+
+
+def test_one_image_given_to_infer_batch_is_named_not_read_as_rows(one_torch_thread):
+    """Catches ``infer_batch(rgb)`` with one ``[H, W, 3]`` image read as H frames of shape ``[W, 3]``: the error
+    said "frame 0 must be an RGB image [H, W, 3], got shape (42, 3)", naming neither the array's shape nor the
+    fix. Arrays of other dtypes are refused naming the dtype, at every entry point."""
+    model = tiny_model(1)
+    rgb = textured(28, 42, 1)
+    with pytest.raises(ValueError, match=r"got an array of shape \(28, 42, 3\) \(one image: infer_image\)"):
+        model.infer_batch(rgb, input_size=28)
+    for dtype in (np.uint16, np.float32, bool):
+        with pytest.raises(TypeError, match=f"must be uint8, got {np.dtype(dtype)}"):
+            model.infer_image(rgb.astype(dtype), input_size=28)
+        with pytest.raises(TypeError, match=f"frame 0 must be uint8, got {np.dtype(dtype)}"):
+            next(sd.depth_stream(model, [rgb.astype(dtype)], input_size=28))
+
+
+def test_views_and_read_only_arrays_give_the_map_of_their_copy(one_torch_thread):
+    """Any memory layout is an image (a check of the contract): a mirrored view, a BGR->RGB view with negative
+    strides, the RGB channels of an RGBA buffer and a read-only array give exactly the map of a contiguous copy,
+    at the input's H x W, through infer_image, infer_batch and depth_stream; tiny frames (1x1, 2x3) too."""
+    model = tiny_model(1)
+    rgba = np.concatenate([textured(28, 42, 2), np.zeros((28, 42, 1), np.uint8)], axis=2)
+    read_only = textured(28, 42, 3)
+    read_only.setflags(write=False)
+    for view in (rgba[:, ::-1, :3], rgba[..., 2::-1], rgba[..., :3], read_only):
+        expected = model.infer_image(np.ascontiguousarray(view), input_size=28)
+        np.testing.assert_array_equal(model.infer_image(view, input_size=28), expected)
+        np.testing.assert_array_equal(model.infer_batch([view, view], input_size=28)[1], expected)
+        streamed = next(sd.depth_stream(model, [view], input_size=28, fov_mask=None)).prediction
+        np.testing.assert_array_equal(streamed, expected)
+    for h, w in ((1, 1), (2, 3), (13, 14)):
+        assert model.infer_image(textured(h, w, 4), input_size=28).shape == (h, w)

@@ -434,3 +434,89 @@ def test_read_video_frame_is_the_frame_sequential_decoding_gives(tmp_path):
         np.testing.assert_array_equal(read_video_frame(path, index), sequential[index])
     with pytest.raises(ValueError, match=r"clip\.mpg: frame 99 could not be decoded"):
         read_video_frame(path, 99)
+
+
+def _grey_tiff(order: str, pages: list[tuple[np.ndarray, int]]) -> bytes:
+    """An uncompressed 8-bit grey TIFF in byte order ``order`` (``"<"``: II, ``">"``: MM) with one image file
+    directory per ``(image uint8 [h, w], NewSubfileType)`` (1: reduced-resolution, e.g. a thumbnail; 2: a page)."""
+    import struct
+
+    out = bytearray((b"II" if order == "<" else b"MM") + struct.pack(order + "HI", 42, 0))
+    next_at = 4
+    for image, subfile_type in pages:
+        h, w = image.shape
+        data_at = len(out)
+        out += image.tobytes() + b"\x00" * (image.size % 2)
+        struct.pack_into(order + "I", out, next_at, len(out))
+        entries = [(254, 4, subfile_type), (256, 4, w), (257, 4, h), (258, 3, 8), (259, 3, 1), (262, 3, 1),
+                   (273, 4, data_at), (277, 3, 1), (278, 4, h), (279, 4, h * w)]
+        out += struct.pack(order + "H", len(entries))
+        for tag, kind, value in entries:
+            field = struct.pack(order + "HH", value, 0) if kind == 3 else struct.pack(order + "I", value)
+            out += struct.pack(order + "HHI", tag, kind, 1) + field
+        next_at = len(out)
+        out += struct.pack(order + "I", 0)
+    return bytes(out)
+
+
+def test_a_multi_page_tiff_is_refused_naming_its_pages(tmp_path):
+    """Catches a TIFF stack (ImageJ, a microscope, a frame grabber; OpenCV's imwritemulti, Pillow's save_all,
+    BigTIFF) read as its first page without a word: a folder of such stacks gave one map per file and the other
+    pages were lost. One page, and one page with a reduced-resolution thumbnail after it (NewSubfileType 1, as
+    cameras write it), are single images and read as before, in both byte orders."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (6, 10, 3), dtype=np.uint8)
+    assert cv2.imwritemulti(str(tmp_path / "opencv.tif"), [rgb, rgb, rgb])
+    Image.fromarray(rgb).save(tmp_path / "pillow.tiff", save_all=True, append_images=[Image.fromarray(rgb)])
+    Image.fromarray(rgb).save(tmp_path / "big.tif", big_tiff=True, save_all=True,
+                              append_images=[Image.fromarray(rgb)] * 3)
+    for name, pages in (("opencv.tif", 3), ("pillow.tiff", 2), ("big.tif", 4)):
+        with pytest.raises(ValueError, match=rf"{name} is a TIFF stack of {pages} pages; one image per file"):
+            read_image(tmp_path / name)
+    Image.fromarray(rgb).save(tmp_path / "one.tif", big_tiff=True)
+    np.testing.assert_array_equal(read_image(tmp_path / "one.tif"), rgb)
+    grey = rng.integers(0, 256, (6, 10), dtype=np.uint8)
+    for order in "<>":
+        (tmp_path / "thumb.tif").write_bytes(_grey_tiff(order, [(grey, 0), (grey[::2, ::2].copy(), 1)]))
+        np.testing.assert_array_equal(read_image(tmp_path / "thumb.tif"), np.repeat(grey[..., None], 3, axis=2))
+        (tmp_path / "stack.tif").write_bytes(_grey_tiff(order, [(grey, 2), (grey, 2)]))
+        with pytest.raises(ValueError, match=r"stack\.tif is a TIFF stack of 2 pages"):
+            read_image(tmp_path / "stack.tif")
+        with pytest.raises(ValueError, match=r"stack\.tif is a TIFF stack of 2 pages"):
+            list(open_frames(tmp_path / "stack.tif"))
+
+
+def _with_rotation(data: bytes) -> bytes:
+    """The mp4 ``data`` with its video track's display matrix (``tkhd``) set to a 90° rotation, as phones and
+    some scope recorders store a portrait clip (the frames stay landscape; players rotate them)."""
+    import struct
+
+    buf = bytearray(data)
+
+    def find(start: int, end: int, path: tuple[bytes, ...]) -> int:
+        for typ, i, size in _boxes(buf, start, end):
+            if typ == path[0]:
+                return i if len(path) == 1 else find(i + 8, i + size, path[1:])
+        raise AssertionError(f"no {path[0]} box")
+
+    tkhd = find(0, len(buf), (b"moov", b"trak", b"tkhd"))
+    assert buf[tkhd + 8] == 0  # version 0: 32-bit times
+    matrix_at = tkhd + 8 + 4 + 20 + 8 + 8  # version/flags, times/track/reserved/duration, reserved, layer..volume
+    struct.pack_into(">9i", buf, matrix_at, 0, 0x10000, 0, -0x10000, 0, 0, 0, 0, 0x40000000)
+    return bytes(buf)
+
+
+def test_a_rotated_video_is_read_as_a_player_shows_it(tmp_path):
+    """The contract (a check, not a fix): a clip with rotation metadata is read rotated, as players show it, and
+    the reader's ``size`` is the rotated one, so maps, colour maps and the side-by-side video of ``predict`` all
+    have the shape a user sees. Catches a reader whose ``size`` (container width x height) disagrees with its
+    frames, or that yields the stored landscape frames of a portrait clip."""
+    write_clip(tmp_path / "plain.mp4", 3)
+    (tmp_path / "rotated.mp4").write_bytes(_with_rotation((tmp_path / "plain.mp4").read_bytes()))
+    stored, rotated = (open_frames(tmp_path / name) for name in ("plain.mp4", "rotated.mp4"))
+    assert stored.size == (48, 64) and rotated.size == (64, 48)
+    for plain, turned in zip(stored, rotated, strict=True):
+        assert turned.shape == (64, 48, 3)
+        assert min(np.abs(turned.astype(int) - np.rot90(plain, k).astype(int)).mean() for k in (1, -1)) < 3

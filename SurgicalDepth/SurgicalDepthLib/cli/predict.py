@@ -18,6 +18,10 @@ and ``predictions.json`` lists them all as ``"fov_masks": [{"from_frame": i, "fi
 With ``--intrinsics`` (the scope's calibration), the maps of a model with a reference lens (the default model) are
 corrected to that lens (:mod:`SurgicalDepthLib.lens`: wide-angle and fisheye scopes).
 
+Images are read as viewers show them (EXIF orientation applied; a video's rotation metadata too): every map and
+colour map has the shape the user sees. A folder or glob never includes the outputs of an earlier run (its run
+manifest lists them), so a rerun whose glob reaches an output folder reads only the frames.
+
 Relative models write disparity (larger = nearer), metric models depth; see :mod:`SurgicalDepthLib.depth_io`
 for the formats. Frames stream through decode + preprocessing → inference → writing, each in its own thread with
 bounded queues, in constant memory.
@@ -89,6 +93,18 @@ def _lens(args: argparse.Namespace, lenses: dict[tuple[int, int], Any], height: 
     if (height, width) not in lenses:
         lenses[(height, width)] = None if args.intrinsics is None else parse_intrinsics(args.intrinsics, width, height)
     return lenses[(height, width)]
+
+
+def check_frame_size(source: str | Path, height: int, width: int) -> None:
+    """Refuse frames of ``height × width`` that the network cannot read (sides more than
+    :data:`~SurgicalDepthLib.preprocess.MAX_ASPECT_RATIO` apart): a ValueError naming ``source``, the image or video
+    (the size alone does not say which of a folder's images it is)."""
+    from ..preprocess import official_input_size  # lazy: torch is imported when the command runs
+
+    try:
+        official_input_size(height, width)
+    except ValueError as error:
+        raise ValueError(f"{source}: {error}") from None
 
 
 def _sequence_name(text: str, kind: str) -> str:
@@ -199,6 +215,7 @@ def _image_batches(images: list[Path], batch_size: int, fov_mask: Any
     mask: Any = None
     for path in images:
         rgb = read_image(path)
+        check_frame_size(path, *rgb.shape[:2])
         own = detect_fov_mask([rgb]) if isinstance(fov_mask, str) else fov_mask
         if frames and (rgb.shape != frames[0].shape or len(frames) == batch_size or not same_mask(own, mask)):
             yield group, frames, mask
@@ -369,6 +386,7 @@ def run(args: argparse.Namespace) -> int:
         sequences = [(_open_sequence(source, args), name) for source, name in sources]  # opened once
         lenses: dict[tuple[int, int], Any] = {}  # input size -> calibrated camera
         for reader, _ in sequences:  # a calibration or mask file that fits no video fails before anything is written
+            check_frame_size(reader.path, *reader.size)
             _lens(args, lenses, *reader.size)
             check_fov_mask_fits(args, reader.size, reader.path)
         out.protect(images)
