@@ -270,5 +270,6 @@ class TrainRun:
             save_training_checkpoint(self.output("last.pt"), self.core, self.optimizer, self.scheduler,
                                      config_json=self.config_json, epoch=state.epoch, step=state.step,
                                      step_in_epoch=state.step_in_epoch, best_abs_rel=state.best_abs_rel,
-                                     recent_losses=state.losses[-LOSS_WINDOW:])
+                                     recent_losses=state.losses[-LOSS_WINDOW:],
+                                     input_size=min(self.config.effective_input_size))  # as best.safetensors
         self.saved_step, self.saved_time, self.dirty = state.step, time.monotonic(), False

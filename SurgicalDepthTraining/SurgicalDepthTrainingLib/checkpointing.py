@@ -96,13 +96,17 @@ def first_non_finite(tensors: Iterable[tuple[str, torch.Tensor]]) -> str | None:
 
 def save_training_checkpoint(path: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     scheduler: Any, *, config_json: str, epoch: int, step: int, step_in_epoch: int,
-                    best_abs_rel: float, recent_losses: list[float] | None = None) -> Path:
-    """Write a training checkpoint atomically (temporary file + rename). ``model`` is the unwrapped model."""
+                    best_abs_rel: float, recent_losses: list[float] | None = None,
+                    input_size: int | None = None) -> Path:
+    """Write a training checkpoint atomically (temporary file + rename). ``model`` is the unwrapped model;
+    ``input_size`` the inference size its ``model_config`` records (as :func:`export_weights`; default: the
+    model's own)."""
     path = Path(path)
+    config = model.config if input_size is None else dataclasses.replace(model.config, input_size=int(input_size))
     data: dict[str, Any] = {
         "format": TRAIN_FORMAT,
         "model": plain_state(model),
-        "model_config": json.dumps(model.config.to_dict()),
+        "model_config": json.dumps(config.to_dict()),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "epoch": int(epoch), "step": int(step), "step_in_epoch": int(step_in_epoch),

@@ -111,7 +111,8 @@ def test_fine_tuned_model_keeps_neither_the_start_lens_nor_the_start_size(tmp_pa
     """Catches: a model fine-tuned from the default model keeping its measured reference lens, which describes the
     old training views, not the new data's: calibrated frames would then be 'corrected' by a wrong amount; and
     ``best.safetensors`` keeping the start model's inference size (518 for the official models) instead of the
-    crops' shorter side it was trained at, so ``predict``/``evaluate`` read frames at a scale it never saw."""
+    crops' shorter side it was trained at, so ``predict``/``evaluate`` read frames at a scale it never saw; and
+    ``last.pt``, which ``load_model`` also loads, still keeping it (its maps then differed from best's)."""
     from SurgicalDepthLib.checkpoints import save_checkpoint
 
     torch.manual_seed(0)
@@ -122,6 +123,8 @@ def test_fine_tuned_model_keeps_neither_the_start_lens_nor_the_start_size(tmp_pa
                  val_data=Planes(2, offset=50))
     assert load_model(best, device="cpu").config.reference_fov_deg is None
     assert load_model(best, device="cpu").config.input_size == 56  # min(84, 55 -> 56)
+    last = load_model(best.parent / "last.pt", device="cpu").config
+    assert last.input_size == 56 and last.reference_fov_deg is None
 
 
 def test_start_weights_without_their_official_name_take_the_version_hint(tmp_path):
