@@ -24,9 +24,11 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
 
-def natural_key(name: str) -> list:
-    """Sort key that orders ``frame2`` before ``frame10`` (digit runs compare as numbers)."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)]
+def natural_key(name: str) -> tuple[list, str]:
+    """Sort key that orders ``frame2`` before ``frame10`` (digit runs compare as numbers, letters without case);
+    names equal so (``frame1``/``frame01``, ``A``/``a``) are ordered by the name itself, so that the order never
+    depends on the order the file system lists them in."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name)], name
 
 
 def is_video_file(path: str | os.PathLike) -> bool:
@@ -64,7 +66,7 @@ def _listed_all(path: str | os.PathLike, kind: str, wanted) -> tuple[list[Path],
     (a folder: the files directly inside it, hidden ones left out as a glob leaves them out); the run outputs
     (:func:`_is_run_output`) are no frames and are not in ``files``."""
     if kind == "glob":
-        found = [Path(p) for p in _glob.glob(str(path)) if Path(p).is_file() and wanted(p)]
+        found = [Path(p) for p in _glob.glob(str(path), recursive=True) if Path(p).is_file() and wanted(p)]
         found.sort(key=lambda p: natural_key(str(p)))
     else:
         found = [p for p in Path(path).iterdir() if not p.name.startswith(".") and p.is_file() and wanted(p)]

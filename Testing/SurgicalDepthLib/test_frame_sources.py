@@ -92,3 +92,25 @@ def test_links_to_nothing_are_named_as_links(tmp_path):
             frame_source_kind(folder / name)
     assert frame_source_images(folder) == [folder / "f1.png"]
     assert frame_source_images(str(folder / "*")) == [folder / "f1.png"]
+
+
+def test_names_that_sort_alike_keep_one_order():
+    """Catches a frame order left to the file system: ``frame1``/``frame01`` and ``A``/``a`` had equal sort keys, so
+    their order was the order the directory listed them in (hash order on ext4, another on a copy). They are now
+    ordered by the name itself after the natural order."""
+    from SurgicalDepthLib.frame_sources import natural_key
+
+    for names in (["frame01.png", "frame1.png", "frame2.png", "frame10.png"], ["A.png", "a.png", "b.png"]):
+        for shuffled in (names, names[::-1], names[1:] + names[:1]):
+            assert sorted(shuffled, key=natural_key) == names
+
+
+def test_a_glob_with_double_star_reaches_subfolders(tmp_path):
+    """Catches ``**`` read as ``*`` (``glob`` without ``recursive=True``): ``"clip/**/*.png"`` found only the
+    images one folder down, none in ``clip`` itself or two folders down, where shells and Python both reach."""
+    for rel in ("a.png", "s1/b.png", "s1/s2/c.png"):
+        path = tmp_path / "clip" / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_image(path, np.full((8, 8, 3), 100, np.uint8))
+    files = frame_source_images(str(tmp_path / "clip" / "**" / "*.png"))
+    assert [p.relative_to(tmp_path / "clip").as_posix() for p in files] == ["a.png", "s1/b.png", "s1/s2/c.png"]
