@@ -77,10 +77,15 @@ def fit_scale_shift(pred: np.ndarray, reference: np.ndarray, mask: np.ndarray | 
         raise ValueError(f"scale_shift alignment needs >= 2 finite pixels in pred and reference, got {n}")
     pv, rv = p[ok], r[ok]
     pm, rm = pv.mean(), rv.mean()
-    var = np.mean((pv - pm) ** 2)
-    if not var > 0:
+    # the normal equations on centred values, each divided by its largest magnitude: no cancellation from a
+    # large common offset, and no underflow/overflow of the squares for values near 1e-170 or 1e170
+    pc, rc = pv - pm, rv - rm
+    p_unit, r_unit = np.abs(pc).max(), np.abs(rc).max()
+    if not p_unit > 0:
         raise ValueError("scale_shift alignment: pred is constant over the fitting pixels")
-    s = float(np.mean((pv - pm) * (rv - rm)) / var)
+    pc = pc / p_unit
+    cov = np.mean(pc * (rc / r_unit)) * (r_unit / p_unit) if r_unit > 0 else 0.0
+    s = float(cov / np.mean(pc * pc))
     return s, float(rm - s * pm)
 
 
@@ -89,12 +94,18 @@ def align_scale(pred: np.ndarray, reference: np.ndarray, mode: str = "median",
     """``pred`` rescaled to ``reference``: ``s · pred + t`` with (s, t) from :func:`fit_scale_shift`; ``mode``
     third, as the public contract writes the call (``align_scale(pred, reference, "scale_shift")``).
 
+    ``reference`` is a depth (or inverse depth) map: its pixels that are not finite or ``<= 0`` (datasets write 0
+    for "no measurement") are left out of the fit in both modes, as :func:`sdt.depth_metrics` leaves them out.
+
     Returns float32 of ``pred``'s shape, in the unit of ``reference``; every pixel is transformed (NaN stays NaN).
     """
     if not isinstance(mode, str):
         raise TypeError(f"align_scale(pred, reference, mode, mask): mode is 'median' or 'scale_shift', got a "
                         f"{type(mode).__name__}; pass a mask as mask=")
-    s, t = fit_scale_shift(pred, reference, mask, mode)
+    ref = _as_float("reference", reference)
+    with np.errstate(invalid="ignore"):
+        ref = np.where(ref > 0, ref, np.nan)
+    s, t = fit_scale_shift(pred, ref, mask, mode)
     return (_as_float("pred", pred) * s + t).astype(np.float32)
 
 
@@ -159,12 +170,15 @@ def disparity_to_depth(disparity: np.ndarray, *, depth_range: tuple[float, float
         if not (np.isfinite(scale) and np.isfinite(shift)):
             raise ValueError(f"scale and shift must be finite, got scale={scale!r}, shift={shift!r}")
         inv = float(scale) * d + float(shift)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        depth = np.where(inv > 0, 1.0 / inv, np.nan)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        depth = np.where(np.isfinite(d) & (inv > 0), 1.0 / inv, np.nan).astype(np.float32)
+    # a non-finite disparity has no depth (s·inf + t gave 0 mm, a clip gave near/far), and an inverse depth
+    # too small for float32 (1/z overflowing to inf) none either: NaN, never 0 or inf
+    depth[~(np.isfinite(depth) & (depth > 0))] = np.nan
     n_bad = int(np.count_nonzero(~np.isfinite(depth)))
     if n_bad:
         logger.debug("disparity_to_depth: %d of %d pixels have undefined depth (NaN)", n_bad, depth.size)
-    return depth.astype(np.float32)
+    return depth
 
 
 def prediction_to_mm(pred: np.ndarray, output_kind: str, unit: str,

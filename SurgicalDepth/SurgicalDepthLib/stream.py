@@ -235,12 +235,17 @@ def _depth_mm(kind: OutputKind, unit: str, near_far: tuple[float, float], fov: n
     return prediction_to_mm(pred, kind.value, unit, near_far, RANGE_PERCENTILES, mask=fov)
 
 
+#: frames over which ``temporal=True`` lets a metric model's depth follow a lasting change (the camera approaching)
+METRIC_FOLLOW = 30.0
+
+
 class _TemporalDepth:
     """Temporal stabilisation in disparity space and a depth mapping fixed by the first frame."""
 
     def __init__(self, kind: OutputKind, unit: str, depth_range: tuple[float, float], fov: np.ndarray | None):
         self.kind, self.unit, self.depth_range, self.fov = kind, unit, depth_range, fov
-        self.aligner = TemporalAligner()
+        # a metric model's scale is its measurement: followed (a lag of ~30 frames), not held at the first frame's
+        self.aligner = TemporalAligner(follow=METRIC_FOLLOW if kind is OutputKind.DEPTH else 0.0)
         self.scale_shift: tuple[float, float] | None = None
         self.band: tuple[float, float] = (-np.inf, np.inf)  # the first frame's disparity percentiles
 

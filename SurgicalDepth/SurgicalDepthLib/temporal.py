@@ -8,12 +8,18 @@ alignment, Ranftl et al. 2020, with outlier trimming for moving or occluded regi
 
 Why the EMA runs over the reference map and not over the fitted scale/shift: the per-frame scale/shift *is* the
 flicker to remove, so smoothing it would put the flicker back; smoothing the reference instead averages away the
-per-pixel noise that a single previous frame would pass on to the next fit. The output stays in the reference's
-affine frame, the first frame's: any frame-by-frame change of it (e.g. a running mean of the frames' transforms)
-would be flicker again, and ``depth_stream`` fixes its mapping to mm from the first frame. A relative model carries
-no absolute scale, so a real global approach of the camera cannot be told from scale flicker; only the relative
-structure is tracked. A blank frame (fewer than two valid pixels, or no range) is not aligned (NaN) and leaves the
-reference as it was: fitted, it would pull the reference to a flat map for good.
+per-pixel noise that a single previous frame would pass on to the next fit. The reference stays in the first frame's
+affine frame; the *output* frame follows the input's own, slowly: the output is ``L⁻¹(C(d))``, ``C`` the fit to the
+reference and ``L`` a running mean of the fits (log scale and shift, time constant ``follow`` frames). Per-frame
+flicker is zero-mean around ``L`` and is removed; a real, lasting change of the input's scale (a metric model's
+depth as the camera approaches, or any model whose output keeps a consistent scale) shows in ``C`` as a trend that
+``L`` takes up, so the output follows it with a lag of about ``follow`` frames instead of staying at the first
+frame's level for good (a metric model's 60 → 22 mm approach came out at 60 mm throughout). ``follow=0`` (the
+default) keeps the first frame's frame: exactly no flicker, and no change of scale either, which is right for a
+relative model (its per-frame scale is arbitrary: a real approach cannot be told from scale flicker) and why
+``depth_stream`` follows only a metric model's. A blank frame (no range, or fewer
+valid pixels than ``min_valid`` of the frame) is not aligned (NaN) and leaves every state as it was: fitted, it
+would pull the reference to a flat map, and a few pixels taken as a new scene would restart the reference from them.
 
 Why the reference's interquartile range is pulled back towards the first frame's (:data:`SPREAD_PULL` of the
 log ratio per frame): a least-squares fit of a noisy frame to the reference shrinks the scale (regression dilution:
@@ -38,6 +44,9 @@ logger = logging.getLogger(__name__)
 #: Fraction of the log ratio (first frame's / reference's interquartile range) the reference's spread is pulled back
 #: per frame: a time constant of about 20 frames, against the fits' regression dilution (module docstring).
 SPREAD_PULL = 0.05
+#: Per-frame values (``scales``, ``shifts``, ``cuts``) kept: the latest this many, so a live stream's state does
+#: not grow with its length.
+HISTORY = 1000
 
 
 def _subsample(values: np.ndarray, max_samples: int) -> np.ndarray:
@@ -116,14 +125,19 @@ class TemporalAligner:
         iterations: trimmed least-squares passes.
         min_correlation: a frame whose correlation with the reference (over the pixels valid in both) is below
             this is a new scene: it is not fitted, the reference restarts from it.
+        follow: time constant in frames with which the output follows a lasting change of the input's scale and
+            shift (module docstring); 0 (default, relative models: their scale carries nothing to follow) = keep
+            the first frame's affine frame for good. ``depth_stream`` follows a metric model's depth (30).
+        min_valid: a frame with fewer valid pixels than this share of its pixels is blank (NaN, nothing learnt).
     Attributes:
         scales, shifts: per frame, the transform applied (``output = scale * disparity + shift``; NaN: a blank
-            frame, not aligned).
-        cuts: indices of the frames taken as a new scene.
+            frame, not aligned); the latest :data:`HISTORY` frames.
+        cuts: indices of the frames taken as a new scene (the latest :data:`HISTORY`).
+        frames: frames seen since :meth:`reset`.
     """
 
     def __init__(self, momentum: float = 0.3, trim: float = 0.2, iterations: int = 3,
-                 min_correlation: float = 0.3):
+                 min_correlation: float = 0.3, follow: float = 0.0, min_valid: float = 0.01):
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum must be in [0, 1), got {momentum}")
         if not -1.0 <= min_correlation <= 1.0:
@@ -133,7 +147,13 @@ class TemporalAligner:
             raise ValueError(f"trim must be in [0, 1), got {trim}")
         if not isinstance(iterations, int) or isinstance(iterations, bool) or iterations < 1:
             raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
+        if not (np.isfinite(follow) and follow >= 0):
+            raise ValueError(f"follow must be a number of frames >= 0, got {follow!r}")
+        if not 0.0 <= min_valid < 1.0:
+            raise ValueError(f"min_valid must be in [0, 1), got {min_valid!r}")
         self.momentum = momentum
+        self.follow = float(follow)
+        self.min_valid = float(min_valid)
         self.trim = trim
         self.iterations = iterations
         self.min_correlation = min_correlation
@@ -144,6 +164,8 @@ class TemporalAligner:
         self._reference: np.ndarray | None = None
         self._ref_valid: np.ndarray | None = None
         self._anchor: tuple[float, float] | None = None  # the first frame's (median, interquartile range)
+        self._output_frame = (0.0, 0.0)  # L: running mean of the fits' (log scale, shift)
+        self.frames = 0
         self.scales: list[float] = []
         self.shifts: list[float] = []
         self.cuts: list[int] = []
@@ -169,21 +191,38 @@ class TemporalAligner:
         if self._reference is not None and self._reference.shape != disparity.shape:
             raise ValueError(f"frame has shape {disparity.shape} but the clip so far is {self._reference.shape}; "
                              "call reset() between clips")
-        if np.count_nonzero(ok) < 2 or not np.ptp(disparity[ok]) > 0:  # blank: nothing to align, nothing learnt
-            logger.debug("frame %d: no disparity range; not aligned", len(self.scales))
-            self.scales.append(np.nan)
-            self.shifts.append(np.nan)
+        n_ok = np.count_nonzero(ok)
+        if n_ok < max(2, self.min_valid * ok.size) or not np.ptp(disparity[ok]) > 0:  # blank: nothing learnt
+            logger.debug("frame %d: %d valid pixels, no disparity range; not aligned", self.frames, n_ok)
+            self._record(np.nan, np.nan)
             return np.full(disparity.shape, np.nan, np.float32)
         if self._anchor is None:
             scale, shift = 1.0, 0.0
             self._anchor = robust_level_spread(disparity[ok])
         else:
             scale, shift = self._fit(disparity, ok)
-        aligned = (scale * disparity + shift).astype(np.float32)
-        self._update_reference(aligned, ok)
-        self.scales.append(scale)
-        self.shifts.append(shift)
-        return aligned
+        self._update_reference((scale * disparity + shift).astype(np.float32), ok)
+        scale, shift = self._to_output_frame(scale, shift)
+        self._record(scale, shift)
+        return (scale * disparity + shift).astype(np.float32)
+
+    def _to_output_frame(self, scale: float, shift: float) -> tuple[float, float]:
+        """The fit ``C = (scale, shift)`` (input → reference frame) composed with ``L⁻¹`` after ``L`` has taken up
+        ``1 / follow`` of it: the transform input → output frame."""
+        if self.follow > 0:
+            rate = 1.0 / max(self.follow, 1.0)
+            log_scale, offset = self._output_frame
+            self._output_frame = (log_scale + rate * (np.log(scale) - log_scale), offset + rate * (shift - offset))
+        log_scale, offset = self._output_frame
+        return scale / np.exp(log_scale), (shift - offset) / np.exp(log_scale)
+
+    def _record(self, scale: float, shift: float) -> None:
+        """Append one frame's transform, keeping the latest :data:`HISTORY` (constant memory on a live stream)."""
+        self.frames += 1
+        for values, value in ((self.scales, scale), (self.shifts, shift)):
+            values.append(float(value))
+            del values[:-HISTORY]
+        del self.cuts[:-HISTORY]
 
     __call__ = update
 
@@ -201,8 +240,8 @@ class TemporalAligner:
         else:
             match = float("nan")
         logger.info("frame %d: no match with the reference (correlation %.2f); taken as a new scene",
-                    len(self.scales), match)
-        self.cuts.append(len(self.scales))
+                    self.frames, match)
+        self.cuts.append(self.frames)
         self._reference = self._ref_valid = None
         level, spread = robust_level_spread(disparity[ok])
         scale = self._anchor[1] / spread if spread > 0 and self._anchor[1] > 0 else 1.0

@@ -66,7 +66,7 @@ def test_robust_scale_shift_exact_and_robust(rng):
 def test_aligner_removes_pure_affine_flicker_exactly(rng):
     base = rng.uniform(0.5, 1.0, (20, 30)).astype(np.float32)
     transforms = np.array([(1.0, 0.0), (2.0, 0.1), (0.5, -0.2), (1.5, 0.05), (1.2, 0.0)])
-    aligner = TemporalAligner(momentum=0.5, trim=0.0)
+    aligner = TemporalAligner(momentum=0.5, trim=0.0, follow=0)  # follow=0: frame 0's affine frame for good
     outs = [aligner.update(s * base + b) for s, b in transforms]
     # every frame comes out in frame 0's affine frame (here the identity), whatever its own: a static scene does not
     # flicker at all (an output frame that followed the running mean of the transforms changed by 5-25 % a frame)
@@ -84,7 +84,7 @@ def test_a_blank_frame_leaves_the_reference_as_it_was(one_torch_thread):
     rng = np.random.default_rng(1)
     base = rng.uniform(0.5, 1.0, (20, 30)).astype(np.float32)
     for blank in (np.full_like(base, 0.5), np.full_like(base, np.nan)):
-        aligner = TemporalAligner()
+        aligner = TemporalAligner(follow=0)
         outs = [aligner.update(f) for f in (base, 2 * base + 0.1, blank, 0.5 * base - 0.2, 1.5 * base)]
         assert np.isnan(outs[2]).all() and np.isnan(aligner.scales[2])
         for k in (0, 1, 3, 4):
@@ -95,7 +95,7 @@ def test_a_blank_frame_leaves_the_reference_as_it_was(one_torch_thread):
 
         def predictions(self, items):
             for index, rgb in items:
-                yield index, rgb, (np.full_like(base, 0.7) if index == 2 else (1 + 0.3 * index) * base)
+                yield index, rgb, (np.full_like(base, 0.7) if index == 2 else base)
 
     frames = [np.full((20, 30, 3), 100, np.uint8)] * 5
     ranges = [np.nanpercentile(f.depth_mm, [2, 98]) if np.isfinite(f.depth_mm).any() else None
@@ -158,7 +158,7 @@ def test_no_contrast_drift_over_1000_frames_of_a_static_scene():
     came out flat, so depth_stream(temporal=True) gave a flat wall."""
     rng = np.random.default_rng(0)
     truth = _static_surface()
-    aligner = TemporalAligner()
+    aligner = TemporalAligner(follow=0)  # the reference's contrast, seen without the output frame's following
     slopes = []
     for t in range(1000):
         s, b = rng.uniform(0.5, 2.0), rng.uniform(-0.5, 0.5)
@@ -184,3 +184,79 @@ def test_scene_cut_restarts_the_reference_without_losing_contrast():
         assert _contrast(outs[t], second) > 0.7 * before, t
     assert flicker([1 / o for o in outs[21:]]) < 0.02  # steady again after the cut
     assert aligner.cuts == [20]
+
+
+def test_output_follows_a_lasting_change_of_scale():
+    """Catches the output held in the first frame's affine frame for good: an input whose scale really changes (a
+    metric model's depth as the camera approaches, or exact disparity) came out at the first frame's level (a
+    60 -> 30 mm approach stayed at 60 mm), while per-frame flicker around the change is still removed."""
+    rng = np.random.default_rng(4)
+    truth = _static_surface()
+    aligner = TemporalAligner(follow=30)  # as depth_stream's for a metric model
+    levels, outs = [], []
+    for t in range(200):
+        level = 1.0 + min(t, 60) / 60.0  # the true scale doubles over 60 frames, then holds
+        jitter = rng.uniform(0.9, 1.1)
+        outs.append(aligner.update((jitter * level * truth).astype(np.float32)))
+        levels.append(level)
+    final = float(np.median(outs[-1] / truth))
+    assert final == pytest.approx(2.0, rel=0.05)  # frozen: 1.0
+    assert flicker(outs[150:]) < 0.01 < flicker([lv * truth * rng.uniform(0.9, 1.1) for lv in levels[150:]])
+
+
+def test_metric_depth_stream_follows_the_camera_approach():
+    """Catches ``depth_stream(temporal=True)`` with a metric model fitting every frame back to the first frame's
+    inverse depth: a tilted wall approached from 60 to 30 mm came out at 60 mm in every frame (depth_mm frozen)."""
+    import SurgicalDepthLib as sd
+
+    v = np.mgrid[0:40, 0:50][0]
+    walls = [(z0 / (1 - 0.01 * (v - 20))).astype(np.float32) for z0 in np.r_[np.linspace(60, 30, 60), [30.0] * 120]]
+
+    class Metric:
+        output_kind, depth_unit = "depth", "mm"
+
+        def predictions(self, items):
+            for index, rgb in items:
+                yield index, rgb, walls[index]
+
+    rgbs = [np.full((40, 50, 3), 100, np.uint8)] * len(walls)
+    out = list(sd.depth_stream(Metric(), rgbs, temporal=True, fov_mask=None))
+    np.testing.assert_allclose(out[0].depth_mm, walls[0], rtol=1e-5)
+    np.testing.assert_allclose(out[-1].depth_mm, walls[-1], rtol=0.02)
+    medians = [float(np.median(f.depth_mm)) for f in out[:60]]
+    assert all(b < a for a, b in zip(medians, medians[1:]))  # nearer every frame, not held
+
+
+def test_a_frame_with_few_valid_pixels_changes_nothing():
+    """Catches a frame with 3 valid pixels (a tool over the scope, smoke) taken as a new scene: the reference
+    restarted from those 3 pixels (``cuts == [2, 3]``), and as the first frame they fixed the clip's level and
+    spread. Such a frame is blank now: NaN, and the frames around it come out as without it."""
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.5, 1.0, (20, 30)).astype(np.float32)
+    tiny = np.full_like(base, np.nan)
+    tiny[0, :3] = [0.9, 0.6, 0.7]
+    frames = (base, 2 * base + 0.1, 0.5 * base - 0.2, 1.5 * base)
+    clean = TemporalAligner()
+    expected = [clean.update(f) for f in frames]
+    for position in (0, 2):
+        aligner = TemporalAligner()
+        seq = list(frames[:position]) + [tiny] + list(frames[position:])
+        outs = [aligner.update(f) for f in seq]
+        assert np.isnan(outs[position]).all() and aligner.cuts == []
+        for got, want in zip(outs[:position] + outs[position + 1:], expected):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_state_does_not_grow_with_clip_length(monkeypatch):
+    """Catches ``scales``/``shifts``/``cuts`` appended for every frame for good: a live stream's aligner grew
+    without bound (about 7 MB an hour at 30 fps). The latest ``HISTORY`` frames are kept."""
+    from SurgicalDepthLib import temporal
+
+    monkeypatch.setattr(temporal, "HISTORY", 10)
+    first = _static_surface(12, 16)
+    second = 3.0 - first  # anti-correlated: a new scene
+    aligner = TemporalAligner()
+    for t in range(40):
+        aligner.update((first if t % 2 else second).astype(np.float32))  # every frame after the first is a cut
+    assert aligner.frames == 40
+    assert len(aligner.scales) == len(aligner.shifts) == 10 and aligner.cuts == list(range(30, 40))
