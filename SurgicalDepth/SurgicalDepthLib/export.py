@@ -1,9 +1,9 @@
 """Writing and reading point clouds and meshes (``vtkPolyData``) by file suffix.
 
 Suffixes: ``.ply`` (binary, per-point colours from the "RGB" array), ``.vtp`` (VTK XML, all arrays),
-``.vtk`` (legacy VTK, binary, all arrays), ``.stl`` (binary, triangles only — meshes), ``.obj`` (Wavefront,
-geometry only). Every write goes through :func:`SurgicalDepthLib.atomic_io.atomic_path`: a failed write leaves
-no file behind.
+``.vtk`` (legacy VTK, binary, all arrays), ``.stl`` (binary, triangles only — meshes), ``.obj`` (Wavefront:
+geometry, normals and per-vertex colours ``v x y z r g b`` from the "RGB" array where VTK writes them). Every
+write goes through :func:`SurgicalDepthLib.atomic_io.atomic_path`: a failed write leaves no file behind.
 """
 from __future__ import annotations
 
@@ -71,7 +71,13 @@ def _writer(suffix: str, polydata: Any) -> Any:
         return w
     from vtkmodules.vtkIOGeometry import vtkOBJWriter
 
-    return vtkOBJWriter()
+    w = vtkOBJWriter()
+    # per-vertex colours as "v x y z r g b" (r, g, b in [0, 1]), the extension MeshLab, Open3D and recent VTK readers
+    # read; older VTK writers have no such option and write geometry only
+    if polydata.GetPointData().GetArray("RGB") is not None and hasattr(w, "SetWriteColorArray"):
+        w.SetWriteColorArray(True)
+        w.SetColorArrayName("RGB")
+    return w
 
 
 def _write(path: Path, polydata: Any, suffix: str) -> Path:

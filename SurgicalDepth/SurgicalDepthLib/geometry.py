@@ -49,11 +49,20 @@ def valid_depth_mask(depth: np.ndarray, mask: np.ndarray | None = None) -> np.nd
     return restrict_to_mask(valid, mask, "depth")
 
 
+def float32_depth(depth: np.ndarray) -> np.ndarray:
+    """``depth`` as float32 (shared when it is already), the precision of the points: a float64 depth beyond float32's
+    range becomes inf, a positive one below its smallest value 0, both invalid (no overflow warning)."""
+    with np.errstate(over="ignore", under="ignore"):
+        return np.asarray(depth).astype(np.float32, copy=False)
+
+
 def point_mask(depth: np.ndarray, intrinsics: Intrinsics, mask: np.ndarray | None = None) -> np.ndarray:
-    """bool ``[H, W]``: the pixels :func:`backproject` turns into points — a valid depth (:func:`valid_depth_mask`),
-    inside ``mask`` (when given), and a ray through the lens (a distorted camera's pixels beyond its model's range
-    have none: ``camera.pixel_rays`` gives NaN). Callers pick each point's colour and scalars with it."""
-    valid = valid_depth_mask(depth, mask)
+    """bool ``[H, W]``: the pixels :func:`backproject` turns into points — a valid depth (:func:`valid_depth_mask`)
+    once in float32 (as the points are), inside ``mask`` (when given), and a ray through the lens (a distorted
+    camera's pixels beyond its model's range have none: ``camera.pixel_rays`` gives NaN). Callers pick each point's
+    colour and scalars with it."""
+    # judged in float32, like the points: a float64 1e39 or 1e-300 would be valid here and no point there
+    valid = valid_depth_mask(float32_depth(depth), mask)
     has_ray = camera_ray_mask(intrinsics)
     if has_ray is not None and has_ray.shape == valid.shape:  # another size: backproject names both
         valid &= has_ray
@@ -78,7 +87,7 @@ def backproject(depth: np.ndarray, intrinsics: Intrinsics, mask: np.ndarray | No
     """
     depth = check_depth_map(depth, intrinsics)
     H, W = depth.shape
-    z = depth.astype(np.float32, copy=False)
+    z = float32_depth(depth)
     valid = point_mask(z, intrinsics, mask)
     # compute every pixel with broadcast writes, then compress the valid rows once: faster than gathering
     # per-pixel indices (invalid pixels give NaN/inf rows that are discarded)

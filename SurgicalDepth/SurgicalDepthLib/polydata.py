@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from .camera import Intrinsics
-from .geometry import backproject, check_colors, check_depth_map, check_points, grid_triangles, point_mask
+from .geometry import (backproject, check_colors, check_depth_map, check_points, float32_depth, grid_triangles,
+                       point_mask)
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def depth_to_mesh(depth: np.ndarray, intrinsics: Intrinsics, rgb: np.ndarray | N
     points = backproject(depth, intrinsics)  # row-major order of the valid pixels
     remap = np.full(depth.size, -1, dtype=np.int64)
     remap[np.flatnonzero(valid)] = np.arange(points.shape[0])
-    tris = remap[grid_triangles(valid, depth.astype(np.float32, copy=False), max_depth_jump)]
+    tris = remap[grid_triangles(valid, float32_depth(depth), max_depth_jump)]
     colors = None
     if rgb is not None:
         rgb = np.asarray(rgb)

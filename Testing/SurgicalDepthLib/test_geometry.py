@@ -118,3 +118,70 @@ def test_remove_outliers_drops_isolated_points():
     kept, keep = remove_outliers(pts, nb_neighbors=16, std_ratio=2.0)
     assert not keep[3000:].any() and keep[:3000].mean() > 0.97
     assert len(kept) == keep.sum()
+
+
+def _cv2_rays(intr: Intrinsics) -> np.ndarray:
+    """Unit-z rays float64 [H, W, 2] of the pixel centres from OpenCV's own undistortion (tight criteria), not the
+    library's."""
+    import cv2
+
+    u, v = np.meshgrid(np.arange(intr.width, dtype=np.float64), np.arange(intr.height, dtype=np.float64))
+    pix = np.stack([u, v], -1).reshape(-1, 1, 2)
+    if intr.distortion is None:
+        return np.stack([(u - intr.cx) / intr.fx, (v - intr.cy) / intr.fy], -1)
+    D = np.asarray(intr.distortion["coeffs"], np.float64)
+    crit = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 300, 1e-15)
+    if intr.distortion["model"] == "fisheye":
+        rays = cv2.fisheye.undistortPoints(pix, intr.K, D, criteria=crit)
+    else:
+        rays = cv2.undistortPoints(pix, intr.K, D, criteria=crit)
+    return rays.reshape(intr.height, intr.width, 2)
+
+
+def _cv2_project(points: np.ndarray, intr: Intrinsics) -> np.ndarray:
+    """Pixel coordinates float64 [N, 2] of camera-frame points through OpenCV's forward lens model."""
+    import cv2
+
+    P = points.astype(np.float64).reshape(-1, 1, 3)
+    if intr.distortion is not None and intr.distortion["model"] == "fisheye":
+        uv, _ = cv2.fisheye.projectPoints(P, np.zeros(3), np.zeros(3), intr.K, intr.dist_coeffs)
+    else:
+        uv, _ = cv2.projectPoints(P, np.zeros(3), np.zeros(3), intr.K, intr.dist_coeffs)
+    return uv.reshape(-1, 2)
+
+
+@pytest.mark.parametrize("dist", [None, {"model": "opencv", "coeffs": [-0.25, 0.07, 0.001, -0.001, 0.0]},
+                                  {"model": "fisheye", "coeffs": [0.05, -0.01, 0.002, -0.0003]}],
+                         ids=["pinhole", "opencv", "fisheye"])
+def test_backprojection_is_the_inverse_of_opencvs_projection(dist):
+    """Independent of the library's rays (analytic_scene takes them from it for distorted cameras): depth of a plane
+    through (0, 0, 100) mm tilted 30° about y, traced along OpenCV's undistorted rays, must back-project onto the
+    plane and project back through ``cv2.projectPoints`` onto the pixel centres. Catches a half-pixel shift (pixel
+    corners instead of centres), depth taken as ray length, or a lens model applied in the wrong direction."""
+    intr = Intrinsics(CAM.fx, CAM.fy, CAM.cx, CAM.cy, CAM.width, CAM.height, dist)
+    normal = np.array([np.sin(np.radians(30.0)), 0.0, -np.cos(np.radians(30.0))])
+    rays = _cv2_rays(intr)
+    z = (normal @ [0.0, 0.0, 100.0]) / (rays @ normal[:2] + normal[2])  # depth = z of the ray-plane intersection
+    pts = backproject(z.astype(np.float32), intr)
+    assert pts.dtype == np.float32 and pts.flags.c_contiguous and pts.shape == (CAM.width * CAM.height, 3)
+    np.testing.assert_allclose(pts[:, 2], z.astype(np.float32).ravel(), rtol=0)  # depth is z, not ray length
+    off_plane = np.abs((pts.astype(np.float64) - [0.0, 0.0, 100.0]) @ normal) / pts[:, 2]
+    assert off_plane.max() < 1e-6  # float32 rounding
+    u, v = np.meshgrid(np.arange(CAM.width), np.arange(CAM.height))  # row-major: v, then u
+    np.testing.assert_allclose(_cv2_project(pts, intr), np.stack([u.ravel(), v.ravel()], 1), atol=1e-3)
+
+
+def test_float64_depth_beyond_float32_gives_no_point_and_point_mask_agrees():
+    """Bug caught: ``point_mask`` judged a float64 depth as given while the points are float32, so a depth of 1e39
+    (inf in float32) or 1e-300 (0 in float32) was a valid pixel there and no point in ``backproject``: the colours a
+    caller picks with the mask (as ``reconstruct`` does) no longer matched the points."""
+    from SurgicalDepthLib.geometry import point_mask
+
+    intr = Intrinsics(10.0, 10.0, 2.0, 1.5, 5, 4)
+    depth = np.full((4, 5), 80.0)
+    depth[1, 1], depth[2, 3], depth[3, 0] = 1e39, 1e-300, 3e38  # 3e38 still fits float32
+    valid = point_mask(depth, intr)
+    assert valid.sum() == 18 and not valid[1, 1] and not valid[2, 3] and valid[3, 0]
+    pts = backproject(depth, intr)
+    assert len(pts) == valid.sum() and np.isfinite(pts).all()
+    np.testing.assert_array_equal(pts[:, 2], depth[valid].astype(np.float32))
