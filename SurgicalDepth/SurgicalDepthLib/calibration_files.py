@@ -1,5 +1,6 @@
-"""Calibration files → ``Intrinsics`` (``Intrinsics.from_file``): JSON, OpenCV ``FileStorage`` YAML/XML, plain text
-matrices and OCamCalib's ``calib_results.txt`` (:mod:`.ocam`).
+"""Calibration files → ``Intrinsics`` (``Intrinsics.from_file``): JSON, OpenCV ``FileStorage`` YAML/XML, ROS
+camera_info, Kalibr camchain YAML, COLMAP ``cameras.txt``, plain text matrices and OCamCalib's ``calib_results.txt``
+(:mod:`.ocam`).
 
 A file in pixels may leave out its image size (a bare 3×3 K): it is then read at a size the caller gives. Each reader
 checks the whole text before it needs that size, and raises :class:`MissingImageSize` when it has none, so a file
@@ -58,11 +59,21 @@ def _parse(path: Path, text: str, width: int | None, height: int | None) -> Intr
     suffix = path.suffix.lower()
     if suffix == ".json":
         return _read_json(path, text, width, height)
+    if suffix in (".yaml", ".yml") and all(key.search(text) for key in _KALIBR_KEYS):
+        return _read_kalibr(path, text)
     if suffix in (".yaml", ".yml", ".xml"):
         return _read_opencv_storage(path, text, width, height)
     if is_ocam_text(text):
         return Intrinsics(**parse_ocam(text, path))
+    if _COLMAP_LINE.search(text):
+        return _read_colmap(path, text)
     return _read_text_matrix(path, text, width, height)
+
+
+#: what ``Intrinsics.from_file`` reads, for the errors of a file it cannot
+_SUPPORTED_FORMATS = ("supported: OpenCV FileStorage YAML/XML/JSON (camera_matrix or K, distortion_coefficients or D, "
+                     "image_width, image_height), ROS camera_info, Kalibr camchain, COLMAP cameras.txt, OCamCalib "
+                     "calib_results.txt, JSON {fx, fy, cx, cy, width, height}, a text 3x3 K")
 
 
 def _read_json(path: Path, text: str, width: int | None, height: int | None) -> Intrinsics:
@@ -210,21 +221,36 @@ def _from_fields(path: Path, K_field: tuple[str, np.ndarray | None], dist: np.nd
     ``distortion_model`` (ROS), ``fisheye_model`` (OpenCV's calibration sample: 1 for ``cv::fisheye``), the size it
     states (else ``width × height``)."""
     name, K = K_field
-    if K is None or K.size != 9:
-        raise ValueError(f"intrinsics file {path}: expected a 3x3 '{name}', got "
-                         f"{'nothing' if K is None else f'{K.size} values'}")
+    if K is None:
+        raise ValueError(f"intrinsics file {path} holds no camera matrix ('{name}'); {_SUPPORTED_FORMATS}")
+    if K.size != 9:
+        raise ValueError(f"intrinsics file {path}: expected a 3x3 '{name}', got {K.size} values")
     model = "" if model is None else str(model).strip().lower()
     if model not in _FISHEYE_MODELS + _OPENCV_MODELS:
         raise ValueError(f"intrinsics file {path}: distortion_model {model!r} is not supported; expected one of "
                          f"{_FISHEYE_MODELS + _OPENCV_MODELS[1:]}")
-    distortion = None
-    if dist is not None and np.any(dist):
-        fisheye = model in _FISHEYE_MODELS or (not model and _flag(path, fisheye_flag))
-        distortion = {"model": "fisheye" if fisheye else "opencv", "coeffs": dist.tolist()}
+    distortion = _distortion(path, dist, model, fisheye_flag)
     w, h = stated or (width, height)
     if w is None or h is None:
         raise MissingImageSize(f"intrinsics file {path} has no image_width/image_height; pass the image size")
     return Intrinsics.from_matrix(K.reshape(3, 3), w, h, distortion)
+
+
+def _distortion(path: Path, dist: np.ndarray | None, model: str, fisheye_flag: Any) -> dict | None:
+    """The distortion dict of a file's coefficients and the model it names (``model``: lower case, "" for none).
+    A fisheye lens keeps all-zero coefficients (its equidistant projection θd = θ is no pinhole). Four coefficients
+    without a model are OpenCV's pinhole k1 k2 p1 p2 or ``cv2.fisheye``'s k1..k4 (its calibrate() returns four):
+    refused rather than guessed."""
+    fisheye = model in _FISHEYE_MODELS or (not model and _flag(path, fisheye_flag))
+    if fisheye:
+        return {"model": "fisheye", "coeffs": [0.0] * 4 if dist is None or not dist.size else dist.tolist()}
+    if dist is None or not np.any(dist):
+        return None
+    if not model and fisheye_flag is None and dist.size == 4:
+        raise ValueError(f"intrinsics file {path}: 4 distortion coefficients and no distortion_model: pinhole "
+                         f"k1 k2 p1 p2 or fisheye k1..k4? add 'distortion_model: plumb_bob' or 'distortion_model: "
+                         f"fisheye' (or fisheye_model: 0 or 1)")
+    return {"model": "opencv", "coeffs": dist.tolist()}
 
 
 def _flag(path: Path, value: Any) -> bool:
@@ -239,8 +265,8 @@ def _read_text_matrix(path: Path, text: str, width: int | None, height: int | No
     try:
         values = np.asarray([float(t) for t in tokens], dtype=np.float64)
     except ValueError as exc:
-        raise ValueError(f"intrinsics file {path}: expected 9 numbers (3x3 K) or 4 (fx fy cx cy), "
-                         f"found a non-number: {exc}") from exc
+        raise ValueError(f"intrinsics file {path}: expected 9 numbers (3x3 K) or 4 (fx fy cx cy), found a "
+                         f"non-number ({exc}); {_SUPPORTED_FORMATS}") from None
     if values.size not in (9, 4):
         raise ValueError(f"intrinsics file {path}: expected 9 numbers (3x3 K) or 4 (fx fy cx cy), got {values.size}")
     if width is None or height is None:
@@ -248,3 +274,83 @@ def _read_text_matrix(path: Path, text: str, width: int | None, height: int | No
     if values.size == 9:
         return Intrinsics.from_matrix(values.reshape(3, 3), width, height)
     return Intrinsics(*values.tolist(), width=width, height=height)
+
+
+#: keys every camera of a Kalibr camchain has (and OpenCV / ROS files do not)
+_KALIBR_KEYS = (re.compile(r"^\s*camera_model\s*:", re.M), re.compile(r"^\s*intrinsics\s*:", re.M))
+
+
+def _read_kalibr(path: Path, text: str) -> Intrinsics:
+    """A Kalibr camchain (``cam0: {camera_model, intrinsics: [fu, fv, pu, pv], distortion_model, distortion_coeffs,
+    resolution: [w, h]}``; Kalibr wiki "Yaml formats") holding one camera, or that camera's mapping alone. Kalibr's
+    pixel centres are at integer coordinates, as OpenCV's (COLMAP doc/faq.rst); ``radtan`` is OpenCV's k1 k2 p1 p2
+    and ``equidistant`` its fisheye k1..k4."""
+    data = _plain_yaml(text)
+    if data is None:
+        raise ValueError(f"intrinsics file {path} is not valid YAML (read as a Kalibr camchain)")
+    cams = {"": data} if "intrinsics" in data else \
+        {str(k): v for k, v in data.items() if isinstance(v, dict) and "intrinsics" in v}
+    if len(cams) != 1:
+        raise ValueError(f"intrinsics file {path} is a Kalibr camchain with {len(cams)} cameras {sorted(cams)}; "
+                         f"save the camera that filmed the frames as a camchain of its own")
+    name, cam = next(iter(cams.items()))
+    field = f"{name}." if name else ""
+    camera_model = str(cam.get("camera_model", "")).strip().lower()
+    if camera_model != "pinhole":
+        raise ValueError(f"intrinsics file {path}: Kalibr {field}camera_model {camera_model!r} is not supported; "
+                         f"expected 'pinhole' (intrinsics [fu, fv, pu, pv])")
+    intr = _numbers(path, f"{field}intrinsics", cam.get("intrinsics") or [])
+    size = _numbers(path, f"{field}resolution", cam.get("resolution") or [])
+    coeffs = _numbers(path, f"{field}distortion_coeffs", cam.get("distortion_coeffs") or [])
+    if intr.size != 4 or size.size != 2:
+        raise ValueError(f"intrinsics file {path}: Kalibr {field}intrinsics must be [fu, fv, pu, pv] and "
+                         f"{field}resolution [width, height], got {intr.tolist()} and {size.tolist()}")
+    model = str(cam.get("distortion_model", "none")).strip().lower()
+    if model not in ("radtan", "equidistant", "none"):
+        raise ValueError(f"intrinsics file {path}: Kalibr {field}distortion_model {model!r} is not supported; "
+                         f"expected radtan, equidistant or none")
+    distortion = None if model == "none" else _distortion(path, coeffs, model, None)
+    fu, fv, pu, pv = intr.tolist()
+    return Intrinsics(fu, fv, pu, pv, *size.tolist(), distortion=distortion)
+
+
+#: a camera line of COLMAP's cameras.txt: CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]
+_COLMAP_LINE = re.compile(r"^[ \t]*\d+[ \t]+[A-Z][A-Z_]*[ \t]+\d+[ \t]+\d+[ \t]+\S", re.M)
+#: COLMAP model → (focal lengths: 1 or 2, distortion model, its coefficients in COLMAP's order); each maps onto
+#: OpenCV's (src/colmap/sensor/models.h: SIMPLE_RADIAL's radial term k·r², the fisheye models' θ(1 + k1θ² + ...))
+_COLMAP_MODELS = {"SIMPLE_PINHOLE": (1, None, 0), "PINHOLE": (2, None, 0), "SIMPLE_RADIAL": (1, "opencv", 1),
+                  "RADIAL": (1, "opencv", 2), "OPENCV": (2, "opencv", 4), "FULL_OPENCV": (2, "opencv", 8),
+                  "SIMPLE_FISHEYE": (1, "fisheye", 0), "FISHEYE": (2, "fisheye", 0),
+                  "SIMPLE_RADIAL_FISHEYE": (1, "fisheye", 1), "RADIAL_FISHEYE": (1, "fisheye", 2),
+                  "OPENCV_FISHEYE": (2, "fisheye", 4)}
+
+
+def _read_colmap(path: Path, text: str) -> Intrinsics:
+    """COLMAP's ``cameras.txt`` with one camera (or several identical ones). COLMAP puts the centre of the top-left
+    pixel at (0.5, 0.5) (doc/cameras.rst, doc/faq.rst), OpenCV at (0, 0): its cx, cy are 0.5 px larger."""
+    cams = set()
+    for line in text.splitlines():
+        tokens = line.split()
+        if not tokens or tokens[0].startswith("#"):
+            continue
+        try:
+            cams.add((tokens[1], int(tokens[2]), int(tokens[3]), tuple(float(t) for t in tokens[4:])))
+        except (IndexError, ValueError):
+            raise ValueError(f"intrinsics file {path}: not a COLMAP camera line 'CAMERA_ID MODEL WIDTH HEIGHT "
+                             f"PARAMS': {line.strip()[:80]!r}") from None
+    if len(cams) != 1:
+        raise ValueError(f"intrinsics file {path} (COLMAP cameras.txt) holds {len(cams)} different cameras; keep "
+                         f"the line of the camera that filmed the frames")
+    model, width, height, params = cams.pop()
+    if model not in _COLMAP_MODELS:
+        raise ValueError(f"intrinsics file {path}: COLMAP camera model {model} is not supported; expected one of "
+                         f"{', '.join(_COLMAP_MODELS)}")
+    focals, dist_model, n_dist = _COLMAP_MODELS[model]
+    if len(params) != focals + 2 + n_dist:
+        raise ValueError(f"intrinsics file {path}: COLMAP {model} takes {focals + 2 + n_dist} parameters, got "
+                         f"{len(params)}")
+    fx, fy = params[0], params[focals - 1]
+    cx, cy = params[focals] - 0.5, params[focals + 1] - 0.5
+    coeffs = list(params[focals + 2:]) + [0.0] * (4 - n_dist)  # k1[, k2] → k1 k2 0 0 (p1 p2 or k3 k4)
+    distortion = {"model": dist_model, "coeffs": coeffs} if dist_model == "fisheye" or any(coeffs) else None
+    return Intrinsics(fx, fy, cx, cy, width, height, distortion)

@@ -246,7 +246,12 @@ class Intrinsics:
           ``image_width``, ``image_height``; ``!!opencv-matrix`` or ROS-style ``{rows, cols, data}``; a ROS
           CameraInfo message's ``K``/``k``, ``D``/``d``, ``width``, ``height``);
           ``distortion_model: fisheye|equidistant`` (ROS) or ``fisheye_model: 1`` (OpenCV's calibration sample)
-          selects the fisheye model, another ROS model than ``plumb_bob``/``rational_polynomial`` is refused;
+          selects the fisheye model (kept with all-zero coefficients: an equidistant lens), another ROS model than
+          ``plumb_bob``/``rational_polynomial`` is refused; 4 coefficients with neither (k1 k2 p1 p2, or
+          ``cv2.fisheye``'s k1..k4?) are refused, not guessed;
+        - a Kalibr camchain ``.yaml`` with one camera (``pinhole``; ``radtan``, ``equidistant`` or ``none``);
+        - COLMAP's ``cameras.txt`` with one camera (the pinhole, radial, OpenCV and fisheye models); its principal
+          point is moved by -0.5 px (COLMAP puts the top-left pixel's centre at (0.5, 0.5));
         - OCamCalib's ``calib_results.txt`` (Scaramuzza's toolbox; recognised by its comment lines), the
           ``ocam`` model (:mod:`.ocam`);
         - anything else (``.txt``): 9 numbers of a 3×3 K (row-major, e.g. EndoSLAM ``fx,0,cx,0,fy,cy,0,0,1``)
