@@ -59,7 +59,12 @@ def decode_image_file(path: str | os.PathLike, flags: int) -> np.ndarray | None:
     """The image in the file ``path`` as OpenCV decodes it with ``flags`` (``cv2.IMREAD_*``), or None when the file
     is empty or cannot be decoded. Decoded from the file's bytes: ``cv2.imread`` cannot open non-ASCII paths on
     Windows. The caller checks that ``path`` is a file."""
-    data = np.fromfile(str(path), dtype=np.uint8)
+    return decode_image_bytes(np.fromfile(str(path), dtype=np.uint8), flags)
+
+
+def decode_image_bytes(data: np.ndarray, flags: int) -> np.ndarray | None:
+    """The image in a file's bytes ``data`` (uint8 ``[N]``) as OpenCV decodes it with ``flags``; None when empty or
+    not decodable."""
     return cv2.imdecode(data, flags) if data.size else None
 
 
@@ -87,8 +92,8 @@ def read_image(path: str | os.PathLike, *, orientation: bool = True) -> np.ndarr
     # ANYDEPTH keeps 16 bits (converted here, the same for every format; IMREAD_COLOR would round 16-bit TIFFs
     # but truncate 16-bit PNGs), ANYCOLOR keeps grey as one channel and drops alpha.
     flags = cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR | (0 if orientation else cv2.IMREAD_IGNORE_ORIENTATION)
-    data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, flags) if data.size else None
+    data = np.fromfile(str(path), dtype=np.uint8)  # kept: a TIFF's pages are counted from the same bytes
+    image = decode_image_bytes(data, flags)
     if image is None:
         raise ValueError(f"cannot decode image {path}: not a readable {path.suffix or 'image'} file")
     pages = tiff_page_count(data.data)
